@@ -1,0 +1,3 @@
+//! `pusher bench`: load plan, pacer, recorder, report, baseline gate.
+
+pub mod cli;

@@ -1,0 +1,86 @@
+//! The command line: clap derive and dispatch only. Each command's arguments and entry point
+//! live beside the code they drive (`<module>::cli`).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "pusher", version, about = "Benchmark-first toolkit for mobile push notifications")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts (the seed system's root flags).
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Config file.
+    #[arg(long, global = true, default_value = "./config/default.yaml")]
+    pub config: PathBuf,
+    /// Debug logging (secrets are still never printed).
+    #[arg(short = 'd', long, global = true)]
+    pub debug: bool,
+    /// Log as JSON lines.
+    #[arg(short = 'j', long, global = true)]
+    pub json: bool,
+    /// Use the vendors' production endpoints (APNs production host instead of sandbox).
+    #[arg(short = 'p', long, global = true)]
+    pub production: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Production pusher: Kafka in, APNs or FCM out.
+    Run(crate::pipeline::cli::RunArgs),
+    /// The seed's spelling of `run apns`.
+    #[command(hide = true)]
+    Apns(crate::pipeline::cli::PlatformRunArgs),
+    /// The seed's spelling of `run gcm`.
+    #[command(hide = true)]
+    Gcm(crate::pipeline::cli::PlatformRunArgs),
+    /// Send one push to one token and print the outcome as JSON.
+    Send(crate::sender::cli::SendArgs),
+    /// Fake APNs / FCM servers and an embedded Kafka broker.
+    Mock(crate::mock::cli::MockArgs),
+    /// Generate push messages as JSON lines.
+    Gen(crate::gen::cli::GenArgs),
+    /// Load-test the sender or the whole pipeline and report latency and throughput.
+    Bench(crate::bench::cli::BenchArgs),
+    /// Replay recorded traffic.
+    Replay(crate::replay::cli::ReplayArgs),
+    /// Print the version.
+    Version,
+}
+
+/// Runs one command. Each command builds the runtime it needs.
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Run(args) => crate::pipeline::cli::run(args, g),
+        Command::Apns(args) => crate::pipeline::cli::run_platform(crate::push::Platform::Apns, args, g),
+        Command::Gcm(args) => crate::pipeline::cli::run_platform(crate::push::Platform::Gcm, args, g),
+        Command::Send(args) => crate::sender::cli::run(args, g),
+        Command::Mock(args) => crate::mock::cli::run(args, g),
+        Command::Gen(args) => crate::gen::cli::run(args, g),
+        Command::Bench(args) => crate::bench::cli::run(args, g),
+        Command::Replay(args) => crate::replay::cli::run(args, g),
+        Command::Version => {
+            println!("pusher {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

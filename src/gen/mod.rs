@@ -1,0 +1,3 @@
+//! `pusher gen`: seeded generator of push messages (tokens, payloads, sinks).
+
+pub mod cli;

@@ -1,0 +1,4 @@
+//! `pusher run`: Kafka consumer -> bounded dispatch -> sender -> outcome handlers ->
+//! per-partition offset tracker (DESIGN.md §5).
+
+pub mod cli;

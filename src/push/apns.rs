@@ -1,0 +1,286 @@
+//! APNs wire vocabulary shared by the sender and the fake server: reasons, push types,
+//! priorities, limits, and the reason -> verdict table (reference/protocols.md §1.3).
+
+use super::outcome::{Outcome, RetryHint, Verdict};
+use std::time::Duration;
+
+/// Largest payload APNs accepts for every push type but VoIP.
+pub const MAX_PAYLOAD: usize = 4096;
+/// Largest VoIP payload.
+pub const MAX_PAYLOAD_VOIP: usize = 5120;
+/// Largest `apns-collapse-id`, in bytes.
+pub const MAX_COLLAPSE_ID: usize = 64;
+
+/// The payload limit for a push type.
+pub fn payload_limit(push_type: Option<PushType>) -> usize {
+    match push_type {
+        Some(PushType::Voip) => MAX_PAYLOAD_VOIP,
+        _ => MAX_PAYLOAD,
+    }
+}
+
+/// Every reason APNs is known to send, plus `Other` so a new one is kept, never dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ApnsReason {
+    BadCollapseId,
+    BadDeviceToken,
+    BadExpirationDate,
+    BadMessageId,
+    BadPriority,
+    BadTopic,
+    DeviceTokenNotForTopic,
+    DuplicateHeaders,
+    IdleTimeout,
+    InvalidPushType,
+    MissingDeviceToken,
+    MissingTopic,
+    PayloadEmpty,
+    TopicDisallowed,
+    BadCertificate,
+    BadCertificateEnvironment,
+    ExpiredProviderToken,
+    Forbidden,
+    InvalidProviderToken,
+    MissingProviderToken,
+    UnrelatedKeyIdInToken,
+    /// Apple's spelling is disputed; both `BadEnvironmentKeyIdInToken` and
+    /// `BadEnvironmentKeyInToken` parse to this (protocols.md §1.3).
+    BadEnvironmentKeyIdInToken,
+    BadPath,
+    MethodNotAllowed,
+    ExpiredToken,
+    Unregistered,
+    PayloadTooLarge,
+    TooManyProviderTokenUpdates,
+    TooManyRequests,
+    InternalServerError,
+    ServiceUnavailable,
+    Shutdown,
+    Other(String),
+}
+
+/// (reason, wire name, HTTP status). One table, so parsing, printing and the fake's status
+/// codes can never disagree.
+const TABLE: &[(ApnsReason, &str, u16)] = &[
+    (ApnsReason::BadCollapseId, "BadCollapseId", 400),
+    (ApnsReason::BadDeviceToken, "BadDeviceToken", 400),
+    (ApnsReason::BadExpirationDate, "BadExpirationDate", 400),
+    (ApnsReason::BadMessageId, "BadMessageId", 400),
+    (ApnsReason::BadPriority, "BadPriority", 400),
+    (ApnsReason::BadTopic, "BadTopic", 400),
+    (ApnsReason::DeviceTokenNotForTopic, "DeviceTokenNotForTopic", 400),
+    (ApnsReason::DuplicateHeaders, "DuplicateHeaders", 400),
+    (ApnsReason::IdleTimeout, "IdleTimeout", 400),
+    (ApnsReason::InvalidPushType, "InvalidPushType", 400),
+    (ApnsReason::MissingDeviceToken, "MissingDeviceToken", 400),
+    (ApnsReason::MissingTopic, "MissingTopic", 400),
+    (ApnsReason::PayloadEmpty, "PayloadEmpty", 400),
+    (ApnsReason::TopicDisallowed, "TopicDisallowed", 400),
+    (ApnsReason::BadCertificate, "BadCertificate", 403),
+    (ApnsReason::BadCertificateEnvironment, "BadCertificateEnvironment", 403),
+    (ApnsReason::ExpiredProviderToken, "ExpiredProviderToken", 403),
+    (ApnsReason::Forbidden, "Forbidden", 403),
+    (ApnsReason::InvalidProviderToken, "InvalidProviderToken", 403),
+    (ApnsReason::MissingProviderToken, "MissingProviderToken", 403),
+    (ApnsReason::UnrelatedKeyIdInToken, "UnrelatedKeyIdInToken", 403),
+    (ApnsReason::BadEnvironmentKeyIdInToken, "BadEnvironmentKeyIdInToken", 403),
+    (ApnsReason::BadPath, "BadPath", 404),
+    (ApnsReason::MethodNotAllowed, "MethodNotAllowed", 405),
+    (ApnsReason::ExpiredToken, "ExpiredToken", 410),
+    (ApnsReason::Unregistered, "Unregistered", 410),
+    (ApnsReason::PayloadTooLarge, "PayloadTooLarge", 413),
+    (ApnsReason::TooManyProviderTokenUpdates, "TooManyProviderTokenUpdates", 429),
+    (ApnsReason::TooManyRequests, "TooManyRequests", 429),
+    (ApnsReason::InternalServerError, "InternalServerError", 500),
+    (ApnsReason::ServiceUnavailable, "ServiceUnavailable", 503),
+    (ApnsReason::Shutdown, "Shutdown", 503),
+];
+
+impl ApnsReason {
+    /// Every named reason (not `Other`), for table tests and the fake's error mixes.
+    pub fn all() -> impl Iterator<Item = &'static ApnsReason> {
+        TABLE.iter().map(|(r, _, _)| r)
+    }
+
+    pub fn parse(s: &str) -> ApnsReason {
+        if s == "BadEnvironmentKeyInToken" {
+            return ApnsReason::BadEnvironmentKeyIdInToken;
+        }
+        TABLE
+            .iter()
+            .find(|(_, name, _)| *name == s)
+            .map(|(r, _, _)| r.clone())
+            .unwrap_or_else(|| ApnsReason::Other(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ApnsReason::Other(s) => s,
+            known => TABLE
+                .iter()
+                .find(|(r, _, _)| r == known)
+                .map(|(_, name, _)| *name)
+                .unwrap_or("Unknown"),
+        }
+    }
+
+    /// The HTTP status APNs sends with this reason (500 for unknown ones).
+    pub fn status(&self) -> u16 {
+        TABLE
+            .iter()
+            .find(|(r, _, _)| r == self)
+            .map(|(_, _, s)| *s)
+            .unwrap_or(500)
+    }
+
+    /// What to do with a message APNs answered with `status` and this reason.
+    /// `retry_after` comes from a `Retry-After` header, `timestamp_ms` from a 410 body.
+    pub fn verdict(&self, status: u16, retry_after: Option<Duration>, timestamp_ms: Option<u64>) -> Verdict {
+        use ApnsReason::*;
+        let reason = self.as_str().to_string();
+        match self {
+            Unregistered | ExpiredToken | BadDeviceToken | DeviceTokenNotForTopic => {
+                Verdict::Final(Outcome::TokenInvalid { reason, timestamp_ms })
+            }
+            TooManyRequests | TooManyProviderTokenUpdates | InternalServerError | ServiceUnavailable => {
+                Verdict::Retry(RetryHint::new(reason).after(retry_after))
+            }
+            Shutdown | IdleTimeout => Verdict::Retry(RetryHint::new(reason).after(retry_after).reconnect()),
+            // Apple "wedges" a connection after this; pushy reconnects (protocols.md §1.3).
+            ExpiredProviderToken => Verdict::Retry(RetryHint::new(reason).renew_auth().reconnect()),
+            Other(_) if status == 429 || status >= 500 => {
+                Verdict::Retry(RetryHint::new(reason).after(retry_after))
+            }
+            Other(_) if status == 410 => Verdict::Final(Outcome::TokenInvalid { reason, timestamp_ms }),
+            _ => Verdict::Final(Outcome::Rejected { reason }),
+        }
+    }
+}
+
+impl std::fmt::Display for ApnsReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `apns-push-type` values (protocols.md §1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PushType {
+    Alert,
+    Background,
+    Location,
+    Voip,
+    Complication,
+    FileProvider,
+    Mdm,
+    LiveActivity,
+    PushToTalk,
+    Widgets,
+    Controls,
+}
+
+const PUSH_TYPES: &[(PushType, &str)] = &[
+    (PushType::Alert, "alert"),
+    (PushType::Background, "background"),
+    (PushType::Location, "location"),
+    (PushType::Voip, "voip"),
+    (PushType::Complication, "complication"),
+    (PushType::FileProvider, "fileprovider"),
+    (PushType::Mdm, "mdm"),
+    (PushType::LiveActivity, "liveactivity"),
+    (PushType::PushToTalk, "pushtotalk"),
+    (PushType::Widgets, "widgets"),
+    (PushType::Controls, "controls"),
+];
+
+impl PushType {
+    pub fn parse(s: &str) -> Option<PushType> {
+        PUSH_TYPES.iter().find(|(_, n)| *n == s).map(|(t, _)| *t)
+    }
+    pub fn as_str(self) -> &'static str {
+        PUSH_TYPES
+            .iter()
+            .find(|(t, _)| *t == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("alert")
+    }
+}
+
+/// `apns-priority`: 10 immediate, 5 power-considerate, 1 lowest.
+pub fn valid_priority(p: u8) -> bool {
+    matches!(p, 1 | 5 | 10)
+}
+
+/// A device token as APNs wants it: non-empty hex. The length is not fixed (protocols.md §1.2).
+pub fn valid_token(token: &str) -> bool {
+    !token.is_empty() && token.len() <= 200 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Canonical UUID (8-4-4-4-12 hex) as `apns-id` requires.
+pub fn valid_apns_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_round_trips_through_its_wire_name() {
+        for r in ApnsReason::all() {
+            assert_eq!(&ApnsReason::parse(r.as_str()), r);
+        }
+        assert_eq!(ApnsReason::parse("BadEnvironmentKeyInToken"), ApnsReason::BadEnvironmentKeyIdInToken);
+        assert_eq!(ApnsReason::parse("NewAppleReason").as_str(), "NewAppleReason");
+    }
+
+    #[test]
+    fn verdict_table() {
+        use Verdict::*;
+        let cases: &[(&str, u16, &str)] = &[
+            ("Unregistered", 410, "token_invalid"),
+            ("ExpiredToken", 410, "token_invalid"),
+            ("BadDeviceToken", 400, "token_invalid"),
+            ("DeviceTokenNotForTopic", 400, "token_invalid"),
+            ("BadTopic", 400, "rejected"),
+            ("PayloadTooLarge", 413, "rejected"),
+            ("Forbidden", 403, "rejected"),
+            ("InvalidProviderToken", 403, "rejected"),
+            ("TooManyRequests", 429, "retry"),
+            ("InternalServerError", 500, "retry"),
+            ("ServiceUnavailable", 503, "retry"),
+            ("Shutdown", 503, "retry"),
+            ("ExpiredProviderToken", 403, "retry"),
+            ("SomethingNew", 503, "retry"),
+            ("SomethingNew", 400, "rejected"),
+            ("SomethingNew", 410, "token_invalid"),
+        ];
+        for (reason, status, want) in cases {
+            let got = match ApnsReason::parse(reason).verdict(*status, None, None) {
+                Final(o) => o.class(),
+                Retry(_) => "retry",
+            };
+            assert_eq!(got, *want, "{reason} {status}");
+        }
+        match ApnsReason::ExpiredProviderToken.verdict(403, None, None) {
+            Retry(h) => assert!(h.renew_auth && h.reconnect),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn token_and_id_checks() {
+        assert!(valid_token(&"ab".repeat(32)));
+        assert!(!valid_token("xyz"));
+        assert!(!valid_token(""));
+        assert!(valid_apns_id("123e4567-e89b-12d3-a456-426614174000"));
+        assert!(!valid_apns_id("123e4567e89b12d3a456426614174000"));
+        assert_eq!(payload_limit(Some(PushType::Voip)), 5120);
+        assert_eq!(payload_limit(None), 4096);
+    }
+}

@@ -1,0 +1,100 @@
+//! The verdict on one push. A vendor's "no" is an `Outcome`, not an error: `Err` is kept for
+//! "we could not get a verdict at all" (DESIGN.md §5).
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// How one message ended. Every message ends in exactly one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The vendor accepted the push.
+    Delivered,
+    /// The token is dead or not ours: delete it. `timestamp_ms` is APNs' 410 timestamp
+    /// (ms since the epoch: the last time APNs knew the token was invalid).
+    TokenInvalid {
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        timestamp_ms: Option<u64>,
+    },
+    /// Permanently refused, not the token's fault (bad topic, payload too large, credentials...).
+    Rejected { reason: String },
+    /// `push_expiry` passed before we could send it; never sent.
+    Expired,
+    /// The input could not be turned into a request (bad JSON, no token, over the size limit).
+    Malformed { reason: String },
+    /// Retryable failures until the retry budget ran out.
+    GaveUp { reason: String },
+}
+
+impl Outcome {
+    /// A short, bounded label for metrics and reports.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::TokenInvalid { .. } => "token_invalid",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Expired => "expired",
+            Outcome::Malformed { .. } => "malformed",
+            Outcome::GaveUp { .. } => "gave_up",
+        }
+    }
+
+    /// The vendor's reason (or ours), if any.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Delivered | Outcome::Expired => None,
+            Outcome::TokenInvalid { reason, .. }
+            | Outcome::Rejected { reason }
+            | Outcome::Malformed { reason }
+            | Outcome::GaveUp { reason } => Some(reason),
+        }
+    }
+
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, Outcome::Delivered)
+    }
+}
+
+/// What one attempt taught us: either a final outcome, or "try again".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Final(Outcome),
+    Retry(RetryHint),
+}
+
+/// Why and how to retry one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryHint {
+    /// The vendor reason or transport failure, kept for the final `GaveUp`.
+    pub reason: String,
+    /// Server-requested delay (`Retry-After`), honoured over our own back-off when longer.
+    pub after: Option<Duration>,
+    /// The connection is suspect (GOAWAY, reset, IdleTimeout, Shutdown): use a new one.
+    pub reconnect: bool,
+    /// Credentials went stale (ExpiredProviderToken, expired OAuth token): renew them first.
+    pub renew_auth: bool,
+}
+
+impl RetryHint {
+    pub fn new(reason: impl Into<String>) -> Self {
+        RetryHint {
+            reason: reason.into(),
+            after: None,
+            reconnect: false,
+            renew_auth: false,
+        }
+    }
+    pub fn after(mut self, after: Option<Duration>) -> Self {
+        self.after = after;
+        self
+    }
+    pub fn reconnect(mut self) -> Self {
+        self.reconnect = true;
+        self
+    }
+    pub fn renew_auth(mut self) -> Self {
+        self.renew_auth = true;
+        self
+    }
+}

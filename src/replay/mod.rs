@@ -1,0 +1,3 @@
+//! `pusher replay`: capture format and paced replay.
+
+pub mod cli;
