@@ -19,6 +19,41 @@ pub fn payload_limit(push_type: Option<PushType>) -> usize {
     }
 }
 
+/// One APNs notification, ready for the sender: everything `build_request` needs.
+/// `payload` is the JSON body as bytes (already merged with metadata by the pipeline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApnsNotification {
+    /// Hex device token.
+    pub token: String,
+    /// `apns-topic`; the app's configured topic when `None`.
+    pub topic: Option<String>,
+    pub push_type: Option<PushType>,
+    /// `apns-priority` (10, 5 or 1).
+    pub priority: Option<u8>,
+    /// `apns-expiration`, Unix seconds; 0 = deliver once, do not store.
+    pub expiration: Option<u64>,
+    pub collapse_id: Option<String>,
+    /// `apns-id` (canonical UUID); APNs makes one when absent.
+    pub apns_id: Option<String>,
+    pub payload: bytes::Bytes,
+}
+
+impl ApnsNotification {
+    /// A notification with only a token and a payload.
+    pub fn new(token: impl Into<String>, payload: impl Into<bytes::Bytes>) -> Self {
+        ApnsNotification {
+            token: token.into(),
+            topic: None,
+            push_type: None,
+            priority: None,
+            expiration: None,
+            collapse_id: None,
+            apns_id: None,
+            payload: payload.into(),
+        }
+    }
+}
+
 /// Every reason APNs is known to send, plus `Other` so a new one is kept, never dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ApnsReason {
