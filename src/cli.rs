@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "pusher", version, about = "Benchmark-first toolkit for mobile push notifications")]
+#[command(
+    name = "pusher",
+    version,
+    about = "Benchmark-first toolkit for mobile push notifications"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -60,8 +64,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Run(args) => crate::pipeline::cli::run(args, g),
-        Command::Apns(args) => crate::pipeline::cli::run_platform(crate::push::Platform::Apns, args, g),
-        Command::Gcm(args) => crate::pipeline::cli::run_platform(crate::push::Platform::Gcm, args, g),
+        Command::Apns(args) => {
+            crate::pipeline::cli::run_platform(crate::push::Platform::Apns, args, g)
+        }
+        Command::Gcm(args) => {
+            crate::pipeline::cli::run_platform(crate::push::Platform::Gcm, args, g)
+        }
         Command::Send(args) => crate::sender::cli::run(args, g),
         Command::Mock(args) => crate::mock::cli::run(args, g),
         Command::Gen(args) => crate::gen::cli::run(args, g),

@@ -16,7 +16,9 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Duration {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
     }
 }
 
@@ -27,7 +29,9 @@ pub struct ManualClock(Arc<AtomicU64>);
 impl ManualClock {
     /// Starts at the current real time.
     pub fn new() -> Self {
-        ManualClock(Arc::new(AtomicU64::new(SystemClock.now().as_millis() as u64)))
+        ManualClock(Arc::new(AtomicU64::new(
+            SystemClock.now().as_millis() as u64
+        )))
     }
     pub fn advance(&self, by: Duration) {
         self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);

@@ -1,3 +1,8 @@
-//! `pusher bench`: load plan, pacer, recorder, report, baseline gate.
+//! `pusher bench`: load plan, driver (closed and open loop), recorder, report, baseline gate.
 
+pub mod calibrate;
 pub mod cli;
+pub mod driver;
+pub mod gate;
+pub mod recorder;
+pub mod report;

@@ -27,6 +27,10 @@ pub fn run(args: RunArgs, g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn run_platform(platform: Platform, _args: PlatformRunArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn run_platform(
+    platform: Platform,
+    _args: PlatformRunArgs,
+    _g: &GlobalArgs,
+) -> anyhow::Result<ExitCode> {
     anyhow::bail!("`pusher run {platform}` is not built yet (issue 4)")
 }

@@ -1,0 +1,232 @@
+//! The CI regression gate: compare a run with a baseline report. Both are normalised by the
+//! calibration measured in their own run, so a slower or busier machine is not a regression.
+
+use super::report::{Report, SCHEMA};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("cannot read baseline {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("baseline {path} is not a pusher bench report: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("baseline {path} has schema {found:?}, expected {SCHEMA:?}")]
+    Schema { path: String, found: String },
+    #[error(
+        "baseline {path} has no usable figures (throughput, calibration and send p99 must be > 0)"
+    )]
+    Empty { path: String },
+}
+
+pub fn load_baseline(path: &Path) -> Result<Report, GateError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| GateError::Read {
+        path: p.clone(),
+        source,
+    })?;
+    let report: Report = serde_json::from_str(&text).map_err(|source| GateError::Parse {
+        path: p.clone(),
+        source,
+    })?;
+    if report.schema != SCHEMA {
+        return Err(GateError::Schema {
+            path: p,
+            found: report.schema,
+        });
+    }
+    if !(report.throughput > 0.0
+        && report.calibration > 0.0
+        && p99(&report).is_some_and(|v| v > 0.0))
+    {
+        return Err(GateError::Empty { path: p });
+    }
+    Ok(report)
+}
+
+fn p99(r: &Report) -> Option<f64> {
+    r.latency
+        .end_to_end
+        .as_ref()
+        .or(r.latency.send.as_ref())
+        .map(|p| p.p99_us as f64)
+}
+
+/// The verdict of a comparison, one line per figure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateResult {
+    pub lines: Vec<String>,
+    pub regressions: Vec<String>,
+}
+
+impl GateResult {
+    pub fn passed(&self) -> bool {
+        self.regressions.is_empty()
+    }
+}
+
+/// Throughput may not fall, nor p99 rise, by more than `max_regression_pct` once both runs
+/// are normalised by their calibration.
+pub fn compare(current: &Report, baseline: &Report, max_regression_pct: f64) -> GateResult {
+    let mut lines = Vec::new();
+    let mut regressions = Vec::new();
+    let limit = max_regression_pct / 100.0;
+
+    // Throughput scales with machine speed: divide by calibration.
+    let tp_now = current.throughput / current.calibration.max(f64::MIN_POSITIVE);
+    let tp_base = baseline.throughput / baseline.calibration.max(f64::MIN_POSITIVE);
+    let tp_change = tp_now / tp_base - 1.0;
+    let line = format!(
+        "throughput {:.0}/s vs baseline {:.0}/s: {:+.1}% normalised (limit -{max_regression_pct}%)",
+        current.throughput,
+        baseline.throughput,
+        tp_change * 100.0
+    );
+    if tp_change < -limit {
+        regressions.push(line.clone());
+    }
+    lines.push(line);
+
+    // Latency scales inversely with machine speed: multiply by calibration.
+    if let (Some(now), Some(base)) = (p99(current), p99(baseline)) {
+        let change = (now * current.calibration) / (base * baseline.calibration) - 1.0;
+        let line = format!(
+            "p99 latency {:.0} µs vs baseline {:.0} µs: {:+.1}% normalised (limit +{max_regression_pct}%)",
+            now,
+            base,
+            change * 100.0
+        );
+        if change > limit {
+            regressions.push(line.clone());
+        }
+        lines.push(line);
+    }
+    GateResult { lines, regressions }
+}
+
+/// The median of repeated runs' values.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::report::*;
+
+    pub(crate) fn sample(throughput: f64, p99_us: u64, calibration: f64) -> Report {
+        let pct = Percentiles {
+            count: 10,
+            min_us: 1,
+            mean_us: 5.0,
+            p50_us: 5,
+            p90_us: 8,
+            p99_us,
+            p999_us: p99_us,
+            max_us: p99_us,
+        };
+        Report {
+            schema: SCHEMA.into(),
+            pusher_version: "test".into(),
+            started_at: 0,
+            params: Params {
+                mode: "sender-only".into(),
+                platform: "apns".into(),
+                profile: "happy".into(),
+                transport: "tls".into(),
+                count: Some(10),
+                duration_secs: None,
+                warmup_secs: 0.0,
+                concurrency: Some(1),
+                rate: None,
+                repeat: 1,
+            },
+            duration_secs: 1.0,
+            throughput,
+            calibration,
+            latency: Latencies {
+                send: Some(pct),
+                ..Default::default()
+            },
+            outcomes: Default::default(),
+            reasons: Default::default(),
+            conservation: Default::default(),
+            timeline: vec![],
+            runs: vec![throughput],
+            peak_rss_bytes: None,
+        }
+    }
+
+    #[test]
+    fn same_figures_pass() {
+        let r = sample(1000.0, 500, 1e6);
+        assert!(compare(&r, &r, 10.0).passed());
+    }
+
+    #[test]
+    fn a_throughput_drop_beyond_the_limit_fails() {
+        let base = sample(1000.0, 500, 1e6);
+        assert!(!compare(&sample(850.0, 500, 1e6), &base, 10.0).passed());
+        assert!(compare(&sample(950.0, 500, 1e6), &base, 10.0).passed());
+    }
+
+    #[test]
+    fn a_slower_machine_is_not_a_regression() {
+        // Half the calibration, half the throughput, twice the latency: same normalised figures.
+        let base = sample(1000.0, 500, 1e6);
+        assert!(compare(&sample(500.0, 1000, 5e5), &base, 10.0).passed());
+    }
+
+    #[test]
+    fn a_p99_rise_beyond_the_limit_fails() {
+        let base = sample(1000.0, 500, 1e6);
+        let r = compare(&sample(1000.0, 600, 1e6), &base, 10.0);
+        assert!(!r.passed());
+        assert!(r.regressions[0].contains("p99"));
+    }
+
+    #[test]
+    fn median_of_runs() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn corrupt_baselines_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{not json").unwrap();
+        assert!(matches!(load_baseline(&bad), Err(GateError::Parse { .. })));
+        assert!(matches!(
+            load_baseline(&dir.path().join("missing.json")),
+            Err(GateError::Read { .. })
+        ));
+        let mut r = sample(1000.0, 500, 1e6);
+        r.schema = "other/9".into();
+        let other = dir.path().join("other.json");
+        std::fs::write(&other, serde_json::to_string(&r).unwrap()).unwrap();
+        assert!(matches!(
+            load_baseline(&other),
+            Err(GateError::Schema { .. })
+        ));
+        let good = dir.path().join("good.json");
+        std::fs::write(&good, serde_json::to_string(&sample(1.0, 1, 1.0)).unwrap()).unwrap();
+        assert!(load_baseline(&good).is_ok());
+    }
+}

@@ -1,0 +1,144 @@
+//! Per-run measurements: HdrHistograms of latency (µs) and outcome counts. One recorder per
+//! driver task; recorders merge once at the end, so the hot path never takes a lock.
+
+use crate::push::Outcome;
+use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Highest latency we track; anything slower is clamped (and still counted).
+const MAX_LATENCY_US: u64 = 120_000_000;
+
+fn histogram() -> Histogram<u64> {
+    // 3 significant figures over 1 µs .. 120 s, the usual HdrHistogram set-up. The bounds are
+    // constants (a test covers them), so this cannot fail at run time.
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, MAX_LATENCY_US)
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    /// Request -> response, as the client saw it.
+    pub send: Histogram<u64>,
+    /// Open loop only: intended start -> response (coordinated-omission corrected).
+    pub send_corrected: Histogram<u64>,
+    /// Produced -> verdict (end-to-end runs).
+    pub e2e: Histogram<u64>,
+    /// Open loop end-to-end, from the intended produce time.
+    pub e2e_corrected: Histogram<u64>,
+    /// Outcome class -> count.
+    pub outcomes: BTreeMap<String, u64>,
+    /// "class: reason" -> count, for the non-delivered ones.
+    pub reasons: BTreeMap<String, u64>,
+    /// Completions per second since the start of the measured window.
+    pub timeline: Vec<u64>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            send: histogram(),
+            send_corrected: histogram(),
+            e2e: histogram(),
+            e2e_corrected: histogram(),
+            outcomes: BTreeMap::new(),
+            reasons: BTreeMap::new(),
+            timeline: Vec::new(),
+        }
+    }
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One send: its latency, and in open loop its latency from the intended start.
+    pub fn record_send(&mut self, latency: Duration, from_intended: Option<Duration>) {
+        let _ = self.send.record(micros(latency));
+        if let Some(d) = from_intended {
+            let _ = self.send_corrected.record(micros(d));
+        }
+    }
+
+    pub fn record_e2e(&mut self, latency: Duration, from_intended: Option<Duration>) {
+        let _ = self.e2e.record(micros(latency));
+        if let Some(d) = from_intended {
+            let _ = self.e2e_corrected.record(micros(d));
+        }
+    }
+
+    /// The verdict on one message; `at` is its completion time since the window started.
+    pub fn record_outcome(&mut self, outcome: &Outcome, at: Duration) {
+        *self
+            .outcomes
+            .entry(outcome.class().to_string())
+            .or_default() += 1;
+        if let Some(reason) = outcome.reason() {
+            *self
+                .reasons
+                .entry(format!("{}: {}", outcome.class(), reason))
+                .or_default() += 1;
+        }
+        let second = at.as_secs() as usize;
+        if self.timeline.len() <= second {
+            self.timeline.resize(second + 1, 0);
+        }
+        self.timeline[second] += 1;
+    }
+
+    pub fn completed(&self) -> u64 {
+        self.outcomes.values().sum()
+    }
+
+    pub fn merge(&mut self, other: &Recorder) {
+        let _ = self.send.add(&other.send);
+        let _ = self.send_corrected.add(&other.send_corrected);
+        let _ = self.e2e.add(&other.e2e);
+        let _ = self.e2e_corrected.add(&other.e2e_corrected);
+        for (k, v) in &other.outcomes {
+            *self.outcomes.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.reasons {
+            *self.reasons.entry(k.clone()).or_default() += v;
+        }
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), 0);
+        }
+        for (i, v) in other.timeline.iter().enumerate() {
+            self.timeline[i] += v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_merges() {
+        let mut a = Recorder::new();
+        let mut b = Recorder::new();
+        a.record_send(Duration::from_micros(100), None);
+        b.record_send(Duration::from_micros(300), Some(Duration::from_micros(900)));
+        a.record_outcome(&Outcome::Delivered, Duration::from_millis(10));
+        b.record_outcome(
+            &Outcome::TokenInvalid {
+                reason: "Unregistered".into(),
+                timestamp_ms: None,
+            },
+            Duration::from_millis(1500),
+        );
+        a.merge(&b);
+        assert_eq!(a.send.len(), 2);
+        assert_eq!(a.send_corrected.len(), 1);
+        assert_eq!(a.completed(), 2);
+        assert_eq!(a.reasons.get("token_invalid: Unregistered"), Some(&1));
+        assert_eq!(a.timeline, vec![1, 1]);
+        assert!(a.send.max() >= 300 && a.send.max() < 302);
+    }
+}

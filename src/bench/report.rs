@@ -1,0 +1,301 @@
+//! The bench report: one serialisable model (JSON, schema `pusher-bench/1`), rendered as a
+//! human summary or HdrHistogram's percentile-distribution text. The JSON schema is documented
+//! in README.md ("Bench report") and checked by tests.
+
+use super::recorder::Recorder;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+pub const SCHEMA: &str = "pusher-bench/1";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// Always `pusher-bench/1` for this layout.
+    pub schema: String,
+    pub pusher_version: String,
+    /// Unix seconds when the run started.
+    pub started_at: u64,
+    pub params: Params,
+    /// Measured window (warm-up excluded), seconds.
+    pub duration_secs: f64,
+    /// Completed messages per second over the measured window (median run when repeated).
+    pub throughput: f64,
+    /// Operations/s of a fixed CPU workload measured in the same run: the gate divides by it,
+    /// so a slower or busier machine does not read as a regression.
+    pub calibration: f64,
+    pub latency: Latencies,
+    pub outcomes: BTreeMap<String, u64>,
+    pub reasons: BTreeMap<String, u64>,
+    pub conservation: Conservation,
+    /// Completions per second of the measured window.
+    pub timeline: Vec<u64>,
+    /// Throughput of each repetition, when `--repeat` > 1.
+    pub runs: Vec<f64>,
+    /// Peak resident memory of the process, bytes (Linux), if known.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Params {
+    /// `sender-only` or `end-to-end`.
+    pub mode: String,
+    pub platform: String,
+    /// Fake server behaviour profile, or `external` for a real endpoint.
+    pub profile: String,
+    pub transport: String,
+    pub count: Option<u64>,
+    pub duration_secs: Option<f64>,
+    pub warmup_secs: f64,
+    /// Closed loop: in-flight messages.
+    pub concurrency: Option<usize>,
+    /// Open loop: messages per second.
+    pub rate: Option<f64>,
+    pub repeat: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Latencies {
+    /// Request -> response.
+    pub send: Option<Percentiles>,
+    /// Open loop: intended start -> response (coordinated-omission corrected).
+    pub send_corrected: Option<Percentiles>,
+    /// Produced -> verdict.
+    pub end_to_end: Option<Percentiles>,
+    pub end_to_end_corrected: Option<Percentiles>,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub min_us: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Option<Percentiles> {
+        if h.is_empty() {
+            return None;
+        }
+        Some(Percentiles {
+            count: h.len(),
+            min_us: h.min(),
+            mean_us: h.mean(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        })
+    }
+}
+
+/// Every message accounted for at every stage: generated = produced = consumed = answered =
+/// committed. Stages a mode does not have are `None`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Conservation {
+    pub generated: u64,
+    pub produced: Option<u64>,
+    pub consumed: Option<u64>,
+    /// Requests the fake server answered (its own counter), when the fake is in-process.
+    pub server_answered: Option<u64>,
+    /// Messages with a final outcome.
+    pub answered: u64,
+    pub committed: Option<u64>,
+    pub ok: bool,
+}
+
+impl Conservation {
+    /// Checks the stages that exist. Retries make the server answer more requests than there
+    /// are messages, so `server_answered` only has to cover every message.
+    pub fn check(mut self) -> Self {
+        let g = self.generated;
+        let stages_equal = [self.produced, self.consumed, self.committed]
+            .iter()
+            .flatten()
+            .all(|&n| n == g);
+        let server_ok = self.server_answered.is_none_or(|n| n >= g);
+        self.ok = stages_equal && self.answered == g && server_ok;
+        self
+    }
+}
+
+impl Latencies {
+    pub fn from_recorder(r: &Recorder) -> Latencies {
+        Latencies {
+            send: Percentiles::of(&r.send),
+            send_corrected: Percentiles::of(&r.send_corrected),
+            end_to_end: Percentiles::of(&r.e2e),
+            end_to_end_corrected: Percentiles::of(&r.e2e_corrected),
+        }
+    }
+}
+
+fn fmt_us(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.2} s", us as f64 / 1e6)
+    } else if us >= 1_000 {
+        format!("{:.2} ms", us as f64 / 1e3)
+    } else {
+        format!("{us} µs")
+    }
+}
+
+impl Report {
+    /// The human summary printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let p = &self.params;
+        let load = match (p.concurrency, p.rate) {
+            (_, Some(rate)) => format!("open loop at {rate:.0}/s"),
+            (Some(c), None) => format!("closed loop, {c} in flight"),
+            _ => String::from("?"),
+        };
+        let _ = writeln!(
+            s,
+            "pusher bench: {} {} via {} ({}), profile {}",
+            p.mode, p.platform, p.transport, load, p.profile
+        );
+        let _ = writeln!(
+            s,
+            "  throughput   {:>12.0} msg/s over {:.2} s{}",
+            self.throughput,
+            self.duration_secs,
+            if self.runs.len() > 1 {
+                format!(
+                    " (median of {} runs: {})",
+                    self.runs.len(),
+                    fmt_runs(&self.runs)
+                )
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  latency      {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "p50", "p90", "p99", "p99.9", "max", "count"
+        );
+        let rows = [
+            ("send", &self.latency.send),
+            ("send (CO)", &self.latency.send_corrected),
+            ("end-to-end", &self.latency.end_to_end),
+            ("e2e (CO)", &self.latency.end_to_end_corrected),
+        ];
+        for (name, pct) in rows {
+            if let Some(q) = pct {
+                let _ = writeln!(
+                    s,
+                    "  {:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    name,
+                    fmt_us(q.p50_us),
+                    fmt_us(q.p90_us),
+                    fmt_us(q.p99_us),
+                    fmt_us(q.p999_us),
+                    fmt_us(q.max_us),
+                    q.count
+                );
+            }
+        }
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(s, "  outcomes     {}", outcomes.join(", "));
+        for (reason, n) in &self.reasons {
+            let _ = writeln!(s, "    {reason}: {n}");
+        }
+        let c = &self.conservation;
+        let stage =
+            |name: &str, v: Option<u64>| v.map(|n| format!(" = {name} {n}")).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  conservation generated {}{}{} = answered {}{}{}: {}",
+            c.generated,
+            stage("produced", c.produced),
+            stage("consumed", c.consumed),
+            c.answered,
+            stage("committed", c.committed),
+            c.server_answered
+                .map(|n| format!(" (server saw {n} requests)"))
+                .unwrap_or_default(),
+            if c.ok { "ok" } else { "MISMATCH" }
+        );
+        if let Some(rss) = self.peak_rss_bytes {
+            let _ = writeln!(s, "  peak RSS     {:.1} MB", rss as f64 / 1e6);
+        }
+        let _ = writeln!(s, "  calibration  {:.0} ops/s", self.calibration);
+        s
+    }
+}
+
+fn fmt_runs(runs: &[f64]) -> String {
+    runs.iter()
+        .map(|r| format!("{r:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// HdrHistogram's percentile-distribution text (the `.hgrm` format its plotters read), in
+/// milliseconds. Written by hand: the hdrhistogram crate has binary serialisation only.
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let inv = if q < 1.0 {
+            format!("{:>14.2}", 1.0 / (1.0 - q))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "{:>12.3} {:>14.12} {:>10} {}",
+            v.value_iterated_to() as f64 / 1000.0,
+            q,
+            total,
+            inv
+        );
+    }
+    let _ = writeln!(
+        s,
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0
+    );
+    let _ = writeln!(
+        s,
+        "#[Max     = {:>12.3}, Total count    = {:>12}]",
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    let _ = writeln!(
+        s,
+        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+        h.buckets(),
+        h.distinct_values()
+    );
+    s
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
