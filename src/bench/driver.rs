@@ -207,7 +207,7 @@ mod tests {
         };
         let driven = drive(
             &plan,
-            |i| Some(i),
+            Some,
             |_i| {
                 in_flight.set(in_flight.get() + 1);
                 peak.set(peak.get().max(in_flight.get()));
@@ -241,7 +241,7 @@ mod tests {
         };
         let driven = drive(
             &plan,
-            |i| Some(i),
+            Some,
             |_i| async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 Outcome::Delivered
@@ -271,7 +271,7 @@ mod tests {
         };
         let driven = drive(
             &plan,
-            |i| Some(i),
+            Some,
             |_i| async {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 Outcome::Delivered
@@ -294,7 +294,7 @@ mod tests {
         };
         let driven = drive(
             &plan,
-            |i| Some(i),
+            Some,
             |_i| async {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 Outcome::Delivered
