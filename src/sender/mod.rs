@@ -1,4 +1,14 @@
 //! THE shared sender core: endpoints, the HTTP/2 connection pool, APNs and FCM request
 //! building and response mapping, auth, and the retry policy.
 
+pub mod apns;
 pub mod cli;
+pub mod endpoint;
+pub mod pool;
+pub mod retry;
+pub mod tls;
+
+pub use apns::{ApnsAuth, ApnsConfig, ApnsError, ApnsResponse, ApnsSender, Delivery, SendError};
+pub use endpoint::Endpoint;
+pub use pool::{Pool, PoolConfig, TransportError};
+pub use retry::RetryPolicy;

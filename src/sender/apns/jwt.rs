@@ -1,0 +1,312 @@
+//! APNs provider tokens: ES256 JWTs (`{"alg":"ES256","kid"}` / `{"iss","iat"}`, base64url, raw
+//! r||s signature), cached and shared by every connection. Apple wants a token renewed no more
+//! often than every 20 minutes and no less than every 60 (protocols.md §1.4); we renew after a
+//! configurable age in [20, 50] minutes, and at once when APNs says `ExpiredProviderToken`.
+
+use crate::clock::SharedClock;
+use http::HeaderValue;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+pub const MIN_REFRESH: Duration = Duration::from_secs(20 * 60);
+pub const MAX_REFRESH: Duration = Duration::from_secs(50 * 60);
+
+/// Token-auth credentials: the .p8 key and its ids.
+#[derive(Clone)]
+pub struct TokenAuth {
+    key_pem: Vec<u8>,
+    pub key_id: String,
+    pub team_id: String,
+    /// Token age after which a new one is minted, in [20, 50] minutes.
+    pub refresh_after: Duration,
+}
+
+impl std::fmt::Debug for TokenAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuth")
+            .field("key", &"<redacted>")
+            .field("key_id", &self.key_id)
+            .field("team_id", &self.team_id)
+            .field("refresh_after", &self.refresh_after)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error("cannot read APNs key file {path}: {reason}")]
+    ReadKey { path: PathBuf, reason: String },
+    #[error("APNs key is not a PKCS#8 P-256 (.p8) private key: {0}")]
+    BadKey(String),
+    #[error("key id must not be empty")]
+    NoKeyId,
+    #[error("team id must not be empty")]
+    NoTeamId,
+    #[error("token refresh age {0:?} is outside 20..=50 minutes")]
+    RefreshOutOfRange(Duration),
+    #[error("signing the provider token failed: {0}")]
+    Sign(String),
+}
+
+impl TokenAuth {
+    pub fn new(key_pem: Vec<u8>, key_id: impl Into<String>, team_id: impl Into<String>) -> TokenAuth {
+        TokenAuth {
+            key_pem,
+            key_id: key_id.into(),
+            team_id: team_id.into(),
+            refresh_after: MAX_REFRESH,
+        }
+    }
+
+    pub fn from_file(path: &Path, key_id: impl Into<String>, team_id: impl Into<String>) -> Result<TokenAuth, JwtError> {
+        let pem = std::fs::read(path).map_err(|e| JwtError::ReadKey {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(TokenAuth::new(pem, key_id, team_id))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    iat: u64,
+}
+
+#[derive(Clone)]
+struct Cached {
+    /// `bearer <jwt>`, ready to clone into a request.
+    header: HeaderValue,
+    issued_at: Duration,
+    generation: u64,
+    /// Set by `invalidate`: renew on the next call whatever the age.
+    stale: bool,
+}
+
+/// The shared token cache. Cheap on the hot path: a read lock and a `HeaderValue` clone.
+pub struct JwtSigner {
+    key: EncodingKey,
+    header: Header,
+    team_id: String,
+    refresh_after: Duration,
+    clock: SharedClock,
+    cached: RwLock<Option<Cached>>,
+    /// Serialises minting: concurrent callers that find the token old mint it once.
+    mint: Mutex<()>,
+}
+
+impl std::fmt::Debug for JwtSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSigner")
+            .field("kid", &self.header.kid)
+            .field("team_id", &self.team_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtSigner {
+    /// Checks the key by signing one token (a bad key fails here, not on the first push).
+    pub fn new(auth: &TokenAuth, clock: SharedClock) -> Result<JwtSigner, JwtError> {
+        if auth.key_id.trim().is_empty() {
+            return Err(JwtError::NoKeyId);
+        }
+        if auth.team_id.trim().is_empty() {
+            return Err(JwtError::NoTeamId);
+        }
+        if !(MIN_REFRESH..=MAX_REFRESH).contains(&auth.refresh_after) {
+            return Err(JwtError::RefreshOutOfRange(auth.refresh_after));
+        }
+        let key = EncodingKey::from_ec_pem(&auth.key_pem).map_err(|e| JwtError::BadKey(e.to_string()))?;
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(auth.key_id.clone());
+        let signer = JwtSigner {
+            key,
+            header,
+            team_id: auth.team_id.clone(),
+            refresh_after: auth.refresh_after,
+            clock,
+            cached: RwLock::new(None),
+            mint: Mutex::new(()),
+        };
+        signer
+            .sign(signer.clock.now())
+            .map_err(|e| JwtError::BadKey(e.to_string()))?;
+        Ok(signer)
+    }
+
+    /// The current `authorization` value and its generation (for `invalidate`).
+    pub fn current(&self) -> Result<(HeaderValue, u64), JwtError> {
+        let now = self.clock.now();
+        if let Some(c) = self.fresh(now) {
+            return Ok(c);
+        }
+        let _minting = self.mint.lock().unwrap_or_else(|p| p.into_inner());
+        // Re-check: another caller may have minted while we waited for the lock.
+        if let Some(c) = self.fresh(now) {
+            return Ok(c);
+        }
+        let header = self.sign(now)?;
+        let mut cached = self.cached.write().unwrap_or_else(|p| p.into_inner());
+        let generation = cached.as_ref().map_or(1, |c| c.generation + 1);
+        *cached = Some(Cached {
+            header: header.clone(),
+            issued_at: now,
+            generation,
+            stale: false,
+        });
+        Ok((header, generation))
+    }
+
+    /// APNs rejected token `generation` as expired: the next `current` mints a new one. Many
+    /// responses for the same token invalidate it once; an already-replaced token is ignored.
+    pub fn invalidate(&self, generation: u64) {
+        let mut cached = self.cached.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cached.as_mut() {
+            if c.generation == generation {
+                c.stale = true;
+            }
+        }
+    }
+
+    fn fresh(&self, now: Duration) -> Option<(HeaderValue, u64)> {
+        let cached = self.cached.read().unwrap_or_else(|p| p.into_inner());
+        let c = cached.as_ref()?;
+        let age = now.saturating_sub(c.issued_at);
+        (!c.stale && age < self.refresh_after).then(|| (c.header.clone(), c.generation))
+    }
+
+    fn sign(&self, now: Duration) -> Result<HeaderValue, JwtError> {
+        let claims = Claims {
+            iss: &self.team_id,
+            iat: now.as_secs(),
+        };
+        let jwt = jsonwebtoken::encode(&self.header, &claims, &self.key).map_err(|e| JwtError::Sign(e.to_string()))?;
+        let mut value =
+            HeaderValue::from_str(&format!("bearer {jwt}")).map_err(|e| JwtError::Sign(e.to_string()))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use std::sync::Arc;
+
+    const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/apns/AuthKey_TESTKEY001.p8");
+    const PUB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/apns/AuthKey_TESTKEY001.pub.pem");
+
+    fn signer(refresh_min: u64) -> (JwtSigner, ManualClock) {
+        let clock = ManualClock::new();
+        let mut auth = TokenAuth::from_file(Path::new(KEY), "TESTKEY001", "TEAM000001").unwrap();
+        auth.refresh_after = Duration::from_secs(refresh_min * 60);
+        (JwtSigner::new(&auth, Arc::new(clock.clone())).unwrap(), clock)
+    }
+
+    fn jwt(v: &HeaderValue) -> String {
+        v.to_str().unwrap().strip_prefix("bearer ").unwrap().to_string()
+    }
+
+    #[test]
+    fn token_verifies_with_the_public_key_and_carries_kid_iss_iat() {
+        let (s, clock) = signer(50);
+        let (value, _) = s.current().unwrap();
+        let token = jwt(&value);
+        assert!(!token.contains('=') && !token.contains('+') && !token.contains('/'), "base64url, unpadded");
+        let public = std::fs::read(PUB).unwrap();
+        let key = jsonwebtoken::DecodingKey::from_ec_pem(&public).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        #[derive(serde::Deserialize)]
+        struct C {
+            iss: String,
+            iat: u64,
+        }
+        let data = jsonwebtoken::decode::<C>(&token, &key, &validation).unwrap();
+        assert_eq!(data.header.kid.as_deref(), Some("TESTKEY001"));
+        assert_eq!(data.claims.iss, "TEAM000001");
+        assert_eq!(data.claims.iat, clock.now().as_secs());
+        // Raw r||s: a 64-byte signature (DER would be 70-72).
+        use base64::Engine;
+        let sig = token.rsplit('.').next().unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).unwrap();
+        assert_eq!(raw.len(), 64);
+        assert!(value.is_sensitive());
+    }
+
+    #[test]
+    fn renewal_window() {
+        // (refresh age in minutes, minutes to advance, expect a new token)
+        let cases = [
+            (50, 19, false),
+            (50, 49, false),
+            (50, 50, true),
+            (20, 19, false),
+            (20, 20, true),
+            (35, 34, false),
+            (35, 35, true),
+        ];
+        for (refresh, advance, renewed) in cases {
+            let (s, clock) = signer(refresh);
+            let (first, g1) = s.current().unwrap();
+            clock.advance(Duration::from_secs(advance * 60));
+            let (second, g2) = s.current().unwrap();
+            assert_eq!(first != second, renewed, "refresh {refresh} min, after {advance} min");
+            assert_eq!(g2 == g1 + 1, renewed);
+        }
+    }
+
+    #[test]
+    fn refresh_outside_20_to_50_minutes_is_refused() {
+        for minutes in [0, 19, 51, 60] {
+            let mut auth = TokenAuth::from_file(Path::new(KEY), "K", "T").unwrap();
+            auth.refresh_after = Duration::from_secs(minutes * 60);
+            let err = JwtSigner::new(&auth, Arc::new(ManualClock::new())).unwrap_err();
+            assert!(matches!(err, JwtError::RefreshOutOfRange(_)), "{minutes}");
+        }
+    }
+
+    #[test]
+    fn invalidate_renews_at_once_and_only_once_per_generation() {
+        let (s, clock) = signer(50);
+        let (first, g1) = s.current().unwrap();
+        clock.advance(Duration::from_secs(1));
+        s.invalidate(g1);
+        s.invalidate(g1);
+        let (second, g2) = s.current().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(g2, g1 + 1);
+        // A late response about the old token must not throw away the new one.
+        s.invalidate(g1);
+        assert_eq!(s.current().unwrap(), (second, g2));
+    }
+
+    #[test]
+    fn concurrent_callers_mint_once() {
+        let (s, clock) = signer(50);
+        let (_, g1) = s.current().unwrap();
+        clock.advance(Duration::from_secs(50 * 60));
+        let s = Arc::new(s);
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8).map(|_| scope.spawn(|| s.current().unwrap())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(results.iter().all(|r| *r == results[0]));
+        assert_eq!(results[0].1, g1 + 1, "exactly one new generation");
+    }
+
+    #[test]
+    fn bad_keys_are_clear_errors() {
+        let err = TokenAuth::from_file(Path::new("/nonexistent/AuthKey.p8"), "K", "T").unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/AuthKey.p8"), "{err}");
+        let auth = TokenAuth::new(b"not a key".to_vec(), "K", "T");
+        let err = JwtSigner::new(&auth, Arc::new(ManualClock::new())).unwrap_err();
+        assert!(matches!(err, JwtError::BadKey(_)), "{err}");
+        let auth = TokenAuth::from_file(Path::new(KEY), "", "T").unwrap();
+        assert!(matches!(JwtSigner::new(&auth, Arc::new(ManualClock::new())), Err(JwtError::NoKeyId)));
+    }
+}

@@ -1,0 +1,255 @@
+//! The APNs sender: request building, the shared HTTP/2 pool, token or certificate auth, and
+//! retries on timers. Clone it freely (an `Arc` inside); every send runs concurrently.
+
+pub mod cert;
+pub mod jwt;
+pub mod request;
+pub mod response;
+
+use crate::clock::SharedClock;
+use crate::push::apns::{ApnsNotification, ApnsReason};
+use crate::push::{Outcome, RetryHint, Verdict};
+use crate::sender::endpoint::{Endpoint, EndpointError};
+use crate::sender::pool::{ConnId, Pool, PoolConfig, PoolError, TransportError};
+use crate::sender::retry::RetryPolicy;
+use crate::sender::tls::{self, ClientIdentity, TlsError, TlsOptions};
+use http::HeaderValue;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use cert::{load_identity, CertError};
+pub use jwt::{JwtError, JwtSigner, TokenAuth};
+pub use request::{build_request, RequestContext, RequestError};
+pub use response::ApnsResponse;
+
+/// How we prove who we are to APNs.
+#[derive(Debug, Clone)]
+pub enum ApnsAuth {
+    /// ES256 JWT from a .p8 key (shared by all connections).
+    Token(TokenAuth),
+    /// Mutual TLS with the provider certificate.
+    Certificate(ClientIdentity),
+}
+
+#[derive(Debug, Clone)]
+pub struct ApnsConfig {
+    pub endpoint: Endpoint,
+    pub auth: ApnsAuth,
+    /// `apns-topic` for notifications that carry none (usually the app's bundle id).
+    pub default_topic: Option<String>,
+    /// Trust only this CA file (PEM) instead of the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// Skip server certificate verification (self-signed fakes only).
+    pub insecure: bool,
+    pub pool: PoolConfig,
+    pub retry: RetryPolicy,
+    pub clock: SharedClock,
+}
+
+impl ApnsConfig {
+    pub fn new(endpoint: Endpoint, auth: ApnsAuth) -> ApnsConfig {
+        ApnsConfig {
+            endpoint,
+            auth,
+            default_topic: None,
+            ca_file: None,
+            insecure: false,
+            pool: PoolConfig::default(),
+            retry: RetryPolicy::default(),
+            clock: crate::clock::system(),
+        }
+    }
+}
+
+/// Why a sender could not be built (all configuration problems).
+#[derive(Debug, thiserror::Error)]
+pub enum ApnsError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("certificate auth needs TLS, but endpoint {0} is cleartext (http://)")]
+    CertificateWithoutTls(String),
+    #[error("default topic {0:?} is not a valid header value")]
+    BadTopic(String),
+}
+
+/// Why one attempt got no APNs answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// The notification itself is bad; sending it again cannot help.
+    #[error("invalid notification: {0}")]
+    Invalid(#[from] RequestError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("provider token: {0}")]
+    Auth(String),
+}
+
+/// A push's outcome with what the last attempt saw (for the CLI and feedback records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub outcome: Outcome,
+    /// The last APNs answer, if any attempt got one.
+    pub response: Option<ApnsResponse>,
+    pub attempts: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApnsSender {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Pool,
+    context: RequestContext,
+    jwt: Option<JwtSigner>,
+    retry: RetryPolicy,
+}
+
+impl ApnsSender {
+    /// Checks the whole configuration (endpoint, CA, key or certificate) without connecting.
+    pub fn new(config: ApnsConfig) -> Result<ApnsSender, ApnsError> {
+        let target = config.endpoint.target()?;
+        let (jwt, identity) = match &config.auth {
+            ApnsAuth::Token(auth) => (Some(JwtSigner::new(auth, config.clock.clone())?), None),
+            ApnsAuth::Certificate(id) => {
+                if !target.tls {
+                    return Err(ApnsError::CertificateWithoutTls(format!("{:?}", config.endpoint)));
+                }
+                (None, Some(id.clone()))
+            }
+        };
+        let tls_config = if target.tls {
+            Some(tls::client_config(&TlsOptions {
+                ca_file: config.ca_file.clone(),
+                insecure: config.insecure,
+                client_identity: identity,
+            })?)
+        } else {
+            None
+        };
+        let default_topic = match &config.default_topic {
+            Some(t) => Some(HeaderValue::from_str(t).map_err(|_| ApnsError::BadTopic(t.clone()))?),
+            None => None,
+        };
+        let context = RequestContext {
+            scheme: target.scheme.clone(),
+            authority: target.authority.clone(),
+            default_topic,
+            topic_required: jwt.is_some(),
+        };
+        let pool = Pool::new(target, tls_config, config.pool.clone())?;
+        Ok(ApnsSender {
+            inner: Arc::new(Inner {
+                pool,
+                context,
+                jwt,
+                retry: config.retry,
+            }),
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// One attempt. An APNs answer, whatever it says, is `Ok`. Acts on what the answer implies
+    /// for shared state: an `ExpiredProviderToken` invalidates the token it was sent with, and a
+    /// reconnect hint (Shutdown, IdleTimeout, ExpiredProviderToken) retires the connection.
+    pub async fn send_once(&self, n: &ApnsNotification) -> Result<ApnsResponse, SendError> {
+        let (authorization, generation) = match &self.inner.jwt {
+            Some(jwt) => {
+                let (value, generation) = jwt.current().map_err(|e| SendError::Auth(e.to_string()))?;
+                (Some(value), Some(generation))
+            }
+            None => (None, None),
+        };
+        let request = build_request(n, &self.inner.context, authorization)?;
+        let (parts, body) = self.inner.pool.send(request, n.payload.clone()).await?;
+        let response = ApnsResponse::from_parts(parts.status.as_u16(), &parts.headers, &body);
+        if let Verdict::Retry(hint) = &response.verdict {
+            if hint.renew_auth {
+                if let (Some(jwt), Some(generation)) = (&self.inner.jwt, generation) {
+                    jwt.invalidate(generation);
+                }
+            }
+            if hint.reconnect {
+                if let Some(id) = parts.extensions.get::<ConnId>() {
+                    self.inner.pool.discard(*id);
+                }
+            }
+        }
+        Ok(response)
+    }
+
+    /// Sends with retries; the outcome is always final.
+    pub async fn send(&self, n: &ApnsNotification) -> Outcome {
+        self.send_with_details(n).await.outcome
+    }
+
+    /// Like `send`, keeping the last APNs answer and the number of attempts. Waits between
+    /// attempts on timers, so other sends carry on meanwhile.
+    pub async fn send_with_details(&self, n: &ApnsNotification) -> Delivery {
+        let policy = &self.inner.retry;
+        let mut last_response = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let hint = match self.send_once(n).await {
+                Ok(response) => {
+                    let verdict = response.verdict.clone();
+                    last_response = Some(response);
+                    match verdict {
+                        Verdict::Final(outcome) => {
+                            return Delivery {
+                                outcome,
+                                response: last_response,
+                                attempts: attempt,
+                            }
+                        }
+                        Verdict::Retry(hint) => hint,
+                    }
+                }
+                Err(SendError::Invalid(e)) => {
+                    return Delivery {
+                        outcome: Outcome::Malformed { reason: e.to_string() },
+                        response: None,
+                        attempts: attempt,
+                    }
+                }
+                Err(SendError::Auth(reason)) => {
+                    return Delivery {
+                        outcome: Outcome::Rejected { reason },
+                        response: None,
+                        attempts: attempt,
+                    }
+                }
+                // The pool has already retired a broken connection.
+                Err(SendError::Transport(e)) => {
+                    tracing::debug!(error = %e, attempt, "Transport failure.");
+                    RetryHint::new(e.kind()).reconnect()
+                }
+            };
+            if !policy.should_retry(attempt) {
+                return Delivery {
+                    outcome: Outcome::GaveUp { reason: hint.reason },
+                    response: last_response,
+                    attempts: attempt,
+                };
+            }
+            let delay = policy.delay(attempt, hint.after, &mut rand::rng());
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// True when a response says the token is gone for good (for feedback records).
+pub fn is_unregistered(reason: &ApnsReason) -> bool {
+    matches!(reason, ApnsReason::Unregistered | ApnsReason::ExpiredToken)
+}

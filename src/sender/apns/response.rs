@@ -1,0 +1,147 @@
+//! Turning an APNs answer (status, headers, body) into a verdict: a pure function over the
+//! reason table in `push::apns`. Unknown reasons are kept as strings, never dropped.
+
+use crate::push::apns::ApnsReason;
+use crate::push::{Outcome, Verdict};
+use http::HeaderMap;
+use std::time::Duration;
+
+/// One APNs answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApnsResponse {
+    pub status: u16,
+    /// `None` on success.
+    pub reason: Option<ApnsReason>,
+    /// The `apns-id` APNs echoed or made.
+    pub apns_id: Option<String>,
+    /// Milliseconds since the epoch, on 410 only: when APNs last knew the token was invalid.
+    pub timestamp_ms: Option<u64>,
+    /// `Retry-After`, in seconds (the HTTP-date form is not used by APNs and is ignored).
+    pub retry_after: Option<Duration>,
+    pub verdict: Verdict,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    reason: Option<String>,
+    timestamp: Option<u64>,
+}
+
+impl ApnsResponse {
+    pub fn from_parts(status: u16, headers: &HeaderMap, body: &[u8]) -> ApnsResponse {
+        let apns_id = headers
+            .get("apns-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let retry_after = headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        if status == 200 {
+            return ApnsResponse {
+                status,
+                reason: None,
+                apns_id,
+                timestamp_ms: None,
+                retry_after,
+                verdict: Verdict::Final(Outcome::Delivered),
+            };
+        }
+        let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+        let (reason, timestamp_ms) = match parsed {
+            Some(ErrorBody {
+                reason: Some(reason),
+                timestamp,
+            }) => (ApnsReason::parse(&reason), timestamp),
+            Some(ErrorBody { reason: None, timestamp }) => (ApnsReason::Other(format!("HTTP {status}")), timestamp),
+            // Not APNs' JSON (a proxy's error page, say): keep the status as the reason.
+            None => (ApnsReason::Other(format!("HTTP {status}")), None),
+        };
+        let verdict = reason.verdict(status, retry_after, timestamp_ms);
+        ApnsResponse {
+            status,
+            reason: Some(reason),
+            apns_id,
+            timestamp_ms,
+            retry_after,
+            verdict,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::RetryHint;
+
+    fn respond(status: u16, headers: &[(&str, &str)], body: &str) -> ApnsResponse {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        ApnsResponse::from_parts(status, &map, body.as_bytes())
+    }
+
+    #[test]
+    fn status_and_body_to_verdict() {
+        let token_invalid = |reason: &str, ts| {
+            Verdict::Final(Outcome::TokenInvalid {
+                reason: reason.into(),
+                timestamp_ms: ts,
+            })
+        };
+        let rejected = |reason: &str| Verdict::Final(Outcome::Rejected { reason: reason.into() });
+        let retry = |reason: &str| Verdict::Retry(RetryHint::new(reason));
+        let cases: Vec<(u16, &str, Verdict)> = vec![
+            (200, "", Verdict::Final(Outcome::Delivered)),
+            (410, r#"{"reason":"Unregistered","timestamp":1700000000123}"#, token_invalid("Unregistered", Some(1_700_000_000_123))),
+            (410, r#"{"reason":"ExpiredToken"}"#, token_invalid("ExpiredToken", None)),
+            (400, r#"{"reason":"BadDeviceToken"}"#, token_invalid("BadDeviceToken", None)),
+            (400, r#"{"reason":"DeviceTokenNotForTopic"}"#, token_invalid("DeviceTokenNotForTopic", None)),
+            (400, r#"{"reason":"BadTopic"}"#, rejected("BadTopic")),
+            (400, r#"{"reason":"BadCollapseId"}"#, rejected("BadCollapseId")),
+            (403, r#"{"reason":"InvalidProviderToken"}"#, rejected("InvalidProviderToken")),
+            (403, r#"{"reason":"BadEnvironmentKeyInToken"}"#, rejected("BadEnvironmentKeyIdInToken")),
+            (413, r#"{"reason":"PayloadTooLarge"}"#, rejected("PayloadTooLarge")),
+            (429, r#"{"reason":"TooManyRequests"}"#, retry("TooManyRequests")),
+            (500, r#"{"reason":"InternalServerError"}"#, retry("InternalServerError")),
+            (503, r#"{"reason":"ServiceUnavailable"}"#, retry("ServiceUnavailable")),
+            (503, r#"{"reason":"Shutdown"}"#, Verdict::Retry(RetryHint::new("Shutdown").reconnect())),
+            (403, r#"{"reason":"ExpiredProviderToken"}"#, Verdict::Retry(RetryHint::new("ExpiredProviderToken").renew_auth().reconnect())),
+            (400, r#"{"reason":"BrandNewReason"}"#, rejected("BrandNewReason")),
+            (503, r#"{"reason":"BrandNewReason"}"#, retry("BrandNewReason")),
+            (502, "<html>bad gateway</html>", retry("HTTP 502")),
+            (404, "", rejected("HTTP 404")),
+        ];
+        for (status, body, want) in cases {
+            let got = respond(status, &[], body);
+            assert_eq!(got.verdict, want, "{status} {body}");
+            assert_eq!(got.status, status);
+        }
+    }
+
+    #[test]
+    fn unknown_reason_is_kept() {
+        let r = respond(400, &[], r#"{"reason":"BrandNewReason"}"#);
+        assert_eq!(r.reason, Some(ApnsReason::Other("BrandNewReason".into())));
+    }
+
+    #[test]
+    fn headers_are_read() {
+        let r = respond(
+            429,
+            &[("apns-id", "123e4567-e89b-12d3-a456-426614174000"), ("retry-after", "7")],
+            r#"{"reason":"TooManyRequests"}"#,
+        );
+        assert_eq!(r.apns_id.as_deref(), Some("123e4567-e89b-12d3-a456-426614174000"));
+        assert_eq!(r.retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(
+            r.verdict,
+            Verdict::Retry(RetryHint::new("TooManyRequests").after(Some(Duration::from_secs(7))))
+        );
+        let r = respond(200, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "");
+        assert_eq!(r.retry_after, None);
+        assert_eq!(r.reason, None);
+    }
+}

@@ -1,0 +1,432 @@
+//! A protocol-neutral HTTP/2 connection pool over the raw `h2` crate (hyper's client dispatch
+//! costs ~40 % per request: reference/h2-ceiling.md). N connections, each carrying as many
+//! streams as the server's SETTINGS_MAX_CONCURRENT_STREAMS allows (h2 enforces the limit:
+//! `SendRequest::ready` waits). A task per connection drives it; a dead connection is replaced
+//! lazily on the next request, with a back-off after a failed connect. Requests in flight on a
+//! connection that dies fail with a `TransportError`, which the protocol layer retries.
+//!
+//! No HTTP/2 PING keepalive: the h2 crate has none built in, and idle closes by the server are
+//! handled by reconnecting on the next request.
+
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
+use rustls_pki_types::ServerName;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::endpoint::Target;
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Connections to open (lazily). Default 2; the real APNs needs more for high volume.
+    pub connections: usize,
+    pub connect_timeout: Duration,
+    /// The whole exchange: waiting for a stream slot, sending, and reading the response.
+    pub request_timeout: Duration,
+    /// How long a slot waits after a failed connect before it tries again.
+    pub reconnect_backoff: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            connections: 2,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(20),
+            reconnect_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Why one exchange got no response. Every variant is worth a retry on a healthy connection.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    #[error("connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("connect to {addr} timed out after {after:?}")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("not reconnecting yet after a failed connect ({last})")]
+    Backoff { last: String },
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed by GOAWAY: {0}")]
+    GoAway(String),
+    #[error("stream reset: {0}")]
+    Reset(String),
+    #[error("HTTP/2: {0}")]
+    Http2(String),
+    #[error("I/O: {0}")]
+    Io(String),
+}
+
+impl TransportError {
+    /// A short, bounded label (for `GaveUp` reasons and metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransportError::Connect { .. } => "connect_error",
+            TransportError::ConnectTimeout { .. } => "connect_timeout",
+            TransportError::Backoff { .. } => "connect_backoff",
+            TransportError::Timeout(_) => "timeout",
+            TransportError::GoAway(_) => "goaway",
+            TransportError::Reset(_) => "stream_reset",
+            TransportError::Http2(_) => "http2_error",
+            TransportError::Io(_) => "io_error",
+        }
+    }
+
+    fn from_h2(e: h2::Error) -> TransportError {
+        if e.is_go_away() {
+            TransportError::GoAway(e.to_string())
+        } else if e.is_reset() {
+            TransportError::Reset(e.to_string())
+        } else if e.is_io() {
+            TransportError::Io(e.to_string())
+        } else {
+            TransportError::Http2(e.to_string())
+        }
+    }
+}
+
+/// Which connection carried a response; found in the response's `Parts::extensions`, so the
+/// protocol layer can ask for that connection to be replaced (`Pool::discard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnId {
+    pub slot: usize,
+    pub generation: u64,
+}
+
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("target", &self.inner.target)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+struct PoolInner {
+    target: Target,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    config: PoolConfig,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    /// Held while connecting, so concurrent requests wait for one connect instead of racing.
+    connect_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    live: Option<SendRequest<Bytes>>,
+    generation: u64,
+    retry_connect_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("host {0:?} is not a valid TLS server name")]
+    ServerName(String),
+    #[error("pool needs at least one connection")]
+    NoConnections,
+}
+
+impl Pool {
+    /// A pool to `target`; TLS when `tls` is given (the target must be https then).
+    pub fn new(
+        target: Target,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        config: PoolConfig,
+    ) -> Result<Pool, PoolError> {
+        if config.connections == 0 {
+            return Err(PoolError::NoConnections);
+        }
+        let tls = match tls {
+            Some(cfg) => {
+                let name = ServerName::try_from(target.host.clone())
+                    .map_err(|_| PoolError::ServerName(target.host.clone()))?;
+                Some((tokio_rustls::TlsConnector::from(cfg), name))
+            }
+            None => None,
+        };
+        let slots = (0..config.connections).map(|_| Slot::default()).collect();
+        Ok(Pool {
+            inner: Arc::new(PoolInner {
+                target,
+                tls,
+                config,
+                slots,
+                next: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.inner.target
+    }
+
+    /// Number of connections currently up.
+    pub fn live_connections(&self) -> usize {
+        (0..self.inner.slots.len()).filter(|&i| self.live(i).is_some()).count()
+    }
+
+    /// One exchange: sends `request` with `body` and returns the response head and whole body.
+    /// The response's extensions hold the `ConnId` that carried it.
+    pub async fn send(
+        &self,
+        request: http::Request<()>,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, Bytes), TransportError> {
+        let timeout = self.inner.config.request_timeout;
+        // Dropping the exchange on timeout drops its h2 stream, which sends RST_STREAM.
+        match tokio::time::timeout(timeout, self.exchange(request, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout(timeout)),
+        }
+    }
+
+    /// Drops connection `id` from the pool (if it is still the slot's current one): the next
+    /// request opens a new one. Streams already on it finish; then it closes.
+    pub fn discard(&self, id: ConnId) {
+        if let Some(slot) = self.inner.slots.get(id.slot) {
+            let mut state = lock(&slot.state);
+            if state.generation == id.generation {
+                state.live = None;
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        request: http::Request<()>,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, Bytes), TransportError> {
+        let (conn, id) = self.checkout().await?;
+        let result = exchange_on(conn, request, body).await;
+        match result {
+            Ok((mut parts, body)) => {
+                parts.extensions.insert(id);
+                Ok((parts, body))
+            }
+            Err(e) => {
+                // A reset affects one stream; anything else means the connection is unusable.
+                if !e.is_reset() || e.is_go_away() {
+                    self.discard(id);
+                }
+                Err(TransportError::from_h2(e))
+            }
+        }
+    }
+
+    fn live(&self, slot: usize) -> Option<(SendRequest<Bytes>, ConnId)> {
+        let state = lock(&self.inner.slots[slot].state);
+        state.live.clone().map(|conn| {
+            (
+                conn,
+                ConnId {
+                    slot,
+                    generation: state.generation,
+                },
+            )
+        })
+    }
+
+    /// Round-robin over the slots. A dead slot is reconnected in the background while another
+    /// live connection takes the request; only when none is up does the request wait.
+    async fn checkout(&self) -> Result<(SendRequest<Bytes>, ConnId), TransportError> {
+        let n = self.inner.slots.len();
+        let first = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
+        if let Some(found) = self.live(first) {
+            return Ok(found);
+        }
+        for offset in 1..n {
+            if let Some(found) = self.live((first + offset) % n) {
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    let _ = pool.connect_slot(first).await;
+                });
+                return Ok(found);
+            }
+        }
+        self.connect_slot(first).await
+    }
+
+    async fn connect_slot(&self, index: usize) -> Result<(SendRequest<Bytes>, ConnId), TransportError> {
+        let slot = &self.inner.slots[index];
+        let _connecting = slot.connect_lock.lock().await;
+        if let Some(found) = self.live(index) {
+            return Ok(found);
+        }
+        {
+            let state = lock(&slot.state);
+            if let Some(at) = state.retry_connect_at {
+                if Instant::now() < at {
+                    return Err(TransportError::Backoff {
+                        last: state.last_error.clone().unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        match self.open().await {
+            Ok((conn, driver)) => {
+                let mut state = lock(&slot.state);
+                state.generation += 1;
+                state.live = Some(conn.clone());
+                state.retry_connect_at = None;
+                let id = ConnId {
+                    slot: index,
+                    generation: state.generation,
+                };
+                // The driver task runs the connection; when it ends the slot is emptied.
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = driver.await {
+                        tracing::debug!(slot = index, error = %e, "Connection ended.");
+                    }
+                    pool.discard(id);
+                });
+                Ok((conn, id))
+            }
+            Err(e) => {
+                let mut state = lock(&slot.state);
+                state.retry_connect_at = Some(Instant::now() + self.inner.config.reconnect_backoff);
+                state.last_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// TCP (+ TLS) + HTTP/2 handshake.
+    async fn open(&self) -> Result<(SendRequest<Bytes>, ConnectionDriver), TransportError> {
+        let target = &self.inner.target;
+        let addr = format!("{}:{}", target.host, target.port);
+        let after = self.inner.config.connect_timeout;
+        let connect = async {
+            let tcp = TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(|e| TransportError::Connect {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+            let _ = tcp.set_nodelay(true);
+            match &self.inner.tls {
+                Some((connector, name)) => {
+                    let tls = connector
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|e| TransportError::Connect {
+                            addr: addr.clone(),
+                            reason: format!("TLS: {e}"),
+                        })?;
+                    handshake(NoVec(tls)).await
+                }
+                None => handshake(NoVec(tcp)).await,
+            }
+        };
+        match tokio::time::timeout(after, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::ConnectTimeout { addr, after }),
+        }
+    }
+}
+
+type ConnectionDriver = Pin<Box<dyn std::future::Future<Output = Result<(), h2::Error>> + Send>>;
+
+async fn handshake<T>(io: T) -> Result<(SendRequest<Bytes>, ConnectionDriver), TransportError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = h2::client::Builder::new()
+        // Responses are small; generous windows keep flow control out of the way.
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 24)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(TransportError::from_h2)?;
+    Ok((send, Box::pin(connection)))
+}
+
+async fn exchange_on(
+    conn: SendRequest<Bytes>,
+    request: http::Request<()>,
+    body: Bytes,
+) -> Result<(http::response::Parts, Bytes), h2::Error> {
+    let mut conn = conn.ready().await?;
+    let end_of_stream = body.is_empty();
+    let (response, mut stream) = conn.send_request(request, end_of_stream)?;
+    if !end_of_stream {
+        // h2 buffers the data and sends it as the peer's flow-control window allows.
+        stream.send_data(body, true)?;
+    }
+    let (parts, mut recv) = response.await?.into_parts();
+    if recv.is_end_stream() {
+        return Ok((parts, Bytes::new()));
+    }
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk?;
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        match &first {
+            None => first = Some(chunk),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&chunk);
+            }
+        }
+    }
+    let body = if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
+    };
+    Ok((parts, body))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the slot inconsistent: take it anyway.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Hides vectored writes from h2. With `is_write_vectored() == true` (TCP, tokio-rustls) h2
+/// chains DATA payloads over 256 bytes instead of copying them, and flushes one `writev` per
+/// request; without it, h2 copies up to 1024 bytes and coalesces many frames per write
+/// (reference/h2-ceiling.md, "The 256-byte cliff": ~2x throughput over TLS).
+struct NoVec<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for NoVec<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for NoVec<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}

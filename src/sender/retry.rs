@@ -1,0 +1,121 @@
+//! When to try a failed push again: a pure policy (no timers, no I/O). Exponential back-off with
+//! full jitter, a cap, and the server's `Retry-After` honoured when it asks for longer.
+
+use rand::Rng;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included (1 = never retry).
+    pub max_attempts: u32,
+    /// Back-off ceiling before jitter for the first retry; doubles per retry.
+    pub base: Duration,
+    /// Largest delay we choose ourselves.
+    pub cap: Duration,
+    /// Largest `Retry-After` we honour (a server asking for an hour must not park a message
+    /// for an hour; the message then counts as given up sooner or later).
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all.
+    pub fn never() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// May attempt number `attempt + 1` follow a failed attempt number `attempt` (1-based)?
+    pub fn should_retry(&self, attempt: u32) -> bool {
+        attempt < self.max_attempts
+    }
+
+    /// The upper bound of the jittered delay after failed attempt `attempt` (1-based):
+    /// `min(cap, base * 2^(attempt-1))`.
+    pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(30);
+        self.base.saturating_mul(1u32 << doublings).min(self.cap)
+    }
+
+    /// How long to wait after failed attempt `attempt`: full jitter in `[0, ceiling]`, but never
+    /// less than the server's `Retry-After` (itself capped by `max_retry_after`).
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+        let ceiling = self.backoff_ceiling(attempt);
+        let jittered = Duration::from_micros(rng.random_range(0..=ceiling.as_micros() as u64));
+        match retry_after {
+            Some(after) => jittered.max(after.min(self.max_retry_after)),
+            None => jittered,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 4,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn ceiling_doubles_then_caps() {
+        let cases = [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)];
+        for (attempt, ms) in cases {
+            assert_eq!(policy().backoff_ceiling(attempt), Duration::from_millis(ms), "attempt {attempt}");
+        }
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds_and_spreads() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for attempt in 1..6 {
+            let ceiling = policy().backoff_ceiling(attempt);
+            let delays: Vec<_> = (0..200).map(|_| policy().delay(attempt, None, &mut rng)).collect();
+            assert!(delays.iter().all(|d| *d <= ceiling), "attempt {attempt}");
+            // Full jitter: both halves of the range are used.
+            assert!(delays.iter().any(|d| *d < ceiling / 2) && delays.iter().any(|d| *d > ceiling / 2));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let cases = [
+            (Some(Duration::from_secs(5)), Duration::from_secs(5), Duration::from_secs(5)),
+            (Some(Duration::from_secs(3600)), Duration::from_secs(30), Duration::from_secs(30)),
+            (Some(Duration::ZERO), Duration::ZERO, Duration::from_millis(100)),
+        ];
+        for (after, min, max) in cases {
+            for _ in 0..50 {
+                let d = policy().delay(1, after, &mut rng);
+                assert!(d >= min && d <= max, "{after:?} -> {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn attempts_are_bounded() {
+        let p = policy();
+        assert!(p.should_retry(1) && p.should_retry(3));
+        assert!(!p.should_retry(4));
+        assert!(!RetryPolicy::never().should_retry(1));
+    }
+}
