@@ -1,10 +1,189 @@
+use super::{kafka, parse_count, parse_ratio, GenConfig, Generator, Mix};
 use crate::cli::GlobalArgs;
+use crate::push::apns::PushType;
+use crate::push::Platform;
+use anyhow::Context;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
+/// Writes the seed system's Kafka messages as JSON lines: one message per line on stdout
+/// (nothing else), or in a file, or produced straight into Kafka.
 #[derive(Debug, Args)]
-pub struct GenArgs {}
+pub struct GenArgs {
+    /// apns or gcm.
+    #[arg(long, default_value = "apns")]
+    pub platform: Platform,
+    /// How many messages: a number with an optional k, m or g suffix (10k, 1m).
+    #[arg(short = 'n', long, default_value = "1k", value_parser = count_arg)]
+    pub count: u64,
+    /// Seed for reproducible output (default: random, printed on stderr).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Share (0..1) of tokens the fake servers reject for good (Unregistered, BadToken,
+    /// WrongTopic, in equal parts).
+    #[arg(long, default_value = "0", value_parser = ratio_arg)]
+    pub invalid_ratio: f64,
+    /// Share (0..1) of tokens that fail once and then succeed (503 or 429 on the first try).
+    #[arg(long, default_value = "0", value_parser = ratio_arg)]
+    pub retry_ratio: f64,
+    /// App (game) name: in the metadata and the default topic push-<app>_<platform>.
+    #[arg(long, default_value = "game")]
+    pub app: String,
+    /// Payload size in bytes, or a mix like 200:0.5,1000:0.4,3500:0.1 (default: natural size).
+    #[arg(long, value_parser = size_mix_arg)]
+    pub payload_size: Option<Mix<usize>>,
+    /// APNs push types, e.g. alert or alert:0.9,background:0.1 (default: no push_type field).
+    #[arg(long, value_parser = push_type_mix_arg)]
+    pub push_type: Option<Mix<PushType>>,
+    /// GCM: mark messages "dry_run": true (FCM validates without delivering).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write to this file instead of stdout.
+    #[arg(short = 'o', long, conflicts_with = "kafka")]
+    pub out: Option<PathBuf>,
+    /// Produce into Kafka at these bootstrap brokers (host:port,...) instead of writing lines.
+    #[arg(long)]
+    pub kafka: Option<String>,
+    /// Kafka topic (default: push-<app>_<platform>).
+    #[arg(long, requires = "kafka")]
+    pub topic: Option<String>,
+    /// How long a message may wait for Kafka before its delivery counts as failed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub delivery_timeout: Duration,
+    /// No progress bar and no summary on stderr (the seed is still printed when random).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
 
-pub fn run(_args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`pusher gen` is not built yet")
+fn count_arg(s: &str) -> Result<u64, String> {
+    parse_count(s).map_err(|e| e.to_string())
+}
+fn ratio_arg(s: &str) -> Result<f64, String> {
+    parse_ratio(s).map_err(|e| e.to_string())
+}
+fn size_mix_arg(s: &str) -> Result<Mix<usize>, String> {
+    s.parse().map_err(|e: super::GenError| e.to_string())
+}
+fn push_type_mix_arg(s: &str) -> Result<Mix<PushType>, String> {
+    s.parse().map_err(|e: super::GenError| e.to_string())
+}
+
+pub fn run(args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let seed = match args.seed {
+        Some(seed) => seed,
+        None => {
+            let seed = rand::random();
+            eprintln!("pusher gen: seed {seed} (pass --seed {seed} to repeat this output)");
+            seed
+        }
+    };
+    let config = GenConfig {
+        platform: args.platform,
+        count: args.count,
+        seed,
+        invalid_ratio: args.invalid_ratio,
+        retry_ratio: args.retry_ratio,
+        app: args.app,
+        payload_size: args.payload_size,
+        push_type: args.push_type,
+        dry_run: args.dry_run,
+    };
+    let mut generator = Generator::new(config)?;
+    let count = generator.config().count;
+    let progress = progress_bar(count, args.quiet);
+    let started = Instant::now();
+
+    if let Some(brokers) = &args.kafka {
+        let topic = args
+            .topic
+            .clone()
+            .unwrap_or_else(|| generator.config().default_topic());
+        let report = kafka::produce(
+            &mut generator,
+            brokers,
+            &topic,
+            args.delivery_timeout,
+            &progress,
+        )
+        .with_context(|| format!("producing to Kafka topic {topic:?} at {brokers}"))?;
+        progress.finish_and_clear();
+        if !args.quiet {
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "pusher gen: {} delivered, {} failed, to {topic} in {secs:.2}s ({:.0} msg/s)",
+                report.delivered,
+                report.failed,
+                report.delivered as f64 / secs.max(1e-9)
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let (sink, name): (Box<dyn Write>, String) = match &args.out {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            (Box::new(file), path.display().to_string())
+        }
+        None => (Box::new(std::io::stdout().lock()), "stdout".to_string()),
+    };
+    let bytes = match write_lines(&mut generator, sink, &progress) {
+        Ok(bytes) => bytes,
+        // The reader went away (`pusher gen | head`): stop quietly, as Unix tools do.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        Err(e) => return Err(e).with_context(|| format!("writing to {name}")),
+    };
+    progress.finish_and_clear();
+    if !args.quiet {
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "pusher gen: {count} messages, {bytes} bytes, to {name} in {secs:.2}s ({:.0} msg/s)",
+            count as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes one message per line. Messages go into one large buffer written in big chunks
+/// (cheaper than a `BufWriter` call per message). Returns the bytes written.
+fn write_lines(
+    generator: &mut Generator,
+    mut sink: Box<dyn Write>,
+    progress: &ProgressBar,
+) -> std::io::Result<u64> {
+    const CHUNK: usize = 256 * 1024;
+    let mut buf = Vec::with_capacity(CHUNK + 8192);
+    let mut written = 0u64;
+    let mut lines = 0u64;
+    while generator.write_next(&mut buf).is_some() {
+        buf.push(b'\n');
+        lines += 1;
+        if buf.len() >= CHUNK {
+            sink.write_all(&buf)?;
+            written += buf.len() as u64;
+            buf.clear();
+            progress.set_position(lines);
+        }
+    }
+    sink.write_all(&buf)?;
+    sink.flush()?;
+    Ok(written + buf.len() as u64)
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal or with `--quiet`.
+fn progress_bar(count: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(count), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} messages ({per_sec}, eta {eta})")
+    {
+        bar.set_style(style);
+    }
+    bar
 }

@@ -2,6 +2,8 @@
 //! the generator and the pipeline all speak in these types.
 
 pub mod apns;
+pub mod gcm;
+pub mod message;
 pub mod outcome;
 pub mod token_rules;
 

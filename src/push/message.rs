@@ -1,0 +1,847 @@
+//! Parsing of the Kafka message values into pushes (DESIGN.md §4). Pure: bytes in, a typed
+//! message or a `MessageError` with a stable `reason()` label out.
+//!
+//! Keys of the Kafka message are matched ASCII-case-insensitively, as the seed's Go decoder did
+//! (`deviceToken` works). Nested objects the sender passes on (`Payload`, the v1 `message`) are
+//! kept as the producer wrote them: they are borrowed as `RawValue`s and copied, not parsed
+//! into a tree and serialised again (this is the pipeline's hot path).
+
+use super::apns::{self, ApnsNotification, PushType};
+use super::gcm::{self, GcmMessage, GcmNotification};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// An APNs push request from Kafka.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApnsMessage {
+    /// Token, headers, and the payload with `metadata` merged into `Payload.M`.
+    pub notification: ApnsNotification,
+    pub metadata: Map<String, Value>,
+    /// Unix milliseconds; 0 = never expires.
+    pub push_expiry: i64,
+}
+
+/// Why a Kafka message cannot become a push. `reason()` is the label used in feedback and
+/// metrics; it never changes for a variant.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("message is not valid UTF-8 (bad byte at offset {0})")]
+    NotUtf8(usize),
+    #[error("message is not valid JSON: {0}")]
+    InvalidJson(#[source] serde_json::Error),
+    #[error("message has no device token (field {0:?} missing or empty)")]
+    NoToken(&'static str),
+    #[error("message has no {0:?}")]
+    MissingField(&'static str),
+    #[error("field {field:?} has the wrong type: expected {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("field {field:?} is invalid: {detail}")]
+    InvalidValue { field: &'static str, detail: String },
+    #[error("payload is {size} bytes, over the limit of {limit}")]
+    PayloadTooLarge { size: usize, limit: usize },
+}
+
+impl MessageError {
+    /// Short stable label for feedback records and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MessageError::NotUtf8(_) => "not_utf8",
+            MessageError::InvalidJson(_) => "invalid_json",
+            MessageError::NoToken(_) => "no_token",
+            MessageError::MissingField(_) => "missing_field",
+            MessageError::WrongType { .. } => "wrong_type",
+            MessageError::InvalidValue { .. } => "invalid_value",
+            MessageError::PayloadTooLarge { .. } => "payload_too_large",
+        }
+    }
+}
+
+/// True when the message carries an expiry (`push_expiry` > 0, Unix ms) that is already past
+/// at `now` (time since the Unix epoch, e.g. `Clock::now()`).
+pub fn is_expired(push_expiry_ms: i64, now: Duration) -> bool {
+    push_expiry_ms > 0 && (push_expiry_ms as u128) < now.as_millis()
+}
+
+/// Parses an APNs Kafka message: `{"DeviceToken","Payload","metadata","push_expiry",
+/// "collapse_id","push_type","priority","expiration","topic"}`; other keys are ignored.
+pub fn parse_apns(bytes: &[u8]) -> Result<ApnsMessage, MessageError> {
+    let entries = top_object(bytes)?;
+    let mut token: Option<String> = None;
+    let mut payload: Option<&RawValue> = None;
+    let mut metadata = Map::new();
+    let mut push_expiry = 0;
+    let mut collapse_id: Option<String> = None;
+    let mut push_type: Option<PushType> = None;
+    let mut priority: Option<u8> = None;
+    let mut expiration: Option<u64> = None;
+    let mut topic: Option<String> = None;
+
+    for (key, raw) in &entries.0 {
+        let key = key.as_ref();
+        if key.eq_ignore_ascii_case("DeviceToken") {
+            token = typed("DeviceToken", "a string", raw)?;
+        } else if key.eq_ignore_ascii_case("Payload") {
+            payload = (raw.get() != "null").then_some(*raw);
+        } else if key.eq_ignore_ascii_case("metadata") {
+            metadata = typed::<Option<_>>("metadata", "an object", raw)?.unwrap_or_default();
+        } else if key.eq_ignore_ascii_case("push_expiry") {
+            push_expiry =
+                typed::<Option<i64>>("push_expiry", "an integer (Unix ms)", raw)?.unwrap_or(0);
+        } else if key.eq_ignore_ascii_case("collapse_id") {
+            collapse_id = typed("collapse_id", "a string", raw)?;
+        } else if key.eq_ignore_ascii_case("push_type") {
+            let name: Option<String> = typed("push_type", "a string", raw)?;
+            push_type = match name {
+                None => None,
+                Some(name) => {
+                    Some(
+                        PushType::parse(&name).ok_or_else(|| MessageError::InvalidValue {
+                            field: "push_type",
+                            detail: format!("unknown push type {name:?}"),
+                        })?,
+                    )
+                }
+            };
+        } else if key.eq_ignore_ascii_case("priority") {
+            priority = typed("priority", "an integer (10, 5 or 1)", raw)?;
+        } else if key.eq_ignore_ascii_case("expiration") {
+            expiration = typed("expiration", "an unsigned integer (Unix s)", raw)?;
+        } else if key.eq_ignore_ascii_case("topic") {
+            topic = typed("topic", "a string", raw)?;
+        }
+    }
+
+    let token = token
+        .filter(|t| !t.is_empty())
+        .ok_or(MessageError::NoToken("DeviceToken"))?;
+    let payload = payload.ok_or(MessageError::MissingField("Payload"))?;
+    if let Some(p) = priority.filter(|p| !apns::valid_priority(*p)) {
+        return Err(MessageError::InvalidValue {
+            field: "priority",
+            detail: format!("{p} is not 10, 5 or 1"),
+        });
+    }
+    if let Some(id) = collapse_id
+        .as_ref()
+        .filter(|id| id.len() > apns::MAX_COLLAPSE_ID)
+    {
+        return Err(MessageError::InvalidValue {
+            field: "collapse_id",
+            detail: format!(
+                "{} bytes, over the limit of {}",
+                id.len(),
+                apns::MAX_COLLAPSE_ID
+            ),
+        });
+    }
+    let payload = merge_metadata_into_payload(payload, &metadata)?;
+    let limit = apns::payload_limit(push_type);
+    if payload.len() > limit {
+        return Err(MessageError::PayloadTooLarge {
+            size: payload.len(),
+            limit,
+        });
+    }
+
+    Ok(ApnsMessage {
+        notification: ApnsNotification {
+            token,
+            topic,
+            push_type,
+            priority,
+            expiration,
+            collapse_id,
+            apns_id: None,
+            payload: payload.into(),
+        },
+        metadata,
+        push_expiry,
+    })
+}
+
+/// Parses a GCM Kafka message: the seed's legacy fields (`to`, `notification`, `data`, ...),
+/// or an FCM v1 envelope `{"message":{...}}` kept as is.
+pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
+    let entries = top_object(bytes)?;
+    let mut msg = GcmMessage::default();
+    let mut v1_message: Option<&RawValue> = None;
+    // Bytes of data + notification as the producer wrote them, for the size limit.
+    let mut payload_size = 0;
+
+    for (key, raw) in &entries.0 {
+        let key = key.as_ref();
+        let is = |name: &str| key.eq_ignore_ascii_case(name);
+        if is("to") {
+            msg.to = typed::<Option<String>>("to", "a string", raw)?.unwrap_or_default();
+        } else if is("message") {
+            v1_message = (raw.get() != "null").then_some(*raw);
+        } else if is("data") {
+            msg.data = typed::<Option<_>>("data", "an object", raw)?.unwrap_or_default();
+            payload_size += raw.get().len();
+        } else if is("notification") {
+            msg.notification =
+                typed::<Option<GcmNotification>>("notification", "an object of strings", raw)?;
+            payload_size += raw.get().len();
+        } else if is("metadata") {
+            msg.metadata = typed::<Option<_>>("metadata", "an object", raw)?.unwrap_or_default();
+        } else if is("push_expiry") {
+            msg.push_expiry =
+                typed::<Option<i64>>("push_expiry", "an integer (Unix ms)", raw)?.unwrap_or(0);
+        } else if is("dry_run") || is("validate_only") {
+            msg.dry_run |= typed::<Option<bool>>("dry_run", "a boolean", raw)?.unwrap_or(false);
+        } else if is("time_to_live") {
+            msg.time_to_live = typed("time_to_live", "an unsigned integer (seconds)", raw)?;
+        } else if is("collapse_key") {
+            msg.collapse_key = typed("collapse_key", "a string", raw)?;
+        } else if is("priority") {
+            msg.priority = typed("priority", "a string", raw)?;
+        } else if is("message_id") {
+            msg.message_id = typed("message_id", "a string", raw)?;
+        } else if is("message_type") {
+            msg.message_type = typed("message_type", "a string", raw)?;
+        } else if is("content_available") {
+            msg.content_available = typed("content_available", "a boolean", raw)?;
+        } else if is("delivery_receipt_requested") {
+            msg.delivery_receipt_requested = typed("delivery_receipt_requested", "a boolean", raw)?;
+        }
+    }
+
+    if let Some(message) = v1_message {
+        let inner = object("message", message)?;
+        let token = inner
+            .0
+            .iter()
+            .find(|(k, _)| k.as_ref() == "token")
+            .map(|(_, raw)| *raw);
+        msg.to = match token {
+            Some(raw) => {
+                typed::<Option<String>>("message.token", "a string", raw)?.unwrap_or_default()
+            }
+            None => String::new(),
+        };
+        if msg.to.is_empty() {
+            return Err(MessageError::NoToken("message.token"));
+        }
+        msg.v1_message = Some(bytes::Bytes::copy_from_slice(message.get().as_bytes()));
+        return Ok(msg);
+    }
+
+    if msg.to.is_empty() {
+        return Err(MessageError::NoToken("to"));
+    }
+    // Metadata goes into data, as the seed did; keys already in data win.
+    for (k, v) in &msg.metadata {
+        if !msg.data.contains_key(k) {
+            payload_size += k.len() + v.to_string().len() + 6;
+            msg.data.insert(k.clone(), v.clone());
+        }
+    }
+    if payload_size > gcm::MAX_PAYLOAD {
+        return Err(MessageError::PayloadTooLarge {
+            size: payload_size,
+            limit: gcm::MAX_PAYLOAD,
+        });
+    }
+    Ok(msg)
+}
+
+/// Copies `metadata` into `Payload.M` (keys already in `M` win) and returns the payload bytes.
+/// Only `M` is parsed; every other member is copied byte for byte.
+fn merge_metadata_into_payload(
+    payload: &RawValue,
+    metadata: &Map<String, Value>,
+) -> Result<Vec<u8>, MessageError> {
+    let members = object("Payload", payload)?;
+    if metadata.is_empty() {
+        return Ok(payload.get().as_bytes().to_vec());
+    }
+    let mut out = Vec::with_capacity(payload.get().len() + 128);
+    out.push(b'{');
+    let mut merged = false;
+    for (i, (key, raw)) in members.0.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json(&mut out, key.as_ref())?;
+        out.push(b':');
+        if key.as_ref() == "M" && !merged {
+            let mut m: Map<String, Value> =
+                typed::<Option<_>>("Payload.M", "an object", raw)?.unwrap_or_default();
+            for (k, v) in metadata {
+                m.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            write_json(&mut out, &m)?;
+            merged = true;
+        } else {
+            out.extend_from_slice(raw.get().as_bytes());
+        }
+    }
+    if !merged {
+        if !members.0.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"M\":");
+        write_json(&mut out, metadata)?;
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+fn write_json<T: serde::Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), MessageError> {
+    serde_json::to_writer(out, value).map_err(MessageError::InvalidJson)
+}
+
+/// The top-level object of a Kafka message, as (key, raw value) pairs in order.
+fn top_object(bytes: &[u8]) -> Result<Members<'_>, MessageError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| MessageError::NotUtf8(e.valid_up_to()))?;
+    serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => MessageError::WrongType {
+            field: "message",
+            expected: "a JSON object",
+        },
+        _ => MessageError::InvalidJson(e),
+    })
+}
+
+/// A nested object as (key, raw value) pairs.
+fn object<'a>(field: &'static str, raw: &'a RawValue) -> Result<Members<'a>, MessageError> {
+    typed(field, "an object", raw)
+}
+
+/// Decodes one member's raw value: a type mismatch names the field; anything else (the
+/// recursion limit on deep nesting) is invalid JSON.
+fn typed<'a, T: Deserialize<'a>>(
+    field: &'static str,
+    expected: &'static str,
+    raw: &'a RawValue,
+) -> Result<T, MessageError> {
+    serde_json::from_str(raw.get()).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => MessageError::WrongType { field, expected },
+        _ => MessageError::InvalidJson(e),
+    })
+}
+
+/// A JSON object's members, borrowed from the input (keys are copied only when escaped).
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(Key(key)) = map.next_key()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    members.push((key, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(MembersVisitor)
+    }
+}
+
+/// A map key borrowed from the input when it has no escapes. (`Cow<str>`'s own Deserialize
+/// always copies.)
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn payload_json(m: &ApnsMessage) -> Value {
+        serde_json::from_slice(&m.notification.payload).expect("payload is JSON")
+    }
+
+    #[test]
+    fn apns_every_field() {
+        let msg = json!({
+            "DeviceToken": TOKEN, "Payload": {"aps": {"alert": "hi"}}, "metadata": {"jobId": "j1"},
+            "push_expiry": 1_700_000_000_000_i64, "collapse_id": "c1", "push_type": "background",
+            "priority": 5, "expiration": 1_700_000_000_u64, "topic": "com.example.app", "ApnsID": "ignored"
+        });
+        let m = parse_apns(msg.to_string().as_bytes()).expect("parses");
+        let n = &m.notification;
+        assert_eq!(n.token, TOKEN);
+        assert_eq!(n.topic.as_deref(), Some("com.example.app"));
+        assert_eq!(n.push_type, Some(PushType::Background));
+        assert_eq!(n.priority, Some(5));
+        assert_eq!(n.expiration, Some(1_700_000_000));
+        assert_eq!(n.collapse_id.as_deref(), Some("c1"));
+        assert_eq!(n.apns_id, None);
+        assert_eq!(m.push_expiry, 1_700_000_000_000);
+        assert_eq!(
+            m.metadata,
+            json!({"jobId": "j1"}).as_object().cloned().expect("object")
+        );
+        assert_eq!(
+            payload_json(&m),
+            json!({"aps": {"alert": "hi"}, "M": {"jobId": "j1"}})
+        );
+    }
+
+    #[test]
+    fn apns_minimal_message_has_defaults_and_payload_verbatim() {
+        let raw = format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{"aps" : {{"alert":"x"}} }}}}"#);
+        let m = parse_apns(raw.as_bytes()).expect("parses");
+        // Without metadata the payload is the producer's bytes, spacing included.
+        assert_eq!(&m.notification.payload[..], br#"{"aps" : {"alert":"x"} }"#);
+        assert_eq!(m.push_expiry, 0);
+        assert!(m.metadata.is_empty());
+        let n = &m.notification;
+        assert_eq!(
+            (n.topic.as_ref(), n.push_type, n.priority, n.expiration),
+            (None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn apns_keys_are_case_insensitive() {
+        for (token_key, payload_key, meta_key, expiry_key) in [
+            ("DeviceToken", "Payload", "metadata", "push_expiry"),
+            ("deviceToken", "payload", "Metadata", "Push_Expiry"),
+            ("DEVICETOKEN", "PAYLOAD", "METADATA", "PUSH_EXPIRY"),
+        ] {
+            let msg = json!({token_key: TOKEN, payload_key: {"aps": {}}, meta_key: {"a": 1}, expiry_key: 7, "TOPIC": "t"});
+            let m = parse_apns(msg.to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{token_key}: {e}"));
+            assert_eq!(m.notification.token, TOKEN);
+            assert_eq!(m.push_expiry, 7);
+            assert_eq!(m.notification.topic.as_deref(), Some("t"));
+            assert_eq!(payload_json(&m)["M"], json!({"a": 1}));
+        }
+    }
+
+    #[test]
+    fn apns_metadata_merge_rules() {
+        let cases = [
+            // (Payload, metadata, expected payload)
+            (
+                json!({"aps": {}}),
+                json!({"jobId": "j"}),
+                json!({"aps": {}, "M": {"jobId": "j"}}),
+            ),
+            (
+                json!({"aps": {}, "M": {"jobId": "mine", "x": 1}}),
+                json!({"jobId": "j", "y": [2]}),
+                json!({"aps": {}, "M": {"jobId": "mine", "x": 1, "y": [2]}}),
+            ),
+            (
+                json!({"aps": {}, "M": null}),
+                json!({"k": true}),
+                json!({"aps": {}, "M": {"k": true}}),
+            ),
+            (json!({}), json!({"k": "v"}), json!({"M": {"k": "v"}})),
+            (json!({"aps": {}}), json!({}), json!({"aps": {}})),
+            (json!({"aps": {}}), Value::Null, json!({"aps": {}})),
+        ];
+        for (payload, metadata, want) in cases {
+            let msg = json!({"DeviceToken": TOKEN, "Payload": payload, "metadata": metadata});
+            let m = parse_apns(msg.to_string().as_bytes()).expect("parses");
+            assert_eq!(payload_json(&m), want, "{msg}");
+        }
+        // Escaped keys survive the hand-written re-assembly.
+        let raw = format!(
+            r#"{{"DeviceToken":"{TOKEN}","Payload":{{"a\"b\u00e9":1}},"metadata":{{"k":"v"}}}}"#
+        );
+        let m = parse_apns(raw.as_bytes()).expect("parses");
+        assert_eq!(payload_json(&m), json!({"a\"bé": 1, "M": {"k": "v"}}));
+    }
+
+    #[test]
+    fn apns_errors_table() {
+        let big = "x".repeat(5000);
+        let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+            (b"\xff\xfe{}".to_vec(), "not_utf8", "UTF-8"),
+            (b"{\"DeviceToken\":".to_vec(), "invalid_json", "JSON"),
+            (b"not json".to_vec(), "invalid_json", "JSON"),
+            (b"".to_vec(), "invalid_json", "JSON"),
+            (b"[1,2]".to_vec(), "wrong_type", "message"),
+            (b"\"str\"".to_vec(), "wrong_type", "message"),
+            (
+                br#"{"Payload":{"aps":{}}}"#.to_vec(),
+                "no_token",
+                "DeviceToken",
+            ),
+            (
+                br#"{"DeviceToken":"","Payload":{"aps":{}}}"#.to_vec(),
+                "no_token",
+                "DeviceToken",
+            ),
+            (
+                br#"{"DeviceToken":null,"Payload":{"aps":{}}}"#.to_vec(),
+                "no_token",
+                "DeviceToken",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}"}}"#).into_bytes(),
+                "missing_field",
+                "Payload",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":null}}"#).into_bytes(),
+                "missing_field",
+                "Payload",
+            ),
+            (
+                br#"{"DeviceToken":12,"Payload":{}}"#.to_vec(),
+                "wrong_type",
+                "DeviceToken",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":"text"}}"#).into_bytes(),
+                "wrong_type",
+                "Payload",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"metadata":[1]}}"#)
+                    .into_bytes(),
+                "wrong_type",
+                "metadata",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{"M":3}},"metadata":{{"a":1}}}}"#)
+                    .into_bytes(),
+                "wrong_type",
+                "Payload.M",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"push_expiry":"soon"}}"#)
+                    .into_bytes(),
+                "wrong_type",
+                "push_expiry",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"push_expiry":1.5}}"#)
+                    .into_bytes(),
+                "wrong_type",
+                "push_expiry",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"priority":"high"}}"#)
+                    .into_bytes(),
+                "wrong_type",
+                "priority",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"priority":7}}"#).into_bytes(),
+                "invalid_value",
+                "priority",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"expiration":-1}}"#)
+                    .into_bytes(),
+                "wrong_type",
+                "expiration",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"push_type":"telepathy"}}"#)
+                    .into_bytes(),
+                "invalid_value",
+                "push_type",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"topic":["a"]}}"#).into_bytes(),
+                "wrong_type",
+                "topic",
+            ),
+            (
+                format!(
+                    r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"collapse_id":"{}"}}"#,
+                    "c".repeat(65)
+                )
+                .into_bytes(),
+                "invalid_value",
+                "collapse_id",
+            ),
+            (
+                format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{"aps":{{"alert":"{big}"}}}}}}"#)
+                    .into_bytes(),
+                "payload_too_large",
+                "4096",
+            ),
+        ];
+        for (input, reason, names) in cases {
+            let err = parse_apns(&input).expect_err(&String::from_utf8_lossy(&input));
+            assert_eq!(
+                err.reason(),
+                reason,
+                "{}: {err}",
+                String::from_utf8_lossy(&input)
+            );
+            assert!(err.to_string().contains(names), "{err} should name {names}");
+        }
+    }
+
+    #[test]
+    fn apns_payload_limits_follow_push_type() {
+        let body = "x".repeat(4500);
+        let alert = format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{"aps":{{}},"d":"{body}"}}}}"#);
+        assert_eq!(
+            parse_apns(alert.as_bytes()).map_err(|e| e.reason()).err(),
+            Some("payload_too_large")
+        );
+        let voip = format!(
+            r#"{{"DeviceToken":"{TOKEN}","push_type":"voip","Payload":{{"aps":{{}},"d":"{body}"}}}}"#
+        );
+        assert_eq!(
+            parse_apns(voip.as_bytes())
+                .expect("voip allows 5120")
+                .notification
+                .payload
+                .len(),
+            4500 + 17
+        );
+        // Metadata counts: a payload just under the limit goes over once merged.
+        let just = "y".repeat(4096 - 16);
+        let msg = format!(
+            r#"{{"DeviceToken":"{TOKEN}","Payload":{{"aps":{{"a":"{just}"}}}},"metadata":{{"jobId":"j"}}}}"#
+        );
+        assert!(parse_apns(msg.replace(r#","metadata":{"jobId":"j"}"#, "").as_bytes()).is_ok());
+        assert_eq!(
+            parse_apns(msg.as_bytes()).map_err(|e| e.reason()).err(),
+            Some("payload_too_large")
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let inputs = [
+            format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"metadata":{{"a":{deep}}}}}"#),
+            format!(
+                r#"{{"DeviceToken":"{TOKEN}","Payload":{{"M":{{"a":{deep}}}}},"metadata":{{"k":1}}}}"#
+            ),
+        ];
+        for input in inputs {
+            assert_eq!(
+                parse_apns(input.as_bytes()).map_err(|e| e.reason()).err(),
+                Some("invalid_json")
+            );
+        }
+        let gcm = format!(r#"{{"to":"t","data":{{"a":{deep}}}}}"#);
+        assert_eq!(
+            parse_gcm(gcm.as_bytes()).map_err(|e| e.reason()).err(),
+            Some("invalid_json")
+        );
+        // Deep nesting in a member kept raw is bounded by the size limit instead.
+        let raw = format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{"aps":{deep}}}}}"#);
+        assert_eq!(
+            parse_apns(raw.as_bytes()).map_err(|e| e.reason()).err(),
+            Some("payload_too_large")
+        );
+    }
+
+    #[test]
+    fn big_values_within_limits_parse() {
+        let token = "ab".repeat(100);
+        let metadata: Map<String, Value> = (0..200).map(|i| (format!("k{i}"), json!(i))).collect();
+        let msg = json!({"DeviceToken": token, "Payload": {"aps": {}}, "metadata": metadata, "push_expiry": i64::MAX});
+        let m = parse_apns(msg.to_string().as_bytes()).expect("parses");
+        assert_eq!(m.metadata.len(), 200);
+        assert_eq!(m.push_expiry, i64::MAX);
+        assert_eq!(payload_json(&m)["M"].as_object().map(Map::len), Some(200));
+    }
+
+    #[test]
+    fn gcm_every_legacy_field() {
+        let msg = json!({
+            "to": "tok:APA91b", "message_id": "m1", "message_type": "t", "collapse_key": "c",
+            "priority": "high", "content_available": true, "time_to_live": 3600,
+            "delivery_receipt_requested": false, "dry_run": true,
+            "notification": {"title": "T", "body": "B", "sound": "s", "click_action": "ca",
+                "body_loc_key": "bk", "body_loc_args": ["1", "2"], "title_loc_key": "tk",
+                "title_loc_args": "[\"x\"]", "image_url": "https://i", "icon": "ic", "tag": "tg",
+                "color": "#fff", "badge": 3, "unknown": "ignored"},
+            "data": {"s": "v", "n": 1, "o": {"a": [1]}, "b": false, "nul": null},
+            "metadata": {"jobId": "j", "s": "metadata loses"}, "push_expiry": 5
+        });
+        let m = parse_gcm(msg.to_string().as_bytes()).expect("parses");
+        assert_eq!(m.to, "tok:APA91b");
+        assert_eq!(m.message_id.as_deref(), Some("m1"));
+        assert_eq!(m.message_type.as_deref(), Some("t"));
+        assert_eq!(m.collapse_key.as_deref(), Some("c"));
+        assert_eq!(m.priority.as_deref(), Some("high"));
+        assert_eq!(m.content_available, Some(true));
+        assert_eq!(m.time_to_live, Some(3600));
+        assert_eq!(m.delivery_receipt_requested, Some(false));
+        assert!(m.dry_run);
+        assert_eq!(m.push_expiry, 5);
+        assert_eq!(m.v1_message, None);
+        let n = m.notification.expect("notification");
+        assert_eq!(
+            (n.title.as_deref(), n.body.as_deref(), n.sound.as_deref()),
+            (Some("T"), Some("B"), Some("s"))
+        );
+        assert_eq!(
+            (
+                n.click_action.as_deref(),
+                n.body_loc_key.as_deref(),
+                n.title_loc_key.as_deref()
+            ),
+            (Some("ca"), Some("bk"), Some("tk"))
+        );
+        assert_eq!(
+            n.body_loc_args,
+            Some(vec!["1".to_string(), "2".to_string()])
+        );
+        assert_eq!(n.title_loc_args, Some(vec!["x".to_string()]));
+        assert_eq!(
+            (n.image_url.as_deref(), n.icon.as_deref(), n.tag.as_deref()),
+            (Some("https://i"), Some("ic"), Some("tg"))
+        );
+        assert_eq!(
+            (n.color.as_deref(), n.badge.as_deref()),
+            (Some("#fff"), Some("3"))
+        );
+        // Non-string data kept; metadata merged, data's own keys win.
+        let want =
+            json!({"s": "v", "n": 1, "o": {"a": [1]}, "b": false, "nul": null, "jobId": "j"});
+        assert_eq!(Value::Object(m.data), want);
+        assert_eq!(m.metadata.len(), 2);
+    }
+
+    #[test]
+    fn gcm_keys_case_insensitive_and_defaults() {
+        let m =
+            parse_gcm(br#"{"TO":"t1","Data":{"a":"b"},"DRY_RUN":false,"Metadata":{"jobId":"j"}}"#)
+                .expect("parses");
+        assert_eq!(m.to, "t1");
+        assert!(!m.dry_run);
+        assert_eq!(Value::Object(m.data), json!({"a": "b", "jobId": "j"}));
+        let m = parse_gcm(br#"{"to":"t2"}"#).expect("parses");
+        assert_eq!(
+            (m.time_to_live, m.notification, m.push_expiry, m.data.len()),
+            (None, None, 0, 0)
+        );
+    }
+
+    #[test]
+    fn gcm_v1_envelope_is_kept_as_is() {
+        let inner = r#"{"token":"v1tok","data":{"k":"v"},"android":{"ttl":"30s"}}"#;
+        let raw = format!(
+            r#"{{"message":{inner},"validate_only":true,"metadata":{{"jobId":"j"}},"push_expiry":9}}"#
+        );
+        let m = parse_gcm(raw.as_bytes()).expect("parses");
+        assert_eq!(m.to, "v1tok");
+        assert!(m.dry_run);
+        assert_eq!(m.push_expiry, 9);
+        assert_eq!(m.metadata.get("jobId"), Some(&json!("j")));
+        assert_eq!(m.v1_message.as_deref(), Some(inner.as_bytes()));
+        assert!(
+            m.data.is_empty(),
+            "metadata is not merged into a v1 message"
+        );
+        let err = parse_gcm(br#"{"message":{"topic":"news"}}"#).expect_err("no token");
+        assert_eq!(
+            (err.reason(), err.to_string().contains("message.token")),
+            ("no_token", true)
+        );
+        let err = parse_gcm(br#"{"message":"x"}"#).expect_err("not an object");
+        assert_eq!(err.reason(), "wrong_type");
+    }
+
+    #[test]
+    fn gcm_errors_table() {
+        let big = "x".repeat(4100);
+        let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+            (b"{\"to\":\"\xc3\x28\"}".to_vec(), "not_utf8", "offset 7"),
+            (b"{\"to\":".to_vec(), "invalid_json", "JSON"),
+            (b"42".to_vec(), "wrong_type", "message"),
+            (br#"{"data":{"a":"b"}}"#.to_vec(), "no_token", "to"),
+            (br#"{"to":""}"#.to_vec(), "no_token", "to"),
+            (br#"{"to":5}"#.to_vec(), "wrong_type", "to"),
+            (br#"{"to":"t","data":"x"}"#.to_vec(), "wrong_type", "data"),
+            (
+                br#"{"to":"t","notification":{"title":5}}"#.to_vec(),
+                "wrong_type",
+                "notification",
+            ),
+            (
+                br#"{"to":"t","time_to_live":-1}"#.to_vec(),
+                "wrong_type",
+                "time_to_live",
+            ),
+            (
+                br#"{"to":"t","dry_run":"yes"}"#.to_vec(),
+                "wrong_type",
+                "dry_run",
+            ),
+            (
+                br#"{"to":"t","priority":10}"#.to_vec(),
+                "wrong_type",
+                "priority",
+            ),
+            (
+                br#"{"to":"t","push_expiry":"x"}"#.to_vec(),
+                "wrong_type",
+                "push_expiry",
+            ),
+            (
+                br#"{"to":"t","metadata":"x"}"#.to_vec(),
+                "wrong_type",
+                "metadata",
+            ),
+            (
+                format!(r#"{{"to":"t","data":{{"a":"{big}"}}}}"#).into_bytes(),
+                "payload_too_large",
+                "4096",
+            ),
+        ];
+        for (input, reason, names) in cases {
+            let err = parse_gcm(&input).expect_err(&String::from_utf8_lossy(&input));
+            assert_eq!(
+                err.reason(),
+                reason,
+                "{}: {err}",
+                String::from_utf8_lossy(&input)
+            );
+            assert!(err.to_string().contains(names), "{err} should name {names}");
+        }
+    }
+
+    #[test]
+    fn expiry() {
+        let now = Duration::from_millis(1_000);
+        assert!(!is_expired(0, now), "0 never expires");
+        assert!(!is_expired(-5, now));
+        assert!(is_expired(999, now));
+        assert!(!is_expired(1_000, now));
+        assert!(!is_expired(1_001, now));
+    }
+}
