@@ -27,8 +27,9 @@ pub struct GlobalArgs {
     /// Debug logging (secrets are still never printed).
     #[arg(short = 'd', long, global = true)]
     pub debug: bool,
-    /// Log as JSON lines.
-    #[arg(short = 'j', long, global = true)]
+    /// Log as JSON lines. Given before the command (`pusher -j run gcm`), so that
+    /// `bench --json FILE` can keep the report flag's name.
+    #[arg(short = 'j', long)]
     pub json: bool,
     /// Use the vendors' production endpoints (APNs production host instead of sandbox).
     #[arg(short = 'p', long, global = true)]

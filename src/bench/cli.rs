@@ -1,10 +1,216 @@
+//! `pusher bench`: arguments, and the run -> report -> gate sequence.
+
+use super::gate;
+use super::report::{self, Report};
 use crate::cli::GlobalArgs;
-use clap::Args;
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-#[derive(Debug, Args)]
-pub struct BenchArgs {}
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Run everything embedded in this process: fake servers (and, end to end, the Kafka mock
+    /// cluster). Without it, give --endpoint.
+    #[arg(long)]
+    pub mock: bool,
+    /// Drive the sender core directly, without Kafka.
+    #[arg(long)]
+    pub sender_only: bool,
+    /// Platform to push to.
+    #[arg(long, default_value = "apns", value_parser = parse_platform)]
+    pub platform: crate::push::Platform,
+    /// Messages to measure (suffixes: 10k, 1m). Default 100k unless --duration is given.
+    #[arg(long, value_parser = parse_count)]
+    pub count: Option<u64>,
+    /// Measure for this long (e.g. 30s, 2m); with --count, whichever ends first.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Send, but do not measure, for this long first.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+    /// Closed loop: messages in flight.
+    #[arg(long, default_value_t = 1000, conflicts_with = "rate")]
+    pub concurrency: usize,
+    /// Open loop: messages per second, whatever the target does (latency is reported raw and
+    /// corrected for coordinated omission).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Fake-server behaviour: a built-in profile name or a YAML file (see mock-services/).
+    #[arg(long, default_value = "happy")]
+    pub profile: String,
+    /// Fake-server transport.
+    #[arg(long, value_enum, default_value = "tls")]
+    pub transport: Transport,
+    /// HTTP/2 connections in the sender's pool.
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+    /// Share of tokens the fake servers treat as invalid.
+    #[arg(long, default_value_t = 0.0)]
+    pub invalid_ratio: f64,
+    /// Payload size in bytes (APNs `Payload`), as `pusher gen --payload-size`.
+    #[arg(long, default_value = "300")]
+    pub payload_size: String,
+    /// An external endpoint (a fake elsewhere, or a real sandbox) instead of the embedded fake.
+    #[arg(long, conflicts_with = "mock")]
+    pub endpoint: Option<String>,
+    /// CA file (PEM) to trust for --endpoint.
+    #[arg(long, requires = "endpoint")]
+    pub ca: Option<PathBuf>,
+    /// Skip TLS verification of --endpoint (self-signed fakes only).
+    #[arg(long, requires = "endpoint")]
+    pub insecure: bool,
+    /// APNs token auth for --endpoint: .p8 key file, key id, team id.
+    #[arg(long, requires_all = ["key_id", "team_id"])]
+    pub key_file: Option<PathBuf>,
+    #[arg(long)]
+    pub key_id: Option<String>,
+    #[arg(long)]
+    pub team_id: Option<String>,
+    /// `apns-topic` for the pushes.
+    #[arg(long, default_value = "com.example.app")]
+    pub topic: String,
+    /// Repeat the run and report the median throughput (the gate uses it).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Write the report as JSON (schema pusher-bench/1, see README).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the send (or end-to-end) latency histogram in HdrHistogram's .hgrm text format.
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+    /// Compare with this baseline report and fail on a regression.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Allowed regression in percent (throughput drop or p99 rise, calibration-normalised).
+    #[arg(long, default_value_t = 10.0, requires = "baseline")]
+    pub max_regression: f64,
+    /// Seed for the generated messages.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
 
-pub fn run(_args: BenchArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`pusher bench` is not built yet")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// HTTP/2 over TLS (as production).
+    Tls,
+    /// Cleartext HTTP/2 with prior knowledge.
+    H2c,
+}
+
+fn parse_platform(s: &str) -> Result<crate::push::Platform, String> {
+    s.parse()
+}
+
+fn parse_count(s: &str) -> Result<u64, String> {
+    let n = crate::gen::parse_count(s).map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Err("count must be at least 1".into());
+    }
+    Ok(n)
+}
+
+pub fn run(args: BenchArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    if !args.mock && args.endpoint.is_none() {
+        bail!("say where to send: --mock (embedded fake servers) or --endpoint URL");
+    }
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate must be a positive number of messages per second");
+        }
+    }
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    // Read the baseline first: a corrupt one should fail before a long run, not after.
+    let baseline = match &args.baseline {
+        Some(path) => Some(gate::load_baseline(path)?),
+        None => None,
+    };
+    let report = super::sender_only::run(&args).context("bench run failed")?;
+
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    print!("{}", report.summary());
+    if !report.conservation.ok {
+        eprintln!("error: conservation check failed: messages were lost or double-counted");
+        return Ok(ExitCode::from(1));
+    }
+    if let Some(base) = baseline {
+        let result = gate::compare(&report, &base, args.max_regression);
+        for line in &result.lines {
+            println!("  gate: {line}");
+        }
+        if !result.passed() {
+            eprintln!(
+                "error: regression beyond {}% against {}:",
+                args.max_regression,
+                args.baseline
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+            for r in &result.regressions {
+                eprintln!("  {r}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        println!("  gate: passed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the `.hgrm` file when asked.
+pub(super) fn write_hgrm(args: &BenchArgs, h: &hdrhistogram::Histogram<u64>) -> anyhow::Result<()> {
+    if let Some(path) = &args.hgrm {
+        std::fs::write(path, report::hgrm(h))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The report skeleton every mode fills.
+pub(super) fn base_report(args: &BenchArgs, mode: &str, profile: &str) -> Report {
+    Report {
+        schema: report::SCHEMA.to_string(),
+        pusher_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        params: report::Params {
+            mode: mode.to_string(),
+            platform: args.platform.to_string(),
+            profile: profile.to_string(),
+            transport: match args.transport {
+                Transport::Tls => "tls".into(),
+                Transport::H2c => "h2c".into(),
+            },
+            count: args.count,
+            duration_secs: args.duration.map(|d| d.as_secs_f64()),
+            warmup_secs: args.warmup.as_secs_f64(),
+            concurrency: args.rate.is_none().then_some(args.concurrency),
+            rate: args.rate,
+            repeat: args.repeat,
+        },
+        duration_secs: 0.0,
+        throughput: 0.0,
+        calibration: 0.0,
+        latency: Default::default(),
+        outcomes: Default::default(),
+        reasons: Default::default(),
+        conservation: Default::default(),
+        timeline: Vec::new(),
+        runs: Vec::new(),
+        peak_rss_bytes: None,
+    }
 }

@@ -6,3 +6,4 @@ pub mod driver;
 pub mod gate;
 pub mod recorder;
 pub mod report;
+pub mod sender_only;

@@ -181,7 +181,9 @@ impl Pool {
 
     /// Number of connections currently up.
     pub fn live_connections(&self) -> usize {
-        (0..self.inner.slots.len()).filter(|&i| self.live(i).is_some()).count()
+        (0..self.inner.slots.len())
+            .filter(|&i| self.live(i).is_some())
+            .count()
     }
 
     /// One exchange: sends `request` with `body` and returns the response head and whole body.
@@ -265,7 +267,10 @@ impl Pool {
         self.connect_slot(first).await
     }
 
-    async fn connect_slot(&self, index: usize) -> Result<(SendRequest<Bytes>, ConnId), TransportError> {
+    async fn connect_slot(
+        &self,
+        index: usize,
+    ) -> Result<(SendRequest<Bytes>, ConnId), TransportError> {
         let slot = &self.inner.slots[index];
         let _connecting = slot.connect_lock.lock().await;
         if let Some(found) = self.live(index) {
@@ -325,13 +330,12 @@ impl Pool {
             let _ = tcp.set_nodelay(true);
             match &self.inner.tls {
                 Some((connector, name)) => {
-                    let tls = connector
-                        .connect(name.clone(), tcp)
-                        .await
-                        .map_err(|e| TransportError::Connect {
+                    let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                        TransportError::Connect {
                             addr: addr.clone(),
                             reason: format!("TLS: {e}"),
-                        })?;
+                        }
+                    })?;
                     handshake(NoVec(tls)).await
                 }
                 None => handshake(NoVec(tcp)).await,
@@ -411,13 +415,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct NoVec<T>(T);
 
 impl<T: AsyncRead + Unpin> AsyncRead for NoVec<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for NoVec<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
