@@ -79,7 +79,10 @@ impl OffsetTracker {
     /// Records that `offset` was consumed and its work has begun.
     pub fn start(&mut self, topic: &str, partition: i32, offset: i64) -> Result<(), OffsetError> {
         let capacity = self.capacity;
-        let window = self.partitions.entry((topic.to_owned(), partition)).or_default();
+        let window = self
+            .partitions
+            .entry((topic.to_owned(), partition))
+            .or_default();
         if let Some(last) = window.last_started {
             if offset <= last {
                 return Err(OffsetError::OutOfOrder {
@@ -212,13 +215,28 @@ mod tests {
     fn bad_calls_are_errors_not_panics() {
         let mut t = OffsetTracker::new(2);
         t.start(T, 0, 3).unwrap();
-        assert!(matches!(t.start(T, 0, 3), Err(OffsetError::OutOfOrder { .. })));
-        assert!(matches!(t.finish(T, 0, 4), Err(OffsetError::NotInFlight { .. })));
-        assert!(matches!(t.finish(T, 9, 4), Err(OffsetError::NotInFlight { .. })));
+        assert!(matches!(
+            t.start(T, 0, 3),
+            Err(OffsetError::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            t.finish(T, 0, 4),
+            Err(OffsetError::NotInFlight { .. })
+        ));
+        assert!(matches!(
+            t.finish(T, 9, 4),
+            Err(OffsetError::NotInFlight { .. })
+        ));
         t.start(T, 0, 4).unwrap();
-        assert!(matches!(t.start(T, 0, 5), Err(OffsetError::Full { capacity: 2, .. })));
+        assert!(matches!(
+            t.start(T, 0, 5),
+            Err(OffsetError::Full { capacity: 2, .. })
+        ));
         t.finish(T, 0, 4).unwrap();
-        assert!(matches!(t.finish(T, 0, 4), Err(OffsetError::NotInFlight { .. })));
+        assert!(matches!(
+            t.finish(T, 0, 4),
+            Err(OffsetError::NotInFlight { .. })
+        ));
     }
 
     #[test]
@@ -243,7 +261,10 @@ mod tests {
         t.start(T, 0, 101).unwrap();
         t.revoke(T, 0);
         assert_eq!(t.committable(T, 0), None);
-        assert!(matches!(t.finish(T, 0, 100), Err(OffsetError::NotInFlight { .. })));
+        assert!(matches!(
+            t.finish(T, 0, 100),
+            Err(OffsetError::NotInFlight { .. })
+        ));
         // Re-assigned, and the new fetch starts again from the committed offset (100).
         t.assign(T, 0);
         t.start(T, 0, 100).unwrap();
