@@ -3,7 +3,7 @@
 //! The pipeline calls [`TokenQueue::enqueue`] for each token APNs/FCM call dead; it returns once
 //! the token is in the deleter's bounded queue (a full queue makes callers wait: backpressure,
 //! never unbounded memory). One background task batches tokens by size and time into
-//! `DELETE FROM "<app>_<platform>" WHERE token = ANY($1)`, one statement per table per batch.
+//! `DELETE FROM "<app>_<platform>" WHERE token = ANY($1) RETURNING token`, one statement per table per batch.
 //! While PostgreSQL is unreachable the batch is kept and retried with back-off (nothing is lost,
 //! and the queue fills up behind it); on shutdown what is queued is flushed.
 //!
@@ -137,7 +137,7 @@ pub fn table_name(app: &str, platform: Platform) -> Result<String, TokenError> {
 /// so '-' works and a validation bug still cannot become SQL.
 fn delete_sql(table: &str) -> String {
     format!(
-        "DELETE FROM \"{}\" WHERE token = ANY($1)",
+        "DELETE FROM \"{}\" WHERE token = ANY($1) RETURNING token",
         table.replace('"', "\"\"")
     )
 }
@@ -295,12 +295,11 @@ impl Worker {
         let mut wait = self.settings.retry_initial;
         loop {
             match self.delete_once(table, tokens).await {
-                Ok(rows) => {
-                    // rows > count is possible: several users may share a token (seed comment).
+                Ok(Deleted { rows, tokens_found }) => {
                     self.counters.success.fetch_add(rows, Ordering::Relaxed);
                     self.counters
                         .nonexistent
-                        .fetch_add(count.saturating_sub(rows), Ordering::Relaxed);
+                        .fetch_add(count.saturating_sub(tokens_found), Ordering::Relaxed);
                     return;
                 }
                 Err(failure) => {
@@ -325,7 +324,7 @@ impl Worker {
         }
     }
 
-    async fn delete_once(&self, table: &str, tokens: &[String]) -> Result<u64, Failure> {
+    async fn delete_once(&self, table: &str, tokens: &[String]) -> Result<Deleted, Failure> {
         let client = self.pool.get().await.map_err(|e| Failure {
             transient: true,
             message: e.to_string(),
@@ -334,11 +333,20 @@ impl Worker {
             .prepare_cached(&delete_sql(table))
             .await
             .map_err(Failure::from)?;
-        client
-            .execute(&statement, &[&tokens])
-            .await
-            .map_err(Failure::from)
+        let deleted = client.query(&statement, &[&tokens]).await.map_err(Failure::from)?;
+        let found: BTreeSet<&str> = deleted.iter().map(|row| row.get::<_, &str>(0)).collect();
+        Ok(Deleted {
+            rows: deleted.len() as u64,
+            tokens_found: found.len() as u64,
+        })
     }
+}
+
+/// What one DELETE removed. Several users may share a token (seed comment), so rows and
+/// distinct tokens differ; "nonexistent" counts tokens that had no row at all.
+struct Deleted {
+    rows: u64,
+    tokens_found: u64,
 }
 
 /// Why one DELETE failed, and whether trying again can help.
@@ -390,7 +398,7 @@ mod tests {
     fn sql_quotes_the_table() {
         assert_eq!(
             delete_sql("my-game_apns"),
-            r#"DELETE FROM "my-game_apns" WHERE token = ANY($1)"#
+            r#"DELETE FROM "my-game_apns" WHERE token = ANY($1) RETURNING token"#
         );
     }
 }
