@@ -2,3 +2,6 @@
 //! per-partition offset tracker (DESIGN.md §5).
 
 pub mod cli;
+pub mod feedback;
+pub mod offsets;
+pub mod tokens;

@@ -1,0 +1,1 @@
+pub const DEFAULT_TOPIC_TEMPLATE: &str = "push-{app}-{platform}-feedbacks";
