@@ -6,6 +6,7 @@
 
 pub mod apns;
 pub mod cli;
+pub mod kafka;
 pub mod profile;
 pub mod server;
 pub mod stats;

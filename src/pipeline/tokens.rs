@@ -333,7 +333,10 @@ impl Worker {
             .prepare_cached(&delete_sql(table))
             .await
             .map_err(Failure::from)?;
-        let deleted = client.query(&statement, &[&tokens]).await.map_err(Failure::from)?;
+        let deleted = client
+            .query(&statement, &[&tokens])
+            .await
+            .map_err(Failure::from)?;
         let found: BTreeSet<&str> = deleted.iter().map(|row| row.get::<_, &str>(0)).collect();
         Ok(Deleted {
             rows: deleted.len() as u64,
