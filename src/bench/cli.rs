@@ -71,6 +71,13 @@ pub struct BenchArgs {
     /// `apns-topic` for the pushes.
     #[arg(long, default_value = "com.example.app")]
     pub topic: String,
+    /// An external Kafka for the end-to-end run (the topic push-bench_apns must exist or be
+    /// auto-created); default: librdkafka's mock cluster, in process.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Partitions of the embedded mock cluster's topic.
+    #[arg(long, default_value_t = 16)]
+    pub partitions: i32,
     /// Repeat the run and report the median throughput (the gate uses it).
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
@@ -134,7 +141,12 @@ pub fn run(args: BenchArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Some(gate::load_baseline(path)?),
         None => None,
     };
-    let report = super::sender_only::run(&args).context("bench run failed")?;
+    let report = if args.sender_only {
+        super::sender_only::run(&args)
+    } else {
+        super::end_to_end::run_bench(&args)
+    }
+    .context("bench run failed")?;
 
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;

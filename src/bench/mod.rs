@@ -3,6 +3,8 @@
 pub mod calibrate;
 pub mod cli;
 pub mod driver;
+pub mod end_to_end;
+pub mod fake;
 pub mod gate;
 pub mod recorder;
 pub mod report;

@@ -5,10 +5,11 @@
 use super::calibrate::calibrate;
 use super::cli::{base_report, write_hgrm, BenchArgs, Transport};
 use super::driver::{drive, Driven, Load, LoadPlan};
+use super::fake::FakeThread;
 use super::gate::median;
 use super::report::{peak_rss_bytes, Conservation, Latencies, Report};
 use crate::gen::{GenConfig, Generator, Mix};
-use crate::mock::{JwtKey, MockConfig, MockServer, Profile, Stats};
+use crate::mock::{JwtKey, Profile};
 use crate::push::apns::ApnsNotification;
 use crate::push::message::parse_apns;
 use crate::push::Platform;
@@ -17,7 +18,6 @@ use crate::sender::endpoint::Endpoint;
 use crate::sender::pool::PoolConfig;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,54 +38,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     });
     let items = notifications(args, count.unwrap_or(POOL).min(POOL))?;
 
-    // A fresh provider key per run: the fake verifies every JWT, as APNs would.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .context("generating the bench's provider key")?;
-    let key_pem = key.serialize_pem();
-
-    let profile_name = if args.endpoint.is_some() {
-        "external".to_string()
-    } else {
-        args.profile.clone()
-    };
-    let fake = match &args.endpoint {
-        Some(_) => None,
-        None => {
-            let profile = Profile::load(&args.profile)
-                .with_context(|| format!("profile {:?}", args.profile))?;
-            let jwt = JwtKey::from_pem(BENCH_KEY_ID, BENCH_TEAM_ID, &key_pem)?;
-            Some(FakeThread::start(profile, jwt)?)
-        }
-    };
-
-    let (endpoint, ca_file, auth) = match (&args.endpoint, &fake) {
-        (Some(url), _) => {
-            let auth = match (&args.key_file, &args.key_id, &args.team_id) {
-                (Some(path), Some(kid), Some(team)) => {
-                    TokenAuth::from_file(path, kid.clone(), team.clone())?
-                }
-                _ => TokenAuth::new(key_pem.clone().into_bytes(), BENCH_KEY_ID, BENCH_TEAM_ID),
-            };
-            (Endpoint::Custom(url.clone()), args.ca.clone(), auth)
-        }
-        (None, Some(fake)) => {
-            let url = match args.transport {
-                Transport::Tls => format!("https://{}", fake.tls),
-                Transport::H2c => format!("http://{}", fake.h2c),
-            };
-            let auth = TokenAuth::new(key_pem.clone().into_bytes(), BENCH_KEY_ID, BENCH_TEAM_ID);
-            (Endpoint::Custom(url), Some(fake.ca_file.clone()), auth)
-        }
-        (None, None) => bail!("no endpoint"),
-    };
-    let mut config = ApnsConfig::new(endpoint, ApnsAuth::Token(auth));
-    config.default_topic = Some(args.topic.clone());
-    config.ca_file = ca_file;
-    config.insecure = args.insecure;
-    config.pool = PoolConfig {
-        connections: args.connections.max(1),
-        ..PoolConfig::default()
-    };
+    let (fake, config, profile_name) = target(args)?;
 
     let plan = LoadPlan {
         count,
@@ -212,76 +165,57 @@ fn progress(args: &BenchArgs, count: Option<u64>, round: usize) -> ProgressBar {
     bar
 }
 
-/// The embedded fake APNs server on its own thread and current_thread runtime.
-struct FakeThread {
-    tls: std::net::SocketAddr,
-    h2c: std::net::SocketAddr,
-    ca_file: PathBuf,
-    stats: Arc<Stats>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
+/// Where the pushes go: the embedded fake (started here, with a fresh provider key it
+/// verifies) or `--endpoint`; and the sender configuration for it.
+pub(super) fn target(args: &BenchArgs) -> anyhow::Result<(Option<FakeThread>, ApnsConfig, String)> {
+    // A fresh provider key per run: the fake verifies every JWT, as APNs would.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .context("generating the bench's provider key")?;
+    let key_pem = key.serialize_pem();
 
-impl FakeThread {
-    fn start(profile: Profile, jwt: JwtKey) -> anyhow::Result<FakeThread> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("fake-apns".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow::anyhow!("fake server runtime: {e}")));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let mut config = MockConfig {
-                        profile,
-                        ..MockConfig::default()
-                    };
-                    config.apns.jwt_keys = vec![jwt];
-                    match MockServer::start(config).await {
-                        Ok(server) => {
-                            let _ = ready_tx.send(Ok((
-                                server.tls_addr(),
-                                server.h2c_addr(),
-                                server.ca_pem().to_string(),
-                                server.stats(),
-                            )));
-                            let _ = stop_rx.await;
-                            server.shutdown().await;
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(anyhow::anyhow!("fake server: {e}")));
-                        }
-                    }
-                });
-            })?;
-        let (tls, h2c, ca, stats) = ready_rx.recv().context("fake server thread died")??;
-        let (Some(tls), Some(h2c)) = (tls, h2c) else {
-            bail!("fake server has no listeners");
-        };
-        let ca_file =
-            std::env::temp_dir().join(format!("pusher-bench-ca-{}.pem", std::process::id()));
-        std::fs::write(&ca_file, ca).with_context(|| format!("writing {}", ca_file.display()))?;
-        Ok(FakeThread {
-            tls,
-            h2c,
-            ca_file,
-            stats,
-            stop: stop_tx,
-            thread,
-        })
-    }
+    let profile_name = if args.endpoint.is_some() {
+        "external".to_string()
+    } else {
+        args.profile.clone()
+    };
+    let fake = match &args.endpoint {
+        Some(_) => None,
+        None => {
+            let profile = Profile::load(&args.profile)
+                .with_context(|| format!("profile {:?}", args.profile))?;
+            let jwt = JwtKey::from_pem(BENCH_KEY_ID, BENCH_TEAM_ID, &key_pem)?;
+            Some(FakeThread::start(profile, jwt)?)
+        }
+    };
 
-    fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.thread.join();
-        let _ = std::fs::remove_file(&self.ca_file);
-    }
+    let (endpoint, ca_file, auth) = match (&args.endpoint, &fake) {
+        (Some(url), _) => {
+            let auth = match (&args.key_file, &args.key_id, &args.team_id) {
+                (Some(path), Some(kid), Some(team)) => {
+                    TokenAuth::from_file(path, kid.clone(), team.clone())?
+                }
+                _ => TokenAuth::new(key_pem.clone().into_bytes(), BENCH_KEY_ID, BENCH_TEAM_ID),
+            };
+            (Endpoint::Custom(url.clone()), args.ca.clone(), auth)
+        }
+        (None, Some(fake)) => {
+            let url = match args.transport {
+                Transport::Tls => format!("https://{}", fake.tls),
+                Transport::H2c => format!("http://{}", fake.h2c),
+            };
+            let auth = TokenAuth::new(key_pem.clone().into_bytes(), BENCH_KEY_ID, BENCH_TEAM_ID);
+            (Endpoint::Custom(url), Some(fake.ca_file.clone()), auth)
+        }
+        (None, None) => bail!("no endpoint"),
+    };
+    let mut config = ApnsConfig::new(endpoint, ApnsAuth::Token(auth));
+    config.default_topic = Some(args.topic.clone());
+    config.ca_file = ca_file;
+    config.insecure = args.insecure;
+    config.pool = PoolConfig {
+        connections: args.connections.max(1),
+        ..PoolConfig::default()
+    };
+
+    Ok((fake, config, profile_name))
 }

@@ -98,6 +98,10 @@ pub struct OutcomeEvent<'a> {
     pub outcome: &'a Outcome,
     /// The Kafka message timestamp (producer create time), ms since the epoch.
     pub produced_at_ms: Option<i64>,
+    /// The Kafka message key, if any (the bench puts a sequence number there).
+    pub key: Option<&'a [u8]>,
+    /// Time spent in the sender (all attempts), when the message was sent.
+    pub send_latency: Option<Duration>,
 }
 
 pub trait Observer: Send + Sync {
@@ -324,6 +328,7 @@ pub async fn run(
         }
         counters.consumed.fetch_add(1, Ordering::Relaxed);
         let payload = message.payload().map(<[u8]>::to_vec);
+        let key = message.key().map(<[u8]>::to_vec);
         let produced_at_ms = match message.timestamp() {
             Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
             Timestamp::NotAvailable => None,
@@ -338,7 +343,9 @@ pub async fn run(
                     partition,
                     offset,
                     payload,
+                    key,
                     produced_at_ms,
+                    send_latency: None,
                 },
             )
             .await;
@@ -422,7 +429,9 @@ struct Consumed {
     partition: i32,
     offset: i64,
     payload: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
     produced_at_ms: Option<i64>,
+    send_latency: Option<Duration>,
 }
 
 fn now() -> Duration {
@@ -438,7 +447,7 @@ fn hostname() -> String {
 }
 
 /// One message, from bytes to a handed-off outcome.
-async fn handle(shared: &Shared, m: Consumed) {
+async fn handle(shared: &Shared, mut m: Consumed) {
     let Some((app, platform)) = app_from_topic(&m.topic) else {
         report_once(shared, &m.topic, "Topic does not name an app and platform (push-<app>_<apns|gcm>); its messages are skipped.");
         finish(
@@ -489,7 +498,12 @@ async fn handle(shared: &Shared, m: Consumed) {
                 ApnsDetails::default(),
             )
         }
-        Some(AppSender::Apns(sender)) => apns(sender, m.payload.as_deref(), &mut ctx).await,
+        Some(AppSender::Apns(sender)) => {
+            let started = tokio::time::Instant::now();
+            let result = apns(sender, m.payload.as_deref(), &mut ctx).await;
+            m.send_latency = Some(started.elapsed());
+            result
+        }
     };
     // Side effects first, then the offset: that order is the at-least-once contract.
     if !hand_off(shared, &ctx, &outcome, &details).await {
@@ -615,6 +629,8 @@ fn finish(shared: &Shared, m: &Consumed, app: &str, token: &str, outcome: &Outco
             token,
             outcome,
             produced_at_ms: m.produced_at_ms,
+            key: m.key.as_deref(),
+            send_latency: m.send_latency,
         });
     }
     // NotInFlight after a revocation is expected: the new owner redoes the message.

@@ -1,0 +1,81 @@
+//! The embedded fake APNs server on its own thread and current_thread runtime, so that the
+//! pusher and the fake each get a core, as they would on two machines.
+
+use crate::mock::{JwtKey, MockConfig, MockServer, Profile, Stats};
+use anyhow::{bail, Context};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The embedded fake APNs server on its own thread and current_thread runtime.
+pub struct FakeThread {
+    pub tls: std::net::SocketAddr,
+    pub h2c: std::net::SocketAddr,
+    pub ca_file: PathBuf,
+    pub stats: Arc<Stats>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl FakeThread {
+    pub fn start(profile: Profile, jwt: JwtKey) -> anyhow::Result<FakeThread> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("fake-apns".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::anyhow!("fake server runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let mut config = MockConfig {
+                        profile,
+                        ..MockConfig::default()
+                    };
+                    config.apns.jwt_keys = vec![jwt];
+                    match MockServer::start(config).await {
+                        Ok(server) => {
+                            let _ = ready_tx.send(Ok((
+                                server.tls_addr(),
+                                server.h2c_addr(),
+                                server.ca_pem().to_string(),
+                                server.stats(),
+                            )));
+                            let _ = stop_rx.await;
+                            server.shutdown().await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(anyhow::anyhow!("fake server: {e}")));
+                        }
+                    }
+                });
+            })?;
+        let (tls, h2c, ca, stats) = ready_rx.recv().context("fake server thread died")??;
+        let (Some(tls), Some(h2c)) = (tls, h2c) else {
+            bail!("fake server has no listeners");
+        };
+        let ca_file =
+            std::env::temp_dir().join(format!("pusher-bench-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca_file, ca).with_context(|| format!("writing {}", ca_file.display()))?;
+        Ok(FakeThread {
+            tls,
+            h2c,
+            ca_file,
+            stats,
+            stop: stop_tx,
+            thread,
+        })
+    }
+
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+        let _ = std::fs::remove_file(&self.ca_file);
+    }
+}
