@@ -2,3 +2,4 @@
 //! fault injection, admin counters. Depends only on `push`, never on `sender`.
 
 pub mod cli;
+pub mod kafka;
