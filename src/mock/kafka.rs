@@ -7,8 +7,7 @@
 use anyhow::Context;
 use clap::Args;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::BaseProducer;
-use rdkafka::producer::Producer as _;
+use rdkafka::producer::{BaseProducer, Producer};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -76,9 +75,7 @@ impl KafkaMock {
 
 impl std::fmt::Debug for KafkaMock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaMock")
-            .field("bootstrap", &self.bootstrap)
-            .finish()
+        f.debug_struct("KafkaMock").field("bootstrap", &self.bootstrap).finish()
     }
 }
 
@@ -120,11 +117,7 @@ mod tests {
     #[test]
     fn topics_are_created_with_the_requested_partitions() {
         let mock = KafkaMock::start(1, &["push-game_apns".to_owned()], 6).unwrap();
-        assert!(
-            mock.bootstrap().starts_with("127.0.0.1:"),
-            "{}",
-            mock.bootstrap()
-        );
+        assert!(mock.bootstrap().starts_with("127.0.0.1:"), "{}", mock.bootstrap());
         let client: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", mock.bootstrap())
             .create()

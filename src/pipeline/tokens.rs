@@ -3,7 +3,8 @@
 //! The pipeline calls [`TokenQueue::enqueue`] for each token APNs/FCM call dead; it returns once
 //! the token is in the deleter's bounded queue (a full queue makes callers wait: backpressure,
 //! never unbounded memory). One background task batches tokens by size and time into
-//! `DELETE FROM "<app>_<platform>" WHERE token = ANY($1) RETURNING token`, one statement per table per batch.
+//! `DELETE FROM "<app>_<platform>" WHERE token = ANY($1) RETURNING token`, one statement per
+//! table per batch.
 //! While PostgreSQL is unreachable the batch is kept and retried with back-off (nothing is lost,
 //! and the queue fills up behind it); on shutdown what is queued is flushed.
 //!
