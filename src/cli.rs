@@ -60,6 +60,21 @@ pub enum Command {
     Version,
 }
 
+impl Cli {
+    /// JSON logs: `-j` before the command, or after `run`/`apns`/`gcm` as the seed accepted it.
+    pub fn json_logs(&self) -> bool {
+        use crate::pipeline::cli::RunPlatform;
+        self.global.json
+            || match &self.command {
+                Command::Apns(a) | Command::Gcm(a) => a.json,
+                Command::Run(r) => match &r.platform {
+                    RunPlatform::Apns(a) | RunPlatform::Gcm(a) => a.json,
+                },
+                _ => false,
+            }
+    }
+}
+
 /// Runs one command. Each command builds the runtime it needs.
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;

@@ -2,7 +2,8 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = pusher::cli::Cli::parse();
+    let mut cli = pusher::cli::Cli::parse();
+    cli.global.json = cli.json_logs();
     pusher::telemetry::init(&cli.global);
     match pusher::cli::dispatch(cli) {
         Ok(code) => code,

@@ -1,7 +1,23 @@
+//! `pusher run apns|gcm` (and the seed's `pusher apns|gcm`): load and check the config, build
+//! one sender per app, start the outcome handlers, run until SIGINT/SIGTERM.
+
+use super::feedback::FeedbackProducer;
+use super::run::{run as run_loop, AppSender, Outputs, RunSpec};
+use super::tokens::{pg_pool, DeleterSettings, TokenDeleter};
 use crate::cli::GlobalArgs;
+use crate::config::{ApnsCert, Config};
 use crate::push::Platform;
+use crate::sender::apns::{load_identity, ApnsAuth, ApnsConfig, ApnsSender, TokenAuth};
+use crate::sender::endpoint::Endpoint;
+use crate::sender::pool::PoolConfig;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -17,8 +33,49 @@ pub enum RunPlatform {
     Gcm(PlatformRunArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct PlatformRunArgs {}
+/// Flags of `run`; each is also a config key (flags win over the file and the environment).
+#[derive(Debug, Clone, Args)]
+pub struct PlatformRunArgs {
+    /// One app (the seed's single-app flag): adds it to `<platform>.apps`.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// APNs provider certificate for --app (.p12, or PEM with the key inside).
+    #[arg(long)]
+    pub certificate: Option<PathBuf>,
+    /// Password of a .p12 --certificate.
+    #[arg(long)]
+    pub certificate_password: Option<String>,
+    /// APNs token auth for --app: .p8 key file, key id, team id, topic.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    #[arg(long)]
+    pub key_id: Option<String>,
+    #[arg(long)]
+    pub team_id: Option<String>,
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// GCM legacy server key for --app (the seed's --apiKey).
+    #[arg(long = "apiKey", alias = "api-key")]
+    pub api_key: Option<String>,
+    /// GCM legacy sender id for --app (the seed's --senderId).
+    #[arg(long = "senderId", alias = "sender-id")]
+    pub sender_id: Option<String>,
+    /// Kafka bootstrap servers (queue.brokers and feedback.kafka.brokers).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Send to this base URL instead of Apple's/Google's hosts (a fake server).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Trust this CA file (PEM) for --endpoint.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Skip TLS verification of --endpoint (self-signed fakes only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Log as JSON lines (the seed's -j, also accepted after the command).
+    #[arg(short = 'j', long)]
+    pub json: bool,
+}
 
 pub fn run(args: RunArgs, g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     match args.platform {
@@ -27,10 +84,215 @@ pub fn run(args: RunArgs, g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// CLI flags as config overrides (dotted keys), the last layer.
+fn overrides(platform: Platform, a: &PlatformRunArgs) -> Vec<(String, String)> {
+    let p = platform.as_str();
+    let mut o = Vec::new();
+    if let Some(b) = &a.brokers {
+        o.push(("queue.brokers".into(), b.clone()));
+        o.push(("feedback.kafka.brokers".into(), b.clone()));
+    }
+    if let Some(e) = &a.endpoint {
+        o.push((format!("{p}.endpoint"), e.clone()));
+    }
+    if let Some(app) = &a.app {
+        o.push((format!("{p}.apps"), app.clone()));
+        let mut cert = |key: &str, v: Option<String>| {
+            if let Some(v) = v {
+                o.push((format!("{p}.certs.{app}.{key}"), v));
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        cert("certificate", path(&a.certificate));
+        cert("password", a.certificate_password.clone());
+        cert("authKeyPath", path(&a.key_file));
+        cert("keyID", a.key_id.clone());
+        cert("teamID", a.team_id.clone());
+        cert("topic", a.topic.clone());
+        cert("apiKey", a.api_key.clone());
+        cert("senderID", a.sender_id.clone());
+    }
+    o
+}
+
 pub fn run_platform(
     platform: Platform,
-    _args: PlatformRunArgs,
-    _g: &GlobalArgs,
+    args: PlatformRunArgs,
+    g: &GlobalArgs,
 ) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`pusher run {platform}` is not built yet (issue 4)")
+    let config = Config::load_with(
+        Some(&g.config),
+        std::env::vars(),
+        &overrides(platform, &args),
+    )?;
+    config.validate()?;
+    tracing::debug!(config = ?config, "Configuration loaded.");
+    if platform == Platform::Gcm {
+        bail!("`pusher run gcm` needs the FCM sender (issue 3), not built yet");
+    }
+    let apps = apns_senders(&config, &args, g.production)?;
+    let spec = spec(platform, &config, apps.keys());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let outputs = outputs(&config)?;
+        let stop = CancellationToken::new();
+        tokio::spawn(stop_on_signal(stop.clone()));
+        let summary = run_loop(spec, apps, Outputs { ..outputs.0 }, stop).await?;
+        if let Some(deleter) = outputs.1 {
+            let stats = deleter.shutdown(Duration::from_secs(10)).await;
+            tracing::info!(?stats, "Token deleter stopped.");
+        }
+        tracing::info!(
+            consumed = summary.consumed,
+            finished = summary.finished,
+            abandoned = summary.abandoned,
+            outcomes = ?summary.outcomes,
+            "Stopped."
+        );
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One APNs sender per configured app.
+fn apns_senders(
+    config: &Config,
+    args: &PlatformRunArgs,
+    production: bool,
+) -> anyhow::Result<HashMap<String, AppSender>> {
+    let endpoint = match &config.apns.endpoint {
+        Some(url) => Endpoint::Custom(url.clone()),
+        None => Endpoint::apple(production),
+    };
+    let mut senders = HashMap::new();
+    for app in &config.apns.apps {
+        let cert = config.apns.certs.get(app).cloned().unwrap_or_default();
+        let auth = apns_auth(app, &cert)?;
+        let mut c = ApnsConfig::new(endpoint.clone(), auth);
+        c.default_topic = cert.topic.clone();
+        c.ca_file = args.ca.clone();
+        c.insecure = args.insecure;
+        c.pool = PoolConfig {
+            connections: config.apns.connection_pool_size.max(1),
+            ..PoolConfig::default()
+        };
+        c.retry.max_attempts = config.apns.retry.max_retry_attempts.max(1);
+        c.retry.base = config.apns.retry.interval;
+        let sender = ApnsSender::new(c).with_context(|| format!("apns.certs.{app}"))?;
+        senders.insert(app.clone(), AppSender::Apns(sender));
+    }
+    if senders.is_empty() {
+        bail!("apns.apps: no app configured (set PUSHER_APNS_APPS, apns.apps, or --app)");
+    }
+    Ok(senders)
+}
+
+fn apns_auth(app: &str, cert: &ApnsCert) -> anyhow::Result<ApnsAuth> {
+    let key = format!("apns.certs.{app}");
+    if let Some(path) = &cert.auth_key_path {
+        let (Some(kid), Some(team)) = (&cert.key_id, &cert.team_id) else {
+            bail!("{key}: authKeyPath needs keyID and teamID");
+        };
+        return Ok(ApnsAuth::Token(
+            TokenAuth::from_file(path, kid.clone(), team.clone())
+                .with_context(|| format!("{key}.authKeyPath"))?,
+        ));
+    }
+    if let Some(path) = &cert.certificate {
+        let password = cert.password.as_ref().map(|p| p.expose().to_string());
+        let identity = load_identity(path, None, password.as_deref())
+            .with_context(|| format!("{key}.certificate"))?;
+        return Ok(ApnsAuth::Certificate(identity));
+    }
+    bail!("{key}: give authKeyPath + keyID + teamID (token auth) or certificate (+ password)")
+}
+
+/// Topics: the configured ones plus, per app, the seed's explicit names.
+fn spec<'a>(
+    platform: Platform,
+    config: &Config,
+    apps: impl Iterator<Item = &'a String>,
+) -> RunSpec {
+    let p = platform.as_str();
+    let mut topics = config.queue.topics.clone();
+    for app in apps {
+        for suffix in ["", "-single", "-massive"] {
+            topics.push(format!("push-{app}_{p}{suffix}"));
+        }
+    }
+    topics.sort();
+    topics.dedup();
+    let mut spec = RunSpec::new(
+        platform,
+        config.queue.brokers.clone(),
+        config.queue.group.clone(),
+        topics,
+    );
+    spec.session_timeout = Duration::from_millis(config.queue.session_timeout);
+    spec.offset_reset = config.queue.offset_reset_strategy.clone();
+    spec.max_in_flight = config.in_flight.max(1);
+    spec.include_success_feedback = config.feedback.include_success;
+    spec.shutdown_timeout = if config.queue.handle_all_messages_before_exiting {
+        Duration::from_secs(config.graceful_shutdown_timeout)
+    } else {
+        Duration::ZERO
+    };
+    spec
+}
+
+/// Feedback producer and token deleter, as configured.
+fn outputs(config: &Config) -> anyhow::Result<(Outputs, Option<TokenDeleter>)> {
+    let feedback = if config.feedback.reporters.iter().any(|r| r == "kafka") {
+        Some(Arc::new(
+            FeedbackProducer::from_config(&config.feedback.kafka).context("feedback.kafka")?,
+        ))
+    } else {
+        None
+    };
+    let deleter = if config.invalid_token.handlers.iter().any(|h| h == "pg") {
+        let pool = pg_pool(&config.invalid_token.pg).context("invalidToken.pg")?;
+        let settings = DeleterSettings {
+            batch_size: config.invalid_token.batch.size.max(1),
+            flush_interval: Duration::from_millis(config.invalid_token.batch.interval_ms.max(1)),
+            ..DeleterSettings::default()
+        };
+        Some(TokenDeleter::spawn(pool, settings))
+    } else {
+        None
+    };
+    let outputs = Outputs {
+        feedback,
+        tokens: deleter.as_ref().map(TokenDeleter::queue),
+        observer: None,
+    };
+    Ok((outputs, deleter))
+}
+
+async fn stop_on_signal(stop: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the pusher.");
+                let _ = ctrl_c.await;
+                stop.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("Signal received: stopping.");
+    stop.cancel();
 }
