@@ -137,7 +137,11 @@ pub fn run_platform(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let outputs = outputs(&config)?;
+        let outputs = outputs(platform, &config)?;
+        if let Some(listen) = Some(config.stats.prometheus.listen.as_str()).filter(|l| !l.is_empty()) {
+            let addr = listen.parse().with_context(|| format!("stats.prometheus.listen: {listen:?} is not host:port"))?;
+            crate::telemetry::serve_prometheus(addr).await?;
+        }
         let stop = CancellationToken::new();
         tokio::spawn(stop_on_signal(stop.clone()));
         let summary = run_loop(spec, apps, Outputs { ..outputs.0 }, stop).await?;
@@ -244,7 +248,7 @@ fn spec<'a>(
 }
 
 /// Feedback producer and token deleter, as configured.
-fn outputs(config: &Config) -> anyhow::Result<(Outputs, Option<TokenDeleter>)> {
+fn outputs(platform: Platform, config: &Config) -> anyhow::Result<(Outputs, Option<TokenDeleter>)> {
     let feedback = if config.feedback.reporters.iter().any(|r| r == "kafka") {
         Some(Arc::new(
             FeedbackProducer::from_config(&config.feedback.kafka).context("feedback.kafka")?,
@@ -263,10 +267,16 @@ fn outputs(config: &Config) -> anyhow::Result<(Outputs, Option<TokenDeleter>)> {
     } else {
         None
     };
+    let statsd = if config.stats.reporters.iter().any(|r| r == "statsd") {
+        Some(crate::telemetry::statsd(&config.stats.statsd.host, &config.stats.statsd.prefix)?)
+    } else {
+        None
+    };
+    let observer: Arc<dyn super::run::Observer> = Arc::new(super::stats::StatsObserver::new(platform, statsd));
     let outputs = Outputs {
         feedback,
         tokens: deleter.as_ref().map(TokenDeleter::queue),
-        observer: None,
+        observer: Some(observer),
     };
     Ok((outputs, deleter))
 }

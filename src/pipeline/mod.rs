@@ -5,4 +5,5 @@ pub mod cli;
 pub mod feedback;
 pub mod offsets;
 pub mod run;
+pub mod stats;
 pub mod tokens;

@@ -292,7 +292,11 @@ pub async fn run(
         };
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = commit_tick.tick() => { commit(&consumer, &tracker, &counters, CommitMode::Async); continue; }
+            _ = commit_tick.tick() => {
+                commit(&consumer, &tracker, &counters, CommitMode::Async);
+                metrics::gauge!(crate::telemetry::names::IN_FLIGHT).set(lock(&tracker).in_flight() as f64);
+                continue;
+            }
             m = consumer.recv() => m,
         };
         let message = match message {
@@ -327,6 +331,7 @@ pub async fn run(
             continue;
         }
         counters.consumed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::names::CONSUMED, "platform" => spec.platform.as_str()).increment(1);
         let payload = message.payload().map(<[u8]>::to_vec);
         let key = message.key().map(<[u8]>::to_vec);
         let produced_at_ms = match message.timestamp() {
