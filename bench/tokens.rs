@@ -45,15 +45,19 @@ async fn fill(client: &tokio_postgres::Client) {
     let tokens: Vec<String> = (0..TOKENS).map(token).collect();
     let sql = format!("INSERT INTO \"{APP}_apns\" (user_id, token) SELECT 'u', unnest($1::text[])");
     client.execute(&sql, &[&tokens]).await.expect("insert");
-    client.batch_execute(&format!("ANALYZE \"{APP}_apns\"")).await.expect("analyze");
+    client
+        .batch_execute(&format!("ANALYZE \"{APP}_apns\""))
+        .await
+        .expect("analyze");
 }
 
 fn bench_delete(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=test", NoTls)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (user postgres, database test)");
+        let (client, conn) =
+            tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=test", NoTls)
+                .await
+                .expect("PostgreSQL on 127.0.0.1:5432 (user postgres, database test)");
         tokio::spawn(conn);
         setup(&client).await;
         client
@@ -72,12 +76,18 @@ fn bench_delete(c: &mut Criterion) {
                     let deleter = TokenDeleter::spawn(pool, DeleterSettings::default());
                     let queue = deleter.queue();
                     for i in 0..TOKENS {
-                        queue.enqueue(APP, Platform::Apns, &token(i)).await.expect("enqueue");
+                        queue
+                            .enqueue(APP, Platform::Apns, &token(i))
+                            .await
+                            .expect("enqueue");
                     }
                     drop(queue);
                     let stats = deleter.shutdown(Duration::from_secs(60)).await;
                     total += started.elapsed();
-                    assert_eq!(stats.success, TOKENS as u64, "every token deleted: {stats:?}");
+                    assert_eq!(
+                        stats.success, TOKENS as u64,
+                        "every token deleted: {stats:?}"
+                    );
                 }
                 total
             })
@@ -86,7 +96,9 @@ fn bench_delete(c: &mut Criterion) {
     group.finish();
     rt.block_on(async {
         let _ = client
-            .batch_execute(&format!("DROP TABLE IF EXISTS \"{APP}_apns\", \"{APP}_gcm\""))
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS \"{APP}_apns\", \"{APP}_gcm\""
+            ))
             .await;
     });
 }

@@ -2,7 +2,8 @@
 //! `FeedbackProducer` and read back by a plain consumer: topic, key and exact JSON.
 
 use pusher::pipeline::feedback::{
-    apns_record, gcm_record, ApnsDetails, FeedbackProducer, FeedbackRecord, MessageContext, DEFAULT_TOPIC_TEMPLATE,
+    apns_record, gcm_record, ApnsDetails, FeedbackProducer, FeedbackRecord, MessageContext,
+    DEFAULT_TOPIC_TEMPLATE,
 };
 use pusher::push::{Outcome, Platform};
 use rdkafka::config::ClientConfig;
@@ -32,12 +33,17 @@ fn read_back(bootstrap: &str, topic: &str, count: usize) -> Vec<(String, String)
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
     consumer.assign(&tpl).unwrap();
     let start = Instant::now();
     let mut records = Vec::new();
     while records.len() < count {
-        assert!(start.elapsed() < Duration::from_secs(20), "only {} of {count} records came back", records.len());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "only {} of {count} records came back",
+            records.len()
+        );
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
             let message = message.unwrap();
             let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
@@ -53,8 +59,12 @@ async fn apns_and_gcm_feedback_round_trip_through_kafka() {
     let cluster = MockCluster::new(1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
     // One partition each, so read-back order is produce order.
-    cluster.create_topic("push-game-apns-feedbacks", 1, 1).unwrap();
-    cluster.create_topic("push-game-gcm-feedbacks", 1, 1).unwrap();
+    cluster
+        .create_topic("push-game-apns-feedbacks", 1, 1)
+        .unwrap();
+    cluster
+        .create_topic("push-game-gcm-feedbacks", 1, 1)
+        .unwrap();
     let producer = FeedbackProducer::new(&bootstrap, DEFAULT_TOPIC_TEMPLATE).unwrap();
 
     let token = "a".repeat(64);
@@ -72,7 +82,11 @@ async fn apns_and_gcm_feedback_round_trip_through_kafka() {
     let too_large = Outcome::Rejected {
         reason: "PayloadTooLarge".to_owned(),
     };
-    let apns2 = FeedbackRecord::Apns(apns_record(&too_large, &context("b"), &ApnsDetails::default()));
+    let apns2 = FeedbackRecord::Apns(apns_record(
+        &too_large,
+        &context("b"),
+        &ApnsDetails::default(),
+    ));
     producer.send("game", Platform::Apns, &apns2).await.unwrap();
 
     let gcm_token = "g".repeat(152);
@@ -100,13 +114,22 @@ async fn apns_and_gcm_feedback_round_trip_through_kafka() {
     let got: serde_json::Value = serde_json::from_str(&apns_back[0].1).unwrap();
     assert_eq!(got, expected_apns);
     // Field order is the seed's (Go struct order).
-    assert!(apns_back[0].1.starts_with(r#"{"Sent":false,"StatusCode":410,"Reason":"Unregistered","ApnsID":"#));
-    assert_eq!(apns_back[0].1.as_bytes(), apns.to_json().as_slice(), "bytes unchanged");
+    assert!(apns_back[0]
+        .1
+        .starts_with(r#"{"Sent":false,"StatusCode":410,"Reason":"Unregistered","ApnsID":"#));
+    assert_eq!(
+        apns_back[0].1.as_bytes(),
+        apns.to_json().as_slice(),
+        "bytes unchanged"
+    );
 
     assert_eq!(apns_back[1].0, "b");
     let got: serde_json::Value = serde_json::from_str(&apns_back[1].1).unwrap();
     assert_eq!(got["StatusCode"], 413);
-    assert_eq!(got["Err"], json!({"Key": "payload-too-large", "Description": "PayloadTooLarge"}));
+    assert_eq!(
+        got["Err"],
+        json!({"Key": "payload-too-large", "Description": "PayloadTooLarge"})
+    );
     assert!(got["metadata"].get("deleteToken").is_none());
 
     let gcm_back = read_back(&bootstrap, "push-game-gcm-feedbacks", 1);
@@ -123,7 +146,11 @@ async fn apns_and_gcm_feedback_round_trip_through_kafka() {
 #[tokio::test]
 async fn send_fails_when_no_broker_acknowledges() {
     // Nothing listens on this port; a short message timeout makes the failure quick.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let producer = FeedbackProducer::with_config(
         &format!("127.0.0.1:{port}"),
         DEFAULT_TOPIC_TEMPLATE,
@@ -131,8 +158,14 @@ async fn send_fails_when_no_broker_acknowledges() {
     )
     .unwrap();
     let record = FeedbackRecord::Gcm(gcm_record(&Outcome::Expired, &context("t")));
-    let result = tokio::time::timeout(Duration::from_secs(20), producer.send("game", Platform::Gcm, &record))
-        .await
-        .expect("send must fail, not hang");
-    assert!(result.is_err(), "an unacknowledged record is an error, so its offset is not committed");
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        producer.send("game", Platform::Gcm, &record),
+    )
+    .await
+    .expect("send must fail, not hang");
+    assert!(
+        result.is_err(),
+        "an unacknowledged record is an error, so its offset is not committed"
+    );
 }

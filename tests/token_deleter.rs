@@ -49,7 +49,11 @@ impl Tables {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        let app = format!("t{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let app = format!(
+            "t{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         let (client, conn) = tokio_postgres::connect(
             &format!("host=127.0.0.1 port={PG_PORT} user=postgres dbname=test"),
             NoTls,
@@ -57,20 +61,33 @@ impl Tables {
         .await
         .expect("PostgreSQL on 127.0.0.1:5432 (user postgres, database test)");
         tokio::spawn(conn);
-        let fixture = include_str!("../fixtures/tokens.sql").replace("\"game_", &format!("\"{app}_"));
+        let fixture =
+            include_str!("../fixtures/tokens.sql").replace("\"game_", &format!("\"{app}_"));
         client.batch_execute(&fixture).await.unwrap();
         Tables { app, client }
     }
 
     async fn insert(&self, platform: Platform, tokens: &[&str]) {
-        let sql = format!("INSERT INTO \"{}_{platform}\" (user_id, token) SELECT 'u', unnest($1::text[])", self.app);
+        let sql = format!(
+            "INSERT INTO \"{}_{platform}\" (user_id, token) SELECT 'u', unnest($1::text[])",
+            self.app
+        );
         let tokens: Vec<String> = tokens.iter().map(|t| (*t).to_owned()).collect();
         self.client.execute(&sql, &[&tokens]).await.unwrap();
     }
 
     async fn tokens(&self, platform: Platform) -> Vec<String> {
-        let sql = format!("SELECT token FROM \"{}_{platform}\" ORDER BY token", self.app);
-        self.client.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+        let sql = format!(
+            "SELECT token FROM \"{}_{platform}\" ORDER BY token",
+            self.app
+        );
+        self.client
+            .query(&sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
     }
 
     async fn drop_tables(self) {
@@ -90,15 +107,23 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 #[tokio::test]
 async fn deletes_batches_and_counts_nonexistent() {
     let tables = Tables::create().await;
-    tables.insert(Platform::Apns, &["a1", "a1", "a2", "keep"]).await; // a1: two users share it
+    tables
+        .insert(Platform::Apns, &["a1", "a1", "a2", "keep"])
+        .await; // a1: two users share it
     tables.insert(Platform::Gcm, &["g1", "keep"]).await;
 
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(PG_PORT)).unwrap(), settings());
     let queue = deleter.queue();
     for token in ["a1", "a2", "missing", "a2"] {
-        queue.enqueue(&tables.app, Platform::Apns, token).await.unwrap();
+        queue
+            .enqueue(&tables.app, Platform::Apns, token)
+            .await
+            .unwrap();
     }
-    queue.enqueue(&tables.app, Platform::Gcm, "g1").await.unwrap();
+    queue
+        .enqueue(&tables.app, Platform::Gcm, "g1")
+        .await
+        .unwrap();
     drop(queue);
     let stats = deleter.shutdown(Duration::from_secs(10)).await;
 
@@ -125,9 +150,18 @@ async fn a_full_batch_goes_without_waiting_for_the_timer() {
     s.flush_interval = Duration::from_secs(3600);
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(PG_PORT)).unwrap(), s);
     let queue = deleter.queue();
-    queue.enqueue(&tables.app, Platform::Apns, "x1").await.unwrap();
-    queue.enqueue(&tables.app, Platform::Apns, "x2").await.unwrap();
-    wait_for("the size-triggered flush", Duration::from_secs(10), || queue.stats().success == 2).await;
+    queue
+        .enqueue(&tables.app, Platform::Apns, "x1")
+        .await
+        .unwrap();
+    queue
+        .enqueue(&tables.app, Platform::Apns, "x2")
+        .await
+        .unwrap();
+    wait_for("the size-triggered flush", Duration::from_secs(10), || {
+        queue.stats().success == 2
+    })
+    .await;
     assert!(tables.tokens(Platform::Apns).await.is_empty());
     drop(queue);
     deleter.shutdown(Duration::from_secs(5)).await;
@@ -140,7 +174,10 @@ async fn an_app_named_to_inject_sql_is_refused_and_counted() {
     tables.insert(Platform::Apns, &["t"]).await;
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(PG_PORT)).unwrap(), settings());
     let queue = deleter.queue();
-    let evil = format!("{}_apns\" ; DROP TABLE \"{}_apns\"; --", tables.app, tables.app);
+    let evil = format!(
+        "{}_apns\" ; DROP TABLE \"{}_apns\"; --",
+        tables.app, tables.app
+    );
     let err = queue.enqueue(&evil, Platform::Apns, "t").await.unwrap_err();
     assert!(matches!(err, TokenError::InvalidTableName { .. }), "{err}");
     drop(queue);
@@ -159,7 +196,10 @@ async fn a_missing_table_is_a_permanent_error_not_an_endless_retry() {
     let ghost = format!("{}-nosuchapp", tables.app);
     queue.enqueue(&ghost, Platform::Gcm, "t1").await.unwrap();
     queue.enqueue(&ghost, Platform::Gcm, "t2").await.unwrap();
-    wait_for("the batch to be dropped", Duration::from_secs(10), || queue.stats().dropped == 2).await;
+    wait_for("the batch to be dropped", Duration::from_secs(10), || {
+        queue.stats().dropped == 2
+    })
+    .await;
     assert_eq!(queue.stats().error, 1, "one attempt, no retries");
     drop(queue);
     deleter.shutdown(Duration::from_secs(5)).await;
@@ -190,22 +230,39 @@ async fn switchable_proxy(up: Arc<AtomicBool>) -> u16 {
 #[tokio::test]
 async fn postgres_down_keeps_the_batch_and_delivers_it_when_back() {
     let tables = Tables::create().await;
-    tables.insert(Platform::Apns, &["d1", "d2", "d3", "keep"]).await;
+    tables
+        .insert(Platform::Apns, &["d1", "d2", "d3", "keep"])
+        .await;
     let up = Arc::new(AtomicBool::new(false));
     let port = switchable_proxy(up.clone()).await;
 
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(port)).unwrap(), settings());
     let queue = deleter.queue();
     for token in ["d1", "d2", "d3"] {
-        queue.enqueue(&tables.app, Platform::Apns, token).await.unwrap();
+        queue
+            .enqueue(&tables.app, Platform::Apns, token)
+            .await
+            .unwrap();
     }
-    wait_for("several failed attempts", Duration::from_secs(10), || queue.stats().error >= 3).await;
+    wait_for("several failed attempts", Duration::from_secs(10), || {
+        queue.stats().error >= 3
+    })
+    .await;
     let stats = queue.stats();
-    assert_eq!((stats.success, stats.dropped), (0, 0), "nothing deleted, nothing lost");
+    assert_eq!(
+        (stats.success, stats.dropped),
+        (0, 0),
+        "nothing deleted, nothing lost"
+    );
     assert_eq!(tables.tokens(Platform::Apns).await.len(), 4);
 
     up.store(true, Ordering::SeqCst);
-    wait_for("the kept batch to be delivered", Duration::from_secs(10), || queue.stats().success == 3).await;
+    wait_for(
+        "the kept batch to be delivered",
+        Duration::from_secs(10),
+        || queue.stats().success == 3,
+    )
+    .await;
     assert_eq!(tables.tokens(Platform::Apns).await, ["keep"]);
     drop(queue);
     let stats = deleter.shutdown(Duration::from_secs(5)).await;
@@ -216,33 +273,57 @@ async fn postgres_down_keeps_the_batch_and_delivers_it_when_back() {
 #[tokio::test]
 async fn closed_port_counts_errors_and_shutdown_deadline_reports_the_loss() {
     // A port with nothing listening: bind, note the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(port)).unwrap(), settings());
     let queue = deleter.queue();
     queue.enqueue("game", Platform::Gcm, "t1").await.unwrap();
     queue.enqueue("game", Platform::Gcm, "t2").await.unwrap();
-    wait_for("failed attempts", Duration::from_secs(10), || queue.stats().error >= 2).await;
+    wait_for("failed attempts", Duration::from_secs(10), || {
+        queue.stats().error >= 2
+    })
+    .await;
     assert_eq!(queue.stats().dropped, 0, "the batch is kept while retrying");
     drop(queue);
     let stats = deleter.shutdown(Duration::from_millis(200)).await;
-    assert_eq!(stats.dropped, 2, "given up only at the deadline, and counted");
+    assert_eq!(
+        stats.dropped, 2,
+        "given up only at the deadline, and counted"
+    );
     assert_eq!(stats.success, 0);
 }
 
 #[tokio::test]
 async fn a_full_queue_makes_enqueue_wait() {
     // PostgreSQL down: the worker holds one batch, the queue fills, then enqueue blocks.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut s = settings();
     s.batch_size = 1;
     s.queue_capacity = 2;
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(port)).unwrap(), s);
     let queue = deleter.queue();
     for i in 0..3 {
-        queue.enqueue("game", Platform::Apns, &format!("t{i}")).await.unwrap();
+        queue
+            .enqueue("game", Platform::Apns, &format!("t{i}"))
+            .await
+            .unwrap();
     }
-    let blocked = tokio::time::timeout(Duration::from_millis(300), queue.enqueue("game", Platform::Apns, "t3")).await;
-    assert!(blocked.is_err(), "enqueue should wait while the queue is full");
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(300),
+        queue.enqueue("game", Platform::Apns, "t3"),
+    )
+    .await;
+    assert!(
+        blocked.is_err(),
+        "enqueue should wait while the queue is full"
+    );
     drop(queue);
     let stats = deleter.shutdown(Duration::from_millis(100)).await;
     assert_eq!(stats.dropped, 3);

@@ -75,7 +75,9 @@ impl KafkaMock {
 
 impl std::fmt::Debug for KafkaMock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaMock").field("bootstrap", &self.bootstrap).finish()
+        f.debug_struct("KafkaMock")
+            .field("bootstrap", &self.bootstrap)
+            .finish()
     }
 }
 
@@ -110,6 +112,7 @@ async fn wait_for_stop_signal() -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -117,7 +120,11 @@ mod tests {
     #[test]
     fn topics_are_created_with_the_requested_partitions() {
         let mock = KafkaMock::start(1, &["push-game_apns".to_owned()], 6).unwrap();
-        assert!(mock.bootstrap().starts_with("127.0.0.1:"), "{}", mock.bootstrap());
+        assert!(
+            mock.bootstrap().starts_with("127.0.0.1:"),
+            "{}",
+            mock.bootstrap()
+        );
         let client: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", mock.bootstrap())
             .create()

@@ -23,7 +23,9 @@ pub const DEFAULT_TOPIC_TEMPLATE: &str = "push-{app}-{platform}-feedbacks";
 
 /// Fills `{app}` and `{platform}` in a topic template.
 pub fn feedback_topic(template: &str, app: &str, platform: Platform) -> String {
-    template.replace("{app}", app).replace("{platform}", platform.as_str())
+    template
+        .replace("{app}", app)
+        .replace("{platform}", platform.as_str())
 }
 
 /// Whether an outcome gets a feedback record: failures always, successes on request.
@@ -177,9 +179,12 @@ pub fn gcm_error_key(reason: &str) -> &'static str {
     match reason {
         "UNREGISTERED" | "NotRegistered" => "DEVICE_UNREGISTERED",
         "InvalidRegistration" | "MissingRegistration" => "BAD_REGISTRATION",
-        "INVALID_ARGUMENT" | "InvalidParameters" | "MessageTooBig" | "InvalidDataKey" | "InvalidTtl" => "INVALID_JSON",
+        "INVALID_ARGUMENT" | "InvalidParameters" | "MessageTooBig" | "InvalidDataKey"
+        | "InvalidTtl" => "INVALID_JSON",
         "SENDER_ID_MISMATCH" | "MismatchSenderId" => "SENDER_ID_MISMATCH",
-        "QUOTA_EXCEEDED" | "DeviceMessageRateExceeded" | "TopicsMessageRateExceeded" => "DEVICE_MESSAGE_RATE_EXCEEDED",
+        "QUOTA_EXCEEDED" | "DeviceMessageRateExceeded" | "TopicsMessageRateExceeded" => {
+            "DEVICE_MESSAGE_RATE_EXCEEDED"
+        }
         "UNAVAILABLE" | "Unavailable" => "UNAVAILABLE",
         "INTERNAL" | "InternalServerError" => "INTERNAL_SERVER_ERROR",
         "THIRD_PARTY_AUTH_ERROR" => "THIRD_PARTY_AUTH_ERROR",
@@ -195,9 +200,9 @@ pub fn apns_record(outcome: &Outcome, ctx: &MessageContext, apns: &ApnsDetails) 
     let reason = outcome.reason().unwrap_or_default().to_owned();
     let status_code = apns.status.unwrap_or(match outcome {
         Outcome::Delivered => 200,
-        Outcome::TokenInvalid { reason, .. } | Outcome::Rejected { reason } | Outcome::GaveUp { reason } => {
-            crate::push::apns::ApnsReason::parse(reason).status()
-        }
+        Outcome::TokenInvalid { reason, .. }
+        | Outcome::Rejected { reason }
+        | Outcome::GaveUp { reason } => crate::push::apns::ApnsReason::parse(reason).status(),
         // Never sent: no status, as a Go zero value.
         Outcome::Expired | Outcome::Malformed { .. } => 0,
     });
@@ -211,12 +216,12 @@ pub fn apns_record(outcome: &Outcome, ctx: &MessageContext, apns: &ApnsDetails) 
             key: "malformed-message".to_owned(),
             description: reason.clone(),
         }),
-        Outcome::TokenInvalid { reason, .. } | Outcome::Rejected { reason } | Outcome::GaveUp { reason } => {
-            Some(PushError {
-                key: apns_error_key(reason).to_owned(),
-                description: reason.clone(),
-            })
-        }
+        Outcome::TokenInvalid { reason, .. }
+        | Outcome::Rejected { reason }
+        | Outcome::GaveUp { reason } => Some(PushError {
+            key: apns_error_key(reason).to_owned(),
+            description: reason.clone(),
+        }),
     };
     let delete_token = matches!(outcome, Outcome::TokenInvalid { .. });
     ApnsFeedback {
@@ -248,7 +253,9 @@ pub fn gcm_record(outcome: &Outcome, ctx: &MessageContext) -> GcmFeedback {
             };
             (Some(key), Some(reason.clone()))
         }
-        Outcome::Rejected { reason } | Outcome::GaveUp { reason } => (Some(gcm_error_key(reason)), Some(reason.clone())),
+        Outcome::Rejected { reason } | Outcome::GaveUp { reason } => {
+            (Some(gcm_error_key(reason)), Some(reason.clone()))
+        }
     };
     GcmFeedback {
         from: ctx.token.clone(),
@@ -291,7 +298,11 @@ impl FeedbackProducer {
     }
 
     /// As [`FeedbackProducer::new`], with extra librdkafka settings applied last.
-    pub fn with_config(brokers: &str, template: &str, extra: &[(&str, &str)]) -> Result<Self, FeedbackError> {
+    pub fn with_config(
+        brokers: &str,
+        template: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Self, FeedbackError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", brokers)
@@ -321,10 +332,17 @@ impl FeedbackProducer {
     }
 
     /// Produces one record and waits for the broker's acknowledgement.
-    pub async fn send(&self, app: &str, platform: Platform, record: &FeedbackRecord) -> Result<(), FeedbackError> {
+    pub async fn send(
+        &self,
+        app: &str,
+        platform: Platform,
+        record: &FeedbackRecord,
+    ) -> Result<(), FeedbackError> {
         let topic = self.topic(app, platform);
         let payload = record.to_json();
-        let kafka_record = FutureRecord::to(&topic).key(record.token()).payload(&payload);
+        let kafka_record = FutureRecord::to(&topic)
+            .key(record.token())
+            .payload(&payload);
         // Waiting for room in a full local queue is backpressure, not a failure.
         self.producer
             .send(kafka_record, Timeout::Never)
@@ -336,14 +354,17 @@ impl FeedbackProducer {
     /// Waits for every record in flight (shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), FeedbackError> {
         use rdkafka::producer::Producer;
-        self.producer.flush(timeout).map_err(|source| FeedbackError::Delivery {
-            topic: self.template.clone(),
-            source,
-        })
+        self.producer
+            .flush(timeout)
+            .map_err(|source| FeedbackError::Delivery {
+                topic: self.template.clone(),
+                source,
+            })
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -352,7 +373,10 @@ mod tests {
         MessageContext {
             app: "game".to_owned(),
             token: "abc".to_owned(),
-            metadata: json!({"jobId": "j1"}).as_object().cloned().unwrap_or_default(),
+            metadata: json!({"jobId": "j1"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
             consumed_at: 1_731_000_000,
             hostname: "pod-1".to_owned(),
         }
@@ -380,7 +404,10 @@ mod tests {
             value["metadata"],
             json!({"jobId":"j1","game":"game","deviceToken":"abc","hostname":"pod-1","timestamp":1731000000,"deleteToken":true})
         );
-        assert_eq!(value["Notification"], json!({"aps": {"alert": "hi"}, "M": {"jobId": "j1"}}));
+        assert_eq!(
+            value["Notification"],
+            json!({"aps": {"alert": "hi"}, "M": {"jobId": "j1"}})
+        );
     }
 
     #[test]
@@ -389,15 +416,39 @@ mod tests {
         let delivered = apns_record(&Outcome::Delivered, &ctx(), &details);
         assert!(delivered.sent && delivered.err.is_none() && delivered.status_code == 200);
         assert!(!delivered.metadata.contains_key("deleteToken"));
-        let rejected = apns_record(&Outcome::Rejected { reason: "BadTopic".to_owned() }, &ctx(), &details);
-        assert_eq!((rejected.status_code, rejected.err.unwrap().key.as_str()), (400, "bad-topic"));
-        let odd = apns_record(&Outcome::Rejected { reason: "BadCollapseId".to_owned() }, &ctx(), &details);
+        let rejected = apns_record(
+            &Outcome::Rejected {
+                reason: "BadTopic".to_owned(),
+            },
+            &ctx(),
+            &details,
+        );
+        assert_eq!(
+            (rejected.status_code, rejected.err.unwrap().key.as_str()),
+            (400, "bad-topic")
+        );
+        let odd = apns_record(
+            &Outcome::Rejected {
+                reason: "BadCollapseId".to_owned(),
+            },
+            &ctx(),
+            &details,
+        );
         assert_eq!(odd.err.unwrap().key, "unexpected", "as the seed");
         let expired = apns_record(&Outcome::Expired, &ctx(), &details);
         assert_eq!(expired.status_code, 0);
         assert_eq!(expired.err.unwrap().description, "push message has expired");
-        let gave_up = apns_record(&Outcome::GaveUp { reason: "TooManyRequests".to_owned() }, &ctx(), &details);
-        assert_eq!((gave_up.status_code, gave_up.err.unwrap().key.as_str()), (429, "too-many-requests"));
+        let gave_up = apns_record(
+            &Outcome::GaveUp {
+                reason: "TooManyRequests".to_owned(),
+            },
+            &ctx(),
+            &details,
+        );
+        assert_eq!(
+            (gave_up.status_code, gave_up.err.unwrap().key.as_str()),
+            (429, "too-many-requests")
+        );
     }
 
     #[test]
@@ -423,7 +474,12 @@ mod tests {
             &ctx(),
         );
         assert_eq!(legacy.error.as_deref(), Some("BAD_REGISTRATION"));
-        let quota = gcm_record(&Outcome::GaveUp { reason: "QUOTA_EXCEEDED".to_owned() }, &ctx());
+        let quota = gcm_record(
+            &Outcome::GaveUp {
+                reason: "QUOTA_EXCEEDED".to_owned(),
+            },
+            &ctx(),
+        );
         assert_eq!(quota.error.as_deref(), Some("DEVICE_MESSAGE_RATE_EXCEEDED"));
         let ok = serde_json::to_value(gcm_record(&Outcome::Delivered, &ctx())).unwrap();
         assert!(ok.get("error").is_none() && ok["from"] == "abc");
@@ -431,7 +487,10 @@ mod tests {
 
     #[test]
     fn topics_and_reporting() {
-        assert_eq!(feedback_topic(DEFAULT_TOPIC_TEMPLATE, "game", Platform::Gcm), "push-game-gcm-feedbacks");
+        assert_eq!(
+            feedback_topic(DEFAULT_TOPIC_TEMPLATE, "game", Platform::Gcm),
+            "push-game-gcm-feedbacks"
+        );
         assert!(!should_report(&Outcome::Delivered, false));
         assert!(should_report(&Outcome::Delivered, true));
         assert!(should_report(&Outcome::Expired, false));
