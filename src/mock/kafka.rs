@@ -135,6 +135,40 @@ mod tests {
         assert_eq!(metadata.topics()[0].partitions().len(), 6);
     }
 
+    /// A consumer group joins and gets a produced message: the mock serves real clients over
+    /// TCP, and the join-delay call did not break it.
+    #[tokio::test]
+    async fn a_consumer_group_receives_what_is_produced() {
+        use rdkafka::consumer::StreamConsumer;
+        use rdkafka::message::Message;
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let mock = KafkaMock::start(1, &["t".to_owned()], 2).unwrap();
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap())
+            .set("group.id", "g")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["t"]).unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap())
+            .create()
+            .unwrap();
+        producer
+            .send(
+                FutureRecord::to("t").key("k").payload("hello"),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let message = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("no message within 30 s")
+            .unwrap();
+        assert_eq!(message.payload(), Some(&b"hello"[..]));
+    }
+
     #[test]
     fn bad_arguments_are_errors() {
         assert!(KafkaMock::start(0, &[], 1).is_err());
