@@ -965,9 +965,8 @@ impl Config {
         }
         if let Some(url) = &self.sentry.url {
             // Never echo the DSN: it carries a key.
-            if !url.is_empty()
-                && !(url.expose().starts_with("https://") || url.expose().starts_with("http://"))
-            {
+            let dsn = url.expose();
+            if !(dsn.is_empty() || dsn.starts_with("https://") || dsn.starts_with("http://")) {
                 return Err(invalid("sentry.url", "must be an http(s):// DSN"));
             }
         }
@@ -1038,6 +1037,7 @@ fn strip_location(message: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::io::Write;

@@ -25,6 +25,22 @@ pub struct KafkaMockArgs {
     pub partitions: i32,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaMockError {
+    #[error("{0}")]
+    BadArgument(&'static str),
+    #[error("starting librdkafka's mock cluster: {0}")]
+    Start(rdkafka::error::KafkaError),
+    #[error("librdkafka did not start a mock cluster")]
+    NoCluster,
+    #[error("creating topic {topic:?}: {source}")]
+    CreateTopic {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
+
 /// A running mock cluster. The cluster is owned by a client handle created with
 /// `test.mock.num.brokers` (not `MockCluster::new`), because only then is the raw handle
 /// reachable to set the group join delay to 0.
@@ -35,17 +51,25 @@ pub struct KafkaMock {
 }
 
 impl KafkaMock {
-    pub fn start(brokers: i32, topics: &[String], partitions: i32) -> anyhow::Result<KafkaMock> {
-        anyhow::ensure!(brokers >= 1, "--brokers must be >= 1");
-        anyhow::ensure!(partitions >= 1, "--partitions must be >= 1");
+    pub fn start(
+        brokers: i32,
+        topics: &[String],
+        partitions: i32,
+    ) -> Result<KafkaMock, KafkaMockError> {
+        if brokers < 1 {
+            return Err(KafkaMockError::BadArgument("--brokers must be >= 1"));
+        }
+        if partitions < 1 {
+            return Err(KafkaMockError::BadArgument("--partitions must be >= 1"));
+        }
         let holder: BaseProducer = ClientConfig::new()
             .set("test.mock.num.brokers", brokers.to_string())
             .create()
-            .context("starting librdkafka's mock cluster")?;
+            .map_err(KafkaMockError::Start)?;
         let cluster = holder
             .client()
             .mock_cluster()
-            .context("librdkafka did not start a mock cluster")?;
+            .ok_or(KafkaMockError::NoCluster)?;
         // SAFETY: the handle comes from a live client that owns the mock cluster, and both
         // outlive this call. The mock otherwise makes every new consumer group wait 3 s.
         unsafe {
@@ -57,7 +81,10 @@ impl KafkaMock {
         for topic in topics {
             cluster
                 .create_topic(topic, partitions, brokers.min(3))
-                .with_context(|| format!("creating topic {topic:?}"))?;
+                .map_err(|source| KafkaMockError::CreateTopic {
+                    topic: topic.clone(),
+                    source,
+                })?;
         }
         let bootstrap = cluster.bootstrap_servers();
         drop(cluster);
@@ -112,6 +139,7 @@ async fn wait_for_stop_signal() -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -132,6 +160,40 @@ mod tests {
             .fetch_metadata(Some("push-game_apns"), std::time::Duration::from_secs(10))
             .unwrap();
         assert_eq!(metadata.topics()[0].partitions().len(), 6);
+    }
+
+    /// A consumer group joins and gets a produced message: the mock serves real clients over
+    /// TCP, and the join-delay call did not break it.
+    #[tokio::test]
+    async fn a_consumer_group_receives_what_is_produced() {
+        use rdkafka::consumer::StreamConsumer;
+        use rdkafka::message::Message;
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let mock = KafkaMock::start(1, &["t".to_owned()], 2).unwrap();
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap())
+            .set("group.id", "g")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["t"]).unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap())
+            .create()
+            .unwrap();
+        producer
+            .send(
+                FutureRecord::to("t").key("k").payload("hello"),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let message = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("no message within 30 s")
+            .unwrap();
+        assert_eq!(message.payload(), Some(&b"hello"[..]));
     }
 
     #[test]

@@ -47,6 +47,10 @@ struct PartitionWindow {
 }
 
 impl PartitionWindow {
+    fn unfinished(&self) -> usize {
+        self.in_flight.iter().filter(|(_, done)| !done).count()
+    }
+
     /// Releases the finished prefix of the window.
     fn advance(&mut self) {
         while let Some(&(offset, true)) = self.in_flight.front() {
@@ -65,6 +69,8 @@ impl PartitionWindow {
 pub struct OffsetTracker {
     partitions: HashMap<(String, i32), PartitionWindow>,
     capacity: usize,
+    /// Started and not finished, over all partitions (kept, not recounted: asked per message).
+    unfinished: usize,
 }
 
 impl OffsetTracker {
@@ -73,6 +79,7 @@ impl OffsetTracker {
         OffsetTracker {
             partitions: HashMap::new(),
             capacity: capacity.max(1),
+            unfinished: 0,
         }
     }
 
@@ -106,6 +113,7 @@ impl OffsetTracker {
         }
         window.in_flight.push_back((offset, false));
         window.last_started = Some(offset);
+        self.unfinished += 1;
         Ok(())
     }
 
@@ -129,6 +137,7 @@ impl OffsetTracker {
         }
         window.in_flight[index].1 = true;
         window.advance();
+        self.unfinished -= 1;
         Ok(())
     }
 
@@ -157,26 +166,27 @@ impl OffsetTracker {
 
     /// Messages started and not yet finished, over all partitions.
     pub fn in_flight(&self) -> usize {
-        self.partitions
-            .values()
-            .map(|w| w.in_flight.iter().filter(|(_, done)| !done).count())
-            .sum()
+        self.unfinished
     }
 
     /// The partition was revoked: forget it. Late `finish` calls for it get `NotInFlight`,
     /// which the caller ignores (the new owner will redo those messages: at-least-once).
     pub fn revoke(&mut self, topic: &str, partition: i32) {
-        self.partitions.remove(&(topic.to_owned(), partition));
+        if let Some(window) = self.partitions.remove(&(topic.to_owned(), partition)) {
+            self.unfinished -= window.unfinished();
+        }
     }
 
     /// The partition was (re)assigned: start clean, whatever was known about it before.
     pub fn assign(&mut self, topic: &str, partition: i32) {
+        self.revoke(topic, partition);
         self.partitions
             .insert((topic.to_owned(), partition), PartitionWindow::default());
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -259,7 +269,14 @@ mod tests {
         let mut t = OffsetTracker::new(10);
         t.start(T, 0, 100).unwrap();
         t.start(T, 0, 101).unwrap();
+        t.start(T, 1, 5).unwrap();
+        assert_eq!(t.in_flight(), 3);
         t.revoke(T, 0);
+        assert_eq!(
+            t.in_flight(),
+            1,
+            "the revoked partition's work no longer counts"
+        );
         assert_eq!(t.committable(T, 0), None);
         assert!(matches!(
             t.finish(T, 0, 100),
@@ -270,7 +287,7 @@ mod tests {
         t.start(T, 0, 100).unwrap();
         t.finish(T, 0, 100).unwrap();
         assert_eq!(t.committable(T, 0), Some(101));
-        assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.in_flight(), 1);
     }
 
     proptest! {

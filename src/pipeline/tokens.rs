@@ -58,6 +58,21 @@ impl Default for DeleterSettings {
     }
 }
 
+impl DeleterSettings {
+    /// Batch size and interval from `invalidToken.batch`; queue and retry timings as default.
+    /// (`invalidToken.pg.maxRetries` is not used: a batch is retried until it is deleted or the
+    /// shutdown deadline passes, so a PostgreSQL outage loses nothing.)
+    pub fn from_config(cfg: &crate::config::InvalidTokenConfig) -> Self {
+        let size = cfg.batch.size.max(1);
+        DeleterSettings {
+            batch_size: size,
+            flush_interval: Duration::from_millis(cfg.batch.interval_ms.max(1)),
+            queue_capacity: size.saturating_mul(10),
+            ..DeleterSettings::default()
+        }
+    }
+}
+
 /// Counters, shared with the stats reporters (seed names: `tokens_delete_*`).
 #[derive(Debug, Default)]
 struct Counters {
@@ -377,6 +392,7 @@ impl From<tokio_postgres::Error> for Failure {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
