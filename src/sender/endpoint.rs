@@ -57,7 +57,9 @@ impl Endpoint {
             url: url.clone(),
             reason,
         };
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -66,8 +68,15 @@ impl Endpoint {
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(EndpointError::HasPath { url });
         }
-        let authority = uri.authority().cloned().ok_or_else(|| invalid("no host".into()))?;
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| invalid("no host".into()))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         Ok(Target {
             tls,
@@ -88,14 +97,38 @@ mod tests {
         let cases: &[(Endpoint, bool, &str, u16)] = &[
             (Endpoint::Production, true, "api.push.apple.com", 443),
             (Endpoint::Sandbox, true, "api.sandbox.push.apple.com", 443),
-            (Endpoint::Custom("https://127.0.0.1:8443".into()), true, "127.0.0.1", 8443),
-            (Endpoint::Custom("http://localhost:8080/".into()), false, "localhost", 8080),
-            (Endpoint::Custom("https://example.com".into()), true, "example.com", 443),
-            (Endpoint::Custom("http://[::1]:9000".into()), false, "::1", 9000),
+            (
+                Endpoint::Custom("https://127.0.0.1:8443".into()),
+                true,
+                "127.0.0.1",
+                8443,
+            ),
+            (
+                Endpoint::Custom("http://localhost:8080/".into()),
+                false,
+                "localhost",
+                8080,
+            ),
+            (
+                Endpoint::Custom("https://example.com".into()),
+                true,
+                "example.com",
+                443,
+            ),
+            (
+                Endpoint::Custom("http://[::1]:9000".into()),
+                false,
+                "::1",
+                9000,
+            ),
         ];
         for (endpoint, tls, host, port) in cases {
             let t = endpoint.target().unwrap();
-            assert_eq!((t.tls, t.host.as_str(), t.port), (*tls, *host, *port), "{endpoint:?}");
+            assert_eq!(
+                (t.tls, t.host.as_str(), t.port),
+                (*tls, *host, *port),
+                "{endpoint:?}"
+            );
         }
         assert_eq!(Endpoint::apple(true), Endpoint::Production);
         assert_eq!(Endpoint::apple(false), Endpoint::Sandbox);
@@ -103,7 +136,13 @@ mod tests {
 
     #[test]
     fn bad_endpoints_are_clear_errors() {
-        for url in ["ftp://x", "127.0.0.1:80", "https://x/3/device", "not a url", ""] {
+        for url in [
+            "ftp://x",
+            "127.0.0.1:80",
+            "https://x/3/device",
+            "not a url",
+            "",
+        ] {
             let err = Endpoint::Custom(url.into()).target().unwrap_err();
             assert!(err.to_string().contains("endpoint"), "{url}: {err}");
         }

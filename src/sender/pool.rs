@@ -181,7 +181,9 @@ impl Pool {
 
     /// Number of connections currently up.
     pub fn live_connections(&self) -> usize {
-        (0..self.inner.slots.len()).filter(|&i| self.live(i).is_some()).count()
+        (0..self.inner.slots.len())
+            .filter(|&i| self.live(i).is_some())
+            .count()
     }
 
     /// One exchange: sends `request` with `body` and returns the response head and whole body.
@@ -265,7 +267,10 @@ impl Pool {
         self.connect_slot(first).await
     }
 
-    async fn connect_slot(&self, index: usize) -> Result<(SendRequest<Bytes>, ConnId), TransportError> {
+    async fn connect_slot(
+        &self,
+        index: usize,
+    ) -> Result<(SendRequest<Bytes>, ConnId), TransportError> {
         let slot = &self.inner.slots[index];
         let _connecting = slot.connect_lock.lock().await;
         if let Some(found) = self.live(index) {
@@ -325,13 +330,12 @@ impl Pool {
             let _ = tcp.set_nodelay(true);
             match &self.inner.tls {
                 Some((connector, name)) => {
-                    let tls = connector
-                        .connect(name.clone(), tcp)
-                        .await
-                        .map_err(|e| TransportError::Connect {
+                    let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                        TransportError::Connect {
                             addr: addr.clone(),
                             reason: format!("TLS: {e}"),
-                        })?;
+                        }
+                    })?;
                     handshake(NoVec(tls)).await
                 }
                 None => handshake(NoVec(tcp)).await,
@@ -411,13 +415,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct NoVec<T>(T);
 
 impl<T: AsyncRead + Unpin> AsyncRead for NoVec<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for NoVec<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -428,5 +440,131 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NoVec<T> {
     }
     fn is_write_vectored(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sender::endpoint::Endpoint;
+    use std::sync::atomic::AtomicU64;
+    use tokio::net::TcpListener;
+
+    /// A bare h2c server: answers 200 with the request body echoed, and after `goaway_after`
+    /// requests on a connection sends GOAWAY and stops taking new streams there.
+    async fn stub(goaway_after: Option<u64>) -> (String, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    let mut served = 0;
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        served += 1;
+                        tokio::spawn(async move {
+                            let mut body = request.into_body();
+                            let mut echo = Vec::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                echo.extend_from_slice(&chunk);
+                            }
+                            let response = http::Response::builder().status(200).body(()).unwrap();
+                            let mut stream = respond.send_response(response, false).unwrap();
+                            let _ = stream.send_data(echo.into(), true);
+                        });
+                        if Some(served) == goaway_after {
+                            conn.graceful_shutdown();
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), connections)
+    }
+
+    fn pool(url: &str, connections: usize) -> Pool {
+        let target = Endpoint::Custom(url.into()).target().unwrap();
+        let config = PoolConfig {
+            connections,
+            request_timeout: Duration::from_secs(5),
+            reconnect_backoff: Duration::ZERO,
+            ..PoolConfig::default()
+        };
+        Pool::new(target, None, config).unwrap()
+    }
+
+    fn request(url: &str) -> http::Request<()> {
+        http::Request::post(format!("{url}/echo")).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_the_connections() {
+        let (url, connections) = stub(None).await;
+        let pool = pool(&url, 2);
+        let sends = (0..200u32).map(|i| {
+            let pool = pool.clone();
+            let url = url.clone();
+            async move {
+                let body = Bytes::from(format!("{i:0>300}"));
+                let (parts, echoed) = pool.send(request(&url), body.clone()).await.unwrap();
+                assert_eq!(parts.status, 200);
+                assert_eq!(echoed, body);
+                assert!(parts.extensions.get::<ConnId>().is_some());
+            }
+        });
+        futures_util::future::join_all(sends).await;
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.live_connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn goaway_leads_to_a_new_connection() {
+        let (url, connections) = stub(Some(3)).await;
+        let pool = pool(&url, 1);
+        let mut ok = 0;
+        for _ in 0..10 {
+            // A request racing the GOAWAY may fail; it must be a transport error, and the pool
+            // must recover on its own.
+            match pool.send(request(&url), Bytes::from_static(b"x")).await {
+                Ok((parts, _)) => {
+                    assert_eq!(parts.status, 200);
+                    ok += 1;
+                }
+                Err(e) => assert!(
+                    matches!(
+                        e,
+                        TransportError::GoAway(_)
+                            | TransportError::Http2(_)
+                            | TransportError::Io(_)
+                            | TransportError::Reset(_)
+                    ),
+                    "{e}"
+                ),
+            }
+        }
+        assert!(ok >= 8, "{ok} of 10");
+        assert!(connections.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoint_is_a_connect_error_then_backoff() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let target = Endpoint::Custom(url.clone()).target().unwrap();
+        let config = PoolConfig {
+            connections: 1,
+            reconnect_backoff: Duration::from_secs(60),
+            ..PoolConfig::default()
+        };
+        let pool = Pool::new(target, None, config).unwrap();
+        let first = pool.send(request(&url), Bytes::new()).await.unwrap_err();
+        assert!(matches!(first, TransportError::Connect { .. }), "{first}");
+        let second = pool.send(request(&url), Bytes::new()).await.unwrap_err();
+        assert!(matches!(second, TransportError::Backoff { .. }), "{second}");
     }
 }

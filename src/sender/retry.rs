@@ -51,7 +51,12 @@ impl RetryPolicy {
 
     /// How long to wait after failed attempt `attempt`: full jitter in `[0, ceiling]`, but never
     /// less than the server's `Retry-After` (itself capped by `max_retry_after`).
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Duration {
         let ceiling = self.backoff_ceiling(attempt);
         let jittered = Duration::from_micros(rng.random_range(0..=ceiling.as_micros() as u64));
         match retry_after {
@@ -77,9 +82,20 @@ mod tests {
 
     #[test]
     fn ceiling_doubles_then_caps() {
-        let cases = [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)];
+        let cases = [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ];
         for (attempt, ms) in cases {
-            assert_eq!(policy().backoff_ceiling(attempt), Duration::from_millis(ms), "attempt {attempt}");
+            assert_eq!(
+                policy().backoff_ceiling(attempt),
+                Duration::from_millis(ms),
+                "attempt {attempt}"
+            );
         }
     }
 
@@ -88,10 +104,14 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for attempt in 1..6 {
             let ceiling = policy().backoff_ceiling(attempt);
-            let delays: Vec<_> = (0..200).map(|_| policy().delay(attempt, None, &mut rng)).collect();
+            let delays: Vec<_> = (0..200)
+                .map(|_| policy().delay(attempt, None, &mut rng))
+                .collect();
             assert!(delays.iter().all(|d| *d <= ceiling), "attempt {attempt}");
             // Full jitter: both halves of the range are used.
-            assert!(delays.iter().any(|d| *d < ceiling / 2) && delays.iter().any(|d| *d > ceiling / 2));
+            assert!(
+                delays.iter().any(|d| *d < ceiling / 2) && delays.iter().any(|d| *d > ceiling / 2)
+            );
         }
     }
 
@@ -99,9 +119,21 @@ mod tests {
     fn retry_after_is_honoured_and_capped() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let cases = [
-            (Some(Duration::from_secs(5)), Duration::from_secs(5), Duration::from_secs(5)),
-            (Some(Duration::from_secs(3600)), Duration::from_secs(30), Duration::from_secs(30)),
-            (Some(Duration::ZERO), Duration::ZERO, Duration::from_millis(100)),
+            (
+                Some(Duration::from_secs(5)),
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+            ),
+            (
+                Some(Duration::from_secs(3600)),
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+            ),
+            (
+                Some(Duration::ZERO),
+                Duration::ZERO,
+                Duration::from_millis(100),
+            ),
         ];
         for (after, min, max) in cases {
             for _ in 0..50 {

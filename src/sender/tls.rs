@@ -62,7 +62,9 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Reads every certificate of a PEM file.
-pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, rustls_pki_types::pem::Error> {
+pub fn read_pem_certs(
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, rustls_pki_types::pem::Error> {
     CertificateDer::pem_file_iter(path)?.collect()
 }
 
@@ -100,7 +102,9 @@ fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
         reason: e.to_string(),
     })?;
     if certs.is_empty() {
-        return Err(TlsError::EmptyCaFile { path: path.to_path_buf() });
+        return Err(TlsError::EmptyCaFile {
+            path: path.to_path_buf(),
+        });
     }
     let mut store = RootCertStore::empty();
     for cert in certs {
@@ -134,7 +138,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -143,7 +152,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

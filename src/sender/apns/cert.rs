@@ -69,18 +69,26 @@ fn read(path: &Path) -> Result<Vec<u8>, CertError> {
 
 fn is_pkcs12(path: &Path, data: &[u8]) -> bool {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    ext.eq_ignore_ascii_case("p12") || ext.eq_ignore_ascii_case("pfx") || !data.starts_with(b"-----")
+    ext.eq_ignore_ascii_case("p12")
+        || ext.eq_ignore_ascii_case("pfx")
+        || !data.starts_with(b"-----")
 }
 
 fn load_pkcs12(path: &Path, data: &[u8], password: &str) -> Result<ClientIdentity, CertError> {
-    let store = p12_keystore::KeyStore::from_pkcs12(data, password, p12_keystore::Pkcs12ImportPolicy::Relaxed)
-        .map_err(|e| CertError::Pkcs12 {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    let (_, chain) = store.private_key_chain().ok_or_else(|| CertError::Pkcs12Empty {
+    let store = p12_keystore::KeyStore::from_pkcs12(
+        data,
+        password,
+        p12_keystore::Pkcs12ImportPolicy::Relaxed,
+    )
+    .map_err(|e| CertError::Pkcs12 {
         path: path.to_path_buf(),
+        reason: e.to_string(),
     })?;
+    let (_, chain) = store
+        .private_key_chain()
+        .ok_or_else(|| CertError::Pkcs12Empty {
+            path: path.to_path_buf(),
+        })?;
     if chain.certs().is_empty() {
         return Err(CertError::Pkcs12Empty {
             path: path.to_path_buf(),
@@ -100,12 +108,15 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/apns").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/apns")
+            .join(name)
     }
 
     #[test]
     fn every_fixture_form_loads_the_same_certificate() {
-        let pem = load_identity(&fixture("client.pem"), Some(&fixture("client.key")), None).unwrap();
+        let pem =
+            load_identity(&fixture("client.pem"), Some(&fixture("client.key")), None).unwrap();
         for p12 in ["client.p12", "client-legacy.p12"] {
             let id = load_identity(&fixture(p12), None, Some("test")).unwrap();
             assert_eq!(id.certs[0], pem.certs[0], "{p12}");
@@ -127,14 +138,27 @@ mod tests {
     #[test]
     fn bad_inputs_are_clear_errors() {
         let wrong_password = load_identity(&fixture("client.p12"), None, Some("nope")).unwrap_err();
-        assert!(wrong_password.to_string().contains("wrong password"), "{wrong_password}");
-        let legacy_wrong = load_identity(&fixture("client-legacy.p12"), None, Some("nope")).unwrap_err();
-        assert!(legacy_wrong.to_string().contains("wrong password"), "{legacy_wrong}");
+        assert!(
+            wrong_password.to_string().contains("wrong password"),
+            "{wrong_password}"
+        );
+        let legacy_wrong =
+            load_identity(&fixture("client-legacy.p12"), None, Some("nope")).unwrap_err();
+        assert!(
+            legacy_wrong.to_string().contains("wrong password"),
+            "{legacy_wrong}"
+        );
         let missing = load_identity(Path::new("/nonexistent/cert.pem"), None, None).unwrap_err();
-        assert!(missing.to_string().contains("/nonexistent/cert.pem"), "{missing}");
+        assert!(
+            missing.to_string().contains("/nonexistent/cert.pem"),
+            "{missing}"
+        );
         let no_key = load_identity(&fixture("client.pem"), None, None).unwrap_err();
         assert!(matches!(no_key, CertError::NoKey { .. }), "{no_key}");
         let not_a_cert = load_identity(&fixture("client.key"), None, None).unwrap_err();
-        assert!(matches!(not_a_cert, CertError::NoCertificate { .. }), "{not_a_cert}");
+        assert!(
+            matches!(not_a_cert, CertError::NoCertificate { .. }),
+            "{not_a_cert}"
+        );
     }
 }

@@ -51,7 +51,11 @@ pub enum JwtError {
 }
 
 impl TokenAuth {
-    pub fn new(key_pem: Vec<u8>, key_id: impl Into<String>, team_id: impl Into<String>) -> TokenAuth {
+    pub fn new(
+        key_pem: Vec<u8>,
+        key_id: impl Into<String>,
+        team_id: impl Into<String>,
+    ) -> TokenAuth {
         TokenAuth {
             key_pem,
             key_id: key_id.into(),
@@ -60,7 +64,11 @@ impl TokenAuth {
         }
     }
 
-    pub fn from_file(path: &Path, key_id: impl Into<String>, team_id: impl Into<String>) -> Result<TokenAuth, JwtError> {
+    pub fn from_file(
+        path: &Path,
+        key_id: impl Into<String>,
+        team_id: impl Into<String>,
+    ) -> Result<TokenAuth, JwtError> {
         let pem = std::fs::read(path).map_err(|e| JwtError::ReadKey {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -118,7 +126,8 @@ impl JwtSigner {
         if !(MIN_REFRESH..=MAX_REFRESH).contains(&auth.refresh_after) {
             return Err(JwtError::RefreshOutOfRange(auth.refresh_after));
         }
-        let key = EncodingKey::from_ec_pem(&auth.key_pem).map_err(|e| JwtError::BadKey(e.to_string()))?;
+        let key =
+            EncodingKey::from_ec_pem(&auth.key_pem).map_err(|e| JwtError::BadKey(e.to_string()))?;
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(auth.key_id.clone());
         let signer = JwtSigner {
@@ -182,9 +191,10 @@ impl JwtSigner {
             iss: &self.team_id,
             iat: now.as_secs(),
         };
-        let jwt = jsonwebtoken::encode(&self.header, &claims, &self.key).map_err(|e| JwtError::Sign(e.to_string()))?;
-        let mut value =
-            HeaderValue::from_str(&format!("bearer {jwt}")).map_err(|e| JwtError::Sign(e.to_string()))?;
+        let jwt = jsonwebtoken::encode(&self.header, &claims, &self.key)
+            .map_err(|e| JwtError::Sign(e.to_string()))?;
+        let mut value = HeaderValue::from_str(&format!("bearer {jwt}"))
+            .map_err(|e| JwtError::Sign(e.to_string()))?;
         value.set_sensitive(true);
         Ok(value)
     }
@@ -196,18 +206,31 @@ mod tests {
     use crate::clock::{Clock, ManualClock};
     use std::sync::Arc;
 
-    const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/apns/AuthKey_TESTKEY001.p8");
-    const PUB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/apns/AuthKey_TESTKEY001.pub.pem");
+    const KEY: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/apns/AuthKey_TESTKEY001.p8"
+    );
+    const PUB: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/apns/AuthKey_TESTKEY001.pub.pem"
+    );
 
     fn signer(refresh_min: u64) -> (JwtSigner, ManualClock) {
         let clock = ManualClock::new();
         let mut auth = TokenAuth::from_file(Path::new(KEY), "TESTKEY001", "TEAM000001").unwrap();
         auth.refresh_after = Duration::from_secs(refresh_min * 60);
-        (JwtSigner::new(&auth, Arc::new(clock.clone())).unwrap(), clock)
+        (
+            JwtSigner::new(&auth, Arc::new(clock.clone())).unwrap(),
+            clock,
+        )
     }
 
     fn jwt(v: &HeaderValue) -> String {
-        v.to_str().unwrap().strip_prefix("bearer ").unwrap().to_string()
+        v.to_str()
+            .unwrap()
+            .strip_prefix("bearer ")
+            .unwrap()
+            .to_string()
     }
 
     #[test]
@@ -215,7 +238,10 @@ mod tests {
         let (s, clock) = signer(50);
         let (value, _) = s.current().unwrap();
         let token = jwt(&value);
-        assert!(!token.contains('=') && !token.contains('+') && !token.contains('/'), "base64url, unpadded");
+        assert!(
+            !token.contains('=') && !token.contains('+') && !token.contains('/'),
+            "base64url, unpadded"
+        );
         let public = std::fs::read(PUB).unwrap();
         let key = jsonwebtoken::DecodingKey::from_ec_pem(&public).unwrap();
         let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
@@ -233,7 +259,9 @@ mod tests {
         // Raw r||s: a 64-byte signature (DER would be 70-72).
         use base64::Engine;
         let sig = token.rsplit('.').next().unwrap();
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
         assert_eq!(raw.len(), 64);
         assert!(value.is_sensitive());
     }
@@ -255,7 +283,11 @@ mod tests {
             let (first, g1) = s.current().unwrap();
             clock.advance(Duration::from_secs(advance * 60));
             let (second, g2) = s.current().unwrap();
-            assert_eq!(first != second, renewed, "refresh {refresh} min, after {advance} min");
+            assert_eq!(
+                first != second,
+                renewed,
+                "refresh {refresh} min, after {advance} min"
+            );
             assert_eq!(g2 == g1 + 1, renewed);
         }
     }
@@ -292,7 +324,9 @@ mod tests {
         clock.advance(Duration::from_secs(50 * 60));
         let s = Arc::new(s);
         let results: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..8).map(|_| scope.spawn(|| s.current().unwrap())).collect();
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| s.current().unwrap()))
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(results.iter().all(|r| *r == results[0]));
@@ -307,6 +341,9 @@ mod tests {
         let err = JwtSigner::new(&auth, Arc::new(ManualClock::new())).unwrap_err();
         assert!(matches!(err, JwtError::BadKey(_)), "{err}");
         let auth = TokenAuth::from_file(Path::new(KEY), "", "T").unwrap();
-        assert!(matches!(JwtSigner::new(&auth, Arc::new(ManualClock::new())), Err(JwtError::NoKeyId)));
+        assert!(matches!(
+            JwtSigner::new(&auth, Arc::new(ManualClock::new())),
+            Err(JwtError::NoKeyId)
+        ));
     }
 }

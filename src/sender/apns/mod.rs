@@ -120,7 +120,10 @@ impl ApnsSender {
             ApnsAuth::Token(auth) => (Some(JwtSigner::new(auth, config.clock.clone())?), None),
             ApnsAuth::Certificate(id) => {
                 if !target.tls {
-                    return Err(ApnsError::CertificateWithoutTls(format!("{:?}", config.endpoint)));
+                    return Err(ApnsError::CertificateWithoutTls(format!(
+                        "{:?}",
+                        config.endpoint
+                    )));
                 }
                 (None, Some(id.clone()))
             }
@@ -165,7 +168,8 @@ impl ApnsSender {
     pub async fn send_once(&self, n: &ApnsNotification) -> Result<ApnsResponse, SendError> {
         let (authorization, generation) = match &self.inner.jwt {
             Some(jwt) => {
-                let (value, generation) = jwt.current().map_err(|e| SendError::Auth(e.to_string()))?;
+                let (value, generation) =
+                    jwt.current().map_err(|e| SendError::Auth(e.to_string()))?;
                 (Some(value), Some(generation))
             }
             None => (None, None),
@@ -218,7 +222,9 @@ impl ApnsSender {
                 }
                 Err(SendError::Invalid(e)) => {
                     return Delivery {
-                        outcome: Outcome::Malformed { reason: e.to_string() },
+                        outcome: Outcome::Malformed {
+                            reason: e.to_string(),
+                        },
                         response: None,
                         attempts: attempt,
                     }
@@ -238,7 +244,9 @@ impl ApnsSender {
             };
             if !policy.should_retry(attempt) {
                 return Delivery {
-                    outcome: Outcome::GaveUp { reason: hint.reason },
+                    outcome: Outcome::GaveUp {
+                        reason: hint.reason,
+                    },
                     response: last_response,
                     attempts: attempt,
                 };

@@ -2,7 +2,9 @@
 //! (the body is the notification's payload `Bytes`, sent as is). Everything APNs would refuse
 //! for the request's own sake is refused here first, before a stream is spent.
 
-use crate::push::apns::{payload_limit, valid_apns_id, valid_priority, valid_token, ApnsNotification, MAX_COLLAPSE_ID};
+use crate::push::apns::{
+    payload_limit, valid_apns_id, valid_priority, valid_token, ApnsNotification, MAX_COLLAPSE_ID,
+};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
@@ -224,7 +226,14 @@ mod tests {
         let n = ApnsNotification::new(token(), &b"{}"[..]);
         let r = build_request(&n, &ctx(Some("com.example.app"), true), None).unwrap();
         assert_eq!(header(&r, "apns-topic"), Some("com.example.app"));
-        for name in ["authorization", "apns-push-type", "apns-priority", "apns-expiration", "apns-collapse-id", "apns-id"] {
+        for name in [
+            "authorization",
+            "apns-push-type",
+            "apns-priority",
+            "apns-expiration",
+            "apns-collapse-id",
+            "apns-id",
+        ] {
             assert_eq!(header(&r, name), None, "{name}");
         }
         // Certificate auth may leave the topic to the certificate.
@@ -241,20 +250,52 @@ mod tests {
         };
         type Edit = fn(&mut ApnsNotification);
         let cases: &[(&str, Edit, &str)] = &[
-            ("non-hex token", |n| n.token = "zz".repeat(32), "BadDeviceToken"),
+            (
+                "non-hex token",
+                |n| n.token = "zz".repeat(32),
+                "BadDeviceToken",
+            ),
             ("empty token", |n| n.token.clear(), "BadDeviceToken"),
-            ("token with a slash", |n| n.token = "ab/cd".into(), "BadDeviceToken"),
-            ("4097-byte payload", |n| n.payload = vec![b' '; 4097].into(), "PayloadTooLarge"),
-            ("5121-byte voip payload", |n| {
-                n.push_type = Some(PushType::Voip);
-                n.payload = vec![b' '; 5121].into();
-            }, "PayloadTooLarge"),
-            ("empty payload", |n| n.payload = bytes::Bytes::new(), "PayloadEmpty"),
-            ("65-byte collapse id", |n| n.collapse_id = Some("c".repeat(65)), "BadCollapseId"),
+            (
+                "token with a slash",
+                |n| n.token = "ab/cd".into(),
+                "BadDeviceToken",
+            ),
+            (
+                "4097-byte payload",
+                |n| n.payload = vec![b' '; 4097].into(),
+                "PayloadTooLarge",
+            ),
+            (
+                "5121-byte voip payload",
+                |n| {
+                    n.push_type = Some(PushType::Voip);
+                    n.payload = vec![b' '; 5121].into();
+                },
+                "PayloadTooLarge",
+            ),
+            (
+                "empty payload",
+                |n| n.payload = bytes::Bytes::new(),
+                "PayloadEmpty",
+            ),
+            (
+                "65-byte collapse id",
+                |n| n.collapse_id = Some("c".repeat(65)),
+                "BadCollapseId",
+            ),
             ("priority 7", |n| n.priority = Some(7), "BadPriority"),
-            ("apns-id not a UUID", |n| n.apns_id = Some("nope".into()), "BadMessageId"),
+            (
+                "apns-id not a UUID",
+                |n| n.apns_id = Some("nope".into()),
+                "BadMessageId",
+            ),
             ("no topic at all", |n| n.topic = None, "MissingTopic"),
-            ("topic with a newline", |n| n.topic = Some("a\nb".into()), "BadHeaderValue"),
+            (
+                "topic with a newline",
+                |n| n.topic = Some("a\nb".into()),
+                "BadHeaderValue",
+            ),
         ];
         for (what, edit, kind) in cases {
             let mut n = ok();

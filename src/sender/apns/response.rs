@@ -54,7 +54,10 @@ impl ApnsResponse {
                 reason: Some(reason),
                 timestamp,
             }) => (ApnsReason::parse(&reason), timestamp),
-            Some(ErrorBody { reason: None, timestamp }) => (ApnsReason::Other(format!("HTTP {status}")), timestamp),
+            Some(ErrorBody {
+                reason: None,
+                timestamp,
+            }) => (ApnsReason::Other(format!("HTTP {status}")), timestamp),
             // Not APNs' JSON (a proxy's error page, say): keep the status as the reason.
             None => (ApnsReason::Other(format!("HTTP {status}")), None),
         };
@@ -78,7 +81,10 @@ mod tests {
     fn respond(status: u16, headers: &[(&str, &str)], body: &str) -> ApnsResponse {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
-            map.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            map.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         ApnsResponse::from_parts(status, &map, body.as_bytes())
     }
@@ -91,26 +97,94 @@ mod tests {
                 timestamp_ms: ts,
             })
         };
-        let rejected = |reason: &str| Verdict::Final(Outcome::Rejected { reason: reason.into() });
+        let rejected = |reason: &str| {
+            Verdict::Final(Outcome::Rejected {
+                reason: reason.into(),
+            })
+        };
         let retry = |reason: &str| Verdict::Retry(RetryHint::new(reason));
         let cases: Vec<(u16, &str, Verdict)> = vec![
             (200, "", Verdict::Final(Outcome::Delivered)),
-            (410, r#"{"reason":"Unregistered","timestamp":1700000000123}"#, token_invalid("Unregistered", Some(1_700_000_000_123))),
-            (410, r#"{"reason":"ExpiredToken"}"#, token_invalid("ExpiredToken", None)),
-            (400, r#"{"reason":"BadDeviceToken"}"#, token_invalid("BadDeviceToken", None)),
-            (400, r#"{"reason":"DeviceTokenNotForTopic"}"#, token_invalid("DeviceTokenNotForTopic", None)),
+            (
+                410,
+                r#"{"reason":"Unregistered","timestamp":1700000000123}"#,
+                token_invalid("Unregistered", Some(1_700_000_000_123)),
+            ),
+            (
+                410,
+                r#"{"reason":"ExpiredToken"}"#,
+                token_invalid("ExpiredToken", None),
+            ),
+            (
+                400,
+                r#"{"reason":"BadDeviceToken"}"#,
+                token_invalid("BadDeviceToken", None),
+            ),
+            (
+                400,
+                r#"{"reason":"DeviceTokenNotForTopic"}"#,
+                token_invalid("DeviceTokenNotForTopic", None),
+            ),
             (400, r#"{"reason":"BadTopic"}"#, rejected("BadTopic")),
-            (400, r#"{"reason":"BadCollapseId"}"#, rejected("BadCollapseId")),
-            (403, r#"{"reason":"InvalidProviderToken"}"#, rejected("InvalidProviderToken")),
-            (403, r#"{"reason":"BadEnvironmentKeyInToken"}"#, rejected("BadEnvironmentKeyIdInToken")),
-            (413, r#"{"reason":"PayloadTooLarge"}"#, rejected("PayloadTooLarge")),
-            (429, r#"{"reason":"TooManyRequests"}"#, retry("TooManyRequests")),
-            (500, r#"{"reason":"InternalServerError"}"#, retry("InternalServerError")),
-            (503, r#"{"reason":"ServiceUnavailable"}"#, retry("ServiceUnavailable")),
-            (503, r#"{"reason":"Shutdown"}"#, Verdict::Retry(RetryHint::new("Shutdown").reconnect())),
-            (403, r#"{"reason":"ExpiredProviderToken"}"#, Verdict::Retry(RetryHint::new("ExpiredProviderToken").renew_auth().reconnect())),
-            (400, r#"{"reason":"BrandNewReason"}"#, rejected("BrandNewReason")),
-            (503, r#"{"reason":"BrandNewReason"}"#, retry("BrandNewReason")),
+            (
+                400,
+                r#"{"reason":"BadCollapseId"}"#,
+                rejected("BadCollapseId"),
+            ),
+            (
+                403,
+                r#"{"reason":"InvalidProviderToken"}"#,
+                rejected("InvalidProviderToken"),
+            ),
+            (
+                403,
+                r#"{"reason":"BadEnvironmentKeyInToken"}"#,
+                rejected("BadEnvironmentKeyIdInToken"),
+            ),
+            (
+                413,
+                r#"{"reason":"PayloadTooLarge"}"#,
+                rejected("PayloadTooLarge"),
+            ),
+            (
+                429,
+                r#"{"reason":"TooManyRequests"}"#,
+                retry("TooManyRequests"),
+            ),
+            (
+                500,
+                r#"{"reason":"InternalServerError"}"#,
+                retry("InternalServerError"),
+            ),
+            (
+                503,
+                r#"{"reason":"ServiceUnavailable"}"#,
+                retry("ServiceUnavailable"),
+            ),
+            (
+                503,
+                r#"{"reason":"Shutdown"}"#,
+                Verdict::Retry(RetryHint::new("Shutdown").reconnect()),
+            ),
+            (
+                403,
+                r#"{"reason":"ExpiredProviderToken"}"#,
+                Verdict::Retry(
+                    RetryHint::new("ExpiredProviderToken")
+                        .renew_auth()
+                        .reconnect(),
+                ),
+            ),
+            (
+                400,
+                r#"{"reason":"BrandNewReason"}"#,
+                rejected("BrandNewReason"),
+            ),
+            (
+                503,
+                r#"{"reason":"BrandNewReason"}"#,
+                retry("BrandNewReason"),
+            ),
             (502, "<html>bad gateway</html>", retry("HTTP 502")),
             (404, "", rejected("HTTP 404")),
         ];
@@ -131,10 +205,16 @@ mod tests {
     fn headers_are_read() {
         let r = respond(
             429,
-            &[("apns-id", "123e4567-e89b-12d3-a456-426614174000"), ("retry-after", "7")],
+            &[
+                ("apns-id", "123e4567-e89b-12d3-a456-426614174000"),
+                ("retry-after", "7"),
+            ],
             r#"{"reason":"TooManyRequests"}"#,
         );
-        assert_eq!(r.apns_id.as_deref(), Some("123e4567-e89b-12d3-a456-426614174000"));
+        assert_eq!(
+            r.apns_id.as_deref(),
+            Some("123e4567-e89b-12d3-a456-426614174000")
+        );
         assert_eq!(r.retry_after, Some(Duration::from_secs(7)));
         assert_eq!(
             r.verdict,
