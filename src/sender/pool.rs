@@ -453,15 +453,33 @@ mod tests {
     /// A bare h2c server: answers 200 with the request body echoed, and after `goaway_after`
     /// requests on a connection sends GOAWAY and stops taking new streams there.
     async fn stub(goaway_after: Option<u64>) -> (String, Arc<AtomicU64>) {
+        stub_with(goaway_after, None).await
+    }
+
+    async fn stub_with(
+        goaway_after: Option<u64>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> (String, Arc<AtomicU64>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicU64::new(0));
         let counter = connections.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    let io: Box<dyn Io> = match tls {
+                        Some(config) => {
+                            match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+                                Ok(stream) => Box::new(stream),
+                                Err(_) => return,
+                            }
+                        }
+                        None => Box::new(tcp),
+                    };
+                    let mut conn = h2::server::handshake(io).await.unwrap();
                     let mut served = 0;
                     while let Some(Ok((request, mut respond))) = conn.accept().await {
                         served += 1;
@@ -483,7 +501,66 @@ mod tests {
                 });
             }
         });
-        (format!("http://{addr}"), connections)
+        (format!("{scheme}://localhost:{}", addr.port()), connections)
+    }
+
+    trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+    impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+    /// A self-signed certificate for `localhost`: (server config, the certificate as PEM).
+    fn self_signed() -> (Arc<rustls::ServerConfig>, String) {
+        use rustls_pki_types::pem::PemObject;
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_pem = key.cert.pem();
+        let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(
+            key.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![key.cert.der().clone()], der)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        (Arc::new(config), cert_pem)
+    }
+
+    #[tokio::test]
+    async fn tls_verifies_with_the_ca_file_and_fails_without_it() {
+        use crate::sender::tls::{client_config, TlsOptions};
+        let (server, cert_pem) = self_signed();
+        let (url, _) = stub_with(None, Some(server)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert_pem).unwrap();
+        let target = Endpoint::Custom(url.clone()).target().unwrap();
+        let cases = [
+            (Some(ca.clone()), false, true),
+            (None, false, false),
+            (None, true, true),
+        ];
+        for (ca_file, insecure, works) in cases {
+            let tls = client_config(&TlsOptions {
+                ca_file: ca_file.clone(),
+                insecure,
+                client_identity: None,
+            })
+            .unwrap();
+            let pool = Pool::new(target.clone(), Some(tls), PoolConfig::default()).unwrap();
+            let result = pool.send(request(&url), Bytes::from_static(b"{}")).await;
+            match (works, result) {
+                (true, Ok((parts, body))) => {
+                    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"{}"[..]))
+                }
+                (false, Err(TransportError::Connect { reason, .. })) => {
+                    assert!(reason.contains("TLS"), "{reason}")
+                }
+                (_, other) => panic!("ca {ca_file:?} insecure {insecure}: {other:?}"),
+            }
+        }
     }
 
     fn pool(url: &str, connections: usize) -> Pool {
