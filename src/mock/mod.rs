@@ -1,4 +1,31 @@
 //! Fake APNs and FCM servers: faithful protocol checks, scripted behaviour from profiles,
 //! fault injection, admin counters. Depends only on `push`, never on `sender`.
+//!
+//! `server` is the protocol-neutral core (listeners, TLS, connections, faults, counters, admin
+//! endpoint); `apns` plugs the APNs protocol into it as a [`server::Handler`].
 
+pub mod apns;
 pub mod cli;
+pub mod profile;
+pub mod server;
+pub mod stats;
+pub mod tls;
+
+pub use apns::{ApnsOptions, JwtKey};
+pub use profile::Profile;
+pub use server::{MockConfig, MockServer};
+pub use stats::{Stats, StatsSnapshot};
+pub use tls::ServerCert;
+
+/// Why a fake server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MockError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Profile(#[from] profile::ProfileError),
+    #[error("{0}")]
+    Config(String),
+}
