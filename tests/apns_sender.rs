@@ -396,3 +396,142 @@ async fn certificate_auth_with_pem_and_pkcs12() {
     assert_eq!(status_count(&stats, 200), 3);
     assert_eq!(stats.requests, 4);
 }
+
+/// Runs `pusher send apns` against the fake; returns (exit code, stdout, stderr).
+async fn pusher_send(args: Vec<String>) -> (i32, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pusher"))
+        .args(["send", "apns"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn pusher_send_apns_prints_one_json_line_and_exits_by_outcome() {
+    let fake = start_fake(FakeOptions {
+        client_ca: true,
+        ..FakeOptions::default()
+    })
+    .await;
+    let path = |name: &str| fixture(name).display().to_string();
+    let ca = fake.ca_file.display().to_string();
+    let token_args = |token: &str| -> Vec<String> {
+        [
+            "--token",
+            token,
+            "--payload",
+            r#"{"aps":{"alert":"hi"}}"#,
+            "--topic",
+            TOPIC,
+            "--key-file",
+            &path("AuthKey_TESTKEY001.p8"),
+            "--key-id",
+            KEY_ID,
+            "--team-id",
+            TEAM_ID,
+            "--endpoint",
+            &fake.tls_url(),
+            "--ca",
+            &ca,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+
+    let (code, out, err) = pusher_send(token_args(&token(1))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["outcome"], "delivered");
+    assert_eq!(line["status"], 200);
+    assert!(line["apns_id"].is_string());
+
+    let dead = TokenRule::Unregistered.apply(&token(2));
+    let (code, out, _) = pusher_send(token_args(&dead)).await;
+    assert_eq!(code, 1);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (line["outcome"].as_str(), line["status"].as_u64()),
+        (Some("token_invalid"), Some(410))
+    );
+    assert_eq!(line["reason"], "Unregistered");
+    assert!(line["timestamp"].as_u64().is_some());
+
+    // Certificate auth, PKCS#12.
+    let cert_args: Vec<String> = [
+        "--token",
+        &token(3),
+        "--payload",
+        "{}",
+        "--certificate",
+        &path("client.p12"),
+        "--certificate-password",
+        "test",
+        "--endpoint",
+        &fake.tls_url(),
+        "--ca",
+        &ca,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, out, err) = pusher_send(cert_args.clone()).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Usage and configuration errors: exit 2 and a message naming the problem, no panic.
+    let mut wrong_password = cert_args.clone();
+    wrong_password[7] = "nope".into();
+    let mut not_hex = token_args("xyz");
+    not_hex[1] = "xyz".into();
+    let mut too_big = token_args(&token(4));
+    too_big[3] = format!(r#"{{"pad":"{}"}}"#, "x".repeat(4096));
+    let mut no_key = token_args(&token(5));
+    no_key[7] = "/nonexistent/AuthKey.p8".into();
+    let mut bad_ca = token_args(&token(6));
+    bad_ca[15] = "/nonexistent/ca.pem".into();
+    let mut not_json = token_args(&token(7));
+    not_json[3] = "{aps".into();
+    let cases = [
+        (wrong_password, "wrong password"),
+        (not_hex, "not hex"),
+        (too_big, "over the 4096-byte limit"),
+        (no_key, "/nonexistent/AuthKey.p8"),
+        (bad_ca, "/nonexistent/ca.pem"),
+        (not_json, "not valid JSON"),
+    ];
+    for (args, message) in cases {
+        let (code, out, err) = pusher_send(args).await;
+        assert_eq!(code, 2, "{message}: {out}{err}");
+        assert!(err.contains(message), "{message}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+
+    // An unreachable endpoint: the push is not delivered (exit 1) and says why.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut unreachable = token_args(&token(8));
+    unreachable[13] = closed_url;
+    unreachable.extend(["--attempts".into(), "1".into()]);
+    let (code, out, _) = pusher_send(unreachable).await;
+    assert_eq!(code, 1);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (line["outcome"].as_str(), line["reason"].as_str()),
+        (Some("gave_up"), Some("connect_error"))
+    );
+    assert!(
+        line["error"].as_str().unwrap().contains("refused"),
+        "{line}"
+    );
+
+    let stats = fake.stats();
+    assert_eq!(stats.requests, 3);
+    assert_eq!(status_count(&stats, 200), 2);
+}

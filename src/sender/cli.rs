@@ -189,5 +189,6 @@ pub fn report_line(d: &Delivery) -> serde_json::Value {
         "apns_id": r.and_then(|r| r.apns_id.clone()),
         "timestamp": r.and_then(|r| r.timestamp_ms),
         "attempts": d.attempts,
+        "error": d.transport_error,
     })
 }
