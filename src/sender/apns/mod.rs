@@ -204,7 +204,7 @@ impl ApnsSender {
     pub async fn send_with_details(&self, n: &ApnsNotification) -> Delivery {
         let policy = &self.inner.retry;
         let mut last_response = None;
-        let mut transport_error = None;
+        let mut transport_error: Option<String>;
         let mut attempt = 0;
         loop {
             attempt += 1;
