@@ -5,14 +5,16 @@
 //! lazily on the next request, with a back-off after a failed connect. Requests in flight on a
 //! connection that dies fail with a `TransportError`, which the protocol layer retries.
 //!
-//! No HTTP/2 PING keepalive: the h2 crate has none built in, and idle closes by the server are
-//! handled by reconnecting on the next request.
+//! No HTTP/2 PING keepalive: the h2 crate has none built in. Idle closes by the server are
+//! handled by reconnecting on the next request, and a connection that has answered nothing
+//! for longer than the request timeout when a request times out is replaced (a silently dead
+//! peer would otherwise keep swallowing requests).
 
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use rustls_pki_types::ServerName;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -26,7 +28,8 @@ pub struct PoolConfig {
     /// Connections to open (lazily). Default 2; the real APNs needs more for high volume.
     pub connections: usize,
     pub connect_timeout: Duration,
-    /// The whole exchange: waiting for a stream slot, sending, and reading the response.
+    /// One exchange once a connection is up: waiting for a stream slot, sending, reading the
+    /// response. (Opening a connection is bounded by `connect_timeout` on top.)
     pub request_timeout: Duration,
     /// How long a slot waits after a failed connect before it tries again.
     pub reconnect_backoff: Duration,
@@ -120,6 +123,8 @@ struct PoolInner {
     config: PoolConfig,
     slots: Vec<Slot>,
     next: AtomicUsize,
+    /// Time base of `Slot::last_response_ms`.
+    epoch: Instant,
 }
 
 #[derive(Default)]
@@ -127,6 +132,10 @@ struct Slot {
     state: Mutex<SlotState>,
     /// Held while connecting, so concurrent requests wait for one connect instead of racing.
     connect_lock: tokio::sync::Mutex<()>,
+    /// A background reconnect is under way (at most one per slot).
+    reconnecting: AtomicBool,
+    /// When the slot's connection last answered (ms since `PoolInner::epoch`).
+    last_response_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -171,6 +180,7 @@ impl Pool {
                 config,
                 slots,
                 next: AtomicUsize::new(0),
+                epoch: Instant::now(),
             }),
         })
     }
@@ -193,11 +203,50 @@ impl Pool {
         request: http::Request<()>,
         body: Bytes,
     ) -> Result<(http::response::Parts, Bytes), TransportError> {
+        let (conn, id) = self.checkout().await?;
         let timeout = self.inner.config.request_timeout;
         // Dropping the exchange on timeout drops its h2 stream, which sends RST_STREAM.
-        match tokio::time::timeout(timeout, self.exchange(request, body)).await {
+        let result = match tokio::time::timeout(timeout, exchange_on(conn, request, body)).await {
             Ok(result) => result,
-            Err(_) => Err(TransportError::Timeout(timeout)),
+            Err(_) => {
+                self.on_timeout(id, timeout);
+                return Err(TransportError::Timeout(timeout));
+            }
+        };
+        match result {
+            Ok((mut parts, body)) => {
+                self.inner.slots[id.slot]
+                    .last_response_ms
+                    .store(self.now_ms(), Ordering::Relaxed);
+                parts.extensions.insert(id);
+                Ok((parts, body))
+            }
+            Err(e) => {
+                // A reset affects one stream; anything else means the connection is unusable.
+                if !e.is_reset() || e.is_go_away() {
+                    self.discard(id);
+                }
+                Err(TransportError::from_h2(e))
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    /// One request timing out says little (the server may be slow for that one); a connection
+    /// that has answered nothing for a whole timeout is presumed dead and replaced.
+    fn on_timeout(&self, id: ConnId, timeout: Duration) {
+        let last = self.inner.slots[id.slot]
+            .last_response_ms
+            .load(Ordering::Relaxed);
+        if self.now_ms().saturating_sub(last) >= timeout.as_millis() as u64 {
+            tracing::debug!(
+                slot = id.slot,
+                "No answer on the connection for a whole timeout; replacing it."
+            );
+            self.discard(id);
         }
     }
 
@@ -208,28 +257,6 @@ impl Pool {
             let mut state = lock(&slot.state);
             if state.generation == id.generation {
                 state.live = None;
-            }
-        }
-    }
-
-    async fn exchange(
-        &self,
-        request: http::Request<()>,
-        body: Bytes,
-    ) -> Result<(http::response::Parts, Bytes), TransportError> {
-        let (conn, id) = self.checkout().await?;
-        let result = exchange_on(conn, request, body).await;
-        match result {
-            Ok((mut parts, body)) => {
-                parts.extensions.insert(id);
-                Ok((parts, body))
-            }
-            Err(e) => {
-                // A reset affects one stream; anything else means the connection is unusable.
-                if !e.is_reset() || e.is_go_away() {
-                    self.discard(id);
-                }
-                Err(TransportError::from_h2(e))
             }
         }
     }
@@ -257,10 +284,16 @@ impl Pool {
         }
         for offset in 1..n {
             if let Some(found) = self.live((first + offset) % n) {
-                let pool = self.clone();
-                tokio::spawn(async move {
-                    let _ = pool.connect_slot(first).await;
-                });
+                let slot = &self.inner.slots[first];
+                if !slot.reconnecting.swap(true, Ordering::AcqRel) {
+                    let pool = self.clone();
+                    tokio::spawn(async move {
+                        let _ = pool.connect_slot(first).await;
+                        pool.inner.slots[first]
+                            .reconnecting
+                            .store(false, Ordering::Release);
+                    });
+                }
                 return Ok(found);
             }
         }
@@ -292,6 +325,8 @@ impl Pool {
                 state.generation += 1;
                 state.live = Some(conn.clone());
                 state.retry_connect_at = None;
+                slot.last_response_ms
+                    .store(self.now_ms(), Ordering::Relaxed);
                 let id = ConnId {
                     slot: index,
                     generation: state.generation,
@@ -358,6 +393,10 @@ where
         // Responses are small; generous windows keep flow control out of the way.
         .initial_window_size(1 << 20)
         .initial_connection_window_size(1 << 24)
+        // One stream until the server's SETTINGS arrive: APNs allows only one on a fresh token
+        // connection and answers a burst over its limit with GOAWAY. Once the SETTINGS are
+        // in, h2 follows the server's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited if absent).
+        .initial_max_send_streams(1)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(TransportError::from_h2)?;
