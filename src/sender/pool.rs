@@ -5,14 +5,16 @@
 //! lazily on the next request, with a back-off after a failed connect. Requests in flight on a
 //! connection that dies fail with a `TransportError`, which the protocol layer retries.
 //!
-//! No HTTP/2 PING keepalive: the h2 crate has none built in, and idle closes by the server are
-//! handled by reconnecting on the next request.
+//! No HTTP/2 PING keepalive: the h2 crate has none built in. Idle closes by the server are
+//! handled by reconnecting on the next request, and a connection that has answered nothing
+//! for longer than the request timeout when a request times out is replaced (a silently dead
+//! peer would otherwise keep swallowing requests).
 
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use rustls_pki_types::ServerName;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -26,7 +28,8 @@ pub struct PoolConfig {
     /// Connections to open (lazily). Default 2; the real APNs needs more for high volume.
     pub connections: usize,
     pub connect_timeout: Duration,
-    /// The whole exchange: waiting for a stream slot, sending, and reading the response.
+    /// One exchange once a connection is up: waiting for a stream slot, sending, reading the
+    /// response. (Opening a connection is bounded by `connect_timeout` on top.)
     pub request_timeout: Duration,
     /// How long a slot waits after a failed connect before it tries again.
     pub reconnect_backoff: Duration,
@@ -120,6 +123,8 @@ struct PoolInner {
     config: PoolConfig,
     slots: Vec<Slot>,
     next: AtomicUsize,
+    /// Time base of `Slot::last_response_ms`.
+    epoch: Instant,
 }
 
 #[derive(Default)]
@@ -127,6 +132,10 @@ struct Slot {
     state: Mutex<SlotState>,
     /// Held while connecting, so concurrent requests wait for one connect instead of racing.
     connect_lock: tokio::sync::Mutex<()>,
+    /// A background reconnect is under way (at most one per slot).
+    reconnecting: AtomicBool,
+    /// When the slot's connection last answered (ms since `PoolInner::epoch`).
+    last_response_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -171,6 +180,7 @@ impl Pool {
                 config,
                 slots,
                 next: AtomicUsize::new(0),
+                epoch: Instant::now(),
             }),
         })
     }
@@ -193,11 +203,50 @@ impl Pool {
         request: http::Request<()>,
         body: Bytes,
     ) -> Result<(http::response::Parts, Bytes), TransportError> {
+        let (conn, id) = self.checkout().await?;
         let timeout = self.inner.config.request_timeout;
         // Dropping the exchange on timeout drops its h2 stream, which sends RST_STREAM.
-        match tokio::time::timeout(timeout, self.exchange(request, body)).await {
+        let result = match tokio::time::timeout(timeout, exchange_on(conn, request, body)).await {
             Ok(result) => result,
-            Err(_) => Err(TransportError::Timeout(timeout)),
+            Err(_) => {
+                self.on_timeout(id, timeout);
+                return Err(TransportError::Timeout(timeout));
+            }
+        };
+        match result {
+            Ok((mut parts, body)) => {
+                self.inner.slots[id.slot]
+                    .last_response_ms
+                    .store(self.now_ms(), Ordering::Relaxed);
+                parts.extensions.insert(id);
+                Ok((parts, body))
+            }
+            Err(e) => {
+                // A reset affects one stream; anything else means the connection is unusable.
+                if !e.is_reset() || e.is_go_away() {
+                    self.discard(id);
+                }
+                Err(TransportError::from_h2(e))
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    /// One request timing out says little (the server may be slow for that one); a connection
+    /// that has answered nothing for a whole timeout is presumed dead and replaced.
+    fn on_timeout(&self, id: ConnId, timeout: Duration) {
+        let last = self.inner.slots[id.slot]
+            .last_response_ms
+            .load(Ordering::Relaxed);
+        if self.now_ms().saturating_sub(last) >= timeout.as_millis() as u64 {
+            tracing::debug!(
+                slot = id.slot,
+                "No answer on the connection for a whole timeout; replacing it."
+            );
+            self.discard(id);
         }
     }
 
@@ -208,28 +257,6 @@ impl Pool {
             let mut state = lock(&slot.state);
             if state.generation == id.generation {
                 state.live = None;
-            }
-        }
-    }
-
-    async fn exchange(
-        &self,
-        request: http::Request<()>,
-        body: Bytes,
-    ) -> Result<(http::response::Parts, Bytes), TransportError> {
-        let (conn, id) = self.checkout().await?;
-        let result = exchange_on(conn, request, body).await;
-        match result {
-            Ok((mut parts, body)) => {
-                parts.extensions.insert(id);
-                Ok((parts, body))
-            }
-            Err(e) => {
-                // A reset affects one stream; anything else means the connection is unusable.
-                if !e.is_reset() || e.is_go_away() {
-                    self.discard(id);
-                }
-                Err(TransportError::from_h2(e))
             }
         }
     }
@@ -257,10 +284,16 @@ impl Pool {
         }
         for offset in 1..n {
             if let Some(found) = self.live((first + offset) % n) {
-                let pool = self.clone();
-                tokio::spawn(async move {
-                    let _ = pool.connect_slot(first).await;
-                });
+                let slot = &self.inner.slots[first];
+                if !slot.reconnecting.swap(true, Ordering::AcqRel) {
+                    let pool = self.clone();
+                    tokio::spawn(async move {
+                        let _ = pool.connect_slot(first).await;
+                        pool.inner.slots[first]
+                            .reconnecting
+                            .store(false, Ordering::Release);
+                    });
+                }
                 return Ok(found);
             }
         }
@@ -292,6 +325,8 @@ impl Pool {
                 state.generation += 1;
                 state.live = Some(conn.clone());
                 state.retry_connect_at = None;
+                slot.last_response_ms
+                    .store(self.now_ms(), Ordering::Relaxed);
                 let id = ConnId {
                     slot: index,
                     generation: state.generation,
@@ -358,6 +393,10 @@ where
         // Responses are small; generous windows keep flow control out of the way.
         .initial_window_size(1 << 20)
         .initial_connection_window_size(1 << 24)
+        // One stream until the server's SETTINGS arrive: APNs allows only one on a fresh token
+        // connection and answers a burst over its limit with GOAWAY. Once the SETTINGS are
+        // in, h2 follows the server's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited if absent).
+        .initial_max_send_streams(1)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(TransportError::from_h2)?;
@@ -440,5 +479,208 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NoVec<T> {
     }
     fn is_write_vectored(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sender::endpoint::Endpoint;
+    use std::sync::atomic::AtomicU64;
+    use tokio::net::TcpListener;
+
+    /// A bare h2c server: answers 200 with the request body echoed, and after `goaway_after`
+    /// requests on a connection sends GOAWAY and stops taking new streams there.
+    async fn stub(goaway_after: Option<u64>) -> (String, Arc<AtomicU64>) {
+        stub_with(goaway_after, None).await
+    }
+
+    async fn stub_with(
+        goaway_after: Option<u64>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> (String, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = connections.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let io: Box<dyn Io> = match tls {
+                        Some(config) => {
+                            match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+                                Ok(stream) => Box::new(stream),
+                                Err(_) => return,
+                            }
+                        }
+                        None => Box::new(tcp),
+                    };
+                    let mut conn = h2::server::handshake(io).await.unwrap();
+                    let mut served = 0;
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        served += 1;
+                        tokio::spawn(async move {
+                            let mut body = request.into_body();
+                            let mut echo = Vec::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                echo.extend_from_slice(&chunk);
+                            }
+                            let response = http::Response::builder().status(200).body(()).unwrap();
+                            let mut stream = respond.send_response(response, false).unwrap();
+                            let _ = stream.send_data(echo.into(), true);
+                        });
+                        if Some(served) == goaway_after {
+                            conn.graceful_shutdown();
+                        }
+                    }
+                });
+            }
+        });
+        (format!("{scheme}://localhost:{}", addr.port()), connections)
+    }
+
+    trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+    impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+    /// A self-signed certificate for `localhost`: (server config, the certificate as PEM).
+    fn self_signed() -> (Arc<rustls::ServerConfig>, String) {
+        use rustls_pki_types::pem::PemObject;
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_pem = key.cert.pem();
+        let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(
+            key.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![key.cert.der().clone()], der)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        (Arc::new(config), cert_pem)
+    }
+
+    #[tokio::test]
+    async fn tls_verifies_with_the_ca_file_and_fails_without_it() {
+        use crate::sender::tls::{client_config, TlsOptions};
+        let (server, cert_pem) = self_signed();
+        let (url, _) = stub_with(None, Some(server)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert_pem).unwrap();
+        let target = Endpoint::Custom(url.clone()).target().unwrap();
+        let cases = [
+            (Some(ca.clone()), false, true),
+            (None, false, false),
+            (None, true, true),
+        ];
+        for (ca_file, insecure, works) in cases {
+            let tls = client_config(&TlsOptions {
+                ca_file: ca_file.clone(),
+                insecure,
+                client_identity: None,
+            })
+            .unwrap();
+            let pool = Pool::new(target.clone(), Some(tls), PoolConfig::default()).unwrap();
+            let result = pool.send(request(&url), Bytes::from_static(b"{}")).await;
+            match (works, result) {
+                (true, Ok((parts, body))) => {
+                    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"{}"[..]))
+                }
+                (false, Err(TransportError::Connect { reason, .. })) => {
+                    assert!(reason.contains("TLS"), "{reason}")
+                }
+                (_, other) => panic!("ca {ca_file:?} insecure {insecure}: {other:?}"),
+            }
+        }
+    }
+
+    fn pool(url: &str, connections: usize) -> Pool {
+        let target = Endpoint::Custom(url.into()).target().unwrap();
+        let config = PoolConfig {
+            connections,
+            request_timeout: Duration::from_secs(5),
+            reconnect_backoff: Duration::ZERO,
+            ..PoolConfig::default()
+        };
+        Pool::new(target, None, config).unwrap()
+    }
+
+    fn request(url: &str) -> http::Request<()> {
+        http::Request::post(format!("{url}/echo")).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_the_connections() {
+        let (url, connections) = stub(None).await;
+        let pool = pool(&url, 2);
+        let sends = (0..200u32).map(|i| {
+            let pool = pool.clone();
+            let url = url.clone();
+            async move {
+                let body = Bytes::from(format!("{i:0>300}"));
+                let (parts, echoed) = pool.send(request(&url), body.clone()).await.unwrap();
+                assert_eq!(parts.status, 200);
+                assert_eq!(echoed, body);
+                assert!(parts.extensions.get::<ConnId>().is_some());
+            }
+        });
+        futures_util::future::join_all(sends).await;
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.live_connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn goaway_leads_to_a_new_connection() {
+        let (url, connections) = stub(Some(3)).await;
+        let pool = pool(&url, 1);
+        let mut ok = 0;
+        for _ in 0..10 {
+            // A request racing the GOAWAY may fail; it must be a transport error, and the pool
+            // must recover on its own.
+            match pool.send(request(&url), Bytes::from_static(b"x")).await {
+                Ok((parts, _)) => {
+                    assert_eq!(parts.status, 200);
+                    ok += 1;
+                }
+                Err(e) => assert!(
+                    matches!(
+                        e,
+                        TransportError::GoAway(_)
+                            | TransportError::Http2(_)
+                            | TransportError::Io(_)
+                            | TransportError::Reset(_)
+                    ),
+                    "{e}"
+                ),
+            }
+        }
+        assert!(ok >= 8, "{ok} of 10");
+        assert!(connections.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoint_is_a_connect_error_then_backoff() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let target = Endpoint::Custom(url.clone()).target().unwrap();
+        let config = PoolConfig {
+            connections: 1,
+            reconnect_backoff: Duration::from_secs(60),
+            ..PoolConfig::default()
+        };
+        let pool = Pool::new(target, None, config).unwrap();
+        let first = pool.send(request(&url), Bytes::new()).await.unwrap_err();
+        assert!(matches!(first, TransportError::Connect { .. }), "{first}");
+        let second = pool.send(request(&url), Bytes::new()).await.unwrap_err();
+        assert!(matches!(second, TransportError::Backoff { .. }), "{second}");
     }
 }

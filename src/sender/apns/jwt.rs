@@ -193,10 +193,9 @@ impl JwtSigner {
         };
         let jwt = jsonwebtoken::encode(&self.header, &claims, &self.key)
             .map_err(|e| JwtError::Sign(e.to_string()))?;
-        let mut value = HeaderValue::from_str(&format!("bearer {jwt}"))
-            .map_err(|e| JwtError::Sign(e.to_string()))?;
-        value.set_sensitive(true);
-        Ok(value)
+        // Not marked sensitive: h2 would then never HPACK-index it and would resend the
+        // ~200-byte token literally on every request. It lives an hour and is never logged.
+        HeaderValue::from_str(&format!("bearer {jwt}")).map_err(|e| JwtError::Sign(e.to_string()))
     }
 }
 
@@ -263,7 +262,7 @@ mod tests {
             .decode(sig)
             .unwrap();
         assert_eq!(raw.len(), 64);
-        assert!(value.is_sensitive());
+        assert!(!value.is_sensitive(), "HPACK must be able to index it");
     }
 
     #[test]
