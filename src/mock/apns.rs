@@ -10,11 +10,14 @@
 //! request meets the token rules (`crate::push::token_rules`), then the profile's scripted
 //! answers (outage, throttle, error mix); everything else is a 200.
 
-use super::server::{ConnState, Credential, Env, Handler};
 use super::profile::Scripted;
+use super::server::{ConnState, Credential, Env, Handler};
 use super::MockError;
 use crate::clock::{self, SharedClock};
-use crate::push::apns::{payload_limit, valid_apns_id, valid_priority, valid_token, ApnsReason, PushType, MAX_COLLAPSE_ID};
+use crate::push::apns::{
+    payload_limit, valid_apns_id, valid_priority, valid_token, ApnsReason, PushType,
+    MAX_COLLAPSE_ID,
+};
 use crate::push::token_rules::TokenRule;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
@@ -101,16 +104,20 @@ impl JwtKey {
     /// From the command line's `KEYID:TEAMID:FILE.pem`.
     pub fn from_spec(spec: &str) -> Result<JwtKey, MockError> {
         let mut parts = spec.splitn(3, ':');
-        let (Some(key_id), Some(team_id), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(key_id), Some(team_id), Some(file)) = (parts.next(), parts.next(), parts.next())
+        else {
             return Err(MockError::Config(format!(
                 "--jwt-key {spec:?}: expected KEYID:TEAMID:PUBKEY.pem"
             )));
         };
         if key_id.is_empty() || team_id.is_empty() {
-            return Err(MockError::Config(format!("--jwt-key {spec:?}: empty key id or team id")));
+            return Err(MockError::Config(format!(
+                "--jwt-key {spec:?}: empty key id or team id"
+            )));
         }
-        let pem = std::fs::read_to_string(Path::new(file))
-            .map_err(|e| MockError::Config(format!("--jwt-key {key_id}: cannot read {file}: {e}")))?;
+        let pem = std::fs::read_to_string(Path::new(file)).map_err(|e| {
+            MockError::Config(format!("--jwt-key {key_id}: cannot read {file}: {e}"))
+        })?;
         JwtKey::from_pem(key_id, team_id, &pem)
     }
 }
@@ -158,10 +165,16 @@ impl ApnsHandler {
         }
         let h = &parts.headers;
         // Cheap test first: only a map with a repeated name has more values than names.
-        if h.len() != h.keys_len() && SINGLE_HEADERS.iter().any(|n| h.get_all(*n).iter().nth(1).is_some()) {
+        if h.len() != h.keys_len()
+            && SINGLE_HEADERS
+                .iter()
+                .any(|n| h.get_all(*n).iter().nth(1).is_some())
+        {
             return Err(DuplicateHeaders);
         }
-        if h.get("apns-id").is_some_and(|v| !v.to_str().is_ok_and(valid_apns_id)) {
+        if h.get("apns-id")
+            .is_some_and(|v| !v.to_str().is_ok_and(valid_apns_id))
+        {
             return Err(BadMessageId);
         }
         let topic_missing = h.get("apns-topic").is_none_or(|v| v.is_empty());
@@ -169,16 +182,24 @@ impl ApnsHandler {
         if topic_missing && !conn.client_cert {
             return Err(MissingTopic);
         }
-        if h.get("apns-push-type").is_some_and(|v| v.to_str().ok().and_then(PushType::parse).is_none()) {
+        if h.get("apns-push-type")
+            .is_some_and(|v| v.to_str().ok().and_then(PushType::parse).is_none())
+        {
             return Err(InvalidPushType);
         }
-        if h.get("apns-priority").is_some_and(|v| !parse::<u8>(v).is_some_and(valid_priority)) {
+        if h.get("apns-priority")
+            .is_some_and(|v| !parse::<u8>(v).is_some_and(valid_priority))
+        {
             return Err(BadPriority);
         }
-        if h.get("apns-expiration").is_some_and(|v| parse::<u64>(v).is_none()) {
+        if h.get("apns-expiration")
+            .is_some_and(|v| parse::<u64>(v).is_none())
+        {
             return Err(BadExpirationDate);
         }
-        if h.get("apns-collapse-id").is_some_and(|v| v.len() > MAX_COLLAPSE_ID) {
+        if h.get("apns-collapse-id")
+            .is_some_and(|v| v.len() > MAX_COLLAPSE_ID)
+        {
             return Err(BadCollapseId);
         }
         self.authenticate(h, conn)
@@ -190,7 +211,11 @@ impl ApnsHandler {
             return Ok(());
         }
         if self.keys.is_empty() {
-            return if self.cert_auth { Err(BadCertificate) } else { Ok(()) };
+            return if self.cert_auth {
+                Err(BadCertificate)
+            } else {
+                Ok(())
+            };
         }
         let Some(value) = headers.get(AUTHORIZATION) else {
             return Err(MissingProviderToken);
@@ -245,17 +270,20 @@ impl ApnsHandler {
             ApnsReason::InvalidProviderToken
         }
         let mut parts = token.split('.');
-        let (Some(header), Some(claims), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(claims), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(ApnsReason::InvalidProviderToken);
         };
-        let head: Header = serde_json::from_slice(&B64URL.decode(header).map_err(invalid)?).map_err(invalid)?;
+        let head: Header =
+            serde_json::from_slice(&B64URL.decode(header).map_err(invalid)?).map_err(invalid)?;
         let key = self
             .keys
             .get(&head.kid)
             .filter(|_| head.alg == "ES256")
             .ok_or(ApnsReason::InvalidProviderToken)?;
-        let body: Claims = serde_json::from_slice(&B64URL.decode(claims).map_err(invalid)?).map_err(invalid)?;
+        let body: Claims =
+            serde_json::from_slice(&B64URL.decode(claims).map_err(invalid)?).map_err(invalid)?;
         if body.iss != key.team_id {
             return Err(ApnsReason::InvalidProviderToken);
         }
@@ -271,14 +299,23 @@ impl ApnsHandler {
         Ok((body.iss, body.iat))
     }
 
-    fn answer(&self, env: &Env, apns_id: HeaderValue, reason: &ApnsReason, extra: Extra) -> Response<Full<Bytes>> {
+    fn answer(
+        &self,
+        env: &Env,
+        apns_id: HeaderValue,
+        reason: &ApnsReason,
+        extra: Extra,
+    ) -> Response<Full<Bytes>> {
         env.stats.reason(reason.as_str());
         let body = match extra {
-            Extra::Timestamp(ms) => format!(r#"{{"reason":"{}","timestamp":{ms}}}"#, reason.as_str()),
+            Extra::Timestamp(ms) => {
+                format!(r#"{{"reason":"{}","timestamp":{ms}}}"#, reason.as_str())
+            }
             _ => format!(r#"{{"reason":"{}"}}"#, reason.as_str()),
         };
         let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *response.status_mut() =
+            StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = response.headers_mut();
         headers.insert("apns-id", apns_id);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -308,7 +345,10 @@ impl ApnsHandler {
     }
 
     fn first_time(&self, token: &str) -> bool {
-        self.once.lock().unwrap_or_else(|p| p.into_inner()).first_time(token)
+        self.once
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first_time(token)
     }
 }
 
@@ -323,7 +363,12 @@ fn parse<T: std::str::FromStr>(v: &HeaderValue) -> Option<T> {
 }
 
 impl Handler for ApnsHandler {
-    async fn handle<'a>(&'a self, req: Request<Incoming>, conn: &'a ConnState, env: &'a Env) -> Response<Full<Bytes>> {
+    async fn handle<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        conn: &'a ConnState,
+        env: &'a Env,
+    ) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
         // Echo a valid apns-id, make one otherwise (also on BadMessageId).
         let apns_id = match parts.headers.get("apns-id") {
@@ -338,7 +383,12 @@ impl Handler for ApnsHandler {
             .get("apns-push-type")
             .and_then(|v| PushType::parse(v.to_str().ok()?));
         let limit = payload_limit(push_type);
-        if parts.headers.get(CONTENT_LENGTH).and_then(parse::<u64>).is_some_and(|n| n > limit as u64) {
+        if parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(parse::<u64>)
+            .is_some_and(|n| n > limit as u64)
+        {
             return self.answer(env, apns_id, &ApnsReason::PayloadTooLarge, Extra::None);
         }
         let payload = match Limited::new(body, limit).collect().await {
@@ -347,14 +397,20 @@ impl Handler for ApnsHandler {
                 return self.answer(env, apns_id, &ApnsReason::PayloadTooLarge, Extra::None)
             }
             // The client reset the stream mid-body: nobody will read this answer.
-            Err(_) => return self.answer(env, apns_id, &ApnsReason::InternalServerError, Extra::None),
+            Err(_) => {
+                return self.answer(env, apns_id, &ApnsReason::InternalServerError, Extra::None)
+            }
         };
         env.stats.bytes_in(payload.len());
         if payload.is_empty() {
             return self.answer(env, apns_id, &ApnsReason::PayloadEmpty, Extra::None);
         }
         // The path was checked in check_head.
-        let token = parts.uri.path().get("/3/device/".len()..).unwrap_or_default();
+        let token = parts
+            .uri
+            .path()
+            .get("/3/device/".len()..)
+            .unwrap_or_default();
         if let Some((reason, extra)) = self.token_rule(token) {
             return self.answer(env, apns_id, &reason, extra);
         }
@@ -364,7 +420,12 @@ impl Handler for ApnsHandler {
                 return self.answer(env, apns_id, &ApnsReason::ServiceUnavailable, Extra::None);
             }
             Some(Scripted::Throttled { retry_after_s }) => {
-                return self.answer(env, apns_id, &ApnsReason::TooManyRequests, Extra::RetryAfter(retry_after_s));
+                return self.answer(
+                    env,
+                    apns_id,
+                    &ApnsReason::TooManyRequests,
+                    Extra::RetryAfter(retry_after_s),
+                );
             }
             Some(Scripted::Error(reason)) => {
                 let reason = ApnsReason::parse(&reason);
@@ -450,7 +511,9 @@ impl IdGenerator {
                 *slot = hex[((value >> (nibble * 4)) & 0xF) as usize];
             }
         }
-        HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+        HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(
+            "00000000-0000-4000-8000-000000000000",
+        ))
     }
 }
 
@@ -481,8 +544,10 @@ mod tests {
     fn jwt_key_specs_are_checked() {
         assert!(JwtKey::from_spec("nokey").is_err());
         assert!(JwtKey::from_spec("K:T:/nonexistent.pem").is_err());
-        let k = JwtKey::from_spec("TESTKEY001:TEAM000001:fixtures/apns/AuthKey_TESTKEY001.pub.pem").unwrap();
-        let p = JwtKey::from_spec("TESTKEY001:TEAM000001:fixtures/apns/AuthKey_TESTKEY001.p8").unwrap();
+        let k = JwtKey::from_spec("TESTKEY001:TEAM000001:fixtures/apns/AuthKey_TESTKEY001.pub.pem")
+            .unwrap();
+        let p =
+            JwtKey::from_spec("TESTKEY001:TEAM000001:fixtures/apns/AuthKey_TESTKEY001.p8").unwrap();
         assert_eq!(k.key, p.key);
     }
 }

@@ -21,7 +21,10 @@ pub use tls::ServerCert;
 #[derive(Debug, thiserror::Error)]
 pub enum MockError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(String),
     #[error(transparent)]

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 const BUILT_IN: &[(&str, &str)] = &[
     ("happy", include_str!("../../mock-services/happy.yaml")),
     ("flaky", include_str!("../../mock-services/flaky.yaml")),
-    ("throttled", include_str!("../../mock-services/throttled.yaml")),
+    (
+        "throttled",
+        include_str!("../../mock-services/throttled.yaml"),
+    ),
     ("outage", include_str!("../../mock-services/outage.yaml")),
     ("goaway", include_str!("../../mock-services/goaway.yaml")),
     ("resets", include_str!("../../mock-services/resets.yaml")),
@@ -28,9 +31,15 @@ const BUILT_IN: &[(&str, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("cannot read profile {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("profile {name}: {source}")]
-    Parse { name: String, source: serde_yaml_ng::Error },
+    Parse {
+        name: String,
+        source: serde_yaml_ng::Error,
+    },
     #[error("profile {name}: {problem}")]
     Invalid { name: String, problem: String },
     #[error("unknown profile {0:?} (built in: happy, flaky, throttled, outage, goaway, resets, stall; or a path to a .yaml file)")]
@@ -177,7 +186,8 @@ impl Profile {
             })?;
             return Profile::from_yaml(&path.display().to_string(), &text);
         }
-        Profile::built_in(name_or_path).ok_or_else(|| ProfileError::Unknown(name_or_path.to_string()))?
+        Profile::built_in(name_or_path)
+            .ok_or_else(|| ProfileError::Unknown(name_or_path.to_string()))?
     }
 
     /// A profile shipped with pusher, by name.
@@ -193,10 +203,11 @@ impl Profile {
     }
 
     pub fn from_yaml(name: &str, text: &str) -> Result<Profile, ProfileError> {
-        let mut profile: Profile = serde_yaml_ng::from_str(text).map_err(|source| ProfileError::Parse {
-            name: name.to_string(),
-            source,
-        })?;
+        let mut profile: Profile =
+            serde_yaml_ng::from_str(text).map_err(|source| ProfileError::Parse {
+                name: name.to_string(),
+                source,
+            })?;
         if profile.name.is_empty() {
             profile.name = name.to_string();
         }
@@ -213,17 +224,25 @@ impl Profile {
         let rate_ok = |r: f64| (0.0..=1.0).contains(&r);
         for e in &self.errors {
             if !rate_ok(e.rate) {
-                return Err(invalid(format!("errors: rate {} of {} is not in 0..=1", e.rate, e.reason)));
+                return Err(invalid(format!(
+                    "errors: rate {} of {} is not in 0..=1",
+                    e.rate, e.reason
+                )));
             }
         }
         let total: f64 = self.errors.iter().map(|e| e.rate).sum();
         if total > 1.0 + 1e-9 {
-            return Err(invalid(format!("errors: rates add up to {total}, more than 1")));
+            return Err(invalid(format!(
+                "errors: rates add up to {total}, more than 1"
+            )));
         }
         for (what, r) in [
             ("resets.stream_rate", self.resets.stream_rate),
             ("resets.connection_rate", self.resets.connection_rate),
-            ("stall.rate", self.stall.as_ref().map(|s| s.rate).unwrap_or(0.0)),
+            (
+                "stall.rate",
+                self.stall.as_ref().map(|s| s.rate).unwrap_or(0.0),
+            ),
         ] {
             if !rate_ok(r) {
                 return Err(invalid(format!("{what}: {r} is not in 0..=1")));
@@ -232,9 +251,15 @@ impl Profile {
         let bad_ms = |ms: f64| !ms.is_finite() || ms < 0.0;
         match self.latency {
             Latency::None => {}
-            Latency::Fixed { ms } if bad_ms(ms) => return Err(invalid(format!("latency: ms {ms} must be >= 0"))),
-            Latency::Uniform { min_ms, max_ms } if bad_ms(min_ms) || bad_ms(max_ms) || min_ms > max_ms => {
-                return Err(invalid(format!("latency: need 0 <= min_ms ({min_ms}) <= max_ms ({max_ms})")))
+            Latency::Fixed { ms } if bad_ms(ms) => {
+                return Err(invalid(format!("latency: ms {ms} must be >= 0")))
+            }
+            Latency::Uniform { min_ms, max_ms }
+                if bad_ms(min_ms) || bad_ms(max_ms) || min_ms > max_ms =>
+            {
+                return Err(invalid(format!(
+                    "latency: need 0 <= min_ms ({min_ms}) <= max_ms ({max_ms})"
+                )))
             }
             Latency::LogNormal { median_ms, sigma } if bad_ms(median_ms) || bad_ms(sigma) => {
                 return Err(invalid(format!(
@@ -326,7 +351,9 @@ impl Faults {
             return Some(Disruption::DropConnection);
         }
         match &self.profile.stall {
-            Some(s) if s.rate > 0.0 && self.draw() < s.rate => Some(Disruption::Stall(Duration::from_millis(s.ms))),
+            Some(s) if s.rate > 0.0 && self.draw() < s.rate => {
+                Some(Disruption::Stall(Duration::from_millis(s.ms)))
+            }
             _ => None,
         }
     }
@@ -396,15 +423,23 @@ mod tests {
             let on_disk = std::fs::read_to_string(format!("mock-services/{name}.yaml")).unwrap();
             assert_eq!(Profile::from_yaml(name, &on_disk).unwrap(), p);
         }
-        assert_eq!(Profile::built_in("happy").unwrap().unwrap().is_plain(), true);
-        assert!(matches!(Profile::load("nope"), Err(ProfileError::Unknown(_))));
+        assert!(Profile::built_in("happy").unwrap().unwrap().is_plain());
+        assert!(matches!(
+            Profile::load("nope"),
+            Err(ProfileError::Unknown(_))
+        ));
     }
 
     #[test]
     fn bad_profiles_are_refused_with_the_problem_named() {
-        let err = Profile::from_yaml("x", "errors: [{reason: A, rate: 0.7}, {reason: B, rate: 0.6}]").unwrap_err();
+        let err = Profile::from_yaml(
+            "x",
+            "errors: [{reason: A, rate: 0.7}, {reason: B, rate: 0.6}]",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("add up"), "{err}");
-        let err = Profile::from_yaml("x", "latency: {dist: uniform, min_ms: 5, max_ms: 1}").unwrap_err();
+        let err =
+            Profile::from_yaml("x", "latency: {dist: uniform, min_ms: 5, max_ms: 1}").unwrap_err();
         assert!(err.to_string().contains("min_ms"), "{err}");
         let err = Profile::from_yaml("x", "stall: {rate: 2, ms: 1}").unwrap_err();
         assert!(err.to_string().contains("stall.rate"), "{err}");
@@ -430,8 +465,14 @@ mod tests {
         let profile = Profile {
             seed: Some(7),
             errors: vec![
-                ErrorRate { reason: "A".into(), rate: 0.1 },
-                ErrorRate { reason: "B".into(), rate: 0.2 },
+                ErrorRate {
+                    reason: "A".into(),
+                    rate: 0.1,
+                },
+                ErrorRate {
+                    reason: "B".into(),
+                    rate: 0.2,
+                },
             ],
             ..Profile::default()
         };
@@ -441,7 +482,11 @@ mod tests {
         };
         let (a, b) = (run(), run());
         assert_eq!(a, b);
-        let count = |r: &str| a.iter().filter(|s| **s == Some(Scripted::Error(r.into()))).count();
+        let count = |r: &str| {
+            a.iter()
+                .filter(|s| **s == Some(Scripted::Error(r.into())))
+                .count()
+        };
         assert!((800..1200).contains(&count("A")), "{}", count("A"));
         assert!((1700..2300).contains(&count("B")), "{}", count("B"));
     }
@@ -450,19 +495,30 @@ mod tests {
     fn latency_draws_stay_in_their_distribution() {
         let f = Faults::new(Profile {
             seed: Some(1),
-            latency: Latency::Uniform { min_ms: 2.0, max_ms: 4.0 },
+            latency: Latency::Uniform {
+                min_ms: 2.0,
+                max_ms: 4.0,
+            },
             ..Profile::default()
         });
         for _ in 0..1000 {
             let d = f.latency().unwrap();
-            assert!(d >= Duration::from_millis(2) && d <= Duration::from_millis(4), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(2) && d <= Duration::from_millis(4),
+                "{d:?}"
+            );
         }
         let f = Faults::new(Profile {
             seed: Some(1),
-            latency: Latency::LogNormal { median_ms: 10.0, sigma: 0.5 },
+            latency: Latency::LogNormal {
+                median_ms: 10.0,
+                sigma: 0.5,
+            },
             ..Profile::default()
         });
-        let mut draws: Vec<f64> = (0..2001).map(|_| f.latency().unwrap().as_secs_f64() * 1000.0).collect();
+        let mut draws: Vec<f64> = (0..2001)
+            .map(|_| f.latency().unwrap().as_secs_f64() * 1000.0)
+            .collect();
         draws.sort_by(f64::total_cmp);
         let median = draws[1000];
         assert!((9.0..11.0).contains(&median), "{median}");

@@ -143,9 +143,14 @@ impl MockServer {
     }
 
     /// Starts a fake server for any protocol.
-    pub async fn start_with<H: Handler>(config: MockConfig, handler: H) -> Result<MockServer, MockError> {
+    pub async fn start_with<H: Handler>(
+        config: MockConfig,
+        handler: H,
+    ) -> Result<MockServer, MockError> {
         config.profile.validate()?;
-        let stats = Arc::new(Stats::new(config.record_tokens).map_err(|e| MockError::Config(e.to_string()))?);
+        let stats = Arc::new(
+            Stats::new(config.record_tokens).map_err(|e| MockError::Config(e.to_string()))?,
+        );
         let shared = Arc::new(Shared {
             handler,
             env: Env {
@@ -165,18 +170,36 @@ impl MockServer {
         if let Some(addr) = config.tls_listen {
             let listener = bind(addr).await?;
             tls_addr = Some(local_addr(&listener, addr)?);
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&identity, config.client_ca_pem.as_deref())?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(
+                &identity,
+                config.client_ca_pem.as_deref(),
+            )?);
             let (shared, builder, stop) = (shared.clone(), builder.clone(), stop.clone());
-            listeners.push(tokio::spawn(accept_loop(listener, stop.clone(), move |tcp| {
-                let (shared, builder, stop, acceptor) = (shared.clone(), builder.clone(), stop.clone(), acceptor.clone());
-                async move {
-                    let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
-                        return;
-                    };
-                    let client_cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-                    serve_connection(tls, client_cert, shared, builder, stop).await;
-                }
-            })));
+            listeners.push(tokio::spawn(accept_loop(
+                listener,
+                stop.clone(),
+                move |tcp| {
+                    let (shared, builder, stop, acceptor) = (
+                        shared.clone(),
+                        builder.clone(),
+                        stop.clone(),
+                        acceptor.clone(),
+                    );
+                    async move {
+                        let Ok(Ok(tls)) =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                        else {
+                            return;
+                        };
+                        let client_cert = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .is_some_and(|c| !c.is_empty());
+                        serve_connection(tls, client_cert, shared, builder, stop).await;
+                    }
+                },
+            )));
         }
 
         let mut h2c_addr = None;
@@ -184,9 +207,13 @@ impl MockServer {
             let listener = bind(addr).await?;
             h2c_addr = Some(local_addr(&listener, addr)?);
             let (shared, builder, stop) = (shared.clone(), builder.clone(), stop.clone());
-            listeners.push(tokio::spawn(accept_loop(listener, stop.clone(), move |tcp| {
-                serve_connection(tcp, false, shared.clone(), builder.clone(), stop.clone())
-            })));
+            listeners.push(tokio::spawn(accept_loop(
+                listener,
+                stop.clone(),
+                move |tcp| {
+                    serve_connection(tcp, false, shared.clone(), builder.clone(), stop.clone())
+                },
+            )));
         }
 
         let mut admin_addr = None;
@@ -194,9 +221,11 @@ impl MockServer {
             let listener = bind(addr).await?;
             admin_addr = Some(local_addr(&listener, addr)?);
             let stats = stats.clone();
-            listeners.push(tokio::spawn(accept_loop(listener, stop.clone(), move |tcp| {
-                serve_admin(tcp, stats.clone())
-            })));
+            listeners.push(tokio::spawn(accept_loop(
+                listener,
+                stop.clone(),
+                move |tcp| serve_admin(tcp, stats.clone()),
+            )));
         }
 
         Ok(MockServer {
@@ -253,11 +282,15 @@ struct Shared<H> {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, MockError> {
-    TcpListener::bind(addr).await.map_err(|source| MockError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MockError::Bind { addr, source })
 }
 
 fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, MockError> {
-    listener.local_addr().map_err(|source| MockError::Bind { addr, source })
+    listener
+        .local_addr()
+        .map_err(|source| MockError::Bind { addr, source })
 }
 
 async fn accept_loop<F, Fut>(listener: TcpListener, stop: CancellationToken, on_connection: F)
@@ -384,7 +417,10 @@ fn admin_response(req: &Request<Incoming>, stats: &Stats) -> Response<Full<Bytes
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/stats") => match serde_json::to_vec(&stats.snapshot()) {
             Ok(json) => (StatusCode::OK, json),
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, json_error(&e.to_string())),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json_error(&e.to_string()),
+            ),
         },
         (&Method::POST, "/reset") => {
             stats.reset();
@@ -394,16 +430,22 @@ fn admin_response(req: &Request<Incoming>, stats: &Stats) -> Response<Full<Bytes
             StatusCode::METHOD_NOT_ALLOWED,
             json_error("use GET /stats or POST /reset"),
         ),
-        _ => (StatusCode::NOT_FOUND, json_error("not found: GET /stats, POST /reset")),
+        _ => (
+            StatusCode::NOT_FOUND,
+            json_error("not found: GET /stats, POST /reset"),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
 fn json_error(message: &str) -> Vec<u8> {
-    serde_json::json!({ "error": message }).to_string().into_bytes()
+    serde_json::json!({ "error": message })
+        .to_string()
+        .into_bytes()
 }

@@ -182,7 +182,10 @@ impl Stats {
 
     /// Deliveries not recorded because the token log was full.
     pub fn tokens_overflow(&self) -> u64 {
-        self.tokens.as_ref().map(|log| lock(log).overflow).unwrap_or(0)
+        self.tokens
+            .as_ref()
+            .map(|log| lock(log).overflow)
+            .unwrap_or(0)
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -290,7 +293,15 @@ mod tests {
         assert_eq!(stats.tokens_overflow(), 1);
         stats.reset();
         let s = stats.snapshot();
-        assert_eq!((s.requests, s.responses, s.latency_us.count, s.tokens_recorded), (0, 0, 0, 0));
+        assert_eq!(
+            (
+                s.requests,
+                s.responses,
+                s.latency_us.count,
+                s.tokens_recorded
+            ),
+            (0, 0, 0, 0)
+        );
         assert!(s.by_status.is_empty() && s.by_reason.is_empty());
         assert_eq!(s.connections_active, 1);
     }

@@ -44,14 +44,18 @@ pub(crate) fn identity(source: &ServerCert) -> Result<Identity, MockError> {
         ServerCert::Generate => generate(),
         ServerCert::Files { cert, key } => {
             let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|e| MockError::Tls(format!("cannot read {}: {e}", p.display())))
+                std::fs::read(p)
+                    .map_err(|e| MockError::Tls(format!("cannot read {}: {e}", p.display())))
             };
             let cert_pem = read(cert)?;
             let chain = CertificateDer::pem_slice_iter(&cert_pem)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| MockError::Tls(format!("{}: {e}", cert.display())))?;
             let Some(last) = chain.last() else {
-                return Err(MockError::Tls(format!("{}: no certificate in it", cert.display())));
+                return Err(MockError::Tls(format!(
+                    "{}: no certificate in it",
+                    cert.display()
+                )));
             };
             let ca_pem = pem_of(last);
             let key = PrivateKeyDer::from_pem_slice(&read(key)?)
@@ -62,12 +66,16 @@ pub(crate) fn identity(source: &ServerCert) -> Result<Identity, MockError> {
 }
 
 fn generate() -> Result<Identity, MockError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let err = |e: rcgen::Error| MockError::Tls(format!("cannot make a certificate: {e}"));
 
     let ca_key = KeyPair::generate().map_err(err)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca_params.distinguished_name.push(DnType::CommonName, "pusher mock CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "pusher mock CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
@@ -76,12 +84,15 @@ fn generate() -> Result<Identity, MockError> {
     let leaf_key = KeyPair::generate().map_err(err)?;
     let names: Vec<String> = SERVER_NAMES.iter().map(|s| s.to_string()).collect();
     let mut leaf_params = CertificateParams::new(names).map_err(err)?;
-    leaf_params.distinguished_name.push(DnType::CommonName, "pusher mock");
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "pusher mock");
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).map_err(err)?;
 
     Ok(Identity {
         chain: vec![leaf.der().clone(), ca_cert.der().clone()],
-        key: PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| MockError::Tls(e.to_string()))?,
+        key: PrivateKeyDer::try_from(leaf_key.serialize_der())
+            .map_err(|e| MockError::Tls(e.to_string()))?,
         ca_pem: ca_cert.pem(),
     })
 }
@@ -102,7 +113,10 @@ fn pem_of(cert: &CertificateDer<'_>) -> String {
 /// prior knowledge: the connection layer sniffs the preface). With `client_ca`, a client
 /// certificate is verified when offered; connections without one are let in so that token
 /// auth can still be used, and the handler answers them `BadCertificate` when it needs one.
-pub(crate) fn server_config(identity: &Identity, client_ca: Option<&[u8]>) -> Result<Arc<ServerConfig>, MockError> {
+pub(crate) fn server_config(
+    identity: &Identity,
+    client_ca: Option<&[u8]>,
+) -> Result<Arc<ServerConfig>, MockError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
