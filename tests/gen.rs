@@ -297,18 +297,54 @@ fn bad_input_is_a_clear_error() {
     }
 }
 
+/// Reads `n` messages from every partition of `topic`, from the beginning: (key, value) pairs.
+fn consume_all(brokers: &str, topic: &str, partitions: i32, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "gen-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            got.push((
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        }
+    }
+    got.sort();
+    got
+}
+
+/// What `pusher gen --platform gcm --count <n> --seed <seed>` writes: (token, value) pairs.
+fn generated_gcm(n: usize, seed: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut config = GenConfig::new(Platform::Gcm);
+    config.count = n as u64;
+    config.seed = seed;
+    let mut want: Vec<_> = Generator::new(config)
+        .expect("valid")
+        .map(|m| (m.token.into_bytes(), m.bytes))
+        .collect();
+    want.sort();
+    want
+}
+
 #[test]
 fn kafka_sink_delivers_every_message() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-
     const N: usize = 3000;
-    const PARTITIONS: i32 = 4;
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster
-        .create_topic("push-game_gcm", PARTITIONS, 1)
-        .expect("topic");
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("push-game_gcm", 4, 1).expect("topic");
     let brokers = cluster.bootstrap_servers();
     let out = pusher(&[
         "--platform",
@@ -327,43 +363,54 @@ fn kafka_sink_delivers_every_message() {
         stderr.contains("3000 delivered, 0 failed, to push-game_gcm"),
         "{stderr}"
     );
-
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "gen-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset("push-game_gcm", p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut got: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while got.len() < N && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            got.push((
-                m.key().unwrap_or_default().to_vec(),
-                m.payload().unwrap_or_default().to_vec(),
-            ));
-        }
-    }
-    let mut config = GenConfig::new(Platform::Gcm);
-    config.count = N as u64;
-    config.seed = 5;
-    let mut want: Vec<(Vec<u8>, Vec<u8>)> = Generator::new(config)
-        .expect("valid")
-        .map(|m| (m.token.into_bytes(), m.bytes))
-        .collect();
-    got.sort();
-    want.sort();
+    let got = consume_all(&brokers, "push-game_gcm", 4, N);
     assert_eq!(got.len(), N, "consumed {} of {N}", got.len());
     assert!(
-        got == want,
+        got == generated_gcm(N, 5),
         "consumed messages differ from the generated ones"
     );
+}
+
+/// The README's `pusher gen | kcat -P` pipe, when kcat is installed (skipped otherwise).
+#[test]
+fn kcat_pipe_delivers_every_line() {
+    use std::process::Stdio;
+    const N: usize = 2000;
+    if Command::new("kcat").arg("-V").output().is_err() {
+        eprintln!("kcat not installed: skipping");
+        return;
+    }
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("push-game_gcm", 2, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let mut gen = Command::new(env!("CARGO_BIN_EXE_pusher"))
+        .args(["gen", "--platform", "gcm", "--count", "2k", "--seed", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pusher gen");
+    let stdin = gen.stdout.take().expect("pipe");
+    let kcat = Command::new("kcat")
+        .args(["-P", "-b", &brokers, "-t", "push-game_gcm"])
+        .stdin(stdin)
+        .output()
+        .expect("kcat");
+    assert!(gen.wait().expect("pusher gen exits").success());
+    assert!(
+        kcat.status.success(),
+        "kcat: {}",
+        String::from_utf8_lossy(&kcat.stderr)
+    );
+    let got: Vec<Vec<u8>> = consume_all(&brokers, "push-game_gcm", 2, N)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let mut want: Vec<Vec<u8>> = generated_gcm(N, 8).into_iter().map(|(_, v)| v).collect();
+    want.sort();
+    let mut got = got;
+    got.sort();
+    assert_eq!(got.len(), N);
+    assert!(got == want, "kcat delivered other bytes than generated");
 }
 
 #[test]
