@@ -284,6 +284,7 @@ fn bad_input_is_a_clear_error() {
         (&["--platform", "sms"], "unknown platform"),
         (&["--app", "bad app"], "app name"),
         (&["--topic", "t"], "--kafka"),
+        (&["--platform", "gcm", "--push-type", "alert"], "APNs only"),
     ];
     for (args, needle) in cases {
         let out = pusher(args);

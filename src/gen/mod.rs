@@ -78,6 +78,11 @@ impl GenConfig {
                 self.invalid_ratio, self.retry_ratio
             )));
         }
+        if self.push_type.is_some() && self.platform != Platform::Apns {
+            return Err(GenError::Invalid(
+                "push types are for APNs only (--platform apns)".into(),
+            ));
+        }
         if self.app.is_empty()
             || !self
                 .app
