@@ -402,13 +402,12 @@ fn kcat_pipe_delivers_every_line() {
         "kcat: {}",
         String::from_utf8_lossy(&kcat.stderr)
     );
-    let got: Vec<Vec<u8>> = consume_all(&brokers, "push-game_gcm", 2, N)
+    let mut got: Vec<Vec<u8>> = consume_all(&brokers, "push-game_gcm", 2, N)
         .into_iter()
         .map(|(_, v)| v)
         .collect();
     let mut want: Vec<Vec<u8>> = generated_gcm(N, 8).into_iter().map(|(_, v)| v).collect();
     want.sort();
-    let mut got = got;
     got.sort();
     assert_eq!(got.len(), N);
     assert!(got == want, "kcat delivered other bytes than generated");
