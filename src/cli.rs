@@ -51,7 +51,7 @@ pub enum Command {
     /// Fake APNs / FCM servers and an embedded Kafka broker.
     Mock(crate::mock::cli::MockArgs),
     /// Generate push messages as JSON lines.
-    Gen(crate::gen::cli::GenArgs),
+    Gen(Box<crate::gen::cli::GenArgs>),
     /// Load-test the sender or the whole pipeline and report latency and throughput.
     Bench(crate::bench::cli::BenchArgs),
     /// Replay recorded traffic.
@@ -88,7 +88,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Send(args) => crate::sender::cli::run(args, g),
         Command::Mock(args) => crate::mock::cli::run(args, g),
-        Command::Gen(args) => crate::gen::cli::run(args, g),
+        Command::Gen(args) => crate::gen::cli::run(*args, g),
         Command::Bench(args) => crate::bench::cli::run(args, g),
         Command::Replay(args) => crate::replay::cli::run(args, g),
         Command::Version => {

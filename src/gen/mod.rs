@@ -78,6 +78,11 @@ impl GenConfig {
                 self.invalid_ratio, self.retry_ratio
             )));
         }
+        if self.push_type.is_some() && self.platform != Platform::Apns {
+            return Err(GenError::Invalid(
+                "push types are for APNs only (--platform apns)".into(),
+            ));
+        }
         if self.app.is_empty()
             || !self
                 .app
@@ -361,6 +366,10 @@ impl Generator {
         }
     }
 
+    // The messages are hand-built JSON, not serde: every piece is a fixed ASCII literal, a
+    // token from ASCII tables, or a pool text escaped once by serde_json when the pool was
+    // built. Serialising a struct per message would allocate and re-escape the same texts for
+    // every message; this path must write over a million messages a second.
     fn write_apns(&mut self, out: &mut Vec<u8>) {
         let push_type = self
             .config
@@ -495,4 +504,63 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_parsing() {
+        let ok = [
+            ("1", 1),
+            ("10k", 10_000),
+            ("1m", 1_000_000),
+            ("1M", 1_000_000),
+            ("2g", 2_000_000_000),
+            (" 42 ", 42),
+        ];
+        for (s, want) in ok {
+            assert_eq!(parse_count(s).ok(), Some(want), "{s}");
+        }
+        for bad in [
+            "0",
+            "0k",
+            "",
+            "k",
+            "1x",
+            "1.5m",
+            "-1",
+            "1kk",
+            "99999999999999999999",
+            "18446744073709551615k",
+        ] {
+            assert!(parse_count(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn mix_parsing_and_picking() {
+        let mix: Mix<usize> = "200:0.5,1000:0.4,3500:0.1".parse().expect("valid");
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut seen: std::collections::HashMap<usize, u32> = Default::default();
+        for _ in 0..10_000 {
+            *seen.entry(mix.pick(&mut rng)).or_default() += 1;
+        }
+        assert_eq!(seen.len(), 3);
+        assert!((4500..5500).contains(&seen[&200]), "{seen:?}");
+        assert!((500..1500).contains(&seen[&3500]), "{seen:?}");
+        assert_eq!(
+            "300".parse::<Mix<usize>>().expect("valid"),
+            Mix::single(300)
+        );
+        let types: Mix<PushType> = "alert:3,background:1".parse().expect("valid");
+        assert!(types
+            .choices
+            .iter()
+            .any(|(t, _)| *t == PushType::Background));
+        for bad in ["", "x", "300:-1", "300:0", "300:abc", "0", "200:1,,"] {
+            assert!(bad.parse::<Mix<usize>>().is_err(), "{bad:?} accepted");
+        }
+    }
 }
