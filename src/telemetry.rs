@@ -38,40 +38,59 @@ pub mod names {
 
 /// Installs the Prometheus recorder (once per process) and serves `/metrics` and `/healthz`
 /// on `listen` from the current tokio runtime. Returns the address bound (port 0 allowed).
-pub async fn serve_prometheus(listen: std::net::SocketAddr) -> Result<std::net::SocketAddr, TelemetryError> {
+pub async fn serve_prometheus(
+    listen: std::net::SocketAddr,
+) -> Result<std::net::SocketAddr, TelemetryError> {
     use http_body_util::Full;
     use hyper::{body::Bytes, Response};
     use metrics_exporter_prometheus::PrometheusBuilder;
 
     let handle = PrometheusBuilder::new()
-        .set_buckets(&[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        .set_buckets(&[
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
         .map_err(|e| TelemetryError::Prometheus(e.to_string()))?
         .install_recorder()
         .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|source| TelemetryError::Bind { addr: listen, source })?;
-    let addr = listener.local_addr().map_err(|source| TelemetryError::Bind { addr: listen, source })?;
+        .map_err(|source| TelemetryError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| TelemetryError::Bind {
+            addr: listen,
+            source,
+        })?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let handle = handle.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let handle = handle.clone();
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/metrics" => (200, handle.render()),
-                            "/healthz" => (200, "ok\n".to_string()),
-                            _ => (404, "not found\n".to_string()),
-                        };
-                        let mut response = Response::new(Full::new(Bytes::from(body)));
-                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let handle = handle.clone();
+                        async move {
+                            let (status, body) = match req.uri().path() {
+                                "/metrics" => (200, handle.render()),
+                                "/healthz" => (200, "ok\n".to_string()),
+                                _ => (404, "not found\n".to_string()),
+                            };
+                            let mut response = Response::new(Full::new(Bytes::from(body)));
+                            *response.status_mut() =
+                                hyper::StatusCode::from_u16(status).unwrap_or_default();
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    },
+                );
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
             });
         }
     });
@@ -81,9 +100,13 @@ pub async fn serve_prometheus(listen: std::net::SocketAddr) -> Result<std::net::
 
 /// A StatsD client sending the seed's metrics over UDP without blocking the caller.
 pub fn statsd(host: &str, prefix: &str) -> Result<cadence::StatsdClient, TelemetryError> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| TelemetryError::Statsd(e.to_string()))?;
-    socket.set_nonblocking(true).map_err(|e| TelemetryError::Statsd(e.to_string()))?;
-    let sink = cadence::BufferedUdpMetricSink::from(host, socket).map_err(|e| TelemetryError::Statsd(format!("{host}: {e}")))?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")
+        .map_err(|e| TelemetryError::Statsd(e.to_string()))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| TelemetryError::Statsd(e.to_string()))?;
+    let sink = cadence::BufferedUdpMetricSink::from(host, socket)
+        .map_err(|e| TelemetryError::Statsd(format!("{host}: {e}")))?;
     let queued = cadence::QueuingMetricSink::from(sink);
     Ok(cadence::StatsdClient::builder(prefix, queued)
         .with_error_handler(|e| tracing::debug!(error = %e, "StatsD send failed."))
@@ -95,7 +118,10 @@ pub enum TelemetryError {
     #[error("stats.prometheus: {0}")]
     Prometheus(String),
     #[error("stats.prometheus.listen {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("stats.statsd: {0}")]
     Statsd(String),
 }

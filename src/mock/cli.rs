@@ -23,6 +23,8 @@ pub enum MockService {
     Gcm,
     /// Fake APNs and FCM together (not built yet).
     All,
+    /// librdkafka's mock cluster as a standalone Kafka broker (prints its bootstrap address).
+    Kafka(crate::mock::kafka::KafkaMockArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +75,7 @@ pub fn run(args: MockArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
         MockService::Apns(apns) => run_apns(*apns),
         MockService::Gcm => bail!("`pusher mock gcm` is not built yet"),
         MockService::All => bail!("`pusher mock all` is not built yet"),
+        MockService::Kafka(kafka) => crate::mock::kafka::run(kafka),
     }
 }
 

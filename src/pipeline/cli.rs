@@ -138,8 +138,12 @@ pub fn run_platform(
         .build()?;
     runtime.block_on(async {
         let outputs = outputs(platform, &config)?;
-        if let Some(listen) = Some(config.stats.prometheus.listen.as_str()).filter(|l| !l.is_empty()) {
-            let addr = listen.parse().with_context(|| format!("stats.prometheus.listen: {listen:?} is not host:port"))?;
+        if let Some(listen) =
+            Some(config.stats.prometheus.listen.as_str()).filter(|l| !l.is_empty())
+        {
+            let addr = listen
+                .parse()
+                .with_context(|| format!("stats.prometheus.listen: {listen:?} is not host:port"))?;
             crate::telemetry::serve_prometheus(addr).await?;
         }
         let stop = CancellationToken::new();
@@ -268,11 +272,15 @@ fn outputs(platform: Platform, config: &Config) -> anyhow::Result<(Outputs, Opti
         None
     };
     let statsd = if config.stats.reporters.iter().any(|r| r == "statsd") {
-        Some(crate::telemetry::statsd(&config.stats.statsd.host, &config.stats.statsd.prefix)?)
+        Some(crate::telemetry::statsd(
+            &config.stats.statsd.host,
+            &config.stats.statsd.prefix,
+        )?)
     } else {
         None
     };
-    let observer: Arc<dyn super::run::Observer> = Arc::new(super::stats::StatsObserver::new(platform, statsd));
+    let observer: Arc<dyn super::run::Observer> =
+        Arc::new(super::stats::StatsObserver::new(platform, statsd));
     let outputs = Outputs {
         feedback,
         tokens: deleter.as_ref().map(TokenDeleter::queue),

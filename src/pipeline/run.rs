@@ -331,7 +331,8 @@ pub async fn run(
             continue;
         }
         counters.consumed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::telemetry::names::CONSUMED, "platform" => spec.platform.as_str()).increment(1);
+        metrics::counter!(crate::telemetry::names::CONSUMED, "platform" => spec.platform.as_str())
+            .increment(1);
         let payload = message.payload().map(<[u8]>::to_vec);
         let key = message.key().map(<[u8]>::to_vec);
         let produced_at_ms = match message.timestamp() {

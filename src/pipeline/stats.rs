@@ -26,23 +26,39 @@ impl Observer for StatsObserver {
             "outcome" => e.outcome.class(), "reason" => reason.to_string())
         .increment(1);
         if let Some(latency) = e.send_latency {
-            metrics::histogram!(names::SEND_LATENCY, "platform" => platform).record(latency.as_secs_f64());
+            metrics::histogram!(names::SEND_LATENCY, "platform" => platform)
+                .record(latency.as_secs_f64());
         }
         let Some(statsd) = &self.statsd else { return };
         // The seed counted `sent` for what reached the sender; malformed and expired messages
         // never do.
         let sent = !matches!(e.outcome, Outcome::Malformed { .. } | Outcome::Expired);
         if sent {
-            statsd.count_with_tags(names::STATSD_SENT, 1).with_tag("platform", platform).with_tag("game", e.app).send();
+            statsd
+                .count_with_tags(names::STATSD_SENT, 1)
+                .with_tag("platform", platform)
+                .with_tag("game", e.app)
+                .send();
         }
         if e.outcome.is_delivered() {
-            statsd.count_with_tags(names::STATSD_ACK, 1).with_tag("platform", platform).with_tag("game", e.app).send();
+            statsd
+                .count_with_tags(names::STATSD_ACK, 1)
+                .with_tag("platform", platform)
+                .with_tag("game", e.app)
+                .send();
         } else {
             statsd
                 .count_with_tags(names::STATSD_FAILED, 1)
                 .with_tag("platform", platform)
                 .with_tag("game", e.app)
-                .with_tag("reason", if reason.is_empty() { e.outcome.class() } else { reason })
+                .with_tag(
+                    "reason",
+                    if reason.is_empty() {
+                        e.outcome.class()
+                    } else {
+                        reason
+                    },
+                )
                 .send();
         }
     }
@@ -56,8 +72,11 @@ mod tests {
     #[test]
     fn statsd_lines_use_the_seed_names_and_tags() {
         let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let client = crate::telemetry::statsd(&server.local_addr().unwrap().to_string(), "push").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let client =
+            crate::telemetry::statsd(&server.local_addr().unwrap().to_string(), "push").unwrap();
         let observer = StatsObserver::new(Platform::Apns, Some(client));
         let event = |outcome: &Outcome| {
             observer.on_outcome(&OutcomeEvent {
@@ -73,14 +92,23 @@ mod tests {
             })
         };
         event(&Outcome::Delivered);
-        event(&Outcome::TokenInvalid { reason: "Unregistered".into(), timestamp_ms: None });
-        event(&Outcome::Malformed { reason: "invalid_json".into() });
+        event(&Outcome::TokenInvalid {
+            reason: "Unregistered".into(),
+            timestamp_ms: None,
+        });
+        event(&Outcome::Malformed {
+            reason: "invalid_json".into(),
+        });
         drop(observer); // flushes the buffered sink
         let mut lines = Vec::new();
         let mut buf = [0u8; 4096];
         while lines.len() < 5 {
             let n = server.recv(&mut buf).unwrap();
-            lines.extend(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_string));
+            lines.extend(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_string),
+            );
         }
         lines.sort();
         assert_eq!(

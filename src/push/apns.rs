@@ -103,7 +103,11 @@ const TABLE: &[(ApnsReason, &str, u16)] = &[
     (ApnsReason::BadMessageId, "BadMessageId", 400),
     (ApnsReason::BadPriority, "BadPriority", 400),
     (ApnsReason::BadTopic, "BadTopic", 400),
-    (ApnsReason::DeviceTokenNotForTopic, "DeviceTokenNotForTopic", 400),
+    (
+        ApnsReason::DeviceTokenNotForTopic,
+        "DeviceTokenNotForTopic",
+        400,
+    ),
     (ApnsReason::DuplicateHeaders, "DuplicateHeaders", 400),
     (ApnsReason::IdleTimeout, "IdleTimeout", 400),
     (ApnsReason::InvalidPushType, "InvalidPushType", 400),
@@ -112,19 +116,47 @@ const TABLE: &[(ApnsReason, &str, u16)] = &[
     (ApnsReason::PayloadEmpty, "PayloadEmpty", 400),
     (ApnsReason::TopicDisallowed, "TopicDisallowed", 400),
     (ApnsReason::BadCertificate, "BadCertificate", 403),
-    (ApnsReason::BadCertificateEnvironment, "BadCertificateEnvironment", 403),
-    (ApnsReason::ExpiredProviderToken, "ExpiredProviderToken", 403),
+    (
+        ApnsReason::BadCertificateEnvironment,
+        "BadCertificateEnvironment",
+        403,
+    ),
+    (
+        ApnsReason::ExpiredProviderToken,
+        "ExpiredProviderToken",
+        403,
+    ),
     (ApnsReason::Forbidden, "Forbidden", 403),
-    (ApnsReason::InvalidProviderToken, "InvalidProviderToken", 403),
-    (ApnsReason::MissingProviderToken, "MissingProviderToken", 403),
-    (ApnsReason::UnrelatedKeyIdInToken, "UnrelatedKeyIdInToken", 403),
-    (ApnsReason::BadEnvironmentKeyIdInToken, "BadEnvironmentKeyIdInToken", 403),
+    (
+        ApnsReason::InvalidProviderToken,
+        "InvalidProviderToken",
+        403,
+    ),
+    (
+        ApnsReason::MissingProviderToken,
+        "MissingProviderToken",
+        403,
+    ),
+    (
+        ApnsReason::UnrelatedKeyIdInToken,
+        "UnrelatedKeyIdInToken",
+        403,
+    ),
+    (
+        ApnsReason::BadEnvironmentKeyIdInToken,
+        "BadEnvironmentKeyIdInToken",
+        403,
+    ),
     (ApnsReason::BadPath, "BadPath", 404),
     (ApnsReason::MethodNotAllowed, "MethodNotAllowed", 405),
     (ApnsReason::ExpiredToken, "ExpiredToken", 410),
     (ApnsReason::Unregistered, "Unregistered", 410),
     (ApnsReason::PayloadTooLarge, "PayloadTooLarge", 413),
-    (ApnsReason::TooManyProviderTokenUpdates, "TooManyProviderTokenUpdates", 429),
+    (
+        ApnsReason::TooManyProviderTokenUpdates,
+        "TooManyProviderTokenUpdates",
+        429,
+    ),
     (ApnsReason::TooManyRequests, "TooManyRequests", 429),
     (ApnsReason::InternalServerError, "InternalServerError", 500),
     (ApnsReason::ServiceUnavailable, "ServiceUnavailable", 503),
@@ -170,23 +202,37 @@ impl ApnsReason {
 
     /// What to do with a message APNs answered with `status` and this reason.
     /// `retry_after` comes from a `Retry-After` header, `timestamp_ms` from a 410 body.
-    pub fn verdict(&self, status: u16, retry_after: Option<Duration>, timestamp_ms: Option<u64>) -> Verdict {
+    pub fn verdict(
+        &self,
+        status: u16,
+        retry_after: Option<Duration>,
+        timestamp_ms: Option<u64>,
+    ) -> Verdict {
         use ApnsReason::*;
         let reason = self.as_str().to_string();
         match self {
             Unregistered | ExpiredToken | BadDeviceToken | DeviceTokenNotForTopic => {
-                Verdict::Final(Outcome::TokenInvalid { reason, timestamp_ms })
+                Verdict::Final(Outcome::TokenInvalid {
+                    reason,
+                    timestamp_ms,
+                })
             }
-            TooManyRequests | TooManyProviderTokenUpdates | InternalServerError | ServiceUnavailable => {
-                Verdict::Retry(RetryHint::new(reason).after(retry_after))
+            TooManyRequests
+            | TooManyProviderTokenUpdates
+            | InternalServerError
+            | ServiceUnavailable => Verdict::Retry(RetryHint::new(reason).after(retry_after)),
+            Shutdown | IdleTimeout => {
+                Verdict::Retry(RetryHint::new(reason).after(retry_after).reconnect())
             }
-            Shutdown | IdleTimeout => Verdict::Retry(RetryHint::new(reason).after(retry_after).reconnect()),
             // Apple "wedges" a connection after this; pushy reconnects (protocols.md §1.3).
             ExpiredProviderToken => Verdict::Retry(RetryHint::new(reason).renew_auth().reconnect()),
             Other(_) if status == 429 || status >= 500 => {
                 Verdict::Retry(RetryHint::new(reason).after(retry_after))
             }
-            Other(_) if status == 410 => Verdict::Final(Outcome::TokenInvalid { reason, timestamp_ms }),
+            Other(_) if status == 410 => Verdict::Final(Outcome::TokenInvalid {
+                reason,
+                timestamp_ms,
+            }),
             _ => Verdict::Final(Outcome::Rejected { reason }),
         }
     }
@@ -270,8 +316,14 @@ mod tests {
         for r in ApnsReason::all() {
             assert_eq!(&ApnsReason::parse(r.as_str()), r);
         }
-        assert_eq!(ApnsReason::parse("BadEnvironmentKeyInToken"), ApnsReason::BadEnvironmentKeyIdInToken);
-        assert_eq!(ApnsReason::parse("NewAppleReason").as_str(), "NewAppleReason");
+        assert_eq!(
+            ApnsReason::parse("BadEnvironmentKeyInToken"),
+            ApnsReason::BadEnvironmentKeyIdInToken
+        );
+        assert_eq!(
+            ApnsReason::parse("NewAppleReason").as_str(),
+            "NewAppleReason"
+        );
     }
 
     #[test]

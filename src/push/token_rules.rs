@@ -54,7 +54,10 @@ impl TokenRule {
 
     /// True when the push can never succeed (the token must be deleted).
     pub fn is_token_invalid(self) -> bool {
-        matches!(self, TokenRule::Unregistered | TokenRule::BadToken | TokenRule::WrongTopic)
+        matches!(
+            self,
+            TokenRule::Unregistered | TokenRule::BadToken | TokenRule::WrongTopic
+        )
     }
 
     pub fn all() -> impl Iterator<Item = TokenRule> {
