@@ -294,6 +294,7 @@ async fn a_stalled_server_times_out_and_gives_up() {
     .await;
     let mut config = config(&fake, fake.h2c_url(), token_auth());
     config.pool.request_timeout = Duration::from_millis(200);
+    config.pool.connections = 1;
     config.retry.max_attempts = 2;
     let sender = sender(config);
     let deliveries = send_all(&sender, (0..3).map(|i| push(token(i))).collect()).await;
@@ -310,6 +311,8 @@ async fn a_stalled_server_times_out_and_gives_up() {
     assert_eq!(stats.stalls, 6);
     assert_eq!(stats.requests, 6);
     assert_eq!(status_count(&stats, 200), 0);
+    // The connection answered nothing for a whole timeout: the retries went on a new one.
+    assert_eq!(stats.connections_opened, 2);
 }
 
 #[tokio::test]
