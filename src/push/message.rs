@@ -173,6 +173,7 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
     let mut v1_message: Option<&RawValue> = None;
     // Bytes of data + notification as the producer wrote them, for the size limit.
     let mut payload_size = 0;
+    let mut metadata_size = 0;
 
     for (key, raw) in &entries.0 {
         let key = key.as_ref();
@@ -190,6 +191,7 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
             payload_size += raw.get().len();
         } else if is("metadata") {
             msg.metadata = typed::<Option<_>>("metadata", "an object", raw)?.unwrap_or_default();
+            metadata_size = raw.get().len();
         } else if is("push_expiry") {
             msg.push_expiry =
                 typed::<Option<i64>>("push_expiry", "an integer (Unix ms)", raw)?.unwrap_or(0);
@@ -235,12 +237,17 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
     if msg.to.is_empty() {
         return Err(MessageError::NoToken("to"));
     }
-    // Metadata goes into data, as the seed did; keys already in data win.
+    // Metadata goes into data, as the seed did; keys already in data win. Its size counts as
+    // written by the producer (an upper bound when keys overlap; no re-serialising).
+    let mut merged = false;
     for (k, v) in &msg.metadata {
         if !msg.data.contains_key(k) {
-            payload_size += k.len() + v.to_string().len() + 6;
             msg.data.insert(k.clone(), v.clone());
+            merged = true;
         }
+    }
+    if merged {
+        payload_size += metadata_size;
     }
     if payload_size > gcm::MAX_PAYLOAD {
         return Err(MessageError::PayloadTooLarge {
