@@ -108,7 +108,7 @@ where
                     let measured = measure_start.is_some();
                     measured_started += measured as u64;
                     sent += 1;
-                    in_flight.push(timed(send(item), None, measured));
+                    in_flight.push(timed(Box::pin(send(item)), None, measured));
                 }
             }
             Load::Open { .. } => {
@@ -130,7 +130,7 @@ where
                     if let (Some(h), true) = (lag.as_mut(), measured) {
                         let _ = h.record((Instant::now() - intended).as_micros().max(1) as u64);
                     }
-                    in_flight.push(timed(send(item), Some(intended), measured));
+                    in_flight.push(timed(Box::pin(send(item)), Some(intended), measured));
                 }
             }
         }
