@@ -23,7 +23,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use p256::ecdsa::signature::Verifier;
@@ -32,6 +32,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 
 /// A JWT older than this is `ExpiredProviderToken`.
 const TOKEN_LIFETIME_S: u64 = 3600;
@@ -302,7 +304,7 @@ impl ApnsHandler {
         *response.status_mut() =
             StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = response.headers_mut();
-        headers.insert("apns-id", apns_id);
+        headers.insert(APNS_ID, apns_id);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Extra::RetryAfter(s) = extra {
             headers.insert(RETRY_AFTER, HeaderValue::from(s));
@@ -434,10 +436,13 @@ impl Handler for ApnsHandler {
         let (parts, body) = req.into_parts();
         let h = ApnsHeaders::scan(&parts.headers);
         // Echo a valid apns-id, make one otherwise (also on BadMessageId).
-        let apns_id = match h.id {
+        let mut apns_id = match h.id {
             Some(v) if v.to_str().is_ok_and(valid_apns_id) => v.clone(),
             _ => self.ids.next(),
         };
+        // Unique per response: "never indexed" keeps it out of the HPACK dynamic tables,
+        // where it would only evict useful entries and cost the encoder a table search.
+        apns_id.set_sensitive(true);
         if let Err(reason) = self.check_head(&parts, &h, conn) {
             return self.answer(env, apns_id, &reason, Extra::None);
         }
@@ -495,7 +500,7 @@ impl Handler for ApnsHandler {
         }
         env.stats.delivered(token);
         let mut response = Response::new(Full::new(Bytes::new()));
-        response.headers_mut().insert("apns-id", apns_id);
+        response.headers_mut().insert(APNS_ID, apns_id);
         response
     }
 }
