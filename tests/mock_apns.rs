@@ -122,6 +122,18 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Answer, h2::Error> {
+        self.try_request_frames(method, path, headers, &[body])
+            .await
+    }
+
+    /// Sends the body as one DATA frame per element of `frames` (no content-length).
+    async fn try_request_frames(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        frames: &[&[u8]],
+    ) -> Result<Answer, h2::Error> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("https://localhost{path}"));
@@ -130,9 +142,12 @@ impl Client {
         }
         let req = req.body(()).unwrap();
         let mut send = self.send.clone().ready().await?;
-        let (response, mut stream) = send.send_request(req, body.is_empty())?;
-        if !body.is_empty() {
-            stream.send_data(Bytes::copy_from_slice(body), true)?;
+        let empty = frames.iter().all(|f| f.is_empty());
+        let (response, mut stream) = send.send_request(req, empty)?;
+        if !empty {
+            for (i, frame) in frames.iter().enumerate() {
+                stream.send_data(Bytes::copy_from_slice(frame), i + 1 == frames.len())?;
+            }
         }
         let (parts, mut recv) = response.await?.into_parts();
         let mut buf = Vec::new();
@@ -384,6 +399,39 @@ async fn validation_follows_apns_order_with_exact_statuses_and_reasons() {
         assert_eq!(stats.by_reason.values().sum::<u64>(), n);
         assert_eq!(stats.by_reason.get("PayloadTooLarge"), Some(&2));
         assert_eq!(stats.bytes_in, 4096 + 5120 + PAYLOAD.len() as u64);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_body_in_several_frames_is_joined_and_its_limit_enforced_without_content_length() {
+    bounded(async {
+        let server = start(MockConfig::default()).await;
+        let mut c = Client::h2c(server.h2c_addr().unwrap()).await;
+        let path = device(&token());
+        let headers = [("apns-topic", TOPIC)];
+        let chunk = [b'x'; 1000];
+        let ok = c
+            .try_request_frames(
+                Method::POST,
+                &path,
+                &headers,
+                &[&chunk, &chunk, &chunk, &chunk, &chunk[..96]],
+            )
+            .await
+            .unwrap();
+        assert_eq!(ok.status, 200, "4096 bytes in 5 frames");
+        let big = c
+            .try_request_frames(
+                Method::POST,
+                &path,
+                &headers,
+                &[&chunk, &chunk, &chunk, &chunk, &chunk[..97]],
+            )
+            .await
+            .unwrap();
+        assert_rejected(&big, 413, "PayloadTooLarge", "4097 bytes in 5 frames");
+        assert_eq!(server.stats().snapshot().bytes_in, 4096);
     })
     .await
 }

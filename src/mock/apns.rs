@@ -22,9 +22,9 @@ use crate::push::token_rules::TokenRule;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
@@ -32,6 +32,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 
 /// A JWT older than this is `ExpiredProviderToken`.
 const TOKEN_LIFETIME_S: u64 = 3600;
@@ -42,17 +44,6 @@ const B64URL: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
-
-/// The APNs headers APNs refuses to see twice.
-const SINGLE_HEADERS: &[&str] = &[
-    "apns-id",
-    "apns-topic",
-    "apns-push-type",
-    "apns-priority",
-    "apns-expiration",
-    "apns-collapse-id",
-    "authorization",
-];
 
 /// APNs options of a fake server.
 #[derive(Debug, Clone)]
@@ -149,7 +140,12 @@ impl ApnsHandler {
     }
 
     /// Validation and auth of the request head; `Err` is the answer.
-    fn check_head(&self, parts: &http::request::Parts, conn: &ConnState) -> Result<(), ApnsReason> {
+    fn check_head(
+        &self,
+        parts: &http::request::Parts,
+        h: &ApnsHeaders<'_>,
+        conn: &ConnState,
+    ) -> Result<(), ApnsReason> {
         use ApnsReason::*;
         if parts.method != Method::POST {
             return Err(MethodNotAllowed);
@@ -163,49 +159,40 @@ impl ApnsHandler {
         if !valid_token(token) {
             return Err(BadDeviceToken);
         }
-        let h = &parts.headers;
-        // Cheap test first: only a map with a repeated name has more values than names.
-        if h.len() != h.keys_len()
-            && SINGLE_HEADERS
-                .iter()
-                .any(|n| h.get_all(*n).iter().nth(1).is_some())
-        {
+        if h.duplicate {
             return Err(DuplicateHeaders);
         }
-        if h.get("apns-id")
-            .is_some_and(|v| !v.to_str().is_ok_and(valid_apns_id))
-        {
+        if h.id.is_some_and(|v| !v.to_str().is_ok_and(valid_apns_id)) {
             return Err(BadMessageId);
         }
-        let topic_missing = h.get("apns-topic").is_none_or(|v| v.is_empty());
         // A certificate connection may omit the topic: the certificate's own topic is used.
-        if topic_missing && !conn.client_cert {
+        if h.topic.is_none_or(|v| v.is_empty()) && !conn.client_cert {
             return Err(MissingTopic);
         }
-        if h.get("apns-push-type")
+        if h.push_type
             .is_some_and(|v| v.to_str().ok().and_then(PushType::parse).is_none())
         {
             return Err(InvalidPushType);
         }
-        if h.get("apns-priority")
+        if h.priority
             .is_some_and(|v| !parse::<u8>(v).is_some_and(valid_priority))
         {
             return Err(BadPriority);
         }
-        if h.get("apns-expiration")
-            .is_some_and(|v| parse::<u64>(v).is_none())
-        {
+        if h.expiration.is_some_and(|v| parse::<u64>(v).is_none()) {
             return Err(BadExpirationDate);
         }
-        if h.get("apns-collapse-id")
-            .is_some_and(|v| v.len() > MAX_COLLAPSE_ID)
-        {
+        if h.collapse_id.is_some_and(|v| v.len() > MAX_COLLAPSE_ID) {
             return Err(BadCollapseId);
         }
-        self.authenticate(h, conn)
+        self.authenticate(h.authorization, conn)
     }
 
-    fn authenticate(&self, headers: &HeaderMap, conn: &ConnState) -> Result<(), ApnsReason> {
+    fn authenticate(
+        &self,
+        authorization: Option<&HeaderValue>,
+        conn: &ConnState,
+    ) -> Result<(), ApnsReason> {
         use ApnsReason::*;
         if conn.client_cert {
             return Ok(());
@@ -217,7 +204,7 @@ impl ApnsHandler {
                 Ok(())
             };
         }
-        let Some(value) = headers.get(AUTHORIZATION) else {
+        let Some(value) = authorization else {
             return Err(MissingProviderToken);
         };
         let value = value.to_str().map_err(|_| InvalidProviderToken)?;
@@ -317,7 +304,7 @@ impl ApnsHandler {
         *response.status_mut() =
             StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = response.headers_mut();
-        headers.insert("apns-id", apns_id);
+        headers.insert(APNS_ID, apns_id);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Extra::RetryAfter(s) = extra {
             headers.insert(RETRY_AFTER, HeaderValue::from(s));
@@ -352,6 +339,83 @@ impl ApnsHandler {
     }
 }
 
+/// The request headers APNs looks at, found in one pass over the map (cheaper than one
+/// hashed lookup per name on the hot path).
+#[derive(Default)]
+struct ApnsHeaders<'a> {
+    id: Option<&'a HeaderValue>,
+    topic: Option<&'a HeaderValue>,
+    push_type: Option<&'a HeaderValue>,
+    priority: Option<&'a HeaderValue>,
+    expiration: Option<&'a HeaderValue>,
+    collapse_id: Option<&'a HeaderValue>,
+    authorization: Option<&'a HeaderValue>,
+    content_length: Option<&'a HeaderValue>,
+    /// One of the headers above (but content-length) came more than once.
+    duplicate: bool,
+}
+
+impl<'a> ApnsHeaders<'a> {
+    fn scan(headers: &'a HeaderMap) -> Self {
+        let mut h = ApnsHeaders::default();
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "apns-id" => &mut h.id,
+                "apns-topic" => &mut h.topic,
+                "apns-push-type" => &mut h.push_type,
+                "apns-priority" => &mut h.priority,
+                "apns-expiration" => &mut h.expiration,
+                "apns-collapse-id" => &mut h.collapse_id,
+                "authorization" => &mut h.authorization,
+                "content-length" => {
+                    h.content_length = Some(value);
+                    continue;
+                }
+                _ => continue,
+            };
+            h.duplicate |= slot.replace(value).is_some();
+        }
+        h
+    }
+}
+
+enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+/// Reads a request body of at most `limit` bytes. A body in one DATA frame (the usual case)
+/// is kept as is, without a copy.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyError::Broken)?.into_data() else {
+            continue; // trailers
+        };
+        len += data.len();
+        if len > limit {
+            return Err(BodyError::TooLarge);
+        }
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(head), None) => {
+                let mut buf = bytes::BytesMut::with_capacity(limit.min(len * 2));
+                buf.extend_from_slice(head);
+                buf.extend_from_slice(&data);
+                joined = Some(buf);
+            }
+            (_, Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, joined) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(one), None) => one,
+        (None, None) => Bytes::new(),
+    })
+}
+
 enum Extra {
     None,
     Timestamp(u64),
@@ -370,34 +434,32 @@ impl Handler for ApnsHandler {
         env: &'a Env,
     ) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
+        let h = ApnsHeaders::scan(&parts.headers);
         // Echo a valid apns-id, make one otherwise (also on BadMessageId).
-        let apns_id = match parts.headers.get("apns-id") {
+        let mut apns_id = match h.id {
             Some(v) if v.to_str().is_ok_and(valid_apns_id) => v.clone(),
             _ => self.ids.next(),
         };
-        if let Err(reason) = self.check_head(&parts, conn) {
+        // Unique per response: "never indexed" keeps it out of the HPACK dynamic tables,
+        // where it would only evict useful entries and cost the encoder a table search.
+        apns_id.set_sensitive(true);
+        if let Err(reason) = self.check_head(&parts, &h, conn) {
             return self.answer(env, apns_id, &reason, Extra::None);
         }
-        let push_type = parts
-            .headers
-            .get("apns-push-type")
-            .and_then(|v| PushType::parse(v.to_str().ok()?));
-        let limit = payload_limit(push_type);
-        if parts
-            .headers
-            .get(CONTENT_LENGTH)
+        let limit = payload_limit(h.push_type.and_then(|v| PushType::parse(v.to_str().ok()?)));
+        if h.content_length
             .and_then(parse::<u64>)
             .is_some_and(|n| n > limit as u64)
         {
             return self.answer(env, apns_id, &ApnsReason::PayloadTooLarge, Extra::None);
         }
-        let payload = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+        let payload = match read_body(body, limit).await {
+            Ok(payload) => payload,
+            Err(BodyError::TooLarge) => {
                 return self.answer(env, apns_id, &ApnsReason::PayloadTooLarge, Extra::None)
             }
             // The client reset the stream mid-body: nobody will read this answer.
-            Err(_) => {
+            Err(BodyError::Broken) => {
                 return self.answer(env, apns_id, &ApnsReason::InternalServerError, Extra::None)
             }
         };
@@ -438,7 +500,7 @@ impl Handler for ApnsHandler {
         }
         env.stats.delivered(token);
         let mut response = Response::new(Full::new(Bytes::new()));
-        response.headers_mut().insert("apns-id", apns_id);
+        response.headers_mut().insert(APNS_ID, apns_id);
         response
     }
 }
