@@ -141,12 +141,17 @@ pub fn run(args: BenchArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Some(gate::load_baseline(path)?),
         None => None,
     };
-    let report = if args.sender_only {
+    // Calibrate before and after as well as inside the run: the median of the three resists
+    // a burst of other load on a shared machine.
+    let before = super::calibrate::calibrate(5, Duration::from_millis(60));
+    let mut report = if args.sender_only {
         super::sender_only::run(&args)
     } else {
         super::end_to_end::run_bench(&args)
     }
     .context("bench run failed")?;
+    let after = super::calibrate::calibrate(5, Duration::from_millis(60));
+    report.calibration = gate::median(&[before, report.calibration, after]);
 
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;

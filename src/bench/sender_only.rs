@@ -196,6 +196,7 @@ pub(super) fn target(args: &BenchArgs) -> anyhow::Result<(Option<FakeThread>, Ap
                 }
                 _ => TokenAuth::new(key_pem.clone().into_bytes(), BENCH_KEY_ID, BENCH_TEAM_ID),
             };
+            reachable(url)?;
             (Endpoint::Custom(url.clone()), args.ca.clone(), auth)
         }
         (None, Some(fake)) => {
@@ -218,4 +219,26 @@ pub(super) fn target(args: &BenchArgs) -> anyhow::Result<(Option<FakeThread>, Ap
     };
 
     Ok((fake, config, profile_name))
+}
+
+/// Fails early, with the reason, when an external endpoint does not accept connections: a
+/// bench of nothing but connection errors would otherwise report "all gave up" after retries.
+fn reachable(url: &str) -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    let target = Endpoint::Custom(url.to_string()).target()?;
+    let addrs: Vec<_> = (target.host.as_str(), target.port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve endpoint {url}"))?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => bail!("cannot reach endpoint {url}: {e}"),
+        None => bail!("endpoint {url} resolves to no address"),
+    }
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The CI regression gate: a short end-to-end `pusher bench --mock` (Kafka mock -> pipeline ->
+# fake APNs over TLS), median of 3 runs, compared with bench/baselines/ci.json after
+# normalising both by the calibration measured in their own run.
+#
+# It runs the debug binary that `cargo test` has just built, so CI pays for no extra (fat-LTO)
+# release build; the baseline was recorded with the same binary kind. To re-record it after an
+# intended change:  ci/bench-gate.sh --record
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${PUSHER_BIN:-target/debug/pusher}
+[ -x "$bin" ] || cargo build --quiet
+args=(bench --mock --count 20k --repeat 3 --warmup 1s --quiet)
+if [ "${1:-}" = "--record" ]; then
+  exec "$bin" "${args[@]}" --json bench/baselines/ci.json
+fi
+PUSHER_LOG=warn "$bin" "${args[@]}" --json target/bench-ci.json \
+  --baseline bench/baselines/ci.json --max-regression "${MAX_REGRESSION:-35}"
