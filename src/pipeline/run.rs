@@ -172,7 +172,16 @@ struct RebalanceContext {
     counters: Arc<Counters>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // A missing subscribed topic is reported by the consume loop, once.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) {
+            tracing::debug!(%error, reason, "librdkafka: topic not available.");
+        } else {
+            tracing::error!(%error, reason, "librdkafka error.");
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -302,7 +311,14 @@ pub async fn run(
         let message = match message {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "Kafka consumer error.");
+                // The seed's explicit per-app topics (`-single`, `-massive`) often do not
+                // exist: say so once, not every few seconds.
+                let missing_topic = e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
+                if !missing_topic {
+                    tracing::warn!(error = %e, "Kafka consumer error.");
+                } else if lock(&shared.reported).insert(e.to_string()) {
+                    tracing::info!(error = %e, "A subscribed topic does not exist (yet); consuming the others.");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
