@@ -128,16 +128,21 @@ async fn apns_end_to_end_counts_add_up() {
         .set("bootstrap.servers", &brokers)
         .create()
         .unwrap();
-    for (i, m) in messages.iter().enumerate() {
-        let key = i.to_string();
-        producer
-            .send(
-                FutureRecord::to(&topic).key(&key).payload(m),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
+    // All in flight at once: one by one, each would wait for its own linger and ack.
+    let sends = messages.iter().enumerate().map(|(i, m)| {
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            let key = i.to_string();
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(m),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    futures_util::future::join_all(sends).await;
 
     // The pipeline.
     let mut apns = ApnsConfig::new(

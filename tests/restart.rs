@@ -19,7 +19,14 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 fn spawn_pusher(app: &str, brokers: &str, endpoint: &str, ca: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pusher"))
         .args(["run", "apns", "--app", app, "--brokers", brokers])
-        .args(["--key-file", "fixtures/apns/AuthKey_TESTKEY001.p8", "--key-id", "TESTKEY001", "--team-id", "TEAM000001"])
+        .args([
+            "--key-file",
+            "fixtures/apns/AuthKey_TESTKEY001.p8",
+            "--key-id",
+            "TESTKEY001",
+            "--team-id",
+            "TEAM000001",
+        ])
         .args(["--topic", "com.example.app", "--endpoint", endpoint, "--ca"])
         .arg(ca)
         .env("PUSHER_QUEUE_GROUP", format!("restart-{app}"))
@@ -45,7 +52,10 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
     let brokers = kafka.bootstrap().to_string();
 
     let key = std::fs::read_to_string("fixtures/apns/AuthKey_TESTKEY001.p8").unwrap();
-    let mut config = MockConfig { record_tokens: 2 * MESSAGES as usize, ..MockConfig::default() };
+    let mut config = MockConfig {
+        record_tokens: 2 * MESSAGES as usize,
+        ..MockConfig::default()
+    };
     config.apns.jwt_keys = vec![JwtKey::from_pem("TESTKEY001", "TEAM000001", &key).unwrap()];
     // A little latency, so that the kill lands with work in flight.
     config.profile = Profile::from_yaml("slow", "latency: {dist: fixed, ms: 2}").unwrap();
@@ -59,12 +69,28 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
     gen.seed = 11;
     gen.app = app.clone();
     let mut tokens = HashSet::new();
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
-    for (i, m) in Generator::new(gen).unwrap().enumerate() {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let messages: Vec<_> = Generator::new(gen).unwrap().collect();
+    // All in flight at once: one by one, each would wait for its own linger and ack.
+    let sends = messages.iter().enumerate().map(|(i, m)| {
         tokens.insert(m.token.clone());
         let key = i.to_string();
-        producer.send(FutureRecord::to(&topic).key(&key).payload(&m.bytes), Duration::from_secs(10)).await.unwrap();
-    }
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&m.bytes),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    futures_util::future::join_all(sends).await;
     assert_eq!(tokens.len() as u64, MESSAGES);
 
     // First run: SIGKILL once a good part is done (no graceful anything).
@@ -83,8 +109,12 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let at_kill = answered();
-    assert!(at_kill < MESSAGES, "the kill came too late to test anything");
+    assert!(
+        at_kill < MESSAGES,
+        "the kill came too late to test anything"
+    );
 
+    let t_kill = Instant::now();
     // Second run: picks up from the committed offsets and finishes.
     let mut second = spawn_pusher(&app, &brokers, &endpoint, ca.path());
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -95,13 +125,19 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    println!("second run done after {:?}", t_kill.elapsed());
     // Graceful stop: exit 0.
     unsafe_sigterm(&second);
     let status = second.wait().unwrap();
+    println!("stopped after {:?}", t_kill.elapsed());
     assert!(status.success(), "pusher exited with {status}");
 
     let delivered = fake.stats().delivered_tokens();
-    let missing: Vec<_> = tokens.iter().filter(|t| !delivered.contains_key(*t)).take(5).collect();
+    let missing: Vec<_> = tokens
+        .iter()
+        .filter(|t| !delivered.contains_key(*t))
+        .take(5)
+        .collect();
     assert!(missing.is_empty(), "lost messages, e.g. {missing:?}");
     let total: u64 = delivered.values().sum();
     let duplicates = total - MESSAGES;
@@ -109,11 +145,16 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
     // the last commit (at most one commit interval's worth), with slack for the rate estimate.
     let bound = IN_FLIGHT + (rate * COMMIT_EVERY.as_secs_f64() * 2.0) as u64;
     println!("killed at {at_kill} answers ({rate:.0}/s); duplicates {duplicates}, bound {bound}");
-    assert!(duplicates <= bound, "{duplicates} duplicates > bound {bound}");
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates > bound {bound}"
+    );
     fake.shutdown().await;
 }
 
 fn unsafe_sigterm(child: &Child) {
     // std has no SIGTERM; `kill` from procps is on every Debian machine.
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
 }

@@ -175,7 +175,9 @@ struct RebalanceContext {
 impl ClientContext for RebalanceContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         // A missing subscribed topic is reported by the consume loop, once.
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) {
+        if error.rdkafka_error_code()
+            == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
+        {
             tracing::debug!(%error, reason, "librdkafka: topic not available.");
         } else {
             tracing::error!(%error, reason, "librdkafka error.");
@@ -313,7 +315,8 @@ pub async fn run(
             Err(e) => {
                 // The seed's explicit per-app topics (`-single`, `-massive`) often do not
                 // exist: say so once, not every few seconds.
-                let missing_topic = e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
+                let missing_topic = e.rdkafka_error_code()
+                    == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
                 if !missing_topic {
                     tracing::warn!(error = %e, "Kafka consumer error.");
                 } else if lock(&shared.reported).insert(e.to_string()) {
