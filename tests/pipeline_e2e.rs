@@ -103,8 +103,10 @@ async fn apns_end_to_end_counts_add_up() {
         vec![0xff, 0xfe, 0x00],
         br#"{"Payload":{"aps":{"alert":"no token"}}}"#.to_vec(),
         br#"{"DeviceToken":"abcdef","Payload":{"aps":{}},"push_expiry":1000}"#.to_vec(),
+        br#"{"DeviceToken":12345,"Payload":{"aps":{"alert":"wrong type"}}}"#.to_vec(),
+        format!(r#"{{"DeviceToken":"abcdef","Payload":{{"aps":{{"alert":"{}"}}}}}}"#, "x".repeat(5000)).into_bytes(),
     ];
-    let malformed = 3u64;
+    let malformed = 5u64;
     let expired = 1u64;
     messages.extend(hostile);
     let produced = messages.len() as u64;
