@@ -442,3 +442,206 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NoVec<T> {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sender::endpoint::Endpoint;
+    use std::sync::atomic::AtomicU64;
+    use tokio::net::TcpListener;
+
+    /// A bare h2c server: answers 200 with the request body echoed, and after `goaway_after`
+    /// requests on a connection sends GOAWAY and stops taking new streams there.
+    async fn stub(goaway_after: Option<u64>) -> (String, Arc<AtomicU64>) {
+        stub_with(goaway_after, None).await
+    }
+
+    async fn stub_with(
+        goaway_after: Option<u64>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> (String, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = connections.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let io: Box<dyn Io> = match tls {
+                        Some(config) => {
+                            match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+                                Ok(stream) => Box::new(stream),
+                                Err(_) => return,
+                            }
+                        }
+                        None => Box::new(tcp),
+                    };
+                    let mut conn = h2::server::handshake(io).await.unwrap();
+                    let mut served = 0;
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        served += 1;
+                        tokio::spawn(async move {
+                            let mut body = request.into_body();
+                            let mut echo = Vec::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                echo.extend_from_slice(&chunk);
+                            }
+                            let response = http::Response::builder().status(200).body(()).unwrap();
+                            let mut stream = respond.send_response(response, false).unwrap();
+                            let _ = stream.send_data(echo.into(), true);
+                        });
+                        if Some(served) == goaway_after {
+                            conn.graceful_shutdown();
+                        }
+                    }
+                });
+            }
+        });
+        (format!("{scheme}://localhost:{}", addr.port()), connections)
+    }
+
+    trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+    impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+    /// A self-signed certificate for `localhost`: (server config, the certificate as PEM).
+    fn self_signed() -> (Arc<rustls::ServerConfig>, String) {
+        use rustls_pki_types::pem::PemObject;
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_pem = key.cert.pem();
+        let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(
+            key.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![key.cert.der().clone()], der)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        (Arc::new(config), cert_pem)
+    }
+
+    #[tokio::test]
+    async fn tls_verifies_with_the_ca_file_and_fails_without_it() {
+        use crate::sender::tls::{client_config, TlsOptions};
+        let (server, cert_pem) = self_signed();
+        let (url, _) = stub_with(None, Some(server)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert_pem).unwrap();
+        let target = Endpoint::Custom(url.clone()).target().unwrap();
+        let cases = [
+            (Some(ca.clone()), false, true),
+            (None, false, false),
+            (None, true, true),
+        ];
+        for (ca_file, insecure, works) in cases {
+            let tls = client_config(&TlsOptions {
+                ca_file: ca_file.clone(),
+                insecure,
+                client_identity: None,
+            })
+            .unwrap();
+            let pool = Pool::new(target.clone(), Some(tls), PoolConfig::default()).unwrap();
+            let result = pool.send(request(&url), Bytes::from_static(b"{}")).await;
+            match (works, result) {
+                (true, Ok((parts, body))) => {
+                    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"{}"[..]))
+                }
+                (false, Err(TransportError::Connect { reason, .. })) => {
+                    assert!(reason.contains("TLS"), "{reason}")
+                }
+                (_, other) => panic!("ca {ca_file:?} insecure {insecure}: {other:?}"),
+            }
+        }
+    }
+
+    fn pool(url: &str, connections: usize) -> Pool {
+        let target = Endpoint::Custom(url.into()).target().unwrap();
+        let config = PoolConfig {
+            connections,
+            request_timeout: Duration::from_secs(5),
+            reconnect_backoff: Duration::ZERO,
+            ..PoolConfig::default()
+        };
+        Pool::new(target, None, config).unwrap()
+    }
+
+    fn request(url: &str) -> http::Request<()> {
+        http::Request::post(format!("{url}/echo")).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_the_connections() {
+        let (url, connections) = stub(None).await;
+        let pool = pool(&url, 2);
+        let sends = (0..200u32).map(|i| {
+            let pool = pool.clone();
+            let url = url.clone();
+            async move {
+                let body = Bytes::from(format!("{i:0>300}"));
+                let (parts, echoed) = pool.send(request(&url), body.clone()).await.unwrap();
+                assert_eq!(parts.status, 200);
+                assert_eq!(echoed, body);
+                assert!(parts.extensions.get::<ConnId>().is_some());
+            }
+        });
+        futures_util::future::join_all(sends).await;
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.live_connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn goaway_leads_to_a_new_connection() {
+        let (url, connections) = stub(Some(3)).await;
+        let pool = pool(&url, 1);
+        let mut ok = 0;
+        for _ in 0..10 {
+            // A request racing the GOAWAY may fail; it must be a transport error, and the pool
+            // must recover on its own.
+            match pool.send(request(&url), Bytes::from_static(b"x")).await {
+                Ok((parts, _)) => {
+                    assert_eq!(parts.status, 200);
+                    ok += 1;
+                }
+                Err(e) => assert!(
+                    matches!(
+                        e,
+                        TransportError::GoAway(_)
+                            | TransportError::Http2(_)
+                            | TransportError::Io(_)
+                            | TransportError::Reset(_)
+                    ),
+                    "{e}"
+                ),
+            }
+        }
+        assert!(ok >= 8, "{ok} of 10");
+        assert!(connections.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoint_is_a_connect_error_then_backoff() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let target = Endpoint::Custom(url.clone()).target().unwrap();
+        let config = PoolConfig {
+            connections: 1,
+            reconnect_backoff: Duration::from_secs(60),
+            ..PoolConfig::default()
+        };
+        let pool = Pool::new(target, None, config).unwrap();
+        let first = pool.send(request(&url), Bytes::new()).await.unwrap_err();
+        assert!(matches!(first, TransportError::Connect { .. }), "{first}");
+        let second = pool.send(request(&url), Bytes::new()).await.unwrap_err();
+        assert!(matches!(second, TransportError::Backoff { .. }), "{second}");
+    }
+}

@@ -97,6 +97,8 @@ pub struct Delivery {
     /// The last APNs answer, if any attempt got one.
     pub response: Option<ApnsResponse>,
     pub attempts: u32,
+    /// The last attempt's transport failure, in full (the outcome keeps only its kind).
+    pub transport_error: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -202,6 +204,7 @@ impl ApnsSender {
     pub async fn send_with_details(&self, n: &ApnsNotification) -> Delivery {
         let policy = &self.inner.retry;
         let mut last_response = None;
+        let mut transport_error: Option<String>;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -209,12 +212,14 @@ impl ApnsSender {
                 Ok(response) => {
                     let verdict = response.verdict.clone();
                     last_response = Some(response);
+                    transport_error = None;
                     match verdict {
                         Verdict::Final(outcome) => {
                             return Delivery {
                                 outcome,
                                 response: last_response,
                                 attempts: attempt,
+                                transport_error: None,
                             }
                         }
                         Verdict::Retry(hint) => hint,
@@ -227,6 +232,7 @@ impl ApnsSender {
                         },
                         response: None,
                         attempts: attempt,
+                        transport_error: None,
                     }
                 }
                 Err(SendError::Auth(reason)) => {
@@ -234,12 +240,15 @@ impl ApnsSender {
                         outcome: Outcome::Rejected { reason },
                         response: None,
                         attempts: attempt,
+                        transport_error: None,
                     }
                 }
                 // The pool has already retired a broken connection.
                 Err(SendError::Transport(e)) => {
                     tracing::debug!(error = %e, attempt, "Transport failure.");
-                    RetryHint::new(e.kind()).reconnect()
+                    let hint = RetryHint::new(e.kind()).reconnect();
+                    transport_error = Some(e.to_string());
+                    hint
                 }
             };
             if !policy.should_retry(attempt) {
@@ -249,6 +258,7 @@ impl ApnsSender {
                     },
                     response: last_response,
                     attempts: attempt,
+                    transport_error,
                 };
             }
             let delay = policy.delay(attempt, hint.after, &mut rand::rng());

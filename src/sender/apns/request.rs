@@ -31,8 +31,9 @@ pub struct RequestContext {
 /// Why a notification cannot become a request. Such a push is `Outcome::Malformed`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    #[error("device token {0:?} is not hex (or is empty or longer than 200 characters)")]
-    BadToken(String),
+    /// Holds the token's length only: tokens are not logged.
+    #[error("device token ({0} characters) is not hex, or is empty or longer than 200 characters")]
+    BadToken(usize),
     #[error("payload is {size} bytes, over the {limit}-byte limit")]
     PayloadTooLarge { size: usize, limit: usize },
     #[error("payload is empty")]
@@ -76,13 +77,13 @@ pub fn build_request(
 ) -> Result<Request<()>, RequestError> {
     check(n)?;
     let path = PathAndQuery::try_from(format!("/3/device/{}", n.token))
-        .map_err(|_| RequestError::BadToken(n.token.clone()))?;
+        .map_err(|_| RequestError::BadToken(n.token.len()))?;
     let uri = Uri::builder()
         .scheme(ctx.scheme.clone())
         .authority(ctx.authority.clone())
         .path_and_query(path)
         .build()
-        .map_err(|_| RequestError::BadToken(n.token.clone()))?;
+        .map_err(|_| RequestError::BadToken(n.token.len()))?;
 
     let mut headers = HeaderMap::with_capacity(10);
     headers.insert(CONTENT_TYPE, APPLICATION_JSON);
@@ -132,7 +133,7 @@ pub fn build_request(
 /// The checks APNs would otherwise answer with a 400/413.
 pub fn check(n: &ApnsNotification) -> Result<(), RequestError> {
     if !valid_token(&n.token) {
-        return Err(RequestError::BadToken(n.token.clone()));
+        return Err(RequestError::BadToken(n.token.len()));
     }
     let limit = payload_limit(n.push_type);
     if n.payload.len() > limit {
