@@ -423,10 +423,7 @@ mod tests {
             let on_disk = std::fs::read_to_string(format!("mock-services/{name}.yaml")).unwrap();
             assert_eq!(Profile::from_yaml(name, &on_disk).unwrap(), p);
         }
-        assert_eq!(
-            Profile::built_in("happy").unwrap().unwrap().is_plain(),
-            true
-        );
+        assert!(Profile::built_in("happy").unwrap().unwrap().is_plain());
         assert!(matches!(
             Profile::load("nope"),
             Err(ProfileError::Unknown(_))
