@@ -1,6 +1,8 @@
 //! `pusher mock apns|gcm|all`: run a fake server until SIGINT/SIGTERM.
 
-use super::{ApnsOptions, FcmHandler, FcmOptions, JwtKey, MockConfig, MockServer, Profile, ServerCert};
+use super::{
+    ApnsOptions, FcmHandler, FcmOptions, JwtKey, MockConfig, MockServer, Profile, ServerCert,
+};
 use crate::cli::GlobalArgs;
 use anyhow::Context;
 use clap::{Args, Subcommand};

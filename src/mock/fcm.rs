@@ -21,8 +21,8 @@ use super::profile::Scripted;
 use super::server::{ConnState, Env, Handler};
 use crate::clock::{self, SharedClock};
 use crate::push::fcm::{
-    legacy, FcmErrorCode, ACCESS_TOKEN_EXPIRED, BAD_REQUEST_TYPE, ERROR_INFO_TYPE,
-    FCM_ERROR_TYPE, MAX_TTL_SECS,
+    legacy, FcmErrorCode, ACCESS_TOKEN_EXPIRED, BAD_REQUEST_TYPE, ERROR_INFO_TYPE, FCM_ERROR_TYPE,
+    MAX_TTL_SECS,
 };
 use crate::push::gcm::MAX_PAYLOAD;
 use crate::push::token_rules::TokenRule;
@@ -118,9 +118,11 @@ impl GoogleError {
             message: AUTH_MESSAGE.into(),
             details: reason
                 .map(|r| {
-                    vec![json!({"@type": ERROR_INFO_TYPE, "reason": r, "domain": "googleapis.com",
+                    vec![
+                        json!({"@type": ERROR_INFO_TYPE, "reason": r, "domain": "googleapis.com",
                         "metadata": {"service": "fcm.googleapis.com",
-                                     "method": "google.firebase.fcm.v1.FcmService.SendMessage"}})]
+                                     "method": "google.firebase.fcm.v1.FcmService.SendMessage"}}),
+                    ]
                 })
                 .unwrap_or_default(),
             retry_after: None,
@@ -244,7 +246,10 @@ impl FcmHandler {
                 "SenderId mismatch",
             )),
             TokenRule::UnavailableOnce => self.first_time(token).then(|| {
-                GoogleError::fcm(&FcmErrorCode::Unavailable, "The service is currently unavailable.")
+                GoogleError::fcm(
+                    &FcmErrorCode::Unavailable,
+                    "The service is currently unavailable.",
+                )
             }),
             TokenRule::ThrottledOnce => self.first_time(token).then(|| {
                 GoogleError::fcm(
@@ -427,7 +432,11 @@ impl FcmHandler {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.get(..4).filter(|p| p.eq_ignore_ascii_case("key=")).map(|_| v[4..].trim()))
+            .and_then(|v| {
+                v.get(..4)
+                    .filter(|p| p.eq_ignore_ascii_case("key="))
+                    .map(|_| v[4..].trim())
+            })
             .filter(|k| !k.is_empty());
         let accepted = key.is_some_and(|k| {
             self.options.api_keys.is_empty() || self.options.api_keys.iter().any(|a| a == k)
@@ -509,7 +518,11 @@ impl FcmHandler {
                         "fake_message_id".to_string()
                     } else {
                         env.stats.delivered(token);
-                        format!("0:{}%{:016x}", self.options.clock.now().as_micros(), self.next_id())
+                        format!(
+                            "0:{}%{:016x}",
+                            self.options.clock.now().as_micros(),
+                            self.next_id()
+                        )
                     };
                     if token
                         .get(..4)
@@ -552,7 +565,11 @@ fn bad_request(message: &str, field: &str, description: &str) -> GoogleError {
 }
 
 async fn read_body(parts: &http::request::Parts, body: Incoming) -> Result<Bytes, GoogleError> {
-    let too_big = || GoogleError::invalid(format!("Request payload size exceeds the limit: {MAX_BODY} bytes."));
+    let too_big = || {
+        GoogleError::invalid(format!(
+            "Request payload size exceeds the limit: {MAX_BODY} bytes."
+        ))
+    };
     if parts
         .headers
         .get(CONTENT_LENGTH)
@@ -594,7 +611,9 @@ fn check_message(message: &Map<String, Value>) -> Result<Option<&str>, GoogleErr
         }
         "token" | "fid" => Some(value),
         "topic" if value.starts_with("/topics/") || value.is_empty() => {
-            return Err(GoogleError::invalid("Invalid topic name (no /topics/ prefix)."))
+            return Err(GoogleError::invalid(
+                "Invalid topic name (no /topics/ prefix).",
+            ))
         }
         _ => None,
     };
@@ -779,9 +798,8 @@ mod tests {
     #[test]
     fn assertions_are_checked_for_shape_not_signature() {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let jwt = |head: &str, claims: &str| {
-            format!("{}.{}.c2ln", b64.encode(head), b64.encode(claims))
-        };
+        let jwt =
+            |head: &str, claims: &str| format!("{}.{}.c2ln", b64.encode(head), b64.encode(claims));
         let good = jwt(
             r#"{"alg":"RS256","typ":"JWT"}"#,
             r#"{"iss":"a@b","aud":"anything","iat":100,"exp":3700}"#,
@@ -799,21 +817,35 @@ mod tests {
 
     #[test]
     fn messages_are_validated() {
-        let check = |v: Value| check_message(v.as_object().unwrap()).map_err(|e| e.message);
-        assert_eq!(check(json!({"token":"abc"})), Ok(Some("abc")));
-        assert_eq!(check(json!({"fid":"f1"})), Ok(Some("f1")));
+        let check = |v: Value| {
+            check_message(v.as_object().unwrap())
+                .map(|t| t.map(str::to_owned))
+                .map_err(|e| e.message)
+        };
+        assert_eq!(check(json!({"token":"abc"})), Ok(Some("abc".into())));
+        assert_eq!(check(json!({"fid":"f1"})), Ok(Some("f1".into())));
         assert_eq!(check(json!({"topic":"news"})), Ok(None));
         assert!(check(json!({})).unwrap_err().contains("Exactly one"));
-        assert!(check(json!({"token":"a","topic":"b"})).unwrap_err().contains("Exactly one"));
-        assert!(check(json!({"token":"a b"})).unwrap_err().contains("registration token"));
+        assert!(check(json!({"token":"a","topic":"b"}))
+            .unwrap_err()
+            .contains("Exactly one"));
+        assert!(check(json!({"token":"a b"}))
+            .unwrap_err()
+            .contains("registration token"));
         assert_eq!(
             check(json!({"token":"a","data":{"k":"v","n":12}})).unwrap_err(),
             "Invalid value at 'message.data[1].value' (TYPE_STRING), 12"
         );
         assert!(check(json!({"token":"a","data":"x"})).is_err());
-        assert!(check(json!({"token":"a","android":{"ttl":"10"}})).unwrap_err().contains("ttl"));
-        assert!(check(json!({"token":"a","android":{"priority":"high"}})).unwrap_err().contains("priority"));
+        assert!(check(json!({"token":"a","android":{"ttl":"10"}}))
+            .unwrap_err()
+            .contains("ttl"));
+        assert!(check(json!({"token":"a","android":{"priority":"high"}}))
+            .unwrap_err()
+            .contains("priority"));
         let big = "x".repeat(MAX_PAYLOAD);
-        assert!(check(json!({"token":"a","data":{"k":big}})).unwrap_err().contains("too big"));
+        assert!(check(json!({"token":"a","data":{"k":big}}))
+            .unwrap_err()
+            .contains("too big"));
     }
 }

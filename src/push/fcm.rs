@@ -302,6 +302,8 @@ mod tests {
         assert!(message_names_token(
             "The registration token is not a valid FCM registration token"
         ));
-        assert!(!message_names_token("Invalid value at 'message.data[0].value'"));
+        assert!(!message_names_token(
+            "Invalid value at 'message.data[0].value'"
+        ));
     }
 }

@@ -91,8 +91,13 @@ fn build_message(a: &GcmSendArgs) -> anyhow::Result<GcmMessage> {
             parse_gcm(value.to_string().as_bytes()).context("--message")?
         }
         None => {
+            let token = a
+                .token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .context("give the registration token (--token)")?;
             let mut raw = serde_json::Map::new();
-            raw.insert("to".into(), a.token.clone().unwrap_or_default().into());
+            raw.insert("to".into(), token.into());
             if a.title.is_some() || a.body.is_some() {
                 raw.insert(
                     "notification".into(),

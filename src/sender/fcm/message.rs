@@ -139,7 +139,11 @@ fn split_notification(n: &GcmNotification) -> (Map<String, Value>, Map<String, V
             android.insert(key.into(), json!(args));
         }
     }
-    if let Some(count) = n.badge.as_deref().and_then(|b| b.trim().parse::<u32>().ok()) {
+    if let Some(count) = n
+        .badge
+        .as_deref()
+        .and_then(|b| b.trim().parse::<u32>().ok())
+    {
         android.insert("notification_count".into(), json!(count));
     }
     (top, android)
@@ -282,7 +286,8 @@ mod tests {
 
     #[test]
     fn v1_envelopes_pass_through() {
-        let kafka = r#"{"message":{"token":"tok","data":{"k":"v"},"android":{"ttl":"5s"}},"dry_run":true}"#;
+        let kafka =
+            r#"{"message":{"token":"tok","data":{"k":"v"},"android":{"ttl":"5s"}},"dry_run":true}"#;
         let msg = parse_gcm(kafka.as_bytes()).unwrap();
         let body = String::from_utf8(v1_body(&msg).unwrap()).unwrap();
         assert_eq!(
@@ -318,14 +323,14 @@ mod tests {
             br#"{"to":"a","data":{"n":1},"notification":{"title":"t"},"dry_run":true,"time_to_live":60}"#,
         )
         .unwrap();
-        let one: Value = serde_json::from_slice(&legacy_body(&msg, &["a".into()]).unwrap()).unwrap();
+        let one: Value =
+            serde_json::from_slice(&legacy_body(&msg, &["a".into()]).unwrap()).unwrap();
         assert_eq!(
             one,
             json!({"to":"a","data":{"n":1},"notification":{"title":"t"},"dry_run":true,"time_to_live":60})
         );
         let many: Value =
-            serde_json::from_slice(&legacy_body(&msg, &["a".into(), "b".into()]).unwrap())
-                .unwrap();
+            serde_json::from_slice(&legacy_body(&msg, &["a".into(), "b".into()]).unwrap()).unwrap();
         assert_eq!(many["registration_ids"], json!(["a", "b"]));
         assert!(many.get("to").is_none());
     }

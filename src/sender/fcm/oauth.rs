@@ -147,12 +147,12 @@ impl ServiceAccount {
 
 /// Splits `https://host[:port]/path` into the endpoint and the path.
 fn split_url(url: &str) -> Result<(Endpoint, String), EndpointError> {
-    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| {
-        EndpointError::Invalid {
-            url: url.to_string(),
-            reason: e.to_string(),
-        }
-    })?;
+    let uri: http::Uri =
+        url.parse()
+            .map_err(|e: http::uri::InvalidUri| EndpointError::Invalid {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         return Err(EndpointError::Invalid {
             url: url.to_string(),
@@ -369,12 +369,13 @@ impl TokenSource {
     async fn fetch_and_store(&self) -> Result<Cached, OAuthError> {
         match self.fetch().await {
             Ok((token, lifetime)) => {
-                let mut header = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                    OAuthError::BadResponse {
-                        status: 200,
-                        reason: "access_token is not a valid header value".into(),
-                    }
-                })?;
+                let mut header =
+                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                        OAuthError::BadResponse {
+                            status: 200,
+                            reason: "access_token is not a valid header value".into(),
+                        }
+                    })?;
                 header.set_sensitive(true);
                 let mut cached = self.inner.cached.write().unwrap_or_else(|p| p.into_inner());
                 let generation = cached.as_ref().map_or(1, |c| c.generation + 1);
@@ -435,8 +436,7 @@ impl TokenSource {
                 _ => Err(OAuthError::Refused {
                     status,
                     error: format!("HTTP {status}"),
-                    description: String::from_utf8_lossy(&body[..body.len().min(200)])
-                        .into_owned(),
+                    description: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
                 }),
             };
         }
@@ -510,7 +510,8 @@ mod tests {
             (
                 {
                     let mut w = v.clone();
-                    w["private_key"] = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
+                    w["private_key"] =
+                        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
                     w.to_string().into_bytes()
                 },
                 "not an RSA private key",

@@ -100,8 +100,9 @@ impl FcmResponse {
         let fcm_code = detail(FCM_ERROR_TYPE, "errorCode");
         let info_reason = detail(ERROR_INFO_TYPE, "reason");
         let verdict = match &fcm_code {
-            Some(code) => FcmErrorCode::parse(code)
-                .verdict(retry_after, message_names_token(&error.message)),
+            Some(code) => {
+                FcmErrorCode::parse(code).verdict(retry_after, message_names_token(&error.message))
+            }
             // A stale or refused OAuth token: renew it and try again (the send loop turns a
             // second 401 into a rejection).
             None if status == 401 => {
@@ -155,8 +156,8 @@ impl LegacyReply {
     /// one result per token) gives every token the same verdict.
     pub fn parse(status: u16, headers: &HeaderMap, body: &[u8], tokens: usize) -> LegacyReply {
         let after = retry_after(headers);
-        let same_for_all = |verdict: Verdict, code: Option<String>, message: Option<String>| {
-            LegacyReply {
+        let same_for_all =
+            |verdict: Verdict, code: Option<String>, message: Option<String>| LegacyReply {
                 status,
                 multicast_id: None,
                 results: (0..tokens)
@@ -170,8 +171,7 @@ impl LegacyReply {
                         verdict: verdict.clone(),
                     })
                     .collect(),
-            }
-        };
+            };
         let text = || Some(String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
         if status != 200 {
             // 400 bad JSON/fields, 401 bad key: permanent; 5xx: retry with Retry-After.
@@ -247,22 +247,42 @@ mod tests {
         let cases: Vec<(u16, String, Verdict)> = vec![
             (
                 404,
-                error(404, "NOT_FOUND", "Requested entity was not found.", &fcm("UNREGISTERED")),
+                error(
+                    404,
+                    "NOT_FOUND",
+                    "Requested entity was not found.",
+                    &fcm("UNREGISTERED"),
+                ),
                 invalid("UNREGISTERED"),
             ),
             (
                 403,
-                error(403, "PERMISSION_DENIED", "SenderId mismatch", &fcm("SENDER_ID_MISMATCH")),
+                error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "SenderId mismatch",
+                    &fcm("SENDER_ID_MISMATCH"),
+                ),
                 invalid("SENDER_ID_MISMATCH"),
             ),
             (
                 400,
-                error(400, "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token", &fcm("INVALID_ARGUMENT")),
+                error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "The registration token is not a valid FCM registration token",
+                    &fcm("INVALID_ARGUMENT"),
+                ),
                 invalid("INVALID_ARGUMENT"),
             ),
             (
                 400,
-                error(400, "INVALID_ARGUMENT", "Invalid value at 'message.data[0].value' (TYPE_STRING), 12", &fcm("INVALID_ARGUMENT")),
+                error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "Invalid value at 'message.data[0].value' (TYPE_STRING), 12",
+                    &fcm("INVALID_ARGUMENT"),
+                ),
                 rejected("INVALID_ARGUMENT"),
             ),
             (
@@ -282,12 +302,22 @@ mod tests {
             ),
             (
                 401,
-                error(401, "UNAUTHENTICATED", "apns key", &fcm("THIRD_PARTY_AUTH_ERROR")),
+                error(
+                    401,
+                    "UNAUTHENTICATED",
+                    "apns key",
+                    &fcm("THIRD_PARTY_AUTH_ERROR"),
+                ),
                 rejected("THIRD_PARTY_AUTH_ERROR"),
             ),
             (
                 401,
-                error(401, "UNAUTHENTICATED", "expired", &format!(r#"{{"@type":"{ERROR_INFO_TYPE}","reason":"ACCESS_TOKEN_EXPIRED"}}"#)),
+                error(
+                    401,
+                    "UNAUTHENTICATED",
+                    "expired",
+                    &format!(r#"{{"@type":"{ERROR_INFO_TYPE}","reason":"ACCESS_TOKEN_EXPIRED"}}"#),
+                ),
                 Verdict::Retry(RetryHint::new("ACCESS_TOKEN_EXPIRED").renew_auth()),
             ),
             (
@@ -295,26 +325,47 @@ mod tests {
                 error(401, "UNAUTHENTICATED", "bad creds", ""),
                 Verdict::Retry(RetryHint::new("UNAUTHENTICATED").renew_auth()),
             ),
-            (403, error(403, "PERMISSION_DENIED", "no", ""), rejected("PERMISSION_DENIED")),
-            (503, error(503, "UNAVAILABLE", "down", ""), retry("UNAVAILABLE")),
+            (
+                403,
+                error(403, "PERMISSION_DENIED", "no", ""),
+                rejected("PERMISSION_DENIED"),
+            ),
+            (
+                503,
+                error(503, "UNAVAILABLE", "down", ""),
+                retry("UNAVAILABLE"),
+            ),
             (502, "<html>".into(), retry("HTTP 502")),
-            (400, error(400, "INVALID_ARGUMENT", "x", &fcm("BRAND_NEW")), rejected("BRAND_NEW")),
+            (
+                400,
+                error(400, "INVALID_ARGUMENT", "x", &fcm("BRAND_NEW")),
+                rejected("BRAND_NEW"),
+            ),
         ];
         for (status, body, want) in cases {
             let r = FcmResponse::v1(status, &headers, body.as_bytes());
             assert_eq!(r.verdict, want, "{status} {body}");
         }
-        let ok = FcmResponse::v1(200, &HeaderMap::new(), br#"{"name":"projects/p/messages/0:1"}"#);
+        let ok = FcmResponse::v1(
+            200,
+            &HeaderMap::new(),
+            br#"{"name":"projects/p/messages/0:1"}"#,
+        );
         assert_eq!(ok.verdict, Verdict::Final(Outcome::Delivered));
         assert_eq!(ok.message_id.as_deref(), Some("projects/p/messages/0:1"));
-        let bare = FcmResponse::v1(403, &headers, error(403, "PERMISSION_DENIED", "m", "").as_bytes());
+        let bare = FcmResponse::v1(
+            403,
+            &headers,
+            error(403, "PERMISSION_DENIED", "m", "").as_bytes(),
+        );
         assert_eq!(bare.error_code.as_deref(), Some("PERMISSION_DENIED"));
         assert_eq!(bare.error_message.as_deref(), Some("m"));
     }
 
     #[test]
     fn legacy_answers_to_verdicts() {
-        let body = br#"{"multicast_id":9007199254740993123,"success":2,"failure":3,"canonical_ids":1,
+        let body =
+            br#"{"multicast_id":9007199254740993123,"success":2,"failure":3,"canonical_ids":1,
           "results":[{"message_id":"0:1"},{"message_id":"0:2","registration_id":"newtok"},
           {"error":"NotRegistered"},{"error":"Unavailable"},{"error":"MessageTooBig"}]}"#;
         let r = LegacyReply::parse(200, &HeaderMap::new(), body, 5);
@@ -326,9 +377,15 @@ mod tests {
             r.results[1].canonical_registration_id.as_deref(),
             Some("newtok")
         );
-        assert!(matches!(verdicts[2], Verdict::Final(Outcome::TokenInvalid { .. })));
+        assert!(matches!(
+            verdicts[2],
+            Verdict::Final(Outcome::TokenInvalid { .. })
+        ));
         assert!(matches!(verdicts[3], Verdict::Retry(_)));
-        assert!(matches!(verdicts[4], Verdict::Final(Outcome::Rejected { .. })));
+        assert!(matches!(
+            verdicts[4],
+            Verdict::Final(Outcome::Rejected { .. })
+        ));
 
         let mut headers = HeaderMap::new();
         headers.insert("retry-after", "2".parse().unwrap());
