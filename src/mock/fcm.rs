@@ -303,10 +303,13 @@ impl FcmHandler {
 
     async fn v1(&self, req: Request<Incoming>, env: &Env, project: &str) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
+        // The body is read before any answer: answering an HTTP/2 request mid-upload resets
+        // the stream, which some clients (curl) report as an error instead of the answer.
+        let body = read_body(&parts, body).await;
         if let Err(e) = self.check_bearer(&parts) {
             return e.render(env);
         }
-        let body = match read_body(&parts, body).await {
+        let body = match body {
             Ok(b) => b,
             Err(e) => return e.render(env),
         };
@@ -428,6 +431,7 @@ impl FcmHandler {
     /// `POST /fcm/send`: the legacy API.
     async fn legacy(&self, req: Request<Incoming>, env: &Env) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
+        let body = read_body(&parts, body).await;
         let key = parts
             .headers
             .get(AUTHORIZATION)
@@ -445,7 +449,7 @@ impl FcmHandler {
             env.stats.reason("Unauthorized");
             return text_response(401, "Unauthorized\n");
         }
-        let Ok(body) = read_body(&parts, body).await else {
+        let Ok(body) = body else {
             env.stats.reason("JSON_PARSING_ERROR");
             return text_response(400, "Request body too large\n");
         };
