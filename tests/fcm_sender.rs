@@ -709,7 +709,10 @@ fn configuration_errors_are_clear() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("API key"), "{err}");
-    let mut config = FcmConfig::new(FcmAuth::ApiKey("k".into()));
+    let mut config = FcmConfig::new(FcmAuth::ApiKey("secret-server-key".into()));
+    assert!(!format!("{config:?}").contains("secret-server-key"));
+    let sa = FcmConfig::new(FcmAuth::ServiceAccount(account("http://x/token".into())));
+    assert!(!format!("{sa:?}").contains("PRIVATE KEY"));
     config.base_url = "ftp://x".into();
     assert!(FcmSender::new(config)
         .unwrap_err()
@@ -876,4 +879,47 @@ async fn pusher_send_gcm_bad_input_is_exit_2_with_a_clear_error() {
         }
     })
     .await
+}
+
+/// Not a test: prints the v1 and legacy sender's throughput into the in-process fake over h2c
+/// (`cargo test --test fcm_sender measure -- --ignored --nocapture`). Numbers go in reports,
+/// never in assertions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_throughput_into_the_fake() {
+    use futures_util::StreamExt;
+    let fake = start_fake(FakeOptions::default()).await;
+    for legacy in [false, true] {
+        let config = if legacy {
+            legacy_config(&fake, &fake.h2c_url(), "k")
+        } else {
+            v1_config(&fake, &fake.h2c_url())
+        };
+        let sender = sender(config);
+        let messages: Vec<GcmMessage> = (0..40_000).map(|i| message(&token(i))).collect();
+        let run = |msgs: &'static [GcmMessage]| {
+            let sender = sender.clone();
+            async move {
+                futures_util::stream::iter(msgs)
+                    .map(|m| {
+                        let sender = sender.clone();
+                        async move { sender.send(m).await }
+                    })
+                    .buffer_unordered(500)
+                    .filter(|o| futures_util::future::ready(o.is_delivered()))
+                    .count()
+                    .await
+            }
+        };
+        let messages: &'static [GcmMessage] = Box::leak(messages.into_boxed_slice());
+        run(&messages[..2_000]).await;
+        let started = Instant::now();
+        let delivered = run(&messages[2_000..]).await;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{}: {delivered} delivered in {secs:.2} s = {:.0}/s",
+            if legacy { "legacy" } else { "v1" },
+            delivered as f64 / secs
+        );
+    }
 }

@@ -35,13 +35,24 @@ pub const FCM_PRODUCTION_URL: &str = "https://fcm.googleapis.com";
 /// Most tokens one legacy request may carry.
 pub const LEGACY_MAX_TOKENS: usize = 1000;
 
-/// How we prove who we are to FCM; also picks the API.
-#[derive(Debug, Clone)]
+/// How we prove who we are to FCM; also picks the API. `Debug` never shows the key.
+#[derive(Clone)]
 pub enum FcmAuth {
     /// HTTP v1 with OAuth2 access tokens from this service account.
     ServiceAccount(ServiceAccount),
     /// The legacy HTTP API with a server key (`--apiKey` in the seed).
     ApiKey(String),
+}
+
+impl std::fmt::Debug for FcmAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FcmAuth::ServiceAccount(account) => {
+                f.debug_tuple("ServiceAccount").field(account).finish()
+            }
+            FcmAuth::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
+        }
+    }
 }
 
 /// The HTTP version spoken to FCM.
