@@ -219,6 +219,50 @@ async fn retryable_and_permanent_errors_from_the_profile() {
 }
 
 #[tokio::test]
+async fn quota_and_goaway() {
+    bounded(async {
+        // A quota of 10 sends a minute: the 11th gets 429 until the window refills.
+        let clock = ManualClock::new();
+        let fake = start_fake(FakeOptions {
+            quota_per_minute: Some(10),
+            clock: Arc::new(clock.clone()),
+            ..FakeOptions::default()
+        })
+        .await;
+        let mut config = v1_config(&fake, &fake.h2c_url());
+        config.retry.max_attempts = 2;
+        let sender = sender(config);
+        let deliveries = send_all(&sender, (0..10).map(|i| message(&token(i))).collect()).await;
+        assert_eq!(count(&deliveries, "delivered"), 10);
+        let d = sender.send_with_details(&message(&token(10))).await;
+        assert_eq!(
+            (d.outcome.reason(), d.status, d.attempts),
+            (Some("QUOTA_EXCEEDED"), Some(429), 2)
+        );
+        // 429s do not count: after the refill, 10 more go through.
+        clock.advance(Duration::from_secs(60));
+        let deliveries = send_all(&sender, (0..10).map(|i| message(&token(i))).collect()).await;
+        assert_eq!(count(&deliveries, "delivered"), 10);
+        assert_eq!(reason_count(&fake.stats(), "QUOTA_EXCEEDED"), 2);
+
+        // GOAWAY after 50 streams a connection: nothing lost.
+        let fake = start_fake(FakeOptions {
+            profile: profile("goaway_after: 50"),
+            ..FakeOptions::default()
+        })
+        .await;
+        let sender = fcm_support::sender(v1_config(&fake, &fake.tls_url()));
+        for round in 0..4 {
+            let deliveries =
+                send_all(&sender, (0..100).map(|i| message(&token(i))).collect()).await;
+            assert_eq!(count(&deliveries, "delivered"), 100, "round {round}");
+        }
+        assert!(fake.stats().goaways_sent > 0);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn bad_messages_are_refused_locally_or_by_the_fake() {
     bounded(async {
         let fake = start_fake(FakeOptions::default()).await;

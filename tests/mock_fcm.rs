@@ -54,7 +54,7 @@ async fn curl(args: &[String]) -> Answer {
         .unwrap();
     assert!(
         out.status.success(),
-        "curl failed: {}",
+        "curl {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap().replace("\r\n", "\n");

@@ -120,6 +120,9 @@ pub struct FcmFlags {
     /// Accept only this legacy server key on /fcm/send (repeatable; default: any key).
     #[arg(long, value_name = "KEY")]
     pub api_key: Vec<String>,
+    /// FCM's per-project quota of v1 sends a minute (FCM's default is 600000); off unless set.
+    #[arg(long, value_name = "N")]
+    pub quota_per_minute: Option<u64>,
 }
 
 impl FcmFlags {
@@ -128,6 +131,7 @@ impl FcmFlags {
             require_auth: !self.no_auth,
             token_lifetime: self.token_lifetime,
             api_keys: self.api_key.clone(),
+            quota_per_minute: self.quota_per_minute,
             ..FcmOptions::default()
         }
     }

@@ -58,7 +58,12 @@ pub struct FcmOptions {
     pub token_lifetime: Duration,
     /// Legacy server keys accepted; any non-empty key when empty.
     pub api_keys: Vec<String>,
-    /// The clock token expiry is judged by.
+    /// FCM's project quota, off when `None` (FCM's default is 600,000 a minute): a bucket of
+    /// this many v1 sends, refilled a minute after its window opened ("minutes are not aligned
+    /// to the clock"). Over it: 429 QUOTA_EXCEEDED with `Retry-After` until the refill. Every
+    /// authenticated send counts, 4xx answers included; 429s do not (protocols.md §2.5).
+    pub quota_per_minute: Option<u64>,
+    /// The clock token expiry and the quota window are judged by.
     pub clock: SharedClock,
 }
 
@@ -68,6 +73,7 @@ impl Default for FcmOptions {
             require_auth: true,
             token_lifetime: Duration::from_secs(3599),
             api_keys: Vec::new(),
+            quota_per_minute: None,
             clock: clock::system(),
         }
     }
@@ -81,6 +87,14 @@ pub struct FcmHandler {
     issued: Mutex<HashMap<String, Duration>>,
     once: Mutex<OnceMemory>,
     ids: AtomicU64,
+    quota: Mutex<QuotaWindow>,
+}
+
+/// The current quota window: when it opened (clock time) and the sends counted in it.
+#[derive(Debug, Default)]
+struct QuotaWindow {
+    opened: Duration,
+    used: u64,
 }
 
 /// An error answer in Google's JSON.
@@ -217,11 +231,30 @@ impl FcmHandler {
             issued: Mutex::new(HashMap::new()),
             once: Mutex::new(OnceMemory::new(ONCE_MEMORY)),
             ids: AtomicU64::new(rand::random::<u32>() as u64),
+            quota: Mutex::new(QuotaWindow::default()),
         }
     }
 
     fn next_id(&self) -> u64 {
         self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts one send against the quota; `Some(seconds to the refill)` when over it.
+    fn over_quota(&self) -> Option<u64> {
+        const MINUTE: Duration = Duration::from_secs(60);
+        let limit = self.options.quota_per_minute?;
+        let now = self.options.clock.now();
+        let mut window = self.quota.lock().unwrap_or_else(|p| p.into_inner());
+        if window.used == 0 || now >= window.opened + MINUTE {
+            window.opened = now;
+            window.used = 0;
+        }
+        if window.used >= limit {
+            let left = (window.opened + MINUTE).saturating_sub(now);
+            return Some(left.as_secs_f64().ceil().max(1.0) as u64);
+        }
+        window.used += 1;
+        None
     }
 
     fn first_time(&self, token: &str) -> bool {
@@ -307,6 +340,14 @@ impl FcmHandler {
         // the stream, which some clients (curl) report as an error instead of the answer.
         let body = read_body(&parts, body).await;
         if let Err(e) = self.check_bearer(&parts) {
+            return e.render(env);
+        }
+        if let Some(retry_after_s) = self.over_quota() {
+            let mut e = GoogleError::fcm(
+                &FcmErrorCode::QuotaExceeded,
+                "Quota exceeded for quota metric 'Send requests' and limit 'Send requests per minute'.",
+            );
+            e.retry_after = Some(retry_after_s);
             return e.render(env);
         }
         let body = match body {
@@ -737,27 +778,10 @@ impl Handler for FcmHandler {
             .filter(|p| !p.is_empty() && !p.contains('/'))
             .map(str::to_owned);
         let known = project.is_some() || path == "/token" || path == "/fcm/send";
-        if !known {
-            return GoogleError {
-                code: 404,
-                status: "NOT_FOUND",
-                message: format!("The requested URL {path} was not found on this server."),
-                details: Vec::new(),
-                retry_after: None,
-                label: "NOT_FOUND".into(),
-            }
-            .render(env);
-        }
-        if req.method() != Method::POST {
-            return GoogleError {
-                code: 405,
-                status: "UNIMPLEMENTED",
-                message: format!("Use POST for {path}."),
-                details: Vec::new(),
-                retry_after: None,
-                label: "METHOD_NOT_ALLOWED".into(),
-            }
-            .render(env);
+        if !known || req.method() != Method::POST {
+            // Read the body before answering (see `v1`); its content does not matter.
+            let _ = Limited::new(req.into_body(), MAX_BODY).collect().await;
+            return wrong_route(env, &path, known);
         }
         match project {
             Some(project) => self.v1(req, env, &project).await,
@@ -765,6 +789,34 @@ impl Handler for FcmHandler {
             None => self.legacy(req, env).await,
         }
     }
+}
+
+/// 404 for an unknown path, 405 for a known one asked with another method than POST.
+fn wrong_route(env: &Env, path: &str, known: bool) -> Response<Full<Bytes>> {
+    let (code, status, message, label) = if known {
+        (
+            405,
+            "UNIMPLEMENTED",
+            format!("Use POST for {path}."),
+            "METHOD_NOT_ALLOWED",
+        )
+    } else {
+        (
+            404,
+            "NOT_FOUND",
+            format!("The requested URL {path} was not found on this server."),
+            "NOT_FOUND",
+        )
+    };
+    GoogleError {
+        code,
+        status,
+        message,
+        details: Vec::new(),
+        retry_after: None,
+        label: label.into(),
+    }
+    .render(env)
 }
 
 #[cfg(test)]

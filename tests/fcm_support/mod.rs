@@ -53,6 +53,7 @@ pub struct FakeOptions {
     pub api_keys: Vec<String>,
     pub clock: SharedClock,
     pub record_tokens: usize,
+    pub quota_per_minute: Option<u64>,
 }
 
 impl Default for FakeOptions {
@@ -64,6 +65,7 @@ impl Default for FakeOptions {
             api_keys: Vec::new(),
             clock: pusher::clock::system(),
             record_tokens: 0,
+            quota_per_minute: None,
         }
     }
 }
@@ -82,6 +84,7 @@ pub async fn start_fake(options: FakeOptions) -> Fake {
         require_auth: options.require_auth,
         token_lifetime: options.token_lifetime,
         api_keys: options.api_keys,
+        quota_per_minute: options.quota_per_minute,
         clock: options.clock,
     });
     let server = MockServer::start_with(config, handler).await.unwrap();
