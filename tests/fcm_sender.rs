@@ -967,3 +967,77 @@ async fn measure_throughput_into_the_fake() {
         );
     }
 }
+
+/// A cleartext HTTP/1.1-only server (hyper's http1 builder): `/token` gives `t1`, any other
+/// POST gets a v1 success. Stands in for an FCM behind an HTTP/1.1-only proxy. Returns its URL
+/// and a count of the requests it served.
+async fn http1_only_fcm() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use http_body_util::Full;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let body = if req.uri().path() == "/token" {
+                            r#"{"access_token":"t1","expires_in":3599,"token_type":"Bearer"}"#
+                        } else {
+                            r#"{"name":"projects/pusher-test/messages/1"}"#
+                        };
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                bytes::Bytes::from_static(body.as_bytes()),
+                            )))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (url, served)
+}
+
+#[tokio::test]
+async fn falls_back_to_http1_when_the_endpoint_does_not_speak_http2() {
+    bounded(async {
+        let (url, served) = http1_only_fcm().await;
+        let fake = start_fake(FakeOptions::default()).await;
+        let build = |http: HttpVersion| {
+            let mut config = v1_config(&fake, &url);
+            config.http = http;
+            sender(config)
+        };
+        let auto = build(HttpVersion::Auto);
+        assert!(!auto.uses_http1());
+        let deliveries = send_all(&auto, (0..20).map(|i| message(&token(i))).collect()).await;
+        assert_eq!(count(&deliveries, "delivered"), 20);
+        assert!(auto.uses_http1());
+        assert_eq!(
+            deliveries[0].message_id.as_deref(),
+            Some("projects/pusher-test/messages/1")
+        );
+        // One token request and 20 sends reached it over HTTP/1.1.
+        assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 21);
+
+        let h2_only = build(HttpVersion::Http2);
+        let d = h2_only.send_with_details(&message(&token(1))).await;
+        assert_eq!(d.outcome.class(), "gave_up");
+        assert!(d.transport_error.is_some());
+        assert!(!h2_only.uses_http1());
+
+        // An HTTP/2 endpoint keeps HTTP/2 in auto mode.
+        let sender = sender(v1_config(&fake, &fake.tls_url()));
+        assert!(sender.send(&message(&token(1))).await.is_delivered());
+        assert!(!sender.uses_http1());
+        assert_eq!(sender.pool().unwrap().live_connections(), 1);
+    })
+    .await
+}

@@ -60,9 +60,13 @@ pub struct GcmSendArgs {
     /// Do not verify certificates (self-signed fakes only).
     #[arg(long)]
     pub insecure: bool,
-    /// Speak HTTP/1.1 instead of HTTP/2.
-    #[arg(long)]
+    /// Speak HTTP/1.1 only (default: HTTP/2, falling back to HTTP/1.1 when the endpoint
+    /// does not speak HTTP/2).
+    #[arg(long, conflicts_with = "http2")]
     pub http1: bool,
+    /// Speak HTTP/2 only (no fallback).
+    #[arg(long)]
+    pub http2: bool,
     /// Per-attempt timeout.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -146,10 +150,10 @@ pub fn run(a: GcmSendArgs) -> anyhow::Result<ExitCode> {
     config.project_id = a.project.clone();
     config.ca_file = a.ca.clone();
     config.insecure = a.insecure;
-    config.http = if a.http1 {
-        HttpVersion::Http1
-    } else {
-        HttpVersion::Http2
+    config.http = match (a.http1, a.http2) {
+        (true, _) => HttpVersion::Http1,
+        (_, true) => HttpVersion::Http2,
+        _ => HttpVersion::Auto,
     };
     config.pool = PoolConfig {
         connections: 1,
