@@ -359,7 +359,14 @@ impl FcmSender {
                 Api::Legacy { authorization } => self
                     .attempt_legacy(authorization, &body, 1)
                     .await
-                    .map(|mut reply| reply.results.remove(0)),
+                    .and_then(|reply| {
+                        // `LegacyReply::parse` gives one result per token sent.
+                        reply.results.into_iter().next().ok_or_else(|| {
+                            AttemptError::Transport(TransportError::Io(
+                                "legacy answer without a result".into(),
+                            ))
+                        })
+                    }),
             };
             let hint = match attempt {
                 Ok(response) => {
@@ -480,19 +487,22 @@ impl FcmSender {
             for (n, &i) in pending.iter().enumerate() {
                 last[i].attempts = attempt;
                 let hint = match &results {
-                    Ok(reply) => {
-                        let r = &reply.results[n];
-                        last[i].record(r);
-                        match &r.verdict {
-                            Verdict::Final(outcome) => {
-                                let mut d = last[i].clone();
-                                d.outcome = outcome.clone();
-                                deliveries[i] = Some(d);
-                                continue;
+                    Ok(reply) => match reply.results.get(n) {
+                        // `LegacyReply::parse` gives one result per token sent.
+                        None => RetryHint::new("legacy answer without a result"),
+                        Some(r) => {
+                            last[i].record(r);
+                            match &r.verdict {
+                                Verdict::Final(outcome) => {
+                                    let mut d = last[i].clone();
+                                    d.outcome = outcome.clone();
+                                    deliveries[i] = Some(d);
+                                    continue;
+                                }
+                                Verdict::Retry(hint) => hint.clone(),
                             }
-                            Verdict::Retry(hint) => hint.clone(),
                         }
-                    }
+                    },
                     Err(AttemptError::Transport(e)) => {
                         last[i].transport_error = Some(e.to_string());
                         RetryHint::new(e.kind()).reconnect()
