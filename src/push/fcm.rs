@@ -16,6 +16,24 @@ pub const ACCESS_TOKEN_EXPIRED: &str = "ACCESS_TOKEN_EXPIRED";
 /// Longest `android.ttl` FCM accepts: four weeks.
 pub const MAX_TTL_SECS: u64 = 2_419_200;
 
+/// Bytes of `value` as compact JSON, counted without building the string (payload limits).
+pub fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a sink that cannot fail cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// An FCM HTTP v1 error code (`details[].errorCode`), plus `Other` so a new one is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FcmErrorCode {
@@ -213,6 +231,17 @@ pub mod legacy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_len_counts_compact_json() {
+        for v in [
+            serde_json::json!({"k": "v", "n": [1, 2, {"é": null}]}),
+            serde_json::json!("x\"y"),
+            serde_json::json!({}),
+        ] {
+            assert_eq!(json_len(&v), v.to_string().len());
+        }
+    }
 
     #[test]
     fn codes_round_trip_with_their_statuses() {

@@ -14,6 +14,7 @@
 //! - `content_available` -> `apns.payload.aps.content-available = 1`
 //! - `message_id`, `message_type`, `delivery_receipt_requested` (XMPP-only) are not sent.
 
+use crate::push::fcm::json_len;
 use crate::push::gcm::{GcmMessage, GcmNotification, MAX_PAYLOAD};
 use serde_json::{json, Map, Value};
 
@@ -50,7 +51,7 @@ pub fn v1_body(msg: &GcmMessage) -> Result<Vec<u8>, TranslateError> {
     let mut size = 0;
     if !data.is_empty() {
         let data = Value::Object(data);
-        size += data.to_string().len();
+        size += json_len(&data);
         message.insert("data".into(), data);
     }
     let mut android = Map::new();
@@ -58,12 +59,12 @@ pub fn v1_body(msg: &GcmMessage) -> Result<Vec<u8>, TranslateError> {
         let (top, android_notification) = split_notification(n);
         if !top.is_empty() {
             let top = Value::Object(top);
-            size += top.to_string().len();
+            size += json_len(&top);
             message.insert("notification".into(), top);
         }
         if !android_notification.is_empty() {
             let n = Value::Object(android_notification);
-            size += n.to_string().len();
+            size += json_len(&n);
             android.insert("notification".into(), n);
         }
     }
@@ -192,7 +193,7 @@ pub fn legacy_body(msg: &GcmMessage, tokens: &[String]) -> Result<Vec<u8>, Trans
     let size = ["data", "notification"]
         .iter()
         .filter_map(|k| body.get(*k))
-        .map(|v| v.to_string().len())
+        .map(json_len)
         .sum::<usize>();
     if size > MAX_PAYLOAD {
         return Err(TranslateError::PayloadTooLarge {
