@@ -38,7 +38,7 @@ const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 /// A JWT older than this is `ExpiredProviderToken`.
 const TOKEN_LIFETIME_S: u64 = 3600;
 /// How many tokens the "once" rules remember; the oldest is forgotten first.
-const ONCE_MEMORY: usize = 100_000;
+pub(super) const ONCE_MEMORY: usize = 100_000;
 
 const B64URL: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
@@ -506,15 +506,16 @@ impl Handler for ApnsHandler {
 }
 
 /// Remembers which tokens already had their one failure, forgetting the oldest when full.
+/// Shared with the fake FCM.
 #[derive(Debug)]
-struct OnceMemory {
+pub(super) struct OnceMemory {
     seen: HashSet<String>,
     order: VecDeque<String>,
     capacity: usize,
 }
 
 impl OnceMemory {
-    fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         OnceMemory {
             seen: HashSet::new(),
             order: VecDeque::new(),
@@ -523,7 +524,7 @@ impl OnceMemory {
     }
 
     /// True the first time a token is seen (and records it).
-    fn first_time(&mut self, token: &str) -> bool {
+    pub(super) fn first_time(&mut self, token: &str) -> bool {
         let token = token.to_ascii_lowercase();
         if self.seen.contains(&token) {
             return false;

@@ -1,8 +1,10 @@
 //! `pusher mock apns|gcm|all`: run a fake server until SIGINT/SIGTERM.
 
-use super::{ApnsOptions, JwtKey, MockConfig, MockServer, Profile, ServerCert};
+use super::{
+    ApnsOptions, FcmHandler, FcmOptions, JwtKey, MockConfig, MockServer, Profile, ServerCert,
+};
 use crate::cli::GlobalArgs;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -19,10 +21,11 @@ pub struct MockArgs {
 pub enum MockService {
     /// Fake APNs (HTTP/2 over TLS and h2c).
     Apns(Box<ApnsArgs>),
-    /// Fake FCM (not built yet).
-    Gcm,
-    /// Fake APNs and FCM together (not built yet).
-    All,
+    /// Fake FCM: HTTP v1 with its own OAuth token endpoint, and legacy /fcm/send (HTTP/2 and
+    /// HTTP/1.1, over TLS and cleartext).
+    Gcm(Box<GcmArgs>),
+    /// Fake APNs and FCM in one process (the APNs flags, plus --fcm-* for FCM).
+    All(Box<AllArgs>),
     /// librdkafka's mock cluster as a standalone Kafka broker (prints its bootstrap address).
     Kafka(crate::mock::kafka::KafkaMockArgs),
 }
@@ -70,11 +73,98 @@ pub struct ApnsArgs {
     pub record_tokens: usize,
 }
 
+#[derive(Debug, Args)]
+pub struct GcmArgs {
+    /// TLS listener (HTTP/2 by ALPN, and HTTP/1.1); "off" for none.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Cleartext listener (HTTP/2 with prior knowledge, and HTTP/1.1); "off" for none.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen_h2c: String,
+    /// Admin HTTP/1.1 endpoint (GET /stats, POST /reset); "off" for none.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub admin: String,
+    /// Server certificate chain (PEM); a certificate is generated when absent.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Write the CA clients must trust to this file (default: a file in the temp directory).
+    #[arg(long, value_name = "FILE")]
+    pub ca_out: Option<PathBuf>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to HTTP/2 clients.
+    #[arg(long, default_value_t = 1000)]
+    pub max_streams: u32,
+    /// Behaviour profile: a built-in name, mock-services/<NAME>.yaml, or a YAML file. APNs
+    /// reason names in its error mix are mapped to the FCM codes that mean the same.
+    #[arg(long, value_name = "NAME|FILE", default_value = "happy")]
+    pub profile: String,
+    /// Seed for the profile's random draws (overrides the profile's own).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Remember up to N distinct delivered tokens (shown as tokens_recorded in /stats).
+    #[arg(long, value_name = "N", default_value = "0")]
+    pub record_tokens: usize,
+    #[command(flatten)]
+    pub fcm: FcmFlags,
+}
+
+/// What only the fake FCM has.
+#[derive(Debug, Args)]
+pub struct FcmFlags {
+    /// Lifetime of the access tokens /token issues (expires_in).
+    #[arg(long, default_value = "3599s", value_parser = humantime::parse_duration)]
+    pub token_lifetime: std::time::Duration,
+    /// Do not require an access token on v1 requests.
+    #[arg(long)]
+    pub no_auth: bool,
+    /// Accept only this legacy server key on /fcm/send (repeatable; default: any key).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Vec<String>,
+    /// FCM's per-project quota of v1 sends a minute (FCM's default is 600000); off unless set.
+    #[arg(long, value_name = "N")]
+    pub quota_per_minute: Option<u64>,
+}
+
+impl FcmFlags {
+    fn options(&self) -> FcmOptions {
+        FcmOptions {
+            require_auth: !self.no_auth,
+            token_lifetime: self.token_lifetime,
+            api_keys: self.api_key.clone(),
+            quota_per_minute: self.quota_per_minute,
+            ..FcmOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AllArgs {
+    /// The fake APNs server, and what both share (certificate, profile, seed, token log).
+    #[command(flatten)]
+    pub apns: ApnsArgs,
+    /// FCM TLS listener; "off" for none.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub fcm_listen: String,
+    /// FCM cleartext listener (h2c and HTTP/1.1); "off" for none.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub fcm_listen_h2c: String,
+    /// FCM admin endpoint; "off" for none.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub fcm_admin: String,
+    /// Write the FCM server's CA to this file (default: a file in the temp directory).
+    #[arg(long, value_name = "FILE")]
+    pub fcm_ca_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub fcm: FcmFlags,
+}
+
 pub fn run(args: MockArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     match args.service {
         MockService::Apns(apns) => run_apns(*apns),
-        MockService::Gcm => bail!("`pusher mock gcm` is not built yet"),
-        MockService::All => bail!("`pusher mock all` is not built yet"),
+        MockService::Gcm(gcm) => run_gcm(*gcm),
+        MockService::All(all) => run_all(*all),
         MockService::Kafka(kafka) => crate::mock::kafka::run(kafka),
     }
 }
@@ -90,6 +180,29 @@ fn listen_addr(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
 }
 
 fn run_apns(args: ApnsArgs) -> anyhow::Result<ExitCode> {
+    let config = apns_config(&args)?;
+    runtime()?.block_on(async move {
+        let server = MockServer::start(config).await?;
+        let ca_path = write_ca(&server, args.ca_out.as_ref(), "apns")?;
+        let line = serde_json::json!({
+            "apns": {
+                "tls": server.tls_addr().map(|a| a.to_string()),
+                "h2c": server.h2c_addr().map(|a| a.to_string()),
+                "ca": ca_path.map(|p| p.display().to_string()),
+            },
+            "admin": server.admin_addr().map(|a| a.to_string()),
+        });
+        print_line(&line)?;
+        wait_for_signal().await?;
+        tracing::info!("mock: shutting down");
+        server.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The fake APNs server's configuration from its flags.
+fn apns_config(args: &ApnsArgs) -> anyhow::Result<MockConfig> {
     let mut profile = Profile::load(&args.profile)?;
     if args.seed.is_some() {
         profile.seed = args.seed;
@@ -126,42 +239,7 @@ fn run_apns(args: ApnsArgs) -> anyhow::Result<ExitCode> {
             ..ApnsOptions::default()
         },
     };
-    // One thread: the fastest layout on a small box (reference/h2-ceiling.md).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let server = MockServer::start(config).await?;
-        let ca_path = match (&args.ca_out, server.tls_addr()) {
-            (_, None) => None,
-            (Some(path), _) => Some(path.clone()),
-            (None, _) => Some(
-                std::env::temp_dir().join(format!("pusher-mock-ca-{}.pem", std::process::id())),
-            ),
-        };
-        if let Some(path) = &ca_path {
-            std::fs::write(path, server.ca_pem())
-                .with_context(|| format!("cannot write the CA to {}", path.display()))?;
-        }
-        let line = serde_json::json!({
-            "apns": {
-                "tls": server.tls_addr().map(|a| a.to_string()),
-                "h2c": server.h2c_addr().map(|a| a.to_string()),
-                "ca": ca_path.map(|p| p.display().to_string()),
-            },
-            "admin": server.admin_addr().map(|a| a.to_string()),
-        });
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{line}")?;
-        stdout.flush()?;
-        drop(stdout);
-        wait_for_signal().await?;
-        tracing::info!("mock: shutting down");
-        server.shutdown().await;
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    Ok(config)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -172,4 +250,136 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+fn server_cert(cert: &Option<PathBuf>, key: &Option<PathBuf>) -> ServerCert {
+    match (cert, key) {
+        (Some(cert), Some(key)) => ServerCert::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => ServerCert::Generate,
+    }
+}
+
+/// Writes the CA a client must trust (when there is a TLS listener) and returns its path.
+fn write_ca(
+    server: &MockServer,
+    out: Option<&PathBuf>,
+    service: &str,
+) -> anyhow::Result<Option<PathBuf>> {
+    if server.tls_addr().is_none() {
+        return Ok(None);
+    }
+    let path = match out {
+        Some(path) => path.clone(),
+        None => {
+            let name = match service {
+                "apns" => format!("pusher-mock-ca-{}.pem", std::process::id()),
+                other => format!("pusher-mock-{other}-ca-{}.pem", std::process::id()),
+            };
+            std::env::temp_dir().join(name)
+        }
+    };
+    std::fs::write(&path, server.ca_pem())
+        .with_context(|| format!("cannot write the CA to {}", path.display()))?;
+    Ok(Some(path))
+}
+
+fn print_line(line: &serde_json::Value) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// The `fcm` object of the startup line: addresses, CA, and the token endpoint to put in a
+/// service account's `token_uri` (TLS when there is a TLS listener).
+fn fcm_line(server: &MockServer, ca: Option<PathBuf>) -> serde_json::Value {
+    let token_uri = match (server.tls_addr(), server.h2c_addr()) {
+        (Some(tls), _) => Some(format!("https://{tls}/token")),
+        (None, Some(h2c)) => Some(format!("http://{h2c}/token")),
+        (None, None) => None,
+    };
+    serde_json::json!({
+        "tls": server.tls_addr().map(|a| a.to_string()),
+        "h2c": server.h2c_addr().map(|a| a.to_string()),
+        "ca": ca.map(|p| p.display().to_string()),
+        "token_uri": token_uri,
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // One thread: the fastest layout on a small box (reference/h2-ceiling.md).
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run_gcm(args: GcmArgs) -> anyhow::Result<ExitCode> {
+    let mut profile = Profile::load(&args.profile)?;
+    if args.seed.is_some() {
+        profile.seed = args.seed;
+    }
+    let config = MockConfig {
+        tls_listen: listen_addr("listen", &args.listen)?,
+        h2c_listen: listen_addr("listen-h2c", &args.listen_h2c)?,
+        admin_listen: listen_addr("admin", &args.admin)?,
+        server_cert: server_cert(&args.cert, &args.key),
+        client_ca_pem: None,
+        max_streams: args.max_streams,
+        profile,
+        record_tokens: args.record_tokens,
+        apns: ApnsOptions::default(),
+    };
+    let handler = FcmHandler::new(args.fcm.options());
+    runtime()?.block_on(async move {
+        let server = MockServer::start_with(config, handler).await?;
+        let ca = write_ca(&server, args.ca_out.as_ref(), "fcm")?;
+        print_line(&serde_json::json!({
+            "fcm": fcm_line(&server, ca),
+            "admin": server.admin_addr().map(|a| a.to_string()),
+        }))?;
+        wait_for_signal().await?;
+        tracing::info!("mock: shutting down");
+        server.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
+    let apns = apns_config(&args.apns)?;
+    let fcm = MockConfig {
+        tls_listen: listen_addr("fcm-listen", &args.fcm_listen)?,
+        h2c_listen: listen_addr("fcm-listen-h2c", &args.fcm_listen_h2c)?,
+        admin_listen: listen_addr("fcm-admin", &args.fcm_admin)?,
+        client_ca_pem: None,
+        apns: ApnsOptions::default(),
+        ..apns.clone()
+    };
+    let handler = FcmHandler::new(args.fcm.options());
+    runtime()?.block_on(async move {
+        let apns_server = MockServer::start(apns).await?;
+        let fcm_server = MockServer::start_with(fcm, handler).await?;
+        let apns_ca = write_ca(&apns_server, args.apns.ca_out.as_ref(), "apns")?;
+        let fcm_ca = write_ca(&fcm_server, args.fcm_ca_out.as_ref(), "fcm")?;
+        let mut fcm_with_admin = fcm_line(&fcm_server, fcm_ca);
+        fcm_with_admin["admin"] = serde_json::json!(fcm_server.admin_addr().map(|a| a.to_string()));
+        print_line(&serde_json::json!({
+            "apns": {
+                "tls": apns_server.tls_addr().map(|a| a.to_string()),
+                "h2c": apns_server.h2c_addr().map(|a| a.to_string()),
+                "ca": apns_ca.map(|p| p.display().to_string()),
+                "admin": apns_server.admin_addr().map(|a| a.to_string()),
+            },
+            "fcm": fcm_with_admin,
+        }))?;
+        wait_for_signal().await?;
+        tracing::info!("mock: shutting down");
+        tokio::join!(apns_server.shutdown(), fcm_server.shutdown());
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

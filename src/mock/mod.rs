@@ -6,6 +6,7 @@
 
 pub mod apns;
 pub mod cli;
+pub mod fcm;
 pub mod kafka;
 pub mod profile;
 pub mod server;
@@ -13,6 +14,7 @@ pub mod stats;
 pub mod tls;
 
 pub use apns::{ApnsOptions, JwtKey};
+pub use fcm::{FcmHandler, FcmOptions};
 pub use profile::Profile;
 pub use server::{MockConfig, MockServer};
 pub use stats::{Stats, StatsSnapshot};

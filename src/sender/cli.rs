@@ -21,15 +21,8 @@ pub struct SendArgs {
 pub enum SendPlatform {
     /// Send one APNs push (sandbox unless -p; or --endpoint URL).
     Apns(Box<ApnsSendArgs>),
-    /// Send one FCM push (not built yet).
-    Gcm(GcmSendArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct GcmSendArgs {
-    /// Everything after `gcm` (accepted so the error is about the missing feature).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
+    /// Send one FCM push (HTTP v1 with a service account, or legacy with --api-key).
+    Gcm(Box<crate::sender::fcm::cli::GcmSendArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +100,7 @@ fn parse_push_type(s: &str) -> Result<PushType, String> {
 pub fn run(args: SendArgs, g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     match args.platform {
         SendPlatform::Apns(a) => run_apns(*a, g),
-        SendPlatform::Gcm(_) => bail!("`pusher send gcm` is not built yet"),
+        SendPlatform::Gcm(a) => crate::sender::fcm::cli::run(*a),
     }
 }
 

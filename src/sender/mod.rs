@@ -4,11 +4,13 @@
 pub mod apns;
 pub mod cli;
 pub mod endpoint;
+pub mod fcm;
 pub mod pool;
 pub mod retry;
 pub mod tls;
 
 pub use apns::{ApnsAuth, ApnsConfig, ApnsError, ApnsResponse, ApnsSender, Delivery, SendError};
 pub use endpoint::Endpoint;
+pub use fcm::{FcmAuth, FcmConfig, FcmDelivery, FcmError, FcmSender};
 pub use pool::{Pool, PoolConfig, TransportError};
 pub use retry::RetryPolicy;

@@ -1,0 +1,338 @@
+//! Request bodies: the seed's legacy GCM message translated to an FCM HTTP v1 `messages:send`
+//! body, a v1 envelope passed through, and the legacy `/fcm/send` body.
+//!
+//! Translation (the seed dropped non-string `data` values and applied TTL, collapse key and
+//! priority only when a notification was present; we do neither):
+//! - `to` -> `message.token`; `dry_run` -> `validate_only`
+//! - `data` -> `message.data`, non-string values JSON-encoded (`3` -> `"3"`, `{"a":1}` ->
+//!   `"{\"a\":1}"`)
+//! - `notification.{title, body, image_url}` -> `message.notification.{title, body, image}`;
+//!   the other notification fields -> `android.notification` (`badge` -> `notification_count`
+//!   when it is a number)
+//! - `time_to_live` -> `android.ttl` (`"3600s"`), `collapse_key` -> `android.collapse_key`,
+//!   `priority` `high`/`normal` -> `android.priority` `HIGH`/`NORMAL`, for every message
+//! - `content_available` -> `apns.payload.aps.content-available = 1`
+//! - `message_id`, `message_type`, `delivery_receipt_requested` (XMPP-only) are not sent.
+
+use crate::push::fcm::json_len;
+use crate::push::gcm::{GcmMessage, GcmNotification, MAX_PAYLOAD};
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    #[error("message has no device token")]
+    NoToken,
+    #[error("payload (data + notification) is {size} bytes, over FCM's limit of {limit}")]
+    PayloadTooLarge { size: usize, limit: usize },
+    #[error("cannot encode the request: {0}")]
+    Encode(String),
+}
+
+/// The `messages:send` body for `msg`.
+pub fn v1_body(msg: &GcmMessage) -> Result<Vec<u8>, TranslateError> {
+    if msg.to.is_empty() {
+        return Err(TranslateError::NoToken);
+    }
+    if let Some(raw) = &msg.v1_message {
+        // The envelope's `message` object, byte for byte.
+        let mut out = Vec::with_capacity(raw.len() + 32);
+        out.extend_from_slice(if msg.dry_run {
+            b"{\"validate_only\":true,\"message\":"
+        } else {
+            b"{\"message\":"
+        });
+        out.extend_from_slice(raw);
+        out.push(b'}');
+        return Ok(out);
+    }
+    let mut message = Map::new();
+    message.insert("token".into(), Value::String(msg.to.clone()));
+    let data = string_data(&msg.data);
+    let mut size = 0;
+    if !data.is_empty() {
+        let data = Value::Object(data);
+        size += json_len(&data);
+        message.insert("data".into(), data);
+    }
+    let mut android = Map::new();
+    if let Some(n) = &msg.notification {
+        let (top, android_notification) = split_notification(n);
+        if !top.is_empty() {
+            let top = Value::Object(top);
+            size += json_len(&top);
+            message.insert("notification".into(), top);
+        }
+        if !android_notification.is_empty() {
+            let n = Value::Object(android_notification);
+            size += json_len(&n);
+            android.insert("notification".into(), n);
+        }
+    }
+    if size > MAX_PAYLOAD {
+        return Err(TranslateError::PayloadTooLarge {
+            size,
+            limit: MAX_PAYLOAD,
+        });
+    }
+    if let Some(ttl) = msg.time_to_live {
+        android.insert("ttl".into(), Value::String(format!("{ttl}s")));
+    }
+    if let Some(key) = &msg.collapse_key {
+        android.insert("collapse_key".into(), Value::String(key.clone()));
+    }
+    if let Some(p) = &msg.priority {
+        android.insert("priority".into(), Value::String(p.to_ascii_uppercase()));
+    }
+    if !android.is_empty() {
+        message.insert("android".into(), Value::Object(android));
+    }
+    if msg.content_available == Some(true) {
+        message.insert(
+            "apns".into(),
+            json!({"payload": {"aps": {"content-available": 1}}}),
+        );
+    }
+    let mut body = Map::new();
+    if msg.dry_run {
+        body.insert("validate_only".into(), Value::Bool(true));
+    }
+    body.insert("message".into(), Value::Object(message));
+    serde_json::to_vec(&body).map_err(|e| TranslateError::Encode(e.to_string()))
+}
+
+/// FCM v1 takes only string data values: strings pass, everything else is JSON-encoded.
+pub fn string_data(data: &Map<String, Value>) -> Map<String, Value> {
+    data.iter()
+        .map(|(k, v)| {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), Value::String(s))
+        })
+        .collect()
+}
+
+/// Splits the legacy notification into v1's `notification` and `android.notification`.
+fn split_notification(n: &GcmNotification) -> (Map<String, Value>, Map<String, Value>) {
+    let mut top = Map::new();
+    let mut android = Map::new();
+    let put = |map: &mut Map<String, Value>, key: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            map.insert(key.into(), Value::String(v.clone()));
+        }
+    };
+    put(&mut top, "title", &n.title);
+    put(&mut top, "body", &n.body);
+    put(&mut top, "image", &n.image_url);
+    put(&mut android, "sound", &n.sound);
+    put(&mut android, "click_action", &n.click_action);
+    put(&mut android, "body_loc_key", &n.body_loc_key);
+    put(&mut android, "title_loc_key", &n.title_loc_key);
+    put(&mut android, "icon", &n.icon);
+    put(&mut android, "tag", &n.tag);
+    put(&mut android, "color", &n.color);
+    for (key, args) in [
+        ("body_loc_args", &n.body_loc_args),
+        ("title_loc_args", &n.title_loc_args),
+    ] {
+        if let Some(args) = args {
+            android.insert(key.into(), json!(args));
+        }
+    }
+    if let Some(count) = n
+        .badge
+        .as_deref()
+        .and_then(|b| b.trim().parse::<u32>().ok())
+    {
+        android.insert("notification_count".into(), json!(count));
+    }
+    (top, android)
+}
+
+/// The legacy `/fcm/send` body: `to` for one token, `registration_ids` for several. Data values
+/// are sent as they are (the legacy API took any JSON value).
+pub fn legacy_body(msg: &GcmMessage, tokens: &[String]) -> Result<Vec<u8>, TranslateError> {
+    let mut body = Map::new();
+    match tokens {
+        [] => return Err(TranslateError::NoToken),
+        [one] => {
+            body.insert("to".into(), Value::String(one.clone()));
+        }
+        many => {
+            body.insert("registration_ids".into(), json!(many));
+        }
+    }
+    if let Some(raw) = &msg.v1_message {
+        // A v1 envelope sent over the legacy API: carry its data and notification over.
+        let v1: Value =
+            serde_json::from_slice(raw).map_err(|e| TranslateError::Encode(e.to_string()))?;
+        for key in ["data", "notification"] {
+            if let Some(v) = v1.get(key) {
+                body.insert(key.into(), v.clone());
+            }
+        }
+    } else {
+        if !msg.data.is_empty() {
+            body.insert("data".into(), Value::Object(msg.data.clone()));
+        }
+        if let Some(n) = &msg.notification {
+            body.insert("notification".into(), legacy_notification(n));
+        }
+    }
+    let mut opt = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            body.insert(k.into(), v);
+        }
+    };
+    opt("time_to_live", msg.time_to_live.map(|t| json!(t)));
+    opt("collapse_key", msg.collapse_key.clone().map(Value::String));
+    opt("priority", msg.priority.clone().map(Value::String));
+    opt("content_available", msg.content_available.map(Value::Bool));
+    opt("dry_run", msg.dry_run.then_some(Value::Bool(true)));
+    let size = ["data", "notification"]
+        .iter()
+        .filter_map(|k| body.get(*k))
+        .map(json_len)
+        .sum::<usize>();
+    if size > MAX_PAYLOAD {
+        return Err(TranslateError::PayloadTooLarge {
+            size,
+            limit: MAX_PAYLOAD,
+        });
+    }
+    serde_json::to_vec(&body).map_err(|e| TranslateError::Encode(e.to_string()))
+}
+
+fn legacy_notification(n: &GcmNotification) -> Value {
+    let mut m = Map::new();
+    let fields = [
+        ("title", &n.title),
+        ("body", &n.body),
+        ("sound", &n.sound),
+        ("click_action", &n.click_action),
+        ("body_loc_key", &n.body_loc_key),
+        ("title_loc_key", &n.title_loc_key),
+        ("image", &n.image_url),
+        ("icon", &n.icon),
+        ("tag", &n.tag),
+        ("color", &n.color),
+        ("badge", &n.badge),
+    ];
+    for (k, v) in fields {
+        if let Some(v) = v {
+            m.insert(k.into(), Value::String(v.clone()));
+        }
+    }
+    for (k, v) in [
+        ("body_loc_args", &n.body_loc_args),
+        ("title_loc_args", &n.title_loc_args),
+    ] {
+        if let Some(v) = v {
+            m.insert(k.into(), json!(v));
+        }
+    }
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::message::parse_gcm;
+
+    fn v1(kafka: &str) -> Value {
+        let msg = parse_gcm(kafka.as_bytes()).unwrap();
+        serde_json::from_slice(&v1_body(&msg).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn seed_messages_translate_to_v1() {
+        let cases = [
+            // The seed's bench message: a notification, dry run.
+            (
+                r#"{"to":"tok","notification":{"title":"Come play!","body":"Helena miss you! come play!"},"dry_run":true,"metadata":{"jobId":"j1"}}"#,
+                json!({"validate_only":true,"message":{"token":"tok",
+                    "notification":{"title":"Come play!","body":"Helena miss you! come play!"},
+                    "data":{"jobId":"j1"}}}),
+            ),
+            // Data only: TTL, collapse key and priority still apply; non-strings are encoded.
+            (
+                r#"{"to":"tok","data":{"alert":"Hello","n":3,"ok":true,"o":{"a":[1]},"z":null},"time_to_live":3600,"collapse_key":"c","priority":"high"}"#,
+                json!({"message":{"token":"tok",
+                    "data":{"alert":"Hello","n":"3","ok":"true","o":"{\"a\":[1]}","z":"null"},
+                    "android":{"ttl":"3600s","collapse_key":"c","priority":"HIGH"}}}),
+            ),
+            (
+                r#"{"to":"tok","priority":"normal","time_to_live":0}"#,
+                json!({"message":{"token":"tok","android":{"ttl":"0s","priority":"NORMAL"}}}),
+            ),
+            // Android-only notification fields; a numeric badge; content_available.
+            (
+                r#"{"to":"tok","notification":{"title":"t","image_url":"https://i","sound":"default","tag":"x","body_loc_args":["a","b"],"badge":"3"},"content_available":true}"#,
+                json!({"message":{"token":"tok",
+                    "notification":{"title":"t","image":"https://i"},
+                    "android":{"notification":{"sound":"default","tag":"x","body_loc_args":["a","b"],"notification_count":3}},
+                    "apns":{"payload":{"aps":{"content-available":1}}}}}),
+            ),
+            // Metadata does not override data.
+            (
+                r#"{"to":"tok","data":{"jobId":"mine"},"metadata":{"jobId":"theirs","extra":1}}"#,
+                json!({"message":{"token":"tok","data":{"jobId":"mine","extra":"1"}}}),
+            ),
+        ];
+        for (kafka, want) in cases {
+            assert_eq!(v1(kafka), want, "{kafka}");
+        }
+    }
+
+    #[test]
+    fn v1_envelopes_pass_through() {
+        let kafka =
+            r#"{"message":{"token":"tok","data":{"k":"v"},"android":{"ttl":"5s"}},"dry_run":true}"#;
+        let msg = parse_gcm(kafka.as_bytes()).unwrap();
+        let body = String::from_utf8(v1_body(&msg).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            r#"{"validate_only":true,"message":{"token":"tok","data":{"k":"v"},"android":{"ttl":"5s"}}}"#
+        );
+    }
+
+    #[test]
+    fn oversize_and_tokenless_messages_are_refused() {
+        let big = "x".repeat(MAX_PAYLOAD);
+        let mut msg = GcmMessage {
+            to: "tok".into(),
+            ..Default::default()
+        };
+        msg.data.insert("big".into(), Value::String(big));
+        assert!(matches!(
+            v1_body(&msg),
+            Err(TranslateError::PayloadTooLarge { .. })
+        ));
+        assert!(matches!(
+            legacy_body(&msg, &["tok".into()]),
+            Err(TranslateError::PayloadTooLarge { .. })
+        ));
+        msg.to.clear();
+        assert_eq!(v1_body(&msg), Err(TranslateError::NoToken));
+        assert_eq!(legacy_body(&msg, &[]), Err(TranslateError::NoToken));
+    }
+
+    #[test]
+    fn legacy_bodies_fan_out() {
+        let msg = parse_gcm(
+            br#"{"to":"a","data":{"n":1},"notification":{"title":"t"},"dry_run":true,"time_to_live":60}"#,
+        )
+        .unwrap();
+        let one: Value =
+            serde_json::from_slice(&legacy_body(&msg, &["a".into()]).unwrap()).unwrap();
+        assert_eq!(
+            one,
+            json!({"to":"a","data":{"n":1},"notification":{"title":"t"},"dry_run":true,"time_to_live":60})
+        );
+        let many: Value =
+            serde_json::from_slice(&legacy_body(&msg, &["a".into(), "b".into()]).unwrap()).unwrap();
+        assert_eq!(many["registration_ids"], json!(["a", "b"]));
+        assert!(many.get("to").is_none());
+    }
+}

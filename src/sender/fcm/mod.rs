@@ -1,0 +1,677 @@
+//! The FCM sender: HTTP v1 (`/v1/projects/{p}/messages:send`, OAuth2 from a service account)
+//! or the legacy HTTP API (`/fcm/send`, `Authorization: key=...`; Google shut the real one down
+//! in 2024, kept for the seed's configuration and for fakes). HTTP/2 over the shared pool by
+//! default, HTTP/1.1 (one connection per request) on request. Retries on timers, as APNs.
+//! Clone it freely (an `Arc` inside); every send runs concurrently.
+
+pub mod cli;
+pub mod http1;
+pub mod message;
+pub mod oauth;
+pub mod response;
+
+use crate::clock::SharedClock;
+use crate::push::gcm::GcmMessage;
+use crate::push::{Outcome, RetryHint, Verdict};
+use crate::sender::endpoint::{Endpoint, EndpointError, Target};
+use crate::sender::pool::{Pool, PoolConfig, PoolError, TransportError};
+use crate::sender::retry::RetryPolicy;
+use crate::sender::tls::{self, TlsError, TlsOptions};
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Uri};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use http1::Http1Client;
+pub use message::{legacy_body, v1_body, TranslateError};
+pub use oauth::{OAuthError, ServiceAccount, TokenSource, TokenStats};
+pub use response::{FcmResponse, LegacyReply};
+
+/// FCM's production base URL.
+pub const FCM_PRODUCTION_URL: &str = "https://fcm.googleapis.com";
+/// Most tokens one legacy request may carry.
+pub const LEGACY_MAX_TOKENS: usize = 1000;
+
+/// How we prove who we are to FCM; also picks the API. `Debug` never shows the key.
+#[derive(Clone)]
+pub enum FcmAuth {
+    /// HTTP v1 with OAuth2 access tokens from this service account.
+    ServiceAccount(ServiceAccount),
+    /// The legacy HTTP API with a server key (`--apiKey` in the seed).
+    ApiKey(String),
+}
+
+impl std::fmt::Debug for FcmAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FcmAuth::ServiceAccount(account) => {
+                f.debug_tuple("ServiceAccount").field(account).finish()
+            }
+            FcmAuth::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
+        }
+    }
+}
+
+/// The HTTP version spoken to FCM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpVersion {
+    /// HTTP/2 over the shared pool; HTTP/1.1 for good if the endpoint turns out not to speak
+    /// HTTP/2 (its first exchanges fail at the HTTP/2 layer before any HTTP/2 answer).
+    #[default]
+    Auto,
+    /// Multiplexed over the shared HTTP/2 pool only.
+    Http2,
+    /// One HTTP/1.1 connection per request (for endpoints or proxies without HTTP/2).
+    Http1,
+}
+
+#[derive(Debug, Clone)]
+pub struct FcmConfig {
+    /// `https://fcm.googleapis.com` by default; a fake's `https://127.0.0.1:PORT` or h2c
+    /// `http://...` otherwise.
+    pub base_url: String,
+    pub auth: FcmAuth,
+    /// The project to send as; taken from the service account when `None`.
+    pub project_id: Option<String>,
+    /// Trust only this CA (PEM) for FCM and the token endpoint.
+    pub ca_file: Option<PathBuf>,
+    /// Skip server certificate verification (self-signed fakes only).
+    pub insecure: bool,
+    pub http: HttpVersion,
+    pub pool: PoolConfig,
+    pub retry: RetryPolicy,
+    /// Renew the OAuth token when less than this is left of its life.
+    pub renew_before: Duration,
+    pub clock: SharedClock,
+}
+
+impl FcmConfig {
+    pub fn new(auth: FcmAuth) -> FcmConfig {
+        FcmConfig {
+            base_url: FCM_PRODUCTION_URL.to_string(),
+            auth,
+            project_id: None,
+            ca_file: None,
+            insecure: false,
+            http: HttpVersion::Auto,
+            pool: PoolConfig::default(),
+            retry: RetryPolicy::default(),
+            renew_before: Duration::from_secs(300),
+            clock: crate::clock::system(),
+        }
+    }
+}
+
+/// Why a sender could not be built (all configuration problems).
+#[derive(Debug, thiserror::Error)]
+pub enum FcmError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+    #[error("no FCM project id: the service-account file has no project_id; give one (--project)")]
+    NoProject,
+    #[error("FCM project id {0:?} may hold only letters, digits, '-', '_' and '.'")]
+    BadProject(String),
+    #[error("the FCM API key is empty or not a valid header value")]
+    BadApiKey,
+}
+
+/// A push's outcome with what the last attempt saw (for the CLI and feedback records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FcmDelivery {
+    pub outcome: Outcome,
+    /// The last answer's HTTP status, if any attempt got one.
+    pub status: Option<u16>,
+    /// FcmError code (or canonical status) for v1, the result error for legacy.
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// v1 message `name`, legacy `message_id`.
+    pub message_id: Option<String>,
+    /// Legacy: FCM says to store this token instead of the one sent.
+    pub canonical_registration_id: Option<String>,
+    pub attempts: u32,
+    /// The last attempt's transport or token failure, in full.
+    pub transport_error: Option<String>,
+}
+
+impl FcmDelivery {
+    fn new(outcome: Outcome, attempts: u32) -> FcmDelivery {
+        FcmDelivery {
+            outcome,
+            status: None,
+            error_code: None,
+            error_message: None,
+            message_id: None,
+            canonical_registration_id: None,
+            attempts,
+            transport_error: None,
+        }
+    }
+
+    fn record(&mut self, r: &FcmResponse) {
+        self.status = Some(r.status);
+        self.error_code = r.error_code.clone();
+        self.error_message = r.error_message.clone();
+        self.message_id = r.message_id.clone();
+        self.canonical_registration_id = r.canonical_registration_id.clone();
+        self.transport_error = None;
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FcmSender {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    transport: Transport,
+    target: Target,
+    api: Api,
+    retry: RetryPolicy,
+}
+
+/// The HTTP/2 pool, the HTTP/1.1 client, or both (`Auto`).
+#[derive(Debug)]
+struct Transport {
+    h2: Option<Pool>,
+    h1: Option<Http1Client>,
+    /// HTTP/2 has answered at least once: its failures are never a reason to fall back.
+    h2_answered: AtomicBool,
+    /// The endpoint does not speak HTTP/2: HTTP/1.1 from now on.
+    fell_back: AtomicBool,
+}
+
+/// A failure that says "this endpoint does not speak HTTP/2" when HTTP/2 never worked: the
+/// HTTP/2 handshake or framing broke, or TLS found no common ALPN protocol.
+fn not_http2(e: &TransportError) -> bool {
+    match e {
+        TransportError::Http2(_) | TransportError::Io(_) | TransportError::GoAway(_) => true,
+        TransportError::Connect { reason, .. } => reason.contains("NoApplicationProtocol"),
+        _ => false,
+    }
+}
+
+#[derive(Debug)]
+enum Api {
+    V1 {
+        tokens: TokenSource,
+        path: PathAndQuery,
+    },
+    Legacy {
+        authorization: HeaderValue,
+    },
+}
+
+/// Why one attempt got no FCM answer.
+#[derive(Debug)]
+enum AttemptError {
+    Transport(TransportError),
+    OAuth(OAuthError),
+}
+
+impl FcmSender {
+    /// Checks the whole configuration (endpoint, CA, key, project) without connecting.
+    pub fn new(config: FcmConfig) -> Result<FcmSender, FcmError> {
+        let target = Endpoint::Custom(config.base_url.clone()).target()?;
+        let tls_for = |https: bool| -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
+            if !https {
+                return Ok(None);
+            }
+            tls::client_config(&TlsOptions {
+                ca_file: config.ca_file.clone(),
+                insecure: config.insecure,
+                client_identity: None,
+            })
+            .map(Some)
+        };
+        let api = match &config.auth {
+            FcmAuth::ServiceAccount(account) => {
+                let project = config
+                    .project_id
+                    .clone()
+                    .or_else(|| account.project_id.clone())
+                    .ok_or(FcmError::NoProject)?;
+                if project.is_empty()
+                    || !project
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    return Err(FcmError::BadProject(project));
+                }
+                let path = PathAndQuery::try_from(format!("/v1/projects/{project}/messages:send"))
+                    .map_err(|_| FcmError::BadProject(project.clone()))?;
+                let tokens = TokenSource::new(
+                    account,
+                    tls_for,
+                    config.pool.request_timeout,
+                    config.renew_before,
+                    config.clock.clone(),
+                )?;
+                Api::V1 { tokens, path }
+            }
+            FcmAuth::ApiKey(key) => {
+                if key.trim().is_empty() {
+                    return Err(FcmError::BadApiKey);
+                }
+                let mut authorization = HeaderValue::from_str(&format!("key={}", key.trim()))
+                    .map_err(|_| FcmError::BadApiKey)?;
+                authorization.set_sensitive(true);
+                Api::Legacy { authorization }
+            }
+        };
+        let tls_config = tls_for(target.tls)?;
+        let h2 = match config.http {
+            HttpVersion::Auto | HttpVersion::Http2 => Some(Pool::new(
+                target.clone(),
+                tls_config.clone(),
+                config.pool.clone(),
+            )?),
+            HttpVersion::Http1 => None,
+        };
+        let h1 = match config.http {
+            HttpVersion::Auto | HttpVersion::Http1 => Some(Http1Client::new(
+                target.clone(),
+                tls_config,
+                config.pool.request_timeout,
+            )?),
+            HttpVersion::Http2 => None,
+        };
+        let transport = Transport {
+            h2,
+            h1,
+            h2_answered: AtomicBool::new(false),
+            fell_back: AtomicBool::new(false),
+        };
+        Ok(FcmSender {
+            inner: Arc::new(Inner {
+                transport,
+                target,
+                api,
+                retry: config.retry,
+            }),
+        })
+    }
+
+    /// The HTTP/2 pool, when HTTP/2 is configured.
+    pub fn pool(&self) -> Option<&Pool> {
+        self.inner.transport.h2.as_ref()
+    }
+
+    /// True when requests go over HTTP/1.1 (configured, or fallen back to).
+    pub fn uses_http1(&self) -> bool {
+        let t = &self.inner.transport;
+        t.h2.is_none() || (t.h1.is_some() && t.fell_back.load(Ordering::Relaxed))
+    }
+
+    /// The OAuth token cache (v1 only).
+    pub fn token_source(&self) -> Option<&TokenSource> {
+        match &self.inner.api {
+            Api::V1 { tokens, .. } => Some(tokens),
+            Api::Legacy { .. } => None,
+        }
+    }
+
+    /// True when this sender speaks the legacy API.
+    pub fn is_legacy(&self) -> bool {
+        matches!(self.inner.api, Api::Legacy { .. })
+    }
+
+    /// Sends with retries; the outcome is always final.
+    pub async fn send(&self, msg: &GcmMessage) -> crate::push::Outcome {
+        self.send_with_details(msg).await.outcome
+    }
+
+    /// Like `send`, keeping what the last attempt saw. Waits between attempts on timers, so
+    /// other sends carry on meanwhile.
+    pub async fn send_with_details(&self, msg: &GcmMessage) -> FcmDelivery {
+        let body = match &self.inner.api {
+            Api::V1 { .. } => v1_body(msg),
+            Api::Legacy { .. } => legacy_body(msg, std::slice::from_ref(&msg.to)),
+        };
+        let body = match body {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                return FcmDelivery::new(
+                    Outcome::Malformed {
+                        reason: e.to_string(),
+                    },
+                    0,
+                )
+            }
+        };
+        let policy = &self.inner.retry;
+        let mut delivery = FcmDelivery::new(Outcome::Delivered, 0);
+        let mut renewed_auth = false;
+        loop {
+            delivery.attempts += 1;
+            let attempt = match &self.inner.api {
+                Api::V1 { tokens, path } => self.attempt_v1(tokens, path, &body).await,
+                Api::Legacy { authorization } => self
+                    .attempt_legacy(authorization, &body, 1)
+                    .await
+                    .and_then(|reply| {
+                        // `LegacyReply::parse` gives one result per token sent.
+                        reply.results.into_iter().next().ok_or_else(|| {
+                            AttemptError::Transport(TransportError::Io(
+                                "legacy answer without a result".into(),
+                            ))
+                        })
+                    }),
+            };
+            let hint = match attempt {
+                Ok(response) => {
+                    delivery.record(&response);
+                    match response.verdict {
+                        Verdict::Final(outcome) => {
+                            delivery.outcome = outcome;
+                            return delivery;
+                        }
+                        // Renew once; a second refusal means the credentials are wrong.
+                        Verdict::Retry(hint) if hint.renew_auth && renewed_auth => {
+                            delivery.outcome = Outcome::Rejected {
+                                reason: hint.reason,
+                            };
+                            return delivery;
+                        }
+                        Verdict::Retry(hint) => {
+                            renewed_auth |= hint.renew_auth;
+                            hint
+                        }
+                    }
+                }
+                Err(AttemptError::OAuth(e)) => {
+                    delivery.transport_error = Some(e.to_string());
+                    if e.is_permanent() {
+                        delivery.outcome = Outcome::Rejected {
+                            reason: e.kind().to_string(),
+                        };
+                        return delivery;
+                    }
+                    RetryHint::new(e.kind())
+                }
+                Err(AttemptError::Transport(e)) => {
+                    tracing::debug!(error = %e, attempt = delivery.attempts, "FCM transport failure.");
+                    delivery.transport_error = Some(e.to_string());
+                    RetryHint::new(e.kind()).reconnect()
+                }
+            };
+            if !policy.should_retry(delivery.attempts) {
+                delivery.outcome = Outcome::GaveUp {
+                    reason: hint.reason,
+                };
+                return delivery;
+            }
+            let delay = if hint.renew_auth {
+                Duration::ZERO
+            } else {
+                policy.delay(delivery.attempts, hint.after, &mut rand::rng())
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One message to many tokens, one delivery per token in order. Legacy: `registration_ids`
+    /// in requests of up to 1000 tokens, retrying only the tokens whose result says so. v1:
+    /// one request per token, all concurrently (as the Admin SDKs' `sendEach`).
+    pub async fn send_multicast(&self, msg: &GcmMessage, tokens: &[String]) -> Vec<FcmDelivery> {
+        match &self.inner.api {
+            Api::V1 { .. } => {
+                let sends = tokens.iter().map(|token| async move {
+                    match with_token(msg, token) {
+                        Ok(m) => self.send_with_details(&m).await,
+                        Err(e) => FcmDelivery::new(
+                            Outcome::Malformed {
+                                reason: e.to_string(),
+                            },
+                            0,
+                        ),
+                    }
+                });
+                futures_util::future::join_all(sends).await
+            }
+            Api::Legacy { authorization } => {
+                let mut out = Vec::with_capacity(tokens.len());
+                for chunk in tokens.chunks(LEGACY_MAX_TOKENS) {
+                    out.extend(self.legacy_multicast(authorization, msg, chunk).await);
+                }
+                out
+            }
+        }
+    }
+
+    async fn legacy_multicast(
+        &self,
+        authorization: &HeaderValue,
+        msg: &GcmMessage,
+        tokens: &[String],
+    ) -> Vec<FcmDelivery> {
+        let mut deliveries: Vec<Option<FcmDelivery>> = vec![None; tokens.len()];
+        // Indexes of the tokens still to send, and the last hint for each.
+        let mut pending: Vec<usize> = (0..tokens.len()).collect();
+        let mut hints: Vec<Option<RetryHint>> = vec![None; tokens.len()];
+        let mut last: Vec<FcmDelivery> = (0..tokens.len())
+            .map(|_| FcmDelivery::new(Outcome::Delivered, 0))
+            .collect();
+        let policy = &self.inner.retry;
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            attempt += 1;
+            let batch: Vec<String> = pending.iter().map(|&i| tokens[i].clone()).collect();
+            let body = match legacy_body(msg, &batch) {
+                Ok(b) => Bytes::from(b),
+                Err(e) => {
+                    for &i in &pending {
+                        deliveries[i] = Some(FcmDelivery::new(
+                            Outcome::Malformed {
+                                reason: e.to_string(),
+                            },
+                            0,
+                        ));
+                    }
+                    break;
+                }
+            };
+            let results = self.attempt_legacy(authorization, &body, batch.len()).await;
+            let mut still = Vec::new();
+            let mut longest_after = None;
+            for (n, &i) in pending.iter().enumerate() {
+                last[i].attempts = attempt;
+                let hint = match &results {
+                    Ok(reply) => match reply.results.get(n) {
+                        // `LegacyReply::parse` gives one result per token sent.
+                        None => RetryHint::new("legacy answer without a result"),
+                        Some(r) => {
+                            last[i].record(r);
+                            match &r.verdict {
+                                Verdict::Final(outcome) => {
+                                    let mut d = last[i].clone();
+                                    d.outcome = outcome.clone();
+                                    deliveries[i] = Some(d);
+                                    continue;
+                                }
+                                Verdict::Retry(hint) => hint.clone(),
+                            }
+                        }
+                    },
+                    Err(AttemptError::Transport(e)) => {
+                        last[i].transport_error = Some(e.to_string());
+                        RetryHint::new(e.kind()).reconnect()
+                    }
+                    Err(AttemptError::OAuth(e)) => RetryHint::new(e.kind()),
+                };
+                longest_after = longest_after.max(hint.after);
+                hints[i] = Some(hint);
+                still.push(i);
+            }
+            if !still.is_empty() && !policy.should_retry(attempt) {
+                for &i in &still {
+                    let mut d = last[i].clone();
+                    d.outcome = Outcome::GaveUp {
+                        reason: hints[i].take().map(|h| h.reason).unwrap_or_default(),
+                    };
+                    deliveries[i] = Some(d);
+                }
+                break;
+            }
+            pending = still;
+            if !pending.is_empty() {
+                tokio::time::sleep(policy.delay(attempt, longest_after, &mut rand::rng())).await;
+            }
+        }
+        deliveries
+            .into_iter()
+            .map(|d| {
+                d.unwrap_or_else(|| {
+                    FcmDelivery::new(
+                        Outcome::GaveUp {
+                            reason: "not sent".into(),
+                        },
+                        0,
+                    )
+                })
+            })
+            .collect()
+    }
+
+    async fn attempt_v1(
+        &self,
+        tokens: &TokenSource,
+        path: &PathAndQuery,
+        body: &Bytes,
+    ) -> Result<FcmResponse, AttemptError> {
+        let (bearer, generation) = tokens.bearer().await.map_err(AttemptError::OAuth)?;
+        let (parts, reply) = self
+            .exchange(path, bearer, body.clone())
+            .await
+            .map_err(AttemptError::Transport)?;
+        let response = FcmResponse::v1(parts.status.as_u16(), &parts.headers, &reply);
+        if let Verdict::Retry(hint) = &response.verdict {
+            if hint.renew_auth {
+                tokens.invalidate(generation);
+            }
+        }
+        Ok(response)
+    }
+
+    async fn attempt_legacy(
+        &self,
+        authorization: &HeaderValue,
+        body: &Bytes,
+        tokens: usize,
+    ) -> Result<LegacyReply, AttemptError> {
+        static LEGACY_PATH: PathAndQuery = PathAndQuery::from_static("/fcm/send");
+        let (parts, reply) = self
+            .exchange(&LEGACY_PATH, authorization.clone(), body.clone())
+            .await
+            .map_err(AttemptError::Transport)?;
+        Ok(LegacyReply::parse(
+            parts.status.as_u16(),
+            &parts.headers,
+            &reply,
+            tokens,
+        ))
+    }
+
+    async fn exchange(
+        &self,
+        path: &PathAndQuery,
+        authorization: HeaderValue,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, Bytes), TransportError> {
+        let t = &self.inner.transport;
+        let Some(pool) = t.h2.as_ref().filter(|_| !self.uses_http1()) else {
+            return self.exchange_h1(path, authorization, body).await;
+        };
+        match self
+            .exchange_h2(pool, path, authorization.clone(), body.clone())
+            .await
+        {
+            Ok(answer) => {
+                t.h2_answered.store(true, Ordering::Relaxed);
+                Ok(answer)
+            }
+            // HTTP/2 never worked here: try HTTP/1.1, and keep it only if it answers (a
+            // transient failure fails both ways and changes nothing).
+            Err(e) if t.h1.is_some() && !t.h2_answered.load(Ordering::Relaxed) && not_http2(&e) => {
+                let answer = self.exchange_h1(path, authorization, body).await;
+                if answer.is_ok() && !t.fell_back.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "FCM endpoint does not speak HTTP/2; using HTTP/1.1.");
+                }
+                answer
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn exchange_h1(
+        &self,
+        path: &PathAndQuery,
+        authorization: HeaderValue,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, Bytes), TransportError> {
+        let Some(client) = &self.inner.transport.h1 else {
+            return Err(TransportError::Io(
+                "no HTTP/1.1 transport configured".into(),
+            ));
+        };
+        static JSON: HeaderValue = HeaderValue::from_static("application/json; charset=UTF-8");
+        let mut request = Request::post(path.as_str())
+            .body(body)
+            .map_err(|e| TransportError::Io(e.to_string()))?;
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, JSON.clone());
+        headers.insert(AUTHORIZATION, authorization);
+        client.send(request).await
+    }
+
+    async fn exchange_h2(
+        &self,
+        pool: &Pool,
+        path: &PathAndQuery,
+        authorization: HeaderValue,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, Bytes), TransportError> {
+        static JSON: HeaderValue = HeaderValue::from_static("application/json; charset=UTF-8");
+        let uri = Uri::builder()
+            .scheme(self.inner.target.scheme.clone())
+            .authority(self.inner.target.authority.clone())
+            .path_and_query(path.clone())
+            .build()
+            .map_err(|e| TransportError::Http2(e.to_string()))?;
+        let mut request = Request::post(uri)
+            .body(())
+            .map_err(|e| TransportError::Http2(e.to_string()))?;
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, JSON.clone());
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.insert(AUTHORIZATION, authorization);
+        pool.send(request, body).await
+    }
+}
+
+/// `msg` addressed to `token` (a v1 envelope gets its `message.token` replaced).
+fn with_token(msg: &GcmMessage, token: &str) -> Result<GcmMessage, TranslateError> {
+    let mut m = msg.clone();
+    m.to = token.to_string();
+    if let Some(raw) = &msg.v1_message {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(raw).map_err(|e| TranslateError::Encode(e.to_string()))?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("token".into(), serde_json::Value::String(token.into()));
+        }
+        m.v1_message = Some(Bytes::from(
+            serde_json::to_vec(&v).map_err(|e| TranslateError::Encode(e.to_string()))?,
+        ));
+    }
+    Ok(m)
+}

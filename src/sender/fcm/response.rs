@@ -1,0 +1,409 @@
+//! Turning FCM answers into verdicts: the v1 `{"name"}` / `{"error":{...}}` answer, and the
+//! legacy `/fcm/send` per-token results. Pure functions over the tables in `push::fcm`.
+
+use crate::push::fcm::{
+    legacy, message_names_token, status_verdict, FcmErrorCode, ACCESS_TOKEN_EXPIRED,
+    ERROR_INFO_TYPE, FCM_ERROR_TYPE,
+};
+use crate::push::{Outcome, RetryHint, Verdict};
+use http::HeaderMap;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// One FCM answer about one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FcmResponse {
+    pub status: u16,
+    /// The FcmError `errorCode`, else the canonical `error.status` (v1), or the legacy
+    /// result's `error`.
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// v1 `name` (`projects/p/messages/0:...`) or the legacy `message_id`.
+    pub message_id: Option<String>,
+    /// Legacy only: the token to store instead of the one sent.
+    pub canonical_registration_id: Option<String>,
+    pub retry_after: Option<Duration>,
+    pub verdict: Verdict,
+}
+
+#[derive(Deserialize)]
+struct V1Success {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct V1ErrorBody {
+    error: V1Error,
+}
+
+#[derive(Deserialize)]
+struct V1Error {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    details: Vec<serde_json::Value>,
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not parsed: no date crate is a dependency,
+/// and FCM sends seconds; our own back-off applies then).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+impl FcmResponse {
+    /// Reads a v1 `messages:send` answer.
+    pub fn v1(status: u16, headers: &HeaderMap, body: &[u8]) -> FcmResponse {
+        let retry_after = retry_after(headers);
+        if status == 200 {
+            let name = serde_json::from_slice::<V1Success>(body)
+                .ok()
+                .and_then(|s| s.name);
+            return FcmResponse {
+                status,
+                error_code: None,
+                error_message: None,
+                message_id: name,
+                canonical_registration_id: None,
+                retry_after,
+                verdict: Verdict::Final(Outcome::Delivered),
+            };
+        }
+        let Ok(V1ErrorBody { error }) = serde_json::from_slice::<V1ErrorBody>(body) else {
+            // Not Google's JSON (a proxy's page, say): judge by the status alone.
+            return FcmResponse {
+                status,
+                error_code: None,
+                error_message: Some(String::from_utf8_lossy(&body[..body.len().min(200)]).into()),
+                message_id: None,
+                canonical_registration_id: None,
+                retry_after,
+                verdict: if status == 401 {
+                    Verdict::Retry(RetryHint::new("HTTP 401").renew_auth())
+                } else {
+                    status_verdict(status, "", retry_after)
+                },
+            };
+        };
+        let detail = |ty: &str, field: &str| {
+            error
+                .details
+                .iter()
+                .filter(|d| d.get("@type").and_then(|t| t.as_str()) == Some(ty))
+                .find_map(|d| d.get(field).and_then(|v| v.as_str()).map(str::to_owned))
+        };
+        let fcm_code = detail(FCM_ERROR_TYPE, "errorCode");
+        let info_reason = detail(ERROR_INFO_TYPE, "reason");
+        let verdict = match &fcm_code {
+            Some(code) => {
+                FcmErrorCode::parse(code).verdict(retry_after, message_names_token(&error.message))
+            }
+            // A stale or refused OAuth token: renew it and try again (the send loop turns a
+            // second 401 into a rejection).
+            None if status == 401 => {
+                let reason = if info_reason.as_deref() == Some(ACCESS_TOKEN_EXPIRED) {
+                    ACCESS_TOKEN_EXPIRED
+                } else {
+                    "UNAUTHENTICATED"
+                };
+                Verdict::Retry(RetryHint::new(reason).renew_auth())
+            }
+            None => status_verdict(status, &error.status, retry_after),
+        };
+        let error_code = fcm_code.or_else(|| (!error.status.is_empty()).then_some(error.status));
+        FcmResponse {
+            status,
+            error_code,
+            error_message: Some(error.message),
+            message_id: None,
+            canonical_registration_id: None,
+            retry_after,
+            verdict,
+        }
+    }
+}
+
+/// A legacy `/fcm/send` answer: one entry per token sent, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyReply {
+    pub status: u16,
+    /// Parsed as an integer: it can exceed 2^53 (protocols.md §3).
+    pub multicast_id: Option<i64>,
+    pub results: Vec<FcmResponse>,
+}
+
+#[derive(Deserialize)]
+struct LegacyBody {
+    multicast_id: Option<i64>,
+    #[serde(default)]
+    results: Vec<LegacyResult>,
+}
+
+#[derive(Deserialize)]
+struct LegacyResult {
+    message_id: Option<String>,
+    registration_id: Option<String>,
+    error: Option<String>,
+}
+
+impl LegacyReply {
+    /// Reads a legacy answer for `tokens` tokens. A non-200 (or a body that does not list
+    /// one result per token) gives every token the same verdict.
+    pub fn parse(status: u16, headers: &HeaderMap, body: &[u8], tokens: usize) -> LegacyReply {
+        let after = retry_after(headers);
+        let same_for_all =
+            |verdict: Verdict, code: Option<String>, message: Option<String>| LegacyReply {
+                status,
+                multicast_id: None,
+                results: (0..tokens)
+                    .map(|_| FcmResponse {
+                        status,
+                        error_code: code.clone(),
+                        error_message: message.clone(),
+                        message_id: None,
+                        canonical_registration_id: None,
+                        retry_after: after,
+                        verdict: verdict.clone(),
+                    })
+                    .collect(),
+            };
+        let text = || Some(String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        if status != 200 {
+            // 400 bad JSON/fields, 401 bad key: permanent; 5xx: retry with Retry-After.
+            let verdict = status_verdict(status, "", after);
+            return same_for_all(verdict, Some(format!("HTTP {status}")), text());
+        }
+        let parsed = match serde_json::from_slice::<LegacyBody>(body) {
+            Ok(p) if p.results.len() == tokens => p,
+            Ok(_) | Err(_) => {
+                let reason = "unexpected legacy answer".to_string();
+                return same_for_all(
+                    Verdict::Final(Outcome::Rejected {
+                        reason: reason.clone(),
+                    }),
+                    Some(reason),
+                    text(),
+                );
+            }
+        };
+        let results = parsed
+            .results
+            .into_iter()
+            .map(|r| {
+                let verdict = match &r.error {
+                    Some(error) => legacy::verdict(error, after),
+                    None => Verdict::Final(Outcome::Delivered),
+                };
+                FcmResponse {
+                    status,
+                    error_code: r.error,
+                    error_message: None,
+                    message_id: r.message_id,
+                    canonical_registration_id: r.registration_id,
+                    retry_after: after,
+                    verdict,
+                }
+            })
+            .collect();
+        LegacyReply {
+            status,
+            multicast_id: parsed.multicast_id,
+            results,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(code: u16, status: &str, message: &str, details: &str) -> String {
+        format!(
+            r#"{{"error":{{"code":{code},"message":"{message}","status":"{status}","details":[{details}]}}}}"#
+        )
+    }
+    fn fcm(code: &str) -> String {
+        format!(r#"{{"@type":"{FCM_ERROR_TYPE}","errorCode":"{code}"}}"#)
+    }
+
+    #[test]
+    fn v1_answers_to_verdicts() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "7".parse().unwrap());
+        let after = Some(Duration::from_secs(7));
+        let invalid = |r: &str| {
+            Verdict::Final(Outcome::TokenInvalid {
+                reason: r.into(),
+                timestamp_ms: None,
+            })
+        };
+        let rejected = |r: &str| Verdict::Final(Outcome::Rejected { reason: r.into() });
+        let retry = |r: &str| Verdict::Retry(RetryHint::new(r).after(after));
+        let cases: Vec<(u16, String, Verdict)> = vec![
+            (
+                404,
+                error(
+                    404,
+                    "NOT_FOUND",
+                    "Requested entity was not found.",
+                    &fcm("UNREGISTERED"),
+                ),
+                invalid("UNREGISTERED"),
+            ),
+            (
+                403,
+                error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "SenderId mismatch",
+                    &fcm("SENDER_ID_MISMATCH"),
+                ),
+                invalid("SENDER_ID_MISMATCH"),
+            ),
+            (
+                400,
+                error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "The registration token is not a valid FCM registration token",
+                    &fcm("INVALID_ARGUMENT"),
+                ),
+                invalid("INVALID_ARGUMENT"),
+            ),
+            (
+                400,
+                error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "Invalid value at 'message.data[0].value' (TYPE_STRING), 12",
+                    &fcm("INVALID_ARGUMENT"),
+                ),
+                rejected("INVALID_ARGUMENT"),
+            ),
+            (
+                429,
+                error(429, "RESOURCE_EXHAUSTED", "quota", &fcm("QUOTA_EXCEEDED")),
+                retry("QUOTA_EXCEEDED"),
+            ),
+            (
+                503,
+                error(503, "UNAVAILABLE", "down", &fcm("UNAVAILABLE")),
+                retry("UNAVAILABLE"),
+            ),
+            (
+                500,
+                error(500, "INTERNAL", "oops", &fcm("INTERNAL")),
+                retry("INTERNAL"),
+            ),
+            (
+                401,
+                error(
+                    401,
+                    "UNAUTHENTICATED",
+                    "apns key",
+                    &fcm("THIRD_PARTY_AUTH_ERROR"),
+                ),
+                rejected("THIRD_PARTY_AUTH_ERROR"),
+            ),
+            (
+                401,
+                error(
+                    401,
+                    "UNAUTHENTICATED",
+                    "expired",
+                    &format!(r#"{{"@type":"{ERROR_INFO_TYPE}","reason":"ACCESS_TOKEN_EXPIRED"}}"#),
+                ),
+                Verdict::Retry(RetryHint::new("ACCESS_TOKEN_EXPIRED").renew_auth()),
+            ),
+            (
+                401,
+                error(401, "UNAUTHENTICATED", "bad creds", ""),
+                Verdict::Retry(RetryHint::new("UNAUTHENTICATED").renew_auth()),
+            ),
+            (
+                403,
+                error(403, "PERMISSION_DENIED", "no", ""),
+                rejected("PERMISSION_DENIED"),
+            ),
+            (
+                503,
+                error(503, "UNAVAILABLE", "down", ""),
+                retry("UNAVAILABLE"),
+            ),
+            (502, "<html>".into(), retry("HTTP 502")),
+            (
+                400,
+                error(400, "INVALID_ARGUMENT", "x", &fcm("BRAND_NEW")),
+                rejected("BRAND_NEW"),
+            ),
+        ];
+        for (status, body, want) in cases {
+            let r = FcmResponse::v1(status, &headers, body.as_bytes());
+            assert_eq!(r.verdict, want, "{status} {body}");
+        }
+        let ok = FcmResponse::v1(
+            200,
+            &HeaderMap::new(),
+            br#"{"name":"projects/p/messages/0:1"}"#,
+        );
+        assert_eq!(ok.verdict, Verdict::Final(Outcome::Delivered));
+        assert_eq!(ok.message_id.as_deref(), Some("projects/p/messages/0:1"));
+        let bare = FcmResponse::v1(
+            403,
+            &headers,
+            error(403, "PERMISSION_DENIED", "m", "").as_bytes(),
+        );
+        assert_eq!(bare.error_code.as_deref(), Some("PERMISSION_DENIED"));
+        assert_eq!(bare.error_message.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn legacy_answers_to_verdicts() {
+        let body =
+            br#"{"multicast_id":9007199254740993123,"success":2,"failure":3,"canonical_ids":1,
+          "results":[{"message_id":"0:1"},{"message_id":"0:2","registration_id":"newtok"},
+          {"error":"NotRegistered"},{"error":"Unavailable"},{"error":"MessageTooBig"}]}"#;
+        let r = LegacyReply::parse(200, &HeaderMap::new(), body, 5);
+        assert_eq!(r.multicast_id, Some(9_007_199_254_740_993_123));
+        let verdicts: Vec<_> = r.results.iter().map(|x| x.verdict.clone()).collect();
+        assert_eq!(verdicts[0], Verdict::Final(Outcome::Delivered));
+        assert_eq!(verdicts[1], Verdict::Final(Outcome::Delivered));
+        assert_eq!(
+            r.results[1].canonical_registration_id.as_deref(),
+            Some("newtok")
+        );
+        assert!(matches!(
+            verdicts[2],
+            Verdict::Final(Outcome::TokenInvalid { .. })
+        ));
+        assert!(matches!(verdicts[3], Verdict::Retry(_)));
+        assert!(matches!(
+            verdicts[4],
+            Verdict::Final(Outcome::Rejected { .. })
+        ));
+
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "2".parse().unwrap());
+        let down = LegacyReply::parse(503, &headers, b"", 2);
+        assert_eq!(down.results.len(), 2);
+        assert_eq!(
+            down.results[0].verdict,
+            Verdict::Retry(RetryHint::new("HTTP 503").after(Some(Duration::from_secs(2))))
+        );
+        let unauthorized = LegacyReply::parse(401, &HeaderMap::new(), b"Unauthorized", 1);
+        assert!(matches!(
+            unauthorized.results[0].verdict,
+            Verdict::Final(Outcome::Rejected { .. })
+        ));
+        let short = LegacyReply::parse(200, &HeaderMap::new(), br#"{"results":[]}"#, 1);
+        assert!(matches!(
+            short.results[0].verdict,
+            Verdict::Final(Outcome::Rejected { .. })
+        ));
+    }
+}
