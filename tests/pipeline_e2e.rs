@@ -104,7 +104,11 @@ async fn apns_end_to_end_counts_add_up() {
         br#"{"Payload":{"aps":{"alert":"no token"}}}"#.to_vec(),
         br#"{"DeviceToken":"abcdef","Payload":{"aps":{}},"push_expiry":1000}"#.to_vec(),
         br#"{"DeviceToken":12345,"Payload":{"aps":{"alert":"wrong type"}}}"#.to_vec(),
-        format!(r#"{{"DeviceToken":"abcdef","Payload":{{"aps":{{"alert":"{}"}}}}}}"#, "x".repeat(5000)).into_bytes(),
+        format!(
+            r#"{{"DeviceToken":"abcdef","Payload":{{"aps":{{"alert":"{}"}}}}}}"#,
+            "x".repeat(5000)
+        )
+        .into_bytes(),
     ];
     let malformed = 5u64;
     let expired = 1u64;
@@ -269,4 +273,162 @@ async fn apns_end_to_end_counts_add_up() {
         .all(|t| deleted_in_feedback.contains(t)));
     assert!(invalid_tokens.iter().all(|t| TokenRule::of(t).is_some()));
     fake.shutdown().await;
+}
+
+mod fcm_support;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcm_end_to_end_counts_add_up() {
+    use fcm_support::{start_fake, v1_config, FakeOptions};
+    let app = format!("e2egcm{}", std::process::id());
+    let topic = format!("push-{app}_gcm");
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 4).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    let fake = start_fake(FakeOptions::default()).await;
+
+    let mut gen_config = GenConfig::new(Platform::Gcm);
+    gen_config.count = 1000;
+    gen_config.seed = 8;
+    gen_config.invalid_ratio = 0.1;
+    gen_config.retry_ratio = 0.04;
+    gen_config.app = app.clone();
+    let mut valid = 0u64;
+    let mut invalid_tokens = Vec::new();
+    let mut messages: Vec<Vec<u8>> = Vec::new();
+    for m in Generator::new(gen_config).unwrap() {
+        match m.rule {
+            Some(r) if r.is_token_invalid() => invalid_tokens.push(m.token.clone()),
+            _ => valid += 1,
+        }
+        messages.push(m.bytes);
+    }
+    messages.push(b"[1,2,3]".to_vec());
+    messages.push(br#"{"to":"abc","data":"not an object"}"#.to_vec());
+    messages.push(br#"{"to":"abc","notification":{"title":"late"},"push_expiry":1000}"#.to_vec());
+    let (malformed, expired) = (2u64, 1u64);
+    let produced = messages.len() as u64;
+
+    let table = format!("{app}_gcm");
+    let db = pg().await;
+    db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"; CREATE TABLE \"{table}\" (id serial PRIMARY KEY, token text)")).await.unwrap();
+    for t in &invalid_tokens {
+        db.execute(
+            &format!("INSERT INTO \"{table}\" (token) VALUES ($1)"),
+            &[t],
+        )
+        .await
+        .unwrap();
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let sends = messages.iter().enumerate().map(|(i, m)| {
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            let key = i.to_string();
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(m),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    futures_util::future::join_all(sends).await;
+
+    let sender = pusher::sender::fcm::FcmSender::new(v1_config(&fake, &fake.tls_url())).unwrap();
+    let apps = HashMap::from([(app.clone(), AppSender::Gcm(sender))]);
+    let feedback =
+        Arc::new(FeedbackProducer::new(&brokers, "push-{app}-{platform}-feedbacks").unwrap());
+    let deleter = TokenDeleter::spawn(
+        pg_pool(),
+        DeleterSettings {
+            flush_interval: Duration::from_millis(50),
+            ..Default::default()
+        },
+    );
+    let seen = Arc::new(Count::default());
+    let outputs = Outputs {
+        feedback: Some(feedback),
+        tokens: Some(deleter.queue()),
+        observer: Some(seen.clone()),
+    };
+    let mut spec = RunSpec::new(
+        Platform::Gcm,
+        brokers.clone(),
+        format!("group-{app}"),
+        vec![topic.clone()],
+    );
+    spec.offset_reset = "earliest".into();
+    spec.commit_interval = Duration::from_millis(100);
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(run(spec, apps, outputs, stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.0.load(Ordering::Relaxed) < produced && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let summary = pipeline.await.unwrap().unwrap();
+    let token_stats = deleter.shutdown(Duration::from_secs(10)).await;
+
+    assert_eq!(summary.consumed, produced, "{summary:?}");
+    assert_eq!(summary.committed_total(), produced as i64);
+    let want = BTreeMap::from([
+        ("delivered".to_string(), valid),
+        ("token_invalid".to_string(), invalid_tokens.len() as u64),
+        ("malformed".to_string(), malformed),
+        ("expired".to_string(), expired),
+    ]);
+    assert_eq!(summary.outcomes, want);
+    // Every valid message answered 200, plus the one OAuth token the sender fetched.
+    assert_eq!(
+        fake.stats().by_status.get(&200).copied().unwrap_or(0),
+        valid + 1
+    );
+    assert_eq!(
+        token_stats.success,
+        invalid_tokens.len() as u64,
+        "{token_stats:?}"
+    );
+    let left: i64 = db
+        .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    db.batch_execute(&format!("DROP TABLE \"{table}\""))
+        .await
+        .unwrap();
+
+    // One GCM feedback record per failure, in the seed's format.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("fb-{app}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&format!("push-{app}-gcm-feedbacks")])
+        .unwrap();
+    let failures = produced - valid;
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (records.len() as u64) < failures && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            records
+                .push(serde_json::from_slice::<serde_json::Value>(m.payload().unwrap()).unwrap());
+        }
+    }
+    assert!(consumer.poll(Duration::from_millis(500)).is_none());
+    assert_eq!(records.len() as u64, failures);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["error"].is_string() && r.get("from").is_some()),
+        "{:?}",
+        &records[..2]
+    );
 }

@@ -9,6 +9,7 @@ use crate::config::{ApnsCert, Config};
 use crate::push::Platform;
 use crate::sender::apns::{load_identity, ApnsAuth, ApnsConfig, ApnsSender, TokenAuth};
 use crate::sender::endpoint::Endpoint;
+use crate::sender::fcm::{FcmAuth, FcmConfig, FcmSender, ServiceAccount};
 use crate::sender::pool::PoolConfig;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -54,6 +55,9 @@ pub struct PlatformRunArgs {
     pub team_id: Option<String>,
     #[arg(long)]
     pub topic: Option<String>,
+    /// FCM service-account JSON for --app (HTTP v1).
+    #[arg(long)]
+    pub service_account: Option<PathBuf>,
     /// GCM legacy server key for --app (the seed's --apiKey).
     #[arg(long = "apiKey", alias = "api-key")]
     pub api_key: Option<String>,
@@ -110,6 +114,7 @@ fn overrides(platform: Platform, a: &PlatformRunArgs) -> Vec<(String, String)> {
         cert("teamID", a.team_id.clone());
         cert("topic", a.topic.clone());
         cert("apiKey", a.api_key.clone());
+        cert("serviceAccountFile", path(&a.service_account));
         cert("senderID", a.sender_id.clone());
     }
     o
@@ -127,10 +132,10 @@ pub fn run_platform(
     )?;
     config.validate()?;
     tracing::debug!(config = ?config, "Configuration loaded.");
-    if platform == Platform::Gcm {
-        bail!("`pusher run gcm` needs the FCM sender (issue 3), not built yet");
-    }
-    let apps = apns_senders(&config, &args, g.production)?;
+    let apps = match platform {
+        Platform::Apns => apns_senders(&config, &args, g.production)?,
+        Platform::Gcm => gcm_senders(&config, &args)?,
+    };
     let spec = spec(platform, &config, apps.keys());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -194,6 +199,47 @@ fn apns_senders(
     }
     if senders.is_empty() {
         bail!("apns.apps: no app configured (set PUSHER_APNS_APPS, apns.apps, or --app)");
+    }
+    Ok(senders)
+}
+
+/// One FCM sender per configured app: HTTP v1 with a service account (a file, or the seed's
+/// `firebaseCredentials` JSON string), or legacy HTTP with an API key.
+fn gcm_senders(
+    config: &Config,
+    args: &PlatformRunArgs,
+) -> anyhow::Result<HashMap<String, AppSender>> {
+    let mut senders = HashMap::new();
+    for app in &config.gcm.apps {
+        let key = format!("gcm.certs.{app}");
+        let cert = config.gcm.certs.get(app).cloned().unwrap_or_default();
+        let auth = if let Some(path) = &cert.service_account_file {
+            FcmAuth::ServiceAccount(
+                ServiceAccount::from_file(path)
+                    .with_context(|| format!("{key}.serviceAccountFile"))?,
+            )
+        } else if let Some(json) = config.gcm.firebase_credentials.get(app) {
+            FcmAuth::ServiceAccount(
+                ServiceAccount::from_json(json.expose().as_bytes())
+                    .with_context(|| format!("gcm.firebaseCredentials.{app}"))?,
+            )
+        } else if let Some(api_key) = &cert.api_key {
+            FcmAuth::ApiKey(api_key.expose().to_string())
+        } else {
+            bail!("{key}: give serviceAccountFile (FCM HTTP v1), gcm.firebaseCredentials.{app}, or apiKey (legacy)");
+        };
+        let mut c = FcmConfig::new(auth);
+        if let Some(url) = &config.gcm.endpoint {
+            c.base_url = url.clone();
+        }
+        c.project_id = cert.project_id.clone();
+        c.ca_file = args.ca.clone();
+        c.insecure = args.insecure;
+        let sender = FcmSender::new(c).with_context(|| key.clone())?;
+        senders.insert(app.clone(), AppSender::Gcm(sender));
+    }
+    if senders.is_empty() {
+        bail!("gcm.apps: no app configured (set PUSHER_GCM_APPS, gcm.apps, or --app)");
     }
     Ok(senders)
 }

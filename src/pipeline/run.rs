@@ -9,9 +9,10 @@
 use super::feedback::{self, ApnsDetails, FeedbackProducer, FeedbackRecord, MessageContext};
 use super::offsets::{OffsetError, OffsetTracker};
 use super::tokens::{TokenError, TokenQueue};
-use crate::push::message::{is_expired, parse_apns};
+use crate::push::message::{is_expired, parse_apns, parse_gcm};
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
+use crate::sender::fcm::FcmSender;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -76,6 +77,7 @@ impl RunSpec {
 #[derive(Debug, Clone)]
 pub enum AppSender {
     Apns(ApnsSender),
+    Gcm(FcmSender),
 }
 
 /// Where outcomes go besides the offset tracker.
@@ -529,6 +531,12 @@ async fn handle(shared: &Shared, mut m: Consumed) {
             m.send_latency = Some(started.elapsed());
             result
         }
+        Some(AppSender::Gcm(sender)) => {
+            let started = tokio::time::Instant::now();
+            let outcome = gcm(sender, m.payload.as_deref(), &mut ctx).await;
+            m.send_latency = Some(started.elapsed());
+            (outcome, ApnsDetails::default())
+        }
     };
     // Side effects first, then the offset: that order is the at-least-once contract.
     if !hand_off(shared, &ctx, &outcome, &details).await {
@@ -594,6 +602,31 @@ async fn apns(
         }
     };
     (delivery.outcome, details)
+}
+
+async fn gcm(sender: &FcmSender, payload: Option<&[u8]>, ctx: &mut MessageContext) -> Outcome {
+    let message = match parse_gcm(payload.unwrap_or_default()) {
+        Ok(m) => m,
+        Err(e) => {
+            return Outcome::Malformed {
+                reason: e.reason().to_string(),
+            }
+        }
+    };
+    ctx.token = message.to.clone();
+    ctx.metadata = message.metadata.clone();
+    if is_expired(message.push_expiry, now()) {
+        return Outcome::Expired;
+    }
+    let delivery = sender.send_with_details(&message).await;
+    if let Some(canonical) = &delivery.canonical_registration_id {
+        // Legacy FCM asks to replace the token; the feedback carries it for the token store.
+        ctx.metadata.insert(
+            "canonicalRegistrationId".into(),
+            serde_json::Value::from(canonical.as_str()),
+        );
+    }
+    delivery.outcome
 }
 
 /// Feedback produced and acknowledged, token queued: returns false only if stopped first.
