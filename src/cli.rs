@@ -21,9 +21,9 @@ pub struct Cli {
 /// Flags every command accepts (the seed system's root flags).
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Config file.
-    #[arg(long, global = true, default_value = "./config/default.yaml")]
-    pub config: PathBuf,
+    /// Config file [default: ./config/default.yaml when it exists, else built-in defaults].
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
     /// Debug logging (secrets are still never printed).
     #[arg(short = 'd', long, global = true)]
     pub debug: bool,

@@ -125,8 +125,14 @@ pub fn run_platform(
     args: PlatformRunArgs,
     g: &GlobalArgs,
 ) -> anyhow::Result<ExitCode> {
+    // The seed's default path, when it is there; an explicit --config must exist.
+    let default = PathBuf::from("./config/default.yaml");
+    let path = g
+        .config
+        .clone()
+        .or_else(|| default.is_file().then_some(default));
     let config = Config::load_with(
-        Some(&g.config),
+        path.as_deref(),
         std::env::vars(),
         &overrides(platform, &args),
     )?;
