@@ -20,7 +20,7 @@ fn key_material() -> Vec<String> {
 
 #[test]
 fn a_debug_run_prints_no_secret() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pusher"))
+    let child = Command::new(env!("CARGO_BIN_EXE_pusher"))
         .args([
             "-d",
             "run",
