@@ -51,7 +51,12 @@ fn validate(schema: &Value, root: &Value, v: &Value, path: &str, errors: &mut Ve
         }
     }
     if let Value::Object(obj) = v {
-        for key in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+        for key in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if !obj.contains_key(key.as_str().unwrap_or("")) {
                 errors.push(format!("{path}: missing {key}"));
             }
@@ -72,11 +77,16 @@ fn validate(schema: &Value, root: &Value, v: &Value, path: &str, errors: &mut Ve
 }
 
 fn check_report(path: &std::path::Path) -> Value {
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string("docs/bench-report.schema.json").unwrap()).unwrap();
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string("docs/bench-report.schema.json").unwrap())
+            .unwrap();
     let report: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut errors = Vec::new();
     validate(&schema, &schema, &report, "$", &mut errors);
-    assert!(errors.is_empty(), "report does not match its schema: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "report does not match its schema: {errors:#?}"
+    );
     report
 }
 
@@ -86,24 +96,54 @@ fn end_to_end_bench_conserves_every_message_and_writes_a_valid_report() {
     let json = dir.path().join("e2e.json");
     let hgrm = dir.path().join("e2e.hgrm");
     let out = pusher(&[
-        "bench", "--mock", "--count", "3000", "--warmup", "0s", "--invalid-ratio", "0.1", "--quiet",
-        "--json", json.to_str().unwrap(), "--hgrm", hgrm.to_str().unwrap(),
+        "bench",
+        "--mock",
+        "--count",
+        "3000",
+        "--warmup",
+        "0s",
+        "--invalid-ratio",
+        "0.1",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+        "--hgrm",
+        hgrm.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("conservation") && stdout.contains(": ok"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("conservation") && stdout.contains(": ok"),
+        "{stdout}"
+    );
     let r = check_report(&json);
     let c = &r["conservation"];
     assert_eq!(c["generated"], 3000);
     for stage in ["produced", "consumed", "answered", "committed"] {
         assert_eq!(c[stage], 3000, "{stage}: {c}");
     }
-    let outcomes: u64 = r["outcomes"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let outcomes: u64 = r["outcomes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(outcomes, 3000);
-    assert!(r["outcomes"]["token_invalid"].as_u64().unwrap() > 200, "{}", r["outcomes"]);
+    assert!(
+        r["outcomes"]["token_invalid"].as_u64().unwrap() > 200,
+        "{}",
+        r["outcomes"]
+    );
     assert!(r["latency"]["end_to_end"]["p99_us"].as_u64().unwrap() > 0);
     let hgrm = std::fs::read_to_string(hgrm).unwrap();
-    assert!(hgrm.contains("Percentile") && hgrm.contains("#[Max"), "{hgrm}");
+    assert!(
+        hgrm.contains("Percentile") && hgrm.contains("#[Max"),
+        "{hgrm}"
+    );
 }
 
 #[test]
@@ -111,10 +151,24 @@ fn sender_only_open_loop_reports_raw_and_corrected_latency() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("so.json");
     let out = pusher(&[
-        "bench", "--mock", "--sender-only", "--count", "2000", "--rate", "4000", "--warmup", "0s",
-        "--quiet", "--json", json.to_str().unwrap(),
+        "bench",
+        "--mock",
+        "--sender-only",
+        "--count",
+        "2000",
+        "--rate",
+        "4000",
+        "--warmup",
+        "0s",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = check_report(&json);
     assert_eq!(r["params"]["mode"], "sender-only");
     assert_eq!(r["conservation"]["ok"], true);
@@ -127,27 +181,57 @@ fn sender_only_open_loop_reports_raw_and_corrected_latency() {
 fn the_gate_fails_on_a_doctored_baseline_and_passes_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("run.json");
-    let base = ["bench", "--mock", "--sender-only", "--count", "2000", "--warmup", "0s", "--quiet"];
+    let base = [
+        "bench",
+        "--mock",
+        "--sender-only",
+        "--count",
+        "2000",
+        "--warmup",
+        "0s",
+        "--quiet",
+    ];
     let out = pusher(&[&base[..], &["--json", json.to_str().unwrap()]].concat());
     assert!(out.status.success());
 
     // A baseline claiming ten times the throughput: this run is a regression.
-    let mut doctored: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let mut doctored: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     doctored["throughput"] = Value::from(doctored["throughput"].as_f64().unwrap() * 10.0);
     let doctored_path = dir.path().join("doctored.json");
     std::fs::write(&doctored_path, doctored.to_string()).unwrap();
-    let out = pusher(&[&base[..], &["--baseline", doctored_path.to_str().unwrap(), "--max-regression", "20"]].concat());
+    let out = pusher(
+        &[
+            &base[..],
+            &[
+                "--baseline",
+                doctored_path.to_str().unwrap(),
+                "--max-regression",
+                "20",
+            ],
+        ]
+        .concat(),
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("regression"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("regression"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A baseline with a tenth of the throughput and ten times the p99 passes.
     let mut easy = doctored.clone();
     easy["throughput"] = Value::from(doctored["throughput"].as_f64().unwrap() / 100.0);
-    easy["latency"]["send"]["p99_us"] = Value::from(easy["latency"]["send"]["p99_us"].as_u64().unwrap() * 10);
+    easy["latency"]["send"]["p99_us"] =
+        Value::from(easy["latency"]["send"]["p99_us"].as_u64().unwrap() * 10);
     let easy_path = dir.path().join("easy.json");
     std::fs::write(&easy_path, easy.to_string()).unwrap();
     let out = pusher(&[&base[..], &["--baseline", easy_path.to_str().unwrap()]].concat());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("gate: passed"));
 }
 
@@ -155,13 +239,51 @@ fn the_gate_fails_on_a_doctored_baseline_and_passes_on_its_own() {
 fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let corrupt = dir.path().join("corrupt.json");
-    std::fs::write(&corrupt, "{\"schema\": \"pusher-bench/1\", \"throughput\": ").unwrap();
+    std::fs::write(
+        &corrupt,
+        "{\"schema\": \"pusher-bench/1\", \"throughput\": ",
+    )
+    .unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["bench", "--mock", "--count", "0"], "at least 1"),
         (&["bench", "--mock", "--count", "lots"], "count"),
-        (&["bench", "--mock", "--sender-only", "--profile", "no-such-profile", "--count", "10"], "no-such-profile"),
-        (&["bench", "--sender-only", "--endpoint", "https://127.0.0.1:1", "--count", "10", "--warmup", "0s", "--quiet"], ""),
-        (&["bench", "--mock", "--count", "10", "--baseline", corrupt.to_str().unwrap()], "not a pusher bench report"),
+        (
+            &[
+                "bench",
+                "--mock",
+                "--sender-only",
+                "--profile",
+                "no-such-profile",
+                "--count",
+                "10",
+            ],
+            "no-such-profile",
+        ),
+        (
+            &[
+                "bench",
+                "--sender-only",
+                "--endpoint",
+                "https://127.0.0.1:1",
+                "--count",
+                "10",
+                "--warmup",
+                "0s",
+                "--quiet",
+            ],
+            "",
+        ),
+        (
+            &[
+                "bench",
+                "--mock",
+                "--count",
+                "10",
+                "--baseline",
+                corrupt.to_str().unwrap(),
+            ],
+            "not a pusher bench report",
+        ),
         (&["bench", "--count", "10"], "--mock"),
     ];
     for (args, needle) in cases {
