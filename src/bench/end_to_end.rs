@@ -193,6 +193,14 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
     spec.max_in_flight = args.concurrency.max(1);
     spec.commit_interval = Duration::from_millis(200);
     spec.shutdown_timeout = Duration::from_secs(10);
+    if kafka.is_some() {
+        // librdkafka's mock cluster answers a fetch that finds no data only after the whole
+        // `fetch.wait.max.ms` (default 500 ms), even if messages arrive meanwhile (a real
+        // broker answers as soon as they do): the pipeline would idle half a second per
+        // empty fetch. A short wait makes the mock behave like a broker.
+        spec.consumer_extra
+            .push(("fetch.wait.max.ms".into(), "5".into()));
+    }
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
