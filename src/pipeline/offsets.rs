@@ -67,7 +67,8 @@ impl PartitionWindow {
 /// Offset tracker for every partition assigned to this consumer.
 #[derive(Debug)]
 pub struct OffsetTracker {
-    partitions: HashMap<(String, i32), PartitionWindow>,
+    /// By topic, then partition: looked up with a `&str`, without allocating per message.
+    partitions: HashMap<String, HashMap<i32, PartitionWindow>>,
     capacity: usize,
     /// Started and not finished, over all partitions (kept, not recounted: asked per message).
     unfinished: usize,
@@ -86,10 +87,19 @@ impl OffsetTracker {
     /// Records that `offset` was consumed and its work has begun.
     pub fn start(&mut self, topic: &str, partition: i32, offset: i64) -> Result<(), OffsetError> {
         let capacity = self.capacity;
+        if !self.partitions.contains_key(topic) {
+            self.partitions.insert(topic.to_owned(), HashMap::new());
+        }
         let window = self
             .partitions
-            .entry((topic.to_owned(), partition))
-            .or_default();
+            .get_mut(topic)
+            .map(|windows| windows.entry(partition).or_default())
+            // Cannot happen (inserted just above); an error rather than a panic.
+            .ok_or_else(|| OffsetError::NotInFlight {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+            })?;
         if let Some(last) = window.last_started {
             if offset <= last {
                 return Err(OffsetError::OutOfOrder {
@@ -126,7 +136,8 @@ impl OffsetTracker {
         };
         let window = self
             .partitions
-            .get_mut(&(topic.to_owned(), partition))
+            .get_mut(topic)
+            .and_then(|windows| windows.get_mut(&partition))
             .ok_or_else(not_in_flight)?;
         let index = window
             .in_flight
@@ -145,18 +156,23 @@ impl OffsetTracker {
     /// or `None` when nothing was started on it since it was assigned.
     pub fn committable(&self, topic: &str, partition: i32) -> Option<i64> {
         self.partitions
-            .get(&(topic.to_owned(), partition))
+            .get(topic)
+            .and_then(|windows| windows.get(&partition))
             .and_then(|w| w.committable)
     }
 
     /// Every partition whose committable offset moved since the last call, to pass to a commit.
     pub fn take_commits(&mut self) -> Vec<(String, i32, i64)> {
         let mut commits = Vec::new();
-        for ((topic, partition), window) in &mut self.partitions {
+        for (topic, partition, window) in self
+            .partitions
+            .iter_mut()
+            .flat_map(|(topic, windows)| windows.iter_mut().map(move |(p, w)| (topic, *p, w)))
+        {
             if let Some(offset) = window.committable {
                 if window.last_taken != Some(offset) {
                     window.last_taken = Some(offset);
-                    commits.push((topic.clone(), *partition, offset));
+                    commits.push((topic.clone(), partition, offset));
                 }
             }
         }
@@ -172,7 +188,11 @@ impl OffsetTracker {
     /// The partition was revoked: forget it. Late `finish` calls for it get `NotInFlight`,
     /// which the caller ignores (the new owner will redo those messages: at-least-once).
     pub fn revoke(&mut self, topic: &str, partition: i32) {
-        if let Some(window) = self.partitions.remove(&(topic.to_owned(), partition)) {
+        let removed = self
+            .partitions
+            .get_mut(topic)
+            .and_then(|windows| windows.remove(&partition));
+        if let Some(window) = removed {
             self.unfinished -= window.unfinished();
         }
     }
@@ -181,7 +201,9 @@ impl OffsetTracker {
     pub fn assign(&mut self, topic: &str, partition: i32) {
         self.revoke(topic, partition);
         self.partitions
-            .insert((topic.to_owned(), partition), PartitionWindow::default());
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(partition, PartitionWindow::default());
     }
 }
 
