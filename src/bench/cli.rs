@@ -228,6 +228,7 @@ pub(super) fn base_report(args: &BenchArgs, mode: &str, profile: &str) -> Report
         conservation: Default::default(),
         timeline: Vec::new(),
         runs: Vec::new(),
+        runs_p99_us: Vec::new(),
         peak_rss_bytes: None,
     }
 }

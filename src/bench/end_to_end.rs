@@ -127,10 +127,14 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<Report> {
         Some(100_000)
     });
     let mut runs = Vec::new();
+    let mut runs_p99 = Vec::new();
     let mut best: Option<(Report, f64)> = None;
     for round in 0..args.repeat {
         let report = one_run(args, count, round)?;
         runs.push(report.throughput);
+        if let Some(p) = report.latency.end_to_end.as_ref() {
+            runs_p99.push(p.p99_us);
+        }
         let m = median(&runs);
         let keep = best
             .as_ref()
@@ -143,6 +147,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<Report> {
     let (mut report, _) = best.context("no run completed")?;
     report.throughput = median(&runs);
     report.runs = runs;
+    report.runs_p99_us = runs_p99;
     report.calibration = calibrate(5, Duration::from_millis(40));
     report.peak_rss_bytes = peak_rss_bytes();
     Ok(report)

@@ -33,6 +33,9 @@ pub struct Report {
     pub timeline: Vec<u64>,
     /// Throughput of each repetition, when `--repeat` > 1.
     pub runs: Vec<f64>,
+    /// p99 latency (end-to-end, else send) of each repetition, µs; the gate uses their median.
+    #[serde(default)]
+    pub runs_p99_us: Vec<u64>,
     /// Peak resident memory of the process, bytes (Linux), if known.
     pub peak_rss_bytes: Option<u64>,
 }

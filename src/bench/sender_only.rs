@@ -58,6 +58,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         .enable_all()
         .build()?;
     let mut runs = Vec::new();
+    let mut runs_p99 = Vec::new();
     let mut best: Option<(Driven, f64)> = None;
     let mut generated = 0u64;
     let mut answered = 0u64;
@@ -87,6 +88,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             let throughput =
                 driven.recorder.completed() as f64 / driven.elapsed.as_secs_f64().max(1e-9);
             runs.push(throughput);
+            runs_p99.push(driven.recorder.send.value_at_quantile(0.99));
             // Keep the run closest to the median for the latency figures.
             let keep = match &best {
                 None => true,
@@ -113,6 +115,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     report.duration_secs = driven.elapsed.as_secs_f64();
     report.throughput = median(&runs);
     report.runs = runs;
+    report.runs_p99_us = runs_p99;
     report.calibration = calibrate(5, Duration::from_millis(40));
     report.latency = Latencies::from_recorder(&driven.recorder);
     report.outcomes = driven.recorder.outcomes.clone();
