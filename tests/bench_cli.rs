@@ -224,6 +224,14 @@ fn the_gate_fails_on_a_doctored_baseline_and_passes_on_its_own() {
     easy["throughput"] = Value::from(doctored["throughput"].as_f64().unwrap() / 100.0);
     easy["latency"]["send"]["p99_us"] =
         Value::from(easy["latency"]["send"]["p99_us"].as_u64().unwrap() * 10);
+    easy["runs_p99_us"] = Value::from(
+        easy["runs_p99_us"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() * 10)
+            .collect::<Vec<_>>(),
+    );
     let easy_path = dir.path().join("easy.json");
     std::fs::write(&easy_path, easy.to_string()).unwrap();
     let out = pusher(&[&base[..], &["--baseline", easy_path.to_str().unwrap()]].concat());
