@@ -148,24 +148,43 @@ fn run_apns(a: ApnsSendArgs, g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let mut config = ApnsConfig::new(endpoint, auth);
     config.ca_file = a.ca.clone();
     config.insecure = a.insecure;
-    config.pool = PoolConfig {
+    (config.pool, config.retry) = one_shot(a.timeout, a.attempts);
+    let sender = ApnsSender::new(config)?;
+    send_and_print(sender.send_with_details(&notification), report_line, |d| {
+        d.outcome.is_delivered()
+    })
+}
+
+/// Pool and retries of a one-shot `pusher send`: one connection, `timeout` to connect and per
+/// attempt, `attempts` in all.
+pub(crate) fn one_shot(timeout: std::time::Duration, attempts: u32) -> (PoolConfig, RetryPolicy) {
+    let pool = PoolConfig {
         connections: 1,
-        request_timeout: a.timeout,
-        connect_timeout: a.timeout,
+        request_timeout: timeout,
+        connect_timeout: timeout,
         ..PoolConfig::default()
     };
-    config.retry = RetryPolicy {
-        max_attempts: a.attempts,
+    let retry = RetryPolicy {
+        max_attempts: attempts,
         ..RetryPolicy::default()
     };
-    let sender = ApnsSender::new(config)?;
+    (pool, retry)
+}
+
+/// Runs one send on a current-thread runtime, prints its JSON line, and exits 0 when it was
+/// delivered, 1 otherwise.
+pub(crate) fn send_and_print<D>(
+    send: impl std::future::Future<Output = D>,
+    line: impl Fn(&D) -> serde_json::Value,
+    delivered: impl Fn(&D) -> bool,
+) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let delivery = runtime.block_on(sender.send_with_details(&notification));
-    println!("{}", report_line(&delivery));
-    Ok(if delivery.outcome.is_delivered() {
+    let delivery = runtime.block_on(send);
+    println!("{}", line(&delivery));
+    Ok(if delivered(&delivery) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

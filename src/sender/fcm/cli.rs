@@ -4,7 +4,6 @@
 use super::{FcmAuth, FcmConfig, FcmDelivery, FcmSender, HttpVersion, ServiceAccount};
 use crate::push::gcm::GcmMessage;
 use crate::push::message::parse_gcm;
-use crate::sender::{PoolConfig, RetryPolicy};
 use anyhow::{bail, Context};
 use clap::Args;
 use std::path::PathBuf;
@@ -155,27 +154,10 @@ pub fn run(a: GcmSendArgs) -> anyhow::Result<ExitCode> {
         (_, true) => HttpVersion::Http2,
         _ => HttpVersion::Auto,
     };
-    config.pool = PoolConfig {
-        connections: 1,
-        request_timeout: a.timeout,
-        connect_timeout: a.timeout,
-        ..PoolConfig::default()
-    };
-    config.retry = RetryPolicy {
-        max_attempts: a.attempts,
-        ..RetryPolicy::default()
-    };
+    (config.pool, config.retry) = crate::sender::cli::one_shot(a.timeout, a.attempts);
     let sender = FcmSender::new(config)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let delivery = runtime.block_on(sender.send_with_details(&msg));
-    println!("{}", report_line(&delivery));
-    Ok(if delivery.outcome.is_delivered() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    crate::sender::cli::send_and_print(sender.send_with_details(&msg), report_line, |d| {
+        d.outcome.is_delivered()
     })
 }
 
