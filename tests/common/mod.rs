@@ -9,6 +9,9 @@ use pusher::sender::{ApnsAuth, ApnsConfig, ApnsSender, Endpoint, PoolConfig, Ret
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod fake;
+pub use fake::Fake;
+
 pub const KEY_ID: &str = "TESTKEY001";
 pub const TEAM_ID: &str = "TEAM000001";
 pub const TOPIC: &str = "com.example.app";
@@ -22,31 +25,6 @@ pub fn fixture(name: &str) -> PathBuf {
 /// A 64-hex token, distinct per `i`, under no token rule.
 pub fn token(i: u64) -> String {
     format!("{:064x}", 0xa000_0000_0000_0000u64 + i)
-}
-
-/// The fake APNs: its server, and its CA written to a file for `--ca`.
-pub struct Fake {
-    pub server: MockServer,
-    pub ca_file: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Fake {
-    pub fn tls_url(&self) -> String {
-        format!(
-            "https://127.0.0.1:{}",
-            self.server.tls_addr().unwrap().port()
-        )
-    }
-    pub fn h2c_url(&self) -> String {
-        format!(
-            "http://127.0.0.1:{}",
-            self.server.h2c_addr().unwrap().port()
-        )
-    }
-    pub fn stats(&self) -> StatsSnapshot {
-        self.server.stats().snapshot()
-    }
 }
 
 pub struct FakeOptions {
@@ -96,14 +74,7 @@ pub async fn start_fake(options: FakeOptions) -> Fake {
         ..MockConfig::default()
     };
     let server = MockServer::start(config).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("fake-ca.pem");
-    std::fs::write(&ca_file, server.ca_pem()).unwrap();
-    Fake {
-        server,
-        ca_file,
-        _dir: dir,
-    }
+    Fake::new(server)
 }
 
 pub fn token_auth() -> ApnsAuth {

@@ -11,6 +11,10 @@ use pusher::sender::{PoolConfig, RetryPolicy};
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[path = "../common/fake.rs"]
+mod fake;
+pub use fake::Fake;
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/fcm")
@@ -20,30 +24,6 @@ pub fn fixture(name: &str) -> PathBuf {
 /// A registration-token-like string, distinct per `i`, under no token rule.
 pub fn token(i: u64) -> String {
     format!("a{i:015x}:APA91bHtestTOKEN_{i}-x")
-}
-
-pub struct Fake {
-    pub server: MockServer,
-    pub ca_file: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Fake {
-    pub fn tls_url(&self) -> String {
-        format!(
-            "https://127.0.0.1:{}",
-            self.server.tls_addr().unwrap().port()
-        )
-    }
-    pub fn h2c_url(&self) -> String {
-        format!(
-            "http://127.0.0.1:{}",
-            self.server.h2c_addr().unwrap().port()
-        )
-    }
-    pub fn stats(&self) -> StatsSnapshot {
-        self.server.stats().snapshot()
-    }
 }
 
 pub struct FakeOptions {
@@ -88,14 +68,7 @@ pub async fn start_fake(options: FakeOptions) -> Fake {
         clock: options.clock,
     });
     let server = MockServer::start_with(config, handler).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("fake-ca.pem");
-    std::fs::write(&ca_file, server.ca_pem()).unwrap();
-    Fake {
-        server,
-        ca_file,
-        _dir: dir,
-    }
+    Fake::new(server)
 }
 
 /// The fixture service account with its `token_uri` at `token_uri`.
