@@ -177,6 +177,67 @@ fn sender_only_open_loop_reports_raw_and_corrected_latency() {
     assert_eq!(r["latency"]["send_corrected"]["count"], 2000);
 }
 
+/// FCM through the same harness: the embedded fake FCM (HTTP v1, OAuth at its own /token),
+/// end to end through Kafka and sender-only; counts add up and invalid tokens are reported.
+#[test]
+fn gcm_bench_end_to_end_and_sender_only_conserve_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, extra) in [
+        ("end-to-end", &[][..]),
+        ("sender-only", &["--sender-only"][..]),
+    ] {
+        let json = dir.path().join(format!("{mode}.json"));
+        let args = [
+            &[
+                "bench",
+                "--mock",
+                "--platform",
+                "gcm",
+                "--count",
+                "2000",
+                "--warmup",
+                "0s",
+                "--invalid-ratio",
+                "0.1",
+                "--quiet",
+                "--json",
+                json.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat();
+        let out = pusher(&args);
+        assert!(
+            out.status.success(),
+            "{mode}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = check_report(&json);
+        assert_eq!(r["params"]["platform"], "gcm");
+        assert_eq!(r["params"]["mode"], mode);
+        let c = &r["conservation"];
+        assert_eq!(c["ok"], true, "{mode}: {c}");
+        assert_eq!(c["generated"], 2000, "{mode}: {c}");
+        assert_eq!(c["answered"], 2000, "{mode}: {c}");
+        if mode == "end-to-end" {
+            for stage in ["produced", "consumed", "committed"] {
+                assert_eq!(c[stage], 2000, "{stage}: {c}");
+            }
+        } else {
+            // The fake also answered the sender's OAuth token request(s) at /token.
+            let server = c["server_answered"].as_u64().unwrap();
+            assert!((2000..=2002).contains(&server), "{c}");
+        }
+        let outcomes = r["outcomes"].as_object().unwrap();
+        let total: u64 = outcomes.values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(total, 2000, "{mode}: {outcomes:?}");
+        let invalid = outcomes["token_invalid"].as_u64().unwrap();
+        assert!((100..400).contains(&invalid), "{mode}: {outcomes:?}");
+        assert_eq!(outcomes["delivered"].as_u64().unwrap() + invalid, 2000);
+    }
+}
+
 #[test]
 fn the_gate_fails_on_a_doctored_baseline_and_passes_on_its_own() {
     let dir = tempfile::tempdir().unwrap();

@@ -68,11 +68,17 @@ pub struct BenchArgs {
     pub key_id: Option<String>,
     #[arg(long)]
     pub team_id: Option<String>,
+    /// FCM for --endpoint: a service-account JSON file (HTTP v1, OAuth2 at its token_uri).
+    #[arg(long, conflicts_with = "api_key")]
+    pub service_account: Option<PathBuf>,
+    /// FCM for --endpoint: a legacy server key (legacy HTTP API /fcm/send).
+    #[arg(long, env = "PUSHER_BENCH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// `apns-topic` for the pushes.
     #[arg(long, default_value = "com.example.app")]
     pub topic: String,
-    /// An external Kafka for the end-to-end run (the topic push-bench_apns must exist or be
-    /// auto-created); default: librdkafka's mock cluster, in process.
+    /// An external Kafka for the end-to-end run (the topic push-bench_apns or push-bench_gcm
+    /// must exist or be auto-created); default: librdkafka's mock cluster, in process.
     #[arg(long)]
     pub brokers: Option<String>,
     /// Partitions of the embedded mock cluster's topic.

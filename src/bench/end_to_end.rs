@@ -1,5 +1,5 @@
 //! `pusher bench --mock` (end to end): generate -> produce into Kafka -> the real `run`
-//! pipeline consumes, sends to the fake APNs server, hands off outcomes and commits -> measure.
+//! pipeline consumes, sends to the fake APNs or FCM server, hands off outcomes and commits -> measure.
 //! Everything runs in this process: librdkafka's mock cluster (or `--brokers`), the fake on
 //! its own thread, the producer on its own thread, the pipeline on the main runtime.
 
@@ -8,12 +8,12 @@ use super::cli::{base_report, write_hgrm, BenchArgs};
 use super::gate::median;
 use super::recorder::Recorder;
 use super::report::{peak_rss_bytes, Conservation, Latencies, Report};
-use super::sender_only::target;
+use super::sender_only::{target, SenderConfig};
 use crate::gen::{GenConfig, Generator, Mix};
 use crate::mock::kafka::KafkaMock;
 use crate::pipeline::run::{run, AppSender, Observer, OutcomeEvent, Outputs, RunSpec};
-use crate::push::Platform;
 use crate::sender::apns::ApnsSender;
+use crate::sender::fcm::FcmSender;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::config::ClientConfig;
@@ -118,9 +118,6 @@ impl ProducerContext for Deliveries {
 }
 
 pub fn run_bench(args: &BenchArgs) -> anyhow::Result<Report> {
-    if args.platform != Platform::Apns {
-        bail!("end-to-end bench supports --platform apns so far (FCM comes with issue 3)");
-    }
     let count = args.count.or(if args.duration.is_some() {
         None
     } else {
@@ -154,7 +151,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<Report> {
 }
 
 fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result<Report> {
-    let topic = format!("push-{APP}_apns");
+    let topic = format!("push-{APP}_{}", args.platform);
     let partitions = args.partitions.max(1);
     let kafka = match &args.brokers {
         Some(_) => None,
@@ -193,7 +190,7 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
 
     // One group per round so that every round starts from the beginning of its messages.
     let group = format!("pusher-bench-{}-{round}", std::process::id());
-    let mut spec = RunSpec::new(Platform::Apns, brokers.clone(), group, vec![topic.clone()]);
+    let mut spec = RunSpec::new(args.platform, brokers.clone(), group, vec![topic.clone()]);
     spec.offset_reset = "earliest".into();
     spec.max_in_flight = args.concurrency.max(1);
     spec.commit_interval = Duration::from_millis(200);
@@ -213,8 +210,11 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
     let stop = CancellationToken::new();
     let bar = progress(args, count, round);
     let result: anyhow::Result<(crate::pipeline::run::RunSummary, Duration)> = rt.block_on(async {
-        let sender = ApnsSender::new(sender_config)?;
-        let apps = HashMap::from([(APP.to_string(), AppSender::Apns(sender))]);
+        let sender = match sender_config {
+            SenderConfig::Apns(config) => AppSender::Apns(ApnsSender::new(*config)?),
+            SenderConfig::Fcm(config) => AppSender::Gcm(FcmSender::new(*config)?),
+        };
+        let apps = HashMap::from([(APP.to_string(), sender)]);
         let outputs = Outputs {
             observer: Some(Arc::new(Measure(clock.clone()))),
             ..Outputs::default()
@@ -326,7 +326,7 @@ fn produce_inner(
         .set("queue.buffering.max.messages", "500000")
         .create_with_context(Deliveries(clock.clone()))
         .context("creating the bench producer")?;
-    let mut config = GenConfig::new(Platform::Apns);
+    let mut config = GenConfig::new(args.platform);
     // The generator stops at `count`; a duration-bound run generates until told to stop.
     config.count = u64::MAX;
     config.seed = args.seed;

@@ -1,12 +1,20 @@
-//! The embedded fake APNs server on its own thread and current_thread runtime, so that the
-//! pusher and the fake each get a core, as they would on two machines.
+//! The embedded fake APNs or FCM server on its own thread and current_thread runtime, so that
+//! the pusher and the fake each get a core, as they would on two machines.
 
-use crate::mock::{JwtKey, MockConfig, MockServer, Profile, Stats};
+use crate::mock::{FcmHandler, FcmOptions, JwtKey, MockConfig, MockServer, Profile, Stats};
 use anyhow::{bail, Context};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The embedded fake APNs server on its own thread and current_thread runtime.
+/// Which fake to run.
+pub enum FakeKind {
+    /// APNs, verifying every JWT against this provider key.
+    Apns(JwtKey),
+    /// FCM (HTTP v1 with its own OAuth `/token`, and legacy `/fcm/send`).
+    Fcm,
+}
+
+/// The embedded fake server on its own thread and current_thread runtime.
 pub struct FakeThread {
     pub tls: std::net::SocketAddr,
     pub h2c: std::net::SocketAddr,
@@ -17,11 +25,11 @@ pub struct FakeThread {
 }
 
 impl FakeThread {
-    pub fn start(profile: Profile, jwt: JwtKey) -> anyhow::Result<FakeThread> {
+    pub fn start(profile: Profile, kind: FakeKind) -> anyhow::Result<FakeThread> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
-            .name("fake-apns".into())
+            .name("fake-server".into())
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -38,8 +46,17 @@ impl FakeThread {
                         profile,
                         ..MockConfig::default()
                     };
-                    config.apns.jwt_keys = vec![jwt];
-                    match MockServer::start(config).await {
+                    let started = match kind {
+                        FakeKind::Apns(jwt) => {
+                            config.apns.jwt_keys = vec![jwt];
+                            MockServer::start(config).await
+                        }
+                        FakeKind::Fcm => {
+                            let handler = FcmHandler::new(FcmOptions::default());
+                            MockServer::start_with(config, handler).await
+                        }
+                    };
+                    match started {
                         Ok(server) => {
                             let _ = ready_tx.send(Ok((
                                 server.tls_addr(),
