@@ -16,6 +16,17 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
 }
 
+/// Adds one to `key`, allocating its String only the first time it is seen (the hot path of
+/// a million-message run records the same few classes over and over).
+fn count(map: &mut BTreeMap<String, u64>, key: &str) {
+    match map.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.to_string(), 1);
+        }
+    }
+}
+
 fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).clamp(1, MAX_LATENCY_US)
 }
@@ -74,15 +85,10 @@ impl Recorder {
 
     /// The verdict on one message; `at` is its completion time since the window started.
     pub fn record_outcome(&mut self, outcome: &Outcome, at: Duration) {
-        *self
-            .outcomes
-            .entry(outcome.class().to_string())
-            .or_default() += 1;
+        count(&mut self.outcomes, outcome.class());
         if let Some(reason) = outcome.reason() {
-            *self
-                .reasons
-                .entry(format!("{}: {}", outcome.class(), reason))
-                .or_default() += 1;
+            let key = format!("{}: {}", outcome.class(), reason);
+            count(&mut self.reasons, &key);
         }
         let second = at.as_secs() as usize;
         if self.timeline.len() <= second {
