@@ -2,8 +2,9 @@
 //! postgres, database test). Goal (issue 4): >= 20,000 tokens/s; the seed managed ~10/s.
 //!
 //! Each iteration fills a fresh table (fixtures/tokens.sql schema, plus an index on token as a
-//! deployment deleting at volume would have) with TOKENS rows, then times enqueueing every
-//! token and shutting the deleter down (which flushes): enqueue -> batch -> DELETE -> counted.
+//! deployment deleting at volume would have) with TOKENS rows, then times submitting every
+//! token and waiting for every ticket (as the pipeline does: a message finishes only when its
+//! token's DELETE committed): submit -> batch -> DELETE -> commit acknowledged -> counted.
 //! Only that part is timed. `cargo bench --bench tokens`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -75,11 +76,17 @@ fn bench_delete(c: &mut Criterion) {
                     let started = Instant::now();
                     let deleter = TokenDeleter::spawn(pool, DeleterSettings::default());
                     let queue = deleter.queue();
+                    let mut tickets = Vec::with_capacity(TOKENS);
                     for i in 0..TOKENS {
-                        queue
-                            .enqueue(APP, Platform::Apns, &token(i))
-                            .await
-                            .expect("enqueue");
+                        tickets.push(
+                            queue
+                                .submit(APP, Platform::Apns, &token(i))
+                                .await
+                                .expect("submit"),
+                        );
+                    }
+                    for ticket in tickets {
+                        ticket.committed().await.expect("deleted");
                     }
                     drop(queue);
                     let stats = deleter.shutdown(Duration::from_secs(60)).await;

@@ -1,21 +1,61 @@
-//! Logging (tracing) set-up; metric names and exporters join here with the pipeline.
+//! Logging (tracing) set-up, metric names and exporters (Prometheus, StatsD), and Sentry.
 
 use crate::cli::GlobalArgs;
+use crate::config::Secret;
+use sentry::integrations::tracing::ErrorLayer;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
-/// Logs go to stderr so stdout stays clean for JSON output (`send`, `mock`, `gen`).
+/// Logs go to stderr so stdout stays clean for JSON output (`send`, `mock`, `gen`). Errors
+/// logged also go to Sentry once [`init_sentry`] has set it up (until then the layer is idle).
 pub fn init(global: &GlobalArgs) {
     let default = if global.debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("PUSHER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let text =
+        (!global.json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = global.json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
     // A second init (tests) is harmless: keep the first subscriber.
-    let _ = if global.json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(ErrorLayer::new().with_filter(LevelFilter::ERROR))
+        .try_init();
+}
+
+/// Starts reporting to Sentry when `dsn` is set and not empty: events logged at error level,
+/// panics, and what [`report_error`] is given. Keep the guard until exit: dropping it sends
+/// what is still queued (2 s at most). The DSN's key is never logged.
+pub fn init_sentry(
+    dsn: Option<&Secret>,
+) -> Result<Option<sentry::ClientInitGuard>, TelemetryError> {
+    let Some(dsn) = dsn.filter(|d| !d.is_empty()) else {
+        return Ok(None);
     };
+    // The parse error names what is wrong, never the DSN itself.
+    let dsn: sentry::types::Dsn = dsn
+        .expose()
+        .parse()
+        .map_err(|e| TelemetryError::Sentry(format!("sentry.url: not a Sentry DSN: {e}")))?;
+    let host = dsn.host().to_string();
+    let mut options = sentry::ClientOptions::default();
+    options.dsn = Some(dsn);
+    options.release = sentry::release_name!();
+    let guard = sentry::init(options);
+    tracing::info!(host, "Reporting errors to Sentry.");
+    Ok(Some(guard))
+}
+
+/// Sends one error to Sentry (a no-op when Sentry is not set up).
+pub fn report_error(message: &str) {
+    sentry::capture_message(message, sentry::Level::Error);
 }
 
 /// Metric names, in one place (Prometheus; StatsD uses the seed's short names below).
@@ -124,4 +164,6 @@ pub enum TelemetryError {
     },
     #[error("stats.statsd: {0}")]
     Statsd(String),
+    #[error("{0}")]
+    Sentry(String),
 }

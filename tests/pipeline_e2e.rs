@@ -1,12 +1,17 @@
-//! End to end through real parts: Kafka over TCP (librdkafka's mock cluster), the pipeline,
-//! the fake APNs / FCM servers over TLS, the machine's PostgreSQL, and feedback back into Kafka.
+//! End to end through real parts: Kafka over TCP (librdkafka's mock cluster, or a real broker,
+//! Tansu, with `PUSHER_TEST_KAFKA=tansu`: tests/common/kafka.rs), the pipeline, the fake APNs /
+//! FCM servers over TLS, the machine's PostgreSQL, and feedback back into Kafka.
 //! Every message is accounted for: produced = consumed = outcomes = committed, every valid
 //! token reaches the fake, every invalid one is deleted, every failure has one feedback record.
 
 mod fcm_support;
+#[path = "common/kafka.rs"]
+mod kafka;
+#[path = "common/pg_proxy.rs"]
+mod pg_proxy;
 
+use kafka::TestKafka;
 use pusher::gen::{GenConfig, Generator};
-use pusher::mock::kafka::KafkaMock;
 use pusher::mock::{JwtKey, MockConfig, MockServer};
 use pusher::pipeline::feedback::FeedbackProducer;
 use pusher::pipeline::run::{run, AppSender, Observer, OutcomeEvent, Outputs, RunSpec, RunSummary};
@@ -48,10 +53,12 @@ async fn pg() -> tokio_postgres::Client {
     client
 }
 
-fn pg_pool() -> deadpool_postgres::Pool {
+/// A pool to the machine's PostgreSQL, or to a proxy in front of it on `port`.
+fn pg_pool(port: u16) -> deadpool_postgres::Pool {
     let mut cfg = deadpool_postgres::Config::new();
     cfg.host = Some("127.0.0.1".into());
-    cfg.port = Some(5432);
+    cfg.port = Some(port);
+    cfg.connect_timeout = Some(Duration::from_secs(2));
     cfg.user = Some("postgres".into());
     cfg.dbname = Some("test".into());
     cfg.create_pool(
@@ -141,23 +148,31 @@ async fn produce(brokers: &str, topic: &str, messages: &[Vec<u8>]) {
     futures_util::future::join_all(sends).await;
 }
 
-/// Runs the pipeline with feedback and token deletion until every produced message has an
-/// outcome, then stops it gracefully.
-async fn run_pipeline(
+/// A pipeline running with feedback and token deletion, and a count of its final outcomes.
+struct Running {
+    seen: Arc<Count>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<RunSummary, pusher::pipeline::run::PipelineError>>,
+    deleter: TokenDeleter,
+}
+
+async fn start_pipeline(
     platform: Platform,
     app: &str,
     brokers: &str,
     sender: AppSender,
-    produced: u64,
-) -> (RunSummary, TokenStats) {
+    pg_port: u16,
+) -> Running {
     let apps = HashMap::from([(app.to_string(), sender)]);
     let feedback =
         Arc::new(FeedbackProducer::new(brokers, "push-{app}-{platform}-feedbacks").unwrap());
     let settings = DeleterSettings {
         flush_interval: Duration::from_millis(50),
+        retry_initial: Duration::from_millis(20),
+        retry_max: Duration::from_millis(200),
         ..Default::default()
     };
-    let deleter = TokenDeleter::spawn(pg_pool(), settings);
+    let deleter = TokenDeleter::spawn(pg_pool(pg_port), settings);
     let seen = Arc::new(Count::default());
     let outputs = Outputs {
         feedback: Some(feedback),
@@ -175,17 +190,51 @@ async fn run_pipeline(
     spec.max_in_flight = 200;
     spec.commit_interval = Duration::from_millis(100);
     let stop = CancellationToken::new();
-    let pipeline = tokio::spawn(run(spec, apps, outputs, stop.clone()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.0.load(Ordering::Relaxed) < produced && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let task = tokio::spawn(run(spec, apps, outputs, stop.clone()));
+    Running {
+        seen,
+        stop,
+        task,
+        deleter,
     }
-    // Let the last commit go out, then stop gracefully.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.cancel();
-    let summary = pipeline.await.unwrap().unwrap();
-    let token_stats = deleter.shutdown(Duration::from_secs(10)).await;
-    (summary, token_stats)
+}
+
+impl Running {
+    fn outcomes(&self) -> u64 {
+        self.seen.0.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` messages have their final outcome (or `limit` passes).
+    async fn wait_outcomes(&self, n: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.outcomes() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Lets the last commit go out, then stops gracefully.
+    async fn stop(self) -> (RunSummary, TokenStats) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.stop.cancel();
+        let summary = self.task.await.unwrap().unwrap();
+        let token_stats = self.deleter.shutdown(Duration::from_secs(10)).await;
+        (summary, token_stats)
+    }
+}
+
+/// Runs the pipeline until every produced message has an outcome, then stops it gracefully.
+async fn run_pipeline(
+    platform: Platform,
+    app: &str,
+    brokers: &str,
+    sender: AppSender,
+    produced: u64,
+) -> (RunSummary, TokenStats) {
+    let running = start_pipeline(platform, app, brokers, sender, pg_proxy::PG_PORT).await;
+    running
+        .wait_outcomes(produced, Duration::from_secs(60))
+        .await;
+    running.stop().await
 }
 
 /// Conservation: produced = consumed = finished = outcomes = committed, nothing abandoned.
@@ -242,20 +291,33 @@ fn feedback_records(brokers: &str, app: &str, platform: Platform, expected: u64)
     records
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apns_end_to_end_counts_add_up() {
-    let app = format!("e2e{}", std::process::id());
-    let topic = format!("push-{app}_apns");
-    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 4).unwrap();
-    let brokers = kafka.bootstrap().to_string();
-
-    // The fake APNs server checks our JWTs.
+/// The fake APNs server (checking our JWTs) and a sender pointed at it; keep the CA file.
+async fn apns_fake() -> (MockServer, AppSender, tempfile::NamedTempFile) {
     let key_pem = std::fs::read_to_string("fixtures/apns/AuthKey_TESTKEY001.p8").unwrap();
     let mut mock_config = MockConfig::default();
     mock_config.apns.jwt_keys = vec![JwtKey::from_pem(KEY_ID, TEAM_ID, &key_pem).unwrap()];
     let fake = MockServer::start(mock_config).await.unwrap();
     let ca = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca.path(), fake.ca_pem()).unwrap();
+    let mut apns = ApnsConfig::new(
+        Endpoint::Custom(format!("https://{}", fake.tls_addr().unwrap())),
+        ApnsAuth::Token(TokenAuth::new(key_pem.into_bytes(), KEY_ID, TEAM_ID)),
+    );
+    apns.ca_file = Some(ca.path().to_path_buf());
+    apns.default_topic = Some("com.example.app".into());
+    apns.retry.base = Duration::from_millis(10);
+    let sender = AppSender::Apns(ApnsSender::new(apns).unwrap());
+    (fake, sender, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apns_end_to_end_counts_add_up() {
+    let app = format!("e2e{}", std::process::id());
+    let topic = format!("push-{app}_apns");
+    let kafka = TestKafka::start(&[&topic, &format!("push-{app}-apns-feedbacks")], 4).await;
+    let brokers = kafka.bootstrap().to_string();
+
+    let (fake, sender, _ca) = apns_fake().await;
 
     let Batch {
         mut messages,
@@ -283,14 +345,6 @@ async fn apns_end_to_end_counts_add_up() {
     token_table(&db, &table, &invalid_tokens).await;
     produce(&brokers, &topic, &messages).await;
 
-    let mut apns = ApnsConfig::new(
-        Endpoint::Custom(format!("https://{}", fake.tls_addr().unwrap())),
-        ApnsAuth::Token(TokenAuth::new(key_pem.into_bytes(), KEY_ID, TEAM_ID)),
-    );
-    apns.ca_file = Some(ca.path().to_path_buf());
-    apns.default_topic = Some("com.example.app".into());
-    apns.retry.base = Duration::from_millis(10);
-    let sender = AppSender::Apns(ApnsSender::new(apns).unwrap());
     let (summary, token_stats) =
         run_pipeline(Platform::Apns, &app, &brokers, sender, produced).await;
 
@@ -334,7 +388,7 @@ async fn gcm_end_to_end_counts_add_up() {
     use fcm_support::{start_fake, v1_config, FakeOptions};
     let app = format!("e2egcm{}", std::process::id());
     let topic = format!("push-{app}_gcm");
-    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 4).unwrap();
+    let kafka = TestKafka::start(&[&topic, &format!("push-{app}-gcm-feedbacks")], 4).await;
     let brokers = kafka.bootstrap().to_string();
     let fake = start_fake(FakeOptions::default()).await;
 
@@ -393,4 +447,110 @@ async fn gcm_end_to_end_counts_add_up() {
         "{:?}",
         &records[..2]
     );
+}
+
+/// PostgreSQL goes away in the middle of a run (a proxy in front of it is cut, live
+/// connections included) and comes back: pushes go on meanwhile, the messages whose token
+/// awaits deletion stay unfinished (so uncommitted: a crash would redo them), and once
+/// PostgreSQL is back every token is deleted and the counts add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_mid_run_pushes_go_on_and_no_deletion_is_lost() {
+    let app = format!("e2epg{}", std::process::id());
+    let topic = format!("push-{app}_apns");
+    let kafka = TestKafka::start(&[&topic, &format!("push-{app}-apns-feedbacks")], 4).await;
+    let brokers = kafka.bootstrap().to_string();
+    let (fake, sender, _ca) = apns_fake().await;
+
+    // Two halves: the first with PostgreSQL up, the second produced after it is cut.
+    let first = generate(Platform::Apns, &app, 600, 21);
+    let second = generate(Platform::Apns, &app, 600, 22);
+    let produced = (first.messages.len() + second.messages.len()) as u64;
+    let invalid: Vec<String> = first
+        .invalid_tokens
+        .iter()
+        .chain(&second.invalid_tokens)
+        .cloned()
+        .collect();
+    assert!(!second.invalid_tokens.is_empty());
+    let table = format!("{app}_apns");
+    let db = pg().await;
+    token_table(&db, &table, &invalid).await;
+
+    let proxy = pg_proxy::PgProxy::start(true).await;
+    let running = start_pipeline(Platform::Apns, &app, &brokers, sender, proxy.port).await;
+    produce(&brokers, &topic, &first.messages).await;
+    let n1 = first.messages.len() as u64;
+    running.wait_outcomes(n1, Duration::from_secs(60)).await;
+    assert_eq!(running.outcomes(), n1, "first half done with PostgreSQL up");
+    let deleted_before = running.deleter.stats().success;
+    assert_eq!(deleted_before, first.invalid_tokens.len() as u64);
+
+    proxy.down();
+    produce(&brokers, &topic, &second.messages).await;
+    // Pushes go on: every valid message of both halves reaches the fake...
+    let valid = first.valid + second.valid;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let delivered = || {
+        fake.stats()
+            .snapshot()
+            .by_status
+            .get(&200)
+            .copied()
+            .unwrap_or(0)
+    };
+    while delivered() < valid && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        delivered(),
+        valid,
+        "pushes stopped while PostgreSQL was down"
+    );
+    // ...and every message but those whose token awaits deletion has its outcome.
+    let waiting = second.invalid_tokens.len() as u64;
+    running
+        .wait_outcomes(produced - waiting, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(running.outcomes(), produced - waiting);
+    let stats = running.deleter.stats();
+    assert!(stats.error > 0, "the outage was not felt: {stats:?}");
+    assert_eq!(
+        (stats.success, stats.dropped),
+        (deleted_before, 0),
+        "{stats:?}"
+    );
+    let left: i64 = db
+        .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        left as u64, waiting,
+        "tokens deleted while PostgreSQL was down?"
+    );
+
+    proxy.up();
+    running
+        .wait_outcomes(produced, Duration::from_secs(30))
+        .await;
+    let (summary, token_stats) = running.stop().await;
+    assert_conserved(&summary, produced);
+    assert_eq!(
+        summary.outcomes,
+        BTreeMap::from([
+            ("delivered".to_string(), valid),
+            ("token_invalid".to_string(), invalid.len() as u64),
+        ])
+    );
+    assert_eq!(
+        (token_stats.success, token_stats.dropped),
+        (invalid.len() as u64, 0),
+        "{token_stats:?}"
+    );
+    assert_eq!(rows_left_then_drop(&db, &table).await, 0);
+    assert!(proxy.refused() > 0, "the proxy never refused a connection");
+    let records = feedback_records(&brokers, &app, Platform::Apns, produced - valid);
+    assert_eq!(records.len() as u64, produced - valid);
+    fake.shutdown().await;
 }

@@ -2,16 +2,16 @@
 //! trust auth, database `test`). Each test makes its own uniquely named tables from
 //! fixtures/tokens.sql and drops them.
 
+#[path = "common/pg_proxy.rs"]
+mod pg_proxy;
+
+use pg_proxy::{PgProxy, PG_PORT};
 use pusher::config::PgConfig;
 use pusher::pipeline::tokens::{pg_pool, DeleterSettings, TokenDeleter, TokenError, TokenStats};
 use pusher::push::Platform;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
-
-const PG_PORT: u16 = 5432;
 
 fn pg_config(port: u16) -> PgConfig {
     PgConfig {
@@ -116,12 +116,12 @@ async fn deletes_batches_and_counts_nonexistent() {
     let queue = deleter.queue();
     for token in ["a1", "a2", "missing", "a2"] {
         queue
-            .enqueue(&tables.app, Platform::Apns, token)
+            .submit(&tables.app, Platform::Apns, token)
             .await
             .unwrap();
     }
     queue
-        .enqueue(&tables.app, Platform::Gcm, "g1")
+        .submit(&tables.app, Platform::Gcm, "g1")
         .await
         .unwrap();
     drop(queue);
@@ -151,11 +151,11 @@ async fn a_full_batch_goes_without_waiting_for_the_timer() {
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(PG_PORT)).unwrap(), s);
     let queue = deleter.queue();
     queue
-        .enqueue(&tables.app, Platform::Apns, "x1")
+        .submit(&tables.app, Platform::Apns, "x1")
         .await
         .unwrap();
     queue
-        .enqueue(&tables.app, Platform::Apns, "x2")
+        .submit(&tables.app, Platform::Apns, "x2")
         .await
         .unwrap();
     wait_for("the size-triggered flush", Duration::from_secs(10), || {
@@ -178,7 +178,7 @@ async fn an_app_named_to_inject_sql_is_refused_and_counted() {
         "{}_apns\" ; DROP TABLE \"{}_apns\"; --",
         tables.app, tables.app
     );
-    let err = queue.enqueue(&evil, Platform::Apns, "t").await.unwrap_err();
+    let err = queue.submit(&evil, Platform::Apns, "t").await.unwrap_err();
     assert!(matches!(err, TokenError::InvalidTableName { .. }), "{err}");
     drop(queue);
     let stats = deleter.shutdown(Duration::from_secs(5)).await;
@@ -194,37 +194,21 @@ async fn a_missing_table_is_a_permanent_error_not_an_endless_retry() {
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(PG_PORT)).unwrap(), settings());
     let queue = deleter.queue();
     let ghost = format!("{}-nosuchapp", tables.app);
-    queue.enqueue(&ghost, Platform::Gcm, "t1").await.unwrap();
-    queue.enqueue(&ghost, Platform::Gcm, "t2").await.unwrap();
+    let t1 = queue.submit(&ghost, Platform::Gcm, "t1").await.unwrap();
+    let t2 = queue.submit(&ghost, Platform::Gcm, "t2").await.unwrap();
     wait_for("the batch to be dropped", Duration::from_secs(10), || {
         queue.stats().dropped == 2
     })
     .await;
     assert_eq!(queue.stats().error, 1, "one attempt, no retries");
+    // The waiters hear it is final (their messages finish: retrying cannot help).
+    for ticket in [t1, t2] {
+        let err = ticket.committed().await.unwrap_err();
+        assert!(matches!(err, TokenError::Permanent { .. }), "{err}");
+    }
     drop(queue);
     deleter.shutdown(Duration::from_secs(5)).await;
     tables.drop_tables().await;
-}
-
-/// A TCP proxy to PostgreSQL that can be "down" (connections are accepted and closed at once,
-/// as when the server restarts) or "up" (bytes are forwarded). Stops with the test's runtime.
-async fn switchable_proxy(up: Arc<AtomicBool>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            if !up.load(Ordering::SeqCst) {
-                drop(inbound);
-                continue;
-            }
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", PG_PORT)).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    port
 }
 
 #[tokio::test]
@@ -233,21 +217,33 @@ async fn postgres_down_keeps_the_batch_and_delivers_it_when_back() {
     tables
         .insert(Platform::Apns, &["d1", "d2", "d3", "keep"])
         .await;
-    let up = Arc::new(AtomicBool::new(false));
-    let port = switchable_proxy(up.clone()).await;
+    let proxy = PgProxy::start(false).await;
+    let port = proxy.port;
 
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(port)).unwrap(), settings());
     let queue = deleter.queue();
+    let mut tickets = Vec::new();
     for token in ["d1", "d2", "d3"] {
-        queue
-            .enqueue(&tables.app, Platform::Apns, token)
-            .await
-            .unwrap();
+        tickets.push(
+            queue
+                .submit(&tables.app, Platform::Apns, token)
+                .await
+                .unwrap(),
+        );
     }
     wait_for("several failed attempts", Duration::from_secs(10), || {
         queue.stats().error >= 3
     })
     .await;
+    // No acknowledgement while the DELETE has not committed.
+    let first = tickets.remove(0);
+    let mut first = Box::pin(first.committed());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut first)
+            .await
+            .is_err(),
+        "a ticket resolved while PostgreSQL was down"
+    );
     let stats = queue.stats();
     assert_eq!(
         (stats.success, stats.dropped),
@@ -256,7 +252,7 @@ async fn postgres_down_keeps_the_batch_and_delivers_it_when_back() {
     );
     assert_eq!(tables.tokens(Platform::Apns).await.len(), 4);
 
-    up.store(true, Ordering::SeqCst);
+    proxy.up();
     wait_for(
         "the kept batch to be delivered",
         Duration::from_secs(10),
@@ -264,6 +260,11 @@ async fn postgres_down_keeps_the_batch_and_delivers_it_when_back() {
     )
     .await;
     assert_eq!(tables.tokens(Platform::Apns).await, ["keep"]);
+    first.await.unwrap();
+    for ticket in tickets {
+        ticket.committed().await.unwrap();
+    }
+    assert!(proxy.refused() > 0);
     drop(queue);
     let stats = deleter.shutdown(Duration::from_secs(5)).await;
     assert_eq!((stats.success, stats.nonexistent, stats.dropped), (3, 0, 0));
@@ -280,8 +281,8 @@ async fn closed_port_counts_errors_and_shutdown_deadline_reports_the_loss() {
         .port();
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(port)).unwrap(), settings());
     let queue = deleter.queue();
-    queue.enqueue("game", Platform::Gcm, "t1").await.unwrap();
-    queue.enqueue("game", Platform::Gcm, "t2").await.unwrap();
+    let t1 = queue.submit("game", Platform::Gcm, "t1").await.unwrap();
+    let t2 = queue.submit("game", Platform::Gcm, "t2").await.unwrap();
     wait_for("failed attempts", Duration::from_secs(10), || {
         queue.stats().error >= 2
     })
@@ -294,11 +295,16 @@ async fn closed_port_counts_errors_and_shutdown_deadline_reports_the_loss() {
         "given up only at the deadline, and counted"
     );
     assert_eq!(stats.success, 0);
+    // The waiters learn the tokens were not deleted (their messages stay uncommitted).
+    for ticket in [t1, t2] {
+        let err = ticket.committed().await.unwrap_err();
+        assert!(matches!(err, TokenError::Stopped), "{err}");
+    }
 }
 
 #[tokio::test]
-async fn a_full_queue_makes_enqueue_wait() {
-    // PostgreSQL down: the worker holds one batch, the queue fills, then enqueue blocks.
+async fn a_full_queue_makes_submit_wait() {
+    // PostgreSQL down: the worker holds one batch, the queue fills, then submit blocks.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -311,18 +317,18 @@ async fn a_full_queue_makes_enqueue_wait() {
     let queue = deleter.queue();
     for i in 0..3 {
         queue
-            .enqueue("game", Platform::Apns, &format!("t{i}"))
+            .submit("game", Platform::Apns, &format!("t{i}"))
             .await
             .unwrap();
     }
     let blocked = tokio::time::timeout(
         Duration::from_millis(300),
-        queue.enqueue("game", Platform::Apns, "t3"),
+        queue.submit("game", Platform::Apns, "t3"),
     )
     .await;
     assert!(
         blocked.is_err(),
-        "enqueue should wait while the queue is full"
+        "submit should wait while the queue is full"
     );
     drop(queue);
     let stats = deleter.shutdown(Duration::from_millis(100)).await;

@@ -5,7 +5,7 @@ use super::feedback::FeedbackProducer;
 use super::run::{run as run_loop, AppSender, Outputs, RunSpec};
 use super::tokens::{pg_pool, DeleterSettings, TokenDeleter};
 use crate::cli::GlobalArgs;
-use crate::config::{ApnsCert, Config};
+use crate::config::{ApnsCert, Config, Secret};
 use crate::push::Platform;
 use crate::sender::apns::{load_identity, ApnsAuth, ApnsConfig, ApnsSender, TokenAuth};
 use crate::sender::endpoint::Endpoint;
@@ -125,6 +125,26 @@ pub fn run_platform(
     args: PlatformRunArgs,
     g: &GlobalArgs,
 ) -> anyhow::Result<ExitCode> {
+    let config = load_config(platform, &args, g);
+    // Sentry first, so that a failure to start is reported too; when the config itself is bad,
+    // its URL can only come from the environment.
+    let dsn = match &config {
+        Ok(c) => c.sentry.url.clone(),
+        Err(_) => std::env::var("PUSHER_SENTRY_URL").ok().map(Secret::new),
+    };
+    let _sentry = crate::telemetry::init_sentry(dsn.as_ref())?;
+    let result = config.and_then(|config| run_configured(platform, args, g, config));
+    if let Err(e) = &result {
+        crate::telemetry::report_error(&format!("pusher run {platform}: {e:#}"));
+    }
+    result
+}
+
+fn load_config(
+    platform: Platform,
+    args: &PlatformRunArgs,
+    g: &GlobalArgs,
+) -> anyhow::Result<Config> {
     // The seed's default path, when it is there; an explicit --config must exist.
     let default = PathBuf::from("./config/default.yaml");
     let path = g
@@ -134,9 +154,18 @@ pub fn run_platform(
     let config = Config::load_with(
         path.as_deref(),
         std::env::vars(),
-        &overrides(platform, &args),
+        &overrides(platform, args),
     )?;
     config.validate()?;
+    Ok(config)
+}
+
+fn run_configured(
+    platform: Platform,
+    args: PlatformRunArgs,
+    g: &GlobalArgs,
+    config: Config,
+) -> anyhow::Result<ExitCode> {
     tracing::debug!(config = ?config, "Configuration loaded.");
     let apps = match platform {
         Platform::Apns => apns_senders(&config, &args, g.production)?,
@@ -314,11 +343,7 @@ fn outputs(platform: Platform, config: &Config) -> anyhow::Result<(Outputs, Opti
     };
     let deleter = if config.invalid_token.handlers.iter().any(|h| h == "pg") {
         let pool = pg_pool(&config.invalid_token.pg).context("invalidToken.pg")?;
-        let settings = DeleterSettings {
-            batch_size: config.invalid_token.batch.size.max(1),
-            flush_interval: Duration::from_millis(config.invalid_token.batch.interval_ms.max(1)),
-            ..DeleterSettings::default()
-        };
+        let settings = DeleterSettings::from_config(&config.invalid_token);
         Some(TokenDeleter::spawn(pool, settings))
     } else {
         None

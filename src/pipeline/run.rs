@@ -2,13 +2,18 @@
 //! per-partition offset tracker (DESIGN.md §5).
 //!
 //! At-least-once: a message's offset becomes committable only when its outcome is final *and*
-//! its side effects are handed off (feedback acknowledged by Kafka, token queued for
-//! deletion). Messages of a partition finish in any order; the tracker commits only the
+//! its side effects are done (feedback acknowledged by Kafka, invalid token's DELETE committed
+//! in PostgreSQL). Messages of a partition finish in any order; the tracker commits only the
 //! contiguous prefix. A crash resends what was in flight and loses nothing.
+//!
+//! A message waiting for its token's DELETE gives its in-flight slot back, so pushes go on
+//! while PostgreSQL is down; it stays unfinished (its partition's commits stop there) until the
+//! deleter acknowledges the batch. What that can hold is bounded by the deleter's queue
+//! (`DeleterSettings::queue_capacity` + a batch) and the tracker's window per partition.
 
 use super::feedback::{self, ApnsDetails, FeedbackProducer, FeedbackRecord, MessageContext};
 use super::offsets::{OffsetError, OffsetTracker};
-use super::tokens::{TokenError, TokenQueue};
+use super::tokens::{DeletionTicket, TokenError, TokenQueue};
 use crate::push::message::{is_expired, parse_apns, parse_gcm};
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
@@ -46,6 +51,8 @@ pub struct RunSpec {
     pub shutdown_timeout: Duration,
     /// Feedback for successes too (failures always get one).
     pub include_success_feedback: bool,
+    /// How often the consumer-lag gauge is updated (zero: never).
+    pub lag_interval: Duration,
     /// Extra librdkafka consumer settings, applied last.
     pub consumer_extra: Vec<(String, String)>,
 }
@@ -68,6 +75,7 @@ impl RunSpec {
             commit_interval: Duration::from_millis(500),
             shutdown_timeout: Duration::from_secs(30),
             include_success_feedback: false,
+            lag_interval: Duration::from_secs(5),
             consumer_extra: Vec::new(),
         }
     }
@@ -185,6 +193,22 @@ impl ClientContext for RebalanceContext {
             tracing::error!(%error, reason, "librdkafka error.");
         }
     }
+
+    /// The consumer-lag gauge: high watermark minus committed offset, summed over the
+    /// partitions this consumer holds. librdkafka computes it from its own fetches and our
+    /// commits, so this costs no request, and never calls `committed()` on this consumer
+    /// (that makes its Drop hang: kafka-probe.md §1.5). A partition with no commit yet is
+    /// unknown (-1 in librdkafka) and left out.
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        metrics::gauge!(crate::telemetry::names::CONSUMER_LAG).set(lag as f64);
+    }
 }
 
 impl ConsumerContext for RebalanceContext {
@@ -248,7 +272,20 @@ struct Shared {
     reported: Mutex<std::collections::HashSet<String>>,
     /// `app_from_topic` per topic seen: a regex match per message was ~2 % of the loop.
     topic_apps: Mutex<HashMap<String, Option<(String, Platform)>>>,
+    /// Given-up messages per (app, reason) since that pair was last reported.
+    gave_up: Mutex<HashMap<(String, String), GaveUpReport>>,
 }
+
+/// Given-up messages are logged as errors (and so reach Sentry) at most once a minute per app
+/// and reason: an APNs outage must not become a million events.
+#[derive(Default)]
+struct GaveUpReport {
+    /// When it was last reported (never: `None`).
+    last: Option<tokio::time::Instant>,
+    unreported: u64,
+}
+
+const GAVE_UP_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Consumes until `shutdown` is cancelled, then drains and commits.
 pub async fn run(
@@ -294,6 +331,7 @@ pub async fn run(
         stop: hard_stop.clone(),
         reported: Mutex::new(Default::default()),
         topic_apps: Mutex::new(HashMap::new()),
+        gave_up: Mutex::new(HashMap::new()),
     });
     let permits = Arc::new(Semaphore::new(spec.max_in_flight.max(1)));
     let mut commit_tick = tokio::time::interval(spec.commit_interval);
@@ -377,18 +415,24 @@ pub async fn run(
                     produced_at_ms,
                     send_latency: None,
                 },
+                permit,
             )
             .await;
-            drop(permit);
         });
     }
 
     // Graceful shutdown: no more fetching; let in-flight work finish within the timeout.
     tracing::info!("Stopping: finishing in-flight messages.");
     let all = u32::try_from(spec.max_in_flight.max(1)).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(spec.shutdown_timeout, permits.acquire_many(all))
-        .await
-        .is_ok();
+    let drained = tokio::time::timeout(spec.shutdown_timeout, async {
+        let _all = permits.acquire_many(all).await;
+        // Messages waiting for their token's DELETE hold no slot: wait for them too.
+        while lock(&tracker).in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok();
     hard_stop.cancel();
     let abandoned = lock(&tracker).in_flight() as u64;
     if !drained {
@@ -427,7 +471,12 @@ fn consumer(
         )
         .set("enable.partition.eof", "false")
         // Bound the prefetch queue: memory stays flat under any backlog.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        // Statistics feed the consumer-lag gauge (RebalanceContext::stats).
+        .set(
+            "statistics.interval.ms",
+            spec.lag_interval.as_millis().to_string(),
+        );
     for (k, v) in &spec.consumer_extra {
         config.set(k, v);
     }
@@ -476,8 +525,8 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// One message, from bytes to a handed-off outcome.
-async fn handle(shared: &Shared, mut m: Consumed) {
+/// One message, from bytes to a handed-off outcome. `slot` is its in-flight permit.
+async fn handle(shared: &Shared, mut m: Consumed, slot: tokio::sync::OwnedSemaphorePermit) {
     let Some((app, platform)) = topic_app(shared, &m.topic) else {
         report_once(shared, &m.topic, "Topic does not name an app and platform (push-<app>_<apns|gcm>); its messages are skipped.");
         finish(
@@ -542,10 +591,38 @@ async fn handle(shared: &Shared, mut m: Consumed) {
         }
     };
     // Side effects first, then the offset: that order is the at-least-once contract.
-    if !hand_off(shared, &ctx, &outcome, &details).await {
-        return; // Stopped before the hand-off: not finished, so it will be redelivered.
+    let deletion = match hand_off(shared, &ctx, &outcome, &details).await {
+        HandOff::Done => None,
+        HandOff::Deleting(ticket) => Some(ticket),
+        HandOff::Stopped => return, // Not finished, so it will be redelivered.
+    };
+    drop(slot);
+    if let Some(ticket) = deletion {
+        let committed = tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            c = ticket.committed() => c,
+        };
+        match committed {
+            Ok(()) => {}
+            // The database refuses it for good (counted by the deleter): retrying cannot help.
+            Err(TokenError::Permanent { .. }) => {}
+            // The deleter stopped before the DELETE: not finished, so it will be redelivered.
+            Err(e) => {
+                tracing::warn!(error = %e, "Token not deleted; the message will be redone.");
+                return;
+            }
+        }
     }
     finish(shared, &m, &app, &ctx.token, &outcome);
+}
+
+/// Where a message's side effects stand after [`hand_off`].
+enum HandOff {
+    Done,
+    /// Feedback is out; the token's DELETE is queued and the ticket says when it committed.
+    Deleting(DeletionTicket),
+    /// Stopped before the side effects were out.
+    Stopped,
 }
 
 async fn apns(
@@ -632,13 +709,13 @@ async fn gcm(sender: &FcmSender, payload: Option<&[u8]>, ctx: &mut MessageContex
     delivery.outcome
 }
 
-/// Feedback produced and acknowledged, token queued: returns false only if stopped first.
+/// Feedback produced and acknowledged, then the token queued for deletion.
 async fn hand_off(
     shared: &Shared,
     ctx: &MessageContext,
     outcome: &Outcome,
     details: &ApnsDetails,
-) -> bool {
+) -> HandOff {
     if let Some(producer) = &shared.outputs.feedback {
         if feedback::should_report(outcome, shared.include_success) {
             let record = match shared.platform {
@@ -654,7 +731,7 @@ async fn hand_off(
                     Err(e) => {
                         tracing::warn!(error = %e, "Feedback not delivered; retrying.");
                         tokio::select! {
-                            _ = shared.stop.cancelled() => return false,
+                            _ = shared.stop.cancelled() => return HandOff::Stopped,
                             _ = tokio::time::sleep(backoff) => {}
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -664,20 +741,28 @@ async fn hand_off(
         }
     }
     if let (Some(tokens), Outcome::TokenInvalid { .. }) = (&shared.outputs.tokens, outcome) {
-        match tokens.enqueue(&ctx.app, shared.platform, &ctx.token).await {
-            Ok(()) => {}
+        // Waiting for room in the deleter's queue keeps the in-flight slot: backpressure.
+        let submitted = tokio::select! {
+            _ = shared.stop.cancelled() => return HandOff::Stopped,
+            s = tokens.submit(&ctx.app, shared.platform, &ctx.token) => s,
+        };
+        match submitted {
+            Ok(ticket) => return HandOff::Deleting(ticket),
             // An app name that cannot be a table: counted by the deleter; retrying cannot help.
             Err(TokenError::InvalidTableName { .. }) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "Token deletion queue unavailable.");
-                return false;
+                return HandOff::Stopped;
             }
         }
     }
-    true
+    HandOff::Done
 }
 
 fn finish(shared: &Shared, m: &Consumed, app: &str, token: &str, outcome: &Outcome) {
+    if let Outcome::GaveUp { reason } = outcome {
+        report_gave_up(shared, app, reason);
+    }
     {
         // Look up before inserting: no String allocated per message.
         let mut outcomes = lock(&shared.counters.outcomes);
@@ -719,6 +804,27 @@ fn topic_app(shared: &Shared, topic: &str) -> Option<(String, Platform)> {
     let found = app_from_topic(topic);
     known.insert(topic.to_string(), found.clone());
     found
+}
+
+fn report_gave_up(shared: &Shared, app: &str, reason: &str) {
+    let now = tokio::time::Instant::now();
+    let mut reports = lock(&shared.gave_up);
+    let key = (app.to_string(), reason.to_string());
+    let report = reports.entry(key).or_default();
+    report.unreported += 1;
+    if report
+        .last
+        .is_none_or(|last| now.duration_since(last) >= GAVE_UP_REPORT_EVERY)
+    {
+        tracing::error!(
+            app,
+            reason,
+            messages = report.unreported,
+            "Messages given up after their retries."
+        );
+        report.last = Some(now);
+        report.unreported = 0;
+    }
 }
 
 fn report_once(shared: &Shared, key: &str, what: &str) {

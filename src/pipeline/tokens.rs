@@ -1,12 +1,15 @@
 //! Invalid-token deletion in PostgreSQL (DESIGN.md §6).
 //!
-//! The pipeline calls [`TokenQueue::enqueue`] for each token APNs/FCM call dead; it returns once
-//! the token is in the deleter's bounded queue (a full queue makes callers wait: backpressure,
-//! never unbounded memory). One background task batches tokens by size and time into
+//! The pipeline calls [`TokenQueue::submit`] for each token APNs/FCM call dead; it returns a
+//! [`DeletionTicket`] once the token is in the deleter's bounded queue (a full queue makes
+//! callers wait: backpressure, never unbounded memory). The ticket resolves when the token's
+//! DELETE has committed in PostgreSQL: only then may the message's offset be committed, so a
+//! crash never loses a deletion. One background task batches tokens by size and time into
 //! `DELETE FROM "<app>_<platform>" WHERE token = ANY($1) RETURNING token`, one statement per
-//! table per batch.
+//! table per batch, and acknowledges the whole batch at once.
 //! While PostgreSQL is unreachable the batch is kept and retried with back-off (nothing is lost,
-//! and the queue fills up behind it); on shutdown what is queued is flushed.
+//! and the queue fills up behind it); on shutdown what is queued is flushed. Tokens at most
+//! awaiting their DELETE: `queue_capacity` plus one batch.
 //!
 //! Fixes over the seed (anchors §1.7): no 100 ms sleep per token, the table name is validated
 //! and quoted, and failed deletes are retried instead of dropped.
@@ -18,16 +21,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     #[error("app {app:?}: not a valid table name prefix (allowed: letters, digits, '_' and '-')")]
     InvalidTableName { app: String },
     #[error("the token deleter has stopped")]
     Stopped,
+    #[error("token delete from {table:?} failed permanently: {message}")]
+    Permanent { table: String, message: String },
     #[error("invalidToken.pg: cannot build a connection pool: {0}")]
     Pool(String),
 }
@@ -39,7 +44,8 @@ pub struct DeleterSettings {
     pub batch_size: usize,
     /// A non-empty batch is flushed at least this often.
     pub flush_interval: Duration,
-    /// Tokens that may wait in the queue before `enqueue` blocks.
+    /// Tokens that may wait in the queue before `submit` blocks (besides the batch being
+    /// written): with the batch, the most tokens awaiting their DELETE at once.
     pub queue_capacity: usize,
     /// First and longest wait between retries while PostgreSQL fails.
     pub retry_initial: Duration,
@@ -111,11 +117,27 @@ impl Counters {
     }
 }
 
-/// One token to delete, with its validated table name.
+/// One token to delete, with its validated table name and who waits for the commit.
 #[derive(Debug)]
 struct Deletion {
     table: String,
     token: String,
+    ack: oneshot::Sender<Result<(), TokenError>>,
+}
+
+/// Resolves when a submitted token's DELETE has committed.
+#[derive(Debug)]
+pub struct DeletionTicket {
+    rx: oneshot::Receiver<Result<(), TokenError>>,
+}
+
+impl DeletionTicket {
+    /// `Ok` once the DELETE committed (the token may have had no row). `Permanent`: the
+    /// database refused it for good (e.g. no such table); retrying cannot help. `Stopped`: the
+    /// deleter gave up at its shutdown deadline, the token is not deleted.
+    pub async fn committed(self) -> Result<(), TokenError> {
+        self.rx.await.unwrap_or(Err(TokenError::Stopped))
+    }
 }
 
 /// Builds the PostgreSQL pool from `invalidToken.pg` (no TLS, as the seed's default).
@@ -167,23 +189,37 @@ pub struct TokenQueue {
 
 impl TokenQueue {
     /// Queues `token` for deletion from `"<app>_<platform>"`; returns once it is queued (waits
-    /// while the queue is full). An unsafe app name is refused, counted and never reaches SQL.
-    pub async fn enqueue(
+    /// while the queue is full) with a ticket for the commit. An unsafe app name is refused,
+    /// counted and never reaches SQL.
+    pub async fn submit(
+        &self,
+        app: &str,
+        platform: Platform,
+        token: &str,
+    ) -> Result<DeletionTicket, TokenError> {
+        let table = table_name(app, platform).inspect_err(|_| {
+            self.counters.invalid_table.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Deletion {
+                table,
+                token: token.to_owned(),
+                ack,
+            })
+            .await
+            .map_err(|_| TokenError::Stopped)?;
+        Ok(DeletionTicket { rx })
+    }
+
+    /// Submits `token` and waits until its DELETE has committed.
+    pub async fn delete(
         &self,
         app: &str,
         platform: Platform,
         token: &str,
     ) -> Result<(), TokenError> {
-        let table = table_name(app, platform).inspect_err(|_| {
-            self.counters.invalid_table.fetch_add(1, Ordering::Relaxed);
-        })?;
-        self.tx
-            .send(Deletion {
-                table,
-                token: token.to_owned(),
-            })
-            .await
-            .map_err(|_| TokenError::Stopped)
+        self.submit(app, platform, token).await?.committed().await
     }
 
     pub fn stats(&self) -> TokenStats {
@@ -247,18 +283,28 @@ impl TokenDeleter {
     }
 }
 
-/// Pending tokens, grouped by table (sets: a token queued twice is deleted once).
+/// Pending tokens, grouped by table, each with whoever waits for it (a token queued twice is
+/// deleted once, and both waiters hear of it).
 #[derive(Debug, Default)]
 struct Batch {
-    by_table: BTreeMap<String, BTreeSet<String>>,
+    by_table: BTreeMap<String, BTreeMap<String, Vec<Ack>>>,
     len: usize,
 }
 
+type Ack = oneshot::Sender<Result<(), TokenError>>;
+
 impl Batch {
     fn add(&mut self, d: Deletion) {
-        if self.by_table.entry(d.table).or_default().insert(d.token) {
+        let acks = self
+            .by_table
+            .entry(d.table)
+            .or_default()
+            .entry(d.token)
+            .or_default();
+        if acks.is_empty() {
             self.len += 1;
         }
+        acks.push(d.ack);
     }
 }
 
@@ -298,15 +344,27 @@ impl Worker {
     }
 
     async fn flush(&self, batch: Batch) {
-        for (table, tokens) in batch.by_table {
-            let tokens: Vec<String> = tokens.into_iter().collect();
-            self.delete_until_done(&table, &tokens).await;
+        for (table, pending) in batch.by_table {
+            let (tokens, acks): (Vec<String>, Vec<Vec<Ack>>) = pending.into_iter().unzip();
+            let result = match self.delete_until_done(&table, &tokens).await {
+                Done::Committed => Ok(()),
+                Done::Permanent(message) => Err(TokenError::Permanent {
+                    table: table.clone(),
+                    message,
+                }),
+                // Dropping the acks tells the waiters the tokens were not deleted.
+                Done::Abandoned => continue,
+            };
+            for ack in acks.into_iter().flatten() {
+                // A waiter that went away (its message was abandoned) needs no answer.
+                let _ = ack.send(result.clone());
+            }
         }
     }
 
     /// Deletes one table's tokens, retrying transient failures with back-off until it works or
     /// the shutdown deadline abandons it.
-    async fn delete_until_done(&self, table: &str, tokens: &[String]) {
+    async fn delete_until_done(&self, table: &str, tokens: &[String]) -> Done {
         let count = tokens.len() as u64;
         let mut wait = self.settings.retry_initial;
         loop {
@@ -316,14 +374,14 @@ impl Worker {
                     self.counters
                         .nonexistent
                         .fetch_add(count.saturating_sub(tokens_found), Ordering::Relaxed);
-                    return;
+                    return Done::Committed;
                 }
                 Err(failure) => {
                     self.counters.error.fetch_add(1, Ordering::Relaxed);
                     if !failure.transient {
                         tracing::error!(table, tokens = count, error = %failure.message, "token delete failed permanently; batch dropped");
                         self.counters.dropped.fetch_add(count, Ordering::Relaxed);
-                        return;
+                        return Done::Permanent(failure.message);
                     }
                     tracing::warn!(table, tokens = count, error = %failure.message, retry_in = ?wait, "token delete failed; will retry");
                 }
@@ -333,7 +391,7 @@ impl Worker {
                 _ = self.abandon.cancelled() => {
                     tracing::error!(table, tokens = count, "shutdown deadline passed; undeleted tokens dropped");
                     self.counters.dropped.fetch_add(count, Ordering::Relaxed);
-                    return;
+                    return Done::Abandoned;
                 }
             }
             wait = (wait * 2).min(self.settings.retry_max);
@@ -359,6 +417,13 @@ impl Worker {
             tokens_found: found.len() as u64,
         })
     }
+}
+
+/// How a table's batch ended.
+enum Done {
+    Committed,
+    Permanent(String),
+    Abandoned,
 }
 
 /// What one DELETE removed. Several users may share a token (seed comment), so rows and
