@@ -469,6 +469,12 @@ fn consumer(
             "session.timeout.ms",
             spec.session_timeout.as_millis().to_string(),
         )
+        // librdkafka's default heartbeat (3 s) is as long as a short session: the member
+        // would time out between heartbeats and rebalance for nothing. A third, as Kafka's docs advise.
+        .set(
+            "heartbeat.interval.ms",
+            (spec.session_timeout.as_millis() / 3).max(100).to_string(),
+        )
         .set("enable.partition.eof", "false")
         // Bound the prefetch queue: memory stays flat under any backlog.
         .set("queued.max.messages.kbytes", "16384")

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod fake;
+pub mod process;
+pub mod recording;
 pub use fake::Fake;
 
 pub const KEY_ID: &str = "TESTKEY001";
@@ -35,6 +37,8 @@ pub struct FakeOptions {
     pub client_ca: bool,
     pub clock: SharedClock,
     pub max_streams: u32,
+    /// Remember up to this many distinct delivered tokens (0 = off).
+    pub record_tokens: usize,
 }
 
 impl Default for FakeOptions {
@@ -45,6 +49,7 @@ impl Default for FakeOptions {
             client_ca: false,
             clock: pusher::clock::system(),
             max_streams: 1000,
+            record_tokens: 0,
         }
     }
 }
@@ -64,6 +69,7 @@ pub async fn start_fake(options: FakeOptions) -> Fake {
     let config = MockConfig {
         profile: options.profile,
         max_streams: options.max_streams,
+        record_tokens: options.record_tokens,
         client_ca_pem: options
             .client_ca
             .then(|| std::fs::read(fixture("client-ca.pem")).unwrap()),
