@@ -121,6 +121,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     report.outcomes = driven.recorder.outcomes.clone();
     report.reasons = driven.recorder.reasons.clone();
     report.timeline = driven.recorder.timeline.clone();
+    report.series = Some(super::report::Series::of(&driven.recorder));
     report.conservation = Conservation {
         generated,
         answered,
@@ -170,7 +171,7 @@ fn progress(args: &BenchArgs, count: Option<u64>, round: usize) -> ProgressBar {
 
 /// Where the pushes go: the embedded fake (started here, with a fresh provider key it
 /// verifies) or `--endpoint`; and the sender configuration for it.
-pub(super) fn target(args: &BenchArgs) -> anyhow::Result<(Option<FakeThread>, ApnsConfig, String)> {
+pub(crate) fn target(args: &BenchArgs) -> anyhow::Result<(Option<FakeThread>, ApnsConfig, String)> {
     // A fresh provider key per run: the fake verifies every JWT, as APNs would.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .context("generating the bench's provider key")?;
