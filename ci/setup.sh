@@ -3,7 +3,8 @@
 # Safe to run again: it only installs what is missing and starts what is down.
 set -euo pipefail
 
-packages=(nghttp2-client nghttp2-server curl kcat python3-h2)
+# chromium: tests/replay.rs renders the HTML report headless and checks the screenshot.
+packages=(nghttp2-client nghttp2-server curl kcat python3-h2 chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -54,8 +54,10 @@ pub enum Command {
     Gen(Box<crate::gen::cli::GenArgs>),
     /// Load-test the sender or the whole pipeline and report latency and throughput.
     Bench(crate::bench::cli::BenchArgs),
-    /// Replay recorded traffic.
-    Replay(crate::replay::cli::ReplayArgs),
+    /// Replay recorded traffic, or turn a Kafka topic range into a capture.
+    Replay(Box<crate::replay::cli::ReplayArgs>),
+    /// Compare reports of bench and replay runs.
+    Report(crate::report::cli::ReportArgs),
     /// Print the version.
     Version,
 }
@@ -90,7 +92,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mock(args) => crate::mock::cli::run(args, g),
         Command::Gen(args) => crate::gen::cli::run(*args, g),
         Command::Bench(args) => crate::bench::cli::run(args, g),
-        Command::Replay(args) => crate::replay::cli::run(args, g),
+        Command::Replay(args) => crate::replay::cli::run(*args, g),
+        Command::Report(args) => crate::report::cli::run(args, g),
         Command::Version => {
             println!("pusher {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

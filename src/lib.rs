@@ -14,5 +14,6 @@ pub mod mock;
 pub mod pipeline;
 pub mod push;
 pub mod replay;
+pub mod report;
 pub mod sender;
 pub mod telemetry;

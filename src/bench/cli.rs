@@ -90,6 +90,9 @@ pub struct BenchArgs {
     /// Write the report as JSON (schema pusher-bench/1, see README).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the report as one self-contained HTML page with SVG charts.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
     /// Write the send (or end-to-end) latency histogram in HdrHistogram's .hgrm text format.
     #[arg(long)]
     pub hgrm: Option<PathBuf>,
@@ -162,6 +165,9 @@ pub fn run(args: BenchArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        crate::report::html::write(&report, path)?;
     }
     print!("{}", report.summary());
     if !report.conservation.ok {
@@ -236,5 +242,7 @@ pub(super) fn base_report(args: &BenchArgs, mode: &str, profile: &str) -> Report
         runs: Vec::new(),
         runs_p99_us: Vec::new(),
         peak_rss_bytes: None,
+        series: None,
+        replay: None,
     }
 }

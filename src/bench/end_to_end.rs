@@ -283,6 +283,7 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
     report.outcomes = recorder.outcomes.clone();
     report.reasons = recorder.reasons.clone();
     report.timeline = recorder.timeline.clone();
+    report.series = Some(super::report::Series::of(&recorder));
     let generated = clock.generated.load(Ordering::Relaxed);
     report.conservation = Conservation {
         generated,

@@ -181,6 +181,8 @@ mod tests {
             runs: vec![throughput],
             runs_p99_us: vec![],
             peak_rss_bytes: None,
+            series: None,
+            replay: None,
         }
     }
 

@@ -47,6 +47,8 @@ pub struct Recorder {
     pub reasons: BTreeMap<String, u64>,
     /// Completions per second since the start of the measured window.
     pub timeline: Vec<u64>,
+    /// The same, per outcome class (the HTML report's outcomes over time).
+    pub outcome_timeline: BTreeMap<String, Vec<u64>>,
 }
 
 impl Default for Recorder {
@@ -59,6 +61,7 @@ impl Default for Recorder {
             outcomes: BTreeMap::new(),
             reasons: BTreeMap::new(),
             timeline: Vec::new(),
+            outcome_timeline: BTreeMap::new(),
         }
     }
 }
@@ -95,6 +98,17 @@ impl Recorder {
             self.timeline.resize(second + 1, 0);
         }
         self.timeline[second] += 1;
+        let per_class = match self.outcome_timeline.get_mut(outcome.class()) {
+            Some(t) => t,
+            None => self
+                .outcome_timeline
+                .entry(outcome.class().to_string())
+                .or_default(),
+        };
+        if per_class.len() <= second {
+            per_class.resize(second + 1, 0);
+        }
+        per_class[second] += 1;
     }
 
     pub fn completed(&self) -> u64 {
@@ -117,6 +131,15 @@ impl Recorder {
         }
         for (i, v) in other.timeline.iter().enumerate() {
             self.timeline[i] += v;
+        }
+        for (class, other) in &other.outcome_timeline {
+            let mine = self.outcome_timeline.entry(class.clone()).or_default();
+            if mine.len() < other.len() {
+                mine.resize(other.len(), 0);
+            }
+            for (i, v) in other.iter().enumerate() {
+                mine[i] += v;
+            }
         }
     }
 }
@@ -145,6 +168,8 @@ mod tests {
         assert_eq!(a.completed(), 2);
         assert_eq!(a.reasons.get("token_invalid: Unregistered"), Some(&1));
         assert_eq!(a.timeline, vec![1, 1]);
+        assert_eq!(a.outcome_timeline["delivered"], vec![1]);
+        assert_eq!(a.outcome_timeline["token_invalid"], vec![0, 1]);
         assert!(a.send.max() >= 300 && a.send.max() < 302);
     }
 }

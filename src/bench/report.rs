@@ -38,6 +38,71 @@ pub struct Report {
     pub runs_p99_us: Vec<u64>,
     /// Peak resident memory of the process, bytes (Linux), if known.
     pub peak_rss_bytes: Option<u64>,
+    /// Chart data for the HTML report (absent in reports written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<Series>,
+    /// `pusher replay` runs only: the capture, the pace and how well the schedule was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayInfo>,
+}
+
+/// What the HTML report draws, kept in the JSON so a report can be drawn again later.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Series {
+    /// Which latency the distributions are of: `end-to-end` when measured, else `send`.
+    pub latency: String,
+    /// Percentile distribution, HdrHistogram's iteration: `[percentile (0-100), µs]` pairs.
+    pub distribution: Vec<(f64, u64)>,
+    /// The same from the intended start (open loop, coordinated-omission corrected).
+    #[serde(default)]
+    pub distribution_corrected: Vec<(f64, u64)>,
+    /// Completions per second of the measured window, per outcome class.
+    pub outcomes_per_sec: BTreeMap<String, Vec<u64>>,
+}
+
+impl Series {
+    pub fn of(r: &Recorder) -> Series {
+        let (name, raw, corrected) = if r.e2e.is_empty() {
+            ("send", &r.send, &r.send_corrected)
+        } else {
+            ("end-to-end", &r.e2e, &r.e2e_corrected)
+        };
+        Series {
+            latency: name.to_string(),
+            distribution: distribution(raw),
+            distribution_corrected: distribution(corrected),
+            outcomes_per_sec: r.outcome_timeline.clone(),
+        }
+    }
+}
+
+/// Percentile distribution points (about 100 for a typical run).
+pub fn distribution(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    h.iter_quantiles(2)
+        .map(|v| (v.quantile_iterated_to() * 100.0, v.value_iterated_to()))
+        .collect()
+}
+
+/// A replay's own figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReplayInfo {
+    /// The capture file, or `kafka:TOPIC` when replayed from a topic range.
+    pub source: String,
+    /// Where the messages went: `kafka TOPIC at BROKERS`, `fake apns (embedded)`, or the URL.
+    pub target: String,
+    /// `1x`, `10x` (the recorded pace times this) or `5000/s` (a fixed rate).
+    pub pace: String,
+    pub looped: bool,
+    pub capture_messages: u64,
+    /// From the capture's first message to its last, seconds.
+    pub capture_secs: f64,
+    /// How late sends started against the schedule (µs).
+    pub schedule_lag: Option<Percentiles>,
+    /// The latest start in each second of the replay, µs.
+    pub lag_per_sec_us: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -141,7 +206,7 @@ impl Latencies {
     }
 }
 
-fn fmt_us(us: u64) -> String {
+pub fn fmt_us(us: u64) -> String {
     if us >= 1_000_000 {
         format!("{:.2} s", us as f64 / 1e6)
     } else if us >= 1_000 {
@@ -159,7 +224,10 @@ impl Report {
         let load = match (p.concurrency, p.rate) {
             (_, Some(rate)) => format!("open loop at {rate:.0}/s"),
             (Some(c), None) => format!("closed loop, {c} in flight"),
-            _ => String::from("?"),
+            _ => match &self.replay {
+                Some(r) => format!("open loop, {} pace", r.pace),
+                None => String::from("?"),
+            },
         };
         let _ = writeln!(
             s,
@@ -232,6 +300,21 @@ impl Report {
                 .unwrap_or_default(),
             if c.ok { "ok" } else { "MISMATCH" }
         );
+        if let Some(r) = &self.replay {
+            if let Some(lag) = &r.schedule_lag {
+                let _ = writeln!(
+                    s,
+                    "  schedule lag p50 {}, p99 {}, p99.9 {}, max {} ({} messages of {} in the capture{})",
+                    fmt_us(lag.p50_us),
+                    fmt_us(lag.p99_us),
+                    fmt_us(lag.p999_us),
+                    fmt_us(lag.max_us),
+                    lag.count,
+                    r.capture_messages,
+                    if r.looped { ", looped" } else { "" }
+                );
+            }
+        }
         if let Some(rss) = self.peak_rss_bytes {
             let _ = writeln!(s, "  peak RSS     {:.1} MB", rss as f64 / 1e6);
         }

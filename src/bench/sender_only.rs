@@ -107,6 +107,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     report.outcomes = driven.recorder.outcomes.clone();
     report.reasons = driven.recorder.reasons.clone();
     report.timeline = driven.recorder.timeline.clone();
+    report.series = Some(super::report::Series::of(&driven.recorder));
     report.conservation = Conservation {
         generated,
         answered,
@@ -234,14 +235,14 @@ fn progress(args: &BenchArgs, count: Option<u64>, round: usize) -> ProgressBar {
 }
 
 /// The sender configuration for the platform under test.
-pub(super) enum SenderConfig {
+pub(crate) enum SenderConfig {
     Apns(Box<ApnsConfig>),
     Fcm(Box<FcmConfig>),
 }
 
 /// Where the pushes go: the embedded fake (started here) or `--endpoint`; and the sender
 /// configuration for it.
-pub(super) fn target(
+pub(crate) fn target(
     args: &BenchArgs,
 ) -> anyhow::Result<(Option<FakeThread>, SenderConfig, String)> {
     let profile_name = if args.endpoint.is_some() {

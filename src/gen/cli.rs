@@ -54,6 +54,16 @@ pub struct GenArgs {
     /// How long a message may wait for Kafka before its delivery counts as failed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub delivery_timeout: Duration,
+    /// Write a capture for `pusher replay` with this traffic shape instead of plain lines:
+    /// constant, ramp, spike (burst) or day (a day compressed into --duration).
+    #[arg(long, conflicts_with = "kafka", requires_all = ["duration", "peak_rate"])]
+    pub shape: Option<crate::replay::shape::Shape>,
+    /// --shape: how long the shaped traffic lasts (e.g. 10m).
+    #[arg(long, requires = "shape", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// --shape: the highest rate, messages per second.
+    #[arg(long, requires = "shape")]
+    pub peak_rate: Option<f64>,
     /// No progress bar and no summary on stderr (the seed is still printed when random).
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -81,9 +91,20 @@ pub fn run(args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
             seed
         }
     };
+    let shaped = match (args.shape, args.duration, args.peak_rate) {
+        (Some(shape), Some(d), Some(peak)) => {
+            Some(crate::replay::shape::ShapedTimes::new(shape, d, peak)?)
+        }
+        _ => None,
+    };
     let config = GenConfig {
         platform: args.platform,
-        count: args.count,
+        // A shape decides the count: the generator just keeps going.
+        count: if shaped.is_some() {
+            u64::MAX
+        } else {
+            args.count
+        },
         seed,
         invalid_ratio: args.invalid_ratio,
         retry_ratio: args.retry_ratio,
@@ -123,7 +144,7 @@ pub fn run(args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let (sink, name): (Box<dyn Write>, String) = match &args.out {
+    let (mut sink, name): (Box<dyn Write>, String) = match &args.out {
         Some(path) => {
             let file = std::fs::File::create(path)
                 .with_context(|| format!("creating {}", path.display()))?;
@@ -131,6 +152,16 @@ pub fn run(args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
         }
         None => (Box::new(std::io::stdout().lock()), "stdout".to_string()),
     };
+    if let Some(times) = shaped {
+        let topic = generator.config().default_topic();
+        let n = crate::replay::shape::write_capture(&mut generator, times, &topic, &mut sink)
+            .with_context(|| format!("writing to {name}"))?;
+        progress.finish_and_clear();
+        if !args.quiet {
+            eprintln!("pusher gen: {n} messages shaped as a capture, to {name}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let bytes = match write_lines(&mut generator, sink, &progress) {
         Ok(bytes) => bytes,
         // The reader went away (`pusher gen | head`): stop quietly, as Unix tools do.

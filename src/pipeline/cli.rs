@@ -76,6 +76,9 @@ pub struct PlatformRunArgs {
     /// Skip TLS verification of --endpoint (self-signed fakes only).
     #[arg(long)]
     pub insecure: bool,
+    /// Record every consumed message to this capture file (JSON lines, for `pusher replay`).
+    #[arg(long)]
+    pub capture: Option<PathBuf>,
     /// Log as JSON lines (the seed's -j, also accepted after the command).
     #[arg(short = 'j', long)]
     pub json: bool,
@@ -171,7 +174,13 @@ fn run_configured(
         Platform::Apns => apns_senders(&config, &args, g.production)?,
         Platform::Gcm => gcm_senders(&config, &args)?,
     };
-    let spec = spec(platform, &config, apps.keys());
+    let mut spec = spec(platform, &config, apps.keys());
+    if let Some(path) = &args.capture {
+        spec.capture = Some(Arc::new(crate::replay::capture::CaptureWriter::create(
+            path,
+        )?));
+    }
+    let capture = spec.capture.clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -192,6 +201,10 @@ fn run_configured(
         if let Some(deleter) = outputs.1 {
             let stats = deleter.shutdown(Duration::from_secs(10)).await;
             tracing::info!(?stats, "Token deleter stopped.");
+        }
+        if let Some(capture) = capture {
+            let n = capture.finish()?;
+            tracing::info!(records = n, "Capture written.");
         }
         tracing::info!(
             consumed = summary.consumed,

@@ -55,6 +55,8 @@ pub struct RunSpec {
     pub lag_interval: Duration,
     /// Extra librdkafka consumer settings, applied last.
     pub consumer_extra: Vec<(String, String)>,
+    /// Records every consumed message (`run --capture FILE`, for `pusher replay`).
+    pub capture: Option<Arc<crate::replay::capture::CaptureWriter>>,
 }
 
 impl RunSpec {
@@ -77,6 +79,7 @@ impl RunSpec {
             include_success_feedback: false,
             lag_interval: Duration::from_secs(5),
             consumer_extra: Vec::new(),
+            capture: None,
         }
     }
 }
@@ -397,6 +400,9 @@ pub async fn run(
             .increment(1);
         let payload = message.payload().map(<[u8]>::to_vec);
         let key = message.key().map(<[u8]>::to_vec);
+        if let Some(capture) = &spec.capture {
+            capture.record(&topic, key.as_deref(), payload.as_deref());
+        }
         let produced_at_ms = match message.timestamp() {
             Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
             Timestamp::NotAvailable => None,

@@ -1,10 +1,528 @@
+//! `pusher replay FILE` (a capture, at its recorded pace, a multiple of it, or a fixed rate,
+//! into Kafka or straight to a sender target) and `pusher replay --from-kafka TOPIC` (a topic's
+//! time range into a capture).
+
+use super::capture::{self, Entry};
+use super::kafka;
+use super::pace::{parse_rate, parse_speed, replay, scheduled, Limit, Pace};
+use crate::bench::driver::Driven;
+use crate::bench::report::{
+    self, peak_rss_bytes, Conservation, Latencies, Percentiles, ReplayInfo, Report, Series,
+};
+use crate::bench::sender_only::{target, SenderConfig};
 use crate::cli::GlobalArgs;
-use clap::Args;
+use crate::clock::Clock as _;
+use crate::pipeline::run::app_from_topic;
+use crate::push::message::{is_expired, parse_apns};
+use crate::push::{Outcome, Platform};
+use crate::sender::apns::ApnsSender;
+use anyhow::{bail, Context};
+use clap::{Args, Parser};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Args)]
-pub struct ReplayArgs {}
+pub struct ReplayArgs {
+    /// The capture to replay (JSON lines, see README "pusher replay").
+    #[arg(required_unless_present = "from_kafka", conflicts_with = "from_kafka")]
+    pub file: Option<PathBuf>,
 
-pub fn run(_args: ReplayArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`pusher replay` is not built yet")
+    /// Instead of replaying: read this topic's messages between --since and --until from
+    /// --brokers and write them as a capture (to --out, or stdout).
+    #[arg(long, value_name = "TOPIC", requires_all = ["brokers", "since"])]
+    pub from_kafka: Option<String>,
+    /// Start of the range: RFC 3339 (2026-11-29T19:00:00Z), Unix ms, or a duration ago (15m).
+    #[arg(long, requires = "from_kafka")]
+    pub since: Option<String>,
+    /// End of the range (inclusive); default: the end of the topic.
+    #[arg(long, requires = "from_kafka")]
+    pub until: Option<String>,
+    /// Where --from-kafka writes the capture (default stdout).
+    #[arg(short = 'o', long, requires = "from_kafka")]
+    pub out: Option<PathBuf>,
+
+    /// The recorded pace times this: 1x, 10x, 0.5x.
+    #[arg(long, default_value = "1x", value_parser = speed_arg, conflicts_with = "rate")]
+    pub speed: f64,
+    /// A fixed rate instead of the recorded pace: 5000/s.
+    #[arg(long, value_parser = rate_arg)]
+    pub rate: Option<f64>,
+    /// Start the capture again when it ends (needs --count or --duration).
+    #[arg(long = "loop")]
+    pub looping: bool,
+    /// Stop after this many messages (suffixes: 10k, 1m).
+    #[arg(long, value_parser = count_arg)]
+    pub count: Option<u64>,
+    /// Stop scheduling after this long (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Replay into Kafka at these brokers (each message to its recorded topic, or --topic).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// With --brokers: produce every message to this topic instead of its recorded one.
+    #[arg(long, requires = "brokers")]
+    pub topic: Option<String>,
+    /// Send straight to the embedded fake APNs server (APNs captures).
+    #[arg(long, conflicts_with_all = ["brokers", "endpoint"])]
+    pub mock: bool,
+    /// Send straight to this APNs endpoint (a fake elsewhere, or a sandbox).
+    #[arg(long, conflicts_with = "brokers")]
+    pub endpoint: Option<String>,
+    /// CA file (PEM) to trust for --endpoint.
+    #[arg(long, requires = "endpoint")]
+    pub ca: Option<PathBuf>,
+    /// Skip TLS verification of --endpoint (self-signed fakes only).
+    #[arg(long, requires = "endpoint")]
+    pub insecure: bool,
+    /// APNs token auth for --endpoint: .p8 key file, key id, team id.
+    #[arg(long, requires_all = ["key_id", "team_id", "endpoint"])]
+    pub key_file: Option<PathBuf>,
+    #[arg(long)]
+    pub key_id: Option<String>,
+    #[arg(long)]
+    pub team_id: Option<String>,
+    /// `apns-topic` for the pushes.
+    #[arg(long, default_value = "com.example.app")]
+    pub apns_topic: String,
+    /// --mock: the fake server's behaviour (mock-services/*.yaml).
+    #[arg(long, default_value = "happy")]
+    pub profile: String,
+    /// --mock: tls or h2c.
+    #[arg(long, default_value = "tls")]
+    pub transport: String,
+    /// HTTP/2 connections in the sender's pool.
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+
+    /// Write the report as JSON (schema pusher-bench/1 with a `replay` section).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the report as one self-contained HTML page with SVG charts.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Compare with this baseline report and fail on a regression.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Allowed regression in percent (throughput drop or p99 rise, calibration-normalised).
+    #[arg(long, default_value_t = 10.0, requires = "baseline")]
+    pub max_regression: f64,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+fn speed_arg(s: &str) -> Result<f64, String> {
+    parse_speed(s).map_err(|e| e.to_string())
+}
+fn rate_arg(s: &str) -> Result<f64, String> {
+    parse_rate(s).map_err(|e| e.to_string())
+}
+fn count_arg(s: &str) -> Result<u64, String> {
+    match crate::gen::parse_count(s) {
+        Ok(0) => Err("count must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub fn run(args: ReplayArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    if let Some(topic) = &args.from_kafka {
+        return from_kafka(&args, topic);
+    }
+    let Some(file) = &args.file else {
+        bail!("give a capture file to replay, or --from-kafka TOPIC to make one");
+    };
+    if args.brokers.is_none() && !args.mock && args.endpoint.is_none() {
+        bail!("say where to replay: --brokers B (into Kafka), --mock (embedded fake APNs) or --endpoint URL");
+    }
+    if args.looping && args.count.is_none() && args.duration.is_none() {
+        bail!("--loop needs --count or --duration (else it never ends)");
+    }
+    let baseline = match &args.baseline {
+        Some(path) => Some(crate::bench::gate::load_baseline(path)?),
+        None => None,
+    };
+    let entries = Arc::new(capture::read(file)?);
+    let pace = match args.rate {
+        Some(r) => Pace::Rate(r),
+        None => Pace::Speed(args.speed),
+    };
+
+    let before = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
+    let (driven, lag_per_sec, conservation, target, transport) = match &args.brokers {
+        Some(brokers) => to_kafka(&args, brokers, &entries, pace)?,
+        None => to_apns(&args, &entries, pace)?,
+    };
+    let after = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
+
+    let mut report = make_report(
+        &args,
+        file,
+        &entries,
+        pace,
+        &driven,
+        lag_per_sec,
+        target,
+        transport,
+    );
+    report.conservation = conservation.check();
+    report.calibration = crate::bench::gate::median(&[before, after]);
+    conclude(&args, report, baseline)
+}
+
+/// A finished replay: measurements, lag per second, counts, target and transport names.
+type Replayed = (Driven, Vec<u64>, Conservation, String, String);
+
+/// The schedule: the `i`-th message to send and when.
+fn schedule<'a>(
+    entries: &'a [Entry],
+    times: &'a [Duration],
+    pace: Pace,
+    looping: bool,
+) -> impl FnMut(u64) -> Option<(Duration, &'a Entry)> + 'a {
+    move |i| {
+        scheduled(times, pace, looping, i)
+            .map(|at| (at, &entries[(i % entries.len() as u64) as usize]))
+    }
+}
+
+fn to_kafka(
+    args: &ReplayArgs,
+    brokers: &str,
+    entries: &[Entry],
+    pace: Pace,
+) -> anyhow::Result<Replayed> {
+    let producer = kafka::producer(brokers).context("creating the Kafka producer")?;
+    let times: Vec<Duration> = entries.iter().map(|e| e.at).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bar = progress(args, entries.len() as u64);
+    let (driven, lag) = rt.block_on(replay(
+        schedule(entries, &times, pace, args.looping),
+        limit(args),
+        |e| {
+            let topic = args.topic.as_deref().unwrap_or(&e.topic);
+            kafka::produce(&producer, topic, e.key.as_deref(), &e.value)
+        },
+        |done| tick(&bar, done),
+    ));
+    bar.finish_and_clear();
+    let delivered = driven
+        .recorder
+        .outcomes
+        .get("delivered")
+        .copied()
+        .unwrap_or(0);
+    let conservation = Conservation {
+        generated: driven.sent,
+        produced: Some(delivered),
+        answered: driven.answered,
+        ..Default::default()
+    };
+    let target = format!(
+        "kafka {} at {brokers}",
+        args.topic.as_deref().unwrap_or("(recorded topics)")
+    );
+    Ok((driven, lag, conservation, target, "kafka".into()))
+}
+
+/// Sends straight to APNs (the embedded fake, or --endpoint), with the bench's sender set-up.
+fn to_apns(args: &ReplayArgs, entries: &[Entry], pace: Pace) -> anyhow::Result<Replayed> {
+    for e in entries {
+        match app_from_topic(&e.topic) {
+            Some((_, Platform::Apns)) => {}
+            Some((_, Platform::Gcm)) => bail!(
+                "topic {}: replay to a sender takes APNs captures only so far; replay GCM captures into Kafka (--brokers)",
+                e.topic
+            ),
+            None => bail!(
+                "topic {} names no platform (push-<app>_apns): cannot tell how to send it",
+                e.topic
+            ),
+        }
+    }
+    let bench = bench_args(args)?;
+    let (fake, config, _profile) = target(&bench)?;
+    let server_before = fake.as_ref().map(|f| f.stats.snapshot().responses);
+    let times: Vec<Duration> = entries.iter().map(|e| e.at).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bar = progress(args, entries.len() as u64);
+    let result = rt.block_on(async {
+        let sender = match config {
+            SenderConfig::Apns(config) => ApnsSender::new(*config)?,
+            SenderConfig::Fcm(_) => bail!("replay to a sender takes APNs captures only so far"),
+        };
+        let send = |e: &Entry| {
+            let sender = sender.clone();
+            let parsed = parse_apns(&e.value);
+            async move {
+                match parsed {
+                    Err(err) => Outcome::Malformed {
+                        reason: err.to_string(),
+                    },
+                    Ok(m) if is_expired(m.push_expiry, crate::clock::SystemClock.now()) => {
+                        Outcome::Expired
+                    }
+                    Ok(m) => sender.send(&m.notification).await,
+                }
+            }
+        };
+        anyhow::Ok(
+            replay(
+                schedule(entries, &times, pace, args.looping),
+                limit(args),
+                send,
+                |done| tick(&bar, done),
+            )
+            .await,
+        )
+    });
+    bar.finish_and_clear();
+    drop(rt);
+    let server_answered = fake
+        .as_ref()
+        .map(|f| f.stats.snapshot().responses - server_before.unwrap_or(0));
+    let target = match (&args.endpoint, &fake) {
+        (Some(url), _) => url.clone(),
+        _ => "fake apns (embedded)".into(),
+    };
+    if let Some(fake) = fake {
+        fake.stop();
+    }
+    let (driven, lag) = result?;
+    let conservation = Conservation {
+        generated: driven.sent,
+        server_answered,
+        answered: driven.answered,
+        ..Default::default()
+    };
+    Ok((driven, lag, conservation, target, args.transport.clone()))
+}
+
+/// The bench's arguments for the same target, so the bench's own set-up (fake thread,
+/// provider key, TLS) is reused as it is.
+fn bench_args(args: &ReplayArgs) -> anyhow::Result<crate::bench::cli::BenchArgs> {
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        bench: crate::bench::cli::BenchArgs,
+    }
+    let mut argv: Vec<String> = vec![
+        "bench".into(),
+        "--profile".into(),
+        args.profile.clone(),
+        "--transport".into(),
+        args.transport.clone(),
+        "--connections".into(),
+        args.connections.to_string(),
+        "--topic".into(),
+        args.apns_topic.clone(),
+    ];
+    match &args.endpoint {
+        Some(url) => {
+            argv.extend(["--endpoint".into(), url.clone()]);
+            if let Some(ca) = &args.ca {
+                argv.extend(["--ca".into(), ca.display().to_string()]);
+            }
+            if args.insecure {
+                argv.push("--insecure".into());
+            }
+            if let (Some(k), Some(kid), Some(team)) = (&args.key_file, &args.key_id, &args.team_id)
+            {
+                argv.extend([
+                    "--key-file".into(),
+                    k.display().to_string(),
+                    "--key-id".into(),
+                    kid.clone(),
+                    "--team-id".into(),
+                    team.clone(),
+                ]);
+            }
+        }
+        None => argv.push("--mock".into()),
+    }
+    Ok(Wrap::try_parse_from(argv)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?
+        .bench)
+}
+
+fn limit(args: &ReplayArgs) -> Limit {
+    Limit {
+        count: args.count,
+        duration: args.duration,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_report(
+    args: &ReplayArgs,
+    file: &std::path::Path,
+    entries: &[Entry],
+    pace: Pace,
+    driven: &Driven,
+    lag_per_sec_us: Vec<u64>,
+    target: String,
+    transport: String,
+) -> Report {
+    let r = &driven.recorder;
+    let elapsed = driven.elapsed.as_secs_f64().max(1e-9);
+    let capture_secs = entries.last().map(|e| e.at.as_secs_f64()).unwrap_or(0.0);
+    Report {
+        schema: report::SCHEMA.to_string(),
+        pusher_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(driven.elapsed.as_secs()))
+            .unwrap_or(0),
+        params: report::Params {
+            mode: "replay".into(),
+            platform: platform_of(entries),
+            profile: if args.mock {
+                args.profile.clone()
+            } else {
+                "external".into()
+            },
+            transport,
+            count: args.count,
+            duration_secs: args.duration.map(|d| d.as_secs_f64()),
+            warmup_secs: 0.0,
+            concurrency: None,
+            rate: args.rate,
+            repeat: 1,
+        },
+        duration_secs: elapsed,
+        throughput: r.completed() as f64 / elapsed,
+        calibration: 0.0,
+        latency: Latencies::from_recorder(r),
+        outcomes: r.outcomes.clone(),
+        reasons: r.reasons.clone(),
+        conservation: Conservation::default(),
+        timeline: r.timeline.clone(),
+        runs: vec![r.completed() as f64 / elapsed],
+        runs_p99_us: Vec::new(),
+        peak_rss_bytes: peak_rss_bytes(),
+        series: Some(Series::of(r)),
+        replay: Some(ReplayInfo {
+            source: file.display().to_string(),
+            target,
+            pace: match pace {
+                Pace::Speed(s) => format!("{s}x"),
+                Pace::Rate(r) => format!("{r}/s"),
+            },
+            looped: args.looping,
+            capture_messages: entries.len() as u64,
+            capture_secs,
+            schedule_lag: driven.schedule_lag.as_ref().and_then(Percentiles::of),
+            lag_per_sec_us,
+        }),
+    }
+}
+
+fn platform_of(entries: &[Entry]) -> String {
+    let mut platforms: Vec<String> = entries
+        .iter()
+        .filter_map(|e| app_from_topic(&e.topic).map(|(_, p)| p.to_string()))
+        .collect();
+    platforms.sort();
+    platforms.dedup();
+    match platforms.as_slice() {
+        [one] => one.clone(),
+        [] => "unknown".into(),
+        _ => "mixed".into(),
+    }
+}
+
+/// Writes the report, prints the summary, applies the gate: as `pusher bench` does.
+fn conclude(
+    args: &ReplayArgs,
+    report: Report,
+    baseline: Option<Report>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        crate::report::html::write(&report, path)?;
+    }
+    print!(
+        "{}",
+        report
+            .summary()
+            .replacen("pusher bench:", "pusher replay:", 1)
+    );
+    if !report.conservation.ok {
+        eprintln!("error: conservation check failed: messages were lost or double-counted");
+        return Ok(ExitCode::from(1));
+    }
+    if let Some(base) = baseline {
+        let result = crate::bench::gate::compare(&report, &base, args.max_regression);
+        for line in &result.lines {
+            println!("  gate: {line}");
+        }
+        if !result.passed() {
+            eprintln!("error: regression beyond {}%:", args.max_regression);
+            for r in &result.regressions {
+                eprintln!("  {r}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        println!("  gate: passed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--from-kafka`: a topic range into a capture.
+fn from_kafka(args: &ReplayArgs, topic: &str) -> anyhow::Result<ExitCode> {
+    let (Some(brokers), Some(since)) = (&args.brokers, &args.since) else {
+        bail!("--from-kafka needs --brokers and --since");
+    };
+    let since = kafka::parse_time(since)?;
+    let until = args.until.as_deref().map(kafka::parse_time).transpose()?;
+    let n = match &args.out {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            kafka::read_range(brokers, topic, since, until, &mut out)?
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            let n = kafka::read_range(brokers, topic, since, until, &mut out)?;
+            out.flush()?;
+            n
+        }
+    };
+    if !args.quiet {
+        eprintln!("pusher replay: {n} messages from {topic} written as a capture");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress(args: &ReplayArgs, per_round: u64) -> ProgressBar {
+    if args.quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let len = args.count.or((!args.looping).then_some(per_round));
+    let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "replay [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn tick(bar: &ProgressBar, done: u64) {
+    if done % 256 == 0 {
+        bar.set_position(done);
+    }
 }

@@ -1,3 +1,8 @@
-//! `pusher replay`: capture format and paced replay.
+//! `pusher replay`: the capture format, traffic shapes, the open-loop pacer, and Kafka range
+//! reading. The measurement and the report are the bench's (`crate::bench`).
 
+pub mod capture;
 pub mod cli;
+pub mod kafka;
+pub mod pace;
+pub mod shape;

@@ -1,0 +1,344 @@
+//! Kafka on both sides of a replay: reading a topic's time range into a capture
+//! (`pusher replay --from-kafka`), and producing a replay into a topic.
+//!
+//! Reading seeks with `offsets_for_times` (reference/kafka-probe.md §1) and still filters
+//! every message by its timestamp. librdkafka's mock cluster cannot answer by time (it
+//! answers -1 for every timestamp); that is detected (it also answers -1 for timestamp 0 on a
+//! non-empty partition) and the partition is scanned from its start instead. The consumer is
+//! assigned, never subscribed, and commits nothing.
+
+use super::capture::write_entry;
+use crate::push::Outcome;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RangeError {
+    #[error("empty time range: --since {since} is not before --until {until}")]
+    EmptyRange { since: String, until: String },
+    #[error("no messages in topic {topic} between {since} and {until}")]
+    NoMessages {
+        topic: String,
+        since: String,
+        until: String,
+    },
+    #[error("unknown time {0:?}: give RFC 3339 (2026-11-29T19:00:00Z), Unix milliseconds, or a duration ago (15m)")]
+    Time(String),
+    #[error("topic {topic} at {brokers}: {reason}")]
+    Topic {
+        topic: String,
+        brokers: String,
+        reason: String,
+    },
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(
+        "reading {topic}: no progress for {secs} s on partitions {partitions:?} (messages gone?)"
+    )]
+    Stalled {
+        topic: String,
+        secs: u64,
+        partitions: Vec<i32>,
+    },
+    #[error("{topic} partition {partition} offset {offset} has no timestamp")]
+    NoTimestamp {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    #[error("writing the capture: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Parses `--since`/`--until`: RFC 3339 (`2026-11-29T19:00:00Z`, or without the `T`/`Z`, UTC),
+/// Unix milliseconds (`1795000000000`), a duration ago (`15m`, `2h`), or `now`. Milliseconds
+/// since the epoch.
+pub fn parse_time(s: &str) -> Result<i64, RangeError> {
+    let t = s.trim();
+    if t == "now" {
+        return Ok(now_ms());
+    }
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map_err(|_| RangeError::Time(s.to_string()));
+    }
+    if let Ok(at) = humantime::parse_rfc3339_weak(t) {
+        return at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .map_err(|_| RangeError::Time(s.to_string()));
+    }
+    match humantime::parse_duration(t) {
+        Ok(ago) => Ok(now_ms() - ago.as_millis() as i64),
+        Err(_) => Err(RangeError::Time(s.to_string())),
+    }
+}
+
+fn show_ms(ms: i64) -> String {
+    if ms < 0 {
+        return ms.to_string();
+    }
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+}
+
+/// Reads the messages of `topic` whose timestamps are in `[since_ms, until_ms]` (until: the
+/// end of the topic when it was opened) and writes them to `out` as a capture, in time order,
+/// timed from the first. Returns how many.
+pub fn read_range(
+    brokers: &str,
+    topic: &str,
+    since_ms: i64,
+    until_ms: Option<i64>,
+    out: &mut impl Write,
+) -> Result<u64, RangeError> {
+    let until_text = until_ms.map(show_ms).unwrap_or_else(|| "now".into());
+    if until_ms.is_some_and(|u| u <= since_ms) {
+        return Err(RangeError::EmptyRange {
+            since: show_ms(since_ms),
+            until: until_text,
+        });
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("pusher-replay-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let topic_err = |reason: String| RangeError::Topic {
+        topic: topic.to_string(),
+        brokers: brokers.to_string(),
+        reason,
+    };
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+    let meta = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| topic_err("not in the cluster's metadata".into()))?;
+    if let Some(e) = meta.error() {
+        return Err(topic_err(
+            rdkafka::types::RDKafkaErrorCode::from(e).to_string(),
+        ));
+    }
+    let partitions: Vec<i32> = meta.partitions().iter().map(|p| p.id()).collect();
+    if partitions.is_empty() {
+        return Err(topic_err("has no partitions".into()));
+    }
+
+    // (low, high) per partition, and whether the broker can answer offsets by time.
+    let mut marks = HashMap::new();
+    for &p in &partitions {
+        marks.insert(p, consumer.fetch_watermarks(topic, p, TIMEOUT)?);
+    }
+    let by_time = |ts: i64| -> Result<HashMap<i32, Option<i64>>, RangeError> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            tpl.add_partition_offset(topic, p, Offset::Offset(ts))?;
+        }
+        let answer = consumer.offsets_for_times(tpl, TIMEOUT)?;
+        Ok(answer
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => (e.partition(), Some(o)),
+                _ => (e.partition(), None),
+            })
+            .collect())
+    };
+    let probe = by_time(0)?;
+    let seekable = partitions
+        .iter()
+        .filter(|p| marks[p].1 > marks[p].0)
+        .any(|p| probe.get(p).copied().flatten().is_some());
+    let starts = if seekable {
+        Some(by_time(since_ms)?)
+    } else {
+        None
+    };
+    let ends = match (seekable, until_ms) {
+        (true, Some(u)) => Some(by_time(u.saturating_add(1))?),
+        _ => None,
+    };
+    tracing::debug!(seekable, "Reading a topic range.");
+
+    // Offsets to read per partition: [start, end).
+    let mut todo: HashMap<i32, (i64, i64)> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        let (low, high) = marks[&p];
+        let start = match &starts {
+            // A broker that answers by time says "none at or after since" with None.
+            Some(s) => s.get(&p).copied().flatten().unwrap_or(high),
+            None => low,
+        }
+        .max(low);
+        let end = ends
+            .as_ref()
+            .and_then(|e| e.get(&p).copied().flatten())
+            .unwrap_or(high)
+            .min(high);
+        if start < end {
+            todo.insert(p, (start, end));
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
+        }
+    }
+    let mut records: Vec<Record> = Vec::new();
+    if !todo.is_empty() {
+        consumer.assign(&tpl)?;
+        let mut last_progress = Instant::now();
+        while !todo.is_empty() {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let (p, o) = (m.partition(), m.offset());
+                    let Some(&(_, end)) = todo.get(&p) else {
+                        continue;
+                    };
+                    if o >= end {
+                        todo.remove(&p);
+                        continue;
+                    }
+                    last_progress = Instant::now();
+                    let ts = match m.timestamp() {
+                        Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => t,
+                        Timestamp::NotAvailable => {
+                            return Err(RangeError::NoTimestamp {
+                                topic: topic.to_string(),
+                                partition: p,
+                                offset: o,
+                            })
+                        }
+                    };
+                    if ts >= since_ms && until_ms.is_none_or(|u| ts <= u) {
+                        records.push(Record {
+                            ts,
+                            partition: p,
+                            offset: o,
+                            key: m.key().map(<[u8]>::to_vec),
+                            value: m.payload().unwrap_or_default().to_vec(),
+                        });
+                    }
+                    if o + 1 >= end {
+                        todo.remove(&p);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka error while reading the range.");
+                }
+                None => {}
+            }
+            if last_progress.elapsed() > TIMEOUT {
+                let mut partitions: Vec<i32> = todo.keys().copied().collect();
+                partitions.sort_unstable();
+                return Err(RangeError::Stalled {
+                    topic: topic.to_string(),
+                    secs: TIMEOUT.as_secs(),
+                    partitions,
+                });
+            }
+        }
+    }
+    if records.is_empty() {
+        return Err(RangeError::NoMessages {
+            topic: topic.to_string(),
+            since: show_ms(since_ms),
+            until: until_text,
+        });
+    }
+    // Time order across partitions; a partition's own order breaks ties.
+    records.sort_by_key(|r| (r.ts, r.partition, r.offset));
+    let first = records[0].ts;
+    for r in &records {
+        let at = Duration::from_millis((r.ts - first).max(0) as u64);
+        write_entry(out, at, topic, r.key.as_deref(), &r.value)?;
+    }
+    out.flush()?;
+    Ok(records.len() as u64)
+}
+
+/// A message read from the range.
+struct Record {
+    ts: i64,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+}
+
+/// A producer for replaying into Kafka: every message waits for its delivery report, which
+/// is its outcome.
+pub fn producer(brokers: &str) -> Result<FutureProducer, RangeError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("queue.buffering.max.messages", "500000")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
+
+/// Produces one message; delivered when Kafka acknowledged it.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+) -> Outcome {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(value);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    match producer.send(record, Duration::from_secs(30)).await {
+        Ok(_) => Outcome::Delivered,
+        Err((e, _)) => Outcome::GaveUp {
+            reason: format!("kafka: {e}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_spellings() {
+        assert_eq!(parse_time("1795000000000").unwrap(), 1_795_000_000_000);
+        assert_eq!(parse_time("1970-01-01T00:00:01Z").unwrap(), 1000);
+        assert_eq!(parse_time("1970-01-01 00:00:02").unwrap(), 2000);
+        let ago = parse_time("15m").unwrap();
+        assert!((now_ms() - ago - 900_000).abs() < 5_000);
+        let err = parse_time("yesterday-ish").unwrap_err().to_string();
+        assert!(
+            err.contains("unknown time") && err.contains("RFC 3339"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_empty_range_is_refused_before_connecting() {
+        let mut out = Vec::new();
+        // No broker listens there: the check comes first.
+        let err = read_range("127.0.0.1:1", "t", 2000, Some(1000), &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("empty time range"), "{err}");
+        let err = read_range("127.0.0.1:1", "t", 1000, Some(1000), &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("empty time range"), "{err}");
+    }
+}

@@ -1,0 +1,377 @@
+//! The replay pacer: starts each message at its scheduled time (the capture's own times,
+//! scaled by `--speed`, or a fixed `--rate`), open loop: a slow target never slows the
+//! schedule, it only shows as latency. How late each start was against its schedule is
+//! measured (the schedule's lag), and latency is taken from the scheduled start as well as
+//! from the real one (coordinated-omission correction), into the bench's `Recorder`.
+//!
+//! Time is tokio's clock, so tests drive it with `tokio::time::pause()` and `advance()`.
+
+use crate::bench::driver::Driven;
+use crate::bench::recorder::Recorder;
+use crate::push::Outcome;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How fast to replay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// The recorded pace times this factor (`1x`, `10x`, `0.5x`).
+    Speed(f64),
+    /// A fixed number of messages per second, whatever the recorded times.
+    Rate(f64),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PaceError {
+    #[error(
+        "unknown speed {0:?}: write a positive multiple of the recorded pace followed by x (1x, 10x, 0.5x)"
+    )]
+    Speed(String),
+    #[error("unknown rate {0:?}: write messages per second (5000/s, 5000, 2k/s)")]
+    Rate(String),
+}
+
+/// Parses `--speed`: `1x`, `10x`, `0.5x` (the `x` is required, so `10` is not mistaken for a
+/// rate).
+pub fn parse_speed(s: &str) -> Result<f64, PaceError> {
+    let t = s.trim();
+    let num = t
+        .strip_suffix('x')
+        .or_else(|| t.strip_suffix('X'))
+        .ok_or_else(|| PaceError::Speed(s.to_string()))?;
+    match f64::from_str(num) {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(PaceError::Speed(s.to_string())),
+    }
+}
+
+/// Parses `--rate`: `5000/s`, `5000`, `2k/s`.
+pub fn parse_rate(s: &str) -> Result<f64, PaceError> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
+        _ => (t, 1.0),
+    };
+    match f64::from_str(num) {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v * mult),
+        _ => Err(PaceError::Rate(s.to_string())),
+    }
+}
+
+/// The scheduled start (from the beginning of the replay) of the `i`-th message sent, for a
+/// capture whose messages are at `times`; with `looping`, the capture starts again after its
+/// last message plus one mean gap. `None` when the schedule is over.
+pub fn scheduled(times: &[Duration], pace: Pace, looping: bool, i: u64) -> Option<Duration> {
+    let n = times.len() as u64;
+    if n == 0 || (!looping && i >= n) {
+        return None;
+    }
+    let (round, idx) = (i / n, (i % n) as usize);
+    match pace {
+        Pace::Rate(rate) => Some(Duration::from_secs_f64(i as f64 / rate)),
+        Pace::Speed(speed) => {
+            let last = times[times.len() - 1];
+            // One mean gap between rounds, so the last and first messages do not coincide.
+            let period = if n > 1 {
+                last + last / (n as u32 - 1).max(1)
+            } else {
+                Duration::from_millis(1)
+            };
+            let at = period.mul_f64(round as f64) + times[idx];
+            Some(at.div_f64(speed))
+        }
+    }
+}
+
+/// When to stop besides the end of the schedule.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limit {
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+}
+
+/// Replays: `schedule(i)` gives the `i`-th message's scheduled start (from the beginning) and
+/// the item to send, `None` at the end. Every message is started, however late; nothing is
+/// skipped. `on_done` is called after every answer (progress). Returns the measurements and
+/// the latest start (µs late) in each second of the schedule.
+pub async fn replay<I, F, Fut>(
+    mut schedule: impl FnMut(u64) -> Option<(Duration, I)>,
+    limit: Limit,
+    send: F,
+    mut on_done: impl FnMut(u64),
+) -> (Driven, Vec<u64>)
+where
+    F: Fn(I) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let mut recorder = Recorder::new();
+    let mut lag = lag_histogram();
+    let mut lag_per_sec: Vec<u64> = Vec::new();
+    let mut in_flight = FuturesUnordered::new();
+    let begin = Instant::now();
+    let (mut sent, mut answered) = (0u64, 0u64);
+    let mut next = schedule(0);
+    let past_limit = |sent: u64, due: Instant| {
+        limit.count.is_some_and(|c| sent >= c) || limit.duration.is_some_and(|d| due >= begin + d)
+    };
+    loop {
+        // Start everything that is due; a late start is measured, never skipped.
+        while let Some((at, _)) = &next {
+            let at = *at;
+            let due = begin + at;
+            if past_limit(sent, due) {
+                next = None;
+                break;
+            }
+            let now = Instant::now();
+            if now < due {
+                break;
+            }
+            let Some((_, item)) = next.take() else { break };
+            let late = micros(now - due);
+            let _ = lag.record(late);
+            let second = at.as_secs() as usize;
+            if lag_per_sec.len() <= second {
+                lag_per_sec.resize(second + 1, 0);
+            }
+            lag_per_sec[second] = lag_per_sec[second].max(late);
+            sent += 1;
+            in_flight.push(timed(send(item), due));
+            next = schedule(sent);
+        }
+        let due = next.as_ref().map(|(at, _)| begin + *at);
+        if in_flight.is_empty() && due.is_none() {
+            break;
+        }
+        let done = match due {
+            Some(due) => tokio::select! {
+                biased;
+                done = in_flight.next(), if !in_flight.is_empty() => done,
+                _ = tokio::time::sleep_until(due) => None,
+            },
+            None => in_flight.next().await,
+        };
+        if let Some((outcome, started, intended)) = done {
+            let finished = Instant::now();
+            answered += 1;
+            on_done(answered);
+            recorder.record_send(finished - started, Some(finished - intended));
+            recorder.record_outcome(&outcome, finished - begin);
+        }
+    }
+    let driven = Driven {
+        recorder,
+        sent,
+        answered,
+        elapsed: Instant::now() - begin,
+        schedule_lag: Some(lag),
+    };
+    (driven, lag_per_sec)
+}
+
+fn lag_histogram() -> hdrhistogram::Histogram<u64> {
+    // The same bounds as the recorder's (1 µs .. 120 s, 3 figures): constants, cannot fail.
+    #[allow(clippy::expect_used)]
+    hdrhistogram::Histogram::new_with_bounds(1, 120_000_000, 3).expect("constant bounds")
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, 120_000_000)
+}
+
+async fn timed<Fut: Future<Output = Outcome>>(
+    fut: Fut,
+    intended: Instant,
+) -> (Outcome, Instant, Instant) {
+    let started = Instant::now();
+    let outcome = fut.await;
+    (outcome, started, intended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A capture of `n` messages, with gaps that vary (1, 2, 3, 4 ms, repeating).
+    fn times(n: usize) -> Vec<Duration> {
+        let mut t = Duration::ZERO;
+        (0..n)
+            .map(|i| {
+                let at = t;
+                t += Duration::from_millis(1 + (i % 4) as u64);
+                at
+            })
+            .collect()
+    }
+
+    /// Replays `times` at `pace` against a target that takes `latency`; returns when each
+    /// send really started (from the beginning) and the run's figures.
+    async fn run(
+        times: &[Duration],
+        pace: Pace,
+        latency: Duration,
+        limit: Limit,
+        looping: bool,
+    ) -> (Vec<Duration>, Driven) {
+        let starts = RefCell::new(Vec::new());
+        let begin = Instant::now();
+        let (driven, _) = replay(
+            |i| scheduled(times, pace, looping, i).map(|at| (at, i)),
+            limit,
+            |_i| {
+                starts.borrow_mut().push(Instant::now() - begin);
+                async move {
+                    tokio::time::sleep(latency).await;
+                    Outcome::Delivered
+                }
+            },
+            |_| {},
+        )
+        .await;
+        (starts.into_inner(), driven)
+    }
+
+    /// The pace is kept to within 1 ms of the schedule at 1x and at 10x, even when the target
+    /// takes far longer than the gaps (open loop: up to 50 sends in flight).
+    #[tokio::test(start_paused = true)]
+    async fn pace_is_kept_at_1x_and_10x_against_a_slow_target() {
+        let t = times(400);
+        for speed in [1.0, 10.0] {
+            let (starts, driven) = run(
+                &t,
+                Pace::Speed(speed),
+                Duration::from_millis(50),
+                Limit::default(),
+                false,
+            )
+            .await;
+            assert_eq!(starts.len(), 400);
+            for (i, (s, want)) in starts.iter().zip(&t).enumerate() {
+                let want = want.div_f64(speed);
+                assert!(
+                    s.abs_diff(want) <= Duration::from_millis(1),
+                    "{speed}x message {i}: {s:?} vs {want:?}"
+                );
+            }
+            let last = t[399].div_f64(speed);
+            // The run lasts the schedule plus one answer, not 400 answers.
+            assert!(
+                driven.elapsed.abs_diff(last + Duration::from_millis(50))
+                    <= Duration::from_millis(2),
+                "{:?}",
+                driven.elapsed
+            );
+            assert_eq!(driven.answered, 400);
+            let lag = driven.schedule_lag.as_ref().unwrap();
+            assert_eq!(lag.len(), 400);
+            assert!(
+                lag.value_at_quantile(0.99) <= 1000,
+                "lag p99 {}",
+                lag.value_at_quantile(0.99)
+            );
+            // Latency from the scheduled start includes the 50 ms answer.
+            let p50 = driven.recorder.send_corrected.value_at_quantile(0.5);
+            assert!((49_000..=51_100).contains(&p50), "{p50}");
+        }
+    }
+
+    /// A send that blocks the pacer's thread (a stall in the send path itself) makes the
+    /// following starts late: that lateness is measured, and the latency taken from the
+    /// schedule includes it. Real time here (lower bounds only, safe on a loaded machine).
+    #[tokio::test]
+    async fn lateness_is_measured_and_corrects_latency() {
+        let t: Vec<Duration> = (0..10).map(|i| Duration::from_millis(i * 10)).collect();
+        let (driven, per_sec) = replay(
+            |i| scheduled(&t, Pace::Speed(1.0), false, i).map(|at| (at, i)),
+            Limit::default(),
+            |i| {
+                if i == 5 {
+                    // Due at 50 ms, holds the thread until at least 80 ms: message 6 (due at
+                    // 60 ms) starts at least 20 ms late.
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+                async { Outcome::Delivered }
+            },
+            |_| {},
+        )
+        .await;
+        assert_eq!(driven.answered, 10);
+        let lag = driven.schedule_lag.as_ref().unwrap();
+        assert!(lag.max() >= 19_000, "lag max {}", lag.max());
+        assert!(driven.recorder.send_corrected.max() >= 19_000);
+        assert!(driven.recorder.send.max() < driven.recorder.send_corrected.max());
+        assert_eq!(per_sec.len(), 1);
+        assert!(per_sec[0] >= 19_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_loop_and_limits() {
+        let t = times(10);
+        // A fixed rate ignores the recorded gaps: 1000/s is one start per ms.
+        let (starts, _) = run(
+            &t,
+            Pace::Rate(1000.0),
+            Duration::ZERO,
+            Limit::default(),
+            false,
+        )
+        .await;
+        for (i, s) in starts.iter().enumerate() {
+            assert!(s.abs_diff(Duration::from_millis(i as u64)) <= Duration::from_micros(100));
+        }
+        // Looping goes round until the count.
+        let (starts, driven) = run(
+            &t,
+            Pace::Rate(1000.0),
+            Duration::ZERO,
+            Limit {
+                count: Some(35),
+                duration: None,
+            },
+            true,
+        )
+        .await;
+        assert_eq!((starts.len(), driven.sent, driven.answered), (35, 35, 35));
+        // ... or until the duration: starts scheduled before 100 ms only.
+        let (starts, _) = run(
+            &t,
+            Pace::Speed(1.0),
+            Duration::ZERO,
+            Limit {
+                count: None,
+                duration: Some(Duration::from_millis(100)),
+            },
+            true,
+        )
+        .await;
+        // One round is 10 messages over 21 ms + one mean gap (21/9 ms): 23.3 ms. Four rounds
+        // end at 93.3 ms; the fifth starts 4 messages before 100 ms (93.3, 94.3, 96.3, 99.3).
+        assert_eq!(starts.len(), 44, "{starts:?}");
+    }
+
+    #[test]
+    fn speed_and_rate_spellings() {
+        assert_eq!(parse_speed("1x"), Ok(1.0));
+        assert_eq!(parse_speed("10x"), Ok(10.0));
+        assert_eq!(parse_speed(" 0.5X "), Ok(0.5));
+        for bad in ["10", "fast", "0x", "-2x", "x", "infx", "10xx"] {
+            let err = parse_speed(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("unknown speed") && err.contains("1x, 10x"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(parse_rate("5000/s"), Ok(5000.0));
+        assert_eq!(parse_rate("5000"), Ok(5000.0));
+        assert_eq!(parse_rate("2k/s"), Ok(2000.0));
+        for bad in ["", "0/s", "fast", "-1"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! One self-contained HTML page per report: the run's parameters and figures as tables, and
+//! SVG charts drawn with plotters (latency percentile distribution, throughput and outcomes
+//! over time, the schedule's lag during a replay). No script, no external asset: the page
+//! opens anywhere, offline.
+
+use super::compare::{rows, Mark};
+use super::ReportError;
+use crate::bench::report::{fmt_us, Report};
+use plotters::prelude::*;
+use std::fmt::Write as _;
+use std::path::Path;
+
+const WIDTH: u32 = 900;
+const HEIGHT: u32 = 360;
+/// Colours of the series, in order (colour-blind safe: Okabe-Ito).
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+];
+
+/// Writes the page for one run.
+pub fn write(report: &Report, path: &Path) -> Result<(), ReportError> {
+    std::fs::write(path, render(report)?).map_err(|source| ReportError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The page for one run.
+pub fn render(r: &Report) -> Result<String, ReportError> {
+    let title = match &r.replay {
+        Some(rep) => format!("pusher replay: {} at {}", rep.source, rep.pace),
+        None => format!("pusher bench: {} {}", r.params.mode, r.params.platform),
+    };
+    let mut body = String::new();
+    let _ = writeln!(body, "<h1>{}</h1>", esc(&title));
+    let _ = writeln!(body, "<p class=\"sub\">{}</p>", esc(&subtitle(r)));
+    body.push_str(&summary_table(r));
+
+    let mut charts = Vec::new();
+    if let Some(s) = &r.series {
+        let mut lines = vec![(format!("{} latency", s.latency), s.distribution.clone())];
+        if !s.distribution_corrected.is_empty() {
+            lines.push((
+                format!("{} latency from the schedule (CO corrected)", s.latency),
+                s.distribution_corrected.clone(),
+            ));
+        }
+        charts.push(distribution_chart("Latency by percentile", &lines)?);
+    }
+    charts.push(throughput_chart(r)?);
+    if let Some(rep) = &r.replay {
+        if !rep.lag_per_sec_us.is_empty() {
+            let ms: Vec<f64> = rep
+                .lag_per_sec_us
+                .iter()
+                .map(|&u| u as f64 / 1000.0)
+                .collect();
+            charts.push(time_chart(
+                "Schedule lag during the replay (latest start each second)",
+                "lag (ms)",
+                &[("schedule lag".to_string(), ms)],
+            )?);
+        }
+    }
+    for c in charts {
+        let _ = writeln!(body, "<figure>{c}</figure>");
+    }
+    body.push_str(&params_table(r));
+    Ok(page(&title, &body))
+}
+
+/// The comparison page: the table of `compare` with marks, and both distributions overlaid.
+pub fn render_compare(
+    a: &Report,
+    b: &Report,
+    a_name: &str,
+    b_name: &str,
+    threshold_pct: f64,
+) -> Result<String, ReportError> {
+    let title = format!("pusher report compare: {a_name} vs {b_name}");
+    let mut body = String::new();
+    let _ = writeln!(body, "<h1>{}</h1>", esc(&title));
+    let _ = writeln!(
+        body,
+        "<p class=\"sub\">A = {} ({}); B = {} ({}). Changes beyond {threshold_pct}% are marked.</p>",
+        esc(a_name),
+        esc(&subtitle(a)),
+        esc(b_name),
+        esc(&subtitle(b))
+    );
+    body.push_str("<table><tr><th>figure</th><th>A</th><th>B</th><th>change</th><th></th></tr>\n");
+    for row in rows(a, b, threshold_pct) {
+        let class = match row.mark {
+            Mark::Better => "better",
+            Mark::Worse => "worse",
+            Mark::Changed => "changed",
+            Mark::Same => "",
+        };
+        let _ = writeln!(
+            body,
+            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&row.name),
+            esc(&row.a),
+            esc(&row.b),
+            esc(&row.change),
+            row.mark.word()
+        );
+    }
+    body.push_str("</table>\n");
+    let mut lines = Vec::new();
+    for (name, r) in [("A", a), ("B", b)] {
+        if let Some(s) = &r.series {
+            lines.push((
+                format!("{name}: {} latency", s.latency),
+                s.distribution.clone(),
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(
+            body,
+            "<figure>{}</figure>",
+            distribution_chart("Latency by percentile, A and B", &lines)?
+        );
+    }
+    Ok(page(&title, &body))
+}
+
+fn subtitle(r: &Report) -> String {
+    let p = &r.params;
+    let load = match (p.concurrency, p.rate, &r.replay) {
+        (_, Some(rate), _) => format!("open loop at {rate:.0}/s"),
+        (Some(c), None, _) => format!("closed loop, {c} in flight"),
+        (None, None, Some(rep)) => format!("open loop at {} of the recorded pace", rep.pace),
+        _ => "?".into(),
+    };
+    format!(
+        "{} {} via {}, {}, profile {}; pusher {}, started {}",
+        p.mode,
+        p.platform,
+        p.transport,
+        load,
+        p.profile,
+        r.pusher_version,
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.started_at)
+        )
+    )
+}
+
+fn summary_table(r: &Report) -> String {
+    let mut t = String::from("<table class=\"summary\">\n");
+    let _ = writeln!(
+        t,
+        "<tr><th>throughput</th><td colspan=\"6\">{:.0} msg/s over {:.2} s</td></tr>",
+        r.throughput, r.duration_secs
+    );
+    let _ = writeln!(
+        t,
+        "<tr><th>latency</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th><th>count</th></tr>"
+    );
+    let l = &r.latency;
+    for (name, p) in [
+        ("send", &l.send),
+        ("send (CO corrected)", &l.send_corrected),
+        ("end-to-end", &l.end_to_end),
+        ("end-to-end (CO corrected)", &l.end_to_end_corrected),
+    ] {
+        if let Some(q) = p {
+            let _ = writeln!(
+                t,
+                "<tr><th>{name}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                fmt_us(q.p50_us),
+                fmt_us(q.p90_us),
+                fmt_us(q.p99_us),
+                fmt_us(q.p999_us),
+                fmt_us(q.max_us),
+                q.count
+            );
+        }
+    }
+    if let Some(q) = r.replay.as_ref().and_then(|x| x.schedule_lag.as_ref()) {
+        let _ = writeln!(
+            t,
+            "<tr><th>schedule lag</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            fmt_us(q.p50_us),
+            fmt_us(q.p90_us),
+            fmt_us(q.p99_us),
+            fmt_us(q.p999_us),
+            fmt_us(q.max_us),
+            q.count
+        );
+    }
+    let outcomes: Vec<String> = r.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(
+        t,
+        "<tr><th>outcomes</th><td colspan=\"6\">{}</td></tr>",
+        esc(&outcomes.join(", "))
+    );
+    for (reason, n) in &r.reasons {
+        let _ = writeln!(
+            t,
+            "<tr><th></th><td colspan=\"6\">{}: {n}</td></tr>",
+            esc(reason)
+        );
+    }
+    let c = &r.conservation;
+    let stage =
+        |name: &str, v: Option<u64>| v.map(|n| format!(" = {name} {n}")).unwrap_or_default();
+    let _ = writeln!(
+        t,
+        "<tr><th>conservation</th><td colspan=\"6\" class=\"{}\">generated {}{}{} = answered {}{}: {}</td></tr>",
+        if c.ok { "better" } else { "worse" },
+        c.generated,
+        stage("produced", c.produced),
+        stage("consumed", c.consumed),
+        c.answered,
+        stage("committed", c.committed),
+        if c.ok { "ok" } else { "MISMATCH" }
+    );
+    t.push_str("</table>\n");
+    t
+}
+
+fn params_table(r: &Report) -> String {
+    let mut t = String::from("<h2>Parameters</h2>\n<table class=\"params\">\n");
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(t, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v));
+    };
+    let p = &r.params;
+    row("mode", p.mode.clone());
+    row("platform", p.platform.clone());
+    row("profile", p.profile.clone());
+    row("transport", p.transport.clone());
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    row("count", opt(p.count.map(|c| c.to_string())));
+    row("duration", opt(p.duration_secs.map(|d| format!("{d} s"))));
+    row("warm-up", format!("{} s", p.warmup_secs));
+    row("concurrency", opt(p.concurrency.map(|c| c.to_string())));
+    row("rate", opt(p.rate.map(|c| format!("{c}/s"))));
+    row("repeat", p.repeat.to_string());
+    if let Some(rep) = &r.replay {
+        row("capture", rep.source.clone());
+        row("target", rep.target.clone());
+        row("pace", rep.pace.clone());
+        row("looped", rep.looped.to_string());
+        row(
+            "capture size",
+            format!(
+                "{} messages over {:.2} s",
+                rep.capture_messages, rep.capture_secs
+            ),
+        );
+    }
+    row("calibration", format!("{:.0} ops/s", r.calibration));
+    if let Some(rss) = r.peak_rss_bytes {
+        row("peak RSS", format!("{:.1} MB", rss as f64 / 1e6));
+    }
+    row("pusher", r.pusher_version.clone());
+    t.push_str("</table>\n");
+    t
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{}</title>
+<style>
+body {{ font-family: sans-serif; margin: 24px; color: #222; max-width: 960px; }}
+h1 {{ font-size: 22px; margin-bottom: 4px; }}
+h2 {{ font-size: 18px; margin-top: 28px; }}
+.sub {{ color: #555; margin-top: 0; }}
+table {{ border-collapse: collapse; margin: 12px 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; font-variant-numeric: tabular-nums; }}
+th {{ background: #f3f3f3; text-align: left; }}
+tr.better td, td.better {{ background: #e3f4e8; }}
+tr.worse td, td.worse {{ background: #fbe3e0; }}
+tr.changed td {{ background: #fdf6dc; }}
+figure {{ margin: 16px 0; }}
+</style>
+</head>
+<body>
+{}
+</body>
+</html>
+"#,
+        esc(title),
+        body
+    )
+}
+
+/// HTML escaping for text.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn chart_err(e: impl std::fmt::Display) -> ReportError {
+    ReportError::Chart(e.to_string())
+}
+
+/// HdrHistogram's percentile plot: x is log10(1 / (1 - percentile)), so 90 %, 99 %, 99.9 %
+/// are evenly spaced and the tail is visible; y is latency in ms.
+fn distribution_chart(
+    caption: &str,
+    lines: &[(String, Vec<(f64, u64)>)],
+) -> Result<String, ReportError> {
+    let to_x = |pct: f64| {
+        let q = (pct / 100.0).min(0.999_999);
+        -(1.0 - q).log10()
+    };
+    let points: Vec<Vec<(f64, f64)>> = lines
+        .iter()
+        .map(|(_, d)| {
+            d.iter()
+                .map(|&(p, us)| (to_x(p), us as f64 / 1000.0))
+                .collect()
+        })
+        .collect();
+    let x_max = points
+        .iter()
+        .flatten()
+        .map(|p| p.0)
+        .fold(2.0f64, f64::max)
+        .ceil();
+    let y_max = points
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .fold(0.001f64, f64::max)
+        * 1.1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .map_err(chart_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("latency (ms)")
+            .x_labels(x_max as usize + 1)
+            .x_label_formatter(&|x| {
+                let pct = 100.0 * (1.0 - 10f64.powf(-x));
+                if pct < 99.0 {
+                    format!("{pct:.0}%")
+                } else {
+                    format!("{}%", trim(pct))
+                }
+            })
+            .y_label_formatter(&|y| trim(*y))
+            .draw()
+            .map_err(chart_err)?;
+        for (i, ((name, _), pts)) in lines.iter().zip(points).enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(chart_err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()
+            .map_err(chart_err)?;
+        root.present().map_err(chart_err)?;
+    }
+    Ok(svg)
+}
+
+/// A number without trailing zeros: 99.9, 99.99, 12.5.
+fn trim(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+/// Completions per second, in all and per outcome class.
+fn throughput_chart(r: &Report) -> Result<String, ReportError> {
+    let mut lines = vec![(
+        "all completions".to_string(),
+        r.timeline.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+    )];
+    if let Some(s) = &r.series {
+        // One line per class only when there is more than one class: else it repeats "all".
+        if s.outcomes_per_sec.len() > 1 {
+            for (class, v) in &s.outcomes_per_sec {
+                lines.push((class.clone(), v.iter().map(|&v| v as f64).collect()));
+            }
+        }
+    }
+    time_chart(
+        "Throughput and outcomes over time",
+        "messages per second",
+        &lines,
+    )
+}
+
+/// Lines over the seconds of the run. A run shorter than two seconds is drawn as a flat line
+/// across its one second.
+fn time_chart(
+    caption: &str,
+    y_desc: &str,
+    lines: &[(String, Vec<f64>)],
+) -> Result<String, ReportError> {
+    let secs = lines.iter().map(|(_, v)| v.len()).max().unwrap_or(0).max(1);
+    let y_max = lines
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..secs as f64, 0f64..y_max)
+            .map_err(chart_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the start")
+            .y_desc(y_desc)
+            .y_label_formatter(&|y| trim(*y))
+            .draw()
+            .map_err(chart_err)?;
+        for (i, (name, v)) in lines.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            // Each value is the count of its second: drawn at the second's middle, and held
+            // across a run of one second.
+            let pts: Vec<(f64, f64)> = if v.len() == 1 {
+                vec![(0.0, v[0]), (1.0, v[0])]
+            } else {
+                v.iter()
+                    .enumerate()
+                    .map(|(s, &y)| (s as f64 + 0.5, y))
+                    .collect()
+            };
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(chart_err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()
+            .map_err(chart_err)?;
+        root.present().map_err(chart_err)?;
+    }
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_trims() {
+        assert_eq!(
+            esc("<a href='x'>&</a>"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&lt;/a&gt;"
+        );
+        assert_eq!(trim(99.9), "99.9");
+        assert_eq!(trim(90.0), "90");
+    }
+}

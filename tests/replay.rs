@@ -1,0 +1,577 @@
+//! `pusher replay`, `gen --shape`, `run --capture` and `report compare` as a user runs them,
+//! against real parts: the fake APNs server, librdkafka's mock cluster over TCP, the pipeline,
+//! and headless Chromium for the HTML report.
+
+mod common;
+#[path = "support/schema.rs"]
+mod schema;
+
+use pusher::mock::kafka::KafkaMock;
+use pusher::pipeline::run::{run, AppSender, Observer, OutcomeEvent, Outputs, RunSpec};
+use pusher::push::Platform;
+use pusher::replay::capture::{self, CaptureWriter};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn pusher(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pusher"))
+        .args(args)
+        .env("PUSHER_LOG", "warn")
+        .output()
+        .expect("run pusher")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A shaped capture: `gen --shape constant --duration 2s --peak-rate 300`.
+fn shaped_capture(dir: &Path) -> PathBuf {
+    let cap = dir.join("cap.jsonl");
+    let o = pusher(&[
+        "gen",
+        "--seed",
+        "7",
+        "--shape",
+        "constant",
+        "--duration",
+        "2s",
+        "--peak-rate",
+        "300",
+        "--invalid-ratio",
+        "0.1",
+        "-o",
+        p(&cap),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    cap
+}
+
+#[test]
+fn gen_shape_writes_a_capture_with_the_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = shaped_capture(dir.path());
+    let entries = capture::read(&cap).unwrap();
+    assert!(entries.len().abs_diff(600) <= 1, "{}", entries.len());
+    let first_second = entries
+        .iter()
+        .filter(|e| e.at < Duration::from_secs(1))
+        .count();
+    assert!(first_second.abs_diff(300) <= 1, "{first_second}");
+    assert!(entries.iter().all(|e| e.topic == "push-game_apns"));
+    // Each value is a generated APNs message, keyed by its token.
+    let v: Value = serde_json::from_slice(&entries[0].value).unwrap();
+    assert_eq!(
+        v["DeviceToken"].as_str().unwrap().as_bytes(),
+        entries[0].key.as_deref().unwrap()
+    );
+    // Reproducible with the same seed.
+    let again = dir.path().join("again.jsonl");
+    let o = pusher(&[
+        "gen",
+        "--seed",
+        "7",
+        "--shape",
+        "constant",
+        "--duration",
+        "2s",
+        "--peak-rate",
+        "300",
+        "--invalid-ratio",
+        "0.1",
+        "-o",
+        p(&again),
+        "-q",
+    ]);
+    assert!(o.status.success());
+    assert_eq!(std::fs::read(&cap).unwrap(), std::fs::read(&again).unwrap());
+
+    let o = pusher(&[
+        "gen",
+        "--shape",
+        "sine",
+        "--duration",
+        "1s",
+        "--peak-rate",
+        "10",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("unknown shape \"sine\""), "{}", text(&o));
+    let o = pusher(&["gen", "--shape", "ramp"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+/// Replay at 10x into the embedded fake: every message answered, the fake saw them all, the
+/// schedule was kept, and the JSON and HTML reports are written. Then the report is doctored
+/// and compared, and the HTML is rendered by Chromium.
+#[test]
+fn replay_to_the_mock_reports_like_bench_and_compares() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = shaped_capture(dir.path());
+    let json = dir.path().join("r.json");
+    let html = dir.path().join("r.html");
+    let started = Instant::now();
+    let o = pusher(&[
+        "replay",
+        p(&cap),
+        "--mock",
+        "--speed",
+        "10x",
+        "--json",
+        p(&json),
+        "--html",
+        p(&html),
+        "-q",
+    ]);
+    let took = started.elapsed();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("pusher replay: replay apns"), "{out}");
+    assert!(out.contains("schedule lag p50"), "{out}");
+    // 2 s of capture at 10x cannot take less than 0.2 s.
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+
+    let r = schema::check_report(&json);
+    assert_eq!(r["schema"], "pusher-bench/1");
+    assert_eq!(r["params"]["mode"], "replay");
+    let n = r["replay"]["capture_messages"].as_u64().unwrap();
+    let c = &r["conservation"];
+    assert_eq!(c["generated"].as_u64(), Some(n));
+    assert_eq!(c["answered"].as_u64(), Some(n));
+    assert!(c["server_answered"].as_u64().unwrap() >= n);
+    assert_eq!(c["ok"], true);
+    let outcomes: u64 = r["outcomes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(outcomes, n);
+    // 10 % invalid tokens: the fake rejects them.
+    assert!(
+        r["outcomes"]["token_invalid"].as_u64().unwrap() > 20,
+        "{}",
+        r["outcomes"]
+    );
+    assert_eq!(r["replay"]["pace"], "10x");
+    assert_eq!(r["replay"]["schedule_lag"]["count"].as_u64(), Some(n));
+    assert!(r["latency"]["send_corrected"]["count"].as_u64() == Some(n));
+    assert!(!r["series"]["distribution"].as_array().unwrap().is_empty());
+
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    assert_eq!(
+        page.matches("<svg").count(),
+        3,
+        "distribution, throughput, lag"
+    );
+    assert!(
+        !page.contains("http://")
+            || page
+                .matches("http://")
+                .all(|_| page.contains("xmlns=\"http://www.w3.org/2000/svg\""))
+    );
+    assert!(
+        !page.contains("<script") && !page.contains("src="),
+        "no external assets"
+    );
+
+    // compare: the same report twice is all unmarked; a doctored one is marked worse.
+    let o = pusher(&["report", "compare", p(&json), p(&json)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("0 worse, 0 better"),
+        "{}",
+        text(&o)
+    );
+    let mut worse = r.clone();
+    worse["throughput"] = (r["throughput"].as_f64().unwrap() / 2.0).into();
+    worse["latency"]["send"]["p99_us"] =
+        (r["latency"]["send"]["p99_us"].as_u64().unwrap() * 3).into();
+    worse["conservation"]["ok"] = false.into();
+    let worse_path = dir.path().join("worse.json");
+    std::fs::write(&worse_path, worse.to_string()).unwrap();
+    let cmp_html = dir.path().join("cmp.html");
+    let o = pusher(&[
+        "report",
+        "compare",
+        p(&json),
+        p(&worse_path),
+        "--html",
+        p(&cmp_html),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("throughput").contains("-50.0%") && line("throughput").ends_with("WORSE"),
+        "{table}"
+    );
+    assert!(
+        line("send p99 ").contains("+200.0%") && line("send p99 ").ends_with("WORSE"),
+        "{table}"
+    );
+    assert!(line("conservation").ends_with("WORSE"), "{table}");
+    assert!(
+        line("send p50").trim_end().ends_with('%'),
+        "unchanged: no mark: {table}"
+    );
+    assert!(table.contains("3 worse, 0 better"), "{table}");
+    let cmp = std::fs::read_to_string(&cmp_html).unwrap();
+    assert!(cmp.contains("class=\"worse\"") && cmp.contains("<svg"));
+    // ... and the other way round, better.
+    let o = pusher(&["report", "compare", p(&worse_path), p(&json)]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("0 worse, 3 better"),
+        "{}",
+        text(&o)
+    );
+
+    // Not a report: a clear error.
+    let bogus = dir.path().join("bogus.json");
+    std::fs::write(&bogus, "{\"hello\":1}").unwrap();
+    let o = pusher(&["report", "compare", p(&json), p(&bogus)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("bogus.json is not a pusher report"),
+        "{}",
+        text(&o)
+    );
+
+    browser_renders(&html, dir.path());
+}
+
+/// Headless Chromium renders the page to a PNG without errors (ci/setup.sh installs it).
+fn browser_renders(html: &Path, dir: &Path) {
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        assert!(
+            std::env::var_os("PUSHER_SKIP_BROWSER").is_some(),
+            "chromium is not installed (ci/setup.sh installs it; PUSHER_SKIP_BROWSER=1 skips this check)"
+        );
+        return;
+    };
+    let png = dir.join("report.png");
+    let profile = dir.join("chromium-profile");
+    let o = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--enable-logging=stderr",
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1200,2000",
+            &format!("file://{}", html.display()),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "chromium: {}", text(&o));
+    // Page problems show as console errors or failed loads (logged with --enable-logging);
+    // Chromium's own start-up chatter without a desktop session (dbus) is not about the page.
+    for bad in [
+        "Uncaught",
+        "net::ERR_",
+        "Failed to load",
+        "Not allowed to load",
+        "SyntaxError",
+    ] {
+        assert!(!stderr.contains(bad), "chromium reported {bad}: {stderr}");
+    }
+    assert!(stderr.contains("bytes written to file"), "{stderr}");
+    let bytes = std::fs::read(&png).expect("chromium wrote no screenshot");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert_eq!((width, height), (1200, 2000));
+    assert!(
+        bytes.len() > 40_000,
+        "a blank page compresses to a few KB: {} bytes",
+        bytes.len()
+    );
+    if let Ok(keep) = std::env::var("PUSHER_KEEP_PNG") {
+        std::fs::copy(&png, keep).unwrap();
+    }
+}
+
+/// Replay into Kafka, then read the topic's time range back into a capture: the same
+/// messages come back. Against librdkafka's mock cluster over TCP.
+#[test]
+fn replay_into_kafka_and_back_from_a_topic_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = shaped_capture(dir.path());
+    let sent = capture::read(&cap).unwrap();
+    let topic = "push-replayed_apns".to_string();
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 4).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    let since = now_ms();
+    let json = dir.path().join("k.json");
+    let o = pusher(&[
+        "replay",
+        p(&cap),
+        "--brokers",
+        &brokers,
+        "--topic",
+        &topic,
+        "--speed",
+        "20x",
+        "--json",
+        p(&json),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = schema::check_report(&json);
+    let n = sent.len() as u64;
+    assert_eq!(
+        r["conservation"]["produced"].as_u64(),
+        Some(n),
+        "{}",
+        r["conservation"]
+    );
+    assert_eq!(r["conservation"]["ok"], true);
+    assert_eq!(r["params"]["transport"], "kafka");
+
+    let back = dir.path().join("back.jsonl");
+    let o = pusher(&[
+        "replay",
+        "--from-kafka",
+        &topic,
+        "--brokers",
+        &brokers,
+        "--since",
+        &since.to_string(),
+        "-o",
+        p(&back),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = capture::read(&back).unwrap();
+    assert_eq!(got.len(), sent.len());
+    assert!(got.iter().all(|e| e.topic == topic));
+    assert!(
+        got.last().unwrap().at <= Duration::from_secs(2),
+        "20x of 2 s, in Kafka timestamps"
+    );
+    let mut a: Vec<_> = sent.iter().map(|e| (&e.key, &e.value)).collect();
+    let mut b: Vec<_> = got.iter().map(|e| (&e.key, &e.value)).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the same keys and values");
+
+    // Ranges with nothing in them are clear errors.
+    let future = (now_ms() + 3_600_000).to_string();
+    let o = pusher(&[
+        "replay",
+        "--from-kafka",
+        &topic,
+        "--brokers",
+        &brokers,
+        "--since",
+        &future,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("no messages in topic push-replayed_apns between"),
+        "{}",
+        text(&o)
+    );
+    let o = pusher(&[
+        "replay",
+        "--from-kafka",
+        &topic,
+        "--brokers",
+        &brokers,
+        "--since",
+        "2026-11-29T10:00:00Z",
+        "--until",
+        "2026-11-29T09:00:00Z",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("empty time range"), "{}", text(&o));
+    drop(kafka);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"{"t_us":0,"topic":"push-game_apns","message":{"DeviceToken":"00"}}"#;
+    let cases = [
+        (
+            "truncated.jsonl",
+            format!("{good}\n{{\"t_us\":10,\"topic\":\"push-g"),
+            "line 2 is truncated",
+        ),
+        (
+            "backwards.jsonl",
+            format!("{}\n{good}\n", good.replace("\"t_us\":0", "\"t_us\":500")),
+            "line 2 goes back in time",
+        ),
+        ("empty.jsonl", String::new(), "holds no messages"),
+    ];
+    for (name, content, want) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let o = pusher(&["replay", p(&path), "--mock"]);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", text(&o));
+        assert!(text(&o).contains(want), "{name}: {}", text(&o));
+    }
+    let path = dir.path().join("ok.jsonl");
+    std::fs::write(&path, format!("{good}\n")).unwrap();
+    for (args, want) in [
+        (vec!["--mock", "--speed", "fast"], "unknown speed \"fast\""),
+        (vec!["--mock", "--speed", "10"], "unknown speed \"10\""),
+        (vec!["--mock", "--rate", "lots"], "unknown rate"),
+        (
+            vec!["--mock", "--loop"],
+            "--loop needs --count or --duration",
+        ),
+        (vec![], "say where to replay"),
+    ] {
+        let mut argv = vec!["replay", p(&path)];
+        argv.extend(args.iter().copied());
+        let o = pusher(&argv);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+}
+
+struct Count(AtomicU64);
+impl Observer for Count {
+    fn on_outcome(&self, _e: &OutcomeEvent<'_>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `run --capture`: the pipeline records every message it consumes, and the capture replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_captures_what_it_consumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "push-cap_apns".to_string();
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 2).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    let fake = common::start_fake(common::FakeOptions::default()).await;
+    let url = format!("https://{}", fake.server.tls_addr().unwrap());
+    let sender = common::sender(common::config(&fake, url, common::token_auth()));
+
+    let n = 200u64;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let values: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"DeviceToken":"{}","Payload":{{"aps":{{"alert":"m{i}"}}}}}}"#,
+                common::token(i)
+            )
+        })
+        .collect();
+    futures_util::future::join_all(values.iter().enumerate().map(|(i, v)| {
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            let key = i.to_string();
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(v),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    }))
+    .await;
+
+    let path = dir.path().join("consumed.jsonl");
+    let writer = Arc::new(CaptureWriter::create(&path).unwrap());
+    let mut spec = RunSpec::new(
+        Platform::Apns,
+        brokers.clone(),
+        "cap-group",
+        vec![topic.clone()],
+    );
+    spec.offset_reset = "earliest".into();
+    spec.commit_interval = Duration::from_millis(100);
+    spec.capture = Some(writer.clone());
+    let seen = Arc::new(Count(AtomicU64::new(0)));
+    let outputs = Outputs {
+        observer: Some(seen.clone()),
+        ..Outputs::default()
+    };
+    let apps = HashMap::from([("cap".to_string(), AppSender::Apns(sender))]);
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(run(spec, apps, outputs, stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.0.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let summary = pipeline.await.unwrap().unwrap();
+    assert_eq!(summary.consumed, n);
+    assert_eq!(writer.finish().unwrap(), n);
+
+    let got = capture::read(&path).unwrap();
+    assert_eq!(got.len() as u64, n);
+    let mut keys: Vec<u64> = got
+        .iter()
+        .map(|e| {
+            std::str::from_utf8(e.key.as_deref().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, (0..n).collect::<Vec<_>>());
+    for e in &got {
+        let i: usize = std::str::from_utf8(e.key.as_deref().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(e.value, values[i].as_bytes());
+        assert_eq!(e.topic, topic);
+    }
+    drop(kafka);
+}
