@@ -251,6 +251,45 @@ fn replay_to_the_mock_reports_like_bench_and_compares() {
         text(&o)
     );
 
+    // The bench's gate: the run's own report as the baseline passes; a baseline ten times as
+    // fast fails the run.
+    let o = pusher(&[
+        "replay",
+        p(&cap),
+        "--mock",
+        "--speed",
+        "10x",
+        "--baseline",
+        p(&json),
+        "--max-regression",
+        "900",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("gate: passed"),
+        "{}",
+        text(&o)
+    );
+    let mut fast = r.clone();
+    fast["throughput"] = (r["throughput"].as_f64().unwrap() * 10.0).into();
+    let fast_path = dir.path().join("fast.json");
+    std::fs::write(&fast_path, fast.to_string()).unwrap();
+    let o = pusher(&[
+        "replay",
+        p(&cap),
+        "--mock",
+        "--speed",
+        "10x",
+        "--baseline",
+        p(&fast_path),
+        "--max-regression",
+        "30",
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("regression beyond 30%"), "{}", text(&o));
+
     // Not a report: a clear error.
     let bogus = dir.path().join("bogus.json");
     std::fs::write(&bogus, "{\"hello\":1}").unwrap();
