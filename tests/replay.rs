@@ -251,6 +251,45 @@ fn replay_to_the_mock_reports_like_bench_and_compares() {
         text(&o)
     );
 
+    // The bench's gate: the run's own report as the baseline passes; a baseline ten times as
+    // fast fails the run.
+    let o = pusher(&[
+        "replay",
+        p(&cap),
+        "--mock",
+        "--speed",
+        "10x",
+        "--baseline",
+        p(&json),
+        "--max-regression",
+        "900",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("gate: passed"),
+        "{}",
+        text(&o)
+    );
+    let mut fast = r.clone();
+    fast["throughput"] = (r["throughput"].as_f64().unwrap() * 10.0).into();
+    let fast_path = dir.path().join("fast.json");
+    std::fs::write(&fast_path, fast.to_string()).unwrap();
+    let o = pusher(&[
+        "replay",
+        p(&cap),
+        "--mock",
+        "--speed",
+        "10x",
+        "--baseline",
+        p(&fast_path),
+        "--max-regression",
+        "30",
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("regression beyond 30%"), "{}", text(&o));
+
     // Not a report: a clear error.
     let bogus = dir.path().join("bogus.json");
     std::fs::write(&bogus, "{\"hello\":1}").unwrap();
@@ -573,5 +612,146 @@ async fn the_pipeline_captures_what_it_consumes() {
         assert_eq!(e.value, values[i].as_bytes());
         assert_eq!(e.topic, topic);
     }
+    drop(kafka);
+}
+
+/// The user's loop: `pusher run apns --capture FILE` records what it consumes; stopped with
+/// SIGTERM, the capture holds every message; `pusher replay FILE --endpoint` sends them again
+/// to the same fake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_capture_then_replay_to_an_endpoint() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "push-rc_apns".to_string();
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 2).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    let fake = common::start_fake(common::FakeOptions::default()).await;
+    let n = 100u64;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    futures_util::future::join_all((0..n).map(|i| {
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            let v = format!(
+                r#"{{"DeviceToken":"{}","Payload":{{"aps":{{"alert":"m{i}"}}}}}}"#,
+                common::token(i)
+            );
+            let key = i.to_string();
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&v),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    }))
+    .await;
+
+    let cap = dir.path().join("run.jsonl");
+    let key_file = common::fixture("AuthKey_TESTKEY001.p8");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pusher"))
+        .args([
+            "run",
+            "apns",
+            "--app",
+            "rc",
+            "--brokers",
+            &brokers,
+            "--capture",
+            p(&cap),
+        ])
+        .args([
+            "--key-file",
+            p(&key_file),
+            "--key-id",
+            common::KEY_ID,
+            "--team-id",
+            common::TEAM_ID,
+        ])
+        .args([
+            "--topic",
+            common::TOPIC,
+            "--endpoint",
+            &fake.tls_url(),
+            "--ca",
+            p(&fake.ca_file),
+        ])
+        .env("PUSHER_QUEUE_GROUP", "rc")
+        .env("PUSHER_QUEUE_OFFSETRESETSTRATEGY", "earliest")
+        .env("PUSHER_FEEDBACK_REPORTERS", "")
+        .env("PUSHER_INVALIDTOKEN_HANDLERS", "")
+        .env("PUSHER_STATS_REPORTERS", "")
+        .env("PUSHER_STATS_PROMETHEUS_LISTEN", "")
+        .env("PUSHER_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake.stats().responses < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.stats().responses, n);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pusher run did not stop on SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let entries = capture::read(&cap).unwrap();
+    assert_eq!(entries.len() as u64, n);
+
+    let o = tokio::task::spawn_blocking({
+        let (cap, key_file, url, ca) = (
+            cap.clone(),
+            key_file.clone(),
+            fake.tls_url(),
+            fake.ca_file.clone(),
+        );
+        move || {
+            pusher(&[
+                "replay",
+                p(&cap),
+                "--speed",
+                "10x",
+                "--endpoint",
+                &url,
+                "--ca",
+                p(&ca),
+                "--key-file",
+                p(&key_file),
+                "--key-id",
+                common::KEY_ID,
+                "--team-id",
+                common::TEAM_ID,
+                "-q",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("delivered {n}")) && out.contains(": ok"),
+        "{out}"
+    );
+    assert_eq!(
+        fake.stats().responses,
+        2 * n,
+        "every captured message was sent again"
+    );
     drop(kafka);
 }

@@ -24,6 +24,11 @@ pub enum CaptureError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot create capture {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write capture: {0}")]
     Write(#[from] std::io::Error),
     #[error("capture {path}: line {line} is truncated (the file ends in the middle of a record)")]
@@ -224,7 +229,7 @@ struct WriterState {
 
 impl CaptureWriter {
     pub fn create(path: &Path) -> Result<CaptureWriter, CaptureError> {
-        let file = std::fs::File::create(path).map_err(|source| CaptureError::Read {
+        let file = std::fs::File::create(path).map_err(|source| CaptureError::Create {
             path: path.to_path_buf(),
             source,
         })?;
@@ -238,7 +243,7 @@ impl CaptureWriter {
         })
     }
 
-    /// Appends one consumed message.
+    /// Appends one consumed message (into a buffer: a write to the file every 8 KiB).
     pub fn record(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
         let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if s.error.is_some() {

@@ -43,11 +43,13 @@ pub fn render(r: &Report) -> Result<String, ReportError> {
 
     let mut charts = Vec::new();
     if let Some(s) = &r.series {
-        let mut lines = vec![(format!("{} latency", s.latency), s.distribution.clone())];
+        let n = samples(r);
+        let mut lines = vec![(format!("{} latency", s.latency), s.distribution.clone(), n)];
         if !s.distribution_corrected.is_empty() {
             lines.push((
                 format!("{} latency from the schedule (CO corrected)", s.latency),
                 s.distribution_corrected.clone(),
+                n,
             ));
         }
         charts.push(distribution_chart("Latency by percentile", &lines)?);
@@ -118,6 +120,7 @@ pub fn render_compare(
             lines.push((
                 format!("{name}: {} latency", s.latency),
                 s.distribution.clone(),
+                samples(r),
             ));
         }
     }
@@ -129,6 +132,16 @@ pub fn render_compare(
         );
     }
     Ok(page(&title, &body))
+}
+
+/// How many latencies the distribution holds: it sets how far into the tail it can go.
+fn samples(r: &Report) -> u64 {
+    let l = &r.latency;
+    let p = match r.series.as_ref().map(|s| s.latency.as_str()) {
+        Some("end-to-end") => l.end_to_end.as_ref(),
+        _ => l.send.as_ref(),
+    };
+    p.map(|p| p.count).unwrap_or(1)
 }
 
 fn subtitle(r: &Report) -> String {
@@ -281,6 +294,7 @@ h2 {{ font-size: 18px; margin-top: 28px; }}
 table {{ border-collapse: collapse; margin: 12px 0; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; font-variant-numeric: tabular-nums; }}
 th {{ background: #f3f3f3; text-align: left; }}
+td:first-child {{ text-align: left; }}
 tr.better td, td.better {{ background: #e3f4e8; }}
 tr.worse td, td.worse {{ background: #fbe3e0; }}
 tr.changed td {{ background: #fdf6dc; }}
@@ -317,21 +331,26 @@ fn chart_err(e: impl std::fmt::Display) -> ReportError {
     ReportError::Chart(e.to_string())
 }
 
+/// A line of the percentile plot: its name, `[percentile, µs]` points, and the sample count.
+type Distribution = (String, Vec<(f64, u64)>, u64);
+
 /// HdrHistogram's percentile plot: x is log10(1 / (1 - percentile)), so 90 %, 99 %, 99.9 %
 /// are evenly spaced and the tail is visible; y is latency in ms.
-fn distribution_chart(
-    caption: &str,
-    lines: &[(String, Vec<(f64, u64)>)],
-) -> Result<String, ReportError> {
-    let to_x = |pct: f64| {
-        let q = (pct / 100.0).min(0.999_999);
-        -(1.0 - q).log10()
-    };
+fn distribution_chart(caption: &str, lines: &[Distribution]) -> Result<String, ReportError> {
+    // `n` samples resolve the tail down to 1/n: the maximum (100 %) is drawn there.
     let points: Vec<Vec<(f64, f64)>> = lines
         .iter()
-        .map(|(_, d)| {
+        .map(|(_, d, n)| {
+            let tail = ((*n).max(10) as f64).log10();
             d.iter()
-                .map(|&(p, us)| (to_x(p), us as f64 / 1000.0))
+                .map(|&(p, us)| {
+                    let x = if p >= 100.0 {
+                        tail
+                    } else {
+                        (-(1.0 - p / 100.0).log10()).min(tail)
+                    };
+                    (x, us as f64 / 1000.0)
+                })
                 .collect()
         })
         .collect();
@@ -354,6 +373,7 @@ fn distribution_chart(
         let mut chart = ChartBuilder::on(&root)
             .caption(caption, ("sans-serif", 18))
             .margin(12)
+            .margin_right(40)
             .x_label_area_size(40)
             .y_label_area_size(64)
             .build_cartesian_2d(0f64..x_max, 0f64..y_max)
@@ -374,7 +394,7 @@ fn distribution_chart(
             .y_label_formatter(&|y| trim(*y))
             .draw()
             .map_err(chart_err)?;
-        for (i, ((name, _), pts)) in lines.iter().zip(points).enumerate() {
+        for (i, ((name, _, _), pts)) in lines.iter().zip(points).enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             chart
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))
@@ -386,7 +406,7 @@ fn distribution_chart(
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .draw()
@@ -444,6 +464,7 @@ fn time_chart(
         let mut chart = ChartBuilder::on(&root)
             .caption(caption, ("sans-serif", 18))
             .margin(12)
+            .margin_right(40)
             .x_label_area_size(40)
             .y_label_area_size(64)
             .build_cartesian_2d(0f64..secs as f64, 0f64..y_max)
