@@ -755,3 +755,55 @@ async fn run_capture_then_replay_to_an_endpoint() {
     );
     drop(kafka);
 }
+
+/// A GCM capture replayed straight to the embedded fake FCM (HTTP v1, OAuth at its /token):
+/// every message answered, invalid tokens reported, counts add up.
+#[test]
+fn replay_a_gcm_capture_to_the_fake_fcm() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("gcm.jsonl");
+    let o = pusher(&[
+        "gen",
+        "--platform",
+        "gcm",
+        "--seed",
+        "5",
+        "--shape",
+        "constant",
+        "--duration",
+        "1s",
+        "--peak-rate",
+        "300",
+        "--invalid-ratio",
+        "0.1",
+        "-o",
+        p(&cap),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let json = dir.path().join("gcm.json");
+    let o = pusher(&[
+        "replay",
+        p(&cap),
+        "--mock",
+        "--speed",
+        "10x",
+        "--json",
+        p(&json),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = schema::check_report(&json);
+    let n = r["replay"]["capture_messages"].as_u64().unwrap();
+    assert!(n >= 290, "{n}");
+    let c = &r["conservation"];
+    assert_eq!(c["generated"].as_u64(), Some(n), "{c}");
+    assert_eq!(c["answered"].as_u64(), Some(n), "{c}");
+    assert_eq!(c["ok"], true, "{c}");
+    let outcomes = r["outcomes"].as_object().unwrap();
+    let total: u64 = outcomes.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, n, "{outcomes:?}");
+    let invalid = outcomes["token_invalid"].as_u64().unwrap();
+    assert!(invalid > 10, "{outcomes:?}");
+    assert_eq!(outcomes["delivered"].as_u64().unwrap() + invalid, n);
+}

@@ -13,9 +13,10 @@ use crate::bench::sender_only::{target, SenderConfig};
 use crate::cli::GlobalArgs;
 use crate::clock::Clock as _;
 use crate::pipeline::run::app_from_topic;
-use crate::push::message::{is_expired, parse_apns};
+use crate::push::message::{is_expired, parse_apns, parse_gcm};
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
+use crate::sender::fcm::FcmSender;
 use anyhow::{bail, Context};
 use clap::{Args, Parser};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -67,7 +68,7 @@ pub struct ReplayArgs {
     /// With --brokers: produce every message to this topic instead of its recorded one.
     #[arg(long, requires = "brokers")]
     pub topic: Option<String>,
-    /// Send straight to the embedded fake APNs server (APNs captures).
+    /// Send straight to the embedded fake APNs or FCM server (by the capture's topics).
     #[arg(long, conflicts_with_all = ["brokers", "endpoint"])]
     pub mock: bool,
     /// Send straight to this APNs endpoint (a fake elsewhere, or a sandbox).
@@ -86,6 +87,17 @@ pub struct ReplayArgs {
     pub key_id: Option<String>,
     #[arg(long)]
     pub team_id: Option<String>,
+    /// FCM for --endpoint (GCM captures): a service-account JSON file (HTTP v1).
+    #[arg(long, requires = "endpoint", conflicts_with = "api_key")]
+    pub service_account: Option<PathBuf>,
+    /// FCM for --endpoint (GCM captures): a legacy server key.
+    #[arg(
+        long,
+        requires = "endpoint",
+        env = "PUSHER_REPLAY_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
     /// `apns-topic` for the pushes.
     #[arg(long, default_value = "com.example.app")]
     pub apns_topic: String,
@@ -156,7 +168,7 @@ pub fn run(args: ReplayArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let before = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
     let (driven, lag_per_sec, conservation, target, transport) = match &args.brokers {
         Some(brokers) => to_kafka(&args, brokers, &entries, pace)?,
-        None => to_apns(&args, &entries, pace)?,
+        None => to_sender(&args, &entries, pace)?,
     };
     let after = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
 
@@ -233,21 +245,24 @@ fn to_kafka(
 }
 
 /// Sends straight to APNs (the embedded fake, or --endpoint), with the bench's sender set-up.
-fn to_apns(args: &ReplayArgs, entries: &[Entry], pace: Pace) -> anyhow::Result<Replayed> {
+fn to_sender(args: &ReplayArgs, entries: &[Entry], pace: Pace) -> anyhow::Result<Replayed> {
+    // One capture, one platform: the sender is APNs or FCM, chosen by the topics.
+    let mut platform = None;
     for e in entries {
         match app_from_topic(&e.topic) {
-            Some((_, Platform::Apns)) => {}
-            Some((_, Platform::Gcm)) => bail!(
-                "topic {}: replay to a sender takes APNs captures only so far; replay GCM captures into Kafka (--brokers)",
+            Some((_, p)) if platform.is_none_or(|q| q == p) => platform = Some(p),
+            Some(_) => bail!(
+                "topic {}: the capture mixes APNs and GCM topics; replay to a sender takes one platform (split it, or replay into Kafka with --brokers)",
                 e.topic
             ),
             None => bail!(
-                "topic {} names no platform (push-<app>_apns): cannot tell how to send it",
+                "topic {} names no platform (push-<app>_apns or _gcm): cannot tell how to send it",
                 e.topic
             ),
         }
     }
-    let bench = bench_args(args)?;
+    let platform = platform.unwrap_or(Platform::Apns);
+    let bench = bench_args(args, platform)?;
     let (fake, config, _profile) = target(&bench)?;
     let server_before = fake.as_ref().map(|f| f.stats.snapshot().responses);
     let times: Vec<Duration> = entries.iter().map(|e| e.at).collect();
@@ -257,21 +272,40 @@ fn to_apns(args: &ReplayArgs, entries: &[Entry], pace: Pace) -> anyhow::Result<R
     let bar = progress(args, entries.len() as u64);
     let result = rt.block_on(async {
         let sender = match config {
-            SenderConfig::Apns(config) => ApnsSender::new(*config)?,
-            SenderConfig::Fcm(_) => bail!("replay to a sender takes APNs captures only so far"),
+            SenderConfig::Apns(config) => AnySender::Apns(ApnsSender::new(*config)?),
+            SenderConfig::Fcm(config) => AnySender::Fcm(FcmSender::new(*config)?),
         };
         let send = |e: &Entry| {
             let sender = sender.clone();
-            let parsed = parse_apns(&e.value);
+            // Parsed here, as the pipeline would, so the future owns no borrow of the capture.
+            let parsed = match &sender {
+                AnySender::Apns(_) => Parsed::Apns(parse_apns(&e.value)),
+                AnySender::Fcm(_) => Parsed::Gcm(parse_gcm(&e.value).map(Box::new)),
+            };
             async move {
-                match parsed {
-                    Err(err) => Outcome::Malformed {
+                let now = crate::clock::SystemClock.now();
+                match (sender, parsed) {
+                    (_, Parsed::Apns(Err(err)) | Parsed::Gcm(Err(err))) => Outcome::Malformed {
                         reason: err.to_string(),
                     },
-                    Ok(m) if is_expired(m.push_expiry, crate::clock::SystemClock.now()) => {
-                        Outcome::Expired
+                    (AnySender::Apns(s), Parsed::Apns(Ok(m))) => {
+                        if is_expired(m.push_expiry, now) {
+                            Outcome::Expired
+                        } else {
+                            s.send(&m.notification).await
+                        }
                     }
-                    Ok(m) => sender.send(&m.notification).await,
+                    (AnySender::Fcm(s), Parsed::Gcm(Ok(m))) => {
+                        if is_expired(m.push_expiry, now) {
+                            Outcome::Expired
+                        } else {
+                            s.send(&m).await
+                        }
+                    }
+                    // Parsed for the sender it was made with: these cannot meet.
+                    (_, _) => Outcome::Malformed {
+                        reason: "platform mismatch".into(),
+                    },
                 }
             }
         };
@@ -292,7 +326,14 @@ fn to_apns(args: &ReplayArgs, entries: &[Entry], pace: Pace) -> anyhow::Result<R
         .map(|f| f.stats.snapshot().responses - server_before.unwrap_or(0));
     let target = match (&args.endpoint, &fake) {
         (Some(url), _) => url.clone(),
-        _ => "fake apns (embedded)".into(),
+        _ => format!(
+            "fake {} (embedded)",
+            if platform == Platform::Apns {
+                "apns"
+            } else {
+                "fcm"
+            }
+        ),
     };
     if let Some(fake) = fake {
         fake.stop();
@@ -309,7 +350,23 @@ fn to_apns(args: &ReplayArgs, entries: &[Entry], pace: Pace) -> anyhow::Result<R
 
 /// The bench's arguments for the same target, so the bench's own set-up (fake thread,
 /// provider key, TLS) is reused as it is.
-fn bench_args(args: &ReplayArgs) -> anyhow::Result<crate::bench::cli::BenchArgs> {
+/// The sender for the capture's platform.
+#[derive(Clone)]
+enum AnySender {
+    Apns(ApnsSender),
+    Fcm(FcmSender),
+}
+
+/// A captured message parsed for its platform.
+enum Parsed {
+    Apns(Result<crate::push::message::ApnsMessage, crate::push::message::MessageError>),
+    Gcm(Result<Box<crate::push::gcm::GcmMessage>, crate::push::message::MessageError>),
+}
+
+fn bench_args(
+    args: &ReplayArgs,
+    platform: Platform,
+) -> anyhow::Result<crate::bench::cli::BenchArgs> {
     #[derive(Parser)]
     struct Wrap {
         #[command(flatten)]
@@ -317,6 +374,8 @@ fn bench_args(args: &ReplayArgs) -> anyhow::Result<crate::bench::cli::BenchArgs>
     }
     let mut argv: Vec<String> = vec![
         "bench".into(),
+        "--platform".into(),
+        platform.to_string(),
         "--profile".into(),
         args.profile.clone(),
         "--transport".into(),
@@ -334,6 +393,12 @@ fn bench_args(args: &ReplayArgs) -> anyhow::Result<crate::bench::cli::BenchArgs>
             }
             if args.insecure {
                 argv.push("--insecure".into());
+            }
+            if let Some(file) = &args.service_account {
+                argv.extend(["--service-account".into(), file.display().to_string()]);
+            }
+            if let Some(key) = &args.api_key {
+                argv.extend(["--api-key".into(), key.clone()]);
             }
             if let (Some(k), Some(kid), Some(team)) = (&args.key_file, &args.key_id, &args.team_id)
             {
