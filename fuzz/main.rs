@@ -1,0 +1,98 @@
+//! Fuzzing on the stable toolchain (no nightly here, so no cargo-fuzz/libFuzzer sanitizers):
+//! a seeded, coverage-free mutation fuzzer (fuzz/engine.rs) over the targets in
+//! fuzz/targets.rs. Each test replays its corpus (fixtures/fuzz/<target>/) as a regression
+//! test, then fuzzes for FUZZ_SECONDS (default 4) seconds.
+//!
+//! Built as a test target of the main package so it reuses the warm build; `ci/fuzz.sh
+//! --seconds N` runs it longer. Env: FUZZ_SECONDS, FUZZ_SEED (default: the clock, printed),
+//! FUZZ_GROW=1 (save inputs with new signatures into the corpus), FUZZ_TARGETS=a,b (ci/fuzz.sh).
+
+mod engine;
+#[path = "../tests/common/h2raw.rs"]
+mod h2raw;
+mod targets;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn fuzz(name: &str) {
+    if let Ok(only) = std::env::var("FUZZ_TARGETS") {
+        if !only.split(',').any(|t| t.trim() == name) {
+            return;
+        }
+    }
+    let seconds: f64 = std::env::var("FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4.0);
+    let seed = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("fuzz {name}: seed {seed} (FUZZ_SEED={seed} repeats this run)");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let options = engine::Options {
+        duration: Duration::from_secs_f64(seconds.max(0.0)),
+        seed,
+        grow: std::env::var("FUZZ_GROW").is_ok_and(|v| v == "1"),
+        corpus_root: root.join("fixtures/fuzz"),
+        failures_root: root.join("target/fuzz-failures"),
+    };
+    let mut target = targets::make(name);
+    let report = engine::run(target.as_mut(), &options);
+    assert!(report.execs > 0);
+}
+
+#[test]
+fn names_match_the_tests() {
+    // Every target has a test below and a corpus directory.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/fuzz");
+    for name in targets::all() {
+        assert!(root.join(name).is_dir(), "fixtures/fuzz/{name}/ is missing");
+    }
+}
+
+#[test]
+fn kafka_apns() {
+    fuzz("kafka_apns");
+}
+
+#[test]
+fn kafka_gcm() {
+    fuzz("kafka_gcm");
+}
+
+#[test]
+fn apns_response() {
+    fuzz("apns_response");
+}
+
+#[test]
+fn fcm_response() {
+    fuzz("fcm_response");
+}
+
+#[test]
+fn config() {
+    fuzz("config");
+}
+
+#[test]
+fn mock_apns() {
+    fuzz("mock_apns");
+}
+
+#[test]
+fn mock_fcm() {
+    fuzz("mock_fcm");
+}
+
+#[test]
+fn mock_raw() {
+    fuzz("mock_raw");
+}
