@@ -16,7 +16,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 fn fuzz(name: &str) {
-    if let Ok(only) = std::env::var("FUZZ_TARGETS") {
+    if let Some(only) = std::env::var("FUZZ_TARGETS")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
         if !only.split(',').any(|t| t.trim() == name) {
             return;
         }

@@ -371,3 +371,30 @@ async fn http1_header_floods_and_huge_request_lines_are_refused() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_slow_http1_head_is_dropped() {
+    bounded(async {
+        let server = fcm().await;
+        let addr = server.h2c_addr().unwrap();
+        // Half a request head, then nothing (a slow-loris client): closed after the fake's
+        // 10 s header timeout instead of being held forever.
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST /fcm/send HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the fake kept a slow head open for 30 s");
+        assert_eq!(server.stats().snapshot().requests, 0);
+    })
+    .await;
+}

@@ -306,3 +306,60 @@ async fn hostile_messages_are_each_counted_and_the_pipeline_stays_up() {
     eprintln!("peak RSS of the test process: {rss_before} MB before producing, {rss_after} MB after the run");
     fake.shutdown().await;
 }
+
+/// App names that try SQL or paths, from the command line or the environment: a config error
+/// naming the key (exit 2), before anything connects; the table the SQL names survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_names_that_inject_sql_or_paths_are_refused() {
+    let (db, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("PostgreSQL on 127.0.0.1:5432 (ci/setup.sh starts it)");
+    tokio::spawn(conn);
+    db.batch_execute("CREATE TABLE IF NOT EXISTS hostile_y (id int)")
+        .await
+        .unwrap();
+    let apps = [
+        r#"x"; DROP TABLE hostile_y; --"#,
+        "x_apns\" ; DROP TABLE \"hostile_y",
+        "../../etc/passwd",
+        "a/b",
+        "game\0",
+    ];
+    for (i, app) in apps.iter().enumerate() {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pusher"));
+        cmd.args(["run", "apns", "--brokers", "127.0.0.1:1"])
+            .env("PUSHER_STATS_PROMETHEUS_LISTEN", "")
+            .env("PUSHER_INVALIDTOKEN_PG_HOST", "127.0.0.1");
+        // Half from the command line, half from the environment.
+        if app.contains('\0') {
+            // A NUL cannot be in an argument or a variable: the config file's YAML then.
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("c.yaml");
+            std::fs::write(&file, "apns:\n  apps: \"game\\0\"\n").unwrap();
+            cmd.arg("--config").arg(&file);
+            let out = cmd.output().await.unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{app:?}: {err}");
+            assert!(err.contains("may hold only letters"), "{app:?}: {err}");
+            continue;
+        } else if i % 2 == 0 {
+            cmd.args(["--app", app]);
+        } else {
+            cmd.env("PUSHER_APNS_APPS", app);
+        }
+        let out = cmd.output().await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{app:?}: {err}");
+        assert!(err.contains("may hold only letters"), "{app:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let exists: bool = db
+        .query_one("SELECT to_regclass('hostile_y') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(exists, "the hostile_y table is gone");
+}

@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// A TLS handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/1.1 request head that takes longer than this closes the connection (slow-loris
+/// clients would otherwise hold connections open forever).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One protocol (APNs, FCM): turns a request into a response. Runs after the fault layer has
 /// decided not to reset, drop or stall the request; asks `env.faults.scripted()` for scripted
@@ -169,6 +172,10 @@ impl MockServer {
             .http2()
             .max_concurrent_streams(config.max_streams)
             .auto_date_header(false);
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
         let builder = Arc::new(builder);
         let stop = CancellationToken::new();
         let identity = tls::identity(&config.server_cert)?;
@@ -434,6 +441,8 @@ async fn serve_admin(tcp: TcpStream, stats: Arc<Stats>, token: Option<Arc<str>>)
         }
     });
     let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(tcp), service)
         .await;
 }
