@@ -99,3 +99,60 @@ fn mock_fcm() {
 fn mock_raw() {
     fuzz("mock_raw");
 }
+
+/// The engine itself: a planted bug that mutation must reach is found and its input saved,
+/// and a panic inside a tokio task (which tokio would swallow) counts too.
+#[test]
+fn the_engine_finds_planted_bugs() {
+    struct Planted {
+        rt: tokio::runtime::Runtime,
+        in_task: bool,
+    }
+    impl engine::Target for Planted {
+        fn name(&self) -> &'static str {
+            "planted"
+        }
+        fn run(&mut self, data: &[u8]) -> String {
+            if self.in_task {
+                if data.contains(&b'!') {
+                    // Swallowed by tokio: only the panic counter sees it.
+                    let task = self.rt.spawn(async { panic!("planted task bug") });
+                    let _ = self.rt.block_on(task);
+                }
+            } else if data.windows(2).any(|w| w == b"]{") {
+                panic!("planted bug");
+            }
+            "ok".into()
+        }
+        fn seeds(&self) -> Vec<Vec<u8>> {
+            vec![b"[1,2]".to_vec()]
+        }
+        fn dictionary(&self) -> &'static [&'static [u8]] {
+            &[b"!"]
+        }
+    }
+    for in_task in [false, true] {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let options = engine::Options {
+            duration: Duration::from_secs(20),
+            seed: 1,
+            grow: false,
+            corpus_root: dir.path().join("corpus"),
+            failures_root: dir.path().join("failures"),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine::run(&mut Planted { rt, in_task }, &options)
+        }));
+        assert!(
+            found.is_err(),
+            "planted bug (in task: {in_task}) not found in 20 s"
+        );
+        let saved = std::fs::read_dir(dir.path().join("failures/planted"))
+            .expect("the failing input is saved")
+            .count();
+        assert_eq!(saved, 1);
+    }
+}
