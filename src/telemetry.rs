@@ -98,7 +98,10 @@ pub async fn serve_prometheus(
                     },
                 );
                 let io = hyper_util::rt::TokioIo::new(stream);
+                // A head that takes longer than 10 s (slow-loris) closes the connection.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
                     .serve_connection(io, service)
                     .await;
             });
