@@ -4,6 +4,8 @@
 //! topics that name no app. The pipeline stays up, every case is counted with its reason,
 //! gets its feedback record, and is committed; valid messages around them are delivered.
 
+mod fcm_support;
+
 use pusher::mock::kafka::KafkaMock;
 use pusher::mock::{JwtKey, MockConfig, MockServer};
 use pusher::pipeline::feedback::FeedbackProducer;
@@ -362,4 +364,171 @@ async fn app_names_that_inject_sql_or_paths_are_refused() {
         .unwrap()
         .get(0);
     assert!(exists, "the hostile_y table is gone");
+}
+
+/// GCM: the same hostile values, and FCM tokens that try SQL or paths. FCM tokens travel in
+/// the JSON body, so these reach the fake, come back invalid and go to PostgreSQL, only ever
+/// as a bound parameter: the row with the injected text is deleted, the victim table stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcm_hostile_messages_and_injected_tokens_stay_data() {
+    let app = format!("hostilegcm{}", std::process::id());
+    let topic = format!("push-{app}_gcm");
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 2).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    let fake = fcm_support::start_fake(fcm_support::FakeOptions::default()).await;
+    let sender =
+        pusher::sender::fcm::FcmSender::new(fcm_support::v1_config(&fake, &fake.tls_url()))
+            .unwrap();
+
+    let sql = "x'); DROP TABLE victim_gcm; --";
+    let path = "../../../admin?x=1#";
+    let mut cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{\"to\":\"\xff\"}".to_vec(), "malformed/not_utf8"),
+        (
+            ["[".repeat(20_000), "]".repeat(20_000)]
+                .concat()
+                .into_bytes(),
+            "malformed/wrong_type",
+        ),
+        (
+            format!(
+                r#"{{"to":"t","data":{{"a":{}1{}}}}}"#,
+                "[".repeat(20_000),
+                "]".repeat(20_000)
+            )
+            .into_bytes(),
+            "malformed/invalid_json",
+        ),
+        (
+            format!(r#"{{"to":"t","data":{{"a":"{}"}}}}"#, "x".repeat(BIG)).into_bytes(),
+            "malformed/message_too_large",
+        ),
+        (
+            br#"{"message":"not an object"}"#.to_vec(),
+            "malformed/wrong_type",
+        ),
+    ];
+    for token in [sql, path] {
+        let m = serde_json::json!({"to": token, "data": {"k": "v"}});
+        cases.push((m.to_string().into_bytes(), "token_invalid/INVALID_ARGUMENT"));
+    }
+    for i in 0..10 {
+        let m = serde_json::json!({"to": format!("tok{i}:APA91b-x"), "data": {"k": "v"}});
+        cases.push((m.to_string().into_bytes(), "delivered/"));
+    }
+    let produced = cases.len() as u64;
+
+    let (db, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("PostgreSQL on 127.0.0.1:5432 (ci/setup.sh starts it)");
+    tokio::spawn(conn);
+    let tables = include_str!("../fixtures/tokens.sql").replace("\"game_", &format!("\"{app}_"));
+    db.batch_execute(&format!(
+        "{tables}; CREATE TABLE IF NOT EXISTS victim_gcm (id int)"
+    ))
+    .await
+    .unwrap();
+    // The injected texts are stored as tokens: they must be deleted as data, nothing else.
+    db.execute(
+        &format!("INSERT INTO \"{app}_gcm\" (token) VALUES ($1), ($2), ('keep')"),
+        &[&sql, &path],
+    )
+    .await
+    .unwrap();
+
+    let mut pg = deadpool_postgres::Config::new();
+    pg.host = Some("127.0.0.1".into());
+    pg.user = Some("postgres".into());
+    pg.dbname = Some("test".into());
+    let pool = pg
+        .create_pool(
+            Some(deadpool_postgres::Runtime::Tokio1),
+            tokio_postgres::NoTls,
+        )
+        .unwrap();
+    let deleter = TokenDeleter::spawn(
+        pool,
+        DeleterSettings {
+            flush_interval: Duration::from_millis(50),
+            ..Default::default()
+        },
+    );
+    let reasons = Arc::new(Reasons::default());
+    let outputs = Outputs {
+        feedback: Some(Arc::new(
+            FeedbackProducer::new(&brokers, "push-{app}-{platform}-feedbacks").unwrap(),
+        )),
+        tokens: Some(deleter.queue()),
+        observer: Some(reasons.clone()),
+    };
+    let mut spec = RunSpec::new(
+        Platform::Gcm,
+        brokers.clone(),
+        format!("group-{app}"),
+        vec![topic.clone()],
+    );
+    spec.offset_reset = "earliest".into();
+    spec.commit_interval = Duration::from_millis(100);
+    let stop = CancellationToken::new();
+    let apps = std::collections::HashMap::from([(app.clone(), AppSender::Gcm(sender))]);
+    let pipeline = tokio::spawn(run(spec, apps, outputs, stop.clone()));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("message.max.bytes", (3 * BIG).to_string())
+        .create()
+        .unwrap();
+    for (i, (message, _)) in cases.iter().enumerate() {
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&i.to_string())
+                    .payload(message),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce case {i}: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reasons.total() < produced && Instant::now() < deadline {
+        assert!(!pipeline.is_finished(), "the pipeline stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let summary = pipeline.await.unwrap().unwrap();
+    let token_stats = deleter.shutdown(Duration::from_secs(10)).await;
+
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, reason) in &cases {
+        *want.entry(reason.to_string()).or_default() += 1;
+    }
+    assert_eq!(*reasons.0.lock().unwrap(), want);
+    assert_eq!(summary.committed_total(), produced as i64, "{summary:?}");
+    assert_eq!(summary.abandoned, 0);
+    // Both injected tokens deleted as rows, the other row and the victim table untouched.
+    assert_eq!(
+        (token_stats.success, token_stats.error),
+        (2, 0),
+        "{token_stats:?}"
+    );
+    let left: Vec<String> = db
+        .query(&format!("SELECT token FROM \"{app}_gcm\""), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["keep"]);
+    let exists: bool = db
+        .query_one("SELECT to_regclass('victim_gcm') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(exists, "the victim_gcm table is gone");
+    db.batch_execute(&format!("DROP TABLE \"{app}_apns\", \"{app}_gcm\""))
+        .await
+        .unwrap();
 }
