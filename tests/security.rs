@@ -173,3 +173,46 @@ async fn tls_verification_is_on_by_default() {
         "only the trusted send got through"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fcm_tls_verification_is_on_by_default() {
+    use pusher::mock::{FcmHandler, FcmOptions};
+    let fake = MockServer::start_with(
+        MockConfig::default(),
+        FcmHandler::new(FcmOptions::default()),
+    )
+    .await
+    .unwrap();
+    let url = format!("https://127.0.0.1:{}", fake.tls_addr().unwrap().port());
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), fake.ca_pem()).unwrap();
+    let send = |ca: Option<&std::path::Path>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pusher"));
+        cmd.args(["send", "gcm", "--api-key", "k", "--endpoint", &url])
+            .args([
+                "--token",
+                "dXk0:APA91b-x",
+                "--title",
+                "t",
+                "--attempts",
+                "1",
+            ]);
+        if let Some(ca) = ca {
+            cmd.arg("--ca").arg(ca);
+        }
+        cmd.output()
+    };
+    let out = send(None).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("certificate"), "{text}");
+    assert_eq!(fake.stats().snapshot().requests, 0);
+    // With the fake's CA: delivered.
+    let out = send(Some(ca.path())).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
