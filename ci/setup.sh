@@ -16,6 +16,13 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# cargo-deny for `cargo deny check licenses bans sources` (.ci/run). A cold build from
+# crates.io took 42 min on this 2-core VM under a load of ~14 (a few minutes when quiet).
+if ! command -v cargo-deny >/dev/null; then
+  echo "ci/setup: installing cargo-deny"
+  cargo install cargo-deny --locked
+fi
+
 # PostgreSQL on 127.0.0.1:5432 (token deletion tests).
 if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
   echo "ci/setup: starting PostgreSQL"

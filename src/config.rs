@@ -330,14 +330,17 @@ impl Default for StatsdConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PrometheusConfig {
-    /// Address of the `/metrics` and `/healthz` listener.
+    /// Address of the `/metrics` and `/healthz` listener (loopback unless told otherwise).
     pub listen: String,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>` (`/healthz` stays open).
+    pub token: Option<Secret>,
 }
 
 impl Default for PrometheusConfig {
     fn default() -> Self {
         PrometheusConfig {
             listen: "127.0.0.1:9091".to_owned(),
+            token: None,
         }
     }
 }
@@ -504,6 +507,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("stats.statsd.prefix", Kind::Text),
     ("stats.statsd.flushIntervalInMs", Kind::Number),
     ("stats.prometheus.listen", Kind::Text),
+    ("stats.prometheus.token", Kind::Text),
     ("invalidToken.handlers", Kind::List),
     ("invalidToken.pg.user", Kind::Text),
     ("invalidToken.pg.pass", Kind::Text),
@@ -709,21 +713,39 @@ impl Config {
         env: impl Iterator<Item = (String, String)>,
         overrides: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let (mut tree, source) = match path {
+        match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.to_owned(),
                     source,
                 })?;
-                let tree: Value =
-                    serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Parse {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                (tree, path.display().to_string())
+                Self::load_yaml(&text, &path.display().to_string(), env, overrides)
             }
-            None => (Value::Null, "(defaults)".to_owned()),
-        };
+            None => Self::layer(Value::Null, "(defaults)".to_owned(), env, overrides),
+        }
+    }
+
+    /// The layering over YAML text already read; `source` names it in errors. (The fuzz
+    /// harness drives the loader through here.)
+    pub fn load_yaml(
+        text: &str,
+        source: &str,
+        env: impl Iterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let tree: Value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            path: source.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::layer(tree, source.to_owned(), env, overrides)
+    }
+
+    fn layer(
+        mut tree: Value,
+        source: String,
+        env: impl Iterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         // Sorted so a failure is the same one every run.
         let mut env: Vec<(String, String)> = env
             .filter(|(k, _)| k.to_ascii_uppercase().starts_with(ENV_PREFIX))

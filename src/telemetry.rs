@@ -78,8 +78,11 @@ pub mod names {
 
 /// Installs the Prometheus recorder (once per process) and serves `/metrics` and `/healthz`
 /// on `listen` from the current tokio runtime. Returns the address bound (port 0 allowed).
+/// With a `token`, `/metrics` needs `Authorization: Bearer <token>`; `/healthz` stays open
+/// (liveness probes carry no credentials, and it tells nothing).
 pub async fn serve_prometheus(
     listen: std::net::SocketAddr,
+    token: Option<crate::config::Secret>,
 ) -> Result<std::net::SocketAddr, TelemetryError> {
     use http_body_util::Full;
     use hyper::{body::Bytes, Response};
@@ -107,15 +110,22 @@ pub async fn serve_prometheus(
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
             let handle = handle.clone();
+            let token = token.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let handle = handle.clone();
+                        let allowed = token
+                            .as_ref()
+                            .is_none_or(|t| bearer_matches(req.headers(), t.expose()));
                         async move {
                             let (status, body) = match req.uri().path() {
+                                "/metrics" if !allowed => (401, "token required\n".to_string()),
                                 "/metrics" => (200, handle.render()),
                                 "/healthz" => (200, "ok\n".to_string()),
                                 _ => (404, "not found\n".to_string()),
@@ -128,7 +138,10 @@ pub async fn serve_prometheus(
                     },
                 );
                 let io = hyper_util::rt::TokioIo::new(stream);
+                // A head that takes longer than 10 s (slow-loris) closes the connection.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
                     .serve_connection(io, service)
                     .await;
             });
@@ -136,6 +149,23 @@ pub async fn serve_prometheus(
     });
     tracing::info!(%addr, "Serving /metrics and /healthz.");
     Ok(addr)
+}
+
+/// True when `headers` carry `Authorization: Bearer <token>` (scheme in any case), compared
+/// in constant time. Used by the admin endpoints (`/metrics`, the fakes' `/stats`).
+pub fn bearer_matches(headers: &http::HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, given)) = value.split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer")
+        && bool::from(given.trim().as_bytes().ct_eq(token.as_bytes()))
 }
 
 /// A StatsD client sending the seed's metrics over UDP without blocking the caller.

@@ -41,6 +41,14 @@ pub struct ApnsArgs {
     /// Admin HTTP/1.1 endpoint (GET /stats, POST /reset); "off" for none.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub admin: String,
+    /// Require `Authorization: Bearer TOKEN` on the admin endpoint (401 without it).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PUSHER_MOCK_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
     /// Server certificate chain (PEM); a certificate is generated when absent.
     #[arg(long, value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -84,6 +92,14 @@ pub struct GcmArgs {
     /// Admin HTTP/1.1 endpoint (GET /stats, POST /reset); "off" for none.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub admin: String,
+    /// Require `Authorization: Bearer TOKEN` on the admin endpoint (401 without it).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PUSHER_MOCK_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
     /// Server certificate chain (PEM); a certificate is generated when absent.
     #[arg(long, value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -229,6 +245,7 @@ fn apns_config(args: &ApnsArgs) -> anyhow::Result<MockConfig> {
         tls_listen: listen_addr("listen", &args.listen)?,
         h2c_listen: listen_addr("listen-h2c", &args.listen_h2c)?,
         admin_listen: listen_addr("admin", &args.admin)?,
+        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
         server_cert,
         client_ca_pem,
         max_streams: args.max_streams,
@@ -326,6 +343,7 @@ fn run_gcm(args: GcmArgs) -> anyhow::Result<ExitCode> {
         tls_listen: listen_addr("listen", &args.listen)?,
         h2c_listen: listen_addr("listen-h2c", &args.listen_h2c)?,
         admin_listen: listen_addr("admin", &args.admin)?,
+        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
         server_cert: server_cert(&args.cert, &args.key),
         client_ca_pem: None,
         max_streams: args.max_streams,

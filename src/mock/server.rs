@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// A TLS handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/1.1 request head that takes longer than this closes the connection (slow-loris
+/// clients would otherwise hold connections open forever).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One protocol (APNs, FCM): turns a request into a response. Runs after the fault layer has
 /// decided not to reset, drop or stall the request; asks `env.faults.scripted()` for scripted
@@ -91,6 +94,9 @@ pub struct MockConfig {
     pub h2c_listen: Option<SocketAddr>,
     /// Admin HTTP/1.1 endpoint (`GET /stats`, `POST /reset`); `None` = none.
     pub admin_listen: Option<SocketAddr>,
+    /// When set, the admin endpoint answers only requests with `Authorization: Bearer
+    /// <token>` (401 otherwise).
+    pub admin_token: Option<String>,
     pub server_cert: ServerCert,
     /// PEM of the CA that signs client (provider) certificates: enables mutual TLS.
     pub client_ca_pem: Option<Vec<u8>>,
@@ -112,6 +118,7 @@ impl Default for MockConfig {
             tls_listen: Some(loopback),
             h2c_listen: Some(loopback),
             admin_listen: None,
+            admin_token: None,
             server_cert: ServerCert::Generate,
             client_ca_pem: None,
             max_streams: 1000,
@@ -165,6 +172,10 @@ impl MockServer {
             .http2()
             .max_concurrent_streams(config.max_streams)
             .auto_date_header(false);
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
         let builder = Arc::new(builder);
         let stop = CancellationToken::new();
         let identity = tls::identity(&config.server_cert)?;
@@ -226,10 +237,11 @@ impl MockServer {
             let listener = bind(addr).await?;
             admin_addr = Some(local_addr(&listener, addr)?);
             let stats = stats.clone();
+            let token: Option<Arc<str>> = config.admin_token.as_deref().map(Arc::from);
             listeners.push(tokio::spawn(accept_loop(
                 listener,
                 stop.clone(),
-                move |tcp| serve_admin(tcp, stats.clone()),
+                move |tcp| serve_admin(tcp, stats.clone(), token.clone()),
             )));
         }
 
@@ -353,7 +365,13 @@ async fn serve_connection<H, I>(
     let mut closing = false;
     loop {
         tokio::select! {
-            _ = conn.as_mut() => break,
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "mock: connection ended with an error");
+                    stats.protocol_error();
+                }
+                break;
+            }
             _ = conn_state.drop_now.notified() => break,
             _ = conn_state.goaway.notified(), if !closing => {
                 closing = true;
@@ -408,12 +426,23 @@ async fn handle_one<H: Handler>(
     Ok(response)
 }
 
-async fn serve_admin(tcp: TcpStream, stats: Arc<Stats>) {
+async fn serve_admin(tcp: TcpStream, stats: Arc<Stats>, token: Option<Arc<str>>) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let stats = stats.clone();
-        async move { Ok::<_, std::convert::Infallible>(admin_response(&req, &stats)) }
+        let allowed = token
+            .as_deref()
+            .is_none_or(|t| crate::telemetry::bearer_matches(req.headers(), t));
+        async move {
+            Ok::<_, std::convert::Infallible>(if allowed {
+                admin_response(&req, &stats)
+            } else {
+                unauthorized()
+            })
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(tcp), service)
         .await;
 }
@@ -445,6 +474,24 @@ fn admin_response(req: &Request<Incoming>, stats: &Stats) -> Response<Full<Bytes
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// 401 for a missing or wrong admin token (which one is not said).
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(json_error(
+        "admin token required: Authorization: Bearer <token>",
+    ))));
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
     );
     response
 }

@@ -28,6 +28,7 @@ pub struct Stats {
     connections_dropped: AtomicU64,
     goaways_sent: AtomicU64,
     stalls: AtomicU64,
+    protocol_errors: AtomicU64,
     /// Microseconds from request head received to response ready.
     latency_us: Mutex<Histogram<u64>>,
     /// Delivered tokens (off when `None`): token -> number of 200s.
@@ -64,6 +65,10 @@ pub struct StatsSnapshot {
     pub goaways_sent: u64,
     /// Requests a profile's `stall` held back.
     pub stalls: u64,
+    /// Connections that ended with an error: a malformed or hostile client (oversize
+    /// frames, header lists over the limit, floods) or one that vanished mid-exchange.
+    /// Requests refused at that level never reach a handler, so they are not in `requests`.
+    pub protocol_errors: u64,
     pub latency_us: LatencySummary,
     /// Distinct delivered tokens held (0 when `record_tokens` is off).
     pub tokens_recorded: u64,
@@ -99,6 +104,7 @@ impl Stats {
             connections_dropped: AtomicU64::new(0),
             goaways_sent: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
             latency_us: Mutex::new(latency),
             tokens: (record_tokens > 0).then(|| {
                 Mutex::new(TokenLog {
@@ -171,6 +177,9 @@ impl Stats {
     pub(crate) fn stall(&self) {
         self.stalls.fetch_add(1, Relaxed);
     }
+    pub(crate) fn protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Relaxed);
+    }
 
     /// Delivered tokens and how many 200s each got (empty when `record_tokens` is off).
     pub fn delivered_tokens(&self) -> HashMap<String, u64> {
@@ -224,6 +233,7 @@ impl Stats {
             connections_dropped: self.connections_dropped.load(Relaxed),
             goaways_sent: self.goaways_sent.load(Relaxed),
             stalls: self.stalls.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
             latency_us,
             tokens_recorded: self
                 .tokens
@@ -245,6 +255,7 @@ impl Stats {
             &self.connections_dropped,
             &self.goaways_sent,
             &self.stalls,
+            &self.protocol_errors,
         ] {
             counter.store(0, Relaxed);
         }

@@ -193,7 +193,13 @@ fn run_configured(
             let addr = listen
                 .parse()
                 .with_context(|| format!("stats.prometheus.listen: {listen:?} is not host:port"))?;
-            crate::telemetry::serve_prometheus(addr).await?;
+            let token = config
+                .stats
+                .prometheus
+                .token
+                .clone()
+                .filter(|t| !t.is_empty());
+            crate::telemetry::serve_prometheus(addr, token).await?;
         }
         let stop = CancellationToken::new();
         tokio::spawn(stop_on_signal(stop.clone()));

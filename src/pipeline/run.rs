@@ -398,11 +398,12 @@ pub async fn run(
         counters.consumed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::telemetry::names::CONSUMED, "platform" => spec.platform.as_str())
             .increment(1);
-        let payload = message.payload().map(<[u8]>::to_vec);
-        let key = message.key().map(<[u8]>::to_vec);
         if let Some(capture) = &spec.capture {
-            capture.record(&topic, key.as_deref(), payload.as_deref());
+            capture.record(&topic, message.key(), message.payload());
         }
+        // Bounded copies: a huge value is kept only as far as needed to refuse it.
+        let payload = message.payload().map(crate::push::message::bounded_copy);
+        let key = message.key().map(crate::push::message::bounded_copy);
         let produced_at_ms = match message.timestamp() {
             Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
             Timestamp::NotAvailable => None,

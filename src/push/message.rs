@@ -14,6 +14,18 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::time::Duration;
 
+/// The largest Kafka message value parsed. A push payload is at most 5 KB (APNs VoIP; 4 KB
+/// otherwise, and for FCM), metadata included, so anything this big can never be sent: it is
+/// refused before parsing, and the pipeline copies no more than this of it (in-flight memory
+/// stays bounded whatever the topic holds).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// What the pipeline keeps of a message value: at most one byte over the limit, enough for
+/// the parser to refuse it as too large.
+pub fn bounded_copy(bytes: &[u8]) -> Vec<u8> {
+    bytes[..bytes.len().min(MAX_MESSAGE_BYTES + 1)].to_vec()
+}
+
 /// An APNs push request from Kafka.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApnsMessage {
@@ -45,6 +57,8 @@ pub enum MessageError {
     InvalidValue { field: &'static str, detail: String },
     #[error("payload is {size} bytes, over the limit of {limit}")]
     PayloadTooLarge { size: usize, limit: usize },
+    #[error("message is over the limit of {MAX_MESSAGE_BYTES} bytes")]
+    MessageTooLarge,
 }
 
 impl MessageError {
@@ -58,6 +72,7 @@ impl MessageError {
             MessageError::WrongType { .. } => "wrong_type",
             MessageError::InvalidValue { .. } => "invalid_value",
             MessageError::PayloadTooLarge { .. } => "payload_too_large",
+            MessageError::MessageTooLarge => "message_too_large",
         }
     }
 }
@@ -309,6 +324,9 @@ fn write_json<T: serde::Serialize + ?Sized>(
 
 /// The top-level object of a Kafka message, as (key, raw value) pairs in order.
 fn top_object(bytes: &[u8]) -> Result<Members<'_>, MessageError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(MessageError::MessageTooLarge);
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| MessageError::NotUtf8(e.valid_up_to()))?;
     serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => MessageError::WrongType {
@@ -393,6 +411,28 @@ mod tests {
 
     fn payload_json(m: &ApnsMessage) -> Value {
         serde_json::from_slice(&m.notification.payload).expect("payload is JSON")
+    }
+
+    #[test]
+    fn ten_megabyte_messages_are_refused_by_size_and_copied_bounded() {
+        let big = format!(
+            r#"{{"DeviceToken":"{TOKEN}","to":"t","Payload":{{"aps":{{"alert":"{}"}}}}}}"#,
+            "x".repeat(10 << 20)
+        );
+        let kept = bounded_copy(big.as_bytes());
+        assert_eq!(kept.len(), MAX_MESSAGE_BYTES + 1);
+        for bytes in [big.as_bytes(), &kept[..]] {
+            assert_eq!(parse_apns(bytes).unwrap_err().reason(), "message_too_large");
+            assert_eq!(parse_gcm(bytes).unwrap_err().reason(), "message_too_large");
+        }
+        assert_eq!(bounded_copy(b"{}"), b"{}");
+        // At the limit it is parsed (and refused for what it says, not its size).
+        let at_limit = format!(r#"{{"x":"{}"}}"#, "y".repeat(MAX_MESSAGE_BYTES - 8));
+        assert_eq!(at_limit.len(), MAX_MESSAGE_BYTES);
+        assert_eq!(
+            parse_apns(at_limit.as_bytes()).unwrap_err().reason(),
+            "no_token"
+        );
     }
 
     #[test]
@@ -648,7 +688,8 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
-        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        // Deep, but under MAX_MESSAGE_BYTES (which refuses bigger ones unparsed).
+        let deep = format!("{}1{}", "[".repeat(20_000), "]".repeat(20_000));
         let inputs = [
             format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"metadata":{{"a":{deep}}}}}"#),
             format!(

@@ -226,14 +226,17 @@ impl ApnsSender {
                     }
                 }
                 Err(SendError::Invalid(e)) => {
+                    // The short label, not the message: it becomes a metric label, and the
+                    // message carries numbers (a token's length) that would make one series
+                    // per value.
                     return Delivery {
                         outcome: Outcome::Malformed {
-                            reason: e.to_string(),
+                            reason: e.kind().to_string(),
                         },
                         response: None,
                         attempts: attempt,
                         transport_error: None,
-                    }
+                    };
                 }
                 Err(SendError::Auth(reason)) => {
                     return Delivery {
