@@ -32,14 +32,31 @@ done
 
 out="${out:-$(mktemp -d /tmp/pusher-soak.XXXXXX)}"
 mkdir -p "$out"
-echo "ci/soak: building (release)" >&2
-cargo build --release --quiet
-bin="$PWD/target/release/pusher"
+# PUSHER_SOAK_BIN: use this pusher binary instead of building the release one (to try the
+# script quickly with target/debug/pusher; figures must come from the release build).
+if [ -n "${PUSHER_SOAK_BIN:-}" ]; then
+  bin="$(realpath "$PUSHER_SOAK_BIN")"
+else
+  echo "ci/soak: building (release)" >&2
+  cargo build --release --quiet
+  bin="$PWD/target/release/pusher"
+fi
 
 pids=()
+# Newest first: the producer and the pusher stop before the brokers they talk to. A pusher
+# still running after 30 s of SIGTERM is killed (and that is reported).
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  local i pid
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    pid=${pids[i]}
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "ci/soak: pid $pid did not stop within 30 s of SIGTERM; killing it" >&2
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT
 
@@ -98,15 +115,15 @@ pids+=($!)
 
 csv="$out/samples.csv"
 echo "seconds,rss_kb,fds,threads,fake_requests,produced" >"$csv"
-end=$(python3 -c "import time; print(time.time() + $minutes * 60)")
 start=$(date +%s)
+end=$(awk -v s="$start" -v m="$minutes" 'BEGIN {printf "%d", s + m * 60}')
 echo "ci/soak: $minutes min at $rate msg/s; samples every ${every}s in $csv" >&2
-while python3 -c "import sys,time; sys.exit(0 if time.time() < $end else 1)"; do
+while (( $(date +%s) < end )); do
   kill -0 "$pusher" 2>/dev/null || { echo "ci/soak: the pusher died; see $out/pusher.log" >&2; exit 1; }
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pusher/status")
   threads=$(awk '/^Threads:/ {print $2}' "/proc/$pusher/status")
   fds=$(ls "/proc/$pusher/fd" | wc -l)
-  requests=$(curl -s "http://$admin/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])' 2>/dev/null || echo "")
+  requests=$(curl -s "http://$admin/stats" | grep -o '"requests":[0-9]*' | cut -d: -f2 || true)
   produced=$(awk '{s += $1} END {print s + 0}' "$out/produced" 2>/dev/null || echo 0)
   echo "$(( $(date +%s) - start )),$rss,$fds,$threads,$requests,$produced" >>"$csv"
   sleep "$every"

@@ -10,8 +10,9 @@
 //! `cargo test --test chaos -- --ignored` (see the README).
 //!
 //! Against a real broker (Tansu 0.6.0, `ci/tansu.sh`): the same kills, and the broker itself
-//! stopped and restarted on the same port under load. Those tests skip, saying so, when the
-//! Tansu binary has not been built (`bash ci/tansu.sh build`).
+//! stopped and restarted on the same port under load. Those tests are ignored for now (never
+//! run yet: Tansu was still building) and skip, saying so, when the Tansu binary has not been
+//! built (`bash ci/tansu.sh build`).
 
 mod common;
 
@@ -403,6 +404,7 @@ async fn tansu_setup(name: &str, seed: u64) -> (Tansu, String, String, HashSet<S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not yet run: Tansu was still building when this was written (bash ci/tansu.sh build, then --ignored)"]
 async fn tansu_sigkill_at_random_moments_loses_nothing() {
     if !tansu_or_skip("tansu_sigkill_at_random_moments_loses_nothing") {
         return;
@@ -430,6 +432,7 @@ async fn tansu_sigkill_at_random_moments_loses_nothing() {
 /// pusher works through the backlog: the pusher stays up, and once the broker is back every
 /// message is delivered and committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not yet run: Tansu was still building when this was written (bash ci/tansu.sh build, then --ignored)"]
 async fn tansu_broker_restarted_under_load_loses_nothing() {
     if !tansu_or_skip("tansu_broker_restarted_under_load_loses_nothing") {
         return;
