@@ -85,9 +85,11 @@ fn bench_delete(c: &mut Criterion) {
                                 .expect("submit"),
                         );
                     }
-                    for ticket in tickets {
-                        ticket.committed().await.expect("deleted");
-                    }
+                    // Awaited together: one wake-up per batch of acks, not one per token.
+                    let acks =
+                        futures_util::future::join_all(tickets.into_iter().map(|t| t.committed()))
+                            .await;
+                    assert!(acks.iter().all(Result::is_ok), "every token deleted");
                     drop(queue);
                     let stats = deleter.shutdown(Duration::from_secs(60)).await;
                     total += started.elapsed();

@@ -283,28 +283,29 @@ impl TokenDeleter {
     }
 }
 
-/// Pending tokens, grouped by table, each with whoever waits for it (a token queued twice is
-/// deleted once, and both waiters hear of it).
+/// Pending tokens, grouped by table (a token queued twice is deleted once), with whoever waits:
+/// a table's statement succeeds or fails as a whole, so its waiters need no per-token map.
 #[derive(Debug, Default)]
 struct Batch {
-    by_table: BTreeMap<String, BTreeMap<String, Vec<Ack>>>,
+    by_table: BTreeMap<String, TableBatch>,
     len: usize,
+}
+
+#[derive(Debug, Default)]
+struct TableBatch {
+    tokens: BTreeSet<String>,
+    acks: Vec<Ack>,
 }
 
 type Ack = oneshot::Sender<Result<(), TokenError>>;
 
 impl Batch {
     fn add(&mut self, d: Deletion) {
-        let acks = self
-            .by_table
-            .entry(d.table)
-            .or_default()
-            .entry(d.token)
-            .or_default();
-        if acks.is_empty() {
+        let table = self.by_table.entry(d.table).or_default();
+        if table.tokens.insert(d.token) {
             self.len += 1;
         }
-        acks.push(d.ack);
+        table.acks.push(d.ack);
     }
 }
 
@@ -344,8 +345,8 @@ impl Worker {
     }
 
     async fn flush(&self, batch: Batch) {
-        for (table, pending) in batch.by_table {
-            let (tokens, acks): (Vec<String>, Vec<Vec<Ack>>) = pending.into_iter().unzip();
+        for (table, TableBatch { tokens, acks }) in batch.by_table {
+            let tokens: Vec<String> = tokens.into_iter().collect();
             let result = match self.delete_until_done(&table, &tokens).await {
                 Done::Committed => Ok(()),
                 Done::Permanent(message) => Err(TokenError::Permanent {
@@ -355,7 +356,7 @@ impl Worker {
                 // Dropping the acks tells the waiters the tokens were not deleted.
                 Done::Abandoned => continue,
             };
-            for ack in acks.into_iter().flatten() {
+            for ack in acks {
                 // A waiter that went away (its message was abandoned) needs no answer.
                 let _ = ack.send(result.clone());
             }
