@@ -404,7 +404,7 @@ async fn tansu_setup(name: &str, seed: u64) -> (Tansu, String, String, HashSet<S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet run: Tansu was still building when this was written (bash ci/tansu.sh build, then --ignored)"]
+#[ignore = "needs the Tansu binary: .ci/run runs it after `ci/tansu.sh build` (step test-tansu)"]
 async fn tansu_sigkill_at_random_moments_loses_nothing() {
     if !tansu_or_skip("tansu_sigkill_at_random_moments_loses_nothing") {
         return;
@@ -432,7 +432,10 @@ async fn tansu_sigkill_at_random_moments_loses_nothing() {
 /// pusher works through the backlog: the pusher stays up, and once the broker is back every
 /// message is delivered and committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet run: Tansu was still building when this was written (bash ci/tansu.sh build, then --ignored)"]
+// Known to fail as written: the pusher prefetches the whole 10,000-message topic during the
+// first outage and delivers it from memory, so the second restart lands after the end ("restart
+// came too late"). It needs a producer that keeps producing across the restarts.
+#[ignore = "fails as written (see above): the second restart comes after the topic is drained"]
 async fn tansu_broker_restarted_under_load_loses_nothing() {
     if !tansu_or_skip("tansu_broker_restarted_under_load_loses_nothing") {
         return;
