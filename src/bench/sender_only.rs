@@ -61,7 +61,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let rounds = rt.block_on(async {
         match config {
             SenderConfig::Apns(config) => {
-                let items = notifications(args, pool)?;
+                let items = generated(args, Platform::Apns, pool, |m| {
+                    parse_apns(m).map(|m| m.notification)
+                })?;
                 let sender = ApnsSender::new(*config)?;
                 let send = |n: Arc<ApnsNotification>| {
                     let sender = sender.clone();
@@ -70,7 +72,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                 Ok::<_, anyhow::Error>(rounds(args, &plan, count, &items, send).await)
             }
             SenderConfig::Fcm(config) => {
-                let items = gcm_messages(args, pool)?;
+                let items = generated(args, Platform::Gcm, pool, parse_gcm)?;
                 let sender = FcmSender::new(*config)?;
                 let send = |m: Arc<GcmMessage>| {
                     let sender = sender.clone();
@@ -179,28 +181,15 @@ where
     out
 }
 
-/// The notifications the run cycles through, made by the generator and parsed back exactly
-/// as the pipeline would.
-fn notifications(args: &BenchArgs, n: u64) -> anyhow::Result<Vec<Arc<ApnsNotification>>> {
-    let mut config = GenConfig::new(Platform::Apns);
-    config.count = n.max(1);
-    config.seed = args.seed;
-    config.invalid_ratio = args.invalid_ratio;
-    config.payload_size = Some(args.payload_size.parse::<Mix<usize>>()?);
-    let mut generator = Generator::new(config)?;
-    let mut out = Vec::with_capacity(n as usize);
-    let mut buf = Vec::with_capacity(4096);
-    while generator.write_next(&mut buf).is_some() {
-        let message = parse_apns(&buf).context("generated message does not parse")?;
-        out.push(Arc::new(message.notification));
-        buf.clear();
-    }
-    Ok(out)
-}
-
-/// The GCM messages the run cycles through, parsed back as the pipeline would.
-fn gcm_messages(args: &BenchArgs, n: u64) -> anyhow::Result<Vec<Arc<GcmMessage>>> {
-    let mut config = GenConfig::new(Platform::Gcm);
+/// The messages the run cycles through, made by the generator and parsed back exactly as the
+/// pipeline would (`parse` turns one generated Kafka message into what the sender takes).
+fn generated<M>(
+    args: &BenchArgs,
+    platform: Platform,
+    n: u64,
+    parse: impl Fn(&[u8]) -> Result<M, crate::push::message::MessageError>,
+) -> anyhow::Result<Vec<Arc<M>>> {
+    let mut config = GenConfig::new(platform);
     config.count = n.max(1);
     config.seed = args.seed;
     config.invalid_ratio = args.invalid_ratio;
@@ -210,7 +199,7 @@ fn gcm_messages(args: &BenchArgs, n: u64) -> anyhow::Result<Vec<Arc<GcmMessage>>
     let mut buf = Vec::with_capacity(4096);
     while generator.write_next(&mut buf).is_some() {
         out.push(Arc::new(
-            parse_gcm(&buf).context("generated message does not parse")?,
+            parse(&buf).context("generated message does not parse")?,
         ));
         buf.clear();
     }

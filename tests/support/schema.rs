@@ -1,5 +1,5 @@
-//! The JSON Schema subset validator of docs/bench-report.schema.json, for the replay tests
-//! (the same as tests/bench_cli.rs has).
+//! The JSON Schema subset validator of docs/bench-report.schema.json, shared by the bench and
+//! replay tests.
 
 use serde_json::Value;
 
