@@ -225,10 +225,17 @@ fn check(
     assert_eq!(delivered.len() as u64, count, "{label}: tokens nobody sent");
     let total: u64 = delivered.values().sum();
     let stats = fake.stats();
-    // Every 200 went to a recorded token. Requests without a 200 are only those a kill cut
-    // off (their connection died mid-request: no answer, or a 500 for a broken body).
-    assert_eq!(stats.by_status.get(&200).copied(), Some(total), "{stats:?}");
-    let cut_off = stats.requests - total;
+    // Every 200 went to a recorded token. The fake records a token when it decides on a 200,
+    // and counts the 200 once the answer is written: a kill can cut a connection between the
+    // two, so a few recorded tokens may lack a counted 200 (never the other way round).
+    let ok = stats.by_status.get(&200).copied().unwrap_or(0);
+    assert!(
+        ok <= total && total - ok <= kills.len() as u64 * IN_FLIGHT,
+        "{label}: {ok} counted 200s for {total} recorded deliveries: {stats:?}"
+    );
+    // Requests without a 200 are only those a kill cut off (their connection died
+    // mid-request: no answer, or a 500 for a broken body).
+    let cut_off = stats.requests - ok;
     assert!(
         cut_off <= kills.len() as u64 * IN_FLIGHT,
         "{label}: {cut_off} requests without a 200: {stats:?}"
