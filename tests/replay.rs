@@ -653,43 +653,45 @@ async fn run_capture_then_replay_to_an_endpoint() {
 
     let cap = dir.path().join("run.jsonl");
     let key_file = common::fixture("AuthKey_TESTKEY001.p8");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pusher"))
-        .args([
-            "run",
-            "apns",
-            "--app",
-            "rc",
-            "--brokers",
-            &brokers,
-            "--capture",
-            p(&cap),
-        ])
-        .args([
-            "--key-file",
-            p(&key_file),
-            "--key-id",
-            common::KEY_ID,
-            "--team-id",
-            common::TEAM_ID,
-        ])
-        .args([
-            "--topic",
-            common::TOPIC,
-            "--endpoint",
-            &fake.tls_url(),
-            "--ca",
-            p(&fake.ca_file),
-        ])
-        .env("PUSHER_QUEUE_GROUP", "rc")
-        .env("PUSHER_QUEUE_OFFSETRESETSTRATEGY", "earliest")
-        .env("PUSHER_FEEDBACK_REPORTERS", "")
-        .env("PUSHER_INVALIDTOKEN_HANDLERS", "")
-        .env("PUSHER_STATS_REPORTERS", "")
-        .env("PUSHER_STATS_PROMETHEUS_LISTEN", "")
-        .env("PUSHER_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::process::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_pusher"))
+            .args([
+                "run",
+                "apns",
+                "--app",
+                "rc",
+                "--brokers",
+                &brokers,
+                "--capture",
+                p(&cap),
+            ])
+            .args([
+                "--key-file",
+                p(&key_file),
+                "--key-id",
+                common::KEY_ID,
+                "--team-id",
+                common::TEAM_ID,
+            ])
+            .args([
+                "--topic",
+                common::TOPIC,
+                "--endpoint",
+                &fake.tls_url(),
+                "--ca",
+                p(&fake.ca_file),
+            ])
+            .env("PUSHER_QUEUE_GROUP", "rc")
+            .env("PUSHER_QUEUE_OFFSETRESETSTRATEGY", "earliest")
+            .env("PUSHER_FEEDBACK_REPORTERS", "")
+            .env("PUSHER_INVALIDTOKEN_HANDLERS", "")
+            .env("PUSHER_STATS_REPORTERS", "")
+            .env("PUSHER_STATS_PROMETHEUS_LISTEN", "")
+            .env("PUSHER_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while fake.stats().responses < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -9,15 +9,18 @@ use pusher::push::Platform;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::process::{sigterm, KillOnDrop};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MESSAGES: u64 = 6000;
 const IN_FLIGHT: u64 = 200;
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
-fn spawn_pusher(app: &str, brokers: &str, endpoint: &str, ca: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pusher"))
+fn spawn_pusher(app: &str, brokers: &str, endpoint: &str, ca: &std::path::Path) -> KillOnDrop {
+    let child = Command::new(env!("CARGO_BIN_EXE_pusher"))
         .args(["run", "apns", "--app", app, "--brokers", brokers])
         .args([
             "--key-file",
@@ -41,7 +44,8 @@ fn spawn_pusher(app: &str, brokers: &str, endpoint: &str, ca: &std::path::Path) 
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start pusher run")
+        .expect("start pusher run");
+    KillOnDrop(child)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +131,7 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
     }
     println!("second run done after {:?}", t_kill.elapsed());
     // Graceful stop: exit 0.
-    unsafe_sigterm(&second);
+    sigterm(&second);
     let status = second.wait().unwrap();
     println!("stopped after {:?}", t_kill.elapsed());
     assert!(status.success(), "pusher exited with {status}");
@@ -150,11 +154,4 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
         "{duplicates} duplicates > bound {bound}"
     );
     fake.shutdown().await;
-}
-
-fn unsafe_sigterm(child: &Child) {
-    // std has no SIGTERM; `kill` from procps is on every Debian machine.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
 }

@@ -7,8 +7,34 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::ops::{Deref, DerefMut};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// A child process that is killed and reaped when dropped, so a failing (panicking) test
+/// leaves no `pusher run` behind to eat the CPU of the tests and benchmarks after it.
+pub struct KillOnDrop(pub Child);
+
+impl Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Both fail harmlessly when the child has already been reaped.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// How a `pusher run apns` child is started.
 pub struct PusherRun<'a> {
@@ -22,7 +48,7 @@ pub struct PusherRun<'a> {
 
 impl PusherRun<'_> {
     /// Starts it against `fake` over TLS with token auth; no feedback, deletion, stats.
-    pub fn spawn(&self, fake: &Fake) -> Child {
+    pub fn spawn(&self, fake: &Fake) -> KillOnDrop {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pusher"));
         cmd.args(["run", "apns", "--app", self.app, "--brokers", self.brokers])
             .arg("--key-file")
@@ -42,10 +68,12 @@ impl PusherRun<'_> {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start pusher run")
+        KillOnDrop(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start pusher run"),
+        )
     }
 }
 
@@ -112,5 +140,21 @@ pub fn committed_offsets(brokers: &str, group: &str, topic: &str, partitions: i3
                 _ => 0,
             },
         )
+        .collect()
+}
+
+/// The end (high watermark) of each of `partitions` partitions of `topic`: how many messages
+/// the topic holds, producer retries included.
+pub fn partition_ends(brokers: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let side: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            side.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
         .collect()
 }
