@@ -1,13 +1,25 @@
 //! A fixed CPU workload measured in the same run as the bench, so the gate can tell "pusher got
 //! slower" from "this machine is slower or busier right now". It mixes what the pusher's hot
 //! path does: JSON encoding and parsing, and hashing.
+//!
+//! It runs on every core at once: the bench uses all of them (pipeline, broker, fake server),
+//! so a build busy on the other core must lower the calibration too, not only the bench.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
-/// Operations per second of the workload: the median of `rounds` samples of `each`.
+/// Operations per second of the workload on all cores together: the median of `rounds`
+/// samples of `each`.
 pub fn calibrate(rounds: usize, each: Duration) -> f64 {
-    let mut samples: Vec<f64> = (0..rounds.max(1)).map(|_| sample(each)).collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut samples: Vec<f64> = (0..rounds.max(1))
+        .map(|_| {
+            std::thread::scope(|s| {
+                let workers: Vec<_> = (0..cores).map(|_| s.spawn(|| sample(each))).collect();
+                workers.into_iter().filter_map(|w| w.join().ok()).sum()
+            })
+        })
+        .collect();
     samples.sort_by(|a, b| a.total_cmp(b));
     samples[samples.len() / 2]
 }

@@ -226,9 +226,11 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
             let args = args.clone();
             let brokers = brokers.clone();
             let topic = topic.clone();
+            // The embedded mock: we know its partitions, so fill them in runs (see `Runs`).
+            let runs = kafka.is_some().then_some(partitions);
             std::thread::Builder::new()
                 .name("bench-producer".into())
-                .spawn(move || produce(&args, count, &brokers, &topic, &clock))?
+                .spawn(move || produce(&args, count, &brokers, &topic, runs, &clock))?
         };
 
         // Wait for the warm-up, then for every generated message to be answered.
@@ -305,18 +307,29 @@ fn produce(
     count: Option<u64>,
     brokers: &str,
     topic: &str,
+    runs: Option<i32>,
     clock: &Arc<Clock>,
 ) -> anyhow::Result<()> {
-    let result = produce_inner(args, count, brokers, topic, clock);
+    let result = produce_inner(args, count, brokers, topic, runs, clock);
     clock.done_generating.store(true, Ordering::Relaxed);
     result
 }
+
+/// Consecutive messages produced to one partition of the embedded mock before moving to the
+/// next. librdkafka's mock cluster finds a fetch offset by walking the partition's list of
+/// message sets (rdkafka_mock.c, `rd_kafka_mock_msgset_find`: "FIXME: Maintain an index"), and
+/// keeps up to 5 MiB per partition: spread by key, each linger window makes one tiny set per
+/// partition, and every fetch walks thousands of them (a 200k-message run went at half the
+/// rate of a 50k one). Runs make the sets large, as librdkafka's sticky partitioner does for
+/// keyless messages. A real broker (`--brokers`) keeps the key partitioning.
+const PARTITION_RUN: u64 = 256;
 
 fn produce_inner(
     args: &BenchArgs,
     count: Option<u64>,
     brokers: &str,
     topic: &str,
+    runs: Option<i32>,
     clock: &Arc<Clock>,
 ) -> anyhow::Result<()> {
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
@@ -385,6 +398,9 @@ fn produce_inner(
         let mut record = BaseRecord::to(topic)
             .key(key.as_str())
             .payload(buf.as_slice());
+        if let Some(partitions) = runs {
+            record = record.partition(((seq / PARTITION_RUN) % partitions as u64) as i32);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
