@@ -587,3 +587,114 @@ async fn tansu_broker_restarted_under_load_loses_nothing() {
     );
     fake.server.shutdown().await;
 }
+
+// ---- A broker that stops answering ----
+
+/// `pusher mock kafka` as a child process, so that it can be frozen with SIGSTOP: its
+/// connections stay open and nothing answers (a hung or partitioned broker, not a dead one).
+fn mock_kafka_process(topic: &str, partitions: i32) -> (KillOnDrop, String) {
+    use std::io::BufRead;
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_pusher"))
+            .args(["mock", "kafka", "--topic", topic, "--partitions"])
+            .arg(partitions.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let bootstrap = v["kafka"]["bootstrap"].as_str().unwrap().to_string();
+    (child, bootstrap)
+}
+
+fn signal(child: &KillOnDrop, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// SIGTERM while the broker is frozen: the pusher cannot commit or leave its group, and
+/// librdkafka would wait for that without end. It stops within the graceful timeout plus its
+/// close deadline (10 s), exit 0, and what it could not commit is delivered again by the next
+/// run (nothing lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_frozen_broker_stops_in_bounded_time() {
+    const COUNT: u64 = 4_000;
+    let app = format!("frozen{}", std::process::id());
+    let topic = format!("push-{app}_apns");
+    let (broker, brokers) = mock_kafka_process(&topic, 4);
+    let fake = fake(COUNT).await;
+    let (messages, tokens) = messages(&app, COUNT, 5);
+    produce_all(&brokers, &topic, &messages).await;
+    let group = format!("frozen-{app}");
+    let run = PusherRun {
+        app: &app,
+        brokers: &brokers,
+        group: &group,
+        in_flight: IN_FLIGHT,
+        env: vec![("PUSHER_GRACEFULLSHUTDOWNTIMEOUT", "3".into())],
+    };
+    let mut child = run.spawn(&fake);
+    let mut progress = Progress {
+        fake: &fake,
+        samples: VecDeque::new(),
+    };
+    progress
+        .wait(
+            Duration::from_secs(60),
+            "the pusher to make progress",
+            |_, n| n >= COUNT / 10,
+        )
+        .await;
+    signal(&broker, "-STOP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = Instant::now();
+    sigterm(&child);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(40),
+            "the pusher did not stop within 40 s of SIGTERM with a frozen broker"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = stopping.elapsed();
+    assert!(status.success(), "pusher exited with {status}");
+    // 3 s graceful + 10 s close deadline, with slack for a loaded machine.
+    assert!(took < Duration::from_secs(25), "stopping took {took:?}");
+    signal(&broker, "-CONT");
+
+    // The next run finishes the job (what the first one sent but could not commit, it sends
+    // again): every offset committed, every token delivered.
+    let child = run.spawn(&fake);
+    let ends = partition_ends(&brokers, &topic, 4);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed_offsets(&brokers, &group, &topic, 4) != ends {
+        assert!(
+            Instant::now() < deadline,
+            "the next run never committed the end"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop_gracefully(child);
+    let delivered = fake.server.stats().delivered_tokens();
+    assert!(
+        tokens.iter().all(|t| delivered.contains_key(t)),
+        "lost messages"
+    );
+    println!(
+        "stopped {took:?} after SIGTERM with a frozen broker; then {} distinct delivered, {} in all",
+        delivered.len(),
+        delivered.values().sum::<u64>()
+    );
+    fake.server.shutdown().await;
+}

@@ -448,7 +448,7 @@ pub async fn run(
             "Shutdown timeout: unfinished messages will be redelivered."
         );
     }
-    commit(&consumer, &tracker, &counters, CommitMode::Sync);
+    close(consumer, tracker.clone(), counters.clone()).await;
     let summary = RunSummary {
         consumed: counters.consumed.load(Ordering::Relaxed),
         finished: counters.finished.load(Ordering::Relaxed),
@@ -456,8 +456,42 @@ pub async fn run(
         committed: lock(&counters.committed).clone(),
         abandoned,
     };
-    consumer.unsubscribe();
     Ok(summary)
+}
+
+/// How long the last commit and leaving the group may take at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The last commit, then leaves the group and closes the consumer, within `CLOSE_TIMEOUT`.
+/// All three wait on the broker, and with the broker unreachable (stopped, not refusing)
+/// closing waits without end: rdkafka's `Drop` polls until librdkafka reports the consumer
+/// closed. So it runs on a thread of its own, and past the deadline we go on without it:
+/// what was not committed is delivered again (at least once), and the group drops the silent
+/// member after its session timeout.
+async fn close(
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    counters: Arc<Counters>,
+) {
+    let (done, closed) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            commit(&consumer, &tracker, &counters, CommitMode::Sync);
+            consumer.unsubscribe();
+            drop(consumer);
+            let _ = done.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "Could not close the Kafka consumer; its offsets are committed on the next start.");
+        return;
+    }
+    if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
+        tracing::warn!(
+            timeout = ?CLOSE_TIMEOUT,
+            "Kafka did not answer the last commit or the group leave in time; stopping without them (uncommitted messages are delivered again)."
+        );
+    }
 }
 
 fn consumer(
