@@ -366,54 +366,32 @@ fn distribution_chart(caption: &str, lines: &[Distribution]) -> Result<String, R
         .map(|p| p.1)
         .fold(0.001f64, f64::max)
         * 1.1;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(chart_err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(caption, ("sans-serif", 18))
-            .margin(12)
-            .margin_right(40)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-            .map_err(chart_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("percentile")
-            .y_desc("latency (ms)")
-            .x_labels(x_max as usize + 1)
-            .x_label_formatter(&|x| {
-                let pct = 100.0 * (1.0 - 10f64.powf(-x));
-                if pct < 99.0 {
-                    format!("{pct:.0}%")
-                } else {
-                    format!("{}%", trim(pct))
-                }
-            })
-            .y_label_formatter(&|y| trim(*y))
-            .draw()
-            .map_err(chart_err)?;
-        for (i, ((name, _, _), pts)) in lines.iter().zip(points).enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                .map_err(chart_err)?
-                .label(name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+    let percent = |x: &f64| {
+        let pct = 100.0 * (1.0 - 10f64.powf(-x));
+        if pct < 99.0 {
+            format!("{pct:.0}%")
+        } else {
+            format!("{}%", trim(pct))
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(chart_err)?;
-        root.present().map_err(chart_err)?;
-    }
-    Ok(svg)
+    };
+    let named: Vec<(&str, Vec<(f64, f64)>)> = lines
+        .iter()
+        .zip(points)
+        .map(|((name, _, _), pts)| (name.as_str(), pts))
+        .collect();
+    line_chart(
+        Axes {
+            caption,
+            x_max,
+            y_max,
+            x_desc: "percentile",
+            y_desc: "latency (ms)",
+            x_labels: x_max as usize + 1,
+            x_format: &percent,
+            legend: SeriesLabelPosition::LowerRight,
+        },
+        &named,
+    )
 }
 
 /// A number without trailing zeros: 99.9, 99.99, 12.5.
@@ -457,30 +435,12 @@ fn time_chart(
         .flat_map(|(_, v)| v.iter().copied())
         .fold(1.0f64, f64::max)
         * 1.1;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(chart_err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(caption, ("sans-serif", 18))
-            .margin(12)
-            .margin_right(40)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
-            .build_cartesian_2d(0f64..secs as f64, 0f64..y_max)
-            .map_err(chart_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since the start")
-            .y_desc(y_desc)
-            .y_label_formatter(&|y| trim(*y))
-            .draw()
-            .map_err(chart_err)?;
-        for (i, (name, v)) in lines.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            // Each value is the count of its second: drawn at the second's middle, and held
-            // across a run of one second.
-            let pts: Vec<(f64, f64)> = if v.len() == 1 {
+    // Each value is the count of its second: drawn at the second's middle, and held across a
+    // run of one second.
+    let named: Vec<(&str, Vec<(f64, f64)>)> = lines
+        .iter()
+        .map(|(name, v)| {
+            let pts = if v.len() == 1 {
                 vec![(0.0, v[0]), (1.0, v[0])]
             } else {
                 v.iter()
@@ -488,17 +448,72 @@ fn time_chart(
                     .map(|(s, &y)| (s as f64 + 0.5, y))
                     .collect()
             };
+            (name.as_str(), pts)
+        })
+        .collect();
+    line_chart(
+        Axes {
+            caption,
+            x_max: secs as f64,
+            y_max,
+            x_desc: "seconds since the start",
+            y_desc,
+            x_labels: 10,
+            x_format: &|x| trim(*x),
+            legend: SeriesLabelPosition::UpperRight,
+        },
+        &named,
+    )
+}
+
+/// What differs between the report's charts.
+struct Axes<'a> {
+    caption: &'a str,
+    x_max: f64,
+    y_max: f64,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    x_labels: usize,
+    x_format: &'a dyn Fn(&f64) -> String,
+    legend: SeriesLabelPosition,
+}
+
+/// Named lines on `0..x_max` x `0..y_max`, with a legend, as an SVG document.
+fn line_chart(axes: Axes, lines: &[(&str, Vec<(f64, f64)>)]) -> Result<String, ReportError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(axes.caption, ("sans-serif", 18))
+            .margin(12)
+            .margin_right(40)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..axes.x_max, 0f64..axes.y_max)
+            .map_err(chart_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(axes.x_desc)
+            .y_desc(axes.y_desc)
+            .x_labels(axes.x_labels)
+            .x_label_formatter(axes.x_format)
+            .y_label_formatter(&|y| trim(*y))
+            .draw()
+            .map_err(chart_err)?;
+        for (i, (name, pts)) in lines.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
             chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
                 .map_err(chart_err)?
-                .label(name.as_str())
+                .label(*name)
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(axes.legend)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .draw()
