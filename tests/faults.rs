@@ -167,7 +167,12 @@ async fn run_scenario(name: &str, s: Scenario) -> Run {
     let summary = pipeline.await.unwrap().unwrap();
     let outcomes = seen.by_token.lock().unwrap().clone();
     let gave_up = outcomes.values().filter(|c| **c == "gave_up").count() as u64;
-    let feedback = feedback_records(&brokers, &app, gave_up);
+    let feedback = common::feedback::read_feedback_json(
+        &brokers,
+        &format!("push-{app}-apns-feedbacks"),
+        gave_up,
+        Duration::from_secs(20),
+    );
     Run {
         summary,
         answers: log.answers(),
@@ -176,33 +181,6 @@ async fn run_scenario(name: &str, s: Scenario) -> Run {
         fake,
         tokens,
     }
-}
-
-/// Every feedback record of the app; and that no more arrive.
-fn feedback_records(brokers: &str, app: &str, expected: u64) -> Vec<Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("fb-{app}"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&format!("push-{app}-apns-feedbacks")])
-        .unwrap();
-    let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (records.len() as u64) < expected && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            records.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
-        }
-    }
-    // A topic that never got a record does not exist: polling it is an error, not a record.
-    let extra = consumer.poll(Duration::from_millis(500));
-    assert!(
-        !matches!(extra, Some(Ok(_))),
-        "more feedback records than messages given up"
-    );
-    records
 }
 
 /// The answers to each token, in time order.

@@ -5,6 +5,9 @@
 //! gets its feedback record, and is committed; valid messages around them are delivered.
 
 mod fcm_support;
+#[path = "common/feedback.rs"]
+#[allow(dead_code)]
+mod feedback;
 
 use pusher::mock::kafka::KafkaMock;
 use pusher::mock::{JwtKey, MockConfig, MockServer};
@@ -15,9 +18,7 @@ use pusher::push::Platform;
 use pusher::sender::apns::{ApnsAuth, ApnsConfig, ApnsSender, TokenAuth};
 use pusher::sender::endpoint::Endpoint;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -287,22 +288,15 @@ async fn hostile_messages_are_each_counted_and_the_pipeline_stays_up() {
         .filter(|(k, _)| k.starts_with("malformed/"))
         .map(|(_, n)| n)
         .sum::<u64>();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("fb-{app}"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&format!("push-{app}-apns-feedbacks")])
-        .unwrap();
-    let mut sizes = Vec::new();
-    let until = Instant::now() + Duration::from_secs(30);
-    while (sizes.len() as u64) < malformed && Instant::now() < until {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            sizes.push(m.payload().map_or(0, <[u8]>::len));
-        }
-    }
+    let sizes: Vec<usize> = feedback::read_feedback(
+        &brokers,
+        &format!("push-{app}-apns-feedbacks"),
+        malformed,
+        Duration::from_secs(30),
+    )
+    .iter()
+    .map(Vec::len)
+    .collect();
     assert_eq!(sizes.len() as u64, malformed);
     assert!(sizes.iter().all(|s| *s < 128 * 1024), "{sizes:?}");
     eprintln!("peak RSS of the test process: {rss_before} MB before producing, {rss_after} MB after the run");

@@ -5,12 +5,20 @@
 //! token reaches the fake, every invalid one is deleted, every failure has one feedback record.
 
 mod fcm_support;
+#[path = "common/feedback.rs"]
+mod feedback;
 #[path = "common/kafka.rs"]
 mod kafka;
 #[path = "common/pg_proxy.rs"]
 mod pg_proxy;
 
 use kafka::TestKafka;
+
+/// Every feedback record of the app, read back; and that no more arrive.
+fn feedback_records(brokers: &str, app: &str, platform: Platform, expected: u64) -> Vec<Value> {
+    let topic = format!("push-{app}-{platform}-feedbacks");
+    feedback::read_feedback_json(brokers, &topic, expected, Duration::from_secs(30))
+}
 use pusher::gen::{GenConfig, Generator};
 use pusher::mock::{JwtKey, MockConfig, MockServer};
 use pusher::pipeline::feedback::FeedbackProducer;
@@ -21,9 +29,7 @@ use pusher::push::Platform;
 use pusher::sender::apns::{ApnsAuth, ApnsConfig, ApnsSender, TokenAuth};
 use pusher::sender::endpoint::Endpoint;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -264,31 +270,6 @@ fn outcomes(
         ("malformed".to_string(), malformed),
         ("expired".to_string(), expired),
     ])
-}
-
-/// Every feedback record of the app, read back; and that no more arrive.
-fn feedback_records(brokers: &str, app: &str, platform: Platform, expected: u64) -> Vec<Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("fb-{app}"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&format!("push-{app}-{platform}-feedbacks")])
-        .unwrap();
-    let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (records.len() as u64) < expected && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            records.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
-        }
-    }
-    assert!(
-        consumer.poll(Duration::from_millis(500)).is_none(),
-        "more feedback than failures"
-    );
-    records
 }
 
 /// The fake APNs server (checking our JWTs) and a sender pointed at it; keep the CA file.

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod fake;
+pub mod feedback;
 pub mod process;
 pub mod recording;
 pub use fake::Fake;
