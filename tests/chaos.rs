@@ -257,7 +257,7 @@ fn check(
     let bound: u64 = kills.iter().map(|k| IN_FLIGHT + k.recent).sum::<u64>() + retried;
     let max_dup = delivered.values().max().copied().unwrap_or(0);
     println!(
-        "{label}: {count} messages ({retried} more in the topic from producer retries), {} kills at answers {:?}; \
+        "{label}: {count} messages ({retried} more in the topic from producer retries), {} kills or outages at answers {:?}; \
          delivered {count} distinct, {total} in all: {duplicates} duplicates (bound {bound}; at most {max_dup} \
          copies of one token); {cut_off} requests cut off by kills",
         kills.len(),
@@ -449,8 +449,8 @@ async fn tansu_sigkill_at_random_moments_loses_nothing() {
 }
 
 /// Produces `messages` a chunk at a time with a pause between chunks, so that the topic keeps
-/// growing for a while; librdkafka retries what an outage interrupts (possibly twice: the
-/// caller counts the topic's ends).
+/// growing for a while; what an outage interrupts is sent again (librdkafka's retries and
+/// ours), possibly twice: the caller counts the topic's ends.
 fn produce_paced(
     brokers: &str,
     topic: &str,
@@ -472,14 +472,19 @@ fn produce_paced(
                 let key = (c * chunk + i).to_string();
                 let (producer, topic) = (&producer, &topic);
                 async move {
-                    producer
+                    // A broker coming back up may refuse a produce ("Unknown broker error"
+                    // from Tansu before its storage is ready): send it again.
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while let Err((e, _)) = producer
                         .send(
                             FutureRecord::to(topic).key(&key).payload(m),
                             Duration::from_secs(120),
                         )
                         .await
-                        .map_err(|(e, _)| e)
-                        .unwrap();
+                    {
+                        assert!(Instant::now() < deadline, "cannot produce: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             });
             futures_util::future::join_all(sends).await;

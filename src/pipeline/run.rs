@@ -626,13 +626,15 @@ async fn handle(shared: &Shared, mut m: Consumed, slot: tokio::sync::OwnedSemaph
         }
         Some(AppSender::Apns(sender)) => {
             let started = tokio::time::Instant::now();
-            let result = apns(sender, m.payload.as_deref(), &mut ctx).await;
+            // Boxed: the send future is most of this task's size, and the task is moved
+            // whole when spawned (memmove was the top symbol of the pipeline thread).
+            let result = Box::pin(apns(sender, m.payload.as_deref(), &mut ctx)).await;
             m.send_latency = Some(started.elapsed());
             result
         }
         Some(AppSender::Gcm(sender)) => {
             let started = tokio::time::Instant::now();
-            let outcome = gcm(sender, m.payload.as_deref(), &mut ctx).await;
+            let outcome = Box::pin(gcm(sender, m.payload.as_deref(), &mut ctx)).await;
             m.send_latency = Some(started.elapsed());
             (outcome, ApnsDetails::default())
         }
