@@ -197,3 +197,60 @@ pub enum TelemetryError {
     #[error("{0}")]
     Sentry(String),
 }
+
+/// Lets a repeated report through at most once per `every` for each key, and counts what it
+/// held back: during a broker outage librdkafka reports the same failure ten times a second,
+/// which would flood the log and Sentry. (Written here: tracing has no rate limit of its own.)
+pub struct Throttle {
+    every: std::time::Duration,
+    last: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+}
+
+impl Throttle {
+    pub fn new(every: std::time::Duration) -> Self {
+        Throttle {
+            every,
+            last: Default::default(),
+        }
+    }
+
+    /// `Some(n)` when a report under `key` may go out now, `n` being how many were held back
+    /// since the last one; `None` when it is to be held back. Keys are error kinds: few.
+    pub fn allow(&self, key: &str) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match last.get_mut(key) {
+            Some((at, held)) if now.duration_since(*at) < self.every => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                let n = std::mem::take(held);
+                *at = now;
+                Some(n)
+            }
+            None => {
+                last.insert(key.to_string(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::Throttle;
+    use std::time::Duration;
+
+    #[test]
+    fn one_report_per_period_per_key_with_the_count_held_back() {
+        let t = Throttle::new(Duration::from_millis(50));
+        assert_eq!(t.allow("down"), Some(0));
+        assert_eq!(t.allow("down"), None);
+        assert_eq!(t.allow("down"), None);
+        assert_eq!(t.allow("other"), Some(0), "keys are separate");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(t.allow("down"), Some(2));
+        assert_eq!(t.allow("down"), None);
+    }
+}

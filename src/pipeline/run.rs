@@ -18,6 +18,7 @@ use crate::push::message::{is_expired, parse_apns, parse_gcm};
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
+use crate::telemetry::Throttle;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -183,6 +184,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct RebalanceContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     counters: Arc<Counters>,
+    /// librdkafka's errors, at most one of a kind every 10 s.
+    errors: Throttle,
 }
 
 impl ClientContext for RebalanceContext {
@@ -192,8 +195,11 @@ impl ClientContext for RebalanceContext {
             == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
         {
             tracing::debug!(%error, reason, "librdkafka: topic not available.");
-        } else {
-            tracing::error!(%error, reason, "librdkafka error.");
+        } else if let Some(held_back) = self
+            .errors
+            .allow(&format!("{:?}", error.rdkafka_error_code()))
+        {
+            tracing::error!(%error, reason, held_back, "librdkafka error.");
         }
     }
 
@@ -310,6 +316,7 @@ pub async fn run(
         RebalanceContext {
             tracker: tracker.clone(),
             counters: counters.clone(),
+            errors: Throttle::new(REPORT_EVERY),
         },
     )?;
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
@@ -340,6 +347,7 @@ pub async fn run(
     let mut commit_tick = tokio::time::interval(spec.commit_interval);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    let consumer_errors = Throttle::new(REPORT_EVERY);
     tracing::info!(topics = ?spec.topics, group = %spec.group, "Consuming.");
     loop {
         // Take a slot before fetching: at most `max_in_flight` messages are ever held.
@@ -364,7 +372,11 @@ pub async fn run(
                 let missing_topic = e.rdkafka_error_code()
                     == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
                 if !missing_topic {
-                    tracing::warn!(error = %e, "Kafka consumer error.");
+                    if let Some(held_back) =
+                        consumer_errors.allow(&format!("{:?}", e.rdkafka_error_code()))
+                    {
+                        tracing::warn!(error = %e, held_back, "Kafka consumer error.");
+                    }
                 } else if lock(&shared.reported).insert(e.to_string()) {
                     tracing::info!(error = %e, "A subscribed topic does not exist (yet); consuming the others.");
                 }
@@ -458,6 +470,9 @@ pub async fn run(
     };
     Ok(summary)
 }
+
+/// A repeated Kafka error is reported at most once in this period (with the count held back).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// How long the last commit and leaving the group may take at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
