@@ -254,3 +254,60 @@ mod throttle_tests {
         assert_eq!(t.allow("down"), None);
     }
 }
+
+/// librdkafka's own logs and errors, through tracing, each kind at most once every 10 s (the
+/// count held back is logged with the next). rdkafka's default context logs every one: a
+/// broker outage gave about 20 ERROR lines a second, and every ERROR goes to Sentry.
+pub struct KafkaReports {
+    throttle: Throttle,
+}
+
+impl Default for KafkaReports {
+    fn default() -> Self {
+        KafkaReports {
+            throttle: Throttle::new(std::time::Duration::from_secs(10)),
+        }
+    }
+}
+
+impl KafkaReports {
+    pub fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        let Some(held_back) = self.throttle.allow(&format!("log {fac}")) else {
+            return;
+        };
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", held_back, "librdkafka: {fac} {message}")
+            }
+            L::Warning => {
+                tracing::warn!(target: "librdkafka", held_back, "librdkafka: {fac} {message}")
+            }
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", held_back, "librdkafka: {fac} {message}")
+            }
+            L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        }
+    }
+
+    /// A client-wide error (`what` names the client: "consumer", "feedback producer").
+    pub fn error(&self, what: &str, error: &rdkafka::error::KafkaError, reason: &str) {
+        let key = format!("error {what} {:?}", error.rdkafka_error_code());
+        if let Some(held_back) = self.throttle.allow(&key) {
+            tracing::error!(%error, reason, held_back, "Kafka {what} error.");
+        }
+    }
+}
+
+/// A producer context that reports through `KafkaReports`.
+#[derive(Default)]
+pub struct QuietProducerContext(pub KafkaReports);
+
+impl rdkafka::ClientContext for QuietProducerContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.0.log(level, fac, log_message);
+    }
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.0.error("producer", &error, reason);
+    }
+}

@@ -11,6 +11,7 @@
 //! "handed off" point after which the message's offset may be committed.
 
 use crate::push::{Outcome, Platform};
+use crate::telemetry::QuietProducerContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -279,7 +280,7 @@ pub enum FeedbackError {
 
 /// Produces feedback records; key = device token.
 pub struct FeedbackProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<QuietProducerContext>,
     template: String,
 }
 
@@ -316,7 +317,9 @@ impl FeedbackProducer {
         for (key, value) in extra {
             config.set(*key, *value);
         }
-        let producer = config.create().map_err(FeedbackError::Create)?;
+        let producer = config
+            .create_with_context(QuietProducerContext::default())
+            .map_err(FeedbackError::Create)?;
         Ok(FeedbackProducer {
             producer,
             template: template.to_owned(),

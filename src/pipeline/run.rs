@@ -18,7 +18,7 @@ use crate::push::message::{is_expired, parse_apns, parse_gcm};
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
-use crate::telemetry::Throttle;
+use crate::telemetry::{KafkaReports, Throttle};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -184,22 +184,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct RebalanceContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     counters: Arc<Counters>,
-    /// librdkafka's errors, at most one of a kind every 10 s.
-    errors: Throttle,
+    /// librdkafka's logs and errors, at most one of a kind every 10 s.
+    reports: KafkaReports,
 }
 
 impl ClientContext for RebalanceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.reports.log(level, fac, log_message);
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         // A missing subscribed topic is reported by the consume loop, once.
         if error.rdkafka_error_code()
             == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
         {
             tracing::debug!(%error, reason, "librdkafka: topic not available.");
-        } else if let Some(held_back) = self
-            .errors
-            .allow(&format!("{:?}", error.rdkafka_error_code()))
-        {
-            tracing::error!(%error, reason, held_back, "librdkafka error.");
+        } else {
+            self.reports.error("consumer", &error, reason);
         }
     }
 
@@ -316,7 +317,7 @@ pub async fn run(
         RebalanceContext {
             tracker: tracker.clone(),
             counters: counters.clone(),
-            errors: Throttle::new(REPORT_EVERY),
+            reports: KafkaReports::default(),
         },
     )?;
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
