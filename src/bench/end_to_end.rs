@@ -201,7 +201,7 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
         // broker answers as soon as they do): the pipeline would idle half a second per
         // empty fetch. A short wait makes the mock behave like a broker.
         spec.consumer_extra
-            .push(("fetch.wait.max.ms".into(), "5".into()));
+            .push(("fetch.wait.max.ms".into(), batching(args).0.to_string()));
     }
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -315,6 +315,19 @@ fn produce(
     result
 }
 
+/// The mock's fetch wait and the producer's linger, in ms. A closed loop measures capacity:
+/// wider windows batch more (5, 2). An open loop measures latency at a given rate: narrower
+/// ones (2, 1) halve the end-to-end p50 at 10k-25k msg/s (p99 10.3 -> 5.3 ms at 10k) and cost
+/// about a tenth of the closed-loop maximum. Shorter still (1, 0) made batches so small that
+/// the mock fell behind.
+fn batching(args: &BenchArgs) -> (u32, u32) {
+    if args.rate.is_some() {
+        (2, 1)
+    } else {
+        (5, 2)
+    }
+}
+
 /// Consecutive messages produced to one partition of the embedded mock before moving to the
 /// next. librdkafka's mock cluster finds a fetch offset by walking the partition's list of
 /// message sets (rdkafka_mock.c, `rd_kafka_mock_msgset_find`: "FIXME: Maintain an index"), and
@@ -335,7 +348,7 @@ fn produce_inner(
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
-        .set("linger.ms", "2")
+        .set("linger.ms", batching(args).1.to_string())
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "500000")
         .create_with_context(Deliveries(clock.clone()))
