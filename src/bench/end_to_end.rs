@@ -226,7 +226,7 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
             let args = args.clone();
             let brokers = brokers.clone();
             let topic = topic.clone();
-            // The embedded mock: we know its partitions, so fill them in runs (see `Runs`).
+            // The embedded mock: we know its partitions, so fill them in runs (see `PARTITION_RUN`).
             let runs = kafka.is_some().then_some(partitions);
             std::thread::Builder::new()
                 .name("bench-producer".into())

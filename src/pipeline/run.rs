@@ -18,7 +18,7 @@ use crate::push::message::{is_expired, parse_apns, parse_gcm};
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
-use crate::telemetry::{KafkaReports, Throttle};
+use crate::telemetry::KafkaReports;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -348,7 +348,6 @@ pub async fn run(
     let mut commit_tick = tokio::time::interval(spec.commit_interval);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let consumer_errors = Throttle::new(REPORT_EVERY);
     tracing::info!(topics = ?spec.topics, group = %spec.group, "Consuming.");
     loop {
         // Take a slot before fetching: at most `max_in_flight` messages are ever held.
@@ -373,11 +372,9 @@ pub async fn run(
                 let missing_topic = e.rdkafka_error_code()
                     == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
                 if !missing_topic {
-                    if let Some(held_back) =
-                        consumer_errors.allow(&format!("{:?}", e.rdkafka_error_code()))
-                    {
-                        tracing::warn!(error = %e, held_back, "Kafka consumer error.");
-                    }
+                    // The same reporter as librdkafka's error callback: an outage that
+                    // shows on both paths is one line per kind, not two.
+                    consumer.context().reports.error("consumer", &e, "consume");
                 } else if lock(&shared.reported).insert(e.to_string()) {
                     tracing::info!(error = %e, "A subscribed topic does not exist (yet); consuming the others.");
                 }
@@ -471,9 +468,6 @@ pub async fn run(
     };
     Ok(summary)
 }
-
-/// A repeated Kafka error is reported at most once in this period (with the count held back).
-const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// How long the last commit and leaving the group may take at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
