@@ -18,9 +18,10 @@ fn context(token: &str) -> MessageContext {
     MessageContext {
         app: "game".to_owned(),
         token: token.to_owned(),
-        metadata: json!({"jobId": "job-7"}).as_object().cloned().unwrap(),
+        metadata: json!({"jobId": "job-7"}).as_object().unwrap().into(),
         consumed_at: 1_731_000_000,
         hostname: "test-host".to_owned(),
+        canonical_registration_id: None,
     }
 }
 

@@ -110,11 +110,12 @@ fn every_line_parses_back_with_the_pusher_parser() {
         assert_eq!(m.notification.token.len(), 64);
         assert!(pusher::push::apns::valid_token(&m.notification.token));
         assert_eq!(
-            m.metadata.get("app").and_then(|v| v.as_str()),
+            m.metadata.to_map().get("app").and_then(|v| v.as_str()),
             Some("my-game")
         );
         assert!(m
             .metadata
+            .to_map()
             .get("jobId")
             .and_then(|v| v.as_str())
             .is_some_and(|id| id.len() == 36));

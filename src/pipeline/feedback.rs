@@ -10,6 +10,7 @@
 //! [`FeedbackProducer::send`] returns once the broker acknowledged the record: that is the
 //! "handed off" point after which the message's offset may be committed.
 
+use crate::push::message::Metadata;
 use crate::push::{Outcome, Platform};
 use crate::telemetry::QuietProducerContext;
 use rdkafka::config::ClientConfig;
@@ -41,7 +42,9 @@ pub struct MessageContext {
     pub app: String,
     pub token: String,
     /// The message's `metadata`, as consumed.
-    pub metadata: Map<String, Value>,
+    pub metadata: Metadata,
+    /// Legacy FCM asked to replace the token with this one (feedback `canonicalRegistrationId`).
+    pub canonical_registration_id: Option<String>,
     /// Unix seconds at which the message was consumed.
     pub consumed_at: i64,
     /// This pusher's host name (the seed's `metadata.hostname`).
@@ -52,7 +55,13 @@ impl MessageContext {
     /// The seed's feedback metadata: the message's own, plus game, deviceToken, hostname,
     /// timestamp, and `deleteToken: true` when the token is to be deleted.
     fn feedback_metadata(&self, delete_token: bool) -> Map<String, Value> {
-        let mut m = self.metadata.clone();
+        let mut m = self.metadata.to_map();
+        if let Some(canonical) = &self.canonical_registration_id {
+            m.insert(
+                "canonicalRegistrationId".to_owned(),
+                Value::from(canonical.as_str()),
+            );
+        }
         m.insert("game".to_owned(), Value::from(self.app.as_str()));
         m.insert("deviceToken".to_owned(), Value::from(self.token.as_str()));
         m.insert("hostname".to_owned(), Value::from(self.hostname.as_str()));
@@ -378,10 +387,11 @@ mod tests {
             token: "abc".to_owned(),
             metadata: json!({"jobId": "j1"})
                 .as_object()
-                .cloned()
+                .map(Metadata::from)
                 .unwrap_or_default(),
             consumed_at: 1_731_000_000,
             hostname: "pod-1".to_owned(),
+            canonical_registration_id: None,
         }
     }
 

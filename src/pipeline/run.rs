@@ -14,7 +14,7 @@
 use super::feedback::{self, ApnsDetails, FeedbackProducer, FeedbackRecord, MessageContext};
 use super::offsets::{OffsetError, OffsetTracker};
 use super::tokens::{DeletionTicket, TokenError, TokenQueue};
-use crate::push::message::{is_expired, parse_apns, parse_gcm};
+use crate::push::message::{is_expired, parse_apns, parse_gcm, Metadata};
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
@@ -689,7 +689,7 @@ async fn apns(
     payload: Option<&[u8]>,
     ctx: &mut MessageContext,
 ) -> (Outcome, ApnsDetails) {
-    let message = match parse_apns(payload.unwrap_or_default()) {
+    let mut message = match parse_apns(payload.unwrap_or_default()) {
         Ok(m) => m,
         Err(e) => {
             let details = ApnsDetails {
@@ -707,7 +707,7 @@ async fn apns(
         }
     };
     ctx.token = message.notification.token.clone();
-    ctx.metadata = message.metadata.clone();
+    ctx.metadata = std::mem::take(&mut message.metadata);
     let notification_json =
         || serde_json::from_slice(&message.notification.payload).unwrap_or(serde_json::Value::Null);
     if is_expired(message.push_expiry, now()) {
@@ -753,17 +753,14 @@ async fn gcm(sender: &FcmSender, payload: Option<&[u8]>, ctx: &mut MessageContex
         }
     };
     ctx.token = message.to.clone();
-    ctx.metadata = message.metadata.clone();
+    ctx.metadata = Metadata::from(&message.metadata);
     if is_expired(message.push_expiry, now()) {
         return Outcome::Expired;
     }
     let delivery = sender.send_with_details(&message).await;
     if let Some(canonical) = &delivery.canonical_registration_id {
         // Legacy FCM asks to replace the token; the feedback carries it for the token store.
-        ctx.metadata.insert(
-            "canonicalRegistrationId".into(),
-            serde_json::Value::from(canonical.as_str()),
-        );
+        ctx.canonical_registration_id = Some(canonical.clone());
     }
     delivery.outcome
 }

@@ -12,6 +12,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// The largest Kafka message value parsed. A push payload is at most 5 KB (APNs VoIP; 4 KB
@@ -31,9 +32,55 @@ pub fn bounded_copy(bytes: &[u8]) -> Vec<u8> {
 pub struct ApnsMessage {
     /// Token, headers, and the payload with `metadata` merged into `Payload.M`.
     pub notification: ApnsNotification,
-    pub metadata: Map<String, Value>,
+    pub metadata: Metadata,
     /// Unix milliseconds; 0 = never expires.
     pub push_expiry: i64,
+}
+
+/// A message's `metadata` object as the producer wrote it: checked to be an object, but not
+/// parsed into a tree. Only feedback records need the tree, and most pushes get none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata(Option<Box<str>>);
+
+impl Metadata {
+    /// From the raw member; `null` and `{}` are no metadata.
+    fn from_raw(raw: &RawValue) -> Result<Metadata, MessageError> {
+        let members = typed::<Option<Members>>("metadata", "an object", raw)?;
+        Ok(match members {
+            Some(m) if !m.0.is_empty() => Metadata(Some(raw.get().into())),
+            _ => Metadata(None),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The metadata as a JSON map (empty when there is none).
+    pub fn to_map(&self) -> Map<String, Value> {
+        // The text was checked to be an object when the message was parsed.
+        self.0
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_default()
+    }
+
+    /// The object's members as written (keys unescaped, values raw).
+    fn members(&self) -> Members<'_> {
+        self.0
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or(Members(Vec::new()))
+    }
+}
+
+impl From<&Map<String, Value>> for Metadata {
+    fn from(map: &Map<String, Value>) -> Metadata {
+        if map.is_empty() {
+            return Metadata(None);
+        }
+        Metadata(serde_json::to_string(map).ok().map(String::into_boxed_str))
+    }
 }
 
 /// Why a Kafka message cannot become a push. `reason()` is the label used in feedback and
@@ -89,7 +136,7 @@ pub fn parse_apns(bytes: &[u8]) -> Result<ApnsMessage, MessageError> {
     let entries = top_object(bytes)?;
     let mut token: Option<String> = None;
     let mut payload: Option<&RawValue> = None;
-    let mut metadata = Map::new();
+    let mut metadata = Metadata::default();
     let mut push_expiry = 0;
     let mut collapse_id: Option<String> = None;
     let mut push_type: Option<PushType> = None;
@@ -104,7 +151,7 @@ pub fn parse_apns(bytes: &[u8]) -> Result<ApnsMessage, MessageError> {
         } else if key.eq_ignore_ascii_case("Payload") {
             payload = (raw.get() != "null").then_some(*raw);
         } else if key.eq_ignore_ascii_case("metadata") {
-            metadata = typed::<Option<_>>("metadata", "an object", raw)?.unwrap_or_default();
+            metadata = Metadata::from_raw(raw)?;
         } else if key.eq_ignore_ascii_case("push_expiry") {
             push_expiry =
                 typed::<Option<i64>>("push_expiry", "an integer (Unix ms)", raw)?.unwrap_or(0);
@@ -274,15 +321,17 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
 }
 
 /// Copies `metadata` into `Payload.M` (keys already in `M` win) and returns the payload bytes.
-/// Only `M` is parsed; every other member is copied byte for byte.
+/// Nothing is parsed into a tree: members are copied byte for byte (this is the pipeline's hot
+/// path), and a key repeated in `metadata` keeps its last value, as a JSON map would.
 fn merge_metadata_into_payload(
     payload: &RawValue,
-    metadata: &Map<String, Value>,
+    metadata: &Metadata,
 ) -> Result<Vec<u8>, MessageError> {
     let members = object("Payload", payload)?;
     if metadata.is_empty() {
         return Ok(payload.get().as_bytes().to_vec());
     }
+    let metadata = metadata.members();
     let mut out = Vec::with_capacity(payload.get().len() + 128);
     out.push(b'{');
     let mut merged = false;
@@ -293,12 +342,8 @@ fn merge_metadata_into_payload(
         write_json(&mut out, key.as_ref())?;
         out.push(b':');
         if key.as_ref() == "M" && !merged {
-            let mut m: Map<String, Value> =
-                typed::<Option<_>>("Payload.M", "an object", raw)?.unwrap_or_default();
-            for (k, v) in metadata {
-                m.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-            write_json(&mut out, &m)?;
+            let m = typed::<Option<Members>>("Payload.M", "an object", raw)?;
+            write_merged(&mut out, m.as_ref(), &metadata)?;
             merged = true;
         } else {
             out.extend_from_slice(raw.get().as_bytes());
@@ -309,10 +354,43 @@ fn merge_metadata_into_payload(
             out.push(b',');
         }
         out.extend_from_slice(b"\"M\":");
-        write_json(&mut out, metadata)?;
+        write_merged(&mut out, None, &metadata)?;
     }
     out.push(b'}');
     Ok(out)
+}
+
+/// Writes `M`'s own members, then those of `metadata` whose key `M` does not have (a key
+/// repeated in `metadata` keeps its last value).
+fn write_merged(
+    out: &mut Vec<u8>,
+    m: Option<&Members>,
+    metadata: &Members,
+) -> Result<(), MessageError> {
+    let own = m.map(|m| m.0.as_slice()).unwrap_or_default();
+    // Walk `metadata` backwards so the last of a repeated key is the one kept. A set, not a
+    // scan: a 64 KiB message can hold thousands of keys.
+    let mut seen: HashSet<&str> = own.iter().map(|(k, _)| k.as_ref()).collect();
+    let mut keep = vec![false; metadata.0.len()];
+    for (i, (key, _)) in metadata.0.iter().enumerate().rev() {
+        keep[i] = seen.insert(key.as_ref());
+    }
+    let extra = metadata
+        .0
+        .iter()
+        .zip(keep)
+        .filter_map(|(member, k)| k.then_some(member));
+    out.push(b'{');
+    for (i, (key, raw)) in own.iter().chain(extra).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json(out, key.as_ref())?;
+        out.push(b':');
+        out.extend_from_slice(raw.get().as_bytes());
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 fn write_json<T: serde::Serialize + ?Sized>(
@@ -453,7 +531,7 @@ mod tests {
         assert_eq!(n.apns_id, None);
         assert_eq!(m.push_expiry, 1_700_000_000_000);
         assert_eq!(
-            m.metadata,
+            m.metadata.to_map(),
             json!({"jobId": "j1"}).as_object().cloned().expect("object")
         );
         assert_eq!(
@@ -528,6 +606,29 @@ mod tests {
         );
         let m = parse_apns(raw.as_bytes()).expect("parses");
         assert_eq!(payload_json(&m), json!({"a\"bé": 1, "M": {"k": "v"}}));
+        // Members are copied as written, in order; a key repeated in metadata keeps its last
+        // value, as a JSON map would, and M's own keys still win.
+        let raw = format!(
+            r#"{{"DeviceToken":"{TOKEN}","Payload":{{"M":{{"z":0, "a":1}},"aps":{{}}}},"metadata":{{"b":1,"a":9,"b":2, "c":{{"d":[1,2]}}}}}}"#
+        );
+        let m = parse_apns(raw.as_bytes()).expect("parses");
+        assert_eq!(
+            std::str::from_utf8(&m.notification.payload).expect("utf-8"),
+            r#"{"M":{"z":0,"a":1,"b":2,"c":{"d":[1,2]}},"aps":{}}"#
+        );
+        // Many metadata keys (merged through a set, not a scan per key).
+        let keys: Vec<String> = (0..300).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let raw = format!(
+            r#"{{"DeviceToken":"{TOKEN}","Payload":{{"M":{{"k7":"mine"}}}},"metadata":{{{}}}}}"#,
+            keys.join(",")
+        );
+        let m = parse_apns(raw.as_bytes()).expect("parses");
+        let merged = payload_json(&m);
+        assert_eq!(merged["M"].as_object().map(Map::len), Some(300));
+        assert_eq!(
+            (&merged["M"]["k7"], &merged["M"]["k299"]),
+            (&json!("mine"), &json!(299))
+        );
     }
 
     #[test]
@@ -690,6 +791,8 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_crash() {
         // Deep, but under MAX_MESSAGE_BYTES (which refuses bigger ones unparsed).
         let deep = format!("{}1{}", "[".repeat(20_000), "]".repeat(20_000));
+        // Metadata and `Payload.M` are merged raw: the deep member is copied, not parsed, and
+        // the merged payload is refused by its size.
         let inputs = [
             format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"metadata":{{"a":{deep}}}}}"#),
             format!(
@@ -699,7 +802,7 @@ mod tests {
         for input in inputs {
             assert_eq!(
                 parse_apns(input.as_bytes()).map_err(|e| e.reason()).err(),
-                Some("invalid_json")
+                Some("payload_too_large")
             );
         }
         let gcm = format!(r#"{{"to":"t","data":{{"a":{deep}}}}}"#);
@@ -721,7 +824,7 @@ mod tests {
         let metadata: Map<String, Value> = (0..200).map(|i| (format!("k{i}"), json!(i))).collect();
         let msg = json!({"DeviceToken": token, "Payload": {"aps": {}}, "metadata": metadata, "push_expiry": i64::MAX});
         let m = parse_apns(msg.to_string().as_bytes()).expect("parses");
-        assert_eq!(m.metadata.len(), 200);
+        assert_eq!(m.metadata.to_map().len(), 200);
         assert_eq!(m.push_expiry, i64::MAX);
         assert_eq!(payload_json(&m)["M"].as_object().map(Map::len), Some(200));
     }
