@@ -95,8 +95,8 @@ impl TransportError {
     }
 }
 
-/// Which connection carried a response; found in the response's `Parts::extensions`, so the
-/// protocol layer can ask for that connection to be replaced (`Pool::discard`).
+/// Which connection carried a response (`Pool::send_tracked`), so the protocol layer can ask
+/// for that connection to be replaced (`Pool::discard`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnId {
     pub slot: usize,
@@ -197,12 +197,23 @@ impl Pool {
     }
 
     /// One exchange: sends `request` with `body` and returns the response head and whole body.
-    /// The response's extensions hold the `ConnId` that carried it.
     pub async fn send(
         &self,
         request: http::Request<()>,
         body: Bytes,
     ) -> Result<(http::response::Parts, Bytes), TransportError> {
+        let (parts, body, _) = self.send_tracked(request, body).await?;
+        Ok((parts, body))
+    }
+
+    /// `send`, also returning which connection carried the exchange, so the caller can have it
+    /// replaced (`discard`) when the answer says so. (Returned beside the response rather than
+    /// in its extensions: that map costs two allocations per response.)
+    pub async fn send_tracked(
+        &self,
+        request: http::Request<()>,
+        body: Bytes,
+    ) -> Result<(http::response::Parts, Bytes, ConnId), TransportError> {
         let (conn, id) = self.checkout().await?;
         let timeout = self.inner.config.request_timeout;
         // Dropping the exchange on timeout drops its h2 stream, which sends RST_STREAM.
@@ -214,12 +225,11 @@ impl Pool {
             }
         };
         match result {
-            Ok((mut parts, body)) => {
+            Ok((parts, body)) => {
                 self.inner.slots[id.slot]
                     .last_response_ms
                     .store(self.now_ms(), Ordering::Relaxed);
-                parts.extensions.insert(id);
-                Ok((parts, body))
+                Ok((parts, body, id))
             }
             Err(e) => {
                 // A reset affects one stream; anything else means the connection is unusable.
@@ -626,13 +636,20 @@ mod tests {
             let url = url.clone();
             async move {
                 let body = Bytes::from(format!("{i:0>300}"));
-                let (parts, echoed) = pool.send(request(&url), body.clone()).await.unwrap();
+                let (parts, echoed, conn) = pool
+                    .send_tracked(request(&url), body.clone())
+                    .await
+                    .unwrap();
                 assert_eq!(parts.status, 200);
                 assert_eq!(echoed, body);
-                assert!(parts.extensions.get::<ConnId>().is_some());
+                conn.slot
             }
         });
-        futures_util::future::join_all(sends).await;
+        let slots: std::collections::HashSet<usize> = futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .collect();
+        assert_eq!(slots.len(), 2, "both connections carried requests");
         assert_eq!(connections.load(Ordering::SeqCst), 2);
         assert_eq!(pool.live_connections(), 2);
     }

@@ -10,7 +10,7 @@ use crate::clock::SharedClock;
 use crate::push::apns::{ApnsNotification, ApnsReason};
 use crate::push::{Outcome, RetryHint, Verdict};
 use crate::sender::endpoint::{Endpoint, EndpointError};
-use crate::sender::pool::{ConnId, Pool, PoolConfig, PoolError, TransportError};
+use crate::sender::pool::{Pool, PoolConfig, PoolError, TransportError};
 use crate::sender::retry::RetryPolicy;
 use crate::sender::tls::{self, ClientIdentity, TlsError, TlsOptions};
 use http::HeaderValue;
@@ -177,7 +177,11 @@ impl ApnsSender {
             None => (None, None),
         };
         let request = build_request(n, &self.inner.context, authorization)?;
-        let (parts, body) = self.inner.pool.send(request, n.payload.clone()).await?;
+        let (parts, body, conn) = self
+            .inner
+            .pool
+            .send_tracked(request, n.payload.clone())
+            .await?;
         let response = ApnsResponse::from_parts(parts.status.as_u16(), &parts.headers, &body);
         if let Verdict::Retry(hint) = &response.verdict {
             if hint.renew_auth {
@@ -186,9 +190,7 @@ impl ApnsSender {
                 }
             }
             if hint.reconnect {
-                if let Some(id) = parts.extensions.get::<ConnId>() {
-                    self.inner.pool.discard(*id);
-                }
+                self.inner.pool.discard(conn);
             }
         }
         Ok(response)
