@@ -18,38 +18,10 @@ CONNS=${CONNS:-"2 4"}
 MODES=${MODES:-"h2c tls"}
 REPEAT=${REPEAT:-2}
 
-for tool in h2load nghttpd openssl; do
-  command -v "$tool" >/dev/null || { echo "h2load-mock: $tool is missing (run ci/setup.sh)" >&2; exit 1; }
-done
-
-echo "h2load-mock: building release" >&2
-cargo build --release --quiet --bin pusher
-bin="${CARGO_TARGET_DIR:-target}/release/pusher"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-token=$(printf 'ab%.0s' $(seq 32))
-path="/3/device/$token"
-# A 300-byte JSON body, like the figures in reference/h2-ceiling.md: 17 + 280 + 3 bytes.
-printf '{"aps":{"alert":"%s"}}' "$(head -c 280 /dev/zero | tr '\0' x)" > "$work/body.json"
-mkdir -p "$work/htdocs/3/device"
-: > "$work/htdocs$path"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# nghttpd: one worker, 1000 streams (its default is 100), serving an empty file at the path.
-ng_h2c=$(port); ng_tls=$(port)
-nghttpd --no-tls -m 1000 -d "$work/htdocs" "$ng_h2c" >/dev/null 2>&1 & pids+=($!)
-nghttpd -m 1000 -d "$work/htdocs" "$ng_tls" "$work/key.pem" "$work/cert.pem" >/dev/null 2>&1 & pids+=($!)
+. ci/bench-common.sh
+bench_setup h2load-mock h2load nghttpd openssl python3
+start_nghttpd ng_h2c h2c
+start_nghttpd ng_tls tls
 
 # The fake, happy profile, no admin port; its ready line gives the addresses.
 "$bin" mock apns --listen 127.0.0.1:0 --listen-h2c 127.0.0.1:0 --admin off --ca-out "$work/ca.pem" \

@@ -13,34 +13,17 @@ N=${N:-500000}
 CONNS=${CONNS:-2}
 STREAMS=${STREAMS:-500}
 
-for tool in h2load nghttpd openssl python3; do
-  command -v "$tool" >/dev/null || { echo "sender-vs-h2load: $tool is missing (run ci/setup.sh)" >&2; exit 1; }
-done
-cargo build --release --quiet --bin pusher
-bin="${CARGO_TARGET_DIR:-target}/release/pusher"
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. ci/bench-common.sh
+bench_setup sender-vs-h2load h2load nghttpd openssl python3
 
 # The fake, standalone (its own process and runtime), checking our JWTs.
 fake_port=$(port)
 "$bin" mock apns --listen "127.0.0.1:$fake_port" --listen-h2c off --ca-out "$work/ca.pem" \
   --jwt-key TESTKEY001:TEAM000001:fixtures/apns/AuthKey_TESTKEY001.pub.pem > "$work/fake.json" 2>/dev/null &
 pids+=($!)
-# nghttpd, one worker, serving an empty file at the device path.
-token=$(printf 'ab%.0s' $(seq 32))
-mkdir -p "$work/htdocs/3/device" && : > "$work/htdocs/3/device/$token"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-ng_port=$(port)
-nghttpd -m 1000 -d "$work/htdocs" "$ng_port" "$work/key.pem" "$work/cert.pem" >/dev/null 2>&1 &
-pids+=($!)
+start_nghttpd ng_port tls
 sleep 1
 
-printf '{"aps":{"alert":"%s"}}' "$(head -c 280 /dev/zero | tr '\0' x)" > "$work/body.json"
 jwt_header() { # a JWT h2load can send (signed with the test key, valid for an hour)
   python3 - "$@" <<'PY'
 import base64, json, subprocess, time, sys

@@ -17,28 +17,13 @@ OPEN_SECS=${OPEN_SECS:-10}
 # the targets were set (shared/reference/h2-ceiling.md, table 1).
 REF_CEILING=${REF_CEILING:-520000}
 
-for tool in h2load nghttpd openssl python3; do
-  command -v "$tool" >/dev/null || { echo "speed-targets: $tool is missing (run ci/setup.sh)" >&2; exit 1; }
-done
-cargo build --release --quiet --bin pusher
-bin="${CARGO_TARGET_DIR:-target}/release/pusher"
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. ci/bench-common.sh
+bench_setup speed-targets h2load nghttpd openssl python3
 
 echo "speed-targets: machine ceiling (h2load -> nghttpd, TLS, 2 x 100 streams, $N requests)" >&2
-mkdir -p "$work/htdocs/3/device" && : > "$work/htdocs/3/device/token"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-ng_port=$(port)
-nghttpd -m 1000 -d "$work/htdocs" "$ng_port" "$work/key.pem" "$work/cert.pem" >/dev/null 2>&1 &
-pids+=($!)
+start_nghttpd ng_port tls
 sleep 1
-head -c 300 /dev/zero | tr '\0' x > "$work/body"
-h2load -n "$N" -c 2 -m 100 -t 1 -d "$work/body" "https://127.0.0.1:$ng_port/3/device/token" 2>/dev/null \
+h2load -n "$N" -c 2 -m 100 -t 1 -d "$work/body.json" "https://127.0.0.1:$ng_port$path" 2>/dev/null \
   | awk '/^finished in/ {gsub(",","",$4); print $4}' > "$work/ceiling"
 kill "${pids[0]}" 2>/dev/null || true
 
