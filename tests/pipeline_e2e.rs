@@ -361,6 +361,15 @@ async fn apns_end_to_end_counts_add_up() {
     assert_eq!(marked.len(), invalid_tokens.len());
     assert!(invalid_tokens.iter().all(|t| marked.contains(t.as_str())));
     assert!(invalid_tokens.iter().all(|t| TokenRule::of(t).is_some()));
+    // A rejected push's feedback carries the message's own metadata, which was also merged
+    // into the payload it sent (`Payload.M`).
+    let rejected: Vec<&Value> = records
+        .iter()
+        .filter(|v| v["metadata"]["deleteToken"] == Value::Bool(true))
+        .collect();
+    assert_eq!(rejected.len(), invalid_tokens.len());
+    assert!(rejected.iter().all(|v| v["metadata"]["jobId"].is_string()
+        && v["Notification"]["M"]["jobId"] == v["metadata"]["jobId"]));
     fake.shutdown().await;
 }
 
