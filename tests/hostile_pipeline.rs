@@ -101,8 +101,8 @@ async fn hostile_messages_are_each_counted_and_the_pipeline_stays_up() {
             "malformed/not_utf8",
         ),
         // Deep nesting: at the top (not an object: refused before descending), a deep member
-        // (skipped unparsed: no token), deep metadata (serde_json's recursion limit), a deep
-        // payload (over the APNs size limit).
+        // (skipped unparsed: no token), deep metadata (merged raw into `Payload.M`, so over
+        // the APNs size limit), a deep payload (over the size limit too).
         (
             ["[".repeat(deep), "]".repeat(deep)].concat().into_bytes(),
             "malformed/wrong_type",
@@ -121,7 +121,7 @@ async fn hostile_messages_are_each_counted_and_the_pipeline_stays_up() {
                 "]".repeat(deep)
             )
             .into_bytes(),
-            "malformed/invalid_json",
+            "malformed/payload_too_large",
         ),
         (
             format!(
