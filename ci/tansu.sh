@@ -15,6 +15,10 @@ root="$cache/tansu-$version"
 bin="$root/bin/tansu"
 
 build() {
+  mkdir -p "$cache"
+  # One build at a time: a second caller waits for the first, then finds the binary.
+  exec 9>"$cache/.build.lock"
+  flock 9
   if [ ! -x "$bin" ]; then
     echo "ci/tansu: building tansu $version into $root (cold: ~16 min)" >&2
     mkdir -p "$root"
@@ -22,6 +26,7 @@ build() {
       --no-default-features --features dynostore,libsql --root "$root" >&2
     rm -rf "$cache/tansu-target"
   fi
+  flock -u 9
   echo "$bin"
 }
 
