@@ -14,7 +14,7 @@
 use super::feedback::{self, ApnsDetails, FeedbackProducer, FeedbackRecord, MessageContext};
 use super::offsets::{OffsetError, OffsetTracker};
 use super::tokens::{DeletionTicket, TokenError, TokenQueue};
-use crate::push::message::{is_expired, parse_apns, parse_gcm, Metadata};
+use crate::push::message::{is_expired, parse_apns, parse_gcm};
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
@@ -744,7 +744,7 @@ async fn apns(
 }
 
 async fn gcm(sender: &FcmSender, payload: Option<&[u8]>, ctx: &mut MessageContext) -> Outcome {
-    let message = match parse_gcm(payload.unwrap_or_default()) {
+    let mut message = match parse_gcm(payload.unwrap_or_default()) {
         Ok(m) => m,
         Err(e) => {
             return Outcome::Malformed {
@@ -753,7 +753,7 @@ async fn gcm(sender: &FcmSender, payload: Option<&[u8]>, ctx: &mut MessageContex
         }
     };
     ctx.token = message.to.clone();
-    ctx.metadata = Metadata::from(&message.metadata);
+    ctx.metadata = std::mem::take(&mut message.metadata);
     if is_expired(message.push_expiry, now()) {
         return Outcome::Expired;
     }

@@ -28,7 +28,7 @@ pub struct GcmMessage {
     /// `data` with `metadata` merged in (keys already in `data` win). Non-string values are
     /// kept; the FCM sender JSON-encodes them, as FCM takes only strings.
     pub data: Map<String, Value>,
-    pub metadata: Map<String, Value>,
+    pub metadata: super::message::Metadata,
     /// Unix milliseconds; 0 = never expires.
     pub push_expiry: i64,
     /// Set when the Kafka message was an FCM v1 envelope `{"message":{...}}`: the `message`

@@ -43,15 +43,6 @@ pub struct ApnsMessage {
 pub struct Metadata(Option<Box<str>>);
 
 impl Metadata {
-    /// From the raw member; `null` and `{}` are no metadata.
-    fn from_raw(raw: &RawValue) -> Result<Metadata, MessageError> {
-        let members = typed::<Option<Members>>("metadata", "an object", raw)?;
-        Ok(match members {
-            Some(m) if !m.0.is_empty() => Metadata(Some(raw.get().into())),
-            _ => Metadata(None),
-        })
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_none()
     }
@@ -63,14 +54,6 @@ impl Metadata {
             .as_deref()
             .and_then(|text| serde_json::from_str(text).ok())
             .unwrap_or_default()
-    }
-
-    /// The object's members as written (keys unescaped, values raw).
-    fn members(&self) -> Members<'_> {
-        self.0
-            .as_deref()
-            .and_then(|text| serde_json::from_str(text).ok())
-            .unwrap_or(Members(Vec::new()))
     }
 }
 
@@ -136,7 +119,8 @@ pub fn parse_apns(bytes: &[u8]) -> Result<ApnsMessage, MessageError> {
     let entries = top_object(bytes)?;
     let mut token: Option<String> = None;
     let mut payload: Option<&RawValue> = None;
-    let mut metadata = Metadata::default();
+    // Parsed once: checked here, merged into `Payload.M` below.
+    let mut metadata: Option<(&RawValue, Members)> = None;
     let mut push_expiry = 0;
     let mut collapse_id: Option<String> = None;
     let mut push_type: Option<PushType> = None;
@@ -151,7 +135,9 @@ pub fn parse_apns(bytes: &[u8]) -> Result<ApnsMessage, MessageError> {
         } else if key.eq_ignore_ascii_case("Payload") {
             payload = (raw.get() != "null").then_some(*raw);
         } else if key.eq_ignore_ascii_case("metadata") {
-            metadata = Metadata::from_raw(raw)?;
+            metadata = typed::<Option<Members>>("metadata", "an object", raw)?
+                .filter(|m| !m.0.is_empty())
+                .map(|m| (*raw, m));
         } else if key.eq_ignore_ascii_case("push_expiry") {
             push_expiry =
                 typed::<Option<i64>>("push_expiry", "an integer (Unix ms)", raw)?.unwrap_or(0);
@@ -202,7 +188,7 @@ pub fn parse_apns(bytes: &[u8]) -> Result<ApnsMessage, MessageError> {
             ),
         });
     }
-    let payload = merge_metadata_into_payload(payload, &metadata)?;
+    let payload = merge_metadata_into_payload(payload, metadata.as_ref().map(|(_, m)| m))?;
     let limit = apns::payload_limit(push_type);
     if payload.len() > limit {
         return Err(MessageError::PayloadTooLarge {
@@ -222,7 +208,7 @@ pub fn parse_apns(bytes: &[u8]) -> Result<ApnsMessage, MessageError> {
             apns_id: None,
             payload: payload.into(),
         },
-        metadata,
+        metadata: Metadata(metadata.map(|(raw, _)| raw.get().into())),
         push_expiry,
     })
 }
@@ -236,6 +222,7 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
     // Bytes of data + notification as the producer wrote them, for the size limit.
     let mut payload_size = 0;
     let mut metadata_size = 0;
+    let mut metadata = Map::new();
 
     for (key, raw) in &entries.0 {
         let key = key.as_ref();
@@ -252,7 +239,8 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
                 typed::<Option<GcmNotification>>("notification", "an object of strings", raw)?;
             payload_size += raw.get().len();
         } else if is("metadata") {
-            msg.metadata = typed::<Option<_>>("metadata", "an object", raw)?.unwrap_or_default();
+            metadata = typed::<Option<_>>("metadata", "an object", raw)?.unwrap_or_default();
+            msg.metadata = Metadata((!metadata.is_empty()).then(|| raw.get().into()));
             metadata_size = raw.get().len();
         } else if is("push_expiry") {
             msg.push_expiry =
@@ -302,9 +290,9 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
     // Metadata goes into data, as the seed did; keys already in data win. Its size counts as
     // written by the producer (an upper bound when keys overlap; no re-serialising).
     let mut merged = false;
-    for (k, v) in &msg.metadata {
-        if !msg.data.contains_key(k) {
-            msg.data.insert(k.clone(), v.clone());
+    for (k, v) in metadata {
+        if !msg.data.contains_key(&k) {
+            msg.data.insert(k, v);
             merged = true;
         }
     }
@@ -325,13 +313,12 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
 /// path), and a key repeated in `metadata` keeps its last value, as a JSON map would.
 fn merge_metadata_into_payload(
     payload: &RawValue,
-    metadata: &Metadata,
+    metadata: Option<&Members>,
 ) -> Result<Vec<u8>, MessageError> {
     let members = object("Payload", payload)?;
-    if metadata.is_empty() {
+    let Some(metadata) = metadata else {
         return Ok(payload.get().as_bytes().to_vec());
-    }
-    let metadata = metadata.members();
+    };
     let mut out = Vec::with_capacity(payload.get().len() + 128);
     out.push(b'{');
     let mut merged = false;
@@ -343,7 +330,7 @@ fn merge_metadata_into_payload(
         out.push(b':');
         if key.as_ref() == "M" && !merged {
             let m = typed::<Option<Members>>("Payload.M", "an object", raw)?;
-            write_merged(&mut out, m.as_ref(), &metadata)?;
+            write_merged(&mut out, m.as_ref(), metadata)?;
             merged = true;
         } else {
             out.extend_from_slice(raw.get().as_bytes());
@@ -354,7 +341,7 @@ fn merge_metadata_into_payload(
             out.push(b',');
         }
         out.extend_from_slice(b"\"M\":");
-        write_merged(&mut out, None, &metadata)?;
+        write_merged(&mut out, None, metadata)?;
     }
     out.push(b'}');
     Ok(out)
@@ -884,7 +871,7 @@ mod tests {
         let want =
             json!({"s": "v", "n": 1, "o": {"a": [1]}, "b": false, "nul": null, "jobId": "j"});
         assert_eq!(Value::Object(m.data), want);
-        assert_eq!(m.metadata.len(), 2);
+        assert_eq!(m.metadata.to_map().len(), 2);
     }
 
     #[test]
@@ -912,7 +899,7 @@ mod tests {
         assert_eq!(m.to, "v1tok");
         assert!(m.dry_run);
         assert_eq!(m.push_expiry, 9);
-        assert_eq!(m.metadata.get("jobId"), Some(&json!("j")));
+        assert_eq!(m.metadata.to_map().get("jobId"), Some(&json!("j")));
         assert_eq!(m.v1_message.as_deref(), Some(inner.as_bytes()));
         assert!(
             m.data.is_empty(),
