@@ -112,7 +112,10 @@ pub struct QueueConfig {
     pub topics: Vec<String>,
     /// Comma-separated `host:port` list.
     pub brokers: String,
-    pub group: String,
+    /// The consumer group; `pusher-<platform>` when unset, so the APNs and FCM pushers never
+    /// share one (a shared group splits each platform's partitions between both pushers).
+    #[serde(deserialize_with = "non_empty")]
+    pub group: Option<String>,
     /// Consumer `session.timeout.ms`.
     pub session_timeout: u64,
     /// `auto.offset.reset`: earliest or latest.
@@ -126,7 +129,7 @@ impl Default for QueueConfig {
         QueueConfig {
             topics: vec!["^push-[^-_]+_(apns|gcm)".to_owned()],
             brokers: "localhost:9092".to_owned(),
-            group: "pusher".to_owned(),
+            group: None,
             session_timeout: 6000,
             offset_reset_strategy: "latest".to_owned(),
             handle_all_messages_before_exiting: true,
@@ -419,6 +422,12 @@ impl Default for TokenBatchConfig {
 pub struct SentryConfig {
     /// The DSN holds a key: a secret.
     pub url: Option<Secret>,
+}
+
+/// An empty string is no value (`PUSHER_QUEUE_GROUP=` unsets the group).
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    Ok(s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()))
 }
 
 /// Accepts `"a,b"` (the seed's and the environment's form) or a YAML list.
@@ -779,6 +788,38 @@ impl Config {
         })
     }
 
+    /// The consumer group of `platform`'s pusher: `queue.group` when set, else
+    /// `pusher-<platform>`.
+    pub fn group(&self, platform: crate::push::Platform) -> String {
+        self.queue
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("pusher-{platform}"))
+    }
+
+    /// `queue.topics` narrowed to `platform`'s topics, plus each app's own topics: a pusher
+    /// never subscribes to the other platform's. A topic that cannot be narrowed (an explicit
+    /// topic of the other platform, a regex that matches both) is an error naming it.
+    pub fn topics(
+        &self,
+        platform: crate::push::Platform,
+        apps: &[String],
+    ) -> Result<Vec<String>, ConfigError> {
+        use crate::push::topic;
+        let mut topics = Vec::new();
+        for (i, pattern) in self.queue.topics.iter().enumerate() {
+            let narrowed = topic::for_platform(pattern, platform)
+                .map_err(|e| invalid(format!("queue.topics[{i}]"), e.to_string()))?;
+            topics.push(narrowed);
+        }
+        for app in apps {
+            topics.extend(topic::app_topics(app, platform));
+        }
+        topics.sort();
+        topics.dedup();
+        Ok(topics)
+    }
+
     /// The environment names this build understands for the fixed keys (for docs and tests).
     pub fn env_names() -> Vec<String> {
         let mut names: Vec<String> = KEYS.iter().map(|(k, _)| env_name(k)).collect();
@@ -802,9 +843,6 @@ impl Config {
                     invalid(format!("queue.topics[{i}]"), format!("invalid regex: {e}"))
                 })?;
             }
-        }
-        if q.group.trim().is_empty() {
-            return Err(invalid("queue.group", "must not be empty"));
         }
         if q.session_timeout == 0 {
             return Err(invalid(
@@ -913,15 +951,10 @@ impl Config {
             })?;
             if let Some(path) = &cert.service_account_file {
                 check_file(&format!("{key}.serviceAccountFile"), path)?;
-            } else if cert.api_key.as_ref().is_some_and(|k| !k.is_empty()) {
-                if cert.sender_id.as_deref().is_none_or(str::is_empty) {
-                    return Err(invalid(format!("{key}.senderID"), "required with apiKey"));
-                }
-            } else {
-                return Err(invalid(
-                    key,
-                    "needs serviceAccountFile or apiKey (+ senderID)",
-                ));
+            } else if cert.api_key.as_ref().is_none_or(|k| k.is_empty()) {
+                // The legacy API authenticates with the key alone; senderID is the seed's,
+                // accepted and unused.
+                return Err(invalid(key, "needs serviceAccountFile or apiKey"));
             }
         }
         if let Some(url) = &g.endpoint {
@@ -1110,7 +1143,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.queue.brokers, "file:1", "file beats default");
-        assert_eq!(c.queue.group, "env-group", "env beats file");
+        assert_eq!(
+            c.queue.group.as_deref(),
+            Some("env-group"),
+            "env beats file"
+        );
         assert_eq!(c.queue.session_timeout, 9000, "CLI beats env");
         assert_eq!(c.queue.offset_reset_strategy, "latest", "default kept");
     }
@@ -1346,8 +1383,8 @@ mod tests {
         );
         assert!(check(&[("PUSHER_APNS_APPS", "a;drop")]).starts_with("apns.certs.a;drop: app name"));
         assert_eq!(
-            check(&[("PUSHER_GCM_APPS", "g"), ("PUSHER_GCM_CERTS_G_APIKEY", "k")]),
-            "gcm.certs.g.senderID: required with apiKey"
+            check(&[("PUSHER_GCM_APPS", "g")]),
+            "gcm.certs.g: missing: every app in gcm.apps needs serviceAccountFile, apiKey or gcm.firebaseCredentials"
         );
         assert!(check(&[("PUSHER_STATS_REPORTERS", "graphite")])
             .starts_with("stats.reporters: unknown \"graphite\""));

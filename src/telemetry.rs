@@ -58,6 +58,33 @@ pub fn report_error(message: &str) {
     sentry::capture_message(message, sentry::Level::Error);
 }
 
+/// What `/healthz` reports: each component's problem, if it has one (an endpoint failing,
+/// the brokers unreachable). Process-wide, as the endpoint it serves.
+pub mod health {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    static PROBLEMS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+    /// Records `component`'s problem, or that it has none.
+    pub fn set(component: &str, problem: Option<String>) {
+        let mut problems = PROBLEMS.lock().unwrap_or_else(|p| p.into_inner());
+        match problem {
+            Some(p) => {
+                problems.insert(component.to_string(), p);
+            }
+            None => {
+                problems.remove(component);
+            }
+        }
+    }
+
+    /// The problems now, by component (empty: healthy).
+    pub fn problems() -> BTreeMap<String, String> {
+        PROBLEMS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Metric names, in one place (Prometheus; StatsD uses the seed's short names below).
 pub mod names {
     /// Final outcomes, labelled platform, game, outcome, reason.
@@ -127,7 +154,7 @@ pub async fn serve_prometheus(
                             let (status, body) = match req.uri().path() {
                                 "/metrics" if !allowed => (401, "token required\n".to_string()),
                                 "/metrics" => (200, handle.render()),
-                                "/healthz" => (200, "ok\n".to_string()),
+                                "/healthz" => healthz(),
                                 _ => (404, "not found\n".to_string()),
                             };
                             let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -149,6 +176,17 @@ pub async fn serve_prometheus(
     });
     tracing::info!(%addr, "Serving /metrics and /healthz.");
     Ok(addr)
+}
+
+/// `/healthz`: 200 `ok`, or 503 with what is wrong as JSON (`{"status":"unhealthy",
+/// "problems":{"endpoint apns game":"connect_error: ..."}}`).
+fn healthz() -> (u16, String) {
+    let problems = health::problems();
+    if problems.is_empty() {
+        return (200, "ok\n".to_string());
+    }
+    let body = serde_json::json!({"status": "unhealthy", "problems": problems});
+    (503, format!("{body}\n"))
 }
 
 /// True when `headers` carry `Authorization: Bearer <token>` (scheme in any case), compared

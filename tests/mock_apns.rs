@@ -58,6 +58,8 @@ impl Answer {
 
 struct Client {
     send: h2::client::SendRequest<Bytes>,
+    /// `apns-push-type` added to requests that set none; `None` sends none.
+    push_type: Option<&'static str>,
 }
 
 impl Client {
@@ -69,7 +71,10 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Client { send }
+        Client {
+            send,
+            push_type: Some("alert"),
+        }
     }
 
     async fn h2c(addr: SocketAddr) -> Client {
@@ -139,6 +144,13 @@ impl Client {
             .uri(format!("https://localhost{path}"));
         for (name, value) in headers {
             req = req.header(*name, *value);
+        }
+        // Every request carries a push type (the fake requires one) unless the test sets its
+        // own or asks for none.
+        if let Some(push_type) = self.push_type {
+            if !headers.iter().any(|(n, _)| *n == "apns-push-type") {
+                req = req.header("apns-push-type", push_type);
+            }
         }
         let req = req.body(()).unwrap();
         let mut send = self.send.clone().ready().await?;
@@ -399,6 +411,27 @@ async fn validation_follows_apns_order_with_exact_statuses_and_reasons() {
         assert_eq!(stats.by_reason.values().sum::<u64>(), n);
         assert_eq!(stats.by_reason.get("PayloadTooLarge"), Some(&2));
         assert_eq!(stats.bytes_in, 4096 + 5120 + PAYLOAD.len() as u64);
+    })
+    .await
+}
+
+/// A request without `apns-push-type` is refused as strict APNs servers do (our own sender
+/// once sent none, and only independent servers caught it); `--push-type-optional` accepts it.
+#[tokio::test]
+async fn a_missing_push_type_is_refused_unless_the_fake_is_told_otherwise() {
+    bounded(async {
+        for (require, want) in [(true, 400), (false, 200)] {
+            let mut config = MockConfig::default();
+            config.apns.require_push_type = require;
+            let server = start(config).await;
+            let mut c = Client::h2c(server.h2c_addr().unwrap()).await;
+            c.push_type = None;
+            let answer = c.push(&token()).await;
+            assert_eq!(answer.status, want, "require_push_type {require}");
+            if require {
+                assert_eq!(answer.reason().as_deref(), Some("InvalidPushType"));
+            }
+        }
     })
     .await
 }
@@ -1155,6 +1188,8 @@ async fn curl_gets_correct_answers_over_h2c_and_tls() {
                 "-i".to_string(),
                 "-H".into(),
                 format!("apns-topic: {TOPIC}"),
+                "-H".into(),
+                "apns-push-type: alert".into(),
                 "--data-binary".into(),
                 String::from_utf8(PAYLOAD.to_vec()).unwrap(),
                 url,
@@ -1203,6 +1238,7 @@ async fn h2load_runs_clean_against_the_fake() {
         let out = tokio::process::Command::new("h2load")
             .args(["-n", "2000", "-c", "2", "-m", "50", "-H"])
             .arg(format!("apns-topic: {TOPIC}"))
+            .args(["-H", "apns-push-type: alert"])
             .arg("-d")
             .arg(&body)
             .arg(&url)

@@ -52,6 +52,9 @@ pub struct ApnsOptions {
     pub jwt_keys: Vec<JwtKey>,
     /// The clock `iat` is checked against.
     pub clock: SharedClock,
+    /// Refuse a request without `apns-push-type` (400 InvalidPushType), as watchOS and strict
+    /// APNs servers do. On by default: a sender that omits it must not pass here.
+    pub require_push_type: bool,
 }
 
 impl Default for ApnsOptions {
@@ -59,6 +62,7 @@ impl Default for ApnsOptions {
         ApnsOptions {
             jwt_keys: Vec::new(),
             clock: clock::system(),
+            require_push_type: true,
         }
     }
 }
@@ -120,6 +124,7 @@ pub struct ApnsHandler {
     /// A client CA is configured: connections without a certificate or a JWT are refused.
     cert_auth: bool,
     clock: SharedClock,
+    require_push_type: bool,
     once: Mutex<OnceMemory>,
     ids: IdGenerator,
 }
@@ -134,6 +139,7 @@ impl ApnsHandler {
                 .collect(),
             cert_auth,
             clock: options.clock.clone(),
+            require_push_type: options.require_push_type,
             once: Mutex::new(OnceMemory::new(ONCE_MEMORY)),
             ids: IdGenerator::new(),
         })
@@ -169,10 +175,12 @@ impl ApnsHandler {
         if h.topic.is_none_or(|v| v.is_empty()) && !conn.client_cert {
             return Err(MissingTopic);
         }
-        if h.push_type
-            .is_some_and(|v| v.to_str().ok().and_then(PushType::parse).is_none())
-        {
-            return Err(InvalidPushType);
+        match h.push_type {
+            None if self.require_push_type => return Err(InvalidPushType),
+            Some(v) if v.to_str().ok().and_then(PushType::parse).is_none() => {
+                return Err(InvalidPushType)
+            }
+            _ => {}
         }
         if h.priority
             .is_some_and(|v| !parse::<u8>(v).is_some_and(valid_priority))

@@ -66,6 +66,10 @@ pub struct ApnsArgs {
     /// without --client-ca) auth is not checked.
     #[arg(long, value_name = "KEYID:TEAMID:PEM")]
     pub jwt_key: Vec<String>,
+    /// Accept requests without `apns-push-type` (by default they get 400 InvalidPushType, as
+    /// watchOS and strict APNs servers answer).
+    #[arg(long)]
+    pub push_type_optional: bool,
     /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients.
     #[arg(long, default_value_t = 1000)]
     pub max_streams: u32,
@@ -253,6 +257,7 @@ fn apns_config(args: &ApnsArgs) -> anyhow::Result<MockConfig> {
         record_tokens: args.record_tokens,
         apns: ApnsOptions {
             jwt_keys,
+            require_push_type: !args.push_type_optional,
             ..ApnsOptions::default()
         },
     };

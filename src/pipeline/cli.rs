@@ -10,6 +10,7 @@ use crate::push::Platform;
 use crate::sender::apns::{load_identity, ApnsAuth, ApnsConfig, ApnsSender, TokenAuth};
 use crate::sender::endpoint::Endpoint;
 use crate::sender::fcm::{FcmAuth, FcmConfig, FcmSender, ServiceAccount};
+use crate::sender::gate::OnFault;
 use crate::sender::pool::PoolConfig;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -174,7 +175,9 @@ fn run_configured(
         Platform::Apns => apns_senders(&config, &args, g.production)?,
         Platform::Gcm => gcm_senders(&config, &args)?,
     };
-    let mut spec = spec(platform, &config, apps.keys());
+    let mut app_names: Vec<String> = apps.keys().cloned().collect();
+    app_names.sort();
+    let mut spec = spec(platform, &config, &app_names)?;
     if let Some(path) = &args.capture {
         spec.capture = Some(Arc::new(crate::replay::capture::CaptureWriter::create(
             path,
@@ -248,6 +251,9 @@ fn apns_senders(
         };
         c.retry.max_attempts = config.apns.retry.max_retry_attempts.max(1);
         c.retry.base = config.apns.retry.interval;
+        // A failing endpoint or refused credentials pause the app's messages, never end them.
+        c.on_fault = OnFault::Wait;
+        c.name = format!("apns {app}");
         let sender = ApnsSender::new(c).with_context(|| format!("apns.certs.{app}"))?;
         senders.insert(app.clone(), AppSender::Apns(sender));
     }
@@ -289,6 +295,8 @@ fn gcm_senders(
         c.project_id = cert.project_id.clone();
         c.ca_file = args.ca.clone();
         c.insecure = args.insecure;
+        c.on_fault = OnFault::Wait;
+        c.name = format!("gcm {app}");
         let sender = FcmSender::new(c).with_context(|| key.clone())?;
         senders.insert(app.clone(), AppSender::Gcm(sender));
     }
@@ -318,25 +326,13 @@ fn apns_auth(app: &str, cert: &ApnsCert) -> anyhow::Result<ApnsAuth> {
     bail!("{key}: give authKeyPath + keyID + teamID (token auth) or certificate (+ password)")
 }
 
-/// Topics: the configured ones plus, per app, the seed's explicit names.
-fn spec<'a>(
-    platform: Platform,
-    config: &Config,
-    apps: impl Iterator<Item = &'a String>,
-) -> RunSpec {
-    let p = platform.as_str();
-    let mut topics = config.queue.topics.clone();
-    for app in apps {
-        for suffix in ["", "-single", "-massive"] {
-            topics.push(format!("push-{app}_{p}{suffix}"));
-        }
-    }
-    topics.sort();
-    topics.dedup();
+/// How the loop consumes: this platform's topics only, in this platform's group.
+fn spec(platform: Platform, config: &Config, apps: &[String]) -> anyhow::Result<RunSpec> {
+    let topics = config.topics(platform, apps)?;
     let mut spec = RunSpec::new(
         platform,
         config.queue.brokers.clone(),
-        config.queue.group.clone(),
+        config.group(platform),
         topics,
     );
     spec.session_timeout = Duration::from_millis(config.queue.session_timeout);
@@ -348,7 +344,7 @@ fn spec<'a>(
     } else {
         Duration::ZERO
     };
-    spec
+    Ok(spec)
 }
 
 /// Feedback producer and token deleter, as configured.

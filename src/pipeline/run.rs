@@ -18,6 +18,7 @@ use crate::push::message::{is_expired, parse_apns, parse_gcm};
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
+use crate::sender::gate::{Gate, Health};
 use crate::telemetry::KafkaReports;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -26,10 +27,9 @@ use rdkafka::consumer::{
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
-use regex::Regex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +54,8 @@ pub struct RunSpec {
     pub include_success_feedback: bool,
     /// How often the consumer-lag gauge is updated (zero: never).
     pub lag_interval: Duration,
+    /// How often a status line (rate, outcomes, lag) is logged (zero: never).
+    pub log_interval: Duration,
     /// Extra librdkafka consumer settings, applied last.
     pub consumer_extra: Vec<(String, String)>,
     /// Records every consumed message (`run --capture FILE`, for `pusher replay`).
@@ -79,6 +81,7 @@ impl RunSpec {
             shutdown_timeout: Duration::from_secs(30),
             include_success_feedback: false,
             lag_interval: Duration::from_secs(5),
+            log_interval: Duration::from_secs(10),
             consumer_extra: Vec::new(),
             capture: None,
         }
@@ -90,6 +93,22 @@ impl RunSpec {
 pub enum AppSender {
     Apns(ApnsSender),
     Gcm(FcmSender),
+}
+
+impl AppSender {
+    pub fn gate(&self) -> &Gate {
+        match self {
+            AppSender::Apns(s) => s.gate(),
+            AppSender::Gcm(s) => s.gate(),
+        }
+    }
+
+    pub fn platform(&self) -> Platform {
+        match self {
+            AppSender::Apns(_) => Platform::Apns,
+            AppSender::Gcm(_) => Platform::Gcm,
+        }
+    }
 }
 
 /// Where outcomes go besides the offset tracker.
@@ -155,16 +174,7 @@ impl RunSummary {
     }
 }
 
-/// The app (game) and platform a topic names, e.g. `push-game_gcm-single` -> ("game", gcm).
-pub fn app_from_topic(topic: &str) -> Option<(String, Platform)> {
-    static RE: OnceLock<Option<Regex>> = OnceLock::new();
-    let re = RE
-        .get_or_init(|| Regex::new(r"^push-(\w+(?:[_-]\w+)*?)[-_](apns|gcm)").ok())
-        .as_ref()?;
-    let caps = re.captures(topic)?;
-    let platform = caps.get(2)?.as_str().parse().ok()?;
-    Some((caps.get(1)?.as_str().to_string(), platform))
-}
+pub use crate::push::topic::app_from_topic;
 
 /// Live counters, shared by the loop and the message tasks.
 #[derive(Default)]
@@ -186,6 +196,68 @@ struct RebalanceContext {
     counters: Arc<Counters>,
     /// librdkafka's logs and errors, at most one of a kind every 10 s.
     reports: KafkaReports,
+    /// Which assigned topics this pusher may send: its platform's, for the apps it has
+    /// credentials for. Others are paused, not drained.
+    platform: Platform,
+    apps: std::collections::HashSet<String>,
+    /// Topics already reported as not consumed.
+    refused: Mutex<std::collections::HashSet<String>>,
+    /// Apps whose endpoint is failing: their partitions stay paused until it answers again.
+    down: Mutex<std::collections::BTreeSet<String>>,
+    /// The last consumer lag seen in librdkafka's statistics (-1: none yet).
+    lag: std::sync::atomic::AtomicI64,
+    /// Since when no broker has been up, for `/healthz`.
+    brokers_down_since: Mutex<Option<std::time::Instant>>,
+    /// How long the brokers may be unreachable before `/healthz` says so.
+    session_timeout: Duration,
+}
+
+impl RebalanceContext {
+    /// Why this pusher cannot send `topic`'s messages, if it cannot. None of these is the
+    /// messages' fault (a regex matched an app without credentials, or a topic of the other
+    /// platform), so they are left in Kafka for a pusher that can, never refused and committed.
+    fn refusal(&self, topic: &str) -> Option<String> {
+        match app_from_topic(topic) {
+            None => {
+                Some("its name does not say an app and platform (push-<app>_<platform>)".into())
+            }
+            Some((_, p)) if p != self.platform => Some(format!("it is a {p} topic")),
+            Some((app, _)) if !self.apps.contains(&app) => Some(format!(
+                "app {app:?} has no {} credentials here",
+                self.platform
+            )),
+            Some(_) => None,
+        }
+    }
+
+    fn is_down(&self, topic: &str) -> bool {
+        app_from_topic(topic).is_some_and(|(app, _)| lock(&self.down).contains(&app))
+    }
+
+    fn down_apps(&self) -> Vec<String> {
+        lock(&self.down).iter().cloned().collect()
+    }
+
+    /// `/healthz` says the brokers are unreachable once none has been up for a session
+    /// timeout (the group has dropped this member by then).
+    fn broker_health(&self, any_up: bool) {
+        let mut since = lock(&self.brokers_down_since);
+        let down_for = match (any_up, *since) {
+            (true, _) => None,
+            (false, None) => {
+                *since = Some(std::time::Instant::now());
+                Some(Duration::ZERO)
+            }
+            (false, Some(at)) => Some(at.elapsed()),
+        };
+        if any_up {
+            *since = None;
+        }
+        let problem = down_for
+            .filter(|d| *d >= self.session_timeout)
+            .map(|d| format!("no Kafka broker reachable for {} s", d.as_secs()));
+        crate::telemetry::health::set("kafka", problem);
+    }
 }
 
 impl ClientContext for RebalanceContext {
@@ -218,6 +290,8 @@ impl ClientContext for RebalanceContext {
             .map(|p| p.consumer_lag)
             .sum();
         metrics::gauge!(crate::telemetry::names::CONSUMER_LAG).set(lag as f64);
+        self.lag.store(lag, Ordering::Relaxed);
+        self.broker_health(statistics.brokers.values().any(|b| b.state == "UP"));
     }
 }
 
@@ -241,13 +315,34 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            let mut tracker = lock(&self.tracker);
-            for e in list.elements() {
-                tracker.assign(e.topic(), e.partition());
+            let mut refused = TopicPartitionList::new();
+            {
+                let mut tracker = lock(&self.tracker);
+                for e in list.elements() {
+                    tracker.assign(e.topic(), e.partition());
+                    if let Some(why) = self.refusal(e.topic()) {
+                        refused.add_partition(e.topic(), e.partition());
+                        if lock(&self.refused).insert(e.topic().to_string()) {
+                            tracing::error!(topic = e.topic(), "Not consuming this topic: {why}. Its messages stay in Kafka, uncommitted.");
+                        }
+                    } else if self.is_down(e.topic()) {
+                        // Its app's endpoint is failing: it resumes when that answers again.
+                        refused.add_partition(e.topic(), e.partition());
+                    }
+                }
             }
-            tracing::info!(partitions = list.count(), "Partitions assigned.");
+            if refused.count() > 0 {
+                if let Err(e) = consumer.pause(&refused) {
+                    tracing::error!(error = %e, "Could not pause partitions this pusher cannot send.");
+                }
+            }
+            tracing::info!(
+                partitions = list.count(),
+                paused = refused.count(),
+                "Partitions assigned."
+            );
         }
     }
 }
@@ -318,6 +413,13 @@ pub async fn run(
             tracker: tracker.clone(),
             counters: counters.clone(),
             reports: KafkaReports::default(),
+            platform: spec.platform,
+            apps: apps.keys().cloned().collect(),
+            refused: Mutex::new(Default::default()),
+            down: Mutex::new(Default::default()),
+            lag: std::sync::atomic::AtomicI64::new(-1),
+            brokers_down_since: Mutex::new(None),
+            session_timeout: spec.session_timeout,
         },
     )?;
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
@@ -344,22 +446,41 @@ pub async fn run(
         topic_apps: Mutex::new(HashMap::new()),
         gave_up: Mutex::new(HashMap::new()),
     });
-    let permits = Arc::new(Semaphore::new(spec.max_in_flight.max(1)));
+    // A bound per app: an app whose endpoint is down holds only its own slots (its messages
+    // wait at the sender's gate), and the other apps go on.
+    let permits: HashMap<String, Arc<Semaphore>> = shared
+        .apps
+        .keys()
+        .map(|app| {
+            (
+                app.clone(),
+                Arc::new(Semaphore::new(spec.max_in_flight.max(1))),
+            )
+        })
+        .collect();
     let mut commit_tick = tokio::time::interval(spec.commit_interval);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut health = watch_endpoints(&shared.apps);
+    let mut status = StatusLine::new(spec.log_interval);
 
     tracing::info!(topics = ?spec.topics, group = %spec.group, "Consuming.");
     loop {
-        // Take a slot before fetching: at most `max_in_flight` messages are ever held.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
+        // Fetching goes on while an endpoint is down (its partitions are paused, so nothing of
+        // theirs arrives): a consumer that stops polling is dropped from its group.
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = commit_tick.tick() => {
                 commit(&consumer, &tracker, &counters, CommitMode::Async);
                 metrics::gauge!(crate::telemetry::names::IN_FLIGHT).set(lock(&tracker).in_flight() as f64);
+                continue;
+            }
+            Some((app, up)) = health.recv() => {
+                pause_app(&consumer, &app, up);
+                continue;
+            }
+            _ = status.tick() => {
+                let context = consumer.context();
+                status.log(&counters, lock(&tracker).in_flight(), context.lag.load(Ordering::Relaxed), context.down_apps());
                 continue;
             }
             m = consumer.recv() => m,
@@ -405,6 +526,17 @@ pub async fn run(
             tracing::debug!(error = %e, "Message not started.");
             continue;
         }
+        // A slot of the message's app: at most `max_in_flight` of an app's messages are held.
+        // (A topic of no app of ours gets none: `handle` leaves it unfinished.)
+        let app_permits =
+            topic_app(&shared, &topic).and_then(|(app, _)| permits.get(&app).cloned());
+        let permit = match app_permits {
+            Some(p) => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = p.acquire_owned() => match p { Ok(p) => Some(p), Err(_) => break },
+            },
+            None => None,
+        };
         counters.consumed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::telemetry::names::CONSUMED, "platform" => spec.platform.as_str())
             .increment(1);
@@ -440,11 +572,14 @@ pub async fn run(
 
     // Graceful shutdown: no more fetching; let in-flight work finish within the timeout.
     tracing::info!("Stopping: finishing in-flight messages.");
-    let all = u32::try_from(spec.max_in_flight.max(1)).unwrap_or(u32::MAX);
     let drained = tokio::time::timeout(spec.shutdown_timeout, async {
-        let _all = permits.acquire_many(all).await;
-        // Messages waiting for their token's DELETE hold no slot: wait for them too.
-        while lock(&tracker).in_flight() > 0 {
+        // Every slot free, and the messages waiting for their token's DELETE (they hold no
+        // slot) done; messages waiting for a failing endpoint cannot finish: not waited for.
+        loop {
+            let in_flight = lock(&tracker).in_flight();
+            if in_flight == 0 || in_flight <= parked(&shared.apps) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -456,6 +591,11 @@ pub async fn run(
         tracing::warn!(
             abandoned,
             "Shutdown timeout: unfinished messages will be redelivered."
+        );
+    } else if abandoned > 0 {
+        tracing::warn!(
+            abandoned,
+            "Stopping with messages waiting for a failing endpoint: they will be redelivered."
         );
     }
     close(consumer, tracker.clone(), counters.clone()).await;
@@ -501,6 +641,136 @@ async fn close(
             timeout = ?CLOSE_TIMEOUT,
             "Kafka did not answer the last commit or the group leave in time; stopping without them (uncommitted messages are delivered again)."
         );
+    }
+}
+
+/// Each app's endpoint health, as `(app, up)` on every change (and on `/healthz`).
+fn watch_endpoints(
+    apps: &HashMap<String, AppSender>,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, bool)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for (app, sender) in apps {
+        let mut health = sender.gate().health();
+        let (app, tx) = (app.clone(), tx.clone());
+        let component = format!("endpoint {} {app}", sender.platform());
+        tokio::spawn(async move {
+            while health.changed().await.is_ok() {
+                let now = health.borrow_and_update().clone();
+                let problem = match &now {
+                    Health::Up => None,
+                    Health::Down { cause, .. } => Some(cause.clone()),
+                };
+                crate::telemetry::health::set(&component, problem);
+                if tx.send((app.clone(), now.is_up())).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// Pauses (or resumes) the assigned partitions of `app`'s topics: while its endpoint fails,
+/// nothing more of it is fetched, and what is in flight waits, uncommitted.
+fn pause_app(consumer: &StreamConsumer<RebalanceContext>, app: &str, up: bool) {
+    let context = consumer.context();
+    if up {
+        lock(&context.down).remove(app);
+    } else {
+        lock(&context.down).insert(app.to_string());
+    }
+    let Ok(assigned) = consumer.assignment() else {
+        return;
+    };
+    let mut list = TopicPartitionList::new();
+    for e in assigned.elements() {
+        let ours = context.refusal(e.topic()).is_none();
+        if ours && app_from_topic(e.topic()).is_some_and(|(a, _)| a == app) {
+            list.add_partition(e.topic(), e.partition());
+        }
+    }
+    if list.count() == 0 {
+        return;
+    }
+    let result = if up {
+        consumer.resume(&list)
+    } else {
+        consumer.pause(&list)
+    };
+    match result {
+        Ok(()) if up => tracing::info!(app, partitions = list.count(), "Consuming again."),
+        Ok(()) => tracing::warn!(
+            app,
+            partitions = list.count(),
+            "Paused consuming until the endpoint answers."
+        ),
+        Err(e) => tracing::error!(app, error = %e, "Could not pause or resume partitions."),
+    }
+}
+
+/// Messages waiting at a failing endpoint's gate, over all apps.
+fn parked(apps: &HashMap<String, AppSender>) -> usize {
+    apps.values().map(|s| s.gate().parked()).sum()
+}
+
+/// The line `pusher run` logs every `log_interval`: what it did since the last one.
+struct StatusLine {
+    tick: Option<tokio::time::Interval>,
+    since: tokio::time::Instant,
+    finished: u64,
+    outcomes: BTreeMap<String, u64>,
+}
+
+impl StatusLine {
+    fn new(every: Duration) -> StatusLine {
+        let tick = (!every.is_zero()).then(|| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        StatusLine {
+            tick,
+            since: tokio::time::Instant::now(),
+            finished: 0,
+            outcomes: BTreeMap::new(),
+        }
+    }
+
+    async fn tick(&mut self) {
+        match &mut self.tick {
+            Some(t) => {
+                t.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    fn log(&mut self, counters: &Counters, in_flight: usize, lag: i64, paused: Vec<String>) {
+        let finished = counters.finished.load(Ordering::Relaxed);
+        let outcomes = lock(&counters.outcomes).clone();
+        let secs = self.since.elapsed().as_secs_f64().max(0.001);
+        let rate = (finished - self.finished) as f64 / secs;
+        let mut delta: Vec<String> = outcomes
+            .iter()
+            .filter_map(|(k, n)| {
+                let d = n - self.outcomes.get(k).copied().unwrap_or(0);
+                (d > 0).then(|| format!("{k}={d}"))
+            })
+            .collect();
+        if delta.is_empty() {
+            delta.push("none".into());
+        }
+        tracing::info!(
+            rate = format!("{rate:.0}/s"),
+            outcomes = delta.join(" "),
+            in_flight,
+            lag = (lag >= 0).then_some(lag),
+            paused = (!paused.is_empty()).then(|| paused.join(",")),
+            "Status."
+        );
+        self.since = tokio::time::Instant::now();
+        self.finished = finished;
+        self.outcomes = outcomes;
     }
 }
 
@@ -583,57 +853,35 @@ fn hostname() -> String {
 }
 
 /// One message, from bytes to a handed-off outcome. `slot` is its in-flight permit.
-async fn handle(shared: &Shared, mut m: Consumed, slot: tokio::sync::OwnedSemaphorePermit) {
+async fn handle(shared: &Shared, mut m: Consumed, slot: Option<tokio::sync::OwnedSemaphorePermit>) {
+    // Partitions of topics this pusher cannot send are paused on assignment; a message that
+    // got through anyway is left unfinished (its partition commits no further), never
+    // refused: it is not the message's fault.
     let Some((app, platform)) = topic_app(shared, &m.topic) else {
-        report_once(shared, &m.topic, "Topic does not name an app and platform (push-<app>_<apns|gcm>); its messages are skipped.");
-        finish(
+        report_once(
             shared,
-            &m,
-            "",
-            "",
-            &Outcome::Rejected {
-                reason: "unknown_topic".into(),
-            },
+            &m.topic,
+            "Message from a topic that names no app and platform; left uncommitted.",
         );
         return;
     };
+    if platform != shared.platform || !shared.apps.contains_key(&app) {
+        report_once(
+            shared,
+            &m.topic,
+            "Message from a topic this pusher cannot send; left uncommitted.",
+        );
+        return;
+    }
     let mut ctx = MessageContext {
         app: app.clone(),
         consumed_at: now().as_secs() as i64,
         hostname: shared.hostname.clone(),
         ..Default::default()
     };
-    if platform != shared.platform {
-        report_once(
-            shared,
-            &m.topic,
-            "Topic is for the other platform; its messages are skipped.",
-        );
-        finish(
-            shared,
-            &m,
-            &app,
-            "",
-            &Outcome::Rejected {
-                reason: "wrong_platform".into(),
-            },
-        );
-        return;
-    }
     let (outcome, details) = match shared.apps.get(&app) {
-        None => {
-            report_once(
-                shared,
-                &app,
-                "No credentials for this app; its messages get feedback `unknown_app`.",
-            );
-            (
-                Outcome::Rejected {
-                    reason: "unknown_app".into(),
-                },
-                ApnsDetails::default(),
-            )
-        }
+        // Checked above.
+        None => return,
         Some(AppSender::Apns(sender)) => {
             let started = tokio::time::Instant::now();
             // Boxed: the send future is most of this task's size, and the task is moved
@@ -886,29 +1134,5 @@ fn report_gave_up(shared: &Shared, app: &str, reason: &str) {
 fn report_once(shared: &Shared, key: &str, what: &str) {
     if lock(&shared.reported).insert(key.to_string()) {
         tracing::error!(key, "{what}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn app_and_platform_from_topic() {
-        let cases = [
-            ("push-game_gcm", Some(("game", Platform::Gcm))),
-            ("push-game_apns-single", Some(("game", Platform::Apns))),
-            ("push-game_apns-massive", Some(("game", Platform::Apns))),
-            ("push-my-app_gcm", Some(("my-app", Platform::Gcm))),
-            ("push-my_app_apns", Some(("my_app", Platform::Apns))),
-            ("push-game-apns", Some(("game", Platform::Apns))),
-            ("other-topic", None),
-            ("push-_gcm", None),
-            ("push-game", None),
-        ];
-        for (topic, want) in cases {
-            let got = app_from_topic(topic);
-            assert_eq!(got.as_ref().map(|(a, p)| (a.as_str(), *p)), want, "{topic}");
-        }
     }
 }

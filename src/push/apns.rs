@@ -224,6 +224,13 @@ impl ApnsReason {
             Shutdown | IdleTimeout => {
                 Verdict::Retry(RetryHint::new(reason).after(retry_after).reconnect())
             }
+            // The credentials, not the message: every request gets the same answer.
+            InvalidProviderToken
+            | MissingProviderToken
+            | BadCertificate
+            | BadCertificateEnvironment
+            | UnrelatedKeyIdInToken
+            | BadEnvironmentKeyIdInToken => Verdict::Fault { reason },
             // Apple "wedges" a connection after this; pushy reconnects (protocols.md §1.3).
             ExpiredProviderToken => Verdict::Retry(RetryHint::new(reason).renew_auth().reconnect()),
             Other(_) if status == 429 || status >= 500 => {
@@ -285,6 +292,51 @@ impl PushType {
             .map(|(_, n)| *n)
             .unwrap_or("alert")
     }
+
+    /// The type a payload implies when the message names none: `background` for a silent
+    /// push (an `aps` holding only `content-available: 1`), `alert` otherwise (what the seed's
+    /// APNs library sent). Strict endpoints refuse a request without `apns-push-type`
+    /// (watchOS requires it), so one is always sent.
+    pub fn for_payload(payload: &[u8]) -> PushType {
+        // Almost every payload is an alert: look for the key before parsing anything.
+        const KEY: &[u8] = b"content-available";
+        if !payload.windows(KEY.len()).any(|w| w == KEY) {
+            return PushType::Alert;
+        }
+        #[derive(serde::Deserialize)]
+        struct Body {
+            aps: Option<serde_json::Map<String, serde_json::Value>>,
+        }
+        let silent = serde_json::from_slice::<Body>(payload)
+            .ok()
+            .and_then(|b| b.aps)
+            .is_some_and(|aps| {
+                aps.len() == 1 && aps.get("content-available").and_then(|v| v.as_i64()) == Some(1)
+            });
+        if silent {
+            PushType::Background
+        } else {
+            PushType::Alert
+        }
+    }
+}
+
+impl ApnsNotification {
+    /// `apns-push-type` as sent: the message's own, else the one its payload implies.
+    pub fn effective_push_type(&self) -> PushType {
+        self.push_type
+            .unwrap_or_else(|| PushType::for_payload(&self.payload))
+    }
+
+    /// `apns-priority` as sent: the message's own, else 5 for a background push (Apple
+    /// refuses 10 there); `None` leaves APNs' default (10).
+    pub fn effective_priority(&self, push_type: PushType) -> Option<u8> {
+        match (self.priority, push_type) {
+            (Some(p), _) => Some(p),
+            (None, PushType::Background) => Some(5),
+            (None, _) => None,
+        }
+    }
 }
 
 /// `apns-priority`: 10 immediate, 5 power-considerate, 1 lowest.
@@ -337,7 +389,10 @@ mod tests {
             ("BadTopic", 400, "rejected"),
             ("PayloadTooLarge", 413, "rejected"),
             ("Forbidden", 403, "rejected"),
-            ("InvalidProviderToken", 403, "rejected"),
+            ("InvalidProviderToken", 403, "fault"),
+            ("MissingProviderToken", 403, "fault"),
+            ("BadCertificate", 403, "fault"),
+            ("BadCertificateEnvironment", 403, "fault"),
             ("TooManyRequests", 429, "retry"),
             ("InternalServerError", 500, "retry"),
             ("ServiceUnavailable", 503, "retry"),
@@ -351,6 +406,7 @@ mod tests {
             let got = match ApnsReason::parse(reason).verdict(*status, None, None) {
                 Final(o) => o.class(),
                 Retry(_) => "retry",
+                Fault { .. } => "fault",
             };
             assert_eq!(got, *want, "{reason} {status}");
         }

@@ -142,6 +142,8 @@ impl FcmErrorCode {
             QuotaExceeded | Unavailable | Internal => {
                 Verdict::Retry(RetryHint::new(reason).after(retry_after))
             }
+            // The project's APNs or web push credentials in Firebase: configuration.
+            ThirdPartyAuthError => Verdict::Fault { reason },
             _ => Verdict::Final(Outcome::Rejected { reason }),
         }
     }
@@ -154,8 +156,9 @@ impl std::fmt::Display for FcmErrorCode {
 }
 
 /// The verdict on an error answer that carries no FcmError detail, from its canonical
-/// `error.status` and HTTP status. A bare NOT_FOUND or PERMISSION_DENIED is more likely a
-/// wrong project or missing permission than a dead token, so it rejects rather than deletes.
+/// `error.status` and HTTP status. A bare NOT_FOUND or PERMISSION_DENIED is a wrong project
+/// or a missing permission (a dead token carries UNREGISTERED), and a bare 401 a refused key:
+/// configuration, not the message, so neither deletes nor rejects.
 pub fn status_verdict(status: u16, canonical: &str, retry_after: Option<Duration>) -> Verdict {
     let reason = if canonical.is_empty() {
         format!("HTTP {status}")
@@ -169,6 +172,8 @@ pub fn status_verdict(status: u16, canonical: &str, retry_after: Option<Duration
         _ if status == 429 || status >= 500 => {
             Verdict::Retry(RetryHint::new(reason).after(retry_after))
         }
+        "PERMISSION_DENIED" | "NOT_FOUND" | "UNAUTHENTICATED" => Verdict::Fault { reason },
+        _ if matches!(status, 401 | 403) => Verdict::Fault { reason },
         _ => Verdict::Final(Outcome::Rejected { reason }),
     }
 }
@@ -282,7 +287,9 @@ mod tests {
             (
                 "THIRD_PARTY_AUTH_ERROR",
                 false,
-                rejected("THIRD_PARTY_AUTH_ERROR"),
+                Verdict::Fault {
+                    reason: "THIRD_PARTY_AUTH_ERROR".into(),
+                },
             ),
             ("UNSPECIFIED_ERROR", false, rejected("UNSPECIFIED_ERROR")),
             ("BRAND_NEW", false, rejected("BRAND_NEW")),
@@ -303,11 +310,12 @@ mod tests {
             Verdict::Retry(_)
         ));
         assert!(matches!(status_verdict(502, "", None), Verdict::Retry(_)));
+        // A bare NOT_FOUND is a wrong project: configuration.
         assert_eq!(
             status_verdict(404, "NOT_FOUND", None),
-            Verdict::Final(Outcome::Rejected {
+            Verdict::Fault {
                 reason: "NOT_FOUND".into()
-            })
+            }
         );
         assert_eq!(
             status_verdict(400, "", None),

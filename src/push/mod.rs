@@ -7,6 +7,7 @@ pub mod gcm;
 pub mod message;
 pub mod outcome;
 pub mod token_rules;
+pub mod topic;
 
 pub use outcome::{Outcome, RetryHint, Verdict};
 

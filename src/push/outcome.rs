@@ -56,11 +56,17 @@ impl Outcome {
     }
 }
 
-/// What one attempt taught us: either a final outcome, or "try again".
+/// What one attempt taught us: a final outcome, "try again", or "not this message's fault".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Final(Outcome),
     Retry(RetryHint),
+    /// The endpoint or the configuration is at fault (credentials refused, no connection):
+    /// every message would get the same answer, so it neither ends the message nor spends its
+    /// retries (sender/gate.rs).
+    Fault {
+        reason: String,
+    },
 }
 
 /// Why and how to retry one attempt.

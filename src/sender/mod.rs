@@ -2,9 +2,11 @@
 //! building and response mapping, auth, and the retry policy.
 
 pub mod apns;
+pub mod attempt;
 pub mod cli;
 pub mod endpoint;
 pub mod fcm;
+pub mod gate;
 pub mod pool;
 pub mod retry;
 pub mod tls;
@@ -12,5 +14,6 @@ pub mod tls;
 pub use apns::{ApnsAuth, ApnsConfig, ApnsError, ApnsResponse, ApnsSender, Delivery, SendError};
 pub use endpoint::Endpoint;
 pub use fcm::{FcmAuth, FcmConfig, FcmDelivery, FcmError, FcmSender};
+pub use gate::{Gate, Health, OnFault};
 pub use pool::{Pool, PoolConfig, TransportError};
 pub use retry::RetryPolicy;

@@ -82,6 +82,18 @@ impl TransportError {
         }
     }
 
+    /// No connection could be opened at all (refused, unreachable, TLS verification failed,
+    /// or waiting out such a failure): the endpoint's or the configuration's fault, not the
+    /// message's (sender/gate.rs).
+    pub fn is_endpoint_fault(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Connect { .. }
+                | TransportError::ConnectTimeout { .. }
+                | TransportError::Backoff { .. }
+        )
+    }
+
     fn from_h2(e: h2::Error) -> TransportError {
         if e.is_go_away() {
             TransportError::GoAway(e.to_string())

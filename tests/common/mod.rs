@@ -77,6 +77,7 @@ pub async fn start_fake(options: FakeOptions) -> Fake {
         apns: ApnsOptions {
             jwt_keys,
             clock: options.clock,
+            ..ApnsOptions::default()
         },
         ..MockConfig::default()
     };

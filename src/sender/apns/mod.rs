@@ -8,8 +8,10 @@ pub mod response;
 
 use crate::clock::SharedClock;
 use crate::push::apns::{ApnsNotification, ApnsReason};
-use crate::push::{Outcome, RetryHint, Verdict};
+use crate::push::{Outcome, Verdict};
+use crate::sender::attempt::{attempt_until_final, Attempt};
 use crate::sender::endpoint::{Endpoint, EndpointError};
+use crate::sender::gate::{Gate, OnFault};
 use crate::sender::pool::{Pool, PoolConfig, PoolError, TransportError};
 use crate::sender::retry::RetryPolicy;
 use crate::sender::tls::{self, ClientIdentity, TlsError, TlsOptions};
@@ -43,6 +45,10 @@ pub struct ApnsConfig {
     pub insecure: bool,
     pub pool: PoolConfig,
     pub retry: RetryPolicy,
+    /// What a send does when the endpoint or the credentials fail (sender/gate.rs).
+    pub on_fault: OnFault,
+    /// Names this sender in logs (`apns game`).
+    pub name: String,
     pub clock: SharedClock,
 }
 
@@ -56,6 +62,8 @@ impl ApnsConfig {
             insecure: false,
             pool: PoolConfig::default(),
             retry: RetryPolicy::default(),
+            on_fault: OnFault::default(),
+            name: "apns".into(),
             clock: crate::clock::system(),
         }
     }
@@ -99,6 +107,9 @@ pub struct Delivery {
     pub attempts: u32,
     /// The last attempt's transport failure, in full (the outcome keeps only its kind).
     pub transport_error: Option<String>,
+    /// The push ended because the endpoint or the credentials failed, not for its own sake
+    /// (only when the sender fails fast, `OnFault::Fail`): the cause in full.
+    pub endpoint_fault: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +123,7 @@ struct Inner {
     context: RequestContext,
     jwt: Option<JwtSigner>,
     retry: RetryPolicy,
+    gate: Gate,
 }
 
 impl ApnsSender {
@@ -156,12 +168,18 @@ impl ApnsSender {
                 context,
                 jwt,
                 retry: config.retry,
+                gate: Gate::new(config.name, config.on_fault),
             }),
         })
     }
 
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// The endpoint's health as this sender sees it.
+    pub fn gate(&self) -> &Gate {
+        &self.inner.gate
     }
 
     /// One attempt. An APNs answer, whatever it says, is `Ok`. Acts on what the answer implies
@@ -204,70 +222,36 @@ impl ApnsSender {
     /// Like `send`, keeping the last APNs answer and the number of attempts. Waits between
     /// attempts on timers, so other sends carry on meanwhile.
     pub async fn send_with_details(&self, n: &ApnsNotification) -> Delivery {
-        let policy = &self.inner.retry;
-        let mut last_response = None;
-        let mut transport_error: Option<String>;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let hint = match self.send_once(n).await {
+        let done = attempt_until_final(&self.inner.retry, &self.inner.gate, || async {
+            match self.send_once(n).await {
                 Ok(response) => {
                     let verdict = response.verdict.clone();
-                    last_response = Some(response);
-                    transport_error = None;
-                    match verdict {
-                        Verdict::Final(outcome) => {
-                            return Delivery {
-                                outcome,
-                                response: last_response,
-                                attempts: attempt,
-                                transport_error: None,
-                            }
-                        }
-                        Verdict::Retry(hint) => hint,
-                    }
+                    Attempt::answered(response, verdict)
                 }
-                Err(SendError::Invalid(e)) => {
-                    // The short label, not the message: it becomes a metric label, and the
-                    // message carries numbers (a token's length) that would make one series
-                    // per value.
-                    return Delivery {
-                        outcome: Outcome::Malformed {
-                            reason: e.kind().to_string(),
-                        },
-                        response: None,
-                        attempts: attempt,
-                        transport_error: None,
-                    };
-                }
+                // The short label, not the message: it becomes a metric label, and the
+                // message carries numbers (a token's length) that would make one series per
+                // value.
+                Err(SendError::Invalid(e)) => Attempt::final_outcome(Outcome::Malformed {
+                    reason: e.kind().to_string(),
+                }),
+                // The key cannot sign: every push would fail the same way.
                 Err(SendError::Auth(reason)) => {
-                    return Delivery {
-                        outcome: Outcome::Rejected { reason },
-                        response: None,
-                        attempts: attempt,
-                        transport_error: None,
-                    }
+                    Attempt::fault("provider_token", format!("provider token: {reason}"))
                 }
                 // The pool has already retired a broken connection.
                 Err(SendError::Transport(e)) => {
-                    tracing::debug!(error = %e, attempt, "Transport failure.");
-                    let hint = RetryHint::new(e.kind()).reconnect();
-                    transport_error = Some(e.to_string());
-                    hint
+                    tracing::debug!(error = %e, "Transport failure.");
+                    Attempt::transport(&e)
                 }
-            };
-            if !policy.should_retry(attempt) {
-                return Delivery {
-                    outcome: Outcome::GaveUp {
-                        reason: hint.reason,
-                    },
-                    response: last_response,
-                    attempts: attempt,
-                    transport_error,
-                };
             }
-            let delay = policy.delay(attempt, hint.after, &mut rand::rng());
-            tokio::time::sleep(delay).await;
+        })
+        .await;
+        Delivery {
+            outcome: done.outcome,
+            response: done.answer,
+            attempts: done.attempts,
+            transport_error: done.error,
+            endpoint_fault: done.endpoint_fault,
         }
     }
 }

@@ -101,10 +101,9 @@ pub fn build_request(
         (None, None) if ctx.topic_required => return Err(RequestError::MissingTopic),
         (None, None) => {}
     }
-    if let Some(push_type) = n.push_type {
-        headers.insert(APNS_PUSH_TYPE, HeaderValue::from_static(push_type.as_str()));
-    }
-    if let Some(priority) = n.priority {
+    let push_type = n.effective_push_type();
+    headers.insert(APNS_PUSH_TYPE, HeaderValue::from_static(push_type.as_str()));
+    if let Some(priority) = n.effective_priority(push_type) {
         // `check` allowed only 10, 5 and 1.
         let value = match priority {
             10 => "10",
@@ -229,7 +228,6 @@ mod tests {
         assert_eq!(header(&r, "apns-topic"), Some("com.example.app"));
         for name in [
             "authorization",
-            "apns-push-type",
             "apns-priority",
             "apns-expiration",
             "apns-collapse-id",
@@ -240,6 +238,76 @@ mod tests {
         // Certificate auth may leave the topic to the certificate.
         let r = build_request(&n, &ctx(None, false), None).unwrap();
         assert_eq!(header(&r, "apns-topic"), None);
+    }
+
+    /// Strict endpoints refuse a request without `apns-push-type` (InvalidPushType): one is
+    /// always sent, with a priority that agrees with it.
+    #[test]
+    fn push_type_is_always_sent_and_priority_follows_it() {
+        let cases: &[(&str, Option<PushType>, Option<u8>, &str, Option<&str>)] = &[
+            (r#"{"aps":{"alert":"hi"}}"#, None, None, "alert", None),
+            (
+                r#"{"aps":{"content-available":1}}"#,
+                None,
+                None,
+                "background",
+                Some("5"),
+            ),
+            (
+                r#"{ "aps" : { "content-available" : 1 }, "M": {"k": 1} }"#,
+                None,
+                None,
+                "background",
+                Some("5"),
+            ),
+            // Anything beside content-available makes it visible: an alert.
+            (
+                r#"{"aps":{"content-available":1,"sound":"a"}}"#,
+                None,
+                None,
+                "alert",
+                None,
+            ),
+            (
+                r#"{"aps":{"content-available":0}}"#,
+                None,
+                None,
+                "alert",
+                None,
+            ),
+            (r#"{"x":"content-available"}"#, None, None, "alert", None),
+            ("not json content-available", None, None, "alert", None),
+            // The message's own type and priority win.
+            (
+                r#"{"aps":{"content-available":1}}"#,
+                Some(PushType::Voip),
+                None,
+                "voip",
+                None,
+            ),
+            (
+                r#"{"aps":{"alert":"hi"}}"#,
+                Some(PushType::Background),
+                None,
+                "background",
+                Some("5"),
+            ),
+            (
+                r#"{"aps":{"content-available":1}}"#,
+                None,
+                Some(1),
+                "background",
+                Some("1"),
+            ),
+        ];
+        for (payload, push_type, priority, want_type, want_priority) in cases {
+            let mut n = ApnsNotification::new(token(), payload.as_bytes().to_vec());
+            n.push_type = *push_type;
+            n.priority = *priority;
+            let r = build_request(&n, &ctx(Some("t"), true), None).unwrap();
+            assert_eq!(header(&r, "apns-push-type"), Some(*want_type), "{payload}");
+            assert_eq!(header(&r, "apns-priority"), *want_priority, "{payload}");
+        }
     }
 
     #[test]

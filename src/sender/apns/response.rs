@@ -134,12 +134,16 @@ mod tests {
             (
                 403,
                 r#"{"reason":"InvalidProviderToken"}"#,
-                rejected("InvalidProviderToken"),
+                Verdict::Fault {
+                    reason: "InvalidProviderToken".into(),
+                },
             ),
             (
                 403,
                 r#"{"reason":"BadEnvironmentKeyInToken"}"#,
-                rejected("BadEnvironmentKeyIdInToken"),
+                Verdict::Fault {
+                    reason: "BadEnvironmentKeyIdInToken".into(),
+                },
             ),
             (
                 413,

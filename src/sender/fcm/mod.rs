@@ -13,7 +13,9 @@ pub mod response;
 use crate::clock::SharedClock;
 use crate::push::gcm::GcmMessage;
 use crate::push::{Outcome, RetryHint, Verdict};
+use crate::sender::attempt::{attempt_until_final, Attempt};
 use crate::sender::endpoint::{Endpoint, EndpointError, Target};
+use crate::sender::gate::{Gate, OnFault};
 use crate::sender::pool::{Pool, PoolConfig, PoolError, TransportError};
 use crate::sender::retry::RetryPolicy;
 use crate::sender::tls::{self, TlsError, TlsOptions};
@@ -84,6 +86,10 @@ pub struct FcmConfig {
     pub http: HttpVersion,
     pub pool: PoolConfig,
     pub retry: RetryPolicy,
+    /// What a send does when the endpoint or the credentials fail (sender/gate.rs).
+    pub on_fault: OnFault,
+    /// Names this sender in logs (`gcm game`).
+    pub name: String,
     /// Renew the OAuth token when less than this is left of its life.
     pub renew_before: Duration,
     pub clock: SharedClock,
@@ -100,6 +106,8 @@ impl FcmConfig {
             http: HttpVersion::Auto,
             pool: PoolConfig::default(),
             retry: RetryPolicy::default(),
+            on_fault: OnFault::default(),
+            name: "gcm".into(),
             renew_before: Duration::from_secs(300),
             clock: crate::clock::system(),
         }
@@ -141,6 +149,9 @@ pub struct FcmDelivery {
     pub attempts: u32,
     /// The last attempt's transport or token failure, in full.
     pub transport_error: Option<String>,
+    /// The push ended because the endpoint or the credentials failed, not for its own sake
+    /// (only when the sender fails fast, `OnFault::Fail`): the cause in full.
+    pub endpoint_fault: Option<String>,
 }
 
 impl FcmDelivery {
@@ -154,6 +165,7 @@ impl FcmDelivery {
             canonical_registration_id: None,
             attempts,
             transport_error: None,
+            endpoint_fault: None,
         }
     }
 
@@ -178,6 +190,7 @@ struct Inner {
     target: Target,
     api: Api,
     retry: RetryPolicy,
+    gate: Gate,
 }
 
 /// The HTTP/2 pool, the HTTP/1.1 client, or both (`Auto`).
@@ -298,8 +311,14 @@ impl FcmSender {
                 target,
                 api,
                 retry: config.retry,
+                gate: Gate::new(config.name.clone(), config.on_fault),
             }),
         })
+    }
+
+    /// The endpoint's health as this sender sees it.
+    pub fn gate(&self) -> &Gate {
+        &self.inner.gate
     }
 
     /// The HTTP/2 pool, when HTTP/2 is configured.
@@ -349,12 +368,8 @@ impl FcmSender {
                 )
             }
         };
-        let policy = &self.inner.retry;
-        let mut delivery = FcmDelivery::new(Outcome::Delivered, 0);
-        let mut renewed_auth = false;
-        loop {
-            delivery.attempts += 1;
-            let attempt = match &self.inner.api {
+        let done = attempt_until_final(&self.inner.retry, &self.inner.gate, || async {
+            let answer = match &self.inner.api {
                 Api::V1 { tokens, path } => self.attempt_v1(tokens, path, &body).await,
                 Api::Legacy { authorization } => self
                     .attempt_legacy(authorization, &body, 1)
@@ -368,56 +383,35 @@ impl FcmSender {
                         })
                     }),
             };
-            let hint = match attempt {
+            match answer {
                 Ok(response) => {
-                    delivery.record(&response);
-                    match response.verdict {
-                        Verdict::Final(outcome) => {
-                            delivery.outcome = outcome;
-                            return delivery;
-                        }
-                        // Renew once; a second refusal means the credentials are wrong.
-                        Verdict::Retry(hint) if hint.renew_auth && renewed_auth => {
-                            delivery.outcome = Outcome::Rejected {
-                                reason: hint.reason,
-                            };
-                            return delivery;
-                        }
-                        Verdict::Retry(hint) => {
-                            renewed_auth |= hint.renew_auth;
-                            hint
-                        }
-                    }
+                    let verdict = response.verdict.clone();
+                    Attempt::answered(response, verdict)
                 }
-                Err(AttemptError::OAuth(e)) => {
-                    delivery.transport_error = Some(e.to_string());
-                    if e.is_permanent() {
-                        delivery.outcome = Outcome::Rejected {
-                            reason: e.kind().to_string(),
-                        };
-                        return delivery;
-                    }
-                    RetryHint::new(e.kind())
+                // The token endpoint unreachable, or refusing the service account's assertion:
+                // every push would fail the same way.
+                Err(AttemptError::OAuth(e)) if e.is_permanent() || e.is_unreachable() => {
+                    Attempt::fault(e.kind(), e.to_string())
                 }
+                Err(AttemptError::OAuth(e)) => Attempt {
+                    answer: None,
+                    verdict: Verdict::Retry(RetryHint::new(e.kind())),
+                    error: Some(e.to_string()),
+                },
                 Err(AttemptError::Transport(e)) => {
-                    tracing::debug!(error = %e, attempt = delivery.attempts, "FCM transport failure.");
-                    delivery.transport_error = Some(e.to_string());
-                    RetryHint::new(e.kind()).reconnect()
+                    tracing::debug!(error = %e, "FCM transport failure.");
+                    Attempt::transport(&e)
                 }
-            };
-            if !policy.should_retry(delivery.attempts) {
-                delivery.outcome = Outcome::GaveUp {
-                    reason: hint.reason,
-                };
-                return delivery;
             }
-            let delay = if hint.renew_auth {
-                Duration::ZERO
-            } else {
-                policy.delay(delivery.attempts, hint.after, &mut rand::rng())
-            };
-            tokio::time::sleep(delay).await;
+        })
+        .await;
+        let mut delivery = FcmDelivery::new(done.outcome, done.attempts);
+        if let Some(response) = &done.answer {
+            delivery.record(response);
         }
+        delivery.transport_error = done.error;
+        delivery.endpoint_fault = done.endpoint_fault;
+        delivery
     }
 
     /// One message to many tokens, one delivery per token in order. Legacy: `registration_ids`
@@ -500,6 +494,16 @@ impl FcmSender {
                                     continue;
                                 }
                                 Verdict::Retry(hint) => hint.clone(),
+                                // Every token would get the same: end them all with it.
+                                Verdict::Fault { reason } => {
+                                    let mut d = last[i].clone();
+                                    d.outcome = Outcome::GaveUp {
+                                        reason: reason.clone(),
+                                    };
+                                    d.endpoint_fault = Some(reason.clone());
+                                    deliveries[i] = Some(d);
+                                    continue;
+                                }
                             }
                         }
                     },

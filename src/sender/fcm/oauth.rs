@@ -84,6 +84,11 @@ impl OAuthError {
         }
     }
 
+    /// The token endpoint could not be reached at all (no connection).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, OAuthError::Transport(e) if e.is_endpoint_fault())
+    }
+
     /// A short, bounded label for outcomes and metrics.
     pub fn kind(&self) -> &'static str {
         if self.is_permanent() {

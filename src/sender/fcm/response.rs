@@ -243,6 +243,7 @@ mod tests {
             })
         };
         let rejected = |r: &str| Verdict::Final(Outcome::Rejected { reason: r.into() });
+        let fault = |r: &str| Verdict::Fault { reason: r.into() };
         let retry = |r: &str| Verdict::Retry(RetryHint::new(r).after(after));
         let cases: Vec<(u16, String, Verdict)> = vec![
             (
@@ -308,7 +309,7 @@ mod tests {
                     "apns key",
                     &fcm("THIRD_PARTY_AUTH_ERROR"),
                 ),
-                rejected("THIRD_PARTY_AUTH_ERROR"),
+                fault("THIRD_PARTY_AUTH_ERROR"),
             ),
             (
                 401,
@@ -328,7 +329,7 @@ mod tests {
             (
                 403,
                 error(403, "PERMISSION_DENIED", "no", ""),
-                rejected("PERMISSION_DENIED"),
+                fault("PERMISSION_DENIED"),
             ),
             (
                 503,
@@ -395,10 +396,11 @@ mod tests {
             down.results[0].verdict,
             Verdict::Retry(RetryHint::new("HTTP 503").after(Some(Duration::from_secs(2))))
         );
+        // A refused server key is the configuration's fault, not the message's.
         let unauthorized = LegacyReply::parse(401, &HeaderMap::new(), b"Unauthorized", 1);
         assert!(matches!(
             unauthorized.results[0].verdict,
-            Verdict::Final(Outcome::Rejected { .. })
+            Verdict::Fault { .. }
         ));
         let short = LegacyReply::parse(200, &HeaderMap::new(), br#"{"results":[]}"#, 1);
         assert!(matches!(

@@ -1,0 +1,263 @@
+//! The one attempt loop of every sender: attempt, read the verdict, and either finish, retry
+//! on a timer (the retry policy), or hand an endpoint fault to the gate. The protocol modules
+//! only say how one attempt goes.
+
+use super::gate::{Gate, OnFault};
+use super::pool::TransportError;
+use super::retry::RetryPolicy;
+use crate::push::{Outcome, RetryHint, Verdict};
+use std::future::Future;
+
+/// How one attempt went: the answer the protocol keeps (`R`), if any, and its verdict.
+pub struct Attempt<R> {
+    pub answer: Option<R>,
+    pub verdict: Verdict,
+    /// The failure in full when there was no answer (the verdict keeps a short label).
+    pub error: Option<String>,
+}
+
+impl<R> Attempt<R> {
+    pub fn answered(answer: R, verdict: Verdict) -> Attempt<R> {
+        Attempt {
+            answer: Some(answer),
+            verdict,
+            error: None,
+        }
+    }
+
+    /// No answer: a failure to connect at all is the endpoint's fault; anything else on an
+    /// open connection (a timeout, a reset, GOAWAY) is retried within the message's budget.
+    pub fn transport(e: &TransportError) -> Attempt<R> {
+        let verdict = if e.is_endpoint_fault() {
+            Verdict::Fault {
+                reason: e.kind().to_string(),
+            }
+        } else {
+            Verdict::Retry(RetryHint::new(e.kind()).reconnect())
+        };
+        Attempt {
+            answer: None,
+            verdict,
+            error: Some(e.to_string()),
+        }
+    }
+
+    /// No answer, for a reason that is the configuration's (credentials that cannot be used).
+    pub fn fault(reason: &str, error: String) -> Attempt<R> {
+        Attempt {
+            answer: None,
+            verdict: Verdict::Fault {
+                reason: reason.to_string(),
+            },
+            error: Some(error),
+        }
+    }
+
+    pub fn final_outcome(outcome: Outcome) -> Attempt<R> {
+        Attempt {
+            answer: None,
+            verdict: Verdict::Final(outcome),
+            error: None,
+        }
+    }
+}
+
+/// How a push ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempts<R> {
+    pub outcome: Outcome,
+    /// The last answer, if any attempt got one.
+    pub answer: Option<R>,
+    /// Attempts counted against the retry budget (waits on a failing endpoint are not).
+    pub attempts: u32,
+    /// The last attempt's failure in full, when it got no answer.
+    pub error: Option<String>,
+    /// Set when the push ended on an endpoint fault (only with [`OnFault::Fail`]): the cause
+    /// in full, for the caller to report and stop.
+    pub endpoint_fault: Option<String>,
+}
+
+/// Attempts until a final verdict. Retries wait on timers (other sends go on meanwhile);
+/// stale credentials are renewed and retried at once, but refused twice in a row they are an
+/// endpoint fault; an endpoint fault waits at the gate (or ends the push in `Fail`).
+pub async fn attempt_until_final<R, F, Fut>(
+    policy: &RetryPolicy,
+    gate: &Gate,
+    mut attempt: F,
+) -> Attempts<R>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt<R>>,
+{
+    let mut done = Attempts {
+        outcome: Outcome::Delivered,
+        answer: None,
+        attempts: 0,
+        error: None,
+        endpoint_fault: None,
+    };
+    let mut renewed = false;
+    loop {
+        let permit = gate.admit().await;
+        done.attempts += 1;
+        let Attempt {
+            answer,
+            mut verdict,
+            error,
+        } = attempt().await;
+        if answer.is_some() {
+            done.answer = answer;
+        }
+        done.error = error;
+        if let Verdict::Retry(hint) = &verdict {
+            if hint.renew_auth && renewed {
+                // Fresh credentials refused again: they are wrong, not stale.
+                verdict = Verdict::Fault {
+                    reason: hint.reason.clone(),
+                };
+            }
+        }
+        match verdict {
+            Verdict::Final(outcome) => {
+                permit.answered();
+                done.outcome = outcome;
+                return done;
+            }
+            Verdict::Fault { reason } => {
+                let cause = match &done.error {
+                    Some(e) => format!("{reason}: {e}"),
+                    None => reason.clone(),
+                };
+                permit.fault(&cause);
+                match gate.on_fault() {
+                    OnFault::Fail => {
+                        done.outcome = Outcome::GaveUp { reason };
+                        done.endpoint_fault = Some(cause);
+                        return done;
+                    }
+                    // Not the message's fault: its budget is untouched.
+                    OnFault::Wait => {
+                        done.attempts -= 1;
+                        renewed = false;
+                    }
+                }
+            }
+            Verdict::Retry(hint) => {
+                permit.answered();
+                if hint.renew_auth {
+                    renewed = true;
+                } else {
+                    renewed = false;
+                }
+                if !policy.should_retry(done.attempts) {
+                    done.outcome = Outcome::GaveUp {
+                        reason: hint.reason,
+                    };
+                    return done;
+                }
+                if !hint.renew_auth {
+                    let delay = policy.delay(done.attempts, hint.after, &mut rand::rng());
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(2),
+            max_retry_after: Duration::from_millis(5),
+        }
+    }
+
+    fn scripted(verdicts: Vec<Verdict>) -> impl FnMut() -> std::future::Ready<Attempt<u32>> {
+        let n = Arc::new(AtomicU32::new(0));
+        move || {
+            let i = n.fetch_add(1, Ordering::SeqCst) as usize;
+            let verdict = verdicts
+                .get(i)
+                .cloned()
+                .unwrap_or(Verdict::Final(Outcome::Delivered));
+            std::future::ready(Attempt::answered(i as u32, verdict))
+        }
+    }
+
+    fn retry(r: &str) -> Verdict {
+        Verdict::Retry(RetryHint::new(r))
+    }
+    fn fault(r: &str) -> Verdict {
+        Verdict::Fault { reason: r.into() }
+    }
+
+    #[tokio::test]
+    async fn retries_are_bounded_by_the_budget() {
+        let gate = Gate::new("t", OnFault::Wait);
+        let done = attempt_until_final(&policy(), &gate, scripted(vec![retry("a"); 5])).await;
+        assert_eq!(done.outcome, Outcome::GaveUp { reason: "a".into() });
+        assert_eq!(done.attempts, 3);
+        let done = attempt_until_final(&policy(), &gate, scripted(vec![retry("a"); 2])).await;
+        assert_eq!(
+            (done.outcome, done.attempts, done.answer),
+            (Outcome::Delivered, 3, Some(2))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn faults_wait_without_spending_the_budget() {
+        let gate = Gate::new("t", OnFault::Wait);
+        // Five faults in a row (the endpoint down for a while), then two retries: delivered,
+        // with the budget of three attempts intact.
+        let mut script = vec![fault("connect_error"); 5];
+        script.extend([retry("a"), retry("b")]);
+        let done = attempt_until_final(&policy(), &gate, scripted(script)).await;
+        assert_eq!(done.outcome, Outcome::Delivered);
+        assert_eq!(done.attempts, 3);
+        assert!(gate.health().borrow().is_up());
+    }
+
+    #[tokio::test]
+    async fn in_fail_mode_a_fault_ends_the_push_with_its_cause() {
+        let gate = Gate::new("t", OnFault::Fail);
+        let attempt = || {
+            std::future::ready(Attempt::<u32>::fault(
+                "connect_error",
+                "TLS: invalid peer certificate: UnknownIssuer".into(),
+            ))
+        };
+        let done = attempt_until_final(&policy(), &gate, attempt).await;
+        assert_eq!(
+            done.outcome,
+            Outcome::GaveUp {
+                reason: "connect_error".into()
+            }
+        );
+        assert_eq!(
+            done.endpoint_fault.as_deref(),
+            Some("connect_error: TLS: invalid peer certificate: UnknownIssuer")
+        );
+        assert_eq!(done.attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn credentials_refused_after_a_renewal_are_a_fault() {
+        let gate = Gate::new("t", OnFault::Fail);
+        let renew = Verdict::Retry(RetryHint::new("UNAUTHENTICATED").renew_auth());
+        let done =
+            attempt_until_final(&policy(), &gate, scripted(vec![renew.clone(), renew])).await;
+        assert_eq!(done.endpoint_fault.as_deref(), Some("UNAUTHENTICATED"));
+        // One renewal that works is just a retry.
+        let renew = Verdict::Retry(RetryHint::new("UNAUTHENTICATED").renew_auth());
+        let done = attempt_until_final(&policy(), &gate, scripted(vec![renew])).await;
+        assert_eq!((done.outcome, done.attempts), (Outcome::Delivered, 2));
+    }
+}

@@ -1,0 +1,347 @@
+//! The endpoint gate: what a sender does when a failure is the endpoint's or the
+//! configuration's, not the message's (the TLS certificate does not verify, no address takes a
+//! connection, the credentials are refused on every request, the OAuth token endpoint cannot be
+//! reached). Such a failure says nothing about the message, so it must not spend the message's
+//! retries nor end it: a wrong CA once turned a backlog into `gave_up` in seconds.
+//!
+//! In [`OnFault::Wait`] (the production pusher) the gate closes on the first such failure: the
+//! cause is logged once, every send waits, and one send at a time probes the endpoint again
+//! after a back-off (1 s doubling to 30 s). The first probe that gets any other answer opens
+//! the gate and the waiting sends go on. In [`OnFault::Fail`] (one-shot commands, benchmarks)
+//! the send ends at once with the cause, for the caller to report.
+//!
+//! Written here rather than taken from a circuit-breaker crate: those count failure ratios over
+//! windows, while this needs "one failure of this kind is enough, then exactly one probe", with
+//! the waiting sends parked (not failed) and counted.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+/// What a send does when the endpoint, not the message, is at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFault {
+    /// End the send at once with the cause (the caller reports it and stops).
+    #[default]
+    Fail,
+    /// Wait until the endpoint answers again; one send at a time probes it.
+    Wait,
+}
+
+/// The endpoint as the gate sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Down {
+        /// The failure, in full (the TLS error text, the refused credentials' reason).
+        cause: String,
+        since: SystemTime,
+    },
+}
+
+impl Health {
+    pub fn is_up(&self) -> bool {
+        matches!(self, Health::Up)
+    }
+}
+
+const FIRST_PROBE: Duration = Duration::from_secs(1);
+const MAX_PROBE: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct Down {
+    next_probe: Instant,
+    backoff: Duration,
+    /// A send is probing now; the others wait for its answer.
+    probing: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// What the gate serves (`apns game`), for its log lines.
+    name: String,
+    on_fault: OnFault,
+    down: Mutex<Option<Down>>,
+    changed: Notify,
+    health: watch::Sender<Health>,
+    /// Sends waiting for the endpoint now.
+    parked: AtomicUsize,
+}
+
+/// One gate per sender (per app): clone it freely.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    inner: Arc<Inner>,
+}
+
+/// Leave to make one attempt. Report how it went with [`Permit::fault`] or
+/// [`Permit::answered`]; a probe dropped without a report (its send was cancelled) hands the
+/// probe to the next send.
+#[must_use]
+pub struct Permit {
+    gate: Gate,
+    probe: bool,
+}
+
+impl Gate {
+    pub fn new(name: impl Into<String>, on_fault: OnFault) -> Gate {
+        Gate {
+            inner: Arc::new(Inner {
+                name: name.into(),
+                on_fault,
+                down: Mutex::new(None),
+                changed: Notify::new(),
+                health: watch::Sender::new(Health::Up),
+                parked: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    pub fn on_fault(&self) -> OnFault {
+        self.inner.on_fault
+    }
+
+    /// The endpoint's health; a receiver sees every change.
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.inner.health.subscribe()
+    }
+
+    /// Sends waiting for the endpoint to answer again.
+    pub fn parked(&self) -> usize {
+        self.inner.parked.load(Ordering::Relaxed)
+    }
+
+    /// Waits for leave to attempt: at once while the endpoint is up (or in `Fail`), else until
+    /// it is up again or this send's turn to probe it.
+    pub async fn admit(&self) -> Permit {
+        if self.inner.on_fault == OnFault::Fail {
+            return self.permit(false);
+        }
+        let mut parked: Option<ParkedGuard<'_>> = None;
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the state is read: a change in between still wakes us.
+            notified.as_mut().enable();
+            let wake_at = {
+                let mut down = lock(&self.inner.down);
+                match down.as_mut() {
+                    None => return self.permit(false),
+                    Some(d) if !d.probing && Instant::now() >= d.next_probe => {
+                        d.probing = true;
+                        return self.permit(true);
+                    }
+                    Some(d) => (!d.probing).then_some(d.next_probe),
+                }
+            };
+            if parked.is_none() {
+                parked = Some(ParkedGuard::new(&self.inner.parked));
+            }
+            match wake_at {
+                Some(at) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    fn permit(&self, probe: bool) -> Permit {
+        Permit {
+            gate: self.clone(),
+            probe,
+        }
+    }
+
+    fn fault(&self, cause: &str) {
+        let mut down = lock(&self.inner.down);
+        match down.as_mut() {
+            Some(d) => {
+                d.probing = false;
+                d.backoff = (d.backoff * 2).min(MAX_PROBE);
+                d.next_probe = Instant::now() + d.backoff;
+                tracing::debug!(gate = %self.inner.name, cause, retry_in = ?d.backoff, "Endpoint still failing.");
+            }
+            None => {
+                *down = Some(Down {
+                    next_probe: Instant::now() + FIRST_PROBE,
+                    backoff: FIRST_PROBE,
+                    probing: false,
+                });
+                match self.inner.on_fault {
+                    OnFault::Wait => tracing::error!(
+                        gate = %self.inner.name,
+                        cause,
+                        "Endpoint failing (not the messages' fault): pausing; messages are kept and sent once it answers."
+                    ),
+                    OnFault::Fail => {
+                        tracing::error!(gate = %self.inner.name, cause, "Endpoint failing.")
+                    }
+                }
+                self.inner.health.send_replace(Health::Down {
+                    cause: cause.to_string(),
+                    since: SystemTime::now(),
+                });
+            }
+        }
+        drop(down);
+        self.inner.changed.notify_waiters();
+    }
+
+    fn answered(&self) {
+        let mut down = lock(&self.inner.down);
+        if down.take().is_some() {
+            drop(down);
+            tracing::info!(gate = %self.inner.name, "Endpoint answers again: resuming.");
+            self.inner.health.send_replace(Health::Up);
+            self.inner.changed.notify_waiters();
+        }
+    }
+
+    fn probe_abandoned(&self) {
+        if let Some(d) = lock(&self.inner.down).as_mut() {
+            d.probing = false;
+        }
+        self.inner.changed.notify_waiters();
+    }
+}
+
+impl Permit {
+    /// The attempt failed for a reason that is the endpoint's or the configuration's.
+    pub fn fault(mut self, cause: &str) {
+        self.probe = false;
+        self.gate.fault(cause);
+    }
+
+    /// The attempt got an answer, or a failure that is the message's own business (a
+    /// timeout, a reset stream): the endpoint works.
+    pub fn answered(mut self) {
+        self.probe = false;
+        self.gate.answered();
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.probe {
+            self.gate.probe_abandoned();
+        }
+    }
+}
+
+/// Counts a send as parked for as long as it waits.
+struct ParkedGuard<'a>(&'a AtomicUsize);
+
+impl<'a> ParkedGuard<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        ParkedGuard(counter)
+    }
+}
+
+impl Drop for ParkedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain state, consistent at every step: a panic elsewhere must not stop the sends.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_fault_closes_the_gate_then_one_probe_at_a_time_reopens_it() {
+        let gate = Gate::new("test", OnFault::Wait);
+        let mut health = gate.health();
+        gate.admit().await.fault("TLS: UnknownIssuer");
+        assert!(!health.borrow_and_update().is_up());
+        // Ten sends wait; none gets through before the first probe is due.
+        let started = Instant::now();
+        let waiting: Vec<_> = (0..10)
+            .map(|_| {
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    let permit = gate.admit().await;
+                    (permit.probe, permit)
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(gate.parked(), 10);
+        // The first probe is due after 1 s; it fails, and the next after 2 s more.
+        let mut probes = Vec::new();
+        let mut rest = Vec::new();
+        for w in waiting {
+            rest.push(w);
+        }
+        // Exactly one of them is let through to probe.
+        let (first_probe, permit) = loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(i) = rest.iter().position(|h| h.is_finished()) {
+                break rest.remove(i).await.unwrap();
+            }
+        };
+        assert!(first_probe);
+        assert!(started.elapsed() >= FIRST_PROBE);
+        probes.push(started.elapsed());
+        permit.fault("still down");
+        let (second_probe, permit) = loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(i) = rest.iter().position(|h| h.is_finished()) {
+                break rest.remove(i).await.unwrap();
+            }
+        };
+        assert!(second_probe);
+        assert!(
+            started.elapsed() >= FIRST_PROBE * 3,
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(rest.iter().filter(|h| h.is_finished()).count(), 0);
+        // It answers: everyone goes, as plain (non-probe) attempts.
+        permit.answered();
+        for h in rest {
+            let (probe, permit) = h.await.unwrap();
+            assert!(!probe);
+            permit.answered();
+        }
+        assert!(health.borrow_and_update().is_up());
+        assert_eq!(gate.parked(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_hands_the_turn_on() {
+        let gate = Gate::new("test", OnFault::Wait);
+        gate.admit().await.fault("refused");
+        tokio::time::sleep(FIRST_PROBE).await;
+        let probe = gate.admit().await;
+        assert!(probe.probe);
+        drop(probe);
+        let next = tokio::time::timeout(Duration::from_millis(10), gate.admit())
+            .await
+            .expect("the next send probes at once");
+        assert!(next.probe);
+    }
+
+    #[tokio::test]
+    async fn fail_mode_never_waits() {
+        let gate = Gate::new("test", OnFault::Fail);
+        gate.admit().await.fault("refused");
+        assert!(!gate.health().borrow().is_up());
+        let permit = tokio::time::timeout(Duration::from_millis(50), gate.admit())
+            .await
+            .expect("no wait in Fail mode");
+        permit.answered();
+        assert!(gate.health().borrow().is_up());
+    }
+}
