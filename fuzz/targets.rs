@@ -499,6 +499,7 @@ fn good_request(fake: Fake, addr: SocketAddr) -> Request<Full<Bytes>> {
     };
     Request::post(format!("http://{addr}{path}"))
         .header("apns-topic", "com.example.app")
+        .header("apns-push-type", "alert")
         .body(Full::new(Bytes::from_static(body)))
         .expect("a valid request")
 }

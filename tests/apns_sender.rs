@@ -163,6 +163,8 @@ async fn auth_and_local_refusals() {
             reason: "InvalidProviderToken".into()
         }
     );
+    // The credentials, not the message: said so, for the caller to stop (a pipeline waits).
+    assert_eq!(d.endpoint_fault.as_deref(), Some("InvalidProviderToken"));
     assert_eq!((d.attempts, d.response.unwrap().status), (1, 403));
 
     // Refused before sending: nothing reaches the fake.

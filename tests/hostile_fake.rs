@@ -88,6 +88,7 @@ async fn post(sender: &mut Sender, req: Request<Full<Bytes>>) -> u16 {
 fn apns_request(addr: SocketAddr, body: Bytes) -> Request<Full<Bytes>> {
     Request::post(format!("http://{addr}/3/device/{TOKEN}"))
         .header("apns-topic", "com.example.app")
+        .header("apns-push-type", "alert")
         .body(Full::new(body))
         .unwrap()
 }

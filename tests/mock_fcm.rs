@@ -540,6 +540,8 @@ async fn cli_mock_all_runs_both_fakes_in_one_process() {
             "--http2-prior-knowledge",
             "-H",
             "apns-topic: com.example.app",
+            "-H",
+            "apns-push-type: alert",
             "-d",
             r#"{"aps":{"alert":"hi"}}"#,
             &format!("http://{apns_h2c}/3/device/{}", "ab".repeat(32)),

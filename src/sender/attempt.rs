@@ -105,7 +105,8 @@ where
             mut verdict,
             error,
         } = attempt().await;
-        if answer.is_some() {
+        let got_answer = answer.is_some();
+        if got_answer {
             done.answer = answer;
         }
         done.error = error;
@@ -131,7 +132,13 @@ where
                 permit.fault(&cause);
                 match gate.on_fault() {
                     OnFault::Fail => {
-                        done.outcome = Outcome::GaveUp { reason };
+                        // The vendor refused (credentials): rejected; no answer at all:
+                        // given up.
+                        done.outcome = if got_answer {
+                            Outcome::Rejected { reason }
+                        } else {
+                            Outcome::GaveUp { reason }
+                        };
                         done.endpoint_fault = Some(cause);
                         return done;
                     }
