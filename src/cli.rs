@@ -101,10 +101,38 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// An error and its causes on one line, each said once: an error whose message already
+/// holds its source's (`config file x: No such file or directory (os error 2)`) would
+/// otherwise print the OS cause twice.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn causes_are_said_once() {
+        let os = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = os.to_string();
+        #[derive(Debug, thiserror::Error)]
+        #[error("config file x: {0}")]
+        struct Read(#[source] std::io::Error);
+        let err = anyhow::Error::new(Read(os)).context("pusher run apns");
+        let line = error_chain(&err);
+        assert_eq!(line, format!("pusher run apns: config file x: {text}"));
+        assert_eq!(line.matches(&text).count(), 1);
+    }
 
     #[test]
     fn cli_is_well_formed() {

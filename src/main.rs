@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     match pusher::cli::dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", pusher::cli::error_chain(&err));
             ExitCode::from(2)
         }
     }

@@ -14,11 +14,18 @@ use tracing_subscriber::Layer;
 pub fn init(global: &GlobalArgs) {
     let default = if global.debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("PUSHER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let text =
-        (!global.json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // Colours only for a person at a terminal (and not with NO_COLOR): a log file or a
+    // collector would get escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let text = (!global.json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+    });
     let json = global.json.then(|| {
         tracing_subscriber::fmt::layer()
-            .json()
+            .event_format(JsonLines)
             .with_writer(std::io::stderr)
     });
     // A second init (tests) is harmless: keep the first subscriber.
@@ -28,6 +35,85 @@ pub fn init(global: &GlobalArgs) {
         .with(json)
         .with(ErrorLayer::new().with_filter(LevelFilter::ERROR))
         .try_init();
+}
+
+/// A value logged as compact JSON (`topics = %Json(&topics)`): text logs show the JSON, and
+/// `-j` logs keep it as nested JSON instead of a string.
+pub struct Json<'a, T: serde::Serialize>(pub &'a T);
+
+impl<T: serde::Serialize> std::fmt::Display for Json<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_string(self.0).map_err(|_| std::fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
+/// `-j` log lines: tracing-subscriber's JSON shape (`timestamp`, `level`, `target`,
+/// `fields`), with numbers and booleans as such and a field holding a JSON object or array
+/// (see [`Json`]) nested, not quoted. (tracing-subscriber's own JSON layer writes every
+/// non-primitive field as a string; nesting needs its unstable `valuable` support.)
+struct JsonLines;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        let mut timestamp = String::new();
+        tracing_subscriber::fmt::time::SystemTime.format_time(
+            &mut tracing_subscriber::fmt::format::Writer::new(&mut timestamp),
+        )?;
+        let mut fields = JsonFields(serde_json::Map::new());
+        event.record(&mut fields);
+        let meta = event.metadata();
+        let line = serde_json::json!({
+            "timestamp": timestamp,
+            "level": meta.level().as_str(),
+            "fields": fields.0,
+            "target": meta.target(),
+        });
+        writeln!(writer, "{line}")
+    }
+}
+
+struct JsonFields(serde_json::Map<String, serde_json::Value>);
+
+impl JsonFields {
+    fn text(&mut self, field: &tracing::field::Field, text: String) {
+        let nested = (text.starts_with('{') || text.starts_with('['))
+            .then(|| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .flatten();
+        let value = nested.unwrap_or(serde_json::Value::String(text));
+        self.0.insert(field.name().to_string(), value);
+    }
+}
+
+impl tracing::field::Visit for JsonFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.text(field, format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.text(field, value.to_string());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
 }
 
 /// Starts reporting to Sentry when `dsn` is set and not empty: events logged at error level,

@@ -209,7 +209,7 @@ fn run_configured(
         let summary = run_loop(spec, apps, Outputs { ..outputs.0 }, stop).await?;
         if let Some(deleter) = outputs.1 {
             let stats = deleter.shutdown(Duration::from_secs(10)).await;
-            tracing::info!(?stats, "Token deleter stopped.");
+            tracing::info!(stats = %crate::telemetry::Json(&stats), "Token deleter stopped.");
         }
         if let Some(capture) = capture {
             let n = capture.finish()?;
@@ -219,7 +219,7 @@ fn run_configured(
             consumed = summary.consumed,
             finished = summary.finished,
             abandoned = summary.abandoned,
-            outcomes = ?summary.outcomes,
+            outcomes = %crate::telemetry::Json(&summary.outcomes),
             "Stopped."
         );
         anyhow::Ok(())

@@ -463,7 +463,7 @@ pub async fn run(
     let mut health = watch_endpoints(&shared.apps);
     let mut status = StatusLine::new(spec.log_interval);
 
-    tracing::info!(topics = ?spec.topics, group = %spec.group, "Consuming.");
+    tracing::info!(topics = %crate::telemetry::Json(&spec.topics), group = %spec.group, "Consuming.");
     loop {
         // Fetching goes on while an endpoint is down (its partitions are paused, so nothing of
         // theirs arrives): a consumer that stops polling is dropped from its group.
