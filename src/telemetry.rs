@@ -187,6 +187,8 @@ pub mod names {
     pub const STATSD_SENT: &str = "sent";
     pub const STATSD_ACK: &str = "ack";
     pub const STATSD_FAILED: &str = "failed";
+    /// The seed's StatsD timer: time in the sender per message, ms.
+    pub const STATSD_LATENCY: &str = "send_notification_latency";
 }
 
 /// Installs the Prometheus recorder (once per process) and serves `/metrics` and `/healthz`
@@ -292,7 +294,7 @@ pub fn bearer_matches(headers: &http::HeaderMap, token: &str) -> bool {
         && bool::from(given.trim().as_bytes().ct_eq(token.as_bytes()))
 }
 
-/// A StatsD client sending the seed's metrics over UDP without blocking the caller.
+/// A StatsD client sending over UDP without blocking the caller.
 pub fn statsd(host: &str, prefix: &str) -> Result<cadence::StatsdClient, TelemetryError> {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0")
         .map_err(|e| TelemetryError::Statsd(e.to_string()))?;
@@ -305,6 +307,111 @@ pub fn statsd(host: &str, prefix: &str) -> Result<cadence::StatsdClient, Telemet
     Ok(cadence::StatsdClient::builder(prefix, queued)
         .with_error_handler(|e| tracing::debug!(error = %e, "StatsD send failed."))
         .build())
+}
+
+/// StatsD as the seed's agent saw it, without a UDP line per message: counters are summed and
+/// sent once per flush interval (`push.sent:2000|c`, not 2,000 lines of `push.sent:1|c`), and
+/// each timer sends at most [`StatsdBatch::TIMINGS`] samples an interval, with the sample
+/// rate that lets the agent scale its counts back (`|@0.05`).
+pub struct StatsdBatch {
+    client: cadence::StatsdClient,
+    pending: std::sync::Mutex<Pending>,
+}
+
+/// Tags of one series, in order.
+type Tags = Vec<(&'static str, String)>;
+
+#[derive(Default)]
+struct Pending {
+    counters: std::collections::HashMap<(&'static str, Tags), u64>,
+    /// Per series: how many were seen, and a uniform sample of them (reservoir sampling).
+    timings: std::collections::HashMap<(&'static str, Tags), (u64, Vec<u64>)>,
+}
+
+impl StatsdBatch {
+    /// Timer samples sent per series and interval, at most.
+    pub const TIMINGS: usize = 100;
+
+    pub fn new(client: cadence::StatsdClient) -> StatsdBatch {
+        StatsdBatch {
+            client,
+            pending: Default::default(),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn count(&self, name: &'static str, tags: Tags) {
+        *self.pending().counters.entry((name, tags)).or_default() += 1;
+    }
+
+    pub fn time(&self, name: &'static str, tags: Tags, ms: u64) {
+        use rand::Rng;
+        let mut pending = self.pending();
+        let (seen, sample) = pending.timings.entry((name, tags)).or_default();
+        *seen += 1;
+        if sample.len() < Self::TIMINGS {
+            sample.push(ms);
+        } else {
+            let slot = rand::rng().random_range(0..*seen) as usize;
+            if slot < Self::TIMINGS {
+                sample[slot] = ms;
+            }
+        }
+    }
+
+    /// Sends what was gathered since the last flush.
+    pub fn flush(&self) {
+        use cadence::prelude::*;
+        let Pending { counters, timings } = std::mem::take(&mut *self.pending());
+        for ((name, tags), n) in counters {
+            let mut m = self.client.count_with_tags(name, n);
+            for (k, v) in &tags {
+                m = m.with_tag(k, v);
+            }
+            m.send();
+        }
+        for ((name, tags), (seen, sample)) in timings {
+            let rate = sample.len() as f64 / seen as f64;
+            for ms in sample {
+                let mut m = self.client.time_with_tags(name, ms);
+                for (k, v) in &tags {
+                    m = m.with_tag(k, v);
+                }
+                if rate < 1.0 {
+                    m = m.with_sampling_rate(rate);
+                }
+                m.send();
+            }
+        }
+    }
+
+    /// Flushes every `every` on the current runtime, and once more when the returned guard
+    /// is dropped (at shutdown).
+    pub fn spawn_flusher(self: &std::sync::Arc<Self>, every: std::time::Duration) -> FlushOnDrop {
+        let batch = self.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(1)));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                batch.flush();
+            }
+        });
+        FlushOnDrop(self.clone(), task)
+    }
+}
+
+/// Stops the periodic flush and sends what is left.
+pub struct FlushOnDrop(std::sync::Arc<StatsdBatch>, tokio::task::JoinHandle<()>);
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        self.1.abort();
+        self.0.flush();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

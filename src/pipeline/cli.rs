@@ -207,7 +207,7 @@ fn run_configured(
         let stop = CancellationToken::new();
         tokio::spawn(stop_on_signal(stop.clone()));
         let summary = run_loop(spec, apps, Outputs { ..outputs.0 }, stop).await?;
-        if let Some(deleter) = outputs.1 {
+        if let Some(deleter) = outputs.1.deleter {
             let stats = deleter.shutdown(Duration::from_secs(10)).await;
             tracing::info!(stats = %crate::telemetry::Json(&stats), "Token deleter stopped.");
         }
@@ -347,8 +347,15 @@ fn spec(platform: Platform, config: &Config, apps: &[String]) -> anyhow::Result<
     Ok(spec)
 }
 
-/// Feedback producer and token deleter, as configured.
-fn outputs(platform: Platform, config: &Config) -> anyhow::Result<(Outputs, Option<TokenDeleter>)> {
+/// What the outputs leave running beside the loop: stopped after it.
+struct Background {
+    deleter: Option<TokenDeleter>,
+    /// Sends StatsD's last interval when dropped.
+    _statsd: Option<crate::telemetry::FlushOnDrop>,
+}
+
+/// Feedback producer, token deleter and stats, as configured.
+fn outputs(platform: Platform, config: &Config) -> anyhow::Result<(Outputs, Background)> {
     let feedback = if config.feedback.reporters.iter().any(|r| r == "kafka") {
         Some(Arc::new(
             FeedbackProducer::from_config(&config.feedback.kafka).context("feedback.kafka")?,
@@ -364,21 +371,25 @@ fn outputs(platform: Platform, config: &Config) -> anyhow::Result<(Outputs, Opti
         None
     };
     let statsd = if config.stats.reporters.iter().any(|r| r == "statsd") {
-        Some(crate::telemetry::statsd(
-            &config.stats.statsd.host,
-            &config.stats.statsd.prefix,
-        )?)
+        let client =
+            crate::telemetry::statsd(&config.stats.statsd.host, &config.stats.statsd.prefix)?;
+        Some(Arc::new(crate::telemetry::StatsdBatch::new(client)))
     } else {
         None
+    };
+    let flush = Duration::from_millis(config.stats.statsd.flush_interval_in_ms);
+    let background = Background {
+        _statsd: statsd.as_ref().map(|s| s.spawn_flusher(flush)),
+        deleter,
     };
     let observer: Arc<dyn super::run::Observer> =
         Arc::new(super::stats::StatsObserver::new(platform, statsd));
     let outputs = Outputs {
         feedback,
-        tokens: deleter.as_ref().map(TokenDeleter::queue),
+        tokens: background.deleter.as_ref().map(TokenDeleter::queue),
         observer: Some(observer),
     };
-    Ok((outputs, deleter))
+    Ok((outputs, background))
 }
 
 async fn stop_on_signal(stop: CancellationToken) {

@@ -3,16 +3,16 @@
 
 use super::run::{Observer, OutcomeEvent};
 use crate::push::{Outcome, Platform};
-use crate::telemetry::names;
-use cadence::prelude::*;
+use crate::telemetry::{names, StatsdBatch};
+use std::sync::Arc;
 
 pub struct StatsObserver {
     platform: Platform,
-    statsd: Option<cadence::StatsdClient>,
+    statsd: Option<Arc<StatsdBatch>>,
 }
 
 impl StatsObserver {
-    pub fn new(platform: Platform, statsd: Option<cadence::StatsdClient>) -> Self {
+    pub fn new(platform: Platform, statsd: Option<Arc<StatsdBatch>>) -> Self {
         StatsObserver { platform, statsd }
     }
 }
@@ -30,36 +30,34 @@ impl Observer for StatsObserver {
                 .record(latency.as_secs_f64());
         }
         let Some(statsd) = &self.statsd else { return };
+        let tags = || {
+            vec![
+                ("platform", platform.to_string()),
+                ("game", e.app.to_string()),
+            ]
+        };
         // The seed counted `sent` for what reached the sender; malformed and expired messages
         // never do.
         let sent = !matches!(e.outcome, Outcome::Malformed { .. } | Outcome::Expired);
         if sent {
-            statsd
-                .count_with_tags(names::STATSD_SENT, 1)
-                .with_tag("platform", platform)
-                .with_tag("game", e.app)
-                .send();
+            statsd.count(names::STATSD_SENT, tags());
         }
         if e.outcome.is_delivered() {
-            statsd
-                .count_with_tags(names::STATSD_ACK, 1)
-                .with_tag("platform", platform)
-                .with_tag("game", e.app)
-                .send();
+            statsd.count(names::STATSD_ACK, tags());
         } else {
-            statsd
-                .count_with_tags(names::STATSD_FAILED, 1)
-                .with_tag("platform", platform)
-                .with_tag("game", e.app)
-                .with_tag(
-                    "reason",
-                    if reason.is_empty() {
-                        e.outcome.class()
-                    } else {
-                        reason
-                    },
-                )
-                .send();
+            let reason = if reason.is_empty() {
+                e.outcome.class()
+            } else {
+                reason
+            };
+            let mut tags = tags();
+            tags.push(("reason", reason.to_string()));
+            statsd.count(names::STATSD_FAILED, tags);
+        }
+        if let Some(latency) = e.send_latency {
+            let mut tags = tags();
+            tags.push(("client", platform.to_string()));
+            statsd.time(names::STATSD_LATENCY, tags, latency.as_millis() as u64);
         }
     }
 }
@@ -77,7 +75,8 @@ mod tests {
             .unwrap();
         let client =
             crate::telemetry::statsd(&server.local_addr().unwrap().to_string(), "push").unwrap();
-        let observer = StatsObserver::new(Platform::Apns, Some(client));
+        let batch = Arc::new(StatsdBatch::new(client));
+        let observer = StatsObserver::new(Platform::Apns, Some(batch.clone()));
         let event = |outcome: &Outcome| {
             observer.on_outcome(&OutcomeEvent {
                 topic: "push-game_apns",
@@ -91,7 +90,9 @@ mod tests {
                 send_latency: Some(Duration::from_millis(2)),
             })
         };
-        event(&Outcome::Delivered);
+        for _ in 0..500 {
+            event(&Outcome::Delivered);
+        }
         event(&Outcome::TokenInvalid {
             reason: "Unregistered".into(),
             timestamp_ms: None,
@@ -99,10 +100,15 @@ mod tests {
         event(&Outcome::Malformed {
             reason: "invalid_json".into(),
         });
-        drop(observer); // flushes the buffered sink
+        // Nothing goes out until the flush: then one line per series, and at most
+        // StatsdBatch::TIMINGS timer samples with their rate.
+        batch.flush();
+        drop(observer);
+        drop(batch); // flushes the buffered sink
+        let want = 4 + StatsdBatch::TIMINGS;
         let mut lines = Vec::new();
-        let mut buf = [0u8; 4096];
-        while lines.len() < 5 {
+        let mut buf = [0u8; 65536];
+        while lines.len() < want {
             let n = server.recv(&mut buf).unwrap();
             lines.extend(
                 String::from_utf8_lossy(&buf[..n])
@@ -111,15 +117,25 @@ mod tests {
             );
         }
         lines.sort();
+        let (timings, counters): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l.contains("|ms"));
         assert_eq!(
-            lines,
+            counters,
             vec![
-                "push.ack:1|c|#platform:apns,game:game",
+                "push.ack:500|c|#platform:apns,game:game",
                 "push.failed:1|c|#platform:apns,game:game,reason:Unregistered",
                 "push.failed:1|c|#platform:apns,game:game,reason:invalid_json",
-                "push.sent:1|c|#platform:apns,game:game",
-                "push.sent:1|c|#platform:apns,game:game",
+                "push.sent:501|c|#platform:apns,game:game",
             ]
+        );
+        // 502 timings (every event here carries a send latency), 100 of them sent, each with
+        // the rate that scales them back: 100 / 502.
+        assert_eq!(timings.len(), StatsdBatch::TIMINGS);
+        assert!(
+            timings.iter().all(
+                |l| l.starts_with("push.send_notification_latency:2|ms|@0.199")
+                    && l.ends_with("|#platform:apns,game:game,client:apns")
+            ),
+            "{timings:?}"
         );
     }
 }
