@@ -370,6 +370,13 @@ async fn apns_end_to_end_counts_add_up() {
     assert_eq!(rejected.len(), invalid_tokens.len());
     assert!(rejected.iter().all(|v| v["metadata"]["jobId"].is_string()
         && v["Notification"]["M"]["jobId"] == v["metadata"]["jobId"]));
+    // A message refused for its structure still names the token it carried.
+    let too_large = records
+        .iter()
+        .find(|v| v["Reason"] == "payload_too_large")
+        .expect("feedback for the oversize payload");
+    assert_eq!(too_large["DeviceToken"], "abcdef", "{too_large}");
+    assert_eq!(too_large["Err"]["Key"], "malformed-message");
     fake.shutdown().await;
 }
 
@@ -394,6 +401,7 @@ async fn gcm_end_to_end_counts_add_up() {
     ]);
     let (malformed, expired) = (2, 1);
     let produced = messages.len() as u64;
+    let refused_token = "abc";
 
     let table = format!("{app}_gcm");
     let db = pg().await;
@@ -436,6 +444,16 @@ async fn gcm_end_to_end_counts_add_up() {
             .all(|r| r["error"].is_string() && r.get("from").is_some()),
         "{:?}",
         &records[..2]
+    );
+    // The message refused for its structure (`data` not an object) names its token.
+    let refused: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["error_description"] == "wrong_type")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused.iter().any(|r| r["from"] == refused_token),
+        "{refused:?}"
     );
 }
 

@@ -940,6 +940,9 @@ async fn apns(
     let mut message = match parse_apns(payload.unwrap_or_default()) {
         Ok(m) => m,
         Err(e) => {
+            ctx.token = payload
+                .and_then(|p| crate::push::message::token_hint(p, true))
+                .unwrap_or_default();
             let details = ApnsDetails {
                 notification: payload
                     .and_then(|p| serde_json::from_slice(p).ok())
@@ -995,9 +998,12 @@ async fn gcm(sender: &FcmSender, payload: Option<&[u8]>, ctx: &mut MessageContex
     let mut message = match parse_gcm(payload.unwrap_or_default()) {
         Ok(m) => m,
         Err(e) => {
+            ctx.token = payload
+                .and_then(|p| crate::push::message::token_hint(p, false))
+                .unwrap_or_default();
             return Outcome::Malformed {
                 reason: e.reason().to_string(),
-            }
+            };
         }
     };
     ctx.token = message.to.clone();

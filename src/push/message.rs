@@ -107,6 +107,36 @@ impl MessageError {
     }
 }
 
+/// The device token of a message the parser refused, when one can still be read (a top-level
+/// string `DeviceToken` for APNs, `to` or `message.token` for GCM), so its feedback record
+/// names the device. Only for refused messages: it parses the whole value again.
+pub fn token_hint(bytes: &[u8], apns: bool) -> Option<String> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(bytes).ok()?;
+    let object = value.as_object()?;
+    let field = |name: &str| {
+        object
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
+    };
+    let token = if apns {
+        field("DeviceToken")
+    } else {
+        field("to").or_else(|| {
+            object
+                .get("message")
+                .and_then(|m| m.get("token"))
+                .and_then(Value::as_str)
+        })
+    }?;
+    // A token, not an arbitrary string: bounded and printable.
+    (!token.is_empty() && token.len() <= 4096 && !token.chars().any(char::is_control))
+        .then(|| token.to_string())
+}
+
 /// True when the message carries an expiry (`push_expiry` > 0, Unix ms) that is already past
 /// at `now` (time since the Unix epoch, e.g. `Clock::now()`).
 pub fn is_expired(push_expiry_ms: i64, now: Duration) -> bool {
@@ -464,6 +494,39 @@ impl<'de> Deserialize<'de> for Key<'de> {
             }
         }
         d.deserialize_str(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod token_hint_tests {
+    use super::token_hint;
+
+    #[test]
+    fn a_refused_message_still_names_its_token() {
+        let cases: &[(&str, bool, Option<&str>)] = &[
+            (
+                r#"{"DeviceToken":"abcd","Payload":"not an object"}"#,
+                true,
+                Some("abcd"),
+            ),
+            (
+                r#"{"devicetoken":"abcd","push_type":"telepathy"}"#,
+                true,
+                Some("abcd"),
+            ),
+            (r#"{"to":"tok","data":[1]}"#, false, Some("tok")),
+            (
+                r#"{"message":{"token":"tok","android":7}}"#,
+                false,
+                Some("tok"),
+            ),
+            (r#"{"DeviceToken":12}"#, true, None),
+            (r#"{"DeviceToken":"a\nb"}"#, true, None),
+            ("not json", true, None),
+        ];
+        for (raw, apns, want) in cases {
+            assert_eq!(token_hint(raw.as_bytes(), *apns).as_deref(), *want, "{raw}");
+        }
     }
 }
 
