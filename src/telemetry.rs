@@ -14,12 +14,12 @@ use tracing_subscriber::Layer;
 pub fn init(global: &GlobalArgs) {
     let default = if global.debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("PUSHER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let text =
-        (!global.json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let text = (!global.json)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(crate::progress::LogWriter));
     let json = global.json.then(|| {
         tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(crate::progress::LogWriter)
     });
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = tracing_subscriber::registry()
