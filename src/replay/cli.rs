@@ -172,11 +172,6 @@ pub fn run(args: ReplayArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let interrupt = Interrupt::install()?;
 
     let before = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
-    tracing::info!(
-        messages = entries.len(),
-        capture = %file.display(),
-        "Replaying."
-    );
     let (driven, lag_per_sec, conservation, target, transport) = match &args.brokers {
         Some(brokers) => to_kafka(&args, brokers, &entries, pace, &interrupt)?,
         None => to_sender(&args, &entries, pace, &interrupt)?,

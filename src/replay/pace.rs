@@ -122,6 +122,7 @@ where
     let (mut sent, mut answered) = (0u64, 0u64);
     let mut next = schedule(0);
     let mut drain_until: Option<Instant> = None;
+    tracing::info!("Replaying: the schedule starts.");
     progress.measuring();
     let past_limit = |sent: u64, due: Instant| {
         limit.count.is_some_and(|c| sent >= c) || limit.duration.is_some_and(|d| due >= begin + d)
