@@ -832,6 +832,7 @@ fn a_backgrounded_replay_stops_on_sigint() {
         .trim_start_matches("pid ")
         .parse()
         .unwrap();
+    let _reaper = watched::KillPidOnDrop(pid);
     sh.wait_for(true, "Replaying", Duration::from_secs(60));
     watched::Watched::signal(pid, "INT");
     let (code, stdout, stderr) = sh.finish(Duration::from_secs(60));

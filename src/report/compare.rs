@@ -8,7 +8,7 @@
 //! bench's gate decides (`bench::gate::Change`): a faster or busier machine moves only the
 //! raw figure.
 
-use crate::bench::gate::{median, Change, Scaling};
+use crate::bench::gate::{Change, Scaling};
 use crate::bench::report::{fmt_us, Latencies, Percentiles, Report};
 use std::fmt::Write as _;
 

@@ -119,3 +119,18 @@ impl Watched {
         }
     }
 }
+
+/// A `pusher` that a watched shell started in the background: killed when dropped (a failing
+/// test must not leave it running), if it is still a pusher.
+pub struct KillPidOnDrop(pub u32);
+
+impl Drop for KillPidOnDrop {
+    fn drop(&mut self) {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("pusher") {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
