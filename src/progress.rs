@@ -47,19 +47,42 @@ impl Progress {
         duration: Option<Duration>,
         quiet: bool,
     ) -> Progress {
+        Progress::build(prefix, prefix, len, duration, quiet)
+    }
+
+    /// A bench run's bar: labelled `warm-up` while there is one, then `label` from
+    /// [`Progress::measuring`] on.
+    pub fn for_run(
+        label: &str,
+        len: Option<u64>,
+        duration: Option<Duration>,
+        warmup: Duration,
+        quiet: bool,
+    ) -> Progress {
+        let first = if warmup.is_zero() { label } else { "warm-up" };
+        Progress::build(label, first, len, duration, quiet)
+    }
+
+    fn build(
+        label: &str,
+        first: &str,
+        len: Option<u64>,
+        duration: Option<Duration>,
+        quiet: bool,
+    ) -> Progress {
         let deadline = Arc::new(OnceLock::new());
         if quiet || !std::io::stderr().is_terminal() {
             return Progress {
                 bar: ProgressBar::hidden(),
                 deadline,
                 duration,
-                label: prefix.to_string(),
+                label: label.to_string(),
                 id: 0,
             };
         }
         let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
         bar.set_style(style(len.is_some(), deadline.clone()));
-        bar.set_prefix(prefix.to_string());
+        bar.set_prefix(first.to_string());
         // Redraw on a timer too: a slow replay (tens of messages a second) still shows time
         // passing and the ETA falling.
         bar.enable_steady_tick(Duration::from_millis(200));
@@ -69,7 +92,7 @@ impl Progress {
             bar,
             deadline,
             duration,
-            label: prefix.to_string(),
+            label: label.to_string(),
             id,
         }
     }
@@ -79,21 +102,16 @@ impl Progress {
         Progress::new("", None, true)
     }
 
-    /// Labels the bar `warm-up` until [`Progress::measuring`].
-    pub fn warming_up(&self) {
-        self.bar.set_prefix("warm-up");
-    }
-
     /// The measured part begins (after a warm-up): the bar's clock, rate and ETA start again
     /// from here, under its own label.
     pub fn measuring(&self) {
         if let Some(d) = self.duration {
             let _ = self.deadline.set(Instant::now() + d);
         }
-        self.bar.set_prefix(self.label.clone());
-        self.bar.set_position(0);
         self.bar.reset_elapsed();
         self.bar.reset_eta();
+        self.bar.set_position(0);
+        self.bar.set_prefix(self.label.clone());
     }
 }
 

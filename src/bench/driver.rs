@@ -72,8 +72,6 @@ where
     if plan.warmup.is_zero() {
         measure_start = Some(begin);
         progress.measuring();
-    } else {
-        progress.warming_up();
     }
     let mut measured_started = 0u64;
     let (mut sent, mut answered) = (0u64, 0u64);

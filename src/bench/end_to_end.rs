@@ -237,15 +237,13 @@ fn one_run(
         .enable_all()
         .build()?;
     let stop = CancellationToken::new();
-    let bar = Progress::with_duration(
+    let bar = Progress::for_run(
         &format!("run {}/{}", round + 1, args.repeat),
         count,
         args.duration,
+        args.warmup,
         args.quiet,
     );
-    if !args.warmup.is_zero() {
-        bar.warming_up();
-    }
     // Set when the interrupt is seen: the messages produced may be answered until then.
     let mut drain_until: Option<Instant> = None;
     let result: anyhow::Result<(crate::pipeline::run::RunSummary, Duration)> = rt.block_on(async {

@@ -172,10 +172,11 @@ where
         if interrupt.is_set() && round > 0 {
             break;
         }
-        let bar = Progress::with_duration(
+        let bar = Progress::for_run(
             &format!("run {}/{}", round + 1, args.repeat),
             count,
             args.duration,
+            args.warmup,
             args.quiet,
         );
         let driven = drive(
