@@ -12,6 +12,7 @@ pub mod config;
 pub mod gen;
 pub mod mock;
 pub mod pipeline;
+pub mod progress;
 pub mod push;
 pub mod replay;
 pub mod report;

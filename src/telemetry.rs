@@ -21,12 +21,12 @@ pub fn init(global: &GlobalArgs) {
     let text = (!global.json).then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
-            .with_writer(std::io::stderr)
+            .with_writer(crate::progress::LogWriter)
     });
     let json = global.json.then(|| {
         tracing_subscriber::fmt::layer()
             .event_format(JsonLines)
-            .with_writer(std::io::stderr)
+            .with_writer(crate::progress::LogWriter)
     });
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = tracing_subscriber::registry()

@@ -1,11 +1,17 @@
 //! `pusher bench` as a user runs it: small runs end to end and sender-only, the JSON report
 //! against its schema, the regression gate, and bad input.
 
+mod common;
 #[path = "support/schema.rs"]
 mod schema;
+#[path = "support/watched.rs"]
+mod watched;
 
 use serde_json::Value;
+use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
+use watched::Watched;
 
 fn pusher(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pusher"))
@@ -289,4 +295,169 @@ fn bad_input_is_a_clear_error() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+/// `pusher bench ARGS` with info logs, watched.
+fn bench(args: &[&str]) -> Watched {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pusher"));
+    cmd.arg("bench").args(args).env("PUSHER_LOG", "info");
+    Watched::spawn(cmd)
+}
+
+/// SIGINT (sender-only) or SIGTERM (end to end) once the bench measures: it stops, prints the
+/// summary of what ran, writes the reports marked interrupted, and exits 130; every message
+/// it started is accounted for, through Kafka and the commit too.
+#[test]
+fn an_interrupted_bench_reports_what_ran_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, signal) in [("sender-only", "INT"), ("end-to-end", "TERM")] {
+        let json = dir.path().join(format!("{mode}.json"));
+        let html = dir.path().join(format!("{mode}.html"));
+        let mut args = vec![
+            "--mock",
+            "--count",
+            "100m",
+            "--json",
+            json.to_str().unwrap(),
+            "--html",
+            html.to_str().unwrap(),
+        ];
+        if mode == "sender-only" {
+            args.push("--sender-only");
+        }
+        let mut run = bench(&args);
+        run.wait_for(true, "Warm-up over: measuring.", Duration::from_secs(120));
+        Watched::signal(run.id(), signal);
+        let (code, stdout, stderr) = run.finish(Duration::from_secs(60));
+        assert_eq!(code, Some(130), "{mode}\n{stdout}\n{stderr}");
+        assert!(
+            stdout.contains("INTERRUPTED") && stdout.contains("conservation"),
+            "{mode}: the summary of what ran: {stdout}"
+        );
+        let r = schema::check_report(&json);
+        assert_eq!(r["interrupted"], true, "{mode}");
+        assert_eq!(r["params"]["mode"], mode);
+        let c = &r["conservation"];
+        assert_eq!(c["ok"], true, "{mode}: {c}");
+        assert_eq!(c["in_flight"], 0, "{mode}: {c}");
+        let generated = c["generated"].as_u64().unwrap();
+        assert!(generated > 0, "{mode}: the warm-up at least ran: {c}");
+        assert!(generated < 100_000_000, "{mode}: stopped early: {c}");
+        let stages: &[&str] = if mode == "end-to-end" {
+            &["answered", "produced", "consumed", "committed"]
+        } else {
+            &["answered"]
+        };
+        for stage in stages {
+            assert_eq!(c[*stage].as_u64(), Some(generated), "{mode} {stage}: {c}");
+        }
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert!(page.contains("Interrupted"), "{mode}: the page says so");
+    }
+}
+
+/// A report that cannot be written fails the bench before it runs, naming the path: a run
+/// of 100 million messages ends at once.
+#[test]
+fn an_unwritable_report_path_fails_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir/x.json");
+    let missing = missing.to_str().unwrap();
+    for flag in ["--json", "--html", "--hgrm"] {
+        let run = bench(&[
+            "--mock",
+            "--sender-only",
+            "--count",
+            "100m",
+            "--warmup",
+            "0s",
+            flag,
+            missing,
+        ]);
+        let (code, stdout, stderr) = run.finish(Duration::from_secs(30));
+        assert_eq!(code, Some(2), "{flag}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot write {missing}")),
+            "{flag}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{flag}: nothing ran: {stdout}");
+    }
+}
+
+/// Two runs of the same build back to back differ by noise only: `report compare` marks
+/// nothing. A report with half the throughput is marked WORSE, and --fail-on-worse exits 1.
+#[test]
+fn report_compare_marks_only_changes_beyond_the_noise() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str| {
+        let path = dir.path().join(name);
+        let out = pusher(&[
+            "bench",
+            "--mock",
+            "--sender-only",
+            "--count",
+            "5k",
+            "--repeat",
+            "3",
+            "--quiet",
+            "--json",
+            path.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    };
+    let compare = |a: &Path, b: &Path| {
+        pusher(&[
+            "report",
+            "compare",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--fail-on-worse",
+        ])
+    };
+    let (a, b) = (run("a.json"), run("b.json"));
+    let out = compare(&a, &b);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{table}");
+    assert!(table.contains("0 worse, 0 better"), "{table}");
+    let r = schema::check_report(&b);
+    assert_eq!(
+        r["runs_latency"].as_array().unwrap().len(),
+        3,
+        "per-run figures"
+    );
+
+    // A tenth of the throughput, in every run: beyond any noise (on a 2-core machine shared
+    // with two builds, three runs spread by a factor of up to 2.2).
+    let mut worse = r.clone();
+    worse["throughput"] = Value::from(r["throughput"].as_f64().unwrap() / 10.0);
+    worse["runs"] = r["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| Value::from(v.as_f64().unwrap() / 10.0))
+        .collect();
+    let worse_path = dir.path().join("worse.json");
+    std::fs::write(&worse_path, worse.to_string()).unwrap();
+    let out = compare(&b, &worse_path);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    let line = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("throughput"))
+        .unwrap();
+    assert!(
+        line.contains("-90.0%") && line.ends_with("WORSE"),
+        "{table}"
+    );
+    assert!(table.contains("1 worse, 0 better"), "{table}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--fail-on-worse"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

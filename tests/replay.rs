@@ -5,6 +5,8 @@
 mod common;
 #[path = "support/schema.rs"]
 mod schema;
+#[path = "support/watched.rs"]
+mod watched;
 
 use pusher::mock::kafka::KafkaMock;
 use pusher::pipeline::run::{run, AppSender, Observer, OutcomeEvent, Outputs, RunSpec};
@@ -237,8 +239,8 @@ fn replay_to_the_mock_reports_like_bench_and_compares() {
     );
     assert!(line("conservation").ends_with("WORSE"), "{table}");
     assert!(
-        line("send p50").trim_end().ends_with('%'),
-        "unchanged: no mark: {table}"
+        line("send p50").trim_end().ends_with("×1.50"),
+        "unchanged: no mark after its noise: {table}"
     );
     assert!(table.contains("3 worse, 0 better"), "{table}");
     let cmp = std::fs::read_to_string(&cmp_html).unwrap();
@@ -808,4 +810,44 @@ fn replay_a_gcm_capture_to_the_fake_fcm() {
     let invalid = outcomes["token_invalid"].as_u64().unwrap();
     assert!(invalid > 10, "{outcomes:?}");
     assert_eq!(outcomes["delivered"].as_u64().unwrap() + invalid, n);
+}
+
+/// A replay started in the background of a non-interactive shell (`pusher replay ... &`: the
+/// shell makes it ignore SIGINT) still stops on `kill -INT`: it prints the summary of what
+/// ran, writes the report marked interrupted, and exits 130.
+#[test]
+fn a_backgrounded_replay_stops_on_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = shaped_capture(dir.path());
+    let json = dir.path().join("bg.json");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "\"$@\" & echo \"pid $!\"; wait $!", "sh"])
+        .arg(env!("CARGO_BIN_EXE_pusher"))
+        .args(["replay", p(&cap), "--mock", "--rate", "200/s", "--loop"])
+        .args(["--duration", "10m", "-q", "--json", p(&json)])
+        .env("PUSHER_LOG", "info");
+    let mut sh = watched::Watched::spawn(cmd);
+    let pid: u32 = sh
+        .wait_for(false, "pid ", Duration::from_secs(10))
+        .trim_start_matches("pid ")
+        .parse()
+        .unwrap();
+    let _reaper = watched::KillPidOnDrop(pid);
+    sh.wait_for(true, "Replaying", Duration::from_secs(60));
+    watched::Watched::signal(pid, "INT");
+    let (code, stdout, stderr) = sh.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(130), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("pusher replay:") && stdout.contains("INTERRUPTED"),
+        "{stdout}"
+    );
+    let r = schema::check_report(&json);
+    assert_eq!(r["interrupted"], true);
+    let c = &r["conservation"];
+    assert_eq!(c["ok"], true, "{c}");
+    assert_eq!(c["generated"], c["answered"], "{c}");
+    assert!(
+        c["generated"].as_u64().unwrap() < 120_000,
+        "stopped long before the 10 minutes: {c}"
+    );
 }

@@ -1,11 +1,12 @@
 //! `pusher bench`: arguments, and the run -> report -> gate sequence.
 
 use super::gate;
+use super::interrupt::{self, Interrupt};
 use super::report::{self, Report};
 use crate::cli::GlobalArgs;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -145,48 +146,77 @@ pub fn run(args: BenchArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    // Read the baseline first: a corrupt one should fail before a long run, not after.
+    // Where the reports go, and the baseline, are checked first: a typo should fail before a
+    // long run, not after it.
+    for path in [&args.json, &args.html, &args.hgrm].into_iter().flatten() {
+        crate::report::check_writable(path)?;
+    }
     let baseline = match &args.baseline {
-        Some(path) => Some(gate::load_baseline(path)?),
+        Some(path) => Some((gate::load_baseline(path)?, path.as_path())),
         None => None,
     };
+    let interrupt = Interrupt::install()?;
     // Calibrate before and after as well as inside the run: the median of the three resists
     // a burst of other load on a shared machine.
     let before = super::calibrate::calibrate(5, Duration::from_millis(60));
     let mut report = if args.sender_only {
-        super::sender_only::run(&args)
+        super::sender_only::run(&args, &interrupt)
     } else {
-        super::end_to_end::run_bench(&args)
+        super::end_to_end::run_bench(&args, &interrupt)
     }
     .context("bench run failed")?;
     let after = super::calibrate::calibrate(5, Duration::from_millis(60));
     report.calibration = gate::median(&[before, report.calibration, after]);
+    conclude(
+        &report,
+        args.json.as_deref(),
+        args.html.as_deref(),
+        baseline,
+        args.max_regression,
+    )
+}
 
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+/// The end of a bench or replay run: writes the reports, prints the summary, and decides the
+/// exit status: 130 when interrupted (the gate is not applied to part of a run), 1 when a
+/// message is unaccounted for or the gate finds a regression.
+pub(crate) fn conclude(
+    report: &Report,
+    json: Option<&Path>,
+    html: Option<&Path>,
+    baseline: Option<(Report, &Path)>,
+    max_regression: f64,
+) -> anyhow::Result<ExitCode> {
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)?;
+        crate::report::write_file(path, text.as_bytes())?;
     }
-    if let Some(path) = &args.html {
-        crate::report::html::write(&report, path)?;
+    if let Some(path) = html {
+        crate::report::html::write(report, path)?;
     }
     print!("{}", report.summary());
-    if !report.conservation.ok {
+    let c = &report.conservation;
+    if !c.ok && c.in_flight == 0 {
         eprintln!("error: conservation check failed: messages were lost or double-counted");
-        return Ok(ExitCode::from(1));
+        if !report.interrupted {
+            return Ok(ExitCode::from(1));
+        }
     }
-    if let Some(base) = baseline {
-        let result = gate::compare(&report, &base, args.max_regression);
+    if report.interrupted {
+        if baseline.is_some() {
+            println!("  gate: not applied (the run was interrupted)");
+        }
+        eprintln!("pusher: interrupted: the summary and reports cover what ran");
+        return Ok(ExitCode::from(interrupt::EXIT_CODE));
+    }
+    if let Some((base, path)) = baseline {
+        let result = gate::compare(report, &base, max_regression);
         for line in &result.lines {
             println!("  gate: {line}");
         }
         if !result.passed() {
             eprintln!(
-                "error: regression beyond {}% against {}:",
-                args.max_regression,
-                args.baseline
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
+                "error: regression beyond {max_regression}% against {}:",
+                path.display()
             );
             for r in &result.regressions {
                 eprintln!("  {r}");
@@ -201,8 +231,7 @@ pub fn run(args: BenchArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
 /// Writes the `.hgrm` file when asked.
 pub(super) fn write_hgrm(args: &BenchArgs, h: &hdrhistogram::Histogram<u64>) -> anyhow::Result<()> {
     if let Some(path) = &args.hgrm {
-        std::fs::write(path, report::hgrm(h))
-            .with_context(|| format!("writing {}", path.display()))?;
+        crate::report::write_file(path, report::hgrm(h).as_bytes())?;
     }
     Ok(())
 }
@@ -241,6 +270,8 @@ pub(super) fn base_report(args: &BenchArgs, mode: &str, profile: &str) -> Report
         timeline: Vec::new(),
         runs: Vec::new(),
         runs_p99_us: Vec::new(),
+        runs_latency: Vec::new(),
+        interrupted: false,
         peak_rss_bytes: None,
         series: None,
         replay: None,

@@ -2,12 +2,15 @@
 //! loop (a fixed schedule of intended start times, goose/wrk2 style, so a slow target cannot
 //! slow the schedule down and latency can be corrected for coordinated omission).
 
+use super::interrupt::DRAIN;
 use super::recorder::Recorder;
+use crate::progress::Progress;
 use crate::push::Outcome;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How load is applied.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,15 +44,21 @@ pub struct Driven {
     pub elapsed: Duration,
     /// Open loop only: how late sends started against their schedule.
     pub schedule_lag: Option<hdrhistogram::Histogram<u64>>,
+    /// Stopped by `stop` before the plan's end.
+    pub interrupted: bool,
+    /// Interrupted runs: sends still without an answer when the drain time ran out.
+    pub in_flight: u64,
 }
 
 /// Runs `send` on items from `next_item` (called with a sequence number; `None` ends the run)
-/// under `plan`. `on_done` is called after every answer (progress bars).
+/// under `plan`. `progress` counts measured answers only. Once `stop` is cancelled no message
+/// starts; those in flight get [`DRAIN`] to answer.
 pub async fn drive<I, F, Fut>(
     plan: &LoadPlan,
     mut next_item: impl FnMut(u64) -> Option<I>,
     send: F,
-    mut on_done: impl FnMut(u64),
+    stop: &CancellationToken,
+    progress: &Progress,
 ) -> Driven
 where
     F: Fn(I) -> Fut,
@@ -59,11 +68,11 @@ where
     let mut in_flight = FuturesUnordered::new();
     let begin = Instant::now();
     let warm_until = begin + plan.warmup;
-    let mut measure_start: Option<Instant> = if plan.warmup.is_zero() {
-        Some(begin)
-    } else {
-        None
-    };
+    let mut measure_start: Option<Instant> = None;
+    if plan.warmup.is_zero() {
+        measure_start = Some(begin);
+        progress.measuring();
+    }
     let mut measured_started = 0u64;
     let (mut sent, mut answered) = (0u64, 0u64);
     let mut exhausted = false;
@@ -78,9 +87,14 @@ where
         Load::Closed { .. } => Duration::ZERO,
     };
     let mut next_due = begin;
+    // Set when `stop` is seen: in-flight sends may answer until then.
+    let mut drain_until: Option<Instant> = None;
 
     // May one more message start now? (The plan's count and duration bound the measured window.)
     let more = |now: Instant, measure_start: Option<Instant>, measured_started: u64| -> bool {
+        if stop.is_cancelled() {
+            return false;
+        }
         if let (Some(d), Some(ms)) = (plan.duration, measure_start) {
             if now >= ms + d {
                 return false;
@@ -91,8 +105,13 @@ where
 
     loop {
         let now = Instant::now();
-        if measure_start.is_none() && now >= warm_until {
+        if measure_start.is_none() && now >= warm_until && !stop.is_cancelled() {
             measure_start = Some(now);
+            tracing::info!("Warm-up over: measuring.");
+            progress.measuring();
+        }
+        if stop.is_cancelled() && drain_until.is_none() {
+            drain_until = Some(now + DRAIN);
         }
         let can_start = !exhausted && more(now, measure_start, measured_started);
         match plan.load {
@@ -139,31 +158,35 @@ where
         if in_flight.is_empty() && !still_starting {
             break;
         }
+        if drain_until.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
         let wait_for_schedule = matches!(plan.load, Load::Open { .. }) && still_starting;
-        let done = if wait_for_schedule {
-            tokio::select! {
-                biased;
-                done = in_flight.next(), if !in_flight.is_empty() => done,
-                _ = tokio::time::sleep_until(next_due) => None,
-            }
-        } else if in_flight.is_empty() {
-            // Closed loop waiting for the warm-up to end cannot happen (it always has work);
-            // guard against a busy loop anyway.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            None
+        // What may end the wait besides an answer: the schedule, the warm-up's end (closed
+        // loop), the stop, and once stopped the end of the drain.
+        let wake = if wait_for_schedule {
+            Some(next_due)
+        } else if measure_start.is_none() && still_starting {
+            Some(warm_until)
         } else {
-            in_flight.next().await
+            drain_until
+        };
+        let done = tokio::select! {
+            biased;
+            done = in_flight.next(), if !in_flight.is_empty() => done,
+            _ = stop.cancelled(), if drain_until.is_none() => None,
+            _ = sleep_until_some(wake) => None,
         };
         if let Some((outcome, started, intended, measured)) = done {
             let finished = Instant::now();
             answered += 1;
-            on_done(answered);
             if measured {
                 let since = measure_start
                     .map(|ms| finished.saturating_duration_since(ms))
                     .unwrap_or_default();
                 recorder.record_send(finished - started, intended.map(|i| finished - i));
                 recorder.record_outcome(&outcome, since);
+                progress.set_position(recorder.completed());
             }
         }
     }
@@ -176,6 +199,16 @@ where
         answered,
         elapsed,
         schedule_lag: lag,
+        interrupted: drain_until.is_some(),
+        in_flight: in_flight.len() as u64,
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wake for.
+pub(crate) async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -218,7 +251,8 @@ mod tests {
                     Outcome::Delivered
                 }
             },
-            |_| {},
+            &CancellationToken::new(),
+            &Progress::hidden(),
         )
         .await;
         assert_eq!(driven.sent, 100);
@@ -246,7 +280,8 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 Outcome::Delivered
             },
-            |_| {},
+            &CancellationToken::new(),
+            &Progress::hidden(),
         )
         .await;
         assert_eq!(driven.answered, 100);
@@ -269,6 +304,7 @@ mod tests {
             warmup: Duration::from_millis(100),
             load: Load::Closed { concurrency: 1 },
         };
+        let progress = Progress::hidden();
         let driven = drive(
             &plan,
             Some,
@@ -276,12 +312,86 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 Outcome::Delivered
             },
-            |_| {},
+            &CancellationToken::new(),
+            &progress,
         )
         .await;
         assert_eq!(driven.recorder.completed(), 10);
         assert_eq!(driven.sent, 20, "10 during warm-up, 10 measured");
         assert_eq!(driven.answered, driven.sent);
+        // The bar counts towards --count: measured answers only, never 20/10.
+        assert_eq!(progress.position(), 10);
+    }
+
+    /// Stopped (SIGINT) half-way: nothing starts after the stop, everything in flight
+    /// answers, and the run says it was interrupted.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_run_after_the_messages_in_flight() {
+        let plan = LoadPlan {
+            count: Some(1000),
+            duration: None,
+            warmup: Duration::ZERO,
+            load: Load::Closed { concurrency: 4 },
+        };
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(55)).await;
+            stopper.cancel();
+        });
+        let driven = drive(
+            &plan,
+            Some,
+            |_i| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Outcome::Delivered
+            },
+            &stop,
+            &Progress::hidden(),
+        )
+        .await;
+        assert!(driven.interrupted);
+        assert_eq!(driven.in_flight, 0);
+        // Six rounds of 4 started by 55 ms (0, 10, ... 50 ms), all answered by 60 ms.
+        assert_eq!((driven.sent, driven.answered), (24, 24));
+        assert_eq!(driven.recorder.completed(), 24);
+        assert_eq!(driven.elapsed, Duration::from_millis(60));
+    }
+
+    /// A target that never answers: the stop waits for it no longer than the drain time,
+    /// and reports what is still in flight.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_waits_for_a_stuck_target_only_so_long() {
+        let plan = LoadPlan {
+            count: None,
+            duration: None,
+            warmup: Duration::ZERO,
+            load: Load::Open { rate: 100.0 },
+        };
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(95)).await;
+            stopper.cancel();
+        });
+        let driven = drive(
+            &plan,
+            Some,
+            |_i| std::future::pending::<Outcome>(),
+            &stop,
+            &Progress::hidden(),
+        )
+        .await;
+        assert!(driven.interrupted);
+        assert_eq!(
+            (driven.sent, driven.answered, driven.in_flight),
+            (10, 0, 10)
+        );
+        assert_eq!(
+            driven.elapsed,
+            Duration::from_millis(95) + DRAIN,
+            "stopped at 95 ms, then the drain"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -299,7 +409,8 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 Outcome::Delivered
             },
-            |_| {},
+            &CancellationToken::new(),
+            &Progress::hidden(),
         )
         .await;
         assert_eq!(driven.answered, 20);
@@ -313,7 +424,8 @@ mod tests {
             &plan,
             |i| (i < 7).then_some(i),
             |_i| async { Outcome::Delivered },
-            |_| {},
+            &CancellationToken::new(),
+            &Progress::hidden(),
         )
         .await;
         assert_eq!(driven.answered, 7);

@@ -6,16 +6,17 @@
 use super::calibrate::calibrate;
 use super::cli::{base_report, write_hgrm, BenchArgs};
 use super::gate::median;
+use super::interrupt::{Interrupt, DRAIN};
 use super::recorder::Recorder;
 use super::report::{peak_rss_bytes, Conservation, Latencies, Report};
 use super::sender_only::{target, SenderConfig};
 use crate::gen::{GenConfig, Generator, Mix};
 use crate::mock::kafka::KafkaMock;
 use crate::pipeline::run::{run, AppSender, Observer, OutcomeEvent, Outputs, RunSpec};
+use crate::progress::Progress;
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
@@ -43,6 +44,8 @@ struct Clock {
     /// Messages generated (handed to the producer).
     generated: AtomicU64,
     answered: AtomicU64,
+    /// Answers in the measured window (what the progress bar counts).
+    measured_answered: AtomicU64,
     /// No more messages will be generated.
     done_generating: AtomicBool,
     /// Start of the measured window, ns since `start` (after warm-up); set by the producer.
@@ -78,6 +81,7 @@ impl Observer for Measure {
         if (seq as u64) < c.first_measured_seq.load(Ordering::Relaxed) {
             return; // warm-up
         }
+        c.measured_answered.fetch_add(1, Ordering::Relaxed);
         let sent = c.sent_ns[seq % RING].load(Ordering::Relaxed);
         let from = c.measure_from_ns.load(Ordering::Relaxed);
         let e2e = Duration::from_nanos(now.saturating_sub(sent));
@@ -117,7 +121,7 @@ impl ProducerContext for Deliveries {
     }
 }
 
-pub fn run_bench(args: &BenchArgs) -> anyhow::Result<Report> {
+pub fn run_bench(args: &BenchArgs, interrupt: &Interrupt) -> anyhow::Result<Report> {
     let count = args.count.or(if args.duration.is_some() {
         None
     } else {
@@ -125,13 +129,30 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<Report> {
     });
     let mut runs = Vec::new();
     let mut runs_p99 = Vec::new();
+    let mut runs_latency = Vec::new();
     let mut best: Option<(Report, f64)> = None;
+    let mut interrupted = false;
     for round in 0..args.repeat {
-        let report = one_run(args, count, round)?;
+        if interrupt.is_set() && round > 0 {
+            break;
+        }
+        let report = one_run(args, count, round, interrupt)?;
+        if report.interrupted {
+            interrupted = true;
+            // Part of a round after whole ones: it proves nothing about the figures, but
+            // its messages must still add up.
+            if let Some((kept, _)) = best.as_mut() {
+                if !report.conservation.ok {
+                    kept.conservation = report.conservation;
+                }
+                break;
+            }
+        }
         runs.push(report.throughput);
         if let Some(p) = report.latency.end_to_end.as_ref() {
             runs_p99.push(p.p99_us);
         }
+        runs_latency.push(report.latency.clone());
         let m = median(&runs);
         let keep = best
             .as_ref()
@@ -145,12 +166,19 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<Report> {
     report.throughput = median(&runs);
     report.runs = runs;
     report.runs_p99_us = runs_p99;
+    report.runs_latency = runs_latency;
+    report.interrupted = interrupted;
     report.calibration = calibrate(5, Duration::from_millis(40));
     report.peak_rss_bytes = peak_rss_bytes();
     Ok(report)
 }
 
-fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result<Report> {
+fn one_run(
+    args: &BenchArgs,
+    count: Option<u64>,
+    round: usize,
+    interrupt: &Interrupt,
+) -> anyhow::Result<Report> {
     let topic = format!("push-{APP}_{}", args.platform);
     let partitions = args.partitions.max(1);
     let kafka = match &args.brokers {
@@ -175,6 +203,7 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
         produce_failed: AtomicU64::new(0),
         generated: AtomicU64::new(0),
         answered: AtomicU64::new(0),
+        measured_answered: AtomicU64::new(0),
         done_generating: AtomicBool::new(false),
         measure_from_ns: AtomicU64::new(u64::MAX),
         first_measured_seq: AtomicU64::new(u64::MAX),
@@ -208,8 +237,17 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
         .enable_all()
         .build()?;
     let stop = CancellationToken::new();
-    let bar = progress(args, count, round);
+    let bar = Progress::for_run(
+        &format!("run {}/{}", round + 1, args.repeat),
+        count,
+        args.duration,
+        args.warmup,
+        args.quiet,
+    );
+    // Set when the interrupt is seen: the messages produced may be answered until then.
+    let mut drain_until: Option<Instant> = None;
     let result: anyhow::Result<(crate::pipeline::run::RunSummary, Duration)> = rt.block_on(async {
+        let drain_until = &mut drain_until;
         let sender = match sender_config {
             SenderConfig::Apns(config) => AppSender::Apns(ApnsSender::new(*config)?),
             SenderConfig::Fcm(config) => AppSender::Gcm(FcmSender::new(*config)?),
@@ -228,21 +266,32 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
             let topic = topic.clone();
             // The embedded mock: we know its partitions, so fill them in runs (see `PARTITION_RUN`).
             let runs = kafka.is_some().then_some(partitions);
+            let interrupt = interrupt.clone();
             std::thread::Builder::new()
                 .name("bench-producer".into())
-                .spawn(move || produce(&args, count, &brokers, &topic, runs, &clock))?
+                .spawn(move || produce(&args, count, &brokers, &topic, runs, &clock, &interrupt))?
         };
 
-        // Wait for the warm-up, then for every generated message to be answered.
+        // Wait for the warm-up, then for every generated message to be answered (after an
+        // interrupt, for at most the drain time).
+        let mut measuring = false;
         loop {
             tokio::time::sleep(Duration::from_millis(20)).await;
+            if !measuring && clock.measure_from_ns.load(Ordering::Relaxed) != u64::MAX {
+                measuring = true;
+                tracing::info!("Warm-up over: measuring.");
+                bar.measuring();
+            }
+            bar.set_position(clock.measured_answered.load(Ordering::Relaxed));
+            if interrupt.is_set() && drain_until.is_none() {
+                *drain_until = Some(Instant::now() + DRAIN);
+            }
             let answered = clock.answered.load(Ordering::Relaxed);
-            bar.set_position(answered);
             let generated = clock.generated.load(Ordering::Relaxed);
             if clock.done_generating.load(Ordering::Relaxed) && answered >= generated {
                 break;
             }
-            if pipeline.is_finished() {
+            if pipeline.is_finished() || drain_until.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
         }
@@ -263,7 +312,7 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
             .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
         Ok((summary, elapsed))
     });
-    bar.finish_and_clear();
+    drop(bar);
     drop(rt);
     let server_answered = fake.as_ref().map(|f| f.stats.snapshot().responses);
     if let Some(fake) = fake {
@@ -287,13 +336,20 @@ fn one_run(args: &BenchArgs, count: Option<u64>, round: usize) -> anyhow::Result
     report.timeline = recorder.timeline.clone();
     report.series = Some(super::report::Series::of(&recorder));
     let generated = clock.generated.load(Ordering::Relaxed);
+    let answered = clock.answered.load(Ordering::Relaxed);
+    report.interrupted = drain_until.is_some();
     report.conservation = Conservation {
         generated,
         produced: Some(clock.produced.load(Ordering::Relaxed)),
         consumed: Some(summary.consumed),
         server_answered,
-        answered: clock.answered.load(Ordering::Relaxed),
+        answered,
         committed: Some(summary.committed_total().max(0) as u64),
+        in_flight: if report.interrupted {
+            generated.saturating_sub(answered)
+        } else {
+            0
+        },
         ok: false,
     }
     .check();
@@ -309,8 +365,9 @@ fn produce(
     topic: &str,
     runs: Option<i32>,
     clock: &Arc<Clock>,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<()> {
-    let result = produce_inner(args, count, brokers, topic, runs, clock);
+    let result = produce_inner(args, count, brokers, topic, runs, clock, interrupt);
     clock.done_generating.store(true, Ordering::Relaxed);
     result
 }
@@ -344,6 +401,7 @@ fn produce_inner(
     topic: &str,
     runs: Option<i32>,
     clock: &Arc<Clock>,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<()> {
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -368,7 +426,10 @@ fn produce_inner(
     let mut key = String::new();
     let mut measured = 0u64;
     let mut seq: u64 = 0;
-    loop {
+    'producing: loop {
+        if interrupt.is_set() {
+            break;
+        }
         let now = Instant::now();
         let measuring = now >= warm_until;
         if measuring && clock.first_measured_seq.load(Ordering::Relaxed) == u64::MAX {
@@ -387,6 +448,9 @@ fn produce_inner(
         }
         // Backpressure: never run more than MAX_BACKLOG ahead of the pipeline.
         while seq.saturating_sub(clock.answered.load(Ordering::Relaxed)) >= clock.backlog {
+            if interrupt.is_set() {
+                break 'producing;
+            }
             std::thread::sleep(Duration::from_micros(200));
         }
         let stamp = match interval {
@@ -439,18 +503,4 @@ fn produce_inner(
         bail!("{failed} messages could not be produced to {topic}");
     }
     Ok(())
-}
-
-fn progress(args: &BenchArgs, count: Option<u64>, round: usize) -> ProgressBar {
-    if args.quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(count, ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_prefix(format!("run {}/{}", round + 1, args.repeat));
-    bar
 }

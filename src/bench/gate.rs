@@ -75,6 +75,50 @@ impl GateResult {
     }
 }
 
+/// How a figure follows the machine's speed, for normalising it by the calibration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scaling {
+    /// Rises on a faster machine (throughput): divided by the calibration.
+    WithSpeed,
+    /// Falls on a faster machine (latency): multiplied by it.
+    AgainstSpeed,
+}
+
+/// A figure's relative change from a baseline, raw and normalised by each run's calibration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Change {
+    pub raw: f64,
+    pub normalised: f64,
+}
+
+impl Change {
+    /// From `base` (calibration `base_cal`) to `now` (calibration `now_cal`).
+    pub fn of(now: f64, now_cal: f64, base: f64, base_cal: f64, scaling: Scaling) -> Change {
+        let ratio = now / base;
+        let speed = now_cal.max(f64::MIN_POSITIVE) / base_cal.max(f64::MIN_POSITIVE);
+        let normalised = match scaling {
+            Scaling::WithSpeed => ratio / speed,
+            Scaling::AgainstSpeed => ratio * speed,
+        };
+        Change {
+            raw: ratio - 1.0,
+            normalised: normalised - 1.0,
+        }
+    }
+
+    /// Up by more than `limit` (a fraction) in both the raw and the normalised figure: a
+    /// slower machine moves only the raw one, a noisy calibration only the normalised one, a
+    /// slower pusher both.
+    pub fn rose_beyond(&self, limit: f64) -> bool {
+        self.raw > limit && self.normalised > limit
+    }
+
+    /// Down by more than `limit` in both, as [`Change::rose_beyond`].
+    pub fn fell_beyond(&self, limit: f64) -> bool {
+        self.raw < -limit && self.normalised < -limit
+    }
+}
+
 /// Throughput may not fall, nor p99 rise, by more than `max_regression_pct` once both runs
 /// are normalised by their calibration.
 pub fn compare(current: &Report, baseline: &Report, max_regression_pct: f64) -> GateResult {
@@ -82,37 +126,41 @@ pub fn compare(current: &Report, baseline: &Report, max_regression_pct: f64) -> 
     let mut regressions = Vec::new();
     let limit = max_regression_pct / 100.0;
 
-    // Throughput scales with machine speed: divide by calibration. A regression must show
-    // both raw and normalised: a slower machine moves only the raw figure, a noisy
-    // calibration only the normalised one, a slower pusher both.
-    let tp_raw = current.throughput / baseline.throughput - 1.0;
-    let tp_now = current.throughput / current.calibration.max(f64::MIN_POSITIVE);
-    let tp_base = baseline.throughput / baseline.calibration.max(f64::MIN_POSITIVE);
-    let tp_change = tp_now / tp_base - 1.0;
+    let tp = Change::of(
+        current.throughput,
+        current.calibration,
+        baseline.throughput,
+        baseline.calibration,
+        Scaling::WithSpeed,
+    );
     let line = format!(
         "throughput {:.0}/s vs baseline {:.0}/s: {:+.1}% raw, {:+.1}% normalised (limit -{max_regression_pct}%)",
         current.throughput,
         baseline.throughput,
-        tp_raw * 100.0,
-        tp_change * 100.0
+        tp.raw * 100.0,
+        tp.normalised * 100.0
     );
-    if tp_change < -limit && tp_raw < -limit {
+    if tp.fell_beyond(limit) {
         regressions.push(line.clone());
     }
     lines.push(line);
 
-    // Latency scales inversely with machine speed: multiply by calibration.
     if let (Some(now), Some(base)) = (p99(current), p99(baseline)) {
-        let raw = now / base - 1.0;
-        let change = (now * current.calibration) / (base * baseline.calibration) - 1.0;
+        let c = Change::of(
+            now,
+            current.calibration,
+            base,
+            baseline.calibration,
+            Scaling::AgainstSpeed,
+        );
         let line = format!(
             "p99 latency {:.0} µs vs baseline {:.0} µs: {:+.1}% raw, {:+.1}% normalised (limit +{max_regression_pct}%)",
             now,
             base,
-            raw * 100.0,
-            change * 100.0
+            c.raw * 100.0,
+            c.normalised * 100.0
         );
-        if change > limit && raw > limit {
+        if c.rose_beyond(limit) {
             regressions.push(line.clone());
         }
         lines.push(line);
@@ -180,6 +228,8 @@ mod tests {
             timeline: vec![],
             runs: vec![throughput],
             runs_p99_us: vec![],
+            runs_latency: vec![],
+            interrupted: false,
             peak_rss_bytes: None,
             series: None,
             replay: None,

@@ -6,6 +6,7 @@ pub mod driver;
 pub mod end_to_end;
 pub mod fake;
 pub mod gate;
+pub mod interrupt;
 pub mod recorder;
 pub mod report;
 pub mod sender_only;

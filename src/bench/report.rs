@@ -36,6 +36,12 @@ pub struct Report {
     /// p99 latency (end-to-end, else send) of each repetition, µs; the gate uses their median.
     #[serde(default)]
     pub runs_p99_us: Vec<u64>,
+    /// The latencies of each repetition: `report compare` takes their spread as the noise.
+    #[serde(default)]
+    pub runs_latency: Vec<Latencies>,
+    /// Stopped by SIGINT or SIGTERM before the plan's end: the figures cover what ran.
+    #[serde(default)]
+    pub interrupted: bool,
     /// Peak resident memory of the process, bytes (Linux), if known.
     pub peak_rss_bytes: Option<u64>,
     /// Chart data for the HTML report (absent in reports written before it existed).
@@ -177,6 +183,10 @@ pub struct Conservation {
     /// Messages with a final outcome.
     pub answered: u64,
     pub committed: Option<u64>,
+    /// Interrupted runs: messages generated that had no outcome yet when the run stopped
+    /// waiting for them (see `interrupt::DRAIN`); 0 otherwise.
+    #[serde(default)]
+    pub in_flight: u64,
     pub ok: bool,
 }
 
@@ -231,9 +241,24 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "pusher bench: {} {} via {} ({}), profile {}",
-            p.mode, p.platform, p.transport, load, p.profile
+            "pusher {}: {} {} via {} ({}), profile {}",
+            if self.replay.is_some() {
+                "replay"
+            } else {
+                "bench"
+            },
+            p.mode,
+            p.platform,
+            p.transport,
+            load,
+            p.profile
         );
+        if self.interrupted {
+            let _ = writeln!(
+                s,
+                "  INTERRUPTED  stopped by a signal before the end: the figures cover what ran"
+            );
+        }
         let _ = writeln!(
             s,
             "  throughput   {:>12.0} msg/s over {:.2} s{}",
@@ -287,6 +312,11 @@ impl Report {
         let c = &self.conservation;
         let stage =
             |name: &str, v: Option<u64>| v.map(|n| format!(" = {name} {n}")).unwrap_or_default();
+        let verdict = match (c.ok, c.in_flight) {
+            (true, _) => "ok".to_string(),
+            (false, 0) => "MISMATCH".to_string(),
+            (false, n) => format!("incomplete: {n} still in flight when the run was interrupted"),
+        };
         let _ = writeln!(
             s,
             "  conservation generated {}{}{} = answered {}{}{}: {}",
@@ -298,7 +328,7 @@ impl Report {
             c.server_answered
                 .map(|n| format!(" (server saw {n} requests)"))
                 .unwrap_or_default(),
-            if c.ok { "ok" } else { "MISMATCH" }
+            verdict
         );
         if let Some(r) = &self.replay {
             if let Some(lag) = &r.schedule_lag {

@@ -7,9 +7,11 @@ use super::cli::{base_report, write_hgrm, BenchArgs, Transport};
 use super::driver::{drive, Driven, Load, LoadPlan};
 use super::fake::{FakeKind, FakeThread};
 use super::gate::median;
+use super::interrupt::Interrupt;
 use super::report::{peak_rss_bytes, Conservation, Latencies, Report};
 use crate::gen::{GenConfig, Generator, Mix};
 use crate::mock::{JwtKey, Profile};
+use crate::progress::Progress;
 use crate::push::apns::ApnsNotification;
 use crate::push::gcm::GcmMessage;
 use crate::push::message::{parse_apns, parse_gcm};
@@ -19,7 +21,6 @@ use crate::sender::endpoint::Endpoint;
 use crate::sender::fcm::{FcmAuth, FcmConfig, FcmSender, ServiceAccount};
 use crate::sender::pool::PoolConfig;
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ const BENCH_TEAM_ID: &str = "BENCHTEAM1";
 /// A test-only service account (its key belongs to no Google project) for the embedded fake FCM.
 const BENCH_SERVICE_ACCOUNT: &[u8] = include_bytes!("../../fixtures/fcm/service-account.json");
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
+pub fn run(args: &BenchArgs, interrupt: &Interrupt) -> anyhow::Result<Report> {
     let count = args.count.or(if args.duration.is_some() {
         None
     } else {
@@ -69,7 +70,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                     let sender = sender.clone();
                     async move { sender.send(&n).await }
                 };
-                Ok::<_, anyhow::Error>(rounds(args, &plan, count, &items, send).await)
+                Ok::<_, anyhow::Error>(rounds(args, &plan, count, &items, send, interrupt).await)
             }
             SenderConfig::Fcm(config) => {
                 let items = generated(args, Platform::Gcm, pool, parse_gcm)?;
@@ -78,7 +79,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                     let sender = sender.clone();
                     async move { sender.send(&m).await }
                 };
-                Ok(rounds(args, &plan, count, &items, send).await)
+                Ok(rounds(args, &plan, count, &items, send, interrupt).await)
             }
         }
     });
@@ -92,9 +93,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let Rounds {
         runs,
         runs_p99,
+        runs_latency,
         best,
         generated,
         answered,
+        interrupted,
+        in_flight,
     } = rounds?;
 
     let driven = best.context("no run completed")?;
@@ -104,6 +108,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     report.throughput = median(&runs);
     report.runs = runs;
     report.runs_p99_us = runs_p99;
+    report.runs_latency = runs_latency;
+    report.interrupted = interrupted;
     report.calibration = calibrate(5, Duration::from_millis(40));
     report.latency = Latencies::from_recorder(&driven.recorder);
     report.outcomes = driven.recorder.outcomes.clone();
@@ -114,6 +120,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         generated,
         answered,
         server_answered,
+        in_flight,
         ..Default::default()
     }
     .check();
@@ -125,19 +132,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
 struct Rounds {
     runs: Vec<f64>,
     runs_p99: Vec<u64>,
+    runs_latency: Vec<Latencies>,
     /// The run closest to the median throughput, kept for the latency figures.
     best: Option<Driven>,
     generated: u64,
     answered: u64,
+    /// An interrupt ended the rounds early.
+    interrupted: bool,
+    /// Sends without an answer when the interrupted round stopped waiting.
+    in_flight: u64,
 }
 
-/// Drives `--repeat` rounds of the plan through `send`, cycling through `items`.
+/// Drives `--repeat` rounds of the plan through `send`, cycling through `items`; an interrupt
+/// ends the round under way (kept, as the report's run when it is the only one) and the rest.
 async fn rounds<M, F, Fut>(
     args: &BenchArgs,
     plan: &LoadPlan,
     count: Option<u64>,
     items: &[Arc<M>],
     send: F,
+    interrupt: &Interrupt,
 ) -> Rounds
 where
     F: Fn(Arc<M>) -> Fut,
@@ -146,32 +160,51 @@ where
     let mut out = Rounds {
         runs: Vec::new(),
         runs_p99: Vec::new(),
+        runs_latency: Vec::new(),
         best: None,
         generated: 0,
         answered: 0,
+        interrupted: false,
+        in_flight: 0,
     };
     let mut best_throughput = 0.0;
     for round in 0..args.repeat {
-        let bar = progress(args, count, round);
+        if interrupt.is_set() && round > 0 {
+            break;
+        }
+        let bar = Progress::for_run(
+            &format!("run {}/{}", round + 1, args.repeat),
+            count,
+            args.duration,
+            args.warmup,
+            args.quiet,
+        );
         let driven = drive(
             plan,
             |i| Some(Arc::clone(&items[(i % items.len() as u64) as usize])),
             &send,
-            |done| {
-                if done % 1024 == 0 {
-                    bar.set_position(done);
-                }
-            },
+            interrupt.token(),
+            &bar,
         )
         .await;
-        bar.finish_and_clear();
+        drop(bar);
         out.generated += driven.sent;
         out.answered += driven.answered;
+        out.in_flight += driven.in_flight;
+        if driven.interrupted {
+            out.interrupted = true;
+            // Part of a round after whole ones: its messages count, its figures do not.
+            if out.best.is_some() {
+                break;
+            }
+        }
         let throughput =
             driven.recorder.completed() as f64 / driven.elapsed.as_secs_f64().max(1e-9);
         out.runs.push(throughput);
         out.runs_p99
             .push(driven.recorder.send.value_at_quantile(0.99));
+        out.runs_latency
+            .push(Latencies::from_recorder(&driven.recorder));
         let m = median(&out.runs);
         if out.best.is_none() || (throughput - m).abs() < (best_throughput - m).abs() {
             out.best = Some(driven);
@@ -204,23 +237,6 @@ fn generated<M>(
         buf.clear();
     }
     Ok(out)
-}
-
-fn progress(args: &BenchArgs, count: Option<u64>, round: usize) -> ProgressBar {
-    if args.quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = match count {
-        Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
-        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-    };
-    let style = ProgressStyle::with_template(
-        "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_prefix(format!("run {}/{}", round + 1, args.repeat));
-    bar
 }
 
 /// The sender configuration for the platform under test.

@@ -4,8 +4,8 @@ use crate::push::apns::PushType;
 use crate::push::Platform;
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{IsTerminal, Write};
+use indicatif::ProgressBar;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -115,7 +115,9 @@ pub fn run(args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     };
     let mut generator = Generator::new(config)?;
     let count = generator.config().count;
-    let progress = progress_bar(count, args.quiet);
+    // A shape decides the count as it goes: no length to show.
+    let progress =
+        crate::progress::Progress::new("gen", shaped.is_none().then_some(count), args.quiet);
     let started = Instant::now();
 
     if let Some(brokers) = &args.kafka {
@@ -203,18 +205,4 @@ fn write_lines(
     sink.write_all(&buf)?;
     sink.flush()?;
     Ok(written + buf.len() as u64)
-}
-
-/// A progress bar on stderr, hidden when stderr is not a terminal or with `--quiet`.
-fn progress_bar(count: u64, quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(count), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} messages ({per_sec}, eta {eta})")
-    {
-        bar.set_style(style);
-    }
-    bar
 }

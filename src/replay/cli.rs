@@ -6,6 +6,7 @@ use super::capture::{self, Entry};
 use super::kafka;
 use super::pace::{parse_rate, parse_speed, replay, scheduled, Limit, Pace};
 use crate::bench::driver::Driven;
+use crate::bench::interrupt::Interrupt;
 use crate::bench::report::{
     self, peak_rss_bytes, Conservation, Latencies, Percentiles, ReplayInfo, Report, Series,
 };
@@ -13,14 +14,14 @@ use crate::bench::sender_only::{target, SenderConfig};
 use crate::cli::GlobalArgs;
 use crate::clock::Clock as _;
 use crate::pipeline::run::app_from_topic;
+use crate::progress::Progress;
 use crate::push::message::{is_expired, parse_apns, parse_gcm};
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
 use anyhow::{bail, Context};
 use clap::{Args, Parser};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -155,8 +156,12 @@ pub fn run(args: ReplayArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if args.looping && args.count.is_none() && args.duration.is_none() {
         bail!("--loop needs --count or --duration (else it never ends)");
     }
+    // Checked before the replay, as `pusher bench` does.
+    for path in [&args.json, &args.html].into_iter().flatten() {
+        crate::report::check_writable(path)?;
+    }
     let baseline = match &args.baseline {
-        Some(path) => Some(crate::bench::gate::load_baseline(path)?),
+        Some(path) => Some((crate::bench::gate::load_baseline(path)?, path.as_path())),
         None => None,
     };
     let entries = Arc::new(capture::read(file)?);
@@ -164,11 +169,12 @@ pub fn run(args: ReplayArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
         Some(r) => Pace::Rate(r),
         None => Pace::Speed(args.speed),
     };
+    let interrupt = Interrupt::install()?;
 
     let before = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
     let (driven, lag_per_sec, conservation, target, transport) = match &args.brokers {
-        Some(brokers) => to_kafka(&args, brokers, &entries, pace)?,
-        None => to_sender(&args, &entries, pace)?,
+        Some(brokers) => to_kafka(&args, brokers, &entries, pace, &interrupt)?,
+        None => to_sender(&args, &entries, pace, &interrupt)?,
     };
     let after = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
 
@@ -184,7 +190,13 @@ pub fn run(args: ReplayArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     );
     report.conservation = conservation.check();
     report.calibration = crate::bench::gate::median(&[before, after]);
-    conclude(&args, report, baseline)
+    crate::bench::cli::conclude(
+        &report,
+        args.json.as_deref(),
+        args.html.as_deref(),
+        baseline,
+        args.max_regression,
+    )
 }
 
 /// A finished replay: measurements, lag per second, counts, target and transport names.
@@ -208,6 +220,7 @@ fn to_kafka(
     brokers: &str,
     entries: &[Entry],
     pace: Pace,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<Replayed> {
     let producer = kafka::producer(brokers).context("creating the Kafka producer")?;
     let times: Vec<Duration> = entries.iter().map(|e| e.at).collect();
@@ -222,9 +235,10 @@ fn to_kafka(
             let topic = args.topic.as_deref().unwrap_or(&e.topic);
             kafka::produce(&producer, topic, e.key.as_deref(), &e.value)
         },
-        |done| tick(&bar, done),
+        interrupt.token(),
+        &bar,
     ));
-    bar.finish_and_clear();
+    drop(bar);
     let delivered = driven
         .recorder
         .outcomes
@@ -235,6 +249,7 @@ fn to_kafka(
         generated: driven.sent,
         produced: Some(delivered),
         answered: driven.answered,
+        in_flight: driven.in_flight,
         ..Default::default()
     };
     let target = format!(
@@ -245,7 +260,12 @@ fn to_kafka(
 }
 
 /// Sends straight to APNs (the embedded fake, or --endpoint), with the bench's sender set-up.
-fn to_sender(args: &ReplayArgs, entries: &[Entry], pace: Pace) -> anyhow::Result<Replayed> {
+fn to_sender(
+    args: &ReplayArgs,
+    entries: &[Entry],
+    pace: Pace,
+    interrupt: &Interrupt,
+) -> anyhow::Result<Replayed> {
     // One capture, one platform: the sender is APNs or FCM, chosen by the topics.
     let mut platform = None;
     for e in entries {
@@ -314,12 +334,13 @@ fn to_sender(args: &ReplayArgs, entries: &[Entry], pace: Pace) -> anyhow::Result
                 schedule(entries, &times, pace, args.looping),
                 limit(args),
                 send,
-                |done| tick(&bar, done),
+                interrupt.token(),
+                &bar,
             )
             .await,
         )
     });
-    bar.finish_and_clear();
+    drop(bar);
     drop(rt);
     let server_answered = fake
         .as_ref()
@@ -343,6 +364,7 @@ fn to_sender(args: &ReplayArgs, entries: &[Entry], pace: Pace) -> anyhow::Result
         generated: driven.sent,
         server_answered,
         answered: driven.answered,
+        in_flight: driven.in_flight,
         ..Default::default()
     };
     Ok((driven, lag, conservation, target, args.transport.clone()))
@@ -473,6 +495,8 @@ fn make_report(
         timeline: r.timeline.clone(),
         runs: vec![r.completed() as f64 / elapsed],
         runs_p99_us: Vec::new(),
+        runs_latency: vec![Latencies::from_recorder(r)],
+        interrupted: driven.interrupted,
         peak_rss_bytes: peak_rss_bytes(),
         series: Some(Series::of(r)),
         replay: Some(ReplayInfo {
@@ -505,46 +529,6 @@ fn platform_of(entries: &[Entry]) -> String {
     }
 }
 
-/// Writes the report, prints the summary, applies the gate: as `pusher bench` does.
-fn conclude(
-    args: &ReplayArgs,
-    report: Report,
-    baseline: Option<Report>,
-) -> anyhow::Result<ExitCode> {
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.html {
-        crate::report::html::write(&report, path)?;
-    }
-    print!(
-        "{}",
-        report
-            .summary()
-            .replacen("pusher bench:", "pusher replay:", 1)
-    );
-    if !report.conservation.ok {
-        eprintln!("error: conservation check failed: messages were lost or double-counted");
-        return Ok(ExitCode::from(1));
-    }
-    if let Some(base) = baseline {
-        let result = crate::bench::gate::compare(&report, &base, args.max_regression);
-        for line in &result.lines {
-            println!("  gate: {line}");
-        }
-        if !result.passed() {
-            eprintln!("error: regression beyond {}%:", args.max_regression);
-            for r in &result.regressions {
-                eprintln!("  {r}");
-            }
-            return Ok(ExitCode::from(1));
-        }
-        println!("  gate: passed");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// `--from-kafka`: a topic range into a capture.
 fn from_kafka(args: &ReplayArgs, topic: &str) -> anyhow::Result<ExitCode> {
     let (Some(brokers), Some(since)) = (&args.brokers, &args.since) else {
@@ -572,22 +556,7 @@ fn from_kafka(args: &ReplayArgs, topic: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn progress(args: &ReplayArgs, per_round: u64) -> ProgressBar {
-    if args.quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
+fn progress(args: &ReplayArgs, per_round: u64) -> Progress {
     let len = args.count.or((!args.looping).then_some(per_round));
-    let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "replay [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
-    ) {
-        bar.set_style(style);
-    }
-    bar
-}
-
-fn tick(bar: &ProgressBar, done: u64) {
-    if done % 256 == 0 {
-        bar.set_position(done);
-    }
+    Progress::with_duration("replay", len, args.duration, args.quiet)
 }

@@ -6,14 +6,17 @@
 //!
 //! Time is tokio's clock, so tests drive it with `tokio::time::pause()` and `advance()`.
 
-use crate::bench::driver::Driven;
+use crate::bench::driver::{sleep_until_some, Driven};
+use crate::bench::interrupt::DRAIN;
 use crate::bench::recorder::Recorder;
+use crate::progress::Progress;
 use crate::push::Outcome;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How fast to replay.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,13 +100,15 @@ pub struct Limit {
 
 /// Replays: `schedule(i)` gives the `i`-th message's scheduled start (from the beginning) and
 /// the item to send, `None` at the end. Every message is started, however late; nothing is
-/// skipped. `on_done` is called after every answer (progress). Returns the measurements and
-/// the latest start (µs late) in each second of the schedule.
+/// skipped. `progress` counts answers. Once `stop` is cancelled nothing more starts and the
+/// messages in flight get [`DRAIN`] to answer. Returns the measurements and the latest start
+/// (µs late) in each second of the schedule.
 pub async fn replay<I, F, Fut>(
     mut schedule: impl FnMut(u64) -> Option<(Duration, I)>,
     limit: Limit,
     send: F,
-    mut on_done: impl FnMut(u64),
+    stop: &CancellationToken,
+    progress: &Progress,
 ) -> (Driven, Vec<u64>)
 where
     F: Fn(I) -> Fut,
@@ -116,10 +121,17 @@ where
     let begin = Instant::now();
     let (mut sent, mut answered) = (0u64, 0u64);
     let mut next = schedule(0);
+    let mut drain_until: Option<Instant> = None;
+    tracing::info!("Replaying: the schedule starts.");
+    progress.measuring();
     let past_limit = |sent: u64, due: Instant| {
         limit.count.is_some_and(|c| sent >= c) || limit.duration.is_some_and(|d| due >= begin + d)
     };
     loop {
+        if stop.is_cancelled() && drain_until.is_none() {
+            drain_until = Some(Instant::now() + DRAIN);
+            next = None;
+        }
         // Start everything that is due; a late start is measured, never skipped.
         while let Some((at, _)) = &next {
             let at = *at;
@@ -148,18 +160,19 @@ where
         if in_flight.is_empty() && due.is_none() {
             break;
         }
-        let done = match due {
-            Some(due) => tokio::select! {
-                biased;
-                done = in_flight.next(), if !in_flight.is_empty() => done,
-                _ = tokio::time::sleep_until(due) => None,
-            },
-            None => in_flight.next().await,
+        if drain_until.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let done = tokio::select! {
+            biased;
+            done = in_flight.next(), if !in_flight.is_empty() => done,
+            _ = stop.cancelled(), if drain_until.is_none() => None,
+            _ = sleep_until_some(due.or(drain_until)) => None,
         };
         if let Some((outcome, started, intended)) = done {
             let finished = Instant::now();
             answered += 1;
-            on_done(answered);
+            progress.set_position(answered);
             recorder.record_send(finished - started, Some(finished - intended));
             recorder.record_outcome(&outcome, finished - begin);
         }
@@ -170,6 +183,8 @@ where
         answered,
         elapsed: Instant::now() - begin,
         schedule_lag: Some(lag),
+        interrupted: drain_until.is_some(),
+        in_flight: in_flight.len() as u64,
     };
     (driven, lag_per_sec)
 }
@@ -231,7 +246,8 @@ mod tests {
                     Outcome::Delivered
                 }
             },
-            |_| {},
+            &CancellationToken::new(),
+            &Progress::hidden(),
         )
         .await;
         (starts.into_inner(), driven)
@@ -298,7 +314,8 @@ mod tests {
                 }
                 async { Outcome::Delivered }
             },
-            |_| {},
+            &CancellationToken::new(),
+            &Progress::hidden(),
         )
         .await;
         assert_eq!(driven.answered, 10);
@@ -353,6 +370,36 @@ mod tests {
         // One round is 10 messages over 21 ms + one mean gap (21/9 ms): 23.3 ms. Four rounds
         // end at 93.3 ms; the fifth starts 4 messages before 100 ms (93.3, 94.3, 96.3, 99.3).
         assert_eq!(starts.len(), 44, "{starts:?}");
+    }
+
+    /// Interrupted at 102 ms: nothing is scheduled after, the sends in flight answer, and
+    /// the replay says it was interrupted.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_replay_after_the_messages_in_flight() {
+        let t = times(400);
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(102)).await;
+            stopper.cancel();
+        });
+        let (driven, _) = replay(
+            |i| scheduled(&t, Pace::Speed(1.0), false, i).map(|at| (at, i)),
+            Limit::default(),
+            |_i| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Outcome::Delivered
+            },
+            &stop,
+            &Progress::hidden(),
+        )
+        .await;
+        assert!(driven.interrupted);
+        // Gaps of 1, 2, 3, 4 ms: starts at 0, 1, 3, 6, 10, ... 100, 101, then 103: 42 by
+        // 102 ms, of 400; the last answers 50 ms after it started.
+        assert_eq!(driven.sent, 42);
+        assert_eq!((driven.answered, driven.in_flight), (42, 0));
+        assert_eq!(driven.elapsed, Duration::from_millis(151));
     }
 
     #[test]

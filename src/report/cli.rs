@@ -1,7 +1,6 @@
 //! `pusher report compare A.json B.json [--html FILE]`.
 
 use crate::cli::GlobalArgs;
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,12 +23,16 @@ pub struct CompareArgs {
     pub a: PathBuf,
     /// The report after the change (B).
     pub b: PathBuf,
-    /// Mark a figure that moved by more than this many percent.
+    /// The least change marked, in percent: a figure is marked only beyond both this and
+    /// its noise (the spread of --repeat runs, or the drift assumed for a single run).
     #[arg(long, default_value_t = 5.0)]
     pub threshold: f64,
     /// Also write the comparison as a self-contained HTML page.
     #[arg(long)]
     pub html: Option<PathBuf>,
+    /// Exit 1 when any figure is marked WORSE (a CI check).
+    #[arg(long)]
+    pub fail_on_worse: bool,
 }
 
 pub fn run(args: ReportArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
@@ -42,6 +45,9 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     if !(args.threshold.is_finite() && args.threshold >= 0.0) {
         anyhow::bail!("--threshold must be a percentage >= 0");
     }
+    if let Some(path) = &args.html {
+        super::check_writable(path)?;
+    }
     let a = super::load(&args.a)?;
     let b = super::load(&args.b)?;
     let (a_name, b_name) = (args.a.display().to_string(), args.b.display().to_string());
@@ -51,7 +57,14 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(path) = &args.html {
         let page = super::html::render_compare(&a, &b, &a_name, &b_name, args.threshold)?;
-        std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
+        super::write_file(path, page.as_bytes())?;
+    }
+    let worse = super::compare::rows(&a, &b, args.threshold)
+        .iter()
+        .any(|r| r.mark == super::compare::Mark::Worse);
+    if args.fail_on_worse && worse {
+        eprintln!("error: B is worse than A beyond the noise (--fail-on-worse)");
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,7 @@
 //! over time, the schedule's lag during a replay). No script, no external asset: the page
 //! opens anywhere, offline.
 
-use super::compare::{rows, Mark};
+use super::compare::{notes, rows, Mark};
 use super::ReportError;
 use crate::bench::report::{fmt_us, Report};
 use plotters::prelude::*;
@@ -24,10 +24,7 @@ const PALETTE: [RGBColor; 6] = [
 
 /// Writes the page for one run.
 pub fn write(report: &Report, path: &Path) -> Result<(), ReportError> {
-    std::fs::write(path, render(report)?).map_err(|source| ReportError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    super::write_file(path, render(report)?.as_bytes())
 }
 
 /// The page for one run.
@@ -39,6 +36,11 @@ pub fn render(r: &Report) -> Result<String, ReportError> {
     let mut body = String::new();
     let _ = writeln!(body, "<h1>{}</h1>", esc(&title));
     let _ = writeln!(body, "<p class=\"sub\">{}</p>", esc(&subtitle(r)));
+    if r.interrupted {
+        body.push_str(
+            "<p class=\"note interrupted\"><strong>Interrupted</strong>: stopped by a signal before the end; the figures cover what ran.</p>\n",
+        );
+    }
     body.push_str(&summary_table(r));
 
     let mut charts = Vec::new();
@@ -89,13 +91,16 @@ pub fn render_compare(
     let _ = writeln!(body, "<h1>{}</h1>", esc(&title));
     let _ = writeln!(
         body,
-        "<p class=\"sub\">A = {} ({}); B = {} ({}). Changes beyond {threshold_pct}% are marked.</p>",
+        "<p class=\"sub\">A = {} ({}); B = {} ({}). Marked: changes beyond the noise (the spread of repeated runs, or the drift assumed for one run), raw and calibration-normalised, and beyond {threshold_pct}%.</p>",
         esc(a_name),
         esc(&subtitle(a)),
         esc(b_name),
         esc(&subtitle(b))
     );
-    body.push_str("<table><tr><th>figure</th><th>A</th><th>B</th><th>change</th><th></th></tr>\n");
+    for note in notes(a, b) {
+        let _ = writeln!(body, "<p class=\"note\">Note: {}</p>", esc(&note));
+    }
+    body.push_str("<table><tr><th>figure</th><th>A</th><th>B</th><th>change</th><th>normalised</th><th>noise</th><th></th></tr>\n");
     for row in rows(a, b, threshold_pct) {
         let class = match row.mark {
             Mark::Better => "better",
@@ -105,11 +110,13 @@ pub fn render_compare(
         };
         let _ = writeln!(
             body,
-            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&row.name),
             esc(&row.a),
             esc(&row.b),
             esc(&row.change),
+            esc(&row.normalised),
+            esc(&row.noise),
             row.mark.word()
         );
     }
@@ -299,6 +306,7 @@ tr.better td, td.better {{ background: #e3f4e8; }}
 tr.worse td, td.worse {{ background: #fbe3e0; }}
 tr.changed td {{ background: #fdf6dc; }}
 figure {{ margin: 16px 0; }}
+.note {{ background: #fdf6dc; padding: 6px 10px; }}
 </style>
 </head>
 <body>

@@ -27,6 +27,8 @@ pub enum ReportError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write {path}: it is a directory")]
+    IsDir { path: PathBuf },
     #[error("drawing a chart: {0}")]
     Chart(String),
 }
@@ -48,4 +50,73 @@ pub fn load(path: &Path) -> Result<Report, ReportError> {
         });
     }
     Ok(report)
+}
+
+/// Fails, naming the path, when a report cannot be written to `path` (its folder is missing or
+/// not writable, or it is a folder): checked before a run, not after it.
+pub fn check_writable(path: &Path) -> Result<(), ReportError> {
+    if path.is_dir() {
+        return Err(ReportError::IsDir {
+            path: path.to_path_buf(),
+        });
+    }
+    let probe = temp_beside(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|source| ReportError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Writes `contents` to `path` whole or not at all: a temporary file beside it, renamed over
+/// it, so an earlier report is never left half-written.
+pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), ReportError> {
+    let err = |source| ReportError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let temp = temp_beside(path);
+    std::fs::write(&temp, contents).map_err(err)?;
+    std::fs::rename(&temp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        err(e)
+    })
+}
+
+/// `DIR/.NAME.pusher-PID.tmp` for `DIR/NAME`.
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.pusher-{}.tmp", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwritable_report_paths_are_named_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such/dir/x.json");
+        let e = check_writable(&missing).unwrap_err().to_string();
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        assert!(e.contains("No such file or directory"), "{e}");
+        let e = check_writable(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        let ok = dir.path().join("r.json");
+        check_writable(&ok).unwrap();
+        assert!(!ok.exists(), "the check leaves nothing behind");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        write_file(&ok, b"{}").unwrap();
+        write_file(&ok, b"{\"a\":1}").unwrap();
+        assert_eq!(std::fs::read_to_string(&ok).unwrap(), "{\"a\":1}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }
