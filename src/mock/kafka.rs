@@ -5,9 +5,10 @@
 //! librdkafka's mock drops a partition's oldest messages, without a word, once it holds more
 //! than 5 MiB or 100,000 message sets (`rdkafka_mock.c`, hard-coded, no API), and stores a
 //! record batch of any size. So that nothing is lost silently:
-//! - a produce request over [`MAX_REQUEST_BYTES`] is refused (librdkafka's
-//!   `receive.message.max.bytes` of the client that owns the mock: the mock closes the
-//!   connection, the producer's messages fail rather than vanish) and reported;
+//! - a produce request over a limit is refused (librdkafka's `receive.message.max.bytes` of
+//!   the client that owns the mock: the mock closes the connection, the producer's messages
+//!   fail rather than vanish) and reported: [`MAX_REQUEST_BYTES`] for `pusher mock kafka`,
+//!   a partition's 5 MiB for the embedded mock (tests push 2 MiB values through it);
 //! - `pusher mock kafka` raises the per-partition limit ([`MockOptions::retention_bytes`]) by
 //!   writing the two fields librdkafka keeps it in, after checking every field on the way
 //!   against what the code must find there (see [`layout`]); when the check fails, the
@@ -47,6 +48,14 @@ pub const DEFAULT_RETENTION_BYTES: u64 = 128 * 1024 * 1024;
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "Limits: each partition keeps --retention-bytes (librdkafka's mock alone \
+keeps 5 MiB or 100,000 message sets), then drops its oldest messages; when it drops messages \
+that a consumer group reading the partition had not committed (or that no group read), it \
+prints an error naming the topic, the partition and how many. Produce requests over 2 MiB are \
+refused: the connection is closed and the producer's messages fail, none is stored (librdkafka \
+clients such as kcat send messages of at most 1,000,000 bytes unless told otherwise).\n\n\
+Ready line on stdout: {\"kafka\":{\"bootstrap\":\"127.0.0.1:PORT\",\"max_request_bytes\":2097152,\
+\"partition_bytes\":134217728,\"partition_message_sets\":1048576}}")]
 pub struct KafkaMockArgs {
     /// Number of mock brokers.
     #[arg(long, default_value_t = 1)]
@@ -142,6 +151,9 @@ pub struct MockOptions {
     /// Where broker 1 listens (broker N on the port N-1 above); `None`: librdkafka's own
     /// listeners on free ports of 127.0.0.1.
     pub listen: Option<SocketAddr>,
+    /// Larger produce requests are refused; at most what a partition keeps, so that no
+    /// single batch can push everything else out.
+    pub max_request_bytes: u64,
 }
 
 impl MockOptions {
@@ -153,6 +165,7 @@ impl MockOptions {
             auto_create_partitions: None,
             retention_bytes: None,
             listen: None,
+            max_request_bytes: MOCK_PARTITION_BYTES,
         }
     }
 }
@@ -175,6 +188,7 @@ pub struct KafkaMock {
     bootstrap: String,
     retention_bytes: u64,
     retention_sets: u64,
+    max_request_bytes: u64,
     stop: Arc<AtomicBool>,
     watcher: Option<JoinHandle<()>>,
     forwarder: Option<Forwarder>,
@@ -198,20 +212,24 @@ impl KafkaMock {
         if options.partitions < 1 || options.auto_create_partitions.is_some_and(|p| p < 1) {
             return Err(KafkaMockError::BadArgument("--partitions must be >= 1"));
         }
-        if options
-            .retention_bytes
-            .is_some_and(|b| b < MAX_REQUEST_BYTES)
-        {
+        let retention = options.retention_bytes.unwrap_or(MOCK_PARTITION_BYTES);
+        if options.max_request_bytes < 1000 || retention < options.max_request_bytes {
             return Err(KafkaMockError::BadArgument(
-                "--retention-bytes must be at least 2MiB (the largest produce request)",
+                "--retention-bytes must be at least the largest produce request (2MiB)",
             ));
         }
-        let context = MockContext::new(options.topics.iter().cloned().collect());
+        let context = MockContext::new(
+            options.topics.iter().cloned().collect(),
+            options.max_request_bytes,
+        );
         let mut config = ClientConfig::new();
         config
             .set("test.mock.num.brokers", brokers.to_string())
             // The mock checks requests against its owner's limit: bigger ones are refused.
-            .set("receive.message.max.bytes", MAX_REQUEST_BYTES.to_string())
+            .set(
+                "receive.message.max.bytes",
+                options.max_request_bytes.to_string(),
+            )
             // The mock's debug lines are what the watcher reads (appends, commits, topics).
             .set("debug", "mock")
             .set_log_level(RDKafkaLogLevel::Debug);
@@ -327,6 +345,7 @@ impl KafkaMock {
             bootstrap,
             retention_bytes,
             retention_sets,
+            max_request_bytes: options.max_request_bytes,
             stop,
             watcher: Some(watcher),
             forwarder,
@@ -346,6 +365,11 @@ impl KafkaMock {
     /// Message sets each partition keeps before dropping its oldest.
     pub fn retention_sets(&self) -> u64 {
         self.retention_sets
+    }
+
+    /// The largest produce request taken.
+    pub fn max_request_bytes(&self) -> u64 {
+        self.max_request_bytes
     }
 
     /// Messages lost so far (dropped before a group reading the partition committed them),
@@ -452,14 +476,16 @@ struct WatchState {
 struct MockContext {
     reports: KafkaReports,
     refusals: Throttle,
+    max_request_bytes: u64,
     state: Mutex<WatchState>,
 }
 
 impl MockContext {
-    fn new(created: HashSet<String>) -> MockContext {
+    fn new(created: HashSet<String>, max_request_bytes: u64) -> MockContext {
         MockContext {
             reports: KafkaReports::default(),
             refusals: Throttle::new(Duration::from_secs(10)),
+            max_request_bytes,
             state: Mutex::new(WatchState {
                 created,
                 ..WatchState::default()
@@ -642,8 +668,8 @@ impl ClientContext for MockContext {
                 let peer = message.rsplit(" from ").next().unwrap_or("?");
                 tracing::error!(
                     held_back,
-                    "Kafka mock refused a request of {size} bytes from {peer}: over the {} limit on produce requests (messages over 1 MiB are not taken). The connection is closed; the producer's messages fail, none is stored.",
-                    show_size(MAX_REQUEST_BYTES)
+                    "Kafka mock refused a request of {size} bytes from {peer}: over the {} limit on produce requests. The connection is closed; the producer's messages fail, none is stored.",
+                    show_size(self.max_request_bytes)
                 );
             }
             return;
@@ -963,11 +989,12 @@ pub fn run(args: KafkaMockArgs) -> anyhow::Result<ExitCode> {
             auto_create_partitions: Some(args.partitions),
             retention_bytes: Some(args.retention_bytes),
             listen: args.listen,
+            max_request_bytes: MAX_REQUEST_BYTES,
         };
         let mock = KafkaMock::start_with(&options)?;
         let line = serde_json::json!({"kafka": {
             "bootstrap": mock.bootstrap(),
-            "max_request_bytes": MAX_REQUEST_BYTES,
+            "max_request_bytes": mock.max_request_bytes(),
             "partition_bytes": mock.retention_bytes(),
             "partition_message_sets": mock.retention_sets(),
         }});
@@ -980,7 +1007,7 @@ pub fn run(args: KafkaMockArgs) -> anyhow::Result<ExitCode> {
             topics = ?args.topics,
             "mock kafka running: each partition keeps {} (older messages are dropped, and reported when unconsumed), produce requests up to {}; Ctrl-C to stop",
             show_size(mock.retention_bytes()),
-            show_size(MAX_REQUEST_BYTES)
+            show_size(mock.max_request_bytes())
         );
         wait_for_stop_signal().await?;
         drop(mock);
@@ -1080,7 +1107,7 @@ mod tests {
     /// loss, one behind the slowest group's commit is not, and with no group all of it is.
     #[test]
     fn drops_count_against_the_slowest_group() {
-        let ctx = MockContext::new(HashSet::new());
+        let ctx = MockContext::new(HashSet::new(), MOCK_PARTITION_BYTES);
         let append = |t: &str, start: i64, orig: i64| {
             format!("[thrd:mock]: Broker 1: Log append {t} [0] 10 messages, 900 bytes at offset 90 (log now {start}..100, original start {orig})")
         };
