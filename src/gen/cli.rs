@@ -54,8 +54,8 @@ pub struct GenArgs {
     /// How long a message may wait for Kafka before its delivery counts as failed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub delivery_timeout: Duration,
-    /// --kafka: how long to wait for the brokers' first answer before giving up (one error,
-    /// exit 1).
+    /// --kafka: how long to wait for the brokers' first answer before giving up with one
+    /// error.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub kafka_timeout: Duration,
     /// Write a capture for `pusher replay` with this traffic shape instead of plain lines:

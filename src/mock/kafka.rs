@@ -48,14 +48,16 @@ pub const DEFAULT_RETENTION_BYTES: u64 = 128 * 1024 * 1024;
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Limits: each partition keeps --retention-bytes (librdkafka's mock alone \
+#[command(
+    after_help = "Limits: each partition keeps --retention-bytes (librdkafka's mock alone \
 keeps 5 MiB or 100,000 message sets), then drops its oldest messages; when it drops messages \
 that a consumer group reading the partition had not committed (or that no group read), it \
 prints an error naming the topic, the partition and how many. Produce requests over 2 MiB are \
 refused: the connection is closed and the producer's messages fail, none is stored (librdkafka \
 clients such as kcat send messages of at most 1,000,000 bytes unless told otherwise).\n\n\
 Ready line on stdout: {\"kafka\":{\"bootstrap\":\"127.0.0.1:PORT\",\"max_request_bytes\":2097152,\
-\"partition_bytes\":134217728,\"partition_message_sets\":1048576}}")]
+\"partition_bytes\":134217728,\"partition_message_sets\":1048576}}"
+)]
 pub struct KafkaMockArgs {
     /// Number of mock brokers.
     #[arg(long, default_value_t = 1)]
