@@ -207,9 +207,6 @@ fn the_seed_workflow_volume_fits_in_one_partition() {
     assert_eq!(values.len(), 100_000);
     produce_all(&producer(&brokers, &[]), "push-game_gcm", 0, &values);
     assert_eq!(watermarks(&brokers, "push-game_gcm", 0), (0, 100_000));
-    // The watcher reads what the mock did within a second; give it two.
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(!mock.stderr().contains("lost"), "{}", mock.stderr());
 }
 
 /// The README's pipe itself, `pusher gen | kcat -P` into `mock kafka --topic ... --partitions
@@ -254,8 +251,6 @@ fn the_seed_workflow_through_kcat_loses_nothing() {
         kept += high;
     }
     assert_eq!(kept, 100_000);
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(!mock.stderr().contains("lost"), "{}", mock.stderr());
 }
 
 /// A request over the limit is refused (the producer's message fails) instead of being
@@ -352,9 +347,8 @@ fn the_embedded_mock_counts_only_what_no_group_committed() {
     produce_all(&p, "w", 0, &batch(400));
     let (low, _) = watermarks(&brokers, "w", 0);
     assert!(low > 0 && low <= 200, "low watermark {low}");
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(mock.losses(), vec![]);
-    // 4 MB more, still committed at 200: what is dropped past 200 is lost.
+    // 4 MB more, still committed at 200: what is dropped past 200 is lost, and only that
+    // (the drops before, all committed, would make the count larger).
     produce_all(&p, "w", 0, &batch(600));
     produce_all(&p, "w", 0, &batch(800));
     let (low, _) = watermarks(&brokers, "w", 0);
