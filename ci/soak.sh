@@ -81,7 +81,7 @@ fi
 
 app=soak
 topic="push-${app}_apns"
-"$bin" mock kafka --topic "$topic" --partitions 32 >"$out/kafka.json" 2>"$out/kafka.log" &
+"$bin" mock kafka --topic "$topic" --partitions 32 --retention-bytes 5MiB >"$out/kafka.json" 2>"$out/kafka.log" &
 pids+=($!)
 brokers=$(json "$(first_line "$out/kafka.json")" kafka bootstrap)
 "$bin" mock apns --profile flaky --ca-out "$out/ca.pem" --admin 127.0.0.1:0 \

@@ -11,7 +11,7 @@ use super::recorder::Recorder;
 use super::report::{peak_rss_bytes, Conservation, Latencies, Report};
 use super::sender_only::{target, SenderConfig};
 use crate::gen::{GenConfig, Generator, Mix};
-use crate::mock::kafka::KafkaMock;
+use crate::mock::kafka::{KafkaMock, MockOptions};
 use crate::pipeline::run::{run, AppSender, Observer, OutcomeEvent, Outputs, RunSpec};
 use crate::progress::Progress;
 use crate::sender::apns::ApnsSender;
@@ -183,11 +183,11 @@ fn one_run(
     let partitions = args.partitions.max(1);
     let kafka = match &args.brokers {
         Some(_) => None,
-        None => Some(KafkaMock::start(
-            1,
-            std::slice::from_ref(&topic),
-            partitions,
-        )?),
+        // No loss watcher: the run's conservation check counts every message anyway.
+        None => Some(KafkaMock::start_with(&MockOptions {
+            watch_losses: false,
+            ..MockOptions::new(1, std::slice::from_ref(&topic), partitions)
+        })?),
     };
     let brokers = match (&args.brokers, &kafka) {
         (Some(b), _) => b.clone(),
@@ -252,6 +252,8 @@ fn one_run(
             SenderConfig::Apns(config) => AppSender::Apns(ApnsSender::new(*config)?),
             SenderConfig::Fcm(config) => AppSender::Gcm(FcmSender::new(*config)?),
         };
+        // The producer stops with the run: at a signal, or at the endpoint's first fault.
+        let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gate());
         let apps = HashMap::from([(APP.to_string(), sender)]);
         let outputs = Outputs {
             observer: Some(Arc::new(Measure(clock.clone()))),
@@ -283,6 +285,9 @@ fn one_run(
                 bar.measuring();
             }
             bar.set_position(clock.measured_answered.load(Ordering::Relaxed));
+            if fault.cause().is_some() {
+                break;
+            }
             if interrupt.is_set() && drain_until.is_none() {
                 *drain_until = Some(Instant::now() + DRAIN);
             }
@@ -310,6 +315,7 @@ fn one_run(
         producer
             .join()
             .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+        fault.check()?;
         Ok((summary, elapsed))
     });
     drop(bar);

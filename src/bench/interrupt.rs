@@ -62,6 +62,60 @@ impl Interrupt {
     pub fn token(&self) -> &CancellationToken {
         &self.0
     }
+
+    /// One that is set with this one, or on its own (a run stopped for another reason).
+    pub fn child(&self) -> Interrupt {
+        Interrupt(self.0.child_token())
+    }
+
+    /// A run's interrupt that is also set by the first endpoint fault of `gate` (a wrong CA,
+    /// refused credentials, an unreachable token endpoint): a benchmark against an endpoint
+    /// that cannot answer measures nothing, so it stops and says why. Call inside the run's
+    /// runtime; the cause is in the returned cell once set.
+    pub fn or_endpoint_fault(&self, gate: &crate::sender::Gate) -> (Interrupt, EndpointFault) {
+        let run = self.child();
+        let fault = EndpointFault::default();
+        let mut health = gate.health();
+        let (stop, cell) = (run.0.clone(), fault.0.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = health.changed() => if changed.is_err() { return },
+                }
+                let down = match &*health.borrow_and_update() {
+                    crate::sender::Health::Down { cause, .. } => Some(cause.clone()),
+                    crate::sender::Health::Up => None,
+                };
+                if let Some(cause) = down {
+                    *cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
+                    stop.cancel();
+                    return;
+                }
+            }
+        });
+        (run, fault)
+    }
+}
+
+/// The endpoint fault that stopped a run, if one did.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointFault(std::sync::Arc<Mutex<Option<String>>>);
+
+impl EndpointFault {
+    pub fn cause(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// An error naming the cause, when the run stopped on one.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self.cause() {
+            Some(cause) => Err(anyhow::anyhow!(
+                "the endpoint failed, not the messages: {cause}; nothing to measure"
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 fn watch(token: CancellationToken, ready: std::sync::mpsc::Sender<std::io::Result<()>>) {

@@ -66,20 +66,26 @@ pub fn run(args: &BenchArgs, interrupt: &Interrupt) -> anyhow::Result<Report> {
                     parse_apns(m).map(|m| m.notification)
                 })?;
                 let sender = ApnsSender::new(*config)?;
+                let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gate());
                 let send = |n: Arc<ApnsNotification>| {
                     let sender = sender.clone();
                     async move { sender.send(&n).await }
                 };
-                Ok::<_, anyhow::Error>(rounds(args, &plan, count, &items, send, interrupt).await)
+                let rounds = rounds(args, &plan, count, &items, send, &interrupt).await;
+                fault.check()?;
+                Ok::<_, anyhow::Error>(rounds)
             }
             SenderConfig::Fcm(config) => {
                 let items = generated(args, Platform::Gcm, pool, parse_gcm)?;
                 let sender = FcmSender::new(*config)?;
+                let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gate());
                 let send = |m: Arc<GcmMessage>| {
                     let sender = sender.clone();
                     async move { sender.send(&m).await }
                 };
-                Ok(rounds(args, &plan, count, &items, send, interrupt).await)
+                let rounds = rounds(args, &plan, count, &items, send, &interrupt).await;
+                fault.check()?;
+                Ok(rounds)
             }
         }
     });

@@ -54,6 +54,10 @@ pub struct GenArgs {
     /// How long a message may wait for Kafka before its delivery counts as failed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub delivery_timeout: Duration,
+    /// --kafka: how long to wait for the brokers' first answer before giving up with one
+    /// error.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kafka_timeout: Duration,
     /// Write a capture for `pusher replay` with this traffic shape instead of plain lines:
     /// constant, ramp, spike (burst) or day (a day compressed into --duration).
     #[arg(long, conflicts_with = "kafka", requires_all = ["duration", "peak_rate"])]
@@ -130,6 +134,7 @@ pub fn run(args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
             brokers,
             &topic,
             args.delivery_timeout,
+            args.kafka_timeout,
             &progress,
         )
         .with_context(|| format!("producing to Kafka topic {topic:?} at {brokers}"))?;
@@ -146,7 +151,7 @@ pub fn run(args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let (mut sink, name): (Box<dyn Write>, String) = match &args.out {
+    let (sink, name): (Box<dyn Write>, String) = match &args.out {
         Some(path) => {
             let file = std::fs::File::create(path)
                 .with_context(|| format!("creating {}", path.display()))?;
@@ -156,7 +161,13 @@ pub fn run(args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(times) = shaped {
         let topic = generator.config().default_topic();
-        let n = crate::replay::shape::write_capture(&mut generator, times, &topic, &mut sink)
+        // A capture line is written field by field: one syscall each without a buffer.
+        let mut sink = std::io::BufWriter::with_capacity(256 * 1024, sink);
+        let written = crate::replay::shape::write_capture(&mut generator, times, &topic, &mut sink);
+        // Flushed on failure too: what was generated before it is in the file.
+        let flushed = sink.flush();
+        let n = written
+            .and_then(|n| flushed.map(|()| n))
             .with_context(|| format!("writing to {name}"))?;
         progress.finish_and_clear();
         if !args.quiet {

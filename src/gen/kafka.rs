@@ -1,8 +1,11 @@
 //! The Kafka sink of `pusher gen`: a `BaseProducer` with the settings that reached 500k msg/s
 //! in reference/kafka-probe.md §1.2, polled from the generating thread, waiting for every
-//! delivery report before it returns.
+//! delivery report before it returns. It first asks the brokers for the topic's metadata,
+//! so that a broker that cannot be reached is one error after `--kafka-timeout`; librdkafka's
+//! own reports go through the throttled reporter `pusher run` uses.
 
 use super::{GenError, Generator};
+use crate::telemetry::KafkaReports;
 use indicatif::ProgressBar;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -26,9 +29,26 @@ struct Deliveries {
     delivered: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// The last client-wide error (a broker that cannot be reached), for the final message.
+    last_client_error: Mutex<Option<String>>,
+    reports: KafkaReports,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.reports.log(level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Ok(mut last) = self.last_client_error.lock() {
+            *last = Some(if reason.is_empty() {
+                error.to_string()
+            } else {
+                reason.to_string()
+            });
+        }
+        self.reports.error("producer", &error, reason);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -61,17 +81,58 @@ fn producer_config(brokers: &str, timeout: Duration) -> ClientConfig {
     c
 }
 
+/// Waits up to `timeout` for the brokers to describe `topic`. A producer alone would retry
+/// in silence until each message's own timeout.
+fn check_reachable(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(), GenError> {
+    let metadata = match producer.client().fetch_metadata(Some(topic), timeout) {
+        Ok(m) => m,
+        Err(e) => {
+            // Errors arrive through the event queue: serve it to learn the cause.
+            producer.poll(Duration::ZERO);
+            let cause = producer
+                .context()
+                .last_client_error
+                .lock()
+                .ok()
+                .and_then(|c| c.clone())
+                .unwrap_or_else(|| e.to_string());
+            return Err(GenError::Unreachable {
+                waited: humantime::format_duration(timeout).to_string(),
+                cause,
+            });
+        }
+    };
+    let unknown = metadata.topics().iter().any(|t| {
+        t.name() == topic
+            && t.error().map(RDKafkaErrorCode::from)
+                == Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+    });
+    if unknown {
+        return Err(GenError::UnknownTopic {
+            topic: topic.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Produces every message of `generator` to `topic` (key = device token), then waits for
 /// all delivery reports. Any failed delivery is an error naming the count and the first cause.
+/// `connect_timeout` bounds the wait for the brokers' first answer, `timeout` each delivery.
 pub fn produce(
     generator: &mut Generator,
     brokers: &str,
     topic: &str,
     timeout: Duration,
+    connect_timeout: Duration,
     progress: &ProgressBar,
 ) -> Result<KafkaReport, GenError> {
     let producer: BaseProducer<Deliveries> =
         producer_config(brokers, timeout).create_with_context(Deliveries::default())?;
+    check_reachable(&producer, topic, connect_timeout)?;
     let mut value = Vec::with_capacity(4096);
     let mut sent = 0u64;
     while generator.write_next(&mut value).is_some() {
@@ -81,6 +142,13 @@ pub fn produce(
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     producer.poll(Duration::from_millis(5));
+                }
+                // librdkafka refuses it before sending: say which message and why.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                    return Err(GenError::TooLarge {
+                        index: sent,
+                        size: value.len(),
+                    });
                 }
                 Err((e, _)) => return Err(e.into()),
             }

@@ -114,6 +114,12 @@ pub enum GenError {
     },
     #[error("timed out waiting for Kafka: {delivered} of {sent} deliveries confirmed")]
     DeliveryTimeout { sent: u64, delivered: u64 },
+    #[error("no answer from Kafka within {waited} ({cause}); is a broker running there? (--kafka-timeout sets the wait)")]
+    Unreachable { waited: String, cause: String },
+    #[error("Kafka has no topic {topic:?} and does not create topics on first use")]
+    UnknownTopic { topic: String },
+    #[error("message {index} is {size} bytes, over a Kafka producer's limit of 1,000,000 bytes (librdkafka's message.max.bytes): stopped there; use a smaller --payload-size")]
+    TooLarge { index: u64, size: usize },
 }
 
 fn check_ratio(name: &str, r: f64) -> Result<(), GenError> {

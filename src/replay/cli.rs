@@ -19,7 +19,7 @@ use crate::push::message::{is_expired, parse_apns, parse_gcm};
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Parser};
 use std::io::Write;
 use std::path::PathBuf;
@@ -69,6 +69,9 @@ pub struct ReplayArgs {
     /// With --brokers: produce every message to this topic instead of its recorded one.
     #[arg(long, requires = "brokers")]
     pub topic: Option<String>,
+    /// With --brokers: how long to wait for the brokers' answers before giving up.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kafka_timeout: Duration,
     /// Send straight to the embedded fake APNs or FCM server (by the capture's topics).
     #[arg(long, conflicts_with_all = ["brokers", "endpoint"])]
     pub mock: bool,
@@ -222,7 +225,7 @@ fn to_kafka(
     pace: Pace,
     interrupt: &Interrupt,
 ) -> anyhow::Result<Replayed> {
-    let producer = kafka::producer(brokers).context("creating the Kafka producer")?;
+    let producer = kafka::producer(brokers, args.kafka_timeout)?;
     let times: Vec<Duration> = entries.iter().map(|e| e.at).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -538,14 +541,11 @@ fn from_kafka(args: &ReplayArgs, topic: &str) -> anyhow::Result<ExitCode> {
     let until = args.until.as_deref().map(kafka::parse_time).transpose()?;
     let n = match &args.out {
         Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            let mut out = std::io::BufWriter::new(file);
-            kafka::read_range(brokers, topic, since, until, &mut out)?
+            kafka::read_range_to_file(brokers, topic, since, until, args.kafka_timeout, path)?
         }
         None => {
             let mut out = std::io::stdout().lock();
-            let n = kafka::read_range(brokers, topic, since, until, &mut out)?;
+            let n = kafka::read_range(brokers, topic, since, until, args.kafka_timeout, &mut out)?;
             out.flush()?;
             n
         }

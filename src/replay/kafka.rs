@@ -6,19 +6,40 @@
 //! answers -1 for every timestamp); that is detected (it also answers -1 for timestamp 0 on a
 //! non-empty partition) and the partition is scanned from its start instead. The consumer is
 //! assigned, never subscribed, and commits nothing.
+//!
+//! Both sides wait at most `--kafka-timeout` for the brokers' answers: a broker that cannot
+//! be reached is one error, and librdkafka's own reports go through the throttled reporter
+//! `pusher run` uses.
 
 use super::capture::write_entry;
 use crate::push::Outcome;
+use crate::telemetry::{KafkaReports, QuietProducerContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{Message, Timestamp};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// A consumer context that reports through `KafkaReports` (as `QuietProducerContext` does
+/// for producers).
+#[derive(Default)]
+struct QuietConsumer(KafkaReports);
+
+impl ClientContext for QuietConsumer {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.0.log(level, fac, message);
+    }
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.0.error("consumer", &error, reason);
+    }
+}
+
+impl ConsumerContext for QuietConsumer {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RangeError {
@@ -56,6 +77,25 @@ pub enum RangeError {
     },
     #[error("writing the capture: {0}")]
     Write(#[from] std::io::Error),
+    #[error("no answer from Kafka at {brokers} within {waited} ({cause}); is a broker running there? (--kafka-timeout sets the wait)")]
+    Unreachable {
+        brokers: String,
+        waited: String,
+        cause: String,
+    },
+    #[error("writing {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn unreachable(brokers: &str, timeout: Duration, e: &rdkafka::error::KafkaError) -> RangeError {
+    RangeError::Unreachable {
+        brokers: brokers.to_string(),
+        waited: humantime::format_duration(timeout).to_string(),
+        cause: e.to_string(),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -95,14 +135,40 @@ fn show_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
 }
 
+/// [`read_range`] into the file at `path`, which is replaced only when the whole capture was
+/// written: it goes to a temporary file beside it first, renamed over `path` at the end, so
+/// a failure leaves an existing file as it was.
+pub fn read_range_to_file(
+    brokers: &str,
+    topic: &str,
+    since_ms: i64,
+    until_ms: Option<i64>,
+    timeout: Duration,
+    path: &Path,
+) -> Result<u64, RangeError> {
+    let file_err = |source| RangeError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Removed unless the whole range was written: an existing FILE is never emptied.
+    let temp = crate::report::temp_beside(path).map_err(file_err)?;
+    let mut out = std::io::BufWriter::new(temp);
+    let n = read_range(brokers, topic, since_ms, until_ms, timeout, &mut out)?;
+    let temp = out.into_inner().map_err(|e| file_err(e.into_error()))?;
+    temp.as_file().sync_all().map_err(file_err)?;
+    temp.persist(path).map_err(|e| file_err(e.error))?;
+    Ok(n)
+}
+
 /// Reads the messages of `topic` whose timestamps are in `[since_ms, until_ms]` (until: the
 /// end of the topic when it was opened) and writes them to `out` as a capture, in time order,
-/// timed from the first. Returns how many.
+/// timed from the first. Returns how many. Each wait for the brokers lasts `timeout` at most.
 pub fn read_range(
     brokers: &str,
     topic: &str,
     since_ms: i64,
     until_ms: Option<i64>,
+    timeout: Duration,
     out: &mut impl Write,
 ) -> Result<u64, RangeError> {
     let until_text = until_ms.map(show_ms).unwrap_or_else(|| "now".into());
@@ -112,19 +178,21 @@ pub fn read_range(
             until: until_text,
         });
     }
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<QuietConsumer> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("pusher-replay-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("allow.auto.create.topics", "false")
-        .create()?;
+        .create_with_context(QuietConsumer::default())?;
     let topic_err = |reason: String| RangeError::Topic {
         topic: topic.to_string(),
         brokers: brokers.to_string(),
         reason,
     };
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| unreachable(brokers, timeout, &e))?;
     let meta = metadata
         .topics()
         .iter()
@@ -143,14 +211,14 @@ pub fn read_range(
     // (low, high) per partition, and whether the broker can answer offsets by time.
     let mut marks = HashMap::new();
     for &p in &partitions {
-        marks.insert(p, consumer.fetch_watermarks(topic, p, TIMEOUT)?);
+        marks.insert(p, consumer.fetch_watermarks(topic, p, timeout)?);
     }
     let by_time = |ts: i64| -> Result<HashMap<i32, Option<i64>>, RangeError> {
         let mut tpl = TopicPartitionList::new();
         for &p in &partitions {
             tpl.add_partition_offset(topic, p, Offset::Offset(ts))?;
         }
-        let answer = consumer.offsets_for_times(tpl, TIMEOUT)?;
+        let answer = consumer.offsets_for_times(tpl, timeout)?;
         Ok(answer
             .elements()
             .iter()
@@ -241,12 +309,12 @@ pub fn read_range(
                 }
                 None => {}
             }
-            if last_progress.elapsed() > TIMEOUT {
+            if last_progress.elapsed() > timeout {
                 let mut partitions: Vec<i32> = todo.keys().copied().collect();
                 partitions.sort_unstable();
                 return Err(RangeError::Stalled {
                     topic: topic.to_string(),
-                    secs: TIMEOUT.as_secs(),
+                    secs: timeout.as_secs(),
                     partitions,
                 });
             }
@@ -280,20 +348,29 @@ struct Record {
 }
 
 /// A producer for replaying into Kafka: every message waits for its delivery report, which
-/// is its outcome.
-pub fn producer(brokers: &str) -> Result<FutureProducer, RangeError> {
-    Ok(ClientConfig::new()
+/// is its outcome. It is returned once the brokers answered, within `timeout`.
+pub fn producer(
+    brokers: &str,
+    timeout: Duration,
+) -> Result<FutureProducer<QuietProducerContext>, RangeError> {
+    let producer: FutureProducer<QuietProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
         .set("linger.ms", "2")
         .set("queue.buffering.max.messages", "500000")
         .set("message.timeout.ms", "30000")
-        .create()?)
+        .create_with_context(QuietProducerContext::default())?;
+    // Without this, every message would wait out its own 30 s against a dead broker.
+    producer
+        .client()
+        .fetch_metadata(None, timeout)
+        .map_err(|e| unreachable(brokers, timeout, &e))?;
+    Ok(producer)
 }
 
 /// Produces one message; delivered when Kafka acknowledged it.
 pub async fn produce(
-    producer: &FutureProducer,
+    producer: &FutureProducer<QuietProducerContext>,
     topic: &str,
     key: Option<&[u8]>,
     value: &[u8],
@@ -332,11 +409,12 @@ mod tests {
     fn an_empty_range_is_refused_before_connecting() {
         let mut out = Vec::new();
         // No broker listens there: the check comes first.
-        let err = read_range("127.0.0.1:1", "t", 2000, Some(1000), &mut out)
+        let t = Duration::from_secs(1);
+        let err = read_range("127.0.0.1:1", "t", 2000, Some(1000), t, &mut out)
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("empty time range"), "{err}");
-        let err = read_range("127.0.0.1:1", "t", 1000, Some(1000), &mut out)
+        let err = read_range("127.0.0.1:1", "t", 1000, Some(1000), t, &mut out)
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("empty time range"), "{err}");

@@ -163,7 +163,8 @@ impl Iterator for ShapedTimes {
 }
 
 /// Writes a shaped capture: one generated message at each of `times`, keyed by its token,
-/// to `topic`. Returns how many.
+/// to `topic`, timed from the first (its `t_us` is 0, as in every capture). Returns how many.
+/// `out` gets one write per field: give it a buffered writer.
 pub fn write_capture(
     generator: &mut crate::gen::Generator,
     times: ShapedTimes,
@@ -172,13 +173,15 @@ pub fn write_capture(
 ) -> std::io::Result<u64> {
     let mut value = Vec::with_capacity(4096);
     let mut n = 0u64;
+    let mut first = None;
     for at in times {
         value.clear();
         if generator.write_next(&mut value).is_none() {
             break;
         }
         let key = generator.last_token().as_bytes().to_vec();
-        super::capture::write_entry(out, at, topic, Some(&key), &value)?;
+        let since_first = at.saturating_sub(*first.get_or_insert(at));
+        super::capture::write_entry(out, since_first, topic, Some(&key), &value)?;
         n += 1;
     }
     out.flush()?;

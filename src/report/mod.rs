@@ -60,41 +60,37 @@ pub fn check_writable(path: &Path) -> Result<(), ReportError> {
             path: path.to_path_buf(),
         });
     }
-    let probe = temp_beside(path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
+    // The probe is deleted when dropped.
+    temp_beside(path)
+        .map(drop)
         .map_err(|source| ReportError::Write {
             path: path.to_path_buf(),
             source,
-        })?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
+        })
 }
 
 /// Writes `contents` to `path` whole or not at all: a temporary file beside it, renamed over
 /// it, so an earlier report is never left half-written.
 pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), ReportError> {
+    use std::io::Write;
     let err = |source| ReportError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let temp = temp_beside(path);
-    std::fs::write(&temp, contents).map_err(err)?;
-    std::fs::rename(&temp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        err(e)
-    })
+    let mut temp = temp_beside(path).map_err(err)?;
+    temp.write_all(contents).map_err(err)?;
+    temp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
 }
 
-/// `DIR/.NAME.pusher-PID.tmp` for `DIR/NAME`.
-fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.pusher-{}.tmp", std::process::id()))
+/// A temporary file in `path`'s directory (so renaming it over `path` is atomic), removed
+/// unless persisted. Also for long writes that must not leave a half file (replay's export).
+pub fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new().prefix(".pusher-").tempfile_in(dir)
 }
 
 #[cfg(test)]
