@@ -85,3 +85,25 @@ fn json_logs_keep_nested_values_as_json() {
     assert_eq!(consuming["fields"]["group"], "pusher-apns");
     assert_eq!(consuming["level"], "INFO");
 }
+
+/// Token auth without `--topic` is a usage error before anything is sent (exit 2), not a
+/// request APNs refuses (exit 1).
+#[test]
+fn send_apns_with_token_auth_needs_a_topic_before_sending() {
+    let out = pusher()
+        .args(["send", "apns", "--endpoint", "http://127.0.0.1:1"])
+        .args(["--key-file", "fixtures/apns/AuthKey_TESTKEY001.p8"])
+        .args(["--key-id", "TESTKEY001", "--team-id", "TEAM000001"])
+        .args([
+            "--token",
+            &"ab".repeat(32),
+            "--payload",
+            r#"{"aps":{"alert":"hi"}}"#,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--topic is required"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing was sent, nothing printed");
+}

@@ -138,6 +138,11 @@ fn run_apns(a: ApnsSendArgs, g: &GlobalArgs) -> anyhow::Result<ExitCode> {
             "give token auth (--key-file, --key-id, --team-id) or certificate auth (--certificate)"
         ),
     };
+    // APNs refuses a token-auth request without a topic (400 MissingTopic): say so before
+    // anything is sent. Certificate auth may leave it to the certificate.
+    if matches!(auth, ApnsAuth::Token(_)) && a.topic.is_none() {
+        bail!("--topic is required with token auth (the app's bundle id, e.g. com.example.app)");
+    }
     let endpoint = match &a.endpoint {
         Some(url) => Endpoint::Custom(url.clone()),
         None => Endpoint::apple(g.production),
@@ -202,5 +207,6 @@ pub fn report_line(d: &Delivery) -> serde_json::Value {
         "timestamp": r.and_then(|r| r.timestamp_ms),
         "attempts": d.attempts,
         "error": d.transport_error,
+        "endpoint_fault": d.endpoint_fault,
     })
 }
