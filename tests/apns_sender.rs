@@ -392,6 +392,20 @@ async fn certificate_auth_with_pem_and_pkcs12() {
         let sender = sender(config);
         assert_eq!(sender.send(&push(token(1))).await, Outcome::Delivered);
     }
+    // A certificate the fake's CA did not sign: refused, at once and not retried (it is the
+    // credentials' fault, said in endpoint_fault), whether at the TLS layer or as 403.
+    let stranger = rcgen::generate_simple_self_signed(vec!["provider".to_string()]).unwrap();
+    let identity = pusher::sender::tls::ClientIdentity {
+        certs: vec![stranger.cert.der().clone()],
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(stranger.signing_key.serialize_der().into()),
+    };
+    let mut stranger = config(&fake, fake.tls_url(), ApnsAuth::Certificate(identity));
+    stranger.default_topic = None;
+    let d = sender(stranger).send_with_details(&push(token(3))).await;
+    assert_eq!(d.attempts, 1, "{d:?}");
+    assert!(d.endpoint_fault.is_some(), "{d:?}");
+    assert!(!d.outcome.is_delivered());
+    let refused_by_the_fake = fake.stats().requests - 3;
     // Without a certificate the fake refuses the connection's pushes.
     let mut config = config(&fake, fake.tls_url(), token_auth());
     config.retry = RetryPolicy::never();
@@ -399,7 +413,7 @@ async fn certificate_auth_with_pem_and_pkcs12() {
     assert_eq!(d.outcome.class(), "rejected", "{d:?}");
     let stats = fake.stats();
     assert_eq!(status_count(&stats, 200), 3);
-    assert_eq!(stats.requests, 4);
+    assert_eq!(stats.requests, 4 + refused_by_the_fake);
 }
 
 /// Runs `pusher send apns` against the fake; returns (exit code, stdout, stderr).

@@ -65,6 +65,10 @@ pub enum TransportError {
     Http2(String),
     #[error("I/O: {0}")]
     Io(String),
+    /// The peer ended the TLS session with an alert (TLS 1.3 servers refuse a client
+    /// certificate this way, after the client thinks the handshake is done).
+    #[error("TLS: {0}")]
+    TlsAlert(String),
 }
 
 impl TransportError {
@@ -79,6 +83,7 @@ impl TransportError {
             TransportError::Reset(_) => "stream_reset",
             TransportError::Http2(_) => "http2_error",
             TransportError::Io(_) => "io_error",
+            TransportError::TlsAlert(_) => "tls_alert",
         }
     }
 
@@ -91,6 +96,7 @@ impl TransportError {
             TransportError::Connect { .. }
                 | TransportError::ConnectTimeout { .. }
                 | TransportError::Backoff { .. }
+                | TransportError::TlsAlert(_)
         )
     }
 
@@ -100,7 +106,14 @@ impl TransportError {
         } else if e.is_reset() {
             TransportError::Reset(e.to_string())
         } else if e.is_io() {
-            TransportError::Io(e.to_string())
+            let text = e.to_string();
+            // h2 hands I/O errors on as text: rustls' "received fatal alert: UnknownCA" (a
+            // refused client certificate) is recognised by its words.
+            if text.contains("received fatal alert") {
+                TransportError::TlsAlert(text)
+            } else {
+                TransportError::Io(text)
+            }
         } else {
             TransportError::Http2(e.to_string())
         }
