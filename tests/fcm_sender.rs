@@ -404,9 +404,7 @@ async fn token_is_renewed_in_the_background_before_it_expires() {
         // Inside the renewal window: the old token is used, a new one fetched meanwhile.
         clock.advance(Duration::from_secs(3400));
         assert!(sender.send(&message(&token(2))).await.is_delivered());
-        while tokens.stats().renewals < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until("the background renewal", || tokens.stats().renewals >= 2).await;
         // Past the first token's expiry: the second one is in use, no 401 ever seen.
         clock.advance(Duration::from_secs(400));
         let d = sender.send_with_details(&message(&token(3))).await;
@@ -557,9 +555,7 @@ async fn a_failed_background_renewal_is_retried_while_the_old_token_serves() {
         for i in 0..3 {
             assert!(sender.send(&message(&token(i))).await.is_delivered());
         }
-        while tokens.stats().renewals < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until("two renewals", || tokens.stats().renewals >= 2).await;
         let stats = tokens.stats();
         assert_eq!(stats.failures, 2);
         assert!(stats.last_error.unwrap().contains("HTTP 500"));
@@ -925,49 +921,6 @@ async fn pusher_send_gcm_bad_input_is_exit_2_with_a_clear_error() {
     .await
 }
 
-/// Not a test: prints the v1 and legacy sender's throughput into the in-process fake over h2c
-/// (`cargo test --test fcm_sender measure -- --ignored --nocapture`). Numbers go in reports,
-/// never in assertions.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn measure_throughput_into_the_fake() {
-    use futures_util::StreamExt;
-    let fake = start_fake(FakeOptions::default()).await;
-    for legacy in [false, true] {
-        let config = if legacy {
-            legacy_config(&fake, &fake.h2c_url(), "k")
-        } else {
-            v1_config(&fake, &fake.h2c_url())
-        };
-        let sender = sender(config);
-        let messages: Vec<GcmMessage> = (0..40_000).map(|i| message(&token(i))).collect();
-        let run = |msgs: &'static [GcmMessage]| {
-            let sender = sender.clone();
-            async move {
-                futures_util::stream::iter(msgs)
-                    .map(|m| {
-                        let sender = sender.clone();
-                        async move { sender.send(m).await }
-                    })
-                    .buffer_unordered(500)
-                    .filter(|o| futures_util::future::ready(o.is_delivered()))
-                    .count()
-                    .await
-            }
-        };
-        let messages: &'static [GcmMessage] = Box::leak(messages.into_boxed_slice());
-        run(&messages[..2_000]).await;
-        let started = Instant::now();
-        let delivered = run(&messages[2_000..]).await;
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "{}: {delivered} delivered in {secs:.2} s = {:.0}/s",
-            if legacy { "legacy" } else { "v1" },
-            delivered as f64 / secs
-        );
-    }
-}
-
 /// A cleartext HTTP/1.1-only server (hyper's http1 builder): `/token` gives `t1`, any other
 /// POST gets a v1 success. Stands in for an FCM behind an HTTP/1.1-only proxy. Returns its URL
 /// and a count of the requests it served.
@@ -1040,4 +993,13 @@ async fn falls_back_to_http1_when_the_endpoint_does_not_speak_http2() {
         assert_eq!(sender.pool().unwrap().live_connections(), 1);
     })
     .await
+}
+
+/// Polls `done` every 5 ms; fails the test after 10 s.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -283,8 +283,27 @@ async fn invalid_utf8_in_the_head_is_refused_or_answered() {
                 b"{\"aps\":\"\xff\"}",
             ),
         ];
-        for bytes in &cases {
-            exchange(addr, bytes).await;
+        for (i, bytes) in cases.iter().enumerate() {
+            let out = exchange(addr, bytes).await;
+            // Stream 1 is refused (RST_STREAM or GOAWAY) or answered with an error: never
+            // 200. A HEADERS block for `:status 200` starts with HPACK's static index 8 (0x88).
+            let frames = h2raw::parse_frames(&out);
+            let refused = frames
+                .iter()
+                .any(|f| f.0 == h2raw::GOAWAY || (f.0 == 0x3 && f.2 == 1));
+            let answers: Vec<&Vec<u8>> = frames
+                .iter()
+                .filter(|f| f.0 == h2raw::HEADERS && f.2 == 1)
+                .map(|f| &f.3)
+                .collect();
+            assert!(
+                refused || !answers.is_empty(),
+                "case {i}: no answer in {frames:?}"
+            );
+            assert!(
+                answers.iter().all(|block| block.first() != Some(&0x88)),
+                "case {i}: answered 200"
+            );
         }
         alive_apns(&server).await;
         let s = server.stats().snapshot();

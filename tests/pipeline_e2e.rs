@@ -218,9 +218,9 @@ impl Running {
         }
     }
 
-    /// Lets the last commit go out, then stops gracefully.
+    /// Stops gracefully: the pipeline finishes what is in flight and commits it before it
+    /// returns (no sleep needed for "the last commit").
     async fn stop(self) -> (RunSummary, TokenStats) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
         self.stop.cancel();
         let summary = self.task.await.unwrap().unwrap();
         let token_stats = self.deleter.shutdown(Duration::from_secs(10)).await;

@@ -107,6 +107,10 @@ fn send_with_a_p12_password_prints_no_secret() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // It got past loading the .p12 (with its password) and tried to send: exit 1 with the
+    // outcome line, not a usage error (exit 2) that would print nothing to check.
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(r#""outcome":"gave_up""#), "{text}");
     let key = std::fs::read_to_string("fixtures/apns/client.key").unwrap();
     for line in key.lines().filter(|l| !l.starts_with("-----")) {
         assert!(!text.contains(line), "private key printed:\n{text}");
