@@ -37,15 +37,15 @@ bench_cleanup() {
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# nghttpd, one worker, 1000 streams (its default is 100), serving an empty file at $path:
+# nghttpd, NGHTTPD_THREADS workers (default one), 1000 streams (its default is 100), serving an empty file at $path:
 # `start_nghttpd VAR tls|h2c` sets VAR to its port (not `$(...)`: its pid must join $pids here).
 start_nghttpd() {
   local p
   p=$(port)
   if [ "$2" = tls ]; then
-    nghttpd -m 1000 -d "$work/htdocs" "$p" "$work/key.pem" "$work/cert.pem" >/dev/null 2>&1 &
+    nghttpd -n "${NGHTTPD_THREADS:-1}" -m 1000 -d "$work/htdocs" "$p" "$work/key.pem" "$work/cert.pem" >/dev/null 2>&1 &
   else
-    nghttpd --no-tls -m 1000 -d "$work/htdocs" "$p" >/dev/null 2>&1 &
+    nghttpd -n "${NGHTTPD_THREADS:-1}" --no-tls -m 1000 -d "$work/htdocs" "$p" >/dev/null 2>&1 &
   fi
   pids+=($!)
   printf -v "$1" '%s' "$p"

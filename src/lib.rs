@@ -16,5 +16,6 @@ pub mod progress;
 pub mod push;
 pub mod replay;
 pub mod report;
+pub mod runtime;
 pub mod sender;
 pub mod telemetry;

@@ -83,6 +83,10 @@ pub struct ApnsArgs {
     /// Remember up to N distinct delivered tokens (shown as tokens_recorded in /stats).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub record_tokens: usize,
+    /// Threads serving requests (1: tokio's current-thread scheduler, the fastest on a small
+    /// machine; more on a big one, so that the fake never limits a benchmark).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +130,10 @@ pub struct GcmArgs {
     /// Remember up to N distinct delivered tokens (shown as tokens_recorded in /stats).
     #[arg(long, value_name = "N", default_value = "0")]
     pub record_tokens: usize,
+    /// Threads serving requests (1: tokio's current-thread scheduler, the fastest on a small
+    /// machine; more on a big one, so that the fake never limits a benchmark).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
     #[command(flatten)]
     pub fcm: FcmFlags,
 }
@@ -201,7 +209,7 @@ fn listen_addr(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
 
 fn run_apns(args: ApnsArgs) -> anyhow::Result<ExitCode> {
     let config = apns_config(&args)?;
-    runtime()?.block_on(async move {
+    runtime(args.threads)?.block_on(async move {
         let server = MockServer::start(config).await?;
         let ca_path = write_ca(&server, args.ca_out.as_ref(), "apns")?;
         let line = serde_json::json!({
@@ -331,11 +339,10 @@ fn fcm_line(server: &MockServer, ca: Option<PathBuf>) -> serde_json::Value {
     })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    // One thread: the fastest layout on a small box (reference/h2-ceiling.md).
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    // One thread by default: the fastest layout on a small box (reference/h2-ceiling.md);
+    // more on a big one, so that the fake is never what limits a benchmark.
+    crate::runtime::build(crate::runtime::Threads::Exactly(threads), "pusher-mock")
         .context("cannot start the async runtime")
 }
 
@@ -357,7 +364,7 @@ fn run_gcm(args: GcmArgs) -> anyhow::Result<ExitCode> {
         apns: ApnsOptions::default(),
     };
     let handler = FcmHandler::new(args.fcm.options());
-    runtime()?.block_on(async move {
+    runtime(args.threads)?.block_on(async move {
         let server = MockServer::start_with(config, handler).await?;
         let ca = write_ca(&server, args.ca_out.as_ref(), "fcm")?;
         print_line(&serde_json::json!({
@@ -383,7 +390,7 @@ fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
         ..apns.clone()
     };
     let handler = FcmHandler::new(args.fcm.options());
-    runtime()?.block_on(async move {
+    runtime(args.apns.threads)?.block_on(async move {
         let apns_server = MockServer::start(apns).await?;
         let fcm_server = MockServer::start_with(fcm, handler).await?;
         let apns_ca = write_ca(&apns_server, args.apns.ca_out.as_ref(), "apns")?;
