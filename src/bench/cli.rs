@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// HTTP/2 connections in the sender's pool.
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
+    /// Threads the sender (and, end to end, the pipeline) runs on: `cores` (as `pusher run`
+    /// does by default) or a number (1: tokio's current-thread scheduler).
+    #[arg(long, value_name = "N|cores", default_value = "cores")]
+    pub threads: crate::runtime::Threads,
     /// Share of tokens the fake servers treat as invalid.
     #[arg(long, default_value_t = 0.0)]
     pub invalid_ratio: f64,
@@ -259,6 +263,7 @@ pub(super) fn base_report(args: &BenchArgs, mode: &str, profile: &str) -> Report
             concurrency: args.rate.is_none().then_some(args.concurrency),
             rate: args.rate,
             repeat: args.repeat,
+            threads: args.threads.count(),
         },
         duration_secs: 0.0,
         throughput: 0.0,

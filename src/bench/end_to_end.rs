@@ -233,9 +233,7 @@ fn one_run(
             .push(("fetch.wait.max.ms".into(), batching(args).0.to_string()));
     }
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime::build(args.threads, "pusher-bench")?;
     let stop = CancellationToken::new();
     let bar = Progress::for_run(
         &format!("run {}/{}", round + 1, args.repeat),

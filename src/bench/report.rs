@@ -127,6 +127,9 @@ pub struct Params {
     /// Open loop: messages per second.
     pub rate: Option<f64>,
     pub repeat: usize,
+    /// Threads the sender and the pipeline ran on (the runtime's workers).
+    #[serde(default)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -53,11 +53,9 @@ pub fn run(args: &BenchArgs, interrupt: &Interrupt) -> anyhow::Result<Report> {
         },
     };
 
-    // The sender side: one thread, a current_thread runtime (h2-ceiling.md: the multi-thread
-    // scheduler costs 2x on 2 cores).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // The sender side on the runtime `pusher run` would use (`--threads`; 1 is tokio's
+    // current-thread scheduler, which h2-ceiling.md found 2x cheaper on 2 cores).
+    let rt = crate::runtime::build(args.threads, "pusher-bench")?;
     let server_before = fake.as_ref().map(|f| f.stats.snapshot().responses);
     let rounds = rt.block_on(async {
         match config {

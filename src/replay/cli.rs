@@ -487,6 +487,8 @@ fn make_report(
             concurrency: None,
             rate: args.rate,
             repeat: 1,
+            // The pacer and the senders run on one thread.
+            threads: 1,
         },
         duration_secs: elapsed,
         throughput: r.completed() as f64 / elapsed,
