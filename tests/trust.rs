@@ -3,6 +3,9 @@
 //! cluster, a topic of the other platform, a wrong CA, an endpoint that is down for a while.
 //! A failure that is not the message's fault pauses the pusher; it never ends messages.
 
+// Both fakes' helpers include tests/common/fake.rs: two copies of one small type.
+#![allow(clippy::duplicate_mod)]
+
 mod common;
 mod fcm_support;
 #[path = "common/kafka.rs"]

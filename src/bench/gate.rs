@@ -214,6 +214,7 @@ mod tests {
                 concurrency: Some(1),
                 rate: None,
                 repeat: 1,
+                threads: 1,
             },
             duration_secs: 1.0,
             throughput,

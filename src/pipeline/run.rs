@@ -19,6 +19,7 @@ use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
 use crate::sender::gate::{Gate, Health};
+use crate::sender::retry::RetryPolicy;
 use crate::telemetry::KafkaReports;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -1034,17 +1035,19 @@ async fn hand_off(
                 }
                 Platform::Gcm => FeedbackRecord::Gcm(feedback::gcm_record(outcome, ctx)),
             };
-            let mut backoff = Duration::from_millis(100);
+            let policy = RetryPolicy::unbounded(Duration::from_millis(100), Duration::from_secs(5));
+            let mut attempt = 0;
             loop {
+                attempt += 1;
                 match producer.send(&ctx.app, shared.platform, &record).await {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "Feedback not delivered; retrying.");
+                        let wait = policy.delay(attempt, None, &mut rand::rng());
                         tokio::select! {
                             _ = shared.stop.cancelled() => return HandOff::Stopped,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(wait) => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
             }

@@ -16,6 +16,7 @@
 
 use crate::config::PgConfig;
 use crate::push::Platform;
+use crate::sender::retry::RetryPolicy;
 use deadpool_postgres::{Pool, Runtime};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -367,8 +368,11 @@ impl Worker {
     /// the shutdown deadline abandons it.
     async fn delete_until_done(&self, table: &str, tokens: &[String]) -> Done {
         let count = tokens.len() as u64;
-        let mut wait = self.settings.retry_initial;
+        let policy = RetryPolicy::unbounded(self.settings.retry_initial, self.settings.retry_max);
+        let mut attempt = 0;
         loop {
+            attempt += 1;
+            let wait = policy.delay(attempt, None, &mut rand::rng());
             match self.delete_once(table, tokens).await {
                 Ok(Deleted { rows, tokens_found }) => {
                     self.counters.success.fetch_add(rows, Ordering::Relaxed);
@@ -395,7 +399,6 @@ impl Worker {
                     return Done::Abandoned;
                 }
             }
-            wait = (wait * 2).min(self.settings.retry_max);
         }
     }
 

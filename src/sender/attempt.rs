@@ -151,11 +151,7 @@ where
             }
             Verdict::Retry(hint) => {
                 permit.answered();
-                if hint.renew_auth {
-                    renewed = true;
-                } else {
-                    renewed = false;
-                }
+                renewed = hint.renew_auth;
                 if !policy.should_retry(done.attempts) {
                     done.outcome = Outcome::GaveUp {
                         reason: hint.reason,

@@ -50,10 +50,17 @@ impl Health {
 const FIRST_PROBE: Duration = Duration::from_secs(1);
 const MAX_PROBE: Duration = Duration::from_secs(30);
 
+/// The probes' schedule: the retry policy's doubling ceiling (1 s, 2 s, ... 30 s), without
+/// jitter: there is one probe at a time, so no herd to spread.
+fn probe_after(failed_probes: u32) -> Duration {
+    super::retry::RetryPolicy::unbounded(FIRST_PROBE, MAX_PROBE).backoff_ceiling(failed_probes)
+}
+
 #[derive(Debug)]
 struct Down {
     next_probe: Instant,
-    backoff: Duration,
+    /// Probes that failed since the endpoint went down (the first failure counts as one).
+    failures: u32,
     /// A send is probing now; the others wait for its answer.
     probing: bool,
 }
@@ -163,14 +170,15 @@ impl Gate {
         match down.as_mut() {
             Some(d) => {
                 d.probing = false;
-                d.backoff = (d.backoff * 2).min(MAX_PROBE);
-                d.next_probe = Instant::now() + d.backoff;
-                tracing::debug!(gate = %self.inner.name, cause, retry_in = ?d.backoff, "Endpoint still failing.");
+                d.failures += 1;
+                let wait = probe_after(d.failures);
+                d.next_probe = Instant::now() + wait;
+                tracing::debug!(gate = %self.inner.name, cause, retry_in = ?wait, "Endpoint still failing.");
             }
             None => {
                 *down = Some(Down {
-                    next_probe: Instant::now() + FIRST_PROBE,
-                    backoff: FIRST_PROBE,
+                    next_probe: Instant::now() + probe_after(1),
+                    failures: 1,
                     probing: false,
                 });
                 match self.inner.on_fault {

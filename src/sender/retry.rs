@@ -37,6 +37,17 @@ impl RetryPolicy {
         }
     }
 
+    /// Retries without end, the caller deciding when to stop: for side effects that must
+    /// happen (a feedback record, a token's DELETE, renewing credentials before they expire).
+    pub fn unbounded(base: Duration, cap: Duration) -> Self {
+        RetryPolicy {
+            max_attempts: u32::MAX,
+            base,
+            cap,
+            max_retry_after: cap,
+        }
+    }
+
     /// May attempt number `attempt + 1` follow a failed attempt number `attempt` (1-based)?
     pub fn should_retry(&self, attempt: u32) -> bool {
         attempt < self.max_attempts

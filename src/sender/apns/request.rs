@@ -244,7 +244,15 @@ mod tests {
     /// always sent, with a priority that agrees with it.
     #[test]
     fn push_type_is_always_sent_and_priority_follows_it() {
-        let cases: &[(&str, Option<PushType>, Option<u8>, &str, Option<&str>)] = &[
+        // payload, message push_type, message priority, header sent, priority sent
+        type Case<'a> = (
+            &'a str,
+            Option<PushType>,
+            Option<u8>,
+            &'a str,
+            Option<&'a str>,
+        );
+        let cases: &[Case] = &[
             (r#"{"aps":{"alert":"hi"}}"#, None, None, "alert", None),
             (
                 r#"{"aps":{"content-available":1}}"#,

@@ -8,6 +8,7 @@ use super::http1::Http1Client;
 use crate::clock::SharedClock;
 use crate::sender::endpoint::{Endpoint, EndpointError};
 use crate::sender::pool::{PoolError, TransportError};
+use crate::sender::retry::RetryPolicy;
 use bytes::Bytes;
 use http::HeaderValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -332,8 +333,11 @@ impl TokenSource {
         }
         let source = self.clone();
         tokio::spawn(async move {
-            let mut backoff = source.inner.retry_backoff;
+            let policy =
+                RetryPolicy::unbounded(source.inner.retry_backoff, Duration::from_secs(60));
+            let mut attempt = 0;
             loop {
+                attempt += 1;
                 let result = {
                     let _one_at_a_time = source.inner.renewing.lock().await;
                     let now = source.inner.clock.now();
@@ -348,9 +352,9 @@ impl TokenSource {
                 match result {
                     Ok(()) => break,
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "OAuth token renewal failed; the current token is still valid.");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                        let wait = policy.delay(attempt, None, &mut rand::rng());
+                        tracing::warn!(error = %e, retry_in = ?wait, "OAuth token renewal failed; the current token is still valid.");
+                        tokio::time::sleep(wait).await;
                     }
                 }
             }
