@@ -3,7 +3,10 @@
 
 pub mod cli;
 pub mod feedback;
+mod kafka;
+mod message;
 pub mod offsets;
 pub mod run;
 pub mod stats;
+mod status;
 pub mod tokens;

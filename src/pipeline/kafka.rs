@@ -1,0 +1,284 @@
+//! The Kafka side of `pusher run`: the consumer and its context (rebalances commit what is
+//! done and reset the tracker; topics this pusher cannot send, and apps whose endpoint fails,
+//! are paused; librdkafka's logs and statistics), and committing.
+
+use super::offsets::OffsetTracker;
+use super::run::{app_from_topic, lock, Counters, PipelineError, RunSpec};
+use crate::push::Platform;
+use crate::telemetry::KafkaReports;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Commits on revocation, and resets the tracker on assignment.
+pub(super) struct RebalanceContext {
+    pub(super) tracker: Arc<Mutex<OffsetTracker>>,
+    pub(super) counters: Arc<Counters>,
+    /// librdkafka's logs and errors, at most one of a kind every 10 s.
+    pub(super) reports: KafkaReports,
+    /// Which assigned topics this pusher may send: its platform's, for the apps it has
+    /// credentials for. Others are paused, not drained.
+    pub(super) platform: Platform,
+    pub(super) apps: std::collections::HashSet<String>,
+    /// Topics already reported as not consumed.
+    pub(super) refused: Mutex<std::collections::HashSet<String>>,
+    /// Apps whose endpoint is failing: their partitions stay paused until it answers again.
+    pub(super) down: Mutex<std::collections::BTreeSet<String>>,
+    /// The last consumer lag seen in librdkafka's statistics (-1: none yet).
+    pub(super) lag: std::sync::atomic::AtomicI64,
+    /// Since when no broker has been up, for `/healthz`.
+    pub(super) brokers_down_since: Mutex<Option<std::time::Instant>>,
+    /// How long the brokers may be unreachable before `/healthz` says so.
+    pub(super) session_timeout: Duration,
+}
+
+impl RebalanceContext {
+    /// Why this pusher cannot send `topic`'s messages, if it cannot. None of these is the
+    /// messages' fault (a regex matched an app without credentials, or a topic of the other
+    /// platform), so they are left in Kafka for a pusher that can, never refused and committed.
+    pub(super) fn refusal(&self, topic: &str) -> Option<String> {
+        match app_from_topic(topic) {
+            None => {
+                Some("its name does not say an app and platform (push-<app>_<platform>)".into())
+            }
+            Some((_, p)) if p != self.platform => Some(format!("it is a {p} topic")),
+            Some((app, _)) if !self.apps.contains(&app) => Some(format!(
+                "app {app:?} has no {} credentials here",
+                self.platform
+            )),
+            Some(_) => None,
+        }
+    }
+
+    pub(super) fn is_down(&self, topic: &str) -> bool {
+        app_from_topic(topic).is_some_and(|(app, _)| lock(&self.down).contains(&app))
+    }
+
+    pub(super) fn down_apps(&self) -> Vec<String> {
+        lock(&self.down).iter().cloned().collect()
+    }
+
+    /// `/healthz` says the brokers are unreachable once none has been up for a session
+    /// timeout (the group has dropped this member by then).
+    pub(super) fn broker_health(&self, any_up: bool) {
+        let mut since = lock(&self.brokers_down_since);
+        let down_for = match (any_up, *since) {
+            (true, _) => None,
+            (false, None) => {
+                *since = Some(std::time::Instant::now());
+                Some(Duration::ZERO)
+            }
+            (false, Some(at)) => Some(at.elapsed()),
+        };
+        if any_up {
+            *since = None;
+        }
+        let problem = down_for
+            .filter(|d| *d >= self.session_timeout)
+            .map(|d| format!("no Kafka broker reachable for {} s", d.as_secs()));
+        crate::telemetry::health::set("kafka", problem);
+    }
+}
+
+impl ClientContext for RebalanceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.reports.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // A missing subscribed topic is reported by the consume loop, once.
+        if error.rdkafka_error_code()
+            == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
+        {
+            tracing::debug!(%error, reason, "librdkafka: topic not available.");
+        } else {
+            self.reports.error("consumer", &error, reason);
+        }
+    }
+
+    /// The consumer-lag gauge: high watermark minus committed offset, summed over the
+    /// partitions this consumer holds. librdkafka computes it from its own fetches and our
+    /// commits, so this costs no request, and never calls `committed()` on this consumer
+    /// (that makes its Drop hang: kafka-probe.md §1.5). A partition with no commit yet is
+    /// unknown (-1 in librdkafka) and left out.
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        metrics::gauge!(crate::telemetry::names::CONSUMER_LAG).set(lag as f64);
+        self.lag.store(lag, Ordering::Relaxed);
+        self.broker_health(statistics.brokers.values().any(|b| b.state == "UP"));
+    }
+}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut tracker = lock(&self.tracker);
+            let commits = tracker.take_commits();
+            if !commits.is_empty() {
+                // Synchronous: the new owner starts from what we commit here.
+                match consumer.commit(&to_list(&commits), CommitMode::Sync) {
+                    Ok(()) => record_commits(&self.counters, &commits),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Commit on revocation failed; the new owner redoes those messages.")
+                    }
+                }
+            }
+            for e in list.elements() {
+                tracker.revoke(e.topic(), e.partition());
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let mut refused = TopicPartitionList::new();
+            {
+                let mut tracker = lock(&self.tracker);
+                for e in list.elements() {
+                    tracker.assign(e.topic(), e.partition());
+                    if let Some(why) = self.refusal(e.topic()) {
+                        refused.add_partition(e.topic(), e.partition());
+                        if lock(&self.refused).insert(e.topic().to_string()) {
+                            tracing::error!(topic = e.topic(), "Not consuming this topic: {why}. Its messages stay in Kafka, uncommitted.");
+                        }
+                    } else if self.is_down(e.topic()) {
+                        // Its app's endpoint is failing: it resumes when that answers again.
+                        refused.add_partition(e.topic(), e.partition());
+                    }
+                }
+            }
+            if refused.count() > 0 {
+                if let Err(e) = consumer.pause(&refused) {
+                    tracing::error!(error = %e, "Could not pause partitions this pusher cannot send.");
+                }
+            }
+            tracing::info!(
+                partitions = list.count(),
+                paused = refused.count(),
+                "Partitions assigned."
+            );
+        }
+    }
+}
+
+pub(super) fn to_list(commits: &[(String, i32, i64)]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for (topic, partition, offset) in commits {
+        // Cannot fail for a plain offset.
+        let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    list
+}
+
+pub(super) fn record_commits(counters: &Counters, commits: &[(String, i32, i64)]) {
+    let mut committed = lock(&counters.committed);
+    for (topic, partition, offset) in commits {
+        committed.insert((topic.clone(), *partition), *offset);
+    }
+}
+
+/// Pauses (or resumes) the assigned partitions of `app`'s topics: while its endpoint fails,
+/// nothing more of it is fetched, and what is in flight waits, uncommitted.
+pub(super) fn pause_app(consumer: &StreamConsumer<RebalanceContext>, app: &str, up: bool) {
+    let context = consumer.context();
+    if up {
+        lock(&context.down).remove(app);
+    } else {
+        lock(&context.down).insert(app.to_string());
+    }
+    let Ok(assigned) = consumer.assignment() else {
+        return;
+    };
+    let mut list = TopicPartitionList::new();
+    for e in assigned.elements() {
+        let ours = context.refusal(e.topic()).is_none();
+        if ours && app_from_topic(e.topic()).is_some_and(|(a, _)| a == app) {
+            list.add_partition(e.topic(), e.partition());
+        }
+    }
+    if list.count() == 0 {
+        return;
+    }
+    let result = if up {
+        consumer.resume(&list)
+    } else {
+        consumer.pause(&list)
+    };
+    match result {
+        Ok(()) if up => tracing::info!(app, partitions = list.count(), "Consuming again."),
+        Ok(()) => tracing::warn!(
+            app,
+            partitions = list.count(),
+            "Paused consuming until the endpoint answers."
+        ),
+        Err(e) => tracing::error!(app, error = %e, "Could not pause or resume partitions."),
+    }
+}
+
+pub(super) fn consumer(
+    spec: &RunSpec,
+    context: RebalanceContext,
+) -> Result<StreamConsumer<RebalanceContext>, PipelineError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &spec.brokers)
+        .set("group.id", &spec.group)
+        // We commit ourselves, only what is done (the seed auto-committed on read).
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &spec.offset_reset)
+        .set(
+            "session.timeout.ms",
+            spec.session_timeout.as_millis().to_string(),
+        )
+        // librdkafka's default heartbeat (3 s) is as long as a short session: the member
+        // would time out between heartbeats and rebalance for nothing. A third, as Kafka's docs advise.
+        .set(
+            "heartbeat.interval.ms",
+            (spec.session_timeout.as_millis() / 3).max(100).to_string(),
+        )
+        .set("enable.partition.eof", "false")
+        // Bound the prefetch queue: memory stays flat under any backlog.
+        .set("queued.max.messages.kbytes", "16384")
+        // Statistics feed the consumer-lag gauge (RebalanceContext::stats).
+        .set(
+            "statistics.interval.ms",
+            spec.lag_interval.as_millis().to_string(),
+        );
+    for (k, v) in &spec.consumer_extra {
+        config.set(k, v);
+    }
+    config
+        .create_with_context(context)
+        .map_err(PipelineError::Consumer)
+}
+
+pub(super) fn commit(
+    consumer: &StreamConsumer<RebalanceContext>,
+    tracker: &Mutex<OffsetTracker>,
+    counters: &Counters,
+    mode: CommitMode,
+) {
+    let commits = lock(tracker).take_commits();
+    if commits.is_empty() {
+        return;
+    }
+    match consumer.commit(&to_list(&commits), mode) {
+        Ok(()) => record_commits(counters, &commits),
+        Err(e) => {
+            tracing::warn!(error = %e, "Offset commit failed; it is retried with the next one.")
+        }
+    }
+}

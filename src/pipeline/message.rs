@@ -1,0 +1,373 @@
+//! One message of `pusher run`, from bytes to a handed-off outcome: parse, send, side effects
+//! (feedback acknowledged, token deletion committed), then its offset marked done.
+
+use super::feedback::{self, ApnsDetails, FeedbackRecord, MessageContext};
+use super::offsets::OffsetTracker;
+use super::run::{app_from_topic, lock, AppSender, Counters, OutcomeEvent, Outputs};
+use super::tokens::{DeletionTicket, TokenError};
+use crate::push::message::{is_expired, parse_apns, parse_gcm};
+use crate::push::{Outcome, Platform};
+use crate::sender::apns::ApnsSender;
+use crate::sender::fcm::FcmSender;
+use crate::sender::retry::RetryPolicy;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// Everything a message task needs, shared.
+pub(super) struct Shared {
+    pub(super) platform: Platform,
+    pub(super) apps: HashMap<String, AppSender>,
+    pub(super) outputs: Outputs,
+    pub(super) include_success: bool,
+    pub(super) tracker: Arc<Mutex<OffsetTracker>>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) hostname: String,
+    pub(super) stop: CancellationToken,
+    /// Unknown apps and unmatched topics are reported once each, not per message.
+    pub(super) reported: Mutex<std::collections::HashSet<String>>,
+    /// `app_from_topic` per topic seen: a regex match per message was ~2 % of the loop.
+    pub(super) topic_apps: Mutex<HashMap<String, Option<(String, Platform)>>>,
+    /// Given-up messages per (app, reason) since that pair was last reported.
+    pub(super) gave_up: Mutex<HashMap<(String, String), GaveUpReport>>,
+    /// Told when a message finishes: the consume loop waits on it when a partition's window
+    /// is full, and the shutdown for the last ones (one waiter: a stored permit, no lock).
+    pub(super) progress: tokio::sync::Notify,
+}
+
+/// Given-up messages are logged as errors (and so reach Sentry) at most once a minute per app
+/// and reason: an APNs outage must not become a million events.
+#[derive(Default)]
+pub(super) struct GaveUpReport {
+    /// When it was last reported (never: `None`).
+    pub(super) last: Option<tokio::time::Instant>,
+    pub(super) unreported: u64,
+}
+
+pub(super) const GAVE_UP_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+pub(super) struct Consumed {
+    pub(super) topic: String,
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    pub(super) payload: Option<Vec<u8>>,
+    pub(super) key: Option<Vec<u8>>,
+    pub(super) produced_at_ms: Option<i64>,
+    pub(super) send_latency: Option<Duration>,
+}
+
+pub(super) fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+pub(super) fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// One message, from bytes to a handed-off outcome. `slot` is its in-flight permit.
+pub(super) async fn handle(
+    shared: &Shared,
+    mut m: Consumed,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    // Partitions of topics this pusher cannot send are paused on assignment; a message that
+    // got through anyway is left unfinished (its partition commits no further), never
+    // refused: it is not the message's fault.
+    let Some((app, platform)) = topic_app(shared, &m.topic) else {
+        report_once(
+            shared,
+            &m.topic,
+            "Message from a topic that names no app and platform; left uncommitted.",
+        );
+        return;
+    };
+    if platform != shared.platform || !shared.apps.contains_key(&app) {
+        report_once(
+            shared,
+            &m.topic,
+            "Message from a topic this pusher cannot send; left uncommitted.",
+        );
+        return;
+    }
+    let mut ctx = MessageContext {
+        app: app.clone(),
+        consumed_at: now().as_secs() as i64,
+        hostname: shared.hostname.clone(),
+        ..Default::default()
+    };
+    let (outcome, details) = match shared.apps.get(&app) {
+        // Checked above.
+        None => return,
+        Some(AppSender::Apns(sender)) => {
+            let started = tokio::time::Instant::now();
+            // Boxed: the send future is most of this task's size, and the task is moved
+            // whole when spawned (memmove was the top symbol of the pipeline thread).
+            let result = Box::pin(apns(sender, m.payload.as_deref(), &mut ctx)).await;
+            m.send_latency = Some(started.elapsed());
+            result
+        }
+        Some(AppSender::Gcm(sender)) => {
+            let started = tokio::time::Instant::now();
+            let outcome = Box::pin(gcm(sender, m.payload.as_deref(), &mut ctx)).await;
+            m.send_latency = Some(started.elapsed());
+            (outcome, ApnsDetails::default())
+        }
+    };
+    // Side effects first, then the offset: that order is the at-least-once contract.
+    let deletion = match hand_off(shared, &ctx, &outcome, &details).await {
+        HandOff::Done => None,
+        HandOff::Deleting(ticket) => Some(ticket),
+        HandOff::Stopped => return, // Not finished, so it will be redelivered.
+    };
+    drop(slot);
+    if let Some(ticket) = deletion {
+        let committed = tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            c = ticket.committed() => c,
+        };
+        match committed {
+            Ok(()) => {}
+            // The database refuses it for good (counted by the deleter): retrying cannot help.
+            Err(TokenError::Permanent { .. }) => {}
+            // The deleter stopped before the DELETE: not finished, so it will be redelivered.
+            Err(e) => {
+                tracing::warn!(error = %e, "Token not deleted; the message will be redone.");
+                return;
+            }
+        }
+    }
+    finish(shared, &m, &app, &ctx.token, &outcome);
+}
+
+/// Where a message's side effects stand after [`hand_off`].
+pub(super) enum HandOff {
+    Done,
+    /// Feedback is out; the token's DELETE is queued and the ticket says when it committed.
+    Deleting(DeletionTicket),
+    /// Stopped before the side effects were out.
+    Stopped,
+}
+
+pub(super) async fn apns(
+    sender: &ApnsSender,
+    payload: Option<&[u8]>,
+    ctx: &mut MessageContext,
+) -> (Outcome, ApnsDetails) {
+    let mut message = match parse_apns(payload.unwrap_or_default()) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.token = payload
+                .and_then(|p| crate::push::message::token_hint(p, true))
+                .unwrap_or_default();
+            let details = ApnsDetails {
+                notification: payload
+                    .and_then(|p| serde_json::from_slice(p).ok())
+                    .unwrap_or(serde_json::Value::Null),
+                ..Default::default()
+            };
+            return (
+                Outcome::Malformed {
+                    reason: e.reason().to_string(),
+                },
+                details,
+            );
+        }
+    };
+    ctx.token = message.notification.token.clone();
+    ctx.metadata = std::mem::take(&mut message.metadata);
+    let notification_json =
+        || serde_json::from_slice(&message.notification.payload).unwrap_or(serde_json::Value::Null);
+    if is_expired(message.push_expiry, now()) {
+        let details = ApnsDetails {
+            notification: notification_json(),
+            ..Default::default()
+        };
+        return (Outcome::Expired, details);
+    }
+    let delivery = sender.send_with_details(&message.notification).await;
+    let details = if delivery.outcome.is_delivered() {
+        // Built lazily: successes need it only for success feedback.
+        ApnsDetails {
+            apns_id: delivery
+                .response
+                .as_ref()
+                .and_then(|r| r.apns_id.clone())
+                .unwrap_or_default(),
+            status: delivery.response.as_ref().map(|r| r.status),
+            notification: serde_json::Value::Null,
+        }
+    } else {
+        ApnsDetails {
+            apns_id: delivery
+                .response
+                .as_ref()
+                .and_then(|r| r.apns_id.clone())
+                .unwrap_or_default(),
+            status: delivery.response.as_ref().map(|r| r.status),
+            notification: notification_json(),
+        }
+    };
+    (delivery.outcome, details)
+}
+
+pub(super) async fn gcm(
+    sender: &FcmSender,
+    payload: Option<&[u8]>,
+    ctx: &mut MessageContext,
+) -> Outcome {
+    let mut message = match parse_gcm(payload.unwrap_or_default()) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.token = payload
+                .and_then(|p| crate::push::message::token_hint(p, false))
+                .unwrap_or_default();
+            return Outcome::Malformed {
+                reason: e.reason().to_string(),
+            };
+        }
+    };
+    ctx.token = message.to.clone();
+    ctx.metadata = std::mem::take(&mut message.metadata);
+    if is_expired(message.push_expiry, now()) {
+        return Outcome::Expired;
+    }
+    let delivery = sender.send_with_details(&message).await;
+    if let Some(canonical) = &delivery.canonical_registration_id {
+        // Legacy FCM asks to replace the token; the feedback carries it for the token store.
+        ctx.canonical_registration_id = Some(canonical.clone());
+    }
+    delivery.outcome
+}
+
+/// Feedback produced and acknowledged, then the token queued for deletion.
+pub(super) async fn hand_off(
+    shared: &Shared,
+    ctx: &MessageContext,
+    outcome: &Outcome,
+    details: &ApnsDetails,
+) -> HandOff {
+    if let Some(producer) = &shared.outputs.feedback {
+        if feedback::should_report(outcome, shared.include_success) {
+            let record = match shared.platform {
+                Platform::Apns => {
+                    FeedbackRecord::Apns(feedback::apns_record(outcome, ctx, details))
+                }
+                Platform::Gcm => FeedbackRecord::Gcm(feedback::gcm_record(outcome, ctx)),
+            };
+            let policy = RetryPolicy::unbounded(Duration::from_millis(100), Duration::from_secs(5));
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match producer.send(&ctx.app, shared.platform, &record).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Feedback not delivered; retrying.");
+                        let wait = policy.delay(attempt, None, &mut rand::rng());
+                        tokio::select! {
+                            _ = shared.stop.cancelled() => return HandOff::Stopped,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let (Some(tokens), Outcome::TokenInvalid { .. }) = (&shared.outputs.tokens, outcome) {
+        // Waiting for room in the deleter's queue keeps the in-flight slot: backpressure.
+        let submitted = tokio::select! {
+            _ = shared.stop.cancelled() => return HandOff::Stopped,
+            s = tokens.submit(&ctx.app, shared.platform, &ctx.token) => s,
+        };
+        match submitted {
+            Ok(ticket) => return HandOff::Deleting(ticket),
+            // An app name that cannot be a table: counted by the deleter; retrying cannot help.
+            Err(TokenError::InvalidTableName { .. }) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Token deletion queue unavailable.");
+                return HandOff::Stopped;
+            }
+        }
+    }
+    HandOff::Done
+}
+
+pub(super) fn finish(shared: &Shared, m: &Consumed, app: &str, token: &str, outcome: &Outcome) {
+    if let Outcome::GaveUp { reason } = outcome {
+        report_gave_up(shared, app, reason);
+    }
+    {
+        // Look up before inserting: no String allocated per message.
+        let mut outcomes = lock(&shared.counters.outcomes);
+        match outcomes.get_mut(outcome.class()) {
+            Some(n) => *n += 1,
+            None => {
+                outcomes.insert(outcome.class().to_string(), 1);
+            }
+        }
+    }
+    if let Some(observer) = &shared.outputs.observer {
+        observer.on_outcome(&OutcomeEvent {
+            topic: &m.topic,
+            partition: m.partition,
+            offset: m.offset,
+            app,
+            token,
+            outcome,
+            produced_at_ms: m.produced_at_ms,
+            key: m.key.as_deref(),
+            send_latency: m.send_latency,
+        });
+    }
+    // NotInFlight after a revocation is expected: the new owner redoes the message.
+    if lock(&shared.tracker)
+        .finish(&m.topic, m.partition, m.offset)
+        .is_ok()
+    {
+        shared.counters.finished.fetch_add(1, Ordering::Relaxed);
+        shared.progress.notify_one();
+    }
+}
+
+/// `app_from_topic`, remembered per topic (a consumer sees a handful of topics).
+pub(super) fn topic_app(shared: &Shared, topic: &str) -> Option<(String, Platform)> {
+    let mut known = lock(&shared.topic_apps);
+    if let Some(found) = known.get(topic) {
+        return found.clone();
+    }
+    let found = app_from_topic(topic);
+    known.insert(topic.to_string(), found.clone());
+    found
+}
+
+pub(super) fn report_gave_up(shared: &Shared, app: &str, reason: &str) {
+    let now = tokio::time::Instant::now();
+    let mut reports = lock(&shared.gave_up);
+    let key = (app.to_string(), reason.to_string());
+    let report = reports.entry(key).or_default();
+    report.unreported += 1;
+    if report
+        .last
+        .is_none_or(|last| now.duration_since(last) >= GAVE_UP_REPORT_EVERY)
+    {
+        tracing::error!(
+            app,
+            reason,
+            messages = report.unreported,
+            "Messages given up after their retries."
+        );
+        report.last = Some(now);
+        report.unreported = 0;
+    }
+}
+
+pub(super) fn report_once(shared: &Shared, key: &str, what: &str) {
+    if lock(&shared.reported).insert(key.to_string()) {
+        tracing::error!(key, "{what}");
+    }
+}
