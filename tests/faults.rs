@@ -125,7 +125,7 @@ async fn run_scenario(name: &str, s: Scenario) -> Run {
     let mut apns = config(&fake, fake.tls_url(), token_auth());
     apns.retry = s.retry;
     apns.pool.request_timeout = s.request_timeout;
-    let apps = HashMap::from([(app.clone(), AppSender::Apns(ApnsSender::new(apns).unwrap()))]);
+    let apps = HashMap::from([(app.clone(), AppSender::apns(ApnsSender::new(apns).unwrap()))]);
     let feedback =
         Arc::new(FeedbackProducer::new(&brokers, "push-{app}-{platform}-feedbacks").unwrap());
     let seen = Arc::new(Outcomes::default());
@@ -591,7 +591,7 @@ async fn feedback_broker_down_holds_commits_and_loses_nothing() {
     let (fake, log) = start_recording_fake(Profile::default(), 0).await;
     let apps = HashMap::from([(
         app.clone(),
-        AppSender::Apns(ApnsSender::new(config(&fake, fake.tls_url(), token_auth())).unwrap()),
+        AppSender::apns(ApnsSender::new(config(&fake, fake.tls_url(), token_auth())).unwrap()),
     )]);
     let feedback = Arc::new(
         FeedbackProducer::new(&feedback_brokers, "push-{app}-{platform}-feedbacks").unwrap(),

@@ -2,7 +2,7 @@
 //! `FeedbackProducer` and read back by a plain consumer: topic, key and exact JSON.
 
 use pusher::pipeline::feedback::{
-    apns_record, gcm_record, ApnsDetails, FeedbackProducer, FeedbackRecord, MessageContext,
+    apns_record, gcm_record, FeedbackProducer, FeedbackRecord, MessageContext, SendDetails,
     DEFAULT_TOPIC_TEMPLATE,
 };
 use pusher::push::{Outcome, Platform};
@@ -73,7 +73,7 @@ async fn apns_and_gcm_feedback_round_trip_through_kafka() {
         reason: "Unregistered".to_owned(),
         timestamp_ms: Some(1_700_000_000_000),
     };
-    let details = ApnsDetails {
+    let details = SendDetails {
         apns_id: "6f1c7c2e-0000-4000-8000-000000000001".to_owned(),
         status: Some(410),
         notification: json!({"aps": {"alert": "Helena miss you! come play!"}, "M": {"jobId": "job-7"}}),
@@ -86,7 +86,7 @@ async fn apns_and_gcm_feedback_round_trip_through_kafka() {
     let apns2 = FeedbackRecord::Apns(apns_record(
         &too_large,
         &context("b"),
-        &ApnsDetails::default(),
+        &SendDetails::default(),
     ));
     producer.send("game", Platform::Apns, &apns2).await.unwrap();
 

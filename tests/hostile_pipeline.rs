@@ -179,7 +179,7 @@ async fn hostile_messages_are_each_counted_and_the_pipeline_stays_up() {
     );
     apns.ca_file = Some(ca.path().to_path_buf());
     apns.default_topic = Some("com.example.app".into());
-    let sender = AppSender::Apns(ApnsSender::new(apns).unwrap());
+    let sender = AppSender::apns(ApnsSender::new(apns).unwrap());
 
     let mut pg = deadpool_postgres::Config::new();
     pg.host = Some("127.0.0.1".into());
@@ -473,7 +473,7 @@ async fn gcm_hostile_messages_and_injected_tokens_stay_data() {
     spec.offset_reset = "earliest".into();
     spec.commit_interval = Duration::from_millis(100);
     let stop = CancellationToken::new();
-    let apps = std::collections::HashMap::from([(app.clone(), AppSender::Gcm(sender))]);
+    let apps = std::collections::HashMap::from([(app.clone(), AppSender::gcm(sender))]);
     let pipeline = tokio::spawn(run(spec, apps, outputs, stop.clone()));
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)

@@ -287,7 +287,7 @@ async fn apns_fake() -> (MockServer, AppSender, tempfile::NamedTempFile) {
     apns.ca_file = Some(ca.path().to_path_buf());
     apns.default_topic = Some("com.example.app".into());
     apns.retry.base = Duration::from_millis(10);
-    let sender = AppSender::Apns(ApnsSender::new(apns).unwrap());
+    let sender = AppSender::apns(ApnsSender::new(apns).unwrap());
     (fake, sender, ca)
 }
 
@@ -413,7 +413,7 @@ async fn gcm_end_to_end_counts_add_up() {
         Platform::Gcm,
         &app,
         &brokers,
-        AppSender::Gcm(sender),
+        AppSender::gcm(sender),
         produced,
     )
     .await;

@@ -82,7 +82,7 @@ async fn consumer_lag_gauge_rises_with_a_backlog_and_returns_to_zero() {
     );
     apns.ca_file = Some(ca.path().to_path_buf());
     apns.default_topic = Some("com.example.app".into());
-    let sender = AppSender::Apns(ApnsSender::new(apns).unwrap());
+    let sender = AppSender::apns(ApnsSender::new(apns).unwrap());
 
     let mut gen = GenConfig::new(Platform::Apns);
     gen.count = MESSAGES as u64;

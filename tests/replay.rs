@@ -581,7 +581,7 @@ async fn the_pipeline_captures_what_it_consumes() {
         observer: Some(seen.clone()),
         ..Outputs::default()
     };
-    let apps = HashMap::from([("cap".to_string(), AppSender::Apns(sender))]);
+    let apps = HashMap::from([("cap".to_string(), AppSender::apns(sender))]);
     let stop = CancellationToken::new();
     let pipeline = tokio::spawn(run(spec, apps, outputs, stop.clone()));
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -135,7 +135,7 @@ async fn messages_given_up_reach_sentry_once_not_per_message() {
     apns.retry.max_attempts = 2;
     apns.retry.base = Duration::from_millis(1);
     apns.retry.cap = Duration::from_millis(5);
-    let sender = AppSender::Apns(ApnsSender::new(apns).unwrap());
+    let sender = AppSender::apns(ApnsSender::new(apns).unwrap());
 
     let mut gen = GenConfig::new(Platform::Apns);
     gen.count = 20;

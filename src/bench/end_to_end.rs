@@ -247,8 +247,8 @@ fn one_run(
     let result: anyhow::Result<(crate::pipeline::run::RunSummary, Duration)> = rt.block_on(async {
         let drain_until = &mut drain_until;
         let sender = match sender_config {
-            SenderConfig::Apns(config) => AppSender::Apns(ApnsSender::new(*config)?),
-            SenderConfig::Fcm(config) => AppSender::Gcm(FcmSender::new(*config)?),
+            SenderConfig::Apns(config) => AppSender::apns(ApnsSender::new(*config)?),
+            SenderConfig::Fcm(config) => AppSender::gcm(FcmSender::new(*config)?),
         };
         // The producer stops with the run: at a signal, or at the endpoint's first fault.
         let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gate());

@@ -255,7 +255,7 @@ fn apns_senders(
         c.on_fault = OnFault::Wait;
         c.name = format!("apns {app}");
         let sender = ApnsSender::new(c).with_context(|| format!("apns.certs.{app}"))?;
-        senders.insert(app.clone(), AppSender::Apns(sender));
+        senders.insert(app.clone(), AppSender::apns(sender));
     }
     if senders.is_empty() {
         bail!("apns.apps: no app configured (set PUSHER_APNS_APPS, apns.apps, or --app)");
@@ -298,7 +298,7 @@ fn gcm_senders(
         c.on_fault = OnFault::Wait;
         c.name = format!("gcm {app}");
         let sender = FcmSender::new(c).with_context(|| key.clone())?;
-        senders.insert(app.clone(), AppSender::Gcm(sender));
+        senders.insert(app.clone(), AppSender::gcm(sender));
     }
     if senders.is_empty() {
         bail!("gcm.apps: no app configured (set PUSHER_GCM_APPS, gcm.apps, or --app)");

@@ -73,12 +73,14 @@ impl MessageContext {
     }
 }
 
-/// APNs specifics of one push.
+/// What the feedback record of a push may need of its last answer (APNs' records carry all
+/// of it; FCM's none).
 #[derive(Debug, Clone, Default)]
-pub struct ApnsDetails {
-    /// The `apns-id` of the request (ours, or the one APNs returned).
+pub struct SendDetails {
+    /// The vendor's id for the request (APNs' `apns-id`: ours, or the one APNs returned).
     pub apns_id: String,
-    /// APNs' HTTP status; `None` when there was no response (expired, malformed, transport).
+    /// The vendor's HTTP status; `None` when there was no response (expired, malformed,
+    /// transport).
     pub status: Option<u16>,
     /// The payload as sent (`{"aps":..,"M":..}`), or as consumed when it was never sent.
     pub notification: Value,
@@ -206,7 +208,7 @@ pub fn gcm_error_key(reason: &str) -> &'static str {
 const EXPIRED_TEXT: &str = "push message has expired";
 
 /// Builds the APNs record for an outcome.
-pub fn apns_record(outcome: &Outcome, ctx: &MessageContext, apns: &ApnsDetails) -> ApnsFeedback {
+pub fn apns_record(outcome: &Outcome, ctx: &MessageContext, apns: &SendDetails) -> ApnsFeedback {
     let reason = outcome.reason().unwrap_or_default().to_owned();
     let status_code = apns.status.unwrap_or(match outcome {
         Outcome::Delivered => 200,
@@ -401,7 +403,7 @@ mod tests {
             reason: "Unregistered".to_owned(),
             timestamp_ms: Some(1),
         };
-        let details = ApnsDetails {
+        let details = SendDetails {
             apns_id: "id-1".to_owned(),
             status: Some(410),
             notification: json!({"aps": {"alert": "hi"}, "M": {"jobId": "j1"}}),
@@ -425,7 +427,7 @@ mod tests {
 
     #[test]
     fn apns_keys_and_statuses() {
-        let details = ApnsDetails::default();
+        let details = SendDetails::default();
         let delivered = apns_record(&Outcome::Delivered, &ctx(), &details);
         assert!(delivered.sent && delivered.err.is_none() && delivered.status_code == 200);
         assert!(!delivered.metadata.contains_key("deleteToken"));

@@ -1,14 +1,12 @@
 //! One message of `pusher run`, from bytes to a handed-off outcome: parse, send, side effects
 //! (feedback acknowledged, token deletion committed), then its offset marked done.
 
-use super::feedback::{self, ApnsDetails, FeedbackRecord, MessageContext};
+use super::feedback::{self, MessageContext, SendDetails};
 use super::offsets::OffsetTracker;
-use super::run::{app_from_topic, lock, AppSender, Counters, OutcomeEvent, Outputs};
+use super::platform::AppSender;
+use super::run::{app_from_topic, lock, Counters, OutcomeEvent, Outputs};
 use super::tokens::{DeletionTicket, TokenError};
-use crate::push::message::{is_expired, parse_apns, parse_gcm};
 use crate::push::{Outcome, Platform};
-use crate::sender::apns::ApnsSender;
-use crate::sender::fcm::FcmSender;
 use crate::sender::retry::RetryPolicy;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -101,26 +99,15 @@ pub(super) async fn handle(
         hostname: shared.hostname.clone(),
         ..Default::default()
     };
-    let (outcome, details) = match shared.apps.get(&app) {
-        // Checked above.
-        None => return,
-        Some(AppSender::Apns(sender)) => {
-            let started = tokio::time::Instant::now();
-            // Boxed: the send future is most of this task's size, and the task is moved
-            // whole when spawned (memmove was the top symbol of the pipeline thread).
-            let result = Box::pin(apns(sender, m.payload.as_deref(), &mut ctx)).await;
-            m.send_latency = Some(started.elapsed());
-            result
-        }
-        Some(AppSender::Gcm(sender)) => {
-            let started = tokio::time::Instant::now();
-            let outcome = Box::pin(gcm(sender, m.payload.as_deref(), &mut ctx)).await;
-            m.send_latency = Some(started.elapsed());
-            (outcome, ApnsDetails::default())
-        }
+    // Checked above.
+    let Some(sender) = shared.apps.get(&app) else {
+        return;
     };
+    let started = tokio::time::Instant::now();
+    let (outcome, details) = sender.push(m.payload.as_deref(), &mut ctx).await;
+    m.send_latency = Some(started.elapsed());
     // Side effects first, then the offset: that order is the at-least-once contract.
-    let deletion = match hand_off(shared, &ctx, &outcome, &details).await {
+    let deletion = match hand_off(shared, sender, &ctx, &outcome, &details).await {
         HandOff::Done => None,
         HandOff::Deleting(ticket) => Some(ticket),
         HandOff::Stopped => return, // Not finished, so it will be redelivered.
@@ -154,112 +141,17 @@ pub(super) enum HandOff {
     Stopped,
 }
 
-pub(super) async fn apns(
-    sender: &ApnsSender,
-    payload: Option<&[u8]>,
-    ctx: &mut MessageContext,
-) -> (Outcome, ApnsDetails) {
-    let mut message = match parse_apns(payload.unwrap_or_default()) {
-        Ok(m) => m,
-        Err(e) => {
-            ctx.token = payload
-                .and_then(|p| crate::push::message::token_hint(p, true))
-                .unwrap_or_default();
-            let details = ApnsDetails {
-                notification: payload
-                    .and_then(|p| serde_json::from_slice(p).ok())
-                    .unwrap_or(serde_json::Value::Null),
-                ..Default::default()
-            };
-            return (
-                Outcome::Malformed {
-                    reason: e.reason().to_string(),
-                },
-                details,
-            );
-        }
-    };
-    ctx.token = message.notification.token.clone();
-    ctx.metadata = std::mem::take(&mut message.metadata);
-    let notification_json =
-        || serde_json::from_slice(&message.notification.payload).unwrap_or(serde_json::Value::Null);
-    if is_expired(message.push_expiry, now()) {
-        let details = ApnsDetails {
-            notification: notification_json(),
-            ..Default::default()
-        };
-        return (Outcome::Expired, details);
-    }
-    let delivery = sender.send_with_details(&message.notification).await;
-    let details = if delivery.outcome.is_delivered() {
-        // Built lazily: successes need it only for success feedback.
-        ApnsDetails {
-            apns_id: delivery
-                .response
-                .as_ref()
-                .and_then(|r| r.apns_id.clone())
-                .unwrap_or_default(),
-            status: delivery.response.as_ref().map(|r| r.status),
-            notification: serde_json::Value::Null,
-        }
-    } else {
-        ApnsDetails {
-            apns_id: delivery
-                .response
-                .as_ref()
-                .and_then(|r| r.apns_id.clone())
-                .unwrap_or_default(),
-            status: delivery.response.as_ref().map(|r| r.status),
-            notification: notification_json(),
-        }
-    };
-    (delivery.outcome, details)
-}
-
-pub(super) async fn gcm(
-    sender: &FcmSender,
-    payload: Option<&[u8]>,
-    ctx: &mut MessageContext,
-) -> Outcome {
-    let mut message = match parse_gcm(payload.unwrap_or_default()) {
-        Ok(m) => m,
-        Err(e) => {
-            ctx.token = payload
-                .and_then(|p| crate::push::message::token_hint(p, false))
-                .unwrap_or_default();
-            return Outcome::Malformed {
-                reason: e.reason().to_string(),
-            };
-        }
-    };
-    ctx.token = message.to.clone();
-    ctx.metadata = std::mem::take(&mut message.metadata);
-    if is_expired(message.push_expiry, now()) {
-        return Outcome::Expired;
-    }
-    let delivery = sender.send_with_details(&message).await;
-    if let Some(canonical) = &delivery.canonical_registration_id {
-        // Legacy FCM asks to replace the token; the feedback carries it for the token store.
-        ctx.canonical_registration_id = Some(canonical.clone());
-    }
-    delivery.outcome
-}
-
 /// Feedback produced and acknowledged, then the token queued for deletion.
 pub(super) async fn hand_off(
     shared: &Shared,
+    sender: &AppSender,
     ctx: &MessageContext,
     outcome: &Outcome,
-    details: &ApnsDetails,
+    details: &SendDetails,
 ) -> HandOff {
     if let Some(producer) = &shared.outputs.feedback {
         if feedback::should_report(outcome, shared.include_success) {
-            let record = match shared.platform {
-                Platform::Apns => {
-                    FeedbackRecord::Apns(feedback::apns_record(outcome, ctx, details))
-                }
-                Platform::Gcm => FeedbackRecord::Gcm(feedback::gcm_record(outcome, ctx)),
-            };
+            let record = sender.feedback(outcome, ctx, details);
             let policy = RetryPolicy::unbounded(Duration::from_millis(100), Duration::from_secs(5));
             let mut attempt = 0;
             loop {

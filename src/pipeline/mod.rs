@@ -1,11 +1,14 @@
 //! `pusher run`: Kafka consumer -> bounded dispatch -> sender -> outcome handlers ->
 //! per-partition offset tracker (DESIGN.md §5).
 
+mod apns;
 pub mod cli;
 pub mod feedback;
+mod gcm;
 mod kafka;
 mod message;
 pub mod offsets;
+pub mod platform;
 pub mod run;
 pub mod stats;
 mod status;

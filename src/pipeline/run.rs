@@ -18,9 +18,7 @@ use super::offsets::{OffsetError, OffsetTracker};
 use super::status::StatusLine;
 use super::tokens::TokenQueue;
 use crate::push::{Outcome, Platform};
-use crate::sender::apns::ApnsSender;
-use crate::sender::fcm::FcmSender;
-use crate::sender::gate::{Gate, Health};
+use crate::sender::gate::Health;
 use crate::telemetry::KafkaReports;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, Timestamp};
@@ -85,28 +83,7 @@ impl RunSpec {
     }
 }
 
-/// The sender of one app.
-#[derive(Debug, Clone)]
-pub enum AppSender {
-    Apns(ApnsSender),
-    Gcm(FcmSender),
-}
-
-impl AppSender {
-    pub fn gate(&self) -> &Gate {
-        match self {
-            AppSender::Apns(s) => s.gate(),
-            AppSender::Gcm(s) => s.gate(),
-        }
-    }
-
-    pub fn platform(&self) -> Platform {
-        match self {
-            AppSender::Apns(_) => Platform::Apns,
-            AppSender::Gcm(_) => Platform::Gcm,
-        }
-    }
-}
+pub use super::platform::AppSender;
 
 /// Where outcomes go besides the offset tracker.
 #[derive(Default, Clone)]
