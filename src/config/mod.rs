@@ -1,12 +1,12 @@
 //! Configuration: built-in defaults < YAML file < PUSHER_* environment < CLI overrides,
 //! validated before anything starts (DESIGN.md §7).
 //!
-//! - [`schema`]: the tree as types, with defaults; the seed's keys that are ignored.
-//! - [`keys`]: the keys derived from the schema (what the unknown-key check and the
+//! - `schema`: the tree as types, with defaults; the seed's keys that are ignored.
+//! - `keys`: the keys derived from the schema (what the unknown-key check and the
 //!   environment names use).
-//! - [`env`]: the seed's environment names (viper's rule, `PUSHER_QUEUE_BROKERS`).
-//! - [`load`]: layering.
-//! - [`validate`]: checks, giving the [`Validated`] config that `pusher run` takes.
+//! - `env`: the seed's environment names (viper's rule, `PUSHER_QUEUE_BROKERS`).
+//! - `load`: layering.
+//! - `validate`: checks, giving the [`Validated`] config that `pusher run` takes.
 //!
 //! Unknown keys are errors that name the nearest valid key. Durations take units as on the
 //! command line (`30s`, `250ms`); a bare number keeps the unit the seed gave the key. Secrets
