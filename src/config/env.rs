@@ -127,9 +127,6 @@ fn unknown(keys: &Keys, leaves: &[Leaf], upper: &str, rest: &str) -> Result<EnvK
             for (i, _) in tail.match_indices('_') {
                 candidates.push(strip(&format!("{prefix}{}{suffix}", &tail[..i])));
             }
-            if suffix.is_empty() {
-                candidates.push(strip(upper));
-            }
         }
     }
     let section = leaves

@@ -264,6 +264,11 @@ fn unknown_keys_name_the_nearest_valid_key() {
             "PUSHER_SENTRY_DSN: unknown key; did you mean PUSHER_SENTRY_URL?",
         ),
         (
+            "PUSHER_GCM_FIREBASECREDENTIALS_",
+            "PUSHER_GCM_FIREBASECREDENTIALS_: unknown key (valid here: PUSHER_GCM_APPS, \
+             PUSHER_GCM_ENDPOINT)",
+        ),
+        (
             "PUSHER_SENTRY_ENVIRONMENT",
             "PUSHER_SENTRY_ENVIRONMENT: unknown key (valid here: PUSHER_SENTRY_URL)",
         ),
