@@ -25,8 +25,7 @@ fn pg() -> PgConfig {
         database: "test".to_owned(),
         port: 5432,
         pool_size: 4,
-        max_retries: 3,
-        connection_timeout_ms: 1000,
+        connection_timeout: Duration::from_secs(1),
     }
 }
 

@@ -363,7 +363,7 @@ impl Target for ConfigTarget {
         match pusher::config::Config::load_yaml(yaml, "fuzz.yaml", env.into_iter(), &[]) {
             Err(e) => format!("load_err:{}", variant(&format!("{e:?}"))),
             Ok(config) => match config.validate() {
-                Ok(()) => "valid".into(),
+                Ok(_) => "valid".into(),
                 // The key at fault, without the app name the input made up.
                 Err(e) => {
                     let message = e.to_string();

@@ -21,8 +21,7 @@ fn pg_config(port: u16) -> PgConfig {
         database: "test".to_owned(),
         port,
         pool_size: 4,
-        max_retries: 3,
-        connection_timeout_ms: 1000,
+        connection_timeout: Duration::from_secs(1),
     }
 }
 

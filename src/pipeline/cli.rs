@@ -5,7 +5,9 @@ use super::feedback::FeedbackProducer;
 use super::run::{run as run_loop, AppSender, Outputs, RunSpec};
 use super::tokens::{pg_pool, DeleterSettings, TokenDeleter};
 use crate::cli::GlobalArgs;
-use crate::config::{ApnsCert, Config, Secret};
+use crate::config::{
+    ApnsCert, Config, FeedbackReporter, Secret, StatsReporter, TokenHandler, Validated,
+};
 use crate::push::Platform;
 use crate::sender::apns::{load_identity, ApnsAuth, ApnsConfig, ApnsSender, TokenAuth};
 use crate::sender::endpoint::Endpoint;
@@ -148,7 +150,7 @@ fn load_config(
     platform: Platform,
     args: &PlatformRunArgs,
     g: &GlobalArgs,
-) -> anyhow::Result<Config> {
+) -> anyhow::Result<Validated> {
     // The seed's default path, when it is there; an explicit --config must exist.
     let default = PathBuf::from("./config/default.yaml");
     let path = g
@@ -160,17 +162,24 @@ fn load_config(
         std::env::vars(),
         &overrides(platform, args),
     )?;
-    config.validate()?;
-    Ok(config)
+    Ok(config.validate()?)
 }
 
 fn run_configured(
     platform: Platform,
     args: PlatformRunArgs,
     g: &GlobalArgs,
-    config: Config,
+    config: Validated,
 ) -> anyhow::Result<ExitCode> {
     tracing::debug!(config = ?config, "Configuration loaded.");
+    if !config.seed_keys.is_empty() {
+        let keys: Vec<String> = config
+            .seed_keys
+            .iter()
+            .map(|k| format!("{} (now: {})", k.key, k.now))
+            .collect();
+        tracing::warn!(keys = keys.join(", "), "Ignoring config keys of the seed.");
+    }
     let apps = match platform {
         Platform::Apns => apns_senders(&config, &args, g.production)?,
         Platform::Gcm => gcm_senders(&config, &args)?,
@@ -229,7 +238,7 @@ fn run_configured(
 
 /// One APNs sender per configured app.
 fn apns_senders(
-    config: &Config,
+    config: &Validated,
     args: &PlatformRunArgs,
     production: bool,
 ) -> anyhow::Result<HashMap<String, AppSender>> {
@@ -266,7 +275,7 @@ fn apns_senders(
 /// One FCM sender per configured app: HTTP v1 with a service account (a file, or the seed's
 /// `firebaseCredentials` JSON string), or legacy HTTP with an API key.
 fn gcm_senders(
-    config: &Config,
+    config: &Validated,
     args: &PlatformRunArgs,
 ) -> anyhow::Result<HashMap<String, AppSender>> {
     let mut senders = HashMap::new();
@@ -327,7 +336,7 @@ fn apns_auth(app: &str, cert: &ApnsCert) -> anyhow::Result<ApnsAuth> {
 }
 
 /// How the loop consumes: this platform's topics only, in this platform's group.
-fn spec(platform: Platform, config: &Config, apps: &[String]) -> anyhow::Result<RunSpec> {
+fn spec(platform: Platform, config: &Validated, apps: &[String]) -> anyhow::Result<RunSpec> {
     let topics = config.topics(platform, apps)?;
     let mut spec = RunSpec::new(
         platform,
@@ -335,15 +344,16 @@ fn spec(platform: Platform, config: &Config, apps: &[String]) -> anyhow::Result<
         config.group(platform),
         topics,
     );
-    spec.session_timeout = Duration::from_millis(config.queue.session_timeout);
-    spec.offset_reset = config.queue.offset_reset_strategy.clone();
+    spec.session_timeout = config.queue.session_timeout;
+    spec.offset_reset = config.queue.offset_reset_strategy.as_str().to_owned();
     spec.max_in_flight = config.in_flight.max(1);
     spec.include_success_feedback = config.feedback.include_success;
     spec.shutdown_timeout = if config.queue.handle_all_messages_before_exiting {
-        Duration::from_secs(config.graceful_shutdown_timeout)
+        config.graceful_shutdown_timeout
     } else {
         Duration::ZERO
     };
+    spec.log_interval = config.stats.log_interval;
     Ok(spec)
 }
 
@@ -355,31 +365,33 @@ struct Background {
 }
 
 /// Feedback producer, token deleter and stats, as configured.
-fn outputs(platform: Platform, config: &Config) -> anyhow::Result<(Outputs, Background)> {
-    let feedback = if config.feedback.reporters.iter().any(|r| r == "kafka") {
+fn outputs(platform: Platform, config: &Validated) -> anyhow::Result<(Outputs, Background)> {
+    let feedback = if config.feedback.reporters.contains(&FeedbackReporter::Kafka) {
         Some(Arc::new(
             FeedbackProducer::from_config(&config.feedback.kafka).context("feedback.kafka")?,
         ))
     } else {
         None
     };
-    let deleter = if config.invalid_token.handlers.iter().any(|h| h == "pg") {
+    let deleter = if config.invalid_token.handlers.contains(&TokenHandler::Pg) {
         let pool = pg_pool(&config.invalid_token.pg).context("invalidToken.pg")?;
         let settings = DeleterSettings::from_config(&config.invalid_token);
         Some(TokenDeleter::spawn(pool, settings))
     } else {
         None
     };
-    let statsd = if config.stats.reporters.iter().any(|r| r == "statsd") {
+    let statsd = if config.stats.reporters.contains(&StatsReporter::Statsd) {
         let client =
             crate::telemetry::statsd(&config.stats.statsd.host, &config.stats.statsd.prefix)?;
         Some(Arc::new(crate::telemetry::StatsdBatch::new(client)))
     } else {
         None
     };
-    let flush = Duration::from_millis(config.stats.statsd.flush_interval_in_ms);
     let background = Background {
-        _statsd: statsd.as_ref().map(|s| s.spawn_flusher(flush)),
+        // Counters are summed and sent once per flushIntervalInMs.
+        _statsd: statsd
+            .as_ref()
+            .map(|s| s.spawn_flusher(config.stats.statsd.flush_interval)),
         deleter,
     };
     let observer: Arc<dyn super::run::Observer> =

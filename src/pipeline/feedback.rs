@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// The seed's feedback topic (it hard-coded this; here it is `feedback.kafka.topics`).
-pub const DEFAULT_TOPIC_TEMPLATE: &str = "push-{app}-{platform}-feedbacks";
+pub const DEFAULT_TOPIC_TEMPLATE: &str = crate::config::DEFAULT_FEEDBACK_TOPIC;
 
 /// Fills `{app}` and `{platform}` in a topic template.
 pub fn feedback_topic(template: &str, app: &str, platform: Platform) -> String {

@@ -67,13 +67,13 @@ impl Default for DeleterSettings {
 
 impl DeleterSettings {
     /// Batch size and interval from `invalidToken.batch`; queue and retry timings as default.
-    /// (`invalidToken.pg.maxRetries` is not used: a batch is retried until it is deleted or the
-    /// shutdown deadline passes, so a PostgreSQL outage loses nothing.)
+    /// (A batch is retried until it is deleted or the shutdown deadline passes, so a
+    /// PostgreSQL outage loses nothing: the seed's `invalidToken.pg.maxRetries` is ignored.)
     pub fn from_config(cfg: &crate::config::InvalidTokenConfig) -> Self {
         let size = cfg.batch.size.max(1);
         DeleterSettings {
             batch_size: size,
-            flush_interval: Duration::from_millis(cfg.batch.interval_ms.max(1)),
+            flush_interval: cfg.batch.interval.max(Duration::from_millis(1)),
             queue_capacity: size.saturating_mul(10),
             ..DeleterSettings::default()
         }
@@ -149,7 +149,7 @@ pub fn pg_pool(pg: &PgConfig) -> Result<Pool, TokenError> {
     cfg.user = Some(pg.user.clone());
     cfg.password = pg.pass.as_ref().map(|p| p.expose().to_owned());
     cfg.dbname = Some(pg.database.clone());
-    cfg.connect_timeout = Some(Duration::from_millis(pg.connection_timeout_ms.max(1)));
+    cfg.connect_timeout = Some(pg.connection_timeout.max(Duration::from_millis(1)));
     cfg.pool = Some(deadpool_postgres::PoolConfig::new(pg.pool_size.max(1)));
     cfg.create_pool(Some(Runtime::Tokio1), tokio_postgres::NoTls)
         // The error text holds no password: deadpool reports only what went wrong.

@@ -1,0 +1,823 @@
+#![allow(clippy::unwrap_used)]
+
+use super::env::{classify, env_name, EnvKey};
+use super::keys::{Keys, Kind, ANY};
+use super::*;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+fn yaml_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+    Config::load_yaml(text, "t.yaml", env(&[]), &[])
+}
+
+fn from_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::load_with(None, env(pairs), &[])
+}
+
+#[test]
+fn defaults_validate() {
+    let c = from_env(&[]).unwrap();
+    assert_eq!(c.queue.brokers, "localhost:9092");
+    assert_eq!(
+        c.feedback.kafka.topic_template(),
+        "push-{app}-{platform}-feedbacks"
+    );
+    c.validate().unwrap();
+}
+
+#[test]
+fn shipped_default_yaml_loads_validates_and_matches_the_built_in_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.yaml");
+    let c = Config::load(&path, env(&[])).unwrap();
+    assert!(c.seed_keys.is_empty(), "{:?}", c.seed_keys);
+    // The documented file and the built-in defaults say the same.
+    assert_eq!(
+        serde_yaml_ng::to_value(&c).unwrap(),
+        serde_yaml_ng::to_value(Config::default()).unwrap()
+    );
+    c.validate().unwrap();
+}
+
+#[test]
+fn precedence_defaults_file_env_cli() {
+    let f = yaml_file("queue:\n  brokers: file:1\n  group: file-group\n  sessionTimeout: 7000\n");
+    let c = Config::load_with(
+        Some(f.path()),
+        env(&[
+            ("PUSHER_QUEUE_GROUP", "env-group"),
+            ("PUSHER_QUEUE_SESSIONTIMEOUT", "8000"),
+        ]),
+        &[("queue.sessionTimeout".to_owned(), "9000".to_owned())],
+    )
+    .unwrap();
+    assert_eq!(c.queue.brokers, "file:1", "file beats default");
+    assert_eq!(
+        c.queue.group.as_deref(),
+        Some("env-group"),
+        "env beats file"
+    );
+    assert_eq!(
+        c.queue.session_timeout,
+        Duration::from_millis(9000),
+        "CLI beats env"
+    );
+    assert_eq!(
+        c.queue.offset_reset_strategy,
+        OffsetReset::Latest,
+        "default kept"
+    );
+}
+
+/// Every key of the schema has its environment name, derived from the key.
+#[test]
+fn every_key_has_its_env_name() {
+    let keys = Keys::new().unwrap();
+    let leaves = keys.leaves();
+    assert!(leaves.len() > 35, "{leaves:?}");
+    for leaf in &leaves {
+        let path: Vec<String> = leaf
+            .path
+            .iter()
+            .map(|s| if s == ANY { "my_app".into() } else { s.clone() })
+            .collect();
+        let name = env_name(&path);
+        assert_eq!(
+            classify(&keys, &name).unwrap(),
+            EnvKey::Key(path.clone(), leaf.kind),
+            "{name}"
+        );
+    }
+    // Kinds come from the defaults: durations and optional keys are text.
+    let kind = |key: &str| keys.lookup(key).unwrap().1;
+    assert_eq!(kind("inFlight"), Kind::Number);
+    assert_eq!(kind("queue.topics"), Kind::List);
+    assert_eq!(kind("queue.handleAllMessagesBeforeExiting"), Kind::Bool);
+    assert_eq!(kind("stats.logInterval"), Kind::Text);
+    assert_eq!(kind("queue.group"), Kind::Text);
+    assert_eq!(kind("apns.certs.game.keyID"), Kind::Text);
+}
+
+/// The seed's names (DESIGN.md §7) keep working, its odd spelling included.
+#[test]
+fn the_seeds_env_names_are_understood() {
+    let keys = Keys::new().unwrap();
+    for name in [
+        "PUSHER_QUEUE_TOPICS",
+        "PUSHER_QUEUE_BROKERS",
+        "PUSHER_QUEUE_GROUP",
+        "PUSHER_QUEUE_SESSIONTIMEOUT",
+        "PUSHER_QUEUE_OFFSETRESETSTRATEGY",
+        "PUSHER_QUEUE_HANDLEALLMESSAGESBEFOREEXITING",
+        "PUSHER_GCM_APPS",
+        "PUSHER_APNS_APPS",
+        "PUSHER_APNS_CERTS_GAME_AUTHKEYPATH",
+        "PUSHER_GCM_CERTS_GAME_APIKEY",
+        "PUSHER_FEEDBACK_REPORTERS",
+        "PUSHER_FEEDBACK_KAFKA_TOPICS",
+        "PUSHER_FEEDBACK_KAFKA_BROKERS",
+        "PUSHER_STATS_REPORTERS",
+        "PUSHER_STATS_STATSD_HOST",
+        "PUSHER_STATS_STATSD_PREFIX",
+        "PUSHER_STATS_STATSD_FLUSHINTERVALINMS",
+        "PUSHER_INVALIDTOKEN_HANDLERS",
+        "PUSHER_INVALIDTOKEN_PG_USER",
+        "PUSHER_INVALIDTOKEN_PG_PASS",
+        "PUSHER_INVALIDTOKEN_PG_HOST",
+        "PUSHER_INVALIDTOKEN_PG_DATABASE",
+        "PUSHER_INVALIDTOKEN_PG_PORT",
+        "PUSHER_INVALIDTOKEN_PG_POOLSIZE",
+        "PUSHER_INVALIDTOKEN_PG_CONNECTIONTIMEOUT",
+        "PUSHER_GRACEFULLSHUTDOWNTIMEOUT",
+        "PUSHER_SENTRY_URL",
+    ] {
+        assert!(
+            matches!(classify(&keys, name).unwrap(), EnvKey::Key(..)),
+            "{name}"
+        );
+    }
+    // Accepted and ignored, with a warning.
+    for name in [
+        "PUSHER_INVALIDTOKEN_PG_MAXRETRIES",
+        "PUSHER_APNS_CONCURRENTWORKERS",
+        "PUSHER_GCM_CONCURRENTWORKERS",
+        "PUSHER_GCM_MAXPENDINGMESSAGES",
+    ] {
+        assert!(
+            matches!(classify(&keys, name).unwrap(), EnvKey::Seed(_)),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        classify(&keys, "PUSHER_GRACEFULLSHUTDOWNTIMEOUT").unwrap(),
+        EnvKey::Key(vec!["gracefulShutdownTimeout".into()], Kind::Text)
+    );
+    let names = Config::env_names().unwrap();
+    assert!(names.contains(&"PUSHER_STATS_LOGINTERVAL".to_owned()));
+    assert!(names.contains(&"PUSHER_GRACEFULLSHUTDOWNTIMEOUT".to_owned()));
+}
+
+#[test]
+fn other_pusher_variables_are_left_alone() {
+    let others = [
+        "PUSHER_LOG",
+        "PUSHER_TEST_KAFKA",
+        "PUSHER_SKIP_BROWSER",
+        "PUSHER_BENCH_API_KEY",
+        "PUSHER_REPLAY_API_KEY",
+        "PUSHER_MOCK_ADMIN_TOKEN",
+        "PUSHER_APNS_CERTIFICATE_PASSWORD",
+        "PUSHER_GCM_API_KEY",
+        "PUSHER_CHAOS_SEED",
+        "PUSHER_SOAK_BIN",
+        "PUSHER_BIN",
+        "PUSHER_CI_CACHE",
+        "PUSHER_KEEP_PNG",
+    ];
+    let pairs: Vec<(&str, &str)> = others.iter().map(|n| (*n, "x")).collect();
+    let c = from_env(&pairs).unwrap();
+    assert!(c.seed_keys.is_empty());
+    let c = from_env(&[("PUSHER_SENTRY_URL", "https://k@sentry.example/1")]).unwrap();
+    assert!(c.sentry.url.is_some());
+}
+
+/// Each bad config and the exact error it gives.
+#[test]
+fn unknown_keys_name_the_nearest_valid_key() {
+    let file_cases = [
+        (
+            "inFligth: 10\n",
+            "config file t.yaml: inFligth: unknown key; did you mean inFlight?",
+        ),
+        (
+            "queue:\n  brokrs: k:9092\n",
+            "config file t.yaml: queue.brokrs: unknown key; did you mean brokers?",
+        ),
+        (
+            "apns:\n  certs:\n    game:\n      keyId: ABC\n",
+            "config file t.yaml: apns.certs.game.keyId: unknown key; did you mean keyID?",
+        ),
+        (
+            "gcm:\n  certs:\n    g:\n      senderId: \"1\"\n",
+            "config file t.yaml: gcm.certs.g.senderId: unknown key; did you mean senderID?",
+        ),
+        (
+            "apns:\n  retry:\n    maxRetryAtempts: 2\n",
+            "config file t.yaml: apns.retry.maxRetryAtempts: unknown key; did you mean maxRetryAttempts?",
+        ),
+        (
+            "stats:\n  loginterval: 5s\n",
+            "config file t.yaml: stats.loginterval: unknown key; did you mean logInterval?",
+        ),
+        (
+            "Queue:\n  brokers: k:9092\n",
+            "config file t.yaml: Queue: unknown key; did you mean queue?",
+        ),
+        (
+            "zzz: 1\n",
+            "config file t.yaml: zzz: unknown key (valid here: queue, apns, gcm, feedback, stats, \
+             invalidToken, gracefulShutdownTimeout, inFlight, sentry)",
+        ),
+        (
+            "log:\n  levl: debug\n",
+            "config file t.yaml: log.levl: unknown key; did you mean level?",
+        ),
+    ];
+    for (yaml, expected) in file_cases {
+        let err = from_yaml(yaml).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{yaml}");
+        assert_eq!(err.to_string(), expected, "{yaml}");
+    }
+    let env_cases = [
+        (
+            "PUSHER_QUEUE_BROKER",
+            "PUSHER_QUEUE_BROKER: unknown key; did you mean PUSHER_QUEUE_BROKERS?",
+        ),
+        (
+            "PUSHER_QUEU_BROKERS",
+            "PUSHER_QUEU_BROKERS: unknown key; did you mean PUSHER_QUEUE_BROKERS?",
+        ),
+        (
+            "PUSHER_INFLIGTH",
+            "PUSHER_INFLIGTH: unknown key; did you mean PUSHER_INFLIGHT?",
+        ),
+        (
+            "PUSHER_APNS_CERTS_GAME_KEY_ID",
+            "PUSHER_APNS_CERTS_GAME_KEY_ID: unknown key; did you mean PUSHER_APNS_CERTS_GAME_KEYID?",
+        ),
+        (
+            "PUSHER_SENTRY_DSN",
+            "PUSHER_SENTRY_DSN: unknown key; did you mean PUSHER_SENTRY_URL?",
+        ),
+        (
+            "PUSHER_GCM_FIREBASECREDENTIALS_",
+            "PUSHER_GCM_FIREBASECREDENTIALS_: unknown key (valid here: PUSHER_GCM_APPS, \
+             PUSHER_GCM_ENDPOINT)",
+        ),
+        (
+            "PUSHER_SENTRY_ENVIRONMENT",
+            "PUSHER_SENTRY_ENVIRONMENT: unknown key (valid here: PUSHER_SENTRY_URL)",
+        ),
+    ];
+    for (name, expected) in env_cases {
+        let err = from_env(&[(name, "x")]).unwrap_err();
+        assert_eq!(err.to_string(), expected, "{name}");
+    }
+    let err = Config::load_with(
+        None,
+        env(&[]),
+        &[("queue.brokres".to_owned(), "1".to_owned())],
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "queue.brokres: unknown key; did you mean queue.brokers?"
+    );
+}
+
+#[test]
+fn durations_take_units_and_bare_numbers_keep_the_seeds_unit() {
+    type Get = fn(&Config) -> Duration;
+    let cases: [(&str, &str, Get, u64, Duration); 7] = [
+        (
+            "gracefulShutdownTimeout",
+            "PUSHER_GRACEFULLSHUTDOWNTIMEOUT",
+            |c| c.graceful_shutdown_timeout,
+            12,
+            Duration::from_secs(12),
+        ),
+        (
+            "queue.sessionTimeout",
+            "PUSHER_QUEUE_SESSIONTIMEOUT",
+            |c| c.queue.session_timeout,
+            7000,
+            Duration::from_millis(7000),
+        ),
+        (
+            "invalidToken.pg.connectionTimeout",
+            "PUSHER_INVALIDTOKEN_PG_CONNECTIONTIMEOUT",
+            |c| c.invalid_token.pg.connection_timeout,
+            250,
+            Duration::from_millis(250),
+        ),
+        (
+            "invalidToken.batch.intervalMs",
+            "PUSHER_INVALIDTOKEN_BATCH_INTERVALMS",
+            |c| c.invalid_token.batch.interval,
+            40,
+            Duration::from_millis(40),
+        ),
+        (
+            "stats.statsd.flushIntervalInMs",
+            "PUSHER_STATS_STATSD_FLUSHINTERVALINMS",
+            |c| c.stats.statsd.flush_interval,
+            100,
+            Duration::from_millis(100),
+        ),
+        (
+            "apns.retry.interval",
+            "PUSHER_APNS_RETRY_INTERVAL",
+            |c| c.apns.retry.interval,
+            500,
+            Duration::from_millis(500),
+        ),
+        (
+            "stats.logInterval",
+            "PUSHER_STATS_LOGINTERVAL",
+            |c| c.stats.log_interval,
+            5,
+            Duration::from_secs(5),
+        ),
+    ];
+    for (key, name, get, bare, expected) in cases {
+        // As YAML, nested from the dotted key.
+        let yaml = |value: &str| {
+            let parts: Vec<&str> = key.split('.').collect();
+            let mut text = String::new();
+            for (depth, part) in parts.iter().enumerate() {
+                text.push_str(&"  ".repeat(depth));
+                text.push_str(part);
+                text.push(':');
+                text.push(if depth + 1 == parts.len() { ' ' } else { '\n' });
+            }
+            text.push_str(value);
+            text.push('\n');
+            from_yaml(&text).unwrap_or_else(|e| panic!("{key}: {value}: {e}"))
+        };
+        assert_eq!(get(&yaml(&bare.to_string())), expected, "{key}: {bare}");
+        assert_eq!(get(&yaml("\"2m\"")), Duration::from_secs(120), "{key}");
+        assert_eq!(get(&yaml("1500ms")), Duration::from_millis(1500), "{key}");
+        assert_eq!(get(&yaml("30s")), Duration::from_secs(30), "{key}");
+        let from_env = |value: &str| {
+            get(&from_env(&[(name, value)]).unwrap_or_else(|e| panic!("{name}={value}: {e}")))
+        };
+        assert_eq!(from_env(&bare.to_string()), expected, "{name}={bare}");
+        assert_eq!(from_env("250ms"), Duration::from_millis(250), "{name}");
+        assert_eq!(from_env(" 5m "), Duration::from_secs(300), "{name}");
+    }
+    assert_eq!(
+        from_yaml("stats:\n  logInterval: 0\n")
+            .unwrap()
+            .stats
+            .log_interval,
+        Duration::ZERO,
+        "0 turns the status line off"
+    );
+    assert_eq!(
+        from_env(&[("PUSHER_QUEUE_SESSIONTIMEOUT", "soon")])
+            .unwrap_err()
+            .to_string(),
+        "PUSHER_QUEUE_SESSIONTIMEOUT: \"soon\" is not a duration like \"30s\" or \"250ms\", \
+         or a number of milliseconds (expected number at 0)"
+    );
+    assert_eq!(
+        from_yaml("gracefulShutdownTimeout: -3\n")
+            .unwrap_err()
+            .to_string(),
+        "config file t.yaml: gracefulShutdownTimeout: -3 is negative: not a duration"
+    );
+    assert_eq!(
+        from_yaml("gracefulShutdownTimeout: 0s\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string(),
+        "gracefulShutdownTimeout: must be > 0"
+    );
+}
+
+/// A config written for the seed loads: its keys that do nothing here are listed (the pusher
+/// warns once with the list) and change nothing.
+#[test]
+fn seed_keys_are_accepted_ignored_and_listed() {
+    let seed = "\
+gracefulShutdownTimeout: 30
+apns:
+  concurrentWorkers: 300
+  connectionPoolSize: 1
+  logStatsInterval: 10000
+  apps: game
+  certs:
+    game:
+      keyID: ABC123DEFG
+      teamID: ABC123DEFG
+      topic: com.game.test
+gcm:
+  pingInterval: 30
+  pingTimeout: 10
+  maxPendingMessages: 100
+  concurrentWorkers: 10
+  logStatsInterval: 10000
+queue:
+  topics:
+    - \"^push-[^-_]+_(apns|gcm)[_-](single|massive)\"
+  brokers: localhost:9941
+  group: testGroup
+  sessionTimeout: 6000
+  offsetResetStrategy: latest
+  handleAllMessagesBeforeExiting: true
+  channelSize: 100
+feedback:
+  reporters:
+    - kafka
+  kafka:
+    topics: push-test_apns-feedbacks
+    brokers: localhost:9941
+  cache:
+    requestTimeout: 1800000
+    cleaningInterval: 300000
+stats:
+  reporters:
+    - statsd
+  flush:
+    s: 5
+  statsd:
+    host: localhost:8125
+    prefix: push
+    buflen: 1
+invalidToken:
+  pg:
+    table: test_apns
+    host: localhost
+    port: 8585
+    maxRetries: 3
+    connectionTimeout: 100
+feedbackListeners:
+  queue:
+    fetch.min.bytes: 1
+  invalidToken:
+    flush:
+      time:
+        ms: 2000
+log:
+  level: info
+";
+    let c = Config::load_yaml(
+        seed,
+        "seed.yaml",
+        env(&[("PUSHER_APNS_CONCURRENTWORKERS", "lots")]),
+        &[],
+    )
+    .unwrap();
+    let listed: Vec<&str> = c.seed_keys.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(
+        listed,
+        [
+            "apns.concurrentWorkers",
+            "apns.logStatsInterval",
+            "gcm.pingInterval",
+            "gcm.pingTimeout",
+            "gcm.maxPendingMessages",
+            "gcm.concurrentWorkers",
+            "gcm.logStatsInterval",
+            "queue.channelSize",
+            "feedback.cache",
+            "stats.flush",
+            "stats.statsd.buflen",
+            "invalidToken.pg.table",
+            "invalidToken.pg.maxRetries",
+            "feedbackListeners",
+            "log.level",
+            "PUSHER_APNS_CONCURRENTWORKERS",
+        ]
+    );
+    let workers = &c.seed_keys[0];
+    assert_eq!(workers.now, "inFlight bounds concurrency");
+    // The rest of the tree took effect.
+    assert_eq!(c.queue.brokers, "localhost:9941");
+    assert_eq!(c.invalid_token.pg.port, 8585);
+    assert_eq!(
+        c.invalid_token.pg.connection_timeout,
+        Duration::from_millis(100)
+    );
+    assert_eq!(c.in_flight, Config::default().in_flight);
+    // A new config has none.
+    assert!(from_yaml("inFlight: 5\n").unwrap().seed_keys.is_empty());
+}
+
+#[test]
+fn reporters_handlers_and_strategies_are_enums() {
+    let c = from_env(&[
+        ("PUSHER_STATS_REPORTERS", "statsd, prometheus"),
+        ("PUSHER_FEEDBACK_REPORTERS", ""),
+        ("PUSHER_INVALIDTOKEN_HANDLERS", "pg"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.stats.reporters,
+        [StatsReporter::Statsd, StatsReporter::Prometheus]
+    );
+    assert!(c.feedback.reporters.is_empty());
+    assert_eq!(c.invalid_token.handlers, [TokenHandler::Pg]);
+    for (given, strategy) in [
+        ("earliest", OffsetReset::Earliest),
+        ("smallest", OffsetReset::Earliest),
+        ("beginning", OffsetReset::Earliest),
+        ("latest", OffsetReset::Latest),
+        ("largest", OffsetReset::Latest),
+        ("end", OffsetReset::Latest),
+        ("error", OffsetReset::Error),
+    ] {
+        let c = from_yaml(&format!("queue:\n  offsetResetStrategy: {given}\n")).unwrap();
+        assert_eq!(c.queue.offset_reset_strategy, strategy, "{given}");
+    }
+    assert_eq!(OffsetReset::Earliest.as_str(), "earliest");
+    assert_eq!(
+        from_env(&[("PUSHER_QUEUE_OFFSETRESETSTRATEGY", "sideways")])
+            .unwrap_err()
+            .to_string(),
+        "PUSHER_QUEUE_OFFSETRESETSTRATEGY: unknown variant `sideways`, expected one of \
+         `beginning`, `earliest`, `smallest`, `end`, `largest`, `latest`, `error`"
+    );
+    assert_eq!(
+        from_env(&[("PUSHER_STATS_REPORTERS", "statsd,graphite")])
+            .unwrap_err()
+            .to_string(),
+        "PUSHER_STATS_REPORTERS: unknown variant `graphite`, expected `statsd` or `prometheus`"
+    );
+    assert_eq!(
+        from_yaml("feedback:\n  reporters: [kafka, sqs]\n")
+            .unwrap_err()
+            .to_string(),
+        "config file t.yaml: feedback.reporters: unknown variant `sqs`, expected `kafka`"
+    );
+}
+
+#[test]
+fn yaml_merge_keys_are_applied_before_the_check() {
+    let c = from_yaml(
+        "apns:\n  certs:\n    game: &cert\n      keyID: K\n      teamID: T\n    other:\n      <<: *cert\n      topic: x\n",
+    )
+    .unwrap();
+    assert_eq!(c.apns.certs["other"].key_id.as_deref(), Some("K"));
+    assert_eq!(c.apns.certs["other"].topic.as_deref(), Some("x"));
+}
+
+#[test]
+fn env_values_reach_the_config() {
+    let c = from_env(&[
+        ("PUSHER_QUEUE_TOPICS", "push-a_apns, push-b_gcm"),
+        ("PUSHER_QUEUE_BROKERS", "k1:9092,k2:9092"),
+        ("PUSHER_QUEUE_HANDLEALLMESSAGESBEFOREEXITING", "false"),
+        ("PUSHER_APNS_APPS", "game,my_app"),
+        ("PUSHER_APNS_CERTS_MY_APP_AUTHKEYPATH", "/keys/k.p8"),
+        ("PUSHER_APNS_CERTS_MY_APP_KEYID", "ABC"),
+        ("PUSHER_APNS_CERTS_GAME_PASSWORD", "hunter2"),
+        ("PUSHER_GCM_APPS", "g1"),
+        ("PUSHER_GCM_CERTS_G1_APIKEY", "AIzaSecret"),
+        ("PUSHER_GCM_CERTS_G1_SENDERID", "123"),
+        (
+            "PUSHER_GCM_FIREBASECREDENTIALS_G1",
+            "{\"private_key\":\"x\"}",
+        ),
+        ("PUSHER_GCM_MAXPENDINGMESSAGES", "50"),
+        ("PUSHER_FEEDBACK_REPORTERS", ""),
+        ("PUSHER_FEEDBACK_KAFKA_TOPICS", "fb-{app}-{platform}"),
+        ("PUSHER_FEEDBACK_KAFKA_BROKERS", "fb:9092"),
+        ("PUSHER_STATS_REPORTERS", "statsd,prometheus"),
+        ("PUSHER_STATS_STATSD_HOST", "stats:8125"),
+        ("PUSHER_STATS_STATSD_PREFIX", "p."),
+        ("PUSHER_STATS_STATSD_FLUSHINTERVALINMS", "100"),
+        ("PUSHER_STATS_LOGINTERVAL", "1m"),
+        ("PUSHER_INVALIDTOKEN_HANDLERS", "pg"),
+        ("PUSHER_INVALIDTOKEN_PG_USER", "u"),
+        ("PUSHER_INVALIDTOKEN_PG_PASS", "pgsecret"),
+        ("PUSHER_INVALIDTOKEN_PG_HOST", "db"),
+        ("PUSHER_INVALIDTOKEN_PG_DATABASE", "tokens"),
+        ("PUSHER_INVALIDTOKEN_PG_PORT", "6543"),
+        ("PUSHER_INVALIDTOKEN_PG_POOLSIZE", "4"),
+        ("PUSHER_INVALIDTOKEN_PG_MAXRETRIES", "9"),
+        ("PUSHER_INVALIDTOKEN_PG_CONNECTIONTIMEOUT", "250"),
+        ("PUSHER_GRACEFULLSHUTDOWNTIMEOUT", "12"),
+        ("PUSHER_APNS_CONCURRENTWORKERS", "20"),
+        ("PUSHER_INFLIGHT", "64"),
+        ("PUSHER_SENTRY_URL", "https://key@sentry.example/1"),
+    ])
+    .unwrap();
+    assert_eq!(c.queue.topics, ["push-a_apns", "push-b_gcm"]);
+    assert_eq!(c.queue.brokers, "k1:9092,k2:9092");
+    assert!(!c.queue.handle_all_messages_before_exiting);
+    assert_eq!(c.apns.apps, ["game", "my_app"]);
+    assert_eq!(
+        c.apns.certs["my_app"].auth_key_path.as_deref(),
+        Some(Path::new("/keys/k.p8"))
+    );
+    assert_eq!(c.apns.certs["my_app"].key_id.as_deref(), Some("ABC"));
+    assert_eq!(
+        c.apns.certs["game"].password.as_ref().unwrap().expose(),
+        "hunter2"
+    );
+    assert_eq!(c.gcm.apps, ["g1"]);
+    assert_eq!(
+        c.gcm.certs["g1"].api_key.as_ref().unwrap().expose(),
+        "AIzaSecret"
+    );
+    assert_eq!(c.gcm.certs["g1"].sender_id.as_deref(), Some("123"));
+    assert!(c.gcm.firebase_credentials["g1"]
+        .expose()
+        .contains("private_key"));
+    assert!(c.feedback.reporters.is_empty());
+    assert_eq!(c.feedback.kafka.topic_template(), "fb-{app}-{platform}");
+    assert_eq!(c.feedback.kafka.brokers, "fb:9092");
+    assert_eq!(
+        c.stats.reporters,
+        [StatsReporter::Statsd, StatsReporter::Prometheus]
+    );
+    assert_eq!(c.stats.statsd.host, "stats:8125");
+    assert_eq!(c.stats.statsd.prefix, "p.");
+    assert_eq!(c.stats.statsd.flush_interval, Duration::from_millis(100));
+    assert_eq!(c.stats.log_interval, Duration::from_secs(60));
+    let pg = &c.invalid_token.pg;
+    assert_eq!(
+        (pg.user.as_str(), pg.host.as_str(), pg.database.as_str()),
+        ("u", "db", "tokens")
+    );
+    assert_eq!(pg.pass.as_ref().unwrap().expose(), "pgsecret");
+    assert_eq!(
+        (pg.port, pg.pool_size, pg.connection_timeout),
+        (6543, 4, Duration::from_millis(250))
+    );
+    assert_eq!(c.graceful_shutdown_timeout, Duration::from_secs(12));
+    assert_eq!(c.in_flight, 64);
+    assert_eq!(
+        c.sentry.url.as_ref().unwrap().expose(),
+        "https://key@sentry.example/1"
+    );
+    let seed: Vec<&str> = c.seed_keys.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(
+        seed,
+        [
+            "PUSHER_APNS_CONCURRENTWORKERS",
+            "PUSHER_GCM_MAXPENDINGMESSAGES",
+            "PUSHER_INVALIDTOKEN_PG_MAXRETRIES"
+        ]
+    );
+}
+
+#[test]
+fn env_cert_keys_merge_with_file_keys_case_insensitively() {
+    let f = yaml_file(
+        "apns:\n  apps: Game\n  certs:\n    Game:\n      keyID: FILE\n      topic: com.x\n",
+    );
+    let c = Config::load(f.path(), env(&[("PUSHER_APNS_CERTS_GAME_KEYID", "ENV")])).unwrap();
+    assert_eq!(c.apns.apps, ["Game"], "a comma string in YAML is a list");
+    assert_eq!(c.apns.certs["Game"].key_id.as_deref(), Some("ENV"));
+    assert_eq!(c.apns.certs["Game"].topic.as_deref(), Some("com.x"));
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let err = |pairs: &[(&str, &str)]| from_env(pairs).unwrap_err().to_string();
+    assert_eq!(
+        err(&[("PUSHER_INFLIGHT", "many")]),
+        "PUSHER_INFLIGHT: expected a whole number >= 0, got \"many\""
+    );
+    assert!(err(&[("PUSHER_FEEDBACK_INCLUDESUCCESS", "maybe")])
+        .starts_with("PUSHER_FEEDBACK_INCLUDESUCCESS: expected true or false"));
+    let e = err(&[("PUSHER_INVALIDTOKEN_PG_PORT", "70000")]);
+    assert!(e.starts_with("PUSHER_INVALIDTOKEN_PG_PORT: "), "{e}");
+
+    let e = from_yaml("queue:\n  sessionTimeout: [1]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("queue.sessionTimeout"), "{e}");
+    let e = from_yaml("apns:\n  retry:\n    interval: soonish\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("apns.retry.interval") && e.contains("soonish"),
+        "{e}"
+    );
+    assert!(matches!(
+        from_yaml("queue: [\n"),
+        Err(ConfigError::Parse { .. })
+    ));
+    assert!(matches!(
+        Config::load(Path::new("/nonexistent/pusher.yaml"), env(&[])),
+        Err(ConfigError::Read { .. })
+    ));
+}
+
+#[test]
+fn validate_names_the_key() {
+    let check =
+        |pairs: &[(&str, &str)]| from_env(pairs).unwrap().validate().unwrap_err().to_string();
+    assert_eq!(
+        check(&[("PUSHER_QUEUE_BROKERS", " ")]),
+        "queue.brokers: must not be empty"
+    );
+    assert!(
+        check(&[("PUSHER_QUEUE_TOPICS", "^push-(")]).starts_with("queue.topics[0]: invalid regex")
+    );
+    assert_eq!(
+        check(&[("PUSHER_QUEUE_SESSIONTIMEOUT", "0")]),
+        "queue.sessionTimeout: must be > 0"
+    );
+    assert_eq!(
+        check(&[("PUSHER_APNS_APPS", "game")]),
+        "apns.certs.game: missing: every app in apns.apps needs credentials"
+    );
+    assert_eq!(
+        check(&[
+            ("PUSHER_APNS_APPS", "game"),
+            ("PUSHER_APNS_CERTS_GAME_AUTHKEYPATH", "/nonexistent/k.p8")
+        ]),
+        "apns.certs.game.authKeyPath: file not found: /nonexistent/k.p8"
+    );
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/apns/AuthKey_TESTKEY001.p8");
+    let key = key.to_str().unwrap();
+    assert_eq!(
+        check(&[
+            ("PUSHER_APNS_APPS", "game"),
+            ("PUSHER_APNS_CERTS_GAME_AUTHKEYPATH", key)
+        ]),
+        "apns.certs.game.keyID: required with authKeyPath"
+    );
+    assert_eq!(
+        check(&[
+            ("PUSHER_APNS_APPS", "game"),
+            ("PUSHER_APNS_CERTS_GAME_AUTHKEYPATH", key),
+            ("PUSHER_APNS_CERTS_GAME_KEYID", "TESTKEY001"),
+            ("PUSHER_APNS_CERTS_GAME_TEAMID", "TEAM")
+        ]),
+        "apns.certs.game.topic: required (the app's bundle id)"
+    );
+    assert!(check(&[("PUSHER_APNS_APPS", "a;drop")]).starts_with("apns.certs.a;drop: app name"));
+    assert_eq!(
+        check(&[("PUSHER_GCM_APPS", "g")]),
+        "gcm.certs.g: missing: every app in gcm.apps needs serviceAccountFile, apiKey or gcm.firebaseCredentials"
+    );
+    assert!(check(&[("PUSHER_STATS_STATSD_HOST", "nohost")]).starts_with("stats.statsd.host:"));
+    assert_eq!(
+        check(&[("PUSHER_STATS_STATSD_FLUSHINTERVALINMS", "0")]),
+        "stats.statsd.flushIntervalInMs: must be > 0"
+    );
+    assert_eq!(
+        check(&[("PUSHER_INVALIDTOKEN_PG_POOLSIZE", "0")]),
+        "invalidToken.pg.poolSize: must be >= 1"
+    );
+    assert_eq!(
+        check(&[("PUSHER_FEEDBACK_KAFKA_BROKERS", "")]),
+        "feedback.kafka.brokers: must not be empty"
+    );
+    assert_eq!(
+        check(&[("PUSHER_SENTRY_URL", "key@nowhere")]),
+        "sentry.url: must be an http(s):// DSN"
+    );
+
+    // A complete, valid multi-app setup.
+    from_env(&[
+        ("PUSHER_APNS_APPS", "game,other"),
+        ("PUSHER_APNS_CERTS_GAME_AUTHKEYPATH", key),
+        ("PUSHER_APNS_CERTS_GAME_KEYID", "TESTKEY001"),
+        ("PUSHER_APNS_CERTS_GAME_TEAMID", "TEAM"),
+        ("PUSHER_APNS_CERTS_GAME_TOPIC", "com.example.game"),
+        ("PUSHER_APNS_CERTS_OTHER_CERTIFICATE", key),
+        ("PUSHER_APNS_CERTS_OTHER_TOPIC", "com.example.other"),
+        ("PUSHER_GCM_APPS", "game"),
+        ("PUSHER_GCM_FIREBASECREDENTIALS_GAME", "{}"),
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+}
+
+#[test]
+fn debug_and_serialize_show_no_secret() {
+    let c = from_env(&[
+        ("PUSHER_APNS_CERTS_GAME_PASSWORD", "apns-p12-password"),
+        ("PUSHER_GCM_CERTS_GAME_APIKEY", "AIzaSyLEGACYKEY"),
+        (
+            "PUSHER_GCM_FIREBASECREDENTIALS_GAME",
+            "-----BEGIN PRIVATE KEY-----MIIE",
+        ),
+        ("PUSHER_INVALIDTOKEN_PG_PASS", "pg-password-123"),
+        ("PUSHER_SENTRY_URL", "https://sentrykey456@sentry.example/1"),
+    ])
+    .unwrap();
+    let printed = format!("{c:?} {c:#?} {}", serde_yaml_ng::to_string(&c).unwrap());
+    for secret in [
+        "apns-p12-password",
+        "AIzaSyLEGACYKEY",
+        "PRIVATE KEY",
+        "pg-password-123",
+        "sentrykey456",
+    ] {
+        assert!(!printed.contains(secret), "{secret} leaked");
+    }
+    assert!(printed.contains("<redacted>"));
+}

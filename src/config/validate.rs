@@ -1,0 +1,277 @@
+//! Validation: everything that can be checked before starting, each problem naming its key.
+//! [`Config::validate`] returns a [`Validated`] config, the only kind `pusher run` takes.
+
+use super::schema::{Config, FeedbackReporter, StatsReporter, TokenHandler};
+use super::{invalid, ConfigError};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A config that passed [`Config::validate`].
+#[derive(Debug, Clone)]
+pub struct Validated(Config);
+
+impl std::ops::Deref for Validated {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+impl Validated {
+    pub fn into_inner(self) -> Config {
+        self.0
+    }
+}
+
+impl Config {
+    /// The consumer group of `platform`'s pusher: `queue.group` when set, else
+    /// `pusher-<platform>`.
+    pub fn group(&self, platform: crate::push::Platform) -> String {
+        self.queue
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("pusher-{platform}"))
+    }
+
+    /// `queue.topics` narrowed to `platform`'s topics, plus each app's own topics: a pusher
+    /// never subscribes to the other platform's. A topic that cannot be narrowed (an explicit
+    /// topic of the other platform, a regex that matches both) is an error naming it.
+    pub fn topics(
+        &self,
+        platform: crate::push::Platform,
+        apps: &[String],
+    ) -> Result<Vec<String>, ConfigError> {
+        use crate::push::topic;
+        let mut topics = Vec::new();
+        for (i, pattern) in self.queue.topics.iter().enumerate() {
+            let narrowed = topic::for_platform(pattern, platform)
+                .map_err(|e| invalid(format!("queue.topics[{i}]"), e.to_string()))?;
+            topics.push(narrowed);
+        }
+        for app in apps {
+            topics.extend(topic::app_topics(app, platform));
+        }
+        topics.sort();
+        topics.dedup();
+        Ok(topics)
+    }
+
+    /// Checks everything that can be checked before starting; the first problem is returned,
+    /// naming its key.
+    pub fn validate(self) -> Result<Validated, ConfigError> {
+        self.check()?;
+        Ok(Validated(self))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let q = &self.queue;
+        if q.brokers.trim().is_empty() {
+            return Err(invalid("queue.brokers", "must not be empty"));
+        }
+        if q.topics.is_empty() {
+            return Err(invalid("queue.topics", "must not be empty"));
+        }
+        for (i, topic) in q.topics.iter().enumerate() {
+            if topic.starts_with('^') {
+                regex::Regex::new(topic).map_err(|e| {
+                    invalid(format!("queue.topics[{i}]"), format!("invalid regex: {e}"))
+                })?;
+            }
+        }
+        if q.session_timeout.is_zero() {
+            return Err(invalid("queue.sessionTimeout", "must be > 0"));
+        }
+        if self.in_flight == 0 {
+            return Err(invalid("inFlight", "must be >= 1"));
+        }
+        if self.graceful_shutdown_timeout.is_zero() {
+            return Err(invalid("gracefulShutdownTimeout", "must be > 0"));
+        }
+        self.validate_apns()?;
+        self.validate_gcm()?;
+        self.validate_outputs()
+    }
+
+    fn validate_apns(&self) -> Result<(), ConfigError> {
+        let a = &self.apns;
+        if a.connection_pool_size == 0 {
+            return Err(invalid("apns.connectionPoolSize", "must be >= 1"));
+        }
+        if a.retry.max_retry_attempts == 0 {
+            return Err(invalid(
+                "apns.retry.maxRetryAttempts",
+                "must be >= 1 (it counts the first send)",
+            ));
+        }
+        for app in &a.apps {
+            let key = format!("apns.certs.{app}");
+            check_app_name(&key, app)?;
+            let cert = find_app(&a.certs, app).ok_or_else(|| {
+                invalid(&key, "missing: every app in apns.apps needs credentials")
+            })?;
+            if let Some(path) = &cert.auth_key_path {
+                check_file(&format!("{key}.authKeyPath"), path)?;
+                if cert.key_id.as_deref().is_none_or(str::is_empty) {
+                    return Err(invalid(format!("{key}.keyID"), "required with authKeyPath"));
+                }
+                if cert.team_id.as_deref().is_none_or(str::is_empty) {
+                    return Err(invalid(
+                        format!("{key}.teamID"),
+                        "required with authKeyPath",
+                    ));
+                }
+            } else if let Some(path) = &cert.certificate {
+                check_file(&format!("{key}.certificate"), path)?;
+            } else {
+                return Err(invalid(
+                    key,
+                    "needs authKeyPath (+ keyID, teamID) or certificate",
+                ));
+            }
+            if cert.topic.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(
+                    format!("{key}.topic"),
+                    "required (the app's bundle id)",
+                ));
+            }
+        }
+        if let Some(url) = &a.endpoint {
+            check_url("apns.endpoint", url)?;
+        }
+        Ok(())
+    }
+
+    fn validate_gcm(&self) -> Result<(), ConfigError> {
+        let g = &self.gcm;
+        for app in &g.apps {
+            let key = format!("gcm.certs.{app}");
+            check_app_name(&key, app)?;
+            if find_app(&g.firebase_credentials, app).is_some_and(|c| !c.is_empty()) {
+                continue;
+            }
+            let cert = find_app(&g.certs, app).ok_or_else(|| {
+                invalid(&key, "missing: every app in gcm.apps needs serviceAccountFile, apiKey or gcm.firebaseCredentials")
+            })?;
+            if let Some(path) = &cert.service_account_file {
+                check_file(&format!("{key}.serviceAccountFile"), path)?;
+            } else if cert.api_key.as_ref().is_none_or(|k| k.is_empty()) {
+                // The legacy API authenticates with the key alone; senderID is the seed's,
+                // accepted and unused.
+                return Err(invalid(key, "needs serviceAccountFile or apiKey"));
+            }
+        }
+        if let Some(url) = &g.endpoint {
+            check_url("gcm.endpoint", url)?;
+        }
+        Ok(())
+    }
+
+    fn validate_outputs(&self) -> Result<(), ConfigError> {
+        let f = &self.feedback;
+        if f.reporters.contains(&FeedbackReporter::Kafka) {
+            if f.kafka.brokers.trim().is_empty() {
+                return Err(invalid("feedback.kafka.brokers", "must not be empty"));
+            }
+            if f.kafka.topics.len() != 1 {
+                return Err(invalid(
+                    "feedback.kafka.topics",
+                    "exactly one topic template, e.g. push-{app}-{platform}-feedbacks",
+                ));
+            }
+        }
+        let s = &self.stats;
+        if s.reporters.contains(&StatsReporter::Statsd) {
+            check_host_port("stats.statsd.host", &s.statsd.host)?;
+            if s.statsd.flush_interval.is_zero() {
+                return Err(invalid("stats.statsd.flushIntervalInMs", "must be > 0"));
+            }
+        }
+        if s.reporters.contains(&StatsReporter::Prometheus) {
+            s.prometheus
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| {
+                    invalid(
+                        "stats.prometheus.listen",
+                        format!("{:?} is not an ip:port address", s.prometheus.listen),
+                    )
+                })?;
+        }
+        let t = &self.invalid_token;
+        if t.handlers.contains(&TokenHandler::Pg) {
+            if t.pg.host.trim().is_empty() {
+                return Err(invalid("invalidToken.pg.host", "must not be empty"));
+            }
+            if t.pg.port == 0 {
+                return Err(invalid("invalidToken.pg.port", "must be 1-65535"));
+            }
+            if t.pg.pool_size == 0 {
+                return Err(invalid("invalidToken.pg.poolSize", "must be >= 1"));
+            }
+            if t.pg.database.trim().is_empty() {
+                return Err(invalid("invalidToken.pg.database", "must not be empty"));
+            }
+            if t.batch.size == 0 {
+                return Err(invalid("invalidToken.batch.size", "must be >= 1"));
+            }
+            if t.batch.interval.is_zero() {
+                return Err(invalid("invalidToken.batch.intervalMs", "must be > 0"));
+            }
+            if t.pg.connection_timeout.is_zero() {
+                return Err(invalid("invalidToken.pg.connectionTimeout", "must be > 0"));
+            }
+        }
+        if let Some(url) = &self.sentry.url {
+            // Never echo the DSN: it carries a key.
+            let dsn = url.expose();
+            if !(dsn.is_empty() || dsn.starts_with("https://") || dsn.starts_with("http://")) {
+                return Err(invalid("sentry.url", "must be an http(s):// DSN"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finds an app's entry; keys match case-insensitively (env-created keys are lower case).
+fn find_app<'a, T>(map: &'a BTreeMap<String, T>, app: &str) -> Option<&'a T> {
+    map.get(app).or_else(|| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(app))
+            .map(|(_, v)| v)
+    })
+}
+
+fn check_app_name(key: &str, app: &str) -> Result<(), ConfigError> {
+    crate::pipeline::tokens::table_name(app, crate::push::Platform::Apns)
+        .map(|_| ())
+        .map_err(|_| {
+            invalid(
+                key,
+                format!("app name {app:?} may hold only letters, digits, '_' and '-'"),
+            )
+        })
+}
+
+fn check_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("file not found: {}", path.display())))
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    match url.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => Ok(()),
+        _ => Err(invalid(key, format!("{url:?} is not an absolute URL"))),
+    }
+}
+
+fn check_host_port(key: &str, value: &str) -> Result<(), ConfigError> {
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(invalid(key, format!("{value:?} is not host:port"))),
+    }
+}

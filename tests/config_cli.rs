@@ -1,0 +1,142 @@
+//! The config as the binary reads it: a bad key stops `pusher run` before it starts (exit 2,
+//! the key and its nearest valid one named), the seed's ignored keys are named in one warning,
+//! and `stats.logInterval` paces the status line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn pusher() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pusher"));
+    cmd.env("NO_COLOR", "1")
+        .env("PUSHER_STATS_REPORTERS", "")
+        .env("PUSHER_STATS_PROMETHEUS_LISTEN", "")
+        .env("PUSHER_FEEDBACK_REPORTERS", "")
+        .env("PUSHER_INVALIDTOKEN_HANDLERS", "");
+    cmd
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+/// Exit status and stderr of a run that must end by itself within 20 s (killed after: then
+/// the status is `None`).
+fn fails(cmd: &mut Command) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_unknown_key_in_the_file_stops_run_naming_the_nearest() {
+    let bad = config_file("inFligth: 10\nqueue:\n  brokers: 127.0.0.1:1\n");
+    let path = bad.path().to_str().unwrap();
+    let (code, stderr) = fails(pusher().args(["run", "apns", "--config", path]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "config file {path}: inFligth: unknown key; did you mean inFlight?"
+        )),
+        "{stderr}"
+    );
+    // Nothing started: the error is the first and only thing said.
+    assert!(!stderr.contains("Consuming."), "{stderr}");
+}
+
+#[test]
+fn an_unknown_environment_name_stops_run_naming_the_nearest() {
+    let (code, stderr) = fails(
+        pusher()
+            .env("PUSHER_QUEUE_BROKER", "127.0.0.1:1")
+            .args(["run", "gcm"]),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("PUSHER_QUEUE_BROKER: unknown key; did you mean PUSHER_QUEUE_BROKERS?"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_seeds_ignored_keys_are_named_in_one_warning() {
+    let seed = config_file("apns:\n  concurrentWorkers: 300\ngcm:\n  maxPendingMessages: 100\n");
+    let (code, stderr) = fails(
+        pusher()
+            .env("PUSHER_INVALIDTOKEN_PG_MAXRETRIES", "3")
+            .args(["run", "apns", "--config", seed.path().to_str().unwrap()]),
+    );
+    // No app configured: it stops, after the warning.
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("apns.apps: no app configured"), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Ignoring config keys of the seed."))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    for named in [
+        "apns.concurrentWorkers (now: inFlight bounds concurrency)",
+        "gcm.maxPendingMessages (now: inFlight bounds concurrency)",
+        "PUSHER_INVALIDTOKEN_PG_MAXRETRIES (now: a failed DELETE is retried",
+    ] {
+        assert!(warnings[0].contains(named), "{named} in {}", warnings[0]);
+    }
+}
+
+/// With `stats.logInterval: 300ms` the status line comes within a second (the default is 10 s).
+#[test]
+fn log_interval_paces_the_status_line() {
+    let config = config_file("stats:\n  logInterval: 300ms\n");
+    let mut child = pusher()
+        .args(["run", "apns", "--config", config.path().to_str().unwrap()])
+        .args(["--app", "game", "--brokers", "127.0.0.1:1"])
+        .args(["--key-file", "fixtures/apns/AuthKey_TESTKEY001.p8"])
+        .args(["--key-id", "TESTKEY001", "--team-id", "TEAM000001"])
+        .args(["--topic", "t", "--endpoint", "http://127.0.0.1:1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let status = loop {
+        match rx.recv_timeout(Duration::from_secs(8)) {
+            Ok(line) if line.contains("Status.") => break Some(started.elapsed()),
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let status = status.unwrap_or_else(|| panic!("no status line in: {}", seen.join("\n")));
+    assert!(
+        status < Duration::from_secs(5),
+        "first status after {status:?}"
+    );
+}
