@@ -593,6 +593,121 @@ async fn tansu_broker_restarted_under_load_loses_nothing() {
     fake.server.shutdown().await;
 }
 
+/// A fleet on a real broker (issue 14): three `pusher run apns` processes in one group share
+/// the partitions while messages are still being produced; a fourth joins, then one of the
+/// first three is SIGKILLed. The group rebalances each time (the dead member's partitions go
+/// to the others after its session timeout, 3 s). Every token reaches the fake, the committed
+/// offsets reach every partition's end, and the duplicates stay within what each change can
+/// leave unfinished or uncommitted: for the kill, the dead member's in-flight bound and its
+/// last two commit intervals; for the join, every member's in-flight bound (revoked partitions
+/// are committed on revocation, but what is in flight there is redone by the new owner) and
+/// the answers of the 5 s the rebalance takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Tansu binary: .ci/run runs it after `ci/tansu.sh build` (step test-tansu)"]
+async fn tansu_fleet_rebalances_as_members_join_and_die() {
+    if !tansu_or_skip("tansu_fleet_rebalances_as_members_join_and_die") {
+        return;
+    }
+    let seed = seed();
+    println!("chaos seed {seed} (PUSHER_CHAOS_SEED={seed} replays it)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (tansu, app, topic, messages, tokens) = tansu_setup("tfleet", seed).await;
+    // 500 messages/s at most: 20 s of producing, so the join and the kill land while it goes on.
+    let producing = produce_paced(
+        &tansu.bootstrap,
+        &topic,
+        messages,
+        100,
+        Duration::from_millis(200),
+    );
+    let fake = fake(TANSU_MESSAGES).await;
+    let group = format!("fleet-{app}");
+    let run = PusherRun {
+        app: &app,
+        brokers: &tansu.bootstrap,
+        group: &group,
+        in_flight: IN_FLIGHT,
+        env: vec![],
+    };
+    let mut members: Vec<KillOnDrop> = (0..3).map(|_| run.spawn(&fake)).collect();
+    let mut progress = Progress {
+        fake: &fake,
+        samples: VecDeque::new(),
+    };
+    let mut changes = Vec::new();
+
+    // A fourth member joins at 10-25 % of the messages.
+    let target = rng.random_range(TANSU_MESSAGES / 10..TANSU_MESSAGES / 4);
+    progress
+        .wait(
+            Duration::from_secs(120),
+            "the fleet to make progress",
+            |_, n| n >= target,
+        )
+        .await;
+    let recent = progress.recent(2 * COMMIT_EVERY);
+    let at_join = progress.answered();
+    members.push(run.spawn(&fake));
+    let joined = Instant::now();
+    progress
+        .wait(Duration::from_secs(30), "the rebalance window", |_, _| {
+            joined.elapsed() >= Duration::from_secs(5)
+        })
+        .await;
+    let answered = progress.answered();
+    changes.push(Kill {
+        answered: at_join,
+        // `check` adds one in-flight bound per change; the other members' are added here.
+        recent: recent + (answered - at_join) + (members.len() as u64 - 2) * IN_FLIGHT,
+    });
+    println!("join at {at_join} answers; {answered} answers 5 s after");
+
+    // Then one of the first three dies.
+    let target = answered + TANSU_MESSAGES / 10;
+    progress
+        .wait(
+            Duration::from_secs(120),
+            "the fleet to make progress",
+            |_, n| n >= target,
+        )
+        .await;
+    assert!(
+        !producing.is_finished(),
+        "the kill came after the producing ended: it tested nothing"
+    );
+    let recent = progress.recent(2 * COMMIT_EVERY);
+    let victim = rng.random_range(0..3);
+    sigkill(&mut members[victim]);
+    changes.push(Kill {
+        answered: progress.answered(),
+        recent,
+    });
+    println!("member {victim} killed at {} answers", progress.answered());
+
+    producing.await.unwrap();
+    progress
+        .wait(Duration::from_secs(180), "every token delivered", |p, _| {
+            p.delivered_distinct() >= TANSU_MESSAGES
+        })
+        .await;
+    for (i, member) in members.into_iter().enumerate() {
+        if i != victim {
+            stop_gracefully(member);
+        }
+    }
+    let committed = committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS);
+    let ends = partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS);
+    check(
+        "tansu fleet (3 members, one joins, one killed)",
+        &fake,
+        &tokens,
+        &committed,
+        &ends,
+        &changes,
+    );
+    fake.server.shutdown().await;
+}
+
 // ---- A broker that stops answering ----
 
 /// `pusher mock kafka` as a child process, so that it can be frozen with SIGSTOP: its
