@@ -177,14 +177,39 @@ fn replay_to_the_mock_reports_like_bench_and_compares() {
     assert_eq!(r["replay"]["schedule_lag"]["count"].as_u64(), Some(n));
     assert!(r["latency"]["send_corrected"]["count"].as_u64() == Some(n));
     assert!(!r["series"]["distribution"].as_array().unwrap().is_empty());
+    // The run in fine intervals (a short run still draws a curve): every message offered by
+    // the schedule and answered, latency percentiles in each interval that had answers.
+    let intervals = r["series"]["intervals"].as_array().unwrap();
+    assert!(intervals.len() >= 3, "{} intervals", intervals.len());
+    assert!(intervals.iter().all(|i| i["secs"].as_f64() == Some(0.05)));
+    let sum = |k: &str| {
+        intervals
+            .iter()
+            .map(|i| i[k].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!((sum("offered"), sum("done")), (n, n));
+    assert!(intervals
+        .iter()
+        .filter(|i| i["done"].as_u64() > Some(0))
+        .all(|i| i["send_p99_us"].as_u64() >= i["send_p50_us"].as_u64()));
 
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.starts_with("<!DOCTYPE html>"));
     assert_eq!(
         page.matches("<svg").count(),
-        3,
-        "distribution, throughput, lag"
+        6,
+        "distribution, throughput, latency and errors over time, offered vs achieved, lag"
     );
+    for caption in [
+        "Latency by percentile",
+        "Throughput over time (per 50 ms)",
+        "Latency over time (p50 and p99 of each 50 ms)",
+        "Errors over time",
+        "Offered against achieved rate",
+    ] {
+        assert!(page.contains(caption), "no chart {caption:?}");
+    }
     assert!(
         !page.contains("http://")
             || page

@@ -149,6 +149,9 @@ where
                     if let (Some(h), true) = (lag.as_mut(), measured) {
                         let _ = h.record((Instant::now() - intended).as_micros().max(1) as u64);
                     }
+                    if let Some(ms) = measure_start {
+                        recorder.record_offered(intended.saturating_duration_since(ms));
+                    }
                     in_flight.push(timed(Box::pin(send(item)), Some(intended), measured));
                 }
             }
@@ -184,7 +187,7 @@ where
                 let since = measure_start
                     .map(|ms| finished.saturating_duration_since(ms))
                     .unwrap_or_default();
-                recorder.record_send(finished - started, intended.map(|i| finished - i));
+                recorder.record_send(finished - started, intended.map(|i| finished - i), since);
                 recorder.record_outcome(&outcome, since);
                 progress.set_position(recorder.completed());
             }

@@ -85,6 +85,7 @@ impl Observer for Measure {
         let sent = c.sent_ns[seq % RING].load(Ordering::Relaxed);
         let from = c.measure_from_ns.load(Ordering::Relaxed);
         let e2e = Duration::from_nanos(now.saturating_sub(sent));
+        let at = Duration::from_nanos(now.saturating_sub(from));
         let mut r = c.recorder.lock().unwrap_or_else(|p| p.into_inner());
         if c.open_loop {
             // The ring holds the intended time; the Kafka timestamp is when it really went.
@@ -97,14 +98,14 @@ impl Observer for Measure {
                     wall.checked_sub(Duration::from_millis(ms as u64))
                 })
                 .unwrap_or(e2e);
-            r.record_e2e(raw.min(e2e), Some(e2e));
+            r.record_e2e(raw.min(e2e), Some(e2e), at);
         } else {
-            r.record_e2e(e2e, None);
+            r.record_e2e(e2e, None, at);
         }
         if let Some(send) = e.send_latency {
-            r.record_send(send, None);
+            r.record_send(send, None, at);
         }
-        r.record_outcome(e.outcome, Duration::from_nanos(now.saturating_sub(from)));
+        r.record_outcome(e.outcome, at);
     }
 }
 

@@ -31,6 +31,110 @@ fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).clamp(1, MAX_LATENCY_US)
 }
 
+/// Most points a chart over time gets: past it, the interval doubles.
+pub const MAX_INTERVALS: usize = 240;
+/// The finest interval: a 1.7 s run still draws 34 points.
+pub const FIRST_INTERVAL: Duration = Duration::from_millis(50);
+
+/// One interval of a run: latency distributions (2 significant figures: a point per interval
+/// needs no more, and 240 of them stay ~5 MB), completions, failures and offered starts.
+#[derive(Debug, Clone, Default)]
+pub struct Interval {
+    pub send: Option<Histogram<u32>>,
+    pub e2e: Option<Histogram<u32>>,
+    /// Messages with a verdict in the interval.
+    pub done: u64,
+    /// Of those, not delivered.
+    pub failed: u64,
+    /// Open loop: messages scheduled to start in the interval (the offered load).
+    pub offered: u64,
+}
+
+impl Interval {
+    fn merge(&mut self, other: &Interval) {
+        merge_into(&mut self.send, &other.send);
+        merge_into(&mut self.e2e, &other.e2e);
+        self.done += other.done;
+        self.failed += other.failed;
+        self.offered += other.offered;
+    }
+}
+
+fn merge_into(mine: &mut Option<Histogram<u32>>, other: &Option<Histogram<u32>>) {
+    if let Some(other) = other {
+        let _ = mine.get_or_insert_with(coarse_histogram).add(other);
+    }
+}
+
+fn coarse_histogram() -> Histogram<u32> {
+    // Constant bounds (a test covers them): cannot fail at run time.
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("constant histogram bounds are valid")
+}
+
+/// A run cut into intervals for the charts over time: `width` starts at [`FIRST_INTERVAL`]
+/// and doubles (neighbours merged) whenever the run outgrows [`MAX_INTERVALS`], so a run of
+/// any length has a bounded number of points and a short one still has many.
+#[derive(Debug, Clone)]
+pub struct Intervals {
+    pub width: Duration,
+    pub slots: Vec<Interval>,
+}
+
+impl Default for Intervals {
+    fn default() -> Self {
+        Intervals {
+            width: FIRST_INTERVAL,
+            slots: Vec::new(),
+        }
+    }
+}
+
+impl Intervals {
+    fn slot(&mut self, at: Duration) -> &mut Interval {
+        let mut i = (at.as_nanos() / self.width.as_nanos().max(1)) as usize;
+        while i >= MAX_INTERVALS {
+            self.coarsen();
+            i /= 2;
+        }
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, Interval::default);
+        }
+        &mut self.slots[i]
+    }
+
+    /// Doubles the width, merging neighbours.
+    fn coarsen(&mut self) {
+        let slots = std::mem::take(&mut self.slots);
+        let mut merged: Vec<Interval> = Vec::with_capacity(slots.len().div_ceil(2));
+        for (i, slot) in slots.into_iter().enumerate() {
+            if i % 2 == 0 {
+                merged.push(slot);
+            } else if let Some(last) = merged.last_mut() {
+                last.merge(&slot);
+            }
+        }
+        self.slots = merged;
+        self.width *= 2;
+    }
+
+    fn merge(&mut self, other: &Intervals) {
+        let mut other = other.clone();
+        while other.width < self.width {
+            other.coarsen();
+        }
+        while self.width < other.width {
+            self.coarsen();
+        }
+        if self.slots.len() < other.slots.len() {
+            self.slots.resize_with(other.slots.len(), Interval::default);
+        }
+        for (mine, theirs) in self.slots.iter_mut().zip(&other.slots) {
+            mine.merge(theirs);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Recorder {
     /// Request -> response, as the client saw it.
@@ -49,6 +153,8 @@ pub struct Recorder {
     pub timeline: Vec<u64>,
     /// The same, per outcome class (the HTML report's outcomes over time).
     pub outcome_timeline: BTreeMap<String, Vec<u64>>,
+    /// Latency percentiles, errors and offered load over time.
+    pub intervals: Intervals,
 }
 
 impl Default for Recorder {
@@ -62,6 +168,7 @@ impl Default for Recorder {
             reasons: BTreeMap::new(),
             timeline: Vec::new(),
             outcome_timeline: BTreeMap::new(),
+            intervals: Intervals::default(),
         }
     }
 }
@@ -71,19 +178,40 @@ impl Recorder {
         Self::default()
     }
 
-    /// One send: its latency, and in open loop its latency from the intended start.
-    pub fn record_send(&mut self, latency: Duration, from_intended: Option<Duration>) {
+    /// One send finished at `at` (since the window started): its latency, and in open loop
+    /// its latency from the intended start.
+    pub fn record_send(
+        &mut self,
+        latency: Duration,
+        from_intended: Option<Duration>,
+        at: Duration,
+    ) {
         let _ = self.send.record(micros(latency));
         if let Some(d) = from_intended {
             let _ = self.send_corrected.record(micros(d));
         }
+        let slot = self.intervals.slot(at);
+        let _ = slot
+            .send
+            .get_or_insert_with(coarse_histogram)
+            .record(micros(latency));
     }
 
-    pub fn record_e2e(&mut self, latency: Duration, from_intended: Option<Duration>) {
+    pub fn record_e2e(&mut self, latency: Duration, from_intended: Option<Duration>, at: Duration) {
         let _ = self.e2e.record(micros(latency));
         if let Some(d) = from_intended {
             let _ = self.e2e_corrected.record(micros(d));
         }
+        let slot = self.intervals.slot(at);
+        let _ = slot
+            .e2e
+            .get_or_insert_with(coarse_histogram)
+            .record(micros(latency));
+    }
+
+    /// Open loop: one message was scheduled to start at `at` (the offered load).
+    pub fn record_offered(&mut self, at: Duration) {
+        self.intervals.slot(at).offered += 1;
     }
 
     /// The verdict on one message; `at` is its completion time since the window started.
@@ -109,6 +237,11 @@ impl Recorder {
             per_class.resize(second + 1, 0);
         }
         per_class[second] += 1;
+        let slot = self.intervals.slot(at);
+        slot.done += 1;
+        if !outcome.is_delivered() {
+            slot.failed += 1;
+        }
     }
 
     pub fn completed(&self) -> u64 {
@@ -141,6 +274,7 @@ impl Recorder {
                 mine[i] += v;
             }
         }
+        self.intervals.merge(&other.intervals);
     }
 }
 
@@ -152,8 +286,12 @@ mod tests {
     fn records_and_merges() {
         let mut a = Recorder::new();
         let mut b = Recorder::new();
-        a.record_send(Duration::from_micros(100), None);
-        b.record_send(Duration::from_micros(300), Some(Duration::from_micros(900)));
+        a.record_send(Duration::from_micros(100), None, Duration::from_millis(10));
+        b.record_send(
+            Duration::from_micros(300),
+            Some(Duration::from_micros(900)),
+            Duration::from_millis(1500),
+        );
         a.record_outcome(&Outcome::Delivered, Duration::from_millis(10));
         b.record_outcome(
             &Outcome::TokenInvalid {
@@ -171,5 +309,31 @@ mod tests {
         assert_eq!(a.outcome_timeline["delivered"], vec![1]);
         assert_eq!(a.outcome_timeline["token_invalid"], vec![0, 1]);
         assert!(a.send.max() >= 300 && a.send.max() < 302);
+        // 50 ms intervals: the two land in slots 0 and 30.
+        assert_eq!(a.intervals.width, FIRST_INTERVAL);
+        assert_eq!(a.intervals.slots.len(), 31);
+        assert_eq!(
+            (a.intervals.slots[0].done, a.intervals.slots[30].failed),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_long_run_keeps_a_bounded_number_of_intervals() {
+        let mut r = Recorder::new();
+        for ms in (0..600_000).step_by(100) {
+            let at = Duration::from_millis(ms);
+            r.record_send(Duration::from_micros(100 + ms / 100), None, at);
+            r.record_outcome(&Outcome::Delivered, at);
+        }
+        assert!(r.intervals.slots.len() <= MAX_INTERVALS);
+        // 10 minutes: 50 ms doubled to 3.2 s (188 intervals).
+        assert_eq!(r.intervals.width, Duration::from_millis(3200));
+        assert_eq!(r.intervals.slots.iter().map(|s| s.done).sum::<u64>(), 6000);
+        // Merging a finer recorder coarsens it first.
+        let mut fine = Recorder::new();
+        fine.record_outcome(&Outcome::Delivered, Duration::from_millis(7000));
+        r.merge(&fine);
+        assert_eq!(r.intervals.slots[2].done, 33);
     }
 }

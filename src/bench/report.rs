@@ -64,6 +64,30 @@ pub struct Series {
     pub distribution_corrected: Vec<(f64, u64)>,
     /// Completions per second of the measured window, per outcome class.
     pub outcomes_per_sec: BTreeMap<String, Vec<u64>>,
+    /// End-to-end runs: the send latency's distribution too, drawn beside the end-to-end one.
+    #[serde(default)]
+    pub distribution_send: Vec<(f64, u64)>,
+    /// The run in intervals (50 ms, doubled as needed to stay under 240 points): latency
+    /// percentiles, completions, failures and the offered load over time.
+    #[serde(default)]
+    pub intervals: Vec<IntervalPoint>,
+}
+
+/// One interval of the run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct IntervalPoint {
+    /// Start, seconds since the measured window began.
+    pub start_secs: f64,
+    pub secs: f64,
+    pub done: u64,
+    /// Verdicts other than delivered.
+    pub failed: u64,
+    /// Open loop: messages scheduled to start in it.
+    pub offered: u64,
+    pub send_p50_us: Option<u64>,
+    pub send_p99_us: Option<u64>,
+    pub e2e_p50_us: Option<u64>,
+    pub e2e_p99_us: Option<u64>,
 }
 
 impl Series {
@@ -73,17 +97,46 @@ impl Series {
         } else {
             ("end-to-end", &r.e2e, &r.e2e_corrected)
         };
+        let width = r.intervals.width.as_secs_f64();
+        let q = |h: &Option<Histogram<u32>>, q: f64| {
+            h.as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.value_at_quantile(q))
+        };
+        let intervals = r
+            .intervals
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| IntervalPoint {
+                start_secs: i as f64 * width,
+                secs: width,
+                done: s.done,
+                failed: s.failed,
+                offered: s.offered,
+                send_p50_us: q(&s.send, 0.5),
+                send_p99_us: q(&s.send, 0.99),
+                e2e_p50_us: q(&s.e2e, 0.5),
+                e2e_p99_us: q(&s.e2e, 0.99),
+            })
+            .collect();
         Series {
             latency: name.to_string(),
             distribution: distribution(raw),
             distribution_corrected: distribution(corrected),
             outcomes_per_sec: r.outcome_timeline.clone(),
+            distribution_send: if r.e2e.is_empty() {
+                Vec::new()
+            } else {
+                distribution(&r.send)
+            },
+            intervals,
         }
     }
 }
 
 /// Percentile distribution points (about 100 for a typical run).
-pub fn distribution(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+pub fn distribution<T: hdrhistogram::Counter>(h: &Histogram<T>) -> Vec<(f64, u64)> {
     if h.is_empty() {
         return Vec::new();
     }

@@ -153,6 +153,7 @@ where
             }
             lag_per_sec[second] = lag_per_sec[second].max(late);
             sent += 1;
+            recorder.record_offered(at);
             in_flight.push(timed(send(item), due));
             next = schedule(sent);
         }
@@ -173,7 +174,11 @@ where
             let finished = Instant::now();
             answered += 1;
             progress.set_position(answered);
-            recorder.record_send(finished - started, Some(finished - intended));
+            recorder.record_send(
+                finished - started,
+                Some(finished - intended),
+                finished - begin,
+            );
             recorder.record_outcome(&outcome, finished - begin);
         }
     }

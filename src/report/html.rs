@@ -5,7 +5,7 @@
 
 use super::compare::{notes, rows, Mark};
 use super::ReportError;
-use crate::bench::report::{fmt_us, Report};
+use crate::bench::report::{fmt_us, IntervalPoint, Report, Series};
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -54,9 +54,20 @@ pub fn render(r: &Report) -> Result<String, ReportError> {
                 n,
             ));
         }
+        if !s.distribution_send.is_empty() {
+            lines.push(("send latency".to_string(), s.distribution_send.clone(), n));
+        }
         charts.push(distribution_chart("Latency by percentile", &lines)?);
     }
     charts.push(throughput_chart(r)?);
+    if let Some(s) = r.series.as_ref().filter(|s| !s.intervals.is_empty()) {
+        let window = measured_window(r);
+        charts.push(latency_over_time(s, &window)?);
+        charts.push(errors_over_time(s, &window)?);
+        if s.intervals.iter().any(|i| i.offered > 0) {
+            charts.push(offered_vs_achieved(s, &window)?);
+        }
+    }
     if let Some(rep) = &r.replay {
         if !rep.lag_per_sec_us.is_empty() {
             let ms: Vec<f64> = rep
@@ -74,8 +85,150 @@ pub fn render(r: &Report) -> Result<String, ReportError> {
     for c in charts {
         let _ = writeln!(body, "<figure>{c}</figure>");
     }
+    body.push_str(&runs_table(r));
     body.push_str(&params_table(r));
     Ok(page(&title, &body))
+}
+
+/// What the charts over time cover: the measured window, after the warm-up.
+fn measured_window(r: &Report) -> String {
+    if r.params.warmup_secs > 0.0 {
+        format!(
+            "seconds of the measured window (after a {} s warm-up, not shown)",
+            trim(r.params.warmup_secs)
+        )
+    } else {
+        "seconds since the start".to_string()
+    }
+}
+
+/// (interval midpoint, value) for each interval where `value` has one.
+fn points(s: &Series, value: impl Fn(&IntervalPoint) -> Option<f64>) -> Vec<(f64, f64)> {
+    s.intervals
+        .iter()
+        .filter_map(|i| value(i).map(|v| (i.start_secs + i.secs / 2.0, v)))
+        .collect()
+}
+
+fn over_time(
+    caption: &str,
+    y_desc: &str,
+    x_desc: &str,
+    s: &Series,
+    lines: Vec<(&str, Vec<(f64, f64)>)>,
+) -> Result<String, ReportError> {
+    let lines: Vec<(&str, Vec<(f64, f64)>)> =
+        lines.into_iter().filter(|(_, p)| !p.is_empty()).collect();
+    let x_max = s
+        .intervals
+        .last()
+        .map(|i| i.start_secs + i.secs)
+        .unwrap_or(1.0);
+    let y_max = lines
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.1))
+        .fold(0.001f64, f64::max)
+        * 1.1;
+    line_chart(
+        Axes {
+            caption,
+            x_max,
+            y_max,
+            x_desc,
+            y_desc,
+            x_labels: 10,
+            x_format: &|x| trim(*x),
+            legend: SeriesLabelPosition::UpperRight,
+        },
+        &lines,
+    )
+}
+
+/// p50 and p99 of each interval, send and end to end: a tail that grows shows where.
+fn latency_over_time(s: &Series, x_desc: &str) -> Result<String, ReportError> {
+    let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
+    over_time(
+        &format!(
+            "Latency over time (p50 and p99 of each {} ms)",
+            trim(s.intervals[0].secs * 1000.0)
+        ),
+        "latency (ms)",
+        x_desc,
+        s,
+        vec![
+            ("send p50", points(s, |i| ms(i.send_p50_us))),
+            ("send p99", points(s, |i| ms(i.send_p99_us))),
+            ("end-to-end p50", points(s, |i| ms(i.e2e_p50_us))),
+            ("end-to-end p99", points(s, |i| ms(i.e2e_p99_us))),
+        ],
+    )
+}
+
+/// The share of each interval's verdicts that were not "delivered".
+fn errors_over_time(s: &Series, x_desc: &str) -> Result<String, ReportError> {
+    over_time(
+        "Errors over time (verdicts other than delivered)",
+        "% of verdicts",
+        x_desc,
+        s,
+        vec![(
+            "not delivered",
+            points(s, |i| {
+                (i.done > 0).then(|| 100.0 * i.failed as f64 / i.done as f64)
+            }),
+        )],
+    )
+}
+
+/// Open loop: what the schedule offered against what came back, per second.
+fn offered_vs_achieved(s: &Series, x_desc: &str) -> Result<String, ReportError> {
+    over_time(
+        "Offered against achieved rate",
+        "messages per second",
+        x_desc,
+        s,
+        vec![
+            (
+                "offered (scheduled starts)",
+                points(s, |i| Some(i.offered as f64 / i.secs)),
+            ),
+            (
+                "achieved (verdicts)",
+                points(s, |i| Some(i.done as f64 / i.secs)),
+            ),
+        ],
+    )
+}
+
+/// `--repeat` runs side by side: their spread is the run's noise.
+fn runs_table(r: &Report) -> String {
+    if r.runs.len() < 2 {
+        return String::new();
+    }
+    let mut t = String::from(
+        "<h2>Repetitions</h2>\n<table>\n<tr><th>run</th><th>throughput (msg/s)</th><th>p99</th></tr>\n",
+    );
+    for (i, tp) in r.runs.iter().enumerate() {
+        let p99 = r
+            .runs_p99_us
+            .get(i)
+            .map(|us| fmt_us(*us))
+            .unwrap_or_default();
+        let _ = writeln!(
+            t,
+            "<tr><td>{}</td><td>{tp:.0}</td><td>{p99}</td></tr>",
+            i + 1
+        );
+    }
+    let min = r.runs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = r.runs.iter().copied().fold(0.0, f64::max);
+    let _ = writeln!(
+        t,
+        "<tr><td>spread</td><td>{min:.0} - {max:.0} (max/min {:.2})</td><td></td></tr>",
+        max / min.max(1e-9)
+    );
+    t.push_str("</table>\n");
+    t
 }
 
 /// The comparison page: the table of `compare` with marks, and both distributions overlaid.
@@ -306,6 +459,7 @@ tr.better td, td.better {{ background: #e3f4e8; }}
 tr.worse td, td.worse {{ background: #fbe3e0; }}
 tr.changed td {{ background: #fdf6dc; }}
 figure {{ margin: 16px 0; }}
+figure svg {{ max-width: 100%; height: auto; }}
 .note {{ background: #fdf6dc; padding: 6px 10px; }}
 </style>
 </head>
@@ -409,8 +563,28 @@ fn trim(v: f64) -> String {
     s.to_string()
 }
 
-/// Completions per second, in all and per outcome class.
+/// Completions per second, in all and per outcome class: per interval (50 ms and up) when the
+/// report has them, so a short run still draws a curve; per second for older reports.
 fn throughput_chart(r: &Report) -> Result<String, ReportError> {
+    if let Some(s) = r.series.as_ref().filter(|s| !s.intervals.is_empty()) {
+        let mut lines = vec![("all verdicts", points(s, |i| Some(i.done as f64 / i.secs)))];
+        if s.intervals.iter().any(|i| i.failed > 0) {
+            lines.push((
+                "not delivered",
+                points(s, |i| Some(i.failed as f64 / i.secs)),
+            ));
+        }
+        return over_time(
+            &format!(
+                "Throughput over time (per {} ms)",
+                trim(s.intervals[0].secs * 1000.0)
+            ),
+            "messages per second",
+            &measured_window(r),
+            s,
+            lines,
+        );
+    }
     let mut lines = vec![(
         "all completions".to_string(),
         r.timeline.iter().map(|&v| v as f64).collect::<Vec<_>>(),
