@@ -18,8 +18,9 @@ fn record(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let latency = Duration::from_micros(100 + (i * 7919) % 20_000);
-            recorder.record_send(black_box(latency), None);
-            recorder.record_outcome(black_box(&delivered), Duration::from_millis(i % 60_000));
+            let at = Duration::from_millis(i % 60_000);
+            recorder.record_send(black_box(latency), None, at);
+            recorder.record_outcome(black_box(&delivered), at);
         })
     });
     let mut corrected = Recorder::new();
@@ -27,7 +28,8 @@ fn record(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let latency = Duration::from_micros(100 + (i * 7919) % 20_000);
-            corrected.record_send(black_box(latency), Some(latency * 2));
+            let at = Duration::from_millis(i % 60_000);
+            corrected.record_send(black_box(latency), Some(latency * 2), at);
         })
     });
     group.finish();
