@@ -86,13 +86,20 @@ while [ "$c" -le "$pusher_cores" ]; do
   results+=("$(step "1 process, $c core(s)" "$first_pusher-$((first_pusher + c - 1))")")
   c=$((c * 2))
 done
+# On a small machine the pusher's own cores are one or two: then also every core, shared with
+# the broker and the fake (what the machine can do at all), and the processes spread over all.
+spread_first=$first_pusher; spread=$pusher_cores
+if [ "$pusher_cores" -lt 4 ] && [ "$first_pusher" -gt 0 ]; then
+  results+=("$(step "1 process, all $cores cores (shared)" "0-$((cores - 1))")")
+  spread_first=0; spread=$cores
+fi
 for p in 1 2 3; do
   sets=()
-  for i in $(seq 0 $((p - 1))); do sets+=("$((first_pusher + i % pusher_cores))"); done
+  for i in $(seq 0 $((p - 1))); do sets+=("$((spread_first + i % spread))"); done
   results+=("$(step "$p process(es), 1 core each" "${sets[@]}")")
 done
 
-echo "scale: $cores cores, broker and fake on $fake_set ($fake_threads fake thread(s)), pusher on $first_pusher-$((cores - 1)); $N messages, $PARTITIONS partitions"
+echo "scale: $cores cores, broker and fake on $fake_set ($fake_threads fake thread(s)), pusher on $first_pusher-$((cores - 1)) (processes over $spread_first-$((spread_first + spread - 1))); $N messages, $PARTITIONS partitions"
 printf '%-32s %10s %12s %8s\n' step msg/s "CPU us/msg" ratio
 base=""
 for r in "${results[@]}"; do
