@@ -75,27 +75,16 @@ async fn push(
         return (Outcome::Expired, details);
     }
     let delivery = sender.send_with_details(&message.notification).await;
-    let details = if delivery.outcome.is_delivered() {
-        // Built lazily: successes need it only for success feedback.
-        SendDetails {
-            apns_id: delivery
-                .response
-                .as_ref()
-                .and_then(|r| r.apns_id.clone())
-                .unwrap_or_default(),
-            status: delivery.response.as_ref().map(|r| r.status),
-            notification: serde_json::Value::Null,
-        }
-    } else {
-        SendDetails {
-            apns_id: delivery
-                .response
-                .as_ref()
-                .and_then(|r| r.apns_id.clone())
-                .unwrap_or_default(),
-            status: delivery.response.as_ref().map(|r| r.status),
-            notification: notification_json(),
-        }
+    let response = delivery.response.as_ref();
+    let details = SendDetails {
+        apns_id: response.and_then(|r| r.apns_id.clone()).unwrap_or_default(),
+        status: response.map(|r| r.status),
+        // Only failures' feedback carries the payload: a success skips re-parsing it.
+        notification: if delivery.outcome.is_delivered() {
+            serde_json::Value::Null
+        } else {
+            notification_json()
+        },
     };
     (delivery.outcome, details)
 }
