@@ -135,6 +135,16 @@ fn sum(v: Vec<i64>) -> i64 {
     v.iter().sum()
 }
 
+/// Waits until `group` has committed `n` messages of `topic` (2 partitions).
+async fn wait_committed(brokers: &str, group: &str, topic: &str, n: u64) {
+    wait_for(
+        &format!("{group} to commit {n} of {topic}"),
+        Duration::from_secs(60),
+        || sum(committed_offsets(brokers, group, topic, 2)) == n as i64,
+    )
+    .await;
+}
+
 /// Seen with the default config: `pusher run gcm` consumed `push-game_apns`, committed those
 /// messages as rejected, and the APNs pusher found nothing. Now each pusher subscribes only to
 /// its platform's topics, in its own default group (`pusher-gcm`, `pusher-apns`).
@@ -170,19 +180,7 @@ async fn each_platform_pusher_reads_only_its_own_topics_in_its_own_group() {
         &[],
         &dir.path().join("gcm.log"),
     );
-    wait_for(
-        "the GCM topic committed by pusher-gcm",
-        Duration::from_secs(60),
-        || {
-            sum(committed_offsets(
-                &brokers,
-                "pusher-gcm",
-                "push-game_gcm",
-                2,
-            )) == N as i64
-        },
-    )
-    .await;
+    wait_committed(&brokers, "pusher-gcm", "push-game_gcm", N).await;
     assert_eq!(fcm.stats().requests, N);
     stop(gcm, Duration::from_secs(20)).await;
     assert_eq!(
@@ -207,19 +205,7 @@ async fn each_platform_pusher_reads_only_its_own_topics_in_its_own_group() {
         &[],
         &dir.path().join("apns.log"),
     );
-    wait_for(
-        "the APNs topic committed by pusher-apns",
-        Duration::from_secs(60),
-        || {
-            sum(committed_offsets(
-                &brokers,
-                "pusher-apns",
-                "push-game_apns",
-                2,
-            )) == N as i64
-        },
-    )
-    .await;
+    wait_committed(&brokers, "pusher-apns", "push-game_apns", N).await;
     stop(run, Duration::from_secs(20)).await;
     let stats = apns.stats();
     assert_eq!(
@@ -324,15 +310,7 @@ async fn a_wrong_ca_pauses_the_pusher_and_loses_nothing() {
         &[],
         &dir.path().join("right.log"),
     );
-    wait_for("every message committed", Duration::from_secs(60), || {
-        sum(committed_offsets(
-            &brokers,
-            "pusher-apns",
-            "push-game_apns",
-            2,
-        )) == N as i64
-    })
-    .await;
+    wait_committed(&brokers, "pusher-apns", "push-game_apns", N).await;
     stop(run, Duration::from_secs(20)).await;
     let stats = fake.stats();
     assert_eq!((stats.requests, common::status_count(&stats, 200)), (N, N));
@@ -386,15 +364,7 @@ async fn a_pusher_resumes_by_itself_when_the_endpoint_comes_back() {
     };
     config.apns.jwt_keys = vec![pusher::mock::JwtKey::from_pem(KEY_ID, TEAM_ID, &pem).unwrap()];
     let fake = pusher::mock::MockServer::start(config).await.unwrap();
-    wait_for("every message committed", Duration::from_secs(60), || {
-        sum(committed_offsets(
-            &brokers,
-            "pusher-apns",
-            "push-game_apns",
-            2,
-        )) == N as i64
-    })
-    .await;
+    wait_committed(&brokers, "pusher-apns", "push-game_apns", N).await;
     wait_for("/healthz ok again", Duration::from_secs(10), || {
         matches!(http_get(metrics, "/healthz"), Some((200, _)))
     })
