@@ -2,6 +2,7 @@
 //! driver task; recorders merge once at the end, so the hot path never takes a lock.
 
 use crate::push::Outcome;
+use crate::report::data::{distribution, Latencies, Percentiles, Series};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -113,6 +114,31 @@ impl Recorder {
 
     pub fn completed(&self) -> u64 {
         self.outcomes.values().sum()
+    }
+
+    /// The report's latency figures.
+    pub fn latencies(&self) -> Latencies {
+        Latencies {
+            send: Percentiles::of(&self.send),
+            send_corrected: Percentiles::of(&self.send_corrected),
+            end_to_end: Percentiles::of(&self.e2e),
+            end_to_end_corrected: Percentiles::of(&self.e2e_corrected),
+        }
+    }
+
+    /// What the HTML report draws: end-to-end latency when measured, else send latency.
+    pub fn series(&self) -> Series {
+        let (name, raw, corrected) = if self.e2e.is_empty() {
+            ("send", &self.send, &self.send_corrected)
+        } else {
+            ("end-to-end", &self.e2e, &self.e2e_corrected)
+        };
+        Series {
+            latency: name.to_string(),
+            distribution: distribution(raw),
+            distribution_corrected: distribution(corrected),
+            outcomes_per_sec: self.outcome_timeline.clone(),
+        }
     }
 
     pub fn merge(&mut self, other: &Recorder) {

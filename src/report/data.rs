@@ -2,7 +2,6 @@
 //! human summary or HdrHistogram's percentile-distribution text. The JSON schema is documented
 //! in README.md ("Bench report") and checked by tests.
 
-use super::recorder::Recorder;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -64,22 +63,6 @@ pub struct Series {
     pub distribution_corrected: Vec<(f64, u64)>,
     /// Completions per second of the measured window, per outcome class.
     pub outcomes_per_sec: BTreeMap<String, Vec<u64>>,
-}
-
-impl Series {
-    pub fn of(r: &Recorder) -> Series {
-        let (name, raw, corrected) = if r.e2e.is_empty() {
-            ("send", &r.send, &r.send_corrected)
-        } else {
-            ("end-to-end", &r.e2e, &r.e2e_corrected)
-        };
-        Series {
-            latency: name.to_string(),
-            distribution: distribution(raw),
-            distribution_corrected: distribution(corrected),
-            outcomes_per_sec: r.outcome_timeline.clone(),
-        }
-    }
 }
 
 /// Percentile distribution points (about 100 for a typical run).
@@ -205,17 +188,6 @@ impl Conservation {
         let server_ok = self.server_answered.is_none_or(|n| n >= g);
         self.ok = stages_equal && self.answered == g && server_ok;
         self
-    }
-}
-
-impl Latencies {
-    pub fn from_recorder(r: &Recorder) -> Latencies {
-        Latencies {
-            send: Percentiles::of(&r.send),
-            send_corrected: Percentiles::of(&r.send_corrected),
-            end_to_end: Percentiles::of(&r.e2e),
-            end_to_end_corrected: Percentiles::of(&r.e2e_corrected),
-        }
     }
 }
 
