@@ -64,9 +64,17 @@ pub struct Target {
     pub topic: String,
     /// An external endpoint instead of the embedded fake.
     pub external: Option<External>,
+    /// APNs credentials for an external endpoint; without them (and always with the embedded
+    /// fake, which verifies the bench's own key) a provider key made for the run.
+    pub apns: Option<ApnsAuth>,
+    /// FCM credentials (required with an external endpoint); without them, against the
+    /// embedded fake, a test service account.
+    pub fcm: Option<FcmAuth>,
+    /// The FCM project to send as (default: `pusher-bench`).
+    pub project: Option<String>,
 }
 
-/// An endpoint elsewhere (a fake, or a real sandbox) and the credentials for it.
+/// An endpoint elsewhere (a fake, or a real sandbox).
 #[derive(Debug, Clone)]
 pub struct External {
     pub url: String,
@@ -74,13 +82,6 @@ pub struct External {
     pub ca: Option<PathBuf>,
     /// Skip TLS verification (self-signed fakes only).
     pub insecure: bool,
-    /// APNs credentials; without them, the bench's own provider key (a fake that does not
-    /// check it).
-    pub apns: Option<ApnsAuth>,
-    /// FCM credentials (required for FCM).
-    pub fcm: Option<FcmAuth>,
-    /// The FCM project to send as (default: `pusher-bench`).
-    pub project: Option<String>,
 }
 
 /// The embedded fake's transport.

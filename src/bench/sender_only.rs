@@ -6,7 +6,7 @@ use super::calibrate::calibrate;
 use super::driver::{drive, Driven, Load, LoadPlan};
 use super::fake::{FakeKind, FakeThread};
 use super::interrupt::Interrupt;
-use super::{base_report, write_hgrm, External, Settings, Target, Transport};
+use super::{base_report, write_hgrm, Settings, Target, Transport};
 use crate::gen::{GenConfig, Generator, Mix};
 use crate::mock::{JwtKey, Profile};
 use crate::progress::Progress;
@@ -277,9 +277,9 @@ pub fn target(t: &Target) -> anyhow::Result<(Option<FakeThread>, SenderConfig, S
                 }
             };
             let (endpoint, ca_file, insecure) = endpoint(t, fake.as_ref())?;
-            let auth = match t.external.as_ref().and_then(|e| e.apns.clone()) {
-                Some(auth) => auth,
-                None => ApnsAuth::Token(TokenAuth::new(
+            let auth = match (&t.external, &t.apns) {
+                (Some(_), Some(auth)) => auth.clone(),
+                _ => ApnsAuth::Token(TokenAuth::new(
                     key_pem.into_bytes(),
                     BENCH_KEY_ID,
                     BENCH_TEAM_ID,
@@ -298,28 +298,21 @@ pub fn target(t: &Target) -> anyhow::Result<(Option<FakeThread>, SenderConfig, S
                 None => Some(FakeThread::start(profile()?, FakeKind::Fcm)?),
             };
             let (endpoint, ca_file, insecure) = endpoint(t, fake.as_ref())?;
-            let auth = match &t.external {
-                Some(External {
-                    fcm: Some(auth), ..
-                }) => auth.clone(),
-                Some(External { fcm: None, .. }) => {
+            let auth = match (&t.fcm, &t.external) {
+                (Some(auth), _) => auth.clone(),
+                (None, Some(_)) => {
                     bail!("--platform gcm --endpoint needs --service-account FILE or --api-key KEY")
                 }
                 // The embedded fake issues OAuth tokens at its own /token and accepts
                 // assertions signed by any key: a fixed test account is enough.
-                None => FcmAuth::ServiceAccount(
+                (None, None) => FcmAuth::ServiceAccount(
                     ServiceAccount::from_json(BENCH_SERVICE_ACCOUNT)?
                         .with_token_uri(format!("{endpoint}/token")),
                 ),
             };
             let mut config = FcmConfig::new(auth);
             config.base_url = endpoint;
-            config.project_id = Some(
-                t.external
-                    .as_ref()
-                    .and_then(|e| e.project.clone())
-                    .unwrap_or_else(|| "pusher-bench".into()),
-            );
+            config.project_id = Some(t.project.clone().unwrap_or_else(|| "pusher-bench".into()));
             config.ca_file = ca_file;
             config.insecure = insecure;
             config.pool = pool;

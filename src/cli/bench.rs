@@ -94,7 +94,7 @@ fn parse_platform(s: &str) -> Result<Platform, String> {
     s.parse()
 }
 
-/// Where bench and replay send: the embedded fake, or `--endpoint` with the credentials given.
+/// Where bench and replay send (the embedded fake, or `--endpoint`), with the credentials given.
 pub(super) fn target(
     platform: Platform,
     fake: &FakeFlags,
@@ -103,17 +103,11 @@ pub(super) fn target(
     apns: &ApnsCredentials,
     fcm: &FcmCredentials,
 ) -> anyhow::Result<Target> {
-    let external = match &endpoint.endpoint {
-        Some(url) => Some(External {
-            url: url.clone(),
-            ca: endpoint.ca.clone(),
-            insecure: endpoint.insecure,
-            apns: apns.auth()?,
-            fcm: fcm.auth()?,
-            project: fcm.project.clone(),
-        }),
-        None => None,
-    };
+    let external = endpoint.endpoint.as_ref().map(|url| External {
+        url: url.clone(),
+        ca: endpoint.ca.clone(),
+        insecure: endpoint.insecure,
+    });
     Ok(Target {
         platform,
         profile: fake.profile.clone(),
@@ -121,6 +115,9 @@ pub(super) fn target(
         connections: fake.connections,
         topic: topic.to_string(),
         external,
+        apns: apns.auth()?,
+        fcm: fcm.auth()?,
+        project: fcm.project.clone(),
     })
 }
 
