@@ -73,6 +73,24 @@ pub enum Command {
     Version,
 }
 
+impl Command {
+    /// The command's name on the command line.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "run",
+            Command::Apns(_) => "apns",
+            Command::Gcm(_) => "gcm",
+            Command::Send(_) => "send",
+            Command::Mock(_) => "mock",
+            Command::Gen(_) => "gen",
+            Command::Bench(_) => "bench",
+            Command::Replay(_) => "replay",
+            Command::Report(_) => "report",
+            Command::Version => "version",
+        }
+    }
+}
+
 impl Cli {
     /// Parses the command line, exiting with clap's usage error (exit 2) when it is wrong.
     pub fn parse_args() -> Cli {
@@ -93,13 +111,18 @@ impl Cli {
             Command::Apns(a) => (&mut a.common.config, Some(&mut a.production)),
             Command::Gcm(a) => (&mut a.common.config, None),
             Command::Send(s) => match &mut s.platform {
-                send::SendPlatform::Apns(a) if config.is_none() => {
+                send::SendPlatform::Apns(a) => {
                     a.production |= production;
-                    return Ok(());
+                    return refuse(config.is_some(), false, "`send apns`");
                 }
-                _ => return refuse(config.is_some(), production, "`send`"),
+                send::SendPlatform::Gcm(_) => {
+                    return refuse(config.is_some(), production, "`send gcm`")
+                }
             },
-            _ => return refuse(config.is_some(), production, "this command"),
+            other => {
+                let name = format!("`{}`", other.name());
+                return refuse(config.is_some(), production, &name);
+            }
         };
         if let Some(config) = config {
             run_config.get_or_insert(config);
@@ -316,6 +339,17 @@ mod tests {
             &["mock", "apns", "-p"],
             &["run", "gcm", "-p"],
             &["send", "gcm", "-p", "--token", "t", "--api-key", "k"],
+            &["-p", "send", "gcm", "--token", "t", "--api-key", "k"],
+            &[
+                "--config",
+                "c.yaml",
+                "send",
+                "apns",
+                "--token",
+                "t",
+                "--payload",
+                "{}",
+            ],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
