@@ -3,7 +3,7 @@
 //! ratios (`0.05`). Each returns [`UnitError`], so it can be a clap `value_parser` as it is.
 
 /// A number that does not read as the unit asked for; the message says what would.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum UnitError {
     #[error("count {0:?} is not a whole number with an optional k, m or g suffix (10k, 1m)")]
     Count(String),
@@ -17,8 +17,10 @@ pub enum UnitError {
     SizeUnit(String),
     #[error("{0:?}: too large")]
     TooLarge(String),
+    #[error("ratio {0:?} is not a number")]
+    NotARatio(String),
     #[error("ratio {0} is not between 0 and 1")]
-    Ratio(String),
+    Ratio(f64),
 }
 
 /// The number before a `k`, `m` or `g` suffix (decimal: 1k = 1,000) and its multiplier.
@@ -89,12 +91,14 @@ pub fn show_size(n: u64) -> String {
 
 /// A share between 0 and 1 (`0.05`).
 pub fn parse_ratio(s: &str) -> Result<f64, UnitError> {
-    let bad = || UnitError::Ratio(format!("{:?}", s.trim()));
-    let r: f64 = s.trim().parse().map_err(|_| bad())?;
+    let r: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| UnitError::NotARatio(s.trim().to_string()))?;
     if (0.0..=1.0).contains(&r) {
         Ok(r)
     } else {
-        Err(UnitError::Ratio(r.to_string()))
+        Err(UnitError::Ratio(r))
     }
 }
 
@@ -174,6 +178,9 @@ mod tests {
             parse_ratio("2").unwrap_err().to_string(),
             "ratio 2 is not between 0 and 1"
         );
-        assert!(parse_ratio("lots").is_err());
+        assert_eq!(
+            parse_ratio("lots").unwrap_err().to_string(),
+            "ratio \"lots\" is not a number"
+        );
     }
 }
