@@ -104,7 +104,7 @@ pids+=($pusher)
   i=0
   while :; do
     next=$(( $(date +%s%N) + 1000000000 ))
-    "$bin" gen --platform apns --app "$app" --count "$rate" --seed "$i" --kafka "$brokers" --quiet \
+    "$bin" gen --platform apns --app "$app" --count "$rate" --seed "$i" --brokers "$brokers" --quiet \
       >/dev/null 2>>"$out/gen.log" && echo "$rate" >>"$out/produced"
     i=$((i + 1))
     now=$(date +%s%N)

@@ -1,8 +1,9 @@
 //! pusher: a benchmark-first toolkit for mobile push notifications.
 //!
-//! Dependency direction (DESIGN.md §2): `push` <- `sender` <- {`pipeline`, `bench`, `replay`};
-//! `mock` and `gen` depend only on `push`, never on `sender`, so a sender bug cannot hide in
-//! the fake servers.
+//! Dependency direction (DESIGN.md §2): `push` <- `sender` <- `pipeline` <- `bench` <- `replay`
+//! <- `cli`, with `report` under `bench`; `config`, `telemetry`, `clock`, `runtime`, `progress`
+//! and `units` beside `push` at the bottom; `mock` and `gen` depend only on those, never on
+//! `sender`, so a sender bug cannot hide in the fake servers. `tests/layers.rs` checks it.
 #![warn(clippy::unwrap_used)]
 
 pub mod bench;
@@ -19,3 +20,4 @@ pub mod report;
 pub mod runtime;
 pub mod sender;
 pub mod telemetry;
+pub mod units;

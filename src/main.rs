@@ -1,4 +1,3 @@
-use clap::Parser;
 use std::process::ExitCode;
 
 // The send path allocates a few small objects per message (h2 frames, header maps, tasks);
@@ -8,14 +7,5 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let mut cli = pusher::cli::Cli::parse();
-    cli.global.json = cli.json_logs();
-    pusher::telemetry::init(&cli.global);
-    match pusher::cli::dispatch(cli) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {}", pusher::cli::error_chain(&err));
-            ExitCode::from(2)
-        }
-    }
+    pusher::cli::main()
 }

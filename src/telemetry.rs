@@ -1,6 +1,5 @@
 //! Logging (tracing) set-up, metric names and exporters (Prometheus, StatsD), and Sentry.
 
-use crate::cli::GlobalArgs;
 use crate::config::Secret;
 use sentry::integrations::tracing::ErrorLayer;
 use tracing_subscriber::filter::LevelFilter;
@@ -11,19 +10,19 @@ use tracing_subscriber::Layer;
 
 /// Logs go to stderr so stdout stays clean for JSON output (`send`, `mock`, `gen`). Errors
 /// logged also go to Sentry once [`init_sentry`] has set it up (until then the layer is idle).
-pub fn init(global: &GlobalArgs) {
-    let default = if global.debug { "debug" } else { "info" };
+pub fn init(debug: bool, json: bool) {
+    let default = if debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("PUSHER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only for a person at a terminal (and not with NO_COLOR): a log file or a
     // collector would get escape codes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let text = (!global.json).then(|| {
+    let text = (!json).then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
             .with_writer(crate::progress::LogWriter)
     });
-    let json = global.json.then(|| {
+    let json = json.then(|| {
         tracing_subscriber::fmt::layer()
             .event_format(JsonLines)
             .with_writer(crate::progress::LogWriter)

@@ -284,7 +284,7 @@ fn bad_input_is_a_clear_error() {
         (&["--push-type", "telepathy"], "unknown push type"),
         (&["--platform", "sms"], "unknown platform"),
         (&["--app", "bad app"], "app name"),
-        (&["--topic", "t"], "--kafka"),
+        (&["--topic", "t"], "--brokers"),
         (&["--platform", "gcm", "--push-type", "alert"], "APNs only"),
     ];
     for (args, needle) in cases {

@@ -96,12 +96,7 @@ async fn a_failure_to_start_reaches_sentry_and_the_key_is_never_printed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_given_up_reach_sentry_once_not_per_message() {
     let sentry = fake_sentry().await;
-    pusher::telemetry::init(&pusher::cli::GlobalArgs {
-        config: None,
-        debug: false,
-        json: false,
-        production: false,
-    });
+    pusher::telemetry::init(false, false);
     let guard = pusher::telemetry::init_sentry(Some(&Secret::new(dsn(&sentry))))
         .unwrap()
         .expect("Sentry on");

@@ -4,16 +4,16 @@
 //! its own thread, the producer on its own thread, the pipeline on the main runtime.
 
 use super::calibrate::calibrate;
-use super::cli::{base_report, write_hgrm, BenchArgs};
-use super::gate::median;
 use super::interrupt::{Interrupt, DRAIN};
 use super::recorder::Recorder;
-use super::report::{peak_rss_bytes, Conservation, Latencies, Report};
 use super::sender_only::{target, SenderConfig};
+use super::{base_report, write_hgrm, Settings};
 use crate::gen::{GenConfig, Generator, Mix};
 use crate::mock::kafka::{KafkaMock, MockOptions};
 use crate::pipeline::run::{run, AppSender, Observer, OutcomeEvent, Outputs, RunSpec};
 use crate::progress::Progress;
+use crate::report::data::{peak_rss_bytes, Conservation, Report};
+use crate::report::gate::median;
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
 use anyhow::{bail, Context};
@@ -122,7 +122,7 @@ impl ProducerContext for Deliveries {
     }
 }
 
-pub fn run_bench(args: &BenchArgs, interrupt: &Interrupt) -> anyhow::Result<Report> {
+pub fn run_bench(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
     let count = args.count.or(if args.duration.is_some() {
         None
     } else {
@@ -175,12 +175,12 @@ pub fn run_bench(args: &BenchArgs, interrupt: &Interrupt) -> anyhow::Result<Repo
 }
 
 fn one_run(
-    args: &BenchArgs,
+    args: &Settings,
     count: Option<u64>,
     round: usize,
     interrupt: &Interrupt,
 ) -> anyhow::Result<Report> {
-    let topic = format!("push-{APP}_{}", args.platform);
+    let topic = format!("push-{APP}_{}", args.target.platform);
     let partitions = args.partitions.max(1);
     let kafka = match &args.brokers {
         Some(_) => None,
@@ -195,7 +195,7 @@ fn one_run(
         (None, Some(k)) => k.bootstrap().to_string(),
         (None, None) => bail!("no Kafka"),
     };
-    let (fake, sender_config, profile_name) = target(args)?;
+    let (fake, sender_config, profile_name) = target(&args.target)?;
 
     let clock = Arc::new(Clock {
         start: Instant::now(),
@@ -220,7 +220,12 @@ fn one_run(
 
     // One group per round so that every round starts from the beginning of its messages.
     let group = format!("pusher-bench-{}-{round}", std::process::id());
-    let mut spec = RunSpec::new(args.platform, brokers.clone(), group, vec![topic.clone()]);
+    let mut spec = RunSpec::new(
+        args.target.platform,
+        brokers.clone(),
+        group,
+        vec![topic.clone()],
+    );
     spec.offset_reset = "earliest".into();
     spec.max_in_flight = args.concurrency.max(1);
     spec.commit_interval = Duration::from_millis(200);
@@ -335,11 +340,11 @@ fn one_run(
     let mut report = base_report(args, "end-to-end", &profile_name);
     report.duration_secs = elapsed.as_secs_f64();
     report.throughput = recorder.completed() as f64 / elapsed.as_secs_f64().max(1e-9);
-    report.latency = Latencies::from_recorder(&recorder);
+    report.latency = recorder.latencies();
     report.outcomes = recorder.outcomes.clone();
     report.reasons = recorder.reasons.clone();
     report.timeline = recorder.timeline.clone();
-    report.series = Some(super::report::Series::of(&recorder));
+    report.series = Some(recorder.series());
     let generated = clock.generated.load(Ordering::Relaxed);
     let answered = clock.answered.load(Ordering::Relaxed);
     report.interrupted = drain_until.is_some();
@@ -364,7 +369,7 @@ fn one_run(
 /// The producer thread: generates and produces, closed loop (at most `MAX_BACKLOG` ahead of
 /// the answers) or open loop (`--rate`, on a fixed schedule; the backlog bound still holds).
 fn produce(
-    args: &BenchArgs,
+    args: &Settings,
     count: Option<u64>,
     brokers: &str,
     topic: &str,
@@ -382,7 +387,7 @@ fn produce(
 /// ones (2, 1) halve the end-to-end p50 at 10k-25k msg/s (p99 10.3 -> 5.3 ms at 10k) and cost
 /// about a tenth of the closed-loop maximum. Shorter still (1, 0) made batches so small that
 /// the mock fell behind.
-fn batching(args: &BenchArgs) -> (u32, u32) {
+fn batching(args: &Settings) -> (u32, u32) {
     if args.rate.is_some() {
         (2, 1)
     } else {
@@ -400,7 +405,7 @@ fn batching(args: &BenchArgs) -> (u32, u32) {
 const PARTITION_RUN: u64 = 256;
 
 fn produce_inner(
-    args: &BenchArgs,
+    args: &Settings,
     count: Option<u64>,
     brokers: &str,
     topic: &str,
@@ -416,7 +421,7 @@ fn produce_inner(
         .set("queue.buffering.max.messages", "500000")
         .create_with_context(Deliveries(clock.clone()))
         .context("creating the bench producer")?;
-    let mut config = GenConfig::new(args.platform);
+    let mut config = GenConfig::new(args.target.platform);
     // The generator stops at `count`; a duration-bound run generates until told to stop.
     config.count = u64::MAX;
     config.seed = args.seed;

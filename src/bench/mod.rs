@@ -1,12 +1,154 @@
-//! `pusher bench`: load plan, driver (closed and open loop), recorder, report, baseline gate.
+//! `pusher bench`: load plan, driver (closed and open loop), recorder, the embedded fakes, and
+//! the two modes (sender only, end to end). A run takes a plain [`Settings`] and returns a
+//! [`Report`]; the flags that make one are in `cli/bench.rs`.
 
 pub mod calibrate;
-pub mod cli;
 pub mod driver;
 pub mod end_to_end;
 pub mod fake;
-pub mod gate;
 pub mod interrupt;
 pub mod recorder;
-pub mod report;
 pub mod sender_only;
+
+use crate::push::Platform;
+use crate::report::data::{self as report, Report};
+use crate::runtime::Threads;
+use crate::sender::apns::ApnsAuth;
+use crate::sender::fcm::FcmAuth;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One bench run, as the flags of `pusher bench` describe it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Drive the sender core directly, without Kafka.
+    pub sender_only: bool,
+    /// Where the pushes go and how the sender is set up.
+    pub target: Target,
+    /// Messages to measure; none with `duration` alone (the modes default to 100k).
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+    /// Sent, not measured, first.
+    pub warmup: Duration,
+    /// Closed loop: messages in flight (when `rate` is none).
+    pub concurrency: usize,
+    /// Open loop: messages per second.
+    pub rate: Option<f64>,
+    pub threads: Threads,
+    pub invalid_ratio: f64,
+    /// Payload size or mix, as `pusher gen --payload-size`.
+    pub payload_size: String,
+    /// An external Kafka for the end-to-end run (else the embedded mock cluster).
+    pub brokers: Option<String>,
+    /// Partitions of the embedded mock cluster's topic.
+    pub partitions: i32,
+    pub repeat: usize,
+    /// Where to write the latency histogram (.hgrm).
+    pub hgrm: Option<PathBuf>,
+    pub seed: u64,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+/// Where the pushes go and how the sender is set up: bench's and replay's one set-up.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub platform: Platform,
+    /// The embedded fake's behaviour profile (a built-in name or a YAML file).
+    pub profile: String,
+    /// The embedded fake's transport.
+    pub transport: Transport,
+    /// HTTP/2 connections in the sender's pool.
+    pub connections: usize,
+    /// `apns-topic` for the pushes.
+    pub topic: String,
+    /// An external endpoint instead of the embedded fake.
+    pub external: Option<External>,
+    /// APNs credentials for an external endpoint; without them (and always with the embedded
+    /// fake, which verifies the bench's own key) a provider key made for the run.
+    pub apns: Option<ApnsAuth>,
+    /// FCM credentials (required with an external endpoint); without them, against the
+    /// embedded fake, a test service account.
+    pub fcm: Option<FcmAuth>,
+    /// The FCM project to send as (default: `pusher-bench`).
+    pub project: Option<String>,
+}
+
+/// An endpoint elsewhere (a fake, or a real sandbox).
+#[derive(Debug, Clone)]
+pub struct External {
+    pub url: String,
+    /// CA (PEM) to trust for it.
+    pub ca: Option<PathBuf>,
+    /// Skip TLS verification (self-signed fakes only).
+    pub insecure: bool,
+}
+
+/// The embedded fake's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP/2 over TLS (as production).
+    Tls,
+    /// Cleartext HTTP/2 with prior knowledge.
+    H2c,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tls => "tls",
+            Transport::H2c => "h2c",
+        }
+    }
+}
+
+/// Writes the `.hgrm` file when asked.
+pub(crate) fn write_hgrm(
+    settings: &Settings,
+    h: &hdrhistogram::Histogram<u64>,
+) -> Result<(), crate::report::ReportError> {
+    if let Some(path) = &settings.hgrm {
+        crate::report::write_file(path, report::hgrm(h).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The report skeleton every mode fills.
+pub(crate) fn base_report(settings: &Settings, mode: &str, profile: &str) -> Report {
+    Report {
+        schema: report::SCHEMA.to_string(),
+        pusher_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        params: report::Params {
+            mode: mode.to_string(),
+            platform: settings.target.platform.to_string(),
+            profile: profile.to_string(),
+            transport: settings.target.transport.as_str().into(),
+            count: settings.count,
+            duration_secs: settings.duration.map(|d| d.as_secs_f64()),
+            warmup_secs: settings.warmup.as_secs_f64(),
+            concurrency: settings.rate.is_none().then_some(settings.concurrency),
+            rate: settings.rate,
+            repeat: settings.repeat,
+            threads: settings.threads.count(),
+        },
+        duration_secs: 0.0,
+        throughput: 0.0,
+        calibration: 0.0,
+        latency: Default::default(),
+        outcomes: Default::default(),
+        reasons: Default::default(),
+        conservation: Default::default(),
+        timeline: Vec::new(),
+        runs: Vec::new(),
+        runs_p99_us: Vec::new(),
+        runs_latency: Vec::new(),
+        interrupted: false,
+        peak_rss_bytes: None,
+        series: None,
+        replay: None,
+    }
+}

@@ -2,6 +2,7 @@
 //! driver task; recorders merge once at the end, so the hot path never takes a lock.
 
 use crate::push::Outcome;
+use crate::report::data::{distribution, IntervalPoint, Latencies, Percentiles, Series};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -246,6 +247,61 @@ impl Recorder {
 
     pub fn completed(&self) -> u64 {
         self.outcomes.values().sum()
+    }
+
+    /// The report's latency figures.
+    pub fn latencies(&self) -> Latencies {
+        Latencies {
+            send: Percentiles::of(&self.send),
+            send_corrected: Percentiles::of(&self.send_corrected),
+            end_to_end: Percentiles::of(&self.e2e),
+            end_to_end_corrected: Percentiles::of(&self.e2e_corrected),
+        }
+    }
+
+    /// What the HTML report draws: end-to-end latency when measured (and the send latency
+    /// beside it), else send latency; and the run in intervals.
+    pub fn series(&self) -> Series {
+        let (name, raw, corrected) = if self.e2e.is_empty() {
+            ("send", &self.send, &self.send_corrected)
+        } else {
+            ("end-to-end", &self.e2e, &self.e2e_corrected)
+        };
+        let width = self.intervals.width.as_secs_f64();
+        let q = |h: &Option<Histogram<u32>>, q: f64| {
+            h.as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.value_at_quantile(q))
+        };
+        let intervals = self
+            .intervals
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| IntervalPoint {
+                start_secs: i as f64 * width,
+                secs: width,
+                done: s.done,
+                failed: s.failed,
+                offered: s.offered,
+                send_p50_us: q(&s.send, 0.5),
+                send_p99_us: q(&s.send, 0.99),
+                e2e_p50_us: q(&s.e2e, 0.5),
+                e2e_p99_us: q(&s.e2e, 0.99),
+            })
+            .collect();
+        Series {
+            latency: name.to_string(),
+            distribution: distribution(raw),
+            distribution_corrected: distribution(corrected),
+            outcomes_per_sec: self.outcome_timeline.clone(),
+            distribution_send: if self.e2e.is_empty() {
+                Vec::new()
+            } else {
+                distribution(&self.send)
+            },
+            intervals,
+        }
     }
 
     pub fn merge(&mut self, other: &Recorder) {

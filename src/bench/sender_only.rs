@@ -3,12 +3,10 @@
 //! each get a core, as they would on two machines.
 
 use super::calibrate::calibrate;
-use super::cli::{base_report, write_hgrm, BenchArgs, Transport};
 use super::driver::{drive, Driven, Load, LoadPlan};
 use super::fake::{FakeKind, FakeThread};
-use super::gate::median;
 use super::interrupt::Interrupt;
-use super::report::{peak_rss_bytes, Conservation, Latencies, Report};
+use super::{base_report, write_hgrm, Settings, Target, Transport};
 use crate::gen::{GenConfig, Generator, Mix};
 use crate::mock::{JwtKey, Profile};
 use crate::progress::Progress;
@@ -16,6 +14,8 @@ use crate::push::apns::ApnsNotification;
 use crate::push::gcm::GcmMessage;
 use crate::push::message::{parse_apns, parse_gcm};
 use crate::push::Platform;
+use crate::report::data::{peak_rss_bytes, Conservation, Latencies, Report};
+use crate::report::gate::median;
 use crate::sender::apns::{ApnsAuth, ApnsConfig, ApnsSender, TokenAuth};
 use crate::sender::endpoint::Endpoint;
 use crate::sender::fcm::{FcmAuth, FcmConfig, FcmSender, ServiceAccount};
@@ -32,14 +32,14 @@ const BENCH_TEAM_ID: &str = "BENCHTEAM1";
 /// A test-only service account (its key belongs to no Google project) for the embedded fake FCM.
 const BENCH_SERVICE_ACCOUNT: &[u8] = include_bytes!("../../fixtures/fcm/service-account.json");
 
-pub fn run(args: &BenchArgs, interrupt: &Interrupt) -> anyhow::Result<Report> {
+pub fn run(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
     let count = args.count.or(if args.duration.is_some() {
         None
     } else {
         Some(100_000)
     });
     let pool = count.unwrap_or(POOL).min(POOL);
-    let (fake, config, profile_name) = target(args)?;
+    let (fake, config, profile_name) = target(&args.target)?;
 
     let plan = LoadPlan {
         count,
@@ -115,11 +115,11 @@ pub fn run(args: &BenchArgs, interrupt: &Interrupt) -> anyhow::Result<Report> {
     report.runs_latency = runs_latency;
     report.interrupted = interrupted;
     report.calibration = calibrate(5, Duration::from_millis(40));
-    report.latency = Latencies::from_recorder(&driven.recorder);
+    report.latency = driven.recorder.latencies();
     report.outcomes = driven.recorder.outcomes.clone();
     report.reasons = driven.recorder.reasons.clone();
     report.timeline = driven.recorder.timeline.clone();
-    report.series = Some(super::report::Series::of(&driven.recorder));
+    report.series = Some(driven.recorder.series());
     report.conservation = Conservation {
         generated,
         answered,
@@ -150,7 +150,7 @@ struct Rounds {
 /// Drives `--repeat` rounds of the plan through `send`, cycling through `items`; an interrupt
 /// ends the round under way (kept, as the report's run when it is the only one) and the rest.
 async fn rounds<M, F, Fut>(
-    args: &BenchArgs,
+    args: &Settings,
     plan: &LoadPlan,
     count: Option<u64>,
     items: &[Arc<M>],
@@ -207,8 +207,7 @@ where
         out.runs.push(throughput);
         out.runs_p99
             .push(driven.recorder.send.value_at_quantile(0.99));
-        out.runs_latency
-            .push(Latencies::from_recorder(&driven.recorder));
+        out.runs_latency.push(driven.recorder.latencies());
         let m = median(&out.runs);
         if out.best.is_none() || (throughput - m).abs() < (best_throughput - m).abs() {
             out.best = Some(driven);
@@ -221,7 +220,7 @@ where
 /// The messages the run cycles through, made by the generator and parsed back exactly as the
 /// pipeline would (`parse` turns one generated Kafka message into what the sender takes).
 fn generated<M>(
-    args: &BenchArgs,
+    args: &Settings,
     platform: Platform,
     n: u64,
     parse: impl Fn(&[u8]) -> Result<M, crate::push::message::MessageError>,
@@ -244,70 +243,64 @@ fn generated<M>(
 }
 
 /// The sender configuration for the platform under test.
-pub(crate) enum SenderConfig {
+pub enum SenderConfig {
     Apns(Box<ApnsConfig>),
     Fcm(Box<FcmConfig>),
 }
 
-/// Where the pushes go: the embedded fake (started here) or `--endpoint`; and the sender
-/// configuration for it.
-pub(crate) fn target(
-    args: &BenchArgs,
-) -> anyhow::Result<(Option<FakeThread>, SenderConfig, String)> {
-    let profile_name = if args.endpoint.is_some() {
-        "external".to_string()
-    } else {
-        args.profile.clone()
+/// Where the pushes go: the embedded fake (started here) or the external endpoint; and the
+/// sender configuration for it.
+pub fn target(t: &Target) -> anyhow::Result<(Option<FakeThread>, SenderConfig, String)> {
+    let profile_name = match &t.external {
+        Some(_) => "external".to_string(),
+        None => t.profile.clone(),
     };
-    let profile =
-        || Profile::load(&args.profile).with_context(|| format!("profile {:?}", args.profile));
-    if let Some(url) = &args.endpoint {
-        reachable(url)?;
+    let profile = || Profile::load(&t.profile).with_context(|| format!("profile {:?}", t.profile));
+    if let Some(external) = &t.external {
+        reachable(&external.url)?;
     }
     let pool = PoolConfig {
-        connections: args.connections.max(1),
+        connections: t.connections.max(1),
         ..PoolConfig::default()
     };
-    match args.platform {
+    match t.platform {
         Platform::Apns => {
             // A fresh provider key per run: the fake verifies every JWT, as APNs would.
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
                 .context("generating the bench's provider key")?;
             let key_pem = key.serialize_pem();
-            let fake = match &args.endpoint {
+            let fake = match &t.external {
                 Some(_) => None,
                 None => {
                     let jwt = JwtKey::from_pem(BENCH_KEY_ID, BENCH_TEAM_ID, &key_pem)?;
                     Some(FakeThread::start(profile()?, FakeKind::Apns(jwt))?)
                 }
             };
-            let (endpoint, ca_file) = endpoint(args, fake.as_ref())?;
-            let auth = match (&args.endpoint, &args.key_file, &args.key_id, &args.team_id) {
-                (Some(_), Some(path), Some(kid), Some(team)) => {
-                    TokenAuth::from_file(path, kid.clone(), team.clone())?
-                }
-                _ => TokenAuth::new(key_pem.into_bytes(), BENCH_KEY_ID, BENCH_TEAM_ID),
+            let (endpoint, ca_file, insecure) = endpoint(t, fake.as_ref())?;
+            let auth = match (&t.external, &t.apns) {
+                (Some(_), Some(auth)) => auth.clone(),
+                _ => ApnsAuth::Token(TokenAuth::new(
+                    key_pem.into_bytes(),
+                    BENCH_KEY_ID,
+                    BENCH_TEAM_ID,
+                )),
             };
-            let mut config = ApnsConfig::new(Endpoint::Custom(endpoint), ApnsAuth::Token(auth));
-            config.default_topic = Some(args.topic.clone());
+            let mut config = ApnsConfig::new(Endpoint::Custom(endpoint), auth);
+            config.default_topic = Some(t.topic.clone());
             config.ca_file = ca_file;
-            config.insecure = args.insecure;
+            config.insecure = insecure;
             config.pool = pool;
             Ok((fake, SenderConfig::Apns(Box::new(config)), profile_name))
         }
         Platform::Gcm => {
-            let fake = match &args.endpoint {
+            let fake = match &t.external {
                 Some(_) => None,
                 None => Some(FakeThread::start(profile()?, FakeKind::Fcm)?),
             };
-            let (endpoint, ca_file) = endpoint(args, fake.as_ref())?;
-            let auth = match (&args.service_account, &args.api_key) {
-                (Some(path), _) => FcmAuth::ServiceAccount(
-                    ServiceAccount::from_file(path)
-                        .with_context(|| format!("service account {}", path.display()))?,
-                ),
-                (None, Some(key)) => FcmAuth::ApiKey(key.clone()),
-                (None, None) if args.endpoint.is_some() => {
+            let (endpoint, ca_file, insecure) = endpoint(t, fake.as_ref())?;
+            let auth = match (&t.fcm, &t.external) {
+                (Some(auth), _) => auth.clone(),
+                (None, Some(_)) => {
                     bail!("--platform gcm --endpoint needs --service-account FILE or --api-key KEY")
                 }
                 // The embedded fake issues OAuth tokens at its own /token and accepts
@@ -319,26 +312,34 @@ pub(crate) fn target(
             };
             let mut config = FcmConfig::new(auth);
             config.base_url = endpoint;
-            config.project_id = Some("pusher-bench".into());
+            config.project_id = Some(t.project.clone().unwrap_or_else(|| "pusher-bench".into()));
             config.ca_file = ca_file;
-            config.insecure = args.insecure;
+            config.insecure = insecure;
             config.pool = pool;
             Ok((fake, SenderConfig::Fcm(Box::new(config)), profile_name))
         }
     }
 }
 
-/// The base URL to send to and the CA to trust: `--endpoint`, or the embedded fake over the
-/// chosen transport.
+/// The base URL to send to, the CA to trust and whether to verify: the external endpoint's,
+/// or the embedded fake's over the chosen transport.
 fn endpoint(
-    args: &BenchArgs,
+    t: &Target,
     fake: Option<&FakeThread>,
-) -> anyhow::Result<(String, Option<std::path::PathBuf>)> {
-    match (&args.endpoint, fake) {
-        (Some(url), _) => Ok((url.trim_end_matches('/').to_string(), args.ca.clone())),
-        (None, Some(fake)) => Ok(match args.transport {
-            Transport::Tls => (format!("https://{}", fake.tls), Some(fake.ca_file.clone())),
-            Transport::H2c => (format!("http://{}", fake.h2c), None),
+) -> anyhow::Result<(String, Option<std::path::PathBuf>, bool)> {
+    match (&t.external, fake) {
+        (Some(e), _) => Ok((
+            e.url.trim_end_matches('/').to_string(),
+            e.ca.clone(),
+            e.insecure,
+        )),
+        (None, Some(fake)) => Ok(match t.transport {
+            Transport::Tls => (
+                format!("https://{}", fake.tls),
+                Some(fake.ca_file.clone()),
+                false,
+            ),
+            Transport::H2c => (format!("http://{}", fake.h2c), None, false),
         }),
         (None, None) => bail!("no endpoint"),
     }

@@ -230,6 +230,9 @@ pub struct ApnsCert {
     pub team_id: Option<String>,
     pub topic: Option<String>,
     pub certificate: Option<PathBuf>,
+    /// The PEM private key of `certificate` when it is not in the same file.
+    #[serde(rename = "certificateKey")]
+    pub certificate_key: Option<PathBuf>,
     #[serde(deserialize_with = "non_empty")]
     pub password: Option<Secret>,
 }
@@ -274,6 +277,9 @@ pub struct GcmCert {
     /// Overrides the `project_id` of the service account.
     #[serde(rename = "projectID")]
     pub project_id: Option<String>,
+    /// Overrides the `token_uri` of the service account (a fake OAuth endpoint).
+    #[serde(rename = "tokenURI")]
+    pub token_uri: Option<String>,
     #[serde(rename = "apiKey", deserialize_with = "non_empty")]
     pub api_key: Option<Secret>,
     /// The seed's; the legacy API authenticates with the key alone.

@@ -796,6 +796,33 @@ fn validate_names_the_key() {
     .unwrap();
 }
 
+/// The keys behind `run apns --key` and `run gcm --token-uri`: read, and a missing key file
+/// named.
+#[test]
+fn certificate_key_and_token_uri() {
+    let cert = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/apns/client.p12");
+    let cert = cert.to_str().unwrap();
+    let c = from_env(&[
+        ("PUSHER_APNS_APPS", "game"),
+        ("PUSHER_APNS_CERTS_GAME_CERTIFICATE", cert),
+        (
+            "PUSHER_APNS_CERTS_GAME_CERTIFICATEKEY",
+            "/nonexistent/k.pem",
+        ),
+        ("PUSHER_APNS_CERTS_GAME_TOPIC", "com.example.game"),
+        ("PUSHER_GCM_CERTS_GAME_TOKENURI", "http://127.0.0.1:1/token"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.gcm.certs["game"].token_uri.as_deref(),
+        Some("http://127.0.0.1:1/token")
+    );
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "apns.certs.game.certificateKey: file not found: /nonexistent/k.pem"
+    );
+}
+
 #[test]
 fn debug_and_serialize_show_no_secret() {
     let c = from_env(&[

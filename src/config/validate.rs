@@ -122,6 +122,9 @@ impl Config {
                 }
             } else if let Some(path) = &cert.certificate {
                 check_file(&format!("{key}.certificate"), path)?;
+                if let Some(path) = &cert.certificate_key {
+                    check_file(&format!("{key}.certificateKey"), path)?;
+                }
             } else {
                 return Err(invalid(
                     key,
@@ -242,14 +245,14 @@ fn find_app<'a, T>(map: &'a BTreeMap<String, T>, app: &str) -> Option<&'a T> {
 }
 
 fn check_app_name(key: &str, app: &str) -> Result<(), ConfigError> {
-    crate::pipeline::tokens::table_name(app, crate::push::Platform::Apns)
-        .map(|_| ())
-        .map_err(|_| {
-            invalid(
-                key,
-                format!("app name {app:?} may hold only letters, digits, '_' and '-'"),
-            )
-        })
+    if crate::push::app::is_valid_name(app) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("app name {app:?} may hold only letters, digits, '_' and '-'"),
+        ))
+    }
 }
 
 fn check_file(key: &str, path: &Path) -> Result<(), ConfigError> {

@@ -3,7 +3,6 @@
 //! same bytes, and every message says which `TokenRule` its token falls under, so the bench
 //! knows in advance which pushes must fail.
 
-pub mod cli;
 pub mod kafka;
 mod text;
 
@@ -130,45 +129,6 @@ fn check_ratio(name: &str, r: f64) -> Result<(), GenError> {
             "{name} {r} is not between 0 and 1"
         )))
     }
-}
-
-/// Parses a ratio between 0 and 1 (`0.05`).
-pub fn parse_ratio(s: &str) -> Result<f64, GenError> {
-    let r: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| GenError::Invalid(format!("ratio {s:?} is not a number")))?;
-    check_ratio("ratio", r)?;
-    Ok(r)
-}
-
-/// Parses a message count: a whole number with an optional `k`, `m` or `g` suffix (`10k`,
-/// `1m`, `2500`). Zero is refused.
-pub fn parse_count(s: &str) -> Result<u64, GenError> {
-    let bad = || {
-        GenError::Invalid(format!(
-            "count {s:?} is not a whole number with an optional k, m or g suffix"
-        ))
-    };
-    let t = s.trim();
-    let (digits, scale) = match t.as_bytes().last().map(u8::to_ascii_lowercase) {
-        Some(b'k') => (&t[..t.len() - 1], 1_000),
-        Some(b'm') => (&t[..t.len() - 1], 1_000_000),
-        Some(b'g') => (&t[..t.len() - 1], 1_000_000_000),
-        _ => (t, 1),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let n = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(bad)?;
-    if n == 0 {
-        return Err(GenError::Invalid("count must be at least 1".into()));
-    }
-    Ok(n)
 }
 
 /// A weighted choice: `300` (always 300) or `200:0.5,1000:0.4,3500:0.1`. Weights need not
@@ -515,35 +475,6 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn count_parsing() {
-        let ok = [
-            ("1", 1),
-            ("10k", 10_000),
-            ("1m", 1_000_000),
-            ("1M", 1_000_000),
-            ("2g", 2_000_000_000),
-            (" 42 ", 42),
-        ];
-        for (s, want) in ok {
-            assert_eq!(parse_count(s).ok(), Some(want), "{s}");
-        }
-        for bad in [
-            "0",
-            "0k",
-            "",
-            "k",
-            "1x",
-            "1.5m",
-            "-1",
-            "1kk",
-            "99999999999999999999",
-            "18446744073709551615k",
-        ] {
-            assert!(parse_count(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     #[test]
     fn mix_parsing_and_picking() {

@@ -18,16 +18,13 @@
 //!   dropped before each consumer group that reads the partition had committed it.
 
 use crate::telemetry::{KafkaReports, Throttle};
-use anyhow::Context;
-use clap::Args;
+use crate::units::show_size;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientContext;
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
@@ -46,72 +43,6 @@ pub const MAX_REQUEST_BYTES: u64 = 2 * 1024 * 1024;
 pub const DEFAULT_RETENTION_BYTES: u64 = 128 * 1024 * 1024;
 /// How often the watcher reports what it found.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Args)]
-#[command(
-    after_help = "Limits: each partition keeps --retention-bytes (librdkafka's mock alone \
-keeps 5 MiB or 100,000 message sets), then drops its oldest messages; when it drops messages \
-that a consumer group reading the partition had not committed (or that no group read), it \
-prints an error naming the topic, the partition and how many. Produce requests over 2 MiB are \
-refused: the connection is closed and the producer's messages fail, none is stored (librdkafka \
-clients such as kcat send messages of at most 1,000,000 bytes unless told otherwise).\n\n\
-Ready line on stdout: {\"kafka\":{\"bootstrap\":\"127.0.0.1:PORT\",\"max_request_bytes\":2097152,\
-\"partition_bytes\":134217728,\"partition_message_sets\":1048576}}"
-)]
-pub struct KafkaMockArgs {
-    /// Number of mock brokers.
-    #[arg(long, default_value_t = 1)]
-    pub brokers: i32,
-    /// Topic to create up front (repeatable). Unknown topics are also created on first use,
-    /// with --partitions partitions.
-    #[arg(long = "topic")]
-    pub topics: Vec<String>,
-    /// Partitions of each --topic and of topics created on first use.
-    #[arg(long, default_value_t = 8)]
-    pub partitions: i32,
-    /// Bytes each partition keeps (binary units: 128MiB, 1GiB). Past that the oldest messages
-    /// are dropped, and any no consumer group had committed is reported as an error naming
-    /// topic, partition and count. librdkafka's mock alone keeps 5 MiB.
-    #[arg(long, default_value = "128MiB", value_parser = size_arg)]
-    pub retention_bytes: u64,
-    /// Listen on this address (broker 1; broker N on the port N-1 above), e.g.
-    /// 127.0.0.1:9092, and advertise it to clients. Default: a free port on 127.0.0.1.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-}
-
-fn size_arg(s: &str) -> Result<u64, String> {
-    parse_size(s)
-}
-
-/// `5242880`, `512KiB`, `128MiB`, `1GiB` (also `k`/`KB`, `M`/`MB`, `G`/`GB`, all binary).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(digits);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a size such as 128MiB"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("{s:?}: unknown unit (use KiB, MiB or GiB)")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?}: too large"))
-}
-
-/// Bytes as people read them: `128 MiB`, `5 MiB`, `1536 KiB`, `700 bytes`.
-pub fn show_size(n: u64) -> String {
-    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
-            return format!("{} {unit}", n >> shift);
-        }
-    }
-    format!("{n} bytes")
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaMockError {
@@ -983,59 +914,6 @@ mod layout {
     }
 }
 
-/// Runs the mock until SIGINT or SIGTERM; prints
-/// `{"kafka":{"bootstrap":"127.0.0.1:PORT","max_request_bytes":..,"partition_bytes":..,"partition_message_sets":..}}`.
-pub fn run(args: KafkaMockArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async {
-        let options = MockOptions {
-            brokers: args.brokers,
-            topics: args.topics.clone(),
-            partitions: args.partitions,
-            auto_create_partitions: Some(args.partitions),
-            retention_bytes: Some(args.retention_bytes),
-            listen: args.listen,
-            max_request_bytes: MAX_REQUEST_BYTES,
-            watch_losses: true,
-        };
-        let mock = KafkaMock::start_with(&options)?;
-        let line = serde_json::json!({"kafka": {
-            "bootstrap": mock.bootstrap(),
-            "max_request_bytes": mock.max_request_bytes(),
-            "partition_bytes": mock.retention_bytes(),
-            "partition_message_sets": mock.retention_sets(),
-        }});
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{line}").context("writing to stdout")?;
-        stdout.flush().context("writing to stdout")?;
-        drop(stdout);
-        tracing::info!(
-            bootstrap = mock.bootstrap(),
-            topics = ?args.topics,
-            "mock kafka running: each partition keeps {} (older messages are dropped, and reported when unconsumed), produce requests up to {}; Ctrl-C to stop",
-            show_size(mock.retention_bytes()),
-            show_size(mock.max_request_bytes())
-        );
-        wait_for_stop_signal().await?;
-        drop(mock);
-        tracing::info!("mock kafka stopped");
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1098,19 +976,6 @@ mod tests {
     fn bad_arguments_are_errors() {
         assert!(KafkaMock::start(0, &[], 1).is_err());
         assert!(KafkaMock::start(1, &[], 0).is_err());
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("5242880"), Ok(5 * 1024 * 1024));
-        assert_eq!(parse_size("128MiB"), Ok(128 << 20));
-        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("512k"), Ok(512 << 10));
-        assert!(parse_size("12 parsecs").is_err());
-        assert!(parse_size("MiB").is_err());
-        assert_eq!(show_size(128 << 20), "128 MiB");
-        assert_eq!(show_size(1536 << 10), "1536 KiB");
-        assert_eq!(show_size(700), "700 bytes");
     }
 
     /// The watcher's reading of the mock's lines: a drop past every group's commit is a

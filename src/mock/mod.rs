@@ -5,7 +5,6 @@
 //! endpoint); `apns` plugs the APNs protocol into it as a [`server::Handler`].
 
 pub mod apns;
-pub mod cli;
 pub mod fcm;
 pub mod kafka;
 pub mod profile;

@@ -2,7 +2,6 @@
 //! per-partition offset tracker (DESIGN.md §5).
 
 mod apns;
-pub mod cli;
 pub mod feedback;
 mod gcm;
 mod kafka;

@@ -54,7 +54,13 @@ pub struct RunSpec {
     /// Extra librdkafka consumer settings, applied last.
     pub consumer_extra: Vec<(String, String)>,
     /// Records every consumed message (`run --capture FILE`, for `pusher replay`).
-    pub capture: Option<Arc<crate::replay::capture::CaptureWriter>>,
+    pub capture: Option<Arc<dyn Capture>>,
+}
+
+/// Where `run --capture` records each consumed message. A trait so the loop needs nothing of
+/// the capture format, which is replay's (`replay::capture::CaptureWriter`).
+pub trait Capture: std::fmt::Debug + Send + Sync {
+    fn record(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>);
 }
 
 impl RunSpec {

@@ -158,18 +158,9 @@ pub fn pg_pool(pg: &PgConfig) -> Result<Pool, TokenError> {
 
 /// The table holding an app's tokens for a platform, validated so it can be quoted safely.
 pub fn table_name(app: &str, platform: Platform) -> Result<String, TokenError> {
-    // Same as ^[a-zA-Z0-9_-]+$; a char test needs no regex.
-    let safe = !app.is_empty()
-        && app
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if safe {
-        Ok(format!("{app}_{platform}"))
-    } else {
-        Err(TokenError::InvalidTableName {
-            app: app.to_owned(),
-        })
-    }
+    crate::push::app::table_name(app, platform).ok_or_else(|| TokenError::InvalidTableName {
+        app: app.to_owned(),
+    })
 }
 
 /// The statement for one table. The name was validated by [`table_name`]; it is quoted as well,

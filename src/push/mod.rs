@@ -2,6 +2,7 @@
 //! the generator and the pipeline all speak in these types.
 
 pub mod apns;
+pub mod app;
 pub mod fcm;
 pub mod gcm;
 pub mod message;

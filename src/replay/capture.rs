@@ -271,6 +271,12 @@ impl CaptureWriter {
     }
 }
 
+impl crate::pipeline::run::Capture for CaptureWriter {
+    fn record(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
+        CaptureWriter::record(self, topic, key, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,6 @@
 //! reading. The measurement and the report are the bench's (`crate::bench`).
 
 pub mod capture;
-pub mod cli;
 pub mod kafka;
 pub mod pace;
 pub mod shape;

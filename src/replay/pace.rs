@@ -33,8 +33,6 @@ pub enum PaceError {
         "unknown speed {0:?}: write a positive multiple of the recorded pace followed by x (1x, 10x, 0.5x)"
     )]
     Speed(String),
-    #[error("unknown rate {0:?}: write messages per second (5000/s, 5000, 2k/s)")]
-    Rate(String),
 }
 
 /// Parses `--speed`: `1x`, `10x`, `0.5x` (the `x` is required, so `10` is not mistaken for a
@@ -48,21 +46,6 @@ pub fn parse_speed(s: &str) -> Result<f64, PaceError> {
     match f64::from_str(num) {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(PaceError::Speed(s.to_string())),
-    }
-}
-
-/// Parses `--rate`: `5000/s`, `5000`, `2k/s`.
-pub fn parse_rate(s: &str) -> Result<f64, PaceError> {
-    let t = s.trim();
-    let t = t.strip_suffix("/s").unwrap_or(t);
-    let (num, mult) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
-        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
-        _ => (t, 1.0),
-    };
-    match f64::from_str(num) {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v * mult),
-        _ => Err(PaceError::Rate(s.to_string())),
     }
 }
 
@@ -408,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn speed_and_rate_spellings() {
+    fn speed_spellings() {
         assert_eq!(parse_speed("1x"), Ok(1.0));
         assert_eq!(parse_speed("10x"), Ok(10.0));
         assert_eq!(parse_speed(" 0.5X "), Ok(0.5));
@@ -418,12 +401,6 @@ mod tests {
                 err.contains("unknown speed") && err.contains("1x, 10x"),
                 "{bad}: {err}"
             );
-        }
-        assert_eq!(parse_rate("5000/s"), Ok(5000.0));
-        assert_eq!(parse_rate("5000"), Ok(5000.0));
-        assert_eq!(parse_rate("2k/s"), Ok(2000.0));
-        for bad in ["", "0/s", "fast", "-1"] {
-            assert!(parse_rate(bad).is_err(), "{bad}");
         }
     }
 }

@@ -5,11 +5,11 @@
 //! reports; a report of one run has no spread, so a typical run-to-run drift is assumed for it
 //! ([`assumed_noise`]). A change is marked when the figure moved by more than that factor (and
 //! `--threshold`), up or down, both raw and normalised by each report's calibration, as the
-//! bench's gate decides (`bench::gate::Change`): a faster or busier machine moves only the
+//! bench's gate decides (`report::gate::Change`): a faster or busier machine moves only the
 //! raw figure.
 
-use crate::bench::gate::{Change, Scaling};
-use crate::bench::report::{fmt_us, Latencies, Percentiles, Report};
+use crate::report::data::{fmt_us, Latencies, Percentiles, Report};
+use crate::report::gate::{Change, Scaling};
 use std::fmt::Write as _;
 
 /// What a change means for a reviewer.

@@ -5,7 +5,7 @@
 
 use super::compare::{notes, rows, Mark};
 use super::ReportError;
-use crate::bench::report::{fmt_us, IntervalPoint, Report, Series};
+use crate::report::data::{fmt_us, IntervalPoint, Report, Series};
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;

@@ -1,11 +1,13 @@
-//! Reports people look at: one run as a self-contained HTML page (`--html` on bench and
-//! replay), and two runs side by side (`pusher report compare`).
+//! The report of a bench or replay run: its data (JSON, the text summary, .hgrm), the
+//! regression gate against a baseline, one run as a self-contained HTML page (`--html`), and
+//! two runs side by side (`pusher report compare`). Bench and replay fill it; it sees neither.
 
-pub mod cli;
 pub mod compare;
+pub mod data;
+pub mod gate;
 pub mod html;
 
-use crate::bench::report::{Report, SCHEMA};
+use data::{Report, SCHEMA};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]

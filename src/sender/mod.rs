@@ -3,7 +3,6 @@
 
 pub mod apns;
 pub mod attempt;
-pub mod cli;
 pub mod endpoint;
 pub mod fcm;
 pub mod gate;

@@ -4,7 +4,6 @@
 //! default, HTTP/1.1 (one connection per request) on request. Retries on timers, as APNs.
 //! Clone it freely (an `Arc` inside); every send runs concurrently.
 
-pub mod cli;
 pub mod http1;
 pub mod message;
 pub mod oauth;

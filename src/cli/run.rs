@@ -1,13 +1,13 @@
 //! `pusher run apns|gcm` (and the seed's `pusher apns|gcm`): load and check the config, build
 //! one sender per app, start the outcome handlers, run until SIGINT/SIGTERM.
 
-use super::feedback::FeedbackProducer;
-use super::run::{run as run_loop, AppSender, Outputs, RunSpec};
-use super::tokens::{pg_pool, DeleterSettings, TokenDeleter};
-use crate::cli::GlobalArgs;
+use super::flags::{ApnsCredentials, BrokersFlag, EndpointFlags, FcmCredentials, ThreadsFlag};
 use crate::config::{
     ApnsCert, Config, FeedbackReporter, Secret, StatsReporter, TokenHandler, Validated,
 };
+use crate::pipeline::feedback::FeedbackProducer;
+use crate::pipeline::run::{run as run_loop, AppSender, Outputs, RunSpec};
+use crate::pipeline::tokens::{pg_pool, DeleterSettings, TokenDeleter};
 use crate::push::Platform;
 use crate::sender::apns::{load_identity, ApnsAuth, ApnsConfig, ApnsSender, TokenAuth};
 use crate::sender::endpoint::Endpoint;
@@ -32,106 +32,167 @@ pub struct RunArgs {
 #[derive(Debug, Subcommand)]
 pub enum RunPlatform {
     /// Consume APNs pushes from Kafka.
-    Apns(PlatformRunArgs),
+    Apns(Box<ApnsRunArgs>),
     /// Consume GCM/FCM pushes from Kafka.
-    Gcm(PlatformRunArgs),
+    Gcm(Box<GcmRunArgs>),
 }
 
-/// Flags of `run`; each is also a config key (flags win over the file and the environment).
+impl RunArgs {
+    pub fn common(&self) -> &RunFlags {
+        match &self.platform {
+            RunPlatform::Apns(a) => &a.common,
+            RunPlatform::Gcm(a) => &a.common,
+        }
+    }
+
+    /// Where the seed's `--config` and `-p` before the command go (no `-p` for gcm).
+    pub(super) fn config_and_production(&mut self) -> (&mut Option<PathBuf>, Option<&mut bool>) {
+        match &mut self.platform {
+            RunPlatform::Apns(a) => (&mut a.common.config, Some(&mut a.production)),
+            RunPlatform::Gcm(a) => (&mut a.common.config, None),
+        }
+    }
+}
+
+/// What `run apns` and `run gcm` share. Each flag is also a config key (flags win over the
+/// file and the environment).
 #[derive(Debug, Clone, Args)]
-pub struct PlatformRunArgs {
-    /// One app (the seed's single-app flag): adds it to `<platform>.apps`.
+pub struct RunFlags {
+    /// Config file [default: ./config/default.yaml when it exists, else built-in defaults].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// One app (the seed's single-app flag): adds it to `<platform>.apps`, with the
+    /// credentials given here.
     #[arg(long)]
     pub app: Option<String>,
-    /// APNs provider certificate for --app (.p12, or PEM with the key inside).
-    #[arg(long)]
-    pub certificate: Option<PathBuf>,
-    /// Password of a .p12 --certificate.
-    #[arg(long)]
-    pub certificate_password: Option<String>,
-    /// APNs token auth for --app: .p8 key file, key id, team id, topic.
-    #[arg(long)]
-    pub key_file: Option<PathBuf>,
-    #[arg(long)]
-    pub key_id: Option<String>,
-    #[arg(long)]
-    pub team_id: Option<String>,
-    #[arg(long)]
-    pub topic: Option<String>,
-    /// FCM service-account JSON for --app (HTTP v1).
-    #[arg(long)]
-    pub service_account: Option<PathBuf>,
-    /// GCM legacy server key for --app (the seed's --apiKey).
-    #[arg(long = "apiKey", alias = "api-key")]
-    pub api_key: Option<String>,
-    /// GCM legacy sender id for --app (the seed's --senderId).
-    #[arg(long = "senderId", alias = "sender-id")]
-    pub sender_id: Option<String>,
-    /// Kafka bootstrap servers (queue.brokers and feedback.kafka.brokers).
-    #[arg(long)]
-    pub brokers: Option<String>,
-    /// Send to this base URL instead of Apple's/Google's hosts (a fake server).
-    #[arg(long)]
-    pub endpoint: Option<String>,
-    /// Trust this CA file (PEM) for --endpoint.
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
-    /// Skip TLS verification of --endpoint (self-signed fakes only).
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub brokers: BrokersFlag,
+    #[command(flatten)]
+    pub endpoint: EndpointFlags,
     /// Record every consumed message to this capture file (JSON lines, for `pusher replay`).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub capture: Option<PathBuf>,
+    #[command(flatten)]
+    pub threads: ThreadsFlag,
     /// Log as JSON lines (the seed's -j, also accepted after the command).
     #[arg(short = 'j', long)]
     pub json: bool,
 }
 
-pub fn run(args: RunArgs, g: &GlobalArgs) -> anyhow::Result<ExitCode> {
+/// `run apns`: the shared flags, APNs credentials for --app, and the APNs host.
+#[derive(Debug, Clone, Args)]
+#[command(mut_arg("brokers", |a| a.help(BROKERS_HELP)))]
+pub struct ApnsRunArgs {
+    #[command(flatten)]
+    pub common: RunFlags,
+    #[command(flatten)]
+    pub credentials: ApnsCredentials,
+    /// apns-topic for --app (the app's bundle id).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Use Apple's production host instead of the sandbox (unless --endpoint or the config
+    /// names one).
+    #[arg(short = 'p', long)]
+    pub production: bool,
+}
+
+/// `run gcm`: the shared flags and FCM credentials for --app.
+#[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("brokers", |a| a.help(BROKERS_HELP)),
+    mut_arg("api_key", |a| a.alias("apiKey"))
+)]
+pub struct GcmRunArgs {
+    #[command(flatten)]
+    pub common: RunFlags,
+    #[command(flatten)]
+    pub credentials: FcmCredentials,
+    /// GCM legacy sender id for --app (accepted for the seed's configuration; not sent).
+    #[arg(long, alias = "senderId")]
+    pub sender_id: Option<String>,
+}
+
+const BROKERS_HELP: &str =
+    "Kafka bootstrap servers (host:port,...): queue.brokers and feedback.kafka.brokers";
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     match args.platform {
-        RunPlatform::Apns(a) => run_platform(Platform::Apns, a, g),
-        RunPlatform::Gcm(a) => run_platform(Platform::Gcm, a, g),
+        RunPlatform::Apns(a) => run_apns(*a),
+        RunPlatform::Gcm(a) => run_gcm(*a),
     }
 }
 
-/// CLI flags as config overrides (dotted keys), the last layer.
-fn overrides(platform: Platform, a: &PlatformRunArgs) -> Vec<(String, String)> {
+pub fn run_apns(a: ApnsRunArgs) -> anyhow::Result<ExitCode> {
+    let mut o = overrides(Platform::Apns, &a.common);
+    if let Some(app) = &a.common.app {
+        let c = &a.credentials;
+        let mut cert = cert_overrides(Platform::Apns, app, &mut o);
+        cert("certificate", path(&c.certificate));
+        cert("certificateKey", path(&c.key));
+        cert("password", c.certificate_password.clone());
+        cert("authKeyPath", path(&c.key_file));
+        cert("keyID", c.key_id.clone());
+        cert("teamID", c.team_id.clone());
+        cert("topic", a.topic.clone());
+    }
+    run_platform(Platform::Apns, &a.common, a.production, &o)
+}
+
+pub fn run_gcm(a: GcmRunArgs) -> anyhow::Result<ExitCode> {
+    let mut o = overrides(Platform::Gcm, &a.common);
+    if let Some(app) = &a.common.app {
+        let c = &a.credentials;
+        let mut cert = cert_overrides(Platform::Gcm, app, &mut o);
+        cert("serviceAccountFile", path(&c.service_account));
+        cert("apiKey", c.api_key.clone());
+        cert("projectID", c.project.clone());
+        cert("tokenURI", c.token_uri.clone());
+        cert("senderID", a.sender_id.clone());
+    }
+    run_platform(Platform::Gcm, &a.common, false, &o)
+}
+
+/// The shared flags as config overrides (dotted keys), the last layer.
+fn overrides(platform: Platform, a: &RunFlags) -> Vec<(String, String)> {
     let p = platform.as_str();
     let mut o = Vec::new();
-    if let Some(b) = &a.brokers {
+    if let Some(b) = &a.brokers.brokers {
         o.push(("queue.brokers".into(), b.clone()));
         o.push(("feedback.kafka.brokers".into(), b.clone()));
     }
-    if let Some(e) = &a.endpoint {
+    if let Some(e) = &a.endpoint.endpoint {
         o.push((format!("{p}.endpoint"), e.clone()));
     }
     if let Some(app) = &a.app {
         o.push((format!("{p}.apps"), app.clone()));
-        let mut cert = |key: &str, v: Option<String>| {
-            if let Some(v) = v {
-                o.push((format!("{p}.certs.{app}.{key}"), v));
-            }
-        };
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        cert("certificate", path(&a.certificate));
-        cert("password", a.certificate_password.clone());
-        cert("authKeyPath", path(&a.key_file));
-        cert("keyID", a.key_id.clone());
-        cert("teamID", a.team_id.clone());
-        cert("topic", a.topic.clone());
-        cert("apiKey", a.api_key.clone());
-        cert("serviceAccountFile", path(&a.service_account));
-        cert("senderID", a.sender_id.clone());
     }
     o
 }
 
-pub fn run_platform(
+/// Adds `<platform>.certs.<app>.<key>` overrides for the flags given.
+fn cert_overrides<'a>(
     platform: Platform,
-    args: PlatformRunArgs,
-    g: &GlobalArgs,
+    app: &'a str,
+    o: &'a mut Vec<(String, String)>,
+) -> impl FnMut(&str, Option<String>) + 'a {
+    move |key, value| {
+        if let Some(v) = value {
+            o.push((format!("{platform}.certs.{app}.{key}"), v));
+        }
+    }
+}
+
+fn path(p: &Option<PathBuf>) -> Option<String> {
+    p.as_ref().map(|p| p.display().to_string())
+}
+
+fn run_platform(
+    platform: Platform,
+    flags: &RunFlags,
+    production: bool,
+    overrides: &[(String, String)],
 ) -> anyhow::Result<ExitCode> {
-    let config = load_config(platform, &args, g);
+    let config = load_config(flags, overrides);
     // Sentry first, so that a failure to start is reported too; when the config itself is bad,
     // its URL can only come from the environment.
     let dsn = match &config {
@@ -139,36 +200,28 @@ pub fn run_platform(
         Err(_) => std::env::var("PUSHER_SENTRY_URL").ok().map(Secret::new),
     };
     let _sentry = crate::telemetry::init_sentry(dsn.as_ref())?;
-    let result = config.and_then(|config| run_configured(platform, args, g, config));
+    let result = config.and_then(|config| run_configured(platform, flags, production, config));
     if let Err(e) = &result {
         crate::telemetry::report_error(&format!("pusher run {platform}: {e:#}"));
     }
     result
 }
 
-fn load_config(
-    platform: Platform,
-    args: &PlatformRunArgs,
-    g: &GlobalArgs,
-) -> anyhow::Result<Validated> {
+fn load_config(flags: &RunFlags, overrides: &[(String, String)]) -> anyhow::Result<Validated> {
     // The seed's default path, when it is there; an explicit --config must exist.
     let default = PathBuf::from("./config/default.yaml");
-    let path = g
+    let path = flags
         .config
         .clone()
         .or_else(|| default.is_file().then_some(default));
-    let config = Config::load_with(
-        path.as_deref(),
-        std::env::vars(),
-        &overrides(platform, args),
-    )?;
+    let config = Config::load_with(path.as_deref(), std::env::vars(), overrides)?;
     Ok(config.validate()?)
 }
 
 fn run_configured(
     platform: Platform,
-    args: PlatformRunArgs,
-    g: &GlobalArgs,
+    flags: &RunFlags,
+    production: bool,
     config: Validated,
 ) -> anyhow::Result<ExitCode> {
     tracing::debug!(config = ?config, "Configuration loaded.");
@@ -181,22 +234,25 @@ fn run_configured(
         tracing::warn!(keys = keys.join(", "), "Ignoring config keys of the seed.");
     }
     let apps = match platform {
-        Platform::Apns => apns_senders(&config, &args, g.production)?,
-        Platform::Gcm => gcm_senders(&config, &args)?,
+        Platform::Apns => apns_senders(&config, &flags.endpoint, production)?,
+        Platform::Gcm => gcm_senders(&config, &flags.endpoint)?,
     };
     let mut app_names: Vec<String> = apps.keys().cloned().collect();
     app_names.sort();
     let mut spec = spec(platform, &config, &app_names)?;
-    if let Some(path) = &args.capture {
-        spec.capture = Some(Arc::new(crate::replay::capture::CaptureWriter::create(
+    let capture = match &flags.capture {
+        Some(path) => Some(Arc::new(crate::replay::capture::CaptureWriter::create(
             path,
-        )?));
+        )?)),
+        None => None,
+    };
+    if let Some(capture) = &capture {
+        let tap: Arc<dyn crate::pipeline::run::Capture> = capture.clone();
+        spec.capture = Some(tap);
     }
-    let capture = spec.capture.clone();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::build(flags.threads.threads, "pusher-run")
+        .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let outputs = outputs(platform, &config)?;
         if let Some(listen) =
@@ -239,7 +295,7 @@ fn run_configured(
 /// One APNs sender per configured app.
 fn apns_senders(
     config: &Validated,
-    args: &PlatformRunArgs,
+    endpoint_flags: &EndpointFlags,
     production: bool,
 ) -> anyhow::Result<HashMap<String, AppSender>> {
     let endpoint = match &config.apns.endpoint {
@@ -252,8 +308,8 @@ fn apns_senders(
         let auth = apns_auth(app, &cert)?;
         let mut c = ApnsConfig::new(endpoint.clone(), auth);
         c.default_topic = cert.topic.clone();
-        c.ca_file = args.ca.clone();
-        c.insecure = args.insecure;
+        c.ca_file = endpoint_flags.ca.clone();
+        c.insecure = endpoint_flags.insecure;
         c.pool = PoolConfig {
             connections: config.apns.connection_pool_size.max(1),
             ..PoolConfig::default()
@@ -276,22 +332,30 @@ fn apns_senders(
 /// `firebaseCredentials` JSON string), or legacy HTTP with an API key.
 fn gcm_senders(
     config: &Validated,
-    args: &PlatformRunArgs,
+    endpoint_flags: &EndpointFlags,
 ) -> anyhow::Result<HashMap<String, AppSender>> {
     let mut senders = HashMap::new();
     for app in &config.gcm.apps {
         let key = format!("gcm.certs.{app}");
         let cert = config.gcm.certs.get(app).cloned().unwrap_or_default();
-        let auth = if let Some(path) = &cert.service_account_file {
-            FcmAuth::ServiceAccount(
+        let account = if let Some(path) = &cert.service_account_file {
+            Some(
                 ServiceAccount::from_file(path)
                     .with_context(|| format!("{key}.serviceAccountFile"))?,
             )
         } else if let Some(json) = config.gcm.firebase_credentials.get(app) {
-            FcmAuth::ServiceAccount(
+            Some(
                 ServiceAccount::from_json(json.expose().as_bytes())
                     .with_context(|| format!("gcm.firebaseCredentials.{app}"))?,
             )
+        } else {
+            None
+        };
+        let auth = if let Some(mut account) = account {
+            if let Some(uri) = &cert.token_uri {
+                account = account.with_token_uri(uri.clone());
+            }
+            FcmAuth::ServiceAccount(account)
         } else if let Some(api_key) = &cert.api_key {
             FcmAuth::ApiKey(api_key.expose().to_string())
         } else {
@@ -302,8 +366,8 @@ fn gcm_senders(
             c.base_url = url.clone();
         }
         c.project_id = cert.project_id.clone();
-        c.ca_file = args.ca.clone();
-        c.insecure = args.insecure;
+        c.ca_file = endpoint_flags.ca.clone();
+        c.insecure = endpoint_flags.insecure;
         c.on_fault = OnFault::Wait;
         c.name = format!("gcm {app}");
         let sender = FcmSender::new(c).with_context(|| key.clone())?;
@@ -328,7 +392,7 @@ fn apns_auth(app: &str, cert: &ApnsCert) -> anyhow::Result<ApnsAuth> {
     }
     if let Some(path) = &cert.certificate {
         let password = cert.password.as_ref().map(|p| p.expose().to_string());
-        let identity = load_identity(path, None, password.as_deref())
+        let identity = load_identity(path, cert.certificate_key.as_deref(), password.as_deref())
             .with_context(|| format!("{key}.certificate"))?;
         return Ok(ApnsAuth::Certificate(identity));
     }
@@ -394,8 +458,8 @@ fn outputs(platform: Platform, config: &Validated) -> anyhow::Result<(Outputs, B
             .map(|s| s.spawn_flusher(config.stats.statsd.flush_interval)),
         deleter,
     };
-    let observer: Arc<dyn super::run::Observer> =
-        Arc::new(super::stats::StatsObserver::new(platform, statsd));
+    let observer: Arc<dyn crate::pipeline::run::Observer> =
+        Arc::new(crate::pipeline::stats::StatsObserver::new(platform, statsd));
     let outputs = Outputs {
         feedback,
         tokens: background.deleter.as_ref().map(TokenDeleter::queue),

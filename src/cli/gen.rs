@@ -1,7 +1,11 @@
-use super::{kafka, parse_count, parse_ratio, GenConfig, Generator, Mix};
-use crate::cli::GlobalArgs;
+//! `pusher gen`: seeded push messages as JSON lines on stdout, in a file, into Kafka, or
+//! shaped in time as a capture for `pusher replay`.
+
+use super::flags::KafkaFlags;
+use crate::gen::{kafka, GenConfig, GenError, Generator, Mix};
 use crate::push::apns::PushType;
 use crate::push::Platform;
+use crate::units::{parse_count, parse_rate, parse_ratio};
 use anyhow::Context;
 use clap::Args;
 use indicatif::ProgressBar;
@@ -13,22 +17,25 @@ use std::time::{Duration, Instant};
 /// Writes the seed system's Kafka messages as JSON lines: one message per line on stdout
 /// (nothing else), or in a file, or produced straight into Kafka.
 #[derive(Debug, Args)]
+#[command(mut_arg("brokers", |a| a
+    .alias("kafka")
+    .help("Produce into Kafka at these bootstrap servers (host:port,...) instead of writing lines")))]
 pub struct GenArgs {
     /// apns or gcm.
     #[arg(long, default_value = "apns")]
     pub platform: Platform,
     /// How many messages: a number with an optional k, m or g suffix (10k, 1m).
-    #[arg(short = 'n', long, default_value = "1k", value_parser = count_arg)]
+    #[arg(short = 'n', long, default_value = "1k", value_parser = parse_count)]
     pub count: u64,
     /// Seed for reproducible output (default: random, printed on stderr).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Share (0..1) of tokens the fake servers reject for good (Unregistered, BadToken,
     /// WrongTopic, in equal parts).
-    #[arg(long, default_value = "0", value_parser = ratio_arg)]
+    #[arg(long, default_value = "0", value_parser = parse_ratio)]
     pub invalid_ratio: f64,
     /// Share (0..1) of tokens that fail once and then succeed (503 or 429 on the first try).
-    #[arg(long, default_value = "0", value_parser = ratio_arg)]
+    #[arg(long, default_value = "0", value_parser = parse_ratio)]
     pub retry_ratio: f64,
     /// App (game) name: in the metadata and the default topic push-<app>_<platform>.
     #[arg(long, default_value = "game")]
@@ -43,50 +50,39 @@ pub struct GenArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Write to this file instead of stdout.
-    #[arg(short = 'o', long, conflicts_with = "kafka")]
+    #[arg(short = 'o', long, conflicts_with = "brokers")]
     pub out: Option<PathBuf>,
-    /// Produce into Kafka at these bootstrap brokers (host:port,...) instead of writing lines.
-    #[arg(long)]
-    pub kafka: Option<String>,
+    #[command(flatten)]
+    pub kafka: KafkaFlags,
     /// Kafka topic (default: push-<app>_<platform>).
-    #[arg(long, requires = "kafka")]
+    #[arg(long, requires = "brokers")]
     pub topic: Option<String>,
     /// How long a message may wait for Kafka before its delivery counts as failed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub delivery_timeout: Duration,
-    /// --kafka: how long to wait for the brokers' first answer before giving up with one
-    /// error.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub kafka_timeout: Duration,
     /// Write a capture for `pusher replay` with this traffic shape instead of plain lines:
     /// constant, ramp, spike (burst) or day (a day compressed into --duration).
-    #[arg(long, conflicts_with = "kafka", requires_all = ["duration", "peak_rate"])]
+    #[arg(long, conflicts_with = "brokers", requires_all = ["duration", "peak_rate"])]
     pub shape: Option<crate::replay::shape::Shape>,
     /// --shape: how long the shaped traffic lasts (e.g. 10m).
     #[arg(long, requires = "shape", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// --shape: the highest rate, messages per second.
-    #[arg(long, requires = "shape")]
+    /// --shape: the highest rate, messages per second (5000, 5000/s, 2k/s, 5k).
+    #[arg(long, requires = "shape", value_parser = parse_rate)]
     pub peak_rate: Option<f64>,
     /// No progress bar and no summary on stderr (the seed is still printed when random).
     #[arg(short = 'q', long)]
     pub quiet: bool,
 }
 
-fn count_arg(s: &str) -> Result<u64, String> {
-    parse_count(s).map_err(|e| e.to_string())
-}
-fn ratio_arg(s: &str) -> Result<f64, String> {
-    parse_ratio(s).map_err(|e| e.to_string())
-}
 fn size_mix_arg(s: &str) -> Result<Mix<usize>, String> {
-    s.parse().map_err(|e: super::GenError| e.to_string())
+    s.parse().map_err(|e: GenError| e.to_string())
 }
 fn push_type_mix_arg(s: &str) -> Result<Mix<PushType>, String> {
-    s.parse().map_err(|e: super::GenError| e.to_string())
+    s.parse().map_err(|e: GenError| e.to_string())
 }
 
-pub fn run(args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
     let seed = match args.seed {
         Some(seed) => seed,
         None => {
@@ -124,7 +120,7 @@ pub fn run(args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
         crate::progress::Progress::new("gen", shaped.is_none().then_some(count), args.quiet);
     let started = Instant::now();
 
-    if let Some(brokers) = &args.kafka {
+    if let Some(brokers) = &args.kafka.brokers.brokers {
         let topic = args
             .topic
             .clone()
@@ -134,7 +130,7 @@ pub fn run(args: GenArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
             brokers,
             &topic,
             args.delivery_timeout,
-            args.kafka_timeout,
+            args.kafka.kafka_timeout,
             &progress,
         )
         .with_context(|| format!("producing to Kafka topic {topic:?} at {brokers}"))?;

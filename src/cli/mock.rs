@@ -1,9 +1,12 @@
-//! `pusher mock apns|gcm|all`: run a fake server until SIGINT/SIGTERM.
+//! `pusher mock apns|gcm|all|kafka`: run a fake server (or the mock Kafka broker) until
+//! SIGINT/SIGTERM, after one JSON line on stdout that says where it listens.
 
-use super::{
+use super::flags::ThreadsFlag;
+use crate::mock::kafka::{KafkaMock, MockOptions, MAX_REQUEST_BYTES};
+use crate::mock::{
     ApnsOptions, FcmHandler, FcmOptions, JwtKey, MockConfig, MockServer, Profile, ServerCert,
 };
-use crate::cli::GlobalArgs;
+use crate::units::{parse_size, show_size};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::io::Write;
@@ -27,10 +30,11 @@ pub enum MockService {
     /// Fake APNs and FCM in one process (the APNs flags, plus --fcm-* for FCM).
     All(Box<AllArgs>),
     /// librdkafka's mock cluster as a standalone Kafka broker (prints its bootstrap address).
-    Kafka(crate::mock::kafka::KafkaMockArgs),
+    Kafka(KafkaMockArgs),
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("threads", |a| a.default_value("1").help(THREADS_HELP)))]
 pub struct ApnsArgs {
     /// TLS listener (HTTP/2, with or without ALPN); "off" for none.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
@@ -83,13 +87,12 @@ pub struct ApnsArgs {
     /// Remember up to N distinct delivered tokens (shown as tokens_recorded in /stats).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub record_tokens: usize,
-    /// Threads serving requests (1: tokio's current-thread scheduler, the fastest on a small
-    /// machine; more on a big one, so that the fake never limits a benchmark).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: ThreadsFlag,
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("threads", |a| a.default_value("1").help(THREADS_HELP)))]
 pub struct GcmArgs {
     /// TLS listener (HTTP/2 by ALPN, and HTTP/1.1); "off" for none.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
@@ -130,10 +133,8 @@ pub struct GcmArgs {
     /// Remember up to N distinct delivered tokens (shown as tokens_recorded in /stats).
     #[arg(long, value_name = "N", default_value = "0")]
     pub record_tokens: usize,
-    /// Threads serving requests (1: tokio's current-thread scheduler, the fastest on a small
-    /// machine; more on a big one, so that the fake never limits a benchmark).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: ThreadsFlag,
     #[command(flatten)]
     pub fcm: FcmFlags,
 }
@@ -188,12 +189,16 @@ pub struct AllArgs {
     pub fcm: FcmFlags,
 }
 
-pub fn run(args: MockArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
+const THREADS_HELP: &str = "Threads serving requests: a number (1: tokio's current-thread \
+scheduler, the fastest on a small machine; more on a big one, so that the fake never limits a \
+benchmark) or cores";
+
+pub fn run(args: MockArgs) -> anyhow::Result<ExitCode> {
     match args.service {
         MockService::Apns(apns) => run_apns(*apns),
         MockService::Gcm(gcm) => run_gcm(*gcm),
         MockService::All(all) => run_all(*all),
-        MockService::Kafka(kafka) => crate::mock::kafka::run(kafka),
+        MockService::Kafka(kafka) => run_kafka(kafka),
     }
 }
 
@@ -209,7 +214,7 @@ fn listen_addr(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
 
 fn run_apns(args: ApnsArgs) -> anyhow::Result<ExitCode> {
     let config = apns_config(&args)?;
-    runtime(args.threads)?.block_on(async move {
+    runtime(&args.threads)?.block_on(async move {
         let server = MockServer::start(config).await?;
         let ca_path = write_ca(&server, args.ca_out.as_ref(), "apns")?;
         let line = serde_json::json!({
@@ -339,11 +344,10 @@ fn fcm_line(server: &MockServer, ca: Option<PathBuf>) -> serde_json::Value {
     })
 }
 
-fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+fn runtime(threads: &ThreadsFlag) -> anyhow::Result<tokio::runtime::Runtime> {
     // One thread by default: the fastest layout on a small box (reference/h2-ceiling.md);
     // more on a big one, so that the fake is never what limits a benchmark.
-    crate::runtime::build(crate::runtime::Threads::Exactly(threads), "pusher-mock")
-        .context("cannot start the async runtime")
+    crate::runtime::build(threads.threads, "pusher-mock").context("cannot start the async runtime")
 }
 
 fn run_gcm(args: GcmArgs) -> anyhow::Result<ExitCode> {
@@ -364,7 +368,7 @@ fn run_gcm(args: GcmArgs) -> anyhow::Result<ExitCode> {
         apns: ApnsOptions::default(),
     };
     let handler = FcmHandler::new(args.fcm.options());
-    runtime(args.threads)?.block_on(async move {
+    runtime(&args.threads)?.block_on(async move {
         let server = MockServer::start_with(config, handler).await?;
         let ca = write_ca(&server, args.ca_out.as_ref(), "fcm")?;
         print_line(&serde_json::json!({
@@ -390,7 +394,7 @@ fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
         ..apns.clone()
     };
     let handler = FcmHandler::new(args.fcm.options());
-    runtime(args.apns.threads)?.block_on(async move {
+    runtime(&args.apns.threads)?.block_on(async move {
         let apns_server = MockServer::start(apns).await?;
         let fcm_server = MockServer::start_with(fcm, handler).await?;
         let apns_ca = write_ca(&apns_server, args.apns.ca_out.as_ref(), "apns")?;
@@ -412,4 +416,75 @@ fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Limits: each partition keeps --retention-bytes (librdkafka's mock alone \
+keeps 5 MiB or 100,000 message sets), then drops its oldest messages; when it drops messages \
+that a consumer group reading the partition had not committed (or that no group read), it \
+prints an error naming the topic, the partition and how many. Produce requests over 2 MiB are \
+refused: the connection is closed and the producer's messages fail, none is stored (librdkafka \
+clients such as kcat send messages of at most 1,000,000 bytes unless told otherwise).\n\n\
+Ready line on stdout: {\"kafka\":{\"bootstrap\":\"127.0.0.1:PORT\",\"max_request_bytes\":2097152,\
+\"partition_bytes\":134217728,\"partition_message_sets\":1048576}}"
+)]
+pub struct KafkaMockArgs {
+    /// Number of mock brokers (`--brokers` names bootstrap servers everywhere else; it is
+    /// kept here as an old spelling).
+    #[arg(long, value_name = "N", default_value_t = 1, alias = "brokers")]
+    pub broker_count: i32,
+    /// Topic to create up front (repeatable). Unknown topics are also created on first use,
+    /// with --partitions partitions.
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
+    /// Partitions of each --topic and of topics created on first use.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: i32,
+    /// Bytes each partition keeps (binary units: 128MiB, 1GiB). Past that the oldest messages
+    /// are dropped, and any no consumer group had committed is reported as an error naming
+    /// topic, partition and count. librdkafka's mock alone keeps 5 MiB.
+    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    pub retention_bytes: u64,
+    /// Listen on this address (broker 1; broker N on the port N-1 above), e.g.
+    /// 127.0.0.1:9092, and advertise it to clients. Default: a free port on 127.0.0.1.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Runs the mock until SIGINT or SIGTERM; prints
+/// `{"kafka":{"bootstrap":"127.0.0.1:PORT","max_request_bytes":..,"partition_bytes":..,"partition_message_sets":..}}`.
+fn run_kafka(args: KafkaMockArgs) -> anyhow::Result<ExitCode> {
+    let runtime = crate::runtime::build(crate::runtime::Threads::Exactly(1), "pusher-mock")
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let options = MockOptions {
+            brokers: args.broker_count,
+            topics: args.topics.clone(),
+            partitions: args.partitions,
+            auto_create_partitions: Some(args.partitions),
+            retention_bytes: Some(args.retention_bytes),
+            listen: args.listen,
+            max_request_bytes: MAX_REQUEST_BYTES,
+            watch_losses: true,
+        };
+        let mock = KafkaMock::start_with(&options)?;
+        print_line(&serde_json::json!({"kafka": {
+            "bootstrap": mock.bootstrap(),
+            "max_request_bytes": mock.max_request_bytes(),
+            "partition_bytes": mock.retention_bytes(),
+            "partition_message_sets": mock.retention_sets(),
+        }}))?;
+        tracing::info!(
+            bootstrap = mock.bootstrap(),
+            topics = ?args.topics,
+            "mock kafka running: each partition keeps {} (older messages are dropped, and reported when unconsumed), produce requests up to {}; Ctrl-C to stop",
+            show_size(mock.retention_bytes()),
+            show_size(mock.max_request_bytes())
+        );
+        wait_for_signal().await?;
+        drop(mock);
+        tracing::info!("mock kafka stopped");
+        Ok(ExitCode::SUCCESS)
+    })
 }

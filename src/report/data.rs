@@ -2,7 +2,6 @@
 //! human summary or HdrHistogram's percentile-distribution text. The JSON schema is documented
 //! in README.md ("Bench report") and checked by tests.
 
-use super::recorder::Recorder;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -88,51 +87,6 @@ pub struct IntervalPoint {
     pub send_p99_us: Option<u64>,
     pub e2e_p50_us: Option<u64>,
     pub e2e_p99_us: Option<u64>,
-}
-
-impl Series {
-    pub fn of(r: &Recorder) -> Series {
-        let (name, raw, corrected) = if r.e2e.is_empty() {
-            ("send", &r.send, &r.send_corrected)
-        } else {
-            ("end-to-end", &r.e2e, &r.e2e_corrected)
-        };
-        let width = r.intervals.width.as_secs_f64();
-        let q = |h: &Option<Histogram<u32>>, q: f64| {
-            h.as_ref()
-                .filter(|h| !h.is_empty())
-                .map(|h| h.value_at_quantile(q))
-        };
-        let intervals = r
-            .intervals
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| IntervalPoint {
-                start_secs: i as f64 * width,
-                secs: width,
-                done: s.done,
-                failed: s.failed,
-                offered: s.offered,
-                send_p50_us: q(&s.send, 0.5),
-                send_p99_us: q(&s.send, 0.99),
-                e2e_p50_us: q(&s.e2e, 0.5),
-                e2e_p99_us: q(&s.e2e, 0.99),
-            })
-            .collect();
-        Series {
-            latency: name.to_string(),
-            distribution: distribution(raw),
-            distribution_corrected: distribution(corrected),
-            outcomes_per_sec: r.outcome_timeline.clone(),
-            distribution_send: if r.e2e.is_empty() {
-                Vec::new()
-            } else {
-                distribution(&r.send)
-            },
-            intervals,
-        }
-    }
 }
 
 /// Percentile distribution points (about 100 for a typical run).
@@ -258,17 +212,6 @@ impl Conservation {
         let server_ok = self.server_answered.is_none_or(|n| n >= g);
         self.ok = stages_equal && self.answered == g && server_ok;
         self
-    }
-}
-
-impl Latencies {
-    pub fn from_recorder(r: &Recorder) -> Latencies {
-        Latencies {
-            send: Percentiles::of(&r.send),
-            send_corrected: Percentiles::of(&r.send_corrected),
-            end_to_end: Percentiles::of(&r.e2e),
-            end_to_end_corrected: Percentiles::of(&r.e2e_corrected),
-        }
     }
 }
 

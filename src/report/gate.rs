@@ -1,7 +1,7 @@
 //! The CI regression gate: compare a run with a baseline report. Both are normalised by the
 //! calibration measured in their own run, so a slower or busier machine is not a regression.
 
-use super::report::{Report, SCHEMA};
+use super::data::{Report, SCHEMA};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +186,7 @@ pub fn median(values: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::*;
+    use crate::report::data::*;
 
     pub(crate) fn sample(throughput: f64, p99_us: u64, calibration: f64) -> Report {
         let pct = Percentiles {

@@ -2,25 +2,27 @@
 //! into Kafka or straight to a sender target) and `pusher replay --from-kafka TOPIC` (a topic's
 //! time range into a capture).
 
-use super::capture::{self, Entry};
-use super::kafka;
-use super::pace::{parse_rate, parse_speed, replay, scheduled, Limit, Pace};
+use super::flags::{
+    ApnsCredentials, EndpointFlags, FakeFlags, FcmCredentials, KafkaFlags, LoadFlags, ReportFlags,
+};
 use crate::bench::driver::Driven;
 use crate::bench::interrupt::Interrupt;
-use crate::bench::report::{
-    self, peak_rss_bytes, Conservation, Latencies, Percentiles, ReplayInfo, Report, Series,
-};
 use crate::bench::sender_only::{target, SenderConfig};
-use crate::cli::GlobalArgs;
 use crate::clock::Clock as _;
-use crate::pipeline::run::app_from_topic;
 use crate::progress::Progress;
 use crate::push::message::{is_expired, parse_apns, parse_gcm};
+use crate::push::topic::app_from_topic;
 use crate::push::{Outcome, Platform};
+use crate::replay::capture::{self, Entry};
+use crate::replay::kafka;
+use crate::replay::pace::{parse_speed, replay, scheduled, Limit, Pace};
+use crate::report::data::{
+    self as report, peak_rss_bytes, Conservation, Percentiles, ReplayInfo, Report,
+};
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
 use anyhow::bail;
-use clap::{Args, Parser};
+use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +30,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("brokers", |a| a
+        .conflicts_with("endpoint")
+        .help("Replay into Kafka at these bootstrap servers (each message to its recorded \
+topic, or --topic); with --from-kafka, read from them")),
+    mut_arg("endpoint", |a| a.help("Send straight to this endpoint (a fake elsewhere, or a sandbox)")),
+    mut_arg("ca", |a| a.requires("endpoint")),
+    mut_arg("insecure", |a| a.requires("endpoint")),
+    mut_arg("key_file", |a| a.requires_all(["key_id", "team_id", "endpoint"])),
+    mut_arg("certificate", |a| a.requires("endpoint")),
+    mut_arg("service_account", |a| a.requires("endpoint")),
+    mut_arg("api_key", |a| a
+        .requires("endpoint")
+        .env("PUSHER_REPLAY_API_KEY")
+        .hide_env_values(true)),
+    mut_arg("count", |a| a.help("Stop after this many messages (10k, 1m)")),
+    mut_arg("duration", |a| a.help("Stop scheduling after this long (e.g. 30s, 5m)")),
+    mut_arg("rate", |a| a.help("A fixed rate instead of the recorded pace (5000/s, 2k/s, 5k)")),
+    mut_arg("json", |a| a.help("Write the report as JSON (schema pusher-bench/1 with a `replay` section)")),
+)]
 pub struct ReplayArgs {
     /// The capture to replay (JSON lines, see README "pusher replay").
     #[arg(required_unless_present = "from_kafka", conflicts_with = "from_kafka")]
@@ -50,132 +72,69 @@ pub struct ReplayArgs {
     /// The recorded pace times this: 1x, 10x, 0.5x.
     #[arg(long, default_value = "1x", value_parser = speed_arg, conflicts_with = "rate")]
     pub speed: f64,
-    /// A fixed rate instead of the recorded pace: 5000/s.
-    #[arg(long, value_parser = rate_arg)]
-    pub rate: Option<f64>,
+    #[command(flatten)]
+    pub load: LoadFlags,
     /// Start the capture again when it ends (needs --count or --duration).
     #[arg(long = "loop")]
     pub looping: bool,
-    /// Stop after this many messages (suffixes: 10k, 1m).
-    #[arg(long, value_parser = count_arg)]
-    pub count: Option<u64>,
-    /// Stop scheduling after this long (e.g. 30s, 5m).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
 
-    /// Replay into Kafka at these brokers (each message to its recorded topic, or --topic).
-    #[arg(long)]
-    pub brokers: Option<String>,
+    #[command(flatten)]
+    pub kafka: KafkaFlags,
     /// With --brokers: produce every message to this topic instead of its recorded one.
     #[arg(long, requires = "brokers")]
     pub topic: Option<String>,
-    /// With --brokers: how long to wait for the brokers' answers before giving up.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub kafka_timeout: Duration,
     /// Send straight to the embedded fake APNs or FCM server (by the capture's topics).
     #[arg(long, conflicts_with_all = ["brokers", "endpoint"])]
     pub mock: bool,
-    /// Send straight to this APNs endpoint (a fake elsewhere, or a sandbox).
-    #[arg(long, conflicts_with = "brokers")]
-    pub endpoint: Option<String>,
-    /// CA file (PEM) to trust for --endpoint.
-    #[arg(long, requires = "endpoint")]
-    pub ca: Option<PathBuf>,
-    /// Skip TLS verification of --endpoint (self-signed fakes only).
-    #[arg(long, requires = "endpoint")]
-    pub insecure: bool,
-    /// APNs token auth for --endpoint: .p8 key file, key id, team id.
-    #[arg(long, requires_all = ["key_id", "team_id", "endpoint"])]
-    pub key_file: Option<PathBuf>,
-    #[arg(long)]
-    pub key_id: Option<String>,
-    #[arg(long)]
-    pub team_id: Option<String>,
-    /// FCM for --endpoint (GCM captures): a service-account JSON file (HTTP v1).
-    #[arg(long, requires = "endpoint", conflicts_with = "api_key")]
-    pub service_account: Option<PathBuf>,
-    /// FCM for --endpoint (GCM captures): a legacy server key.
-    #[arg(
-        long,
-        requires = "endpoint",
-        env = "PUSHER_REPLAY_API_KEY",
-        hide_env_values = true
-    )]
-    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub endpoint: EndpointFlags,
+    #[command(flatten)]
+    pub apns: ApnsCredentials,
+    #[command(flatten)]
+    pub fcm: FcmCredentials,
     /// `apns-topic` for the pushes.
     #[arg(long, default_value = "com.example.app")]
     pub apns_topic: String,
-    /// --mock: the fake server's behaviour (mock-services/*.yaml).
-    #[arg(long, default_value = "happy")]
-    pub profile: String,
-    /// --mock: tls or h2c.
-    #[arg(long, default_value = "tls")]
-    pub transport: String,
-    /// HTTP/2 connections in the sender's pool.
-    #[arg(long, default_value_t = 2)]
-    pub connections: usize,
-
-    /// Write the report as JSON (schema pusher-bench/1 with a `replay` section).
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write the report as one self-contained HTML page with SVG charts.
-    #[arg(long)]
-    pub html: Option<PathBuf>,
-    /// Compare with this baseline report and fail on a regression.
-    #[arg(long)]
-    pub baseline: Option<PathBuf>,
-    /// Allowed regression in percent (throughput drop or p99 rise, calibration-normalised).
-    #[arg(long, default_value_t = 10.0, requires = "baseline")]
-    pub max_regression: f64,
-    /// No progress bar.
-    #[arg(long, short = 'q')]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub fake: FakeFlags,
+    #[command(flatten)]
+    pub report: ReportFlags,
 }
 
 fn speed_arg(s: &str) -> Result<f64, String> {
     parse_speed(s).map_err(|e| e.to_string())
 }
-fn rate_arg(s: &str) -> Result<f64, String> {
-    parse_rate(s).map_err(|e| e.to_string())
-}
-fn count_arg(s: &str) -> Result<u64, String> {
-    match crate::gen::parse_count(s) {
-        Ok(0) => Err("count must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
-}
 
-pub fn run(args: ReplayArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(topic) = &args.from_kafka {
         return from_kafka(&args, topic);
     }
     let Some(file) = &args.file else {
         bail!("give a capture file to replay, or --from-kafka TOPIC to make one");
     };
-    if args.brokers.is_none() && !args.mock && args.endpoint.is_none() {
+    if args.kafka.brokers.brokers.is_none() && !args.mock && args.endpoint.endpoint.is_none() {
         bail!("say where to replay: --brokers B (into Kafka), --mock (embedded fake APNs) or --endpoint URL");
     }
-    if args.looping && args.count.is_none() && args.duration.is_none() {
+    if args.looping && args.load.count.is_none() && args.load.duration.is_none() {
         bail!("--loop needs --count or --duration (else it never ends)");
     }
     // Checked before the replay, as `pusher bench` does.
-    for path in [&args.json, &args.html].into_iter().flatten() {
+    for path in [&args.report.json, &args.report.html].into_iter().flatten() {
         crate::report::check_writable(path)?;
     }
-    let baseline = match &args.baseline {
-        Some(path) => Some((crate::bench::gate::load_baseline(path)?, path.as_path())),
+    let baseline = match &args.report.baseline {
+        Some(path) => Some((crate::report::gate::load_baseline(path)?, path.as_path())),
         None => None,
     };
     let entries = Arc::new(capture::read(file)?);
-    let pace = match args.rate {
+    let pace = match args.load.rate {
         Some(r) => Pace::Rate(r),
         None => Pace::Speed(args.speed),
     };
     let interrupt = Interrupt::install()?;
 
     let before = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
-    let (driven, lag_per_sec, conservation, target, transport) = match &args.brokers {
+    let (driven, lag_per_sec, conservation, target, transport) = match &args.kafka.brokers.brokers {
         Some(brokers) => to_kafka(&args, brokers, &entries, pace, &interrupt)?,
         None => to_sender(&args, &entries, pace, &interrupt)?,
     };
@@ -192,14 +151,8 @@ pub fn run(args: ReplayArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
         transport,
     );
     report.conservation = conservation.check();
-    report.calibration = crate::bench::gate::median(&[before, after]);
-    crate::bench::cli::conclude(
-        &report,
-        args.json.as_deref(),
-        args.html.as_deref(),
-        baseline,
-        args.max_regression,
-    )
+    report.calibration = crate::report::gate::median(&[before, after]);
+    super::bench::conclude(&report, &args.report, baseline)
 }
 
 /// A finished replay: measurements, lag per second, counts, target and transport names.
@@ -225,7 +178,7 @@ fn to_kafka(
     pace: Pace,
     interrupt: &Interrupt,
 ) -> anyhow::Result<Replayed> {
-    let producer = kafka::producer(brokers, args.kafka_timeout)?;
+    let producer = kafka::producer(brokers, args.kafka.kafka_timeout)?;
     let times: Vec<Duration> = entries.iter().map(|e| e.at).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -285,8 +238,15 @@ fn to_sender(
         }
     }
     let platform = platform.unwrap_or(Platform::Apns);
-    let bench = bench_args(args, platform)?;
-    let (fake, config, _profile) = target(&bench)?;
+    // The bench's own set-up (fake thread, provider key, TLS), reused as it is.
+    let (fake, config, _profile) = target(&super::bench::target(
+        platform,
+        &args.fake,
+        &args.apns_topic,
+        &args.endpoint,
+        &args.apns,
+        &args.fcm,
+    )?)?;
     let server_before = fake.as_ref().map(|f| f.stats.snapshot().responses);
     let times: Vec<Duration> = entries.iter().map(|e| e.at).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -348,7 +308,7 @@ fn to_sender(
     let server_answered = fake
         .as_ref()
         .map(|f| f.stats.snapshot().responses - server_before.unwrap_or(0));
-    let target = match (&args.endpoint, &fake) {
+    let target = match (&args.endpoint.endpoint, &fake) {
         (Some(url), _) => url.clone(),
         _ => format!(
             "fake {} (embedded)",
@@ -370,11 +330,15 @@ fn to_sender(
         in_flight: driven.in_flight,
         ..Default::default()
     };
-    Ok((driven, lag, conservation, target, args.transport.clone()))
+    Ok((
+        driven,
+        lag,
+        conservation,
+        target,
+        args.fake.transport.as_str().to_string(),
+    ))
 }
 
-/// The bench's arguments for the same target, so the bench's own set-up (fake thread,
-/// provider key, TLS) is reused as it is.
 /// The sender for the capture's platform.
 #[derive(Clone)]
 enum AnySender {
@@ -388,66 +352,10 @@ enum Parsed {
     Gcm(Result<Box<crate::push::gcm::GcmMessage>, crate::push::message::MessageError>),
 }
 
-fn bench_args(
-    args: &ReplayArgs,
-    platform: Platform,
-) -> anyhow::Result<crate::bench::cli::BenchArgs> {
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        bench: crate::bench::cli::BenchArgs,
-    }
-    let mut argv: Vec<String> = vec![
-        "bench".into(),
-        "--platform".into(),
-        platform.to_string(),
-        "--profile".into(),
-        args.profile.clone(),
-        "--transport".into(),
-        args.transport.clone(),
-        "--connections".into(),
-        args.connections.to_string(),
-        "--topic".into(),
-        args.apns_topic.clone(),
-    ];
-    match &args.endpoint {
-        Some(url) => {
-            argv.extend(["--endpoint".into(), url.clone()]);
-            if let Some(ca) = &args.ca {
-                argv.extend(["--ca".into(), ca.display().to_string()]);
-            }
-            if args.insecure {
-                argv.push("--insecure".into());
-            }
-            if let Some(file) = &args.service_account {
-                argv.extend(["--service-account".into(), file.display().to_string()]);
-            }
-            if let Some(key) = &args.api_key {
-                argv.extend(["--api-key".into(), key.clone()]);
-            }
-            if let (Some(k), Some(kid), Some(team)) = (&args.key_file, &args.key_id, &args.team_id)
-            {
-                argv.extend([
-                    "--key-file".into(),
-                    k.display().to_string(),
-                    "--key-id".into(),
-                    kid.clone(),
-                    "--team-id".into(),
-                    team.clone(),
-                ]);
-            }
-        }
-        None => argv.push("--mock".into()),
-    }
-    Ok(Wrap::try_parse_from(argv)
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?
-        .bench)
-}
-
 fn limit(args: &ReplayArgs) -> Limit {
     Limit {
-        count: args.count,
-        duration: args.duration,
+        count: args.load.count,
+        duration: args.load.duration,
     }
 }
 
@@ -476,16 +384,16 @@ fn make_report(
             mode: "replay".into(),
             platform: platform_of(entries),
             profile: if args.mock {
-                args.profile.clone()
+                args.fake.profile.clone()
             } else {
                 "external".into()
             },
             transport,
-            count: args.count,
-            duration_secs: args.duration.map(|d| d.as_secs_f64()),
+            count: args.load.count,
+            duration_secs: args.load.duration.map(|d| d.as_secs_f64()),
             warmup_secs: 0.0,
             concurrency: None,
-            rate: args.rate,
+            rate: args.load.rate,
             repeat: 1,
             // The pacer and the senders run on one thread.
             threads: 1,
@@ -493,17 +401,17 @@ fn make_report(
         duration_secs: elapsed,
         throughput: r.completed() as f64 / elapsed,
         calibration: 0.0,
-        latency: Latencies::from_recorder(r),
+        latency: r.latencies(),
         outcomes: r.outcomes.clone(),
         reasons: r.reasons.clone(),
         conservation: Conservation::default(),
         timeline: r.timeline.clone(),
         runs: vec![r.completed() as f64 / elapsed],
         runs_p99_us: Vec::new(),
-        runs_latency: vec![Latencies::from_recorder(r)],
+        runs_latency: vec![r.latencies()],
         interrupted: driven.interrupted,
         peak_rss_bytes: peak_rss_bytes(),
-        series: Some(Series::of(r)),
+        series: Some(r.series()),
         replay: Some(ReplayInfo {
             source: file.display().to_string(),
             target,
@@ -536,29 +444,36 @@ fn platform_of(entries: &[Entry]) -> String {
 
 /// `--from-kafka`: a topic range into a capture.
 fn from_kafka(args: &ReplayArgs, topic: &str) -> anyhow::Result<ExitCode> {
-    let (Some(brokers), Some(since)) = (&args.brokers, &args.since) else {
+    let (Some(brokers), Some(since)) = (&args.kafka.brokers.brokers, &args.since) else {
         bail!("--from-kafka needs --brokers and --since");
     };
     let since = kafka::parse_time(since)?;
     let until = args.until.as_deref().map(kafka::parse_time).transpose()?;
     let n = match &args.out {
         Some(path) => {
-            kafka::read_range_to_file(brokers, topic, since, until, args.kafka_timeout, path)?
+            kafka::read_range_to_file(brokers, topic, since, until, args.kafka.kafka_timeout, path)?
         }
         None => {
             let mut out = std::io::stdout().lock();
-            let n = kafka::read_range(brokers, topic, since, until, args.kafka_timeout, &mut out)?;
+            let n = kafka::read_range(
+                brokers,
+                topic,
+                since,
+                until,
+                args.kafka.kafka_timeout,
+                &mut out,
+            )?;
             out.flush()?;
             n
         }
     };
-    if !args.quiet {
+    if !args.report.quiet {
         eprintln!("pusher replay: {n} messages from {topic} written as a capture");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn progress(args: &ReplayArgs, per_round: u64) -> Progress {
-    let len = args.count.or((!args.looping).then_some(per_round));
-    Progress::with_duration("replay", len, args.duration, args.quiet)
+    let len = args.load.count.or((!args.looping).then_some(per_round));
+    Progress::with_duration("replay", len, args.load.duration, args.report.quiet)
 }

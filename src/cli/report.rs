@@ -1,6 +1,6 @@
 //! `pusher report compare A.json B.json [--html FILE]`.
 
-use crate::cli::GlobalArgs;
+use crate::report::{check_writable, compare, html, load, write_file};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,7 +35,7 @@ pub struct CompareArgs {
     pub fail_on_worse: bool,
 }
 
-pub fn run(args: ReportArgs, _g: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ReportCommand::Compare(c) => compare(c),
     }
@@ -46,22 +46,22 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--threshold must be a percentage >= 0");
     }
     if let Some(path) = &args.html {
-        super::check_writable(path)?;
+        check_writable(path)?;
     }
-    let a = super::load(&args.a)?;
-    let b = super::load(&args.b)?;
+    let a = load(&args.a)?;
+    let b = load(&args.b)?;
     let (a_name, b_name) = (args.a.display().to_string(), args.b.display().to_string());
     print!(
         "{}",
-        super::compare::text(&a, &b, &a_name, &b_name, args.threshold)
+        compare::text(&a, &b, &a_name, &b_name, args.threshold)
     );
     if let Some(path) = &args.html {
-        let page = super::html::render_compare(&a, &b, &a_name, &b_name, args.threshold)?;
-        super::write_file(path, page.as_bytes())?;
+        let page = html::render_compare(&a, &b, &a_name, &b_name, args.threshold)?;
+        write_file(path, page.as_bytes())?;
     }
-    let worse = super::compare::rows(&a, &b, args.threshold)
+    let worse = compare::rows(&a, &b, args.threshold)
         .iter()
-        .any(|r| r.mark == super::compare::Mark::Worse);
+        .any(|r| r.mark == compare::Mark::Worse);
     if args.fail_on_worse && worse {
         eprintln!("error: B is worse than A beyond the noise (--fail-on-worse)");
         return Ok(ExitCode::from(1));

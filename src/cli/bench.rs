@@ -1,0 +1,236 @@
+//! `pusher bench`: its flags into a plain `bench::Settings`, and the run -> report -> gate
+//! sequence that bench and replay end with.
+
+use super::flags::{
+    ApnsCredentials, BrokersFlag, EndpointFlags, FakeFlags, FcmCredentials, LoadFlags, ReportFlags,
+    ThreadsFlag,
+};
+use crate::bench::interrupt::{self, Interrupt};
+use crate::bench::{External, Settings, Target};
+use crate::push::Platform;
+use crate::report::data::Report;
+use crate::report::gate;
+use anyhow::{bail, Context};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("endpoint", |a| a
+        .conflicts_with("mock")
+        .help("An external endpoint (a fake elsewhere, or a real sandbox) instead of the embedded fake")),
+    mut_arg("ca", |a| a.requires("endpoint")),
+    mut_arg("insecure", |a| a.requires("endpoint")),
+    mut_arg("api_key", |a| a.env("PUSHER_BENCH_API_KEY").hide_env_values(true)),
+    mut_arg("brokers", |a| a.help("An external Kafka for the end-to-end run (the topic \
+push-bench_apns or push-bench_gcm must exist or be auto-created); default: librdkafka's mock \
+cluster, in process")),
+    mut_arg("count", |a| a.help("Messages to measure (10k, 1m). Default 100k unless --duration is given")),
+    mut_arg("duration", |a| a.help("Measure for this long (e.g. 30s, 2m); with --count, whichever ends first")),
+    mut_arg("rate", |a| a.help("Open loop: messages per second (5000, 5000/s, 5k), whatever the \
+target does (latency is reported raw and corrected for coordinated omission)")),
+    mut_arg("threads", |a| a.help("Threads the sender (and, end to end, the pipeline) runs on: \
+cores (as `pusher run` does by default) or a number (1: tokio's current-thread scheduler)")),
+)]
+pub struct BenchArgs {
+    /// Run everything embedded in this process: fake servers (and, end to end, the Kafka mock
+    /// cluster). Without it, give --endpoint.
+    #[arg(long)]
+    pub mock: bool,
+    /// Drive the sender core directly, without Kafka.
+    #[arg(long)]
+    pub sender_only: bool,
+    /// Platform to push to.
+    #[arg(long, default_value = "apns", value_parser = parse_platform)]
+    pub platform: Platform,
+    #[command(flatten)]
+    pub load: LoadFlags,
+    /// Send, but do not measure, for this long first.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+    /// Closed loop: messages in flight.
+    #[arg(long, default_value_t = 1000, conflicts_with = "rate")]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub fake: FakeFlags,
+    #[command(flatten)]
+    pub threads: ThreadsFlag,
+    /// Share of tokens the fake servers treat as invalid.
+    #[arg(long, default_value_t = 0.0)]
+    pub invalid_ratio: f64,
+    /// Payload size in bytes (APNs `Payload`), as `pusher gen --payload-size`.
+    #[arg(long, default_value = "300")]
+    pub payload_size: String,
+    #[command(flatten)]
+    pub endpoint: EndpointFlags,
+    #[command(flatten)]
+    pub apns: ApnsCredentials,
+    #[command(flatten)]
+    pub fcm: FcmCredentials,
+    /// `apns-topic` for the pushes.
+    #[arg(long, default_value = "com.example.app")]
+    pub topic: String,
+    #[command(flatten)]
+    pub brokers: BrokersFlag,
+    /// Partitions of the embedded mock cluster's topic.
+    #[arg(long, default_value_t = 16)]
+    pub partitions: i32,
+    /// Repeat the run and report the median throughput (the gate uses it).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    #[command(flatten)]
+    pub report: ReportFlags,
+    /// Write the send (or end-to-end) latency histogram in HdrHistogram's .hgrm text format.
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+    /// Seed for the generated messages.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    s.parse()
+}
+
+/// Where bench and replay send (the embedded fake, or `--endpoint`), with the credentials given.
+pub(super) fn target(
+    platform: Platform,
+    fake: &FakeFlags,
+    topic: &str,
+    endpoint: &EndpointFlags,
+    apns: &ApnsCredentials,
+    fcm: &FcmCredentials,
+) -> anyhow::Result<Target> {
+    let external = endpoint.endpoint.as_ref().map(|url| External {
+        url: url.clone(),
+        ca: endpoint.ca.clone(),
+        insecure: endpoint.insecure,
+    });
+    Ok(Target {
+        platform,
+        profile: fake.profile.clone(),
+        transport: fake.transport,
+        connections: fake.connections,
+        topic: topic.to_string(),
+        external,
+        apns: apns.auth()?,
+        fcm: fcm.auth()?,
+        project: fcm.project.clone(),
+    })
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if !args.mock && args.endpoint.endpoint.is_none() {
+        bail!("say where to send: --mock (embedded fake servers) or --endpoint URL");
+    }
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let report_flags = &args.report;
+    // Where the reports go, and the baseline, are checked first: a typo should fail before a
+    // long run, not after it.
+    for path in [&report_flags.json, &report_flags.html, &args.hgrm]
+        .into_iter()
+        .flatten()
+    {
+        crate::report::check_writable(path)?;
+    }
+    let baseline = match &report_flags.baseline {
+        Some(path) => Some((gate::load_baseline(path)?, path.as_path())),
+        None => None,
+    };
+    let settings = Settings {
+        sender_only: args.sender_only,
+        target: target(
+            args.platform,
+            &args.fake,
+            &args.topic,
+            &args.endpoint,
+            &args.apns,
+            &args.fcm,
+        )?,
+        count: args.load.count,
+        duration: args.load.duration,
+        warmup: args.warmup,
+        concurrency: args.concurrency,
+        rate: args.load.rate,
+        threads: args.threads.threads,
+        invalid_ratio: args.invalid_ratio,
+        payload_size: args.payload_size.clone(),
+        brokers: args.brokers.brokers.clone(),
+        partitions: args.partitions,
+        repeat: args.repeat,
+        hgrm: args.hgrm.clone(),
+        seed: args.seed,
+        quiet: report_flags.quiet,
+    };
+    let interrupt = Interrupt::install()?;
+    // Calibrate before and after as well as inside the run: the median of the three resists
+    // a burst of other load on a shared machine.
+    let before = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
+    let mut report = if settings.sender_only {
+        crate::bench::sender_only::run(&settings, &interrupt)
+    } else {
+        crate::bench::end_to_end::run_bench(&settings, &interrupt)
+    }
+    .context("bench run failed")?;
+    let after = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
+    report.calibration = gate::median(&[before, report.calibration, after]);
+    conclude(&report, report_flags, baseline)
+}
+
+/// The end of a bench or replay run: writes the reports, prints the summary, and decides the
+/// exit status: 130 when interrupted (the gate is not applied to part of a run), 1 when a
+/// message is unaccounted for or the gate finds a regression.
+pub(super) fn conclude(
+    report: &Report,
+    flags: &ReportFlags,
+    baseline: Option<(Report, &Path)>,
+) -> anyhow::Result<ExitCode> {
+    let max_regression = flags.max_regression;
+    if let Some(path) = &flags.json {
+        let text = serde_json::to_string_pretty(report)?;
+        crate::report::write_file(path, text.as_bytes())?;
+    }
+    if let Some(path) = &flags.html {
+        crate::report::html::write(report, path)?;
+    }
+    print!("{}", report.summary());
+    let c = &report.conservation;
+    if !c.ok && c.in_flight == 0 {
+        eprintln!("error: conservation check failed: messages were lost or double-counted");
+        if !report.interrupted {
+            return Ok(ExitCode::from(1));
+        }
+    }
+    if report.interrupted {
+        if baseline.is_some() {
+            println!("  gate: not applied (the run was interrupted)");
+        }
+        eprintln!("pusher: interrupted: the summary and reports cover what ran");
+        return Ok(ExitCode::from(interrupt::EXIT_CODE));
+    }
+    if let Some((base, path)) = baseline {
+        let result = gate::compare(report, &base, max_regression);
+        for line in &result.lines {
+            println!("  gate: {line}");
+        }
+        if !result.passed() {
+            eprintln!(
+                "error: regression beyond {max_regression}% against {}:",
+                path.display()
+            );
+            for r in &result.regressions {
+                eprintln!("  {r}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        println!("  gate: passed");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,460 @@
+//! THE command layer: every command's clap types (one file each), the flag groups they share
+//! (`flags.rs`), dispatch and exit codes. Each command turns its flags (and, for `run`, the
+//! config) into the plain settings values the library takes; nothing below this module sees
+//! clap.
+
+pub mod bench;
+pub mod flags;
+pub mod gen;
+pub mod mock;
+pub mod replay;
+pub mod report;
+pub mod run;
+pub mod send;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pusher",
+    version,
+    about = "Benchmark-first toolkit for mobile push notifications"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags for every command: logging only.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Debug logging (secrets are still never printed).
+    #[arg(short = 'd', long, global = true)]
+    pub debug: bool,
+    /// Log as JSON lines. Given before the command (`pusher -j run gcm`), so that
+    /// `bench --json FILE` can keep the report flag's name.
+    #[arg(short = 'j', long)]
+    pub json: bool,
+    /// The seed's place for `run`'s --config: before the command (`pusher --config F apns`).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub config: Option<PathBuf>,
+    /// The seed's place for -p: before the command (`pusher -p apns`).
+    #[arg(short = 'p', long, hide = true)]
+    pub production: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Production pusher: Kafka in, APNs or FCM out.
+    Run(run::RunArgs),
+    /// The seed's spelling of `run apns`.
+    #[command(hide = true)]
+    Apns(Box<run::ApnsRunArgs>),
+    /// The seed's spelling of `run gcm`.
+    #[command(hide = true)]
+    Gcm(Box<run::GcmRunArgs>),
+    /// Send one push to one token and print the outcome as JSON.
+    Send(send::SendArgs),
+    /// Fake APNs / FCM servers and an embedded Kafka broker.
+    Mock(mock::MockArgs),
+    /// Generate push messages as JSON lines.
+    Gen(Box<gen::GenArgs>),
+    /// Load-test the sender or the whole pipeline and report latency and throughput.
+    Bench(Box<bench::BenchArgs>),
+    /// Replay recorded traffic, or turn a Kafka topic range into a capture.
+    Replay(Box<replay::ReplayArgs>),
+    /// Compare reports of bench and replay runs.
+    Report(report::ReportArgs),
+    /// Print the version.
+    Version,
+}
+
+impl Command {
+    /// The command's name on the command line.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "run",
+            Command::Apns(_) => "apns",
+            Command::Gcm(_) => "gcm",
+            Command::Send(_) => "send",
+            Command::Mock(_) => "mock",
+            Command::Gen(_) => "gen",
+            Command::Bench(_) => "bench",
+            Command::Replay(_) => "replay",
+            Command::Report(_) => "report",
+            Command::Version => "version",
+        }
+    }
+}
+
+impl Cli {
+    /// Parses the command line, exiting with clap's usage error (exit 2) when it is wrong.
+    pub fn parse_args() -> Cli {
+        let mut cli = Cli::parse();
+        if let Err(e) = cli.place_seed_flags() {
+            e.exit();
+        }
+        cli
+    }
+
+    /// The seed took `--config` and `-p` before the command; they mean something to `run`
+    /// (and `-p` to `send apns`) only, so they are handed to it, and refused elsewhere.
+    pub fn place_seed_flags(&mut self) -> Result<(), clap::Error> {
+        let config = self.global.config.take();
+        let production = std::mem::take(&mut self.global.production);
+        let (run_config, run_production) = match &mut self.command {
+            Command::Run(r) => r.config_and_production(),
+            Command::Apns(a) => (&mut a.common.config, Some(&mut a.production)),
+            Command::Gcm(a) => (&mut a.common.config, None),
+            Command::Send(s) => match &mut s.platform {
+                send::SendPlatform::Apns(a) => {
+                    a.production |= production;
+                    return refuse(config.is_some(), false, "`send apns`");
+                }
+                send::SendPlatform::Gcm(_) => {
+                    return refuse(config.is_some(), production, "`send gcm`")
+                }
+            },
+            other => {
+                let name = format!("`{}`", other.name());
+                return refuse(config.is_some(), production, &name);
+            }
+        };
+        if let Some(config) = config {
+            run_config.get_or_insert(config);
+        }
+        // The seed accepted -p with gcm too, where it meant nothing.
+        if let Some(p) = run_production {
+            *p |= production;
+        }
+        Ok(())
+    }
+
+    /// JSON logs: `-j` before the command, or after `run`/`apns`/`gcm` as the seed accepted it.
+    pub fn json_logs(&self) -> bool {
+        self.global.json
+            || match &self.command {
+                Command::Apns(a) => a.common.json,
+                Command::Gcm(a) => a.common.json,
+                Command::Run(r) => r.common().json,
+                _ => false,
+            }
+    }
+}
+
+/// A usage error for a seed flag given to a command it means nothing to.
+fn refuse(config: bool, production: bool, what: &str) -> Result<(), clap::Error> {
+    use clap::CommandFactory;
+    let flag = match (config, production) {
+        (true, _) => "--config",
+        (false, true) => "-p/--production",
+        (false, false) => return Ok(()),
+    };
+    Err(Cli::command().error(
+        clap::error::ErrorKind::ArgumentConflict,
+        format!(
+            "{flag} means nothing to {what}: it applies to `pusher run` (and -p to `send apns`)"
+        ),
+    ))
+}
+
+/// Runs one command. Each command builds the runtime it needs.
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Apns(args) => run::run_apns(*args),
+        Command::Gcm(args) => run::run_gcm(*args),
+        Command::Send(args) => send::run(args),
+        Command::Mock(args) => mock::run(args),
+        Command::Gen(args) => gen::run(*args),
+        Command::Bench(args) => bench::run(*args),
+        Command::Replay(args) => replay::run(*args),
+        Command::Report(args) => report::run(args),
+        Command::Version => {
+            println!("pusher {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The binary's whole life: parse, set up logging, run, print the error chain (exit 2).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse_args();
+    crate::telemetry::init(cli.global.debug, cli.json_logs());
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", error_chain(&err));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// An error and its causes on one line, each said once: an error whose message already
+/// holds its source's (`config file x: No such file or directory (os error 2)`) would
+/// otherwise print the OS cause twice.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn causes_are_said_once() {
+        let os = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = os.to_string();
+        #[derive(Debug, thiserror::Error)]
+        #[error("config file x: {0}")]
+        struct Read(#[source] std::io::Error);
+        let err = anyhow::Error::new(Read(os)).context("pusher run apns");
+        let line = error_chain(&err);
+        assert_eq!(line, format!("pusher run apns: config file x: {text}"));
+        assert_eq!(line.matches(&text).count(), 1);
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every argument of every command, hidden ones included, says what it is for.
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "pusher", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut cli = Cli::try_parse_from(std::iter::once("pusher").chain(args.iter().copied()))?;
+        cli.place_seed_flags()?;
+        Ok(cli)
+    }
+
+    /// The long flags `pusher <path> --help` lists.
+    fn flags(path: &[&str]) -> Vec<String> {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut cmd = &cmd;
+        for name in path {
+            cmd = cmd.find_subcommand(name).unwrap();
+        }
+        cmd.get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn run_help_shows_only_its_platforms_flags() {
+        let apns = flags(&["run", "apns"]);
+        let gcm = flags(&["run", "gcm"]);
+        for f in [
+            "key-file",
+            "key-id",
+            "team-id",
+            "certificate",
+            "topic",
+            "production",
+        ] {
+            assert!(
+                apns.contains(&f.to_string()),
+                "run apns lacks --{f}: {apns:?}"
+            );
+            assert!(
+                !gcm.contains(&f.to_string()),
+                "run gcm shows --{f}: {gcm:?}"
+            );
+        }
+        for f in [
+            "service-account",
+            "api-key",
+            "sender-id",
+            "project",
+            "token-uri",
+        ] {
+            assert!(gcm.contains(&f.to_string()), "run gcm lacks --{f}: {gcm:?}");
+            assert!(
+                !apns.contains(&f.to_string()),
+                "run apns shows --{f}: {apns:?}"
+            );
+        }
+        for both in [&apns, &gcm] {
+            for f in [
+                "app", "brokers", "endpoint", "ca", "insecure", "config", "threads",
+            ] {
+                assert!(both.contains(&f.to_string()), "lacks --{f}: {both:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn global_flags_only_where_they_mean_something() {
+        for path in [
+            &["gen"][..],
+            &["report", "compare"],
+            &["version"],
+            &["mock", "apns"],
+        ] {
+            let shown = flags(path);
+            for f in ["production", "config"] {
+                assert!(!shown.contains(&f.to_string()), "{path:?} shows --{f}");
+            }
+        }
+        for bad in [
+            &["gen", "-p"][..],
+            &["-p", "gen"],
+            &["--config", "c.yaml", "gen"],
+            &["gen", "--config", "c.yaml"],
+            &["version", "-p"],
+            &["-p", "report", "compare", "a", "b"],
+            &["mock", "apns", "-p"],
+            &["run", "gcm", "-p"],
+            &["send", "gcm", "-p", "--token", "t", "--api-key", "k"],
+            &["-p", "send", "gcm", "--token", "t", "--api-key", "k"],
+            &[
+                "--config",
+                "c.yaml",
+                "send",
+                "apns",
+                "--token",
+                "t",
+                "--payload",
+                "{}",
+            ],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        // The seed's places: before the command, or after it.
+        let cli = parse(&["-p", "--config", "c.yaml", "apns"]).unwrap();
+        let Command::Apns(a) = &cli.command else {
+            panic!()
+        };
+        assert!(a.production);
+        assert_eq!(
+            a.common.config.as_deref(),
+            Some(std::path::Path::new("c.yaml"))
+        );
+        let cli = parse(&["--config", "c.yaml", "run", "gcm"]).unwrap();
+        let Command::Run(r) = &cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            r.common().config.as_deref(),
+            Some(std::path::Path::new("c.yaml"))
+        );
+        parse(&["run", "apns", "-p", "--config", "c.yaml", "-d", "-j"]).unwrap();
+        parse(&["-p", "gcm"]).unwrap();
+        parse(&["-p", "send", "apns", "--token", "t", "--payload", "{}"]).unwrap();
+        parse(&["-d", "gen", "-d"]).unwrap();
+    }
+
+    #[test]
+    fn seed_spellings_are_aliases() {
+        let cli = parse(&["gcm", "--apiKey", "k", "--senderId", "1", "--app", "game"]).unwrap();
+        let Command::Gcm(a) = &cli.command else {
+            panic!()
+        };
+        assert_eq!(a.credentials.api_key.as_deref(), Some("k"));
+        assert_eq!(a.sender_id.as_deref(), Some("1"));
+        let cli = parse(&["run", "gcm", "--api-key", "k", "--sender-id", "1"]).unwrap();
+        let Command::Run(r) = &cli.command else {
+            panic!()
+        };
+        let run::RunPlatform::Gcm(a) = &r.platform else {
+            panic!()
+        };
+        assert_eq!(a.credentials.api_key.as_deref(), Some("k"));
+        let cli = parse(&["gen", "--kafka", "b:9092"]).unwrap();
+        let Command::Gen(g) = &cli.command else {
+            panic!()
+        };
+        assert_eq!(g.kafka.brokers.brokers.as_deref(), Some("b:9092"));
+        let cli = parse(&["mock", "kafka", "--brokers", "3"]).unwrap();
+        let Command::Mock(m) = &cli.command else {
+            panic!()
+        };
+        let mock::MockService::Kafka(k) = &m.service else {
+            panic!()
+        };
+        assert_eq!(k.broker_count, 3);
+    }
+
+    /// Every count and rate flag takes `5k` and `5000/s`.
+    #[test]
+    fn counts_and_rates_take_units() {
+        let cli = parse(&["bench", "--mock", "--rate", "5k", "--count", "1m"]).unwrap();
+        let Command::Bench(b) = &cli.command else {
+            panic!()
+        };
+        assert_eq!((b.load.rate, b.load.count), (Some(5000.0), Some(1_000_000)));
+        let cli = parse(&["replay", "f", "--mock", "--rate", "2k/s", "--count", "5k"]).unwrap();
+        let Command::Replay(r) = &cli.command else {
+            panic!()
+        };
+        assert_eq!((r.load.rate, r.load.count), (Some(2000.0), Some(5000)));
+        let cli = parse(&[
+            "gen",
+            "-n",
+            "5k",
+            "--shape",
+            "constant",
+            "--duration",
+            "1s",
+            "--peak-rate",
+            "2k/s",
+        ])
+        .unwrap();
+        let Command::Gen(g) = &cli.command else {
+            panic!()
+        };
+        assert_eq!((g.count, g.peak_rate), (5000, Some(2000.0)));
+        assert!(parse(&["bench", "--mock", "--rate", "lots"]).is_err());
+        assert!(parse(&["bench", "--mock", "--count", "0"]).is_err());
+    }
+
+    #[test]
+    fn run_takes_threads() {
+        let cli = parse(&["run", "apns", "--threads", "3"]).unwrap();
+        let Command::Run(r) = &cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            r.common().threads.threads,
+            crate::runtime::Threads::Exactly(3)
+        );
+        let cli = parse(&["gcm"]).unwrap();
+        let Command::Gcm(a) = &cli.command else {
+            panic!()
+        };
+        assert_eq!(a.common.threads.threads, crate::runtime::Threads::Cores);
+    }
+}
