@@ -125,7 +125,8 @@ impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let mut tracker = lock(&self.tracker);
-            let commits = tracker.take_commits();
+            // All partitions, moved or not: an earlier async commit may have been refused.
+            let commits = tracker.all_commits();
             if !commits.is_empty() {
                 // Synchronous: the new owner starts from what we commit here.
                 match consumer.commit(&to_list(&commits), CommitMode::Sync) {
@@ -265,13 +266,20 @@ pub(super) fn consumer(
         .map_err(PipelineError::Consumer)
 }
 
+/// Commits what is done: the partitions that moved, or with `all` every partition's position
+/// (asynchronous commits can fail unseen: see `OffsetTracker::all_commits`).
 pub(super) fn commit(
     consumer: &StreamConsumer<RebalanceContext>,
     tracker: &Mutex<OffsetTracker>,
     counters: &Counters,
     mode: CommitMode,
+    all: bool,
 ) {
-    let commits = lock(tracker).take_commits();
+    let commits = if all {
+        lock(tracker).all_commits()
+    } else {
+        lock(tracker).take_commits()
+    };
     if commits.is_empty() {
         return;
     }

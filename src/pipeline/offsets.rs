@@ -163,6 +163,17 @@ impl OffsetTracker {
 
     /// Every partition whose committable offset moved since the last call, to pass to a commit.
     pub fn take_commits(&mut self) -> Vec<(String, i32, i64)> {
+        self.commits(false)
+    }
+
+    /// Every partition's committable offset, moved or not: an asynchronous commit can fail
+    /// unseen (a commit during a rebalance is refused, and rdkafka reports no async failure),
+    /// so the synchronous commits (revocation, shutdown) and a periodic one send them all.
+    pub fn all_commits(&mut self) -> Vec<(String, i32, i64)> {
+        self.commits(true)
+    }
+
+    fn commits(&mut self, all: bool) -> Vec<(String, i32, i64)> {
         let mut commits = Vec::new();
         for (topic, partition, window) in self
             .partitions
@@ -170,7 +181,7 @@ impl OffsetTracker {
             .flat_map(|(topic, windows)| windows.iter_mut().map(move |(p, w)| (topic, *p, w)))
         {
             if let Some(offset) = window.committable {
-                if window.last_taken != Some(offset) {
+                if all || window.last_taken != Some(offset) {
                     window.last_taken = Some(offset);
                     commits.push((topic.clone(), partition, offset));
                 }
@@ -282,6 +293,8 @@ mod tests {
             vec![(T.to_owned(), 0, 1), (T.to_owned(), 1, 0)]
         );
         assert!(t.take_commits().is_empty());
+        // All of them again on request, moved or not (a failed async commit is healed).
+        assert_eq!(t.all_commits().len(), 1);
         t.finish(T, 1, 0).unwrap();
         assert_eq!(t.take_commits(), vec![(T.to_owned(), 1, 1)]);
     }

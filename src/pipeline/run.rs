@@ -241,6 +241,7 @@ pub async fn run(
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut health = watch_endpoints(&shared.apps);
     let mut status = StatusLine::new(spec.log_interval);
+    let mut ticks: u64 = 0;
 
     tracing::info!(topics = %crate::telemetry::Json(&spec.topics), group = %spec.group, "Consuming.");
     loop {
@@ -249,7 +250,9 @@ pub async fn run(
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = commit_tick.tick() => {
-                commit(&consumer, &tracker, &counters, CommitMode::Async);
+                // Every tenth, all partitions: heals an async commit refused unseen.
+                ticks += 1;
+                commit(&consumer, &tracker, &counters, CommitMode::Async, ticks % 10 == 0);
                 metrics::gauge!(crate::telemetry::names::IN_FLIGHT).set(lock(&tracker).in_flight() as f64);
                 continue;
             }
@@ -410,7 +413,7 @@ async fn close(
     let spawned = std::thread::Builder::new()
         .name("kafka-close".into())
         .spawn(move || {
-            commit(&consumer, &tracker, &counters, CommitMode::Sync);
+            commit(&consumer, &tracker, &counters, CommitMode::Sync, true);
             consumer.unsubscribe();
             drop(consumer);
             let _ = done.send(());
