@@ -8,9 +8,10 @@
 //! frame stays under a log line.
 
 use indicatif::{HumanCount, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use parking_lot::Mutex;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The bar being drawn, if any. `DRAWING` is its cheap mirror: a log line written while no bar
@@ -132,13 +133,13 @@ impl Drop for Progress {
 }
 
 fn activate(id: u64, bar: &ProgressBar) {
-    let mut active = ACTIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut active = ACTIVE.lock();
     *active = Some((id, bar.downgrade()));
     DRAWING.store(true, Ordering::Release);
 }
 
 fn deactivate(id: u64) {
-    let mut active = ACTIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut active = ACTIVE.lock();
     if active.as_ref().is_some_and(|(a, _)| *a == id) {
         *active = None;
         DRAWING.store(false, Ordering::Release);
@@ -149,11 +150,7 @@ fn active() -> Option<ProgressBar> {
     if !DRAWING.load(Ordering::Acquire) {
         return None;
     }
-    ACTIVE
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .and_then(|(_, w)| w.upgrade())
+    ACTIVE.lock().as_ref().and_then(|(_, w)| w.upgrade())
 }
 
 /// `{prefix}[elapsed] bar 12,345/100,000 (66,588/s, eta 2s)`; a spinner when the length is
@@ -263,10 +260,10 @@ mod tests {
 
     impl Screen {
         fn push(&self, s: String) {
-            self.0.lock().unwrap().push(s);
+            self.0.lock().push(s);
         }
         fn events(&self) -> Vec<String> {
-            self.0.lock().unwrap().clone()
+            self.0.lock().clone()
         }
     }
 

@@ -146,14 +146,14 @@ pub fn report_error(message: &str) {
 /// What `/healthz` reports: each component's problem, if it has one (an endpoint failing,
 /// the brokers unreachable). Process-wide, as the endpoint it serves.
 pub mod health {
+    use parking_lot::Mutex;
     use std::collections::BTreeMap;
-    use std::sync::Mutex;
 
     static PROBLEMS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
 
     /// Records `component`'s problem, or that it has none.
     pub fn set(component: &str, problem: Option<String>) {
-        let mut problems = PROBLEMS.lock().unwrap_or_else(|p| p.into_inner());
+        let mut problems = PROBLEMS.lock();
         match problem {
             Some(p) => {
                 problems.insert(component.to_string(), p);
@@ -166,7 +166,7 @@ pub mod health {
 
     /// The problems now, by component (empty: healthy).
     pub fn problems() -> BTreeMap<String, String> {
-        PROBLEMS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        PROBLEMS.lock().clone()
     }
 }
 
@@ -314,7 +314,7 @@ pub fn statsd(host: &str, prefix: &str) -> Result<cadence::StatsdClient, Telemet
 /// rate that lets the agent scale its counts back (`|@0.05`).
 pub struct StatsdBatch {
     client: cadence::StatsdClient,
-    pending: std::sync::Mutex<Pending>,
+    pending: parking_lot::Mutex<Pending>,
 }
 
 /// Tags of one series, in order.
@@ -338,8 +338,8 @@ impl StatsdBatch {
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    fn pending(&self) -> parking_lot::MutexGuard<'_, Pending> {
+        self.pending.lock()
     }
 
     pub fn count(&self, name: &'static str, tags: Tags) {
@@ -433,7 +433,7 @@ pub enum TelemetryError {
 /// which would flood the log and Sentry. (Written here: tracing has no rate limit of its own.)
 pub struct Throttle {
     every: std::time::Duration,
-    last: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+    last: parking_lot::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
 }
 
 impl Throttle {
@@ -447,7 +447,7 @@ impl Throttle {
     /// `Some(n)` when a report under `key` may go out now, `n` being how many were held back
     /// since the last one; `None` when it is to be held back. Keys are error kinds: few.
     pub fn allow(&self, key: &str) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last.lock();
         let now = std::time::Instant::now();
         match last.get_mut(key) {
             Some((at, held)) if now.duration_since(*at) < self.every => {

@@ -17,12 +17,13 @@ use crate::report::gate::median;
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
 use anyhow::{bail, Context};
+use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -86,7 +87,7 @@ impl Observer for Measure {
         let from = c.measure_from_ns.load(Ordering::Relaxed);
         let e2e = Duration::from_nanos(now.saturating_sub(sent));
         let at = Duration::from_nanos(now.saturating_sub(from));
-        let mut r = c.recorder.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = c.recorder.lock();
         if c.open_loop {
             // The ring holds the intended time; the Kafka timestamp is when it really went.
             let raw = e
@@ -331,11 +332,7 @@ fn one_run(
     drop(kafka);
     let (summary, elapsed) = result?;
 
-    let recorder = clock
-        .recorder
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let recorder = clock.recorder.lock().clone();
     write_hgrm(args, &recorder.e2e)?;
     let mut report = base_report(args, "end-to-end", &profile_name);
     report.duration_secs = elapsed.as_secs_f64();

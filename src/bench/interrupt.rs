@@ -5,7 +5,7 @@
 //! The handler is installed even where SIGINT was ignored: a shell without job control starts
 //! `pusher replay ... &` with SIGINT ignored, and `kill -INT` must still stop it.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +33,7 @@ impl Interrupt {
     /// runs' runtimes can come and go). Returns once the handlers are in place; installing
     /// again returns the same.
     pub fn install() -> Result<Interrupt, InterruptError> {
-        let mut installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
+        let mut installed = INSTALLED.lock();
         if let Some(i) = installed.as_ref() {
             return Ok(i.clone());
         }
@@ -88,7 +88,7 @@ impl Interrupt {
                     crate::sender::Health::Up => None,
                 };
                 if let Some(cause) = down {
-                    *cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
+                    *cell.lock() = Some(cause);
                     stop.cancel();
                     return;
                 }
@@ -104,7 +104,7 @@ pub struct EndpointFault(std::sync::Arc<Mutex<Option<String>>>);
 
 impl EndpointFault {
     pub fn cause(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.lock().clone()
     }
 
     /// An error naming the cause, when the run stopped on one.

@@ -7,12 +7,12 @@
 use super::{GenError, Generator};
 use crate::telemetry::KafkaReports;
 use indicatif::ProgressBar;
+use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Counts of a finished produce run.
@@ -39,13 +39,11 @@ impl ClientContext for Deliveries {
         self.reports.log(level, fac, message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        if let Ok(mut last) = self.last_client_error.lock() {
-            *last = Some(if reason.is_empty() {
-                error.to_string()
-            } else {
-                reason.to_string()
-            });
-        }
+        *self.last_client_error.lock() = Some(if reason.is_empty() {
+            error.to_string()
+        } else {
+            reason.to_string()
+        });
         self.reports.error("producer", &error, reason);
     }
 }
@@ -59,9 +57,7 @@ impl ProducerContext for Deliveries {
             }
             Err((e, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut first) = self.first_error.lock() {
-                    first.get_or_insert_with(|| e.to_string());
-                }
+                self.first_error.lock().get_or_insert_with(|| e.to_string());
             }
         }
     }
@@ -97,8 +93,7 @@ fn check_reachable(
                 .context()
                 .last_client_error
                 .lock()
-                .ok()
-                .and_then(|c| c.clone())
+                .clone()
                 .unwrap_or_else(|| e.to_string());
             return Err(GenError::Unreachable {
                 waited: humantime::format_duration(timeout).to_string(),
@@ -178,12 +173,7 @@ pub fn produce(
     };
     progress.set_position(report.delivered);
     if report.failed > 0 {
-        let first_error = ctx
-            .first_error
-            .lock()
-            .ok()
-            .and_then(|e| e.clone())
-            .unwrap_or_default();
+        let first_error = ctx.first_error.lock().clone().unwrap_or_default();
         return Err(GenError::Undelivered {
             sent,
             failed: report.failed,

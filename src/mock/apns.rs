@@ -28,10 +28,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 
@@ -231,7 +231,7 @@ impl ApnsHandler {
                 Ok(())
             }
         };
-        let mut cached = conn.credential.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = conn.credential.lock();
         if let Some(c) = cached.as_ref().filter(|c| c.token == token) {
             return fresh(c.issued_at);
         }
@@ -340,10 +340,7 @@ impl ApnsHandler {
     }
 
     fn first_time(&self, token: &str) -> bool {
-        self.once
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .first_time(token)
+        self.once.lock().first_time(token)
     }
 }
 

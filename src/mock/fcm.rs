@@ -32,10 +32,10 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Largest request body read; bigger ones are refused before parsing.
@@ -244,7 +244,7 @@ impl FcmHandler {
         const MINUTE: Duration = Duration::from_secs(60);
         let limit = self.options.quota_per_minute?;
         let now = self.options.clock.now();
-        let mut window = self.quota.lock().unwrap_or_else(|p| p.into_inner());
+        let mut window = self.quota.lock();
         if window.used == 0 || now >= window.opened + MINUTE {
             window.opened = now;
             window.used = 0;
@@ -258,10 +258,7 @@ impl FcmHandler {
     }
 
     fn first_time(&self, token: &str) -> bool {
-        self.once
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .first_time(token)
+        self.once.lock().first_time(token)
     }
 
     /// The v1 error a token rule gives, if any.
@@ -324,7 +321,7 @@ impl FcmHandler {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
             .ok_or_else(|| GoogleError::unauthenticated(Some("CREDENTIALS_MISSING")))?;
-        let issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        let issued = self.issued.lock();
         match issued.get(token) {
             None => Err(GoogleError::unauthenticated(None)),
             Some(expires) if *expires <= self.options.clock.now() => {
@@ -464,7 +461,7 @@ impl FcmHandler {
         );
         let now = self.options.clock.now();
         {
-            let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+            let mut issued = self.issued.lock();
             if issued.len() >= MAX_ISSUED {
                 issued.retain(|_, expires| *expires > now);
                 if issued.len() >= MAX_ISSUED {

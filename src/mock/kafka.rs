@@ -19,6 +19,7 @@
 
 use crate::telemetry::{KafkaReports, Throttle};
 use crate::units::show_size;
+use parking_lot::Mutex;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientContext;
@@ -26,7 +27,7 @@ use regex::Regex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -433,8 +434,8 @@ impl MockContext {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, WatchState> {
+        self.state.lock()
     }
 
     /// One line of the mock's log; true when it was one the watcher reads.

@@ -7,11 +7,11 @@
 //! response waits for the `latency` draw. `goaway_after` sends a graceful GOAWAY once a
 //! connection has carried that many streams.
 
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The profiles shipped in `mock-services/`, built in so the binary works anywhere.
@@ -332,10 +332,7 @@ impl Faults {
     }
 
     fn draw(&self) -> f64 {
-        self.rng
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .random::<f64>()
+        self.rng.lock().random::<f64>()
     }
 
     /// Reset, drop or stall this request? Drawn before the handler runs.

@@ -4,10 +4,10 @@
 //! histogram); per-reason counts take a lock, but only on error answers.
 
 use hdrhistogram::Histogram;
+use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// HTTP statuses are counted in a flat array indexed by the status code.
@@ -127,12 +127,12 @@ impl Stats {
         }
         self.bytes_out.fetch_add(body_bytes as u64, Relaxed);
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        lock(&self.latency_us).saturating_record(us.max(1));
+        self.latency_us.lock().saturating_record(us.max(1));
     }
 
     /// Counts one error answer by its protocol reason (`BadDeviceToken`, `UNAVAILABLE`...).
     pub fn reason(&self, reason: &str) {
-        let mut map = lock(&self.by_reason);
+        let mut map = self.by_reason.lock();
         match map.get_mut(reason) {
             Some(n) => *n += 1,
             None => {
@@ -148,7 +148,7 @@ impl Stats {
     /// Records one delivery to `token` when `record_tokens` is on.
     pub fn delivered(&self, token: &str) {
         let Some(log) = &self.tokens else { return };
-        let mut log = lock(log);
+        let mut log = log.lock();
         if let Some(n) = log.counts.get_mut(token) {
             *n += 1;
         } else if log.counts.len() < log.limit {
@@ -185,7 +185,7 @@ impl Stats {
     pub fn delivered_tokens(&self) -> HashMap<String, u64> {
         self.tokens
             .as_ref()
-            .map(|log| lock(log).counts.clone())
+            .map(|log| log.lock().counts.clone())
             .unwrap_or_default()
     }
 
@@ -193,7 +193,7 @@ impl Stats {
     pub fn tokens_overflow(&self) -> u64 {
         self.tokens
             .as_ref()
-            .map(|log| lock(log).overflow)
+            .map(|log| log.lock().overflow)
             .unwrap_or(0)
     }
 
@@ -208,7 +208,7 @@ impl Stats {
             })
             .collect();
         let latency_us = {
-            let h = lock(&self.latency_us);
+            let h = self.latency_us.lock();
             LatencySummary {
                 count: h.len(),
                 min: h.min(),
@@ -224,7 +224,7 @@ impl Stats {
             requests: self.requests.load(Relaxed),
             responses: self.responses.load(Relaxed),
             by_status,
-            by_reason: lock(&self.by_reason).clone(),
+            by_reason: self.by_reason.lock().clone(),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             connections_opened: self.connections_opened.load(Relaxed),
@@ -238,7 +238,7 @@ impl Stats {
             tokens_recorded: self
                 .tokens
                 .as_ref()
-                .map(|log| lock(log).counts.len() as u64)
+                .map(|log| log.lock().counts.len() as u64)
                 .unwrap_or(0),
         }
     }
@@ -262,19 +262,14 @@ impl Stats {
         for slot in self.by_status.iter() {
             slot.store(0, Relaxed);
         }
-        lock(&self.by_reason).clear();
-        lock(&self.latency_us).reset();
+        self.by_reason.lock().clear();
+        self.latency_us.lock().reset();
         if let Some(log) = &self.tokens {
-            let mut log = lock(log);
+            let mut log = log.lock();
             log.counts.clear();
             log.overflow = 0;
         }
     }
-}
-
-/// A poisoned counter lock only means another thread panicked mid-update; counts stay usable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

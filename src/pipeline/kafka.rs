@@ -3,9 +3,10 @@
 //! are paused; librdkafka's logs and statistics), and committing.
 
 use super::offsets::OffsetTracker;
-use super::run::{app_from_topic, lock, Counters, PipelineError, RunSpec};
+use super::run::{app_from_topic, Counters, PipelineError, RunSpec};
 use crate::push::Platform;
 use crate::telemetry::KafkaReports;
+use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -13,7 +14,7 @@ use rdkafka::consumer::{
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Commits on revocation, and resets the tracker on assignment.
@@ -57,17 +58,17 @@ impl RebalanceContext {
     }
 
     pub(super) fn is_down(&self, topic: &str) -> bool {
-        app_from_topic(topic).is_some_and(|(app, _)| lock(&self.down).contains(&app))
+        app_from_topic(topic).is_some_and(|(app, _)| self.down.lock().contains(&app))
     }
 
     pub(super) fn down_apps(&self) -> Vec<String> {
-        lock(&self.down).iter().cloned().collect()
+        self.down.lock().iter().cloned().collect()
     }
 
     /// `/healthz` says the brokers are unreachable once none has been up for a session
     /// timeout (the group has dropped this member by then).
     pub(super) fn broker_health(&self, any_up: bool) {
-        let mut since = lock(&self.brokers_down_since);
+        let mut since = self.brokers_down_since.lock();
         let down_for = match (any_up, *since) {
             (true, _) => None,
             (false, None) => {
@@ -124,7 +125,7 @@ impl ClientContext for RebalanceContext {
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let mut tracker = lock(&self.tracker);
+            let mut tracker = self.tracker.lock();
             // All partitions, moved or not: an earlier async commit may have been refused.
             let commits = tracker.all_commits();
             if !commits.is_empty() {
@@ -146,12 +147,12 @@ impl ConsumerContext for RebalanceContext {
         if let Rebalance::Assign(list) = rebalance {
             let mut refused = TopicPartitionList::new();
             {
-                let mut tracker = lock(&self.tracker);
+                let mut tracker = self.tracker.lock();
                 for e in list.elements() {
                     tracker.assign(e.topic(), e.partition());
                     if let Some(why) = self.refusal(e.topic()) {
                         refused.add_partition(e.topic(), e.partition());
-                        if lock(&self.refused).insert(e.topic().to_string()) {
+                        if self.refused.lock().insert(e.topic().to_string()) {
                             tracing::error!(topic = e.topic(), "Not consuming this topic: {why}. Its messages stay in Kafka, uncommitted.");
                         }
                     } else if self.is_down(e.topic()) {
@@ -184,7 +185,7 @@ pub(super) fn to_list(commits: &[(String, i32, i64)]) -> TopicPartitionList {
 }
 
 pub(super) fn record_commits(counters: &Counters, commits: &[(String, i32, i64)]) {
-    let mut committed = lock(&counters.committed);
+    let mut committed = counters.committed.lock();
     for (topic, partition, offset) in commits {
         committed.insert((topic.clone(), *partition), *offset);
     }
@@ -195,9 +196,9 @@ pub(super) fn record_commits(counters: &Counters, commits: &[(String, i32, i64)]
 pub(super) fn pause_app(consumer: &StreamConsumer<RebalanceContext>, app: &str, up: bool) {
     let context = consumer.context();
     if up {
-        lock(&context.down).remove(app);
+        context.down.lock().remove(app);
     } else {
-        lock(&context.down).insert(app.to_string());
+        context.down.lock().insert(app.to_string());
     }
     let Ok(assigned) = consumer.assignment() else {
         return;
@@ -276,9 +277,9 @@ pub(super) fn commit(
     all: bool,
 ) {
     let commits = if all {
-        lock(tracker).all_commits()
+        tracker.lock().all_commits()
     } else {
-        lock(tracker).take_commits()
+        tracker.lock().take_commits()
     };
     if commits.is_empty() {
         return;

@@ -4,13 +4,14 @@
 use super::feedback::{self, MessageContext, SendDetails};
 use super::offsets::OffsetTracker;
 use super::platform::AppSender;
-use super::run::{app_from_topic, lock, Counters, OutcomeEvent, Outputs};
+use super::run::{app_from_topic, Counters, OutcomeEvent, Outputs};
 use super::tokens::{DeletionTicket, TokenError};
 use crate::push::{Outcome, Platform};
 use crate::sender::retry::RetryPolicy;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
@@ -195,7 +196,7 @@ pub(super) fn finish(shared: &Shared, m: &Consumed, app: &str, token: &str, outc
     }
     {
         // Look up before inserting: no String allocated per message.
-        let mut outcomes = lock(&shared.counters.outcomes);
+        let mut outcomes = shared.counters.outcomes.lock();
         match outcomes.get_mut(outcome.class()) {
             Some(n) => *n += 1,
             None => {
@@ -217,7 +218,9 @@ pub(super) fn finish(shared: &Shared, m: &Consumed, app: &str, token: &str, outc
         });
     }
     // NotInFlight after a revocation is expected: the new owner redoes the message.
-    if lock(&shared.tracker)
+    if shared
+        .tracker
+        .lock()
         .finish(&m.topic, m.partition, m.offset)
         .is_ok()
     {
@@ -228,7 +231,7 @@ pub(super) fn finish(shared: &Shared, m: &Consumed, app: &str, token: &str, outc
 
 /// `app_from_topic`, remembered per topic (a consumer sees a handful of topics).
 pub(super) fn topic_app(shared: &Shared, topic: &str) -> Option<(String, Platform)> {
-    let mut known = lock(&shared.topic_apps);
+    let mut known = shared.topic_apps.lock();
     if let Some(found) = known.get(topic) {
         return found.clone();
     }
@@ -239,7 +242,7 @@ pub(super) fn topic_app(shared: &Shared, topic: &str) -> Option<(String, Platfor
 
 pub(super) fn report_gave_up(shared: &Shared, app: &str, reason: &str) {
     let now = tokio::time::Instant::now();
-    let mut reports = lock(&shared.gave_up);
+    let mut reports = shared.gave_up.lock();
     let key = (app.to_string(), reason.to_string());
     let report = reports.entry(key).or_default();
     report.unreported += 1;
@@ -259,7 +262,7 @@ pub(super) fn report_gave_up(shared: &Shared, app: &str, reason: &str) {
 }
 
 pub(super) fn report_once(shared: &Shared, key: &str, what: &str) {
-    if lock(&shared.reported).insert(key.to_string()) {
+    if shared.reported.lock().insert(key.to_string()) {
         tracing::error!(key, "{what}");
     }
 }

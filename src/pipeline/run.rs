@@ -20,11 +20,12 @@ use super::tokens::TokenQueue;
 use crate::push::{Outcome, Platform};
 use crate::sender::gate::Health;
 use crate::telemetry::KafkaReports;
+use parking_lot::Mutex;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, Timestamp};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -165,11 +166,6 @@ pub(super) struct Counters {
     pub(super) committed: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not stop the pusher: the data is still consistent counters.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Consumes until `shutdown` is cancelled, then drains and commits.
 pub async fn run(
     spec: RunSpec,
@@ -253,7 +249,7 @@ pub async fn run(
                 // Every tenth, all partitions: heals an async commit refused unseen.
                 ticks += 1;
                 commit(&consumer, &tracker, &counters, CommitMode::Async, ticks % 10 == 0);
-                metrics::gauge!(crate::telemetry::names::IN_FLIGHT).set(lock(&tracker).in_flight() as f64);
+                metrics::gauge!(crate::telemetry::names::IN_FLIGHT).set(tracker.lock().in_flight() as f64);
                 continue;
             }
             Some((app, up)) = health.recv() => {
@@ -262,7 +258,7 @@ pub async fn run(
             }
             _ = status.tick() => {
                 let context = consumer.context();
-                status.log(&counters, lock(&tracker).in_flight(), context.lag.load(Ordering::Relaxed), context.down_apps());
+                status.log(&counters, tracker.lock().in_flight(), context.lag.load(Ordering::Relaxed), context.down_apps());
                 continue;
             }
             m = consumer.recv() => m,
@@ -278,7 +274,7 @@ pub async fn run(
                     // The same reporter as librdkafka's error callback: an outage that
                     // shows on both paths is one line per kind, not two.
                     consumer.context().reports.error("consumer", &e, "consume");
-                } else if lock(&shared.reported).insert(e.to_string()) {
+                } else if shared.reported.lock().insert(e.to_string()) {
                     tracing::info!(error = %e, "A subscribed topic does not exist (yet); consuming the others.");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -293,7 +289,7 @@ pub async fn run(
         // Never skip a message: a later commit would pass over it. A full window (a slow
         // message at the head of its partition) is backpressure: wait for it to move.
         let started = loop {
-            match lock(&tracker).start(&topic, partition, offset) {
+            match tracker.lock().start(&topic, partition, offset) {
                 Err(OffsetError::Full { .. }) => {}
                 other => break other,
             }
@@ -359,7 +355,7 @@ pub async fn run(
         // Every slot free, and the messages waiting for their token's DELETE (they hold no
         // slot) done; messages waiting for a failing endpoint cannot finish: not waited for.
         loop {
-            let in_flight = lock(&tracker).in_flight();
+            let in_flight = tracker.lock().in_flight();
             if in_flight == 0 || in_flight <= parked(&shared.apps) {
                 break;
             }
@@ -372,7 +368,7 @@ pub async fn run(
     .await
     .is_ok();
     hard_stop.cancel();
-    let abandoned = lock(&tracker).in_flight() as u64;
+    let abandoned = tracker.lock().in_flight() as u64;
     if !drained {
         tracing::warn!(
             abandoned,
@@ -388,8 +384,8 @@ pub async fn run(
     let summary = RunSummary {
         consumed: counters.consumed.load(Ordering::Relaxed),
         finished: counters.finished.load(Ordering::Relaxed),
-        outcomes: lock(&counters.outcomes).clone(),
-        committed: lock(&counters.committed).clone(),
+        outcomes: counters.outcomes.lock().clone(),
+        committed: counters.committed.lock().clone(),
         abandoned,
     };
     Ok(summary)

@@ -1,6 +1,6 @@
 //! The line `pusher run` logs every `log_interval`: what it did since the last one.
 
-use super::run::{lock, Counters};
+use super::run::Counters;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -45,7 +45,7 @@ impl StatusLine {
         paused: Vec<String>,
     ) {
         let finished = counters.finished.load(Ordering::Relaxed);
-        let outcomes = lock(&counters.outcomes).clone();
+        let outcomes = counters.outcomes.lock().clone();
         let secs = self.since.elapsed().as_secs_f64().max(0.001);
         let rate = (finished - self.finished) as f64 / secs;
         let mut delta: Vec<String> = outcomes

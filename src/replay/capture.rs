@@ -10,11 +10,11 @@
 //! when it is JSON, `raw_b64` (base64) when it is not, so malformed messages replay too.
 
 use base64::Engine as _;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +245,7 @@ impl CaptureWriter {
 
     /// Appends one consumed message (into a buffer: a write to the file every 8 KiB).
     pub fn record(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
-        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.inner.lock();
         if s.error.is_some() {
             return;
         }
@@ -262,7 +262,7 @@ impl CaptureWriter {
 
     /// Flushes; returns the number of records, or the first error.
     pub fn finish(&self) -> Result<u64, CaptureError> {
-        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.inner.lock();
         if let Some(e) = s.error.take() {
             return Err(CaptureError::Write(e));
         }

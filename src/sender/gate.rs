@@ -14,8 +14,9 @@
 //! windows, while this needs "one failure of this kind is enough, then exactly one probe", with
 //! the waiting sends parked (not failed) and counted.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -133,7 +134,7 @@ impl Gate {
             // Registered before the state is read: a change in between still wakes us.
             notified.as_mut().enable();
             let wake_at = {
-                let mut down = lock(&self.inner.down);
+                let mut down = self.inner.down.lock();
                 match down.as_mut() {
                     None => return self.permit(false),
                     Some(d) if !d.probing && Instant::now() >= d.next_probe => {
@@ -166,7 +167,7 @@ impl Gate {
     }
 
     fn fault(&self, cause: &str) {
-        let mut down = lock(&self.inner.down);
+        let mut down = self.inner.down.lock();
         match down.as_mut() {
             Some(d) => {
                 d.probing = false;
@@ -202,7 +203,7 @@ impl Gate {
     }
 
     fn answered(&self) {
-        let mut down = lock(&self.inner.down);
+        let mut down = self.inner.down.lock();
         if down.take().is_some() {
             drop(down);
             tracing::info!(gate = %self.inner.name, "Endpoint answers again: resuming.");
@@ -212,7 +213,7 @@ impl Gate {
     }
 
     fn probe_abandoned(&self) {
-        if let Some(d) = lock(&self.inner.down).as_mut() {
+        if let Some(d) = self.inner.down.lock().as_mut() {
             d.probing = false;
         }
         self.inner.changed.notify_waiters();
@@ -256,11 +257,6 @@ impl Drop for ParkedGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain state, consistent at every step: a panic elsewhere must not stop the sends.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

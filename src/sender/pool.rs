@@ -12,10 +12,11 @@
 
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
+use parking_lot::Mutex;
 use rustls_pki_types::ServerName;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -289,7 +290,7 @@ impl Pool {
     /// request opens a new one. Streams already on it finish; then it closes.
     pub fn discard(&self, id: ConnId) {
         if let Some(slot) = self.inner.slots.get(id.slot) {
-            let mut state = lock(&slot.state);
+            let mut state = slot.state.lock();
             if state.generation == id.generation {
                 state.live = None;
             }
@@ -297,7 +298,7 @@ impl Pool {
     }
 
     fn live(&self, slot: usize) -> Option<(SendRequest<Bytes>, ConnId)> {
-        let state = lock(&self.inner.slots[slot].state);
+        let state = self.inner.slots[slot].state.lock();
         state.live.clone().map(|conn| {
             (
                 conn,
@@ -345,7 +346,7 @@ impl Pool {
             return Ok(found);
         }
         {
-            let state = lock(&slot.state);
+            let state = slot.state.lock();
             if let Some(at) = state.retry_connect_at {
                 if Instant::now() < at {
                     return Err(TransportError::Backoff {
@@ -356,7 +357,7 @@ impl Pool {
         }
         match self.open().await {
             Ok((conn, driver)) => {
-                let mut state = lock(&slot.state);
+                let mut state = slot.state.lock();
                 state.generation += 1;
                 state.live = Some(conn.clone());
                 state.retry_connect_at = None;
@@ -377,7 +378,7 @@ impl Pool {
                 Ok((conn, id))
             }
             Err(e) => {
-                let mut state = lock(&slot.state);
+                let mut state = slot.state.lock();
                 state.retry_connect_at = Some(Instant::now() + self.inner.config.reconnect_backoff);
                 state.last_error = Some(e.to_string());
                 Err(e)
@@ -475,11 +476,6 @@ async fn exchange_on(
         rest.freeze()
     };
     Ok((parts, body))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock cannot leave the slot inconsistent: take it anyway.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Hides vectored writes from h2. With `is_write_vectored() == true` (TCP, tokio-rustls) h2

@@ -6,8 +6,8 @@
 use crate::clock::SharedClock;
 use http::HeaderValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::{Mutex, RwLock};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 pub const MIN_REFRESH: Duration = Duration::from_secs(20 * 60);
@@ -151,13 +151,13 @@ impl JwtSigner {
         if let Some(c) = self.fresh(now) {
             return Ok(c);
         }
-        let _minting = self.mint.lock().unwrap_or_else(|p| p.into_inner());
+        let _minting = self.mint.lock();
         // Re-check: another caller may have minted while we waited for the lock.
         if let Some(c) = self.fresh(now) {
             return Ok(c);
         }
         let header = self.sign(now)?;
-        let mut cached = self.cached.write().unwrap_or_else(|p| p.into_inner());
+        let mut cached = self.cached.write();
         let generation = cached.as_ref().map_or(1, |c| c.generation + 1);
         *cached = Some(Cached {
             header: header.clone(),
@@ -171,7 +171,7 @@ impl JwtSigner {
     /// APNs rejected token `generation` as expired: the next `current` mints a new one. Many
     /// responses for the same token invalidate it once; an already-replaced token is ignored.
     pub fn invalidate(&self, generation: u64) {
-        let mut cached = self.cached.write().unwrap_or_else(|p| p.into_inner());
+        let mut cached = self.cached.write();
         if let Some(c) = cached.as_mut() {
             if c.generation == generation {
                 c.stale = true;
@@ -180,7 +180,7 @@ impl JwtSigner {
     }
 
     fn fresh(&self, now: Duration) -> Option<(HeaderValue, u64)> {
-        let cached = self.cached.read().unwrap_or_else(|p| p.into_inner());
+        let cached = self.cached.read();
         let c = cached.as_ref()?;
         let age = now.saturating_sub(c.issued_at);
         (!c.stale && age < self.refresh_after).then(|| (c.header.clone(), c.generation))

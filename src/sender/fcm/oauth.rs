@@ -12,9 +12,10 @@ use crate::sender::retry::RetryPolicy;
 use bytes::Bytes;
 use http::HeaderValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::{Mutex, RwLock};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The scope FCM sends need.
@@ -284,7 +285,7 @@ impl TokenSource {
         TokenStats {
             renewals: self.inner.renewals.load(Ordering::Relaxed),
             failures: self.inner.failures.load(Ordering::Relaxed),
-            last_error: lock(&self.inner.last_error).clone(),
+            last_error: self.inner.last_error.lock().clone(),
         }
     }
 
@@ -304,14 +305,14 @@ impl TokenSource {
 
     /// FCM said the token `generation` is expired or invalid: the next `bearer` gets a new one.
     pub fn invalidate(&self, generation: u64) {
-        let mut cached = self.inner.cached.write().unwrap_or_else(|p| p.into_inner());
+        let mut cached = self.inner.cached.write();
         if let Some(c) = cached.as_mut().filter(|c| c.generation == generation) {
             c.stale = true;
         }
     }
 
     fn valid(&self, now: Duration) -> Option<Cached> {
-        let cached = self.inner.cached.read().unwrap_or_else(|p| p.into_inner());
+        let cached = self.inner.cached.read();
         cached
             .as_ref()
             .filter(|c| !c.stale && now < c.expires_at)
@@ -386,7 +387,7 @@ impl TokenSource {
                         }
                     })?;
                 header.set_sensitive(true);
-                let mut cached = self.inner.cached.write().unwrap_or_else(|p| p.into_inner());
+                let mut cached = self.inner.cached.write();
                 let generation = cached.as_ref().map_or(1, |c| c.generation + 1);
                 let fresh = Cached {
                     header,
@@ -401,7 +402,7 @@ impl TokenSource {
             }
             Err(e) => {
                 self.inner.failures.fetch_add(1, Ordering::Relaxed);
-                *lock(&self.inner.last_error) = Some(e.to_string());
+                *self.inner.last_error.lock() = Some(e.to_string());
                 Err(e)
             }
         }
@@ -465,10 +466,6 @@ impl TokenSource {
             }),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
