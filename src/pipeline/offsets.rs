@@ -294,7 +294,7 @@ mod tests {
         );
         assert!(t.take_commits().is_empty());
         // All of them again on request, moved or not (a failed async commit is healed).
-        assert_eq!(t.all_commits().len(), 1);
+        assert_eq!(t.all_commits().len(), 2);
         t.finish(T, 1, 0).unwrap();
         assert_eq!(t.take_commits(), vec![(T.to_owned(), 1, 1)]);
     }
