@@ -64,6 +64,18 @@ where
     F: Fn(I) -> Fut,
     Fut: Future<Output = Outcome>,
 {
+    // The open loop is the pacer's: message i is due at i / rate.
+    if let Load::Open { rate } = plan.load {
+        let window = Window {
+            warmup: plan.warmup,
+            count: plan.count,
+            duration: plan.duration,
+        };
+        let every = 1.0 / rate.max(1e-9);
+        let schedule =
+            |i: u64| next_item(i).map(|item| (Duration::from_secs_f64(i as f64 * every), item));
+        return paced(schedule, window, send, stop, progress).await.0;
+    }
     let mut recorder = Recorder::new();
     let mut in_flight = FuturesUnordered::new();
     let begin = Instant::now();
@@ -76,17 +88,10 @@ where
     let mut measured_started = 0u64;
     let (mut sent, mut answered) = (0u64, 0u64);
     let mut exhausted = false;
-    let mut lag = match plan.load {
-        Load::Open { .. } => {
-            hdrhistogram::Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).ok()
-        }
-        Load::Closed { .. } => None,
+    let concurrency = match plan.load {
+        Load::Closed { concurrency } => concurrency.max(1),
+        Load::Open { .. } => 1,
     };
-    let interval = match plan.load {
-        Load::Open { rate } => Duration::from_secs_f64(1.0 / rate.max(1e-9)),
-        Load::Closed { .. } => Duration::ZERO,
-    };
-    let mut next_due = begin;
     // Set when `stop` is seen: in-flight sends may answer until then.
     let mut drain_until: Option<Instant> = None;
 
@@ -113,48 +118,18 @@ where
         if stop.is_cancelled() && drain_until.is_none() {
             drain_until = Some(now + DRAIN);
         }
-        let can_start = !exhausted && more(now, measure_start, measured_started);
-        match plan.load {
-            Load::Closed { concurrency } => {
-                while !exhausted
-                    && in_flight.len() < concurrency.max(1)
-                    && more(Instant::now(), measure_start, measured_started)
-                {
-                    let Some(item) = next_item(sent) else {
-                        exhausted = true;
-                        break;
-                    };
-                    let measured = measure_start.is_some();
-                    measured_started += measured as u64;
-                    sent += 1;
-                    in_flight.push(timed(Box::pin(send(item)), None, measured));
-                }
-            }
-            Load::Open { .. } => {
-                // Start everything that is due; a late start is measured, never skipped.
-                while can_start
-                    && !exhausted
-                    && Instant::now() >= next_due
-                    && more(Instant::now(), measure_start, measured_started)
-                {
-                    let Some(item) = next_item(sent) else {
-                        exhausted = true;
-                        break;
-                    };
-                    let measured = measure_start.is_some();
-                    measured_started += measured as u64;
-                    sent += 1;
-                    let intended = next_due;
-                    next_due += interval;
-                    if let (Some(h), true) = (lag.as_mut(), measured) {
-                        let _ = h.record((Instant::now() - intended).as_micros().max(1) as u64);
-                    }
-                    if let Some(ms) = measure_start {
-                        recorder.record_offered(intended.saturating_duration_since(ms));
-                    }
-                    in_flight.push(timed(Box::pin(send(item)), Some(intended), measured));
-                }
-            }
+        while !exhausted
+            && in_flight.len() < concurrency
+            && more(Instant::now(), measure_start, measured_started)
+        {
+            let Some(item) = next_item(sent) else {
+                exhausted = true;
+                break;
+            };
+            let measured = measure_start.is_some();
+            measured_started += measured as u64;
+            sent += 1;
+            in_flight.push(timed(Box::pin(send(item)), None, measured));
         }
 
         let still_starting = !exhausted && more(Instant::now(), measure_start, measured_started);
@@ -164,12 +139,9 @@ where
         if drain_until.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let wait_for_schedule = matches!(plan.load, Load::Open { .. }) && still_starting;
-        // What may end the wait besides an answer: the schedule, the warm-up's end (closed
-        // loop), the stop, and once stopped the end of the drain.
-        let wake = if wait_for_schedule {
-            Some(next_due)
-        } else if measure_start.is_none() && still_starting {
+        // What may end the wait besides an answer: the warm-up's end, the stop, and once
+        // stopped the end of the drain.
+        let wake = if measure_start.is_none() && still_starting {
             Some(warm_until)
         } else {
             drain_until
@@ -201,10 +173,150 @@ where
         sent,
         answered,
         elapsed,
-        schedule_lag: lag,
+        schedule_lag: None,
         interrupted: drain_until.is_some(),
         in_flight: in_flight.len() as u64,
     }
+}
+
+/// What a paced run measures: the messages scheduled after `warmup` (those before it are sent
+/// and answered, not measured), at most `count` of them, and those scheduled within
+/// `duration` of the warm-up's end.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Window {
+    pub warmup: Duration,
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+}
+
+/// THE open-loop pacer, for `bench --rate` and `pusher replay`: `schedule(i)` gives the
+/// `i`-th message's start (from the beginning) and the item to send, `None` at the end. Each
+/// message starts at its time whatever the target does (a slow target shows as latency, never
+/// as a slower schedule); a late start is measured (the schedule's lag), never skipped; latency
+/// is also taken from the scheduled start (coordinated-omission correction). `progress` counts
+/// measured answers. Once `stop` is cancelled nothing more starts and the messages in flight
+/// get [`DRAIN`] to answer. Returns the figures and the latest start (µs late) in each second
+/// of the schedule.
+pub async fn paced<I, F, Fut>(
+    mut schedule: impl FnMut(u64) -> Option<(Duration, I)>,
+    window: Window,
+    send: F,
+    stop: &CancellationToken,
+    progress: &Progress,
+) -> (Driven, Vec<u64>)
+where
+    F: Fn(I) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let mut recorder = Recorder::new();
+    let mut lag = latency_histogram();
+    let mut lag_per_sec: Vec<u64> = Vec::new();
+    let mut in_flight = FuturesUnordered::new();
+    let begin = Instant::now();
+    let measure_start = begin + window.warmup;
+    if window.warmup.is_zero() {
+        progress.measuring();
+    }
+    let mut warming = !window.warmup.is_zero();
+    let (mut sent, mut answered, mut measured_sent) = (0u64, 0u64, 0u64);
+    let mut next = schedule(0);
+    let mut drain_until: Option<Instant> = None;
+    // Past the measured window's count or duration: nothing more starts.
+    let past_window = |measured_sent: u64, at: Duration| {
+        at >= window.warmup
+            && (window.count.is_some_and(|c| measured_sent >= c)
+                || window.duration.is_some_and(|d| at >= window.warmup + d))
+    };
+    loop {
+        let now = Instant::now();
+        if warming && now >= measure_start && !stop.is_cancelled() {
+            warming = false;
+            tracing::info!("Warm-up over: measuring.");
+            progress.measuring();
+        }
+        if stop.is_cancelled() && drain_until.is_none() {
+            drain_until = Some(now + DRAIN);
+            next = None;
+        }
+        // Start everything that is due; a late start is measured, never skipped.
+        while let Some((at, _)) = &next {
+            let at = *at;
+            let due = begin + at;
+            if past_window(measured_sent, at) {
+                next = None;
+                break;
+            }
+            let now = Instant::now();
+            if now < due {
+                break;
+            }
+            let Some((_, item)) = next.take() else { break };
+            let measured = at >= window.warmup;
+            if measured {
+                let late = micros(now - due);
+                let _ = lag.record(late);
+                let second = (at - window.warmup).as_secs() as usize;
+                if lag_per_sec.len() <= second {
+                    lag_per_sec.resize(second + 1, 0);
+                }
+                lag_per_sec[second] = lag_per_sec[second].max(late);
+                recorder.record_offered(at - window.warmup);
+                measured_sent += 1;
+            }
+            sent += 1;
+            in_flight.push(timed(send(item), Some(due), measured));
+            next = schedule(sent);
+        }
+        let due = next.as_ref().map(|(at, _)| begin + *at);
+        if in_flight.is_empty() && due.is_none() {
+            break;
+        }
+        if drain_until.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let wake = match (due, warming) {
+            (Some(d), true) => Some(d.min(measure_start)),
+            (Some(d), false) => Some(d),
+            (None, _) => drain_until,
+        };
+        let done = tokio::select! {
+            biased;
+            done = in_flight.next(), if !in_flight.is_empty() => done,
+            _ = stop.cancelled(), if drain_until.is_none() => None,
+            _ = sleep_until_some(wake) => None,
+        };
+        if let Some((outcome, started, intended, measured)) = done {
+            let finished = Instant::now();
+            answered += 1;
+            if measured {
+                let since = finished.saturating_duration_since(measure_start);
+                let from_intended = intended.map(|i| finished - i);
+                recorder.record_send(finished - started, from_intended, since);
+                recorder.record_outcome(&outcome, since);
+                progress.set_position(recorder.completed());
+            }
+        }
+    }
+    let driven = Driven {
+        recorder,
+        sent,
+        answered,
+        elapsed: Instant::now().saturating_duration_since(measure_start),
+        schedule_lag: Some(lag),
+        interrupted: drain_until.is_some(),
+        in_flight: in_flight.len() as u64,
+    };
+    (driven, lag_per_sec)
+}
+
+fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    // The recorder's bounds (1 µs .. 120 s, 3 figures): constants, cannot fail.
+    #[allow(clippy::expect_used)]
+    hdrhistogram::Histogram::new_with_bounds(1, 120_000_000, 3).expect("constant bounds")
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, 120_000_000)
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wake for.

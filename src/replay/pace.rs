@@ -6,16 +6,12 @@
 //!
 //! Time is tokio's clock, so tests drive it with `tokio::time::pause()` and `advance()`.
 
-use crate::bench::driver::{sleep_until_some, Driven};
-use crate::bench::interrupt::DRAIN;
-use crate::bench::recorder::Recorder;
+use crate::bench::driver::{paced, Driven, Window};
 use crate::progress::Progress;
 use crate::push::Outcome;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How fast to replay.
@@ -84,10 +80,10 @@ pub struct Limit {
 /// Replays: `schedule(i)` gives the `i`-th message's scheduled start (from the beginning) and
 /// the item to send, `None` at the end. Every message is started, however late; nothing is
 /// skipped. `progress` counts answers. Once `stop` is cancelled nothing more starts and the
-/// messages in flight get [`DRAIN`] to answer. Returns the measurements and the latest start
+/// messages in flight get `DRAIN` to answer (bench::driver::paced, the one pacer). Returns the measurements and the latest start
 /// (µs late) in each second of the schedule.
 pub async fn replay<I, F, Fut>(
-    mut schedule: impl FnMut(u64) -> Option<(Duration, I)>,
+    schedule: impl FnMut(u64) -> Option<(Duration, I)>,
     limit: Limit,
     send: F,
     stop: &CancellationToken,
@@ -97,109 +93,20 @@ where
     F: Fn(I) -> Fut,
     Fut: Future<Output = Outcome>,
 {
-    let mut recorder = Recorder::new();
-    let mut lag = lag_histogram();
-    let mut lag_per_sec: Vec<u64> = Vec::new();
-    let mut in_flight = FuturesUnordered::new();
-    let begin = Instant::now();
-    let (mut sent, mut answered) = (0u64, 0u64);
-    let mut next = schedule(0);
-    let mut drain_until: Option<Instant> = None;
     tracing::info!("Replaying: the schedule starts.");
-    progress.measuring();
-    let past_limit = |sent: u64, due: Instant| {
-        limit.count.is_some_and(|c| sent >= c) || limit.duration.is_some_and(|d| due >= begin + d)
+    let window = Window {
+        warmup: Duration::ZERO,
+        count: limit.count,
+        duration: limit.duration,
     };
-    loop {
-        if stop.is_cancelled() && drain_until.is_none() {
-            drain_until = Some(Instant::now() + DRAIN);
-            next = None;
-        }
-        // Start everything that is due; a late start is measured, never skipped.
-        while let Some((at, _)) = &next {
-            let at = *at;
-            let due = begin + at;
-            if past_limit(sent, due) {
-                next = None;
-                break;
-            }
-            let now = Instant::now();
-            if now < due {
-                break;
-            }
-            let Some((_, item)) = next.take() else { break };
-            let late = micros(now - due);
-            let _ = lag.record(late);
-            let second = at.as_secs() as usize;
-            if lag_per_sec.len() <= second {
-                lag_per_sec.resize(second + 1, 0);
-            }
-            lag_per_sec[second] = lag_per_sec[second].max(late);
-            sent += 1;
-            recorder.record_offered(at);
-            in_flight.push(timed(send(item), due));
-            next = schedule(sent);
-        }
-        let due = next.as_ref().map(|(at, _)| begin + *at);
-        if in_flight.is_empty() && due.is_none() {
-            break;
-        }
-        if drain_until.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        let done = tokio::select! {
-            biased;
-            done = in_flight.next(), if !in_flight.is_empty() => done,
-            _ = stop.cancelled(), if drain_until.is_none() => None,
-            _ = sleep_until_some(due.or(drain_until)) => None,
-        };
-        if let Some((outcome, started, intended)) = done {
-            let finished = Instant::now();
-            answered += 1;
-            progress.set_position(answered);
-            recorder.record_send(
-                finished - started,
-                Some(finished - intended),
-                finished - begin,
-            );
-            recorder.record_outcome(&outcome, finished - begin);
-        }
-    }
-    let driven = Driven {
-        recorder,
-        sent,
-        answered,
-        elapsed: Instant::now() - begin,
-        schedule_lag: Some(lag),
-        interrupted: drain_until.is_some(),
-        in_flight: in_flight.len() as u64,
-    };
-    (driven, lag_per_sec)
-}
-
-fn lag_histogram() -> hdrhistogram::Histogram<u64> {
-    // The same bounds as the recorder's (1 µs .. 120 s, 3 figures): constants, cannot fail.
-    #[allow(clippy::expect_used)]
-    hdrhistogram::Histogram::new_with_bounds(1, 120_000_000, 3).expect("constant bounds")
-}
-
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, 120_000_000)
-}
-
-async fn timed<Fut: Future<Output = Outcome>>(
-    fut: Fut,
-    intended: Instant,
-) -> (Outcome, Instant, Instant) {
-    let started = Instant::now();
-    let outcome = fut.await;
-    (outcome, started, intended)
+    paced(schedule, window, send, stop, progress).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::RefCell;
+    use tokio::time::Instant;
 
     /// A capture of `n` messages, with gaps that vary (1, 2, 3, 4 ms, repeating).
     fn times(n: usize) -> Vec<Duration> {
