@@ -49,6 +49,8 @@ pub(super) const GAVE_UP_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 pub(super) struct Consumed {
     pub(super) topic: String,
+    /// The app and platform the topic names (`app_from_topic`), looked up by the loop.
+    pub(super) app: Option<(String, Platform)>,
     pub(super) partition: i32,
     pub(super) offset: i64,
     pub(super) payload: Option<Vec<u8>>,
@@ -78,7 +80,7 @@ pub(super) async fn handle(
     // Partitions of topics this pusher cannot send are paused on assignment; a message that
     // got through anyway is left unfinished (its partition commits no further), never
     // refused: it is not the message's fault.
-    let Some((app, platform)) = topic_app(shared, &m.topic) else {
+    let Some((app, platform)) = m.app.take() else {
         report_once(
             shared,
             &m.topic,
@@ -194,16 +196,7 @@ pub(super) fn finish(shared: &Shared, m: &Consumed, app: &str, token: &str, outc
     if let Outcome::GaveUp { reason } = outcome {
         report_gave_up(shared, app, reason);
     }
-    {
-        // Look up before inserting: no String allocated per message.
-        let mut outcomes = shared.counters.outcomes.lock();
-        match outcomes.get_mut(outcome.class()) {
-            Some(n) => *n += 1,
-            None => {
-                outcomes.insert(outcome.class().to_string(), 1);
-            }
-        }
-    }
+    shared.counters.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
     if let Some(observer) = &shared.outputs.observer {
         observer.on_outcome(&OutcomeEvent {
             topic: &m.topic,

@@ -162,8 +162,21 @@ pub use crate::push::topic::app_from_topic;
 pub(super) struct Counters {
     pub(super) consumed: AtomicU64,
     pub(super) finished: AtomicU64,
-    pub(super) outcomes: Mutex<BTreeMap<String, u64>>,
+    /// Per outcome class, indexed by `Outcome::index` (no lock on the per-message path).
+    pub(super) outcomes: [AtomicU64; Outcome::CLASSES.len()],
     pub(super) committed: Mutex<BTreeMap<(String, i32), i64>>,
+}
+
+impl Counters {
+    /// The outcome counts by class, those seen only.
+    pub(super) fn outcomes(&self) -> BTreeMap<String, u64> {
+        Outcome::CLASSES
+            .iter()
+            .zip(&self.outcomes)
+            .map(|(class, n)| (class.to_string(), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
 }
 
 /// Consumes until `shutdown` is cancelled, then drains and commits.
@@ -307,8 +320,9 @@ pub async fn run(
         }
         // A slot of the message's app: at most `max_in_flight` of an app's messages are held.
         // (A topic of no app of ours gets none: `handle` leaves it unfinished.)
-        let app_permits =
-            topic_app(&shared, &topic).and_then(|(app, _)| permits.get(&app).cloned());
+        // The topic's app, looked up once here for the slot and the message task both.
+        let app = topic_app(&shared, &topic);
+        let app_permits = app.as_ref().and_then(|(app, _)| permits.get(app).cloned());
         let permit = match app_permits {
             Some(p) => tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -336,6 +350,7 @@ pub async fn run(
                 &shared,
                 Consumed {
                     topic,
+                    app,
                     partition,
                     offset,
                     payload,
@@ -384,7 +399,7 @@ pub async fn run(
     let summary = RunSummary {
         consumed: counters.consumed.load(Ordering::Relaxed),
         finished: counters.finished.load(Ordering::Relaxed),
-        outcomes: counters.outcomes.lock().clone(),
+        outcomes: counters.outcomes(),
         committed: counters.committed.lock().clone(),
         abandoned,
     };

@@ -45,7 +45,7 @@ impl StatusLine {
         paused: Vec<String>,
     ) {
         let finished = counters.finished.load(Ordering::Relaxed);
-        let outcomes = counters.outcomes.lock().clone();
+        let outcomes = counters.outcomes();
         let secs = self.since.elapsed().as_secs_f64().max(0.001);
         let rate = (finished - self.finished) as f64 / secs;
         let mut delta: Vec<String> = outcomes

@@ -40,6 +40,29 @@ impl Outcome {
         }
     }
 
+    /// Every class, in a fixed order: [`Outcome::index`] is a position here, so counters can
+    /// be a plain array instead of a map under a lock.
+    pub const CLASSES: [&'static str; 6] = [
+        "delivered",
+        "token_invalid",
+        "rejected",
+        "expired",
+        "malformed",
+        "gave_up",
+    ];
+
+    /// This outcome's position in [`Outcome::CLASSES`].
+    pub fn index(&self) -> usize {
+        match self {
+            Outcome::Delivered => 0,
+            Outcome::TokenInvalid { .. } => 1,
+            Outcome::Rejected { .. } => 2,
+            Outcome::Expired => 3,
+            Outcome::Malformed { .. } => 4,
+            Outcome::GaveUp { .. } => 5,
+        }
+    }
+
     /// The vendor's reason (or ours), if any.
     pub fn reason(&self) -> Option<&str> {
         match self {
@@ -102,5 +125,29 @@ impl RetryHint {
     pub fn renew_auth(mut self) -> Self {
         self.renew_auth = true;
         self
+    }
+}
+
+#[cfg(test)]
+mod class_tests {
+    use super::Outcome;
+
+    #[test]
+    fn each_class_has_its_index() {
+        let r = || "r".to_string();
+        let all = [
+            Outcome::Delivered,
+            Outcome::TokenInvalid {
+                reason: r(),
+                timestamp_ms: None,
+            },
+            Outcome::Rejected { reason: r() },
+            Outcome::Expired,
+            Outcome::Malformed { reason: r() },
+            Outcome::GaveUp { reason: r() },
+        ];
+        for o in all {
+            assert_eq!(Outcome::CLASSES[o.index()], o.class());
+        }
     }
 }
