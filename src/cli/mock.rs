@@ -33,71 +33,15 @@ pub enum MockService {
     Kafka(KafkaMockArgs),
 }
 
+/// What every fake server takes: where it listens, its certificate, its behaviour.
 #[derive(Debug, Args)]
 #[command(mut_arg("threads", |a| a.default_value("1").help(THREADS_HELP)))]
-pub struct ApnsArgs {
-    /// TLS listener (HTTP/2, with or without ALPN); "off" for none.
+pub struct ServerFlags {
+    /// TLS listener (HTTP/2 by ALPN, or with prior knowledge; FCM also HTTP/1.1); "off" for
+    /// none.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen: String,
-    /// Cleartext HTTP/2 (prior knowledge) listener; "off" for none.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    pub listen_h2c: String,
-    /// Admin HTTP/1.1 endpoint (GET /stats, POST /reset); "off" for none.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    pub admin: String,
-    /// Require `Authorization: Bearer TOKEN` on the admin endpoint (401 without it).
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "PUSHER_MOCK_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-    /// Server certificate chain (PEM); a certificate is generated when absent.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// Server private key (PEM).
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
-    /// Write the CA clients must trust to this file (default: a file in the temp directory).
-    #[arg(long, value_name = "FILE")]
-    pub ca_out: Option<PathBuf>,
-    /// Require client certificates signed by this CA (mutual TLS), unless a JWT key is set
-    /// and the request carries a valid token.
-    #[arg(long, value_name = "FILE")]
-    pub client_ca: Option<PathBuf>,
-    /// Accept JWTs from this key: KEYID:TEAMID:PUBKEY.pem (repeatable). Without any (and
-    /// without --client-ca) auth is not checked.
-    #[arg(long, value_name = "KEYID:TEAMID:PEM")]
-    pub jwt_key: Vec<String>,
-    /// Accept requests without `apns-push-type` (by default they get 400 InvalidPushType, as
-    /// watchOS and strict APNs servers answer).
-    #[arg(long)]
-    pub push_type_optional: bool,
-    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients.
-    #[arg(long, default_value_t = 1000)]
-    pub max_streams: u32,
-    /// Behaviour profile: a built-in name (happy, flaky, throttled, outage, goaway, resets,
-    /// stall), mock-services/<NAME>.yaml, or a YAML file.
-    #[arg(long, value_name = "NAME|FILE", default_value = "happy")]
-    pub profile: String,
-    /// Seed for the profile's random draws (overrides the profile's own).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Remember up to N distinct delivered tokens (shown as tokens_recorded in /stats).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub record_tokens: usize,
-    #[command(flatten)]
-    pub threads: ThreadsFlag,
-}
-
-#[derive(Debug, Args)]
-#[command(mut_arg("threads", |a| a.default_value("1").help(THREADS_HELP)))]
-pub struct GcmArgs {
-    /// TLS listener (HTTP/2 by ALPN, and HTTP/1.1); "off" for none.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    pub listen: String,
-    /// Cleartext listener (HTTP/2 with prior knowledge, and HTTP/1.1); "off" for none.
+    /// Cleartext listener (HTTP/2 with prior knowledge; FCM also HTTP/1.1); "off" for none.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen_h2c: String,
     /// Admin HTTP/1.1 endpoint (GET /stats, POST /reset); "off" for none.
@@ -123,18 +67,71 @@ pub struct GcmArgs {
     /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to HTTP/2 clients.
     #[arg(long, default_value_t = 1000)]
     pub max_streams: u32,
-    /// Behaviour profile: a built-in name, mock-services/<NAME>.yaml, or a YAML file. APNs
-    /// reason names in its error mix are mapped to the FCM codes that mean the same.
+    /// Behaviour profile: a built-in name (happy, flaky, throttled, outage, goaway, resets,
+    /// stall), mock-services/<NAME>.yaml, or a YAML file. For FCM, APNs reason names in its
+    /// error mix are mapped to the FCM codes that mean the same.
     #[arg(long, value_name = "NAME|FILE", default_value = "happy")]
     pub profile: String,
     /// Seed for the profile's random draws (overrides the profile's own).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Remember up to N distinct delivered tokens (shown as tokens_recorded in /stats).
-    #[arg(long, value_name = "N", default_value = "0")]
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub record_tokens: usize,
     #[command(flatten)]
     pub threads: ThreadsFlag,
+}
+
+impl ServerFlags {
+    /// A server's configuration from these flags (APNs specifics at their defaults).
+    fn config(&self) -> anyhow::Result<MockConfig> {
+        let mut profile = Profile::load(&self.profile)?;
+        if self.seed.is_some() {
+            profile.seed = self.seed;
+        }
+        Ok(MockConfig {
+            tls_listen: listen_addr("listen", &self.listen)?,
+            h2c_listen: listen_addr("listen-h2c", &self.listen_h2c)?,
+            admin_listen: listen_addr("admin", &self.admin)?,
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            server_cert: match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => ServerCert::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                _ => ServerCert::Generate,
+            },
+            client_ca_pem: None,
+            max_streams: self.max_streams,
+            profile,
+            record_tokens: self.record_tokens,
+            apns: ApnsOptions::default(),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ApnsArgs {
+    #[command(flatten)]
+    pub server: ServerFlags,
+    /// Require client certificates signed by this CA (mutual TLS), unless a JWT key is set
+    /// and the request carries a valid token.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Accept JWTs from this key: KEYID:TEAMID:PUBKEY.pem (repeatable). Without any (and
+    /// without --client-ca) auth is not checked.
+    #[arg(long, value_name = "KEYID:TEAMID:PEM")]
+    pub jwt_key: Vec<String>,
+    /// Accept requests without `apns-push-type` (by default they get 400 InvalidPushType, as
+    /// watchOS and strict APNs servers answer).
+    #[arg(long)]
+    pub push_type_optional: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcmArgs {
+    #[command(flatten)]
+    pub server: ServerFlags,
     #[command(flatten)]
     pub fcm: FcmFlags,
 }
@@ -214,9 +211,9 @@ fn listen_addr(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
 
 fn run_apns(args: ApnsArgs) -> anyhow::Result<ExitCode> {
     let config = apns_config(&args)?;
-    runtime(&args.threads)?.block_on(async move {
+    runtime(&args.server.threads)?.block_on(async move {
         let server = MockServer::start(config).await?;
-        let ca_path = write_ca(&server, args.ca_out.as_ref(), "apns")?;
+        let ca_path = write_ca(&server, args.server.ca_out.as_ref(), "apns")?;
         let line = serde_json::json!({
             "apns": {
                 "tls": server.tls_addr().map(|a| a.to_string()),
@@ -236,10 +233,6 @@ fn run_apns(args: ApnsArgs) -> anyhow::Result<ExitCode> {
 
 /// The fake APNs server's configuration from its flags.
 fn apns_config(args: &ApnsArgs) -> anyhow::Result<MockConfig> {
-    let mut profile = Profile::load(&args.profile)?;
-    if args.seed.is_some() {
-        profile.seed = args.seed;
-    }
     let jwt_keys = args
         .jwt_key
         .iter()
@@ -251,30 +244,15 @@ fn apns_config(args: &ApnsArgs) -> anyhow::Result<MockConfig> {
         }
         None => None,
     };
-    let server_cert = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => ServerCert::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-        },
-        _ => ServerCert::Generate,
-    };
-    let config = MockConfig {
-        tls_listen: listen_addr("listen", &args.listen)?,
-        h2c_listen: listen_addr("listen-h2c", &args.listen_h2c)?,
-        admin_listen: listen_addr("admin", &args.admin)?,
-        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
-        server_cert,
+    Ok(MockConfig {
         client_ca_pem,
-        max_streams: args.max_streams,
-        profile,
-        record_tokens: args.record_tokens,
         apns: ApnsOptions {
             jwt_keys,
             require_push_type: !args.push_type_optional,
             ..ApnsOptions::default()
         },
-    };
-    Ok(config)
+        ..args.server.config()?
+    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -285,16 +263,6 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
-}
-
-fn server_cert(cert: &Option<PathBuf>, key: &Option<PathBuf>) -> ServerCert {
-    match (cert, key) {
-        (Some(cert), Some(key)) => ServerCert::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-        },
-        _ => ServerCert::Generate,
-    }
 }
 
 /// Writes the CA a client must trust (when there is a TLS listener) and returns its path.
@@ -351,26 +319,11 @@ fn runtime(threads: &ThreadsFlag) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run_gcm(args: GcmArgs) -> anyhow::Result<ExitCode> {
-    let mut profile = Profile::load(&args.profile)?;
-    if args.seed.is_some() {
-        profile.seed = args.seed;
-    }
-    let config = MockConfig {
-        tls_listen: listen_addr("listen", &args.listen)?,
-        h2c_listen: listen_addr("listen-h2c", &args.listen_h2c)?,
-        admin_listen: listen_addr("admin", &args.admin)?,
-        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
-        server_cert: server_cert(&args.cert, &args.key),
-        client_ca_pem: None,
-        max_streams: args.max_streams,
-        profile,
-        record_tokens: args.record_tokens,
-        apns: ApnsOptions::default(),
-    };
+    let config = args.server.config()?;
     let handler = FcmHandler::new(args.fcm.options());
-    runtime(&args.threads)?.block_on(async move {
+    runtime(&args.server.threads)?.block_on(async move {
         let server = MockServer::start_with(config, handler).await?;
-        let ca = write_ca(&server, args.ca_out.as_ref(), "fcm")?;
+        let ca = write_ca(&server, args.server.ca_out.as_ref(), "fcm")?;
         print_line(&serde_json::json!({
             "fcm": fcm_line(&server, ca),
             "admin": server.admin_addr().map(|a| a.to_string()),
@@ -394,10 +347,10 @@ fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
         ..apns.clone()
     };
     let handler = FcmHandler::new(args.fcm.options());
-    runtime(&args.apns.threads)?.block_on(async move {
+    runtime(&args.apns.server.threads)?.block_on(async move {
         let apns_server = MockServer::start(apns).await?;
         let fcm_server = MockServer::start_with(fcm, handler).await?;
-        let apns_ca = write_ca(&apns_server, args.apns.ca_out.as_ref(), "apns")?;
+        let apns_ca = write_ca(&apns_server, args.apns.server.ca_out.as_ref(), "apns")?;
         let fcm_ca = write_ca(&fcm_server, args.fcm_ca_out.as_ref(), "fcm")?;
         let mut fcm_with_admin = fcm_line(&fcm_server, fcm_ca);
         fcm_with_admin["admin"] = serde_json::json!(fcm_server.admin_addr().map(|a| a.to_string()));
