@@ -146,13 +146,18 @@ struct Kill {
 }
 
 /// Starts the pusher, SIGKILLs it when the fake's answer count reaches each of `kills` random
-/// targets, restarts it each time, and finally lets it finish and stops it gracefully.
+/// targets, restarts it each time, and finally lets it finish and stops it gracefully: once
+/// every token was delivered *and* the group's commits reach the partition ends (`caught_up`).
+/// Every token delivered is not enough: a partition the last dead process held stays with it
+/// until its session times out, and its uncommitted messages (delivered before the kill) are
+/// redone only then.
 async fn kill_and_restart(
     fake: &Fake,
     run: &PusherRun<'_>,
     count: u64,
     kills: usize,
     rng: &mut StdRng,
+    caught_up: impl Fn() -> bool,
 ) -> Vec<Kill> {
     // Random moments, measured in answers (time would depend on the machine's speed).
     let mut targets: Vec<u64> = (0..kills)
@@ -193,6 +198,14 @@ async fn kill_and_restart(
             p.delivered_distinct() >= count
         })
         .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !caught_up() {
+        assert!(
+            Instant::now() < deadline,
+            "the group's commits did not reach the partition ends within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stop_gracefully(child);
     report
 }
@@ -293,7 +306,11 @@ async fn chaos_mock(count: u64, partitions: i32, kills: usize) {
         env: vec![],
     };
     let started = Instant::now();
-    let report = kill_and_restart(&fake, &run, count, kills, &mut rng).await;
+    let caught_up = || {
+        committed_offsets(&brokers, &group, &topic, partitions)
+            == partition_ends(&brokers, &topic, partitions)
+    };
+    let report = kill_and_restart(&fake, &run, count, kills, &mut rng, caught_up).await;
     println!(
         "{count} messages through {} kills in {:?}",
         kills,
@@ -441,7 +458,11 @@ async fn tansu_sigkill_at_random_moments_loses_nothing() {
         in_flight: IN_FLIGHT,
         env: vec![],
     };
-    let report = kill_and_restart(&fake, &run, TANSU_MESSAGES, 5, &mut rng).await;
+    let caught_up = || {
+        committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS)
+            == partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS)
+    };
+    let report = kill_and_restart(&fake, &run, TANSU_MESSAGES, 5, &mut rng, caught_up).await;
     let committed = committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS);
     let ends = partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS);
     check("tansu", &fake, &tokens, &committed, &ends, &report);

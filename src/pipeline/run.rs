@@ -299,6 +299,20 @@ pub async fn run(
             message.partition(),
             message.offset(),
         );
+        // A slot of the message's app first: at most `max_in_flight` of an app's messages are
+        // held. Taken before the message is started, so that a stop while waiting for it
+        // leaves nothing started and never handled (its partition's commits would stop
+        // there). A topic of no app of ours gets none: `handle` leaves it unfinished.
+        // The topic's app, looked up once here for the slot and the message task both.
+        let app = topic_app(&shared, &topic);
+        let app_permits = app.as_ref().and_then(|(app, _)| permits.get(app).cloned());
+        let permit = match app_permits {
+            Some(p) => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = p.acquire_owned() => match p { Ok(p) => Some(p), Err(_) => break },
+            },
+            None => None,
+        };
         // Never skip a message: a later commit would pass over it. A full window (a slow
         // message at the head of its partition) is backpressure: wait for it to move.
         let started = loop {
@@ -318,18 +332,6 @@ pub async fn run(
             tracing::debug!(error = %e, "Message not started.");
             continue;
         }
-        // A slot of the message's app: at most `max_in_flight` of an app's messages are held.
-        // (A topic of no app of ours gets none: `handle` leaves it unfinished.)
-        // The topic's app, looked up once here for the slot and the message task both.
-        let app = topic_app(&shared, &topic);
-        let app_permits = app.as_ref().and_then(|(app, _)| permits.get(app).cloned());
-        let permit = match app_permits {
-            Some(p) => tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = p.acquire_owned() => match p { Ok(p) => Some(p), Err(_) => break },
-            },
-            None => None,
-        };
         counters.consumed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::telemetry::names::CONSUMED, "platform" => spec.platform.as_str())
             .increment(1);
