@@ -514,6 +514,38 @@ fn produce_paced(
     })
 }
 
+/// Tansu, a fresh topic that messages keep arriving on (500 a second at most: 20 s of
+/// producing, so what a test does to the fleet or the broker lands while it goes on), and the
+/// fake they go to.
+struct Producing {
+    tansu: Tansu,
+    app: String,
+    topic: String,
+    tokens: HashSet<String>,
+    producing: tokio::task::JoinHandle<()>,
+    fake: Fake,
+}
+
+async fn tansu_producing(name: &str, seed: u64) -> Producing {
+    let (tansu, app, topic, messages, tokens) = tansu_setup(name, seed).await;
+    let producing = produce_paced(
+        &tansu.bootstrap,
+        &topic,
+        messages,
+        100,
+        Duration::from_millis(200),
+    );
+    let fake = fake(TANSU_MESSAGES).await;
+    Producing {
+        tansu,
+        app,
+        topic,
+        tokens,
+        producing,
+        fake,
+    }
+}
+
 /// The broker is stopped and started again (same port, same SQLite data) twice while messages
 /// are still being produced and the pusher works through them: the pusher stays up, and once
 /// the broker is back every message is delivered and committed. Duplicates are bounded by what
@@ -529,16 +561,14 @@ async fn tansu_broker_restarted_under_load_loses_nothing() {
     let seed = seed();
     println!("chaos seed {seed} (PUSHER_CHAOS_SEED={seed} replays it)");
     let mut rng = StdRng::seed_from_u64(seed);
-    let (tansu, app, topic, messages, tokens) = tansu_setup("tbroker", seed).await;
-    // 500 messages/s at most: 20 s of producing, so both restarts land while it goes on.
-    let producing = produce_paced(
-        &tansu.bootstrap,
-        &topic,
-        messages,
-        100,
-        Duration::from_millis(200),
-    );
-    let fake = fake(TANSU_MESSAGES).await;
+    let Producing {
+        tansu,
+        app,
+        topic,
+        tokens,
+        producing,
+        fake,
+    } = tansu_producing("tbroker", seed).await;
     let group = format!("chaos-{app}");
     let run = PusherRun {
         app: &app,
@@ -632,16 +662,14 @@ async fn tansu_fleet_rebalances_as_members_join_and_die() {
     let seed = seed();
     println!("chaos seed {seed} (PUSHER_CHAOS_SEED={seed} replays it)");
     let mut rng = StdRng::seed_from_u64(seed);
-    let (tansu, app, topic, messages, tokens) = tansu_setup("tfleet", seed).await;
-    // 500 messages/s at most: 20 s of producing, so the join and the kill land while it goes on.
-    let producing = produce_paced(
-        &tansu.bootstrap,
-        &topic,
-        messages,
-        100,
-        Duration::from_millis(200),
-    );
-    let fake = fake(TANSU_MESSAGES).await;
+    let Producing {
+        tansu,
+        app,
+        topic,
+        tokens,
+        producing,
+        fake,
+    } = tansu_producing("tfleet", seed).await;
     let group = format!("fleet-{app}");
     let run = PusherRun {
         app: &app,
