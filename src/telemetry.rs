@@ -182,6 +182,12 @@ pub mod names {
     pub const CONSUMED: &str = "pusher_consumed_total";
     /// Messages behind the high watermark, summed over assigned partitions.
     pub const CONSUMER_LAG: &str = "pusher_consumer_lag";
+    /// `pusher api` requests, labelled route and status.
+    pub const API_REQUESTS: &str = "pusher_api_requests_total";
+    /// `pusher api` request latency, seconds; labelled route.
+    pub const API_LATENCY: &str = "pusher_api_request_seconds";
+    /// Messages `pusher api` wrote to the push topics, labelled app and platform.
+    pub const API_ACCEPTED: &str = "pusher_api_accepted_total";
     /// The seed's StatsD counters.
     pub const STATSD_SENT: &str = "sent";
     pub const STATSD_ACK: &str = "ack";
@@ -200,15 +206,8 @@ pub async fn serve_prometheus(
 ) -> Result<std::net::SocketAddr, TelemetryError> {
     use http_body_util::Full;
     use hyper::{body::Bytes, Response};
-    use metrics_exporter_prometheus::PrometheusBuilder;
 
-    let handle = PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ])
-        .map_err(|e| TelemetryError::Prometheus(e.to_string()))?
-        .install_recorder()
-        .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
+    let handle = prometheus()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| TelemetryError::Bind {
@@ -265,9 +264,29 @@ pub async fn serve_prometheus(
     Ok(addr)
 }
 
+/// The Prometheus recorder of this process, installed on first use (every server of the
+/// process renders the same one).
+pub fn prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, TelemetryError> {
+    use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+    static HANDLE: parking_lot::Mutex<Option<PrometheusHandle>> = parking_lot::Mutex::new(None);
+    let mut slot = HANDLE.lock();
+    if let Some(handle) = slot.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
+        .map_err(|e| TelemetryError::Prometheus(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
+    *slot = Some(handle.clone());
+    Ok(handle)
+}
+
 /// `/healthz`: 200 `ok`, or 503 with what is wrong as JSON (`{"status":"unhealthy",
 /// "problems":{"endpoint apns game":"connect_error: ..."}}`).
-fn healthz() -> (u16, String) {
+pub fn healthz() -> (u16, String) {
     let problems = health::problems();
     if problems.is_empty() {
         return (200, "ok\n".to_string());

@@ -7,8 +7,10 @@
 //! 1. `sender` (the sender core), `mock` (fake servers, mock Kafka) and `gen` (generator): each
 //!    sees layer 0 only, never the others, so a sender bug cannot hide in the fakes.
 //! 2. `pipeline` (`pusher run`): sender and below.
-//! 3. `report` (report data, gate, HTML): layer 0 only; bench and replay fill it.
-//! 4. `bench`: pipeline, report, mock, gen, sender and below.
+//! 3. `report` (report data, gate, HTML): layer 0 only; bench and replay fill it. `platform`
+//!    (the HTTP API, the route and results consumers, their PostgreSQL store): pipeline and
+//!    below (it shares the pipeline's PostgreSQL pool and Kafka conventions).
+//! 4. `bench`: platform, pipeline, report, mock, gen, sender and below.
 //! 5. `replay`: bench and below (its pacer and report are bench's).
 //! 6. `cli`: everything; nothing imports it.
 //!
@@ -32,6 +34,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("gen", 1),
     ("pipeline", 2),
     ("report", 3),
+    ("platform", 3),
     ("bench", 4),
     ("replay", 5),
     ("cli", 6),

@@ -3,6 +3,7 @@
 //! config) into the plain settings values the library takes; nothing below this module sees
 //! clap.
 
+pub mod api;
 pub mod bench;
 pub mod flags;
 pub mod gen;
@@ -69,6 +70,8 @@ pub enum Command {
     Replay(Box<replay::ReplayArgs>),
     /// Compare reports of bench and replay runs.
     Report(report::ReportArgs),
+    /// The platform's HTTP API: gorush-compatible pushes into Kafka.
+    Api(api::ApiArgs),
     /// Print the version.
     Version,
 }
@@ -86,6 +89,7 @@ impl Command {
             Command::Bench(_) => "bench",
             Command::Replay(_) => "replay",
             Command::Report(_) => "report",
+            Command::Api(_) => "api",
             Command::Version => "version",
         }
     }
@@ -174,6 +178,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(*args),
         Command::Replay(args) => replay::run(*args),
         Command::Report(args) => report::run(args),
+        Command::Api(args) => api::run(args),
         Command::Version => {
             println!("pusher {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -192,7 +192,7 @@ fn run_platform(
     production: bool,
     overrides: &[(String, String)],
 ) -> anyhow::Result<ExitCode> {
-    let config = load_config(flags, overrides);
+    let config = load_config(flags.config.as_deref(), overrides);
     // Sentry first, so that a failure to start is reported too; when the config itself is bad,
     // its URL can only come from the environment.
     let dsn = match &config {
@@ -207,12 +207,15 @@ fn run_platform(
     result
 }
 
-fn load_config(flags: &RunFlags, overrides: &[(String, String)]) -> anyhow::Result<Validated> {
-    // The seed's default path, when it is there; an explicit --config must exist.
+/// The config: `file` (which must exist), else `./config/default.yaml` when it is there (the
+/// seed's default path), else the built-in defaults; then the environment and `overrides`.
+pub(super) fn load_config(
+    file: Option<&std::path::Path>,
+    overrides: &[(String, String)],
+) -> anyhow::Result<Validated> {
     let default = PathBuf::from("./config/default.yaml");
-    let path = flags
-        .config
-        .clone()
+    let path = file
+        .map(std::path::Path::to_path_buf)
         .or_else(|| default.is_file().then_some(default));
     let config = Config::load_with(path.as_deref(), std::env::vars(), overrides)?;
     Ok(config.validate()?)
@@ -468,7 +471,7 @@ fn outputs(platform: Platform, config: &Validated) -> anyhow::Result<(Outputs, B
     Ok((outputs, background))
 }
 
-async fn stop_on_signal(stop: CancellationToken) {
+pub(super) async fn stop_on_signal(stop: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -3,7 +3,7 @@
 //! a key's default value says how an override's text is read ([`Kind`]). The unknown-key check
 //! and the environment names both come from this tree.
 
-use super::schema::{ApnsCert, Config, GcmCert, Secret, SeedKey, SEED_KEYS};
+use super::schema::{ApiKey, ApnsCert, Config, GcmCert, Secret, SeedKey, SEED_KEYS};
 use super::ConfigError;
 use serde_yaml_ng::Value;
 
@@ -59,6 +59,7 @@ impl Keys {
             .gcm
             .firebase_credentials
             .insert(ANY.into(), Secret::default());
+        sample.api.keys.insert(ANY.into(), ApiKey::default());
         let root =
             serde_yaml_ng::to_value(&sample).map_err(|e| ConfigError::Schema(e.to_string()))?;
         Ok(Keys { root })

@@ -64,6 +64,9 @@ pub struct Config {
     /// Most messages in flight (consumed, not yet finished) at once, over all partitions.
     pub in_flight: usize,
     pub sentry: SentryConfig,
+    /// `pusher api`: the platform's HTTP API (DESIGN.md §10). Its state (idempotency keys,
+    /// notifications) lives in the `invalidToken.pg` database, beside the token tables.
+    pub api: ApiConfig,
     /// The seed's keys that were set and are ignored (filled by the loader, not a key).
     #[serde(skip)]
     pub seed_keys: Vec<SeedKey>,
@@ -81,6 +84,7 @@ impl Default for Config {
             graceful_shutdown_timeout: Duration::from_secs(30),
             in_flight: 1000,
             sentry: SentryConfig::default(),
+            api: ApiConfig::default(),
             seed_keys: Vec::new(),
         }
     }
@@ -491,6 +495,54 @@ pub struct SentryConfig {
     /// The DSN holds a key: a secret.
     #[serde(deserialize_with = "non_empty")]
     pub url: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApiConfig {
+    /// `host:port` the API listens on (loopback unless told otherwise).
+    pub listen: String,
+    /// Who may call, by a name for each key: `keys: {game-backend: {app: game, key: ...}}`
+    /// (`PUSHER_API_KEYS_<NAME>_KEY`). The app a request is for comes from its key.
+    pub keys: BTreeMap<String, ApiKey>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most notifications in one request (gorush's `core.max_notification`).
+    pub max_notifications: usize,
+    /// Most tokens over all notifications of one request (every token is one Kafka record).
+    pub max_tokens: usize,
+    /// Requests per second each key may make, per `pusher api` process.
+    pub rate_per_second: u32,
+    /// Requests a key may make at once above its rate.
+    pub burst: u32,
+    /// How long a request waits for Kafka to acknowledge its records before it is answered
+    /// 503 (a bare number is seconds).
+    #[serde(with = "secs")]
+    pub produce_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8088".to_owned(),
+            keys: BTreeMap::new(),
+            max_body_bytes: 1 << 20,
+            max_notifications: 100,
+            max_tokens: 10_000,
+            rate_per_second: 1000,
+            burst: 200,
+            produce_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One API key and the app it may push for.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ApiKey {
+    pub app: String,
+    #[serde(deserialize_with = "non_empty")]
+    pub key: Option<Secret>,
 }
 
 /// A blank string is no value (`PUSHER_QUEUE_GROUP=` unsets the group, `pass: ""` is no

@@ -230,7 +230,7 @@ fn unknown_keys_name_the_nearest_valid_key() {
         (
             "zzz: 1\n",
             "config file t.yaml: zzz: unknown key (valid here: queue, apns, gcm, feedback, stats, \
-             invalidToken, gracefulShutdownTimeout, inFlight, sentry)",
+             invalidToken, gracefulShutdownTimeout, inFlight, sentry, api)",
         ),
         (
             "log:\n  levl: debug\n",
@@ -847,4 +847,43 @@ fn debug_and_serialize_show_no_secret() {
         assert!(!printed.contains(secret), "{secret} leaked");
     }
     assert!(printed.contains("<redacted>"));
+}
+
+#[test]
+fn api_keys_come_from_the_file_or_the_environment_and_are_checked() {
+    let c =
+        from_yaml("api:\n  keys:\n    backend:\n      app: game\n      key: 0123456789abcdef0\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+    assert_eq!(c.api.keys["backend"].app, "game");
+    assert_eq!(
+        c.api.keys["backend"].key.as_ref().map(Secret::expose),
+        Some("0123456789abcdef0")
+    );
+    // Never printed.
+    assert!(!format!("{c:?}").contains("0123456789abcdef0"));
+    let c = from_env(&[
+        ("PUSHER_API_KEYS_OPS_APP", "game"),
+        ("PUSHER_API_KEYS_OPS_KEY", "fedcba98765432100"),
+        ("PUSHER_API_RATEPERSECOND", "5"),
+    ])
+    .unwrap();
+    assert_eq!(c.api.keys["ops"].app, "game");
+    assert_eq!(c.api.rate_per_second, 5);
+    let problems = [
+        ("api:\n  keys:\n    a:\n      app: game\n", "api.keys.a.key: required"),
+        ("api:\n  keys:\n    a:\n      app: game\n      key: short\n", "api.keys.a.key: at least 16"),
+        ("api:\n  keys:\n    a:\n      app: \"g g\"\n      key: 0123456789abcdef0\n", "api.keys.a.app: app name"),
+        ("api:\n  listen: nowhere\n", "api.listen:"),
+        ("api:\n  maxNotifications: 0\n", "api.maxNotifications: must be >= 1"),
+        (
+            "api:\n  keys:\n    a: {app: g, key: 0123456789abcdef0}\n    b: {app: h, key: 0123456789abcdef0}\n",
+            "api.keys.b.key: the same key as another name",
+        ),
+    ];
+    for (yaml, expected) in problems {
+        let err = from_yaml(yaml).unwrap().validate().unwrap_err().to_string();
+        assert!(err.starts_with(expected), "{yaml}: {err}");
+    }
 }

@@ -89,7 +89,53 @@ impl Config {
         }
         self.validate_apns()?;
         self.validate_gcm()?;
-        self.validate_outputs()
+        self.validate_outputs()?;
+        self.validate_api()
+    }
+
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        let a = &self.api;
+        a.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            invalid(
+                "api.listen",
+                format!("{:?} is not an ip:port address", a.listen),
+            )
+        })?;
+        for (key, value) in [
+            ("api.maxBodyBytes", a.max_body_bytes),
+            ("api.maxNotifications", a.max_notifications),
+            ("api.maxTokens", a.max_tokens),
+            ("api.ratePerSecond", a.rate_per_second as usize),
+            ("api.burst", a.burst as usize),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be >= 1"));
+            }
+        }
+        if a.produce_timeout.is_zero() {
+            return Err(invalid("api.produceTimeout", "must be > 0"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (name, key) in &a.keys {
+            check_app_name(&format!("api.keys.{name}.app"), &key.app)?;
+            let secret = key
+                .key
+                .as_ref()
+                .ok_or_else(|| invalid(format!("api.keys.{name}.key"), "required"))?;
+            if secret.expose().len() < 16 {
+                return Err(invalid(
+                    format!("api.keys.{name}.key"),
+                    "at least 16 characters (a guessable key is no key)",
+                ));
+            }
+            if !seen.insert(secret.expose()) {
+                return Err(invalid(
+                    format!("api.keys.{name}.key"),
+                    "the same key as another name: each caller needs its own",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_apns(&self) -> Result<(), ConfigError> {

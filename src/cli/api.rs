@@ -1,0 +1,78 @@
+//! `pusher api`: load the config, create the platform's tables, serve the HTTP API until
+//! SIGINT/SIGTERM (requests in progress are finished, records in flight flushed).
+
+use super::flags::{BrokersFlag, ThreadsFlag};
+use crate::platform::api::{serve, ApiSettings, ApiState};
+use crate::platform::produce::Producer;
+use crate::platform::store::Store;
+use anyhow::{bail, Context};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Config file [default: ./config/default.yaml when it exists, else built-in defaults].
+    /// The API uses `api.*`, `queue.brokers` and the `invalidToken.pg` database.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (api.listen).
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<String>,
+    #[command(flatten)]
+    pub brokers: BrokersFlag,
+    /// Create the platform's tables in PostgreSQL and exit (they are also created at start).
+    #[arg(long)]
+    pub init_db: bool,
+    #[command(flatten)]
+    pub threads: ThreadsFlag,
+}
+
+pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
+    let mut overrides = Vec::new();
+    if let Some(b) = &args.brokers.brokers {
+        overrides.push(("queue.brokers".to_owned(), b.clone()));
+    }
+    if let Some(l) = &args.listen {
+        overrides.push(("api.listen".to_owned(), l.clone()));
+    }
+    let config = super::run::load_config(args.config.as_deref(), &overrides)?;
+    let settings = ApiSettings::from_config(&config);
+    if settings.keys.is_empty() && !args.init_db {
+        bail!(
+            "api.keys: no API key configured, so nobody could call the API \
+             (api.keys.<name>.app and .key, or PUSHER_API_KEYS_<NAME>_APP / _KEY)"
+        );
+    }
+    let store = Store::new(&config.invalid_token.pg)?;
+    let runtime = crate::runtime::build(args.threads.threads, "pusher-api")
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        store
+            .init()
+            .await
+            .context("cannot create the platform's tables (invalidToken.pg)")?;
+        if args.init_db {
+            println!("platform tables ready");
+            return anyhow::Ok(());
+        }
+        let producer = Producer::new(&config.queue.brokers, settings.produce_timeout)?;
+        let state = ApiState::new(settings, producer, store);
+        let listener = tokio::net::TcpListener::bind(&config.api.listen)
+            .await
+            .with_context(|| format!("api.listen: cannot listen on {}", config.api.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, brokers = %config.queue.brokers, "Serving the API.");
+        // The address on stdout too, for scripts that started it on port 0.
+        println!("listening on http://{addr}");
+        let stop = CancellationToken::new();
+        tokio::spawn(super::run::stop_on_signal(stop.clone()));
+        serve(listener, state.clone(), stop).await?;
+        state.flush(Duration::from_secs(10));
+        tracing::info!("Stopped.");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

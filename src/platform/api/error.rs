@@ -1,0 +1,101 @@
+//! Every refusal of `pusher api` as one type, answered as JSON that says what is wrong:
+//! `{"error":"notifications[0].platform: 3 (Huawei) is not supported here ...",
+//! "field":"notifications[0].platform"}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or unknown API key: send Authorization: Bearer <key>")]
+    Unauthorized,
+    #[error("{}", field_message(field, message))]
+    BadRequest {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("request body over {limit} bytes (api.maxBodyBytes)")]
+    TooLarge { limit: usize },
+    #[error("rate limit of this API key reached: retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// The request collides with another one (the same key in flight, a notif_id taken).
+    #[error("{message}")]
+    Conflict { message: String, retry: bool },
+    /// Kafka or PostgreSQL failed: nothing of the request is reported as accepted.
+    #[error("{message}")]
+    Unavailable { message: String },
+    #[error("not found")]
+    NotFound,
+}
+
+fn field_message(field: &Option<String>, message: &str) -> String {
+    match field {
+        Some(f) => format!("{f}: {message}"),
+        None => message.to_owned(),
+    }
+}
+
+impl ApiError {
+    pub fn bad(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::Conflict { retry: true, .. } | ApiError::Unavailable { .. } => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.to_string() });
+        if let ApiError::BadRequest { field: Some(f), .. } = &self {
+            body["field"] = json!(f);
+        }
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// A JSON body's error with the path of the field it is about (`notifications[0].badge`).
+pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let message = match inner.classify() {
+        serde_json::error::Category::Data => inner.to_string(),
+        _ => format!("malformed JSON: {inner}"),
+    };
+    ApiError::BadRequest {
+        field: (path != ".").then_some(path),
+        message,
+    }
+}

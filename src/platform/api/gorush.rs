@@ -1,0 +1,384 @@
+//! gorush's `POST /api/push` (reference/platform-anchors.md §1): its request as types, and each
+//! (notification, token) as one message in this pusher's Kafka format (DESIGN.md §4) with
+//! `metadata.notif_id`. Pure: no I/O, so every rule here has a unit test.
+
+use crate::push::message::{parse_apns, parse_gcm};
+use crate::push::Platform;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// gorush's request body. Unknown fields (gorush's Huawei, `android`, `webpush` blocks, ...)
+/// are accepted and ignored, so a body written for gorush loads unchanged.
+#[derive(Debug, Deserialize)]
+pub struct PushRequest {
+    pub notifications: Vec<Notification>,
+}
+
+/// One gorush notification: the fields this pusher can carry to APNs or FCM.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Notification {
+    pub notif_id: Option<String>,
+    pub tokens: Vec<String>,
+    pub platform: Option<i64>,
+    pub message: Option<String>,
+    pub title: Option<String>,
+    /// `"high"` or `"normal"`.
+    pub priority: Option<String>,
+    pub content_available: bool,
+    pub mutable_content: bool,
+    /// A name, or (iOS critical alerts) an object.
+    pub sound: Option<Value>,
+    pub data: Option<Map<String, Value>>,
+    pub image: Option<String>,
+    // iOS
+    pub topic: Option<String>,
+    pub badge: Option<i64>,
+    pub category: Option<String>,
+    pub alert: Option<Map<String, Value>>,
+    pub push_type: Option<String>,
+    pub collapse_id: Option<String>,
+    /// Accepted, not sent: one `apns-id` for many tokens would make APNs see duplicates.
+    pub apns_id: Option<String>,
+    /// Unix seconds.
+    pub expiration: Option<i64>,
+    pub thread_id: Option<String>,
+    // Android
+    pub time_to_live: Option<u32>,
+    pub collapse_key: Option<String>,
+    pub dry_run: bool,
+}
+
+/// A request problem, naming the field (`notifications[2].platform`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Longest token accepted (an APNs token is 64 hex characters, an FCM one about 160).
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// gorush's platform numbers.
+pub fn platform(n: Option<i64>, field: &str) -> Result<Platform, FieldError> {
+    match n {
+        Some(1) => Ok(Platform::Apns),
+        Some(2) => Ok(Platform::Gcm),
+        Some(3) => Err(FieldError::new(
+            field,
+            "3 (Huawei) is not supported here: 1 is iOS, 2 is Android",
+        )),
+        Some(n) => Err(FieldError::new(
+            field,
+            format!("{n} is no platform: 1 is iOS, 2 is Android"),
+        )),
+        None => Err(FieldError::new(field, "required: 1 is iOS, 2 is Android")),
+    }
+}
+
+/// One notification checked and turned into a record template: the Kafka message with the
+/// token left out, and the distinct tokens it goes to.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub platform: Platform,
+    pub tokens: Vec<String>,
+    template: Map<String, Value>,
+}
+
+impl Prepared {
+    /// The Kafka message for one token, carrying `notif_id` in its metadata.
+    pub fn message(&self, token: &str, notif_id: &str) -> Vec<u8> {
+        let mut message = self.template.clone();
+        let token_key = match self.platform {
+            Platform::Apns => "DeviceToken",
+            Platform::Gcm => "to",
+        };
+        message.insert(token_key.to_owned(), Value::String(token.to_owned()));
+        message.insert("metadata".to_owned(), json!({ "notif_id": notif_id }));
+        // A map of JSON values always serializes.
+        serde_json::to_vec(&message).unwrap_or_default()
+    }
+}
+
+/// Checks notification `i` and builds its template. The template is run through the same
+/// parser `pusher run` uses, so anything accepted here is a message the pusher can send.
+pub fn prepare(i: usize, n: &Notification) -> Result<Prepared, FieldError> {
+    let at = |field: &str| format!("notifications[{i}].{field}");
+    let platform = platform(n.platform, &at("platform"))?;
+    let mut tokens: Vec<String> = Vec::with_capacity(n.tokens.len());
+    for (j, token) in n.tokens.iter().enumerate() {
+        if token.is_empty()
+            || token.len() > MAX_TOKEN_LEN
+            || token.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(FieldError::new(
+                format!("notifications[{i}].tokens[{j}]"),
+                format!("not a device token (1 to {MAX_TOKEN_LEN} characters, no spaces)"),
+            ));
+        }
+        if !tokens.contains(token) {
+            tokens.push(token.clone());
+        }
+    }
+    if tokens.is_empty() {
+        return Err(FieldError::new(
+            at("tokens"),
+            "required: at least one token",
+        ));
+    }
+    if let Some(id) = &n.notif_id {
+        if id.is_empty() || id.len() > 200 {
+            return Err(FieldError::new(at("notif_id"), "1 to 200 characters"));
+        }
+    }
+    let empty = n.message.as_deref().is_none_or(str::is_empty)
+        && n.title.as_deref().is_none_or(str::is_empty)
+        && n.alert.as_ref().is_none_or(Map::is_empty)
+        && n.data.as_ref().is_none_or(Map::is_empty)
+        && !n.content_available;
+    if empty {
+        return Err(FieldError::new(
+            at("message"),
+            "required (or title, alert, data, content_available)",
+        ));
+    }
+    let priority = match n.priority.as_deref() {
+        None | Some("") => None,
+        Some(p @ ("high" | "normal")) => Some(p),
+        Some(other) => {
+            return Err(FieldError::new(
+                at("priority"),
+                format!("{other:?}: high or normal"),
+            ))
+        }
+    };
+    let template = match platform {
+        Platform::Apns => apns_template(n, priority),
+        Platform::Gcm => gcm_template(n, priority),
+    };
+    let prepared = Prepared {
+        platform,
+        tokens,
+        template,
+    };
+    let sample = prepared.message(&prepared.tokens[0], "check");
+    let parsed = match platform {
+        Platform::Apns => parse_apns(&sample).map(|_| ()),
+        Platform::Gcm => parse_gcm(&sample).map(|_| ()),
+    };
+    parsed.map_err(|e| FieldError::new(format!("notifications[{i}]"), e.to_string()))?;
+    Ok(prepared)
+}
+
+/// gorush's APNs payload: `aps` from the notification's fields, `data` at the top level.
+fn apns_template(n: &Notification, priority: Option<&str>) -> Map<String, Value> {
+    let mut aps = Map::new();
+    let title = n.title.as_deref().filter(|t| !t.is_empty());
+    let body = n.message.as_deref().filter(|m| !m.is_empty());
+    match (&n.alert, title) {
+        (Some(alert), _) if !alert.is_empty() => {
+            let mut alert = alert.clone();
+            if let Some(t) = title {
+                alert.entry("title").or_insert_with(|| json!(t));
+            }
+            if let Some(b) = body {
+                alert.entry("body").or_insert_with(|| json!(b));
+            }
+            aps.insert("alert".into(), Value::Object(alert));
+        }
+        (_, Some(t)) => {
+            aps.insert(
+                "alert".into(),
+                json!({"title": t, "body": body.unwrap_or("")}),
+            );
+        }
+        _ => {
+            if let Some(b) = body {
+                aps.insert("alert".into(), json!(b));
+            }
+        }
+    }
+    if let Some(badge) = n.badge {
+        aps.insert("badge".into(), json!(badge));
+    }
+    if let Some(sound) = n.sound.as_ref().filter(|s| !s.is_null()) {
+        aps.insert("sound".into(), sound.clone());
+    }
+    if let Some(category) = &n.category {
+        aps.insert("category".into(), json!(category));
+    }
+    if let Some(thread) = &n.thread_id {
+        aps.insert("thread-id".into(), json!(thread));
+    }
+    if n.content_available {
+        aps.insert("content-available".into(), json!(1));
+    }
+    if n.mutable_content {
+        aps.insert("mutable-content".into(), json!(1));
+    }
+    let mut payload = n.data.clone().unwrap_or_default();
+    payload.insert("aps".into(), Value::Object(aps));
+    let mut message = Map::new();
+    message.insert("Payload".into(), Value::Object(payload));
+    let mut set = |key: &str, value: Option<Value>| {
+        if let Some(v) = value {
+            message.insert(key.into(), v);
+        }
+    };
+    set("topic", n.topic.clone().map(Value::String));
+    set("push_type", n.push_type.clone().map(Value::String));
+    set("collapse_id", n.collapse_id.clone().map(Value::String));
+    set(
+        "expiration",
+        n.expiration.filter(|e| *e > 0).map(|e| json!(e)),
+    );
+    set(
+        "priority",
+        priority.map(|p| json!(if p == "high" { 10 } else { 5 })),
+    );
+    message
+}
+
+/// The legacy GCM fields the pusher sends through FCM v1.
+fn gcm_template(n: &Notification, priority: Option<&str>) -> Map<String, Value> {
+    let mut message = Map::new();
+    let mut notification = Map::new();
+    if let Some(t) = n.title.as_deref().filter(|t| !t.is_empty()) {
+        notification.insert("title".into(), json!(t));
+    }
+    if let Some(b) = n.message.as_deref().filter(|m| !m.is_empty()) {
+        notification.insert("body".into(), json!(b));
+    }
+    if let Some(sound) = n.sound.as_ref().and_then(Value::as_str) {
+        notification.insert("sound".into(), json!(sound));
+    }
+    if let Some(image) = &n.image {
+        notification.insert("image_url".into(), json!(image));
+    }
+    if !notification.is_empty() {
+        message.insert("notification".into(), Value::Object(notification));
+    }
+    if let Some(data) = n.data.as_ref().filter(|d| !d.is_empty()) {
+        message.insert("data".into(), Value::Object(data.clone()));
+    }
+    if let Some(ttl) = n.time_to_live {
+        message.insert("time_to_live".into(), json!(ttl));
+    }
+    if let Some(key) = &n.collapse_key {
+        message.insert("collapse_key".into(), json!(key));
+    }
+    if let Some(p) = priority {
+        message.insert("priority".into(), json!(p));
+    }
+    if n.content_available {
+        message.insert("content_available".into(), json!(true));
+    }
+    if n.dry_run {
+        message.insert("dry_run".into(), json!(true));
+    }
+    message
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn one(body: Value) -> Result<Prepared, FieldError> {
+        let n: Notification = serde_json::from_value(body).unwrap();
+        prepare(0, &n)
+    }
+
+    #[test]
+    fn ios_message_as_gorush_builds_it() {
+        let p = one(
+            json!({"tokens":["t1","t1","t2"],"platform":1,"title":"Hi","message":"Hello",
+            "badge":3,"sound":"default","topic":"com.example","priority":"normal",
+            "data":{"k":"v"},"content_available":true,"collapse_id":"c"}),
+        )
+        .unwrap();
+        assert_eq!(p.tokens, ["t1", "t2"]);
+        let m: Value = serde_json::from_slice(&p.message("t1", "n-1")).unwrap();
+        assert_eq!(
+            m,
+            json!({"DeviceToken":"t1","metadata":{"notif_id":"n-1"},"topic":"com.example",
+                "collapse_id":"c","priority":5,
+                "Payload":{"k":"v","aps":{"alert":{"title":"Hi","body":"Hello"},"badge":3,
+                    "sound":"default","content-available":1}}})
+        );
+        let parsed = parse_apns(&p.message("t1", "n-1")).unwrap();
+        assert_eq!(parsed.notification.token, "t1");
+    }
+
+    #[test]
+    fn android_message_as_gorush_builds_it() {
+        let p = one(
+            json!({"tokens":["a"],"platform":2,"message":"Hello","title":"T",
+            "data":{"n":1},"time_to_live":60,"collapse_key":"k","priority":"high","dry_run":true}),
+        )
+        .unwrap();
+        let m: Value = serde_json::from_slice(&p.message("a", "n-2")).unwrap();
+        assert_eq!(
+            m,
+            json!({"to":"a","metadata":{"notif_id":"n-2"},
+                "notification":{"title":"T","body":"Hello"},"data":{"n":1},"time_to_live":60,
+                "collapse_key":"k","priority":"high","dry_run":true})
+        );
+        assert!(parse_gcm(&p.message("a", "n-2")).unwrap().dry_run);
+    }
+
+    #[test]
+    fn bad_notifications_name_their_field() {
+        let cases = [
+            (
+                json!({"tokens":["a"],"platform":3,"message":"m"}),
+                "notifications[0].platform",
+            ),
+            (
+                json!({"tokens":["a"],"platform":9,"message":"m"}),
+                "notifications[0].platform",
+            ),
+            (
+                json!({"tokens":["a"],"message":"m"}),
+                "notifications[0].platform",
+            ),
+            (
+                json!({"tokens":[],"platform":1,"message":"m"}),
+                "notifications[0].tokens",
+            ),
+            (
+                json!({"tokens":["a b"],"platform":1,"message":"m"}),
+                "notifications[0].tokens[0]",
+            ),
+            (
+                json!({"tokens":["a"],"platform":1}),
+                "notifications[0].message",
+            ),
+            (
+                json!({"tokens":["a"],"platform":2,"message":"m","priority":"max"}),
+                "notifications[0].priority",
+            ),
+            (
+                json!({"tokens":["a"],"platform":1,"message":"x".repeat(5000)}),
+                "notifications[0]",
+            ),
+            (
+                json!({"tokens":["a"],"platform":1,"message":"m","push_type":"shout"}),
+                "notifications[0]",
+            ),
+        ];
+        for (body, field) in cases {
+            let e = one(body.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e:?}");
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! `pusher api`: the platform's HTTP API (DESIGN.md §10) on axum. Stateless: every request's
+//! state is in Kafka (what it accepted) and PostgreSQL (its idempotency key), so more
+//! processes behind a load balancer add up.
+//!
+//! A request is answered only after Kafka acknowledged every record it wrote; anything else is
+//! a 503 and nothing is reported as accepted. A retried request (same `Idempotency-Key`, or the
+//! same `notif_id`) is produced once and answered with the first request's `notif_id`s.
+
+mod auth;
+mod error;
+pub mod gorush;
+
+pub use auth::{ApiKey, Caller};
+pub use error::ApiError;
+
+use super::produce::{Producer, Record};
+use super::store::{ClaimKey, Claimed, Store, StoreError};
+use crate::config::Secret;
+use crate::push::Platform;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// What `pusher api` is told (from `api.*` in the config).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub keys: Vec<ApiKey>,
+    pub max_body_bytes: usize,
+    pub max_notifications: usize,
+    pub max_tokens: usize,
+    pub rate_per_second: u32,
+    pub burst: u32,
+    /// How long Kafka may take to acknowledge a request's records.
+    pub produce_timeout: Duration,
+    /// When set, `/metrics` needs it as a bearer token.
+    pub metrics_token: Option<Secret>,
+}
+
+impl ApiSettings {
+    pub fn from_config(config: &crate::config::Config) -> ApiSettings {
+        let a = &config.api;
+        ApiSettings {
+            keys: a
+                .keys
+                .iter()
+                .filter_map(|(name, k)| {
+                    Some(ApiKey {
+                        name: name.clone(),
+                        app: k.app.clone(),
+                        key: k.key.clone()?,
+                    })
+                })
+                .collect(),
+            max_body_bytes: a.max_body_bytes,
+            max_notifications: a.max_notifications,
+            max_tokens: a.max_tokens,
+            rate_per_second: a.rate_per_second,
+            burst: a.burst,
+            produce_timeout: a.produce_timeout,
+            metrics_token: config.stats.prometheus.token.clone(),
+        }
+    }
+}
+
+/// The API's shared state: settings, keys, the producer and the store.
+#[derive(Clone)]
+pub struct ApiState(Arc<Inner>);
+
+pub struct Inner {
+    settings: ApiSettings,
+    keys: auth::Keys,
+    producer: Producer,
+    store: Store,
+    /// Records accepted by this process, by app and platform (gorush's `/api/stat/app`).
+    accepted: Mutex<BTreeMap<String, [u64; 2]>>,
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl ApiState {
+    pub fn new(settings: ApiSettings, producer: Producer, store: Store) -> ApiState {
+        let keys = auth::Keys::new(&settings.keys, settings.rate_per_second, settings.burst);
+        ApiState(Arc::new(Inner {
+            settings,
+            keys,
+            producer,
+            store,
+            accepted: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    /// Waits for records still in flight (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        self.producer.flush(timeout);
+    }
+}
+
+/// Every route of the API.
+pub fn router(state: ApiState) -> Router {
+    let max_body = state.settings.max_body_bytes;
+    Router::new()
+        .route("/api/push", post(push))
+        .route("/api/stat/app", get(stat_app))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/version", get(version))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `stop`; requests in progress are finished first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+/// Request counts and latency by route and status, for `/metrics`.
+async fn observe(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(crate::telemetry::names::API_REQUESTS, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(crate::telemetry::names::API_LATENCY, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The body, or why it cannot be read (over the size limit: 413).
+fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge { limit }
+        } else {
+            ApiError::BadRequest {
+                field: None,
+                message: format!("cannot read the body: {e}"),
+            }
+        }
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(error::json_error)
+}
+
+/// The `Idempotency-Key` header, when given (printable ASCII, at most 200 bytes).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .ok_or_else(|| ApiError::bad("Idempotency-Key", "1 to 200 printable ASCII characters"))?;
+    Ok(Some(key.to_owned()))
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    let message = format!("{what} unavailable, nothing was accepted: {e}");
+    tracing::warn!(problem = %message, "Request refused.");
+    crate::telemetry::health::set(&format!("api {what}"), Some(e.to_string()));
+    ApiError::Unavailable { message }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotifIdTaken(_) => ApiError::Conflict {
+            message: e.to_string(),
+            retry: false,
+        },
+        StoreError::Unavailable(_) => unavailable("postgres", e),
+    }
+}
+
+/// gorush's `POST /api/push`: each token of each notification becomes one message on
+/// `push-<app>_<platform>`, answered as gorush does plus the `notif_id`s.
+async fn push(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let s = &state.settings;
+    let raw = body(raw, s.max_body_bytes)?;
+    let request: gorush::PushRequest = parse_json(&raw)?;
+    let count = request.notifications.len();
+    if count == 0 {
+        return Err(ApiError::bad("notifications", "required: at least one"));
+    }
+    if count > s.max_notifications {
+        return Err(ApiError::bad(
+            "notifications",
+            format!(
+                "{count} notifications, more than {} (api.maxNotifications)",
+                s.max_notifications
+            ),
+        ));
+    }
+    let prepared = request
+        .notifications
+        .iter()
+        .enumerate()
+        .map(|(i, n)| gorush::prepare(i, n).map_err(|e| ApiError::bad(e.field, e.message)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tokens: usize = prepared.iter().map(|p| p.tokens.len()).sum();
+    if tokens > s.max_tokens {
+        return Err(ApiError::bad(
+            "notifications",
+            format!(
+                "{tokens} tokens, more than {} (api.maxTokens)",
+                s.max_tokens
+            ),
+        ));
+    }
+
+    // One idempotency key per notification: the header's with the index, else its notif_id,
+    // else a fresh one (still stored, so its results can be looked up).
+    let header = idempotency_key(&headers)?;
+    let mut keys = Vec::with_capacity(count);
+    let mut seen = std::collections::HashSet::new();
+    for (i, n) in request.notifications.iter().enumerate() {
+        let notif_id = n
+            .notif_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        if !seen.insert(notif_id.clone()) {
+            return Err(ApiError::bad(
+                format!("notifications[{i}].notif_id"),
+                "the same notif_id twice in one request",
+            ));
+        }
+        let idem_key = match (&header, &n.notif_id) {
+            (Some(h), _) => format!("h:{h}#{i}"),
+            (None, Some(id)) => format!("n:{id}"),
+            (None, None) => format!("g:{notif_id}"),
+        };
+        keys.push(ClaimKey { idem_key, notif_id });
+    }
+
+    let app: &str = &caller.app;
+    let claim = uuid::Uuid::new_v4().to_string();
+    let stale_after = s.produce_timeout * 2;
+    let claimed = state
+        .store
+        .claim(app, &claim, &keys, stale_after)
+        .await
+        .map_err(store_error)?;
+    crate::telemetry::health::set("api postgres", None);
+    if claimed.contains(&Claimed::Busy) {
+        let _ = state.store.release(app, &claim).await;
+        return Err(ApiError::Conflict {
+            message: "a request with this Idempotency-Key or notif_id is in progress; retry"
+                .to_owned(),
+            retry: true,
+        });
+    }
+
+    let mut records = Vec::with_capacity(tokens);
+    let mut accepted = Vec::new();
+    let mut notif_ids = Vec::with_capacity(count);
+    let mut counts = 0u64;
+    let mut by_platform = [0u64; 2];
+    for ((p, key), claimed) in prepared.iter().zip(&keys).zip(claimed) {
+        match claimed {
+            Claimed::Ours { notif_id } => {
+                let topic = format!("push-{app}_{}", p.platform);
+                for token in &p.tokens {
+                    records.push(Record {
+                        topic: topic.clone(),
+                        key: token.clone(),
+                        payload: p.message(token, &notif_id),
+                    });
+                }
+                let n = p.tokens.len() as u32;
+                accepted.push((key.idem_key.clone(), n));
+                counts += u64::from(n);
+                by_platform[platform_index(p.platform)] += u64::from(n);
+                notif_ids.push(notif_id);
+            }
+            Claimed::Done { notif_id, targets } => {
+                counts += u64::from(targets);
+                notif_ids.push(notif_id);
+            }
+            Claimed::Busy => {}
+        }
+    }
+    if !records.is_empty() {
+        if let Err(e) = state.producer.produce_all(&records).await {
+            if let Err(release) = state.store.release(app, &claim).await {
+                tracing::warn!(error = %release, "Cannot release the request's claims; a retry takes them over once stale.");
+            }
+            return Err(unavailable("kafka", e));
+        }
+        crate::telemetry::health::set("api kafka", None);
+        if let Err(e) = state.store.confirm(app, &claim, &accepted).await {
+            // The records are in Kafka: the request is accepted. Its claims stay pending,
+            // and a retry after they go stale would produce them again (at least once).
+            tracing::warn!(error = %e, "Accepted, but the claims could not be confirmed.");
+        }
+        for platform in [Platform::Apns, Platform::Gcm] {
+            let n = by_platform[platform_index(platform)];
+            if n > 0 {
+                metrics::counter!(crate::telemetry::names::API_ACCEPTED,
+                    "app" => app.to_owned(), "platform" => platform.as_str())
+                .increment(n);
+            }
+        }
+        let mut stats = state.accepted.lock();
+        let entry = stats.entry(app.to_owned()).or_default();
+        entry[0] += by_platform[0];
+        entry[1] += by_platform[1];
+    }
+    let mut answer = json!({"success": "ok", "counts": counts, "logs": [], "notif_ids": notif_ids});
+    if count == 1 {
+        answer["notif_id"] = answer["notif_ids"][0].clone();
+    }
+    Ok(Json(answer).into_response())
+}
+
+fn platform_index(p: Platform) -> usize {
+    match p {
+        Platform::Apns => 0,
+        Platform::Gcm => 1,
+    }
+}
+
+/// gorush's `GET /api/stat/app`, for the caller's app: what this process accepted.
+async fn stat_app(State(state): State<ApiState>, caller: Caller) -> Json<Value> {
+    let [ios, android] = state
+        .accepted
+        .lock()
+        .get(&*caller.app)
+        .copied()
+        .unwrap_or_default();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "app": &*caller.app,
+        "total_count": ios + android,
+        "ios": {"accepted": ios},
+        "android": {"accepted": android},
+    }))
+}
+
+/// `/healthz`: PostgreSQL answers, and no component reports a problem.
+async fn healthz(State(state): State<ApiState>) -> Response {
+    let db = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
+    let problem = match db {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("no answer within 2 s".to_owned()),
+    };
+    crate::telemetry::health::set("api postgres", problem);
+    let (status, body) = crate::telemetry::healthz();
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.settings.metrics_token {
+        if !crate::telemetry::bearer_matches(&headers, token.expose()) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    match crate::telemetry::prometheus() {
+        Ok(handle) => handle.render().into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+}

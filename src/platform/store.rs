@@ -1,0 +1,212 @@
+//! The platform's PostgreSQL state (DESIGN.md §10): the schema, and the idempotency claims of
+//! `pusher api`. Every statement takes a whole request's notifications at once (arrays and
+//! `unnest`), so a request costs the same round trips whatever it holds.
+
+use crate::config::PgConfig;
+use deadpool_postgres::Pool;
+use std::time::Duration;
+
+/// The schema, also in `fixtures/platform.sql` for whoever creates tables by hand.
+pub const SCHEMA: &str = include_str!("../../fixtures/platform.sql");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused a statement: not the request's fault.
+    #[error("PostgreSQL: {0}")]
+    Unavailable(String),
+    /// A client-chosen `notif_id` that another notification of the app already has.
+    #[error("notif_id {0:?} already belongs to another notification of this app")]
+    NotifIdTaken(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// One notification of a request, as the claim sees it.
+#[derive(Debug, Clone)]
+pub struct ClaimKey {
+    pub idem_key: String,
+    /// The id this request would give it (the first request's id wins on a retry).
+    pub notif_id: String,
+}
+
+/// What a claim found for one notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// This request owns it and must produce it (new, or taken over from a request that died).
+    Ours { notif_id: String },
+    /// An earlier request with the same key was accepted: produce nothing, answer as it did.
+    Done { notif_id: String, targets: u32 },
+    /// Another request with the same key is producing it right now.
+    Busy,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    pub fn new(pg: &PgConfig) -> Result<Store, StoreError> {
+        crate::pipeline::tokens::pg_pool(pg)
+            .map(|pool| Store { pool })
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Creates the tables when they are missing. Serialised by an advisory lock: two
+    /// processes starting at once would otherwise race in `CREATE TABLE IF NOT EXISTS`.
+    pub async fn init(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .batch_execute(&format!(
+                "SET client_min_messages = warning; BEGIN; \
+                 SELECT pg_advisory_xact_lock(7210417); {SCHEMA} COMMIT;"
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Claims `keys` for the request `claim`, in one statement: a new key is ours; a key whose
+    /// request died (pending for longer than `stale_after`) is taken over, keeping its first
+    /// notif_id; the rest are looked up to tell done from busy.
+    pub async fn claim(
+        &self,
+        app: &str,
+        claim: &str,
+        keys: &[ClaimKey],
+        stale_after: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let client = self.pool.get().await?;
+        let idem: Vec<&str> = keys.iter().map(|k| k.idem_key.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.notif_id.as_str()).collect();
+        let stale = stale_after.as_secs_f64();
+        let rows = client
+            .query(
+                "INSERT INTO pusher_notifications AS n (app, idem_key, notif_id, claim)
+                 SELECT $1, k, id, $4 FROM unnest($2::text[], $3::text[]) AS t(k, id)
+                 ON CONFLICT (app, idem_key) DO UPDATE
+                   SET claim = EXCLUDED.claim, claimed_at = now()
+                   WHERE n.state = 'pending'
+                     AND n.claimed_at < now() - make_interval(secs => $5)
+                 RETURNING idem_key, notif_id",
+                &[&app, &idem, &ids, &claim, &stale],
+            )
+            .await
+            .map_err(|e| taken(e, keys))?;
+        let mut ours: std::collections::HashMap<String, String> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        let others: Vec<&str> = idem
+            .iter()
+            .copied()
+            .filter(|k| !ours.contains_key(*k))
+            .collect();
+        let mut found = std::collections::HashMap::new();
+        if !others.is_empty() {
+            for row in client
+                .query(
+                    "SELECT idem_key, notif_id, state, targets FROM pusher_notifications
+                     WHERE app = $1 AND idem_key = ANY($2)",
+                    &[&app, &others],
+                )
+                .await?
+            {
+                let state: String = row.get(2);
+                let claimed = if state == "accepted" {
+                    Claimed::Done {
+                        notif_id: row.get(1),
+                        targets: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
+                    }
+                } else {
+                    Claimed::Busy
+                };
+                found.insert(row.get::<_, String>(0), claimed);
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|k| match ours.remove(&k.idem_key) {
+                Some(notif_id) => Claimed::Ours { notif_id },
+                // Gone between the two statements (its request released it): busy, retry.
+                None => found.remove(&k.idem_key).unwrap_or(Claimed::Busy),
+            })
+            .collect())
+    }
+
+    /// Marks the request's claimed notifications accepted, with their record counts.
+    pub async fn confirm(
+        &self,
+        app: &str,
+        claim: &str,
+        accepted: &[(String, u32)],
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        let keys: Vec<&str> = accepted.iter().map(|(k, _)| k.as_str()).collect();
+        let targets: Vec<i32> = accepted
+            .iter()
+            .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
+            .collect();
+        client
+            .execute(
+                "UPDATE pusher_notifications AS n
+                 SET state = 'accepted', accepted_at = now(), targets = t.targets
+                 FROM unnest($2::text[], $3::int[]) AS t(k, targets)
+                 WHERE n.app = $1 AND n.idem_key = t.k AND n.claim = $4",
+                &[&app, &keys, &targets, &claim],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Gives up the request's pending claims (Kafka refused its records), so that a retry
+    /// produces them at once instead of waiting for the claims to go stale.
+    pub async fn release(&self, app: &str, claim: &str) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM pusher_notifications
+                 WHERE app = $1 AND claim = $2 AND state = 'pending'",
+                &[&app, &claim],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+/// A unique violation on `(app, notif_id)`: a client-chosen notif_id already taken.
+fn taken(e: tokio_postgres::Error, keys: &[ClaimKey]) -> StoreError {
+    let on_notif_id = e.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint().is_some_and(|c| c.contains("notif_id"))
+    });
+    if !on_notif_id {
+        return StoreError::from(e);
+    }
+    // PostgreSQL's detail names the value: `Key (app, notif_id)=(game, n-1) already exists.`
+    let detail = e
+        .as_db_error()
+        .and_then(|db| db.detail())
+        .unwrap_or_default();
+    let id = keys
+        .iter()
+        .find(|k| detail.contains(&format!(", {})", k.notif_id)))
+        .map(|k| k.notif_id.clone())
+        .unwrap_or_default();
+    StoreError::NotifIdTaken(id)
+}

@@ -1,0 +1,569 @@
+//! `pusher api` over TCP against real parts: Kafka (the mock cluster over TCP, or Tansu with
+//! `PUSHER_TEST_KAFKA=tansu`), the machine's PostgreSQL, and for the end-to-end test the real
+//! `pusher run apns` binary and the fake APNs. Counts add up: tokens accepted = records on the
+//! push topics = tokens delivered.
+
+mod common;
+#[path = "common/kafka.rs"]
+mod kafka;
+
+use common::http::{post_json, request};
+use common::process::PusherRun;
+use common::{start_fake, FakeOptions};
+use kafka::TestKafka;
+use pusher::config::{PgConfig, Secret};
+use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
+use pusher::platform::produce::Producer;
+use pusher::platform::store::{ClaimKey, Claimed, Store};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "test-key-0123456789abcdef";
+
+fn pg() -> PgConfig {
+    PgConfig {
+        user: "postgres".to_owned(),
+        pass: None,
+        host: "127.0.0.1".to_owned(),
+        database: "test".to_owned(),
+        port: 5432,
+        pool_size: 4,
+        connection_timeout: Duration::from_secs(2),
+    }
+}
+
+/// An app name no other test (or earlier run) uses.
+fn fresh_app() -> String {
+    format!("api{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+fn settings(app: &str) -> ApiSettings {
+    ApiSettings {
+        keys: vec![ApiKey {
+            name: "backend".to_owned(),
+            app: app.to_owned(),
+            key: Secret::new(KEY),
+        }],
+        max_body_bytes: 64 * 1024,
+        max_notifications: 100,
+        max_tokens: 1000,
+        rate_per_second: 1000,
+        burst: 1000,
+        produce_timeout: Duration::from_secs(5),
+        metrics_token: None,
+    }
+}
+
+/// A running API on 127.0.0.1:0 for `app`, producing to `brokers`.
+struct Api {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Api {
+    async fn start(settings: ApiSettings, brokers: &str) -> Api {
+        let store = Store::new(&pg()).unwrap();
+        store
+            .init()
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (ci/setup.sh starts it)");
+        let producer = Producer::new(brokers, settings.produce_timeout).unwrap();
+        let state = ApiState::new(settings, producer, store);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, state, stop.clone()));
+        Api { addr, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Every record on `topic` as (key, JSON), read from the start until `expected` have come
+/// (or 20 s), then until a quiet half second shows no more arrive.
+fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<(String, Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("read-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut quiet_since = None;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                quiet_since = None;
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+                records.push((key, value));
+            }
+            _ if records.len() >= expected => {
+                let since = *quiet_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    records
+}
+
+fn topics(app: &str) -> [String; 2] {
+    [format!("push-{app}_apns"), format!("push-{app}_gcm")]
+}
+
+async fn kafka_for(app: &str) -> TestKafka {
+    let [apns, gcm] = topics(app);
+    TestKafka::start(&[&apns, &gcm], 2).await
+}
+
+/// gorush's README bodies, unchanged: every token is one record on its platform's topic,
+/// keyed by the token, in the pusher's format, with the notif_id the API answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gorush_readme_bodies_become_one_record_per_token() {
+    let app = fresh_app();
+    let kafka = kafka_for(&app).await;
+    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+
+    let readme = json!({
+      "notifications": [
+        {"tokens": ["token_a", "token_b"], "platform": 1, "message": "Hello World iOS!"},
+        {"tokens": ["token_a", "token_b"], "platform": 2, "message": "Hello World Android!"}
+      ]
+    });
+    let answer = post_json(api.addr, "/api/push", KEY, &readme).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["success"], "ok");
+    assert_eq!(body["counts"], 4);
+    assert_eq!(body["logs"], json!([]));
+    let ids = body["notif_ids"].as_array().unwrap().clone();
+    assert_eq!(ids.len(), 2);
+
+    // gorush's iOS example with its extras: alert dictionary, critical sound, data.
+    let ios = json!({"notifications": [{
+        "tokens": ["token_c"], "platform": 1, "message": "Hello World iOS!",
+        "title": "You got your emails.", "topic": "com.example.app", "badge": 5,
+        "sound": {"critical": 1, "name": "default", "volume": 2.0},
+        "alert": {"title": "Game Request", "body": "Bob wants to play poker", "action-loc-key": "PLAY"},
+        "data": {"key1": "welcome", "key2": 2}, "mutable_content": true,
+        "notif_id": "mine-1"
+    }]});
+    let answer = post_json(api.addr, "/api/push", KEY, &ios).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["notif_id"], "mine-1");
+
+    let [apns_topic, gcm_topic] = topics(&app);
+    let apns = read_topic(kafka.bootstrap(), &apns_topic, 3);
+    let gcm = read_topic(kafka.bootstrap(), &gcm_topic, 2);
+    assert_eq!((apns.len(), gcm.len()), (3, 2), "accepted = produced");
+    for (key, value) in &apns {
+        assert_eq!(value["DeviceToken"], *key);
+        pusher::push::message::parse_apns(value.to_string().as_bytes()).unwrap();
+    }
+    for (key, value) in &gcm {
+        assert_eq!(value["to"], *key);
+        assert_eq!(value["notification"]["body"], "Hello World Android!");
+        assert_eq!(value["metadata"]["notif_id"], ids[1]);
+    }
+    let critical = apns.iter().find(|(k, _)| k == "token_c").unwrap();
+    assert_eq!(critical.1["metadata"]["notif_id"], "mine-1");
+    assert_eq!(critical.1["Payload"]["aps"]["sound"]["critical"], 1);
+    assert_eq!(
+        critical.1["Payload"]["aps"]["alert"]["action-loc-key"],
+        "PLAY"
+    );
+    assert_eq!(critical.1["Payload"]["key2"], 2);
+    assert_eq!(critical.1["topic"], "com.example.app");
+    api.stop().await;
+}
+
+/// A retried request (same Idempotency-Key, or the same notif_id) is produced once and
+/// answered with the first request's notif_ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_requests_are_produced_once() {
+    let app = fresh_app();
+    let kafka = kafka_for(&app).await;
+    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let body = json!({"notifications": [{"tokens": ["t1", "t2"], "platform": 2, "message": "m"}]});
+    let auth = format!("Bearer {KEY}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("idempotency-key", "order-42"),
+    ];
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let first = request(api.addr, "POST", "/api/push", &headers, bytes.clone()).await;
+    let second = request(api.addr, "POST", "/api/push", &headers, bytes.clone()).await;
+    assert_eq!(
+        (first.status, second.status),
+        (200, 200),
+        "{}",
+        second.text()
+    );
+    assert_eq!(first.json()["notif_ids"], second.json()["notif_ids"]);
+    assert_eq!(second.json()["counts"], 2);
+
+    // The same notif_id without a header: once too.
+    let with_id = json!({"notifications": [{"tokens": ["t3"], "platform": 2, "message": "m", "notif_id": "n-7"}]});
+    for _ in 0..3 {
+        let a = post_json(api.addr, "/api/push", KEY, &with_id).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.json()["notif_id"], "n-7");
+    }
+    // A notif_id reused by a different request (another key) is a conflict, not a push.
+    let reused = request(
+        api.addr,
+        "POST",
+        "/api/push",
+        &[
+            ("authorization", auth.as_str()),
+            ("idempotency-key", "other"),
+        ],
+        serde_json::to_vec(&with_id).unwrap(),
+    )
+    .await;
+    assert_eq!(reused.status, 409, "{}", reused.text());
+
+    let records = read_topic(kafka.bootstrap(), &format!("push-{app}_gcm"), 3);
+    let mut by_token: HashMap<String, usize> = HashMap::new();
+    for (key, _) in &records {
+        *by_token.entry(key.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        by_token,
+        HashMap::from([("t1".into(), 1), ("t2".into(), 1), ("t3".into(), 1)]),
+        "each token once"
+    );
+    api.stop().await;
+}
+
+/// Who may call, how often, and what is refused: 401, 429 with Retry-After, 400 naming the
+/// field, 413; none of them produces a record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_the_problem_and_produce_nothing() {
+    let app = fresh_app();
+    let kafka = kafka_for(&app).await;
+    let mut s = settings(&app);
+    s.max_body_bytes = 4096;
+    s.max_notifications = 2;
+    let api = Api::start(s, kafka.bootstrap()).await;
+    let ok = json!({"notifications": [{"tokens": ["a"], "platform": 1, "message": "m"}]});
+
+    let none = request(
+        api.addr,
+        "POST",
+        "/api/push",
+        &[],
+        serde_json::to_vec(&ok).unwrap(),
+    )
+    .await;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.headers["www-authenticate"], "Bearer");
+    let wrong = post_json(api.addr, "/api/push", "test-key-0123456789abcdeX", &ok).await;
+    assert_eq!(wrong.status, 401);
+
+    let bad = |body: Value, field: &'static str| (body, field);
+    let cases = [
+        bad(
+            json!({"notifications": [{"tokens": ["a"], "platform": 3, "message": "m"}]}),
+            "notifications[0].platform",
+        ),
+        bad(
+            json!({"notifications": [{"tokens": ["a"], "platform": 1, "badge": "five", "message": "m"}]}),
+            "notifications[0].badge",
+        ),
+        bad(
+            json!({"notifications": [{"tokens": [], "platform": 1, "message": "m"}]}),
+            "notifications[0].tokens",
+        ),
+        bad(
+            json!({"notifications": [{"tokens": "a", "platform": 1, "message": "m"}]}),
+            "notifications[0].tokens",
+        ),
+        bad(
+            json!({"notifications": [{"tokens": ["a"], "platform": 1}]}),
+            "notifications[0].message",
+        ),
+        bad(
+            json!({"notifications": [ok["notifications"][0], ok["notifications"][0], ok["notifications"][0]]}),
+            "notifications",
+        ),
+        bad(json!({"notifications": []}), "notifications"),
+    ];
+    for (body, field) in cases {
+        let a = post_json(api.addr, "/api/push", KEY, &body).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text());
+        assert_eq!(a.json()["field"], field, "{body}: {}", a.text());
+        assert!(a.json()["error"].as_str().unwrap().starts_with(field));
+    }
+    let auth = format!("Bearer {KEY}");
+    let malformed = request(
+        api.addr,
+        "POST",
+        "/api/push",
+        &[("authorization", &auth)],
+        "{\"notifications\": [",
+    )
+    .await;
+    assert_eq!(malformed.status, 400, "{}", malformed.text());
+    assert!(malformed.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("malformed JSON"));
+    let big =
+        json!({"notifications": [{"tokens": ["a"], "platform": 1, "message": "x".repeat(5000)}]});
+    let a = post_json(api.addr, "/api/push", KEY, &big).await;
+    assert_eq!(a.status, 413, "{}", a.text());
+    assert!(a.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("api.maxBodyBytes"));
+
+    // Nothing of the above was produced: the topics hold only a sentinel sent last.
+    let sentinel =
+        json!({"notifications": [{"tokens": ["sentinel"], "platform": 1, "message": "m"}]});
+    assert_eq!(
+        post_json(api.addr, "/api/push", KEY, &sentinel)
+            .await
+            .status,
+        200
+    );
+    let records = read_topic(kafka.bootstrap(), &format!("push-{app}_apns"), 1);
+    let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["sentinel"]);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_rate_gets_429_with_retry_after() {
+    let app = fresh_app();
+    let kafka = kafka_for(&app).await;
+    let mut s = settings(&app);
+    s.rate_per_second = 1;
+    s.burst = 2;
+    let api = Api::start(s, kafka.bootstrap()).await;
+    let auth = format!("Bearer {KEY}");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let a = request(
+            api.addr,
+            "GET",
+            "/api/stat/app",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+        statuses.push(a.status);
+        if a.status == 429 {
+            let wait: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=2).contains(&wait), "Retry-After {wait}");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    api.stop().await;
+}
+
+/// Kafka unreachable: 503 with Retry-After, nothing reported as accepted, and the claim
+/// released, so that the retry against a working broker produces at once, with the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_is_503_and_the_retry_is_accepted_once() {
+    let app = fresh_app();
+    let kafka = kafka_for(&app).await;
+    let mut s = settings(&app);
+    s.produce_timeout = Duration::from_secs(1);
+    // Nothing listens on port 9: the records are never acknowledged.
+    let down = Api::start(s.clone(), "127.0.0.1:9").await;
+    let auth = format!("Bearer {KEY}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("idempotency-key", "k-503"),
+    ];
+    let body = serde_json::to_vec(
+        &json!({"notifications": [{"tokens": ["t1"], "platform": 1, "message": "m"}]}),
+    )
+    .unwrap();
+    let refused = request(down.addr, "POST", "/api/push", &headers, body.clone()).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("nothing was accepted"));
+    down.stop().await;
+
+    let up = Api::start(s, kafka.bootstrap()).await;
+    let accepted = request(up.addr, "POST", "/api/push", &headers, body.clone()).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    let again = request(up.addr, "POST", "/api/push", &headers, body).await;
+    assert_eq!(again.json()["notif_ids"], accepted.json()["notif_ids"]);
+    assert_eq!(
+        read_topic(kafka.bootstrap(), &format!("push-{app}_apns"), 1).len(),
+        1
+    );
+    up.stop().await;
+}
+
+/// The claim protocol against PostgreSQL: a key is ours once; a second claim while the
+/// first is pending is busy; a pending claim older than the stale time is taken over with its
+/// first notif_id; a confirmed one is done, with its counts.
+#[tokio::test]
+async fn claims_dedup_take_over_stale_ones_and_remember_counts() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let app = fresh_app();
+    let key = |id: &str| ClaimKey {
+        idem_key: "k".into(),
+        notif_id: id.into(),
+    };
+    let long = Duration::from_secs(60);
+    let first = store.claim(&app, "c1", &[key("n1")], long).await.unwrap();
+    assert_eq!(
+        first,
+        [Claimed::Ours {
+            notif_id: "n1".into()
+        }]
+    );
+    let busy = store.claim(&app, "c2", &[key("n2")], long).await.unwrap();
+    assert_eq!(busy, [Claimed::Busy]);
+    // c1 died: with a zero stale time, c3 takes it over, keeping n1.
+    let taken = store
+        .claim(&app, "c3", &[key("n3")], Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken,
+        [Claimed::Ours {
+            notif_id: "n1".into()
+        }]
+    );
+    // c1's late confirmation changes nothing: the claim is c3's now.
+    store.confirm(&app, "c1", &[("k".into(), 9)]).await.unwrap();
+    store.confirm(&app, "c3", &[("k".into(), 5)]).await.unwrap();
+    let done = store
+        .claim(&app, "c4", &[key("n4")], Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        [Claimed::Done {
+            notif_id: "n1".into(),
+            targets: 5
+        }]
+    );
+}
+
+/// The whole path: gorush requests over HTTP -> Kafka -> the real `pusher run apns` -> the
+/// fake APNs. Tokens accepted = records produced = tokens delivered, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_to_kafka_to_pusher_to_fake_apns() {
+    let app = fresh_app();
+    let kafka = kafka_for(&app).await;
+    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let fake = start_fake(FakeOptions {
+        record_tokens: 10_000,
+        ..FakeOptions::default()
+    })
+    .await;
+    let mut accepted = 0;
+    let mut tokens = Vec::new();
+    for batch in 0..10 {
+        let notifications: Vec<Value> = (0..10)
+            .map(|n| {
+                let ts: Vec<String> = (0..5)
+                    .map(|t| common::token(batch * 1000 + n * 10 + t))
+                    .collect();
+                tokens.extend(ts.clone());
+                json!({"tokens": ts, "platform": 1, "message": "Hello", "topic": common::TOPIC})
+            })
+            .collect();
+        let a = post_json(
+            api.addr,
+            "/api/push",
+            KEY,
+            &json!({ "notifications": notifications }),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        accepted += a.json()["counts"].as_u64().unwrap();
+    }
+    assert_eq!(accepted, 500);
+    let group = format!("g-{app}");
+    let _pusher = PusherRun {
+        app: &app,
+        brokers: kafka.bootstrap(),
+        group: &group,
+        in_flight: 100,
+        env: Vec::new(),
+    }
+    .spawn(&fake);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let delivered = loop {
+        let delivered = fake.server.stats().delivered_tokens();
+        if delivered.len() >= tokens.len() || Instant::now() > deadline {
+            break delivered;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let produced = read_topic(kafka.bootstrap(), &format!("push-{app}_apns"), 500).len();
+    assert_eq!(produced as u64, accepted, "accepted = produced");
+    assert_eq!(delivered.len(), tokens.len(), "produced = delivered");
+    for token in &tokens {
+        assert_eq!(delivered.get(token), Some(&1), "{token} delivered once");
+    }
+    api.stop().await;
+}
+
+/// `/healthz`, `/metrics` and `/version` answer; `/metrics` counts the requests by route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_stats() {
+    let app = fresh_app();
+    let kafka = kafka_for(&app).await;
+    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    pusher::telemetry::prometheus().unwrap();
+    let body = json!({"notifications": [{"tokens": ["a", "b"], "platform": 2, "message": "m"}]});
+    assert_eq!(
+        post_json(api.addr, "/api/push", KEY, &body).await.status,
+        200
+    );
+    let health = request(api.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    let auth = format!("Bearer {KEY}");
+    let stat = request(
+        api.addr,
+        "GET",
+        "/api/stat/app",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(stat.json()["android"]["accepted"], 2);
+    assert_eq!(stat.json()["total_count"], 2);
+    let metrics = request(api.addr, "GET", "/metrics", &[], "").await.text();
+    assert!(
+        metrics.contains(r#"pusher_api_requests_total{route="/api/push",status="200"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            r#"pusher_api_accepted_total{{app="{app}",platform="gcm"}} 2"#
+        )),
+        "{metrics}"
+    );
+    assert_eq!(request(api.addr, "GET", "/nope", &[], "").await.status, 404);
+    api.stop().await;
+}
