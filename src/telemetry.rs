@@ -188,6 +188,8 @@ pub mod names {
     pub const API_LATENCY: &str = "pusher_api_request_seconds";
     /// Messages `pusher api` wrote to the push topics, labelled app and platform.
     pub const API_ACCEPTED: &str = "pusher_api_accepted_total";
+    /// `pusher route`: records handled, labelled what (login, notification, push, ...).
+    pub const ROUTED: &str = "pusher_route_total";
     /// The seed's StatsD counters.
     pub const STATSD_SENT: &str = "sent";
     pub const STATSD_ACK: &str = "ack";

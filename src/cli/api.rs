@@ -76,3 +76,51 @@ pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    /// Config file [default: ./config/default.yaml when it exists, else built-in defaults].
+    /// The router uses `route.*`, `queue.brokers`, `queue.offsetResetStrategy`, `api.produceTimeout`
+    /// and the `invalidToken.pg` database.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub brokers: BrokersFlag,
+    #[command(flatten)]
+    pub threads: ThreadsFlag,
+}
+
+/// `pusher route`: until SIGINT/SIGTERM; the batch in progress is finished and committed.
+pub fn route(args: RouteArgs) -> anyhow::Result<ExitCode> {
+    use crate::platform::registry::Registry;
+    use crate::platform::route::{run, RouteSettings};
+    let mut overrides = Vec::new();
+    if let Some(b) = &args.brokers.brokers {
+        overrides.push(("queue.brokers".to_owned(), b.clone()));
+    }
+    let config = super::run::load_config(args.config.as_deref(), &overrides)?;
+    let store = Store::new(&config.invalid_token.pg)?;
+    let settings = RouteSettings {
+        brokers: config.queue.brokers.clone(),
+        group: config.route.group.clone(),
+        deeplink_base: config.route.deeplink_base.clone(),
+        batch_size: config.route.batch_size,
+        offset_reset: config.queue.offset_reset_strategy.as_str().to_owned(),
+    };
+    let runtime = crate::runtime::build(args.threads.threads, "pusher-route")
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        store
+            .init()
+            .await
+            .context("cannot create the platform's tables (invalidToken.pg)")?;
+        let producer = Producer::new(&config.queue.brokers, config.api.produce_timeout)?;
+        let stop = CancellationToken::new();
+        tokio::spawn(super::run::stop_on_signal(stop.clone()));
+        tracing::info!(group = %settings.group, brokers = %settings.brokers, "Routing requests.");
+        let counts = run(settings, Registry::new(store.pool()), producer, stop).await?;
+        println!("{}", serde_json::to_string(&counts)?);
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

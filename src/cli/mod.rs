@@ -70,8 +70,12 @@ pub enum Command {
     Replay(Box<replay::ReplayArgs>),
     /// Compare reports of bench and replay runs.
     Report(report::ReportArgs),
-    /// The platform's HTTP API: gorush-compatible pushes into Kafka.
+    /// The platform's HTTP API: gorush- and Pushkin-compatible pushes into Kafka, the device
+    /// registry.
     Api(api::ApiArgs),
+    /// The platform's router: login events into the registry, user-addressed notifications
+    /// into pushes.
+    Route(api::RouteArgs),
     /// Print the version.
     Version,
 }
@@ -90,6 +94,7 @@ impl Command {
             Command::Replay(_) => "replay",
             Command::Report(_) => "report",
             Command::Api(_) => "api",
+            Command::Route(_) => "route",
             Command::Version => "version",
         }
     }
@@ -179,6 +184,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay::run(*args),
         Command::Report(args) => report::run(args),
         Command::Api(args) => api::run(args),
+        Command::Route(args) => api::route(args),
         Command::Version => {
             println!("pusher {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

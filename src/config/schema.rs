@@ -67,6 +67,8 @@ pub struct Config {
     /// `pusher api`: the platform's HTTP API (DESIGN.md §10). Its state (idempotency keys,
     /// notifications) lives in the `invalidToken.pg` database, beside the token tables.
     pub api: ApiConfig,
+    /// `pusher route`: the consumer group on the requests topics (DESIGN.md §10).
+    pub route: RouteConfig,
     /// The seed's keys that were set and are ignored (filled by the loader, not a key).
     #[serde(skip)]
     pub seed_keys: Vec<SeedKey>,
@@ -85,6 +87,7 @@ impl Default for Config {
             in_flight: 1000,
             sentry: SentryConfig::default(),
             api: ApiConfig::default(),
+            route: RouteConfig::default(),
             seed_keys: Vec::new(),
         }
     }
@@ -532,6 +535,28 @@ impl Default for ApiConfig {
             rate_per_second: 1000,
             burst: 200,
             produce_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RouteConfig {
+    /// The routers' consumer group.
+    pub group: String,
+    /// Deep links in GCM data are `<deeplinkBase>://<screen>` (Pushkin's base_deeplink_url);
+    /// empty: the screen as given.
+    pub deeplink_base: String,
+    /// Most requests handled together (one registry round trip and one produce per batch).
+    pub batch_size: usize,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            group: "pusher-route".to_owned(),
+            deeplink_base: String::new(),
+            batch_size: 500,
         }
     }
 }

@@ -112,6 +112,12 @@ impl Config {
                 return Err(invalid(key, "must be >= 1"));
             }
         }
+        if self.route.group.trim().is_empty() {
+            return Err(invalid("route.group", "must not be empty"));
+        }
+        if self.route.batch_size == 0 {
+            return Err(invalid("route.batchSize", "must be >= 1"));
+        }
         if a.produce_timeout.is_zero() {
             return Err(invalid("api.produceTimeout", "must be > 0"));
         }

@@ -3,8 +3,14 @@
 //!
 //! - `api`: `pusher api`, the HTTP API (axum).
 //! - `produce`: the Kafka producer whose "done" means every record was acknowledged.
-//! - `store`: the PostgreSQL schema and statements.
+//! - `store`: the PostgreSQL schema and the idempotency claims.
+//! - `registry`: the device registry (PostgreSQL).
+//! - `requests`: the requests topic's records (user-addressed notifications, events).
+//! - `route`: `pusher route`, the consumer group that expands them.
 
 pub mod api;
 pub mod produce;
+pub mod registry;
+pub mod requests;
+pub mod route;
 pub mod store;

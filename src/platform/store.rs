@@ -62,6 +62,11 @@ impl Store {
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
+    /// The connection pool (the registry shares it).
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     /// Creates the tables when they are missing. Serialised by an advisory lock: two
     /// processes starting at once would otherwise race in `CREATE TABLE IF NOT EXISTS`.
     pub async fn init(&self) -> Result<(), StoreError> {

@@ -9,11 +9,14 @@
 mod auth;
 mod error;
 pub mod gorush;
+pub mod pushkin;
+mod registry;
 
 pub use auth::{ApiKey, Caller};
 pub use error::ApiError;
 
 use super::produce::{Producer, Record};
+use super::registry::Registry;
 use super::store::{ClaimKey, Claimed, Store, StoreError};
 use crate::config::Secret;
 use crate::push::Platform;
@@ -82,6 +85,7 @@ pub struct Inner {
     keys: auth::Keys,
     producer: Producer,
     store: Store,
+    registry: Registry,
     /// Records accepted by this process, by app and platform (gorush's `/api/stat/app`).
     accepted: Mutex<BTreeMap<String, [u64; 2]>>,
 }
@@ -100,6 +104,7 @@ impl ApiState {
             settings,
             keys,
             producer,
+            registry: Registry::new(store.pool()),
             store,
             accepted: Mutex::new(BTreeMap::new()),
         }))
@@ -116,6 +121,21 @@ pub fn router(state: ApiState) -> Router {
     let max_body = state.settings.max_body_bytes;
     Router::new()
         .route("/api/push", post(push))
+        .route("/post_notification_json", post(notifications))
+        .route("/post_notification_proto", post(notifications))
+        .route("/api/v1/notifications", post(notifications))
+        .route("/post_events_json", post(events))
+        .route("/post_events_proto", post(events))
+        .route("/api/v1/events", post(events))
+        .route("/api/v1/devices", axum::routing::put(registry::put_device))
+        .route(
+            "/api/v1/devices/{token}",
+            axum::routing::delete(registry::delete_device),
+        )
+        .route(
+            "/api/v1/users/{user_id}/devices",
+            get(registry::user_devices),
+        )
         .route("/api/stat/app", get(stat_app))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -203,6 +223,120 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
+/// An item's records, once its notif_id is known.
+type RecordsFor<'a> = Box<dyn Fn(&str) -> Vec<Record> + Send + Sync + 'a>;
+
+/// One item of a request (a notification, an event): the id its caller chose, if any, and
+/// its records once its id is known.
+struct Item<'a> {
+    given_id: Option<String>,
+    records: RecordsFor<'a>,
+}
+
+/// What a request was answered with.
+struct Accepted {
+    notif_ids: Vec<String>,
+    /// Records written for the request (or, for a retry, by the first request).
+    counts: u64,
+    /// Per item: written by this request (not a retry's answer).
+    fresh: Vec<bool>,
+}
+
+/// The one path every write takes: claim each item's idempotency key, produce the records of
+/// the items this request owns, wait for every acknowledgement, confirm. One idempotency key
+/// per item: the `Idempotency-Key` header's with the item's index, else its notif_id, else a
+/// fresh one (still stored, so its results can be looked up).
+async fn accept(
+    state: &ApiState,
+    app: &str,
+    headers: &HeaderMap,
+    kind: &str,
+    items: Vec<Item<'_>>,
+) -> Result<Accepted, ApiError> {
+    let header = idempotency_key(headers)?;
+    let mut keys = Vec::with_capacity(items.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let notif_id = item
+            .given_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        if !seen.insert(notif_id.clone()) {
+            return Err(ApiError::bad(
+                format!("{kind}[{i}].notif_id"),
+                "the same notif_id twice in one request",
+            ));
+        }
+        let idem_key = match (&header, &item.given_id) {
+            (Some(h), _) => format!("h:{h}#{i}"),
+            (None, Some(id)) => format!("n:{id}"),
+            (None, None) => format!("g:{notif_id}"),
+        };
+        keys.push(ClaimKey { idem_key, notif_id });
+    }
+
+    let claim = uuid::Uuid::new_v4().to_string();
+    let stale_after = state.settings.produce_timeout * 2;
+    let claimed = state
+        .store
+        .claim(app, &claim, &keys, stale_after)
+        .await
+        .map_err(store_error)?;
+    crate::telemetry::health::set("api postgres", None);
+    if claimed.contains(&Claimed::Busy) {
+        let _ = state.store.release(app, &claim).await;
+        return Err(ApiError::Conflict {
+            message: "a request with this Idempotency-Key or notif_id is in progress; retry"
+                .to_owned(),
+            retry: true,
+        });
+    }
+
+    let mut records = Vec::new();
+    let mut confirmed = Vec::new();
+    let mut answer = Accepted {
+        notif_ids: Vec::with_capacity(items.len()),
+        counts: 0,
+        fresh: Vec::with_capacity(items.len()),
+    };
+    for ((item, key), claimed) in items.iter().zip(&keys).zip(claimed) {
+        match claimed {
+            Claimed::Ours { notif_id } => {
+                let mine = (item.records)(&notif_id);
+                let n = mine.len() as u32;
+                records.extend(mine);
+                confirmed.push((key.idem_key.clone(), n));
+                answer.counts += u64::from(n);
+                answer.notif_ids.push(notif_id);
+                answer.fresh.push(true);
+            }
+            Claimed::Done { notif_id, targets } => {
+                answer.counts += u64::from(targets);
+                answer.notif_ids.push(notif_id);
+                answer.fresh.push(false);
+            }
+            Claimed::Busy => {}
+        }
+    }
+    if !records.is_empty() {
+        if let Err(e) = state.producer.produce_all(&records).await {
+            if let Err(release) = state.store.release(app, &claim).await {
+                tracing::warn!(error = %release, "Cannot release the request's claims; a retry takes them over once stale.");
+            }
+            return Err(unavailable("kafka", e));
+        }
+        crate::telemetry::health::set("api kafka", None);
+    }
+    if !confirmed.is_empty() {
+        if let Err(e) = state.store.confirm(app, &claim, &confirmed).await {
+            // The records are in Kafka: the request is accepted. Its claims stay pending,
+            // and a retry after they go stale would produce them again (at least once).
+            tracing::warn!(error = %e, "Accepted, but the claims could not be confirmed.");
+        }
+    }
+    Ok(answer)
+}
+
 /// gorush's `POST /api/push`: each token of each notification becomes one message on
 /// `push-<app>_<platform>`, answered as gorush does plus the `notif_id`s.
 async fn push(
@@ -215,18 +349,7 @@ async fn push(
     let raw = body(raw, s.max_body_bytes)?;
     let request: gorush::PushRequest = parse_json(&raw)?;
     let count = request.notifications.len();
-    if count == 0 {
-        return Err(ApiError::bad("notifications", "required: at least one"));
-    }
-    if count > s.max_notifications {
-        return Err(ApiError::bad(
-            "notifications",
-            format!(
-                "{count} notifications, more than {} (api.maxNotifications)",
-                s.max_notifications
-            ),
-        ));
-    }
+    check_count("notifications", count, s.max_notifications)?;
     let prepared = request
         .notifications
         .iter()
@@ -243,109 +366,218 @@ async fn push(
             ),
         ));
     }
-
-    // One idempotency key per notification: the header's with the index, else its notif_id,
-    // else a fresh one (still stored, so its results can be looked up).
-    let header = idempotency_key(&headers)?;
-    let mut keys = Vec::with_capacity(count);
-    let mut seen = std::collections::HashSet::new();
-    for (i, n) in request.notifications.iter().enumerate() {
-        let notif_id = n
-            .notif_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        if !seen.insert(notif_id.clone()) {
-            return Err(ApiError::bad(
-                format!("notifications[{i}].notif_id"),
-                "the same notif_id twice in one request",
-            ));
-        }
-        let idem_key = match (&header, &n.notif_id) {
-            (Some(h), _) => format!("h:{h}#{i}"),
-            (None, Some(id)) => format!("n:{id}"),
-            (None, None) => format!("g:{notif_id}"),
-        };
-        keys.push(ClaimKey { idem_key, notif_id });
-    }
-
     let app: &str = &caller.app;
-    let claim = uuid::Uuid::new_v4().to_string();
-    let stale_after = s.produce_timeout * 2;
-    let claimed = state
-        .store
-        .claim(app, &claim, &keys, stale_after)
-        .await
-        .map_err(store_error)?;
-    crate::telemetry::health::set("api postgres", None);
-    if claimed.contains(&Claimed::Busy) {
-        let _ = state.store.release(app, &claim).await;
-        return Err(ApiError::Conflict {
-            message: "a request with this Idempotency-Key or notif_id is in progress; retry"
-                .to_owned(),
-            retry: true,
-        });
-    }
-
-    let mut records = Vec::with_capacity(tokens);
-    let mut accepted = Vec::new();
-    let mut notif_ids = Vec::with_capacity(count);
-    let mut counts = 0u64;
-    let mut by_platform = [0u64; 2];
-    for ((p, key), claimed) in prepared.iter().zip(&keys).zip(claimed) {
-        match claimed {
-            Claimed::Ours { notif_id } => {
+    let items = request
+        .notifications
+        .iter()
+        .zip(&prepared)
+        .map(|(n, p)| Item {
+            given_id: n.notif_id.clone(),
+            records: Box::new(move |notif_id: &str| {
                 let topic = format!("push-{app}_{}", p.platform);
-                for token in &p.tokens {
-                    records.push(Record {
+                p.tokens
+                    .iter()
+                    .map(|token| Record {
                         topic: topic.clone(),
                         key: token.clone(),
-                        payload: p.message(token, &notif_id),
-                    });
-                }
-                let n = p.tokens.len() as u32;
-                accepted.push((key.idem_key.clone(), n));
-                counts += u64::from(n);
-                by_platform[platform_index(p.platform)] += u64::from(n);
-                notif_ids.push(notif_id);
-            }
-            Claimed::Done { notif_id, targets } => {
-                counts += u64::from(targets);
-                notif_ids.push(notif_id);
-            }
-            Claimed::Busy => {}
+                        payload: p.message(token, notif_id),
+                    })
+                    .collect()
+            }),
+        })
+        .collect();
+    let accepted = accept(&state, app, &headers, "notifications", items).await?;
+
+    let mut by_platform = [0u64; 2];
+    for (p, fresh) in prepared.iter().zip(&accepted.fresh) {
+        if *fresh {
+            by_platform[platform_index(p.platform)] += p.tokens.len() as u64;
         }
     }
-    if !records.is_empty() {
-        if let Err(e) = state.producer.produce_all(&records).await {
-            if let Err(release) = state.store.release(app, &claim).await {
-                tracing::warn!(error = %release, "Cannot release the request's claims; a retry takes them over once stale.");
-            }
-            return Err(unavailable("kafka", e));
+    for platform in [Platform::Apns, Platform::Gcm] {
+        let n = by_platform[platform_index(platform)];
+        if n > 0 {
+            metrics::counter!(crate::telemetry::names::API_ACCEPTED,
+                "app" => app.to_owned(), "platform" => platform.as_str())
+            .increment(n);
         }
-        crate::telemetry::health::set("api kafka", None);
-        if let Err(e) = state.store.confirm(app, &claim, &accepted).await {
-            // The records are in Kafka: the request is accepted. Its claims stay pending,
-            // and a retry after they go stale would produce them again (at least once).
-            tracing::warn!(error = %e, "Accepted, but the claims could not be confirmed.");
-        }
-        for platform in [Platform::Apns, Platform::Gcm] {
-            let n = by_platform[platform_index(platform)];
-            if n > 0 {
-                metrics::counter!(crate::telemetry::names::API_ACCEPTED,
-                    "app" => app.to_owned(), "platform" => platform.as_str())
-                .increment(n);
-            }
-        }
+    }
+    {
         let mut stats = state.accepted.lock();
         let entry = stats.entry(app.to_owned()).or_default();
         entry[0] += by_platform[0];
         entry[1] += by_platform[1];
     }
-    let mut answer = json!({"success": "ok", "counts": counts, "logs": [], "notif_ids": notif_ids});
+    let mut answer = json!({"success": "ok", "counts": accepted.counts, "logs": [],
+        "notif_ids": accepted.notif_ids});
     if count == 1 {
         answer["notif_id"] = answer["notif_ids"][0].clone();
     }
     Ok(Json(answer).into_response())
+}
+
+fn check_count(field: &str, count: usize, max: usize) -> Result<(), ApiError> {
+    if count == 0 {
+        return Err(ApiError::bad(field, "required: at least one"));
+    }
+    if count > max {
+        return Err(ApiError::bad(
+            field,
+            format!("{count} {field}, more than {max} (api.maxNotifications)"),
+        ));
+    }
+    Ok(())
+}
+
+/// How a Pushkin-style body is encoded, and how the route answers.
+#[derive(Clone, Copy)]
+enum Wire {
+    /// Pushkin's `_json` route: 200.
+    PushkinJson,
+    /// Pushkin's `_proto` route: 200.
+    PushkinProto,
+    /// `/api/v1/...`: JSON, or protobuf with `Content-Type: application/x-protobuf`; 202.
+    V1,
+}
+
+/// The wire of a request, from its route: `..._json`, `..._proto`, or `/api/v1/...`.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Wire {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Wire, Self::Rejection> {
+        let path = parts.uri.path();
+        Ok(if path.ends_with("_json") {
+            Wire::PushkinJson
+        } else if path.ends_with("_proto") {
+            Wire::PushkinProto
+        } else {
+            Wire::V1
+        })
+    }
+}
+
+impl Wire {
+    fn is_proto(self, headers: &HeaderMap) -> bool {
+        match self {
+            Wire::PushkinJson => false,
+            Wire::PushkinProto => true,
+            Wire::V1 => headers
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.contains("protobuf")),
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Wire::V1 => StatusCode::ACCEPTED,
+            _ => StatusCode::OK,
+        }
+    }
+}
+
+fn parse_proto<T: prost::Message + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    T::decode(bytes).map_err(|e| ApiError::BadRequest {
+        field: None,
+        message: format!("malformed protobuf: {e}"),
+    })
+}
+
+/// Pushkin's user-addressed notifications, onto the app's requests topic (key = user id)
+/// for `pusher route`.
+async fn notifications(
+    State(state): State<ApiState>,
+    caller: Caller,
+    wire: Wire,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = body(raw, state.settings.max_body_bytes)?;
+    let list: Vec<pushkin::JsonNotification> = if wire.is_proto(&headers) {
+        parse_proto::<pushkin::BatchNotificationRequest>(&raw)?
+            .notifications
+            .into_iter()
+            .map(Into::into)
+            .collect()
+    } else {
+        parse_json::<pushkin::JsonNotifications>(&raw)?.notifications
+    };
+    check_count(
+        "notifications",
+        list.len(),
+        state.settings.max_notifications,
+    )?;
+    let checked = list
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            pushkin::check_notification(i, n).map_err(|e| ApiError::bad(e.field, e.message))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let topic = crate::platform::requests::topic(&caller.app);
+    let items = checked
+        .iter()
+        .map(|n| Item {
+            given_id: n.notif_id.clone(),
+            records: Box::new(|notif_id: &str| {
+                vec![Record {
+                    topic: topic.clone(),
+                    key: n.user_id.to_string(),
+                    payload: n.record(notif_id).to_json(),
+                }]
+            }),
+        })
+        .collect();
+    let accepted = accept(&state, &caller.app, &headers, "notifications", items).await?;
+    let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len(),
+        "notif_ids": accepted.notif_ids});
+    Ok((wire.status(), Json(answer)).into_response())
+}
+
+/// Pushkin's events, onto the app's requests topic (key = user id) for `pusher route`.
+async fn events(
+    State(state): State<ApiState>,
+    caller: Caller,
+    wire: Wire,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = body(raw, state.settings.max_body_bytes)?;
+    let list: Vec<pushkin::JsonEvent> = if wire.is_proto(&headers) {
+        parse_proto::<pushkin::BatchEventRequest>(&raw)?
+            .events
+            .into_iter()
+            .map(Into::into)
+            .collect()
+    } else {
+        parse_json::<pushkin::JsonEvents>(&raw)?.events
+    };
+    check_count("events", list.len(), state.settings.max_notifications)?;
+    let records = list
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| pushkin::check_event(i, e).map_err(|e| ApiError::bad(e.field, e.message)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let topic = crate::platform::requests::topic(&caller.app);
+    let items = records
+        .iter()
+        .map(|r| Item {
+            given_id: None,
+            records: Box::new(|_: &str| {
+                vec![Record {
+                    topic: topic.clone(),
+                    key: r.user_id().to_string(),
+                    payload: r.to_json(),
+                }]
+            }),
+        })
+        .collect();
+    let accepted = accept(&state, &caller.app, &headers, "events", items).await?;
+    let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len()});
+    Ok((wire.status(), Json(answer)).into_response())
 }
 
 fn platform_index(p: Platform) -> usize {

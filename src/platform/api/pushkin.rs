@@ -1,0 +1,259 @@
+//! Nordeus Pushkin's request formats (reference/platform-anchors.md §2): batches of
+//! user-addressed notifications and of events, in JSON and in protobuf (proto2; hand-written
+//! prost structs, so no protoc and no build script), turned into requests-topic records.
+
+use super::gorush::FieldError;
+use crate::platform::requests::RequestRecord;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// `PushNotification{int64 login_id=1; string title=2; string content=3; string screen=4}`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushNotification {
+    #[prost(int64, optional, tag = "1")]
+    pub login_id: Option<i64>,
+    #[prost(string, optional, tag = "2")]
+    pub title: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    pub content: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    pub screen: Option<String>,
+}
+
+/// `BatchNotificationRequest{repeated PushNotification notifications=1}`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BatchNotificationRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub notifications: Vec<PushNotification>,
+}
+
+/// `Pair{required string key=1; required string value=2}`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Pair {
+    #[prost(string, required, tag = "1")]
+    pub key: String,
+    #[prost(string, required, tag = "2")]
+    pub value: String,
+}
+
+/// `Event{int64 user_id=1; int32 event_id=2; int32 event_type=3; int64 timestamp=4;
+/// repeated Pair pairs=5}`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Event {
+    #[prost(int64, optional, tag = "1")]
+    pub user_id: Option<i64>,
+    #[prost(int32, optional, tag = "2")]
+    pub event_id: Option<i32>,
+    #[prost(int32, optional, tag = "3")]
+    pub event_type: Option<i32>,
+    #[prost(int64, optional, tag = "4")]
+    pub timestamp: Option<i64>,
+    #[prost(message, repeated, tag = "5")]
+    pub pairs: Vec<Pair>,
+}
+
+/// `BatchEventRequest{repeated Event events=1}`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BatchEventRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<Event>,
+}
+
+/// Pushkin's JSON notification batch: `{"notifications":[{"login_id":1338,"title":...,
+/// "content":...,"screen":...}]}` (the same fields as the protobuf).
+#[derive(Debug, Deserialize)]
+pub struct JsonNotifications {
+    pub notifications: Vec<JsonNotification>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JsonNotification {
+    pub login_id: Option<i64>,
+    pub title: Option<String>,
+    pub content: Option<String>,
+    pub screen: Option<String>,
+    /// Ours: an id the caller chose (a retry with it is accepted once).
+    pub notif_id: Option<String>,
+}
+
+/// Pushkin's JSON event batch; `pairs` is an object of strings (numbers and booleans are
+/// taken as their text).
+#[derive(Debug, Deserialize)]
+pub struct JsonEvents {
+    pub events: Vec<JsonEvent>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JsonEvent {
+    pub user_id: Option<i64>,
+    pub event_id: Option<i32>,
+    pub event_type: Option<i32>,
+    pub timestamp: Option<i64>,
+    #[serde(default)]
+    pub pairs: BTreeMap<String, Value>,
+}
+
+impl From<PushNotification> for JsonNotification {
+    fn from(p: PushNotification) -> Self {
+        JsonNotification {
+            login_id: p.login_id,
+            title: p.title,
+            content: p.content,
+            screen: p.screen,
+            notif_id: None,
+        }
+    }
+}
+
+impl From<Event> for JsonEvent {
+    fn from(e: Event) -> Self {
+        JsonEvent {
+            user_id: e.user_id,
+            event_id: e.event_id,
+            event_type: e.event_type,
+            timestamp: e.timestamp,
+            pairs: e
+                .pairs
+                .into_iter()
+                .map(|p| (p.key, Value::String(p.value)))
+                .collect(),
+        }
+    }
+}
+
+/// A notification checked: to whom, and what (the notif_id is filled in by the claim).
+pub struct CheckedNotification {
+    pub user_id: i64,
+    pub title: String,
+    pub content: String,
+    pub screen: String,
+    pub notif_id: Option<String>,
+}
+
+impl CheckedNotification {
+    pub fn record(&self, notif_id: &str) -> RequestRecord {
+        RequestRecord::Notification {
+            user_id: self.user_id,
+            title: self.title.clone(),
+            content: self.content.clone(),
+            screen: self.screen.clone(),
+            notif_id: notif_id.to_owned(),
+        }
+    }
+}
+
+/// Most bytes of a title plus content (APNs' 4 KiB leaves room for the rest of the payload).
+pub const MAX_TEXT: usize = 3500;
+
+fn user(id: Option<i64>, field: String) -> Result<i64, FieldError> {
+    match id {
+        Some(id) if id > 0 => Ok(id),
+        Some(id) => Err(FieldError {
+            field,
+            message: format!("{id} is no user id (a positive integer)"),
+        }),
+        None => Err(FieldError {
+            field,
+            message: "required".into(),
+        }),
+    }
+}
+
+pub fn check_notification(
+    i: usize,
+    n: JsonNotification,
+) -> Result<CheckedNotification, FieldError> {
+    let user_id = user(n.login_id, format!("notifications[{i}].login_id"))?;
+    let title = n.title.unwrap_or_default();
+    let content = n.content.unwrap_or_default();
+    if title.is_empty() && content.is_empty() {
+        return Err(FieldError {
+            field: format!("notifications[{i}].content"),
+            message: "required (or title)".into(),
+        });
+    }
+    if title.len() + content.len() > MAX_TEXT {
+        return Err(FieldError {
+            field: format!("notifications[{i}].content"),
+            message: format!("title and content over {MAX_TEXT} bytes"),
+        });
+    }
+    Ok(CheckedNotification {
+        user_id,
+        title,
+        content,
+        screen: n.screen.unwrap_or_default(),
+        notif_id: n.notif_id.filter(|id| !id.is_empty()),
+    })
+}
+
+pub fn check_event(i: usize, e: JsonEvent) -> Result<RequestRecord, FieldError> {
+    let user_id = user(e.user_id, format!("events[{i}].user_id"))?;
+    let event_id = e.event_id.ok_or_else(|| FieldError {
+        field: format!("events[{i}].event_id"),
+        message: "required".into(),
+    })?;
+    let mut pairs = BTreeMap::new();
+    for (key, value) in e.pairs {
+        let text = match value {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(FieldError {
+                    field: format!("events[{i}].pairs.{key}"),
+                    message: "a string (or a number)".into(),
+                })
+            }
+        };
+        pairs.insert(key, text);
+    }
+    Ok(RequestRecord::Event {
+        user_id,
+        event_id,
+        event_type: e.event_type.unwrap_or(0),
+        timestamp: e.timestamp.unwrap_or(0),
+        pairs,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// Bytes written by hand from the protobuf wire format (not by prost): field 1, a
+    /// length-delimited PushNotification of login_id 1338 (varint), title "T", content "C".
+    #[test]
+    fn protobuf_from_the_wire_format() {
+        let inner = [0x08, 0xba, 0x0a, 0x12, 0x01, b'T', 0x1a, 0x01, b'C'];
+        let mut bytes = vec![0x0a, inner.len() as u8];
+        bytes.extend_from_slice(&inner);
+        let batch = BatchNotificationRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(batch.notifications[0].login_id, Some(1338));
+        assert_eq!(batch.notifications[0].title.as_deref(), Some("T"));
+        assert_eq!(batch.encode_to_vec(), bytes);
+    }
+
+    #[test]
+    fn checks_name_the_field() {
+        let n = JsonNotification {
+            login_id: Some(0),
+            title: Some("t".into()),
+            content: None,
+            screen: None,
+            notif_id: None,
+        };
+        assert_eq!(
+            check_notification(3, n).err().unwrap().field,
+            "notifications[3].login_id"
+        );
+        let e: JsonEvent = serde_json::from_value(
+            serde_json::json!({"user_id": 1, "event_id": 4001, "pairs": {"languageId": 2, "x": [1]}}),
+        )
+        .unwrap();
+        assert_eq!(check_event(0, e).err().unwrap().field, "events[0].pairs.x");
+    }
+}

@@ -1,0 +1,214 @@
+//! The device registry in PostgreSQL (`pusher_devices`, `pusher_logins`), with Pushkin's rules:
+//! one user per device token (the newest registration wins, whatever order registrations
+//! arrive in), one token per (user, device id), at most [`MAX_DEVICES_PER_USER`] devices per
+//! user (the oldest dropped). Every call takes a batch and runs a fixed number of statements.
+
+use super::store::StoreError;
+use crate::push::Platform;
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Pushkin's limit.
+pub const MAX_DEVICES_PER_USER: i64 = 10;
+
+/// One device of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub user_id: i64,
+    pub platform: Platform,
+    pub token: String,
+    pub device_id: String,
+    /// Pushkin's platform id (1 Android phone, 2 iPhone, 5 iPad, 6 Android tablet), if known.
+    pub platform_id: Option<i32>,
+    pub app_version: String,
+    /// When it was registered (the login's time), Unix milliseconds.
+    pub registered_ms: i64,
+}
+
+/// A user's language, from their last login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Login {
+    pub user_id: i64,
+    pub language_id: i32,
+    pub at_ms: i64,
+}
+
+/// Pushkin's platform ids: which push platform each is.
+pub fn platform_of_pushkin_id(id: i64) -> Option<Platform> {
+    match id {
+        1 | 6 => Some(Platform::Gcm),
+        2 | 5 => Some(Platform::Apns),
+        _ => None,
+    }
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    pool: Pool,
+}
+
+impl Registry {
+    pub fn new(pool: Pool) -> Registry {
+        Registry { pool }
+    }
+
+    /// Registers `devices` and records `logins`, in one transaction.
+    pub async fn register(
+        &self,
+        app: &str,
+        devices: &[Device],
+        logins: &[Login],
+    ) -> Result<(), StoreError> {
+        // One row per token (the newest) and per user (the newest login): a statement may not
+        // touch a row twice.
+        let mut newest: HashMap<&str, &Device> = HashMap::new();
+        for d in devices {
+            let slot = newest.entry(d.token.as_str()).or_insert(d);
+            if d.registered_ms >= slot.registered_ms {
+                *slot = d;
+            }
+        }
+        let devices: Vec<&Device> = newest.into_values().collect();
+        let mut last_login: HashMap<i64, Login> = HashMap::new();
+        for l in logins {
+            let slot = last_login.entry(l.user_id).or_insert(*l);
+            if l.at_ms >= slot.at_ms {
+                *slot = *l;
+            }
+        }
+        let tokens: Vec<&str> = devices.iter().map(|d| d.token.as_str()).collect();
+        let platforms: Vec<&str> = devices.iter().map(|d| d.platform.as_str()).collect();
+        let users: Vec<i64> = devices.iter().map(|d| d.user_id).collect();
+        let device_ids: Vec<&str> = devices.iter().map(|d| d.device_id.as_str()).collect();
+        let platform_ids: Vec<Option<i32>> = devices.iter().map(|d| d.platform_id).collect();
+        let versions: Vec<&str> = devices.iter().map(|d| d.app_version.as_str()).collect();
+        let at: Vec<f64> = devices
+            .iter()
+            .map(|d| d.registered_ms as f64 / 1000.0)
+            .collect();
+
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if !devices.is_empty() {
+            tx.execute(
+                "INSERT INTO pusher_devices AS d
+                   (app, token, platform, user_id, device_id, platform_id, app_version, updated_at)
+                 SELECT $1, t.token, t.platform, t.user_id, t.device_id, t.platform_id,
+                        t.app_version, to_timestamp(t.at)
+                 FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[],
+                             $7::text[], $8::float8[])
+                   AS t(token, platform, user_id, device_id, platform_id, app_version, at)
+                 ON CONFLICT (app, token) DO UPDATE
+                   SET platform = EXCLUDED.platform, user_id = EXCLUDED.user_id,
+                       device_id = EXCLUDED.device_id, platform_id = EXCLUDED.platform_id,
+                       app_version = EXCLUDED.app_version, updated_at = EXCLUDED.updated_at
+                   WHERE d.updated_at <= EXCLUDED.updated_at",
+                &[
+                    &app,
+                    &tokens,
+                    &platforms,
+                    &users,
+                    &device_ids,
+                    &platform_ids,
+                    &versions,
+                    &at,
+                ],
+            )
+            .await?;
+            // A device that got a new token drops its old one (registered before the new).
+            tx.execute(
+                "DELETE FROM pusher_devices AS d
+                 USING unnest($2::bigint[], $3::text[], $4::text[], $5::float8[])
+                   AS t(user_id, device_id, token, at)
+                 WHERE d.app = $1 AND d.user_id = t.user_id AND t.device_id <> ''
+                   AND d.device_id = t.device_id AND d.token <> t.token
+                   AND d.updated_at <= to_timestamp(t.at)",
+                &[&app, &users, &device_ids, &tokens, &at],
+            )
+            .await?;
+            // At most MAX_DEVICES_PER_USER per user: the most recently registered stay.
+            tx.execute(
+                "DELETE FROM pusher_devices AS d
+                 USING (SELECT token, row_number() OVER (
+                            PARTITION BY user_id ORDER BY updated_at DESC, token) AS n
+                        FROM pusher_devices WHERE app = $1 AND user_id = ANY($2)) AS r
+                 WHERE d.app = $1 AND d.token = r.token AND r.n > $3",
+                &[&app, &users, &MAX_DEVICES_PER_USER],
+            )
+            .await?;
+        }
+        if !last_login.is_empty() {
+            let users: Vec<i64> = last_login.keys().copied().collect();
+            let languages: Vec<i32> = users.iter().map(|u| last_login[u].language_id).collect();
+            let at: Vec<f64> = users
+                .iter()
+                .map(|u| last_login[u].at_ms as f64 / 1000.0)
+                .collect();
+            tx.execute(
+                "INSERT INTO pusher_logins AS l (app, user_id, language_id, last_login)
+                 SELECT $1, t.user_id, t.language_id, to_timestamp(t.at)
+                 FROM unnest($2::bigint[], $3::int[], $4::float8[]) AS t(user_id, language_id, at)
+                 ON CONFLICT (app, user_id) DO UPDATE
+                   SET language_id = EXCLUDED.language_id, last_login = EXCLUDED.last_login
+                   WHERE l.last_login <= EXCLUDED.last_login",
+                &[&app, &users, &languages, &at],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The devices of `users`, newest first per user.
+    pub async fn devices_of(&self, app: &str, users: &[i64]) -> Result<Vec<Device>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT user_id, platform, token, device_id, platform_id, app_version,
+                        (extract(epoch FROM updated_at) * 1000)::bigint
+                 FROM pusher_devices WHERE app = $1 AND user_id = ANY($2)
+                 ORDER BY user_id, updated_at DESC, token",
+                &[&app, &users],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(Device {
+                    user_id: r.get(0),
+                    platform: r.get::<_, String>(1).parse().ok()?,
+                    token: r.get(2),
+                    device_id: r.get(3),
+                    platform_id: r.get(4),
+                    app_version: r.get(5),
+                    registered_ms: r.get(6),
+                })
+            })
+            .collect())
+    }
+
+    /// Removes one token; false when the app has no such token.
+    pub async fn remove(&self, app: &str, token: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "DELETE FROM pusher_devices WHERE app = $1 AND token = $2",
+                &[&app, &token],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// A user's language from their last login (None: never logged in).
+    pub async fn language_of(&self, app: &str, user: i64) -> Result<Option<i32>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT language_id FROM pusher_logins WHERE app = $1 AND user_id = $2",
+                &[&app, &user],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}

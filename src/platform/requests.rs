@@ -1,0 +1,91 @@
+//! The requests topic (`push-<app>-requests`, key = user id): what `pusher api` accepted for
+//! `pusher route` to expand. One JSON record per user-addressed notification or event.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The requests topic of an app.
+pub fn topic(app: &str) -> String {
+    format!("push-{app}-requests")
+}
+
+/// The regex `pusher route` subscribes to: every app's requests topic.
+pub const TOPIC_PATTERN: &str = "^push-[A-Za-z0-9_-]+-requests$";
+
+/// The app of a requests topic.
+pub fn app_of(topic: &str) -> Option<&str> {
+    topic
+        .strip_prefix("push-")?
+        .strip_suffix("-requests")
+        .filter(|app| crate::push::app::is_valid_name(app))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RequestRecord {
+    /// Pushkin's user-addressed notification: to every device of the user.
+    Notification {
+        user_id: i64,
+        title: String,
+        content: String,
+        #[serde(default)]
+        screen: String,
+        notif_id: String,
+    },
+    /// Pushkin's event: "this happened to this user", with its pairs.
+    Event {
+        user_id: i64,
+        event_id: i32,
+        #[serde(default)]
+        event_type: i32,
+        /// Unix seconds (0: when it was accepted).
+        #[serde(default)]
+        timestamp: i64,
+        #[serde(default)]
+        pairs: BTreeMap<String, String>,
+    },
+}
+
+impl RequestRecord {
+    pub fn user_id(&self) -> i64 {
+        match self {
+            RequestRecord::Notification { user_id, .. } | RequestRecord::Event { user_id, .. } => {
+                *user_id
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Plain data: it always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_name_their_app() {
+        assert_eq!(topic("game"), "push-game-requests");
+        assert_eq!(app_of("push-my-game-requests"), Some("my-game"));
+        assert_eq!(app_of("push-game_apns"), None);
+        let re = regex::Regex::new(TOPIC_PATTERN).unwrap();
+        assert!(re.is_match("push-my_game-requests"));
+        assert!(!re.is_match("push-game_apns"));
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let r = RequestRecord::Event {
+            user_id: 7,
+            event_id: 4001,
+            event_type: 0,
+            timestamp: 1,
+            pairs: BTreeMap::from([("languageId".into(), "2".into())]),
+        };
+        let back: RequestRecord = serde_json::from_slice(&r.to_json()).unwrap();
+        assert_eq!(back, r);
+    }
+}

@@ -1,0 +1,486 @@
+//! The registry and `pusher route` against real parts: the API over TCP, Kafka (mock cluster
+//! or Tansu), PostgreSQL. Pushkin's examples (JSON, and protobuf bytes written from the wire
+//! format by hand, not by our encoder) register devices and reach every device of a user;
+//! counts add up: notifications accepted = routed, pushes = devices reached.
+
+mod common;
+#[path = "common/kafka.rs"]
+mod kafka;
+
+use common::http::{post_json, request};
+use kafka::TestKafka;
+use pusher::config::{PgConfig, Secret};
+use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
+use pusher::platform::produce::Producer;
+use pusher::platform::registry::Registry;
+use pusher::platform::route::{self, RouteCounts, RouteSettings};
+use pusher::platform::store::Store;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "route-key-0123456789abcdef";
+
+fn pg() -> PgConfig {
+    PgConfig {
+        user: "postgres".to_owned(),
+        pass: None,
+        host: "127.0.0.1".to_owned(),
+        database: "test".to_owned(),
+        port: 5432,
+        pool_size: 4,
+        connection_timeout: Duration::from_secs(2),
+    }
+}
+
+fn fresh_app() -> String {
+    format!("rt{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+struct Platform {
+    app: String,
+    kafka: TestKafka,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    router: tokio::task::JoinHandle<RouteCounts>,
+    store: Store,
+}
+
+impl Platform {
+    async fn start() -> Platform {
+        let app = fresh_app();
+        let topics = [
+            format!("push-{app}-requests"),
+            format!("push-{app}_apns"),
+            format!("push-{app}_gcm"),
+        ];
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let kafka = TestKafka::start(&names, 2).await;
+        let store = Store::new(&pg()).unwrap();
+        store
+            .init()
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (ci/setup.sh starts it)");
+        let settings = ApiSettings {
+            keys: vec![ApiKey {
+                name: "backend".into(),
+                app: app.clone(),
+                key: Secret::new(KEY),
+            }],
+            max_body_bytes: 1 << 20,
+            max_notifications: 100,
+            max_tokens: 1000,
+            rate_per_second: 1000,
+            burst: 1000,
+            produce_timeout: Duration::from_secs(5),
+            metrics_token: None,
+        };
+        let producer = Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap();
+        let state = ApiState::new(settings, producer, store.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, state, stop.clone()));
+        let router = tokio::spawn(route::run(
+            RouteSettings {
+                brokers: kafka.bootstrap().to_owned(),
+                group: format!("route-{app}"),
+                deeplink_base: "game".into(),
+                batch_size: 100,
+                offset_reset: "earliest".into(),
+            },
+            Registry::new(store.pool()),
+            Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap(),
+            stop.clone(),
+        ));
+        let router = tokio::spawn(async move { router.await.unwrap().unwrap() });
+        Platform {
+            app,
+            kafka,
+            addr,
+            stop,
+            router,
+            store,
+        }
+    }
+
+    async fn devices(&self, user: i64) -> Value {
+        let auth = format!("Bearer {KEY}");
+        let a = request(
+            self.addr,
+            "GET",
+            &format!("/api/v1/users/{user}/devices"),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        a.json()
+    }
+
+    /// Waits until `user` has `n` devices.
+    async fn wait_devices(&self, user: i64, n: usize) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let d = self.devices(user).await;
+            if d["devices"].as_array().unwrap().len() == n || Instant::now() > deadline {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) -> RouteCounts {
+        self.stop.cancel();
+        self.router.await.unwrap()
+    }
+}
+
+fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("read-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut quiet = None;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                quiet = None;
+                out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+            }
+            _ if out.len() >= expected
+                && quiet.get_or_insert_with(Instant::now).elapsed()
+                    > Duration::from_millis(500) =>
+            {
+                break;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn login(user: i64, platform_id: u8, device: &str, token: &str, ts: i64) -> Value {
+    json!({"user_id": user, "event_id": 4001, "event_type": 0, "timestamp": ts,
+        "pairs": {"languageId": "2", "platformId": platform_id.to_string(), "deviceId": device,
+                  "deviceToken": token, "applicationVersion": "1.0.3"}})
+}
+
+/// Protobuf varint.
+fn varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A length-delimited field.
+fn field(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
+    out.push((tag << 3) | 2);
+    varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// `BatchEventRequest` with one login event, encoded from the wire format by hand.
+fn login_proto(user: u64, platform_id: &str, token: &str) -> Vec<u8> {
+    let mut event = Vec::new();
+    event.push(1 << 3);
+    varint(user, &mut event);
+    event.push(2 << 3);
+    varint(4001, &mut event);
+    for (k, v) in [
+        ("platformId", platform_id),
+        ("deviceToken", token),
+        ("languageId", "5"),
+    ] {
+        let mut pair = Vec::new();
+        field(1, k.as_bytes(), &mut pair);
+        field(2, v.as_bytes(), &mut pair);
+        field(5, &pair, &mut event);
+    }
+    let mut batch = Vec::new();
+    field(1, &event, &mut batch);
+    batch
+}
+
+/// Logins (JSON and protobuf) register devices; a notification to the user reaches each of
+/// them on its platform's topic, with the deep link and the notif_id; a user without devices
+/// and other events are counted, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_register_devices_and_notifications_reach_each() {
+    let p = Platform::start().await;
+    let events = json!({"events": [
+        login(1337, 1, "phone", "gcm-token-1", 1_458_866_235),
+        login(1337, 5, "ipad", "apns-token-1", 1_458_866_236),
+        // Pushkin's README example: not a login, left for event mode.
+        {"user_id": 123, "event_id": 1, "event_type": 2, "timestamp": 1_458_866_235, "pairs": {"some_constant": "6"}}
+    ]});
+    let a = post_json(p.addr, "/post_events_json", KEY, &events).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["accepted"], 3);
+    let auth = format!("Bearer {KEY}");
+    let proto = request(
+        p.addr,
+        "POST",
+        "/post_events_proto",
+        &[("authorization", &auth)],
+        login_proto(1337, "2", "apns-token-2"),
+    )
+    .await;
+    assert_eq!(proto.status, 200, "{}", proto.text());
+
+    let devices = p.wait_devices(1337, 3).await;
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 3, "{devices}");
+    assert_eq!(devices["language_id"], 5, "the last login's language");
+
+    // Pushkin's notification example, to a user with three devices and one with none.
+    let notes = json!({"notifications": [
+        {"login_id": 1337, "title": "Msg title", "content": "Text of a message", "screen": "welcome_screen"},
+        {"login_id": 1338, "title": "Msg title", "content": "Text of a message", "screen": "welcome_screen"}
+    ]});
+    let a = post_json(p.addr, "/post_notification_json", KEY, &notes).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let ids = a.json()["notif_ids"].clone();
+
+    let gcm = read_topic(p.kafka.bootstrap(), &format!("push-{}_gcm", p.app), 1);
+    let apns = read_topic(p.kafka.bootstrap(), &format!("push-{}_apns", p.app), 2);
+    assert_eq!((gcm.len(), apns.len()), (1, 2));
+    assert_eq!(gcm[0]["to"], "gcm-token-1");
+    assert_eq!(gcm[0]["data"]["screen"], "game://welcome_screen");
+    assert_eq!(gcm[0]["metadata"]["notif_id"], ids[0]);
+    let mut tokens: Vec<&str> = apns
+        .iter()
+        .map(|m| m["DeviceToken"].as_str().unwrap())
+        .collect();
+    tokens.sort();
+    assert_eq!(tokens, ["apns-token-1", "apns-token-2"]);
+    assert_eq!(apns[0]["Payload"]["screen"], "welcome_screen");
+
+    let counts = p.stop().await;
+    assert_eq!(counts.consumed, 6, "{counts:?}");
+    assert_eq!(
+        (counts.logins, counts.events_unhandled, counts.notifications),
+        (3, 1, 2)
+    );
+    assert_eq!(
+        (counts.pushes, counts.no_devices, counts.malformed),
+        (3, 1, 0)
+    );
+}
+
+/// Pushkin's registry rules: one user per token (the newest registration wins, in whatever
+/// order they arrive), one token per device, at most 10 devices per user; and the REST calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_rules_and_rest_calls() {
+    let p = Platform::start().await;
+    let auth = format!("Bearer {KEY}");
+    let put = |body: Value| {
+        let auth = auth.clone();
+        let addr = p.addr;
+        async move {
+            request(
+                addr,
+                "PUT",
+                "/api/v1/devices",
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+    for i in 0..12 {
+        let a = put(
+            json!({"user_id": 7, "platform": 2, "token": format!("tok-{i}"),
+            "device_id": format!("dev-{i}"), "language_id": 4, "app_version": "2.0"}),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let d = p.devices(7).await;
+    let tokens: Vec<&str> = d["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 10, "at most 10 per user: {d}");
+    assert!(
+        !tokens.contains(&"tok-0") && !tokens.contains(&"tok-1"),
+        "the oldest dropped: {tokens:?}"
+    );
+
+    // The same device with a new token: the old one goes.
+    assert_eq!(
+        put(json!({"user_id": 7, "platform": "gcm", "token": "tok-11b", "device_id": "dev-11"}))
+            .await
+            .status,
+        200
+    );
+    let d = p.devices(7).await;
+    let tokens: Vec<&str> = d["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["token"].as_str().unwrap())
+        .collect();
+    assert!(
+        tokens.contains(&"tok-11b") && !tokens.contains(&"tok-11"),
+        "{tokens:?}"
+    );
+
+    // One user per token: user 8 logs in with user 7's token.
+    assert_eq!(
+        put(json!({"user_id": 8, "platform_id": 6, "token": "tok-5"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(p.devices(8).await["devices"][0]["token"], "tok-5");
+    assert!(!p.devices(7).await.to_string().contains("\"tok-5\""));
+    // An older login event arriving late does not take it back.
+    let registry = Registry::new(p.store.pool());
+    let old = pusher::platform::registry::Device {
+        user_id: 7,
+        platform: pusher::push::Platform::Gcm,
+        token: "tok-5".into(),
+        device_id: String::new(),
+        platform_id: None,
+        app_version: String::new(),
+        registered_ms: 1_000,
+    };
+    registry.register(&p.app, &[old], &[]).await.unwrap();
+    assert_eq!(p.devices(8).await["devices"][0]["token"], "tok-5");
+
+    let del = |token: &'static str| {
+        let auth = auth.clone();
+        let addr = p.addr;
+        async move {
+            request(
+                addr,
+                "DELETE",
+                &format!("/api/v1/devices/{token}"),
+                &[("authorization", &auth)],
+                "",
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(del("tok-5").await, 204);
+    assert_eq!(del("tok-5").await, 404);
+    assert!(p.devices(8).await["devices"].as_array().unwrap().is_empty());
+
+    // Bad registrations name the field.
+    for (body, field) in [
+        (
+            json!({"user_id": 7, "platform": 3, "token": "x"}),
+            "platform",
+        ),
+        (
+            json!({"user_id": 7, "platform_id": 9, "token": "x"}),
+            "platform_id",
+        ),
+        (
+            json!({"user_id": 7, "platform": 1, "platform_id": 1, "token": "x"}),
+            "platform_id",
+        ),
+        (json!({"user_id": 7, "platform": 1, "token": ""}), "token"),
+        (
+            json!({"user_id": 0, "platform": 1, "token": "x"}),
+            "user_id",
+        ),
+        (
+            json!({"user_id": "seven", "platform": 1, "token": "x"}),
+            "user_id",
+        ),
+        (
+            json!({"user_id": 7, "platform": 1, "token": "x", "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let a = put(body.clone()).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text());
+        assert!(
+            a.json()["error"].as_str().unwrap().contains(field),
+            "{body}: {}",
+            a.text()
+        );
+    }
+    let no_key = request(p.addr, "GET", "/api/v1/users/7/devices", &[], "").await;
+    assert_eq!(no_key.status, 401);
+    p.stop().await;
+}
+
+/// `/api/v1/notifications` and `/api/v1/events` take JSON or protobuf (by Content-Type) and
+/// answer 202; hostile bodies are refused naming the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_routes_and_hostile_bodies() {
+    let p = Platform::start().await;
+    let auth = format!("Bearer {KEY}");
+    let a = request(
+        p.addr,
+        "POST",
+        "/api/v1/events",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/x-protobuf"),
+        ],
+        login_proto(42, "1", "gcm-42"),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    p.wait_devices(42, 1).await;
+    let a = post_json(p.addr, "/api/v1/notifications", KEY,
+        &json!({"notifications": [{"login_id": 42, "title": "t", "content": "c", "notif_id": "v1-1"}]})).await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    assert_eq!(a.json()["notif_ids"], json!(["v1-1"]));
+    let gcm = read_topic(p.kafka.bootstrap(), &format!("push-{}_gcm", p.app), 1);
+    assert_eq!(gcm.len(), 1);
+    assert_eq!(gcm[0]["metadata"]["notif_id"], "v1-1");
+
+    for (path, body, needle) in [
+        (
+            "/post_events_proto",
+            vec![0x0a, 0x05, 0x08],
+            "malformed protobuf",
+        ),
+        (
+            "/post_events_json",
+            b"{\"events\": [{\"event_id\": 1}]}".to_vec(),
+            "events[0].user_id",
+        ),
+        (
+            "/post_events_json",
+            b"{\"events\": [{\"user_id\": 1, \"event_id\": \"x\"}]}".to_vec(),
+            "events[0].event_id",
+        ),
+        (
+            "/post_notification_json",
+            b"{\"notifications\": [{\"login_id\": 1}]}".to_vec(),
+            "notifications[0].content",
+        ),
+        ("/post_notification_json", b"[]".to_vec(), "expected struct"),
+    ] {
+        let a = request(p.addr, "POST", path, &[("authorization", &auth)], body).await;
+        assert_eq!(a.status, 400, "{path}: {}", a.text());
+        assert!(a.text().contains(needle), "{path}: {}", a.text());
+    }
+    let counts = p.stop().await;
+    assert_eq!(
+        (counts.logins, counts.notifications, counts.pushes),
+        (1, 1, 1)
+    );
+}
