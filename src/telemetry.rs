@@ -190,6 +190,8 @@ pub mod names {
     pub const API_ACCEPTED: &str = "pusher_api_accepted_total";
     /// `pusher route`: records handled, labelled what (login, notification, push, ...).
     pub const ROUTED: &str = "pusher_route_total";
+    /// `pusher results`: result rows written.
+    pub const RESULTS: &str = "pusher_results_stored_total";
     /// The seed's StatsD counters.
     pub const STATSD_SENT: &str = "sent";
     pub const STATSD_ACK: &str = "ack";

@@ -567,3 +567,139 @@ async fn health_metrics_and_stats() {
     assert_eq!(request(api.addr, "GET", "/nope", &[], "").await.status, 404);
     api.stop().await;
 }
+
+/// Delivery results: a push through `pusher run apns` (feedback on) to the fake, whose
+/// `dead…` tokens are unregistered; `pusher results` (in this process) stores one row per
+/// token from the feedback topic, and `GET /api/v1/notifications/{id}` serves the counts and
+/// the rows in pages. Counts add up: delivered + token_invalid = accepted, nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_of_a_push_are_stored_and_served() {
+    use pusher::platform::consume::GroupSettings;
+    use pusher::platform::results::{feedback_pattern, run as results};
+    use pusher::push::token_rules::TokenRule;
+    let app = fresh_app();
+    let feedback_topic = format!("push-{app}-apns-feedbacks");
+    let [apns, gcm] = topics(&app);
+    let kafka = TestKafka::start(&[&apns, &gcm, &feedback_topic], 2).await;
+    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let fake = start_fake(FakeOptions::default()).await;
+    let tokens: Vec<String> = (0..20)
+        .map(|i| {
+            let t = common::token(i);
+            if i % 4 == 0 {
+                TokenRule::Unregistered.apply(&t)
+            } else {
+                t
+            }
+        })
+        .collect();
+    let body = json!({"notifications": [{"tokens": tokens, "platform": 1, "message": "Hi",
+        "topic": common::TOPIC, "notif_id": "r-1"}]});
+    let a = post_json(api.addr, "/api/push", KEY, &body).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["counts"], 20);
+
+    let group = format!("g-{app}");
+    let _pusher = PusherRun {
+        app: &app,
+        brokers: kafka.bootstrap(),
+        group: &group,
+        in_flight: 100,
+        env: vec![("PUSHER_FEEDBACK_REPORTERS", "kafka".to_owned())],
+    }
+    .spawn(&fake);
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(results(
+        GroupSettings {
+            brokers: kafka.bootstrap().to_owned(),
+            group: format!("results-{app}"),
+            topic: feedback_pattern("push-{app}-{platform}-feedbacks"),
+            batch_size: 100,
+            offset_reset: "earliest".to_owned(),
+        },
+        Store::new(&pg()).unwrap(),
+        stop.clone(),
+    ));
+    let auth = format!("Bearer {KEY}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let a = request(
+            api.addr,
+            "GET",
+            "/api/v1/notifications/r-1",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        let status = a.json();
+        if status["pending"] == 0 || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["targets"], 20, "{status}");
+    assert_eq!(
+        status["counts"],
+        json!({"delivered": 15, "token_invalid": 5}),
+        "{status}"
+    );
+    assert_eq!(status["pending"], 0);
+    let page = request(
+        api.addr,
+        "GET",
+        "/api/v1/notifications/r-1?limit=15",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(page["results"].as_array().unwrap().len(), 15);
+    let next = page["next"].as_str().unwrap().to_owned();
+    let rest = request(
+        api.addr,
+        "GET",
+        &format!("/api/v1/notifications/r-1?limit=15&after={next}"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(rest["results"].as_array().unwrap().len(), 5);
+    assert_eq!(rest["next"], Value::Null);
+    let rows: Vec<&Value> = rest["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page["results"].as_array().unwrap())
+        .collect();
+    let dead: Vec<&&Value> = rows
+        .iter()
+        .filter(|r| r["outcome"] == "token_invalid")
+        .collect();
+    assert!(
+        dead.iter().all(|r| r["reason"] == "Unregistered"),
+        "{dead:?}"
+    );
+    assert_eq!(dead.len(), 5);
+    assert_eq!(
+        request(
+            api.addr,
+            "GET",
+            "/api/v1/notifications/nope",
+            &[("authorization", &auth)],
+            ""
+        )
+        .await
+        .status,
+        404
+    );
+    stop.cancel();
+    let counts = writer.await.unwrap().unwrap();
+    assert_eq!(
+        (counts.stored, counts.untracked, counts.malformed),
+        (20, 0, 0),
+        "{counts:?}"
+    );
+    api.stop().await;
+}

@@ -124,3 +124,50 @@ pub fn route(args: RouteArgs) -> anyhow::Result<ExitCode> {
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// Config file [default: ./config/default.yaml when it exists, else built-in defaults].
+    /// Uses `results.*`, `feedback.kafka` (brokers and topic template),
+    /// `queue.offsetResetStrategy` and the `invalidToken.pg` database.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub brokers: BrokersFlag,
+    #[command(flatten)]
+    pub threads: ThreadsFlag,
+}
+
+/// `pusher results`: until SIGINT/SIGTERM; the batch in progress is finished and committed.
+pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
+    use crate::platform::consume::GroupSettings;
+    use crate::platform::results::{feedback_pattern, run};
+    let mut overrides = Vec::new();
+    if let Some(b) = &args.brokers.brokers {
+        overrides.push(("feedback.kafka.brokers".to_owned(), b.clone()));
+    }
+    let config = super::run::load_config(args.config.as_deref(), &overrides)?;
+    let store = Store::new(&config.invalid_token.pg)?;
+    let settings = GroupSettings {
+        brokers: config.feedback.kafka.brokers.clone(),
+        group: config.results.group.clone(),
+        topic: feedback_pattern(config.feedback.kafka.topic_template()),
+        batch_size: config.results.batch_size,
+        offset_reset: config.queue.offset_reset_strategy.as_str().to_owned(),
+    };
+    let runtime = crate::runtime::build(args.threads.threads, "pusher-results")
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        store
+            .init()
+            .await
+            .context("cannot create the platform's tables (invalidToken.pg)")?;
+        let stop = CancellationToken::new();
+        tokio::spawn(super::run::stop_on_signal(stop.clone()));
+        tracing::info!(group = %settings.group, topics = %settings.topic, "Storing results.");
+        let counts = run(settings, store, stop).await?;
+        println!("{}", serde_json::to_string(&counts)?);
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

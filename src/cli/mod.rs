@@ -76,6 +76,8 @@ pub enum Command {
     /// The platform's router: login events into the registry, user-addressed notifications
     /// into pushes.
     Route(api::RouteArgs),
+    /// The platform's result writer: every verdict of a tracked notification into PostgreSQL.
+    Results(api::ResultsArgs),
     /// Print the version.
     Version,
 }
@@ -95,6 +97,7 @@ impl Command {
             Command::Report(_) => "report",
             Command::Api(_) => "api",
             Command::Route(_) => "route",
+            Command::Results(_) => "results",
             Command::Version => "version",
         }
     }
@@ -185,6 +188,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report(args) => report::run(args),
         Command::Api(args) => api::run(args),
         Command::Route(args) => api::route(args),
+        Command::Results(args) => api::results(args),
         Command::Version => {
             println!("pusher {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -69,6 +69,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `pusher route`: the consumer group on the requests topics (DESIGN.md §10).
     pub route: RouteConfig,
+    /// `pusher results`: the consumer group on the feedback topics (DESIGN.md §10).
+    pub results: ResultsConfig,
     /// The seed's keys that were set and are ignored (filled by the loader, not a key).
     #[serde(skip)]
     pub seed_keys: Vec<SeedKey>,
@@ -88,6 +90,7 @@ impl Default for Config {
             sentry: SentryConfig::default(),
             api: ApiConfig::default(),
             route: RouteConfig::default(),
+            results: ResultsConfig::default(),
             seed_keys: Vec::new(),
         }
     }
@@ -557,6 +560,24 @@ impl Default for RouteConfig {
             group: "pusher-route".to_owned(),
             deeplink_base: String::new(),
             batch_size: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ResultsConfig {
+    /// The result writers' consumer group.
+    pub group: String,
+    /// Most feedback records written together (one upsert per batch).
+    pub batch_size: usize,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        ResultsConfig {
+            group: "pusher-results".to_owned(),
+            batch_size: 1000,
         }
     }
 }

@@ -230,7 +230,7 @@ fn unknown_keys_name_the_nearest_valid_key() {
         (
             "zzz: 1\n",
             "config file t.yaml: zzz: unknown key (valid here: queue, apns, gcm, feedback, stats, \
-             invalidToken, gracefulShutdownTimeout, inFlight, sentry, api, route)",
+             invalidToken, gracefulShutdownTimeout, inFlight, sentry, api, route, results)",
         ),
         (
             "log:\n  levl: debug\n",

@@ -115,6 +115,12 @@ impl Config {
         if self.route.group.trim().is_empty() {
             return Err(invalid("route.group", "must not be empty"));
         }
+        if self.results.group.trim().is_empty() {
+            return Err(invalid("results.group", "must not be empty"));
+        }
+        if self.results.batch_size == 0 {
+            return Err(invalid("results.batchSize", "must be >= 1"));
+        }
         if self.route.batch_size == 0 {
             return Err(invalid("route.batchSize", "must be >= 1"));
         }

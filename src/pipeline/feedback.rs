@@ -30,9 +30,10 @@ pub fn feedback_topic(template: &str, app: &str, platform: Platform) -> String {
         .replace("{platform}", platform.as_str())
 }
 
-/// Whether an outcome gets a feedback record: failures always, successes on request.
-pub fn should_report(outcome: &Outcome, include_success: bool) -> bool {
-    include_success || !outcome.is_delivered()
+/// Whether an outcome gets a feedback record: failures always, successes on request or when
+/// the message carries a `notif_id` (the platform's results need every verdict).
+pub fn should_report(outcome: &Outcome, include_success: bool, tracked: bool) -> bool {
+    include_success || tracked || !outcome.is_delivered()
 }
 
 /// What the pipeline knows about a message when its outcome arrives.
@@ -54,8 +55,17 @@ pub struct MessageContext {
 impl MessageContext {
     /// The seed's feedback metadata: the message's own, plus game, deviceToken, hostname,
     /// timestamp, and `deleteToken: true` when the token is to be deleted.
-    fn feedback_metadata(&self, delete_token: bool) -> Map<String, Value> {
+    /// The record's metadata: the message's, with the seed's fields; for a message with a
+    /// `notif_id`, also the outcome's class and reason (what `pusher results` stores).
+    fn feedback_metadata(&self, outcome: &Outcome) -> Map<String, Value> {
+        let delete_token = matches!(outcome, Outcome::TokenInvalid { .. });
         let mut m = self.metadata.to_map();
+        if m.contains_key("notif_id") {
+            m.insert("outcome".to_owned(), Value::from(outcome.class()));
+            if let Some(reason) = outcome.reason() {
+                m.insert("reason".to_owned(), Value::from(reason));
+            }
+        }
         if let Some(canonical) = &self.canonical_registration_id {
             m.insert(
                 "canonicalRegistrationId".to_owned(),
@@ -235,7 +245,6 @@ pub fn apns_record(outcome: &Outcome, ctx: &MessageContext, apns: &SendDetails) 
             description: reason.clone(),
         }),
     };
-    let delete_token = matches!(outcome, Outcome::TokenInvalid { .. });
     ApnsFeedback {
         sent: outcome.is_delivered(),
         status_code,
@@ -244,14 +253,13 @@ pub fn apns_record(outcome: &Outcome, ctx: &MessageContext, apns: &SendDetails) 
         err,
         device_token: ctx.token.clone(),
         timestamp: ctx.consumed_at,
-        metadata: ctx.feedback_metadata(delete_token),
+        metadata: ctx.feedback_metadata(outcome),
         notification: apns.notification.clone(),
     }
 }
 
 /// Builds the GCM record for an outcome.
 pub fn gcm_record(outcome: &Outcome, ctx: &MessageContext) -> GcmFeedback {
-    let delete_token = matches!(outcome, Outcome::TokenInvalid { .. });
     let (error, description) = match outcome {
         Outcome::Delivered => (None, None),
         Outcome::Expired => (Some("PUSH_EXPIRED"), Some(EXPIRED_TEXT.to_owned())),
@@ -273,7 +281,7 @@ pub fn gcm_record(outcome: &Outcome, ctx: &MessageContext) -> GcmFeedback {
         from: ctx.token.clone(),
         error: error.map(str::to_owned),
         error_description: description,
-        metadata: ctx.feedback_metadata(delete_token),
+        metadata: ctx.feedback_metadata(outcome),
     }
 }
 
@@ -506,8 +514,9 @@ mod tests {
             feedback_topic(DEFAULT_TOPIC_TEMPLATE, "game", Platform::Gcm),
             "push-game-gcm-feedbacks"
         );
-        assert!(!should_report(&Outcome::Delivered, false));
-        assert!(should_report(&Outcome::Delivered, true));
-        assert!(should_report(&Outcome::Expired, false));
+        assert!(!should_report(&Outcome::Delivered, false, false));
+        assert!(should_report(&Outcome::Delivered, true, false));
+        assert!(should_report(&Outcome::Delivered, false, true));
+        assert!(should_report(&Outcome::Expired, false, false));
     }
 }

@@ -153,7 +153,7 @@ pub(super) async fn hand_off(
     details: &SendDetails,
 ) -> HandOff {
     if let Some(producer) = &shared.outputs.feedback {
-        if feedback::should_report(outcome, shared.include_success) {
+        if feedback::should_report(outcome, shared.include_success, ctx.metadata.has_notif_id()) {
             let record = sender.feedback(outcome, ctx, details);
             let policy = RetryPolicy::unbounded(Duration::from_millis(100), Duration::from_secs(5));
             let mut attempt = 0;

@@ -7,10 +7,14 @@
 //! - `registry`: the device registry (PostgreSQL).
 //! - `requests`: the requests topic's records (user-addressed notifications, events).
 //! - `route`: `pusher route`, the consumer group that expands them.
+//! - `results`: `pusher results`, the consumer group that stores every verdict.
+//! - `consume`: the batch consume loop both groups share.
 
 pub mod api;
+pub mod consume;
 pub mod produce;
 pub mod registry;
 pub mod requests;
+pub mod results;
 pub mod route;
 pub mod store;

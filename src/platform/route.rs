@@ -3,25 +3,22 @@
 //! device of the user, into the push topics with `metadata.notif_id`; other events are counted
 //! and committed (event mode is a later step), never dropped silently.
 //!
-//! Records are handled in batches: one registry statement set and one device lookup per app
-//! and batch, every push record acknowledged by Kafka, then the batch's offsets committed. A
-//! failure of PostgreSQL or Kafka is not the records' fault: the batch is retried (1 s doubling
-//! to 30 s) and nothing is committed until it passes. A crash redoes the uncommitted batch:
-//! registrations are idempotent, pushes may be sent twice (at least once).
+//! Records are handled in batches (`consume::batches`): one registry statement set and one
+//! device lookup per app and batch, every push record acknowledged by Kafka, then the batch's
+//! offsets committed. A crash redoes the uncommitted batch: registrations are idempotent,
+//! pushes may be sent twice (at least once).
 
+use super::consume::{self, GroupSettings};
 use super::produce::{ProduceError, Producer, Record};
 use super::registry::{platform_of_pushkin_id, Device, Login, Registry};
 use super::requests::{app_of, RequestRecord, TOPIC_PATTERN};
 use super::store::StoreError;
 use crate::push::Platform;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Pushkin's login event.
@@ -84,64 +81,39 @@ pub async fn run(
     producer: Producer,
     stop: CancellationToken,
 ) -> Result<RouteCounts, RouteError> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
-        .set("group.id", &settings.group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", &settings.offset_reset)
-        // New apps' requests topics are found within seconds.
-        .set("topic.metadata.refresh.interval.ms", "5000")
-        .create()
-        .map_err(RouteError::Consumer)?;
-    consumer
-        .subscribe(&[TOPIC_PATTERN])
-        .map_err(RouteError::Consumer)?;
-    let mut counts = RouteCounts::default();
-    let batch_size = settings.batch_size.max(1);
-    loop {
-        let first = tokio::select! {
-            _ = stop.cancelled() => break,
-            m = consumer.recv() => m,
-        };
-        let mut batch = Vec::with_capacity(batch_size);
-        match first {
-            Ok(m) => batch.push(m),
-            Err(e) => {
-                tracing::warn!(error = %e, "Kafka consumer error.");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        }
-        // Whatever else is already fetched joins the batch (no waiting for more).
-        while batch.len() < batch_size {
-            match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m),
-                _ => break,
-            }
-        }
-        let mut delay = Duration::from_secs(1);
-        loop {
-            match handle(&settings, &registry, &producer, &batch).await {
-                Ok(done) => {
-                    add(&mut counts, &done);
-                    break;
-                }
-                Err(e) => {
-                    crate::telemetry::health::set("route", Some(e.clone()));
-                    tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "Batch not routed: not the records' fault; retrying, nothing committed.");
-                    tokio::select! {
-                        _ = stop.cancelled() => return Ok(counts),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-        crate::telemetry::health::set("route", None);
-        commit(&consumer, &batch);
-    }
+    let consumer = consume::consumer(&GroupSettings {
+        brokers: settings.brokers.clone(),
+        group: settings.group.clone(),
+        topic: TOPIC_PATTERN.to_owned(),
+        batch_size: settings.batch_size,
+        offset_reset: settings.offset_reset.clone(),
+    })
+    .map_err(RouteError::Consumer)?;
+    let mut router = Router {
+        settings: &settings,
+        registry: &registry,
+        producer: &producer,
+        counts: RouteCounts::default(),
+    };
+    consume::batches(&consumer, settings.batch_size, "route", &stop, &mut router).await;
+    let counts = router.counts;
     tracing::info!(counts = %crate::telemetry::Json(&counts), "Router stopped.");
     Ok(counts)
+}
+
+struct Router<'a> {
+    settings: &'a RouteSettings,
+    registry: &'a Registry,
+    producer: &'a Producer,
+    counts: RouteCounts,
+}
+
+impl consume::Batches for Router<'_> {
+    async fn handle(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<(), String> {
+        let done = handle(self.settings, self.registry, self.producer, batch).await?;
+        add(&mut self.counts, &done);
+        Ok(())
+    }
 }
 
 fn add(total: &mut RouteCounts, batch: &RouteCounts) {
@@ -163,27 +135,6 @@ fn add(total: &mut RouteCounts, batch: &RouteCounts) {
         if n > 0 {
             metrics::counter!(crate::telemetry::names::ROUTED, "what" => what).increment(n);
         }
-    }
-}
-
-/// Commits past the last record of each partition in the batch.
-fn commit(consumer: &StreamConsumer, batch: &[BorrowedMessage<'_>]) {
-    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for m in batch {
-        let slot = next
-            .entry((m.topic().to_owned(), m.partition()))
-            .or_insert(0);
-        *slot = (*slot).max(m.offset() + 1);
-    }
-    let mut list = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        if let Err(e) = list.add_partition_offset(&topic, partition, Offset::Offset(offset)) {
-            tracing::warn!(error = %e, "Cannot commit an offset.");
-        }
-    }
-    // A failed commit (a rebalance took the partition) means the batch is redone elsewhere.
-    if let Err(e) = consumer.commit(&list, CommitMode::Async) {
-        tracing::debug!(error = %e, "Commit not accepted.");
     }
 }
 

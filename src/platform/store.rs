@@ -215,3 +215,145 @@ fn taken(e: tokio_postgres::Error, keys: &[ClaimKey]) -> StoreError {
         .unwrap_or_default();
     StoreError::NotifIdTaken(id)
 }
+
+/// One verdict for one (notification, token).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ResultRow {
+    pub app: String,
+    pub notif_id: String,
+    pub token: String,
+    pub platform: String,
+    pub outcome: String,
+    pub reason: String,
+    /// When the pusher consumed the message, Unix seconds.
+    pub at: i64,
+}
+
+/// A notification as the API accepted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationRow {
+    pub notif_id: String,
+    pub state: String,
+    pub targets: u32,
+    pub accepted_at: Option<i64>,
+}
+
+impl Store {
+    /// Stores verdicts in one statement; an older verdict never overwrites a newer one.
+    pub async fn store_results(&self, rows: &[ResultRow]) -> Result<(), StoreError> {
+        // One row per key (the newest): a statement may not touch a row twice.
+        let mut newest: std::collections::HashMap<(&str, &str, &str), &ResultRow> =
+            std::collections::HashMap::new();
+        for r in rows {
+            let slot = newest
+                .entry((r.app.as_str(), r.notif_id.as_str(), r.token.as_str()))
+                .or_insert(r);
+            if r.at >= slot.at {
+                *slot = r;
+            }
+        }
+        let rows: Vec<&ResultRow> = newest.into_values().collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let col = |f: fn(&ResultRow) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
+        let at: Vec<f64> = rows.iter().map(|r| r.at as f64).collect();
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO pusher_results AS r
+                   (app, notif_id, token, platform, outcome, reason, at)
+                 SELECT t.app, t.notif_id, t.token, t.platform, t.outcome, t.reason,
+                        to_timestamp(t.at)
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::float8[])
+                   AS t(app, notif_id, token, platform, outcome, reason, at)
+                 ON CONFLICT (app, notif_id, token) DO UPDATE
+                   SET platform = EXCLUDED.platform, outcome = EXCLUDED.outcome,
+                       reason = EXCLUDED.reason, at = EXCLUDED.at
+                   WHERE r.at <= EXCLUDED.at",
+                &[
+                    &col(|r| &r.app),
+                    &col(|r| &r.notif_id),
+                    &col(|r| &r.token),
+                    &col(|r| &r.platform),
+                    &col(|r| &r.outcome),
+                    &col(|r| &r.reason),
+                    &at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The notification `notif_id` of `app`, if the API accepted (or is accepting) it.
+    pub async fn notification(
+        &self,
+        app: &str,
+        notif_id: &str,
+    ) -> Result<Option<NotificationRow>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT notif_id, state, targets,
+                        (extract(epoch FROM accepted_at))::bigint
+                 FROM pusher_notifications WHERE app = $1 AND notif_id = $2",
+                &[&app, &notif_id],
+            )
+            .await?;
+        Ok(row.map(|r| NotificationRow {
+            notif_id: r.get(0),
+            state: r.get(1),
+            targets: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+            accepted_at: r.get(3),
+        }))
+    }
+
+    /// A notification's verdicts counted by outcome.
+    pub async fn result_counts(
+        &self,
+        app: &str,
+        notif_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT outcome, count(*) FROM pusher_results
+                 WHERE app = $1 AND notif_id = $2 GROUP BY outcome",
+                &[&app, &notif_id],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// One page of a notification's verdicts, by token, after `after`.
+    pub async fn results_page(
+        &self,
+        app: &str,
+        notif_id: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<ResultRow>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT token, platform, outcome, reason, (extract(epoch FROM at))::bigint
+                 FROM pusher_results WHERE app = $1 AND notif_id = $2 AND token > $3
+                 ORDER BY token LIMIT $4",
+                &[&app, &notif_id, &after, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ResultRow {
+                app: app.to_owned(),
+                notif_id: notif_id.to_owned(),
+                token: r.get(0),
+                platform: r.get(1),
+                outcome: r.get(2),
+                reason: r.get(3),
+                at: r.get(4),
+            })
+            .collect())
+    }
+}

@@ -47,6 +47,14 @@ impl Metadata {
         self.0.is_none()
     }
 
+    /// True when the message carries a `notif_id` (the platform tracks its result). A text
+    /// search first: most messages have none, and they are not parsed for it.
+    pub fn has_notif_id(&self) -> bool {
+        self.0
+            .as_deref()
+            .is_some_and(|text| text.contains("notif_id") && self.to_map().contains_key("notif_id"))
+    }
+
     /// The metadata as a JSON map (empty when there is none).
     pub fn to_map(&self) -> Map<String, Value> {
         // The text was checked to be an object when the message was parsed.

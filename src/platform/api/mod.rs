@@ -136,6 +136,7 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/users/{user_id}/devices",
             get(registry::user_devices),
         )
+        .route("/api/v1/notifications/{notif_id}", get(notification))
         .route("/api/stat/app", get(stat_app))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -578,6 +579,68 @@ async fn events(
     let accepted = accept(&state, &caller.app, &headers, "events", items).await?;
     let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len()});
     Ok((wire.status(), Json(answer)).into_response())
+}
+
+/// `?after=<token>&limit=<n>`: a page of a notification's per-token results.
+#[derive(Debug, serde::Deserialize)]
+struct Page {
+    #[serde(default)]
+    after: String,
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/notifications/{notif_id}`: the notification, its verdicts counted by outcome,
+/// and a page of per-token rows (`next` is the `after` of the next page). `pending` is what has
+/// no verdict yet, for token-addressed pushes (a user-addressed one reaches devices only
+/// `pusher route` knows).
+async fn notification(
+    State(state): State<ApiState>,
+    caller: Caller,
+    axum::extract::Path(notif_id): axum::extract::Path<String>,
+    page: Result<axum::extract::Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(page) = page.map_err(|e| ApiError::BadRequest {
+        field: None,
+        message: e.body_text(),
+    })?;
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let app: &str = &caller.app;
+    let found = state
+        .store
+        .notification(app, &notif_id)
+        .await
+        .map_err(store_error)?
+        .ok_or(ApiError::NotFound)?;
+    let counts = state
+        .store
+        .result_counts(app, &notif_id)
+        .await
+        .map_err(store_error)?;
+    let rows = state
+        .store
+        .results_page(app, &notif_id, &page.after, limit)
+        .await
+        .map_err(store_error)?;
+    let done: i64 = counts.values().sum();
+    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.token.clone()));
+    let results: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"token": r.token, "platform": r.platform, "outcome": r.outcome,
+            "reason": r.reason, "at": r.at})
+        })
+        .collect();
+    Ok(Json(json!({
+        "notif_id": found.notif_id,
+        "state": found.state,
+        "accepted_at": found.accepted_at,
+        "targets": found.targets,
+        "counts": counts,
+        "pending": (i64::from(found.targets) - done).max(0),
+        "results": results,
+        "next": next.flatten(),
+    }))
+    .into_response())
 }
 
 fn platform_index(p: Platform) -> usize {

@@ -1,0 +1,117 @@
+//! The one consume loop of the platform's consumer groups (`pusher route`, `pusher results`):
+//! take what is fetched as a batch, hand it to the handler, commit past it only once the handler
+//! succeeded. A handler's failure is PostgreSQL's or Kafka's, never the records' (records that
+//! cannot be read are the handler's to count and skip), so the batch is retried (1 s doubling
+//! to 30 s) and nothing is committed until it passes. At least once: a crash redoes the batch.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Where and how a platform consumer reads.
+#[derive(Debug, Clone)]
+pub struct GroupSettings {
+    pub brokers: String,
+    pub group: String,
+    /// A topic name, or a regex starting with `^`.
+    pub topic: String,
+    /// Most records handled together.
+    pub batch_size: usize,
+    /// Where a group without committed offsets starts.
+    pub offset_reset: String,
+}
+
+/// A consumer that commits only what its handler finished.
+pub fn consumer(settings: &GroupSettings) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", &settings.offset_reset)
+        // New apps' topics are found within seconds.
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .create()?;
+    consumer.subscribe(&[settings.topic.as_str()])?;
+    Ok(consumer)
+}
+
+/// What a consumer group does with a batch. A trait rather than a closure: the future must be
+/// `Send` for every batch lifetime, which async closures cannot promise yet.
+pub trait Batches {
+    /// Handles one batch; an error is PostgreSQL's or Kafka's (the batch is retried).
+    fn handle(
+        &mut self,
+        batch: &[BorrowedMessage<'_>],
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// Runs `handler` over batches until `stop`. `component` names the `/healthz` problem while
+/// batches fail.
+pub async fn batches(
+    consumer: &StreamConsumer,
+    batch_size: usize,
+    component: &str,
+    stop: &CancellationToken,
+    handler: &mut impl Batches,
+) {
+    let batch_size = batch_size.max(1);
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        let mut batch = Vec::with_capacity(batch_size);
+        match first {
+            Ok(m) => batch.push(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka consumer error.");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        // Whatever else is already fetched joins the batch (no waiting for more).
+        while batch.len() < batch_size {
+            match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m),
+                _ => break,
+            }
+        }
+        let mut delay = Duration::from_secs(1);
+        while let Err(e) = handler.handle(&batch).await {
+            crate::telemetry::health::set(component, Some(e.clone()));
+            tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "Batch failed, not by the records' fault; retrying, nothing committed.");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+        crate::telemetry::health::set(component, None);
+        commit(consumer, &batch);
+    }
+}
+
+/// Commits past the last record of each partition in the batch.
+fn commit(consumer: &StreamConsumer, batch: &[BorrowedMessage<'_>]) {
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for m in batch {
+        let slot = next
+            .entry((m.topic().to_owned(), m.partition()))
+            .or_insert(0);
+        *slot = (*slot).max(m.offset() + 1);
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        if let Err(e) = list.add_partition_offset(&topic, partition, Offset::Offset(offset)) {
+            tracing::warn!(error = %e, "Cannot commit an offset.");
+        }
+    }
+    // A failed commit (a rebalance took the partition) means the batch is redone elsewhere.
+    if let Err(e) = consumer.commit(&list, CommitMode::Async) {
+        tracing::debug!(error = %e, "Commit not accepted.");
+    }
+}
