@@ -593,6 +593,28 @@ async fn results_of_a_push_are_stored_and_served() {
             }
         })
         .collect();
+    // Three of them in the registry: a good one, a dead one, and a dead one registered again
+    // later than the push (its verdict is about the old registration).
+    let registry = pusher::platform::registry::Registry::new(Store::new(&pg()).unwrap().pool());
+    let device = |token: &str, registered_ms: i64| pusher::platform::registry::Device {
+        user_id: 99,
+        platform: pusher::push::Platform::Apns,
+        token: token.to_owned(),
+        device_id: String::new(),
+        platform_id: None,
+        app_version: String::new(),
+        registered_ms,
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let devices = [
+        device(&tokens[1], now_ms - 60_000),
+        device(&tokens[0], now_ms - 60_000),
+        device(&tokens[4], now_ms + 3_600_000),
+    ];
+    registry.register(&app, &devices, &[]).await.unwrap();
     let body = json!({"notifications": [{"tokens": tokens, "platform": 1, "message": "Hi",
         "topic": common::TOPIC, "notif_id": "r-1"}]});
     let a = post_json(api.addr, "/api/push", KEY, &body).await;

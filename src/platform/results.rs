@@ -2,7 +2,9 @@
 //! carrying `metadata.notif_id` gets a feedback record from `pusher run` (successes too, with
 //! `metadata.outcome` and `metadata.reason`); each becomes one row per (notification, token) in
 //! `pusher_results`, in batched upserts where an older verdict never overwrites a newer one.
-//! Records without a notif_id (the seed's own traffic) are counted and skipped.
+//! Records without a notif_id (the seed's own traffic) are counted and skipped. A
+//! `token_invalid` verdict also removes the token from the device registry, unless it was
+//! registered again after the message was consumed.
 
 use super::consume::{self, GroupSettings};
 use super::store::{ResultRow, Store};
@@ -27,6 +29,8 @@ pub struct ResultCounts {
     pub untracked: u64,
     /// Records that are not feedback JSON.
     pub malformed: u64,
+    /// Registry devices removed for an invalid-token verdict.
+    pub devices_removed: u64,
 }
 
 /// The regex of every feedback topic the template `push-{app}-{platform}-feedbacks` makes.
@@ -106,7 +110,13 @@ impl consume::Batches for Writer {
             .store_results(&rows)
             .await
             .map_err(|e| e.to_string())?;
+        let forgotten = self
+            .store
+            .forget_invalid_tokens(&rows)
+            .await
+            .map_err(|e| e.to_string())?;
         let c = &mut self.counts;
+        c.devices_removed += forgotten;
         c.consumed += done.consumed;
         c.stored += done.stored;
         c.untracked += done.untracked;

@@ -286,6 +286,31 @@ impl Store {
         Ok(())
     }
 
+    /// Removes from the registry the tokens whose verdict said they are invalid, unless they
+    /// were registered again after the message was consumed (the verdict is about the old
+    /// registration). Returns how many devices were removed.
+    pub async fn forget_invalid_tokens(&self, rows: &[ResultRow]) -> Result<u64, StoreError> {
+        let dead: Vec<&ResultRow> = rows
+            .iter()
+            .filter(|r| r.outcome == "token_invalid")
+            .collect();
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        let apps: Vec<&str> = dead.iter().map(|r| r.app.as_str()).collect();
+        let tokens: Vec<&str> = dead.iter().map(|r| r.token.as_str()).collect();
+        let at: Vec<f64> = dead.iter().map(|r| r.at as f64).collect();
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM pusher_devices AS d
+                 USING unnest($1::text[], $2::text[], $3::float8[]) AS t(app, token, at)
+                 WHERE d.app = t.app AND d.token = t.token AND d.updated_at < to_timestamp(t.at)",
+                &[&apps, &tokens, &at],
+            )
+            .await?)
+    }
+
     /// The notification `notif_id` of `app`, if the API accepted (or is accepting) it.
     pub async fn notification(
         &self,
