@@ -56,6 +56,7 @@ fn settings(app: &str) -> ApiSettings {
         rate_per_second: 1000,
         burst: 1000,
         produce_timeout: Duration::from_secs(5),
+        sync_timeout: Duration::from_secs(30),
         metrics_token: None,
     }
 }

@@ -77,6 +77,7 @@ impl Platform {
             rate_per_second: 1000,
             burst: 1000,
             produce_timeout: Duration::from_secs(5),
+            sync_timeout: Duration::from_secs(30),
             metrics_token: None,
         };
         let producer = Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap();

@@ -525,6 +525,9 @@ pub struct ApiConfig {
     /// 503 (a bare number is seconds).
     #[serde(with = "secs")]
     pub produce_timeout: Duration,
+    /// How long a `"sync": true` request waits for its verdicts (a bare number is seconds).
+    #[serde(with = "secs")]
+    pub sync_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -538,6 +541,7 @@ impl Default for ApiConfig {
             rate_per_second: 1000,
             burst: 200,
             produce_timeout: Duration::from_secs(10),
+            sync_timeout: Duration::from_secs(10),
         }
     }
 }

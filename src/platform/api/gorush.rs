@@ -12,6 +12,10 @@ use serde_json::{json, Map, Value};
 #[derive(Debug, Deserialize)]
 pub struct PushRequest {
     pub notifications: Vec<Notification>,
+    /// gorush's sync mode, per request: wait (up to `api.syncTimeout`) for the verdicts and
+    /// answer with the failed ones in `logs`. Needs `pusher run` and `pusher results` running.
+    #[serde(default)]
+    pub sync: bool,
 }
 
 /// One gorush notification: the fields this pusher can carry to APNs or FCM.

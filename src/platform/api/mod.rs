@@ -46,6 +46,8 @@ pub struct ApiSettings {
     pub burst: u32,
     /// How long Kafka may take to acknowledge a request's records.
     pub produce_timeout: Duration,
+    /// How long a `"sync": true` push waits for its verdicts.
+    pub sync_timeout: Duration,
     /// When set, `/metrics` needs it as a bearer token.
     pub metrics_token: Option<Secret>,
 }
@@ -71,6 +73,7 @@ impl ApiSettings {
             rate_per_second: a.rate_per_second,
             burst: a.burst,
             produce_timeout: a.produce_timeout,
+            sync_timeout: a.sync_timeout,
             metrics_token: config.stats.prometheus.token.clone(),
         }
     }
@@ -409,12 +412,66 @@ async fn push(
         entry[0] += by_platform[0];
         entry[1] += by_platform[1];
     }
-    let mut answer = json!({"success": "ok", "counts": accepted.counts, "logs": [],
+    let logs = if request.sync {
+        sync_logs(&state, app, &accepted).await?
+    } else {
+        Vec::new()
+    };
+    let mut answer = json!({"success": "ok", "counts": accepted.counts, "logs": logs,
         "notif_ids": accepted.notif_ids});
     if count == 1 {
         answer["notif_id"] = answer["notif_ids"][0].clone();
     }
     Ok(Json(answer).into_response())
+}
+
+/// gorush's sync mode: waits until every accepted record has a verdict in the results table
+/// (or `api.syncTimeout`), then answers gorush's `logs`: one entry per failed token.
+async fn sync_logs(
+    state: &ApiState,
+    app: &str,
+    accepted: &Accepted,
+) -> Result<Vec<Value>, ApiError> {
+    let deadline = Instant::now() + state.settings.sync_timeout;
+    loop {
+        let mut done = 0i64;
+        for id in &accepted.notif_ids {
+            let counts = state
+                .store
+                .result_counts(app, id)
+                .await
+                .map_err(store_error)?;
+            done += counts.values().sum::<i64>();
+        }
+        if done >= accepted.counts as i64 || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut logs = Vec::new();
+    for id in &accepted.notif_ids {
+        let mut after = String::new();
+        loop {
+            let page = state
+                .store
+                .results_page(app, id, &after, 1000)
+                .await
+                .map_err(store_error)?;
+            let full = page.len() == 1000;
+            for r in &page {
+                if r.outcome != "delivered" {
+                    logs.push(json!({"notif_id": id, "type": "failed-push",
+                        "platform": if r.platform == "apns" { "ios" } else { "android" },
+                        "token": r.token, "message": r.outcome, "error": r.reason}));
+                }
+            }
+            match page.last() {
+                Some(last) if full => after = last.token.clone(),
+                _ => break,
+            }
+        }
+    }
+    Ok(logs)
 }
 
 fn check_count(field: &str, count: usize, max: usize) -> Result<(), ApiError> {
