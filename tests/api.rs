@@ -58,6 +58,7 @@ fn settings(app: &str) -> ApiSettings {
         produce_timeout: Duration::from_secs(5),
         sync_timeout: Duration::from_secs(30),
         metrics_token: None,
+        queues: Default::default(),
     }
 }
 

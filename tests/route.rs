@@ -79,6 +79,12 @@ impl Platform {
             produce_timeout: Duration::from_secs(5),
             sync_timeout: Duration::from_secs(30),
             metrics_token: None,
+            queues: pusher::platform::api::Queues {
+                brokers: kafka.bootstrap().to_owned(),
+                route_group: format!("route-{app}"),
+                apns_group: format!("apns-{app}"),
+                gcm_group: format!("gcm-{app}"),
+            },
         };
         let producer = Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap();
         let state = ApiState::new(settings, producer, store.clone());
@@ -266,6 +272,28 @@ async fn logins_register_devices_and_notifications_reach_each() {
     tokens.sort();
     assert_eq!(tokens, ["apns-token-1", "apns-token-2"]);
     assert_eq!(apns[0]["Payload"]["screen"], "welcome_screen");
+
+    // Pushkin's queue sizes: nobody consumes the push topics here; the router is done.
+    let size = |path: &'static str| {
+        let auth = format!("Bearer {KEY}");
+        let addr = p.addr;
+        async move {
+            let a = request(addr, "GET", path, &[("authorization", &auth)], "").await;
+            assert_eq!(a.status, 200, "{path}: {}", a.text());
+            a.json()["size"].as_i64().unwrap()
+        }
+    };
+    assert_eq!(size("/get_apn_sender_queue").await, 2);
+    assert_eq!(size("/get_gcm_sender_queue").await, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while size("/get_request_queue").await != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        size("/get_request_queue").await,
+        0,
+        "the router committed all 6"
+    );
 
     let counts = p.stop().await;
     assert_eq!(counts.consumed, 6, "{counts:?}");

@@ -9,9 +9,11 @@
 //! - `route`: `pusher route`, the consumer group that expands them.
 //! - `results`: `pusher results`, the consumer group that stores every verdict.
 //! - `consume`: the batch consume loop both groups share.
+//! - `lag`: consumer groups' backlogs, the queue sizes of monitoring.
 
 pub mod api;
 pub mod consume;
+pub mod lag;
 pub mod produce;
 pub mod registry;
 pub mod requests;

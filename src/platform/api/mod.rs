@@ -50,6 +50,20 @@ pub struct ApiSettings {
     pub sync_timeout: Duration,
     /// When set, `/metrics` needs it as a bearer token.
     pub metrics_token: Option<Secret>,
+    /// Whose backlogs the monitoring routes report.
+    pub queues: Queues,
+}
+
+/// The consumer groups behind Pushkin's queue routes, and where their topics are.
+#[derive(Debug, Clone, Default)]
+pub struct Queues {
+    pub brokers: String,
+    /// `pusher route`'s group (`/get_request_queue`).
+    pub route_group: String,
+    /// `pusher run apns`'s group (`/get_apn_sender_queue`).
+    pub apns_group: String,
+    /// `pusher run gcm`'s group (`/get_gcm_sender_queue`).
+    pub gcm_group: String,
 }
 
 impl ApiSettings {
@@ -75,6 +89,12 @@ impl ApiSettings {
             produce_timeout: a.produce_timeout,
             sync_timeout: a.sync_timeout,
             metrics_token: config.stats.prometheus.token.clone(),
+            queues: Queues {
+                brokers: config.queue.brokers.clone(),
+                route_group: config.route.group.clone(),
+                apns_group: config.group(Platform::Apns),
+                gcm_group: config.group(Platform::Gcm),
+            },
         }
     }
 }
@@ -141,6 +161,9 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/notifications/{notif_id}", get(notification))
         .route("/api/stat/app", get(stat_app))
+        .route("/get_request_queue", get(queue_size))
+        .route("/get_apn_sender_queue", get(queue_size))
+        .route("/get_gcm_sender_queue", get(queue_size))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/version", get(version))
@@ -722,6 +745,45 @@ async fn stat_app(State(state): State<ApiState>, caller: Caller) -> Json<Value> 
         "ios": {"accepted": ios},
         "android": {"accepted": android},
     }))
+}
+
+/// Pushkin's queue sizes, for the caller's app: the backlog of `pusher route` on the requests
+/// topic, or of `pusher run apns|gcm` on the app's push topics.
+async fn queue_size(
+    State(state): State<ApiState>,
+    caller: Caller,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let q = state.settings.queues.clone();
+    let app = caller.app.to_string();
+    let (queue, group, topics) = match uri.path() {
+        "/get_request_queue" => (
+            "requests",
+            q.route_group,
+            vec![crate::platform::requests::topic(&app)],
+        ),
+        "/get_apn_sender_queue" => (
+            "apns",
+            q.apns_group,
+            crate::push::topic::app_topics(&app, Platform::Apns).to_vec(),
+        ),
+        _ => (
+            "gcm",
+            q.gcm_group,
+            crate::push::topic::app_topics(&app, Platform::Gcm).to_vec(),
+        ),
+    };
+    let (g, t) = (group.clone(), topics.clone());
+    let size = tokio::task::spawn_blocking(move || {
+        crate::platform::lag::backlog(&q.brokers, &g, &t, Duration::from_secs(5))
+    })
+    .await
+    .map_err(|e| unavailable("kafka", e))?
+    .map_err(|e| unavailable("kafka", e))?;
+    Ok(
+        Json(json!({"queue": queue, "size": size, "group": group, "topics": topics}))
+            .into_response(),
+    )
 }
 
 /// `/healthz`: PostgreSQL answers, and no component reports a problem.
