@@ -6,6 +6,8 @@
 mod common;
 #[path = "common/kafka.rs"]
 mod kafka;
+#[path = "support/watched.rs"]
+mod watched;
 
 use common::http::{post_json, request};
 use common::process::PusherRun;
@@ -726,4 +728,129 @@ async fn results_of_a_push_are_stored_and_served() {
         "{counts:?}"
     );
     api.stop().await;
+}
+
+/// `pusher api` (the binary) SIGKILLed while clients are sending: every request it answered
+/// 200 is in Kafka, and the unanswered ones, retried with the same Idempotency-Key against a
+/// restarted API, are accepted (after their dead claims go stale): every token reaches Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_api_loses_nothing_it_acknowledged() {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    let app = fresh_app();
+    let kafka = kafka_for(&app).await;
+    let brokers = kafka.bootstrap().to_owned();
+    let spawn = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pusher"));
+        cmd.args(["api", "--listen", "127.0.0.1:0", "--brokers", &brokers])
+            .env("PUSHER_API_KEYS_T_APP", &app)
+            .env("PUSHER_API_KEYS_T_KEY", KEY)
+            .env("PUSHER_API_PRODUCETIMEOUT", "1s")
+            .env("PUSHER_INVALIDTOKEN_PG_HOST", "127.0.0.1")
+            .env("PUSHER_INVALIDTOKEN_PG_USER", "postgres")
+            .env("PUSHER_INVALIDTOKEN_PG_DATABASE", "test")
+            .env("PUSHER_LOG", "warn");
+        let mut api = watched::Watched::spawn(cmd);
+        let line = api.wait_for(false, "listening on http://", Duration::from_secs(30));
+        let addr: SocketAddr = line
+            .trim()
+            .trim_start_matches("listening on http://")
+            .parse()
+            .unwrap();
+        (api, addr)
+    };
+    let body = |i: usize| {
+        let tokens: Vec<String> = (0..10).map(|j| format!("t-{i}-{j}")).collect();
+        serde_json::to_vec(
+            &json!({"notifications": [{"tokens": tokens, "platform": 2, "message": "m"}]}),
+        )
+        .unwrap()
+    };
+    let (api, addr) = spawn();
+    let acked: Arc<Mutex<HashSet<usize>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (acked, next) = (acked.clone(), next.clone());
+        clients.push(tokio::spawn(async move {
+            let auth = format!("Bearer {KEY}");
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let key = format!("k-{i}");
+                let headers = [
+                    ("authorization", auth.as_str()),
+                    ("idempotency-key", key.as_str()),
+                ];
+                match common::http::try_request(addr, "POST", "/api/push", &headers, body(i)).await
+                {
+                    Ok(a) if a.status == 200 => {
+                        acked.lock().unwrap().insert(i);
+                    }
+                    Ok(a) => panic!("request {i}: {} {}", a.status, a.text()),
+                    // Killed: this one and the rest are unanswered.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Kill it mid-stream, once it has answered a few hundred requests.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    watched::Watched::signal(api.id(), "KILL");
+    for c in clients {
+        c.await.unwrap();
+    }
+    drop(api);
+    let acked = acked.lock().unwrap().clone();
+    let sent = next.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(acked.len() >= 200, "{} acknowledged", acked.len());
+
+    let topic = format!("push-{app}_gcm");
+    let records = read_topic(kafka.bootstrap(), &topic, acked.len() * 10);
+    let in_kafka: HashSet<String> = records.iter().map(|(k, _)| k.clone()).collect();
+    for i in &acked {
+        for j in 0..10 {
+            assert!(
+                in_kafka.contains(&format!("t-{i}-{j}")),
+                "acknowledged t-{i}-{j} lost"
+            );
+        }
+    }
+
+    // The unanswered ones, retried against a new process with their keys.
+    let (_api, addr) = spawn();
+    let auth = format!("Bearer {KEY}");
+    for i in (0..sent).filter(|i| !acked.contains(i)) {
+        let key = format!("k-{i}");
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("idempotency-key", key.as_str()),
+        ];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let a = request(addr, "POST", "/api/push", &headers, body(i)).await;
+            if a.status == 200 {
+                break;
+            }
+            assert_eq!(a.status, 409, "{}", a.text());
+            assert!(Instant::now() < deadline, "request {i} still busy");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let records = read_topic(kafka.bootstrap(), &topic, sent * 10);
+    let in_kafka: HashSet<String> = records.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(
+        in_kafka.len(),
+        sent * 10,
+        "every token of every request, acknowledged once"
+    );
+    // Only requests in flight at the kill may have been written twice.
+    let extra = records.len() - in_kafka.len();
+    eprintln!("requests {sent}, acknowledged before the kill {}, duplicates {extra}", acked.len());
+    assert!(
+        extra <= 4 * 10,
+        "{extra} duplicates for 4 requests in flight"
+    );
 }

@@ -31,11 +31,26 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Answer {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    try_request(addr, method, path, headers, body)
+        .await
+        .unwrap()
+}
+
+/// The same, with a failure to connect or to read the answer as an error.
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Answer, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .unwrap();
+            .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let mut builder = hyper::Request::builder()
         .method(method)
@@ -47,21 +62,21 @@ pub async fn request(
     let response = sender
         .send_request(builder.body(Full::new(body.into())).unwrap())
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())?
         .to_bytes()
         .to_vec();
-    Answer {
+    Ok(Answer {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// `POST path` with a JSON body and a bearer key.
