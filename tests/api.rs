@@ -848,7 +848,10 @@ async fn sigkilled_api_loses_nothing_it_acknowledged() {
     );
     // Only requests in flight at the kill may have been written twice.
     let extra = records.len() - in_kafka.len();
-    eprintln!("requests {sent}, acknowledged before the kill {}, duplicates {extra}", acked.len());
+    eprintln!(
+        "requests {sent}, acknowledged before the kill {}, duplicates {extra}",
+        acked.len()
+    );
     assert!(
         extra <= 4 * 10,
         "{extra} duplicates for 4 requests in flight"

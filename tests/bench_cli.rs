@@ -79,6 +79,58 @@ fn end_to_end_bench_conserves_every_message_and_writes_a_valid_report() {
     );
 }
 
+/// `bench --api`: gorush batches over HTTP into the API (PostgreSQL claims, Kafka acks), beside
+/// a trivial handler on the same stack; every notification accepted is a record in Kafka.
+#[test]
+fn api_bench_conserves_every_notification_and_reports_the_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("api.json");
+    let out = pusher(&[
+        "bench",
+        "--mock",
+        "--api",
+        "--count",
+        "2000",
+        "--batch",
+        "50",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "8",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("trivial handler on the same stack"),
+        "{stdout}"
+    );
+    let r = check_report(&json);
+    assert_eq!(r["params"]["mode"], "api");
+    let c = &r["conservation"];
+    assert_eq!(
+        (
+            c["generated"].as_u64(),
+            c["produced"].as_u64(),
+            c["answered"].as_u64()
+        ),
+        (Some(2000), Some(2000), Some(2000)),
+        "{c}"
+    );
+    assert_eq!(c["ok"], true);
+    assert_eq!(r["outcomes"]["delivered"], 40, "40 requests of 50");
+    let api = &r["api"];
+    assert_eq!(api["batch"], 50);
+    assert!(api["baseline_requests_per_s"].as_f64().unwrap() > 0.0);
+    assert!(api["ratio_to_baseline"].as_f64().unwrap() > 0.0);
+}
+
 #[test]
 fn sender_only_open_loop_reports_raw_and_corrected_latency() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! the two modes (sender only, end to end). A run takes a plain [`Settings`] and returns a
 //! [`Report`]; the flags that make one are in `cli/bench.rs`.
 
+pub mod api;
 pub mod calibrate;
 pub mod driver;
 pub mod end_to_end;
@@ -150,5 +151,6 @@ pub(crate) fn base_report(settings: &Settings, mode: &str, profile: &str) -> Rep
         peak_rss_bytes: None,
         series: None,
         replay: None,
+        api: None,
     }
 }

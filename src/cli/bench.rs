@@ -42,6 +42,23 @@ pub struct BenchArgs {
     /// Drive the sender core directly, without Kafka.
     #[arg(long)]
     pub sender_only: bool,
+    /// Benchmark `pusher api`: HTTP clients post gorush batches (--batch notifications, one
+    /// token each) to the API in this process, which answers once Kafka acknowledged every
+    /// record; beside it, the same HTTP stack with a trivial handler. Needs PostgreSQL (--pg).
+    /// --count and --rate count notifications; --concurrency is requests in flight.
+    #[arg(long, conflicts_with = "sender_only")]
+    pub api: bool,
+    /// --api: notifications per request.
+    #[arg(long, default_value_t = 100, requires = "api")]
+    pub batch: usize,
+    /// --api: the PostgreSQL holding the API's idempotency claims, as
+    /// `host=H port=P user=U dbname=D` (password: PGPASSWORD).
+    #[arg(
+        long,
+        default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        requires = "api"
+    )]
+    pub pg: String,
     /// Platform to push to.
     #[arg(long, default_value = "apns", value_parser = parse_platform)]
     pub platform: Platform,
@@ -173,7 +190,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // Calibrate before and after as well as inside the run: the median of the three resists
     // a burst of other load on a shared machine.
     let before = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
-    let mut report = if settings.sender_only {
+    let mut report = if args.api {
+        let api = crate::bench::api::ApiBench {
+            batch: args.batch,
+            pg: pg_config(&args.pg)?,
+        };
+        crate::bench::api::run(&settings, &api, &interrupt)
+    } else if settings.sender_only {
         crate::bench::sender_only::run(&settings, &interrupt)
     } else {
         crate::bench::end_to_end::run_bench(&settings, &interrupt)
@@ -182,6 +205,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let after = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
     report.calibration = gate::median(&[before, report.calibration, after]);
     conclude(&report, report_flags, baseline)
+}
+
+/// `host=H port=P user=U dbname=D` as the PostgreSQL settings (password from PGPASSWORD).
+fn pg_config(text: &str) -> anyhow::Result<crate::config::PgConfig> {
+    let mut pg = crate::config::PgConfig {
+        pass: std::env::var("PGPASSWORD")
+            .ok()
+            .map(crate::config::Secret::new),
+        pool_size: 16,
+        connection_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    for pair in text.split_whitespace() {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--pg: {pair:?} is not key=value"))?;
+        match key {
+            "host" => pg.host = value.to_owned(),
+            "port" => {
+                pg.port = value
+                    .parse()
+                    .with_context(|| format!("--pg: port {value:?}"))?
+            }
+            "user" => pg.user = value.to_owned(),
+            "dbname" => pg.database = value.to_owned(),
+            other => bail!("--pg: unknown key {other:?} (host, port, user, dbname)"),
+        }
+    }
+    Ok(pg)
 }
 
 /// The end of a bench or replay run: writes the reports, prints the summary, and decides the

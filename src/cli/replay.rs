@@ -425,6 +425,7 @@ fn make_report(
             schedule_lag: driven.schedule_lag.as_ref().and_then(Percentiles::of),
             lag_per_sec_us,
         }),
+        api: None,
     }
 }
 

@@ -49,6 +49,9 @@ pub struct Report {
     /// `pusher replay` runs only: the capture, the pace and how well the schedule was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayInfo>,
+    /// `bench --api` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiFigures>,
 }
 
 /// What the HTML report draws, kept in the JSON so a report can be drawn again later.
@@ -97,6 +100,21 @@ pub fn distribution<T: hdrhistogram::Counter>(h: &Histogram<T>) -> Vec<(f64, u64
     h.iter_quantiles(2)
         .map(|v| (v.quantile_iterated_to() * 100.0, v.value_iterated_to()))
         .collect()
+}
+
+/// `bench --api`'s own figures: the HTTP tier beside a trivial handler on the same stack.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ApiFigures {
+    /// Notifications per request.
+    pub batch: usize,
+    pub requests_per_s: f64,
+    /// The same load against a handler that only reads the body and answers.
+    pub baseline_requests_per_s: f64,
+    pub baseline_p99_us: Option<u64>,
+    /// `requests_per_s / baseline_requests_per_s`, measured in the same run.
+    pub ratio_to_baseline: f64,
+    /// Notifications accepted in the measured window.
+    pub accepted_measured: u64,
 }
 
 /// A replay's own figures.
@@ -278,6 +296,17 @@ impl Report {
             "  latency      {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             "p50", "p90", "p99", "p99.9", "max", "count"
         );
+        if let Some(api) = &self.api {
+            let _ = writeln!(
+                s,
+                "  api          {:>12.0} requests/s of {} notifications; trivial handler on the same stack {:.0} requests/s (ratio {:.2}, p99 {})",
+                api.requests_per_s,
+                api.batch,
+                api.baseline_requests_per_s,
+                api.ratio_to_baseline,
+                api.baseline_p99_us.map_or_else(|| "-".to_owned(), fmt_us),
+            );
+        }
         let rows = [
             ("send", &self.latency.send),
             ("send (CO)", &self.latency.send_corrected),

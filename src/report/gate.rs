@@ -234,6 +234,7 @@ mod tests {
             peak_rss_bytes: None,
             series: None,
             replay: None,
+            api: None,
         }
     }
 

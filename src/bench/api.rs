@@ -1,0 +1,319 @@
+//! `pusher bench --api`: HTTP clients post gorush batches to `pusher api` (in this process, on
+//! its own runtime thread, as a second machine would have it), which claims each notification
+//! in PostgreSQL and answers only once Kafka acknowledged every record. Measured: request
+//! latency and notifications/s; beside it, in the same run, the same HTTP stack (axum on hyper)
+//! with a trivial handler, so the ratio says what the API's work costs on this machine.
+//! Conservation: notifications accepted = records in the push topic.
+
+use super::driver::{drive, Driven, Load, LoadPlan};
+use super::interrupt::Interrupt;
+use super::{base_report, write_hgrm, Settings};
+use crate::config::PgConfig;
+use crate::mock::kafka::KafkaMock;
+use crate::platform::api::{serve, ApiKey, ApiSettings, ApiState, Queues};
+use crate::platform::produce::Producer;
+use crate::platform::store::Store;
+use crate::progress::Progress;
+use crate::push::{Outcome, Platform};
+use crate::report::data::{peak_rss_bytes, ApiFigures, Conservation, Report};
+use anyhow::{bail, Context};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const APP: &str = "bench";
+const KEY: &str = "bench-api-key-0123456789";
+
+/// What `--api` adds to the bench settings.
+#[derive(Debug, Clone)]
+pub struct ApiBench {
+    /// Notifications per request (one token each).
+    pub batch: usize,
+    /// Where the API keeps its claims.
+    pub pg: PgConfig,
+}
+
+/// The two servers of the run, on their own thread.
+struct Servers {
+    api: SocketAddr,
+    trivial: SocketAddr,
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start_servers(args: &Settings, api: &ApiBench, brokers: &str) -> anyhow::Result<Servers> {
+    let stop = CancellationToken::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (threads, pg, brokers, batch) =
+        (args.threads, api.pg.clone(), brokers.to_owned(), api.batch);
+    let server_stop = stop.clone();
+    let thread = std::thread::Builder::new().name("bench-api".into()).spawn(
+        move || -> anyhow::Result<()> {
+            let rt = crate::runtime::build(threads, "bench-api")?;
+            rt.block_on(async move {
+                let started = async {
+                    let store = Store::new(&pg)?;
+                    store.init().await.context(
+                        "bench --api keeps its claims in PostgreSQL (--pg): cannot reach it",
+                    )?;
+                    let settings = ApiSettings {
+                        keys: vec![ApiKey {
+                            name: "bench".into(),
+                            app: APP.into(),
+                            key: crate::config::Secret::new(KEY),
+                        }],
+                        max_body_bytes: 64 << 20,
+                        max_notifications: batch,
+                        max_tokens: batch,
+                        rate_per_second: u32::MAX,
+                        burst: u32::MAX,
+                        produce_timeout: Duration::from_secs(30),
+                        sync_timeout: Duration::from_secs(10),
+                        metrics_token: None,
+                        queues: Queues::default(),
+                    };
+                    let producer = Producer::new(&brokers, settings.produce_timeout)?;
+                    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                    let trivial = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                    anyhow::Ok((ApiState::new(settings, producer, store), api, trivial))
+                };
+                let (state, api, trivial) = match started.await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return Ok(());
+                    }
+                };
+                let _ = tx.send(Ok((api.local_addr()?, trivial.local_addr()?)));
+                // The baseline: the same stack, a handler that reads the body and answers.
+                let router = axum::Router::new().route(
+                    "/api/push",
+                    axum::routing::post(|body: Bytes| async move {
+                        axum::Json(serde_json::json!({"success": "ok", "counts": body.len()}))
+                    }),
+                );
+                let stop2 = server_stop.clone();
+                let baseline = tokio::spawn(async move {
+                    axum::serve(trivial, router)
+                        .with_graceful_shutdown(stop2.cancelled_owned())
+                        .await
+                });
+                serve(api, state.clone(), server_stop).await?;
+                let _ = baseline.await;
+                state.flush(Duration::from_secs(10));
+                Ok(())
+            })
+        },
+    )?;
+    let (api, trivial) = rx
+        .recv()
+        .context("the API thread stopped before it listened")??;
+    Ok(Servers {
+        api,
+        trivial,
+        stop,
+        thread,
+    })
+}
+
+/// The body of request `i`: `batch` notifications, one fresh token each.
+fn body(i: u64, batch: usize, platform: Platform) -> Bytes {
+    let platform = match platform {
+        Platform::Apns => 1,
+        Platform::Gcm => 2,
+    };
+    let notifications: Vec<serde_json::Value> = (0..batch as u64)
+        .map(|j| {
+            serde_json::json!({"tokens": [format!("{:064x}", i * batch as u64 + j)],
+                "platform": platform, "message": "bench", "title": "pusher"})
+        })
+        .collect();
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({ "notifications": notifications }))
+            .unwrap_or_default(),
+    )
+}
+
+/// Runs the plan against `addr` with `concurrency` keep-alive connections.
+async fn load(
+    addr: SocketAddr,
+    plan: &LoadPlan,
+    batch: usize,
+    platform: Platform,
+    stop: &CancellationToken,
+    progress: &Progress,
+) -> Driven {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .build_http();
+    let uri = format!("http://{addr}/api/push");
+    let send = |i: u64| {
+        let client = client.clone();
+        let uri = uri.clone();
+        async move {
+            let request = hyper::Request::post(&uri)
+                .header("authorization", format!("Bearer {KEY}"))
+                .header("content-type", "application/json")
+                .body(Full::new(body(i, batch, platform)));
+            let request = match request {
+                Ok(r) => r,
+                Err(e) => {
+                    return Outcome::Malformed {
+                        reason: e.to_string(),
+                    }
+                }
+            };
+            match client.request(request).await {
+                Ok(response) => {
+                    let status = response.status();
+                    // Read the whole answer: the request is done when the client has it.
+                    let _ = response.into_body().collect().await;
+                    if status.is_success() {
+                        Outcome::Delivered
+                    } else {
+                        Outcome::Rejected {
+                            reason: format!("HTTP {}", status.as_u16()),
+                        }
+                    }
+                }
+                Err(e) => Outcome::GaveUp {
+                    reason: e.to_string(),
+                },
+            }
+        }
+    };
+    drive(plan, Some, send, stop, progress).await
+}
+
+/// Records in `topic`: the sum of its partitions' high watermarks.
+fn records_in(brokers: &str, topic: &str) -> anyhow::Result<u64> {
+    let side: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let metadata = side.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut total = 0;
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (low, high) = side.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            total += (high - low).max(0) as u64;
+        }
+    }
+    Ok(total)
+}
+
+pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Result<Report> {
+    if api.batch == 0 {
+        bail!("--batch must be >= 1");
+    }
+    let platform = args.target.platform;
+    let topic = format!("push-{APP}_{platform}");
+    // --count counts notifications; a request carries --batch of them.
+    let notifications = args.count.or(if args.duration.is_some() {
+        None
+    } else {
+        Some(100_000)
+    });
+    let requests = notifications.map(|n| n.div_ceil(api.batch as u64));
+    let mock = match &args.brokers {
+        Some(_) => None,
+        None => Some(KafkaMock::start(
+            1,
+            std::slice::from_ref(&topic),
+            args.partitions,
+        )?),
+    };
+    let brokers = match (&args.brokers, &mock) {
+        (Some(b), _) => b.clone(),
+        (None, Some(m)) => m.bootstrap().to_owned(),
+        (None, None) => bail!("no Kafka"),
+    };
+    let before = records_in(&brokers, &topic).unwrap_or(0);
+    let servers = start_servers(args, api, &brokers)?;
+    let plan = LoadPlan {
+        count: requests,
+        duration: args.duration,
+        warmup: args.warmup,
+        load: match args.rate {
+            Some(rate) => Load::Open {
+                rate: rate / api.batch as f64,
+            },
+            None => Load::Closed {
+                concurrency: args.concurrency,
+            },
+        },
+    };
+    // The clients on one thread of their own: the servers get the --threads runtime.
+    let rt = crate::runtime::build(crate::runtime::Threads::Exactly(1), "bench-clients")?;
+    let stop = interrupt.token().clone();
+    let (baseline, driven) = rt.block_on(async {
+        let quiet = Progress::hidden();
+        let baseline = load(servers.trivial, &plan, api.batch, platform, &stop, &quiet).await;
+        let progress = Progress::for_run("api", requests, args.duration, args.warmup, args.quiet);
+        let driven = load(servers.api, &plan, api.batch, platform, &stop, &progress).await;
+        progress.finish_and_clear();
+        (baseline, driven)
+    });
+    servers.stop.cancel();
+    servers
+        .thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the API thread panicked"))??;
+    let produced = records_in(&brokers, &topic)?.saturating_sub(before);
+    drop(mock);
+
+    write_hgrm(args, &driven.recorder.send)?;
+    let secs = driven.elapsed.as_secs_f64().max(1e-9);
+    let measured_requests = driven.recorder.outcomes.values().sum::<u64>();
+    let rps = measured_requests as f64 / secs;
+    let baseline_rps = baseline.recorder.outcomes.values().sum::<u64>() as f64
+        / baseline.elapsed.as_secs_f64().max(1e-9);
+    let accepted = driven
+        .recorder
+        .outcomes
+        .get("delivered")
+        .copied()
+        .unwrap_or(0);
+    let mut report = base_report(args, "api", "api");
+    report.params.transport = "http".into();
+    report.duration_secs = secs;
+    report.throughput = rps * api.batch as f64;
+    report.runs = vec![report.throughput];
+    report.interrupted = driven.interrupted;
+    report.latency = driven.recorder.latencies();
+    report.outcomes = driven.recorder.outcomes.clone();
+    report.reasons = driven.recorder.reasons.clone();
+    report.timeline = driven.recorder.timeline.clone();
+    report.series = Some(driven.recorder.series());
+    let baseline_p99 = baseline.recorder.latencies().send.map(|q| q.p99_us);
+    report.api = Some(ApiFigures {
+        batch: api.batch,
+        requests_per_s: rps,
+        baseline_requests_per_s: baseline_rps,
+        baseline_p99_us: baseline_p99,
+        ratio_to_baseline: rps / baseline_rps.max(1e-9),
+        accepted_measured: accepted * api.batch as u64,
+    });
+    // Every request, warm-up included: its notifications were accepted, and are in Kafka.
+    let refused: u64 = report
+        .outcomes
+        .iter()
+        .filter(|(k, _)| *k != "delivered")
+        .map(|(_, n)| n)
+        .sum();
+    let batch = api.batch as u64;
+    report.conservation = Conservation {
+        generated: driven.sent * batch,
+        produced: Some(produced),
+        answered: driven.answered.saturating_sub(refused) * batch,
+        in_flight: driven.in_flight * batch,
+        ..Default::default()
+    }
+    .check();
+    report.peak_rss_bytes = peak_rss_bytes();
+    Ok(report)
+}
