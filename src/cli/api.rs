@@ -26,6 +26,10 @@ pub struct ApiArgs {
     /// Create the platform's tables in PostgreSQL and exit (they are also created at start).
     #[arg(long)]
     pub init_db: bool,
+    /// Also run `pusher route` and `pusher results` in this process: the whole platform in
+    /// one command, for trying it (in production, run them as their own processes).
+    #[arg(long)]
+    pub all: bool,
     #[command(flatten)]
     pub threads: ThreadsFlag,
 }
@@ -34,6 +38,7 @@ pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
     let mut overrides = Vec::new();
     if let Some(b) = &args.brokers.brokers {
         overrides.push(("queue.brokers".to_owned(), b.clone()));
+        overrides.push(("feedback.kafka.brokers".to_owned(), b.clone()));
     }
     if let Some(l) = &args.listen {
         overrides.push(("api.listen".to_owned(), l.clone()));
@@ -59,7 +64,7 @@ pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
             return anyhow::Ok(());
         }
         let producer = Producer::new(&config.queue.brokers, settings.produce_timeout)?;
-        let state = ApiState::new(settings, producer, store);
+        let state = ApiState::new(settings, producer, store.clone());
         let listener = tokio::net::TcpListener::bind(&config.api.listen)
             .await
             .with_context(|| format!("api.listen: cannot listen on {}", config.api.listen))?;
@@ -69,8 +74,32 @@ pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
         println!("listening on http://{addr}");
         let stop = CancellationToken::new();
         tokio::spawn(super::run::stop_on_signal(stop.clone()));
+        let mut others = Vec::new();
+        if args.all {
+            let route = crate::platform::route::run(
+                route_settings(&config),
+                crate::platform::registry::Registry::new(store.pool()),
+                Producer::new(&config.queue.brokers, config.api.produce_timeout)?,
+                stop.clone(),
+            );
+            let results =
+                crate::platform::results::run(results_settings(&config), store, stop.clone());
+            others.push(tokio::spawn(async move {
+                let counts = route.await?;
+                tracing::info!(counts = %crate::telemetry::Json(&counts), "Route stopped.");
+                anyhow::Ok(())
+            }));
+            others.push(tokio::spawn(async move {
+                let counts = results.await?;
+                tracing::info!(counts = %crate::telemetry::Json(&counts), "Results stopped.");
+                anyhow::Ok(())
+            }));
+        }
         serve(listener, state.clone(), stop).await?;
         state.flush(Duration::from_secs(10));
+        for task in others {
+            task.await??;
+        }
         tracing::info!("Stopped.");
         anyhow::Ok(())
     })?;
@@ -80,8 +109,8 @@ pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
 #[derive(Debug, Args)]
 pub struct RouteArgs {
     /// Config file [default: ./config/default.yaml when it exists, else built-in defaults].
-    /// The router uses `route.*`, `queue.brokers`, `queue.offsetResetStrategy`, `api.produceTimeout`
-    /// and the `invalidToken.pg` database.
+    /// The router uses `route.*`, `queue.brokers`, `api.produceTimeout` and the
+    /// `invalidToken.pg` database; a new group starts at the earliest request.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -93,20 +122,14 @@ pub struct RouteArgs {
 /// `pusher route`: until SIGINT/SIGTERM; the batch in progress is finished and committed.
 pub fn route(args: RouteArgs) -> anyhow::Result<ExitCode> {
     use crate::platform::registry::Registry;
-    use crate::platform::route::{run, RouteSettings};
+    use crate::platform::route::run;
     let mut overrides = Vec::new();
     if let Some(b) = &args.brokers.brokers {
         overrides.push(("queue.brokers".to_owned(), b.clone()));
     }
     let config = super::run::load_config(args.config.as_deref(), &overrides)?;
     let store = Store::new(&config.invalid_token.pg)?;
-    let settings = RouteSettings {
-        brokers: config.queue.brokers.clone(),
-        group: config.route.group.clone(),
-        deeplink_base: config.route.deeplink_base.clone(),
-        batch_size: config.route.batch_size,
-        offset_reset: config.queue.offset_reset_strategy.as_str().to_owned(),
-    };
+    let settings = route_settings(&config);
     let runtime = crate::runtime::build(args.threads.threads, "pusher-route")
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -128,8 +151,8 @@ pub fn route(args: RouteArgs) -> anyhow::Result<ExitCode> {
 #[derive(Debug, Args)]
 pub struct ResultsArgs {
     /// Config file [default: ./config/default.yaml when it exists, else built-in defaults].
-    /// Uses `results.*`, `feedback.kafka` (brokers and topic template),
-    /// `queue.offsetResetStrategy` and the `invalidToken.pg` database.
+    /// Uses `results.*`, `feedback.kafka` (brokers and topic template) and the
+    /// `invalidToken.pg` database; a new group starts at the earliest record.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -140,21 +163,14 @@ pub struct ResultsArgs {
 
 /// `pusher results`: until SIGINT/SIGTERM; the batch in progress is finished and committed.
 pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
-    use crate::platform::consume::GroupSettings;
-    use crate::platform::results::{feedback_pattern, run};
+    use crate::platform::results::run;
     let mut overrides = Vec::new();
     if let Some(b) = &args.brokers.brokers {
         overrides.push(("feedback.kafka.brokers".to_owned(), b.clone()));
     }
     let config = super::run::load_config(args.config.as_deref(), &overrides)?;
     let store = Store::new(&config.invalid_token.pg)?;
-    let settings = GroupSettings {
-        brokers: config.feedback.kafka.brokers.clone(),
-        group: config.results.group.clone(),
-        topic: feedback_pattern(config.feedback.kafka.topic_template()),
-        batch_size: config.results.batch_size,
-        offset_reset: config.queue.offset_reset_strategy.as_str().to_owned(),
-    };
+    let settings = results_settings(&config);
     let runtime = crate::runtime::build(args.threads.threads, "pusher-results")
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -170,4 +186,27 @@ pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn route_settings(config: &crate::config::Config) -> crate::platform::route::RouteSettings {
+    crate::platform::route::RouteSettings {
+        brokers: config.queue.brokers.clone(),
+        group: config.route.group.clone(),
+        deeplink_base: config.route.deeplink_base.clone(),
+        batch_size: config.route.batch_size,
+        // Not queue.offsetResetStrategy (latest by default, as the seed's pusher): a new group
+        // must not skip what the API already accepted.
+        offset_reset: "earliest".to_owned(),
+    }
+}
+
+fn results_settings(config: &crate::config::Config) -> crate::platform::consume::GroupSettings {
+    crate::platform::consume::GroupSettings {
+        brokers: config.feedback.kafka.brokers.clone(),
+        group: config.results.group.clone(),
+        topic: crate::platform::results::feedback_pattern(config.feedback.kafka.topic_template()),
+        batch_size: config.results.batch_size,
+        // A new group must not skip verdicts already reported.
+        offset_reset: "earliest".to_owned(),
+    }
 }

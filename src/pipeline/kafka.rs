@@ -252,6 +252,10 @@ pub(super) fn consumer(
             (spec.session_timeout.as_millis() / 3).max(100).to_string(),
         )
         .set("enable.partition.eof", "false")
+        // A topic created after the start (a broker that creates topics on first use, as
+        // `pusher api` writing an app's first push does) is found within 10 s, not
+        // librdkafka's default 5 min.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         // Bound the prefetch queue: memory stays flat under any backlog.
         .set("queued.max.messages.kbytes", "16384")
         // Statistics feed the consumer-lag gauge (RebalanceContext::stats).
