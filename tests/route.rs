@@ -513,3 +513,117 @@ async fn v1_routes_and_hostile_bodies() {
         (1, 1, 1)
     );
 }
+
+/// A segment push reaches every registered device meeting its condition, streamed from the
+/// registry in pages, with its progress in the notification's status; a segment whose router
+/// died after some pages resumes after the last page it finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_reach_every_matching_device_and_resume() {
+    use pusher::platform::registry::{Device, Login};
+    use pusher::push::Platform as P;
+    let p = Platform::start().await;
+    let registry = Registry::new(p.store.pool());
+    // 3,000 users with one device each: platform alternating, language 1..3.
+    let devices: Vec<Device> = (0..3000)
+        .map(|i| Device {
+            user_id: 10_000 + i,
+            platform: if i % 2 == 0 { P::Gcm } else { P::Apns },
+            token: format!("seg-{i:05}"),
+            device_id: String::new(),
+            platform_id: None,
+            app_version: "2.0".into(),
+            registered_ms: 1_700_000_000_000,
+        })
+        .collect();
+    let logins: Vec<Login> = (0..3000)
+        .map(|i| Login {
+            user_id: 10_000 + i,
+            language_id: (i % 3) as i32 + 1,
+            at_ms: 1_700_000_000_000,
+        })
+        .collect();
+    registry.register(&p.app, &devices, &logins).await.unwrap();
+    let matching: Vec<&Device> = devices
+        .iter()
+        .enumerate()
+        .filter(|(i, d)| d.platform == P::Gcm && i % 3 == 0)
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(matching.len(), 500);
+
+    let a = post_json(
+        p.addr,
+        "/api/v1/segments/push",
+        KEY,
+        &json!({
+        "condition": {"platform": "gcm", "language_id": 1, "last_login_after": 1_600_000_000},
+        "title": "Sale", "message": "Everything half price", "screen": "shop",
+        "data": {"campaign": "c1"}, "notif_id": "seg-1"}),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let gcm = read_topic(p.kafka.bootstrap(), &format!("push-{}_gcm", p.app), 500);
+    assert_eq!(gcm.len(), 500);
+    assert!(gcm
+        .iter()
+        .all(|m| m["data"]["campaign"] == "c1" && m["data"]["screen"] == "game://shop"));
+    let auth = format!("Bearer {KEY}");
+    let status = request(
+        p.addr,
+        "GET",
+        "/api/v1/notifications/seg-1",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(
+        status["segment"],
+        json!({"sent": 500, "done": true}),
+        "{status}"
+    );
+    assert_eq!(
+        status["pending"], 500,
+        "no results yet: no pusher runs here"
+    );
+
+    // A router died after the first 1,000 APNs devices of seg-2: the rest only are sent.
+    let apns_tokens: Vec<&str> = devices
+        .iter()
+        .filter(|d| d.platform == P::Apns)
+        .map(|d| d.token.as_str())
+        .collect();
+    registry
+        .save_segment_progress(&p.app, "seg-2", apns_tokens[999], 1000, false)
+        .await
+        .unwrap();
+    let a = post_json(
+        p.addr,
+        "/api/v1/segments/push",
+        KEY,
+        &json!({
+        "condition": {"platform": "apns"}, "message": "m", "notif_id": "seg-2"}),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let apns = read_topic(p.kafka.bootstrap(), &format!("push-{}_apns", p.app), 500);
+    assert_eq!(apns.len(), 500, "1,500 APNs devices, 1,000 already sent");
+    assert_eq!(
+        apns.iter()
+            .filter(|m| m["DeviceToken"].as_str().unwrap() <= apns_tokens[999])
+            .count(),
+        0
+    );
+
+    let bad = post_json(
+        p.addr,
+        "/api/v1/segments/push",
+        KEY,
+        &json!({"condition": {"colour": "red"}, "message": "m"}),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("colour"), "{}", bad.text());
+    let counts = p.stop().await;
+    assert_eq!((counts.segments, counts.pushes), (2, 1000), "{counts:?}");
+}

@@ -188,6 +188,99 @@ impl Registry {
             .collect())
     }
 
+    /// One page of the devices meeting `condition`, in token order after `after`.
+    pub async fn segment_page(
+        &self,
+        app: &str,
+        condition: &crate::platform::requests::Condition,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<Device>, StoreError> {
+        let client = self.pool.get().await?;
+        let platform = condition.platform.map(|p| p.as_str());
+        let after_login = condition.last_login_after.map(|t| t as f64);
+        let before_login = condition.last_login_before.map(|t| t as f64);
+        let rows = client
+            .query(
+                "SELECT d.user_id, d.platform, d.token, d.device_id, d.platform_id, d.app_version,
+                        (extract(epoch FROM d.updated_at) * 1000)::bigint
+                 FROM pusher_devices d
+                 LEFT JOIN pusher_logins l ON l.app = d.app AND l.user_id = d.user_id
+                 WHERE d.app = $1 AND d.token > $2
+                   AND ($3::text IS NULL OR d.platform = $3)
+                   AND ($4::int IS NULL OR l.language_id = $4)
+                   AND ($5::text IS NULL OR d.app_version = $5)
+                   AND ($6::float8 IS NULL OR l.last_login >= to_timestamp($6))
+                   AND ($7::float8 IS NULL OR l.last_login < to_timestamp($7))
+                 ORDER BY d.token LIMIT $8",
+                &[
+                    &app,
+                    &after,
+                    &platform,
+                    &condition.language_id,
+                    &condition.app_version,
+                    &after_login,
+                    &before_login,
+                    &limit,
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(Device {
+                    user_id: r.get(0),
+                    platform: r.get::<_, String>(1).parse().ok()?,
+                    token: r.get(2),
+                    device_id: r.get(3),
+                    platform_id: r.get(4),
+                    app_version: r.get(5),
+                    registered_ms: r.get(6),
+                })
+            })
+            .collect())
+    }
+
+    /// A segment's progress: (last token sent, devices sent, done).
+    pub async fn segment_progress(
+        &self,
+        app: &str,
+        notif_id: &str,
+    ) -> Result<Option<(String, i64, bool)>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT last_token, produced, done FROM pusher_segments
+                 WHERE app = $1 AND notif_id = $2",
+                &[&app, &notif_id],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
+    /// Records that a segment's devices up to `last_token` are in Kafka.
+    pub async fn save_segment_progress(
+        &self,
+        app: &str,
+        notif_id: &str,
+        last_token: &str,
+        produced: i64,
+        done: bool,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO pusher_segments (app, notif_id, last_token, produced, done)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (app, notif_id) DO UPDATE
+                   SET last_token = EXCLUDED.last_token, produced = EXCLUDED.produced,
+                       done = EXCLUDED.done, updated_at = now()",
+                &[&app, &notif_id, &last_token, &produced, &done],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Removes one token; false when the app has no such token.
     pub async fn remove(&self, app: &str, token: &str) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;

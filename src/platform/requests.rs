@@ -1,7 +1,9 @@
 //! The requests topic (`push-<app>-requests`, key = user id): what `pusher api` accepted for
 //! `pusher route` to expand. One JSON record per user-addressed notification or event.
 
+use crate::push::Platform;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// The requests topic of an app.
@@ -32,6 +34,18 @@ pub enum RequestRecord {
         screen: String,
         notif_id: String,
     },
+    /// A push to every registered device that meets a condition (the Python platform's
+    /// notification worker): streamed from the registry in pages.
+    Segment {
+        notif_id: String,
+        condition: Condition,
+        title: String,
+        content: String,
+        #[serde(default)]
+        screen: String,
+        #[serde(default)]
+        data: Map<String, Value>,
+    },
     /// Pushkin's event: "this happened to this user", with its pairs.
     Event {
         user_id: i64,
@@ -46,12 +60,27 @@ pub enum RequestRecord {
     },
 }
 
+/// Which devices a segment reaches: every field given must hold (none: every device).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Condition {
+    pub platform: Option<Platform>,
+    pub language_id: Option<i32>,
+    pub app_version: Option<String>,
+    /// The user's last login at or after this, Unix seconds.
+    pub last_login_after: Option<i64>,
+    /// The user's last login before this, Unix seconds.
+    pub last_login_before: Option<i64>,
+}
+
 impl RequestRecord {
-    pub fn user_id(&self) -> i64 {
+    /// The record's Kafka key: the user (one router owns a user at a time), or the segment.
+    pub fn key(&self) -> String {
         match self {
             RequestRecord::Notification { user_id, .. } | RequestRecord::Event { user_id, .. } => {
-                *user_id
+                user_id.to_string()
             }
+            RequestRecord::Segment { notif_id, .. } => format!("segment:{notif_id}"),
         }
     }
 

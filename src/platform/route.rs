@@ -52,6 +52,8 @@ pub struct RouteCounts {
     pub pushes: u64,
     /// Notifications for users without a device.
     pub no_devices: u64,
+    /// Segment pushes started or resumed.
+    pub segments: u64,
     /// Events this router does not act on yet (event mode).
     pub events_unhandled: u64,
     /// Records that could not be read, or logins without a token or a known platform.
@@ -64,6 +66,7 @@ struct AppBatch {
     devices: Vec<Device>,
     logins: Vec<Login>,
     notifications: Vec<Notification>,
+    segments: Vec<Segment>,
 }
 
 struct Notification {
@@ -72,7 +75,18 @@ struct Notification {
     content: String,
     screen: String,
     notif_id: String,
+    /// Extra data (segments): top level in the APNs payload, in GCM `data`.
+    data: serde_json::Map<String, Value>,
 }
+
+/// A segment push: its notification and which devices it reaches.
+struct Segment {
+    notification: Notification,
+    condition: super::requests::Condition,
+}
+
+/// Devices read from the registry per page of a segment.
+pub const SEGMENT_PAGE: i64 = 1000;
 
 /// Runs until `stop`; returns what it did.
 pub async fn run(
@@ -122,6 +136,7 @@ fn add(total: &mut RouteCounts, batch: &RouteCounts) {
     total.notifications += batch.notifications;
     total.pushes += batch.pushes;
     total.no_devices += batch.no_devices;
+    total.segments += batch.segments;
     total.events_unhandled += batch.events_unhandled;
     total.malformed += batch.malformed;
     for (what, n) in [
@@ -184,6 +199,28 @@ async fn handle(
                     content,
                     screen,
                     notif_id,
+                    data: Default::default(),
+                });
+            }
+            RequestRecord::Segment {
+                notif_id,
+                condition,
+                title,
+                content,
+                screen,
+                data,
+            } => {
+                counts.segments += 1;
+                entry.segments.push(Segment {
+                    notification: Notification {
+                        user_id: 0,
+                        title,
+                        content,
+                        screen,
+                        notif_id,
+                        data,
+                    },
+                    condition,
                 });
             }
             RequestRecord::Event {
@@ -208,6 +245,9 @@ async fn handle(
             .register(app, &work.devices, &work.logins)
             .await
             .map_err(|e: StoreError| e.to_string())?;
+        for segment in &work.segments {
+            counts.pushes += stream_segment(settings, registry, producer, app, segment).await?;
+        }
         if work.notifications.is_empty() {
             continue;
         }
@@ -243,6 +283,59 @@ async fn handle(
         counts.pushes += records.len() as u64;
     }
     Ok(counts)
+}
+
+/// Sends a segment page by page, resuming after the last page a previous router finished.
+/// Returns the pushes this call produced.
+async fn stream_segment(
+    settings: &RouteSettings,
+    registry: &Registry,
+    producer: &Producer,
+    app: &str,
+    segment: &Segment,
+) -> Result<u64, String> {
+    let n = &segment.notification;
+    let (mut after, mut produced, done) = registry
+        .segment_progress(app, &n.notif_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    if done {
+        return Ok(0);
+    }
+    let mut pushed = 0;
+    loop {
+        let page = registry
+            .segment_page(app, &segment.condition, &after, SEGMENT_PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let records: Vec<Record> = page
+            .iter()
+            .map(|d| Record {
+                topic: format!("push-{app}_{}", d.platform),
+                key: d.token.clone(),
+                payload: push_message(d, n, &settings.deeplink_base),
+            })
+            .collect();
+        producer
+            .produce_all(&records)
+            .await
+            .map_err(|e| e.to_string())?;
+        produced += records.len() as i64;
+        pushed += records.len() as u64;
+        let last = (page.len() as i64) < SEGMENT_PAGE;
+        if let Some(d) = page.last() {
+            after = d.token.clone();
+        }
+        registry
+            .save_segment_progress(app, &n.notif_id, &after, produced, last)
+            .await
+            .map_err(|e| e.to_string())?;
+        if last {
+            tracing::info!(app, notif_id = %n.notif_id, devices = produced, "Segment sent.");
+            return Ok(pushed);
+        }
+    }
 }
 
 /// A login event's device and language (Pushkin's pairs), or None when it names no token or
@@ -288,7 +381,8 @@ fn login(
 fn push_message(d: &Device, n: &Notification, deeplink_base: &str) -> Vec<u8> {
     let message = match d.platform {
         Platform::Apns => {
-            let mut payload = json!({"aps": {"alert": {"title": n.title, "body": n.content}}});
+            let mut payload = Value::Object(n.data.clone());
+            payload["aps"] = json!({"alert": {"title": n.title, "body": n.content}});
             if !n.screen.is_empty() {
                 payload["screen"] = Value::String(n.screen.clone());
             }
@@ -299,13 +393,17 @@ fn push_message(d: &Device, n: &Notification, deeplink_base: &str) -> Vec<u8> {
             let mut message = json!({"to": d.token,
                 "notification": {"title": n.title, "body": n.content},
                 "metadata": {"notif_id": n.notif_id}});
+            let mut data = n.data.clone();
             if !n.screen.is_empty() {
                 let link = if deeplink_base.is_empty() {
                     n.screen.clone()
                 } else {
                     format!("{deeplink_base}://{}", n.screen)
                 };
-                message["data"] = json!({ "screen": link });
+                data.insert("screen".into(), Value::String(link));
+            }
+            if !data.is_empty() {
+                message["data"] = Value::Object(data);
             }
             message
         }
@@ -347,6 +445,7 @@ mod tests {
             content: "C".into(),
             screen: "shop".into(),
             notif_id: "n1".into(),
+            data: Default::default(),
         };
         let mut d = Device {
             user_id: 1,

@@ -160,6 +160,7 @@ pub fn router(state: ApiState) -> Router {
             get(registry::user_devices),
         )
         .route("/api/v1/notifications/{notif_id}", get(notification))
+        .route("/api/v1/segments/push", post(segment_push))
         .route("/api/stat/app", get(stat_app))
         .route("/get_request_queue", get(queue_size))
         .route("/get_apn_sender_queue", get(queue_size))
@@ -650,7 +651,7 @@ async fn events(
             records: Box::new(|_: &str| {
                 vec![Record {
                     topic: topic.clone(),
-                    key: r.user_id().to_string(),
+                    key: r.key(),
                     payload: r.to_json(),
                 }]
             }),
@@ -659,6 +660,72 @@ async fn events(
     let accepted = accept(&state, &caller.app, &headers, "events", items).await?;
     let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len()});
     Ok((wire.status(), Json(answer)).into_response())
+}
+
+/// `POST /api/v1/segments/push`: one notification to every registered device that meets a
+/// condition.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentRequest {
+    #[serde(default)]
+    condition: crate::platform::requests::Condition,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    screen: String,
+    #[serde(default)]
+    data: serde_json::Map<String, Value>,
+    notif_id: Option<String>,
+}
+
+/// Accepted once Kafka has the request; `pusher route` streams the devices from the registry
+/// in pages (never the whole registry in memory), and its progress shows in
+/// `GET /api/v1/notifications/{notif_id}`.
+async fn segment_push(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = body(raw, state.settings.max_body_bytes)?;
+    let request: SegmentRequest = parse_json(&raw)?;
+    if request.title.is_empty() && request.message.is_empty() {
+        return Err(ApiError::bad("message", "required (or title)"));
+    }
+    if request.title.len() + request.message.len() > pushkin::MAX_TEXT {
+        return Err(ApiError::bad(
+            "message",
+            format!("title and message over {} bytes", pushkin::MAX_TEXT),
+        ));
+    }
+    let topic = crate::platform::requests::topic(&caller.app);
+    let item = Item {
+        given_id: request.notif_id.clone().filter(|id| !id.is_empty()),
+        records: Box::new(|notif_id: &str| {
+            let record = crate::platform::requests::RequestRecord::Segment {
+                notif_id: notif_id.to_owned(),
+                condition: request.condition.clone(),
+                title: request.title.clone(),
+                content: request.message.clone(),
+                screen: request.screen.clone(),
+                data: request.data.clone(),
+            };
+            vec![Record {
+                topic: topic.clone(),
+                key: record.key(),
+                payload: record.to_json(),
+            }]
+        }),
+    };
+    let accepted = accept(&state, &caller.app, &headers, "segment", vec![item]).await?;
+    let notif_id = accepted.notif_ids.first().cloned().unwrap_or_default();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "OK", "notif_id": notif_id})),
+    )
+        .into_response())
 }
 
 /// `?after=<token>&limit=<n>`: a page of a notification's per-token results.
@@ -702,6 +769,17 @@ async fn notification(
         .await
         .map_err(store_error)?;
     let done: i64 = counts.values().sum();
+    let segment = state
+        .registry
+        .segment_progress(app, &notif_id)
+        .await
+        .map_err(store_error)?;
+    // A segment's targets are the devices it reached, known once it is done.
+    let pending = match &segment {
+        None => Some((i64::from(found.targets) - done).max(0)),
+        Some((_, sent, true)) => Some((sent - done).max(0)),
+        Some((_, _, false)) => None,
+    };
     let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.token.clone()));
     let results: Vec<Value> = rows
         .iter()
@@ -716,7 +794,8 @@ async fn notification(
         "accepted_at": found.accepted_at,
         "targets": found.targets,
         "counts": counts,
-        "pending": (i64::from(found.targets) - done).max(0),
+        "pending": pending,
+        "segment": segment.map(|(_, sent, done)| json!({"sent": sent, "done": done})),
         "results": results,
         "next": next.flatten(),
     }))
