@@ -192,6 +192,8 @@ pub mod names {
     pub const ROUTED: &str = "pusher_route_total";
     /// `pusher results`: result rows written.
     pub const RESULTS: &str = "pusher_results_stored_total";
+    /// Webhook calls of `pusher results`, labelled result (ok, failed).
+    pub const WEBHOOKS: &str = "pusher_webhooks_total";
     /// The seed's StatsD counters.
     pub const STATSD_SENT: &str = "sent";
     pub const STATSD_ACK: &str = "ack";

@@ -634,6 +634,35 @@ async fn results_of_a_push_are_stored_and_served() {
         env: vec![("PUSHER_FEEDBACK_REPORTERS", "kafka".to_owned())],
     }
     .spawn(&fake);
+    // The app's webhook: a server that fails the first call, then takes the retry.
+    let hook_calls: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let hook_addr = {
+        let calls = hook_calls.clone();
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let calls = calls.clone();
+                async move {
+                    let mut calls = calls.lock().unwrap();
+                    calls.push(serde_json::from_slice(&body).unwrap());
+                    if calls.len() == 1 {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    };
+    let hooks = pusher::platform::webhook::Webhooks::new(&std::collections::BTreeMap::from([(
+        app.clone(),
+        format!("http://{hook_addr}/hook"),
+    )]))
+    .unwrap();
     let stop = CancellationToken::new();
     let writer = tokio::spawn(results(
         GroupSettings {
@@ -644,6 +673,7 @@ async fn results_of_a_push_are_stored_and_served() {
             offset_reset: "earliest".to_owned(),
         },
         Store::new(&pg()).unwrap(),
+        hooks,
         stop.clone(),
     ));
     let auth = format!("Bearer {KEY}");

@@ -82,8 +82,13 @@ pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
                 Producer::new(&config.queue.brokers, config.api.produce_timeout)?,
                 stop.clone(),
             );
-            let results =
-                crate::platform::results::run(results_settings(&config), store, stop.clone());
+            let webhooks = crate::platform::webhook::Webhooks::new(&config.results.webhooks)?;
+            let results = crate::platform::results::run(
+                results_settings(&config),
+                store,
+                webhooks,
+                stop.clone(),
+            );
             others.push(tokio::spawn(async move {
                 let counts = route.await?;
                 tracing::info!(counts = %crate::telemetry::Json(&counts), "Route stopped.");
@@ -181,7 +186,8 @@ pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
         let stop = CancellationToken::new();
         tokio::spawn(super::run::stop_on_signal(stop.clone()));
         tracing::info!(group = %settings.group, topics = %settings.topic, "Storing results.");
-        let counts = run(settings, store, stop).await?;
+        let webhooks = crate::platform::webhook::Webhooks::new(&config.results.webhooks)?;
+        let counts = run(settings, store, webhooks, stop).await?;
         println!("{}", serde_json::to_string(&counts)?);
         anyhow::Ok(())
     })?;

@@ -60,6 +60,7 @@ impl Keys {
             .firebase_credentials
             .insert(ANY.into(), Secret::default());
         sample.api.keys.insert(ANY.into(), ApiKey::default());
+        sample.results.webhooks.insert(ANY.into(), String::new());
         let root =
             serde_yaml_ng::to_value(&sample).map_err(|e| ConfigError::Schema(e.to_string()))?;
         Ok(Keys { root })

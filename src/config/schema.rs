@@ -575,6 +575,8 @@ pub struct ResultsConfig {
     pub group: String,
     /// Most feedback records written together (one upsert per batch).
     pub batch_size: usize,
+    /// Per app, a URL called (POST, JSON) once a notification has every verdict.
+    pub webhooks: BTreeMap<String, String>,
 }
 
 impl Default for ResultsConfig {
@@ -582,6 +584,7 @@ impl Default for ResultsConfig {
         ResultsConfig {
             group: "pusher-results".to_owned(),
             batch_size: 1000,
+            webhooks: BTreeMap::new(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - `results`: `pusher results`, the consumer group that stores every verdict.
 //! - `consume`: the batch consume loop both groups share.
 //! - `lag`: consumer groups' backlogs, the queue sizes of monitoring.
+//! - `webhook`: the per-app call once a notification is complete.
 
 pub mod api;
 pub mod consume;
@@ -20,3 +21,4 @@ pub mod requests;
 pub mod results;
 pub mod route;
 pub mod store;
+pub mod webhook;

@@ -8,6 +8,7 @@
 
 use super::consume::{self, GroupSettings};
 use super::store::{ResultRow, Store};
+use super::webhook::Webhooks;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::Serialize;
@@ -31,6 +32,8 @@ pub struct ResultCounts {
     pub malformed: u64,
     /// Registry devices removed for an invalid-token verdict.
     pub devices_removed: u64,
+    /// Webhook calls started (notifications complete).
+    pub webhooks: u64,
 }
 
 /// The regex of every feedback topic the template `push-{app}-{platform}-feedbacks` makes.
@@ -78,11 +81,13 @@ pub fn result_of(record: &Value) -> Option<ResultRow> {
 pub async fn run(
     settings: GroupSettings,
     store: Store,
+    webhooks: Webhooks,
     stop: CancellationToken,
 ) -> Result<ResultCounts, ResultsError> {
     let consumer = consume::consumer(&settings).map_err(ResultsError::Consumer)?;
     let mut writer = Writer {
         store,
+        webhooks,
         counts: ResultCounts::default(),
     };
     consume::batches(
@@ -100,7 +105,42 @@ pub async fn run(
 
 struct Writer {
     store: Store,
+    webhooks: Webhooks,
     counts: ResultCounts,
+}
+
+impl Writer {
+    /// Calls the webhook of every notification of `rows` that is now complete.
+    async fn notify(&mut self, rows: &[ResultRow]) -> Result<(), String> {
+        if self.webhooks.is_empty() {
+            return Ok(());
+        }
+        let mut pairs: Vec<(String, String)> = rows
+            .iter()
+            .filter(|r| self.webhooks.has(&r.app))
+            .map(|r| (r.app.clone(), r.notif_id.clone()))
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        let complete = self
+            .store
+            .claim_completed(&pairs)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (app, notif_id, targets) in complete {
+            let counts = self
+                .store
+                .result_counts(&app, &notif_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let body = serde_json::json!({"app": app, "notif_id": notif_id,
+                "targets": targets, "counts": counts});
+            self.counts.webhooks += 1;
+            self.webhooks
+                .spawn_call(&app, &notif_id, body.to_string().into_bytes());
+        }
+        Ok(())
+    }
 }
 
 impl consume::Batches for Writer {
@@ -115,6 +155,7 @@ impl consume::Batches for Writer {
             .forget_invalid_tokens(&rows)
             .await
             .map_err(|e| e.to_string())?;
+        self.notify(&rows).await?;
         let c = &mut self.counts;
         c.devices_removed += forgotten;
         c.consumed += done.consumed;

@@ -311,6 +311,39 @@ impl Store {
             .await?)
     }
 
+    /// Of the `(app, notif_id)` pairs, those now complete (a verdict for every record they
+    /// were accepted with) whose webhook nobody claimed yet: claimed here, in one statement,
+    /// so one results process calls each. Returns (app, notif_id, targets).
+    pub async fn claim_completed(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<Vec<(String, String, i32)>, StoreError> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let apps: Vec<&str> = pairs.iter().map(|(a, _)| a.as_str()).collect();
+        let ids: Vec<&str> = pairs.iter().map(|(_, n)| n.as_str()).collect();
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "UPDATE pusher_notifications AS n SET notified_at = now()
+                 FROM (SELECT r.app, r.notif_id, count(*) AS done
+                       FROM pusher_results r
+                       JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                         ON r.app = t.app AND r.notif_id = t.notif_id
+                       GROUP BY r.app, r.notif_id) AS c
+                 WHERE n.app = c.app AND n.notif_id = c.notif_id AND n.state = 'accepted'
+                   AND n.notified_at IS NULL AND n.targets > 0 AND c.done >= n.targets
+                 RETURNING n.app, n.notif_id, n.targets",
+                &[&apps, &ids],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
     /// The notification `notif_id` of `app`, if the API accepted (or is accepting) it.
     pub async fn notification(
         &self,

@@ -1,0 +1,176 @@
+//! A webhook per app (`results.webhooks.<app>`), called by `pusher results` once a
+//! notification has a verdict for every record it was accepted with: `POST` of
+//! `{"app","notif_id","targets","counts":{"delivered":…}}`. Never on the sender's hot path: a
+//! task of its own, retried with the project's retry policy (jittered back-off, about 10
+//! minutes in all) on a connection error or a non-2xx answer. gorush logs its hook's failures
+//! and never retries; here a call is retried, and one that still fails is logged with the
+//! notification, whose results stay in `pusher_results`.
+
+use crate::sender::retry::RetryPolicy;
+use crate::sender::tls::{client_config, TlsOptions};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::Uri;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("results.webhooks.{app}: {url:?} is not an http:// or https:// URL")]
+    BadUrl { app: String, url: String },
+    #[error("webhook TLS: {0}")]
+    Tls(#[from] crate::sender::tls::TlsError),
+}
+
+/// The configured hooks, by app.
+#[derive(Clone)]
+pub struct Webhooks {
+    urls: Arc<BTreeMap<String, Uri>>,
+    tls: Arc<rustls::ClientConfig>,
+    policy: RetryPolicy,
+}
+
+impl Webhooks {
+    pub fn new(urls: &BTreeMap<String, String>) -> Result<Webhooks, WebhookError> {
+        let mut parsed = BTreeMap::new();
+        for (app, url) in urls.iter().filter(|(_, u)| !u.trim().is_empty()) {
+            let uri: Uri = url.parse().map_err(|_| WebhookError::BadUrl {
+                app: app.clone(),
+                url: url.clone(),
+            })?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(WebhookError::BadUrl {
+                    app: app.clone(),
+                    url: url.clone(),
+                });
+            }
+            parsed.insert(app.clone(), uri);
+        }
+        // HTTP/1.1 over TLS: a webhook is one small POST.
+        let mut tls = (*client_config(&TlsOptions::default())?).clone();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Webhooks {
+            urls: Arc::new(parsed),
+            tls: Arc::new(tls),
+            policy: RetryPolicy {
+                max_attempts: 10,
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(120),
+                max_retry_after: Duration::from_secs(120),
+            },
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
+    pub fn has(&self, app: &str) -> bool {
+        self.urls.contains_key(app)
+    }
+
+    /// Calls `app`'s hook with `body` in a task of its own, retrying until it answers 2xx.
+    pub fn spawn_call(&self, app: &str, notif_id: &str, body: Vec<u8>) {
+        let Some(uri) = self.urls.get(app).cloned() else {
+            return;
+        };
+        let (tls, policy) = (self.tls.clone(), self.policy.clone());
+        let (app, notif_id) = (app.to_owned(), notif_id.to_owned());
+        tokio::spawn(async move {
+            let body = Bytes::from(body);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match call(&uri, &tls, body.clone()).await {
+                    Ok(status) if (200..300).contains(&status) => {
+                        metrics::counter!(crate::telemetry::names::WEBHOOKS, "result" => "ok")
+                            .increment(1);
+                        return;
+                    }
+                    result => {
+                        let problem = match result {
+                            Ok(status) => format!("HTTP {status}"),
+                            Err(e) => e,
+                        };
+                        if !policy.should_retry(attempt) {
+                            metrics::counter!(crate::telemetry::names::WEBHOOKS, "result" => "failed")
+                                .increment(1);
+                            tracing::error!(
+                                app,
+                                notif_id,
+                                attempts = attempt,
+                                problem,
+                                "Webhook not delivered; the results stay in pusher_results."
+                            );
+                            return;
+                        }
+                        tracing::warn!(
+                            app,
+                            notif_id,
+                            attempt,
+                            problem,
+                            "Webhook failed; retrying."
+                        );
+                        let wait = policy.delay(attempt, None, &mut rand::rng());
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One POST; the answer's status.
+async fn call(uri: &Uri, tls: &Arc<rustls::ClientConfig>, body: Bytes) -> Result<u16, String> {
+    let host = uri.host().unwrap_or_default().to_owned();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| format!("connect to {host}:{port}: timed out"))?
+    .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+    let request = hyper::Request::post(uri.clone())
+        .header("host", uri.authority().map(|a| a.as_str()).unwrap_or(&host))
+        .header("content-type", "application/json")
+        .header("user-agent", concat!("pusher/", env!("CARGO_PKG_VERSION")))
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let answer = async {
+        if https {
+            let name = rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("{host}: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            send(stream, request).await
+        } else {
+            send(tcp, request).await
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .map_err(|_| "no answer within 30 s".to_owned())?
+}
+
+async fn send<S>(stream: S, request: hyper::Request<Full<Bytes>>) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    Ok(status)
+}
