@@ -173,6 +173,32 @@ impl Store {
         Ok(())
     }
 
+    /// Records notifications that needed no claim (nothing to dedup on) as accepted, with their
+    /// record counts: one INSERT, their keys fresh.
+    pub async fn record_accepted(
+        &self,
+        app: &str,
+        accepted: &[(String, u32)],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<&str> = accepted.iter().map(|(id, _)| id.as_str()).collect();
+        let targets: Vec<i32> = accepted
+            .iter()
+            .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
+            .collect();
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO pusher_notifications
+                   (app, idem_key, notif_id, state, claim, accepted_at, targets)
+                 SELECT $1, 'g:' || t.id, t.id, 'accepted', '', now(), t.targets
+                 FROM unnest($2::text[], $3::int[]) AS t(id, targets)
+                 ON CONFLICT DO NOTHING",
+                &[&app, &ids, &targets],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Gives up the request's pending claims (Kafka refused its records), so that a retry
     /// produces them at once instead of waiting for the claims to go stale.
     pub async fn release(&self, app: &str, claim: &str) -> Result<(), StoreError> {

@@ -282,6 +282,9 @@ async fn accept(
     items: Vec<Item<'_>>,
 ) -> Result<Accepted, ApiError> {
     let header = idempotency_key(headers)?;
+    if header.is_none() && items.iter().all(|i| i.given_id.is_none()) {
+        return accept_unkeyed(state, app, items).await;
+    }
     let mut keys = Vec::with_capacity(items.len());
     let mut seen = std::collections::HashSet::new();
     for (i, item) in items.iter().enumerate() {
@@ -363,6 +366,42 @@ async fn accept(
         }
     }
     Ok(answer)
+}
+
+/// A request with nothing to dedup on (no `Idempotency-Key`, no `notif_id`): nothing to
+/// claim. Its records are produced first; once Kafka has them, the notifications are recorded
+/// as accepted in one plain INSERT (for their results). That statement failing does not undo
+/// the acceptance: the results are still stored, the notification's `targets` are unknown.
+async fn accept_unkeyed(
+    state: &ApiState,
+    app: &str,
+    items: Vec<Item<'_>>,
+) -> Result<Accepted, ApiError> {
+    let notif_ids: Vec<String> = items
+        .iter()
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let mut records = Vec::new();
+    let mut accepted = Vec::with_capacity(items.len());
+    for (item, id) in items.iter().zip(&notif_ids) {
+        let mine = (item.records)(id);
+        accepted.push((id.clone(), mine.len() as u32));
+        records.extend(mine);
+    }
+    state
+        .producer
+        .produce_all(&records)
+        .await
+        .map_err(|e| unavailable("kafka", e))?;
+    crate::telemetry::health::set("api kafka", None);
+    if let Err(e) = state.store.record_accepted(app, &accepted).await {
+        tracing::warn!(error = %e, "Accepted, but the notifications could not be recorded.");
+    }
+    Ok(Accepted {
+        counts: records.len() as u64,
+        fresh: vec![true; notif_ids.len()],
+        notif_ids,
+    })
 }
 
 /// gorush's `POST /api/push`: each token of each notification becomes one message on
