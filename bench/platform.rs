@@ -40,7 +40,11 @@ fn main() {
         let store = Store::new(&pg).expect("pool");
         store.init().await.expect("PostgreSQL on 127.0.0.1:5432");
         let registry = Registry::new(store.pool());
-        let topics = vec![topic(&app), format!("push-{app}_apns"), format!("push-{app}_gcm")];
+        let topics = vec![
+            topic(&app),
+            format!("push-{app}_apns"),
+            format!("push-{app}_gcm"),
+        ];
         let kafka = KafkaMock::start(1, &topics, 16).expect("mock cluster");
         let brokers = kafka.bootstrap().to_owned();
 
@@ -51,7 +55,11 @@ fn main() {
                 .flat_map(|&u| {
                     (0..per_user).map(move |d| Device {
                         user_id: u + 1,
-                        platform: if d % 2 == 0 { Platform::Apns } else { Platform::Gcm },
+                        platform: if d % 2 == 0 {
+                            Platform::Apns
+                        } else {
+                            Platform::Gcm
+                        },
                         token: format!("{:060x}{d:04x}", u + 1),
                         device_id: format!("d{d}"),
                         platform_id: None,
@@ -60,7 +68,10 @@ fn main() {
                     })
                 })
                 .collect();
-            registry.register(&app, &devices, &[]).await.expect("register");
+            registry
+                .register(&app, &devices, &[])
+                .await
+                .expect("register");
         }
         let registered = t.elapsed();
 

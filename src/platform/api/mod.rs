@@ -291,7 +291,7 @@ async fn accept(
         let notif_id = item
             .given_id
             .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         if !seen.insert(notif_id.clone()) {
             return Err(ApiError::bad(
                 format!("{kind}[{i}].notif_id"),
@@ -377,9 +377,11 @@ async fn accept_unkeyed(
     app: &str,
     items: Vec<Item<'_>>,
 ) -> Result<Accepted, ApiError> {
+    // Time-ordered ids (UUIDv7): the notifications' indexes grow at their end instead of
+    // splitting random pages (PostgreSQL was the API's limit with random v4 ids).
     let notif_ids: Vec<String> = items
         .iter()
-        .map(|_| uuid::Uuid::new_v4().to_string())
+        .map(|_| uuid::Uuid::now_v7().to_string())
         .collect();
     let mut records = Vec::new();
     let mut accepted = Vec::with_capacity(items.len());
