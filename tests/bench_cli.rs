@@ -79,8 +79,9 @@ fn end_to_end_bench_conserves_every_message_and_writes_a_valid_report() {
     );
 }
 
-/// `bench --api`: gorush batches over HTTP into the API (PostgreSQL claims, Kafka acks), beside
-/// a trivial handler on the same stack; every notification accepted is a record in Kafka.
+/// `bench --api`: gorush batches over HTTP into the API (PostgreSQL, Kafka acks), beside a
+/// trivial handler on the same stack, and on through the pipeline into the fake: every
+/// notification accepted is a record in Kafka, consumed, and answered.
 #[test]
 fn api_bench_conserves_every_notification_and_reports_the_baseline() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,8 +124,11 @@ fn api_bench_conserves_every_notification_and_reports_the_baseline() {
         (Some(2000), Some(2000), Some(2000)),
         "{c}"
     );
+    assert_eq!(c["consumed"], 2000, "the pipeline consumed them all: {c}");
     assert_eq!(c["ok"], true);
     assert_eq!(r["outcomes"]["delivered"], 40, "40 requests of 50");
+    // HTTP-to-delivery: one per token, through `pusher run`'s pipeline into the fake.
+    assert_eq!(r["latency"]["end_to_end"]["count"], 2000);
     let api = &r["api"];
     assert_eq!(api["batch"], 50);
     assert!(api["baseline_requests_per_s"].as_f64().unwrap() > 0.0);

@@ -1,29 +1,41 @@
 //! `pusher bench --api`: HTTP clients post gorush batches to `pusher api` (in this process, on
-//! its own runtime thread, as a second machine would have it), which claims each notification
-//! in PostgreSQL and answers only once Kafka acknowledged every record. Measured: request
-//! latency and notifications/s; beside it, in the same run, the same HTTP stack (axum on hyper)
+//! its own runtime thread, as a second machine would have it), which records each
+//! notification in PostgreSQL and answers only once Kafka acknowledged every record; the
+//! `pusher run` pipeline consumes them into the embedded fake meanwhile. Measured: request
+//! latency, notifications/s, and HTTP-to-delivery latency (request sent -> the pipeline's
+//! verdict for each token); beside it, in the same run, the same HTTP stack (axum on hyper)
 //! with a trivial handler, so the ratio says what the API's work costs on this machine.
-//! Conservation: notifications accepted = records in the push topic.
+//! Conservation: notifications accepted = records in the push topic = consumed = verdicts.
 
 use super::driver::{drive, Driven, Load, LoadPlan};
 use super::interrupt::Interrupt;
+use super::sender_only::{target, SenderConfig};
 use super::{base_report, write_hgrm, Settings};
 use crate::config::PgConfig;
 use crate::mock::kafka::KafkaMock;
+use crate::pipeline::run::{run as pipeline, AppSender, Observer, OutcomeEvent, Outputs, RunSpec};
 use crate::platform::api::{serve, ApiKey, ApiSettings, ApiState, Queues};
 use crate::platform::produce::Producer;
 use crate::platform::store::Store;
 use crate::progress::Progress;
 use crate::push::{Outcome, Platform};
+use crate::report::data::Percentiles;
 use crate::report::data::{peak_rss_bytes, ApiFigures, Conservation, Report};
+use crate::sender::apns::ApnsSender;
+use crate::sender::fcm::FcmSender;
 use anyhow::{bail, Context};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const APP: &str = "bench";
@@ -139,6 +151,42 @@ fn body(i: u64, batch: usize, platform: Platform) -> Bytes {
     )
 }
 
+/// When each request was sent, for the HTTP-to-delivery latency of its tokens.
+struct Delivery {
+    start: Instant,
+    batch: u64,
+    /// Request `i` (its tokens are `i * batch + j`) was sent at this many ns after `start`.
+    sent_ns: Vec<AtomicU64>,
+    /// Verdicts of the pipeline.
+    answered: AtomicU64,
+    delivered: AtomicU64,
+    latency: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Observer for Delivery {
+    fn on_outcome(&self, e: &OutcomeEvent<'_>) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        if e.outcome.is_delivered() {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        let Ok(n) = u64::from_str_radix(e.token, 16) else {
+            return;
+        };
+        let Some(sent) = self.sent_ns.get((n / self.batch) as usize) else {
+            return;
+        };
+        let sent = sent.load(Ordering::Relaxed);
+        if sent == 0 {
+            return;
+        }
+        let now = self.start.elapsed().as_nanos() as u64;
+        let _ = self
+            .latency
+            .lock()
+            .record((now.saturating_sub(sent) / 1000).max(1));
+    }
+}
+
 /// Runs the plan against `addr` with `concurrency` keep-alive connections.
 async fn load(
     addr: SocketAddr,
@@ -147,6 +195,7 @@ async fn load(
     platform: Platform,
     stop: &CancellationToken,
     progress: &Progress,
+    delivery: Option<&Delivery>,
 ) -> Driven {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(usize::MAX)
@@ -155,6 +204,14 @@ async fn load(
     let send = |i: u64| {
         let client = client.clone();
         let uri = uri.clone();
+        if let Some(slot) = delivery.and_then(|d| d.sent_ns.get(i as usize)) {
+            if let Some(d) = delivery {
+                slot.store(
+                    d.start.elapsed().as_nanos().max(1) as u64,
+                    Ordering::Relaxed,
+                );
+            }
+        }
         async move {
             let request = hyper::Request::post(&uri)
                 .header("authorization", format!("Bearer {KEY}"))
@@ -248,17 +305,95 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
             },
         },
     };
-    // The clients on one thread of their own: the servers get the --threads runtime.
-    let rt = crate::runtime::build(crate::runtime::Threads::Exactly(1), "bench-clients")?;
-    let stop = interrupt.token().clone();
-    let (baseline, driven) = rt.block_on(async {
-        let quiet = Progress::hidden();
-        let baseline = load(servers.trivial, &plan, api.batch, platform, &stop, &quiet).await;
-        let progress = Progress::for_run("api", requests, args.duration, args.warmup, args.quiet);
-        let driven = load(servers.api, &plan, api.batch, platform, &stop, &progress).await;
-        progress.finish_and_clear();
-        (baseline, driven)
+    // Requests the ring can time: a --count run's, or (a --duration run) up to 10M.
+    let slots = requests.map_or(10_000_000, |r| r + r / 2 + 10_000) as usize;
+    let delivery = Arc::new(Delivery {
+        start: Instant::now(),
+        batch: api.batch as u64,
+        sent_ns: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        answered: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+        latency: Mutex::new(
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).context("histogram")?,
+        ),
     });
+    let (fake, sender_config, profile_name) = target(&args.target)?;
+    let mut spec = RunSpec::new(
+        platform,
+        brokers.clone(),
+        format!("pusher-bench-api-{}", std::process::id()),
+        vec![topic.clone()],
+    );
+    // As the end-to-end bench: the topic is the run's own (a fresh mock cluster).
+    spec.offset_reset = "earliest".into();
+    spec.max_in_flight = 1000;
+    spec.commit_interval = Duration::from_millis(200);
+    spec.shutdown_timeout = Duration::from_secs(10);
+    if mock.is_some() {
+        // The mock cluster answers an empty fetch only after fetch.wait.max.ms (as the
+        // end-to-end bench notes): a short wait keeps the pipeline from idling.
+        spec.consumer_extra
+            .push(("fetch.wait.max.ms".into(), "5".into()));
+    }
+    // The clients and the pipeline on the --threads runtime; the API on its own.
+    let rt = crate::runtime::build(args.threads, "bench-clients")?;
+    let stop = interrupt.token().clone();
+    let pipeline_stop = CancellationToken::new();
+    let (baseline, driven, summary) = rt.block_on(async {
+        let sender = match sender_config {
+            SenderConfig::Apns(config) => AppSender::apns(ApnsSender::new(*config)?),
+            SenderConfig::Fcm(config) => AppSender::gcm(FcmSender::new(*config)?),
+        };
+        let outputs = Outputs {
+            observer: Some(delivery.clone() as Arc<dyn Observer>),
+            ..Outputs::default()
+        };
+        let run = tokio::spawn(pipeline(
+            spec,
+            HashMap::from([(APP.to_string(), sender)]),
+            outputs,
+            pipeline_stop.clone(),
+        ));
+        let quiet = Progress::hidden();
+        let baseline = load(
+            servers.trivial,
+            &plan,
+            api.batch,
+            platform,
+            &stop,
+            &quiet,
+            None,
+        )
+        .await;
+        let progress = Progress::for_run("api", requests, args.duration, args.warmup, args.quiet);
+        let driven = load(
+            servers.api,
+            &plan,
+            api.batch,
+            platform,
+            &stop,
+            &progress,
+            Some(&delivery),
+        )
+        .await;
+        progress.finish_and_clear();
+        // Every accepted notification's verdict, for at most 60 s more.
+        let accepted = driven.sent * api.batch as u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while delivery.answered.load(Ordering::Relaxed) < accepted
+            && Instant::now() < deadline
+            && !stop.is_cancelled()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pipeline_stop.cancel();
+        let summary = run.await.context("the pipeline panicked")??;
+        anyhow::Ok((baseline, driven, summary))
+    })?;
+    drop(rt);
+    if let Some(fake) = fake {
+        fake.stop();
+    }
     servers.stop.cancel();
     servers
         .thread
@@ -279,13 +414,14 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         .get("delivered")
         .copied()
         .unwrap_or(0);
-    let mut report = base_report(args, "api", "api");
+    let mut report = base_report(args, "api", &profile_name);
     report.params.transport = "http".into();
     report.duration_secs = secs;
     report.throughput = rps * api.batch as f64;
     report.runs = vec![report.throughput];
     report.interrupted = driven.interrupted;
     report.latency = driven.recorder.latencies();
+    report.latency.end_to_end = Percentiles::of(&delivery.latency.lock());
     report.outcomes = driven.recorder.outcomes.clone();
     report.reasons = driven.recorder.reasons.clone();
     report.timeline = driven.recorder.timeline.clone();
@@ -299,18 +435,14 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         ratio_to_baseline: rps / baseline_rps.max(1e-9),
         accepted_measured: accepted * api.batch as u64,
     });
-    // Every request, warm-up included: its notifications were accepted, and are in Kafka.
-    let refused: u64 = report
-        .outcomes
-        .iter()
-        .filter(|(k, _)| *k != "delivered")
-        .map(|(_, n)| n)
-        .sum();
+    // Every request, warm-up included: its notifications were accepted, are in Kafka, and
+    // got a verdict from the pipeline.
     let batch = api.batch as u64;
     report.conservation = Conservation {
         generated: driven.sent * batch,
         produced: Some(produced),
-        answered: driven.answered.saturating_sub(refused) * batch,
+        consumed: Some(summary.consumed),
+        answered: delivery.answered.load(Ordering::Relaxed),
         in_flight: driven.in_flight * batch,
         ..Default::default()
     }

@@ -44,7 +44,8 @@ pub struct BenchArgs {
     pub sender_only: bool,
     /// Benchmark `pusher api`: HTTP clients post gorush batches (--batch notifications, one
     /// token each) to the API in this process, which answers once Kafka acknowledged every
-    /// record; beside it, the same HTTP stack with a trivial handler. Needs PostgreSQL (--pg).
+    /// record, and the pipeline delivers them to the embedded fake (HTTP-to-delivery latency);
+    /// beside it, the same HTTP stack with a trivial handler. Needs PostgreSQL (--pg).
     /// --count and --rate count notifications; --concurrency is requests in flight.
     #[arg(long, conflicts_with = "sender_only")]
     pub api: bool,
