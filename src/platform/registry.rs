@@ -60,6 +60,9 @@ impl Registry {
         devices: &[Device],
         logins: &[Login],
     ) -> Result<(), StoreError> {
+        if devices.is_empty() && logins.is_empty() {
+            return Ok(());
+        }
         // One row per token (the newest) and per user (the newest login): a statement may not
         // touch a row twice.
         let mut newest: HashMap<&str, &Device> = HashMap::new();
