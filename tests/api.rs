@@ -10,16 +10,14 @@ mod kafka;
 mod watched;
 
 use common::http::{post_json, request};
+use common::platform::{fresh_app, pg, read_topic};
 use common::process::PusherRun;
 use common::{start_fake, FakeOptions};
 use kafka::TestKafka;
-use pusher::config::{PgConfig, Secret};
+use pusher::config::Secret;
 use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
 use pusher::platform::produce::Producer;
 use pusher::platform::store::{ClaimKey, Claimed, Store};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::Message;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,23 +25,6 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "test-key-0123456789abcdef";
-
-fn pg() -> PgConfig {
-    PgConfig {
-        user: "postgres".to_owned(),
-        pass: None,
-        host: "127.0.0.1".to_owned(),
-        database: "test".to_owned(),
-        port: 5432,
-        pool_size: 4,
-        connection_timeout: Duration::from_secs(2),
-    }
-}
-
-/// An app name no other test (or earlier run) uses.
-fn fresh_app() -> String {
-    format!("api{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
 
 fn settings(app: &str) -> ApiSettings {
     ApiSettings {
@@ -93,40 +74,6 @@ impl Api {
     }
 }
 
-/// Every record on `topic` as (key, JSON), read from the start until `expected` have come
-/// (or 20 s), then until a quiet half second shows no more arrive.
-fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<(String, Value)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("read-{}", uuid::Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut quiet_since = None;
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                quiet_since = None;
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                let value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
-                records.push((key, value));
-            }
-            _ if records.len() >= expected => {
-                let since = *quiet_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_millis(500) {
-                    break;
-                }
-            }
-            _ => {}
-        }
-    }
-    records
-}
-
 fn topics(app: &str) -> [String; 2] {
     [format!("push-{app}_apns"), format!("push-{app}_gcm")]
 }
@@ -140,7 +87,7 @@ async fn kafka_for(app: &str) -> TestKafka {
 /// keyed by the token, in the pusher's format, with the notif_id the API answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gorush_readme_bodies_become_one_record_per_token() {
-    let app = fresh_app();
+    let app = fresh_app("api");
     let kafka = kafka_for(&app).await;
     let api = Api::start(settings(&app), kafka.bootstrap()).await;
 
@@ -201,7 +148,7 @@ async fn gorush_readme_bodies_become_one_record_per_token() {
 /// answered with the first request's notif_ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_requests_are_produced_once() {
-    let app = fresh_app();
+    let app = fresh_app("api");
     let kafka = kafka_for(&app).await;
     let api = Api::start(settings(&app), kafka.bootstrap()).await;
     let body = json!({"notifications": [{"tokens": ["t1", "t2"], "platform": 2, "message": "m"}]});
@@ -260,7 +207,7 @@ async fn retried_requests_are_produced_once() {
 /// field, 413; none of them produces a record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_name_the_problem_and_produce_nothing() {
-    let app = fresh_app();
+    let app = fresh_app("api");
     let kafka = kafka_for(&app).await;
     let mut s = settings(&app);
     s.max_body_bytes = 4096;
@@ -355,7 +302,7 @@ async fn refusals_name_the_problem_and_produce_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_over_its_rate_gets_429_with_retry_after() {
-    let app = fresh_app();
+    let app = fresh_app("api");
     let kafka = kafka_for(&app).await;
     let mut s = settings(&app);
     s.rate_per_second = 1;
@@ -386,7 +333,7 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
 /// released, so that the retry against a working broker produces at once, with the same key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_is_503_and_the_retry_is_accepted_once() {
-    let app = fresh_app();
+    let app = fresh_app("api");
     let kafka = kafka_for(&app).await;
     let mut s = settings(&app);
     s.produce_timeout = Duration::from_secs(1);
@@ -429,7 +376,7 @@ async fn broker_down_is_503_and_the_retry_is_accepted_once() {
 async fn claims_dedup_take_over_stale_ones_and_remember_counts() {
     let store = Store::new(&pg()).unwrap();
     store.init().await.unwrap();
-    let app = fresh_app();
+    let app = fresh_app("api");
     let key = |id: &str| ClaimKey {
         idem_key: "k".into(),
         notif_id: id.into(),
@@ -475,7 +422,7 @@ async fn claims_dedup_take_over_stale_ones_and_remember_counts() {
 /// fake APNs. Tokens accepted = records produced = tokens delivered, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_to_kafka_to_pusher_to_fake_apns() {
-    let app = fresh_app();
+    let app = fresh_app("api");
     let kafka = kafka_for(&app).await;
     let api = Api::start(settings(&app), kafka.bootstrap()).await;
     let fake = start_fake(FakeOptions {
@@ -535,7 +482,7 @@ async fn api_to_kafka_to_pusher_to_fake_apns() {
 /// `/healthz`, `/metrics` and `/version` answer; `/metrics` counts the requests by route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_stats() {
-    let app = fresh_app();
+    let app = fresh_app("api");
     let kafka = kafka_for(&app).await;
     let api = Api::start(settings(&app), kafka.bootstrap()).await;
     pusher::telemetry::prometheus().unwrap();
@@ -581,7 +528,7 @@ async fn results_of_a_push_are_stored_and_served() {
     use pusher::platform::consume::GroupSettings;
     use pusher::platform::results::{feedback_pattern, run as results};
     use pusher::push::token_rules::TokenRule;
-    let app = fresh_app();
+    let app = fresh_app("api");
     let feedback_topic = format!("push-{app}-apns-feedbacks");
     let [apns, gcm] = topics(&app);
     let kafka = TestKafka::start(&[&apns, &gcm, &feedback_topic], 2).await;
@@ -767,7 +714,7 @@ async fn results_of_a_push_are_stored_and_served() {
 async fn sigkilled_api_loses_nothing_it_acknowledged() {
     use std::collections::HashSet;
     use std::sync::{Arc, Mutex};
-    let app = fresh_app();
+    let app = fresh_app("api");
     let kafka = kafka_for(&app).await;
     let brokers = kafka.bootstrap().to_owned();
     let spawn = || {

@@ -8,38 +8,20 @@ mod common;
 mod kafka;
 
 use common::http::{post_json, request};
+use common::platform::pg;
 use kafka::TestKafka;
-use pusher::config::{PgConfig, Secret};
+use pusher::config::Secret;
 use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
 use pusher::platform::produce::Producer;
 use pusher::platform::registry::Registry;
 use pusher::platform::route::{self, RouteCounts, RouteSettings};
 use pusher::platform::store::Store;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::Message;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "route-key-0123456789abcdef";
-
-fn pg() -> PgConfig {
-    PgConfig {
-        user: "postgres".to_owned(),
-        pass: None,
-        host: "127.0.0.1".to_owned(),
-        database: "test".to_owned(),
-        port: 5432,
-        pool_size: 4,
-        connection_timeout: Duration::from_secs(2),
-    }
-}
-
-fn fresh_app() -> String {
-    format!("rt{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
 
 struct Platform {
     app: String,
@@ -52,7 +34,7 @@ struct Platform {
 
 impl Platform {
     async fn start() -> Platform {
-        let app = fresh_app();
+        let app = common::platform::fresh_app("rt");
         let topics = [
             format!("push-{app}-requests"),
             format!("push-{app}_apns"),
@@ -148,32 +130,10 @@ impl Platform {
 }
 
 fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("read-{}", uuid::Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut quiet = None;
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                quiet = None;
-                out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
-            }
-            _ if out.len() >= expected
-                && quiet.get_or_insert_with(Instant::now).elapsed()
-                    > Duration::from_millis(500) =>
-            {
-                break;
-            }
-            _ => {}
-        }
-    }
-    out
+    common::platform::read_topic(brokers, topic, expected)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
 }
 
 fn login(user: i64, platform_id: u8, device: &str, token: &str, ts: i64) -> Value {

@@ -12,6 +12,7 @@ use std::time::Duration;
 mod fake;
 pub mod feedback;
 pub mod http;
+pub mod platform;
 pub mod process;
 pub mod recording;
 pub use fake::Fake;

@@ -1,0 +1,65 @@
+//! What the platform's tests share: the machine's PostgreSQL, fresh app names, and reading a
+//! topic back.
+#![allow(dead_code)]
+
+use pusher::config::PgConfig;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// The machine's PostgreSQL (ci/setup.sh starts it): trust auth, user postgres, database test.
+pub fn pg() -> PgConfig {
+    PgConfig {
+        user: "postgres".to_owned(),
+        pass: None,
+        host: "127.0.0.1".to_owned(),
+        database: "test".to_owned(),
+        port: 5432,
+        pool_size: 4,
+        connection_timeout: Duration::from_secs(2),
+    }
+}
+
+/// An app name no other test (or earlier run) uses.
+pub fn fresh_app(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Every record on `topic` as (key, JSON), read from the start by a fresh group until
+/// `expected` have come (or 20 s), then until a quiet half second shows no more arrive.
+pub fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<(String, Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("read-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut quiet_since: Option<Instant> = None;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                quiet_since = None;
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+                records.push((key, value));
+            }
+            _ if records.len() >= expected
+                && quiet_since.get_or_insert_with(Instant::now).elapsed()
+                    > Duration::from_millis(500) =>
+            {
+                break;
+            }
+            _ => {}
+        }
+    }
+    records
+}
