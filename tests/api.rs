@@ -834,3 +834,28 @@ async fn sigkilled_api_loses_nothing_it_acknowledged() {
         "{extra} duplicates for 4 requests in flight"
     );
 }
+
+/// A client that never finishes its request head (slow-loris) is disconnected after 10 s,
+/// while the API keeps answering others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_never_ends_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = fresh_app("api");
+    let kafka = kafka_for(&app).await;
+    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let mut slow = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    slow.write_all(b"POST /api/push HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        request(api.addr, "GET", "/version", &[], "").await.status,
+        200
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open after 20 s");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(9), "cut off after {waited:?}");
+    api.stop().await;
+}

@@ -175,14 +175,50 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Serves the API on `listener` until `stop`; requests in progress are finished first.
+/// HTTP/1.1 on hyper directly rather than `axum::serve`, for what that lacks: a client that
+/// takes over 10 s to send its request head (slow-loris) is disconnected, as the fakes and
+/// `/metrics` do.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    let router = router(state);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        // Finished connections leave the set as new ones come.
+        while connections.try_join_next().is_some() {}
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    // The request in progress is answered, then the connection closes.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Request counts and latency by route and status, for `/metrics`.
