@@ -103,6 +103,7 @@ fn main() {
             deeplink_base: "game".into(),
             batch_size: 500,
             offset_reset: "earliest".into(),
+            events: Default::default(),
         };
         let router = tokio::spawn(run(
             settings,

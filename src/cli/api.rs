@@ -203,6 +203,33 @@ fn route_settings(config: &crate::config::Config) -> crate::platform::route::Rou
         // Not queue.offsetResetStrategy (latest by default, as the seed's pusher): a new group
         // must not skip what the API already accepted.
         offset_reset: "earliest".to_owned(),
+        events: crate::platform::events::EventSettings {
+            default_language: config.route.default_language,
+            deeplink_base: config.route.deeplink_base.clone(),
+            feedback_template: config.feedback.kafka.topic_template().to_owned(),
+            limits: config
+                .route
+                .limits
+                .iter()
+                .map(|(app, l)| (app.clone(), device_limits(l)))
+                .collect(),
+            default_limits: config
+                .route
+                .limits
+                .get("default")
+                .map(device_limits)
+                .unwrap_or_default(),
+        },
+    }
+}
+
+fn device_limits(l: &crate::config::DeviceLimitsConfig) -> crate::platform::events::DeviceLimits {
+    crate::platform::events::DeviceLimits {
+        limit: (l.per_device > 0).then_some(crate::platform::claims::Limit {
+            count: l.per_device,
+            window_s: l.window.as_secs_f64(),
+        }),
+        dedup_window_s: l.dedup_window.as_secs_f64(),
     }
 }
 

@@ -556,6 +556,11 @@ pub struct RouteConfig {
     pub deeplink_base: String,
     /// Most requests handled together (one registry round trip and one produce per batch).
     pub batch_size: usize,
+    /// Event mode: the language whose localization a user without their own gets (Pushkin:
+    /// English, 1).
+    pub default_language: i32,
+    /// Event mode: per app (`default` for the others), what reaches one device.
+    pub limits: BTreeMap<String, DeviceLimitsConfig>,
 }
 
 impl Default for RouteConfig {
@@ -564,8 +569,23 @@ impl Default for RouteConfig {
             group: "pusher-route".to_owned(),
             deeplink_base: String::new(),
             batch_size: 500,
+            default_language: 1,
+            limits: BTreeMap::new(),
         }
     }
+}
+
+/// Per-device limits of event mode's notifications.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct DeviceLimitsConfig {
+    /// At most this many notifications per device per `window` (0: no limit).
+    pub per_device: u32,
+    #[serde(with = "secs")]
+    pub window: Duration,
+    /// The same message to the same device at most once per this (0: off).
+    #[serde(with = "secs")]
+    pub dedup_window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

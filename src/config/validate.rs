@@ -124,6 +124,20 @@ impl Config {
         if self.route.batch_size == 0 {
             return Err(invalid("route.batchSize", "must be >= 1"));
         }
+        for (app, l) in &self.route.limits {
+            if app != "default" && !crate::push::app::is_valid_name(app) {
+                return Err(invalid(
+                    format!("route.limits.{app}"),
+                    "an app name (A-Z a-z 0-9 _ -) or default",
+                ));
+            }
+            if l.per_device > 0 && l.window.is_zero() {
+                return Err(invalid(
+                    format!("route.limits.{app}.window"),
+                    "must be > 0 when perDevice is set",
+                ));
+            }
+        }
         if a.produce_timeout.is_zero() {
             return Err(invalid("api.produceTimeout", "must be > 0"));
         }

@@ -34,6 +34,13 @@ pub fn consumer(settings: &GroupSettings) -> Result<StreamConsumer, rdkafka::err
         .set("auto.offset.reset", &settings.offset_reset)
         // New apps' topics are found within seconds.
         .set("topic.metadata.refresh.interval.ms", "5000")
+        // A member that joins or dies is noticed within seconds (librdkafka's 45 s session
+        // and 3 s heartbeat left a second router waiting for its first assignment for
+        // minutes); the same settings as `pusher run`'s consumer.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "2000")
+        // Longer than a batch can take, retries included (the retry back-off is at most 30 s).
+        .set("max.poll.interval.ms", "60000")
         .create()?;
     consumer.subscribe(&[settings.topic.as_str()])?;
     Ok(consumer)

@@ -16,6 +16,25 @@ pub fn backlog(
     topics: &[String],
     timeout: Duration,
 ) -> Result<i64, rdkafka::error::KafkaError> {
+    position(brokers, group, topics, timeout).map(|p| p.backlog)
+}
+
+/// Where a group is on some topics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    /// Records not yet committed.
+    pub backlog: i64,
+    /// Records committed (past the low watermark), summed over the partitions.
+    pub committed: i64,
+}
+
+/// The backlog and progress of `group` on `topics`. Blocking, as `backlog`.
+pub fn position(
+    brokers: &str,
+    group: &str,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Position, rdkafka::error::KafkaError> {
     let side: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -35,17 +54,17 @@ pub fn backlog(
         }
     }
     if ends.is_empty() {
-        return Ok(0);
+        return Ok(Position::default());
     }
     let committed = side.committed_offsets(list, timeout)?;
-    Ok(ends
-        .iter()
-        .map(|(topic, p, low, high)| {
-            let from = match committed.find_partition(topic, *p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o.max(*low),
-                _ => *low,
-            };
-            (high - from).max(0)
-        })
-        .sum())
+    let mut position = Position::default();
+    for (topic, p, low, high) in &ends {
+        let from = match committed.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o.max(*low),
+            _ => *low,
+        };
+        position.backlog += (high - from).max(0);
+        position.committed += from - low;
+    }
+    Ok(position)
 }

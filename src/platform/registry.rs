@@ -53,6 +53,10 @@ impl Registry {
         Registry { pool }
     }
 
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     /// Registers `devices` and records `logins`, in one transaction.
     pub async fn register(
         &self,

@@ -48,6 +48,10 @@ pub enum RequestRecord {
     },
     /// Pushkin's event: "this happened to this user", with its pairs.
     Event {
+        /// The id `pusher api` gave it (empty in records from before ids): owns the claims
+        /// the event takes, and names its notifications (`<id>.<message>`).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        id: String,
         user_id: i64,
         event_id: i32,
         #[serde(default)]
@@ -108,6 +112,7 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let r = RequestRecord::Event {
+            id: "e1".into(),
             user_id: 7,
             event_id: 4001,
             event_type: 0,

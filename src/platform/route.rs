@@ -1,23 +1,26 @@
 //! `pusher route`: the consumer group on every app's requests topic (DESIGN.md §10). Login
-//! events (Pushkin's 4001) register devices; user-addressed notifications expand to every
-//! device of the user, into the push topics with `metadata.notif_id`; other events are counted
-//! and committed (event mode is a later step), never dropped silently.
+//! events (Pushkin's 4001) register devices, opt-out events (4006) set what a user does not
+//! want; other events become the notifications of the messages they trigger (`events`);
+//! user-addressed notifications and segments expand to devices, into the push topics with
+//! `metadata.notif_id`. What sends nothing is counted by reason, never dropped silently.
 //!
 //! Records are handled in batches (`consume::batches`): one registry statement set and one
 //! device lookup per app and batch, every push record acknowledged by Kafka, then the batch's
 //! offsets committed. A crash redoes the uncommitted batch: registrations are idempotent,
 //! pushes may be sent twice (at least once).
 
+use super::claims::Claims;
 use super::consume::{self, GroupSettings};
+use super::events::{self, Event, EventCounts, EventSettings, EventStores};
+use super::messages::{Messages, OPT_OUT_EVENT};
+use super::outbound::{push_message, Notification};
 use super::produce::{ProduceError, Producer, Record};
 use super::registry::{platform_of_pushkin_id, Device, Login, Registry};
 use super::requests::{app_of, RequestRecord, TOPIC_PATTERN};
 use super::store::StoreError;
-use crate::push::Platform;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::Serialize;
-use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +37,8 @@ pub struct RouteSettings {
     pub batch_size: usize,
     /// Where a group without committed offsets starts.
     pub offset_reset: String,
+    /// Event mode: languages, limits, where `rate_limited` verdicts go.
+    pub events: EventSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +59,10 @@ pub struct RouteCounts {
     pub no_devices: u64,
     /// Segment pushes started or resumed.
     pub segments: u64,
-    /// Events this router does not act on yet (event mode).
-    pub events_unhandled: u64,
+    /// Opt-out events (4006) applied.
+    pub opt_outs: u64,
+    /// Event mode: events routed to messages, and what they sent or why not.
+    pub events: EventCounts,
     /// Records that could not be read, or logins without a token or a known platform.
     pub malformed: u64,
 }
@@ -67,16 +74,9 @@ struct AppBatch {
     logins: Vec<Login>,
     notifications: Vec<Notification>,
     segments: Vec<Segment>,
-}
-
-struct Notification {
-    user_id: i64,
-    title: String,
-    content: String,
-    screen: String,
-    notif_id: String,
-    /// Extra data (segments): top level in the APNs payload, in GCM `data`.
-    data: serde_json::Map<String, Value>,
+    /// Per user, the newest opt-out list.
+    opt_outs: BTreeMap<i64, Vec<String>>,
+    events: Vec<Event>,
 }
 
 /// A segment push: its notification and which devices it reaches.
@@ -103,9 +103,15 @@ pub async fn run(
         offset_reset: settings.offset_reset.clone(),
     })
     .map_err(RouteError::Consumer)?;
+    let messages = Messages::new(registry.pool());
+    let claims = Claims::new(registry.pool());
     let mut router = Router {
         settings: &settings,
-        registry: &registry,
+        stores: EventStores {
+            messages: &messages,
+            registry: &registry,
+            claims: &claims,
+        },
         producer: &producer,
         counts: RouteCounts::default(),
     };
@@ -117,14 +123,14 @@ pub async fn run(
 
 struct Router<'a> {
     settings: &'a RouteSettings,
-    registry: &'a Registry,
+    stores: EventStores<'a>,
     producer: &'a Producer,
     counts: RouteCounts,
 }
 
 impl consume::Batches for Router<'_> {
     async fn handle(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<(), String> {
-        let done = handle(self.settings, self.registry, self.producer, batch).await?;
+        let done = handle(self.settings, &self.stores, self.producer, batch).await?;
         add(&mut self.counts, &done);
         Ok(())
     }
@@ -137,19 +143,29 @@ fn add(total: &mut RouteCounts, batch: &RouteCounts) {
     total.pushes += batch.pushes;
     total.no_devices += batch.no_devices;
     total.segments += batch.segments;
-    total.events_unhandled += batch.events_unhandled;
+    total.opt_outs += batch.opt_outs;
+    total.events.add(&batch.events);
     total.malformed += batch.malformed;
+    let e = &batch.events;
     for (what, n) in [
         ("login", batch.logins),
+        ("opt_out", batch.opt_outs),
         ("notification", batch.notifications),
         ("push", batch.pushes),
         ("no_devices", batch.no_devices),
-        ("event_unhandled", batch.events_unhandled),
+        ("event", e.events),
+        ("event_notification", e.notifications),
+        ("event_push", e.pushes),
+        ("rate_limited", e.rate_limited),
         ("malformed", batch.malformed),
     ] {
         if n > 0 {
             metrics::counter!(crate::telemetry::names::ROUTED, "what" => what).increment(n);
         }
+    }
+    for (reason, n) in &e.skipped {
+        metrics::counter!(crate::telemetry::names::ROUTED, "what" => format!("event_{reason}"))
+            .increment(*n);
     }
 }
 
@@ -157,10 +173,15 @@ fn add(total: &mut RouteCounts, batch: &RouteCounts) {
 /// Kafka's, as text (the batch is retried whole).
 async fn handle(
     settings: &RouteSettings,
-    registry: &Registry,
+    stores: &EventStores<'_>,
     producer: &Producer,
     batch: &[BorrowedMessage<'_>],
 ) -> Result<RouteCounts, String> {
+    let registry = stores.registry;
+    let now_ms = {
+        use crate::clock::Clock;
+        i64::try_from(crate::clock::SystemClock.now().as_millis()).unwrap_or(i64::MAX)
+    };
     let mut counts = RouteCounts {
         consumed: batch.len() as u64,
         ..RouteCounts::default()
@@ -199,7 +220,7 @@ async fn handle(
                     content,
                     screen,
                     notif_id,
-                    data: Default::default(),
+                    ..Notification::default()
                 });
             }
             RequestRecord::Segment {
@@ -213,12 +234,12 @@ async fn handle(
                 counts.segments += 1;
                 entry.segments.push(Segment {
                     notification: Notification {
-                        user_id: 0,
                         title,
                         content,
                         screen,
                         notif_id,
                         data,
+                        ..Notification::default()
                     },
                     condition,
                 });
@@ -237,7 +258,32 @@ async fn handle(
                 }
                 None => counts.malformed += 1,
             },
-            RequestRecord::Event { .. } => counts.events_unhandled += 1,
+            RequestRecord::Event {
+                user_id,
+                event_id: OPT_OUT_EVENT,
+                pairs,
+                ..
+            } => {
+                counts.opt_outs += 1;
+                entry.opt_outs.insert(user_id, events::opt_out_list(&pairs));
+            }
+            RequestRecord::Event {
+                id,
+                user_id,
+                event_id,
+                pairs,
+                ..
+            } => entry.events.push(Event {
+                // Records from before the API gave events ids: their place in Kafka.
+                uid: if id.is_empty() {
+                    format!("{}-{}-{}", m.topic(), m.partition(), m.offset())
+                } else {
+                    id
+                },
+                user_id,
+                event_id,
+                pairs,
+            }),
         }
     }
     for (app, work) in &apps {
@@ -245,8 +291,30 @@ async fn handle(
             .register(app, &work.devices, &work.logins)
             .await
             .map_err(|e: StoreError| e.to_string())?;
+        let unknown = stores
+            .messages
+            .set_opt_outs(app, &work.opt_outs)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !unknown.is_empty() {
+            tracing::warn!(
+                app,
+                ?unknown,
+                "Opt-out events name messages that do not exist."
+            );
+        }
+        let (event_records, event_counts) =
+            events::route(&settings.events, stores, app, &work.events, now_ms)
+                .await
+                .map_err(|e| e.to_string())?;
+        producer
+            .produce_all(&event_records)
+            .await
+            .map_err(|e: ProduceError| e.to_string())?;
+        counts.events.add(&event_counts);
         for segment in &work.segments {
-            counts.pushes += stream_segment(settings, registry, producer, app, segment).await?;
+            counts.pushes +=
+                stream_segment(settings, registry, producer, app, segment, now_ms).await?;
         }
         if work.notifications.is_empty() {
             continue;
@@ -272,7 +340,7 @@ async fn handle(
                 records.push(Record {
                     topic: format!("push-{app}_{}", d.platform),
                     key: d.token.clone(),
-                    payload: push_message(d, n, &settings.deeplink_base),
+                    payload: push_message(d, n, &settings.deeplink_base, now_ms),
                 });
             }
         }
@@ -293,6 +361,7 @@ async fn stream_segment(
     producer: &Producer,
     app: &str,
     segment: &Segment,
+    now_ms: i64,
 ) -> Result<u64, String> {
     let n = &segment.notification;
     let (mut after, mut produced, done) = registry
@@ -314,7 +383,7 @@ async fn stream_segment(
             .map(|d| Record {
                 topic: format!("push-{app}_{}", d.platform),
                 key: d.token.clone(),
-                payload: push_message(d, n, &settings.deeplink_base),
+                payload: push_message(d, n, &settings.deeplink_base, now_ms),
             })
             .collect();
         producer
@@ -377,44 +446,11 @@ fn login(
     ))
 }
 
-/// The push message for one device, in the Kafka format `pusher run` reads (DESIGN.md §4).
-fn push_message(d: &Device, n: &Notification, deeplink_base: &str) -> Vec<u8> {
-    let message = match d.platform {
-        Platform::Apns => {
-            let mut payload = Value::Object(n.data.clone());
-            payload["aps"] = json!({"alert": {"title": n.title, "body": n.content}});
-            if !n.screen.is_empty() {
-                payload["screen"] = Value::String(n.screen.clone());
-            }
-            json!({"DeviceToken": d.token, "Payload": payload,
-                   "metadata": {"notif_id": n.notif_id}})
-        }
-        Platform::Gcm => {
-            let mut message = json!({"to": d.token,
-                "notification": {"title": n.title, "body": n.content},
-                "metadata": {"notif_id": n.notif_id}});
-            let mut data = n.data.clone();
-            if !n.screen.is_empty() {
-                let link = if deeplink_base.is_empty() {
-                    n.screen.clone()
-                } else {
-                    format!("{deeplink_base}://{}", n.screen)
-                };
-                data.insert("screen".into(), Value::String(link));
-            }
-            if !data.is_empty() {
-                message["data"] = Value::Object(data);
-            }
-            message
-        }
-    };
-    serde_json::to_vec(&message).unwrap_or_default()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::push::Platform;
 
     #[test]
     fn pushkin_login_pairs_make_a_device() {
@@ -435,33 +471,5 @@ mod tests {
         let mut web = pairs;
         web.insert("platformId".into(), "9".into());
         assert!(super::login(7, 0, &web).is_none());
-    }
-
-    #[test]
-    fn messages_parse_as_the_pusher_reads_them() {
-        let n = Notification {
-            user_id: 1,
-            title: "T".into(),
-            content: "C".into(),
-            screen: "shop".into(),
-            notif_id: "n1".into(),
-            data: Default::default(),
-        };
-        let mut d = Device {
-            user_id: 1,
-            platform: Platform::Gcm,
-            token: "t".into(),
-            device_id: String::new(),
-            platform_id: None,
-            app_version: String::new(),
-            registered_ms: 0,
-        };
-        let gcm = crate::push::message::parse_gcm(&push_message(&d, &n, "game")).unwrap();
-        assert_eq!(gcm.data["screen"], "game://shop");
-        d.platform = Platform::Apns;
-        let apns = crate::push::message::parse_apns(&push_message(&d, &n, "game")).unwrap();
-        let payload: Value = serde_json::from_slice(&apns.notification.payload).unwrap();
-        assert_eq!(payload["screen"], "shop");
-        assert_eq!(payload["M"]["notif_id"], "n1");
     }
 }

@@ -410,6 +410,22 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// Notifications accepted, and verdicts delivered and otherwise, in the last `seconds`.
+    pub async fn recent_counts(&self, app: &str, seconds: f64) -> Result<[i64; 3], StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pusher_notifications
+                         WHERE app = $1 AND accepted_at > now() - $2 * interval '1 second'),
+                        count(*) FILTER (WHERE outcome = 'delivered'),
+                        count(*) FILTER (WHERE outcome <> 'delivered')
+                 FROM pusher_results WHERE app = $1 AND at > now() - $2 * interval '1 second'",
+                &[&app, &seconds],
+            )
+            .await?;
+        Ok([row.get(0), row.get(1), row.get(2)])
+    }
+
     /// One page of a notification's verdicts, by token, after `after`.
     pub async fn results_page(
         &self,

@@ -33,6 +33,18 @@ pub fn fresh_app(prefix: &str) -> String {
 /// Every record on `topic` as (key, JSON), read from the start by a fresh group until
 /// `expected` have come (or 20 s), then until a quiet half second shows no more arrive.
 pub fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<(String, Value)> {
+    read_topics(brokers, &[topic], expected)
+        .into_iter()
+        .map(|(_, key, value)| (key, value))
+        .collect()
+}
+
+/// The same over several topics: (topic, key, JSON).
+pub fn read_topics(
+    brokers: &str,
+    topics: &[&str],
+    expected: usize,
+) -> Vec<(String, String, Value)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("read-{}", uuid::Uuid::new_v4()))
@@ -40,7 +52,7 @@ pub fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<(String, V
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    consumer.subscribe(topics).unwrap();
     let mut records = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut quiet_since: Option<Instant> = None;
@@ -50,7 +62,7 @@ pub fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<(String, V
                 quiet_since = None;
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                 let value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
-                records.push((key, value));
+                records.push((m.topic().to_owned(), key, value));
             }
             _ if records.len() >= expected
                 && quiet_since.get_or_insert_with(Instant::now).elapsed()

@@ -9,8 +9,10 @@
 mod auth;
 mod error;
 pub mod gorush;
+mod messages;
 pub mod pushkin;
 mod registry;
+mod ui;
 
 pub use auth::{ApiKey, Caller};
 pub use error::ApiError;
@@ -109,6 +111,9 @@ pub struct Inner {
     producer: Producer,
     store: Store,
     registry: Registry,
+    messages: crate::platform::messages::Messages,
+    /// The page's last look at the router group's progress, per app (for routed/s).
+    ui_routed: Mutex<std::collections::HashMap<String, (Instant, i64)>>,
     /// Records accepted by this process, by app and platform (gorush's `/api/stat/app`).
     accepted: Mutex<BTreeMap<String, [u64; 2]>>,
 }
@@ -128,6 +133,8 @@ impl ApiState {
             keys,
             producer,
             registry: Registry::new(store.pool()),
+            messages: crate::platform::messages::Messages::new(store.pool()),
+            ui_routed: Mutex::new(Default::default()),
             store,
             accepted: Mutex::new(BTreeMap::new()),
         }))
@@ -161,6 +168,18 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/notifications/{notif_id}", get(notification))
         .route("/api/v1/segments/push", post(segment_push))
+        .route("/api/v1/messages", get(messages::list_messages))
+        .route("/ui", get(ui::index))
+        .route("/ui/login", post(ui::login))
+        .route("/ui/logout", post(ui::logout))
+        .route("/ui/messages", post(ui::save_message))
+        .route("/ui/messages/delete", post(ui::delete_message))
+        .route(
+            "/api/v1/messages/{name}",
+            get(messages::get_message)
+                .put(messages::put_message)
+                .delete(messages::delete_message),
+        )
         .route("/api/stat/app", get(stat_app))
         .route("/get_request_queue", get(queue_size))
         .route("/get_apn_sender_queue", get(queue_size))
@@ -725,7 +744,11 @@ async fn events(
         .iter()
         .map(|r| Item {
             given_id: None,
-            records: Box::new(|_: &str| {
+            records: Box::new(|id: &str| {
+                let mut r = r.clone();
+                if let crate::platform::requests::RequestRecord::Event { id: slot, .. } = &mut r {
+                    *slot = id.to_owned();
+                }
                 vec![Record {
                     topic: topic.clone(),
                     key: r.key(),
@@ -735,7 +758,9 @@ async fn events(
         })
         .collect();
     let accepted = accept(&state, &caller.app, &headers, "events", items).await?;
-    let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len()});
+    // An event's notifications are `<event id>.<message name>` in the results.
+    let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len(),
+                        "event_ids": accepted.notif_ids});
     Ok((wire.status(), Json(answer)).into_response())
 }
 

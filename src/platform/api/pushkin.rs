@@ -210,6 +210,7 @@ pub fn check_event(i: usize, e: JsonEvent) -> Result<RequestRecord, FieldError> 
         pairs.insert(key, text);
     }
     Ok(RequestRecord::Event {
+        id: String::new(),
         user_id,
         event_id,
         event_type: e.event_type.unwrap_or(0),

@@ -1,0 +1,545 @@
+//! `/ui`: a small server-rendered page for the people who write the messages: list, create,
+//! edit and delete messages and their localizations, look up a user's devices and a
+//! notification's result, see live counts. No JavaScript and no build step: plain HTML forms.
+//!
+//! Protected like the API: the same keys. A browser cannot send a bearer header from a form,
+//! so `POST /ui/login` takes the key once and keeps it in an `HttpOnly`, `SameSite=Strict`
+//! cookie scoped to `/ui` (other sites' pages cannot make the browser send it, and the JSON
+//! API never reads it). The HTML is written with `format!` and one escaping function: a page
+//! this size does not need a template engine.
+
+use super::error::ApiError;
+use super::{store_error, ApiState, Caller};
+use crate::platform::messages::{Localization, Message, Priority};
+use axum::extract::{Form, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+const COOKIE: &str = "pusher_ui";
+
+/// How far back the live counts look.
+const RECENT_SECONDS: f64 = 10.0;
+
+/// Text safe inside HTML elements and quoted attributes.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The caller whose key the cookie holds.
+fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let key = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+        .ok_or(ApiError::Unauthorized)?;
+    state.keys.authorize_key(key)
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · pusher</title>
+<style>
+body {{ font: 15px/1.4 system-ui, sans-serif; margin: 1.5rem auto; max-width: 60rem; padding: 0 1rem; color: #222; }}
+h1 {{ font-size: 1.4rem; }} h2 {{ font-size: 1.1rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }}
+table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px solid #eee; padding: .3rem .5rem; text-align: left; vertical-align: top; }}
+label {{ display: block; margin: .4rem 0; }} input, select, textarea {{ font: inherit; }}
+textarea {{ width: 100%; }} .error {{ color: #a00; font-weight: bold; }} .ok {{ color: #060; }}
+.counts td {{ font-size: 1.3rem; }} form.inline {{ display: inline; }}
+</style></head><body>
+<h1>pusher: {title}</h1>
+{body}
+</body></html>"#,
+        title = escape(title),
+    )
+}
+
+fn login_page(error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!(r#"<p class="error">{}</p>"#, escape(e)))
+        .unwrap_or_default();
+    page(
+        "sign in",
+        &format!(
+            r#"{error}<form method="post" action="/ui/login">
+<label>API key <input type="password" name="key" autocomplete="current-password" required></label>
+<button type="submit">Sign in</button></form>"#
+        ),
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct View {
+    /// A message to load into the form.
+    edit: Option<String>,
+    /// A user whose devices to show.
+    user: Option<String>,
+    /// A notification whose result to show.
+    notif: Option<String>,
+    /// What the last action did.
+    saved: Option<String>,
+    deleted: Option<String>,
+}
+
+/// `GET /ui`: the sign-in form, or the page.
+pub(super) async fn index(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    view: Result<Query<View>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Ok(caller) = caller(&state, &headers) else {
+        return Ok(Html(login_page(None)).into_response());
+    };
+    let view = view.map(|Query(v)| v).unwrap_or_default();
+    let editing = match &view.edit {
+        Some(name) => state
+            .messages
+            .get(&caller.app, name)
+            .await
+            .map_err(store_error)?,
+        None => None,
+    };
+    let body = render(&state, &caller, &view, editing.as_ref(), None).await?;
+    Ok(Html(body).into_response())
+}
+
+/// The page: status line, live counts, messages, the message form, the lookups.
+async fn render(
+    state: &ApiState,
+    caller: &Caller,
+    view: &View,
+    editing: Option<&Message>,
+    error: Option<&str>,
+) -> Result<String, ApiError> {
+    let app: &str = &caller.app;
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        r#"<p>App <b>{}</b> (key {}). <form class="inline" method="post" action="/ui/logout"><button>Sign out</button></form></p>"#,
+        escape(app),
+        escape(&caller.name)
+    );
+    if let Some(e) = error {
+        let _ = write!(b, r#"<p class="error" id="error">{}</p>"#, escape(e));
+    }
+    if let Some(name) = &view.saved {
+        let _ = write!(b, r#"<p class="ok" id="saved">Saved {}.</p>"#, escape(name));
+    }
+    if let Some(name) = &view.deleted {
+        let _ = write!(b, r#"<p class="ok">Deleted {}.</p>"#, escape(name));
+    }
+
+    // Live counts: from PostgreSQL (accepted, verdicts) and the router group's progress.
+    let [accepted, delivered, failed] = state
+        .store
+        .recent_counts(app, RECENT_SECONDS)
+        .await
+        .map_err(store_error)?;
+    let routed = routed_per_second(state, app).await;
+    let per_second = |n: i64| format!("{:.1}", n as f64 / RECENT_SECONDS);
+    let _ = write!(
+        b,
+        r#"<h2>Live (per second, last {RECENT_SECONDS} s; <a href="/ui">refresh</a>)</h2>
+<table class="counts"><tr><th>accepted</th><th>routed</th><th>delivered</th><th>failed</th></tr>
+<tr><td id="accepted">{}</td><td id="routed">{}</td><td id="delivered">{}</td><td id="failed">{}</td></tr></table>"#,
+        per_second(accepted),
+        routed.map_or_else(|| "–".to_owned(), |r| format!("{r:.1}")),
+        per_second(delivered),
+        per_second(failed),
+    );
+
+    let messages = state.messages.list(app).await.map_err(store_error)?;
+    b.push_str(
+        "<h2>Messages</h2><table id=\"messages\"><tr><th>name</th><th>id</th><th>event</th>\
+         <th>cooldown</th><th>languages</th><th></th></tr>",
+    );
+    for m in &messages {
+        let languages: Vec<String> = m
+            .localizations
+            .iter()
+            .map(|l| l.language_id.to_string())
+            .collect();
+        let name = escape(&m.name);
+        let _ = write!(
+            b,
+            r#"<tr><td><a href="/ui?edit={name}">{name}</a></td><td>{}</td><td>{}</td><td>{} s</td><td>{}</td>
+<td><form class="inline" method="post" action="/ui/messages/delete"><input type="hidden" name="name" value="{name}"><button>Delete</button></form></td></tr>"#,
+            m.id,
+            m.event_id,
+            m.cooldown_s,
+            languages.join(", ")
+        );
+    }
+    if messages.is_empty() {
+        b.push_str("<tr><td colspan=\"6\">None yet.</td></tr>");
+    }
+    b.push_str("</table>");
+    b.push_str(&message_form(editing));
+
+    // Lookups.
+    let _ = write!(
+        b,
+        r#"<h2>Look up</h2>
+<form method="get" action="/ui"><label>User id <input name="user" value="{}"></label><button>Devices</button></form>
+<form method="get" action="/ui"><label>Notification id <input name="notif" value="{}" size="50"></label><button>Result</button></form>"#,
+        escape(view.user.as_deref().unwrap_or_default()),
+        escape(view.notif.as_deref().unwrap_or_default()),
+    );
+    if let Some(user) = &view.user {
+        match user.trim().parse::<i64>() {
+            Ok(user) => {
+                let devices = state
+                    .registry
+                    .devices_of(app, &[user])
+                    .await
+                    .map_err(store_error)?;
+                let _ = write!(
+                    b,
+                    "<table id=\"devices\"><tr><th>platform</th><th>token</th><th>device</th><th>version</th></tr>"
+                );
+                for d in &devices {
+                    let _ = write!(
+                        b,
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        d.platform,
+                        escape(&d.token),
+                        escape(&d.device_id),
+                        escape(&d.app_version)
+                    );
+                }
+                if devices.is_empty() {
+                    b.push_str("<tr><td colspan=\"4\">No devices.</td></tr>");
+                }
+                b.push_str("</table>");
+            }
+            Err(_) => b.push_str(r#"<p class="error">A user id is a number.</p>"#),
+        }
+    }
+    if let Some(id) = &view.notif {
+        let counts = state
+            .store
+            .result_counts(app, id.trim())
+            .await
+            .map_err(store_error)?;
+        b.push_str("<table id=\"result\"><tr><th>outcome</th><th>tokens</th></tr>");
+        for (outcome, n) in &counts {
+            let _ = write!(b, "<tr><td>{}</td><td>{n}</td></tr>", escape(outcome));
+        }
+        if counts.is_empty() {
+            b.push_str("<tr><td colspan=\"2\">No verdicts (yet).</td></tr>");
+        }
+        b.push_str("</table>");
+    }
+    Ok(page("messages", &b))
+}
+
+/// Requests the router group committed per second since the last look (kept per process).
+async fn routed_per_second(state: &ApiState, app: &str) -> Option<f64> {
+    let q = &state.settings.queues;
+    if q.brokers.is_empty() {
+        return None;
+    }
+    let (brokers, group) = (q.brokers.clone(), q.route_group.clone());
+    let topics = vec![crate::platform::requests::topic(app)];
+    let position = tokio::task::spawn_blocking(move || {
+        crate::platform::lag::position(&brokers, &group, &topics, Duration::from_secs(2))
+    })
+    .await
+    .ok()?
+    .ok()?;
+    let now = Instant::now();
+    let mut last = state.ui_routed.lock();
+    let previous = last.insert(app.to_owned(), (now, position.committed));
+    let (then, committed) = previous?;
+    let seconds = now.duration_since(then).as_secs_f64();
+    (seconds > 0.0).then(|| (position.committed - committed).max(0) as f64 / seconds)
+}
+
+/// The form that creates a message or replaces one (the name says which).
+fn message_form(m: Option<&Message>) -> String {
+    let localizations: Vec<String> = m
+        .map(|m| {
+            m.localizations
+                .iter()
+                .map(|l| format!("{} | {} | {}", l.language_id, l.title, l.text))
+                .collect()
+        })
+        .unwrap_or_default();
+    let value = |f: fn(&Message) -> String| m.map(f).map(|v| escape(&v)).unwrap_or_default();
+    let high = m.is_some_and(|m| m.priority == Priority::High);
+    format!(
+        r#"<h2>{heading}</h2>
+<form method="post" action="/ui/messages" id="message-form">
+<label>Name <input name="name" value="{name}" required pattern="[A-Za-z0-9_.\-]{{1,100}}"></label>
+<label>Trigger event id <input name="event_id" value="{event}" required inputmode="numeric"></label>
+<label>Cooldown, seconds <input name="cooldown_s" value="{cooldown}" inputmode="numeric"></label>
+<label>Screen (deep link) <input name="screen" value="{screen}"></label>
+<label>Expiry, seconds (0: the provider's default) <input name="expiry_s" value="{expiry}" inputmode="numeric"></label>
+<label>Priority <select name="priority"><option value="normal">normal</option><option value="high"{selected}>high</option></select></label>
+<label>Localizations, one per line: <code>language id | title | text</code>; <code>{{name}}</code> takes the event's pair
+<textarea name="localizations" rows="4" required>{localizations}</textarea></label>
+<button type="submit">Save</button></form>"#,
+        heading = if m.is_some() {
+            "Edit message"
+        } else {
+            "New message"
+        },
+        name = value(|m| m.name.clone()),
+        event = value(|m| m.event_id.to_string()),
+        cooldown = m.map_or_else(|| "0".to_owned(), |m| m.cooldown_s.to_string()),
+        screen = value(|m| m.screen.clone()),
+        expiry = m.map_or_else(|| "0".to_owned(), |m| m.expiry_s.to_string()),
+        selected = if high { " selected" } else { "" },
+        localizations = escape(&localizations.join("\n")),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Login {
+    key: String,
+}
+
+/// `POST /ui/login`: a valid key becomes the session cookie.
+pub(super) async fn login(State(state): State<ApiState>, Form(form): Form<Login>) -> Response {
+    let key = form.key.trim();
+    // Cookie values cannot hold these; such a key cannot be one of ours anyway.
+    if key.is_empty() || key.contains([';', ',', ' ', '"', '\\']) || !key.is_ascii() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(login_page(Some("Unknown API key."))),
+        )
+            .into_response();
+    }
+    match state.keys.authorize_key(key) {
+        Ok(_) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, "/ui".to_owned()),
+                (
+                    header::SET_COOKIE,
+                    format!("{COOKIE}={key}; Path=/ui; HttpOnly; SameSite=Strict"),
+                ),
+            ],
+        )
+            .into_response(),
+        Err(ApiError::RateLimited { .. }) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            Html(login_page(Some("Too many attempts: wait a moment."))),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::UNAUTHORIZED,
+            Html(login_page(Some("Unknown API key."))),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /ui/logout`: forgets the cookie.
+pub(super) async fn logout() -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/ui".to_owned()),
+            (
+                header::SET_COOKIE,
+                format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct MessageForm {
+    name: String,
+    event_id: String,
+    #[serde(default)]
+    cooldown_s: String,
+    #[serde(default)]
+    screen: String,
+    #[serde(default)]
+    expiry_s: String,
+    #[serde(default)]
+    priority: String,
+    localizations: String,
+}
+
+/// The form as a message, or what is wrong with it.
+fn parse_form(f: &MessageForm) -> Result<Message, String> {
+    let number = |field: &str, text: &str| -> Result<i64, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(0);
+        }
+        text.parse()
+            .map_err(|_| format!("{field}: {text:?} is not a whole number"))
+    };
+    let event_id = i32::try_from(number("event_id", &f.event_id)?)
+        .map_err(|_| "event_id: out of range".to_owned())?;
+    let mut localizations = Vec::new();
+    for (i, line) in f.localizations.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut parts = line.splitn(3, '|').map(str::trim);
+        let (Some(language), Some(title), Some(text)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!(
+                "localizations line {}: write language id | title | text",
+                i + 1
+            ));
+        };
+        localizations.push(Localization {
+            language_id: language.parse().map_err(|_| {
+                format!(
+                    "localizations line {}: {language:?} is not a language id",
+                    i + 1
+                )
+            })?,
+            title: title.to_owned(),
+            text: text.to_owned(),
+        });
+    }
+    let message = Message {
+        name: f.name.trim().to_owned(),
+        id: 0,
+        event_id,
+        cooldown_s: number("cooldown_s", &f.cooldown_s)?,
+        screen: f.screen.trim().to_owned(),
+        expiry_s: number("expiry_s", &f.expiry_s)?,
+        priority: if f.priority == "high" {
+            Priority::High
+        } else {
+            Priority::Normal
+        },
+        localizations,
+    };
+    message.validate().map_err(|e| e.to_string())?;
+    Ok(message)
+}
+
+/// `POST /ui/messages`: creates or replaces a message; a bad form is shown again with why.
+pub(super) async fn save_message(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Form(form): Form<MessageForm>,
+) -> Result<Response, ApiError> {
+    let caller = caller(&state, &headers)?;
+    match parse_form(&form) {
+        Ok(m) => {
+            state
+                .messages
+                .put(&caller.app, &m)
+                .await
+                .map_err(store_error)?;
+            Ok(redirect(&format!("/ui?saved={}", m.name)))
+        }
+        Err(error) => {
+            let shown = Message {
+                name: form.name.clone(),
+                id: 0,
+                event_id: form.event_id.trim().parse().unwrap_or_default(),
+                cooldown_s: form.cooldown_s.trim().parse().unwrap_or_default(),
+                screen: form.screen.clone(),
+                expiry_s: form.expiry_s.trim().parse().unwrap_or_default(),
+                priority: Priority::Normal,
+                localizations: Vec::new(),
+            };
+            let body = render(
+                &state,
+                &caller,
+                &View::default(),
+                Some(&shown),
+                Some(&error),
+            )
+            .await?;
+            Ok((StatusCode::BAD_REQUEST, Html(body)).into_response())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct DeleteForm {
+    name: String,
+}
+
+/// `POST /ui/messages/delete`.
+pub(super) async fn delete_message(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Form(form): Form<DeleteForm>,
+) -> Result<Response, ApiError> {
+    let caller = caller(&state, &headers)?;
+    state
+        .messages
+        .delete(&caller.app, &form.name)
+        .await
+        .map_err(store_error)?;
+    Ok(redirect(&format!("/ui?deleted={}", form.name)))
+}
+
+fn redirect(to: &str) -> Response {
+    // Names are [A-Za-z0-9_.-]: nothing to encode in the query.
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape(r#"<script>"x" & 'y'</script>"#),
+            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
+        );
+    }
+
+    #[test]
+    fn the_form_becomes_a_message_or_says_why_not() {
+        let form = MessageForm {
+            name: "gift".into(),
+            event_id: "17".into(),
+            cooldown_s: "60".into(),
+            screen: "shop".into(),
+            expiry_s: String::new(),
+            priority: "high".into(),
+            localizations:
+                "1 | Gift | {name} sent a gift\n\n3 | Regalo | {name} te envió un regalo | !".into(),
+        };
+        let m = parse_form(&form).unwrap();
+        assert_eq!(m.localizations.len(), 2);
+        assert_eq!(m.localizations[1].text, "{name} te envió un regalo | !");
+        assert_eq!(
+            (m.cooldown_s, m.expiry_s, m.priority),
+            (60, 0, Priority::High)
+        );
+        let bad = MessageForm {
+            localizations: "one | x | y".into(),
+            ..form
+        };
+        assert!(parse_form(&bad).unwrap_err().contains("line 1"));
+    }
+}

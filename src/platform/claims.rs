@@ -1,0 +1,225 @@
+//! Event mode's claims in PostgreSQL: cooldown per (user, message), duplicate suppression per
+//! (device, message), and the per-device limit (GCRA). Each is one batched
+//! `INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING` (reference/platform-anchors.md
+//! §5): the row lock makes it atomic under concurrent routers, and the rows it returns are the
+//! claims won. Every claim names its owner (`last_event`): a redelivered event wins its own
+//! claim again without taking another unit, so a crash between claim and produce neither
+//! drops the notification nor sends it twice.
+//!
+//! A statement may not touch a row twice, so keys repeated in one call are split into rounds.
+
+use super::store::StoreError;
+use deadpool_postgres::Pool;
+use std::collections::HashMap;
+
+/// One claim: its key and its owner (the notification it is for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The user id (cooldown) or the device token (dedup, limit).
+    pub subject: String,
+    /// The message's name (cooldown, dedup); empty for the per-device limit.
+    pub message: String,
+    pub owner: String,
+}
+
+/// The per-device limit: `count` pushes per `window` (GCRA: one every window / count, a burst
+/// of `count`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    pub count: u32,
+    pub window_s: f64,
+}
+
+#[derive(Clone)]
+pub struct Claims {
+    pool: Pool,
+}
+
+impl Claims {
+    pub fn new(pool: Pool) -> Claims {
+        Claims { pool }
+    }
+
+    /// Cooldown claims, `(claim, cooldown seconds)`; subjects are user ids. Returns, per
+    /// claim, whether it may send.
+    pub async fn cooldown(
+        &self,
+        app: &str,
+        claims: &[(Claim, i64)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut won = vec![false; claims.len()];
+        for round in rounds(claims.iter().map(|(c, _)| c)) {
+            let users: Vec<i64> = round
+                .iter()
+                .map(|&i| claims[i].0.subject.parse().unwrap_or_default())
+                .collect();
+            let messages: Vec<&str> = round
+                .iter()
+                .map(|&i| claims[i].0.message.as_str())
+                .collect();
+            let owners: Vec<&str> = round.iter().map(|&i| claims[i].0.owner.as_str()).collect();
+            let seconds: Vec<f64> = round.iter().map(|&i| claims[i].1 as f64).collect();
+            let client = self.pool.get().await?;
+            let rows = client
+                .query(
+                    "INSERT INTO pusher_cooldowns AS c (app, user_id, message, until, last_event)
+                     SELECT $1, t.user_id, t.message, now() + t.secs * interval '1 second', t.owner
+                     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::float8[])
+                       AS t(user_id, message, owner, secs)
+                     ORDER BY t.user_id, t.message
+                     ON CONFLICT (app, user_id, message) DO UPDATE
+                       SET until = CASE WHEN c.last_event = EXCLUDED.last_event
+                                        THEN c.until ELSE EXCLUDED.until END,
+                           last_event = EXCLUDED.last_event
+                       WHERE c.until <= now() OR c.last_event = EXCLUDED.last_event
+                     RETURNING user_id::text, message",
+                    &[&app, &users, &messages, &owners, &seconds],
+                )
+                .await?;
+            mark(&mut won, &round, claims.iter().map(|(c, _)| c), &rows);
+        }
+        Ok(won)
+    }
+
+    /// Duplicate-suppression claims (subjects are tokens): the same message to the same device
+    /// at most once per `window_s`.
+    pub async fn dedup(
+        &self,
+        app: &str,
+        claims: &[Claim],
+        window_s: f64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut won = vec![false; claims.len()];
+        for round in rounds(claims.iter()) {
+            let col =
+                |f: fn(&Claim) -> &str| round.iter().map(|&i| f(&claims[i])).collect::<Vec<&str>>();
+            let client = self.pool.get().await?;
+            let rows = client
+                .query(
+                    "INSERT INTO pusher_dedup AS d (app, token, message, until, last_event)
+                     SELECT $1, t.token, t.message, now() + $5 * interval '1 second', t.owner
+                     FROM unnest($2::text[], $3::text[], $4::text[]) AS t(token, message, owner)
+                     ORDER BY t.token, t.message
+                     ON CONFLICT (app, token, message) DO UPDATE
+                       SET until = CASE WHEN d.last_event = EXCLUDED.last_event
+                                        THEN d.until ELSE EXCLUDED.until END,
+                           last_event = EXCLUDED.last_event
+                       WHERE d.until <= now() OR d.last_event = EXCLUDED.last_event
+                     RETURNING token, message",
+                    &[
+                        &app,
+                        &col(|c| &c.subject),
+                        &col(|c| &c.message),
+                        &col(|c| &c.owner),
+                        &window_s,
+                    ],
+                )
+                .await?;
+            mark(&mut won, &round, claims.iter(), &rows);
+        }
+        Ok(won)
+    }
+
+    /// Per-device limit claims (subjects are tokens, `message` ignored): GCRA, one statement
+    /// per round.
+    pub async fn limit(
+        &self,
+        app: &str,
+        claims: &[Claim],
+        limit: Limit,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut won = vec![false; claims.len()];
+        let keyed: Vec<Claim> = claims
+            .iter()
+            .map(|c| Claim {
+                message: String::new(),
+                ..c.clone()
+            })
+            .collect();
+        let interval = limit.window_s / f64::from(limit.count.max(1));
+        for round in rounds(keyed.iter()) {
+            let tokens: Vec<&str> = round.iter().map(|&i| keyed[i].subject.as_str()).collect();
+            let owners: Vec<&str> = round.iter().map(|&i| keyed[i].owner.as_str()).collect();
+            let client = self.pool.get().await?;
+            let rows = client
+                .query(
+                    "INSERT INTO pusher_device_limits AS r (app, token, tat, last_event)
+                     SELECT $1, t.token, now() + $4 * interval '1 second', t.owner
+                     FROM unnest($2::text[], $3::text[]) AS t(token, owner)
+                     ORDER BY t.token
+                     ON CONFLICT (app, token) DO UPDATE
+                       SET tat = CASE WHEN r.last_event = EXCLUDED.last_event THEN r.tat
+                                 ELSE greatest(r.tat, now()) + $4 * interval '1 second' END,
+                           last_event = EXCLUDED.last_event
+                       WHERE r.last_event = EXCLUDED.last_event
+                          OR greatest(r.tat, now()) + $4 * interval '1 second'
+                             <= now() + $5 * interval '1 second'
+                     RETURNING token, ''::text",
+                    &[&app, &tokens, &owners, &interval, &limit.window_s],
+                )
+                .await?;
+            mark(&mut won, &round, keyed.iter(), &rows);
+        }
+        Ok(won)
+    }
+}
+
+/// Splits claims into rounds where each (subject, message) appears once, in order: the
+/// indexes of each round.
+fn rounds<'a>(claims: impl Iterator<Item = &'a Claim>) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, c) in claims.enumerate() {
+        let n = seen
+            .entry((c.subject.as_str(), c.message.as_str()))
+            .or_insert(0);
+        if rounds.len() <= *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push(i);
+        *n += 1;
+    }
+    rounds
+}
+
+/// Marks the claims of `round` whose key came back in `rows` (subject, message).
+fn mark<'a>(
+    won: &mut [bool],
+    round: &[usize],
+    claims: impl Iterator<Item = &'a Claim>,
+    rows: &[tokio_postgres::Row],
+) {
+    let returned: std::collections::HashSet<(String, String)> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let claims: Vec<&Claim> = claims.collect();
+    for &i in round {
+        let c = claims[i];
+        if returned.contains(&(c.subject.clone(), c.message.clone())) {
+            won[i] = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(subject: &str, message: &str) -> Claim {
+        Claim {
+            subject: subject.into(),
+            message: message.into(),
+            owner: "e".into(),
+        }
+    }
+
+    #[test]
+    fn repeated_keys_go_to_later_rounds() {
+        let claims = [
+            claim("a", "m"),
+            claim("b", "m"),
+            claim("a", "m"),
+            claim("a", "n"),
+        ];
+        assert_eq!(rounds(claims.iter()), vec![vec![0, 1, 3], vec![2]]);
+    }
+}

@@ -1,0 +1,316 @@
+//! Event mode (Pushkin's events, done right): an event "this happened to this user" becomes a
+//! notification of every message its event id triggers, in the user's language, with its
+//! parameters filled, at most once per cooldown, not to users who opted out, and within each
+//! device's limits. Everything not sent is counted by reason; a push a limit stopped ends as
+//! `rate_limited` with a feedback record (so a result row), never silently.
+//!
+//! One call takes a batch of one app's events and costs a fixed number of statements: the
+//! messages, languages, opt-outs and devices read once, then the claims (cooldown, dedup,
+//! limit) each as one batched statement (`claims`).
+
+use super::claims::{Claim, Claims, Limit};
+use super::messages::{self, Message, Messages};
+use super::outbound::{self, Notification};
+use super::produce::Record;
+use super::registry::{Device, Registry};
+use super::store::StoreError;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// One event as the router read it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Unique per event (the API's id for it, else its Kafka coordinates): the owner of the
+    /// claims it takes, and the prefix of its notifications' ids (`<uid>.<message>`).
+    pub uid: String,
+    pub user_id: i64,
+    pub event_id: i32,
+    pub pairs: BTreeMap<String, String>,
+}
+
+/// Per-app limits on what reaches one device.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DeviceLimits {
+    /// At most this many pushes per window (GCRA); None: no limit.
+    pub limit: Option<Limit>,
+    /// The same message to the same device at most once per this many seconds (0: off).
+    pub dedup_window_s: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    /// The language whose localization is used when the user's own is missing.
+    pub default_language: i32,
+    pub deeplink_base: String,
+    /// Where a `rate_limited` verdict goes (`push-{app}-{platform}-feedbacks`).
+    pub feedback_template: String,
+    /// Per app; apps not named get `default_limits`.
+    pub limits: HashMap<String, DeviceLimits>,
+    pub default_limits: DeviceLimits,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        EventSettings {
+            default_language: 1,
+            deeplink_base: String::new(),
+            feedback_template: "push-{app}-{platform}-feedbacks".to_owned(),
+            limits: HashMap::new(),
+            default_limits: DeviceLimits::default(),
+        }
+    }
+}
+
+/// What event routing did. `skipped` counts (event, message) pairs that sent nothing, by
+/// reason: `no_message` (the event id triggers none; counted per event), `opted_out`,
+/// `no_localization`, `missing_parameter`, `no_devices`, `cooldown`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct EventCounts {
+    pub events: u64,
+    /// (event, message) pairs that produced pushes.
+    pub notifications: u64,
+    pub pushes: u64,
+    /// Pushes stopped by a device limit or as duplicates (each with a feedback record).
+    pub rate_limited: u64,
+    pub skipped: BTreeMap<String, u64>,
+}
+
+impl EventCounts {
+    fn skip(&mut self, reason: &str) {
+        *self.skipped.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    pub fn add(&mut self, other: &EventCounts) {
+        self.events += other.events;
+        self.notifications += other.notifications;
+        self.pushes += other.pushes;
+        self.rate_limited += other.rate_limited;
+        for (reason, n) in &other.skipped {
+            *self.skipped.entry(reason.clone()).or_default() += n;
+        }
+    }
+}
+
+/// The stores event routing reads and claims in.
+pub struct EventStores<'a> {
+    pub messages: &'a Messages,
+    pub registry: &'a Registry,
+    pub claims: &'a Claims,
+}
+
+/// A notification that passed every check before the claims.
+struct Candidate<'a> {
+    event: &'a Event,
+    message: &'a Message,
+    title: String,
+    text: String,
+}
+
+/// Routes one app's events: the records to produce (pushes and `rate_limited` feedback) and
+/// what happened. Claims are taken here, so the records must be produced before the batch's
+/// offsets are committed (a redelivery wins the same claims again).
+pub async fn route(
+    settings: &EventSettings,
+    stores: &EventStores<'_>,
+    app: &str,
+    events: &[Event],
+    now_ms: i64,
+) -> Result<(Vec<Record>, EventCounts), StoreError> {
+    let mut counts = EventCounts {
+        events: events.len() as u64,
+        ..EventCounts::default()
+    };
+    let mut records = Vec::new();
+    if events.is_empty() {
+        return Ok((records, counts));
+    }
+    let mut event_ids: Vec<i32> = events.iter().map(|e| e.event_id).collect();
+    event_ids.sort_unstable();
+    event_ids.dedup();
+    let triggered = stores.messages.triggered_by(app, &event_ids).await?;
+    let mut users: Vec<i64> = events
+        .iter()
+        .filter(|e| triggered.contains_key(&e.event_id))
+        .map(|e| e.user_id)
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    if users.is_empty() {
+        counts
+            .skipped
+            .insert("no_message".into(), events.len() as u64);
+        return Ok((records, counts));
+    }
+    let languages = stores.messages.languages(app, &users).await?;
+    let opt_outs = stores.messages.opt_outs(app, &users).await?;
+
+    let mut candidates = Vec::new();
+    for event in events {
+        let Some(list) = triggered.get(&event.event_id) else {
+            counts.skip("no_message");
+            continue;
+        };
+        for message in list {
+            if opt_outs.contains(&(event.user_id, message.name.clone())) {
+                counts.skip("opted_out");
+                continue;
+            }
+            let language = languages
+                .get(&event.user_id)
+                .copied()
+                .unwrap_or(settings.default_language);
+            let Some(l) = message.localization(language, settings.default_language) else {
+                counts.skip("no_localization");
+                continue;
+            };
+            let filled = messages::fill(&l.title, &event.pairs)
+                .and_then(|title| Ok((title, messages::fill(&l.text, &event.pairs)?)));
+            match filled {
+                Ok((title, text)) => candidates.push(Candidate {
+                    event,
+                    message,
+                    title,
+                    text,
+                }),
+                Err(missing) => {
+                    tracing::debug!(app, message = %message.name, parameter = %missing,
+                        "A parameter the message needs is not in the event.");
+                    counts.skip("missing_parameter");
+                }
+            }
+        }
+    }
+
+    let devices = stores.registry.devices_of(app, &users).await?;
+    let mut by_user: HashMap<i64, Vec<&Device>> = HashMap::new();
+    for d in &devices {
+        by_user.entry(d.user_id).or_default().push(d);
+    }
+    candidates.retain(|c| {
+        let has = by_user.contains_key(&c.event.user_id);
+        if !has {
+            counts.skip("no_devices");
+        }
+        has
+    });
+
+    // Cooldown: one claim per (user, message) and batch; a second event for the same pair in
+    // the same batch is inside the cooldown by definition.
+    let mut first: HashSet<(i64, &str)> = HashSet::new();
+    let mut claims = Vec::new();
+    let mut claimed = Vec::new();
+    let mut sending = Vec::new();
+    for (i, c) in candidates.iter().enumerate() {
+        if c.message.cooldown_s == 0 {
+            sending.push(i);
+        } else if first.insert((c.event.user_id, c.message.name.as_str())) {
+            claims.push((
+                Claim {
+                    subject: c.event.user_id.to_string(),
+                    message: c.message.name.clone(),
+                    owner: c.event.uid.clone(),
+                },
+                c.message.cooldown_s,
+            ));
+            claimed.push(i);
+        } else {
+            counts.skip("cooldown");
+        }
+    }
+    let won = stores.claims.cooldown(app, &claims).await?;
+    for (i, won) in claimed.into_iter().zip(won) {
+        if won {
+            sending.push(i);
+        } else {
+            counts.skip("cooldown");
+        }
+    }
+    sending.sort_unstable();
+
+    // Every device of every notification that may send, then the per-device checks.
+    let mut pushes: Vec<(Notification, &Device)> = Vec::new();
+    for i in sending {
+        let c = &candidates[i];
+        let notification = Notification {
+            user_id: c.event.user_id,
+            title: c.title.clone(),
+            content: c.text.clone(),
+            screen: c.message.screen.clone(),
+            notif_id: format!("{}.{}", c.event.uid, c.message.name),
+            message: c.message.name.clone(),
+            expiry_s: c.message.expiry_s,
+            priority: Some(c.message.priority),
+            ..Notification::default()
+        };
+        counts.notifications += 1;
+        for d in by_user.get(&c.event.user_id).into_iter().flatten() {
+            pushes.push((notification.clone(), d));
+        }
+    }
+    let limits = settings
+        .limits
+        .get(app)
+        .copied()
+        .unwrap_or(settings.default_limits);
+    let mut verdict: Vec<Option<&str>> = vec![None; pushes.len()];
+    let claim_of = |(n, d): &(Notification, &Device)| Claim {
+        subject: d.token.clone(),
+        message: n.message.clone(),
+        owner: n.notif_id.clone(),
+    };
+    if limits.dedup_window_s > 0.0 {
+        let claims: Vec<Claim> = pushes.iter().map(claim_of).collect();
+        let won = stores
+            .claims
+            .dedup(app, &claims, limits.dedup_window_s)
+            .await?;
+        for (v, won) in verdict.iter_mut().zip(won) {
+            if !won {
+                *v = Some("duplicate");
+            }
+        }
+    }
+    if let Some(limit) = limits.limit {
+        let open: Vec<usize> = (0..pushes.len())
+            .filter(|&i| verdict[i].is_none())
+            .collect();
+        let claims: Vec<Claim> = open.iter().map(|&i| claim_of(&pushes[i])).collect();
+        let won = stores.claims.limit(app, &claims, limit).await?;
+        for (i, won) in open.into_iter().zip(won) {
+            if !won {
+                verdict[i] = Some("device_limit");
+            }
+        }
+    }
+    for ((n, d), verdict) in pushes.iter().zip(verdict) {
+        match verdict {
+            None => {
+                counts.pushes += 1;
+                records.push(Record {
+                    topic: format!("push-{app}_{}", d.platform),
+                    key: d.token.clone(),
+                    payload: outbound::push_message(d, n, &settings.deeplink_base, now_ms),
+                });
+            }
+            Some(reason) => {
+                counts.rate_limited += 1;
+                records.push(Record {
+                    topic: outbound::feedback_topic(&settings.feedback_template, app, d.platform),
+                    key: d.token.clone(),
+                    payload: outbound::not_sent_feedback(app, d, n, reason, now_ms),
+                });
+            }
+        }
+    }
+    Ok((records, counts))
+}
+
+/// Pushkin's opt-out event (4006): each pair's value names a message (its numeric id or its
+/// name); the event's list replaces the user's. The lists of a batch, newest event last.
+pub fn opt_out_list(pairs: &BTreeMap<String, String>) -> Vec<String> {
+    pairs
+        .values()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}

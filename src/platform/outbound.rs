@@ -1,0 +1,194 @@
+//! What `pusher route` writes: push messages in the Kafka format `pusher run` reads
+//! (DESIGN.md §4), and the feedback record of a push it decided not to send (`rate_limited`),
+//! in the format `pusher run` writes (§6), so `pusher results` stores it like any verdict.
+
+use super::messages::Priority;
+use super::registry::Device;
+use crate::push::Platform;
+use serde_json::{json, Value};
+
+/// One notification to one user's devices.
+#[derive(Debug, Clone, Default)]
+pub struct Notification {
+    pub user_id: i64,
+    pub title: String,
+    pub content: String,
+    pub screen: String,
+    pub notif_id: String,
+    /// Extra data (segments): top level in the APNs payload, in GCM `data`.
+    pub data: serde_json::Map<String, Value>,
+    /// Event mode: the message's name (`metadata.message`), empty otherwise.
+    pub message: String,
+    /// Seconds the push is worth sending (0: the provider's default).
+    pub expiry_s: i64,
+    pub priority: Option<Priority>,
+}
+
+/// The push message for one device.
+pub fn push_message(d: &Device, n: &Notification, deeplink_base: &str, now_ms: i64) -> Vec<u8> {
+    let mut metadata = json!({"notif_id": n.notif_id});
+    if !n.message.is_empty() {
+        metadata["message"] = Value::String(n.message.clone());
+    }
+    let mut message = match d.platform {
+        Platform::Apns => {
+            let mut payload = Value::Object(n.data.clone());
+            payload["aps"] = json!({"alert": {"title": n.title, "body": n.content}});
+            if !n.screen.is_empty() {
+                payload["screen"] = Value::String(n.screen.clone());
+            }
+            let mut message = json!({"DeviceToken": d.token, "Payload": payload,
+                                     "metadata": metadata});
+            if n.expiry_s > 0 {
+                message["expiration"] = Value::from(now_ms / 1000 + n.expiry_s);
+            }
+            match n.priority {
+                Some(Priority::High) => message["priority"] = Value::from(10),
+                // APNs' 5 lets the device delay it to save power.
+                Some(Priority::Normal) => message["priority"] = Value::from(5),
+                None => {}
+            }
+            message
+        }
+        Platform::Gcm => {
+            let mut message = json!({"to": d.token,
+                "notification": {"title": n.title, "body": n.content},
+                "metadata": metadata});
+            let mut data = n.data.clone();
+            if !n.screen.is_empty() {
+                let link = if deeplink_base.is_empty() {
+                    n.screen.clone()
+                } else {
+                    format!("{deeplink_base}://{}", n.screen)
+                };
+                data.insert("screen".into(), Value::String(link));
+            }
+            if !data.is_empty() {
+                message["data"] = Value::Object(data);
+            }
+            if n.expiry_s > 0 {
+                message["time_to_live"] = Value::from(n.expiry_s);
+            }
+            if let Some(p) = n.priority {
+                message["priority"] = Value::from(p.as_str());
+            }
+            message
+        }
+    };
+    if n.expiry_s > 0 {
+        // The pusher drops it, counted as expired, once this has passed.
+        message["push_expiry"] = Value::from(now_ms + n.expiry_s * 1000);
+    }
+    serde_json::to_vec(&message).unwrap_or_default()
+}
+
+/// The feedback record of a push the router did not send: `outcome` `rate_limited`, with why
+/// (`device_limit` or `duplicate`).
+pub fn not_sent_feedback(
+    app: &str,
+    d: &Device,
+    n: &Notification,
+    reason: &str,
+    now_ms: i64,
+) -> Vec<u8> {
+    let seconds = now_ms / 1000;
+    let metadata = json!({"notif_id": n.notif_id, "message": n.message, "game": app,
+        "outcome": "rate_limited", "reason": reason, "timestamp": seconds});
+    let record = match d.platform {
+        Platform::Apns => json!({"Sent": false, "Reason": "rate_limited", "DeviceToken": d.token,
+                                 "timestamp": seconds, "metadata": metadata}),
+        Platform::Gcm => json!({"from": d.token, "error": "RATE_LIMITED",
+                                "error_description": reason, "metadata": metadata}),
+    };
+    serde_json::to_vec(&record).unwrap_or_default()
+}
+
+/// The feedback topic of `app` and `platform` from the template
+/// (`push-{app}-{platform}-feedbacks`).
+pub fn feedback_topic(template: &str, app: &str, platform: Platform) -> String {
+    template
+        .replace("{app}", app)
+        .replace("{platform}", platform.as_str())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn device(platform: Platform) -> Device {
+        Device {
+            user_id: 1,
+            platform,
+            token: "t".into(),
+            device_id: String::new(),
+            platform_id: None,
+            app_version: String::new(),
+            registered_ms: 0,
+        }
+    }
+
+    #[test]
+    fn messages_parse_as_the_pusher_reads_them() {
+        let n = Notification {
+            user_id: 1,
+            title: "T".into(),
+            content: "C".into(),
+            screen: "shop".into(),
+            notif_id: "n1".into(),
+            message: "gift".into(),
+            expiry_s: 60,
+            priority: Some(Priority::High),
+            ..Notification::default()
+        };
+        let now = 1_700_000_000_000;
+        let gcm =
+            crate::push::message::parse_gcm(&push_message(&device(Platform::Gcm), &n, "game", now))
+                .unwrap();
+        assert_eq!(gcm.data["screen"], "game://shop");
+        let apns = crate::push::message::parse_apns(&push_message(
+            &device(Platform::Apns),
+            &n,
+            "game",
+            now,
+        ))
+        .unwrap();
+        let payload: Value = serde_json::from_slice(&apns.notification.payload).unwrap();
+        assert_eq!(payload["screen"], "shop");
+        assert_eq!(payload["M"]["notif_id"], "n1");
+        assert_eq!(payload["M"]["message"], "gift");
+        let raw: Value =
+            serde_json::from_slice(&push_message(&device(Platform::Apns), &n, "", now)).unwrap();
+        assert_eq!(raw["push_expiry"], now + 60_000);
+        assert_eq!(raw["priority"], 10);
+    }
+
+    #[test]
+    fn a_not_sent_push_is_a_result_row() {
+        let n = Notification {
+            notif_id: "e1.gift".into(),
+            message: "gift".into(),
+            ..Notification::default()
+        };
+        for platform in [Platform::Apns, Platform::Gcm] {
+            let record: Value = serde_json::from_slice(&not_sent_feedback(
+                "game",
+                &device(platform),
+                &n,
+                "duplicate",
+                1_700_000_000_000,
+            ))
+            .unwrap();
+            let row = crate::platform::results::result_of(&record).unwrap();
+            assert_eq!(
+                (
+                    row.outcome.as_str(),
+                    row.reason.as_str(),
+                    row.notif_id.as_str()
+                ),
+                ("rate_limited", "duplicate", "e1.gift")
+            );
+            assert_eq!(row.platform, platform.as_str());
+        }
+    }
+}

@@ -1,0 +1,717 @@
+//! Event mode against real parts: the API over TCP, Kafka (mock cluster or Tansu), the
+//! machine's PostgreSQL, one or two `pusher route`s. Pushkin's documented event examples
+//! (JSON verbatim, protobuf from the wire format by hand) trigger messages in each user's
+//! language; cooldown holds with two routers and every event sent twice; opt-outs, the
+//! per-device limit and duplicate suppression each end as counted reasons or `rate_limited`
+//! verdicts. Counts add up in every test.
+
+mod common;
+#[path = "common/kafka.rs"]
+mod kafka;
+
+use common::http::{post_json, request};
+use common::platform::{pg, read_topic, read_topics};
+use kafka::TestKafka;
+use pusher::config::Secret;
+use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
+use pusher::platform::claims::{Claim, Claims, Limit};
+use pusher::platform::events::{DeviceLimits, EventSettings};
+use pusher::platform::produce::Producer;
+use pusher::platform::registry::Registry;
+use pusher::platform::route::{self, RouteCounts, RouteSettings};
+use pusher::platform::store::Store;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "events-key-0123456789abcdef";
+
+struct Platform {
+    app: String,
+    kafka: TestKafka,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    routers: Vec<tokio::task::JoinHandle<RouteCounts>>,
+}
+
+impl Platform {
+    /// The API and `routers` routers in one group, with these per-device limits.
+    async fn start(routers: usize, limits: DeviceLimits) -> Platform {
+        let app = common::platform::fresh_app("ev");
+        let topics = [
+            format!("push-{app}-requests"),
+            format!("push-{app}_apns"),
+            format!("push-{app}_gcm"),
+            format!("push-{app}-apns-feedbacks"),
+            format!("push-{app}-gcm-feedbacks"),
+        ];
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let kafka = TestKafka::start(&names, 4).await;
+        let store = Store::new(&pg()).unwrap();
+        store
+            .init()
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (ci/setup.sh starts it)");
+        let settings = ApiSettings {
+            keys: vec![ApiKey {
+                name: "backend".into(),
+                app: app.clone(),
+                key: Secret::new(KEY),
+            }],
+            max_body_bytes: 1 << 20,
+            max_notifications: 1000,
+            max_tokens: 1000,
+            rate_per_second: 10_000,
+            burst: 10_000,
+            produce_timeout: Duration::from_secs(5),
+            sync_timeout: Duration::from_secs(30),
+            metrics_token: None,
+            queues: Default::default(),
+        };
+        let producer = Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap();
+        let state = ApiState::new(settings, producer, store.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, state, stop.clone()));
+        let events = EventSettings {
+            deeplink_base: "game".into(),
+            limits: HashMap::from([(app.clone(), limits)]),
+            ..EventSettings::default()
+        };
+        let routers = (0..routers)
+            .map(|_| {
+                let run = tokio::spawn(route::run(
+                    RouteSettings {
+                        brokers: kafka.bootstrap().to_owned(),
+                        group: format!("route-{app}"),
+                        deeplink_base: "game".into(),
+                        batch_size: 100,
+                        offset_reset: "earliest".into(),
+                        events: events.clone(),
+                    },
+                    Registry::new(store.pool()),
+                    Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap(),
+                    stop.clone(),
+                ));
+                tokio::spawn(async move { run.await.unwrap().unwrap() })
+            })
+            .collect();
+        Platform {
+            app,
+            kafka,
+            addr,
+            stop,
+            routers,
+        }
+    }
+
+    async fn put_message(&self, name: &str, message: Value) -> Value {
+        let auth = format!("Bearer {KEY}");
+        let a = request(
+            self.addr,
+            "PUT",
+            &format!("/api/v1/messages/{name}"),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            message.to_string(),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        a.json()
+    }
+
+    async fn events(&self, events: Value) {
+        let a = post_json(
+            self.addr,
+            "/api/v1/events",
+            KEY,
+            &json!({ "events": events }),
+        )
+        .await;
+        assert_eq!(a.status, 202, "{}", a.text());
+    }
+
+    /// Waits until the routers have committed everything on the requests topic.
+    async fn wait_routed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (brokers, group) = (
+            self.kafka.bootstrap().to_owned(),
+            format!("route-{}", self.app),
+        );
+        let topic = vec![format!("push-{}-requests", self.app)];
+        loop {
+            let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
+            let lag = tokio::task::spawn_blocking(move || {
+                pusher::platform::lag::backlog(&b, &g, &t, Duration::from_secs(5))
+            })
+            .await
+            .unwrap();
+            if matches!(lag, Ok(0)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the routers did not commit: {lag:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every push on the app's topics, (platform, key, message): `expected` of them, then
+    /// whatever else comes within a quiet half second.
+    fn pushes(&self, expected: usize) -> Vec<(String, String, Value)> {
+        let topics = [
+            format!("push-{}_apns", self.app),
+            format!("push-{}_gcm", self.app),
+        ];
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        read_topics(self.kafka.bootstrap(), &names, expected)
+            .into_iter()
+            .map(|(topic, key, value)| {
+                let platform = if topic.ends_with("_apns") {
+                    "apns"
+                } else {
+                    "gcm"
+                };
+                (platform.to_owned(), key, value)
+            })
+            .collect()
+    }
+
+    async fn stop(self) -> RouteCounts {
+        self.stop.cancel();
+        let mut total = RouteCounts::default();
+        for r in self.routers {
+            let c = r.await.unwrap();
+            total.consumed += c.consumed;
+            total.logins += c.logins;
+            total.opt_outs += c.opt_outs;
+            total.events.add(&c.events);
+        }
+        total
+    }
+}
+
+fn login(user: i64, language: i32, platform_id: u8, token: &str) -> Value {
+    json!({"user_id": user, "event_id": 4001, "timestamp": 1_458_823_440_000_i64,
+        "pairs": {"languageId": language.to_string(), "platformId": platform_id.to_string(),
+                  "deviceId": format!("dev-{token}"), "deviceToken": token,
+                  "applicationVersion": "1"}})
+}
+
+fn skipped(c: &RouteCounts, reason: &str) -> u64 {
+    c.events.skipped.get(reason).copied().unwrap_or(0)
+}
+
+/// The title and body of a push, whichever platform it is for.
+fn text(platform: &str, m: &Value) -> (String, String) {
+    let alert = if platform == "apns" {
+        &m["Payload"]["aps"]["alert"]
+    } else {
+        &m["notification"]
+    };
+    (
+        alert["title"].as_str().unwrap().to_owned(),
+        alert["body"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Protobuf varint.
+fn varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// `BatchEventRequest` with Pushkin's documented protobuf example's first event (user 1337,
+/// event 1, timestamp 1458823445000), from the wire format by hand.
+fn pushkin_proto_example() -> Vec<u8> {
+    let mut event = vec![1 << 3];
+    varint(1337, &mut event);
+    event.push(2 << 3);
+    varint(1, &mut event);
+    event.push(4 << 3);
+    varint(1_458_823_445_000, &mut event);
+    let mut batch = vec![(1 << 3) | 2];
+    varint(event.len() as u64, &mut batch);
+    batch.extend_from_slice(&event);
+    batch
+}
+
+/// Pushkin's event examples (JSON verbatim from its documentation, and protobuf) trigger a
+/// message in each user's language, falling back to English; parameters are filled from the
+/// pairs; a message whose parameter is missing, an event id with no message and a user with
+/// no device send nothing and are counted by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushkin_events_become_localized_notifications() {
+    let p = Platform::start(1, DeviceLimits::default()).await;
+    let welcome = p
+        .put_message(
+            "welcome",
+            json!({"event_id": 1, "screen": "welcome_screen", "priority": "high",
+                   "localizations": [
+                       {"language_id": 1, "title": "Welcome", "text": "Come play!"},
+                       {"language_id": 2, "title": "Willkommen", "text": "Komm spielen!"}]}),
+        )
+        .await;
+    assert!(welcome["id"].as_i64().unwrap() > 0, "{welcome}");
+    p.put_message(
+        "device-greeting",
+        json!({"event_id": 1, "localizations": [
+            {"language_id": 1, "title": "Hello {deviceId}", "text": "Version {applicationVersion}"}]}),
+    )
+    .await;
+    p.events(json!([
+        login(1337, 2, 1, "gcm-1337"),
+        login(1337, 2, 2, "apns-1337"),
+        login(1338, 7, 1, "gcm-1338"),
+    ]))
+    .await;
+    p.wait_routed().await;
+
+    // Pushkin's JSON example, verbatim.
+    let example = r#"{
+  "events": [
+    {
+      "user_id" : 1337,
+      "event_id" : 1,
+      "timestamp" : 1458823445000
+    },
+    {
+      "user_id" : 1338,
+      "event_id" : 1,
+      "timestamp" : 1458823448000,
+      "pairs": {
+        "platformId" : "1",
+        "deviceId" : "S342DFS",
+        "deviceToken" : "VD3#fd4",
+        "applicationVersion" : "1"
+      }
+    }
+  ]
+}"#;
+    let auth = format!("Bearer {KEY}");
+    let a = request(
+        p.addr,
+        "POST",
+        "/post_events_json",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        example,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let event_ids = a.json()["event_ids"].clone();
+    assert_eq!(event_ids.as_array().unwrap().len(), 2, "{event_ids}");
+    // Protobuf: the same event for 1337 again, and events nothing listens to or for nobody.
+    let proto = request(
+        p.addr,
+        "POST",
+        "/post_events_proto",
+        &[("authorization", &auth)],
+        pushkin_proto_example(),
+    )
+    .await;
+    assert_eq!(proto.status, 200, "{}", proto.text());
+    p.events(json!([
+        {"user_id": 1337, "event_id": 99, "pairs": {}},
+        {"user_id": 4242, "event_id": 1, "pairs": {}}
+    ]))
+    .await;
+    p.wait_routed().await;
+
+    // 1337 (German, two devices): welcome twice (no cooldown), device-greeting never (its
+    // events carry no deviceId). 1338 (language 7: English): welcome and device-greeting.
+    let pushes = p.pushes(6);
+    let mut seen: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    for (platform, token, m) in &pushes {
+        let (title, body) = text(platform, m);
+        *seen.entry((token.clone(), title, body)).or_default() += 1;
+    }
+    let expected: BTreeMap<(String, String, String), usize> = [
+        (("apns-1337", "Willkommen", "Komm spielen!"), 2),
+        (("gcm-1337", "Willkommen", "Komm spielen!"), 2),
+        (("gcm-1338", "Welcome", "Come play!"), 1),
+        (("gcm-1338", "Hello S342DFS", "Version 1"), 1),
+    ]
+    .into_iter()
+    .map(|((t, a, b), n)| ((t.to_owned(), a.to_owned(), b.to_owned()), n))
+    .collect();
+    assert_eq!(seen, expected, "{pushes:#?}");
+    // Deep link, priority, notif_id `<event id>.<message>` and the message's name.
+    let gcm_1338 = pushes
+        .iter()
+        .find(|(_, t, m)| t == "gcm-1338" && m["notification"]["title"] == "Welcome")
+        .unwrap();
+    assert_eq!(gcm_1338.2["data"]["screen"], "game://welcome_screen");
+    assert_eq!(gcm_1338.2["priority"], "high");
+    assert_eq!(
+        gcm_1338.2["metadata"]["notif_id"],
+        format!("{}.welcome", event_ids[1].as_str().unwrap())
+    );
+    assert_eq!(gcm_1338.2["metadata"]["message"], "welcome");
+    let apns = pushes.iter().find(|(p, _, _)| p == "apns").unwrap();
+    assert_eq!(apns.2["Payload"]["screen"], "welcome_screen");
+
+    let c = p.stop().await;
+    assert_eq!(c.logins, 3);
+    // 2 (JSON) + 1 (proto) + 2 events; 3 of them for user 1337/1338 with two messages each.
+    assert_eq!(c.events.events, 5, "{c:?}");
+    assert_eq!(skipped(&c, "no_message"), 1, "{c:?}");
+    // 1337 twice and 4242 lack deviceId; 4242 has no device for the welcome.
+    assert_eq!(skipped(&c, "missing_parameter"), 3, "{c:?}");
+    assert_eq!(skipped(&c, "no_devices"), 1, "{c:?}");
+    assert_eq!(c.events.notifications, 4, "{c:?}");
+    assert_eq!(c.events.pushes, pushes.len() as u64, "{c:?}");
+    assert_eq!(c.events.pushes, 6);
+    // Every (event, message) pair is accounted for: 4 events with 2 messages, 1 without.
+    let skipped_total: u64 = c.events.skipped.values().sum();
+    assert_eq!(c.events.notifications + skipped_total - 1, 4 * 2, "{c:?}");
+}
+
+/// Every event sent twice, two routers in one group: each (user, message) is sent once inside
+/// its cooldown; the second of each pair is counted as `cooldown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooldown_holds_with_two_routers_and_every_event_twice() {
+    let p = Platform::start(2, DeviceLimits::default()).await;
+    p.put_message(
+        "daily-bonus",
+        json!({"event_id": 17, "cooldown_s": 3600, "localizations": [
+            {"language_id": 1, "title": "Bonus", "text": "{amount} coins for you"}]}),
+    )
+    .await;
+    const USERS: i64 = 60;
+    let logins: Vec<Value> = (1..=USERS)
+        .map(|u| login(u, 1, if u % 2 == 0 { 1 } else { 2 }, &format!("tok-{u}")))
+        .collect();
+    p.events(Value::Array(logins)).await;
+    p.wait_routed().await;
+    let events: Vec<Value> = (1..=USERS)
+        .map(|u| json!({"user_id": u, "event_id": 17, "pairs": {"amount": "50"}}))
+        .collect();
+    // Twice, concurrently, as two requests (two ids per user and event).
+    let body = json!({ "events": events });
+    let (a, b) = tokio::join!(
+        post_json(p.addr, "/api/v1/events", KEY, &body),
+        post_json(p.addr, "/api/v1/events", KEY, &body),
+    );
+    assert_eq!((a.status, b.status), (202, 202));
+    p.wait_routed().await;
+    let pushes = p.pushes(USERS as usize);
+    let mut per_token: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, token, m) in &pushes {
+        *per_token.entry(token.clone()).or_default() += 1;
+        assert_eq!(
+            text(if m.get("to").is_some() { "gcm" } else { "apns" }, m).1,
+            "50 coins for you"
+        );
+    }
+    assert_eq!(per_token.len(), USERS as usize, "every user reached");
+    assert!(
+        per_token.values().all(|&n| n == 1),
+        "sent twice: {per_token:?}"
+    );
+    let c = p.stop().await;
+    assert_eq!(c.events.events, 2 * USERS as u64, "{c:?}");
+    assert_eq!(c.events.pushes, USERS as u64, "{c:?}");
+    assert_eq!(skipped(&c, "cooldown"), USERS as u64, "{c:?}");
+}
+
+/// The claim statements under real concurrency: eight tasks claim the same 200 keys, each as
+/// its own event; exactly one wins each key. The winner's event claiming again (a
+/// redelivery) wins again; another event still loses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_have_one_winner_and_redelivery_wins_its_own() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let claims = Claims::new(store.pool());
+    let app = common::platform::fresh_app("cl");
+    let keys: Vec<(i64, &str)> = (0..100).flat_map(|u| [(u, "a"), (u, "b")]).collect();
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let claims = claims.clone();
+            let app = app.clone();
+            let mut batch: Vec<(Claim, i64)> = keys
+                .iter()
+                .map(|(u, m)| {
+                    (
+                        Claim {
+                            subject: u.to_string(),
+                            message: (*m).to_owned(),
+                            owner: format!("event-{t}"),
+                        },
+                        3600,
+                    )
+                })
+                .collect();
+            // Different orders, as different routers' batches would be.
+            if t % 2 == 1 {
+                batch.reverse();
+            }
+            tokio::spawn(async move {
+                let won = claims.cooldown(&app, &batch).await.unwrap();
+                batch
+                    .into_iter()
+                    .zip(won)
+                    .filter(|(_, w)| *w)
+                    .map(|(c, _)| (c.0.subject, c.0.message, c.0.owner))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut winners: HashMap<(String, String), String> = HashMap::new();
+    for t in tasks {
+        for (subject, message, owner) in t.await.unwrap() {
+            assert!(
+                winners
+                    .insert((subject.clone(), message.clone()), owner)
+                    .is_none(),
+                "two winners for {subject}/{message}"
+            );
+        }
+    }
+    assert_eq!(winners.len(), keys.len());
+    let ((subject, message), owner) = winners.iter().next().unwrap();
+    let again = |owner: &str| Claim {
+        subject: subject.clone(),
+        message: message.clone(),
+        owner: owner.to_owned(),
+    };
+    let won = claims
+        .cooldown(&app, &[(again(owner), 3600), (again("someone-else"), 3600)])
+        .await
+        .unwrap();
+    assert_eq!(
+        won,
+        vec![true, false],
+        "redelivery wins, another event loses"
+    );
+
+    // The per-device limit: 3 per hour; the 4th is refused, a redelivery of the 3rd is not.
+    let limit = Limit {
+        count: 3,
+        window_s: 3600.0,
+    };
+    let device = |owner: &str| Claim {
+        subject: "token-1".into(),
+        message: String::new(),
+        owner: owner.into(),
+    };
+    let won = claims
+        .limit(
+            &app,
+            &[device("n1"), device("n2"), device("n3"), device("n4")],
+            limit,
+        )
+        .await
+        .unwrap();
+    assert_eq!(won, vec![true, true, true, false]);
+    let won = claims.limit(&app, &[device("n4")], limit).await.unwrap();
+    assert_eq!(won, vec![false], "still limited");
+}
+
+/// A user's opt-out (Pushkin's 4006, by message id) stops that message only; duplicate
+/// suppression stops the same message to the same device inside its window; the per-device
+/// limit stops the third push in its window. Each stopped push is a `rate_limited` feedback
+/// record with its reason, and the counts add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opt_outs_limits_and_duplicates() {
+    let p = Platform::start(
+        1,
+        DeviceLimits {
+            limit: Some(Limit {
+                count: 2,
+                window_s: 3600.0,
+            }),
+            dedup_window_s: 3600.0,
+        },
+    )
+    .await;
+    let en = |text: &str| json!([{"language_id": 1, "title": "T", "text": text}]);
+    let news = p
+        .put_message("news", json!({"event_id": 5, "localizations": en("news")}))
+        .await;
+    p.put_message(
+        "quest",
+        json!({"event_id": 6, "localizations": en("quest")}),
+    )
+    .await;
+    p.put_message("gift", json!({"event_id": 7, "localizations": en("gift")}))
+        .await;
+    p.events(json!([login(1, 1, 1, "gcm-1"), login(2, 1, 2, "apns-2")]))
+        .await;
+    // User 2 opts out of "news" by Pushkin's numeric id.
+    p.events(json!([
+        {"user_id": 2, "event_id": 4006, "pairs": {"1": news["id"].to_string()}}
+    ]))
+    .await;
+    p.wait_routed().await;
+    // User 1: quest twice (the second a duplicate), news, gift (over the limit of 2).
+    // User 2: news (opted out), quest.
+    for events in [
+        json!([{"user_id": 1, "event_id": 6}, {"user_id": 2, "event_id": 5}]),
+        json!([{"user_id": 1, "event_id": 6}, {"user_id": 2, "event_id": 6}]),
+        json!([{"user_id": 1, "event_id": 5}]),
+        json!([{"user_id": 1, "event_id": 7}]),
+    ] {
+        p.events(events).await;
+        p.wait_routed().await;
+    }
+    let pushes = p.pushes(3);
+    let mut sent: Vec<(String, String)> = pushes
+        .iter()
+        .map(|(platform, token, m)| (token.clone(), text(platform, m).1))
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        vec![
+            ("apns-2".to_owned(), "quest".to_owned()),
+            ("gcm-1".to_owned(), "news".to_owned()),
+            ("gcm-1".to_owned(), "quest".to_owned()),
+        ]
+    );
+    let feedback = read_topic(
+        p.kafka.bootstrap(),
+        &format!("push-{}-gcm-feedbacks", p.app),
+        2,
+    );
+    let mut reasons: Vec<(String, String)> = feedback
+        .iter()
+        .map(|(_, r)| {
+            let row = pusher::platform::results::result_of(r).unwrap();
+            assert_eq!(row.outcome, "rate_limited");
+            (
+                row.notif_id.rsplit('.').next().unwrap().to_owned(),
+                row.reason,
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("gift".to_owned(), "device_limit".to_owned()),
+            ("quest".to_owned(), "duplicate".to_owned()),
+        ]
+    );
+    let c = p.stop().await;
+    assert_eq!(c.opt_outs, 1);
+    assert_eq!(skipped(&c, "opted_out"), 1, "{c:?}");
+    assert_eq!(c.events.notifications, 5, "{c:?}");
+    assert_eq!(c.events.pushes, 3, "{c:?}");
+    assert_eq!(c.events.rate_limited, 2, "{c:?}");
+    assert_eq!(
+        c.events.notifications,
+        c.events.pushes + c.events.rate_limited,
+        "one device each"
+    );
+}
+
+/// The messages API: create, read, list, replace, delete; bad input is a 400 naming the
+/// field, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_api_round_trip_and_refusals() {
+    let p = Platform::start(0, DeviceLimits::default()).await;
+    let auth = format!("Bearer {KEY}");
+    let call = |method: &'static str, path: String, body: String| {
+        let auth = auth.clone();
+        let addr = p.addr;
+        async move {
+            request(
+                addr,
+                method,
+                &path,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await
+        }
+    };
+    let stored = p
+        .put_message(
+            "promo",
+            json!({"event_id": 12, "cooldown_s": 60, "expiry_s": 3600, "screen": "shop",
+                   "localizations": [{"language_id": 1, "title": "Sale", "text": "50% off"}]}),
+        )
+        .await;
+    assert_eq!(stored["name"], "promo");
+    assert_eq!(stored["priority"], "normal");
+    let got = call("GET", "/api/v1/messages/promo".into(), String::new()).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json(), stored);
+    // Replacing drops localizations not given again.
+    p.put_message(
+        "promo",
+        json!({"event_id": 12, "localizations": [
+            {"language_id": 2, "title": "Angebot", "text": "50% Rabatt"}]}),
+    )
+    .await;
+    let list = call("GET", "/api/v1/messages".into(), String::new()).await;
+    let list = list.json();
+    assert_eq!(list["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        list["messages"][0]["localizations"],
+        json!([{"language_id": 2, "title": "Angebot", "text": "50% Rabatt"}])
+    );
+    for (body, field) in [
+        (
+            json!({"event_id": 4001, "localizations": [{"language_id": 1, "text": "x"}]}),
+            "event_id",
+        ),
+        (json!({"event_id": 3, "localizations": []}), "localizations"),
+        (
+            json!({"event_id": 3, "cooldown_s": -1, "localizations": [{"language_id": 1, "text": "x"}]}),
+            "cooldown_s",
+        ),
+        (
+            json!({"event_id": "3", "localizations": [{"language_id": 1, "text": "x"}]}),
+            "event_id",
+        ),
+        (
+            json!({"event_id": 3, "localizations": [{"language_id": 1, "text": "x"}], "colour": 1}),
+            "colour",
+        ),
+    ] {
+        let a = call("PUT", "/api/v1/messages/bad".into(), body.to_string()).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text());
+        assert!(a.text().contains(field), "{body}: {}", a.text());
+    }
+    let a = call("PUT", "/api/v1/messages/bad%20name".into(), "{}".into()).await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(
+        call("GET", "/api/v1/messages/bad".into(), String::new())
+            .await
+            .status,
+        404,
+        "nothing stored"
+    );
+    assert_eq!(
+        call("DELETE", "/api/v1/messages/promo".into(), String::new())
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        call("DELETE", "/api/v1/messages/promo".into(), String::new())
+            .await
+            .status,
+        404
+    );
+    // Another app's key sees none of it; no key is a 401.
+    let anon = request(p.addr, "GET", "/api/v1/messages", &[], "").await;
+    assert_eq!(anon.status, 401);
+    p.stop().await;
+}

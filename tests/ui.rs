@@ -1,0 +1,366 @@
+//! The `/ui` page in headless Chromium, driven over the DevTools protocol: sign in with the
+//! API key, create a message through the form (its button clicked), see it listed and stored
+//! (read back through the JSON API), edit it, look up a user's devices, and be refused with a
+//! wrong key or without the cookie. Skipped with a message where Chromium is not installed
+//! (ci/setup.sh installs it; PUSHER_SKIP_BROWSER=1 allows the skip).
+
+mod common;
+
+use common::http::request;
+use common::platform::pg;
+use futures_util::{SinkExt, StreamExt};
+use pusher::config::Secret;
+use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
+use pusher::platform::produce::Producer;
+use pusher::platform::store::Store;
+use serde_json::{json, Value};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "ui-key-0123456789abcdef";
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A DevTools protocol session on one page: commands answered in order, events kept until
+/// waited for.
+struct Page {
+    socket: Socket,
+    session: String,
+    next_id: u64,
+    events: Vec<Value>,
+}
+
+impl Page {
+    async fn open(ws_url: &str) -> Page {
+        let (socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+        let mut page = Page {
+            socket,
+            session: String::new(),
+            next_id: 0,
+            events: Vec::new(),
+        };
+        let target = page
+            .call("Target.createTarget", json!({"url": "about:blank"}))
+            .await;
+        let attached = page
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        page.session = attached["sessionId"].as_str().unwrap().to_owned();
+        page.call("Page.enable", json!({})).await;
+        page
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut command = json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            command["sessionId"] = json!(self.session);
+        }
+        self.socket
+            .send(Ws::text(command.to_string()))
+            .await
+            .unwrap();
+        loop {
+            let m = self.read().await;
+            if m["id"] == id {
+                assert!(m.get("error").is_none(), "{method}: {m}");
+                return m["result"].clone();
+            }
+            self.events.push(m);
+        }
+    }
+
+    async fn read(&mut self) -> Value {
+        let m = tokio::time::timeout(Duration::from_secs(20), self.socket.next())
+            .await
+            .expect("Chromium said nothing for 20 s")
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(m.to_text().unwrap()).unwrap()
+    }
+
+    /// Waits for the page to finish loading (an event seen earlier counts once).
+    async fn loaded(&mut self) {
+        loop {
+            if let Some(i) = self
+                .events
+                .iter()
+                .position(|e| e["method"] == "Page.loadEventFired")
+            {
+                self.events.drain(..=i);
+                return;
+            }
+            let m = self.read().await;
+            self.events.push(m);
+        }
+    }
+
+    async fn goto(&mut self, url: &str) {
+        self.call("Page.navigate", json!({ "url": url })).await;
+        self.loaded().await;
+    }
+
+    async fn eval(&mut self, expression: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
+            .await;
+        assert!(r.get("exceptionDetails").is_none(), "{expression}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    /// Runs `action` (which submits a form) and waits for the next page.
+    async fn submit(&mut self, action: &str) {
+        self.eval(action).await;
+        self.loaded().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_signs_in_and_its_form_creates_a_message() {
+    let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var_os("PUSHER_SKIP_BROWSER").is_some(),
+            "chromium is not installed (ci/setup.sh installs it; PUSHER_SKIP_BROWSER=1 skips this test)"
+        );
+        return;
+    };
+    let app = common::platform::fresh_app("ui");
+    let store = Store::new(&pg()).unwrap();
+    store
+        .init()
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (ci/setup.sh starts it)");
+    let settings = ApiSettings {
+        keys: vec![ApiKey {
+            name: "editors".into(),
+            app: app.clone(),
+            key: Secret::new(KEY),
+        }],
+        max_body_bytes: 1 << 20,
+        max_notifications: 100,
+        max_tokens: 100,
+        rate_per_second: 1000,
+        burst: 1000,
+        produce_timeout: Duration::from_secs(5),
+        sync_timeout: Duration::from_secs(5),
+        metrics_token: None,
+        queues: Default::default(),
+    };
+    // The page never produces: a producer pointed nowhere is enough.
+    let producer = Producer::new("127.0.0.1:9", Duration::from_secs(1)).unwrap();
+    let state = ApiState::new(settings, producer, store.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(listener, state, stop.clone()));
+    let auth = format!("Bearer {KEY}");
+    let device = request(
+        addr,
+        "PUT",
+        "/api/v1/devices",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        json!({"user_id": 77, "platform": "gcm", "token": "ui-token-77", "app_version": "3.1"})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(device.status, 200, "{}", device.text());
+
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = tokio::process::Command::new(chromium)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(browser.stderr.take().unwrap()).lines();
+    let ws_url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                return url.trim().to_owned();
+            }
+        }
+        panic!("Chromium exited without a DevTools address");
+    })
+    .await
+    .expect("Chromium did not start within 30 s");
+    // Keep reading its chatter so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+
+    let mut page = Page::open(&ws_url).await;
+    let base = format!("http://{addr}");
+
+    // Not signed in: the sign-in form. A wrong key is refused.
+    page.goto(&format!("{base}/ui")).await;
+    assert_eq!(
+        page.eval("!!document.querySelector('input[name=key]')")
+            .await,
+        true
+    );
+    page.submit(
+        "document.querySelector('input[name=key]').value = 'wrong-key';
+         document.querySelector('form button').click()",
+    )
+    .await;
+    let text = page.eval("document.body.innerText").await;
+    assert!(text.as_str().unwrap().contains("Unknown API key"), "{text}");
+
+    // Signed in: the page names the app.
+    page.submit(&format!(
+        "document.querySelector('input[name=key]').value = '{KEY}';
+         document.querySelector('form button').click()"
+    ))
+    .await;
+    let text = page.eval("document.body.innerText").await;
+    assert!(text.as_str().unwrap().contains(&app), "{text}");
+
+    // The form creates a message; the page says so and lists it; the API has it.
+    page.submit(
+        "const f = document.getElementById('message-form');
+         f.name.value = 'gift-sent';
+         f.event_id.value = '17';
+         f.cooldown_s.value = '3600';
+         f.screen.value = 'gifts';
+         f.priority.value = 'high';
+         f.localizations.value = '1 | A gift | {name} sent you a gift\\n3 | Un regalo | {name} te envió un regalo';
+         f.querySelector('button').click()",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('saved')?.innerText")
+            .await,
+        "Saved gift-sent."
+    );
+    let listed = page
+        .eval("document.getElementById('messages').innerText")
+        .await;
+    assert!(listed.as_str().unwrap().contains("gift-sent"), "{listed}");
+    let stored = request(
+        addr,
+        "GET",
+        "/api/v1/messages/gift-sent",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(stored.status, 200);
+    let stored = stored.json();
+    assert_eq!(
+        (
+            stored["event_id"].clone(),
+            stored["cooldown_s"].clone(),
+            stored["priority"].clone()
+        ),
+        (json!(17), json!(3600), json!("high"))
+    );
+    assert_eq!(
+        stored["localizations"][1],
+        json!({"language_id": 3, "title": "Un regalo", "text": "{name} te envió un regalo"})
+    );
+
+    // Editing loads the form; a bad line is refused with the reason, and nothing changes.
+    page.goto(&format!("{base}/ui?edit=gift-sent")).await;
+    assert_eq!(
+        page.eval("document.getElementById('message-form').cooldown_s.value")
+            .await,
+        "3600"
+    );
+    page.submit(
+        "const f = document.getElementById('message-form');
+         f.localizations.value = 'english | x | y';
+         f.querySelector('button').click()",
+    )
+    .await;
+    let error = page
+        .eval("document.getElementById('error')?.innerText")
+        .await;
+    assert!(
+        error.as_str().unwrap_or_default().contains("line 1"),
+        "{error}"
+    );
+    let unchanged = request(
+        addr,
+        "GET",
+        "/api/v1/messages/gift-sent",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(unchanged.json(), stored);
+
+    // A user's devices.
+    page.goto(&format!("{base}/ui?user=77")).await;
+    let devices = page
+        .eval("document.getElementById('devices').innerText")
+        .await;
+    assert!(
+        devices.as_str().unwrap().contains("ui-token-77"),
+        "{devices}"
+    );
+
+    // What the page renders is escaped: a hostile name never becomes markup.
+    page.goto(&format!("{base}/ui?user=%3Cb%3Ex")).await;
+    assert_eq!(
+        page.eval("document.querySelectorAll('b').length").await,
+        json!(1),
+        "only the app's name is bold"
+    );
+
+    // Without the cookie (another browser): the sign-in form, and form posts are refused.
+    let anonymous = request(addr, "GET", "/ui", &[], "").await;
+    assert!(anonymous.text().contains("name=\"key\""));
+    let forged = request(
+        addr,
+        "POST",
+        "/ui/messages/delete",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "name=gift-sent",
+    )
+    .await;
+    assert_eq!(forged.status, 401);
+    let png = page
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    assert!(
+        png["data"].as_str().unwrap().len() > 1000,
+        "a screenshot of the page"
+    );
+
+    drop(page);
+    let _ = browser.kill().await;
+    stop.cancel();
+}
