@@ -79,6 +79,51 @@ fn end_to_end_bench_conserves_every_message_and_writes_a_valid_report() {
     );
 }
 
+/// `bench --events`: every event sent twice through the API, two routers, the pipeline and
+/// the fake: each user is reached exactly once (the cooldown holds), and the pushes add up.
+#[test]
+fn events_bench_reaches_each_user_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("events.json");
+    let out = pusher(&[
+        "bench",
+        "--mock",
+        "--events",
+        "--count",
+        "2000",
+        "--batch",
+        "50",
+        "--concurrency",
+        "8",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("(holds)"), "{stdout}");
+    let r = check_report(&json);
+    assert_eq!(r["params"]["mode"], "events");
+    let e = &r["events"];
+    assert_eq!(
+        (e["users"].as_u64(), e["events"].as_u64()),
+        (Some(1000), Some(2000)),
+        "{e}"
+    );
+    assert_eq!(
+        (e["pushes"].as_u64(), e["sent_twice"].as_u64()),
+        (Some(1000), Some(0)),
+        "{e}"
+    );
+    let c = &r["conservation"];
+    assert_eq!(c["ok"], true, "{c}");
+    assert_eq!(r["latency"]["end_to_end"]["count"], 1000);
+}
+
 /// `bench --api`: gorush batches over HTTP into the API (PostgreSQL, Kafka acks), beside a
 /// trivial handler on the same stack, and on through the pipeline into the fake: every
 /// notification accepted is a record in Kafka, consumed, and answered.

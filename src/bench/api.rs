@@ -39,7 +39,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const APP: &str = "bench";
-const KEY: &str = "bench-api-key-0123456789";
+pub(super) const KEY: &str = "bench-api-key-0123456789";
 
 /// What `--api` adds to the bench settings.
 #[derive(Debug, Clone)]
@@ -51,18 +51,29 @@ pub struct ApiBench {
 }
 
 /// The two servers of the run, on their own thread.
-struct Servers {
-    api: SocketAddr,
-    trivial: SocketAddr,
-    stop: CancellationToken,
-    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+pub(super) struct Servers {
+    pub api: SocketAddr,
+    pub trivial: SocketAddr,
+    pub stop: CancellationToken,
+    pub thread: std::thread::JoinHandle<anyhow::Result<()>>,
 }
 
-fn start_servers(args: &Settings, api: &ApiBench, brokers: &str) -> anyhow::Result<Servers> {
+/// `pusher api` for `app` (key [`KEY`]) and the trivial baseline, on their own runtime thread.
+pub(super) fn start_servers(
+    args: &Settings,
+    api: &ApiBench,
+    brokers: &str,
+    app: &str,
+) -> anyhow::Result<Servers> {
     let stop = CancellationToken::new();
     let (tx, rx) = std::sync::mpsc::channel();
-    let (threads, pg, brokers, batch) =
-        (args.threads, api.pg.clone(), brokers.to_owned(), api.batch);
+    let (threads, pg, brokers, batch, app) = (
+        args.threads,
+        api.pg.clone(),
+        brokers.to_owned(),
+        api.batch,
+        app.to_owned(),
+    );
     let server_stop = stop.clone();
     let thread = std::thread::Builder::new().name("bench-api".into()).spawn(
         move || -> anyhow::Result<()> {
@@ -76,7 +87,7 @@ fn start_servers(args: &Settings, api: &ApiBench, brokers: &str) -> anyhow::Resu
                     let settings = ApiSettings {
                         keys: vec![ApiKey {
                             name: "bench".into(),
-                            app: APP.into(),
+                            app,
                             key: crate::config::Secret::new(KEY),
                         }],
                         max_body_bytes: 64 << 20,
@@ -152,15 +163,41 @@ fn body(i: u64, batch: usize, platform: Platform) -> Bytes {
 }
 
 /// When each request was sent, for the HTTP-to-delivery latency of its tokens.
-struct Delivery {
-    start: Instant,
-    batch: u64,
-    /// Request `i` (its tokens are `i * batch + j`) was sent at this many ns after `start`.
-    sent_ns: Vec<AtomicU64>,
+pub(super) struct Delivery {
+    pub start: Instant,
+    pub batch: u64,
+    /// Each block of `batch` tokens is in this many requests in a row (`bench --events`
+    /// sends every event twice); its latency counts from the first sent.
+    pub repeats: u64,
+    /// Request `i` (its tokens are `(i / repeats) * batch + j`) was sent at this many ns
+    /// after `start`.
+    pub sent_ns: Vec<AtomicU64>,
     /// Verdicts of the pipeline.
-    answered: AtomicU64,
-    delivered: AtomicU64,
-    latency: Mutex<hdrhistogram::Histogram<u64>>,
+    pub answered: AtomicU64,
+    pub delivered: AtomicU64,
+    pub latency: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Verdicts per token, where counted (token n at index n).
+    pub per_token: Vec<std::sync::atomic::AtomicU32>,
+}
+
+impl Delivery {
+    pub fn new(batch: u64, repeats: u64, slots: usize, tokens: usize) -> anyhow::Result<Delivery> {
+        Ok(Delivery {
+            start: Instant::now(),
+            batch,
+            repeats,
+            sent_ns: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            answered: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            latency: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .context("histogram")?,
+            ),
+            per_token: (0..tokens)
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
+        })
+    }
 }
 
 impl Observer for Delivery {
@@ -172,13 +209,18 @@ impl Observer for Delivery {
         let Ok(n) = u64::from_str_radix(e.token, 16) else {
             return;
         };
-        let Some(sent) = self.sent_ns.get((n / self.batch) as usize) else {
+        if let Some(count) = self.per_token.get(n as usize) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        let first = (n / self.batch) * self.repeats;
+        let sent = (first..first + self.repeats)
+            .filter_map(|i| self.sent_ns.get(i as usize))
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|&s| s > 0)
+            .min();
+        let Some(sent) = sent else {
             return;
         };
-        let sent = sent.load(Ordering::Relaxed);
-        if sent == 0 {
-            return;
-        }
         let now = self.start.elapsed().as_nanos() as u64;
         let _ = self
             .latency
@@ -187,12 +229,13 @@ impl Observer for Delivery {
     }
 }
 
-/// Runs the plan against `addr` with `concurrency` keep-alive connections.
-async fn load(
+/// Runs the plan against `addr` with `concurrency` keep-alive connections: request `i` posts
+/// `body(i)` to `path`.
+pub(super) async fn load(
     addr: SocketAddr,
+    path: &str,
     plan: &LoadPlan,
-    batch: usize,
-    platform: Platform,
+    body: &(dyn Fn(u64) -> Bytes + Sync),
     stop: &CancellationToken,
     progress: &Progress,
     delivery: Option<&Delivery>,
@@ -200,7 +243,7 @@ async fn load(
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(usize::MAX)
         .build_http();
-    let uri = format!("http://{addr}/api/push");
+    let uri = format!("http://{addr}{path}");
     let send = |i: u64| {
         let client = client.clone();
         let uri = uri.clone();
@@ -216,7 +259,7 @@ async fn load(
             let request = hyper::Request::post(&uri)
                 .header("authorization", format!("Bearer {KEY}"))
                 .header("content-type", "application/json")
-                .body(Full::new(body(i, batch, platform)));
+                .body(Full::new(body(i)));
             let request = match request {
                 Ok(r) => r,
                 Err(e) => {
@@ -249,7 +292,7 @@ async fn load(
 
 /// Records ever written to `topic`: the sum of its partitions' high watermarks (not minus the
 /// low ones: the mock cluster drops old data past its retention, nobody consuming here).
-fn records_in(brokers: &str, topic: &str) -> anyhow::Result<u64> {
+pub(super) fn records_in(brokers: &str, topic: &str) -> anyhow::Result<u64> {
     let side: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
@@ -291,7 +334,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         (None, None) => bail!("no Kafka"),
     };
     let before = records_in(&brokers, &topic).unwrap_or(0);
-    let servers = start_servers(args, api, &brokers)?;
+    let servers = start_servers(args, api, &brokers, APP)?;
     let plan = LoadPlan {
         count: requests,
         duration: args.duration,
@@ -307,16 +350,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     };
     // Requests the ring can time: a --count run's, or (a --duration run) up to 10M.
     let slots = requests.map_or(10_000_000, |r| r + r / 2 + 10_000) as usize;
-    let delivery = Arc::new(Delivery {
-        start: Instant::now(),
-        batch: api.batch as u64,
-        sent_ns: (0..slots).map(|_| AtomicU64::new(0)).collect(),
-        answered: AtomicU64::new(0),
-        delivered: AtomicU64::new(0),
-        latency: Mutex::new(
-            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).context("histogram")?,
-        ),
-    });
+    let delivery = Arc::new(Delivery::new(api.batch as u64, 1, slots, 0)?);
     let (fake, sender_config, profile_name) = target(&args.target)?;
     let mut spec = RunSpec::new(
         platform,
@@ -355,11 +389,13 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
             pipeline_stop.clone(),
         ));
         let quiet = Progress::hidden();
+        let batch = api.batch;
+        let body_of = move |i: u64| body(i, batch, platform);
         let baseline = load(
             servers.trivial,
+            "/api/push",
             &plan,
-            api.batch,
-            platform,
+            &body_of,
             &stop,
             &quiet,
             None,
@@ -368,9 +404,9 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         let progress = Progress::for_run("api", requests, args.duration, args.warmup, args.quiet);
         let driven = load(
             servers.api,
+            "/api/push",
             &plan,
-            api.batch,
-            platform,
+            &body_of,
             &stop,
             &progress,
             Some(&delivery),

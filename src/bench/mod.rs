@@ -6,6 +6,7 @@ pub mod api;
 pub mod calibrate;
 pub mod driver;
 pub mod end_to_end;
+pub mod events;
 pub mod fake;
 pub mod interrupt;
 pub mod recorder;
@@ -152,5 +153,6 @@ pub(crate) fn base_report(settings: &Settings, mode: &str, profile: &str) -> Rep
         series: None,
         replay: None,
         api: None,
+        events: None,
     }
 }

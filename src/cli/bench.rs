@@ -18,6 +18,7 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
 #[command(
+    group(clap::ArgGroup::new("http_bench").args(["api", "events"])),
     mut_arg("endpoint", |a| a
         .conflicts_with("mock")
         .help("An external endpoint (a fake elsewhere, or a real sandbox) instead of the embedded fake")),
@@ -49,15 +50,22 @@ pub struct BenchArgs {
     /// --count and --rate count notifications; --concurrency is requests in flight.
     #[arg(long, conflicts_with = "sender_only")]
     pub api: bool,
-    /// --api: notifications per request.
-    #[arg(long, default_value_t = 100, requires = "api")]
+    /// Benchmark event mode: HTTP clients post batches of events (--batch per request, every
+    /// event twice) to the API; two `pusher route`s in one group turn them into one message
+    /// per user under a cooldown (PostgreSQL claims); the pipeline delivers to the embedded
+    /// fake. Reports events routed per second, event-to-delivery latency and the cooldown
+    /// check (each user reached once). --count counts events. Needs PostgreSQL (--pg).
+    #[arg(long, conflicts_with_all = ["sender_only", "api"])]
+    pub events: bool,
+    /// --api, --events: notifications or events per request.
+    #[arg(long, default_value_t = 100, requires = "http_bench")]
     pub batch: usize,
-    /// --api: the PostgreSQL holding the API's idempotency claims, as
+    /// --api, --events: the platform's PostgreSQL (claims, registry, messages), as
     /// `host=H port=P user=U dbname=D` (password: PGPASSWORD).
     #[arg(
         long,
         default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test",
-        requires = "api"
+        requires = "http_bench"
     )]
     pub pg: String,
     /// Platform to push to.
@@ -191,12 +199,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // Calibrate before and after as well as inside the run: the median of the three resists
     // a burst of other load on a shared machine.
     let before = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
+    let http = crate::bench::api::ApiBench {
+        batch: args.batch,
+        pg: pg_config(&args.pg)?,
+    };
     let mut report = if args.api {
-        let api = crate::bench::api::ApiBench {
-            batch: args.batch,
-            pg: pg_config(&args.pg)?,
-        };
-        crate::bench::api::run(&settings, &api, &interrupt)
+        crate::bench::api::run(&settings, &http, &interrupt)
+    } else if args.events {
+        crate::bench::events::run(&settings, &http, &interrupt)
     } else if settings.sender_only {
         crate::bench::sender_only::run(&settings, &interrupt)
     } else {

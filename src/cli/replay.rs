@@ -426,6 +426,7 @@ fn make_report(
             lag_per_sec_us,
         }),
         api: None,
+        events: None,
     }
 }
 

@@ -2,15 +2,26 @@
 //! (device, message), and the per-device limit (GCRA). Each is one batched
 //! `INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING` (reference/platform-anchors.md
 //! §5): the row lock makes it atomic under concurrent routers, and the rows it returns are the
-//! claims won. Every claim names its owner (`last_event`): a redelivered event wins its own
-//! claim again without taking another unit, so a crash between claim and produce neither
-//! drops the notification nor sends it twice.
+//! claims won. Every claim names its owner (`last_event`) and is marked `sent` once its pushes
+//! are in Kafka (`mark_sent`): a redelivered event (after a crash or a rebalance) finds its own
+//! claim, sends if it was not sent yet and skips if it was, without taking another unit.
 //!
 //! A statement may not touch a row twice, so keys repeated in one call are split into rounds.
 
 use super::store::StoreError;
 use deadpool_postgres::Pool;
 use std::collections::HashMap;
+
+/// What a cooldown or dedup claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// This owner may send (a new claim, or its own not yet sent).
+    Won,
+    /// Another owner holds it (inside the cooldown or window).
+    Lost,
+    /// This owner's pushes were already sent (a redelivery): skip.
+    Sent,
+}
 
 /// One claim: its key and its owner (the notification it is for).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +57,8 @@ impl Claims {
         &self,
         app: &str,
         claims: &[(Claim, i64)],
-    ) -> Result<Vec<bool>, StoreError> {
-        let mut won = vec![false; claims.len()];
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let mut won = vec![Claimed::Lost; claims.len()];
         for round in rounds(claims.iter().map(|(c, _)| c)) {
             let users: Vec<i64> = round
                 .iter()
@@ -70,9 +81,10 @@ impl Claims {
                      ON CONFLICT (app, user_id, message) DO UPDATE
                        SET until = CASE WHEN c.last_event = EXCLUDED.last_event
                                         THEN c.until ELSE EXCLUDED.until END,
+                           sent = c.sent AND c.last_event = EXCLUDED.last_event,
                            last_event = EXCLUDED.last_event
                        WHERE c.until <= now() OR c.last_event = EXCLUDED.last_event
-                     RETURNING user_id::text, message",
+                     RETURNING user_id::text, message, sent",
                     &[&app, &users, &messages, &owners, &seconds],
                 )
                 .await?;
@@ -88,8 +100,8 @@ impl Claims {
         app: &str,
         claims: &[Claim],
         window_s: f64,
-    ) -> Result<Vec<bool>, StoreError> {
-        let mut won = vec![false; claims.len()];
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let mut won = vec![Claimed::Lost; claims.len()];
         for round in rounds(claims.iter()) {
             let col =
                 |f: fn(&Claim) -> &str| round.iter().map(|&i| f(&claims[i])).collect::<Vec<&str>>();
@@ -103,9 +115,10 @@ impl Claims {
                      ON CONFLICT (app, token, message) DO UPDATE
                        SET until = CASE WHEN d.last_event = EXCLUDED.last_event
                                         THEN d.until ELSE EXCLUDED.until END,
+                           sent = d.sent AND d.last_event = EXCLUDED.last_event,
                            last_event = EXCLUDED.last_event
                        WHERE d.until <= now() OR d.last_event = EXCLUDED.last_event
-                     RETURNING token, message",
+                     RETURNING token, message, sent",
                     &[
                         &app,
                         &col(|c| &c.subject),
@@ -128,7 +141,7 @@ impl Claims {
         claims: &[Claim],
         limit: Limit,
     ) -> Result<Vec<bool>, StoreError> {
-        let mut won = vec![false; claims.len()];
+        let mut won = vec![Claimed::Lost; claims.len()];
         let keyed: Vec<Claim> = claims
             .iter()
             .map(|c| Claim {
@@ -154,13 +167,57 @@ impl Claims {
                        WHERE r.last_event = EXCLUDED.last_event
                           OR greatest(r.tat, now()) + $4 * interval '1 second'
                              <= now() + $5 * interval '1 second'
-                     RETURNING token, ''::text",
+                     RETURNING token, ''::text, false",
                     &[&app, &tokens, &owners, &interval, &limit.window_s],
                 )
                 .await?;
             mark(&mut won, &round, keyed.iter(), &rows);
         }
-        Ok(won)
+        Ok(won.into_iter().map(|c| c == Claimed::Won).collect())
+    }
+
+    /// Marks cooldown and dedup claims as sent, once their pushes are in Kafka (only where
+    /// the claim is still theirs).
+    pub async fn mark_sent(
+        &self,
+        app: &str,
+        cooldowns: &[Claim],
+        dedups: &[Claim],
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        for (claims, statement) in [
+            (
+                cooldowns,
+                "UPDATE pusher_cooldowns AS c SET sent = true
+                 FROM unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
+                 WHERE c.app = $1 AND c.user_id = t.subject::bigint AND c.message = t.message
+                   AND c.last_event = t.owner",
+            ),
+            (
+                dedups,
+                "UPDATE pusher_dedup AS d SET sent = true
+                 FROM unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
+                 WHERE d.app = $1 AND d.token = t.subject AND d.message = t.message
+                   AND d.last_event = t.owner",
+            ),
+        ] {
+            if claims.is_empty() {
+                continue;
+            }
+            let col = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<&str>>();
+            client
+                .execute(
+                    statement,
+                    &[
+                        &app,
+                        &col(|c| &c.subject),
+                        &col(|c| &c.message),
+                        &col(|c| &c.owner),
+                    ],
+                )
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -182,21 +239,26 @@ fn rounds<'a>(claims: impl Iterator<Item = &'a Claim>) -> Vec<Vec<usize>> {
     rounds
 }
 
-/// Marks the claims of `round` whose key came back in `rows` (subject, message).
+/// Sets what the claims of `round` found from the rows returned (subject, message, sent):
+/// a claim whose key came back was won, or already sent; the others were lost.
 fn mark<'a>(
-    won: &mut [bool],
+    found: &mut [Claimed],
     round: &[usize],
     claims: impl Iterator<Item = &'a Claim>,
     rows: &[tokio_postgres::Row],
 ) {
-    let returned: std::collections::HashSet<(String, String)> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let returned: HashMap<(String, String), bool> = rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
     let claims: Vec<&Claim> = claims.collect();
     for &i in round {
         let c = claims[i];
-        if returned.contains(&(c.subject.clone(), c.message.clone())) {
-            won[i] = true;
-        }
+        found[i] = match returned.get(&(c.subject.clone(), c.message.clone())) {
+            Some(false) => Claimed::Won,
+            Some(true) => Claimed::Sent,
+            None => Claimed::Lost,
+        };
     }
 }
 

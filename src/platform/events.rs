@@ -8,7 +8,7 @@
 //! messages, languages, opt-outs and devices read once, then the claims (cooldown, dedup,
 //! limit) each as one batched statement (`claims`).
 
-use super::claims::{Claim, Claims, Limit};
+use super::claims::{Claim, Claimed, Claims, Limit};
 use super::messages::{self, Message, Messages};
 use super::outbound::{self, Notification};
 use super::produce::Record;
@@ -63,7 +63,8 @@ impl Default for EventSettings {
 
 /// What event routing did. `skipped` counts (event, message) pairs that sent nothing, by
 /// reason: `no_message` (the event id triggers none; counted per event), `opted_out`,
-/// `no_localization`, `missing_parameter`, `no_devices`, `cooldown`.
+/// `no_localization`, `missing_parameter`, `no_devices`, `cooldown`, `already_sent` (a
+/// redelivered event whose notification was sent).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct EventCounts {
     pub events: u64,
@@ -72,6 +73,8 @@ pub struct EventCounts {
     pub pushes: u64,
     /// Pushes stopped by a device limit or as duplicates (each with a feedback record).
     pub rate_limited: u64,
+    /// Pushes of a redelivered event that were already sent (not sent again).
+    pub already_sent: u64,
     pub skipped: BTreeMap<String, u64>,
 }
 
@@ -85,6 +88,7 @@ impl EventCounts {
         self.notifications += other.notifications;
         self.pushes += other.pushes;
         self.rate_limited += other.rate_limited;
+        self.already_sent += other.already_sent;
         for (reason, n) in &other.skipped {
             *self.skipped.entry(reason.clone()).or_default() += n;
         }
@@ -106,23 +110,34 @@ struct Candidate<'a> {
     text: String,
 }
 
-/// Routes one app's events: the records to produce (pushes and `rate_limited` feedback) and
-/// what happened. Claims are taken here, so the records must be produced before the batch's
-/// offsets are committed (a redelivery wins the same claims again).
+/// What routing a batch of events decided.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// Pushes and `rate_limited` feedback records, to produce.
+    pub records: Vec<Record>,
+    pub counts: EventCounts,
+    /// The claims to mark sent once `records` are in Kafka (`Claims::mark_sent`).
+    pub cooldown_sent: Vec<Claim>,
+    pub dedup_sent: Vec<Claim>,
+}
+
+/// Routes one app's events. Claims are taken here: produce the records, then mark the claims
+/// sent, then commit the batch. A redelivered event wins its own unsent claims again (nothing
+/// lost) and skips those already sent (nothing twice).
 pub async fn route(
     settings: &EventSettings,
     stores: &EventStores<'_>,
     app: &str,
     events: &[Event],
     now_ms: i64,
-) -> Result<(Vec<Record>, EventCounts), StoreError> {
+) -> Result<Routed, StoreError> {
     let mut counts = EventCounts {
         events: events.len() as u64,
         ..EventCounts::default()
     };
     let mut records = Vec::new();
     if events.is_empty() {
-        return Ok((records, counts));
+        return Ok(Routed::default());
     }
     let mut event_ids: Vec<i32> = events.iter().map(|e| e.event_id).collect();
     event_ids.sort_unstable();
@@ -139,7 +154,10 @@ pub async fn route(
         counts
             .skipped
             .insert("no_message".into(), events.len() as u64);
-        return Ok((records, counts));
+        return Ok(Routed {
+            counts,
+            ..Routed::default()
+        });
     }
     let languages = stores.messages.languages(app, &users).await?;
     let opt_outs = stores.messages.opt_outs(app, &users).await?;
@@ -217,12 +235,17 @@ pub async fn route(
             counts.skip("cooldown");
         }
     }
-    let won = stores.claims.cooldown(app, &claims).await?;
-    for (i, won) in claimed.into_iter().zip(won) {
-        if won {
-            sending.push(i);
-        } else {
-            counts.skip("cooldown");
+    let found = stores.claims.cooldown(app, &claims).await?;
+    let mut routed = Routed::default();
+    for ((i, found), (claim, _)) in claimed.into_iter().zip(found).zip(claims) {
+        match found {
+            Claimed::Won => {
+                sending.push(i);
+                routed.cooldown_sent.push(claim);
+            }
+            Claimed::Lost => counts.skip("cooldown"),
+            // Redelivered (a crash or a rebalance after its pushes were in Kafka).
+            Claimed::Sent => counts.skip("already_sent"),
         }
     }
     sending.sort_unstable();
@@ -252,6 +275,7 @@ pub async fn route(
         .get(app)
         .copied()
         .unwrap_or(settings.default_limits);
+    // None: send; Some(reason): rate_limited; Some("") already sent (a redelivery).
     let mut verdict: Vec<Option<&str>> = vec![None; pushes.len()];
     let claim_of = |(n, d): &(Notification, &Device)| Claim {
         subject: d.token.clone(),
@@ -260,13 +284,15 @@ pub async fn route(
     };
     if limits.dedup_window_s > 0.0 {
         let claims: Vec<Claim> = pushes.iter().map(claim_of).collect();
-        let won = stores
+        let found = stores
             .claims
             .dedup(app, &claims, limits.dedup_window_s)
             .await?;
-        for (v, won) in verdict.iter_mut().zip(won) {
-            if !won {
-                *v = Some("duplicate");
+        for ((v, found), claim) in verdict.iter_mut().zip(found).zip(claims) {
+            match found {
+                Claimed::Won => routed.dedup_sent.push(claim),
+                Claimed::Lost => *v = Some("duplicate"),
+                Claimed::Sent => *v = Some(""),
             }
         }
     }
@@ -292,6 +318,7 @@ pub async fn route(
                     payload: outbound::push_message(d, n, &settings.deeplink_base, now_ms),
                 });
             }
+            Some("") => counts.already_sent += 1,
             Some(reason) => {
                 counts.rate_limited += 1;
                 records.push(Record {
@@ -302,7 +329,9 @@ pub async fn route(
             }
         }
     }
-    Ok((records, counts))
+    routed.records = records;
+    routed.counts = counts;
+    Ok(routed)
 }
 
 /// Pushkin's opt-out event (4006): each pair's value names a message (its numeric id or its

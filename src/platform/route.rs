@@ -303,15 +303,19 @@ async fn handle(
                 "Opt-out events name messages that do not exist."
             );
         }
-        let (event_records, event_counts) =
-            events::route(&settings.events, stores, app, &work.events, now_ms)
-                .await
-                .map_err(|e| e.to_string())?;
+        let routed = events::route(&settings.events, stores, app, &work.events, now_ms)
+            .await
+            .map_err(|e| e.to_string())?;
         producer
-            .produce_all(&event_records)
+            .produce_all(&routed.records)
             .await
             .map_err(|e: ProduceError| e.to_string())?;
-        counts.events.add(&event_counts);
+        stores
+            .claims
+            .mark_sent(app, &routed.cooldown_sent, &routed.dedup_sent)
+            .await
+            .map_err(|e| e.to_string())?;
+        counts.events.add(&routed.counts);
         for segment in &work.segments {
             counts.pushes +=
                 stream_segment(settings, registry, producer, app, segment, now_ms).await?;

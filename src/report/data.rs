@@ -52,6 +52,9 @@ pub struct Report {
     /// `bench --api` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiFigures>,
+    /// `bench --events` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventFigures>,
 }
 
 /// What the HTML report draws, kept in the JSON so a report can be drawn again later.
@@ -115,6 +118,26 @@ pub struct ApiFigures {
     pub ratio_to_baseline: f64,
     /// Notifications accepted in the measured window.
     pub accepted_measured: u64,
+}
+
+/// `bench --events`' own figures: the routing rate and the cooldown check (every event sent
+/// twice, two routers: each user gets the message once).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EventFigures {
+    /// Events per request.
+    pub batch: usize,
+    pub routers: usize,
+    pub users: u64,
+    /// Events accepted by the API (every one sent twice).
+    pub events: u64,
+    /// Events the routers handled per second, from the first accepted to the last routed.
+    pub routed_per_s: f64,
+    /// Pushes the routers produced: one per user when the cooldown holds.
+    pub pushes: u64,
+    /// Events that sent nothing because of the cooldown.
+    pub cooldown_skipped: u64,
+    /// Users whose device got the message more than once (0 when the cooldown holds).
+    pub sent_twice: u64,
 }
 
 /// A replay's own figures.
@@ -296,6 +319,22 @@ impl Report {
             "  latency      {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             "p50", "p90", "p99", "p99.9", "max", "count"
         );
+        if let Some(e) = &self.events {
+            let _ = writeln!(
+                s,
+                "  events       {} events ({} users, each event twice, {} per request) routed at {:.0} events/s by {} routers",
+                e.events, e.users, e.batch, e.routed_per_s, e.routers
+            );
+            let _ = writeln!(
+                s,
+                "  cooldown     {} pushes for {} users, {} skipped by the cooldown, {} users reached twice{}",
+                e.pushes,
+                e.users,
+                e.cooldown_skipped,
+                e.sent_twice,
+                if e.sent_twice == 0 && e.pushes == e.users { " (holds)" } else { " (BROKEN)" }
+            );
+        }
         if let Some(api) = &self.api {
             let _ = writeln!(
                 s,

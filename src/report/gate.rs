@@ -235,6 +235,7 @@ mod tests {
             series: None,
             replay: None,
             api: None,
+            events: None,
         }
     }
 
