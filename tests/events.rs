@@ -14,8 +14,7 @@ mod watched;
 use common::http::{post_json, request};
 use common::platform::{pg, read_topic, read_topics};
 use kafka::TestKafka;
-use pusher::config::Secret;
-use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
+use pusher::platform::api::{serve, ApiState};
 use pusher::platform::claims::{Claim, Claimed, Claims, Limit};
 use pusher::platform::events::{DeviceLimits, EventSettings};
 use pusher::platform::produce::Producer;
@@ -51,27 +50,8 @@ impl Platform {
         ];
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let kafka = TestKafka::start(&names, 4).await;
-        let store = Store::new(&pg()).unwrap();
-        store
-            .init()
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (ci/setup.sh starts it)");
-        let settings = ApiSettings {
-            keys: vec![ApiKey {
-                name: "backend".into(),
-                app: app.clone(),
-                key: Secret::new(KEY),
-            }],
-            max_body_bytes: 1 << 20,
-            max_notifications: 1000,
-            max_tokens: 1000,
-            rate_per_second: 10_000,
-            burst: 10_000,
-            produce_timeout: Duration::from_secs(5),
-            sync_timeout: Duration::from_secs(30),
-            metrics_token: None,
-            queues: Default::default(),
-        };
+        let store = common::platform::store().await;
+        let settings = common::platform::api_settings(&app, KEY);
         let producer = Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap();
         let state = ApiState::new(settings, producer, store.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

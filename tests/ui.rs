@@ -7,12 +7,9 @@
 mod common;
 
 use common::http::request;
-use common::platform::pg;
 use futures_util::{SinkExt, StreamExt};
-use pusher::config::Secret;
-use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
+use pusher::platform::api::{serve, ApiState};
 use pusher::platform::produce::Producer;
-use pusher::platform::store::Store;
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -147,27 +144,8 @@ async fn the_page_signs_in_and_its_form_creates_a_message() {
         return;
     };
     let app = common::platform::fresh_app("ui");
-    let store = Store::new(&pg()).unwrap();
-    store
-        .init()
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (ci/setup.sh starts it)");
-    let settings = ApiSettings {
-        keys: vec![ApiKey {
-            name: "editors".into(),
-            app: app.clone(),
-            key: Secret::new(KEY),
-        }],
-        max_body_bytes: 1 << 20,
-        max_notifications: 100,
-        max_tokens: 100,
-        rate_per_second: 1000,
-        burst: 1000,
-        produce_timeout: Duration::from_secs(5),
-        sync_timeout: Duration::from_secs(5),
-        metrics_token: None,
-        queues: Default::default(),
-    };
+    let store = common::platform::store().await;
+    let settings = common::platform::api_settings(&app, KEY);
     // The page never produces: a producer pointed nowhere is enough.
     let producer = Producer::new("127.0.0.1:9", Duration::from_secs(1)).unwrap();
     let state = ApiState::new(settings, producer, store.clone());

@@ -13,7 +13,9 @@ use super::sender_only::{target, SenderConfig};
 use super::{base_report, write_hgrm, Settings};
 use crate::config::PgConfig;
 use crate::mock::kafka::KafkaMock;
-use crate::pipeline::run::{run as pipeline, AppSender, Observer, OutcomeEvent, Outputs, RunSpec};
+use crate::pipeline::run::{
+    run as pipeline, AppSender, Observer, OutcomeEvent, Outputs, PipelineError, RunSpec, RunSummary,
+};
 use crate::platform::api::{serve, ApiKey, ApiSettings, ApiState, Queues};
 use crate::platform::produce::Producer;
 use crate::platform::store::Store;
@@ -229,6 +231,60 @@ impl Observer for Delivery {
     }
 }
 
+/// The pipeline of an HTTP bench (`--api`, `--events`): its own group, from the start of its
+/// own topic, and (on the mock cluster) a short fetch wait.
+pub(super) fn pipeline_spec(
+    platform: Platform,
+    brokers: &str,
+    mode: &str,
+    topic: &str,
+    mock: bool,
+) -> RunSpec {
+    let mut spec = RunSpec::new(
+        platform,
+        brokers.to_owned(),
+        format!("pusher-bench-{mode}-{}", std::process::id()),
+        vec![topic.to_owned()],
+    );
+    // As the end-to-end bench: the topic is the run's own (a fresh mock cluster).
+    spec.offset_reset = "earliest".into();
+    spec.max_in_flight = 1000;
+    spec.commit_interval = Duration::from_millis(200);
+    spec.shutdown_timeout = Duration::from_secs(10);
+    if mock {
+        // The mock cluster answers an empty fetch only after fetch.wait.max.ms (as the
+        // end-to-end bench notes): a short wait keeps the pipeline from idling.
+        spec.consumer_extra
+            .push(("fetch.wait.max.ms".into(), "5".into()));
+    }
+    spec
+}
+
+/// Starts `pusher run`'s pipeline for `app` on the current runtime, each verdict reported to
+/// `delivery`.
+pub(super) fn spawn_pipeline(
+    spec: RunSpec,
+    app: &str,
+    sender_config: SenderConfig,
+    delivery: &Arc<Delivery>,
+    stop: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<RunSummary, PipelineError>>> {
+    let sender = match sender_config {
+        SenderConfig::Apns(config) => AppSender::apns(ApnsSender::new(*config)?),
+        SenderConfig::Fcm(config) => AppSender::gcm(FcmSender::new(*config)?),
+    };
+    let outputs = Outputs {
+        observer: Some(delivery.clone() as Arc<dyn Observer>),
+        ..Outputs::default()
+    };
+    Ok(tokio::spawn(pipeline(
+        spec,
+        HashMap::from([(app.to_owned(), sender)]),
+        outputs,
+        stop.clone(),
+    )))
+}
+
 /// Runs the plan against `addr` with `concurrency` keep-alive connections: request `i` posts
 /// `body(i)` to `path`.
 pub(super) async fn load(
@@ -352,42 +408,13 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     let slots = requests.map_or(10_000_000, |r| r + r / 2 + 10_000) as usize;
     let delivery = Arc::new(Delivery::new(api.batch as u64, 1, slots, 0)?);
     let (fake, sender_config, profile_name) = target(&args.target)?;
-    let mut spec = RunSpec::new(
-        platform,
-        brokers.clone(),
-        format!("pusher-bench-api-{}", std::process::id()),
-        vec![topic.clone()],
-    );
-    // As the end-to-end bench: the topic is the run's own (a fresh mock cluster).
-    spec.offset_reset = "earliest".into();
-    spec.max_in_flight = 1000;
-    spec.commit_interval = Duration::from_millis(200);
-    spec.shutdown_timeout = Duration::from_secs(10);
-    if mock.is_some() {
-        // The mock cluster answers an empty fetch only after fetch.wait.max.ms (as the
-        // end-to-end bench notes): a short wait keeps the pipeline from idling.
-        spec.consumer_extra
-            .push(("fetch.wait.max.ms".into(), "5".into()));
-    }
+    let spec = pipeline_spec(platform, &brokers, "api", &topic, mock.is_some());
     // The clients and the pipeline on the --threads runtime; the API on its own.
     let rt = crate::runtime::build(args.threads, "bench-clients")?;
     let stop = interrupt.token().clone();
     let pipeline_stop = CancellationToken::new();
     let (baseline, driven, summary) = rt.block_on(async {
-        let sender = match sender_config {
-            SenderConfig::Apns(config) => AppSender::apns(ApnsSender::new(*config)?),
-            SenderConfig::Fcm(config) => AppSender::gcm(FcmSender::new(*config)?),
-        };
-        let outputs = Outputs {
-            observer: Some(delivery.clone() as Arc<dyn Observer>),
-            ..Outputs::default()
-        };
-        let run = tokio::spawn(pipeline(
-            spec,
-            HashMap::from([(APP.to_string(), sender)]),
-            outputs,
-            pipeline_stop.clone(),
-        ));
+        let run = spawn_pipeline(spec, APP, sender_config, &delivery, &pipeline_stop)?;
         let quiet = Progress::hidden();
         let batch = api.batch;
         let body_of = move |i: u64| body(i, batch, platform);

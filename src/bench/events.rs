@@ -7,13 +7,14 @@
 //! event-to-delivery latency (the first of the two requests sent -> the pipeline's verdict).
 //! Conservation is over pushes: users reached = pushes produced = consumed = verdicts.
 
-use super::api::{load, records_in, start_servers, ApiBench, Delivery};
+use super::api::{
+    load, pipeline_spec, records_in, spawn_pipeline, start_servers, ApiBench, Delivery,
+};
 use super::driver::{Load, LoadPlan};
 use super::interrupt::Interrupt;
-use super::sender_only::{target, SenderConfig};
+use super::sender_only::target;
 use super::{base_report, write_hgrm, Settings};
 use crate::mock::kafka::KafkaMock;
-use crate::pipeline::run::{run as pipeline, AppSender, Observer, Outputs, RunSpec};
 use crate::platform::events::EventSettings;
 use crate::platform::messages::{Localization, Message, Messages, Priority};
 use crate::platform::produce::Producer;
@@ -22,11 +23,8 @@ use crate::platform::route::{self, RouteCounts, RouteSettings};
 use crate::platform::store::Store;
 use crate::progress::Progress;
 use crate::report::data::{peak_rss_bytes, Conservation, EventFigures, Percentiles, Report};
-use crate::sender::apns::ApnsSender;
-use crate::sender::fcm::FcmSender;
 use anyhow::{bail, Context};
 use hyper::body::Bytes;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -196,19 +194,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         users as usize,
     )?);
     let (fake, sender_config, profile_name) = target(&args.target)?;
-    let mut spec = RunSpec::new(
-        platform,
-        brokers.clone(),
-        format!("pusher-bench-events-{}", std::process::id()),
-        vec![push_topic.clone()],
-    );
-    spec.offset_reset = "earliest".into();
-    spec.max_in_flight = 1000;
-    spec.commit_interval = Duration::from_millis(200);
-    spec.shutdown_timeout = Duration::from_secs(10);
-    // The mock cluster answers an empty fetch only after fetch.wait.max.ms (see bench --api).
-    spec.consumer_extra
-        .push(("fetch.wait.max.ms".into(), "5".into()));
+    let spec = pipeline_spec(platform, &brokers, "events", &push_topic, true);
     let route_settings = RouteSettings {
         brokers: brokers.clone(),
         group: format!("bench-route-{app}"),
@@ -221,20 +207,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     let stop = interrupt.token().clone();
     let inner_stop = CancellationToken::new();
     let (driven, summary, counts, routed_at) = rt.block_on(async {
-        let sender = match sender_config {
-            SenderConfig::Apns(config) => AppSender::apns(ApnsSender::new(*config)?),
-            SenderConfig::Fcm(config) => AppSender::gcm(FcmSender::new(*config)?),
-        };
-        let outputs = Outputs {
-            observer: Some(delivery.clone() as Arc<dyn Observer>),
-            ..Outputs::default()
-        };
-        let run = tokio::spawn(pipeline(
-            spec,
-            HashMap::from([(app.clone(), sender)]),
-            outputs,
-            inner_stop.clone(),
-        ));
+        let run = spawn_pipeline(spec, &app, sender_config, &delivery, &inner_stop)?;
         let routers: Vec<_> = (0..ROUTERS)
             .map(|_| {
                 let producer = Producer::new(&brokers, Duration::from_secs(30))?;

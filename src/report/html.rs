@@ -473,20 +473,9 @@ figure svg {{ max-width: 100%; height: auto; }}
     )
 }
 
-/// HTML escaping for text.
+/// HTML escaping for text and quoted attributes.
 fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    html_escape::encode_safe(s).into_owned()
 }
 
 fn chart_err(e: impl std::fmt::Display) -> ReportError {
@@ -713,7 +702,7 @@ mod tests {
     fn escapes_and_trims() {
         assert_eq!(
             esc("<a href='x'>&</a>"),
-            "&lt;a href=&#39;x&#39;&gt;&amp;&lt;/a&gt;"
+            "&lt;a href=&#x27;x&#x27;&gt;&amp;&lt;&#x2F;a&gt;"
         );
         assert_eq!(trim(99.9), "99.9");
         assert_eq!(trim(90.0), "90");

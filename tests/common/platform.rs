@@ -2,7 +2,9 @@
 //! topic back.
 #![allow(dead_code)]
 
-use pusher::config::PgConfig;
+use pusher::config::{PgConfig, Secret};
+use pusher::platform::api::{ApiKey, ApiSettings};
+use pusher::platform::store::Store;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
@@ -19,6 +21,36 @@ pub fn pg() -> PgConfig {
         port: 5432,
         pool_size: 4,
         connection_timeout: Duration::from_secs(2),
+    }
+}
+
+/// The platform's store on the machine's PostgreSQL, its tables created.
+pub async fn store() -> Store {
+    let store = Store::new(&pg()).unwrap();
+    store
+        .init()
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (ci/setup.sh starts it)");
+    store
+}
+
+/// `pusher api`'s settings for a test: one key for `app`, limits no test reaches.
+pub fn api_settings(app: &str, key: &str) -> ApiSettings {
+    ApiSettings {
+        keys: vec![ApiKey {
+            name: "backend".into(),
+            app: app.to_owned(),
+            key: Secret::new(key),
+        }],
+        max_body_bytes: 1 << 20,
+        max_notifications: 1000,
+        max_tokens: 1000,
+        rate_per_second: 10_000,
+        burst: 10_000,
+        produce_timeout: Duration::from_secs(5),
+        sync_timeout: Duration::from_secs(30),
+        metrics_token: None,
+        queues: Default::default(),
     }
 }
 
