@@ -74,9 +74,35 @@ struct AppBatch {
     logins: Vec<Login>,
     notifications: Vec<Notification>,
     segments: Vec<Segment>,
+    /// Opt-outs and events in record order: a user's opt-out applies to their events after it
+    /// and not to those before it.
+    phases: Vec<Phase>,
+}
+
+/// Opt-outs applied before the events of the same phase; an opt-out of a user who already
+/// has events in the phase starts the next one.
+#[derive(Default)]
+struct Phase {
     /// Per user, the newest opt-out list.
     opt_outs: BTreeMap<i64, Vec<String>>,
     events: Vec<Event>,
+}
+
+impl AppBatch {
+    fn phase(&mut self) -> &mut Phase {
+        if self.phases.is_empty() {
+            self.phases.push(Phase::default());
+        }
+        let last = self.phases.len() - 1;
+        &mut self.phases[last]
+    }
+
+    fn opt_out(&mut self, user_id: i64, list: Vec<String>) {
+        if self.phase().events.iter().any(|e| e.user_id == user_id) {
+            self.phases.push(Phase::default());
+        }
+        self.phase().opt_outs.insert(user_id, list);
+    }
 }
 
 /// A segment push: its notification and which devices it reaches.
@@ -265,7 +291,7 @@ async fn handle(
                 ..
             } => {
                 counts.opt_outs += 1;
-                entry.opt_outs.insert(user_id, events::opt_out_list(&pairs));
+                entry.opt_out(user_id, events::opt_out_list(&pairs));
             }
             RequestRecord::Event {
                 id,
@@ -273,7 +299,7 @@ async fn handle(
                 event_id,
                 pairs,
                 ..
-            } => entry.events.push(Event {
+            } => entry.phase().events.push(Event {
                 // Records from before the API gave events ids: their place in Kafka.
                 uid: if id.is_empty() {
                     format!("{}-{}-{}", m.topic(), m.partition(), m.offset())
@@ -291,31 +317,33 @@ async fn handle(
             .register(app, &work.devices, &work.logins)
             .await
             .map_err(|e: StoreError| e.to_string())?;
-        let unknown = stores
-            .messages
-            .set_opt_outs(app, &work.opt_outs)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !unknown.is_empty() {
-            tracing::warn!(
-                app,
-                ?unknown,
-                "Opt-out events name messages that do not exist."
-            );
+        for phase in &work.phases {
+            let unknown = stores
+                .messages
+                .set_opt_outs(app, &phase.opt_outs)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !unknown.is_empty() {
+                tracing::warn!(
+                    app,
+                    ?unknown,
+                    "Opt-out events name messages that do not exist."
+                );
+            }
+            let routed = events::route(&settings.events, stores, app, &phase.events, now_ms)
+                .await
+                .map_err(|e| e.to_string())?;
+            producer
+                .produce_all(&routed.records)
+                .await
+                .map_err(|e: ProduceError| e.to_string())?;
+            stores
+                .claims
+                .mark_sent(app, &routed.cooldown_sent, &routed.dedup_sent)
+                .await
+                .map_err(|e| e.to_string())?;
+            counts.events.add(&routed.counts);
         }
-        let routed = events::route(&settings.events, stores, app, &work.events, now_ms)
-            .await
-            .map_err(|e| e.to_string())?;
-        producer
-            .produce_all(&routed.records)
-            .await
-            .map_err(|e: ProduceError| e.to_string())?;
-        stores
-            .claims
-            .mark_sent(app, &routed.cooldown_sent, &routed.dedup_sent)
-            .await
-            .map_err(|e| e.to_string())?;
-        counts.events.add(&routed.counts);
         for segment in &work.segments {
             counts.pushes +=
                 stream_segment(settings, registry, producer, app, segment, now_ms).await?;
