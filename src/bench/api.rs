@@ -60,6 +60,16 @@ pub(super) struct Servers {
     pub thread: std::thread::JoinHandle<anyhow::Result<()>>,
 }
 
+impl Servers {
+    /// Stops both servers and waits for their thread.
+    pub fn shut_down(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the API thread panicked"))?
+    }
+}
+
 /// `pusher api` for `app` (key [`KEY`]) and the trivial baseline, on their own runtime thread.
 pub(super) fn start_servers(
     args: &Settings,
@@ -183,6 +193,17 @@ pub(super) struct Delivery {
 }
 
 impl Delivery {
+    /// Waits until `n` verdicts have come, for at most 60 s, or until `stop`.
+    pub async fn wait_for(&self, n: u64, stop: &CancellationToken) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.answered.load(Ordering::Relaxed) < n
+            && Instant::now() < deadline
+            && !stop.is_cancelled()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn new(batch: u64, repeats: u64, slots: usize, tokens: usize) -> anyhow::Result<Delivery> {
         Ok(Delivery {
             start: Instant::now(),
@@ -441,14 +462,9 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         .await;
         progress.finish_and_clear();
         // Every accepted notification's verdict, for at most 60 s more.
-        let accepted = driven.sent * api.batch as u64;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while delivery.answered.load(Ordering::Relaxed) < accepted
-            && Instant::now() < deadline
-            && !stop.is_cancelled()
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        delivery
+            .wait_for(driven.sent * api.batch as u64, &stop)
+            .await;
         pipeline_stop.cancel();
         let summary = run.await.context("the pipeline panicked")??;
         anyhow::Ok((baseline, driven, summary))
@@ -457,11 +473,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     if let Some(fake) = fake {
         fake.stop();
     }
-    servers.stop.cancel();
-    servers
-        .thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the API thread panicked"))??;
+    servers.shut_down()?;
     let produced = records_in(&brokers, &topic)?.saturating_sub(before);
     drop(mock);
 

@@ -254,13 +254,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         }
         let routed_at = delivery.start.elapsed();
         // Every push's verdict, for at most 60 s more.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while delivery.answered.load(Ordering::Relaxed) < users
-            && Instant::now() < deadline
-            && !stop.is_cancelled()
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        delivery.wait_for(users, &stop).await;
         inner_stop.cancel();
         let mut counts = RouteCounts::default();
         for r in routers {
@@ -276,11 +270,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     if let Some(fake) = fake {
         fake.stop();
     }
-    servers.stop.cancel();
-    servers
-        .thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the API thread panicked"))??;
+    servers.shut_down()?;
     let produced = records_in(&brokers, &push_topic)?;
     drop(mock);
 

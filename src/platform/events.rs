@@ -169,7 +169,11 @@ pub async fn route(
             continue;
         };
         for message in list {
-            if opt_outs.contains(&(event.user_id, message.name.clone())) {
+            // Looked up by reference: this runs per event and message.
+            if opt_outs
+                .get(&event.user_id)
+                .is_some_and(|names| names.contains(&message.name))
+            {
                 counts.skip("opted_out");
                 continue;
             }

@@ -312,12 +312,12 @@ impl Messages {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// The (user, message) pairs of `users` that are opted out.
+    /// The messages each of `users` opted out of.
     pub async fn opt_outs(
         &self,
         app: &str,
         users: &[i64],
-    ) -> Result<HashSet<(i64, String)>, StoreError> {
+    ) -> Result<HashMap<i64, HashSet<String>>, StoreError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -325,7 +325,11 @@ impl Messages {
                 &[&app, &users],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let mut by_user: HashMap<i64, HashSet<String>> = HashMap::new();
+        for r in &rows {
+            by_user.entry(r.get(0)).or_default().insert(r.get(1));
+        }
+        Ok(by_user)
     }
 
     /// Replaces each user's opt-outs with the messages named (by name or by Pushkin's numeric
