@@ -9,6 +9,7 @@ pub mod message;
 pub mod outcome;
 pub mod token_rules;
 pub mod topic;
+pub mod webpush;
 
 pub use outcome::{Outcome, RetryHint, Verdict};
 
