@@ -161,6 +161,7 @@ fn body(i: u64, batch: usize, platform: Platform) -> Bytes {
     let platform = match platform {
         Platform::Apns => 1,
         Platform::Gcm => 2,
+        Platform::WebPush => 4,
     };
     let notifications: Vec<serde_json::Value> = (0..batch as u64)
         .map(|j| {

@@ -264,6 +264,7 @@ pub fn target(t: &Target) -> anyhow::Result<(Option<FakeThread>, SenderConfig, S
         ..PoolConfig::default()
     };
     match t.platform {
+        Platform::WebPush => anyhow::bail!("web push benchmarks: not yet"),
         Platform::Apns => {
             // A fresh provider key per run: the fake verifies every JWT, as APNs would.
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)

@@ -239,6 +239,7 @@ fn run_configured(
     let apps = match platform {
         Platform::Apns => apns_senders(&config, &flags.endpoint, production)?,
         Platform::Gcm => gcm_senders(&config, &flags.endpoint)?,
+        Platform::WebPush => bail!("run webpush: not yet"),
     };
     let mut app_names: Vec<String> = apps.keys().cloned().collect();
     app_names.sort();

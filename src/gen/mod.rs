@@ -284,6 +284,7 @@ impl Generator {
         match self.config.platform {
             Platform::Apns => self.write_apns(out),
             Platform::Gcm => self.write_gcm(out),
+            Platform::WebPush => self.write_gcm(out),
         }
         Some(rule)
     }
@@ -318,7 +319,7 @@ impl Generator {
                     }
                 }
             }
-            Platform::Gcm => {
+            Platform::Gcm | Platform::WebPush => {
                 push_base64url(t, &mut self.rng, 22);
                 t.extend_from_slice(b":APA91b");
                 push_base64url(t, &mut self.rng, 123);

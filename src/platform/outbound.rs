@@ -31,6 +31,33 @@ pub fn push_message(d: &Device, n: &Notification, deeplink_base: &str, now_ms: i
         metadata["message"] = Value::String(n.message.clone());
     }
     let mut message = match d.platform {
+        // A browser: the registry keeps its subscription (endpoint and keys) as the token's
+        // JSON; the service worker gets the title, body, data and deep link as JSON.
+        Platform::WebPush => {
+            let subscription = serde_json::from_str::<Value>(&d.token)
+                .unwrap_or_else(|_| Value::String(d.token.clone()));
+            let mut payload = json!({"title": n.title, "body": n.content});
+            if !n.data.is_empty() {
+                payload["data"] = Value::Object(n.data.clone());
+            }
+            if !n.screen.is_empty() {
+                let link = if deeplink_base.is_empty() {
+                    n.screen.clone()
+                } else {
+                    format!("{deeplink_base}://{}", n.screen)
+                };
+                payload["screen"] = Value::String(link);
+            }
+            let mut message = json!({"subscription": subscription, "payload": payload,
+                                     "metadata": metadata});
+            if n.expiry_s > 0 {
+                message["ttl"] = Value::from(n.expiry_s);
+            }
+            if let Some(p) = n.priority {
+                message["urgency"] = Value::from(p.as_str());
+            }
+            message
+        }
         Platform::Apns => {
             let mut payload = Value::Object(n.data.clone());
             payload["aps"] = json!({"alert": {"title": n.title, "body": n.content}});
@@ -95,12 +122,21 @@ pub fn not_sent_feedback(
     let metadata = json!({"notif_id": n.notif_id, "message": n.message, "game": app,
         "outcome": "rate_limited", "reason": reason, "timestamp": seconds});
     let record = match d.platform {
+        Platform::WebPush => json!({"endpoint": webpush_endpoint(&d.token), "sent": false,
+                                    "reason": "rate_limited", "metadata": metadata}),
         Platform::Apns => json!({"Sent": false, "Reason": "rate_limited", "DeviceToken": d.token,
                                  "timestamp": seconds, "metadata": metadata}),
         Platform::Gcm => json!({"from": d.token, "error": "RATE_LIMITED",
                                 "error_description": reason, "metadata": metadata}),
     };
     serde_json::to_vec(&record).unwrap_or_default()
+}
+
+/// A web push device's endpoint: its registry token is the subscription's JSON.
+fn webpush_endpoint(token: &str) -> String {
+    serde_json::from_str::<crate::push::webpush::Subscription>(token)
+        .map(|s| s.endpoint)
+        .unwrap_or_else(|_| token.to_string())
 }
 
 /// The feedback topic of `app` and `platform` from the template

@@ -15,12 +15,14 @@ pub use outcome::{Outcome, RetryHint, Verdict};
 
 use serde::{Deserialize, Serialize};
 
-/// The two push platforms. `Gcm` keeps the seed system's name for Google's FCM.
+/// The push platforms. `Gcm` keeps the seed system's name for Google's FCM; `WebPush` is the
+/// browsers' standard protocol (RFC 8030).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
     Apns,
     Gcm,
+    WebPush,
 }
 
 impl Platform {
@@ -28,6 +30,7 @@ impl Platform {
         match self {
             Platform::Apns => "apns",
             Platform::Gcm => "gcm",
+            Platform::WebPush => "webpush",
         }
     }
 }
@@ -44,7 +47,10 @@ impl std::str::FromStr for Platform {
         match s.to_ascii_lowercase().as_str() {
             "apns" => Ok(Platform::Apns),
             "gcm" | "fcm" => Ok(Platform::Gcm),
-            other => Err(format!("unknown platform {other:?} (expected apns or gcm)")),
+            "webpush" | "web" => Ok(Platform::WebPush),
+            other => Err(format!(
+                "unknown platform {other:?} (expected apns, gcm or webpush)"
+            )),
         }
     }
 }

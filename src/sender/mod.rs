@@ -6,9 +6,12 @@ pub mod attempt;
 pub mod endpoint;
 pub mod fcm;
 pub mod gate;
+pub mod http1;
 pub mod pool;
 pub mod retry;
 pub mod tls;
+pub mod transport;
+pub mod webpush;
 
 pub use apns::{ApnsAuth, ApnsConfig, ApnsError, ApnsResponse, ApnsSender, Delivery, SendError};
 pub use endpoint::Endpoint;

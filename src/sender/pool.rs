@@ -367,13 +367,17 @@ impl Pool {
                     slot: index,
                     generation: state.generation,
                 };
-                // The driver task runs the connection; when it ends the slot is emptied.
-                let pool = self.clone();
+                // The driver task runs the connection; when it ends the slot is emptied. It
+                // holds the pool weakly: a dropped pool (web push evicts idle origins) drops
+                // its connections' handles, and h2 then closes them.
+                let pool = Arc::downgrade(&self.inner);
                 tokio::spawn(async move {
                     if let Err(e) = driver.await {
                         tracing::debug!(slot = index, error = %e, "Connection ended.");
                     }
-                    pool.discard(id);
+                    if let Some(inner) = pool.upgrade() {
+                        Pool { inner }.discard(id);
+                    }
                 });
                 Ok((conn, id))
             }

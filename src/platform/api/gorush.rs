@@ -104,7 +104,7 @@ impl Prepared {
         let mut message = self.template.clone();
         let token_key = match self.platform {
             Platform::Apns => "DeviceToken",
-            Platform::Gcm => "to",
+            Platform::Gcm | Platform::WebPush => "to",
         };
         message.insert(token_key.to_owned(), Value::String(token.to_owned()));
         message.insert("metadata".to_owned(), json!({ "notif_id": notif_id }));
@@ -167,7 +167,7 @@ pub fn prepare(i: usize, n: &Notification) -> Result<Prepared, FieldError> {
     };
     let template = match platform {
         Platform::Apns => apns_template(n, priority),
-        Platform::Gcm => gcm_template(n, priority),
+        Platform::Gcm | Platform::WebPush => gcm_template(n, priority),
     };
     let prepared = Prepared {
         platform,
@@ -177,7 +177,7 @@ pub fn prepare(i: usize, n: &Notification) -> Result<Prepared, FieldError> {
     let sample = prepared.message(&prepared.tokens[0], "check");
     let parsed = match platform {
         Platform::Apns => parse_apns(&sample).map(|_| ()),
-        Platform::Gcm => parse_gcm(&sample).map(|_| ()),
+        Platform::Gcm | Platform::WebPush => parse_gcm(&sample).map(|_| ()),
     };
     parsed.map_err(|e| FieldError::new(format!("notifications[{i}]"), e.to_string()))?;
     Ok(prepared)

@@ -907,7 +907,7 @@ async fn notification(
 fn platform_index(p: Platform) -> usize {
     match p {
         Platform::Apns => 0,
-        Platform::Gcm => 1,
+        Platform::Gcm | Platform::WebPush => 1,
     }
 }
 

@@ -4,7 +4,6 @@
 //! default, HTTP/1.1 (one connection per request) on request. Retries on timers, as APNs.
 //! Clone it freely (an `Arc` inside); every send runs concurrently.
 
-pub mod http1;
 pub mod message;
 pub mod oauth;
 pub mod response;
@@ -13,21 +12,22 @@ use crate::clock::SharedClock;
 use crate::push::gcm::GcmMessage;
 use crate::push::{Outcome, RetryHint, Verdict};
 use crate::sender::attempt::{attempt_until_final, Attempt};
-use crate::sender::endpoint::{Endpoint, EndpointError, Target};
+use crate::sender::endpoint::{Endpoint, EndpointError};
 use crate::sender::gate::{Gate, OnFault};
 use crate::sender::pool::{Pool, PoolConfig, PoolError, TransportError};
 use crate::sender::retry::RetryPolicy;
 use crate::sender::tls::{self, TlsError, TlsOptions};
+use crate::sender::transport::Transport;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Uri};
+use http::{HeaderMap, HeaderValue};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use http1::Http1Client;
+pub use crate::sender::http1::Http1Client;
+pub use crate::sender::transport::HttpVersion;
 pub use message::{legacy_body, v1_body, TranslateError};
 pub use oauth::{OAuthError, ServiceAccount, TokenSource, TokenStats};
 pub use response::{FcmResponse, LegacyReply};
@@ -55,19 +55,6 @@ impl std::fmt::Debug for FcmAuth {
             FcmAuth::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
         }
     }
-}
-
-/// The HTTP version spoken to FCM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HttpVersion {
-    /// HTTP/2 over the shared pool; HTTP/1.1 for good if the endpoint turns out not to speak
-    /// HTTP/2 (its first exchanges fail at the HTTP/2 layer before any HTTP/2 answer).
-    #[default]
-    Auto,
-    /// Multiplexed over the shared HTTP/2 pool only.
-    Http2,
-    /// One HTTP/1.1 connection per request (for endpoints or proxies without HTTP/2).
-    Http1,
 }
 
 #[derive(Debug, Clone)]
@@ -186,31 +173,9 @@ pub struct FcmSender {
 #[derive(Debug)]
 struct Inner {
     transport: Transport,
-    target: Target,
     api: Api,
     retry: RetryPolicy,
     gate: Gate,
-}
-
-/// The HTTP/2 pool, the HTTP/1.1 client, or both (`Auto`).
-#[derive(Debug)]
-struct Transport {
-    h2: Option<Pool>,
-    h1: Option<Http1Client>,
-    /// HTTP/2 has answered at least once: its failures are never a reason to fall back.
-    h2_answered: AtomicBool,
-    /// The endpoint does not speak HTTP/2: HTTP/1.1 from now on.
-    fell_back: AtomicBool,
-}
-
-/// A failure that says "this endpoint does not speak HTTP/2" when HTTP/2 never worked: the
-/// HTTP/2 handshake or framing broke, or TLS found no common ALPN protocol.
-fn not_http2(e: &TransportError) -> bool {
-    match e {
-        TransportError::Http2(_) | TransportError::Io(_) | TransportError::GoAway(_) => true,
-        TransportError::Connect { reason, .. } => reason.contains("NoApplicationProtocol"),
-        _ => false,
-    }
 }
 
 #[derive(Debug)]
@@ -282,32 +247,10 @@ impl FcmSender {
             }
         };
         let tls_config = tls_for(target.tls)?;
-        let h2 = match config.http {
-            HttpVersion::Auto | HttpVersion::Http2 => Some(Pool::new(
-                target.clone(),
-                tls_config.clone(),
-                config.pool.clone(),
-            )?),
-            HttpVersion::Http1 => None,
-        };
-        let h1 = match config.http {
-            HttpVersion::Auto | HttpVersion::Http1 => Some(Http1Client::new(
-                target.clone(),
-                tls_config,
-                config.pool.request_timeout,
-            )?),
-            HttpVersion::Http2 => None,
-        };
-        let transport = Transport {
-            h2,
-            h1,
-            h2_answered: AtomicBool::new(false),
-            fell_back: AtomicBool::new(false),
-        };
+        let transport = Transport::new(target, tls_config, config.http, config.pool.clone())?;
         Ok(FcmSender {
             inner: Arc::new(Inner {
                 transport,
-                target,
                 api,
                 retry: config.retry,
                 gate: Gate::new(config.name.clone(), config.on_fault),
@@ -322,13 +265,12 @@ impl FcmSender {
 
     /// The HTTP/2 pool, when HTTP/2 is configured.
     pub fn pool(&self) -> Option<&Pool> {
-        self.inner.transport.h2.as_ref()
+        self.inner.transport.pool()
     }
 
     /// True when requests go over HTTP/1.1 (configured, or fallen back to).
     pub fn uses_http1(&self) -> bool {
-        let t = &self.inner.transport;
-        t.h2.is_none() || (t.h1.is_some() && t.fell_back.load(Ordering::Relaxed))
+        self.inner.transport.uses_http1()
     }
 
     /// The OAuth token cache (v1 only).
@@ -591,74 +533,11 @@ impl FcmSender {
         authorization: HeaderValue,
         body: Bytes,
     ) -> Result<(http::response::Parts, Bytes), TransportError> {
-        let t = &self.inner.transport;
-        let Some(pool) = t.h2.as_ref().filter(|_| !self.uses_http1()) else {
-            return self.exchange_h1(path, authorization, body).await;
-        };
-        match self
-            .exchange_h2(pool, path, authorization.clone(), body.clone())
-            .await
-        {
-            Ok(answer) => {
-                t.h2_answered.store(true, Ordering::Relaxed);
-                Ok(answer)
-            }
-            // HTTP/2 never worked here: try HTTP/1.1, and keep it only if it answers (a
-            // transient failure fails both ways and changes nothing).
-            Err(e) if t.h1.is_some() && !t.h2_answered.load(Ordering::Relaxed) && not_http2(&e) => {
-                let answer = self.exchange_h1(path, authorization, body).await;
-                if answer.is_ok() && !t.fell_back.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "FCM endpoint does not speak HTTP/2; using HTTP/1.1.");
-                }
-                answer
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn exchange_h1(
-        &self,
-        path: &PathAndQuery,
-        authorization: HeaderValue,
-        body: Bytes,
-    ) -> Result<(http::response::Parts, Bytes), TransportError> {
-        let Some(client) = &self.inner.transport.h1 else {
-            return Err(TransportError::Io(
-                "no HTTP/1.1 transport configured".into(),
-            ));
-        };
         static JSON: HeaderValue = HeaderValue::from_static("application/json; charset=UTF-8");
-        let mut request = Request::post(path.as_str())
-            .body(body)
-            .map_err(|e| TransportError::Io(e.to_string()))?;
-        let headers = request.headers_mut();
+        let mut headers = HeaderMap::with_capacity(2);
         headers.insert(CONTENT_TYPE, JSON.clone());
         headers.insert(AUTHORIZATION, authorization);
-        client.send(request).await
-    }
-
-    async fn exchange_h2(
-        &self,
-        pool: &Pool,
-        path: &PathAndQuery,
-        authorization: HeaderValue,
-        body: Bytes,
-    ) -> Result<(http::response::Parts, Bytes), TransportError> {
-        static JSON: HeaderValue = HeaderValue::from_static("application/json; charset=UTF-8");
-        let uri = Uri::builder()
-            .scheme(self.inner.target.scheme.clone())
-            .authority(self.inner.target.authority.clone())
-            .path_and_query(path.clone())
-            .build()
-            .map_err(|e| TransportError::Http2(e.to_string()))?;
-        let mut request = Request::post(uri)
-            .body(())
-            .map_err(|e| TransportError::Http2(e.to_string()))?;
-        let headers = request.headers_mut();
-        headers.insert(CONTENT_TYPE, JSON.clone());
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        headers.insert(AUTHORIZATION, authorization);
-        pool.send(request, body).await
+        self.inner.transport.post(path, &headers, body).await
     }
 }
 

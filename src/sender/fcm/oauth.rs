@@ -4,9 +4,9 @@
 //! background renewal is logged, counted and retried with back-off while the old token is
 //! still good; once it has expired, callers renew in the foreground (one request for all).
 
-use super::http1::Http1Client;
 use crate::clock::SharedClock;
 use crate::sender::endpoint::{Endpoint, EndpointError};
+use crate::sender::http1::Http1Client;
 use crate::sender::pool::{PoolError, TransportError};
 use crate::sender::retry::RetryPolicy;
 use bytes::Bytes;

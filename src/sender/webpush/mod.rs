@@ -1,0 +1,464 @@
+//! The web push sender (RFC 8030): each message is encrypted for its browser (encrypt.rs),
+//! signed for its push service's origin (vapid.rs) and POSTed to its subscription's endpoint
+//! with `TTL`, `Urgency` and `Topic`. Browsers' subscriptions point at many push services, so
+//! there is one transport (HTTP/2 where offered, HTTP/1.1 otherwise) per origin, created on
+//! first use and bounded: past `max_origins` the least recently used one is dropped (its
+//! connections close once its last request ends). Retries on timers through the shared
+//! attempt loop, as APNs and FCM.
+
+pub mod encrypt;
+pub mod vapid;
+
+pub use encrypt::{encrypt, EncryptError};
+pub use vapid::{parse_private_key, Vapid, VapidError};
+
+use crate::clock::SharedClock;
+use crate::push::webpush::{self, check_subscription, EndpointRules, WebPushMessage};
+use crate::push::{Outcome, RetryHint, Verdict};
+use crate::sender::attempt::{attempt_until_final, Attempt};
+use crate::sender::endpoint::Endpoint;
+use crate::sender::gate::{Gate, OnFault};
+use crate::sender::pool::{PoolConfig, TransportError};
+use crate::sender::retry::RetryPolicy;
+use crate::sender::tls::{self, TlsError, TlsOptions};
+use crate::sender::transport::{HttpVersion, Transport};
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The browsers' push services (host suffixes). A connection failure there is the network's
+/// or the service's, not the message's: it pauses the app (sender/gate.rs). A connection
+/// failure at any other origin counts against the message alone, so one hostile
+/// subscription pointing at a dead host cannot stall everyone else's pushes.
+pub const PUSH_SERVICES: &[&str] = &[
+    "fcm.googleapis.com",
+    "push.services.mozilla.com",
+    "push.apple.com",
+    "notify.windows.com",
+];
+
+static TTL: HeaderName = HeaderName::from_static("ttl");
+static URGENCY: HeaderName = HeaderName::from_static("urgency");
+static TOPIC: HeaderName = HeaderName::from_static("topic");
+
+#[derive(Debug, Clone)]
+pub struct WebPushConfig {
+    /// The application server's VAPID key (the browsers subscribed with its public half).
+    pub vapid_key: p256::SecretKey,
+    /// VAPID `sub`: `mailto:` or `https:` contact for the push services' operators.
+    pub subject: String,
+    /// Which endpoints may be posted to (https only and no private hosts, in production).
+    pub rules: EndpointRules,
+    /// Hosts (or host suffixes) whose connection failures pause the app; see
+    /// [`PUSH_SERVICES`].
+    pub push_services: Vec<String>,
+    /// Trust only this CA (PEM) for the push services; the web's roots otherwise.
+    pub ca_file: Option<PathBuf>,
+    /// Skip server certificate verification (self-signed fakes only).
+    pub insecure: bool,
+    pub http: HttpVersion,
+    /// Per origin.
+    pub pool: PoolConfig,
+    /// Origins with a live transport at once.
+    pub max_origins: usize,
+    pub retry: RetryPolicy,
+    pub on_fault: OnFault,
+    /// Names this sender in logs (`webpush game`).
+    pub name: String,
+    pub clock: SharedClock,
+}
+
+impl WebPushConfig {
+    pub fn new(vapid_key: p256::SecretKey, subject: impl Into<String>) -> WebPushConfig {
+        WebPushConfig {
+            vapid_key,
+            subject: subject.into(),
+            rules: EndpointRules::STRICT,
+            push_services: PUSH_SERVICES.iter().map(|s| s.to_string()).collect(),
+            ca_file: None,
+            insecure: false,
+            http: HttpVersion::Auto,
+            pool: PoolConfig {
+                connections: 1,
+                ..PoolConfig::default()
+            },
+            max_origins: 1000,
+            retry: RetryPolicy::default(),
+            on_fault: OnFault::default(),
+            name: "webpush".into(),
+            clock: crate::clock::system(),
+        }
+    }
+}
+
+/// Why a sender could not be built (all configuration problems).
+#[derive(Debug, thiserror::Error)]
+pub enum WebPushError {
+    #[error(transparent)]
+    Vapid(#[from] VapidError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("webpush: maxOrigins must be at least 1")]
+    NoOrigins,
+    #[error("webpush: a connection pool needs at least one connection per origin")]
+    NoConnections,
+}
+
+/// A push's outcome with what the last attempt saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebPushDelivery {
+    pub outcome: Outcome,
+    /// The last answer's HTTP status, if any attempt got one.
+    pub status: Option<u16>,
+    /// The push service's `Location` for the message (201).
+    pub location: Option<String>,
+    pub attempts: u32,
+    /// The last attempt's transport failure, in full.
+    pub transport_error: Option<String>,
+    /// The push ended because the endpoint failed, not for its own sake (`OnFault::Fail`).
+    pub endpoint_fault: Option<String>,
+}
+
+impl WebPushDelivery {
+    fn ended(outcome: Outcome) -> WebPushDelivery {
+        WebPushDelivery {
+            outcome,
+            status: None,
+            location: None,
+            attempts: 0,
+            transport_error: None,
+            endpoint_fault: None,
+        }
+    }
+}
+
+/// A push service's answer to one attempt.
+#[derive(Debug, Clone)]
+pub struct WebPushResponse {
+    pub status: u16,
+    pub location: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WebPushSender {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    vapid: Vapid,
+    rules: EndpointRules,
+    push_services: Vec<String>,
+    tls: Arc<rustls::ClientConfig>,
+    http: HttpVersion,
+    pool: PoolConfig,
+    origins: Mutex<Origins>,
+    max_origins: usize,
+    retry: RetryPolicy,
+    gate: Gate,
+    rng: ring::rand::SystemRandom,
+}
+
+/// The live transports by origin, with a use counter for dropping the least recently used.
+#[derive(Debug, Default)]
+struct Origins {
+    by_origin: HashMap<String, (Arc<Transport>, u64)>,
+    uses: u64,
+    opened: u64,
+}
+
+impl WebPushSender {
+    /// Checks the configuration (VAPID key and subject, CA) without connecting.
+    pub fn new(config: WebPushConfig) -> Result<WebPushSender, WebPushError> {
+        if config.max_origins == 0 {
+            return Err(WebPushError::NoOrigins);
+        }
+        if config.pool.connections == 0 {
+            return Err(WebPushError::NoConnections);
+        }
+        let vapid = Vapid::new(&config.vapid_key, &config.subject, config.clock.clone())?;
+        let tls = tls::client_config(&TlsOptions {
+            ca_file: config.ca_file.clone(),
+            insecure: config.insecure,
+            client_identity: None,
+        })?;
+        Ok(WebPushSender {
+            inner: Arc::new(Inner {
+                vapid,
+                rules: config.rules,
+                push_services: config.push_services,
+                tls,
+                http: config.http,
+                pool: config.pool,
+                origins: Mutex::new(Origins::default()),
+                max_origins: config.max_origins,
+                retry: config.retry,
+                gate: Gate::new(config.name, config.on_fault),
+                rng: ring::rand::SystemRandom::new(),
+            }),
+        })
+    }
+
+    /// The push services' health as this sender sees it.
+    pub fn gate(&self) -> &Gate {
+        &self.inner.gate
+    }
+
+    /// The VAPID public key (browsers subscribe with it as `applicationServerKey`).
+    pub fn public_key(&self) -> &str {
+        self.inner.vapid.public_key()
+    }
+
+    /// Origins with a live transport now, and transports opened so far.
+    pub fn origins(&self) -> (usize, u64) {
+        let origins = self.inner.origins.lock();
+        (origins.by_origin.len(), origins.opened)
+    }
+
+    /// Sends with retries; the outcome is always final. A subscription that cannot be sent
+    /// to (bad keys, a private or non-https endpoint) is `TokenInvalid`, so it is deleted like
+    /// a dead token; a payload too large to encrypt is `Malformed`.
+    pub async fn send(&self, msg: &WebPushMessage) -> WebPushDelivery {
+        let sub = match check_subscription(&msg.subscription, self.inner.rules) {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::debug!(error = %e, "Refused web push subscription.");
+                return WebPushDelivery::ended(Outcome::TokenInvalid {
+                    reason: e.reason().into(),
+                    timestamp_ms: None,
+                });
+            }
+        };
+        let body = match encrypt(&msg.payload, &sub.p256dh, &sub.auth, &self.inner.rng) {
+            Ok(body) => Bytes::from(body),
+            Err(e @ EncryptError::TooLarge(_)) => {
+                return WebPushDelivery::ended(Outcome::Malformed {
+                    reason: e.to_string(),
+                })
+            }
+            Err(e) => {
+                return WebPushDelivery::ended(Outcome::TokenInvalid {
+                    reason: format!("bad_subscription_key: {e}"),
+                    timestamp_ms: None,
+                })
+            }
+        };
+        let mut headers = HeaderMap::with_capacity(6);
+        headers.insert(TTL.clone(), HeaderValue::from(msg.ttl));
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("aes128gcm"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        if let Some(urgency) = msg.urgency {
+            headers.insert(URGENCY.clone(), HeaderValue::from_static(urgency.as_str()));
+        }
+        if let Some(topic) = &msg.topic {
+            // Checked by the parser; a value that still is not a header is refused.
+            match HeaderValue::from_str(topic) {
+                Ok(v) if webpush::valid_topic(topic) => {
+                    headers.insert(TOPIC.clone(), v);
+                }
+                _ => {
+                    return WebPushDelivery::ended(Outcome::Malformed {
+                        reason: format!("topic {topic:?} is not 1-32 base64url characters"),
+                    })
+                }
+            }
+        }
+        let path = sub
+            .endpoint
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let trusted = self.is_push_service(&sub.origin);
+        let done = attempt_until_final(&self.inner.retry, &self.inner.gate, || async {
+            match self
+                .attempt(&sub.origin, &path, &headers, body.clone())
+                .await
+            {
+                Ok((response, verdict)) => Attempt::answered(response, verdict),
+                Err(AttemptError::Vapid(e)) => Attempt::fault("vapid", e.to_string()),
+                Err(AttemptError::Origin(e)) => Attempt::final_outcome(Outcome::TokenInvalid {
+                    reason: format!("bad_endpoint: {e}"),
+                    timestamp_ms: None,
+                }),
+                // Not a push service we know: the subscription's problem, not the app's.
+                Err(AttemptError::Transport(e)) if e.is_endpoint_fault() && !trusted => Attempt {
+                    answer: None,
+                    verdict: Verdict::Retry(RetryHint::new(e.kind()).reconnect()),
+                    error: Some(e.to_string()),
+                },
+                Err(AttemptError::Transport(e)) => {
+                    tracing::debug!(error = %e, "Web push transport failure.");
+                    Attempt::transport(&e)
+                }
+            }
+        })
+        .await;
+        let mut delivery = WebPushDelivery::ended(done.outcome);
+        if let Some(response) = done.answer {
+            delivery.status = Some(response.status);
+            delivery.location = response.location;
+        }
+        delivery.attempts = done.attempts;
+        delivery.transport_error = done.error;
+        delivery.endpoint_fault = done.endpoint_fault;
+        delivery
+    }
+
+    fn is_push_service(&self, origin: &str) -> bool {
+        let Some(uri) = origin.parse::<http::Uri>().ok() else {
+            return false;
+        };
+        let host = uri.host().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.inner.push_services.iter().any(|service| {
+            host == service
+                || host
+                    .strip_suffix(service.as_str())
+                    .is_some_and(|head| head.ends_with('.'))
+        })
+    }
+
+    async fn attempt(
+        &self,
+        origin: &str,
+        path: &PathAndQuery,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<(WebPushResponse, Verdict), AttemptError> {
+        let transport = self.transport(origin)?;
+        let mut headers = headers.clone();
+        headers.insert(
+            AUTHORIZATION,
+            self.inner
+                .vapid
+                .authorization(origin)
+                .map_err(AttemptError::Vapid)?,
+        );
+        let (parts, reply) = transport
+            .post(path, &headers, body)
+            .await
+            .map_err(AttemptError::Transport)?;
+        let status = parts.status.as_u16();
+        let header = |name: HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header(RETRY_AFTER)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let verdict = webpush::verdict(status, retry_after, &reason(&reply));
+        Ok((
+            WebPushResponse {
+                status,
+                location: header(LOCATION),
+            },
+            verdict,
+        ))
+    }
+
+    /// The origin's transport, opened on first use; the least recently used one is dropped
+    /// when there are too many.
+    fn transport(&self, origin: &str) -> Result<Arc<Transport>, AttemptError> {
+        let mut origins = self.inner.origins.lock();
+        origins.uses += 1;
+        let now = origins.uses;
+        if let Some((transport, used)) = origins.by_origin.get_mut(origin) {
+            *used = now;
+            return Ok(transport.clone());
+        }
+        let target = Endpoint::Custom(origin.to_string())
+            .target()
+            .map_err(|e| AttemptError::Origin(e.to_string()))?;
+        let tls = target.tls.then(|| self.inner.tls.clone());
+        let transport = Arc::new(
+            Transport::new(target, tls, self.inner.http, self.inner.pool.clone())
+                .map_err(|e| AttemptError::Origin(e.to_string()))?,
+        );
+        if origins.by_origin.len() >= self.inner.max_origins {
+            let oldest = origins
+                .by_origin
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(origin, _)| origin.clone());
+            if let Some(oldest) = oldest {
+                origins.by_origin.remove(&oldest);
+            }
+        }
+        origins.opened += 1;
+        origins
+            .by_origin
+            .insert(origin.to_string(), (transport.clone(), now));
+        Ok(transport)
+    }
+}
+
+/// Why one attempt got no answer.
+#[derive(Debug)]
+enum AttemptError {
+    Transport(TransportError),
+    Vapid(VapidError),
+    /// The origin cannot be connected to at all (not a host name a TLS client can use).
+    Origin(String),
+}
+
+/// The push service's reason, from its JSON error body (autopush: `{"errno","message"}`,
+/// FCM: `{"error":{"message"}}`) or its text, bounded.
+fn reason(body: &[u8]) -> String {
+    if body.is_empty() {
+        return String::new();
+    }
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => v
+            .get("message")
+            .or_else(|| v.get("error").and_then(|e| e.get("message")))
+            .or_else(|| v.get("error"))
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+            .unwrap_or_default(),
+        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    };
+    text.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_services_match_by_host_suffix() {
+        let key = crate::push::webpush::generated_keys("k").0;
+        let mut config = WebPushConfig::new(key, "mailto:a@b.c");
+        config.push_services.push("127.0.0.1".into());
+        let sender = WebPushSender::new(config).expect("valid");
+        assert!(sender.is_push_service("https://fcm.googleapis.com"));
+        assert!(sender.is_push_service("https://web.push.apple.com"));
+        assert!(sender.is_push_service("https://updates.push.services.mozilla.com"));
+        assert!(sender.is_push_service("https://127.0.0.1:8443"));
+        assert!(!sender.is_push_service("https://evilpush.apple.com.example"));
+        assert!(!sender.is_push_service("https://notpush.apple.com"));
+        assert!(!sender.is_push_service("https://example.com"));
+    }
+
+    #[test]
+    fn reasons_come_from_the_body() {
+        assert_eq!(
+            reason(br#"{"code":404,"errno":102,"error":"Not Found","message":"Request did not validate invalid token"}"#),
+            "Request did not validate invalid token"
+        );
+        assert_eq!(reason(br#"{"error":{"message":"x"}}"#), "x");
+        assert_eq!(reason(b"plain"), "plain");
+        assert_eq!(reason(b""), "");
+    }
+}

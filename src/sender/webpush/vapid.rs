@@ -1,0 +1,234 @@
+//! VAPID (RFC 8292): an ES256 JWT per push-service origin, `aud` = the origin, `exp` 12 h
+//! ahead (at most 24 h is allowed), `sub` the operator's contact, sent as
+//! `Authorization: vapid t=<jwt>, k=<public key>`. One token per origin, cached and renewed an
+//! hour before it expires, so signing is rare and the hot path is a read lock.
+//!
+//! Signed with `jsonwebtoken` (as APNs' tokens) rather than `web-push-native`'s VAPID: that
+//! one signs a new token per request and leaves the port out of `aud`, which a push service
+//! on a non-default port (our fake, a self-hosted autopush) refuses.
+
+use crate::clock::SharedClock;
+use base64::Engine;
+use http::HeaderValue;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long a token is valid.
+const LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// A token with less than this left is renewed.
+const RENEW_BEFORE: Duration = Duration::from_secs(3600);
+/// Origins whose token is kept; past this the cache is cleared (a token is one signature).
+const MAX_CACHED: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VapidError {
+    #[error("VAPID private key: {0} (give a PEM file's text or the raw 32-byte key in base64url)")]
+    BadKey(String),
+    #[error("VAPID subject {0:?} must be a mailto: or https: contact (RFC 8292 §2.1)")]
+    BadSubject(String),
+    #[error("signing the VAPID token: {0}")]
+    Sign(String),
+}
+
+/// The application server's VAPID identity. `Debug` never shows the key.
+pub struct Vapid {
+    key: EncodingKey,
+    header: Header,
+    /// `k=`: the public key, uncompressed, base64url.
+    public_key: String,
+    subject: String,
+    clock: SharedClock,
+    cache: RwLock<HashMap<String, (HeaderValue, Duration)>>,
+}
+
+impl std::fmt::Debug for Vapid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vapid")
+            .field("public_key", &self.public_key)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a P-256 private key: PEM (PKCS#8 `PRIVATE KEY` or SEC1 `EC PRIVATE KEY`, as
+/// `openssl ecparam -genkey` and the npm `web-push generate-vapid-keys` tools give) or the
+/// raw 32-byte scalar in base64url (as `web-push generate-vapid-keys` prints it).
+pub fn parse_private_key(text: &str) -> Result<p256::SecretKey, VapidError> {
+    let text = text.trim();
+    if text.starts_with("-----BEGIN") {
+        return p256::SecretKey::from_pkcs8_pem(text)
+            .or_else(|_| p256::SecretKey::from_sec1_pem(text))
+            .map_err(|e| VapidError::BadKey(format!("not a P-256 key in PEM ({e})")));
+    }
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .map_err(|e| VapidError::BadKey(format!("not base64url ({e})")))?;
+    p256::SecretKey::from_slice(&raw)
+        .map_err(|_| VapidError::BadKey(format!("{} bytes, not a P-256 scalar", raw.len())))
+}
+
+impl Vapid {
+    pub fn new(
+        key: &p256::SecretKey,
+        subject: &str,
+        clock: SharedClock,
+    ) -> Result<Vapid, VapidError> {
+        if !(subject.starts_with("mailto:") || subject.starts_with("https:")) {
+            return Err(VapidError::BadSubject(subject.into()));
+        }
+        let pem = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| VapidError::BadKey(e.to_string()))?;
+        let encoding = EncodingKey::from_ec_pem(pem.as_bytes())
+            .map_err(|e| VapidError::BadKey(e.to_string()))?;
+        let public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(key.public_key().to_encoded_point(false).as_bytes());
+        let vapid = Vapid {
+            key: encoding,
+            header: Header::new(Algorithm::ES256),
+            public_key,
+            subject: subject.into(),
+            clock,
+            cache: RwLock::new(HashMap::new()),
+        };
+        // A key that cannot sign fails here, not on the first push.
+        vapid.mint("https://check.invalid")?;
+        Ok(vapid)
+    }
+
+    /// The public key as the `k=` parameter and browsers' `applicationServerKey` want it.
+    pub fn public_key(&self) -> &str {
+        &self.public_key
+    }
+
+    /// The `Authorization` header for a push to `origin` (`scheme://host[:port]`).
+    pub fn authorization(&self, origin: &str) -> Result<HeaderValue, VapidError> {
+        let now = self.clock.now();
+        if let Some((value, expires)) = self.cache.read().get(origin) {
+            if *expires > now + RENEW_BEFORE {
+                return Ok(value.clone());
+            }
+        }
+        let (value, expires) = self.mint(origin)?;
+        let mut cache = self.cache.write();
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (_, e)| *e > now + RENEW_BEFORE);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(origin.to_string(), (value.clone(), expires));
+        Ok(value)
+    }
+
+    fn mint(&self, origin: &str) -> Result<(HeaderValue, Duration), VapidError> {
+        let expires = self.clock.now() + LIFETIME;
+        let claims = serde_json::json!({
+            "aud": origin,
+            "exp": expires.as_secs(),
+            "sub": self.subject,
+        });
+        let token = jsonwebtoken::encode(&self.header, &claims, &self.key)
+            .map_err(|e| VapidError::Sign(e.to_string()))?;
+        let value = HeaderValue::try_from(format!("vapid t={token}, k={}", self.public_key))
+            .map_err(|e| VapidError::Sign(e.to_string()))?;
+        Ok((value, expires))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use std::sync::Arc;
+
+    fn key() -> p256::SecretKey {
+        crate::push::webpush::generated_keys("vapid test").0
+    }
+
+    #[test]
+    fn tokens_are_per_origin_cached_and_renewed() {
+        let clock = ManualClock::new();
+        let vapid =
+            Vapid::new(&key(), "mailto:ops@example.com", Arc::new(clock.clone())).expect("valid");
+        let a = vapid.authorization("https://push.example.com").expect("a");
+        assert_eq!(
+            a,
+            vapid.authorization("https://push.example.com").expect("a")
+        );
+        let b = vapid
+            .authorization("https://other.example.com:8443")
+            .expect("b");
+        assert_ne!(a, b);
+
+        // The token verifies against the public key it carries, with the origin as `aud`.
+        let text = b.to_str().expect("ascii");
+        let (t, k) = text
+            .strip_prefix("vapid t=")
+            .and_then(|rest| rest.split_once(", k="))
+            .expect("vapid t=..., k=...");
+        assert_eq!(k, vapid.public_key());
+        let point = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(k)
+            .expect("base64url");
+        let (x, y) = (&point[1..33], &point[33..]);
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let decoding =
+            jsonwebtoken::DecodingKey::from_ec_components(&b64.encode(x), &b64.encode(y))
+                .expect("key");
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+        validation.set_audience(&["https://other.example.com:8443"]);
+        validation.validate_exp = false;
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(t, &decoding, &validation).expect("verifies");
+        let exp = data.claims["exp"].as_u64().expect("exp");
+        let now = clock.now().as_secs();
+        assert!(exp > now && exp <= now + 24 * 3600);
+        assert_eq!(data.claims["sub"], "mailto:ops@example.com");
+
+        // Eleven hours on the token is still good; twelve minus less than an hour is renewed.
+        clock.advance(Duration::from_secs(10 * 3600));
+        assert_eq!(
+            a,
+            vapid.authorization("https://push.example.com").expect("a")
+        );
+        clock.advance(Duration::from_secs(3600 + 1));
+        assert_ne!(
+            a,
+            vapid.authorization("https://push.example.com").expect("a")
+        );
+    }
+
+    #[test]
+    fn keys_and_subjects_are_checked() {
+        let clock: SharedClock = Arc::new(ManualClock::new());
+        assert!(matches!(
+            Vapid::new(&key(), "ops@example.com", clock.clone()),
+            Err(VapidError::BadSubject(_))
+        ));
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key().to_bytes());
+        assert_eq!(
+            parse_private_key(&raw).expect("raw").to_bytes(),
+            key().to_bytes()
+        );
+        let pem = key().to_pkcs8_pem(LineEnding::LF).expect("pem");
+        assert_eq!(
+            parse_private_key(&pem).expect("pem").to_bytes(),
+            key().to_bytes()
+        );
+        let sec1 = key().to_sec1_pem(LineEnding::LF).expect("sec1");
+        assert_eq!(
+            parse_private_key(&sec1).expect("sec1").to_bytes(),
+            key().to_bytes()
+        );
+        assert!(parse_private_key("AAAA").is_err());
+        assert!(
+            parse_private_key("-----BEGIN PRIVATE KEY-----\nxx\n-----END PRIVATE KEY-----")
+                .is_err()
+        );
+    }
+}
