@@ -77,6 +77,7 @@ async fn apns_and_gcm_feedback_round_trip_through_kafka() {
         apns_id: "6f1c7c2e-0000-4000-8000-000000000001".to_owned(),
         status: Some(410),
         notification: json!({"aps": {"alert": "Helena miss you! come play!"}, "M": {"jobId": "job-7"}}),
+        location: None,
     };
     let apns = FeedbackRecord::Apns(apns_record(&unregistered, &context(&token), &details));
     producer.send("game", Platform::Apns, &apns).await.unwrap();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
     .alias("kafka")
     .help("Produce into Kafka at these bootstrap servers (host:port,...) instead of writing lines")))]
 pub struct GenArgs {
-    /// apns or gcm.
+    /// apns, gcm or webpush.
     #[arg(long, default_value = "apns")]
     pub platform: Platform,
     /// How many messages: a number with an optional k, m or g suffix (10k, 1m).
@@ -49,6 +49,10 @@ pub struct GenArgs {
     /// GCM: mark messages "dry_run": true (FCM validates without delivering).
     #[arg(long)]
     pub dry_run: bool,
+    /// Web push: the push service the subscriptions point at (their keys are ones
+    /// `pusher mock webpush` can decrypt for).
+    #[arg(long, default_value = crate::gen::DEFAULT_WEBPUSH_ORIGIN, value_name = "URL")]
+    pub webpush_origin: String,
     /// Write to this file instead of stdout.
     #[arg(short = 'o', long, conflicts_with = "brokers")]
     pub out: Option<PathBuf>,
@@ -112,6 +116,7 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
         payload_size: args.payload_size,
         push_type: args.push_type,
         dry_run: args.dry_run,
+        webpush_origin: args.webpush_origin,
     };
     let mut generator = Generator::new(config)?;
     let count = generator.config().count;

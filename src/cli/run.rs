@@ -8,12 +8,14 @@ use crate::config::{
 use crate::pipeline::feedback::FeedbackProducer;
 use crate::pipeline::run::{run as run_loop, AppSender, Outputs, RunSpec};
 use crate::pipeline::tokens::{pg_pool, DeleterSettings, TokenDeleter};
+use crate::push::webpush::EndpointRules;
 use crate::push::Platform;
 use crate::sender::apns::{load_identity, ApnsAuth, ApnsConfig, ApnsSender, TokenAuth};
 use crate::sender::endpoint::Endpoint;
 use crate::sender::fcm::{FcmAuth, FcmConfig, FcmSender, ServiceAccount};
 use crate::sender::gate::OnFault;
 use crate::sender::pool::PoolConfig;
+use crate::sender::webpush::{parse_private_key, WebPushConfig, WebPushSender};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use std::collections::HashMap;
@@ -35,6 +37,8 @@ pub enum RunPlatform {
     Apns(Box<ApnsRunArgs>),
     /// Consume GCM/FCM pushes from Kafka.
     Gcm(Box<GcmRunArgs>),
+    /// Consume web pushes (browsers: RFC 8030 with VAPID) from Kafka.
+    Webpush(Box<WebPushRunArgs>),
 }
 
 impl RunArgs {
@@ -42,6 +46,7 @@ impl RunArgs {
         match &self.platform {
             RunPlatform::Apns(a) => &a.common,
             RunPlatform::Gcm(a) => &a.common,
+            RunPlatform::Webpush(a) => &a.common,
         }
     }
 
@@ -50,6 +55,7 @@ impl RunArgs {
         match &mut self.platform {
             RunPlatform::Apns(a) => (&mut a.common.config, Some(&mut a.production)),
             RunPlatform::Gcm(a) => (&mut a.common.config, None),
+            RunPlatform::Webpush(a) => (&mut a.common.config, None),
         }
     }
 }
@@ -112,6 +118,23 @@ pub struct GcmRunArgs {
     pub sender_id: Option<String>,
 }
 
+/// `run webpush`: the shared flags and the VAPID identity for --app.
+#[derive(Debug, Clone, Args)]
+#[command(mut_arg("brokers", |a| a.help(BROKERS_HELP)))]
+pub struct WebPushRunArgs {
+    #[command(flatten)]
+    pub common: RunFlags,
+    /// VAPID private key file for --app (PEM, or the raw key in base64url).
+    #[arg(long, value_name = "FILE")]
+    pub vapid_key: Option<PathBuf>,
+    /// VAPID contact for --app (`mailto:` or `https:`).
+    #[arg(long)]
+    pub vapid_subject: Option<String>,
+    /// Accept http:// endpoints and loopback or private hosts (fakes only).
+    #[arg(long)]
+    pub allow_local_endpoints: bool,
+}
+
 const BROKERS_HELP: &str =
     "Kafka bootstrap servers (host:port,...): queue.brokers and feedback.kafka.brokers";
 
@@ -119,7 +142,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     match args.platform {
         RunPlatform::Apns(a) => run_apns(*a),
         RunPlatform::Gcm(a) => run_gcm(*a),
+        RunPlatform::Webpush(a) => run_webpush(*a),
     }
+}
+
+pub fn run_webpush(a: WebPushRunArgs) -> anyhow::Result<ExitCode> {
+    if a.common.endpoint.endpoint.is_some() {
+        bail!("run webpush: --endpoint does not apply (each subscription names its push service)");
+    }
+    let mut o = overrides(Platform::WebPush, &a.common);
+    if let Some(app) = &a.common.app {
+        if let Some(file) = path(&a.vapid_key) {
+            o.push((format!("webpush.vapid.{app}.privateKeyFile"), file));
+        }
+        if let Some(subject) = &a.vapid_subject {
+            o.push((format!("webpush.vapid.{app}.subject"), subject.clone()));
+        }
+    }
+    if a.allow_local_endpoints {
+        o.push(("webpush.allowLocalEndpoints".into(), "true".into()));
+    }
+    run_platform(Platform::WebPush, &a.common, false, &o)
 }
 
 pub fn run_apns(a: ApnsRunArgs) -> anyhow::Result<ExitCode> {
@@ -239,7 +282,7 @@ fn run_configured(
     let apps = match platform {
         Platform::Apns => apns_senders(&config, &flags.endpoint, production)?,
         Platform::Gcm => gcm_senders(&config, &flags.endpoint)?,
-        Platform::WebPush => bail!("run webpush: not yet"),
+        Platform::WebPush => webpush_senders(&config, &flags.endpoint)?,
     };
     let mut app_names: Vec<String> = apps.keys().cloned().collect();
     app_names.sort();
@@ -379,6 +422,48 @@ fn gcm_senders(
     }
     if senders.is_empty() {
         bail!("gcm.apps: no app configured (set PUSHER_GCM_APPS, gcm.apps, or --app)");
+    }
+    Ok(senders)
+}
+
+/// One web push sender per configured app.
+fn webpush_senders(
+    config: &Validated,
+    endpoint_flags: &EndpointFlags,
+) -> anyhow::Result<HashMap<String, AppSender>> {
+    let w = &config.webpush;
+    let mut senders = HashMap::new();
+    for app in &w.apps {
+        let key = format!("webpush.vapid.{app}");
+        let vapid = w.vapid.get(app).cloned().unwrap_or_default();
+        let text = match (&vapid.private_key, &vapid.private_key_file) {
+            (Some(secret), _) => secret.expose().to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("{key}.privateKeyFile: reading {}", path.display()))?,
+            (None, None) => bail!("{key}: give privateKey or privateKeyFile"),
+        };
+        let private = parse_private_key(&text).with_context(|| key.clone())?;
+        let mut c = WebPushConfig::new(private, vapid.subject.clone().unwrap_or_default());
+        c.rules = if w.allow_local_endpoints {
+            EndpointRules::LOCAL
+        } else {
+            EndpointRules::STRICT
+        };
+        c.push_services = w.push_services.clone();
+        c.ca_file = endpoint_flags.ca.clone();
+        c.insecure = endpoint_flags.insecure;
+        c.max_origins = w.max_origins;
+        c.pool.connections = w.connections_per_origin.max(1);
+        c.retry.max_attempts = w.retry.max_retry_attempts.max(1);
+        c.retry.base = w.retry.interval;
+        c.on_fault = OnFault::Wait;
+        c.name = format!("webpush {app}");
+        let sender = WebPushSender::new(c).with_context(|| key.clone())?;
+        tracing::info!(app = %app, public_key = sender.public_key(), "Web push VAPID key loaded.");
+        senders.insert(app.clone(), AppSender::webpush(sender));
+    }
+    if senders.is_empty() {
+        bail!("webpush.apps: no app configured (set PUSHER_WEBPUSH_APPS, webpush.apps, or --app)");
     }
     Ok(senders)
 }

@@ -3,7 +3,7 @@
 //! a key's default value says how an override's text is read ([`Kind`]). The unknown-key check
 //! and the environment names both come from this tree.
 
-use super::schema::{ApiKey, ApnsCert, Config, GcmCert, Secret, SeedKey, SEED_KEYS};
+use super::schema::{ApiKey, ApnsCert, Config, GcmCert, Secret, SeedKey, VapidKey, SEED_KEYS};
 use super::ConfigError;
 use serde_yaml_ng::Value;
 
@@ -60,6 +60,7 @@ impl Keys {
             .firebase_credentials
             .insert(ANY.into(), Secret::default());
         sample.api.keys.insert(ANY.into(), ApiKey::default());
+        sample.webpush.vapid.insert(ANY.into(), VapidKey::default());
         sample.results.webhooks.insert(ANY.into(), String::new());
         let root =
             serde_yaml_ng::to_value(&sample).map_err(|e| ConfigError::Schema(e.to_string()))?;

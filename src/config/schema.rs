@@ -55,6 +55,8 @@ pub struct Config {
     pub queue: QueueConfig,
     pub apns: ApnsConfig,
     pub gcm: GcmConfig,
+    /// Browsers over the Web Push protocol (DESIGN.md §11).
+    pub webpush: WebPushConfig,
     pub feedback: FeedbackConfig,
     pub stats: StatsConfig,
     pub invalid_token: InvalidTokenConfig,
@@ -82,6 +84,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             apns: ApnsConfig::default(),
             gcm: GcmConfig::default(),
+            webpush: WebPushConfig::default(),
             feedback: FeedbackConfig::default(),
             stats: StatsConfig::default(),
             invalid_token: InvalidTokenConfig::default(),
@@ -295,6 +298,56 @@ pub struct GcmCert {
     /// The seed's; the legacy API authenticates with the key alone.
     #[serde(rename = "senderID")]
     pub sender_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WebPushConfig {
+    #[serde(deserialize_with = "comma_list")]
+    pub apps: Vec<String>,
+    /// Per-app VAPID identity, keyed by app name.
+    pub vapid: BTreeMap<String, VapidKey>,
+    /// Push services (hosts or host suffixes) whose connection failures pause the app
+    /// instead of failing the message; the browsers' own by default.
+    #[serde(deserialize_with = "comma_list")]
+    pub push_services: Vec<String>,
+    /// Accept `http://` endpoints and loopback or private hosts (fakes and tests only: in
+    /// production a subscription pointing there is refused, never posted to).
+    pub allow_local_endpoints: bool,
+    /// Push-service origins with open connections at once (least recently used closed).
+    pub max_origins: usize,
+    /// HTTP/2 connections per origin.
+    pub connections_per_origin: usize,
+    pub retry: RetryConfig,
+}
+
+impl Default for WebPushConfig {
+    fn default() -> Self {
+        WebPushConfig {
+            apps: Vec::new(),
+            vapid: BTreeMap::new(),
+            push_services: crate::push::webpush::PUSH_SERVICES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            allow_local_endpoints: false,
+            max_origins: 1000,
+            connections_per_origin: 1,
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// One app's VAPID key: the private key as text (`privateKey`: PEM, or raw base64url as
+/// `web-push generate-vapid-keys` prints it) or a file (`privateKeyFile`), and the contact
+/// the push services see (`subject`: `mailto:` or `https:`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct VapidKey {
+    #[serde(deserialize_with = "non_empty")]
+    pub private_key: Option<Secret>,
+    pub private_key_file: Option<PathBuf>,
+    pub subject: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

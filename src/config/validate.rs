@@ -89,6 +89,7 @@ impl Config {
         }
         self.validate_apns()?;
         self.validate_gcm()?;
+        self.validate_webpush()?;
         self.validate_outputs()?;
         self.validate_api()
     }
@@ -237,6 +238,44 @@ impl Config {
         }
         if let Some(url) = &g.endpoint {
             check_url("gcm.endpoint", url)?;
+        }
+        Ok(())
+    }
+
+    fn validate_webpush(&self) -> Result<(), ConfigError> {
+        let w = &self.webpush;
+        for app in &w.apps {
+            let key = format!("webpush.vapid.{app}");
+            check_app_name(&key, app)?;
+            let vapid = find_app(&w.vapid, app).ok_or_else(|| {
+                invalid(&key, "missing: every app in webpush.apps needs privateKey or privateKeyFile, and subject")
+            })?;
+            match (&vapid.private_key, &vapid.private_key_file) {
+                (Some(_), None) => {}
+                (None, Some(path)) => check_file(&format!("{key}.privateKeyFile"), path)?,
+                _ => {
+                    return Err(invalid(
+                        key,
+                        "needs exactly one of privateKey and privateKeyFile",
+                    ))
+                }
+            }
+            let subject = vapid.subject.as_deref().unwrap_or_default();
+            if !(subject.starts_with("mailto:") || subject.starts_with("https:")) {
+                return Err(invalid(
+                    format!("{key}.subject"),
+                    "required: a mailto: or https: contact (RFC 8292)",
+                ));
+            }
+        }
+        if w.max_origins == 0 {
+            return Err(invalid("webpush.maxOrigins", "must be at least 1"));
+        }
+        if w.connections_per_origin == 0 {
+            return Err(invalid(
+                "webpush.connectionsPerOrigin",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

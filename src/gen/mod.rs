@@ -38,7 +38,12 @@ pub struct GenConfig {
     pub push_type: Option<Mix<PushType>>,
     /// GCM only: write `"dry_run":true`.
     pub dry_run: bool,
+    /// Web push only: the push service the subscriptions point at (`pusher mock webpush`).
+    pub webpush_origin: String,
 }
+
+/// Where generated web push subscriptions point by default: `pusher mock webpush`'s TLS port.
+pub const DEFAULT_WEBPUSH_ORIGIN: &str = "https://127.0.0.1:8445";
 
 impl GenConfig {
     /// Defaults for `platform`: 1000 messages, seed 0, all tokens valid, app "game".
@@ -53,6 +58,7 @@ impl GenConfig {
             payload_size: None,
             push_type: None,
             dry_run: false,
+            webpush_origin: DEFAULT_WEBPUSH_ORIGIN.to_string(),
         }
     }
 
@@ -241,6 +247,8 @@ pub struct Generator {
     /// `"metadata":{...}` member, the same for every message of a run.
     metadata: String,
     token: Vec<u8>,
+    /// Web push: each key slot's `"keys":{...}` member, computed on first use.
+    webpush_keys: Vec<Option<String>>,
 }
 
 impl Generator {
@@ -259,6 +267,7 @@ impl Generator {
             texts,
             metadata: format!("\"metadata\":{metadata}"),
             token: Vec::with_capacity(160),
+            webpush_keys: Vec::new(),
         })
     }
 
@@ -284,7 +293,7 @@ impl Generator {
         match self.config.platform {
             Platform::Apns => self.write_apns(out),
             Platform::Gcm => self.write_gcm(out),
-            Platform::WebPush => self.write_gcm(out),
+            Platform::WebPush => self.write_webpush(out),
         }
         Some(rule)
     }
@@ -310,7 +319,8 @@ impl Generator {
         let t = &mut self.token;
         t.clear();
         match self.config.platform {
-            Platform::Apns => {
+            // Web push: the subscription id (the endpoint's last segment), hex like APNs.
+            Platform::Apns | Platform::WebPush => {
                 for _ in 0..4 {
                     let mut bits = self.rng.random::<u64>();
                     for _ in 0..16 {
@@ -319,7 +329,7 @@ impl Generator {
                     }
                 }
             }
-            Platform::Gcm | Platform::WebPush => {
+            Platform::Gcm => {
                 push_base64url(t, &mut self.rng, 22);
                 t.extend_from_slice(b":APA91b");
                 push_base64url(t, &mut self.rng, 123);
@@ -409,6 +419,49 @@ impl Generator {
         if self.config.dry_run {
             out.extend_from_slice(b",\"dry_run\":true");
         }
+        out.push(b'}');
+    }
+
+    /// A web push message (DESIGN.md §11) to a subscription at the configured origin whose
+    /// keys the fake push service can recompute from its id (`push::webpush::generated_keys`).
+    fn write_webpush(&mut self, out: &mut Vec<u8>) {
+        let target = self
+            .config
+            .payload_size
+            .as_ref()
+            .map(|m| m.pick(&mut self.rng));
+        let id = std::str::from_utf8(&self.token).unwrap_or_default();
+        let slot = crate::push::webpush::key_slot(id) as usize;
+        if self.webpush_keys.len() <= slot {
+            self.webpush_keys
+                .resize(crate::push::webpush::KEY_SLOTS as usize, None);
+        }
+        let keys = self.webpush_keys[slot].get_or_insert_with(|| {
+            let keys = crate::push::webpush::slot_public_keys(slot as u32);
+            format!(
+                "\"keys\":{{\"p256dh\":\"{}\",\"auth\":\"{}\"}}",
+                keys.p256dh, keys.auth
+            )
+        });
+        out.extend_from_slice(b"{\"subscription\":{\"endpoint\":\"");
+        out.extend_from_slice(self.config.webpush_origin.trim_end_matches('/').as_bytes());
+        out.extend_from_slice(crate::push::webpush::FAKE_PATH.as_bytes());
+        out.extend_from_slice(&self.token);
+        out.extend_from_slice(b"\",");
+        out.extend_from_slice(keys.as_bytes());
+        out.extend_from_slice(b"},\"payload\":");
+        let start = out.len();
+        out.extend_from_slice(b"{\"title\":");
+        let (title, body) = self.texts.pick(&mut self.rng);
+        out.extend_from_slice(title.as_bytes());
+        out.extend_from_slice(b",\"body\":");
+        out.extend_from_slice(body.as_bytes());
+        out.extend_from_slice(b",\"data\":{\"type\":\"invite\",\"level\":");
+        push_u64(out, self.rng.random_range(1..200));
+        out.push(b'}');
+        self.pad(out, start, target, 1);
+        out.extend_from_slice(b"},\"ttl\":3600,\"urgency\":\"high\",\"push_expiry\":0,");
+        out.extend_from_slice(self.metadata.as_bytes());
         out.push(b'}');
     }
 

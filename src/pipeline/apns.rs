@@ -85,6 +85,7 @@ async fn push(
         } else {
             notification_json()
         },
+        location: None,
     };
     (delivery.outcome, details)
 }

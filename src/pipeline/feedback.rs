@@ -94,6 +94,8 @@ pub struct SendDetails {
     pub status: Option<u16>,
     /// The payload as sent (`{"aps":..,"M":..}`), or as consumed when it was never sent.
     pub notification: Value,
+    /// A web push service's `Location` for the delivered message.
+    pub location: Option<String>,
 }
 
 /// The seed's `PushError`.
@@ -138,12 +140,31 @@ pub struct GcmFeedback {
     pub metadata: Map<String, Value>,
 }
 
-/// A record for either platform.
+/// The web push feedback record (no seed had one): the subscription's endpoint, whether it
+/// was delivered, the push service's status, the outcome's class and reason.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebPushFeedback {
+    pub endpoint: String,
+    pub sent: bool,
+    /// `None` when there was no answer (expired, malformed, transport).
+    pub status: Option<u16>,
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The push service's `Location` for a delivered message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    pub timestamp: i64,
+    pub metadata: Map<String, Value>,
+}
+
+/// A record for any platform.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum FeedbackRecord {
     Apns(ApnsFeedback),
     Gcm(GcmFeedback),
+    WebPush(WebPushFeedback),
 }
 
 impl FeedbackRecord {
@@ -157,6 +178,7 @@ impl FeedbackRecord {
         match self {
             FeedbackRecord::Apns(r) => &r.device_token,
             FeedbackRecord::Gcm(r) => &r.from,
+            FeedbackRecord::WebPush(r) => &r.endpoint,
         }
     }
 }
@@ -281,6 +303,24 @@ pub fn gcm_record(outcome: &Outcome, ctx: &MessageContext) -> GcmFeedback {
         from: ctx.token.clone(),
         error: error.map(str::to_owned),
         error_description: description,
+        metadata: ctx.feedback_metadata(outcome),
+    }
+}
+
+/// Builds the web push record for an outcome.
+pub fn webpush_record(
+    outcome: &Outcome,
+    ctx: &MessageContext,
+    details: &SendDetails,
+) -> WebPushFeedback {
+    WebPushFeedback {
+        endpoint: ctx.token.clone(),
+        sent: outcome.is_delivered(),
+        status: details.status,
+        outcome: outcome.class(),
+        reason: outcome.reason().map(str::to_owned),
+        location: details.location.clone(),
+        timestamp: ctx.consumed_at,
         metadata: ctx.feedback_metadata(outcome),
     }
 }
@@ -415,6 +455,7 @@ mod tests {
             apns_id: "id-1".to_owned(),
             status: Some(410),
             notification: json!({"aps": {"alert": "hi"}, "M": {"jobId": "j1"}}),
+            location: None,
         };
         let record = FeedbackRecord::Apns(apns_record(&outcome, &ctx(), &details));
         let text = String::from_utf8(record.to_json()).unwrap();

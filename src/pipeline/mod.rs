@@ -12,3 +12,4 @@ pub mod run;
 pub mod stats;
 mod status;
 pub mod tokens;
+mod webpush;

@@ -53,6 +53,10 @@ impl AppSender {
         AppSender(Arc::new(super::gcm::Gcm(sender)))
     }
 
+    pub fn webpush(sender: crate::sender::webpush::WebPushSender) -> AppSender {
+        AppSender(Arc::new(super::webpush::WebPush(sender)))
+    }
+
     pub fn platform(&self) -> Platform {
         self.0.platform()
     }

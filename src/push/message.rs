@@ -8,6 +8,7 @@
 
 use super::apns::{self, ApnsNotification, PushType};
 use super::gcm::{self, GcmMessage, GcmNotification};
+use super::webpush::{self, Subscription, WebPushMessage};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -416,6 +417,99 @@ fn write_merged(
     }
     out.push(b'}');
     Ok(())
+}
+
+/// Parses a web push Kafka message (DESIGN.md §11): `{"subscription":{"endpoint","keys":
+/// {"p256dh","auth"}},"payload":<JSON or text>,"ttl","urgency","topic","metadata",
+/// "push_expiry"}`; other keys are ignored. The subscription itself is checked by the sender
+/// (a bad one is the subscription's fault, not the message's).
+pub fn parse_webpush(bytes: &[u8]) -> Result<WebPushMessage, MessageError> {
+    let entries = top_object(bytes)?;
+    let mut subscription: Option<Subscription> = None;
+    let mut payload = Vec::new();
+    let mut ttl = webpush::DEFAULT_TTL;
+    let mut urgency = None;
+    let mut topic = None;
+    let mut metadata = Metadata::default();
+    let mut push_expiry = 0;
+    for (key, raw) in &entries.0 {
+        let key = key.as_ref();
+        let is = |name: &str| key.eq_ignore_ascii_case(name);
+        if is("subscription") {
+            subscription = typed(
+                "subscription",
+                "an object {\"endpoint\", \"keys\": {\"p256dh\", \"auth\"}} of strings",
+                raw,
+            )?;
+        } else if is("payload") {
+            // A string is sent as its text; any other JSON value as its JSON.
+            payload = match typed::<Value>("payload", "JSON", raw)? {
+                Value::Null => Vec::new(),
+                Value::String(text) => text.into_bytes(),
+                _ => raw.get().as_bytes().to_vec(),
+            };
+        } else if is("ttl") {
+            ttl = typed::<Option<u32>>("ttl", "an unsigned integer (seconds)", raw)?
+                .unwrap_or(webpush::DEFAULT_TTL);
+        } else if is("urgency") {
+            urgency =
+                match typed::<Option<String>>("urgency", "a string", raw)? {
+                    None => None,
+                    Some(u) => Some(webpush::Urgency::parse(&u).ok_or_else(|| {
+                        MessageError::InvalidValue {
+                            field: "urgency",
+                            detail: format!("{u:?} is not very-low, low, normal or high"),
+                        }
+                    })?),
+                };
+        } else if is("topic") {
+            topic = typed::<Option<String>>("topic", "a string", raw)?;
+            if let Some(t) = topic.as_deref().filter(|t| !webpush::valid_topic(t)) {
+                return Err(MessageError::InvalidValue {
+                    field: "topic",
+                    detail: format!("{t:?} is not 1-{} base64url characters", webpush::MAX_TOPIC),
+                });
+            }
+        } else if is("metadata") {
+            let map: Map<String, Value> =
+                typed::<Option<_>>("metadata", "an object", raw)?.unwrap_or_default();
+            metadata = Metadata((!map.is_empty()).then(|| raw.get().into()));
+        } else if is("push_expiry") {
+            push_expiry =
+                typed::<Option<i64>>("push_expiry", "an integer (Unix ms)", raw)?.unwrap_or(0);
+        }
+    }
+    let subscription = subscription.ok_or(MessageError::NoToken("subscription"))?;
+    if subscription.endpoint.is_empty() {
+        return Err(MessageError::NoToken("subscription.endpoint"));
+    }
+    if payload.len() > webpush::MAX_PLAINTEXT {
+        return Err(MessageError::PayloadTooLarge {
+            size: payload.len(),
+            limit: webpush::MAX_PLAINTEXT,
+        });
+    }
+    Ok(WebPushMessage {
+        subscription,
+        payload,
+        ttl,
+        urgency,
+        topic,
+        metadata,
+        push_expiry,
+    })
+}
+
+/// The endpoint of a web push message the parser refused, when one can still be read, so its
+/// feedback record names the subscription.
+pub fn endpoint_hint(bytes: &[u8]) -> Option<String> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(bytes).ok()?;
+    let endpoint = value.get("subscription")?.get("endpoint")?.as_str()?;
+    (!endpoint.is_empty() && endpoint.len() <= 4096 && !endpoint.chars().any(char::is_control))
+        .then(|| endpoint.to_string())
 }
 
 fn write_json<T: serde::Serialize + ?Sized>(
@@ -1052,5 +1146,68 @@ mod tests {
         assert!(is_expired(999, now));
         assert!(!is_expired(1_000, now));
         assert!(!is_expired(1_001, now));
+    }
+}
+
+#[cfg(test)]
+mod webpush_tests {
+    use super::*;
+
+    #[test]
+    fn web_push_messages_parse() {
+        let sub =
+            r#"{"endpoint":"https://push.example.com/wpush/a","keys":{"p256dh":"BA","auth":"QQ"}}"#;
+        let m = parse_webpush(
+            format!(r#"{{"subscription":{sub},"payload":{{"title":"hi"}},"ttl":60,"urgency":"high","topic":"news","metadata":{{"notif_id":"n1"}},"push_expiry":5}}"#)
+                .as_bytes(),
+        )
+        .expect("parses");
+        assert_eq!(m.subscription.endpoint, "https://push.example.com/wpush/a");
+        assert_eq!(m.payload, br#"{"title":"hi"}"#);
+        assert_eq!(
+            (m.ttl, m.urgency, m.topic.as_deref()),
+            (60, Some(webpush::Urgency::High), Some("news"))
+        );
+        assert!(m.metadata.has_notif_id());
+        assert_eq!(m.push_expiry, 5);
+
+        let m = parse_webpush(format!(r#"{{"subscription":{sub},"payload":"text"}}"#).as_bytes())
+            .expect("parses");
+        assert_eq!(
+            (m.payload.as_slice(), m.ttl),
+            (&b"text"[..], webpush::DEFAULT_TTL)
+        );
+
+        let reason = |text: String| {
+            parse_webpush(text.as_bytes())
+                .map(|_| ())
+                .map_err(|e| e.reason())
+        };
+        assert_eq!(reason(r#"{"payload":"x"}"#.into()), Err("no_token"));
+        assert_eq!(
+            reason(format!(r#"{{"subscription":{sub},"urgency":"now"}}"#)),
+            Err("invalid_value")
+        );
+        assert_eq!(
+            reason(format!(r#"{{"subscription":{sub},"topic":"a b"}}"#)),
+            Err("invalid_value")
+        );
+        assert_eq!(
+            reason(format!(r#"{{"subscription":{sub},"ttl":-1}}"#)),
+            Err("wrong_type")
+        );
+        assert_eq!(
+            reason(r#"{"subscription":{"endpoint":1}}"#.into()),
+            Err("wrong_type")
+        );
+        let big = "x".repeat(webpush::MAX_PLAINTEXT + 1);
+        assert_eq!(
+            reason(format!(r#"{{"subscription":{sub},"payload":"{big}"}}"#)),
+            Err("payload_too_large")
+        );
+        assert_eq!(
+            endpoint_hint(br#"{"subscription":{"endpoint":"https://h/x"},"ttl":"bad"}"#).as_deref(),
+            Some("https://h/x")
+        );
     }
 }

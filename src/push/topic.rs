@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 pub fn app_from_topic(topic: &str) -> Option<(String, Platform)> {
     static RE: OnceLock<Option<Regex>> = OnceLock::new();
     let re = RE
-        .get_or_init(|| Regex::new(r"^push-(\w+(?:[_-]\w+)*?)[-_](apns|gcm)").ok())
+        .get_or_init(|| Regex::new(r"^push-(\w+(?:[_-]\w+)*?)[-_](apns|gcm|webpush)").ok())
         .as_ref()?;
     let caps = re.captures(topic)?;
     let platform = caps.get(2)?.as_str().parse().ok()?;
@@ -35,7 +35,7 @@ pub enum TopicError {
         found: Platform,
         wanted: Platform,
     },
-    #[error("{0:?} does not name an app and platform (push-<app>_<apns|gcm>)")]
+    #[error("{0:?} does not name an app and platform (push-<app>_<apns|gcm|webpush>)")]
     NotAPushTopic(String),
     #[error("regex {0:?} does not say which platform it is for: put (apns|gcm) or the platform's name in it, e.g. ^push-[^-_]+_(apns|gcm)")]
     AmbiguousRegex(String),
@@ -82,7 +82,7 @@ pub fn for_platform(pattern: &str, platform: Platform) -> Result<String, TopicEr
     }
 }
 
-const ALL: [Platform; 2] = [Platform::Apns, Platform::Gcm];
+const ALL: [Platform; 3] = [Platform::Apns, Platform::Gcm, Platform::WebPush];
 
 #[cfg(test)]
 mod tests {
@@ -95,6 +95,7 @@ mod tests {
             ("push-game_apns-single", Some(("game", Platform::Apns))),
             ("push-game_apns-massive", Some(("game", Platform::Apns))),
             ("push-my-app_gcm", Some(("my-app", Platform::Gcm))),
+            ("push-site_webpush", Some(("site", Platform::WebPush))),
             ("push-my_app_apns", Some(("my_app", Platform::Apns))),
             ("push-game-apns", Some(("game", Platform::Apns))),
             ("other-topic", None),

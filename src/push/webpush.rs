@@ -25,6 +25,17 @@ pub const MAX_TOPIC: usize = 32;
 /// The path under which the fake push service and generated subscriptions live.
 pub const FAKE_PATH: &str = "/wpush/";
 
+/// The browsers' push services (host suffixes). A connection failure there is the network's
+/// or the service's, not the message's: it pauses the app (sender/gate.rs). A connection
+/// failure at any other origin counts against the message alone, so one hostile
+/// subscription pointing at a dead host cannot stall everyone else's pushes.
+pub const PUSH_SERVICES: &[&str] = &[
+    "fcm.googleapis.com",
+    "push.services.mozilla.com",
+    "push.apple.com",
+    "notify.windows.com",
+];
+
 /// A browser's push subscription, as `PushSubscription.toJSON()` gives it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
@@ -314,17 +325,36 @@ pub fn subscription_id(endpoint: &str) -> &str {
     path.rsplit('/').next().unwrap_or_default()
 }
 
-/// The private key and auth secret of a generated subscription, derived from its id alone,
-/// so the fake push service can decrypt what is sent to any subscription the generator made
-/// without sharing state with it. (Real browsers keep theirs secret, of course.)
-pub fn generated_keys(id: &str) -> (p256::SecretKey, [u8; 16]) {
+/// Generated subscriptions share this many key pairs: the generator computes each public key
+/// once (a scalar multiplication, far slower than writing a message), and the fake can keep
+/// them all.
+pub const KEY_SLOTS: u32 = 1024;
+
+/// The key slot of a generated subscription id.
+pub fn key_slot(id: &str) -> u32 {
     use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % KEY_SLOTS
+}
+
+/// The private key and auth secret of a generated subscription, derived from its id alone
+/// (through its key slot), so the fake push service can decrypt what is sent to any
+/// subscription the generator made without sharing state with it. (Real browsers keep each
+/// subscription's keys secret, of course.)
+pub fn generated_keys(id: &str) -> (p256::SecretKey, [u8; 16]) {
+    slot_keys(key_slot(id))
+}
+
+/// The keys of one slot.
+pub fn slot_keys(slot: u32) -> (p256::SecretKey, [u8; 16]) {
+    use sha2::{Digest, Sha256};
+    let id = slot.to_be_bytes();
     let mut counter = 0u32;
     let secret = loop {
         let seed = Sha256::new()
             .chain_update(b"pusher webpush subscription key\0")
             .chain_update(counter.to_be_bytes())
-            .chain_update(id.as_bytes())
+            .chain_update(id)
             .finalize();
         // Fails only for 0 or values >= the group order: about 2^-32 of seeds.
         if let Ok(key) = p256::SecretKey::from_slice(&seed) {
@@ -334,7 +364,7 @@ pub fn generated_keys(id: &str) -> (p256::SecretKey, [u8; 16]) {
     };
     let auth_seed = Sha256::new()
         .chain_update(b"pusher webpush subscription auth\0")
-        .chain_update(id.as_bytes())
+        .chain_update(id)
         .finalize();
     let mut auth = [0u8; 16];
     auth.copy_from_slice(&auth_seed[..16]);
@@ -343,16 +373,21 @@ pub fn generated_keys(id: &str) -> (p256::SecretKey, [u8; 16]) {
 
 /// The subscription the generator writes for `id` at `origin` (`https://host:port`).
 pub fn generated_subscription(origin: &str, id: &str) -> Subscription {
-    use p256::elliptic_curve::sec1::ToEncodedPoint;
-    let (secret, auth) = generated_keys(id);
-    let public = secret.public_key().to_encoded_point(false);
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     Subscription {
         endpoint: format!("{}{FAKE_PATH}{id}", origin.trim_end_matches('/')),
-        keys: Keys {
-            p256dh: b64.encode(public.as_bytes()),
-            auth: b64.encode(auth),
-        },
+        keys: slot_public_keys(key_slot(id)),
+    }
+}
+
+/// The public keys (base64url) of one slot, as a subscription carries them.
+pub fn slot_public_keys(slot: u32) -> Keys {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let (secret, auth) = slot_keys(slot);
+    let public = secret.public_key().to_encoded_point(false);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    Keys {
+        p256dh: b64.encode(public.as_bytes()),
+        auth: b64.encode(auth),
     }
 }
 

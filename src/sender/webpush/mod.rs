@@ -13,6 +13,7 @@ pub use encrypt::{encrypt, EncryptError};
 pub use vapid::{parse_private_key, Vapid, VapidError};
 
 use crate::clock::SharedClock;
+pub use crate::push::webpush::PUSH_SERVICES;
 use crate::push::webpush::{self, check_subscription, EndpointRules, WebPushMessage};
 use crate::push::{Outcome, RetryHint, Verdict};
 use crate::sender::attempt::{attempt_until_final, Attempt};
@@ -31,17 +32,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The browsers' push services (host suffixes). A connection failure there is the network's
-/// or the service's, not the message's: it pauses the app (sender/gate.rs). A connection
-/// failure at any other origin counts against the message alone, so one hostile
-/// subscription pointing at a dead host cannot stall everyone else's pushes.
-pub const PUSH_SERVICES: &[&str] = &[
-    "fcm.googleapis.com",
-    "push.services.mozilla.com",
-    "push.apple.com",
-    "notify.windows.com",
-];
 
 static TTL: HeaderName = HeaderName::from_static("ttl");
 static URGENCY: HeaderName = HeaderName::from_static("urgency");
