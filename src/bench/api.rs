@@ -14,7 +14,7 @@ use super::{base_report, write_hgrm, Settings};
 use crate::config::PgConfig;
 use crate::mock::kafka::KafkaMock;
 use crate::pipeline::run::{
-    run as pipeline, AppSender, Observer, OutcomeEvent, Outputs, PipelineError, RunSpec, RunSummary,
+    run as pipeline, Observer, OutcomeEvent, Outputs, PipelineError, RunSpec, RunSummary,
 };
 use crate::platform::api::{serve, ApiKey, ApiSettings, ApiState, Queues};
 use crate::platform::produce::Producer;
@@ -23,8 +23,6 @@ use crate::progress::Progress;
 use crate::push::{Outcome, Platform};
 use crate::report::data::Percentiles;
 use crate::report::data::{peak_rss_bytes, ApiFigures, Conservation, Report};
-use crate::sender::apns::ApnsSender;
-use crate::sender::fcm::FcmSender;
 use anyhow::{bail, Context};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -291,10 +289,7 @@ pub(super) fn spawn_pipeline(
     delivery: &Arc<Delivery>,
     stop: &CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<RunSummary, PipelineError>>> {
-    let sender = match sender_config {
-        SenderConfig::Apns(config) => AppSender::apns(ApnsSender::new(*config)?),
-        SenderConfig::Fcm(config) => AppSender::gcm(FcmSender::new(*config)?),
-    };
+    let sender = sender_config.build()?;
     let outputs = Outputs {
         observer: Some(delivery.clone() as Arc<dyn Observer>),
         ..Outputs::default()

@@ -6,16 +6,14 @@
 use super::calibrate::calibrate;
 use super::interrupt::{Interrupt, DRAIN};
 use super::recorder::Recorder;
-use super::sender_only::{target, SenderConfig};
+use super::sender_only::target;
 use super::{base_report, write_hgrm, Settings};
 use crate::gen::{GenConfig, Generator, Mix};
 use crate::mock::kafka::{KafkaMock, MockOptions};
-use crate::pipeline::run::{run, AppSender, Observer, OutcomeEvent, Outputs, RunSpec};
+use crate::pipeline::run::{run, Observer, OutcomeEvent, Outputs, RunSpec};
 use crate::progress::Progress;
 use crate::report::data::{peak_rss_bytes, Conservation, Report};
 use crate::report::gate::median;
-use crate::sender::apns::ApnsSender;
-use crate::sender::fcm::FcmSender;
 use anyhow::{bail, Context};
 use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
@@ -197,6 +195,7 @@ fn one_run(
         (None, None) => bail!("no Kafka"),
     };
     let (fake, sender_config, profile_name) = target(&args.target)?;
+    let origin = sender_config.webpush_origin().to_string();
 
     let clock = Arc::new(Clock {
         start: Instant::now(),
@@ -253,10 +252,7 @@ fn one_run(
     let mut drain_until: Option<Instant> = None;
     let result: anyhow::Result<(crate::pipeline::run::RunSummary, Duration)> = rt.block_on(async {
         let drain_until = &mut drain_until;
-        let sender = match sender_config {
-            SenderConfig::Apns(config) => AppSender::apns(ApnsSender::new(*config)?),
-            SenderConfig::Fcm(config) => AppSender::gcm(FcmSender::new(*config)?),
-        };
+        let sender = sender_config.build()?;
         // The producer stops with the run: at a signal, or at the endpoint's first fault.
         let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gate());
         let apps = HashMap::from([(APP.to_string(), sender)]);
@@ -276,7 +272,15 @@ fn one_run(
             let interrupt = interrupt.clone();
             std::thread::Builder::new()
                 .name("bench-producer".into())
-                .spawn(move || produce(&args, count, &brokers, &topic, runs, &clock, &interrupt))?
+                .spawn(move || {
+                    let to = Destination {
+                        brokers: &brokers,
+                        topic: &topic,
+                        runs,
+                        webpush_origin: &origin,
+                    };
+                    produce(&args, count, &to, &clock, &interrupt)
+                })?
         };
 
         // Wait for the warm-up, then for every generated message to be answered (after an
@@ -365,16 +369,23 @@ fn one_run(
 
 /// The producer thread: generates and produces, closed loop (at most `MAX_BACKLOG` ahead of
 /// the answers) or open loop (`--rate`, on a fixed schedule; the backlog bound still holds).
+/// Where the bench's producer writes, and what its messages point at.
+struct Destination<'a> {
+    brokers: &'a str,
+    topic: &'a str,
+    /// The embedded mock's partitions, filled in runs (see `PARTITION_RUN`).
+    runs: Option<i32>,
+    webpush_origin: &'a str,
+}
+
 fn produce(
     args: &Settings,
     count: Option<u64>,
-    brokers: &str,
-    topic: &str,
-    runs: Option<i32>,
+    to: &Destination<'_>,
     clock: &Arc<Clock>,
     interrupt: &Interrupt,
 ) -> anyhow::Result<()> {
-    let result = produce_inner(args, count, brokers, topic, runs, clock, interrupt);
+    let result = produce_inner(args, count, to, clock, interrupt);
     clock.done_generating.store(true, Ordering::Relaxed);
     result
 }
@@ -404,12 +415,11 @@ const PARTITION_RUN: u64 = 256;
 fn produce_inner(
     args: &Settings,
     count: Option<u64>,
-    brokers: &str,
-    topic: &str,
-    runs: Option<i32>,
+    to: &Destination<'_>,
     clock: &Arc<Clock>,
     interrupt: &Interrupt,
 ) -> anyhow::Result<()> {
+    let (brokers, topic, runs) = (to.brokers, to.topic, to.runs);
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
@@ -424,6 +434,7 @@ fn produce_inner(
     config.seed = args.seed;
     config.invalid_ratio = args.invalid_ratio;
     config.app = APP.into();
+    config.webpush_origin = to.webpush_origin.to_string();
     config.payload_size = Some(args.payload_size.parse::<Mix<usize>>()?);
     let mut generator = Generator::new(config)?;
     let warm_until = clock.start + args.warmup;

@@ -1,7 +1,10 @@
 //! The embedded fake APNs or FCM server on its own thread and current_thread runtime, so that
 //! the pusher and the fake each get a core, as they would on two machines.
 
-use crate::mock::{FcmHandler, FcmOptions, JwtKey, MockConfig, MockServer, Profile, Stats};
+use crate::mock::{
+    FcmHandler, FcmOptions, JwtKey, MockConfig, MockServer, Profile, Stats, WebPushHandler,
+    WebPushOptions,
+};
 use anyhow::{bail, Context};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +15,9 @@ pub enum FakeKind {
     Apns(JwtKey),
     /// FCM (HTTP v1 with its own OAuth `/token`, and legacy `/fcm/send`).
     Fcm,
+    /// A web push service (VAPID and framing checked on every push; every Nth generated
+    /// subscription's body decrypted: an ECDH each, which would make the fake the bottleneck).
+    WebPush { decrypt_every: u64 },
 }
 
 /// The embedded fake server on its own thread and current_thread runtime.
@@ -53,6 +59,13 @@ impl FakeThread {
                         }
                         FakeKind::Fcm => {
                             let handler = FcmHandler::new(FcmOptions::default());
+                            MockServer::start_with(config, handler).await
+                        }
+                        FakeKind::WebPush { decrypt_every } => {
+                            let handler = WebPushHandler::new(WebPushOptions {
+                                decrypt_every,
+                                ..WebPushOptions::default()
+                            });
                             MockServer::start_with(config, handler).await
                         }
                     };

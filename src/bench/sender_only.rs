@@ -12,7 +12,8 @@ use crate::mock::{JwtKey, Profile};
 use crate::progress::Progress;
 use crate::push::apns::ApnsNotification;
 use crate::push::gcm::GcmMessage;
-use crate::push::message::{parse_apns, parse_gcm};
+use crate::push::message::{parse_apns, parse_gcm, parse_webpush};
+use crate::push::webpush::{EndpointRules, WebPushMessage};
 use crate::push::Platform;
 use crate::report::data::{peak_rss_bytes, Conservation, Latencies, Report};
 use crate::report::gate::median;
@@ -20,6 +21,7 @@ use crate::sender::apns::{ApnsAuth, ApnsConfig, ApnsSender, TokenAuth};
 use crate::sender::endpoint::Endpoint;
 use crate::sender::fcm::{FcmAuth, FcmConfig, FcmSender, ServiceAccount};
 use crate::sender::pool::PoolConfig;
+use crate::sender::webpush::{parse_private_key, WebPushConfig, WebPushSender};
 use anyhow::{bail, Context};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,8 @@ use std::time::Duration;
 /// holding a million payloads in memory.
 const POOL: u64 = 20_000;
 const BENCH_KEY_ID: &str = "BENCHKEY01";
+/// The embedded web push fake decrypts one body in this many (each an ECDH on its one core).
+pub const WEBPUSH_DECRYPT_EVERY: u64 = 16;
 const BENCH_TEAM_ID: &str = "BENCHTEAM1";
 /// A test-only service account (its key belongs to no Google project) for the embedded fake FCM.
 const BENCH_SERVICE_ACCOUNT: &[u8] = include_bytes!("../../fixtures/fcm/service-account.json");
@@ -80,6 +84,18 @@ pub fn run(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
                 let send = |m: Arc<GcmMessage>| {
                     let sender = sender.clone();
                     async move { sender.send(&m).await }
+                };
+                let rounds = rounds(args, &plan, count, &items, send, &interrupt).await;
+                fault.check()?;
+                Ok(rounds)
+            }
+            SenderConfig::WebPush(config, origin) => {
+                let items = generated_at(args, Platform::WebPush, pool, &origin, parse_webpush)?;
+                let sender = WebPushSender::new(*config)?;
+                let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gate());
+                let send = |m: Arc<WebPushMessage>| {
+                    let sender = sender.clone();
+                    async move { sender.send(&m).await.outcome }
                 };
                 let rounds = rounds(args, &plan, count, &items, send, &interrupt).await;
                 fault.check()?;
@@ -225,7 +241,19 @@ fn generated<M>(
     n: u64,
     parse: impl Fn(&[u8]) -> Result<M, crate::push::message::MessageError>,
 ) -> anyhow::Result<Vec<Arc<M>>> {
+    generated_at(args, platform, n, crate::gen::DEFAULT_WEBPUSH_ORIGIN, parse)
+}
+
+/// `generated`, with web push subscriptions pointing at `origin`.
+fn generated_at<M>(
+    args: &Settings,
+    platform: Platform,
+    n: u64,
+    origin: &str,
+    parse: impl Fn(&[u8]) -> Result<M, crate::push::message::MessageError>,
+) -> anyhow::Result<Vec<Arc<M>>> {
     let mut config = GenConfig::new(platform);
+    config.webpush_origin = origin.to_string();
     config.count = n.max(1);
     config.seed = args.seed;
     config.invalid_ratio = args.invalid_ratio;
@@ -246,6 +274,29 @@ fn generated<M>(
 pub enum SenderConfig {
     Apns(Box<ApnsConfig>),
     Fcm(Box<FcmConfig>),
+    /// With the origin the generated subscriptions point at.
+    WebPush(Box<WebPushConfig>, String),
+}
+
+impl SenderConfig {
+    /// The sender `pusher run` would hold for this configuration.
+    pub fn build(self) -> anyhow::Result<crate::pipeline::run::AppSender> {
+        use crate::pipeline::run::AppSender;
+        Ok(match self {
+            SenderConfig::Apns(config) => AppSender::apns(ApnsSender::new(*config)?),
+            SenderConfig::Fcm(config) => AppSender::gcm(FcmSender::new(*config)?),
+            SenderConfig::WebPush(config, _) => AppSender::webpush(WebPushSender::new(*config)?),
+        })
+    }
+
+    /// Where generated messages must point: the web push fake's origin (the other platforms
+    /// take the endpoint from the sender, not the message).
+    pub fn webpush_origin(&self) -> &str {
+        match self {
+            SenderConfig::WebPush(_, origin) => origin,
+            _ => crate::gen::DEFAULT_WEBPUSH_ORIGIN,
+        }
+    }
 }
 
 /// Where the pushes go: the embedded fake (started here) or the external endpoint; and the
@@ -264,7 +315,33 @@ pub fn target(t: &Target) -> anyhow::Result<(Option<FakeThread>, SenderConfig, S
         ..PoolConfig::default()
     };
     match t.platform {
-        Platform::WebPush => anyhow::bail!("web push benchmarks: not yet"),
+        Platform::WebPush => {
+            let fake = match &t.external {
+                Some(_) => None,
+                None => Some(FakeThread::start(
+                    profile()?,
+                    FakeKind::WebPush {
+                        decrypt_every: WEBPUSH_DECRYPT_EVERY,
+                    },
+                )?),
+            };
+            let (endpoint, ca_file, insecure) = endpoint(t, fake.as_ref())?;
+            // A fresh VAPID key per run: the fake checks every token's signature.
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .context("generating the bench's VAPID key")?;
+            let key = parse_private_key(&key.serialize_pem())?;
+            let mut config = WebPushConfig::new(key, "mailto:bench@pusher.invalid");
+            config.rules = EndpointRules::LOCAL;
+            config.push_services = vec![Endpoint::Custom(endpoint.clone()).target()?.host];
+            config.ca_file = ca_file;
+            config.insecure = insecure;
+            config.pool = pool;
+            Ok((
+                fake,
+                SenderConfig::WebPush(Box::new(config), endpoint),
+                profile_name,
+            ))
+        }
         Platform::Apns => {
             // A fresh provider key per run: the fake verifies every JWT, as APNs would.
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)

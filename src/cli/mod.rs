@@ -130,6 +130,9 @@ impl Cli {
                 send::SendPlatform::Gcm(_) => {
                     return refuse(config.is_some(), production, "`send gcm`")
                 }
+                send::SendPlatform::Webpush(_) => {
+                    return refuse(config.is_some(), production, "`send webpush`")
+                }
             },
             other => {
                 let name = format!("`{}`", other.name());

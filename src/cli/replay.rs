@@ -21,6 +21,7 @@ use crate::report::data::{
 };
 use crate::sender::apns::ApnsSender;
 use crate::sender::fcm::FcmSender;
+use crate::sender::webpush::WebPushSender;
 use anyhow::bail;
 use clap::Args;
 use std::io::Write;
@@ -257,6 +258,9 @@ fn to_sender(
         let sender = match config {
             SenderConfig::Apns(config) => AnySender::Apns(ApnsSender::new(*config)?),
             SenderConfig::Fcm(config) => AnySender::Fcm(FcmSender::new(*config)?),
+            SenderConfig::WebPush(config, origin) => {
+                AnySender::WebPush(WebPushSender::new(*config)?, origin.into())
+            }
         };
         let send = |e: &Entry| {
             let sender = sender.clone();
@@ -264,11 +268,25 @@ fn to_sender(
             let parsed = match &sender {
                 AnySender::Apns(_) => Parsed::Apns(parse_apns(&e.value)),
                 AnySender::Fcm(_) => Parsed::Gcm(parse_gcm(&e.value).map(Box::new)),
+                AnySender::WebPush(_, origin) => Parsed::WebPush(
+                    crate::push::message::parse_webpush(&e.value)
+                        .map(|m| Box::new(at_origin(m, origin))),
+                ),
             };
             async move {
                 let now = crate::clock::SystemClock.now();
                 match (sender, parsed) {
-                    (_, Parsed::Apns(Err(err)) | Parsed::Gcm(Err(err))) => Outcome::Malformed {
+                    (AnySender::WebPush(s, _), Parsed::WebPush(Ok(m))) => {
+                        if is_expired(m.push_expiry, now) {
+                            Outcome::Expired
+                        } else {
+                            s.send(&m).await.outcome
+                        }
+                    }
+                    (
+                        _,
+                        Parsed::Apns(Err(err)) | Parsed::Gcm(Err(err)) | Parsed::WebPush(Err(err)),
+                    ) => Outcome::Malformed {
                         reason: err.to_string(),
                     },
                     (AnySender::Apns(s), Parsed::Apns(Ok(m))) => {
@@ -344,12 +362,31 @@ fn to_sender(
 enum AnySender {
     Apns(ApnsSender),
     Fcm(FcmSender),
+    /// With the origin every subscription is pointed at (the fake's, or --endpoint).
+    WebPush(WebPushSender, Arc<str>),
 }
 
 /// A captured message parsed for its platform.
 enum Parsed {
     Apns(Result<crate::push::message::ApnsMessage, crate::push::message::MessageError>),
     Gcm(Result<Box<crate::push::gcm::GcmMessage>, crate::push::message::MessageError>),
+    WebPush(Result<Box<crate::push::webpush::WebPushMessage>, crate::push::message::MessageError>),
+}
+
+/// The subscription's endpoint moved to `origin`, its path kept: a capture's pushes go to the
+/// push service under test.
+fn at_origin(
+    mut m: crate::push::webpush::WebPushMessage,
+    origin: &str,
+) -> crate::push::webpush::WebPushMessage {
+    let path = m
+        .subscription
+        .endpoint
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
+        .unwrap_or_default();
+    m.subscription.endpoint = format!("{}{path}", origin.trim_end_matches('/'));
+    m
 }
 
 fn limit(args: &ReplayArgs) -> Limit {

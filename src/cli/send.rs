@@ -1,4 +1,4 @@
-//! `pusher send apns|gcm`: one push to one token, printed as one JSON line.
+//! `pusher send apns|gcm|webpush`: one push to one token, printed as one JSON line.
 //! Exit codes: 0 delivered, 1 not delivered, 2 usage or configuration error.
 
 use super::flags::{ApnsCredentials, EndpointFlags, FcmCredentials};
@@ -25,6 +25,47 @@ pub enum SendPlatform {
     Apns(Box<ApnsSendArgs>),
     /// Send one FCM push (HTTP v1 with a service account, or legacy with --api-key).
     Gcm(Box<GcmSendArgs>),
+    /// Send one web push to a browser's subscription (encrypted, VAPID-signed).
+    Webpush(Box<WebPushSendArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct WebPushSendArgs {
+    /// The browser's subscription as `PushSubscription.toJSON()` gives it:
+    /// '{"endpoint":"https://...","keys":{"p256dh":"...","auth":"..."}}'.
+    #[arg(long)]
+    pub subscription: String,
+    /// What the service worker receives: JSON or plain text (encrypted; at most 3993 bytes).
+    #[arg(long, default_value = "")]
+    pub payload: String,
+    /// Seconds the push service keeps the message while the browser is offline.
+    #[arg(long, default_value_t = crate::push::webpush::DEFAULT_TTL)]
+    pub ttl: u32,
+    /// very-low, low, normal or high.
+    #[arg(long)]
+    pub urgency: Option<String>,
+    /// Replaces an undelivered message with the same topic (1-32 base64url characters).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// VAPID private key file (PEM, or the raw key in base64url).
+    #[arg(long, value_name = "FILE")]
+    pub vapid_key: std::path::PathBuf,
+    /// VAPID contact (`mailto:` or `https:`).
+    #[arg(long)]
+    pub vapid_subject: String,
+    /// Accept http:// endpoints and loopback or private hosts (fakes only).
+    #[arg(long)]
+    pub allow_local_endpoints: bool,
+    #[command(flatten)]
+    pub endpoint: EndpointFlags,
+    /// Speak HTTP/1.1 only (default: HTTP/2, falling back to HTTP/1.1).
+    #[arg(long, conflicts_with = "http2")]
+    pub http1: bool,
+    /// Speak HTTP/2 only (no fallback).
+    #[arg(long)]
+    pub http2: bool,
+    #[command(flatten)]
+    pub attempt: AttemptFlags,
 }
 
 /// How one send goes: per-attempt timeout and attempts.
@@ -136,7 +177,65 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     match args.platform {
         SendPlatform::Apns(a) => run_apns(*a),
         SendPlatform::Gcm(a) => run_gcm(*a),
+        SendPlatform::Webpush(a) => run_webpush(*a),
     }
+}
+
+fn run_webpush(a: WebPushSendArgs) -> anyhow::Result<ExitCode> {
+    use crate::sender::webpush::{parse_private_key, WebPushConfig, WebPushSender};
+    if a.endpoint.endpoint.is_some() {
+        bail!("--endpoint does not apply to web push: the subscription names its push service");
+    }
+    let subscription: serde_json::Value =
+        serde_json::from_str(&a.subscription).context("--subscription is not valid JSON")?;
+    // The payload is sent as JSON when it is JSON, else as text.
+    let payload = serde_json::from_str::<serde_json::Value>(&a.payload)
+        .unwrap_or_else(|_| serde_json::Value::String(a.payload.clone()));
+    let message = serde_json::json!({"subscription": subscription, "payload": payload,
+        "ttl": a.ttl, "urgency": a.urgency, "topic": a.topic});
+    let message = crate::push::message::parse_webpush(message.to_string().as_bytes())
+        .context("cannot build the message")?;
+    let rules = if a.allow_local_endpoints {
+        crate::push::webpush::EndpointRules::LOCAL
+    } else {
+        crate::push::webpush::EndpointRules::STRICT
+    };
+    crate::push::webpush::check_subscription(&message.subscription, rules)
+        .context("--subscription")?;
+    if a.attempt.attempts == 0 {
+        bail!("--attempts must be at least 1");
+    }
+    let key_text = std::fs::read_to_string(&a.vapid_key)
+        .with_context(|| format!("--vapid-key: reading {}", a.vapid_key.display()))?;
+    let key = parse_private_key(&key_text).context("--vapid-key")?;
+    let mut config = WebPushConfig::new(key, a.vapid_subject.clone());
+    config.rules = rules;
+    config.ca_file = a.endpoint.ca.clone();
+    config.insecure = a.endpoint.insecure;
+    config.http = match (a.http1, a.http2) {
+        (true, _) => HttpVersion::Http1,
+        (_, true) => HttpVersion::Http2,
+        _ => HttpVersion::Auto,
+    };
+    (config.pool, config.retry) = one_shot(&a.attempt);
+    let sender = WebPushSender::new(config)?;
+    let public_key = sender.public_key().to_string();
+    send_and_print(
+        async move { sender.send(&message).await },
+        |d| {
+            serde_json::json!({
+                "outcome": d.outcome.class(),
+                "status": d.status,
+                "reason": d.outcome.reason(),
+                "location": d.location,
+                "attempts": d.attempts,
+                "error": d.transport_error,
+                "endpoint_fault": d.endpoint_fault,
+                "vapid_public_key": public_key,
+            })
+        },
+        |d| d.outcome.is_delivered(),
+    )
 }
 
 fn run_apns(a: ApnsSendArgs) -> anyhow::Result<ExitCode> {
