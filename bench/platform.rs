@@ -65,6 +65,7 @@ fn main() {
                         platform_id: None,
                         app_version: "1.0".into(),
                         registered_ms: 1_700_000_000_000,
+                        keys: None,
                     })
                 })
                 .collect();

@@ -42,6 +42,7 @@ fn settings(app: &str) -> ApiSettings {
         sync_timeout: Duration::from_secs(30),
         metrics_token: None,
         queues: Default::default(),
+        webpush_rules: pusher::push::webpush::EndpointRules::LOCAL,
     }
 }
 
@@ -556,6 +557,7 @@ async fn results_of_a_push_are_stored_and_served() {
         platform_id: None,
         app_version: String::new(),
         registered_ms,
+        keys: None,
     };
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -731,6 +731,7 @@ async fn a_sigkilled_router_loses_nothing_and_repeats_at_most_a_batch() {
             platform_id: None,
             app_version: String::new(),
             registered_ms: 1,
+            keys: None,
         })
         .collect();
     Registry::new(store.pool())

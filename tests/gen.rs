@@ -162,7 +162,7 @@ fn every_line_parses_back_with_the_pusher_parser() {
 
 #[test]
 fn payload_sizes_hit_their_targets() {
-    for platform in [Platform::Apns, Platform::Gcm] {
+    for platform in [Platform::Apns, Platform::Gcm, Platform::WebPush] {
         for target in [400, 1000, 3500] {
             let mut config = GenConfig::new(platform);
             config.count = 50;
@@ -175,6 +175,8 @@ fn payload_sizes_hit_their_targets() {
                     Platform::Gcm => {
                         v["notification"].to_string().len() + v["data"].to_string().len()
                     }
+                    // What gets encrypted: the payload's JSON as written.
+                    Platform::WebPush => v["payload"].to_string().len(),
                 };
                 assert_eq!(
                     size,
@@ -189,7 +191,7 @@ fn payload_sizes_hit_their_targets() {
 
 #[test]
 fn token_rules_follow_the_ratios() {
-    for platform in [Platform::Apns, Platform::Gcm] {
+    for platform in [Platform::Apns, Platform::Gcm, Platform::WebPush] {
         let mut config = GenConfig::new(platform);
         config.count = 30_000;
         config.seed = 99;

@@ -67,6 +67,7 @@ impl Platform {
                 apns_group: format!("apns-{app}"),
                 gcm_group: format!("gcm-{app}"),
             },
+            webpush_rules: pusher::push::webpush::EndpointRules::LOCAL,
         };
         let producer = Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap();
         let state = ApiState::new(settings, producer, store.clone());
@@ -359,6 +360,7 @@ async fn registry_rules_and_rest_calls() {
         platform_id: None,
         app_version: String::new(),
         registered_ms: 1_000,
+        keys: None,
     };
     registry.register(&p.app, &[old], &[]).await.unwrap();
     assert_eq!(p.devices(8).await["devices"][0]["token"], "tok-5");
@@ -503,6 +505,7 @@ async fn segments_reach_every_matching_device_and_resume() {
             platform_id: None,
             app_version: "2.0".into(),
             registered_ms: 1_700_000_000_000,
+            keys: None,
         })
         .collect();
     let logins: Vec<Login> = (0..3000)

@@ -109,6 +109,7 @@ pub(super) fn start_servers(
                         sync_timeout: Duration::from_secs(10),
                         metrics_token: None,
                         queues: Queues::default(),
+                        webpush_rules: crate::push::webpush::EndpointRules::LOCAL,
                     };
                     let producer = Producer::new(&brokers, settings.produce_timeout)?;
                     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -76,6 +76,7 @@ async fn prepare(
                 platform_id: None,
                 app_version: String::new(),
                 registered_ms: now_ms,
+                keys: None,
             })
             .collect();
         let logins: Vec<Login> = (start..end)

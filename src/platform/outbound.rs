@@ -31,11 +31,14 @@ pub fn push_message(d: &Device, n: &Notification, deeplink_base: &str, now_ms: i
         metadata["message"] = Value::String(n.message.clone());
     }
     let mut message = match d.platform {
-        // A browser: the registry keeps its subscription (endpoint and keys) as the token's
-        // JSON; the service worker gets the title, body, data and deep link as JSON.
+        // A browser: its subscription is the endpoint (the token) and the keys kept beside
+        // it; the service worker gets the title, body, data and deep link as JSON.
         Platform::WebPush => {
-            let subscription = serde_json::from_str::<Value>(&d.token)
-                .unwrap_or_else(|_| Value::String(d.token.clone()));
+            let subscription = match d.subscription() {
+                Some(s) => json!(s),
+                // Keys lost: the pusher refuses it as malformed, with a feedback record.
+                None => json!({"endpoint": d.token}),
+            };
             let mut payload = json!({"title": n.title, "body": n.content});
             if !n.data.is_empty() {
                 payload["data"] = Value::Object(n.data.clone());
@@ -122,7 +125,7 @@ pub fn not_sent_feedback(
     let metadata = json!({"notif_id": n.notif_id, "message": n.message, "game": app,
         "outcome": "rate_limited", "reason": reason, "timestamp": seconds});
     let record = match d.platform {
-        Platform::WebPush => json!({"endpoint": webpush_endpoint(&d.token), "sent": false,
+        Platform::WebPush => json!({"endpoint": d.token, "sent": false,
                                     "reason": "rate_limited", "metadata": metadata}),
         Platform::Apns => json!({"Sent": false, "Reason": "rate_limited", "DeviceToken": d.token,
                                  "timestamp": seconds, "metadata": metadata}),
@@ -130,13 +133,6 @@ pub fn not_sent_feedback(
                                 "error_description": reason, "metadata": metadata}),
     };
     serde_json::to_vec(&record).unwrap_or_default()
-}
-
-/// A web push device's endpoint: its registry token is the subscription's JSON.
-fn webpush_endpoint(token: &str) -> String {
-    serde_json::from_str::<crate::push::webpush::Subscription>(token)
-        .map(|s| s.endpoint)
-        .unwrap_or_else(|_| token.to_string())
 }
 
 /// The feedback topic of `app` and `platform` from the template
@@ -161,6 +157,7 @@ mod tests {
             platform_id: None,
             app_version: String::new(),
             registered_ms: 0,
+            keys: None,
         }
     }
 

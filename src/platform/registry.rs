@@ -24,6 +24,20 @@ pub struct Device {
     pub app_version: String,
     /// When it was registered (the login's time), Unix milliseconds.
     pub registered_ms: i64,
+    /// Web push: the subscription's keys (its endpoint is the token). Not shown by the API:
+    /// `auth` is the browser's secret.
+    #[serde(skip)]
+    pub keys: Option<crate::push::webpush::Keys>,
+}
+
+impl Device {
+    /// The web push subscription this device is, if it is one.
+    pub fn subscription(&self) -> Option<crate::push::webpush::Subscription> {
+        Some(crate::push::webpush::Subscription {
+            endpoint: self.token.clone(),
+            keys: self.keys.clone()?,
+        })
+    }
 }
 
 /// A user's language, from their last login.
@@ -41,6 +55,14 @@ pub fn platform_of_pushkin_id(id: i64) -> Option<Platform> {
         2 | 5 => Some(Platform::Apns),
         _ => None,
     }
+}
+
+/// A web push device's keys from their columns.
+fn keys(p256dh: Option<String>, auth: Option<String>) -> Option<crate::push::webpush::Keys> {
+    Some(crate::push::webpush::Keys {
+        p256dh: p256dh?,
+        auth: auth?,
+    })
 }
 
 #[derive(Clone)]
@@ -90,6 +112,14 @@ impl Registry {
         let device_ids: Vec<&str> = devices.iter().map(|d| d.device_id.as_str()).collect();
         let platform_ids: Vec<Option<i32>> = devices.iter().map(|d| d.platform_id).collect();
         let versions: Vec<&str> = devices.iter().map(|d| d.app_version.as_str()).collect();
+        let p256dh: Vec<Option<&str>> = devices
+            .iter()
+            .map(|d| d.keys.as_ref().map(|k| k.p256dh.as_str()))
+            .collect();
+        let auth: Vec<Option<&str>> = devices
+            .iter()
+            .map(|d| d.keys.as_ref().map(|k| k.auth.as_str()))
+            .collect();
         let at: Vec<f64> = devices
             .iter()
             .map(|d| d.registered_ms as f64 / 1000.0)
@@ -100,16 +130,19 @@ impl Registry {
         if !devices.is_empty() {
             tx.execute(
                 "INSERT INTO pusher_devices AS d
-                   (app, token, platform, user_id, device_id, platform_id, app_version, updated_at)
+                   (app, token, platform, user_id, device_id, platform_id, app_version, updated_at,
+                    p256dh, auth)
                  SELECT $1, t.token, t.platform, t.user_id, t.device_id, t.platform_id,
-                        t.app_version, to_timestamp(t.at)
+                        t.app_version, to_timestamp(t.at), t.p256dh, t.auth
                  FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[],
-                             $7::text[], $8::float8[])
-                   AS t(token, platform, user_id, device_id, platform_id, app_version, at)
+                             $7::text[], $8::float8[], $9::text[], $10::text[])
+                   AS t(token, platform, user_id, device_id, platform_id, app_version, at,
+                        p256dh, auth)
                  ON CONFLICT (app, token) DO UPDATE
                    SET platform = EXCLUDED.platform, user_id = EXCLUDED.user_id,
                        device_id = EXCLUDED.device_id, platform_id = EXCLUDED.platform_id,
-                       app_version = EXCLUDED.app_version, updated_at = EXCLUDED.updated_at
+                       app_version = EXCLUDED.app_version, updated_at = EXCLUDED.updated_at,
+                       p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth
                    WHERE d.updated_at <= EXCLUDED.updated_at",
                 &[
                     &app,
@@ -120,6 +153,8 @@ impl Registry {
                     &platform_ids,
                     &versions,
                     &at,
+                    &p256dh,
+                    &auth,
                 ],
             )
             .await?;
@@ -173,7 +208,7 @@ impl Registry {
         let rows = client
             .query(
                 "SELECT user_id, platform, token, device_id, platform_id, app_version,
-                        (extract(epoch FROM updated_at) * 1000)::bigint
+                        (extract(epoch FROM updated_at) * 1000)::bigint, p256dh, auth
                  FROM pusher_devices WHERE app = $1 AND user_id = ANY($2)
                  ORDER BY user_id, updated_at DESC, token",
                 &[&app, &users],
@@ -190,6 +225,7 @@ impl Registry {
                     platform_id: r.get(4),
                     app_version: r.get(5),
                     registered_ms: r.get(6),
+                    keys: keys(r.get(7), r.get(8)),
                 })
             })
             .collect())
@@ -210,7 +246,7 @@ impl Registry {
         let rows = client
             .query(
                 "SELECT d.user_id, d.platform, d.token, d.device_id, d.platform_id, d.app_version,
-                        (extract(epoch FROM d.updated_at) * 1000)::bigint
+                        (extract(epoch FROM d.updated_at) * 1000)::bigint, d.p256dh, d.auth
                  FROM pusher_devices d
                  LEFT JOIN pusher_logins l ON l.app = d.app AND l.user_id = d.user_id
                  WHERE d.app = $1 AND d.token > $2
@@ -243,6 +279,7 @@ impl Registry {
                     platform_id: r.get(4),
                     app_version: r.get(5),
                     registered_ms: r.get(6),
+                    keys: keys(r.get(7), r.get(8)),
                 })
             })
             .collect())

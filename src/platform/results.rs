@@ -40,7 +40,7 @@ pub struct ResultCounts {
 pub fn feedback_pattern(template: &str) -> String {
     let escaped = regex::escape(template)
         .replace(r"\{app\}", "[A-Za-z0-9_-]+")
-        .replace(r"\{platform\}", "(apns|gcm)");
+        .replace(r"\{platform\}", "(apns|gcm|webpush)");
     format!("^{escaped}$")
 }
 
@@ -49,15 +49,21 @@ pub fn result_of(record: &Value) -> Option<ResultRow> {
     let metadata = record.get("metadata")?;
     let notif_id = metadata.get("notif_id")?.as_str()?.to_owned();
     let app = metadata.get("game")?.as_str()?.to_owned();
-    let (platform, token) = match (record.get("DeviceToken"), record.get("from")) {
-        (Some(t), _) => ("apns", t.as_str()?),
-        (None, Some(t)) => ("gcm", t.as_str()?),
+    let (platform, token) = match (
+        record.get("DeviceToken"),
+        record.get("from"),
+        record.get("endpoint"),
+    ) {
+        (Some(t), _, _) => ("apns", t.as_str()?),
+        (None, Some(t), _) => ("gcm", t.as_str()?),
+        (None, None, Some(t)) => ("webpush", t.as_str()?),
         _ => return None,
     };
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
     // Records from before `metadata.outcome` existed: delivered when nothing says otherwise.
     let failed = record.get("error").is_some_and(|e| !e.is_null())
-        || record.get("Sent").is_some_and(|s| s == false);
+        || record.get("Sent").is_some_and(|s| s == false)
+        || record.get("sent").is_some_and(|s| s == false);
     let outcome = metadata
         .get("outcome")
         .and_then(Value::as_str)
@@ -221,5 +227,19 @@ mod tests {
         let gcm = json!({"from": "t2", "metadata": {"notif_id": "n", "game": "g", "timestamp": 6}});
         assert_eq!(result_of(&gcm).unwrap().outcome, "delivered");
         assert!(result_of(&json!({"from": "t", "metadata": {"game": "g"}})).is_none());
+        let web = json!({"endpoint": "https://push.example.com/x", "sent": false, "status": 410,
+            "outcome": "token_invalid", "metadata": {"notif_id": "n", "game": "g", "timestamp": 7,
+            "outcome": "token_invalid", "reason": "gone"}});
+        let row = result_of(&web).unwrap();
+        assert_eq!(
+            (
+                row.platform.as_str(),
+                row.token.as_str(),
+                row.outcome.as_str()
+            ),
+            ("webpush", "https://push.example.com/x", "token_invalid")
+        );
+        let re = regex::Regex::new(&feedback_pattern("push-{app}-{platform}-feedbacks")).unwrap();
+        assert!(re.is_match("push-site-webpush-feedbacks"));
     }
 }

@@ -469,6 +469,7 @@ fn login(
             platform_id: i32::try_from(platform_id).ok(),
             app_version: get("applicationVersion").unwrap_or_default().to_owned(),
             registered_ms: at_ms,
+            keys: None,
         },
         Login {
             user_id,

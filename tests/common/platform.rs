@@ -51,6 +51,7 @@ pub fn api_settings(app: &str, key: &str) -> ApiSettings {
         sync_timeout: Duration::from_secs(30),
         metrics_token: None,
         queues: Default::default(),
+        webpush_rules: pusher::push::webpush::EndpointRules::LOCAL,
     }
 }
 

@@ -2,10 +2,12 @@
 //! (notification, token) as one message in this pusher's Kafka format (DESIGN.md §4) with
 //! `metadata.notif_id`. Pure: no I/O, so every rule here has a unit test.
 
-use crate::push::message::{parse_apns, parse_gcm};
+use crate::push::message::{parse_apns, parse_gcm, parse_webpush};
+use crate::push::webpush::{check_subscription, EndpointRules, Keys, Subscription};
 use crate::push::Platform;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 
 /// gorush's request body. Unknown fields (gorush's Huawei, `android`, `webpush` blocks, ...)
 /// are accepted and ignored, so a body written for gorush loads unchanged.
@@ -24,6 +26,9 @@ pub struct PushRequest {
 pub struct Notification {
     pub notif_id: Option<String>,
     pub tokens: Vec<String>,
+    /// Browsers (platform 4, our extension: gorush has no web push): their subscriptions
+    /// instead of tokens.
+    pub subscriptions: Vec<Subscription>,
     pub platform: Option<i64>,
     pub message: Option<String>,
     pub title: Option<String>,
@@ -77,15 +82,19 @@ pub fn platform(n: Option<i64>, field: &str) -> Result<Platform, FieldError> {
     match n {
         Some(1) => Ok(Platform::Apns),
         Some(2) => Ok(Platform::Gcm),
+        Some(4) => Ok(Platform::WebPush),
         Some(3) => Err(FieldError::new(
             field,
             "3 (Huawei) is not supported here: 1 is iOS, 2 is Android",
         )),
         Some(n) => Err(FieldError::new(
             field,
-            format!("{n} is no platform: 1 is iOS, 2 is Android"),
+            format!("{n} is no platform: 1 is iOS, 2 is Android, 4 is a browser (web push)"),
         )),
-        None => Err(FieldError::new(field, "required: 1 is iOS, 2 is Android")),
+        None => Err(FieldError::new(
+            field,
+            "required: 1 is iOS, 2 is Android, 4 is a browser (web push)",
+        )),
     }
 }
 
@@ -94,7 +103,10 @@ pub fn platform(n: Option<i64>, field: &str) -> Result<Platform, FieldError> {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub platform: Platform,
+    /// Distinct tokens; a browser's is its subscription's endpoint.
     pub tokens: Vec<String>,
+    /// Web push: the keys of each endpoint.
+    keys: HashMap<String, Keys>,
     template: Map<String, Value>,
 }
 
@@ -102,11 +114,15 @@ impl Prepared {
     /// The Kafka message for one token, carrying `notif_id` in its metadata.
     pub fn message(&self, token: &str, notif_id: &str) -> Vec<u8> {
         let mut message = self.template.clone();
-        let token_key = match self.platform {
-            Platform::Apns => "DeviceToken",
-            Platform::Gcm | Platform::WebPush => "to",
+        let (key, value) = match self.platform {
+            Platform::Apns => ("DeviceToken", Value::String(token.to_owned())),
+            Platform::Gcm => ("to", Value::String(token.to_owned())),
+            Platform::WebPush => (
+                "subscription",
+                json!({"endpoint": token, "keys": self.keys.get(token)}),
+            ),
         };
-        message.insert(token_key.to_owned(), Value::String(token.to_owned()));
+        message.insert(key.to_owned(), value);
         message.insert("metadata".to_owned(), json!({ "notif_id": notif_id }));
         // A map of JSON values always serializes.
         serde_json::to_vec(&message).unwrap_or_default()
@@ -115,11 +131,38 @@ impl Prepared {
 
 /// Checks notification `i` and builds its template. The template is run through the same
 /// parser `pusher run` uses, so anything accepted here is a message the pusher can send.
-pub fn prepare(i: usize, n: &Notification) -> Result<Prepared, FieldError> {
+pub fn prepare(i: usize, n: &Notification, rules: EndpointRules) -> Result<Prepared, FieldError> {
     let at = |field: &str| format!("notifications[{i}].{field}");
     let platform = platform(n.platform, &at("platform"))?;
-    let mut tokens: Vec<String> = Vec::with_capacity(n.tokens.len());
-    for (j, token) in n.tokens.iter().enumerate() {
+    let mut keys = HashMap::new();
+    if platform == Platform::WebPush {
+        if !n.tokens.is_empty() {
+            return Err(FieldError::new(
+                at("tokens"),
+                "a browser has no token: give its subscriptions",
+            ));
+        }
+        for (j, s) in n.subscriptions.iter().enumerate() {
+            check_subscription(s, rules).map_err(|e| {
+                FieldError::new(
+                    format!("notifications[{i}].subscriptions[{j}]"),
+                    e.to_string(),
+                )
+            })?;
+            keys.insert(s.endpoint.clone(), s.keys.clone());
+        }
+    } else if !n.subscriptions.is_empty() {
+        return Err(FieldError::new(
+            at("subscriptions"),
+            "only browsers (platform 4) have subscriptions",
+        ));
+    }
+    let given: Vec<String> = match platform {
+        Platform::WebPush => n.subscriptions.iter().map(|s| s.endpoint.clone()).collect(),
+        _ => n.tokens.clone(),
+    };
+    let mut tokens: Vec<String> = Vec::with_capacity(given.len());
+    for (j, token) in given.iter().enumerate() {
         if token.is_empty()
             || token.len() > MAX_TOKEN_LEN
             || token.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -134,10 +177,12 @@ pub fn prepare(i: usize, n: &Notification) -> Result<Prepared, FieldError> {
         }
     }
     if tokens.is_empty() {
-        return Err(FieldError::new(
-            at("tokens"),
-            "required: at least one token",
-        ));
+        return Err(match platform {
+            Platform::WebPush => {
+                FieldError::new(at("subscriptions"), "required: at least one subscription")
+            }
+            _ => FieldError::new(at("tokens"), "required: at least one token"),
+        });
     }
     if let Some(id) = &n.notif_id {
         if id.is_empty() || id.len() > 200 {
@@ -167,17 +212,20 @@ pub fn prepare(i: usize, n: &Notification) -> Result<Prepared, FieldError> {
     };
     let template = match platform {
         Platform::Apns => apns_template(n, priority),
-        Platform::Gcm | Platform::WebPush => gcm_template(n, priority),
+        Platform::Gcm => gcm_template(n, priority),
+        Platform::WebPush => webpush_template(n, priority),
     };
     let prepared = Prepared {
         platform,
         tokens,
+        keys,
         template,
     };
     let sample = prepared.message(&prepared.tokens[0], "check");
     let parsed = match platform {
         Platform::Apns => parse_apns(&sample).map(|_| ()),
-        Platform::Gcm | Platform::WebPush => parse_gcm(&sample).map(|_| ()),
+        Platform::Gcm => parse_gcm(&sample).map(|_| ()),
+        Platform::WebPush => parse_webpush(&sample).map(|_| ()),
     };
     parsed.map_err(|e| FieldError::new(format!("notifications[{i}]"), e.to_string()))?;
     Ok(prepared)
@@ -253,6 +301,40 @@ fn apns_template(n: &Notification, priority: Option<&str>) -> Map<String, Value>
 }
 
 /// The legacy GCM fields the pusher sends through FCM v1.
+/// A browser's push: what the service worker gets is JSON with the notification's fields
+/// (`title`, `body`, `image`, `data`); `time_to_live` is the `TTL`, `collapse_key` the
+/// `Topic`, priority the `Urgency`.
+fn webpush_template(n: &Notification, priority: Option<&str>) -> Map<String, Value> {
+    let mut payload = Map::new();
+    if let Some(t) = n.title.as_deref().filter(|t| !t.is_empty()) {
+        payload.insert("title".into(), json!(t));
+    }
+    if let Some(b) = n.message.as_deref().filter(|m| !m.is_empty()) {
+        payload.insert("body".into(), json!(b));
+    }
+    if let Some(image) = &n.image {
+        payload.insert("image".into(), json!(image));
+    }
+    if let Some(data) = n.data.as_ref().filter(|d| !d.is_empty()) {
+        payload.insert("data".into(), Value::Object(data.clone()));
+    }
+    let mut message = Map::new();
+    message.insert("payload".into(), Value::Object(payload));
+    if let Some(ttl) = n.time_to_live {
+        message.insert("ttl".into(), json!(ttl));
+    }
+    if let Some(topic) = &n.collapse_key {
+        message.insert("topic".into(), json!(topic));
+    }
+    if let Some(p) = priority {
+        message.insert("urgency".into(), json!(p));
+    }
+    if let Some(expiration) = n.expiration.filter(|e| *e > 0) {
+        message.insert("push_expiry".into(), json!(expiration.saturating_mul(1000)));
+    }
+    message
+}
+
 fn gcm_template(n: &Notification, priority: Option<&str>) -> Map<String, Value> {
     let mut message = Map::new();
     let mut notification = Map::new();
@@ -299,7 +381,7 @@ mod tests {
 
     fn one(body: Value) -> Result<Prepared, FieldError> {
         let n: Notification = serde_json::from_value(body).unwrap();
-        prepare(0, &n)
+        prepare(0, &n, EndpointRules::STRICT)
     }
 
     #[test]

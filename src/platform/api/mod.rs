@@ -54,6 +54,8 @@ pub struct ApiSettings {
     pub metrics_token: Option<Secret>,
     /// Whose backlogs the monitoring routes report.
     pub queues: Queues,
+    /// Which web push endpoints a subscription may name (`webpush.allowLocalEndpoints`).
+    pub webpush_rules: crate::push::webpush::EndpointRules,
 }
 
 /// The consumer groups behind Pushkin's queue routes, and where their topics are.
@@ -97,6 +99,11 @@ impl ApiSettings {
                 apns_group: config.group(Platform::Apns),
                 gcm_group: config.group(Platform::Gcm),
             },
+            webpush_rules: if config.webpush.allow_local_endpoints {
+                crate::push::webpush::EndpointRules::LOCAL
+            } else {
+                crate::push::webpush::EndpointRules::STRICT
+            },
         }
     }
 }
@@ -115,7 +122,7 @@ pub struct Inner {
     /// The page's last look at the router group's progress, per app (for routed/s).
     ui_routed: Mutex<std::collections::HashMap<String, (Instant, i64)>>,
     /// Records accepted by this process, by app and platform (gorush's `/api/stat/app`).
-    accepted: Mutex<BTreeMap<String, [u64; 2]>>,
+    accepted: Mutex<BTreeMap<String, [u64; 3]>>,
 }
 
 impl std::ops::Deref for ApiState {
@@ -158,6 +165,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/post_events_proto", post(events))
         .route("/api/v1/events", post(events))
         .route("/api/v1/devices", axum::routing::put(registry::put_device))
+        .route(
+            "/api/v1/webpush/subscriptions",
+            axum::routing::put(registry::put_subscription).delete(registry::delete_subscription),
+        )
         .route(
             "/api/v1/devices/{token}",
             axum::routing::delete(registry::delete_device),
@@ -478,7 +489,9 @@ async fn push(
         .notifications
         .iter()
         .enumerate()
-        .map(|(i, n)| gorush::prepare(i, n).map_err(|e| ApiError::bad(e.field, e.message)))
+        .map(|(i, n)| {
+            gorush::prepare(i, n, s.webpush_rules).map_err(|e| ApiError::bad(e.field, e.message))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let tokens: usize = prepared.iter().map(|p| p.tokens.len()).sum();
     if tokens > s.max_tokens {
@@ -512,13 +525,13 @@ async fn push(
         .collect();
     let accepted = accept(&state, app, &headers, "notifications", items).await?;
 
-    let mut by_platform = [0u64; 2];
+    let mut by_platform = [0u64; 3];
     for (p, fresh) in prepared.iter().zip(&accepted.fresh) {
         if *fresh {
             by_platform[platform_index(p.platform)] += p.tokens.len() as u64;
         }
     }
-    for platform in [Platform::Apns, Platform::Gcm] {
+    for platform in [Platform::Apns, Platform::Gcm, Platform::WebPush] {
         let n = by_platform[platform_index(platform)];
         if n > 0 {
             metrics::counter!(crate::telemetry::names::API_ACCEPTED,
@@ -529,8 +542,9 @@ async fn push(
     {
         let mut stats = state.accepted.lock();
         let entry = stats.entry(app.to_owned()).or_default();
-        entry[0] += by_platform[0];
-        entry[1] += by_platform[1];
+        for (total, n) in entry.iter_mut().zip(by_platform) {
+            *total += n;
+        }
     }
     let logs = if request.sync {
         sync_logs(&state, app, &accepted).await?
@@ -907,13 +921,14 @@ async fn notification(
 fn platform_index(p: Platform) -> usize {
     match p {
         Platform::Apns => 0,
-        Platform::Gcm | Platform::WebPush => 1,
+        Platform::Gcm => 1,
+        Platform::WebPush => 2,
     }
 }
 
 /// gorush's `GET /api/stat/app`, for the caller's app: what this process accepted.
 async fn stat_app(State(state): State<ApiState>, caller: Caller) -> Json<Value> {
-    let [ios, android] = state
+    let [ios, android, web] = state
         .accepted
         .lock()
         .get(&*caller.app)
@@ -922,9 +937,10 @@ async fn stat_app(State(state): State<ApiState>, caller: Caller) -> Json<Value> 
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "app": &*caller.app,
-        "total_count": ios + android,
+        "total_count": ios + android + web,
         "ios": {"accepted": ios},
         "android": {"accepted": android},
+        "web": {"accepted": web},
     }))
 }
 

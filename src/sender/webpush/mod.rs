@@ -273,6 +273,16 @@ impl WebPushSender {
                 .attempt(&sub.origin, &path, &headers, body.clone())
                 .await
             {
+                // A push service refusing our VAPID token refuses every push alike: our key
+                // or clock is wrong, not the message (a 403 may be the subscription's: it
+                // was made for another application server key).
+                Ok((response, _)) if response.status == 401 && trusted => Attempt {
+                    answer: Some(response),
+                    verdict: Verdict::Fault {
+                        reason: "vapid_unauthorized".into(),
+                    },
+                    error: None,
+                },
                 Ok((response, verdict)) => Attempt::answered(response, verdict),
                 Err(AttemptError::Vapid(e)) => Attempt::fault("vapid", e.to_string()),
                 Err(AttemptError::Origin(e)) => Attempt::final_outcome(Outcome::TokenInvalid {

@@ -1,0 +1,309 @@
+//! pusher's web push sender against the fake push service (on port 0, HTTP/2 over TLS and h2c,
+//! HTTP/1.1), and its encryption against a third party: Mozilla's Python `http_ece` decrypts
+//! what we encrypt (skipped, with a message, where it is not installed).
+
+use base64::Engine;
+use pusher::mock::{MockConfig, MockServer, WebPushHandler, WebPushOptions};
+use pusher::push::webpush::{
+    generated_subscription, key_slot, slot_keys, EndpointRules, Keys, Subscription, WebPushMessage,
+    MAX_PLAINTEXT,
+};
+use pusher::push::Outcome;
+use pusher::sender::transport::HttpVersion;
+use pusher::sender::webpush::{encrypt, WebPushConfig, WebPushSender};
+use pusher::sender::{OnFault, RetryPolicy};
+use std::io::Write;
+use std::time::Duration;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn message(subscription: Subscription, payload: &[u8]) -> WebPushMessage {
+    WebPushMessage {
+        subscription,
+        payload: payload.to_vec(),
+        ttl: 60,
+        urgency: None,
+        topic: Some("news".into()),
+        metadata: Default::default(),
+        push_expiry: 0,
+    }
+}
+
+struct Fake {
+    server: MockServer,
+    _ca: tempfile::NamedTempFile,
+    ca_path: std::path::PathBuf,
+}
+
+async fn fake() -> Fake {
+    let server = MockServer::start_with(
+        MockConfig::default(),
+        WebPushHandler::new(WebPushOptions::default()),
+    )
+    .await
+    .expect("fake web push service");
+    let mut ca = tempfile::NamedTempFile::new().expect("temp file");
+    ca.write_all(server.ca_pem().as_bytes())
+        .expect("CA written");
+    let ca_path = ca.path().to_path_buf();
+    Fake {
+        server,
+        _ca: ca,
+        ca_path,
+    }
+}
+
+fn sender(fake: &Fake, http: HttpVersion) -> WebPushSender {
+    let (key, _) = slot_keys(7);
+    let mut config = WebPushConfig::new(key, "mailto:ops@example.com");
+    config.rules = EndpointRules::LOCAL;
+    config.push_services = vec!["127.0.0.1".into()];
+    config.ca_file = Some(fake.ca_path.clone());
+    config.http = http;
+    config.retry = RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(5),
+        cap: Duration::from_millis(20),
+        max_retry_after: Duration::from_secs(2),
+    };
+    WebPushSender::new(config).expect("sender")
+}
+
+#[tokio::test]
+async fn pushes_reach_the_fake_over_every_transport_and_verdicts_map() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let fake = fake().await;
+        let tls = format!("https://{}", fake.server.tls_addr().expect("tls"));
+        let h2c = format!("http://{}", fake.server.h2c_addr().expect("h2c"));
+        for (origin, http) in [
+            (&tls, HttpVersion::Http2),
+            (&h2c, HttpVersion::Http2),
+            (&tls, HttpVersion::Http1),
+            (&tls, HttpVersion::Auto),
+        ] {
+            let sender = sender(&fake, http);
+            let id = |rule: &str| format!("{rule}{:060x}", key_slot(origin) as u64 + http as u64);
+            let send = |id: String| {
+                let sender = sender.clone();
+                let m = message(generated_subscription(origin, &id), b"{\"title\":\"hi\"}");
+                async move { sender.send(&m).await }
+            };
+            let d = send(id("a000")).await;
+            assert_eq!(d.outcome, Outcome::Delivered, "{origin} {http:?}: {d:?}");
+            assert_eq!((d.status, d.attempts), (Some(201), 1));
+            assert!(d.location.is_some_and(|l| !l.is_empty()));
+            for gone in ["dead", "gone", "bad0"] {
+                let d = send(id(gone)).await;
+                assert!(
+                    matches!(d.outcome, Outcome::TokenInvalid { .. }),
+                    "{gone}: {d:?}"
+                );
+            }
+            // 429 with Retry-After, and 503: retried, then delivered.
+            for once in ["4290", "5030"] {
+                let d = send(id(once)).await;
+                assert_eq!(
+                    (d.outcome.clone(), d.attempts),
+                    (Outcome::Delivered, 2),
+                    "{once}: {d:?}"
+                );
+            }
+        }
+        let stats = fake.server.stats().snapshot();
+        // Per transport: one plain and two retried pushes answered 201, every body decrypted
+        // by the fake with the subscription's keys.
+        assert_eq!(stats.by_status.get(&201).copied(), Some(4 * 3), "{stats:?}");
+        assert_eq!(stats.decrypted, stats.requests, "{stats:?}");
+        fake.server.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn hostile_subscriptions_are_refused_before_any_connection() {
+    let fake = fake().await;
+    let origin = format!("https://{}", fake.server.tls_addr().expect("tls"));
+    let good = generated_subscription(&origin, "a1");
+    let mut config = WebPushConfig::new(slot_keys(1).0, "mailto:ops@example.com");
+    config.ca_file = Some(fake.ca_path.clone());
+    // Production rules: https only, no private hosts.
+    let strict = WebPushSender::new(config).expect("sender");
+    let with = |endpoint: &str, keys: Keys| Subscription {
+        endpoint: endpoint.into(),
+        keys,
+    };
+    let keys = |p256dh: &str, auth: &str| Keys {
+        p256dh: p256dh.into(),
+        auth: auth.into(),
+    };
+    let cases = [
+        (good.clone(), "endpoint_private_address"),
+        (
+            with("http://push.example.com/x", good.keys.clone()),
+            "endpoint_not_https",
+        ),
+        (
+            with(
+                "https://169.254.169.254/latest/meta-data",
+                good.keys.clone(),
+            ),
+            "endpoint_private_address",
+        ),
+        (
+            with(
+                "https://push.example.com/x",
+                keys("not base64!", &good.keys.auth),
+            ),
+            "bad_subscription_key",
+        ),
+        (
+            with(
+                "https://push.example.com/x",
+                keys(&b64(&[4; 33]), &good.keys.auth),
+            ),
+            "bad_subscription_key",
+        ),
+        (
+            with(
+                "https://push.example.com/x",
+                keys(&good.keys.p256dh, &b64(&[1; 15])),
+            ),
+            "bad_subscription_key",
+        ),
+        (with("::::", good.keys.clone()), "bad_endpoint"),
+    ];
+    for (subscription, reason) in cases {
+        let d = strict.send(&message(subscription.clone(), b"x")).await;
+        assert_eq!(
+            d.outcome,
+            Outcome::TokenInvalid {
+                reason: reason.into(),
+                timestamp_ms: None
+            },
+            "{subscription:?}"
+        );
+        assert_eq!(d.attempts, 0);
+    }
+    // Too large to encrypt into one 4096-byte message: the message's fault.
+    let local = sender(&fake, HttpVersion::Auto);
+    let d = local
+        .send(&message(good, &vec![b'x'; MAX_PLAINTEXT + 1]))
+        .await;
+    assert!(matches!(d.outcome, Outcome::Malformed { .. }), "{d:?}");
+    assert_eq!(fake.server.stats().snapshot().requests, 0);
+    fake.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_origin_that_is_no_push_service_fails_the_message_not_the_app() {
+    // Nothing listens on this port: a hostile or stale subscription, not a push service.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut config = WebPushConfig::new(slot_keys(2).0, "mailto:ops@example.com");
+    config.rules = EndpointRules::LOCAL;
+    config.on_fault = OnFault::Wait;
+    config.retry = RetryPolicy {
+        max_attempts: 2,
+        base: Duration::from_millis(1),
+        cap: Duration::from_millis(2),
+        max_retry_after: Duration::from_millis(5),
+    };
+    let sender = WebPushSender::new(config).expect("sender");
+    let m = message(
+        generated_subscription(&format!("http://127.0.0.1:{port}"), "a2"),
+        b"x",
+    );
+    let d = tokio::time::timeout(Duration::from_secs(20), sender.send(&m))
+        .await
+        .expect("ends: not parked at the gate");
+    assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
+    assert!(sender.gate().health().borrow().is_up());
+}
+
+#[tokio::test]
+async fn origins_are_bounded() {
+    let fake = fake().await;
+    let port = fake.server.h2c_addr().expect("h2c").port();
+    let (key, _) = slot_keys(3);
+    let mut config = WebPushConfig::new(key, "mailto:ops@example.com");
+    config.rules = EndpointRules::LOCAL;
+    config.max_origins = 4;
+    let sender = WebPushSender::new(config).expect("sender");
+    // 127.0.0.1 .. 127.0.0.10 are ten origins on one fake (the fake listens on 127.0.0.1
+    // only, so only the first delivers; the point is the bound).
+    for i in 1..=10 {
+        let m = message(
+            generated_subscription(&format!("http://127.0.0.{i}:{port}"), "a3"),
+            b"x",
+        );
+        let _ = sender.send(&m).await;
+    }
+    let (live, opened) = sender.origins();
+    assert_eq!((live, opened), (4, 10));
+    fake.server.shutdown().await;
+}
+
+/// Mozilla's `http_ece` (Python) decrypts our bodies: the RFC 8291 construction as a third
+/// party reads it, for payloads from empty to the largest that fits.
+#[test]
+fn a_third_party_decrypts_what_we_encrypt() {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import http_ece, cryptography"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        eprintln!(
+            "skipped: Python's http_ece is not installed (pip install http_ece; ci/setup.sh does)"
+        );
+        return;
+    }
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let rng = ring::rand::SystemRandom::new();
+    let mut input = String::new();
+    let mut expected = Vec::new();
+    for (i, len) in [0, 1, 57, 1000, MAX_PLAINTEXT].into_iter().enumerate() {
+        let (secret, auth) = slot_keys(i as u32 * 97);
+        let public: [u8; 65] = secret
+            .public_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .try_into()
+            .expect("65 bytes");
+        let plain: Vec<u8> = (0..len).map(|j| (j * 7 + i) as u8).collect();
+        let body = encrypt(&plain, &public, &auth, &rng).expect("encrypts");
+        input.push_str(
+            &serde_json::json!({"private_key": b64(&secret.to_bytes()), "auth": b64(&auth),
+                "body": b64(&body)})
+            .to_string(),
+        );
+        input.push('\n');
+        expected.push(b64(&plain));
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/webpush_decrypt.py"
+    );
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("written");
+    let out = child.wait_with_output().expect("python3 ends");
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines, expected);
+}
