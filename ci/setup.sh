@@ -23,6 +23,13 @@ if ! command -v cargo-deny >/dev/null; then
   cargo install cargo-deny --locked
 fi
 
+# Third-party web push code the tests check ours against (tests/webpush.rs, mock_webpush.rs):
+# Mozilla's http_ece decrypts our bodies, pywebpush sends to our fake. From PyPI.
+if ! python3 -c "import http_ece, pywebpush" 2>/dev/null; then
+  echo "ci/setup: installing http_ece and pywebpush"
+  python3 -m pip install --quiet --disable-pip-version-check http_ece pywebpush
+fi
+
 # PostgreSQL on 127.0.0.1:5432 (token deletion tests).
 if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
   echo "ci/setup: starting PostgreSQL"

@@ -172,7 +172,12 @@ impl WebPushSender {
         if config.pool.connections == 0 {
             return Err(WebPushError::NoConnections);
         }
-        let vapid = Vapid::new(&config.vapid_key, &config.subject, config.clock.clone())?;
+        let vapid = Vapid::new(
+            &config.vapid_key,
+            &config.subject,
+            config.clock.clone(),
+            config.max_origins,
+        )?;
         let tls = tls::client_config(&TlsOptions {
             ca_file: config.ca_file.clone(),
             insecure: config.insecure,

@@ -21,8 +21,6 @@ use std::time::Duration;
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// A token with less than this left is renewed.
 const RENEW_BEFORE: Duration = Duration::from_secs(3600);
-/// Origins whose token is kept; past this the cache is cleared (a token is one signature).
-const MAX_CACHED: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VapidError {
@@ -43,6 +41,9 @@ pub struct Vapid {
     subject: String,
     clock: SharedClock,
     cache: RwLock<HashMap<String, (HeaderValue, Duration)>>,
+    /// Origins whose token is kept; past this the expired ones go, then all (a token is one
+    /// signature, cheap to make again).
+    max_cached: usize,
 }
 
 impl std::fmt::Debug for Vapid {
@@ -72,10 +73,12 @@ pub fn parse_private_key(text: &str) -> Result<p256::SecretKey, VapidError> {
 }
 
 impl Vapid {
+    /// `max_cached`: origins whose token is kept (the sender's live origins).
     pub fn new(
         key: &p256::SecretKey,
         subject: &str,
         clock: SharedClock,
+        max_cached: usize,
     ) -> Result<Vapid, VapidError> {
         if !(subject.starts_with("mailto:") || subject.starts_with("https:")) {
             return Err(VapidError::BadSubject(subject.into()));
@@ -94,6 +97,7 @@ impl Vapid {
             subject: subject.into(),
             clock,
             cache: RwLock::new(HashMap::new()),
+            max_cached: max_cached.max(1),
         };
         // A key that cannot sign fails here, not on the first push.
         vapid.mint("https://check.invalid")?;
@@ -115,9 +119,9 @@ impl Vapid {
         }
         let (value, expires) = self.mint(origin)?;
         let mut cache = self.cache.write();
-        if cache.len() >= MAX_CACHED {
+        if cache.len() >= self.max_cached {
             cache.retain(|_, (_, e)| *e > now + RENEW_BEFORE);
-            if cache.len() >= MAX_CACHED {
+            if cache.len() >= self.max_cached {
                 cache.clear();
             }
         }
@@ -153,8 +157,13 @@ mod tests {
     #[test]
     fn tokens_are_per_origin_cached_and_renewed() {
         let clock = ManualClock::new();
-        let vapid =
-            Vapid::new(&key(), "mailto:ops@example.com", Arc::new(clock.clone())).expect("valid");
+        let vapid = Vapid::new(
+            &key(),
+            "mailto:ops@example.com",
+            Arc::new(clock.clone()),
+            100,
+        )
+        .expect("valid");
         let a = vapid.authorization("https://push.example.com").expect("a");
         assert_eq!(
             a,
@@ -207,7 +216,7 @@ mod tests {
     fn keys_and_subjects_are_checked() {
         let clock: SharedClock = Arc::new(ManualClock::new());
         assert!(matches!(
-            Vapid::new(&key(), "ops@example.com", clock.clone()),
+            Vapid::new(&key(), "ops@example.com", clock.clone(), 100),
             Err(VapidError::BadSubject(_))
         ));
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key().to_bytes());
