@@ -1,7 +1,9 @@
 //! Criterion micro-benchmarks of the sender's hot path: APNs request building, the JWT cache,
 //! response mapping, and whole sends into the in-process fake APNs (h2c and TLS).
 //! End-to-end throughput belongs to `pusher bench`; the `send_fake` group is a quick check of
-//! the sender alone. Run: `cargo bench --bench sender`.
+//! the sender alone. The `webpush` group times one message's encryption (a fresh key pair,
+//! ECDH, HKDF, AES-GCM) on ring beside the `web-push-native` crate (RustCrypto) on the same
+//! payload. Run: `cargo bench --bench sender`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures_util::stream::{self, StreamExt};
@@ -149,5 +151,29 @@ fn send_fake(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, request_and_auth, send_fake);
+/// One web push message's encryption: ours (ring) and the peer crate's (RustCrypto).
+fn webpush_encrypt(c: &mut Criterion) {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let mut group = c.benchmark_group("webpush");
+    group.throughput(Throughput::Elements(1));
+    let (secret, auth) = pusher::push::webpush::slot_keys(1);
+    let public = secret.public_key();
+    let point: [u8; 65] = public
+        .to_encoded_point(false)
+        .as_bytes()
+        .try_into()
+        .expect("65 bytes");
+    let payload = br#"{"title":"Come play!","body":"Helena miss you! come play!","data":{"level":3}}"#;
+    let rng = ring::rand::SystemRandom::new();
+    group.bench_function("encrypt_ring", |b| {
+        b.iter(|| pusher::sender::webpush::encrypt(black_box(payload), &point, &auth, &rng))
+    });
+    let peer_auth = web_push_native::Auth::from(auth);
+    group.bench_function("encrypt_web_push_native", |b| {
+        b.iter(|| web_push_native::encrypt(black_box(payload.to_vec()), &public, &peer_auth))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, request_and_auth, send_fake, webpush_encrypt);
 criterion_main!(benches);
