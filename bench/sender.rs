@@ -163,7 +163,8 @@ fn webpush_encrypt(c: &mut Criterion) {
         .as_bytes()
         .try_into()
         .expect("65 bytes");
-    let payload = br#"{"title":"Come play!","body":"Helena miss you! come play!","data":{"level":3}}"#;
+    let payload =
+        br#"{"title":"Come play!","body":"Helena miss you! come play!","data":{"level":3}}"#;
     let rng = ring::rand::SystemRandom::new();
     group.bench_function("encrypt_ring", |b| {
         b.iter(|| pusher::sender::webpush::encrypt(black_box(payload), &point, &auth, &rng))

@@ -1,10 +1,11 @@
-//! `pusher mock apns|gcm|all|kafka`: run a fake server (or the mock Kafka broker) until
+//! `pusher mock apns|gcm|webpush|all|kafka`: run a fake server (or the mock Kafka broker) until
 //! SIGINT/SIGTERM, after one JSON line on stdout that says where it listens.
 
 use super::flags::ThreadsFlag;
 use crate::mock::kafka::{KafkaMock, MockOptions, MAX_REQUEST_BYTES};
 use crate::mock::{
     ApnsOptions, FcmHandler, FcmOptions, JwtKey, MockConfig, MockServer, Profile, ServerCert,
+    WebPushHandler, WebPushOptions,
 };
 use crate::units::{parse_size, show_size};
 use anyhow::Context;
@@ -27,7 +28,12 @@ pub enum MockService {
     /// Fake FCM: HTTP v1 with its own OAuth token endpoint, and legacy /fcm/send (HTTP/2 and
     /// HTTP/1.1, over TLS and cleartext).
     Gcm(Box<GcmArgs>),
-    /// Fake APNs and FCM in one process (the APNs flags, plus --fcm-* for FCM).
+    /// Fake web push service, like Mozilla's autopush: POST /wpush/{id} with VAPID checked and
+    /// the aes128gcm body decrypted with the keys of the subscriptions `pusher gen` makes
+    /// (HTTP/2 and HTTP/1.1, over TLS and cleartext).
+    Webpush(Box<WebPushArgs>),
+    /// Fake APNs, FCM and web push in one process (the APNs flags, plus --fcm-* for FCM and
+    /// --webpush-* for web push).
     All(Box<AllArgs>),
     /// librdkafka's mock cluster as a standalone Kafka broker (prints its bootstrap address).
     Kafka(KafkaMockArgs),
@@ -37,11 +43,12 @@ pub enum MockService {
 #[derive(Debug, Args)]
 #[command(mut_arg("threads", |a| a.default_value("1").help(THREADS_HELP)))]
 pub struct ServerFlags {
-    /// TLS listener (HTTP/2 by ALPN, or with prior knowledge; FCM also HTTP/1.1); "off" for
-    /// none.
+    /// TLS listener (HTTP/2 by ALPN, or with prior knowledge; FCM and web push also
+    /// HTTP/1.1); "off" for none.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen: String,
-    /// Cleartext listener (HTTP/2 with prior knowledge; FCM also HTTP/1.1); "off" for none.
+    /// Cleartext listener (HTTP/2 with prior knowledge; FCM and web push also HTTP/1.1); "off"
+    /// for none.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen_h2c: String,
     /// Admin HTTP/1.1 endpoint (GET /stats, POST /reset); "off" for none.
@@ -68,8 +75,8 @@ pub struct ServerFlags {
     #[arg(long, default_value_t = 1000)]
     pub max_streams: u32,
     /// Behaviour profile: a built-in name (happy, flaky, throttled, outage, goaway, resets,
-    /// stall), mock-services/<NAME>.yaml, or a YAML file. For FCM, APNs reason names in its
-    /// error mix are mapped to the FCM codes that mean the same.
+    /// stall), mock-services/<NAME>.yaml, or a YAML file. For FCM and web push, APNs reason
+    /// names in its error mix are mapped to the FCM codes or HTTP statuses that mean the same.
     #[arg(long, value_name = "NAME|FILE", default_value = "happy")]
     pub profile: String,
     /// Seed for the profile's random draws (overrides the profile's own).
@@ -166,8 +173,35 @@ impl FcmFlags {
 }
 
 #[derive(Debug, Args)]
+pub struct WebPushArgs {
+    #[command(flatten)]
+    pub server: ServerFlags,
+    #[command(flatten)]
+    pub webpush: WebPushFlags,
+}
+
+/// What only the fake web push service has.
+#[derive(Debug, Args)]
+pub struct WebPushFlags {
+    /// Decrypt every Nth message body with the generated subscription's keys (1: every one;
+    /// 0: never, framing is still checked). Decryption costs ~0.25 ms of CPU a message (about
+    /// 4,000 a second a core): sample, e.g. 20, when the fake must keep up with a fast pusher.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub decrypt_every: u64,
+}
+
+impl WebPushFlags {
+    fn options(&self) -> WebPushOptions {
+        WebPushOptions {
+            decrypt_every: self.decrypt_every,
+            ..WebPushOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct AllArgs {
-    /// The fake APNs server, and what both share (certificate, profile, seed, token log).
+    /// The fake APNs server, and what all three share (certificate, profile, seed, token log).
     #[command(flatten)]
     pub apns: ApnsArgs,
     /// FCM TLS listener; "off" for none.
@@ -184,6 +218,20 @@ pub struct AllArgs {
     pub fcm_ca_out: Option<PathBuf>,
     #[command(flatten)]
     pub fcm: FcmFlags,
+    /// Web push TLS listener; "off" for none.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub webpush_listen: String,
+    /// Web push cleartext listener (h2c and HTTP/1.1); "off" for none.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub webpush_listen_h2c: String,
+    /// Web push admin endpoint; "off" for none.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub webpush_admin: String,
+    /// Write the web push server's CA to this file (default: a file in the temp directory).
+    #[arg(long, value_name = "FILE")]
+    pub webpush_ca_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub webpush: WebPushFlags,
 }
 
 const THREADS_HELP: &str = "Threads serving requests: a number (1: tokio's current-thread \
@@ -194,6 +242,7 @@ pub fn run(args: MockArgs) -> anyhow::Result<ExitCode> {
     match args.service {
         MockService::Apns(apns) => run_apns(*apns),
         MockService::Gcm(gcm) => run_gcm(*gcm),
+        MockService::Webpush(webpush) => run_webpush(*webpush),
         MockService::All(all) => run_all(*all),
         MockService::Kafka(kafka) => run_kafka(kafka),
     }
@@ -312,6 +361,22 @@ fn fcm_line(server: &MockServer, ca: Option<PathBuf>) -> serde_json::Value {
     })
 }
 
+/// The `webpush` object of the startup line: addresses, CA, and the origin to put in
+/// subscription endpoints (`<origin>/wpush/<id>`; TLS when there is a TLS listener).
+fn webpush_line(server: &MockServer, ca: Option<PathBuf>) -> serde_json::Value {
+    let origin = match (server.tls_addr(), server.h2c_addr()) {
+        (Some(tls), _) => Some(format!("https://{tls}")),
+        (None, Some(h2c)) => Some(format!("http://{h2c}")),
+        (None, None) => None,
+    };
+    serde_json::json!({
+        "tls": server.tls_addr().map(|a| a.to_string()),
+        "h2c": server.h2c_addr().map(|a| a.to_string()),
+        "ca": ca.map(|p| p.display().to_string()),
+        "origin": origin,
+    })
+}
+
 fn runtime(threads: &ThreadsFlag) -> anyhow::Result<tokio::runtime::Runtime> {
     // One thread by default: the fastest layout on a small box (reference/h2-ceiling.md);
     // more on a big one, so that the fake is never what limits a benchmark.
@@ -336,6 +401,24 @@ fn run_gcm(args: GcmArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_webpush(args: WebPushArgs) -> anyhow::Result<ExitCode> {
+    let config = args.server.config()?;
+    let handler = WebPushHandler::new(args.webpush.options());
+    runtime(&args.server.threads)?.block_on(async move {
+        let server = MockServer::start_with(config, handler).await?;
+        let ca = write_ca(&server, args.server.ca_out.as_ref(), "webpush")?;
+        print_line(&serde_json::json!({
+            "webpush": webpush_line(&server, ca),
+            "admin": server.admin_addr().map(|a| a.to_string()),
+        }))?;
+        wait_for_signal().await?;
+        tracing::info!("mock: shutting down");
+        server.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
     let apns = apns_config(&args.apns)?;
     let fcm = MockConfig {
@@ -346,14 +429,26 @@ fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
         apns: ApnsOptions::default(),
         ..apns.clone()
     };
+    let webpush = MockConfig {
+        tls_listen: listen_addr("webpush-listen", &args.webpush_listen)?,
+        h2c_listen: listen_addr("webpush-listen-h2c", &args.webpush_listen_h2c)?,
+        admin_listen: listen_addr("webpush-admin", &args.webpush_admin)?,
+        ..fcm.clone()
+    };
     let handler = FcmHandler::new(args.fcm.options());
+    let webpush_handler = WebPushHandler::new(args.webpush.options());
     runtime(&args.apns.server.threads)?.block_on(async move {
         let apns_server = MockServer::start(apns).await?;
         let fcm_server = MockServer::start_with(fcm, handler).await?;
+        let webpush_server = MockServer::start_with(webpush, webpush_handler).await?;
         let apns_ca = write_ca(&apns_server, args.apns.server.ca_out.as_ref(), "apns")?;
         let fcm_ca = write_ca(&fcm_server, args.fcm_ca_out.as_ref(), "fcm")?;
+        let webpush_ca = write_ca(&webpush_server, args.webpush_ca_out.as_ref(), "webpush")?;
         let mut fcm_with_admin = fcm_line(&fcm_server, fcm_ca);
         fcm_with_admin["admin"] = serde_json::json!(fcm_server.admin_addr().map(|a| a.to_string()));
+        let mut webpush_with_admin = webpush_line(&webpush_server, webpush_ca);
+        webpush_with_admin["admin"] =
+            serde_json::json!(webpush_server.admin_addr().map(|a| a.to_string()));
         print_line(&serde_json::json!({
             "apns": {
                 "tls": apns_server.tls_addr().map(|a| a.to_string()),
@@ -362,10 +457,15 @@ fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
                 "admin": apns_server.admin_addr().map(|a| a.to_string()),
             },
             "fcm": fcm_with_admin,
+            "webpush": webpush_with_admin,
         }))?;
         wait_for_signal().await?;
         tracing::info!("mock: shutting down");
-        tokio::join!(apns_server.shutdown(), fcm_server.shutdown());
+        tokio::join!(
+            apns_server.shutdown(),
+            fcm_server.shutdown(),
+            webpush_server.shutdown()
+        );
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

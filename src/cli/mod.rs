@@ -60,7 +60,7 @@ pub enum Command {
     Gcm(Box<run::GcmRunArgs>),
     /// Send one push to one token and print the outcome as JSON.
     Send(send::SendArgs),
-    /// Fake APNs / FCM servers and an embedded Kafka broker.
+    /// Fake APNs, FCM and web push services, and an embedded Kafka broker.
     Mock(mock::MockArgs),
     /// Generate push messages as JSON lines.
     Gen(Box<gen::GenArgs>),

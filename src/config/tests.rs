@@ -229,7 +229,7 @@ fn unknown_keys_name_the_nearest_valid_key() {
         ),
         (
             "zzz: 1\n",
-            "config file t.yaml: zzz: unknown key (valid here: queue, apns, gcm, feedback, stats, \
+            "config file t.yaml: zzz: unknown key (valid here: queue, apns, gcm, webpush, feedback, stats, \
              invalidToken, gracefulShutdownTimeout, inFlight, sentry, api, route, results)",
         ),
         (

@@ -1,8 +1,9 @@
-//! Fake APNs and FCM servers: faithful protocol checks, scripted behaviour from profiles,
-//! fault injection, admin counters. Depends only on `push`, never on `sender`.
+//! Fake APNs, FCM and web push servers: faithful protocol checks, scripted behaviour from
+//! profiles, fault injection, admin counters. Depends only on `push`, never on `sender`.
 //!
 //! `server` is the protocol-neutral core (listeners, TLS, connections, faults, counters, admin
-//! endpoint); `apns` plugs the APNs protocol into it as a [`server::Handler`].
+//! endpoint); `apns`, `fcm` and `webpush` plug their protocols into it as a
+//! [`server::Handler`].
 
 pub mod apns;
 pub mod fcm;
@@ -11,6 +12,7 @@ pub mod profile;
 pub mod server;
 pub mod stats;
 pub mod tls;
+pub mod webpush;
 
 pub use apns::{ApnsOptions, JwtKey};
 pub use fcm::{FcmHandler, FcmOptions};
@@ -18,6 +20,7 @@ pub use profile::Profile;
 pub use server::{MockConfig, MockServer};
 pub use stats::{Stats, StatsSnapshot};
 pub use tls::ServerCert;
+pub use webpush::{WebPushHandler, WebPushOptions};
 
 /// Why a fake server could not start.
 #[derive(Debug, thiserror::Error)]

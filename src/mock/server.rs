@@ -32,7 +32,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// clients would otherwise hold connections open forever).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One protocol (APNs, FCM): turns a request into a response. Runs after the fault layer has
+/// One protocol (APNs, FCM, web push): turns a request into a response. Runs after the fault layer has
 /// decided not to reset, drop or stall the request; asks `env.faults.scripted()` for scripted
 /// errors once the request is known to be valid.
 pub trait Handler: Send + Sync + 'static {
@@ -56,6 +56,8 @@ pub struct Env {
 pub struct ConnState {
     /// The TLS peer presented a certificate that chains to the configured client CA.
     pub client_cert: bool,
+    /// The connection came in on the TLS listener (`https` origins), not the cleartext one.
+    pub tls: bool,
     /// The last credential verified on this connection, so a connection reusing its token
     /// (the normal case) costs one signature check, not one per request.
     pub credential: Mutex<Option<Credential>>,
@@ -75,9 +77,10 @@ pub struct Credential {
 }
 
 impl ConnState {
-    fn new(client_cert: bool) -> ConnState {
+    fn new(client_cert: bool, tls: bool) -> ConnState {
         ConnState {
             client_cert,
+            tls,
             credential: Mutex::new(None),
             streams: AtomicU64::new(0),
             goaway: Notify::new(),
@@ -213,7 +216,7 @@ impl MockServer {
                             .1
                             .peer_certificates()
                             .is_some_and(|c| !c.is_empty());
-                        serve_connection(tls, client_cert, shared, builder, stop).await;
+                        serve_connection(tls, client_cert, true, shared, builder, stop).await;
                     }
                 },
             )));
@@ -228,7 +231,14 @@ impl MockServer {
                 listener,
                 stop.clone(),
                 move |tcp| {
-                    serve_connection(tcp, false, shared.clone(), builder.clone(), stop.clone())
+                    serve_connection(
+                        tcp,
+                        false,
+                        false,
+                        shared.clone(),
+                        builder.clone(),
+                        stop.clone(),
+                    )
                 },
             )));
         }
@@ -344,6 +354,7 @@ struct Injected;
 async fn serve_connection<H, I>(
     io: I,
     client_cert: bool,
+    tls: bool,
     shared: Arc<Shared<H>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stop: CancellationToken,
@@ -353,7 +364,7 @@ async fn serve_connection<H, I>(
 {
     let stats = shared.env.stats.clone();
     stats.connection_opened();
-    let conn_state = Arc::new(ConnState::new(client_cert));
+    let conn_state = Arc::new(ConnState::new(client_cert, tls));
     let service = {
         let conn_state = conn_state.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {

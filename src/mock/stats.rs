@@ -6,12 +6,14 @@
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// HTTP statuses are counted in a flat array indexed by the status code.
 const STATUS_SLOTS: usize = 600;
+/// Decrypted web push payloads kept for tests and debugging (the most recent ones).
+const RECENT_PLAINTEXTS: usize = 16;
 
 /// Live counters. Cheap to update from many connections at once.
 #[derive(Debug)]
@@ -29,6 +31,9 @@ pub struct Stats {
     goaways_sent: AtomicU64,
     stalls: AtomicU64,
     protocol_errors: AtomicU64,
+    decrypted: AtomicU64,
+    decrypted_bytes: AtomicU64,
+    recent_plaintexts: Mutex<VecDeque<Vec<u8>>>,
     /// Microseconds from request head received to response ready.
     latency_us: Mutex<Histogram<u64>>,
     /// Delivered tokens (off when `None`): token -> number of 200s.
@@ -69,6 +74,10 @@ pub struct StatsSnapshot {
     /// frames, header lists over the limit, floods) or one that vanished mid-exchange.
     /// Requests refused at that level never reach a handler, so they are not in `requests`.
     pub protocol_errors: u64,
+    /// Web push bodies the fake decrypted with the subscription's keys (0 for APNs and FCM).
+    pub decrypted: u64,
+    /// Plaintext bytes of those bodies.
+    pub decrypted_bytes: u64,
     pub latency_us: LatencySummary,
     /// Distinct delivered tokens held (0 when `record_tokens` is off).
     pub tokens_recorded: u64,
@@ -105,6 +114,9 @@ impl Stats {
             goaways_sent: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            decrypted: AtomicU64::new(0),
+            decrypted_bytes: AtomicU64::new(0),
+            recent_plaintexts: Mutex::new(VecDeque::new()),
             latency_us: Mutex::new(latency),
             tokens: (record_tokens > 0).then(|| {
                 Mutex::new(TokenLog {
@@ -156,6 +168,23 @@ impl Stats {
         } else {
             log.overflow += 1;
         }
+    }
+
+    /// Counts one decrypted web push body and keeps its plaintext among the recent ones.
+    pub fn decrypted(&self, plaintext: &[u8]) {
+        self.decrypted.fetch_add(1, Relaxed);
+        self.decrypted_bytes
+            .fetch_add(plaintext.len() as u64, Relaxed);
+        let mut recent = self.recent_plaintexts.lock();
+        if recent.len() >= RECENT_PLAINTEXTS {
+            recent.pop_front();
+        }
+        recent.push_back(plaintext.to_vec());
+    }
+
+    /// The last few decrypted web push payloads, oldest first.
+    pub fn recent_plaintexts(&self) -> Vec<Vec<u8>> {
+        self.recent_plaintexts.lock().iter().cloned().collect()
     }
 
     pub(crate) fn connection_opened(&self) {
@@ -234,6 +263,8 @@ impl Stats {
             goaways_sent: self.goaways_sent.load(Relaxed),
             stalls: self.stalls.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
+            decrypted: self.decrypted.load(Relaxed),
+            decrypted_bytes: self.decrypted_bytes.load(Relaxed),
             latency_us,
             tokens_recorded: self
                 .tokens
@@ -256,6 +287,8 @@ impl Stats {
             &self.goaways_sent,
             &self.stalls,
             &self.protocol_errors,
+            &self.decrypted,
+            &self.decrypted_bytes,
         ] {
             counter.store(0, Relaxed);
         }
@@ -263,6 +296,7 @@ impl Stats {
             slot.store(0, Relaxed);
         }
         self.by_reason.lock().clear();
+        self.recent_plaintexts.lock().clear();
         self.latency_us.lock().reset();
         if let Some(log) = &self.tokens {
             let mut log = log.lock();

@@ -194,6 +194,26 @@ mod tests {
             serde_json::from_slice(&push_message(&device(Platform::Apns), &n, "", now)).unwrap();
         assert_eq!(raw["push_expiry"], now + 60_000);
         assert_eq!(raw["priority"], 10);
+
+        // A browser: its subscription from the registry, the notification as JSON inside.
+        let mut browser = device(Platform::WebPush);
+        let subscription =
+            crate::push::webpush::generated_subscription("https://push.example.com", "b1");
+        browser.token = subscription.endpoint.clone();
+        browser.keys = Some(subscription.keys.clone());
+        let web =
+            crate::push::message::parse_webpush(&push_message(&browser, &n, "game", now)).unwrap();
+        assert_eq!(web.subscription, subscription);
+        assert_eq!(
+            (web.ttl, web.urgency),
+            (60, Some(crate::push::webpush::Urgency::High))
+        );
+        let payload: Value = serde_json::from_slice(&web.payload).unwrap();
+        assert_eq!(
+            (payload["title"].as_str(), payload["screen"].as_str()),
+            (Some("T"), Some("game://shop"))
+        );
+        assert!(web.metadata.has_notif_id());
     }
 
     #[test]
@@ -203,7 +223,7 @@ mod tests {
             message: "gift".into(),
             ..Notification::default()
         };
-        for platform in [Platform::Apns, Platform::Gcm] {
+        for platform in [Platform::Apns, Platform::Gcm, Platform::WebPush] {
             let record: Value = serde_json::from_slice(&not_sent_feedback(
                 "game",
                 &device(platform),

@@ -652,6 +652,35 @@ mod tests {
         http::Request::post(format!("{url}/echo")).body(()).unwrap()
     }
 
+    /// A dropped pool closes its connections (web push drops idle origins' pools): the
+    /// server sees the connection end without a request to provoke it.
+    #[tokio::test]
+    async fn a_dropped_pool_closes_its_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(tcp).await.unwrap();
+            while let Some(Ok((_, mut respond))) = conn.accept().await {
+                let response = http::Response::builder().status(200).body(()).unwrap();
+                let _ = respond.send_response(response, true);
+            }
+            let _ = closed_tx.send(());
+        });
+        let pool = pool(&url, 1);
+        let (parts, _) = pool
+            .send(request(&url), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(parts.status, 200);
+        drop(pool);
+        tokio::time::timeout(Duration::from_secs(5), closed_rx)
+            .await
+            .expect("the connection closes once its pool is gone")
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn concurrent_requests_share_the_connections() {
         let (url, connections) = stub(None).await;
