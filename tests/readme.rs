@@ -3,7 +3,7 @@
 //! from the repository root, `pusher` on the PATH, as a newcomer would. Each block ends in a
 //! `pusher run` that runs until Ctrl-C: once the group has committed every produced message,
 //! the test presses Ctrl-C (SIGINT to that process) and the pusher must exit 0. The fixed
-//! ports are the README's (9092, 8443, 8444, and the pusher's 9091).
+//! ports are the README's (9092, 8443, 8444, 8445, and the pusher's 9091).
 
 mod common;
 
@@ -158,6 +158,15 @@ fn the_seed_workflow_blocks_run_as_written() {
         "seed-gcm",
         "pusher-gcm",
         "push-game_gcm",
+        10_000,
+        d,
+        &mut background,
+    );
+    // Browsers: the same broker, the fake push service decrypting one body in ten.
+    run_block(
+        "seed-webpush",
+        "pusher-webpush",
+        "push-game_webpush",
         10_000,
         d,
         &mut background,
