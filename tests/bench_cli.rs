@@ -211,22 +211,25 @@ fn sender_only_open_loop_reports_raw_and_corrected_latency() {
     assert_eq!(r["latency"]["send_corrected"]["count"], 2000);
 }
 
-/// FCM through the same harness: the embedded fake FCM (HTTP v1, OAuth at its own /token),
-/// end to end through Kafka and sender-only; counts add up and invalid tokens are reported.
+/// FCM and web push through the same harness: the embedded fake FCM (HTTP v1, OAuth at its own
+/// /token) and the fake push service (VAPID checked, bodies decrypted), end to end through
+/// Kafka and sender-only; counts add up and invalid tokens are reported.
 #[test]
-fn gcm_bench_end_to_end_and_sender_only_conserve_every_message() {
+fn gcm_and_webpush_benches_end_to_end_and_sender_only_conserve_every_message() {
     let dir = tempfile::tempdir().unwrap();
-    for (mode, extra) in [
-        ("end-to-end", &[][..]),
-        ("sender-only", &["--sender-only"][..]),
+    for (platform, mode, extra) in [
+        ("gcm", "end-to-end", &[][..]),
+        ("gcm", "sender-only", &["--sender-only"][..]),
+        ("webpush", "end-to-end", &[][..]),
+        ("webpush", "sender-only", &["--sender-only"][..]),
     ] {
-        let json = dir.path().join(format!("{mode}.json"));
+        let json = dir.path().join(format!("{platform}-{mode}.json"));
         let args = [
             &[
                 "bench",
                 "--mock",
                 "--platform",
-                "gcm",
+                platform,
                 "--count",
                 "2000",
                 "--warmup",
@@ -248,7 +251,7 @@ fn gcm_bench_end_to_end_and_sender_only_conserve_every_message() {
             String::from_utf8_lossy(&out.stderr)
         );
         let r = check_report(&json);
-        assert_eq!(r["params"]["platform"], "gcm");
+        assert_eq!(r["params"]["platform"], platform);
         assert_eq!(r["params"]["mode"], mode);
         let c = &r["conservation"];
         assert_eq!(c["ok"], true, "{mode}: {c}");
@@ -259,7 +262,7 @@ fn gcm_bench_end_to_end_and_sender_only_conserve_every_message() {
                 assert_eq!(c[stage], 2000, "{stage}: {c}");
             }
         } else {
-            // The fake also answered the sender's OAuth token request(s) at /token.
+            // The fake FCM also answered the sender's OAuth token request(s) at /token.
             let server = c["server_answered"].as_u64().unwrap();
             assert!((2000..=2002).contains(&server), "{c}");
         }
