@@ -785,16 +785,24 @@ async fn run_capture_then_replay_to_an_endpoint() {
     drop(kafka);
 }
 
-/// A GCM capture replayed straight to the embedded fake FCM (HTTP v1, OAuth at its /token):
-/// every message answered, invalid tokens reported, counts add up.
+/// A GCM capture replayed straight to the embedded fake FCM (HTTP v1, OAuth at its /token),
+/// and a web push capture to the fake push service (each subscription moved to the fake's
+/// origin, its keys still the generator's, so every body decrypts): every message answered,
+/// invalid tokens reported, counts add up.
 #[test]
-fn replay_a_gcm_capture_to_the_fake_fcm() {
+fn replay_gcm_and_webpush_captures_to_their_fakes() {
+    for platform in ["gcm", "webpush"] {
+        replay_to_its_fake(platform);
+    }
+}
+
+fn replay_to_its_fake(platform: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let cap = dir.path().join("gcm.jsonl");
+    let cap = dir.path().join("cap.jsonl");
     let o = pusher(&[
         "gen",
         "--platform",
-        "gcm",
+        platform,
         "--seed",
         "5",
         "--shape",
@@ -810,7 +818,7 @@ fn replay_a_gcm_capture_to_the_fake_fcm() {
         "-q",
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let json = dir.path().join("gcm.json");
+    let json = dir.path().join("replay.json");
     let o = pusher(&[
         "replay",
         p(&cap),

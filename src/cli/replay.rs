@@ -114,7 +114,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         bail!("give a capture file to replay, or --from-kafka TOPIC to make one");
     };
     if args.kafka.brokers.brokers.is_none() && !args.mock && args.endpoint.endpoint.is_none() {
-        bail!("say where to replay: --brokers B (into Kafka), --mock (embedded fake APNs) or --endpoint URL");
+        bail!("say where to replay: --brokers B (into Kafka), --mock (the embedded fake of the capture's platform) or --endpoint URL");
     }
     if args.looping && args.load.count.is_none() && args.load.duration.is_none() {
         bail!("--loop needs --count or --duration (else it never ends)");
