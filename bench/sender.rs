@@ -3,7 +3,7 @@
 //! End-to-end throughput belongs to `pusher bench`; the `send_fake` group is a quick check of
 //! the sender alone. The `webpush` group times one message's encryption (a fresh key pair,
 //! ECDH, HKDF, AES-GCM) on ring beside the `web-push-native` crate (RustCrypto) on the same
-//! payload. Run: `cargo bench --bench sender`.
+//! payload, and the fake's decryption. Run: `cargo bench --bench sender`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures_util::stream::{self, StreamExt};
@@ -172,6 +172,12 @@ fn webpush_encrypt(c: &mut Criterion) {
     let peer_auth = web_push_native::Auth::from(auth);
     group.bench_function("encrypt_web_push_native", |b| {
         b.iter(|| web_push_native::encrypt(black_box(payload.to_vec()), &public, &peer_auth))
+    });
+    // What the fake pays per body it decrypts (RustCrypto, the subscription's public key
+    // cached): why it samples (`--decrypt-every`).
+    let body = pusher::sender::webpush::encrypt(payload, &point, &auth, &rng).expect("encrypts");
+    group.bench_function("decrypt_fake", |b| {
+        b.iter(|| pusher::push::webpush::decrypt_with(black_box(&body), &secret, &point, &auth))
     });
     group.finish();
 }
