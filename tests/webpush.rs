@@ -307,3 +307,32 @@ fn a_third_party_decrypts_what_we_encrypt() {
         .collect();
     assert_eq!(lines, expected);
 }
+
+/// A push service answering 401 refuses our VAPID token, for every push alike: an endpoint
+/// fault (the app pauses in `pusher run`; a one-shot send ends with the cause), never the
+/// message's verdict. The same 401 from a host that is no push service is that message's.
+#[tokio::test]
+async fn a_push_service_refusing_vapid_is_an_endpoint_fault() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::UNAUTHORIZED,
+            r#"{"code":401,"errno":109,"error":"Unauthorized","message":"VAPID signature invalid"}"#,
+        )
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    for (push_services, fault) in [(vec!["127.0.0.1".to_string()], true), (vec![], false)] {
+        let mut config = WebPushConfig::new(slot_keys(4).0, "mailto:ops@example.com");
+        config.rules = EndpointRules::LOCAL;
+        config.push_services = push_services;
+        config.http = HttpVersion::Http1;
+        let sender = WebPushSender::new(config).expect("sender");
+        let d = sender
+            .send(&message(generated_subscription(&origin, "a4"), b"x"))
+            .await;
+        assert_eq!(d.status, Some(401), "{d:?}");
+        assert_eq!(d.endpoint_fault.is_some(), fault, "{d:?}");
+        assert!(matches!(d.outcome, Outcome::Rejected { .. }), "{d:?}");
+    }
+}
