@@ -155,17 +155,35 @@ pub(super) fn start_servers(
     })
 }
 
-/// The body of request `i`: `batch` notifications, one fresh token each.
-fn body(i: u64, batch: usize, platform: Platform) -> Bytes {
-    let platform = match platform {
-        Platform::Apns => 1,
-        Platform::Gcm => 2,
-        Platform::WebPush => 4,
-    };
+/// The body of request `i`: `batch` notifications, one fresh token each (for browsers, a
+/// fresh subscription at the fake's `webpush_origin`, the token its id).
+fn body(i: u64, batch: usize, platform: Platform, webpush_origin: &str) -> Bytes {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let notifications: Vec<serde_json::Value> = (0..batch as u64)
         .map(|j| {
-            serde_json::json!({"tokens": [format!("{:064x}", i * batch as u64 + j)],
-                "platform": platform, "message": "bench", "title": "pusher"})
+            let token = format!("{:064x}", i * batch as u64 + j);
+            let n = serde_json::json!({"message": "bench", "title": "pusher"});
+            let (number, addressed) = match platform {
+                Platform::Apns => (1, serde_json::json!({ "tokens": [token] })),
+                Platform::Gcm => (2, serde_json::json!({ "tokens": [token] })),
+                Platform::WebPush => {
+                    // The slot's keys, computed once: a subscription per token would cost a
+                    // scalar multiplication each in the load generator.
+                    let keys = crate::push::webpush::generated_slot_keys(&token);
+                    let endpoint =
+                        format!("{webpush_origin}{}{token}", crate::push::webpush::FAKE_PATH);
+                    let s = serde_json::json!({"endpoint": endpoint, "keys": {
+                        "p256dh": b64.encode(keys.public), "auth": b64.encode(keys.auth)}});
+                    (4, serde_json::json!({ "subscriptions": [s] }))
+                }
+            };
+            let mut n = n;
+            n["platform"] = serde_json::Value::from(number);
+            if let (Some(n), Some(a)) = (n.as_object_mut(), addressed.as_object()) {
+                n.extend(a.clone());
+            }
+            n
         })
         .collect();
     Bytes::from(
@@ -229,7 +247,9 @@ impl Observer for Delivery {
         if e.outcome.is_delivered() {
             self.delivered.fetch_add(1, Ordering::Relaxed);
         }
-        let Ok(n) = u64::from_str_radix(e.token, 16) else {
+        // A browser's token is its endpoint; the generated id is its last segment.
+        let id = crate::push::webpush::subscription_id(e.token);
+        let Ok(n) = u64::from_str_radix(id, 16) else {
             return;
         };
         if let Some(count) = self.per_token.get(n as usize) {
@@ -426,6 +446,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     let slots = requests.map_or(10_000_000, |r| r + r / 2 + 10_000) as usize;
     let delivery = Arc::new(Delivery::new(api.batch as u64, 1, slots, 0)?);
     let (fake, sender_config, profile_name) = target(&args.target)?;
+    let origin = sender_config.webpush_origin().to_string();
     let spec = pipeline_spec(platform, &brokers, "api", &topic, mock.is_some());
     // The clients and the pipeline on the --threads runtime; the API on its own.
     let rt = crate::runtime::build(args.threads, "bench-clients")?;
@@ -435,7 +456,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         let run = spawn_pipeline(spec, APP, sender_config, &delivery, &pipeline_stop)?;
         let quiet = Progress::hidden();
         let batch = api.batch;
-        let body_of = move |i: u64| body(i, batch, platform);
+        let body_of = move |i: u64| body(i, batch, platform, &origin);
         let baseline = load(
             servers.trivial,
             "/api/push",
