@@ -725,7 +725,9 @@ async fn sigkilled_api_loses_nothing_it_acknowledged() {
         cmd.args(["api", "--listen", "127.0.0.1:0", "--brokers", &brokers])
             .env("PUSHER_API_KEYS_T_APP", &app)
             .env("PUSHER_API_KEYS_T_KEY", KEY)
-            .env("PUSHER_API_PRODUCETIMEOUT", "1s")
+            // A fresh Tansu may take over a second for its first acknowledgement (it failed
+            // CI once at 1 s): a timeout here would be a 503, not what this test is about.
+            .env("PUSHER_API_PRODUCETIMEOUT", "5s")
             .env("PUSHER_INVALIDTOKEN_PG_HOST", "127.0.0.1")
             .env("PUSHER_INVALIDTOKEN_PG_USER", "postgres")
             .env("PUSHER_INVALIDTOKEN_PG_DATABASE", "test")
@@ -808,7 +810,8 @@ async fn sigkilled_api_loses_nothing_it_acknowledged() {
             ("authorization", auth.as_str()),
             ("idempotency-key", key.as_str()),
         ];
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // A dead claim is taken over after twice the produce timeout (10 s).
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let a = request(addr, "POST", "/api/push", &headers, body(i)).await;
             if a.status == 200 {
