@@ -532,3 +532,216 @@ async fn gcm_hostile_messages_and_injected_tokens_stay_data() {
         .await
         .unwrap();
 }
+
+/// Hostile web push subscriptions through the real pipeline, two apps in one run: one with the
+/// production rules (https to public hosts only), one allowed local endpoints to reach the fake
+/// push service. Every bad subscription ends as `token_invalid` with its reason, gets a
+/// feedback record naming it (with `deleteToken`), and is committed; bad messages are
+/// `malformed`; the valid pushes around them are delivered (their bodies decrypted by the
+/// fake); nothing is posted to a private address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webpush_hostile_subscriptions_are_refused_with_feedback() {
+    use pusher::push::webpush::{generated_subscription, slot_keys, EndpointRules};
+    use pusher::sender::webpush::{WebPushConfig, WebPushSender};
+    let strict_app = format!("wpstrict{}", std::process::id());
+    let local_app = format!("wplocal{}", std::process::id());
+    let topics = [
+        format!("push-{strict_app}_webpush"),
+        format!("push-{local_app}_webpush"),
+    ];
+    let feedback_topics = [
+        format!("push-{strict_app}-webpush-feedbacks"),
+        format!("push-{local_app}-webpush-feedbacks"),
+    ];
+    let kafka = KafkaMock::start(1, &topics, 1).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    let fake = MockServer::start_with(
+        MockConfig::default(),
+        pusher::mock::WebPushHandler::new(pusher::mock::WebPushOptions::default()),
+    )
+    .await
+    .unwrap();
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), fake.ca_pem()).unwrap();
+    let origin = format!("https://{}", fake.tls_addr().unwrap());
+    let sender = |rules: EndpointRules| {
+        let mut config = WebPushConfig::new(slot_keys(21).0, "mailto:ops@example.com");
+        config.rules = rules;
+        config.ca_file = Some(ca.path().to_path_buf());
+        AppSender::webpush(WebPushSender::new(config).unwrap())
+    };
+    let message = |subscription: serde_json::Value| {
+        serde_json::json!({"subscription": subscription, "payload": {"title": "hi"},
+            "metadata": {"notif_id": "h1"}})
+        .to_string()
+        .into_bytes()
+    };
+    let good = serde_json::json!(generated_subscription(&origin, "a1"));
+    let with_endpoint = |endpoint: &str| {
+        let mut s = good.clone();
+        s["endpoint"] = endpoint.into();
+        s
+    };
+    let with_key = |field: &str, value: &str| {
+        let mut s = good.clone();
+        s["keys"][field] = value.into();
+        s
+    };
+    // (topic index, message, class/reason)
+    let mut cases: Vec<(usize, Vec<u8>, &str)> = vec![
+        // Production rules: the fake itself is a private address; so is the cloud's metadata
+        // service; plain http is refused.
+        (
+            0,
+            message(good.clone()),
+            "token_invalid/endpoint_private_address",
+        ),
+        (
+            0,
+            message(with_endpoint("https://169.254.169.254/latest/meta-data")),
+            "token_invalid/endpoint_private_address",
+        ),
+        (
+            0,
+            message(with_endpoint("https://[::1]:8443/wpush/a1")),
+            "token_invalid/endpoint_private_address",
+        ),
+        (
+            0,
+            message(with_endpoint("http://push.example.com/wpush/a1")),
+            "token_invalid/endpoint_not_https",
+        ),
+        // Local endpoints allowed: the keys and the URL still have to be right.
+        (
+            1,
+            message(with_key("p256dh", "not*base64")),
+            "token_invalid/bad_subscription_key",
+        ),
+        (
+            1,
+            message(with_key("p256dh", "BAAA")),
+            "token_invalid/bad_subscription_key",
+        ),
+        (
+            1,
+            message(with_key("auth", "AAAAAAAAAAAAAAAAAAAA")),
+            "token_invalid/bad_subscription_key",
+        ),
+        (
+            1,
+            message(with_endpoint("ftp://127.0.0.1/wpush/a1")),
+            "token_invalid/endpoint_not_https",
+        ),
+        (
+            1,
+            b"{\"subscription\":\"\xff\"}".to_vec(),
+            "malformed/not_utf8",
+        ),
+        (
+            1,
+            br#"{"payload":"no subscription"}"#.to_vec(),
+            "malformed/no_token",
+        ),
+        (
+            1,
+            serde_json::json!({"subscription": good, "urgency": "now"})
+                .to_string()
+                .into_bytes(),
+            "malformed/invalid_value",
+        ),
+    ];
+    for i in 0..5 {
+        let s = serde_json::json!(generated_subscription(&origin, &format!("a{i:03}")));
+        cases.push((1, message(s), "delivered/"));
+    }
+    let produced = cases.len() as u64;
+    let reasons = Arc::new(Reasons::default());
+    let outputs = Outputs {
+        feedback: Some(Arc::new(
+            FeedbackProducer::new(&brokers, "push-{app}-{platform}-feedbacks").unwrap(),
+        )),
+        tokens: None,
+        observer: Some(reasons.clone()),
+    };
+    let mut spec = RunSpec::new(
+        Platform::WebPush,
+        brokers.clone(),
+        format!("group-{local_app}"),
+        topics.to_vec(),
+    );
+    spec.offset_reset = "earliest".into();
+    spec.commit_interval = Duration::from_millis(100);
+    let stop = CancellationToken::new();
+    let apps = std::collections::HashMap::from([
+        (strict_app.clone(), sender(EndpointRules::STRICT)),
+        (local_app.clone(), sender(EndpointRules::LOCAL)),
+    ]);
+    let pipeline = tokio::spawn(run(spec, apps, outputs, stop.clone()));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for (i, (topic, message, _)) in cases.iter().enumerate() {
+        producer
+            .send(
+                FutureRecord::to(&topics[*topic])
+                    .key(&i.to_string())
+                    .payload(message),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce case {i}: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reasons.total() < produced && Instant::now() < deadline {
+        assert!(!pipeline.is_finished(), "the pipeline stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let summary = pipeline.await.unwrap().unwrap();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, _, reason) in &cases {
+        *want.entry(reason.to_string()).or_default() += 1;
+    }
+    assert_eq!(*reasons.0.lock().unwrap(), want);
+    assert_eq!(summary.committed_total(), produced as i64, "{summary:?}");
+    // Only the five valid pushes reached the fake, each decrypted.
+    let stats = fake.stats().snapshot();
+    assert_eq!((stats.requests, stats.decrypted), (5, 5), "{stats:?}");
+
+    // A feedback record for every refusal, naming the subscription and why.
+    let strict = feedback::read_feedback(&brokers, &feedback_topics[0], 4, Duration::from_secs(20));
+    let local = feedback::read_feedback(&brokers, &feedback_topics[1], 12, Duration::from_secs(20));
+    let records: Vec<serde_json::Value> = strict
+        .iter()
+        .chain(&local)
+        .map(|r| serde_json::from_slice(r).unwrap())
+        .collect();
+    let refused: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["outcome"] == "token_invalid")
+        .collect();
+    assert_eq!(refused.len(), 8, "{records:?}");
+    for r in &refused {
+        assert_eq!(r["sent"], false, "{r}");
+        assert_eq!(r["metadata"]["deleteToken"], true, "{r}");
+        assert!(r["endpoint"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+        assert!(r["reason"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    }
+    // Tracked (notif_id) pushes also report success; malformed ones still name what they can.
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["outcome"] == "delivered")
+            .count(),
+        5
+    );
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["outcome"] == "malformed")
+            .count(),
+        3
+    );
+    fake.shutdown().await;
+}
