@@ -621,6 +621,7 @@ async fn results_of_a_push_are_stored_and_served() {
             topic: feedback_pattern("push-{app}-{platform}-feedbacks"),
             batch_size: 100,
             offset_reset: "earliest".to_owned(),
+            consumer_extra: Vec::new(),
         },
         Store::new(&pg()).unwrap(),
         hooks,

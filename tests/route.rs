@@ -83,6 +83,8 @@ impl Platform {
                 batch_size: 100,
                 offset_reset: "earliest".into(),
                 events: Default::default(),
+                membership: Default::default(),
+                consumer_extra: Vec::new(),
             },
             Registry::new(store.pool()),
             Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap(),

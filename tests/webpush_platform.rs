@@ -190,6 +190,7 @@ async fn browsers_registered_over_http_get_pushes_and_dead_ones_are_deleted() {
             topic: feedback_pattern("push-{app}-{platform}-feedbacks"),
             batch_size: 100,
             offset_reset: "earliest".to_owned(),
+            consumer_extra: Vec::new(),
         },
         pusher::platform::store::Store::new(&pg()).unwrap(),
         pusher::platform::webhook::Webhooks::new(&Default::default()).unwrap(),

@@ -220,6 +220,8 @@ fn route_settings(config: &crate::config::Config) -> crate::platform::route::Rou
                 .map(device_limits)
                 .unwrap_or_default(),
         },
+        membership: Default::default(),
+        consumer_extra: Vec::new(),
     }
 }
 
@@ -241,5 +243,6 @@ fn results_settings(config: &crate::config::Config) -> crate::platform::consume:
         batch_size: config.results.batch_size,
         // A new group must not skip verdicts already reported.
         offset_reset: "earliest".to_owned(),
+        consumer_extra: Vec::new(),
     }
 }

@@ -71,9 +71,9 @@ impl Claims {
             let owners: Vec<&str> = round.iter().map(|&i| claims[i].0.owner.as_str()).collect();
             let seconds: Vec<f64> = round.iter().map(|&i| claims[i].1 as f64).collect();
             let client = self.pool.get().await?;
-            let rows = client
-                .query(
-                    "INSERT INTO pusher_cooldowns AS c (app, user_id, message, until, last_event)
+            let rows = super::store::query(
+                &client,
+                "INSERT INTO pusher_cooldowns AS c (app, user_id, message, until, last_event)
                      SELECT $1, t.user_id, t.message, now() + t.secs * interval '1 second', t.owner
                      FROM unnest($2::bigint[], $3::text[], $4::text[], $5::float8[])
                        AS t(user_id, message, owner, secs)
@@ -85,9 +85,9 @@ impl Claims {
                            last_event = EXCLUDED.last_event
                        WHERE c.until <= now() OR c.last_event = EXCLUDED.last_event
                      RETURNING user_id::text, message, sent",
-                    &[&app, &users, &messages, &owners, &seconds],
-                )
-                .await?;
+                &[&app, &users, &messages, &owners, &seconds],
+            )
+            .await?;
             mark(&mut won, &round, claims.iter().map(|(c, _)| c), &rows);
         }
         Ok(won)
@@ -106,9 +106,9 @@ impl Claims {
             let col =
                 |f: fn(&Claim) -> &str| round.iter().map(|&i| f(&claims[i])).collect::<Vec<&str>>();
             let client = self.pool.get().await?;
-            let rows = client
-                .query(
-                    "INSERT INTO pusher_dedup AS d (app, token, message, until, last_event)
+            let rows = super::store::query(
+                &client,
+                "INSERT INTO pusher_dedup AS d (app, token, message, until, last_event)
                      SELECT $1, t.token, t.message, now() + $5 * interval '1 second', t.owner
                      FROM unnest($2::text[], $3::text[], $4::text[]) AS t(token, message, owner)
                      ORDER BY t.token, t.message
@@ -119,15 +119,15 @@ impl Claims {
                            last_event = EXCLUDED.last_event
                        WHERE d.until <= now() OR d.last_event = EXCLUDED.last_event
                      RETURNING token, message, sent",
-                    &[
-                        &app,
-                        &col(|c| &c.subject),
-                        &col(|c| &c.message),
-                        &col(|c| &c.owner),
-                        &window_s,
-                    ],
-                )
-                .await?;
+                &[
+                    &app,
+                    &col(|c| &c.subject),
+                    &col(|c| &c.message),
+                    &col(|c| &c.owner),
+                    &window_s,
+                ],
+            )
+            .await?;
             mark(&mut won, &round, claims.iter(), &rows);
         }
         Ok(won)
@@ -154,9 +154,9 @@ impl Claims {
             let tokens: Vec<&str> = round.iter().map(|&i| keyed[i].subject.as_str()).collect();
             let owners: Vec<&str> = round.iter().map(|&i| keyed[i].owner.as_str()).collect();
             let client = self.pool.get().await?;
-            let rows = client
-                .query(
-                    "INSERT INTO pusher_device_limits AS r (app, token, tat, last_event)
+            let rows = super::store::query(
+                &client,
+                "INSERT INTO pusher_device_limits AS r (app, token, tat, last_event)
                      SELECT $1, t.token, now() + $4 * interval '1 second', t.owner
                      FROM unnest($2::text[], $3::text[]) AS t(token, owner)
                      ORDER BY t.token
@@ -168,9 +168,9 @@ impl Claims {
                           OR greatest(r.tat, now()) + $4 * interval '1 second'
                              <= now() + $5 * interval '1 second'
                      RETURNING token, ''::text, false",
-                    &[&app, &tokens, &owners, &interval, &limit.window_s],
-                )
-                .await?;
+                &[&app, &tokens, &owners, &interval, &limit.window_s],
+            )
+            .await?;
             mark(&mut won, &round, keyed.iter(), &rows);
         }
         Ok(won.into_iter().map(|c| c == Claimed::Won).collect())
@@ -205,17 +205,17 @@ impl Claims {
                 continue;
             }
             let col = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<&str>>();
-            client
-                .execute(
-                    statement,
-                    &[
-                        &app,
-                        &col(|c| &c.subject),
-                        &col(|c| &c.message),
-                        &col(|c| &c.owner),
-                    ],
-                )
-                .await?;
+            super::store::execute(
+                &client,
+                statement,
+                &[
+                    &app,
+                    &col(|c| &c.subject),
+                    &col(|c| &c.message),
+                    &col(|c| &c.owner),
+                ],
+            )
+            .await?;
         }
         Ok(())
     }

@@ -5,10 +5,14 @@
 //! to 30 s) and nothing is committed until it passes. At least once: a crash redoes the batch.
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -23,11 +27,58 @@ pub struct GroupSettings {
     pub batch_size: usize,
     /// Where a group without committed offsets starts.
     pub offset_reset: String,
+    /// librdkafka properties set last (the benches' short fetch wait on the mock cluster).
+    pub consumer_extra: Vec<(String, String)>,
 }
 
+/// How many partitions one member holds now (0 before its first assignment and while a
+/// rebalance moves them). Clones share the count: give each member its own.
+#[derive(Debug, Clone, Default)]
+pub struct Membership(Arc<AtomicUsize>);
+
+impl Membership {
+    pub fn partitions(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Logs the group's rebalances (a member that joins or dies shows in the log) and keeps the
+/// member's partition count.
+pub struct GroupContext {
+    membership: Membership,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            self.membership.0.store(0, Ordering::Relaxed);
+            tracing::info!(partitions = list.count(), "Partitions revoked.");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                self.membership.0.store(list.count(), Ordering::Relaxed);
+                tracing::info!(partitions = list.count(), "Partitions assigned.");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance failed."),
+        }
+    }
+}
+
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
 /// A consumer that commits only what its handler finished.
-pub fn consumer(settings: &GroupSettings) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-    let consumer: StreamConsumer = ClientConfig::new()
+pub fn consumer(
+    settings: &GroupSettings,
+    membership: Membership,
+) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &settings.brokers)
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "false")
@@ -40,8 +91,11 @@ pub fn consumer(settings: &GroupSettings) -> Result<StreamConsumer, rdkafka::err
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "2000")
         // Longer than a batch can take, retries included (the retry back-off is at most 30 s).
-        .set("max.poll.interval.ms", "60000")
-        .create()?;
+        .set("max.poll.interval.ms", "60000");
+    for (k, v) in &settings.consumer_extra {
+        config.set(k, v);
+    }
+    let consumer: GroupConsumer = config.create_with_context(GroupContext { membership })?;
     consumer.subscribe(&[settings.topic.as_str()])?;
     Ok(consumer)
 }
@@ -59,7 +113,7 @@ pub trait Batches {
 /// Runs `handler` over batches until `stop`. `component` names the `/healthz` problem while
 /// batches fail.
 pub async fn batches(
-    consumer: &StreamConsumer,
+    consumer: &GroupConsumer,
     batch_size: usize,
     component: &str,
     stop: &CancellationToken,
@@ -103,7 +157,7 @@ pub async fn batches(
 }
 
 /// Commits past the last record of each partition in the batch.
-fn commit(consumer: &StreamConsumer, batch: &[BorrowedMessage<'_>]) {
+fn commit(consumer: &GroupConsumer, batch: &[BorrowedMessage<'_>]) {
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for m in batch {
         let slot = next

@@ -159,8 +159,12 @@ pub async fn route(
             ..Routed::default()
         });
     }
-    let languages = stores.messages.languages(app, &users).await?;
-    let opt_outs = stores.messages.opt_outs(app, &users).await?;
+    // Three reads on three connections at once: a batch waits for one round trip, not three.
+    let (languages, opt_outs, devices) = tokio::try_join!(
+        stores.messages.languages(app, &users),
+        stores.messages.opt_outs(app, &users),
+        stores.registry.devices_of(app, &users),
+    )?;
 
     let mut candidates = Vec::new();
     for event in events {
@@ -203,7 +207,6 @@ pub async fn route(
         }
     }
 
-    let devices = stores.registry.devices_of(app, &users).await?;
     let mut by_user: HashMap<i64, Vec<&Device>> = HashMap::new();
     for d in &devices {
         by_user.entry(d.user_id).or_default().push(d);

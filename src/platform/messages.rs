@@ -237,38 +237,36 @@ impl Messages {
 
     pub async fn get(&self, app: &str, name: &str) -> Result<Option<Message>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                &format!(
-                    "{SELECT_MESSAGES} WHERE m.app = $1 AND m.name = $2 ORDER BY l.language_id"
-                ),
-                &[&app, &name],
-            )
-            .await?;
+        let rows = super::store::query(
+            &client,
+            &format!("{SELECT_MESSAGES} WHERE m.app = $1 AND m.name = $2 ORDER BY l.language_id"),
+            &[&app, &name],
+        )
+        .await?;
         Ok(collect(&rows).into_iter().next())
     }
 
     /// Every message of the app, by name.
     pub async fn list(&self, app: &str) -> Result<Vec<Message>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                &format!("{SELECT_MESSAGES} WHERE m.app = $1 ORDER BY m.name, l.language_id"),
-                &[&app],
-            )
-            .await?;
+        let rows = super::store::query(
+            &client,
+            &format!("{SELECT_MESSAGES} WHERE m.app = $1 ORDER BY m.name, l.language_id"),
+            &[&app],
+        )
+        .await?;
         Ok(collect(&rows))
     }
 
     /// Removes a message; false when there was none.
     pub async fn delete(&self, app: &str, name: &str) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
-        let n = client
-            .execute(
-                "DELETE FROM pusher_messages WHERE app = $1 AND name = $2",
-                &[&app, &name],
-            )
-            .await?;
+        let n = super::store::execute(
+            &client,
+            "DELETE FROM pusher_messages WHERE app = $1 AND name = $2",
+            &[&app, &name],
+        )
+        .await?;
         Ok(n > 0)
     }
 
@@ -279,15 +277,15 @@ impl Messages {
         event_ids: &[i32],
     ) -> Result<HashMap<i32, Vec<Message>>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                &format!(
-                    "{SELECT_MESSAGES} WHERE m.app = $1 AND m.event_id = ANY($2)
+        let rows = super::store::query(
+            &client,
+            &format!(
+                "{SELECT_MESSAGES} WHERE m.app = $1 AND m.event_id = ANY($2)
                      ORDER BY m.name, l.language_id"
-                ),
-                &[&app, &event_ids],
-            )
-            .await?;
+            ),
+            &[&app, &event_ids],
+        )
+        .await?;
         let mut by_event: HashMap<i32, Vec<Message>> = HashMap::new();
         for m in collect(&rows) {
             by_event.entry(m.event_id).or_default().push(m);
@@ -302,13 +300,13 @@ impl Messages {
         users: &[i64],
     ) -> Result<HashMap<i64, i32>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT user_id, language_id FROM pusher_logins
+        let rows = super::store::query(
+            &client,
+            "SELECT user_id, language_id FROM pusher_logins
                  WHERE app = $1 AND user_id = ANY($2)",
-                &[&app, &users],
-            )
-            .await?;
+            &[&app, &users],
+        )
+        .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -319,12 +317,12 @@ impl Messages {
         users: &[i64],
     ) -> Result<HashMap<i64, HashSet<String>>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT user_id, message FROM pusher_optouts WHERE app = $1 AND user_id = ANY($2)",
-                &[&app, &users],
-            )
-            .await?;
+        let rows = super::store::query(
+            &client,
+            "SELECT user_id, message FROM pusher_optouts WHERE app = $1 AND user_id = ANY($2)",
+            &[&app, &users],
+        )
+        .await?;
         let mut by_user: HashMap<i64, HashSet<String>> = HashMap::new();
         for r in &rows {
             by_user.entry(r.get(0)).or_default().insert(r.get(1));

@@ -205,15 +205,15 @@ impl Registry {
     /// The devices of `users`, newest first per user.
     pub async fn devices_of(&self, app: &str, users: &[i64]) -> Result<Vec<Device>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT user_id, platform, token, device_id, platform_id, app_version,
+        let rows = super::store::query(
+            &client,
+            "SELECT user_id, platform, token, device_id, platform_id, app_version,
                         (extract(epoch FROM updated_at) * 1000)::bigint, p256dh, auth
                  FROM pusher_devices WHERE app = $1 AND user_id = ANY($2)
                  ORDER BY user_id, updated_at DESC, token",
-                &[&app, &users],
-            )
-            .await?;
+            &[&app, &users],
+        )
+        .await?;
         Ok(rows
             .iter()
             .filter_map(|r| {
@@ -243,9 +243,9 @@ impl Registry {
         let platform = condition.platform.map(|p| p.as_str());
         let after_login = condition.last_login_after.map(|t| t as f64);
         let before_login = condition.last_login_before.map(|t| t as f64);
-        let rows = client
-            .query(
-                "SELECT d.user_id, d.platform, d.token, d.device_id, d.platform_id, d.app_version,
+        let rows = super::store::query(
+            &client,
+            "SELECT d.user_id, d.platform, d.token, d.device_id, d.platform_id, d.app_version,
                         (extract(epoch FROM d.updated_at) * 1000)::bigint, d.p256dh, d.auth
                  FROM pusher_devices d
                  LEFT JOIN pusher_logins l ON l.app = d.app AND l.user_id = d.user_id
@@ -256,18 +256,18 @@ impl Registry {
                    AND ($6::float8 IS NULL OR l.last_login >= to_timestamp($6))
                    AND ($7::float8 IS NULL OR l.last_login < to_timestamp($7))
                  ORDER BY d.token LIMIT $8",
-                &[
-                    &app,
-                    &after,
-                    &platform,
-                    &condition.language_id,
-                    &condition.app_version,
-                    &after_login,
-                    &before_login,
-                    &limit,
-                ],
-            )
-            .await?;
+            &[
+                &app,
+                &after,
+                &platform,
+                &condition.language_id,
+                &condition.app_version,
+                &after_login,
+                &before_login,
+                &limit,
+            ],
+        )
+        .await?;
         Ok(rows
             .iter()
             .filter_map(|r| {
@@ -312,28 +312,28 @@ impl Registry {
         done: bool,
     ) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO pusher_segments (app, notif_id, last_token, produced, done)
+        super::store::execute(
+            &client,
+            "INSERT INTO pusher_segments (app, notif_id, last_token, produced, done)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (app, notif_id) DO UPDATE
                    SET last_token = EXCLUDED.last_token, produced = EXCLUDED.produced,
                        done = EXCLUDED.done, updated_at = now()",
-                &[&app, &notif_id, &last_token, &produced, &done],
-            )
-            .await?;
+            &[&app, &notif_id, &last_token, &produced, &done],
+        )
+        .await?;
         Ok(())
     }
 
     /// Removes one token; false when the app has no such token.
     pub async fn remove(&self, app: &str, token: &str) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
-        let n = client
-            .execute(
-                "DELETE FROM pusher_devices WHERE app = $1 AND token = $2",
-                &[&app, &token],
-            )
-            .await?;
+        let n = super::store::execute(
+            &client,
+            "DELETE FROM pusher_devices WHERE app = $1 AND token = $2",
+            &[&app, &token],
+        )
+        .await?;
         Ok(n > 0)
     }
 

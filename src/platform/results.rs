@@ -90,7 +90,8 @@ pub async fn run(
     webhooks: Webhooks,
     stop: CancellationToken,
 ) -> Result<ResultCounts, ResultsError> {
-    let consumer = consume::consumer(&settings).map_err(ResultsError::Consumer)?;
+    let consumer = consume::consumer(&settings, consume::Membership::default())
+        .map_err(ResultsError::Consumer)?;
     let mut writer = Writer {
         store,
         webhooks,

@@ -39,6 +39,10 @@ pub struct RouteSettings {
     pub offset_reset: String,
     /// Event mode: languages, limits, where `rate_limited` verdicts go.
     pub events: EventSettings,
+    /// This router's share of the group (each router its own).
+    pub membership: consume::Membership,
+    /// librdkafka properties for its consumer (`GroupSettings::consumer_extra`).
+    pub consumer_extra: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,13 +125,17 @@ pub async fn run(
     producer: Producer,
     stop: CancellationToken,
 ) -> Result<RouteCounts, RouteError> {
-    let consumer = consume::consumer(&GroupSettings {
-        brokers: settings.brokers.clone(),
-        group: settings.group.clone(),
-        topic: TOPIC_PATTERN.to_owned(),
-        batch_size: settings.batch_size,
-        offset_reset: settings.offset_reset.clone(),
-    })
+    let consumer = consume::consumer(
+        &GroupSettings {
+            brokers: settings.brokers.clone(),
+            group: settings.group.clone(),
+            topic: TOPIC_PATTERN.to_owned(),
+            batch_size: settings.batch_size,
+            offset_reset: settings.offset_reset.clone(),
+            consumer_extra: settings.consumer_extra.clone(),
+        },
+        settings.membership.clone(),
+    )
     .map_err(RouteError::Consumer)?;
     let messages = Messages::new(registry.pool());
     let claims = Claims::new(registry.pool());

@@ -5,6 +5,8 @@
 use crate::config::PgConfig;
 use deadpool_postgres::Pool;
 use std::time::Duration;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 /// The schema, also in `fixtures/platform.sql` for whoever creates tables by hand.
 pub const SCHEMA: &str = include_str!("../../fixtures/platform.sql");
@@ -29,6 +31,37 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         StoreError::Unavailable(e.to_string())
     }
+}
+
+/// Runs `sql` as a statement prepared once per connection and kept (deadpool's cache): a call
+/// costs one round trip and no parse, where `Client::query` with a `&str` costs two and a parse.
+pub(super) async fn query(
+    client: &deadpool_postgres::Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(sql).await?;
+    client.query(&statement, params).await
+}
+
+/// `query` for a statement that returns no rows: how many it touched.
+pub(super) async fn execute(
+    client: &deadpool_postgres::Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = client.prepare_cached(sql).await?;
+    client.execute(&statement, params).await
+}
+
+/// `query` for exactly one row.
+pub(super) async fn query_one(
+    client: &deadpool_postgres::Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, tokio_postgres::Error> {
+    let statement = client.prepare_cached(sql).await?;
+    client.query_one(&statement, params).await
 }
 
 /// One notification of a request, as the claim sees it.
@@ -94,19 +127,19 @@ impl Store {
         let idem: Vec<&str> = keys.iter().map(|k| k.idem_key.as_str()).collect();
         let ids: Vec<&str> = keys.iter().map(|k| k.notif_id.as_str()).collect();
         let stale = stale_after.as_secs_f64();
-        let rows = client
-            .query(
-                "INSERT INTO pusher_notifications AS n (app, idem_key, notif_id, claim)
+        let rows = query(
+            &client,
+            "INSERT INTO pusher_notifications AS n (app, idem_key, notif_id, claim)
                  SELECT $1, k, id, $4 FROM unnest($2::text[], $3::text[]) AS t(k, id)
                  ON CONFLICT (app, idem_key) DO UPDATE
                    SET claim = EXCLUDED.claim, claimed_at = now()
                    WHERE n.state = 'pending'
                      AND n.claimed_at < now() - make_interval(secs => $5)
                  RETURNING idem_key, notif_id",
-                &[&app, &idem, &ids, &claim, &stale],
-            )
-            .await
-            .map_err(|e| taken(e, keys))?;
+            &[&app, &idem, &ids, &claim, &stale],
+        )
+        .await
+        .map_err(|e| taken(e, keys))?;
         let mut ours: std::collections::HashMap<String, String> = rows
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
@@ -161,15 +194,15 @@ impl Store {
             .iter()
             .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
             .collect();
-        client
-            .execute(
-                "UPDATE pusher_notifications AS n
+        execute(
+            &client,
+            "UPDATE pusher_notifications AS n
                  SET state = 'accepted', accepted_at = now(), targets = t.targets
                  FROM unnest($2::text[], $3::int[]) AS t(k, targets)
                  WHERE n.app = $1 AND n.idem_key = t.k AND n.claim = $4",
-                &[&app, &keys, &targets, &claim],
-            )
-            .await?;
+            &[&app, &keys, &targets, &claim],
+        )
+        .await?;
         Ok(())
     }
 
@@ -186,16 +219,16 @@ impl Store {
             .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
             .collect();
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO pusher_notifications
+        execute(
+            &client,
+            "INSERT INTO pusher_notifications
                    (app, idem_key, notif_id, state, claim, accepted_at, targets)
                  SELECT $1, 'g:' || t.id, t.id, 'accepted', '', now(), t.targets
                  FROM unnest($2::text[], $3::int[]) AS t(id, targets)
                  ON CONFLICT DO NOTHING",
-                &[&app, &ids, &targets],
-            )
-            .await?;
+            &[&app, &ids, &targets],
+        )
+        .await?;
         Ok(())
     }
 
@@ -203,13 +236,13 @@ impl Store {
     /// produces them at once instead of waiting for the claims to go stale.
     pub async fn release(&self, app: &str, claim: &str) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "DELETE FROM pusher_notifications
+        execute(
+            &client,
+            "DELETE FROM pusher_notifications
                  WHERE app = $1 AND claim = $2 AND state = 'pending'",
-                &[&app, &claim],
-            )
-            .await?;
+            &[&app, &claim],
+        )
+        .await?;
         Ok(())
     }
 
@@ -285,9 +318,9 @@ impl Store {
         let col = |f: fn(&ResultRow) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
         let at: Vec<f64> = rows.iter().map(|r| r.at as f64).collect();
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO pusher_results AS r
+        execute(
+            &client,
+            "INSERT INTO pusher_results AS r
                    (app, notif_id, token, platform, outcome, reason, at)
                  SELECT t.app, t.notif_id, t.token, t.platform, t.outcome, t.reason,
                         to_timestamp(t.at)
@@ -298,17 +331,17 @@ impl Store {
                    SET platform = EXCLUDED.platform, outcome = EXCLUDED.outcome,
                        reason = EXCLUDED.reason, at = EXCLUDED.at
                    WHERE r.at <= EXCLUDED.at",
-                &[
-                    &col(|r| &r.app),
-                    &col(|r| &r.notif_id),
-                    &col(|r| &r.token),
-                    &col(|r| &r.platform),
-                    &col(|r| &r.outcome),
-                    &col(|r| &r.reason),
-                    &at,
-                ],
-            )
-            .await?;
+            &[
+                &col(|r| &r.app),
+                &col(|r| &r.notif_id),
+                &col(|r| &r.token),
+                &col(|r| &r.platform),
+                &col(|r| &r.outcome),
+                &col(|r| &r.reason),
+                &at,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -327,14 +360,14 @@ impl Store {
         let tokens: Vec<&str> = dead.iter().map(|r| r.token.as_str()).collect();
         let at: Vec<f64> = dead.iter().map(|r| r.at as f64).collect();
         let client = self.pool.get().await?;
-        Ok(client
-            .execute(
-                "DELETE FROM pusher_devices AS d
+        Ok(execute(
+            &client,
+            "DELETE FROM pusher_devices AS d
                  USING unnest($1::text[], $2::text[], $3::float8[]) AS t(app, token, at)
                  WHERE d.app = t.app AND d.token = t.token AND d.updated_at < to_timestamp(t.at)",
-                &[&apps, &tokens, &at],
-            )
-            .await?)
+            &[&apps, &tokens, &at],
+        )
+        .await?)
     }
 
     /// Of the `(app, notif_id)` pairs, those now complete (a verdict for every record they
@@ -350,9 +383,9 @@ impl Store {
         let apps: Vec<&str> = pairs.iter().map(|(a, _)| a.as_str()).collect();
         let ids: Vec<&str> = pairs.iter().map(|(_, n)| n.as_str()).collect();
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "UPDATE pusher_notifications AS n SET notified_at = now()
+        let rows = query(
+            &client,
+            "UPDATE pusher_notifications AS n SET notified_at = now()
                  FROM (SELECT r.app, r.notif_id, count(*) AS done
                        FROM pusher_results r
                        JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
@@ -361,9 +394,9 @@ impl Store {
                  WHERE n.app = c.app AND n.notif_id = c.notif_id AND n.state = 'accepted'
                    AND n.notified_at IS NULL AND n.targets > 0 AND c.done >= n.targets
                  RETURNING n.app, n.notif_id, n.targets",
-                &[&apps, &ids],
-            )
-            .await?;
+            &[&apps, &ids],
+        )
+        .await?;
         Ok(rows
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -400,29 +433,29 @@ impl Store {
         notif_id: &str,
     ) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT outcome, count(*) FROM pusher_results
+        let rows = query(
+            &client,
+            "SELECT outcome, count(*) FROM pusher_results
                  WHERE app = $1 AND notif_id = $2 GROUP BY outcome",
-                &[&app, &notif_id],
-            )
-            .await?;
+            &[&app, &notif_id],
+        )
+        .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Notifications accepted, and verdicts delivered and otherwise, in the last `seconds`.
     pub async fn recent_counts(&self, app: &str, seconds: f64) -> Result<[i64; 3], StoreError> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                "SELECT (SELECT count(*) FROM pusher_notifications
+        let row = query_one(
+            &client,
+            "SELECT (SELECT count(*) FROM pusher_notifications
                          WHERE app = $1 AND accepted_at > now() - $2 * interval '1 second'),
                         count(*) FILTER (WHERE outcome = 'delivered'),
                         count(*) FILTER (WHERE outcome <> 'delivered')
                  FROM pusher_results WHERE app = $1 AND at > now() - $2 * interval '1 second'",
-                &[&app, &seconds],
-            )
-            .await?;
+            &[&app, &seconds],
+        )
+        .await?;
         Ok([row.get(0), row.get(1), row.get(2)])
     }
 
@@ -435,14 +468,14 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ResultRow>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT token, platform, outcome, reason, (extract(epoch FROM at))::bigint
+        let rows = query(
+            &client,
+            "SELECT token, platform, outcome, reason, (extract(epoch FROM at))::bigint
                  FROM pusher_results WHERE app = $1 AND notif_id = $2 AND token > $3
                  ORDER BY token LIMIT $4",
-                &[&app, &notif_id, &after, &limit],
-            )
-            .await?;
+            &[&app, &notif_id, &after, &limit],
+        )
+        .await?;
         Ok(rows
             .iter()
             .map(|r| ResultRow {
