@@ -105,6 +105,9 @@ fn main() {
             batch_size: 500,
             offset_reset: "earliest".into(),
             events: Default::default(),
+            membership: Default::default(),
+            // The mock cluster answers an empty fetch only after the whole wait.
+            consumer_extra: vec![("fetch.wait.max.ms".into(), "5".into())],
         };
         let router = tokio::spawn(run(
             settings,
