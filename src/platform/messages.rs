@@ -302,8 +302,11 @@ impl Messages {
         let client = self.pool.get().await?;
         let rows = super::store::query(
             &client,
-            "SELECT user_id, language_id FROM pusher_logins
-                 WHERE app = $1 AND user_id = ANY($2)",
+            // One index lookup per user, as `Registry::devices_of` (why there).
+            "SELECT l.user_id, l.language_id
+             FROM (SELECT DISTINCT unnest($2::bigint[]) AS id) AS u
+             CROSS JOIN LATERAL (SELECT user_id, language_id FROM pusher_logins
+                                 WHERE app = $1 AND user_id = u.id OFFSET 0) AS l",
             &[&app, &users],
         )
         .await?;
@@ -319,7 +322,11 @@ impl Messages {
         let client = self.pool.get().await?;
         let rows = super::store::query(
             &client,
-            "SELECT user_id, message FROM pusher_optouts WHERE app = $1 AND user_id = ANY($2)",
+            // One index lookup per user, as `Registry::devices_of` (why there).
+            "SELECT o.user_id, o.message
+             FROM (SELECT DISTINCT unnest($2::bigint[]) AS id) AS u
+             CROSS JOIN LATERAL (SELECT user_id, message FROM pusher_optouts
+                                 WHERE app = $1 AND user_id = u.id OFFSET 0) AS o",
             &[&app, &users],
         )
         .await?;

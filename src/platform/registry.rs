@@ -174,7 +174,9 @@ impl Registry {
                 "DELETE FROM pusher_devices AS d
                  USING (SELECT token, row_number() OVER (
                             PARTITION BY user_id ORDER BY updated_at DESC, token) AS n
-                        FROM pusher_devices WHERE app = $1 AND user_id = ANY($2)) AS r
+                        FROM (SELECT DISTINCT unnest($2::bigint[]) AS id) AS u
+                        CROSS JOIN LATERAL (SELECT token, user_id, updated_at FROM pusher_devices
+                            WHERE app = $1 AND user_id = u.id OFFSET 0) AS p) AS r
                  WHERE d.app = $1 AND d.token = r.token AND r.n > $3",
                 &[&app, &users, &MAX_DEVICES_PER_USER],
             )
@@ -203,14 +205,23 @@ impl Registry {
     }
 
     /// The devices of `users`, newest first per user.
+    ///
+    /// One index lookup per user, whatever the statistics say of the app: with `WHERE app = $1
+    /// AND user_id = ANY($2)`, an app the statistics do not know yet (new, or grown since the
+    /// last ANALYZE) got a plan that reads every row of the app and filters: 87 ms instead of
+    /// 2 ms for 500 users of a 200,000-device app (the router fell from 35,000 to 5,000
+    /// users/s). `OFFSET 0` keeps the subquery from being flattened into a join the planner
+    /// could choose as badly. The registry's other reads by user are written the same way.
     pub async fn devices_of(&self, app: &str, users: &[i64]) -> Result<Vec<Device>, StoreError> {
         let client = self.pool.get().await?;
         let rows = super::store::query(
             &client,
-            "SELECT user_id, platform, token, device_id, platform_id, app_version,
-                        (extract(epoch FROM updated_at) * 1000)::bigint, p256dh, auth
-                 FROM pusher_devices WHERE app = $1 AND user_id = ANY($2)
-                 ORDER BY user_id, updated_at DESC, token",
+            "SELECT d.user_id, d.platform, d.token, d.device_id, d.platform_id, d.app_version,
+                    (extract(epoch FROM d.updated_at) * 1000)::bigint, d.p256dh, d.auth
+             FROM (SELECT DISTINCT unnest($2::bigint[]) AS id) AS u
+             CROSS JOIN LATERAL (SELECT * FROM pusher_devices
+                                 WHERE app = $1 AND user_id = u.id OFFSET 0) AS d
+             ORDER BY d.user_id, d.updated_at DESC, d.token",
             &[&app, &users],
         )
         .await?;

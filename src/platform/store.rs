@@ -153,8 +153,12 @@ impl Store {
         if !others.is_empty() {
             for row in client
                 .query(
-                    "SELECT idem_key, notif_id, state, targets FROM pusher_notifications
-                     WHERE app = $1 AND idem_key = ANY($2)",
+                    // One index lookup per key, as `Registry::devices_of` (why there).
+                    "SELECT n.idem_key, n.notif_id, n.state, n.targets
+                     FROM unnest($2::text[]) AS k(key)
+                     CROSS JOIN LATERAL (SELECT idem_key, notif_id, state, targets
+                         FROM pusher_notifications
+                         WHERE app = $1 AND idem_key = k.key OFFSET 0) AS n",
                     &[&app, &others],
                 )
                 .await?
