@@ -106,8 +106,7 @@ fn main() {
             offset_reset: "earliest".into(),
             events: Default::default(),
             membership: Default::default(),
-            // The mock cluster answers an empty fetch only after the whole wait.
-            consumer_extra: vec![("fetch.wait.max.ms".into(), "5".into())],
+            consumer_extra: KafkaMock::consumer_tuning(5),
         };
         let router = tokio::spawn(run(
             settings,

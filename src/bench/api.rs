@@ -293,10 +293,7 @@ pub(super) fn pipeline_spec(
     spec.commit_interval = Duration::from_millis(200);
     spec.shutdown_timeout = Duration::from_secs(10);
     if mock {
-        // The mock cluster answers an empty fetch only after fetch.wait.max.ms (as the
-        // end-to-end bench notes): a short wait keeps the pipeline from idling.
-        spec.consumer_extra
-            .push(("fetch.wait.max.ms".into(), "5".into()));
+        spec.consumer_extra = KafkaMock::consumer_tuning(5);
     }
     spec
 }

@@ -231,12 +231,7 @@ fn one_run(
     spec.commit_interval = Duration::from_millis(200);
     spec.shutdown_timeout = Duration::from_secs(10);
     if kafka.is_some() {
-        // librdkafka's mock cluster answers a fetch that finds no data only after the whole
-        // `fetch.wait.max.ms` (default 500 ms), even if messages arrive meanwhile (a real
-        // broker answers as soon as they do): the pipeline would idle half a second per
-        // empty fetch. A short wait makes the mock behave like a broker.
-        spec.consumer_extra
-            .push(("fetch.wait.max.ms".into(), batching(args).0.to_string()));
+        spec.consumer_extra = KafkaMock::consumer_tuning(batching(args).0);
     }
 
     let rt = crate::runtime::build(args.threads, "pusher-bench")?;

@@ -205,9 +205,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         offset_reset: "earliest".into(),
         events: EventSettings::default(),
         membership: Default::default(),
-        // As the pipeline's (`pipeline_spec`): the mock cluster answers an empty fetch only
-        // after the whole wait, new records or not (a real broker answers when they arrive).
-        consumer_extra: vec![("fetch.wait.max.ms".into(), "5".into())],
+        consumer_extra: KafkaMock::consumer_tuning(5),
     };
 
     let stop = interrupt.token().clone();

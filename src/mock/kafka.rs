@@ -298,6 +298,14 @@ impl KafkaMock {
         &self.bootstrap
     }
 
+    /// Consumer properties for reading from the mock: it answers a fetch that finds no data
+    /// only after the consumer's whole `fetch.wait.max.ms` (librdkafka's default 500 ms), even
+    /// when records arrive meanwhile (a real broker answers as soon as they do), so each idle
+    /// hop would cost up to half a second. A short wait makes it behave like a broker.
+    pub fn consumer_tuning(fetch_wait_ms: u32) -> Vec<(String, String)> {
+        vec![("fetch.wait.max.ms".to_owned(), fetch_wait_ms.to_string())]
+    }
+
     /// Bytes each partition keeps before dropping its oldest messages.
     pub fn retention_bytes(&self) -> u64 {
         self.retention_bytes
