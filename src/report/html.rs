@@ -244,7 +244,7 @@ pub fn render_compare(
     let _ = writeln!(body, "<h1>{}</h1>", esc(&title));
     let _ = writeln!(
         body,
-        "<p class=\"sub\">A = {} ({}); B = {} ({}). Marked: changes beyond the noise (the spread of repeated runs, or the drift assumed for one run), raw and calibration-normalised, and beyond {threshold_pct}%.</p>",
+        "<p class=\"sub\">A = {} ({}); B = {} ({}). Marked: changes beyond the noise (from the spread of repeated runs, or the drift assumed for one run, widened by the calibration's move between the reports), raw and calibration-normalised, and beyond {threshold_pct}%.</p>",
         esc(a_name),
         esc(&subtitle(a)),
         esc(b_name),
