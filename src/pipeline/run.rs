@@ -252,6 +252,10 @@ pub async fn run(
     let mut status = StatusLine::new(spec.log_interval);
     let mut ticks: u64 = 0;
 
+    // Made once: a labelled handle per message costs a registry lookup. (The recorder, when
+    // there is one, is installed before the pipeline starts.)
+    let consumed_metric =
+        metrics::counter!(crate::telemetry::names::CONSUMED, "platform" => spec.platform.as_str());
     tracing::info!(topics = %crate::telemetry::Json(&spec.topics), group = %spec.group, "Consuming.");
     loop {
         // Fetching goes on while an endpoint is down (its partitions are paused, so nothing of
@@ -333,8 +337,7 @@ pub async fn run(
             continue;
         }
         counters.consumed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::telemetry::names::CONSUMED, "platform" => spec.platform.as_str())
-            .increment(1);
+        consumed_metric.increment(1);
         if let Some(capture) = &spec.capture {
             capture.record(&topic, message.key(), message.payload());
         }
