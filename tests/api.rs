@@ -823,6 +823,16 @@ async fn sigkilled_api_loses_nothing_it_acknowledged() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // The restarted API counted every request it answered 200, from its first: its metrics
+    // recorder is installed at start, not at the first scrape.
+    let answered = sent - acked.len();
+    let metrics = request(addr, "GET", "/metrics", &[], "").await.text();
+    assert!(
+        metrics.contains(&format!(
+            r#"pusher_api_requests_total{{route="/api/push",status="200"}} {answered}"#
+        )),
+        "{answered} answered 200: {metrics}"
+    );
     let records = read_topic(kafka.bootstrap(), &topic, sent * 10);
     let in_kafka: HashSet<String> = records.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(

@@ -63,6 +63,9 @@ pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
             println!("platform tables ready");
             return anyhow::Ok(());
         }
+        // Installed before the first request, not at the first scrape of `/metrics`:
+        // what is counted before a recorder exists is lost.
+        crate::telemetry::prometheus()?;
         let producer = Producer::new(&config.queue.brokers, settings.produce_timeout)?;
         let state = ApiState::new(settings, producer, store.clone());
         let listener = tokio::net::TcpListener::bind(&config.api.listen)
