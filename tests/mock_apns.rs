@@ -1286,6 +1286,12 @@ async fn cli_mock_apns_prints_its_addresses_and_serves() {
             ca.display().to_string()
         );
         let admin: SocketAddr = ready["admin"].as_str().unwrap().parse().unwrap();
+        // The binary runs without transparent huge pages (main.rs), where the kernel says.
+        let proc_status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
+        if proc_status.contains("THP_enabled:") {
+            assert!(proc_status.contains("THP_enabled:\t0"), "{proc_status}");
+        }
 
         assert_eq!(Client::h2c(h2c).await.push(&token()).await.status, 200);
         let ca_pem = std::fs::read_to_string(&ca).unwrap();
