@@ -371,6 +371,86 @@ async fn broker_down_is_503_and_the_retry_is_accepted_once() {
     up.stop().await;
 }
 
+/// A notifications table of the shape before 2026-12-05 (`(app, idem_key)` the primary key,
+/// every row keyed) is changed in place by the schema, twice without harm: its rows stay, a
+/// notification with nothing to dedup on needs no key, a notif_id and a key are still unique.
+#[tokio::test]
+async fn schema_migrates_the_keyed_notifications_table() {
+    let (client, connection) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let schema = fresh_app("migrate_");
+    client
+        .batch_execute(&format!(
+            "SET client_min_messages = warning; CREATE SCHEMA {schema}; SET search_path = {schema};
+             CREATE TABLE pusher_notifications (
+                 app text NOT NULL, idem_key text NOT NULL, notif_id text NOT NULL,
+                 state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'accepted')),
+                 claim text NOT NULL, claimed_at timestamptz NOT NULL DEFAULT now(),
+                 accepted_at timestamptz, targets integer NOT NULL DEFAULT 0,
+                 PRIMARY KEY (app, idem_key), UNIQUE (app, notif_id));
+             INSERT INTO pusher_notifications (app, idem_key, notif_id, claim)
+                 VALUES ('a', 'g:n1', 'n1', '');"
+        ))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        client
+            .batch_execute(pusher::platform::store::SCHEMA)
+            .await
+            .unwrap();
+    }
+    let insert = "INSERT INTO pusher_notifications (app, idem_key, notif_id, claim)
+                  VALUES ('a', $1, $2, '')";
+    client
+        .execute(insert, &[&None::<&str>, &"n2"])
+        .await
+        .unwrap();
+    client
+        .execute(insert, &[&None::<&str>, &"n3"])
+        .await
+        .unwrap();
+    client
+        .execute(insert, &[&Some("h:k#0"), &"n4"])
+        .await
+        .unwrap();
+    let same_key = client.execute(insert, &[&Some("h:k#0"), &"n5"]).await;
+    let same_id = client.execute(insert, &[&None::<&str>, &"n1"]).await;
+    for refused in [same_key, same_id] {
+        let e = refused.unwrap_err();
+        assert_eq!(
+            e.as_db_error().map(|db| db.code().clone()),
+            Some(tokio_postgres::error::SqlState::UNIQUE_VIOLATION),
+            "{e}"
+        );
+    }
+    let rows = client
+        .query(
+            "SELECT notif_id, idem_key FROM pusher_notifications ORDER BY notif_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        rows,
+        [
+            ("n1".to_owned(), Some("g:n1".to_owned())),
+            ("n2".to_owned(), None),
+            ("n3".to_owned(), None),
+            ("n4".to_owned(), Some("h:k#0".to_owned())),
+        ]
+    );
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
 /// The claim protocol against PostgreSQL: a key is ours once; a second claim while the
 /// first is pending is busy; a pending claim older than the stale time is taken over with its
 /// first notif_id; a confirmed one is done, with its counts.

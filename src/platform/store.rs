@@ -100,8 +100,9 @@ impl Store {
         self.pool.clone()
     }
 
-    /// Creates the tables when they are missing. Serialised by an advisory lock: two
-    /// processes starting at once would otherwise race in `CREATE TABLE IF NOT EXISTS`.
+    /// Creates the tables when they are missing and brings older ones to the current shape
+    /// (`fixtures/platform.sql`). Serialised by an advisory lock: two processes starting at
+    /// once would otherwise race in `CREATE TABLE IF NOT EXISTS`.
     pub async fn init(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client
@@ -131,7 +132,7 @@ impl Store {
             &client,
             "INSERT INTO pusher_notifications AS n (app, idem_key, notif_id, claim)
                  SELECT $1, k, id, $4 FROM unnest($2::text[], $3::text[]) AS t(k, id)
-                 ON CONFLICT (app, idem_key) DO UPDATE
+                 ON CONFLICT (app, idem_key) WHERE idem_key IS NOT NULL DO UPDATE
                    SET claim = EXCLUDED.claim, claimed_at = now()
                    WHERE n.state = 'pending'
                      AND n.claimed_at < now() - make_interval(secs => $5)
@@ -211,7 +212,7 @@ impl Store {
     }
 
     /// Records notifications that needed no claim (nothing to dedup on) as accepted, with their
-    /// record counts: one INSERT, their keys fresh.
+    /// record counts: one INSERT, with no idempotency key.
     pub async fn record_accepted(
         &self,
         app: &str,
@@ -227,7 +228,7 @@ impl Store {
             &client,
             "INSERT INTO pusher_notifications
                    (app, idem_key, notif_id, state, claim, accepted_at, targets)
-                 SELECT $1, 'g:' || t.id, t.id, 'accepted', '', now(), t.targets
+                 SELECT $1, NULL, t.id, 'accepted', '', now(), t.targets
                  FROM unnest($2::text[], $3::int[]) AS t(id, targets)
                  ON CONFLICT DO NOTHING",
             &[&app, &ids, &targets],
