@@ -107,25 +107,62 @@ pub struct Prepared {
     pub tokens: Vec<String>,
     /// Web push: the keys of each endpoint.
     keys: HashMap<String, Keys>,
-    template: Map<String, Value>,
+    /// The message's members but the token and the metadata, serialized once: `"a":1,"b":2`
+    /// (empty when there are none).
+    members: Vec<u8>,
 }
 
 impl Prepared {
-    /// The Kafka message for one token, carrying `notif_id` in its metadata.
+    fn new(
+        platform: Platform,
+        tokens: Vec<String>,
+        keys: HashMap<String, Keys>,
+        template: &Map<String, Value>,
+    ) -> Prepared {
+        // A map of JSON values always serializes: `{` members `}`.
+        let object = serde_json::to_vec(template).unwrap_or_else(|_| b"{}".to_vec());
+        let members = object
+            .get(1..object.len().saturating_sub(1))
+            .unwrap_or_default()
+            .to_vec();
+        Prepared {
+            platform,
+            tokens,
+            keys,
+            members,
+        }
+    }
+
+    /// The Kafka message for one token, carrying `notif_id` in its metadata. Spliced from the
+    /// template's members serialized once: cloning the template per token (a deep copy of its
+    /// JSON values, then their drop) was most of the API's work per token. No template
+    /// member is named like the token's or `metadata` (the templates below), so the object
+    /// has no duplicate keys.
     pub fn message(&self, token: &str, notif_id: &str) -> Vec<u8> {
-        let mut message = self.template.clone();
-        let (key, value) = match self.platform {
-            Platform::Apns => ("DeviceToken", Value::String(token.to_owned())),
-            Platform::Gcm => ("to", Value::String(token.to_owned())),
-            Platform::WebPush => (
-                "subscription",
-                json!({"endpoint": token, "keys": self.keys.get(token)}),
-            ),
+        let mut out = Vec::with_capacity(self.members.len() + token.len() + notif_id.len() + 64);
+        let key: &[u8] = match self.platform {
+            Platform::Apns => b"{\"DeviceToken\":",
+            Platform::Gcm => b"{\"to\":",
+            Platform::WebPush => b"{\"subscription\":",
         };
-        message.insert(key.to_owned(), value);
-        message.insert("metadata".to_owned(), json!({ "notif_id": notif_id }));
-        // A map of JSON values always serializes.
-        serde_json::to_vec(&message).unwrap_or_default()
+        out.extend_from_slice(key);
+        // Strings and maps of JSON values always serialize into a Vec.
+        let _ = match self.platform {
+            Platform::WebPush => serde_json::to_writer(
+                &mut out,
+                &json!({"endpoint": token, "keys": self.keys.get(token)}),
+            ),
+            _ => serde_json::to_writer(&mut out, token),
+        };
+        out.extend_from_slice(b",\"metadata\":{\"notif_id\":");
+        let _ = serde_json::to_writer(&mut out, notif_id);
+        out.push(b'}');
+        if !self.members.is_empty() {
+            out.push(b',');
+            out.extend_from_slice(&self.members);
+        }
+        out.push(b'}');
+        out
     }
 }
 
@@ -215,12 +252,7 @@ pub fn prepare(i: usize, n: &Notification, rules: EndpointRules) -> Result<Prepa
         Platform::Gcm => gcm_template(n, priority),
         Platform::WebPush => webpush_template(n, priority),
     };
-    let prepared = Prepared {
-        platform,
-        tokens,
-        keys,
-        template,
-    };
+    let prepared = Prepared::new(platform, tokens, keys, &template);
     let sample = prepared.message(&prepared.tokens[0], "check");
     let parsed = match platform {
         Platform::Apns => parse_apns(&sample).map(|_| ()),
@@ -420,6 +452,21 @@ mod tests {
                 "collapse_key":"k","priority":"high","dry_run":true})
         );
         assert!(parse_gcm(&p.message("a", "n-2")).unwrap().dry_run);
+    }
+
+    #[test]
+    fn a_message_is_one_json_object_whatever_its_token_and_id() {
+        let token = "a\"b\\c";
+        let p = one(json!({"tokens":[token],"platform":1,"message":"m"})).unwrap();
+        let m: Value = serde_json::from_slice(&p.message(token, "n\"1")).unwrap();
+        assert_eq!(
+            m,
+            json!({"DeviceToken":token,"metadata":{"notif_id":"n\"1"},
+                "Payload":{"aps":{"alert":"m"}}})
+        );
+        let bare = Prepared::new(Platform::Gcm, vec!["a".into()], HashMap::new(), &Map::new());
+        let m: Value = serde_json::from_slice(&bare.message("a", "n")).unwrap();
+        assert_eq!(m, json!({"to":"a","metadata":{"notif_id":"n"}}));
     }
 
     #[test]
