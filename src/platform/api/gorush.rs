@@ -140,19 +140,21 @@ impl Prepared {
     /// the object has no duplicate keys.
     pub fn message(&self, token: &str, notif_id: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.members.len() + token.len() + notif_id.len() + 64);
-        let key: &[u8] = match self.platform {
-            Platform::Apns => b"{\"DeviceToken\":",
-            Platform::Gcm => b"{\"to\":",
-            Platform::WebPush => b"{\"subscription\":",
-        };
-        out.extend_from_slice(key);
         // Strings and maps of JSON values always serialize into a Vec.
         let _ = match self.platform {
-            Platform::WebPush => serde_json::to_writer(
-                &mut out,
-                &json!({"endpoint": token, "keys": self.keys.get(token)}),
-            ),
-            _ => serde_json::to_writer(&mut out, token),
+            Platform::Apns => {
+                out.extend_from_slice(b"{\"DeviceToken\":");
+                serde_json::to_writer(&mut out, token)
+            }
+            Platform::Gcm => {
+                out.extend_from_slice(b"{\"to\":");
+                serde_json::to_writer(&mut out, token)
+            }
+            Platform::WebPush => {
+                out.extend_from_slice(b"{\"subscription\":");
+                let subscription = json!({"endpoint": token, "keys": self.keys.get(token)});
+                serde_json::to_writer(&mut out, &subscription)
+            }
         };
         out.extend_from_slice(b",\"metadata\":{\"notif_id\":");
         let _ = serde_json::to_writer(&mut out, notif_id);
