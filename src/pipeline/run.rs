@@ -350,7 +350,11 @@ pub async fn run(
         };
         drop(message);
         let shared = shared.clone();
-        tokio::spawn(async move {
+        // Boxed: a message's future is ~3 KB (the send's state, the feedback's produce), and
+        // tokio moves a spawned future by value through several calls before it is in place;
+        // boxed, those moves are of a pointer. Counted with a uprobe on memmove: 111 copies
+        // and 52.7 KB a message before (nine of them this future), 100 and 31 KB after.
+        tokio::spawn(Box::pin(async move {
             handle(
                 &shared,
                 Consumed {
@@ -366,7 +370,7 @@ pub async fn run(
                 permit,
             )
             .await;
-        });
+        }));
     }
 
     // Graceful shutdown: no more fetching; let in-flight work finish within the timeout.
