@@ -369,7 +369,10 @@ async fn serve_connection<H, I>(
         let conn_state = conn_state.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (shared, conn) = (shared.clone(), conn_state.clone());
-            async move { handle_one(req, &conn, &shared).await }
+            // Boxed: hyper spawns a task per stream holding this future (~1.7 KB), and tokio
+            // moves a spawned future by value several times before it is in place; boxed,
+            // those moves are of a pointer (memmove per request: 94 copies and 31.8 KB before).
+            Box::pin(async move { handle_one(req, &conn, &shared).await })
         })
     };
     let conn = builder.serve_connection(TokioIo::new(io), service);
