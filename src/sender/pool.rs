@@ -655,6 +655,18 @@ mod tests {
         http::Request::post(format!("{url}/echo")).body(()).unwrap()
     }
 
+    /// Connecting is boxed: inline, its handshakes' state (~4 KB) would be part of every
+    /// request's future, and each push copies that future into place (README, "Smaller
+    /// futures").
+    #[test]
+    fn a_request_future_does_not_carry_the_connect() {
+        let url = "http://127.0.0.1:9";
+        let pool = pool(url, 1);
+        let send = pool.send_tracked(request(url), Bytes::new());
+        let size = std::mem::size_of_val(&send);
+        assert!(size < 2048, "send_tracked's future is {size} bytes");
+    }
+
     /// A dropped pool closes its connections (web push drops idle origins' pools): the
     /// server sees the connection end without a request to provoke it.
     #[tokio::test]
