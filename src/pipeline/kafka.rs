@@ -233,6 +233,25 @@ pub(super) fn consumer(
     spec: &RunSpec,
     context: RebalanceContext,
 ) -> Result<StreamConsumer<RebalanceContext>, PipelineError> {
+    consumer_config(spec)
+        .create_with_context(context)
+        .map_err(PipelineError::Consumer)
+}
+
+/// The prefetch queue's bound, in kilobytes (`queued.max.messages.kbytes`).
+const PREFETCH_KBYTES: u32 = 16 * 1024;
+
+/// How long librdkafka waits before fetching again for a partition once the prefetch queue is
+/// over its bound (`fetch.queue.backoff.ms`). librdkafka's default, 1 s, stalled `pusher run`
+/// every second: the 16 MB queue drained in about half that time, then nothing arrived for
+/// the rest (stalls of 0.03-0.43 s every 1.1 s capped ci/scale.sh's first step at 55k msg/s;
+/// 71k without them). The queue must outlast the backoff at any rate one process reaches:
+/// 16 MB holds tens of thousands of messages (~60,000 of `pusher gen`'s), 75 ms or more even
+/// at 400k msg/s.
+const PREFETCH_FULL_BACKOFF_MS: u32 = 20;
+
+/// The consumer's librdkafka settings: ours, then `spec.consumer_extra`.
+fn consumer_config(spec: &RunSpec) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &spec.brokers)
@@ -257,7 +276,11 @@ pub(super) fn consumer(
         // librdkafka's default 5 min.
         .set("topic.metadata.refresh.interval.ms", "10000")
         // Bound the prefetch queue: memory stays flat under any backlog.
-        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
+        .set(
+            "fetch.queue.backoff.ms",
+            PREFETCH_FULL_BACKOFF_MS.to_string(),
+        )
         // Statistics feed the consumer-lag gauge (RebalanceContext::stats).
         .set(
             "statistics.interval.ms",
@@ -267,8 +290,6 @@ pub(super) fn consumer(
         config.set(k, v);
     }
     config
-        .create_with_context(context)
-        .map_err(PipelineError::Consumer)
 }
 
 /// Commits what is done: the partitions that moved, or with `all` every partition's position
@@ -293,5 +314,46 @@ pub(super) fn commit(
         Err(e) => {
             tracing::warn!(error = %e, "Offset commit failed; it is retried with the next one.")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting(config: &ClientConfig, key: &str) -> u64 {
+        config
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{key} is not set"))
+    }
+
+    /// A full prefetch queue must not leave the consumer idle: the backoff has to be much
+    /// shorter than the time the bounded queue takes to drain at a high rate.
+    #[test]
+    fn a_full_prefetch_queue_backs_off_for_less_than_it_takes_to_drain() {
+        let spec = RunSpec::new(Platform::Apns, "127.0.0.1:9092", "g", vec!["t".into()]);
+        let config = consumer_config(&spec);
+        let bound_bytes = setting(&config, "queued.max.messages.kbytes") * 1024;
+        let backoff_ms = setting(&config, "fetch.queue.backoff.ms");
+        // At 400k messages of 500 bytes a second (200 MB/s), the queue lasts `drain_ms`; the
+        // backoff is at most a quarter of it.
+        let drain_ms = bound_bytes * 1000 / (400_000 * 500);
+        assert!(
+            backoff_ms * 4 <= drain_ms,
+            "backoff {backoff_ms} ms against a queue that drains in {drain_ms} ms"
+        );
+        // Memory stays bounded.
+        assert!(bound_bytes <= 64 << 20);
+    }
+
+    #[test]
+    fn extra_settings_come_last() {
+        let mut spec = RunSpec::new(Platform::Apns, "b:1", "g", vec!["t".into()]);
+        spec.consumer_extra = vec![("fetch.queue.backoff.ms".into(), "5".into())];
+        assert_eq!(
+            setting(&consumer_config(&spec), "fetch.queue.backoff.ms"),
+            5
+        );
     }
 }

@@ -179,6 +179,17 @@ impl Counters {
     }
 }
 
+/// On one thread, messages the loop starts before it lets the other tasks run. Without a
+/// pause, a burst of answers freed ~1,000 slots, the loop filled them all, and only then did the
+/// connection's task write the new requests: the endpoint sat idle while the pusher worked,
+/// then the other way round (strace against the fake: one write of all of them per round).
+/// Letting the connection write every few dozen keeps both busy: 71k -> 90k msg/s in
+/// ci/scale.sh's first step (1 core), at less CPU per message; 8 was slower (each yield is a
+/// pass over the run queue and smaller writes), 128 hardly better than none. With more
+/// threads, another worker writes meanwhile: there it changed nothing for `pusher run` on 2
+/// cores and cost `bench --mock` (fake in the same runtime) a fifth, so it is not done.
+const START_BATCH: u32 = 32;
+
 /// Consumes until `shutdown` is cancelled, then drains and commits.
 pub async fn run(
     spec: RunSpec,
@@ -251,6 +262,10 @@ pub async fn run(
     let mut health = watch_endpoints(&shared.apps);
     let mut status = StatusLine::new(spec.log_interval);
     let mut ticks: u64 = 0;
+    let yield_every = (tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread)
+        .then_some(START_BATCH);
+    let mut started_since_yield = 0;
 
     // Made once: a labelled handle per message costs a registry lookup. (The recorder, when
     // there is one, is installed before the pipeline starts.)
@@ -371,6 +386,13 @@ pub async fn run(
             )
             .await;
         }));
+        if let Some(every) = yield_every {
+            started_since_yield += 1;
+            if started_since_yield == every {
+                started_since_yield = 0;
+                tokio::task::yield_now().await;
+            }
+        }
     }
 
     // Graceful shutdown: no more fetching; let in-flight work finish within the timeout.
