@@ -248,7 +248,7 @@ const PREFETCH_KBYTES: u32 = 16 * 1024;
 /// 71k without them). The queue must outlast the backoff at any rate one process reaches:
 /// 16 MB holds tens of thousands of messages (~60,000 of `pusher gen`'s), 75 ms or more even
 /// at 400k msg/s.
-const PREFETCH_FULL_BACKOFF_MS: u32 = 20;
+pub const PREFETCH_FULL_BACKOFF_MS: u32 = 20;
 
 /// The consumer's librdkafka settings: ours, then `spec.consumer_extra`.
 fn consumer_config(spec: &RunSpec) -> ClientConfig {

@@ -13,3 +13,5 @@ pub mod stats;
 mod status;
 pub mod tokens;
 mod webpush;
+
+pub use kafka::PREFETCH_FULL_BACKOFF_MS;

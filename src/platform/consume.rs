@@ -91,7 +91,12 @@ pub fn consumer(
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "2000")
         // Longer than a batch can take, retries included (the retry back-off is at most 30 s).
-        .set("max.poll.interval.ms", "60000");
+        .set("max.poll.interval.ms", "60000")
+        // librdkafka's 1 s would idle a consumer that drains its full prefetch queue sooner.
+        .set(
+            "fetch.queue.backoff.ms",
+            crate::pipeline::PREFETCH_FULL_BACKOFF_MS.to_string(),
+        );
     for (k, v) in &settings.consumer_extra {
         config.set(k, v);
     }
