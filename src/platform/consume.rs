@@ -77,6 +77,14 @@ pub fn consumer(
     settings: &GroupSettings,
     membership: Membership,
 ) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
+    let consumer: GroupConsumer =
+        consumer_config(settings).create_with_context(GroupContext { membership })?;
+    consumer.subscribe(&[settings.topic.as_str()])?;
+    Ok(consumer)
+}
+
+/// The group consumer's librdkafka settings: ours, then `settings.consumer_extra`.
+fn consumer_config(settings: &GroupSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
@@ -100,9 +108,7 @@ pub fn consumer(
     for (k, v) in &settings.consumer_extra {
         config.set(k, v);
     }
-    let consumer: GroupConsumer = config.create_with_context(GroupContext { membership })?;
-    consumer.subscribe(&[settings.topic.as_str()])?;
-    Ok(consumer)
+    config
 }
 
 /// What a consumer group does with a batch. A trait rather than a closure: the future must be
@@ -179,5 +185,31 @@ fn commit(consumer: &GroupConsumer, batch: &[BorrowedMessage<'_>]) {
     // A failed commit (a rebalance took the partition) means the batch is redone elsewhere.
     if let Err(e) = consumer.commit(&list, CommitMode::Async) {
         tracing::debug!(error = %e, "Commit not accepted.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The route and results consumers back off as briefly as `pusher run`'s once their
+    /// prefetch queue is full (librdkafka's 1 s default idles them).
+    #[test]
+    fn a_full_prefetch_queue_backs_off_briefly() {
+        let settings = GroupSettings {
+            brokers: "127.0.0.1:9092".into(),
+            group: "g".into(),
+            topic: "t".into(),
+            batch_size: 100,
+            offset_reset: "earliest".into(),
+            consumer_extra: Vec::new(),
+        };
+        let backoff = consumer_config(&settings)
+            .get("fetch.queue.backoff.ms")
+            .map(str::to_owned);
+        assert_eq!(
+            backoff,
+            Some(crate::pipeline::PREFETCH_FULL_BACKOFF_MS.to_string())
+        );
     }
 }
