@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 fn context(token: &str) -> MessageContext {
     MessageContext {
-        app: "game".to_owned(),
+        app: "game".into(),
         token: token.to_owned(),
         metadata: json!({"jobId": "job-7"}).as_object().unwrap().into(),
         consumed_at: 1_731_000_000,
-        hostname: "test-host".to_owned(),
+        hostname: "test-host".into(),
         canonical_registration_id: None,
     }
 }

@@ -18,6 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The seed's feedback topic (it hard-coded this; here it is `feedback.kafka.topics`).
@@ -40,7 +41,7 @@ pub fn should_report(outcome: &Outcome, include_success: bool, tracked: bool) ->
 #[derive(Debug, Clone, Default)]
 pub struct MessageContext {
     /// The app ("game") the topic named.
-    pub app: String,
+    pub app: Arc<str>,
     pub token: String,
     /// The message's `metadata`, as consumed.
     pub metadata: Metadata,
@@ -49,7 +50,8 @@ pub struct MessageContext {
     /// Unix seconds at which the message was consumed.
     pub consumed_at: i64,
     /// This pusher's host name (the seed's `metadata.hostname`).
-    pub hostname: String,
+    /// Shared by every message: a copy each was an allocation per message.
+    pub hostname: Arc<str>,
 }
 
 impl MessageContext {
@@ -72,9 +74,9 @@ impl MessageContext {
                 Value::from(canonical.as_str()),
             );
         }
-        m.insert("game".to_owned(), Value::from(self.app.as_str()));
+        m.insert("game".to_owned(), Value::from(&*self.app));
         m.insert("deviceToken".to_owned(), Value::from(self.token.as_str()));
-        m.insert("hostname".to_owned(), Value::from(self.hostname.as_str()));
+        m.insert("hostname".to_owned(), Value::from(&*self.hostname));
         m.insert("timestamp".to_owned(), Value::from(self.consumed_at));
         if delete_token {
             m.insert("deleteToken".to_owned(), Value::Bool(true));
@@ -433,14 +435,14 @@ mod tests {
 
     fn ctx() -> MessageContext {
         MessageContext {
-            app: "game".to_owned(),
+            app: "game".into(),
             token: "abc".to_owned(),
             metadata: json!({"jobId": "j1"})
                 .as_object()
                 .map(Metadata::from)
                 .unwrap_or_default(),
             consumed_at: 1_731_000_000,
-            hostname: "pod-1".to_owned(),
+            hostname: "pod-1".into(),
             canonical_registration_id: None,
         }
     }

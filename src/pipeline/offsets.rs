@@ -8,7 +8,8 @@
 //! Memory is bounded: each partition keeps only its in-flight window, and `start` refuses to grow
 //! it past the tracker's capacity (the caller bounds in-flight work anyway; this makes a bug loud).
 
-use std::collections::{HashMap, VecDeque};
+use foldhash::HashMap; // Hashed twice a message: see pipeline::message.
+use std::collections::VecDeque;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OffsetError {
@@ -78,7 +79,7 @@ impl OffsetTracker {
     /// `capacity`: the most messages one partition may have in flight.
     pub fn new(capacity: usize) -> Self {
         OffsetTracker {
-            partitions: HashMap::new(),
+            partitions: HashMap::default(),
             capacity: capacity.max(1),
             unfinished: 0,
         }
@@ -88,7 +89,7 @@ impl OffsetTracker {
     pub fn start(&mut self, topic: &str, partition: i32, offset: i64) -> Result<(), OffsetError> {
         let capacity = self.capacity;
         if !self.partitions.contains_key(topic) {
-            self.partitions.insert(topic.to_owned(), HashMap::new());
+            self.partitions.insert(topic.to_owned(), HashMap::default());
         }
         let window = self
             .partitions

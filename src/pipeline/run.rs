@@ -233,7 +233,7 @@ pub async fn run(
     let hard_stop = CancellationToken::new();
     let shared = Arc::new(Shared {
         platform: spec.platform,
-        apps,
+        apps: apps.into_iter().collect(),
         outputs,
         include_success: spec.include_success_feedback,
         tracker: tracker.clone(),
@@ -241,13 +241,13 @@ pub async fn run(
         hostname: hostname(),
         stop: hard_stop.clone(),
         reported: Mutex::new(Default::default()),
-        topic_apps: Mutex::new(HashMap::new()),
-        gave_up: Mutex::new(HashMap::new()),
+        topic_apps: Mutex::default(),
+        gave_up: Mutex::default(),
         progress: tokio::sync::Notify::new(),
     });
     // A bound per app: an app whose endpoint is down holds only its own slots (its messages
     // wait at the sender's gate), and the other apps go on.
-    let permits: HashMap<String, Arc<Semaphore>> = shared
+    let permits: foldhash::HashMap<String, Arc<Semaphore>> = shared
         .apps
         .keys()
         .map(|app| {
@@ -313,18 +313,16 @@ pub async fn run(
                 continue;
             }
         };
-        let (topic, partition, offset) = (
-            message.topic().to_string(),
-            message.partition(),
-            message.offset(),
-        );
+        let (partition, offset) = (message.partition(), message.offset());
+        // The topic's app, looked up once here for the slot and the message task both.
+        let (topic, app) = topic_app(&shared, message.topic());
         // A slot of the message's app first: at most `max_in_flight` of an app's messages are
         // held. Taken before the message is started, so that a stop while waiting for it
         // leaves nothing started and never handled (its partition's commits would stop
         // there). A topic of no app of ours gets none: `handle` leaves it unfinished.
-        // The topic's app, looked up once here for the slot and the message task both.
-        let app = topic_app(&shared, &topic);
-        let app_permits = app.as_ref().and_then(|(app, _)| permits.get(app).cloned());
+        let app_permits = app
+            .as_ref()
+            .and_then(|(app, _)| permits.get(&**app).cloned());
         let permit = match app_permits {
             Some(p) => tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -341,7 +339,7 @@ pub async fn run(
             }
             // Woken when a message finishes (the head may have moved).
             tokio::select! {
-                _ = shutdown.cancelled() => break Err(OffsetError::Full { topic: topic.clone(), partition, capacity: 0 }),
+                _ = shutdown.cancelled() => break Err(OffsetError::Full { topic: topic.to_string(), partition, capacity: 0 }),
                 _ = shared.progress.notified() => {}
             }
         };
@@ -474,7 +472,7 @@ async fn close(
 
 /// Each app's endpoint health, as `(app, up)` on every change (and on `/healthz`).
 fn watch_endpoints(
-    apps: &HashMap<String, AppSender>,
+    apps: &foldhash::HashMap<String, AppSender>,
 ) -> tokio::sync::mpsc::UnboundedReceiver<(String, bool)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     for (app, sender) in apps {
@@ -499,6 +497,6 @@ fn watch_endpoints(
 }
 
 /// Messages waiting at a failing endpoint's gate, over all apps.
-fn parked(apps: &HashMap<String, AppSender>) -> usize {
+fn parked(apps: &foldhash::HashMap<String, AppSender>) -> usize {
     apps.values().map(|s| s.gate().parked()).sum()
 }

@@ -4,9 +4,9 @@
 use super::run::{Observer, OutcomeEvent};
 use crate::push::{Outcome, Platform};
 use crate::telemetry::{names, StatsdBatch};
+use foldhash::HashMap; // Hashed per outcome: see pipeline::message.
 use metrics::{Counter, Histogram};
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 /// One app's `pusher_outcomes_total` handles: by outcome (its [`Outcome::index`]), then reason.
@@ -28,7 +28,7 @@ impl StatsObserver {
             platform,
             statsd,
             send_latency: OnceLock::new(),
-            outcomes: Mutex::new(HashMap::new()),
+            outcomes: Mutex::default(),
         }
     }
 
