@@ -769,16 +769,50 @@ async fn results_of_a_push_are_stored_and_served() {
         "{dead:?}"
     );
     assert_eq!(dead.len(), 5);
+    let status_of = |path: String| {
+        let auth = auth.clone();
+        async move { request(api.addr, "GET", &path, &[("authorization", &auth)], "").await }
+    };
     assert_eq!(
-        request(
-            api.addr,
-            "GET",
-            "/api/v1/notifications/nope",
-            &[("authorization", &auth)],
-            ""
-        )
+        status_of("/api/v1/notifications/nope".into()).await.status,
+        404
+    );
+    // An event's notification, `<event id>.<message>`, has verdicts but no row of its own: it
+    // is served once it has one, from the event's row, its targets unknown.
+    assert_eq!(
+        status_of("/api/v1/notifications/r-1.gift".into())
+            .await
+            .status,
+        404
+    );
+    let verdict = |token: &str, outcome: &str| pusher::platform::store::ResultRow {
+        app: app.clone(),
+        notif_id: "r-1.gift".to_owned(),
+        token: token.to_owned(),
+        platform: "apns".to_owned(),
+        outcome: outcome.to_owned(),
+        reason: String::new(),
+        at: now_ms / 1000,
+    };
+    Store::new(&pg())
+        .unwrap()
+        .store_results(&[verdict("t1", "delivered"), verdict("t2", "rate_limited")])
         .await
-        .status,
+        .unwrap();
+    let event = status_of("/api/v1/notifications/r-1.gift".into()).await;
+    assert_eq!(event.status, 200, "{}", event.text());
+    let event = event.json();
+    assert_eq!(
+        (&event["event_id"], &event["targets"], &event["pending"]),
+        (&json!("r-1"), &Value::Null, &Value::Null),
+        "{event}"
+    );
+    assert_eq!(event["counts"], json!({"delivered": 1, "rate_limited": 1}));
+    assert_eq!(event["results"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        status_of("/api/v1/notifications/nope.gift".into())
+            .await
+            .status,
         404
     );
     stop.cancel();

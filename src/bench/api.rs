@@ -516,6 +516,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     report.reasons = driven.recorder.reasons.clone();
     report.timeline = driven.recorder.timeline.clone();
     report.series = Some(driven.recorder.series());
+    super::count_items(&mut report, api.batch as u64);
     let baseline_p99 = baseline.recorder.latencies().send.map(|q| q.p99_us);
     report.api = Some(ApiFigures {
         batch: api.batch,

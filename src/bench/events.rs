@@ -323,6 +323,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     report.reasons = driven.recorder.reasons.clone();
     report.timeline = driven.recorder.timeline.clone();
     report.series = Some(driven.recorder.series());
+    super::count_items(&mut report, batch);
     let reached = delivery
         .per_token
         .iter()

@@ -115,6 +115,28 @@ pub(crate) fn write_hgrm(
     Ok(())
 }
 
+/// `bench --api` and `--events` drive requests of `batch` items each, and their recorder
+/// counts requests: the report counts items, as its throughput does (a request's verdict, 202
+/// or a refusal, is its items' verdict).
+pub(crate) fn count_items(report: &mut Report, batch: u64) {
+    let scale = |counts: &mut std::collections::BTreeMap<String, u64>| {
+        counts.values_mut().for_each(|n| *n *= batch)
+    };
+    scale(&mut report.outcomes);
+    scale(&mut report.reasons);
+    report.timeline.iter_mut().for_each(|n| *n *= batch);
+    if let Some(series) = &mut report.series {
+        for per_sec in series.outcomes_per_sec.values_mut() {
+            per_sec.iter_mut().for_each(|n| *n *= batch);
+        }
+        for point in &mut series.intervals {
+            point.done *= batch;
+            point.failed *= batch;
+            point.offered *= batch;
+        }
+    }
+}
+
 /// The report skeleton every mode fills.
 pub(crate) fn base_report(settings: &Settings, mode: &str, profile: &str) -> Report {
     Report {

@@ -354,10 +354,34 @@ fn merge_metadata_into_payload(
     payload: &RawValue,
     metadata: Option<&Members>,
 ) -> Result<Vec<u8>, MessageError> {
-    let members = object("Payload", payload)?;
+    let text = payload.get();
+    // The raw value is valid JSON already; an object is the one kind that starts with '{'.
+    if !text.starts_with('{') {
+        return Err(MessageError::WrongType {
+            field: "Payload",
+            expected: "an object",
+        });
+    }
     let Some(metadata) = metadata else {
-        return Ok(payload.get().as_bytes().to_vec());
+        return Ok(text.as_bytes().to_vec());
     };
+    // Most payloads have no `M`: then `"M":{metadata}` goes before the closing brace, and the
+    // payload is not parsed again. A key can only be `M` when the text holds `"M"` or an
+    // escape (`"\u004d"`); either sends it the long way.
+    if memchr::memmem::find(text.as_bytes(), br#""M""#).is_none() && !text.contains('\\') {
+        let body = text[1..text.len() - 1].trim_ascii();
+        let mut out = Vec::with_capacity(text.len() + 128);
+        out.push(b'{');
+        if !body.is_empty() {
+            out.extend_from_slice(body.as_bytes());
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"M\":");
+        write_merged(&mut out, None, metadata)?;
+        out.push(b'}');
+        return Ok(out);
+    }
+    let members = object("Payload", payload)?;
     let mut out = Vec::with_capacity(payload.get().len() + 128);
     out.push(b'{');
     let mut merged = false;
@@ -365,7 +389,7 @@ fn merge_metadata_into_payload(
         if i > 0 {
             out.push(b',');
         }
-        write_json(&mut out, key.as_ref())?;
+        write_key(&mut out, key)?;
         out.push(b':');
         if key.as_ref() == "M" && !merged {
             let m = typed::<Option<Members>>("Payload.M", "an object", raw)?;
@@ -394,15 +418,29 @@ fn write_merged(
     metadata: &Members,
 ) -> Result<(), MessageError> {
     let own = m.map(|m| m.0.as_slice()).unwrap_or_default();
-    // Walk `metadata` backwards so the last of a repeated key is the one kept. A set, not a
-    // scan: a 64 KiB message can hold thousands of keys.
-    let mut seen: HashSet<&str> = own.iter().map(|(k, _)| k.as_ref()).collect();
-    let mut keep = vec![false; metadata.0.len()];
-    for (i, (key, _)) in metadata.0.iter().enumerate().rev() {
-        keep[i] = seen.insert(key.as_ref());
-    }
-    let extra = metadata
-        .0
+    let meta = metadata.0.as_slice();
+    // A metadata member is kept unless `M` has its key or a later member repeats it (the last
+    // of a repeated key wins). A few keys, the usual case, are compared directly; many (a
+    // 64 KiB message can hold thousands) go through a set, walking `metadata` backwards.
+    let keep: Vec<bool> = if own.len() + meta.len() <= 16 {
+        let has = |members: &[(Cow<str>, &RawValue)], key: &str| {
+            members.iter().any(|(k, _)| k.as_ref() == key)
+        };
+        (0..meta.len())
+            .map(|i| {
+                let key = meta[i].0.as_ref();
+                !has(own, key) && !has(&meta[i + 1..], key)
+            })
+            .collect()
+    } else {
+        let mut seen: HashSet<&str> = own.iter().map(|(k, _)| k.as_ref()).collect();
+        let mut keep = vec![false; meta.len()];
+        for (i, (key, _)) in meta.iter().enumerate().rev() {
+            keep[i] = seen.insert(key.as_ref());
+        }
+        keep
+    };
+    let extra = meta
         .iter()
         .zip(keep)
         .filter_map(|(member, k)| k.then_some(member));
@@ -411,7 +449,7 @@ fn write_merged(
         if i > 0 {
             out.push(b',');
         }
-        write_json(out, key.as_ref())?;
+        write_key(out, key)?;
         out.push(b':');
         out.extend_from_slice(raw.get().as_bytes());
     }
@@ -512,11 +550,22 @@ pub fn endpoint_hint(bytes: &[u8]) -> Option<String> {
         .then(|| endpoint.to_string())
 }
 
-fn write_json<T: serde::Serialize + ?Sized>(
-    out: &mut Vec<u8>,
-    value: &T,
-) -> Result<(), MessageError> {
-    serde_json::to_writer(out, value).map_err(MessageError::InvalidJson)
+/// Writes a member's key as a JSON string. A key borrowed from the input had no escapes, and
+/// valid JSON holds no control characters in a string, so its text goes out as it came.
+#[expect(
+    clippy::ptr_arg,
+    reason = "the variant says whether the input escaped the key"
+)]
+fn write_key(out: &mut Vec<u8>, key: &Cow<str>) -> Result<(), MessageError> {
+    match key {
+        Cow::Borrowed(text) => {
+            out.push(b'"');
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'"');
+            Ok(())
+        }
+        Cow::Owned(text) => serde_json::to_writer(out, text).map_err(MessageError::InvalidJson),
+    }
 }
 
 /// The top-level object of a Kafka message, as (key, raw value) pairs in order.
@@ -781,6 +830,46 @@ mod tests {
             (&merged["M"]["k7"], &merged["M"]["k299"]),
             (&json!("mine"), &json!(299))
         );
+    }
+
+    #[test]
+    fn metadata_is_spliced_into_a_payload_without_m() {
+        // (Payload as written, the payload sent): spliced before the closing brace, the
+        // payload's own text kept; a payload that could hold `M` goes the long way.
+        let cases = [
+            (
+                r#"{"aps":{"alert":"hi"}}"#,
+                r#"{"aps":{"alert":"hi"},"M":{"k":"v"}}"#,
+            ),
+            (r#"{ "aps" : {} }"#, r#"{"aps" : {},"M":{"k":"v"}}"#),
+            ("{}", r#"{"M":{"k":"v"}}"#),
+            ("{ \n }", r#"{"M":{"k":"v"}}"#),
+            // `"M"` in a value: parsed, no `M` key found, appended.
+            (
+                r#"{"aps":{"alert":"M"}}"#,
+                r#"{"aps":{"alert":"M"},"M":{"k":"v"}}"#,
+            ),
+            // An escaped key that is `M`: merged into it, not a second `M`.
+            (r#"{"\u004d":{"x":1}}"#, r#"{"M":{"x":1,"k":"v"}}"#),
+        ];
+        for (payload, want) in cases {
+            let raw = format!(
+                r#"{{"DeviceToken":"{TOKEN}","Payload":{payload},"metadata":{{"k":"v"}}}}"#
+            );
+            let m = parse_apns(raw.as_bytes()).expect("parses");
+            assert_eq!(
+                std::str::from_utf8(&m.notification.payload).expect("utf-8"),
+                want,
+                "{raw}"
+            );
+        }
+        for payload in ["[1]", "\"text\"", "1", "true"] {
+            let raw = format!(
+                r#"{{"DeviceToken":"{TOKEN}","Payload":{payload},"metadata":{{"k":"v"}}}}"#
+            );
+            let err = parse_apns(raw.as_bytes()).expect_err(payload);
+            assert_eq!(err.reason(), "wrong_type", "{payload}");
+        }
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn platform(n: Option<i64>, field: &str) -> Result<Platform, FieldError> {
         Some(4) => Ok(Platform::WebPush),
         Some(3) => Err(FieldError::new(
             field,
-            "3 (Huawei) is not supported here: 1 is iOS, 2 is Android",
+            "3 (Huawei) is not supported here: 1 is iOS, 2 is Android, 4 is a browser (web push)",
         )),
         Some(n) => Err(FieldError::new(
             field,

@@ -855,7 +855,9 @@ struct Page {
 /// `GET /api/v1/notifications/{notif_id}`: the notification, its verdicts counted by outcome,
 /// and a page of per-token rows (`next` is the `after` of the next page). `pending` is what has
 /// no verdict yet, for token-addressed pushes (a user-addressed one reaches devices only
-/// `pusher route` knows).
+/// `pusher route` knows). An event's notification, `<event id>.<message name>`, has no row of
+/// its own (DESIGN.md §10): once it has a verdict, it is answered from the event's row, with
+/// its targets unknown.
 async fn notification(
     State(state): State<ApiState>,
     caller: Caller,
@@ -868,17 +870,34 @@ async fn notification(
     })?;
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
     let app: &str = &caller.app;
-    let found = state
+    let (found, event_id) = match state
         .store
         .notification(app, &notif_id)
         .await
         .map_err(store_error)?
-        .ok_or(ApiError::NotFound)?;
+    {
+        Some(found) => (found, None),
+        None => {
+            let event_id = notif_id.rsplit_once('.').ok_or(ApiError::NotFound)?.0;
+            let event = state
+                .store
+                .notification(app, event_id)
+                .await
+                .map_err(store_error)?
+                .ok_or(ApiError::NotFound)?;
+            (event, Some(event_id.to_owned()))
+        }
+    };
     let counts = state
         .store
         .result_counts(app, &notif_id)
         .await
         .map_err(store_error)?;
+    // Any `<id>.<anything>` of an existing id would do otherwise: an event's notification is
+    // known by its verdicts.
+    if event_id.is_some() && counts.is_empty() {
+        return Err(ApiError::NotFound);
+    }
     let rows = state
         .store
         .results_page(app, &notif_id, &page.after, limit)
@@ -890,8 +909,10 @@ async fn notification(
         .segment_progress(app, &notif_id)
         .await
         .map_err(store_error)?;
-    // A segment's targets are the devices it reached, known once it is done.
+    // A segment's targets are the devices it reached, known once it is done; an event's
+    // notification's are never known here (the router expands it).
     let pending = match &segment {
+        _ if event_id.is_some() => None,
         None => Some((i64::from(found.targets) - done).max(0)),
         Some((_, sent, true)) => Some((sent - done).max(0)),
         Some((_, _, false)) => None,
@@ -904,18 +925,21 @@ async fn notification(
             "reason": r.reason, "at": r.at})
         })
         .collect();
-    Ok(Json(json!({
-        "notif_id": found.notif_id,
+    let mut answer = json!({
+        "notif_id": notif_id,
         "state": found.state,
         "accepted_at": found.accepted_at,
-        "targets": found.targets,
+        "targets": event_id.is_none().then_some(found.targets),
         "counts": counts,
         "pending": pending,
         "segment": segment.map(|(_, sent, done)| json!({"sent": sent, "done": done})),
         "results": results,
         "next": next.flatten(),
-    }))
-    .into_response())
+    });
+    if let Some(event_id) = event_id {
+        answer["event_id"] = json!(event_id);
+    }
+    Ok(Json(answer).into_response())
 }
 
 fn platform_index(p: Platform) -> usize {

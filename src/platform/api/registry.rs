@@ -79,7 +79,7 @@ fn platform(r: &Registration) -> Result<Platform, ApiError> {
         (None, None) if r.subscription.is_some() => Ok(Platform::WebPush),
         (None, None) => Err(ApiError::bad(
             "platform",
-            "required: 1 is iOS, 2 is Android",
+            "required: 1 is iOS, 2 is Android, 4 is a browser (web push)",
         )),
     }
 }
