@@ -485,8 +485,14 @@ async fn claims_dedup_take_over_stale_ones_and_remember_counts() {
         }]
     );
     // c1's late confirmation changes nothing: the claim is c3's now.
-    store.confirm(&app, "c1", &[("k".into(), 9)]).await.unwrap();
-    store.confirm(&app, "c3", &[("k".into(), 5)]).await.unwrap();
+    store
+        .confirm(&app, "c1", &[("k".into(), Some(9))])
+        .await
+        .unwrap();
+    store
+        .confirm(&app, "c3", &[("k".into(), Some(5))])
+        .await
+        .unwrap();
     let done = store
         .claim(&app, "c4", &[key("n4")], Duration::ZERO)
         .await

@@ -199,6 +199,7 @@ async fn logins_register_devices_and_notifications_reach_each() {
     let a = post_json(p.addr, "/post_events_json", KEY, &events).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["accepted"], 3);
+    let event_id = a.json()["event_ids"][0].as_str().unwrap().to_owned();
     let auth = format!("Bearer {KEY}");
     let proto = request(
         p.addr,
@@ -258,6 +259,24 @@ async fn logins_register_devices_and_notifications_reach_each() {
         0,
         "the router committed all 6"
     );
+    // A user-addressed notification is complete at a verdict per device the router reached:
+    // 3 for user 1337, none for 1338; an event's own row waits for no verdict (its pushes'
+    // results are under `<event id>.<message>`).
+    let status = |id: String| {
+        let auth = format!("Bearer {KEY}");
+        let addr = p.addr;
+        async move {
+            let path = format!("/api/v1/notifications/{id}");
+            let a = request(addr, "GET", &path, &[("authorization", &auth)], "").await;
+            assert_eq!(a.status, 200, "{path}: {}", a.text());
+            let v = a.json();
+            (v["targets"].clone(), v["pending"].clone())
+        }
+    };
+    let id = |i: usize| ids[i].as_str().unwrap().to_owned();
+    assert_eq!(status(id(0)).await, (json!(3), json!(3)));
+    assert_eq!(status(id(1)).await, (json!(0), json!(0)));
+    assert_eq!(status(event_id).await, (Value::Null, Value::Null));
 
     let counts = p.stop().await;
     assert_eq!(counts.consumed, 6, "{counts:?}");
@@ -558,8 +577,9 @@ async fn segments_reach_every_matching_device_and_resume() {
         "{status}"
     );
     assert_eq!(
-        status["pending"], 500,
-        "no results yet: no pusher runs here"
+        (&status["targets"], &status["pending"]),
+        (&json!(500), &json!(500)),
+        "no results yet: no pusher runs here: {status}"
     );
 
     // A router died after the first 1,000 APNs devices of seg-2: the rest only are sent.

@@ -97,6 +97,8 @@ impl EventCounts {
 
 /// The stores event routing reads and claims in.
 pub struct EventStores<'a> {
+    /// Accepted notifications: the router sets what each reached.
+    pub notifications: &'a super::store::Store,
     pub messages: &'a Messages,
     pub registry: &'a Registry,
     pub claims: &'a Claims,

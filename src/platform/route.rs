@@ -139,9 +139,11 @@ pub async fn run(
     .map_err(RouteError::Consumer)?;
     let messages = Messages::new(registry.pool());
     let claims = Claims::new(registry.pool());
+    let notifications = super::store::Store::with_pool(registry.pool());
     let mut router = Router {
         settings: &settings,
         stores: EventStores {
+            notifications: &notifications,
             messages: &messages,
             registry: &registry,
             claims: &claims,
@@ -354,7 +356,7 @@ async fn handle(
         }
         for segment in &work.segments {
             counts.pushes +=
-                stream_segment(settings, registry, producer, app, segment, now_ms).await?;
+                stream_segment(settings, stores, producer, app, segment, now_ms).await?;
         }
         if work.notifications.is_empty() {
             continue;
@@ -371,6 +373,24 @@ async fn handle(
             by_user.entry(d.user_id).or_default().push(d);
         }
         let mut records = Vec::new();
+        // Each notification is complete at a verdict per device: recorded before its pushes
+        // exist, so no verdict can come before the count it completes.
+        let reached: Vec<(&str, u32)> = work
+            .notifications
+            .iter()
+            .map(|n| {
+                let devices = by_user.get(&n.user_id).map_or(0, Vec::len);
+                (
+                    n.notif_id.as_str(),
+                    u32::try_from(devices).unwrap_or(u32::MAX),
+                )
+            })
+            .collect();
+        stores
+            .notifications
+            .set_targets(app, &reached)
+            .await
+            .map_err(|e| e.to_string())?;
         for n in &work.notifications {
             let Some(devices) = by_user.get(&n.user_id) else {
                 counts.no_devices += 1;
@@ -397,12 +417,13 @@ async fn handle(
 /// Returns the pushes this call produced.
 async fn stream_segment(
     settings: &RouteSettings,
-    registry: &Registry,
+    stores: &EventStores<'_>,
     producer: &Producer,
     app: &str,
     segment: &Segment,
     now_ms: i64,
 ) -> Result<u64, String> {
+    let registry = stores.registry;
     let n = &segment.notification;
     let (mut after, mut produced, done) = registry
         .segment_progress(app, &n.notif_id)
@@ -426,13 +447,22 @@ async fn stream_segment(
                 payload: push_message(d, n, &settings.deeplink_base, now_ms),
             })
             .collect();
+        let last = (page.len() as i64) < SEGMENT_PAGE;
+        if last {
+            // The segment's size, known now: set before its last pushes exist (as above).
+            let total = u32::try_from(produced + records.len() as i64).unwrap_or(u32::MAX);
+            stores
+                .notifications
+                .set_targets(app, &[(n.notif_id.as_str(), total)])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         producer
             .produce_all(&records)
             .await
             .map_err(|e| e.to_string())?;
         produced += records.len() as i64;
         pushed += records.len() as u64;
-        let last = (page.len() as i64) < SEGMENT_PAGE;
         if let Some(d) = page.last() {
             after = d.token.clone();
         }

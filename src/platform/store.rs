@@ -95,6 +95,11 @@ impl Store {
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
+    /// A store on a pool another part opened (`pusher route` shares the registry's).
+    pub fn with_pool(pool: Pool) -> Store {
+        Store { pool }
+    }
+
     /// The connection pool (the registry shares it).
     pub fn pool(&self) -> Pool {
         self.pool.clone()
@@ -168,7 +173,10 @@ impl Store {
                 let claimed = if state == "accepted" {
                     Claimed::Done {
                         notif_id: row.get(1),
-                        targets: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
+                        targets: row
+                            .get::<_, Option<i32>>(3)
+                            .and_then(|n| u32::try_from(n).ok())
+                            .unwrap_or(0),
                     }
                 } else {
                     Claimed::Busy
@@ -191,14 +199,11 @@ impl Store {
         &self,
         app: &str,
         claim: &str,
-        accepted: &[(String, u32)],
+        accepted: &[(String, Option<u32>)],
     ) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         let keys: Vec<&str> = accepted.iter().map(|(k, _)| k.as_str()).collect();
-        let targets: Vec<i32> = accepted
-            .iter()
-            .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
-            .collect();
+        let targets = targets_column(accepted);
         execute(
             &client,
             "UPDATE pusher_notifications AS n
@@ -216,13 +221,10 @@ impl Store {
     pub async fn record_accepted(
         &self,
         app: &str,
-        accepted: &[(String, u32)],
+        accepted: &[(String, Option<u32>)],
     ) -> Result<(), StoreError> {
         let ids: Vec<&str> = accepted.iter().map(|(id, _)| id.as_str()).collect();
-        let targets: Vec<i32> = accepted
-            .iter()
-            .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
-            .collect();
+        let targets = targets_column(accepted);
         let client = self.pool.get().await?;
         execute(
             &client,
@@ -280,6 +282,14 @@ fn taken(e: tokio_postgres::Error, keys: &[ClaimKey]) -> StoreError {
     StoreError::NotifIdTaken(id)
 }
 
+/// The `targets` of accepted notifications as a column (NULL: not known yet).
+fn targets_column(accepted: &[(String, Option<u32>)]) -> Vec<Option<i32>> {
+    accepted
+        .iter()
+        .map(|(_, n)| n.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+        .collect()
+}
+
 /// One verdict for one (notification, token).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ResultRow {
@@ -298,7 +308,8 @@ pub struct ResultRow {
 pub struct NotificationRow {
     pub notif_id: String,
     pub state: String,
-    pub targets: u32,
+    /// Verdicts that make it complete; `None` until `pusher route` knows (or for an event).
+    pub targets: Option<u32>,
     pub accepted_at: Option<i64>,
 }
 
@@ -426,9 +437,35 @@ impl Store {
         Ok(row.map(|r| NotificationRow {
             notif_id: r.get(0),
             state: r.get(1),
-            targets: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+            targets: r
+                .get::<_, Option<i32>>(2)
+                .and_then(|n| u32::try_from(n).ok()),
             accepted_at: r.get(3),
         }))
+    }
+
+    /// What `pusher route` reached for notifications it expanded (a user's devices, a
+    /// segment's): their `targets`, so the results and the webhook know when each is
+    /// complete. Set, not added: a batch routed again sets the same.
+    pub async fn set_targets(&self, app: &str, reached: &[(&str, u32)]) -> Result<(), StoreError> {
+        if reached.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = reached.iter().map(|(id, _)| *id).collect();
+        let targets: Vec<i32> = reached
+            .iter()
+            .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
+            .collect();
+        let client = self.pool.get().await?;
+        execute(
+            &client,
+            "UPDATE pusher_notifications AS n SET targets = t.targets
+                 FROM unnest($2::text[], $3::int[]) AS t(id, targets)
+                 WHERE n.app = $1 AND n.notif_id = t.id",
+            &[&app, &ids, &targets],
+        )
+        .await?;
+        Ok(())
     }
 
     /// A notification's verdicts counted by outcome.

@@ -325,6 +325,16 @@ type RecordsFor<'a> = Box<dyn Fn(&str) -> Vec<Record> + Send + Sync + 'a>;
 struct Item<'a> {
     given_id: Option<String>,
     records: RecordsFor<'a>,
+    /// Its records are requests for `pusher route` (a user's devices, a segment, an event):
+    /// how many pushes they make, and so its `targets`, is known only there.
+    routed: bool,
+}
+
+impl Item<'_> {
+    /// The verdicts that complete it, when known at acceptance: one per record.
+    fn targets(&self, records: usize) -> Option<u32> {
+        (!self.routed).then(|| u32::try_from(records).unwrap_or(u32::MAX))
+    }
 }
 
 /// What a request was answered with.
@@ -400,10 +410,9 @@ async fn accept(
         match claimed {
             Claimed::Ours { notif_id } => {
                 let mine = (item.records)(&notif_id);
-                let n = mine.len() as u32;
+                confirmed.push((key.idem_key.clone(), item.targets(mine.len())));
+                answer.counts += mine.len() as u64;
                 records.extend(mine);
-                confirmed.push((key.idem_key.clone(), n));
-                answer.counts += u64::from(n);
                 answer.notif_ids.push(notif_id);
                 answer.fresh.push(true);
             }
@@ -453,7 +462,7 @@ async fn accept_unkeyed(
     let mut accepted = Vec::with_capacity(items.len());
     for (item, id) in items.iter().zip(&notif_ids) {
         let mine = (item.records)(id);
-        accepted.push((id.clone(), mine.len() as u32));
+        accepted.push((id.clone(), item.targets(mine.len())));
         records.extend(mine);
     }
     state
@@ -510,6 +519,7 @@ async fn push(
         .zip(&prepared)
         .map(|(n, p)| Item {
             given_id: n.notif_id.clone(),
+            routed: false,
             records: Box::new(move |notif_id: &str| {
                 let topic = format!("push-{app}_{}", p.platform);
                 p.tokens
@@ -714,6 +724,7 @@ async fn notifications(
         .iter()
         .map(|n| Item {
             given_id: n.notif_id.clone(),
+            routed: true,
             records: Box::new(|notif_id: &str| {
                 vec![Record {
                     topic: topic.clone(),
@@ -758,6 +769,7 @@ async fn events(
         .iter()
         .map(|r| Item {
             given_id: None,
+            routed: true,
             records: Box::new(|id: &str| {
                 let mut r = r.clone();
                 if let crate::platform::requests::RequestRecord::Event { id: slot, .. } = &mut r {
@@ -819,6 +831,7 @@ async fn segment_push(
     let topic = crate::platform::requests::topic(&caller.app);
     let item = Item {
         given_id: request.notif_id.clone().filter(|id| !id.is_empty()),
+        routed: true,
         records: Box::new(|notif_id: &str| {
             let record = crate::platform::requests::RequestRecord::Segment {
                 notif_id: notif_id.to_owned(),
@@ -913,7 +926,7 @@ async fn notification(
     // notification's are never known here (the router expands it).
     let pending = match &segment {
         _ if event_id.is_some() => None,
-        None => Some((i64::from(found.targets) - done).max(0)),
+        None => found.targets.map(|t| (i64::from(t) - done).max(0)),
         Some((_, sent, true)) => Some((sent - done).max(0)),
         Some((_, _, false)) => None,
     };
@@ -929,7 +942,7 @@ async fn notification(
         "notif_id": notif_id,
         "state": found.state,
         "accepted_at": found.accepted_at,
-        "targets": event_id.is_none().then_some(found.targets),
+        "targets": found.targets.filter(|_| event_id.is_none()),
         "counts": counts,
         "pending": pending,
         "segment": segment.map(|(_, sent, done)| json!({"sent": sent, "done": done})),
