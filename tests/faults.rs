@@ -25,6 +25,7 @@ use pusher::mock::Profile;
 use pusher::pipeline::feedback::FeedbackProducer;
 use pusher::pipeline::run::{run, AppSender, Observer, OutcomeEvent, Outputs, RunSpec, RunSummary};
 use pusher::push::Platform;
+use pusher::sender::gate::OnFault;
 use pusher::sender::{ApnsSender, RetryPolicy};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -103,6 +104,9 @@ struct Scenario {
     messages: u64,
     retry: RetryPolicy,
     request_timeout: Duration,
+    /// What the sender does on an endpoint fault: `Fail` unless a test says (the scenarios
+    /// below measure the retries themselves); `pusher run` waits.
+    on_fault: OnFault,
 }
 
 /// What came out of a run.
@@ -125,6 +129,7 @@ async fn run_scenario(name: &str, s: Scenario) -> Run {
     let mut apns = config(&fake, fake.tls_url(), token_auth());
     apns.retry = s.retry;
     apns.pool.request_timeout = s.request_timeout;
+    apns.on_fault = s.on_fault;
     let apps = HashMap::from([(app.clone(), AppSender::apns(ApnsSender::new(apns).unwrap()))]);
     let feedback =
         Arc::new(FeedbackProducer::new(&brokers, "push-{app}-{platform}-feedbacks").unwrap());
@@ -359,6 +364,7 @@ async fn throttled_retries_honour_retry_after_and_recover() {
             messages: 5 * rate,
             retry: retry(4, 50, 2000),
             request_timeout: Duration::from_secs(5),
+            on_fault: OnFault::Fail,
         },
     )
     .await;
@@ -401,6 +407,7 @@ async fn flaky_errors_are_retried_with_jittered_backoff() {
             messages: 3 * rate,
             retry: retry(4, 50, 2000),
             request_timeout: Duration::from_secs(5),
+            on_fault: OnFault::Fail,
         },
     )
     .await;
@@ -434,6 +441,7 @@ async fn outage(name: &str, outage: Duration, messages_per_s: u64, run_for: Dura
             messages: (messages_per_s as f64 * run_for.as_secs_f64()) as u64,
             retry: retry(5, 250, 4000),
             request_timeout: Duration::from_secs(5),
+            on_fault: OnFault::Fail,
         },
     )
     .await;
@@ -479,6 +487,80 @@ async fn outage_scaled_to_3s_recovers() {
     .await;
 }
 
+/// The same outage as `pusher run` meets it (the sender waits on endpoint faults): once a
+/// message has spent its retries with no final answer from anyone, the endpoint is failing, the
+/// gate closes, and every message waits for it: none gives up, all are delivered, and while
+/// it waits the endpoint sees one probe at a time, not every message's retries.
+async fn pause(name: &str, outage: Duration, rate: u64, run_for: Duration) {
+    let start = Duration::from_millis(1500);
+    let profile = Profile::from_yaml(
+        name,
+        &format!(
+            "outages: [{{start_ms: {}, duration_ms: {}}}]",
+            start.as_millis(),
+            outage.as_millis()
+        ),
+    )
+    .unwrap();
+    let messages = (rate as f64 * run_for.as_secs_f64()) as u64;
+    let r = run_scenario(
+        name,
+        Scenario {
+            profile,
+            rate,
+            messages,
+            retry: retry(5, 250, 4000),
+            request_timeout: Duration::from_secs(5),
+            on_fault: OnFault::Wait,
+        },
+    )
+    .await;
+    let counts = check_common(name, &r, 5);
+    assert_eq!(counts.get("gave_up"), None, "{counts:?}");
+    assert_eq!(counts.get("delivered"), Some(&messages), "{counts:?}");
+    let refused = r.fake.stats().by_status.get(&503).copied().unwrap_or(0);
+    assert!(refused > 0, "the outage happened");
+    // Without the pause each message offered in the outage retried up to 5 times; with it,
+    // the first few spend their retries and the rest wait.
+    let offered_in_outage = rate * outage.as_secs();
+    assert!(
+        refused < offered_in_outage,
+        "{name}: {refused} answers of 503 for {offered_in_outage} messages offered in the outage: the endpoint was not left alone"
+    );
+    let end = start + outage;
+    let resumed = r
+        .answers
+        .iter()
+        .filter(|a| a.status == 200 && a.at >= end)
+        .map(|a| a.at - end)
+        .min();
+    println!("{name}: {refused} answers of 503; the first 200 {resumed:?} after the outage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_pauses_the_production_pusher_and_ends_nothing() {
+    pause(
+        "pause3s",
+        Duration::from_secs(3),
+        500,
+        Duration::from_secs(7),
+    )
+    .await;
+}
+
+/// The same with the 30-second outage, by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: a 30 s outage (run by hand)"]
+async fn an_outage_of_30s_pauses_the_production_pusher() {
+    pause(
+        "pause30s",
+        Duration::from_secs(30),
+        200,
+        Duration::from_secs(40),
+    )
+    .await;
+}
+
 /// The 30-second outage, by hand: `cargo test --test faults -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: a 30 s outage (run by hand)"]
@@ -503,6 +585,7 @@ async fn goaway_every_1000_streams_loses_nothing() {
             messages: 3 * rate,
             retry: retry(4, 50, 2000),
             request_timeout: Duration::from_secs(5),
+            on_fault: OnFault::Fail,
         },
     )
     .await;
@@ -531,6 +614,7 @@ async fn connection_resets_are_retried() {
             messages: 3 * rate,
             retry: retry(4, 50, 2000),
             request_timeout: Duration::from_secs(5),
+            on_fault: OnFault::Fail,
         },
     )
     .await;
@@ -557,6 +641,7 @@ async fn stalls_longer_than_the_timeout_are_retried() {
             messages: 3 * rate,
             retry: retry(4, 50, 2000),
             request_timeout: Duration::from_secs(1),
+            on_fault: OnFault::Fail,
         },
     )
     .await;

@@ -373,3 +373,77 @@ async fn a_pusher_resumes_by_itself_when_the_endpoint_comes_back() {
     let stats = fake.stats().snapshot();
     assert_eq!((stats.requests, common::status_count(&stats, 200)), (N, N));
 }
+
+/// Production tokens sent to the sandbox (the default without `-p`) all answer
+/// `BadDeviceToken`, as dead tokens do: taken at its word, the pusher deleted the fleet. Until
+/// one push is delivered, a run of them pauses the pusher instead: a few tokens are judged,
+/// then nothing more is sent or committed, and `/healthz` names the likely cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_environment_pauses_the_pusher_instead_of_deleting_every_token() {
+    use pusher::push::token_rules::TokenRule;
+    const N: u64 = 200;
+    let kafka = TestKafka::start(&["push-game_apns"], 2).await;
+    let brokers = kafka.bootstrap().to_string();
+    // The fake answers BadDeviceToken to every one of these tokens.
+    let refused: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let token = TokenRule::BadToken.apply(&format!("{i:064x}"));
+            serde_json::json!({"DeviceToken": token, "Payload": {"aps": {"alert": "hi"}}})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    produce_all(&brokers, "push-game_apns", &refused).await;
+    let fake = start_fake(FakeOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fake.ca_file.display().to_string();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log = dir.path().join("sandbox.log");
+    let run = pusher_run(
+        "apns",
+        &brokers,
+        &apns_args(&fake.tls_url(), &ca),
+        &[
+            ("PUSHER_STATS_PROMETHEUS_LISTEN", metrics.to_string()),
+            ("PUSHER_STATS_REPORTERS", "prometheus".into()),
+            // Ten at a time, so that what is sent after the guard closes is countable.
+            ("PUSHER_INFLIGHT", "10".into()),
+        ],
+        &log,
+    );
+    let mut health = String::new();
+    wait_for(
+        "/healthz to say the endpoint fails",
+        Duration::from_secs(30),
+        || match http_get(metrics, "/healthz") {
+            Some((503, body)) => {
+                health = body;
+                true
+            }
+            _ => false,
+        },
+    )
+    .await;
+    assert!(health.contains("wrong APNs environment"), "{health}");
+    // One probe at a time after that (1 s, 2 s): still refused, still paused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let committed = sum(committed_offsets(
+        &brokers,
+        "pusher-apns",
+        "push-game_apns",
+        2,
+    ));
+    stop(run, Duration::from_secs(15)).await;
+    let judged = u64::try_from(committed).unwrap();
+    assert!(
+        judged < 20,
+        "at most the 19 refusals before the guard were finished: {judged} of {N}"
+    );
+    let requests = fake.stats().requests;
+    assert!(
+        requests < 40,
+        "sent: 19 refusals, the 20th, what was in flight and the probes; not {requests}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("Endpoint failing").count(), 1, "{text}");
+}

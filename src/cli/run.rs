@@ -353,6 +353,13 @@ fn apns_senders(
     for app in &config.apns.apps {
         let cert = config.apns.certs.get(app).cloned().unwrap_or_default();
         let auth = apns_auth(app, &cert)?;
+        if cert.topic.is_none() && matches!(auth, ApnsAuth::Token(_)) {
+            // APNs requires apns-topic with token auth (a certificate names its own).
+            tracing::warn!(
+                app,
+                "No topic configured (apns.certs.<app>.topic, --topic): with token auth, each message must carry its own `topic`, or it ends malformed (MissingTopic)."
+            );
+        }
         let mut c = ApnsConfig::new(endpoint.clone(), auth);
         c.default_topic = cert.topic.clone();
         c.ca_file = endpoint_flags.ca.clone();

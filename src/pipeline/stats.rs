@@ -12,6 +12,12 @@ use std::sync::{Arc, OnceLock};
 /// One app's `pusher_outcomes_total` handles: by outcome (its [`Outcome::index`]), then reason.
 type AppOutcomes = [HashMap<String, Counter>; Outcome::CLASSES.len()];
 
+/// Distinct reasons an app's outcome class is labelled with; later ones count as
+/// [`OTHER_REASON`]. Reasons are mostly the vendors' fixed codes, but some carry values (a
+/// payload's size), and each label value is a series kept for the life of the process.
+const MAX_REASONS: usize = 64;
+const OTHER_REASON: &str = "other";
+
 pub struct StatsObserver {
     platform: Platform,
     statsd: Option<Arc<StatsdBatch>>,
@@ -32,32 +38,39 @@ impl StatsObserver {
         }
     }
 
-    fn count_outcome(&self, app: &str, outcome: &Outcome, reason: &str) {
+    /// Counts the outcome; returns the reason label it was counted under (`reason`, or
+    /// `other` once the app's outcome class has [`MAX_REASONS`] of them).
+    fn count_outcome<'a>(&self, app: &str, outcome: &Outcome, reason: &'a str) -> &'a str {
         let mut apps = self.outcomes.lock();
         if !apps.contains_key(app) {
             apps.insert(app.to_string(), AppOutcomes::default());
         }
         let Some(by_class) = apps.get_mut(app) else {
-            return;
+            return reason;
         };
         let by_reason = &mut by_class[outcome.index()];
-        if let Some(counter) = by_reason.get(reason) {
+        let label = if by_reason.contains_key(reason) || by_reason.len() < MAX_REASONS {
+            reason
+        } else {
+            OTHER_REASON
+        };
+        if let Some(counter) = by_reason.get(label) {
             counter.increment(1);
-            return;
+            return label;
         }
         let counter = metrics::counter!(names::OUTCOMES,
             "platform" => self.platform.as_str(), "game" => app.to_string(),
-            "outcome" => outcome.class(), "reason" => reason.to_string());
+            "outcome" => outcome.class(), "reason" => label.to_string());
         counter.increment(1);
-        by_reason.insert(reason.to_string(), counter);
+        by_reason.insert(label.to_string(), counter);
+        label
     }
 }
 
 impl Observer for StatsObserver {
     fn on_outcome(&self, e: &OutcomeEvent<'_>) {
         let platform = self.platform.as_str();
-        let reason = e.outcome.reason().unwrap_or("");
-        self.count_outcome(e.app, e.outcome, reason);
+        let reason = self.count_outcome(e.app, e.outcome, e.outcome.reason().unwrap_or(""));
         if let Some(latency) = e.send_latency {
             self.send_latency
                 .get_or_init(|| metrics::histogram!(names::SEND_LATENCY, "platform" => platform))
@@ -100,6 +113,32 @@ impl Observer for StatsObserver {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn reasons_with_values_do_not_grow_the_series_without_bound() {
+        let observer = StatsObserver::new(Platform::Gcm, None);
+        for size in 0..1000 {
+            let reason = format!("payload is {size} bytes");
+            let outcome = Outcome::Malformed { reason };
+            observer.count_outcome("game", &outcome, outcome.reason().unwrap());
+        }
+        let rejected = Outcome::Rejected {
+            reason: "BadTopic".into(),
+        };
+        assert_eq!(
+            observer.count_outcome("game", &rejected, "BadTopic"),
+            "BadTopic",
+            "another outcome class has its own reasons"
+        );
+        let apps = observer.outcomes.lock();
+        let malformed = &apps["game"][Outcome::Malformed {
+            reason: String::new(),
+        }
+        .index()];
+        assert_eq!(malformed.len(), MAX_REASONS + 1);
+        assert!(malformed.contains_key(OTHER_REASON));
+        assert!(malformed.contains_key("payload is 0 bytes"));
+    }
 
     #[test]
     fn statsd_lines_use_the_seed_names_and_tags() {

@@ -438,11 +438,16 @@ impl From<tokio_postgres::Error> for Failure {
     fn from(e: tokio_postgres::Error) -> Self {
         // A server-side error (no such table, bad permissions) will fail again; only connection
         // trouble (no SQLSTATE) and the SQLSTATE classes for "connection exception",
-        // "insufficient resources", "operator intervention" and "transaction rollback" are worth
+        // "insufficient resources", "operator intervention", "transaction rollback", "invalid
+        // transaction state" (a read-only standby after a failover), "object not in
+        // prerequisite state" (a lock not available) and "system error" (I/O) are worth
         // retrying.
         let transient = match e.as_db_error() {
             None => true,
-            Some(db) => matches!(&db.code().code()[..2], "08" | "53" | "57" | "40"),
+            Some(db) => matches!(
+                &db.code().code()[..2],
+                "08" | "53" | "57" | "40" | "25" | "55" | "58"
+            ),
         };
         Failure {
             transient,

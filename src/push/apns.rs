@@ -218,10 +218,11 @@ impl ApnsReason {
                     timestamp_ms,
                 })
             }
-            TooManyRequests
-            | TooManyProviderTokenUpdates
-            | InternalServerError
-            | ServiceUnavailable => Verdict::Retry(RetryHint::new(reason).after(retry_after)),
+            // Apple: "too many requests to the same device token": this token's alone.
+            TooManyRequests => Verdict::Retry(RetryHint::new(reason).after(retry_after).own()),
+            TooManyProviderTokenUpdates | InternalServerError | ServiceUnavailable => {
+                Verdict::Retry(RetryHint::new(reason).after(retry_after))
+            }
             Shutdown | IdleTimeout => {
                 Verdict::Retry(RetryHint::new(reason).after(retry_after).reconnect())
             }

@@ -173,6 +173,9 @@ pub fn status_verdict(status: u16, canonical: &str, retry_after: Option<Duration
             Verdict::Retry(RetryHint::new(reason).after(retry_after))
         }
         "PERMISSION_DENIED" | "NOT_FOUND" | "UNAUTHENTICATED" => Verdict::Fault { reason },
+        // No Google error at all on a 404 or 405: the URL is not FCM's (the legacy
+        // `/fcm/send` answers 404 since its shutdown), whatever the message.
+        "" if matches!(status, 404 | 405) => Verdict::Fault { reason },
         _ if matches!(status, 401 | 403) => Verdict::Fault { reason },
         _ => Verdict::Final(Outcome::Rejected { reason }),
     }
@@ -322,6 +325,13 @@ mod tests {
             Verdict::Final(Outcome::Rejected {
                 reason: "HTTP 400".into()
             })
+        );
+        // No Google error on a 404: not FCM's URL (the legacy API since its shutdown).
+        assert_eq!(
+            status_verdict(404, "", None),
+            Verdict::Fault {
+                reason: "HTTP 404".into()
+            }
         );
         for e in ["NotRegistered", "InvalidRegistration", "MismatchSenderId"] {
             assert!(matches!(

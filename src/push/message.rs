@@ -368,7 +368,9 @@ fn merge_metadata_into_payload(
     // Most payloads have no `M`: then `"M":{metadata}` goes before the closing brace, and the
     // payload is not parsed again. A key can only be `M` when the text holds `"M"` or an
     // escape (`"\u004d"`); either sends it the long way.
-    if memchr::memmem::find(text.as_bytes(), br#""M""#).is_none() && !text.contains('\\') {
+    static M_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""M""#));
+    if M_KEY.find(text.as_bytes()).is_none() && memchr::memchr(b'\\', text.as_bytes()).is_none() {
         let body = text[1..text.len() - 1].trim_ascii();
         let mut out = Vec::with_capacity(text.len() + 128);
         out.push(b'{');

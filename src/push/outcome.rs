@@ -103,6 +103,9 @@ pub struct RetryHint {
     pub reconnect: bool,
     /// Credentials went stale (ExpiredProviderToken, expired OAuth token): renew them first.
     pub renew_auth: bool,
+    /// The failure concerns this push alone (a web push subscription's own server, not a push
+    /// service we know): never a sign that the endpoint is failing for every push.
+    pub own: bool,
 }
 
 impl RetryHint {
@@ -112,6 +115,7 @@ impl RetryHint {
             after: None,
             reconnect: false,
             renew_auth: false,
+            own: false,
         }
     }
     pub fn after(mut self, after: Option<Duration>) -> Self {
@@ -124,6 +128,10 @@ impl RetryHint {
     }
     pub fn renew_auth(mut self) -> Self {
         self.renew_auth = true;
+        self
+    }
+    pub fn own(mut self) -> Self {
+        self.own = true;
         self
     }
 }

@@ -97,6 +97,9 @@ where
         endpoint_fault: None,
     };
     let mut renewed = false;
+    // At this message's first retryable answer: the gate's final answers, and the attempts
+    // it had made before (what an outage gives back).
+    let mut first_retry: Option<(u64, u32)> = None;
     loop {
         let permit = gate.admit().await;
         done.attempts += 1;
@@ -150,9 +153,19 @@ where
                 }
             }
             Verdict::Retry(hint) => {
-                permit.answered();
+                let (finals_before, attempts_before) =
+                    *first_retry.get_or_insert((gate.finals(), done.attempts - 1));
+                let exhausted = !policy.should_retry(done.attempts);
+                if permit.retry(&hint.reason, exhausted && !hint.own, finals_before) {
+                    // The endpoint's outage, not the message's: its retries are given back,
+                    // and it waits at the gate.
+                    done.attempts = attempts_before;
+                    first_retry = None;
+                    renewed = false;
+                    continue;
+                }
                 renewed = hint.renew_auth;
-                if !policy.should_retry(done.attempts) {
+                if exhausted {
                     done.outcome = Outcome::GaveUp {
                         reason: hint.reason,
                     };
@@ -204,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn retries_are_bounded_by_the_budget() {
-        let gate = Gate::new("t", OnFault::Wait);
+        let gate = Gate::new("t", OnFault::Fail);
         let done = attempt_until_final(&policy(), &gate, scripted(vec![retry("a"); 5])).await;
         assert_eq!(done.outcome, Outcome::GaveUp { reason: "a".into() });
         assert_eq!(done.attempts, 3);
@@ -216,15 +229,56 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_outage_waits_at_the_gate_and_a_message_s_own_retries_give_up() {
+        // Every attempt asked to retry and no send got a final answer meanwhile: the
+        // endpoint's outage. The gate closes, the retries are given back, the probes go on
+        // until an answer is final.
+        let gate = Gate::new("t", OnFault::Wait);
+        let mut health = gate.health();
+        let script = vec![retry("ServiceUnavailable"); 5];
+        let done = attempt_until_final(&policy(), &gate, scripted(script)).await;
+        assert_eq!((done.outcome, done.attempts), (Outcome::Delivered, 1));
+        assert!(
+            health.has_changed().unwrap(),
+            "the gate closed, then opened"
+        );
+        assert!(health.borrow_and_update().is_up());
+
+        // The same retries while another send got a final answer: this message's own.
+        let other = gate.clone();
+        let n = Arc::new(AtomicU32::new(0));
+        let attempt = move || {
+            let (other, i) = (other.clone(), n.fetch_add(1, Ordering::SeqCst));
+            async move {
+                if i == 1 {
+                    other.admit().await.answered();
+                }
+                Attempt::answered(i, retry("TooManyRequests"))
+            }
+        };
+        let done = attempt_until_final(&policy(), &gate, attempt).await;
+        assert_eq!(
+            (done.outcome, done.attempts),
+            (
+                Outcome::GaveUp {
+                    reason: "TooManyRequests".into()
+                },
+                3
+            )
+        );
+        assert!(gate.health().borrow().is_up());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn faults_wait_without_spending_the_budget() {
         let gate = Gate::new("t", OnFault::Wait);
-        // Five faults in a row (the endpoint down for a while), then two retries: delivered,
-        // with the budget of three attempts intact.
+        // Five faults in a row (the endpoint down for a while), then two retryable answers
+        // (still no final one: the gate stays closed), then delivered: one attempt charged.
         let mut script = vec![fault("connect_error"); 5];
         script.extend([retry("a"), retry("b")]);
         let done = attempt_until_final(&policy(), &gate, scripted(script)).await;
         assert_eq!(done.outcome, Outcome::Delivered);
-        assert_eq!(done.attempts, 3);
+        assert_eq!(done.attempts, 1);
         assert!(gate.health().borrow().is_up());
     }
 

@@ -6,16 +6,23 @@
 //!
 //! In [`OnFault::Wait`] (the production pusher) the gate closes on the first such failure: the
 //! cause is logged once, every send waits, and one send at a time probes the endpoint again
-//! after a back-off (1 s doubling to 30 s). The first probe that gets any other answer opens
+//! after a back-off (1 s doubling to 5 s). The first probe that gets a final answer opens
 //! the gate and the waiting sends go on. In [`OnFault::Fail`] (one-shot commands, benchmarks)
 //! the send ends at once with the cause, for the caller to report.
+//!
+//! An outage (APNs or FCM answering 503 to everything, an endpoint that stopped answering) is
+//! retryable answer by retryable answer, each of which could be the message's own (a 429 for
+//! one device). It becomes the endpoint's fault when a message has spent its retries and no
+//! send at all got a final answer since its first retryable one: then the gate closes, as
+//! above, and that message's retries are given back. While the gate is closed, a retryable
+//! answer (a probe's, or a send's that left before it closed) is the outage's too.
 //!
 //! Written here rather than taken from a circuit-breaker crate: those count failure ratios over
 //! windows, while this needs "one failure of this kind is enough, then exactly one probe", with
 //! the waiting sends parked (not failed) and counted.
 
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
@@ -49,9 +56,10 @@ impl Health {
 }
 
 const FIRST_PROBE: Duration = Duration::from_secs(1);
-const MAX_PROBE: Duration = Duration::from_secs(30);
+/// One request every 5 s at most: nothing to an endpoint, and an outage's end is seen soon.
+const MAX_PROBE: Duration = Duration::from_secs(5);
 
-/// The probes' schedule: the retry policy's doubling ceiling (1 s, 2 s, ... 30 s), without
+/// The probes' schedule: the retry policy's doubling ceiling (1 s, 2 s, 4 s, 5 s ...), without
 /// jitter: there is one probe at a time, so no herd to spread.
 fn probe_after(failed_probes: u32) -> Duration {
     super::retry::RetryPolicy::unbounded(FIRST_PROBE, MAX_PROBE).backoff_ceiling(failed_probes)
@@ -76,6 +84,8 @@ struct Inner {
     health: watch::Sender<Health>,
     /// Sends waiting for the endpoint now.
     parked: AtomicUsize,
+    /// Final answers so far (any send's): whether the endpoint judged anything since.
+    finals: AtomicU64,
 }
 
 /// One gate per sender (per app): clone it freely.
@@ -103,6 +113,7 @@ impl Gate {
                 changed: Notify::new(),
                 health: watch::Sender::new(Health::Up),
                 parked: AtomicUsize::new(0),
+                finals: AtomicU64::new(0),
             }),
         }
     }
@@ -119,6 +130,15 @@ impl Gate {
     /// Sends waiting for the endpoint to answer again.
     pub fn parked(&self) -> usize {
         self.inner.parked.load(Ordering::Relaxed)
+    }
+
+    /// Final answers the endpoint gave so far, to any send.
+    pub fn finals(&self) -> u64 {
+        self.inner.finals.load(Ordering::Relaxed)
+    }
+
+    fn is_down(&self) -> bool {
+        self.inner.down.lock().is_some()
     }
 
     /// Waits for leave to attempt: at once while the endpoint is up (or in `Fail`), else until
@@ -166,9 +186,12 @@ impl Gate {
         }
     }
 
-    fn fault(&self, cause: &str) {
+    /// `probe`: the failure is the probe's, which alone moves the probes' schedule on (the
+    /// sends that left before the gate closed fail too, and must not push it to its end).
+    fn fault(&self, cause: &str, probe: bool) {
         let mut down = self.inner.down.lock();
         match down.as_mut() {
+            Some(_) if !probe => return,
             Some(d) => {
                 d.probing = false;
                 d.failures += 1;
@@ -203,6 +226,7 @@ impl Gate {
     }
 
     fn answered(&self) {
+        self.inner.finals.fetch_add(1, Ordering::Relaxed);
         let mut down = self.inner.down.lock();
         if down.take().is_some() {
             drop(down);
@@ -223,15 +247,37 @@ impl Gate {
 impl Permit {
     /// The attempt failed for a reason that is the endpoint's or the configuration's.
     pub fn fault(mut self, cause: &str) {
-        self.probe = false;
-        self.gate.fault(cause);
+        let probe = std::mem::replace(&mut self.probe, false);
+        self.gate.fault(cause, probe);
     }
 
-    /// The attempt got an answer, or a failure that is the message's own business (a
-    /// timeout, a reset stream): the endpoint works.
+    /// The attempt got a final answer: the endpoint works.
     pub fn answered(mut self) {
         self.probe = false;
         self.gate.answered();
+    }
+
+    /// The attempt got an answer that asks to retry (429, 5xx, a timeout, a reset). Returns
+    /// true when that is the endpoint failing, not the message, and the send must wait at the
+    /// gate with its retries given back (only in [`OnFault::Wait`]): the gate is closed
+    /// already, or `exhausted` (the message's retries are spent) and no send got a final
+    /// answer since `finals_before` (taken at the message's first retryable answer).
+    pub fn retry(mut self, cause: &str, exhausted: bool, finals_before: u64) -> bool {
+        let probe = std::mem::replace(&mut self.probe, false);
+        if self.gate.inner.on_fault == OnFault::Fail {
+            return false;
+        }
+        let outage = self.gate.is_down() || (exhausted && self.gate.finals() == finals_before);
+        if outage {
+            self.gate.fault(
+                &format!("{cause} on every retry, and no send got a final answer meanwhile"),
+                probe,
+            );
+        } else if probe {
+            // The gate opened meanwhile (another send's answer): nothing to probe.
+            self.gate.probe_abandoned();
+        }
+        outage
     }
 }
 

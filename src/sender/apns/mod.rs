@@ -2,6 +2,7 @@
 //! retries on timers. Clone it freely (an `Arc` inside); every send runs concurrently.
 
 pub mod cert;
+pub mod guard;
 pub mod jwt;
 pub mod request;
 pub mod response;
@@ -124,6 +125,8 @@ struct Inner {
     jwt: Option<JwtSigner>,
     retry: RetryPolicy,
     gate: Gate,
+    /// In `OnFault::Wait` only (the production pusher): `pusher send` reports what APNs said.
+    environment: Option<guard::EnvironmentGuard>,
 }
 
 impl ApnsSender {
@@ -168,6 +171,8 @@ impl ApnsSender {
                 context,
                 jwt,
                 retry: config.retry,
+                environment: (config.on_fault == OnFault::Wait)
+                    .then(guard::EnvironmentGuard::default),
                 gate: Gate::new(config.name, config.on_fault),
             }),
         })
@@ -225,7 +230,10 @@ impl ApnsSender {
         let done = attempt_until_final(&self.inner.retry, &self.inner.gate, || async {
             match self.send_once(n).await {
                 Ok(response) => {
-                    let verdict = response.verdict.clone();
+                    let verdict = match &self.inner.environment {
+                        Some(guard) => guard.judge(response.verdict.clone()),
+                        None => response.verdict.clone(),
+                    };
                     Attempt::answered(response, verdict)
                 }
                 // The short label, not the message: it becomes a metric label, and the

@@ -49,6 +49,13 @@ impl ApnsResponse {
             };
         }
         let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+        let bare = !matches!(
+            parsed,
+            Some(ErrorBody {
+                reason: Some(_),
+                ..
+            })
+        );
         let (reason, timestamp_ms) = match parsed {
             Some(ErrorBody {
                 reason: Some(reason),
@@ -61,7 +68,15 @@ impl ApnsResponse {
             // Not APNs' JSON (a proxy's error page, say): keep the status as the reason.
             None => (ApnsReason::Other(format!("HTTP {status}")), None),
         };
-        let verdict = reason.verdict(status, retry_after, timestamp_ms);
+        let verdict = match status {
+            // APNs names a reason with every refusal: a 4xx without one is not APNs judging the
+            // message but something else answering (a wrong URL, a proxy), and it would answer
+            // every message the same. Only a size refusal is about this message.
+            400..=499 if bare && !matches!(status, 410 | 413 | 429) => Verdict::Fault {
+                reason: format!("HTTP {status} without an APNs reason (is the URL APNs?)"),
+            },
+            _ => reason.verdict(status, retry_after, timestamp_ms),
+        };
         ApnsResponse {
             status,
             reason: Some(reason),
@@ -153,7 +168,7 @@ mod tests {
             (
                 429,
                 r#"{"reason":"TooManyRequests"}"#,
-                retry("TooManyRequests"),
+                Verdict::Retry(RetryHint::new("TooManyRequests").own()),
             ),
             (
                 500,
@@ -190,7 +205,23 @@ mod tests {
                 retry("BrandNewReason"),
             ),
             (502, "<html>bad gateway</html>", retry("HTTP 502")),
-            (404, "", rejected("HTTP 404")),
+            // No APNs reason on a refusal: something else answers (a wrong URL, a proxy).
+            (
+                404,
+                "",
+                Verdict::Fault {
+                    reason: "HTTP 404 without an APNs reason (is the URL APNs?)".into(),
+                },
+            ),
+            (
+                403,
+                "<html>forbidden</html>",
+                Verdict::Fault {
+                    reason: "HTTP 403 without an APNs reason (is the URL APNs?)".into(),
+                },
+            ),
+            // ... but a bare size refusal is about this message.
+            (413, "", rejected("HTTP 413")),
         ];
         for (status, body, want) in cases {
             let got = respond(status, &[], body);
@@ -222,7 +253,11 @@ mod tests {
         assert_eq!(r.retry_after, Some(Duration::from_secs(7)));
         assert_eq!(
             r.verdict,
-            Verdict::Retry(RetryHint::new("TooManyRequests").after(Some(Duration::from_secs(7))))
+            Verdict::Retry(
+                RetryHint::new("TooManyRequests")
+                    .after(Some(Duration::from_secs(7)))
+                    .own()
+            )
         );
         let r = respond(200, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "");
         assert_eq!(r.retry_after, None);

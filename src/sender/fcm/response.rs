@@ -181,11 +181,13 @@ impl LegacyReply {
         let parsed = match serde_json::from_slice::<LegacyBody>(body) {
             Ok(p) if p.results.len() == tokens => p,
             Ok(_) | Err(_) => {
+                // A 200 that is not the legacy API's answer: the endpoint is something else,
+                // and would answer every message so; not the messages' fault.
                 let reason = "unexpected legacy answer".to_string();
                 return same_for_all(
-                    Verdict::Final(Outcome::Rejected {
+                    Verdict::Fault {
                         reason: reason.clone(),
-                    }),
+                    },
                     Some(reason),
                     text(),
                 );
@@ -402,10 +404,12 @@ mod tests {
             unauthorized.results[0].verdict,
             Verdict::Fault { .. }
         ));
+        // A 200 that is not the legacy API's answer: something else answers, for every
+        // message alike.
         let short = LegacyReply::parse(200, &HeaderMap::new(), br#"{"results":[]}"#, 1);
-        assert!(matches!(
-            short.results[0].verdict,
-            Verdict::Final(Outcome::Rejected { .. })
-        ));
+        assert!(matches!(short.results[0].verdict, Verdict::Fault { .. }));
+        // And the legacy URL since its shutdown: 404 with no Google error.
+        let gone = LegacyReply::parse(404, &HeaderMap::new(), b"Not Found", 1);
+        assert!(matches!(gone.results[0].verdict, Verdict::Fault { .. }));
     }
 }

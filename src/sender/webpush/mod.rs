@@ -274,7 +274,7 @@ impl WebPushSender {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let trusted = self.is_push_service(&sub.origin);
         let done = attempt_until_final(&self.inner.retry, &self.inner.gate, || async {
-            match self
+            let mut attempt = match self
                 .attempt(&sub.origin, &path, &headers, body.clone())
                 .await
             {
@@ -304,7 +304,13 @@ impl WebPushSender {
                     tracing::debug!(error = %e, "Web push transport failure.");
                     Attempt::transport(&e)
                 }
+            };
+            // A server that is no push service we know is this subscription's alone: its
+            // failures never pause the app's other pushes.
+            if let (Verdict::Retry(hint), false) = (&mut attempt.verdict, trusted) {
+                hint.own = true;
             }
+            attempt
         })
         .await;
         let mut delivery = WebPushDelivery::ended(done.outcome);
