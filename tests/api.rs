@@ -508,6 +508,116 @@ async fn claims_dedup_take_over_stale_ones_and_remember_counts() {
 
 /// The whole path: gorush requests over HTTP -> Kafka -> the real `pusher run apns` -> the
 /// fake APNs. Tokens accepted = records produced = tokens delivered, each once.
+/// The router can read a request record before the API has recorded or confirmed its
+/// notification (both happen once Kafka acknowledged the record): the devices it counted are
+/// kept, whichever writes first, and a token-addressed push's records are its targets.
+#[tokio::test]
+async fn a_router_faster_than_the_api_keeps_its_targets() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let app = fresh_app("api");
+    let targets = |id: &'static str| {
+        let (store, app) = (store.clone(), app.clone());
+        async move {
+            let n = store.notification(&app, id).await.unwrap().unwrap();
+            (n.state, n.targets)
+        }
+    };
+    // Unkeyed: the router first, then the API's INSERT.
+    store.set_targets(&app, &[("u1", 3)]).await.unwrap();
+    store
+        .record_accepted(&app, &[("u1".into(), None)])
+        .await
+        .unwrap();
+    assert_eq!(targets("u1").await, ("accepted".into(), Some(3)));
+    // Keyed: claimed, routed, then confirmed.
+    let key = ClaimKey {
+        idem_key: "k1".into(),
+        notif_id: "r1".into(),
+    };
+    let long = Duration::from_secs(60);
+    store.claim(&app, "c1", &[key], long).await.unwrap();
+    assert_eq!(targets("r1").await, ("pending".into(), None));
+    store.set_targets(&app, &[("r1", 2)]).await.unwrap();
+    store
+        .confirm(&app, "c1", &[("k1".into(), None)])
+        .await
+        .unwrap();
+    assert_eq!(targets("r1").await, ("accepted".into(), Some(2)));
+    // A token-addressed push, keyed: its records.
+    let key = ClaimKey {
+        idem_key: "k2".into(),
+        notif_id: "t1".into(),
+    };
+    store.claim(&app, "c2", &[key], long).await.unwrap();
+    store
+        .confirm(&app, "c2", &[("k2".into(), Some(5))])
+        .await
+        .unwrap();
+    assert_eq!(targets("t1").await, ("accepted".into(), Some(5)));
+}
+
+/// A fast pipeline's verdicts can reach `pusher results` before the API has recorded the
+/// notification (it does once Kafka acknowledged the records): the webhook is still called,
+/// once the row is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
+    use pusher::platform::produce::Record;
+    use pusher::platform::results::run as results;
+    use pusher::platform::webhook::Webhooks;
+    let app = fresh_app("api");
+    let feedback = format!("push-{app}-gcm-feedbacks");
+    let kafka = TestKafka::start(&[&feedback], 1).await;
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let (hook, mut calls) = common::platform::webhook_receiver().await;
+    let hooks = Webhooks::new(&std::collections::BTreeMap::from([(app.clone(), hook)])).unwrap();
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(results(
+        common::platform::results_group(kafka.bootstrap(), &app),
+        store.clone(),
+        hooks,
+        stop.clone(),
+    ));
+    let verdict = json!({"from": "tok-1", "metadata": {"notif_id": "early-1", "game": app,
+        "outcome": "delivered", "timestamp": 1_700_000_000}});
+    Producer::new(kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&[Record {
+            topic: feedback.clone(),
+            key: "tok-1".into(),
+            payload: verdict.to_string().into_bytes(),
+        }])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store
+        .result_counts(&app, "early-1")
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the verdict was never stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only now does the API record the notification, with its one target.
+    store
+        .record_accepted(&app, &[("early-1".into(), Some(1))])
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(20), calls.recv())
+        .await
+        .expect("the webhook is called once the notification is recorded")
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"app": app, "notif_id": "early-1", "targets": 1, "counts": {"delivered": 1}})
+    );
+    stop.cancel();
+    let counts = writer.await.unwrap().unwrap();
+    assert_eq!((counts.stored, counts.webhooks), (1, 1), "{counts:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_to_kafka_to_pusher_to_fake_apns() {
     let app = fresh_app("api");

@@ -622,3 +622,129 @@ async fn segments_reach_every_matching_device_and_resume() {
     let counts = p.stop().await;
     assert_eq!((counts.segments, counts.pushes), (2, 1000), "{counts:?}");
 }
+
+/// A notification that reached no device (a user without devices, a segment nothing matches)
+/// is complete when the router counts 0, and no verdict will ever arrive: `pusher results`
+/// still calls its webhook, once. A segment of exactly one page (its next page empty) gets its
+/// size when that page is produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_reached_no_device_is_complete_and_calls_its_webhook() {
+    use pusher::platform::registry::{Device, Login};
+    use pusher::platform::results::run as results;
+    use pusher::platform::webhook::Webhooks;
+    let p = Platform::start().await;
+    let registry = Registry::new(p.store.pool());
+    let page = 1000; // the router's segment page
+    let devices: Vec<Device> = (0..page)
+        .map(|i| Device {
+            user_id: 20_000 + i,
+            platform: pusher::push::Platform::Gcm,
+            token: format!("page-{i:05}"),
+            device_id: String::new(),
+            platform_id: None,
+            app_version: "2.0".into(),
+            registered_ms: 1_700_000_000_000,
+            keys: None,
+        })
+        .collect();
+    let logins: Vec<Login> = (0..page)
+        .map(|i| Login {
+            user_id: 20_000 + i,
+            language_id: 1,
+            at_ms: 1_700_000_000_000,
+        })
+        .collect();
+    registry.register(&p.app, &devices, &logins).await.unwrap();
+    let notes = json!({"notifications": [{"login_id": 1338, "title": "T", "content": "C"}]});
+    let a = post_json(p.addr, "/post_notification_json", KEY, &notes).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let user = a.json()["notif_ids"][0].as_str().unwrap().to_owned();
+    for (id, language) in [("seg-none", 99), ("seg-page", 1)] {
+        let a = post_json(
+            p.addr,
+            "/api/v1/segments/push",
+            KEY,
+            &json!({"condition": {"language_id": language}, "message": "m", "notif_id": id}),
+        )
+        .await;
+        assert_eq!(a.status, 202, "{}", a.text());
+    }
+    let auth = format!("Bearer {KEY}");
+    let status = |id: &str| {
+        let (auth, addr, path) = (auth.clone(), p.addr, format!("/api/v1/notifications/{id}"));
+        async move {
+            let a = request(addr, "GET", &path, &[("authorization", &auth)], "").await;
+            assert_eq!(a.status, 200, "{path}: {}", a.text());
+            a.json()
+        }
+    };
+    // The three are routed in any order (the requests topic has two partitions).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in ["seg-page", "seg-none", user.as_str()] {
+        while status(id).await["targets"].is_null() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let seg = status("seg-page").await;
+    assert_eq!(
+        (&seg["targets"], &seg["segment"]),
+        (&json!(page), &json!({"sent": page, "done": true})),
+        "{seg}"
+    );
+    for id in [user.as_str(), "seg-none"] {
+        let s = status(id).await;
+        assert_eq!(
+            (&s["targets"], &s["pending"]),
+            (&json!(0), &json!(0)),
+            "{s}"
+        );
+    }
+
+    // The app's webhook, and pusher results (no feedback topic has records).
+    let (hook, mut calls) = common::platform::webhook_receiver().await;
+    let hooks = Webhooks::new(&std::collections::BTreeMap::from([(p.app.clone(), hook)])).unwrap();
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(results(
+        common::platform::results_group(p.kafka.bootstrap(), &p.app),
+        p.store.clone(),
+        hooks,
+        stop.clone(),
+    ));
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let body = tokio::time::timeout(Duration::from_secs(20), calls.recv())
+            .await
+            .expect("a webhook call for each notification that reached no device")
+            .unwrap();
+        bodies.push(body);
+    }
+    bodies.sort_by_key(|b| b["notif_id"].as_str().unwrap().to_owned());
+    let mut expected = vec![
+        json!({"app": p.app, "notif_id": user, "targets": 0, "counts": {}}),
+        json!({"app": p.app, "notif_id": "seg-none", "targets": 0, "counts": {}}),
+    ];
+    expected.sort_by_key(|b| b["notif_id"].as_str().unwrap().to_owned());
+    assert_eq!(bodies, expected);
+    // Claimed once: nothing is left for another results process.
+    assert!(p
+        .store
+        .claim_reached_none(&[&p.app])
+        .await
+        .unwrap()
+        .is_empty());
+    stop.cancel();
+    let counts = writer.await.unwrap().unwrap();
+    assert_eq!((counts.webhooks, counts.consumed), (2, 0), "{counts:?}");
+    assert!(calls.try_recv().is_err(), "no second call");
+    let routed = p.stop().await;
+    assert_eq!(
+        (
+            routed.notifications,
+            routed.segments,
+            routed.pushes,
+            routed.no_devices
+        ),
+        (1, 2, page as u64, 1),
+        "{routed:?}"
+    );
+}

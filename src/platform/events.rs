@@ -349,6 +349,7 @@ pub fn opt_out_list(pairs: &BTreeMap<String, String>) -> Vec<String> {
     pairs
         .values()
         .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+        // Only what can be a message's name: anything else opts out of nothing.
+        .filter(|v| super::messages::valid_name(v))
         .collect()
 }

@@ -12,6 +12,11 @@ use std::collections::HashMap;
 /// Pushkin's limit.
 pub const MAX_DEVICES_PER_USER: i64 = 10;
 
+/// Longest token (or web push endpoint) accepted: an APNs token is 64 hex characters, an
+/// FCM one about 160, an endpoint a few hundred. Tokens are keys of PostgreSQL indexes, whose
+/// entries stop at ~2.7 KB with the app and notif_id beside them.
+pub const MAX_TOKEN_LEN: usize = 2000;
+
 /// One device of a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Device {

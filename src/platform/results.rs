@@ -4,15 +4,21 @@
 //! `pusher_results`, in batched upserts where an older verdict never overwrites a newer one.
 //! Records without a notif_id (the seed's own traffic) are counted and skipped. A
 //! `token_invalid` verdict also removes the token from the device registry, unless it was
-//! registered again after the message was consumed.
+//! registered again after the message was consumed. An app's webhook is called once per
+//! notification when it is complete: at its last verdict, or, for one that reached no device,
+//! when the router counted 0 (looked for every second).
 
 use super::consume::{self, GroupSettings};
-use super::store::{ResultRow, Store};
+use super::store::{Completed, ResultRow, Store, StoreError};
 use super::webhook::Webhooks;
+use parking_lot::Mutex;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +34,7 @@ pub struct ResultCounts {
     pub stored: u64,
     /// Feedback of messages without a notif_id.
     pub untracked: u64,
-    /// Records that are not feedback JSON.
+    /// Records that are not feedback JSON, or whose row PostgreSQL would refuse.
     pub malformed: u64,
     /// Registry devices removed for an invalid-token verdict.
     pub devices_removed: u64,
@@ -92,9 +98,16 @@ pub async fn run(
 ) -> Result<ResultCounts, ResultsError> {
     let consumer = consume::consumer(&settings, consume::Membership::default())
         .map_err(ResultsError::Consumer)?;
+    let completion = Completion {
+        store: store.clone(),
+        webhooks,
+        later: Arc::default(),
+    };
+    let sweep = (!completion.webhooks.is_empty())
+        .then(|| tokio::spawn(completion.clone().sweep(stop.clone())));
     let mut writer = Writer {
         store,
-        webhooks,
+        completion,
         counts: ResultCounts::default(),
     };
     consume::batches(
@@ -105,47 +118,147 @@ pub async fn run(
         &mut writer,
     )
     .await;
-    let counts = writer.counts;
+    let mut counts = writer.counts;
+    if let Some(sweep) = sweep {
+        counts.webhooks += sweep.await.unwrap_or_default();
+    }
     tracing::info!(counts = %crate::telemetry::Json(&counts), "Results stopped.");
     Ok(counts)
 }
 
-struct Writer {
+/// How often the sweep looks for notifications that completed without a verdict to say so.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long a notification whose verdicts came before it was ready is looked at again.
+const LATER_FOR: Duration = Duration::from_secs(60);
+/// At most this many of those are kept (each is a pair of short strings).
+const LATER_MAX: usize = 100_000;
+
+/// Calls an app's webhook once per notification, when it is complete.
+#[derive(Clone)]
+struct Completion {
     store: Store,
     webhooks: Webhooks,
+    /// Notifications whose verdicts came before they could complete (no row yet, or a
+    /// pending one), since when: looked at again by the sweep.
+    later: Arc<Mutex<VecDeque<(Instant, String, String)>>>,
+}
+
+impl Completion {
+    /// Calls the webhook of each of `pairs` that is now complete; keeps for later those that
+    /// were not ready. Returns the calls started.
+    async fn check(
+        &self,
+        pairs: Vec<(String, String)>,
+        since: Option<Instant>,
+    ) -> Result<u64, StoreError> {
+        let complete = self.store.claim_completed(&pairs).await?;
+        let calls = complete.len() as u64;
+        let done: HashSet<(&str, &str)> = complete
+            .iter()
+            .map(|c| (c.app.as_str(), c.notif_id.as_str()))
+            .collect();
+        let rest: Vec<(String, String)> = pairs
+            .iter()
+            .filter(|(a, n)| !done.contains(&(a.as_str(), n.as_str())))
+            .cloned()
+            .collect();
+        for c in &complete {
+            self.webhooks.spawn_call(&c.app, &c.notif_id, body(c));
+        }
+        let not_ready = self.store.not_ready(&rest).await?;
+        let now = Instant::now();
+        let since = since.unwrap_or(now);
+        if now.duration_since(since) < LATER_FOR {
+            let mut later = self.later.lock();
+            for (app, notif_id) in not_ready {
+                if later.len() >= LATER_MAX {
+                    tracing::warn!(app, notif_id, "Too many notifications waiting to be ready; this one's webhook is not called.");
+                    break;
+                }
+                later.push_back((since, app, notif_id));
+            }
+        }
+        Ok(calls)
+    }
+
+    /// Every second until `stop`: the notifications that reached no device (complete as soon
+    /// as the router counted 0, with no verdict ever to trigger `check`), and those whose
+    /// verdicts came before they were ready. Returns the calls it started.
+    async fn sweep(self, stop: CancellationToken) -> u64 {
+        let apps: Vec<&str> = self.webhooks.apps().collect();
+        let mut calls = 0;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return calls,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+            match self.store.claim_reached_none(&apps).await {
+                Ok(complete) => {
+                    for c in &complete {
+                        self.webhooks.spawn_call(&c.app, &c.notif_id, body(c));
+                    }
+                    calls += complete.len() as u64;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot look for notifications that reached no device; retrying.")
+                }
+            }
+            let due: Vec<(Instant, String, String)> = self.later.lock().drain(..).collect();
+            // Grouped by when each was first seen, so each keeps its deadline.
+            let mut by_since: BTreeMap<Instant, Vec<(String, String)>> = BTreeMap::new();
+            for (since, app, notif_id) in due {
+                by_since.entry(since).or_default().push((app, notif_id));
+            }
+            for (since, pairs) in by_since {
+                match self.check(pairs.clone(), Some(since)).await {
+                    Ok(n) => calls += n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot look at notifications again; retrying.");
+                        let mut later = self.later.lock();
+                        later.extend(pairs.into_iter().map(|(a, n)| (since, a, n)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The webhook's body: the notification, its targets and its verdicts counted by outcome.
+fn body(c: &Completed) -> Vec<u8> {
+    serde_json::json!({"app": c.app, "notif_id": c.notif_id, "targets": c.targets,
+                       "counts": c.counts})
+    .to_string()
+    .into_bytes()
+}
+
+struct Writer {
+    store: Store,
+    completion: Completion,
     counts: ResultCounts,
 }
 
 impl Writer {
     /// Calls the webhook of every notification of `rows` that is now complete.
     async fn notify(&mut self, rows: &[ResultRow]) -> Result<(), String> {
-        if self.webhooks.is_empty() {
+        let webhooks = &self.completion.webhooks;
+        if webhooks.is_empty() {
             return Ok(());
         }
         let mut pairs: Vec<(String, String)> = rows
             .iter()
-            .filter(|r| self.webhooks.has(&r.app))
+            .filter(|r| webhooks.has(&r.app))
             .map(|r| (r.app.clone(), r.notif_id.clone()))
             .collect();
         pairs.sort();
         pairs.dedup();
-        let complete = self
-            .store
-            .claim_completed(&pairs)
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        self.counts.webhooks += self
+            .completion
+            .check(pairs, None)
             .await
             .map_err(|e| e.to_string())?;
-        for (app, notif_id, targets) in complete {
-            let counts = self
-                .store
-                .result_counts(&app, &notif_id)
-                .await
-                .map_err(|e| e.to_string())?;
-            let body = serde_json::json!({"app": app, "notif_id": notif_id,
-                "targets": targets, "counts": counts});
-            self.counts.webhooks += 1;
-            self.webhooks
-                .spawn_call(&app, &notif_id, body.to_string().into_bytes());
-        }
         Ok(())
     }
 }
@@ -174,6 +287,23 @@ impl consume::Batches for Writer {
     }
 }
 
+/// Whether PostgreSQL can store the row: no NUL (it refuses one in text, and the record
+/// holds any string the message's metadata had) and a key that fits a B-tree entry (~2.7 KB).
+/// A row it would refuse would fail its whole batch again on every retry.
+fn storable(row: &ResultRow) -> bool {
+    let key = [&row.app, &row.notif_id, &row.token];
+    key.iter().map(|s| s.len()).sum::<usize>() <= 2400
+        && [
+            &row.app,
+            &row.notif_id,
+            &row.token,
+            &row.outcome,
+            &row.reason,
+        ]
+        .iter()
+        .all(|s| !s.contains('\0'))
+}
+
 fn read(batch: &[BorrowedMessage<'_>]) -> (Vec<ResultRow>, ResultCounts) {
     let mut counts = ResultCounts {
         consumed: batch.len() as u64,
@@ -189,7 +319,8 @@ fn read(batch: &[BorrowedMessage<'_>]) -> (Vec<ResultRow>, ResultCounts) {
             continue;
         };
         match result_of(&record) {
-            Some(row) => rows.push(row),
+            Some(row) if storable(&row) => rows.push(row),
+            Some(_) => counts.malformed += 1,
             None => counts.untracked += 1,
         }
     }
@@ -242,5 +373,16 @@ mod tests {
         );
         let re = regex::Regex::new(&feedback_pattern("push-{app}-{platform}-feedbacks")).unwrap();
         assert!(re.is_match("push-site-webpush-feedbacks"));
+    }
+
+    #[test]
+    fn rows_postgresql_would_refuse_are_not_stored() {
+        let row = |notif_id: &str, token: &str| {
+            result_of(&json!({"from": token, "metadata": {"notif_id": notif_id, "game": "g"}}))
+                .unwrap()
+        };
+        assert!(storable(&row("n", &"t".repeat(2000))));
+        assert!(!storable(&row("n", &"t".repeat(3000))));
+        assert!(!storable(&row("n\u{0}", "t")));
     }
 }

@@ -15,7 +15,7 @@ use super::events::{self, Event, EventCounts, EventSettings, EventStores};
 use super::messages::{Messages, OPT_OUT_EVENT};
 use super::outbound::{push_message, Notification};
 use super::produce::{ProduceError, Producer, Record};
-use super::registry::{platform_of_pushkin_id, Device, Login, Registry};
+use super::registry::{platform_of_pushkin_id, Device, Login, Registry, MAX_TOKEN_LEN};
 use super::requests::{app_of, RequestRecord, TOPIC_PATTERN};
 use super::store::StoreError;
 use rdkafka::message::BorrowedMessage;
@@ -132,7 +132,18 @@ pub async fn run(
             topic: TOPIC_PATTERN.to_owned(),
             batch_size: settings.batch_size,
             offset_reset: settings.offset_reset.clone(),
-            consumer_extra: settings.consumer_extra.clone(),
+            // A segment streams within its batch, and no poll happens meanwhile: a
+            // broadcast to millions takes minutes, and past this bound the group would give
+            // its partition to another router, which resumes the segment from its saved page
+            // while this one goes on (every later page sent twice). A dead router is still
+            // noticed by its missed heartbeats (session timeout, seconds).
+            consumer_extra: [(
+                "max.poll.interval.ms".to_owned(),
+                SEGMENT_POLL_INTERVAL_MS.to_string(),
+            )]
+            .into_iter()
+            .chain(settings.consumer_extra.iter().cloned())
+            .collect(),
         },
         settings.membership.clone(),
     )
@@ -413,6 +424,11 @@ async fn handle(
     Ok(counts)
 }
 
+/// How long a batch may take before the group takes the router's partitions: 30 minutes,
+/// a segment of tens of millions of devices (the 60 s of the other groups would cut a
+/// broadcast to a few million).
+const SEGMENT_POLL_INTERVAL_MS: u32 = 30 * 60 * 1000;
+
 /// Sends a segment page by page, resuming after the last page a previous router finished.
 /// Returns the pushes this call produced.
 async fn stream_segment(
@@ -434,11 +450,23 @@ async fn stream_segment(
         return Ok(0);
     }
     let mut pushed = 0;
+    let mut page = registry
+        .segment_page(app, &segment.condition, &after, SEGMENT_PAGE)
+        .await
+        .map_err(|e| e.to_string())?;
     loop {
-        let page = registry
-            .segment_page(app, &segment.condition, &after, SEGMENT_PAGE)
-            .await
-            .map_err(|e| e.to_string())?;
+        // The next page is read before this one is produced, so the last page that has
+        // devices is known as the last: the segment's size is set before its last pushes
+        // exist (as above). Set after them, at an empty page, all their verdicts could be in
+        // before the count they complete, and the webhook would never be called.
+        let next = match page.last() {
+            Some(d) if page.len() as i64 == SEGMENT_PAGE => registry
+                .segment_page(app, &segment.condition, &d.token, SEGMENT_PAGE)
+                .await
+                .map_err(|e| e.to_string())?,
+            _ => Vec::new(),
+        };
+        let last = next.is_empty();
         let records: Vec<Record> = page
             .iter()
             .map(|d| Record {
@@ -447,9 +475,7 @@ async fn stream_segment(
                 payload: push_message(d, n, &settings.deeplink_base, now_ms),
             })
             .collect();
-        let last = (page.len() as i64) < SEGMENT_PAGE;
         if last {
-            // The segment's size, known now: set before its last pushes exist (as above).
             let total = u32::try_from(produced + records.len() as i64).unwrap_or(u32::MAX);
             stores
                 .notifications
@@ -474,6 +500,7 @@ async fn stream_segment(
             tracing::info!(app, notif_id = %n.notif_id, devices = produced, "Segment sent.");
             return Ok(pushed);
         }
+        page = next;
     }
 }
 
@@ -484,7 +511,15 @@ fn login(
     timestamp: i64,
     pairs: &BTreeMap<String, String>,
 ) -> Option<(Device, Login)> {
-    let get = |k: &str| pairs.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    // Stored as text: a value PostgreSQL would refuse (a NUL) is no value, so that a record
+    // written past the API cannot stop the partition.
+    let get = |k: &str| {
+        pairs
+            .get(k)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty() && v.len() <= MAX_TOKEN_LEN)
+            .filter(|v| !v.chars().any(char::is_control))
+    };
     let token = get("deviceToken")?.to_owned();
     let platform_id: i64 = get("platformId")?.parse().ok()?;
     let platform = platform_of_pushkin_id(platform_id)?;
@@ -497,6 +532,13 @@ fn login(
         }
         t if t > 100_000_000_000 => t,
         t => t * 1000,
+    };
+    // Past the year 2286 (microseconds or nanoseconds sent as seconds): the login is now.
+    let at_ms = if at_ms > 10_000_000_000_000 {
+        use crate::clock::Clock;
+        i64::try_from(crate::clock::SystemClock.now().as_millis()).unwrap_or(i64::MAX)
+    } else {
+        at_ms
     };
     Some((
         Device {
@@ -539,8 +581,14 @@ mod tests {
         let mut no_token = pairs.clone();
         no_token.remove("deviceToken");
         assert!(super::login(7, 0, &no_token).is_none());
-        let mut web = pairs;
+        let mut web = pairs.clone();
         web.insert("platformId".into(), "9".into());
         assert!(super::login(7, 0, &web).is_none());
+        // Values PostgreSQL would refuse are none; a timestamp in nanoseconds is now.
+        let mut nul = pairs.clone();
+        nul.insert("deviceToken".into(), "ab\u{0}c".into());
+        assert!(super::login(7, 0, &nul).is_none());
+        let (device, _) = super::login(7, 1_700_000_000_000_000_000, &pairs).unwrap();
+        assert!((1_700_000_000_000..10_000_000_000_000).contains(&device.registered_ms));
     }
 }

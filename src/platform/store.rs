@@ -19,11 +19,27 @@ pub enum StoreError {
     /// A client-chosen `notif_id` that another notification of the app already has.
     #[error("notif_id {0:?} already belongs to another notification of this app")]
     NotifIdTaken(String),
+    /// PostgreSQL refused a value the request holds (a NUL byte, a value past an index's
+    /// size or a type's range): the request's fault, and it would be refused again.
+    #[error("PostgreSQL refused a value of the request: {0}")]
+    Refused(String),
 }
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
+        // Class 22 is "data exception", 54 "program limit exceeded" (an index row too big).
+        let refused = e
+            .code()
+            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("54"));
+        let text = match e.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => e.to_string(),
+        };
+        if refused {
+            StoreError::Refused(text)
+        } else {
+            StoreError::Unavailable(text)
+        }
     }
 }
 
@@ -206,8 +222,11 @@ impl Store {
         let targets = targets_column(accepted);
         execute(
             &client,
+            // A routed notification's targets are the router's, who may have set them
+            // already (it can read the request record before this runs): kept.
             "UPDATE pusher_notifications AS n
-                 SET state = 'accepted', accepted_at = now(), targets = t.targets
+                 SET state = 'accepted', accepted_at = now(),
+                     targets = COALESCE(n.targets, t.targets)
                  FROM unnest($2::text[], $3::int[]) AS t(k, targets)
                  WHERE n.app = $1 AND n.idem_key = t.k AND n.claim = $4",
             &[&app, &keys, &targets, &claim],
@@ -228,11 +247,15 @@ impl Store {
         let client = self.pool.get().await?;
         execute(
             &client,
-            "INSERT INTO pusher_notifications
+            // The router may have written the row first (`set_targets`: it can read the
+            // request record before this runs); its targets are kept.
+            "INSERT INTO pusher_notifications AS n
                    (app, idem_key, notif_id, state, claim, accepted_at, targets)
                  SELECT $1, NULL, t.id, 'accepted', '', now(), t.targets
                  FROM unnest($2::text[], $3::int[]) AS t(id, targets)
-                 ON CONFLICT DO NOTHING",
+                 ON CONFLICT (app, notif_id) DO UPDATE
+                   SET state = 'accepted', accepted_at = EXCLUDED.accepted_at,
+                       targets = COALESCE(n.targets, EXCLUDED.targets)",
             &[&app, &ids, &targets],
         )
         .await?;
@@ -241,13 +264,21 @@ impl Store {
 
     /// Gives up the request's pending claims (Kafka refused its records), so that a retry
     /// produces them at once instead of waiting for the claims to go stale.
-    pub async fn release(&self, app: &str, claim: &str) -> Result<(), StoreError> {
+    /// `keys` are the request's: by them the rows are found in the idempotency index, where
+    /// the claim alone would read all the app's rows (during an outage, for every request).
+    pub async fn release(
+        &self,
+        app: &str,
+        claim: &str,
+        keys: &[ClaimKey],
+    ) -> Result<(), StoreError> {
+        let idem: Vec<&str> = keys.iter().map(|k| k.idem_key.as_str()).collect();
         let client = self.pool.get().await?;
         execute(
             &client,
             "DELETE FROM pusher_notifications
-                 WHERE app = $1 AND claim = $2 AND state = 'pending'",
-            &[&app, &claim],
+                 WHERE app = $1 AND idem_key = ANY($3) AND claim = $2 AND state = 'pending'",
+            &[&app, &claim, &idem],
         )
         .await?;
         Ok(())
@@ -258,6 +289,17 @@ impl Store {
         self.pool.get().await?.simple_query("SELECT 1").await?;
         Ok(())
     }
+}
+
+/// `(app, notif_id)` pairs as the two columns `unnest` takes.
+fn pair_columns<P: std::borrow::Borrow<(String, String)>>(pairs: &[P]) -> (Vec<&str>, Vec<&str>) {
+    pairs
+        .iter()
+        .map(|p| {
+            let (app, id) = p.borrow();
+            (app.as_str(), id.as_str())
+        })
+        .unzip()
 }
 
 /// A unique violation on `(app, notif_id)`: a client-chosen notif_id already taken.
@@ -284,10 +326,22 @@ fn taken(e: tokio_postgres::Error, keys: &[ClaimKey]) -> StoreError {
 
 /// The `targets` of accepted notifications as a column (NULL: not known yet).
 fn targets_column(accepted: &[(String, Option<u32>)]) -> Vec<Option<i32>> {
-    accepted
-        .iter()
-        .map(|(_, n)| n.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
-        .collect()
+    accepted.iter().map(|(_, n)| n.map(int_column)).collect()
+}
+
+/// A count as PostgreSQL's `int` (a count past its range is held at its largest).
+fn int_column(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// A notification with a verdict for each of its targets, as its webhook reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub app: String,
+    pub notif_id: String,
+    pub targets: i32,
+    /// Verdicts by outcome.
+    pub counts: std::collections::BTreeMap<String, i64>,
 }
 
 /// One verdict for one (notification, token).
@@ -386,36 +440,102 @@ impl Store {
         .await?)
     }
 
-    /// Of the `(app, notif_id)` pairs, those now complete (a verdict for every record they
-    /// were accepted with) whose webhook nobody claimed yet: claimed here, in one statement,
-    /// so one results process calls each. Returns (app, notif_id, targets).
+    /// Of the `(app, notif_id)` pairs, those now complete (a verdict for each of their
+    /// `targets`) whose webhook nobody claimed yet: claimed here, with their verdicts counted
+    /// by outcome, in one statement, so that one results process calls each and a failure
+    /// leaves nothing claimed and uncounted.
     pub async fn claim_completed(
         &self,
         pairs: &[(String, String)],
-    ) -> Result<Vec<(String, String, i32)>, StoreError> {
+    ) -> Result<Vec<Completed>, StoreError> {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
-        let apps: Vec<&str> = pairs.iter().map(|(a, _)| a.as_str()).collect();
-        let ids: Vec<&str> = pairs.iter().map(|(_, n)| n.as_str()).collect();
+        let (apps, ids) = pair_columns(pairs);
         let client = self.pool.get().await?;
         let rows = query(
             &client,
             "UPDATE pusher_notifications AS n SET notified_at = now()
-                 FROM (SELECT r.app, r.notif_id, count(*) AS done
-                       FROM pusher_results r
-                       JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
-                         ON r.app = t.app AND r.notif_id = t.notif_id
-                       GROUP BY r.app, r.notif_id) AS c
+                 FROM (SELECT app, notif_id, sum(n)::bigint AS done,
+                              array_agg(outcome) AS outcomes, array_agg(n) AS counts
+                       FROM (SELECT r.app, r.notif_id, r.outcome, count(*) AS n
+                             FROM pusher_results r
+                             JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                               ON r.app = t.app AND r.notif_id = t.notif_id
+                             GROUP BY r.app, r.notif_id, r.outcome) AS o
+                       GROUP BY app, notif_id) AS c
                  WHERE n.app = c.app AND n.notif_id = c.notif_id AND n.state = 'accepted'
                    AND n.notified_at IS NULL AND n.targets > 0 AND c.done >= n.targets
-                 RETURNING n.app, n.notif_id, n.targets",
+                 RETURNING n.app, n.notif_id, n.targets, c.outcomes, c.counts",
             &[&apps, &ids],
         )
         .await?;
         Ok(rows
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map(|r| {
+                let outcomes: Vec<String> = r.get(3);
+                let counts: Vec<i64> = r.get(4);
+                Completed {
+                    app: r.get(0),
+                    notif_id: r.get(1),
+                    targets: r.get(2),
+                    counts: outcomes.into_iter().zip(counts).collect(),
+                }
+            })
+            .collect())
+    }
+
+    /// Of the `(app, notif_id)` pairs, those whose verdicts came before their notification
+    /// was ready to complete: no row yet (the API records an unkeyed request's notifications
+    /// once Kafka acknowledged them, and a verdict can be faster), or a row still pending (its
+    /// request not confirmed yet). `<event id>.<message>` has no row of its own and is left out.
+    pub async fn not_ready(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let pairs: Vec<&(String, String)> =
+            pairs.iter().filter(|(_, id)| !id.contains('.')).collect();
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (apps, ids) = pair_columns(&pairs);
+        let client = self.pool.get().await?;
+        let rows = query(
+            &client,
+            "SELECT t.app, t.notif_id FROM unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                 LEFT JOIN pusher_notifications n ON n.app = t.app AND n.notif_id = t.notif_id
+                 WHERE n.notif_id IS NULL OR n.state = 'pending'",
+            &[&apps, &ids],
+        )
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Of `apps`' notifications, those the router found no device for (`targets` 0), whose
+    /// webhook nobody claimed yet: complete with no verdict to trigger `claim_completed`, so
+    /// claimed here.
+    pub async fn claim_reached_none(&self, apps: &[&str]) -> Result<Vec<Completed>, StoreError> {
+        if apps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let rows = query(
+            &client,
+            "UPDATE pusher_notifications SET notified_at = now()
+                 WHERE app = ANY($1) AND targets = 0 AND notified_at IS NULL
+                   AND state = 'accepted'
+                 RETURNING app, notif_id",
+            &[&apps],
+        )
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Completed {
+                app: r.get(0),
+                notif_id: r.get(1),
+                targets: 0,
+                counts: Default::default(),
+            })
             .collect())
     }
 
@@ -446,22 +566,21 @@ impl Store {
 
     /// What `pusher route` reached for notifications it expanded (a user's devices, a
     /// segment's): their `targets`, so the results and the webhook know when each is
-    /// complete. Set, not added: a batch routed again sets the same.
+    /// complete. Set, not added: a batch routed again sets the same. The row is written if
+    /// the API has not yet (it records an unkeyed request's notifications after Kafka
+    /// acknowledged them, and the router can be faster); the API keeps these targets.
     pub async fn set_targets(&self, app: &str, reached: &[(&str, u32)]) -> Result<(), StoreError> {
         if reached.is_empty() {
             return Ok(());
         }
         let ids: Vec<&str> = reached.iter().map(|(id, _)| *id).collect();
-        let targets: Vec<i32> = reached
-            .iter()
-            .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
-            .collect();
+        let targets: Vec<i32> = reached.iter().map(|(_, n)| int_column(*n)).collect();
         let client = self.pool.get().await?;
         execute(
             &client,
-            "UPDATE pusher_notifications AS n SET targets = t.targets
-                 FROM unnest($2::text[], $3::int[]) AS t(id, targets)
-                 WHERE n.app = $1 AND n.notif_id = t.id",
+            "INSERT INTO pusher_notifications AS n (app, notif_id, claim, targets)
+                 SELECT $1, t.id, '', t.targets FROM unnest($2::text[], $3::int[]) AS t(id, targets)
+                 ON CONFLICT (app, notif_id) DO UPDATE SET targets = EXCLUDED.targets",
             &[&app, &ids, &targets],
         )
         .await?;

@@ -66,6 +66,11 @@ impl Webhooks {
         self.urls.is_empty()
     }
 
+    /// The apps that have a hook.
+    pub fn apps(&self) -> impl Iterator<Item = &str> {
+        self.urls.keys().map(String::as_str)
+    }
+
     pub fn has(&self, app: &str) -> bool {
         self.urls.contains_key(app)
     }

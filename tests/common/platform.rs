@@ -108,3 +108,34 @@ pub fn read_topics(
     }
     records
 }
+
+/// An app's webhook on port 0 that answers 200: its URL, and each call's JSON body.
+pub async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    let (calls_tx, calls) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let calls = calls_tx.clone();
+            async move {
+                let _ = calls.send(serde_json::from_slice(&body).unwrap());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}/hook"), calls)
+}
+
+/// `pusher results`' consumer group for `app`'s feedback topics, from the start.
+pub fn results_group(brokers: &str, app: &str) -> pusher::platform::consume::GroupSettings {
+    pusher::platform::consume::GroupSettings {
+        brokers: brokers.to_owned(),
+        group: format!("results-{app}"),
+        topic: pusher::platform::results::feedback_pattern("push-{app}-{platform}-feedbacks"),
+        batch_size: 100,
+        offset_reset: "earliest".to_owned(),
+        consumer_extra: Vec::new(),
+    }
+}

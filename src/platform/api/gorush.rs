@@ -74,8 +74,19 @@ impl FieldError {
     }
 }
 
-/// Longest token accepted (an APNs token is 64 hex characters, an FCM one about 160).
-pub const MAX_TOKEN_LEN: usize = 4096;
+/// A caller's `notif_id`: 1 to 200 bytes, no control characters. It becomes a key in
+/// PostgreSQL (which refuses a NUL, and an index entry past ~2.7 KB) and in every record.
+pub fn check_notif_id(field: String, id: &str) -> Result<(), FieldError> {
+    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            "1 to 200 characters, no control characters",
+        ));
+    }
+    Ok(())
+}
+
+pub use crate::platform::registry::MAX_TOKEN_LEN;
 
 /// gorush's platform numbers.
 pub fn platform(n: Option<i64>, field: &str) -> Result<Platform, FieldError> {
@@ -224,9 +235,7 @@ pub fn prepare(i: usize, n: &Notification, rules: EndpointRules) -> Result<Prepa
         });
     }
     if let Some(id) = &n.notif_id {
-        if id.is_empty() || id.len() > 200 {
-            return Err(FieldError::new(at("notif_id"), "1 to 200 characters"));
-        }
+        check_notif_id(at("notif_id"), id)?;
     }
     let empty = n.message.as_deref().is_none_or(str::is_empty)
         && n.title.as_deref().is_none_or(str::is_empty)

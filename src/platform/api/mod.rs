@@ -314,6 +314,10 @@ fn store_error(e: StoreError) -> ApiError {
             retry: false,
         },
         StoreError::Unavailable(_) => unavailable("postgres", e),
+        StoreError::Refused(_) => ApiError::BadRequest {
+            field: None,
+            message: e.to_string(),
+        },
     }
 }
 
@@ -391,7 +395,7 @@ async fn accept(
         .map_err(store_error)?;
     crate::telemetry::health::set("api postgres", None);
     if claimed.contains(&Claimed::Busy) {
-        let _ = state.store.release(app, &claim).await;
+        let _ = state.store.release(app, &claim, &keys).await;
         return Err(ApiError::Conflict {
             message: "a request with this Idempotency-Key or notif_id is in progress; retry"
                 .to_owned(),
@@ -417,7 +421,8 @@ async fn accept(
                 answer.fresh.push(true);
             }
             Claimed::Done { notif_id, targets } => {
-                answer.counts += u64::from(targets);
+                // A routed item wrote one request record; its `targets` are its devices.
+                answer.counts += if item.routed { 1 } else { u64::from(targets) };
                 answer.notif_ids.push(notif_id);
                 answer.fresh.push(false);
             }
@@ -426,7 +431,7 @@ async fn accept(
     }
     if !records.is_empty() {
         if let Err(e) = state.producer.produce_all(&records).await {
-            if let Err(release) = state.store.release(app, &claim).await {
+            if let Err(release) = state.store.release(app, &claim, &keys).await {
                 tracing::warn!(error = %release, "Cannot release the request's claims; a retry takes them over once stale.");
             }
             return Err(unavailable("kafka", e));
@@ -828,9 +833,14 @@ async fn segment_push(
             format!("title and message over {} bytes", pushkin::MAX_TEXT),
         ));
     }
+    let given_id = request.notif_id.clone().filter(|id| !id.is_empty());
+    if let Some(id) = &given_id {
+        gorush::check_notif_id("notif_id".into(), id)
+            .map_err(|e| ApiError::bad(e.field, e.message))?;
+    }
     let topic = crate::platform::requests::topic(&caller.app);
     let item = Item {
-        given_id: request.notif_id.clone().filter(|id| !id.is_empty()),
+        given_id,
         routed: true,
         records: Box::new(|notif_id: &str| {
             let record = crate::platform::requests::RequestRecord::Segment {
@@ -891,7 +901,8 @@ async fn notification(
     {
         Some(found) => (found, None),
         None => {
-            let event_id = notif_id.rsplit_once('.').ok_or(ApiError::NotFound)?.0;
+            // Event ids are the API's UUIDs; a message name may hold dots (`daily.reward`).
+            let event_id = notif_id.split_once('.').ok_or(ApiError::NotFound)?.0;
             let event = state
                 .store
                 .notification(app, event_id)

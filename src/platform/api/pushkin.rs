@@ -179,14 +179,22 @@ pub fn check_notification(
             message: format!("title and content over {MAX_TEXT} bytes"),
         });
     }
+    let notif_id = n.notif_id.filter(|id| !id.is_empty());
+    if let Some(id) = &notif_id {
+        super::gorush::check_notif_id(format!("notifications[{i}].notif_id"), id)?;
+    }
     Ok(CheckedNotification {
         user_id,
         title,
         content,
         screen: n.screen.unwrap_or_default(),
-        notif_id: n.notif_id.filter(|id| !id.is_empty()),
+        notif_id,
     })
 }
+
+/// The longest value of an event's pair (a device token is at most
+/// [`super::gorush::MAX_TOKEN_LEN`]).
+pub const MAX_PAIR: usize = 2048;
 
 pub fn check_event(i: usize, e: JsonEvent) -> Result<RequestRecord, FieldError> {
     let user_id = user(e.user_id, format!("events[{i}].user_id"))?;
@@ -207,6 +215,14 @@ pub fn check_event(i: usize, e: JsonEvent) -> Result<RequestRecord, FieldError> 
                 })
             }
         };
+        // Stored as text by the router (a login's token, an opt-out's names): PostgreSQL
+        // refuses a NUL, and a refused record would stop the router's partition.
+        if key.chars().chain(text.chars()).any(char::is_control) || text.len() > MAX_PAIR {
+            return Err(FieldError {
+                field: format!("events[{i}].pairs.{key}"),
+                message: format!("at most {MAX_PAIR} bytes, no control characters"),
+            });
+        }
         pairs.insert(key, text);
     }
     Ok(RequestRecord::Event {
