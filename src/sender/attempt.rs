@@ -77,6 +77,11 @@ pub struct Attempts<R> {
     pub endpoint_fault: Option<String>,
 }
 
+/// How many times one message may wait out an outage (about one probe each, 1 s doubling to
+/// 5 s apart: ~45 s) before it gives up: a long outage ends a message every ~45 s instead of
+/// none, and a message that alone gets a 5xx every time does not pause its app for good.
+pub const OUTAGE_PROBES: u32 = 10;
+
 /// Attempts until a final verdict. Retries wait on timers (other sends go on meanwhile);
 /// stale credentials are renewed and retried at once, but refused twice in a row they are an
 /// endpoint fault; an endpoint fault waits at the gate (or ends the push in `Fail`).
@@ -100,6 +105,8 @@ where
     // At this message's first retryable answer: the gate's final answers, and the attempts
     // it had made before (what an outage gives back).
     let mut first_retry: Option<(u64, u32)> = None;
+    // Times this message's retries were given back for an outage: at most OUTAGE_PROBES.
+    let mut given_back = 0;
     loop {
         let permit = gate.admit().await;
         done.attempts += 1;
@@ -157,12 +164,21 @@ where
                     *first_retry.get_or_insert((gate.finals(), done.attempts - 1));
                 let exhausted = !policy.should_retry(done.attempts);
                 if permit.retry(&hint.reason, exhausted && !hint.own, finals_before) {
-                    // The endpoint's outage, not the message's: its retries are given back,
-                    // and it waits at the gate.
-                    done.attempts = attempts_before;
-                    first_retry = None;
-                    renewed = false;
-                    continue;
+                    given_back += 1;
+                    if given_back <= OUTAGE_PROBES {
+                        // The endpoint's outage, not the message's: its retries are given
+                        // back, and it waits at the gate.
+                        done.attempts = attempts_before;
+                        first_retry = None;
+                        renewed = false;
+                        continue;
+                    }
+                    // Alone in flight, a message APNs answers 5xx to every time looks like an
+                    // outage too, and would hold its app paused for good.
+                    done.outcome = Outcome::GaveUp {
+                        reason: hint.reason,
+                    };
+                    return done;
                 }
                 renewed = hint.renew_auth;
                 if exhausted {
@@ -243,6 +259,18 @@ mod tests {
             "the gate closed, then opened"
         );
         assert!(health.borrow_and_update().is_up());
+
+        // Alone and refused every time: not held for good.
+        let forever = || std::future::ready(Attempt::answered(0, retry("InternalServerError")));
+        let done = attempt_until_final(&policy(), &gate, forever).await;
+        assert_eq!(
+            done.outcome,
+            Outcome::GaveUp {
+                reason: "InternalServerError".into()
+            }
+        );
+        assert!(!gate.health().borrow().is_up(), "the endpoint still fails");
+        gate.admit().await.answered();
 
         // The same retries while another send got a final answer: this message's own.
         let other = gate.clone();
