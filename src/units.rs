@@ -9,8 +9,14 @@ pub enum UnitError {
     Count(String),
     #[error("count must be at least 1")]
     ZeroCount,
-    #[error("unknown rate {0:?}: write messages per second (5000/s, 5000, 2k/s, 5k)")]
+    #[error(
+        "unknown rate {0:?}: write messages per second (5000/s, 5000, 2k/s, 5k), at least 0.001"
+    )]
     Rate(String),
+    #[error("{0:?} is not a percentage >= 0")]
+    Percent(String),
+    #[error("{0:?} is not a length of time above zero (30s, 5m, 1h 30m)")]
+    Duration(String),
     #[error("{0:?}: expected a size such as 128MiB")]
     Size(String),
     #[error("{0:?}: unknown unit (use KiB, MiB or GiB)")]
@@ -57,8 +63,28 @@ pub fn parse_rate(s: &str) -> Result<f64, UnitError> {
     let t = s.trim();
     let (number, scale) = suffixed(t.strip_suffix("/s").unwrap_or(t));
     match number.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v * scale as f64),
+        // Below one message in ~17 minutes a schedule's times leave what a Duration holds.
+        Ok(v) if v.is_finite() && v * scale as f64 >= MIN_RATE => Ok(v * scale as f64),
         _ => Err(UnitError::Rate(s.to_string())),
+    }
+}
+
+/// The slowest rate any flag takes, messages per second.
+pub const MIN_RATE: f64 = 0.001;
+
+/// A length of time (`30s`, `5m`, `1h 30m`) that is not zero: a run of no time runs nothing.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, UnitError> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(UnitError::Duration(s.trim().to_string())),
+    }
+}
+
+/// A percentage (`10`, `2.5`): finite and not negative.
+pub fn parse_percent(s: &str) -> Result<f64, UnitError> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(UnitError::Percent(s.trim().to_string())),
     }
 }
 

@@ -393,6 +393,35 @@ fn bad_input_is_a_clear_error() {
             "not a pusher bench report",
         ),
         (&["bench", "--count", "10"], "--mock"),
+        (
+            &["bench", "--mock", "--duration", "0s"],
+            "not a length of time above zero",
+        ),
+        (
+            &["bench", "--mock", "--count", "10", "--invalid-ratio", "2"],
+            "ratio 2 is not between 0 and 1",
+        ),
+        (
+            &["bench", "--mock", "--count", "10", "--connections", "0"],
+            "at least 1",
+        ),
+        (
+            &["bench", "--mock", "--count", "10", "--partitions", "0"],
+            "--partitions",
+        ),
+        (
+            &[
+                "bench",
+                "--mock",
+                "--count",
+                "10",
+                "--baseline",
+                corrupt.to_str().unwrap(),
+                "--max-regression",
+                "nan",
+            ],
+            "not a percentage",
+        ),
     ];
     for (args, needle) in cases {
         let out = pusher(args);

@@ -288,6 +288,30 @@ fn bad_input_is_a_clear_error() {
         (&["--app", "bad app"], "app name"),
         (&["--topic", "t"], "--brokers"),
         (&["--platform", "gcm", "--push-type", "alert"], "APNs only"),
+        (
+            &[
+                "--shape",
+                "constant",
+                "--duration",
+                "1s",
+                "--peak-rate",
+                "20",
+                "-n",
+                "5",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &[
+                "--shape",
+                "constant",
+                "--duration",
+                "0s",
+                "--peak-rate",
+                "20",
+            ],
+            "not a length of time above zero",
+        ),
     ];
     for (args, needle) in cases {
         let out = pusher(args);
@@ -436,4 +460,37 @@ fn kafka_sink_fails_clearly_when_the_broker_is_unreachable() {
         stderr.contains("no answer from Kafka within 1s"),
         "{stderr}"
     );
+}
+
+/// `-o FILE` is written beside FILE and moved into place once complete: a run interrupted
+/// (here a shaped capture of ten hours, stopped after half a second) leaves FILE as it was,
+/// never cut mid-line.
+#[test]
+fn an_interrupted_gen_leaves_the_output_file_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("good.jsonl");
+    std::fs::write(&out, "kept\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pusher"))
+        .args([
+            "gen",
+            "--shape",
+            "constant",
+            "--duration",
+            "10h",
+            "--peak-rate",
+            "5",
+        ])
+        .arg("-o")
+        .arg(&out)
+        .arg("-q")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "kept\n");
 }

@@ -529,6 +529,9 @@ fn bad_input_is_a_clear_error() {
         (vec!["--mock", "--speed", "fast"], "unknown speed \"fast\""),
         (vec!["--mock", "--speed", "10"], "unknown speed \"10\""),
         (vec!["--mock", "--rate", "lots"], "unknown rate"),
+        // Slower than one message in ~17 minutes: a schedule past what a Duration holds.
+        (vec!["--mock", "--rate", "1e-20"], "at least 0.001"),
+        (vec!["--mock", "--speed", "1e-21x"], "at least 0.001"),
         (
             vec!["--mock", "--loop"],
             "--loop needs --count or --duration",
@@ -843,6 +846,53 @@ fn replay_to_its_fake(platform: &str) {
     let invalid = outcomes["token_invalid"].as_u64().unwrap();
     assert!(invalid > 10, "{outcomes:?}");
     assert_eq!(outcomes["delivered"].as_u64().unwrap() + invalid, n);
+}
+
+/// A capture records what the pipeline consumed, malformed messages too; replayed, they end
+/// `malformed` without reaching the server, and the counts still add up (before, the run
+/// said messages were lost and exited 1).
+#[test]
+fn a_capture_with_a_malformed_message_replays_and_adds_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = shaped_capture(dir.path());
+    let mut text_of = std::fs::read_to_string(&cap).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text_of.lines().last().unwrap()).unwrap();
+    let t = last["t_us"].as_u64().unwrap() + 1000;
+    // "not json", base64.
+    text_of.push_str(&format!(
+        "{{\"t_us\":{t},\"topic\":\"push-game_apns\",\"raw_b64\":\"bm90IGpzb24=\"}}\n"
+    ));
+    std::fs::write(&cap, text_of).unwrap();
+    let json = dir.path().join("replay.json");
+    let o = pusher(&[
+        "replay",
+        p(&cap),
+        "--mock",
+        "--speed",
+        "10x",
+        "--json",
+        p(&json),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("1 malformed or expired, not sent"),
+        "{}",
+        text(&o)
+    );
+    let r = schema::check_report(&json);
+    let c = &r["conservation"];
+    assert_eq!(
+        (c["ok"].as_bool(), c["not_sent"].as_u64()),
+        (Some(true), Some(1)),
+        "{c}"
+    );
+    assert_eq!(
+        r["outcomes"]["malformed"].as_u64(),
+        Some(1),
+        "{}",
+        r["outcomes"]
+    );
 }
 
 /// A replay started in the background of a non-interactive shell (`pusher replay ... &`: the

@@ -349,6 +349,7 @@ fn one_run(
         produced: Some(clock.produced.load(Ordering::Relaxed)),
         consumed: Some(summary.consumed),
         server_answered,
+        not_sent: 0,
         answered,
         committed: Some(summary.committed_total().max(0) as u64),
         in_flight: if report.interrupted {

@@ -2,8 +2,8 @@
 //! sequence that bench and replay end with.
 
 use super::flags::{
-    ApnsCredentials, BrokersFlag, EndpointFlags, FakeFlags, FcmCredentials, LoadFlags, ReportFlags,
-    ThreadsFlag,
+    at_least_one, ApnsCredentials, BrokersFlag, EndpointFlags, FakeFlags, FcmCredentials,
+    LoadFlags, ReportFlags, ThreadsFlag,
 };
 use crate::bench::interrupt::{self, Interrupt};
 use crate::bench::{External, Settings, Target};
@@ -73,7 +73,7 @@ pub struct BenchArgs {
     pub platform: Platform,
     #[command(flatten)]
     pub load: LoadFlags,
-    /// Send, but do not measure, for this long first.
+    /// Send, but do not measure, for this long first (0s: none).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub warmup: Duration,
     /// Closed loop: messages in flight.
@@ -84,7 +84,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub threads: ThreadsFlag,
     /// Share of tokens the fake servers treat as invalid.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::units::parse_ratio)]
     pub invalid_ratio: f64,
     /// Payload size in bytes (APNs `Payload`), as `pusher gen --payload-size`.
     #[arg(long, default_value = "300")]
@@ -101,10 +101,10 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub brokers: BrokersFlag,
     /// Partitions of the embedded mock cluster's topic.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
     /// Repeat the run and report the median throughput (the gate uses it).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub repeat: usize,
     #[command(flatten)]
     pub report: ReportFlags,

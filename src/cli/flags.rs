@@ -150,7 +150,7 @@ pub struct KafkaFlags {
     #[command(flatten)]
     pub brokers: BrokersFlag,
     /// How long to wait for the brokers' answers before giving up with one error.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
     pub kafka_timeout: Duration,
 }
 
@@ -171,7 +171,8 @@ pub struct ReportFlags {
         long,
         value_name = "PERCENT",
         default_value_t = 10.0,
-        requires = "baseline"
+        requires = "baseline",
+        value_parser = crate::units::parse_percent
     )]
     pub max_regression: f64,
     /// No progress bar.
@@ -186,7 +187,7 @@ pub struct LoadFlags {
     #[arg(long, value_name = "N", value_parser = parse_count)]
     pub count: Option<u64>,
     /// Stop after this long (30s, 5m); with --count, whichever comes first.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
     pub duration: Option<Duration>,
     /// Open loop: this many messages per second (5000, 5000/s, 2k/s, 5k), whatever the
     /// target does.
@@ -215,7 +216,7 @@ pub struct FakeFlags {
     #[arg(long, default_value = "tls", value_parser = transport)]
     pub transport: Transport,
     /// HTTP/2 connections in the sender's pool.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     pub connections: usize,
 }
 
@@ -224,5 +225,13 @@ fn transport(s: &str) -> Result<Transport, String> {
         "tls" => Ok(Transport::Tls),
         "h2c" => Ok(Transport::H2c),
         other => Err(format!("{other:?}: expected tls or h2c")),
+    }
+}
+
+/// A count of things that cannot be none (connections, repeats).
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?}: expected a whole number of at least 1")),
     }
 }

@@ -62,14 +62,14 @@ pub struct GenArgs {
     #[arg(long, requires = "brokers")]
     pub topic: Option<String>,
     /// How long a message may wait for Kafka before its delivery counts as failed.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration)]
     pub delivery_timeout: Duration,
     /// Write a capture for `pusher replay` with this traffic shape instead of plain lines:
     /// constant, ramp, spike (burst) or day (a day compressed into --duration).
-    #[arg(long, conflicts_with = "brokers", requires_all = ["duration", "peak_rate"])]
+    #[arg(long, conflicts_with_all = ["brokers", "count"], requires_all = ["duration", "peak_rate"])]
     pub shape: Option<crate::replay::shape::Shape>,
     /// --shape: how long the shaped traffic lasts (e.g. 10m).
-    #[arg(long, requires = "shape", value_parser = humantime::parse_duration)]
+    #[arg(long, requires = "shape", value_parser = crate::units::parse_duration)]
     pub duration: Option<Duration>,
     /// --shape: the highest rate, messages per second (5000, 5000/s, 2k/s, 5k).
     #[arg(long, requires = "shape", value_parser = parse_rate)]
@@ -152,24 +152,40 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    // A file is written beside its place and moved there once complete: an interrupted or
+    // failed run leaves what was there before, never a capture cut mid-line.
+    let mut temp = None;
     let (sink, name): (Box<dyn Write>, String) = match &args.out {
         Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            (Box::new(file), path.display().to_string())
+            let file = crate::report::temp_beside(path)
+                .with_context(|| format!("creating a file beside {}", path.display()))?;
+            let sink = file
+                .reopen()
+                .with_context(|| format!("creating a file beside {}", path.display()))?;
+            temp = Some((file, path.clone()));
+            (Box::new(sink), path.display().to_string())
         }
         None => (Box::new(std::io::stdout().lock()), "stdout".to_string()),
+    };
+    let put_in_place = |temp: Option<(tempfile::NamedTempFile, std::path::PathBuf)>| {
+        if let Some((file, path)) = temp {
+            file.persist(&path)
+                .with_context(|| format!("moving the output into {}", path.display()))?;
+        }
+        anyhow::Ok(())
     };
     if let Some(times) = shaped {
         let topic = generator.config().default_topic();
         // A capture line is written field by field: one syscall each without a buffer.
         let mut sink = std::io::BufWriter::with_capacity(256 * 1024, sink);
         let written = crate::replay::shape::write_capture(&mut generator, times, &topic, &mut sink);
-        // Flushed on failure too: what was generated before it is in the file.
+        // Flushed before the file is moved into place.
         let flushed = sink.flush();
         let n = written
             .and_then(|n| flushed.map(|()| n))
             .with_context(|| format!("writing to {name}"))?;
+        drop(sink);
+        put_in_place(temp)?;
         progress.finish_and_clear();
         if !args.quiet {
             eprintln!("pusher gen: {n} messages shaped as a capture, to {name}");
@@ -182,6 +198,7 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
         Err(e) => return Err(e).with_context(|| format!("writing to {name}")),
     };
+    put_in_place(temp)?;
     progress.finish_and_clear();
     if !args.quiet {
         let secs = started.elapsed().as_secs_f64();

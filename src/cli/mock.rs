@@ -147,7 +147,7 @@ pub struct GcmArgs {
 #[derive(Debug, Args)]
 pub struct FcmFlags {
     /// Lifetime of the access tokens /token issues (expires_in).
-    #[arg(long, default_value = "3599s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "3599s", value_parser = crate::units::parse_duration)]
     pub token_lifetime: std::time::Duration,
     /// Do not require an access token on v1 requests.
     #[arg(long)]

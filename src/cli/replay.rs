@@ -254,6 +254,7 @@ fn to_sender(
         .enable_all()
         .build()?;
     let bar = progress(args, entries.len() as u64);
+    let not_sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let result = rt.block_on(async {
         let sender = match config {
             SenderConfig::Apns(config) => AnySender::Apns(ApnsSender::new(*config)?),
@@ -273,9 +274,10 @@ fn to_sender(
                         .map(|m| Box::new(at_origin(m, origin))),
                 ),
             };
+            let not_sent = not_sent.clone();
             async move {
                 let now = crate::clock::SystemClock.now();
-                match (sender, parsed) {
+                let outcome = match (sender, parsed) {
                     (AnySender::WebPush(s, _), Parsed::WebPush(Ok(m))) => {
                         if is_expired(m.push_expiry, now) {
                             Outcome::Expired
@@ -307,7 +309,12 @@ fn to_sender(
                     (_, _) => Outcome::Malformed {
                         reason: "platform mismatch".into(),
                     },
+                };
+                // Replayed as captured, and never reaching the server.
+                if matches!(outcome, Outcome::Malformed { .. } | Outcome::Expired) {
+                    not_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
+                outcome
             }
         };
         anyhow::Ok(
@@ -344,6 +351,7 @@ fn to_sender(
     let conservation = Conservation {
         generated: driven.sent,
         server_answered,
+        not_sent: not_sent.load(std::sync::atomic::Ordering::Relaxed),
         answered: driven.answered,
         in_flight: driven.in_flight,
         ..Default::default()

@@ -26,7 +26,7 @@ pub struct CompareArgs {
     /// The least change marked, in percent: a figure is marked only beyond both this and
     /// its noise (from the spread of --repeat runs, or the drift assumed for a single run,
     /// widened by the factor the calibration moved between the reports).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::units::parse_percent)]
     pub threshold: f64,
     /// Also write the comparison as a self-contained HTML page.
     #[arg(long)]
@@ -43,9 +43,6 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
-    if !(args.threshold.is_finite() && args.threshold >= 0.0) {
-        anyhow::bail!("--threshold must be a percentage >= 0");
-    }
     if let Some(path) = &args.html {
         check_writable(path)?;
     }

@@ -72,7 +72,7 @@ pub struct WebPushSendArgs {
 #[derive(Debug, Clone, Args)]
 pub struct AttemptFlags {
     /// Per-attempt timeout.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::units::parse_duration)]
     pub timeout: Duration,
     /// Attempts in all (retries on 429, 5xx and transport failures).
     #[arg(long, default_value_t = 3)]

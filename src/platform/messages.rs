@@ -100,11 +100,19 @@ impl Message {
                 ),
             ));
         }
-        if self.cooldown_s < 0 {
-            return Err(invalid("cooldown_s", "must be >= 0"));
+        // Bounded: PostgreSQL's timestamps end in 294276 AD (a larger cooldown fails every
+        // claim, and with it the router's batch), and FCM refuses a TTL over 28 days.
+        if !(0..=MAX_COOLDOWN_S).contains(&self.cooldown_s) {
+            return Err(invalid(
+                "cooldown_s",
+                format!("0 to {MAX_COOLDOWN_S} (10 years)"),
+            ));
         }
-        if self.expiry_s < 0 {
-            return Err(invalid("expiry_s", "must be >= 0"));
+        if !(0..=MAX_EXPIRY_S).contains(&self.expiry_s) {
+            return Err(invalid(
+                "expiry_s",
+                format!("0 to {MAX_EXPIRY_S} (28 days, FCM's longest TTL)"),
+            ));
         }
         if self.screen.len() > 200 {
             return Err(invalid("screen", "at most 200 bytes"));
@@ -180,6 +188,11 @@ pub fn fill(text: &str, pairs: &BTreeMap<String, String>) -> Result<String, Stri
 pub struct Messages {
     pool: Pool,
 }
+
+/// The longest cooldown a message may have: 10 years.
+pub const MAX_COOLDOWN_S: i64 = 10 * 365 * 24 * 3600;
+/// The longest expiry: 28 days, FCM's longest `time_to_live`.
+pub const MAX_EXPIRY_S: i64 = 28 * 24 * 3600;
 
 const SELECT_MESSAGES: &str = "SELECT m.name, m.id, m.event_id, m.cooldown_s, m.screen,
         m.expiry_s, m.priority, l.language_id, l.title, l.text
@@ -501,5 +514,14 @@ mod tests {
         let mut m = message();
         m.localizations[0].text = " ".into();
         assert_eq!(m.validate().unwrap_err().field, "localizations[0].text");
+        // Past PostgreSQL's timestamps (every claim, and the router's batch, would fail) or
+        // FCM's longest TTL.
+        let mut m = message();
+        m.cooldown_s = 10_000_000_000_000;
+        assert_eq!(m.validate().unwrap_err().field, "cooldown_s");
+        m.cooldown_s = MAX_COOLDOWN_S;
+        assert!(m.validate().is_ok());
+        m.expiry_s = MAX_EXPIRY_S + 1;
+        assert_eq!(m.validate().unwrap_err().field, "expiry_s");
     }
 }

@@ -70,7 +70,7 @@ pub fn push_message(d: &Device, n: &Notification, deeplink_base: &str, now_ms: i
             let mut message = json!({"DeviceToken": d.token, "Payload": payload,
                                      "metadata": metadata});
             if n.expiry_s > 0 {
-                message["expiration"] = Value::from(now_ms / 1000 + n.expiry_s);
+                message["expiration"] = Value::from((now_ms / 1000).saturating_add(n.expiry_s));
             }
             match n.priority {
                 Some(Priority::High) => message["priority"] = Value::from(10),
@@ -107,7 +107,8 @@ pub fn push_message(d: &Device, n: &Notification, deeplink_base: &str, now_ms: i
     };
     if n.expiry_s > 0 {
         // The pusher drops it, counted as expired, once this has passed.
-        message["push_expiry"] = Value::from(now_ms + n.expiry_s * 1000);
+        message["push_expiry"] =
+            Value::from(now_ms.saturating_add(n.expiry_s.saturating_mul(1000)));
     }
     serde_json::to_vec(&message).unwrap_or_default()
 }

@@ -321,8 +321,9 @@ async fn handle(
                 pairs,
                 ..
             } => entry.phase().events.push(Event {
-                // Records from before the API gave events ids: their place in Kafka.
-                uid: if id.is_empty() {
+                // Records from before the API gave events ids, or written past it with an id
+                // PostgreSQL would refuse (claims name their owner by it): their place in Kafka.
+                uid: if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
                     format!("{}-{}-{}", m.topic(), m.partition(), m.offset())
                 } else {
                     id

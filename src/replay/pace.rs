@@ -26,7 +26,7 @@ pub enum Pace {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PaceError {
     #[error(
-        "unknown speed {0:?}: write a positive multiple of the recorded pace followed by x (1x, 10x, 0.5x)"
+        "unknown speed {0:?}: write a multiple of the recorded pace of at least 0.001, followed by x (1x, 10x, 0.5x)"
     )]
     Speed(String),
 }
@@ -40,7 +40,8 @@ pub fn parse_speed(s: &str) -> Result<f64, PaceError> {
         .or_else(|| t.strip_suffix('X'))
         .ok_or_else(|| PaceError::Speed(s.to_string()))?;
     match f64::from_str(num) {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        // As slow as the slowest rate: below, a schedule's times leave what a Duration holds.
+        Ok(v) if v.is_finite() && v >= crate::units::MIN_RATE => Ok(v),
         _ => Err(PaceError::Speed(s.to_string())),
     }
 }

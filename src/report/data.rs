@@ -231,6 +231,10 @@ pub struct Conservation {
     pub consumed: Option<u64>,
     /// Requests the fake server answered (its own counter), when the fake is in-process.
     pub server_answered: Option<u64>,
+    /// Messages that never reach a server (malformed or expired: replayed as they were
+    /// captured), which `server_answered` need not cover.
+    #[serde(default)]
+    pub not_sent: u64,
     /// Messages with a final outcome.
     pub answered: u64,
     pub committed: Option<u64>,
@@ -250,7 +254,9 @@ impl Conservation {
             .iter()
             .flatten()
             .all(|&n| n == g);
-        let server_ok = self.server_answered.is_none_or(|n| n >= g);
+        let server_ok = self
+            .server_answered
+            .is_none_or(|n| n.saturating_add(self.not_sent) >= g);
         self.ok = stages_equal && self.answered == g && server_ok;
         self
     }
@@ -393,7 +399,10 @@ impl Report {
             c.answered,
             stage("committed", c.committed),
             c.server_answered
-                .map(|n| format!(" (server saw {n} requests)"))
+                .map(|n| match c.not_sent {
+                    0 => format!(" (server saw {n} requests)"),
+                    k => format!(" (server saw {n} requests; {k} malformed or expired, not sent)"),
+                })
                 .unwrap_or_default(),
             verdict
         );
