@@ -597,6 +597,21 @@ async fn opt_outs_limits_and_duplicates() {
             ("quest".to_owned(), "duplicate".to_owned()),
         ]
     );
+    // The gift the limit refused holds no dedup claim (else the next gift within the hour
+    // would be a "duplicate" of one the device never got); the quest sent does.
+    let store = common::platform::store().await;
+    let client = store.pool().get().await.unwrap();
+    for (message, held) in [("gift", 0), ("quest", 1)] {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pusher_dedup WHERE app = $1 AND token = 'gcm-1' AND message = $2",
+                &[&p.app, &message],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, held, "{message}");
+    }
     let c = p.stop().await;
     assert_eq!(c.opt_outs, 1);
     assert_eq!(skipped(&c, "opted_out"), 1, "{c:?}");

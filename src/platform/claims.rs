@@ -176,6 +176,32 @@ impl Claims {
         Ok(won.into_iter().map(|c| c == Claimed::Won).collect())
     }
 
+    /// Gives back dedup claims won for pushes that were then not sent (the device limit
+    /// refused them): held, they would make the next push of the message a "duplicate" of
+    /// one the device never got.
+    pub async fn release_dedup(&self, app: &str, claims: &[Claim]) -> Result<(), StoreError> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let col = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<&str>>();
+        let client = self.pool.get().await?;
+        super::store::execute(
+            &client,
+            "DELETE FROM pusher_dedup AS d
+             USING unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
+             WHERE d.app = $1 AND d.token = t.subject AND d.message = t.message
+               AND d.last_event = t.owner AND NOT d.sent",
+            &[
+                &app,
+                &col(|c| &c.subject),
+                &col(|c| &c.message),
+                &col(|c| &c.owner),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Marks cooldown and dedup claims as sent, once their pushes are in Kafka (only where
     /// the claim is still theirs).
     pub async fn mark_sent(

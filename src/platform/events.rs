@@ -291,15 +291,16 @@ pub async fn route(
         message: n.message.clone(),
         owner: n.notif_id.clone(),
     };
+    let mut dedup_won: Vec<(usize, Claim)> = Vec::new();
     if limits.dedup_window_s > 0.0 {
         let claims: Vec<Claim> = pushes.iter().map(claim_of).collect();
         let found = stores
             .claims
             .dedup(app, &claims, limits.dedup_window_s)
             .await?;
-        for ((v, found), claim) in verdict.iter_mut().zip(found).zip(claims) {
+        for (i, ((v, found), claim)) in verdict.iter_mut().zip(found).zip(claims).enumerate() {
             match found {
-                Claimed::Won => routed.dedup_sent.push(claim),
+                Claimed::Won => dedup_won.push((i, claim)),
                 Claimed::Lost => *v = Some("duplicate"),
                 Claimed::Sent => *v = Some(""),
             }
@@ -317,6 +318,13 @@ pub async fn route(
             }
         }
     }
+    // A dedup claim stands for a push sent; those the limit refused are given back.
+    let (sent, refused): (Vec<_>, Vec<_>) = dedup_won
+        .into_iter()
+        .partition(|(i, _)| verdict[*i].is_none());
+    routed.dedup_sent = sent.into_iter().map(|(_, c)| c).collect();
+    let refused: Vec<Claim> = refused.into_iter().map(|(_, c)| c).collect();
+    stores.claims.release_dedup(app, &refused).await?;
     for ((n, d), verdict) in pushes.iter().zip(verdict) {
         match verdict {
             None => {
