@@ -439,22 +439,19 @@ mod tests {
             panic!()
         };
         assert_eq!((r.load.rate, r.load.count), (Some(2000.0), Some(5000)));
-        let cli = parse(&[
-            "gen",
-            "-n",
-            "5k",
-            "--shape",
-            "constant",
-            "--duration",
-            "1s",
-            "--peak-rate",
-            "2k/s",
-        ])
-        .unwrap();
+        let cli = parse(&["gen", "-n", "5k"]).unwrap();
         let Command::Gen(g) = &cli.command else {
             panic!()
         };
-        assert_eq!((g.count, g.peak_rate), (5000, Some(2000.0)));
+        assert_eq!(g.count, 5000);
+        let shaped = ["gen", "--shape", "constant", "--duration", "1s"];
+        let cli = parse(&[&shaped[..], &["--peak-rate", "2k/s"]].concat()).unwrap();
+        let Command::Gen(g) = &cli.command else {
+            panic!()
+        };
+        assert_eq!(g.peak_rate, Some(2000.0));
+        // A shape decides how many: a count beside it would be ignored.
+        assert!(parse(&[&shaped[..], &["--peak-rate", "2k/s", "-n", "5k"]].concat()).is_err());
         assert!(parse(&["bench", "--mock", "--rate", "lots"]).is_err());
         assert!(parse(&["bench", "--mock", "--count", "0"]).is_err());
     }
