@@ -613,9 +613,48 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
         body,
         json!({"app": app, "notif_id": "early-1", "targets": 1, "counts": {"delivered": 1}})
     );
+    // A keyed request (a client's notif_id, dots allowed): its verdict is stored while its
+    // row is still pending, then the request is confirmed.
+    let key = ClaimKey {
+        idem_key: "n:early.2".into(),
+        notif_id: "early.2".into(),
+    };
+    store
+        .claim(&app, "c1", &[key], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let verdict = json!({"from": "tok-2", "metadata": {"notif_id": "early.2", "game": app,
+        "outcome": "delivered", "timestamp": 1_700_000_000}});
+    Producer::new(kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&[Record {
+            topic: feedback.clone(),
+            key: "tok-2".into(),
+            payload: verdict.to_string().into_bytes(),
+        }])
+        .await
+        .unwrap();
+    while store
+        .result_counts(&app, "early.2")
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the verdict was never stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store
+        .confirm(&app, "c1", &[("n:early.2".into(), Some(1))])
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(20), calls.recv())
+        .await
+        .expect("the webhook is called once the request is confirmed")
+        .unwrap();
+    assert_eq!(body["notif_id"], "early.2", "{body}");
     stop.cancel();
     let counts = writer.await.unwrap().unwrap();
-    assert_eq!((counts.stored, counts.webhooks), (1, 1), "{counts:?}");
+    assert_eq!((counts.stored, counts.webhooks), (2, 2), "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

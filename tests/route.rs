@@ -625,8 +625,9 @@ async fn segments_reach_every_matching_device_and_resume() {
 
 /// A notification that reached no device (a user without devices, a segment nothing matches)
 /// is complete when the router counts 0, and no verdict will ever arrive: `pusher results`
-/// still calls its webhook, once. A segment of exactly one page (its next page empty) gets its
-/// size when that page is produced.
+/// still calls its webhook, once. A segment of exactly one page (its next page empty) is
+/// counted and marked done. (That its count now comes before its last pushes, not after, is
+/// by construction in `stream_segment`: the order is not observable from here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_reached_no_device_is_complete_and_calls_its_webhook() {
     use pusher::platform::registry::{Device, Login};

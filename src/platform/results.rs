@@ -16,7 +16,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -139,46 +139,52 @@ struct Completion {
     store: Store,
     webhooks: Webhooks,
     /// Notifications whose verdicts came before they could complete (no row yet, or a
-    /// pending one), since when: looked at again by the sweep.
-    later: Arc<Mutex<VecDeque<(Instant, String, String)>>>,
+    /// pending one), with when that was first seen: looked at again by the sweep.
+    later: Arc<Mutex<HashMap<(String, String), Instant>>>,
 }
 
 impl Completion {
     /// Calls the webhook of each of `pairs` that is now complete; keeps for later those that
-    /// were not ready. Returns the calls started.
+    /// were not ready, with when each was first seen (now, for those not given). Returns the
+    /// calls started.
     async fn check(
         &self,
         pairs: Vec<(String, String)>,
-        since: Option<Instant>,
+        since: &HashMap<(String, String), Instant>,
     ) -> Result<u64, StoreError> {
+        // Not ready is asked first: a row confirmed between the two statements is then
+        // claimed by the second, or looked at again; asked after, it could be neither.
+        let not_ready = self.store.not_ready(&pairs).await?;
         let complete = self.store.claim_completed(&pairs).await?;
-        let calls = complete.len() as u64;
+        for c in &complete {
+            self.webhooks.spawn_call(&c.app, &c.notif_id, body(c));
+        }
         let done: HashSet<(&str, &str)> = complete
             .iter()
             .map(|c| (c.app.as_str(), c.notif_id.as_str()))
             .collect();
-        let rest: Vec<(String, String)> = pairs
-            .iter()
-            .filter(|(a, n)| !done.contains(&(a.as_str(), n.as_str())))
-            .cloned()
-            .collect();
-        for c in &complete {
-            self.webhooks.spawn_call(&c.app, &c.notif_id, body(c));
-        }
-        let not_ready = self.store.not_ready(&rest).await?;
         let now = Instant::now();
-        let since = since.unwrap_or(now);
-        if now.duration_since(since) < LATER_FOR {
-            let mut later = self.later.lock();
-            for (app, notif_id) in not_ready {
-                if later.len() >= LATER_MAX {
-                    tracing::warn!(app, notif_id, "Too many notifications waiting to be ready; this one's webhook is not called.");
-                    break;
-                }
-                later.push_back((since, app, notif_id));
+        let mut later = self.later.lock();
+        for pair in not_ready {
+            if done.contains(&(pair.0.as_str(), pair.1.as_str())) {
+                continue;
             }
+            let first = since.get(&pair).copied().unwrap_or(now);
+            if now.duration_since(first) >= LATER_FOR {
+                continue;
+            }
+            if later.len() >= LATER_MAX && !later.contains_key(&pair) {
+                tracing::warn!(
+                    app = pair.0,
+                    notif_id = pair.1,
+                    "Too many notifications waiting to be ready; this one's webhook is not called."
+                );
+                continue;
+            }
+            let slot = later.entry(pair).or_insert(first);
+            *slot = (*slot).min(first);
         }
-        Ok(calls)
+        Ok(complete.len() as u64)
     }
 
     /// Every second until `stop`: the notifications that reached no device (complete as soon
@@ -203,19 +209,18 @@ impl Completion {
                     tracing::warn!(error = %e, "Cannot look for notifications that reached no device; retrying.")
                 }
             }
-            let due: Vec<(Instant, String, String)> = self.later.lock().drain(..).collect();
-            // Grouped by when each was first seen, so each keeps its deadline.
-            let mut by_since: BTreeMap<Instant, Vec<(String, String)>> = BTreeMap::new();
-            for (since, app, notif_id) in due {
-                by_since.entry(since).or_default().push((app, notif_id));
+            let due: HashMap<(String, String), Instant> = std::mem::take(&mut *self.later.lock());
+            if due.is_empty() {
+                continue;
             }
-            for (since, pairs) in by_since {
-                match self.check(pairs.clone(), Some(since)).await {
-                    Ok(n) => calls += n,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Cannot look at notifications again; retrying.");
-                        let mut later = self.later.lock();
-                        later.extend(pairs.into_iter().map(|(a, n)| (since, a, n)));
+            let pairs: Vec<(String, String)> = due.keys().cloned().collect();
+            match self.check(pairs, &due).await {
+                Ok(n) => calls += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot look at notifications again; retrying.");
+                    let mut later = self.later.lock();
+                    for (pair, first) in due {
+                        later.entry(pair).or_insert(first);
                     }
                 }
             }
@@ -256,7 +261,7 @@ impl Writer {
         }
         self.counts.webhooks += self
             .completion
-            .check(pairs, None)
+            .check(pairs, &HashMap::new())
             .await
             .map_err(|e| e.to_string())?;
         Ok(())

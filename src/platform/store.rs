@@ -292,13 +292,10 @@ impl Store {
 }
 
 /// `(app, notif_id)` pairs as the two columns `unnest` takes.
-fn pair_columns<P: std::borrow::Borrow<(String, String)>>(pairs: &[P]) -> (Vec<&str>, Vec<&str>) {
+fn pair_columns(pairs: &[(String, String)]) -> (Vec<&str>, Vec<&str>) {
     pairs
         .iter()
-        .map(|p| {
-            let (app, id) = p.borrow();
-            (app.as_str(), id.as_str())
-        })
+        .map(|(app, id)| (app.as_str(), id.as_str()))
         .unzip()
 }
 
@@ -488,23 +485,23 @@ impl Store {
     /// Of the `(app, notif_id)` pairs, those whose verdicts came before their notification
     /// was ready to complete: no row yet (the API records an unkeyed request's notifications
     /// once Kafka acknowledged them, and a verdict can be faster), or a row still pending (its
-    /// request not confirmed yet). `<event id>.<message>` has no row of its own and is left out.
+    /// request not confirmed yet). `<event id>.<message>` never has a row of its own: with no
+    /// row, an id with a dot is left out.
     pub async fn not_ready(
         &self,
         pairs: &[(String, String)],
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let pairs: Vec<&(String, String)> =
-            pairs.iter().filter(|(_, id)| !id.contains('.')).collect();
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
-        let (apps, ids) = pair_columns(&pairs);
+        let (apps, ids) = pair_columns(pairs);
         let client = self.pool.get().await?;
         let rows = query(
             &client,
             "SELECT t.app, t.notif_id FROM unnest($1::text[], $2::text[]) AS t(app, notif_id)
                  LEFT JOIN pusher_notifications n ON n.app = t.app AND n.notif_id = t.notif_id
-                 WHERE n.notif_id IS NULL OR n.state = 'pending'",
+                 WHERE n.state = 'pending'
+                    OR (n.notif_id IS NULL AND strpos(t.notif_id, '.') = 0)",
             &[&apps, &ids],
         )
         .await?;

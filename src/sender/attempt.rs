@@ -77,9 +77,10 @@ pub struct Attempts<R> {
     pub endpoint_fault: Option<String>,
 }
 
-/// How many times one message may wait out an outage (about one probe each, 1 s doubling to
-/// 5 s apart: ~45 s) before it gives up: a long outage ends a message every ~45 s instead of
-/// none, and a message that alone gets a 5xx every time does not pause its app for good.
+/// How many times a message alone in flight may wait out an outage (about one probe each, 1 s
+/// doubling to 5 s apart: ~45 s) before it gives up. Alone, a message that gets a 5xx every
+/// time looks just like an outage, and would hold its app paused for good (its partitions are
+/// paused, so nothing else comes). While other messages wait, it waits with them.
 pub const OUTAGE_PROBES: u32 = 10;
 
 /// Attempts until a final verdict. Retries wait on timers (other sends go on meanwhile);
@@ -109,6 +110,9 @@ where
     let mut given_back = 0;
     loop {
         let permit = gate.admit().await;
+        // Taken as the attempt leaves, so that other sends' answers during its round trip
+        // count: with a budget of one attempt, the look comes right after the answer.
+        let finals_at_send = gate.finals();
         done.attempts += 1;
         let Attempt {
             answer,
@@ -161,11 +165,13 @@ where
             }
             Verdict::Retry(hint) => {
                 let (finals_before, attempts_before) =
-                    *first_retry.get_or_insert((gate.finals(), done.attempts - 1));
+                    *first_retry.get_or_insert((finals_at_send, done.attempts - 1));
                 let exhausted = !policy.should_retry(done.attempts);
                 if permit.retry(&hint.reason, exhausted && !hint.own, finals_before) {
                     given_back += 1;
-                    if given_back <= OUTAGE_PROBES {
+                    // Others wait too: an outage, whose end this message waits for. Alone,
+                    // past OUTAGE_PROBES, it gives up (see there).
+                    if given_back <= OUTAGE_PROBES || gate.parked() > 0 {
                         // The endpoint's outage, not the message's: its retries are given
                         // back, and it waits at the gate.
                         done.attempts = attempts_before;
@@ -260,8 +266,14 @@ mod tests {
         );
         assert!(health.borrow_and_update().is_up());
 
-        // Alone and refused every time: not held for good.
-        let forever = || std::future::ready(Attempt::answered(0, retry("InternalServerError")));
+        // Alone and refused every time: not held for good. Its three attempts, then one
+        // probe per give-back.
+        let made = Arc::new(AtomicU32::new(0));
+        let counted = made.clone();
+        let forever = move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Attempt::answered(0, retry("InternalServerError")))
+        };
         let done = attempt_until_final(&policy(), &gate, forever).await;
         assert_eq!(
             done.outcome,
@@ -269,6 +281,7 @@ mod tests {
                 reason: "InternalServerError".into()
             }
         );
+        assert_eq!(made.load(Ordering::SeqCst), 3 + OUTAGE_PROBES);
         assert!(!gate.health().borrow().is_up(), "the endpoint still fails");
         gate.admit().await.answered();
 

@@ -137,10 +137,6 @@ impl Gate {
         self.inner.finals.load(Ordering::Relaxed)
     }
 
-    fn is_down(&self) -> bool {
-        self.inner.down.lock().is_some()
-    }
-
     /// Waits for leave to attempt: at once while the endpoint is up (or in `Fail`), else until
     /// it is up again or this send's turn to probe it.
     pub async fn admit(&self) -> Permit {
@@ -189,9 +185,19 @@ impl Gate {
     /// `probe`: the failure is the probe's, which alone moves the probes' schedule on (the
     /// sends that left before the gate closed fail too, and must not push it to its end).
     fn fault(&self, cause: &str, probe: bool) {
+        self.fault_if(cause, probe, |_| true);
+    }
+
+    /// [`Gate::fault`] when `decide` (told whether the gate is closed) says so, decided under
+    /// the gate's lock: an answer that opens the gate between a look and a close cannot be
+    /// undone by a stale failure. Returns the decision.
+    fn fault_if(&self, cause: &str, probe: bool, decide: impl FnOnce(bool) -> bool) -> bool {
         let mut down = self.inner.down.lock();
+        if !decide(down.is_some()) {
+            return false;
+        }
         match down.as_mut() {
-            Some(_) if !probe => return,
+            Some(_) if !probe => return true,
             Some(d) => {
                 d.probing = false;
                 d.failures += 1;
@@ -223,6 +229,7 @@ impl Gate {
         }
         drop(down);
         self.inner.changed.notify_waiters();
+        true
     }
 
     fn answered(&self) {
@@ -267,15 +274,15 @@ impl Permit {
         if self.gate.inner.on_fault == OnFault::Fail {
             return false;
         }
-        let outage = self.gate.is_down() || (exhausted && self.gate.finals() == finals_before);
-        if outage {
-            self.gate.fault(
-                &format!("{cause} on every retry, and no send got a final answer meanwhile"),
-                probe,
-            );
-        } else if probe {
+        let gate = &self.gate;
+        let outage = gate.fault_if(
+            &format!("{cause} on every retry, and no send got a final answer meanwhile"),
+            probe,
+            |down| down || (exhausted && gate.finals() == finals_before),
+        );
+        if !outage && probe {
             // The gate opened meanwhile (another send's answer): nothing to probe.
-            self.gate.probe_abandoned();
+            gate.probe_abandoned();
         }
         outage
     }

@@ -4,8 +4,8 @@
 //! another app and for a misconfigured topic (protocols.md §1.3). Taken at their word, a
 //! pusher started without `-p` against production tokens deletes every token of the fleet.
 //!
-//! So, until an app has had one push delivered, a run of such verdicts with none delivered is
-//! the configuration's fault: the gate closes (the app pauses, `/healthz` says why) and the
+//! So, until an app has had one push delivered, 20 such verdicts (any other verdicts
+//! between them) are the configuration's fault: the gate closes (the app pauses, `/healthz` says why) and the
 //! messages wait. Once one push was delivered, the environment and topic are known good and
 //! these verdicts are the tokens' again. A real fleet's dead tokens answer 410 `Unregistered`,
 //! which is never counted here.
@@ -14,7 +14,7 @@ use crate::push::apns::ApnsReason;
 use crate::push::{Outcome, Verdict};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-/// Token refusals in a row, before any delivery, that say the environment or topic is wrong.
+/// Token refusals before any delivery that say the environment or topic is wrong.
 pub const REFUSALS_BEFORE_FAULT: u32 = 20;
 
 #[derive(Debug, Default)]
@@ -28,7 +28,8 @@ impl EnvironmentGuard {
     /// environment or topic is wrong.
     pub fn judge(&self, verdict: Verdict) -> Verdict {
         match &verdict {
-            Verdict::Final(Outcome::Delivered) => {
+            // Looked at first: a store on every delivery would bounce the cache line.
+            Verdict::Final(Outcome::Delivered) if !self.delivered.load(Ordering::Relaxed) => {
                 self.delivered.store(true, Ordering::Relaxed);
             }
             Verdict::Final(Outcome::TokenInvalid { reason, .. })
