@@ -555,6 +555,22 @@ async fn a_router_faster_than_the_api_keeps_its_targets() {
         .await
         .unwrap();
     assert_eq!(targets("t1").await, ("accepted".into(), Some(5)));
+    // A request that failed after its record reached Kafka gave its claim back; the router
+    // then wrote the row alone. The client's retry with the same notif_id still takes it.
+    let key = || ClaimKey {
+        idem_key: "n:o1".into(),
+        notif_id: "o1".into(),
+    };
+    store.claim(&app, "c3", &[key()], long).await.unwrap();
+    store.release(&app, "c3", &[key()]).await.unwrap();
+    store.set_targets(&app, &[("o1", 4)]).await.unwrap();
+    let retried = store.claim(&app, "c4", &[key()], long).await.unwrap();
+    assert_eq!(
+        retried,
+        [Claimed::Ours {
+            notif_id: "o1".into()
+        }]
+    );
 }
 
 /// A fast pipeline's verdicts can reach `pusher results` before the API has recorded the

@@ -149,19 +149,38 @@ impl Store {
         let idem: Vec<&str> = keys.iter().map(|k| k.idem_key.as_str()).collect();
         let ids: Vec<&str> = keys.iter().map(|k| k.notif_id.as_str()).collect();
         let stale = stale_after.as_secs_f64();
-        let rows = query(
-            &client,
-            "INSERT INTO pusher_notifications AS n (app, idem_key, notif_id, claim)
+        const CLAIM: &str = "INSERT INTO pusher_notifications AS n (app, idem_key, notif_id, claim)
                  SELECT $1, k, id, $4 FROM unnest($2::text[], $3::text[]) AS t(k, id)
                  ON CONFLICT (app, idem_key) WHERE idem_key IS NOT NULL DO UPDATE
                    SET claim = EXCLUDED.claim, claimed_at = now()
                    WHERE n.state = 'pending'
                      AND n.claimed_at < now() - make_interval(secs => $5)
-                 RETURNING idem_key, notif_id",
-            &[&app, &idem, &ids, &claim, &stale],
-        )
-        .await
-        .map_err(|e| taken(e, keys))?;
+                 RETURNING idem_key, notif_id";
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&app, &idem, &ids, &claim, &stale];
+        let rows = match query(&client, CLAIM, &params)
+            .await
+            .map_err(|e| taken(e, keys))
+        {
+            // The id may be held by a row only the router wrote (`set_targets`): its request
+            // failed after a record reached Kafka, and gave its claim back. That row is no
+            // one's; the retry takes the id.
+            Err(StoreError::NotifIdTaken(_))
+                if execute(
+                    &client,
+                    "DELETE FROM pusher_notifications WHERE app = $1 AND notif_id = ANY($2)
+                       AND idem_key IS NULL AND claim = '' AND state = 'pending'",
+                    &[&app, &ids],
+                )
+                .await?
+                    > 0 =>
+            {
+                query(&client, CLAIM, &params)
+                    .await
+                    .map_err(|e| taken(e, keys))?
+            }
+            other => other?,
+        };
         let mut ours: std::collections::HashMap<String, String> = rows
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
