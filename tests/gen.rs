@@ -462,14 +462,13 @@ fn kafka_sink_fails_clearly_when_the_broker_is_unreachable() {
     );
 }
 
-/// `-o FILE` is written beside FILE and moved into place once complete: a run interrupted
-/// (here a shaped capture of ten hours, stopped after half a second) leaves FILE as it was,
-/// never cut mid-line.
+/// Ctrl-C stops `gen` at a line's end: what was written is kept as a whole file, moved into
+/// place (exit 130); before, the file was cut mid-line and `replay` refused it.
 #[test]
-fn an_interrupted_gen_leaves_the_output_file_as_it_was() {
+fn an_interrupted_gen_keeps_a_whole_file() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("good.jsonl");
-    std::fs::write(&out, "kept\n").unwrap();
+    let out = dir.path().join("cap.jsonl");
+    std::fs::write(&out, "old\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pusher"))
         .args([
             "gen",
@@ -491,6 +490,14 @@ fn an_interrupted_gen_leaves_the_output_file_as_it_was() {
         .status()
         .unwrap();
     let status = child.wait().unwrap();
-    assert!(!status.success());
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "kept\n");
+    assert_eq!(status.code(), Some(130));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.ends_with('\n') && text != "old\n",
+        "{:?}",
+        &text[..text.len().min(200)]
+    );
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("every line whole");
+    }
 }

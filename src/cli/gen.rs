@@ -174,10 +174,14 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(())
     };
+    // Ctrl-C stops at a line's end: what was written is kept, a whole file (exit 130).
+    let interrupt = crate::bench::interrupt::Interrupt::install()?;
+    let stopped = || interrupt.is_set();
     if let Some(times) = shaped {
         let topic = generator.config().default_topic();
         // A capture line is written field by field: one syscall each without a buffer.
         let mut sink = std::io::BufWriter::with_capacity(256 * 1024, sink);
+        let times = times.take_while(|_| !stopped());
         let written = crate::replay::shape::write_capture(&mut generator, times, &topic, &mut sink);
         // Flushed before the file is moved into place.
         let flushed = sink.flush();
@@ -190,10 +194,10 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
         if !args.quiet {
             eprintln!("pusher gen: {n} messages shaped as a capture, to {name}");
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(finished(stopped()));
     }
-    let bytes = match write_lines(&mut generator, sink, &progress) {
-        Ok(bytes) => bytes,
+    let (bytes, count) = match write_lines(&mut generator, sink, &progress, &stopped) {
+        Ok(written) => written,
         // The reader went away (`pusher gen | head`): stop quietly, as Unix tools do.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
         Err(e) => return Err(e).with_context(|| format!("writing to {name}")),
@@ -207,21 +211,32 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
             count as f64 / secs.max(1e-9)
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(finished(stopped()))
+}
+
+/// Exit 130 when Ctrl-C cut the run short (what was written is whole and kept), else 0.
+fn finished(interrupted: bool) -> ExitCode {
+    if interrupted {
+        eprintln!("pusher gen: interrupted; the messages written so far are kept");
+        ExitCode::from(crate::bench::interrupt::EXIT_CODE)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Writes one message per line. Messages go into one large buffer written in big chunks
-/// (cheaper than a `BufWriter` call per message). Returns the bytes written.
+/// (cheaper than a `BufWriter` call per message). Returns the bytes and lines written.
 fn write_lines(
     generator: &mut Generator,
     mut sink: Box<dyn Write>,
     progress: &ProgressBar,
-) -> std::io::Result<u64> {
+    stopped: &dyn Fn() -> bool,
+) -> std::io::Result<(u64, u64)> {
     const CHUNK: usize = 256 * 1024;
     let mut buf = Vec::with_capacity(CHUNK + 8192);
     let mut written = 0u64;
     let mut lines = 0u64;
-    while generator.write_next(&mut buf).is_some() {
+    while !stopped() && generator.write_next(&mut buf).is_some() {
         buf.push(b'\n');
         lines += 1;
         if buf.len() >= CHUNK {
@@ -233,5 +248,5 @@ fn write_lines(
     }
     sink.write_all(&buf)?;
     sink.flush()?;
-    Ok(written + buf.len() as u64)
+    Ok((written + buf.len() as u64, lines))
 }

@@ -167,7 +167,7 @@ impl Iterator for ShapedTimes {
 /// `out` gets one write per field: give it a buffered writer.
 pub fn write_capture(
     generator: &mut crate::gen::Generator,
-    times: ShapedTimes,
+    times: impl IntoIterator<Item = Duration>,
     topic: &str,
     out: &mut impl std::io::Write,
 ) -> std::io::Result<u64> {
