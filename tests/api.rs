@@ -595,27 +595,35 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
         hooks,
         stop.clone(),
     ));
-    let verdict = json!({"from": "tok-1", "metadata": {"notif_id": "early-1", "game": app,
-        "outcome": "delivered", "timestamp": 1_700_000_000}});
-    Producer::new(kafka.bootstrap(), Duration::from_secs(5))
-        .unwrap()
-        .produce_all(&[Record {
-            topic: feedback.clone(),
-            key: "tok-1".into(),
-            payload: verdict.to_string().into_bytes(),
-        }])
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store
-        .result_counts(&app, "early-1")
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "the verdict was never stored");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // A delivered verdict for (notif_id, token), stored by pusher results.
+    let stored = |notif_id: &'static str, token: &'static str| {
+        let (store, app, feedback) = (store.clone(), app.clone(), feedback.clone());
+        let brokers = kafka.bootstrap().to_owned();
+        async move {
+            let verdict = json!({"from": token, "metadata": {"notif_id": notif_id, "game": app,
+                "outcome": "delivered", "timestamp": 1_700_000_000}});
+            Producer::new(&brokers, Duration::from_secs(5))
+                .unwrap()
+                .produce_all(&[Record {
+                    topic: feedback,
+                    key: token.into(),
+                    payload: verdict.to_string().into_bytes(),
+                }])
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while store
+                .result_counts(&app, notif_id)
+                .await
+                .unwrap()
+                .is_empty()
+            {
+                assert!(Instant::now() < deadline, "the verdict was never stored");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    stored("early-1", "tok-1").await;
     // Only now does the API record the notification, with its one target.
     store
         .record_accepted(&app, &[("early-1".into(), Some(1))])
@@ -639,26 +647,7 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
         .claim(&app, "c1", &[key], Duration::from_secs(60))
         .await
         .unwrap();
-    let verdict = json!({"from": "tok-2", "metadata": {"notif_id": "early.2", "game": app,
-        "outcome": "delivered", "timestamp": 1_700_000_000}});
-    Producer::new(kafka.bootstrap(), Duration::from_secs(5))
-        .unwrap()
-        .produce_all(&[Record {
-            topic: feedback.clone(),
-            key: "tok-2".into(),
-            payload: verdict.to_string().into_bytes(),
-        }])
-        .await
-        .unwrap();
-    while store
-        .result_counts(&app, "early.2")
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "the verdict was never stored");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stored("early.2", "tok-2").await;
     store
         .confirm(&app, "c1", &[("n:early.2".into(), Some(1))])
         .await
