@@ -180,26 +180,17 @@ impl Claims {
     /// refused them): held, they would make the next push of the message a "duplicate" of
     /// one the device never got.
     pub async fn release_dedup(&self, app: &str, claims: &[Claim]) -> Result<(), StoreError> {
-        if claims.is_empty() {
-            return Ok(());
-        }
-        let col = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<&str>>();
         let client = self.pool.get().await?;
-        super::store::execute(
+        for_each_claim(
             &client,
             "DELETE FROM pusher_dedup AS d
              USING unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
              WHERE d.app = $1 AND d.token = t.subject AND d.message = t.message
                AND d.last_event = t.owner AND NOT d.sent",
-            &[
-                &app,
-                &col(|c| &c.subject),
-                &col(|c| &c.message),
-                &col(|c| &c.owner),
-            ],
+            app,
+            claims,
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     /// Marks cooldown and dedup claims as sent, once their pushes are in Kafka (only where
@@ -227,24 +218,36 @@ impl Claims {
                    AND d.last_event = t.owner",
             ),
         ] {
-            if claims.is_empty() {
-                continue;
-            }
-            let col = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<&str>>();
-            super::store::execute(
-                &client,
-                statement,
-                &[
-                    &app,
-                    &col(|c| &c.subject),
-                    &col(|c| &c.message),
-                    &col(|c| &c.owner),
-                ],
-            )
-            .await?;
+            for_each_claim(&client, statement, app, claims).await?;
         }
         Ok(())
     }
+}
+
+/// Runs `statement` once over `claims`, given as `$1` the app and `$2`, `$3`, `$4` the
+/// subjects, messages and owners (nothing when there are none).
+async fn for_each_claim(
+    client: &deadpool_postgres::Client,
+    statement: &str,
+    app: &str,
+    claims: &[Claim],
+) -> Result<(), StoreError> {
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<&str>>();
+    super::store::execute(
+        client,
+        statement,
+        &[
+            &app,
+            &col(|c| &c.subject),
+            &col(|c| &c.message),
+            &col(|c| &c.owner),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Splits claims into rounds where each (subject, message) appears once, in order: the
