@@ -373,7 +373,8 @@ async fn broker_down_is_503_and_the_retry_is_accepted_once() {
 
 /// A notifications table of the shape before 2026-12-05 (`(app, idem_key)` the primary key,
 /// every row keyed) is changed in place by the schema, twice without harm: its rows stay, a
-/// notification with nothing to dedup on needs no key, a notif_id and a key are still unique.
+/// notification with nothing to dedup on needs no key, a notif_id and a key are still unique,
+/// and a webhook called before calls were tracked counts as ended.
 #[tokio::test]
 async fn schema_migrates_the_keyed_notifications_table() {
     let (client, connection) = tokio_postgres::connect(
@@ -392,9 +393,10 @@ async fn schema_migrates_the_keyed_notifications_table() {
                  state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'accepted')),
                  claim text NOT NULL, claimed_at timestamptz NOT NULL DEFAULT now(),
                  accepted_at timestamptz, targets integer NOT NULL DEFAULT 0,
+                 notified_at timestamptz,
                  PRIMARY KEY (app, idem_key), UNIQUE (app, notif_id));
-             INSERT INTO pusher_notifications (app, idem_key, notif_id, claim)
-                 VALUES ('a', 'g:n1', 'n1', '');"
+             INSERT INTO pusher_notifications (app, idem_key, notif_id, claim, notified_at)
+                 VALUES ('a', 'g:n1', 'n1', '', now());"
         ))
         .await
         .unwrap();
@@ -443,6 +445,36 @@ async fn schema_migrates_the_keyed_notifications_table() {
             ("n2".to_owned(), None),
             ("n3".to_owned(), None),
             ("n4".to_owned(), Some("h:k#0".to_owned())),
+        ]
+    );
+    // A webhook called before the `webhook` column existed counts as ended; a call in
+    // progress when the schema runs again stays in progress.
+    client
+        .execute(
+            "UPDATE pusher_notifications SET notified_at = now() WHERE notif_id = 'n2'",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(pusher::platform::store::SCHEMA)
+        .await
+        .unwrap();
+    let webhooks = client
+        .query(
+            "SELECT notif_id, webhook FROM pusher_notifications
+                 WHERE notified_at IS NOT NULL ORDER BY notif_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let webhooks: Vec<(String, Option<String>)> =
+        webhooks.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        webhooks,
+        [
+            ("n1".to_owned(), Some("ok".to_owned())),
+            ("n2".to_owned(), None)
         ]
     );
     client
@@ -660,6 +692,143 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
     stop.cancel();
     let counts = writer.await.unwrap().unwrap();
     assert_eq!((counts.stored, counts.webhooks), (2, 2), "{counts:?}");
+}
+
+/// A webhook call outlives the `pusher results` that made it: one stopped mid-retry gives its
+/// call up and the next makes it at once; one that died (its claim no longer renewed) leaves
+/// it to the next after the lease. A call that ended is not made again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_calls_survive_the_results_process() {
+    use pusher::platform::produce::Record;
+    use pusher::platform::results::run as results;
+    use pusher::platform::webhook::Webhooks;
+    let app = fresh_app("api");
+    let feedback = format!("push-{app}-gcm-feedbacks");
+    let kafka = TestKafka::start(&[&feedback], 1).await;
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let hooks_to = |url: String| {
+        Webhooks::new(&std::collections::BTreeMap::from([(app.clone(), url)])).unwrap()
+    };
+    // A hook that answers 500 to everything, counting the calls.
+    let (failing, mut failed_calls) = {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let _ = tx.send(());
+                async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (format!("http://{addr}/hook"), rx)
+    };
+    store
+        .record_accepted(&app, &[("w-1".into(), Some(1))])
+        .await
+        .unwrap();
+    let verdict = json!({"from": "tok-1", "metadata": {"notif_id": "w-1", "game": app,
+        "outcome": "delivered", "timestamp": 1_700_000_000}});
+    Producer::new(kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&[Record {
+            topic: feedback.clone(),
+            key: "tok-1".into(),
+            payload: verdict.to_string().into_bytes(),
+        }])
+        .await
+        .unwrap();
+    let webhook_of = |id: &'static str| {
+        let (store, app) = (store.clone(), app.clone());
+        async move { store.notification(&app, id).await.unwrap().unwrap().webhook }
+    };
+
+    // The first process: the hook fails, and the process stops while it retries.
+    let stop = CancellationToken::new();
+    let first = tokio::spawn(results(
+        common::platform::results_group(kafka.bootstrap(), &app),
+        store.clone(),
+        hooks_to(failing),
+        stop.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(30), failed_calls.recv())
+        .await
+        .expect("the first process calls the hook")
+        .unwrap();
+    assert_eq!(webhook_of("w-1").await.as_deref(), Some("calling"));
+    stop.cancel();
+    let counts = first.await.unwrap().unwrap();
+    assert_eq!((counts.stored, counts.webhooks), (1, 1), "{counts:?}");
+    assert_eq!(webhook_of("w-1").await.as_deref(), Some("calling"));
+
+    // The next process (its group committed the verdict: nothing is consumed again) makes the
+    // call given up, well before the lease.
+    let (hook, mut calls) = common::platform::webhook_receiver().await;
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let next = tokio::spawn(results(
+        common::platform::results_group(kafka.bootstrap(), &app),
+        store.clone(),
+        hooks_to(hook),
+        stop.clone(),
+    ));
+    let body = tokio::time::timeout(Duration::from_secs(30), calls.recv())
+        .await
+        .expect("the next process makes the call the first gave up")
+        .unwrap();
+    assert!(started.elapsed() < pusher::platform::webhook::LEASE / 10);
+    assert_eq!(
+        body,
+        json!({"app": app, "notif_id": "w-1", "targets": 1, "counts": {"delivered": 1}})
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while webhook_of("w-1").await.as_deref() != Some("ok") {
+        assert!(
+            Instant::now() < deadline,
+            "the call's end is never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A process that died mid-call: w-2's claim was last renewed longer ago than the lease.
+    // w-1's call ended: as old, it is not made again.
+    store
+        .record_accepted(&app, &[("w-2".into(), Some(1))])
+        .await
+        .unwrap();
+    let pg = store.pool().get().await.unwrap();
+    pg.execute(
+        "UPDATE pusher_notifications
+             SET notified_at = now() - interval '10 minutes'
+             WHERE app = $1 AND notif_id IN ('w-1', 'w-2')",
+        &[&app],
+    )
+    .await
+    .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(30), calls.recv())
+        .await
+        .expect("an abandoned call is made again")
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"app": app, "notif_id": "w-2", "targets": 1, "counts": {}}),
+    );
+    let w1_claimed: bool = pg
+        .query_one(
+            "SELECT notified_at < now() - interval '5 minutes' FROM pusher_notifications
+                 WHERE app = $1 AND notif_id = 'w-1'",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(w1_claimed, "an ended call was claimed again");
+    stop.cancel();
+    let counts = next.await.unwrap().unwrap();
+    assert_eq!((counts.consumed, counts.webhooks), (0, 2), "{counts:?}");
+    assert!(calls.try_recv().is_err(), "a call made twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

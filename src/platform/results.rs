@@ -10,7 +10,7 @@
 
 use super::consume::{self, GroupSettings};
 use super::store::{Completed, ResultRow, Store, StoreError};
-use super::webhook::Webhooks;
+use super::webhook::{self, Webhooks};
 use parking_lot::Mutex;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
@@ -98,6 +98,10 @@ pub async fn run(
 ) -> Result<ResultCounts, ResultsError> {
     let consumer = consume::consumer(&settings, consume::Membership::default())
         .map_err(ResultsError::Consumer)?;
+    // Every results process of the group needs the same hooks: a process without an app's
+    // hook calls nothing for the notifications its partitions complete. The log shows which.
+    let hooked: Vec<&str> = webhooks.apps().collect();
+    tracing::info!(webhook_apps = ?hooked, "Webhooks (results.webhooks).");
     let completion = Completion {
         store: store.clone(),
         webhooks,
@@ -122,6 +126,11 @@ pub async fn run(
     if let Some(sweep) = sweep {
         counts.webhooks += sweep.await.unwrap_or_default();
     }
+    writer
+        .completion
+        .webhooks
+        .stop(&writer.completion.store)
+        .await;
     tracing::info!(counts = %crate::telemetry::Json(&counts), "Results stopped.");
     Ok(counts)
 }
@@ -132,6 +141,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const LATER_FOR: Duration = Duration::from_secs(60);
 /// At most this many of those are kept (each is a pair of short strings).
 const LATER_MAX: usize = 100_000;
+/// At most this many abandoned webhook calls are claimed again a second.
+const ABANDONED_MAX: i64 = 1_000;
 
 /// Calls an app's webhook once per notification, when it is complete.
 #[derive(Clone)]
@@ -156,9 +167,7 @@ impl Completion {
         // claimed by the second, or looked at again; asked after, it could be neither.
         let not_ready = self.store.not_ready(&pairs).await?;
         let complete = self.store.claim_completed(&pairs).await?;
-        for c in &complete {
-            self.webhooks.spawn_call(&c.app, &c.notif_id, body(c));
-        }
+        self.call_all(&complete);
         let done: HashSet<(&str, &str)> = complete
             .iter()
             .map(|c| (c.app.as_str(), c.notif_id.as_str()))
@@ -187,9 +196,19 @@ impl Completion {
         Ok(complete.len() as u64)
     }
 
+    /// Calls the hooks of `complete` (claimed); how many.
+    fn call_all(&self, complete: &[Completed]) -> u64 {
+        for c in complete {
+            self.webhooks
+                .spawn_call(&self.store, &c.app, &c.notif_id, body(c));
+        }
+        complete.len() as u64
+    }
+
     /// Every second until `stop`: the notifications that reached no device (complete as soon
-    /// as the router counted 0, with no verdict ever to trigger `check`), and those whose
-    /// verdicts came before they were ready. Returns the calls it started.
+    /// as the router counted 0, with no verdict ever to trigger `check`), the calls a process
+    /// that died left, and the notifications whose verdicts came before they were ready.
+    /// Returns the calls it started.
     async fn sweep(self, stop: CancellationToken) -> u64 {
         let apps: Vec<&str> = self.webhooks.apps().collect();
         let mut calls = 0;
@@ -199,14 +218,19 @@ impl Completion {
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}
             }
             match self.store.claim_reached_none(&apps).await {
-                Ok(complete) => {
-                    for c in &complete {
-                        self.webhooks.spawn_call(&c.app, &c.notif_id, body(c));
-                    }
-                    calls += complete.len() as u64;
-                }
+                Ok(complete) => calls += self.call_all(&complete),
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot look for notifications that reached no device; retrying.")
+                }
+            }
+            match self
+                .store
+                .claim_abandoned_webhooks(&apps, webhook::LEASE, ABANDONED_MAX)
+                .await
+            {
+                Ok(abandoned) => calls += self.call_all(&abandoned),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot look for abandoned webhook calls; retrying.")
                 }
             }
             let due: HashMap<(String, String), Instant> = std::mem::take(&mut *self.later.lock());

@@ -381,6 +381,9 @@ pub struct NotificationRow {
     /// Verdicts that make it complete; `None` until `pusher route` knows (or for an event).
     pub targets: Option<u32>,
     pub accepted_at: Option<i64>,
+    /// Its webhook call: `calling`, `ok` or `failed`; `None` before it is complete, or
+    /// without a hook.
+    pub webhook: Option<String>,
 }
 
 impl Store {
@@ -555,6 +558,102 @@ impl Store {
             .collect())
     }
 
+    /// Of `apps`' webhook calls in progress, those whose claim is older than `lease` (its
+    /// process died, or stopped without ending them), up to `limit`: claimed again here, with
+    /// their verdicts counted by outcome, so this process calls them.
+    pub async fn claim_abandoned_webhooks(
+        &self,
+        apps: &[&str],
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<Completed>, StoreError> {
+        if apps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let rows = query(
+            &client,
+            "WITH claimed AS (
+                 UPDATE pusher_notifications AS n SET notified_at = now()
+                 FROM (SELECT app, notif_id FROM pusher_notifications
+                       WHERE app = ANY($1) AND notified_at IS NOT NULL AND webhook IS NULL
+                         AND notified_at < now() - make_interval(secs => $2)
+                       LIMIT $3 FOR UPDATE SKIP LOCKED) AS old
+                 WHERE n.app = old.app AND n.notif_id = old.notif_id
+                 RETURNING n.app, n.notif_id, n.targets)
+             SELECT c.app, c.notif_id, coalesce(c.targets, 0), o.outcomes, o.counts
+             FROM claimed c LEFT JOIN LATERAL (
+                 SELECT array_agg(outcome) AS outcomes, array_agg(n) AS counts
+                 FROM (SELECT outcome, count(*) AS n FROM pusher_results r
+                       WHERE r.app = c.app AND r.notif_id = c.notif_id GROUP BY outcome) x
+             ) o ON true",
+            &[&apps, &lease.as_secs_f64(), &limit],
+        )
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let outcomes: Option<Vec<String>> = r.get(3);
+                let counts: Option<Vec<i64>> = r.get(4);
+                Completed {
+                    app: r.get(0),
+                    notif_id: r.get(1),
+                    targets: r.get(2),
+                    counts: outcomes
+                        .unwrap_or_default()
+                        .into_iter()
+                        .zip(counts.unwrap_or_default())
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
+    /// Renews the claim of a webhook call still in progress (before each retry), so that no
+    /// other process takes it for abandoned.
+    pub async fn renew_webhook(&self, app: &str, notif_id: &str) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        execute(
+            &client,
+            "UPDATE pusher_notifications SET notified_at = now()
+                 WHERE app = $1 AND notif_id = $2 AND webhook IS NULL",
+            &[&app, &notif_id],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Records how a webhook call ended: answered 2xx (`ok`) or retries spent.
+    pub async fn end_webhook(&self, app: &str, notif_id: &str, ok: bool) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        execute(
+            &client,
+            "UPDATE pusher_notifications SET webhook = $3 WHERE app = $1 AND notif_id = $2",
+            &[&app, &notif_id, &if ok { "ok" } else { "failed" }],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Gives up the claims of webhook calls not ended (a process stopping mid-retry), so that
+    /// the next `pusher results` calls them at once instead of after the lease.
+    pub async fn release_webhooks(&self, pairs: &[(String, String)]) -> Result<(), StoreError> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let (apps, ids) = pair_columns(pairs);
+        let client = self.pool.get().await?;
+        execute(
+            &client,
+            "UPDATE pusher_notifications AS n SET notified_at = '-infinity'
+                 FROM unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                 WHERE n.app = t.app AND n.notif_id = t.notif_id AND n.webhook IS NULL",
+            &[&apps, &ids],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The notification `notif_id` of `app`, if the API accepted (or is accepting) it.
     pub async fn notification(
         &self,
@@ -565,7 +664,9 @@ impl Store {
         let row = client
             .query_opt(
                 "SELECT notif_id, state, targets,
-                        (extract(epoch FROM accepted_at))::bigint
+                        (extract(epoch FROM accepted_at))::bigint,
+                        CASE WHEN notified_at IS NULL THEN NULL
+                             ELSE coalesce(webhook, 'calling') END
                  FROM pusher_notifications WHERE app = $1 AND notif_id = $2",
                 &[&app, &notif_id],
             )
@@ -577,6 +678,7 @@ impl Store {
                 .get::<_, Option<i32>>(2)
                 .and_then(|n| u32::try_from(n).ok()),
             accepted_at: r.get(3),
+            webhook: r.get(4),
         }))
     }
 

@@ -5,15 +5,29 @@
 //! minutes in all) on a connection error or a non-2xx answer. gorush logs its hook's failures
 //! and never retries; here a call is retried, and one that still fails is logged with the
 //! notification, whose results stay in `pusher_results`.
+//!
+//! A call outlives no process silently: it is claimed in PostgreSQL (`notified_at`), renewed
+//! before each retry and ended with its result (`webhook`: ok or failed). A process that stops
+//! gives up its calls in progress; one that dies leaves them to expire after `LEASE`. Either
+//! way the next `pusher results` claims them again (`Store::claim_abandoned_webhooks`). So a
+//! hook is called at least once, and, where a process died mid-call, possibly twice.
 
+use super::store::Store;
 use crate::sender::retry::RetryPolicy;
 use crate::sender::tls::{client_config, TlsOptions};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::Uri;
-use std::collections::BTreeMap;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A call not renewed for this long belonged to a process that died. Longer than the most a
+/// call goes unrenewed: one attempt (10 s to connect, 30 s to answer) after a wait of at
+/// most the policy's cap (120 s).
+pub const LEASE: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -29,6 +43,10 @@ pub struct Webhooks {
     urls: Arc<BTreeMap<String, Uri>>,
     tls: Arc<rustls::ClientConfig>,
     policy: RetryPolicy,
+    /// Calls in progress in this process, `(app, notif_id)`: given up when it stops.
+    open: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Cancelled by `stop`: the calls' tasks end without recording an end.
+    stopped: CancellationToken,
 }
 
 impl Webhooks {
@@ -59,6 +77,8 @@ impl Webhooks {
                 cap: Duration::from_secs(120),
                 max_retry_after: Duration::from_secs(120),
             },
+            open: Arc::default(),
+            stopped: CancellationToken::new(),
         })
     }
 
@@ -75,54 +95,102 @@ impl Webhooks {
         self.urls.contains_key(app)
     }
 
-    /// Calls `app`'s hook with `body` in a task of its own, retrying until it answers 2xx.
-    pub fn spawn_call(&self, app: &str, notif_id: &str, body: Vec<u8>) {
+    /// Calls `app`'s hook with `body` in a task of its own, retrying until it answers 2xx;
+    /// the call was claimed in `store`, where it is renewed before each retry and ended.
+    pub fn spawn_call(&self, store: &Store, app: &str, notif_id: &str, body: Vec<u8>) {
         let Some(uri) = self.urls.get(app).cloned() else {
             return;
         };
-        let (tls, policy) = (self.tls.clone(), self.policy.clone());
-        let (app, notif_id) = (app.to_owned(), notif_id.to_owned());
-        tokio::spawn(async move {
-            let body = Bytes::from(body);
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match call(&uri, &tls, body.clone()).await {
-                    Ok(status) if (200..300).contains(&status) => {
-                        metrics::counter!(crate::telemetry::names::WEBHOOKS, "result" => "ok")
-                            .increment(1);
-                        return;
-                    }
-                    result => {
-                        let problem = match result {
-                            Ok(status) => format!("HTTP {status}"),
-                            Err(e) => e,
-                        };
-                        if !policy.should_retry(attempt) {
-                            metrics::counter!(crate::telemetry::names::WEBHOOKS, "result" => "failed")
-                                .increment(1);
-                            tracing::error!(
-                                app,
-                                notif_id,
-                                attempts = attempt,
-                                problem,
-                                "Webhook not delivered; the results stay in pusher_results."
-                            );
-                            return;
-                        }
-                        tracing::warn!(
-                            app,
-                            notif_id,
-                            attempt,
-                            problem,
-                            "Webhook failed; retrying."
-                        );
-                        let wait = policy.delay(attempt, None, &mut rand::rng());
-                        tokio::time::sleep(wait).await;
-                    }
-                }
+        let key = (app.to_owned(), notif_id.to_owned());
+        {
+            // Under the lock `stop` drains `open` with, after it cancels: a call is either
+            // drained and given up, or never started.
+            let mut open = self.open.lock();
+            if self.stopped.is_cancelled() || !open.insert(key.clone()) {
+                return; // stopping, or already calling it (this process's claim expired)
             }
+        }
+        let (tls, policy, open, store, stopped) = (
+            self.tls.clone(),
+            self.policy.clone(),
+            self.open.clone(),
+            store.clone(),
+            self.stopped.clone(),
+        );
+        tokio::spawn(async move {
+            let (app, notif_id) = (key.0.as_str(), key.1.as_str());
+            let body = Bytes::from(body);
+            let ok = tokio::select! {
+                ok = deliver(&uri, &tls, &policy, &store, app, notif_id, body) => ok,
+                // `stop` gives the claim up.
+                _ = stopped.cancelled() => return,
+            };
+            metrics::counter!(crate::telemetry::names::WEBHOOKS,
+                              "result" => if ok { "ok" } else { "failed" })
+            .increment(1);
+            // The end is recorded before the call leaves `open`: a stop in between gives up a
+            // claim that is already ended, which changes nothing.
+            if let Err(e) = store.end_webhook(app, notif_id, ok).await {
+                tracing::warn!(app, notif_id, error = %e,
+                    "Cannot record the webhook's end; it may be called again after its lease.");
+            }
+            open.lock().remove(&key);
         });
+    }
+
+    /// Ends the calls still in progress and gives up their claims, so that the next `pusher
+    /// results` makes them at once instead of after the lease. No call starts after it.
+    pub async fn stop(&self, store: &Store) {
+        self.stopped.cancel();
+        let open: Vec<(String, String)> = self.open.lock().drain().collect();
+        if open.is_empty() {
+            return;
+        }
+        match store.release_webhooks(&open).await {
+            Ok(()) => tracing::info!(
+                calls = open.len(),
+                "Webhook calls in progress given up; the next pusher results makes them."
+            ),
+            Err(e) => tracing::warn!(calls = open.len(), error = %e,
+                "Cannot give up the webhook calls in progress; they are made again after their lease."),
+        }
+    }
+}
+
+/// Calls `uri` until it answers 2xx or the policy gives up; whether it answered.
+async fn deliver(
+    uri: &Uri,
+    tls: &Arc<rustls::ClientConfig>,
+    policy: &RetryPolicy,
+    store: &Store,
+    app: &str,
+    notif_id: &str,
+    body: Bytes,
+) -> bool {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let problem = match call(uri, tls, body.clone()).await {
+            Ok(status) if (200..300).contains(&status) => return true,
+            Ok(status) => format!("HTTP {status}"),
+            Err(e) => e,
+        };
+        if !policy.should_retry(attempt) {
+            tracing::error!(
+                app,
+                notif_id,
+                attempts = attempt,
+                problem,
+                "Webhook not delivered; the results stay in pusher_results."
+            );
+            return false;
+        }
+        tracing::warn!(app, notif_id, attempt, problem, "Webhook failed; retrying.");
+        if let Err(e) = store.renew_webhook(app, notif_id).await {
+            tracing::warn!(app, notif_id, error = %e, "Cannot renew the webhook's claim.");
+        }
+        let wait = policy.delay(attempt, None, &mut rand::rng()); // the rng is not Send
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -957,6 +957,7 @@ async fn notification(
         "counts": counts,
         "pending": pending,
         "segment": segment.map(|(_, sent, done)| json!({"sent": sent, "done": done})),
+        "webhook": found.webhook.filter(|_| event_id.is_none()),
         "results": results,
         "next": next.flatten(),
     });
