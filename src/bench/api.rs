@@ -8,7 +8,7 @@
 //! Conservation: notifications accepted = records in the push topic = consumed = verdicts.
 
 use super::driver::{drive, Driven, Load, LoadPlan};
-use super::interrupt::Interrupt;
+use super::interrupt::{Interrupt, DRAIN};
 use super::sender_only::{target, SenderConfig};
 use super::{base_report, write_hgrm, Settings};
 use crate::config::PgConfig;
@@ -211,13 +211,16 @@ pub(super) struct Delivery {
 }
 
 impl Delivery {
-    /// Waits until `n` verdicts have come, for at most 60 s, or until `stop`.
+    /// Waits until `n` verdicts have come, for at most 60 s; once `stop` is set (the run was
+    /// interrupted), for at most the drain time from then: what is left is reported in flight.
     pub async fn wait_for(&self, n: u64, stop: &CancellationToken) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.answered.load(Ordering::Relaxed) < n
-            && Instant::now() < deadline
-            && !stop.is_cancelled()
-        {
+        let mut deadline = Instant::now() + Duration::from_secs(60);
+        let mut draining = false;
+        while self.answered.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+            if stop.is_cancelled() && !draining {
+                draining = true;
+                deadline = deadline.min(Instant::now() + DRAIN);
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -529,12 +532,21 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     // Every request, warm-up included: its notifications were accepted, are in Kafka, and
     // got a verdict from the pipeline.
     let batch = api.batch as u64;
+    let (generated, answered) = (
+        driven.sent * batch,
+        delivery.answered.load(Ordering::Relaxed),
+    );
     report.conservation = Conservation {
-        generated: driven.sent * batch,
+        generated,
         produced: Some(produced),
         consumed: Some(summary.consumed),
-        answered: delivery.answered.load(Ordering::Relaxed),
-        in_flight: driven.in_flight * batch,
+        answered,
+        // Interrupted: requests unanswered, and accepted notifications without a verdict yet.
+        in_flight: if driven.interrupted {
+            generated.saturating_sub(answered)
+        } else {
+            0
+        },
         ..Default::default()
     }
     .check();

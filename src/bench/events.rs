@@ -58,6 +58,7 @@ async fn prepare(
     app: &str,
     users: u64,
     platform: crate::push::Platform,
+    stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = Registry::new(pool.clone());
     let now_ms = i64::try_from(
@@ -67,6 +68,9 @@ async fn prepare(
     )?;
     let mut start = 0;
     while start < users {
+        if stop.is_cancelled() {
+            bail!("interrupted while registering the bench's users: nothing was measured");
+        }
         let end = (start + 5000).min(users);
         let devices: Vec<Device> = (start..end)
             .map(|n| Device {
@@ -210,7 +214,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
 
     let stop = interrupt.token().clone();
     let inner_stop = CancellationToken::new();
-    let (driven, summary, counts, routed_in) = rt.block_on(async {
+    let ran = rt.block_on(async {
         let run = spawn_pipeline(spec, &app, sender_config, &delivery, &inner_stop)?;
         let members: Vec<Membership> = (0..ROUTERS).map(|_| Membership::default()).collect();
         let routers: Vec<_> = members
@@ -232,7 +236,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         // the users are registered, and the load starts once every router holds partitions
         // and together they hold all: production routers run before the events arrive, and
         // the latency measured is not the group's start-up.
-        prepare(store.pool(), &app, users, platform).await?;
+        prepare(store.pool(), &app, users, platform, &stop).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let partitions = usize::try_from(args.partitions).unwrap_or(1);
         let formed = || {
@@ -241,7 +245,10 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
             holding >= ROUTERS.min(partitions) && held >= partitions
         };
         while !formed() {
-            if Instant::now() > deadline || stop.is_cancelled() {
+            if stop.is_cancelled() {
+                bail!("interrupted before the routers' group formed: nothing was measured");
+            }
+            if Instant::now() > deadline {
                 bail!("the routers' group did not form within 60 s");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -290,8 +297,11 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         }
         let summary = run.await.context("the pipeline panicked")??;
         anyhow::Ok((driven, summary, counts, routed_in))
-    })?;
+    });
+    // The run's rows go whether it ran or not.
+    inner_stop.cancel();
     rt.block_on(clean_up(&store, &app))?;
+    let (driven, summary, counts, routed_in) = ran?;
     drop(rt);
     if let Some(fake) = fake {
         fake.stop();
@@ -345,11 +355,18 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         sent_twice,
     });
     // Over pushes: every user reached once, each push in Kafka, consumed and answered.
+    let answered = delivery.answered.load(Ordering::Relaxed);
     report.conservation = Conservation {
         generated: if driven.interrupted { reached } else { users },
         produced: Some(produced),
         consumed: Some(summary.consumed),
-        answered: delivery.answered.load(Ordering::Relaxed),
+        answered,
+        // Interrupted: pushes produced without a verdict yet.
+        in_flight: if driven.interrupted {
+            produced.saturating_sub(answered)
+        } else {
+            0
+        },
         ..Default::default()
     }
     .check();

@@ -203,7 +203,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         batch: args.batch,
         pg: pg_config(&args.pg)?,
     };
-    let mut report = if args.api {
+    let ran = if args.api {
         crate::bench::api::run(&settings, &http, &interrupt)
     } else if args.events {
         crate::bench::events::run(&settings, &http, &interrupt)
@@ -211,8 +211,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         crate::bench::sender_only::run(&settings, &interrupt)
     } else {
         crate::bench::end_to_end::run_bench(&settings, &interrupt)
-    }
-    .context("bench run failed")?;
+    };
+    let mut report = match ran {
+        Ok(report) => report,
+        // Stopped before anything was measured (a set-up that was interrupted): no report,
+        // and the interrupt's exit status.
+        Err(e) if interrupt.is_set() => {
+            eprintln!("pusher: {e:#}");
+            return Ok(ExitCode::from(interrupt::EXIT_CODE));
+        }
+        Err(e) => return Err(e.context("bench run failed")),
+    };
     let after = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
     report.calibration = gate::median(&[before, report.calibration, after]);
     conclude(&report, report_flags, baseline)
