@@ -5,7 +5,7 @@
 //! callers wait: backpressure, never unbounded memory). The ticket resolves when the token's
 //! DELETE has committed in PostgreSQL: only then may the message's offset be committed, so a
 //! crash never loses a deletion. One background task batches tokens by size and time into
-//! `DELETE FROM "<app>_<platform>" WHERE token = ANY($1) RETURNING token`, one statement per
+//! `DELETE FROM "<app>_<platform>" WHERE token = ANY(...) RETURNING token`, one statement per
 //! table per batch, and acknowledges the whole batch at once.
 //! While PostgreSQL is unreachable the batch is kept and retried with back-off (nothing is lost,
 //! and the queue fills up behind it); on shutdown what is queued is flushed. Tokens at most
@@ -164,10 +164,13 @@ pub fn table_name(app: &str, platform: Platform) -> Result<String, TokenError> {
 }
 
 /// The statement for one table. The name was validated by [`table_name`]; it is quoted as well,
-/// so '-' works and a validation bug still cannot become SQL.
+/// so '-' works and a validation bug still cannot become SQL. The array is fenced (computed
+/// before the scan): seen as a parameter, 1,000 tokens made a table without fresh statistics
+/// look cheaper to scan whole than to look up in its token index (34-57 ms against 12-20 ms a
+/// batch at 200,000 rows, 2026-12-06).
 fn delete_sql(table: &str) -> String {
     format!(
-        "DELETE FROM \"{}\" WHERE token = ANY($1) RETURNING token",
+        "DELETE FROM \"{}\" WHERE token = ANY((SELECT $1::text[])::text[]) RETURNING token",
         table.replace('"', "\"\"")
     )
 }
@@ -483,7 +486,7 @@ mod tests {
     fn sql_quotes_the_table() {
         assert_eq!(
             delete_sql("my-game_apns"),
-            r#"DELETE FROM "my-game_apns" WHERE token = ANY($1) RETURNING token"#
+            r#"DELETE FROM "my-game_apns" WHERE token = ANY((SELECT $1::text[])::text[]) RETURNING token"#
         );
     }
 }

@@ -185,7 +185,8 @@ impl Claims {
             &client,
             "DELETE FROM pusher_dedup AS d
              USING unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
-             WHERE d.app = $1 AND d.token = t.subject AND d.message = t.message
+             WHERE d.app = (SELECT $1::text) AND d.token = ANY((SELECT $2::text[])::text[])
+               AND d.token = t.subject AND d.message = t.message
                AND d.last_event = t.owner AND NOT d.sent",
             app,
             claims,
@@ -207,14 +208,17 @@ impl Claims {
                 cooldowns,
                 "UPDATE pusher_cooldowns AS c SET sent = true
                  FROM unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
-                 WHERE c.app = $1 AND c.user_id = t.subject::bigint AND c.message = t.message
+                 WHERE c.app = (SELECT $1::text)
+                   AND c.user_id = ANY((SELECT $2::text[]::bigint[])::bigint[])
+                   AND c.user_id = t.subject::bigint AND c.message = t.message
                    AND c.last_event = t.owner",
             ),
             (
                 dedups,
                 "UPDATE pusher_dedup AS d SET sent = true
                  FROM unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
-                 WHERE d.app = $1 AND d.token = t.subject AND d.message = t.message
+                 WHERE d.app = (SELECT $1::text) AND d.token = ANY((SELECT $2::text[])::text[])
+                   AND d.token = t.subject AND d.message = t.message
                    AND d.last_event = t.owner",
             ),
         ] {

@@ -319,7 +319,7 @@ impl Messages {
             "SELECT l.user_id, l.language_id
              FROM (SELECT DISTINCT unnest($2::bigint[]) AS id) AS u
              CROSS JOIN LATERAL (SELECT user_id, language_id FROM pusher_logins
-                                 WHERE app = $1 AND user_id = u.id OFFSET 0) AS l",
+                                 WHERE app = (SELECT $1::text) AND user_id = u.id OFFSET 0) AS l",
             &[&app, &users],
         )
         .await?;
@@ -339,7 +339,7 @@ impl Messages {
             "SELECT o.user_id, o.message
              FROM (SELECT DISTINCT unnest($2::bigint[]) AS id) AS u
              CROSS JOIN LATERAL (SELECT user_id, message FROM pusher_optouts
-                                 WHERE app = $1 AND user_id = u.id OFFSET 0) AS o",
+                                 WHERE app = (SELECT $1::text) AND user_id = u.id OFFSET 0) AS o",
             &[&app, &users],
         )
         .await?;
@@ -390,7 +390,8 @@ impl Messages {
         }
         let all_users: Vec<i64> = lists.keys().copied().collect();
         tx.execute(
-            "DELETE FROM pusher_optouts WHERE app = $1 AND user_id = ANY($2)",
+            "DELETE FROM pusher_optouts
+             WHERE app = (SELECT $1::text) AND user_id = ANY((SELECT $2::bigint[])::bigint[])",
             &[&app, &all_users],
         )
         .await?;

@@ -163,19 +163,18 @@ impl Registry {
                 ],
             )
             .await?;
-            // Both deletions name the batch's users (`d.user_id = ANY($2)`), so each reads the
-            // index by user whatever the planner believes of the app. For an app the statistics
-            // do not know yet (a new one, as each bench run's), it believed one row: the second
-            // ran its window over the batch's users once per device of the batch, and the first
-            // read every device of the app; registering 5,000 users into a 10,000-device app
-            // took 25 s (2026-12-06), now 20 ms.
+            // Both deletions are fenced (`store.rs` says why). Before, for an app the statistics
+            // did not know yet (a new one, as each bench run's), the second ran a window over
+            // the batch's users once per device of the batch, and the first read every device
+            // of the app: 5,000 users into a 10,000-device app took 25 s (2026-12-06).
             //
             // A device that got a new token drops its old one (registered before the new).
             tx.execute(
                 "DELETE FROM pusher_devices AS d
                  USING unnest($2::bigint[], $3::text[], $4::text[], $5::float8[])
                    AS t(user_id, device_id, token, at)
-                 WHERE d.app = $1 AND d.user_id = ANY($2) AND d.user_id = t.user_id
+                 WHERE d.app = (SELECT $1::text)
+                   AND d.user_id = ANY((SELECT $2::bigint[])::bigint[]) AND d.user_id = t.user_id
                    AND t.device_id <> '' AND d.device_id = t.device_id AND d.token <> t.token
                    AND d.updated_at <= to_timestamp(t.at)",
                 &[&app, &users, &device_ids, &tokens, &at],
@@ -187,10 +186,10 @@ impl Registry {
             // scan).
             tx.execute(
                 "DELETE FROM pusher_devices
-                 WHERE app = $1 AND user_id = ANY($2) AND token = ANY(ARRAY(
+                 WHERE app = (SELECT $1::text) AND token = ANY(ARRAY(
                      SELECT old.token FROM (SELECT DISTINCT unnest($2::bigint[]) AS id) AS u
                      CROSS JOIN LATERAL (SELECT token FROM pusher_devices
-                                         WHERE app = $1 AND user_id = u.id
+                                         WHERE app = (SELECT $1::text) AND user_id = u.id
                                          ORDER BY updated_at DESC, token OFFSET $3) AS old))",
                 &[&app, &users, &MAX_DEVICES_PER_USER],
             )
@@ -225,8 +224,8 @@ impl Registry {
     /// last ANALYZE) got a plan that reads every row of the app and filters: 87 ms instead of
     /// 2 ms for 500 users of a 200,000-device app (the router fell from 35,000 to 5,000
     /// users/s). `OFFSET 0` keeps the subquery from being flattened into a join the planner
-    /// could choose as badly. The registry's other reads by user are written the same way
-    /// (not `register`'s writes: measured, they were no faster so).
+    /// could choose as badly, and the app is fenced (`store.rs` says how). The registry's
+    /// other reads by user are written the same way.
     pub async fn devices_of(&self, app: &str, users: &[i64]) -> Result<Vec<Device>, StoreError> {
         let client = self.pool.get().await?;
         let rows = super::store::query(
@@ -235,7 +234,7 @@ impl Registry {
                     (extract(epoch FROM d.updated_at) * 1000)::bigint, d.p256dh, d.auth
              FROM (SELECT DISTINCT unnest($2::bigint[]) AS id) AS u
              CROSS JOIN LATERAL (SELECT * FROM pusher_devices
-                                 WHERE app = $1 AND user_id = u.id OFFSET 0) AS d
+                                 WHERE app = (SELECT $1::text) AND user_id = u.id OFFSET 0) AS d
              ORDER BY d.user_id, d.updated_at DESC, d.token",
             &[&app, &users],
         )
@@ -274,8 +273,9 @@ impl Registry {
             "SELECT d.user_id, d.platform, d.token, d.device_id, d.platform_id, d.app_version,
                         (extract(epoch FROM d.updated_at) * 1000)::bigint, d.p256dh, d.auth
                  FROM pusher_devices d
-                 LEFT JOIN pusher_logins l ON l.app = d.app AND l.user_id = d.user_id
-                 WHERE d.app = $1 AND d.token > $2
+                 LEFT JOIN LATERAL (SELECT language_id, last_login FROM pusher_logins
+                                    WHERE app = d.app AND user_id = d.user_id OFFSET 0) l ON true
+                 WHERE d.app = (SELECT $1::text) AND d.token > $2
                    AND ($3::text IS NULL OR d.platform = $3)
                    AND ($4::int IS NULL OR l.language_id = $4)
                    AND ($5::text IS NULL OR d.app_version = $5)
@@ -356,7 +356,7 @@ impl Registry {
         let client = self.pool.get().await?;
         let n = super::store::execute(
             &client,
-            "DELETE FROM pusher_devices WHERE app = $1 AND token = $2",
+            "DELETE FROM pusher_devices WHERE app = (SELECT $1::text) AND token = $2",
             &[&app, &token],
         )
         .await?;
