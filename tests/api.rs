@@ -610,7 +610,6 @@ async fn a_router_faster_than_the_api_keeps_its_targets() {
 /// once the row is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
-    use pusher::platform::produce::Record;
     use pusher::platform::results::run as results;
     use pusher::platform::webhook::Webhooks;
     let app = fresh_app("api");
@@ -629,20 +628,10 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
     ));
     // A delivered verdict for (notif_id, token), stored by pusher results.
     let stored = |notif_id: &'static str, token: &'static str| {
-        let (store, app, feedback) = (store.clone(), app.clone(), feedback.clone());
+        let (store, app) = (store.clone(), app.clone());
         let brokers = kafka.bootstrap().to_owned();
         async move {
-            let verdict = json!({"from": token, "metadata": {"notif_id": notif_id, "game": app,
-                "outcome": "delivered", "timestamp": 1_700_000_000}});
-            Producer::new(&brokers, Duration::from_secs(5))
-                .unwrap()
-                .produce_all(&[Record {
-                    topic: feedback,
-                    key: token.into(),
-                    payload: verdict.to_string().into_bytes(),
-                }])
-                .await
-                .unwrap();
+            common::platform::produce_delivered(&brokers, &app, notif_id, token).await;
             let deadline = Instant::now() + Duration::from_secs(20);
             while store
                 .result_counts(&app, notif_id)
@@ -699,7 +688,6 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
 /// it to the next after the lease. A call that ended is not made again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_calls_survive_the_results_process() {
-    use pusher::platform::produce::Record;
     use pusher::platform::results::run as results;
     use pusher::platform::webhook::Webhooks;
     let app = fresh_app("api");
@@ -729,17 +717,7 @@ async fn webhook_calls_survive_the_results_process() {
         .record_accepted(&app, &[("w-1".into(), Some(1))])
         .await
         .unwrap();
-    let verdict = json!({"from": "tok-1", "metadata": {"notif_id": "w-1", "game": app,
-        "outcome": "delivered", "timestamp": 1_700_000_000}});
-    Producer::new(kafka.bootstrap(), Duration::from_secs(5))
-        .unwrap()
-        .produce_all(&[Record {
-            topic: feedback.clone(),
-            key: "tok-1".into(),
-            payload: verdict.to_string().into_bytes(),
-        }])
-        .await
-        .unwrap();
+    common::platform::produce_delivered(kafka.bootstrap(), &app, "w-1", "tok-1").await;
     let webhook_of = |id: &'static str| {
         let (store, app) = (store.clone(), app.clone());
         async move { store.notification(&app, id).await.unwrap().unwrap().webhook }

@@ -139,3 +139,20 @@ pub fn results_group(brokers: &str, app: &str) -> pusher::platform::consume::Gro
         consumer_extra: Vec::new(),
     }
 }
+
+/// Produces `pusher run`'s feedback record of a delivered GCM push of `notif_id` to `token`,
+/// on `app`'s feedback topic.
+pub async fn produce_delivered(brokers: &str, app: &str, notif_id: &str, token: &str) {
+    use pusher::platform::produce::{Producer, Record};
+    let verdict = serde_json::json!({"from": token, "metadata": {"notif_id": notif_id,
+        "game": app, "outcome": "delivered", "timestamp": 1_700_000_000}});
+    Producer::new(brokers, Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&[Record {
+            topic: format!("push-{app}-gcm-feedbacks"),
+            key: token.into(),
+            payload: verdict.to_string().into_bytes(),
+        }])
+        .await
+        .unwrap();
+}
