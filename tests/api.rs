@@ -374,7 +374,8 @@ async fn broker_down_is_503_and_the_retry_is_accepted_once() {
 /// A notifications table of the shape before 2026-12-05 (`(app, idem_key)` the primary key,
 /// every row keyed) is changed in place by the schema, twice without harm: its rows stay, a
 /// notification with nothing to dedup on needs no key, a notif_id and a key are still unique,
-/// and a webhook called before calls were tracked counts as ended.
+/// and a webhook called before calls were tracked counts as ended. A device-limit table that
+/// kept one owner (`last_event`) gets the list of owners charged, its rows kept.
 #[tokio::test]
 async fn schema_migrates_the_keyed_notifications_table() {
     let (client, connection) = tokio_postgres::connect(
@@ -396,7 +397,11 @@ async fn schema_migrates_the_keyed_notifications_table() {
                  notified_at timestamptz,
                  PRIMARY KEY (app, idem_key), UNIQUE (app, notif_id));
              INSERT INTO pusher_notifications (app, idem_key, notif_id, claim, notified_at)
-                 VALUES ('a', 'g:n1', 'n1', '', now());"
+                 VALUES ('a', 'g:n1', 'n1', '', now());
+             CREATE TABLE pusher_device_limits (
+                 app text NOT NULL, token text NOT NULL, tat timestamptz NOT NULL,
+                 last_event text NOT NULL, PRIMARY KEY (app, token));
+             INSERT INTO pusher_device_limits VALUES ('a', 't1', now(), 'n1');"
         ))
         .await
         .unwrap();
@@ -475,6 +480,29 @@ async fn schema_migrates_the_keyed_notifications_table() {
         [
             ("n1".to_owned(), Some("ok".to_owned())),
             ("n2".to_owned(), None)
+        ]
+    );
+    client
+        .execute(
+            "INSERT INTO pusher_device_limits (app, token, tat, charged)
+                 VALUES ('a', 't2', now(), ARRAY['n2'])",
+            &[],
+        )
+        .await
+        .unwrap();
+    let limits = client
+        .query(
+            "SELECT token, charged FROM pusher_device_limits ORDER BY token",
+            &[],
+        )
+        .await
+        .unwrap();
+    let limits: Vec<(String, Vec<String>)> = limits.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        limits,
+        [
+            ("t1".to_owned(), vec![]),
+            ("t2".to_owned(), vec!["n2".to_owned()])
         ]
     );
     client

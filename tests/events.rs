@@ -8,6 +8,8 @@
 mod common;
 #[path = "common/kafka.rs"]
 mod kafka;
+#[path = "common/pg_proxy.rs"]
+mod pg_proxy;
 #[path = "support/watched.rs"]
 mod watched;
 
@@ -16,6 +18,7 @@ use common::platform::{pg, read_topic, read_topics};
 use kafka::TestKafka;
 use pusher::platform::api::{serve, ApiState};
 use pusher::platform::claims::{Claim, Claimed, Claims, Limit};
+use pusher::platform::consume::Membership;
 use pusher::platform::events::{DeviceLimits, EventSettings};
 use pusher::platform::produce::Producer;
 use pusher::platform::registry::Registry;
@@ -34,6 +37,7 @@ struct Platform {
     kafka: TestKafka,
     addr: SocketAddr,
     stop: CancellationToken,
+    events: EventSettings,
     routers: Vec<tokio::task::JoinHandle<RouteCounts>>,
 }
 
@@ -63,33 +67,45 @@ impl Platform {
             limits: HashMap::from([(app.clone(), limits)]),
             ..EventSettings::default()
         };
-        let routers = (0..routers)
-            .map(|_| {
-                let run = tokio::spawn(route::run(
-                    RouteSettings {
-                        brokers: kafka.bootstrap().to_owned(),
-                        group: format!("route-{app}"),
-                        deeplink_base: "game".into(),
-                        batch_size: 100,
-                        offset_reset: "earliest".into(),
-                        events: events.clone(),
-                        membership: Default::default(),
-                        consumer_extra: Vec::new(),
-                    },
-                    Registry::new(store.pool()),
-                    Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap(),
-                    stop.clone(),
-                ));
-                tokio::spawn(async move { run.await.unwrap().unwrap() })
-            })
-            .collect();
-        Platform {
+        let mut p = Platform {
             app,
             kafka,
             addr,
             stop,
-            routers,
+            events,
+            routers: Vec::new(),
+        };
+        for _ in 0..routers {
+            p.add_router(common::platform::pg(), Vec::new());
         }
+        p
+    }
+
+    /// One more router in the group, on this PostgreSQL, with these consumer properties.
+    fn add_router(
+        &mut self,
+        pg: pusher::config::PgConfig,
+        consumer_extra: Vec<(String, String)>,
+    ) -> Membership {
+        let membership = Membership::default();
+        let run = tokio::spawn(route::run(
+            RouteSettings {
+                brokers: self.kafka.bootstrap().to_owned(),
+                group: format!("route-{}", self.app),
+                deeplink_base: "game".into(),
+                batch_size: 100,
+                offset_reset: "earliest".into(),
+                events: self.events.clone(),
+                membership: membership.clone(),
+                consumer_extra,
+            },
+            Registry::new(Store::new(&pg).unwrap().pool()),
+            Producer::new(self.kafka.bootstrap(), Duration::from_secs(5)).unwrap(),
+            self.stop.clone(),
+        ));
+        self.routers
+            .push(tokio::spawn(async move { run.await.unwrap().unwrap() }));
+        membership
     }
 
     async fn put_message(&self, name: &str, message: Value) -> Value {
@@ -410,6 +426,111 @@ async fn cooldown_holds_with_two_routers_and_every_event_twice() {
     assert_eq!(skipped(&c, "cooldown"), USERS as u64, "{c:?}");
 }
 
+/// PostgreSQL down for longer than the group's poll interval (6 s here, 30 minutes in
+/// production) while two routers hold batches of events: each keeps polling with its
+/// partitions paused, so it stays in the group and no batch is routed twice. (Before, both
+/// left the group, their commits failed, and their batches were routed again, by another
+/// router racing the first for the same cooldown claims.) A third router joining during a
+/// second outage takes partitions from the others (a rebalance): they drop their batches, and
+/// the partitions' owners route each event once when PostgreSQL is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_longer_than_the_poll_interval_routes_each_event_once() {
+    let proxy = pg_proxy::PgProxy::start(true).await;
+    let mut p = Platform::start(0, DeviceLimits::default()).await;
+    let mut pg = common::platform::pg();
+    pg.port = proxy.port;
+    // librdkafka's least: it may not be under the session timeout (6 s).
+    let poll = || vec![("max.poll.interval.ms".to_owned(), "6000".to_owned())];
+    let first = [
+        p.add_router(pg.clone(), poll()),
+        p.add_router(pg.clone(), poll()),
+    ];
+    for (event_id, name) in [(17, "bonus"), (18, "quest")] {
+        p.put_message(
+            name,
+            json!({"event_id": event_id, "cooldown_s": 3600, "localizations": [
+                {"language_id": 1, "title": "T", "text": name}]}),
+        )
+        .await;
+    }
+    // Before any record: a batch handled while the group forms is redone when its commit
+    // is refused, and the counts below say "nothing twice".
+    wait_until("both routers hold partitions", || {
+        first.iter().all(|m| m.partitions() > 0)
+    })
+    .await;
+    const USERS: i64 = 8;
+    let logins: Vec<Value> = (1..=USERS)
+        .map(|u| login(u, 1, 1, &format!("tok-{u}")))
+        .collect();
+    p.events(Value::Array(logins)).await;
+    p.wait_routed().await;
+    let events = |event_id: i32| {
+        Value::Array(
+            (1..=USERS)
+                .map(|u| json!({"user_id": u, "event_id": event_id}))
+                .collect(),
+        )
+    };
+    let failing = || pusher::telemetry::health::problems().contains_key("route");
+
+    proxy.down();
+    p.events(events(17)).await;
+    wait_until("the routers meet the outage", failing).await;
+    // Past the poll interval, with room for librdkafka's once-a-second check.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    proxy.up();
+    p.wait_routed().await;
+
+    proxy.down();
+    p.events(events(18)).await;
+    wait_until("the routers meet the second outage", failing).await;
+    let third = p.add_router(pg.clone(), poll());
+    wait_until("the third router is given partitions", || {
+        third.partitions() > 0
+    })
+    .await;
+    proxy.up();
+    p.wait_routed().await;
+
+    let pushes = p.pushes(2 * USERS as usize);
+    let mut per_token: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (platform, token, m) in &pushes {
+        per_token
+            .entry(token.clone())
+            .or_default()
+            .push(text(platform, m).1);
+    }
+    for texts in per_token.values_mut() {
+        texts.sort();
+    }
+    assert_eq!(per_token.len(), USERS as usize, "{per_token:?}");
+    assert!(
+        per_token.values().all(|t| *t == ["bonus", "quest"]),
+        "each event once: {per_token:?}"
+    );
+    assert!(proxy.refused() > 0, "the routers met the outage");
+    let c = p.stop().await;
+    assert_eq!(
+        c.consumed,
+        3 * USERS as u64,
+        "no batch routed twice (a dropped batch is not counted): {c:?}"
+    );
+    assert_eq!(c.events.events, 2 * USERS as u64, "{c:?}");
+    assert_eq!(c.events.pushes, 2 * USERS as u64, "{c:?}");
+    assert_eq!(c.events.already_sent, 0, "{c:?}");
+    assert!(c.events.skipped.is_empty(), "{c:?}");
+}
+
+/// Waits up to 30 s for `done`.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The claim statements under real concurrency: eight tasks claim the same 200 keys, each as
 /// its own event; exactly one wins each key. The winner's event claiming again (a
 /// redelivery) wins again until its pushes are marked sent, then is told they were; another
@@ -496,17 +617,36 @@ async fn concurrent_claims_have_one_winner_and_redelivery_wins_its_own() {
         message: String::new(),
         owner: owner.into(),
     };
+    // One event's two messages to one device: two owners, two rounds of the statement.
     let won = claims
-        .limit(
-            &app,
-            &[device("n1"), device("n2"), device("n3"), device("n4")],
-            limit,
-        )
+        .limit(&app, &[device("n1"), device("n2")], limit)
         .await
         .unwrap();
-    assert_eq!(won, vec![true, true, true, false]);
+    assert_eq!(won, vec![true, true]);
+    for _ in 0..2 {
+        let won = claims
+            .limit(&app, &[device("n1"), device("n2")], limit)
+            .await
+            .unwrap();
+        assert_eq!(
+            won,
+            vec![true, true],
+            "a redelivered batch is not charged again"
+        );
+    }
+    let won = claims
+        .limit(&app, &[device("n3"), device("n4")], limit)
+        .await
+        .unwrap();
+    assert_eq!(
+        won,
+        vec![true, false],
+        "three charges in all: the fourth is refused"
+    );
     let won = claims.limit(&app, &[device("n4")], limit).await.unwrap();
     assert_eq!(won, vec![false], "still limited");
+    let won = claims.limit(&app, &[device("n1")], limit).await.unwrap();
+    assert_eq!(won, vec![true], "a charged owner still wins its own");
 }
 
 /// A user's opt-out (Pushkin's 4006, by message id) stops that message only; duplicate

@@ -2,9 +2,10 @@
 //! (device, message), and the per-device limit (GCRA). Each is one batched
 //! `INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING` (reference/platform-anchors.md
 //! §5): the row lock makes it atomic under concurrent routers, and the rows it returns are the
-//! claims won. Every claim names its owner (`last_event`) and is marked `sent` once its pushes
-//! are in Kafka (`mark_sent`): a redelivered event (after a crash or a rebalance) finds its own
-//! claim, sends if it was not sent yet and skips if it was, without taking another unit.
+//! claims won. Every claim names its owner (`last_event`; the limit keeps its latest owners,
+//! `charged`). Cooldown and dedup claims are marked `sent` once their pushes are in Kafka
+//! (`mark_sent`): a redelivered event (after a crash or a rebalance) finds its own claim, sends
+//! if it was not sent yet and skips if it was, without taking another unit.
 //!
 //! A statement may not touch a row twice, so keys repeated in one call are split into rounds.
 
@@ -40,6 +41,9 @@ pub struct Limit {
     pub count: u32,
     pub window_s: f64,
 }
+
+/// Most owners a device's limit remembers (see [`Claims::limit`]).
+pub const CHARGED_KEPT: u32 = 64;
 
 #[derive(Clone)]
 pub struct Claims {
@@ -134,7 +138,10 @@ impl Claims {
     }
 
     /// Per-device limit claims (subjects are tokens, `message` ignored): GCRA, one statement
-    /// per round.
+    /// per round. A device remembers the owners of its latest charges (up to
+    /// [`CHARGED_KEPT`]), so a claim whose owner was charged already wins without a charge:
+    /// a redelivered batch costs nothing, even where two of its pushes go to one device (one
+    /// remembered owner was charged again for each of them).
     pub async fn limit(
         &self,
         app: &str,
@@ -150,25 +157,29 @@ impl Claims {
             })
             .collect();
         let interval = limit.window_s / f64::from(limit.count.max(1));
+        // An owner pushed out by `count` later charges is past mattering: the device is at
+        // its limit since, and its redelivery is refused either way.
+        let kept = limit.count.clamp(1, CHARGED_KEPT) as i32;
         for round in rounds(keyed.iter()) {
             let tokens: Vec<&str> = round.iter().map(|&i| keyed[i].subject.as_str()).collect();
             let owners: Vec<&str> = round.iter().map(|&i| keyed[i].owner.as_str()).collect();
             let client = self.pool.get().await?;
             let rows = super::store::query(
                 &client,
-                "INSERT INTO pusher_device_limits AS r (app, token, tat, last_event)
-                     SELECT $1, t.token, now() + $4 * interval '1 second', t.owner
+                "INSERT INTO pusher_device_limits AS r (app, token, tat, charged)
+                     SELECT $1, t.token, now() + $4 * interval '1 second', ARRAY[t.owner]
                      FROM unnest($2::text[], $3::text[]) AS t(token, owner)
                      ORDER BY t.token
                      ON CONFLICT (app, token) DO UPDATE
-                       SET tat = CASE WHEN r.last_event = EXCLUDED.last_event THEN r.tat
+                       SET tat = CASE WHEN EXCLUDED.charged[1] = ANY(r.charged) THEN r.tat
                                  ELSE greatest(r.tat, now()) + $4 * interval '1 second' END,
-                           last_event = EXCLUDED.last_event
-                       WHERE r.last_event = EXCLUDED.last_event
+                           charged = CASE WHEN EXCLUDED.charged[1] = ANY(r.charged) THEN r.charged
+                                     ELSE (EXCLUDED.charged || r.charged)[1:$6] END
+                       WHERE EXCLUDED.charged[1] = ANY(r.charged)
                           OR greatest(r.tat, now()) + $4 * interval '1 second'
                              <= now() + $5 * interval '1 second'
                      RETURNING token, ''::text, false",
-                &[&app, &tokens, &owners, &interval, &limit.window_s],
+                &[&app, &tokens, &owners, &interval, &limit.window_s, &kept],
             )
             .await?;
             mark(&mut won, &round, keyed.iter(), &rows);

@@ -3,6 +3,13 @@
 //! succeeded. A handler's failure is PostgreSQL's or Kafka's, never the records' (records that
 //! cannot be read are the handler's to count and skip), so the batch is retried (1 s doubling
 //! to 30 s) and nothing is committed until it passes. At least once: a crash redoes the batch.
+//!
+//! While a batch waits to be retried, the member keeps polling with its partitions paused: a
+//! member that stops polling for `max.poll.interval.ms` leaves the group, and when PostgreSQL
+//! came back after an outage that long, the member that had the batch and the one given its
+//! partition both routed it (two routers winning one event's cooldown). Polling also serves
+//! rebalances: one that comes meanwhile takes the batch from this member (the partition's new
+//! owner redoes it from the committed offset), so it is dropped, not retried.
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -11,7 +18,7 @@ use rdkafka::consumer::{
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -46,21 +53,37 @@ impl Membership {
 /// member's partition count.
 pub struct GroupContext {
     membership: Membership,
+    /// Assignments and revocations so far: a failed batch that waited across one is no longer
+    /// this member's to retry.
+    rebalances: AtomicU64,
+}
+
+impl GroupContext {
+    fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::Relaxed)
+    }
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
         if let Rebalance::Revoke(list) = rebalance {
             self.membership.0.store(0, Ordering::Relaxed);
             tracing::info!(partitions = list.count(), "Partitions revoked.");
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
         match rebalance {
             Rebalance::Assign(list) => {
+                // librdkafka keeps a partition's pause across a reassignment: one paused by a
+                // failing batch (`batches`) would never be read again.
+                if let Err(e) = consumer.resume(list) {
+                    tracing::warn!(error = %e, "Cannot resume newly assigned partitions.");
+                }
                 self.membership.0.store(list.count(), Ordering::Relaxed);
                 tracing::info!(partitions = list.count(), "Partitions assigned.");
             }
@@ -77,8 +100,10 @@ pub fn consumer(
     settings: &GroupSettings,
     membership: Membership,
 ) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
-    let consumer: GroupConsumer =
-        consumer_config(settings).create_with_context(GroupContext { membership })?;
+    let consumer: GroupConsumer = consumer_config(settings).create_with_context(GroupContext {
+        membership,
+        rebalances: AtomicU64::new(0),
+    })?;
     consumer.subscribe(&[settings.topic.as_str()])?;
     Ok(consumer)
 }
@@ -131,10 +156,16 @@ pub async fn batches(
     handler: &mut impl Batches,
 ) {
     let batch_size = batch_size.max(1);
+    // A record that came while a failed batch waited, after a rebalance took the batch: the
+    // next batch starts with it.
+    let mut carried = None;
     loop {
-        let first = tokio::select! {
-            _ = stop.cancelled() => return,
-            m = consumer.recv() => m,
+        let first = match carried.take() {
+            Some(m) => Ok(m),
+            None => tokio::select! {
+                _ = stop.cancelled() => return,
+                m = consumer.recv() => m,
+            },
         };
         let mut batch = Vec::with_capacity(batch_size);
         match first {
@@ -152,18 +183,116 @@ pub async fn batches(
                 _ => break,
             }
         }
+        let rebalances = consumer.context().rebalances();
         let mut delay = Duration::from_secs(1);
-        while let Err(e) = handler.handle(&batch).await {
+        let mut paused = false;
+        // Some(first record of the next batch, if one came): a rebalance took this batch.
+        let moved = loop {
+            let Err(e) = handler.handle(&batch).await else {
+                break None;
+            };
             crate::telemetry::health::set(component, Some(e.clone()));
             tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "Batch failed, not by the records' fault; retrying, nothing committed.");
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+            if !paused {
+                paused = true;
+                pause(consumer, true);
+            }
+            match hold(consumer, delay, stop, rebalances).await {
+                Held::Elapsed => {}
+                Held::Moved(next) => break Some(next),
+                Held::Stopped => return,
             }
             delay = (delay * 2).min(Duration::from_secs(30));
+        };
+        if paused {
+            pause(consumer, false);
         }
-        crate::telemetry::health::set(component, None);
-        commit(consumer, &batch);
+        match moved {
+            Some(next) => {
+                tracing::info!(
+                    records = batch.len(),
+                    "A rebalance took the failing batch's partitions: their new owner redoes it."
+                );
+                carried = next;
+            }
+            None => {
+                crate::telemetry::health::set(component, None);
+                commit(consumer, &batch);
+            }
+        }
+    }
+}
+
+/// How often a member waiting to retry a failed batch polls: far within
+/// `max.poll.interval.ms` (60 s for results, the least of the groups).
+const HOLD_POLL: Duration = Duration::from_secs(1);
+
+/// How a wait before a retry ended.
+enum Held<'a> {
+    /// Time to retry.
+    Elapsed,
+    /// A rebalance came (with the first record of the new assignment, if one came too).
+    Moved(Option<BorrowedMessage<'a>>),
+    Stopped,
+}
+
+/// Waits `delay` before a failed batch is retried, polling the paused consumer meanwhile (it
+/// stays in the group and serves rebalances); `rebalances` is the count when the batch was
+/// read.
+async fn hold<'a>(
+    consumer: &'a GroupConsumer,
+    delay: Duration,
+    stop: &CancellationToken,
+    rebalances: u64,
+) -> Held<'a> {
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        if consumer.context().rebalances() != rebalances {
+            return Held::Moved(None);
+        }
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Held::Elapsed;
+        }
+        let polled = tokio::select! {
+            _ = stop.cancelled() => return Held::Stopped,
+            polled = tokio::time::timeout(left.min(HOLD_POLL), consumer.recv()) => polled,
+        };
+        match polled {
+            Ok(Ok(m)) if consumer.context().rebalances() != rebalances => {
+                return Held::Moved(Some(m))
+            }
+            // Paused, nothing of the batch's partitions comes: should a record come anyway,
+            // it is given back (fetched again after the batch), never dropped. A seek fails
+            // only for a partition no longer held, whose new owner reads from the commit.
+            Ok(Ok(m)) => {
+                let seek = consumer.seek(
+                    m.topic(),
+                    m.partition(),
+                    Offset::Offset(m.offset()),
+                    Duration::ZERO,
+                );
+                if let Err(e) = seek {
+                    tracing::warn!(error = %e, "Cannot give back a record fetched while paused.");
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "Kafka consumer error while a batch waits."),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Pauses (or resumes) every partition this member holds.
+fn pause(consumer: &GroupConsumer, paused: bool) {
+    let done = consumer.assignment().and_then(|list| {
+        if paused {
+            consumer.pause(&list)
+        } else {
+            consumer.resume(&list)
+        }
+    });
+    if let Err(e) = done {
+        tracing::warn!(error = %e, paused, "Cannot pause or resume the group's partitions.");
     }
 }
 
