@@ -86,13 +86,63 @@ pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), ReportError> {
 }
 
 /// A temporary file in `path`'s directory (so renaming it over `path` is atomic), removed
-/// unless persisted. Also for long writes that must not leave a half file (replay's export).
+/// unless persisted. Also for long writes that must not leave a half file (replay's export,
+/// `pusher gen -o`).
+///
+/// Named `.pusher-<pid>-<random>`: SIGKILL runs no clean-up, so one left by a killed process
+/// is told from a live one's by its pid and removed by the next call for that directory.
 pub fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    tempfile::Builder::new().prefix(".pusher-").tempfile_in(dir)
+    remove_stale_temps(dir);
+    tempfile::Builder::new()
+        .prefix(&format!(".pusher-{}-", std::process::id()))
+        .tempfile_in(dir)
+}
+
+/// How long a dead process's temporary file must have been unchanged before it is removed: a
+/// process in another PID namespace writing to a shared directory looks dead from here, but
+/// its file changes while it writes.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".pusher-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if pid == std::process::id() || process_exists(pid) {
+            continue;
+        }
+        let unchanged = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TEMP);
+        if unchanged && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(path = %entry.path().display(), pid, "Removed a temporary file a killed pusher left.");
+        }
+    }
+}
+
+/// Whether a process with this id exists (signal 0 sends nothing; EPERM: it exists, as
+/// another user's).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
+    let sent = unsafe { libc::kill(pid, 0) };
+    sent == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]
@@ -116,5 +166,37 @@ mod tests {
         write_file(&ok, b"{\"a\":1}").unwrap();
         assert_eq!(std::fs::read_to_string(&ok).unwrap(), "{\"a\":1}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A temporary file whose process is gone (SIGKILL) and that has not changed for 10
+    /// minutes is removed by the next write beside it; a live process's, a recent one and
+    /// other files stay.
+    #[test]
+    fn a_killed_process_s_temporary_file_is_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let file = |name: String, modified: Option<std::time::SystemTime>| {
+            let path = dir.path().join(name);
+            let f = std::fs::File::create(&path).unwrap();
+            if let Some(t) = modified {
+                f.set_modified(t).unwrap();
+            }
+            path
+        };
+        let stale = file(format!(".pusher-{dead}-abc123"), Some(old));
+        let recent = file(format!(".pusher-{dead}-def456"), None);
+        let live = file(
+            format!(".pusher-{}-ghi789", std::os::unix::process::parent_id()),
+            Some(old),
+        );
+        let other = file(".pusher-notapid".to_owned(), Some(old));
+        write_file(&dir.path().join("r.json"), b"{}").unwrap();
+        assert!(!stale.exists(), "the dead process's old file is removed");
+        for kept in [recent, live, other] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
     }
 }
