@@ -12,6 +12,7 @@ use common::platform::pg;
 use kafka::TestKafka;
 use pusher::config::Secret;
 use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
+use pusher::platform::consume::Membership;
 use pusher::platform::produce::Producer;
 use pusher::platform::registry::Registry;
 use pusher::platform::route::{self, RouteCounts, RouteSettings};
@@ -30,6 +31,34 @@ struct Platform {
     stop: CancellationToken,
     router: tokio::task::JoinHandle<RouteCounts>,
     store: Store,
+    /// The router's partitions.
+    membership: Membership,
+}
+
+/// A router in the app's group.
+fn spawn_router(
+    kafka: &TestKafka,
+    app: &str,
+    store: &Store,
+    stop: &CancellationToken,
+    membership: Membership,
+) -> tokio::task::JoinHandle<RouteCounts> {
+    let router = tokio::spawn(route::run(
+        RouteSettings {
+            brokers: kafka.bootstrap().to_owned(),
+            group: format!("route-{app}"),
+            deeplink_base: "game".into(),
+            batch_size: 100,
+            offset_reset: "earliest".into(),
+            events: Default::default(),
+            membership,
+            consumer_extra: Vec::new(),
+        },
+        Registry::new(store.pool()),
+        Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap(),
+        stop.clone(),
+    ));
+    tokio::spawn(async move { router.await.unwrap().unwrap() })
 }
 
 impl Platform {
@@ -75,22 +104,8 @@ impl Platform {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         tokio::spawn(serve(listener, state, stop.clone()));
-        let router = tokio::spawn(route::run(
-            RouteSettings {
-                brokers: kafka.bootstrap().to_owned(),
-                group: format!("route-{app}"),
-                deeplink_base: "game".into(),
-                batch_size: 100,
-                offset_reset: "earliest".into(),
-                events: Default::default(),
-                membership: Default::default(),
-                consumer_extra: Vec::new(),
-            },
-            Registry::new(store.pool()),
-            Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap(),
-            stop.clone(),
-        ));
-        let router = tokio::spawn(async move { router.await.unwrap().unwrap() });
+        let membership = Membership::default();
+        let router = spawn_router(&kafka, &app, &store, &stop, membership.clone());
         Platform {
             app,
             kafka,
@@ -98,6 +113,7 @@ impl Platform {
             stop,
             router,
             store,
+            membership,
         }
     }
 
@@ -621,6 +637,105 @@ async fn segments_reach_every_matching_device_and_resume() {
     assert!(bad.text().contains("colour"), "{}", bad.text());
     let counts = p.stop().await;
     assert_eq!((counts.segments, counts.pushes), (2, 1000), "{counts:?}");
+}
+
+/// A router that joins while another streams a broadcast is given partitions before the
+/// broadcast ends: the streaming router polls between pages, serves the rebalance and drops
+/// its batch (before, the whole group waited for the broadcast to end). The broadcast still
+/// reaches every device exactly once: the partition's owner resumes after the last page
+/// finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_joining_mid_broadcast_is_served_before_it_ends_and_each_device_gets_one_push() {
+    use pusher::platform::registry::{Device, Login};
+    use pusher::push::Platform as P;
+    // About 7 s of streaming here (debug build): longer than a rebalance takes to reach the
+    // streaming router (its next heartbeat, 2 s at most).
+    const DEVICES: i64 = 60_000;
+    let p = Platform::start().await;
+    let registry = Registry::new(p.store.pool());
+    let devices: Vec<Device> = (0..DEVICES)
+        .map(|i| Device {
+            user_id: 100_000 + i,
+            platform: P::Gcm,
+            token: format!("b-{i:06}"),
+            device_id: String::new(),
+            platform_id: None,
+            app_version: "1".into(),
+            registered_ms: 1_700_000_000_000,
+            keys: None,
+        })
+        .collect();
+    let logins: Vec<Login> = (0..DEVICES)
+        .map(|i| Login {
+            user_id: 100_000 + i,
+            language_id: 1,
+            at_ms: 1_700_000_000_000,
+        })
+        .collect();
+    for (d, l) in devices.chunks(5_000).zip(logins.chunks(5_000)) {
+        registry.register(&p.app, d, l).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.membership.partitions() < 2 {
+        assert!(Instant::now() < deadline, "the router got no partitions");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = post_json(
+        p.addr,
+        "/api/v1/segments/push",
+        KEY,
+        &json!({"condition": {"platform": "gcm"}, "message": "m", "notif_id": "bcast"}),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let progress = || registry.segment_progress(&p.app, "bcast");
+    while progress()
+        .await
+        .unwrap()
+        .is_none_or(|(_, sent, _)| sent == 0)
+    {
+        assert!(Instant::now() < deadline, "the broadcast did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let joined = Instant::now();
+    let second = Membership::default();
+    let router = spawn_router(&p.kafka, &p.app, &p.store, &p.stop, second.clone());
+    while second.partitions() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the second router got no partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, sent, done) = progress().await.unwrap().unwrap();
+    assert!(
+        !done,
+        "the second router waited {:?} for the broadcast to end ({sent} of {DEVICES} sent)",
+        joined.elapsed()
+    );
+    let pushes = read_topic(
+        p.kafka.bootstrap(),
+        &format!("push-{}_gcm", p.app),
+        DEVICES as usize,
+    );
+    let tokens: std::collections::HashSet<&str> =
+        pushes.iter().map(|m| m["to"].as_str().unwrap()).collect();
+    assert_eq!(
+        (pushes.len(), tokens.len()),
+        (DEVICES as usize, DEVICES as usize),
+        "every device once"
+    );
+    assert_eq!(
+        progress()
+            .await
+            .unwrap()
+            .map(|(_, sent, done)| (sent, done)),
+        Some((DEVICES, true))
+    );
+    let first = p.stop().await;
+    let second = router.await.unwrap();
+    assert_eq!(first.consumed + second.consumed, 1, "{first:?} {second:?}");
+    assert_eq!(first.segments + second.segments, 1, "{first:?} {second:?}");
 }
 
 /// A notification that reached no device (a user without devices, a segment nothing matches)

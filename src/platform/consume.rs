@@ -4,12 +4,10 @@
 //! cannot be read are the handler's to count and skip), so the batch is retried (1 s doubling
 //! to 30 s) and nothing is committed until it passes. At least once: a crash redoes the batch.
 //!
-//! While a batch waits to be retried, the member keeps polling with its partitions paused: a
-//! member that stops polling for `max.poll.interval.ms` leaves the group, and when PostgreSQL
-//! came back after an outage that long, the member that had the batch and the one given its
-//! partition both routed it (two routers winning one event's cooldown). Polling also serves
-//! rebalances: one that comes meanwhile takes the batch from this member (the partition's new
-//! owner redoes it from the committed offset), so it is dropped, not retried.
+//! While a batch waits to be retried, and between the pages of a long one (a segment), the
+//! member polls with its partitions paused ([`Lease`]): it stays in the group however long
+//! PostgreSQL is down, and a rebalance neither waits for it nor leaves the batch to two
+//! members.
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -18,7 +16,7 @@ use rdkafka::consumer::{
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -139,11 +137,89 @@ fn consumer_config(settings: &GroupSettings) -> ClientConfig {
 /// What a consumer group does with a batch. A trait rather than a closure: the future must be
 /// `Send` for every batch lifetime, which async closures cannot promise yet.
 pub trait Batches {
-    /// Handles one batch; an error is PostgreSQL's or Kafka's (the batch is retried).
+    /// Handles one batch; an error is PostgreSQL's or Kafka's (the batch is retried), or the
+    /// lease's end (a rebalance took the batch: it is dropped). A handler that works long on
+    /// one batch calls [`Lease::keep`] between steps.
     fn handle(
         &mut self,
         batch: &[BorrowedMessage<'_>],
+        lease: &Lease<'_>,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// A member's hold on the batch it works on. Between the polls that read batches, librdkafka
+/// hears of nothing: a member that does not poll for `max.poll.interval.ms` leaves the group
+/// (and its batch goes to another member while it still works on it), and a rebalance waits
+/// for it, every other member of the group idle meanwhile. [`Lease::keep`] polls with the
+/// member's partitions paused (nothing new is read), so it stays in the group and serves a
+/// rebalance at once; after one, the batch is no longer this member's (the partitions' new
+/// owners redo it from the committed offsets).
+pub struct Lease<'a> {
+    consumer: &'a GroupConsumer,
+    /// The member's rebalance count when the batch was read.
+    rebalances: u64,
+    paused: AtomicBool,
+    /// The first record of a new assignment, met while polling: the next batch starts with it.
+    next: parking_lot::Mutex<Option<BorrowedMessage<'a>>>,
+}
+
+impl<'a> Lease<'a> {
+    fn new(consumer: &'a GroupConsumer) -> Lease<'a> {
+        Lease {
+            consumer,
+            rebalances: consumer.context().rebalances(),
+            paused: AtomicBool::new(false),
+            next: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Whether a rebalance took the batch.
+    pub fn lost(&self) -> bool {
+        self.consumer.context().rebalances() != self.rebalances
+    }
+
+    /// Polls the consumer for up to `wait` (zero: once, without waiting), the member's
+    /// partitions paused. Err once a rebalance took the batch: stop working on it.
+    pub async fn keep(&self, wait: Duration) -> Result<(), String> {
+        if !self.paused.swap(true, Ordering::Relaxed) {
+            pause(self.consumer, true);
+        }
+        if !self.lost() {
+            match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Ok(Ok(m)) if self.lost() => *self.next.lock() = Some(m),
+                // Paused, nothing of this member's partitions comes: should a record come
+                // anyway, it is given back (read again after the batch), never dropped. A seek
+                // fails only for a partition no longer held, whose new owner reads from the
+                // commit.
+                Ok(Ok(m)) => {
+                    let seek = self.consumer.seek(
+                        m.topic(),
+                        m.partition(),
+                        Offset::Offset(m.offset()),
+                        Duration::ZERO,
+                    );
+                    if let Err(e) = seek {
+                        tracing::warn!(error = %e, "Cannot give back a record read while paused.");
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "Kafka consumer error while paused."),
+                Err(_) => {}
+            }
+        }
+        if self.lost() {
+            Err("a rebalance took the batch's partitions".to_owned())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Ends the hold: resumes the partitions; the record to start the next batch with.
+    fn end(self) -> Option<BorrowedMessage<'a>> {
+        if self.paused.into_inner() {
+            pause(self.consumer, false);
+        }
+        self.next.into_inner()
+    }
 }
 
 /// Runs `handler` over batches until `stop`. `component` names the `/healthz` problem while
@@ -156,8 +232,7 @@ pub async fn batches(
     handler: &mut impl Batches,
 ) {
     let batch_size = batch_size.max(1);
-    // A record that came while a failed batch waited, after a rebalance took the batch: the
-    // next batch starts with it.
+    // A record met while a batch's lease polled, after a rebalance took that batch.
     let mut carried = None;
     loop {
         let first = match carried.take() {
@@ -183,104 +258,49 @@ pub async fn batches(
                 _ => break,
             }
         }
-        let rebalances = consumer.context().rebalances();
+        let lease = Lease::new(consumer);
         let mut delay = Duration::from_secs(1);
-        let mut paused = false;
-        // Some(first record of the next batch, if one came): a rebalance took this batch.
-        let moved = loop {
-            let Err(e) = handler.handle(&batch).await else {
-                break None;
+        let done = loop {
+            let Err(e) = handler.handle(&batch, &lease).await else {
+                break true;
             };
+            if lease.lost() {
+                break false;
+            }
             crate::telemetry::health::set(component, Some(e.clone()));
             tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "Batch failed, not by the records' fault; retrying, nothing committed.");
-            if !paused {
-                paused = true;
-                pause(consumer, true);
+            // The wait polls (the lease), so the member keeps its partitions however long
+            // PostgreSQL is down: one that left the group had its batch routed by another
+            // member too, both when PostgreSQL came back.
+            let until = tokio::time::Instant::now() + delay;
+            while !lease.lost() && tokio::time::Instant::now() < until {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = lease.keep(left.min(HOLD_POLL)) => {}
+                }
             }
-            match hold(consumer, delay, stop, rebalances).await {
-                Held::Elapsed => {}
-                Held::Moved(next) => break Some(next),
-                Held::Stopped => return,
+            if lease.lost() {
+                break false;
             }
             delay = (delay * 2).min(Duration::from_secs(30));
         };
-        if paused {
-            pause(consumer, false);
-        }
-        match moved {
-            Some(next) => {
-                tracing::info!(
-                    records = batch.len(),
-                    "A rebalance took the failing batch's partitions: their new owner redoes it."
-                );
-                carried = next;
-            }
-            None => {
-                crate::telemetry::health::set(component, None);
-                commit(consumer, &batch);
-            }
+        carried = lease.end();
+        if done {
+            crate::telemetry::health::set(component, None);
+            commit(consumer, &batch);
+        } else {
+            tracing::info!(
+                records = batch.len(),
+                "A rebalance took the batch's partitions: their new owner redoes it."
+            );
         }
     }
 }
 
 /// How often a member waiting to retry a failed batch polls: far within
-/// `max.poll.interval.ms` (60 s for results, the least of the groups).
+/// `max.poll.interval.ms` (60 s).
 const HOLD_POLL: Duration = Duration::from_secs(1);
-
-/// How a wait before a retry ended.
-enum Held<'a> {
-    /// Time to retry.
-    Elapsed,
-    /// A rebalance came (with the first record of the new assignment, if one came too).
-    Moved(Option<BorrowedMessage<'a>>),
-    Stopped,
-}
-
-/// Waits `delay` before a failed batch is retried, polling the paused consumer meanwhile (it
-/// stays in the group and serves rebalances); `rebalances` is the count when the batch was
-/// read.
-async fn hold<'a>(
-    consumer: &'a GroupConsumer,
-    delay: Duration,
-    stop: &CancellationToken,
-    rebalances: u64,
-) -> Held<'a> {
-    let until = tokio::time::Instant::now() + delay;
-    loop {
-        if consumer.context().rebalances() != rebalances {
-            return Held::Moved(None);
-        }
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return Held::Elapsed;
-        }
-        let polled = tokio::select! {
-            _ = stop.cancelled() => return Held::Stopped,
-            polled = tokio::time::timeout(left.min(HOLD_POLL), consumer.recv()) => polled,
-        };
-        match polled {
-            Ok(Ok(m)) if consumer.context().rebalances() != rebalances => {
-                return Held::Moved(Some(m))
-            }
-            // Paused, nothing of the batch's partitions comes: should a record come anyway,
-            // it is given back (fetched again after the batch), never dropped. A seek fails
-            // only for a partition no longer held, whose new owner reads from the commit.
-            Ok(Ok(m)) => {
-                let seek = consumer.seek(
-                    m.topic(),
-                    m.partition(),
-                    Offset::Offset(m.offset()),
-                    Duration::ZERO,
-                );
-                if let Err(e) = seek {
-                    tracing::warn!(error = %e, "Cannot give back a record fetched while paused.");
-                }
-            }
-            Ok(Err(e)) => tracing::debug!(error = %e, "Kafka consumer error while a batch waits."),
-            Err(_) => {}
-        }
-    }
-}
 
 /// Pauses (or resumes) every partition this member holds.
 fn pause(consumer: &GroupConsumer, paused: bool) {

@@ -293,7 +293,11 @@ impl Writer {
 }
 
 impl consume::Batches for Writer {
-    async fn handle(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<(), String> {
+    async fn handle(
+        &mut self,
+        batch: &[BorrowedMessage<'_>],
+        _: &consume::Lease<'_>,
+    ) -> Result<(), String> {
         let (rows, done) = read(batch);
         self.store
             .store_results(&rows)

@@ -22,6 +22,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Pushkin's login event.
@@ -132,18 +133,9 @@ pub async fn run(
             topic: TOPIC_PATTERN.to_owned(),
             batch_size: settings.batch_size,
             offset_reset: settings.offset_reset.clone(),
-            // A segment streams within its batch, and no poll happens meanwhile: a
-            // broadcast to millions takes minutes, and past this bound the group would give
-            // its partition to another router, which resumes the segment from its saved page
-            // while this one goes on (every later page sent twice). A dead router is still
-            // noticed by its missed heartbeats (session timeout, seconds).
-            consumer_extra: [(
-                "max.poll.interval.ms".to_owned(),
-                SEGMENT_POLL_INTERVAL_MS.to_string(),
-            )]
-            .into_iter()
-            .chain(settings.consumer_extra.iter().cloned())
-            .collect(),
+            // A segment streams within its batch for minutes; it polls between pages
+            // (`consume::Lease`), so the groups' 60 s poll interval holds for it too.
+            consumer_extra: settings.consumer_extra.clone(),
         },
         settings.membership.clone(),
     )
@@ -176,8 +168,12 @@ struct Router<'a> {
 }
 
 impl consume::Batches for Router<'_> {
-    async fn handle(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<(), String> {
-        let done = handle(self.settings, &self.stores, self.producer, batch).await?;
+    async fn handle(
+        &mut self,
+        batch: &[BorrowedMessage<'_>],
+        lease: &consume::Lease<'_>,
+    ) -> Result<(), String> {
+        let done = handle(self.settings, &self.stores, self.producer, batch, lease).await?;
         add(&mut self.counts, &done);
         Ok(())
     }
@@ -223,6 +219,7 @@ async fn handle(
     stores: &EventStores<'_>,
     producer: &Producer,
     batch: &[BorrowedMessage<'_>],
+    lease: &consume::Lease<'_>,
 ) -> Result<RouteCounts, String> {
     let registry = stores.registry;
     let now_ms = {
@@ -368,7 +365,7 @@ async fn handle(
         }
         for segment in &work.segments {
             counts.pushes +=
-                stream_segment(settings, stores, producer, app, segment, now_ms).await?;
+                stream_segment(settings, stores, producer, app, segment, now_ms, lease).await?;
         }
         if work.notifications.is_empty() {
             continue;
@@ -425,11 +422,6 @@ async fn handle(
     Ok(counts)
 }
 
-/// How long a batch may take before the group takes the router's partitions: 30 minutes,
-/// a segment of tens of millions of devices (the 60 s of the other groups would cut a
-/// broadcast to a few million).
-const SEGMENT_POLL_INTERVAL_MS: u32 = 30 * 60 * 1000;
-
 /// Sends a segment page by page, resuming after the last page a previous router finished.
 /// Returns the pushes this call produced.
 async fn stream_segment(
@@ -439,6 +431,7 @@ async fn stream_segment(
     app: &str,
     segment: &Segment,
     now_ms: i64,
+    lease: &consume::Lease<'_>,
 ) -> Result<u64, String> {
     let registry = stores.registry;
     let n = &segment.notification;
@@ -501,6 +494,10 @@ async fn stream_segment(
             tracing::info!(app, notif_id = %n.notif_id, devices = produced, "Segment sent.");
             return Ok(pushed);
         }
+        // Between pages, with this one's progress saved: a rebalance is served now, not when
+        // the segment ends (the whole group would wait for it), and the partition's new owner
+        // resumes after this page.
+        lease.keep(Duration::ZERO).await?;
         page = next;
     }
 }
