@@ -336,3 +336,88 @@ async fn a_push_service_refusing_vapid_is_an_endpoint_fault() {
         assert!(matches!(d.outcome, Outcome::Rejected { .. }), "{d:?}");
     }
 }
+
+/// A push service answering 403 refuses our token's claims: when it refuses every push (a
+/// rotated key, a skewed clock), the app pauses, nothing is rejected, and the pushes are
+/// delivered once it accepts them again; when it refuses one subscription's only (made for
+/// another key), that push gives up after its retries and the app goes on.
+#[tokio::test]
+async fn a_push_service_refusing_every_push_with_403_pauses_the_app_one_subscription_gives_up() {
+    use axum::response::IntoResponse;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let refuse_all = Arc::new(AtomicBool::new(true));
+    let refusing = refuse_all.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let refusing = refusing.load(Ordering::SeqCst);
+        async move {
+            if refusing || uri.path().ends_with("/other-key") {
+                (axum::http::StatusCode::FORBIDDEN, "key mismatch").into_response()
+            } else {
+                (
+                    axum::http::StatusCode::CREATED,
+                    [(axum::http::header::LOCATION, "/m/1")],
+                )
+                    .into_response()
+            }
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut config = WebPushConfig::new(slot_keys(5).0, "mailto:ops@example.com");
+    config.rules = EndpointRules::LOCAL;
+    config.push_services = vec!["127.0.0.1".into()];
+    config.http = HttpVersion::Http1;
+    config.on_fault = OnFault::Wait;
+    config.retry = RetryPolicy {
+        max_attempts: 2,
+        base: Duration::from_millis(1),
+        cap: Duration::from_millis(2),
+        max_retry_after: Duration::from_millis(5),
+    };
+    let sender = Arc::new(WebPushSender::new(config).expect("sender"));
+    let sends: Vec<_> = (0..4)
+        .map(|i| {
+            let sender = sender.clone();
+            let m = message(generated_subscription(&origin, &format!("a{i}")), b"x");
+            tokio::spawn(async move { sender.send(&m).await })
+        })
+        .collect();
+    let mut health = sender.gate().health();
+    tokio::time::timeout(Duration::from_secs(20), health.wait_for(|h| !h.is_up()))
+        .await
+        .expect("the app pauses")
+        .unwrap();
+    assert!(
+        sends.iter().all(|s| !s.is_finished()),
+        "nothing ends while every push is refused"
+    );
+    refuse_all.store(false, Ordering::SeqCst);
+    for s in sends {
+        let d = tokio::time::timeout(Duration::from_secs(20), s)
+            .await
+            .expect("delivered once the push service accepts again")
+            .unwrap();
+        assert_eq!((d.outcome, d.status), (Outcome::Delivered, Some(201)));
+    }
+    // Others are delivered meanwhile, as in a running pusher.
+    let lone = message(generated_subscription(&origin, "other-key"), b"x");
+    let lone = sender.send(&lone);
+    let others = async {
+        for i in 0.. {
+            let m = message(generated_subscription(&origin, &format!("b{i}")), b"x");
+            assert_eq!(sender.send(&m).await.outcome, Outcome::Delivered);
+        }
+    };
+    let d = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::select! {
+            d = lone => d,
+            _ = others => unreachable!(),
+        }
+    })
+    .await
+    .expect("one subscription's 403 ends");
+    assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
+    assert_eq!(d.status, Some(403));
+}

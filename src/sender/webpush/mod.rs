@@ -279,8 +279,7 @@ impl WebPushSender {
                 .await
             {
                 // A push service refusing our VAPID token refuses every push alike: our key
-                // or clock is wrong, not the message (a 403 may be the subscription's: it
-                // was made for another application server key).
+                // or clock is wrong, not the message.
                 Ok((response, _)) if response.status == 401 && trusted => Attempt {
                     answer: Some(response),
                     verdict: Verdict::Fault {
@@ -288,6 +287,17 @@ impl WebPushSender {
                     },
                     error: None,
                 },
+                // A 403 refuses the token's claims (RFC 8292 §4.2): our `aud`, `exp` or
+                // clock, or a key the subscription was not made for. Every push refused
+                // alike is ours (a key rotation, a skewed clock): retried, the refusals
+                // count toward an outage and pause the app (the gate). One subscription's
+                // alone gives up after its retries while the others are delivered. Final at
+                // once, it rejected a whole backlog.
+                Ok((response, Verdict::Final(Outcome::Rejected { reason })))
+                    if response.status == 403 && trusted =>
+                {
+                    Attempt::answered(response, Verdict::Retry(RetryHint::new(reason)))
+                }
                 Ok((response, verdict)) => Attempt::answered(response, verdict),
                 Err(AttemptError::Vapid(e)) => Attempt::fault("vapid", e.to_string()),
                 Err(AttemptError::Origin(e)) => Attempt::final_outcome(Outcome::TokenInvalid {
