@@ -261,6 +261,7 @@ fn listen_addr(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
 fn run_apns(args: ApnsArgs) -> anyhow::Result<ExitCode> {
     let config = apns_config(&args)?;
     runtime(&args.server.threads)?.block_on(async move {
+        let stopped = stop_signal()?;
         let server = MockServer::start(config).await?;
         let ca_path = write_ca(&server, args.server.ca_out.as_ref(), "apns")?;
         let line = serde_json::json!({
@@ -272,7 +273,7 @@ fn run_apns(args: ApnsArgs) -> anyhow::Result<ExitCode> {
             "admin": server.admin_addr().map(|a| a.to_string()),
         });
         print_line(&line)?;
-        wait_for_signal().await?;
+        stopped.await;
         tracing::info!("mock: shutting down");
         server.shutdown().await;
         anyhow::Ok(())
@@ -304,14 +305,19 @@ fn apns_config(args: &ApnsArgs) -> anyhow::Result<MockConfig> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// SIGINT or SIGTERM, watched from this call on: made before the address line is printed, so
+/// a script that reads the line and stops the fake at once gets a clean exit (a signal before
+/// the watch killed the process).
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// Writes the CA a client must trust (when there is a TLS listener) and returns its path.
@@ -387,13 +393,14 @@ fn run_gcm(args: GcmArgs) -> anyhow::Result<ExitCode> {
     let config = args.server.config()?;
     let handler = FcmHandler::new(args.fcm.options());
     runtime(&args.server.threads)?.block_on(async move {
+        let stopped = stop_signal()?;
         let server = MockServer::start_with(config, handler).await?;
         let ca = write_ca(&server, args.server.ca_out.as_ref(), "fcm")?;
         print_line(&serde_json::json!({
             "fcm": fcm_line(&server, ca),
             "admin": server.admin_addr().map(|a| a.to_string()),
         }))?;
-        wait_for_signal().await?;
+        stopped.await;
         tracing::info!("mock: shutting down");
         server.shutdown().await;
         anyhow::Ok(())
@@ -405,13 +412,14 @@ fn run_webpush(args: WebPushArgs) -> anyhow::Result<ExitCode> {
     let config = args.server.config()?;
     let handler = WebPushHandler::new(args.webpush.options());
     runtime(&args.server.threads)?.block_on(async move {
+        let stopped = stop_signal()?;
         let server = MockServer::start_with(config, handler).await?;
         let ca = write_ca(&server, args.server.ca_out.as_ref(), "webpush")?;
         print_line(&serde_json::json!({
             "webpush": webpush_line(&server, ca),
             "admin": server.admin_addr().map(|a| a.to_string()),
         }))?;
-        wait_for_signal().await?;
+        stopped.await;
         tracing::info!("mock: shutting down");
         server.shutdown().await;
         anyhow::Ok(())
@@ -438,6 +446,7 @@ fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
     let handler = FcmHandler::new(args.fcm.options());
     let webpush_handler = WebPushHandler::new(args.webpush.options());
     runtime(&args.apns.server.threads)?.block_on(async move {
+        let stopped = stop_signal()?;
         let apns_server = MockServer::start(apns).await?;
         let fcm_server = MockServer::start_with(fcm, handler).await?;
         let webpush_server = MockServer::start_with(webpush, webpush_handler).await?;
@@ -459,7 +468,7 @@ fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
             "fcm": fcm_with_admin,
             "webpush": webpush_with_admin,
         }))?;
-        wait_for_signal().await?;
+        stopped.await;
         tracing::info!("mock: shutting down");
         tokio::join!(
             apns_server.shutdown(),
@@ -511,6 +520,7 @@ fn run_kafka(args: KafkaMockArgs) -> anyhow::Result<ExitCode> {
     let runtime = crate::runtime::build(crate::runtime::Threads::Exactly(1), "pusher-mock")
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let stopped = stop_signal()?;
         let options = MockOptions {
             brokers: args.broker_count,
             topics: args.topics.clone(),
@@ -535,7 +545,7 @@ fn run_kafka(args: KafkaMockArgs) -> anyhow::Result<ExitCode> {
             show_size(mock.retention_bytes()),
             show_size(mock.max_request_bytes())
         );
-        wait_for_signal().await?;
+        stopped.await;
         drop(mock);
         tracing::info!("mock kafka stopped");
         Ok(ExitCode::SUCCESS)
