@@ -235,6 +235,11 @@ impl ApnsReason {
             | BadEnvironmentKeyIdInToken => Verdict::Fault { reason },
             // Apple "wedges" a connection after this; pushy reconnects (protocols.md §1.3).
             ExpiredProviderToken => Verdict::Retry(RetryHint::new(reason).renew_auth().reconnect()),
+            // The request line, not the message: the sender checks every token is hex, so
+            // only our path or method (a base path, a proxy) draws these, for every push
+            // alike. Retried, they count toward an outage and pause the app (sender/gate.rs);
+            // as final verdicts they rejected the whole backlog.
+            BadPath | MethodNotAllowed => Verdict::Retry(RetryHint::new(reason)),
             Other(_) if status == 429 || status >= 500 => {
                 Verdict::Retry(RetryHint::new(reason).after(retry_after))
             }
@@ -398,6 +403,8 @@ mod tests {
             ("BadTopic", 400, "rejected"),
             ("PayloadTooLarge", 413, "rejected"),
             ("Forbidden", 403, "rejected"),
+            ("BadPath", 404, "retry"),
+            ("MethodNotAllowed", 405, "retry"),
             ("InvalidProviderToken", 403, "fault"),
             ("MissingProviderToken", 403, "fault"),
             ("BadCertificate", 403, "fault"),
