@@ -711,6 +711,91 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
     assert_eq!((counts.stored, counts.webhooks), (2, 2), "{counts:?}");
 }
 
+/// Two results processes whose `results.webhooks` differ: the one without the app's hook
+/// reads every verdict, and hands each notification it completes over to the one with the
+/// hook, which calls it once. Before, none was called, and nothing said so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_process_without_the_hook_hands_completed_notifications_over() {
+    use pusher::platform::results::run as results;
+    use pusher::platform::webhook::Webhooks;
+    let app = fresh_app("api");
+    let other = fresh_app("api");
+    let feedback = format!("push-{app}-gcm-feedbacks");
+    let other_feedback = format!("push-{other}-gcm-feedbacks");
+    let kafka = TestKafka::start(&[&feedback, &other_feedback], 1).await;
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    const N: usize = 5;
+    let ids: Vec<String> = (0..N).map(|i| format!("h-{i}")).collect();
+    let accepted: Vec<(String, Option<u32>)> = ids.iter().map(|id| (id.clone(), Some(1))).collect();
+    store.record_accepted(&app, &accepted).await.unwrap();
+    let (hook, mut calls) = common::platform::webhook_receiver().await;
+    let stop = CancellationToken::new();
+    // The process with the hook reads another app's feedback only: every verdict of `app`
+    // goes to the one without it.
+    let mut elsewhere = common::platform::results_group(kafka.bootstrap(), &other);
+    elsewhere.topic = other_feedback.clone();
+    let with_hook = tokio::spawn(results(
+        elsewhere,
+        store.clone(),
+        Webhooks::new(&std::collections::BTreeMap::from([(app.clone(), hook)])).unwrap(),
+        stop.clone(),
+    ));
+    let pg = store.pool().get().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg
+        .query_opt("SELECT 1 FROM pusher_webhook_apps WHERE app = $1", &[&app])
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the hooked app is never announced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let without = tokio::spawn(results(
+        common::platform::results_group(kafka.bootstrap(), &app),
+        store.clone(),
+        Webhooks::new(&std::collections::BTreeMap::new()).unwrap(),
+        stop.clone(),
+    ));
+    for (i, id) in ids.iter().enumerate() {
+        common::platform::produce_delivered(kafka.bootstrap(), &app, id, &format!("tok-{i}")).await;
+    }
+    let mut called = Vec::new();
+    for _ in 0..N {
+        let body = tokio::time::timeout(Duration::from_secs(30), calls.recv())
+            .await
+            .expect("every notification's hook is called")
+            .unwrap();
+        assert_eq!(body["counts"], json!({"delivered": 1}), "{body}");
+        called.push(body["notif_id"].as_str().unwrap().to_owned());
+    }
+    called.sort();
+    assert_eq!(called, ids);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), calls.recv())
+            .await
+            .is_err(),
+        "each once"
+    );
+    stop.cancel();
+    let with_hook = with_hook.await.unwrap().unwrap();
+    let without = without.await.unwrap().unwrap();
+    assert_eq!(
+        (without.stored, without.webhooks),
+        (N as u64, 0),
+        "{without:?}"
+    );
+    assert_eq!(
+        (with_hook.stored, with_hook.webhooks),
+        (0, N as u64),
+        "{with_hook:?}"
+    );
+}
+
 /// A webhook call outlives the `pusher results` that made it: one stopped mid-retry gives its
 /// call up and the next makes it at once; one that died (its claim no longer renewed) leaves
 /// it to the next after the lease. A call that ended is not made again.

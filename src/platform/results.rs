@@ -98,17 +98,20 @@ pub async fn run(
 ) -> Result<ResultCounts, ResultsError> {
     let consumer = consume::consumer(&settings, consume::Membership::default())
         .map_err(ResultsError::Consumer)?;
-    // Every results process of the group needs the same hooks: a process without an app's
-    // hook calls nothing for the notifications its partitions complete. The log shows which.
+    // A process without an app's hook hands the notifications its partitions complete over
+    // to one that has it (`Completion::elsewhere`). The log shows which hooks this one has.
     let hooked: Vec<&str> = webhooks.apps().collect();
     tracing::info!(webhook_apps = ?hooked, "Webhooks (results.webhooks).");
     let completion = Completion {
         store: store.clone(),
         webhooks,
+        elsewhere: Arc::default(),
+        warned: Arc::default(),
         later: Arc::default(),
     };
-    let sweep = (!completion.webhooks.is_empty())
-        .then(|| tokio::spawn(completion.clone().sweep(stop.clone())));
+    // Before the first batch: a verdict completing another process's app must be handed over.
+    completion.share_hooks().await;
+    let sweep = tokio::spawn(completion.clone().sweep(stop.clone()));
     let mut writer = Writer {
         store,
         completion,
@@ -123,9 +126,7 @@ pub async fn run(
     )
     .await;
     let mut counts = writer.counts;
-    if let Some(sweep) = sweep {
-        counts.webhooks += sweep.await.unwrap_or_default();
-    }
+    counts.webhooks += sweep.await.unwrap_or_default();
     writer
         .completion
         .webhooks
@@ -143,12 +144,22 @@ const LATER_FOR: Duration = Duration::from_secs(60);
 const LATER_MAX: usize = 100_000;
 /// At most this many abandoned webhook calls are claimed again a second.
 const ABANDONED_MAX: i64 = 1_000;
+/// How long an app announced by a results process with its hook counts as hooked: longer than
+/// a restart, so what completes meanwhile waits for the hook instead of being dropped.
+const HOOKED_FOR: Duration = Duration::from_secs(600);
 
 /// Calls an app's webhook once per notification, when it is complete.
 #[derive(Clone)]
 struct Completion {
     store: Store,
     webhooks: Webhooks,
+    /// Apps that another results process has a hook for and this one has not (its
+    /// `results.webhooks` differs): their completed notifications are claimed and released
+    /// at once, for that process's sweep to call (as a stopped process's calls are). Before,
+    /// they were never called, and nothing said so.
+    elsewhere: Arc<parking_lot::RwLock<HashSet<String>>>,
+    /// Apps whose hand-over was logged (once each, not each batch).
+    warned: Arc<Mutex<HashSet<String>>>,
     /// Notifications whose verdicts came before they could complete (no row yet, or a
     /// pending one), with when that was first seen: looked at again by the sweep.
     later: Arc<Mutex<HashMap<(String, String), Instant>>>,
@@ -167,7 +178,11 @@ impl Completion {
         // claimed by the second, or looked at again; asked after, it could be neither.
         let not_ready = self.store.not_ready(&pairs).await?;
         let complete = self.store.claim_completed(&pairs).await?;
+        let (complete, handed): (Vec<Completed>, Vec<Completed>) = complete
+            .into_iter()
+            .partition(|c| self.webhooks.has(&c.app));
         self.call_all(&complete);
+        self.hand_over(&handed).await;
         let done: HashSet<(&str, &str)> = complete
             .iter()
             .map(|c| (c.app.as_str(), c.notif_id.as_str()))
@@ -196,6 +211,56 @@ impl Completion {
         Ok(complete.len() as u64)
     }
 
+    /// Announces this process's hooked apps, and reads those hooked elsewhere.
+    async fn share_hooks(&self) {
+        let apps: Vec<&str> = self.webhooks.apps().collect();
+        if let Err(e) = self.store.announce_webhooks(&apps).await {
+            tracing::warn!(error = %e, "Cannot announce this process's webhooks; retrying.");
+        }
+        match self.store.webhook_apps(HOOKED_FOR).await {
+            Ok(hooked) => {
+                *self.elsewhere.write() = hooked
+                    .into_iter()
+                    .filter(|app| !self.webhooks.has(app))
+                    .collect();
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot read which apps have webhooks; retrying."),
+        }
+    }
+
+    /// Whether this process calls, or hands over, `app`'s webhooks.
+    fn tracks(&self, app: &str) -> bool {
+        self.webhooks.has(app) || self.elsewhere.read().contains(app)
+    }
+
+    /// Releases the claims of `handed` (complete, with their hook in another process) for
+    /// that process's sweep. Claimed and not released (PostgreSQL failing here), they are
+    /// called after the lease.
+    async fn hand_over(&self, handed: &[Completed]) {
+        if handed.is_empty() {
+            return;
+        }
+        let pairs: Vec<(String, String)> = handed
+            .iter()
+            .map(|c| (c.app.clone(), c.notif_id.clone()))
+            .collect();
+        match self.store.release_webhooks(&pairs).await {
+            Ok(()) => {
+                metrics::counter!(crate::telemetry::names::WEBHOOKS, "result" => "handed_over")
+                    .increment(handed.len() as u64);
+                let mut warned = self.warned.lock();
+                for c in handed {
+                    if warned.insert(c.app.clone()) {
+                        tracing::warn!(app = c.app,
+                            "Another results process has this app's webhook and this one has none (results.webhooks should match): its completed notifications are handed over to it (pusher_webhooks_total{{result=\"handed_over\"}}).");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, notifications = handed.len(),
+                "Cannot hand webhook calls over; they are made after the lease."),
+        }
+    }
+
     /// Calls the hooks of `complete` (claimed); how many.
     fn call_all(&self, complete: &[Completed]) -> u64 {
         for c in complete {
@@ -205,9 +270,10 @@ impl Completion {
         complete.len() as u64
     }
 
-    /// Every second until `stop`: the notifications that reached no device (complete as soon
-    /// as the router counted 0, with no verdict ever to trigger `check`), the calls a process
-    /// that died left, and the notifications whose verdicts came before they were ready.
+    /// Every second until `stop`: this process's hooked apps announced and the others'
+    /// read, the notifications that reached no device (complete as soon as the router counted
+    /// 0, with no verdict ever to trigger `check`), the calls a process that died or handed
+    /// them over left, and the notifications whose verdicts came before they were ready.
     /// Returns the calls it started.
     async fn sweep(self, stop: CancellationToken) -> u64 {
         let apps: Vec<&str> = self.webhooks.apps().collect();
@@ -217,6 +283,7 @@ impl Completion {
                 _ = stop.cancelled() => return calls,
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}
             }
+            self.share_hooks().await;
             match self.store.claim_reached_none(&apps).await {
                 Ok(complete) => calls += self.call_all(&complete),
                 Err(e) => {
@@ -269,13 +336,9 @@ struct Writer {
 impl Writer {
     /// Calls the webhook of every notification of `rows` that is now complete.
     async fn notify(&mut self, rows: &[ResultRow]) -> Result<(), String> {
-        let webhooks = &self.completion.webhooks;
-        if webhooks.is_empty() {
-            return Ok(());
-        }
         let mut pairs: Vec<(String, String)> = rows
             .iter()
-            .filter(|r| webhooks.has(&r.app))
+            .filter(|r| self.completion.tracks(&r.app))
             .map(|r| (r.app.clone(), r.notif_id.clone()))
             .collect();
         pairs.sort();

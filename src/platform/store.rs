@@ -668,6 +668,34 @@ impl Store {
         Ok(())
     }
 
+    /// Says that this process has webhooks for `apps` (see `webhook_apps`).
+    pub async fn announce_webhooks(&self, apps: &[&str]) -> Result<(), StoreError> {
+        if apps.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        execute(
+            &client,
+            "INSERT INTO pusher_webhook_apps (app, seen_at) SELECT unnest($1::text[]), now()
+                 ON CONFLICT (app) DO UPDATE SET seen_at = now()",
+            &[&apps],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The apps some results process announced webhooks for within `fresh`.
+    pub async fn webhook_apps(&self, fresh: Duration) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = query(
+            &client,
+            "SELECT app FROM pusher_webhook_apps WHERE seen_at > now() - make_interval(secs => $1)",
+            &[&fresh.as_secs_f64()],
+        )
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// The notification `notif_id` of `app`, if the API accepted (or is accepting) it.
     pub async fn notification(
         &self,
