@@ -375,7 +375,7 @@ async fn broker_down_is_503_and_the_retry_is_accepted_once() {
 /// every row keyed) is changed in place by the schema, twice without harm: its rows stay, a
 /// notification with nothing to dedup on needs no key, a notif_id and a key are still unique,
 /// and a webhook called before calls were tracked counts as ended. A device-limit table that
-/// kept one owner (`last_event`) gets the list of owners charged, its rows kept.
+/// kept one owner (`last_event`) gets the list of owners charged, seeded with that owner.
 #[tokio::test]
 async fn schema_migrates_the_keyed_notifications_table() {
     let (client, connection) = tokio_postgres::connect(
@@ -501,7 +501,7 @@ async fn schema_migrates_the_keyed_notifications_table() {
     assert_eq!(
         limits,
         [
-            ("t1".to_owned(), vec![]),
+            ("t1".to_owned(), vec!["n1".to_owned()]),
             ("t2".to_owned(), vec!["n2".to_owned()])
         ]
     );

@@ -157,8 +157,8 @@ impl Claims {
             })
             .collect();
         let interval = limit.window_s / f64::from(limit.count.max(1));
-        // An owner pushed out by `count` later charges is past mattering: the device is at
-        // its limit since, and its redelivery is refused either way.
+        // `count` later charges push an owner out: its redelivery, if one still comes, is
+        // then charged again (as every redelivery was with one owner kept).
         let kept = limit.count.clamp(1, CHARGED_KEPT) as i32;
         for round in rounds(keyed.iter()) {
             let tokens: Vec<&str> = round.iter().map(|&i| keyed[i].subject.as_str()).collect();

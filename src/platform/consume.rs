@@ -251,43 +251,51 @@ pub async fn batches(
                 continue;
             }
         }
-        // Whatever else is already fetched joins the batch (no waiting for more).
-        while batch.len() < batch_size {
+        let lease = Lease::new(consumer);
+        // Whatever else is already fetched joins the batch (no waiting for more). A rebalance
+        // served meanwhile takes what came before it (its partitions' new owners read them
+        // from the commit); a record that came with it starts the next batch.
+        while batch.len() < batch_size && !lease.lost() {
             match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
+                Ok(Ok(m)) if lease.lost() => carried = Some(m),
                 Ok(Ok(m)) => batch.push(m),
                 _ => break,
             }
         }
-        let lease = Lease::new(consumer);
         let mut delay = Duration::from_secs(1);
-        let done = loop {
-            let Err(e) = handler.handle(&batch, &lease).await else {
-                break true;
-            };
-            if lease.lost() {
-                break false;
-            }
-            crate::telemetry::health::set(component, Some(e.clone()));
-            tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "Batch failed, not by the records' fault; retrying, nothing committed.");
-            // The wait polls (the lease), so the member keeps its partitions however long
-            // PostgreSQL is down: one that left the group had its batch routed by another
-            // member too, both when PostgreSQL came back.
-            let until = tokio::time::Instant::now() + delay;
-            while !lease.lost() && tokio::time::Instant::now() < until {
-                let left = until.saturating_duration_since(tokio::time::Instant::now());
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = lease.keep(left.min(HOLD_POLL)) => {}
+        let done = if lease.lost() {
+            false
+        } else {
+            loop {
+                let Err(e) = handler.handle(&batch, &lease).await else {
+                    break true;
+                };
+                if lease.lost() {
+                    break false;
                 }
+                crate::telemetry::health::set(component, Some(e.clone()));
+                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "Batch failed, not by the records' fault; retrying, nothing committed.");
+                // The wait polls (the lease), so the member keeps its partitions however long
+                // PostgreSQL is down: one that left the group had its batch routed by another
+                // member too, both when PostgreSQL came back.
+                let until = tokio::time::Instant::now() + delay;
+                while !lease.lost() && tokio::time::Instant::now() < until {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = lease.keep(left.min(HOLD_POLL)) => {}
+                    }
+                }
+                if lease.lost() {
+                    break false;
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
             }
-            if lease.lost() {
-                break false;
-            }
-            delay = (delay * 2).min(Duration::from_secs(30));
         };
-        carried = lease.end();
+        carried = lease.end().or(carried);
+        // Done, or dropped: what failed is then the new owner's to report.
+        crate::telemetry::health::set(component, None);
         if done {
-            crate::telemetry::health::set(component, None);
             commit(consumer, &batch);
         } else {
             tracing::info!(
@@ -299,7 +307,7 @@ pub async fn batches(
 }
 
 /// How often a member waiting to retry a failed batch polls: far within
-/// `max.poll.interval.ms` (60 s).
+/// `max.poll.interval.ms` (60 s at the least).
 const HOLD_POLL: Duration = Duration::from_secs(1);
 
 /// Pauses (or resumes) every partition this member holds.

@@ -133,9 +133,18 @@ pub async fn run(
             topic: TOPIC_PATTERN.to_owned(),
             batch_size: settings.batch_size,
             offset_reset: settings.offset_reset.clone(),
-            // A segment streams within its batch for minutes; it polls between pages
-            // (`consume::Lease`), so the groups' 60 s poll interval holds for it too.
-            consumer_extra: settings.consumer_extra.clone(),
+            // A segment streams within its batch for minutes, polling between pages
+            // (`consume::Lease`: a rebalance is served at once). One step can still be slow
+            // (a page of a selective condition over a big app, a produce waiting out its
+            // timeout): past this bound the group would give the partition to another router
+            // while this one goes on, and both would send.
+            consumer_extra: [(
+                "max.poll.interval.ms".to_owned(),
+                SEGMENT_POLL_INTERVAL_MS.to_string(),
+            )]
+            .into_iter()
+            .chain(settings.consumer_extra.iter().cloned())
+            .collect(),
         },
         settings.membership.clone(),
     )
@@ -331,11 +340,23 @@ async fn handle(
             }),
         }
     }
+    // Registrations first, then every app's segments, then the rest: a segment may drop the
+    // batch between pages (a rebalance: `stream_segment`) for the partition's new owner to
+    // redo, so nothing a redo would send twice (a user's notification has no claim) may come
+    // before it. Registering again, and a segment's saved progress, make the redo harmless.
     for (app, work) in &apps {
         registry
             .register(app, &work.devices, &work.logins)
             .await
             .map_err(|e: StoreError| e.to_string())?;
+    }
+    for (app, work) in &apps {
+        for segment in &work.segments {
+            counts.pushes +=
+                stream_segment(settings, stores, producer, app, segment, now_ms, lease).await?;
+        }
+    }
+    for (app, work) in &apps {
         for phase in &work.phases {
             let unknown = stores
                 .messages
@@ -362,10 +383,6 @@ async fn handle(
                 .await
                 .map_err(|e| e.to_string())?;
             counts.events.add(&routed.counts);
-        }
-        for segment in &work.segments {
-            counts.pushes +=
-                stream_segment(settings, stores, producer, app, segment, now_ms, lease).await?;
         }
         if work.notifications.is_empty() {
             continue;
@@ -421,6 +438,10 @@ async fn handle(
     }
     Ok(counts)
 }
+
+/// How long a batch may go without a poll before the group takes the router's partitions: 30
+/// minutes, for a slow step of a segment (the 60 s of the other groups).
+const SEGMENT_POLL_INTERVAL_MS: u32 = 30 * 60 * 1000;
 
 /// Sends a segment page by page, resuming after the last page a previous router finished.
 /// Returns the pushes this call produced.

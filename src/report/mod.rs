@@ -99,6 +99,7 @@ pub fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     remove_stale_temps(dir);
     tempfile::Builder::new()
         .prefix(&format!(".pusher-{}-", std::process::id()))
+        .rand_bytes(6)
         .tempfile_in(dir)
 }
 
@@ -113,11 +114,17 @@ fn remove_stale_temps(dir: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
+        // Exactly `temp_beside`'s names: a pid (at most Linux's largest), then tempfile's six
+        // random letters and digits; nothing a user would name a file.
         let pid = name
             .to_str()
             .and_then(|n| n.strip_prefix(".pusher-"))
             .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+            .filter(|(_, random)| {
+                random.len() == 6 && random.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            .filter(|&pid| pid <= 1 << 22);
         let Some(pid) = pid else { continue };
         if pid == std::process::id() || process_exists(pid) {
             continue;
@@ -187,6 +194,7 @@ mod tests {
             path
         };
         let stale = file(format!(".pusher-{dead}-abc123"), Some(old));
+        let users = file(format!(".pusher-{dead}-notes.txt"), Some(old));
         let recent = file(format!(".pusher-{dead}-def456"), None);
         let live = file(
             format!(".pusher-{}-ghi789", std::os::unix::process::parent_id()),
@@ -195,7 +203,7 @@ mod tests {
         let other = file(".pusher-notapid".to_owned(), Some(old));
         write_file(&dir.path().join("r.json"), b"{}").unwrap();
         assert!(!stale.exists(), "the dead process's old file is removed");
-        for kept in [recent, live, other] {
+        for kept in [recent, live, other, users] {
             assert!(kept.exists(), "{}", kept.display());
         }
     }
