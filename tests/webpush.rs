@@ -197,6 +197,16 @@ async fn hostile_subscriptions_are_refused_before_any_connection() {
     fake.server.shutdown().await;
 }
 
+/// A retry budget of two attempts, milliseconds apart: a message's own failures end it fast.
+fn two_quick_attempts() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 2,
+        base: Duration::from_millis(1),
+        cap: Duration::from_millis(2),
+        max_retry_after: Duration::from_millis(5),
+    }
+}
+
 #[tokio::test]
 async fn a_dead_origin_that_is_no_push_service_fails_the_message_not_the_app() {
     // Nothing listens on this port: a hostile or stale subscription, not a push service.
@@ -207,12 +217,7 @@ async fn a_dead_origin_that_is_no_push_service_fails_the_message_not_the_app() {
     let mut config = WebPushConfig::new(slot_keys(2).0, "mailto:ops@example.com");
     config.rules = EndpointRules::LOCAL;
     config.on_fault = OnFault::Wait;
-    config.retry = RetryPolicy {
-        max_attempts: 2,
-        base: Duration::from_millis(1),
-        cap: Duration::from_millis(2),
-        max_retry_after: Duration::from_millis(5),
-    };
+    config.retry = two_quick_attempts();
     let sender = WebPushSender::new(config).expect("sender");
     let m = message(
         generated_subscription(&format!("http://127.0.0.1:{port}"), "a2"),
@@ -370,12 +375,7 @@ async fn a_push_service_refusing_every_push_with_403_pauses_the_app_one_subscrip
     config.push_services = vec!["127.0.0.1".into()];
     config.http = HttpVersion::Http1;
     config.on_fault = OnFault::Wait;
-    config.retry = RetryPolicy {
-        max_attempts: 2,
-        base: Duration::from_millis(1),
-        cap: Duration::from_millis(2),
-        max_retry_after: Duration::from_millis(5),
-    };
+    config.retry = two_quick_attempts();
     let sender = Arc::new(WebPushSender::new(config).expect("sender"));
     let sends: Vec<_> = (0..4)
         .map(|i| {
