@@ -26,6 +26,7 @@ fn pg() -> PgConfig {
         port: 5432,
         pool_size: 4,
         connection_timeout: Duration::from_secs(1),
+        statement_timeout: Duration::from_secs(30),
     }
 }
 

@@ -14,7 +14,7 @@ use common::platform::{fresh_app, pg, read_topic};
 use common::process::PusherRun;
 use common::{start_fake, FakeOptions};
 use kafka::TestKafka;
-use pusher::config::Secret;
+use pusher::config::{PgConfig, Secret};
 use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
 use pusher::platform::produce::Producer;
 use pusher::platform::store::{ClaimKey, Claimed, Store};
@@ -55,7 +55,12 @@ struct Api {
 
 impl Api {
     async fn start(settings: ApiSettings, brokers: &str) -> Api {
-        let store = Store::new(&pg()).unwrap();
+        Api::start_on(settings, brokers, &pg()).await
+    }
+
+    /// `start` with these PostgreSQL settings.
+    async fn start_on(settings: ApiSettings, brokers: &str, pg: &PgConfig) -> Api {
+        let store = Store::new(pg).unwrap();
         store
             .init()
             .await
@@ -169,6 +174,25 @@ async fn retried_requests_are_produced_once() {
     );
     assert_eq!(first.json()["notif_ids"], second.json()["notif_ids"]);
     assert_eq!(second.json()["counts"], 2);
+    // The same body sent again differently serialized is still a retry.
+    let spaced =
+        r#"{ "notifications" : [ { "message": "m", "platform": 2, "tokens": ["t1", "t2"] } ] }"#;
+    let third = request(api.addr, "POST", "/api/push", &headers, spaced).await;
+    assert_eq!(third.status, 200, "{}", third.text());
+    assert_eq!(first.json()["notif_ids"], third.json()["notif_ids"]);
+    // The same key with other content is refused (the IETF draft's 422), naming the item,
+    // instead of answered as a retry while its tokens were dropped.
+    let other = json!({"notifications": [{"tokens": ["t1", "t9"], "platform": 2, "message": "m"}]});
+    let refused = request(
+        api.addr,
+        "POST",
+        "/api/push",
+        &headers,
+        serde_json::to_vec(&other).unwrap(),
+    )
+    .await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert_eq!(refused.json()["field"], "notifications[0]");
 
     // The same notif_id without a header: once too.
     let with_id = json!({"notifications": [{"tokens": ["t3"], "platform": 2, "message": "m", "notif_id": "n-7"}]});
@@ -177,6 +201,9 @@ async fn retried_requests_are_produced_once() {
         assert_eq!(a.status, 200, "{}", a.text());
         assert_eq!(a.json()["notif_id"], "n-7");
     }
+    let changed = json!({"notifications": [{"tokens": ["t3"], "platform": 2, "message": "other", "notif_id": "n-7"}]});
+    let a = post_json(api.addr, "/api/push", KEY, &changed).await;
+    assert_eq!(a.status, 422, "{}", a.text());
     // A notif_id reused by a different request (another key) is a conflict, not a push.
     let reused = request(
         api.addr,
@@ -371,6 +398,83 @@ async fn broker_down_is_503_and_the_retry_is_accepted_once() {
     up.stop().await;
 }
 
+/// A statement that waits (here on a row another session inserted and holds uncommitted, as a
+/// stuck transaction or a migration would) fails at `statementTimeout`: the request is a 503
+/// naming PostgreSQL within seconds, not a connection held until the other session ends, and
+/// nothing is produced; once the lock is gone, the retry is accepted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_waiting_on_a_lock_is_503_at_the_statement_timeout() {
+    let app = fresh_app("api");
+    let kafka = kafka_for(&app).await;
+    let mut pg_config = pg();
+    pg_config.statement_timeout = Duration::from_secs(1);
+    let api = Api::start_on(settings(&app), kafka.bootstrap(), &pg_config).await;
+
+    let (mut blocker, connection) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let lock = blocker.transaction().await.unwrap();
+    // The row the request's claim inserts: its INSERT waits for this transaction to end.
+    lock.execute(
+        "INSERT INTO pusher_notifications (app, idem_key, notif_id, claim)
+         VALUES ($1, 'h:k-lock#0', 'held-by-another-session', 'other')",
+        &[&app],
+    )
+    .await
+    .unwrap();
+
+    let auth = format!("Bearer {KEY}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("idempotency-key", "k-lock"),
+    ];
+    let body = serde_json::to_vec(
+        &json!({"notifications": [{"tokens": ["t1"], "platform": 1, "message": "m"}]}),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        request(api.addr, "POST", "/api/push", &headers, body.clone()),
+    )
+    .await
+    .expect("the request waited for the lock instead of failing at the statement timeout");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("statement timeout"),
+        "{}",
+        refused.text()
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    lock.rollback().await.unwrap();
+
+    let accepted = request(api.addr, "POST", "/api/push", &headers, body.clone()).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    let again = request(api.addr, "POST", "/api/push", &headers, body).await;
+    assert_eq!(again.json()["notif_ids"], accepted.json()["notif_ids"]);
+    // Accepted = produced: one token, one record, none from the refused request.
+    assert_eq!(
+        read_topic(kafka.bootstrap(), &format!("push-{app}_apns"), 1).len(),
+        1
+    );
+
+    // The settings every pooled connection carries (the router's, results', the deleter's).
+    let pool = pusher::pipeline::tokens::pg_pool(&pg_config).unwrap();
+    let client = pool.get().await.unwrap();
+    for setting in ["statement_timeout", "idle_in_transaction_session_timeout"] {
+        let row = client
+            .query_one(&format!("SHOW {setting}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "1s", "{setting}");
+    }
+    api.stop().await;
+}
+
 /// A notifications table of the shape before 2026-12-05 (`(app, idem_key)` the primary key,
 /// every row keyed) is changed in place by the schema, twice without harm: its rows stay, a
 /// notification with nothing to dedup on needs no key, a notif_id and a key are still unique,
@@ -546,11 +650,11 @@ async fn claims_dedup_take_over_stale_ones_and_remember_counts() {
     );
     // c1's late confirmation changes nothing: the claim is c3's now.
     store
-        .confirm(&app, "c1", &[("k".into(), Some(9))])
+        .confirm(&app, "c1", &[("k".into(), Some(9))], &[])
         .await
         .unwrap();
     store
-        .confirm(&app, "c3", &[("k".into(), Some(5))])
+        .confirm(&app, "c3", &[("k".into(), Some(5))], &[])
         .await
         .unwrap();
     let done = store
@@ -561,7 +665,8 @@ async fn claims_dedup_take_over_stale_ones_and_remember_counts() {
         done,
         [Claimed::Done {
             notif_id: "n1".into(),
-            targets: 5
+            targets: 5,
+            fingerprint: None,
         }]
     );
 }
@@ -600,7 +705,7 @@ async fn a_router_faster_than_the_api_keeps_its_targets() {
     assert_eq!(targets("r1").await, ("pending".into(), None));
     store.set_targets(&app, &[("r1", 2)]).await.unwrap();
     store
-        .confirm(&app, "c1", &[("k1".into(), None)])
+        .confirm(&app, "c1", &[("k1".into(), None)], &[])
         .await
         .unwrap();
     assert_eq!(targets("r1").await, ("accepted".into(), Some(2)));
@@ -611,7 +716,7 @@ async fn a_router_faster_than_the_api_keeps_its_targets() {
     };
     store.claim(&app, "c2", &[key], long).await.unwrap();
     store
-        .confirm(&app, "c2", &[("k2".into(), Some(5))])
+        .confirm(&app, "c2", &[("k2".into(), Some(5))], &[])
         .await
         .unwrap();
     assert_eq!(targets("t1").await, ("accepted".into(), Some(5)));
@@ -698,7 +803,7 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
         .unwrap();
     stored("early.2", "tok-2").await;
     store
-        .confirm(&app, "c1", &[("n:early.2".into(), Some(1))])
+        .confirm(&app, "c1", &[("n:early.2".into(), Some(1))], &[])
         .await
         .unwrap();
     let body = tokio::time::timeout(Duration::from_secs(20), calls.recv())
@@ -1034,7 +1139,10 @@ async fn results_of_a_push_are_stored_and_served() {
     let feedback_topic = format!("push-{app}-apns-feedbacks");
     let [apns, gcm] = topics(&app);
     let kafka = TestKafka::start(&[&apns, &gcm, &feedback_topic], 2).await;
-    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    // Sync requests below wait this long for their verdicts.
+    let mut api_settings = settings(&app);
+    api_settings.sync_timeout = Duration::from_secs(10);
+    let api = Api::start(api_settings, kafka.bootstrap()).await;
     let fake = start_fake(FakeOptions::default()).await;
     let tokens: Vec<String> = (0..20)
         .map(|i| {
@@ -1235,11 +1343,49 @@ async fn results_of_a_push_are_stored_and_served() {
             .status,
         404
     );
+    // gorush's sync mode: the answer waits for the verdicts, and names the failed token.
+    let sync = post_json(
+        api.addr,
+        "/api/push",
+        KEY,
+        &json!({"sync": true, "notifications": [{"tokens": [&tokens[1], &tokens[0]],
+            "platform": 1, "message": "Hi", "topic": common::TOPIC}]}),
+    )
+    .await;
+    assert_eq!(sync.status, 200, "{}", sync.text());
+    let sync = sync.json();
+    assert_eq!(
+        (&sync["counts"], &sync["pending"]),
+        (&json!(2), &json!(0)),
+        "{sync}"
+    );
+    let logs = sync["logs"].as_array().unwrap();
+    assert_eq!(logs.len(), 1, "{sync}");
+    assert_eq!(
+        (&logs[0]["token"], &logs[0]["message"]),
+        (&json!(tokens[0]), &json!("token_invalid"))
+    );
+    // No `pusher run gcm` here: at `api.syncTimeout` the answer says what has no verdict,
+    // rather than an empty `logs` that reads as "all delivered".
+    let waited = post_json(
+        api.addr,
+        "/api/push",
+        KEY,
+        &json!({"sync": true, "notifications": [{"tokens": ["gcm-never"], "platform": 2,
+            "message": "Hi"}]}),
+    )
+    .await
+    .json();
+    assert_eq!(
+        (&waited["logs"], &waited["pending"]),
+        (&json!([]), &json!(1)),
+        "{waited}"
+    );
     stop.cancel();
     let counts = writer.await.unwrap().unwrap();
     assert_eq!(
         (counts.stored, counts.untracked, counts.malformed),
-        (20, 0, 0),
+        (22, 0, 0),
         "{counts:?}"
     );
     api.stop().await;

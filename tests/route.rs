@@ -635,8 +635,83 @@ async fn segments_reach_every_matching_device_and_resume() {
     .await;
     assert_eq!(bad.status, 400, "{}", bad.text());
     assert!(bad.text().contains("colour"), "{}", bad.text());
+    // Values PostgreSQL would refuse are refused at the API, naming the field: accepted, they
+    // stopped the router's partition for good (every retry refused again).
+    for (condition, field) in [
+        (json!({"app_version": "2.0\u{0}"}), "condition.app_version"),
+        (
+            json!({"last_login_after": 1_700_000_000_000_000i64}),
+            "condition.last_login_after",
+        ),
+        (
+            json!({"last_login_before": -1}),
+            "condition.last_login_before",
+        ),
+    ] {
+        let bad = post_json(
+            p.addr,
+            "/api/v1/segments/push",
+            KEY,
+            &json!({"condition": condition, "message": "m"}),
+        )
+        .await;
+        assert_eq!(bad.status, 400, "{condition}: {}", bad.text());
+        assert_eq!(bad.json()["field"], field, "{}", bad.text());
+    }
+    // One accepted before the API checked (written to the requests topic as it was then),
+    // ahead of a good one in its partition: it reaches no device and is counted, and the
+    // good one after it is still sent.
+    let old = pusher::platform::requests::RequestRecord::Segment {
+        notif_id: "seg-refused".into(),
+        condition: pusher::platform::requests::Condition {
+            last_login_after: Some(1_700_000_000_000_000),
+            ..Default::default()
+        },
+        title: String::new(),
+        content: "m".into(),
+        screen: String::new(),
+        data: Default::default(),
+    };
+    Producer::new(p.kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&[pusher::platform::produce::Record {
+            topic: pusher::platform::requests::topic(&p.app),
+            key: "segment:seg-3".into(),
+            payload: old.to_json(),
+        }])
+        .await
+        .unwrap();
+    let a = post_json(
+        p.addr,
+        "/api/v1/segments/push",
+        KEY,
+        &json!({"condition": {"platform": "gcm", "language_id": 2}, "message": "m",
+                "notif_id": "seg-3"}),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let gcm = read_topic(p.kafka.bootstrap(), &format!("push-{}_gcm", p.app), 1000);
+    assert_eq!(gcm.len(), 1000, "seg-1's 500 and seg-3's 500");
+    let refused = request(
+        p.addr,
+        "GET",
+        "/api/v1/notifications/seg-refused",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(
+        (&refused["segment"], &refused["targets"]),
+        (&json!({"sent": 0, "done": true}), &json!(0)),
+        "{refused}"
+    );
     let counts = p.stop().await;
-    assert_eq!((counts.segments, counts.pushes), (2, 1000), "{counts:?}");
+    assert_eq!(
+        (counts.segments, counts.pushes, counts.malformed),
+        (4, 1500, 1),
+        "{counts:?}"
+    );
 }
 
 /// A router that joins while another streams a broadcast is given partitions before the

@@ -22,6 +22,7 @@ fn pg_config(port: u16) -> PgConfig {
         port,
         pool_size: 4,
         connection_timeout: Duration::from_secs(1),
+        statement_timeout: Duration::from_secs(30),
     }
 }
 

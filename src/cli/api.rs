@@ -73,10 +73,12 @@ pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("api.listen: cannot listen on {}", config.api.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, brokers = %config.queue.brokers, "Serving the API.");
+        // Watched before the address line: a script that reads it and stops the API at once
+        // gets a clean stop.
+        let stop = CancellationToken::new();
+        super::cancel_on_signal(stop.clone())?;
         // The address on stdout too, for scripts that started it on port 0.
         println!("listening on http://{addr}");
-        let stop = CancellationToken::new();
-        tokio::spawn(super::run::stop_on_signal(stop.clone()));
         let mut others = Vec::new();
         if args.all {
             let route = crate::platform::route::run(
@@ -147,7 +149,7 @@ pub fn route(args: RouteArgs) -> anyhow::Result<ExitCode> {
             .context("cannot create the platform's tables (invalidToken.pg)")?;
         let producer = Producer::new(&config.queue.brokers, config.api.produce_timeout)?;
         let stop = CancellationToken::new();
-        tokio::spawn(super::run::stop_on_signal(stop.clone()));
+        super::cancel_on_signal(stop.clone())?;
         tracing::info!(group = %settings.group, brokers = %settings.brokers, "Routing requests.");
         let counts = run(settings, Registry::new(store.pool()), producer, stop).await?;
         println!("{}", serde_json::to_string(&counts)?);
@@ -187,7 +189,7 @@ pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("cannot create the platform's tables (invalidToken.pg)")?;
         let stop = CancellationToken::new();
-        tokio::spawn(super::run::stop_on_signal(stop.clone()));
+        super::cancel_on_signal(stop.clone())?;
         tracing::info!(group = %settings.group, topics = %settings.topic, "Storing results.");
         let webhooks = crate::platform::webhook::Webhooks::new(&config.results.webhooks)?;
         let counts = run(settings, store, webhooks, stop).await?;

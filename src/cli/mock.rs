@@ -262,7 +262,7 @@ fn run_apns(args: ApnsArgs) -> anyhow::Result<ExitCode> {
     let config = apns_config(&args)?;
     runtime(&args.server.threads)?.block_on(async move {
         let server = MockServer::start(config).await?;
-        let stopped = stop_signal()?;
+        let stopped = super::stop_signal()?;
         let ca_path = write_ca(&server, args.server.ca_out.as_ref(), "apns")?;
         let line = serde_json::json!({
             "apns": {
@@ -302,21 +302,6 @@ fn apns_config(args: &ApnsArgs) -> anyhow::Result<MockConfig> {
             ..ApnsOptions::default()
         },
         ..args.server.config()?
-    })
-}
-
-/// SIGINT or SIGTERM, watched from this call on: made once the server runs and before its
-/// address line is printed, so a script that reads the line and stops the fake at once gets a
-/// clean exit (a signal before the watch killed the process).
-fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
     })
 }
 
@@ -394,7 +379,7 @@ fn run_gcm(args: GcmArgs) -> anyhow::Result<ExitCode> {
     let handler = FcmHandler::new(args.fcm.options());
     runtime(&args.server.threads)?.block_on(async move {
         let server = MockServer::start_with(config, handler).await?;
-        let stopped = stop_signal()?;
+        let stopped = super::stop_signal()?;
         let ca = write_ca(&server, args.server.ca_out.as_ref(), "fcm")?;
         print_line(&serde_json::json!({
             "fcm": fcm_line(&server, ca),
@@ -413,7 +398,7 @@ fn run_webpush(args: WebPushArgs) -> anyhow::Result<ExitCode> {
     let handler = WebPushHandler::new(args.webpush.options());
     runtime(&args.server.threads)?.block_on(async move {
         let server = MockServer::start_with(config, handler).await?;
-        let stopped = stop_signal()?;
+        let stopped = super::stop_signal()?;
         let ca = write_ca(&server, args.server.ca_out.as_ref(), "webpush")?;
         print_line(&serde_json::json!({
             "webpush": webpush_line(&server, ca),
@@ -449,7 +434,7 @@ fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
         let apns_server = MockServer::start(apns).await?;
         let fcm_server = MockServer::start_with(fcm, handler).await?;
         let webpush_server = MockServer::start_with(webpush, webpush_handler).await?;
-        let stopped = stop_signal()?;
+        let stopped = super::stop_signal()?;
         let apns_ca = write_ca(&apns_server, args.apns.server.ca_out.as_ref(), "apns")?;
         let fcm_ca = write_ca(&fcm_server, args.fcm_ca_out.as_ref(), "fcm")?;
         let webpush_ca = write_ca(&webpush_server, args.webpush_ca_out.as_ref(), "webpush")?;
@@ -531,7 +516,7 @@ fn run_kafka(args: KafkaMockArgs) -> anyhow::Result<ExitCode> {
             watch_losses: true,
         };
         let mock = KafkaMock::start_with(&options)?;
-        let stopped = stop_signal()?;
+        let stopped = super::stop_signal()?;
         print_line(&serde_json::json!({"kafka": {
             "bootstrap": mock.bootstrap(),
             "max_request_bytes": mock.max_request_bytes(),

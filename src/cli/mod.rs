@@ -227,6 +227,34 @@ pub fn error_chain(err: &anyhow::Error) -> String {
     line
 }
 
+/// SIGINT or SIGTERM, watched from this call on. Made before a command prints its address
+/// line or starts work, never inside a spawned task: a signal before that task's first poll
+/// took the default action and killed the process (a script that read the line and stopped the
+/// process at once found that out).
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+/// Cancels `stop` at SIGINT or SIGTERM, watched from this call on ([`stop_signal`]).
+fn cancel_on_signal(stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    let signal = stop_signal()?;
+    tokio::spawn(async move {
+        signal.await;
+        tracing::info!("Signal received: stopping.");
+        stop.cancel();
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

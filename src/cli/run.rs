@@ -301,6 +301,8 @@ fn run_configured(
     let runtime = crate::runtime::build(flags.threads.threads, "pusher-run")
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let stop = CancellationToken::new();
+        super::cancel_on_signal(stop.clone())?;
         let outputs = outputs(platform, &config)?;
         if let Some(listen) =
             Some(config.stats.prometheus.listen.as_str()).filter(|l| !l.is_empty())
@@ -316,8 +318,6 @@ fn run_configured(
                 .filter(|t| !t.is_empty());
             crate::telemetry::serve_prometheus(addr, token).await?;
         }
-        let stop = CancellationToken::new();
-        tokio::spawn(stop_on_signal(stop.clone()));
         let summary = run_loop(spec, apps, Outputs { ..outputs.0 }, stop).await?;
         if let Some(deleter) = outputs.1.deleter {
             let stats = deleter.shutdown(Duration::from_secs(10)).await;
@@ -562,30 +562,4 @@ fn outputs(platform: Platform, config: &Validated) -> anyhow::Result<(Outputs, B
         observer: Some(observer),
     };
     Ok((outputs, background))
-}
-
-pub(super) async fn stop_on_signal(stop: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the pusher.");
-                let _ = ctrl_c.await;
-                stop.cancel();
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("Signal received: stopping.");
-    stop.cancel();
 }

@@ -513,6 +513,10 @@ pub struct PgConfig {
     /// Connect timeout (a bare number is milliseconds).
     #[serde(with = "millis")]
     pub connection_timeout: Duration,
+    /// The longest a statement may run or wait (for a lock, for an answer) before it fails
+    /// and is retried; `0` = no limit (a bare number is milliseconds).
+    #[serde(with = "millis")]
+    pub statement_timeout: Duration,
 }
 
 impl Default for PgConfig {
@@ -525,6 +529,7 @@ impl Default for PgConfig {
             port: 5432,
             pool_size: 20,
             connection_timeout: Duration::from_millis(100),
+            statement_timeout: Duration::from_secs(30),
         }
     }
 }

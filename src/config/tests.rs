@@ -292,7 +292,7 @@ fn unknown_keys_name_the_nearest_valid_key() {
 #[test]
 fn durations_take_units_and_bare_numbers_keep_the_seeds_unit() {
     type Get = fn(&Config) -> Duration;
-    let cases: [(&str, &str, Get, u64, Duration); 7] = [
+    let cases: [(&str, &str, Get, u64, Duration); 8] = [
         (
             "gracefulShutdownTimeout",
             "PUSHER_GRACEFULLSHUTDOWNTIMEOUT",
@@ -313,6 +313,13 @@ fn durations_take_units_and_bare_numbers_keep_the_seeds_unit() {
             |c| c.invalid_token.pg.connection_timeout,
             250,
             Duration::from_millis(250),
+        ),
+        (
+            "invalidToken.pg.statementTimeout",
+            "PUSHER_INVALIDTOKEN_PG_STATEMENTTIMEOUT",
+            |c| c.invalid_token.pg.statement_timeout,
+            1500,
+            Duration::from_millis(1500),
         ),
         (
             "invalidToken.batch.intervalMs",

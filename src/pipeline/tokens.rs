@@ -142,16 +142,45 @@ impl DeletionTicket {
 }
 
 /// Builds the PostgreSQL pool from `invalidToken.pg` (no TLS, as the seed's default).
+///
+/// No statement may wait without end: a lock held by someone else's open transaction, or a
+/// database that stopped answering, would otherwise hold a router's batch (and its group's
+/// rebalances), an API request or a token deletion until it ends, with nothing reported.
+/// PostgreSQL cancels a statement past `statementTimeout` and ends a session idle that long
+/// inside a transaction (a process of ours stopped mid-transaction holds no locks past it); a
+/// connection whose sent data goes unacknowledged that long is closed by the kernel
+/// (`TCP_USER_TIMEOUT`), and keepalives find an idle one whose peer is gone (a failover). Each
+/// is an ordinary PostgreSQL failure then: retried, shown on `/healthz`.
 pub fn pg_pool(pg: &PgConfig) -> Result<Pool, TokenError> {
-    let mut cfg = deadpool_postgres::Config::new();
-    cfg.host = Some(pg.host.clone());
-    cfg.port = Some(pg.port);
-    cfg.user = Some(pg.user.clone());
-    cfg.password = pg.pass.as_ref().map(|p| p.expose().to_owned());
-    cfg.dbname = Some(pg.database.clone());
-    cfg.connect_timeout = Some(pg.connection_timeout.max(Duration::from_millis(1)));
-    cfg.pool = Some(deadpool_postgres::PoolConfig::new(pg.pool_size.max(1)));
-    cfg.create_pool(Some(Runtime::Tokio1), tokio_postgres::NoTls)
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&pg.host)
+        .port(pg.port)
+        .user(&pg.user)
+        .dbname(&pg.database)
+        .connect_timeout(pg.connection_timeout.max(Duration::from_millis(1)))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3);
+    if let Some(pass) = &pg.pass {
+        cfg.password(pass.expose());
+    }
+    if !pg.statement_timeout.is_zero() {
+        let ms = pg.statement_timeout.as_millis().max(1);
+        cfg.options(format!(
+            "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
+        ))
+        .tcp_user_timeout(pg.statement_timeout);
+    }
+    let manager = deadpool_postgres::Manager::from_config(
+        cfg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig::default(),
+    );
+    Pool::builder(manager)
+        .max_size(pg.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .build()
         // The error text holds no password: deadpool reports only what went wrong.
         .map_err(|e| TokenError::Pool(e.to_string()))
 }

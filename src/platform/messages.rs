@@ -114,7 +114,7 @@ impl Message {
                 format!("0 to {MAX_EXPIRY_S} (28 days, FCM's longest TTL)"),
             ));
         }
-        if self.screen.len() > 200 {
+        if self.screen.len() > super::outbound::MAX_SCREEN {
             return Err(invalid("screen", "at most 200 bytes"));
         }
         if self.localizations.is_empty() {

@@ -7,6 +7,10 @@ use super::registry::Device;
 use crate::push::Platform;
 use serde_json::{json, Value};
 
+/// The longest deep-link screen: it goes into every push's 4 KB payload (one too long was
+/// rejected by APNs for every device).
+pub const MAX_SCREEN: usize = 200;
+
 /// One notification to one user's devices.
 #[derive(Debug, Clone, Default)]
 pub struct Notification {

@@ -77,6 +77,37 @@ pub struct Condition {
     pub last_login_before: Option<i64>,
 }
 
+/// The latest login time a condition may name: 9999-12-31T23:59:59Z. Past it PostgreSQL's
+/// `to_timestamp` refuses the value, and a refused condition could never be streamed.
+pub const MAX_LOGIN_SECONDS: i64 = 253_402_300_799;
+
+impl Condition {
+    /// What PostgreSQL would refuse in the condition, as (field, problem): checked by the API
+    /// before the request is accepted, since the router meets it only later.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if let Some(v) = &self.app_version {
+            if v.len() > 256 || v.chars().any(char::is_control) {
+                return Some((
+                    "condition.app_version",
+                    "at most 256 bytes, no control characters".to_owned(),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("condition.last_login_after", self.last_login_after),
+            ("condition.last_login_before", self.last_login_before),
+        ] {
+            if value.is_some_and(|t| !(0..=MAX_LOGIN_SECONDS).contains(&t)) {
+                return Some((
+                    field,
+                    format!("Unix seconds from 0 to {MAX_LOGIN_SECONDS} (9999-12-31)"),
+                ));
+            }
+        }
+        None
+    }
+}
+
 impl RequestRecord {
     /// The record's Kafka key: the user (one router owns a user at a time), or the segment.
     pub fn key(&self) -> String {

@@ -68,7 +68,8 @@ pub struct RouteCounts {
     pub opt_outs: u64,
     /// Event mode: events routed to messages, and what they sent or why not.
     pub events: EventCounts,
-    /// Records that could not be read, or logins without a token or a known platform.
+    /// Records that could not be read, logins without a token or a known platform, and
+    /// segments whose condition PostgreSQL refuses (accepted before the API checked it).
     pub malformed: u64,
 }
 
@@ -352,8 +353,10 @@ async fn handle(
     }
     for (app, work) in &apps {
         for segment in &work.segments {
-            counts.pushes +=
-                stream_segment(settings, stores, producer, app, segment, now_ms, lease).await?;
+            match stream_segment(settings, stores, producer, app, segment, now_ms, lease).await? {
+                Some(pushes) => counts.pushes += pushes,
+                None => counts.malformed += 1,
+            }
         }
     }
     for (app, work) in &apps {
@@ -444,7 +447,7 @@ async fn handle(
 const SEGMENT_POLL_INTERVAL_MS: u32 = 30 * 60 * 1000;
 
 /// Sends a segment page by page, resuming after the last page a previous router finished.
-/// Returns the pushes this call produced.
+/// Returns the pushes this call produced; None for a condition PostgreSQL refuses.
 async fn stream_segment(
     settings: &RouteSettings,
     stores: &EventStores<'_>,
@@ -453,7 +456,7 @@ async fn stream_segment(
     segment: &Segment,
     now_ms: i64,
     lease: &consume::Lease<'_>,
-) -> Result<u64, String> {
+) -> Result<Option<u64>, String> {
     let registry = stores.registry;
     let n = &segment.notification;
     let (mut after, mut produced, done) = registry
@@ -462,13 +465,32 @@ async fn stream_segment(
         .map_err(|e| e.to_string())?
         .unwrap_or_default();
     if done {
-        return Ok(0);
+        return Ok(Some(0));
     }
     let mut pushed = 0;
-    let mut page = registry
+    let mut page = match registry
         .segment_page(app, &segment.condition, &after, SEGMENT_PAGE)
         .await
-        .map_err(|e| e.to_string())?;
+    {
+        Ok(page) => page,
+        // The condition's own fault (a value PostgreSQL refuses, in a request accepted before
+        // the API checked conditions): it would be refused again, and retrying it would stop
+        // the partition for good. The segment ends having reached no device.
+        Err(StoreError::Refused(reason)) => {
+            tracing::warn!(app, notif_id = %n.notif_id, %reason, "Segment condition refused: it reaches no device.");
+            stores
+                .notifications
+                .set_targets(app, &[(n.notif_id.as_str(), 0)])
+                .await
+                .map_err(|e| e.to_string())?;
+            registry
+                .save_segment_progress(app, &n.notif_id, "", 0, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(None);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     loop {
         // The next page is read before this one is produced, so the last page that has
         // devices is known as the last: the segment's size is set before its last pushes
@@ -513,7 +535,7 @@ async fn stream_segment(
             .map_err(|e| e.to_string())?;
         if last {
             tracing::info!(app, notif_id = %n.notif_id, devices = produced, "Segment sent.");
-            return Ok(pushed);
+            return Ok(Some(pushed));
         }
         // Between pages, with this one's progress saved: a rebalance is served now, not when
         // the segment ends (the whole group would wait for it), and the partition's new owner

@@ -90,6 +90,21 @@ pub(super) async fn query_one(
     client.query_one(&statement, params).await
 }
 
+/// What a keyed notification's records are (SHA-256 over each record's topic, key and
+/// payload): a retry with the same key and other content is told apart from a true retry.
+/// Taken of the records rather than of the body, so that a client that serializes its retry
+/// differently (key order, spaces) still matches.
+pub fn fingerprint<'a>(records: impl IntoIterator<Item = (&'a str, &'a str, &'a [u8])>) -> Vec<u8> {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    for (topic, key, payload) in records {
+        for part in [topic.as_bytes(), key.as_bytes(), payload] {
+            digest.update(&(part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+    }
+    digest.finish().as_ref().to_vec()
+}
+
 /// One notification of a request, as the claim sees it.
 #[derive(Debug, Clone)]
 pub struct ClaimKey {
@@ -104,7 +119,13 @@ pub enum Claimed {
     /// This request owns it and must produce it (new, or taken over from a request that died).
     Ours { notif_id: String },
     /// An earlier request with the same key was accepted: produce nothing, answer as it did.
-    Done { notif_id: String, targets: u32 },
+    /// `fingerprint`: what its records were ([`fingerprint`]); None for one accepted before
+    /// fingerprints were kept.
+    Done {
+        notif_id: String,
+        targets: u32,
+        fingerprint: Option<Vec<u8>>,
+    },
     /// Another request with the same key is producing it right now.
     Busy,
 }
@@ -133,12 +154,14 @@ impl Store {
 
     /// Creates the tables when they are missing and brings older ones to the current shape
     /// (`fixtures/platform.sql`). Serialised by an advisory lock: two processes starting at
-    /// once would otherwise race in `CREATE TABLE IF NOT EXISTS`.
+    /// once would otherwise race in `CREATE TABLE IF NOT EXISTS`. Without the statement
+    /// timeout: bringing a large table to the current shape, or waiting for another process
+    /// that does, may take longer, and is done once.
     pub async fn init(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client
             .batch_execute(&format!(
-                "SET client_min_messages = warning; BEGIN; \
+                "SET client_min_messages = warning; BEGIN; SET LOCAL statement_timeout = 0; \
                  SELECT pg_advisory_xact_lock(7210417); {SCHEMA} COMMIT;"
             ))
             .await?;
@@ -206,9 +229,9 @@ impl Store {
             for row in client
                 .query(
                     // One index lookup per key, as `Registry::devices_of` (why there).
-                    "SELECT n.idem_key, n.notif_id, n.state, n.targets
+                    "SELECT n.idem_key, n.notif_id, n.state, n.targets, n.fingerprint
                      FROM unnest($2::text[]) AS k(key)
-                     CROSS JOIN LATERAL (SELECT idem_key, notif_id, state, targets
+                     CROSS JOIN LATERAL (SELECT idem_key, notif_id, state, targets, fingerprint
                          FROM pusher_notifications
                          WHERE app = (SELECT $1::text) AND idem_key = k.key OFFSET 0) AS n",
                     &[&app, &others],
@@ -223,6 +246,7 @@ impl Store {
                             .get::<_, Option<i32>>(3)
                             .and_then(|n| u32::try_from(n).ok())
                             .unwrap_or(0),
+                        fingerprint: row.get(4),
                     }
                 } else {
                     Claimed::Busy
@@ -240,12 +264,14 @@ impl Store {
             .collect())
     }
 
-    /// Marks the request's claimed notifications accepted, with their record counts.
+    /// Marks the request's claimed notifications accepted, with their record counts and
+    /// the fingerprints of their records (in the same order; fewer leave the rest NULL).
     pub async fn confirm(
         &self,
         app: &str,
         claim: &str,
         accepted: &[(String, Option<u32>)],
+        fingerprints: &[Vec<u8>],
     ) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         let keys: Vec<&str> = accepted.iter().map(|(k, _)| k.as_str()).collect();
@@ -256,11 +282,11 @@ impl Store {
             // already (it can read the request record before this runs): kept.
             "UPDATE pusher_notifications AS n
                  SET state = 'accepted', accepted_at = now(),
-                     targets = COALESCE(n.targets, t.targets)
-                 FROM unnest($2::text[], $3::int[]) AS t(k, targets)
+                     targets = COALESCE(n.targets, t.targets), fingerprint = t.fingerprint
+                 FROM unnest($2::text[], $3::int[], $5::bytea[]) AS t(k, targets, fingerprint)
                  WHERE n.app = (SELECT $1::text) AND n.idem_key = ANY((SELECT $2::text[])::text[])
                    AND n.idem_key = t.k AND n.claim = $4",
-            &[&app, &keys, &targets, &claim],
+            &[&app, &keys, &targets, &claim, &fingerprints],
         )
         .await?;
         Ok(())
@@ -762,6 +788,20 @@ impl Store {
         )
         .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// How many verdicts the notifications `notif_ids` have, together (one statement).
+    pub async fn result_total(&self, app: &str, notif_ids: &[String]) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let row = query_one(
+            &client,
+            "SELECT count(*) FROM pusher_results
+                 WHERE app = (SELECT $1::text)
+                   AND notif_id = ANY((SELECT $2::text[])::text[])",
+            &[&app, &notif_ids],
+        )
+        .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     /// Notifications accepted, and verdicts delivered and otherwise, in the last `seconds`.

@@ -21,6 +21,7 @@ pub fn pg() -> PgConfig {
         port: 5432,
         pool_size: 4,
         connection_timeout: Duration::from_secs(2),
+        statement_timeout: Duration::from_secs(30),
     }
 }
 

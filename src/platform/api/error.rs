@@ -22,6 +22,10 @@ pub enum ApiError {
     /// The request collides with another one (the same key in flight, a notif_id taken).
     #[error("{message}")]
     Conflict { message: String, retry: bool },
+    /// An Idempotency-Key (or notif_id) reused with other content (the IETF
+    /// Idempotency-Key draft's 422).
+    #[error("{field}: {message}")]
+    KeyReused { field: String, message: String },
     /// Kafka or PostgreSQL failed: nothing of the request is reported as accepted.
     #[error("{message}")]
     Unavailable { message: String },
@@ -51,6 +55,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
         }
@@ -68,7 +73,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "error": self.to_string() });
-        if let ApiError::BadRequest { field: Some(f), .. } = &self {
+        if let ApiError::BadRequest { field: Some(f), .. } | ApiError::KeyReused { field: f, .. } =
+            &self
+        {
             body["field"] = json!(f);
         }
         let mut response = (self.status(), axum::Json(body)).into_response();

@@ -123,6 +123,8 @@ pub struct Inner {
     ui_routed: Mutex<std::collections::HashMap<String, (Instant, i64)>>,
     /// Records accepted by this process, by app and platform (gorush's `/api/stat/app`).
     accepted: Mutex<BTreeMap<String, [u64; 3]>>,
+    /// Places for sync requests waiting for verdicts ([`SYNC_WAITERS`]).
+    sync_waiters: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::ops::Deref for ApiState {
@@ -144,6 +146,7 @@ impl ApiState {
             ui_routed: Mutex::new(Default::default()),
             store,
             accepted: Mutex::new(BTreeMap::new()),
+            sync_waiters: Arc::new(tokio::sync::Semaphore::new(SYNC_WAITERS)),
         }))
     }
 
@@ -363,7 +366,7 @@ async fn accept(
 ) -> Result<Accepted, ApiError> {
     let header = idempotency_key(headers)?;
     if header.is_none() && items.iter().all(|i| i.given_id.is_none()) {
-        return accept_unkeyed(state, app, items).await;
+        return accept_unkeyed(state, app, kind, items).await;
     }
     let mut keys = Vec::with_capacity(items.len());
     let mut seen = std::collections::HashSet::new();
@@ -405,22 +408,45 @@ async fn accept(
 
     let mut records = Vec::new();
     let mut confirmed = Vec::new();
+    let mut fingerprints = Vec::new();
     let mut answer = Accepted {
         notif_ids: Vec::with_capacity(items.len()),
         counts: 0,
         fresh: Vec::with_capacity(items.len()),
     };
-    for ((item, key), claimed) in items.iter().zip(&keys).zip(claimed) {
+    for (i, ((item, key), claimed)) in items.iter().zip(&keys).zip(claimed).enumerate() {
         match claimed {
             Claimed::Ours { notif_id } => {
                 let mine = (item.records)(&notif_id);
+                if let Err(e) = check_record_sizes(kind, i, &mine) {
+                    let _ = state.store.release(app, &claim, &keys).await;
+                    return Err(e);
+                }
                 confirmed.push((key.idem_key.clone(), item.targets(mine.len())));
+                fingerprints.push(records_fingerprint(&mine));
                 answer.counts += mine.len() as u64;
                 records.extend(mine);
                 answer.notif_ids.push(notif_id);
                 answer.fresh.push(true);
             }
-            Claimed::Done { notif_id, targets } => {
+            Claimed::Done {
+                notif_id,
+                targets,
+                fingerprint,
+            } => {
+                // The same key with other content is no retry: answered as one, that content
+                // was dropped without a word.
+                if fingerprint.is_some_and(|f| f != records_fingerprint(&(item.records)(&notif_id)))
+                {
+                    let _ = state.store.release(app, &claim, &keys).await;
+                    return Err(ApiError::KeyReused {
+                        field: format!("{kind}[{i}]"),
+                        message: format!(
+                            "its Idempotency-Key or notif_id was accepted before, as {notif_id}, \
+                             with other content; use a new key for new content"
+                        ),
+                    });
+                }
                 // A routed item wrote one request record; its `targets` are its devices.
                 answer.counts += if item.routed { 1 } else { u64::from(targets) };
                 answer.notif_ids.push(notif_id);
@@ -439,13 +465,41 @@ async fn accept(
         crate::telemetry::health::set("api kafka", None);
     }
     if !confirmed.is_empty() {
-        if let Err(e) = state.store.confirm(app, &claim, &confirmed).await {
+        if let Err(e) = state
+            .store
+            .confirm(app, &claim, &confirmed, &fingerprints)
+            .await
+        {
             // The records are in Kafka: the request is accepted. Its claims stay pending,
             // and a retry after they go stale would produce them again (at least once).
             tracing::warn!(error = %e, "Accepted, but the claims could not be confirmed.");
         }
     }
     Ok(answer)
+}
+
+fn records_fingerprint(records: &[Record]) -> Vec<u8> {
+    crate::platform::store::fingerprint(
+        records
+            .iter()
+            .map(|r| (r.topic.as_str(), r.key.as_str(), r.payload.as_slice())),
+    )
+}
+
+/// Refuses an item whose record could never become a push: no pipeline message is over
+/// [`MAX_MESSAGE_BYTES`], and past Kafka's 1,000,000 bytes the produce failed, which answered
+/// 503 with `Retry-After` for a request that would fail every time.
+///
+/// [`MAX_MESSAGE_BYTES`]: crate::push::message::MAX_MESSAGE_BYTES
+fn check_record_sizes(kind: &str, i: usize, records: &[Record]) -> Result<(), ApiError> {
+    use crate::push::message::MAX_MESSAGE_BYTES;
+    match records.iter().map(|r| r.key.len() + r.payload.len()).max() {
+        Some(size) if size > MAX_MESSAGE_BYTES => Err(ApiError::bad(
+            format!("{kind}[{i}]"),
+            format!("{size} bytes as a message, over the limit of {MAX_MESSAGE_BYTES}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A request with nothing to dedup on (no `Idempotency-Key`, no `notif_id`): nothing to
@@ -455,6 +509,7 @@ async fn accept(
 async fn accept_unkeyed(
     state: &ApiState,
     app: &str,
+    kind: &str,
     items: Vec<Item<'_>>,
 ) -> Result<Accepted, ApiError> {
     // Time-ordered ids (UUIDv7): the notifications' indexes grow at their end instead of
@@ -465,8 +520,9 @@ async fn accept_unkeyed(
         .collect();
     let mut records = Vec::new();
     let mut accepted = Vec::with_capacity(items.len());
-    for (item, id) in items.iter().zip(&notif_ids) {
+    for (i, (item, id)) in items.iter().zip(&notif_ids).enumerate() {
         let mine = (item.records)(id);
+        check_record_sizes(kind, i, &mine)?;
         accepted.push((id.clone(), item.targets(mine.len())));
         records.extend(mine);
     }
@@ -517,6 +573,24 @@ async fn push(
             ),
         ));
     }
+    // A sync request's place among the waiters is taken before anything is accepted: with
+    // none left, it is refused whole rather than accepted and answered without its verdicts.
+    let sync_place = if request.sync {
+        Some(
+            state
+                .sync_waiters
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ApiError::Unavailable {
+                    message: format!(
+                        "{SYNC_WAITERS} sync requests already wait for their verdicts in this \
+                     process; nothing was accepted: retry, or send without \"sync\""
+                    ),
+                })?,
+        )
+    } else {
+        None
+    };
     let app: &str = &caller.app;
     let items = request
         .notifications
@@ -561,55 +635,81 @@ async fn push(
             *total += n;
         }
     }
-    let logs = if request.sync {
-        sync_logs(&state, app, &accepted).await?
-    } else {
-        Vec::new()
-    };
-    let mut answer = json!({"success": "ok", "counts": accepted.counts, "logs": logs,
+    // The body is not kept through a sync wait (up to `api.syncTimeout`).
+    drop((prepared, request, raw));
+    let mut answer = json!({"success": "ok", "counts": accepted.counts, "logs": [],
         "notif_ids": accepted.notif_ids});
+    if let Some(_place) = sync_place {
+        let sync = sync_logs(&state, app, &accepted).await;
+        answer["logs"] = Value::Array(sync.logs);
+        answer["pending"] = json!(sync.pending);
+        if let Some(e) = sync.error {
+            answer["sync_error"] = json!(e);
+        }
+    }
     if count == 1 {
         answer["notif_id"] = answer["notif_ids"][0].clone();
     }
     Ok(Json(answer).into_response())
 }
 
+/// Sync requests (gorush's `"sync": true`) one process lets wait for verdicts at once. Each
+/// holds a connection's query every [`SYNC_POLL`]; past this a sync request is refused (503,
+/// nothing accepted) instead of every waiter together emptying PostgreSQL's pool while the
+/// pushers are down.
+pub const SYNC_WAITERS: usize = 64;
+const SYNC_POLL: Duration = Duration::from_millis(100);
+
+/// What a sync request learned of its verdicts.
+struct SyncAnswer {
+    /// gorush's `logs`: one entry per failed token.
+    logs: Vec<Value>,
+    /// Accepted records without a verdict when the answer was made (`api.syncTimeout`, or
+    /// PostgreSQL failing): 0 means `logs` is the whole story.
+    pending: u64,
+    /// Why the wait ended early. The request stays accepted: its records are in Kafka, and a
+    /// 503 now would have its caller send them again.
+    error: Option<String>,
+}
+
 /// gorush's sync mode: waits until every accepted record has a verdict in the results table
-/// (or `api.syncTimeout`), then answers gorush's `logs`: one entry per failed token.
-async fn sync_logs(
-    state: &ApiState,
-    app: &str,
-    accepted: &Accepted,
-) -> Result<Vec<Value>, ApiError> {
+/// (or `api.syncTimeout`), then answers gorush's `logs`.
+async fn sync_logs(state: &ApiState, app: &str, accepted: &Accepted) -> SyncAnswer {
     let deadline = Instant::now() + state.settings.sync_timeout;
+    let mut answer = SyncAnswer {
+        logs: Vec::new(),
+        pending: accepted.counts,
+        error: None,
+    };
     loop {
-        let mut done = 0i64;
-        for id in &accepted.notif_ids {
-            let counts = state
-                .store
-                .result_counts(app, id)
-                .await
-                .map_err(store_error)?;
-            done += counts.values().sum::<i64>();
+        match state.store.result_total(app, &accepted.notif_ids).await {
+            Ok(done) => answer.pending = accepted.counts.saturating_sub(done),
+            Err(e) => {
+                answer.error = Some(e.to_string());
+                return answer;
+            }
         }
-        if done >= accepted.counts as i64 || Instant::now() >= deadline {
+        if answer.pending == 0 || Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(SYNC_POLL).await;
     }
-    let mut logs = Vec::new();
     for id in &accepted.notif_ids {
         let mut after = String::new();
         loop {
-            let page = state
-                .store
-                .results_page(app, id, &after, 1000)
-                .await
-                .map_err(store_error)?;
+            let page = match state.store.results_page(app, id, &after, 1000).await {
+                Ok(page) => page,
+                Err(e) => {
+                    answer.error = Some(e.to_string());
+                    return answer;
+                }
+            };
             let full = page.len() == 1000;
             for r in &page {
                 if r.outcome != "delivered" {
-                    logs.push(json!({"notif_id": id, "type": "failed-push",
+                    answer
+                        .logs
+                        .push(json!({"notif_id": id, "type": "failed-push",
                         "platform": if r.platform == "apns" { "ios" } else { "android" },
                         "token": r.token, "message": r.outcome, "error": r.reason}));
                 }
@@ -620,7 +720,7 @@ async fn sync_logs(
             }
         }
     }
-    Ok(logs)
+    answer
 }
 
 fn check_count(field: &str, count: usize, max: usize) -> Result<(), ApiError> {
@@ -824,6 +924,10 @@ async fn segment_push(
 ) -> Result<Response, ApiError> {
     let raw = body(raw, state.settings.max_body_bytes)?;
     let request: SegmentRequest = parse_json(&raw)?;
+    if let Some((field, problem)) = request.condition.problem() {
+        return Err(ApiError::bad(field, problem));
+    }
+    pushkin::check_screen(&request.screen).map_err(|e| ApiError::bad("screen", e))?;
     if request.title.is_empty() && request.message.is_empty() {
         return Err(ApiError::bad("message", "required (or title)"));
     }

@@ -179,6 +179,11 @@ pub fn check_notification(
             message: format!("title and content over {MAX_TEXT} bytes"),
         });
     }
+    let screen = n.screen.unwrap_or_default();
+    check_screen(&screen).map_err(|message| FieldError {
+        field: format!("notifications[{i}].screen"),
+        message,
+    })?;
     let notif_id = n.notif_id.filter(|id| !id.is_empty());
     if let Some(id) = &notif_id {
         super::gorush::check_notif_id(format!("notifications[{i}].notif_id"), id)?;
@@ -187,9 +192,18 @@ pub fn check_notification(
         user_id,
         title,
         content,
-        screen: n.screen.unwrap_or_default(),
+        screen,
         notif_id,
     })
+}
+
+/// A screen fits a push and a URL ([`MAX_SCREEN`], as for a stored message).
+pub fn check_screen(screen: &str) -> Result<(), String> {
+    use crate::platform::outbound::MAX_SCREEN;
+    if screen.len() > MAX_SCREEN || screen.chars().any(char::is_control) {
+        return Err(format!("at most {MAX_SCREEN} bytes, no control characters"));
+    }
+    Ok(())
 }
 
 /// The longest value of an event's pair (a device token is at most
