@@ -59,7 +59,12 @@ fn sender(fake: &Fake, http: HttpVersion) -> WebPushSender {
     let (key, _) = slot_keys(7);
     let mut config = WebPushConfig::new(key, "mailto:ops@example.com");
     config.rules = EndpointRules::LOCAL;
-    config.push_services = vec!["127.0.0.1".into()];
+    // With their ports: a push service's host on another port is not trusted.
+    config.push_services = [fake.server.tls_addr(), fake.server.h2c_addr()]
+        .into_iter()
+        .flatten()
+        .map(|addr| addr.to_string())
+        .collect();
     config.ca_file = Some(fake.ca_path.clone());
     config.http = http;
     config.retry = RetryPolicy {
@@ -207,27 +212,115 @@ fn two_quick_attempts() -> RetryPolicy {
     }
 }
 
+/// A port nothing listens on.
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
 #[tokio::test]
 async fn a_dead_origin_that_is_no_push_service_fails_the_message_not_the_app() {
-    // Nothing listens on this port: a hostile or stale subscription, not a push service.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let mut config = WebPushConfig::new(slot_keys(2).0, "mailto:ops@example.com");
+    // Nothing listens on this port: a hostile or stale subscription, not a push service. A
+    // push service's host on a port that is not its own (`fcm.googleapis.com:9`) is none
+    // either.
+    let port = dead_port();
+    for push_services in [vec![], vec!["127.0.0.1".to_string()]] {
+        let mut config = WebPushConfig::new(slot_keys(2).0, "mailto:ops@example.com");
+        config.rules = EndpointRules::LOCAL;
+        config.push_services = push_services;
+        config.on_fault = OnFault::Wait;
+        config.retry = two_quick_attempts();
+        let sender = WebPushSender::new(config).expect("sender");
+        let m = message(
+            generated_subscription(&format!("http://127.0.0.1:{port}"), "a2"),
+            b"x",
+        );
+        let d = tokio::time::timeout(Duration::from_secs(20), sender.send(&m))
+            .await
+            .expect("ends: not parked at the gate");
+        assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
+        assert!(sender.gate().health().borrow().is_up());
+    }
+}
+
+/// A push service that takes no connection: when every push fails so (an outage, our
+/// network), the app pauses and the pushes are delivered once it answers again; when one
+/// subscription's host alone does (a name under a push service's suffix that is no server),
+/// that push gives up after its retries while the others are delivered.
+#[tokio::test]
+async fn a_push_service_taking_no_connection_pauses_the_app_only_when_every_push_fails() {
+    let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let good_origin = format!("http://{}", good.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::CREATED,
+            [(axum::http::header::LOCATION, "/m/1")],
+        )
+    });
+    let serve = app.clone();
+    tokio::spawn(async move { axum::serve(good, serve).await });
+    let dead = dead_port();
+    let dead_origin = format!("http://127.0.0.1:{dead}");
+    let mut config = WebPushConfig::new(slot_keys(6).0, "mailto:ops@example.com");
     config.rules = EndpointRules::LOCAL;
+    config.push_services = vec![
+        good_origin.trim_start_matches("http://").into(),
+        format!("127.0.0.1:{dead}"),
+    ];
+    config.http = HttpVersion::Http1;
     config.on_fault = OnFault::Wait;
     config.retry = two_quick_attempts();
-    let sender = WebPushSender::new(config).expect("sender");
-    let m = message(
-        generated_subscription(&format!("http://127.0.0.1:{port}"), "a2"),
-        b"x",
-    );
-    let d = tokio::time::timeout(Duration::from_secs(20), sender.send(&m))
-        .await
-        .expect("ends: not parked at the gate");
+    let sender = std::sync::Arc::new(WebPushSender::new(config).expect("sender"));
+
+    // One subscription's dead host: it gives up, the others are delivered meanwhile.
+    let lone = message(generated_subscription(&dead_origin, "lone"), b"x");
+    let lone = sender.send(&lone);
+    let others = async {
+        for i in 0.. {
+            let m = message(generated_subscription(&good_origin, &format!("b{i}")), b"x");
+            assert_eq!(sender.send(&m).await.outcome, Outcome::Delivered);
+        }
+    };
+    let d = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::select! {
+            d = lone => d,
+            _ = others => unreachable!(),
+        }
+    })
+    .await
+    .expect("one subscription's dead host ends, the app not paused");
     assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
+    assert!(d.transport_error.is_some(), "{d:?}");
     assert!(sender.gate().health().borrow().is_up());
+
+    // Every push failing to connect: an outage, waited out.
+    let sends: Vec<_> = (0..4)
+        .map(|i| {
+            let sender = sender.clone();
+            let m = message(generated_subscription(&dead_origin, &format!("a{i}")), b"x");
+            tokio::spawn(async move { sender.send(&m).await })
+        })
+        .collect();
+    let mut health = sender.gate().health();
+    tokio::time::timeout(Duration::from_secs(20), health.wait_for(|h| !h.is_up()))
+        .await
+        .expect("the app pauses")
+        .unwrap();
+    assert!(
+        sends.iter().all(|s| !s.is_finished()),
+        "nothing ends while the push service takes no connection"
+    );
+    let back = tokio::net::TcpListener::bind(("127.0.0.1", dead))
+        .await
+        .expect("the dead port is free again");
+    tokio::spawn(async move { axum::serve(back, app).await });
+    for s in sends {
+        let d = tokio::time::timeout(Duration::from_secs(20), s)
+            .await
+            .expect("delivered once the push service answers again")
+            .unwrap();
+        assert_eq!((d.outcome, d.status), (Outcome::Delivered, Some(201)));
+    }
 }
 
 #[tokio::test]
@@ -313,53 +406,71 @@ fn a_third_party_decrypts_what_we_encrypt() {
     assert_eq!(lines, expected);
 }
 
-/// A push service answering 401 refuses our VAPID token, for every push alike: an endpoint
-/// fault (the app pauses in `pusher run`; a one-shot send ends with the cause), never the
-/// message's verdict. The same 401 from a host that is no push service is that message's.
+/// A 401 from a host that is no push service is that message's: rejected at once. From a
+/// push service it is retried (it counts toward an outage, below), and a one-shot send gives
+/// up after its retries without calling the endpoint failing: autopush answers 401 to one
+/// subscription made for another key.
 #[tokio::test]
-async fn a_push_service_refusing_vapid_is_an_endpoint_fault() {
+async fn a_401_is_retried_at_a_push_service_and_rejected_elsewhere() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap().to_string();
+    let origin = format!("http://{addr}");
     let app = axum::Router::new().fallback(|| async {
         (
             axum::http::StatusCode::UNAUTHORIZED,
-            r#"{"code":401,"errno":109,"error":"Unauthorized","message":"VAPID signature invalid"}"#,
+            r#"{"code":401,"errno":109,"error":"Unauthorized","message":"VAPID public key mismatch"}"#,
         )
     });
     tokio::spawn(async move { axum::serve(listener, app).await });
-    for (push_services, fault) in [(vec!["127.0.0.1".to_string()], true), (vec![], false)] {
+    for (push_services, attempts) in [(vec![addr.clone()], 2), (vec![], 1)] {
         let mut config = WebPushConfig::new(slot_keys(4).0, "mailto:ops@example.com");
         config.rules = EndpointRules::LOCAL;
         config.push_services = push_services;
         config.http = HttpVersion::Http1;
+        config.retry = two_quick_attempts();
         let sender = WebPushSender::new(config).expect("sender");
         let d = sender
             .send(&message(generated_subscription(&origin, "a4"), b"x"))
             .await;
-        assert_eq!(d.status, Some(401), "{d:?}");
-        assert_eq!(d.endpoint_fault.is_some(), fault, "{d:?}");
-        assert!(matches!(d.outcome, Outcome::Rejected { .. }), "{d:?}");
+        assert_eq!((d.status, d.attempts), (Some(401), attempts), "{d:?}");
+        assert_eq!(d.endpoint_fault, None, "{d:?}");
+        let reason = "VAPID public key mismatch".to_string();
+        let expected = if attempts == 2 {
+            Outcome::GaveUp { reason }
+        } else {
+            Outcome::Rejected { reason }
+        };
+        assert_eq!(d.outcome, expected);
     }
 }
 
-/// A push service answering 403 refuses our token's claims: when it refuses every push (a
+/// A push service answering 401 or 403 refuses our token: when it refuses every push (a
 /// rotated key, a skewed clock), the app pauses, nothing is rejected, and the pushes are
 /// delivered once it accepts them again; when it refuses one subscription's only (made for
 /// another key), that push gives up after its retries and the app goes on.
 #[tokio::test]
-async fn a_push_service_refusing_every_push_with_403_pauses_the_app_one_subscription_gives_up() {
+async fn a_push_service_refusing_every_push_with_401_or_403_pauses_the_app_one_subscription_gives_up(
+) {
+    for status in [401, 403] {
+        refusing_every_push_pauses_the_app_one_subscription_gives_up(status).await;
+    }
+}
+
+async fn refusing_every_push_pauses_the_app_one_subscription_gives_up(status: u16) {
     use axum::response::IntoResponse;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap().to_string();
+    let origin = format!("http://{addr}");
     let refuse_all = Arc::new(AtomicBool::new(true));
     let refusing = refuse_all.clone();
+    let refusal = axum::http::StatusCode::from_u16(status).unwrap();
     let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
         let refusing = refusing.load(Ordering::SeqCst);
         async move {
             if refusing || uri.path().ends_with("/other-key") {
-                (axum::http::StatusCode::FORBIDDEN, "key mismatch").into_response()
+                (refusal, "key mismatch").into_response()
             } else {
                 (
                     axum::http::StatusCode::CREATED,
@@ -372,7 +483,7 @@ async fn a_push_service_refusing_every_push_with_403_pauses_the_app_one_subscrip
     tokio::spawn(async move { axum::serve(listener, app).await });
     let mut config = WebPushConfig::new(slot_keys(5).0, "mailto:ops@example.com");
     config.rules = EndpointRules::LOCAL;
-    config.push_services = vec!["127.0.0.1".into()];
+    config.push_services = vec![addr];
     config.http = HttpVersion::Http1;
     config.on_fault = OnFault::Wait;
     config.retry = two_quick_attempts();
@@ -391,7 +502,7 @@ async fn a_push_service_refusing_every_push_with_403_pauses_the_app_one_subscrip
         .unwrap();
     assert!(
         sends.iter().all(|s| !s.is_finished()),
-        "nothing ends while every push is refused"
+        "{status}: nothing ends while every push is refused"
     );
     refuse_all.store(false, Ordering::SeqCst);
     for s in sends {
@@ -417,7 +528,7 @@ async fn a_push_service_refusing_every_push_with_403_pauses_the_app_one_subscrip
         }
     })
     .await
-    .expect("one subscription's 403 ends");
+    .expect("one subscription's refusal ends");
     assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
-    assert_eq!(d.status, Some(403));
+    assert_eq!(d.status, Some(status));
 }

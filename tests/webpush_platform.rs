@@ -174,7 +174,10 @@ async fn browsers_registered_over_http_get_pushes_and_dead_ones_are_deleted() {
             .env("PUSHER_INVALIDTOKEN_HANDLERS", "")
             .env("PUSHER_STATS_REPORTERS", "")
             .env("PUSHER_STATS_PROMETHEUS_LISTEN", "")
-            .env("PUSHER_WEBPUSH_PUSHSERVICES", "127.0.0.1")
+            .env(
+                "PUSHER_WEBPUSH_PUSHSERVICES",
+                fake.tls_addr().expect("tls").to_string(),
+            )
             .env("PUSHER_LOG", "warn")
             .env("PUSHER_QUEUE_SESSIONTIMEOUT", "3000")
             .stdout(Stdio::null())

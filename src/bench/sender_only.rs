@@ -332,7 +332,13 @@ pub fn target(t: &Target) -> anyhow::Result<(Option<FakeThread>, SenderConfig, S
             let key = parse_private_key(&key.serialize_pem())?;
             let mut config = WebPushConfig::new(key, "mailto:bench@pusher.invalid");
             config.rules = EndpointRules::LOCAL;
-            config.push_services = vec![Endpoint::Custom(endpoint.clone()).target()?.host];
+            // With its port: a push service's host on another port is not trusted.
+            let target = Endpoint::Custom(endpoint.clone()).target()?;
+            config.push_services = vec![if target.host.contains(':') {
+                format!("[{}]:{}", target.host, target.port)
+            } else {
+                format!("{}:{}", target.host, target.port)
+            }];
             config.ca_file = ca_file;
             config.insecure = insecure;
             config.pool = pool;

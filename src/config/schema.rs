@@ -307,8 +307,9 @@ pub struct WebPushConfig {
     pub apps: Vec<String>,
     /// Per-app VAPID identity, keyed by app name.
     pub vapid: BTreeMap<String, VapidKey>,
-    /// Push services (hosts or host suffixes) whose connection failures pause the app
-    /// instead of failing the message; the browsers' own by default.
+    /// Push services (hosts or host suffixes, on 443 unless given as `host:port`) whose
+    /// failures for every push pause the app instead of failing the messages; the browsers'
+    /// own by default.
     #[serde(deserialize_with = "comma_list")]
     pub push_services: Vec<String>,
     /// Accept `http://` endpoints and loopback or private hosts (fakes and tests only: in

@@ -25,10 +25,11 @@ pub const MAX_TOPIC: usize = 32;
 /// The path under which the fake push service and generated subscriptions live.
 pub const FAKE_PATH: &str = "/wpush/";
 
-/// The browsers' push services (host suffixes). A connection failure there is the network's
-/// or the service's, not the message's: it pauses the app (sender/gate.rs). A connection
-/// failure at any other origin counts against the message alone, so one hostile
-/// subscription pointing at a dead host cannot stall everyone else's pushes.
+/// The browsers' push services (host suffixes, on https's 443). Failures there (no
+/// connection, 5xx, 401, 403) are retried and count toward an outage: every push failing so
+/// pauses the app (sender/gate.rs), one subscription's give up after its retries. Failures at
+/// any other origin (or port) count against the message alone, so one hostile subscription
+/// pointing at a dead host cannot stall everyone else's pushes.
 pub const PUSH_SERVICES: &[&str] = &[
     "fcm.googleapis.com",
     "push.services.mozilla.com",
@@ -241,12 +242,17 @@ fn decode_key<const N: usize>(
         .map_err(|_| bad(format!("{} bytes, expected {N}", bytes.len())))
 }
 
-/// `localhost`, or an IP literal that is loopback, private, link-local, unspecified or
-/// unique-local. (A name that resolves to such an address is not caught here: that needs
-/// the resolver's answer, which the connection pool does not expose.)
+/// `localhost`, an IP literal that is loopback, private, link-local, unspecified or
+/// unique-local, or a numeric host that is no dotted quad (`2130706433`, `0x7f000001`,
+/// `127.1`, `0177.0.0.1`: getaddrinfo reads them as addresses). (A name that resolves to such
+/// an address is not caught here: that needs the resolver's answer, which the connection pool
+/// does not expose.)
 fn is_private_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+    // The resolver reads `localhost.` and `127.0.0.1.` as without the dot.
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let lower = host.to_ascii_lowercase();
+    if lower == "localhost" || lower.ends_with(".localhost") {
         return true;
     }
     match host.parse::<IpAddr>() {
@@ -268,7 +274,11 @@ fn is_private_host(host: &str) -> bool {
                     .to_ipv4_mapped()
                     .is_some_and(|v4| is_private_host(&v4.to_string()))
         }
-        Err(_) => false,
+        // No top-level domain is numeric: a last label of digits or hex is an address in a
+        // form IpAddr does not parse, which we cannot judge, so it is refused.
+        Err(_) => lower.rsplit('.').next().is_some_and(|last| {
+            last.starts_with("0x") || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+        }),
     }
 }
 
@@ -623,6 +633,17 @@ mod tests {
             "https://[fd00::1]/x",
             "https://localhost/x",
             "https://[::ffff:10.0.0.1]/x",
+            // Forms the resolver reads as 127.0.0.1 (or another address).
+            "https://localhost./x",
+            "https://LocalHost./x",
+            "https://127.0.0.1./x",
+            "https://0x7f000001/x",
+            "https://0X7F000001/x",
+            "https://2130706433/x",
+            "https://127.1/x",
+            "https://0177.0.0.1/x",
+            "https://1.2.3.0x4/x",
+            "https://a.b.123/x",
         ] {
             assert_eq!(
                 reason(with(private, k, a), EndpointRules::STRICT),
@@ -681,6 +702,35 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn numeric_hosts_and_a_trailing_dot_do_not_hide_a_private_address() {
+        for private in [
+            "localhost.",
+            "x.localhost.",
+            "10.0.0.1.",
+            "[::1]",
+            "0x7f000001",
+            "0x7f.1",
+            "2130706433",
+            "127.1",
+            "0177.0.0.1",
+            "017700000001",
+        ] {
+            assert!(is_private_host(private), "{private}");
+        }
+        // Public: a dotted quad, a trailing dot on a name, digits before a real TLD.
+        for public in [
+            "8.8.8.8",
+            "8.8.8.8.",
+            "fcm.googleapis.com.",
+            "123.example.com",
+            "0x1.example.com",
+            "[2001:db8::1]",
+        ] {
+            assert!(!is_private_host(public), "{public}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! rustls config, which is more code than this for a path that is not hot).
 
 use crate::sender::endpoint::Target;
-use crate::sender::pool::{PoolError, TransportError};
+use crate::sender::pool::{PoolError, TransportError, MAX_RESPONSE};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
@@ -14,9 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-
-/// Largest response body read (FCM and OAuth answers are a few hundred bytes).
-const MAX_RESPONSE: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct Http1Client {

@@ -24,6 +24,10 @@ use tokio::net::TcpStream;
 
 use super::endpoint::Target;
 
+/// Largest response body read, over HTTP/2 and HTTP/1.1 alike (APNs, FCM and push services
+/// answer a few hundred bytes): a server streaming more cannot make us buffer it.
+pub const MAX_RESPONSE: usize = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Connections to open (lazily). Default 2; the real APNs needs more for high volume.
@@ -464,9 +468,13 @@ async fn exchange_on(
     }
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
+    let mut read = 0;
     while let Some(chunk) = recv.data().await {
-        let chunk = chunk?;
+        let mut chunk = chunk?;
         let _ = recv.flow_control().release_capacity(chunk.len());
+        let over = chunk.len() > MAX_RESPONSE - read;
+        chunk.truncate(MAX_RESPONSE - read);
+        read += chunk.len();
         match &first {
             None => first = Some(chunk),
             Some(f) => {
@@ -475,6 +483,12 @@ async fn exchange_on(
                 }
                 rest.extend_from_slice(&chunk);
             }
+        }
+        if over {
+            // Past the cap the rest is refused (the stream reset, the connection kept); what
+            // came is enough for the reason.
+            stream.send_reset(h2::Reason::CANCEL);
+            break;
         }
     }
     let body = if rest.is_empty() {
@@ -694,6 +708,55 @@ mod tests {
             .await
             .expect("the connection closes once its pool is gone")
             .unwrap();
+    }
+
+    /// A body past MAX_RESPONSE is cut there and its stream reset; the connection goes on.
+    #[tokio::test]
+    async fn a_huge_response_body_is_cut_at_the_cap() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let (reset_tx, reset_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(tcp).await.unwrap();
+            let mut reset_tx = Some(reset_tx);
+            while let Some(Ok((request, mut respond))) = conn.accept().await {
+                let huge = request.uri().path() == "/huge";
+                let reset_tx = reset_tx.take().filter(|_| huge);
+                tokio::spawn(async move {
+                    let response = http::Response::builder().status(400).body(()).unwrap();
+                    let mut stream = respond.send_response(response, false).unwrap();
+                    if !huge {
+                        let _ = stream.send_data(Bytes::from_static(b"small"), true);
+                        return;
+                    }
+                    // 8 MiB and no end, sent as the client's window allows.
+                    for _ in 0..128 {
+                        let _ = stream.send_data(Bytes::from(vec![b'x'; 64 << 10]), false);
+                    }
+                    let reset = std::future::poll_fn(|cx| stream.poll_reset(cx)).await;
+                    if let Some(tx) = reset_tx {
+                        let _ = tx.send(reset.ok());
+                    }
+                });
+            }
+        });
+        let pool = pool(&url, 1);
+        let huge = http::Request::post(format!("{url}/huge")).body(()).unwrap();
+        let (parts, body, first) = pool.send_tracked(huge, Bytes::new()).await.unwrap();
+        assert_eq!(parts.status, 400);
+        assert_eq!(body.len(), MAX_RESPONSE);
+        assert!(body.iter().all(|&b| b == b'x'));
+        let reset = tokio::time::timeout(Duration::from_secs(5), reset_rx)
+            .await
+            .expect("the server sees the stream reset")
+            .unwrap();
+        assert_eq!(reset, Some(h2::Reason::CANCEL));
+        let (_, body, second) = pool
+            .send_tracked(request(&url), Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!((&body[..], second), (&b"small"[..], first));
     }
 
     #[tokio::test]

@@ -45,8 +45,9 @@ pub struct WebPushConfig {
     pub subject: String,
     /// Which endpoints may be posted to (https only and no private hosts, in production).
     pub rules: EndpointRules,
-    /// Hosts (or host suffixes) whose connection failures pause the app; see
-    /// [`PUSH_SERVICES`].
+    /// Hosts (or host suffixes) whose failures for every push pause the app; see
+    /// [`PUSH_SERVICES`]. On https's 443 only, unless the entry names a port
+    /// (`127.0.0.1:8443`, `[::1]:8443`).
     pub push_services: Vec<String>,
     /// Trust only this CA (PEM) for the push services; the web's roots otherwise.
     pub ca_file: Option<PathBuf>,
@@ -98,6 +99,40 @@ pub enum WebPushError {
     NoOrigins,
     #[error("webpush: a connection pool needs at least one connection per origin")]
     NoConnections,
+    #[error("webpush: push service {0:?} is not a host, host:port or [IPv6]:port")]
+    BadPushService(String),
+}
+
+/// A `push_services` entry: a host (or host suffix), and the port it must be on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PushService {
+    host: String,
+    /// None: https's 443 only.
+    port: Option<u16>,
+}
+
+impl PushService {
+    /// `host`, `host:port`, `[IPv6]:port` or a bare IPv6 address.
+    fn parse(entry: &str) -> Option<PushService> {
+        let entry = entry.trim().to_ascii_lowercase();
+        let (host, port) = match entry.strip_prefix('[') {
+            Some(rest) => {
+                let (host, tail) = rest.split_once(']')?;
+                let port = match tail {
+                    "" => None,
+                    tail => Some(tail.strip_prefix(':')?.parse().ok()?),
+                };
+                (host.to_string(), port)
+            }
+            None => match entry.rsplit_once(':') {
+                Some((host, port)) if !host.contains(':') => {
+                    (host.to_string(), Some(port.parse().ok()?))
+                }
+                _ => (entry.clone(), None),
+            },
+        };
+        (!host.is_empty()).then_some(PushService { host, port })
+    }
 }
 
 /// A push's outcome with what the last attempt saw.
@@ -144,7 +179,7 @@ pub struct WebPushSender {
 struct Inner {
     vapid: Vapid,
     rules: EndpointRules,
-    push_services: Vec<String>,
+    push_services: Vec<PushService>,
     tls: Arc<rustls::ClientConfig>,
     http: HttpVersion,
     pool: PoolConfig,
@@ -172,6 +207,13 @@ impl WebPushSender {
         if config.pool.connections == 0 {
             return Err(WebPushError::NoConnections);
         }
+        let push_services = config
+            .push_services
+            .iter()
+            .map(|entry| {
+                PushService::parse(entry).ok_or_else(|| WebPushError::BadPushService(entry.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let vapid = Vapid::new(
             &config.vapid_key,
             &config.subject,
@@ -187,7 +229,7 @@ impl WebPushSender {
             inner: Arc::new(Inner {
                 vapid,
                 rules: config.rules,
-                push_services: config.push_services,
+                push_services,
                 tls,
                 http: config.http,
                 pool: config.pool,
@@ -278,23 +320,15 @@ impl WebPushSender {
                 .attempt(&sub.origin, &path, &headers, body.clone())
                 .await
             {
-                // A push service refusing our VAPID token refuses every push alike: our key
-                // or clock is wrong, not the message.
-                Ok((response, _)) if response.status == 401 && trusted => Attempt {
-                    answer: Some(response),
-                    verdict: Verdict::Fault {
-                        reason: "vapid_unauthorized".into(),
-                    },
-                    error: None,
-                },
-                // A 403 refuses the token's claims (RFC 8292 §4.2): our `aud`, `exp` or
-                // clock, or a key the subscription was not made for. Every push refused
-                // alike is ours (a key rotation, a skewed clock): retried, the refusals
-                // count toward an outage and pause the app (the gate). One subscription's
-                // alone gives up after its retries while the others are delivered. Final at
-                // once, it rejected a whole backlog.
+                // A 401 or 403 refuses our VAPID token (RFC 8292 §4.2): our key, `aud`, `exp`
+                // or clock, or a key the subscription was not made for (autopush: 401, errno
+                // 109). Every push refused alike is ours (a key rotation, a skewed clock):
+                // retried, the refusals count toward an outage and pause the app (the gate).
+                // One subscription's alone gives up after its retries while the others are
+                // delivered. Final at once, it rejected a whole backlog; a fault at once, one
+                // subscription paused the app.
                 Ok((response, Verdict::Final(Outcome::Rejected { reason })))
-                    if response.status == 403 && trusted =>
+                    if matches!(response.status, 401 | 403) && trusted =>
                 {
                     Attempt::answered(response, Verdict::Retry(RetryHint::new(reason)))
                 }
@@ -304,15 +338,17 @@ impl WebPushSender {
                     reason: format!("bad_endpoint: {e}"),
                     timestamp_ms: None,
                 }),
-                // Not a push service we know: the subscription's problem, not the app's.
-                Err(AttemptError::Transport(e)) if e.is_endpoint_fault() && !trusted => Attempt {
-                    answer: None,
-                    verdict: Verdict::Retry(RetryHint::new(e.kind()).reconnect()),
-                    error: Some(e.to_string()),
-                },
+                // No connection (refused, no such name, TLS) is retried, not a fault: a name
+                // under a push service's suffix may not exist. At a push service every push
+                // failing so counts toward an outage and pauses the app; one subscription's
+                // failures give up after its retries.
                 Err(AttemptError::Transport(e)) => {
                     tracing::debug!(error = %e, "Web push transport failure.");
-                    Attempt::transport(&e)
+                    Attempt {
+                        answer: None,
+                        verdict: Verdict::Retry(RetryHint::new(e.kind()).reconnect()),
+                        error: Some(e.to_string()),
+                    }
                 }
             };
             // A server that is no push service we know is this subscription's alone: its
@@ -334,17 +370,30 @@ impl WebPushSender {
         delivery
     }
 
+    /// Whether `origin` is a push service's: its host is an entry's or ends in `.` and it, on
+    /// the entry's port, or on https's 443 for an entry without one. Any other port is no
+    /// push service's (`fcm.googleapis.com:9` is someone's subscription).
     fn is_push_service(&self, origin: &str) -> bool {
         let Some(uri) = origin.parse::<http::Uri>().ok() else {
             return false;
         };
         let host = uri.host().unwrap_or_default();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         self.inner.push_services.iter().any(|service| {
-            host == service
-                || host
-                    .strip_suffix(service.as_str())
-                    .is_some_and(|head| head.ends_with('.'))
+            let on_port = match service.port {
+                Some(p) => p == port,
+                None => https && port == 443,
+            };
+            on_port
+                && (host == service.host
+                    || host
+                        .strip_suffix(service.host.as_str())
+                        .is_some_and(|head| head.ends_with('.')))
         })
     }
 
@@ -458,18 +507,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn push_services_match_by_host_suffix() {
+    fn push_services_match_by_host_suffix_on_their_port() {
         let key = crate::push::webpush::generated_keys("k").0;
         let mut config = WebPushConfig::new(key, "mailto:a@b.c");
-        config.push_services.push("127.0.0.1".into());
+        config.push_services.push("127.0.0.1:8443".into());
+        config.push_services.push("[::1]:8080".into());
         let sender = WebPushSender::new(config).expect("valid");
         assert!(sender.is_push_service("https://fcm.googleapis.com"));
+        assert!(sender.is_push_service("https://fcm.googleapis.com:443"));
         assert!(sender.is_push_service("https://web.push.apple.com"));
         assert!(sender.is_push_service("https://updates.push.services.mozilla.com"));
         assert!(sender.is_push_service("https://127.0.0.1:8443"));
+        assert!(sender.is_push_service("http://[::1]:8080"));
         assert!(!sender.is_push_service("https://evilpush.apple.com.example"));
         assert!(!sender.is_push_service("https://notpush.apple.com"));
         assert!(!sender.is_push_service("https://example.com"));
+        // Another port is not the push service: someone's server, whose failures are its own.
+        assert!(!sender.is_push_service("https://fcm.googleapis.com:9"));
+        assert!(!sender.is_push_service("https://web.push.apple.com:8443"));
+        assert!(!sender.is_push_service("http://fcm.googleapis.com"));
+        assert!(!sender.is_push_service("https://127.0.0.1"));
+        assert!(!sender.is_push_service("https://127.0.0.1:9"));
+    }
+
+    #[test]
+    fn push_service_entries_parse() {
+        let parse = |entry: &str| PushService::parse(entry).map(|s| (s.host, s.port));
+        assert_eq!(
+            parse("push.apple.com"),
+            Some(("push.apple.com".into(), None))
+        );
+        assert_eq!(
+            parse("127.0.0.1:8443"),
+            Some(("127.0.0.1".into(), Some(8443)))
+        );
+        assert_eq!(parse("[::1]:8443"), Some(("::1".into(), Some(8443))));
+        assert_eq!(parse("::1"), Some(("::1".into(), None)));
+        assert_eq!(parse("host:x"), None);
+        assert_eq!(parse(""), None);
+        let key = crate::push::webpush::generated_keys("k").0;
+        let mut config = WebPushConfig::new(key, "mailto:a@b.c");
+        config.push_services = vec!["host:99999".into()];
+        assert!(matches!(
+            WebPushSender::new(config),
+            Err(WebPushError::BadPushService(_))
+        ));
     }
 
     #[test]
