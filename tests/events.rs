@@ -675,8 +675,12 @@ async fn opt_outs_limits_and_duplicates() {
         json!({"event_id": 6, "localizations": en("quest")}),
     )
     .await;
-    p.put_message("gift", json!({"event_id": 7, "localizations": en("gift")}))
-        .await;
+    // The gift has a cooldown: refused by the limit, it must not hold it.
+    p.put_message(
+        "gift",
+        json!({"event_id": 7, "cooldown_s": 3600, "localizations": en("gift")}),
+    )
+    .await;
     p.events(json!([login(1, 1, 1, "gcm-1"), login(2, 1, 2, "apns-2")]))
         .await;
     // User 2 gets "news" once, then opts out of it by Pushkin's numeric id, in one request:
@@ -752,6 +756,16 @@ async fn opt_outs_limits_and_duplicates() {
             .get(0);
         assert_eq!(n, held, "{message}");
     }
+    // Nor a cooldown: the user got no gift, so the next one may come.
+    let held: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pusher_cooldowns WHERE app = $1 AND user_id = 1 AND message = 'gift'",
+            &[&p.app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "the refused gift's cooldown was given back");
     let c = p.stop().await;
     assert_eq!(c.opt_outs, 1);
     assert_eq!(skipped(&c, "opted_out"), 1, "{c:?}");
@@ -839,6 +853,15 @@ async fn messages_api_round_trip_and_refusals() {
     }
     let a = call("PUT", "/api/v1/messages/bad%20name".into(), "{}".into()).await;
     assert_eq!(a.status, 400, "{}", a.text());
+    // A name of digits would read as another message's numeric id in opt-out events.
+    let a = call(
+        "PUT",
+        "/api/v1/messages/7".into(),
+        json!({"event_id": 3, "localizations": [{"language_id": 1, "text": "x"}]}).to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert!(a.text().contains("digits"), "{}", a.text());
     assert_eq!(
         call("GET", "/api/v1/messages/bad".into(), String::new())
             .await

@@ -205,6 +205,27 @@ impl Claims {
         .await
     }
 
+    /// Gives back cooldown claims whose notification reached no device (only where the claim
+    /// is still theirs and unsent).
+    pub async fn release_cooldowns(&self, app: &str, claims: &[Claim]) -> Result<(), StoreError> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        for_each_claim(
+            &client,
+            "DELETE FROM pusher_cooldowns AS c
+             USING unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
+             WHERE c.app = (SELECT $1::text)
+               AND c.user_id = ANY((SELECT $2::text[]::bigint[])::bigint[])
+               AND c.user_id = t.subject::bigint AND c.message = t.message
+               AND c.last_event = t.owner AND NOT c.sent",
+            app,
+            claims,
+        )
+        .await
+    }
+
     /// Marks cooldown and dedup claims as sent, once their pushes are in Kafka (only where
     /// the claim is still theirs).
     pub async fn mark_sent(

@@ -194,6 +194,12 @@ pub async fn route(
             let filled = messages::fill(&l.title, &event.pairs)
                 .and_then(|title| Ok((title, messages::fill(&l.text, &event.pairs)?)));
             match filled {
+                // Parameters can grow a text past what a push carries (and past what Kafka
+                // takes, which failed the batch for good): not sent, counted.
+                Ok((title, text)) if title.len() + text.len() > outbound::MAX_TEXT => {
+                    tracing::debug!(app, message = %message.name, "The filled message is too long for a push.");
+                    counts.skip("too_long");
+                }
                 Ok((title, text)) => candidates.push(Candidate {
                     event,
                     message,
@@ -325,6 +331,19 @@ pub async fn route(
     routed.dedup_sent = sent.into_iter().map(|(_, c)| c).collect();
     let refused: Vec<Claim> = refused.into_iter().map(|(_, c)| c).collect();
     stores.claims.release_dedup(app, &refused).await?;
+    // So is a cooldown whose notification reached no device (every push refused by the
+    // limits): held, the user would get nothing of that message for the whole cooldown.
+    let reached: HashSet<&str> = pushes
+        .iter()
+        .zip(&verdict)
+        .filter(|(_, v)| matches!(v, None | Some("")))
+        .map(|((n, _), _)| n.notif_id.as_str())
+        .collect();
+    let (kept, unsent): (Vec<Claim>, Vec<Claim>) = std::mem::take(&mut routed.cooldown_sent)
+        .into_iter()
+        .partition(|c| reached.contains(format!("{}.{}", c.owner, c.message).as_str()));
+    routed.cooldown_sent = kept;
+    stores.claims.release_cooldowns(app, &unsent).await?;
     for ((n, d), verdict) in pushes.iter().zip(verdict) {
         match verdict {
             None => {

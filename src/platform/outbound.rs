@@ -7,6 +7,10 @@ use super::registry::Device;
 use crate::push::Platform;
 use serde_json::{json, Value};
 
+/// Most bytes of a title plus content (APNs' 4 KiB leaves room for the rest of the payload):
+/// the API's bound on a notification, and the router's on a message filled from an event.
+pub const MAX_TEXT: usize = 3500;
+
 /// The longest deep-link screen: it goes into every push's 4 KB payload (one too long was
 /// rejected by APNs for every device).
 pub const MAX_SCREEN: usize = 200;

@@ -574,12 +574,14 @@ fn login(
         t if t > 100_000_000_000 => t,
         t => t * 1000,
     };
-    // Past the year 2286 (microseconds or nanoseconds sent as seconds): the login is now.
-    let at_ms = if at_ms > 10_000_000_000_000 {
+    // A login is never later than now (a sender's clock ahead, microseconds sent as seconds):
+    // every registry rule is "the newest login wins", so one from the future would keep its
+    // token from moving to another user, its language and its place among the user's 10
+    // devices until then, and a verdict would never delete its token.
+    let at_ms = {
         use crate::clock::Clock;
-        i64::try_from(crate::clock::SystemClock.now().as_millis()).unwrap_or(i64::MAX)
-    } else {
-        at_ms
+        let now = i64::try_from(crate::clock::SystemClock.now().as_millis()).unwrap_or(i64::MAX);
+        at_ms.min(now)
     };
     Some((
         Device {
@@ -604,6 +606,7 @@ fn login(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
     use crate::push::Platform;
 
     #[test]
@@ -631,5 +634,12 @@ mod tests {
         assert!(super::login(7, 0, &nul).is_none());
         let (device, _) = super::login(7, 1_700_000_000_000_000_000, &pairs).unwrap();
         assert!((1_700_000_000_000..10_000_000_000_000).contains(&device.registered_ms));
+        // A login from the future (the year 2286, a clock ahead) is now: the newest login
+        // wins every registry rule, and one from the future would win them until then.
+        let now = crate::clock::SystemClock.now().as_millis() as i64;
+        for future in [9_999_999_999, now / 1000 + 86_400] {
+            let (device, _) = super::login(7, future, &pairs).unwrap();
+            assert!(device.registered_ms <= now + 60_000, "{future}");
+        }
     }
 }

@@ -143,8 +143,7 @@ impl CheckedNotification {
     }
 }
 
-/// Most bytes of a title plus content (APNs' 4 KiB leaves room for the rest of the payload).
-pub const MAX_TEXT: usize = 3500;
+pub use crate::platform::outbound::MAX_TEXT;
 
 fn user(id: Option<i64>, field: String) -> Result<i64, FieldError> {
     match id {
