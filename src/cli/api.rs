@@ -87,7 +87,7 @@ pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
                 Producer::new(&config.queue.brokers, config.api.produce_timeout)?,
                 stop.clone(),
             );
-            let webhooks = crate::platform::webhook::Webhooks::new(&config.results.webhooks)?;
+            let webhooks = webhooks(&config)?;
             let results = crate::platform::results::run(
                 results_settings(&config),
                 store,
@@ -191,7 +191,7 @@ pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
         let stop = CancellationToken::new();
         super::cancel_on_signal(stop.clone())?;
         tracing::info!(group = %settings.group, topics = %settings.topic, "Storing results.");
-        let webhooks = crate::platform::webhook::Webhooks::new(&config.results.webhooks)?;
+        let webhooks = webhooks(&config)?;
         let counts = run(settings, store, webhooks, stop).await?;
         println!("{}", serde_json::to_string(&counts)?);
         anyhow::Ok(())
@@ -250,4 +250,15 @@ fn results_settings(config: &crate::config::Config) -> crate::platform::consume:
         offset_reset: "earliest".to_owned(),
         consumer_extra: Vec::new(),
     }
+}
+
+/// The results webhooks of the config (their URLs are secrets there).
+fn webhooks(config: &crate::config::Config) -> anyhow::Result<crate::platform::webhook::Webhooks> {
+    let urls = config
+        .results
+        .webhooks
+        .iter()
+        .map(|(app, url)| (app.clone(), url.expose().to_owned()))
+        .collect();
+    Ok(crate::platform::webhook::Webhooks::new(&urls)?)
 }

@@ -61,7 +61,10 @@ impl Keys {
             .insert(ANY.into(), Secret::default());
         sample.api.keys.insert(ANY.into(), ApiKey::default());
         sample.webpush.vapid.insert(ANY.into(), VapidKey::default());
-        sample.results.webhooks.insert(ANY.into(), String::new());
+        sample
+            .results
+            .webhooks
+            .insert(ANY.into(), Secret::default());
         let root =
             serde_yaml_ng::to_value(&sample).map_err(|e| ConfigError::Schema(e.to_string()))?;
         Ok(Keys { root })

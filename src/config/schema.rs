@@ -654,8 +654,9 @@ pub struct ResultsConfig {
     pub group: String,
     /// Most feedback records written together (one upsert per batch).
     pub batch_size: usize,
-    /// Per app, a URL called (POST, JSON) once a notification has every verdict.
-    pub webhooks: BTreeMap<String, String>,
+    /// Per app, a URL called (POST, JSON) once a notification has every verdict. A secret:
+    /// the calls are not signed, so a token in the URL is how a hook knows its caller.
+    pub webhooks: BTreeMap<String, Secret>,
 }
 
 impl Default for ResultsConfig {

@@ -841,6 +841,10 @@ fn debug_and_serialize_show_no_secret() {
         ),
         ("PUSHER_INVALIDTOKEN_PG_PASS", "pg-password-123"),
         ("PUSHER_SENTRY_URL", "https://sentrykey456@sentry.example/1"),
+        (
+            "PUSHER_RESULTS_WEBHOOKS_GAME",
+            "https://hooks.example/x?token=hooktoken789",
+        ),
     ])
     .unwrap();
     let printed = format!("{c:?} {c:#?} {}", serde_yaml_ng::to_string(&c).unwrap());
@@ -850,6 +854,7 @@ fn debug_and_serialize_show_no_secret() {
         "PRIVATE KEY",
         "pg-password-123",
         "sentrykey456",
+        "hooktoken789",
     ] {
         assert!(!printed.contains(secret), "{secret} leaked");
     }

@@ -82,11 +82,24 @@ pub fn result_of(record: &Value) -> Option<ResultRow> {
         platform: platform.to_owned(),
         outcome,
         reason: text(metadata.get("reason")),
-        at: metadata
-            .get("timestamp")
-            .and_then(Value::as_i64)
-            .unwrap_or_default(),
+        at: verdict_time(
+            metadata
+                .get("timestamp")
+                .and_then(Value::as_i64)
+                .unwrap_or_default(),
+        ),
     })
+}
+
+/// A verdict's time in Unix seconds, from any producer of the feedback topics: milliseconds
+/// are taken as such, and the time is kept between 0 and now. PostgreSQL refuses a timestamp
+/// past 294276 AD (the record failed its batch on every retry), and one from the future would
+/// keep every later verdict for the token from replacing it.
+fn verdict_time(at: i64) -> i64 {
+    use crate::clock::Clock;
+    let now = i64::try_from(crate::clock::SystemClock.now().as_secs()).unwrap_or(i64::MAX);
+    let seconds = if at > 100_000_000_000 { at / 1000 } else { at };
+    seconds.clamp(0, now)
 }
 
 /// Runs until `stop`; returns what it did.
@@ -181,7 +194,7 @@ impl Completion {
         let (complete, handed): (Vec<Completed>, Vec<Completed>) = complete
             .into_iter()
             .partition(|c| self.webhooks.has(&c.app));
-        self.call_all(&complete);
+        self.call_all(&complete).await;
         self.hand_over(&handed).await;
         let done: HashSet<(&str, &str)> = complete
             .iter()
@@ -228,9 +241,26 @@ impl Completion {
         }
     }
 
+    /// How many abandoned calls the sweep takes: no more than it can start now.
+    fn abandoned_limit(&self) -> i64 {
+        i64::try_from(self.webhooks.free_slots())
+            .unwrap_or(ABANDONED_MAX)
+            .min(ABANDONED_MAX)
+    }
+
     /// Whether this process calls, or hands over, `app`'s webhooks.
     fn tracks(&self, app: &str) -> bool {
-        self.webhooks.has(app) || self.elsewhere.read().contains(app)
+        if self.webhooks.has(app) || self.elsewhere.read().contains(app) {
+            return true;
+        }
+        // A hook set for the app in another case is never called: said once, not silent.
+        if let Some(configured) = self.webhooks.other_case(app) {
+            if self.warned.lock().insert(app.to_owned()) {
+                tracing::warn!(app, configured,
+                    "results.webhooks names this app in another case (environment variables name apps in lower case): its webhook is not called; set it in the config file under the app's exact name.");
+            }
+        }
+        false
     }
 
     /// Releases the claims of `handed` (complete, with their hook in another process) for
@@ -261,13 +291,28 @@ impl Completion {
         }
     }
 
-    /// Calls the hooks of `complete` (claimed); how many.
-    fn call_all(&self, complete: &[Completed]) -> u64 {
+    /// Calls the hooks of `complete` (claimed); how many started. Those past the bound on
+    /// calls in progress are released for the sweep (not released, PostgreSQL failing: made
+    /// after the lease).
+    async fn call_all(&self, complete: &[Completed]) -> u64 {
+        let mut deferred = Vec::new();
         for c in complete {
-            self.webhooks
-                .spawn_call(&self.store, &c.app, &c.notif_id, body(c));
+            if !self
+                .webhooks
+                .spawn_call(&self.store, &c.app, &c.notif_id, body(c))
+            {
+                deferred.push((c.app.clone(), c.notif_id.clone()));
+            }
         }
-        complete.len() as u64
+        if !deferred.is_empty() {
+            metrics::counter!(crate::telemetry::names::WEBHOOKS, "result" => "deferred")
+                .increment(deferred.len() as u64);
+            if let Err(e) = self.store.release_webhooks(&deferred).await {
+                tracing::warn!(error = %e, notifications = deferred.len(),
+                    "Cannot hand webhook calls back; they are made after the lease.");
+            }
+        }
+        (complete.len() - deferred.len()) as u64
     }
 
     /// Every second until `stop`: this process's hooked apps announced and the others'
@@ -285,17 +330,17 @@ impl Completion {
             }
             self.share_hooks().await;
             match self.store.claim_reached_none(&apps).await {
-                Ok(complete) => calls += self.call_all(&complete),
+                Ok(complete) => calls += self.call_all(&complete).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot look for notifications that reached no device; retrying.")
                 }
             }
             match self
                 .store
-                .claim_abandoned_webhooks(&apps, webhook::LEASE, ABANDONED_MAX)
+                .claim_abandoned_webhooks(&apps, webhook::LEASE, self.abandoned_limit())
                 .await
             {
-                Ok(abandoned) => calls += self.call_all(&abandoned),
+                Ok(abandoned) => calls += self.call_all(&abandoned).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot look for abandoned webhook calls; retrying.")
                 }
@@ -480,5 +525,27 @@ mod tests {
         assert!(storable(&row("n", &"t".repeat(2000))));
         assert!(!storable(&row("n", &"t".repeat(3000))));
         assert!(!storable(&row("n\u{0}", "t")));
+    }
+
+    /// Times PostgreSQL would refuse, milliseconds, and times from the future are made
+    /// storable seconds that never outrank a later verdict.
+    #[test]
+    fn verdict_times_are_seconds_up_to_now() {
+        use crate::clock::Clock;
+        let now = crate::clock::SystemClock.now().as_secs() as i64;
+        let at = |timestamp: i64| {
+            result_of(
+                &json!({"from": "t", "metadata": {"notif_id": "n", "game": "g",
+                "timestamp": timestamp}}),
+            )
+            .unwrap()
+            .at
+        };
+        assert_eq!(at(1_700_000_000), 1_700_000_000);
+        assert_eq!(at(1_700_000_000_123), 1_700_000_000);
+        assert_eq!(at(-210_000_000_000), 0);
+        for future in [now + 86_400, 1_700_000_000_000_000] {
+            assert!((now..=now + 5).contains(&at(future)), "{future}");
+        }
     }
 }

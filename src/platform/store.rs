@@ -513,12 +513,21 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = query(
             &client,
+            // Only notifications that can complete now are counted: not one already
+            // notified, nor a segment still streaming (targets NULL). Counting every
+            // notification of the batch made each batch of a broadcast's verdicts count all
+            // the broadcast's rows so far, the whole time it streamed.
             "UPDATE pusher_notifications AS n SET notified_at = now()
                  FROM (SELECT app, notif_id, sum(n)::bigint AS done,
                               array_agg(outcome) AS outcomes, array_agg(n) AS counts
                        FROM (SELECT r.app, r.notif_id, r.outcome, count(*) AS n
                              FROM pusher_results r
-                             JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                             JOIN (SELECT DISTINCT w.app, w.notif_id
+                                   FROM unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                                   JOIN pusher_notifications w
+                                     ON w.app = t.app AND w.notif_id = t.notif_id
+                                   WHERE w.state = 'accepted' AND w.notified_at IS NULL
+                                     AND w.targets > 0) AS t
                                ON r.app = t.app AND r.notif_id = t.notif_id
                              GROUP BY r.app, r.notif_id, r.outcome) AS o
                        GROUP BY app, notif_id) AS c

@@ -31,8 +31,9 @@ pub const LEASE: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error("results.webhooks.{app}: {url:?} is not an http:// or https:// URL")]
-    BadUrl { app: String, url: String },
+    /// The URL itself is not shown: it may hold the hook's token.
+    #[error("results.webhooks.{app}: not an http:// or https:// URL (without user:password@)")]
+    BadUrl { app: String },
     #[error("webhook TLS: {0}")]
     Tls(#[from] crate::sender::tls::TlsError),
 }
@@ -47,21 +48,31 @@ pub struct Webhooks {
     open: Arc<Mutex<HashSet<(String, String)>>>,
     /// Cancelled by `stop`: the calls' tasks end without recording an end.
     stopped: CancellationToken,
+    /// Calls in progress at most ([`MAX_CALLS`]).
+    slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Calls one process makes at once. A hook that is down or slow keeps each call for minutes
+/// (10 attempts, up to 2 min apart, each up to 40 s): unbounded, a few thousand completions a
+/// second meant hundreds of thousands of tasks and tens of thousands of sockets (the process's
+/// file descriptors, which Kafka and PostgreSQL need too). Past the bound a completed
+/// notification's call is handed back to PostgreSQL and made when a slot frees.
+pub const MAX_CALLS: usize = 256;
 
 impl Webhooks {
     pub fn new(urls: &BTreeMap<String, String>) -> Result<Webhooks, WebhookError> {
         let mut parsed = BTreeMap::new();
         for (app, url) in urls.iter().filter(|(_, u)| !u.trim().is_empty()) {
-            let uri: Uri = url.parse().map_err(|_| WebhookError::BadUrl {
-                app: app.clone(),
-                url: url.clone(),
-            })?;
-            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-                return Err(WebhookError::BadUrl {
-                    app: app.clone(),
-                    url: url.clone(),
-                });
+            let uri: Uri = url
+                .parse()
+                .map_err(|_| WebhookError::BadUrl { app: app.clone() })?;
+            // `user:password@` would go out as part of the Host header, never as credentials.
+            let userinfo = uri.authority().is_some_and(|a| a.as_str().contains('@'));
+            if !matches!(uri.scheme_str(), Some("http" | "https"))
+                || uri.host().is_none()
+                || userinfo
+            {
+                return Err(WebhookError::BadUrl { app: app.clone() });
             }
             parsed.insert(app.clone(), uri);
         }
@@ -79,6 +90,7 @@ impl Webhooks {
             },
             open: Arc::default(),
             stopped: CancellationToken::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS)),
         })
     }
 
@@ -95,11 +107,30 @@ impl Webhooks {
         self.urls.contains_key(app)
     }
 
+    /// The hook configured for `app` under another case, if any: an environment variable
+    /// (`PUSHER_RESULTS_WEBHOOKS_MYGAME`) names its app in lower case, which an app with
+    /// capitals does not match.
+    pub fn other_case(&self, app: &str) -> Option<&str> {
+        self.urls
+            .keys()
+            .find(|k| k.as_str() != app && k.eq_ignore_ascii_case(app))
+            .map(String::as_str)
+    }
+
+    /// Calls free now.
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+
     /// Calls `app`'s hook with `body` in a task of its own, retrying until it answers 2xx;
     /// the call was claimed in `store`, where it is renewed before each retry and ended.
-    pub fn spawn_call(&self, store: &Store, app: &str, notif_id: &str, body: Vec<u8>) {
+    /// False when [`MAX_CALLS`] are in progress: the caller hands the claim back.
+    pub fn spawn_call(&self, store: &Store, app: &str, notif_id: &str, body: Vec<u8>) -> bool {
         let Some(uri) = self.urls.get(app).cloned() else {
-            return;
+            return true;
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return false;
         };
         let key = (app.to_owned(), notif_id.to_owned());
         {
@@ -107,7 +138,7 @@ impl Webhooks {
             // drained and given up, or never started.
             let mut open = self.open.lock();
             if self.stopped.is_cancelled() || !open.insert(key.clone()) {
-                return; // stopping, or already calling it (this process's claim expired)
+                return true; // stopping, or already calling it (this process's claim expired)
             }
         }
         let (tls, policy, open, store, stopped) = (
@@ -118,6 +149,7 @@ impl Webhooks {
             self.stopped.clone(),
         );
         tokio::spawn(async move {
+            let _slot = slot;
             let (app, notif_id) = (key.0.as_str(), key.1.as_str());
             let body = Bytes::from(body);
             let ok = tokio::select! {
@@ -136,6 +168,7 @@ impl Webhooks {
             }
             open.lock().remove(&key);
         });
+        true
     }
 
     /// Ends the calls still in progress and gives up their claims, so that the next `pusher
@@ -196,7 +229,13 @@ async fn deliver(
 
 /// One POST; the answer's status.
 async fn call(uri: &Uri, tls: &Arc<rustls::ClientConfig>, body: Bytes) -> Result<u16, String> {
-    let host = uri.host().unwrap_or_default().to_owned();
+    // `[fd00::1]` in a URL is `fd00::1` to connect to.
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let tcp = tokio::time::timeout(
@@ -246,4 +285,31 @@ where
     let status = response.status().as_u16();
     let _ = response.into_body().collect().await;
     Ok(status)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A bad hook URL is named by its app, never echoed (it may hold the hook's token), and
+    /// credentials in it are refused (they would go out in the Host header); apps configured
+    /// in another case are found to be warned about.
+    #[test]
+    fn hook_urls_are_checked_and_never_echoed() {
+        for url in [
+            "ftp://hooks.example/x?token=secret1",
+            "https://user:secret1@hooks.example/x",
+            "not a url secret1",
+        ] {
+            let urls = BTreeMap::from([("game".to_owned(), url.to_owned())]);
+            let e = Webhooks::new(&urls).err().unwrap().to_string();
+            assert!(e.starts_with("results.webhooks.game:"), "{e}");
+            assert!(!e.contains("secret1"), "{e}");
+        }
+        let urls = BTreeMap::from([("mygame".to_owned(), "http://[::1]:9/hook".to_owned())]);
+        let hooks = Webhooks::new(&urls).unwrap();
+        assert_eq!(hooks.other_case("MyGame"), Some("mygame"));
+        assert_eq!(hooks.other_case("mygame"), None);
+    }
 }
