@@ -213,6 +213,30 @@ fn two_quick_attempts() -> RetryPolicy {
 }
 
 /// A port nothing listens on.
+/// Sends `lone` while pushes to `others` keep being delivered, as in a running pusher: how
+/// `lone` ended (within 20 s: it must end, not wait for the app to resume).
+async fn beside_deliveries(
+    sender: &WebPushSender,
+    lone: WebPushMessage,
+    others: &str,
+) -> pusher::sender::webpush::WebPushDelivery {
+    let lone = sender.send(&lone);
+    let others = async {
+        for i in 0.. {
+            let m = message(generated_subscription(others, &format!("b{i}")), b"x");
+            assert_eq!(sender.send(&m).await.outcome, Outcome::Delivered);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::select! {
+            d = lone => d,
+            _ = others => unreachable!(),
+        }
+    })
+    .await
+    .expect("one subscription's failure ends, the app not paused")
+}
+
 fn dead_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
@@ -274,21 +298,7 @@ async fn a_push_service_taking_no_connection_pauses_the_app_only_when_every_push
 
     // One subscription's dead host: it gives up, the others are delivered meanwhile.
     let lone = message(generated_subscription(&dead_origin, "lone"), b"x");
-    let lone = sender.send(&lone);
-    let others = async {
-        for i in 0.. {
-            let m = message(generated_subscription(&good_origin, &format!("b{i}")), b"x");
-            assert_eq!(sender.send(&m).await.outcome, Outcome::Delivered);
-        }
-    };
-    let d = tokio::time::timeout(Duration::from_secs(20), async {
-        tokio::select! {
-            d = lone => d,
-            _ = others => unreachable!(),
-        }
-    })
-    .await
-    .expect("one subscription's dead host ends, the app not paused");
+    let d = beside_deliveries(&sender, lone, &good_origin).await;
     assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
     assert!(d.transport_error.is_some(), "{d:?}");
     assert!(sender.gate().health().borrow().is_up());
@@ -514,21 +524,7 @@ async fn refusing_every_push_pauses_the_app_one_subscription_gives_up(status: u1
     }
     // Others are delivered meanwhile, as in a running pusher.
     let lone = message(generated_subscription(&origin, "other-key"), b"x");
-    let lone = sender.send(&lone);
-    let others = async {
-        for i in 0.. {
-            let m = message(generated_subscription(&origin, &format!("b{i}")), b"x");
-            assert_eq!(sender.send(&m).await.outcome, Outcome::Delivered);
-        }
-    };
-    let d = tokio::time::timeout(Duration::from_secs(20), async {
-        tokio::select! {
-            d = lone => d,
-            _ = others => unreachable!(),
-        }
-    })
-    .await
-    .expect("one subscription's refusal ends");
+    let d = beside_deliveries(&sender, lone, &origin).await;
     assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
     assert_eq!(d.status, Some(status));
 }
