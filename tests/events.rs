@@ -779,6 +779,44 @@ async fn opt_outs_limits_and_duplicates() {
     );
 }
 
+/// A message's `expiry_s` runs from the event, not from when a router got to it: an event
+/// that waited out its message's life (a backlog while routers or PostgreSQL were down) is
+/// counted `expired`, not sent; a younger one is sent with what is left of its life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_expiry_runs_from_the_event() {
+    let p = Platform::start(1, DeviceLimits::default()).await;
+    p.put_message(
+        "energy",
+        json!({"event_id": 9, "expiry_s": 3600,
+               "localizations": [{"language_id": 1, "text": "Energy is full"}]}),
+    )
+    .await;
+    p.events(json!([login(5, 1, 1, "gcm-5")])).await;
+    p.wait_routed().await;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let young = now_s - 600;
+    p.events(json!([
+        {"user_id": 5, "event_id": 9, "timestamp": now_s - 2 * 86_400},
+        {"user_id": 5, "event_id": 9, "timestamp": young},
+    ]))
+    .await;
+    p.wait_routed().await;
+    let pushes = p.pushes(1);
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    let expiry_ms = pushes[0].2["push_expiry"].as_i64().unwrap();
+    let expected = (young + 3600) * 1000;
+    assert!(
+        (expected..expected + 5_000).contains(&expiry_ms),
+        "expires {expiry_ms}, the event's life ends at {expected}"
+    );
+    let c = p.stop().await;
+    assert_eq!(skipped(&c, "expired"), 1, "{c:?}");
+    assert_eq!(c.events.pushes, 1, "{c:?}");
+}
+
 /// The messages API: create, read, list, replace, delete; bad input is a 400 naming the
 /// field, and nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,9 @@ pub struct Event {
     pub user_id: i64,
     pub event_id: i32,
     pub pairs: BTreeMap<String, String>,
+    /// When it happened (Unix ms, never later than its routing): a message's `expiry_s`
+    /// runs from here, not from when a router got to it.
+    pub at_ms: i64,
 }
 
 /// Per-app limits on what reaches one device.
@@ -110,6 +113,8 @@ struct Candidate<'a> {
     message: &'a Message,
     title: String,
     text: String,
+    /// What is left of the message's `expiry_s` (0: none set).
+    expiry_s: i64,
 }
 
 /// What routing a batch of events decided.
@@ -191,6 +196,21 @@ pub async fn route(
                 counts.skip("no_localization");
                 continue;
             };
+            // The expiry runs from the event: one that waited out its message's life in a
+            // backlog (routers down, PostgreSQL down) is not sent with a fresh one.
+            let expiry_s = if message.expiry_s > 0 {
+                let left_ms = event
+                    .at_ms
+                    .saturating_add(message.expiry_s.saturating_mul(1000))
+                    .saturating_sub(now_ms);
+                if left_ms <= 0 {
+                    counts.skip("expired");
+                    continue;
+                }
+                (left_ms + 999) / 1000
+            } else {
+                0
+            };
             let filled = messages::fill(&l.title, &event.pairs)
                 .and_then(|title| Ok((title, messages::fill(&l.text, &event.pairs)?)));
             match filled {
@@ -205,6 +225,7 @@ pub async fn route(
                     message,
                     title,
                     text,
+                    expiry_s,
                 }),
                 Err(missing) => {
                     tracing::debug!(app, message = %message.name, parameter = %missing,
@@ -276,7 +297,7 @@ pub async fn route(
             screen: c.message.screen.clone(),
             notif_id: format!("{}.{}", c.event.uid, c.message.name),
             message: c.message.name.clone(),
-            expiry_s: c.message.expiry_s,
+            expiry_s: c.expiry_s,
             priority: Some(c.message.priority),
             ..Notification::default()
         };

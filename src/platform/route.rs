@@ -246,6 +246,8 @@ async fn handle(
             counts.malformed += 1;
             continue;
         };
+        // When the API wrote the record: the time of an event or login that names none.
+        let written_ms = m.timestamp().to_millis().unwrap_or(now_ms).min(now_ms);
         let record = m
             .payload()
             .and_then(|p| serde_json::from_slice::<RequestRecord>(p).ok());
@@ -304,7 +306,7 @@ async fn handle(
                 timestamp,
                 pairs,
                 ..
-            } => match login(user_id, timestamp, &pairs) {
+            } => match login(user_id, event_time(timestamp, written_ms, now_ms), &pairs) {
                 Some((device, login)) => {
                     counts.logins += 1;
                     entry.devices.push(device);
@@ -325,6 +327,7 @@ async fn handle(
                 id,
                 user_id,
                 event_id,
+                timestamp,
                 pairs,
                 ..
             } => entry.phase().events.push(Event {
@@ -338,6 +341,7 @@ async fn handle(
                 user_id,
                 event_id,
                 pairs,
+                at_ms: event_time(timestamp, written_ms, now_ms),
             }),
         }
     }
@@ -545,13 +549,24 @@ async fn stream_segment(
     }
 }
 
-/// A login event's device and language (Pushkin's pairs), or None when it names no token or
-/// no platform this pusher sends to.
-fn login(
-    user_id: i64,
-    timestamp: i64,
-    pairs: &BTreeMap<String, String>,
-) -> Option<(Device, Login)> {
+/// When an event (or a login) happened, in Unix ms: its `timestamp` (Pushkin's seconds; a
+/// value this large is already milliseconds), else when the API wrote its record; never later
+/// than now (a sender's clock ahead, microseconds sent as seconds). Every registry rule is "the
+/// newest login wins", so a login from the future would keep its token from moving to another
+/// user, its language and its place among the user's 10 devices until then, and a verdict
+/// would never delete its token; an event's expiry runs from it.
+fn event_time(timestamp: i64, written_ms: i64, now_ms: i64) -> i64 {
+    let at_ms = match timestamp {
+        t if t <= 0 => written_ms,
+        t if t > 100_000_000_000 => t,
+        t => t.saturating_mul(1000),
+    };
+    at_ms.min(now_ms)
+}
+
+/// A login event's device and language (Pushkin's pairs) at `at_ms` ([`event_time`]), or
+/// None when it names no token or no platform this pusher sends to.
+fn login(user_id: i64, at_ms: i64, pairs: &BTreeMap<String, String>) -> Option<(Device, Login)> {
     // Stored as text: a value PostgreSQL would refuse (a NUL) is no value, so that a record
     // written past the API cannot stop the partition.
     let get = |k: &str| {
@@ -565,24 +580,6 @@ fn login(
     let platform_id: i64 = get("platformId")?.parse().ok()?;
     let platform = platform_of_pushkin_id(platform_id)?;
     let language_id = get("languageId").and_then(|l| l.parse().ok()).unwrap_or(1);
-    // Pushkin sends seconds; a value this large is already milliseconds.
-    let at_ms = match timestamp {
-        t if t <= 0 => {
-            use crate::clock::Clock;
-            i64::try_from(crate::clock::SystemClock.now().as_millis()).unwrap_or(i64::MAX)
-        }
-        t if t > 100_000_000_000 => t,
-        t => t * 1000,
-    };
-    // A login is never later than now (a sender's clock ahead, microseconds sent as seconds):
-    // every registry rule is "the newest login wins", so one from the future would keep its
-    // token from moving to another user, its language and its place among the user's 10
-    // devices until then, and a verdict would never delete its token.
-    let at_ms = {
-        use crate::clock::Clock;
-        let now = i64::try_from(crate::clock::SystemClock.now().as_millis()).unwrap_or(i64::MAX);
-        at_ms.min(now)
-    };
     Some((
         Device {
             user_id,
@@ -606,7 +603,6 @@ fn login(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
     use crate::push::Platform;
 
     #[test]
@@ -618,7 +614,7 @@ mod tests {
             ("deviceToken".to_owned(), "abc".to_owned()),
             ("applicationVersion".to_owned(), "1.2".to_owned()),
         ]);
-        let (device, login) = super::login(7, 1_458_866_235, &pairs).unwrap();
+        let (device, login) = super::login(7, 1_458_866_235_000, &pairs).unwrap();
         assert_eq!(device.platform, Platform::Apns);
         assert_eq!(device.registered_ms, 1_458_866_235_000);
         assert_eq!((login.language_id, device.app_version.as_str()), (3, "1.2"));
@@ -628,18 +624,33 @@ mod tests {
         let mut web = pairs.clone();
         web.insert("platformId".into(), "9".into());
         assert!(super::login(7, 0, &web).is_none());
-        // Values PostgreSQL would refuse are none; a timestamp in nanoseconds is now.
+        // Values PostgreSQL would refuse are none.
         let mut nul = pairs.clone();
         nul.insert("deviceToken".into(), "ab\u{0}c".into());
         assert!(super::login(7, 0, &nul).is_none());
-        let (device, _) = super::login(7, 1_700_000_000_000_000_000, &pairs).unwrap();
-        assert!((1_700_000_000_000..10_000_000_000_000).contains(&device.registered_ms));
-        // A login from the future (the year 2286, a clock ahead) is now: the newest login
-        // wins every registry rule, and one from the future would win them until then.
-        let now = crate::clock::SystemClock.now().as_millis() as i64;
-        for future in [9_999_999_999, now / 1000 + 86_400] {
-            let (device, _) = super::login(7, future, &pairs).unwrap();
-            assert!(device.registered_ms <= now + 60_000, "{future}");
+    }
+
+    /// An event's time: Pushkin's seconds, or milliseconds; none given, when the API wrote
+    /// it; never later than now (a clock ahead, the year 2286, nanoseconds as seconds): the
+    /// newest login wins every registry rule, and one from the future would win them until
+    /// then.
+    #[test]
+    fn event_times_are_milliseconds_up_to_now() {
+        let now = 1_800_000_000_000;
+        let written = now - 5_000;
+        assert_eq!(event_time(1_458_866_235, written, now), 1_458_866_235_000);
+        assert_eq!(
+            event_time(1_458_866_235_123, written, now),
+            1_458_866_235_123
+        );
+        assert_eq!(event_time(0, written, now), written);
+        assert_eq!(event_time(-5, written, now), written);
+        for future in [
+            9_999_999_999,
+            now / 1000 + 86_400,
+            1_700_000_000_000_000_000,
+        ] {
+            assert_eq!(event_time(future, written, now), now, "{future}");
         }
     }
 }
