@@ -472,6 +472,25 @@ async fn a_statement_waiting_on_a_lock_is_503_at_the_statement_timeout() {
             .unwrap();
         assert_eq!(row.get::<_, String>(0), "1s", "{setting}");
     }
+    // Creating the tables waits for their locks at most as long: a start behind a session
+    // holding them (a dump, another start stuck) fails, naming the wait, instead of queueing
+    // every statement on the tables behind it without end.
+    blocker
+        .execute("SELECT pg_advisory_lock(7210417)", &[])
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        Store::new(&pg_config).unwrap().init(),
+    )
+    .await
+    .expect("the start waited for the lock without end");
+    blocker
+        .execute("SELECT pg_advisory_unlock(7210417)", &[])
+        .await
+        .unwrap();
+    let e = refused.unwrap_err().to_string();
+    assert!(e.contains("lock timeout"), "{e}");
     api.stop().await;
 }
 

@@ -146,11 +146,13 @@ impl DeletionTicket {
 /// No statement may wait without end: a lock held by someone else's open transaction, or a
 /// database that stopped answering, would otherwise hold a router's batch (and its group's
 /// rebalances), an API request or a token deletion until it ends, with nothing reported.
-/// PostgreSQL cancels a statement past `statementTimeout` and ends a session idle that long
-/// inside a transaction (a process of ours stopped mid-transaction holds no locks past it); a
-/// connection whose sent data goes unacknowledged that long is closed by the kernel
-/// (`TCP_USER_TIMEOUT`), and keepalives find an idle one whose peer is gone (a failover). Each
-/// is an ordinary PostgreSQL failure then: retried, shown on `/healthz`.
+/// Each new connection sets `statement_timeout` (PostgreSQL cancels a statement that runs or
+/// waits longer) and `idle_in_transaction_session_timeout` (a process of ours stopped
+/// mid-transaction holds no locks past it); with `SET`s, not the startup packet's `options`,
+/// which PgBouncer refuses by default. The kernel closes a connection whose sent data goes
+/// unacknowledged as long (`TCP_USER_TIMEOUT`, at least 10 s: retransmissions take seconds),
+/// and keepalives find an idle one whose peer is gone (a failover). Each is an ordinary
+/// PostgreSQL failure then: retried, shown on `/healthz`.
 pub fn pg_pool(pg: &PgConfig) -> Result<Pool, TokenError> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&pg.host)
@@ -166,21 +168,32 @@ pub fn pg_pool(pg: &PgConfig) -> Result<Pool, TokenError> {
         cfg.password(pass.expose());
     }
     if !pg.statement_timeout.is_zero() {
-        let ms = pg.statement_timeout.as_millis().max(1);
-        cfg.options(format!(
-            "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
-        ))
-        .tcp_user_timeout(pg.statement_timeout);
+        cfg.tcp_user_timeout(pg.statement_timeout.max(Duration::from_secs(10)));
     }
     let manager = deadpool_postgres::Manager::from_config(
         cfg,
         tokio_postgres::NoTls,
         deadpool_postgres::ManagerConfig::default(),
     );
-    Pool::builder(manager)
+    let mut pool = Pool::builder(manager)
         .max_size(pg.pool_size.max(1))
-        .runtime(Runtime::Tokio1)
-        .build()
+        .runtime(Runtime::Tokio1);
+    if !pg.statement_timeout.is_zero() {
+        let ms = pg.statement_timeout.as_millis().max(1);
+        let set: Arc<str> =
+            format!("SET statement_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}")
+                .into();
+        pool = pool.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+            let set = set.clone();
+            Box::pin(async move {
+                client
+                    .batch_execute(&set)
+                    .await
+                    .map_err(deadpool_postgres::HookError::Backend)
+            })
+        }));
+    }
+    pool.build()
         // The error text holds no password: deadpool reports only what went wrong.
         .map_err(|e| TokenError::Pool(e.to_string()))
 }

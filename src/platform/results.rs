@@ -194,7 +194,7 @@ impl Completion {
         let (complete, handed): (Vec<Completed>, Vec<Completed>) = complete
             .into_iter()
             .partition(|c| self.webhooks.has(&c.app));
-        self.call_all(&complete).await;
+        let started = self.call_all(&complete).await;
         self.hand_over(&handed).await;
         let done: HashSet<(&str, &str)> = complete
             .iter()
@@ -221,7 +221,7 @@ impl Completion {
             let slot = later.entry(pair).or_insert(first);
             *slot = (*slot).min(first);
         }
-        Ok(complete.len() as u64)
+        Ok(started)
     }
 
     /// Announces this process's hooked apps, and reads those hooked elsewhere.

@@ -133,18 +133,26 @@ pub enum Claimed {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// `invalidToken.pg.statementTimeout` in ms (0: none), the schema's lock timeout.
+    lock_timeout_ms: u128,
 }
 
 impl Store {
     pub fn new(pg: &PgConfig) -> Result<Store, StoreError> {
         crate::pipeline::tokens::pg_pool(pg)
-            .map(|pool| Store { pool })
+            .map(|pool| Store {
+                pool,
+                lock_timeout_ms: pg.statement_timeout.as_millis(),
+            })
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     /// A store on a pool another part opened (`pusher route` shares the registry's).
     pub fn with_pool(pool: Pool) -> Store {
-        Store { pool }
+        Store {
+            pool,
+            lock_timeout_ms: 0,
+        }
     }
 
     /// The connection pool (the registry shares it).
@@ -155,14 +163,18 @@ impl Store {
     /// Creates the tables when they are missing and brings older ones to the current shape
     /// (`fixtures/platform.sql`). Serialised by an advisory lock: two processes starting at
     /// once would otherwise race in `CREATE TABLE IF NOT EXISTS`. Without the statement
-    /// timeout: bringing a large table to the current shape, or waiting for another process
-    /// that does, may take longer, and is done once.
+    /// timeout (bringing a large table to the current shape may take longer, and is done
+    /// once), but with it as a lock timeout: `ALTER TABLE` queues for its lock at every start,
+    /// and every statement on the table queues behind it; waiting without end (a dump holding
+    /// the table), it stopped the whole platform. Past it, the start fails, naming the lock.
     pub async fn init(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client
             .batch_execute(&format!(
-                "SET client_min_messages = warning; BEGIN; SET LOCAL statement_timeout = 0; \
-                 SELECT pg_advisory_xact_lock(7210417); {SCHEMA} COMMIT;"
+                "SET client_min_messages = warning; BEGIN; \
+                 SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; \
+                 SELECT pg_advisory_xact_lock(7210417); {SCHEMA} COMMIT;",
+                self.lock_timeout_ms
             ))
             .await?;
         Ok(())
