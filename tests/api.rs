@@ -920,6 +920,88 @@ async fn a_results_process_without_the_hook_hands_completed_notifications_over()
     );
 }
 
+/// A hook that answers slowly holds its calls: one process makes at most its bound at once
+/// (256; 2 here), hands the rest back to PostgreSQL and makes them as calls end. Every
+/// notification's hook is still called, once. Before, each completion started a call of its
+/// own, without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_calls_in_progress_are_bounded_and_the_rest_made_later() {
+    use pusher::platform::results::run as results;
+    use pusher::platform::webhook::Webhooks;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let app = fresh_app("api");
+    let feedback = format!("push-{app}-gcm-feedbacks");
+    let kafka = TestKafka::start(&[&feedback], 1).await;
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    const N: usize = 8;
+    let ids: Vec<String> = (0..N).map(|i| format!("b-{i}")).collect();
+    let accepted: Vec<(String, Option<u32>)> = ids.iter().map(|id| (id.clone(), Some(1))).collect();
+    store.record_accepted(&app, &accepted).await.unwrap();
+    // A hook that takes 300 ms to answer, counting the calls it holds at once.
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (tx, mut calls) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let hook = {
+        let (now, most) = (now.clone(), most.clone());
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (now, most, tx) = (now.clone(), most.clone(), tx.clone());
+                async move {
+                    most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    let body: Value = serde_json::from_slice(&body).unwrap();
+                    let _ = tx.send(body["notif_id"].as_str().unwrap().to_owned());
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}/hook")
+    };
+    // Every verdict is in Kafka first: the first batch completes all of them at once.
+    for (i, id) in ids.iter().enumerate() {
+        common::platform::produce_delivered(kafka.bootstrap(), &app, id, &format!("tok-{i}")).await;
+    }
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(results(
+        common::platform::results_group(kafka.bootstrap(), &app),
+        store.clone(),
+        Webhooks::new(&std::collections::BTreeMap::from([(app.clone(), hook)]))
+            .unwrap()
+            .with_max_calls(2),
+        stop.clone(),
+    ));
+    let mut called = Vec::new();
+    for _ in 0..N {
+        let id = tokio::time::timeout(Duration::from_secs(30), calls.recv())
+            .await
+            .expect("every notification's hook is called")
+            .unwrap();
+        called.push(id);
+    }
+    called.sort();
+    assert_eq!(called, ids);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), calls.recv())
+            .await
+            .is_err(),
+        "each once"
+    );
+    assert!(most.load(Ordering::SeqCst) <= 2, "{most:?} calls at once");
+    stop.cancel();
+    let counts = writer.await.unwrap().unwrap();
+    assert_eq!(
+        (counts.stored, counts.webhooks),
+        (N as u64, N as u64),
+        "{counts:?}"
+    );
+}
+
 /// A webhook call outlives the `pusher results` that made it: one stopped mid-retry gives its
 /// call up and the next makes it at once; one that died (its claim no longer renewed) leaves
 /// it to the next after the lease. A call that ended is not made again.

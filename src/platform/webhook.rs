@@ -94,6 +94,12 @@ impl Webhooks {
         })
     }
 
+    /// The same hooks with at most `calls` in progress at once (tests; [`MAX_CALLS`] else).
+    pub fn with_max_calls(mut self, calls: usize) -> Webhooks {
+        self.slots = Arc::new(tokio::sync::Semaphore::new(calls));
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.urls.is_empty()
     }
