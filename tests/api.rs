@@ -835,6 +835,17 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
     assert_eq!((counts.stored, counts.webhooks), (2, 2), "{counts:?}");
 }
 
+/// `n` notifications of `app` accepted with one token each (`<prefix>-0`, ...), as the API
+/// records them, in a store whose tables exist.
+async fn one_token_notifications(app: &str, prefix: &str, n: usize) -> (Store, Vec<String>) {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let accepted: Vec<(String, Option<u32>)> = ids.iter().map(|id| (id.clone(), Some(1))).collect();
+    store.record_accepted(app, &accepted).await.unwrap();
+    (store, ids)
+}
+
 /// Two results processes whose `results.webhooks` differ: the one without the app's hook
 /// reads every verdict, and hands each notification it completes over to the one with the
 /// hook, which calls it once. Before, none was called, and nothing said so.
@@ -847,12 +858,8 @@ async fn a_results_process_without_the_hook_hands_completed_notifications_over()
     let feedback = format!("push-{app}-gcm-feedbacks");
     let other_feedback = format!("push-{other}-gcm-feedbacks");
     let kafka = TestKafka::start(&[&feedback, &other_feedback], 1).await;
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
     const N: usize = 5;
-    let ids: Vec<String> = (0..N).map(|i| format!("h-{i}")).collect();
-    let accepted: Vec<(String, Option<u32>)> = ids.iter().map(|id| (id.clone(), Some(1))).collect();
-    store.record_accepted(&app, &accepted).await.unwrap();
+    let (store, ids) = one_token_notifications(&app, "h", N).await;
     let (hook, mut calls) = common::platform::webhook_receiver().await;
     let stop = CancellationToken::new();
     // The process with the hook reads another app's feedback only: every verdict of `app`
@@ -933,12 +940,8 @@ async fn webhook_calls_in_progress_are_bounded_and_the_rest_made_later() {
     let app = fresh_app("api");
     let feedback = format!("push-{app}-gcm-feedbacks");
     let kafka = TestKafka::start(&[&feedback], 1).await;
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
     const N: usize = 8;
-    let ids: Vec<String> = (0..N).map(|i| format!("b-{i}")).collect();
-    let accepted: Vec<(String, Option<u32>)> = ids.iter().map(|id| (id.clone(), Some(1))).collect();
-    store.record_accepted(&app, &accepted).await.unwrap();
+    let (store, ids) = one_token_notifications(&app, "b", N).await;
     // A hook that takes 300 ms to answer, counting the calls it holds at once.
     let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (tx, mut calls) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -237,6 +237,31 @@ async fn beside_deliveries(
     .expect("one subscription's failure ends, the app not paused")
 }
 
+/// Four pushes to `origin` at once, every one failing there: the app pauses (within 20 s)
+/// and none of them ends meanwhile (they wait for it to resume). Their tasks.
+async fn pushes_pausing_the_app(
+    sender: &std::sync::Arc<WebPushSender>,
+    origin: &str,
+) -> Vec<tokio::task::JoinHandle<pusher::sender::webpush::WebPushDelivery>> {
+    let sends: Vec<_> = (0..4)
+        .map(|i| {
+            let sender = sender.clone();
+            let m = message(generated_subscription(origin, &format!("a{i}")), b"x");
+            tokio::spawn(async move { sender.send(&m).await })
+        })
+        .collect();
+    let mut health = sender.gate().health();
+    tokio::time::timeout(Duration::from_secs(20), health.wait_for(|h| !h.is_up()))
+        .await
+        .expect("the app pauses")
+        .unwrap();
+    assert!(
+        sends.iter().all(|s| !s.is_finished()),
+        "nothing ends while every push to {origin} fails"
+    );
+    sends
+}
+
 fn dead_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
@@ -304,22 +329,7 @@ async fn a_push_service_taking_no_connection_pauses_the_app_only_when_every_push
     assert!(sender.gate().health().borrow().is_up());
 
     // Every push failing to connect: an outage, waited out.
-    let sends: Vec<_> = (0..4)
-        .map(|i| {
-            let sender = sender.clone();
-            let m = message(generated_subscription(&dead_origin, &format!("a{i}")), b"x");
-            tokio::spawn(async move { sender.send(&m).await })
-        })
-        .collect();
-    let mut health = sender.gate().health();
-    tokio::time::timeout(Duration::from_secs(20), health.wait_for(|h| !h.is_up()))
-        .await
-        .expect("the app pauses")
-        .unwrap();
-    assert!(
-        sends.iter().all(|s| !s.is_finished()),
-        "nothing ends while the push service takes no connection"
-    );
+    let sends = pushes_pausing_the_app(&sender, &dead_origin).await;
     let back = tokio::net::TcpListener::bind(("127.0.0.1", dead))
         .await
         .expect("the dead port is free again");
@@ -498,22 +508,7 @@ async fn refusing_every_push_pauses_the_app_one_subscription_gives_up(status: u1
     config.on_fault = OnFault::Wait;
     config.retry = two_quick_attempts();
     let sender = Arc::new(WebPushSender::new(config).expect("sender"));
-    let sends: Vec<_> = (0..4)
-        .map(|i| {
-            let sender = sender.clone();
-            let m = message(generated_subscription(&origin, &format!("a{i}")), b"x");
-            tokio::spawn(async move { sender.send(&m).await })
-        })
-        .collect();
-    let mut health = sender.gate().health();
-    tokio::time::timeout(Duration::from_secs(20), health.wait_for(|h| !h.is_up()))
-        .await
-        .expect("the app pauses")
-        .unwrap();
-    assert!(
-        sends.iter().all(|s| !s.is_finished()),
-        "{status}: nothing ends while every push is refused"
-    );
+    let sends = pushes_pausing_the_app(&sender, &origin).await;
     refuse_all.store(false, Ordering::SeqCst);
     for s in sends {
         let d = tokio::time::timeout(Duration::from_secs(20), s)
