@@ -149,6 +149,39 @@ impl Platform {
     }
 }
 
+/// `n` users from `first`, each with one GCM device (`token(i)`) and a login in language 1.
+fn gcm_users(
+    first: i64,
+    n: i64,
+    token: impl Fn(i64) -> String,
+) -> (
+    Vec<pusher::platform::registry::Device>,
+    Vec<pusher::platform::registry::Login>,
+) {
+    use pusher::platform::registry::{Device, Login};
+    let at_ms = 1_700_000_000_000;
+    (0..n)
+        .map(|i| {
+            let device = Device {
+                user_id: first + i,
+                platform: pusher::push::Platform::Gcm,
+                token: token(i),
+                device_id: String::new(),
+                platform_id: None,
+                app_version: "1".into(),
+                registered_ms: at_ms,
+                keys: None,
+            };
+            let login = Login {
+                user_id: first + i,
+                language_id: 1,
+                at_ms,
+            };
+            (device, login)
+        })
+        .unzip()
+}
+
 fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<Value> {
     common::platform::read_topic(brokers, topic, expected)
         .into_iter()
@@ -721,32 +754,12 @@ async fn segments_reach_every_matching_device_and_resume() {
 /// finished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_joining_mid_broadcast_is_served_before_it_ends_and_each_device_gets_one_push() {
-    use pusher::platform::registry::{Device, Login};
-    use pusher::push::Platform as P;
     // About 7 s of streaming here (debug build): longer than a rebalance takes to reach the
     // streaming router (its next heartbeat, 2 s at most).
     const DEVICES: i64 = 60_000;
     let p = Platform::start().await;
     let registry = Registry::new(p.store.pool());
-    let devices: Vec<Device> = (0..DEVICES)
-        .map(|i| Device {
-            user_id: 100_000 + i,
-            platform: P::Gcm,
-            token: format!("b-{i:06}"),
-            device_id: String::new(),
-            platform_id: None,
-            app_version: "1".into(),
-            registered_ms: 1_700_000_000_000,
-            keys: None,
-        })
-        .collect();
-    let logins: Vec<Login> = (0..DEVICES)
-        .map(|i| Login {
-            user_id: 100_000 + i,
-            language_id: 1,
-            at_ms: 1_700_000_000_000,
-        })
-        .collect();
+    let (devices, logins) = gcm_users(100_000, DEVICES, |i| format!("b-{i:06}"));
     for (d, l) in devices.chunks(5_000).zip(logins.chunks(5_000)) {
         registry.register(&p.app, d, l).await.unwrap();
     }
@@ -820,31 +833,12 @@ async fn a_router_joining_mid_broadcast_is_served_before_it_ends_and_each_device
 /// by construction in `stream_segment`: the order is not observable from here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_reached_no_device_is_complete_and_calls_its_webhook() {
-    use pusher::platform::registry::{Device, Login};
     use pusher::platform::results::run as results;
     use pusher::platform::webhook::Webhooks;
     let p = Platform::start().await;
     let registry = Registry::new(p.store.pool());
     let page = 1000; // the router's segment page
-    let devices: Vec<Device> = (0..page)
-        .map(|i| Device {
-            user_id: 20_000 + i,
-            platform: pusher::push::Platform::Gcm,
-            token: format!("page-{i:05}"),
-            device_id: String::new(),
-            platform_id: None,
-            app_version: "2.0".into(),
-            registered_ms: 1_700_000_000_000,
-            keys: None,
-        })
-        .collect();
-    let logins: Vec<Login> = (0..page)
-        .map(|i| Login {
-            user_id: 20_000 + i,
-            language_id: 1,
-            at_ms: 1_700_000_000_000,
-        })
-        .collect();
+    let (devices, logins) = gcm_users(20_000, page, |i| format!("page-{i:05}"));
     registry.register(&p.app, &devices, &logins).await.unwrap();
     let notes = json!({"notifications": [{"login_id": 1338, "title": "T", "content": "C"}]});
     let a = post_json(p.addr, "/post_notification_json", KEY, &notes).await;
