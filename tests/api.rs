@@ -398,6 +398,61 @@ async fn broker_down_is_503_and_the_retry_is_accepted_once() {
     up.stop().await;
 }
 
+/// Kafka takes one item's records and refuses the other's (a topic it will not write): the
+/// written item is accepted, and retries with the same key write only the refused one. Seen:
+/// every claim was released, so each retry wrote the first item's records again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_written_request_is_retried_without_writing_twice() {
+    use rdkafka::types::RDKafkaRespErr;
+    let app = fresh_app("api");
+    let [apns, gcm] = topics(&app);
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic(&apns, 1, 1).unwrap();
+    cluster.create_topic(&gcm, 1, 1).unwrap();
+    cluster
+        .topic_error(
+            &gcm,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let auth = format!("Bearer {KEY}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("idempotency-key", "k-part"),
+    ];
+    let body = serde_json::to_vec(&json!({"notifications": [
+        {"tokens": ["a1", "a2"], "platform": 1, "message": "m"},
+        {"tokens": ["g1"], "platform": 2, "message": "m"}
+    ]}))
+    .unwrap();
+    let mut s = settings(&app);
+    s.produce_timeout = Duration::from_secs(2);
+    let refusing = Api::start(s, &brokers).await;
+    let first = request(refusing.addr, "POST", "/api/push", &headers, body.clone()).await;
+    assert_eq!(first.status, 503, "{}", first.text());
+    assert!(
+        first.text().contains("1 of 2 new items were accepted"),
+        "{}",
+        first.text()
+    );
+    let second = request(refusing.addr, "POST", "/api/push", &headers, body.clone()).await;
+    assert_eq!(second.status, 503, "{}", second.text());
+    refusing.stop().await;
+
+    cluster
+        .topic_error(&gcm, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .unwrap();
+    let writing = Api::start(settings(&app), &brokers).await;
+    let third = request(writing.addr, "POST", "/api/push", &headers, body).await;
+    assert_eq!(third.status, 200, "{}", third.text());
+    assert_eq!(third.json()["counts"], 3, "{}", third.text());
+    writing.stop().await;
+    // Accepted = produced: each token once, over three attempts.
+    assert_eq!(read_topic(&brokers, &apns, 2).len(), 2);
+    assert_eq!(read_topic(&brokers, &gcm, 1).len(), 1);
+}
+
 /// A statement that waits (here on a row another session inserted and holds uncommitted, as a
 /// stuck transaction or a migration would) fails at `statementTimeout`: the request is a 503
 /// naming PostgreSQL within seconds, not a connection held until the other session ends, and
@@ -667,15 +722,19 @@ async fn claims_dedup_take_over_stale_ones_and_remember_counts() {
             notif_id: "n1".into()
         }]
     );
-    // c1's late confirmation changes nothing: the claim is c3's now.
-    store
+    // c1's late confirmation changes nothing, and says so: the claim is c3's now.
+    let late = store
         .confirm(&app, "c1", &[("k".into(), Some(9))], &[])
         .await
         .unwrap();
-    store
+    assert_eq!(late, 0);
+    // Nor does c1's late release (a 400 or 422 after all) take c3's claim away.
+    store.release(&app, "c1", &[key("n1")]).await.unwrap();
+    let owner = store
         .confirm(&app, "c3", &[("k".into(), Some(5))], &[])
         .await
         .unwrap();
+    assert_eq!(owner, 1);
     let done = store
         .claim(&app, "c4", &[key("n4")], Duration::ZERO)
         .await
@@ -1513,6 +1572,8 @@ async fn sigkilled_api_loses_nothing_it_acknowledged() {
             // A fresh Tansu may take over a second for its first acknowledgement (it failed
             // CI once at 1 s): a timeout here would be a 503, not what this test is about.
             .env("PUSHER_API_PRODUCETIMEOUT", "5s")
+            // A dead request's claims are taken over after 2 x 5 s + 2 x 2 s.
+            .env("PUSHER_INVALIDTOKEN_PG_STATEMENTTIMEOUT", "2s")
             .env("PUSHER_INVALIDTOKEN_PG_HOST", "127.0.0.1")
             .env("PUSHER_INVALIDTOKEN_PG_USER", "postgres")
             .env("PUSHER_INVALIDTOKEN_PG_DATABASE", "test")
@@ -1595,8 +1656,8 @@ async fn sigkilled_api_loses_nothing_it_acknowledged() {
             ("authorization", auth.as_str()),
             ("idempotency-key", key.as_str()),
         ];
-        // A dead claim is taken over after twice the produce timeout (10 s).
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A dead claim is taken over after 14 s (above).
+        let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             let a = request(addr, "POST", "/api/push", &headers, body(i)).await;
             if a.status == 200 {

@@ -1037,3 +1037,32 @@ async fn a_sigkilled_router_loses_nothing_and_repeats_at_most_a_batch() {
     println!("killed with {at_kill} of {USERS} out; {repeated} repeated after the restart");
     p.stop().await;
 }
+
+/// A claim won, not sent (Kafka refused the batch), and won again by the same event's retry
+/// after its window: the window runs again from the retry. Seen: it kept the first expiry,
+/// already past, so another event won the same pair a moment after the retry's push.
+#[tokio::test]
+async fn a_cooldown_won_again_by_a_retry_runs_from_the_retry() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let claims = Claims::new(store.pool());
+    let app = common::platform::fresh_app("cr");
+    let claim = |owner: &str| Claim {
+        subject: "7".into(),
+        message: "gift".into(),
+        owner: owner.into(),
+    };
+    let first = [(claim("e1"), 1)];
+    assert_eq!(claims.cooldown(&app, &first).await.unwrap(), [Claimed::Won]);
+    // Past the first claim's one-second window, the retry of e1 wins its own claim and sends.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let retry = [(claim("e1"), 3600)];
+    assert_eq!(claims.cooldown(&app, &retry).await.unwrap(), [Claimed::Won]);
+    claims.mark_sent(&app, &[claim("e1")], &[]).await.unwrap();
+    let other = [(claim("e2"), 3600)];
+    assert_eq!(
+        claims.cooldown(&app, &other).await.unwrap(),
+        [Claimed::Lost],
+        "inside the cooldown of e1's push"
+    );
+}

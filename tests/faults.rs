@@ -776,3 +776,127 @@ async fn feedback_broker_down_holds_commits_and_loses_nothing() {
     );
     fake.server.shutdown().await;
 }
+
+// ---- One app's endpoint hangs ----
+
+#[derive(Default)]
+struct PerApp(Mutex<BTreeMap<String, u64>>);
+impl Observer for PerApp {
+    fn on_outcome(&self, e: &OutcomeEvent<'_>) {
+        *self.0.lock().unwrap().entry(e.app.to_string()).or_default() += 1;
+    }
+}
+
+/// An endpoint that accepts connections and never answers holds every slot of its app. Seen:
+/// the loop then waited for one of them, and every other app of the process stopped with it
+/// (no message started, no commit, and past `max.poll.interval.ms` the group dropped it). Now
+/// the app is paused with what it had consumed set aside, and the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_app_whose_endpoint_hangs_does_not_stop_the_others() {
+    const N: u64 = 50;
+    let pid = std::process::id();
+    let (hung, fine) = (format!("hung{pid}"), format!("fine{pid}"));
+    let topics = [format!("push-{hung}_apns"), format!("push-{fine}_apns")];
+    let kafka = KafkaMock::start(1, &topics, 1).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    let (fake, _log) = start_recording_fake(Profile::default(), 0).await;
+    // Accepts, holds the connections, answers nothing (not even the TLS handshake).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("https://{}", silent.local_addr().unwrap());
+    let connections = Arc::new(AtomicU64::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+            accepted.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let mut hung_config = config(&fake, silent_url, token_auth());
+    hung_config.pool.connect_timeout = Duration::from_secs(60);
+    hung_config.pool.request_timeout = Duration::from_secs(60);
+    hung_config.on_fault = OnFault::Wait;
+    let mut fine_config = config(&fake, fake.tls_url(), token_auth());
+    fine_config.on_fault = OnFault::Wait;
+    let apps = HashMap::from([
+        (
+            hung.clone(),
+            AppSender::apns(ApnsSender::new(hung_config).unwrap()),
+        ),
+        (
+            fine.clone(),
+            AppSender::apns(ApnsSender::new(fine_config).unwrap()),
+        ),
+    ]);
+    let seen = Arc::new(PerApp::default());
+    let outputs = Outputs {
+        feedback: None,
+        tokens: None,
+        observer: Some(seen.clone()),
+    };
+    let group = format!("g-hung{pid}");
+    let mut spec = RunSpec::new(
+        Platform::Apns,
+        brokers.clone(),
+        group.clone(),
+        topics.to_vec(),
+    );
+    spec.offset_reset = "earliest".into();
+    spec.max_in_flight = 5;
+    spec.commit_interval = Duration::from_millis(100);
+    spec.shutdown_timeout = Duration::from_secs(1);
+    spec.consumer_extra = vec![("fetch.wait.max.ms".into(), "10".into())];
+    // The hung app's messages first: its slots are full, and the loop at its sixth message,
+    // once its sender connects; only then the other app's.
+    let tokens: Vec<Vec<u8>> = (0..N).map(|i| message(&token(i))).collect();
+    common::process::produce_all(&brokers, &topics[0], &tokens).await;
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(run(spec, apps, outputs, stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while connections.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the hung app's sender never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    common::process::produce_all(&brokers, &topics[1], &tokens).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let delivered = || seen.0.lock().unwrap().get(&fine).copied().unwrap_or(0);
+    while delivered() < N && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        delivered(),
+        N,
+        "the other app's messages while one app hangs"
+    );
+    // Its offsets are committed meanwhile; the hung app's are not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::process::committed_offsets(&brokers, &group, &topics[1], 1) != [N as i64] {
+        assert!(
+            Instant::now() < deadline,
+            "the other app's offsets were not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        common::process::committed_offsets(&brokers, &group, &topics[0], 1),
+        [0]
+    );
+    stop.cancel();
+    let summary = pipeline.await.unwrap().unwrap();
+    assert_eq!(summary.outcomes.get("delivered"), Some(&N), "{summary:?}");
+    assert_eq!(seen.0.lock().unwrap().get(&hung), None);
+    assert_eq!(
+        summary
+            .committed
+            .get(&(topics[0].clone(), 0))
+            .copied()
+            .unwrap_or(0),
+        0
+    );
+    assert_eq!(fake.stats().requests, N);
+    fake.server.shutdown().await;
+}

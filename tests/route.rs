@@ -933,3 +933,88 @@ async fn what_reached_no_device_is_complete_and_calls_its_webhook() {
         "{routed:?}"
     );
 }
+
+/// The per-user limit's DELETE and a concurrent move of one of its tokens: user 1 registers an
+/// 11th device while another transaction moves user 1's oldest token to user 2. Seen: the
+/// limit's DELETE matched the token alone, waited for the move, and then deleted user 2's
+/// newest device. It is kept now; user 1 still ends with at most 10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_limit_never_deletes_a_token_moved_to_another_user_meanwhile() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let registry = Registry::new(store.pool());
+    let app = common::platform::fresh_app("lim");
+    let device = |user: i64, token: String, at_s: i64| pusher::platform::registry::Device {
+        user_id: user,
+        platform: pusher::push::Platform::Gcm,
+        token,
+        device_id: String::new(),
+        platform_id: None,
+        app_version: String::new(),
+        registered_ms: at_s * 1000,
+        keys: None,
+    };
+    let ten: Vec<_> = (0..10)
+        .map(|i| device(1, format!("t{i}"), 1_000 + i))
+        .collect();
+    registry.register(&app, &ten, &[]).await.unwrap();
+
+    let (mut other, connection) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let moving = other.transaction().await.unwrap();
+    moving
+        .execute(
+            "UPDATE pusher_devices SET user_id = 2, updated_at = to_timestamp(5000)
+             WHERE app = $1 AND token = 't0'",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    let eleventh = {
+        let registry = registry.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            registry
+                .register(&app, &[device(1, "t10".into(), 2_000)], &[])
+                .await
+        })
+    };
+    // The registration waits for the move's row lock.
+    let watcher = store.pool().get().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%DELETE FROM pusher_devices%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the limit's DELETE never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    moving.commit().await.unwrap();
+    eleventh.await.unwrap().unwrap();
+    let tokens = |devices: Vec<pusher::platform::registry::Device>| {
+        devices.into_iter().map(|d| d.token).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tokens(registry.devices_of(&app, &[2]).await.unwrap()),
+        ["t0"],
+        "user 2's newest device"
+    );
+    let mut first = tokens(registry.devices_of(&app, &[1]).await.unwrap());
+    first.sort();
+    assert_eq!(first.len(), 10, "{first:?}");
+    assert!(first.contains(&"t10".to_owned()), "{first:?}");
+}

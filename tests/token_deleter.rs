@@ -334,3 +334,49 @@ async fn a_full_queue_makes_submit_wait() {
     let stats = deleter.shutdown(Duration::from_millis(100)).await;
     assert_eq!(stats.dropped, 3);
 }
+
+/// PostgreSQL refuses a NUL in text (SQLSTATE 22021), which would fail the whole table's
+/// batch: the other tokens' DELETEs would be dropped and their messages committed anyway.
+#[tokio::test]
+async fn a_token_with_a_nul_never_costs_the_others_their_deletion() {
+    let tables = Tables::create().await;
+    tables.insert(Platform::Gcm, &["t1", "t2", "keep"]).await;
+    let mut s = settings();
+    s.batch_size = 3;
+    let deleter = TokenDeleter::spawn(pg_pool(&pg_config(PG_PORT)).unwrap(), s);
+    let queue = deleter.queue();
+    let mut tickets = Vec::new();
+    for token in ["t1", "t\u{0}3", "t2"] {
+        tickets.push(
+            queue
+                .submit(&tables.app, Platform::Gcm, token)
+                .await
+                .unwrap(),
+        );
+    }
+    for ticket in tickets {
+        ticket.committed().await.unwrap();
+    }
+    drop(queue);
+    let stats = deleter.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(tables.tokens(Platform::Gcm).await, ["keep"]);
+    assert_eq!((stats.success, stats.nonexistent, stats.dropped), (2, 1, 0));
+    tables.drop_tables().await;
+}
+
+/// A message task still waiting at a failing endpoint holds a queue clone: shutdown must
+/// still end at its deadline (SIGTERM during an outage exits at once).
+#[tokio::test]
+async fn a_queue_clone_still_held_does_not_keep_shutdown_waiting() {
+    let deleter = TokenDeleter::spawn(pg_pool(&pg_config(PG_PORT)).unwrap(), settings());
+    let held = deleter.queue();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(10),
+        deleter.shutdown(Duration::from_millis(200)),
+    )
+    .await
+    .expect("shutdown ends at its deadline");
+    assert_eq!(stats, TokenStats::default());
+    let refused = held.submit("game", Platform::Gcm, "late").await;
+    assert!(matches!(refused, Err(TokenError::Stopped)), "{refused:?}");
+}

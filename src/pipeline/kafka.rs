@@ -31,6 +31,11 @@ pub(super) struct RebalanceContext {
     pub(super) refused: Mutex<std::collections::HashSet<String>>,
     /// Apps whose endpoint is failing: their partitions stay paused until it answers again.
     pub(super) down: Mutex<std::collections::BTreeSet<String>>,
+    /// Apps whose consumed messages wait in the loop for a free slot: paused until they started.
+    pub(super) held: Mutex<std::collections::BTreeSet<String>>,
+    /// Counts revocations, so that a message held across one can tell its partition may have
+    /// moved.
+    pub(super) revocations: std::sync::atomic::AtomicU64,
     /// The last consumer lag seen in librdkafka's statistics (-1: none yet).
     pub(super) lag: std::sync::atomic::AtomicI64,
     /// Since when no broker has been up, for `/healthz`.
@@ -57,8 +62,11 @@ impl RebalanceContext {
         }
     }
 
-    pub(super) fn is_down(&self, topic: &str) -> bool {
-        app_from_topic(topic).is_some_and(|(app, _)| self.down.lock().contains(&app))
+    /// Whether `topic`'s app is paused, for its endpoint or for its held messages.
+    pub(super) fn is_paused(&self, topic: &str) -> bool {
+        app_from_topic(topic).is_some_and(|(app, _)| {
+            self.down.lock().contains(&app) || self.held.lock().contains(&app)
+        })
     }
 
     pub(super) fn down_apps(&self) -> Vec<String> {
@@ -140,6 +148,7 @@ impl ConsumerContext for RebalanceContext {
             for e in list.elements() {
                 tracker.revoke(e.topic(), e.partition());
             }
+            self.revocations.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -155,8 +164,9 @@ impl ConsumerContext for RebalanceContext {
                         if self.refused.lock().insert(e.topic().to_string()) {
                             tracing::error!(topic = e.topic(), "Not consuming this topic: {why}. Its messages stay in Kafka, uncommitted.");
                         }
-                    } else if self.is_down(e.topic()) {
-                        // Its app's endpoint is failing: it resumes when that answers again.
+                    } else if self.is_paused(e.topic()) {
+                        // Its app's endpoint is failing, or messages of it are held: it
+                        // resumes when that ends.
                         refused.add_partition(e.topic(), e.partition());
                     }
                 }
@@ -191,14 +201,42 @@ pub(super) fn record_commits(counters: &Counters, commits: &[(String, i32, i64)]
     }
 }
 
-/// Pauses (or resumes) the assigned partitions of `app`'s topics: while its endpoint fails,
-/// nothing more of it is fetched, and what is in flight waits, uncommitted.
-pub(super) fn pause_app(consumer: &StreamConsumer<RebalanceContext>, app: &str, up: bool) {
+/// Why an app's partitions are paused. They resume only when no reason is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pause {
+    /// Its endpoint fails: nothing more of it is fetched, and what is in flight waits,
+    /// uncommitted.
+    Down,
+    /// Its slots stayed full: what was consumed waits in the loop, and nothing more is fetched.
+    Held,
+}
+
+/// Pauses the assigned partitions of `app`'s topics for `why` (`on`), or lifts that reason,
+/// resuming them when it was the last.
+pub(super) fn pause_app(
+    consumer: &StreamConsumer<RebalanceContext>,
+    app: &str,
+    why: Pause,
+    on: bool,
+) {
     let context = consumer.context();
-    if up {
-        context.down.lock().remove(app);
-    } else {
-        context.down.lock().insert(app.to_string());
+    let (was, paused) = {
+        let mut down = context.down.lock();
+        let mut held = context.held.lock();
+        let was = down.contains(app) || held.contains(app);
+        let reasons = match why {
+            Pause::Down => &mut *down,
+            Pause::Held => &mut *held,
+        };
+        if on {
+            reasons.insert(app.to_string());
+        } else {
+            reasons.remove(app);
+        }
+        (was, down.contains(app) || held.contains(app))
+    };
+    if was == paused {
+        return;
     }
     let Ok(assigned) = consumer.assignment() else {
         return;
@@ -213,19 +251,27 @@ pub(super) fn pause_app(consumer: &StreamConsumer<RebalanceContext>, app: &str, 
     if list.count() == 0 {
         return;
     }
-    let result = if up {
-        consumer.resume(&list)
-    } else {
+    let result = if paused {
         consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
     };
-    match result {
-        Ok(()) if up => tracing::info!(app, partitions = list.count(), "Consuming again."),
-        Ok(()) => tracing::warn!(
+    let partitions = list.count();
+    match (result, paused, why) {
+        (Ok(()), false, _) => tracing::info!(app, partitions, "Consuming again."),
+        (Ok(()), true, Pause::Down) => tracing::warn!(
             app,
-            partitions = list.count(),
+            partitions,
             "Paused consuming until the endpoint answers."
         ),
-        Err(e) => tracing::error!(app, error = %e, "Could not pause or resume partitions."),
+        (Ok(()), true, Pause::Held) => tracing::info!(
+            app,
+            partitions,
+            "Paused consuming: every in-flight slot of the app stayed taken."
+        ),
+        (Err(e), _, _) => {
+            tracing::error!(app, error = %e, "Could not pause or resume partitions.")
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! (`DeleterSettings::queue_capacity` + a batch) and the tracker's window per partition.
 
 use super::feedback::FeedbackProducer;
-use super::kafka::{commit, consumer, pause_app, RebalanceContext};
+use super::kafka::{commit, consumer, pause_app, Pause, RebalanceContext};
 use super::message::{handle, hostname, topic_app, Consumed, Shared};
 use super::offsets::{OffsetError, OffsetTracker};
 use super::status::StatusLine;
@@ -23,11 +23,11 @@ use crate::telemetry::KafkaReports;
 use parking_lot::Mutex;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, Timestamp};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// How the loop consumes and commits.
@@ -215,6 +215,8 @@ pub async fn run(
             apps: apps.keys().cloned().collect(),
             refused: Mutex::new(Default::default()),
             down: Mutex::new(Default::default()),
+            held: Mutex::new(Default::default()),
+            revocations: std::sync::atomic::AtomicU64::new(0),
             lag: std::sync::atomic::AtomicI64::new(-1),
             brokers_down_since: Mutex::new(None),
             session_timeout: spec.session_timeout,
@@ -271,10 +273,20 @@ pub async fn run(
     // there is one, is installed before the pipeline starts.)
     let consumed_metric =
         metrics::counter!(crate::telemetry::names::CONSUMED, "platform" => spec.platform.as_str());
+    let starter = Starter {
+        shared: &shared,
+        permits: &permits,
+        consumed_metric,
+    };
+    // The message waiting for a slot or its partition's window, and the messages set aside
+    // per app once it waited too long (`HOLD_AFTER`): their app is paused meanwhile.
+    let mut waiting: Option<Waiting> = None;
+    let mut held: BTreeMap<Arc<str>, VecDeque<(Consumed, u64)>> = BTreeMap::new();
+    let mut held_retry = tokio::time::interval(HELD_RETRY);
+    held_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(topics = %crate::telemetry::Json(&spec.topics), group = %spec.group, "Consuming.");
     loop {
-        // Fetching goes on while an endpoint is down (its partitions are paused, so nothing of
-        // theirs arrives): a consumer that stops polling is dropped from its group.
+        let waits = waiting.is_some() || !held.is_empty();
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = commit_tick.tick() => {
@@ -285,7 +297,12 @@ pub async fn run(
                 continue;
             }
             Some((app, up)) = health.recv() => {
-                pause_app(&consumer, &app, up);
+                pause_app(&consumer, &app, Pause::Down, !up);
+                // A message waiting for a slot of an app whose endpoint is now down would wait
+                // for the outage: set aside at once.
+                if !up && waiting.as_ref().is_some_and(|w| w.app() == Some(app.as_str())) {
+                    waiting = waiting.and_then(|w| hold(&consumer, &mut held, w));
+                }
                 continue;
             }
             _ = status.tick() => {
@@ -293,7 +310,24 @@ pub async fn run(
                 status.log(&counters, tracker.lock().in_flight(), context.lag.load(Ordering::Relaxed), context.down_apps());
                 continue;
             }
-            m = consumer.recv() => m,
+            event = next_wait_event(&starter, waiting.as_ref(), &mut held_retry), if waits => {
+                match event {
+                    WaitEvent::Slot(permit) => {
+                        if let Some(w) = waiting.as_mut() {
+                            w.permit = Some(permit);
+                        }
+                    }
+                    WaitEvent::TooLong => {
+                        waiting = waiting.and_then(|w| hold(&consumer, &mut held, w));
+                        continue;
+                    }
+                    WaitEvent::Progress => {}
+                }
+                waiting = waiting.and_then(|w| starter.try_start(w));
+                start_held(&starter, &consumer, &mut held);
+                continue;
+            }
+            m = consumer.recv(), if waiting.is_none() => m,
         };
         let message = match message {
             Ok(m) => m,
@@ -313,77 +347,35 @@ pub async fn run(
                 continue;
             }
         };
-        let (partition, offset) = (message.partition(), message.offset());
+        if let Some(capture) = &spec.capture {
+            capture.record(message.topic(), message.key(), message.payload());
+        }
         // The topic's app, looked up once here for the slot and the message task both.
         let (topic, app) = topic_app(&shared, message.topic());
-        // A slot of the message's app first: at most `max_in_flight` of an app's messages are
-        // held. Taken before the message is started, so that a stop while waiting for it
-        // leaves nothing started and never handled (its partition's commits would stop
-        // there). A topic of no app of ours gets none: `handle` leaves it unfinished.
-        let app_permits = app
-            .as_ref()
-            .and_then(|(app, _)| permits.get(&**app).cloned());
-        let permit = match app_permits {
-            Some(p) => tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = p.acquire_owned() => match p { Ok(p) => Some(p), Err(_) => break },
+        let consumed = Consumed {
+            topic,
+            app,
+            partition: message.partition(),
+            offset: message.offset(),
+            // Bounded copies: a huge value is kept only as far as needed to refuse it.
+            payload: message.payload().map(crate::push::message::bounded_copy),
+            key: message.key().map(crate::push::message::bounded_copy),
+            produced_at_ms: match message.timestamp() {
+                Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+                Timestamp::NotAvailable => None,
             },
-            None => None,
-        };
-        // Never skip a message: a later commit would pass over it. A full window (a slow
-        // message at the head of its partition) is backpressure: wait for it to move.
-        let started = loop {
-            match tracker.lock().start(&topic, partition, offset) {
-                Err(OffsetError::Full { .. }) => {}
-                other => break other,
-            }
-            // Woken when a message finishes (the head may have moved).
-            tokio::select! {
-                _ = shutdown.cancelled() => break Err(OffsetError::Full { topic: topic.to_string(), partition, capacity: 0 }),
-                _ = shared.progress.notified() => {}
-            }
-        };
-        if let Err(e) = started {
-            // Already started (a redelivery after a rebalance): the first copy handles it.
-            // Or stopping: the message is not committed and will be read again.
-            tracing::debug!(error = %e, "Message not started.");
-            continue;
-        }
-        counters.consumed.fetch_add(1, Ordering::Relaxed);
-        consumed_metric.increment(1);
-        if let Some(capture) = &spec.capture {
-            capture.record(&topic, message.key(), message.payload());
-        }
-        // Bounded copies: a huge value is kept only as far as needed to refuse it.
-        let payload = message.payload().map(crate::push::message::bounded_copy);
-        let key = message.key().map(crate::push::message::bounded_copy);
-        let produced_at_ms = match message.timestamp() {
-            Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
-            Timestamp::NotAvailable => None,
+            send_latency: None,
         };
         drop(message);
-        let shared = shared.clone();
-        // Boxed: a message's future is ~3 KB (the send's state, the feedback's produce), and
-        // tokio moves a spawned future by value through several calls before it is in place;
-        // boxed, those moves are of a pointer. Counted with a uprobe on memmove: 111 copies
-        // and 52.7 KB a message before (nine of them this future), 100 and 31 KB after.
-        tokio::spawn(Box::pin(async move {
-            handle(
-                &shared,
-                Consumed {
-                    topic,
-                    app,
-                    partition,
-                    offset,
-                    payload,
-                    key,
-                    produced_at_ms,
-                    send_latency: None,
-                },
-                permit,
-            )
-            .await;
-        }));
+        // Behind messages of its app already set aside (fetched before the pause took):
+        // after them, in order.
+        if let Some(queue) = consumed.app.as_ref().and_then(|(app, _)| held.get_mut(app)) {
+            queue.push_back((consumed, revocations(&consumer)));
+            continue;
+        }
+        // A slot of the message's app first (at most `max_in_flight` of an app's messages are
+        // held), then its partition's window; else it waits, and nothing else is consumed.
+        waiting = starter.try_start(Waiting::new(consumed));
         if let Some(every) = yield_every {
             started_since_yield += 1;
             if started_since_yield == every {
@@ -468,6 +460,194 @@ async fn close(
             "Kafka did not answer the last commit or the group leave in time; stopping without them (uncommitted messages are delivered again)."
         );
     }
+}
+
+/// How long the loop waits for one message's slot (or its partition's window) before it sets
+/// the message aside and pauses its app. Meanwhile nothing else is consumed: waiting for as
+/// long as an app's slots stay taken (its endpoint hangs) stopped every other app, the commits,
+/// the pauses and, at `max.poll.interval.ms`, the group membership. Short waits are the
+/// backpressure of a busy pipeline, where pausing and resuming would refetch every time.
+const HOLD_AFTER: Duration = Duration::from_secs(1);
+
+/// How often messages set aside try again besides when a message finishes (a slot is given
+/// back after its message finished, or while it waits for its token's DELETE).
+const HELD_RETRY: Duration = Duration::from_millis(50);
+
+/// A consumed message not started yet: no free slot of its app, or its partition's window full.
+struct Waiting {
+    message: Consumed,
+    permit: Option<OwnedSemaphorePermit>,
+    since: tokio::time::Instant,
+}
+
+impl Waiting {
+    fn new(message: Consumed) -> Self {
+        Waiting {
+            message,
+            permit: None,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    fn app(&self) -> Option<&str> {
+        self.message.app.as_ref().map(|(app, _)| &**app)
+    }
+}
+
+/// Starts consumed messages: a slot of their app, a place in their partition's window, a task.
+struct Starter<'a> {
+    shared: &'a Arc<Shared>,
+    permits: &'a foldhash::HashMap<String, Arc<Semaphore>>,
+    consumed_metric: metrics::Counter,
+}
+
+impl Starter<'_> {
+    /// The slots of the message's app; none for a topic of no app of ours (`handle` leaves
+    /// its messages unfinished).
+    fn app_permits(&self, m: &Consumed) -> Option<Arc<Semaphore>> {
+        m.app
+            .as_ref()
+            .and_then(|(app, _)| self.permits.get(&**app).cloned())
+    }
+
+    /// Starts the message, or gives it back when it has to wait.
+    fn try_start(&self, mut w: Waiting) -> Option<Waiting> {
+        if w.permit.is_none() {
+            if let Some(permits) = self.app_permits(&w.message) {
+                match permits.try_acquire_owned() {
+                    Ok(p) => w.permit = Some(p),
+                    Err(_) => return Some(w),
+                }
+            }
+        }
+        // Never skip a message: a later commit would pass over it. A full window (a slow
+        // message at the head of its partition) is backpressure: wait for it to move.
+        let m = &w.message;
+        match self
+            .shared
+            .tracker
+            .lock()
+            .start(&m.topic, m.partition, m.offset)
+        {
+            Err(OffsetError::Full { .. }) => return Some(w),
+            // Already started (a redelivery after a rebalance): the first copy handles it.
+            Err(e) => {
+                tracing::debug!(error = %e, "Message not started.");
+                return None;
+            }
+            Ok(()) => {}
+        }
+        self.shared
+            .counters
+            .consumed
+            .fetch_add(1, Ordering::Relaxed);
+        self.consumed_metric.increment(1);
+        let shared = self.shared.clone();
+        let Waiting {
+            message, permit, ..
+        } = w;
+        // Boxed: a message's future is ~3 KB (the send's state, the feedback's produce), and
+        // tokio moves a spawned future by value through several calls before it is in place;
+        // boxed, those moves are of a pointer. Counted with a uprobe on memmove: 111 copies
+        // and 52.7 KB a message before (nine of them this future), 100 and 31 KB after.
+        tokio::spawn(Box::pin(async move {
+            handle(&shared, message, permit).await;
+        }));
+        None
+    }
+}
+
+/// What ended a wait for a message's start.
+enum WaitEvent {
+    /// A slot of the waiting message's app.
+    Slot(OwnedSemaphorePermit),
+    /// A message finished (or time to look again): windows and slots may have room.
+    Progress,
+    /// The waiting message waited `HOLD_AFTER`.
+    TooLong,
+}
+
+async fn next_wait_event(
+    starter: &Starter<'_>,
+    waiting: Option<&Waiting>,
+    retry: &mut tokio::time::Interval,
+) -> WaitEvent {
+    let slot = waiting
+        .filter(|w| w.permit.is_none())
+        .and_then(|w| starter.app_permits(&w.message));
+    let too_long = waiting.map(|w| w.since + HOLD_AFTER);
+    tokio::select! {
+        Ok(p) = async {
+            match slot {
+                Some(permits) => permits.acquire_owned().await,
+                None => std::future::pending().await,
+            }
+        } => WaitEvent::Slot(p),
+        _ = starter.shared.progress.notified() => WaitEvent::Progress,
+        _ = retry.tick() => WaitEvent::Progress,
+        _ = async {
+            match too_long {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        } => WaitEvent::TooLong,
+    }
+}
+
+/// Sets a waiting message aside and pauses its app, so that the other apps go on. A message of
+/// no app of ours has no pause to take: it goes on waiting.
+fn hold(
+    consumer: &StreamConsumer<RebalanceContext>,
+    held: &mut BTreeMap<Arc<str>, VecDeque<(Consumed, u64)>>,
+    w: Waiting,
+) -> Option<Waiting> {
+    let Some(app) = w.message.app.as_ref().map(|(app, _)| app.clone()) else {
+        return Some(Waiting {
+            since: tokio::time::Instant::now(),
+            ..w
+        });
+    };
+    // Its slot, if it had one, goes back: it is taken again when the message starts.
+    held.entry(app.clone())
+        .or_default()
+        .push_back((w.message, revocations(consumer)));
+    pause_app(consumer, &app, Pause::Held, true);
+    None
+}
+
+/// Starts what was set aside, in order, as far as slots and windows allow; an app whose
+/// messages all started is resumed.
+fn start_held(
+    starter: &Starter<'_>,
+    consumer: &StreamConsumer<RebalanceContext>,
+    held: &mut BTreeMap<Arc<str>, VecDeque<(Consumed, u64)>>,
+) {
+    let now = revocations(consumer);
+    held.retain(|app, queue| {
+        while let Some((message, seen)) = queue.pop_front() {
+            // Revoked while it waited: its partition may be another member's now, which
+            // redoes it.
+            if seen != now && !assigned(consumer, &message.topic, message.partition) {
+                continue;
+            }
+            if let Some(w) = starter.try_start(Waiting::new(message)) {
+                queue.push_front((w.message, seen));
+                return true;
+            }
+        }
+        pause_app(consumer, app, Pause::Held, false);
+        false
+    });
+}
+
+fn revocations(consumer: &StreamConsumer<RebalanceContext>) -> u64 {
+    consumer.context().revocations.load(Ordering::Relaxed)
+}
+
+fn assigned(consumer: &StreamConsumer<RebalanceContext>, topic: &str, partition: i32) -> bool {
+    consumer
+        .assignment()
+        .is_ok_and(|list| list.find_partition(topic, partition).is_some())
 }
 
 /// Each app's endpoint health, as `(app, up)` on every change (and on `/healthz`).

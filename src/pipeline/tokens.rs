@@ -179,6 +179,9 @@ pub fn pg_pool(pg: &PgConfig) -> Result<Pool, TokenError> {
         .max_size(pg.pool_size.max(1))
         .runtime(Runtime::Tokio1);
     if !pg.statement_timeout.is_zero() {
+        // Waiting for a free connection is bounded like a statement: every connection held
+        // that long means something is stuck, and the caller reports it instead of waiting.
+        pool = pool.wait_timeout(Some(pg.statement_timeout));
         let ms = pg.statement_timeout.as_millis().max(1);
         let set: Arc<str> =
             format!("SET statement_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}")
@@ -238,6 +241,13 @@ impl TokenQueue {
             self.counters.invalid_table.fetch_add(1, Ordering::Relaxed);
         })?;
         let (ack, rx) = oneshot::channel();
+        if token.contains('\0') {
+            // No text column can hold a NUL, so no row has this token; sent on, PostgreSQL
+            // would refuse its whole batch (SQLSTATE 22021) and the other tokens with it.
+            self.counters.nonexistent.fetch_add(1, Ordering::Relaxed);
+            let _ = ack.send(Ok(()));
+            return Ok(DeletionTicket { rx });
+        }
         self.tx
             .send(Deletion {
                 table,
@@ -302,8 +312,8 @@ impl TokenDeleter {
 
     /// Stops taking tokens, flushes what is queued, and returns the final counters. If
     /// PostgreSQL is still failing at `deadline`, the rest is given up and counted as dropped.
-    /// Other clones of the queue must be dropped first, or the flush waits for them until the
-    /// deadline.
+    /// Other clones of the queue should be dropped first: a clone still held at the deadline
+    /// no longer keeps the worker, but what it would submit is refused (`Stopped`).
     pub async fn shutdown(self, deadline: Duration) -> TokenStats {
         let TokenDeleter {
             queue,
@@ -376,6 +386,16 @@ impl Worker {
                     if batch.len > 0 {
                         self.flush(std::mem::take(&mut batch)).await;
                     }
+                }
+                // Past the shutdown deadline with a queue clone still held (a message task
+                // waiting at a failing endpoint): what is batched is dropped, as a failing
+                // DELETE's would be, and the worker ends instead of waiting for the clone.
+                _ = self.abandon.cancelled() => {
+                    if batch.len > 0 {
+                        tracing::error!(tokens = batch.len, "shutdown deadline passed; undeleted tokens dropped");
+                        self.counters.dropped.fetch_add(batch.len as u64, Ordering::Relaxed);
+                    }
+                    return;
                 }
             }
         }

@@ -5,7 +5,9 @@
 //! claims won. Every claim names its owner (`last_event`; the limit keeps its latest owners,
 //! `charged`). Cooldown and dedup claims are marked `sent` once their pushes are in Kafka
 //! (`mark_sent`): a redelivered event (after a crash or a rebalance) finds its own claim, sends
-//! if it was not sent yet and skips if it was, without taking another unit.
+//! if it was not sent yet and skips if it was, without taking another unit. A claim won again
+//! before it was sent has its window start again (a retry after a Kafka outage sends later than
+//! the first claim, and its cooldown runs from then).
 //!
 //! A statement may not touch a row twice, so keys repeated in one call are split into rounds.
 
@@ -83,8 +85,9 @@ impl Claims {
                        AS t(user_id, message, owner, secs)
                      ORDER BY t.user_id, t.message
                      ON CONFLICT (app, user_id, message) DO UPDATE
-                       SET until = CASE WHEN c.last_event = EXCLUDED.last_event
-                                        THEN c.until ELSE EXCLUDED.until END,
+                       SET until = CASE WHEN c.last_event <> EXCLUDED.last_event THEN EXCLUDED.until
+                                        WHEN c.sent THEN c.until
+                                        ELSE greatest(c.until, EXCLUDED.until) END,
                            sent = c.sent AND c.last_event = EXCLUDED.last_event,
                            last_event = EXCLUDED.last_event
                        WHERE c.until <= now() OR c.last_event = EXCLUDED.last_event
@@ -117,8 +120,9 @@ impl Claims {
                      FROM unnest($2::text[], $3::text[], $4::text[]) AS t(token, message, owner)
                      ORDER BY t.token, t.message
                      ON CONFLICT (app, token, message) DO UPDATE
-                       SET until = CASE WHEN d.last_event = EXCLUDED.last_event
-                                        THEN d.until ELSE EXCLUDED.until END,
+                       SET until = CASE WHEN d.last_event <> EXCLUDED.last_event THEN EXCLUDED.until
+                                        WHEN d.sent THEN d.until
+                                        ELSE greatest(d.until, EXCLUDED.until) END,
                            sent = d.sent AND d.last_event = EXCLUDED.last_event,
                            last_event = EXCLUDED.last_event
                        WHERE d.until <= now() OR d.last_event = EXCLUDED.last_event

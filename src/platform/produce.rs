@@ -56,27 +56,43 @@ impl Producer {
     /// Produces every record and waits until all are acknowledged; the first failure is the
     /// answer (records already acknowledged stay written: a retry may write them again).
     pub async fn produce_all(&self, records: &[Record]) -> Result<(), ProduceError> {
+        self.produce_each(records)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
+
+    /// Produces every record and waits until each is acknowledged or failed: one answer per
+    /// record, so that a caller can tell what was written. Past the deadline, those still
+    /// unanswered count as failed.
+    pub async fn produce_each(&self, records: &[Record]) -> Vec<Result<(), ProduceError>> {
         let sends = records.iter().map(|r| {
             let record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload);
             // A full local queue waits (backpressure) until the same deadline.
-            self.inner.send(record, Timeout::After(self.timeout))
+            let send = self.inner.send(record, Timeout::After(self.timeout));
+            async move {
+                send.await
+                    .map(|_| ())
+                    .map_err(|(e, _)| ProduceError::NotAcknowledged {
+                        topic: r.topic.clone(),
+                        reason: e.to_string(),
+                    })
+            }
         });
         let deadline = self.timeout + Duration::from_secs(1);
-        let results = tokio::time::timeout(deadline, futures_util::future::join_all(sends))
-            .await
-            .map_err(|_| ProduceError::NotAcknowledged {
-                topic: records.first().map(|r| r.topic.clone()).unwrap_or_default(),
-                reason: format!("no acknowledgement within {} s", deadline.as_secs()),
-            })?;
-        for (result, record) in results.into_iter().zip(records) {
-            if let Err((e, _)) = result {
-                return Err(ProduceError::NotAcknowledged {
-                    topic: record.topic.clone(),
-                    reason: e.to_string(),
-                });
-            }
+        match tokio::time::timeout(deadline, futures_util::future::join_all(sends)).await {
+            Ok(answers) => answers,
+            Err(_) => records
+                .iter()
+                .map(|r| {
+                    Err(ProduceError::NotAcknowledged {
+                        topic: r.topic.clone(),
+                        reason: format!("no acknowledgement within {} s", deadline.as_secs()),
+                    })
+                })
+                .collect(),
         }
-        Ok(())
     }
 
     /// Waits for records still in flight (shutdown).

@@ -182,15 +182,20 @@ impl Registry {
             .await?;
             // At most MAX_DEVICES_PER_USER per user: the most recently registered stay. The
             // tokens past the limit are found one user at a time (`OFFSET` keeps the lookup
-            // from being flattened into a join), once (`ARRAY(...)` is computed before the
-            // scan).
+            // from being flattened into a join), once (`MATERIALIZED`). A row is deleted only
+            // as it was found: one that another transaction moved to another user meanwhile is
+            // checked again against the join on its new version and kept (matching on the token
+            // alone, that user lost their newest device).
             tx.execute(
-                "DELETE FROM pusher_devices
-                 WHERE app = (SELECT $1::text) AND token = ANY(ARRAY(
-                     SELECT old.token FROM (SELECT DISTINCT unnest($2::bigint[]) AS id) AS u
-                     CROSS JOIN LATERAL (SELECT token FROM pusher_devices
+                "WITH old AS MATERIALIZED (
+                     SELECT o.token, u.id AS user_id, o.updated_at
+                     FROM (SELECT DISTINCT unnest($2::bigint[]) AS id) AS u
+                     CROSS JOIN LATERAL (SELECT token, updated_at FROM pusher_devices
                                          WHERE app = (SELECT $1::text) AND user_id = u.id
-                                         ORDER BY updated_at DESC, token OFFSET $3) AS old))",
+                                         ORDER BY updated_at DESC, token OFFSET $3) AS o)
+                 DELETE FROM pusher_devices AS d USING old
+                 WHERE d.app = (SELECT $1::text) AND d.token = old.token
+                   AND d.user_id = old.user_id AND d.updated_at = old.updated_at",
                 &[&app, &users, &MAX_DEVICES_PER_USER],
             )
             .await?;

@@ -155,6 +155,13 @@ impl Store {
         }
     }
 
+    /// The longest one statement can take, waiting for a pooled connection included (`None`:
+    /// no statement timeout, no bound).
+    pub fn statement_bound(&self) -> Option<Duration> {
+        (self.lock_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.lock_timeout_ms as u64).saturating_mul(2))
+    }
+
     /// The connection pool (the registry shares it).
     pub fn pool(&self) -> Pool {
         self.pool.clone()
@@ -277,18 +284,19 @@ impl Store {
     }
 
     /// Marks the request's claimed notifications accepted, with their record counts and
-    /// the fingerprints of their records (in the same order; fewer leave the rest NULL).
+    /// the fingerprints of their records (in the same order; fewer leave the rest NULL). Returns
+    /// how many were still this request's (a claim taken over by a retry is not).
     pub async fn confirm(
         &self,
         app: &str,
         claim: &str,
         accepted: &[(String, Option<u32>)],
         fingerprints: &[Vec<u8>],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
         let keys: Vec<&str> = accepted.iter().map(|(k, _)| k.as_str()).collect();
         let targets = targets_column(accepted);
-        execute(
+        let confirmed = execute(
             &client,
             // A routed notification's targets are the router's, who may have set them
             // already (it can read the request record before this runs): kept.
@@ -301,7 +309,7 @@ impl Store {
             &[&app, &keys, &targets, &claim, &fingerprints],
         )
         .await?;
-        Ok(())
+        Ok(confirmed)
     }
 
     /// Records notifications that needed no claim (nothing to dedup on) as accepted, with their

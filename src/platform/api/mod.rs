@@ -390,7 +390,11 @@ async fn accept(
     }
 
     let claim = uuid::Uuid::new_v4().to_string();
-    let stale_after = state.settings.produce_timeout * 2;
+    // A claim is taken over only from a request that cannot be running any more: past its
+    // produce's deadline and its confirmation's longest statement (a pool wait and the
+    // statement itself). Taken from a live one, both would write the records.
+    let stale_after =
+        state.settings.produce_timeout * 2 + state.store.statement_bound().unwrap_or_default();
     let claimed = state
         .store
         .claim(app, &claim, &keys, stale_after)
@@ -409,6 +413,8 @@ async fn accept(
     let mut records = Vec::new();
     let mut confirmed = Vec::new();
     let mut fingerprints = Vec::new();
+    // Each confirmed item's records, as a range of `records`.
+    let mut spans = Vec::new();
     let mut answer = Accepted {
         notif_ids: Vec::with_capacity(items.len()),
         counts: 0,
@@ -425,6 +431,7 @@ async fn accept(
                 confirmed.push((key.idem_key.clone(), item.targets(mine.len())));
                 fingerprints.push(records_fingerprint(&mine));
                 answer.counts += mine.len() as u64;
+                spans.push(records.len()..records.len() + mine.len());
                 records.extend(mine);
                 answer.notif_ids.push(notif_id);
                 answer.fresh.push(true);
@@ -456,26 +463,81 @@ async fn accept(
         }
     }
     if !records.is_empty() {
-        if let Err(e) = state.producer.produce_all(&records).await {
+        let produced = state.producer.produce_each(&records).await;
+        if let Some(e) = produced.iter().find_map(|r| r.as_ref().err()) {
+            // The items whose records were all acknowledged are accepted: confirmed, a retry
+            // with the same key answers them without writing them again. Only the others'
+            // claims are given up (`release` leaves confirmed ones).
+            let written: Vec<usize> = spans
+                .iter()
+                .enumerate()
+                .filter(|(_, span)| {
+                    produced
+                        .get((*span).clone())
+                        .is_some_and(|answers| answers.iter().all(Result::is_ok))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let mut problem = unavailable("kafka", e);
+            if !written.is_empty() {
+                match state
+                    .store
+                    .confirm(
+                        app,
+                        &claim,
+                        &pick(&confirmed, &written),
+                        &pick(&fingerprints, &written),
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        problem = ApiError::Unavailable {
+                            message: format!(
+                                "kafka unavailable: {} of {} new items were accepted, and a \
+                                 retry with the same keys answers them without writing them \
+                                 again; the others were not: {e}",
+                                written.len(),
+                                spans.len()
+                            ),
+                        }
+                    }
+                    Err(c) => {
+                        tracing::warn!(error = %c, "Cannot confirm the items Kafka acknowledged; a retry may write them again.")
+                    }
+                }
+            }
             if let Err(release) = state.store.release(app, &claim, &keys).await {
                 tracing::warn!(error = %release, "Cannot release the request's claims; a retry takes them over once stale.");
             }
-            return Err(unavailable("kafka", e));
+            return Err(problem);
         }
         crate::telemetry::health::set("api kafka", None);
     }
     if !confirmed.is_empty() {
-        if let Err(e) = state
+        match state
             .store
             .confirm(app, &claim, &confirmed, &fingerprints)
             .await
         {
+            Ok(n) if n < confirmed.len() as u64 => tracing::warn!(
+                items = confirmed.len() as u64 - n,
+                "Accepted, but a retry took over claims of this request while it ran: both \
+                 wrote their records."
+            ),
+            Ok(_) => {}
             // The records are in Kafka: the request is accepted. Its claims stay pending,
             // and a retry after they go stale would produce them again (at least once).
-            tracing::warn!(error = %e, "Accepted, but the claims could not be confirmed.");
+            Err(e) => {
+                tracing::warn!(error = %e, "Accepted, but the claims could not be confirmed.")
+            }
         }
     }
     Ok(answer)
+}
+
+/// The elements of `v` at `indexes`.
+fn pick<T: Clone>(v: &[T], indexes: &[usize]) -> Vec<T> {
+    indexes.iter().filter_map(|&i| v.get(i).cloned()).collect()
 }
 
 fn records_fingerprint(records: &[Record]) -> Vec<u8> {
