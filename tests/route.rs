@@ -1018,3 +1018,53 @@ async fn the_device_limit_never_deletes_a_token_moved_to_another_user_meanwhile(
     assert_eq!(first.len(), 10, "{first:?}");
     assert!(first.contains(&"t10".to_owned()), "{first:?}");
 }
+
+/// One token per (user, device id), whatever order logins arrive in: a device's old token whose
+/// login is routed after the new one's (router lag, a PUT beside the events) stays out. Seen:
+/// it was inserted again, and the device had two tokens.
+#[tokio::test]
+async fn a_late_login_with_a_devices_old_token_does_not_bring_it_back() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let registry = Registry::new(store.pool());
+    let app = common::platform::fresh_app("late");
+    let device = |token: &str, at_s: i64| pusher::platform::registry::Device {
+        user_id: 7,
+        platform: pusher::push::Platform::Gcm,
+        token: token.into(),
+        device_id: "phone".into(),
+        platform_id: Some(1),
+        app_version: String::new(),
+        registered_ms: at_s * 1000,
+        keys: None,
+    };
+    registry
+        .register(&app, &[device("new", 2_000)], &[])
+        .await
+        .unwrap();
+    registry
+        .register(&app, &[device("old", 1_000)], &[])
+        .await
+        .unwrap();
+    let tokens: Vec<String> = registry
+        .devices_of(&app, &[7])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.token)
+        .collect();
+    assert_eq!(tokens, ["new"]);
+    // A newer login with another token still replaces it.
+    registry
+        .register(&app, &[device("newer", 3_000)], &[])
+        .await
+        .unwrap();
+    let tokens: Vec<String> = registry
+        .devices_of(&app, &[7])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.token)
+        .collect();
+    assert_eq!(tokens, ["newer"]);
+}

@@ -143,6 +143,10 @@ impl Registry {
                              $7::text[], $8::float8[], $9::text[], $10::text[])
                    AS t(token, platform, user_id, device_id, platform_id, app_version, at,
                         p256dh, auth)
+                 WHERE t.device_id = '' OR NOT EXISTS (
+                     SELECT 1 FROM pusher_devices AS n
+                     WHERE n.app = $1 AND n.user_id = t.user_id AND n.device_id = t.device_id
+                       AND n.token <> t.token AND n.updated_at > to_timestamp(t.at))
                  ON CONFLICT (app, token) DO UPDATE
                    SET platform = EXCLUDED.platform, user_id = EXCLUDED.user_id,
                        device_id = EXCLUDED.device_id, platform_id = EXCLUDED.platform_id,
@@ -168,7 +172,8 @@ impl Registry {
             // the batch's users once per device of the batch, and the first read every device
             // of the app: 5,000 users into a 10,000-device app took 25 s (2026-12-06).
             //
-            // A device that got a new token drops its old one (registered before the new).
+            // A device that got a new token drops its old one (registered before the new);
+            // the INSERT above already skipped an old token whose login arrived late.
             tx.execute(
                 "DELETE FROM pusher_devices AS d
                  USING unnest($2::bigint[], $3::text[], $4::text[], $5::float8[])
