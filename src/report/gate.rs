@@ -165,7 +165,31 @@ pub fn compare(current: &Report, baseline: &Report, max_regression_pct: f64) -> 
         }
         lines.push(line);
     }
+
+    // Faster by failing is no gain: a change that turns pushes into rejections (a header the
+    // endpoint refuses) raised throughput, since refusals come back quickly, and passed.
+    if let (Some(now), Some(base)) = (delivered_share(current), delivered_share(baseline)) {
+        let line = format!(
+            "delivered {:.2}% of messages vs baseline {:.2}% (limit -{DELIVERED_SHARE_LIMIT_PP} points)",
+            now * 100.0,
+            base * 100.0
+        );
+        if (base - now) * 100.0 > DELIVERED_SHARE_LIMIT_PP {
+            regressions.push(line.clone());
+        }
+        lines.push(line);
+    }
     GateResult { lines, regressions }
+}
+
+/// How far the share of messages delivered may fall, in percentage points: above the random
+/// spread of a fault profile's error rates over a short run.
+const DELIVERED_SHARE_LIMIT_PP: f64 = 1.0;
+
+/// The share of a run's outcomes that are `delivered` (None: no outcomes recorded).
+fn delivered_share(r: &Report) -> Option<f64> {
+    let total: u64 = r.outcomes.values().sum();
+    (total > 0).then(|| r.outcomes.get("delivered").copied().unwrap_or(0) as f64 / total as f64)
 }
 
 /// The median of repeated runs' values.
@@ -272,6 +296,20 @@ mod tests {
         let r = compare(&sample(1000.0, 600, 1e6), &base, 10.0);
         assert!(!r.passed());
         assert!(r.regressions[0].contains("p99"));
+    }
+
+    #[test]
+    fn fewer_deliveries_fail_even_when_faster() {
+        let mut base = sample(1000.0, 500, 1e6);
+        base.outcomes = [("delivered".to_string(), 1000)].into();
+        let mut rejected = sample(1500.0, 300, 1e6);
+        rejected.outcomes = [("rejected".to_string(), 1000)].into();
+        let r = compare(&rejected, &base, 10.0);
+        assert!(!r.passed());
+        assert!(r.regressions[0].contains("delivered 0.00%"), "{r:?}");
+        let mut same = sample(1000.0, 500, 1e6);
+        same.outcomes = [("delivered".to_string(), 995), ("gave_up".to_string(), 5)].into();
+        assert!(compare(&same, &base, 10.0).passed());
     }
 
     #[test]
