@@ -12,6 +12,7 @@ use pusher::push::message::parse_gcm;
 use pusher::push::token_rules::TokenRule;
 use pusher::push::Outcome;
 use pusher::sender::fcm::{FcmAuth, FcmConfig, FcmDelivery, FcmSender, HttpVersion};
+use pusher::sender::OnFault;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wiremock::matchers::{body_string_contains, method, path};
@@ -214,6 +215,53 @@ async fn retryable_and_permanent_errors_from_the_profile() {
                 "{yaml}"
             );
         }
+    })
+    .await
+}
+
+/// THIRD_PARTY_AUTH_ERROR is FCM's verdict on one message (to an Apple or web target, when
+/// the project's credential for it is bad), while Android tokens still deliver: the production
+/// pusher (`OnFault::Wait`) must end such a message `rejected`, not pause the app and send it
+/// again until it happens to pass (it once flapped the gate and never finished the hit ones).
+#[tokio::test]
+async fn third_party_auth_error_is_a_final_rejection_even_when_waiting_on_faults() {
+    bounded(async {
+        let fake = start_fake(FakeOptions {
+            profile: profile("seed: 7\nerrors: [{reason: THIRD_PARTY_AUTH_ERROR, rate: 0.5}]"),
+            ..FakeOptions::default()
+        })
+        .await;
+        let mut config = v1_config(&fake, &fake.h2c_url());
+        config.on_fault = OnFault::Wait;
+        let sender = sender(config);
+        let mut health = sender.gate().health();
+        health.borrow_and_update();
+        let n = 200;
+        // A bound well under `bounded`'s: the old code waited at the gate for 1 s to 5 s
+        // probes, message after message.
+        let deliveries = tokio::time::timeout(
+            Duration::from_secs(20),
+            send_all(&sender, (0..n).map(|i| message(&token(i))).collect()),
+        )
+        .await
+        .expect("every message ends within 20 s");
+        let rejected = count(&deliveries, "rejected");
+        assert_eq!(rejected + count(&deliveries, "delivered"), n as usize);
+        assert!(rejected > 0 && rejected < n as usize, "{rejected}");
+        for d in deliveries
+            .iter()
+            .filter(|d| d.outcome.class() == "rejected")
+        {
+            assert_eq!(d.outcome.reason(), Some("THIRD_PARTY_AUTH_ERROR"));
+            assert_eq!(d.attempts, 1);
+        }
+        // Each hit message was answered once and not sent again; the app never paused.
+        assert_eq!(
+            reason_count(&fake.stats(), "THIRD_PARTY_AUTH_ERROR"),
+            rejected as u64
+        );
+        assert!(!health.has_changed().unwrap(), "the gate moved");
+        assert!(health.borrow().is_up());
     })
     .await
 }
