@@ -266,6 +266,32 @@ async fn third_party_auth_error_is_a_final_rejection_even_when_waiting_on_faults
     .await
 }
 
+/// A legacy `to: "/topics/<name>"` is a topic, which v1 names `message.topic: "<name>"` (sent
+/// as a token it was refused as a bad token, `token_invalid`); and a v1 envelope may target a
+/// Firebase Installation ID (`message.fid`), which was refused as malformed.
+#[tokio::test]
+async fn topics_and_fids_are_v1_targets() {
+    bounded(async {
+        let fake = start_fake(FakeOptions::default()).await;
+        let sender = sender(v1_config(&fake, &fake.h2c_url()));
+        let d = sender.send_with_details(&message("/topics/news")).await;
+        assert_eq!(d.outcome, Outcome::Delivered, "{:?}", d.error_message);
+        let fid = parse_gcm(br#"{"message":{"fid":"fid-0001","data":{"k":"v"}}}"#)
+            .expect("a fid is a target");
+        assert_eq!(fid.to, "fid-0001");
+        assert_eq!(sender.send(&fid).await, Outcome::Delivered);
+        // Fanned out, each copy targets one fid (not a fid and a token).
+        let fanned = sender
+            .send_multicast(&fid, &["fid-0002".into(), "fid-0003".into()])
+            .await;
+        assert_eq!(count(&fanned, "delivered"), 2);
+        // 4 sends + 1 token request, all 200.
+        let stats = fake.stats();
+        assert_eq!((stats.requests, status_count(&stats, 200)), (5, 5));
+    })
+    .await
+}
+
 #[tokio::test]
 async fn quota_and_goaway() {
     bounded(async {

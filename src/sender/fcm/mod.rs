@@ -541,7 +541,8 @@ impl FcmSender {
     }
 }
 
-/// `msg` addressed to `token` (a v1 envelope gets its `message.token` replaced).
+/// `msg` addressed to `token` (a v1 envelope gets its `message.token` replaced, or its
+/// `message.fid`: one target only, of the kind it had).
 fn with_token(msg: &GcmMessage, token: &str) -> Result<GcmMessage, TranslateError> {
     let mut m = msg.clone();
     m.to = token.to_string();
@@ -549,7 +550,12 @@ fn with_token(msg: &GcmMessage, token: &str) -> Result<GcmMessage, TranslateErro
         let mut v: serde_json::Value =
             serde_json::from_slice(raw).map_err(|e| TranslateError::Encode(e.to_string()))?;
         if let Some(obj) = v.as_object_mut() {
-            obj.insert("token".into(), serde_json::Value::String(token.into()));
+            let key = if obj.contains_key("fid") && !obj.contains_key("token") {
+                "fid"
+            } else {
+                "token"
+            };
+            obj.insert(key.into(), serde_json::Value::String(token.into()));
         }
         m.v1_message = Some(Bytes::from(
             serde_json::to_vec(&v).map_err(|e| TranslateError::Encode(e.to_string()))?,
