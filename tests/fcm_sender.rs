@@ -12,7 +12,7 @@ use pusher::push::message::parse_gcm;
 use pusher::push::token_rules::TokenRule;
 use pusher::push::Outcome;
 use pusher::sender::fcm::{FcmAuth, FcmConfig, FcmDelivery, FcmSender, HttpVersion};
-use pusher::sender::OnFault;
+use pusher::sender::{Health, OnFault};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wiremock::matchers::{body_string_contains, method, path};
@@ -288,6 +288,57 @@ async fn topics_and_fids_are_v1_targets() {
         // 4 sends + 1 token request, all 200.
         let stats = fake.stats();
         assert_eq!((stats.requests, status_count(&stats, 200)), (5, 5));
+    })
+    .await
+}
+
+/// A service account of another Firebase project gets SENDER_ID_MISMATCH for every token,
+/// which is `token_invalid`: the production pusher deleted every token and drained the backlog.
+/// Before any delivery, 20 of them are the credentials' fault: the gate closes and the rest
+/// wait, so at most 19 tokens are reported invalid.
+#[tokio::test]
+async fn sender_id_mismatch_before_any_delivery_closes_the_gate() {
+    bounded(async {
+        let fake = start_fake(FakeOptions {
+            profile: profile("errors: [{reason: SENDER_ID_MISMATCH, rate: 1.0}]"),
+            ..FakeOptions::default()
+        })
+        .await;
+        let mut config = v1_config(&fake, &fake.h2c_url());
+        config.on_fault = OnFault::Wait;
+        let sender = sender(config);
+        let n = 60;
+        let sends: Vec<_> = (0..n)
+            .map(|i| {
+                let sender = sender.clone();
+                tokio::spawn(async move { sender.send_with_details(&message(&token(i))).await })
+            })
+            .collect();
+        // Settled: every send has either ended or is waiting at the gate.
+        wait_until("every send to end or wait", || {
+            sends.iter().filter(|h| h.is_finished()).count() + sender.gate().parked() == n as usize
+        })
+        .await;
+        let health = sender.gate().health().borrow().clone();
+        let cause = match health {
+            Health::Down { cause, .. } => cause,
+            Health::Up => panic!("the gate stayed up"),
+        };
+        assert!(
+            cause.starts_with("SENDER_ID_MISMATCH for 20 tokens and none delivered yet"),
+            "{cause}"
+        );
+        let mut invalid = 0;
+        for h in sends {
+            if h.is_finished() {
+                let d = h.await.unwrap();
+                assert_eq!(d.outcome, token_invalid("SENDER_ID_MISMATCH"));
+                invalid += 1;
+            } else {
+                h.abort();
+            }
+        }
+        assert!(invalid <= 19, "{invalid} tokens reported invalid");
     })
     .await
 }
