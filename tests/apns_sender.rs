@@ -80,6 +80,49 @@ async fn every_header_reaches_the_fake_and_passes_its_checks() {
     assert_eq!(status_count(&fake.stats(), 200), 1);
 }
 
+/// Apple wants `<bundle>.voip` for a voip push (and a suffix for five other types); the app's
+/// default topic is the bare bundle id. Sent bare, real APNs (and now the fake) answers 400
+/// DeviceTokenNotForTopic, which is `token_invalid`: the pusher deleted good voip tokens.
+#[tokio::test]
+async fn push_types_that_need_a_topic_suffix_get_it_on_the_default_topic() {
+    let fake = start_fake(FakeOptions::default()).await;
+    let sender = sender(config(&fake, fake.h2c_url(), token_auth()));
+    let types = [
+        PushType::Voip,
+        PushType::Complication,
+        PushType::FileProvider,
+        PushType::Location,
+        PushType::LiveActivity,
+        PushType::PushToTalk,
+        PushType::Alert,
+    ];
+    let notifications = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut n = push(token(i as u64));
+            n.push_type = Some(*t);
+            n
+        })
+        .collect();
+    let deliveries = send_all(&sender, notifications).await;
+    for (t, d) in types.iter().zip(&deliveries) {
+        assert_eq!(d.outcome, Outcome::Delivered, "{t:?}");
+    }
+    // A message's own topic is its producer's choice, sent as it is: without the suffix,
+    // the fake refuses it as APNs would.
+    let mut n = push(token(100));
+    n.push_type = Some(PushType::Voip);
+    n.topic = Some(TOPIC.into());
+    assert_eq!(
+        sender.send(&n).await.reason(),
+        Some("DeviceTokenNotForTopic")
+    );
+    let stats = fake.stats();
+    assert_eq!(status_count(&stats, 200), types.len() as u64);
+    assert_eq!(status_count(&stats, 400), 1);
+}
+
 #[tokio::test]
 async fn token_rules_give_the_reference_outcomes() {
     let fake = start_fake(FakeOptions::default()).await;

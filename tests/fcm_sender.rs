@@ -12,6 +12,7 @@ use pusher::push::message::parse_gcm;
 use pusher::push::token_rules::TokenRule;
 use pusher::push::Outcome;
 use pusher::sender::fcm::{FcmAuth, FcmConfig, FcmDelivery, FcmSender, HttpVersion};
+use pusher::sender::{Health, OnFault};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wiremock::matchers::{body_string_contains, method, path};
@@ -214,6 +215,130 @@ async fn retryable_and_permanent_errors_from_the_profile() {
                 "{yaml}"
             );
         }
+    })
+    .await
+}
+
+/// THIRD_PARTY_AUTH_ERROR is FCM's verdict on one message (to an Apple or web target, when
+/// the project's credential for it is bad), while Android tokens still deliver: the production
+/// pusher (`OnFault::Wait`) must end such a message `rejected`, not pause the app and send it
+/// again until it happens to pass (it once flapped the gate and never finished the hit ones).
+#[tokio::test]
+async fn third_party_auth_error_is_a_final_rejection_even_when_waiting_on_faults() {
+    bounded(async {
+        let fake = start_fake(FakeOptions {
+            profile: profile("seed: 7\nerrors: [{reason: THIRD_PARTY_AUTH_ERROR, rate: 0.5}]"),
+            ..FakeOptions::default()
+        })
+        .await;
+        let mut config = v1_config(&fake, &fake.h2c_url());
+        config.on_fault = OnFault::Wait;
+        let sender = sender(config);
+        let mut health = sender.gate().health();
+        health.borrow_and_update();
+        let n = 200;
+        // A bound well under `bounded`'s: the old code waited at the gate for 1 s to 5 s
+        // probes, message after message.
+        let deliveries = tokio::time::timeout(
+            Duration::from_secs(20),
+            send_all(&sender, (0..n).map(|i| message(&token(i))).collect()),
+        )
+        .await
+        .expect("every message ends within 20 s");
+        let rejected = count(&deliveries, "rejected");
+        assert_eq!(rejected + count(&deliveries, "delivered"), n as usize);
+        assert!(rejected > 0 && rejected < n as usize, "{rejected}");
+        for d in deliveries
+            .iter()
+            .filter(|d| d.outcome.class() == "rejected")
+        {
+            assert_eq!(d.outcome.reason(), Some("THIRD_PARTY_AUTH_ERROR"));
+            assert_eq!(d.attempts, 1);
+        }
+        // Each hit message was answered once and not sent again; the app never paused.
+        assert_eq!(
+            reason_count(&fake.stats(), "THIRD_PARTY_AUTH_ERROR"),
+            rejected as u64
+        );
+        assert!(!health.has_changed().unwrap(), "the gate moved");
+        assert!(health.borrow().is_up());
+    })
+    .await
+}
+
+/// A legacy `to: "/topics/<name>"` is a topic, which v1 names `message.topic: "<name>"` (sent
+/// as a token it was refused as a bad token, `token_invalid`); and a v1 envelope may target a
+/// Firebase Installation ID (`message.fid`), which was refused as malformed.
+#[tokio::test]
+async fn topics_and_fids_are_v1_targets() {
+    bounded(async {
+        let fake = start_fake(FakeOptions::default()).await;
+        let sender = sender(v1_config(&fake, &fake.h2c_url()));
+        let d = sender.send_with_details(&message("/topics/news")).await;
+        assert_eq!(d.outcome, Outcome::Delivered, "{:?}", d.error_message);
+        let fid = parse_gcm(br#"{"message":{"fid":"fid-0001","data":{"k":"v"}}}"#)
+            .expect("a fid is a target");
+        assert_eq!(fid.to, "fid-0001");
+        assert_eq!(sender.send(&fid).await, Outcome::Delivered);
+        // Fanned out, each copy targets one fid (not a fid and a token).
+        let fanned = sender
+            .send_multicast(&fid, &["fid-0002".into(), "fid-0003".into()])
+            .await;
+        assert_eq!(count(&fanned, "delivered"), 2);
+        // 4 sends + 1 token request, all 200.
+        let stats = fake.stats();
+        assert_eq!((stats.requests, status_count(&stats, 200)), (5, 5));
+    })
+    .await
+}
+
+/// A service account of another Firebase project gets SENDER_ID_MISMATCH for every token,
+/// which is `token_invalid`: the production pusher deleted every token and drained the backlog.
+/// Before any delivery, 20 of them are the credentials' fault: the gate closes and the rest
+/// wait, so at most 19 tokens are reported invalid.
+#[tokio::test]
+async fn sender_id_mismatch_before_any_delivery_closes_the_gate() {
+    bounded(async {
+        let fake = start_fake(FakeOptions {
+            profile: profile("errors: [{reason: SENDER_ID_MISMATCH, rate: 1.0}]"),
+            ..FakeOptions::default()
+        })
+        .await;
+        let mut config = v1_config(&fake, &fake.h2c_url());
+        config.on_fault = OnFault::Wait;
+        let sender = sender(config);
+        let n = 60;
+        let sends: Vec<_> = (0..n)
+            .map(|i| {
+                let sender = sender.clone();
+                tokio::spawn(async move { sender.send_with_details(&message(&token(i))).await })
+            })
+            .collect();
+        // Settled: every send has either ended or is waiting at the gate.
+        wait_until("every send to end or wait", || {
+            sends.iter().filter(|h| h.is_finished()).count() + sender.gate().parked() == n as usize
+        })
+        .await;
+        let health = sender.gate().health().borrow().clone();
+        let cause = match health {
+            Health::Down { cause, .. } => cause,
+            Health::Up => panic!("the gate stayed up"),
+        };
+        assert!(
+            cause.starts_with("SENDER_ID_MISMATCH for 20 tokens and none delivered yet"),
+            "{cause}"
+        );
+        let mut invalid = 0;
+        for h in sends {
+            if h.is_finished() {
+                let d = h.await.unwrap();
+                assert_eq!(d.outcome, token_invalid("SENDER_ID_MISMATCH"));
+                invalid += 1;
+            } else {
+                h.abort();
+            }
+        }
+        assert!(invalid <= 19, "{invalid} tokens reported invalid");
     })
     .await
 }

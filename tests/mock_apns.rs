@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TOPIC: &str = "com.example.app";
+const VOIP_TOPIC: &str = "com.example.app.voip";
 const KEY_ID: &str = "TESTKEY001";
 const TEAM_ID: &str = "TEAM000001";
 const PAYLOAD: &[u8] = br#"{"aps":{"alert":"Helena miss you! come play!"}}"#;
@@ -374,6 +375,27 @@ async fn validation_follows_apns_order_with_exact_statuses_and_reasons() {
                 413,
                 "PayloadTooLarge",
             ),
+            // Apple wants `<bundle>.voip` for voip: the bare bundle id is not the token's
+            // topic (our sender once sent it, and real APNs' answer deleted the token).
+            (
+                Method::POST,
+                path.clone(),
+                vec![("apns-topic", TOPIC), ("apns-push-type", "voip")],
+                PAYLOAD,
+                400,
+                "DeviceTokenNotForTopic",
+            ),
+            (
+                Method::POST,
+                path.clone(),
+                vec![
+                    ("apns-topic", "com.example.app.voip"),
+                    ("apns-push-type", "pushtotalk"),
+                ],
+                PAYLOAD,
+                400,
+                "DeviceTokenNotForTopic",
+            ),
         ];
         let n = cases.len() as u64;
         for (method, path, headers, body, status, reason) in cases {
@@ -385,7 +407,7 @@ async fn validation_follows_apns_order_with_exact_statuses_and_reasons() {
         let edge = [
             (vec![("apns-topic", TOPIC)], vec![b'x'; 4096]),
             (
-                vec![("apns-topic", TOPIC), ("apns-push-type", "voip")],
+                vec![("apns-topic", VOIP_TOPIC), ("apns-push-type", "voip")],
                 vec![b'x'; 5120],
             ),
             (
@@ -410,7 +432,8 @@ async fn validation_follows_apns_order_with_exact_statuses_and_reasons() {
         assert_eq!(stats.by_status.get(&200), Some(&3));
         assert_eq!(stats.by_reason.values().sum::<u64>(), n);
         assert_eq!(stats.by_reason.get("PayloadTooLarge"), Some(&2));
-        assert_eq!(stats.bytes_in, 4096 + 5120 + PAYLOAD.len() as u64);
+        // The topic is judged after the body is read, as the token rules are.
+        assert_eq!(stats.bytes_in, 4096 + 5120 + 3 * PAYLOAD.len() as u64);
     })
     .await
 }

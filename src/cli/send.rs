@@ -97,7 +97,8 @@ pub struct ApnsSendArgs {
     /// JSON payload, e.g. '{"aps":{"alert":"hi"}}'.
     #[arg(long)]
     pub payload: String,
-    /// apns-topic (the app's bundle id); required with token auth.
+    /// apns-topic (the app's bundle id; the push type's suffix, `.voip` and so on, is added
+    /// when missing); required with token auth.
     #[arg(long)]
     pub topic: Option<String>,
     /// apns-push-type: alert, background, voip, ...
@@ -246,7 +247,8 @@ fn run_apns(a: ApnsSendArgs) -> anyhow::Result<ExitCode> {
     }
     let notification = ApnsNotification {
         token: a.token.clone(),
-        topic: a.topic.clone(),
+        // The app's topic, as `run apns` has it: the sender adds the push type's suffix.
+        topic: None,
         push_type: a.push_type,
         priority: a.priority,
         expiration: a.expiration,
@@ -275,6 +277,7 @@ fn run_apns(a: ApnsSendArgs) -> anyhow::Result<ExitCode> {
         bail!("--attempts must be at least 1");
     }
     let mut config = ApnsConfig::new(endpoint, auth);
+    config.default_topic = a.topic.clone();
     config.ca_file = a.endpoint.ca.clone();
     config.insecure = a.endpoint.insecure;
     (config.pool, config.retry) = one_shot(&a.attempt);

@@ -6,7 +6,8 @@
 //! `apns-id` (BadMessageId), topic (MissingTopic), push type (InvalidPushType), priority
 //! (BadPriority), expiration (BadExpirationDate), collapse id (BadCollapseId), auth (403
 //! BadCertificate / MissingProviderToken / InvalidProviderToken / ExpiredProviderToken),
-//! payload (400 PayloadEmpty, 413 PayloadTooLarge: 4096 bytes, 5120 for voip). Then a valid
+//! payload (400 PayloadEmpty, 413 PayloadTooLarge: 4096 bytes, 5120 for voip), topic suffix of
+//! the push type (400 DeviceTokenNotForTopic: voip wants `<bundle>.voip`, ...). Then a valid
 //! request meets the token rules (`crate::push::token_rules`), then the profile's scripted
 //! answers (outage, throttle, error mix); everything else is a 200.
 
@@ -471,6 +472,22 @@ impl Handler for ApnsHandler {
         env.stats.bytes_in(payload.len());
         if payload.is_empty() {
             return self.answer(env, apns_id, &ApnsReason::PayloadEmpty, Extra::None);
+        }
+        // A push type with a topic suffix (voip: `<bundle>.voip`, ...) sent to a topic without
+        // it. protocols.md does not say what real APNs answers; DeviceTokenNotForTopic is
+        // assumed (a voip token belongs to `<bundle>.voip`, not to the bundle id), so a sender
+        // that forgets the suffix sees its tokens refused here.
+        let topic = h.topic.and_then(|v| v.to_str().ok());
+        let push_type = h.push_type.and_then(|v| PushType::parse(v.to_str().ok()?));
+        if let (Some(topic), Some(push_type)) = (topic, push_type) {
+            if !push_type.fits_topic(topic) {
+                return self.answer(
+                    env,
+                    apns_id,
+                    &ApnsReason::DeviceTokenNotForTopic,
+                    Extra::None,
+                );
+            }
         }
         // The path was checked in check_head.
         let token = parts

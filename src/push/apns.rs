@@ -331,6 +331,29 @@ impl PushType {
     }
 }
 
+impl PushType {
+    /// The suffix Apple requires on `apns-topic` for this push type (the bundle id plus it);
+    /// `None` where the bundle id alone is right (protocols.md §1.2). `widgets` and
+    /// `controls` are left alone: their suffixes are not confirmed.
+    pub fn topic_suffix(self) -> Option<&'static str> {
+        match self {
+            PushType::Voip => Some(".voip"),
+            PushType::Complication => Some(".complication"),
+            PushType::FileProvider => Some(".pushkit.fileprovider"),
+            PushType::Location => Some(".location-query"),
+            PushType::LiveActivity => Some(".push-type.liveactivity"),
+            PushType::PushToTalk => Some(".voip-ptt"),
+            _ => None,
+        }
+    }
+
+    /// True when `topic` is one this push type may be sent to: it carries the type's suffix,
+    /// if the type has one.
+    pub fn fits_topic(self, topic: &str) -> bool {
+        self.topic_suffix().is_none_or(|s| topic.ends_with(s))
+    }
+}
+
 impl ApnsNotification {
     /// `apns-push-type` as sent: the message's own, else the one its payload implies.
     pub fn effective_push_type(&self) -> PushType {
@@ -339,9 +362,11 @@ impl ApnsNotification {
     }
 
     /// `apns-priority` as sent: the message's own, else 5 for a background push (Apple
-    /// refuses 10 there); `None` leaves APNs' default (10).
+    /// requires 5 there, so an explicit 10 is lowered too; 1 stays); `None` leaves APNs'
+    /// default (10).
     pub fn effective_priority(&self, push_type: PushType) -> Option<u8> {
         match (self.priority, push_type) {
+            (Some(10), PushType::Background) => Some(5),
             (Some(p), _) => Some(p),
             (None, PushType::Background) => Some(5),
             (None, _) => None,
@@ -429,6 +454,62 @@ mod tests {
         match ApnsReason::ExpiredProviderToken.verdict(403, None, None) {
             Retry(h) => assert!(h.renew_auth && h.reconnect),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn push_types_name_their_topic_suffix() {
+        let cases = [
+            (PushType::Alert, "com.example.app", true),
+            (PushType::Background, "com.example.app", true),
+            (PushType::Voip, "com.example.app", false),
+            (PushType::Voip, "com.example.app.voip", true),
+            (PushType::Complication, "com.example.app.complication", true),
+            (
+                PushType::FileProvider,
+                "com.example.app.fileprovider",
+                false,
+            ),
+            (
+                PushType::FileProvider,
+                "com.example.app.pushkit.fileprovider",
+                true,
+            ),
+            (PushType::Location, "com.example.app.location-query", true),
+            (
+                PushType::LiveActivity,
+                "com.example.app.liveactivity",
+                false,
+            ),
+            (
+                PushType::LiveActivity,
+                "com.example.app.push-type.liveactivity",
+                true,
+            ),
+            (PushType::PushToTalk, "com.example.app.voip", false),
+            (PushType::PushToTalk, "com.example.app.voip-ptt", true),
+        ];
+        for (push_type, topic, fits) in cases {
+            assert_eq!(push_type.fits_topic(topic), fits, "{push_type:?} {topic}");
+        }
+    }
+
+    #[test]
+    fn background_pushes_go_at_priority_5_at_most() {
+        let mut n = ApnsNotification::new("ab", &b"{}"[..]);
+        for (priority, push_type, want) in [
+            (Some(10), PushType::Background, Some(5)),
+            (Some(1), PushType::Background, Some(1)),
+            (None, PushType::Background, Some(5)),
+            (Some(10), PushType::Alert, Some(10)),
+            (None, PushType::Alert, None),
+        ] {
+            n.priority = priority;
+            assert_eq!(
+                n.effective_priority(push_type),
+                want,
+                "{priority:?} {push_type:?}"
+            );
         }
     }
 

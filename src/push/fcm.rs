@@ -142,8 +142,11 @@ impl FcmErrorCode {
             QuotaExceeded | Unavailable | Internal => {
                 Verdict::Retry(RetryHint::new(reason).after(retry_after))
             }
-            // The project's APNs or web push credentials in Firebase: configuration.
-            ThirdPartyAuthError => Verdict::Fault { reason },
+            // The project's APNs or web push credential in Firebase is bad. FCM says so only
+            // for messages to Apple or web targets; Android tokens still deliver, so it is
+            // this message's verdict: a fault would retry it forever and flap the app's gate.
+            // Not the token's fault either: nothing is deleted.
+            ThirdPartyAuthError => Verdict::Final(Outcome::Rejected { reason }),
             _ => Verdict::Final(Outcome::Rejected { reason }),
         }
     }
@@ -290,9 +293,7 @@ mod tests {
             (
                 "THIRD_PARTY_AUTH_ERROR",
                 false,
-                Verdict::Fault {
-                    reason: "THIRD_PARTY_AUTH_ERROR".into(),
-                },
+                rejected("THIRD_PARTY_AUTH_ERROR"),
             ),
             ("UNSPECIFIED_ERROR", false, rejected("UNSPECIFIED_ERROR")),
             ("BRAND_NEW", false, rejected("BRAND_NEW")),

@@ -11,7 +11,7 @@ pub const MAX_PAYLOAD: usize = 4096;
 /// One GCM push request from Kafka.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GcmMessage {
-    /// The registration token (`to`; for a v1 envelope, `message.token`).
+    /// The registration token (`to`; for a v1 envelope, `message.token` or `message.fid`).
     pub to: String,
     pub message_id: Option<String>,
     pub message_type: Option<String>,

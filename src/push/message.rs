@@ -117,8 +117,9 @@ impl MessageError {
 }
 
 /// The device token of a message the parser refused, when one can still be read (a top-level
-/// string `DeviceToken` for APNs, `to` or `message.token` for GCM), so its feedback record
-/// names the device. Only for refused messages: it parses the whole value again.
+/// string `DeviceToken` for APNs, `to`, `message.token` or `message.fid` for GCM), so its
+/// feedback record names the device. Only for refused messages: it parses the whole value
+/// again.
 pub fn token_hint(bytes: &[u8], apns: bool) -> Option<String> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return None;
@@ -135,9 +136,10 @@ pub fn token_hint(bytes: &[u8], apns: bool) -> Option<String> {
         field("DeviceToken")
     } else {
         field("to").or_else(|| {
-            object
-                .get("message")
-                .and_then(|m| m.get("token"))
+            let message = object.get("message")?;
+            message
+                .get("token")
+                .or_else(|| message.get("fid"))
                 .and_then(Value::as_str)
         })
     }?;
@@ -305,20 +307,32 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
 
     if let Some(message) = v1_message {
         let inner = object("message", message)?;
-        let token = inner
-            .0
-            .iter()
-            .find(|(k, _)| k.as_ref() == "token")
-            .map(|(_, raw)| *raw);
-        msg.to = match token {
-            Some(raw) => {
-                typed::<Option<String>>("message.token", "a string", raw)?.unwrap_or_default()
+        // The device target: `token`, or `fid` (a Firebase Installation ID, which FCM now
+        // prefers). Either is the device's key for feedback and token deletion.
+        let target = |name: &str, field: &'static str| -> Result<Option<String>, MessageError> {
+            match inner.0.iter().find(|(k, _)| k.as_ref() == name) {
+                Some((_, raw)) => {
+                    Ok(typed::<Option<String>>(field, "a string", raw)?.filter(|t| !t.is_empty()))
+                }
+                None => Ok(None),
             }
-            None => String::new(),
         };
-        if msg.to.is_empty() {
-            return Err(MessageError::NoToken("message.token"));
-        }
+        msg.to = match (
+            target("token", "message.token")?,
+            target("fid", "message.fid")?,
+        ) {
+            (Some(token), None) => token,
+            (None, Some(fid)) => fid,
+            // FCM refuses two targets with a message naming `message.token`, which reads as
+            // a bad token and would delete it: refused here instead.
+            (Some(_), Some(_)) => {
+                return Err(MessageError::InvalidValue {
+                    field: "message",
+                    detail: "both token and fid are set; give one".into(),
+                })
+            }
+            (None, None) => return Err(MessageError::NoToken("message.token")),
+        };
         msg.v1_message = Some(bytes::Bytes::copy_from_slice(message.get().as_bytes()));
         return Ok(msg);
     }
@@ -1165,6 +1179,15 @@ mod tests {
         assert_eq!(
             (err.reason(), err.to_string().contains("message.token")),
             ("no_token", true)
+        );
+        // A Firebase Installation ID is the device target too.
+        let m = parse_gcm(br#"{"message":{"fid":"fid-1","data":{"k":"v"}}}"#).expect("fid");
+        assert_eq!(m.to, "fid-1");
+        let err = parse_gcm(br#"{"message":{"token":"t","fid":"f"}}"#).expect_err("two targets");
+        assert_eq!(err.reason(), "invalid_value");
+        assert_eq!(
+            token_hint(br#"{"message":{"fid":"fid-2","data":1}}"#, false).as_deref(),
+            Some("fid-2")
         );
         let err = parse_gcm(br#"{"message":"x"}"#).expect_err("not an object");
         assert_eq!(err.reason(), "wrong_type");

@@ -6,6 +6,7 @@ pub mod attempt;
 pub mod endpoint;
 pub mod fcm;
 pub mod gate;
+pub mod guard;
 pub mod http1;
 pub mod pool;
 pub mod retry;

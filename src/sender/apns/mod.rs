@@ -2,7 +2,6 @@
 //! retries on timers. Clone it freely (an `Arc` inside); every send runs concurrently.
 
 pub mod cert;
-pub mod guard;
 pub mod jwt;
 pub mod request;
 pub mod response;
@@ -13,6 +12,7 @@ use crate::push::{Outcome, Verdict};
 use crate::sender::attempt::{attempt_until_final, Attempt};
 use crate::sender::endpoint::{Endpoint, EndpointError};
 use crate::sender::gate::{Gate, OnFault};
+use crate::sender::guard::RefusalGuard;
 use crate::sender::pool::{Pool, PoolConfig, PoolError, TransportError};
 use crate::sender::retry::RetryPolicy;
 use crate::sender::tls::{self, ClientIdentity, TlsError, TlsOptions};
@@ -125,8 +125,9 @@ struct Inner {
     jwt: Option<JwtSigner>,
     retry: RetryPolicy,
     gate: Gate,
-    /// In `OnFault::Wait` only (the production pusher): `pusher send` reports what APNs said.
-    environment: Option<guard::EnvironmentGuard>,
+    /// The wrong-environment guard (sender/guard.rs), in `OnFault::Wait` only (the production
+    /// pusher): `pusher send` reports what APNs said.
+    environment: Option<RefusalGuard>,
 }
 
 impl ApnsSender {
@@ -171,8 +172,7 @@ impl ApnsSender {
                 context,
                 jwt,
                 retry: config.retry,
-                environment: (config.on_fault == OnFault::Wait)
-                    .then(guard::EnvironmentGuard::default),
+                environment: (config.on_fault == OnFault::Wait).then(RefusalGuard::apns),
                 gate: Gate::new(config.name, config.on_fault),
             }),
         })

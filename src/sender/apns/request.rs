@@ -3,7 +3,8 @@
 //! for the request's own sake is refused here first, before a stream is spent.
 
 use crate::push::apns::{
-    payload_limit, valid_apns_id, valid_priority, valid_token, ApnsNotification, MAX_COLLAPSE_ID,
+    payload_limit, valid_apns_id, valid_priority, valid_token, ApnsNotification, PushType,
+    MAX_COLLAPSE_ID,
 };
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -91,17 +92,18 @@ pub fn build_request(
     if let Some(auth) = authorization {
         headers.insert(AUTHORIZATION, auth);
     }
+    let push_type = n.effective_push_type();
     match (&n.topic, &ctx.default_topic) {
+        // The message's own topic is taken as it is: its producer chose it.
         (Some(topic), _) => {
             headers.insert(APNS_TOPIC, value(topic, "apns-topic")?);
         }
         (None, Some(topic)) => {
-            headers.insert(APNS_TOPIC, topic.clone());
+            headers.insert(APNS_TOPIC, topic_for(topic, push_type)?);
         }
         (None, None) if ctx.topic_required => return Err(RequestError::MissingTopic),
         (None, None) => {}
     }
-    let push_type = n.effective_push_type();
     headers.insert(APNS_PUSH_TYPE, HeaderValue::from_static(push_type.as_str()));
     if let Some(priority) = n.effective_priority(push_type) {
         // `check` allowed only 10, 5 and 1.
@@ -127,6 +129,25 @@ pub fn build_request(
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
     Ok(request)
+}
+
+/// The app's default topic (its bundle id) for `push_type`: Apple wants `<bundle>.voip` for a
+/// voip push and so on (protocols.md §1.2), and answers 400 `DeviceTokenNotForTopic` to the
+/// bare bundle id, which reads as a dead token and deleted good ones. A default that already
+/// carries the suffix is kept.
+fn topic_for(default: &HeaderValue, push_type: PushType) -> Result<HeaderValue, RequestError> {
+    let Some(suffix) = push_type.topic_suffix() else {
+        return Ok(default.clone());
+    };
+    if default.as_bytes().ends_with(suffix.as_bytes()) {
+        return Ok(default.clone());
+    }
+    let mut topic = Vec::with_capacity(default.len() + suffix.len());
+    topic.extend_from_slice(default.as_bytes());
+    topic.extend_from_slice(suffix.as_bytes());
+    HeaderValue::from_bytes(&topic).map_err(|_| RequestError::BadHeaderValue {
+        header: "apns-topic",
+    })
 }
 
 /// The checks APNs would otherwise answer with a 400/413.
@@ -307,6 +328,14 @@ mod tests {
                 "background",
                 Some("1"),
             ),
+            // Apple wants 5 for background pushes: an explicit 10 is lowered.
+            (
+                r#"{"aps":{"content-available":1}}"#,
+                Some(PushType::Background),
+                Some(10),
+                "background",
+                Some("5"),
+            ),
         ];
         for (payload, push_type, priority, want_type, want_priority) in cases {
             let mut n = ApnsNotification::new(token(), payload.as_bytes().to_vec());
@@ -316,6 +345,63 @@ mod tests {
             assert_eq!(header(&r, "apns-push-type"), Some(*want_type), "{payload}");
             assert_eq!(header(&r, "apns-priority"), *want_priority, "{payload}");
         }
+    }
+
+    /// Apple wants `<bundle>.voip` for voip and so on; the bare bundle id draws 400
+    /// DeviceTokenNotForTopic, which deletes the token.
+    #[test]
+    fn the_default_topic_takes_the_push_types_suffix() {
+        let cases = [
+            (PushType::Alert, "com.example.app", "com.example.app"),
+            (PushType::Background, "com.example.app", "com.example.app"),
+            (PushType::Voip, "com.example.app", "com.example.app.voip"),
+            (
+                PushType::Voip,
+                "com.example.app.voip",
+                "com.example.app.voip",
+            ),
+            (
+                PushType::Complication,
+                "com.example.app",
+                "com.example.app.complication",
+            ),
+            (
+                PushType::FileProvider,
+                "com.example.app",
+                "com.example.app.pushkit.fileprovider",
+            ),
+            (
+                PushType::Location,
+                "com.example.app",
+                "com.example.app.location-query",
+            ),
+            (
+                PushType::LiveActivity,
+                "com.example.app",
+                "com.example.app.push-type.liveactivity",
+            ),
+            (
+                PushType::PushToTalk,
+                "com.example.app",
+                "com.example.app.voip-ptt",
+            ),
+        ];
+        for (push_type, default, want) in cases {
+            let mut n = ApnsNotification::new(token(), &b"{}"[..]);
+            n.push_type = Some(push_type);
+            let r = build_request(&n, &ctx(Some(default), true), None).unwrap();
+            assert_eq!(
+                header(&r, "apns-topic"),
+                Some(want),
+                "{push_type:?} {default}"
+            );
+        }
+        // A message's own topic is sent as it is.
+        let mut n = ApnsNotification::new(token(), &b"{}"[..]);
+        n.push_type = Some(PushType::Voip);
+        n.topic = Some("com.other.app".into());
+        let r = build_request(&n, &ctx(Some("com.example.app"), true), None).unwrap();
+        assert_eq!(header(&r, "apns-topic"), Some("com.other.app"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Translation (the seed dropped non-string `data` values and applied TTL, collapse key and
 //! priority only when a notification was present; we do neither):
-//! - `to` -> `message.token`; `dry_run` -> `validate_only`
+//! - `to` -> `message.token`, or for `/topics/<name>` -> `message.topic: "<name>"` (v1 takes
+//!   the bare name); `dry_run` -> `validate_only`
 //! - `data` -> `message.data`, non-string values JSON-encoded (`3` -> `"3"`, `{"a":1}` ->
 //!   `"{\"a\":1}"`)
 //! - `notification.{title, body, image_url}` -> `message.notification.{title, body, image}`;
@@ -46,7 +47,10 @@ pub fn v1_body(msg: &GcmMessage) -> Result<Vec<u8>, TranslateError> {
         return Ok(out);
     }
     let mut message = Map::new();
-    message.insert("token".into(), Value::String(msg.to.clone()));
+    match msg.to.strip_prefix("/topics/") {
+        Some(topic) => message.insert("topic".into(), Value::String(topic.to_string())),
+        None => message.insert("token".into(), Value::String(msg.to.clone())),
+    };
     let data = string_data(&msg.data);
     let mut size = 0;
     if !data.is_empty() {
@@ -261,6 +265,11 @@ mod tests {
                 json!({"message":{"token":"tok",
                     "data":{"alert":"Hello","n":"3","ok":"true","o":"{\"a\":[1]}","z":"null"},
                     "android":{"ttl":"3600s","collapse_key":"c","priority":"HIGH"}}}),
+            ),
+            // A legacy topic address: v1 wants the bare name as `topic`.
+            (
+                r#"{"to":"/topics/news","data":{"k":"v"}}"#,
+                json!({"message":{"topic":"news","data":{"k":"v"}}}),
             ),
             (
                 r#"{"to":"tok","priority":"normal","time_to_live":0}"#,

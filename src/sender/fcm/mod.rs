@@ -14,6 +14,7 @@ use crate::push::{Outcome, RetryHint, Verdict};
 use crate::sender::attempt::{attempt_until_final, Attempt};
 use crate::sender::endpoint::{Endpoint, EndpointError};
 use crate::sender::gate::{Gate, OnFault};
+use crate::sender::guard::RefusalGuard;
 use crate::sender::pool::{Pool, PoolConfig, PoolError, TransportError};
 use crate::sender::retry::RetryPolicy;
 use crate::sender::tls::{self, TlsError, TlsOptions};
@@ -176,6 +177,9 @@ struct Inner {
     api: Api,
     retry: RetryPolicy,
     gate: Gate,
+    /// The wrong-project guard (sender/guard.rs), in `OnFault::Wait` only (the production
+    /// pusher): `pusher send` reports what FCM said.
+    project: Option<RefusalGuard>,
 }
 
 #[derive(Debug)]
@@ -253,6 +257,7 @@ impl FcmSender {
                 transport,
                 api,
                 retry: config.retry,
+                project: (config.on_fault == OnFault::Wait).then(RefusalGuard::fcm),
                 gate: Gate::new(config.name.clone(), config.on_fault),
             }),
         })
@@ -326,7 +331,7 @@ impl FcmSender {
             };
             match answer {
                 Ok(response) => {
-                    let verdict = response.verdict.clone();
+                    let verdict = self.judge(response.verdict.clone());
                     Attempt::answered(response, verdict)
                 }
                 // The token endpoint unreachable, or refusing the service account's assertion:
@@ -427,7 +432,7 @@ impl FcmSender {
                         None => RetryHint::new("legacy answer without a result"),
                         Some(r) => {
                             last[i].record(r);
-                            match &r.verdict {
+                            match &self.judge(r.verdict.clone()) {
                                 Verdict::Final(outcome) => {
                                     let mut d = last[i].clone();
                                     d.outcome = outcome.clone();
@@ -488,6 +493,14 @@ impl FcmSender {
             .collect()
     }
 
+    /// The verdict to act on: the answer's, unless the wrong-project guard says otherwise.
+    fn judge(&self, verdict: Verdict) -> Verdict {
+        match &self.inner.project {
+            Some(guard) => guard.judge(verdict),
+            None => verdict,
+        }
+    }
+
     async fn attempt_v1(
         &self,
         tokens: &TokenSource,
@@ -541,7 +554,8 @@ impl FcmSender {
     }
 }
 
-/// `msg` addressed to `token` (a v1 envelope gets its `message.token` replaced).
+/// `msg` addressed to `token` (a v1 envelope gets its `message.token` replaced, or its
+/// `message.fid`: one target only, of the kind it had).
 fn with_token(msg: &GcmMessage, token: &str) -> Result<GcmMessage, TranslateError> {
     let mut m = msg.clone();
     m.to = token.to_string();
@@ -549,7 +563,12 @@ fn with_token(msg: &GcmMessage, token: &str) -> Result<GcmMessage, TranslateErro
         let mut v: serde_json::Value =
             serde_json::from_slice(raw).map_err(|e| TranslateError::Encode(e.to_string()))?;
         if let Some(obj) = v.as_object_mut() {
-            obj.insert("token".into(), serde_json::Value::String(token.into()));
+            let key = if obj.contains_key("fid") && !obj.contains_key("token") {
+                "fid"
+            } else {
+                "token"
+            };
+            obj.insert(key.into(), serde_json::Value::String(token.into()));
         }
         m.v1_message = Some(Bytes::from(
             serde_json::to_vec(&v).map_err(|e| TranslateError::Encode(e.to_string()))?,

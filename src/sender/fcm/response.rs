@@ -311,7 +311,7 @@ mod tests {
                     "apns key",
                     &fcm("THIRD_PARTY_AUTH_ERROR"),
                 ),
-                fault("THIRD_PARTY_AUTH_ERROR"),
+                rejected("THIRD_PARTY_AUTH_ERROR"),
             ),
             (
                 401,
