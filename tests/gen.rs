@@ -501,3 +501,48 @@ fn an_interrupted_gen_keeps_a_whole_file() {
         serde_json::from_str::<serde_json::Value>(line).expect("every line whole");
     }
 }
+
+/// `gen | head` and `gen --shape ... | head` both end quietly with exit 0 when the reader
+/// goes away (before, the shaped one printed "error: writing to stdout: Broken pipe", exit 2).
+#[test]
+fn a_reader_that_goes_away_ends_gen_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let plain: &[&str] = &["-n", "1m"];
+    let shaped: &[&str] = &[
+        "--shape",
+        "constant",
+        "--duration",
+        "1h",
+        "--peak-rate",
+        "1000",
+    ];
+    for args in [plain, shaped] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pusher"))
+            .arg("gen")
+            .args(["--seed", "1", "-q"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pusher gen");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.ends_with('\n'), "{args:?}: {first:?}");
+        // The reader is dropped here: the next write meets a closed pipe.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?}: still running with no reader");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}

@@ -182,12 +182,24 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
         // A capture line is written field by field: one syscall each without a buffer.
         let mut sink = std::io::BufWriter::with_capacity(256 * 1024, sink);
         let times = times.take_while(|_| !stopped());
-        let written = crate::replay::shape::write_capture(&mut generator, times, &topic, &mut sink);
+        let written = crate::replay::shape::write_capture(
+            &mut generator,
+            times,
+            &topic,
+            &mut sink,
+            &progress,
+        );
         // Flushed before the file is moved into place.
-        let flushed = sink.flush();
-        let n = written
-            .and_then(|n| flushed.map(|()| n))
-            .with_context(|| format!("writing to {name}"))?;
+        let n = match written.and_then(|n| sink.flush().map(|()| n)) {
+            Ok(n) => n,
+            // The reader went away (`pusher gen --shape ... | head`): as below.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                // Its buffer would be flushed into the closed pipe again on drop.
+                let _ = sink.into_parts();
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return Err(e).with_context(|| format!("writing to {name}")),
+        };
         drop(sink);
         put_in_place(temp)?;
         progress.finish_and_clear();

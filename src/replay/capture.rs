@@ -114,7 +114,8 @@ pub fn write_entry(
         message,
         raw_b64,
     };
-    serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::other)?;
+    // `From` keeps a write error's kind (a closed pipe stays `BrokenPipe`), which `other` hid.
+    serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
     out.write_all(b"\n")
 }
 
