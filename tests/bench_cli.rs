@@ -638,3 +638,92 @@ fn an_unreachable_token_endpoint_stops_the_bench_with_its_cause() {
         );
     }
 }
+
+/// Seen: `--partitions 1 --payload-size 3500 --count 20k` ran 4,000 messages (14 MB) ahead
+/// of the answers in one partition of the embedded mock, which keeps 5 MiB and dropped the
+/// oldest unread; the run then waited forever for them. The producer now stays within what a
+/// partition keeps: every message arrives, and the run ends.
+#[test]
+fn a_bench_in_one_partition_with_large_messages_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("one.json");
+    let run = bench(&[
+        "--mock",
+        "--partitions",
+        "1",
+        "--payload-size",
+        "3500",
+        "--count",
+        "20k",
+        "--warmup",
+        "0s",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    // A hang guard, far beyond the few seconds it takes.
+    let (code, stdout, stderr) = run.finish(Duration::from_secs(240));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let c = &schema::check_report(&json)["conservation"];
+    assert_eq!(c["ok"], true, "{c}");
+    assert_eq!(c["lost"], 0, "{c}");
+    for stage in ["generated", "produced", "consumed", "answered", "committed"] {
+        assert_eq!(c[stage], 20_000, "{stage}: {c}");
+    }
+}
+
+/// A broker that drops messages before the pipeline read them (here a mock cluster keeping
+/// 5 MiB per partition, fed 70 MB at 20k/s while a slow endpoint answers 1,000/s): the run
+/// ends, names the loss, counts it, and exits 1; generated = answered + lost + in flight.
+/// Before, it waited for the lost messages forever.
+#[test]
+fn messages_the_broker_drops_unread_fail_the_bench() {
+    use pusher::mock::kafka::KafkaMock;
+    let topic = "push-bench_apns".to_string();
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("slow.yaml");
+    std::fs::write(&profile, "name: slow\nlatency: {dist: fixed, ms: 1000}\n").unwrap();
+    let json = dir.path().join("lost.json");
+    let run = bench(&[
+        "--mock",
+        "--brokers",
+        kafka.bootstrap(),
+        "--profile",
+        profile.to_str().unwrap(),
+        "--rate",
+        "20000",
+        "--payload-size",
+        "3500",
+        "--count",
+        "20k",
+        "--warmup",
+        "0s",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (code, stdout, stderr) = run.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        error.contains("messages lost")
+            && error.contains("Kafka dropped")
+            && error.contains("before the pipeline consumed them")
+            && error.contains("partition 0"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("LOST"), "{stdout}");
+    let c = &schema::check_report(&json)["conservation"];
+    assert_eq!(c["ok"], false, "{c}");
+    let n = |k: &str| c[k].as_u64().unwrap();
+    assert!(n("lost") > 0, "{c}");
+    assert_eq!(
+        n("generated"),
+        n("answered") + n("lost") + n("in_flight"),
+        "{c}"
+    );
+}

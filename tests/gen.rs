@@ -501,3 +501,124 @@ fn an_interrupted_gen_keeps_a_whole_file() {
         serde_json::from_str::<serde_json::Value>(line).expect("every line whole");
     }
 }
+
+/// Seen: Ctrl-C during `gen --kafka` killed the process with up to 500k messages queued in
+/// librdkafka and no count printed. Now it stops generating, gives the queue a few seconds,
+/// drops the rest, prints what was delivered, and exits 130: the count is what the topic holds.
+#[test]
+fn an_interrupted_gen_into_kafka_counts_what_the_topic_holds() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::io::Read;
+    use std::process::Stdio;
+    const PARTITIONS: i32 = 4;
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    cluster
+        .create_topic("push-game_gcm", PARTITIONS, 1)
+        .expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let side: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("consumer");
+    let in_topic = || -> i64 {
+        (0..PARTITIONS)
+            .map(|p| {
+                side.fetch_watermarks("push-game_gcm", p, Duration::from_secs(5))
+                    .expect("watermarks")
+                    .1
+            })
+            .sum()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pusher"))
+        .args(["gen", "--platform", "gcm", "-n", "50m", "--seed", "3"])
+        .args(["--kafka", &brokers])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pusher gen");
+    let mut stderr_pipe = child.stderr.take().expect("pipe");
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr_pipe.read_to_string(&mut s);
+        s
+    });
+    // Producing: messages reach the topic (the interrupt is watched by then).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while in_topic() == 0 {
+        assert!(Instant::now() < deadline, "nothing produced within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    // A hang guard: the queue gets 5 s, what is on the wire 2 s more.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gen still running 60 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let delivered: i64 = stderr
+        .split("pusher gen: interrupted: ")
+        .nth(1)
+        .and_then(|rest| rest.split(" delivered to push-game_gcm").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no delivered count: {stderr}"));
+    assert!(delivered > 0, "{stderr}");
+    assert!(delivered < 50_000_000, "{stderr}");
+    assert_eq!(in_topic(), delivered, "{stderr}");
+}
+
+/// `gen | head` and `gen --shape ... | head` both end quietly with exit 0 when the reader
+/// goes away (before, the shaped one printed "error: writing to stdout: Broken pipe", exit 2).
+#[test]
+fn a_reader_that_goes_away_ends_gen_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let plain: &[&str] = &["-n", "1m"];
+    let shaped: &[&str] = &[
+        "--shape",
+        "constant",
+        "--duration",
+        "1h",
+        "--peak-rate",
+        "1000",
+    ];
+    for args in [plain, shaped] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pusher"))
+            .arg("gen")
+            .args(["--seed", "1", "-q"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pusher gen");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.ends_with('\n'), "{args:?}: {first:?}");
+        // The reader is dropped here: the next write meets a closed pipe.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?}: still running with no reader");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}

@@ -934,3 +934,41 @@ fn a_backgrounded_replay_stops_on_sigint() {
         "stopped long before the 10 minutes: {c}"
     );
 }
+
+/// Captures whose times were mistaken: every message at one time, looped (before: a period
+/// of 0, so `--duration` never ended the replay), and Unix microseconds as `t_us` (before: a
+/// silent sleep of ~56 years). Both replay and end; the hang guard is far beyond their second.
+#[test]
+fn odd_capture_times_replay_and_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |t: u64| {
+        format!("{{\"t_us\":{t},\"topic\":\"push-game_apns\",\"message\":{{\"DeviceToken\":\"00\"}}}}\n")
+    };
+    let same = dir.path().join("same.jsonl");
+    std::fs::write(&same, line(0) + &line(0) + &line(0)).unwrap();
+    let epoch = dir.path().join("epoch.jsonl");
+    let t0 = 1_764_000_000_000_000u64;
+    std::fs::write(&epoch, line(t0) + &line(t0 + 1000) + &line(t0 + 2000)).unwrap();
+    // 1 µs per message, slowed 1000 times: a round of 3 every 3 ms, 334 rounds in 1 s.
+    let cases: [(&Path, &[&str], u64); 2] = [
+        (
+            &same,
+            &["--loop", "--duration", "1s", "--speed", "0.001x"],
+            1002,
+        ),
+        (&epoch, &[], 3),
+    ];
+    for (cap, extra, want) in cases {
+        let json = dir.path().join("r.json");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pusher"));
+        cmd.args(["replay", p(cap), "--mock", "-q", "--json", p(&json)])
+            .args(extra)
+            .env("PUSHER_LOG", "warn");
+        let run = watched::Watched::spawn(cmd);
+        let (code, stdout, stderr) = run.finish(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{cap:?}\n{stdout}\n{stderr}");
+        let r = schema::check_report(&json);
+        assert_eq!(r["conservation"]["generated"], want, "{cap:?}: {r}");
+        assert_eq!(r["conservation"]["ok"], true, "{cap:?}");
+    }
+}

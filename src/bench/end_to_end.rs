@@ -20,7 +20,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,11 @@ const APP: &str = "bench";
 const MAX_BACKLOG: u64 = 50_000;
 /// Produce instants are kept in a ring indexed by sequence number; larger than the backlog.
 const RING: usize = 1 << 17;
+/// Bytes a record costs in the mock's log beyond its value (key, headers, varints, its share
+/// of the batch header), counted against what a partition keeps; generous on purpose.
+const RECORD_OVERHEAD: u64 = 64;
+/// After a loss, how long the messages still in flight get to answer before the run ends.
+const LOSS_DRAIN: Duration = Duration::from_secs(10);
 
 /// Shared between the producer thread and the pipeline's observer.
 struct Clock {
@@ -53,13 +58,90 @@ struct Clock {
     first_measured_seq: AtomicU64,
     /// Closed loop: messages produced ahead of the answers, at most.
     backlog: u64,
+    /// The embedded mock: bytes produced to each partition and not yet answered. The mock
+    /// drops a partition's oldest messages past its limit, read or not: the producer keeps
+    /// this under `ahead_limit`, so what is not yet read is never dropped.
+    ahead: Vec<AtomicU64>,
+    ahead_limit: u64,
+    /// Bytes of message `seq` counted in `ahead`, in a ring as `sent_ns`.
+    sizes: Vec<AtomicU32>,
+    /// Offsets the pipeline skipped, per partition (see [`Gaps`]).
+    gaps: Mutex<Gaps>,
+    /// Messages Kafka dropped before the pipeline consumed them.
+    lost: AtomicU64,
+    /// The first delivery error, for the report.
+    produce_error: Mutex<Option<String>>,
     recorder: Mutex<Recorder>,
     open_loop: bool,
+}
+
+/// Where the pipeline is in each partition. Offsets of a partition are consecutive (the
+/// bench's topic has no transactions or compaction), so an offset past the next expected one
+/// means Kafka dropped those in between before they were read: the consumer, sent past the
+/// log's start, starts again at the oldest it still has.
+#[derive(Debug, Default)]
+struct Gaps {
+    /// This run's first offset per partition (a partition not listed starts at 0); older
+    /// messages (`--brokers`, a topic used before) are not this run's.
+    start: HashMap<i32, i64>,
+    next: HashMap<i32, i64>,
+    /// The first gap: partition, first and last offset skipped.
+    first: Option<(i32, i64, i64)>,
+}
+
+impl Gaps {
+    /// Takes a consumed offset; returns how many offsets it skipped.
+    fn consumed(&mut self, partition: i32, offset: i64) -> u64 {
+        let start = self.start.get(&partition).copied().unwrap_or(0);
+        let expected = self.next.get(&partition).copied().unwrap_or(start);
+        if offset < expected {
+            return 0; // a redelivery, or a message older than the run
+        }
+        self.next.insert(partition, offset + 1);
+        if offset == expected {
+            return 0;
+        }
+        self.first.get_or_insert((partition, expected, offset - 1));
+        (offset - expected) as u64
+    }
 }
 
 impl Clock {
     fn ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Messages that will never be answered: dropped by Kafka, or never produced.
+    fn unanswerable(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed) + self.produce_failed.load(Ordering::Relaxed)
+    }
+
+    /// Why messages will never be answered, when some will not.
+    fn lost_cause(&self, embedded: bool) -> Option<String> {
+        let mut causes = Vec::new();
+        let lost = self.lost.load(Ordering::Relaxed);
+        if lost > 0 {
+            let where_ = match self.gaps.lock().first {
+                Some((p, from, to)) => format!(" (first: partition {p}, offsets {from}..={to})"),
+                None => String::new(),
+            };
+            let why = if embedded {
+                "the embedded mock keeps 5 MiB per partition and drops its oldest messages"
+            } else {
+                "the broker's retention deleted them"
+            };
+            causes.push(format!(
+                "Kafka dropped {lost} messages before the pipeline consumed them{where_}: {why}"
+            ));
+        }
+        let failed = self.produce_failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let first = self.produce_error.lock().clone().unwrap_or_default();
+            causes.push(format!(
+                "{failed} messages could not be produced (first error: {first})"
+            ));
+        }
+        (!causes.is_empty()).then(|| causes.join("; "))
     }
 }
 
@@ -77,6 +159,13 @@ impl Observer for Measure {
         else {
             return;
         };
+        if let Some(ahead) = c.ahead.get(e.partition as usize) {
+            let size = u64::from(c.sizes[seq % RING].load(Ordering::Relaxed));
+            // Saturating: a redelivered message is answered twice.
+            let _ = ahead.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                Some(a.saturating_sub(size))
+            });
+        }
         if (seq as u64) < c.first_measured_seq.load(Ordering::Relaxed) {
             return; // warm-up
         }
@@ -106,6 +195,13 @@ impl Observer for Measure {
         }
         r.record_outcome(e.outcome, at);
     }
+
+    fn on_consumed(&self, _topic: &str, partition: i32, offset: i64) {
+        let skipped = self.0.gaps.lock().consumed(partition, offset);
+        if skipped > 0 {
+            self.0.lost.fetch_add(skipped, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Counts delivery reports.
@@ -115,9 +211,17 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(_) => self.0.produced.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.0.produce_failed.fetch_add(1, Ordering::Relaxed),
-        };
+            Ok(_) => {
+                self.0.produced.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.0
+                    .produce_error
+                    .lock()
+                    .get_or_insert_with(|| e.to_string());
+                self.0.produce_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -137,8 +241,10 @@ pub fn run_bench(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Repor
             break;
         }
         let report = one_run(args, count, round, interrupt)?;
-        if report.interrupted {
-            interrupted = true;
+        // Lost messages fail the run: no more rounds, and this one's counts are reported.
+        let lost = report.conservation.lost > 0;
+        interrupted |= report.interrupted;
+        if report.interrupted || lost {
             // Part of a round after whole ones: it proves nothing about the figures, but
             // its messages must still add up.
             if let Some((kept, _)) = best.as_mut() {
@@ -157,9 +263,12 @@ pub fn run_bench(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Repor
         let keep = best
             .as_ref()
             .is_none_or(|(_, t)| (report.throughput - m).abs() < (t - m).abs());
-        if keep {
+        if keep || lost {
             let t = report.throughput;
             best = Some((report, t));
+        }
+        if lost {
+            break;
         }
     }
     let (mut report, _) = best.context("no run completed")?;
@@ -183,7 +292,7 @@ fn one_run(
     let partitions = args.partitions.max(1);
     let kafka = match &args.brokers {
         Some(_) => None,
-        // No loss watcher: the run's conservation check counts every message anyway.
+        // No loss watcher: the pipeline's observer sees every offset Kafka dropped unread.
         None => Some(KafkaMock::start_with(&MockOptions {
             watch_losses: false,
             ..MockOptions::new(1, std::slice::from_ref(&topic), partitions)
@@ -196,6 +305,11 @@ fn one_run(
     };
     let (fake, sender_config, profile_name) = target(&args.target)?;
     let origin = sender_config.webpush_origin().to_string();
+    // The embedded mock's topic is new: its partitions start at 0.
+    let start_offsets = match &kafka {
+        Some(_) => HashMap::new(),
+        None => end_offsets(&brokers, &topic),
+    };
 
     let clock = Arc::new(Clock {
         start: Instant::now(),
@@ -214,6 +328,19 @@ fn one_run(
             Some(_) => MAX_BACKLOG,
             None => (args.concurrency as u64 * 4).clamp(1000, MAX_BACKLOG),
         },
+        ahead: match &kafka {
+            Some(_) => (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            None => Vec::new(),
+        },
+        // Half of what a partition keeps: a margin for what the log holds beyond values.
+        ahead_limit: kafka.as_ref().map_or(0, |k| k.retention_bytes() / 2),
+        sizes: (0..RING).map(|_| AtomicU32::new(0)).collect(),
+        gaps: Mutex::new(Gaps {
+            start: start_offsets,
+            ..Gaps::default()
+        }),
+        lost: AtomicU64::new(0),
+        produce_error: Mutex::new(None),
         recorder: Mutex::new(Recorder::new()),
         open_loop: args.rate.is_some(),
     });
@@ -245,8 +372,11 @@ fn one_run(
     );
     // Set when the interrupt is seen: the messages produced may be answered until then.
     let mut drain_until: Option<Instant> = None;
+    // Set when messages are lost: those in flight may be answered until then.
+    let mut lost_until: Option<Instant> = None;
     let result: anyhow::Result<(crate::pipeline::run::RunSummary, Duration)> = rt.block_on(async {
         let drain_until = &mut drain_until;
+        let lost_until = &mut lost_until;
         let sender = sender_config.build()?;
         // The producer stops with the run: at a signal, or at the endpoint's first fault.
         let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gate());
@@ -295,12 +425,23 @@ fn one_run(
             if interrupt.is_set() && drain_until.is_none() {
                 *drain_until = Some(Instant::now() + DRAIN);
             }
+            // A lost message is never answered: the producer stops at the first (a loss
+            // fails the run), and the run ends once the others are answered.
+            let unanswerable = clock.unanswerable();
+            if unanswerable > 0 && lost_until.is_none() {
+                *lost_until = Some(Instant::now() + LOSS_DRAIN);
+            }
             let answered = clock.answered.load(Ordering::Relaxed);
             let generated = clock.generated.load(Ordering::Relaxed);
-            if clock.done_generating.load(Ordering::Relaxed) && answered >= generated {
+            if clock.done_generating.load(Ordering::Relaxed) && answered + unanswerable >= generated
+            {
                 break;
             }
-            if pipeline.is_finished() || drain_until.is_some_and(|d| Instant::now() >= d) {
+            let now = Instant::now();
+            if pipeline.is_finished()
+                || drain_until.is_some_and(|d| now >= d)
+                || lost_until.is_some_and(|d| now >= d)
+            {
                 break;
             }
         }
@@ -328,6 +469,7 @@ fn one_run(
     if let Some(fake) = fake {
         fake.stop();
     }
+    let kafka_embedded = kafka.is_some();
     drop(kafka);
     let (summary, elapsed) = result?;
 
@@ -343,6 +485,7 @@ fn one_run(
     report.series = Some(recorder.series());
     let generated = clock.generated.load(Ordering::Relaxed);
     let answered = clock.answered.load(Ordering::Relaxed);
+    let lost = clock.unanswerable();
     report.interrupted = drain_until.is_some();
     report.conservation = Conservation {
         generated,
@@ -352,11 +495,13 @@ fn one_run(
         not_sent: 0,
         answered,
         committed: Some(summary.committed_total().max(0) as u64),
-        in_flight: if report.interrupted {
-            generated.saturating_sub(answered)
+        in_flight: if report.interrupted || lost > 0 {
+            generated.saturating_sub(answered + lost)
         } else {
             0
         },
+        lost,
+        lost_cause: clock.lost_cause(kafka_embedded),
         ok: false,
     }
     .check();
@@ -441,7 +586,7 @@ fn produce_inner(
     let mut measured = 0u64;
     let mut seq: u64 = 0;
     'producing: loop {
-        if interrupt.is_set() {
+        if interrupt.is_set() || clock.unanswerable() > 0 {
             break;
         }
         let now = Instant::now();
@@ -462,7 +607,7 @@ fn produce_inner(
         }
         // Backpressure: never run more than MAX_BACKLOG ahead of the pipeline.
         while seq.saturating_sub(clock.answered.load(Ordering::Relaxed)) >= clock.backlog {
-            if interrupt.is_set() {
+            if interrupt.is_set() || clock.unanswerable() > 0 {
                 break 'producing;
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -483,14 +628,33 @@ fn produce_inner(
         if generator.write_next(&mut buf).is_none() {
             break;
         }
+        let partition = runs.map(|n| ((seq / PARTITION_RUN) % n as u64) as i32);
+        if let Some(ahead) = partition.and_then(|p| clock.ahead.get(p as usize)) {
+            // The mock's retention must never reach what the pipeline has not read: wait
+            // for answers (one message alone may always go).
+            let size = buf.len() as u64 + RECORD_OVERHEAD;
+            loop {
+                let a = ahead.load(Ordering::Relaxed);
+                if a == 0 || a + size <= clock.ahead_limit {
+                    break;
+                }
+                if interrupt.is_set() || clock.unanswerable() > 0 {
+                    break 'producing;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let stored = u32::try_from(size).unwrap_or(u32::MAX);
+            clock.sizes[seq as usize % RING].store(stored, Ordering::Relaxed);
+            ahead.fetch_add(u64::from(stored), Ordering::Relaxed);
+        }
         key.clear();
         key.push_str(&seq.to_string());
         clock.sent_ns[seq as usize % RING].store(stamp, Ordering::Relaxed);
         let mut record = BaseRecord::to(topic)
             .key(key.as_str())
             .payload(buf.as_slice());
-        if let Some(partitions) = runs {
-            record = record.partition(((seq / PARTITION_RUN) % partitions as u64) as i32);
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         loop {
             match producer.send(record) {
@@ -509,12 +673,46 @@ fn produce_inner(
         clock.generated.fetch_add(1, Ordering::Relaxed);
         measured += u64::from(measuring);
     }
+    // Failed deliveries are counted (`produce_failed`) and fail the run from its report.
     producer
         .flush(Duration::from_secs(30))
         .context("flushing the bench producer")?;
-    let failed = clock.produce_failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        bail!("{failed} messages could not be produced to {topic}");
-    }
     Ok(())
+}
+
+/// The next offset of each partition of `topic` (`--brokers`): where this run's messages
+/// start. Empty when the topic does not exist yet (it will start at 0) or cannot be read.
+fn end_offsets(brokers: &str, topic: &str) -> HashMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let timeout = Duration::from_secs(5);
+    let consumer: BaseConsumer = match ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "No consumer to read the topic's end offsets.");
+            return HashMap::new();
+        }
+    };
+    let partitions: Vec<i32> = match consumer.fetch_metadata(Some(topic), timeout) {
+        Ok(m) => m
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "Cannot read the topic's metadata.");
+            return HashMap::new();
+        }
+    };
+    partitions
+        .into_iter()
+        .filter_map(|p| {
+            let (_, high) = consumer.fetch_watermarks(topic, p, timeout).ok()?;
+            Some((p, high))
+        })
+        .collect()
 }

@@ -274,6 +274,15 @@ pub(super) fn conclude(
     }
     print!("{}", report.summary());
     let c = &report.conservation;
+    // A loss fails the run even when a signal also stopped it: the loss is the news.
+    if c.lost > 0 {
+        eprintln!(
+            "error: {} messages lost: {}",
+            c.lost,
+            c.lost_cause.as_deref().unwrap_or("cause unknown")
+        );
+        return Ok(ExitCode::from(1));
+    }
     if !c.ok && c.in_flight == 0 {
         eprintln!("error: conservation check failed: messages were lost or double-counted");
         if !report.interrupted {

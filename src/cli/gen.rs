@@ -124,6 +124,11 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
     let progress =
         crate::progress::Progress::new("gen", shaped.is_none().then_some(count), args.quiet);
     let started = Instant::now();
+    // Ctrl-C stops every sink at a message's end: a file or stdout keeps whole lines, Kafka
+    // what it acknowledges (exit 130). Installed first, so that no sink meets a signal's
+    // default action.
+    let interrupt = crate::bench::interrupt::Interrupt::install()?;
+    let stopped = || interrupt.is_set();
 
     if let Some(brokers) = &args.kafka.brokers.brokers {
         let topic = args
@@ -137,9 +142,27 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
             args.delivery_timeout,
             args.kafka.kafka_timeout,
             &progress,
+            &kafka::Stop {
+                requested: &stopped,
+                flush_for: crate::bench::interrupt::DRAIN,
+            },
         )
         .with_context(|| format!("producing to Kafka topic {topic:?} at {brokers}"))?;
         progress.finish_and_clear();
+        if report.interrupted {
+            // Said even with --quiet: what reached the topic is what a reader will find.
+            let unconfirmed = report.sent.saturating_sub(report.delivered + report.failed);
+            eprintln!(
+                "pusher gen: interrupted: {} delivered to {topic}, {} not delivered (still queued, dropped){}",
+                report.delivered,
+                report.failed,
+                match unconfirmed {
+                    0 => String::new(),
+                    n => format!(", {n} without an answer from Kafka"),
+                }
+            );
+            return Ok(ExitCode::from(crate::bench::interrupt::EXIT_CODE));
+        }
         if !args.quiet {
             let secs = started.elapsed().as_secs_f64();
             eprintln!(
@@ -174,20 +197,29 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(())
     };
-    // Ctrl-C stops at a line's end: what was written is kept, a whole file (exit 130).
-    let interrupt = crate::bench::interrupt::Interrupt::install()?;
-    let stopped = || interrupt.is_set();
     if let Some(times) = shaped {
         let topic = generator.config().default_topic();
         // A capture line is written field by field: one syscall each without a buffer.
         let mut sink = std::io::BufWriter::with_capacity(256 * 1024, sink);
         let times = times.take_while(|_| !stopped());
-        let written = crate::replay::shape::write_capture(&mut generator, times, &topic, &mut sink);
+        let written = crate::replay::shape::write_capture(
+            &mut generator,
+            times,
+            &topic,
+            &mut sink,
+            &progress,
+        );
         // Flushed before the file is moved into place.
-        let flushed = sink.flush();
-        let n = written
-            .and_then(|n| flushed.map(|()| n))
-            .with_context(|| format!("writing to {name}"))?;
+        let n = match written.and_then(|n| sink.flush().map(|()| n)) {
+            Ok(n) => n,
+            // The reader went away (`pusher gen --shape ... | head`): as below.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                // Its buffer would be flushed into the closed pipe again on drop.
+                let _ = sink.into_parts();
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return Err(e).with_context(|| format!("writing to {name}")),
+        };
         drop(sink);
         put_in_place(temp)?;
         progress.finish_and_clear();

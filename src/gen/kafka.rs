@@ -10,7 +10,9 @@ use indicatif::ProgressBar;
 use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +23,16 @@ pub struct KafkaReport {
     pub sent: u64,
     pub delivered: u64,
     pub failed: u64,
+    /// Stopped by [`Stop`]: `failed` counts what was still queued (purged, never sent), and
+    /// `sent - delivered - failed` what had no report when the run gave up waiting.
+    pub interrupted: bool,
+}
+
+/// When to stop early (Ctrl-C), and how long the messages queued then may take to be
+/// delivered before the rest is dropped from the queue.
+pub struct Stop<'a> {
+    pub requested: &'a dyn Fn() -> bool,
+    pub flush_for: Duration,
 }
 
 /// Counts delivery reports; keeps the first error for the message shown to the user.
@@ -117,6 +129,9 @@ fn check_reachable(
 /// Produces every message of `generator` to `topic` (key = device token), then waits for
 /// all delivery reports. Any failed delivery is an error naming the count and the first cause.
 /// `connect_timeout` bounds the wait for the brokers' first answer, `timeout` each delivery.
+/// Once `stop` is requested no more messages are generated; those queued get
+/// `stop.flush_for` to be delivered, the rest is purged, and the counts are returned (not an
+/// error: the caller asked for it).
 pub fn produce(
     generator: &mut Generator,
     brokers: &str,
@@ -124,18 +139,22 @@ pub fn produce(
     timeout: Duration,
     connect_timeout: Duration,
     progress: &ProgressBar,
+    stop: &Stop<'_>,
 ) -> Result<KafkaReport, GenError> {
     let producer: BaseProducer<Deliveries> =
         producer_config(brokers, timeout).create_with_context(Deliveries::default())?;
     check_reachable(&producer, topic, connect_timeout)?;
     let mut value = Vec::with_capacity(4096);
     let mut sent = 0u64;
-    while generator.write_next(&mut value).is_some() {
+    'generating: while !(stop.requested)() && generator.write_next(&mut value).is_some() {
         let key = generator.last_token();
         loop {
             match producer.send(BaseRecord::to(topic).key(key).payload(&value)) {
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if (stop.requested)() {
+                        break 'generating;
+                    }
                     producer.poll(Duration::from_millis(5));
                 }
                 // librdkafka refuses it before sending: say which message and why.
@@ -158,20 +177,48 @@ pub fn produce(
 
     // flush() waits for the queue to drain; delivery reports then tell what happened.
     // Give it a margin beyond message.timeout.ms, after which every message has a report.
-    let deadline = Instant::now() + timeout + Duration::from_secs(5);
+    let full_wait = timeout + Duration::from_secs(5);
     let ctx = producer.context();
     let reported = || ctx.delivered.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed);
-    while reported() < sent && Instant::now() < deadline {
-        // A flush timeout is not final: the loop and the deadline decide.
-        let _ = producer.flush(Duration::from_millis(100));
-        progress.set_position(ctx.delivered.load(Ordering::Relaxed));
+    let wait_until = |deadline: Instant| {
+        let mut deadline = deadline;
+        let mut shortened = (stop.requested)();
+        while reported() < sent && Instant::now() < deadline {
+            // A flush timeout is not final: the loop and the deadline decide.
+            let _ = producer.flush(Duration::from_millis(100));
+            progress.set_position(ctx.delivered.load(Ordering::Relaxed));
+            // Stopped while waiting: the shorter wait, from now.
+            if !shortened && (stop.requested)() {
+                shortened = true;
+                deadline = deadline.min(Instant::now() + stop.flush_for);
+            }
+        }
+    };
+    wait_until(
+        Instant::now()
+            + if (stop.requested)() {
+                stop.flush_for.min(full_wait)
+            } else {
+                full_wait
+            },
+    );
+    let interrupted = (stop.requested)();
+    if interrupted && reported() < sent {
+        // What never left the queue is dropped (each gets a failed report); what is on
+        // the wire may still be acknowledged: a short wait for it.
+        producer.purge(PurgeConfig::default().queue());
+        wait_until(Instant::now() + Duration::from_secs(2));
     }
     let report = KafkaReport {
         sent,
         delivered: ctx.delivered.load(Ordering::Relaxed),
         failed: ctx.failed.load(Ordering::Relaxed),
+        interrupted,
     };
     progress.set_position(report.delivered);
+    if interrupted {
+        return Ok(report);
+    }
     if report.failed > 0 {
         let first_error = ctx.first_error.lock().clone().unwrap_or_default();
         return Err(GenError::Undelivered {

@@ -120,6 +120,10 @@ pub struct OutcomeEvent<'a> {
 
 pub trait Observer: Send + Sync {
     fn on_outcome(&self, event: &OutcomeEvent<'_>);
+    /// Each message as the loop takes it from Kafka (in offset order per partition, but for
+    /// redeliveries): offsets it skips were dropped before they were read (`bench --mock`
+    /// counts them as lost).
+    fn on_consumed(&self, _topic: &str, _partition: i32, _offset: i64) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -349,6 +353,9 @@ pub async fn run(
         };
         if let Some(capture) = &spec.capture {
             capture.record(message.topic(), message.key(), message.payload());
+        }
+        if let Some(observer) = &shared.outputs.observer {
+            observer.on_consumed(message.topic(), message.partition(), message.offset());
         }
         // The topic's app, looked up once here for the slot and the message task both.
         let (topic, app) = topic_app(&shared, message.topic());

@@ -114,7 +114,8 @@ pub fn write_entry(
         message,
         raw_b64,
     };
-    serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::other)?;
+    // `From` keeps a write error's kind (a closed pipe stays `BrokenPipe`), which `other` hid.
+    serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
     out.write_all(b"\n")
 }
 
@@ -134,6 +135,7 @@ pub fn parse(mut reader: impl BufRead, path: &Path) -> Result<Vec<Entry>, Captur
     let mut buf = Vec::new();
     let mut line_no = 0usize;
     let mut previous = 0u64;
+    let mut first_t_us = None;
     loop {
         buf.clear();
         let n = reader
@@ -181,6 +183,9 @@ pub fn parse(mut reader: impl BufRead, path: &Path) -> Result<Vec<Entry>, Captur
             });
         }
         previous = line.t_us;
+        // Times count from the first message: a capture that starts elsewhere (absolute
+        // times, a slice of a longer capture) is timed from its first line, not from 1970.
+        let first = *first_t_us.get_or_insert(line.t_us);
         if line.topic.is_empty() {
             return Err(bad("empty topic"));
         }
@@ -197,7 +202,7 @@ pub fn parse(mut reader: impl BufRead, path: &Path) -> Result<Vec<Entry>, Captur
             (Some(_), Some(_)) => return Err(bad("both message and raw_b64")),
         };
         entries.push(Entry {
-            at: Duration::from_micros(line.t_us),
+            at: Duration::from_micros(line.t_us - first),
             topic: line.topic,
             key,
             value,
@@ -351,6 +356,20 @@ mod tests {
             assert!(err.contains(want), "{text:?}: {err}");
             assert!(err.contains("c.jsonl"), "{err}");
         }
+    }
+
+    /// Unix microseconds as `t_us` (seen: a replay that slept ~56 years without a word) are
+    /// timed from the first line, gaps kept.
+    #[test]
+    fn a_capture_not_starting_at_zero_is_timed_from_its_first_line() {
+        let t0 = 1_764_000_000_000_000u64;
+        let text = format!(
+            "{{\"t_us\":{t0},\"topic\":\"t\",\"message\":1}}\n{{\"t_us\":{},\"topic\":\"t\",\"message\":2}}\n",
+            t0 + 1500
+        );
+        let back = parse(text.as_bytes(), Path::new("c.jsonl")).unwrap();
+        let at: Vec<Duration> = back.iter().map(|e| e.at).collect();
+        assert_eq!(at, [Duration::ZERO, Duration::from_micros(1500)]);
     }
 
     #[test]

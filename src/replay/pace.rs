@@ -48,7 +48,9 @@ pub fn parse_speed(s: &str) -> Result<f64, PaceError> {
 
 /// The scheduled start (from the beginning of the replay) of the `i`-th message sent, for a
 /// capture whose messages are at `times`; with `looping`, the capture starts again after its
-/// last message plus one mean gap. `None` when the schedule is over.
+/// last message plus one mean gap, and one round lasts at least 1 µs per message (a capture
+/// whose messages share one time would otherwise loop in no time, and never reach
+/// `--duration`). `None` when the schedule is over.
 pub fn scheduled(times: &[Duration], pace: Pace, looping: bool, i: u64) -> Option<Duration> {
     let n = times.len() as u64;
     if n == 0 || (!looping && i >= n) {
@@ -61,7 +63,9 @@ pub fn scheduled(times: &[Duration], pace: Pace, looping: bool, i: u64) -> Optio
             let last = times[times.len() - 1];
             // One mean gap between rounds, so the last and first messages do not coincide.
             let period = if n > 1 {
-                last + last / (n as u32 - 1).max(1)
+                let gap = last.as_nanos() / u128::from(n - 1);
+                (last + Duration::from_nanos(u64::try_from(gap).unwrap_or(u64::MAX)))
+                    .max(Duration::from_micros(n))
             } else {
                 Duration::from_millis(1)
             };
@@ -296,6 +300,46 @@ mod tests {
         assert_eq!(driven.sent, 42);
         assert_eq!((driven.answered, driven.in_flight), (42, 0));
         assert_eq!(driven.elapsed, Duration::from_millis(151));
+    }
+
+    /// Seen: a capture whose messages all share one time looped with period 0, every round
+    /// at 0, so `--duration` never ended the replay. A round now lasts 1 µs per message.
+    #[test]
+    fn a_loop_of_messages_at_one_time_moves_on() {
+        let t = [Duration::ZERO; 3];
+        let at = |i| scheduled(&t, Pace::Speed(1.0), true, i).unwrap();
+        assert_eq!((at(0), at(2)), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(
+            (at(3), at(5)),
+            (Duration::from_micros(3), Duration::from_micros(3))
+        );
+        assert_eq!(at(3000), Duration::from_millis(3));
+        // At 0.5x, twice as long.
+        let slow = scheduled(&t, Pace::Speed(0.5), true, 3).unwrap();
+        assert_eq!(slow, Duration::from_micros(6));
+        // Real gaps keep their period: 0 and 10 ms, one mean gap (10 ms) between rounds.
+        let gaps = [Duration::ZERO, Duration::from_millis(10)];
+        let at = scheduled(&gaps, Pace::Speed(1.0), true, 2).unwrap();
+        assert_eq!(at, Duration::from_millis(20));
+    }
+
+    /// The same capture with `--duration`: the replay ends at its schedule's end.
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_of_messages_at_one_time_ends_at_the_duration() {
+        let t = [Duration::ZERO; 3];
+        let (starts, _) = run(
+            &t,
+            Pace::Speed(1.0),
+            Duration::ZERO,
+            Limit {
+                count: None,
+                duration: Some(Duration::from_millis(1)),
+            },
+            true,
+        )
+        .await;
+        // Rounds at 0, 3, ..., 999 µs: 334 of 3 messages.
+        assert_eq!(starts.len(), 1002);
     }
 
     #[test]

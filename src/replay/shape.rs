@@ -164,12 +164,13 @@ impl Iterator for ShapedTimes {
 
 /// Writes a shaped capture: one generated message at each of `times`, keyed by its token,
 /// to `topic`, timed from the first (its `t_us` is 0, as in every capture). Returns how many.
-/// `out` gets one write per field: give it a buffered writer.
+/// `out` gets one write per field: give it a buffered writer. `progress` counts the messages.
 pub fn write_capture(
     generator: &mut crate::gen::Generator,
     times: impl IntoIterator<Item = Duration>,
     topic: &str,
     out: &mut impl std::io::Write,
+    progress: &indicatif::ProgressBar,
 ) -> std::io::Result<u64> {
     let mut value = Vec::with_capacity(4096);
     let mut n = 0u64;
@@ -183,8 +184,12 @@ pub fn write_capture(
         let since_first = at.saturating_sub(*first.get_or_insert(at));
         super::capture::write_entry(out, since_first, topic, Some(&key), &value)?;
         n += 1;
+        if n % 1024 == 0 {
+            progress.set_position(n);
+        }
     }
     out.flush()?;
+    progress.set_position(n);
     Ok(n)
 }
 
@@ -199,6 +204,20 @@ mod tests {
             w[i.min(n - 1)] += 1;
         }
         w
+    }
+
+    /// The progress bar counts what is written (it stood still at 0 before).
+    #[test]
+    fn write_capture_moves_the_progress_bar() {
+        let mut config = crate::gen::GenConfig::new(crate::push::Platform::Apns);
+        config.count = 3000;
+        let mut generator = crate::gen::Generator::new(config).unwrap();
+        let times = (0..3000u64).map(Duration::from_millis);
+        let bar = indicatif::ProgressBar::hidden();
+        let mut out = Vec::new();
+        let n = write_capture(&mut generator, times, "push-game_apns", &mut out, &bar).unwrap();
+        assert_eq!(n, 3000);
+        assert_eq!(bar.position(), 3000);
     }
 
     #[test]

@@ -242,6 +242,12 @@ pub struct Conservation {
     /// waiting for them (see `interrupt::DRAIN`); 0 otherwise.
     #[serde(default)]
     pub in_flight: u64,
+    /// Messages that can never be answered: dropped by Kafka before they were consumed, or
+    /// never produced. Not 0 fails the run, interrupted or not; `lost_cause` says why.
+    #[serde(default)]
+    pub lost: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_cause: Option<String>,
     pub ok: bool,
 }
 
@@ -387,6 +393,15 @@ impl Report {
             |name: &str, v: Option<u64>| v.map(|n| format!(" = {name} {n}")).unwrap_or_default();
         let verdict = match (c.ok, c.in_flight) {
             (true, _) => "ok".to_string(),
+            (false, n) if c.lost > 0 => format!(
+                "LOST {} ({}){}",
+                c.lost,
+                c.lost_cause.as_deref().unwrap_or("cause unknown"),
+                match n {
+                    0 => String::new(),
+                    n => format!(", {n} still in flight"),
+                }
+            ),
             (false, 0) => "MISMATCH".to_string(),
             (false, n) => format!("incomplete: {n} still in flight when the run was interrupted"),
         };
