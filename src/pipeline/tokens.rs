@@ -391,6 +391,11 @@ impl Worker {
                 // waiting at a failing endpoint): what is batched is dropped, as a failing
                 // DELETE's would be, and the worker ends instead of waiting for the clone.
                 _ = self.abandon.cancelled() => {
+                    // With what is still queued: nobody will delete those either.
+                    rx.close();
+                    while let Ok(d) = rx.try_recv() {
+                        batch.add(d);
+                    }
                     if batch.len > 0 {
                         tracing::error!(tokens = batch.len, "shutdown deadline passed; undeleted tokens dropped");
                         self.counters.dropped.fetch_add(batch.len as u64, Ordering::Relaxed);
