@@ -484,7 +484,8 @@ const HELD_RETRY: Duration = Duration::from_millis(50);
 struct Waiting {
     message: Consumed,
     permit: Option<OwnedSemaphorePermit>,
-    since: tokio::time::Instant,
+    /// Since when it waits: set when it first has to (no clock read per message started).
+    since: Option<tokio::time::Instant>,
 }
 
 impl Waiting {
@@ -492,12 +493,17 @@ impl Waiting {
         Waiting {
             message,
             permit: None,
-            since: tokio::time::Instant::now(),
+            since: None,
         }
     }
 
     fn app(&self) -> Option<&str> {
         self.message.app.as_ref().map(|(app, _)| &**app)
+    }
+
+    fn waits(mut self) -> Self {
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+        self
     }
 }
 
@@ -523,7 +529,7 @@ impl Starter<'_> {
             if let Some(permits) = self.app_permits(&w.message) {
                 match permits.try_acquire_owned() {
                     Ok(p) => w.permit = Some(p),
-                    Err(_) => return Some(w),
+                    Err(_) => return Some(w.waits()),
                 }
             }
         }
@@ -536,7 +542,7 @@ impl Starter<'_> {
             .lock()
             .start(&m.topic, m.partition, m.offset)
         {
-            Err(OffsetError::Full { .. }) => return Some(w),
+            Err(OffsetError::Full { .. }) => return Some(w.waits()),
             // Already started (a redelivery after a rebalance): the first copy handles it.
             Err(e) => {
                 tracing::debug!(error = %e, "Message not started.");
@@ -582,7 +588,9 @@ async fn next_wait_event(
     let slot = waiting
         .filter(|w| w.permit.is_none())
         .and_then(|w| starter.app_permits(&w.message));
-    let too_long = waiting.map(|w| w.since + HOLD_AFTER);
+    let too_long = waiting
+        .and_then(|w| w.since)
+        .map(|since| since + HOLD_AFTER);
     tokio::select! {
         Ok(p) = async {
             match slot {
@@ -610,7 +618,7 @@ fn hold(
 ) -> Option<Waiting> {
     let Some(app) = w.message.app.as_ref().map(|(app, _)| app.clone()) else {
         return Some(Waiting {
-            since: tokio::time::Instant::now(),
+            since: Some(tokio::time::Instant::now()),
             ..w
         });
     };
