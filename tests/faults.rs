@@ -800,16 +800,30 @@ async fn one_app_whose_endpoint_hangs_does_not_stop_the_others() {
     let kafka = KafkaMock::start(1, &topics, 1).unwrap();
     let brokers = kafka.bootstrap().to_string();
     let (fake, _log) = start_recording_fake(Profile::default(), 0).await;
-    // Accepts, holds the connections, answers nothing (not even the TLS handshake).
+    // Accepts, holds the connections, answers nothing (not even the TLS handshake); once
+    // `open`, it closes them and relays new ones to the fake.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_url = format!("https://{}", silent.local_addr().unwrap());
     let connections = Arc::new(AtomicU64::new(0));
-    let accepted = connections.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            held.push(socket);
-            accepted.fetch_add(1, Ordering::Relaxed);
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held: Arc<Mutex<Vec<tokio::net::TcpStream>>> = Arc::default();
+    let fake_addr = fake.tls_url().trim_start_matches("https://").to_owned();
+    tokio::spawn({
+        let (accepted, open, held) = (connections.clone(), open.clone(), held.clone());
+        async move {
+            while let Ok((mut socket, _)) = silent.accept().await {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                if !open.load(Ordering::Relaxed) {
+                    held.lock().unwrap().push(socket);
+                    continue;
+                }
+                let fake_addr = fake_addr.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(fake_addr).await {
+                        let _ = tokio::io::copy_bidirectional(&mut socket, &mut up).await;
+                    }
+                });
+            }
         }
     });
     let mut hung_config = config(&fake, silent_url, token_auth());
@@ -885,18 +899,44 @@ async fn one_app_whose_endpoint_hangs_does_not_stop_the_others() {
         common::process::committed_offsets(&brokers, &group, &topics[0], 1),
         [0]
     );
+    assert_eq!(seen.0.lock().unwrap().get(&hung), None);
+
+    // The endpoint answers again: what was set aside starts, the app's partition resumes (most
+    // of its messages were not fetched before the pause), each message is delivered once.
+    open.store(true, Ordering::Relaxed);
+    held.lock().unwrap().clear();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let recovered = || seen.0.lock().unwrap().get(&hung).copied().unwrap_or(0);
+    while recovered() < N && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        recovered(),
+        N,
+        "the hung app's messages once its endpoint answers"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::process::committed_offsets(&brokers, &group, &topics[0], 1) != [N as i64] {
+        assert!(
+            Instant::now() < deadline,
+            "the hung app's offsets were not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.cancel();
     let summary = pipeline.await.unwrap().unwrap();
-    assert_eq!(summary.outcomes.get("delivered"), Some(&N), "{summary:?}");
-    assert_eq!(seen.0.lock().unwrap().get(&hung), None);
+    // Counts add up: consumed = delivered = committed = 2 x N, each push answered once.
+    assert_eq!(summary.consumed, 2 * N, "{summary:?}");
     assert_eq!(
-        summary
-            .committed
-            .get(&(topics[0].clone(), 0))
-            .copied()
-            .unwrap_or(0),
-        0
+        summary.outcomes.get("delivered"),
+        Some(&(2 * N)),
+        "{summary:?}"
     );
-    assert_eq!(fake.stats().requests, N);
+    assert_eq!(summary.committed_total(), 2 * N as i64, "{summary:?}");
+    let stats = fake.stats();
+    assert_eq!(
+        (stats.requests, common::status_count(&stats, 200)),
+        (2 * N, 2 * N)
+    );
     fake.server.shutdown().await;
 }

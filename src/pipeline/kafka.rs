@@ -33,9 +33,6 @@ pub(super) struct RebalanceContext {
     pub(super) down: Mutex<std::collections::BTreeSet<String>>,
     /// Apps whose consumed messages wait in the loop for a free slot: paused until they started.
     pub(super) held: Mutex<std::collections::BTreeSet<String>>,
-    /// Counts revocations, so that a message held across one can tell its partition may have
-    /// moved.
-    pub(super) revocations: std::sync::atomic::AtomicU64,
     /// The last consumer lag seen in librdkafka's statistics (-1: none yet).
     pub(super) lag: std::sync::atomic::AtomicI64,
     /// Since when no broker has been up, for `/healthz`.
@@ -148,7 +145,6 @@ impl ConsumerContext for RebalanceContext {
             for e in list.elements() {
                 tracker.revoke(e.topic(), e.partition());
             }
-            self.revocations.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -45,6 +45,8 @@ struct PartitionWindow {
     last_taken: Option<i64>,
     /// Highest offset ever started, for the ordering check.
     last_started: Option<i64>,
+    /// Which assignment of the partition this window is: a new one on every assignment.
+    epoch: u64,
 }
 
 impl PartitionWindow {
@@ -73,6 +75,8 @@ pub struct OffsetTracker {
     capacity: usize,
     /// Started and not finished, over all partitions (kept, not recounted: asked per message).
     unfinished: usize,
+    /// The last window's epoch.
+    epochs: u64,
 }
 
 impl OffsetTracker {
@@ -82,6 +86,7 @@ impl OffsetTracker {
             partitions: HashMap::default(),
             capacity: capacity.max(1),
             unfinished: 0,
+            epochs: 0,
         }
     }
 
@@ -91,10 +96,19 @@ impl OffsetTracker {
         if !self.partitions.contains_key(topic) {
             self.partitions.insert(topic.to_owned(), HashMap::default());
         }
+        let epochs = &mut self.epochs;
         let window = self
             .partitions
             .get_mut(topic)
-            .map(|windows| windows.entry(partition).or_default())
+            .map(|windows| {
+                windows.entry(partition).or_insert_with(|| {
+                    *epochs += 1;
+                    PartitionWindow {
+                        epoch: *epochs,
+                        ..PartitionWindow::default()
+                    }
+                })
+            })
             // Cannot happen (inserted just above); an error rather than a panic.
             .ok_or_else(|| OffsetError::NotInFlight {
                 topic: topic.to_owned(),
@@ -212,10 +226,24 @@ impl OffsetTracker {
     /// The partition was (re)assigned: start clean, whatever was known about it before.
     pub fn assign(&mut self, topic: &str, partition: i32) {
         self.revoke(topic, partition);
+        self.epochs += 1;
+        self.partitions.entry(topic.to_owned()).or_default().insert(
+            partition,
+            PartitionWindow {
+                epoch: self.epochs,
+                ..PartitionWindow::default()
+            },
+        );
+    }
+
+    /// Which assignment of the partition is current (`None`: not assigned). A message read
+    /// under one epoch and not started may not start under another: the partition was revoked
+    /// meanwhile, and whoever holds it now reads it again from the committed offset.
+    pub fn epoch(&self, topic: &str, partition: i32) -> Option<u64> {
         self.partitions
-            .entry(topic.to_owned())
-            .or_default()
-            .insert(partition, PartitionWindow::default());
+            .get(topic)
+            .and_then(|windows| windows.get(&partition))
+            .map(|w| w.epoch)
     }
 }
 
@@ -226,6 +254,24 @@ mod tests {
     use proptest::prelude::*;
 
     const T: &str = "push-game_apns";
+
+    #[test]
+    fn every_assignment_is_a_new_epoch() {
+        let mut t = OffsetTracker::new(10);
+        assert_eq!(t.epoch(T, 0), None);
+        t.assign(T, 0);
+        let first = t.epoch(T, 0);
+        assert!(first.is_some());
+        t.start(T, 0, 5).unwrap();
+        assert_eq!(t.epoch(T, 0), first, "starting keeps the epoch");
+        t.revoke(T, 0);
+        assert_eq!(t.epoch(T, 0), None);
+        t.assign(T, 0);
+        assert!(t.epoch(T, 0).is_some() && t.epoch(T, 0) != first);
+        // A window made by a start without an assignment has its own epoch too.
+        t.start(T, 1, 0).unwrap();
+        assert!(t.epoch(T, 1).is_some() && t.epoch(T, 1) != t.epoch(T, 0));
+    }
 
     #[test]
     fn commits_only_past_a_finished_prefix() {

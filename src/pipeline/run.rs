@@ -220,7 +220,6 @@ pub async fn run(
             refused: Mutex::new(Default::default()),
             down: Mutex::new(Default::default()),
             held: Mutex::new(Default::default()),
-            revocations: std::sync::atomic::AtomicU64::new(0),
             lag: std::sync::atomic::AtomicI64::new(-1),
             brokers_down_since: Mutex::new(None),
             session_timeout: spec.session_timeout,
@@ -279,13 +278,14 @@ pub async fn run(
         metrics::counter!(crate::telemetry::names::CONSUMED, "platform" => spec.platform.as_str());
     let starter = Starter {
         shared: &shared,
+        capture: spec.capture.as_ref(),
         permits: &permits,
         consumed_metric,
     };
     // The message waiting for a slot or its partition's window, and the messages set aside
     // per app once it waited too long (`HOLD_AFTER`): their app is paused meanwhile.
     let mut waiting: Option<Waiting> = None;
-    let mut held: BTreeMap<Arc<str>, VecDeque<(Consumed, u64)>> = BTreeMap::new();
+    let mut held: Held = BTreeMap::new();
     let mut held_retry = tokio::time::interval(HELD_RETRY);
     held_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(topics = %crate::telemetry::Json(&spec.topics), group = %spec.group, "Consuming.");
@@ -305,7 +305,7 @@ pub async fn run(
                 // A message waiting for a slot of an app whose endpoint is now down would wait
                 // for the outage: set aside at once.
                 if !up && waiting.as_ref().is_some_and(|w| w.app() == Some(app.as_str())) {
-                    waiting = waiting.and_then(|w| hold(&consumer, &mut held, w));
+                    waiting = waiting.and_then(|w| hold(&starter, &consumer, &mut held, w));
                 }
                 continue;
             }
@@ -322,7 +322,7 @@ pub async fn run(
                         }
                     }
                     WaitEvent::TooLong => {
-                        waiting = waiting.and_then(|w| hold(&consumer, &mut held, w));
+                        waiting = waiting.and_then(|w| hold(&starter, &consumer, &mut held, w));
                         continue;
                     }
                     WaitEvent::Progress => {}
@@ -351,9 +351,6 @@ pub async fn run(
                 continue;
             }
         };
-        if let Some(capture) = &spec.capture {
-            capture.record(message.topic(), message.key(), message.payload());
-        }
         if let Some(observer) = &shared.outputs.observer {
             observer.on_consumed(message.topic(), message.partition(), message.offset());
         }
@@ -377,7 +374,8 @@ pub async fn run(
         // Behind messages of its app already set aside (fetched before the pause took):
         // after them, in order.
         if let Some(queue) = consumed.app.as_ref().and_then(|(app, _)| held.get_mut(app)) {
-            queue.push_back((consumed, revocations(&consumer)));
+            let epoch = starter.epoch(&consumed);
+            queue.push_back((consumed, epoch));
             continue;
         }
         // A slot of the message's app first (at most `max_in_flight` of an app's messages are
@@ -507,9 +505,13 @@ impl Waiting {
     }
 }
 
+/// Messages set aside, per app, in the order consumed, each with its partition's epoch then.
+type Held = BTreeMap<Arc<str>, VecDeque<(Consumed, Option<u64>)>>;
+
 /// Starts consumed messages: a slot of their app, a place in their partition's window, a task.
 struct Starter<'a> {
     shared: &'a Arc<Shared>,
+    capture: Option<&'a Arc<dyn Capture>>,
     permits: &'a foldhash::HashMap<String, Arc<Semaphore>>,
     consumed_metric: metrics::Counter,
 }
@@ -521,6 +523,11 @@ impl Starter<'_> {
         m.app
             .as_ref()
             .and_then(|(app, _)| self.permits.get(&**app).cloned())
+    }
+
+    /// The message's partition's current assignment (`OffsetTracker::epoch`).
+    fn epoch(&self, m: &Consumed) -> Option<u64> {
+        self.shared.tracker.lock().epoch(&m.topic, m.partition)
     }
 
     /// Starts the message, or gives it back when it has to wait.
@@ -555,6 +562,10 @@ impl Starter<'_> {
             .consumed
             .fetch_add(1, Ordering::Relaxed);
         self.consumed_metric.increment(1);
+        // Once started: a redelivery the first copy handles is not recorded twice.
+        if let Some(capture) = self.capture {
+            capture.record(&m.topic, m.key.as_deref(), m.payload.as_deref());
+        }
         let shared = self.shared.clone();
         let Waiting {
             message, permit, ..
@@ -612,8 +623,9 @@ async fn next_wait_event(
 /// Sets a waiting message aside and pauses its app, so that the other apps go on. A message of
 /// no app of ours has no pause to take: it goes on waiting.
 fn hold(
+    starter: &Starter<'_>,
     consumer: &StreamConsumer<RebalanceContext>,
-    held: &mut BTreeMap<Arc<str>, VecDeque<(Consumed, u64)>>,
+    held: &mut Held,
     w: Waiting,
 ) -> Option<Waiting> {
     let Some(app) = w.message.app.as_ref().map(|(app, _)| app.clone()) else {
@@ -623,46 +635,37 @@ fn hold(
         });
     };
     // Its slot, if it had one, goes back: it is taken again when the message starts.
+    // No rebalance runs while a message waits (that happens inside `recv`, not polled then):
+    // the epoch now is the one it was read under.
+    let epoch = starter.epoch(&w.message);
     held.entry(app.clone())
         .or_default()
-        .push_back((w.message, revocations(consumer)));
+        .push_back((w.message, epoch));
     pause_app(consumer, &app, Pause::Held, true);
     None
 }
 
 /// Starts what was set aside, in order, as far as slots and windows allow; an app whose
 /// messages all started is resumed.
-fn start_held(
-    starter: &Starter<'_>,
-    consumer: &StreamConsumer<RebalanceContext>,
-    held: &mut BTreeMap<Arc<str>, VecDeque<(Consumed, u64)>>,
-) {
-    let now = revocations(consumer);
+fn start_held(starter: &Starter<'_>, consumer: &StreamConsumer<RebalanceContext>, held: &mut Held) {
     held.retain(|app, queue| {
-        while let Some((message, seen)) = queue.pop_front() {
-            // Revoked while it waited: its partition may be another member's now, which
-            // redoes it.
-            if seen != now && !assigned(consumer, &message.topic, message.partition) {
+        while let Some((message, epoch)) = queue.pop_front() {
+            // Its partition was revoked since (and maybe assigned again): whoever holds it
+            // now reads it again from the committed offset, which cannot be past it. Started
+            // on a new window, its offset would have become committable at once, past the
+            // messages before it that are read again.
+            if starter.epoch(&message) != epoch {
+                tracing::debug!(topic = %message.topic, partition = message.partition, offset = message.offset, "Held message of a revoked partition dropped; it is read again.");
                 continue;
             }
             if let Some(w) = starter.try_start(Waiting::new(message)) {
-                queue.push_front((w.message, seen));
+                queue.push_front((w.message, epoch));
                 return true;
             }
         }
         pause_app(consumer, app, Pause::Held, false);
         false
     });
-}
-
-fn revocations(consumer: &StreamConsumer<RebalanceContext>) -> u64 {
-    consumer.context().revocations.load(Ordering::Relaxed)
-}
-
-fn assigned(consumer: &StreamConsumer<RebalanceContext>, topic: &str, partition: i32) -> bool {
-    consumer
-        .assignment()
-        .is_ok_and(|list| list.find_partition(topic, partition).is_some())
 }
 
 /// Each app's endpoint health, as `(app, up)` on every change (and on `/healthz`).

@@ -67,32 +67,29 @@ impl Producer {
     /// record, so that a caller can tell what was written. Past the deadline, those still
     /// unanswered count as failed.
     pub async fn produce_each(&self, records: &[Record]) -> Vec<Result<(), ProduceError>> {
+        // The bound is per record: one record stuck (its partition's leader unreachable)
+        // leaves the others' acknowledgements standing.
+        let deadline = self.timeout + Duration::from_secs(1);
         let sends = records.iter().map(|r| {
             let record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload);
             // A full local queue waits (backpressure) until the same deadline.
             let send = self.inner.send(record, Timeout::After(self.timeout));
             async move {
-                send.await
-                    .map(|_| ())
-                    .map_err(|(e, _)| ProduceError::NotAcknowledged {
-                        topic: r.topic.clone(),
-                        reason: e.to_string(),
-                    })
+                let failed = |reason: String| ProduceError::NotAcknowledged {
+                    topic: r.topic.clone(),
+                    reason,
+                };
+                match tokio::time::timeout(deadline, send).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(failed(e.to_string())),
+                    Err(_) => Err(failed(format!(
+                        "no acknowledgement within {} s",
+                        deadline.as_secs()
+                    ))),
+                }
             }
         });
-        let deadline = self.timeout + Duration::from_secs(1);
-        match tokio::time::timeout(deadline, futures_util::future::join_all(sends)).await {
-            Ok(answers) => answers,
-            Err(_) => records
-                .iter()
-                .map(|r| {
-                    Err(ProduceError::NotAcknowledged {
-                        topic: r.topic.clone(),
-                        reason: format!("no acknowledgement within {} s", deadline.as_secs()),
-                    })
-                })
-                .collect(),
-        }
+        futures_util::future::join_all(sends).await
     }
 
     /// Waits for records still in flight (shutdown).
