@@ -1005,16 +1005,12 @@ async fn the_device_limit_never_deletes_a_token_moved_to_another_user_meanwhile(
     }
     moving.commit().await.unwrap();
     eleventh.await.unwrap().unwrap();
-    let tokens = |devices: Vec<pusher::platform::registry::Device>| {
-        devices.into_iter().map(|d| d.token).collect::<Vec<_>>()
-    };
     assert_eq!(
-        tokens(registry.devices_of(&app, &[2]).await.unwrap()),
+        tokens_of(&registry, &app, 2).await,
         ["t0"],
         "user 2's newest device"
     );
-    let mut first = tokens(registry.devices_of(&app, &[1]).await.unwrap());
-    first.sort();
+    let first = tokens_of(&registry, &app, 1).await;
     assert_eq!(first.len(), 10, "{first:?}");
     assert!(first.contains(&"t10".to_owned()), "{first:?}");
 }
@@ -1046,25 +1042,24 @@ async fn a_late_login_with_a_devices_old_token_does_not_bring_it_back() {
         .register(&app, &[device("old", 1_000)], &[])
         .await
         .unwrap();
-    let tokens: Vec<String> = registry
-        .devices_of(&app, &[7])
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.token)
-        .collect();
-    assert_eq!(tokens, ["new"]);
+    assert_eq!(tokens_of(&registry, &app, 7).await, ["new"]);
     // A newer login with another token still replaces it.
     registry
         .register(&app, &[device("newer", 3_000)], &[])
         .await
         .unwrap();
-    let tokens: Vec<String> = registry
-        .devices_of(&app, &[7])
+    assert_eq!(tokens_of(&registry, &app, 7).await, ["newer"]);
+}
+
+/// A user's device tokens in the registry, sorted.
+async fn tokens_of(registry: &Registry, app: &str, user: i64) -> Vec<String> {
+    let mut tokens: Vec<String> = registry
+        .devices_of(app, &[user])
         .await
         .unwrap()
         .into_iter()
         .map(|d| d.token)
         .collect();
-    assert_eq!(tokens, ["newer"]);
+    tokens.sort();
+    tokens
 }
