@@ -4,7 +4,7 @@
 set -euo pipefail
 
 # chromium: tests/replay.rs renders the HTML report headless and checks the screenshot.
-packages=(nghttp2-client nghttp2-server curl kcat python3-h2 chromium)
+packages=(nghttp2-client nghttp2-server curl jq kcat python3-h2 python3-pip chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,7 +27,10 @@ fi
 # Mozilla's http_ece decrypts our bodies, pywebpush sends to our fake. From PyPI.
 if ! python3 -c "import http_ece, pywebpush" 2>/dev/null; then
   echo "ci/setup: installing http_ece and pywebpush"
-  python3 -m pip install --quiet --disable-pip-version-check http_ece pywebpush
+  # Debian 12 and later refuse a system-wide pip install (PEP 668) unless told.
+  python3 -m pip install --quiet --disable-pip-version-check http_ece pywebpush 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      http_ece pywebpush
 fi
 
 # PostgreSQL on 127.0.0.1:5432 (token deletion tests).

@@ -522,6 +522,79 @@ async fn a_postgres_outage_longer_than_the_poll_interval_routes_each_event_once(
     assert!(c.events.skipped.is_empty(), "{c:?}");
 }
 
+/// A PostgreSQL error while marking a phase's claims sent, after its pushes are in Kafka, is
+/// retried in place. Seen: the batch failed and was redone whole, won the same claims again
+/// (unsent, the events' own) and sent every push of the phase twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_mark_after_the_produce_sends_each_push_once() {
+    let p = Platform::start(1, DeviceLimits::default()).await;
+    p.put_message(
+        "bonus",
+        json!({"event_id": 17, "cooldown_s": 3600, "localizations": [
+            {"language_id": 1, "title": "T", "text": "bonus"}]}),
+    )
+    .await;
+    const USERS: i64 = 4;
+    let logins: Vec<Value> = (1..=USERS)
+        .map(|u| login(u, 1, 1, &format!("tok-{u}")))
+        .collect();
+    p.events(Value::Array(logins)).await;
+    p.wait_routed().await;
+
+    // The first statement that marks one of this app's cooldowns sent fails (a sequence,
+    // which a rollback does not undo, counts the tries), as a failover would fail it.
+    let store = common::platform::store().await;
+    let pg = store.pool().get().await.unwrap();
+    let tag = p.app.replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE SEQUENCE test_mark_{tag};
+         CREATE FUNCTION test_mark_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.app = '{app}' AND NEW.sent AND NOT OLD.sent
+                AND nextval('test_mark_{tag}') = 1 THEN
+                 RAISE EXCEPTION 'injected: cannot mark sent';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_mark_{tag} BEFORE UPDATE ON pusher_cooldowns
+             FOR EACH ROW EXECUTE FUNCTION test_mark_{tag}();",
+        app = p.app
+    ))
+    .await
+    .unwrap();
+    let events: Vec<Value> = (1..=USERS)
+        .map(|u| json!({"user_id": u, "event_id": 17}))
+        .collect();
+    p.events(Value::Array(events)).await;
+    p.wait_routed().await;
+    let pushes = p.pushes(USERS as usize);
+    let tries: i64 = pg
+        .query_one(&format!("SELECT last_value FROM test_mark_{tag}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.batch_execute(&format!(
+        "DROP TRIGGER test_mark_{tag} ON pusher_cooldowns;
+         DROP FUNCTION test_mark_{tag}(); DROP SEQUENCE test_mark_{tag};"
+    ))
+    .await
+    .unwrap();
+    assert!(
+        tries >= 2,
+        "the mark failed once and was tried again: {tries}"
+    );
+    let mut tokens: Vec<&str> = pushes.iter().map(|(_, token, _)| token.as_str()).collect();
+    tokens.sort();
+    assert_eq!(
+        tokens,
+        ["tok-1", "tok-2", "tok-3", "tok-4"],
+        "each push once"
+    );
+    let c = p.stop().await;
+    assert_eq!(c.consumed, 2 * USERS as u64, "no batch redone: {c:?}");
+    assert_eq!(c.events.pushes, USERS as u64, "{c:?}");
+}
+
 /// Waits up to 30 s for `done`.
 async fn wait_until(what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);

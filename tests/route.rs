@@ -174,7 +174,7 @@ fn gcm_users(
             };
             let login = Login {
                 user_id: first + i,
-                language_id: 1,
+                language_id: Some(1),
                 at_ms,
             };
             (device, login)
@@ -581,7 +581,7 @@ async fn segments_reach_every_matching_device_and_resume() {
     let logins: Vec<Login> = (0..3000)
         .map(|i| Login {
             user_id: 10_000 + i,
-            language_id: (i % 3) as i32 + 1,
+            language_id: Some((i % 3) as i32 + 1),
             at_ms: 1_700_000_000_000,
         })
         .collect();
@@ -1049,6 +1049,167 @@ async fn a_late_login_with_a_devices_old_token_does_not_bring_it_back() {
         .await
         .unwrap();
     assert_eq!(tokens_of(&registry, &app, 7).await, ["newer"]);
+}
+
+/// A token its service called invalid stays out of the registry for a registration older than
+/// the verdict, whenever that registration arrives (a login read again after a router restart,
+/// or one that waited in the requests topic behind the verdict); a newer one brings it back.
+/// Seen: the late older login inserted it again, and the next push to it failed again.
+#[tokio::test]
+async fn a_token_refused_by_its_service_is_not_brought_back_by_an_older_login() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let registry = Registry::new(store.pool());
+    let app = common::platform::fresh_app("dead");
+    let device = |user_id: i64, token: &str, at_s: i64| pusher::platform::registry::Device {
+        user_id,
+        platform: pusher::push::Platform::Gcm,
+        token: token.into(),
+        device_id: String::new(),
+        platform_id: Some(1),
+        app_version: String::new(),
+        registered_ms: at_s * 1000,
+        keys: None,
+    };
+    let verdict = |token: &str, at: i64| pusher::platform::store::ResultRow {
+        app: app.clone(),
+        notif_id: "n1".into(),
+        token: token.into(),
+        platform: "gcm".into(),
+        outcome: "token_invalid".into(),
+        reason: "UNREGISTERED".into(),
+        at,
+    };
+    registry
+        .register(
+            &app,
+            &[device(7, "dead", 1_000), device(7, "alive", 1_000)],
+            &[],
+        )
+        .await
+        .unwrap();
+    // Two verdicts for one token in one batch, and a later batch with an older one.
+    let removed = store
+        .forget_invalid_tokens(&[verdict("dead", 1_500), verdict("dead", 2_000)])
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    store
+        .forget_invalid_tokens(&[verdict("dead", 1_200)])
+        .await
+        .unwrap();
+    assert_eq!(tokens_of(&registry, &app, 7).await, ["alive"]);
+
+    // Logins older than the newest verdict, for this user or another, replayed: still out.
+    registry
+        .register(
+            &app,
+            &[device(7, "dead", 1_000), device(8, "dead", 1_999)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tokens_of(&registry, &app, 7).await, ["alive"]);
+    assert!(tokens_of(&registry, &app, 8).await.is_empty());
+    // Another app's token of that name is not affected.
+    let other = common::platform::fresh_app("dead-other");
+    registry
+        .register(&other, &[device(7, "dead", 1_000)], &[])
+        .await
+        .unwrap();
+    assert_eq!(tokens_of(&registry, &other, 7).await, ["dead"]);
+
+    // Registered after the verdict: the token is back, and a verdict about the message before
+    // that registration does not remove it.
+    registry
+        .register(&app, &[device(8, "dead", 2_001)], &[])
+        .await
+        .unwrap();
+    assert_eq!(tokens_of(&registry, &app, 8).await, ["dead"]);
+    let removed = store
+        .forget_invalid_tokens(&[verdict("dead", 2_000)])
+        .await
+        .unwrap();
+    assert_eq!(removed, 0);
+    assert_eq!(tokens_of(&registry, &app, 8).await, ["dead"]);
+
+    // Tombstones older than what is kept go; younger ones stay.
+    registry
+        .register(&app, &[device(9, "dead2", 1_000)], &[])
+        .await
+        .unwrap();
+    store
+        .forget_invalid_tokens(&[verdict("dead2", 1_500)])
+        .await
+        .unwrap();
+    let pruned = store
+        .prune_dead_tokens(std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(
+        pruned >= 1,
+        "verdicts from 1970 are older than an hour: {pruned}"
+    );
+    registry
+        .register(&app, &[device(9, "dead2", 1_000)], &[])
+        .await
+        .unwrap();
+    assert_eq!(tokens_of(&registry, &app, 9).await, ["dead2"]);
+}
+
+/// A login without a language keeps the user's (Seen: it stored 1, English, over a user's
+/// Spanish); a user who never said one has none, so event mode sends the default's texts.
+#[tokio::test]
+async fn a_login_without_a_language_keeps_the_users() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let registry = Registry::new(store.pool());
+    let app = common::platform::fresh_app("lang");
+    let login =
+        |user_id: i64, language_id: Option<i32>, at_ms: i64| pusher::platform::registry::Login {
+            user_id,
+            language_id,
+            at_ms,
+        };
+    registry
+        .register(&app, &[], &[login(1, Some(3), 1_000)])
+        .await
+        .unwrap();
+    registry
+        .register(&app, &[], &[login(1, None, 2_000)])
+        .await
+        .unwrap();
+    assert_eq!(registry.language_of(&app, 1).await.unwrap(), Some(3));
+    // In one batch too, whichever order: the newest login's time, the newest language said.
+    registry
+        .register(
+            &app,
+            &[],
+            &[
+                login(2, None, 5_000),
+                login(2, Some(4), 4_000),
+                login(2, Some(5), 3_000),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(registry.language_of(&app, 2).await.unwrap(), Some(4));
+    registry
+        .register(&app, &[], &[login(3, None, 1_000)])
+        .await
+        .unwrap();
+    assert_eq!(registry.language_of(&app, 3).await.unwrap(), None);
+    let languages = pusher::platform::messages::Messages::new(store.pool())
+        .languages(&app, &[1, 2, 3])
+        .await
+        .unwrap();
+    assert_eq!(languages, std::collections::HashMap::from([(1, 3), (2, 4)]));
+    // A newer login that says one changes it.
+    registry
+        .register(&app, &[], &[login(1, Some(2), 3_000)])
+        .await
+        .unwrap();
+    assert_eq!(registry.language_of(&app, 1).await.unwrap(), Some(2));
 }
 
 /// A user's device tokens in the registry, sorted.

@@ -87,7 +87,7 @@ async fn prepare(
         let logins: Vec<Login> = (start..end)
             .map(|n| Login {
                 user_id: n as i64 + 1,
-                language_id: 1 + (n % 2) as i32,
+                language_id: Some(1 + (n % 2) as i32),
                 at_ms: now_ms,
             })
             .collect();

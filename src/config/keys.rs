@@ -3,7 +3,9 @@
 //! a key's default value says how an override's text is read ([`Kind`]). The unknown-key check
 //! and the environment names both come from this tree.
 
-use super::schema::{ApiKey, ApnsCert, Config, GcmCert, Secret, SeedKey, VapidKey, SEED_KEYS};
+use super::schema::{
+    ApiKey, ApnsCert, Config, DeviceLimitsConfig, GcmCert, Secret, SeedKey, VapidKey, SEED_KEYS,
+};
 use super::ConfigError;
 use serde_yaml_ng::Value;
 
@@ -65,6 +67,10 @@ impl Keys {
             .results
             .webhooks
             .insert(ANY.into(), Secret::default());
+        sample
+            .route
+            .limits
+            .insert(ANY.into(), DeviceLimitsConfig::default());
         let root =
             serde_yaml_ng::to_value(&sample).map_err(|e| ConfigError::Schema(e.to_string()))?;
         Ok(Keys { root })

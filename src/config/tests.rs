@@ -899,3 +899,29 @@ fn api_keys_come_from_the_file_or_the_environment_and_are_checked() {
         assert!(err.starts_with(expected), "{yaml}: {err}");
     }
 }
+
+/// Event mode's per-device limits are a per-app map like the others: settable from the file
+/// (as `config/default.yaml`'s comment shows) and from the environment. Seen: both were refused
+/// as unknown keys, so no limit could be set outside code.
+#[test]
+fn route_limits_come_from_the_file_or_the_environment() {
+    let c = from_yaml(
+        "route:\n  limits:\n    default:\n      perDevice: 5\n      window: 3600\n      dedupWindow: 600\n",
+    )
+    .unwrap();
+    let d = &c.route.limits["default"];
+    assert_eq!(
+        (d.per_device, d.window, d.dedup_window),
+        (5, Duration::from_secs(3600), Duration::from_secs(600))
+    );
+    c.validate().unwrap();
+    let c = from_env(&[
+        ("PUSHER_ROUTE_LIMITS_GAME_PERDEVICE", "3"),
+        ("PUSHER_ROUTE_LIMITS_GAME_WINDOW", "60"),
+    ])
+    .unwrap();
+    let g = &c.route.limits["game"];
+    assert_eq!((g.per_device, g.window), (3, Duration::from_secs(60)));
+    let e = from_yaml("route:\n  limits:\n    default:\n      perDevise: 5\n").unwrap_err();
+    assert!(e.to_string().contains("perDevise"), "{e}");
+}

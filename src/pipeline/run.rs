@@ -311,7 +311,8 @@ pub async fn run(
             }
             _ = status.tick() => {
                 let context = consumer.context();
-                status.log(&counters, tracker.lock().in_flight(), context.lag.load(Ordering::Relaxed), context.down_apps());
+                let set_aside = held.iter().map(|(app, queue)| format!("{app}:{}", queue.len())).collect();
+                status.log(&counters, tracker.lock().in_flight(), context.lag.load(Ordering::Relaxed), context.down_apps(), set_aside);
                 continue;
             }
             event = next_wait_event(&starter, waiting.as_ref(), &mut held_retry), if waits => {

@@ -43,6 +43,7 @@ impl StatusLine {
         in_flight: usize,
         lag: i64,
         paused: Vec<String>,
+        held: Vec<String>,
     ) {
         let finished = counters.finished.load(Ordering::Relaxed);
         let outcomes = counters.outcomes();
@@ -64,6 +65,7 @@ impl StatusLine {
             in_flight,
             lag = (lag >= 0).then_some(lag),
             paused = (!paused.is_empty()).then(|| paused.join(",")),
+            held = (!held.is_empty()).then(|| held.join(",")),
             "Status."
         );
         self.since = tokio::time::Instant::now();

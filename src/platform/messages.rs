@@ -331,7 +331,11 @@ impl Messages {
             &[&app, &users],
         )
         .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        // A user who never said a language has none (NULL): the default's texts.
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((r.get(0), r.get::<_, Option<i32>>(1)?)))
+            .collect())
     }
 
     /// The messages each of `users` opted out of.

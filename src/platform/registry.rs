@@ -1,7 +1,8 @@
 //! The device registry in PostgreSQL (`pusher_devices`, `pusher_logins`), with Pushkin's rules:
 //! one user per device token (the newest registration wins, whatever order registrations
 //! arrive in), one token per (user, device id), at most [`MAX_DEVICES_PER_USER`] devices per
-//! user (the oldest dropped). Every call takes a batch and runs a fixed number of statements.
+//! user (the oldest dropped), and a token its service called invalid stays out unless it was
+//! registered after that verdict. Every call takes a batch and runs a fixed number of statements.
 
 use super::store::StoreError;
 use crate::push::Platform;
@@ -45,11 +46,12 @@ impl Device {
     }
 }
 
-/// A user's language, from their last login.
+/// A user's login: its time, and the user's language when it says one (a login without one
+/// keeps the language the user had).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Login {
     pub user_id: i64,
-    pub language_id: i32,
+    pub language_id: Option<i32>,
     pub at_ms: i64,
 }
 
@@ -108,7 +110,11 @@ impl Registry {
         for l in logins {
             let slot = last_login.entry(l.user_id).or_insert(*l);
             if l.at_ms >= slot.at_ms {
+                let language = l.language_id.or(slot.language_id);
                 *slot = *l;
+                slot.language_id = language;
+            } else if slot.language_id.is_none() {
+                slot.language_id = l.language_id;
             }
         }
         let tokens: Vec<&str> = devices.iter().map(|d| d.token.as_str()).collect();
@@ -143,10 +149,14 @@ impl Registry {
                              $7::text[], $8::float8[], $9::text[], $10::text[])
                    AS t(token, platform, user_id, device_id, platform_id, app_version, at,
                         p256dh, auth)
-                 WHERE t.device_id = '' OR NOT EXISTS (
+                 WHERE (t.device_id = '' OR NOT EXISTS (
                      SELECT 1 FROM pusher_devices AS n
                      WHERE n.app = $1 AND n.user_id = t.user_id AND n.device_id = t.device_id
-                       AND n.token <> t.token AND n.updated_at > to_timestamp(t.at))
+                       AND n.token <> t.token AND n.updated_at > to_timestamp(t.at)))
+                   AND NOT EXISTS (
+                     SELECT 1 FROM pusher_dead_tokens AS x
+                     WHERE x.app = $1 AND x.token = t.token AND x.dead_at > to_timestamp(t.at)
+                     OFFSET 0)
                  ON CONFLICT (app, token) DO UPDATE
                    SET platform = EXCLUDED.platform, user_id = EXCLUDED.user_id,
                        device_id = EXCLUDED.device_id, platform_id = EXCLUDED.platform_id,
@@ -173,7 +183,10 @@ impl Registry {
             // of the app: 5,000 users into a 10,000-device app took 25 s (2026-12-06).
             //
             // A device that got a new token drops its old one (registered before the new);
-            // the INSERT above already skipped an old token whose login arrived late.
+            // the INSERT above already skipped an old token whose login arrived late, and a
+            // token refused since that registration (`pusher_dead_tokens`: looked up by its
+            // key one token at a time, `OFFSET 0` keeping it from becoming a join that could
+            // read every tombstone).
             tx.execute(
                 "DELETE FROM pusher_devices AS d
                  USING unnest($2::bigint[], $3::text[], $4::text[], $5::float8[])
@@ -207,7 +220,8 @@ impl Registry {
         }
         if !last_login.is_empty() {
             let users: Vec<i64> = last_login.keys().copied().collect();
-            let languages: Vec<i32> = users.iter().map(|u| last_login[u].language_id).collect();
+            let languages: Vec<Option<i32>> =
+                users.iter().map(|u| last_login[u].language_id).collect();
             let at: Vec<f64> = users
                 .iter()
                 .map(|u| last_login[u].at_ms as f64 / 1000.0)
@@ -217,7 +231,8 @@ impl Registry {
                  SELECT $1, t.user_id, t.language_id, to_timestamp(t.at)
                  FROM unnest($2::bigint[], $3::int[], $4::float8[]) AS t(user_id, language_id, at)
                  ON CONFLICT (app, user_id) DO UPDATE
-                   SET language_id = EXCLUDED.language_id, last_login = EXCLUDED.last_login
+                   SET language_id = COALESCE(EXCLUDED.language_id, l.language_id),
+                       last_login = EXCLUDED.last_login
                    WHERE l.last_login <= EXCLUDED.last_login",
                 &[&app, &users, &languages, &at],
             )
@@ -373,7 +388,7 @@ impl Registry {
         Ok(n > 0)
     }
 
-    /// A user's language from their last login (None: never logged in).
+    /// A user's language from their logins (None: never logged in, or never said one).
     pub async fn language_of(&self, app: &str, user: i64) -> Result<Option<i32>, StoreError> {
         let client = self.pool.get().await?;
         let row = client
@@ -382,6 +397,6 @@ impl Registry {
                 &[&app, &user],
             )
             .await?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.and_then(|r| r.get(0)))
     }
 }

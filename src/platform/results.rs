@@ -151,6 +151,12 @@ pub async fn run(
 
 /// How often the sweep looks for notifications that completed without a verdict to say so.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the sweep deletes old tombstones of invalid tokens.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long a token refused by its service stays refused to older registrations: far past
+/// the requests topic's retention (Kafka's default is 7 days), so that no login still
+/// waiting there can be older than a tombstone already deleted.
+const DEAD_TOKENS_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a notification whose verdicts came before it was ready is looked at again.
 const LATER_FOR: Duration = Duration::from_secs(60);
 /// At most this many of those are kept (each is a pair of short strings).
@@ -323,6 +329,10 @@ impl Completion {
     async fn sweep(self, stop: CancellationToken) -> u64 {
         let apps: Vec<&str> = self.webhooks.apps().collect();
         let mut calls = 0;
+        // The first prune runs at the first sweep after start.
+        let mut last_prune = Instant::now()
+            .checked_sub(PRUNE_EVERY)
+            .unwrap_or_else(Instant::now);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return calls,
@@ -343,6 +353,18 @@ impl Completion {
                 Ok(abandoned) => calls += self.call_all(&abandoned).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot look for abandoned webhook calls; retrying.")
+                }
+            }
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = Instant::now();
+                match self.store.prune_dead_tokens(DEAD_TOKENS_KEPT).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(pruned = n, "Old tombstones of invalid tokens deleted.")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot delete old tombstones of invalid tokens; retrying in an hour.")
+                    }
                 }
             }
             let due: HashMap<(String, String), Instant> = std::mem::take(&mut *self.later.lock());

@@ -18,6 +18,7 @@ use super::produce::{ProduceError, Producer, Record};
 use super::registry::{platform_of_pushkin_id, Device, Login, Registry, MAX_TOKEN_LEN};
 use super::requests::{app_of, RequestRecord, TOPIC_PATTERN};
 use super::store::StoreError;
+use crate::sender::retry::RetryPolicy;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::Serialize;
@@ -384,11 +385,7 @@ async fn handle(
                 .produce_all(&routed.records)
                 .await
                 .map_err(|e: ProduceError| e.to_string())?;
-            stores
-                .claims
-                .mark_sent(app, &routed.cooldown_sent, &routed.dedup_sent)
-                .await
-                .map_err(|e| e.to_string())?;
+            mark_sent(stores, app, &routed, lease).await?;
             counts.events.add(&routed.counts);
         }
         if work.notifications.is_empty() {
@@ -452,6 +449,39 @@ const SEGMENT_POLL_INTERVAL_MS: u32 = 30 * 60 * 1000;
 
 /// Sends a segment page by page, resuming after the last page a previous router finished.
 /// Returns the pushes this call produced; None for a condition PostgreSQL refuses.
+/// Attempts at marking a phase's claims sent before the batch fails (about a minute).
+const MARK_SENT_ATTEMPTS: u32 = 16;
+
+/// Marks a phase's claims sent, retrying in place: its pushes are in Kafka already, and a
+/// failed batch is redone whole, which wins the same claims again (they are still unsent and
+/// the events' own) and sends every push of the phase twice. A PostgreSQL failover was enough
+/// for that. Gives up only when a rebalance took the batch, or after [`MARK_SENT_ATTEMPTS`],
+/// as a crash there would (the one window left: `docs/platform.md`).
+async fn mark_sent(
+    stores: &EventStores<'_>,
+    app: &str,
+    routed: &events::Routed,
+    lease: &consume::Lease<'_>,
+) -> Result<(), String> {
+    let backoff = RetryPolicy::unbounded(Duration::from_millis(100), Duration::from_secs(5));
+    let mut failed = 0;
+    loop {
+        match stores
+            .claims
+            .mark_sent(app, &routed.cooldown_sent, &routed.dedup_sent)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if failed + 1 >= MARK_SENT_ATTEMPTS => return Err(e.to_string()),
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(app, error = %e, attempt = failed, "Cannot mark event pushes sent; retrying (they are in Kafka).");
+                lease.keep(backoff.backoff_ceiling(failed)).await?;
+            }
+        }
+    }
+}
+
 async fn stream_segment(
     settings: &RouteSettings,
     stores: &EventStores<'_>,
@@ -579,7 +609,9 @@ fn login(user_id: i64, at_ms: i64, pairs: &BTreeMap<String, String>) -> Option<(
     let token = get("deviceToken")?.to_owned();
     let platform_id: i64 = get("platformId")?.parse().ok()?;
     let platform = platform_of_pushkin_id(platform_id)?;
-    let language_id = get("languageId").and_then(|l| l.parse().ok()).unwrap_or(1);
+    // None when it says none (or no number): the user keeps the language they had, and one
+    // who never said gets `route.defaultLanguage`'s texts.
+    let language_id = get("languageId").and_then(|l| l.parse().ok());
     Some((
         Device {
             user_id,
@@ -617,7 +649,10 @@ mod tests {
         let (device, login) = super::login(7, 1_458_866_235_000, &pairs).unwrap();
         assert_eq!(device.platform, Platform::Apns);
         assert_eq!(device.registered_ms, 1_458_866_235_000);
-        assert_eq!((login.language_id, device.app_version.as_str()), (3, "1.2"));
+        assert_eq!(
+            (login.language_id, device.app_version.as_str()),
+            (Some(3), "1.2")
+        );
         let mut no_token = pairs.clone();
         no_token.remove("deviceToken");
         assert!(super::login(7, 0, &no_token).is_none());

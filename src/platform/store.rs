@@ -495,7 +495,9 @@ impl Store {
 
     /// Removes from the registry the tokens whose verdict said they are invalid, unless they
     /// were registered again after the message was consumed (the verdict is about the old
-    /// registration). Returns how many devices were removed.
+    /// registration), and remembers each token's newest such verdict (`pusher_dead_tokens`),
+    /// so that a registration older than it, arriving later, does not bring the token back.
+    /// Returns how many devices were removed.
     pub async fn forget_invalid_tokens(&self, rows: &[ResultRow]) -> Result<u64, StoreError> {
         let dead: Vec<&ResultRow> = rows
             .iter()
@@ -510,12 +512,43 @@ impl Store {
         let client = self.pool.get().await?;
         Ok(execute(
             &client,
-            "DELETE FROM pusher_devices AS d
+            // One statement: the tombstones and the deletion commit together. Grouped, as one
+            // batch may hold several verdicts for a token (ON CONFLICT may touch a row once).
+            "WITH dead AS (
+                 INSERT INTO pusher_dead_tokens AS x (app, token, dead_at)
+                 SELECT app, token, max(to_timestamp(at))
+                 FROM unnest($1::text[], $2::text[], $3::float8[]) AS t(app, token, at)
+                 GROUP BY app, token
+                 ON CONFLICT (app, token) DO UPDATE SET dead_at = EXCLUDED.dead_at
+                   WHERE x.dead_at < EXCLUDED.dead_at)
+             DELETE FROM pusher_devices AS d
                  USING unnest($1::text[], $2::text[], $3::float8[]) AS t(app, token, at)
                  WHERE d.app = t.app AND d.token = t.token AND d.updated_at < to_timestamp(t.at)",
             &[&apps, &tokens, &at],
         )
         .await?)
+    }
+
+    /// Deletes the tombstones of tokens refused longer than `kept` ago, a bounded chunk per
+    /// statement so that no statement holds many row locks or runs long. Returns how many.
+    pub async fn prune_dead_tokens(&self, kept: Duration) -> Result<u64, StoreError> {
+        const CHUNK: i64 = 10_000;
+        let client = self.pool.get().await?;
+        let mut pruned = 0;
+        loop {
+            let n = execute(
+                &client,
+                "DELETE FROM pusher_dead_tokens WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM pusher_dead_tokens
+                     WHERE dead_at < now() - make_interval(secs => $1) LIMIT $2))",
+                &[&kept.as_secs_f64(), &CHUNK],
+            )
+            .await?;
+            pruned += n;
+            if n < CHUNK as u64 {
+                return Ok(pruned);
+            }
+        }
     }
 
     /// Of the `(app, notif_id)` pairs, those now complete (a verdict for each of their

@@ -252,6 +252,24 @@ pub struct Conservation {
 }
 
 impl Conservation {
+    /// What the check found, in words, for the text and HTML reports alike.
+    pub fn verdict(&self) -> String {
+        match (self.ok, self.in_flight) {
+            (true, _) => "ok".to_string(),
+            (false, n) if self.lost > 0 => format!(
+                "LOST {} ({}){}",
+                self.lost,
+                self.lost_cause.as_deref().unwrap_or("cause unknown"),
+                match n {
+                    0 => String::new(),
+                    n => format!(", {n} still in flight"),
+                }
+            ),
+            (false, 0) => "MISMATCH".to_string(),
+            (false, n) => format!("incomplete: {n} still in flight when the run was interrupted"),
+        }
+    }
+
     /// Checks the stages that exist. Retries make the server answer more requests than there
     /// are messages, so `server_answered` only has to cover every message.
     pub fn check(mut self) -> Self {
@@ -391,20 +409,7 @@ impl Report {
         let c = &self.conservation;
         let stage =
             |name: &str, v: Option<u64>| v.map(|n| format!(" = {name} {n}")).unwrap_or_default();
-        let verdict = match (c.ok, c.in_flight) {
-            (true, _) => "ok".to_string(),
-            (false, n) if c.lost > 0 => format!(
-                "LOST {} ({}){}",
-                c.lost,
-                c.lost_cause.as_deref().unwrap_or("cause unknown"),
-                match n {
-                    0 => String::new(),
-                    n => format!(", {n} still in flight"),
-                }
-            ),
-            (false, 0) => "MISMATCH".to_string(),
-            (false, n) => format!("incomplete: {n} still in flight when the run was interrupted"),
-        };
+        let verdict = c.verdict();
         let _ = writeln!(
             s,
             "  conservation generated {}{}{} = answered {}{}{}: {}",

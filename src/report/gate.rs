@@ -208,7 +208,7 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::report::data::*;
 

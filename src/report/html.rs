@@ -394,7 +394,7 @@ fn summary_table(r: &Report) -> String {
         stage("consumed", c.consumed),
         c.answered,
         stage("committed", c.committed),
-        if c.ok { "ok" } else { "MISMATCH" }
+        esc(&c.verdict())
     );
     t.push_str("</table>\n");
     t
@@ -706,5 +706,21 @@ mod tests {
         );
         assert_eq!(trim(99.9), "99.9");
         assert_eq!(trim(90.0), "90");
+    }
+
+    /// The page says what the text report says of a run that lost messages: how many and why,
+    /// not just "MISMATCH".
+    #[test]
+    fn the_summary_names_lost_messages_and_their_cause() {
+        let mut r = crate::report::gate::tests::sample(1000.0, 100, 1.0);
+        r.conservation.lost = 3;
+        r.conservation.lost_cause = Some("Kafka dropped <3> messages".into());
+        r.conservation.ok = false;
+        let table = summary_table(&r);
+        assert!(
+            table.contains("LOST 3 (Kafka dropped &lt;3&gt; messages)"),
+            "{table}"
+        );
+        assert!(table.contains("class=\"worse\""), "{table}");
     }
 }

@@ -142,7 +142,7 @@ pub(super) async fn put_device(
         .language_id
         .map(|language_id| Login {
             user_id: r.user_id,
-            language_id,
+            language_id: Some(language_id),
             at_ms: now,
         })
         .into_iter()
