@@ -433,3 +433,37 @@ pub fn opt_out_list(pairs: &BTreeMap<String, String>) -> Vec<String> {
         .filter(|v| super::messages::valid_name(v))
         .collect()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A filled text within MAX_TEXT bytes whose quotes JSON escapes past every payload limit
+    /// is too long to send (`pusher run` would fail it on every device); the same length of
+    /// plain text fits.
+    #[test]
+    fn a_filled_text_is_measured_as_the_push_carries_it() {
+        let event = Event {
+            uid: "0192e4a0-0000-7000-8000-000000000000".into(),
+            user_id: 7,
+            event_id: 1,
+            pairs: BTreeMap::new(),
+            at_ms: 0,
+        };
+        let message: Message = serde_json::from_value(serde_json::json!({
+            "name": "gift", "event_id": 1, "screen": "shop",
+            "localizations": [{"language_id": 1, "title": "t", "text": "x"}]
+        }))
+        .unwrap();
+        let quotes = "\"".repeat(2500);
+        assert!(quotes.len() <= outbound::MAX_TEXT);
+        assert!(!fits(&event, &message, "t", &quotes, "game"));
+        assert!(fits(&event, &message, "t", &"x".repeat(2500), "game"));
+        assert!(fits(&event, &message, "t", "\"quoted\"", "game"));
+        // Past the quick bound, built and read: 3,802 bytes escaped still fit.
+        let near = format!("{}{}", "x".repeat(3000), "\n".repeat(400));
+        assert!(!outbound::surely_fits([near.as_str()]));
+        assert!(fits(&event, &message, "t", &near, "game"));
+    }
+}
