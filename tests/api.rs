@@ -558,7 +558,8 @@ async fn an_idempotency_key_is_the_api_keys_own() {
         let addr = api.addr;
         async move {
             let auth = format!("Bearer {key}");
-            let body = json!({"notifications": [{"tokens": [token], "platform": 2, "message": "m"}]});
+            let body =
+                json!({"notifications": [{"tokens": [token], "platform": 2, "message": "m"}]});
             request(
                 addr,
                 "POST",
@@ -665,7 +666,12 @@ async fn a_list_over_the_limit_is_refused_before_it_is_decoded() {
     // At the limit, the protobuf is decoded as before.
     // (login_id 1, content "m")
     let hundred = [0x0a, 0x05, 0x08, 0x01, 0x1a, 0x01, b'm'].repeat(100);
-    let a = post("/post_notification_proto", "application/x-protobuf", hundred).await;
+    let a = post(
+        "/post_notification_proto",
+        "application/x-protobuf",
+        hundred,
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["accepted"], 100);
     api.stop().await;
@@ -681,7 +687,11 @@ async fn a_push_that_could_never_be_sent_is_refused() {
     let kafka = TestKafka::start(&[&format!("push-{app}-requests")], 1).await;
     let api = Api::start(settings(&app), kafka.bootstrap()).await;
     let big = json!({"blob": "x".repeat(5000)});
-    for condition in [json!({}), json!({"platform": "gcm"}), json!({"platform": "webpush"})] {
+    for condition in [
+        json!({}),
+        json!({"platform": "gcm"}),
+        json!({"platform": "webpush"}),
+    ] {
         let a = post_json(
             api.addr,
             "/api/v1/segments/push",
@@ -711,7 +721,12 @@ async fn a_push_that_could_never_be_sent_is_refused() {
     )
     .await;
     assert_eq!(a.status, 400, "{}", a.text());
-    assert_eq!(a.json()["field"], "notifications[0].content", "{}", a.text());
+    assert_eq!(
+        a.json()["field"],
+        "notifications[0].content",
+        "{}",
+        a.text()
+    );
     // What fits is accepted, and only that reached Kafka.
     let a = post_json(
         api.addr,
@@ -767,8 +782,12 @@ async fn queue_sizes_share_one_client_and_one_read() {
         gcm_group: format!("gcm-{app}"),
     };
     let api = Api::start(s, kafka.bootstrap()).await;
-    let three = json!({"notifications": [{"tokens": ["a", "b", "c"], "platform": 1, "message": "m"}]});
-    assert_eq!(post_json(api.addr, "/api/push", KEY, &three).await.status, 200);
+    let three =
+        json!({"notifications": [{"tokens": ["a", "b", "c"], "platform": 1, "message": "m"}]});
+    assert_eq!(
+        post_json(api.addr, "/api/push", KEY, &three).await.status,
+        200
+    );
     let auth = format!("Bearer {KEY}");
     let calls = (0..50).map(|_| {
         let (addr, auth) = (api.addr, auth.clone());

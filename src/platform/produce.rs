@@ -72,8 +72,8 @@ impl ProducerContext for Reports {
                 // SAFETY: `message` is the report's message, alive for this call;
                 // `rd_kafka_message_status` only reads its status.
                 let status = unsafe { rdkafka::bindings::rd_kafka_message_status(message.ptr()) };
-                let may_be_written =
-                    status != rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED;
+                let may_be_written = status
+                    != rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED;
                 Err((e.clone(), may_be_written))
             }
         };

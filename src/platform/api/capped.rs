@@ -167,7 +167,9 @@ mod tests {
         // The three allowed ones, and not the 99,997 after them.
         assert_eq!(DECODED.load(Ordering::SeqCst), 3);
 
-        let ok = with_limit(3, || serde_json::from_str::<Body>(r#"{"items":[{},{},{}]}"#));
+        let ok = with_limit(3, || {
+            serde_json::from_str::<Body>(r#"{"items":[{},{},{}]}"#)
+        });
         assert_eq!(ok.unwrap().items.len(), 3);
         // The limit is the decode's only: none set, none applies.
         let body = format!(r#"{{"items":[{}{{}}]}}"#, "{},".repeat(9));

@@ -203,7 +203,9 @@ pub fn check_notification(
         title,
         content,
         screen,
-        notif_id: notif_id.clone().unwrap_or_else(|| ID_PLACEHOLDER.to_owned()),
+        notif_id: notif_id
+            .clone()
+            .unwrap_or_else(|| ID_PLACEHOLDER.to_owned()),
         ..Notification::default()
     };
     if let Some((platform, e)) = unsendable(&push, deeplink_base, &ALL_PLATFORMS) {
