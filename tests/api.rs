@@ -43,12 +43,14 @@ fn settings(app: &str) -> ApiSettings {
         metrics_token: None,
         queues: Default::default(),
         webpush_rules: pusher::push::webpush::EndpointRules::LOCAL,
+        deeplink_base: String::new(),
     }
 }
 
 /// A running API on 127.0.0.1:0 for `app`, producing to `brokers`.
 struct Api {
     addr: SocketAddr,
+    state: ApiState,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -70,8 +72,13 @@ impl Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, state, stop.clone()));
-        Api { addr, stop, task }
+        let task = tokio::spawn(serve(listener, state.clone(), stop.clone()));
+        Api {
+            addr,
+            state,
+            stop,
+            task,
+        }
     }
 
     async fn stop(self) {
@@ -453,6 +460,440 @@ async fn a_partly_written_request_is_retried_without_writing_twice() {
     assert_eq!(read_topic(&brokers, &gcm, 1).len(), 1);
 }
 
+/// Kafka stores a record but its acknowledgement never comes in time (the broker answers
+/// after the message timeout): the outcome is unknown, so the 503 says so instead of "nothing
+/// was accepted", and the item's claim stays: a retry with the same key is 409 while it is
+/// fresh, and writes nothing. Seen: the claim was released, and the retry wrote the record a
+/// second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_kafka_may_have_written_keeps_its_claim() {
+    let app = fresh_app("api");
+    let [apns, gcm] = topics(&app);
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic(&apns, 1, 1).unwrap();
+    cluster.create_topic(&gcm, 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let auth = format!("Bearer {KEY}");
+    let one = |token: &str| {
+        serde_json::to_vec(
+            &json!({"notifications": [{"tokens": [token], "platform": 1, "message": "m"}]}),
+        )
+        .unwrap()
+    };
+    let mut s = settings(&app);
+    s.produce_timeout = Duration::from_secs(1);
+    let slow = Api::start(s, &brokers).await;
+    // Connected, the producer id known, the partition's leader known: the next record is
+    // sent at once.
+    let warm = request(
+        slow.addr,
+        "POST",
+        "/api/push",
+        &[("authorization", &auth)],
+        one("warm"),
+    )
+    .await;
+    assert_eq!(warm.status, 200, "{}", warm.text());
+    // The broker writes what it gets, and answers 4 s later: past the message timeout.
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(4))
+        .unwrap();
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("idempotency-key", "k-unknown"),
+    ];
+    let first = request(slow.addr, "POST", "/api/push", &headers, one("t-unknown")).await;
+    assert_eq!(first.status, 503, "{}", first.text());
+    let said = first.json()["error"].as_str().unwrap().to_owned();
+    assert!(!said.contains("nothing was accepted"), "{said}");
+    assert!(
+        said.contains("0 of 1 new items were accepted, 1 unknown"),
+        "{said}"
+    );
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(0))
+        .unwrap();
+    slow.stop().await;
+
+    let up = Api::start(settings(&app), &brokers).await;
+    let retry = request(up.addr, "POST", "/api/push", &headers, one("t-unknown")).await;
+    assert_eq!(retry.status, 409, "{}", retry.text());
+    assert_eq!(retry.headers["retry-after"], "1");
+    let sentinel = request(
+        up.addr,
+        "POST",
+        "/api/push",
+        &[("authorization", &auth)],
+        one("sentinel"),
+    )
+    .await;
+    assert_eq!(sentinel.status, 200, "{}", sentinel.text());
+    up.stop().await;
+    // The record the 503 could not vouch for is in Kafka, once.
+    let mut keys: Vec<String> = read_topic(&brokers, &apns, 3)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["sentinel", "t-unknown", "warm"]);
+}
+
+/// Two backends of one app, each with its own API key, both number their requests from 1:
+/// the same Idempotency-Key from the two is two requests, each answered with its own
+/// notif_ids. Seen: the key was the app's, so the second got the first's notif_ids (its
+/// tokens dropped) or a 422. A notif_id stays the app's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_the_api_keys_own() {
+    const OTHER: &str = "other-key-0123456789abcdef";
+    let app = fresh_app("api");
+    let kafka = kafka_for(&app).await;
+    let mut s = settings(&app);
+    s.keys.push(ApiKey {
+        name: "billing".to_owned(),
+        app: app.clone(),
+        key: Secret::new(OTHER),
+    });
+    let api = Api::start(s, kafka.bootstrap()).await;
+    let send = |key: &'static str, token: &'static str| {
+        let addr = api.addr;
+        async move {
+            let auth = format!("Bearer {key}");
+            let body =
+                json!({"notifications": [{"tokens": [token], "platform": 2, "message": "m"}]});
+            request(
+                addr,
+                "POST",
+                "/api/push",
+                &[("authorization", &auth), ("idempotency-key", "1")],
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+    let a = send(KEY, "from-backend").await;
+    let b = send(OTHER, "from-billing").await;
+    assert_eq!((a.status, b.status), (200, 200), "{}", b.text());
+    assert_ne!(a.json()["notif_ids"], b.json()["notif_ids"]);
+    // Each one's retry is answered as its own first request was.
+    let a2 = send(KEY, "from-backend").await;
+    let b2 = send(OTHER, "from-billing").await;
+    assert_eq!(a2.json()["notif_ids"], a.json()["notif_ids"]);
+    assert_eq!(b2.json()["notif_ids"], b.json()["notif_ids"]);
+    // A notif_id is the app's, whoever sends it.
+    let with_id = json!({"notifications": [{"tokens": ["t-id"], "platform": 2, "message": "m", "notif_id": "shared-1"}]});
+    assert_eq!(
+        post_json(api.addr, "/api/push", KEY, &with_id).await.status,
+        200
+    );
+    let again = post_json(api.addr, "/api/push", OTHER, &with_id).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["notif_id"], "shared-1");
+    api.stop().await;
+    let mut keys: Vec<String> = read_topic(kafka.bootstrap(), &format!("push-{app}_gcm"), 3)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["from-backend", "from-billing", "t-id"]);
+}
+
+/// Over `api.maxNotifications` is refused at the item past it: the items after it are never
+/// decoded (JSON: the 101st is skipped unread; protobuf: its tags are counted on the wire
+/// first). Seen: a 1 MiB body of `{}` decoded ~350,000 items, ~170 MB, before the 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_over_the_limit_is_refused_before_it_is_decoded() {
+    let app = fresh_app("api");
+    let kafka = TestKafka::start(&[&format!("push-{app}-requests")], 1).await;
+    let mut s = settings(&app);
+    s.max_body_bytes = 1 << 20;
+    let api = Api::start(s, kafka.bootstrap()).await;
+    let auth = format!("Bearer {KEY}");
+    let post = |path: &'static str, content_type: &'static str, body: Vec<u8>| {
+        let (addr, auth) = (api.addr, auth.clone());
+        async move {
+            request(
+                addr,
+                "POST",
+                path,
+                &[("authorization", &auth), ("content-type", content_type)],
+                body,
+            )
+            .await
+        }
+    };
+    // A 1 MiB body of empty notifications.
+    let mut empties = b"{\"notifications\":[".to_vec();
+    while empties.len() < (1 << 20) - 10 {
+        empties.extend_from_slice(b"{},");
+    }
+    empties.extend_from_slice(b"{}]}");
+    for path in ["/api/push", "/post_notification_json"] {
+        let a = post(path, "application/json", empties.clone()).await;
+        assert_eq!(a.status, 400, "{path}: {}", a.text());
+        assert_eq!(a.json()["field"], "notifications", "{path}: {}", a.text());
+    }
+    // 100 good items, then one the decoder would refuse for its type: refused for the count.
+    let good = json!({"tokens": ["a"], "platform": 1, "message": "m"});
+    let mut items = vec![good; 100];
+    items.push(json!({"tokens": 5}));
+    let a = post(
+        "/api/push",
+        "application/json",
+        serde_json::to_vec(&json!({"notifications": items})).unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(a.json()["field"], "notifications", "{}", a.text());
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than 100"),
+        "{}",
+        a.text()
+    );
+    // Protobuf: 101 empty notifications, then bytes no decoder could read.
+    let mut proto = [0x0a, 0x00].repeat(101);
+    proto.extend_from_slice(&[0x0a, 0x05, 0x00]);
+    for (path, field) in [
+        ("/post_notification_proto", "notifications"),
+        ("/post_events_proto", "events"),
+    ] {
+        let a = post(path, "application/x-protobuf", proto.clone()).await;
+        assert_eq!(a.status, 400, "{path}: {}", a.text());
+        assert_eq!(a.json()["field"], field, "{path}: {}", a.text());
+    }
+    // At the limit, the protobuf is decoded as before.
+    // (login_id 1, content "m")
+    let hundred = [0x0a, 0x05, 0x08, 0x01, 0x1a, 0x01, b'm'].repeat(100);
+    let a = post(
+        "/post_notification_proto",
+        "application/x-protobuf",
+        hundred,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["accepted"], 100);
+    api.stop().await;
+}
+
+/// What could never become a push is refused before it is accepted, naming the field: a
+/// segment's `data` over the platforms' payload limit (it passed the 64 KiB record check and
+/// failed on every device in `pusher run`), and a Pushkin notification within 3,500 bytes
+/// whose quotes JSON escapes to twice that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_could_never_be_sent_is_refused() {
+    let app = fresh_app("api");
+    let kafka = TestKafka::start(&[&format!("push-{app}-requests")], 1).await;
+    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let big = json!({"blob": "x".repeat(5000)});
+    for condition in [
+        json!({}),
+        json!({"platform": "gcm"}),
+        json!({"platform": "webpush"}),
+    ] {
+        let a = post_json(
+            api.addr,
+            "/api/v1/segments/push",
+            KEY,
+            &json!({"condition": condition, "message": "m", "data": big}),
+        )
+        .await;
+        assert_eq!(a.status, 400, "{condition}: {}", a.text());
+        assert_eq!(a.json()["field"], "data", "{}", a.text());
+        assert!(a.text().contains("over the limit"), "{}", a.text());
+    }
+    let quotes = "\"".repeat(2500);
+    let a = post_json(
+        api.addr,
+        "/api/v1/segments/push",
+        KEY,
+        &json!({"message": quotes}),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(a.json()["field"], "message", "{}", a.text());
+    let a = post_json(
+        api.addr,
+        "/post_notification_json",
+        KEY,
+        &json!({"notifications": [{"login_id": 7, "content": quotes}]}),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(
+        a.json()["field"],
+        "notifications[0].content",
+        "{}",
+        a.text()
+    );
+    // What fits is accepted, and only that reached Kafka.
+    let a = post_json(
+        api.addr,
+        "/api/v1/segments/push",
+        KEY,
+        &json!({"message": "m", "data": {"blob": "x".repeat(1000)}}),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    api.stop().await;
+    let records = read_topic(kafka.bootstrap(), &format!("push-{app}-requests"), 1);
+    assert_eq!(records.len(), 1);
+}
+
+/// A bad path parameter is a 400 whose JSON names it, like every other bad input. Seen:
+/// axum's plain-text 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_path_parameters_are_json_naming_them() {
+    let app = fresh_app("api");
+    let api = Api::start(settings(&app), "127.0.0.1:9").await;
+    let auth = format!("Bearer {KEY}");
+    for (method, path, field) in [
+        ("GET", "/api/v1/notifications/%FF", "notif_id"),
+        ("DELETE", "/api/v1/devices/%FF%FE", "token"),
+        ("GET", "/api/v1/messages/%C3", "name"),
+        ("PUT", "/api/v1/messages/%FF", "name"),
+        ("DELETE", "/api/v1/messages/%FF", "name"),
+        ("GET", "/api/v1/users/abc/devices", "user_id"),
+    ] {
+        let a = request(api.addr, method, path, &[("authorization", &auth)], "{}").await;
+        assert_eq!(a.status, 400, "{method} {path}: {}", a.text());
+        assert_eq!(
+            a.headers["content-type"], "application/json",
+            "{method} {path}"
+        );
+        assert_eq!(a.json()["field"], field, "{method} {path}: {}", a.text());
+    }
+    api.stop().await;
+}
+
+/// Pushkin's queue routes share one client per group for the process, and concurrent calls
+/// one read: 50 at once answer the backlog, from one client. Seen: each call made its own
+/// librdkafka client (threads, connections) in a blocking task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_sizes_share_one_client_and_one_read() {
+    let app = fresh_app("api");
+    let kafka = kafka_for(&app).await;
+    let mut s = settings(&app);
+    s.queues = pusher::platform::api::Queues {
+        brokers: kafka.bootstrap().to_owned(),
+        route_group: format!("route-{app}"),
+        apns_group: format!("apns-{app}"),
+        gcm_group: format!("gcm-{app}"),
+    };
+    let api = Api::start(s, kafka.bootstrap()).await;
+    let three =
+        json!({"notifications": [{"tokens": ["a", "b", "c"], "platform": 1, "message": "m"}]});
+    assert_eq!(
+        post_json(api.addr, "/api/push", KEY, &three).await.status,
+        200
+    );
+    let auth = format!("Bearer {KEY}");
+    let calls = (0..50).map(|_| {
+        let (addr, auth) = (api.addr, auth.clone());
+        tokio::spawn(async move {
+            request(
+                addr,
+                "GET",
+                "/get_apn_sender_queue",
+                &[("authorization", &auth)],
+                "",
+            )
+            .await
+        })
+    });
+    for answer in futures_util::future::join_all(calls).await {
+        let a = answer.unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.json()["size"], 3, "{}", a.text());
+    }
+    let lag = api.state.lag();
+    assert_eq!(lag.clients_created(), 1);
+    assert!(lag.reads() <= 3, "{} reads for 50 calls", lag.reads());
+    // Another group is another client; the same group later, the same client.
+    let gcm = request(
+        api.addr,
+        "GET",
+        "/get_gcm_sender_queue",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(gcm.json()["size"], 0, "{}", gcm.text());
+    tokio::time::sleep(pusher::platform::lag::FRESH).await;
+    let again = request(
+        api.addr,
+        "GET",
+        "/get_apn_sender_queue",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(again.json()["size"], 3, "{}", again.text());
+    assert_eq!(lag.clients_created(), 2);
+    api.stop().await;
+}
+
+/// gorush's sync mode names a browser's failed push `web`, not `android`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_logs_name_a_browser_web() {
+    let app = fresh_app("api");
+    let [apns, gcm] = topics(&app);
+    let webpush = format!("push-{app}_webpush");
+    let kafka = TestKafka::start(&[&apns, &gcm, &webpush], 1).await;
+    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let subscription = pusher::push::webpush::generated_subscription("https://127.0.0.1:9", "b1");
+    let endpoint = subscription.endpoint.clone();
+    // `pusher results`' part: the verdict stored once the notification is accepted.
+    let store = common::platform::store().await;
+    let verdict = {
+        let (store, app, endpoint) = (store.clone(), app.clone(), endpoint.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while store
+                .notification(&app, "web-sync-1")
+                .await
+                .unwrap()
+                .is_none_or(|n| n.state != "accepted")
+            {
+                assert!(Instant::now() < deadline, "never accepted");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            store
+                .store_results(&[pusher::platform::store::ResultRow {
+                    app,
+                    notif_id: "web-sync-1".into(),
+                    token: endpoint,
+                    platform: "webpush".into(),
+                    outcome: "token_invalid".into(),
+                    reason: "410".into(),
+                    at: 1_700_000_000,
+                }])
+                .await
+                .unwrap();
+        })
+    };
+    let sync = post_json(
+        api.addr,
+        "/api/push",
+        KEY,
+        &json!({"sync": true, "notifications": [{"platform": 4, "subscriptions": [subscription],
+            "message": "Hi", "notif_id": "web-sync-1"}]}),
+    )
+    .await;
+    verdict.await.unwrap();
+    assert_eq!(sync.status, 200, "{}", sync.text());
+    let logs = sync.json()["logs"].clone();
+    assert_eq!(
+        logs,
+        json!([{"notif_id": "web-sync-1", "type": "failed-push", "platform": "web",
+            "token": endpoint, "message": "token_invalid", "error": "410"}]),
+        "{}",
+        sync.text()
+    );
+    api.stop().await;
+}
+
 /// A statement that waits (here on a row another session inserted and holds uncommitted, as a
 /// stuck transaction or a migration would) fails at `statementTimeout`: the request is a 503
 /// naming PostgreSQL within seconds, not a connection held until the other session ends, and
@@ -476,7 +917,7 @@ async fn a_statement_waiting_on_a_lock_is_503_at_the_statement_timeout() {
     // The row the request's claim inserts: its INSERT waits for this transaction to end.
     lock.execute(
         "INSERT INTO pusher_notifications (app, idem_key, notif_id, claim)
-         VALUES ($1, 'h:k-lock#0', 'held-by-another-session', 'other')",
+         VALUES ($1, 'h:7:backend:k-lock#0', 'held-by-another-session', 'other')",
         &[&app],
     )
     .await

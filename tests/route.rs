@@ -97,6 +97,7 @@ impl Platform {
                 gcm_group: format!("gcm-{app}"),
             },
             webpush_rules: pusher::push::webpush::EndpointRules::LOCAL,
+            deeplink_base: "game".into(),
         };
         let producer = Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap();
         let state = ApiState::new(settings, producer, store.clone());

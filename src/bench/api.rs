@@ -110,6 +110,7 @@ pub(super) fn start_servers(
                         metrics_token: None,
                         queues: Queues::default(),
                         webpush_rules: crate::push::webpush::EndpointRules::LOCAL,
+                        deeplink_base: String::new(),
                     };
                     let producer = Producer::new(&brokers, settings.produce_timeout)?;
                     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

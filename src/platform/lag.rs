@@ -2,11 +2,21 @@
 //! consumer group's backlog, the sum over a topic's partitions of the high watermark minus the
 //! group's committed offset (minus the low watermark where the group has committed nothing).
 //! Read by a side client that joins no group, so asking never disturbs the consumers.
+//!
+//! The API reads through one [`LagReader`]: one client per group for the process (each
+//! librdkafka client is threads and connections; one per request let 200 concurrent GETs
+//! make 200), and one read per group and topics at a time, whose answer serves every call in
+//! the next [`FRESH`].
 
+use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The backlog of `group` on `topics` (missing topics count as empty). Blocking: call it from
 /// `spawn_blocking`.
@@ -35,11 +45,27 @@ pub fn position(
     topics: &[String],
     timeout: Duration,
 ) -> Result<Position, rdkafka::error::KafkaError> {
-    let side: BaseConsumer = ClientConfig::new()
+    read(&side_client(brokers, group)?, topics, timeout)
+}
+
+/// A client that reads `group`'s committed offsets, joining no group.
+fn side_client(brokers: &str, group: &str) -> Result<BaseConsumer, KafkaError> {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .create()?;
+        .create()
+}
+
+/// The position of `side`'s group on `topics`. Blocking.
+fn read(side: &BaseConsumer, topics: &[String], timeout: Duration) -> Result<Position, KafkaError> {
+    // Nothing consumes through this client: what librdkafka queued for it (errors of a
+    // broker gone, for one) is served here, or it would pile up for the process's life.
+    for _ in 0..1000 {
+        if side.poll(Duration::ZERO).is_none() {
+            break;
+        }
+    }
     let metadata = side.fetch_metadata(None, timeout)?;
     let mut list = TopicPartitionList::new();
     let mut ends = Vec::new();
@@ -67,4 +93,117 @@ pub fn position(
         position.committed += from - low;
     }
     Ok(position)
+}
+
+/// How long one read answers every call for the same group and topics.
+pub const FRESH: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LagError {
+    #[error("{0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the read of the backlog stopped: {0}")]
+    Stopped(String),
+}
+
+/// A position, and when it was read.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    pub position: Position,
+    pub at: Instant,
+}
+
+/// The last answer for one group and topics, and when it came.
+type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Result<Reading, LagError>)>>>;
+
+/// The process's reader of backlogs: one client per group, one read at a time per group and
+/// topics, its answer shared for [`FRESH`].
+pub struct LagReader {
+    brokers: String,
+    clients: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    slots: Mutex<HashMap<(String, Vec<String>), Slot>>,
+    created: AtomicUsize,
+    reads: AtomicUsize,
+}
+
+impl std::fmt::Debug for LagReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LagReader")
+            .field("brokers", &self.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LagReader {
+    /// A reader for `brokers`; no client is made until a read needs one.
+    pub fn new(brokers: &str) -> LagReader {
+        LagReader {
+            brokers: brokers.to_owned(),
+            clients: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+            created: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+        }
+    }
+
+    /// Clients made so far (one per group read).
+    pub fn clients_created(&self) -> usize {
+        self.created.load(Ordering::Relaxed)
+    }
+
+    /// Reads of Kafka so far (calls answered from a fresh reading are not reads).
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// The position of `group` on `topics`: read once for every concurrent call, and the
+    /// answer (a failure too) kept for [`FRESH`].
+    pub async fn position(
+        &self,
+        group: &str,
+        topics: &[String],
+        timeout: Duration,
+    ) -> Result<Reading, LagError> {
+        let slot = self
+            .slots
+            .lock()
+            .entry((group.to_owned(), topics.to_vec()))
+            .or_default()
+            .clone();
+        // Concurrent calls wait here for the one read, then take its answer (a failure too:
+        // each waiter reading again would queue a timeout each).
+        let mut held = slot.lock().await;
+        if let Some((_, answer)) = held.as_ref().filter(|(at, _)| at.elapsed() < FRESH) {
+            return answer.clone();
+        }
+        let answer = match self.client(group) {
+            Ok(client) => {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                let topics = topics.to_vec();
+                tokio::task::spawn_blocking(move || read(&client, &topics, timeout))
+                    .await
+                    .map_err(|e| LagError::Stopped(e.to_string()))
+                    .and_then(|r| r.map_err(LagError::from))
+                    .map(|position| Reading {
+                        position,
+                        at: Instant::now(),
+                    })
+            }
+            Err(e) => Err(e.into()),
+        };
+        *held = Some((Instant::now(), answer.clone()));
+        answer
+    }
+
+    /// The client for `group`, made at its first read.
+    fn client(&self, group: &str) -> Result<Arc<BaseConsumer>, KafkaError> {
+        let mut clients = self.clients.lock();
+        if let Some(client) = clients.get(group) {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(side_client(&self.brokers, group)?);
+        self.created.fetch_add(1, Ordering::Relaxed);
+        clients.insert(group.to_owned(), client.clone());
+        Ok(client)
+    }
 }

@@ -121,6 +121,65 @@ pub fn push_message(d: &Device, n: &Notification, deeplink_base: &str, now_ms: i
     serde_json::to_vec(&message).unwrap_or_default()
 }
 
+/// Why `n` could never be sent to a device of one of `platforms`: its push, built as the
+/// router builds it, is refused by the parser `pusher run` uses (a payload over the
+/// platform's limit counts JSON's escapes: a text of quotes or newlines doubles). None: it
+/// fits them all.
+pub fn unsendable(
+    n: &Notification,
+    deeplink_base: &str,
+    platforms: &[Platform],
+) -> Option<(Platform, crate::push::message::MessageError)> {
+    use crate::push::message::{parse_apns, parse_gcm, parse_webpush};
+    platforms.iter().find_map(|&platform| {
+        let device = Device {
+            user_id: n.user_id,
+            platform,
+            token: "check".into(),
+            device_id: String::new(),
+            platform_id: None,
+            app_version: String::new(),
+            registered_ms: 0,
+            keys: Some(crate::push::webpush::Keys {
+                p256dh: "check".into(),
+                auth: "check".into(),
+            }),
+        };
+        let push = push_message(&device, n, deeplink_base, 0);
+        let parsed = match platform {
+            Platform::Apns => parse_apns(&push).map(drop),
+            Platform::Gcm => parse_gcm(&push).map(drop),
+            Platform::WebPush => parse_webpush(&push).map(drop),
+        };
+        parsed.err().map(|e| (platform, e))
+    })
+}
+
+/// Every platform a user's devices can be on.
+pub const ALL_PLATFORMS: [Platform; 3] = [Platform::Apns, Platform::Gcm, Platform::WebPush];
+
+/// A quick bound for the router's hot path: a push whose strings, escaped for JSON, add up to
+/// no more than this fits every platform's payload ([`unsendable`] says so for the others).
+const SURE_FIT: usize = crate::push::webpush::MAX_PLAINTEXT - 256;
+
+/// True when a push of these strings (title, text, screen, deep link base, notif_id,
+/// message name: no `data`) surely fits every platform, without building it.
+pub fn surely_fits<'a>(strings: impl IntoIterator<Item = &'a str>) -> bool {
+    strings.into_iter().map(json_len).sum::<usize>() <= SURE_FIT
+}
+
+/// The length of `s` as a JSON string, quotes and escapes included (as serde_json writes it).
+pub fn json_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 /// The feedback record of a push the router did not send: `outcome` `rate_limited`, with why
 /// (`device_limit` or `duplicate`).
 pub fn not_sent_feedback(
@@ -223,6 +282,47 @@ mod tests {
             (Some("T"), Some("game://shop"))
         );
         assert!(web.metadata.has_notif_id());
+    }
+
+    #[test]
+    fn escaped_text_that_passes_the_byte_count_can_still_be_unsendable() {
+        // Quotes, a quote, a backslash, a newline, a control character, two UTF-8 bytes.
+        assert_eq!(json_len("a\"\\\n\u{1}é"), 2 + 1 + 2 + 2 + 2 + 6 + 2);
+        assert_eq!(
+            json_len("\"q\n\u{1}"),
+            serde_json::to_string("\"q\n\u{1}").unwrap().len()
+        );
+        // 3,000 quotes: under MAX_TEXT as bytes, 6,000 once escaped in every payload.
+        let quotes = Notification {
+            content: "\"".repeat(3000),
+            notif_id: "n".into(),
+            ..Notification::default()
+        };
+        assert!(quotes.content.len() <= MAX_TEXT);
+        let (_, e) = unsendable(&quotes, "", &ALL_PLATFORMS).unwrap();
+        assert_eq!(e.reason(), "payload_too_large");
+        assert!(!surely_fits([quotes.content.as_str()]));
+        // What the quick bound lets through, the parsers take, on every platform.
+        let longest = Notification {
+            title: "t\"".repeat(100),
+            // Up to the bound: the other strings take 916 bytes escaped.
+            content: "\n".repeat((SURE_FIT - 916) / 2),
+            screen: "s\"".repeat(100),
+            notif_id: "\"".repeat(100),
+            message: "m".repeat(100),
+            ..Notification::default()
+        };
+        let base = "game";
+        let strings: [&str; 6] = [
+            &longest.title,
+            &longest.content,
+            &longest.screen,
+            base,
+            &longest.notif_id,
+            &longest.message,
+        ];
+        assert!(surely_fits(strings));
+        assert!(unsendable(&longest, base, &ALL_PLATFORMS).is_none());
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub fn api_settings(app: &str, key: &str) -> ApiSettings {
         metrics_token: None,
         queues: Default::default(),
         webpush_rules: pusher::push::webpush::EndpointRules::LOCAL,
+        deeplink_base: String::new(),
     }
 }
 

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 /// are accepted and ignored, so a body written for gorush loads unchanged.
 #[derive(Debug, Deserialize)]
 pub struct PushRequest {
+    /// At most `api.maxNotifications`, counted while decoding.
+    #[serde(deserialize_with = "super::capped::capped")]
     pub notifications: Vec<Notification>,
     /// gorush's sync mode, per request: wait (up to `api.syncTimeout`) for the verdicts and
     /// answer with the failed ones in `logs`. Needs `pusher run` and `pusher results` running.

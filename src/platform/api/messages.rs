@@ -3,11 +3,12 @@
 //! PostgreSQL; `pusher route` reads them per batch, so a change applies to the next batch.
 
 use super::error::ApiError;
+use super::path::Param;
 use super::{body, parse_json, store_error, ApiState, Caller};
 use crate::platform::messages::{valid_name, Message};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -28,7 +29,7 @@ fn name_of(name: &str) -> Result<(), ApiError> {
 pub(super) async fn put_message(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(name): Path<String>,
+    Param(name): Param<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     name_of(&name)?;
@@ -55,7 +56,7 @@ pub(super) async fn put_message(
 pub(super) async fn get_message(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(name): Path<String>,
+    Param(name): Param<String>,
 ) -> Result<Response, ApiError> {
     name_of(&name)?;
     match state
@@ -72,7 +73,7 @@ pub(super) async fn get_message(
 pub(super) async fn delete_message(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(name): Path<String>,
+    Param(name): Param<String>,
 ) -> Result<Response, ApiError> {
     name_of(&name)?;
     let removed = state

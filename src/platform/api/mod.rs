@@ -3,13 +3,16 @@
 //! processes behind a load balancer add up.
 //!
 //! A request is answered only after Kafka acknowledged every record it wrote; anything else is
-//! a 503 and nothing is reported as accepted. A retried request (same `Idempotency-Key`, or the
-//! same `notif_id`) is produced once and answered with the first request's `notif_id`s.
+//! a 503 that says what Kafka took, refused, or may have taken. A retried request (same
+//! `Idempotency-Key` from the same API key, or the same `notif_id`) is produced once and
+//! answered with the first request's `notif_id`s.
 
 mod auth;
+mod capped;
 mod error;
 pub mod gorush;
 mod messages;
+mod path;
 pub mod pushkin;
 mod registry;
 mod ui;
@@ -56,6 +59,8 @@ pub struct ApiSettings {
     pub queues: Queues,
     /// Which web push endpoints a subscription may name (`webpush.allowLocalEndpoints`).
     pub webpush_rules: crate::push::webpush::EndpointRules,
+    /// `route.deeplinkBase`: part of the pushes the router builds, whose size is checked here.
+    pub deeplink_base: String,
 }
 
 /// The consumer groups behind Pushkin's queue routes, and where their topics are.
@@ -104,6 +109,7 @@ impl ApiSettings {
             } else {
                 crate::push::webpush::EndpointRules::STRICT
             },
+            deeplink_base: config.route.deeplink_base.clone(),
         }
     }
 }
@@ -125,6 +131,8 @@ pub struct Inner {
     accepted: Mutex<BTreeMap<String, [u64; 3]>>,
     /// Places for sync requests waiting for verdicts ([`SYNC_WAITERS`]).
     sync_waiters: Arc<tokio::sync::Semaphore>,
+    /// The process's one reader of consumer-group backlogs (Pushkin's queue routes, the page).
+    lag: crate::platform::lag::LagReader,
 }
 
 impl std::ops::Deref for ApiState {
@@ -137,7 +145,9 @@ impl std::ops::Deref for ApiState {
 impl ApiState {
     pub fn new(settings: ApiSettings, producer: Producer, store: Store) -> ApiState {
         let keys = auth::Keys::new(&settings.keys, settings.rate_per_second, settings.burst);
+        let lag = crate::platform::lag::LagReader::new(&settings.queues.brokers);
         ApiState(Arc::new(Inner {
+            lag,
             settings,
             keys,
             producer,
@@ -153,6 +163,11 @@ impl ApiState {
     /// Waits for records still in flight (shutdown).
     pub fn flush(&self, timeout: Duration) {
         self.producer.flush(timeout);
+    }
+
+    /// The reader behind the queue routes (how many clients and reads it made).
+    pub fn lag(&self) -> &crate::platform::lag::LagReader {
+        &self.lag
     }
 }
 
@@ -310,6 +325,13 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable { message }
 }
 
+/// A 503 for Kafka failing part of a request: `message` says what was written.
+fn kafka_problem(message: String, e: &str) -> ApiError {
+    tracing::warn!(problem = %message, "Request partly refused.");
+    crate::telemetry::health::set("api kafka", Some(e.to_owned()));
+    ApiError::Unavailable { message }
+}
+
 fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotifIdTaken(_) => ApiError::Conflict {
@@ -355,15 +377,17 @@ struct Accepted {
 
 /// The one path every write takes: claim each item's idempotency key, produce the records of
 /// the items this request owns, wait for every acknowledgement, confirm. One idempotency key
-/// per item: the `Idempotency-Key` header's with the item's index, else its notif_id, else a
+/// per item: the `Idempotency-Key` header's with the item's index, scoped to the caller's API
+/// key (two backends of one app pick their keys apart), else its notif_id (per app), else a
 /// fresh one (still stored, so its results can be looked up).
 async fn accept(
     state: &ApiState,
-    app: &str,
+    caller: &Caller,
     headers: &HeaderMap,
     kind: &str,
     items: Vec<Item<'_>>,
 ) -> Result<Accepted, ApiError> {
+    let app: &str = &caller.app;
     let header = idempotency_key(headers)?;
     if header.is_none() && items.iter().all(|i| i.given_id.is_none()) {
         return accept_unkeyed(state, app, kind, items).await;
@@ -382,7 +406,8 @@ async fn accept(
             ));
         }
         let idem_key = match (&header, &item.given_id) {
-            (Some(h), _) => format!("h:{h}#{i}"),
+            // The key's name, length first: no name and header can make another's.
+            (Some(h), _) => format!("h:{}:{}:{h}#{i}", caller.name.len(), caller.name),
             (None, Some(id)) => format!("n:{id}"),
             (None, None) => format!("g:{notif_id}"),
         };
@@ -390,11 +415,11 @@ async fn accept(
     }
 
     let claim = uuid::Uuid::new_v4().to_string();
-    // A claim is taken over only from a request that cannot be running any more: past its
-    // produce's deadline and its confirmation's longest statement (a pool wait and the
-    // statement itself). Taken from a live one, both would write the records.
-    let stale_after =
-        state.settings.produce_timeout * 2 + state.store.statement_bound().unwrap_or_default();
+    // A claim is taken over only from a request that cannot be running any more: past the
+    // longest its produce can take (after it, none of its records can still be written) and
+    // its confirmation's longest statement (a pool wait and the statement itself). Taken
+    // from a live one, both would write the records.
+    let stale_after = state.producer.longest() + state.store.statement_bound().unwrap_or_default();
     let claimed = state
         .store
         .claim(app, &claim, &keys, stale_after)
@@ -412,6 +437,8 @@ async fn accept(
 
     let mut records = Vec::new();
     let mut confirmed = Vec::new();
+    // The claims of `confirmed`, in the same order.
+    let mut owned = Vec::new();
     let mut fingerprints = Vec::new();
     // Each confirmed item's records, as a range of `records`.
     let mut spans = Vec::new();
@@ -429,6 +456,7 @@ async fn accept(
                     return Err(e);
                 }
                 confirmed.push((key.idem_key.clone(), item.targets(mine.len())));
+                owned.push(key.clone());
                 fingerprints.push(records_fingerprint(&mine));
                 answer.counts += mine.len() as u64;
                 spans.push(records.len()..records.len() + mine.len());
@@ -464,52 +492,15 @@ async fn accept(
     }
     if !records.is_empty() {
         let produced = state.producer.produce_each(&records).await;
-        if let Some(e) = produced.iter().find_map(|r| r.as_ref().err()) {
-            // The items whose records were all acknowledged are accepted: confirmed, a retry
-            // with the same key answers them without writing them again. Only the others'
-            // claims are given up (`release` leaves confirmed ones).
-            let written: Vec<usize> = spans
-                .iter()
-                .enumerate()
-                .filter(|(_, span)| {
-                    produced
-                        .get((*span).clone())
-                        .is_some_and(|answers| answers.iter().all(Result::is_ok))
-                })
-                .map(|(i, _)| i)
-                .collect();
-            let mut problem = unavailable("kafka", e);
-            if !written.is_empty() {
-                match state
-                    .store
-                    .confirm(
-                        app,
-                        &claim,
-                        &pick(&confirmed, &written),
-                        &pick(&fingerprints, &written),
-                    )
-                    .await
-                {
-                    Ok(_) => {
-                        problem = ApiError::Unavailable {
-                            message: format!(
-                                "kafka unavailable: {} of {} new items were accepted, and a \
-                                 retry with the same keys answers them without writing them \
-                                 again; the others were not: {e}",
-                                written.len(),
-                                spans.len()
-                            ),
-                        }
-                    }
-                    Err(c) => {
-                        tracing::warn!(error = %c, "Cannot confirm the items Kafka acknowledged; a retry may write them again.")
-                    }
-                }
-            }
-            if let Err(release) = state.store.release(app, &claim, &keys).await {
-                tracing::warn!(error = %release, "Cannot release the request's claims; a retry takes them over once stale.");
-            }
-            return Err(problem);
+        if produced.iter().any(Result::is_err) {
+            let mine = Owned {
+                claim: &claim,
+                keys: &owned,
+                confirmed: &confirmed,
+                fingerprints: &fingerprints,
+                spans: &spans,
+            };
+            return Err(partly_produced(state, app, &mine, &produced, stale_after).await);
         }
         crate::telemetry::health::set("api kafka", None);
     }
@@ -538,6 +529,94 @@ async fn accept(
 /// The elements of `v` at `indexes`.
 fn pick<T: Clone>(v: &[T], indexes: &[usize]) -> Vec<T> {
     indexes.iter().filter_map(|&i| v.get(i).cloned()).collect()
+}
+
+/// A request's own items (claimed by it), as `accept` produced them.
+struct Owned<'a> {
+    claim: &'a str,
+    keys: &'a [ClaimKey],
+    confirmed: &'a [(String, Option<u32>)],
+    fingerprints: &'a [Vec<u8>],
+    /// Each item's records, as a range of the produced records.
+    spans: &'a [std::ops::Range<usize>],
+}
+
+/// Kafka failed some of a request's records: the items whose records were all acknowledged
+/// are confirmed (a retry with the same keys answers them without writing them again); the
+/// claims of items Kafka surely did not write are given up, so a retry writes them at once;
+/// an item Kafka may have written (sent, no acknowledgement) keeps its claim: a retry gets
+/// 409 while it is fresh and takes it over once stale, when no request can still be writing
+/// it. The answer says which is which, never "nothing was accepted" when it cannot know.
+async fn partly_produced(
+    state: &ApiState,
+    app: &str,
+    mine: &Owned<'_>,
+    produced: &[Result<(), super::produce::ProduceError>],
+    stale_after: Duration,
+) -> ApiError {
+    let (mut written, mut unknown, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    for (j, span) in mine.spans.iter().enumerate() {
+        let answers = produced.get(span.clone()).unwrap_or_default();
+        if answers.iter().all(Result::is_ok) {
+            written.push(j);
+        } else if answers
+            .iter()
+            .any(|a| a.as_ref().is_err_and(|e| e.may_be_written()))
+        {
+            unknown.push(j);
+        } else {
+            refused.push(j);
+        }
+    }
+    let e = produced
+        .iter()
+        .find_map(|r| r.as_ref().err().filter(|e| e.may_be_written()))
+        .or_else(|| produced.iter().find_map(|r| r.as_ref().err()))
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    if !written.is_empty() {
+        if let Err(c) = state
+            .store
+            .confirm(
+                app,
+                mine.claim,
+                &pick(mine.confirmed, &written),
+                &pick(mine.fingerprints, &written),
+            )
+            .await
+        {
+            // In Kafka, but not recorded: their claims stay pending, as unknown ones do.
+            tracing::warn!(error = %c, "Cannot confirm the items Kafka acknowledged; a retry takes them over once stale, and writes them again.");
+            unknown.append(&mut written);
+        }
+    }
+    if !refused.is_empty() {
+        if let Err(release) = state
+            .store
+            .release(app, mine.claim, &pick(mine.keys, &refused))
+            .await
+        {
+            tracing::warn!(error = %release, "Cannot release the request's claims; a retry takes them over once stale.");
+        }
+    }
+    if written.is_empty() && unknown.is_empty() {
+        return unavailable("kafka", e);
+    }
+    kafka_problem(
+        format!(
+            "kafka unavailable: {} of {} new items were accepted, {} unknown (sent, but not \
+             acknowledged: Kafka may have written them), {} not accepted. Retry with the same \
+             Idempotency-Key or notif_ids: the accepted are answered without being written \
+             again, the others written; an unknown one is answered 409 for up to {} s, then \
+             written again: {e}",
+            written.len(),
+            mine.spans.len(),
+            unknown.len(),
+            refused.len(),
+            stale_after.as_secs_f64().ceil()
+        ),
+        &e,
+    )
 }
 
 fn records_fingerprint(records: &[Record]) -> Vec<u8> {
@@ -588,11 +667,27 @@ async fn accept_unkeyed(
         accepted.push((id.clone(), item.targets(mine.len())));
         records.extend(mine);
     }
-    state
-        .producer
-        .produce_all(&records)
-        .await
-        .map_err(|e| unavailable("kafka", e))?;
+    let produced = state.producer.produce_each(&records).await;
+    if let Some(e) = produced.iter().find_map(|r| r.as_ref().err()) {
+        let written = produced.iter().filter(|r| r.is_ok()).count();
+        let unknown = produced
+            .iter()
+            .filter(|r| r.as_ref().is_err_and(|e| e.may_be_written()))
+            .count();
+        if written == 0 && unknown == 0 {
+            return Err(unavailable("kafka", e));
+        }
+        // Nothing to dedup on: what was written stays, and a retry writes it again.
+        return Err(kafka_problem(
+            format!(
+                "kafka unavailable: {written} of {} records were written and {unknown} may \
+                 have been; without an Idempotency-Key or notif_ids a retry writes them all \
+                 again: {e}",
+                records.len()
+            ),
+            &e.to_string(),
+        ));
+    }
     crate::telemetry::health::set("api kafka", None);
     if let Err(e) = state.store.record_accepted(app, &accepted).await {
         tracing::warn!(error = %e, "Accepted, but the notifications could not be recorded.");
@@ -614,7 +709,8 @@ async fn push(
 ) -> Result<Response, ApiError> {
     let s = &state.settings;
     let raw = body(raw, s.max_body_bytes)?;
-    let request: gorush::PushRequest = parse_json(&raw)?;
+    let request: gorush::PushRequest =
+        capped::with_limit(s.max_notifications, || parse_json(&raw))?;
     let count = request.notifications.len();
     check_count("notifications", count, s.max_notifications)?;
     let prepared = request
@@ -674,7 +770,7 @@ async fn push(
             }),
         })
         .collect();
-    let accepted = accept(&state, app, &headers, "notifications", items).await?;
+    let accepted = accept(&state, &caller, &headers, "notifications", items).await?;
 
     let mut by_platform = [0u64; 3];
     for (p, fresh) in prepared.iter().zip(&accepted.fresh) {
@@ -772,7 +868,7 @@ async fn sync_logs(state: &ApiState, app: &str, accepted: &Accepted) -> SyncAnsw
                     answer
                         .logs
                         .push(json!({"notif_id": id, "type": "failed-push",
-                        "platform": if r.platform == "apns" { "ios" } else { "android" },
+                        "platform": gorush_platform(&r.platform),
                         "token": r.token, "message": r.outcome, "error": r.reason}));
                 }
             }
@@ -783,6 +879,17 @@ async fn sync_logs(state: &ApiState, app: &str, accepted: &Accepted) -> SyncAnsw
         }
     }
     answer
+}
+
+/// gorush's name of a platform in `logs` (`ios`, `android`; a browser is `web`, as in
+/// `/api/stat/app`).
+fn gorush_platform(platform: &str) -> &str {
+    match platform {
+        "apns" => "ios",
+        "gcm" => "android",
+        "webpush" => "web",
+        other => other,
+    }
 }
 
 fn check_count(field: &str, count: usize, max: usize) -> Result<(), ApiError> {
@@ -848,11 +955,28 @@ impl Wire {
     }
 }
 
-fn parse_proto<T: prost::Message + Default>(bytes: &[u8]) -> Result<T, ApiError> {
-    T::decode(bytes).map_err(|e| ApiError::BadRequest {
+/// A Pushkin batch (its list is field 1, `list` by name): over `max` items it is refused
+/// before any is decoded.
+fn parse_proto<T: prost::Message + Default>(
+    bytes: &[u8],
+    list: &str,
+    max: usize,
+) -> Result<T, ApiError> {
+    let malformed = |e: &dyn std::fmt::Display| ApiError::BadRequest {
         field: None,
         message: format!("malformed protobuf: {e}"),
-    })
+    };
+    match capped::count_field(bytes, 1, max) {
+        None => return Err(malformed(&"a field's length or key runs past the body")),
+        Some(n) if n > max => {
+            return Err(ApiError::bad(
+                list,
+                format!("more than {max} items (api.maxNotifications)"),
+            ))
+        }
+        Some(_) => {}
+    }
+    T::decode(bytes).map_err(|e| malformed(&e))
 }
 
 /// Pushkin's user-addressed notifications, onto the app's requests topic (key = user id)
@@ -865,25 +989,23 @@ async fn notifications(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let raw = body(raw, state.settings.max_body_bytes)?;
+    let max = state.settings.max_notifications;
     let list: Vec<pushkin::JsonNotification> = if wire.is_proto(&headers) {
-        parse_proto::<pushkin::BatchNotificationRequest>(&raw)?
+        parse_proto::<pushkin::BatchNotificationRequest>(&raw, "notifications", max)?
             .notifications
             .into_iter()
             .map(Into::into)
             .collect()
     } else {
-        parse_json::<pushkin::JsonNotifications>(&raw)?.notifications
+        capped::with_limit(max, || parse_json::<pushkin::JsonNotifications>(&raw))?.notifications
     };
-    check_count(
-        "notifications",
-        list.len(),
-        state.settings.max_notifications,
-    )?;
+    check_count("notifications", list.len(), max)?;
     let checked = list
         .into_iter()
         .enumerate()
         .map(|(i, n)| {
-            pushkin::check_notification(i, n).map_err(|e| ApiError::bad(e.field, e.message))
+            pushkin::check_notification(i, n, &state.settings.deeplink_base)
+                .map_err(|e| ApiError::bad(e.field, e.message))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let topic = crate::platform::requests::topic(&caller.app);
@@ -901,7 +1023,7 @@ async fn notifications(
             }),
         })
         .collect();
-    let accepted = accept(&state, &caller.app, &headers, "notifications", items).await?;
+    let accepted = accept(&state, &caller, &headers, "notifications", items).await?;
     let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len(),
         "notif_ids": accepted.notif_ids});
     Ok((wire.status(), Json(answer)).into_response())
@@ -916,16 +1038,17 @@ async fn events(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let raw = body(raw, state.settings.max_body_bytes)?;
+    let max = state.settings.max_notifications;
     let list: Vec<pushkin::JsonEvent> = if wire.is_proto(&headers) {
-        parse_proto::<pushkin::BatchEventRequest>(&raw)?
+        parse_proto::<pushkin::BatchEventRequest>(&raw, "events", max)?
             .events
             .into_iter()
             .map(Into::into)
             .collect()
     } else {
-        parse_json::<pushkin::JsonEvents>(&raw)?.events
+        capped::with_limit(max, || parse_json::<pushkin::JsonEvents>(&raw))?.events
     };
-    check_count("events", list.len(), state.settings.max_notifications)?;
+    check_count("events", list.len(), max)?;
     let records = list
         .into_iter()
         .enumerate()
@@ -950,7 +1073,7 @@ async fn events(
             }),
         })
         .collect();
-    let accepted = accept(&state, &caller.app, &headers, "events", items).await?;
+    let accepted = accept(&state, &caller, &headers, "events", items).await?;
     // An event's notifications are `<event id>.<message name>` in the results.
     let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len(),
                         "event_ids": accepted.notif_ids});
@@ -973,6 +1096,42 @@ struct SegmentRequest {
     #[serde(default)]
     data: serde_json::Map<String, Value>,
     notif_id: Option<String>,
+}
+
+/// A segment's push, built for each platform it can reach as the router will build it, is
+/// one `pusher run` can send: else every device's push would fail (payload_too_large), after
+/// a 202. The field is `data` when the push fits without it.
+fn check_segment_push(
+    request: &SegmentRequest,
+    notif_id: Option<&str>,
+    deeplink_base: &str,
+) -> Result<(), ApiError> {
+    use crate::platform::outbound::{unsendable, Notification, ALL_PLATFORMS};
+    let platforms = match request.condition.platform {
+        Some(p) => vec![p],
+        None => ALL_PLATFORMS.to_vec(),
+    };
+    let mut push = Notification {
+        title: request.title.clone(),
+        content: request.message.clone(),
+        screen: request.screen.clone(),
+        notif_id: notif_id.unwrap_or(pushkin::ID_PLACEHOLDER).to_owned(),
+        data: request.data.clone(),
+        ..Notification::default()
+    };
+    let Some((platform, e)) = unsendable(&push, deeplink_base, &platforms) else {
+        return Ok(());
+    };
+    push.data.clear();
+    let field = if unsendable(&push, deeplink_base, &platforms).is_none() {
+        "data"
+    } else {
+        "message"
+    };
+    Err(ApiError::bad(
+        field,
+        format!("the push could never be sent to {platform}: {e}"),
+    ))
 }
 
 /// Accepted once Kafka has the request; `pusher route` streams the devices from the registry
@@ -1004,6 +1163,7 @@ async fn segment_push(
         gorush::check_notif_id("notif_id".into(), id)
             .map_err(|e| ApiError::bad(e.field, e.message))?;
     }
+    check_segment_push(&request, given_id.as_deref(), &state.settings.deeplink_base)?;
     let topic = crate::platform::requests::topic(&caller.app);
     let item = Item {
         given_id,
@@ -1024,7 +1184,7 @@ async fn segment_push(
             }]
         }),
     };
-    let accepted = accept(&state, &caller.app, &headers, "segment", vec![item]).await?;
+    let accepted = accept(&state, &caller, &headers, "segment", vec![item]).await?;
     let notif_id = accepted.notif_ids.first().cloned().unwrap_or_default();
     Ok((
         StatusCode::ACCEPTED,
@@ -1050,7 +1210,7 @@ struct Page {
 async fn notification(
     State(state): State<ApiState>,
     caller: Caller,
-    axum::extract::Path(notif_id): axum::extract::Path<String>,
+    path::Param(notif_id): path::Param<String>,
     page: Result<axum::extract::Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let axum::extract::Query(page) = page.map_err(|e| ApiError::BadRequest {
@@ -1185,13 +1345,13 @@ async fn queue_size(
             crate::push::topic::app_topics(&app, Platform::Gcm).to_vec(),
         ),
     };
-    let (g, t) = (group.clone(), topics.clone());
-    let size = tokio::task::spawn_blocking(move || {
-        crate::platform::lag::backlog(&q.brokers, &g, &t, Duration::from_secs(5))
-    })
-    .await
-    .map_err(|e| unavailable("kafka", e))?
-    .map_err(|e| unavailable("kafka", e))?;
+    let size = state
+        .lag
+        .position(&group, &topics, Duration::from_secs(5))
+        .await
+        .map_err(|e| unavailable("kafka", e))?
+        .position
+        .backlog;
     Ok(
         Json(json!({"queue": queue, "size": size, "group": group, "topics": topics}))
             .into_response(),

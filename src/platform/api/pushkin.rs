@@ -64,6 +64,7 @@ pub struct BatchEventRequest {
 /// "content":...,"screen":...}]}` (the same fields as the protobuf).
 #[derive(Debug, Deserialize)]
 pub struct JsonNotifications {
+    #[serde(deserialize_with = "super::capped::capped")]
     pub notifications: Vec<JsonNotification>,
 }
 
@@ -81,6 +82,7 @@ pub struct JsonNotification {
 /// taken as their text).
 #[derive(Debug, Deserialize)]
 pub struct JsonEvents {
+    #[serde(deserialize_with = "super::capped::capped")]
     pub events: Vec<JsonEvent>,
 }
 
@@ -144,6 +146,11 @@ impl CheckedNotification {
 }
 
 pub use crate::platform::outbound::MAX_TEXT;
+use crate::platform::outbound::{unsendable, Notification, ALL_PLATFORMS};
+
+/// The notif_id a push is checked with before its own is known: as long as the API's ids
+/// (UUIDs).
+pub const ID_PLACEHOLDER: &str = "00000000-0000-0000-0000-000000000000";
 
 fn user(id: Option<i64>, field: String) -> Result<i64, FieldError> {
     match id {
@@ -159,9 +166,13 @@ fn user(id: Option<i64>, field: String) -> Result<i64, FieldError> {
     }
 }
 
+/// Checks notification `i`. Its push is built for every platform a user's device can be on
+/// and read by the parser `pusher run` uses: the byte count of its texts alone let through a
+/// text that JSON's escapes take past the payload limit, which failed for every device.
 pub fn check_notification(
     i: usize,
     n: JsonNotification,
+    deeplink_base: &str,
 ) -> Result<CheckedNotification, FieldError> {
     let user_id = user(n.login_id, format!("notifications[{i}].login_id"))?;
     let title = n.title.unwrap_or_default();
@@ -187,6 +198,28 @@ pub fn check_notification(
     if let Some(id) = &notif_id {
         super::gorush::check_notif_id(format!("notifications[{i}].notif_id"), id)?;
     }
+    let push = Notification {
+        user_id,
+        title,
+        content,
+        screen,
+        notif_id: notif_id
+            .clone()
+            .unwrap_or_else(|| ID_PLACEHOLDER.to_owned()),
+        ..Notification::default()
+    };
+    if let Some((platform, e)) = unsendable(&push, deeplink_base, &ALL_PLATFORMS) {
+        return Err(FieldError {
+            field: format!("notifications[{i}].content"),
+            message: format!("its push could never be sent to {platform}: {e}"),
+        });
+    }
+    let Notification {
+        title,
+        content,
+        screen,
+        ..
+    } = push;
     Ok(CheckedNotification {
         user_id,
         title,
@@ -277,7 +310,7 @@ mod tests {
             notif_id: None,
         };
         assert_eq!(
-            check_notification(3, n).err().unwrap().field,
+            check_notification(3, n, "").err().unwrap().field,
             "notifications[3].login_id"
         );
         let e: JsonEvent = serde_json::from_value(

@@ -6,13 +6,14 @@
 
 use super::error::ApiError;
 use super::gorush::MAX_TOKEN_LEN;
+use super::path::Param;
 use super::{body, parse_json, store_error, ApiState, Caller};
 use crate::platform::registry::{platform_of_pushkin_id, Device, Login};
 use crate::push::webpush::{check_subscription, Keys, Subscription};
 use crate::push::Platform;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -213,15 +214,14 @@ pub(super) async fn delete_subscription(
     }
     let raw = body(raw, state.settings.max_body_bytes)?;
     let u: Unsubscribe = parse_json(&raw)?;
-    delete_device(State(state), caller, Path(u.endpoint)).await
+    delete_device(State(state), caller, Param(u.endpoint)).await
 }
 
 pub(super) async fn user_devices(
     State(state): State<ApiState>,
     caller: Caller,
-    user: Result<Path<i64>, PathRejection>,
+    Param(user): Param<i64>,
 ) -> Result<Response, ApiError> {
-    let Path(user) = user.map_err(|e| ApiError::bad("user_id", e.body_text()))?;
     let devices = state
         .registry
         .devices_of(&caller.app, &[user])
@@ -238,7 +238,7 @@ pub(super) async fn user_devices(
 pub(super) async fn delete_device(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(token): Path<String>,
+    Param(token): Param<String>,
 ) -> Result<Response, ApiError> {
     let removed = state
         .registry

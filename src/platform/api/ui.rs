@@ -16,7 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 use std::fmt::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const COOKIE: &str = "pusher_ui";
 
@@ -248,16 +248,19 @@ async fn routed_per_second(state: &ApiState, app: &str) -> Option<f64> {
     if q.brokers.is_empty() {
         return None;
     }
-    let (brokers, group) = (q.brokers.clone(), q.route_group.clone());
     let topics = vec![crate::platform::requests::topic(app)];
-    let position = tokio::task::spawn_blocking(move || {
-        crate::platform::lag::position(&brokers, &group, &topics, Duration::from_secs(2))
-    })
-    .await
-    .ok()?
-    .ok()?;
-    let now = Instant::now();
+    let reading = state
+        .lag
+        .position(&q.route_group, &topics, Duration::from_secs(2))
+        .await
+        .ok()?;
+    // The reading's own time: a shared one may be up to a second old.
+    let (now, position) = (reading.at, reading.position);
     let mut last = state.ui_routed.lock();
+    if last.get(app).is_some_and(|(then, _)| *then >= now) {
+        // The same reading as the last look: nothing to compare.
+        return None;
+    }
     let previous = last.insert(app.to_owned(), (now, position.committed));
     let (then, committed) = previous?;
     let seconds = now.duration_since(then).as_secs_f64();
