@@ -217,12 +217,16 @@ fn an_app_named_in_mixed_case_starts_with_its_keys_from_the_environment() {
             ],
         ),
     ];
-    for (platform, env) in cases {
-        let (started, stderr) = starts(
-            pusher()
-                .args(["run", platform, "--config", path])
-                .envs(env.iter().copied()),
-        );
-        assert!(started, "{platform}: {stderr}");
-    }
+    let failed: Vec<String> = cases
+        .into_iter()
+        .filter_map(|(platform, env)| {
+            let (started, stderr) = starts(
+                pusher()
+                    .args(["run", platform, "--config", path])
+                    .envs(env.iter().copied()),
+            );
+            (!started).then(|| format!("{platform}: {stderr}"))
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }

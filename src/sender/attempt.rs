@@ -407,7 +407,12 @@ mod tests {
             std::future::ready(Attempt::<u32>::fault("connect_error", "refused".into()))
         };
         let started = Instant::now();
-        let done = attempt_until_final(&policy(), &gate, in_ms(1500), down).await;
+        let done = tokio::time::timeout(
+            Duration::from_secs(60),
+            attempt_until_final(&policy(), &gate, in_ms(1500), down),
+        )
+        .await
+        .expect("ends at its deadline");
         assert_eq!(done.outcome, Outcome::Expired);
         // The first attempt and the probe after 1 s; ended at the deadline, not at a probe.
         assert_eq!(made.load(Ordering::SeqCst), 2);
