@@ -140,3 +140,93 @@ fn log_interval_paces_the_status_line() {
         "first status after {status:?}"
     );
 }
+
+/// Whether `pusher run` starts consuming (within 20 s), and what it logged until then; the
+/// process is killed either way.
+fn starts(cmd: &mut Command) -> (bool, String) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let started = loop {
+        // Ends when the process does (its stderr closes) or after 20 s.
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains("Consuming.") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    (started, seen.join("\n"))
+}
+
+/// An app named in mixed case (`MyGame`) with its keys from the environment, whose names are
+/// upper case (the keys they make, lower case): what validates, starts, on every platform.
+/// (It validated, then `pusher run` found no credentials: "give privateKey or privateKeyFile".)
+#[test]
+fn an_app_named_in_mixed_case_starts_with_its_keys_from_the_environment() {
+    let config = config_file("queue:\n  brokers: 127.0.0.1:1\n");
+    let path = config.path().to_str().unwrap();
+    let cases: [(&str, &[(&str, &str)]); 3] = [
+        (
+            "webpush",
+            &[
+                ("PUSHER_WEBPUSH_APPS", "MyGame"),
+                (
+                    "PUSHER_WEBPUSH_VAPID_MYGAME_PRIVATEKEY",
+                    "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE",
+                ),
+                (
+                    "PUSHER_WEBPUSH_VAPID_MYGAME_SUBJECT",
+                    "mailto:ops@example.com",
+                ),
+            ],
+        ),
+        (
+            "apns",
+            &[
+                ("PUSHER_APNS_APPS", "MyGame"),
+                (
+                    "PUSHER_APNS_CERTS_MYGAME_AUTHKEYPATH",
+                    "fixtures/apns/AuthKey_TESTKEY001.p8",
+                ),
+                ("PUSHER_APNS_CERTS_MYGAME_KEYID", "TESTKEY001"),
+                ("PUSHER_APNS_CERTS_MYGAME_TEAMID", "TEAM000001"),
+                ("PUSHER_APNS_CERTS_MYGAME_TOPIC", "com.example.game"),
+                ("PUSHER_APNS_ENDPOINT", "http://127.0.0.1:1"),
+            ],
+        ),
+        (
+            "gcm",
+            &[
+                ("PUSHER_GCM_APPS", "MyGame"),
+                ("PUSHER_GCM_CERTS_MYGAME_APIKEY", "legacy-server-key"),
+                ("PUSHER_GCM_ENDPOINT", "http://127.0.0.1:1"),
+            ],
+        ),
+    ];
+    let failed: Vec<String> = cases
+        .into_iter()
+        .filter_map(|(platform, env)| {
+            let (started, stderr) = starts(
+                pusher()
+                    .args(["run", platform, "--config", path])
+                    .envs(env.iter().copied()),
+            );
+            (!started).then(|| format!("{platform}: {stderr}"))
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}

@@ -250,7 +250,7 @@ async fn pushes_pausing_the_app(
             tokio::spawn(async move { sender.send(&m).await })
         })
         .collect();
-    let mut health = sender.gate().health();
+    let mut health = sender.gate_for(origin).health();
     tokio::time::timeout(Duration::from_secs(20), health.wait_for(|h| !h.is_up()))
         .await
         .expect("the app pauses")
@@ -288,52 +288,123 @@ async fn a_dead_origin_that_is_no_push_service_fails_the_message_not_the_app() {
             .await
             .expect("ends: not parked at the gate");
         assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
-        assert!(sender.gate().health().borrow().is_up());
+        assert!(sender.gates().iter().all(|g| g.health().borrow().is_up()));
     }
 }
 
-/// A push service that takes no connection: when every push fails so (an outage, our
-/// network), the app pauses and the pushes are delivered once it answers again; when one
-/// subscription's host alone does (a name under a push service's suffix that is no server),
-/// that push gives up after its retries while the others are delivered.
-#[tokio::test]
-async fn a_push_service_taking_no_connection_pauses_the_app_only_when_every_push_fails() {
-    let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let good_origin = format!("http://{}", good.local_addr().unwrap());
-    let app = axum::Router::new().fallback(|| async {
-        (
-            axum::http::StatusCode::CREATED,
-            [(axum::http::header::LOCATION, "/m/1")],
-        )
+/// An HTTP/1.1 push service on port 0: 503 while `down` is set, else 201; it counts both.
+async fn push_service(down: bool) -> (String, std::sync::Arc<PushServiceCounts>) {
+    use axum::response::IntoResponse;
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let counts = std::sync::Arc::new(PushServiceCounts::default());
+    counts.down.store(down, Ordering::SeqCst);
+    let seen = counts.clone();
+    let app = axum::Router::new().fallback(move || {
+        let seen = seen.clone();
+        async move {
+            if seen.down.load(Ordering::SeqCst) {
+                seen.unavailable.fetch_add(1, Ordering::SeqCst);
+                axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response()
+            } else {
+                seen.created.fetch_add(1, Ordering::SeqCst);
+                (
+                    axum::http::StatusCode::CREATED,
+                    [(axum::http::header::LOCATION, "/m/1")],
+                )
+                    .into_response()
+            }
+        }
     });
-    let serve = app.clone();
-    tokio::spawn(async move { axum::serve(good, serve).await });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, counts)
+}
+
+#[derive(Default)]
+struct PushServiceCounts {
+    down: std::sync::atomic::AtomicBool,
+    unavailable: std::sync::atomic::AtomicUsize,
+    created: std::sync::atomic::AtomicUsize,
+}
+
+/// Pushes to `origin`, each delivered, until `until` holds (within 20 s): another push
+/// service answering meanwhile, as in a running pusher. How many were delivered.
+async fn delivering_until(sender: &WebPushSender, origin: &str, until: impl Fn() -> bool) -> usize {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut delivered = 0;
+        while !until() || delivered == 0 {
+            let m = message(
+                generated_subscription(origin, &format!("b{delivered}")),
+                b"x",
+            );
+            let d = sender.send(&m).await;
+            assert_eq!(d.outcome, Outcome::Delivered, "{d:?}");
+            delivered += 1;
+        }
+        delivered
+    })
+    .await
+    .expect("the condition holds while the other push service answers")
+}
+
+/// A push service that takes no connection is failing, whatever the other push services do:
+/// its gate closes (the app pauses) while another push service's pushes are delivered, and
+/// its pushes wait and are delivered once it answers again. (With one gate for all push
+/// services, another's deliveries made each of its pushes look like its own bad luck: they
+/// spent their retries and ended `gave_up`, committed and lost.)
+#[tokio::test]
+async fn a_push_service_taking_no_connection_pauses_its_pushes_while_another_answers() {
+    let (good, good_counts) = push_service(false).await;
+    let good_origin = format!("http://{good}");
     let dead = dead_port();
     let dead_origin = format!("http://127.0.0.1:{dead}");
     let mut config = WebPushConfig::new(slot_keys(6).0, "mailto:ops@example.com");
     config.rules = EndpointRules::LOCAL;
-    config.push_services = vec![
-        good_origin.trim_start_matches("http://").into(),
-        format!("127.0.0.1:{dead}"),
-    ];
+    config.push_services = vec![good, format!("127.0.0.1:{dead}")];
     config.http = HttpVersion::Http1;
     config.on_fault = OnFault::Wait;
     config.retry = two_quick_attempts();
     let sender = std::sync::Arc::new(WebPushSender::new(config).expect("sender"));
 
-    // One subscription's dead host: it gives up, the others are delivered meanwhile.
-    let lone = message(generated_subscription(&dead_origin, "lone"), b"x");
-    let d = beside_deliveries(&sender, lone, &good_origin).await;
-    assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
-    assert!(d.transport_error.is_some(), "{d:?}");
-    assert!(sender.gate().health().borrow().is_up());
+    // One push to the dead push service, beside deliveries to the other: it waits.
+    let lone = {
+        let sender = sender.clone();
+        let m = message(generated_subscription(&dead_origin, "lone"), b"x");
+        tokio::spawn(async move { sender.send(&m).await })
+    };
+    let dead_gate = sender.gate_for(&dead_origin).clone();
+    let delivered = delivering_until(&sender, &good_origin, || {
+        !dead_gate.health().borrow().is_up()
+    })
+    .await;
+    assert!(!lone.is_finished(), "the push waits, it does not give up");
+    assert!(sender.gate_for(&good_origin).health().borrow().is_up());
 
-    // Every push failing to connect: an outage, waited out.
-    let sends = pushes_pausing_the_app(&sender, &dead_origin).await;
-    let back = tokio::net::TcpListener::bind(("127.0.0.1", dead))
-        .await
-        .expect("the dead port is free again");
-    tokio::spawn(async move { axum::serve(back, app).await });
+    // More pushes to it wait too, until it takes connections again.
+    let mut sends = pushes_pausing_the_app(&sender, &dead_origin).await;
+    sends.push(lone);
+    let (back, back_counts) = {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", dead))
+            .await
+            .expect("the dead port is free again");
+        let counts = std::sync::Arc::new(PushServiceCounts::default());
+        let seen = counts.clone();
+        let app = axum::Router::new().fallback(move || {
+            seen.created
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                (
+                    axum::http::StatusCode::CREATED,
+                    [(axum::http::header::LOCATION, "/m/1")],
+                )
+            }
+        });
+        (
+            tokio::spawn(async move { axum::serve(listener, app).await }),
+            counts,
+        )
+    };
     for s in sends {
         let d = tokio::time::timeout(Duration::from_secs(20), s)
             .await
@@ -341,6 +412,173 @@ async fn a_push_service_taking_no_connection_pauses_the_app_only_when_every_push
             .unwrap();
         assert_eq!((d.outcome, d.status), (Outcome::Delivered, Some(201)));
     }
+    // Counts add up: every push delivered once, at its own push service.
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(back_counts.created.load(SeqCst), 5);
+    assert_eq!(good_counts.created.load(SeqCst), delivered);
+    back.abort();
+}
+
+/// One push service's outage (503 to everything) while another answers 201: its pushes are
+/// not `gave_up` after their retries; they wait at its gate (the app pauses) and are
+/// delivered once it answers 201 again, and the other's pushes are delivered meanwhile.
+#[tokio::test]
+async fn one_push_service_s_outage_waits_while_another_answers() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (a, a_counts) = push_service(true).await;
+    let (b, b_counts) = push_service(false).await;
+    let (a_origin, b_origin) = (format!("http://{a}"), format!("http://{b}"));
+    let mut config = WebPushConfig::new(slot_keys(8).0, "mailto:ops@example.com");
+    config.rules = EndpointRules::LOCAL;
+    config.push_services = vec![a, b];
+    config.http = HttpVersion::Http1;
+    config.on_fault = OnFault::Wait;
+    // Retries spread over tens of milliseconds, while B answers all along.
+    config.retry = RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(50),
+        max_retry_after: Duration::from_millis(50),
+    };
+    let sender = std::sync::Arc::new(WebPushSender::new(config).expect("sender"));
+
+    // B answers throughout: a steady stream of its pushes, each delivered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = {
+        let (sender, stop, b_origin) = (sender.clone(), stop.clone(), b_origin.clone());
+        tokio::spawn(async move {
+            let mut delivered = 0;
+            while !stop.load(SeqCst) {
+                let id = format!("b{delivered}");
+                let d = sender
+                    .send(&message(generated_subscription(&b_origin, &id), b"x"))
+                    .await;
+                assert_eq!(d.outcome, Outcome::Delivered, "{d:?}");
+                delivered += 1;
+            }
+            delivered
+        })
+    };
+    // Let B's stream start first, so that its answers land within A's retries.
+    let b_gate = sender.gate_for(&b_origin).clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while b_counts.created.load(SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("B answers");
+    let a_pushes = 6;
+    let sends: Vec<_> = (0..a_pushes)
+        .map(|i| {
+            let sender = sender.clone();
+            let m = message(generated_subscription(&a_origin, &format!("a{i}")), b"x");
+            tokio::spawn(async move { sender.send(&m).await })
+        })
+        .collect();
+    let mut a_health = sender.gate_for(&a_origin).health();
+    tokio::time::timeout(Duration::from_secs(20), a_health.wait_for(|h| !h.is_up()))
+        .await
+        .expect("A's outage closes its gate")
+        .unwrap();
+    // Past their retry budget (three attempts, under 0.2 s), and a probe of A's (after 1 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ended: Vec<_> = sends.iter().filter(|s| s.is_finished()).collect();
+    assert!(
+        ended.is_empty(),
+        "{} of A's pushes ended during its outage",
+        ended.len()
+    );
+    assert!(b_gate.health().borrow().is_up(), "B is not paused");
+    assert!(a_counts.unavailable.load(SeqCst) >= 2 * a_pushes);
+    let b_during = b_counts.created.load(SeqCst);
+    assert!(b_during > 0);
+
+    a_counts.down.store(false, SeqCst);
+    for s in sends {
+        let d = tokio::time::timeout(Duration::from_secs(20), s)
+            .await
+            .expect("delivered once A answers again")
+            .unwrap();
+        assert_eq!(
+            (d.outcome.clone(), d.status),
+            (Outcome::Delivered, Some(201)),
+            "{d:?}"
+        );
+    }
+    stop.store(true, SeqCst);
+    let b_pushes = stream.await.unwrap();
+    // Counts add up: each push delivered once, at its own push service; every 503 was A's.
+    assert_eq!(a_counts.created.load(SeqCst), a_pushes);
+    assert_eq!(b_counts.created.load(SeqCst), b_pushes);
+    assert!(b_pushes >= b_during);
+    assert_eq!(b_counts.unavailable.load(SeqCst), 0);
+}
+
+/// A message whose `push_expiry` passes while its push service is down is not sent when the
+/// service is back: it ends `expired`. One with time left is sent with `TTL` at most that.
+#[tokio::test]
+async fn a_push_expiring_while_its_push_service_is_down_ends_expired_unsent() {
+    let started = tokio::time::Instant::now();
+    let port = dead_port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let mut config = WebPushConfig::new(slot_keys(10).0, "mailto:ops@example.com");
+    config.rules = EndpointRules::LOCAL;
+    config.push_services = vec![format!("127.0.0.1:{port}")];
+    config.http = HttpVersion::Http1;
+    config.on_fault = OnFault::Wait;
+    config.retry = two_quick_attempts();
+    let sender = std::sync::Arc::new(WebPushSender::new(config).expect("sender"));
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let mut m = message(generated_subscription(&origin, "soon"), b"x");
+    m.push_expiry = now_ms() + 1000;
+    let send = {
+        let sender = sender.clone();
+        tokio::spawn(async move { sender.send(&m).await })
+    };
+    // The push service comes up after 3 s, recording each request's TTL.
+    tokio::time::sleep_until(started + Duration::from_secs(3)).await;
+    let ttls = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let seen = ttls.clone();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the port is free");
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let ttl = headers
+            .get("ttl")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
+        seen.lock().push(ttl.to_string());
+        async {
+            (
+                axum::http::StatusCode::CREATED,
+                [(axum::http::header::LOCATION, "/m/1")],
+            )
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let d = tokio::time::timeout(Duration::from_secs(20), send)
+        .await
+        .expect("ends")
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Expired, "{d:?}");
+    // Up for a while: still nothing was sent to it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(ttls.lock().is_empty(), "{:?}", ttls.lock());
+
+    // Time left: sent, with TTL no longer than what is left (60 s), not the message's hour.
+    let mut m = message(generated_subscription(&origin, "later"), b"x");
+    m.ttl = 3600;
+    m.push_expiry = now_ms() + 60_000;
+    let d = sender.send(&m).await;
+    assert_eq!(d.outcome, Outcome::Delivered, "{d:?}");
+    let ttl: u32 = ttls.lock()[0].parse().expect("a TTL");
+    assert!((55..=60).contains(&ttl), "TTL {ttl}");
 }
 
 #[tokio::test]

@@ -379,7 +379,7 @@ fn one_run(
         let lost_until = &mut lost_until;
         let sender = sender_config.build()?;
         // The producer stops with the run: at a signal, or at the endpoint's first fault.
-        let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gate());
+        let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gates());
         let apps = HashMap::from([(APP.to_string(), sender)]);
         let outputs = Outputs {
             observer: Some(Arc::new(Measure(clock.clone()))),

@@ -68,32 +68,35 @@ impl Interrupt {
         Interrupt(self.0.child_token())
     }
 
-    /// A run's interrupt that is also set by the first endpoint fault of `gate` (a wrong CA,
-    /// refused credentials, an unreachable token endpoint): a benchmark against an endpoint
-    /// that cannot answer measures nothing, so it stops and says why. Call inside the run's
-    /// runtime; the cause is in the returned cell once set.
-    pub fn or_endpoint_fault(&self, gate: &crate::sender::Gate) -> (Interrupt, EndpointFault) {
+    /// A run's interrupt that is also set by the first endpoint fault of any of `gates` (a
+    /// wrong CA, refused credentials, an unreachable token endpoint): a benchmark against an
+    /// endpoint that cannot answer measures nothing, so it stops and says why. Call inside the
+    /// run's runtime; the cause is in the returned cell once set.
+    pub fn or_endpoint_fault(&self, gates: &[crate::sender::Gate]) -> (Interrupt, EndpointFault) {
         let run = self.child();
         let fault = EndpointFault::default();
-        let mut health = gate.health();
-        let (stop, cell) = (run.0.clone(), fault.0.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    changed = health.changed() => if changed.is_err() { return },
+        for gate in gates {
+            let mut health = gate.health();
+            let (stop, cell) = (run.0.clone(), fault.0.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        changed = health.changed() => if changed.is_err() { return },
+                    }
+                    let down = match &*health.borrow_and_update() {
+                        crate::sender::Health::Down { cause, .. } => Some(cause.clone()),
+                        crate::sender::Health::Up => None,
+                    };
+                    if let Some(cause) = down {
+                        // The first fault stops the run; it is the one reported.
+                        cell.lock().get_or_insert(cause);
+                        stop.cancel();
+                        return;
+                    }
                 }
-                let down = match &*health.borrow_and_update() {
-                    crate::sender::Health::Down { cause, .. } => Some(cause.clone()),
-                    crate::sender::Health::Up => None,
-                };
-                if let Some(cause) = down {
-                    *cell.lock() = Some(cause);
-                    stop.cancel();
-                    return;
-                }
-            }
-        });
+            });
+        }
         (run, fault)
     }
 }

@@ -68,7 +68,8 @@ pub fn run(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
                     parse_apns(m).map(|m| m.notification)
                 })?;
                 let sender = ApnsSender::new(*config)?;
-                let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gate());
+                let (interrupt, fault) =
+                    interrupt.or_endpoint_fault(std::slice::from_ref(sender.gate()));
                 let send = |n: Arc<ApnsNotification>| {
                     let sender = sender.clone();
                     async move { sender.send(&n).await }
@@ -80,7 +81,8 @@ pub fn run(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
             SenderConfig::Fcm(config) => {
                 let items = generated(args, Platform::Gcm, pool, parse_gcm)?;
                 let sender = FcmSender::new(*config)?;
-                let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gate());
+                let (interrupt, fault) =
+                    interrupt.or_endpoint_fault(std::slice::from_ref(sender.gate()));
                 let send = |m: Arc<GcmMessage>| {
                     let sender = sender.clone();
                     async move { sender.send(&m).await }
@@ -92,7 +94,7 @@ pub fn run(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
             SenderConfig::WebPush(config, origin) => {
                 let items = generated_at(args, Platform::WebPush, pool, &origin, parse_webpush)?;
                 let sender = WebPushSender::new(*config)?;
-                let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gate());
+                let (interrupt, fault) = interrupt.or_endpoint_fault(sender.gates());
                 let send = |m: Arc<WebPushMessage>| {
                     let sender = sender.clone();
                     async move { sender.send(&m).await.outcome }

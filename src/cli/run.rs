@@ -3,7 +3,7 @@
 
 use super::flags::{ApnsCredentials, BrokersFlag, EndpointFlags, FcmCredentials, ThreadsFlag};
 use crate::config::{
-    ApnsCert, Config, FeedbackReporter, Secret, StatsReporter, TokenHandler, Validated,
+    app_entry, ApnsCert, Config, FeedbackReporter, Secret, StatsReporter, TokenHandler, Validated,
 };
 use crate::pipeline::feedback::FeedbackProducer;
 use crate::pipeline::run::{run as run_loop, AppSender, Outputs, RunSpec};
@@ -351,7 +351,9 @@ fn apns_senders(
     };
     let mut senders = HashMap::new();
     for app in &config.apns.apps {
-        let cert = config.apns.certs.get(app).cloned().unwrap_or_default();
+        let cert = app_entry(&config.apns.certs, app)
+            .cloned()
+            .unwrap_or_default();
         let auth = apns_auth(app, &cert)?;
         if cert.topic.is_none() && matches!(auth, ApnsAuth::Token(_)) {
             // APNs requires apns-topic with token auth (a certificate names its own).
@@ -391,13 +393,17 @@ fn gcm_senders(
     let mut senders = HashMap::new();
     for app in &config.gcm.apps {
         let key = format!("gcm.certs.{app}");
-        let cert = config.gcm.certs.get(app).cloned().unwrap_or_default();
+        let cert = app_entry(&config.gcm.certs, app)
+            .cloned()
+            .unwrap_or_default();
         let account = if let Some(path) = &cert.service_account_file {
             Some(
                 ServiceAccount::from_file(path)
                     .with_context(|| format!("{key}.serviceAccountFile"))?,
             )
-        } else if let Some(json) = config.gcm.firebase_credentials.get(app) {
+        } else if let Some(json) =
+            app_entry(&config.gcm.firebase_credentials, app).filter(|json| !json.is_empty())
+        {
             Some(
                 ServiceAccount::from_json(json.expose().as_bytes())
                     .with_context(|| format!("gcm.firebaseCredentials.{app}"))?,
@@ -442,7 +448,7 @@ fn webpush_senders(
     let mut senders = HashMap::new();
     for app in &w.apps {
         let key = format!("webpush.vapid.{app}");
-        let vapid = w.vapid.get(app).cloned().unwrap_or_default();
+        let vapid = app_entry(&w.vapid, app).cloned().unwrap_or_default();
         let text = match (&vapid.private_key, &vapid.private_key_file) {
             (Some(secret), _) => secret.expose().to_string(),
             (None, Some(path)) => std::fs::read_to_string(path)

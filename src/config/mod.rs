@@ -21,7 +21,7 @@ mod validate;
 
 pub use env::ENV_PREFIX;
 pub use schema::*;
-pub use validate::Validated;
+pub use validate::{app_entry, Validated};
 
 use std::path::PathBuf;
 

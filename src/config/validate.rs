@@ -179,7 +179,7 @@ impl Config {
         for app in &a.apps {
             let key = format!("apns.certs.{app}");
             check_app_name(&key, app)?;
-            let cert = find_app(&a.certs, app).ok_or_else(|| {
+            let cert = app_entry(&a.certs, app).ok_or_else(|| {
                 invalid(&key, "missing: every app in apns.apps needs credentials")
             })?;
             if let Some(path) = &cert.auth_key_path {
@@ -222,10 +222,10 @@ impl Config {
         for app in &g.apps {
             let key = format!("gcm.certs.{app}");
             check_app_name(&key, app)?;
-            if find_app(&g.firebase_credentials, app).is_some_and(|c| !c.is_empty()) {
+            if app_entry(&g.firebase_credentials, app).is_some_and(|c| !c.is_empty()) {
                 continue;
             }
-            let cert = find_app(&g.certs, app).ok_or_else(|| {
+            let cert = app_entry(&g.certs, app).ok_or_else(|| {
                 invalid(&key, "missing: every app in gcm.apps needs serviceAccountFile, apiKey or gcm.firebaseCredentials")
             })?;
             if let Some(path) = &cert.service_account_file {
@@ -247,7 +247,7 @@ impl Config {
         for app in &w.apps {
             let key = format!("webpush.vapid.{app}");
             check_app_name(&key, app)?;
-            let vapid = find_app(&w.vapid, app).ok_or_else(|| {
+            let vapid = app_entry(&w.vapid, app).ok_or_else(|| {
                 invalid(&key, "missing: every app in webpush.apps needs privateKey or privateKeyFile, and subject")
             })?;
             match (&vapid.private_key, &vapid.private_key_file) {
@@ -346,8 +346,11 @@ impl Config {
     }
 }
 
-/// Finds an app's entry; keys match case-insensitively (env-created keys are lower case).
-fn find_app<'a, T>(map: &'a BTreeMap<String, T>, app: &str) -> Option<&'a T> {
+/// An app's entry in a per-app map (`apns.certs`, `webpush.vapid`, ...): keys match
+/// case-insensitively, as environment names make them lower case (`PUSHER_WEBPUSH_APPS=MyGame`
+/// with `PUSHER_WEBPUSH_VAPID_MYGAME_PRIVATEKEY`). Validation and start-up both look here, so
+/// what validates starts.
+pub fn app_entry<'a, T>(map: &'a BTreeMap<String, T>, app: &str) -> Option<&'a T> {
     map.get(app).or_else(|| {
         map.iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(app))

@@ -1,9 +1,8 @@
 //! APNs in `pusher run`: the seed's APNs message in, the seed's APNs feedback record out.
 
 use super::feedback::{self, FeedbackRecord, MessageContext, SendDetails};
-use super::message::now;
 use super::platform::{PlatformSender, PushFuture};
-use crate::push::message::{is_expired, parse_apns};
+use crate::push::message::parse_apns;
 use crate::push::{Outcome, Platform};
 use crate::sender::apns::ApnsSender;
 use crate::sender::gate::Gate;
@@ -16,8 +15,8 @@ impl PlatformSender for Apns {
         Platform::Apns
     }
 
-    fn gate(&self) -> &Gate {
-        self.0.gate()
+    fn gates(&self) -> &[Gate] {
+        std::slice::from_ref(self.0.gate())
     }
 
     fn push<'a>(
@@ -67,14 +66,10 @@ async fn push(
     ctx.metadata = std::mem::take(&mut message.metadata);
     let notification_json =
         || serde_json::from_slice(&message.notification.payload).unwrap_or(serde_json::Value::Null);
-    if is_expired(message.push_expiry, now()) {
-        let details = SendDetails {
-            notification: notification_json(),
-            ..Default::default()
-        };
-        return (Outcome::Expired, details);
-    }
-    let delivery = sender.send_with_details(&message.notification).await;
+    // `push_expiry` is the sender's to check: before each attempt, not only now.
+    let delivery = sender
+        .send_expiring(&message.notification, message.push_expiry)
+        .await;
     let response = delivery.response.as_ref();
     let details = SendDetails {
         apns_id: response.and_then(|r| r.apns_id.clone()).unwrap_or_default(),

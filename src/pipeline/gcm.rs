@@ -2,9 +2,8 @@
 //! feedback record out.
 
 use super::feedback::{self, FeedbackRecord, MessageContext, SendDetails};
-use super::message::now;
 use super::platform::{PlatformSender, PushFuture};
-use crate::push::message::{is_expired, parse_gcm};
+use crate::push::message::parse_gcm;
 use crate::push::{Outcome, Platform};
 use crate::sender::fcm::FcmSender;
 use crate::sender::gate::Gate;
@@ -17,8 +16,8 @@ impl PlatformSender for Gcm {
         Platform::Gcm
     }
 
-    fn gate(&self) -> &Gate {
-        self.0.gate()
+    fn gates(&self) -> &[Gate] {
+        std::slice::from_ref(self.0.gate())
     }
 
     fn push<'a>(
@@ -53,9 +52,7 @@ async fn push(sender: &FcmSender, payload: Option<&[u8]>, ctx: &mut MessageConte
     };
     ctx.token = message.to.clone();
     ctx.metadata = std::mem::take(&mut message.metadata);
-    if is_expired(message.push_expiry, now()) {
-        return Outcome::Expired;
-    }
+    // `push_expiry` is the sender's to check: before each attempt, not only now.
     let delivery = sender.send_with_details(&message).await;
     if let Some(canonical) = &delivery.canonical_registration_id {
         // Legacy FCM asks to replace the token; the feedback carries it for the token store.

@@ -22,8 +22,9 @@ pub type PushFuture<'a> = Pin<Box<dyn Future<Output = (Outcome, SendDetails)> + 
 pub trait PlatformSender: Send + Sync + std::fmt::Debug {
     fn platform(&self) -> Platform;
 
-    /// The endpoint's health (sender/gate.rs): the loop pauses the app while it fails.
-    fn gate(&self) -> &Gate;
+    /// The endpoints' gates (sender/gate.rs), one per endpoint judged apart (web push: one
+    /// per push service): the loop pauses the app while any of them fails.
+    fn gates(&self) -> &[Gate];
 
     /// Parses `payload` (the Kafka value), sends it with retries, and fills `ctx` (token,
     /// metadata) for the side effects. A value that is not a push is `Malformed`, never an
@@ -61,8 +62,8 @@ impl AppSender {
         self.0.platform()
     }
 
-    pub fn gate(&self) -> &Gate {
-        self.0.gate()
+    pub fn gates(&self) -> &[Gate] {
+        self.0.gates()
     }
 
     pub(super) fn push<'a>(

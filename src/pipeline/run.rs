@@ -18,7 +18,7 @@ use super::offsets::{OffsetError, OffsetTracker};
 use super::status::StatusLine;
 use super::tokens::TokenQueue;
 use crate::push::{Outcome, Platform};
-use crate::sender::gate::Health;
+use crate::sender::gate::{Gate, Health};
 use crate::telemetry::KafkaReports;
 use parking_lot::Mutex;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// How the loop consumes and commits.
@@ -669,24 +669,40 @@ fn start_held(starter: &Starter<'_>, consumer: &StreamConsumer<RebalanceContext>
     });
 }
 
-/// Each app's endpoint health, as `(app, up)` on every change (and on `/healthz`).
+/// Each app's endpoint health, as `(app, up)` on every change (and on `/healthz`): an app is
+/// down while any of its gates is, and with several gates (web push: one per push service)
+/// the cause names which.
 fn watch_endpoints(
     apps: &foldhash::HashMap<String, AppSender>,
 ) -> tokio::sync::mpsc::UnboundedReceiver<(String, bool)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     for (app, sender) in apps {
-        let mut health = sender.gate().health();
+        let gates = sender.gates();
+        let named = gates.len() > 1;
+        let mut healths: Vec<(String, watch::Receiver<Health>)> = gates
+            .iter()
+            .map(|gate| (gate.name().to_string(), gate.health()))
+            .collect();
         let (app, tx) = (app.clone(), tx.clone());
         let component = format!("endpoint {} {app}", sender.platform());
         tokio::spawn(async move {
-            while health.changed().await.is_ok() {
-                let now = health.borrow_and_update().clone();
-                let problem = match &now {
-                    Health::Up => None,
-                    Health::Down { cause, .. } => Some(cause.clone()),
-                };
-                crate::telemetry::health::set(&component, problem);
-                if tx.send((app.clone(), now.is_up())).is_err() {
+            loop {
+                let changes = healths.iter_mut().map(|(_, h)| Box::pin(h.changed()));
+                let (changed, _, _) = futures_util::future::select_all(changes).await;
+                if changed.is_err() {
+                    break;
+                }
+                let causes: Vec<String> = healths
+                    .iter_mut()
+                    .filter_map(|(name, health)| match &*health.borrow_and_update() {
+                        Health::Up => None,
+                        Health::Down { cause, .. } if named => Some(format!("{name}: {cause}")),
+                        Health::Down { cause, .. } => Some(cause.clone()),
+                    })
+                    .collect();
+                let up = causes.is_empty();
+                crate::telemetry::health::set(&component, (!up).then(|| causes.join("; ")));
+                if tx.send((app.clone(), up)).is_err() {
                     break;
                 }
             }
@@ -697,5 +713,8 @@ fn watch_endpoints(
 
 /// Messages waiting at a failing endpoint's gate, over all apps.
 fn parked(apps: &foldhash::HashMap<String, AppSender>) -> usize {
-    apps.values().map(|s| s.gate().parked()).sum()
+    apps.values()
+        .flat_map(AppSender::gates)
+        .map(Gate::parked)
+        .sum()
 }

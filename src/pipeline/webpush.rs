@@ -3,9 +3,8 @@
 //! subscription is deleted by it.
 
 use super::feedback::{self, FeedbackRecord, MessageContext, SendDetails};
-use super::message::now;
 use super::platform::{PlatformSender, PushFuture};
-use crate::push::message::{endpoint_hint, is_expired, parse_webpush};
+use crate::push::message::{endpoint_hint, parse_webpush};
 use crate::push::{Outcome, Platform};
 use crate::sender::gate::Gate;
 use crate::sender::webpush::WebPushSender;
@@ -18,8 +17,8 @@ impl PlatformSender for WebPush {
         Platform::WebPush
     }
 
-    fn gate(&self) -> &Gate {
-        self.0.gate()
+    fn gates(&self) -> &[Gate] {
+        self.0.gates()
     }
 
     fn push<'a>(
@@ -57,9 +56,7 @@ async fn push(
     };
     ctx.token = message.subscription.endpoint.clone();
     ctx.metadata = std::mem::take(&mut message.metadata);
-    if is_expired(message.push_expiry, now()) {
-        return (Outcome::Expired, SendDetails::default());
-    }
+    // `push_expiry` is the sender's to check: before each attempt, not only now.
     let delivery = sender.send(&message).await;
     let details = SendDetails {
         status: delivery.status,

@@ -7,6 +7,8 @@ use super::pool::TransportError;
 use super::retry::RetryPolicy;
 use crate::push::{Outcome, RetryHint, Verdict};
 use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// How one attempt went: the answer the protocol keeps (`R`), if any, and its verdict.
 pub struct Attempt<R> {
@@ -77,6 +79,43 @@ pub struct Attempts<R> {
     pub endpoint_fault: Option<String>,
 }
 
+/// When a message stops being worth sending (its `push_expiry`), on the runtime's timer: a
+/// message that waited past it (at a closed gate, between retries) ends `Expired`, unsent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// No deadline.
+    pub const NONE: Deadline = Deadline(None);
+
+    /// `push_expiry_ms`: Unix milliseconds, 0 for never; `now`: the sender's clock.
+    pub fn from_push_expiry(push_expiry_ms: i64, now: Duration) -> Deadline {
+        if push_expiry_ms <= 0 {
+            return Deadline::NONE;
+        }
+        let left = Duration::from_millis(push_expiry_ms as u64).saturating_sub(now);
+        Deadline(Some(Instant::now() + left))
+    }
+
+    pub fn passed(&self) -> bool {
+        self.0.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Time left before it passes; `None` without a deadline.
+    pub fn left(&self) -> Option<Duration> {
+        self.0
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Resolves when it passes; never without one.
+    async fn reached(&self) {
+        match self.0 {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// How many times a message alone in flight may wait out an outage (about one probe each, 1 s
 /// doubling to 5 s apart: ~45 s) before it gives up. Alone, a message that gets a 5xx every
 /// time looks just like an outage, and would hold its app paused for good (its partitions are
@@ -85,10 +124,12 @@ pub const OUTAGE_PROBES: u32 = 10;
 
 /// Attempts until a final verdict. Retries wait on timers (other sends go on meanwhile);
 /// stale credentials are renewed and retried at once, but refused twice in a row they are an
-/// endpoint fault; an endpoint fault waits at the gate (or ends the push in `Fail`).
+/// endpoint fault; an endpoint fault waits at the gate (or ends the push in `Fail`). Past
+/// `deadline`, no attempt is made: the push ends `Expired`.
 pub async fn attempt_until_final<R, F, Fut>(
     policy: &RetryPolicy,
     gate: &Gate,
+    deadline: Deadline,
     mut attempt: F,
 ) -> Attempts<R>
 where
@@ -109,7 +150,21 @@ where
     // Times this message's retries were given back for an outage: at most OUTAGE_PROBES.
     let mut given_back = 0;
     loop {
-        let permit = gate.admit().await;
+        let permit = tokio::select! {
+            // The gate first: open, it admits at once and the deadline's timer is never set.
+            biased;
+            permit = gate.admit() => permit,
+            () = deadline.reached() => {
+                done.outcome = Outcome::Expired;
+                return done;
+            }
+        };
+        if deadline.passed() {
+            // Dropped unused: a probe's turn goes to the next send.
+            drop(permit);
+            done.outcome = Outcome::Expired;
+            return done;
+        }
         // Taken as the attempt leaves, so that other sends' answers during its round trip
         // count: with a budget of one attempt, the look comes right after the answer.
         let finals_at_send = gate.finals();
@@ -195,7 +250,10 @@ where
                 }
                 if !hint.renew_auth {
                     let delay = policy.delay(done.attempts, hint.after, &mut rand::rng());
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = deadline.reached() => {}
+                    }
                 }
             }
         }
@@ -240,10 +298,22 @@ mod tests {
     #[tokio::test]
     async fn retries_are_bounded_by_the_budget() {
         let gate = Gate::new("t", OnFault::Fail);
-        let done = attempt_until_final(&policy(), &gate, scripted(vec![retry("a"); 5])).await;
+        let done = attempt_until_final(
+            &policy(),
+            &gate,
+            Deadline::NONE,
+            scripted(vec![retry("a"); 5]),
+        )
+        .await;
         assert_eq!(done.outcome, Outcome::GaveUp { reason: "a".into() });
         assert_eq!(done.attempts, 3);
-        let done = attempt_until_final(&policy(), &gate, scripted(vec![retry("a"); 2])).await;
+        let done = attempt_until_final(
+            &policy(),
+            &gate,
+            Deadline::NONE,
+            scripted(vec![retry("a"); 2]),
+        )
+        .await;
         assert_eq!(
             (done.outcome, done.attempts, done.answer),
             (Outcome::Delivered, 3, Some(2))
@@ -258,7 +328,7 @@ mod tests {
         let gate = Gate::new("t", OnFault::Wait);
         let mut health = gate.health();
         let script = vec![retry("ServiceUnavailable"); 5];
-        let done = attempt_until_final(&policy(), &gate, scripted(script)).await;
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, scripted(script)).await;
         assert_eq!((done.outcome, done.attempts), (Outcome::Delivered, 1));
         assert!(
             health.has_changed().unwrap(),
@@ -274,7 +344,7 @@ mod tests {
             counted.fetch_add(1, Ordering::SeqCst);
             std::future::ready(Attempt::answered(0, retry("InternalServerError")))
         };
-        let done = attempt_until_final(&policy(), &gate, forever).await;
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, forever).await;
         assert_eq!(
             done.outcome,
             Outcome::GaveUp {
@@ -297,7 +367,7 @@ mod tests {
                 Attempt::answered(i, retry("TooManyRequests"))
             }
         };
-        let done = attempt_until_final(&policy(), &gate, attempt).await;
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, attempt).await;
         assert_eq!(
             (done.outcome, done.attempts),
             (
@@ -317,10 +387,53 @@ mod tests {
         // (still no final one: the gate stays closed), then delivered: one attempt charged.
         let mut script = vec![fault("connect_error"); 5];
         script.extend([retry("a"), retry("b")]);
-        let done = attempt_until_final(&policy(), &gate, scripted(script)).await;
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, scripted(script)).await;
         assert_eq!(done.outcome, Outcome::Delivered);
         assert_eq!(done.attempts, 1);
         assert!(gate.health().borrow().is_up());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_its_deadline_a_push_ends_expired_without_another_attempt() {
+        use crate::clock::Clock;
+        let now = crate::clock::SystemClock.now();
+        let in_ms = |ms: u64| Deadline::from_push_expiry((now.as_millis() as u64 + ms) as i64, now);
+        // The endpoint down: the push waits at the gate past its deadline.
+        let gate = Gate::new("t", OnFault::Wait);
+        let made = Arc::new(AtomicU32::new(0));
+        let counted = made.clone();
+        let down = move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Attempt::<u32>::fault("connect_error", "refused".into()))
+        };
+        let started = Instant::now();
+        let done = tokio::time::timeout(
+            Duration::from_secs(60),
+            attempt_until_final(&policy(), &gate, in_ms(1500), down),
+        )
+        .await
+        .expect("ends at its deadline");
+        assert_eq!(done.outcome, Outcome::Expired);
+        // The first attempt and the probe after 1 s; ended at the deadline, not at a probe.
+        assert_eq!(made.load(Ordering::SeqCst), 2);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(2));
+        // Already past: not attempted at all, even at a closed gate.
+        let done = attempt_until_final(&policy(), &gate, in_ms(0), scripted(vec![])).await;
+        assert_eq!((done.outcome, done.attempts), (Outcome::Expired, 0));
+
+        // Between retries: a `Retry-After` longer than the time left.
+        let gate = Gate::new("t", OnFault::Wait);
+        let slow = RetryPolicy {
+            max_retry_after: Duration::from_secs(10),
+            ..policy()
+        };
+        let later =
+            Verdict::Retry(RetryHint::new("TooManyRequests").after(Some(Duration::from_secs(10))));
+        let started = Instant::now();
+        let done = attempt_until_final(&slow, &gate, in_ms(1000), scripted(vec![later])).await;
+        assert_eq!((done.outcome, done.attempts), (Outcome::Expired, 1));
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[tokio::test]
@@ -332,7 +445,7 @@ mod tests {
                 "TLS: invalid peer certificate: UnknownIssuer".into(),
             ))
         };
-        let done = attempt_until_final(&policy(), &gate, attempt).await;
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, attempt).await;
         assert_eq!(
             done.outcome,
             Outcome::GaveUp {
@@ -350,12 +463,18 @@ mod tests {
     async fn credentials_refused_after_a_renewal_are_a_fault() {
         let gate = Gate::new("t", OnFault::Fail);
         let renew = Verdict::Retry(RetryHint::new("UNAUTHENTICATED").renew_auth());
-        let done =
-            attempt_until_final(&policy(), &gate, scripted(vec![renew.clone(), renew])).await;
+        let done = attempt_until_final(
+            &policy(),
+            &gate,
+            Deadline::NONE,
+            scripted(vec![renew.clone(), renew]),
+        )
+        .await;
         assert_eq!(done.endpoint_fault.as_deref(), Some("UNAUTHENTICATED"));
         // One renewal that works is just a retry.
         let renew = Verdict::Retry(RetryHint::new("UNAUTHENTICATED").renew_auth());
-        let done = attempt_until_final(&policy(), &gate, scripted(vec![renew])).await;
+        let done =
+            attempt_until_final(&policy(), &gate, Deadline::NONE, scripted(vec![renew])).await;
         assert_eq!((done.outcome, done.attempts), (Outcome::Delivered, 2));
     }
 }

@@ -76,7 +76,7 @@ struct Down {
 
 #[derive(Debug)]
 struct Inner {
-    /// What the gate serves (`apns game`), for its log lines.
+    /// What the gate serves (`apns game`), for its log lines and causes.
     name: String,
     on_fault: OnFault,
     down: Mutex<Option<Down>>,
@@ -88,7 +88,8 @@ struct Inner {
     finals: AtomicU64,
 }
 
-/// One gate per sender (per app): clone it freely.
+/// One gate per endpoint a sender judges apart (an APNs or FCM app's endpoint; each push
+/// service of a web push app, whose outages are their own): clone it freely.
 #[derive(Debug, Clone)]
 pub struct Gate {
     inner: Arc<Inner>,
@@ -120,6 +121,11 @@ impl Gate {
 
     pub fn on_fault(&self) -> OnFault {
         self.inner.on_fault
+    }
+
+    /// What the gate serves (`apns game`, `webpush game push.services.mozilla.com`).
+    pub fn name(&self) -> &str {
+        &self.inner.name
     }
 
     /// The endpoint's health; a receiver sees every change.

@@ -1,8 +1,9 @@
 //! When to try a failed push again: a pure policy (no timers, no I/O). Exponential back-off with
-//! full jitter, a cap, and the server's `Retry-After` honoured when it asks for longer.
+//! full jitter, a cap, and the server's `Retry-After` honoured when it asks for longer (read
+//! here for every sender).
 
 use rand::Rng;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -77,10 +78,72 @@ impl RetryPolicy {
     }
 }
 
+/// The `Retry-After` of an answer, as a wait from now; `None` when absent or unreadable (our
+/// own back-off applies then).
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, SystemTime::now())
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date (any of the three forms
+/// RFC 9110 §5.6.7 makes recipients read), as a wait from `now`. A date already past asks for
+/// no wait.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        // 2015-10-21 07:28:00 UTC.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        let cases = [
+            ("120", Some(120)),
+            (" 7 ", Some(7)),
+            ("0", Some(0)),
+            // IMF-fixdate, 90 s ahead.
+            ("Wed, 21 Oct 2015 07:29:30 GMT", Some(90)),
+            // The obsolete RFC 850 and asctime forms.
+            ("Wednesday, 21-Oct-15 07:29:30 GMT", Some(90)),
+            ("Wed Oct 21 07:29:30 2015", Some(90)),
+            // In the past: now.
+            ("Wed, 21 Oct 2015 07:27:00 GMT", Some(0)),
+            ("-1", None),
+            ("1.5", None),
+            ("soon", None),
+            ("", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                parse_retry_after(value, now),
+                expected.map(Duration::from_secs),
+                "{value:?}"
+            );
+        }
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(http::header::RETRY_AFTER, "3".parse().expect("header"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        let soon = SystemTime::now() + Duration::from_secs(30);
+        headers.insert(
+            http::header::RETRY_AFTER,
+            httpdate::fmt_http_date(soon).parse().expect("header"),
+        );
+        let wait = retry_after(&headers).expect("a date is read");
+        assert!(
+            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy {

@@ -9,7 +9,7 @@ pub mod response;
 use crate::clock::SharedClock;
 use crate::push::apns::{ApnsNotification, ApnsReason};
 use crate::push::{Outcome, Verdict};
-use crate::sender::attempt::{attempt_until_final, Attempt};
+use crate::sender::attempt::{attempt_until_final, Attempt, Deadline};
 use crate::sender::endpoint::{Endpoint, EndpointError};
 use crate::sender::gate::{Gate, OnFault};
 use crate::sender::guard::RefusalGuard;
@@ -128,6 +128,7 @@ struct Inner {
     /// The wrong-environment guard (sender/guard.rs), in `OnFault::Wait` only (the production
     /// pusher): `pusher send` reports what APNs said.
     environment: Option<RefusalGuard>,
+    clock: SharedClock,
 }
 
 impl ApnsSender {
@@ -174,6 +175,7 @@ impl ApnsSender {
                 retry: config.retry,
                 environment: (config.on_fault == OnFault::Wait).then(RefusalGuard::apns),
                 gate: Gate::new(config.name, config.on_fault),
+                clock: config.clock,
             }),
         })
     }
@@ -227,7 +229,14 @@ impl ApnsSender {
     /// Like `send`, keeping the last APNs answer and the number of attempts. Waits between
     /// attempts on timers, so other sends carry on meanwhile.
     pub async fn send_with_details(&self, n: &ApnsNotification) -> Delivery {
-        let done = attempt_until_final(&self.inner.retry, &self.inner.gate, || async {
+        self.send_expiring(n, 0).await
+    }
+
+    /// Like `send_with_details`, for a message with a `push_expiry` (Unix ms, 0 for never):
+    /// past it, no attempt is made and the push ends `Expired`.
+    pub async fn send_expiring(&self, n: &ApnsNotification, push_expiry_ms: i64) -> Delivery {
+        let deadline = Deadline::from_push_expiry(push_expiry_ms, self.inner.clock.now());
+        let done = attempt_until_final(&self.inner.retry, &self.inner.gate, deadline, || async {
             match self.send_once(n).await {
                 Ok(response) => {
                     let verdict = match &self.inner.environment {

@@ -16,7 +16,7 @@ pub struct ApnsResponse {
     pub apns_id: Option<String>,
     /// Milliseconds since the epoch, on 410 only: when APNs last knew the token was invalid.
     pub timestamp_ms: Option<u64>,
-    /// `Retry-After`, in seconds (the HTTP-date form is not used by APNs and is ignored).
+    /// `Retry-After` (seconds, or an HTTP-date: a wait from now).
     pub retry_after: Option<Duration>,
     pub verdict: Verdict,
 }
@@ -33,11 +33,7 @@ impl ApnsResponse {
             .get("apns-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let retry_after = headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::sender::retry::retry_after(headers);
         if status == 200 {
             return ApnsResponse {
                 status,
@@ -259,8 +255,9 @@ mod tests {
                     .own()
             )
         );
+        // An HTTP-date in the past: no wait.
         let r = respond(200, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "");
-        assert_eq!(r.retry_after, None);
+        assert_eq!(r.retry_after, Some(Duration::ZERO));
         assert_eq!(r.reason, None);
     }
 }

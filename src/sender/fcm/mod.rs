@@ -11,7 +11,7 @@ pub mod response;
 use crate::clock::SharedClock;
 use crate::push::gcm::GcmMessage;
 use crate::push::{Outcome, RetryHint, Verdict};
-use crate::sender::attempt::{attempt_until_final, Attempt};
+use crate::sender::attempt::{attempt_until_final, Attempt, Deadline};
 use crate::sender::endpoint::{Endpoint, EndpointError};
 use crate::sender::gate::{Gate, OnFault};
 use crate::sender::guard::RefusalGuard;
@@ -180,6 +180,7 @@ struct Inner {
     /// The wrong-project guard (sender/guard.rs), in `OnFault::Wait` only (the production
     /// pusher): `pusher send` reports what FCM said.
     project: Option<RefusalGuard>,
+    clock: SharedClock,
 }
 
 #[derive(Debug)]
@@ -259,6 +260,7 @@ impl FcmSender {
                 retry: config.retry,
                 project: (config.on_fault == OnFault::Wait).then(RefusalGuard::fcm),
                 gate: Gate::new(config.name.clone(), config.on_fault),
+                clock: config.clock.clone(),
             }),
         })
     }
@@ -297,8 +299,13 @@ impl FcmSender {
     }
 
     /// Like `send`, keeping what the last attempt saw. Waits between attempts on timers, so
-    /// other sends carry on meanwhile.
+    /// other sends carry on meanwhile. Past the message's `push_expiry`, no attempt is made
+    /// and the push ends `Expired`.
     pub async fn send_with_details(&self, msg: &GcmMessage) -> FcmDelivery {
+        let deadline = Deadline::from_push_expiry(msg.push_expiry, self.inner.clock.now());
+        if deadline.passed() {
+            return FcmDelivery::new(Outcome::Expired, 0);
+        }
         let body = match &self.inner.api {
             Api::V1 { .. } => v1_body(msg),
             Api::Legacy { .. } => legacy_body(msg, std::slice::from_ref(&msg.to)),
@@ -314,7 +321,7 @@ impl FcmSender {
                 )
             }
         };
-        let done = attempt_until_final(&self.inner.retry, &self.inner.gate, || async {
+        let done = attempt_until_final(&self.inner.retry, &self.inner.gate, deadline, || async {
             let answer = match &self.inner.api {
                 Api::V1 { tokens, path } => self.attempt_v1(tokens, path, &body).await,
                 Api::Legacy { authorization } => self

@@ -6,6 +6,7 @@ use crate::push::fcm::{
     ERROR_INFO_TYPE, FCM_ERROR_TYPE,
 };
 use crate::push::{Outcome, RetryHint, Verdict};
+use crate::sender::retry::retry_after;
 use http::HeaderMap;
 use serde::Deserialize;
 use std::time::Duration;
@@ -44,16 +45,6 @@ struct V1Error {
     status: String,
     #[serde(default)]
     details: Vec<serde_json::Value>,
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is not parsed: no date crate is a dependency,
-/// and FCM sends seconds; our own back-off applies then).
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
 }
 
 impl FcmResponse {

@@ -19,7 +19,8 @@ pub enum EncryptError {
     TooLarge(usize),
     #[error("the subscription's p256dh key is not a P-256 public key")]
     BadPeerKey,
-    #[error("the system's random number generator failed")]
+    /// Ours, not the subscription's: the system's randomness, or HKDF or AES-GCM failing.
+    #[error("the system's random number generator or a cipher failed")]
     Random,
 }
 
@@ -65,7 +66,8 @@ pub fn encrypt(
         },
     )
     .map_err(|_| EncryptError::BadPeerKey)?
-    .map_err(|_| EncryptError::BadPeerKey)?;
+    // HKDF's own failure: ours, not the key's.
+    .map_err(|_| EncryptError::Random)?;
 
     // RFC 8188 §2.2-2.3: content key and nonce from the salt; one record, sequence 0.
     let prk = Salt::new(HKDF_SHA256, &salt).extract(&ikm);

@@ -4,7 +4,8 @@
 //! there is one transport (HTTP/2 where offered, HTTP/1.1 otherwise) per origin, created on
 //! first use and bounded: past `max_origins` the least recently used one is dropped (its
 //! connections close once its last request ends). Retries on timers through the shared
-//! attempt loop, as APNs and FCM.
+//! attempt loop, as APNs and FCM, with one gate per push service: Mozilla's outage must not
+//! look like one subscription's bad luck because Google's service still answers.
 
 pub mod encrypt;
 pub mod vapid;
@@ -16,22 +17,21 @@ use crate::clock::SharedClock;
 pub use crate::push::webpush::PUSH_SERVICES;
 use crate::push::webpush::{self, check_subscription, EndpointRules, WebPushMessage};
 use crate::push::{Outcome, RetryHint, Verdict};
-use crate::sender::attempt::{attempt_until_final, Attempt};
+use crate::sender::attempt::{attempt_until_final, Attempt, Deadline};
 use crate::sender::endpoint::Endpoint;
 use crate::sender::gate::{Gate, OnFault};
 use crate::sender::pool::{PoolConfig, TransportError};
-use crate::sender::retry::RetryPolicy;
+use crate::sender::retry::{retry_after, RetryPolicy};
 use crate::sender::tls::{self, TlsError, TlsOptions};
 use crate::sender::transport::{HttpVersion, Transport};
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, LOCATION};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 static TTL: HeaderName = HeaderName::from_static("ttl");
 static URGENCY: HeaderName = HeaderName::from_static("urgency");
@@ -45,8 +45,8 @@ pub struct WebPushConfig {
     pub subject: String,
     /// Which endpoints may be posted to (https only and no private hosts, in production).
     pub rules: EndpointRules,
-    /// Hosts (or host suffixes) whose failures for every push pause the app; see
-    /// [`PUSH_SERVICES`]. On https's 443 only, unless the entry names a port
+    /// Hosts (or host suffixes) whose failures for every push to them pause the app, each
+    /// judged apart (a gate each); see [`PUSH_SERVICES`]. On https's 443 only, unless the entry names a port
     /// (`127.0.0.1:8443`, `[::1]:8443`).
     pub push_services: Vec<String>,
     /// Trust only this CA (PEM) for the push services; the web's roots otherwise.
@@ -60,7 +60,7 @@ pub struct WebPushConfig {
     pub max_origins: usize,
     pub retry: RetryPolicy,
     pub on_fault: OnFault,
-    /// Names this sender in logs (`webpush game`).
+    /// Names this sender in logs (`webpush game`); a push service's gate adds its entry.
     pub name: String,
     pub clock: SharedClock,
 }
@@ -186,8 +186,38 @@ struct Inner {
     origins: Mutex<Origins>,
     max_origins: usize,
     retry: RetryPolicy,
-    gate: Gate,
-    rng: ring::rand::SystemRandom,
+    /// One per `push_services` entry, in order, then one for every other origin.
+    gates: Vec<Gate>,
+    rng: Randomness,
+    clock: SharedClock,
+}
+
+/// Encryption's randomness: the system's. A test can break it, as a failing system RNG would.
+#[derive(Debug)]
+struct Randomness {
+    system: ring::rand::SystemRandom,
+    #[cfg(test)]
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl Randomness {
+    fn new() -> Randomness {
+        Randomness {
+            system: ring::rand::SystemRandom::new(),
+            #[cfg(test)]
+            broken: Default::default(),
+        }
+    }
+
+    fn get(&self) -> &dyn ring::rand::SecureRandom {
+        #[cfg(test)]
+        if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            // Zeros only: no P-256 key pair can be made of them.
+            #[allow(deprecated)]
+            return &ring::test::rand::FixedByteRandom { byte: 0 };
+        }
+        &self.system
+    }
 }
 
 /// The live transports by origin, with a use counter for dropping the least recently used.
@@ -225,6 +255,13 @@ impl WebPushSender {
             insecure: config.insecure,
             client_identity: None,
         })?;
+        let gates = config
+            .push_services
+            .iter()
+            .map(|entry| format!("{} {}", config.name, entry.trim()))
+            .chain([config.name.clone()])
+            .map(|name| Gate::new(name, config.on_fault))
+            .collect();
         Ok(WebPushSender {
             inner: Arc::new(Inner {
                 vapid,
@@ -236,15 +273,29 @@ impl WebPushSender {
                 origins: Mutex::new(Origins::default()),
                 max_origins: config.max_origins,
                 retry: config.retry,
-                gate: Gate::new(config.name, config.on_fault),
-                rng: ring::rand::SystemRandom::new(),
+                gates,
+                rng: Randomness::new(),
+                clock: config.clock,
             }),
         })
     }
 
-    /// The push services' health as this sender sees it.
-    pub fn gate(&self) -> &Gate {
-        &self.inner.gate
+    /// Every gate: one per push service (`push_services`, in order), then the other origins'.
+    pub fn gates(&self) -> &[Gate] {
+        &self.inner.gates
+    }
+
+    /// The gate of the endpoints at `origin` (`https://host[:port]`): its push service's, or
+    /// the one of every origin that is no push service's.
+    pub fn gate_for(&self, origin: &str) -> &Gate {
+        self.gate_of(self.push_service(origin))
+    }
+
+    /// The gate of a push service (its index), or of the other origins.
+    fn gate_of(&self, service: Option<usize>) -> &Gate {
+        // The other origins' gate is the last, after one per `push_services` entry.
+        let others = self.inner.gates.len() - 1;
+        &self.inner.gates[service.unwrap_or(others)]
     }
 
     /// The VAPID public key (browsers subscribe with it as `applicationServerKey`).
@@ -260,8 +311,14 @@ impl WebPushSender {
 
     /// Sends with retries; the outcome is always final. A subscription that cannot be sent
     /// to (bad keys, a private or non-https endpoint) is `TokenInvalid`, so it is deleted like
-    /// a dead token; a payload too large to encrypt is `Malformed`.
+    /// a dead token; a payload too large to encrypt is `Malformed`; a message whose
+    /// `push_expiry` passes before an attempt is `Expired`, and each attempt's `TTL` is at most
+    /// the seconds it has left.
     pub async fn send(&self, msg: &WebPushMessage) -> WebPushDelivery {
+        let deadline = Deadline::from_push_expiry(msg.push_expiry, self.inner.clock.now());
+        if deadline.passed() {
+            return WebPushDelivery::ended(Outcome::Expired);
+        }
         let sub = match check_subscription(&msg.subscription, self.inner.rules) {
             Ok(sub) => sub,
             Err(e) => {
@@ -272,22 +329,22 @@ impl WebPushSender {
                 });
             }
         };
-        let body = match encrypt(&msg.payload, &sub.p256dh, &sub.auth, &self.inner.rng) {
-            Ok(body) => Bytes::from(body),
+        let seal = || encrypt(&msg.payload, &sub.p256dh, &sub.auth, self.inner.rng.get());
+        // A failure of our own randomness or ciphers is left to the attempts, where it is a
+        // fault (the subscription is not to blame); the message's and the key's end it here.
+        let mut body = match seal() {
+            Ok(body) => Some(Bytes::from(body)),
             Err(e @ EncryptError::TooLarge(_)) => {
                 return WebPushDelivery::ended(Outcome::Malformed {
                     reason: e.to_string(),
                 })
             }
-            Err(e) => {
-                return WebPushDelivery::ended(Outcome::TokenInvalid {
-                    reason: format!("bad_subscription_key: {e}"),
-                    timestamp_ms: None,
-                })
+            Err(e @ EncryptError::BadPeerKey) => {
+                return WebPushDelivery::ended(bad_key(&e));
             }
+            Err(EncryptError::Random) => None,
         };
         let mut headers = HeaderMap::with_capacity(6);
-        headers.insert(TTL.clone(), HeaderValue::from(msg.ttl));
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("aes128gcm"));
         headers.insert(
             CONTENT_TYPE,
@@ -314,49 +371,26 @@ impl WebPushSender {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let trusted = self.is_push_service(&sub.origin);
-        let done = attempt_until_final(&self.inner.retry, &self.inner.gate, || async {
-            let mut attempt = match self
-                .attempt(&sub.origin, &path, &headers, body.clone())
-                .await
-            {
-                // A 401 or 403 refuses our VAPID token (RFC 8292 §4.2): our key, `aud`, `exp`
-                // or clock, or a key the subscription was not made for (autopush: 401, errno
-                // 109). Every push refused alike is ours (a key rotation, a skewed clock):
-                // retried, the refusals count toward an outage and pause the app (the gate).
-                // One subscription's alone gives up after its retries while the others are
-                // delivered. Final at once, it rejected a whole backlog; a fault at once, one
-                // subscription paused the app.
-                Ok((response, Verdict::Final(Outcome::Rejected { reason })))
-                    if matches!(response.status, 401 | 403) && trusted =>
-                {
-                    Attempt::answered(response, Verdict::Retry(RetryHint::new(reason)))
-                }
-                Ok((response, verdict)) => Attempt::answered(response, verdict),
-                Err(AttemptError::Vapid(e)) => Attempt::fault("vapid", e.to_string()),
-                Err(AttemptError::Origin(e)) => Attempt::final_outcome(Outcome::TokenInvalid {
-                    reason: format!("bad_endpoint: {e}"),
-                    timestamp_ms: None,
-                }),
-                // No connection (refused, no such name, TLS) is retried, not a fault: a name
-                // under a push service's suffix may not exist. At a push service every push
-                // failing so counts toward an outage and pauses the app; one subscription's
-                // failures give up after its retries.
-                Err(AttemptError::Transport(e)) => {
-                    tracing::debug!(error = %e, "Web push transport failure.");
-                    Attempt {
-                        answer: None,
-                        verdict: Verdict::Retry(RetryHint::new(e.kind()).reconnect()),
-                        error: Some(e.to_string()),
-                    }
-                }
+        let service = self.push_service(&sub.origin);
+        let gate = self.gate_of(service);
+        let request = Request {
+            origin: &sub.origin,
+            path: &path,
+            headers: &headers,
+            trusted: service.is_some(),
+        };
+        let done = attempt_until_final(&self.inner.retry, gate, deadline, move || {
+            // Sealed once, by the first attempt whose randomness works.
+            let sealed = match &body {
+                Some(sealed) => Ok(sealed.clone()),
+                None => seal().map(|b| body.insert(Bytes::from(b)).clone()),
             };
-            // A server that is no push service we know is this subscription's alone: its
-            // failures never pause the app's other pushes.
-            if let (Verdict::Retry(hint), false) = (&mut attempt.verdict, trusted) {
-                hint.own = true;
-            }
-            attempt
+            // What the push service keeps the message for: never past its `push_expiry`.
+            let ttl = deadline.left().map_or(msg.ttl, |left| {
+                msg.ttl
+                    .min(u32::try_from(left.as_secs()).unwrap_or(u32::MAX))
+            });
+            self.judged_attempt(request, ttl, sealed)
         })
         .await;
         let mut delivery = WebPushDelivery::ended(done.outcome);
@@ -370,13 +404,76 @@ impl WebPushSender {
         delivery
     }
 
-    /// Whether `origin` is a push service's: its host is an entry's or ends in `.` and it, on
-    /// the entry's port, or on https's 443 for an entry without one. Any other port is no
-    /// push service's (`fcm.googleapis.com:9` is someone's subscription).
-    fn is_push_service(&self, origin: &str) -> bool {
-        let Some(uri) = origin.parse::<http::Uri>().ok() else {
-            return false;
+    /// One attempt and its verdict.
+    async fn judged_attempt(
+        &self,
+        request: Request<'_>,
+        ttl: u32,
+        sealed: Result<Bytes, EncryptError>,
+    ) -> Attempt<WebPushResponse> {
+        let body = match sealed {
+            Ok(body) => body,
+            Err(e @ EncryptError::BadPeerKey) => return Attempt::final_outcome(bad_key(&e)),
+            Err(e @ EncryptError::TooLarge(_)) => {
+                return Attempt::final_outcome(Outcome::Malformed {
+                    reason: e.to_string(),
+                })
+            }
+            // Our randomness or ciphers: every push would fail alike.
+            Err(e @ EncryptError::Random) => return Attempt::fault("encrypt", e.to_string()),
         };
+        let Request {
+            origin,
+            path,
+            headers,
+            trusted,
+        } = request;
+        let mut attempt = match self.attempt(origin, path, headers, ttl, body).await {
+            // A 401 or 403 refuses our VAPID token (RFC 8292 §4.2): our key, `aud`, `exp` or
+            // clock, or a key the subscription was not made for (autopush: 401, errno 109).
+            // Every push to a push service refused alike is ours (a key rotation, a skewed
+            // clock): retried, the refusals count toward its outage and pause the app (its
+            // gate). One subscription's alone gives up after its retries while the others are
+            // delivered. Final at once, it rejected a whole backlog; a fault at once, one
+            // subscription paused the app.
+            Ok((response, Verdict::Final(Outcome::Rejected { reason })))
+                if matches!(response.status, 401 | 403) && trusted =>
+            {
+                Attempt::answered(response, Verdict::Retry(RetryHint::new(reason)))
+            }
+            Ok((response, verdict)) => Attempt::answered(response, verdict),
+            Err(AttemptError::Vapid(e)) => Attempt::fault("vapid", e.to_string()),
+            Err(AttemptError::Origin(e)) => Attempt::final_outcome(Outcome::TokenInvalid {
+                reason: format!("bad_endpoint: {e}"),
+                timestamp_ms: None,
+            }),
+            // No connection (refused, no such name, TLS) is retried, not a fault: a name under
+            // a push service's suffix may not exist. Every push to a push service failing so
+            // counts toward its outage and pauses the app; one subscription's failures give up
+            // after its retries.
+            Err(AttemptError::Transport(e)) => {
+                tracing::debug!(error = %e, "Web push transport failure.");
+                Attempt {
+                    answer: None,
+                    verdict: Verdict::Retry(RetryHint::new(e.kind()).reconnect()),
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        // A server that is no push service we know is this subscription's alone: its
+        // failures never pause the app's other pushes.
+        if let (Verdict::Retry(hint), false) = (&mut attempt.verdict, trusted) {
+            hint.own = true;
+        }
+        attempt
+    }
+
+    /// The push service (its `push_services` index) that `origin` is of: its host is an
+    /// entry's or ends in `.` and it, on the entry's port, or on https's 443 for an entry
+    /// without one. Any other port is no push service's (`fcm.googleapis.com:9` is someone's
+    /// subscription).
+    fn push_service(&self, origin: &str) -> Option<usize> {
+        let uri = origin.parse::<http::Uri>().ok()?;
         let host = uri.host().unwrap_or_default();
         let host = host
             .trim_start_matches('[')
@@ -384,7 +481,7 @@ impl WebPushSender {
             .to_ascii_lowercase();
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        self.inner.push_services.iter().any(|service| {
+        self.inner.push_services.iter().position(|service| {
             let on_port = match service.port {
                 Some(p) => p == port,
                 None => https && port == 443,
@@ -402,10 +499,12 @@ impl WebPushSender {
         origin: &str,
         path: &PathAndQuery,
         headers: &HeaderMap,
+        ttl: u32,
         body: Bytes,
     ) -> Result<(WebPushResponse, Verdict), AttemptError> {
         let transport = self.transport(origin)?;
         let mut headers = headers.clone();
+        headers.insert(TTL.clone(), HeaderValue::from(ttl));
         headers.insert(
             AUTHORIZATION,
             self.inner
@@ -425,10 +524,7 @@ impl WebPushSender {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let retry_after = header(RETRY_AFTER)
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let verdict = webpush::verdict(status, retry_after, &reason(&reply));
+        let verdict = webpush::verdict(status, retry_after(&parts.headers), &reason(&reply));
         Ok((
             WebPushResponse {
                 status,
@@ -474,6 +570,24 @@ impl WebPushSender {
     }
 }
 
+/// A subscription key that is no P-256 public key: the subscription's fault.
+fn bad_key(e: &EncryptError) -> Outcome {
+    Outcome::TokenInvalid {
+        reason: format!("bad_subscription_key: {e}"),
+        timestamp_ms: None,
+    }
+}
+
+/// What every attempt of one push sends, and where.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    origin: &'a str,
+    path: &'a PathAndQuery,
+    headers: &'a HeaderMap,
+    /// The origin is a push service's (`push_services`).
+    trusted: bool,
+}
+
 /// Why one attempt got no answer.
 #[derive(Debug)]
 enum AttemptError {
@@ -513,21 +627,44 @@ mod tests {
         config.push_services.push("127.0.0.1:8443".into());
         config.push_services.push("[::1]:8080".into());
         let sender = WebPushSender::new(config).expect("valid");
-        assert!(sender.is_push_service("https://fcm.googleapis.com"));
-        assert!(sender.is_push_service("https://fcm.googleapis.com:443"));
-        assert!(sender.is_push_service("https://web.push.apple.com"));
-        assert!(sender.is_push_service("https://updates.push.services.mozilla.com"));
-        assert!(sender.is_push_service("https://127.0.0.1:8443"));
-        assert!(sender.is_push_service("http://[::1]:8080"));
-        assert!(!sender.is_push_service("https://evilpush.apple.com.example"));
-        assert!(!sender.is_push_service("https://notpush.apple.com"));
-        assert!(!sender.is_push_service("https://example.com"));
+        assert!(sender.push_service("https://fcm.googleapis.com").is_some());
+        assert!(sender
+            .push_service("https://fcm.googleapis.com:443")
+            .is_some());
+        assert!(sender.push_service("https://web.push.apple.com").is_some());
+        assert!(sender
+            .push_service("https://updates.push.services.mozilla.com")
+            .is_some());
+        assert!(sender.push_service("https://127.0.0.1:8443").is_some());
+        assert!(sender.push_service("http://[::1]:8080").is_some());
+        assert!(sender
+            .push_service("https://evilpush.apple.com.example")
+            .is_none());
+        assert!(sender.push_service("https://notpush.apple.com").is_none());
+        assert!(sender.push_service("https://example.com").is_none());
         // Another port is not the push service: someone's server, whose failures are its own.
-        assert!(!sender.is_push_service("https://fcm.googleapis.com:9"));
-        assert!(!sender.is_push_service("https://web.push.apple.com:8443"));
-        assert!(!sender.is_push_service("http://fcm.googleapis.com"));
-        assert!(!sender.is_push_service("https://127.0.0.1"));
-        assert!(!sender.is_push_service("https://127.0.0.1:9"));
+        assert!(sender
+            .push_service("https://fcm.googleapis.com:9")
+            .is_none());
+        assert!(sender
+            .push_service("https://web.push.apple.com:8443")
+            .is_none());
+        assert!(sender.push_service("http://fcm.googleapis.com").is_none());
+        assert!(sender.push_service("https://127.0.0.1").is_none());
+        assert!(sender.push_service("https://127.0.0.1:9").is_none());
+        // A gate per push service; every other origin shares one.
+        let gate = |origin: &str| sender.gate_for(origin).name().to_string();
+        assert_eq!(
+            gate("https://fcm.googleapis.com"),
+            "webpush fcm.googleapis.com"
+        );
+        assert_eq!(
+            gate("https://updates.push.services.mozilla.com"),
+            "webpush push.services.mozilla.com"
+        );
+        assert_eq!(gate("https://127.0.0.1:8443"), "webpush 127.0.0.1:8443");
+        assert_eq!(gate("https://example.com"), "webpush");
+        assert_eq!(sender.gates().len(), PUSH_SERVICES.len() + 3);
     }
 
     #[test]
@@ -552,6 +689,82 @@ mod tests {
             WebPushSender::new(config),
             Err(WebPushError::BadPushService(_))
         ));
+    }
+
+    /// The system's randomness failing is ours, not the subscription's: never `TokenInvalid`
+    /// (which deletes it). A one-shot send reports the fault; the pusher waits at the push
+    /// service's gate, sends nothing meanwhile, and delivers once encryption works again.
+    #[tokio::test]
+    async fn a_failing_random_number_generator_is_a_fault_not_a_bad_subscription() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        let app = axum::Router::new().fallback(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async {
+                (
+                    http::StatusCode::CREATED,
+                    [(http::header::LOCATION, "/m/1")],
+                )
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let origin = format!("http://{addr}");
+        let broken_sender = |on_fault: OnFault| {
+            let key = crate::push::webpush::generated_keys("k").0;
+            let mut config = WebPushConfig::new(key, "mailto:a@b.c");
+            config.rules = EndpointRules::LOCAL;
+            config.push_services = vec![addr.clone()];
+            config.http = HttpVersion::Http1;
+            config.on_fault = on_fault;
+            let sender = WebPushSender::new(config).expect("valid");
+            sender.inner.rng.broken.store(true, Ordering::SeqCst);
+            sender
+        };
+        let message = WebPushMessage {
+            subscription: crate::push::webpush::generated_subscription(&origin, "a1"),
+            payload: b"x".to_vec(),
+            ttl: 60,
+            urgency: None,
+            topic: None,
+            metadata: Default::default(),
+            push_expiry: 0,
+        };
+
+        let d = broken_sender(OnFault::Fail).send(&message).await;
+        assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
+        assert!(
+            d.endpoint_fault
+                .as_deref()
+                .is_some_and(|f| f.starts_with("encrypt: ")),
+            "{d:?}"
+        );
+
+        let sender = broken_sender(OnFault::Wait);
+        let send = tokio::spawn({
+            let (sender, message) = (sender.clone(), message.clone());
+            async move { sender.send(&message).await }
+        });
+        let mut health = sender.gate_for(&origin).health();
+        tokio::time::timeout(Duration::from_secs(10), health.wait_for(|h| !h.is_up()))
+            .await
+            .expect("the push service's gate closes")
+            .expect("gate");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!send.is_finished(), "the push waits");
+        assert_eq!(requests.load(Ordering::SeqCst), 0);
+        sender.inner.rng.broken.store(false, Ordering::SeqCst);
+        let d = tokio::time::timeout(Duration::from_secs(10), send)
+            .await
+            .expect("delivered once encryption works")
+            .expect("send");
+        assert_eq!((d.outcome, d.status), (Outcome::Delivered, Some(201)));
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
     }
 
     #[test]
