@@ -490,7 +490,9 @@ async fn one_push_service_s_outage_waits_while_another_answers() {
         ended.len()
     );
     assert!(b_gate.health().borrow().is_up(), "B is not paused");
-    assert!(a_counts.unavailable.load(SeqCst) >= 2 * a_pushes);
+    // The gate closed only once a push had spent its three attempts on 503s (the others may
+    // have parked after fewer: how many depends on the machine's timing).
+    assert!(a_counts.unavailable.load(SeqCst) >= 3);
     let b_during = b_counts.created.load(SeqCst);
     assert!(b_during > 0);
 
