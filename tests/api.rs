@@ -789,6 +789,7 @@ async fn queue_sizes_share_one_client_and_one_read() {
         200
     );
     let auth = format!("Bearer {KEY}");
+    let started = std::time::Instant::now();
     let calls = (0..50).map(|_| {
         let (addr, auth) = (api.addr, auth.clone());
         tokio::spawn(async move {
@@ -809,7 +810,14 @@ async fn queue_sizes_share_one_client_and_one_read() {
     }
     let lag = api.state.lag();
     assert_eq!(lag.clients_created(), 1);
-    assert!(lag.reads() <= 3, "{} reads for 50 calls", lag.reads());
+    // One read answers every call of its second (more on a machine slow enough to spread
+    // the 50 calls over several seconds).
+    let seconds = started.elapsed().as_secs() as usize;
+    assert!(
+        lag.reads() <= 2 + seconds,
+        "{} reads for 50 calls in {seconds} s",
+        lag.reads()
+    );
     // Another group is another client; the same group later, the same client.
     let gcm = request(
         api.addr,

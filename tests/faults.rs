@@ -940,3 +940,114 @@ async fn one_app_whose_endpoint_hangs_does_not_stop_the_others() {
     );
     fake.server.shutdown().await;
 }
+
+/// Messages that expire while their endpoint is down leave nobody at its gate to probe it, and
+/// a gate opens only on an answer to a send. Seen: the app stayed paused for good, and what was
+/// produced after the outage was never read. Now the app resumes once nothing waits at the
+/// gate, and the next message probes the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_that_outlives_every_waiting_message_still_ends() {
+    const N: u64 = 10;
+    let app = format!("expiring{}", std::process::id());
+    let topic = format!("push-{app}_apns");
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 1).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    let outage = Duration::from_secs(4);
+    let profile = Profile::from_yaml(
+        "down4s",
+        &format!(
+            "outages: [{{start_ms: 0, duration_ms: {}}}]",
+            outage.as_millis()
+        ),
+    )
+    .unwrap();
+    let fake_started = Instant::now();
+    let (fake, _log) = start_recording_fake(profile, 0).await;
+    let mut apns = config(&fake, fake.tls_url(), token_auth());
+    apns.retry = retry(2, 50, 100);
+    apns.on_fault = OnFault::Wait;
+    let apps = HashMap::from([(app.clone(), AppSender::apns(ApnsSender::new(apns).unwrap()))]);
+    let seen = Arc::new(Outcomes::default());
+    let outputs = Outputs {
+        feedback: None,
+        tokens: None,
+        observer: Some(seen.clone()),
+    };
+    let group = format!("g-{app}");
+    let mut spec = RunSpec::new(
+        Platform::Apns,
+        brokers.clone(),
+        group.clone(),
+        vec![topic.clone()],
+    );
+    spec.offset_reset = "earliest".into();
+    spec.commit_interval = Duration::from_millis(100);
+    spec.consumer_extra = vec![("fetch.wait.max.ms".into(), "10".into())];
+    // Expiring a second from now: they meet the outage, close the gate and expire there.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let expiring: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            format!(
+                r#"{{"DeviceToken":"{}","Payload":{{"aps":{{"alert":"x"}}}},"push_expiry":{}}}"#,
+                token(i),
+                now_ms + 1000
+            )
+            .into_bytes()
+        })
+        .collect();
+    common::process::produce_all(&brokers, &topic, &expiring).await;
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(run(spec, apps, outputs, stop.clone()));
+    let outcomes = |n: u64, within: Duration| {
+        let deadline = Instant::now() + within;
+        let seen = seen.clone();
+        async move {
+            while seen.count.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen.count.load(Ordering::Relaxed)
+        }
+    };
+    assert_eq!(
+        outcomes(N, Duration::from_secs(20)).await,
+        N,
+        "the first messages end"
+    );
+    // After the outage, more messages: read, and delivered once the endpoint is probed.
+    tokio::time::sleep(
+        (fake_started + outage + Duration::from_millis(500))
+            .saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let later: Vec<Vec<u8>> = (N..2 * N).map(|i| message(&token(i))).collect();
+    common::process::produce_all(&brokers, &topic, &later).await;
+    assert_eq!(
+        outcomes(2 * N, Duration::from_secs(30)).await,
+        2 * N,
+        "what came after the outage is read and sent"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::process::committed_offsets(&brokers, &group, &topic, 1) != [2 * N as i64] {
+        assert!(Instant::now() < deadline, "the offsets were not committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let summary = pipeline.await.unwrap().unwrap();
+    // Counts add up: consumed = expired + delivered = committed.
+    assert_eq!(summary.consumed, 2 * N, "{summary:?}");
+    assert_eq!(summary.outcomes.get("expired"), Some(&N), "{summary:?}");
+    assert_eq!(summary.outcomes.get("delivered"), Some(&N), "{summary:?}");
+    assert_eq!(summary.committed_total(), 2 * N as i64, "{summary:?}");
+    let by_token = seen.by_token.lock().unwrap().clone();
+    assert!(
+        (0..N).all(|i| by_token[&token(i)] == "expired"),
+        "{by_token:?}"
+    );
+    assert!(
+        (N..2 * N).all(|i| by_token[&token(i)] == "delivered"),
+        "{by_token:?}"
+    );
+}

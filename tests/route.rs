@@ -1211,6 +1211,56 @@ async fn a_login_without_a_language_keeps_the_users() {
         .await
         .unwrap();
     assert_eq!(registry.language_of(&app, 1).await.unwrap(), Some(2));
+    // An older login that says one, arriving after a newer one that said none, fills it in
+    // without moving the last login back; an older one never replaces a language.
+    registry
+        .register(&app, &[], &[login(3, Some(6), 500)])
+        .await
+        .unwrap();
+    assert_eq!(registry.language_of(&app, 3).await.unwrap(), Some(6));
+    registry
+        .register(&app, &[], &[login(3, Some(7), 600)])
+        .await
+        .unwrap();
+    assert_eq!(registry.language_of(&app, 3).await.unwrap(), Some(6));
+
+    // A segment by language counts a user who never said one as the default language.
+    let device = |user_id: i64, token: &str| pusher::platform::registry::Device {
+        user_id,
+        platform: pusher::push::Platform::Gcm,
+        token: token.into(),
+        device_id: String::new(),
+        platform_id: Some(1),
+        app_version: String::new(),
+        registered_ms: 1_000,
+        keys: None,
+    };
+    registry
+        .register(
+            &app,
+            &[device(2, "t-spanish"), device(4, "t-unsaid")],
+            &[login(4, None, 1_000)],
+        )
+        .await
+        .unwrap();
+    let condition = |language_id: i32| pusher::platform::requests::Condition {
+        language_id: Some(language_id),
+        ..Default::default()
+    };
+    for (language, default, expected) in [
+        (4, 1, vec!["t-spanish"]),
+        (1, 1, vec!["t-unsaid"]),
+        (4, 4, vec!["t-spanish", "t-unsaid"]),
+    ] {
+        let tokens: Vec<String> = registry
+            .segment_page(&app, &condition(language), default, "", 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.token)
+            .collect();
+        assert_eq!(tokens, expected, "language {language}, default {default}");
+    }
 }
 
 /// A user's device tokens in the registry, sorted.

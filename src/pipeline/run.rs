@@ -288,6 +288,8 @@ pub async fn run(
     let mut held: Held = BTreeMap::new();
     let mut held_retry = tokio::time::interval(HELD_RETRY);
     held_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe_check = tokio::time::interval(PROBE_CHECK);
+    probe_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(topics = %crate::telemetry::Json(&spec.topics), group = %spec.group, "Consuming.");
     loop {
         let waits = waiting.is_some() || !held.is_empty();
@@ -307,6 +309,10 @@ pub async fn run(
                 if !up && waiting.as_ref().is_some_and(|w| w.app() == Some(app.as_str())) {
                     waiting = waiting.and_then(|w| hold(&starter, &consumer, &mut held, w));
                 }
+                continue;
+            }
+            _ = probe_check.tick() => {
+                resume_unprobed(&consumer, &shared.apps);
                 continue;
             }
             _ = status.tick() => {
@@ -709,6 +715,33 @@ fn watch_endpoints(
         });
     }
     rx
+}
+
+/// How often the loop looks for a paused app whose failing endpoint nobody is left to probe.
+const PROBE_CHECK: Duration = Duration::from_secs(1);
+
+/// Resumes each app paused for a failing endpoint at which no message waits any more (they
+/// expired there, or one alone gave up): a gate opens only on an answer to a send, and with
+/// the app paused no send would come, so it stayed paused for good. The next message probes
+/// the endpoint; if it still fails, its messages wait at the gate again, and once they fill
+/// the app's slots the app pauses again (held), with one of them probing.
+fn resume_unprobed(
+    consumer: &StreamConsumer<RebalanceContext>,
+    apps: &foldhash::HashMap<String, AppSender>,
+) {
+    for app in consumer.context().down_apps() {
+        let Some(sender) = apps.get(&app) else {
+            continue;
+        };
+        let gates = sender.gates();
+        if gates.iter().any(Gate::awaits_a_probe) && gates.iter().all(|g| g.parked() == 0) {
+            tracing::info!(
+                app,
+                "No message waits at the failing endpoint: consuming again, so that the next one probes it."
+            );
+            pause_app(consumer, &app, Pause::Down, false);
+        }
+    }
 }
 
 /// Messages waiting at a failing endpoint's gate, over all apps.

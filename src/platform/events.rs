@@ -338,9 +338,17 @@ pub async fn route(
             pushes.push((notification.clone(), d));
         }
     }
+    // Matched as the config's other per-app keys are: exactly, else ignoring case (an
+    // environment variable names the app in capitals, and the config keeps it lower-case).
     let limits = settings
         .limits
         .get(app)
+        .or_else(|| {
+            let mut other_case = settings.limits.iter();
+            other_case
+                .find(|(k, _)| k.eq_ignore_ascii_case(app))
+                .map(|(_, v)| v)
+        })
         .copied()
         .unwrap_or(settings.default_limits);
     // None: send; Some(reason): rate_limited; Some("") already sent (a redelivery).

@@ -231,9 +231,14 @@ impl Registry {
                  SELECT $1, t.user_id, t.language_id, to_timestamp(t.at)
                  FROM unnest($2::bigint[], $3::int[], $4::float8[]) AS t(user_id, language_id, at)
                  ON CONFLICT (app, user_id) DO UPDATE
-                   SET language_id = COALESCE(EXCLUDED.language_id, l.language_id),
-                       last_login = EXCLUDED.last_login
-                   WHERE l.last_login <= EXCLUDED.last_login",
+                   SET language_id = CASE WHEN l.last_login <= EXCLUDED.last_login
+                                          THEN COALESCE(EXCLUDED.language_id, l.language_id)
+                                          ELSE COALESCE(l.language_id, EXCLUDED.language_id) END,
+                       last_login = GREATEST(l.last_login, EXCLUDED.last_login)
+                   -- An older login changes something only when it says a language the
+                   -- user has none of (it arrived after a newer one that said none).
+                   WHERE l.last_login <= EXCLUDED.last_login
+                      OR (l.language_id IS NULL AND EXCLUDED.language_id IS NOT NULL)",
                 &[&app, &users, &languages, &at],
             )
             .await?;
@@ -281,11 +286,13 @@ impl Registry {
             .collect())
     }
 
-    /// One page of the devices meeting `condition`, in token order after `after`.
+    /// One page of the devices meeting `condition`, in token order after `after`. A user who
+    /// never said a language has `default_language` (event mode sends them its texts too).
     pub async fn segment_page(
         &self,
         app: &str,
         condition: &crate::platform::requests::Condition,
+        default_language: i32,
         after: &str,
         limit: i64,
     ) -> Result<Vec<Device>, StoreError> {
@@ -302,7 +309,7 @@ impl Registry {
                                     WHERE app = d.app AND user_id = d.user_id OFFSET 0) l ON true
                  WHERE d.app = (SELECT $1::text) AND d.token > $2
                    AND ($3::text IS NULL OR d.platform = $3)
-                   AND ($4::int IS NULL OR l.language_id = $4)
+                   AND ($4::int IS NULL OR COALESCE(l.language_id, $9) = $4)
                    AND ($5::text IS NULL OR d.app_version = $5)
                    AND ($6::float8 IS NULL OR l.last_login >= to_timestamp($6))
                    AND ($7::float8 IS NULL OR l.last_login < to_timestamp($7))
@@ -316,6 +323,7 @@ impl Registry {
                 &after_login,
                 &before_login,
                 &limit,
+                &default_language,
             ],
         )
         .await?;

@@ -357,15 +357,20 @@ impl Completion {
             }
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = Instant::now();
-                match self.store.prune_dead_tokens(DEAD_TOKENS_KEPT).await {
-                    Ok(n) if n > 0 => {
-                        tracing::info!(pruned = n, "Old tombstones of invalid tokens deleted.")
+                // On its own: after a mass invalidation it may take a while, and the sweep's
+                // webhook calls must not wait for it.
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    match store.prune_dead_tokens(DEAD_TOKENS_KEPT).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(pruned = n, "Old tombstones of invalid tokens deleted.")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Cannot delete old tombstones of invalid tokens; retrying in an hour.")
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Cannot delete old tombstones of invalid tokens; retrying in an hour.")
-                    }
-                }
+                });
             }
             let due: HashMap<(String, String), Instant> = std::mem::take(&mut *self.later.lock());
             if due.is_empty() {

@@ -447,8 +447,6 @@ async fn handle(
 /// minutes, for a slow step of a segment (the 60 s of the other groups).
 const SEGMENT_POLL_INTERVAL_MS: u32 = 30 * 60 * 1000;
 
-/// Sends a segment page by page, resuming after the last page a previous router finished.
-/// Returns the pushes this call produced; None for a condition PostgreSQL refuses.
 /// Attempts at marking a phase's claims sent before the batch fails (about a minute).
 const MARK_SENT_ATTEMPTS: u32 = 16;
 
@@ -482,6 +480,8 @@ async fn mark_sent(
     }
 }
 
+/// Sends a segment page by page, resuming after the last page a previous router finished.
+/// Returns the pushes this call produced; None for a condition PostgreSQL refuses.
 async fn stream_segment(
     settings: &RouteSettings,
     stores: &EventStores<'_>,
@@ -503,7 +503,13 @@ async fn stream_segment(
     }
     let mut pushed = 0;
     let mut page = match registry
-        .segment_page(app, &segment.condition, &after, SEGMENT_PAGE)
+        .segment_page(
+            app,
+            &segment.condition,
+            settings.events.default_language,
+            &after,
+            SEGMENT_PAGE,
+        )
         .await
     {
         Ok(page) => page,
@@ -532,7 +538,13 @@ async fn stream_segment(
         // before the count they complete, and the webhook would never be called.
         let next = match page.last() {
             Some(d) if page.len() as i64 == SEGMENT_PAGE => registry
-                .segment_page(app, &segment.condition, &d.token, SEGMENT_PAGE)
+                .segment_page(
+                    app,
+                    &segment.condition,
+                    settings.events.default_language,
+                    &d.token,
+                    SEGMENT_PAGE,
+                )
                 .await
                 .map_err(|e| e.to_string())?,
             _ => Vec::new(),

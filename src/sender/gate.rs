@@ -138,6 +138,19 @@ impl Gate {
         self.inner.parked.load(Ordering::Relaxed)
     }
 
+    /// Whether the endpoint is down with its probe due and no send to make it: the sends that
+    /// waited have ended (expired, or one alone gave up), and until another comes nothing
+    /// learns that the endpoint answers again.
+    pub fn awaits_a_probe(&self) -> bool {
+        self.parked() == 0
+            && self
+                .inner
+                .down
+                .lock()
+                .as_ref()
+                .is_some_and(|d| !d.probing && Instant::now() >= d.next_probe)
+    }
+
     /// Final answers the endpoint gave so far, to any send.
     pub fn finals(&self) -> u64 {
         self.inner.finals.load(Ordering::Relaxed)

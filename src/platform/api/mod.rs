@@ -543,7 +543,8 @@ struct Owned<'a> {
 
 /// Kafka failed some of a request's records: the items whose records were all acknowledged
 /// are confirmed (a retry with the same keys answers them without writing them again); the
-/// claims of items Kafka surely did not write are given up, so a retry writes them at once;
+/// claims of items with a record Kafka surely refused are given up, so a retry writes them at
+/// once (an item partly acknowledged is written whole again: records are not claimed one by one);
 /// an item Kafka may have written (sent, no acknowledgement) keeps its claim: a retry gets
 /// 409 while it is fresh and takes it over once stale, when no request can still be writing
 /// it. The answer says which is which, never "nothing was accepted" when it cannot know.
