@@ -978,7 +978,12 @@ async fn a_statement_waiting_on_a_lock_is_503_at_the_statement_timeout() {
     }
     // Creating the tables waits for their locks at most as long: a start behind a session
     // holding them (a dump, another start stuck) fails, naming the wait, instead of queueing
-    // every statement on the tables behind it without end.
+    // every statement on the tables behind it without end. (A start that finds its schema's
+    // shape recorded runs nothing: the record goes, so that this one must run it.)
+    blocker
+        .execute("DELETE FROM pusher_schema", &[])
+        .await
+        .unwrap();
     blocker
         .execute("SELECT pg_advisory_lock(7210417)", &[])
         .await
@@ -995,6 +1000,21 @@ async fn a_statement_waiting_on_a_lock_is_503_at_the_statement_timeout() {
         .unwrap();
     let e = refused.unwrap_err().to_string();
     assert!(e.contains("lock timeout"), "{e}");
+    // Once the schema's shape is recorded, a start takes no table's lock: one beside a session
+    // reading the registry (which an ALTER TABLE would wait for) starts at once.
+    Store::new(&pg_config).unwrap().init().await.unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE pusher_devices IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let started = tokio::time::timeout(
+        Duration::from_secs(10),
+        Store::new(&pg_config).unwrap().init(),
+    )
+    .await
+    .expect("the start returned");
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    started.unwrap();
     api.stop().await;
 }
 

@@ -174,13 +174,41 @@ impl Store {
     /// once), but with it as a lock timeout: `ALTER TABLE` queues for its lock at every start,
     /// and every statement on the table queues behind it; waiting without end (a dump holding
     /// the table), it stopped the whole platform. Past it, the start fails, naming the lock.
+    ///
+    /// Run once per shape of the schema: its SHA-256 is recorded in `pusher_schema`, and a
+    /// start that finds its own there runs nothing. Each `ALTER TABLE` and `CREATE INDEX`
+    /// takes its table's lock even when there is nothing to change, so every start of every
+    /// process locked the registry briefly, and a start beside a verdict's statement
+    /// deadlocked with it (seen in CI).
     pub async fn init(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
+        let version: String = ring::digest::digest(&ring::digest::SHA256, SCHEMA.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        // No table yet (a new database) reads as "not this shape".
+        let current = client
+            .query_opt(
+                "SELECT 1 FROM pusher_schema WHERE version = $1",
+                &[&version],
+            )
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        if current {
+            return Ok(());
+        }
         client
             .batch_execute(&format!(
                 "SET client_min_messages = warning; BEGIN; \
                  SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; \
-                 SELECT pg_advisory_xact_lock(7210417); {SCHEMA} COMMIT;",
+                 SELECT pg_advisory_xact_lock(7210417); {SCHEMA} \
+                 CREATE TABLE IF NOT EXISTS pusher_schema ( \
+                     version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now()); \
+                 INSERT INTO pusher_schema (version) VALUES ('{version}') ON CONFLICT DO NOTHING; \
+                 COMMIT;",
                 self.lock_timeout_ms
             ))
             .await?;
