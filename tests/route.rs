@@ -945,16 +945,7 @@ async fn the_device_limit_never_deletes_a_token_moved_to_another_user_meanwhile(
     store.init().await.unwrap();
     let registry = Registry::new(store.pool());
     let app = common::platform::fresh_app("lim");
-    let device = |user: i64, token: String, at_s: i64| pusher::platform::registry::Device {
-        user_id: user,
-        platform: pusher::push::Platform::Gcm,
-        token,
-        device_id: String::new(),
-        platform_id: None,
-        app_version: String::new(),
-        registered_ms: at_s * 1000,
-        keys: None,
-    };
+    let device = |user: i64, token: String, at_s: i64| android(user, &token, at_s);
     let ten: Vec<_> = (0..10)
         .map(|i| device(1, format!("t{i}"), 1_000 + i))
         .collect();
@@ -1026,14 +1017,8 @@ async fn a_late_login_with_a_devices_old_token_does_not_bring_it_back() {
     let registry = Registry::new(store.pool());
     let app = common::platform::fresh_app("late");
     let device = |token: &str, at_s: i64| pusher::platform::registry::Device {
-        user_id: 7,
-        platform: pusher::push::Platform::Gcm,
-        token: token.into(),
         device_id: "phone".into(),
-        platform_id: Some(1),
-        app_version: String::new(),
-        registered_ms: at_s * 1000,
-        keys: None,
+        ..android(7, token, at_s)
     };
     registry
         .register(&app, &[device("new", 2_000)], &[])
@@ -1062,16 +1047,7 @@ async fn a_token_refused_by_its_service_is_not_brought_back_by_an_older_login() 
     store.init().await.unwrap();
     let registry = Registry::new(store.pool());
     let app = common::platform::fresh_app("dead");
-    let device = |user_id: i64, token: &str, at_s: i64| pusher::platform::registry::Device {
-        user_id,
-        platform: pusher::push::Platform::Gcm,
-        token: token.into(),
-        device_id: String::new(),
-        platform_id: Some(1),
-        app_version: String::new(),
-        registered_ms: at_s * 1000,
-        keys: None,
-    };
+    let device = android;
     let verdict = |token: &str, at: i64| pusher::platform::store::ResultRow {
         app: app.clone(),
         notif_id: "n1".into(),
@@ -1225,16 +1201,7 @@ async fn a_login_without_a_language_keeps_the_users() {
     assert_eq!(registry.language_of(&app, 3).await.unwrap(), Some(6));
 
     // A segment by language counts a user who never said one as the default language.
-    let device = |user_id: i64, token: &str| pusher::platform::registry::Device {
-        user_id,
-        platform: pusher::push::Platform::Gcm,
-        token: token.into(),
-        device_id: String::new(),
-        platform_id: Some(1),
-        app_version: String::new(),
-        registered_ms: 1_000,
-        keys: None,
-    };
+    let device = |user_id: i64, token: &str| android(user_id, token, 1);
     registry
         .register(
             &app,
@@ -1260,6 +1227,20 @@ async fn a_login_without_a_language_keeps_the_users() {
             .map(|d| d.token)
             .collect();
         assert_eq!(tokens, expected, "language {language}, default {default}");
+    }
+}
+
+/// An Android phone of `user_id` with `token`, registered at `at_s` (Unix seconds).
+fn android(user_id: i64, token: &str, at_s: i64) -> pusher::platform::registry::Device {
+    pusher::platform::registry::Device {
+        user_id,
+        platform: pusher::push::Platform::Gcm,
+        token: token.into(),
+        device_id: String::new(),
+        platform_id: Some(1),
+        app_version: String::new(),
+        registered_ms: at_s * 1000,
+        keys: None,
     }
 }
 
