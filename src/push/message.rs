@@ -238,6 +238,14 @@ pub fn parse_apns(bytes: &[u8]) -> Result<ApnsMessage, MessageError> {
         });
     }
 
+    // Past `push_expiry` the pusher drops the message (`Expired`); APNs must not keep it
+    // longer either: without this, APNs stored an undelivered one past it (up to 30 days
+    // with a later `expiration`). An `expiration` of 0 (deliver once, never store) stays.
+    let expiration = match (expiration, u64::try_from(push_expiry).unwrap_or(0)) {
+        (e, 0) => e,
+        (Some(0), _) => Some(0),
+        (e, ms) => Some(e.map_or(ms.div_ceil(1000), |e| e.min(ms.div_ceil(1000)))),
+    };
     Ok(ApnsMessage {
         notification: ApnsNotification {
             token,
@@ -755,6 +763,37 @@ mod tests {
             payload_json(&m),
             json!({"aps": {"alert": "hi"}, "M": {"jobId": "j1"}})
         );
+    }
+
+    /// A message's `push_expiry` bounds how long APNs may store it (`apns-expiration`).
+    #[test]
+    fn apns_expiration_never_outlives_push_expiry() {
+        let parse = |extra: &str| {
+            let raw = format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}}{extra}}}"#);
+            parse_apns(raw.as_bytes())
+                .expect("parses")
+                .notification
+                .expiration
+        };
+        assert_eq!(parse(""), None);
+        assert_eq!(parse(r#","push_expiry":0"#), None);
+        assert_eq!(
+            parse(r#","push_expiry":1700000000500"#),
+            Some(1_700_000_001)
+        );
+        assert_eq!(
+            parse(r#","push_expiry":1700000000000,"expiration":1800000000"#),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            parse(r#","push_expiry":1700000000000,"expiration":1600000000"#),
+            Some(1_600_000_000)
+        );
+        assert_eq!(
+            parse(r#","push_expiry":1700000000000,"expiration":0"#),
+            Some(0)
+        );
+        assert_eq!(parse(r#","push_expiry":-5"#), None);
     }
 
     #[test]
