@@ -887,14 +887,7 @@ async fn one_app_whose_endpoint_hangs_does_not_stop_the_others() {
         "the other app's messages while one app hangs"
     );
     // Its offsets are committed meanwhile; the hung app's are not.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while common::process::committed_offsets(&brokers, &group, &topics[1], 1) != [N as i64] {
-        assert!(
-            Instant::now() < deadline,
-            "the other app's offsets were not committed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_committed(&brokers, &group, &topics[1], N, "the other app's offsets").await;
     assert_eq!(
         common::process::committed_offsets(&brokers, &group, &topics[0], 1),
         [0]
@@ -915,14 +908,7 @@ async fn one_app_whose_endpoint_hangs_does_not_stop_the_others() {
         N,
         "the hung app's messages once its endpoint answers"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while common::process::committed_offsets(&brokers, &group, &topics[0], 1) != [N as i64] {
-        assert!(
-            Instant::now() < deadline,
-            "the hung app's offsets were not committed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_committed(&brokers, &group, &topics[0], N, "the hung app's offsets").await;
     stop.cancel();
     let summary = pipeline.await.unwrap().unwrap();
     // Counts add up: consumed = delivered = committed = 2 x N, each push answered once.
@@ -1029,11 +1015,7 @@ async fn an_outage_that_outlives_every_waiting_message_still_ends() {
         2 * N,
         "what came after the outage is read and sent"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while common::process::committed_offsets(&brokers, &group, &topic, 1) != [2 * N as i64] {
-        assert!(Instant::now() < deadline, "the offsets were not committed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_committed(&brokers, &group, &topic, 2 * N, "the offsets").await;
     stop.cancel();
     let summary = pipeline.await.unwrap().unwrap();
     // Counts add up: consumed = expired + delivered = committed.
@@ -1050,4 +1032,13 @@ async fn an_outage_that_outlives_every_waiting_message_still_ends() {
         (N..2 * N).all(|i| by_token[&token(i)] == "delivered"),
         "{by_token:?}"
     );
+}
+
+/// Waits up to 10 s for `group`'s committed offset on `topic` (one partition) to reach `n`.
+async fn wait_committed(brokers: &str, group: &str, topic: &str, n: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::process::committed_offsets(brokers, group, topic, 1) != [n as i64] {
+        assert!(Instant::now() < deadline, "{what} were not committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

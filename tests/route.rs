@@ -941,10 +941,7 @@ async fn what_reached_no_device_is_complete_and_calls_its_webhook() {
 /// newest device. It is kept now; user 1 still ends with at most 10.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_limit_never_deletes_a_token_moved_to_another_user_meanwhile() {
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
-    let registry = Registry::new(store.pool());
-    let app = common::platform::fresh_app("lim");
+    let (store, registry, app) = fresh_registry("lim").await;
     let device = |user: i64, token: String, at_s: i64| android(user, &token, at_s);
     let ten: Vec<_> = (0..10)
         .map(|i| device(1, format!("t{i}"), 1_000 + i))
@@ -1012,10 +1009,7 @@ async fn the_device_limit_never_deletes_a_token_moved_to_another_user_meanwhile(
 /// it was inserted again, and the device had two tokens.
 #[tokio::test]
 async fn a_late_login_with_a_devices_old_token_does_not_bring_it_back() {
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
-    let registry = Registry::new(store.pool());
-    let app = common::platform::fresh_app("late");
+    let (_store, registry, app) = fresh_registry("late").await;
     let device = |token: &str, at_s: i64| pusher::platform::registry::Device {
         device_id: "phone".into(),
         ..android(7, token, at_s)
@@ -1043,10 +1037,7 @@ async fn a_late_login_with_a_devices_old_token_does_not_bring_it_back() {
 /// Seen: the late older login inserted it again, and the next push to it failed again.
 #[tokio::test]
 async fn a_token_refused_by_its_service_is_not_brought_back_by_an_older_login() {
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
-    let registry = Registry::new(store.pool());
-    let app = common::platform::fresh_app("dead");
+    let (store, registry, app) = fresh_registry("dead").await;
     let device = android;
     let verdict = |token: &str, at: i64| pusher::platform::store::ResultRow {
         app: app.clone(),
@@ -1138,10 +1129,7 @@ async fn a_token_refused_by_its_service_is_not_brought_back_by_an_older_login() 
 /// Spanish); a user who never said one has none, so event mode sends the default's texts.
 #[tokio::test]
 async fn a_login_without_a_language_keeps_the_users() {
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
-    let registry = Registry::new(store.pool());
-    let app = common::platform::fresh_app("lang");
+    let (store, registry, app) = fresh_registry("lang").await;
     let login =
         |user_id: i64, language_id: Option<i32>, at_ms: i64| pusher::platform::registry::Login {
             user_id,
@@ -1228,6 +1216,14 @@ async fn a_login_without_a_language_keeps_the_users() {
             .collect();
         assert_eq!(tokens, expected, "language {language}, default {default}");
     }
+}
+
+/// The store (schema made), its registry and a new app named from `prefix`.
+async fn fresh_registry(prefix: &str) -> (Store, Registry, String) {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let registry = Registry::new(store.pool());
+    (store, registry, common::platform::fresh_app(prefix))
 }
 
 /// An Android phone of `user_id` with `token`, registered at `at_s` (Unix seconds).
