@@ -447,3 +447,91 @@ async fn a_wrong_environment_pauses_the_pusher_instead_of_deleting_every_token()
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("Endpoint failing").count(), 1, "{text}");
 }
+
+/// Certificate auth with a wrong `--topic`: APNs answers `BadTopic` to every message that
+/// names no topic of its own. Taken as final rejections, they drained the backlog, committed.
+/// Until one push with the configured topic is delivered, they pause the pusher instead:
+/// nothing is committed, and `/healthz` names the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_configured_topic_pauses_the_pusher_instead_of_rejecting_the_backlog() {
+    const N: u64 = 100;
+    let kafka = TestKafka::start(&["push-game_apns"], 2).await;
+    let brokers = kafka.bootstrap().to_string();
+    let untopiced: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            serde_json::json!({"DeviceToken": format!("{i:064x}"), "Payload": {"aps": {"alert": "hi"}}})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    produce_all(&brokers, "push-game_apns", &untopiced).await;
+    let fake = start_fake(FakeOptions {
+        profile: common::profile("errors: [{reason: BadTopic, rate: 1.0}]"),
+        jwt: false,
+        client_ca: true,
+        ..FakeOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = fake.tls_url();
+    let ca = fake.ca_file.display().to_string();
+    let certificate = fixture("client.p12").display().to_string();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let run = pusher_run(
+        "apns",
+        &brokers,
+        &[
+            "--certificate",
+            &certificate,
+            "--certificate-password",
+            "test",
+            "--topic",
+            "com.example.not-this-app",
+            "--endpoint",
+            &url,
+            "--ca",
+            &ca,
+        ],
+        &[
+            ("PUSHER_STATS_PROMETHEUS_LISTEN", metrics.to_string()),
+            ("PUSHER_STATS_REPORTERS", "prometheus".into()),
+            ("PUSHER_INFLIGHT", "10".into()),
+        ],
+        &dir.path().join("topic.log"),
+    );
+    let mut health = String::new();
+    wait_for(
+        "/healthz to say the endpoint fails",
+        Duration::from_secs(30),
+        || match http_get(metrics, "/healthz") {
+            Some((503, body)) => {
+                health = body;
+                true
+            }
+            _ => false,
+        },
+    )
+    .await;
+    assert!(
+        health.contains("BadTopic for the configured topic"),
+        "{health}"
+    );
+    // Probes after 1 s and 2 s: still refused, still paused, nothing ended.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let committed = sum(committed_offsets(
+        &brokers,
+        "pusher-apns",
+        "push-game_apns",
+        2,
+    ));
+    stop(run, Duration::from_secs(15)).await;
+    assert_eq!(
+        committed, 0,
+        "no message was ended for the configuration's fault"
+    );
+    let requests = fake.stats().requests;
+    assert!(
+        requests > 0 && requests < N,
+        "what was in flight and the probes: {requests}"
+    );
+}

@@ -15,6 +15,12 @@
 //! and the messages wait. Once one push was delivered, the environment, topic and project are
 //! known good and these verdicts are the tokens' again. A real fleet's dead tokens answer 410
 //! `Unregistered` / `UNREGISTERED`, which is never counted here.
+//!
+//! APNs' `BadTopic`, `MissingTopic` and `TopicDisallowed` (400) refuse the topic, a
+//! configuration fault (protocols.md §1.3). For a push sent with the app's configured topic
+//! (the message named none) every other such push gets the same answer: until one push with the
+//! configured topic was delivered, each is the configuration's fault at once, not counted (as
+//! final rejections they drained the backlog).
 
 use crate::push::fcm::legacy;
 use crate::push::{Outcome, Verdict};
@@ -26,6 +32,8 @@ pub const REFUSALS_BEFORE_FAULT: u32 = 20;
 /// `ApnsReason::BadDeviceToken` and `DeviceTokenNotForTopic` (checked against the enum's
 /// names in the tests).
 const APNS_REASONS: [&str; 2] = ["BadDeviceToken", "DeviceTokenNotForTopic"];
+/// `ApnsReason::BadTopic`, `MissingTopic` and `TopicDisallowed`.
+const APNS_TOPIC_REASONS: [&str; 3] = ["BadTopic", "MissingTopic", "TopicDisallowed"];
 /// `FcmErrorCode::SenderIdMismatch` and its legacy name.
 const FCM_REASONS: [&str; 2] = ["SENDER_ID_MISMATCH", legacy::MISMATCH_SENDER_ID];
 
@@ -35,16 +43,27 @@ pub struct RefusalGuard {
     reasons: &'static [&'static str],
     /// What the fault's cause suggests, after "<reason> for <n> tokens and none delivered yet: ".
     hint: &'static str,
+    /// The `rejected` reasons that refuse what the configuration gave a push (see
+    /// `judge_configured`).
+    configured: &'static [&'static str],
     delivered: AtomicBool,
+    /// A push that relied on the configuration was delivered.
+    configured_delivered: AtomicBool,
     refused: AtomicU32,
 }
 
 impl RefusalGuard {
-    fn new(reasons: &'static [&'static str], hint: &'static str) -> RefusalGuard {
+    fn new(
+        reasons: &'static [&'static str],
+        hint: &'static str,
+        configured: &'static [&'static str],
+    ) -> RefusalGuard {
         RefusalGuard {
             reasons,
             hint,
+            configured,
             delivered: AtomicBool::new(false),
+            configured_delivered: AtomicBool::new(false),
             refused: AtomicU32::new(0),
         }
     }
@@ -54,6 +73,7 @@ impl RefusalGuard {
         RefusalGuard::new(
             &APNS_REASONS,
             "the wrong APNs environment (production tokens need -p) or topic?",
+            &APNS_TOPIC_REASONS,
         )
     }
 
@@ -62,6 +82,7 @@ impl RefusalGuard {
         RefusalGuard::new(
             &FCM_REASONS,
             "credentials of another Firebase project (the service account or server key)?",
+            &[],
         )
     }
 
@@ -91,6 +112,32 @@ impl RefusalGuard {
         }
         verdict
     }
+
+    /// `judge` for a push that relied on the configuration (APNs: sent with the app's topic,
+    /// the message naming none). Until one such push was delivered, a refusal of the topic is
+    /// the configuration's fault: every such push would get it.
+    pub fn judge_configured(&self, verdict: Verdict) -> Verdict {
+        match &verdict {
+            Verdict::Final(Outcome::Delivered)
+                if !self.configured_delivered.load(Ordering::Relaxed) =>
+            {
+                self.configured_delivered.store(true, Ordering::Relaxed);
+            }
+            Verdict::Final(Outcome::Rejected { reason })
+                if !self.configured_delivered.load(Ordering::Relaxed)
+                    && self.configured.contains(&reason.as_str()) =>
+            {
+                return Verdict::Fault {
+                    reason: format!(
+                        "{reason} for the configured topic and none delivered with it yet: \
+                         is the app's topic (--topic, apns.certs.<app>.topic) right?"
+                    ),
+                };
+            }
+            _ => {}
+        }
+        self.judge(verdict)
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +156,56 @@ mod tests {
             ]
         );
         assert_eq!(FCM_REASONS[0], FcmErrorCode::SenderIdMismatch.as_str());
+        assert_eq!(
+            APNS_TOPIC_REASONS,
+            [
+                ApnsReason::BadTopic.as_str(),
+                ApnsReason::MissingTopic.as_str(),
+                ApnsReason::TopicDisallowed.as_str()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_configured_topic_is_a_fault_until_one_push_with_it_is_delivered() {
+        let rejected = |reason: &str| {
+            Verdict::Final(Outcome::Rejected {
+                reason: reason.into(),
+            })
+        };
+        let guard = RefusalGuard::apns();
+        for reason in APNS_TOPIC_REASONS {
+            assert!(
+                matches!(
+                    guard.judge_configured(rejected(reason)),
+                    Verdict::Fault { .. }
+                ),
+                "{reason}"
+            );
+            // The message's own topic: its producer's choice, its verdict.
+            assert_eq!(guard.judge(rejected(reason)), rejected(reason));
+        }
+        assert_eq!(
+            guard.judge_configured(rejected("BadCollapseId")),
+            rejected("BadCollapseId")
+        );
+        // A delivery with a message's own topic says nothing of the configured one.
+        guard.judge(Verdict::Final(Outcome::Delivered));
+        assert!(matches!(
+            guard.judge_configured(rejected("BadTopic")),
+            Verdict::Fault { .. }
+        ));
+        guard.judge_configured(Verdict::Final(Outcome::Delivered));
+        assert_eq!(
+            guard.judge_configured(rejected("BadTopic")),
+            rejected("BadTopic")
+        );
+        // FCM has no configured topic.
+        let fcm = RefusalGuard::fcm();
+        assert_eq!(
+            fcm.judge_configured(rejected("BadTopic")),
+            rejected("BadTopic")
+        );
     }
 
     fn refused(reason: &str) -> Verdict {

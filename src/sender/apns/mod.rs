@@ -125,8 +125,8 @@ struct Inner {
     jwt: Option<JwtSigner>,
     retry: RetryPolicy,
     gate: Gate,
-    /// The wrong-environment guard (sender/guard.rs), in `OnFault::Wait` only (the production
-    /// pusher): `pusher send` reports what APNs said.
+    /// The wrong-environment and wrong-topic guard (sender/guard.rs), in `OnFault::Wait` only
+    /// (the production pusher): `pusher send` reports what APNs said.
     environment: Option<RefusalGuard>,
     clock: SharedClock,
 }
@@ -240,6 +240,10 @@ impl ApnsSender {
             match self.send_once(n).await {
                 Ok(response) => {
                     let verdict = match &self.inner.environment {
+                        // Sent with the app's configured topic.
+                        Some(guard) if n.topic.is_none() => {
+                            guard.judge_configured(response.verdict.clone())
+                        }
                         Some(guard) => guard.judge(response.verdict.clone()),
                         None => response.verdict.clone(),
                     };
