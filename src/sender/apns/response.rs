@@ -67,8 +67,9 @@ impl ApnsResponse {
         let verdict = match status {
             // APNs names a reason with every refusal: a 4xx without one is not APNs judging the
             // message but something else answering (a wrong URL, a proxy), and it would answer
-            // every message the same. Only a size refusal is about this message.
-            400..=499 if bare && !matches!(status, 410 | 413 | 429) => Verdict::Fault {
+            // every message the same. Only a size refusal is about this message. A bare 410
+            // included: taken as "gone", a proxy's 410s would delete every token.
+            400..=499 if bare && !matches!(status, 413 | 429) => Verdict::Fault {
                 reason: format!("HTTP {status} without an APNs reason (is the URL APNs?)"),
             },
             _ => reason.verdict(status, retry_after, timestamp_ms),
@@ -214,6 +215,28 @@ mod tests {
                 "<html>forbidden</html>",
                 Verdict::Fault {
                     reason: "HTTP 403 without an APNs reason (is the URL APNs?)".into(),
+                },
+            ),
+            // A 410 without Apple's reason is no token's death (Apple always names one).
+            (
+                410,
+                "",
+                Verdict::Fault {
+                    reason: "HTTP 410 without an APNs reason (is the URL APNs?)".into(),
+                },
+            ),
+            (
+                410,
+                "<html>gone</html>",
+                Verdict::Fault {
+                    reason: "HTTP 410 without an APNs reason (is the URL APNs?)".into(),
+                },
+            ),
+            (
+                410,
+                r#"{"timestamp":1700000000123}"#,
+                Verdict::Fault {
+                    reason: "HTTP 410 without an APNs reason (is the URL APNs?)".into(),
                 },
             ),
             // ... but a bare size refusal is about this message.
