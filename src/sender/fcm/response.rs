@@ -90,10 +90,13 @@ impl FcmResponse {
         };
         let fcm_code = detail(FCM_ERROR_TYPE, "errorCode");
         let info_reason = detail(ERROR_INFO_TYPE, "reason");
-        let verdict = match &fcm_code {
-            Some(code) => {
-                FcmErrorCode::parse(code).verdict(retry_after, message_names_token(&error.message))
+        let verdict = match fcm_code.as_deref().map(FcmErrorCode::parse) {
+            // A code newer than our table on a 429 or 5xx: the status says to retry (as APNs'
+            // unknown reasons); a final rejection would drop the message in an outage.
+            Some(FcmErrorCode::Other(_)) if status == 429 || status >= 500 => {
+                status_verdict(status, &error.status, retry_after)
             }
+            Some(code) => code.verdict(retry_after, message_names_token(&error.message)),
             // A stale or refused OAuth token: renew it and try again (the send loop turns a
             // second 401 into a rejection).
             None if status == 401 => {
@@ -334,6 +337,22 @@ mod tests {
                 400,
                 error(400, "INVALID_ARGUMENT", "x", &fcm("BRAND_NEW")),
                 rejected("BRAND_NEW"),
+            ),
+            // An unknown code on a 429 or 5xx: the status decides, as for APNs.
+            (
+                503,
+                error(503, "UNAVAILABLE", "x", &fcm("BRAND_NEW")),
+                retry("UNAVAILABLE"),
+            ),
+            (
+                500,
+                error(500, "", "x", &fcm("BRAND_NEW")),
+                retry("HTTP 500"),
+            ),
+            (
+                429,
+                error(429, "RESOURCE_EXHAUSTED", "x", &fcm("BRAND_NEW")),
+                retry("RESOURCE_EXHAUSTED"),
             ),
         ];
         for (status, body, want) in cases {
