@@ -122,14 +122,14 @@ impl Target for KafkaGcm {
             Err(e) => return format!("err:{}", e.reason()),
         };
         assert!(!m.to.is_empty(), "empty token accepted");
-        let v1 = match v1_body(&m) {
+        let v1 = match v1_body(&m, None) {
             Ok(body) => {
                 serde_json::from_slice::<IgnoredAny>(&body).expect("the v1 body is JSON");
                 "v1"
             }
             Err(_) => "v1_err",
         };
-        let legacy = match legacy_body(&m, std::slice::from_ref(&m.to)) {
+        let legacy = match legacy_body(&m, std::slice::from_ref(&m.to), None) {
             Ok(body) => {
                 serde_json::from_slice::<IgnoredAny>(&body).expect("the legacy body is JSON");
                 "legacy"

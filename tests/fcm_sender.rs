@@ -1128,3 +1128,86 @@ async fn wait_until(what: &str, done: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Unix milliseconds `ahead` from now, for a `push_expiry`.
+fn expiry_in(ahead: Duration) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from((now + ahead).as_millis()).unwrap()
+}
+
+/// Whole seconds of a v1 `android.ttl` (`"60s"`) or a legacy `time_to_live` (`60`).
+fn ttl_seconds(ttl: &serde_json::Value) -> u64 {
+    match ttl {
+        serde_json::Value::String(s) => s.trim_end_matches('s').parse().unwrap(),
+        other => other.as_u64().unwrap(),
+    }
+}
+
+/// FCM keeps a message for its TTL (four weeks without one), but the pusher drops it at its
+/// `push_expiry`: a message a minute from it was sent with `time_to_live` 3600, or none, and
+/// FCM delivered it up to four weeks late. The TTL sent is now at most the seconds left, v1
+/// (a translated message and an envelope) and legacy alike.
+#[tokio::test]
+async fn the_ttl_sent_never_outlives_the_push_expiry() {
+    bounded(async {
+        let stub = Stub::start().await;
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(token_reply("t1"))
+            .mount(&stub)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/v1/projects/pusher-test/messages:send"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"name": "projects/pusher-test/messages/1"}),
+            ))
+            .mount(&stub)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/fcm/send"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "multicast_id": 1, "success": 1, "failure": 0, "canonical_ids": 0,
+                "results": [{"message_id": "0:1"}]})))
+            .mount(&stub)
+            .await;
+        let fake = start_fake(FakeOptions::default()).await;
+        let mut v1 = v1_config(&fake, &stub.uri());
+        v1.http = HttpVersion::Http1;
+        let mut legacy = legacy_config(&fake, &stub.uri(), "k");
+        legacy.http = HttpVersion::Http1;
+        let (v1, legacy) = (sender(v1), sender(legacy));
+        let expiry = expiry_in(Duration::from_secs(60));
+        let kafka = [
+            format!(r#"{{"to":"tok","data":{{"k":"v"}},"time_to_live":3600,"push_expiry":{expiry}}}"#),
+            format!(r#"{{"to":"tok","data":{{"k":"v"}},"push_expiry":{expiry}}}"#),
+            format!(
+                r#"{{"message":{{"token":"tok","android":{{"ttl":"3600s"}}}},"push_expiry":{expiry}}}"#
+            ),
+        ];
+        for text in &kafka {
+            let msg = parse_gcm(text.as_bytes()).unwrap();
+            assert!(v1.send(&msg).await.is_delivered(), "{text}");
+            assert!(legacy.send(&msg).await.is_delivered(), "{text}");
+        }
+        let mut seen = 0;
+        for request in stub.received_requests().await.unwrap() {
+            let body: serde_json::Value = match request.url.path() {
+                "/token" => continue,
+                _ => serde_json::from_slice(&request.body).unwrap(),
+            };
+            let ttl = if request.url.path() == "/fcm/send" {
+                &body["time_to_live"]
+            } else {
+                &body["message"]["android"]["ttl"]
+            };
+            assert!(!ttl.is_null(), "no TTL: {body}");
+            let seconds = ttl_seconds(ttl);
+            assert!((55..=60).contains(&seconds), "{seconds} s: {body}");
+            seen += 1;
+        }
+        assert_eq!(seen, 2 * kafka.len());
+    })
+    .await
+}

@@ -12,12 +12,16 @@
 //!   when it is a number)
 //! - `time_to_live` -> `android.ttl` (`"3600s"`), `collapse_key` -> `android.collapse_key`,
 //!   `priority` `high`/`normal` -> `android.priority` `HIGH`/`NORMAL`, for every message
+//! - with a `push_expiry`, the TTL (a v1 envelope's `android.ttl` too) is at most the seconds
+//!   left before it, and sent even when the message gives none (FCM would keep it four weeks)
 //! - `content_available` -> `apns.payload.aps.content-available = 1`
 //! - `message_id`, `message_type`, `delivery_receipt_requested` (XMPP-only) are not sent.
 
-use crate::push::fcm::json_len;
+use crate::push::fcm::{json_len, MAX_TTL_SECS};
 use crate::push::gcm::{GcmMessage, GcmNotification, MAX_PAYLOAD};
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
+use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TranslateError {
@@ -29,20 +33,39 @@ pub enum TranslateError {
     Encode(String),
 }
 
-/// The `messages:send` body for `msg`.
-pub fn v1_body(msg: &GcmMessage) -> Result<Vec<u8>, TranslateError> {
+/// The TTL cap, in seconds, of a message with `left` before its `push_expiry`: FCM must not
+/// keep it past the time the pusher would drop it (and never keeps one over four weeks).
+pub fn ttl_cap(left: Duration) -> u32 {
+    u32::try_from(left.as_secs().min(MAX_TTL_SECS)).unwrap_or(u32::MAX)
+}
+
+/// The TTL to send: the message's own, at most `cap`. Without one FCM keeps a message four
+/// weeks, so a cap is sent even then.
+fn capped_ttl(own: Option<u32>, cap: Option<u32>) -> Option<u32> {
+    match cap {
+        Some(cap) => Some(own.map_or(cap, |ttl| ttl.min(cap))),
+        None => own,
+    }
+}
+
+/// The `messages:send` body for `msg`; `ttl_cap` (seconds, see [`ttl_cap`]) bounds its TTL.
+pub fn v1_body(msg: &GcmMessage, ttl_cap: Option<u32>) -> Result<Vec<u8>, TranslateError> {
     if msg.to.is_empty() {
         return Err(TranslateError::NoToken);
     }
     if let Some(raw) = &msg.v1_message {
-        // The envelope's `message` object, byte for byte.
-        let mut out = Vec::with_capacity(raw.len() + 32);
+        // The envelope's `message` object, byte for byte unless its TTL must be capped.
+        let message = match ttl_cap {
+            Some(cap) => Cow::Owned(envelope_with_ttl(raw, cap)?),
+            None => Cow::Borrowed(raw.as_ref()),
+        };
+        let mut out = Vec::with_capacity(message.len() + 32);
         out.extend_from_slice(if msg.dry_run {
             b"{\"validate_only\":true,\"message\":"
         } else {
             b"{\"message\":"
         });
-        out.extend_from_slice(raw);
+        out.extend_from_slice(&message);
         out.push(b'}');
         return Ok(out);
     }
@@ -78,7 +101,7 @@ pub fn v1_body(msg: &GcmMessage) -> Result<Vec<u8>, TranslateError> {
             limit: MAX_PAYLOAD,
         });
     }
-    if let Some(ttl) = msg.time_to_live {
+    if let Some(ttl) = capped_ttl(msg.time_to_live, ttl_cap) {
         android.insert("ttl".into(), Value::String(format!("{ttl}s")));
     }
     if let Some(key) = &msg.collapse_key {
@@ -102,6 +125,34 @@ pub fn v1_body(msg: &GcmMessage) -> Result<Vec<u8>, TranslateError> {
     }
     body.insert("message".into(), Value::Object(message));
     serde_json::to_vec(&body).map_err(|e| TranslateError::Encode(e.to_string()))
+}
+
+/// An envelope's `message` with `android.ttl` at most `cap` seconds (added when absent). A TTL
+/// that cannot be read, or an `android` that is no object, is left for FCM to refuse.
+fn envelope_with_ttl(raw: &[u8], cap: u32) -> Result<Vec<u8>, TranslateError> {
+    let encode = |e: serde_json::Error| TranslateError::Encode(e.to_string());
+    let mut message: Map<String, Value> = serde_json::from_slice(raw).map_err(encode)?;
+    let android = message
+        .entry("android")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(android) = android.as_object_mut() {
+        // Whole seconds of a protobuf Duration (`"3600s"`, `"1.5s"`).
+        let own = android.get("ttl").map(|ttl| {
+            ttl.as_str()
+                .and_then(|t| t.strip_suffix('s'))
+                .and_then(|t| t.split('.').next())
+                .and_then(|t| t.parse::<u64>().ok())
+        });
+        let keep = match own {
+            None => false,
+            Some(None) => true,
+            Some(Some(seconds)) => seconds < u64::from(cap),
+        };
+        if !keep {
+            android.insert("ttl".into(), Value::String(format!("{cap}s")));
+        }
+    }
+    serde_json::to_vec(&message).map_err(encode)
 }
 
 /// FCM v1 takes only string data values: strings pass, everything else is JSON-encoded.
@@ -155,8 +206,12 @@ fn split_notification(n: &GcmNotification) -> (Map<String, Value>, Map<String, V
 }
 
 /// The legacy `/fcm/send` body: `to` for one token, `registration_ids` for several. Data values
-/// are sent as they are (the legacy API took any JSON value).
-pub fn legacy_body(msg: &GcmMessage, tokens: &[String]) -> Result<Vec<u8>, TranslateError> {
+/// are sent as they are (the legacy API took any JSON value). `ttl_cap` bounds `time_to_live`.
+pub fn legacy_body(
+    msg: &GcmMessage,
+    tokens: &[String],
+    ttl_cap: Option<u32>,
+) -> Result<Vec<u8>, TranslateError> {
     let mut body = Map::new();
     match tokens {
         [] => return Err(TranslateError::NoToken),
@@ -189,7 +244,10 @@ pub fn legacy_body(msg: &GcmMessage, tokens: &[String]) -> Result<Vec<u8>, Trans
             body.insert(k.into(), v);
         }
     };
-    opt("time_to_live", msg.time_to_live.map(|t| json!(t)));
+    opt(
+        "time_to_live",
+        capped_ttl(msg.time_to_live, ttl_cap).map(|t| json!(t)),
+    );
     opt("collapse_key", msg.collapse_key.clone().map(Value::String));
     opt("priority", msg.priority.clone().map(Value::String));
     opt("content_available", msg.content_available.map(Value::Bool));
@@ -246,7 +304,7 @@ mod tests {
 
     fn v1(kafka: &str) -> Value {
         let msg = parse_gcm(kafka.as_bytes()).unwrap();
-        serde_json::from_slice(&v1_body(&msg).unwrap()).unwrap()
+        serde_json::from_slice(&v1_body(&msg, None).unwrap()).unwrap()
     }
 
     #[test]
@@ -299,11 +357,63 @@ mod tests {
         let kafka =
             r#"{"message":{"token":"tok","data":{"k":"v"},"android":{"ttl":"5s"}},"dry_run":true}"#;
         let msg = parse_gcm(kafka.as_bytes()).unwrap();
-        let body = String::from_utf8(v1_body(&msg).unwrap()).unwrap();
+        let body = String::from_utf8(v1_body(&msg, None).unwrap()).unwrap();
         assert_eq!(
             body,
             r#"{"validate_only":true,"message":{"token":"tok","data":{"k":"v"},"android":{"ttl":"5s"}}}"#
         );
+    }
+
+    #[test]
+    fn a_ttl_cap_bounds_every_body_s_ttl() {
+        let ttl = |kafka: &str, cap| {
+            let msg = parse_gcm(kafka.as_bytes()).unwrap();
+            let v1: Value = serde_json::from_slice(&v1_body(&msg, cap).unwrap()).unwrap();
+            let legacy: Value = serde_json::from_slice(
+                &legacy_body(&msg, std::slice::from_ref(&msg.to), cap).unwrap(),
+            )
+            .unwrap();
+            (
+                v1["message"]["android"]["ttl"].clone(),
+                legacy["time_to_live"].clone(),
+            )
+        };
+        let cases = [
+            (
+                r#"{"to":"t","time_to_live":3600}"#,
+                Some(60),
+                json!(["60s", 60]),
+            ),
+            (
+                r#"{"to":"t","time_to_live":30}"#,
+                Some(60),
+                json!(["30s", 30]),
+            ),
+            // None of its own: FCM would keep it four weeks.
+            (r#"{"to":"t"}"#, Some(60), json!(["60s", 60])),
+            (r#"{"to":"t"}"#, None, json!([null, null])),
+            (
+                r#"{"message":{"token":"t","android":{"ttl":"3600s"}}}"#,
+                Some(60),
+                json!(["60s", 60]),
+            ),
+            (
+                r#"{"message":{"token":"t","android":{"ttl":"1.5s"}}}"#,
+                Some(60),
+                json!(["1.5s", 60]),
+            ),
+            (
+                r#"{"message":{"token":"t","data":{"k":"v"}}}"#,
+                Some(60),
+                json!(["60s", 60]),
+            ),
+        ];
+        for (kafka, cap, want) in cases {
+            let (v1, legacy) = ttl(kafka, cap);
+            assert_eq!(json!([v1, legacy]), want, "{kafka} {cap:?}");
+        }
+        assert_eq!(ttl_cap(Duration::from_secs(90_000_000)), 2_419_200);
+        assert_eq!(ttl_cap(Duration::from_millis(59_999)), 59);
     }
 
     #[test]
@@ -315,16 +425,16 @@ mod tests {
         };
         msg.data.insert("big".into(), Value::String(big));
         assert!(matches!(
-            v1_body(&msg),
+            v1_body(&msg, None),
             Err(TranslateError::PayloadTooLarge { .. })
         ));
         assert!(matches!(
-            legacy_body(&msg, &["tok".into()]),
+            legacy_body(&msg, &["tok".into()], None),
             Err(TranslateError::PayloadTooLarge { .. })
         ));
         msg.to.clear();
-        assert_eq!(v1_body(&msg), Err(TranslateError::NoToken));
-        assert_eq!(legacy_body(&msg, &[]), Err(TranslateError::NoToken));
+        assert_eq!(v1_body(&msg, None), Err(TranslateError::NoToken));
+        assert_eq!(legacy_body(&msg, &[], None), Err(TranslateError::NoToken));
     }
 
     #[test]
@@ -334,13 +444,14 @@ mod tests {
         )
         .unwrap();
         let one: Value =
-            serde_json::from_slice(&legacy_body(&msg, &["a".into()]).unwrap()).unwrap();
+            serde_json::from_slice(&legacy_body(&msg, &["a".into()], None).unwrap()).unwrap();
         assert_eq!(
             one,
             json!({"to":"a","data":{"n":1},"notification":{"title":"t"},"dry_run":true,"time_to_live":60})
         );
         let many: Value =
-            serde_json::from_slice(&legacy_body(&msg, &["a".into(), "b".into()]).unwrap()).unwrap();
+            serde_json::from_slice(&legacy_body(&msg, &["a".into(), "b".into()], None).unwrap())
+                .unwrap();
         assert_eq!(many["registration_ids"], json!(["a", "b"]));
         assert!(many.get("to").is_none());
     }

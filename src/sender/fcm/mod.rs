@@ -29,6 +29,7 @@ use std::time::Duration;
 
 pub use crate::sender::http1::Http1Client;
 pub use crate::sender::transport::HttpVersion;
+use message::ttl_cap;
 pub use message::{legacy_body, v1_body, TranslateError};
 pub use oauth::{OAuthError, ServiceAccount, TokenSource, TokenStats};
 pub use response::{FcmResponse, LegacyReply};
@@ -306,12 +307,18 @@ impl FcmSender {
         if deadline.passed() {
             return FcmDelivery::new(Outcome::Expired, 0);
         }
-        let body = match &self.inner.api {
-            Api::V1 { .. } => v1_body(msg),
-            Api::Legacy { .. } => legacy_body(msg, std::slice::from_ref(&msg.to)),
+        let build = |cap: Option<u32>| -> Result<(Option<u32>, Bytes), TranslateError> {
+            let body = match &self.inner.api {
+                Api::V1 { .. } => v1_body(msg, cap),
+                Api::Legacy { .. } => legacy_body(msg, std::slice::from_ref(&msg.to), cap),
+            }?;
+            Ok((cap, Bytes::from(body)))
         };
-        let body = match body {
-            Ok(b) => Bytes::from(b),
+        // What FCM keeps the message for: never past its `push_expiry`, so the body is built
+        // again when an attempt has fewer seconds left than the last one.
+        let cap = || deadline.left().map(ttl_cap);
+        let mut built = match build(cap()) {
+            Ok(built) => built,
             Err(e) => {
                 return FcmDelivery::new(
                     Outcome::Malformed {
@@ -321,41 +328,17 @@ impl FcmSender {
                 )
             }
         };
-        let done = attempt_until_final(&self.inner.retry, &self.inner.gate, deadline, || async {
-            let answer = match &self.inner.api {
-                Api::V1 { tokens, path } => self.attempt_v1(tokens, path, &body).await,
-                Api::Legacy { authorization } => self
-                    .attempt_legacy(authorization, &body, 1)
-                    .await
-                    .and_then(|reply| {
-                        // `LegacyReply::parse` gives one result per token sent.
-                        reply.results.into_iter().next().ok_or_else(|| {
-                            AttemptError::Transport(TransportError::Io(
-                                "legacy answer without a result".into(),
-                            ))
-                        })
-                    }),
+        let done = attempt_until_final(&self.inner.retry, &self.inner.gate, deadline, || {
+            let now = cap();
+            let body = if now == built.0 {
+                Ok(built.1.clone())
+            } else {
+                build(now).map(|fresh| {
+                    built = fresh;
+                    built.1.clone()
+                })
             };
-            match answer {
-                Ok(response) => {
-                    let verdict = self.judge(response.verdict.clone());
-                    Attempt::answered(response, verdict)
-                }
-                // The token endpoint unreachable, or refusing the service account's assertion:
-                // every push would fail the same way.
-                Err(AttemptError::OAuth(e)) if e.is_permanent() || e.is_unreachable() => {
-                    Attempt::fault(e.kind(), e.to_string())
-                }
-                Err(AttemptError::OAuth(e)) => Attempt {
-                    answer: None,
-                    verdict: Verdict::Retry(RetryHint::new(e.kind())),
-                    error: Some(e.to_string()),
-                },
-                Err(AttemptError::Transport(e)) => {
-                    tracing::debug!(error = %e, "FCM transport failure.");
-                    Attempt::transport(&e)
-                }
-            }
+            self.attempt(body)
         })
         .await;
         let mut delivery = FcmDelivery::new(done.outcome, done.attempts);
@@ -365,6 +348,52 @@ impl FcmSender {
         delivery.transport_error = done.error;
         delivery.endpoint_fault = done.endpoint_fault;
         delivery
+    }
+
+    /// One attempt of `send_with_details` with `body`, and its verdict.
+    async fn attempt(&self, body: Result<Bytes, TranslateError>) -> Attempt<FcmResponse> {
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => {
+                return Attempt::final_outcome(Outcome::Malformed {
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let answer = match &self.inner.api {
+            Api::V1 { tokens, path } => self.attempt_v1(tokens, path, &body).await,
+            Api::Legacy { authorization } => self
+                .attempt_legacy(authorization, &body, 1)
+                .await
+                .and_then(|reply| {
+                    // `LegacyReply::parse` gives one result per token sent.
+                    reply.results.into_iter().next().ok_or_else(|| {
+                        AttemptError::Transport(TransportError::Io(
+                            "legacy answer without a result".into(),
+                        ))
+                    })
+                }),
+        };
+        match answer {
+            Ok(response) => {
+                let verdict = self.judge(response.verdict.clone());
+                Attempt::answered(response, verdict)
+            }
+            // The token endpoint unreachable, or refusing the service account's assertion:
+            // every push would fail the same way.
+            Err(AttemptError::OAuth(e)) if e.is_permanent() || e.is_unreachable() => {
+                Attempt::fault(e.kind(), e.to_string())
+            }
+            Err(AttemptError::OAuth(e)) => Attempt {
+                answer: None,
+                verdict: Verdict::Retry(RetryHint::new(e.kind())),
+                error: Some(e.to_string()),
+            },
+            Err(AttemptError::Transport(e)) => {
+                tracing::debug!(error = %e, "FCM transport failure.");
+                Attempt::transport(&e)
+            }
+        }
     }
 
     /// One message to many tokens, one delivery per token in order. Legacy: `registration_ids`
@@ -410,11 +439,12 @@ impl FcmSender {
             .map(|_| FcmDelivery::new(Outcome::Delivered, 0))
             .collect();
         let policy = &self.inner.retry;
+        let deadline = Deadline::from_push_expiry(msg.push_expiry, self.inner.clock.now());
         let mut attempt = 0;
         while !pending.is_empty() {
             attempt += 1;
             let batch: Vec<String> = pending.iter().map(|&i| tokens[i].clone()).collect();
-            let body = match legacy_body(msg, &batch) {
+            let body = match legacy_body(msg, &batch, deadline.left().map(ttl_cap)) {
                 Ok(b) => Bytes::from(b),
                 Err(e) => {
                     for &i in &pending {
