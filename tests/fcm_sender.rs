@@ -1211,3 +1211,35 @@ async fn the_ttl_sent_never_outlives_the_push_expiry() {
     })
     .await
 }
+
+/// Legacy multicast had no deadline: a message past its `push_expiry` was retried until its
+/// budget ran out and ended `gave_up`. Now the retries stop at the deadline: `expired`.
+#[tokio::test]
+async fn legacy_multicast_past_its_push_expiry_ends_expired() {
+    bounded(async {
+        let fake = start_fake(FakeOptions::default()).await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let mut config = legacy_config(&fake, &dead, "k");
+        config.retry = pusher::sender::RetryPolicy {
+            max_attempts: 50,
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+            max_retry_after: Duration::from_millis(400),
+        };
+        let sender = sender(config);
+        let mut msg = message("ignored");
+        msg.push_expiry = expiry_in(Duration::from_millis(500));
+        let started = Instant::now();
+        let deliveries = sender.send_multicast(&msg, &[token(1), token(2)]).await;
+        let outcomes: Vec<_> = deliveries.iter().map(|d| d.outcome.clone()).collect();
+        assert_eq!(outcomes, vec![Outcome::Expired, Outcome::Expired]);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await
+}

@@ -108,7 +108,7 @@ impl Deadline {
     }
 
     /// Resolves when it passes; never without one.
-    async fn reached(&self) {
+    pub async fn reached(&self) {
         match self.0 {
             Some(at) => tokio::time::sleep_until(at).await,
             None => std::future::pending().await,

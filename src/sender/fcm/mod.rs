@@ -397,8 +397,10 @@ impl FcmSender {
     }
 
     /// One message to many tokens, one delivery per token in order. Legacy: `registration_ids`
-    /// in requests of up to 1000 tokens, retrying only the tokens whose result says so. v1:
-    /// one request per token, all concurrently (as the Admin SDKs' `sendEach`).
+    /// in requests of up to 1000 tokens, retrying only the tokens whose result says so, until
+    /// the message's `push_expiry` (then `Expired`); an endpoint fault ends the tokens, as it
+    /// does not wait at the gate. v1: one request per token, all concurrently (as the Admin
+    /// SDKs' `sendEach`).
     pub async fn send_multicast(&self, msg: &GcmMessage, tokens: &[String]) -> Vec<FcmDelivery> {
         match &self.inner.api {
             Api::V1 { .. } => {
@@ -442,6 +444,14 @@ impl FcmSender {
         let deadline = Deadline::from_push_expiry(msg.push_expiry, self.inner.clock.now());
         let mut attempt = 0;
         while !pending.is_empty() {
+            if deadline.passed() {
+                for &i in &pending {
+                    let mut d = last[i].clone();
+                    d.outcome = Outcome::Expired;
+                    deliveries[i] = Some(d);
+                }
+                break;
+            }
             attempt += 1;
             let batch: Vec<String> = pending.iter().map(|&i| tokens[i].clone()).collect();
             let body = match legacy_body(msg, &batch, deadline.left().map(ttl_cap)) {
@@ -512,7 +522,11 @@ impl FcmSender {
             }
             pending = still;
             if !pending.is_empty() {
-                tokio::time::sleep(policy.delay(attempt, longest_after, &mut rand::rng())).await;
+                let delay = policy.delay(attempt, longest_after, &mut rand::rng());
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = deadline.reached() => {}
+                }
             }
         }
         deliveries
