@@ -1243,3 +1243,24 @@ async fn legacy_multicast_past_its_push_expiry_ends_expired() {
     })
     .await
 }
+
+/// A token endpoint answering `expires_in` 2^64-1: adding it to the clock overflowed, a panic
+/// in the send. Now a token is believed for an hour at most, then renewed.
+#[tokio::test]
+async fn a_huge_expires_in_is_believed_for_an_hour_at_most() {
+    bounded(async {
+        let stub = Stub::start().await;
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "access_token": "t1", "expires_in": u64::MAX, "token_type": "Bearer"})))
+            .mount(&stub)
+            .await;
+        let (_fake, sender, clock) = fake_with_stub_tokens(&stub).await;
+        assert!(sender.send(&message(&token(1))).await.is_delivered());
+        clock.advance(Duration::from_secs(3601));
+        assert!(sender.send(&message(&token(2))).await.is_delivered());
+        assert_eq!(sender.token_source().unwrap().stats().renewals, 2);
+    })
+    .await
+}

@@ -25,6 +25,9 @@ pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging"
 pub const GOOGLE_TOKEN_AUDIENCE: &str = "https://oauth2.googleapis.com/token";
 /// Lifetime asked for in the assertion (Google's maximum).
 const ASSERTION_LIFETIME_S: u64 = 3600;
+/// The longest `expires_in` believed: Google's tokens last an hour, and a huge value from a
+/// broken endpoint overflowed the expiry's arithmetic (a panic).
+const MAX_TOKEN_LIFETIME_S: u64 = 3600;
 
 /// The parts of a service-account JSON file we use. The private key is never printed.
 #[derive(Clone)]
@@ -457,7 +460,8 @@ impl TokenSource {
                 ..
             }) if !token.is_empty() => {
                 // Google says 3599; a missing value is taken as the usual hour.
-                let lifetime = Duration::from_secs(expires_in.unwrap_or(3599));
+                let lifetime =
+                    Duration::from_secs(expires_in.unwrap_or(3599).min(MAX_TOKEN_LIFETIME_S));
                 Ok((token, lifetime))
             }
             _ => Err(OAuthError::BadResponse {
