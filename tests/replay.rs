@@ -834,6 +834,14 @@ fn replay_to_its_fake(platform: &str) {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let r = schema::check_report(&json);
+    // Named by its platform (a web push replay was once labelled "fake fcm").
+    let fake = if platform == "gcm" { "fcm" } else { platform };
+    assert_eq!(
+        r["replay"]["target"],
+        format!("fake {fake} (embedded)"),
+        "{}",
+        r["replay"]
+    );
     let n = r["replay"]["capture_messages"].as_u64().unwrap();
     assert!(n >= 290, "{n}");
     let c = &r["conservation"];
@@ -970,5 +978,33 @@ fn odd_capture_times_replay_and_end() {
         let r = schema::check_report(&json);
         assert_eq!(r["conservation"]["generated"], want, "{cap:?}: {r}");
         assert_eq!(r["conservation"]["ok"], true, "{cap:?}");
+    }
+}
+
+/// The flags of a replay mean nothing to `--from-kafka`: refused by name, not ignored.
+#[test]
+fn from_kafka_refuses_replay_flags() {
+    let flags: [&[&str]; 9] = [
+        &["--json", "r.json"],
+        &["--html", "r.html"],
+        &["--count", "10"],
+        &["--speed", "2x"],
+        &["--mock"],
+        &["--rate", "5/s"],
+        &["--duration", "5s"],
+        &["--loop"],
+        &["--topic", "push-other_apns"],
+    ];
+    for flag in flags {
+        let mut argv = vec!["replay", "--from-kafka", "t", "--brokers", "127.0.0.1:1"];
+        argv.extend(["--since", "15m", "--kafka-timeout", "1s"]);
+        argv.extend(flag);
+        let o = pusher(&argv);
+        assert_eq!(o.status.code(), Some(2), "{flag:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("cannot be used with"),
+            "{flag:?}: {}",
+            text(&o)
+        );
     }
 }

@@ -58,7 +58,16 @@ pub struct ReplayArgs {
 
     /// Instead of replaying: read this topic's messages between --since and --until from
     /// --brokers and write them as a capture (to --out, or stdout).
-    #[arg(long, value_name = "TOPIC", requires_all = ["brokers", "since"])]
+    #[arg(
+        long,
+        value_name = "TOPIC",
+        requires_all = ["brokers", "since"],
+        // Flags of a replay, which an export would silently ignore.
+        conflicts_with_all = [
+            "json", "html", "baseline", "count", "duration", "rate", "speed", "looping", "mock",
+            "topic",
+        ],
+    )]
     pub from_kafka: Option<String>,
     /// Start of the range: RFC 3339 (2026-11-29T19:00:00Z), Unix ms, or a duration ago (15m).
     #[arg(long, requires = "from_kafka")]
@@ -84,7 +93,8 @@ pub struct ReplayArgs {
     /// With --brokers: produce every message to this topic instead of its recorded one.
     #[arg(long, requires = "brokers")]
     pub topic: Option<String>,
-    /// Send straight to the embedded fake APNs or FCM server (by the capture's topics).
+    /// Send straight to the embedded fake APNs, FCM or web push server (by the capture's
+    /// topics).
     #[arg(long, conflicts_with_all = ["brokers", "endpoint"])]
     pub mock: bool,
     #[command(flatten)]
@@ -216,24 +226,25 @@ fn to_kafka(
     Ok((driven, lag, conservation, target, "kafka".into()))
 }
 
-/// Sends straight to APNs (the embedded fake, or --endpoint), with the bench's sender set-up.
+/// Sends straight to APNs, FCM or a web push service (the embedded fake, or --endpoint), with
+/// the bench's sender set-up.
 fn to_sender(
     args: &ReplayArgs,
     entries: &[Entry],
     pace: Pace,
     interrupt: &Interrupt,
 ) -> anyhow::Result<Replayed> {
-    // One capture, one platform: the sender is APNs or FCM, chosen by the topics.
+    // One capture, one platform: the sender is APNs, FCM or web push, chosen by the topics.
     let mut platform = None;
     for e in entries {
         match app_from_topic(&e.topic) {
             Some((_, p)) if platform.is_none_or(|q| q == p) => platform = Some(p),
             Some(_) => bail!(
-                "topic {}: the capture mixes APNs and GCM topics; replay to a sender takes one platform (split it, or replay into Kafka with --brokers)",
+                "topic {}: the capture mixes platforms' topics; replay to a sender takes one platform (split it, or replay into Kafka with --brokers)",
                 e.topic
             ),
             None => bail!(
-                "topic {} names no platform (push-<app>_apns or _gcm): cannot tell how to send it",
+                "topic {} names no platform (push-<app>_apns, _gcm or _webpush): cannot tell how to send it",
                 e.topic
             ),
         }
@@ -337,10 +348,10 @@ fn to_sender(
         (Some(url), _) => url.clone(),
         _ => format!(
             "fake {} (embedded)",
-            if platform == Platform::Apns {
-                "apns"
-            } else {
-                "fcm"
+            match platform {
+                Platform::Apns => "apns",
+                Platform::Gcm => "fcm",
+                Platform::WebPush => "webpush",
             }
         ),
     };
