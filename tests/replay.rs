@@ -981,6 +981,65 @@ fn odd_capture_times_replay_and_end() {
     }
 }
 
+/// A replay into a topic the cluster does not have (and does not create: librdkafka's mock is
+/// told to answer "unknown topic", as a broker without auto-creation does) is refused before
+/// anything is sent, naming the topic; before, every message waited 30 s and the run ended
+/// "conservation check failed", exit 1. Both for --topic and for the capture's own topics.
+#[test]
+fn replay_into_a_topic_kafka_does_not_have_is_refused() {
+    use rdkafka::types::RDKafkaRespErr;
+    let dir = tempfile::tempdir().unwrap();
+    let cap = shaped_capture(dir.path());
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic("push-test_apns", 1, 1).unwrap();
+    for missing in ["push-tset_apns", "push-game_apns"] {
+        cluster
+            .topic_error(
+                missing,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+            )
+            .unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    for (extra, missing) in [
+        (vec!["--topic", "push-tset_apns"], "push-tset_apns"),
+        (vec![], "push-game_apns"),
+    ] {
+        let started = Instant::now();
+        let mut argv = vec![
+            "replay",
+            p(&cap),
+            "--brokers",
+            &brokers,
+            "--speed",
+            "20x",
+            "-q",
+        ];
+        argv.extend(extra);
+        let o = pusher(&argv);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("Kafka has no topic {missing:?}")),
+            "{}",
+            text(&o)
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
+    // The topic that exists still takes the replay.
+    let o = pusher(&[
+        "replay",
+        p(&cap),
+        "--brokers",
+        &brokers,
+        "--topic",
+        "push-test_apns",
+        "--speed",
+        "20x",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// The flags of a replay mean nothing to `--from-kafka`: refused by name, not ignored.
 #[test]
 fn from_kafka_refuses_replay_flags() {

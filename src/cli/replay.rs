@@ -189,7 +189,14 @@ fn to_kafka(
     pace: Pace,
     interrupt: &Interrupt,
 ) -> anyhow::Result<Replayed> {
-    let producer = kafka::producer(brokers, args.kafka.kafka_timeout)?;
+    // The targets: --topic, or each topic the capture holds.
+    let mut topics: Vec<&str> = match &args.topic {
+        Some(t) => vec![t.as_str()],
+        None => entries.iter().map(|e| e.topic.as_str()).collect(),
+    };
+    topics.sort_unstable();
+    topics.dedup();
+    let producer = kafka::producer(brokers, args.kafka.kafka_timeout, &topics)?;
     let times: Vec<Duration> = entries.iter().map(|e| e.at).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

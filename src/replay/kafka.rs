@@ -16,6 +16,7 @@ use crate::push::Outcome;
 use crate::telemetry::{KafkaReports, QuietProducerContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -88,6 +89,8 @@ pub enum RangeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("Kafka has no topic {topic:?} and does not create topics on first use")]
+    UnknownTopic { topic: String },
 }
 
 fn unreachable(brokers: &str, timeout: Duration, e: &rdkafka::error::KafkaError) -> RangeError {
@@ -348,10 +351,12 @@ struct Record {
 }
 
 /// A producer for replaying into Kafka: every message waits for its delivery report, which
-/// is its outcome. It is returned once the brokers answered, within `timeout`.
+/// is its outcome. It is returned once the brokers answered, within `timeout`, and described
+/// each of `topics` (as `pusher gen` checks its topic).
 pub fn producer(
     brokers: &str,
     timeout: Duration,
+    topics: &[&str],
 ) -> Result<FutureProducer<QuietProducerContext>, RangeError> {
     let producer: FutureProducer<QuietProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -365,6 +370,23 @@ pub fn producer(
         .client()
         .fetch_metadata(None, timeout)
         .map_err(|e| unreachable(brokers, timeout, &e))?;
+    // A topic the cluster neither has nor creates would cost every message its 30 s.
+    for &topic in topics {
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| unreachable(brokers, timeout, &e))?;
+        let unknown = metadata.topics().iter().any(|t| {
+            t.name() == topic
+                && t.error().map(RDKafkaErrorCode::from)
+                    == Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+        });
+        if unknown {
+            return Err(RangeError::UnknownTopic {
+                topic: topic.to_string(),
+            });
+        }
+    }
     Ok(producer)
 }
 
