@@ -24,7 +24,6 @@ use crate::sender::fcm::FcmSender;
 use crate::sender::webpush::WebPushSender;
 use anyhow::bail;
 use clap::Args;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -514,26 +513,44 @@ fn from_kafka(args: &ReplayArgs, topic: &str) -> anyhow::Result<ExitCode> {
     };
     let since = kafka::parse_time(since)?;
     let until = args.until.as_deref().map(kafka::parse_time).transpose()?;
-    let n = match &args.out {
-        Some(path) => {
-            kafka::read_range_to_file(brokers, topic, since, until, args.kafka.kafka_timeout, path)?
-        }
+    // Ctrl-C stops the read (exit 130); the temporary files are removed as the error returns.
+    let interrupt = Interrupt::install()?;
+    let range = kafka::Range {
+        brokers,
+        topic,
+        since_ms: since,
+        until_ms: until,
+        timeout: args.kafka.kafka_timeout,
+        sort_budget: crate::replay::sort::DEFAULT_BUDGET,
+    };
+    let bar = Progress::new("from-kafka", None, args.report.quiet);
+    let written = match &args.out {
+        Some(path) => kafka::read_range_to_file(&range, path, &bar, &interrupt),
         None => {
             let mut out = std::io::stdout().lock();
-            let n = kafka::read_range(
-                brokers,
-                topic,
-                since,
-                until,
-                args.kafka.kafka_timeout,
-                &mut out,
-            )?;
-            out.flush()?;
-            n
+            kafka::read_range(&range, &std::env::temp_dir(), &mut out, &bar, &interrupt)
         }
     };
+    drop(bar);
+    let written = match written {
+        Ok(w) => w,
+        Err(kafka::RangeError::Interrupted) => {
+            eprintln!(
+                "pusher replay: interrupted; {}",
+                match &args.out {
+                    Some(path) => format!("{} not written", path.display()),
+                    None => "the capture on stdout is incomplete".into(),
+                }
+            );
+            return Ok(ExitCode::from(crate::bench::interrupt::EXIT_CODE));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if !args.report.quiet {
-        eprintln!("pusher replay: {n} messages from {topic} written as a capture");
+        eprintln!(
+            "pusher replay: {} messages from {topic} written as a capture",
+            written.messages
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
