@@ -98,6 +98,13 @@ impl Progress {
         }
     }
 
+    /// The length, once known after the bar was made (`replay --from-kafka` counts the offsets
+    /// only once connected): drawn as a bar towards it from here on.
+    pub fn set_total(&self, len: u64) {
+        self.bar.set_length(len);
+        self.bar.set_style(style(true, self.deadline.clone()));
+    }
+
     /// A bar that draws nothing.
     pub fn hidden() -> Progress {
         Progress::new("", None, true)

@@ -834,6 +834,14 @@ fn replay_to_its_fake(platform: &str) {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let r = schema::check_report(&json);
+    // Named by its platform (a web push replay was once labelled "fake fcm").
+    let fake = if platform == "gcm" { "fcm" } else { platform };
+    assert_eq!(
+        r["replay"]["target"],
+        format!("fake {fake} (embedded)"),
+        "{}",
+        r["replay"]
+    );
     let n = r["replay"]["capture_messages"].as_u64().unwrap();
     assert!(n >= 290, "{n}");
     let c = &r["conservation"];
@@ -970,5 +978,334 @@ fn odd_capture_times_replay_and_end() {
         let r = schema::check_report(&json);
         assert_eq!(r["conservation"]["generated"], want, "{cap:?}: {r}");
         assert_eq!(r["conservation"]["ok"], true, "{cap:?}");
+    }
+}
+
+/// Messages with few distinct timestamps (ties across and within partitions), keys absent,
+/// text or binary, values JSON or not: what the sort must order, to `topic` at `brokers`.
+async fn produce_tied_messages(brokers: &str, topic: &str, partitions: i32, n: usize, t0: i64) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..n {
+        let value = if i % 10 == 0 {
+            vec![0xfe, i as u8, 0x00]
+        } else {
+            format!(
+                "{{\"DeviceToken\":\"{i:064x}\",\"Payload\":{{\"aps\":{{\"alert\":\"{}\"}}}}}}",
+                "x".repeat(i % 700)
+            )
+            .into_bytes()
+        };
+        let key: Option<Vec<u8>> = match i % 3 {
+            0 => None,
+            1 => Some(format!("{i:064x}").into_bytes()),
+            _ => Some(vec![0xff, (i % 251) as u8]),
+        };
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .partition((i % partitions as usize) as i32)
+            .timestamp(t0 + (i % 37) as i64)
+            .payload(&value);
+        if let Some(k) = &key {
+            record = record.key(k);
+        }
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for d in deliveries {
+        d.await.unwrap().unwrap();
+    }
+}
+
+/// `--from-kafka` in bounded memory: a budget that makes it spill many sorted runs writes the
+/// same bytes as the in-memory sort, and leaves no temporary file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_kafka_spills_sorted_runs_and_writes_the_same_bytes() {
+    use pusher::bench::interrupt::Interrupt;
+    use pusher::progress::Progress;
+    use pusher::replay::kafka::{read_range, Range};
+    let topic = "push-sorted_apns".to_string();
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 3).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    const N: usize = 1500;
+    let t0 = 1_700_000_000_000;
+    produce_tied_messages(&brokers, &topic, 3, N, t0).await;
+
+    let read = |budget: usize| {
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let dir = tempfile::tempdir().unwrap();
+                let range = Range {
+                    brokers: &brokers,
+                    topic: &topic,
+                    since_ms: t0,
+                    until_ms: None,
+                    timeout: Duration::from_secs(10),
+                    sort_budget: budget,
+                };
+                let mut out = Vec::new();
+                let (bar, stop) = (Progress::hidden(), Interrupt::manual());
+                let written = read_range(&range, dir.path(), &mut out, &bar, &stop).unwrap();
+                let left = std::fs::read_dir(dir.path()).unwrap().count();
+                (written, out, left)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let (whole, in_memory, _) = read(usize::MAX).await;
+    let (spilled, merged, left) = read(64 * 1024).await;
+    assert_eq!(whole.messages, N as u64);
+    assert_eq!(whole.spilled_runs, 0);
+    assert!(spilled.spilled_runs >= 5, "{spilled:?}");
+    assert_eq!(spilled.messages, N as u64);
+    assert_eq!(left, 0, "no temporary file left");
+    assert!(in_memory == merged, "the spilled sort wrote other bytes");
+
+    // The order is (timestamp, partition, offset): within one timestamp, partitions ascend.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.jsonl");
+    std::fs::write(&path, &merged).unwrap();
+    let entries = capture::read(&path).unwrap();
+    assert_eq!(entries.len(), N);
+    assert!(entries.windows(2).all(|w| w[0].at <= w[1].at));
+    assert_eq!(entries.last().unwrap().at, Duration::from_millis(36));
+    drop(kafka);
+}
+
+/// Ctrl-C during `--from-kafka` (here: a leader that refuses every fetch, so the read waits)
+/// stops it at once, exit 130, and leaves the folder as it was: the earlier FILE untouched, no
+/// temporary file. Before, the signal killed it and the temporary file stayed.
+#[test]
+fn from_kafka_stops_on_sigint_and_leaves_no_file() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let topic = "push-stuck_apns";
+    cluster.create_topic(topic, 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(produce_tied_messages(&brokers, topic, 1, 20, now_ms()));
+    cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 2000],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(&out, "earlier\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pusher"));
+    cmd.args(["replay", "--from-kafka", topic, "--brokers", &brokers])
+        .args(["--since", "1h", "--kafka-timeout", "60s", "-o", p(&out)])
+        .env("PUSHER_LOG", "info");
+    let mut run = watched::Watched::spawn(cmd);
+    run.wait_for(true, "Reading the topic range", Duration::from_secs(30));
+    let started = Instant::now();
+    watched::Watched::signal(run.id(), "INT");
+    let (code, stdout, stderr) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(130), "{stdout}\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier\n");
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files, vec![std::ffi::OsString::from("out.jsonl")]);
+}
+
+/// CRC-32C (Castagnoli), the checksum of a Kafka record batch.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Appends a transaction's commit marker (a control batch of one record, what a broker writes
+/// when a transaction commits) to `topic`'s `partition`, with a raw Produce request (v3).
+/// A transactional producer cannot do it here: librdkafka's mock cluster takes transactions
+/// but writes no markers.
+fn append_commit_marker(broker: &str, topic: &str, partition: i32) {
+    use std::io::{Read, Write};
+    // The record: attributes, timestamp delta, offset delta, key (version 0, type 1: commit),
+    // value (version 0, coordinator epoch 0), no headers; lengths as zigzag varints.
+    let record_body: Vec<u8> = [&[0u8, 0, 0, 8][..], &[0, 0, 0, 1], &[12], &[0; 6], &[0]].concat();
+    let mut record = vec![(record_body.len() as u8) << 1];
+    record.extend_from_slice(&record_body);
+    let now = now_ms();
+    // From the attributes on: what the CRC covers.
+    let mut tail = Vec::new();
+    tail.extend_from_slice(&0x30i16.to_be_bytes()); // control, transactional
+    tail.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+    tail.extend_from_slice(&now.to_be_bytes());
+    tail.extend_from_slice(&now.to_be_bytes());
+    tail.extend_from_slice(&7i64.to_be_bytes()); // producer id
+    tail.extend_from_slice(&0i16.to_be_bytes()); // producer epoch
+    tail.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    tail.extend_from_slice(&1i32.to_be_bytes()); // records
+    tail.extend_from_slice(&record);
+    let mut batch = Vec::new();
+    batch.extend_from_slice(&0i64.to_be_bytes()); // base offset (the broker sets it)
+    batch.extend_from_slice(&((4 + 1 + 4 + tail.len()) as i32).to_be_bytes());
+    batch.extend_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+    batch.push(2); // magic
+    batch.extend_from_slice(&crc32c(&tail).to_be_bytes());
+    batch.extend_from_slice(&tail);
+
+    let mut req = Vec::new();
+    req.extend_from_slice(&0i16.to_be_bytes()); // Produce
+    req.extend_from_slice(&3i16.to_be_bytes());
+    req.extend_from_slice(&1i32.to_be_bytes()); // correlation id
+    req.extend_from_slice(&4i16.to_be_bytes());
+    req.extend_from_slice(b"test");
+    req.extend_from_slice(&(-1i16).to_be_bytes()); // no transactional id
+    req.extend_from_slice(&1i16.to_be_bytes()); // acks
+    req.extend_from_slice(&5000i32.to_be_bytes());
+    req.extend_from_slice(&1i32.to_be_bytes());
+    req.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    req.extend_from_slice(topic.as_bytes());
+    req.extend_from_slice(&1i32.to_be_bytes());
+    req.extend_from_slice(&partition.to_be_bytes());
+    req.extend_from_slice(&(batch.len() as i32).to_be_bytes());
+    req.extend_from_slice(&batch);
+
+    let mut conn = std::net::TcpStream::connect(broker).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(&(req.len() as i32).to_be_bytes()).unwrap();
+    conn.write_all(&req).unwrap();
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).unwrap();
+    let mut resp = vec![0u8; i32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut resp).unwrap();
+    // correlation id, topics, name, partitions, partition, then the error code.
+    let at = 4 + 4 + 2 + topic.len() + 4 + 4;
+    let err = i16::from_be_bytes([resp[at], resp[at + 1]]);
+    assert_eq!(err, 0, "the mock refused the marker");
+}
+
+/// A partition whose range ends in a transaction marker (which no consumer is given) ends at
+/// the partition's end: before, `--from-kafka` waited for the marker's offset and failed
+/// "no progress" after --kafka-timeout. One partition ends in a marker after messages, the
+/// other holds only a marker.
+#[test]
+fn from_kafka_ends_a_partition_that_ends_in_a_transaction_marker() {
+    let topic = "push-txn_apns".to_string();
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 2).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    let since = now_ms() - 60_000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Partition 0 only: `produce_tied_messages` with one partition.
+    rt.block_on(produce_tied_messages(&brokers, &topic, 1, 30, now_ms()));
+    append_commit_marker(&brokers, &topic, 0);
+    append_commit_marker(&brokers, &topic, 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("txn.jsonl");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pusher"));
+    cmd.args(["replay", "--from-kafka", &topic, "--brokers", &brokers])
+        .args(["--since", &since.to_string(), "--kafka-timeout", "5s"])
+        .args(["-o", p(&out)])
+        .env("PUSHER_LOG", "warn");
+    let (code, stdout, stderr) = watched::Watched::spawn(cmd).finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert_eq!(capture::read(&out).unwrap().len(), 30);
+    drop(kafka);
+}
+
+/// A replay into a topic the cluster does not have (and does not create: librdkafka's mock is
+/// told to answer "unknown topic", as a broker without auto-creation does) is refused before
+/// anything is sent, naming the topic; before, every message waited 30 s and the run ended
+/// "conservation check failed", exit 1. Both for --topic and for the capture's own topics.
+#[test]
+fn replay_into_a_topic_kafka_does_not_have_is_refused() {
+    use rdkafka::types::RDKafkaRespErr;
+    let dir = tempfile::tempdir().unwrap();
+    let cap = shaped_capture(dir.path());
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic("push-test_apns", 1, 1).unwrap();
+    for missing in ["push-tset_apns", "push-game_apns"] {
+        cluster
+            .topic_error(
+                missing,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+            )
+            .unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    for (extra, missing) in [
+        (vec!["--topic", "push-tset_apns"], "push-tset_apns"),
+        (vec![], "push-game_apns"),
+    ] {
+        let started = Instant::now();
+        let mut argv = vec![
+            "replay",
+            p(&cap),
+            "--brokers",
+            &brokers,
+            "--speed",
+            "20x",
+            "-q",
+        ];
+        argv.extend(extra);
+        let o = pusher(&argv);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("Kafka has no topic {missing:?}")),
+            "{}",
+            text(&o)
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
+    // The topic that exists still takes the replay.
+    let o = pusher(&[
+        "replay",
+        p(&cap),
+        "--brokers",
+        &brokers,
+        "--topic",
+        "push-test_apns",
+        "--speed",
+        "20x",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// The flags of a replay mean nothing to `--from-kafka`: refused by name, not ignored.
+#[test]
+fn from_kafka_refuses_replay_flags() {
+    let flags: [&[&str]; 9] = [
+        &["--json", "r.json"],
+        &["--html", "r.html"],
+        &["--count", "10"],
+        &["--speed", "2x"],
+        &["--mock"],
+        &["--rate", "5/s"],
+        &["--duration", "5s"],
+        &["--loop"],
+        &["--topic", "push-other_apns"],
+    ];
+    for flag in flags {
+        let mut argv = vec!["replay", "--from-kafka", "t", "--brokers", "127.0.0.1:1"];
+        argv.extend(["--since", "15m", "--kafka-timeout", "1s"]);
+        argv.extend(flag);
+        let o = pusher(&argv);
+        assert_eq!(o.status.code(), Some(2), "{flag:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("cannot be used with"),
+            "{flag:?}: {}",
+            text(&o)
+        );
     }
 }

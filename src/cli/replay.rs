@@ -24,7 +24,6 @@ use crate::sender::fcm::FcmSender;
 use crate::sender::webpush::WebPushSender;
 use anyhow::bail;
 use clap::Args;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -58,7 +57,16 @@ pub struct ReplayArgs {
 
     /// Instead of replaying: read this topic's messages between --since and --until from
     /// --brokers and write them as a capture (to --out, or stdout).
-    #[arg(long, value_name = "TOPIC", requires_all = ["brokers", "since"])]
+    #[arg(
+        long,
+        value_name = "TOPIC",
+        requires_all = ["brokers", "since"],
+        // Flags of a replay, which an export would silently ignore.
+        conflicts_with_all = [
+            "json", "html", "baseline", "count", "duration", "rate", "speed", "looping", "mock",
+            "topic",
+        ],
+    )]
     pub from_kafka: Option<String>,
     /// Start of the range: RFC 3339 (2026-11-29T19:00:00Z), Unix ms, or a duration ago (15m).
     #[arg(long, requires = "from_kafka")]
@@ -84,7 +92,8 @@ pub struct ReplayArgs {
     /// With --brokers: produce every message to this topic instead of its recorded one.
     #[arg(long, requires = "brokers")]
     pub topic: Option<String>,
-    /// Send straight to the embedded fake APNs or FCM server (by the capture's topics).
+    /// Send straight to the embedded fake APNs, FCM or web push server (by the capture's
+    /// topics).
     #[arg(long, conflicts_with_all = ["brokers", "endpoint"])]
     pub mock: bool,
     #[command(flatten)]
@@ -179,7 +188,14 @@ fn to_kafka(
     pace: Pace,
     interrupt: &Interrupt,
 ) -> anyhow::Result<Replayed> {
-    let producer = kafka::producer(brokers, args.kafka.kafka_timeout)?;
+    // The targets: --topic, or each topic the capture holds.
+    let mut topics: Vec<&str> = match &args.topic {
+        Some(t) => vec![t.as_str()],
+        None => entries.iter().map(|e| e.topic.as_str()).collect(),
+    };
+    topics.sort_unstable();
+    topics.dedup();
+    let producer = kafka::producer(brokers, args.kafka.kafka_timeout, &topics)?;
     let times: Vec<Duration> = entries.iter().map(|e| e.at).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -216,24 +232,25 @@ fn to_kafka(
     Ok((driven, lag, conservation, target, "kafka".into()))
 }
 
-/// Sends straight to APNs (the embedded fake, or --endpoint), with the bench's sender set-up.
+/// Sends straight to APNs, FCM or a web push service (the embedded fake, or --endpoint), with
+/// the bench's sender set-up.
 fn to_sender(
     args: &ReplayArgs,
     entries: &[Entry],
     pace: Pace,
     interrupt: &Interrupt,
 ) -> anyhow::Result<Replayed> {
-    // One capture, one platform: the sender is APNs or FCM, chosen by the topics.
+    // One capture, one platform: the sender is APNs, FCM or web push, chosen by the topics.
     let mut platform = None;
     for e in entries {
         match app_from_topic(&e.topic) {
             Some((_, p)) if platform.is_none_or(|q| q == p) => platform = Some(p),
             Some(_) => bail!(
-                "topic {}: the capture mixes APNs and GCM topics; replay to a sender takes one platform (split it, or replay into Kafka with --brokers)",
+                "topic {}: the capture mixes platforms' topics; replay to a sender takes one platform (split it, or replay into Kafka with --brokers)",
                 e.topic
             ),
             None => bail!(
-                "topic {} names no platform (push-<app>_apns or _gcm): cannot tell how to send it",
+                "topic {} names no platform (push-<app>_apns, _gcm or _webpush): cannot tell how to send it",
                 e.topic
             ),
         }
@@ -337,10 +354,10 @@ fn to_sender(
         (Some(url), _) => url.clone(),
         _ => format!(
             "fake {} (embedded)",
-            if platform == Platform::Apns {
-                "apns"
-            } else {
-                "fcm"
+            match platform {
+                Platform::Apns => "apns",
+                Platform::Gcm => "fcm",
+                Platform::WebPush => "webpush",
             }
         ),
     };
@@ -496,26 +513,44 @@ fn from_kafka(args: &ReplayArgs, topic: &str) -> anyhow::Result<ExitCode> {
     };
     let since = kafka::parse_time(since)?;
     let until = args.until.as_deref().map(kafka::parse_time).transpose()?;
-    let n = match &args.out {
-        Some(path) => {
-            kafka::read_range_to_file(brokers, topic, since, until, args.kafka.kafka_timeout, path)?
-        }
+    // Ctrl-C stops the read (exit 130); the temporary files are removed as the error returns.
+    let interrupt = Interrupt::install()?;
+    let range = kafka::Range {
+        brokers,
+        topic,
+        since_ms: since,
+        until_ms: until,
+        timeout: args.kafka.kafka_timeout,
+        sort_budget: crate::replay::sort::DEFAULT_BUDGET,
+    };
+    let bar = Progress::new("from-kafka", None, args.report.quiet);
+    let written = match &args.out {
+        Some(path) => kafka::read_range_to_file(&range, path, &bar, &interrupt),
         None => {
             let mut out = std::io::stdout().lock();
-            let n = kafka::read_range(
-                brokers,
-                topic,
-                since,
-                until,
-                args.kafka.kafka_timeout,
-                &mut out,
-            )?;
-            out.flush()?;
-            n
+            kafka::read_range(&range, &std::env::temp_dir(), &mut out, &bar, &interrupt)
         }
     };
+    drop(bar);
+    let written = match written {
+        Ok(w) => w,
+        Err(kafka::RangeError::Interrupted) => {
+            eprintln!(
+                "pusher replay: interrupted; {}",
+                match &args.out {
+                    Some(path) => format!("{} not written", path.display()),
+                    None => "the capture on stdout is incomplete".into(),
+                }
+            );
+            return Ok(ExitCode::from(crate::bench::interrupt::EXIT_CODE));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if !args.report.quiet {
-        eprintln!("pusher replay: {n} messages from {topic} written as a capture");
+        eprintln!(
+            "pusher replay: {} messages from {topic} written as a capture",
+            written.messages
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,17 +5,24 @@
 //! every message by its timestamp. librdkafka's mock cluster cannot answer by time (it
 //! answers -1 for every timestamp); that is detected (it also answers -1 for timestamp 0 on a
 //! non-empty partition) and the partition is scanned from its start instead. The consumer is
-//! assigned, never subscribed, and commits nothing.
+//! assigned, never subscribed, and commits nothing. A partition is done at its end offset of
+//! the range or at librdkafka's end-of-partition event, whichever comes first: offsets that
+//! deliver no message (a transaction marker, a compacted gap) end no wait. The messages are
+//! put in time order within a memory budget (`super::sort`).
 //!
 //! Both sides wait at most `--kafka-timeout` for the brokers' answers: a broker that cannot
 //! be reached is one error, and librdkafka's own reports go through the throttled reporter
 //! `pusher run` uses.
 
 use super::capture::write_entry;
+use super::sort::{Record, Sorter, SpillError};
+use crate::bench::interrupt::Interrupt;
+use crate::progress::Progress;
 use crate::push::Outcome;
 use crate::telemetry::{KafkaReports, QuietProducerContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -88,6 +95,13 @@ pub enum RangeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Spill(#[from] SpillError),
+    #[error("Kafka has no topic {topic:?} and does not create topics on first use")]
+    UnknownTopic { topic: String },
+    /// Ctrl-C: nothing more read or written.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 fn unreachable(brokers: &str, timeout: Duration, e: &rdkafka::error::KafkaError) -> RangeError {
@@ -135,42 +149,75 @@ fn show_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
 }
 
+/// What [`read_range`] reads: `topic`'s messages with timestamps in `[since_ms, until_ms]`
+/// (until: the end of the topic when it was opened).
+#[derive(Debug, Clone)]
+pub struct Range<'a> {
+    pub brokers: &'a str,
+    pub topic: &'a str,
+    pub since_ms: i64,
+    pub until_ms: Option<i64>,
+    /// The longest wait for the brokers' answers.
+    pub timeout: Duration,
+    /// Bytes of messages held in memory; past it, sorted runs go to temporary files
+    /// ([`super::sort::DEFAULT_BUDGET`] for the command).
+    pub sort_budget: usize,
+}
+
+/// What a read wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub messages: u64,
+    /// Sorted runs spilled to temporary files (0: sorted in memory).
+    pub spilled_runs: usize,
+}
+
 /// [`read_range`] into the file at `path`, which is replaced only when the whole capture was
 /// written: it goes to a temporary file beside it first, renamed over `path` at the end, so
-/// a failure leaves an existing file as it was.
+/// a failure or an interrupt leaves an existing file as it was. Sorted runs go beside it too.
 pub fn read_range_to_file(
-    brokers: &str,
-    topic: &str,
-    since_ms: i64,
-    until_ms: Option<i64>,
-    timeout: Duration,
+    range: &Range<'_>,
     path: &Path,
-) -> Result<u64, RangeError> {
+    progress: &Progress,
+    interrupt: &Interrupt,
+) -> Result<Written, RangeError> {
     let file_err = |source| RangeError::File {
         path: path.to_path_buf(),
         source,
     };
     // Removed unless the whole range was written: an existing FILE is never emptied.
     let temp = crate::report::temp_beside(path).map_err(file_err)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let mut out = std::io::BufWriter::new(temp);
-    let n = read_range(brokers, topic, since_ms, until_ms, timeout, &mut out)?;
+    let written = read_range(range, dir, &mut out, progress, interrupt)?;
     let temp = out.into_inner().map_err(|e| file_err(e.into_error()))?;
     temp.as_file().sync_all().map_err(file_err)?;
     temp.persist(path).map_err(|e| file_err(e.error))?;
-    Ok(n)
+    Ok(written)
 }
 
-/// Reads the messages of `topic` whose timestamps are in `[since_ms, until_ms]` (until: the
-/// end of the topic when it was opened) and writes them to `out` as a capture, in time order,
-/// timed from the first. Returns how many. Each wait for the brokers lasts `timeout` at most.
+/// Reads `range` and writes it to `out` as a capture, in time order, timed from the first
+/// message; sorted runs past the budget go to temporary files in `spill_dir`, removed however
+/// this ends. `progress` counts the offsets read; `interrupt` stops the read (or the writing)
+/// with [`RangeError::Interrupted`].
 pub fn read_range(
-    brokers: &str,
-    topic: &str,
-    since_ms: i64,
-    until_ms: Option<i64>,
-    timeout: Duration,
+    range: &Range<'_>,
+    spill_dir: &Path,
     out: &mut impl Write,
-) -> Result<u64, RangeError> {
+    progress: &Progress,
+    interrupt: &Interrupt,
+) -> Result<Written, RangeError> {
+    let &Range {
+        brokers,
+        topic,
+        since_ms,
+        until_ms,
+        timeout,
+        sort_budget,
+    } = range;
     let until_text = until_ms.map(show_ms).unwrap_or_else(|| "now".into());
     if until_ms.is_some_and(|u| u <= since_ms) {
         return Err(RangeError::EmptyRange {
@@ -184,6 +231,8 @@ pub fn read_range(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("allow.auto.create.topics", "false")
+        // A partition whose last offsets hold no message ends with this event.
+        .set("enable.partition.eof", "true")
         .create_with_context(QuietConsumer::default())?;
     let topic_err = |reason: String| RangeError::Topic {
         topic: topic.to_string(),
@@ -242,7 +291,6 @@ pub fn read_range(
         (true, Some(u)) => Some(by_time(u.saturating_add(1))?),
         _ => None,
     };
-    tracing::debug!(seekable, "Reading a topic range.");
 
     // Offsets to read per partition: [start, end).
     let mut todo: HashMap<i32, (i64, i64)> = HashMap::new();
@@ -265,22 +313,45 @@ pub fn read_range(
             tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
         }
     }
-    let mut records: Vec<Record> = Vec::new();
+    let total: i64 = todo.values().map(|(start, end)| end - start).sum();
+    progress.set_total(total.max(0) as u64);
+    tracing::info!(
+        seekable,
+        partitions = todo.len(),
+        offsets = total,
+        "Reading the topic range."
+    );
+    // The next offset expected per partition, for the progress.
+    let mut next: HashMap<i32, i64> = todo.iter().map(|(&p, &(start, _))| (p, start)).collect();
+    let mut advance = |p: i32, to: i64| {
+        if let Some(at) = next.get_mut(&p) {
+            if to > *at {
+                progress.inc((to - *at) as u64);
+                *at = to;
+            }
+        }
+    };
+    let mut sorter = Sorter::new(sort_budget, spill_dir);
     if !todo.is_empty() {
         consumer.assign(&tpl)?;
         let mut last_progress = Instant::now();
         while !todo.is_empty() {
+            if interrupt.is_set() {
+                return Err(RangeError::Interrupted);
+            }
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     let (p, o) = (m.partition(), m.offset());
                     let Some(&(_, end)) = todo.get(&p) else {
                         continue;
                     };
+                    last_progress = Instant::now();
                     if o >= end {
+                        advance(p, end);
                         todo.remove(&p);
                         continue;
                     }
-                    last_progress = Instant::now();
+                    advance(p, o + 1);
                     let ts = match m.timestamp() {
                         Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => t,
                         Timestamp::NotAvailable => {
@@ -292,16 +363,23 @@ pub fn read_range(
                         }
                     };
                     if ts >= since_ms && until_ms.is_none_or(|u| ts <= u) {
-                        records.push(Record {
+                        sorter.push(Record {
                             ts,
                             partition: p,
                             offset: o,
                             key: m.key().map(<[u8]>::to_vec),
                             value: m.payload().unwrap_or_default().to_vec(),
-                        });
+                        })?;
                     }
                     if o + 1 >= end {
                         todo.remove(&p);
+                    }
+                }
+                // The partition's end: what is left of the range delivers no message.
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some((_, end)) = todo.remove(&p) {
+                        advance(p, end);
+                        last_progress = Instant::now();
                     }
                 }
                 Some(Err(e)) => {
@@ -320,38 +398,39 @@ pub fn read_range(
             }
         }
     }
-    if records.is_empty() {
+    let spilled_runs = sorter.spilled_runs();
+    // Time order across partitions; a partition's own order breaks ties.
+    let mut first_ts = None;
+    let messages = sorter.finish(|r| {
+        if interrupt.is_set() {
+            return Err(RangeError::Interrupted);
+        }
+        let first = *first_ts.get_or_insert(r.ts);
+        let at = Duration::from_millis((r.ts - first).max(0) as u64);
+        write_entry(out, at, topic, r.key.as_deref(), &r.value)?;
+        Ok(())
+    })?;
+    if messages == 0 {
         return Err(RangeError::NoMessages {
             topic: topic.to_string(),
             since: show_ms(since_ms),
             until: until_text,
         });
     }
-    // Time order across partitions; a partition's own order breaks ties.
-    records.sort_by_key(|r| (r.ts, r.partition, r.offset));
-    let first = records[0].ts;
-    for r in &records {
-        let at = Duration::from_millis((r.ts - first).max(0) as u64);
-        write_entry(out, at, topic, r.key.as_deref(), &r.value)?;
-    }
     out.flush()?;
-    Ok(records.len() as u64)
-}
-
-/// A message read from the range.
-struct Record {
-    ts: i64,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Vec<u8>,
+    Ok(Written {
+        messages,
+        spilled_runs,
+    })
 }
 
 /// A producer for replaying into Kafka: every message waits for its delivery report, which
-/// is its outcome. It is returned once the brokers answered, within `timeout`.
+/// is its outcome. It is returned once the brokers answered, within `timeout`, and described
+/// each of `topics` (as `pusher gen` checks its topic).
 pub fn producer(
     brokers: &str,
     timeout: Duration,
+    topics: &[&str],
 ) -> Result<FutureProducer<QuietProducerContext>, RangeError> {
     let producer: FutureProducer<QuietProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -365,6 +444,23 @@ pub fn producer(
         .client()
         .fetch_metadata(None, timeout)
         .map_err(|e| unreachable(brokers, timeout, &e))?;
+    // A topic the cluster neither has nor creates would cost every message its 30 s.
+    for &topic in topics {
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| unreachable(brokers, timeout, &e))?;
+        let unknown = metadata.topics().iter().any(|t| {
+            t.name() == topic
+                && t.error().map(RDKafkaErrorCode::from)
+                    == Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+        });
+        if unknown {
+            return Err(RangeError::UnknownTopic {
+                topic: topic.to_string(),
+            });
+        }
+    }
     Ok(producer)
 }
 
@@ -409,12 +505,20 @@ mod tests {
     fn an_empty_range_is_refused_before_connecting() {
         let mut out = Vec::new();
         // No broker listens there: the check comes first.
-        let t = Duration::from_secs(1);
-        let err = read_range("127.0.0.1:1", "t", 2000, Some(1000), t, &mut out)
+        let range = |since_ms, until_ms| Range {
+            brokers: "127.0.0.1:1",
+            topic: "t",
+            since_ms,
+            until_ms: Some(until_ms),
+            timeout: Duration::from_secs(1),
+            sort_budget: 1024,
+        };
+        let (dir, bar, stop) = (Path::new("."), Progress::hidden(), Interrupt::manual());
+        let err = read_range(&range(2000, 1000), dir, &mut out, &bar, &stop)
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("empty time range"), "{err}");
-        let err = read_range("127.0.0.1:1", "t", 1000, Some(1000), t, &mut out)
+        let err = read_range(&range(1000, 1000), dir, &mut out, &bar, &stop)
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("empty time range"), "{err}");

@@ -96,6 +96,12 @@ pub fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    temp_in(dir)
+}
+
+/// A temporary file in `dir`, named and cleaned up as [`temp_beside`]'s are (replay's sorted
+/// runs, which no rename follows).
+pub fn temp_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     remove_stale_temps(dir);
     tempfile::Builder::new()
         .prefix(&format!(".pusher-{}-", std::process::id()))
