@@ -291,7 +291,8 @@ pub(super) fn pipeline_spec(
         format!("pusher-bench-{mode}-{}", std::process::id()),
         vec![topic.to_owned()],
     );
-    // As the end-to-end bench: the topic is the run's own (a fresh mock cluster).
+    // A fresh topic from its start; on a topic used before, the caller commits where the
+    // run's messages begin (`end_to_end::start_group_at`).
     spec.offset_reset = "earliest".into();
     spec.max_in_flight = 1000;
     spec.commit_interval = Duration::from_millis(200);
@@ -429,6 +430,11 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         (None, None) => bail!("no Kafka"),
     };
     let before = records_in(&brokers, &topic).unwrap_or(0);
+    // `--brokers`: the topic may hold earlier runs' messages; the run's group starts after them.
+    let start = match &mock {
+        Some(_) => HashMap::new(),
+        None => super::end_to_end::end_offsets(&brokers, &topic),
+    };
     let servers = start_servers(args, api, &brokers, APP)?;
     let plan = LoadPlan {
         count: requests,
@@ -449,6 +455,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     let (fake, sender_config, profile_name) = target(&args.target)?;
     let origin = sender_config.webpush_origin().to_string();
     let spec = pipeline_spec(platform, &brokers, "api", &topic, mock.is_some());
+    super::end_to_end::start_group_at(&brokers, &spec.group, &topic, &start)?;
     // The clients and the pipeline on the --threads runtime; the API on its own.
     let rt = crate::runtime::build(args.threads, "bench-clients")?;
     let stop = interrupt.token().clone();
