@@ -414,6 +414,18 @@ fn bad_input_is_a_clear_error() {
             &[
                 "bench",
                 "--mock",
+                "--events",
+                "--brokers",
+                "127.0.0.1:1",
+                "--count",
+                "10",
+            ],
+            "embedded broker only",
+        ),
+        (
+            &[
+                "bench",
+                "--mock",
                 "--count",
                 "10",
                 "--baseline",
