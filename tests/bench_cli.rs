@@ -414,6 +414,18 @@ fn bad_input_is_a_clear_error() {
             &[
                 "bench",
                 "--mock",
+                "--events",
+                "--brokers",
+                "127.0.0.1:1",
+                "--count",
+                "10",
+            ],
+            "embedded broker only",
+        ),
+        (
+            &[
+                "bench",
+                "--mock",
                 "--count",
                 "10",
                 "--baseline",
@@ -726,4 +738,57 @@ fn messages_the_broker_drops_unread_fail_the_bench() {
         n("answered") + n("lost") + n("in_flight"),
         "{c}"
     );
+}
+
+/// `--brokers` on a topic that earlier runs filled: each run (and each `--repeat` round)
+/// counts its own messages only, its group starting where they begin. Before, every new group
+/// read from the topic's start: the second run took the first one's messages for answers,
+/// stopped waiting early and failed its conservation check (exit 1).
+#[test]
+fn runs_on_a_used_topic_count_only_their_own_messages() {
+    use pusher::mock::kafka::KafkaMock;
+    let topic = "push-bench_apns".to_string();
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let runs: [(&str, &[&str], u64); 3] = [
+        ("first", &["--repeat", "1"], 2000),
+        ("again", &["--repeat", "2"], 2000),
+        (
+            "api",
+            &["--api", "--batch", "50", "--concurrency", "8"],
+            500,
+        ),
+    ];
+    for (name, extra, count) in runs {
+        let json = dir.path().join(format!("{name}.json"));
+        let count_text = count.to_string();
+        let mut args = vec![
+            "bench",
+            "--mock",
+            "--brokers",
+            kafka.bootstrap(),
+            "--count",
+            &count_text,
+            "--warmup",
+            "0s",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = pusher(&args);
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = &check_report(&json)["conservation"];
+        assert_eq!(c["ok"], true, "{name}: {c}");
+        assert_eq!(c["consumed"], count, "{name}: {c}");
+        assert_eq!(c["answered"], count, "{name}: {c}");
+        if name != "api" {
+            assert_eq!(c["committed"], count, "{name}: {c}");
+        }
+    }
 }

@@ -107,3 +107,141 @@ fn send_apns_with_token_auth_needs_a_topic_before_sending() {
     assert!(stderr.contains("--topic is required"), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing was sent, nothing printed");
 }
+
+/// Runs `args` with `env` set; returns the exit code and stderr.
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = pusher()
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let code = out.status.code();
+    (code, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// clap counts a value from an environment variable as given (clap #5591): a secret kept in
+/// the environment for one kind of credential refused commands that use another kind, or
+/// none. Each of these gets past the arguments now; a conflict typed on the command line is
+/// still a clear usage error.
+#[test]
+fn secrets_from_the_environment_do_not_trip_the_flags_rules() {
+    let usage = |stderr: &str| {
+        stderr.contains("cannot be used with") || stderr.contains("required arguments")
+    };
+    let dir = std::env::temp_dir();
+    let missing = dir.join("pusher-no-such-capture.jsonl");
+    let missing = missing.to_str().unwrap();
+    let sa = "fixtures/fcm/service-account.json";
+    // A service account on the command line wins over an environment server key; the
+    // embedded fake takes no key, so one from the environment is left unused there. Both
+    // get as far as reading the capture.
+    for args in [
+        &["--endpoint", "http://127.0.0.1:1", "--service-account", sa][..],
+        &["--mock"],
+    ] {
+        let args = [&["replay", missing][..], args].concat();
+        let (code, stderr) = run_with_env(&args, &[("PUSHER_REPLAY_API_KEY", "k")]);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(!usage(&stderr), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("pusher-no-such-capture.jsonl"),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    // The same for `send gcm`, which then tries to send.
+    let (code, stderr) = run_with_env(
+        &[
+            "send",
+            "gcm",
+            "--service-account",
+            sa,
+            "--token-uri",
+            "http://127.0.0.1:1/token",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--token",
+            "t",
+            "--title",
+            "hi",
+            "--attempts",
+            "1",
+            "--timeout",
+            "2s",
+        ],
+        &[("PUSHER_GCM_API_KEY", "k")],
+    );
+    assert!(!usage(&stderr) && !stderr.contains("not both"), "{stderr}");
+    assert_eq!(code, Some(1), "tried to send (nothing listens): {stderr}");
+
+    // A certificate password in the environment does not stop token auth.
+    let (code, stderr) = run_with_env(
+        &[
+            "send",
+            "apns",
+            "--key-file",
+            "fixtures/apns/AuthKey_TESTKEY001.p8",
+            "--key-id",
+            "TESTKEY001",
+            "--team-id",
+            "TEAM000001",
+            "--topic",
+            "com.example.app",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--token",
+            &"ab".repeat(32),
+            "--payload",
+            r#"{"aps":{"alert":"hi"}}"#,
+            "--attempts",
+            "1",
+            "--timeout",
+            "2s",
+        ],
+        &[("PUSHER_APNS_CERTIFICATE_PASSWORD", "p")],
+    );
+    assert!(!usage(&stderr) && !stderr.contains("go with"), "{stderr}");
+    assert_eq!(code, Some(1), "tried to send (nothing listens): {stderr}");
+
+    // bench: the same for its key; the run then stops at the unwritable report path.
+    let (code, stderr) = run_with_env(
+        &[
+            "bench",
+            "--mock",
+            "--platform",
+            "gcm",
+            "--service-account",
+            sa,
+            "--json",
+            "/no/such/dir/r.json",
+        ],
+        &[("PUSHER_BENCH_API_KEY", "k")],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!usage(&stderr), "{stderr}");
+    assert!(stderr.contains("/no/such/dir"), "{stderr}");
+
+    // Typed on the command line, the conflicts are still refused, each named.
+    let (code, stderr) = run_with_env(&["replay", missing, "--mock", "--api-key", "k"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--api-key needs --endpoint"), "{stderr}");
+    let (code, stderr) = run_with_env(
+        &[
+            "send",
+            "gcm",
+            "--service-account",
+            sa,
+            "--api-key",
+            "k",
+            "--token",
+            "t",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("give --service-account or --api-key, not both"),
+        "{stderr}"
+    );
+}

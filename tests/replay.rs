@@ -119,6 +119,26 @@ fn gen_shape_writes_a_capture_with_the_shape() {
     assert!(text(&o).contains("unknown shape \"sine\""), "{}", text(&o));
     let o = pusher(&["gen", "--shape", "ramp"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // Fewer than one message in all: before, an empty capture (which replay refuses), exit 0.
+    let empty = dir.path().join("empty.jsonl");
+    let o = pusher(&[
+        "gen",
+        "--shape",
+        "constant",
+        "--duration",
+        "1s",
+        "--peak-rate",
+        "0.5",
+        "-o",
+        p(&empty),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--duration 1s × --peak-rate 0.5/s"),
+        "{}",
+        text(&o)
+    );
+    assert!(!empty.exists(), "no capture is written");
 }
 
 /// Replay at 10x into the embedded fake: every message answered, the fake saw them all, the

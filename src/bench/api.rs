@@ -203,6 +203,8 @@ pub(super) struct Delivery {
     /// Request `i` (its tokens are `(i / repeats) * batch + j`) was sent at this many ns
     /// after `start`.
     pub sent_ns: Vec<AtomicU64>,
+    /// Requests the API accepted (2xx), warm-up included: only theirs are in Kafka.
+    pub accepted: AtomicU64,
     /// Verdicts of the pipeline.
     pub answered: AtomicU64,
     pub delivered: AtomicU64,
@@ -232,6 +234,7 @@ impl Delivery {
             batch,
             repeats,
             sent_ns: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            accepted: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             latency: Mutex::new(
@@ -291,7 +294,8 @@ pub(super) fn pipeline_spec(
         format!("pusher-bench-{mode}-{}", std::process::id()),
         vec![topic.to_owned()],
     );
-    // As the end-to-end bench: the topic is the run's own (a fresh mock cluster).
+    // A fresh topic from its start; on a topic used before, the caller commits where the
+    // run's messages begin (`end_to_end::start_group_at`).
     spec.offset_reset = "earliest".into();
     spec.max_in_flight = 1000;
     spec.commit_interval = Duration::from_millis(200);
@@ -369,6 +373,9 @@ pub(super) async fn load(
                     // Read the whole answer: the request is done when the client has it.
                     let _ = response.into_body().collect().await;
                     if status.is_success() {
+                        if let Some(d) = delivery {
+                            d.accepted.fetch_add(1, Ordering::Relaxed);
+                        }
                         Outcome::Delivered
                     } else {
                         Outcome::Rejected {
@@ -402,6 +409,13 @@ pub(super) fn records_in(brokers: &str, topic: &str) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// Notifications that reach Kafka: those of the requests the API accepted, and (interrupted)
+/// of those still unanswered, which it may have taken. A refused request (5xx, a connection
+/// error) produced nothing and is not lost.
+fn expected_notifications(delivery: &Delivery, driven: &Driven, batch: u64) -> u64 {
+    (delivery.accepted.load(Ordering::Relaxed) + driven.in_flight) * batch
+}
+
 pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Result<Report> {
     if api.batch == 0 {
         bail!("--batch must be >= 1");
@@ -429,6 +443,11 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         (None, None) => bail!("no Kafka"),
     };
     let before = records_in(&brokers, &topic).unwrap_or(0);
+    // `--brokers`: the topic may hold earlier runs' messages; the run's group starts after them.
+    let start = match &mock {
+        Some(_) => HashMap::new(),
+        None => super::end_to_end::end_offsets(&brokers, &topic),
+    };
     let servers = start_servers(args, api, &brokers, APP)?;
     let plan = LoadPlan {
         count: requests,
@@ -449,6 +468,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     let (fake, sender_config, profile_name) = target(&args.target)?;
     let origin = sender_config.webpush_origin().to_string();
     let spec = pipeline_spec(platform, &brokers, "api", &topic, mock.is_some());
+    super::end_to_end::start_group_at(&brokers, &spec.group, &topic, &start)?;
     // The clients and the pipeline on the --threads runtime; the API on its own.
     let rt = crate::runtime::build(args.threads, "bench-clients")?;
     let stop = interrupt.token().clone();
@@ -482,7 +502,10 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         progress.finish_and_clear();
         // Every accepted notification's verdict, for at most 60 s more.
         delivery
-            .wait_for(driven.sent * api.batch as u64, &stop)
+            .wait_for(
+                expected_notifications(&delivery, &driven, api.batch as u64),
+                &stop,
+            )
             .await;
         pipeline_stop.cancel();
         let summary = run.await.context("the pipeline panicked")??;
@@ -530,11 +553,11 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         ratio_to_baseline: rps / baseline_rps.max(1e-9),
         accepted_measured: accepted * api.batch as u64,
     });
-    // Every request, warm-up included: its notifications were accepted, are in Kafka, and
-    // got a verdict from the pipeline.
+    // Every accepted request, warm-up included: its notifications are in Kafka and got a
+    // verdict from the pipeline.
     let batch = api.batch as u64;
     let (generated, answered) = (
-        driven.sent * batch,
+        expected_notifications(&delivery, &driven, batch),
         delivery.answered.load(Ordering::Relaxed),
     );
     report.conservation = Conservation {
@@ -553,4 +576,56 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     .check();
     report.peak_rss_bytes = peak_rss_bytes();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request the API refuses (here every second one, 503) put nothing into Kafka: the
+    /// conservation expects the accepted ones' notifications only, warm-up included.
+    #[tokio::test]
+    async fn refused_requests_are_not_expected_in_kafka() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(AtomicU64::new(0));
+        let router = axum::Router::new().route(
+            "/api/push",
+            axum::routing::post(move || {
+                let n = seen.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    if n % 2 == 0 {
+                        http::StatusCode::OK
+                    } else {
+                        http::StatusCode::SERVICE_UNAVAILABLE
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let plan = LoadPlan {
+            count: Some(10),
+            duration: None,
+            warmup: Duration::from_millis(50),
+            load: Load::Closed { concurrency: 1 },
+        };
+        let delivery = Delivery::new(5, 1, 1 << 16, 0).unwrap();
+        let body = |_: u64| Bytes::from_static(b"{}");
+        let driven = load(
+            addr,
+            "/api/push",
+            &plan,
+            &body,
+            &CancellationToken::new(),
+            &Progress::hidden(),
+            Some(&delivery),
+        )
+        .await;
+        // One at a time: the 1st, 3rd, ... were accepted.
+        assert!(driven.sent > 10, "the warm-up sent some: {}", driven.sent);
+        assert_eq!(
+            expected_notifications(&delivery, &driven, 5),
+            driven.sent.div_ceil(2) * 5
+        );
+    }
 }

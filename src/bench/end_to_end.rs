@@ -67,6 +67,9 @@ struct Clock {
     sizes: Vec<AtomicU32>,
     /// Offsets the pipeline skipped, per partition (see [`Gaps`]).
     gaps: Mutex<Gaps>,
+    /// This run's first offset per partition (none listed: 0). With `--brokers` the topic
+    /// may hold earlier runs' messages: they are not this run's.
+    first_offsets: HashMap<i32, i64>,
     /// Messages Kafka dropped before the pipeline consumed them.
     lost: AtomicU64,
     /// The first delivery error, for the report.
@@ -151,6 +154,9 @@ impl Observer for Measure {
     fn on_outcome(&self, e: &OutcomeEvent<'_>) {
         let c = &self.0;
         let now = c.ns();
+        if e.offset < c.first_offsets.get(&e.partition).copied().unwrap_or(0) {
+            return; // an earlier run's message
+        }
         c.answered.fetch_add(1, Ordering::Relaxed);
         let Some(seq) = e
             .key
@@ -336,17 +342,20 @@ fn one_run(
         ahead_limit: kafka.as_ref().map_or(0, |k| k.retention_bytes() / 2),
         sizes: (0..RING).map(|_| AtomicU32::new(0)).collect(),
         gaps: Mutex::new(Gaps {
-            start: start_offsets,
+            start: start_offsets.clone(),
             ..Gaps::default()
         }),
+        first_offsets: start_offsets,
         lost: AtomicU64::new(0),
         produce_error: Mutex::new(None),
         recorder: Mutex::new(Recorder::new()),
         open_loop: args.rate.is_some(),
     });
 
-    // One group per round so that every round starts from the beginning of its messages.
+    // One group per round, started at this round's first offsets: "earliest" alone would
+    // also consume what earlier runs left in the topic (`--brokers`, `--repeat`).
     let group = format!("pusher-bench-{}-{round}", std::process::id());
+    start_group_at(&brokers, &group, &topic, &clock.first_offsets)?;
     let mut spec = RunSpec::new(
         args.target.platform,
         brokers.clone(),
@@ -494,7 +503,7 @@ fn one_run(
         server_answered,
         not_sent: 0,
         answered,
-        committed: Some(summary.committed_total().max(0) as u64),
+        committed: Some(committed_since(&summary, &clock.first_offsets)),
         in_flight: if report.interrupted || lost > 0 {
             generated.saturating_sub(answered + lost)
         } else {
@@ -680,9 +689,47 @@ fn produce_inner(
     Ok(())
 }
 
+/// Offsets committed by the run beyond `start` (its first offset per partition, 0 where
+/// none is listed): the messages it committed.
+fn committed_since(summary: &crate::pipeline::run::RunSummary, start: &HashMap<i32, i64>) -> u64 {
+    summary
+        .committed
+        .iter()
+        .map(|((_, p), &o)| (o - start.get(p).copied().unwrap_or(0)).max(0) as u64)
+        .sum()
+}
+
+/// Commits `offsets` (per partition of `topic`) for the new `group`, so that its consumer
+/// starts there; nothing to do when empty (a new topic: "earliest" is its start).
+pub(super) fn start_group_at(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    offsets: &HashMap<i32, i64>,
+) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut list = TopicPartitionList::new();
+    for (&p, &o) in offsets {
+        list.add_partition_offset(topic, p, Offset::Offset(o))?;
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating a consumer to place the bench's group")?;
+    consumer
+        .commit(&list, CommitMode::Sync)
+        .with_context(|| format!("starting group {group} at the end of {topic}"))
+}
+
 /// The next offset of each partition of `topic` (`--brokers`): where this run's messages
 /// start. Empty when the topic does not exist yet (it will start at 0) or cannot be read.
-fn end_offsets(brokers: &str, topic: &str) -> HashMap<i32, i64> {
+pub(super) fn end_offsets(brokers: &str, topic: &str) -> HashMap<i32, i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let timeout = Duration::from_secs(5);
     let consumer: BaseConsumer = match ClientConfig::new()

@@ -8,7 +8,8 @@ use crate::sender::apns::{load_identity, ApnsAuth, TokenAuth};
 use crate::sender::fcm::{FcmAuth, ServiceAccount};
 use crate::units::{parse_count, parse_rate};
 use anyhow::bail;
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,6 +61,14 @@ impl ApnsCredentials {
             && self.certificate_password.is_none()
     }
 
+    /// A certificate password from the environment applies to a --certificate only: token
+    /// auth, or none, leaves it unused (clap's `requires` would refuse the run).
+    pub fn settle_env(&mut self, matches: &ArgMatches) {
+        if from_env(matches, "certificate_password") && self.certificate.is_none() {
+            self.certificate_password = None;
+        }
+    }
+
     /// The auth these flags give, their files read; `None` when none is given.
     pub fn auth(&self) -> anyhow::Result<Option<ApnsAuth>> {
         if self.key_file.is_none() && (self.key_id.is_some() || self.team_id.is_some()) {
@@ -94,7 +103,9 @@ impl ApnsCredentials {
 #[derive(Debug, Clone, Default, Args)]
 pub struct FcmCredentials {
     /// HTTP v1: the service-account JSON file (project id and token endpoint from it).
-    #[arg(long, value_name = "FILE", conflicts_with = "api_key")]
+    // Not `conflicts_with = "api_key"`: where the key has an environment variable, clap would
+    // count it as given (clap #5591); `auth` refuses both given, `settle_env` the rest.
+    #[arg(long, value_name = "FILE")]
     pub service_account: Option<PathBuf>,
     /// Legacy HTTP API (/fcm/send) with this server key (Google shut the real one down in
     /// 2024; for fakes and old setups).
@@ -116,6 +127,13 @@ impl FcmCredentials {
             && self.token_uri.is_none()
     }
 
+    /// A server key from the environment yields to a --service-account on the command line.
+    pub fn settle_env(&mut self, matches: &ArgMatches) {
+        if from_env(matches, "api_key") && self.service_account.is_some() {
+            self.api_key = None;
+        }
+    }
+
     /// The auth these flags give, the service account read; `None` when none is given.
     pub fn auth(&self) -> anyhow::Result<Option<FcmAuth>> {
         if self.token_uri.is_some() && self.service_account.is_none() {
@@ -134,6 +152,13 @@ impl FcmCredentials {
             (Some(_), Some(_)) => bail!("give --service-account or --api-key, not both"),
         }
     }
+}
+
+/// Whether argument `id` took its value from its environment variable. Such a value must not
+/// trip `requires`/`conflicts_with`, which clap checks for it as for a typed one (clap #5591):
+/// commands settle it after parsing (`Cli::settle_env_secrets`).
+pub fn from_env(matches: &ArgMatches, id: &str) -> bool {
+    matches.value_source(id) == Some(ValueSource::EnvVariable)
 }
 
 /// Kafka bootstrap servers: one name for them in every command.

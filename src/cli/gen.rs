@@ -6,7 +6,7 @@ use crate::gen::{kafka, GenConfig, GenError, Generator, Mix};
 use crate::push::apns::PushType;
 use crate::push::Platform;
 use crate::units::{parse_count, parse_rate, parse_ratio};
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::ProgressBar;
 use std::io::Write;
@@ -221,6 +221,11 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e).with_context(|| format!("writing to {name}")),
         };
         drop(sink);
+        // ShapedTimes::new refuses a shape holding under one message; one holding about one
+        // may still place none (its steps sum to just under it): never keep an empty capture.
+        if n == 0 && !stopped() {
+            bail!("the shape placed no message: give a longer --duration or a higher --peak-rate");
+        }
         put_in_place(temp)?;
         progress.finish_and_clear();
         if !args.quiet {

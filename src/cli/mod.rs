@@ -13,7 +13,7 @@ pub mod report;
 pub mod run;
 pub mod send;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -106,11 +106,57 @@ impl Command {
 impl Cli {
     /// Parses the command line, exiting with clap's usage error (exit 2) when it is wrong.
     pub fn parse_args() -> Cli {
-        let mut cli = Cli::parse();
-        if let Err(e) = cli.place_seed_flags() {
-            e.exit();
+        Cli::try_parse_all(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (the program's name first): clap's parse, the seed's flags placed, and
+    /// the secrets taken from the environment settled.
+    pub fn try_parse_all<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.place_seed_flags()?;
+        cli.settle_env_secrets(&matches)?;
+        Ok(cli)
+    }
+
+    /// Secrets read from environment variables apply only where the command line leaves room
+    /// for them: a credential of another kind typed there wins, and one the command cannot use
+    /// is dropped. clap cannot decide this: its `requires` and `conflicts_with` count an
+    /// environment value as given (clap #5591), so `PUSHER_GCM_API_KEY=k pusher send gcm
+    /// --service-account sa.json` was refused. Those constraints are checked here instead, for
+    /// what was typed.
+    fn settle_env_secrets(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        let Some((_, m)) = matches.subcommand() else {
+            return Ok(());
+        };
+        match &mut self.command {
+            Command::Send(s) => match (&mut s.platform, m.subcommand()) {
+                (send::SendPlatform::Apns(a), Some((_, m))) => a.credentials.settle_env(m),
+                (send::SendPlatform::Gcm(a), Some((_, m))) => a.credentials.settle_env(m),
+                _ => {}
+            },
+            Command::Bench(b) => b.fcm.settle_env(m),
+            Command::Replay(r) => {
+                r.fcm.settle_env(m);
+                // The key is for an endpoint elsewhere (the embedded fake takes its own).
+                if r.endpoint.endpoint.is_none() && r.fcm.api_key.is_some() {
+                    if flags::from_env(m, "api_key") {
+                        r.fcm.api_key = None;
+                    } else {
+                        return Err(Cli::command().error(
+                            clap::error::ErrorKind::MissingRequiredArgument,
+                            "replay --api-key needs --endpoint URL (the embedded fake takes no key)",
+                        ));
+                    }
+                }
+            }
+            _ => {}
         }
-        cli
+        Ok(())
     }
 
     /// The seed took `--config` and `-p` before the command; they mean something to `run`
@@ -163,7 +209,6 @@ impl Cli {
 
 /// A usage error for a seed flag given to a command it means nothing to.
 fn refuse(config: bool, production: bool, what: &str) -> Result<(), clap::Error> {
-    use clap::CommandFactory;
     let flag = match (config, production) {
         (true, _) => "--config",
         (false, true) => "-p/--production",
@@ -259,7 +304,6 @@ fn cancel_on_signal(stop: tokio_util::sync::CancellationToken) -> anyhow::Result
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn causes_are_said_once() {
@@ -300,9 +344,7 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        let mut cli = Cli::try_parse_from(std::iter::once("pusher").chain(args.iter().copied()))?;
-        cli.place_seed_flags()?;
-        Ok(cli)
+        Cli::try_parse_all(std::iter::once("pusher").chain(args.iter().copied()))
     }
 
     /// The long flags `pusher <path> --help` lists.
@@ -482,6 +524,25 @@ mod tests {
         assert!(parse(&[&shaped[..], &["--peak-rate", "2k/s", "-n", "5k"]].concat()).is_err());
         assert!(parse(&["bench", "--mock", "--rate", "lots"]).is_err());
         assert!(parse(&["bench", "--mock", "--count", "0"]).is_err());
+    }
+
+    /// The credential rules clap no longer checks (their keys have environment variables)
+    /// still hold for what is typed; `run gcm`, with no such variable, keeps clap's.
+    #[test]
+    fn typed_credential_conflicts_are_refused() {
+        let sa = ["--service-account", "sa.json", "--api-key", "k"];
+        assert!(parse(&[&["run", "gcm"][..], &sa].concat()).is_err());
+        assert!(parse(&[&["gcm"][..], &sa].concat()).is_err());
+        let err = parse(&["replay", "f", "--mock", "--api-key", "k"]).unwrap_err();
+        assert!(
+            err.to_string().contains("--api-key needs --endpoint"),
+            "{err}"
+        );
+        let cli = parse(&["replay", "f", "--endpoint", "http://e", "--api-key", "k"]).unwrap();
+        let Command::Replay(r) = &cli.command else {
+            panic!()
+        };
+        assert_eq!(r.fcm.api_key.as_deref(), Some("k"));
     }
 
     #[test]

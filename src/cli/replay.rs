@@ -42,7 +42,6 @@ topic, or --topic); with --from-kafka, read from them")),
     mut_arg("certificate", |a| a.requires("endpoint")),
     mut_arg("service_account", |a| a.requires("endpoint")),
     mut_arg("api_key", |a| a
-        .requires("endpoint")
         .env("PUSHER_REPLAY_API_KEY")
         .hide_env_values(true)),
     mut_arg("count", |a| a.help("Stop after this many messages (10k, 1m)")),

@@ -106,7 +106,9 @@ pub struct ApnsRunArgs {
 #[derive(Debug, Clone, Args)]
 #[command(
     mut_arg("brokers", |a| a.help(BROKERS_HELP)),
-    mut_arg("api_key", |a| a.alias("apiKey"))
+    mut_arg("api_key", |a| a.alias("apiKey")),
+    // No environment variable here: clap may check the conflict.
+    mut_arg("service_account", |a| a.conflicts_with("api_key"))
 )]
 pub struct GcmRunArgs {
     #[command(flatten)]

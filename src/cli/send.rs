@@ -85,8 +85,8 @@ pub struct AttemptFlags {
     mut_arg("key_id", |a| a.requires("key_file")),
     mut_arg("team_id", |a| a.requires("key_file")),
     mut_arg("key", |a| a.requires("certificate")),
+    // No `requires("certificate")`: see `ApnsCredentials::settle_env`.
     mut_arg("certificate_password", |a| a
-        .requires("certificate")
         .env("PUSHER_APNS_CERTIFICATE_PASSWORD")
         .hide_env_values(true)),
 )]

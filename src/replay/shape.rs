@@ -58,6 +58,15 @@ const SPIKE_BASE: f64 = 0.1;
 const DAY_FLOOR: f64 = 0.1;
 
 impl Shape {
+    /// The mean rate over the run, as a fraction of the peak (midpoint rule).
+    pub fn mean_level(self) -> f64 {
+        let n = 100_000;
+        let sum: f64 = (0..n)
+            .map(|i| self.level((i as f64 + 0.5) / n as f64))
+            .sum();
+        sum / n as f64
+    }
+
     /// The rate, as a fraction of the peak, at `x` in [0, 1] of the run.
     pub fn level(self, x: f64) -> f64 {
         match self {
@@ -115,6 +124,17 @@ impl ShapedTimes {
                 "--peak-rate {peak_rate} is above the 100000/s a shape can place"
             )));
         }
+        // Fewer than one message in all would make an empty capture, which replay refuses.
+        let held = shape.mean_level() * duration.as_secs_f64() * peak_rate;
+        if held < 1.0 {
+            return Err(ShapeError::Invalid(format!(
+                "--duration {} × --peak-rate {peak_rate}/s holds {held:.2} messages with --shape \
+                 {shape} (its mean rate is {:.0}% of the peak): at least one is needed; give a \
+                 longer --duration or a higher --peak-rate",
+                humantime::format_duration(duration),
+                shape.mean_level() * 100.0
+            )));
+        }
         Ok(ShapedTimes {
             shape,
             duration: duration.as_secs_f64(),
@@ -128,12 +148,7 @@ impl ShapedTimes {
 
     /// How many messages the shape holds (the integral of the curve, rounded down).
     pub fn expected_count(shape: Shape, duration: Duration, peak_rate: f64) -> u64 {
-        let n = 100_000;
-        let d = duration.as_secs_f64();
-        let sum: f64 = (0..n)
-            .map(|i| shape.level((i as f64 + 0.5) / n as f64))
-            .sum();
-        (sum / n as f64 * d * peak_rate) as u64
+        (shape.mean_level() * duration.as_secs_f64() * peak_rate) as u64
     }
 }
 
@@ -288,5 +303,14 @@ mod tests {
         assert!(ShapedTimes::new(Shape::Ramp, Duration::ZERO, 1.0).is_err());
         assert!(ShapedTimes::new(Shape::Ramp, Duration::from_secs(1), 0.0).is_err());
         assert!(ShapedTimes::new(Shape::Ramp, Duration::from_secs(1), 1e6).is_err());
+        // Less than one message in all: an empty capture.
+        let few = ShapedTimes::new(Shape::Constant, Duration::from_secs(1), 0.5).unwrap_err();
+        assert!(
+            few.to_string()
+                .contains("--duration 1s × --peak-rate 0.5/s"),
+            "{few}"
+        );
+        assert!(ShapedTimes::new(Shape::Ramp, Duration::from_secs(1), 1.5).is_err());
+        assert!(ShapedTimes::new(Shape::Ramp, Duration::from_secs(2), 1.5).is_ok());
     }
 }

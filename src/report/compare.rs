@@ -158,15 +158,35 @@ fn judge(f: Figure<'_>, ra: &Report, rb: &Report, threshold: f64) -> Row {
     let (a, b) = match (f.a, f.b) {
         (Some(a), Some(b)) => (a, b),
         (None, None) => return row,
-        _ => {
+        (a, _) => {
             row.change = "-".into();
-            row.mark = Mark::Changed;
+            // A figure B no longer has (nothing measured: no answer came) is worse whichever
+            // way it points; one B has alone is new.
+            row.mark = match (a, f.better) {
+                (Some(_), Better::Higher | Better::Lower) => Mark::Worse,
+                _ => Mark::Changed,
+            };
             return row;
         }
     };
     if a == 0.0 || b == 0.0 {
-        row.change = if a == b { pct(0.0) } else { "new".into() };
-        row.mark = if a == b { Mark::Same } else { Mark::Changed };
+        // No ratio, so no noise to weigh: a move to or from zero is judged by its direction
+        // alone (throughput 1000 -> 0 is worse, not "new").
+        row.change = if a == b {
+            pct(0.0)
+        } else if a == 0.0 {
+            "new".into()
+        } else {
+            pct(-1.0)
+        };
+        let rose = b > a;
+        row.mark = match f.better {
+            _ if a == b => Mark::Same,
+            Better::Higher if rose => Mark::Better,
+            Better::Lower if !rose => Mark::Better,
+            Better::Higher | Better::Lower => Mark::Worse,
+            Better::Neither => Mark::Changed,
+        };
         return row;
     }
     let scaling = match f.better {
@@ -491,6 +511,27 @@ mod tests {
         let a = report(1000.0, &[990.0, 1000.0, 1010.0], &[500, 505, 510], 1e6);
         let r = rows(&a, &b, 5.0);
         assert_eq!(mark(&r, "throughput (msg/s)"), Mark::Worse, "{r:#?}");
+    }
+
+    /// A figure that fell to zero or vanished has no ratio to weigh against the noise: it
+    /// was shown as "new"/"changed" and passed `--fail-on-worse`.
+    #[test]
+    fn a_drop_to_zero_or_a_vanished_figure_is_judged_by_direction() {
+        let a = report(1000.0, &[1000.0], &[500], 1e6);
+        let mut b = report(0.0, &[0.0], &[500], 1e6);
+        b.latency.send = None;
+        b.runs_latency.clear();
+        let r = rows(&a, &b, 5.0);
+        assert_eq!(mark(&r, "throughput (msg/s)"), Mark::Worse, "{r:#?}");
+        assert_eq!(mark(&r, "send p99"), Mark::Worse, "{r:#?}");
+        let r = rows(&b, &a, 5.0);
+        assert_eq!(mark(&r, "throughput (msg/s)"), Mark::Better, "{r:#?}");
+        assert_eq!(mark(&r, "send p99"), Mark::Changed, "{r:#?}");
+        // A latency down to zero is lower, so better; outcome counts have no direction.
+        let zero = report(1000.0, &[1000.0], &[0], 1e6);
+        let r = rows(&a, &zero, 5.0);
+        assert_eq!(mark(&r, "send p99"), Mark::Better, "{r:#?}");
+        assert_eq!(mark(&rows(&zero, &a, 5.0), "send p99"), Mark::Worse);
     }
 
     #[test]
