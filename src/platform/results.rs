@@ -427,30 +427,36 @@ impl Writer {
 }
 
 impl consume::Batches for Writer {
+    type Done = ResultCounts;
+
     async fn handle(
         &mut self,
         batch: &[BorrowedMessage<'_>],
         _: &consume::Lease<'_>,
-    ) -> Result<(), String> {
-        let (rows, done) = read(batch);
+    ) -> Result<ResultCounts, String> {
+        let (rows, mut done) = read(batch);
         self.store
             .store_results(&rows)
             .await
             .map_err(|e| e.to_string())?;
-        let forgotten = self
+        done.devices_removed = self
             .store
             .forget_invalid_tokens(&rows)
             .await
             .map_err(|e| e.to_string())?;
+        // Webhook calls are counted as they start (in `notify`): a redo does not call again.
         self.notify(&rows).await?;
+        Ok(done)
+    }
+
+    fn committed(&mut self, done: ResultCounts) {
         let c = &mut self.counts;
-        c.devices_removed += forgotten;
+        c.devices_removed += done.devices_removed;
         c.consumed += done.consumed;
         c.stored += done.stored;
         c.untracked += done.untracked;
         c.malformed += done.malformed;
         metrics::counter!(crate::telemetry::names::RESULTS).increment(done.stored);
-        Ok(())
     }
 }
 

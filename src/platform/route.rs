@@ -179,14 +179,18 @@ struct Router<'a> {
 }
 
 impl consume::Batches for Router<'_> {
+    type Done = RouteCounts;
+
     async fn handle(
         &mut self,
         batch: &[BorrowedMessage<'_>],
         lease: &consume::Lease<'_>,
-    ) -> Result<(), String> {
-        let done = handle(self.settings, &self.stores, self.producer, batch, lease).await?;
+    ) -> Result<RouteCounts, String> {
+        handle(self.settings, &self.stores, self.producer, batch, lease).await
+    }
+
+    fn committed(&mut self, done: RouteCounts) {
         add(&mut self.counts, &done);
-        Ok(())
     }
 }
 
