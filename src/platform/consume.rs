@@ -106,7 +106,8 @@ pub fn consumer(
     Ok(consumer)
 }
 
-/// The group consumer's librdkafka settings: ours, then `settings.consumer_extra`.
+/// The group consumer's librdkafka settings: ours, then `settings.consumer_extra`, then the
+/// eager assignment strategy.
 fn consumer_config(settings: &GroupSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -131,6 +132,11 @@ fn consumer_config(settings: &GroupSettings) -> ClientConfig {
     for (k, v) in &settings.consumer_extra {
         config.set(k, v);
     }
+    // Eager, whatever the extras say: `batches` drops a batch at any rebalance and relies on
+    // the partition being revoked, so that its next owner (maybe this member) reads it again
+    // from the commit. Under cooperative-sticky a kept partition is not revoked and would go
+    // on past the dropped batch, losing it.
+    config.set("partition.assignment.strategy", "range,roundrobin");
     config
 }
 
@@ -389,6 +395,26 @@ fn commit(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A cooperative strategy set among the extras does not apply: the group stays eager.
+    #[test]
+    fn the_assignment_strategy_stays_eager() {
+        let settings = GroupSettings {
+            brokers: "127.0.0.1:9092".into(),
+            group: "g".into(),
+            topic: "t".into(),
+            batch_size: 100,
+            offset_reset: "earliest".into(),
+            consumer_extra: vec![(
+                "partition.assignment.strategy".into(),
+                "cooperative-sticky".into(),
+            )],
+        };
+        assert_eq!(
+            consumer_config(&settings).get("partition.assignment.strategy"),
+            Some("range,roundrobin")
+        );
+    }
 
     struct Count {
         committed: usize,
