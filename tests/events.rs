@@ -138,28 +138,7 @@ impl Platform {
 
     /// Waits until the routers have committed everything on the requests topic.
     async fn wait_routed(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (brokers, group) = (
-            self.kafka.bootstrap().to_owned(),
-            format!("route-{}", self.app),
-        );
-        let topic = vec![format!("push-{}-requests", self.app)];
-        loop {
-            let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
-            let lag = tokio::task::spawn_blocking(move || {
-                pusher::platform::lag::backlog(&b, &g, &t, Duration::from_secs(5))
-            })
-            .await
-            .unwrap();
-            if matches!(lag, Ok(0)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the routers did not commit: {lag:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::platform::wait_routed(self.kafka.bootstrap(), &self.app).await;
     }
 
     /// Every push on the app's topics, (platform, key, message): `expected` of them, then

@@ -827,6 +827,53 @@ async fn a_router_joining_mid_broadcast_is_served_before_it_ends_and_each_device
     assert_eq!(first.segments + second.segments, 1, "{first:?} {second:?}");
 }
 
+/// A keyed request retried after Kafka's answer was lost writes its notification's record
+/// twice, with one notif_id: both in one batch are routed once (one push per device) and the
+/// partition goes on. Seen: setting both targets in one statement failed ("ON CONFLICT DO
+/// UPDATE command cannot affect row a second time"), retried forever, the partition stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_record_written_twice_is_routed_once() {
+    let p = Platform::start().await;
+    let registry = Registry::new(p.store.pool());
+    registry
+        .register(&p.app, &[android(42, "twice-token", 1_000)], &[])
+        .await
+        .unwrap();
+    let record = json!({"kind": "notification", "user_id": 42, "title": "T", "content": "C",
+                        "notif_id": "twice"})
+    .to_string()
+    .into_bytes();
+    let records: Vec<pusher::platform::produce::Record> = (0..2)
+        .map(|_| pusher::platform::produce::Record {
+            topic: format!("push-{}-requests", p.app),
+            key: "42".into(),
+            payload: record.clone(),
+        })
+        .collect();
+    Producer::new(p.kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&records)
+        .await
+        .unwrap();
+    common::platform::wait_routed(p.kafka.bootstrap(), &p.app).await;
+    let pushes = read_topic(p.kafka.bootstrap(), &format!("push-{}_gcm", p.app), 1);
+    assert_eq!(pushes.len(), 1, "one push: {pushes:?}");
+    assert_eq!(pushes[0]["metadata"]["notif_id"], "twice");
+    let row = p
+        .store
+        .notification(&p.app, "twice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.targets, Some(1));
+    let counts = p.stop().await;
+    assert_eq!(
+        (counts.consumed, counts.pushes, counts.malformed),
+        (2, 1, 0),
+        "{counts:?}"
+    );
+}
+
 /// A notification that reached no device (a user without devices, a segment nothing matches)
 /// is complete when the router counts 0, and no verdict will ever arrive: `pusher results`
 /// still calls its webhook, once. A segment of exactly one page (its next page empty) is
