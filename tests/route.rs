@@ -874,6 +874,26 @@ async fn a_notification_record_written_twice_is_routed_once() {
     );
 }
 
+/// The router (`set_targets`) and the API (`record_accepted`) write the same notifications'
+/// rows at once, given them in opposite orders: both lock them in notif_id order, so neither
+/// deadlocks. Seen: 40P01 between the two, a failed request or a retried batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_and_api_lock_notification_rows_in_one_order() {
+    let (store, _, app) = fresh_registry("lock").await;
+    for round in 0..5 {
+        let ids: Vec<String> = (0..2000).map(|i| format!("r{round}-{i:05}")).collect();
+        let reached: Vec<(&str, u32)> = ids.iter().rev().map(|id| (id.as_str(), 1)).collect();
+        let accepted: Vec<(String, Option<u32>)> =
+            ids.iter().map(|id| (id.clone(), Some(1))).collect();
+        let (routed, recorded) = tokio::join!(
+            store.set_targets(&app, &reached),
+            store.record_accepted(&app, &accepted)
+        );
+        routed.unwrap();
+        recorded.unwrap();
+    }
+}
+
 /// A notification that reached no device (a user without devices, a segment nothing matches)
 /// is complete when the router counts 0, and no verdict will ever arrive: `pusher results`
 /// still calls its webhook, once. A segment of exactly one page (its next page empty) is

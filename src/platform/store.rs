@@ -229,8 +229,11 @@ impl Store {
         let idem: Vec<&str> = keys.iter().map(|k| k.idem_key.as_str()).collect();
         let ids: Vec<&str> = keys.iter().map(|k| k.notif_id.as_str()).collect();
         let stale = stale_after.as_secs_f64();
+        // Rows in notif_id order, as `record_accepted` and `set_targets` write theirs: taken
+        // in different orders, two statements on shared rows deadlocked (40P01).
         const CLAIM: &str = "INSERT INTO pusher_notifications AS n (app, idem_key, notif_id, claim)
                  SELECT $1, k, id, $4 FROM unnest($2::text[], $3::text[]) AS t(k, id)
+                 ORDER BY id
                  ON CONFLICT (app, idem_key) WHERE idem_key IS NOT NULL DO UPDATE
                    SET claim = EXCLUDED.claim, claimed_at = now()
                    WHERE n.state = 'pending'
@@ -353,11 +356,13 @@ impl Store {
         execute(
             &client,
             // The router may have written the row first (`set_targets`: it can read the
-            // request record before this runs); its targets are kept.
+            // request record before this runs); its targets are kept. In notif_id order, as
+            // `set_targets` writes (opposite orders deadlocked).
             "INSERT INTO pusher_notifications AS n
                    (app, idem_key, notif_id, state, claim, accepted_at, targets)
                  SELECT $1, NULL, t.id, 'accepted', '', now(), t.targets
                  FROM unnest($2::text[], $3::int[]) AS t(id, targets)
+                 ORDER BY t.id
                  ON CONFLICT (app, notif_id) DO UPDATE
                    SET state = 'accepted', accepted_at = EXCLUDED.accepted_at,
                        targets = COALESCE(n.targets, EXCLUDED.targets)",
@@ -858,8 +863,10 @@ impl Store {
         let client = self.pool.get().await?;
         execute(
             &client,
+            // In notif_id order, as the API's statements write the same rows.
             "INSERT INTO pusher_notifications AS n (app, notif_id, claim, targets)
                  SELECT $1, t.id, '', t.targets FROM unnest($2::text[], $3::int[]) AS t(id, targets)
+                 ORDER BY t.id
                  ON CONFLICT (app, notif_id) DO UPDATE SET targets = EXCLUDED.targets",
             &[&app, &ids, &targets],
         )
