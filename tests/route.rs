@@ -1192,6 +1192,50 @@ async fn a_token_refused_by_its_service_is_not_brought_back_by_an_older_login() 
     assert_eq!(tokens_of(&registry, &app, 9).await, ["dead2"]);
 }
 
+/// A batch of logins (`register`) and a batch of invalid-token verdicts
+/// (`forget_invalid_tokens`) on the same devices at once, given them in opposite orders: both
+/// lock the devices in token order, so neither deadlocks. Seen: 40P01 between the router and
+/// `pusher results`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_and_invalid_token_verdicts_lock_devices_in_one_order() {
+    let (store, registry, app) = fresh_registry("devlock").await;
+    for round in 0..5 {
+        let tokens: Vec<String> = (0..2000).map(|i| format!("r{round}-{i:05}")).collect();
+        let devices = |at_s: i64| -> Vec<_> {
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| android(i as i64, t, at_s))
+                .collect()
+        };
+        registry.register(&app, &devices(1_000), &[]).await.unwrap();
+        let verdicts: Vec<pusher::platform::store::ResultRow> = tokens
+            .iter()
+            .rev()
+            .map(|t| pusher::platform::store::ResultRow {
+                app: app.clone(),
+                notif_id: "n".into(),
+                token: t.clone(),
+                platform: "gcm".into(),
+                outcome: "token_invalid".into(),
+                reason: String::new(),
+                at: 2_000,
+            })
+            .collect();
+        let again = devices(1_500);
+        let (registered, forgotten) = tokio::join!(
+            registry.register(&app, &again, &[]),
+            store.forget_invalid_tokens(&verdicts)
+        );
+        registered.unwrap();
+        assert_eq!(
+            forgotten.unwrap(),
+            2000,
+            "every device registered before the verdict"
+        );
+    }
+}
+
 /// A login without a language keeps the user's (Seen: it stored 1, English, over a user's
 /// Spanish); a user who never said one has none, so event mode sends the default's texts.
 #[tokio::test]

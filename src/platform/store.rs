@@ -548,16 +548,24 @@ impl Store {
             // One statement: the tombstones and the deletion commit together. Grouped, as one
             // batch may hold several verdicts for a token (ON CONFLICT may touch a row once),
             // and in key order, so that two results processes lock shared rows in one order.
-            "WITH dead AS (
-                 INSERT INTO pusher_dead_tokens AS x (app, token, dead_at)
-                 SELECT app, token, max(to_timestamp(at))
+            // The devices too are locked in key order first, as `Registry::register` writes
+            // them: deleted in the verdicts' order, they deadlocked with a batch of logins.
+            "WITH verdicts AS MATERIALIZED (
+                 SELECT app, token, max(to_timestamp(at)) AS at
                  FROM unnest($1::text[], $2::text[], $3::float8[]) AS t(app, token, at)
-                 GROUP BY app, token ORDER BY app, token
+                 GROUP BY app, token),
+             dead AS (
+                 INSERT INTO pusher_dead_tokens AS x (app, token, dead_at)
+                 SELECT app, token, at FROM verdicts ORDER BY app, token
                  ON CONFLICT (app, token) DO UPDATE SET dead_at = EXCLUDED.dead_at
-                   WHERE x.dead_at < EXCLUDED.dead_at)
-             DELETE FROM pusher_devices AS d
-                 USING unnest($1::text[], $2::text[], $3::float8[]) AS t(app, token, at)
-                 WHERE d.app = t.app AND d.token = t.token AND d.updated_at < to_timestamp(t.at)",
+                   WHERE x.dead_at < EXCLUDED.dead_at),
+             doomed AS MATERIALIZED (
+                 SELECT d.app, d.token, v.at FROM pusher_devices AS d
+                 JOIN verdicts AS v ON d.app = v.app AND d.token = v.token
+                 WHERE d.updated_at < v.at
+                 ORDER BY d.app, d.token FOR UPDATE OF d)
+             DELETE FROM pusher_devices AS d USING doomed AS o
+                 WHERE d.app = o.app AND d.token = o.token AND d.updated_at < o.at",
             &[&apps, &tokens, &at],
         )
         .await?)
