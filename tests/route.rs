@@ -1236,6 +1236,72 @@ async fn logins_and_invalid_token_verdicts_lock_devices_in_one_order() {
     }
 }
 
+/// A notification completes exactly when its last verdict lands, its verdicts counted as they
+/// are stored (not counted again at each batch: a broadcast's were, all of them, at every
+/// batch), a redelivered verdict once; verdicts stored before their notification's row still
+/// complete it.
+#[tokio::test]
+async fn a_notification_completes_at_its_last_verdict_each_verdict_counted_once() {
+    let (store, _, app) = fresh_registry("count").await;
+    let verdict = |notif_id: &str, token: &str| pusher::platform::store::ResultRow {
+        app: app.clone(),
+        notif_id: notif_id.into(),
+        token: token.into(),
+        platform: "gcm".into(),
+        outcome: "delivered".into(),
+        reason: String::new(),
+        at: 1_700_000_000,
+    };
+    let pg = store.pool().get().await.unwrap();
+    let counted = |notif_id: &'static str| {
+        let (pg, app) = (&pg, app.clone());
+        async move {
+            pg.query_one(
+                "SELECT verdicts FROM pusher_notifications WHERE app = $1 AND notif_id = $2",
+                &[&app, &notif_id],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+        }
+    };
+    let pair = |notif_id: &str| vec![(app.clone(), notif_id.to_owned())];
+    store
+        .record_accepted(&app, &[("n1".into(), Some(3))])
+        .await
+        .unwrap();
+    store.store_results(&[verdict("n1", "t1")]).await.unwrap();
+    assert!(store.claim_completed(&pair("n1")).await.unwrap().is_empty());
+    // Redelivered, alone and beside a new one.
+    store
+        .store_results(&[verdict("n1", "t1"), verdict("n1", "t2")])
+        .await
+        .unwrap();
+    store.store_results(&[verdict("n1", "t2")]).await.unwrap();
+    assert_eq!(counted("n1").await, Some(2));
+    assert!(store.claim_completed(&pair("n1")).await.unwrap().is_empty());
+    store.store_results(&[verdict("n1", "t3")]).await.unwrap();
+    assert_eq!(counted("n1").await, Some(3));
+    let done = store.claim_completed(&pair("n1")).await.unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        (done[0].targets, done[0].counts.clone()),
+        (3, [("delivered".to_owned(), 3)].into())
+    );
+    assert!(store.claim_completed(&pair("n1")).await.unwrap().is_empty());
+
+    // Verdicts before the row (a fast verdict of an unkeyed request): counted once, later.
+    store
+        .store_results(&[verdict("n2", "t1"), verdict("n2", "t2")])
+        .await
+        .unwrap();
+    store
+        .record_accepted(&app, &[("n2".into(), Some(2))])
+        .await
+        .unwrap();
+    assert_eq!(store.claim_completed(&pair("n2")).await.unwrap().len(), 1);
+}
+
 /// A login without a language keeps the user's (Seen: it stored 1, English, over a user's
 /// Spanish); a user who never said one has none, so event mode sends the default's texts.
 #[tokio::test]
