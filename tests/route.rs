@@ -1113,7 +1113,7 @@ async fn a_token_refused_by_its_service_is_not_brought_back_by_an_older_login() 
         platform: "gcm".into(),
         outcome: "token_invalid".into(),
         reason: "UNREGISTERED".into(),
-        at,
+        at_ms: at * 1000,
     };
     registry
         .register(
@@ -1219,7 +1219,7 @@ async fn logins_and_invalid_token_verdicts_lock_devices_in_one_order() {
                 platform: "gcm".into(),
                 outcome: "token_invalid".into(),
                 reason: String::new(),
-                at: 2_000,
+                at_ms: 2_000_000,
             })
             .collect();
         let again = devices(1_500);
@@ -1250,7 +1250,7 @@ async fn a_notification_completes_at_its_last_verdict_each_verdict_counted_once(
         platform: "gcm".into(),
         outcome: "delivered".into(),
         reason: String::new(),
-        at: 1_700_000_000,
+        at_ms: 1_700_000_000_000,
     };
     let pg = store.pool().get().await.unwrap();
     let counted = |notif_id: &'static str| {
@@ -1300,6 +1300,29 @@ async fn a_notification_completes_at_its_last_verdict_each_verdict_counted_once(
         .await
         .unwrap();
     assert_eq!(store.claim_completed(&pair("n2")).await.unwrap().len(), 1);
+}
+
+/// Two verdicts for one (notification, token) within one second, the newer stored first: the
+/// older, arriving later, does not replace it. Seen: times were kept in whole seconds, and the
+/// older won the tie.
+#[tokio::test]
+async fn of_two_verdicts_in_one_second_the_newer_stays() {
+    let (store, _, app) = fresh_registry("ms").await;
+    let verdict = |outcome: &str, timestamp: i64| {
+        pusher::platform::results::result_of(&json!({"from": "t1", "metadata": {
+            "notif_id": "n1", "game": app, "timestamp": timestamp, "outcome": outcome}}))
+        .unwrap()
+    };
+    store
+        .store_results(&[verdict("delivered", 1_700_000_000_900)])
+        .await
+        .unwrap();
+    store
+        .store_results(&[verdict("failed", 1_700_000_000_100)])
+        .await
+        .unwrap();
+    let counts = store.result_counts(&app, "n1").await.unwrap();
+    assert_eq!(counts, [("delivered".to_owned(), 1)].into());
 }
 
 /// A login without a language keeps the user's (Seen: it stored 1, English, over a user's

@@ -461,8 +461,8 @@ pub struct ResultRow {
     pub platform: String,
     pub outcome: String,
     pub reason: String,
-    /// When the pusher consumed the message, Unix seconds.
-    pub at: i64,
+    /// When the pusher consumed the message, Unix milliseconds.
+    pub at_ms: i64,
 }
 
 /// A notification as the API accepted it.
@@ -491,7 +491,7 @@ impl Store {
             let slot = newest
                 .entry((r.app.as_str(), r.notif_id.as_str(), r.token.as_str()))
                 .or_insert(r);
-            if r.at >= slot.at {
+            if r.at_ms >= slot.at_ms {
                 *slot = r;
             }
         }
@@ -500,7 +500,7 @@ impl Store {
             return Ok(());
         }
         let col = |f: fn(&ResultRow) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
-        let at: Vec<f64> = rows.iter().map(|r| r.at as f64).collect();
+        let at: Vec<f64> = rows.iter().map(|r| r.at_ms as f64 / 1000.0).collect();
         let client = self.pool.get().await?;
         execute(
             &client,
@@ -564,7 +564,7 @@ impl Store {
         }
         let apps: Vec<&str> = dead.iter().map(|r| r.app.as_str()).collect();
         let tokens: Vec<&str> = dead.iter().map(|r| r.token.as_str()).collect();
-        let at: Vec<f64> = dead.iter().map(|r| r.at as f64).collect();
+        let at: Vec<f64> = dead.iter().map(|r| r.at_ms as f64 / 1000.0).collect();
         let client = self.pool.get().await?;
         Ok(execute(
             &client,
@@ -972,7 +972,7 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = query(
             &client,
-            "SELECT token, platform, outcome, reason, (extract(epoch FROM at))::bigint
+            "SELECT token, platform, outcome, reason, floor(extract(epoch FROM at) * 1000)::bigint
                  FROM pusher_results WHERE app = $1 AND notif_id = $2 AND token > $3
                  ORDER BY token LIMIT $4",
             &[&app, &notif_id, &after, &limit],
@@ -987,7 +987,7 @@ impl Store {
                 platform: r.get(1),
                 outcome: r.get(2),
                 reason: r.get(3),
-                at: r.get(4),
+                at_ms: r.get(4),
             })
             .collect())
     }
