@@ -875,7 +875,7 @@ async fn sync_logs_name_a_browser_web() {
                     platform: "webpush".into(),
                     outcome: "token_invalid".into(),
                     reason: "410".into(),
-                    at: 1_700_000_000,
+                    at_ms: 1_700_000_000_000,
                 }])
                 .await
                 .unwrap();
@@ -1952,7 +1952,7 @@ async fn results_of_a_push_are_stored_and_served() {
         platform: "apns".to_owned(),
         outcome: outcome.to_owned(),
         reason: String::new(),
-        at: now_ms / 1000,
+        at_ms: now_ms,
     };
     Store::new(&pg())
         .unwrap()

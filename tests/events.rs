@@ -138,28 +138,7 @@ impl Platform {
 
     /// Waits until the routers have committed everything on the requests topic.
     async fn wait_routed(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (brokers, group) = (
-            self.kafka.bootstrap().to_owned(),
-            format!("route-{}", self.app),
-        );
-        let topic = vec![format!("push-{}-requests", self.app)];
-        loop {
-            let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
-            let lag = tokio::task::spawn_blocking(move || {
-                pusher::platform::lag::backlog(&b, &g, &t, Duration::from_secs(5))
-            })
-            .await
-            .unwrap();
-            if matches!(lag, Ok(0)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the routers did not commit: {lag:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::platform::wait_routed(self.kafka.bootstrap(), &self.app).await;
     }
 
     /// Every push on the app's topics, (platform, key, message): `expected` of them, then
@@ -520,6 +499,67 @@ async fn a_postgres_outage_longer_than_the_poll_interval_routes_each_event_once(
     assert_eq!(c.events.pushes, 2 * USERS as u64, "{c:?}");
     assert_eq!(c.events.already_sent, 0, "{c:?}");
     assert!(c.events.skipped.is_empty(), "{c:?}");
+}
+
+/// A router joins while the first is inside a slow batch (the group goes to rebalancing
+/// without the first having polled): the first's commit is refused and the batch redone, and
+/// it is counted once. Seen: its counts were added before the commit, then again by the redo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_commit_a_rebalance_refuses_is_counted_once() {
+    let mut p = Platform::start(1, DeviceLimits::default()).await;
+    // The first write of this app's logins sleeps 3 s, once (a sequence, which a rollback
+    // does not undo, counts the tries).
+    let store = common::platform::store().await;
+    let pg = store.pool().get().await.unwrap();
+    let tag = p.app.replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE SEQUENCE test_slow_{tag};
+         CREATE FUNCTION test_slow_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.app = '{app}' THEN
+                 IF nextval('test_slow_{tag}') = 1 THEN
+                     PERFORM pg_sleep(3);
+                 END IF;
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_slow_{tag} BEFORE INSERT OR UPDATE ON pusher_logins
+             FOR EACH ROW EXECUTE FUNCTION test_slow_{tag}();",
+        app = p.app
+    ))
+    .await
+    .unwrap();
+    const USERS: i64 = 8;
+    let logins: Vec<Value> = (1..=USERS)
+        .map(|u| login(u, 1, 1, &format!("tok-{u}")))
+        .collect();
+    p.events(Value::Array(logins)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = pg
+            .query_one(&format!("SELECT is_called FROM test_slow_{tag}"), &[])
+            .await
+            .unwrap();
+        if row.get::<_, bool>(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the router never wrote the logins"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.add_router(common::platform::pg(), Vec::new());
+    p.wait_routed().await;
+    pg.batch_execute(&format!(
+        "DROP TRIGGER test_slow_{tag} ON pusher_logins;
+         DROP FUNCTION test_slow_{tag}(); DROP SEQUENCE test_slow_{tag};"
+    ))
+    .await
+    .unwrap();
+    let c = p.stop().await;
+    assert_eq!(c.consumed, USERS as u64, "each record counted once: {c:?}");
+    assert_eq!(c.logins, USERS as u64, "{c:?}");
 }
 
 /// A PostgreSQL error while marking a phase's claims sent, after its pushes are in Kafka, is

@@ -827,6 +827,73 @@ async fn a_router_joining_mid_broadcast_is_served_before_it_ends_and_each_device
     assert_eq!(first.segments + second.segments, 1, "{first:?} {second:?}");
 }
 
+/// A keyed request retried after Kafka's answer was lost writes its notification's record
+/// twice, with one notif_id: both in one batch are routed once (one push per device) and the
+/// partition goes on. Seen: setting both targets in one statement failed ("ON CONFLICT DO
+/// UPDATE command cannot affect row a second time"), retried forever, the partition stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_record_written_twice_is_routed_once() {
+    let p = Platform::start().await;
+    let registry = Registry::new(p.store.pool());
+    registry
+        .register(&p.app, &[android(42, "twice-token", 1_000)], &[])
+        .await
+        .unwrap();
+    let record = json!({"kind": "notification", "user_id": 42, "title": "T", "content": "C",
+                        "notif_id": "twice"})
+    .to_string()
+    .into_bytes();
+    let records: Vec<pusher::platform::produce::Record> = (0..2)
+        .map(|_| pusher::platform::produce::Record {
+            topic: format!("push-{}-requests", p.app),
+            key: "42".into(),
+            payload: record.clone(),
+        })
+        .collect();
+    Producer::new(p.kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&records)
+        .await
+        .unwrap();
+    common::platform::wait_routed(p.kafka.bootstrap(), &p.app).await;
+    let pushes = read_topic(p.kafka.bootstrap(), &format!("push-{}_gcm", p.app), 1);
+    assert_eq!(pushes.len(), 1, "one push: {pushes:?}");
+    assert_eq!(pushes[0]["metadata"]["notif_id"], "twice");
+    let row = p
+        .store
+        .notification(&p.app, "twice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.targets, Some(1));
+    let counts = p.stop().await;
+    assert_eq!(
+        (counts.consumed, counts.pushes, counts.malformed),
+        (2, 1, 0),
+        "{counts:?}"
+    );
+}
+
+/// The router (`set_targets`) and the API (`record_accepted`) write the same notifications'
+/// rows at once, given them in opposite orders: both lock them in notif_id order, so neither
+/// deadlocks. Seen: 40P01 between the two, a failed request or a retried batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_and_api_lock_notification_rows_in_one_order() {
+    let (store, _, app) = fresh_registry("lock").await;
+    for round in 0..5 {
+        let ids: Vec<String> = (0..2000).map(|i| format!("r{round}-{i:05}")).collect();
+        let reached: Vec<(&str, u32)> = ids.iter().rev().map(|id| (id.as_str(), 1)).collect();
+        let accepted: Vec<(String, Option<u32>)> =
+            ids.iter().map(|id| (id.clone(), Some(1))).collect();
+        let (routed, recorded) = tokio::join!(
+            store.set_targets(&app, &reached),
+            store.record_accepted(&app, &accepted)
+        );
+        routed.unwrap();
+        recorded.unwrap();
+    }
+}
+
 /// A notification that reached no device (a user without devices, a segment nothing matches)
 /// is complete when the router counts 0, and no verdict will ever arrive: `pusher results`
 /// still calls its webhook, once. A segment of exactly one page (its next page empty) is
@@ -1046,7 +1113,7 @@ async fn a_token_refused_by_its_service_is_not_brought_back_by_an_older_login() 
         platform: "gcm".into(),
         outcome: "token_invalid".into(),
         reason: "UNREGISTERED".into(),
-        at,
+        at_ms: at * 1000,
     };
     registry
         .register(
@@ -1123,6 +1190,139 @@ async fn a_token_refused_by_its_service_is_not_brought_back_by_an_older_login() 
         .await
         .unwrap();
     assert_eq!(tokens_of(&registry, &app, 9).await, ["dead2"]);
+}
+
+/// A batch of logins (`register`) and a batch of invalid-token verdicts
+/// (`forget_invalid_tokens`) on the same devices at once, given them in opposite orders: both
+/// lock the devices in token order, so neither deadlocks. Seen: 40P01 between the router and
+/// `pusher results`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_and_invalid_token_verdicts_lock_devices_in_one_order() {
+    let (store, registry, app) = fresh_registry("devlock").await;
+    for round in 0..5 {
+        let tokens: Vec<String> = (0..2000).map(|i| format!("r{round}-{i:05}")).collect();
+        let devices = |at_s: i64| -> Vec<_> {
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| android(i as i64, t, at_s))
+                .collect()
+        };
+        registry.register(&app, &devices(1_000), &[]).await.unwrap();
+        let verdicts: Vec<pusher::platform::store::ResultRow> = tokens
+            .iter()
+            .rev()
+            .map(|t| pusher::platform::store::ResultRow {
+                app: app.clone(),
+                notif_id: "n".into(),
+                token: t.clone(),
+                platform: "gcm".into(),
+                outcome: "token_invalid".into(),
+                reason: String::new(),
+                at_ms: 2_000_000,
+            })
+            .collect();
+        let again = devices(1_500);
+        let (registered, forgotten) = tokio::join!(
+            registry.register(&app, &again, &[]),
+            store.forget_invalid_tokens(&verdicts)
+        );
+        registered.unwrap();
+        assert_eq!(
+            forgotten.unwrap(),
+            2000,
+            "every device registered before the verdict"
+        );
+    }
+}
+
+/// A notification completes exactly when its last verdict lands, its verdicts counted as they
+/// are stored (not counted again at each batch: a broadcast's were, all of them, at every
+/// batch), a redelivered verdict once; verdicts stored before their notification's row still
+/// complete it.
+#[tokio::test]
+async fn a_notification_completes_at_its_last_verdict_each_verdict_counted_once() {
+    let (store, _, app) = fresh_registry("count").await;
+    let verdict = |notif_id: &str, token: &str| pusher::platform::store::ResultRow {
+        app: app.clone(),
+        notif_id: notif_id.into(),
+        token: token.into(),
+        platform: "gcm".into(),
+        outcome: "delivered".into(),
+        reason: String::new(),
+        at_ms: 1_700_000_000_000,
+    };
+    let pg = store.pool().get().await.unwrap();
+    let counted = |notif_id: &'static str| {
+        let (pg, app) = (&pg, app.clone());
+        async move {
+            pg.query_one(
+                "SELECT verdicts FROM pusher_notifications WHERE app = $1 AND notif_id = $2",
+                &[&app, &notif_id],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+        }
+    };
+    let pair = |notif_id: &str| vec![(app.clone(), notif_id.to_owned())];
+    store
+        .record_accepted(&app, &[("n1".into(), Some(3))])
+        .await
+        .unwrap();
+    store.store_results(&[verdict("n1", "t1")]).await.unwrap();
+    assert!(store.claim_completed(&pair("n1")).await.unwrap().is_empty());
+    // Redelivered, alone and beside a new one.
+    store
+        .store_results(&[verdict("n1", "t1"), verdict("n1", "t2")])
+        .await
+        .unwrap();
+    store.store_results(&[verdict("n1", "t2")]).await.unwrap();
+    assert_eq!(counted("n1").await, Some(2));
+    assert!(store.claim_completed(&pair("n1")).await.unwrap().is_empty());
+    store.store_results(&[verdict("n1", "t3")]).await.unwrap();
+    assert_eq!(counted("n1").await, Some(3));
+    let done = store.claim_completed(&pair("n1")).await.unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        (done[0].targets, done[0].counts.clone()),
+        (3, [("delivered".to_owned(), 3)].into())
+    );
+    assert!(store.claim_completed(&pair("n1")).await.unwrap().is_empty());
+
+    // Verdicts before the row (a fast verdict of an unkeyed request): counted once, later.
+    store
+        .store_results(&[verdict("n2", "t1"), verdict("n2", "t2")])
+        .await
+        .unwrap();
+    store
+        .record_accepted(&app, &[("n2".into(), Some(2))])
+        .await
+        .unwrap();
+    assert_eq!(store.claim_completed(&pair("n2")).await.unwrap().len(), 1);
+}
+
+/// Two verdicts for one (notification, token) within one second, the newer stored first: the
+/// older, arriving later, does not replace it. Seen: times were kept in whole seconds, and the
+/// older won the tie.
+#[tokio::test]
+async fn of_two_verdicts_in_one_second_the_newer_stays() {
+    let (store, _, app) = fresh_registry("ms").await;
+    let verdict = |outcome: &str, timestamp: i64| {
+        pusher::platform::results::result_of(&json!({"from": "t1", "metadata": {
+            "notif_id": "n1", "game": app, "timestamp": timestamp, "outcome": outcome}}))
+        .unwrap()
+    };
+    store
+        .store_results(&[verdict("delivered", 1_700_000_000_900)])
+        .await
+        .unwrap();
+    store
+        .store_results(&[verdict("failed", 1_700_000_000_100)])
+        .await
+        .unwrap();
+    let counts = store.result_counts(&app, "n1").await.unwrap();
+    assert_eq!(counts, [("delivered".to_owned(), 1)].into());
 }
 
 /// A login without a language keeps the user's (Seen: it stored 1, English, over a user's

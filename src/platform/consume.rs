@@ -106,7 +106,8 @@ pub fn consumer(
     Ok(consumer)
 }
 
-/// The group consumer's librdkafka settings: ours, then `settings.consumer_extra`.
+/// The group consumer's librdkafka settings: ours, then `settings.consumer_extra`, then the
+/// eager assignment strategy.
 fn consumer_config(settings: &GroupSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -131,12 +132,20 @@ fn consumer_config(settings: &GroupSettings) -> ClientConfig {
     for (k, v) in &settings.consumer_extra {
         config.set(k, v);
     }
+    // Eager, whatever the extras say: `batches` drops a batch at any rebalance and relies on
+    // the partition being revoked, so that its next owner (maybe this member) reads it again
+    // from the commit. Under cooperative-sticky a kept partition is not revoked and would go
+    // on past the dropped batch, losing it.
+    config.set("partition.assignment.strategy", "range,roundrobin");
     config
 }
 
 /// What a consumer group does with a batch. A trait rather than a closure: the future must be
 /// `Send` for every batch lifetime, which async closures cannot promise yet.
 pub trait Batches {
+    /// What a handled batch did (its counts), applied by [`Batches::committed`].
+    type Done: Send;
+
     /// Handles one batch; an error is PostgreSQL's or Kafka's (the batch is retried), or the
     /// lease's end (a rebalance took the batch: it is dropped). A handler that works long on
     /// one batch calls [`Lease::keep`] between steps.
@@ -144,7 +153,11 @@ pub trait Batches {
         &mut self,
         batch: &[BorrowedMessage<'_>],
         lease: &Lease<'_>,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    ) -> impl std::future::Future<Output = Result<Self::Done, String>> + Send;
+
+    /// Applies a handled batch's `done` once Kafka accepted a commit past it: a batch whose
+    /// commit is refused (a rebalance) is redone by its partitions' owner, who counts it.
+    fn committed(&mut self, done: Self::Done);
 }
 
 /// A member's hold on the batch it works on. Between the polls that read batches, librdkafka
@@ -224,16 +237,23 @@ impl<'a> Lease<'a> {
 
 /// Runs `handler` over batches until `stop`. `component` names the `/healthz` problem while
 /// batches fail.
-pub async fn batches(
+pub async fn batches<B: Batches>(
     consumer: &GroupConsumer,
     batch_size: usize,
     component: &str,
     stop: &CancellationToken,
-    handler: &mut impl Batches,
+    handler: &mut B,
 ) {
     let batch_size = batch_size.max(1);
     // A record met while a batch's lease polled, after a rebalance took that batch.
     let mut carried = None;
+    // Batches whose commit was refused with no rebalance since (a timeout), and their offsets:
+    // the next commit includes those, so once accepted it covers them. `refused_at`: the
+    // rebalance count they were read at; after a rebalance they are dropped, as the
+    // partitions' owners redo (and count) them.
+    let mut uncommitted: Vec<B::Done> = Vec::new();
+    let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut refused_at = 0;
     loop {
         let first = match carried.take() {
             Some(m) => Ok(m),
@@ -264,14 +284,17 @@ pub async fn batches(
         }
         let mut delay = Duration::from_secs(1);
         let done = if lease.lost() {
-            false
+            None
         } else {
             loop {
-                let Err(e) = handler.handle(&batch, &lease).await else {
-                    break true;
+                let e = match handler.handle(&batch, &lease).await {
+                    // Finished after a rebalance took it: the new owner redoes it.
+                    Ok(_) if lease.lost() => break None,
+                    Ok(done) => break Some(done),
+                    Err(e) => e,
                 };
                 if lease.lost() {
-                    break false;
+                    break None;
                 }
                 crate::telemetry::health::set(component, Some(e.clone()));
                 tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "Batch failed, not by the records' fault; retrying, nothing committed.");
@@ -287,21 +310,45 @@ pub async fn batches(
                     }
                 }
                 if lease.lost() {
-                    break false;
+                    break None;
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         };
+        let read_at = lease.rebalances;
         carried = lease.end().or(carried);
         // Done, or dropped: what failed is then the new owner's to report.
         crate::telemetry::health::set(component, None);
-        if done {
-            commit(consumer, &batch);
-        } else {
+        let Some(done) = done else {
             tracing::info!(
                 records = batch.len(),
                 "A rebalance took the batch's partitions: their new owner redoes it."
             );
+            continue;
+        };
+        if read_at != refused_at {
+            uncommitted.clear();
+            offsets.clear();
+            refused_at = read_at;
+        }
+        for m in &batch {
+            let slot = offsets
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert(0);
+            *slot = (*slot).max(m.offset() + 1);
+        }
+        match commit(consumer, &offsets) {
+            Ok(()) => {
+                offsets.clear();
+                for earlier in uncommitted.drain(..) {
+                    handler.committed(earlier);
+                }
+                handler.committed(done);
+            }
+            Err(e) => {
+                tracing::info!(error = %e, records = batch.len(), "Commit not accepted: the batch is counted once a later commit covers it, or redone after a rebalance.");
+                uncommitted.push(done);
+            }
         }
     }
 }
@@ -324,30 +371,117 @@ fn pause(consumer: &GroupConsumer, paused: bool) {
     }
 }
 
-/// Commits past the last record of each partition in the batch.
-fn commit(consumer: &GroupConsumer, batch: &[BorrowedMessage<'_>]) {
-    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for m in batch {
-        let slot = next
-            .entry((m.topic().to_owned(), m.partition()))
-            .or_insert(0);
-        *slot = (*slot).max(m.offset() + 1);
-    }
+/// Commits `offsets` (each partition's next record), and waits for the coordinator's answer:
+/// only an accepted commit makes a batch's counts true (one refused during a rebalance has
+/// the batch redone).
+fn commit(
+    consumer: &GroupConsumer,
+    offsets: &BTreeMap<(String, i32), i64>,
+) -> Result<(), rdkafka::error::KafkaError> {
     let mut list = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        if let Err(e) = list.add_partition_offset(&topic, partition, Offset::Offset(offset)) {
-            tracing::warn!(error = %e, "Cannot commit an offset.");
-        }
+    for ((topic, partition), offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
     }
-    // A failed commit (a rebalance took the partition) means the batch is redone elsewhere.
-    if let Err(e) = consumer.commit(&list, CommitMode::Async) {
-        tracing::debug!(error = %e, "Commit not accepted.");
+    let commit = || consumer.commit(&list, CommitMode::Sync);
+    // A synchronous commit blocks the thread for a round trip: on a multi-thread runtime the
+    // other tasks move to another worker; `block_in_place` panics on a current-thread one.
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) | Err(_) => commit(),
+        Ok(_) => tokio::task::block_in_place(commit),
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A cooperative strategy set among the extras does not apply: the group stays eager.
+    #[test]
+    fn the_assignment_strategy_stays_eager() {
+        let settings = GroupSettings {
+            brokers: "127.0.0.1:9092".into(),
+            group: "g".into(),
+            topic: "t".into(),
+            batch_size: 100,
+            offset_reset: "earliest".into(),
+            consumer_extra: vec![(
+                "partition.assignment.strategy".into(),
+                "cooperative-sticky".into(),
+            )],
+        };
+        assert_eq!(
+            consumer_config(&settings).get("partition.assignment.strategy"),
+            Some("range,roundrobin")
+        );
+    }
+
+    struct Count {
+        committed: usize,
+        stop: CancellationToken,
+    }
+
+    impl Batches for Count {
+        type Done = usize;
+
+        async fn handle(
+            &mut self,
+            batch: &[BorrowedMessage<'_>],
+            _: &Lease<'_>,
+        ) -> Result<usize, String> {
+            Ok(batch.len())
+        }
+
+        fn committed(&mut self, done: usize) {
+            self.committed += done;
+            if self.committed >= 5 {
+                self.stop.cancel();
+            }
+        }
+    }
+
+    /// On a current-thread runtime (`--threads 1`) the synchronous commit runs in place
+    /// (`block_in_place` panics there), and each batch is counted once its commit is accepted.
+    #[test]
+    fn batches_commit_on_a_current_thread_runtime() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let kafka = crate::mock::kafka::KafkaMock::start(1, &["t".to_owned()], 1).unwrap();
+            let producer =
+                crate::platform::produce::Producer::new(kafka.bootstrap(), Duration::from_secs(5))
+                    .unwrap();
+            let records: Vec<crate::platform::produce::Record> = (0..5)
+                .map(|i| crate::platform::produce::Record {
+                    topic: "t".into(),
+                    key: i.to_string(),
+                    payload: b"{}".to_vec(),
+                })
+                .collect();
+            producer.produce_all(&records).await.unwrap();
+            let settings = GroupSettings {
+                brokers: kafka.bootstrap().to_owned(),
+                group: "g".into(),
+                topic: "t".into(),
+                batch_size: 2,
+                offset_reset: "earliest".into(),
+                consumer_extra: Vec::new(),
+            };
+            let consumer = consumer(&settings, Membership::default()).unwrap();
+            let stop = CancellationToken::new();
+            let mut count = Count {
+                committed: 0,
+                stop: stop.clone(),
+            };
+            let run = batches(&consumer, 2, "test", &stop, &mut count);
+            tokio::time::timeout(Duration::from_secs(30), run)
+                .await
+                .unwrap();
+            assert_eq!(count.committed, 5);
+        });
+    }
 
     /// The route and results consumers back off as briefly as `pusher run`'s once their
     /// prefetch queue is full (librdkafka's 1 s default idles them).

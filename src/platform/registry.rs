@@ -8,7 +8,7 @@ use super::store::StoreError;
 use crate::push::Platform;
 use deadpool_postgres::Pool;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Pushkin's limit.
 pub const MAX_DEVICES_PER_USER: i64 = 10;
@@ -97,8 +97,9 @@ impl Registry {
             return Ok(());
         }
         // One row per token (the newest) and per user (the newest login): a statement may not
-        // touch a row twice.
-        let mut newest: HashMap<&str, &Device> = HashMap::new();
+        // touch a row twice. In token order, as `forget_invalid_tokens` locks them: opposite
+        // orders deadlocked.
+        let mut newest: BTreeMap<&str, &Device> = BTreeMap::new();
         for d in devices {
             let slot = newest.entry(d.token.as_str()).or_insert(d);
             if d.registered_ms >= slot.registered_ms {

@@ -82,7 +82,7 @@ pub fn result_of(record: &Value) -> Option<ResultRow> {
         platform: platform.to_owned(),
         outcome,
         reason: text(metadata.get("reason")),
-        at: verdict_time(
+        at_ms: verdict_time_ms(
             metadata
                 .get("timestamp")
                 .and_then(Value::as_i64)
@@ -91,15 +91,20 @@ pub fn result_of(record: &Value) -> Option<ResultRow> {
     })
 }
 
-/// A verdict's time in Unix seconds, from any producer of the feedback topics: milliseconds
-/// are taken as such, and the time is kept between 0 and now. PostgreSQL refuses a timestamp
-/// past 294276 AD (the record failed its batch on every retry), and one from the future would
-/// keep every later verdict for the token from replacing it.
-fn verdict_time(at: i64) -> i64 {
+/// A verdict's time in Unix milliseconds, from any producer of the feedback topics: seconds
+/// and milliseconds are both taken, and the time is kept between 0 and now. PostgreSQL
+/// refuses a timestamp past 294276 AD (the record failed its batch on every retry), and one
+/// from the future would keep every later verdict for the token from replacing it. Not
+/// rounded to seconds: of two verdicts within a second, the older won the tie.
+fn verdict_time_ms(at: i64) -> i64 {
     use crate::clock::Clock;
-    let now = i64::try_from(crate::clock::SystemClock.now().as_secs()).unwrap_or(i64::MAX);
-    let seconds = if at > 100_000_000_000 { at / 1000 } else { at };
-    seconds.clamp(0, now)
+    let now = i64::try_from(crate::clock::SystemClock.now().as_millis()).unwrap_or(i64::MAX);
+    let ms = if at > 100_000_000_000 {
+        at
+    } else {
+        at.saturating_mul(1000)
+    };
+    ms.clamp(0, now)
 }
 
 /// Runs until `stop`; returns what it did.
@@ -427,30 +432,36 @@ impl Writer {
 }
 
 impl consume::Batches for Writer {
+    type Done = ResultCounts;
+
     async fn handle(
         &mut self,
         batch: &[BorrowedMessage<'_>],
         _: &consume::Lease<'_>,
-    ) -> Result<(), String> {
-        let (rows, done) = read(batch);
+    ) -> Result<ResultCounts, String> {
+        let (rows, mut done) = read(batch);
         self.store
             .store_results(&rows)
             .await
             .map_err(|e| e.to_string())?;
-        let forgotten = self
+        done.devices_removed = self
             .store
             .forget_invalid_tokens(&rows)
             .await
             .map_err(|e| e.to_string())?;
+        // Webhook calls are counted as they start (in `notify`): a redo does not call again.
         self.notify(&rows).await?;
+        Ok(done)
+    }
+
+    fn committed(&mut self, done: ResultCounts) {
         let c = &mut self.counts;
-        c.devices_removed += forgotten;
+        c.devices_removed += done.devices_removed;
         c.consumed += done.consumed;
         c.stored += done.stored;
         c.untracked += done.untracked;
         c.malformed += done.malformed;
         metrics::counter!(crate::telemetry::names::RESULTS).increment(done.stored);
-        Ok(())
     }
 }
 
@@ -519,9 +530,9 @@ mod tests {
                 row.platform.as_str(),
                 row.outcome.as_str(),
                 row.reason.as_str(),
-                row.at
+                row.at_ms
             ),
-            ("apns", "token_invalid", "Unregistered", 5)
+            ("apns", "token_invalid", "Unregistered", 5_000)
         );
         let gcm = json!({"from": "t2", "metadata": {"notif_id": "n", "game": "g", "timestamp": 6}});
         assert_eq!(result_of(&gcm).unwrap().outcome, "delivered");
@@ -553,25 +564,25 @@ mod tests {
         assert!(!storable(&row("n\u{0}", "t")));
     }
 
-    /// Times PostgreSQL would refuse, milliseconds, and times from the future are made
-    /// storable seconds that never outrank a later verdict.
+    /// Times PostgreSQL would refuse, seconds, and times from the future are made storable
+    /// milliseconds that never outrank a later verdict; milliseconds are kept.
     #[test]
-    fn verdict_times_are_seconds_up_to_now() {
+    fn verdict_times_are_milliseconds_up_to_now() {
         use crate::clock::Clock;
-        let now = crate::clock::SystemClock.now().as_secs() as i64;
+        let now = crate::clock::SystemClock.now().as_millis() as i64;
         let at = |timestamp: i64| {
             result_of(
                 &json!({"from": "t", "metadata": {"notif_id": "n", "game": "g",
                 "timestamp": timestamp}}),
             )
             .unwrap()
-            .at
+            .at_ms
         };
-        assert_eq!(at(1_700_000_000), 1_700_000_000);
-        assert_eq!(at(1_700_000_000_123), 1_700_000_000);
+        assert_eq!(at(1_700_000_000), 1_700_000_000_000);
+        assert_eq!(at(1_700_000_000_123), 1_700_000_000_123);
         assert_eq!(at(-210_000_000_000), 0);
-        for future in [now + 86_400, 1_700_000_000_000_000] {
-            assert!((now..=now + 5).contains(&at(future)), "{future}");
+        for future in [now / 1000 + 86_400, 1_700_000_000_000_000] {
+            assert!((now..=now + 5000).contains(&at(future)), "{future}");
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::sender::retry::RetryPolicy;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +80,9 @@ struct AppBatch {
     devices: Vec<Device>,
     logins: Vec<Login>,
     notifications: Vec<Notification>,
+    /// The notif_ids in `notifications`: a keyed request retried after Kafka's answer was
+    /// lost writes its record twice, routed once (and a statement may set a row once).
+    notif_ids: HashSet<String>,
     segments: Vec<Segment>,
     /// Opt-outs and events in record order: a user's opt-out applies to their events after it
     /// and not to those before it.
@@ -179,14 +182,18 @@ struct Router<'a> {
 }
 
 impl consume::Batches for Router<'_> {
+    type Done = RouteCounts;
+
     async fn handle(
         &mut self,
         batch: &[BorrowedMessage<'_>],
         lease: &consume::Lease<'_>,
-    ) -> Result<(), String> {
-        let done = handle(self.settings, &self.stores, self.producer, batch, lease).await?;
+    ) -> Result<RouteCounts, String> {
+        handle(self.settings, &self.stores, self.producer, batch, lease).await
+    }
+
+    fn committed(&mut self, done: RouteCounts) {
         add(&mut self.counts, &done);
-        Ok(())
     }
 }
 
@@ -271,6 +278,9 @@ async fn handle(
                 notif_id,
             } => {
                 counts.notifications += 1;
+                if !entry.notif_ids.insert(notif_id.clone()) {
+                    continue;
+                }
                 entry.notifications.push(Notification {
                     user_id,
                     title,
@@ -404,8 +414,9 @@ async fn handle(
         }
         let mut records = Vec::new();
         // Each notification is complete at a verdict per device: recorded before its pushes
-        // exist, so no verdict can come before the count it completes.
-        let reached: Vec<(&str, u32)> = work
+        // exist, so no verdict can come before the count it completes. By notif_id: each row
+        // once, locked in one order.
+        let reached: BTreeMap<&str, u32> = work
             .notifications
             .iter()
             .map(|n| {
@@ -416,6 +427,7 @@ async fn handle(
                 )
             })
             .collect();
+        let reached: Vec<(&str, u32)> = reached.into_iter().collect();
         stores
             .notifications
             .set_targets(app, &reached)

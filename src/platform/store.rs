@@ -229,8 +229,11 @@ impl Store {
         let idem: Vec<&str> = keys.iter().map(|k| k.idem_key.as_str()).collect();
         let ids: Vec<&str> = keys.iter().map(|k| k.notif_id.as_str()).collect();
         let stale = stale_after.as_secs_f64();
+        // Rows in notif_id order, as `record_accepted` and `set_targets` write theirs: taken
+        // in different orders, two statements on shared rows deadlocked (40P01).
         const CLAIM: &str = "INSERT INTO pusher_notifications AS n (app, idem_key, notif_id, claim)
                  SELECT $1, k, id, $4 FROM unnest($2::text[], $3::text[]) AS t(k, id)
+                 ORDER BY id
                  ON CONFLICT (app, idem_key) WHERE idem_key IS NOT NULL DO UPDATE
                    SET claim = EXCLUDED.claim, claimed_at = now()
                    WHERE n.state = 'pending'
@@ -353,11 +356,13 @@ impl Store {
         execute(
             &client,
             // The router may have written the row first (`set_targets`: it can read the
-            // request record before this runs); its targets are kept.
+            // request record before this runs); its targets are kept. In notif_id order, as
+            // `set_targets` writes (opposite orders deadlocked).
             "INSERT INTO pusher_notifications AS n
                    (app, idem_key, notif_id, state, claim, accepted_at, targets)
                  SELECT $1, NULL, t.id, 'accepted', '', now(), t.targets
                  FROM unnest($2::text[], $3::int[]) AS t(id, targets)
+                 ORDER BY t.id
                  ON CONFLICT (app, notif_id) DO UPDATE
                    SET state = 'accepted', accepted_at = EXCLUDED.accepted_at,
                        targets = COALESCE(n.targets, EXCLUDED.targets)",
@@ -456,8 +461,8 @@ pub struct ResultRow {
     pub platform: String,
     pub outcome: String,
     pub reason: String,
-    /// When the pusher consumed the message, Unix seconds.
-    pub at: i64,
+    /// When the pusher consumed the message, Unix milliseconds.
+    pub at_ms: i64,
 }
 
 /// A notification as the API accepted it.
@@ -474,16 +479,19 @@ pub struct NotificationRow {
 }
 
 impl Store {
-    /// Stores verdicts in one statement; an older verdict never overwrites a newer one.
+    /// Stores verdicts in one statement; an older verdict never overwrites a newer one. Each
+    /// notification's verdict count (`verdicts`) grows by the rows this statement inserted
+    /// (a redelivered verdict replaces its row and counts nothing).
     pub async fn store_results(&self, rows: &[ResultRow]) -> Result<(), StoreError> {
-        // One row per key (the newest): a statement may not touch a row twice.
-        let mut newest: std::collections::HashMap<(&str, &str, &str), &ResultRow> =
-            std::collections::HashMap::new();
+        // One row per key (the newest): a statement may not touch a row twice. In key order,
+        // so that two results processes lock shared rows in one order.
+        let mut newest: std::collections::BTreeMap<(&str, &str, &str), &ResultRow> =
+            std::collections::BTreeMap::new();
         for r in rows {
             let slot = newest
                 .entry((r.app.as_str(), r.notif_id.as_str(), r.token.as_str()))
                 .or_insert(r);
-            if r.at >= slot.at {
+            if r.at_ms >= slot.at_ms {
                 *slot = r;
             }
         }
@@ -492,11 +500,15 @@ impl Store {
             return Ok(());
         }
         let col = |f: fn(&ResultRow) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
-        let at: Vec<f64> = rows.iter().map(|r| r.at as f64).collect();
+        let at: Vec<f64> = rows.iter().map(|r| r.at_ms as f64 / 1000.0).collect();
         let client = self.pool.get().await?;
         execute(
             &client,
-            "INSERT INTO pusher_results AS r
+            // `xmax = 0`: a row inserted, not updated. A count still NULL is taken once, of the
+            // rows from before this statement (it does not see its own). The notifications
+            // are locked in key order, as `claim_completed` locks them.
+            "WITH stored AS (
+                 INSERT INTO pusher_results AS r
                    (app, notif_id, token, platform, outcome, reason, at)
                  SELECT t.app, t.notif_id, t.token, t.platform, t.outcome, t.reason,
                         to_timestamp(t.at)
@@ -506,7 +518,23 @@ impl Store {
                  ON CONFLICT (app, notif_id, token) DO UPDATE
                    SET platform = EXCLUDED.platform, outcome = EXCLUDED.outcome,
                        reason = EXCLUDED.reason, at = EXCLUDED.at
-                   WHERE r.at <= EXCLUDED.at",
+                   WHERE r.at <= EXCLUDED.at
+                 RETURNING r.app, r.notif_id, r.xmax = 0 AS fresh),
+             added AS (
+                 SELECT app, notif_id, count(*) FILTER (WHERE fresh) AS n
+                 FROM stored GROUP BY app, notif_id),
+             counted AS MATERIALIZED (
+                 SELECT n.app, n.notif_id, a.n FROM pusher_notifications n
+                 JOIN added a ON n.app = a.app AND n.notif_id = a.notif_id
+                 WHERE a.n > 0 OR n.verdicts IS NULL
+                 ORDER BY n.app, n.notif_id FOR UPDATE OF n)
+             UPDATE pusher_notifications AS n
+                 SET verdicts = coalesce(n.verdicts,
+                                         (SELECT count(*) FROM pusher_results r
+                                          WHERE r.app = n.app AND r.notif_id = n.notif_id))
+                                + c.n
+                 FROM counted c
+                 WHERE n.app = c.app AND n.notif_id = c.notif_id",
             &[
                 &col(|r| &r.app),
                 &col(|r| &r.notif_id),
@@ -536,23 +564,31 @@ impl Store {
         }
         let apps: Vec<&str> = dead.iter().map(|r| r.app.as_str()).collect();
         let tokens: Vec<&str> = dead.iter().map(|r| r.token.as_str()).collect();
-        let at: Vec<f64> = dead.iter().map(|r| r.at as f64).collect();
+        let at: Vec<f64> = dead.iter().map(|r| r.at_ms as f64 / 1000.0).collect();
         let client = self.pool.get().await?;
         Ok(execute(
             &client,
             // One statement: the tombstones and the deletion commit together. Grouped, as one
             // batch may hold several verdicts for a token (ON CONFLICT may touch a row once),
             // and in key order, so that two results processes lock shared rows in one order.
-            "WITH dead AS (
-                 INSERT INTO pusher_dead_tokens AS x (app, token, dead_at)
-                 SELECT app, token, max(to_timestamp(at))
+            // The devices too are locked in key order first, as `Registry::register` writes
+            // them: deleted in the verdicts' order, they deadlocked with a batch of logins.
+            "WITH verdicts AS MATERIALIZED (
+                 SELECT app, token, max(to_timestamp(at)) AS at
                  FROM unnest($1::text[], $2::text[], $3::float8[]) AS t(app, token, at)
-                 GROUP BY app, token ORDER BY app, token
+                 GROUP BY app, token),
+             dead AS (
+                 INSERT INTO pusher_dead_tokens AS x (app, token, dead_at)
+                 SELECT app, token, at FROM verdicts ORDER BY app, token
                  ON CONFLICT (app, token) DO UPDATE SET dead_at = EXCLUDED.dead_at
-                   WHERE x.dead_at < EXCLUDED.dead_at)
-             DELETE FROM pusher_devices AS d
-                 USING unnest($1::text[], $2::text[], $3::float8[]) AS t(app, token, at)
-                 WHERE d.app = t.app AND d.token = t.token AND d.updated_at < to_timestamp(t.at)",
+                   WHERE x.dead_at < EXCLUDED.dead_at),
+             doomed AS MATERIALIZED (
+                 SELECT d.app, d.token, v.at FROM pusher_devices AS d
+                 JOIN verdicts AS v ON d.app = v.app AND d.token = v.token
+                 WHERE d.updated_at < v.at
+                 ORDER BY d.app, d.token FOR UPDATE OF d)
+             DELETE FROM pusher_devices AS d USING doomed AS o
+                 WHERE d.app = o.app AND d.token = o.token AND d.updated_at < o.at",
             &[&apps, &tokens, &at],
         )
         .await?)
@@ -598,40 +634,47 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = query(
             &client,
-            // Only notifications that can complete now are counted: not one already
-            // notified, nor a segment still streaming (targets NULL). Counting every
-            // notification of the batch made each batch of a broadcast's verdicts count all
-            // the broadcast's rows so far, the whole time it streamed.
-            "UPDATE pusher_notifications AS n SET notified_at = now()
-                 FROM (SELECT app, notif_id, sum(n)::bigint AS done,
-                              array_agg(outcome) AS outcomes, array_agg(n) AS counts
-                       FROM (SELECT r.app, r.notif_id, r.outcome, count(*) AS n
-                             FROM pusher_results r
-                             JOIN (SELECT DISTINCT w.app, w.notif_id
-                                   FROM unnest($1::text[], $2::text[]) AS t(app, notif_id)
-                                   JOIN pusher_notifications w
-                                     ON w.app = t.app AND w.notif_id = t.notif_id
-                                   WHERE w.state = 'accepted' AND w.notified_at IS NULL
-                                     AND w.targets > 0) AS t
-                               ON r.app = t.app AND r.notif_id = t.notif_id
-                             GROUP BY r.app, r.notif_id, r.outcome) AS o
-                       GROUP BY app, notif_id) AS c
-                 WHERE n.app = c.app AND n.notif_id = c.notif_id AND n.state = 'accepted'
-                   AND n.notified_at IS NULL AND n.targets > 0 AND c.done >= n.targets
-                 RETURNING n.app, n.notif_id, n.targets, c.outcomes, c.counts",
+            // Complete: its verdict count (`store_results` keeps it; NULL, counted here) has
+            // reached its targets; a segment still streaming (targets NULL) is not. Locked in
+            // key order, as `store_results` locks them. Only the notifications claimed have
+            // their verdicts counted by outcome, once.
+            "WITH ready AS MATERIALIZED (
+                 SELECT n.app, n.notif_id FROM pusher_notifications n
+                 JOIN (SELECT DISTINCT app, notif_id
+                       FROM unnest($1::text[], $2::text[]) AS t(app, notif_id)) AS t
+                   ON n.app = t.app AND n.notif_id = t.notif_id
+                 WHERE n.state = 'accepted' AND n.notified_at IS NULL AND n.targets > 0
+                   AND coalesce(n.verdicts, (SELECT count(*) FROM pusher_results r
+                                             WHERE r.app = n.app AND r.notif_id = n.notif_id))
+                       >= n.targets
+                 ORDER BY n.app, n.notif_id FOR UPDATE OF n),
+             claimed AS (
+                 UPDATE pusher_notifications AS n SET notified_at = now() FROM ready
+                 WHERE n.app = ready.app AND n.notif_id = ready.notif_id
+                 RETURNING n.app, n.notif_id, n.targets)
+             SELECT c.app, c.notif_id, c.targets, o.outcomes, o.counts
+             FROM claimed c CROSS JOIN LATERAL (
+                 SELECT array_agg(outcome) AS outcomes, array_agg(n) AS counts
+                 FROM (SELECT outcome, count(*) AS n FROM pusher_results r
+                       WHERE r.app = c.app AND r.notif_id = c.notif_id GROUP BY outcome) x
+             ) o",
             &[&apps, &ids],
         )
         .await?;
         Ok(rows
             .iter()
             .map(|r| {
-                let outcomes: Vec<String> = r.get(3);
-                let counts: Vec<i64> = r.get(4);
+                let outcomes: Option<Vec<String>> = r.get(3);
+                let counts: Option<Vec<i64>> = r.get(4);
                 Completed {
                     app: r.get(0),
                     notif_id: r.get(1),
                     targets: r.get(2),
-                    counts: outcomes.into_iter().zip(counts).collect(),
+                    counts: outcomes
+                        .unwrap_or_default()
+                        .into_iter()
+                        .zip(counts.unwrap_or_default())
+                        .collect(),
                 }
             })
             .collect())
@@ -858,8 +901,10 @@ impl Store {
         let client = self.pool.get().await?;
         execute(
             &client,
+            // In notif_id order, as the API's statements write the same rows.
             "INSERT INTO pusher_notifications AS n (app, notif_id, claim, targets)
                  SELECT $1, t.id, '', t.targets FROM unnest($2::text[], $3::int[]) AS t(id, targets)
+                 ORDER BY t.id
                  ON CONFLICT (app, notif_id) DO UPDATE SET targets = EXCLUDED.targets",
             &[&app, &ids, &targets],
         )
@@ -927,7 +972,7 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = query(
             &client,
-            "SELECT token, platform, outcome, reason, (extract(epoch FROM at))::bigint
+            "SELECT token, platform, outcome, reason, floor(extract(epoch FROM at) * 1000)::bigint
                  FROM pusher_results WHERE app = $1 AND notif_id = $2 AND token > $3
                  ORDER BY token LIMIT $4",
             &[&app, &notif_id, &after, &limit],
@@ -942,7 +987,7 @@ impl Store {
                 platform: r.get(1),
                 outcome: r.get(2),
                 reason: r.get(3),
-                at: r.get(4),
+                at_ms: r.get(4),
             })
             .collect())
     }

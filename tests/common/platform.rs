@@ -158,3 +158,27 @@ pub async fn produce_delivered(brokers: &str, app: &str, notif_id: &str, token: 
         .await
         .unwrap();
 }
+
+/// Waits (30 s at most) until the group `route-{app}` has committed everything on the app's
+/// requests topic.
+pub async fn wait_routed(brokers: &str, app: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (brokers, group) = (brokers.to_owned(), format!("route-{app}"));
+    let topic = vec![format!("push-{app}-requests")];
+    loop {
+        let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
+        let lag = tokio::task::spawn_blocking(move || {
+            pusher::platform::lag::backlog(&b, &g, &t, Duration::from_secs(5))
+        })
+        .await
+        .unwrap();
+        if matches!(lag, Ok(0)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the routers did not commit: {lag:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1273,7 +1273,7 @@ async fn notification(
         .iter()
         .map(|r| {
             json!({"token": r.token, "platform": r.platform, "outcome": r.outcome,
-            "reason": r.reason, "at": r.at})
+            "reason": r.reason, "at": r.at_ms.div_euclid(1000)})
         })
         .collect();
     let mut answer = json!({
