@@ -479,14 +479,11 @@ pub struct NotificationRow {
 }
 
 impl Store {
-    /// Stores verdicts in one statement; an older verdict never overwrites a newer one. Each
-    /// notification's verdict count (`verdicts`) grows by the rows this statement inserted
-    /// (a redelivered verdict replaces its row and counts nothing).
+    /// Stores verdicts in one statement; an older verdict never overwrites a newer one.
     pub async fn store_results(&self, rows: &[ResultRow]) -> Result<(), StoreError> {
-        // One row per key (the newest): a statement may not touch a row twice. In key order,
-        // so that two results processes lock shared rows in one order.
-        let mut newest: std::collections::BTreeMap<(&str, &str, &str), &ResultRow> =
-            std::collections::BTreeMap::new();
+        // One row per key (the newest): a statement may not touch a row twice.
+        let mut newest: std::collections::HashMap<(&str, &str, &str), &ResultRow> =
+            std::collections::HashMap::new();
         for r in rows {
             let slot = newest
                 .entry((r.app.as_str(), r.notif_id.as_str(), r.token.as_str()))
@@ -504,11 +501,7 @@ impl Store {
         let client = self.pool.get().await?;
         execute(
             &client,
-            // `xmax = 0`: a row inserted, not updated. A count still NULL is taken once, of the
-            // rows from before this statement (it does not see its own). The notifications
-            // are locked in key order, as `claim_completed` locks them.
-            "WITH stored AS (
-                 INSERT INTO pusher_results AS r
+            "INSERT INTO pusher_results AS r
                    (app, notif_id, token, platform, outcome, reason, at)
                  SELECT t.app, t.notif_id, t.token, t.platform, t.outcome, t.reason,
                         to_timestamp(t.at)
@@ -518,23 +511,7 @@ impl Store {
                  ON CONFLICT (app, notif_id, token) DO UPDATE
                    SET platform = EXCLUDED.platform, outcome = EXCLUDED.outcome,
                        reason = EXCLUDED.reason, at = EXCLUDED.at
-                   WHERE r.at <= EXCLUDED.at
-                 RETURNING r.app, r.notif_id, r.xmax = 0 AS fresh),
-             added AS (
-                 SELECT app, notif_id, count(*) FILTER (WHERE fresh) AS n
-                 FROM stored GROUP BY app, notif_id),
-             counted AS MATERIALIZED (
-                 SELECT n.app, n.notif_id, a.n FROM pusher_notifications n
-                 JOIN added a ON n.app = a.app AND n.notif_id = a.notif_id
-                 WHERE a.n > 0 OR n.verdicts IS NULL
-                 ORDER BY n.app, n.notif_id FOR UPDATE OF n)
-             UPDATE pusher_notifications AS n
-                 SET verdicts = coalesce(n.verdicts,
-                                         (SELECT count(*) FROM pusher_results r
-                                          WHERE r.app = n.app AND r.notif_id = n.notif_id))
-                                + c.n
-                 FROM counted c
-                 WHERE n.app = c.app AND n.notif_id = c.notif_id",
+                   WHERE r.at <= EXCLUDED.at",
             &[
                 &col(|r| &r.app),
                 &col(|r| &r.notif_id),
@@ -634,47 +611,40 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = query(
             &client,
-            // Complete: its verdict count (`store_results` keeps it; NULL, counted here) has
-            // reached its targets; a segment still streaming (targets NULL) is not. Locked in
-            // key order, as `store_results` locks them. Only the notifications claimed have
-            // their verdicts counted by outcome, once.
-            "WITH ready AS MATERIALIZED (
-                 SELECT n.app, n.notif_id FROM pusher_notifications n
-                 JOIN (SELECT DISTINCT app, notif_id
-                       FROM unnest($1::text[], $2::text[]) AS t(app, notif_id)) AS t
-                   ON n.app = t.app AND n.notif_id = t.notif_id
-                 WHERE n.state = 'accepted' AND n.notified_at IS NULL AND n.targets > 0
-                   AND coalesce(n.verdicts, (SELECT count(*) FROM pusher_results r
-                                             WHERE r.app = n.app AND r.notif_id = n.notif_id))
-                       >= n.targets
-                 ORDER BY n.app, n.notif_id FOR UPDATE OF n),
-             claimed AS (
-                 UPDATE pusher_notifications AS n SET notified_at = now() FROM ready
-                 WHERE n.app = ready.app AND n.notif_id = ready.notif_id
-                 RETURNING n.app, n.notif_id, n.targets)
-             SELECT c.app, c.notif_id, c.targets, o.outcomes, o.counts
-             FROM claimed c CROSS JOIN LATERAL (
-                 SELECT array_agg(outcome) AS outcomes, array_agg(n) AS counts
-                 FROM (SELECT outcome, count(*) AS n FROM pusher_results r
-                       WHERE r.app = c.app AND r.notif_id = c.notif_id GROUP BY outcome) x
-             ) o",
+            // Only notifications that can complete now are counted: not one already
+            // notified, nor a segment still streaming (targets NULL). Counting every
+            // notification of the batch made each batch of a broadcast's verdicts count all
+            // the broadcast's rows so far, the whole time it streamed.
+            "UPDATE pusher_notifications AS n SET notified_at = now()
+                 FROM (SELECT app, notif_id, sum(n)::bigint AS done,
+                              array_agg(outcome) AS outcomes, array_agg(n) AS counts
+                       FROM (SELECT r.app, r.notif_id, r.outcome, count(*) AS n
+                             FROM pusher_results r
+                             JOIN (SELECT DISTINCT w.app, w.notif_id
+                                   FROM unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                                   JOIN pusher_notifications w
+                                     ON w.app = t.app AND w.notif_id = t.notif_id
+                                   WHERE w.state = 'accepted' AND w.notified_at IS NULL
+                                     AND w.targets > 0) AS t
+                               ON r.app = t.app AND r.notif_id = t.notif_id
+                             GROUP BY r.app, r.notif_id, r.outcome) AS o
+                       GROUP BY app, notif_id) AS c
+                 WHERE n.app = c.app AND n.notif_id = c.notif_id AND n.state = 'accepted'
+                   AND n.notified_at IS NULL AND n.targets > 0 AND c.done >= n.targets
+                 RETURNING n.app, n.notif_id, n.targets, c.outcomes, c.counts",
             &[&apps, &ids],
         )
         .await?;
         Ok(rows
             .iter()
             .map(|r| {
-                let outcomes: Option<Vec<String>> = r.get(3);
-                let counts: Option<Vec<i64>> = r.get(4);
+                let outcomes: Vec<String> = r.get(3);
+                let counts: Vec<i64> = r.get(4);
                 Completed {
                     app: r.get(0),
                     notif_id: r.get(1),
                     targets: r.get(2),
-                    counts: outcomes
-                        .unwrap_or_default()
-                        .into_iter()
-                        .zip(counts.unwrap_or_default())
-                        .collect(),
+                    counts: outcomes.into_iter().zip(counts).collect(),
                 }
             })
             .collect())
