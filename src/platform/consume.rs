@@ -347,11 +347,20 @@ pub async fn batches<B: Batches>(
             }
             Err(e) => {
                 tracing::info!(error = %e, records = batch.len(), "Commit not accepted: the batch is counted once a later commit covers it, or redone after a rebalance.");
+                crate::telemetry::health::set(component, Some(format!("commit refused: {e}")));
+                // Bounded: commits refused for this long with no rebalance are not a
+                // rebalance's; the oldest are counted now (a redo would count them twice).
+                if uncommitted.len() >= UNCOMMITTED_MAX {
+                    handler.committed(uncommitted.remove(0));
+                }
                 uncommitted.push(done);
             }
         }
     }
 }
+
+/// Most batches kept waiting for an accepted commit to count them.
+const UNCOMMITTED_MAX: usize = 1024;
 
 /// How often a member waiting to retry a failed batch polls: far within
 /// `max.poll.interval.ms` (60 s at the least).

@@ -97,8 +97,8 @@ impl Registry {
             return Ok(());
         }
         // One row per token (the newest) and per user (the newest login): a statement may not
-        // touch a row twice. In token order, as `forget_invalid_tokens` locks them: opposite
-        // orders deadlocked.
+        // touch a row twice. Inserted in token order (the statement's ORDER BY), as
+        // `forget_invalid_tokens` locks them: opposite orders deadlocked.
         let mut newest: BTreeMap<&str, &Device> = BTreeMap::new();
         for d in devices {
             let slot = newest.entry(d.token.as_str()).or_insert(d);
@@ -158,6 +158,9 @@ impl Registry {
                      SELECT 1 FROM pusher_dead_tokens AS x
                      WHERE x.app = $1 AND x.token = t.token AND x.dead_at > to_timestamp(t.at)
                      OFFSET 0)
+                 -- The database's order, as `forget_invalid_tokens` locks them (the map's
+                 -- byte order differs from a locale's).
+                 ORDER BY t.token
                  ON CONFLICT (app, token) DO UPDATE
                    SET platform = EXCLUDED.platform, user_id = EXCLUDED.user_id,
                        device_id = EXCLUDED.device_id, platform_id = EXCLUDED.platform_id,

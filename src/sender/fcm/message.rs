@@ -54,7 +54,7 @@ pub fn v1_body(msg: &GcmMessage, ttl_cap: Option<u32>) -> Result<Vec<u8>, Transl
         return Err(TranslateError::NoToken);
     }
     if let Some(raw) = &msg.v1_message {
-        // The envelope's `message` object, byte for byte unless its TTL must be capped.
+        // The envelope's `message` object, byte for byte without a cap; re-encoded under one.
         let message = match ttl_cap {
             Some(cap) => Cow::Owned(envelope_with_ttl(raw, cap)?),
             None => Cow::Borrowed(raw.as_ref()),
