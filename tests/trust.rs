@@ -64,6 +64,24 @@ async fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool)
     }
 }
 
+/// Waits (30 s at most) for `/healthz` to answer 503; its body.
+async fn unhealthy(metrics: SocketAddr) -> String {
+    let mut health = String::new();
+    wait_for(
+        "/healthz to say the endpoint fails",
+        Duration::from_secs(30),
+        || match http_get(metrics, "/healthz") {
+            Some((503, body)) => {
+                health = body;
+                true
+            }
+            _ => false,
+        },
+    )
+    .await;
+    health
+}
+
 /// `pusher run <platform> --app game` with the repository's default config (no group, no
 /// topics set), no feedback, deletion or StatsD; stderr to `log`.
 fn pusher_run(
@@ -259,19 +277,7 @@ async fn a_wrong_ca_pauses_the_pusher_and_loses_nothing() {
         ],
         &log,
     );
-    let mut health = String::new();
-    wait_for(
-        "/healthz to say the endpoint fails",
-        Duration::from_secs(30),
-        || match http_get(metrics, "/healthz") {
-            Some((503, body)) => {
-                health = body;
-                true
-            }
-            _ => false,
-        },
-    )
-    .await;
+    let health = unhealthy(metrics).await;
     assert!(
         health.contains("endpoint apns game") && health.contains("UnknownIssuer"),
         "{health}"
@@ -411,19 +417,7 @@ async fn a_wrong_environment_pauses_the_pusher_instead_of_deleting_every_token()
         ],
         &log,
     );
-    let mut health = String::new();
-    wait_for(
-        "/healthz to say the endpoint fails",
-        Duration::from_secs(30),
-        || match http_get(metrics, "/healthz") {
-            Some((503, body)) => {
-                health = body;
-                true
-            }
-            _ => false,
-        },
-    )
-    .await;
+    let health = unhealthy(metrics).await;
     assert!(health.contains("wrong APNs environment"), "{health}");
     // One probe at a time after that (1 s, 2 s): still refused, still paused.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -499,19 +493,7 @@ async fn a_wrong_configured_topic_pauses_the_pusher_instead_of_rejecting_the_bac
         ],
         &dir.path().join("topic.log"),
     );
-    let mut health = String::new();
-    wait_for(
-        "/healthz to say the endpoint fails",
-        Duration::from_secs(30),
-        || match http_get(metrics, "/healthz") {
-            Some((503, body)) => {
-                health = body;
-                true
-            }
-            _ => false,
-        },
-    )
-    .await;
+    let health = unhealthy(metrics).await;
     assert!(
         health.contains("BadTopic for the configured topic"),
         "{health}"

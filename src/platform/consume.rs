@@ -405,20 +405,24 @@ fn commit(
 mod tests {
     use super::*;
 
-    /// A cooperative strategy set among the extras does not apply: the group stays eager.
-    #[test]
-    fn the_assignment_strategy_stays_eager() {
-        let settings = GroupSettings {
+    fn settings(consumer_extra: Vec<(String, String)>) -> GroupSettings {
+        GroupSettings {
             brokers: "127.0.0.1:9092".into(),
             group: "g".into(),
             topic: "t".into(),
             batch_size: 100,
             offset_reset: "earliest".into(),
-            consumer_extra: vec![(
-                "partition.assignment.strategy".into(),
-                "cooperative-sticky".into(),
-            )],
-        };
+            consumer_extra,
+        }
+    }
+
+    /// A cooperative strategy set among the extras does not apply: the group stays eager.
+    #[test]
+    fn the_assignment_strategy_stays_eager() {
+        let settings = settings(vec![(
+            "partition.assignment.strategy".into(),
+            "cooperative-sticky".into(),
+        )]);
         assert_eq!(
             consumer_config(&settings).get("partition.assignment.strategy"),
             Some("range,roundrobin")
@@ -472,11 +476,8 @@ mod tests {
             producer.produce_all(&records).await.unwrap();
             let settings = GroupSettings {
                 brokers: kafka.bootstrap().to_owned(),
-                group: "g".into(),
-                topic: "t".into(),
                 batch_size: 2,
-                offset_reset: "earliest".into(),
-                consumer_extra: Vec::new(),
+                ..settings(Vec::new())
             };
             let consumer = consumer(&settings, Membership::default()).unwrap();
             let stop = CancellationToken::new();
@@ -496,14 +497,7 @@ mod tests {
     /// prefetch queue is full (librdkafka's 1 s default idles them).
     #[test]
     fn a_full_prefetch_queue_backs_off_briefly() {
-        let settings = GroupSettings {
-            brokers: "127.0.0.1:9092".into(),
-            group: "g".into(),
-            topic: "t".into(),
-            batch_size: 100,
-            offset_reset: "earliest".into(),
-            consumer_extra: Vec::new(),
-        };
+        let settings = settings(Vec::new());
         let backoff = consumer_config(&settings)
             .get("fetch.queue.backoff.ms")
             .map(str::to_owned);
