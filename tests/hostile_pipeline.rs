@@ -263,8 +263,13 @@ async fn hostile_messages_are_each_counted_and_the_pipeline_stays_up() {
         *want.entry(reason.to_string()).or_default() += 1;
     }
     assert_eq!(*reasons.0.lock().unwrap(), want);
+    // An odd topic's partition may show offset 0 (its message held, a commit tick came by):
+    // the next to read is still its first message.
     assert!(
-        summary.committed.keys().all(|(t, _)| *t == topic),
+        summary
+            .committed
+            .iter()
+            .all(|((t, _), next)| *t == topic || *next == 0),
         "nothing committed on the odd topics: {:?}",
         summary.committed
     );
