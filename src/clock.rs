@@ -56,3 +56,8 @@ pub type SharedClock = Arc<dyn Clock>;
 pub fn system() -> SharedClock {
     Arc::new(SystemClock)
 }
+
+/// The real time in Unix milliseconds, as the platform's rows and records keep it.
+pub fn unix_ms() -> i64 {
+    i64::try_from(SystemClock.now().as_millis()).unwrap_or(i64::MAX)
+}

@@ -545,6 +545,27 @@ async fn v1_routes_and_hostile_bodies() {
             "notifications[0].content",
         ),
         ("/post_notification_json", b"[]".to_vec(), "expected struct"),
+        // Logins the router could not register: refused here, not dropped there.
+        (
+            "/post_events_json",
+            br#"{"events": [{"user_id": 1, "event_id": 4001, "pairs": {"platformId": "1"}}]}"#
+                .to_vec(),
+            "events[0].pairs.deviceToken",
+        ),
+        (
+            "/post_events_json",
+            br#"{"events": [{"user_id": 1, "event_id": 4001,
+                 "pairs": {"platformId": "9", "deviceToken": "t"}}]}"#
+                .to_vec(),
+            "events[0].pairs.platformId",
+        ),
+        (
+            "/post_events_json",
+            br#"{"events": [{"user_id": 1, "event_id": 4001,
+                 "pairs": {"platformId": "1", "deviceToken": "t", "languageId": "en"}}]}"#
+                .to_vec(),
+            "events[0].pairs.languageId",
+        ),
     ] {
         let a = request(p.addr, "POST", path, &[("authorization", &auth)], body).await;
         assert_eq!(a.status, 400, "{path}: {}", a.text());
@@ -843,11 +864,18 @@ async fn a_notification_record_written_twice_is_routed_once() {
                         "notif_id": "twice"})
     .to_string()
     .into_bytes();
-    let records: Vec<pusher::platform::produce::Record> = (0..2)
-        .map(|_| pusher::platform::produce::Record {
+    // Beside them, one written past the API with a notif_id PostgreSQL refuses: counted as
+    // malformed, where retrying it stopped the partition for good.
+    let unusable = json!({"kind": "notification", "user_id": 42, "title": "T", "content": "C",
+                          "notif_id": "nul\u{0}id"})
+    .to_string()
+    .into_bytes();
+    let records: Vec<pusher::platform::produce::Record> = [&record, &unusable, &record]
+        .into_iter()
+        .map(|payload| pusher::platform::produce::Record {
             topic: format!("push-{}-requests", p.app),
             key: "42".into(),
-            payload: record.clone(),
+            payload: payload.clone(),
         })
         .collect();
     Producer::new(p.kafka.bootstrap(), Duration::from_secs(5))
@@ -869,8 +897,101 @@ async fn a_notification_record_written_twice_is_routed_once() {
     let counts = p.stop().await;
     assert_eq!(
         (counts.consumed, counts.pushes, counts.malformed),
-        (2, 1, 0),
+        (3, 1, 1),
         "{counts:?}"
+    );
+}
+
+/// A batch that fails after some of its pushes are in Kafka (one app's pushes acknowledged,
+/// the next app's statement failing, as in a PostgreSQL failover) is redone whole: what Kafka
+/// already acknowledged is not produced again. Seen: each retry sent the first app's pushes
+/// again, once per retry for as long as the fault lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_redone_after_a_partial_failure_sends_each_push_once() {
+    let a = common::platform::fresh_app("rtp");
+    let b = format!("{a}b"); // after `a`: the router handles apps in name order
+    let topics: Vec<String> = [&a, &b]
+        .iter()
+        .flat_map(|app| [format!("push-{app}-requests"), format!("push-{app}_gcm")])
+        .collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    // One partition each: both records are fetched together and make one batch.
+    let kafka = TestKafka::start(&names, 1).await;
+    let store = common::platform::store().await;
+    let registry = Registry::new(store.pool());
+    for app in [&a, &b] {
+        registry
+            .register(app, &[android(1, &format!("{app}-token"), 1_000)], &[])
+            .await
+            .unwrap();
+    }
+    // The first statement that records how many devices b's notification reached fails (a
+    // sequence, which a rollback does not undo, counts the tries).
+    let pg = store.pool().get().await.unwrap();
+    let tag = b.replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE SEQUENCE test_targets_{tag};
+         CREATE FUNCTION test_targets_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.app = '{b}' AND nextval('test_targets_{tag}') = 1 THEN
+                 RAISE EXCEPTION 'injected: failover';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_targets_{tag} BEFORE INSERT ON pusher_notifications
+             FOR EACH ROW EXECUTE FUNCTION test_targets_{tag}();"
+    ))
+    .await
+    .unwrap();
+    let records: Vec<pusher::platform::produce::Record> = [&a, &b]
+        .iter()
+        .map(|app| pusher::platform::produce::Record {
+            topic: format!("push-{app}-requests"),
+            key: "1".into(),
+            payload: json!({"kind": "notification", "user_id": 1, "title": "T",
+                            "content": "C", "notif_id": format!("n-{app}")})
+            .to_string()
+            .into_bytes(),
+        })
+        .collect();
+    Producer::new(kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&records)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let router = spawn_router(&kafka, &a, &store, &stop, Membership::default());
+    let both = [format!("push-{a}_gcm"), format!("push-{b}_gcm")];
+    let both: Vec<&str> = both.iter().map(String::as_str).collect();
+    let pushes = common::platform::read_topics(kafka.bootstrap(), &both, 2);
+    stop.cancel();
+    let counts = router.await.unwrap();
+    let tries: i64 = pg
+        .query_one(&format!("SELECT last_value FROM test_targets_{tag}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.batch_execute(&format!(
+        "DROP TRIGGER test_targets_{tag} ON pusher_notifications;
+         DROP FUNCTION test_targets_{tag}(); DROP SEQUENCE test_targets_{tag};"
+    ))
+    .await
+    .unwrap();
+    assert!(
+        tries >= 2,
+        "b's statement failed once, then passed: {tries}"
+    );
+    let mut tokens: Vec<&str> = pushes.iter().map(|(_, key, _)| key.as_str()).collect();
+    tokens.sort();
+    assert_eq!(
+        tokens,
+        [format!("{a}-token"), format!("{b}-token")],
+        "each push once"
+    );
+    assert_eq!(
+        (counts.consumed, counts.notifications, counts.pushes),
+        (2, 2, 2),
+        "one batch, counted once: {counts:?}"
     );
 }
 
@@ -1096,6 +1217,73 @@ async fn a_late_login_with_a_devices_old_token_does_not_bring_it_back() {
         .await
         .unwrap();
     assert_eq!(tokens_of(&registry, &app, 7).await, ["newer"]);
+}
+
+/// Two logins of one device (user, device id) with different tokens at the same second, in one
+/// batch (Pushkin's seconds: an app start's login and a token refresh right after it): the
+/// later one stays, as one after the other would leave it. Seen: each deleted the other, and
+/// the device had no token until its next login.
+#[tokio::test]
+async fn two_logins_of_one_device_in_one_second_keep_the_later_token() {
+    let (_store, registry, app) = fresh_registry("tie").await;
+    let device = |token: &str| pusher::platform::registry::Device {
+        device_id: "phone".into(),
+        ..android(7, token, 1_000)
+    };
+    registry
+        .register(&app, &[device("b-first"), device("a-later")], &[])
+        .await
+        .unwrap();
+    assert_eq!(tokens_of(&registry, &app, 7).await, ["a-later"]);
+    // A device id of another user is another device.
+    let other = pusher::platform::registry::Device {
+        device_id: "phone".into(),
+        ..android(8, "c-other-user", 1_000)
+    };
+    registry
+        .register(&app, &[other, device("d-newest")], &[])
+        .await
+        .unwrap();
+    assert_eq!(tokens_of(&registry, &app, 7).await, ["d-newest"]);
+    assert_eq!(tokens_of(&registry, &app, 8).await, ["c-other-user"]);
+}
+
+/// A token removed through the API (`DELETE /api/v1/devices/{token}`: a logout) is not
+/// brought back by a login older than the removal that the router reads after it (a router
+/// behind, a batch redone); a registration after the removal brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_token_is_not_brought_back_by_an_older_login() {
+    let p = Platform::start().await;
+    let registry = Registry::new(p.store.pool());
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    registry
+        .register(&p.app, &[android(7, "logged-out", now_s - 60)], &[])
+        .await
+        .unwrap();
+    let auth = format!("Bearer {KEY}");
+    let deleted = request(
+        p.addr,
+        "DELETE",
+        "/api/v1/devices/logged-out",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    registry
+        .register(&p.app, &[android(7, "logged-out", now_s - 30)], &[])
+        .await
+        .unwrap();
+    assert!(tokens_of(&registry, &p.app, 7).await.is_empty());
+    registry
+        .register(&p.app, &[android(7, "logged-out", now_s + 1)], &[])
+        .await
+        .unwrap();
+    assert_eq!(tokens_of(&registry, &p.app, 7).await, ["logged-out"]);
+    p.stop().await;
 }
 
 /// A token its service called invalid stays out of the registry for a registration older than

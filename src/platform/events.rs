@@ -10,7 +10,7 @@
 
 use super::claims::{Claim, Claimed, Claims, Limit};
 use super::messages::{self, Message, Messages};
-use super::outbound::{self, Notification};
+use super::outbound::{self, Notification, Outgoing};
 use super::produce::Record;
 use super::registry::{Device, Registry};
 use super::store::StoreError;
@@ -149,7 +149,7 @@ fn fits(event: &Event, message: &Message, title: &str, text: &str, deeplink_base
 #[derive(Debug, Default)]
 pub struct Routed {
     /// Pushes and `rate_limited` feedback records, to produce.
-    pub records: Vec<Record>,
+    pub records: Vec<Outgoing>,
     pub counts: EventCounts,
     /// The claims to mark sent once `records` are in Kafka (`Claims::mark_sent`).
     pub cooldown_sent: Vec<Claim>,
@@ -409,19 +409,29 @@ pub async fn route(
         match verdict {
             None => {
                 counts.pushes += 1;
-                records.push(Record {
-                    topic: format!("push-{app}_{}", d.platform),
-                    key: d.token.clone(),
-                    payload: outbound::push_message(d, n, &settings.deeplink_base, now_ms),
+                records.push(Outgoing {
+                    notif_id: n.notif_id.clone(),
+                    record: Record {
+                        topic: format!("push-{app}_{}", d.platform),
+                        key: d.token.clone(),
+                        payload: outbound::push_message(d, n, &settings.deeplink_base, now_ms),
+                    },
                 });
             }
             Some("") => counts.already_sent += 1,
             Some(reason) => {
                 counts.rate_limited += 1;
-                records.push(Record {
-                    topic: outbound::feedback_topic(&settings.feedback_template, app, d.platform),
-                    key: d.token.clone(),
-                    payload: outbound::not_sent_feedback(app, d, n, reason, now_ms),
+                records.push(Outgoing {
+                    notif_id: n.notif_id.clone(),
+                    record: Record {
+                        topic: outbound::feedback_topic(
+                            &settings.feedback_template,
+                            app,
+                            d.platform,
+                        ),
+                        key: d.token.clone(),
+                        payload: outbound::not_sent_feedback(app, d, n, reason, now_ms),
+                    },
                 });
             }
         }

@@ -3,6 +3,7 @@
 //! in the format `pusher run` writes (§6), so `pusher results` stores it like any verdict.
 
 use super::messages::Priority;
+use super::produce::Record;
 use super::registry::Device;
 use crate::push::Platform;
 use serde_json::{json, Value};
@@ -14,6 +15,14 @@ pub const MAX_TEXT: usize = 3500;
 /// The longest deep-link screen: it goes into every push's 4 KB payload (one too long was
 /// rejected by APNs for every device).
 pub const MAX_SCREEN: usize = 200;
+
+/// A record the router produces for one device and notification. (topic, key, notif_id) name
+/// it across a batch's retries, where its payload does not: it holds the time it was built.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub notif_id: String,
+    pub record: Record,
+}
 
 /// One notification to one user's devices.
 #[derive(Debug, Clone, Default)]

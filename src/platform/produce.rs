@@ -137,11 +137,14 @@ impl Producer {
     /// Produces every record and waits until each is acknowledged or failed: one answer per
     /// record, so that a caller can tell what was written, what was not, and what may have
     /// been ([`ProduceError::may_be_written`]).
-    pub async fn produce_each(&self, records: &[Record]) -> Vec<Result<(), ProduceError>> {
+    pub async fn produce_each<'r>(
+        &self,
+        records: impl IntoIterator<Item = &'r Record>,
+    ) -> Vec<Result<(), ProduceError>> {
         // A full local queue is waited for (backpressure) until this deadline; a record still
         // not queued then was never sent.
         let queued_by = Instant::now() + self.timeout;
-        let sends = records.iter().map(|r| self.produce_one(r, queued_by));
+        let sends = records.into_iter().map(|r| self.produce_one(r, queued_by));
         futures_util::future::join_all(sends).await
     }
 

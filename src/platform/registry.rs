@@ -18,6 +18,66 @@ pub const MAX_DEVICES_PER_USER: i64 = 10;
 /// entries stop at ~2.7 KB with the app and notif_id beside them.
 pub const MAX_TOKEN_LEN: usize = 2000;
 
+/// Pushkin's login event.
+pub const LOGIN_EVENT: i32 = 4001;
+
+/// The pair of a login event that is missing or unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unusable {
+    pub pair: &'static str,
+    pub why: &'static str,
+}
+
+/// A login event's device and language (Pushkin's pairs) at `at_ms`. The API refuses an event
+/// this refuses; the router counts one written past the API as malformed.
+pub fn login_of(
+    user_id: i64,
+    at_ms: i64,
+    pairs: &BTreeMap<String, String>,
+) -> Result<(Device, Login), Unusable> {
+    // Stored as text: a value PostgreSQL would refuse (a NUL) is no value, so that a record
+    // written past the API cannot stop the partition.
+    let get = |k: &str| {
+        pairs
+            .get(k)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty() && v.len() <= MAX_TOKEN_LEN)
+            .filter(|v| !v.chars().any(char::is_control))
+    };
+    let token = get("deviceToken").ok_or(Unusable {
+        pair: "deviceToken",
+        why: "required: a device token of 1 to 2000 characters, no control characters",
+    })?;
+    let platform_id = get("platformId").and_then(|p| p.parse::<i64>().ok());
+    let platform = platform_id
+        .and_then(platform_of_pushkin_id)
+        .ok_or(Unusable {
+            pair: "platformId",
+            why: "required: 1 (Android phone), 2 (iPhone), 5 (iPad) or 6 (Android tablet)",
+        })?;
+    // None when it says none (or no number: the API refuses that, records from before it
+    // keep their device): the user keeps the language they had, and one who never said gets
+    // `route.defaultLanguage`'s texts.
+    let language_id = get("languageId").and_then(|l| l.parse().ok());
+    Ok((
+        Device {
+            user_id,
+            platform,
+            token: token.to_owned(),
+            device_id: get("deviceId").unwrap_or_default().to_owned(),
+            platform_id: platform_id.and_then(|id| i32::try_from(id).ok()),
+            app_version: get("applicationVersion").unwrap_or_default().to_owned(),
+            registered_ms: at_ms,
+            keys: None,
+        },
+        Login {
+            user_id,
+            language_id,
+            at_ms,
+        },
+    ))
+}
+
 /// One device of a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Device {
@@ -99,14 +159,30 @@ impl Registry {
         // One row per token (the newest) and per user (the newest login): a statement may not
         // touch a row twice. Inserted in token order (the statement's ORDER BY), as
         // `forget_invalid_tokens` locks them: opposite orders deadlocked.
-        let mut newest: BTreeMap<&str, &Device> = BTreeMap::new();
-        for d in devices {
-            let slot = newest.entry(d.token.as_str()).or_insert(d);
-            if d.registered_ms >= slot.registered_ms {
-                *slot = d;
+        let mut newest: BTreeMap<&str, (usize, &Device)> = BTreeMap::new();
+        for (i, d) in devices.iter().enumerate() {
+            let slot = newest.entry(d.token.as_str()).or_insert((i, d));
+            if d.registered_ms >= slot.1.registered_ms {
+                *slot = (i, d);
             }
         }
-        let devices: Vec<&Device> = newest.into_values().collect();
+        // And one token per device (user, device id): two logins of one device with different
+        // tokens at the same time (Pushkin's seconds) would each delete the other below. The
+        // newest stays, the later in the batch on a tie, as one after the other would leave.
+        let mut per_device: HashMap<(i64, &str), (i64, usize)> = HashMap::new();
+        for &(i, d) in newest.values().filter(|(_, d)| !d.device_id.is_empty()) {
+            let slot = per_device
+                .entry((d.user_id, d.device_id.as_str()))
+                .or_insert((d.registered_ms, i));
+            *slot = (*slot).max((d.registered_ms, i));
+        }
+        let devices: Vec<&Device> = newest
+            .into_values()
+            .filter(|&(i, d)| {
+                d.device_id.is_empty() || per_device[&(d.user_id, d.device_id.as_str())].1 == i
+            })
+            .map(|(_, d)| d)
+            .collect();
         let mut last_login: HashMap<i64, Login> = HashMap::new();
         for l in logins {
             let slot = last_login.entry(l.user_id).or_insert(*l);
@@ -388,13 +464,21 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes one token; false when the app has no such token.
-    pub async fn remove(&self, app: &str, token: &str) -> Result<bool, StoreError> {
+    /// Removes one token (at `at_ms`, Unix ms); false when the app has no such token. A
+    /// tombstone keeps a login older than the removal, routed after it (a router behind, a
+    /// batch redone), from bringing the token back to a device that logged out; a
+    /// registration after it is taken. Tombstone first, as `forget_invalid_tokens` locks them.
+    pub async fn remove(&self, app: &str, token: &str, at_ms: i64) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
         let n = super::store::execute(
             &client,
-            "DELETE FROM pusher_devices WHERE app = (SELECT $1::text) AND token = $2",
-            &[&app, &token],
+            "WITH dead AS (
+                 INSERT INTO pusher_dead_tokens AS x (app, token, dead_at)
+                 VALUES ($1, $2, to_timestamp($3))
+                 ON CONFLICT (app, token) DO UPDATE SET dead_at = EXCLUDED.dead_at
+                   WHERE x.dead_at < EXCLUDED.dead_at)
+             DELETE FROM pusher_devices WHERE app = (SELECT $1::text) AND token = $2",
+            &[&app, &token, &(at_ms as f64 / 1000.0)],
         )
         .await?;
         Ok(n > 0)

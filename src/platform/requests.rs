@@ -22,6 +22,13 @@ pub fn app_of(topic: &str) -> Option<&str> {
         .filter(|app| crate::push::app::is_valid_name(app))
 }
 
+/// Whether `id` can name a notification (or an event): 1 to 200 characters, no control
+/// characters. The API refuses others; the router counts a record written past it as
+/// malformed, where retrying a statement PostgreSQL refuses would stop its partition.
+pub fn is_valid_notif_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 200 && !id.chars().any(char::is_control)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RequestRecord {

@@ -97,8 +97,7 @@ pub fn result_of(record: &Value) -> Option<ResultRow> {
 /// from the future would keep every later verdict for the token from replacing it. Not
 /// rounded to seconds: of two verdicts within a second, the older won the tie.
 fn verdict_time_ms(at: i64) -> i64 {
-    use crate::clock::Clock;
-    let now = i64::try_from(crate::clock::SystemClock.now().as_millis()).unwrap_or(i64::MAX);
+    let now = crate::clock::unix_ms();
     let ms = if at > 100_000_000_000 {
         at
     } else {
@@ -568,8 +567,7 @@ mod tests {
     /// milliseconds that never outrank a later verdict; milliseconds are kept.
     #[test]
     fn verdict_times_are_milliseconds_up_to_now() {
-        use crate::clock::Clock;
-        let now = crate::clock::SystemClock.now().as_millis() as i64;
+        let now = crate::clock::unix_ms();
         let at = |timestamp: i64| {
             result_of(
                 &json!({"from": "t", "metadata": {"notif_id": "n", "game": "g",

@@ -13,10 +13,10 @@ use super::claims::Claims;
 use super::consume::{self, GroupSettings};
 use super::events::{self, Event, EventCounts, EventSettings, EventStores};
 use super::messages::{Messages, OPT_OUT_EVENT};
-use super::outbound::{push_message, Notification};
+use super::outbound::{push_message, Notification, Outgoing};
 use super::produce::{ProduceError, Producer, Record};
-use super::registry::{platform_of_pushkin_id, Device, Login, Registry, MAX_TOKEN_LEN};
-use super::requests::{app_of, RequestRecord, TOPIC_PATTERN};
+use super::registry::{login_of, Device, Login, Registry, LOGIN_EVENT};
+use super::requests::{app_of, is_valid_notif_id, RequestRecord, TOPIC_PATTERN};
 use super::store::StoreError;
 use crate::sender::retry::RetryPolicy;
 use rdkafka::message::BorrowedMessage;
@@ -25,9 +25,6 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Pushkin's login event.
-pub const LOGIN_EVENT: i32 = 4001;
 
 #[derive(Debug, Clone)]
 pub struct RouteSettings {
@@ -165,7 +162,7 @@ pub async fn run(
             registry: &registry,
             claims: &claims,
         },
-        producer: &producer,
+        written: Written::new(&producer),
         counts: RouteCounts::default(),
     };
     consume::batches(&consumer, settings.batch_size, "route", &stop, &mut router).await;
@@ -177,8 +174,80 @@ pub async fn run(
 struct Router<'a> {
     settings: &'a RouteSettings,
     stores: EventStores<'a>,
-    producer: &'a Producer,
+    written: Written<'a>,
     counts: RouteCounts,
+}
+
+/// What the batch being handled already has in Kafka, by (topic, key, notif_id). A batch that
+/// fails partway (an app's statement after another app's pushes, one record of many not
+/// acknowledged) is redone whole; without this, each retry sent again every push Kafka had
+/// acknowledged, once per retry for as long as the fault lasted. Kept for one batch (its first
+/// record's place names it); a segment's page leaves it once the segment's progress is past it.
+struct Written<'a> {
+    producer: &'a Producer,
+    batch: Option<(String, i32, i64)>,
+    ids: HashSet<(String, String, String)>,
+}
+
+impl<'a> Written<'a> {
+    fn new(producer: &'a Producer) -> Written<'a> {
+        Written {
+            producer,
+            batch: None,
+            ids: HashSet::new(),
+        }
+    }
+
+    /// Starts handling `batch`: a retry of the same batch keeps what it wrote.
+    fn begin(&mut self, batch: &[BorrowedMessage<'_>]) {
+        let first = batch
+            .first()
+            .map(|m| (m.topic().to_owned(), m.partition(), m.offset()));
+        if first != self.batch {
+            self.ids.clear();
+            self.batch = first;
+        }
+    }
+
+    fn id(o: &Outgoing) -> (String, String, String) {
+        (
+            o.record.topic.clone(),
+            o.record.key.clone(),
+            o.notif_id.clone(),
+        )
+    }
+
+    /// Produces each record Kafka does not have from an earlier attempt, and remembers those
+    /// it acknowledges; the first failure, once every record was tried.
+    async fn produce(&mut self, out: &[Outgoing]) -> Result<(), ProduceError> {
+        let todo: Vec<&Outgoing> = out
+            .iter()
+            .filter(|o| self.ids.is_empty() || !self.ids.contains(&Self::id(o)))
+            .collect();
+        let answers = self
+            .producer
+            .produce_each(todo.iter().map(|o| &o.record))
+            .await;
+        let mut failed = None;
+        for (o, answer) in todo.into_iter().zip(answers) {
+            match answer {
+                Ok(()) => {
+                    self.ids.insert(Self::id(o));
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Forgets `out`: what a redo will not produce again anyway (a segment's saved pages).
+    fn forget(&mut self, out: &[Outgoing]) {
+        for o in out {
+            self.ids.remove(&Self::id(o));
+        }
+    }
 }
 
 impl consume::Batches for Router<'_> {
@@ -189,7 +258,8 @@ impl consume::Batches for Router<'_> {
         batch: &[BorrowedMessage<'_>],
         lease: &consume::Lease<'_>,
     ) -> Result<RouteCounts, String> {
-        handle(self.settings, &self.stores, self.producer, batch, lease).await
+        self.written.begin(batch);
+        handle(self.settings, &self.stores, &mut self.written, batch, lease).await
     }
 
     fn committed(&mut self, done: RouteCounts) {
@@ -235,15 +305,12 @@ fn add(total: &mut RouteCounts, batch: &RouteCounts) {
 async fn handle(
     settings: &RouteSettings,
     stores: &EventStores<'_>,
-    producer: &Producer,
+    written: &mut Written<'_>,
     batch: &[BorrowedMessage<'_>],
     lease: &consume::Lease<'_>,
 ) -> Result<RouteCounts, String> {
     let registry = stores.registry;
-    let now_ms = {
-        use crate::clock::Clock;
-        i64::try_from(crate::clock::SystemClock.now().as_millis()).unwrap_or(i64::MAX)
-    };
+    let now_ms = crate::clock::unix_ms();
     let mut counts = RouteCounts {
         consumed: batch.len() as u64,
         ..RouteCounts::default()
@@ -268,6 +335,21 @@ async fn handle(
             counts.malformed += 1;
             continue;
         };
+        // A notification id PostgreSQL refuses (written past the API) would fail its batch on
+        // every retry.
+        if let RequestRecord::Notification { notif_id, .. }
+        | RequestRecord::Segment { notif_id, .. } = &record
+        {
+            if !is_valid_notif_id(notif_id) {
+                tracing::warn!(
+                    topic = m.topic(),
+                    offset = m.offset(),
+                    "Request record with an unusable notif_id: skipped."
+                );
+                counts.malformed += 1;
+                continue;
+            }
+        }
         let entry = apps.entry(app.to_owned()).or_default();
         match record {
             RequestRecord::Notification {
@@ -317,13 +399,21 @@ async fn handle(
                 timestamp,
                 pairs,
                 ..
-            } => match login(user_id, event_time(timestamp, written_ms, now_ms), &pairs) {
-                Some((device, login)) => {
+            } => match login_of(user_id, event_time(timestamp, written_ms, now_ms), &pairs) {
+                Ok((device, login)) => {
                     counts.logins += 1;
                     entry.devices.push(device);
                     entry.logins.push(login);
                 }
-                None => counts.malformed += 1,
+                Err(unusable) => {
+                    tracing::warn!(
+                        topic = m.topic(),
+                        offset = m.offset(),
+                        pair = unusable.pair,
+                        "Login event without a usable pair: skipped."
+                    );
+                    counts.malformed += 1;
+                }
             },
             RequestRecord::Event {
                 user_id,
@@ -344,7 +434,7 @@ async fn handle(
             } => entry.phase().events.push(Event {
                 // Records from before the API gave events ids, or written past it with an id
                 // PostgreSQL would refuse (claims name their owner by it): their place in Kafka.
-                uid: if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+                uid: if !is_valid_notif_id(&id) {
                     format!("{}-{}-{}", m.topic(), m.partition(), m.offset())
                 } else {
                     id
@@ -368,7 +458,7 @@ async fn handle(
     }
     for (app, work) in &apps {
         for segment in &work.segments {
-            match stream_segment(settings, stores, producer, app, segment, now_ms, lease).await? {
+            match stream_segment(settings, stores, written, app, segment, now_ms, lease).await? {
                 Some(pushes) => counts.pushes += pushes,
                 None => counts.malformed += 1,
             }
@@ -391,8 +481,8 @@ async fn handle(
             let routed = events::route(&settings.events, stores, app, &phase.events, now_ms)
                 .await
                 .map_err(|e| e.to_string())?;
-            producer
-                .produce_all(&routed.records)
+            written
+                .produce(&routed.records)
                 .await
                 .map_err(|e: ProduceError| e.to_string())?;
             mark_sent(stores, app, &routed, lease).await?;
@@ -439,15 +529,18 @@ async fn handle(
                 continue;
             };
             for d in devices {
-                records.push(Record {
-                    topic: format!("push-{app}_{}", d.platform),
-                    key: d.token.clone(),
-                    payload: push_message(d, n, &settings.deeplink_base, now_ms),
+                records.push(Outgoing {
+                    notif_id: n.notif_id.clone(),
+                    record: Record {
+                        topic: format!("push-{app}_{}", d.platform),
+                        key: d.token.clone(),
+                        payload: push_message(d, n, &settings.deeplink_base, now_ms),
+                    },
                 });
             }
         }
-        producer
-            .produce_all(&records)
+        written
+            .produce(&records)
             .await
             .map_err(|e: ProduceError| e.to_string())?;
         counts.pushes += records.len() as u64;
@@ -497,7 +590,7 @@ async fn mark_sent(
 async fn stream_segment(
     settings: &RouteSettings,
     stores: &EventStores<'_>,
-    producer: &Producer,
+    written: &mut Written<'_>,
     app: &str,
     segment: &Segment,
     now_ms: i64,
@@ -562,12 +655,15 @@ async fn stream_segment(
             _ => Vec::new(),
         };
         let last = next.is_empty();
-        let records: Vec<Record> = page
+        let records: Vec<Outgoing> = page
             .iter()
-            .map(|d| Record {
-                topic: format!("push-{app}_{}", d.platform),
-                key: d.token.clone(),
-                payload: push_message(d, n, &settings.deeplink_base, now_ms),
+            .map(|d| Outgoing {
+                notif_id: n.notif_id.clone(),
+                record: Record {
+                    topic: format!("push-{app}_{}", d.platform),
+                    key: d.token.clone(),
+                    payload: push_message(d, n, &settings.deeplink_base, now_ms),
+                },
             })
             .collect();
         if last {
@@ -578,10 +674,7 @@ async fn stream_segment(
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        producer
-            .produce_all(&records)
-            .await
-            .map_err(|e| e.to_string())?;
+        written.produce(&records).await.map_err(|e| e.to_string())?;
         produced += records.len() as i64;
         pushed += records.len() as u64;
         if let Some(d) = page.last() {
@@ -591,6 +684,8 @@ async fn stream_segment(
             .save_segment_progress(app, &n.notif_id, &after, produced, last)
             .await
             .map_err(|e| e.to_string())?;
+        // A redo resumes after this page: what it wrote need not be kept.
+        written.forget(&records);
         if last {
             tracing::info!(app, notif_id = %n.notif_id, devices = produced, "Segment sent.");
             return Ok(Some(pushed));
@@ -618,43 +713,6 @@ fn event_time(timestamp: i64, written_ms: i64, now_ms: i64) -> i64 {
     at_ms.min(now_ms)
 }
 
-/// A login event's device and language (Pushkin's pairs) at `at_ms` ([`event_time`]), or
-/// None when it names no token or no platform this pusher sends to.
-fn login(user_id: i64, at_ms: i64, pairs: &BTreeMap<String, String>) -> Option<(Device, Login)> {
-    // Stored as text: a value PostgreSQL would refuse (a NUL) is no value, so that a record
-    // written past the API cannot stop the partition.
-    let get = |k: &str| {
-        pairs
-            .get(k)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty() && v.len() <= MAX_TOKEN_LEN)
-            .filter(|v| !v.chars().any(char::is_control))
-    };
-    let token = get("deviceToken")?.to_owned();
-    let platform_id: i64 = get("platformId")?.parse().ok()?;
-    let platform = platform_of_pushkin_id(platform_id)?;
-    // None when it says none (or no number): the user keeps the language they had, and one
-    // who never said gets `route.defaultLanguage`'s texts.
-    let language_id = get("languageId").and_then(|l| l.parse().ok());
-    Some((
-        Device {
-            user_id,
-            platform,
-            token,
-            device_id: get("deviceId").unwrap_or_default().to_owned(),
-            platform_id: i32::try_from(platform_id).ok(),
-            app_version: get("applicationVersion").unwrap_or_default().to_owned(),
-            registered_ms: at_ms,
-            keys: None,
-        },
-        Login {
-            user_id,
-            language_id,
-            at_ms,
-        },
-    ))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -670,7 +728,7 @@ mod tests {
             ("deviceToken".to_owned(), "abc".to_owned()),
             ("applicationVersion".to_owned(), "1.2".to_owned()),
         ]);
-        let (device, login) = super::login(7, 1_458_866_235_000, &pairs).unwrap();
+        let (device, login) = login_of(7, 1_458_866_235_000, &pairs).unwrap();
         assert_eq!(device.platform, Platform::Apns);
         assert_eq!(device.registered_ms, 1_458_866_235_000);
         assert_eq!(
@@ -679,14 +737,14 @@ mod tests {
         );
         let mut no_token = pairs.clone();
         no_token.remove("deviceToken");
-        assert!(super::login(7, 0, &no_token).is_none());
+        assert!(login_of(7, 0, &no_token).is_err());
         let mut web = pairs.clone();
         web.insert("platformId".into(), "9".into());
-        assert!(super::login(7, 0, &web).is_none());
+        assert!(login_of(7, 0, &web).is_err());
         // Values PostgreSQL would refuse are none.
         let mut nul = pairs.clone();
         nul.insert("deviceToken".into(), "ab\u{0}c".into());
-        assert!(super::login(7, 0, &nul).is_none());
+        assert!(login_of(7, 0, &nul).is_err());
     }
 
     /// An event's time: Pushkin's seconds, or milliseconds; none given, when the API wrote

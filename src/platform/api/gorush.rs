@@ -79,7 +79,7 @@ impl FieldError {
 /// A caller's `notif_id`: 1 to 200 bytes, no control characters. It becomes a key in
 /// PostgreSQL (which refuses a NUL, and an index entry past ~2.7 KB) and in every record.
 pub fn check_notif_id(field: String, id: &str) -> Result<(), FieldError> {
-    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+    if !crate::platform::requests::is_valid_notif_id(id) {
         return Err(FieldError::new(
             field,
             "1 to 200 characters, no control characters",

@@ -3,6 +3,7 @@
 //! prost structs, so no protoc and no build script), turned into requests-topic records.
 
 use super::gorush::FieldError;
+use crate::platform::registry::{login_of, LOGIN_EVENT};
 use crate::platform::requests::RequestRecord;
 use serde::Deserialize;
 use serde_json::Value;
@@ -270,6 +271,20 @@ pub fn check_event(i: usize, e: JsonEvent) -> Result<RequestRecord, FieldError> 
             });
         }
         pairs.insert(key, text);
+    }
+    // A login the router could not register would be accepted here and dropped there.
+    if event_id == LOGIN_EVENT {
+        let login = login_of(user_id, 0, &pairs).err().map(|u| (u.pair, u.why));
+        let language = pairs
+            .get("languageId")
+            .filter(|l| !l.trim().is_empty() && l.trim().parse::<i32>().is_err())
+            .map(|_| ("languageId", "a language number"));
+        if let Some((pair, why)) = login.or(language) {
+            return Err(FieldError {
+                field: format!("events[{i}].pairs.{pair}"),
+                message: why.into(),
+            });
+        }
     }
     Ok(RequestRecord::Event {
         id: String::new(),

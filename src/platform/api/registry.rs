@@ -125,10 +125,7 @@ pub(super) async fn put_device(
             format!("not a device token (1 to {MAX_TOKEN_LEN} characters, no spaces)"),
         ));
     }
-    let now = {
-        use crate::clock::Clock;
-        i64::try_from(crate::clock::SystemClock.now().as_millis()).unwrap_or(i64::MAX)
-    };
+    let now = crate::clock::unix_ms();
     let device = Device {
         user_id: r.user_id,
         platform,
@@ -240,9 +237,10 @@ pub(super) async fn delete_device(
     caller: Caller,
     Param(token): Param<String>,
 ) -> Result<Response, ApiError> {
+    let now = crate::clock::unix_ms();
     let removed = state
         .registry
-        .remove(&caller.app, &token)
+        .remove(&caller.app, &token, now)
         .await
         .map_err(store_error)?;
     if removed {
