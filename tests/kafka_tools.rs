@@ -155,6 +155,15 @@ fn replay_from_kafka_replaces_the_file_only_on_success() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(capture::read(&out).unwrap().len(), 50);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // A partition's end is no error (every export logged one); the capture is made as any
+    // new file is, as the file it replaced was (it was private: 0600).
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode();
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"").unwrap();
+    assert_eq!(mode(&out) & 0o777, mode(&plain) & 0o777);
 }
 
 /// librdkafka refuses a message over its 1 MB `message.max.bytes` before sending it: gen

@@ -324,7 +324,9 @@ fn write_ca(
             std::env::temp_dir().join(name)
         }
     };
-    std::fs::write(&path, server.ca_pem())
+    // Whole or not at all (renamed into place): a pusher started beside the fake that reads
+    // the file as it is being written saw "holds no certificate".
+    crate::report::write_file(&path, server.ca_pem().as_bytes())
         .with_context(|| format!("cannot write the CA to {}", path.display()))?;
     Ok(Some(path))
 }

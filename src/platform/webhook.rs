@@ -251,7 +251,10 @@ async fn call(uri: &Uri, tls: &Arc<rustls::ClientConfig>, body: Bytes) -> Result
     .await
     .map_err(|_| format!("connect to {host}:{port}: timed out"))?
     .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-    let request = hyper::Request::post(uri.clone())
+    // Origin form (`POST /hook?t=… HTTP/1.1`), as clients send to a server that is no proxy:
+    // hyper's connection writes the URI as given, and the absolute form confused some servers.
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = hyper::Request::post(target)
         .header("host", uri.authority().map(|a| a.as_str()).unwrap_or(&host))
         .header("content-type", "application/json")
         .header("user-agent", concat!("pusher/", env!("CARGO_PKG_VERSION")))
@@ -317,5 +320,38 @@ mod tests {
         let hooks = Webhooks::new(&urls).unwrap();
         assert_eq!(hooks.other_case("MyGame"), Some("mygame"));
         assert_eq!(hooks.other_case("mygame"), None);
+    }
+
+    /// The request line names the path and query (origin form), the Host header the server.
+    #[tokio::test]
+    async fn a_call_sends_the_origin_form() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the head ended");
+                head.extend_from_slice(&buf[..n]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let uri: Uri = format!("http://{addr}/hook?t=secret").parse().unwrap();
+        let tls = client_config(&TlsOptions::default()).unwrap();
+        let status = call(&uri, &tls, Bytes::from_static(b"{}")).await.unwrap();
+        assert_eq!(status, 204);
+        let head = server.await.unwrap();
+        assert!(
+            head.starts_with("POST /hook?t=secret HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("host: {addr}\r\n")), "{head}");
     }
 }

@@ -42,7 +42,11 @@ impl ClientContext for QuietConsumer {
         self.0.log(level, fac, message);
     }
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        self.0.error("consumer", &error, reason);
+        // A partition's end is news the read loop waits for (`enable.partition.eof`), not an
+        // error: logged as one, every export ended in an ERROR line.
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            self.0.error("consumer", &error, reason);
+        }
     }
 }
 

@@ -96,17 +96,33 @@ pub fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    temp_in(dir)
+    // Made as any new file is (0666 less the umask), not tempfile's private 0600: it becomes
+    // the user's report or capture, which a web server or a colleague reads.
+    #[cfg(unix)]
+    let mode = Some(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    #[cfg(not(unix))]
+    let mode = None;
+    temp(dir, mode)
 }
 
-/// A temporary file in `dir`, named and cleaned up as [`temp_beside`]'s are (replay's sorted
-/// runs, which no rename follows).
+/// A temporary file in `dir`, named and cleaned up as [`temp_beside`]'s are, readable by its
+/// owner only (replay's sorted runs, which no rename follows).
 pub fn temp_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    temp(dir, None)
+}
+
+fn temp(
+    dir: &Path,
+    mode: Option<std::fs::Permissions>,
+) -> std::io::Result<tempfile::NamedTempFile> {
     remove_stale_temps(dir);
-    tempfile::Builder::new()
-        .prefix(&format!(".pusher-{}-", std::process::id()))
-        .rand_bytes(6)
-        .tempfile_in(dir)
+    let prefix = format!(".pusher-{}-", std::process::id());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).rand_bytes(6);
+    if let Some(mode) = mode {
+        builder.permissions(mode);
+    }
+    builder.tempfile_in(dir)
 }
 
 /// How long a dead process's temporary file must have been unchanged before it is removed: a
@@ -179,6 +195,15 @@ mod tests {
         write_file(&ok, b"{\"a\":1}").unwrap();
         assert_eq!(std::fs::read_to_string(&ok).unwrap(), "{\"a\":1}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A report is made as any new file is (0666 less the umask, 022 in tests and most
+        // shells), not private as a temporary file: seen 0600, which a web server could not
+        // serve.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&ok).unwrap().permissions().mode() & 0o777;
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        let umask_mode = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, umask_mode, "{mode:o} against {umask_mode:o}");
     }
 
     /// A temporary file whose process is gone (SIGKILL) and that has not changed for 10
