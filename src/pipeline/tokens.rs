@@ -275,8 +275,11 @@ struct Room {
 
 impl Room {
     fn of(&self, table: &str) -> Arc<Semaphore> {
-        self.tables
-            .lock()
+        let mut tables = self.tables.lock();
+        if let Some(room) = tables.get(table) {
+            return room.clone();
+        }
+        tables
             .entry(table.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(self.per_table)))
             .clone()
