@@ -194,12 +194,21 @@ pub mod names {
     pub const RESULTS: &str = "pusher_results_stored_total";
     /// Webhook calls of `pusher results`, labelled result (ok, failed).
     pub const WEBHOOKS: &str = "pusher_webhooks_total";
+    /// Invalid-token deletion per table, labelled platform, game and result: `success` (rows
+    /// deleted), `nonexistent` (tokens without a row), `error` (failed DELETE statements),
+    /// `dropped` (tokens given up).
+    pub const TOKENS_DELETE: &str = "pusher_tokens_delete_total";
     /// The seed's StatsD counters.
     pub const STATSD_SENT: &str = "sent";
     pub const STATSD_ACK: &str = "ack";
     pub const STATSD_FAILED: &str = "failed";
     /// The seed's StatsD timer: time in the sender per message, ms.
     pub const STATSD_LATENCY: &str = "send_notification_latency";
+    /// The seed listener's deletion counters (tags platform, game); `dropped` is ours.
+    pub const STATSD_TOKENS_DELETE_SUCCESS: &str = "tokens_delete_success";
+    pub const STATSD_TOKENS_DELETE_NONEXISTENT: &str = "tokens_delete_nonexistent";
+    pub const STATSD_TOKENS_DELETE_ERROR: &str = "tokens_delete_error";
+    pub const STATSD_TOKENS_DELETE_DROPPED: &str = "tokens_delete_dropped";
 }
 
 /// Installs the Prometheus recorder (once per process) and serves `/metrics` and `/healthz`
@@ -389,7 +398,12 @@ impl StatsdBatch {
     }
 
     pub fn count(&self, name: &'static str, tags: Tags) {
-        *self.pending().counters.entry((name, tags)).or_default() += 1;
+        self.add(name, tags, 1);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(&self, name: &'static str, tags: Tags, n: u64) {
+        *self.pending().counters.entry((name, tags)).or_default() += n;
     }
 
     pub fn time(&self, name: &'static str, tags: Tags, ms: u64) {

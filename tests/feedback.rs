@@ -1,6 +1,8 @@
 //! Feedback records through Kafka: librdkafka's mock cluster over TCP, records produced by
 //! `FeedbackProducer` and read back by a plain consumer: topic, key and exact JSON.
 
+mod common;
+
 use pusher::pipeline::feedback::{
     apns_record, gcm_record, FeedbackProducer, FeedbackRecord, MessageContext, SendDetails,
     DEFAULT_TOPIC_TEMPLATE,
@@ -170,4 +172,83 @@ async fn send_fails_when_no_broker_acknowledges() {
         result.is_err(),
         "an unacknowledged record is an error, so its offset is not committed"
     );
+}
+
+/// A record Kafka does not acknowledge is retried without end, its message left uncommitted.
+/// Before, only a warning per record and retry said so; now `/healthz` names the app's feedback
+/// while it lasts (and the warning goes out once a minute per app).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_feedback_is_named_on_healthz() {
+    use pusher::pipeline::run::{run, AppSender, Outputs, RunSpec};
+    use pusher::push::token_rules::TokenRule;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::sync::Arc;
+
+    let app = format!("fb{}", std::process::id());
+    let topic = format!("push-{app}_apns");
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let dead = TokenRule::Unregistered.apply(&format!("{:064x}", 1));
+    let message = json!({"DeviceToken": dead, "Payload": {"aps": {"alert": "hi"}}}).to_string();
+    producer
+        .send(
+            FutureRecord::to(&topic).key("k").payload(&message),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    let fake = common::start_fake(common::FakeOptions::default()).await;
+    let sender = common::sender(common::config(&fake, fake.tls_url(), common::token_auth()));
+    // Nothing listens there; records time out quickly.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let feedback = FeedbackProducer::with_config(
+        &nowhere.to_string(),
+        DEFAULT_TOPIC_TEMPLATE,
+        &[("message.timeout.ms", "300")],
+    )
+    .unwrap();
+    let mut spec = RunSpec::new(
+        Platform::Apns,
+        brokers.clone(),
+        format!("group-{app}"),
+        vec![topic.clone()],
+    );
+    spec.offset_reset = "earliest".into();
+    spec.shutdown_timeout = Duration::ZERO;
+    let outputs = Outputs {
+        feedback: Some(Arc::new(feedback)),
+        ..Outputs::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pipeline = tokio::spawn(run(
+        spec,
+        std::collections::HashMap::from([(app.clone(), AppSender::apns(sender))]),
+        outputs,
+        stop.clone(),
+    ));
+    let component = format!("feedback apns {app}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pusher::telemetry::health::problems().contains_key(&component) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for /healthz to name {component}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(30), pipeline)
+        .await
+        .expect("the pipeline stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.finished, 0, "nothing finished without its feedback");
 }

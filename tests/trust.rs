@@ -10,6 +10,8 @@ mod common;
 mod fcm_support;
 #[path = "common/kafka.rs"]
 mod kafka;
+#[path = "common/pg_proxy.rs"]
+mod pg_proxy;
 
 use common::process::{committed_offsets, produce_all, sigterm, KillOnDrop};
 use common::{fixture, start_fake, FakeOptions, KEY_ID, TEAM_ID, TOPIC};
@@ -91,8 +93,20 @@ fn pusher_run(
     env: &[(&str, String)],
     log: &Path,
 ) -> KillOnDrop {
+    pusher_run_app(platform, "game", brokers, args, env, log)
+}
+
+/// As [`pusher_run`], for `app`.
+fn pusher_run_app(
+    platform: &str,
+    app: &str,
+    brokers: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    log: &Path,
+) -> KillOnDrop {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pusher"));
-    cmd.args(["run", platform, "--app", "game", "--brokers", brokers])
+    cmd.args(["run", platform, "--app", app, "--brokers", brokers])
         .args(args)
         .env("PUSHER_QUEUE_OFFSETRESETSTRATEGY", "earliest")
         .env("PUSHER_FEEDBACK_REPORTERS", "")
@@ -516,4 +530,108 @@ async fn a_wrong_configured_topic_pauses_the_pusher_instead_of_rejecting_the_bac
         requests > 0 && requests < N,
         "what was in flight and the probes: {requests}"
     );
+}
+
+/// PostgreSQL unreachable for the token deleter. Before, nothing said so while it lasted: no
+/// `/healthz` problem, no metric (the counts were only logged at exit). Now `/healthz` names
+/// the table while its DELETEs fail and is ok again once they commit, and `/metrics` counts
+/// the deletions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_token_deletes_show_on_healthz_and_their_counts_on_metrics() {
+    use pusher::push::token_rules::TokenRule;
+    const N: u64 = 6;
+    let app = format!("tok{}", std::process::id());
+    let topic = format!("push-{app}_apns");
+    let table = format!("{app}_apns");
+    let (db, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=test",
+            pg_proxy::PG_PORT
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("PostgreSQL on 127.0.0.1:5432 (user postgres, database test)");
+    tokio::spawn(conn);
+    db.batch_execute(
+        &include_str!("../fixtures/tokens.sql").replace("\"game_", &format!("\"{app}_")),
+    )
+    .await
+    .unwrap();
+    let tokens: Vec<String> = (0..N)
+        .map(|i| TokenRule::Unregistered.apply(&format!("{i:064x}")))
+        .collect();
+    db.execute(
+        &format!("INSERT INTO \"{table}\" (user_id, token) SELECT 'u', unnest($1::text[])"),
+        &[&tokens],
+    )
+    .await
+    .unwrap();
+    let dead: Vec<Vec<u8>> = tokens
+        .iter()
+        .map(|token| {
+            serde_json::json!({"DeviceToken": token, "Payload": {"aps": {"alert": "hi"}}})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    let proxy = pg_proxy::PgProxy::start(false).await;
+    let kafka = TestKafka::start(&[&topic], 2).await;
+    let brokers = kafka.bootstrap().to_string();
+    produce_all(&brokers, &topic, &dead).await;
+    let fake = start_fake(FakeOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fake.ca_file.display().to_string();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let run = pusher_run_app(
+        "apns",
+        &app,
+        &brokers,
+        &apns_args(&fake.tls_url(), &ca),
+        &[
+            ("PUSHER_STATS_PROMETHEUS_LISTEN", metrics.to_string()),
+            ("PUSHER_STATS_REPORTERS", "prometheus".into()),
+            ("PUSHER_INVALIDTOKEN_HANDLERS", "pg".into()),
+            ("PUSHER_INVALIDTOKEN_PG_HOST", "127.0.0.1".into()),
+            ("PUSHER_INVALIDTOKEN_PG_PORT", proxy.port.to_string()),
+            ("PUSHER_INVALIDTOKEN_PG_USER", "postgres".into()),
+            ("PUSHER_INVALIDTOKEN_PG_DATABASE", "test".into()),
+        ],
+        &dir.path().join("run.log"),
+    );
+    let component = format!("postgres tokens {table}");
+    wait_for(
+        "/healthz to name the table",
+        Duration::from_secs(30),
+        || matches!(http_get(metrics, "/healthz"), Some((503, b)) if b.contains(&component)),
+    )
+    .await;
+    assert_eq!(
+        sum(committed_offsets(&brokers, "pusher-apns", &topic, 2)),
+        0
+    );
+
+    proxy.up();
+    wait_committed(&brokers, "pusher-apns", &topic, N).await;
+    wait_for("/healthz ok again", Duration::from_secs(10), || {
+        matches!(http_get(metrics, "/healthz"), Some((200, _)))
+    })
+    .await;
+    let (_, body) = http_get(metrics, "/metrics").unwrap();
+    let deleted = body
+        .lines()
+        .filter(|l| l.starts_with("pusher_tokens_delete_total{"))
+        .filter(|l| l.contains(&format!("game=\"{app}\"")) && l.contains("result=\"success\""))
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(deleted, Some(N as f64), "{body}");
+    stop(run, Duration::from_secs(20)).await;
+    let left = db
+        .query(&format!("SELECT token FROM \"{table}\""), &[])
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "every dead token deleted");
+    assert!(proxy.refused() > 0);
+    db.batch_execute(&format!("DROP TABLE \"{app}_apns\", \"{app}_gcm\""))
+        .await
+        .unwrap();
 }

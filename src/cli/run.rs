@@ -541,17 +541,21 @@ fn outputs(platform: Platform, config: &Validated) -> anyhow::Result<(Outputs, B
     } else {
         None
     };
-    let deleter = if config.invalid_token.handlers.contains(&TokenHandler::Pg) {
-        let pool = pg_pool(&config.invalid_token.pg).context("invalidToken.pg")?;
-        let settings = DeleterSettings::from_config(&config.invalid_token);
-        Some(TokenDeleter::spawn(pool, settings))
-    } else {
-        None
-    };
     let statsd = if config.stats.reporters.contains(&StatsReporter::Statsd) {
         let client =
             crate::telemetry::statsd(&config.stats.statsd.host, &config.stats.statsd.prefix)?;
         Some(Arc::new(crate::telemetry::StatsdBatch::new(client)))
+    } else {
+        None
+    };
+    let deleter = if config.invalid_token.handlers.contains(&TokenHandler::Pg) {
+        let pool = pg_pool(&config.invalid_token.pg).context("invalidToken.pg")?;
+        let settings = DeleterSettings::from_config(&config.invalid_token);
+        Some(TokenDeleter::spawn_reporting(
+            pool,
+            settings,
+            statsd.clone(),
+        ))
     } else {
         None
     };

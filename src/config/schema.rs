@@ -119,7 +119,7 @@ pub const SEED_KEYS: &[(&str, &str)] = &[
     ("queue.channelSize", "inFlight bounds concurrency"),
     (
         "invalidToken.pg.maxRetries",
-        "a failed DELETE is retried until it commits or the shutdown deadline passes",
+        "a failed DELETE is retried until it commits or the shutdown deadline passes; only a token PostgreSQL refuses on its own is dropped",
     ),
     ("invalidToken.pg.table", "tables are named <app>_<platform>"),
     ("apns.logStatsInterval", "stats.logInterval"),

@@ -38,6 +38,8 @@ pub(super) struct Shared {
     /// Told when a message finishes: the consume loop waits on it when a partition's window
     /// is full, and the shutdown for the last ones (one waiter: a stored permit, no lock).
     pub(super) progress: tokio::sync::Notify,
+    /// Failed feedback deliveries are logged at most once a minute per app.
+    pub(super) feedback_reports: crate::telemetry::Throttle,
 }
 
 /// Given-up messages are logged as errors (and so reach Sentry) at most once a minute per app
@@ -123,6 +125,13 @@ pub(super) async fn handle(
         HandOff::Stopped => return, // Not finished, so it will be redelivered.
     };
     drop(slot);
+    // The feedback is out: while the DELETE is awaited (during a PostgreSQL outage, up to the
+    // deleter's room per app of messages), keep only what `finish` reads, not the payload (up
+    // to 64 KiB), the notification copy or the metadata.
+    m.payload = None;
+    drop(details);
+    let (app, token) = (ctx.app.clone(), std::mem::take(&mut ctx.token));
+    drop(ctx);
     if let Some(ticket) = deletion {
         let committed = tokio::select! {
             _ = shared.stop.cancelled() => return,
@@ -130,7 +139,8 @@ pub(super) async fn handle(
         };
         match committed {
             Ok(()) => {}
-            // The database refuses it for good (counted by the deleter): retrying cannot help.
+            // PostgreSQL refused this token on its own (counted by the deleter): retrying
+            // cannot help.
             Err(TokenError::Permanent { .. }) => {}
             // The deleter stopped before the DELETE: not finished, so it will be redelivered.
             Err(e) => {
@@ -139,7 +149,7 @@ pub(super) async fn handle(
             }
         }
     }
-    finish(shared, &m, &ctx.app, &ctx.token, &outcome);
+    finish(shared, &m, &app, &token, &outcome);
 }
 
 /// Where a message's side effects stand after [`hand_off`].
@@ -163,13 +173,24 @@ pub(super) async fn hand_off(
         if feedback::should_report(outcome, shared.include_success, ctx.metadata.has_notif_id()) {
             let record = sender.feedback(outcome, ctx, details);
             let policy = RetryPolicy::unbounded(Duration::from_millis(100), Duration::from_secs(5));
+            let component = || format!("feedback {} {}", shared.platform, ctx.app);
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 match producer.send(&ctx.app, shared.platform, &record).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        if attempt > 1 {
+                            crate::telemetry::health::set(&component(), None);
+                        }
+                        break;
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "Feedback not delivered; retrying.");
+                        // Every waiting message retries: the log once a minute per app, with
+                        // the count held back; `/healthz` says it while it lasts.
+                        crate::telemetry::health::set(&component(), Some(e.to_string()));
+                        if let Some(held_back) = shared.feedback_reports.allow(&ctx.app) {
+                            tracing::warn!(app = %ctx.app, error = %e, held_back, "Feedback not delivered; retrying.");
+                        }
                         let wait = policy.delay(attempt, None, &mut rand::rng());
                         tokio::select! {
                             _ = shared.stop.cancelled() => return HandOff::Stopped,

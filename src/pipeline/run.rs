@@ -249,6 +249,7 @@ pub async fn run(
         topic_apps: Mutex::default(),
         gave_up: Mutex::default(),
         progress: tokio::sync::Notify::new(),
+        feedback_reports: crate::telemetry::Throttle::new(super::message::GAVE_UP_REPORT_EVERY),
     });
     // A bound per app: an app whose endpoint is down holds only its own slots (its messages
     // wait at the sender's gate), and the other apps go on.
