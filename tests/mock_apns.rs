@@ -765,6 +765,77 @@ async fn a_connection_keeps_one_team_and_its_token_expires_after_an_hour() {
     .await
 }
 
+/// Apple: a provider token renewed more often than every 20 minutes is refused (429
+/// TooManyProviderTokenUpdates). Judged per connection, by `iat`: the first token on a
+/// connection and the renewal an ExpiredProviderToken asked for are not updates.
+#[tokio::test]
+async fn provider_tokens_updated_within_20_minutes_are_too_many() {
+    bounded(async {
+        let clock = ManualClock::new();
+        let server = start(jwt_config(Some(clock.clone()))).await;
+        let addr = server.h2c_addr().unwrap();
+        let bearer = |p8: &str, iat: u64| format!("bearer {}", jwt_raw(p8, KEY_ID, TEAM_ID, iat));
+        let t0 = clock_now_s(&clock);
+        let first = bearer(KEY, t0);
+        let mut c = Client::h2c(addr).await;
+        assert_eq!(send(&mut c, &first).await.status, 200);
+        // A token minted a minute later, on the same connection: too soon.
+        let early = bearer(KEY, t0 + 60);
+        let answer = send(&mut c, &early).await;
+        assert_rejected(
+            &answer,
+            429,
+            "TooManyProviderTokenUpdates",
+            "a minute later",
+        );
+        // The connection keeps its token: it still works.
+        assert_eq!(send(&mut c, &first).await.status, 200);
+        // The early token is the first on another connection (another process, another app).
+        let mut other = Client::h2c(addr).await;
+        assert_eq!(send(&mut other, &early).await.status, 200);
+        // 20 minutes after the first was issued, it may be replaced.
+        clock.advance(Duration::from_secs(20 * 60));
+        let renewed = bearer(KEY, t0 + 20 * 60);
+        assert_eq!(send(&mut c, &renewed).await.status, 200);
+        assert_eq!(send(&mut c, &renewed).await.status, 200);
+        assert_eq!(
+            server
+                .stats()
+                .snapshot()
+                .by_reason
+                .get("TooManyProviderTokenUpdates"),
+            Some(&1)
+        );
+
+        // After ExpiredProviderToken, any fresh token is welcome, however recent its `iat` is
+        // to the old one's (a provider whose clock runs slow).
+        let mut d = Client::h2c(addr).await;
+        let now = clock_now_s(&clock);
+        let old = bearer(KEY, now - 3590);
+        assert_eq!(send(&mut d, &old).await.status, 200);
+        clock.advance(Duration::from_secs(11));
+        assert_rejected(
+            &send(&mut d, &old).await,
+            403,
+            "ExpiredProviderToken",
+            "past its hour",
+        );
+        let slow = bearer(KEY, now - 3590 + 600);
+        assert_eq!(send(&mut d, &slow).await.status, 200);
+    })
+    .await
+}
+
+/// One push on `c` with `authorization: auth`.
+async fn send(c: &mut Client, auth: &str) -> Answer {
+    c.post(
+        &device(&token()),
+        &[("apns-topic", TOPIC), ("authorization", auth)],
+        PAYLOAD,
+    )
+    .await
+}
+
 fn clock_now_s(clock: &ManualClock) -> u64 {
     use pusher::clock::Clock;
     clock.now().as_secs()

@@ -74,6 +74,9 @@ pub struct Credential {
     pub issuer: String,
     /// Issued-at, Unix seconds.
     pub issued_at: u64,
+    /// The fake answered ExpiredProviderToken on this connection since this token was
+    /// verified: the next new token is a forced renewal, not a token update.
+    pub renewal_due: bool,
 }
 
 impl ConnState {
