@@ -292,6 +292,45 @@ async fn topics_and_fids_are_v1_targets() {
     .await
 }
 
+/// A v1 envelope with two targets is refused by `parse_gcm` (the pipeline's way in); sent
+/// anyway, FCM's oneof refusal names no token, so the token is never called invalid (it was,
+/// and deleted, while the fake's refusal said "message.token").
+#[tokio::test]
+async fn two_targets_are_the_message_s_fault_never_the_token_s() {
+    bounded(async {
+        let fake = start_fake(FakeOptions::default()).await;
+        let sender = sender(v1_config(&fake, &fake.h2c_url()));
+        for second in [
+            r#""topic":"news""#,
+            r#""condition":"'a' in topics""#,
+            r#""fid":"fid-1""#,
+        ] {
+            let inner = format!(r#"{{"token":"{}",{second},"data":{{"k":"v"}}}}"#, token(1));
+            let kafka = format!(r#"{{"message":{inner}}}"#);
+            let refused = parse_gcm(kafka.as_bytes()).expect_err(&kafka);
+            assert_eq!(refused.reason(), "invalid_value");
+            let msg = GcmMessage {
+                to: token(1),
+                v1_message: Some(inner.into_bytes().into()),
+                ..Default::default()
+            };
+            let d = sender.send_with_details(&msg).await;
+            assert_eq!(
+                d.outcome,
+                Outcome::Rejected {
+                    reason: "INVALID_ARGUMENT".into()
+                },
+                "{second}: {d:?}"
+            );
+            assert!(
+                d.error_message.as_deref().unwrap().contains("oneof"),
+                "{d:?}"
+            );
+        }
+    })
+    .await
+}
+
 /// A service account of another Firebase project gets SENDER_ID_MISMATCH for every token,
 /// which is `token_invalid`: the production pusher deleted every token and drained the backlog.
 /// Before any delivery, 20 of them are the credentials' fault: the gate closes and the rest

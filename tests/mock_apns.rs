@@ -63,6 +63,47 @@ struct Client {
     push_type: Option<&'static str>,
 }
 
+/// A TLS connection to the fake trusting `ca_pem`; `alpn` offers h2, `client_cert` presents
+/// fixtures' client certificate.
+async fn tls_stream(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: bool,
+    client_cert: bool,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = if client_cert {
+        let chain = CertificateDer::pem_file_iter("fixtures/apns/client.pem")
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file("fixtures/apns/client.key").unwrap();
+        builder.with_client_auth_cert(chain, key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    if alpn {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    if alpn {
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    }
+    Ok(tls)
+}
+
 impl Client {
     async fn handshake<T>(io: T) -> Client
     where
@@ -88,36 +129,7 @@ impl Client {
         alpn: bool,
         client_cert: bool,
     ) -> Result<Client, std::io::Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let mut config = if client_cert {
-            let chain = CertificateDer::pem_file_iter("fixtures/apns/client.pem")
-                .unwrap()
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            let key = PrivateKeyDer::from_pem_file("fixtures/apns/client.key").unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        } else {
-            builder.with_no_client_auth()
-        };
-        if alpn {
-            config.alpn_protocols = vec![b"h2".to_vec()];
-        }
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = TcpStream::connect(addr).await?;
-        let tls = connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await?;
-        if alpn {
-            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        }
+        let tls = tls_stream(addr, ca_pem, alpn, client_cert).await?;
         Ok(Client::handshake(tls).await)
     }
 
@@ -765,6 +777,77 @@ async fn a_connection_keeps_one_team_and_its_token_expires_after_an_hour() {
     .await
 }
 
+/// Apple: a provider token renewed more often than every 20 minutes is refused (429
+/// TooManyProviderTokenUpdates). Judged per connection, by `iat`: the first token on a
+/// connection and the renewal an ExpiredProviderToken asked for are not updates.
+#[tokio::test]
+async fn provider_tokens_updated_within_20_minutes_are_too_many() {
+    bounded(async {
+        let clock = ManualClock::new();
+        let server = start(jwt_config(Some(clock.clone()))).await;
+        let addr = server.h2c_addr().unwrap();
+        let bearer = |p8: &str, iat: u64| format!("bearer {}", jwt_raw(p8, KEY_ID, TEAM_ID, iat));
+        let t0 = clock_now_s(&clock);
+        let first = bearer(KEY, t0);
+        let mut c = Client::h2c(addr).await;
+        assert_eq!(send(&mut c, &first).await.status, 200);
+        // A token minted a minute later, on the same connection: too soon.
+        let early = bearer(KEY, t0 + 60);
+        let answer = send(&mut c, &early).await;
+        assert_rejected(
+            &answer,
+            429,
+            "TooManyProviderTokenUpdates",
+            "a minute later",
+        );
+        // The connection keeps its token: it still works.
+        assert_eq!(send(&mut c, &first).await.status, 200);
+        // The early token is the first on another connection (another process, another app).
+        let mut other = Client::h2c(addr).await;
+        assert_eq!(send(&mut other, &early).await.status, 200);
+        // 20 minutes after the first was issued, it may be replaced.
+        clock.advance(Duration::from_secs(20 * 60));
+        let renewed = bearer(KEY, t0 + 20 * 60);
+        assert_eq!(send(&mut c, &renewed).await.status, 200);
+        assert_eq!(send(&mut c, &renewed).await.status, 200);
+        assert_eq!(
+            server
+                .stats()
+                .snapshot()
+                .by_reason
+                .get("TooManyProviderTokenUpdates"),
+            Some(&1)
+        );
+
+        // After ExpiredProviderToken, any fresh token is welcome, however recent its `iat` is
+        // to the old one's (a provider whose clock runs slow).
+        let mut d = Client::h2c(addr).await;
+        let now = clock_now_s(&clock);
+        let old = bearer(KEY, now - 3590);
+        assert_eq!(send(&mut d, &old).await.status, 200);
+        clock.advance(Duration::from_secs(11));
+        assert_rejected(
+            &send(&mut d, &old).await,
+            403,
+            "ExpiredProviderToken",
+            "past its hour",
+        );
+        let slow = bearer(KEY, now - 3590 + 600);
+        assert_eq!(send(&mut d, &slow).await.status, 200);
+    })
+    .await
+}
+
+/// One push on `c` with `authorization: auth`.
+async fn send(c: &mut Client, auth: &str) -> Answer {
+    c.post(
+        &device(&token()),
+        &[("apns-topic", TOPIC), ("authorization", auth)],
+        PAYLOAD,
+    )
+    .await
+}
+
 fn clock_now_s(clock: &ManualClock) -> u64 {
     use pusher::clock::Clock;
     clock.now().as_secs()
@@ -772,6 +855,79 @@ fn clock_now_s(clock: &ManualClock) -> u64 {
 
 // ---------------------------------------------------------------------------------------
 // TLS, client certificates, SETTINGS
+
+/// Waits (bounded) until `done` holds.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads until the peer closes; panics if it has not within 5 s.
+async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(mut stream: S, what: &str) {
+    let mut buf = [0u8; 256];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: still open after 5 s"));
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A connection with no request in flight for `idle_timeout` is closed, whether it never
+/// sent a byte (TCP, or TLS and then nothing: before hyper knows its protocol) or went quiet
+/// after its requests (GOAWAY); a busy one, and an answer slower than the timeout, are not.
+#[tokio::test]
+async fn idle_and_silent_connections_are_closed_busy_ones_are_not() {
+    bounded(async {
+        let server = start(MockConfig {
+            idle_timeout: Duration::from_millis(300),
+            profile: Profile::from_yaml("slow", "latency: {dist: fixed, ms: 500}").unwrap(),
+            ..MockConfig::default()
+        })
+        .await;
+        let stats = || server.stats().snapshot();
+
+        let tcp = TcpStream::connect(server.h2c_addr().unwrap())
+            .await
+            .unwrap();
+        closed_by_peer(tcp, "silent TCP").await;
+        let tls = tls_stream(server.tls_addr().unwrap(), server.ca_pem(), true, false)
+            .await
+            .unwrap();
+        closed_by_peer(tls, "silent after TLS").await;
+        wait_until("two idle closes", || stats().idle_closed == 2).await;
+
+        // Three answers of 500 ms back to back, each longer than the idle timeout: busy.
+        let mut c = Client::h2c(server.h2c_addr().unwrap()).await;
+        for _ in 0..3 {
+            assert_eq!(c.push(&token()).await.status, 200);
+        }
+        let s = stats();
+        assert_eq!((s.idle_closed, s.connections_active), (2, 1), "{s:?}");
+        // Then quiet: closed with a GOAWAY the client sees.
+        wait_until("the quiet connection closed", || {
+            let s = stats();
+            s.idle_closed == 3 && s.connections_active == 0
+        })
+        .await;
+        assert!(
+            c.send.clone().ready().await.is_err(),
+            "the client saw the close"
+        );
+        let s = stats();
+        assert_eq!((s.protocol_errors, s.responses), (0, 3), "{s:?}");
+    })
+    .await
+}
 
 #[tokio::test]
 async fn tls_speaks_h2_with_and_without_alpn() {

@@ -221,10 +221,11 @@ async fn curl_gets_correct_v1_answers_over_tls_h2c_and_http1() {
             assert!(curl(&a).await.status() == 200);
         }
 
-        // The fid target, topics, validate_only.
+        // The fid target, topics, validate_only; 3000 bytes to one device.
         for body in [
             json!({"message": {"fid": "fid-123"}}),
             json!({"message": {"topic": "news"}}),
+            json!({"message": {"token": token(4), "data": {"k": "x".repeat(3000)}}}),
             json!({"validate_only": true, "message": {"token": token(4)}}),
         ] {
             let mut a = h2c_opts.clone();
@@ -246,7 +247,25 @@ async fn curl_gets_correct_v1_answers_over_tls_h2c_and_http1() {
             ),
             (
                 json!({"message": {"token": token(5), "topic": "x"}}),
-                "Exactly one of",
+                "Invalid value at 'message' (oneof), oneof field 'target' is already set. Cannot set 'topic'",
+            ),
+            // Half the room for a topic or a condition: 3000 bytes fit a device only.
+            (
+                json!({"message": {"topic": "news", "data": {"k": "x".repeat(3000)}}}),
+                "the limit is 2048",
+            ),
+            (
+                json!({"message": {"condition": "'a' in topics", "data": {"k": "x".repeat(3000)}}}),
+                "the limit is 2048",
+            ),
+            // Reserved data keys, at the top and for Android.
+            (
+                json!({"message": {"token": token(5), "data": {"from": "me"}}}),
+                "Invalid data payload key: from",
+            ),
+            (
+                json!({"message": {"token": token(5), "android": {"data": {"google.x": "1"}}}}),
+                "Invalid data payload key: google.x",
             ),
             (
                 json!({"message": {"token": token(5), "android": {"ttl": "3600"}}}),
@@ -445,6 +464,18 @@ async fn curl_gets_legacy_answers() {
         let big = json!({"to": token(1), "data": {"k": "x".repeat(4097)}});
         let answer = curl(&legacy("server-key", big)).await;
         assert_eq!(answer.json()["results"][0]["error"], "MessageTooBig");
+        // A topic has half the room.
+        let topic = json!({"to": "/topics/news", "data": {"k": "x".repeat(3000)}});
+        let answer = curl(&legacy("server-key", topic)).await;
+        assert_eq!(answer.json()["results"][0]["error"], "MessageTooBig");
+        // A reserved data key refuses the message, for every token.
+        let reserved = json!({"registration_ids": [token(1), token(2)],
+                              "data": {"message_type": "x"}});
+        let r = curl(&legacy("server-key", reserved)).await.json();
+        assert_eq!(r["failure"], 2);
+        for result in r["results"].as_array().unwrap() {
+            assert_eq!(result, &json!({"error": "InvalidDataKey"}));
+        }
     })
     .await
 }

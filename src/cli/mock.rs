@@ -85,6 +85,10 @@ pub struct ServerFlags {
     /// Remember up to N distinct delivered tokens (shown as tokens_recorded in /stats).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub record_tokens: usize,
+    /// Close a connection with no request in flight for this long (GOAWAY on HTTP/2), a
+    /// client that never sends a byte included.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::units::parse_duration)]
+    pub idle_timeout: std::time::Duration,
     #[command(flatten)]
     pub threads: ThreadsFlag,
 }
@@ -113,6 +117,7 @@ impl ServerFlags {
             profile,
             record_tokens: self.record_tokens,
             apns: ApnsOptions::default(),
+            idle_timeout: self.idle_timeout,
         })
     }
 }

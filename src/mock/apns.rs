@@ -5,7 +5,8 @@
 //! MissingDeviceToken), token format (BadDeviceToken), repeated headers (DuplicateHeaders),
 //! `apns-id` (BadMessageId), topic (MissingTopic), push type (InvalidPushType), priority
 //! (BadPriority), expiration (BadExpirationDate), collapse id (BadCollapseId), auth (403
-//! BadCertificate / MissingProviderToken / InvalidProviderToken / ExpiredProviderToken),
+//! BadCertificate / MissingProviderToken / InvalidProviderToken / ExpiredProviderToken; 429
+//! TooManyProviderTokenUpdates for a new token on a connection within 20 minutes of its last),
 //! payload (400 PayloadEmpty, 413 PayloadTooLarge: 4096 bytes, 5120 for voip), topic suffix of
 //! the push type (400 DeviceTokenNotForTopic: voip wants `<bundle>.voip`, ...). Then a valid
 //! request meets the token rules (`crate::push::token_rules`), then the profile's scripted
@@ -38,6 +39,9 @@ const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 
 /// A JWT older than this is `ExpiredProviderToken`.
 const TOKEN_LIFETIME_S: u64 = 3600;
+/// A new provider token issued less than this after the one it replaces on a connection is
+/// `TooManyProviderTokenUpdates` (Apple: refresh no more than once every 20 minutes).
+const MIN_TOKEN_UPDATE_S: u64 = 20 * 60;
 /// How many tokens the "once" rules remember; the oldest is forgotten first.
 pub(super) const ONCE_MEMORY: usize = 100_000;
 
@@ -233,19 +237,37 @@ impl ApnsHandler {
             }
         };
         let mut cached = conn.credential.lock();
-        if let Some(c) = cached.as_ref().filter(|c| c.token == token) {
-            return fresh(c.issued_at);
+        if let Some(c) = cached.as_mut().filter(|c| c.token == token) {
+            let answer = fresh(c.issued_at);
+            c.renewal_due |= answer.is_err();
+            return answer;
         }
         let (team, issued_at) = self.verify_jwt(token)?;
         // One team per connection (Apple does not support more).
         if cached.as_ref().is_some_and(|c| c.issuer != team) {
             return Err(InvalidProviderToken);
         }
-        fresh(issued_at)?;
+        if let Err(expired) = fresh(issued_at) {
+            if let Some(c) = cached.as_mut() {
+                c.renewal_due = true;
+            }
+            return Err(expired);
+        }
+        // A token replacing the connection's own less than 20 minutes (by `iat`) after it was
+        // issued: the provider mints too often (per request, per connection, or alternating
+        // keys). Counted per connection, as pushy's author reads Apple's rule (pushy #682):
+        // new connections, other processes and other apps of the team each start afresh.
+        // Not for the first token, nor for the renewal an ExpiredProviderToken asked for.
+        if let Some(c) = cached.as_ref() {
+            if !c.renewal_due && issued_at < c.issued_at.saturating_add(MIN_TOKEN_UPDATE_S) {
+                return Err(TooManyProviderTokenUpdates);
+            }
+        }
         *cached = Some(Credential {
             token: token.to_string(),
             issuer: team,
             issued_at,
+            renewal_due: false,
         });
         Ok(())
     }

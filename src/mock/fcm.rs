@@ -4,8 +4,10 @@
 //!
 //! v1 checks, first failure wins: bearer token (401 UNAUTHENTICATED; an expired token carries
 //! the google.rpc.ErrorInfo reason ACCESS_TOKEN_EXPIRED), JSON body, exactly one target
-//! (`token`, `fid`, `topic`, `condition`), token format, string-only `data` (BadRequest
-//! fieldViolations), `android.ttl` and `android.priority`, the 4096-byte payload limit; then
+//! (`token`, `fid`, `topic`, `condition`; two are FCM's oneof error, which names no token),
+//! token format, string-only `data` (BadRequest fieldViolations) under no reserved key
+//! (`from`, `message_type`, `google.*`, `gcm.notification.*`), `android.ttl` and
+//! `android.priority`, the payload limit (4096 bytes, 2048 to a topic or condition); then
 //! the token rules (`crate::push::token_rules`), `validate_only`, and the profile's scripted
 //! answers. Errors are Google's JSON: `error.code`, `error.status`, `error.message`,
 //! `error.details` with the FcmError `@type`; 429 and 503 carry `Retry-After`.
@@ -24,7 +26,7 @@ use crate::push::fcm::{
     json_len, legacy, FcmErrorCode, ACCESS_TOKEN_EXPIRED, BAD_REQUEST_TYPE, ERROR_INFO_TYPE,
     FCM_ERROR_TYPE, MAX_TTL_SECS,
 };
-use crate::push::gcm::MAX_PAYLOAD;
+use crate::push::gcm::{is_topic_address, payload_limit, reserved_data_key};
 use crate::push::token_rules::TokenRule;
 use base64::Engine;
 use bytes::Bytes;
@@ -530,10 +532,22 @@ impl FcmHandler {
             .filter_map(|k| request.get(*k))
             .map(json_len)
             .sum();
-        let too_big = size > MAX_PAYLOAD;
+        // A topic or condition message has half the room.
+        let topic = request.contains_key("condition")
+            || matches!(tokens.as_slice(), [one] if is_topic_address(one));
+        let too_big = size > payload_limit(topic);
+        // Every result says so: the message is refused, not a token.
+        let bad_key = request
+            .get("data")
+            .and_then(Value::as_object)
+            .is_some_and(|data| data.keys().any(|k| reserved_data_key(k)));
         let dry_run = request.get("dry_run") == Some(&Value::Bool(true));
         // One scripted draw per request, as for v1.
-        let scripted = if too_big { None } else { Self::scripted(env) };
+        let scripted = if too_big || bad_key {
+            None
+        } else {
+            Self::scripted(env)
+        };
         if let Some(e) = &scripted {
             if e.code == 503 {
                 env.stats.reason(legacy::UNAVAILABLE);
@@ -550,6 +564,8 @@ impl FcmHandler {
         for token in &tokens {
             let error = if too_big {
                 Some(legacy::MESSAGE_TOO_BIG)
+            } else if bad_key {
+                Some(legacy::INVALID_DATA_KEY)
             } else if token.is_empty() {
                 Some(legacy::MISSING_REGISTRATION)
             } else if !valid_token(token) {
@@ -643,12 +659,22 @@ fn check_message(message: &Map<String, Value>) -> Result<Option<&str>, GoogleErr
         .into_iter()
         .filter(|k| message.get(*k).is_some_and(|v| !v.is_null()))
         .collect();
-    if targets.len() != 1 {
-        return Err(GoogleError::invalid(
-            "Exactly one of message.token, message.fid, message.topic or message.condition must be set.",
-        ));
-    }
-    let target = targets[0];
+    let target = match targets.as_slice() {
+        [one] => *one,
+        // A target names no field: "message.token" in the text would read as a bad token.
+        [] => {
+            return Err(GoogleError::invalid(
+                "Request contains an invalid argument: no target (token, fid, topic or condition).",
+            ))
+        }
+        // FCM's own words for a protobuf oneof set twice.
+        [_, second, ..] => {
+            let message = format!(
+                "Invalid value at 'message' (oneof), oneof field 'target' is already set. Cannot set '{second}'"
+            );
+            return Err(bad_request(&message, "message", &message));
+        }
+    };
     let Some(value) = message.get(target).and_then(Value::as_str) else {
         return Err(bad_request(
             &format!("Invalid value at 'message.{target}' (TYPE_STRING)"),
@@ -701,21 +727,29 @@ fn check_message(message: &Map<String, Value>) -> Result<Option<&str>, GoogleErr
             .map(json_len)
             .sum::<usize>();
     }
-    if size > MAX_PAYLOAD {
+    // A topic or condition message has half a device message's room (protocols.md §2.2).
+    let limit = payload_limit(device.is_none());
+    if size > limit {
         return Err(GoogleError::invalid(format!(
-            "Message is too big: {size} bytes of data and notification, the limit is {MAX_PAYLOAD}."
+            "Message is too big: {size} bytes of data and notification, the limit is {limit}."
         )));
     }
     Ok(device)
 }
 
-/// `data` maps take string values only (FCM's own wording and BadRequest detail).
+/// `data` maps take string values only (FCM's own wording and BadRequest detail), under keys
+/// FCM does not reserve (its wording: "Invalid data payload key: from").
 fn check_data(data: Option<&Value>, field: &str) -> Result<(), GoogleError> {
     match data {
         None | Some(Value::Null) => Ok(()),
         Some(Value::Object(map)) => {
             match map.iter().enumerate().find(|(_, (_, v))| !v.is_string()) {
-                None => Ok(()),
+                None => match map.keys().find(|k| reserved_data_key(k)) {
+                    None => Ok(()),
+                    Some(key) => Err(GoogleError::invalid(format!(
+                        "Invalid data payload key: {key}"
+                    ))),
+                },
                 Some((i, (_, v))) => {
                     let at = format!("{field}[{i}].value");
                     let message = format!("Invalid value at '{at}' (TYPE_STRING), {v}");
@@ -889,10 +923,24 @@ mod tests {
         assert_eq!(check(json!({"token":"abc"})), Ok(Some("abc".into())));
         assert_eq!(check(json!({"fid":"f1"})), Ok(Some("f1".into())));
         assert_eq!(check(json!({"topic":"news"})), Ok(None));
-        assert!(check(json!({})).unwrap_err().contains("Exactly one"));
-        assert!(check(json!({"token":"a","topic":"b"}))
-            .unwrap_err()
-            .contains("Exactly one"));
+        assert!(check(json!({})).unwrap_err().contains("no target"));
+        // FCM's oneof wording, which names no token field (it must not read as a bad token).
+        assert_eq!(
+            check(json!({"token":"a","topic":"b"})).unwrap_err(),
+            "Invalid value at 'message' (oneof), oneof field 'target' is already set. Cannot set 'topic'"
+        );
+        for two in [
+            json!({"token":"a","topic":"b"}),
+            json!({"token":"a","condition":"'b' in topics"}),
+            json!({"fid":"a","topic":"b"}),
+            json!({"token":"a","fid":"b"}),
+        ] {
+            let e = check(two.clone()).unwrap_err();
+            assert!(
+                e.contains("oneof") && !crate::push::fcm::message_names_token(&e),
+                "{two}: {e}"
+            );
+        }
         assert!(check(json!({"token":"a b"}))
             .unwrap_err()
             .contains("registration token"));
@@ -907,9 +955,40 @@ mod tests {
         assert!(check(json!({"token":"a","android":{"priority":"high"}}))
             .unwrap_err()
             .contains("priority"));
-        let big = "x".repeat(MAX_PAYLOAD);
+        let big = "x".repeat(crate::push::gcm::MAX_PAYLOAD);
         assert!(check(json!({"token":"a","data":{"k":big}}))
             .unwrap_err()
             .contains("too big"));
+        // 3000 bytes: a device's message, not a topic's or a condition's.
+        let mid = "x".repeat(3000);
+        assert_eq!(
+            check(json!({"token":"a","data":{"k":mid}})),
+            Ok(Some("a".into()))
+        );
+        for target in [
+            json!({"topic":"news"}),
+            json!({"condition":"'a' in topics"}),
+        ] {
+            let mut m = target.clone();
+            m["data"] = json!({ "k": mid });
+            assert!(
+                check(m).unwrap_err().contains("the limit is 2048"),
+                "{target}"
+            );
+        }
+        // Reserved data keys, in data and in android.data; near misses pass.
+        for key in [
+            "from",
+            "message_type",
+            "google.c.a.e",
+            "gcm.notification.title",
+        ] {
+            assert_eq!(
+                check(json!({"token":"a","data":{(key):"v"}})).unwrap_err(),
+                format!("Invalid data payload key: {key}")
+            );
+            assert!(check(json!({"token":"a","android":{"data":{(key):"v"}}})).is_err());
+        }
+        assert!(check(json!({"token":"a","data":{"From":"v","googled":"v","gcm_x":"v"}})).is_ok());
     }
 }

@@ -31,6 +31,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An HTTP/1.1 request head that takes longer than this closes the connection (slow-loris
 /// clients would otherwise hold connections open forever).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in flight for this long is closed (`MockConfig::idle_timeout`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One protocol (APNs, FCM, web push): turns a request into a response. Runs after the fault layer has
 /// decided not to reset, drop or stall the request; asks `env.faults.scripted()` for scripted
@@ -64,6 +66,11 @@ pub struct ConnState {
     streams: AtomicU64,
     goaway: Notify,
     drop_now: Notify,
+    opened: Instant,
+    /// Requests being handled now.
+    in_flight: AtomicU64,
+    /// When a request last began or ended, in milliseconds after `opened`.
+    last_active_ms: AtomicU64,
 }
 
 /// A verified bearer token and what it said.
@@ -74,6 +81,9 @@ pub struct Credential {
     pub issuer: String,
     /// Issued-at, Unix seconds.
     pub issued_at: u64,
+    /// The fake answered ExpiredProviderToken on this connection since this token was
+    /// verified: the next new token is a forced renewal, not a token update.
+    pub renewal_due: bool,
 }
 
 impl ConnState {
@@ -85,7 +95,42 @@ impl ConnState {
             streams: AtomicU64::new(0),
             goaway: Notify::new(),
             drop_now: Notify::new(),
+            opened: Instant::now(),
+            in_flight: AtomicU64::new(0),
+            last_active_ms: AtomicU64::new(0),
         }
+    }
+
+    /// How long no request has been in flight; `None` while one is.
+    fn quiet_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_active_ms.load(Ordering::Acquire));
+        Some(self.opened.elapsed().saturating_sub(last))
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active_ms.store(now, Ordering::Release);
+    }
+}
+
+/// A request in flight on its connection, from head to answer (or to its stream's end).
+struct InFlight<'a>(&'a ConnState);
+
+impl<'a> InFlight<'a> {
+    fn new(conn: &'a ConnState) -> InFlight<'a> {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        conn.touch();
+        InFlight(conn)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -111,6 +156,10 @@ pub struct MockConfig {
     pub record_tokens: usize,
     /// APNs specifics (JWT keys, clock).
     pub apns: super::apns::ApnsOptions,
+    /// A connection with no request in flight for this long is closed gracefully (GOAWAY
+    /// on HTTP/2), as APNs closes idle ones; this includes a client that connects and never
+    /// sends a byte. HTTP/1.1 keep-alive connections close sooner: 10 s without a request.
+    pub idle_timeout: Duration,
 }
 
 impl Default for MockConfig {
@@ -129,6 +178,7 @@ impl Default for MockConfig {
             profile: Profile::default(),
             record_tokens: 0,
             apns: Default::default(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -168,6 +218,7 @@ impl MockServer {
                 stats: stats.clone(),
                 faults: Faults::new(config.profile.clone()),
             },
+            idle_timeout: config.idle_timeout,
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // No `date` header on HTTP/2 answers: APNs clients ignore it, and it costs a clock read
@@ -307,6 +358,7 @@ impl Drop for MockServer {
 struct Shared<H> {
     handler: H,
     env: Env,
+    idle_timeout: Duration,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, MockError> {
@@ -364,6 +416,7 @@ async fn serve_connection<H, I>(
 {
     let stats = shared.env.stats.clone();
     stats.connection_opened();
+    let idle_timeout = shared.idle_timeout;
     let conn_state = Arc::new(ConnState::new(client_cert, tls));
     let service = {
         let conn_state = conn_state.clone();
@@ -378,14 +431,43 @@ async fn serve_connection<H, I>(
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
+    // Idle connections are closed, silent ones included (hyper-util's protocol detection
+    // waits for the first bytes forever); the wait is re-armed while requests come.
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut idled = false;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "mock: connection ended with an error");
-                    stats.protocol_error();
+                match result {
+                    // Closing a connection that never sent its first bytes ends it in an
+                    // error: ours, not the client's.
+                    Err(_) if idled => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "mock: connection ended with an error");
+                        stats.protocol_error();
+                    }
+                    Ok(()) => {}
                 }
                 break;
+            }
+            () = &mut idle => {
+                // Once closing (for idleness or a GOAWAY), a peer that keeps the connection
+                // open, quiet, for the grace after is dropped.
+                let wait = if closing { SHUTDOWN_GRACE } else { idle_timeout };
+                let now = tokio::time::Instant::now();
+                match conn_state.quiet_for() {
+                    Some(quiet) if quiet >= wait && closing => break,
+                    Some(quiet) if quiet >= wait => {
+                        closing = true;
+                        idled = true;
+                        stats.idle_closed();
+                        conn.as_mut().graceful_shutdown();
+                        idle.as_mut().reset(now + SHUTDOWN_GRACE);
+                    }
+                    Some(quiet) => idle.as_mut().reset(now + (wait - quiet)),
+                    None => idle.as_mut().reset(now + wait),
+                }
             }
             _ = conn_state.drop_now.notified() => break,
             _ = conn_state.goaway.notified(), if !closing => {
@@ -409,6 +491,7 @@ async fn handle_one<H: Handler>(
     shared: &Shared<H>,
 ) -> Result<Response<Full<Bytes>>, Injected> {
     let started = Instant::now();
+    let _in_flight = InFlight::new(conn);
     let env = &shared.env;
     env.stats.request();
     let streams = conn.streams.fetch_add(1, Ordering::Relaxed) + 1;

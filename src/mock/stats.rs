@@ -29,6 +29,7 @@ pub struct Stats {
     streams_reset: AtomicU64,
     connections_dropped: AtomicU64,
     goaways_sent: AtomicU64,
+    idle_closed: AtomicU64,
     stalls: AtomicU64,
     protocol_errors: AtomicU64,
     decrypted: AtomicU64,
@@ -68,6 +69,9 @@ pub struct StatsSnapshot {
     pub connections_dropped: u64,
     /// Graceful GOAWAYs sent by a profile's `goaway_after`.
     pub goaways_sent: u64,
+    /// Connections closed for idleness (`MockConfig::idle_timeout` without a request in
+    /// flight), silent ones included.
+    pub idle_closed: u64,
     /// Requests a profile's `stall` held back.
     pub stalls: u64,
     /// Connections that ended with an error: a malformed or hostile client (oversize
@@ -112,6 +116,7 @@ impl Stats {
             streams_reset: AtomicU64::new(0),
             connections_dropped: AtomicU64::new(0),
             goaways_sent: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             decrypted: AtomicU64::new(0),
@@ -203,6 +208,9 @@ impl Stats {
     pub(crate) fn goaway_sent(&self) {
         self.goaways_sent.fetch_add(1, Relaxed);
     }
+    pub(crate) fn idle_closed(&self) {
+        self.idle_closed.fetch_add(1, Relaxed);
+    }
     pub(crate) fn stall(&self) {
         self.stalls.fetch_add(1, Relaxed);
     }
@@ -261,6 +269,7 @@ impl Stats {
             streams_reset: self.streams_reset.load(Relaxed),
             connections_dropped: self.connections_dropped.load(Relaxed),
             goaways_sent: self.goaways_sent.load(Relaxed),
+            idle_closed: self.idle_closed.load(Relaxed),
             stalls: self.stalls.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
             decrypted: self.decrypted.load(Relaxed),
@@ -285,6 +294,7 @@ impl Stats {
             &self.streams_reset,
             &self.connections_dropped,
             &self.goaways_sent,
+            &self.idle_closed,
             &self.stalls,
             &self.protocol_errors,
             &self.decrypted,

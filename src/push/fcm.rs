@@ -185,10 +185,15 @@ pub fn status_verdict(status: u16, canonical: &str, retry_after: Option<Duration
 }
 
 /// True when an INVALID_ARGUMENT message is about the registration token (FCM: "The
-/// registration token is not a valid FCM registration token").
+/// registration token is not a valid FCM registration token"). Never for a target conflict
+/// (FCM: "Invalid value at 'message' (oneof), oneof field 'target' is already set. Cannot set
+/// 'topic'"): two targets are the message's fault, and its token may be good.
 pub fn message_names_token(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("registration token") || m.contains("message.token") || m.contains("message.fid")
+    !m.contains("oneof")
+        && (m.contains("registration token")
+            || m.contains("message.token")
+            || m.contains("message.fid"))
 }
 
 /// Legacy `/fcm/send` `results[].error` values (protocols.md §3, table 9).
@@ -353,5 +358,11 @@ mod tests {
         assert!(!message_names_token(
             "Invalid value at 'message.data[0].value'"
         ));
+        for oneof in [
+            "Invalid value at 'message' (oneof), oneof field 'target' is already set. Cannot set 'topic'",
+            "Invalid value at 'message' (oneof), oneof field 'target' is already set. Cannot set 'message.token'",
+        ] {
+            assert!(!message_names_token(oneof), "{oneof}");
+        }
     }
 }

@@ -7,6 +7,32 @@ use serde_json::{Map, Value};
 
 /// Largest `data` + `notification` FCM accepts, in bytes.
 pub const MAX_PAYLOAD: usize = 4096;
+/// The same for a message to a topic or a condition (protocols.md §2.2).
+pub const MAX_TOPIC_PAYLOAD: usize = 2048;
+
+/// The payload limit of a message to a topic or condition (`topic`), or to one device.
+pub fn payload_limit(topic: bool) -> usize {
+    if topic {
+        MAX_TOPIC_PAYLOAD
+    } else {
+        MAX_PAYLOAD
+    }
+}
+
+/// True for a legacy `to` that addresses a topic (`/topics/<name>`), not a device.
+pub fn is_topic_address(to: &str) -> bool {
+    to.starts_with("/topics/")
+}
+
+/// True for a `data` key FCM reserves and refuses (400 INVALID_ARGUMENT; legacy
+/// `InvalidDataKey`): `from`, `message_type`, and any key starting `google.` or
+/// `gcm.notification.` (protocols.md §2.2). Matched as written: FCM's keys are
+/// case-sensitive, and refusing a key FCM takes would lose the push.
+pub fn reserved_data_key(key: &str) -> bool {
+    matches!(key, "from" | "message_type")
+        || key.starts_with("google.")
+        || key.starts_with("gcm.notification.")
+}
 
 /// One GCM push request from Kafka.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -98,6 +98,10 @@ pub enum MessageError {
     PayloadTooLarge { size: usize, limit: usize },
     #[error("message is over the limit of {MAX_MESSAGE_BYTES} bytes")]
     MessageTooLarge,
+    #[error(
+        "key {key:?} in {field} is reserved by FCM (from, message_type, google.*, gcm.notification.*)"
+    )]
+    ReservedDataKey { key: String, field: &'static str },
 }
 
 impl MessageError {
@@ -112,6 +116,7 @@ impl MessageError {
             MessageError::InvalidValue { .. } => "invalid_value",
             MessageError::PayloadTooLarge { .. } => "payload_too_large",
             MessageError::MessageTooLarge => "message_too_large",
+            MessageError::ReservedDataKey { .. } => "reserved_data_key",
         }
     }
 }
@@ -315,6 +320,27 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
 
     if let Some(message) = v1_message {
         let inner = object("message", message)?;
+        // FCM takes exactly one target (a protobuf oneof). Its refusal of two reads like a
+        // bad token to a classifier and would delete a good one: refused here, as the
+        // message's fault.
+        let set: Vec<&str> = ["token", "fid", "topic", "condition"]
+            .into_iter()
+            .filter(|name| {
+                inner
+                    .0
+                    .iter()
+                    .any(|(k, raw)| k.as_ref() == *name && raw.get() != "null")
+            })
+            .collect();
+        if set.len() > 1 {
+            return Err(MessageError::InvalidValue {
+                field: "message",
+                detail: format!(
+                    "{} are all set; FCM takes exactly one target",
+                    set.join(" and ")
+                ),
+            });
+        }
         // The device target: `token`, or `fid` (a Firebase Installation ID, which FCM now
         // prefers). Either is the device's key for feedback and token deletion.
         let target = |name: &str, field: &'static str| -> Result<Option<String>, MessageError> {
@@ -325,21 +351,9 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
                 None => Ok(None),
             }
         };
-        msg.to = match (
-            target("token", "message.token")?,
-            target("fid", "message.fid")?,
-        ) {
-            (Some(token), None) => token,
-            (None, Some(fid)) => fid,
-            // FCM refuses two targets with a message naming `message.token`, which reads as
-            // a bad token and would delete it: refused here instead.
-            (Some(_), Some(_)) => {
-                return Err(MessageError::InvalidValue {
-                    field: "message",
-                    detail: "both token and fid are set; give one".into(),
-                })
-            }
-            (None, None) => return Err(MessageError::NoToken("message.token")),
+        msg.to = match target("token", "message.token")? {
+            Some(token) => token,
+            None => target("fid", "message.fid")?.ok_or(MessageError::NoToken("message.token"))?,
         };
         msg.v1_message = Some(bytes::Bytes::copy_from_slice(message.get().as_bytes()));
         return Ok(msg);
@@ -348,11 +362,26 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
     if msg.to.is_empty() {
         return Err(MessageError::NoToken("to"));
     }
+    // FCM refuses the whole message for a reserved data key: refused here, naming it.
+    if let Some(key) = msg.data.keys().find(|k| gcm::reserved_data_key(k)) {
+        return Err(MessageError::ReservedDataKey {
+            key: key.clone(),
+            field: "data",
+        });
+    }
     // Metadata goes into data, as the seed did; keys already in data win. Its size counts as
-    // written by the producer (an upper bound when keys overlap; no re-serialising).
+    // written by the producer (an upper bound when keys overlap; no re-serialising). A
+    // reserved key in it refuses the message too: the producer wrote it, and dropping it
+    // would hide that from them.
     let mut merged = false;
     for (k, v) in metadata {
         if !msg.data.contains_key(&k) {
+            if gcm::reserved_data_key(&k) {
+                return Err(MessageError::ReservedDataKey {
+                    key: k,
+                    field: "metadata (merged into data)",
+                });
+            }
             msg.data.insert(k, v);
             merged = true;
         }
@@ -360,10 +389,12 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
     if merged {
         payload_size += metadata_size;
     }
-    if payload_size > gcm::MAX_PAYLOAD {
+    // A topic message has half a device message's room.
+    let limit = gcm::payload_limit(gcm::is_topic_address(&msg.to));
+    if payload_size > limit {
         return Err(MessageError::PayloadTooLarge {
             size: payload_size,
-            limit: gcm::MAX_PAYLOAD,
+            limit,
         });
     }
     Ok(msg)
@@ -1288,6 +1319,92 @@ mod tests {
                 String::from_utf8_lossy(&input)
             );
             assert!(err.to_string().contains(names), "{err} should name {names}");
+        }
+    }
+
+    #[test]
+    fn gcm_v1_envelope_with_two_targets_is_refused() {
+        // FCM refuses them as a oneof conflict; sent, that could read as a bad token.
+        for kafka in [
+            r#"{"message":{"token":"t","topic":"x"}}"#,
+            r#"{"message":{"token":"t","condition":"'a' in topics"}}"#,
+            r#"{"message":{"fid":"f","topic":"x"}}"#,
+            r#"{"message":{"token":"t","fid":"f"}}"#,
+            // An empty string is still set, for FCM.
+            r#"{"message":{"token":"","fid":"f"}}"#,
+        ] {
+            let err = parse_gcm(kafka.as_bytes()).expect_err(kafka);
+            assert_eq!(err.reason(), "invalid_value", "{kafka}");
+            assert!(err.to_string().contains("exactly one target"), "{err}");
+        }
+        // A null is not set.
+        let m = parse_gcm(br#"{"message":{"token":"t","topic":null}}"#).expect("one target");
+        assert_eq!(m.to, "t");
+    }
+
+    #[test]
+    fn gcm_topic_messages_have_half_the_room() {
+        let data =
+            |to: &str, n: usize| format!(r#"{{"to":"{to}","data":{{"k":"{}"}}}}"#, "x".repeat(n));
+        let err = parse_gcm(data("/topics/news", 3000).as_bytes()).expect_err("over 2048");
+        assert_eq!(err.reason(), "payload_too_large");
+        assert!(err.to_string().contains("limit of 2048"), "{err}");
+        assert!(parse_gcm(data("/topics/news", 2000).as_bytes()).is_ok());
+        assert!(
+            parse_gcm(data("tok", 3000).as_bytes()).is_ok(),
+            "a device has 4096"
+        );
+        // Merged metadata counts for a topic too.
+        let meta = format!(
+            r#"{{"to":"/topics/news","data":{{"k":"v"}},"metadata":{{"m":"{}"}}}}"#,
+            "x".repeat(2100)
+        );
+        assert_eq!(
+            parse_gcm(meta.as_bytes()).map(drop).map_err(|e| e.reason()),
+            Err("payload_too_large")
+        );
+    }
+
+    #[test]
+    fn gcm_reserved_data_keys_are_refused_naming_the_key() {
+        for (kafka, key, field) in [
+            (r#"{"to":"t","data":{"from":"x"}}"#, "from", "data"),
+            (
+                r#"{"to":"t","data":{"message_type":"x"}}"#,
+                "message_type",
+                "data",
+            ),
+            (
+                r#"{"to":"t","data":{"google.c.a.e":"1"}}"#,
+                "google.c.a.e",
+                "data",
+            ),
+            (
+                r#"{"to":"t","data":{"gcm.notification.title":"x"}}"#,
+                "gcm.notification.title",
+                "data",
+            ),
+            (
+                r#"{"to":"t","data":{"k":"v"},"metadata":{"from":"producer"}}"#,
+                "from",
+                "metadata",
+            ),
+        ] {
+            let err = parse_gcm(kafka.as_bytes()).expect_err(kafka);
+            assert_eq!(err.reason(), "reserved_data_key", "{kafka}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("{key:?}")) && text.contains(field),
+                "{text}"
+            );
+        }
+        // Close to reserved is fine: FCM's keys are case-sensitive and its prefixes end in dots.
+        for ok in [
+            r#"{"to":"t","data":{"From":"x","fromage":"x","googled":"x","gcm_id":"x"}}"#,
+            // The producer's own data wins over metadata: nothing reserved is merged.
+            r#"{"to":"t","data":{"from2":"x"},"metadata":{"jobId":"j"}}"#,
+        ] {
+            assert!(parse_gcm(ok.as_bytes()).is_ok(), "{ok}");
         }
     }
 

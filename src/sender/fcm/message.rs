@@ -18,7 +18,7 @@
 //! - `message_id`, `message_type`, `delivery_receipt_requested` (XMPP-only) are not sent.
 
 use crate::push::fcm::{json_len, MAX_TTL_SECS};
-use crate::push::gcm::{GcmMessage, GcmNotification, MAX_PAYLOAD};
+use crate::push::gcm::{is_topic_address, payload_limit, GcmMessage, GcmNotification};
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 use std::time::Duration;
@@ -74,6 +74,7 @@ pub fn v1_body(msg: &GcmMessage, ttl_cap: Option<u32>) -> Result<Vec<u8>, Transl
         Some(topic) => message.insert("topic".into(), Value::String(topic.to_string())),
         None => message.insert("token".into(), Value::String(msg.to.clone())),
     };
+    let limit = payload_limit(is_topic_address(&msg.to));
     let data = string_data(&msg.data);
     let mut size = 0;
     if !data.is_empty() {
@@ -95,11 +96,8 @@ pub fn v1_body(msg: &GcmMessage, ttl_cap: Option<u32>) -> Result<Vec<u8>, Transl
             android.insert("notification".into(), n);
         }
     }
-    if size > MAX_PAYLOAD {
-        return Err(TranslateError::PayloadTooLarge {
-            size,
-            limit: MAX_PAYLOAD,
-        });
+    if size > limit {
+        return Err(TranslateError::PayloadTooLarge { size, limit });
     }
     if let Some(ttl) = capped_ttl(msg.time_to_live, ttl_cap) {
         android.insert("ttl".into(), Value::String(format!("{ttl}s")));
@@ -257,11 +255,9 @@ pub fn legacy_body(
         .filter_map(|k| body.get(*k))
         .map(json_len)
         .sum::<usize>();
-    if size > MAX_PAYLOAD {
-        return Err(TranslateError::PayloadTooLarge {
-            size,
-            limit: MAX_PAYLOAD,
-        });
+    let limit = payload_limit(matches!(tokens, [one] if is_topic_address(one)));
+    if size > limit {
+        return Err(TranslateError::PayloadTooLarge { size, limit });
     }
     serde_json::to_vec(&body).map_err(|e| TranslateError::Encode(e.to_string()))
 }
@@ -417,8 +413,30 @@ mod tests {
     }
 
     #[test]
+    fn topic_messages_have_half_the_room() {
+        let mut msg = GcmMessage {
+            to: "/topics/news".into(),
+            ..Default::default()
+        };
+        msg.data.insert("k".into(), Value::String("x".repeat(3000)));
+        let refused = |r: Result<Vec<u8>, TranslateError>| match r {
+            Err(TranslateError::PayloadTooLarge { limit, .. }) => Some(limit),
+            _ => None,
+        };
+        assert_eq!(refused(v1_body(&msg, None)), Some(2048));
+        assert_eq!(
+            refused(legacy_body(&msg, &[msg.to.clone()], None)),
+            Some(2048)
+        );
+        // The same data to a device fits.
+        msg.to = "tok".into();
+        assert_eq!(refused(v1_body(&msg, None)), None);
+        assert_eq!(refused(legacy_body(&msg, &[msg.to.clone()], None)), None);
+    }
+
+    #[test]
     fn oversize_and_tokenless_messages_are_refused() {
-        let big = "x".repeat(MAX_PAYLOAD);
+        let big = "x".repeat(crate::push::gcm::MAX_PAYLOAD);
         let mut msg = GcmMessage {
             to: "tok".into(),
             ..Default::default()
