@@ -1399,6 +1399,28 @@ async fn curl_gets_correct_answers_over_h2c_and_tls() {
             out.contains(r#"{"reason":"Unregistered","timestamp":"#),
             "{out}"
         );
+
+        // A refusal of the headers is answered once the body is read: answered before it,
+        // the stream was reset after the answer, and curl 7.88 failed with "Stream error in
+        // the HTTP/2 framing layer" in 3 to 9 tries of 10 over TLS instead of showing the 400.
+        for _ in 0..20 {
+            let args: Vec<String> = [
+                "--http2",
+                "--cacert",
+                &ca.display().to_string(),
+                "-i",
+                "-H",
+                &format!("apns-topic: {TOPIC}"),
+                "--data-binary",
+                std::str::from_utf8(PAYLOAD).unwrap(),
+                &format!("https://localhost:{}{}", tls.port(), device(&token())),
+            ]
+            .map(String::from)
+            .to_vec();
+            let out = curl(args).await;
+            assert!(out.starts_with("HTTP/2 400"), "{out}");
+            assert!(out.contains(r#"{"reason":"InvalidPushType"}"#), "{out}");
+        }
     })
     .await
 }

@@ -471,10 +471,14 @@ impl Handler for ApnsHandler {
         // Unique per response: "never indexed" keeps it out of the HPACK dynamic tables,
         // where it would only evict useful entries and cost the encoder a table search.
         apns_id.set_sensitive(true);
+        let limit = payload_limit(h.push_type.and_then(|v| PushType::parse(v.to_str().ok()?)));
         if let Err(reason) = self.check_head(&parts, &h, conn) {
+            // The body is read first (up to the limit), as a server that answers at the end of
+            // the request does: answered before it, the stream is reset after the answer, and
+            // curl 7.88 shows "Stream error in the HTTP/2 framing layer" instead of the 400.
+            let _ = read_body(body, limit).await;
             return self.answer(env, apns_id, &reason, Extra::None);
         }
-        let limit = payload_limit(h.push_type.and_then(|v| PushType::parse(v.to_str().ok()?)));
         if h.content_length
             .and_then(parse::<u64>)
             .is_some_and(|n| n > limit as u64)
