@@ -149,6 +149,7 @@ impl Config {
                 .key
                 .as_ref()
                 .ok_or_else(|| invalid(format!("api.keys.{name}.key"), "required"))?;
+            check_header_token(&format!("api.keys.{name}.key"), secret.expose())?;
             if secret.expose().len() < 16 {
                 return Err(invalid(
                     format!("api.keys.{name}.key"),
@@ -311,6 +312,9 @@ impl Config {
                     )
                 })?;
         }
+        if let Some(token) = &s.prometheus.token {
+            check_header_token("stats.prometheus.token", token.expose())?;
+        }
         let t = &self.invalid_token;
         if t.handlers.contains(&TokenHandler::Pg) {
             if t.pg.host.trim().is_empty() {
@@ -367,6 +371,26 @@ fn check_app_name(key: &str, app: &str) -> Result<(), ConfigError> {
             format!("app name {app:?} may hold only letters, digits, '_' and '-'"),
         ))
     }
+}
+
+/// A key a caller presents in `Authorization: Bearer ...`: what is presented is trimmed and
+/// read only when it is visible ASCII (spaces inside allowed), so a key with surrounding
+/// whitespace (a Kubernetes Secret's trailing newline) or any other character could never
+/// match: every request 401, nothing logged. The value is never printed.
+fn check_header_token(key: &str, token: &str) -> Result<(), ConfigError> {
+    if token.trim() != token {
+        return Err(invalid(
+            key,
+            "starts or ends with whitespace (a trailing newline?): no request could present it",
+        ));
+    }
+    if !token.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(invalid(
+            key,
+            "holds a character that is not visible ASCII: no request could present it",
+        ));
+    }
+    Ok(())
 }
 
 fn check_file(key: &str, path: &Path) -> Result<(), ConfigError> {
