@@ -90,6 +90,9 @@ fn layer(
                 key: name.clone(),
                 now,
             }),
+            EnvKey::ServiceLink => {
+                tracing::debug!(name = %name, "Kubernetes service link: not config.");
+            }
             EnvKey::Other => {}
         }
     }

@@ -1062,3 +1062,56 @@ fn keys_callers_present_must_be_presentable() {
         .unwrap();
     }
 }
+
+/// Kubernetes sets service-link variables for every Service in every pod of its namespace: a
+/// Service named `pusher-api` made `PUSHER_API_PORT` & co., unknown keys that stopped every
+/// pusher there (exit 2). They are not config; real keys that look like them still are.
+#[test]
+fn kubernetes_service_links_are_not_config() {
+    let keys = Keys::new().unwrap();
+    let links = [
+        "PUSHER_API_SERVICE_HOST",
+        "PUSHER_API_SERVICE_PORT",
+        "PUSHER_API_SERVICE_PORT_HTTP",
+        "PUSHER_API_SERVICE_PORT_METRICS_PORT",
+        "PUSHER_API_PORT",
+        "PUSHER_API_PORT_8088_TCP",
+        "PUSHER_API_PORT_8088_TCP_PROTO",
+        "PUSHER_API_PORT_8088_TCP_PORT",
+        "PUSHER_API_PORT_8088_TCP_ADDR",
+        "PUSHER_QUEUE_PORT_53_UDP_ADDR",
+        "PUSHER_APNS_SERVICE_HOST",
+        "PUSHER_INVALIDTOKEN_PG_SERVICE_PORT",
+        "PUSHER_STATS_PORT_9091_SCTP",
+        "PUSHER_SERVICE_HOST",
+        "PUSHER_PORT",
+        "PUSHER_PORT_8088_TCP_ADDR",
+    ];
+    for name in links {
+        assert_eq!(
+            classify(&keys, name).unwrap(),
+            EnvKey::ServiceLink,
+            "{name}"
+        );
+    }
+    let pairs: Vec<(&str, &str)> = links.iter().map(|n| (*n, "10.0.0.1")).collect();
+    from_env(&pairs).unwrap().validate().unwrap();
+    // Keys first: a real key ending in _PORT is a key.
+    assert_eq!(
+        classify(&keys, "PUSHER_INVALIDTOKEN_PG_PORT").unwrap(),
+        EnvKey::Key(
+            vec!["invalidToken".into(), "pg".into(), "port".into()],
+            Kind::Number
+        )
+    );
+    // Near misses of the pattern are still unknown keys.
+    for name in [
+        "PUSHER_API_PORT_8088_HTTP",
+        "PUSHER_API_PORT_X_TCP",
+        "PUSHER_API_PORT_8088_TCP_HOST",
+        "PUSHER_API_SERVICE_PORT_",
+        "PUSHER_API_LISTN",
+    ] {
+        assert!(classify(&keys, name).is_err(), "{name}");
+    }
+}
