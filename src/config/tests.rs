@@ -761,7 +761,7 @@ fn validate_names_the_key() {
             ("PUSHER_APNS_CERTS_GAME_KEYID", "TESTKEY001"),
             ("PUSHER_APNS_CERTS_GAME_TEAMID", "TEAM")
         ]),
-        "apns.certs.game.topic: required (the app's bundle id)"
+        "apns.certs.game.topic: required with authKeyPath (the app's bundle id)"
     );
     assert!(check(&[("PUSHER_APNS_APPS", "a;drop")]).starts_with("apns.certs.a;drop: app name"));
     assert_eq!(
@@ -1114,4 +1114,72 @@ fn kubernetes_service_links_are_not_config() {
     ] {
         assert!(classify(&keys, name).is_err(), "{name}");
     }
+}
+
+/// Bounds that keep a config from panicking or allocating without end: `inFlight` sizes a
+/// semaphore (which panics above usize::MAX >> 3), a route or results batch is allocated at its
+/// full size.
+#[test]
+fn sizes_have_upper_bounds() {
+    let check =
+        |pairs: &[(&str, &str)]| from_env(pairs).unwrap().validate().unwrap_err().to_string();
+    assert_eq!(
+        check(&[("PUSHER_INFLIGHT", &usize::MAX.to_string())]),
+        "inFlight: must be <= 1000000"
+    );
+    assert_eq!(
+        check(&[("PUSHER_ROUTE_BATCHSIZE", "100001")]),
+        "route.batchSize: must be <= 100000"
+    );
+    assert_eq!(
+        check(&[("PUSHER_RESULTS_BATCHSIZE", "18446744073709551615")]),
+        "results.batchSize: must be <= 100000"
+    );
+    from_env(&[
+        ("PUSHER_INFLIGHT", "1000000"),
+        ("PUSHER_ROUTE_BATCHSIZE", "100000"),
+        ("PUSHER_RESULTS_BATCHSIZE", "100000"),
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+}
+
+/// A certificate connection without apns-topic gets the certificate's own topic (the sender
+/// leaves the header out, the fake and APNs take the certificate's): the topic is optional
+/// there, as the README says; token auth still needs it.
+#[test]
+fn the_topic_is_optional_with_a_certificate_only() {
+    let fixture = |f: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/apns")
+            .join(f)
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (cert, key) = (fixture("client.p12"), fixture("AuthKey_TESTKEY001.p8"));
+    from_env(&[
+        ("PUSHER_APNS_APPS", "game"),
+        ("PUSHER_APNS_CERTS_GAME_CERTIFICATE", &cert),
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+    let err = |pairs: &[(&str, &str)]| from_env(pairs).unwrap().validate().unwrap_err().to_string();
+    assert_eq!(
+        err(&[
+            ("PUSHER_APNS_APPS", "game"),
+            ("PUSHER_APNS_CERTS_GAME_CERTIFICATE", &cert),
+            ("PUSHER_APNS_CERTS_GAME_TOPIC", ""),
+        ]),
+        "apns.certs.game.topic: must not be empty"
+    );
+    assert!(err(&[
+        ("PUSHER_APNS_APPS", "game"),
+        ("PUSHER_APNS_CERTS_GAME_AUTHKEYPATH", &key),
+        ("PUSHER_APNS_CERTS_GAME_KEYID", "K"),
+        ("PUSHER_APNS_CERTS_GAME_TEAMID", "T"),
+    ])
+    .starts_with("apns.certs.game.topic: required with authKeyPath"));
 }
