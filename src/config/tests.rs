@@ -1022,7 +1022,7 @@ fn keys_callers_present_must_be_presentable() {
         format!(" {good}"),
         format!("{good}\t"),
         format!("{good}\u{e9}"),
-        format!("0123456789\u{7f}abcdef"),
+        "0123456789\u{7f}abcdef".to_string(),
     ] {
         let e = from_env(&[
             ("PUSHER_API_KEYS_X_APP", "game"),
