@@ -1,6 +1,7 @@
 //! The config as the binary reads it: a bad key stops `pusher run` before it starts (exit 2,
 //! the key and its nearest valid one named), the seed's ignored keys are named in one warning,
-//! and `stats.logInterval` paces the status line.
+//! `stats.logInterval` paces the status line, `--app` adds an app and its credential flags need
+//! it, and a variable that is not UTF-8 is no panic.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -141,8 +142,8 @@ fn log_interval_paces_the_status_line() {
     );
 }
 
-/// Whether `pusher run` starts consuming (within 20 s), and what it logged until then; the
-/// process is killed either way.
+/// Whether `pusher run` starts consuming (within 20 s), and what it logged until then (its
+/// `Consuming.` line included); the process is killed either way.
 fn starts(cmd: &mut Command) -> (bool, String) {
     let mut child = cmd
         .stdout(Stdio::null())
@@ -162,7 +163,10 @@ fn starts(cmd: &mut Command) -> (bool, String) {
     let started = loop {
         // Ends when the process does (its stderr closes) or after 20 s.
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) if line.contains("Consuming.") => break true,
+            Ok(line) if line.contains("Consuming.") => {
+                seen.push(line);
+                break true;
+            }
             Ok(line) => seen.push(line),
             Err(_) => break false,
         }
@@ -229,4 +233,86 @@ fn an_app_named_in_mixed_case_starts_with_its_keys_from_the_environment() {
         })
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// `--app` adds its app to the configured ones (it replaced them): the pusher consumes every
+/// app's topics.
+#[test]
+fn app_adds_to_the_configured_apps() {
+    let config = config_file(
+        "queue:\n  brokers: 127.0.0.1:1\ngcm:\n  apps: game,other\n  endpoint: http://127.0.0.1:1\n  certs:\n    game:\n      apiKey: k1\n    other:\n      apiKey: k2\n",
+    );
+    let path = config.path().to_str().unwrap();
+    let (started, stderr) = starts(pusher().args([
+        "run",
+        "gcm",
+        "--config",
+        path,
+        "--app",
+        "third",
+        "--api-key",
+        "k3",
+    ]));
+    assert!(started, "{stderr}");
+    let consuming = stderr
+        .lines()
+        .find(|l| l.contains("Consuming."))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    for app in ["game", "other", "third"] {
+        assert!(
+            consuming.contains(&format!("push-{app}_gcm")),
+            "{consuming}"
+        );
+    }
+}
+
+/// A credential flag without `--app` was dropped without a word; now a usage error.
+#[test]
+fn credential_flags_without_app_are_refused() {
+    let (code, stderr) = fails(pusher().args([
+        "run",
+        "apns",
+        "--key-file",
+        "fixtures/apns/AuthKey_TESTKEY001.p8",
+    ]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("required arguments were not provided") && stderr.contains("--app <APP>"),
+        "{stderr}"
+    );
+}
+
+/// A variable that is not UTF-8 made `std::env::vars` panic (exit 101) in every command that
+/// reads the config; one that is not `PUSHER_` is skipped, a `PUSHER_` one named (its value
+/// never printed).
+#[test]
+fn a_variable_that_is_not_utf8_is_no_panic() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let bad = OsStr::from_bytes(b"secret\xff");
+    for args in [&["run", "gcm"][..], &["api"], &["route"], &["results"]] {
+        // A config error after the environment is read: each command stops there (exit 2).
+        let (code, stderr) = fails(
+            pusher()
+                .env("X", bad)
+                .env("PUSHER_RESULTS_BATCHSIZE", "0")
+                .args(args),
+        );
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("results.batchSize: must be >= 1"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let (code, stderr) = fails(
+        pusher()
+            .env("PUSHER_QUEUE_BROKERS", bad)
+            .args(["run", "gcm"]),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("PUSHER_QUEUE_BROKERS: the environment variable is not UTF-8"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret"), "{stderr}");
 }

@@ -180,6 +180,17 @@ impl Cli {
                     return refuse(config.is_some(), production, "`send webpush`")
                 }
             },
+            // Their own --config goes after the command.
+            Command::Api(_) | Command::Route(_) | Command::Results(_) if config.is_some() => {
+                let name = self.command.name();
+                return Err(Cli::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--config goes after the command here: `pusher {name} --config FILE` \
+                         (only `run` takes it before)"
+                    ),
+                ));
+            }
             other => {
                 let name = format!("`{}`", other.name());
                 return refuse(config.is_some(), production, &name);
@@ -417,6 +428,19 @@ mod tests {
                 assert!(!shown.contains(&f.to_string()), "{path:?} shows --{f}");
             }
         }
+        // api, route and results take --config after the command: the error says so.
+        for name in ["api", "route", "results"] {
+            let err = parse(&["--config", "c.yaml", name])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("`pusher {name} --config FILE`"))
+                    && !err.contains("means nothing"),
+                "{err}"
+            );
+            let cli = parse(&[name, "--config", "c.yaml"]).unwrap();
+            assert!(cli.global.config.is_none());
+        }
         for bad in [
             &["gen", "-p"][..],
             &["-p", "gen"],
@@ -473,7 +497,17 @@ mod tests {
         };
         assert_eq!(a.credentials.api_key.as_deref(), Some("k"));
         assert_eq!(a.sender_id.as_deref(), Some("1"));
-        let cli = parse(&["run", "gcm", "--api-key", "k", "--sender-id", "1"]).unwrap();
+        let cli = parse(&[
+            "run",
+            "gcm",
+            "--app",
+            "game",
+            "--api-key",
+            "k",
+            "--sender-id",
+            "1",
+        ])
+        .unwrap();
         let Command::Run(r) = &cli.command else {
             panic!()
         };

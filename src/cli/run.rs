@@ -4,6 +4,7 @@
 use super::flags::{ApnsCredentials, BrokersFlag, EndpointFlags, FcmCredentials, ThreadsFlag};
 use crate::config::{
     app_entry, ApnsCert, Config, FeedbackReporter, Secret, StatsReporter, TokenHandler, Validated,
+    ENV_PREFIX,
 };
 use crate::pipeline::feedback::FeedbackProducer;
 use crate::pipeline::run::{run as run_loop, AppSender, Outputs, RunSpec};
@@ -85,16 +86,26 @@ pub struct RunFlags {
     pub json: bool,
 }
 
-/// `run apns`: the shared flags, APNs credentials for --app, and the APNs host.
+/// `run apns`: the shared flags, APNs credentials for --app, and the APNs host. The
+/// credentials are --app's: without it they would be dropped. No environment variable here, so
+/// clap may check `requires` and `conflicts_with` (only typed values count).
 #[derive(Debug, Clone, Args)]
-#[command(mut_arg("brokers", |a| a.help(BROKERS_HELP)))]
+#[command(
+    mut_arg("brokers", |a| a.help(BROKERS_HELP)),
+    mut_arg("key_file", |a| a.requires("app")),
+    mut_arg("key_id", |a| a.requires("app").conflicts_with("certificate")),
+    mut_arg("team_id", |a| a.requires("app").conflicts_with("certificate")),
+    mut_arg("certificate", |a| a.requires("app")),
+    mut_arg("key", |a| a.requires("app").conflicts_with("key_file")),
+    mut_arg("certificate_password", |a| a.requires("app").conflicts_with("key_file"))
+)]
 pub struct ApnsRunArgs {
     #[command(flatten)]
     pub common: RunFlags,
     #[command(flatten)]
     pub credentials: ApnsCredentials,
     /// apns-topic for --app (the app's bundle id).
-    #[arg(long)]
+    #[arg(long, requires = "app")]
     pub topic: Option<String>,
     /// Use Apple's production host instead of the sandbox (unless --endpoint or the config
     /// names one).
@@ -106,9 +117,11 @@ pub struct ApnsRunArgs {
 #[derive(Debug, Clone, Args)]
 #[command(
     mut_arg("brokers", |a| a.help(BROKERS_HELP)),
-    mut_arg("api_key", |a| a.alias("apiKey")),
+    mut_arg("api_key", |a| a.alias("apiKey").requires("app")),
     // No environment variable here: clap may check the conflict.
-    mut_arg("service_account", |a| a.conflicts_with("api_key"))
+    mut_arg("service_account", |a| a.conflicts_with("api_key").requires("app")),
+    mut_arg("project", |a| a.requires("app")),
+    mut_arg("token_uri", |a| a.requires("app"))
 )]
 pub struct GcmRunArgs {
     #[command(flatten)]
@@ -116,7 +129,7 @@ pub struct GcmRunArgs {
     #[command(flatten)]
     pub credentials: FcmCredentials,
     /// GCM legacy sender id for --app (accepted for the seed's configuration; not sent).
-    #[arg(long, alias = "senderId")]
+    #[arg(long, alias = "senderId", requires = "app")]
     pub sender_id: Option<String>,
 }
 
@@ -127,10 +140,10 @@ pub struct WebPushRunArgs {
     #[command(flatten)]
     pub common: RunFlags,
     /// VAPID private key file for --app (PEM, or the raw key in base64url).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "app")]
     pub vapid_key: Option<PathBuf>,
     /// VAPID contact for --app (`mailto:` or `https:`).
-    #[arg(long)]
+    #[arg(long, requires = "app")]
     pub vapid_subject: Option<String>,
     /// Accept http:// endpoints and loopback or private hosts (fakes only).
     #[arg(long)]
@@ -152,8 +165,25 @@ pub fn run_webpush(a: WebPushRunArgs) -> anyhow::Result<ExitCode> {
     if a.common.endpoint.endpoint.is_some() {
         bail!("run webpush: --endpoint does not apply (each subscription names its push service)");
     }
+    let config = config_env().and_then(|env| webpush_config(&a, env));
+    run_platform(Platform::WebPush, &a.common, false, config)
+}
+
+pub fn run_apns(a: ApnsRunArgs) -> anyhow::Result<ExitCode> {
+    let config = config_env().and_then(|env| apns_config(&a, env));
+    run_platform(Platform::Apns, &a.common, a.production, config)
+}
+
+pub fn run_gcm(a: GcmRunArgs) -> anyhow::Result<ExitCode> {
+    let config = config_env().and_then(|env| gcm_config(&a, env));
+    run_platform(Platform::Gcm, &a.common, false, config)
+}
+
+/// `run webpush`'s config: the file, `env`, then the flags.
+fn webpush_config(a: &WebPushRunArgs, env: Vec<(String, String)>) -> anyhow::Result<Validated> {
     let mut o = overrides(Platform::WebPush, &a.common);
-    if let Some(app) = &a.common.app {
+    let app = app_flag(&a.common)?;
+    if let Some(app) = app {
         if let Some(file) = path(&a.vapid_key) {
             o.push((format!("webpush.vapid.{app}.privateKeyFile"), file));
         }
@@ -164,12 +194,23 @@ pub fn run_webpush(a: WebPushRunArgs) -> anyhow::Result<ExitCode> {
     if a.allow_local_endpoints {
         o.push(("webpush.allowLocalEndpoints".into(), "true".into()));
     }
-    run_platform(Platform::WebPush, &a.common, false, &o)
+    load_settled(a.common.config.as_deref(), env, &o, |c| {
+        let Some(app) = app else { return };
+        add_app(&mut c.webpush.apps, app);
+        // A key file typed for the app replaces a key the file or environment gave it.
+        if a.vapid_key.is_some() {
+            for vapid in entries(&mut c.webpush.vapid, app) {
+                vapid.private_key = None;
+            }
+        }
+    })
 }
 
-pub fn run_apns(a: ApnsRunArgs) -> anyhow::Result<ExitCode> {
+/// `run apns`'s config: the file, `env`, then the flags.
+fn apns_config(a: &ApnsRunArgs, env: Vec<(String, String)>) -> anyhow::Result<Validated> {
     let mut o = overrides(Platform::Apns, &a.common);
-    if let Some(app) = &a.common.app {
+    let app = app_flag(&a.common)?;
+    if let Some(app) = app {
         let c = &a.credentials;
         let mut cert = cert_overrides(Platform::Apns, app, &mut o);
         cert("certificate", path(&c.certificate));
@@ -180,12 +221,32 @@ pub fn run_apns(a: ApnsRunArgs) -> anyhow::Result<ExitCode> {
         cert("teamID", c.team_id.clone());
         cert("topic", a.topic.clone());
     }
-    run_platform(Platform::Apns, &a.common, a.production, &o)
+    load_settled(a.common.config.as_deref(), env, &o, |c| {
+        let Some(app) = app else { return };
+        add_app(&mut c.apns.apps, app);
+        // One kind of credential typed for the app replaces the other kind that the file or
+        // environment gave it (token auth would otherwise win over a typed certificate).
+        let flags = &a.credentials;
+        for cert in entries(&mut c.apns.certs, app) {
+            if flags.key_file.is_some() {
+                cert.certificate = None;
+                cert.certificate_key = None;
+                cert.password = None;
+            }
+            if flags.certificate.is_some() {
+                cert.auth_key_path = None;
+                cert.key_id = None;
+                cert.team_id = None;
+            }
+        }
+    })
 }
 
-pub fn run_gcm(a: GcmRunArgs) -> anyhow::Result<ExitCode> {
+/// `run gcm`'s config: the file, `env`, then the flags.
+fn gcm_config(a: &GcmRunArgs, env: Vec<(String, String)>) -> anyhow::Result<Validated> {
     let mut o = overrides(Platform::Gcm, &a.common);
-    if let Some(app) = &a.common.app {
+    let app = app_flag(&a.common)?;
+    if let Some(app) = app {
         let c = &a.credentials;
         let mut cert = cert_overrides(Platform::Gcm, app, &mut o);
         cert("serviceAccountFile", path(&c.service_account));
@@ -194,10 +255,30 @@ pub fn run_gcm(a: GcmRunArgs) -> anyhow::Result<ExitCode> {
         cert("tokenURI", c.token_uri.clone());
         cert("senderID", a.sender_id.clone());
     }
-    run_platform(Platform::Gcm, &a.common, false, &o)
+    load_settled(a.common.config.as_deref(), env, &o, |c| {
+        let Some(app) = app else { return };
+        add_app(&mut c.gcm.apps, app);
+        // As for APNs: a service account (file or firebaseCredentials) would win over a
+        // typed --api-key, and a configured key is no use beside a typed --service-account.
+        let flags = &a.credentials;
+        if flags.service_account.is_some() || flags.api_key.is_some() {
+            c.gcm
+                .firebase_credentials
+                .retain(|name, _| !name.eq_ignore_ascii_case(app));
+        }
+        for cert in entries(&mut c.gcm.certs, app) {
+            if flags.service_account.is_some() {
+                cert.api_key = None;
+            }
+            if flags.api_key.is_some() {
+                cert.service_account_file = None;
+            }
+        }
+    })
 }
 
-/// The shared flags as config overrides (dotted keys), the last layer.
+/// The shared flags as config overrides (dotted keys), the last layer. `--app` is added to
+/// the platform's apps after loading ([`add_app`]).
 fn overrides(platform: Platform, a: &RunFlags) -> Vec<(String, String)> {
     let p = platform.as_str();
     let mut o = Vec::new();
@@ -208,10 +289,36 @@ fn overrides(platform: Platform, a: &RunFlags) -> Vec<(String, String)> {
     if let Some(e) = &a.endpoint.endpoint {
         o.push((format!("{p}.endpoint"), e.clone()));
     }
-    if let Some(app) = &a.app {
-        o.push((format!("{p}.apps"), app.clone()));
-    }
     o
+}
+
+/// `--app`, checked before it becomes part of a dotted key (`--app my.game` would name the
+/// key `certs.my.game.keyID`).
+fn app_flag(a: &RunFlags) -> anyhow::Result<Option<&str>> {
+    match a.app.as_deref() {
+        Some(app) if !crate::push::app::is_valid_name(app) => {
+            bail!("--app: app name {app:?} may hold only letters, digits, '_' and '-'")
+        }
+        app => Ok(app),
+    }
+}
+
+/// `--app` adds its app to the configured ones (the seed's single-app flag).
+fn add_app(apps: &mut Vec<String>, app: &str) {
+    if !apps.iter().any(|a| a == app) {
+        apps.push(app.to_owned());
+    }
+}
+
+/// The app's entries in a per-app map: every key that matches it case-insensitively, as
+/// [`app_entry`] finds them.
+fn entries<'a, T>(
+    map: &'a mut std::collections::BTreeMap<String, T>,
+    app: &'a str,
+) -> impl Iterator<Item = &'a mut T> + 'a {
+    map.iter_mut()
+        .filter(move |(name, _)| name.eq_ignore_ascii_case(app))
+        .map(|(_, v)| v)
 }
 
 /// Adds `<platform>.certs.<app>.<key>` overrides for the flags given.
@@ -235,9 +342,8 @@ fn run_platform(
     platform: Platform,
     flags: &RunFlags,
     production: bool,
-    overrides: &[(String, String)],
+    config: anyhow::Result<Validated>,
 ) -> anyhow::Result<ExitCode> {
-    let config = load_config(flags.config.as_deref(), overrides);
     // Sentry first, so that a failure to start is reported too; when the config itself is bad,
     // its URL can only come from the environment.
     let dsn = match &config {
@@ -258,12 +364,49 @@ pub(super) fn load_config(
     file: Option<&std::path::Path>,
     overrides: &[(String, String)],
 ) -> anyhow::Result<Validated> {
+    load_settled(file, config_env()?, overrides, |_| {})
+}
+
+/// [`load_config`] with the environment given, and `settle` applied to the loaded config
+/// before it is validated (what the flags do that no override can: add an app, clear a
+/// credential).
+fn load_settled(
+    file: Option<&std::path::Path>,
+    env: Vec<(String, String)>,
+    overrides: &[(String, String)],
+    settle: impl FnOnce(&mut Config),
+) -> anyhow::Result<Validated> {
     let default = PathBuf::from("./config/default.yaml");
     let path = file
         .map(std::path::Path::to_path_buf)
         .or_else(|| default.is_file().then_some(default));
-    let config = Config::load_with(path.as_deref(), std::env::vars(), overrides)?;
+    let mut config = Config::load_with(path.as_deref(), env.into_iter(), overrides)?;
+    settle(&mut config);
     Ok(config.validate()?)
+}
+
+/// The process's environment for the config. `std::env::vars` panics on a variable that is
+/// not UTF-8 (exit 101): one that is not `PUSHER_` is none of the config's business and
+/// skipped; a `PUSHER_` one is an error naming it, its value unprinted.
+fn config_env() -> anyhow::Result<Vec<(String, String)>> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        match (name.to_str(), value.to_str()) {
+            (Some(name), Some(value)) => vars.push((name.to_owned(), value.to_owned())),
+            _ if name
+                .as_encoded_bytes()
+                .get(..ENV_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX.as_bytes())) =>
+            {
+                bail!(
+                    "{}: the environment variable is not UTF-8 text",
+                    name.to_string_lossy()
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok(vars)
 }
 
 fn run_configured(
@@ -574,4 +717,228 @@ fn outputs(platform: Platform, config: &Validated) -> anyhow::Result<(Outputs, B
         observer: Some(observer),
     };
     Ok((outputs, background))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use std::io::Write;
+
+    const P8: &str = "fixtures/apns/AuthKey_TESTKEY001.p8";
+    const P12: &str = "fixtures/apns/client.p12";
+    const SA: &str = "fixtures/fcm/service-account.json";
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn parse(args: &[&str]) -> Result<RunPlatform, clap::Error> {
+        let cli = Cli::try_parse_all(std::iter::once("pusher").chain(args.iter().copied()))?;
+        let Command::Run(r) = cli.command else {
+            panic!("not run: {args:?}")
+        };
+        Ok(r.platform)
+    }
+
+    fn apns(args: &[&str], pairs: &[(&str, &str)]) -> anyhow::Result<Validated> {
+        let RunPlatform::Apns(a) = parse(&[&["run", "apns"][..], args].concat()).unwrap() else {
+            panic!()
+        };
+        apns_config(&a, env(pairs))
+    }
+
+    fn gcm(args: &[&str], pairs: &[(&str, &str)]) -> anyhow::Result<Validated> {
+        let RunPlatform::Gcm(a) = parse(&[&["run", "gcm"][..], args].concat()).unwrap() else {
+            panic!()
+        };
+        gcm_config(&a, env(pairs))
+    }
+
+    /// `--app` adds its app to the configured ones, as the README says; it replaced them.
+    #[test]
+    fn app_adds_to_the_configured_apps() {
+        let yaml = file(&format!(
+            "apns:\n  apps: game,other\n  certs:\n    game: &c\n      authKeyPath: {P8}\n      keyID: TESTKEY001\n      teamID: TEAM000001\n      topic: com.example.game\n    other: *c\n"
+        ));
+        let path = yaml.path().to_str().unwrap();
+        let token = [
+            "--key-file",
+            P8,
+            "--key-id",
+            "K",
+            "--team-id",
+            "T",
+            "--topic",
+            "t",
+        ];
+        let c = apns(
+            &[&["--config", path, "--app", "third"][..], &token].concat(),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.apns.apps, ["game", "other", "third"]);
+        let topics = c.topics(Platform::Apns, &c.apns.apps).unwrap();
+        for app in ["game", "other", "third"] {
+            assert!(topics.contains(&format!("push-{app}_apns")), "{topics:?}");
+        }
+        // An app already configured is not added twice; its credentials are the flags'.
+        let c = apns(
+            &[&["--config", path, "--app", "other"][..], &token].concat(),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.apns.apps, ["game", "other"]);
+        assert_eq!(c.apns.certs["other"].key_id.as_deref(), Some("K"));
+        // From the environment too.
+        let c = apns(
+            &[&["--app", "third"][..], &token].concat(),
+            &[("PUSHER_APNS_APPS", "game")],
+        );
+        // game has no credentials here: the error names it, so it was kept.
+        let e = c.unwrap_err().to_string();
+        assert!(e.starts_with("apns.certs.game"), "{e}");
+    }
+
+    /// A credential flag without `--app` was dropped without a word: a usage error now.
+    #[test]
+    fn credential_flags_need_app() {
+        for args in [
+            &["run", "apns", "--key-file", P8][..],
+            &["run", "apns", "--key-id", "K"],
+            &["run", "apns", "--team-id", "T"],
+            &["run", "apns", "--certificate", P12],
+            &["run", "apns", "--key", "k.pem"],
+            &["run", "apns", "--certificate-password", "p"],
+            &["run", "apns", "--topic", "t"],
+            &["apns", "--certificate", P12],
+            &["run", "gcm", "--service-account", SA],
+            &["run", "gcm", "--api-key", "k"],
+            &["run", "gcm", "--project", "p"],
+            &["run", "gcm", "--token-uri", "http://t"],
+            &["run", "gcm", "--sender-id", "1"],
+            &["gcm", "--apiKey", "k"],
+            &["run", "webpush", "--vapid-key", "v.pem"],
+            &["run", "webpush", "--vapid-subject", "mailto:a@b"],
+        ] {
+            let err = Cli::try_parse_all(std::iter::once("pusher").chain(args.iter().copied()))
+                .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            assert!(err.to_string().contains("--app"), "{args:?}: {err}");
+        }
+        // Both kinds typed for one app: refused.
+        for args in [
+            &["--app", "g", "--certificate", P12, "--key-id", "K"][..],
+            &[
+                "--app",
+                "g",
+                "--key-file",
+                P8,
+                "--certificate-password",
+                "p",
+            ],
+        ] {
+            assert!(
+                parse(&[&["run", "apns"][..], args].concat()).is_err(),
+                "{args:?}"
+            );
+        }
+    }
+
+    /// A credential typed for the app replaces the other kind from the file or environment:
+    /// the environment's token key won over a typed certificate, a configured service account
+    /// over a typed server key.
+    #[test]
+    fn a_typed_credential_replaces_the_other_kind() {
+        let token_env = [
+            ("PUSHER_APNS_CERTS_G_AUTHKEYPATH", P8),
+            ("PUSHER_APNS_CERTS_G_KEYID", "TESTKEY001"),
+            ("PUSHER_APNS_CERTS_G_TEAMID", "TEAM000001"),
+            ("PUSHER_APNS_CERTS_G_TOPIC", "com.example.app"),
+        ];
+        let cert = ["--certificate", P12, "--certificate-password", "test"];
+        let c = apns(&[&["--app", "g"][..], &cert].concat(), &token_env).unwrap();
+        let g = app_entry(&c.apns.certs, "g").unwrap();
+        assert!(g.auth_key_path.is_none() && g.key_id.is_none(), "{g:?}");
+        assert!(matches!(
+            apns_auth("g", g).unwrap(),
+            ApnsAuth::Certificate(_)
+        ));
+        // The other way round, the configured certificate and its password go.
+        let cert_env = [
+            ("PUSHER_APNS_CERTS_G_CERTIFICATE", P12),
+            ("PUSHER_APNS_CERTS_G_PASSWORD", "test"),
+            ("PUSHER_APNS_CERTS_G_TOPIC", "com.example.app"),
+        ];
+        let token = ["--key-file", P8, "--key-id", "TESTKEY001", "--team-id", "T"];
+        let c = apns(&[&["--app", "G"][..], &token].concat(), &cert_env).unwrap();
+        let g = app_entry(&c.apns.certs, "G").unwrap();
+        assert!(g.certificate.is_none() && g.password.is_none(), "{g:?}");
+        assert!(matches!(apns_auth("G", g).unwrap(), ApnsAuth::Token(_)));
+
+        // FCM: a typed server key over a configured service account (file or JSON).
+        let yaml = file(&format!(
+            "gcm:\n  certs:\n    game:\n      serviceAccountFile: {SA}\n  firebaseCredentials:\n    game: '{{}}'\n"
+        ));
+        let path = yaml.path().to_str().unwrap();
+        let args = ["--config", path, "--app", "game", "--api-key", "k"];
+        let c = gcm(&args, &[]).unwrap();
+        assert!(c.gcm.certs["game"].service_account_file.is_none());
+        assert!(c.gcm.firebase_credentials.is_empty());
+        // And a typed service account over a configured key.
+        let c = gcm(
+            &["--app", "game", "--service-account", SA],
+            &[("PUSHER_GCM_CERTS_GAME_APIKEY", "k")],
+        )
+        .unwrap();
+        assert!(c.gcm.certs["game"].api_key.is_none());
+
+        // Web push: a typed key file over a configured key (it was "needs exactly one").
+        let RunPlatform::Webpush(a) = parse(&[
+            "run",
+            "webpush",
+            "--app",
+            "web",
+            "--vapid-key",
+            P8,
+            "--vapid-subject",
+            "mailto:ops@example.com",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        let c = webpush_config(
+            &a,
+            env(&[(
+                "PUSHER_WEBPUSH_VAPID_WEB_PRIVATEKEY",
+                "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE",
+            )]),
+        )
+        .unwrap();
+        let w = &c.webpush.vapid["web"];
+        assert!(w.private_key.is_none() && w.private_key_file.is_some());
+    }
+
+    /// `--app my.game` became the key `apns.certs.my.game.keyID`: "unknown key". The app name
+    /// is checked first.
+    #[test]
+    fn app_names_are_checked_before_they_become_keys() {
+        let e = apns(&["--app", "my.game", "--key-id", "K"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--app: app name \"my.game\" may hold only letters"),
+            "{e}"
+        );
+    }
 }

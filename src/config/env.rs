@@ -2,7 +2,8 @@
 //! (`queue.brokers` -> `PUSHER_QUEUE_BROKERS`), for every key of the schema; per-app keys
 //! with the app in the middle (`PUSHER_APNS_CERTS_<APP>_AUTHKEYPATH`). A `PUSHER_` name under
 //! a config section that is no key is an error, as is a near miss of a top-level key; other
-//! `PUSHER_` variables (`PUSHER_LOG`, `PUSHER_TEST_KAFKA`, ...) are not config.
+//! `PUSHER_` variables (`PUSHER_LOG`, `PUSHER_TEST_KAFKA`, ...) and Kubernetes' service links
+//! (`PUSHER_API_SERVICE_HOST`) are not config.
 
 use super::keys::{nearest, Keys, Kind, Leaf, ANY};
 use super::schema::SEED_KEYS;
@@ -29,6 +30,9 @@ pub(super) enum EnvKey {
     Key(Vec<String>, Kind),
     /// One of the seed's keys that this pusher ignores: what governs that now.
     Seed(&'static str),
+    /// A Kubernetes service link (`PUSHER_API_SERVICE_HOST`, `PUSHER_API_PORT_8088_TCP`, ...):
+    /// Kubernetes sets them in every pod of the namespace for a Service named `pusher-*`.
+    ServiceLink,
     /// Not a config variable.
     Other,
 }
@@ -100,6 +104,11 @@ pub(super) fn classify(keys: &Keys, name: &str) -> Result<EnvKey, ConfigError> {
             .collect();
         return Ok(EnvKey::Key(path, leaf.kind));
     }
+    // Checked after the keys (`PUSHER_INVALIDTOKEN_PG_PORT` is one): a Service named
+    // `pusher-api` must not stop every pusher of its namespace with an unknown key.
+    if is_service_link(&upper) {
+        return Ok(EnvKey::ServiceLink);
+    }
     for (key, now) in SEED_KEYS {
         let seed: Vec<String> = key.split('.').map(str::to_owned).collect();
         let seed = env_name(&seed);
@@ -112,6 +121,35 @@ pub(super) fn classify(keys: &Keys, name: &str) -> Result<EnvKey, ConfigError> {
         }
     }
     unknown(keys, &leaves, &upper, rest)
+}
+
+/// The variables Kubernetes sets for a Service (its name upper-cased, `-` -> `_`):
+/// `<SVC>_SERVICE_HOST`, `<SVC>_SERVICE_PORT`, `<SVC>_SERVICE_PORT_<PORT NAME>`, `<SVC>_PORT`,
+/// `<SVC>_PORT_<n>_<TCP|UDP|SCTP>` and that with `_PROTO`, `_PORT` or `_ADDR`.
+pub(super) fn is_service_link(upper: &str) -> bool {
+    if upper.len() <= ENV_PREFIX.len() || !upper.starts_with(ENV_PREFIX) {
+        return false;
+    }
+    // From the `_` after `PUSHER`: the service may be named `pusher` itself (`PUSHER_PORT`).
+    let tail = &upper[ENV_PREFIX.len() - 1..];
+    let named_port = |i: usize| i + "_SERVICE_PORT_".len() < tail.len();
+    tail.ends_with("_SERVICE_HOST")
+        || tail.ends_with("_SERVICE_PORT")
+        || tail.ends_with("_PORT")
+        || tail.rfind("_SERVICE_PORT_").is_some_and(named_port)
+        || tail.match_indices("_PORT_").any(|(i, m)| {
+            let Some((number, rest)) = tail[i + m.len()..].split_once('_') else {
+                return false;
+            };
+            let (protocol, field) = match rest.split_once('_') {
+                Some((protocol, field)) => (protocol, Some(field)),
+                None => (rest, None),
+            };
+            !number.is_empty()
+                && number.bytes().all(|b| b.is_ascii_digit())
+                && matches!(protocol, "TCP" | "UDP" | "SCTP")
+                && matches!(field, None | Some("PROTO" | "PORT" | "ADDR"))
+        })
 }
 
 /// An unknown `PUSHER_` name: an error when it is under a section or close to a key.

@@ -24,7 +24,7 @@ pub(super) enum Kind {
 }
 
 impl Kind {
-    fn of(default: &Value) -> Kind {
+    pub fn of(default: &Value) -> Kind {
         match default {
             Value::Sequence(_) => Kind::List,
             Value::Number(_) => Kind::Number,
@@ -74,6 +74,11 @@ impl Keys {
         let root =
             serde_yaml_ng::to_value(&sample).map_err(|e| ConfigError::Schema(e.to_string()))?;
         Ok(Keys { root })
+    }
+
+    /// The schema as a tree: sections are mappings, keys their default values.
+    pub fn root(&self) -> &Value {
+        &self.root
     }
 
     /// Every key, in schema order.
@@ -138,9 +143,9 @@ fn check_node(
         return Ok(());
     };
     for (k, v) in user {
+        let known = child_of(schema, k);
         let k = key_text(k);
         path.push(k.clone());
-        let known = schema.get(ANY).or_else(|| schema.get(k.as_str()));
         match known {
             Some(node) => check_node(node, v, path, seed)?,
             None => {
@@ -177,6 +182,20 @@ fn check_node(
         path.pop();
     }
     Ok(())
+}
+
+/// The schema node under `section` for a key of the file (any key in a per-app map).
+pub(super) fn child<'a>(section: &'a Value, key: &Value) -> Option<&'a Value> {
+    match section {
+        Value::Mapping(map) => child_of(map, key),
+        _ => None,
+    }
+}
+
+fn child_of<'a>(section: &'a serde_yaml_ng::Mapping, key: &Value) -> Option<&'a Value> {
+    section
+        .get(ANY)
+        .or_else(|| section.get(key_text(key).as_str()))
 }
 
 fn key_text(k: &Value) -> String {

@@ -1,7 +1,7 @@
 //! Loading: built-in defaults < YAML file < `PUSHER_*` environment < CLI overrides.
 //!
-//! Layering works on the YAML value tree: the file is parsed into a tree and its keys checked
-//! against the schema, each override is written into it at its key with the type that key
+//! Layering works on the YAML value tree: the file is parsed into a tree (text keys as
+//! written, [`super::raw`]) and its keys checked against the schema, each override is written into it at its key with the type that key
 //! needs, and the tree is deserialized once (missing keys take the built-in defaults).
 
 use super::env::{classify, EnvKey, ENV_PREFIX};
@@ -35,7 +35,7 @@ impl Config {
                 })?;
                 Self::load_yaml(&text, &path.display().to_string(), env, overrides)
             }
-            None => layer(Value::Null, "(defaults)", env, overrides),
+            None => layer(&Keys::new()?, Value::Null, "(defaults)", env, overrides),
         }
     }
 
@@ -51,20 +51,21 @@ impl Config {
             path: source.to_owned(),
             message: e.to_string(),
         };
-        let mut tree: Value = serde_yaml_ng::from_str(text).map_err(parse_error)?;
+        let keys = Keys::new()?;
+        let mut tree = super::raw::parse(text, &keys).map_err(parse_error)?;
         // `<<: *anchor` merges, so that the merged keys are checked as keys.
         tree.apply_merge().map_err(parse_error)?;
-        layer(tree, source, env, overrides)
+        layer(&keys, tree, source, env, overrides)
     }
 }
 
 fn layer(
+    keys: &Keys,
     mut tree: Value,
     source: &str,
     env: impl Iterator<Item = (String, String)>,
     overrides: &[(String, String)],
 ) -> Result<Config, ConfigError> {
-    let keys = Keys::new()?;
     let mut seed_keys: Vec<SeedKey> = Vec::new();
     keys.check(&tree, &mut seed_keys)
         .map_err(|u| ConfigError::UnknownKey {
@@ -80,7 +81,7 @@ fn layer(
         .collect();
     env.sort();
     for (name, raw) in &env {
-        match classify(&keys, name)? {
+        match classify(keys, name)? {
             EnvKey::Key(path, kind) => {
                 let at = set_path(&mut tree, &path, typed_value(name, raw, kind)?, name)?;
                 origins.push((at, name.clone()));
@@ -89,6 +90,9 @@ fn layer(
                 key: name.clone(),
                 now,
             }),
+            EnvKey::ServiceLink => {
+                tracing::debug!(name = %name, "Kubernetes service link: not config.");
+            }
             EnvKey::Other => {}
         }
     }
@@ -97,7 +101,7 @@ fn layer(
             .lookup(key)
             .ok_or_else(|| ConfigError::UnknownVariable {
                 name: key.clone(),
-                hint: hint(key, &dotted_keys(&keys)),
+                hint: hint(key, &dotted_keys(keys)),
             })?;
         let at = set_path(&mut tree, &path, typed_value(key, raw, kind)?, key)?;
         origins.push((at, key.clone()));

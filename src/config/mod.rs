@@ -5,6 +5,7 @@
 //! - `keys`: the keys derived from the schema (what the unknown-key check and the
 //!   environment names use).
 //! - `env`: the seed's environment names (viper's rule, `PUSHER_QUEUE_BROKERS`).
+//! - `raw`: the YAML file as a tree, text keys as written.
 //! - `load`: layering.
 //! - `validate`: checks, giving the [`Validated`] config that `pusher run` takes.
 //!
@@ -16,6 +17,7 @@
 mod env;
 mod keys;
 mod load;
+mod raw;
 mod schema;
 mod validate;
 

@@ -781,6 +781,9 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(d: D, unit: Unit) -> Result<D
             if let Ok(n) = s.parse::<u64>() {
                 return Ok(self.0.of(n));
             }
+            if let Ok(n) = s.parse::<i64>() {
+                return self.visit_i64(n);
+            }
             humantime::parse_duration(s).map_err(|e| {
                 E::custom(format!(
                     "{s:?} is not a duration like \"30s\" or \"250ms\", or a number of {} ({e})",

@@ -761,7 +761,7 @@ fn validate_names_the_key() {
             ("PUSHER_APNS_CERTS_GAME_KEYID", "TESTKEY001"),
             ("PUSHER_APNS_CERTS_GAME_TEAMID", "TEAM")
         ]),
-        "apns.certs.game.topic: required (the app's bundle id)"
+        "apns.certs.game.topic: required with authKeyPath (the app's bundle id)"
     );
     assert!(check(&[("PUSHER_APNS_APPS", "a;drop")]).starts_with("apns.certs.a;drop: app name"));
     assert_eq!(
@@ -924,4 +924,262 @@ fn route_limits_come_from_the_file_or_the_environment() {
     assert_eq!((g.per_device, g.window), (3, Duration::from_secs(60)));
     let e = from_yaml("route:\n  limits:\n    default:\n      perDevise: 5\n").unwrap_err();
     assert!(e.to_string().contains("perDevise"), "{e}");
+}
+
+/// An unquoted scalar of a text key (a password, a key id) is the text as written: YAML's own
+/// typing made `1e3` `"1000.0"` and `0x1F` `"31"`, and an integer above u64 failed to load
+/// with its digits in the message (printed on stderr and sent to Sentry).
+#[test]
+fn text_keys_keep_numeric_looking_scalars_as_written() {
+    let big = "123456789012345678901234";
+    let c = from_yaml(&format!("invalidToken:\n  pg:\n    pass: {big}\n")).unwrap();
+    assert_eq!(
+        c.invalid_token.pg.pass.as_ref().map(Secret::expose),
+        Some(big)
+    );
+    for written in [
+        "1e3", "0x1F", "+123", "1.50", "0o17", "1_000", ".inf", "-0", "007",
+    ] {
+        let c = from_yaml(&format!(
+            "invalidToken:\n  pg:\n    pass: {written}\napns:\n  certs:\n    game:\n      keyID: {written}\n      password: {written}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.invalid_token.pg.pass.as_ref().map(Secret::expose),
+            Some(written)
+        );
+        let game = &c.apns.certs["game"];
+        assert_eq!(game.key_id.as_deref(), Some(written));
+        assert_eq!(game.password.as_ref().map(Secret::expose), Some(written));
+    }
+    let c = from_yaml(
+        "apns:\n  certs:\n    game:\n      keyID: 1234567E89\n      teamID: true\ngcm:\n  certs:\n    game:\n      apiKey: 12345678901234567890123456789\n      senderID: 0x10\n",
+    )
+    .unwrap();
+    assert_eq!(c.apns.certs["game"].key_id.as_deref(), Some("1234567E89"));
+    assert_eq!(c.apns.certs["game"].team_id.as_deref(), Some("true"));
+    let g = &c.gcm.certs["game"];
+    assert_eq!(
+        g.api_key.as_ref().map(Secret::expose),
+        Some("12345678901234567890123456789")
+    );
+    assert_eq!(g.sender_id.as_deref(), Some("0x10"));
+    // List items too; null is still no value; merged and aliased text as written.
+    let c = from_yaml(
+        "apns:\n  apps: [1e3, game]\n  certs:\n    base: &b\n      keyID: 1e3\n      topic: &num 0x1F\n    game:\n      <<: *b\n      teamID: *num\ninvalidToken:\n  pg:\n    pass: ~\n",
+    )
+    .unwrap();
+    assert_eq!(c.apns.apps, ["1e3", "game"]);
+    assert_eq!(c.apns.certs["game"].key_id.as_deref(), Some("1e3"));
+    assert_eq!(c.apns.certs["game"].team_id.as_deref(), Some("0x1F"));
+    assert!(c.invalid_token.pg.pass.is_none());
+    // Numbers are still numbers, durations still take bare numbers.
+    let c = from_yaml("inFlight: 0x10\nqueue:\n  sessionTimeout: 7000\n").unwrap();
+    assert_eq!(c.in_flight, 16);
+    assert_eq!(c.queue.session_timeout, Duration::from_millis(7000));
+}
+
+/// A number too large for any key, or one under an unknown key, is an error naming the key,
+/// never its digits (a secret put under a misspelled key is still a secret).
+#[test]
+fn an_out_of_range_number_is_refused_without_its_digits() {
+    let big = "123456789012345678901234";
+    for yaml in [
+        format!("inFlight: {big}\n"),
+        format!("invalidToken:\n  pg:\n    password: {big}\n"),
+        format!("invalidToken:\n  pg:\n    port: -{big}\n"),
+        format!("log:\n  level: {big}\n"),
+    ] {
+        let e = from_yaml(&yaml).unwrap_err().to_string();
+        assert!(!e.contains("1234567890"), "{yaml}: {e}");
+        assert!(
+            e.contains("out of range") || e.contains("unknown key"),
+            "{yaml}: {e}"
+        );
+    }
+    let e = from_yaml(&format!("inFlight: {big}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("inFlight: a number out of range"), "{e}");
+    let e = from_yaml("queue:\n  brokers: a\n  brokers: b\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("duplicate key brokers"), "{e}");
+    let e = from_yaml("queue:\n  sessionTimeout: [1]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("queue.sessionTimeout"), "{e}");
+}
+
+/// An API key or metrics token with surrounding whitespace (a Kubernetes Secret's trailing
+/// newline) or a character no header carries validated, and then no request could match it:
+/// every call 401, nothing logged. Refused, naming the key and never the value.
+#[test]
+fn keys_callers_present_must_be_presentable() {
+    let good = "0123456789abcdef";
+    for bad in [
+        format!("{good}\n"),
+        format!(" {good}"),
+        format!("{good}\t"),
+        format!("{good}\u{e9}"),
+        "0123456789\u{7f}abcdef".to_string(),
+    ] {
+        let e = from_env(&[
+            ("PUSHER_API_KEYS_X_APP", "game"),
+            ("PUSHER_API_KEYS_X_KEY", bad.as_str()),
+        ])
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("api.keys.x.key: "), "{bad:?}: {e}");
+        assert!(!e.contains(good), "{e}");
+        let e = from_env(&[("PUSHER_STATS_PROMETHEUS_TOKEN", bad.as_str())])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("stats.prometheus.token: "), "{bad:?}: {e}");
+        assert!(!e.contains(good), "{e}");
+    }
+    // The same from the file.
+    let e = from_yaml(&format!(
+        "api:\n  keys:\n    x:\n      app: game\n      key: \"{good}\\n\"\n"
+    ))
+    .unwrap()
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("api.keys.x.key: "), "{e}");
+    for fine in [good.to_owned(), format!("{good} with spaces inside")] {
+        from_env(&[
+            ("PUSHER_API_KEYS_X_APP", "game"),
+            ("PUSHER_API_KEYS_X_KEY", fine.as_str()),
+            ("PUSHER_STATS_PROMETHEUS_TOKEN", fine.as_str()),
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+    }
+}
+
+/// Kubernetes sets service-link variables for every Service in every pod of its namespace: a
+/// Service named `pusher-api` made `PUSHER_API_PORT` & co., unknown keys that stopped every
+/// pusher there (exit 2). They are not config; real keys that look like them still are.
+#[test]
+fn kubernetes_service_links_are_not_config() {
+    let keys = Keys::new().unwrap();
+    let links = [
+        "PUSHER_API_SERVICE_HOST",
+        "PUSHER_API_SERVICE_PORT",
+        "PUSHER_API_SERVICE_PORT_HTTP",
+        "PUSHER_API_SERVICE_PORT_METRICS_PORT",
+        "PUSHER_API_PORT",
+        "PUSHER_API_PORT_8088_TCP",
+        "PUSHER_API_PORT_8088_TCP_PROTO",
+        "PUSHER_API_PORT_8088_TCP_PORT",
+        "PUSHER_API_PORT_8088_TCP_ADDR",
+        "PUSHER_QUEUE_PORT_53_UDP_ADDR",
+        "PUSHER_APNS_SERVICE_HOST",
+        "PUSHER_INVALIDTOKEN_PG_SERVICE_PORT",
+        "PUSHER_STATS_PORT_9091_SCTP",
+        "PUSHER_SERVICE_HOST",
+        "PUSHER_PORT",
+        "PUSHER_PORT_8088_TCP_ADDR",
+    ];
+    for name in links {
+        assert_eq!(
+            classify(&keys, name).unwrap(),
+            EnvKey::ServiceLink,
+            "{name}"
+        );
+    }
+    let pairs: Vec<(&str, &str)> = links.iter().map(|n| (*n, "10.0.0.1")).collect();
+    from_env(&pairs).unwrap().validate().unwrap();
+    // Keys first: a real key ending in _PORT is a key.
+    assert_eq!(
+        classify(&keys, "PUSHER_INVALIDTOKEN_PG_PORT").unwrap(),
+        EnvKey::Key(
+            vec!["invalidToken".into(), "pg".into(), "port".into()],
+            Kind::Number
+        )
+    );
+    // Near misses of the pattern are still unknown keys.
+    for name in [
+        "PUSHER_API_PORT_8088_HTTP",
+        "PUSHER_API_PORT_X_TCP",
+        "PUSHER_API_PORT_8088_TCP_HOST",
+        "PUSHER_API_SERVICE_PORT_",
+        "PUSHER_API_LISTN",
+    ] {
+        assert!(classify(&keys, name).is_err(), "{name}");
+    }
+}
+
+/// Bounds that keep a config from panicking or allocating without end: `inFlight` sizes a
+/// semaphore (which panics above usize::MAX >> 3), a route or results batch is allocated at its
+/// full size.
+#[test]
+fn sizes_have_upper_bounds() {
+    let check =
+        |pairs: &[(&str, &str)]| from_env(pairs).unwrap().validate().unwrap_err().to_string();
+    assert_eq!(
+        check(&[("PUSHER_INFLIGHT", &usize::MAX.to_string())]),
+        "inFlight: must be <= 1000000"
+    );
+    assert_eq!(
+        check(&[("PUSHER_ROUTE_BATCHSIZE", "100001")]),
+        "route.batchSize: must be <= 100000"
+    );
+    assert_eq!(
+        check(&[("PUSHER_RESULTS_BATCHSIZE", "18446744073709551615")]),
+        "results.batchSize: must be <= 100000"
+    );
+    from_env(&[
+        ("PUSHER_INFLIGHT", "1000000"),
+        ("PUSHER_ROUTE_BATCHSIZE", "100000"),
+        ("PUSHER_RESULTS_BATCHSIZE", "100000"),
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+}
+
+/// A certificate connection without apns-topic gets the certificate's own topic (the sender
+/// leaves the header out, the fake and APNs take the certificate's): the topic is optional
+/// there, as the README says; token auth still needs it.
+#[test]
+fn the_topic_is_optional_with_a_certificate_only() {
+    let fixture = |f: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/apns")
+            .join(f)
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (cert, key) = (fixture("client.p12"), fixture("AuthKey_TESTKEY001.p8"));
+    from_env(&[
+        ("PUSHER_APNS_APPS", "game"),
+        ("PUSHER_APNS_CERTS_GAME_CERTIFICATE", &cert),
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+    let err = |pairs: &[(&str, &str)]| from_env(pairs).unwrap().validate().unwrap_err().to_string();
+    assert_eq!(
+        err(&[
+            ("PUSHER_APNS_APPS", "game"),
+            ("PUSHER_APNS_CERTS_GAME_CERTIFICATE", &cert),
+            ("PUSHER_APNS_CERTS_GAME_TOPIC", ""),
+        ]),
+        "apns.certs.game.topic: must not be empty"
+    );
+    assert!(err(&[
+        ("PUSHER_APNS_APPS", "game"),
+        ("PUSHER_APNS_CERTS_GAME_AUTHKEYPATH", &key),
+        ("PUSHER_APNS_CERTS_GAME_KEYID", "K"),
+        ("PUSHER_APNS_CERTS_GAME_TEAMID", "T"),
+    ])
+    .starts_with("apns.certs.game.topic: required with authKeyPath"));
 }

@@ -6,6 +6,11 @@ use super::{invalid, ConfigError};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The most messages `inFlight` may allow.
+const MAX_IN_FLIGHT: usize = 1_000_000;
+/// The most records one route or results batch may hold.
+const MAX_BATCH_SIZE: usize = 100_000;
+
 /// A config that passed [`Config::validate`].
 #[derive(Debug, Clone)]
 pub struct Validated(Config);
@@ -84,6 +89,10 @@ impl Config {
         if self.in_flight == 0 {
             return Err(invalid("inFlight", "must be >= 1"));
         }
+        // Its semaphore panics above usize::MAX >> 3; far below that, memory runs out.
+        if self.in_flight > MAX_IN_FLIGHT {
+            return Err(invalid("inFlight", format!("must be <= {MAX_IN_FLIGHT}")));
+        }
         if self.graceful_shutdown_timeout.is_zero() {
             return Err(invalid("gracefulShutdownTimeout", "must be > 0"));
         }
@@ -119,11 +128,17 @@ impl Config {
         if self.results.group.trim().is_empty() {
             return Err(invalid("results.group", "must not be empty"));
         }
-        if self.results.batch_size == 0 {
-            return Err(invalid("results.batchSize", "must be >= 1"));
-        }
-        if self.route.batch_size == 0 {
-            return Err(invalid("route.batchSize", "must be >= 1"));
+        // A batch's buffer is allocated at its full size.
+        for (key, size) in [
+            ("results.batchSize", self.results.batch_size),
+            ("route.batchSize", self.route.batch_size),
+        ] {
+            if size == 0 {
+                return Err(invalid(key, "must be >= 1"));
+            }
+            if size > MAX_BATCH_SIZE {
+                return Err(invalid(key, format!("must be <= {MAX_BATCH_SIZE}")));
+            }
         }
         for (app, l) in &self.route.limits {
             if app != "default" && !crate::push::app::is_valid_name(app) {
@@ -149,6 +164,7 @@ impl Config {
                 .key
                 .as_ref()
                 .ok_or_else(|| invalid(format!("api.keys.{name}.key"), "required"))?;
+            check_header_token(&format!("api.keys.{name}.key"), secret.expose())?;
             if secret.expose().len() < 16 {
                 return Err(invalid(
                     format!("api.keys.{name}.key"),
@@ -204,11 +220,18 @@ impl Config {
                     "needs authKeyPath (+ keyID, teamID) or certificate",
                 ));
             }
-            if cert.topic.as_deref().is_none_or(str::is_empty) {
+            // APNs needs apns-topic with token auth; a certificate connection without one
+            // gets the certificate's own topic (protocols.md §1.3), as the sender and the
+            // fake do.
+            let topic = cert.topic.as_deref();
+            if cert.auth_key_path.is_some() && topic.is_none_or(str::is_empty) {
                 return Err(invalid(
                     format!("{key}.topic"),
-                    "required (the app's bundle id)",
+                    "required with authKeyPath (the app's bundle id)",
                 ));
+            }
+            if topic.is_some_and(str::is_empty) {
+                return Err(invalid(format!("{key}.topic"), "must not be empty"));
             }
         }
         if let Some(url) = &a.endpoint {
@@ -311,6 +334,9 @@ impl Config {
                     )
                 })?;
         }
+        if let Some(token) = &s.prometheus.token {
+            check_header_token("stats.prometheus.token", token.expose())?;
+        }
         let t = &self.invalid_token;
         if t.handlers.contains(&TokenHandler::Pg) {
             if t.pg.host.trim().is_empty() {
@@ -367,6 +393,26 @@ fn check_app_name(key: &str, app: &str) -> Result<(), ConfigError> {
             format!("app name {app:?} may hold only letters, digits, '_' and '-'"),
         ))
     }
+}
+
+/// A key a caller presents in `Authorization: Bearer ...`: what is presented is trimmed and
+/// read only when it is visible ASCII (spaces inside allowed), so a key with surrounding
+/// whitespace (a Kubernetes Secret's trailing newline) or any other character could never
+/// match: every request 401, nothing logged. The value is never printed.
+fn check_header_token(key: &str, token: &str) -> Result<(), ConfigError> {
+    if token.trim() != token {
+        return Err(invalid(
+            key,
+            "starts or ends with whitespace (a trailing newline?): no request could present it",
+        ));
+    }
+    if !token.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(invalid(
+            key,
+            "holds a character that is not visible ASCII: no request could present it",
+        ));
+    }
+    Ok(())
 }
 
 fn check_file(key: &str, path: &Path) -> Result<(), ConfigError> {
