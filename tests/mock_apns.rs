@@ -889,8 +889,10 @@ async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(mut stream: S, what: &s
 async fn idle_and_silent_connections_are_closed_busy_ones_are_not() {
     bounded(async {
         let server = start(MockConfig {
-            idle_timeout: Duration::from_millis(300),
-            profile: Profile::from_yaml("slow", "latency: {dist: fixed, ms: 500}").unwrap(),
+            // Long enough that a loaded machine's pauses (a connect, a poll) do not pass for
+            // idleness; each answer takes longer still.
+            idle_timeout: Duration::from_secs(1),
+            profile: Profile::from_yaml("slow", "latency: {dist: fixed, ms: 1500}").unwrap(),
             ..MockConfig::default()
         })
         .await;
@@ -906,7 +908,7 @@ async fn idle_and_silent_connections_are_closed_busy_ones_are_not() {
         closed_by_peer(tls, "silent after TLS").await;
         wait_until("two idle closes", || stats().idle_closed == 2).await;
 
-        // Three answers of 500 ms back to back, each longer than the idle timeout: busy.
+        // Three answers of 1.5 s back to back, each longer than the idle timeout: busy.
         let mut c = Client::h2c(server.h2c_addr().unwrap()).await;
         for _ in 0..3 {
             assert_eq!(c.push(&token()).await.status, 200);

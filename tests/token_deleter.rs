@@ -395,6 +395,47 @@ async fn a_locked_table_holds_up_only_its_own_app() {
     b.drop_tables().await;
 }
 
+/// A table whose token column changes type while the deleter runs (an ALTER in a migration)
+/// still has its tokens deleted: the connection's cached statement is prepared again. Seen:
+/// "cached plan must not change result type" on every retry, until the process restarted.
+#[tokio::test]
+async fn a_table_altered_while_running_still_has_its_tokens_deleted() {
+    let tables = Tables::create().await;
+    tables.insert(Platform::Apns, &["before", "after"]).await;
+    let mut pg = pg_config(PG_PORT);
+    pg.pool_size = 1; // one connection: its cached statement is the one that goes stale
+    let deleter = TokenDeleter::spawn(pg_pool(&pg).unwrap(), settings());
+    let queue = deleter.queue();
+    let first = queue
+        .submit(&tables.app, Platform::Apns, "before")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), first.committed())
+        .await
+        .expect("deleted")
+        .unwrap();
+    tables
+        .client
+        .batch_execute(&format!(
+            "ALTER TABLE \"{}_apns\" ALTER COLUMN token TYPE varchar(300)",
+            tables.app
+        ))
+        .await
+        .unwrap();
+    let second = queue
+        .submit(&tables.app, Platform::Apns, "after")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), second.committed())
+        .await
+        .expect("deleted after the ALTER")
+        .unwrap();
+    assert!(tables.tokens(Platform::Apns).await.is_empty());
+    drop(queue);
+    deleter.shutdown(Duration::from_secs(5)).await;
+    tables.drop_tables().await;
+}
+
 /// Each table's deletions reach Prometheus (`pusher_tokens_delete_total`) and StatsD (the
 /// seed's `tokens_delete_*`); before, they were only logged at shutdown.
 #[tokio::test]

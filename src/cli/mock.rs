@@ -86,7 +86,7 @@ pub struct ServerFlags {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub record_tokens: usize,
     /// Close a connection with no request in flight for this long (GOAWAY on HTTP/2), a
-    /// client that never sends a byte included.
+    /// client that never sends a byte included; 0 never closes one.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::units::parse_duration)]
     pub idle_timeout: std::time::Duration,
     #[command(flatten)]

@@ -305,9 +305,15 @@ fn app_flag(a: &RunFlags) -> anyhow::Result<Option<&str>> {
 
 /// `--app` adds its app to the configured ones (the seed's single-app flag).
 fn add_app(apps: &mut Vec<String>, app: &str) {
-    if !apps.iter().any(|a| a == app) {
-        apps.push(app.to_owned());
+    if apps.iter().any(|a| a == app) {
+        return;
     }
+    // Said at start: before 2026-12-06 `--app` replaced the list, and a fleet that ran one
+    // process per app from a shared config would now serve every app in each.
+    if !apps.is_empty() {
+        tracing::warn!(app, configured = %apps.join(","), "--app adds its app to the configured ones: this process serves them all.");
+    }
+    apps.push(app.to_owned());
 }
 
 /// The app's entries in a per-app map: every key that matches it case-insensitively, as

@@ -66,7 +66,21 @@ fn around_app(leaf: &Leaf) -> Option<(String, String)> {
     Some((prefix, suffix))
 }
 
+/// [`classify_value`] by the name alone (the tests' view of a name).
+#[cfg(test)]
 pub(super) fn classify(keys: &Keys, name: &str) -> Result<EnvKey, ConfigError> {
+    classify_value(keys, name, None)
+}
+
+/// What a `PUSHER_` variable is, with its value when known: a service link's name carries the
+/// value Kubernetes gives it (an address, a port number, `tcp://IP:port`), so that a typo of a
+/// real key that happens to end in `_PORT` (`PUSHER_INVALID_TOKEN_PG_PORT=5433`) is still
+/// reported, not ignored.
+pub(super) fn classify_value(
+    keys: &Keys,
+    name: &str,
+    value: Option<&str>,
+) -> Result<EnvKey, ConfigError> {
     let upper = name.to_ascii_uppercase();
     let Some(rest) = upper.strip_prefix(ENV_PREFIX) else {
         return Ok(EnvKey::Other);
@@ -106,7 +120,7 @@ pub(super) fn classify(keys: &Keys, name: &str) -> Result<EnvKey, ConfigError> {
     }
     // Checked after the keys (`PUSHER_INVALIDTOKEN_PG_PORT` is one): a Service named
     // `pusher-api` must not stop every pusher of its namespace with an unknown key.
-    if is_service_link(&upper) {
+    if is_service_link(&upper) && value.is_none_or(|v| is_link_value(&upper, v)) {
         return Ok(EnvKey::ServiceLink);
     }
     for (key, now) in SEED_KEYS {
@@ -150,6 +164,31 @@ pub(super) fn is_service_link(upper: &str) -> bool {
                 && matches!(protocol, "TCP" | "UDP" | "SCTP")
                 && matches!(field, None | Some("PROTO" | "PORT" | "ADDR"))
         })
+}
+
+/// Whether `value` is what Kubernetes sets for a service link named `upper`.
+fn is_link_value(upper: &str, value: &str) -> bool {
+    let port = |v: &str| v.parse::<u16>().is_ok();
+    let url = |v: &str| {
+        ["tcp://", "udp://", "sctp://"].iter().any(|scheme| {
+            v.strip_prefix(scheme)
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                .is_some()
+        })
+    };
+    if upper.ends_with("_SERVICE_HOST") || upper.ends_with("_ADDR") {
+        value.parse::<std::net::IpAddr>().is_ok()
+    } else if upper.ends_with("_PROTO") {
+        matches!(value, "tcp" | "udp" | "sctp" | "TCP" | "UDP" | "SCTP")
+    } else if upper.contains("_SERVICE_PORT")
+        || upper.ends_with("_TCP_PORT")
+        || upper.ends_with("_UDP_PORT")
+        || upper.ends_with("_SCTP_PORT")
+    {
+        port(value)
+    } else {
+        url(value)
+    }
 }
 
 /// An unknown `PUSHER_` name: an error when it is under a section or close to a key.

@@ -4,7 +4,7 @@
 //! written, [`super::raw`]) and its keys checked against the schema, each override is written into it at its key with the type that key
 //! needs, and the tree is deserialized once (missing keys take the built-in defaults).
 
-use super::env::{classify, EnvKey, ENV_PREFIX};
+use super::env::{classify_value, EnvKey, ENV_PREFIX};
 use super::keys::{hint, Keys, Kind};
 use super::schema::{split_list, Config, SeedKey};
 use super::ConfigError;
@@ -81,7 +81,7 @@ fn layer(
         .collect();
     env.sort();
     for (name, raw) in &env {
-        match classify(keys, name)? {
+        match classify_value(keys, name, Some(raw))? {
             EnvKey::Key(path, kind) => {
                 let at = set_path(&mut tree, &path, typed_value(name, raw, kind)?, name)?;
                 origins.push((at, name.clone()));

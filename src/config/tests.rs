@@ -1094,8 +1094,28 @@ fn kubernetes_service_links_are_not_config() {
             "{name}"
         );
     }
-    let pairs: Vec<(&str, &str)> = links.iter().map(|n| (*n, "10.0.0.1")).collect();
+    // With the values Kubernetes gives them.
+    let value = |name: &str| {
+        if name.ends_with("_HOST") || name.ends_with("_ADDR") {
+            "10.0.0.1"
+        } else if name.ends_with("_PROTO") {
+            "tcp"
+        } else if name.contains("_SERVICE_PORT") || name.ends_with("_TCP_PORT") {
+            "8088"
+        } else {
+            "tcp://10.0.0.1:8088"
+        }
+    };
+    let pairs: Vec<(&str, &str)> = links.iter().map(|n| (*n, value(n))).collect();
     from_env(&pairs).unwrap().validate().unwrap();
+    // A typo of a real key that ends like a link, with a value no link has, is still one.
+    for (name, v) in [
+        ("PUSHER_INVALID_TOKEN_PG_PORT", "5433"),
+        ("PUSHER_API_PORT", "8088"),
+    ] {
+        let e = from_env(&[(name, v)]).unwrap_err().to_string();
+        assert!(e.contains(name), "{e}");
+    }
     // Keys first: a real key ending in _PORT is a key.
     assert_eq!(
         classify(&keys, "PUSHER_INVALIDTOKEN_PG_PORT").unwrap(),

@@ -476,7 +476,9 @@ impl Handler for ApnsHandler {
             // The body is read first (up to the limit), as a server that answers at the end of
             // the request does: answered before it, the stream is reset after the answer, and
             // curl 7.88 shows "Stream error in the HTTP/2 framing layer" instead of the 400.
-            let _ = read_body(body, limit).await;
+            // Bounded: a client that never ends its stream would keep it in flight for good.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_body(body, limit))
+                .await;
             return self.answer(env, apns_id, &reason, Extra::None);
         }
         if h.content_length

@@ -451,7 +451,8 @@ async fn serve_connection<H, I>(
                 }
                 break;
             }
-            () = &mut idle => {
+            // A zero timeout turns the close off (a connection closing still gets its grace).
+            () = &mut idle, if closing || !idle_timeout.is_zero() => {
                 // Once closing (for idleness or a GOAWAY), a peer that keeps the connection
                 // open, quiet, for the grace after is dropped.
                 let wait = if closing { SHUTDOWN_GRACE } else { idle_timeout };

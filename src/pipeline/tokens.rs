@@ -723,6 +723,11 @@ impl Worker {
                         message: failure.message,
                     }),
                 );
+                // Nothing left waiting: an earlier outage's problem is not current.
+                if t.unhealthy && t.pending() == 0 {
+                    t.unhealthy = false;
+                    health::set(&component(name), None);
+                }
             }
             // Not the message's fault: kept and retried with back-off, shown on /healthz;
             // only this table waits.
@@ -819,10 +824,19 @@ async fn delete_once(pool: &Pool, table: &str, tokens: &[String]) -> Result<Dele
         .prepare_cached(&delete_sql(table))
         .await
         .map_err(Failure::from)?;
-    let deleted = client
-        .query(&statement, &[&tokens])
-        .await
-        .map_err(Failure::from)?;
+    let deleted = match client.query(&statement, &[&tokens]).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            let failure = Failure::from(e);
+            // A statement prepared before the table changed ("cached plan must not change
+            // result type", 0A000, after an ALTER of the token column) fails the same way on
+            // this connection for good: prepared again on the next attempt.
+            if failure.kind == Fault::Table {
+                client.statement_cache.clear();
+            }
+            return Err(failure);
+        }
+    };
     // A token column of a type that does not read as text (the statement committed anyway)
     // counts its rows as nonexistent rather than failing.
     let found: BTreeSet<&str> = deleted

@@ -467,14 +467,16 @@ impl Registry {
     /// Removes one token (at `at_ms`, Unix ms); false when the app has no such token. A
     /// tombstone keeps a login older than the removal, routed after it (a router behind, a
     /// batch redone), from bringing the token back to a device that logged out; a
-    /// registration after it is taken. Tombstone first, as `forget_invalid_tokens` locks them.
+    /// registration after it is taken, and one in the same second (Pushkin's logins are timed
+    /// in seconds: a re-login right after a logout, an account switch, must win that tie).
+    /// Tombstone first, as `forget_invalid_tokens` locks them.
     pub async fn remove(&self, app: &str, token: &str, at_ms: i64) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
         let n = super::store::execute(
             &client,
             "WITH dead AS (
                  INSERT INTO pusher_dead_tokens AS x (app, token, dead_at)
-                 VALUES ($1, $2, to_timestamp($3))
+                 VALUES ($1, $2, to_timestamp(floor($3)))
                  ON CONFLICT (app, token) DO UPDATE SET dead_at = EXCLUDED.dead_at
                    WHERE x.dead_at < EXCLUDED.dead_at)
              DELETE FROM pusher_devices WHERE app = (SELECT $1::text) AND token = $2",

@@ -272,17 +272,14 @@ pub fn check_event(i: usize, e: JsonEvent) -> Result<RequestRecord, FieldError> 
         }
         pairs.insert(key, text);
     }
-    // A login the router could not register would be accepted here and dropped there.
+    // A login the router could not register (no token, no platform Pushkin has) would be
+    // accepted here and dropped there. A `languageId` that is no number is not refused: the
+    // router registers the device and keeps the user's language (a float encoder's "1.0").
     if event_id == LOGIN_EVENT {
-        let login = login_of(user_id, 0, &pairs).err().map(|u| (u.pair, u.why));
-        let language = pairs
-            .get("languageId")
-            .filter(|l| !l.trim().is_empty() && l.trim().parse::<i32>().is_err())
-            .map(|_| ("languageId", "a language number"));
-        if let Some((pair, why)) = login.or(language) {
+        if let Err(unusable) = login_of(user_id, 0, &pairs) {
             return Err(FieldError {
-                field: format!("events[{i}].pairs.{pair}"),
-                message: why.into(),
+                field: format!("events[{i}].pairs.{}", unusable.pair),
+                message: unusable.why.into(),
             });
         }
     }
