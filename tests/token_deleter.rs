@@ -99,6 +99,20 @@ impl Tables {
     }
 }
 
+/// Submits each token; their tickets, in order.
+async fn submit_all(
+    queue: &pusher::pipeline::tokens::TokenQueue,
+    app: &str,
+    platform: Platform,
+    tokens: &[&str],
+) -> Vec<pusher::pipeline::tokens::DeletionTicket> {
+    let mut tickets = Vec::new();
+    for token in tokens {
+        tickets.push(queue.submit(app, platform, token).await.unwrap());
+    }
+    tickets
+}
+
 async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -281,15 +295,7 @@ async fn a_token_postgresql_refuses_on_its_own_is_the_only_one_dropped() {
     s.batch_size = 3;
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(PG_PORT)).unwrap(), s);
     let queue = deleter.queue();
-    let mut tickets = Vec::new();
-    for token in ["t1", "poison", "t2"] {
-        tickets.push(
-            queue
-                .submit(&tables.app, Platform::Gcm, token)
-                .await
-                .unwrap(),
-        );
-    }
+    let tickets = submit_all(&queue, &tables.app, Platform::Gcm, &["t1", "poison", "t2"]).await;
     let results = tokio::time::timeout(Duration::from_secs(10), async {
         let mut results = Vec::new();
         for ticket in tickets {
@@ -556,15 +562,7 @@ async fn postgres_down_keeps_the_batch_and_delivers_it_when_back() {
 
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(port)).unwrap(), settings());
     let queue = deleter.queue();
-    let mut tickets = Vec::new();
-    for token in ["d1", "d2", "d3"] {
-        tickets.push(
-            queue
-                .submit(&tables.app, Platform::Apns, token)
-                .await
-                .unwrap(),
-        );
-    }
+    let mut tickets = submit_all(&queue, &tables.app, Platform::Apns, &["d1", "d2", "d3"]).await;
     wait_for("several failed attempts", Duration::from_secs(10), || {
         queue.stats().error >= 3
     })
@@ -679,15 +677,7 @@ async fn a_token_with_a_nul_never_costs_the_others_their_deletion() {
     s.batch_size = 3;
     let deleter = TokenDeleter::spawn(pg_pool(&pg_config(PG_PORT)).unwrap(), s);
     let queue = deleter.queue();
-    let mut tickets = Vec::new();
-    for token in ["t1", "t\u{0}3", "t2"] {
-        tickets.push(
-            queue
-                .submit(&tables.app, Platform::Gcm, token)
-                .await
-                .unwrap(),
-        );
-    }
+    let tickets = submit_all(&queue, &tables.app, Platform::Gcm, &["t1", "t\u{0}3", "t2"]).await;
     for ticket in tickets {
         ticket.committed().await.unwrap();
     }

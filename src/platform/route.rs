@@ -327,12 +327,7 @@ async fn handle(
             .payload()
             .and_then(|p| serde_json::from_slice::<RequestRecord>(p).ok());
         let Some(record) = record else {
-            tracing::warn!(
-                topic = m.topic(),
-                offset = m.offset(),
-                "Unreadable request record: skipped."
-            );
-            counts.malformed += 1;
+            skip_malformed(&mut counts, m, "unreadable");
             continue;
         };
         // A notification id PostgreSQL refuses (written past the API) would fail its batch on
@@ -341,12 +336,7 @@ async fn handle(
         | RequestRecord::Segment { notif_id, .. } = &record
         {
             if !is_valid_notif_id(notif_id) {
-                tracing::warn!(
-                    topic = m.topic(),
-                    offset = m.offset(),
-                    "Request record with an unusable notif_id: skipped."
-                );
-                counts.malformed += 1;
+                skip_malformed(&mut counts, m, "an unusable notif_id");
                 continue;
             }
         }
@@ -406,13 +396,8 @@ async fn handle(
                     entry.logins.push(login);
                 }
                 Err(unusable) => {
-                    tracing::warn!(
-                        topic = m.topic(),
-                        offset = m.offset(),
-                        pair = unusable.pair,
-                        "Login event without a usable pair: skipped."
-                    );
-                    counts.malformed += 1;
+                    let why = format!("a login without a usable {}", unusable.pair);
+                    skip_malformed(&mut counts, m, &why);
                 }
             },
             RequestRecord::Event {
@@ -546,6 +531,17 @@ async fn handle(
         counts.pushes += records.len() as u64;
     }
     Ok(counts)
+}
+
+/// Counts a record the router cannot use (written past the API's checks) and says which.
+fn skip_malformed(counts: &mut RouteCounts, m: &BorrowedMessage<'_>, why: &str) {
+    tracing::warn!(
+        topic = m.topic(),
+        offset = m.offset(),
+        why,
+        "Request record skipped."
+    );
+    counts.malformed += 1;
 }
 
 /// How long a batch may go without a poll before the group takes the router's partitions: 30
