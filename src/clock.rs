@@ -36,6 +36,10 @@ impl ManualClock {
     pub fn advance(&self, by: Duration) {
         self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
     }
+    /// Sets the clock back, as NTP does to a clock that ran fast.
+    pub fn rewind(&self, by: Duration) {
+        self.0.fetch_sub(by.as_millis() as u64, Ordering::SeqCst);
+    }
 }
 
 impl Default for ManualClock {

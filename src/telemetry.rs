@@ -382,6 +382,19 @@ struct Pending {
     timings: std::collections::HashMap<(&'static str, Tags), (u64, Vec<u64>)>,
 }
 
+/// A tag value as a StatsD line can carry it. cadence writes values as given, and a value
+/// holds text from outside (a push service's reason): `|`, `,` and `#` end the value early
+/// and a line break starts a metric line of the sender's choosing, so each becomes `_`.
+fn clean(mut tags: Tags) -> Tags {
+    let bad = |c: char| matches!(c, '|' | ',' | '#') || c.is_control();
+    for (_, value) in &mut tags {
+        if value.contains(bad) {
+            *value = value.replace(bad, "_");
+        }
+    }
+    tags
+}
+
 impl StatsdBatch {
     /// Timer samples sent per series and interval, at most.
     pub const TIMINGS: usize = 100;
@@ -403,13 +416,17 @@ impl StatsdBatch {
 
     /// Adds `n` to a counter.
     pub fn add(&self, name: &'static str, tags: Tags, n: u64) {
-        *self.pending().counters.entry((name, tags)).or_default() += n;
+        *self
+            .pending()
+            .counters
+            .entry((name, clean(tags)))
+            .or_default() += n;
     }
 
     pub fn time(&self, name: &'static str, tags: Tags, ms: u64) {
         use rand::Rng;
         let mut pending = self.pending();
-        let (seen, sample) = pending.timings.entry((name, tags)).or_default();
+        let (seen, sample) = pending.timings.entry((name, clean(tags))).or_default();
         *seen += 1;
         if sample.len() < Self::TIMINGS {
             sample.push(ms);
@@ -524,6 +541,28 @@ impl Throttle {
                 Some(0)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod statsd_tests {
+    #[test]
+    fn a_tag_value_cannot_add_a_statsd_line() {
+        let (lines, sink) = cadence::SpyMetricSink::new();
+        let batch = super::StatsdBatch::new(cadence::StatsdClient::from_sink("push", sink));
+        batch.count(
+            "failed",
+            vec![("reason", "x\npush.ack:1000000|c,#game:y\r".to_string())],
+        );
+        batch.flush();
+        let sent: Vec<String> = lines
+            .try_iter()
+            .map(|l| String::from_utf8(l).expect("utf-8"))
+            .collect();
+        assert_eq!(
+            sent,
+            ["push.failed:1|c|#reason:x_push.ack:1000000_c__game:y_"]
+        );
     }
 }
 

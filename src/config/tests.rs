@@ -738,6 +738,19 @@ fn validate_names_the_key() {
         check(&[("PUSHER_APNS_APPS", "game")]),
         "apns.certs.game: missing: every app in apns.apps needs credentials"
     );
+    // A bare `mailto:` passed a prefix check, and push services refused every token.
+    for subject in ["mailto:", "mailto:ops", "https:"] {
+        assert_eq!(
+            check(&[
+                ("PUSHER_WEBPUSH_APPS", "game"),
+                ("PUSHER_WEBPUSH_VAPID_GAME_PRIVATEKEY", "x"),
+                ("PUSHER_WEBPUSH_VAPID_GAME_SUBJECT", subject)
+            ]),
+            "webpush.vapid.game.subject: required: a mailto: address (mailto:ops@example.com) \
+             or an https: URL (RFC 8292)",
+            "{subject}"
+        );
+    }
     assert_eq!(
         check(&[
             ("PUSHER_APNS_APPS", "game"),

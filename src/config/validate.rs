@@ -284,10 +284,10 @@ impl Config {
                 }
             }
             let subject = vapid.subject.as_deref().unwrap_or_default();
-            if !(subject.starts_with("mailto:") || subject.starts_with("https:")) {
+            if !crate::push::webpush::valid_subject(subject) {
                 return Err(invalid(
                     format!("{key}.subject"),
-                    "required: a mailto: or https: contact (RFC 8292)",
+                    "required: a mailto: address (mailto:ops@example.com) or an https: URL (RFC 8292)",
                 ));
             }
         }

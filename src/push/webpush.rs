@@ -170,6 +170,24 @@ pub struct CheckedSubscription {
     pub auth: [u8; 16],
 }
 
+/// A VAPID `sub` a push service takes (RFC 8292 §2.1): `mailto:` with an address
+/// (`local@domain`), or an `https:` URL with a host. A bare `mailto:` passed a prefix check,
+/// and Apple's service and our fake then refused every token.
+pub fn valid_subject(subject: &str) -> bool {
+    if let Some(address) = subject.strip_prefix("mailto:") {
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return false;
+        };
+        let clean =
+            |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        return clean(local) && clean(domain);
+    }
+    subject.starts_with("https:")
+        && subject.parse::<http::Uri>().is_ok_and(|uri| {
+            uri.scheme_str() == Some("https") && uri.host().is_some_and(|h| !h.is_empty())
+        })
+}
+
 /// Checks a subscription: a URL with a host, https (unless allowed), not private (unless
 /// allowed), a 65-byte uncompressed P-256 point and a 16-byte secret in base64url.
 pub fn check_subscription(
@@ -196,7 +214,10 @@ pub fn check_subscription(
             "user information in the URL".into(),
         ));
     }
-    let host = authority.host();
+    // Host names are case-insensitive, but a push service may compare VAPID's `aud` as a
+    // string: the origin is written in lower case, as browsers write endpoints.
+    let host = authority.host().to_ascii_lowercase();
+    let host = host.as_str();
     if host.is_empty() {
         return Err(SubscriptionError::BadEndpoint("no host".into()));
     }
@@ -256,7 +277,20 @@ fn is_private_host(host: &str) -> bool {
         return true;
     }
     match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => {
+        Ok(ip) => is_private_ip(ip),
+        // No top-level domain is numeric: a last label of digits or hex is an address in a
+        // form IpAddr does not parse, which we cannot judge, so it is refused.
+        Err(_) => lower.rsplit('.').next().is_some_and(|last| {
+            last.starts_with("0x") || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+        }),
+    }
+}
+
+/// An address in our own network or this machine: loopback, private, link-local, CGNAT,
+/// unique-local, unspecified, broadcast, and IPv4 inside IPv6 (mapped, compatible, NAT64).
+pub fn is_private_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
             ip.is_loopback()
                 || ip.is_private()
                 || ip.is_link_local()
@@ -265,20 +299,19 @@ fn is_private_host(host: &str) -> bool {
                 // 100.64.0.0/10, carrier-grade NAT
                 || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
         }
-        Ok(IpAddr::V6(ip)) => {
+        IpAddr::V6(ip) => {
+            let s = ip.segments();
+            // The IPv4 address carried in the last 32 bits: ::a.b.c.d (compatible),
+            // ::ffff:a.b.c.d (mapped), 64:ff9b::a.b.c.d (NAT64).
+            let embedded = matches!(s[..6], [0, 0, 0, 0, 0, 0] | [0, 0, 0, 0, 0, 0xffff])
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            let v4 = std::net::Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32);
             ip.is_loopback()
                 || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-                || ip
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_private_host(&v4.to_string()))
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (embedded && is_private_ip(IpAddr::V4(v4)))
         }
-        // No top-level domain is numeric: a last label of digits or hex is an address in a
-        // form IpAddr does not parse, which we cannot judge, so it is refused.
-        Err(_) => lower.rsplit('.').next().is_some_and(|last| {
-            last.starts_with("0x") || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
-        }),
     }
 }
 
@@ -602,6 +635,10 @@ mod tests {
         assert_eq!(checked.origin, "https://push.example.com:8443");
         let default_port = generated_subscription("https://push.example.com:443", "abc");
         let checked = check_subscription(&default_port, EndpointRules::STRICT).expect("valid");
+        assert_eq!(checked.origin, "https://push.example.com");
+        // The origin (VAPID's `aud`) is in lower case whatever the endpoint's case.
+        let upper = generated_subscription("https://Push.Example.COM/send/x", "abc");
+        let checked = check_subscription(&upper, EndpointRules::STRICT).expect("valid");
         assert_eq!(checked.origin, "https://push.example.com");
 
         let with = |endpoint: &str, p256dh: &str, auth: &str| Subscription {

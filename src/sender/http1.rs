@@ -13,7 +13,6 @@ use rustls_pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 #[derive(Clone)]
 pub struct Http1Client {
@@ -77,13 +76,13 @@ impl Http1Client {
     ) -> Result<(http::response::Parts, Bytes), TransportError> {
         let target = &self.target;
         let addr = format!("{}:{}", target.host, target.port);
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        let tcp = target
+            .connect()
             .await
             .map_err(|e| TransportError::Connect {
                 addr: addr.clone(),
                 reason: e.to_string(),
             })?;
-        let _ = tcp.set_nodelay(true);
         match &self.tls {
             Some((connector, name)) => {
                 let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {

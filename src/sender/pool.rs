@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::endpoint::Target;
 
@@ -403,13 +402,13 @@ impl Pool {
         let addr = format!("{}:{}", target.host, target.port);
         let after = self.inner.config.connect_timeout;
         let connect = async {
-            let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            let tcp = target
+                .connect()
                 .await
                 .map_err(|e| TransportError::Connect {
                     addr: addr.clone(),
                     reason: e.to_string(),
                 })?;
-            let _ = tcp.set_nodelay(true);
             match &self.inner.tls {
                 Some((connector, name)) => {
                     let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {

@@ -428,7 +428,10 @@ impl WebPushSender {
             headers,
             trusted,
         } = request;
-        let mut attempt = match self.attempt(origin, path, headers, ttl, body).await {
+        let mut attempt = match self
+            .attempt(origin, path, headers, ttl, body, trusted)
+            .await
+        {
             // A 401 or 403 refuses our VAPID token (RFC 8292 §4.2): our key, `aud`, `exp` or
             // clock, or a key the subscription was not made for (autopush: 401, errno 109).
             // Every push to a push service refused alike is ours (a key rotation, a skewed
@@ -439,6 +442,8 @@ impl WebPushSender {
             Ok((response, Verdict::Final(Outcome::Rejected { reason })))
                 if matches!(response.status, 401 | 403) && trusted =>
             {
+                // The retry signs a new token: the refused one may be from a skewed clock.
+                self.inner.vapid.forget(origin);
                 Attempt::answered(response, Verdict::Retry(RetryHint::new(reason)))
             }
             Ok((response, verdict)) => Attempt::answered(response, verdict),
@@ -461,9 +466,11 @@ impl WebPushSender {
             }
         };
         // A server that is no push service we know is this subscription's alone: its
-        // failures never pause the app's other pushes.
+        // failures never pause the app's other pushes, and its `Retry-After` is not waited
+        // out past a few seconds (a slot held a minute per retry, by a host anyone can name).
         if let (Verdict::Retry(hint), false) = (&mut attempt.verdict, trusted) {
             hint.own = true;
+            hint.after = hint.after.map(|after| after.min(UNTRUSTED_MAX_RETRY_AFTER));
         }
         attempt
     }
@@ -501,6 +508,7 @@ impl WebPushSender {
         headers: &HeaderMap,
         ttl: u32,
         body: Bytes,
+        trusted: bool,
     ) -> Result<(WebPushResponse, Verdict), AttemptError> {
         let transport = self.transport(origin)?;
         let mut headers = headers.clone();
@@ -524,7 +532,14 @@ impl WebPushSender {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let verdict = webpush::verdict(status, retry_after(&parts.headers), &reason(&reply));
+        // Only a push service's words become the reason (a metric label): any other server
+        // is named by its status, so it cannot fill the labels with text of its choosing.
+        let reason = if trusted {
+            reason(&reply)
+        } else {
+            String::new()
+        };
+        let verdict = webpush::verdict(status, retry_after(&parts.headers), &reason);
         Ok((
             WebPushResponse {
                 status,
@@ -544,9 +559,12 @@ impl WebPushSender {
             *used = now;
             return Ok(transport.clone());
         }
-        let target = Endpoint::Custom(origin.to_string())
+        let mut target = Endpoint::Custom(origin.to_string())
             .target()
             .map_err(|e| AttemptError::Origin(e.to_string()))?;
+        // A subscription's host is someone else's choice: a name that resolves into our
+        // network is not connected to (the literal addresses were refused already).
+        target.public_only = !self.inner.rules.allow_private;
         let tls = target.tls.then(|| self.inner.tls.clone());
         let transport = Arc::new(
             Transport::new(target, tls, self.inner.http, self.inner.pool.clone())
@@ -588,6 +606,9 @@ struct Request<'a> {
     trusted: bool,
 }
 
+/// The longest `Retry-After` honoured from a host that is no push service.
+const UNTRUSTED_MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why one attempt got no answer.
 #[derive(Debug)]
 enum AttemptError {
@@ -598,22 +619,25 @@ enum AttemptError {
 }
 
 /// The push service's reason, from its JSON error body (autopush: `{"errno","message"}`,
-/// FCM: `{"error":{"message"}}`) or its text, bounded.
+/// FCM: `{"error":{"message"}}`, Apple: `{"reason"}`) or its text, on one line, bounded.
 fn reason(body: &[u8]) -> String {
     if body.is_empty() {
         return String::new();
     }
     let text = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(v) => v
-            .get("message")
+            .get("reason")
+            .or_else(|| v.get("message"))
             .or_else(|| v.get("error").and_then(|e| e.get("message")))
             .or_else(|| v.get("error"))
             .and_then(|m| m.as_str())
             .map(str::to_string)
             .unwrap_or_default(),
-        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
     };
-    text.chars().take(200).collect()
+    // A line break would split a StatsD line or a log line (an HTML error page has many).
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.join(" ").chars().take(200).collect()
 }
 
 #[cfg(test)]
@@ -767,6 +791,67 @@ mod tests {
         assert_eq!(requests.load(Ordering::SeqCst), 1);
     }
 
+    /// A host that is no push service is named by its status, not its words (they would be
+    /// metric labels of its choosing), and its `Retry-After` is not waited out for an hour.
+    #[tokio::test]
+    async fn a_host_that_is_no_push_service_gets_no_say() {
+        use std::time::Duration;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let app = axum::Router::new().fallback(|uri: http::Uri| async move {
+            if uri.path().ends_with("busy") {
+                (
+                    http::StatusCode::TOO_MANY_REQUESTS,
+                    [(http::header::RETRY_AFTER, "3600")],
+                    "{\"message\":\"busy\"}",
+                )
+            } else {
+                (
+                    http::StatusCode::BAD_REQUEST,
+                    [(http::header::CACHE_CONTROL, "no-store")],
+                    "{\"message\":\"label 1\\npush.ack:1|c\"}",
+                )
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let key = crate::push::webpush::generated_keys("k").0;
+        let mut config = WebPushConfig::new(key, "mailto:a@b.c");
+        config.rules = EndpointRules::LOCAL;
+        config.http = HttpVersion::Http1;
+        config.retry.max_attempts = 2;
+        config.retry.max_retry_after = Duration::from_secs(3600);
+        let sender = WebPushSender::new(config).expect("valid");
+        let message = |path: &str| WebPushMessage {
+            subscription: crate::push::webpush::generated_subscription(
+                &format!("http://{addr}"),
+                path,
+            ),
+            payload: b"x".to_vec(),
+            ttl: 60,
+            urgency: None,
+            topic: None,
+            metadata: Default::default(),
+            push_expiry: 0,
+        };
+        let d = sender.send(&message("a1")).await;
+        assert_eq!(
+            d.outcome,
+            Outcome::Rejected {
+                reason: "bad_request".into()
+            }
+        );
+        let d = tokio::time::timeout(Duration::from_secs(30), sender.send(&message("a1busy")))
+            .await
+            .expect("Retry-After: 3600 is not waited out");
+        assert!(
+            matches!(&d.outcome, Outcome::GaveUp { reason } if reason == "too_many_requests"),
+            "{d:?}"
+        );
+        assert_eq!(d.attempts, 2);
+    }
+
     #[test]
     fn reasons_come_from_the_body() {
         assert_eq!(
@@ -775,6 +860,12 @@ mod tests {
         );
         assert_eq!(reason(br#"{"error":{"message":"x"}}"#), "x");
         assert_eq!(reason(b"plain"), "plain");
+        // Apple's web push service.
+        assert_eq!(reason(br#"{"reason":"BadJwtToken"}"#), "BadJwtToken");
+        assert_eq!(
+            reason(b"<HTML>\n<HEAD>\r\n<TITLE>Unauthorized</TITLE>"),
+            "<HTML> <HEAD> <TITLE>Unauthorized</TITLE>"
+        );
         assert_eq!(reason(b""), "");
     }
 }

@@ -26,7 +26,7 @@ const RENEW_BEFORE: Duration = Duration::from_secs(3600);
 pub enum VapidError {
     #[error("VAPID private key: {0} (give a PEM file's text or the raw 32-byte key in base64url)")]
     BadKey(String),
-    #[error("VAPID subject {0:?} must be a mailto: or https: contact (RFC 8292 §2.1)")]
+    #[error("VAPID subject {0:?} must be a mailto: address or an https: URL (RFC 8292 §2.1)")]
     BadSubject(String),
     #[error("signing the VAPID token: {0}")]
     Sign(String),
@@ -80,7 +80,7 @@ impl Vapid {
         clock: SharedClock,
         max_cached: usize,
     ) -> Result<Vapid, VapidError> {
-        if !(subject.starts_with("mailto:") || subject.starts_with("https:")) {
+        if !crate::push::webpush::valid_subject(subject) {
             return Err(VapidError::BadSubject(subject.into()));
         }
         let pem = key
@@ -113,7 +113,10 @@ impl Vapid {
     pub fn authorization(&self, origin: &str) -> Result<HeaderValue, VapidError> {
         let now = self.clock.now();
         if let Some((value, expires)) = self.cache.read().get(origin) {
-            if *expires > now + RENEW_BEFORE {
+            // A token that expires further ahead than a new one would was made while the
+            // clock was fast: push services refuse it (`exp` over 24 h ahead), so it is made
+            // again once the clock is right, not kept until it runs out.
+            if *expires > now + RENEW_BEFORE && *expires <= now + LIFETIME {
                 return Ok(value.clone());
             }
         }
@@ -127,6 +130,13 @@ impl Vapid {
         }
         cache.insert(origin.to_string(), (value.clone(), expires));
         Ok(value)
+    }
+
+    /// Drops `origin`'s token, after a push service refused it: the next push signs a new
+    /// one (a token made under a skewed clock, or before a key was replaced, is not sent
+    /// again for hours).
+    pub fn forget(&self, origin: &str) {
+        self.cache.write().remove(origin);
     }
 
     fn mint(&self, origin: &str) -> Result<(HeaderValue, Duration), VapidError> {
@@ -213,12 +223,57 @@ mod tests {
     }
 
     #[test]
+    fn a_token_made_under_a_fast_clock_or_refused_is_made_again() {
+        let clock = ManualClock::new();
+        let vapid = Vapid::new(
+            &key(),
+            "mailto:ops@example.com",
+            Arc::new(clock.clone()),
+            100,
+        )
+        .expect("valid");
+        let origin = "https://push.example.com";
+        clock.advance(Duration::from_secs(20 * 3600));
+        let fast = vapid.authorization(origin).expect("token");
+        // NTP sets the clock right: the token's `exp` is now 32 h ahead, past what push
+        // services take.
+        clock.rewind(Duration::from_secs(20 * 3600));
+        let fixed = vapid.authorization(origin).expect("token");
+        assert_ne!(fast, fixed);
+        assert_eq!(fixed, vapid.authorization(origin).expect("cached"));
+        // A refused token is not sent again.
+        clock.advance(Duration::from_secs(1));
+        vapid.forget(origin);
+        assert_ne!(fixed, vapid.authorization(origin).expect("new"));
+    }
+
+    #[test]
     fn keys_and_subjects_are_checked() {
         let clock: SharedClock = Arc::new(ManualClock::new());
-        assert!(matches!(
-            Vapid::new(&key(), "ops@example.com", clock.clone(), 100),
-            Err(VapidError::BadSubject(_))
-        ));
+        for subject in [
+            "ops@example.com",
+            "mailto:",
+            "mailto:ops",
+            "mailto:@example.com",
+            "mailto:ops@",
+            "mailto:o ps@example.com",
+            "https:",
+            "https://",
+        ] {
+            assert!(
+                matches!(
+                    Vapid::new(&key(), subject, clock.clone(), 100),
+                    Err(VapidError::BadSubject(_))
+                ),
+                "{subject}"
+            );
+        }
+        for subject in ["mailto:ops@example.com", "https://example.com/contact"] {
+            assert!(
+                Vapid::new(&key(), subject, clock.clone(), 100).is_ok(),
+                "{subject}"
+            );
+        }
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key().to_bytes());
         assert_eq!(
             parse_private_key(&raw).expect("raw").to_bytes(),
