@@ -563,8 +563,9 @@ impl WebPushSender {
             .target()
             .map_err(|e| AttemptError::Origin(e.to_string()))?;
         // A subscription's host is someone else's choice: a name that resolves into our
-        // network is not connected to (the literal addresses were refused already).
-        target.public_only = !self.inner.rules.allow_private;
+        // network is not connected to (the literal addresses were refused already). A push
+        // service's name is the operator's choice (an egress proxy may answer for it).
+        target.public_only = !self.inner.rules.allow_private && self.push_service(origin).is_none();
         let tls = target.tls.then(|| self.inner.tls.clone());
         let transport = Arc::new(
             Transport::new(target, tls, self.inner.http, self.inner.pool.clone())
@@ -850,6 +851,66 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(d.attempts, 2);
+    }
+
+    /// Production rules: a subscription whose host name resolves to this machine is never
+    /// connected to; the same name listed as a push service is (the operator chose it).
+    #[tokio::test]
+    async fn a_name_resolving_into_our_network_is_not_connected_to() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        // The machine's own name resolves to 127.0.0.1 (/etc/hosts); `localhost` is refused
+        // by name before any lookup.
+        let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let origin = format!("https://{}:{port}", name.trim());
+        let message = WebPushMessage {
+            subscription: crate::push::webpush::generated_subscription(&origin, "a1"),
+            payload: b"x".to_vec(),
+            ttl: 60,
+            urgency: None,
+            topic: None,
+            metadata: Default::default(),
+            push_expiry: 0,
+        };
+        let sender = |push_services: Vec<String>| {
+            let key = crate::push::webpush::generated_keys("k").0;
+            let mut config = WebPushConfig::new(key, "mailto:a@b.c");
+            config.push_services = push_services;
+            config.retry.max_attempts = 1;
+            config.on_fault = OnFault::Fail;
+            WebPushSender::new(config).expect("valid")
+        };
+        let d = tokio::time::timeout(Duration::from_secs(20), sender(vec![]).send(&message))
+            .await
+            .expect("bounded");
+        assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
+        assert!(
+            d.transport_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no public address")),
+            "{d:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+        let listed = format!("{}:{port}", name.trim());
+        let _ = tokio::time::timeout(Duration::from_secs(20), sender(vec![listed]).send(&message))
+            .await
+            .expect("bounded");
+        assert!(
+            accepted.load(Ordering::SeqCst) > 0,
+            "a push service is connected to"
+        );
     }
 
     #[test]
