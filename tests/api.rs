@@ -44,6 +44,9 @@ fn settings(app: &str) -> ApiSettings {
         queues: Default::default(),
         webpush_rules: pusher::push::webpush::EndpointRules::LOCAL,
         deeplink_base: String::new(),
+        max_connections: 1000,
+        body_timeout: Duration::from_secs(30),
+        max_in_flight_bytes: 256 << 20,
     }
 }
 
@@ -518,7 +521,15 @@ async fn a_record_kafka_may_have_written_keeps_its_claim() {
     let up = Api::start(settings(&app), &brokers).await;
     let retry = request(up.addr, "POST", "/api/push", &headers, one("t-unknown")).await;
     assert_eq!(retry.status, 409, "{}", retry.text());
-    assert_eq!(retry.headers["retry-after"], "1");
+    // Until the claim goes stale, taken at `slow`'s time by `up`'s stale time (twice its
+    // produce timeout plus 5 s, plus twice PostgreSQL's statement timeout), not 1 s: a client
+    // following it is not out of retries before then.
+    let wait: u64 = retry.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((60..=75).contains(&wait), "Retry-After {wait}");
     let sentinel = request(
         up.addr,
         "POST",
@@ -1178,8 +1189,15 @@ async fn claims_dedup_take_over_stale_ones_and_remember_counts() {
             notif_id: "n1".into()
         }]
     );
+    // Busy, going stale in about the stale time (what Retry-After says).
     let busy = store.claim(&app, "c2", &[key("n2")], long).await.unwrap();
-    assert_eq!(busy, [Claimed::Busy]);
+    match busy.as_slice() {
+        [Claimed::Busy { stale_in }] => assert!(
+            *stale_in > Duration::from_secs(50) && *stale_in <= long,
+            "{stale_in:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
     // c1 died: with a zero stale time, c3 takes it over, keeping n1.
     let taken = store
         .claim(&app, "c3", &[key("n3")], Duration::ZERO)
@@ -2188,5 +2206,441 @@ async fn a_request_head_that_never_ends_is_cut_off() {
     assert!(closed.is_ok(), "still open after 20 s");
     let waited = started.elapsed();
     assert!(waited >= Duration::from_secs(9), "cut off after {waited:?}");
+    api.stop().await;
+}
+
+/// The pending claims of `app` (PostgreSQL).
+async fn pending_claims(app: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+        .query_one(
+            "SELECT count(*) FROM pusher_notifications WHERE app = $1 AND state = 'pending'",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A client that hangs up while its keyed request waits for Kafka loses only the answer: the
+/// write ends (produced, confirmed), and its retry is answered with the same notif_id, each
+/// token written once. Seen: the hang-up dropped the handler between produce and confirm, so
+/// the claim stayed pending with the records in Kafka; every retry got 409 (`Retry-After: 1`)
+/// until the claim went stale, then the tokens were written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_write_loses_only_the_answer() {
+    use tokio::io::AsyncWriteExt;
+    let app = fresh_app("api");
+    let [apns, gcm] = topics(&app);
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic(&apns, 1, 1).unwrap();
+    cluster.create_topic(&gcm, 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let api = Api::start(settings(&app), &brokers).await;
+    let auth = format!("Bearer {KEY}");
+    let one = |tokens: &[&str]| {
+        serde_json::to_vec(
+            &json!({"notifications": [{"tokens": tokens, "platform": 1, "message": "m"}]}),
+        )
+        .unwrap()
+    };
+    // Connected and the partition's leader known: what follows waits on acknowledgements only.
+    let warm = request(
+        api.addr,
+        "POST",
+        "/api/push",
+        &[("authorization", &auth)],
+        one(&["warm"]),
+    )
+    .await;
+    assert_eq!(warm.status, 200, "{}", warm.text());
+    // Kafka acknowledges 2 s late, well within the produce timeout (5 s).
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(2))
+        .unwrap();
+
+    let body = one(&["h1", "h2"]);
+    let mut client = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    let head = format!(
+        "POST /api/push HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\
+         idempotency-key: k-hangup\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&body).await.unwrap();
+    // Claimed, so waiting for Kafka: the client hangs up (its HTTP timeout, say).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pending_claims(&app).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never claimed its key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.shutdown().await.unwrap();
+    drop(client);
+
+    // Retried as a client does: 409 while the write runs, then the first request's answer,
+    // long before its claim could go stale (75 s here).
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("idempotency-key", "k-hangup"),
+    ];
+    let started = Instant::now();
+    let answer = loop {
+        let retry = request(api.addr, "POST", "/api/push", &headers, body.clone()).await;
+        if retry.status == 200 {
+            break retry;
+        }
+        assert_eq!(retry.status, 409, "{}", retry.text());
+        let wait: u64 = retry.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            wait > 1,
+            "Retry-After {wait}: the time until the claim goes stale"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still 409 after {:?}: the hung-up write never confirmed",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(pending_claims(&app).await, 0);
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(0))
+        .unwrap();
+    let notif_id = answer.json()["notif_ids"][0].as_str().unwrap().to_owned();
+    let records = read_topic(&brokers, &apns, 3);
+    let mut keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["h1", "h2", "warm"], "each token once");
+    for (key, value) in &records {
+        if key != "warm" {
+            assert_eq!(value["metadata"]["notif_id"], notif_id);
+        }
+    }
+    api.stop().await;
+}
+
+/// Waits until `/healthz` answers 200 (another test's failure may be reported for a moment:
+/// the problems are the process's).
+async fn healthy_within(addr: SocketAddr, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let health = request(addr, "GET", "/healthz", &[], "").await;
+        if health.status == 200 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(health.text());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `/healthz` asks Kafka itself: a failed produce is reported until the next look finds the
+/// brokers answering, a queue read that cannot reach its brokers is a plain 503 that marks
+/// nothing, and brokers that do not answer are a problem named `api kafka`. Seen: one failed
+/// produce (or queue read) left `api kafka` reported until a later produce succeeded, which a
+/// replica taken out of service for it never gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_asks_kafka_rather_than_remembering_a_failure() {
+    use rdkafka::types::RDKafkaRespErr;
+    let app = fresh_app("api");
+    let [apns, gcm] = topics(&app);
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic(&apns, 1, 1).unwrap();
+    cluster.create_topic(&gcm, 1, 1).unwrap();
+    cluster
+        .topic_error(
+            &gcm,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let mut s = settings(&app);
+    s.produce_timeout = Duration::from_secs(2);
+    // The queue routes read from brokers that are not there.
+    s.queues = pusher::platform::api::Queues {
+        brokers: "127.0.0.1:9".into(),
+        route_group: format!("route-{app}"),
+        apns_group: format!("apns-{app}"),
+        gcm_group: format!("gcm-{app}"),
+    };
+    let api = Api::start(s, &brokers).await;
+    let body = json!({"notifications": [{"tokens": ["g1"], "platform": 2, "message": "m"}]});
+    let refused = post_json(api.addr, "/api/push", KEY, &body).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    healthy_within(api.addr, Duration::from_secs(10))
+        .await
+        .expect("Kafka answers: healthy, though the last produce failed");
+
+    let auth = format!("Bearer {KEY}");
+    let queue = request(
+        api.addr,
+        "GET",
+        "/get_request_queue",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(queue.status, 503, "{}", queue.text());
+    let said = queue.json()["error"].as_str().unwrap().to_owned();
+    assert!(!said.contains("nothing was accepted"), "{said}");
+    assert!(said.contains("backlog"), "{said}");
+    healthy_within(api.addr, Duration::from_secs(10))
+        .await
+        .expect("a failed queue read marks nothing");
+    api.stop().await;
+
+    let down = Api::start(settings(&app), "127.0.0.1:9").await;
+    let health = request(down.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert!(health.text().contains("api kafka"), "{}", health.text());
+    down.stop().await;
+}
+
+/// Sends a request head announcing `length` bytes of body, then nothing.
+async fn head_only(
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+    length: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head =
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\n{headers}content-length: {length}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// A body that trickles in (its head complete, a byte now and then) is answered 408 at
+/// `api.bodyTimeout` and its connection closed. Seen: waited for as long as the client liked,
+/// without a key on the sign-in form, so such connections could pile up until the process
+/// was out of file descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_is_cut_off_at_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = fresh_app("api");
+    let kafka = kafka_for(&app).await;
+    let mut s = settings(&app);
+    s.body_timeout = Duration::from_secs(1);
+    let api = Api::start(s, kafka.bootstrap()).await;
+    let auth = format!("authorization: Bearer {KEY}\r\n");
+    for (path, headers) in [
+        ("/api/push", auth.as_str()),
+        (
+            "/ui/login",
+            "content-type: application/x-www-form-urlencoded\r\n",
+        ),
+    ] {
+        let mut slow = head_only(api.addr, path, headers, 1000).await;
+        let started = Instant::now();
+        // A byte every 300 ms, while the answer is read: it comes before the body is whole.
+        let mut answer = Vec::new();
+        let mut read = [0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut trickled = 0;
+            loop {
+                tokio::select! {
+                    n = slow.read(&mut read) => match n {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => answer.extend_from_slice(&read[..n]),
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                        if trickled < 100 && slow.write_all(b"{").await.is_ok() {
+                            trickled += 1;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{path}: still open after 10 s");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{path}: {:?}",
+            started.elapsed()
+        );
+    }
+    api.stop().await;
+}
+
+/// Past `api.maxConnections`, a new connection waits to be accepted until one closes, instead
+/// of every connection taking a file descriptor until `accept` fails for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_for_a_place() {
+    let app = fresh_app("api");
+    let kafka = kafka_for(&app).await;
+    let mut s = settings(&app);
+    s.max_connections = 2;
+    let api = Api::start(s, kafka.bootstrap()).await;
+    let auth = format!("authorization: Bearer {KEY}\r\n");
+    let first = head_only(api.addr, "/api/push", &auth, 100).await;
+    let second = head_only(api.addr, "/api/push", &auth, 100).await;
+    let third =
+        tokio::spawn(async move { request(api.addr, "GET", "/version", &[], "").await.status });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "answered with 2 connections open of 2"
+    );
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("answered once a place is free")
+        .unwrap();
+    assert_eq!(status, 200);
+    drop(second);
+    api.stop().await;
+}
+
+/// A stop with a request still reading its body (a client gone silent without closing) ends
+/// within the shutdown grace. Seen: the graceful shutdown waited for that request, and the
+/// process never exited until killed, killing the requests in progress with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_within_the_grace_whatever_the_clients_do() {
+    let app = fresh_app("api");
+    let kafka = kafka_for(&app).await;
+    let mut s = settings(&app);
+    // Longer than the grace: the stop alone must end it.
+    s.body_timeout = Duration::from_secs(120);
+    let api = Api::start(s, kafka.bootstrap()).await;
+    let auth = format!("authorization: Bearer {KEY}\r\n");
+    let silent = head_only(api.addr, "/api/push", &auth, 100).await;
+    // The request is being read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    api.stop.cancel();
+    let ended = tokio::time::timeout(
+        pusher::platform::api::SHUTDOWN_GRACE + Duration::from_secs(5),
+        api.task,
+    )
+    .await;
+    assert!(
+        ended.is_ok(),
+        "still serving {:?} after the stop",
+        started.elapsed()
+    );
+    ended.unwrap().unwrap().unwrap();
+    drop(silent);
+}
+
+/// Records in flight are bounded by `api.maxInFlightBytes` over all requests: past it a
+/// request is 503 with Retry-After and nothing of it is written; once the others are done, it
+/// is accepted. Seen: no bound, so concurrent requests of many tokens each built and queued
+/// their records until the process ran out of memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_in_flight_are_bounded_by_bytes() {
+    let app = fresh_app("api");
+    let [apns, gcm] = topics(&app);
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic(&apns, 1, 1).unwrap();
+    cluster.create_topic(&gcm, 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let mut s = settings(&app);
+    s.max_in_flight_bytes = 100_000;
+    let api = Api::start(s, &brokers).await;
+    let push = |tokens: Vec<String>| {
+        json!({"notifications": [
+        {"tokens": tokens, "platform": 1, "message": "m"}]})
+    };
+    let warm = post_json(api.addr, "/api/push", KEY, &push(vec!["warm".into()])).await;
+    assert_eq!(warm.status, 200, "{}", warm.text());
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(2))
+        .unwrap();
+    // ~550 bytes a record: 150 records hold most of the budget while Kafka is slow.
+    let big: Vec<String> = (0..150).map(|i| format!("big-{i}")).collect();
+    let big = serde_json::to_vec(&push(big)).unwrap();
+    let addr = api.addr;
+    let auth = format!("Bearer {KEY}");
+    let first = tokio::spawn(async move {
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("idempotency-key", "k-big"),
+        ];
+        request(addr, "POST", "/api/push", &headers, big).await
+    });
+    // Claimed: its bytes are held (taken before the claim) until Kafka has its records.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pending_claims(&app).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first request never claimed its key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let small: Vec<String> = (0..40).map(|i| format!("small-{i}")).collect();
+    let refused = post_json(api.addr, "/api/push", KEY, &push(small.clone())).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert!(
+        refused.text().contains("api.maxInFlightBytes"),
+        "{}",
+        refused.text()
+    );
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    let again = post_json(api.addr, "/api/push", KEY, &push(small.clone())).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(0))
+        .unwrap();
+    // Accepted = produced: the refused request wrote nothing.
+    assert_eq!(read_topic(&brokers, &apns, 191).len(), 191);
+    api.stop().await;
+}
+
+/// gorush bodies keep their meaning over the wire: FCM's `notification` block is shown,
+/// `thread-id` and `expiration: 0` reach APNs, and what cannot be carried is a 400 naming it
+/// with nothing produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gorush_fields_are_carried_or_refused_by_name() {
+    let app = fresh_app("api");
+    let kafka = kafka_for(&app).await;
+    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let refused = post_json(
+        api.addr,
+        "/api/push",
+        KEY,
+        &json!({"notifications": [{"tokens": ["x"], "platform": 2, "message": "m",
+            "android": {"notification": {"channel_id": "c"}}}]}),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(refused.json()["field"], "notifications[0].android");
+    let body = json!({"notifications": [
+        {"tokens": ["g"], "platform": 2, "notification": {"title": "Hi", "body": "There"},
+         "data": {"k": "v"}},
+        {"tokens": ["i"], "platform": 1, "message": "now", "thread-id": "chat-7",
+         "expiration": 0}
+    ]});
+    let answer = post_json(api.addr, "/api/push", KEY, &body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let [apns_topic, gcm_topic] = topics(&app);
+    let gcm = read_topic(kafka.bootstrap(), &gcm_topic, 1);
+    assert_eq!(gcm.len(), 1, "the refused request wrote nothing");
+    assert_eq!(
+        gcm[0].1["notification"],
+        json!({"title": "Hi", "body": "There"})
+    );
+    let apns = read_topic(kafka.bootstrap(), &apns_topic, 1);
+    assert_eq!(apns[0].1["Payload"]["aps"]["thread-id"], "chat-7");
+    assert_eq!(apns[0].1["expiration"], 0);
     api.stop().await;
 }

@@ -98,6 +98,9 @@ impl Platform {
             },
             webpush_rules: pusher::push::webpush::EndpointRules::LOCAL,
             deeplink_base: "game".into(),
+            max_connections: 1000,
+            body_timeout: Duration::from_secs(30),
+            max_in_flight_bytes: 256 << 20,
         };
         let producer = Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap();
         let state = ApiState::new(settings, producer, store.clone());

@@ -342,3 +342,114 @@ async fn the_page_signs_in_and_its_form_creates_a_message() {
     let _ = browser.kill().await;
     stop.cancel();
 }
+
+/// Without a browser: the cookie is `Secure` behind HTTPS, pages are neither cached nor
+/// framed, a form that changes something needs its session's token (another site's form is
+/// 403) and a message's name, and a post without the cookie is refused before its body is
+/// read. Seen: no `Secure`, no token, any name deleted, and the body of an unknown sender
+/// waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_guards_its_cookie_and_its_forms() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = common::platform::fresh_app("ui");
+    let store = common::platform::store().await;
+    let settings = common::platform::api_settings(&app, KEY);
+    let producer = Producer::new("127.0.0.1:9", Duration::from_secs(1)).unwrap();
+    let state = ApiState::new(settings, producer, store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(listener, state, stop.clone()));
+    let form = ("content-type", "application/x-www-form-urlencoded");
+
+    let behind_tls = request(
+        addr,
+        "POST",
+        "/ui/login",
+        &[form, ("x-forwarded-proto", "https")],
+        format!("key={KEY}"),
+    )
+    .await;
+    assert_eq!(behind_tls.status, 303, "{}", behind_tls.text());
+    let cookie = behind_tls.headers["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    let plain = request(addr, "POST", "/ui/login", &[form], format!("key={KEY}")).await;
+    let cookie = plain.headers["set-cookie"].to_str().unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+
+    let session = format!("pusher_ui={KEY}");
+    let page = request(addr, "GET", "/ui", &[("cookie", &session)], "").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.headers["cache-control"], "no-store");
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    let text = page.text();
+    let csrf = text
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page's forms carry a token")
+        .to_owned();
+
+    let auth = format!("Bearer {KEY}");
+    let put = request(
+        addr,
+        "PUT",
+        "/api/v1/messages/kept",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        json!({"event_id": 5, "localizations": [{"language_id": 1, "title": "T", "text": "x"}]})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let exists = || async {
+        request(
+            addr,
+            "GET",
+            "/api/v1/messages/kept",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+        .status
+    };
+    let post = |path: &'static str, body: String| {
+        let session = session.clone();
+        async move { request(addr, "POST", path, &[form, ("cookie", &session)], body).await }
+    };
+    // Another page's form: the cookie goes with it, the token cannot.
+    let forged = post("/ui/messages/delete", "name=kept".into()).await;
+    assert_eq!(forged.status, 403, "{}", forged.text());
+    let forged = post(
+        "/ui/messages",
+        "name=kept&event_id=6&localizations=1%20%7C%20a%20%7C%20b".into(),
+    )
+    .await;
+    assert_eq!(forged.status, 403, "{}", forged.text());
+    assert_eq!(exists().await, 200);
+    let bad = post("/ui/messages/delete", format!("csrf={csrf}&name=a%0Ab")).await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let deleted = post("/ui/messages/delete", format!("csrf={csrf}&name=kept")).await;
+    assert_eq!(deleted.status, 303, "{}", deleted.text());
+    assert_eq!(exists().await, 404);
+
+    // No cookie: 401 at once, the announced body never waited for.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    silent
+        .write_all(
+            b"POST /ui/messages HTTP/1.1\r\nhost: x\r\n\
+              content-type: application/x-www-form-urlencoded\r\ncontent-length: 1000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(3), silent.read_exact(&mut answer))
+        .await
+        .expect("answered before the body came")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
+    stop.cancel();
+}

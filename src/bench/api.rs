@@ -111,6 +111,10 @@ pub(super) fn start_servers(
                         queues: Queues::default(),
                         webpush_rules: crate::push::webpush::EndpointRules::LOCAL,
                         deeplink_base: String::new(),
+                        max_connections: 10_000,
+                        body_timeout: Duration::from_secs(30),
+                        // The bench measures the API's throughput, not this bound.
+                        max_in_flight_bytes: usize::MAX,
                     };
                     let producer = Producer::new(&brokers, settings.produce_timeout)?;
                     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -1,5 +1,6 @@
 //! `pusher api`: load the config, create the platform's tables, serve the HTTP API until
-//! SIGINT/SIGTERM (requests in progress are finished, records in flight flushed).
+//! SIGINT/SIGTERM (requests in progress get `SHUTDOWN_GRACE` to be answered, the writes they
+//! started end, records in flight are flushed).
 
 use super::flags::{BrokersFlag, ThreadsFlag};
 use crate::platform::api::{serve, ApiSettings, ApiState};

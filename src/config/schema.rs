@@ -587,6 +587,16 @@ pub struct ApiConfig {
     /// How long a `"sync": true` request waits for its verdicts (a bare number is seconds).
     #[serde(with = "secs")]
     pub sync_timeout: Duration,
+    /// Most client connections open at once, per process; past it new ones wait to be
+    /// accepted.
+    pub max_connections: usize,
+    /// How long a request body may take to arrive once its head has (a bare number is
+    /// seconds); then 408 and the connection is closed.
+    #[serde(with = "secs")]
+    pub body_timeout: Duration,
+    /// Bytes of Kafka records a process builds and waits on at once, over all requests
+    /// (librdkafka holds a copy of each too); past it a request is 503 with Retry-After.
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -601,6 +611,9 @@ impl Default for ApiConfig {
             burst: 200,
             produce_timeout: Duration::from_secs(10),
             sync_timeout: Duration::from_secs(10),
+            max_connections: 1000,
+            body_timeout: Duration::from_secs(30),
+            max_in_flight_bytes: 256 << 20,
         }
     }
 }

@@ -117,6 +117,8 @@ impl Config {
             ("api.maxTokens", a.max_tokens),
             ("api.ratePerSecond", a.rate_per_second as usize),
             ("api.burst", a.burst as usize),
+            ("api.maxConnections", a.max_connections),
+            ("api.maxInFlightBytes", a.max_in_flight_bytes),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be >= 1"));
@@ -156,6 +158,9 @@ impl Config {
         }
         if a.produce_timeout.is_zero() {
             return Err(invalid("api.produceTimeout", "must be > 0"));
+        }
+        if a.body_timeout.is_zero() {
+            return Err(invalid("api.bodyTimeout", "must be > 0"));
         }
         let mut seen = std::collections::HashSet::new();
         for (name, key) in &a.keys {

@@ -188,6 +188,12 @@ impl Producer {
         }
     }
 
+    /// Whether a broker answers (a metadata request) within `timeout`. Blocking: call it from
+    /// `spawn_blocking`.
+    pub fn reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.client().fetch_metadata(None, timeout).map(drop)
+    }
+
     /// Waits for records still in flight (shutdown).
     pub fn flush(&self, timeout: Duration) {
         if let Err(e) = self.inner.flush(timeout) {

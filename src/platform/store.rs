@@ -126,8 +126,9 @@ pub enum Claimed {
         targets: u32,
         fingerprint: Option<Vec<u8>>,
     },
-    /// Another request with the same key is producing it right now.
-    Busy,
+    /// Another request with the same key is producing it right now; its claim goes stale
+    /// (and a retry takes it over) in `stale_in`.
+    Busy { stale_in: Duration },
 }
 
 #[derive(Clone)]
@@ -279,12 +280,15 @@ impl Store {
             for row in client
                 .query(
                     // One index lookup per key, as `Registry::devices_of` (why there).
-                    "SELECT n.idem_key, n.notif_id, n.state, n.targets, n.fingerprint
+                    "SELECT n.idem_key, n.notif_id, n.state, n.targets, n.fingerprint,
+                            greatest(0, $3::float8
+                                - extract(epoch FROM now() - n.claimed_at)::float8)
                      FROM unnest($2::text[]) AS k(key)
-                     CROSS JOIN LATERAL (SELECT idem_key, notif_id, state, targets, fingerprint
+                     CROSS JOIN LATERAL (SELECT idem_key, notif_id, state, targets, fingerprint,
+                             claimed_at
                          FROM pusher_notifications
                          WHERE app = (SELECT $1::text) AND idem_key = k.key OFFSET 0) AS n",
-                    &[&app, &others],
+                    &[&app, &others, &stale],
                 )
                 .await?
             {
@@ -299,7 +303,9 @@ impl Store {
                         fingerprint: row.get(4),
                     }
                 } else {
-                    Claimed::Busy
+                    Claimed::Busy {
+                        stale_in: Duration::try_from_secs_f64(row.get(5)).unwrap_or_default(),
+                    }
                 };
                 found.insert(row.get::<_, String>(0), claimed);
             }
@@ -308,8 +314,11 @@ impl Store {
             .iter()
             .map(|k| match ours.remove(&k.idem_key) {
                 Some(notif_id) => Claimed::Ours { notif_id },
-                // Gone between the two statements (its request released it): busy, retry.
-                None => found.remove(&k.idem_key).unwrap_or(Claimed::Busy),
+                // Gone between the two statements (its request released it): busy, retry
+                // at once.
+                None => found.remove(&k.idem_key).unwrap_or(Claimed::Busy {
+                    stale_in: Duration::ZERO,
+                }),
             })
             .collect())
     }

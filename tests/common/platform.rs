@@ -54,6 +54,9 @@ pub fn api_settings(app: &str, key: &str) -> ApiSettings {
         queues: Default::default(),
         webpush_rules: pusher::push::webpush::EndpointRules::LOCAL,
         deeplink_base: String::new(),
+        max_connections: 1000,
+        body_timeout: Duration::from_secs(30),
+        max_in_flight_bytes: 256 << 20,
     }
 }
 

@@ -10,6 +10,9 @@ use serde_json::json;
 pub enum ApiError {
     #[error("missing or unknown API key: send Authorization: Bearer <key>")]
     Unauthorized,
+    /// Known, but not allowed this (a `/ui` form without its session's token).
+    #[error("{message}")]
+    Forbidden { message: String },
     #[error("{}", field_message(field, message))]
     BadRequest {
         field: Option<String>,
@@ -17,11 +20,18 @@ pub enum ApiError {
     },
     #[error("request body over {limit} bytes (api.maxBodyBytes)")]
     TooLarge { limit: usize },
+    /// The body did not arrive within `api.bodyTimeout`: answered, and the connection closed.
+    #[error("the request body did not arrive within {} s (api.bodyTimeout)", timeout.as_secs_f64())]
+    BodyTimeout { timeout: std::time::Duration },
     #[error("rate limit of this API key reached: retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
-    /// The request collides with another one (the same key in flight, a notif_id taken).
+    /// The request collides with another one (the same key in flight, a notif_id taken);
+    /// `retry_after_secs`: when a retry may find it free (None: never).
     #[error("{message}")]
-    Conflict { message: String, retry: bool },
+    Conflict {
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
     /// An Idempotency-Key (or notif_id) reused with other content (the IETF
     /// Idempotency-Key draft's 422).
     #[error("{field}: {message}")]
@@ -51,8 +61,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -64,7 +76,10 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            ApiError::Conflict { retry: true, .. } | ApiError::Unavailable { .. } => Some(1),
+            ApiError::Conflict {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+            ApiError::Unavailable { .. } => Some(1),
             _ => None,
         }
     }
@@ -83,6 +98,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, ApiError::BodyTimeout { .. }) {
+            // The rest of the body may still come: the connection cannot serve another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if matches!(self, ApiError::Unauthorized) {
             response

@@ -9,8 +9,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
-/// gorush's request body. Unknown fields (gorush's Huawei, `android`, `webpush` blocks, ...)
-/// are accepted and ignored, so a body written for gorush loads unchanged.
+/// gorush's request body. Fields that do not change what a device shows (`retry`, Huawei's,
+/// ...) are accepted and ignored, so a body written for gorush loads unchanged; those that
+/// would (FCM's pass-through blocks, topics and conditions) are carried over or refused
+/// naming the field, never dropped without a word.
 #[derive(Debug, Deserialize)]
 pub struct PushRequest {
     /// At most `api.maxNotifications`, counted while decoding.
@@ -28,6 +30,8 @@ pub struct PushRequest {
 pub struct Notification {
     pub notif_id: Option<String>,
     pub tokens: Vec<String>,
+    /// One more token (gorush appends it to `tokens`).
+    pub to: Option<String>,
     /// Browsers (platform 4, our extension: gorush has no web push): their subscriptions
     /// instead of tokens.
     pub subscriptions: Vec<Subscription>,
@@ -51,13 +55,115 @@ pub struct Notification {
     pub collapse_id: Option<String>,
     /// Accepted, not sent: one `apns-id` for many tokens would make APNs see duplicates.
     pub apns_id: Option<String>,
-    /// Unix seconds.
+    /// Unix seconds; 0: deliver now or never (APNs stores nothing).
     pub expiration: Option<i64>,
+    /// gorush's name is `thread-id`.
+    #[serde(alias = "thread-id")]
     pub thread_id: Option<String>,
+    /// `passive`, `active`, `time-sensitive` or `critical` (aps `interruption-level`).
+    pub interruption_level: Option<String>,
+    /// Safari's `url-args`.
+    #[serde(rename = "url-args", alias = "url_args")]
+    pub url_args: Option<Vec<String>>,
+    /// A critical alert's sound (gorush's `name` and `volume`).
+    pub name: Option<String>,
+    pub volume: Option<f64>,
     // Android
     pub time_to_live: Option<u32>,
     pub collapse_key: Option<String>,
     pub dry_run: bool,
+    /// FCM's notification (`title`, `body`, `image`), under the notification's own fields.
+    pub notification: Option<Map<String, Value>>,
+    /// FCM's pass-through blocks and targets, which this pusher cannot carry: refused.
+    pub android: Option<Value>,
+    pub apns: Option<Value>,
+    pub webpush: Option<Value>,
+    pub fcm_options: Option<Value>,
+    pub condition: Option<String>,
+}
+
+/// A field given with something in it (`{}`, `""` and `null` are not: gorush ignores them too).
+fn given(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    }
+}
+
+/// Refuses what a gorush body may hold that this pusher cannot send as gorush would: its
+/// device would get another push than asked for (a data-only one for FCM's `notification`
+/// block, say), after a 200.
+fn check_unsupported(
+    n: &Notification,
+    platform: Platform,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), FieldError> {
+    let blocks = [
+        ("android", &n.android),
+        ("apns", &n.apns),
+        ("webpush", &n.webpush),
+        ("fcm_options", &n.fcm_options),
+    ];
+    for (field, value) in blocks {
+        if given(value.as_ref()) {
+            return Err(FieldError::new(
+                at(field),
+                "FCM's pass-through blocks are not supported here: use the notification's own \
+                 fields (title, message, image, sound, priority, time_to_live, collapse_key, data)",
+            ));
+        }
+    }
+    if n.condition.as_deref().is_some_and(|c| !c.is_empty()) {
+        return Err(FieldError::new(
+            at("condition"),
+            "FCM topics and conditions are not supported here: send to tokens",
+        ));
+    }
+    if n.topic.as_deref().is_some_and(|t| !t.is_empty()) {
+        match platform {
+            Platform::Apns => {}
+            Platform::Gcm => {
+                return Err(FieldError::new(
+                    at("topic"),
+                    "for Android it names an FCM topic, not supported here: send to tokens",
+                ))
+            }
+            Platform::WebPush => {
+                return Err(FieldError::new(
+                    at("topic"),
+                    "a browser's push takes collapse_key as its Topic",
+                ))
+            }
+        }
+    }
+    if let Some(notification) = n.notification.as_ref().filter(|m| !m.is_empty()) {
+        if platform != Platform::Gcm {
+            return Err(FieldError::new(
+                at("notification"),
+                "only Android (platform 2) reads it: use title and message",
+            ));
+        }
+        for (key, value) in notification {
+            let ok = matches!(key.as_str(), "title" | "body" | "image")
+                && (value.is_string() || value.is_null());
+            if !ok {
+                return Err(FieldError::new(
+                    at(&format!("notification.{key}")),
+                    "not supported here: notification takes title, body and image (strings)",
+                ));
+            }
+        }
+    }
+    if n.expiration.is_some_and(|e| e < 0) {
+        return Err(FieldError::new(
+            at("expiration"),
+            "Unix seconds, 0 or more (0: deliver now or never)",
+        ));
+    }
+    Ok(())
 }
 
 /// A request problem, naming the field (`notifications[2].platform`).
@@ -146,6 +252,15 @@ impl Prepared {
         }
     }
 
+    /// About the bytes of its records: per token, the message, the token as its key, and the
+    /// metadata with a notif_id (and a browser's keys).
+    pub fn record_bytes(&self) -> usize {
+        self.tokens
+            .iter()
+            .map(|t| self.members.len() + 2 * t.len() + 512)
+            .sum()
+    }
+
     /// The Kafka message for one token, carrying `notif_id` in its metadata. Spliced from the
     /// template's members serialized once: cloning the template per token (a deep copy of its
     /// JSON values, then their drop) cost the API thread 1.15-1.5x the CPU per notification.
@@ -186,9 +301,10 @@ impl Prepared {
 pub fn prepare(i: usize, n: &Notification, rules: EndpointRules) -> Result<Prepared, FieldError> {
     let at = |field: &str| format!("notifications[{i}].{field}");
     let platform = platform(n.platform, &at("platform"))?;
+    check_unsupported(n, platform, &at)?;
     let mut keys = HashMap::new();
     if platform == Platform::WebPush {
-        if !n.tokens.is_empty() {
+        if !n.tokens.is_empty() || n.to.as_deref().is_some_and(|t| !t.is_empty()) {
             return Err(FieldError::new(
                 at("tokens"),
                 "a browser has no token: give its subscriptions",
@@ -211,7 +327,13 @@ pub fn prepare(i: usize, n: &Notification, rules: EndpointRules) -> Result<Prepa
     }
     let given: Vec<String> = match platform {
         Platform::WebPush => n.subscriptions.iter().map(|s| s.endpoint.clone()).collect(),
-        _ => n.tokens.clone(),
+        // gorush's `to` is one more token.
+        _ => n
+            .tokens
+            .iter()
+            .chain(n.to.as_ref().filter(|t| !t.is_empty()))
+            .cloned()
+            .collect(),
     };
     let mut tokens: Vec<String> = Vec::with_capacity(given.len());
     // Duplicates dropped through a set: a body of the size limit holds ~150,000 short tokens,
@@ -245,6 +367,8 @@ pub fn prepare(i: usize, n: &Notification, rules: EndpointRules) -> Result<Prepa
     }
     let empty = n.message.as_deref().is_none_or(str::is_empty)
         && n.title.as_deref().is_none_or(str::is_empty)
+        && fcm_notification(n, "title").is_none()
+        && fcm_notification(n, "body").is_none()
         && n.alert.as_ref().is_none_or(Map::is_empty)
         && n.data.as_ref().is_none_or(Map::is_empty)
         && !n.content_available;
@@ -270,7 +394,14 @@ pub fn prepare(i: usize, n: &Notification, rules: EndpointRules) -> Result<Prepa
         Platform::WebPush => webpush_template(n, priority),
     };
     let prepared = Prepared::new(platform, tokens, keys, &template);
-    let sample = prepared.message(&prepared.tokens[0], "check");
+    // Checked with the id its records will carry, or one as long as the API's (a UUID): the
+    // metadata counts against the payload limit in `pusher run`'s parsers.
+    let sample = prepared.message(
+        &prepared.tokens[0],
+        n.notif_id
+            .as_deref()
+            .unwrap_or(super::pushkin::ID_PLACEHOLDER),
+    );
     let parsed = match platform {
         Platform::Apns => parse_apns(&sample).map(|_| ()),
         Platform::Gcm => parse_gcm(&sample).map(|_| ()),
@@ -308,11 +439,29 @@ fn apns_template(n: &Notification, priority: Option<&str>) -> Map<String, Value>
             }
         }
     }
-    if let Some(badge) = n.badge {
+    // A negative badge is left out, as gorush does (0 clears it).
+    if let Some(badge) = n.badge.filter(|b| *b >= 0) {
         aps.insert("badge".into(), json!(badge));
     }
     if let Some(sound) = n.sound.as_ref().filter(|s| !s.is_null()) {
         aps.insert("sound".into(), sound.clone());
+    }
+    // gorush's `name` and `volume` make the sound a critical alert's (apns2's defaults for
+    // what is not given).
+    let name = n.name.as_deref().filter(|s| !s.is_empty());
+    let volume = n.volume.filter(|v| *v > 0.0);
+    if name.is_some() || volume.is_some() {
+        aps.insert(
+            "sound".into(),
+            json!({"critical": 1, "name": name.unwrap_or("default"),
+                   "volume": volume.unwrap_or(1.0)}),
+        );
+    }
+    if let Some(level) = n.interruption_level.as_deref().filter(|l| !l.is_empty()) {
+        aps.insert("interruption-level".into(), json!(level));
+    }
+    if let Some(args) = n.url_args.as_ref().filter(|a| !a.is_empty()) {
+        aps.insert("url-args".into(), json!(args));
     }
     if let Some(category) = &n.category {
         aps.insert("category".into(), json!(category));
@@ -338,10 +487,8 @@ fn apns_template(n: &Notification, priority: Option<&str>) -> Map<String, Value>
     set("topic", n.topic.clone().map(Value::String));
     set("push_type", n.push_type.clone().map(Value::String));
     set("collapse_id", n.collapse_id.clone().map(Value::String));
-    set(
-        "expiration",
-        n.expiration.filter(|e| *e > 0).map(|e| json!(e)),
-    );
+    // 0 is kept: APNs then delivers at once or never (negatives are refused).
+    set("expiration", n.expiration.map(|e| json!(e)));
     set(
         "priority",
         priority.map(|p| json!(if p == "high" { 10 } else { 5 })),
@@ -384,19 +531,32 @@ fn webpush_template(n: &Notification, priority: Option<&str>) -> Map<String, Val
     message
 }
 
+/// A string of gorush's FCM `notification` block.
+fn fcm_notification<'a>(n: &'a Notification, key: &str) -> Option<&'a str> {
+    n.notification
+        .as_ref()?
+        .get(key)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+}
+
+/// As gorush builds it: FCM's `notification` block, under `title`, `message` and `image`.
 fn gcm_template(n: &Notification, priority: Option<&str>) -> Map<String, Value> {
     let mut message = Map::new();
     let mut notification = Map::new();
-    if let Some(t) = n.title.as_deref().filter(|t| !t.is_empty()) {
+    let title = n.title.as_deref().filter(|t| !t.is_empty());
+    if let Some(t) = title.or_else(|| fcm_notification(n, "title")) {
         notification.insert("title".into(), json!(t));
     }
-    if let Some(b) = n.message.as_deref().filter(|m| !m.is_empty()) {
+    let body = n.message.as_deref().filter(|m| !m.is_empty());
+    if let Some(b) = body.or_else(|| fcm_notification(n, "body")) {
         notification.insert("body".into(), json!(b));
     }
     if let Some(sound) = n.sound.as_ref().and_then(Value::as_str) {
         notification.insert("sound".into(), json!(sound));
     }
-    if let Some(image) = &n.image {
+    let image = n.image.as_deref().filter(|i| !i.is_empty());
+    if let Some(image) = image.or_else(|| fcm_notification(n, "image")) {
         notification.insert("image_url".into(), json!(image));
     }
     if !notification.is_empty() {
@@ -530,5 +690,140 @@ mod tests {
             let e = one(body.clone()).unwrap_err();
             assert_eq!(e.field, field, "{body}: {e:?}");
         }
+    }
+    /// What the API accepts, `pusher run` can send with the id the records really carry: the
+    /// check runs with a UUID-long id (or the caller's), as the metadata counts against the
+    /// payload limit. Seen: checked with a 5-byte id, a message within 31 bytes of the limit
+    /// was accepted and every record then refused as payload_too_large.
+    #[test]
+    fn a_payload_near_the_limit_is_checked_with_the_id_its_records_carry() {
+        let uuid = "0190c3e4-7b1a-7cc0-9d5e-0123456789ab";
+        let given = "g".repeat(200);
+        for platform in [1, 2] {
+            let parse = |p: &Prepared, id: &str| match platform {
+                1 => parse_apns(&p.message("t", id)).map(drop),
+                _ => parse_gcm(&p.message("t", id)).map(drop),
+            };
+            let mut largest = None;
+            for n in 3900..4100 {
+                let body = json!({"tokens":["t"],"platform":platform,"message":"x".repeat(n)});
+                let Ok(p) = one(body) else { continue };
+                largest = Some(n);
+                parse(&p, uuid).unwrap_or_else(|e| panic!("platform {platform}, {n} bytes: {e}"));
+                let with_id = json!({"tokens":["t"],"platform":platform,
+                    "message":"x".repeat(n),"notif_id":given});
+                if let Ok(p) = one(with_id) {
+                    parse(&p, &given)
+                        .unwrap_or_else(|e| panic!("platform {platform}, {n} bytes: {e}"));
+                }
+            }
+            // The scan crossed the limit: some lengths accepted, the longest refused.
+            assert!(
+                largest.is_some_and(|n| n < 4099),
+                "platform {platform}: {largest:?}"
+            );
+        }
+    }
+
+    /// gorush's own names and values: `thread-id`, `expiration: 0` (APNs stores nothing), a
+    /// negative badge left out, `to` as one more token, critical sound's `name` and `volume`.
+    #[test]
+    fn gorush_fields_keep_their_meaning() {
+        let p = one(json!({"tokens":["a"],"to":"b","platform":1,"message":"m",
+            "thread-id":"chat-7","expiration":0,"badge":-1,"name":"siren","volume":0.5,
+            "interruption_level":"critical","url-args":["x"]}))
+        .unwrap();
+        assert_eq!(p.tokens, ["a", "b"]);
+        let m: Value = serde_json::from_slice(&p.message("a", "n")).unwrap();
+        assert_eq!(m["expiration"], 0);
+        let aps = &m["Payload"]["aps"];
+        assert_eq!(aps["thread-id"], "chat-7");
+        assert_eq!(aps.get("badge"), None);
+        assert_eq!(
+            aps["sound"],
+            json!({"critical": 1, "name": "siren", "volume": 0.5})
+        );
+        assert_eq!(aps["interruption-level"], "critical");
+        assert_eq!(aps["url-args"], json!(["x"]));
+        let parsed = parse_apns(&p.message("a", "n")).unwrap();
+        assert_eq!(parsed.notification.expiration, Some(0));
+        // The old name still works; a badge of 0 clears it.
+        let p = one(json!({"tokens":["a"],"platform":1,"message":"m","thread_id":"t","badge":0}))
+            .unwrap();
+        let m: Value = serde_json::from_slice(&p.message("a", "n")).unwrap();
+        assert_eq!(m["Payload"]["aps"]["thread-id"], "t");
+        assert_eq!(m["Payload"]["aps"]["badge"], 0);
+        assert_eq!(m.get("expiration"), None);
+    }
+
+    /// gorush's FCM `notification` block is what the device shows, under title/message/image:
+    /// never a data-only push. Seen: dropped, and sent as data only after a 200.
+    #[test]
+    fn fcm_notification_block_is_shown() {
+        let p = one(json!({"tokens":["a"],"platform":2,
+            "notification":{"title":"Hi","body":"There","image":"https://i"},"data":{"k":"v"}}))
+        .unwrap();
+        let m: Value = serde_json::from_slice(&p.message("a", "n")).unwrap();
+        assert_eq!(
+            m["notification"],
+            json!({"title":"Hi","body":"There","image_url":"https://i"})
+        );
+        // Alone, it is content enough.
+        let p = one(
+            json!({"tokens":["a"],"platform":2,"notification":{"body":"B"},
+            "title":"T"}),
+        )
+        .unwrap();
+        let m: Value = serde_json::from_slice(&p.message("a", "n")).unwrap();
+        assert_eq!(m["notification"], json!({"title":"T","body":"B"}));
+    }
+
+    /// What would change the push and cannot be carried is a 400 naming it.
+    #[test]
+    fn unsupported_gorush_fields_are_refused_by_name() {
+        let cases = [
+            (
+                json!({"tokens":["a"],"platform":2,"message":"m","android":{"priority":"high"}}),
+                "notifications[0].android",
+            ),
+            (
+                json!({"tokens":["a"],"platform":1,"message":"m","apns":{"headers":{}}}),
+                "notifications[0].apns",
+            ),
+            (
+                json!({"tokens":["a"],"platform":2,"message":"m","webpush":{"x":1}}),
+                "notifications[0].webpush",
+            ),
+            (
+                json!({"tokens":["a"],"platform":2,"message":"m","condition":"'a' in topics"}),
+                "notifications[0].condition",
+            ),
+            (
+                json!({"tokens":["a"],"platform":2,"message":"m","topic":"news"}),
+                "notifications[0].topic",
+            ),
+            (
+                json!({"tokens":["a"],"platform":1,"message":"m","notification":{"title":"x"}}),
+                "notifications[0].notification",
+            ),
+            (
+                json!({"tokens":["a"],"platform":2,"notification":{"title":"x","color":"#f00"}}),
+                "notifications[0].notification.color",
+            ),
+            (
+                json!({"tokens":["a"],"platform":1,"message":"m","expiration":-5}),
+                "notifications[0].expiration",
+            ),
+        ];
+        for (body, field) in cases {
+            let e = one(body.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e:?}");
+        }
+        // Empty blocks say nothing: accepted, as gorush ignores them.
+        one(
+            json!({"tokens":["a"],"platform":2,"message":"m","android":{},"apns":null,
+            "condition":""}),
+        )
+        .unwrap();
     }
 }

@@ -11,6 +11,7 @@ mod auth;
 mod capped;
 mod error;
 pub mod gorush;
+mod limits;
 mod messages;
 mod path;
 pub mod pushkin;
@@ -61,6 +62,12 @@ pub struct ApiSettings {
     pub webpush_rules: crate::push::webpush::EndpointRules,
     /// `route.deeplinkBase`: part of the pushes the router builds, whose size is checked here.
     pub deeplink_base: String,
+    /// Most connections open at once; past it, new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a request body may take to arrive, from the end of its head (then 408).
+    pub body_timeout: Duration,
+    /// Bytes of records built and in flight to Kafka at once, over all requests (then 503).
+    pub max_in_flight_bytes: usize,
 }
 
 /// The consumer groups behind Pushkin's queue routes, and where their topics are.
@@ -110,6 +117,9 @@ impl ApiSettings {
                 crate::push::webpush::EndpointRules::STRICT
             },
             deeplink_base: config.route.deeplink_base.clone(),
+            max_connections: a.max_connections,
+            body_timeout: a.body_timeout,
+            max_in_flight_bytes: a.max_in_flight_bytes,
         }
     }
 }
@@ -133,6 +143,12 @@ pub struct Inner {
     sync_waiters: Arc<tokio::sync::Semaphore>,
     /// The process's one reader of consumer-group backlogs (Pushkin's queue routes, the page).
     lag: crate::platform::lag::LagReader,
+    /// Writes in progress ([`accept`]), waited for at shutdown.
+    writes: tokio_util::task::TaskTracker,
+    /// Bytes of records the writes in progress hold.
+    budget: limits::Budget,
+    /// `/healthz`'s last look at the brokers: when, and the problem it found.
+    kafka_probe: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
 }
 
 impl std::ops::Deref for ApiState {
@@ -146,7 +162,9 @@ impl ApiState {
     pub fn new(settings: ApiSettings, producer: Producer, store: Store) -> ApiState {
         let keys = auth::Keys::new(&settings.keys, settings.rate_per_second, settings.burst);
         let lag = crate::platform::lag::LagReader::new(&settings.queues.brokers);
+        let budget = limits::Budget::new(settings.max_in_flight_bytes);
         ApiState(Arc::new(Inner {
+            budget,
             lag,
             settings,
             keys,
@@ -157,6 +175,8 @@ impl ApiState {
             store,
             accepted: Mutex::new(BTreeMap::new()),
             sync_waiters: Arc::new(tokio::sync::Semaphore::new(SYNC_WAITERS)),
+            writes: tokio_util::task::TaskTracker::new(),
+            kafka_probe: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -198,11 +218,6 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/notifications/{notif_id}", get(notification))
         .route("/api/v1/segments/push", post(segment_push))
         .route("/api/v1/messages", get(messages::list_messages))
-        .route("/ui", get(ui::index))
-        .route("/ui/login", post(ui::login))
-        .route("/ui/logout", post(ui::logout))
-        .route("/ui/messages", post(ui::save_message))
-        .route("/ui/messages/delete", post(ui::delete_message))
         .route(
             "/api/v1/messages/{name}",
             get(messages::get_message)
@@ -216,26 +231,60 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/version", get(version))
+        .merge(
+            Router::new()
+                .route("/ui", get(ui::index))
+                .route(
+                    "/ui/login",
+                    // Open to anyone: a key's worth of body, not api.maxBodyBytes.
+                    post(ui::login).layer(DefaultBodyLimit::max(ui::LOGIN_BODY_LIMIT)),
+                )
+                .route("/ui/logout", post(ui::logout))
+                .route("/ui/messages", post(ui::save_message))
+                .route("/ui/messages/delete", post(ui::delete_message))
+                .layer(axum::middleware::map_response(ui::no_store)),
+        )
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body_deadline,
+        ))
         .layer(axum::middleware::from_fn(observe))
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `stop`; requests in progress are finished first.
-/// HTTP/1.1 on hyper directly rather than `axum::serve`, for what that lacks: a client that
-/// takes over 10 s to send its request head (slow-loris) is disconnected, as the fakes and
-/// `/metrics` do.
+/// How long the requests in progress at shutdown may take to be answered; past it their
+/// connections are closed (a write in progress still ends: [`accept`]).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves the API on `listener` until `stop`; requests in progress are answered first (for up
+/// to [`SHUTDOWN_GRACE`]), and the writes they started finish. HTTP/1.1 on hyper directly
+/// rather than `axum::serve`, for what that lacks: a client that takes over 10 s to send its
+/// request head (slow-loris) is disconnected, as the fakes and `/metrics` do. Its body has
+/// `api.bodyTimeout`; at most `api.maxConnections` are open at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = router(state);
+    let router = router(state.clone());
+    let places = Arc::new(tokio::sync::Semaphore::new(
+        state.settings.max_connections.max(1),
+    ));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         // Finished connections leave the set as new ones come.
         while connections.try_join_next().is_some() {}
+        // A place first: at the limit, new connections wait in the kernel's backlog instead
+        // of taking file descriptors until accept() fails for everyone.
+        let place = tokio::select! {
+            _ = stop.cancelled() => break,
+            place = places.clone().acquire_owned() => match place {
+                Ok(place) => place,
+                Err(_) => break,
+            },
+        };
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -250,6 +299,7 @@ pub async fn serve(
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let stop = stop.clone();
         connections.spawn(async move {
+            let _place = place;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
@@ -265,8 +315,45 @@ pub async fn serve(
             }
         });
     }
-    while connections.join_next().await.is_some() {}
+    drop(listener);
+    let all_answered = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_answered)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = connections.len(),
+            "Requests still in progress after {} s; their connections are closed.",
+            SHUTDOWN_GRACE.as_secs()
+        );
+        connections.shutdown().await;
+    }
+    // Each write ends by itself (Kafka's and PostgreSQL's timeouts): cut short, it would
+    // leave its claims pending with its records in Kafka.
+    state.writes.close();
+    let longest = state.producer.longest()
+        + state
+            .store
+            .statement_bound()
+            .unwrap_or(Duration::from_secs(30))
+            .saturating_mul(2);
+    if tokio::time::timeout(longest, state.writes.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            writes = state.writes.len(),
+            "Writes still in progress at shutdown; their claims are taken over once stale."
+        );
+    }
     Ok(())
+}
+
+/// Bounds the time the body of a request may take ([`limits::Deadline`]).
+async fn body_deadline(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let timeout = state.settings.body_timeout;
+    next.run(request.map(|body| axum::body::Body::new(limits::Deadline::new(body, timeout))))
+        .await
 }
 
 /// Request counts and latency by route and status, for `/metrics`.
@@ -285,18 +372,23 @@ async fn observe(request: Request, next: Next) -> Response {
     response
 }
 
-/// The body, or why it cannot be read (over the size limit: 413).
+/// The body, or why it cannot be read (over the size limit: 413; not all there within
+/// `api.bodyTimeout`: 408).
 fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge { limit }
-        } else {
-            ApiError::BadRequest {
-                field: None,
-                message: format!("cannot read the body: {e}"),
-            }
+    body.map_err(|e| body_error(e, limit))
+}
+
+fn body_error(e: BytesRejection, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge { limit }
+    } else if let Some(timeout) = limits::body_timeout(&e) {
+        ApiError::BodyTimeout { timeout }
+    } else {
+        ApiError::BadRequest {
+            field: None,
+            message: format!("cannot read the body: {e}"),
         }
-    })
+    }
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -336,7 +428,7 @@ fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotifIdTaken(_) => ApiError::Conflict {
             message: e.to_string(),
-            retry: false,
+            retry_after_secs: None,
         },
         StoreError::Unavailable(_) => unavailable("postgres", e),
         StoreError::Refused(_) => ApiError::BadRequest {
@@ -346,20 +438,21 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-/// An item's records, once its notif_id is known.
-type RecordsFor<'a> = Box<dyn Fn(&str) -> Vec<Record> + Send + Sync + 'a>;
+/// An item's records, once its notif_id is known. Owning what it builds from: the write runs
+/// in a task of its own ([`accept`]).
+type RecordsFor = Box<dyn Fn(&str) -> Vec<Record> + Send + Sync>;
 
 /// One item of a request (a notification, an event): the id its caller chose, if any, and
 /// its records once its id is known.
-struct Item<'a> {
+struct Item {
     given_id: Option<String>,
-    records: RecordsFor<'a>,
+    records: RecordsFor,
     /// Its records are requests for `pusher route` (a user's devices, a segment, an event):
     /// how many pushes they make, and so its `targets`, is known only there.
     routed: bool,
 }
 
-impl Item<'_> {
+impl Item {
     /// The verdicts that complete it, when known at acceptance: one per record.
     fn targets(&self, records: usize) -> Option<u32> {
         (!self.routed).then(|| u32::try_from(records).unwrap_or(u32::MAX))
@@ -375,20 +468,59 @@ struct Accepted {
     fresh: Vec<bool>,
 }
 
-/// The one path every write takes: claim each item's idempotency key, produce the records of
-/// the items this request owns, wait for every acknowledgement, confirm. One idempotency key
-/// per item: the `Idempotency-Key` header's with the item's index, scoped to the caller's API
-/// key (two backends of one app pick their keys apart), else its notif_id (per app), else a
-/// fresh one (still stored, so its results can be looked up).
+/// The one path every write takes ([`write`]), in a task of its own whose answer the handler
+/// waits for. A client that hangs up drops its handler at whatever it awaits; dropped between
+/// produce and confirm, the claims stayed pending though Kafka had the records, every retry
+/// got 409 until they went stale, and then wrote them again. Now a hang-up only loses the
+/// answer: the write runs to its end, and a retry is answered as the first request was.
+/// `bytes`: about what its records take, held from the process's budget until Kafka has them
+/// (none left: 503 before anything is claimed).
 async fn accept(
     state: &ApiState,
     caller: &Caller,
     headers: &HeaderMap,
+    kind: &'static str,
+    items: Vec<Item>,
+    bytes: usize,
+) -> Result<Accepted, ApiError> {
+    let header = idempotency_key(headers)?;
+    let held = state.budget.take(bytes)?;
+    let (state, caller) = (state.clone(), caller.clone());
+    let task = state.writes.clone().spawn(async move {
+        let answer = write(&state, &caller, header, kind, items).await;
+        drop(held);
+        answer
+    });
+    match task.await {
+        Ok(answer) => answer,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only the runtime's end cancels it.
+        Err(e) => Err(ApiError::Unavailable {
+            message: format!("the write was stopped ({e}); retry with the same Idempotency-Key"),
+        }),
+    }
+}
+
+/// About the bytes of a routed request's records (one per item, for `pusher route`): each
+/// is its item as the body had it, re-encoded as JSON (protobuf's are smaller), with its id.
+fn routed_bytes(body: usize, items: usize) -> usize {
+    body.saturating_mul(3)
+        .saturating_add(items.saturating_mul(512))
+}
+
+/// Claims each item's idempotency key, produces the records of the items this request owns,
+/// waits for every acknowledgement, confirms. One idempotency key per item: the
+/// `Idempotency-Key` header's with the item's index, scoped to the caller's API key (two
+/// backends of one app pick their keys apart), else its notif_id (per app), else a fresh one
+/// (still stored, so its results can be looked up).
+async fn write(
+    state: &ApiState,
+    caller: &Caller,
+    header: Option<String>,
     kind: &str,
-    items: Vec<Item<'_>>,
+    items: Vec<Item>,
 ) -> Result<Accepted, ApiError> {
     let app: &str = &caller.app;
-    let header = idempotency_key(headers)?;
     if header.is_none() && items.iter().all(|i| i.given_id.is_none()) {
         return accept_unkeyed(state, app, kind, items).await;
     }
@@ -426,12 +558,25 @@ async fn accept(
         .await
         .map_err(store_error)?;
     crate::telemetry::health::set("api postgres", None);
-    if claimed.contains(&Claimed::Busy) {
+    // A busy claim is free once its request is done, or once it goes stale: Retry-After is
+    // the latter (a retry sooner may already find it done), so that a client that follows it
+    // is not out of retries before then.
+    let busy = claimed
+        .iter()
+        .filter_map(|c| match c {
+            Claimed::Busy { stale_in } => Some(*stale_in),
+            _ => None,
+        })
+        .max();
+    if let Some(stale_in) = busy {
         let _ = state.store.release(app, &claim, &keys).await;
         return Err(ApiError::Conflict {
-            message: "a request with this Idempotency-Key or notif_id is in progress; retry"
-                .to_owned(),
-            retry: true,
+            message: format!(
+                "a request with this Idempotency-Key or notif_id is in progress; retry (it is \
+                 answered once that request is done, or taken over in {} s if it died)",
+                stale_in.as_secs_f64().ceil()
+            ),
+            retry_after_secs: Some(stale_in.as_secs_f64().ceil().max(1.0) as u64),
         });
     }
 
@@ -487,7 +632,7 @@ async fn accept(
                 answer.notif_ids.push(notif_id);
                 answer.fresh.push(false);
             }
-            Claimed::Busy => {}
+            Claimed::Busy { .. } => {}
         }
     }
     if !records.is_empty() {
@@ -652,7 +797,7 @@ async fn accept_unkeyed(
     state: &ApiState,
     app: &str,
     kind: &str,
-    items: Vec<Item<'_>>,
+    items: Vec<Item>,
 ) -> Result<Accepted, ApiError> {
     // Time-ordered ids (UUIDv7): the notifications' indexes grow at their end instead of
     // splitting random pages (PostgreSQL was the API's limit with random v4 ids).
@@ -719,7 +864,9 @@ async fn push(
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            gorush::prepare(i, n, s.webpush_rules).map_err(|e| ApiError::bad(e.field, e.message))
+            gorush::prepare(i, n, s.webpush_rules)
+                .map(Arc::new)
+                .map_err(|e| ApiError::bad(e.field, e.message))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let tokens: usize = prepared.iter().map(|p| p.tokens.len()).sum();
@@ -755,23 +902,27 @@ async fn push(
         .notifications
         .iter()
         .zip(&prepared)
-        .map(|(n, p)| Item {
-            given_id: n.notif_id.clone(),
-            routed: false,
-            records: Box::new(move |notif_id: &str| {
-                let topic = format!("push-{app}_{}", p.platform);
-                p.tokens
-                    .iter()
-                    .map(|token| Record {
-                        topic: topic.clone(),
-                        key: token.clone(),
-                        payload: p.message(token, notif_id),
-                    })
-                    .collect()
-            }),
+        .map(|(n, p)| {
+            let p = p.clone();
+            let topic = format!("push-{app}_{}", p.platform);
+            Item {
+                given_id: n.notif_id.clone(),
+                routed: false,
+                records: Box::new(move |notif_id: &str| {
+                    p.tokens
+                        .iter()
+                        .map(|token| Record {
+                            topic: topic.clone(),
+                            key: token.clone(),
+                            payload: p.message(token, notif_id),
+                        })
+                        .collect()
+                }),
+            }
         })
         .collect();
-    let accepted = accept(&state, &caller, &headers, "notifications", items).await?;
+    let bytes = prepared.iter().map(|p| p.record_bytes()).sum();
+    let accepted = accept(&state, &caller, &headers, "notifications", items, bytes).await?;
 
     let mut by_platform = [0u64; 3];
     for (p, fresh) in prepared.iter().zip(&accepted.fresh) {
@@ -1010,21 +1161,25 @@ async fn notifications(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let topic = crate::platform::requests::topic(&caller.app);
-    let items = checked
-        .iter()
-        .map(|n| Item {
-            given_id: n.notif_id.clone(),
-            routed: true,
-            records: Box::new(|notif_id: &str| {
-                vec![Record {
-                    topic: topic.clone(),
-                    key: n.user_id.to_string(),
-                    payload: n.record(notif_id).to_json(),
-                }]
-            }),
+    let items: Vec<Item> = checked
+        .into_iter()
+        .map(|n| {
+            let topic = topic.clone();
+            Item {
+                given_id: n.notif_id.clone(),
+                routed: true,
+                records: Box::new(move |notif_id: &str| {
+                    vec![Record {
+                        topic: topic.clone(),
+                        key: n.user_id.to_string(),
+                        payload: n.record(notif_id).to_json(),
+                    }]
+                }),
+            }
         })
         .collect();
-    let accepted = accept(&state, &caller, &headers, "notifications", items).await?;
+    let bytes = routed_bytes(raw.len(), items.len());
+    let accepted = accept(&state, &caller, &headers, "notifications", items, bytes).await?;
     let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len(),
         "notif_ids": accepted.notif_ids});
     Ok((wire.status(), Json(answer)).into_response())
@@ -1056,25 +1211,30 @@ async fn events(
         .map(|(i, e)| pushkin::check_event(i, e).map_err(|e| ApiError::bad(e.field, e.message)))
         .collect::<Result<Vec<_>, _>>()?;
     let topic = crate::platform::requests::topic(&caller.app);
-    let items = records
-        .iter()
-        .map(|r| Item {
-            given_id: None,
-            routed: true,
-            records: Box::new(|id: &str| {
-                let mut r = r.clone();
-                if let crate::platform::requests::RequestRecord::Event { id: slot, .. } = &mut r {
-                    *slot = id.to_owned();
-                }
-                vec![Record {
-                    topic: topic.clone(),
-                    key: r.key(),
-                    payload: r.to_json(),
-                }]
-            }),
+    let items: Vec<Item> = records
+        .into_iter()
+        .map(|r| {
+            let topic = topic.clone();
+            Item {
+                given_id: None,
+                routed: true,
+                records: Box::new(move |id: &str| {
+                    let mut r = r.clone();
+                    if let crate::platform::requests::RequestRecord::Event { id: slot, .. } = &mut r
+                    {
+                        *slot = id.to_owned();
+                    }
+                    vec![Record {
+                        topic: topic.clone(),
+                        key: r.key(),
+                        payload: r.to_json(),
+                    }]
+                }),
+            }
         })
         .collect();
-    let accepted = accept(&state, &caller, &headers, "events", items).await?;
+    let bytes = routed_bytes(raw.len(), items.len());
+    let accepted = accept(&state, &caller, &headers, "events", items, bytes).await?;
     // An event's notifications are `<event id>.<message name>` in the results.
     let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len(),
                         "event_ids": accepted.notif_ids});
@@ -1169,7 +1329,7 @@ async fn segment_push(
     let item = Item {
         given_id,
         routed: true,
-        records: Box::new(|notif_id: &str| {
+        records: Box::new(move |notif_id: &str| {
             let record = crate::platform::requests::RequestRecord::Segment {
                 notif_id: notif_id.to_owned(),
                 condition: request.condition.clone(),
@@ -1185,7 +1345,8 @@ async fn segment_push(
             }]
         }),
     };
-    let accepted = accept(&state, &caller, &headers, "segment", vec![item]).await?;
+    let bytes = routed_bytes(raw.len(), 1);
+    let accepted = accept(&state, &caller, &headers, "segment", vec![item], bytes).await?;
     let notif_id = accepted.notif_ids.first().cloned().unwrap_or_default();
     Ok((
         StatusCode::ACCEPTED,
@@ -1350,7 +1511,11 @@ async fn queue_size(
         .lag
         .position(&group, &topics, Duration::from_secs(5))
         .await
-        .map_err(|e| unavailable("kafka", e))?
+        // A read, not a write: no "nothing was accepted", and /healthz is not told (it asks
+        // Kafka itself).
+        .map_err(|e| ApiError::Unavailable {
+            message: format!("cannot read the backlog of {group} from Kafka: {e}"),
+        })?
         .position
         .backlog;
     Ok(
@@ -1359,21 +1524,50 @@ async fn queue_size(
     )
 }
 
-/// `/healthz`: PostgreSQL answers, and no component reports a problem.
+/// `/healthz`: PostgreSQL and Kafka answer, and no component reports a problem. Both are
+/// asked at each call, so a problem a failed request reported lasts until the next call
+/// finds them answering: set by a produce and cleared only by the next successful one, a
+/// Kafka blip left every replica unhealthy until traffic came, which an unready replica
+/// never gets.
 async fn healthz(State(state): State<ApiState>) -> Response {
-    let db = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
+    let db = tokio::time::timeout(Duration::from_secs(2), state.store.ping());
+    let (db, brokers) = tokio::join!(db, kafka_problem_now(&state));
     let problem = match db {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some("no answer within 2 s".to_owned()),
     };
     crate::telemetry::health::set("api postgres", problem);
+    crate::telemetry::health::set("api kafka", brokers);
     let (status, body) = crate::telemetry::healthz();
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         body,
     )
         .into_response()
+}
+
+/// Whether the brokers answer now: one metadata request at a time, whose answer serves the
+/// calls of the next second (an unauthenticated route must not make a request to Kafka, and
+/// hold a blocking thread, per call).
+async fn kafka_problem_now(state: &ApiState) -> Option<String> {
+    let mut last = state.kafka_probe.lock().await;
+    if let Some((at, problem)) = &*last {
+        if at.elapsed() < Duration::from_secs(1) {
+            return problem.clone();
+        }
+    }
+    let probe = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || state.producer.reachable(Duration::from_secs(2)))
+    };
+    let problem = match probe.await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("no broker answered within 2 s: {e}")),
+        Err(e) => Some(e.to_string()),
+    };
+    *last = Some((Instant::now(), problem.clone()));
+    problem
 }
 
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {

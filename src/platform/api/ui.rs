@@ -5,14 +5,20 @@
 //! Protected like the API: the same keys. A browser cannot send a bearer header from a form,
 //! so `POST /ui/login` takes the key once and keeps it in an `HttpOnly`, `SameSite=Strict`
 //! cookie scoped to `/ui` (other sites' pages cannot make the browser send it, and the JSON
-//! API never reads it). The HTML is written with `format!`, every value through `escape`
-//! (html-escape): a page this size does not need a template engine.
+//! API never reads it), `Secure` when the request came over HTTPS (`X-Forwarded-Proto`, from
+//! the proxy that ends TLS). `SameSite` trusts the whole registrable domain, so every form
+//! that changes something also carries a token derived from the key ([`csrf_token`]), which
+//! a sibling subdomain's page cannot know. Pages are `Cache-Control: no-store` (they list
+//! device tokens) and not to be framed. The HTML is written with `format!`, every value
+//! through `escape` (html-escape): a page this size does not need a template engine.
 
 use super::error::ApiError;
 use super::{store_error, ApiState, Caller};
-use crate::platform::messages::{Localization, Message, Priority};
-use axum::extract::{Form, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use crate::platform::messages::{valid_name, Localization, Message, Priority};
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 use std::fmt::Write;
@@ -28,18 +34,77 @@ fn escape(text: &str) -> String {
     html_escape::encode_safe(text).into_owned()
 }
 
-/// The caller whose key the cookie holds.
-fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let key = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value)
-        .ok_or(ApiError::Unauthorized)?;
-    state.keys.authorize_key(key)
+/// A signed-in browser: the caller whose key the cookie holds, and the token its forms
+/// carry. An extractor, so that a form's sender is known before its body is read: the body of
+/// an unknown one is never waited for.
+pub(super) struct Session {
+    caller: Caller,
+    csrf: String,
+}
+
+impl FromRequestParts<ApiState> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Session, ApiError> {
+        let key = parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == COOKIE)
+            .map(|(_, value)| value)
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(Session {
+            caller: state.keys.authorize_key(key)?,
+            csrf: csrf_token(key),
+        })
+    }
+}
+
+/// The token a session's forms carry: SHA-256 of the key, under a label of its own. Only one
+/// who knows the key (or can read the page) can name it; no state is kept for it.
+fn csrf_token(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"pusher ui form\0")
+        .chain_update(key.as_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A form's token is the session's, compared in constant time.
+fn check_csrf(session: &Session, given: &str) -> Result<(), ApiError> {
+    use subtle::ConstantTimeEq;
+    if bool::from(session.csrf.as_bytes().ct_eq(given.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden {
+            message: "the form's token is not this session's: reload the page and try again"
+                .to_owned(),
+        })
+    }
+}
+
+/// The hidden input of a form that changes something.
+fn csrf_input(session: &Session) -> String {
+    format!(
+        r#"<input type="hidden" name="csrf" value="{}">"#,
+        escape(&session.csrf)
+    )
+}
+
+/// A form's body, or why it cannot be read (as the JSON routes' bodies: 408, 413, 400).
+fn form<T>(form: Result<Form<T>, FormRejection>, limit: usize) -> Result<T, ApiError> {
+    match form {
+        Ok(Form(form)) => Ok(form),
+        Err(FormRejection::BytesRejection(e)) => Err(super::body_error(e, limit)),
+        Err(e) => Err(ApiError::BadRequest {
+            field: None,
+            message: e.body_text(),
+        }),
+    }
 }
 
 fn page(title: &str, body: &str) -> String {
@@ -93,34 +158,44 @@ pub(super) struct View {
 /// `GET /ui`: the sign-in form, or the page.
 pub(super) async fn index(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    session: Result<Session, ApiError>,
     view: Result<Query<View>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Ok(caller) = caller(&state, &headers) else {
+    let Ok(session) = session else {
         return Ok(Html(login_page(None)).into_response());
     };
     let view = view.map(|Query(v)| v).unwrap_or_default();
     let editing = match &view.edit {
         Some(name) => state
             .messages
-            .get(&caller.app, name)
+            .get(&session.caller.app, name)
             .await
             .map_err(store_error)?,
         None => None,
     };
-    let body = render(&state, &caller, &view, editing.as_ref(), None).await?;
+    let body = render(&state, &session, &view, editing.as_ref(), None).await?;
     Ok(Html(body).into_response())
+}
+
+/// Every `/ui` answer: never stored by a cache (the page lists device tokens), never framed.
+pub(super) async fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
 }
 
 /// The page: status line, live counts, messages, the message form, the lookups.
 async fn render(
     state: &ApiState,
-    caller: &Caller,
+    session: &Session,
     view: &View,
     editing: Option<&Message>,
     error: Option<&str>,
 ) -> Result<String, ApiError> {
+    let caller = &session.caller;
     let app: &str = &caller.app;
+    let csrf = csrf_input(session);
     let mut b = String::new();
     let _ = write!(
         b,
@@ -172,7 +247,7 @@ async fn render(
         let _ = write!(
             b,
             r#"<tr><td><a href="/ui?edit={name}">{name}</a></td><td>{}</td><td>{}</td><td>{} s</td><td>{}</td>
-<td><form class="inline" method="post" action="/ui/messages/delete"><input type="hidden" name="name" value="{name}"><button>Delete</button></form></td></tr>"#,
+<td><form class="inline" method="post" action="/ui/messages/delete">{csrf}<input type="hidden" name="name" value="{name}"><button>Delete</button></form></td></tr>"#,
             m.id,
             m.event_id,
             m.cooldown_s,
@@ -183,7 +258,7 @@ async fn render(
         b.push_str("<tr><td colspan=\"6\">None yet.</td></tr>");
     }
     b.push_str("</table>");
-    b.push_str(&message_form(editing));
+    b.push_str(&message_form(editing, &csrf));
 
     // Lookups.
     let _ = write!(
@@ -267,8 +342,9 @@ async fn routed_per_second(state: &ApiState, app: &str) -> Option<f64> {
     (seconds > 0.0).then(|| (position.committed - committed).max(0) as f64 / seconds)
 }
 
-/// The form that creates a message or replaces one (the name says which).
-fn message_form(m: Option<&Message>) -> String {
+/// The form that creates a message or replaces one (the name says which); `csrf` is its
+/// hidden token input.
+fn message_form(m: Option<&Message>, csrf: &str) -> String {
     let localizations: Vec<String> = m
         .map(|m| {
             m.localizations
@@ -281,7 +357,7 @@ fn message_form(m: Option<&Message>) -> String {
     let high = m.is_some_and(|m| m.priority == Priority::High);
     format!(
         r#"<h2>{heading}</h2>
-<form method="post" action="/ui/messages" id="message-form">
+<form method="post" action="/ui/messages" id="message-form">{csrf}
 <label>Name <input name="name" value="{name}" required pattern="[A-Za-z0-9_.\-]{{1,100}}"></label>
 <label>Trigger event id <input name="event_id" value="{event}" required inputmode="numeric"></label>
 <label>Cooldown, seconds <input name="cooldown_s" value="{cooldown}" inputmode="numeric"></label>
@@ -311,25 +387,44 @@ pub(super) struct Login {
     key: String,
 }
 
+/// The most a sign-in form's body may be (a key, and its name): the route is open to anyone.
+pub(super) const LOGIN_BODY_LIMIT: usize = 4096;
+
+/// The request came over HTTPS: the proxy that ended TLS says so.
+fn over_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+}
+
 /// `POST /ui/login`: a valid key becomes the session cookie.
-pub(super) async fn login(State(state): State<ApiState>, Form(form): Form<Login>) -> Response {
+pub(super) async fn login(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    given: Result<Form<Login>, FormRejection>,
+) -> Result<Response, ApiError> {
+    let form = form(given, LOGIN_BODY_LIMIT)?;
     let key = form.key.trim();
     // Cookie values cannot hold these; such a key cannot be one of ours anyway.
     if key.is_empty() || key.contains([';', ',', ' ', '"', '\\']) || !key.is_ascii() {
-        return (
+        return Ok((
             StatusCode::UNAUTHORIZED,
             Html(login_page(Some("Unknown API key."))),
         )
-            .into_response();
+            .into_response());
     }
-    match state.keys.authorize_key(key) {
+    // Over HTTPS, the browser is told never to send the key over plain HTTP.
+    let secure = if over_https(&headers) { "; Secure" } else { "" };
+    Ok(match state.keys.authorize_key(key) {
         Ok(_) => (
             StatusCode::SEE_OTHER,
             [
                 (header::LOCATION, "/ui".to_owned()),
                 (
                     header::SET_COOKIE,
-                    format!("{COOKIE}={key}; Path=/ui; HttpOnly; SameSite=Strict"),
+                    format!("{COOKIE}={key}; Path=/ui; HttpOnly; SameSite=Strict{secure}"),
                 ),
             ],
         )
@@ -344,7 +439,7 @@ pub(super) async fn login(State(state): State<ApiState>, Form(form): Form<Login>
             Html(login_page(Some("Unknown API key."))),
         )
             .into_response(),
-    }
+    })
 }
 
 /// `POST /ui/logout`: forgets the cookie.
@@ -364,6 +459,8 @@ pub(super) async fn logout() -> Response {
 
 #[derive(Debug, Deserialize)]
 pub(super) struct MessageForm {
+    #[serde(default)]
+    csrf: String,
     name: String,
     event_id: String,
     #[serde(default)]
@@ -434,10 +531,12 @@ fn parse_form(f: &MessageForm) -> Result<Message, String> {
 /// `POST /ui/messages`: creates or replaces a message; a bad form is shown again with why.
 pub(super) async fn save_message(
     State(state): State<ApiState>,
-    headers: HeaderMap,
-    Form(form): Form<MessageForm>,
+    session: Session,
+    given: Result<Form<MessageForm>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&state, &headers)?;
+    let form = form(given, state.settings.max_body_bytes)?;
+    check_csrf(&session, &form.csrf)?;
+    let caller = &session.caller;
     match parse_form(&form) {
         Ok(m) => {
             state
@@ -460,7 +559,7 @@ pub(super) async fn save_message(
             };
             let body = render(
                 &state,
-                &caller,
+                &session,
                 &View::default(),
                 Some(&shown),
                 Some(&error),
@@ -473,19 +572,29 @@ pub(super) async fn save_message(
 
 #[derive(Debug, Deserialize)]
 pub(super) struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
     name: String,
 }
 
 /// `POST /ui/messages/delete`.
 pub(super) async fn delete_message(
     State(state): State<ApiState>,
-    headers: HeaderMap,
-    Form(form): Form<DeleteForm>,
+    session: Session,
+    given: Result<Form<DeleteForm>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&state, &headers)?;
+    let form = form(given, state.settings.max_body_bytes)?;
+    check_csrf(&session, &form.csrf)?;
+    // A message's name, as the JSON API's: the redirect below puts it in a URL unencoded.
+    if !valid_name(&form.name) {
+        return Err(ApiError::bad(
+            "name",
+            "1 to 100 characters of A-Z a-z 0-9 _ . -",
+        ));
+    }
     state
         .messages
-        .delete(&caller.app, &form.name)
+        .delete(&session.caller.app, &form.name)
         .await
         .map_err(store_error)?;
     Ok(redirect(&format!("/ui?deleted={}", form.name)))
@@ -512,6 +621,7 @@ mod tests {
     #[test]
     fn the_form_becomes_a_message_or_says_why_not() {
         let form = MessageForm {
+            csrf: String::new(),
             name: "gift".into(),
             event_id: "17".into(),
             cooldown_s: "60".into(),
