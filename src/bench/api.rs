@@ -237,10 +237,7 @@ impl Delivery {
             accepted: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
-            latency: Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                    .context("histogram")?,
-            ),
+            latency: Mutex::new(super::recorder::histogram()),
             per_token: (0..tokens)
                 .map(|_| std::sync::atomic::AtomicU32::new(0))
                 .collect(),
@@ -272,6 +269,7 @@ impl Observer for Delivery {
             return;
         };
         let now = self.start.elapsed().as_nanos() as u64;
+        // The histogram grows to fit: a latency is never dropped (past 1 h it was, silently).
         let _ = self
             .latency
             .lock()

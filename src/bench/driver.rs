@@ -3,7 +3,7 @@
 //! slow the schedule down and latency can be corrected for coordinated omission).
 
 use super::interrupt::DRAIN;
-use super::recorder::Recorder;
+use super::recorder::{histogram, micros, Recorder};
 use crate::progress::Progress;
 use crate::push::Outcome;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -218,7 +218,7 @@ where
     Fut: Future<Output = Outcome>,
 {
     let mut recorder = Recorder::new();
-    let mut lag = latency_histogram();
+    let mut lag = histogram();
     let mut lag_per_sec: Vec<u64> = Vec::new();
     let mut in_flight = FuturesUnordered::new();
     let begin = Instant::now();
@@ -322,16 +322,6 @@ where
         in_flight: in_flight.len() as u64,
     };
     (driven, lag_per_sec)
-}
-
-fn latency_histogram() -> hdrhistogram::Histogram<u64> {
-    // The recorder's bounds (1 µs .. 120 s, 3 figures): constants, cannot fail.
-    #[allow(clippy::expect_used)]
-    hdrhistogram::Histogram::new_with_bounds(1, 120_000_000, 3).expect("constant bounds")
-}
-
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, 120_000_000)
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wake for.
@@ -470,6 +460,34 @@ mod tests {
         assert!((2_650_000..=3_050_000).contains(&corrected), "{corrected}");
         assert!(driven.schedule_lag.unwrap().max() >= 1_650_000);
         assert_eq!(lag_per_sec.len(), 1, "all were due in the first second");
+    }
+
+    /// A target 200 s slow, all slots taken: the last message starts 200 s late and answers
+    /// 400 s after its due time, and both show as they are (they were clamped to 120 s).
+    #[tokio::test(start_paused = true)]
+    async fn lag_and_latency_beyond_two_minutes_are_kept() {
+        let n = OPEN_LOOP_MAX_IN_FLIGHT as u64 + 1;
+        let (driven, lag_per_sec) = paced(
+            |i| (i < n).then_some((Duration::ZERO, i)),
+            Window {
+                warmup: Duration::ZERO,
+                count: Some(n),
+                duration: None,
+            },
+            |_i| async {
+                tokio::time::sleep(Duration::from_secs(200)).await;
+                Outcome::Delivered
+            },
+            &CancellationToken::new(),
+            &Progress::hidden(),
+        )
+        .await;
+        assert_eq!(driven.answered, n);
+        let secs = |us: u64| us / 1_000_000;
+        assert_eq!(secs(driven.schedule_lag.unwrap().max()), 200);
+        assert_eq!(lag_per_sec.iter().copied().map(secs).max(), Some(200));
+        assert_eq!(secs(driven.recorder.send_corrected.max()), 400);
+        assert_eq!(secs(driven.recorder.send.max()), 200);
     }
 
     #[tokio::test(start_paused = true)]
