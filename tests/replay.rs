@@ -334,7 +334,8 @@ fn replay_to_the_mock_reports_like_bench_and_compares() {
         "30",
         "-q",
     ]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    // A regression's own exit status, as bench's.
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("regression beyond 30%"), "{}", text(&o));
 
     // Not a report: a clear error.
