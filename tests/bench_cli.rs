@@ -918,6 +918,51 @@ fn an_open_loop_with_a_duration_sends_its_whole_schedule() {
     assert_eq!(latency["end_to_end"]["count"], 20_000, "{latency}");
 }
 
+/// `--hgrm` holds the round the report keeps, written once: a signal in round 2 of 2 leaves
+/// round 1's histogram (the report's count), marked interrupted. Before, every round wrote
+/// it, and the file held the interrupted part of round 2, with no mark.
+#[test]
+fn an_interrupted_repeat_writes_the_kept_rounds_histogram() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("e2e.json");
+    let hgrm = dir.path().join("e2e.hgrm");
+    let mut run = bench(&[
+        "--mock",
+        "--count",
+        "50k",
+        "--repeat",
+        "2",
+        "--warmup",
+        "200ms",
+        "--json",
+        json.to_str().unwrap(),
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+    ]);
+    for _round in 0..2 {
+        run.wait_for(true, "Warm-up over: measuring.", Duration::from_secs(120));
+    }
+    Watched::signal(run.id(), "INT");
+    let (code, stdout, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(130), "{stdout}\n{stderr}");
+    let r = schema::check_report(&json);
+    assert_eq!(r["interrupted"], true);
+    assert_eq!(r["runs"].as_array().unwrap().len(), 1, "round 1 kept");
+    assert_eq!(r["latency"]["end_to_end"]["count"], 50_000);
+    let text = std::fs::read_to_string(&hgrm).unwrap();
+    let total: u64 = text
+        .lines()
+        .find_map(|l| l.split("Total count").nth(1))
+        .and_then(|rest| {
+            rest.trim_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no total count: {text}"));
+    assert_eq!(total, 50_000, "{text}");
+    assert!(text.contains("#[Interrupted"), "{text}");
+}
+
 /// Messages that stall while many newer ones are answered (0.2 % held 10 s, in a run of
 /// 400k at ~30k/s) keep their own end-to-end latency, which holds their send: the end-to-end
 /// p99.9 is a stall's, as the send p99.9 is. Produce times were kept in a ring of 131,072 by

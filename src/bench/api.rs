@@ -517,7 +517,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     let produced = records_in(&brokers, &topic)?.saturating_sub(before);
     drop(mock);
 
-    write_hgrm(args, &driven.recorder.send)?;
+    write_hgrm(args, &driven.recorder.send, driven.interrupted)?;
     let secs = driven.elapsed.as_secs_f64().max(1e-9);
     let measured_requests = driven.recorder.outcomes.values().sum::<u64>();
     let rps = measured_requests as f64 / secs;

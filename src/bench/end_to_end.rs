@@ -15,6 +15,7 @@ use crate::progress::Progress;
 use crate::report::data::{peak_rss_bytes, Conservation, Report};
 use crate::report::gate::median;
 use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -256,20 +257,27 @@ pub fn run_bench(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Repor
     let mut runs = Vec::new();
     let mut runs_p99 = Vec::new();
     let mut runs_latency = Vec::new();
-    let mut best: Option<(Report, f64)> = None;
+    // The kept round's report, its end-to-end histogram (for --hgrm) and its throughput.
+    let mut best: Option<(Report, Histogram<u64>, f64)> = None;
     let mut interrupted = false;
+    // The calibration measured between rounds: within the run, so that load from elsewhere
+    // during a long run is sampled too.
+    let mut calibrations = Vec::new();
     for round in 0..args.repeat {
         if interrupt.is_set() && round > 0 {
             break;
         }
-        let report = one_run(args, count, round, interrupt)?;
+        if round > 0 {
+            calibrations.push(calibrate(5, Duration::from_millis(40)));
+        }
+        let (report, e2e) = one_run(args, count, round, interrupt)?;
         // Lost messages fail the run: no more rounds, and this one's counts are reported.
         let lost = report.conservation.lost > 0;
         interrupted |= report.interrupted;
         if report.interrupted || lost {
             // Part of a round after whole ones: it proves nothing about the figures, but
             // its messages must still add up.
-            if let Some((kept, _)) = best.as_mut() {
+            if let Some((kept, _, _)) = best.as_mut() {
                 if !report.conservation.ok {
                     kept.conservation = report.conservation;
                 }
@@ -284,32 +292,37 @@ pub fn run_bench(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Repor
         let m = median(&runs);
         let keep = best
             .as_ref()
-            .is_none_or(|(_, t)| (report.throughput - m).abs() < (t - m).abs());
+            .is_none_or(|(_, _, t)| (report.throughput - m).abs() < (t - m).abs());
         if keep || lost {
             let t = report.throughput;
-            best = Some((report, t));
+            best = Some((report, e2e, t));
         }
         if lost {
             break;
         }
     }
-    let (mut report, _) = best.context("no run completed")?;
+    let (mut report, e2e, _) = best.context("no run completed")?;
+    // Once, for the round the report keeps (each round's overwrote it: the file held the
+    // last round's, an interrupted part included).
+    write_hgrm(args, &e2e, interrupted)?;
     report.throughput = median(&runs);
     report.runs = runs;
     report.runs_p99_us = runs_p99;
     report.runs_latency = runs_latency;
     report.interrupted = interrupted;
-    report.calibration = calibrate(5, Duration::from_millis(40));
+    // None with one round: the caller's before and after are all there is.
+    report.calibration = median(&calibrations);
     report.peak_rss_bytes = peak_rss_bytes();
     Ok(report)
 }
 
+/// One round: its report, and its end-to-end latency histogram.
 fn one_run(
     args: &Settings,
     count: Option<u64>,
     round: usize,
     interrupt: &Interrupt,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, Histogram<u64>)> {
     let topic = format!("push-{APP}_{}", args.target.platform);
     let partitions = args.partitions.max(1);
     let kafka = match &args.brokers {
@@ -498,7 +511,6 @@ fn one_run(
     let (summary, elapsed) = result?;
 
     let recorder = clock.recorder.lock().clone();
-    write_hgrm(args, &recorder.e2e)?;
     let mut report = base_report(args, "end-to-end", &profile_name);
     report.duration_secs = elapsed.as_secs_f64();
     report.throughput = recorder.completed() as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -529,7 +541,7 @@ fn one_run(
         ok: false,
     }
     .check();
-    Ok(report)
+    Ok((report, recorder.e2e))
 }
 
 /// The producer thread: generates and produces, closed loop (at most `MAX_BACKLOG` ahead of

@@ -196,8 +196,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         quiet: report_flags.quiet,
     };
     let interrupt = Interrupt::install()?;
-    // Calibrate before and after as well as inside the run: the median of the three resists
-    // a burst of other load on a shared machine.
+    // Calibrate before and after as well as inside the run (between its rounds): the median
+    // resists a burst of other load on a shared machine.
     let before = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
     let http = crate::bench::api::ApiBench {
         batch: args.batch,
@@ -223,7 +223,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.context("bench run failed")),
     };
     let after = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
-    report.calibration = gate::median(&[before, report.calibration, after]);
+    report.calibration = gate::calibration(&[before, report.calibration, after]);
     conclude(&report, report_flags, baseline)
 }
 

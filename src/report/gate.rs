@@ -236,6 +236,14 @@ fn delivered_share(r: &Report) -> Option<f64> {
     (total > 0).then(|| r.outcomes.get("delivered").copied().unwrap_or(0) as f64 / total as f64)
 }
 
+/// A run's calibration from its samples (before the run, between its rounds, after it): the
+/// median of those taken. A 0 is a sample not taken (one round has nothing between; `--api`
+/// takes none inside): counted, it made the median the lower of the other two.
+pub fn calibration(samples: &[f64]) -> f64 {
+    let taken: Vec<f64> = samples.iter().copied().filter(|&c| c > 0.0).collect();
+    median(&taken)
+}
+
 /// The median of repeated runs' values.
 pub fn median(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
@@ -387,6 +395,13 @@ pub(crate) mod tests {
             differences(&replay, &base),
             ["load replay at 10x, baseline closed loop, 1 in flight"]
         );
+    }
+
+    #[test]
+    fn the_calibration_is_the_median_of_the_samples_taken() {
+        assert_eq!(calibration(&[2e6, 0.0, 3e6]), 2.5e6);
+        assert_eq!(calibration(&[2e6, 2.2e6, 3e6]), 2.2e6);
+        assert_eq!(calibration(&[0.0, 0.0]), 0.0);
     }
 
     #[test]
