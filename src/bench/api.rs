@@ -7,7 +7,7 @@
 //! with a trivial handler, so the ratio says what the API's work costs on this machine.
 //! Conservation: notifications accepted = records in the push topic = consumed = verdicts.
 
-use super::driver::{drive, Driven, Load, LoadPlan};
+use super::driver::{drive_marked, Driven, Load, LoadPlan};
 use super::interrupt::{Interrupt, DRAIN};
 use super::sender_only::{target, SenderConfig};
 use super::{base_report, write_hgrm, Settings};
@@ -201,7 +201,8 @@ pub(super) struct Delivery {
     /// sends every event twice); its latency counts from the first sent.
     pub repeats: u64,
     /// Request `i` (its tokens are `(i / repeats) * batch + j`) was sent at this many ns
-    /// after `start`.
+    /// after `start`; 0 for a request not measured (the warm-up's), whose tokens are not
+    /// in the latency.
     pub sent_ns: Vec<AtomicU64>,
     /// Requests the API accepted (2xx), warm-up included: only theirs are in Kafka.
     pub accepted: AtomicU64,
@@ -341,11 +342,13 @@ pub(super) async fn load(
         .pool_max_idle_per_host(usize::MAX)
         .build_http();
     let uri = format!("http://{addr}{path}");
-    let send = |i: u64| {
+    let send = |i: u64, measured: bool| {
         let client = client.clone();
         let uri = uri.clone();
-        if let Some(slot) = delivery.and_then(|d| d.sent_ns.get(i as usize)) {
-            if let Some(d) = delivery {
+        // Only measured requests are timed: a warm-up request's tokens (cold connections and
+        // caches) were in the end-to-end latency, beyond the notifications measured.
+        if let Some(d) = delivery.filter(|_| measured) {
+            if let Some(slot) = d.sent_ns.get(i as usize) {
                 slot.store(
                     d.start.elapsed().as_nanos().max(1) as u64,
                     Ordering::Relaxed,
@@ -387,7 +390,7 @@ pub(super) async fn load(
             }
         }
     };
-    drive(plan, Some, send, stop, progress).await
+    drive_marked(plan, Some, send, stop, progress).await
 }
 
 /// Records ever written to `topic`: the sum of its partitions' high watermarks (not minus the

@@ -55,13 +55,29 @@ pub struct Driven {
 /// starts; those in flight get [`DRAIN`] to answer.
 pub async fn drive<I, F, Fut>(
     plan: &LoadPlan,
-    mut next_item: impl FnMut(u64) -> Option<I>,
+    next_item: impl FnMut(u64) -> Option<I>,
     send: F,
     stop: &CancellationToken,
     progress: &Progress,
 ) -> Driven
 where
     F: Fn(I) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    drive_marked(plan, next_item, |item, _| send(item), stop, progress).await
+}
+
+/// [`drive`], with `send` told whether the message is in the measured window (`false`: the
+/// warm-up), for a caller that measures more of it than the driver does.
+pub async fn drive_marked<I, F, Fut>(
+    plan: &LoadPlan,
+    mut next_item: impl FnMut(u64) -> Option<I>,
+    send: F,
+    stop: &CancellationToken,
+    progress: &Progress,
+) -> Driven
+where
+    F: Fn(I, bool) -> Fut,
     Fut: Future<Output = Outcome>,
 {
     // The open loop is the pacer's: message i is due at i / rate.
@@ -74,7 +90,7 @@ where
         let every = 1.0 / rate.max(1e-9);
         let schedule =
             |i: u64| next_item(i).map(|item| (Duration::from_secs_f64(i as f64 * every), item));
-        return paced(schedule, window, send, stop, progress).await.0;
+        return paced_marked(schedule, window, send, stop, progress).await.0;
     }
     let mut recorder = Recorder::new();
     let mut in_flight = FuturesUnordered::new();
@@ -129,7 +145,7 @@ where
             let measured = measure_start.is_some();
             measured_started += measured as u64;
             sent += 1;
-            in_flight.push(timed(Box::pin(send(item)), None, measured));
+            in_flight.push(timed(Box::pin(send(item, measured)), None, measured));
         }
 
         let still_starting = !exhausted && more(Instant::now(), measure_start, measured_started);
@@ -207,7 +223,7 @@ pub const OPEN_LOOP_MAX_IN_FLIGHT: usize = 10_000;
 /// get [`DRAIN`] to answer. Returns the figures and the latest start (µs late) in each second
 /// of the schedule.
 pub async fn paced<I, F, Fut>(
-    mut schedule: impl FnMut(u64) -> Option<(Duration, I)>,
+    schedule: impl FnMut(u64) -> Option<(Duration, I)>,
     window: Window,
     send: F,
     stop: &CancellationToken,
@@ -215,6 +231,21 @@ pub async fn paced<I, F, Fut>(
 ) -> (Driven, Vec<u64>)
 where
     F: Fn(I) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    paced_marked(schedule, window, |item, _| send(item), stop, progress).await
+}
+
+/// [`paced`], with `send` told whether the message is in the measured window.
+async fn paced_marked<I, F, Fut>(
+    mut schedule: impl FnMut(u64) -> Option<(Duration, I)>,
+    window: Window,
+    send: F,
+    stop: &CancellationToken,
+    progress: &Progress,
+) -> (Driven, Vec<u64>)
+where
+    F: Fn(I, bool) -> Fut,
     Fut: Future<Output = Outcome>,
 {
     let mut recorder = Recorder::new();
@@ -277,7 +308,7 @@ where
                 measured_sent += 1;
             }
             sent += 1;
-            in_flight.push(timed(send(item), Some(due), measured));
+            in_flight.push(timed(send(item, measured), Some(due), measured));
             next = schedule(sent);
         }
         // No slot: only an answer (or the stop) starts the next one, not its time.

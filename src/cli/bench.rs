@@ -157,6 +157,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
+    // The HTTP benches run once; a --repeat they ignored still said "repeat: 3" in the report.
+    if (args.api || args.events) && args.repeat > 1 {
+        bail!(
+            "--repeat is for the sender-only and end-to-end benches: --api and --events run once"
+        );
+    }
     let report_flags = &args.report;
     // Where the reports go, and the baseline, are checked first: a typo should fail before a
     // long run, not after it.
