@@ -139,8 +139,9 @@ fn api_bench_conserves_every_notification_and_reports_the_baseline() {
         "2000",
         "--batch",
         "50",
+        // A warm-up, whose requests are not measured: nor are their tokens' deliveries.
         "--warmup",
-        "0s",
+        "300ms",
         "--concurrency",
         "8",
         "--quiet",
@@ -160,23 +161,29 @@ fn api_bench_conserves_every_notification_and_reports_the_baseline() {
     let r = check_report(&json);
     assert_eq!(r["params"]["mode"], "api");
     let c = &r["conservation"];
+    // Every notification, the warm-up's too.
+    let generated = c["generated"].as_u64().unwrap();
+    assert!(generated > 2000, "the warm-up sent some: {c}");
+    assert_eq!(generated % 50, 0, "{c}");
     assert_eq!(
-        (
-            c["generated"].as_u64(),
-            c["produced"].as_u64(),
-            c["answered"].as_u64()
-        ),
-        (Some(2000), Some(2000), Some(2000)),
+        (c["produced"].as_u64(), c["answered"].as_u64()),
+        (Some(generated), Some(generated)),
         "{c}"
     );
-    assert_eq!(c["consumed"], 2000, "the pipeline consumed them all: {c}");
+    assert_eq!(
+        c["consumed"].as_u64(),
+        Some(generated),
+        "the pipeline consumed them all: {c}"
+    );
     assert_eq!(c["ok"], true);
     // Counted in notifications, as the throughput is: 40 requests of 50, accepted (a request's
     // 2xx says nothing of delivery, which the conservation line counts).
     assert_eq!(r["outcomes"], json!({"accepted": 2000}));
     assert_eq!(r["latency"]["send"]["count"], 40, "a request latency each");
-    // HTTP-to-delivery: one per token, through `pusher run`'s pipeline into the fake.
+    // HTTP-to-delivery: one per measured token, through `pusher run`'s pipeline into the
+    // fake (the warm-up's were counted too).
     assert_eq!(r["latency"]["end_to_end"]["count"], 2000);
+    assert_eq!(r["api"]["accepted_measured"], 2000);
     let api = &r["api"];
     assert_eq!(api["batch"], 50);
     assert!(api["baseline_requests_per_s"].as_f64().unwrap() > 0.0);
@@ -313,7 +320,8 @@ fn the_gate_fails_on_a_doctored_baseline_and_passes_on_its_own() {
         ]
         .concat(),
     );
-    assert_eq!(out.status.code(), Some(1));
+    // Its own exit status: ci/bench-gate.sh tries again after a regression only.
+    assert_eq!(out.status.code(), Some(3));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("regression"),
         "{}",
@@ -341,7 +349,91 @@ fn the_gate_fails_on_a_doctored_baseline_and_passes_on_its_own() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("gate: passed"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("gate: passed"), "{stdout}");
+    assert!(stdout.contains("gate: p99 send latency"), "{stdout}");
+
+    // The same easy figures from another kind of run (end to end, on more threads): not a
+    // comparison, refused (it passed).
+    let threads = easy["params"]["threads"].as_u64().unwrap();
+    let mut other = easy.clone();
+    other["params"]["mode"] = Value::from("end-to-end");
+    other["params"]["threads"] = Value::from(threads + 3);
+    let other_path = dir.path().join("other.json");
+    std::fs::write(&other_path, other.to_string()).unwrap();
+    let out = pusher(&[&base[..], &["--baseline", other_path.to_str().unwrap()]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("another kind of run")
+            && stderr.contains("mode sender-only, baseline end-to-end")
+            && stderr.contains(&format!("threads {threads}, baseline {}", threads + 3)),
+        "{stderr}"
+    );
+}
+
+/// ci/bench-gate.sh tries again after a speed regression (exit 3) only, keeping the first
+/// attempt's report; a lost or double-counted message (exit 1), or any other failure, fails
+/// at once (a retry let a loss that shows one run in three pass). A stand-in for `pusher`
+/// answers each attempt with the next status given.
+#[test]
+fn the_ci_gate_tries_again_only_after_a_speed_regression() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let stub = dir.path().join("pusher");
+    std::fs::write(
+        &stub,
+        r#"#!/bin/sh
+n=$(( $(cat "$STUB_DIR/calls" 2>/dev/null || echo 0) + 1 ))
+echo "$n" > "$STUB_DIR/calls"
+while [ $# -gt 0 ]; do
+  if [ "$1" = --json ]; then printf '{"attempt": %s}' "$n" > "$2"; fi
+  shift
+done
+exit $(echo "$STUB_CODES" | cut -d' ' -f"$n")
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let json = dir.path().join("bench-ci.json");
+    let first = dir.path().join("bench-ci-attempt1.json");
+    for (codes, exit, attempts) in [
+        ("0", 0, 1),
+        ("1 0", 1, 1),
+        ("2 0", 2, 1),
+        ("3 0", 0, 2),
+        ("3 3", 3, 2),
+        ("3 1", 1, 2),
+    ] {
+        let _ = std::fs::remove_file(dir.path().join("calls"));
+        let _ = std::fs::remove_file(&first);
+        let out = Command::new("bash")
+            .arg("ci/bench-gate.sh")
+            .env("PUSHER_BIN", &stub)
+            .env("STUB_DIR", dir.path())
+            .env("STUB_CODES", codes)
+            .env("BENCH_GATE_JSON", &json)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{codes}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(exit), "{said}");
+        let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+        assert_eq!(calls.trim(), attempts.to_string(), "{said}");
+        let attempt = |path: &Path| {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            v["attempt"].as_u64().unwrap()
+        };
+        assert_eq!(attempt(&json), attempts, "{said}");
+        if attempts == 2 {
+            assert_eq!(attempt(&first), 1, "attempt 1's report is kept: {said}");
+        } else {
+            assert!(!first.exists(), "{said}");
+        }
+    }
 }
 
 #[test]
@@ -394,6 +486,16 @@ fn bad_input_is_a_clear_error() {
             "not a pusher bench report",
         ),
         (&["bench", "--count", "10"], "--mock"),
+        (
+            &["bench", "--mock", "--api", "--repeat", "2", "--count", "10"],
+            "--api and --events run once",
+        ),
+        (
+            &[
+                "bench", "--mock", "--events", "--repeat", "3", "--count", "10",
+            ],
+            "--api and --events run once",
+        ),
         (
             &["bench", "--mock", "--duration", "0s"],
             "not a length of time above zero",
@@ -791,4 +893,132 @@ fn runs_on_a_used_topic_count_only_their_own_messages() {
             assert_eq!(c["committed"], count, "{name}: {c}");
         }
     }
+}
+
+/// An open loop bound by `--duration` ends by its schedule, as the pacer does: every message
+/// due in the window is produced and measured, however far the producer falls behind (one
+/// partition and large messages: it waits for what the mock keeps). Stopped by the clock, it
+/// produced about what the pipeline managed in that second and dropped the rest of the
+/// schedule, the latest (and slowest) messages, without a word.
+#[test]
+fn an_open_loop_with_a_duration_sends_its_whole_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("open.json");
+    let run = bench(&[
+        "--mock",
+        "--rate",
+        "20k",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--partitions",
+        "1",
+        "--payload-size",
+        "2000",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (code, stdout, stderr) = run.finish(Duration::from_secs(240));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let r = schema::check_report(&json);
+    let c = &r["conservation"];
+    assert_eq!(c["ok"], true, "{c}");
+    // 1 s at 20,000/s: 20,000 messages due, every one measured from its due time.
+    assert_eq!(c["generated"], 20_000, "{c}");
+    let latency = &r["latency"];
+    assert_eq!(
+        latency["end_to_end_corrected"]["count"], 20_000,
+        "{latency}"
+    );
+    assert_eq!(latency["end_to_end"]["count"], 20_000, "{latency}");
+}
+
+/// `--hgrm` holds the round the report keeps, written once: a signal in round 2 of 2 leaves
+/// round 1's histogram (the report's count), marked interrupted. Before, every round wrote
+/// it, and the file held the interrupted part of round 2, with no mark.
+#[test]
+fn an_interrupted_repeat_writes_the_kept_rounds_histogram() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("e2e.json");
+    let hgrm = dir.path().join("e2e.hgrm");
+    let mut run = bench(&[
+        "--mock",
+        "--count",
+        "50k",
+        "--repeat",
+        "2",
+        "--warmup",
+        "200ms",
+        "--json",
+        json.to_str().unwrap(),
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+    ]);
+    for _round in 0..2 {
+        run.wait_for(true, "Warm-up over: measuring.", Duration::from_secs(120));
+    }
+    Watched::signal(run.id(), "INT");
+    let (code, stdout, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(130), "{stdout}\n{stderr}");
+    let r = schema::check_report(&json);
+    assert_eq!(r["interrupted"], true);
+    assert_eq!(r["runs"].as_array().unwrap().len(), 1, "round 1 kept");
+    assert_eq!(r["latency"]["end_to_end"]["count"], 50_000);
+    let text = std::fs::read_to_string(&hgrm).unwrap();
+    let total: u64 = text
+        .lines()
+        .find_map(|l| l.split("Total count").nth(1))
+        .and_then(|rest| {
+            rest.trim_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no total count: {text}"));
+    assert_eq!(total, 50_000, "{text}");
+    assert!(text.contains("#[Interrupted"), "{text}");
+}
+
+/// Messages that stall while many newer ones are answered (0.2 % held 10 s, in a run of
+/// 400k at ~30k/s) keep their own end-to-end latency, which holds their send: the end-to-end
+/// p99.9 is a stall's, as the send p99.9 is. Produce times were kept in a ring of 131,072 by
+/// sequence number: a newer message's overwrote a stalled one's (all but the last 131,072
+/// messages' stalls), its latency was counted from it, and the p99.9 read a normal message's.
+#[test]
+fn stalled_messages_keep_their_end_to_end_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("stall.yaml");
+    std::fs::write(
+        &profile,
+        "name: long-stall\nseed: 7\nstall: {rate: 0.002, ms: 10000}\n",
+    )
+    .unwrap();
+    let json = dir.path().join("stall.json");
+    let run = bench(&[
+        "--mock",
+        "--profile",
+        profile.to_str().unwrap(),
+        "--transport",
+        "h2c",
+        "--threads",
+        "1",
+        // Room for the ~600 stalled at a time beside the others.
+        "--concurrency",
+        "2000",
+        "--count",
+        "400k",
+        "--warmup",
+        "0s",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (code, stdout, stderr) = run.finish(Duration::from_secs(300));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let r = schema::check_report(&json);
+    let p999 = |row: &str| r["latency"][row]["p999_us"].as_u64().unwrap();
+    assert!(p999("send") >= 10_000_000, "the stalls: {stdout}");
+    assert!(p999("end_to_end") >= 10_000_000, "{stdout}");
+    assert_eq!(r["latency"]["end_to_end"]["count"], 400_000, "{stdout}");
 }

@@ -288,6 +288,24 @@ fn bad_input_is_a_clear_error() {
         (&["--app", "bad app"], "app name"),
         (&["--topic", "t"], "--brokers"),
         (&["--platform", "gcm", "--push-type", "alert"], "APNs only"),
+        // Copied into the JSON as it is: a quote or a backslash made lines that are not JSON.
+        (
+            &["--platform", "webpush", "--webpush-origin", "https://a\"b"],
+            "web push origin",
+        ),
+        (
+            &["--platform", "webpush", "--webpush-origin", "https://a\\b"],
+            "web push origin",
+        ),
+        (
+            &[
+                "--platform",
+                "webpush",
+                "--webpush-origin",
+                "127.0.0.1:8445",
+            ],
+            "must be an http:// or https:// URL",
+        ),
         (
             &[
                 "--shape",

@@ -7,7 +7,7 @@
 //! with a trivial handler, so the ratio says what the API's work costs on this machine.
 //! Conservation: notifications accepted = records in the push topic = consumed = verdicts.
 
-use super::driver::{drive, Driven, Load, LoadPlan};
+use super::driver::{drive_marked, Driven, Load, LoadPlan};
 use super::interrupt::{Interrupt, DRAIN};
 use super::sender_only::{target, SenderConfig};
 use super::{base_report, write_hgrm, Settings};
@@ -205,7 +205,8 @@ pub(super) struct Delivery {
     /// sends every event twice); its latency counts from the first sent.
     pub repeats: u64,
     /// Request `i` (its tokens are `(i / repeats) * batch + j`) was sent at this many ns
-    /// after `start`.
+    /// after `start`; 0 for a request not measured (the warm-up's), whose tokens are not
+    /// in the latency.
     pub sent_ns: Vec<AtomicU64>,
     /// Requests the API accepted (2xx), warm-up included: only theirs are in Kafka.
     pub accepted: AtomicU64,
@@ -241,10 +242,7 @@ impl Delivery {
             accepted: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
-            latency: Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                    .context("histogram")?,
-            ),
+            latency: Mutex::new(super::recorder::histogram()),
             per_token: (0..tokens)
                 .map(|_| std::sync::atomic::AtomicU32::new(0))
                 .collect(),
@@ -276,6 +274,7 @@ impl Observer for Delivery {
             return;
         };
         let now = self.start.elapsed().as_nanos() as u64;
+        // The histogram grows to fit: a latency is never dropped (past 1 h it was, silently).
         let _ = self
             .latency
             .lock()
@@ -347,11 +346,13 @@ pub(super) async fn load(
         .pool_max_idle_per_host(usize::MAX)
         .build_http();
     let uri = format!("http://{addr}{path}");
-    let send = |i: u64| {
+    let send = |i: u64, measured: bool| {
         let client = client.clone();
         let uri = uri.clone();
-        if let Some(slot) = delivery.and_then(|d| d.sent_ns.get(i as usize)) {
-            if let Some(d) = delivery {
+        // Only measured requests are timed: a warm-up request's tokens (cold connections and
+        // caches) were in the end-to-end latency, beyond the notifications measured.
+        if let Some(d) = delivery.filter(|_| measured) {
+            if let Some(slot) = d.sent_ns.get(i as usize) {
                 slot.store(
                     d.start.elapsed().as_nanos().max(1) as u64,
                     Ordering::Relaxed,
@@ -393,7 +394,7 @@ pub(super) async fn load(
             }
         }
     };
-    drive(plan, Some, send, stop, progress).await
+    drive_marked(plan, Some, send, stop, progress).await
 }
 
 /// Records ever written to `topic`: the sum of its partitions' high watermarks (not minus the
@@ -523,7 +524,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     let produced = records_in(&brokers, &topic)?.saturating_sub(before);
     drop(mock);
 
-    write_hgrm(args, &driven.recorder.send)?;
+    write_hgrm(args, &driven.recorder.send, driven.interrupted)?;
     let secs = driven.elapsed.as_secs_f64().max(1e-9);
     let measured_requests = driven.recorder.outcomes.values().sum::<u64>();
     let rps = measured_requests as f64 / secs;

@@ -3,7 +3,7 @@
 //! slow the schedule down and latency can be corrected for coordinated omission).
 
 use super::interrupt::DRAIN;
-use super::recorder::Recorder;
+use super::recorder::{histogram, micros, Recorder};
 use crate::progress::Progress;
 use crate::push::Outcome;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -55,13 +55,29 @@ pub struct Driven {
 /// starts; those in flight get [`DRAIN`] to answer.
 pub async fn drive<I, F, Fut>(
     plan: &LoadPlan,
-    mut next_item: impl FnMut(u64) -> Option<I>,
+    next_item: impl FnMut(u64) -> Option<I>,
     send: F,
     stop: &CancellationToken,
     progress: &Progress,
 ) -> Driven
 where
     F: Fn(I) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    drive_marked(plan, next_item, |item, _| send(item), stop, progress).await
+}
+
+/// [`drive`], with `send` told whether the message is in the measured window (`false`: the
+/// warm-up), for a caller that measures more of it than the driver does.
+pub async fn drive_marked<I, F, Fut>(
+    plan: &LoadPlan,
+    mut next_item: impl FnMut(u64) -> Option<I>,
+    send: F,
+    stop: &CancellationToken,
+    progress: &Progress,
+) -> Driven
+where
+    F: Fn(I, bool) -> Fut,
     Fut: Future<Output = Outcome>,
 {
     // The open loop is the pacer's: message i is due at i / rate.
@@ -74,7 +90,7 @@ where
         let every = 1.0 / rate.max(1e-9);
         let schedule =
             |i: u64| next_item(i).map(|item| (Duration::from_secs_f64(i as f64 * every), item));
-        return paced(schedule, window, send, stop, progress).await.0;
+        return paced_marked(schedule, window, send, stop, progress).await.0;
     }
     let mut recorder = Recorder::new();
     let mut in_flight = FuturesUnordered::new();
@@ -129,7 +145,7 @@ where
             let measured = measure_start.is_some();
             measured_started += measured as u64;
             sent += 1;
-            in_flight.push(timed(Box::pin(send(item)), None, measured));
+            in_flight.push(timed(Box::pin(send(item, measured)), None, measured));
         }
 
         let still_starting = !exhausted && more(Instant::now(), measure_start, measured_started);
@@ -207,7 +223,7 @@ pub const OPEN_LOOP_MAX_IN_FLIGHT: usize = 10_000;
 /// get [`DRAIN`] to answer. Returns the figures and the latest start (µs late) in each second
 /// of the schedule.
 pub async fn paced<I, F, Fut>(
-    mut schedule: impl FnMut(u64) -> Option<(Duration, I)>,
+    schedule: impl FnMut(u64) -> Option<(Duration, I)>,
     window: Window,
     send: F,
     stop: &CancellationToken,
@@ -217,8 +233,23 @@ where
     F: Fn(I) -> Fut,
     Fut: Future<Output = Outcome>,
 {
+    paced_marked(schedule, window, |item, _| send(item), stop, progress).await
+}
+
+/// [`paced`], with `send` told whether the message is in the measured window.
+async fn paced_marked<I, F, Fut>(
+    mut schedule: impl FnMut(u64) -> Option<(Duration, I)>,
+    window: Window,
+    send: F,
+    stop: &CancellationToken,
+    progress: &Progress,
+) -> (Driven, Vec<u64>)
+where
+    F: Fn(I, bool) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
     let mut recorder = Recorder::new();
-    let mut lag = latency_histogram();
+    let mut lag = histogram();
     let mut lag_per_sec: Vec<u64> = Vec::new();
     let mut in_flight = FuturesUnordered::new();
     let begin = Instant::now();
@@ -277,7 +308,7 @@ where
                 measured_sent += 1;
             }
             sent += 1;
-            in_flight.push(timed(send(item), Some(due), measured));
+            in_flight.push(timed(send(item, measured), Some(due), measured));
             next = schedule(sent);
         }
         // No slot: only an answer (or the stop) starts the next one, not its time.
@@ -322,16 +353,6 @@ where
         in_flight: in_flight.len() as u64,
     };
     (driven, lag_per_sec)
-}
-
-fn latency_histogram() -> hdrhistogram::Histogram<u64> {
-    // The recorder's bounds (1 µs .. 120 s, 3 figures): constants, cannot fail.
-    #[allow(clippy::expect_used)]
-    hdrhistogram::Histogram::new_with_bounds(1, 120_000_000, 3).expect("constant bounds")
-}
-
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, 120_000_000)
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wake for.
@@ -470,6 +491,34 @@ mod tests {
         assert!((2_650_000..=3_050_000).contains(&corrected), "{corrected}");
         assert!(driven.schedule_lag.unwrap().max() >= 1_650_000);
         assert_eq!(lag_per_sec.len(), 1, "all were due in the first second");
+    }
+
+    /// A target 200 s slow, all slots taken: the last message starts 200 s late and answers
+    /// 400 s after its due time, and both show as they are (they were clamped to 120 s).
+    #[tokio::test(start_paused = true)]
+    async fn lag_and_latency_beyond_two_minutes_are_kept() {
+        let n = OPEN_LOOP_MAX_IN_FLIGHT as u64 + 1;
+        let (driven, lag_per_sec) = paced(
+            |i| (i < n).then_some((Duration::ZERO, i)),
+            Window {
+                warmup: Duration::ZERO,
+                count: Some(n),
+                duration: None,
+            },
+            |_i| async {
+                tokio::time::sleep(Duration::from_secs(200)).await;
+                Outcome::Delivered
+            },
+            &CancellationToken::new(),
+            &Progress::hidden(),
+        )
+        .await;
+        assert_eq!(driven.answered, n);
+        let secs = |us: u64| us / 1_000_000;
+        assert_eq!(secs(driven.schedule_lag.unwrap().max()), 200);
+        assert_eq!(lag_per_sec.iter().copied().map(secs).max(), Some(200));
+        assert_eq!(secs(driven.recorder.send_corrected.max()), 400);
+        assert_eq!(secs(driven.recorder.send.max()), 200);
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,12 +15,13 @@ use crate::progress::Progress;
 use crate::report::data::{peak_rss_bytes, Conservation, Report};
 use crate::report::gate::median;
 use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -29,8 +30,6 @@ const APP: &str = "bench";
 /// Messages produced but not yet answered, at most: bounds memory and keeps the mock
 /// cluster's per-partition retention (5 MiB) from dropping unread messages.
 const MAX_BACKLOG: u64 = 50_000;
-/// Produce instants are kept in a ring indexed by sequence number; larger than the backlog.
-const RING: usize = 1 << 17;
 /// Bytes a record costs in the mock's log beyond its value (key, headers, varints, its share
 /// of the batch header), counted against what a partition keeps; generous on purpose.
 const RECORD_OVERHEAD: u64 = 64;
@@ -40,8 +39,11 @@ const LOSS_DRAIN: Duration = Duration::from_secs(10);
 /// Shared between the producer thread and the pipeline's observer.
 struct Clock {
     start: Instant,
-    /// Produce (or, open loop, intended produce) time of message `seq`, ns since `start`.
-    sent_ns: Vec<AtomicU64>,
+    /// Open loop: the schedule's interval, ns. Message `seq` is due `seq` intervals after
+    /// `first_due_ns`.
+    interval_ns: Option<u64>,
+    /// When the producer's first message was due (its start), ns since `start`.
+    first_due_ns: AtomicU64,
     /// Messages produced (delivery acknowledged) and failed.
     produced: AtomicU64,
     produce_failed: AtomicU64,
@@ -63,8 +65,6 @@ struct Clock {
     /// this under `ahead_limit`, so what is not yet read is never dropped.
     ahead: Vec<AtomicU64>,
     ahead_limit: u64,
-    /// Bytes of message `seq` counted in `ahead`, in a ring as `sent_ns`.
-    sizes: Vec<AtomicU32>,
     /// Offsets the pipeline skipped, per partition (see [`Gaps`]).
     gaps: Mutex<Gaps>,
     /// This run's first offset per partition (none listed: 0). With `--brokers` the topic
@@ -75,7 +75,36 @@ struct Clock {
     /// The first delivery error, for the report.
     produce_error: Mutex<Option<String>>,
     recorder: Mutex<Recorder>,
-    open_loop: bool,
+}
+
+/// What the bench writes in a message's key, so that its answer needs nothing kept aside: its
+/// sequence number, when it was produced (ns since [`Clock::start`]) and the bytes it counts
+/// for in [`Clock::ahead`]. A ring of produce times indexed by sequence number gave a message
+/// still unanswered a lap later (a stalled one) the produce time of a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tag {
+    seq: u64,
+    sent_ns: u64,
+    size: u64,
+}
+
+impl Tag {
+    fn write(&self, key: &mut String) {
+        use std::fmt::Write as _;
+        key.clear();
+        let _ = write!(key, "{}:{}:{}", self.seq, self.sent_ns, self.size);
+    }
+
+    fn parse(key: &[u8]) -> Option<Tag> {
+        let mut parts = std::str::from_utf8(key).ok()?.split(':');
+        let mut next = || parts.next()?.parse::<u64>().ok();
+        let tag = Tag {
+            seq: next()?,
+            sent_ns: next()?,
+            size: next()?,
+        };
+        parts.next().is_none().then_some(tag)
+    }
 }
 
 /// Where the pipeline is in each partition. Offsets of a partition are consecutive (the
@@ -158,44 +187,32 @@ impl Observer for Measure {
             return; // an earlier run's message
         }
         c.answered.fetch_add(1, Ordering::Relaxed);
-        let Some(seq) = e
-            .key
-            .and_then(|k| std::str::from_utf8(k).ok())
-            .and_then(|k| k.parse::<usize>().ok())
-        else {
+        let Some(tag) = e.key.and_then(Tag::parse) else {
             return;
         };
         if let Some(ahead) = c.ahead.get(e.partition as usize) {
-            let size = u64::from(c.sizes[seq % RING].load(Ordering::Relaxed));
             // Saturating: a redelivered message is answered twice.
             let _ = ahead.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
-                Some(a.saturating_sub(size))
+                Some(a.saturating_sub(tag.size))
             });
         }
-        if (seq as u64) < c.first_measured_seq.load(Ordering::Relaxed) {
+        if tag.seq < c.first_measured_seq.load(Ordering::Relaxed) {
             return; // warm-up
         }
         c.measured_answered.fetch_add(1, Ordering::Relaxed);
-        let sent = c.sent_ns[seq % RING].load(Ordering::Relaxed);
         let from = c.measure_from_ns.load(Ordering::Relaxed);
-        let e2e = Duration::from_nanos(now.saturating_sub(sent));
+        let e2e = Duration::from_nanos(now.saturating_sub(tag.sent_ns));
         let at = Duration::from_nanos(now.saturating_sub(from));
+        // Open loop: also from when the schedule meant it to be produced.
+        let intended = c.interval_ns.map(|iv| {
+            let due = c
+                .first_due_ns
+                .load(Ordering::Relaxed)
+                .saturating_add(tag.seq.saturating_mul(iv));
+            Duration::from_nanos(now.saturating_sub(due))
+        });
         let mut r = c.recorder.lock();
-        if c.open_loop {
-            // The ring holds the intended time; the Kafka timestamp is when it really went.
-            let raw = e
-                .produced_at_ms
-                .and_then(|ms| {
-                    let wall = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .ok()?;
-                    wall.checked_sub(Duration::from_millis(ms as u64))
-                })
-                .unwrap_or(e2e);
-            r.record_e2e(raw.min(e2e), Some(e2e), at);
-        } else {
-            r.record_e2e(e2e, None, at);
-        }
+        r.record_e2e(e2e, intended, at);
         if let Some(send) = e.send_latency {
             r.record_send(send, None, at);
         }
@@ -240,20 +257,27 @@ pub fn run_bench(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Repor
     let mut runs = Vec::new();
     let mut runs_p99 = Vec::new();
     let mut runs_latency = Vec::new();
-    let mut best: Option<(Report, f64)> = None;
+    // The kept round's report, its end-to-end histogram (for --hgrm) and its throughput.
+    let mut best: Option<(Report, Histogram<u64>, f64)> = None;
     let mut interrupted = false;
+    // The calibration measured between rounds: within the run, so that load from elsewhere
+    // during a long run is sampled too.
+    let mut calibrations = Vec::new();
     for round in 0..args.repeat {
         if interrupt.is_set() && round > 0 {
             break;
         }
-        let report = one_run(args, count, round, interrupt)?;
+        if round > 0 {
+            calibrations.push(calibrate(5, Duration::from_millis(40)));
+        }
+        let (report, e2e) = one_run(args, count, round, interrupt)?;
         // Lost messages fail the run: no more rounds, and this one's counts are reported.
         let lost = report.conservation.lost > 0;
         interrupted |= report.interrupted;
         if report.interrupted || lost {
             // Part of a round after whole ones: it proves nothing about the figures, but
             // its messages must still add up.
-            if let Some((kept, _)) = best.as_mut() {
+            if let Some((kept, _, _)) = best.as_mut() {
                 if !report.conservation.ok {
                     kept.conservation = report.conservation;
                 }
@@ -268,32 +292,37 @@ pub fn run_bench(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Repor
         let m = median(&runs);
         let keep = best
             .as_ref()
-            .is_none_or(|(_, t)| (report.throughput - m).abs() < (t - m).abs());
+            .is_none_or(|(_, _, t)| (report.throughput - m).abs() < (t - m).abs());
         if keep || lost {
             let t = report.throughput;
-            best = Some((report, t));
+            best = Some((report, e2e, t));
         }
         if lost {
             break;
         }
     }
-    let (mut report, _) = best.context("no run completed")?;
+    let (mut report, e2e, _) = best.context("no run completed")?;
+    // Once, for the round the report keeps (each round's overwrote it: the file held the
+    // last round's, an interrupted part included).
+    write_hgrm(args, &e2e, interrupted)?;
     report.throughput = median(&runs);
     report.runs = runs;
     report.runs_p99_us = runs_p99;
     report.runs_latency = runs_latency;
     report.interrupted = interrupted;
-    report.calibration = calibrate(5, Duration::from_millis(40));
+    // None with one round: the caller's before and after are all there is.
+    report.calibration = median(&calibrations);
     report.peak_rss_bytes = peak_rss_bytes();
     Ok(report)
 }
 
+/// One round: its report, and its end-to-end latency histogram.
 fn one_run(
     args: &Settings,
     count: Option<u64>,
     round: usize,
     interrupt: &Interrupt,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, Histogram<u64>)> {
     let topic = format!("push-{APP}_{}", args.target.platform);
     let partitions = args.partitions.max(1);
     let kafka = match &args.brokers {
@@ -319,7 +348,8 @@ fn one_run(
 
     let clock = Arc::new(Clock {
         start: Instant::now(),
-        sent_ns: (0..RING).map(|_| AtomicU64::new(0)).collect(),
+        interval_ns: args.rate.map(|r| schedule_interval(r).as_nanos() as u64),
+        first_due_ns: AtomicU64::new(0),
         produced: AtomicU64::new(0),
         produce_failed: AtomicU64::new(0),
         generated: AtomicU64::new(0),
@@ -340,7 +370,6 @@ fn one_run(
         },
         // Half of what a partition keeps: a margin for what the log holds beyond values.
         ahead_limit: kafka.as_ref().map_or(0, |k| k.retention_bytes() / 2),
-        sizes: (0..RING).map(|_| AtomicU32::new(0)).collect(),
         gaps: Mutex::new(Gaps {
             start: start_offsets.clone(),
             ..Gaps::default()
@@ -349,7 +378,6 @@ fn one_run(
         lost: AtomicU64::new(0),
         produce_error: Mutex::new(None),
         recorder: Mutex::new(Recorder::new()),
-        open_loop: args.rate.is_some(),
     });
 
     // One group per round, started at this round's first offsets: "earliest" alone would
@@ -483,7 +511,6 @@ fn one_run(
     let (summary, elapsed) = result?;
 
     let recorder = clock.recorder.lock().clone();
-    write_hgrm(args, &recorder.e2e)?;
     let mut report = base_report(args, "end-to-end", &profile_name);
     report.duration_secs = elapsed.as_secs_f64();
     report.throughput = recorder.completed() as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -514,7 +541,7 @@ fn one_run(
         ok: false,
     }
     .check();
-    Ok(report)
+    Ok((report, recorder.e2e))
 }
 
 /// The producer thread: generates and produces, closed loop (at most `MAX_BACKLOG` ahead of
@@ -553,6 +580,11 @@ fn batching(args: &Settings) -> (u32, u32) {
     }
 }
 
+/// The open loop's gap between two messages at `rate` per second.
+fn schedule_interval(rate: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / rate)
+}
+
 /// Consecutive messages produced to one partition of the embedded mock before moving to the
 /// next. librdkafka's mock cluster finds a fetch offset by walking the partition's list of
 /// message sets (rdkafka_mock.c, `rd_kafka_mock_msgset_find`: "FIXME: Maintain an index"), and
@@ -587,9 +619,15 @@ fn produce_inner(
     config.webpush_origin = to.webpush_origin.to_string();
     config.payload_size = Some(args.payload_size.parse::<Mix<usize>>()?);
     let mut generator = Generator::new(config)?;
-    let warm_until = clock.start + args.warmup;
-    let interval = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    let mut next_due = Instant::now();
+    // The warm-up and the schedule start with the first message.
+    let first_due = Instant::now();
+    let warm_until = first_due + args.warmup;
+    clock.first_due_ns.store(
+        first_due.duration_since(clock.start).as_nanos() as u64,
+        Ordering::Relaxed,
+    );
+    let interval = args.rate.map(schedule_interval);
+    let mut next_due = first_due;
     let mut buf = Vec::with_capacity(4096);
     let mut key = String::new();
     let mut measured = 0u64;
@@ -598,20 +636,28 @@ fn produce_inner(
         if interrupt.is_set() || clock.unanswerable() > 0 {
             break;
         }
-        let now = Instant::now();
-        let measuring = now >= warm_until;
+        // When this message is due. Open loop: its place in the schedule, however late the
+        // producer runs (the window, warm-up and `--duration`, is the schedule's, as the
+        // pacer's: stopping by the clock dropped the messages due but not yet produced, the
+        // latest ones); closed loop: now.
+        let due = match interval {
+            Some(_) => next_due,
+            None => Instant::now(),
+        };
+        let measuring = due >= warm_until;
         if measuring && clock.first_measured_seq.load(Ordering::Relaxed) == u64::MAX {
-            clock.measure_from_ns.store(clock.ns(), Ordering::Relaxed);
+            clock.measure_from_ns.store(
+                due.duration_since(clock.start).as_nanos() as u64,
+                Ordering::Relaxed,
+            );
             clock.first_measured_seq.store(seq, Ordering::Relaxed);
         }
         if measuring {
             if count.is_some_and(|c| measured >= c) {
                 break;
             }
-            if let Some(d) = args.duration {
-                if now >= warm_until + d {
-                    break;
-                }
+            if args.duration.is_some_and(|d| due >= warm_until + d) {
+                break;
             }
         }
         // Backpressure: never run more than MAX_BACKLOG ahead of the pipeline.
@@ -621,27 +667,22 @@ fn produce_inner(
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        let stamp = match interval {
-            Some(iv) => {
-                let wait = next_due.saturating_duration_since(Instant::now());
-                if !wait.is_zero() {
-                    std::thread::sleep(wait);
-                }
-                let due = next_due;
-                next_due += iv;
-                due.duration_since(clock.start).as_nanos() as u64
+        if let Some(iv) = interval {
+            let wait = next_due.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
             }
-            None => clock.ns(),
-        };
+            next_due += iv;
+        }
         buf.clear();
         if generator.write_next(&mut buf).is_none() {
             break;
         }
         let partition = runs.map(|n| ((seq / PARTITION_RUN) % n as u64) as i32);
+        let size = buf.len() as u64 + RECORD_OVERHEAD;
         if let Some(ahead) = partition.and_then(|p| clock.ahead.get(p as usize)) {
             // The mock's retention must never reach what the pipeline has not read: wait
             // for answers (one message alone may always go).
-            let size = buf.len() as u64 + RECORD_OVERHEAD;
             loop {
                 let a = ahead.load(Ordering::Relaxed);
                 if a == 0 || a + size <= clock.ahead_limit {
@@ -652,13 +693,14 @@ fn produce_inner(
                 }
                 std::thread::sleep(Duration::from_micros(200));
             }
-            let stored = u32::try_from(size).unwrap_or(u32::MAX);
-            clock.sizes[seq as usize % RING].store(stored, Ordering::Relaxed);
-            ahead.fetch_add(u64::from(stored), Ordering::Relaxed);
+            ahead.fetch_add(size, Ordering::Relaxed);
         }
-        key.clear();
-        key.push_str(&seq.to_string());
-        clock.sent_ns[seq as usize % RING].store(stamp, Ordering::Relaxed);
+        Tag {
+            seq,
+            sent_ns: clock.ns(),
+            size,
+        }
+        .write(&mut key);
         let mut record = BaseRecord::to(topic)
             .key(key.as_str())
             .payload(buf.as_slice());
@@ -762,4 +804,25 @@ pub(super) fn end_offsets(brokers: &str, topic: &str) -> HashMap<i32, i64> {
             Some((p, high))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_reads_back_from_its_key() {
+        let tag = Tag {
+            seq: 131_072,
+            sent_ns: 9_876_543_210,
+            size: 364,
+        };
+        let mut key = String::from("left over");
+        tag.write(&mut key);
+        assert_eq!(key, "131072:9876543210:364");
+        assert_eq!(Tag::parse(key.as_bytes()), Some(tag));
+        for other in ["7", "1:2", "1:2:3:4", "1:x:3", ""] {
+            assert_eq!(Tag::parse(other.as_bytes()), None, "{other}");
+        }
+    }
 }

@@ -310,7 +310,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     let produced = records_in(&brokers, &push_topic)?;
     drop(mock);
 
-    write_hgrm(args, &driven.recorder.send)?;
+    write_hgrm(args, &driven.recorder.send, driven.interrupted)?;
     let accepted_events = driven
         .recorder
         .outcomes

@@ -104,13 +104,20 @@ impl Transport {
     }
 }
 
-/// Writes the `.hgrm` file when asked.
+/// Writes the `.hgrm` file when asked: the histogram of the round the report keeps, marked
+/// when a signal stopped the run (as the JSON and the summary are).
 pub(crate) fn write_hgrm(
     settings: &Settings,
     h: &hdrhistogram::Histogram<u64>,
+    interrupted: bool,
 ) -> Result<(), crate::report::ReportError> {
     if let Some(path) = &settings.hgrm {
-        crate::report::write_file(path, report::hgrm(h).as_bytes())?;
+        let mut text = report::hgrm(h);
+        if interrupted {
+            text.push_str(report::HGRM_INTERRUPTED);
+            text.push('\n');
+        }
+        crate::report::write_file(path, text.as_bytes())?;
     }
     Ok(())
 }

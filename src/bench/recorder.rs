@@ -7,14 +7,20 @@ use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Highest latency we track; anything slower is clamped (and still counted).
-const MAX_LATENCY_US: u64 = 120_000_000;
+/// The range a histogram starts with, µs; it grows past it (auto-resize). Clamped to it, a
+/// latency or schedule lag beyond 120 s (a replay the target cannot keep up with) read as a
+/// flat, plausible "120.00 s" in the summary, the JSON and the gate.
+const INITIAL_MAX_US: u64 = 120_000_000;
 
-fn histogram() -> Histogram<u64> {
-    // 3 significant figures over 1 µs .. 120 s, the usual HdrHistogram set-up. The bounds are
-    // constants (a test covers them), so this cannot fail at run time.
+/// A latency histogram (µs): 3 significant figures from 1 µs, the usual HdrHistogram set-up,
+/// as long as the longest value recorded.
+pub(crate) fn histogram() -> Histogram<u64> {
+    // The bounds are constants (a test covers them), so this cannot fail at run time.
     #[allow(clippy::expect_used)]
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
+    let mut h = Histogram::new_with_bounds(1, INITIAL_MAX_US, 3)
+        .expect("constant histogram bounds are valid");
+    h.auto(true);
+    h
 }
 
 /// Adds one to `key`, allocating its String only the first time it is seen (the hot path of
@@ -28,8 +34,9 @@ fn count(map: &mut BTreeMap<String, u64>, key: &str) {
     }
 }
 
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, MAX_LATENCY_US)
+/// `d` in whole µs, at least 1 (the histograms' lowest value).
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Most points a chart over time gets: past it, the interval doubles.
@@ -70,7 +77,10 @@ fn merge_into(mine: &mut Option<Histogram<u32>>, other: &Option<Histogram<u32>>)
 fn coarse_histogram() -> Histogram<u32> {
     // Constant bounds (a test covers them): cannot fail at run time.
     #[allow(clippy::expect_used)]
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("constant histogram bounds are valid")
+    let mut h = Histogram::new_with_bounds(1, INITIAL_MAX_US, 2)
+        .expect("constant histogram bounds are valid");
+    h.auto(true);
+    h
 }
 
 /// A run cut into intervals for the charts over time: `width` starts at [`FIRST_INTERVAL`]
@@ -372,6 +382,32 @@ mod tests {
             (a.intervals.slots[0].done, a.intervals.slots[30].failed),
             (1, 1)
         );
+    }
+
+    /// A latency past the histograms' initial 120 s is recorded as it is, in the figures, the
+    /// intervals and a merge (it was clamped to 120 s).
+    #[test]
+    fn latencies_beyond_two_minutes_are_kept() {
+        let mut r = Recorder::new();
+        let long = Duration::from_secs(300);
+        r.record_send(Duration::from_millis(5), Some(long), Duration::ZERO);
+        r.record_e2e(long, Some(long * 2), Duration::ZERO);
+        let mut merged = Recorder::new();
+        merged.merge(&r);
+        for r in [&r, &merged] {
+            let l = r.latencies();
+            let max = |p: Option<Percentiles>| p.map(|p| p.max_us / 1_000_000);
+            assert_eq!(max(l.send_corrected), Some(300));
+            assert_eq!(max(l.end_to_end), Some(300));
+            assert_eq!(max(l.end_to_end_corrected), Some(600));
+            // Two significant figures there: 300 s within 1 %.
+            let slot = r.intervals.slots[0].e2e.as_ref().unwrap();
+            assert!(
+                (300..=303).contains(&(slot.max() / 1_000_000)),
+                "{}",
+                slot.max()
+            );
+        }
     }
 
     #[test]

@@ -121,10 +121,11 @@ pub fn run(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
         answered,
         interrupted,
         in_flight,
+        calibrations,
     } = rounds?;
 
     let driven = best.context("no run completed")?;
-    write_hgrm(args, &driven.recorder.send)?;
+    write_hgrm(args, &driven.recorder.send, interrupted)?;
     let mut report = base_report(args, "sender-only", &profile_name);
     report.duration_secs = driven.elapsed.as_secs_f64();
     report.throughput = median(&runs);
@@ -132,7 +133,8 @@ pub fn run(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
     report.runs_p99_us = runs_p99;
     report.runs_latency = runs_latency;
     report.interrupted = interrupted;
-    report.calibration = calibrate(5, Duration::from_millis(40));
+    // None with one round: the caller's before and after are all there is.
+    report.calibration = median(&calibrations);
     report.latency = driven.recorder.latencies();
     report.outcomes = driven.recorder.outcomes.clone();
     report.reasons = driven.recorder.reasons.clone();
@@ -163,6 +165,9 @@ struct Rounds {
     interrupted: bool,
     /// Sends without an answer when the interrupted round stopped waiting.
     in_flight: u64,
+    /// The calibration measured between rounds: within the run, so that load from elsewhere
+    /// during a long run is sampled too.
+    calibrations: Vec<f64>,
 }
 
 /// Drives `--repeat` rounds of the plan through `send`, cycling through `items`; an interrupt
@@ -188,11 +193,16 @@ where
         answered: 0,
         interrupted: false,
         in_flight: 0,
+        calibrations: Vec::new(),
     };
     let mut best_throughput = 0.0;
     for round in 0..args.repeat {
         if interrupt.is_set() && round > 0 {
             break;
+        }
+        if round > 0 {
+            out.calibrations
+                .push(calibrate(5, Duration::from_millis(40)));
         }
         let bar = Progress::for_run(
             &format!("run {}/{}", round + 1, args.repeat),

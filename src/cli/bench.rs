@@ -157,6 +157,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
+    // The HTTP benches run once; a --repeat they ignored still said "repeat: 3" in the report.
+    if (args.api || args.events) && args.repeat > 1 {
+        bail!(
+            "--repeat is for the sender-only and end-to-end benches: --api and --events run once"
+        );
+    }
     let report_flags = &args.report;
     // Where the reports go, and the baseline, are checked first: a typo should fail before a
     // long run, not after it.
@@ -196,8 +202,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         quiet: report_flags.quiet,
     };
     let interrupt = Interrupt::install()?;
-    // Calibrate before and after as well as inside the run: the median of the three resists
-    // a burst of other load on a shared machine.
+    // Calibrate before and after as well as inside the run (between its rounds): the median
+    // resists a burst of other load on a shared machine.
     let before = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
     let http = crate::bench::api::ApiBench {
         batch: args.batch,
@@ -223,7 +229,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.context("bench run failed")),
     };
     let after = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
-    report.calibration = gate::median(&[before, report.calibration, after]);
+    report.calibration = gate::calibration(&[before, report.calibration, after]);
     conclude(&report, report_flags, baseline)
 }
 
@@ -256,9 +262,15 @@ fn pg_config(text: &str) -> anyhow::Result<crate::config::PgConfig> {
     Ok(pg)
 }
 
+/// The exit status of a run the gate found slower than its baseline: its own, so that a
+/// retry (`ci/bench-gate.sh`) can tell a speed regression, which load from elsewhere can fake,
+/// from a lost or double-counted message (1), which a retry must never pass.
+pub const EXIT_REGRESSION: u8 = 3;
+
 /// The end of a bench or replay run: writes the reports, prints the summary, and decides the
 /// exit status: 130 when interrupted (the gate is not applied to part of a run), 1 when a
-/// message is unaccounted for or the gate finds a regression.
+/// message is unaccounted for, 2 when the baseline is another kind of run, and
+/// [`EXIT_REGRESSION`] when the gate finds a regression.
 pub(super) fn conclude(
     report: &Report,
     flags: &ReportFlags,
@@ -297,6 +309,20 @@ pub(super) fn conclude(
         return Ok(ExitCode::from(interrupt::EXIT_CODE));
     }
     if let Some((base, path)) = baseline {
+        let differences = gate::differences(report, &base);
+        if !differences.is_empty() {
+            bail!(
+                "the baseline {} is another kind of run ({}): the gate compares runs of one kind; record a baseline with these settings",
+                path.display(),
+                differences.join("; ")
+            );
+        }
+        if base.params.threads == 0 {
+            println!(
+                "  gate: WARNING: the baseline does not record its threads (a report from before --threads); this run used {}",
+                report.params.threads
+            );
+        }
         let result = gate::compare(report, &base, max_regression);
         for line in &result.lines {
             println!("  gate: {line}");
@@ -309,7 +335,7 @@ pub(super) fn conclude(
             for r in &result.regressions {
                 eprintln!("  {r}");
             }
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(EXIT_REGRESSION));
         }
         println!("  gate: passed");
     }

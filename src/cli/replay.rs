@@ -160,7 +160,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         transport,
     );
     report.conservation = conservation.check();
-    report.calibration = crate::report::gate::median(&[before, after]);
+    report.calibration = crate::report::gate::calibration(&[before, after]);
     super::bench::conclude(&report, &args.report, baseline)
 }
 

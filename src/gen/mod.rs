@@ -88,6 +88,13 @@ impl GenConfig {
                 "push types are for APNs only (--platform apns)".into(),
             ));
         }
+        if !is_http_url(&self.webpush_origin) {
+            return Err(GenError::Invalid(format!(
+                "web push origin {:?} must be an http:// or https:// URL (it is written into \
+                 each subscription's endpoint as it is)",
+                self.webpush_origin
+            )));
+        }
         if self.app.is_empty()
             || !self
                 .app
@@ -101,6 +108,20 @@ impl GenConfig {
         }
         Ok(())
     }
+}
+
+/// An http or https URL with a host, and nothing JSON would have to escape (the generator
+/// copies the origin into its messages byte for byte: a `"` or `\\` made invalid JSON).
+fn is_http_url(s: &str) -> bool {
+    let plain = s
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    let uri = s.parse::<http::Uri>().ok();
+    plain
+        && uri.as_ref().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+        })
 }
 
 #[derive(Debug, thiserror::Error)]

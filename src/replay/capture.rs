@@ -7,7 +7,9 @@
 //!
 //! `t_us` is microseconds since the capture started (never decreasing); `key` is the Kafka key
 //! (absent when there was none; `key_b64` when it is not UTF-8); `message` is the Kafka value
-//! when it is JSON, `raw_b64` (base64) when it is not, so malformed messages replay too.
+//! when it is JSON that a line can hold byte for byte, `raw_b64` (base64) otherwise (not JSON,
+//! JSON `null`, or JSON with line breaks or surrounding blanks), so every value replays exactly
+//! as it was consumed, malformed ones too.
 
 use base64::Engine as _;
 use parking_lot::Mutex;
@@ -72,10 +74,25 @@ struct Line<'a> {
     key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_b64: Option<String>,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    /// `Some` whenever the field is there: plain `Option` reads `"message":null` as absent
+    /// (serde turns a JSON null into `None` before `RawValue` sees it).
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     message: Option<&'a RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     raw_b64: Option<String>,
+}
+
+/// A `message` field that is there, whatever its value (`null` included).
+fn present<'de, D>(d: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -93,18 +110,20 @@ pub fn write_entry(
         Some(Ok(k)) => (Some(k.to_string()), None),
         Some(Err(_)) => (None, key.map(|k| B64.encode(k))),
     };
-    // JSON values are kept as they are; one with line breaks between tokens is compacted, so
-    // that a record stays on one line.
-    let compacted;
+    // A JSON value goes in as it is, when the line gives back exactly its bytes; anything
+    // else as base64: not JSON, `null` (a reader may take `"message":null` for no message),
+    // or JSON that the line would change (line breaks, which compacting reorders and rounds
+    // through `Value`, and blanks around it, which `RawValue` drops).
     let (message, raw_b64) = match serde_json::from_slice::<&RawValue>(value) {
-        Ok(raw) if !value.contains(&b'\n') && !value.contains(&b'\r') => (Some(raw), None),
-        Ok(_) => {
-            let v: serde_json::Value =
-                serde_json::from_slice(value).map_err(std::io::Error::other)?;
-            compacted = RawValue::from_string(v.to_string()).map_err(std::io::Error::other)?;
-            (Some(&*compacted), None)
+        Ok(raw)
+            if raw.get().as_bytes() == value
+                && raw.get() != "null"
+                && !value.contains(&b'\n')
+                && !value.contains(&b'\r') =>
+        {
+            (Some(raw), None)
         }
-        Err(_) => (None, Some(B64.encode(value))),
+        _ => (None, Some(B64.encode(value))),
     };
     let line = Line {
         t_us: at.as_micros() as u64,
@@ -320,13 +339,43 @@ mod tests {
         assert_eq!(round_trip(&entries), entries);
     }
 
+    /// JSON `null` (a producer that serialised a null object) and JSON a line cannot hold as
+    /// it is come back byte for byte, each on one line: before, `null` made a capture that
+    /// `replay` refused ("no message"), and multi-line JSON came back compacted, its keys
+    /// sorted, its duplicate keys merged and its big integers rounded.
     #[test]
-    fn multi_line_json_is_compacted_onto_one_line() {
+    fn values_a_line_cannot_hold_as_json_come_back_byte_for_byte() {
+        let values: [&[u8]; 6] = [
+            b"null",
+            b"{\n \"b\": 1,\n \"a\": 2, \"a\": 3\n}",
+            b"{\"n\":123456789012345678901234567890}\r\n",
+            b" {\"a\":1}",
+            b"{\"a\":1}\n",
+            b"",
+        ];
+        let entries: Vec<Entry> = values
+            .iter()
+            .map(|v| Entry {
+                at: Duration::ZERO,
+                topic: "t".into(),
+                key: None,
+                value: v.to_vec(),
+            })
+            .collect();
         let mut out = Vec::new();
-        write_entry(&mut out, Duration::ZERO, "t", None, b"{\n \"a\": 1\n}").unwrap();
-        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
-        let back = parse(&out[..], Path::new("mem")).unwrap();
-        assert_eq!(back[0].value, br#"{"a":1}"#);
+        for e in &entries {
+            write_entry(&mut out, e.at, &e.topic, None, &e.value).unwrap();
+        }
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), values.len());
+        assert_eq!(parse(&out[..], Path::new("mem")).unwrap(), entries);
+    }
+
+    /// A capture written before `null` went as base64 (`"message":null`) replays its `null`.
+    #[test]
+    fn a_null_message_field_is_the_value_null() {
+        let text = "{\"t_us\":0,\"topic\":\"t\",\"message\":null}\n";
+        let back = parse(text.as_bytes(), Path::new("c.jsonl")).unwrap();
+        assert_eq!(back[0].value, b"null");
     }
 
     #[test]

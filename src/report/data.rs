@@ -456,6 +456,10 @@ fn fmt_runs(runs: &[f64]) -> String {
         .join(", ")
 }
 
+/// The footer line of a `.hgrm` of an interrupted run (the figures cover what ran).
+pub const HGRM_INTERRUPTED: &str =
+    "#[Interrupted: a signal stopped the run before its end; this is the report's round]";
+
 /// HdrHistogram's percentile-distribution text (the `.hgrm` format its plotters read), in
 /// milliseconds. Written by hand: the hdrhistogram crate has binary serialisation only.
 pub fn hgrm(h: &Histogram<u64>) -> String {

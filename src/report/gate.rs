@@ -62,6 +62,49 @@ fn p99(r: &Report) -> Option<f64> {
         .map(|p| p.p99_us as f64)
 }
 
+/// Which latency [`p99`] is of: end to end where the run measured it, else send.
+fn p99_kind(r: &Report) -> &'static str {
+    if r.latency.end_to_end.is_some() {
+        "end-to-end"
+    } else {
+        "send"
+    }
+}
+
+/// How a run applied its load, in words: runs that differ here measure different things.
+fn load_of(r: &Report) -> String {
+    match (&r.replay, r.params.concurrency, r.params.rate) {
+        (Some(replay), _, _) => format!("replay at {}", replay.pace),
+        (None, _, Some(rate)) => format!("open loop at {rate}/s"),
+        (None, Some(c), None) => format!("closed loop, {c} in flight"),
+        (None, None, None) => "unknown".to_owned(),
+    }
+}
+
+/// Where `current` is a different kind of run from `baseline` (mode, platform, profile,
+/// transport, load, threads), one line per difference: its figures would be compared as if
+/// they measured the same thing (a sender-only run against an end-to-end baseline, a release
+/// run on every core against the CI's one thread), and a 50 % slower change passed.
+pub fn differences(current: &Report, baseline: &Report) -> Vec<String> {
+    let (now, base) = (&current.params, &baseline.params);
+    let mut pairs = vec![
+        ("mode", now.mode.clone(), base.mode.clone()),
+        ("platform", now.platform.clone(), base.platform.clone()),
+        ("profile", now.profile.clone(), base.profile.clone()),
+        ("transport", now.transport.clone(), base.transport.clone()),
+        ("load", load_of(current), load_of(baseline)),
+    ];
+    // 0: a report from before the threads were recorded, which cannot say.
+    if base.threads != 0 {
+        pairs.push(("threads", now.threads.to_string(), base.threads.to_string()));
+    }
+    pairs
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, a, b)| format!("{name} {a}, baseline {b}"))
+        .collect()
+}
+
 /// The verdict of a comparison, one line per figure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GateResult {
@@ -154,7 +197,8 @@ pub fn compare(current: &Report, baseline: &Report, max_regression_pct: f64) -> 
             Scaling::AgainstSpeed,
         );
         let line = format!(
-            "p99 latency {:.0} µs vs baseline {:.0} µs: {:+.1}% raw, {:+.1}% normalised (limit +{max_regression_pct}%)",
+            "p99 {} latency {:.0} µs vs baseline {:.0} µs: {:+.1}% raw, {:+.1}% normalised (limit +{max_regression_pct}%)",
+            p99_kind(current),
             now,
             base,
             c.raw * 100.0,
@@ -190,6 +234,14 @@ const DELIVERED_SHARE_LIMIT_PP: f64 = 1.0;
 fn delivered_share(r: &Report) -> Option<f64> {
     let total: u64 = r.outcomes.values().sum();
     (total > 0).then(|| r.outcomes.get("delivered").copied().unwrap_or(0) as f64 / total as f64)
+}
+
+/// A run's calibration from its samples (before the run, between its rounds, after it): the
+/// median of those taken. A 0 is a sample not taken (one round has nothing between; `--api`
+/// takes none inside): counted, it made the median the lower of the other two.
+pub fn calibration(samples: &[f64]) -> f64 {
+    let taken: Vec<f64> = samples.iter().copied().filter(|&c| c > 0.0).collect();
+    median(&taken)
 }
 
 /// The median of repeated runs' values.
@@ -310,6 +362,46 @@ pub(crate) mod tests {
         let mut same = sample(1000.0, 500, 1e6);
         same.outcomes = [("delivered".to_string(), 995), ("gave_up".to_string(), 5)].into();
         assert!(compare(&same, &base, 10.0).passed());
+    }
+
+    /// A run of another kind than its baseline is named, field by field; a baseline from
+    /// before threads were recorded (0) is not held against the run.
+    #[test]
+    fn runs_of_another_kind_are_named() {
+        let base = sample(1000.0, 500, 1e6);
+        assert!(differences(&base, &base).is_empty());
+        let mut other = base.clone();
+        other.params.mode = "end-to-end".into();
+        other.params.threads = 2;
+        other.params.concurrency = None;
+        other.params.rate = Some(5000.0);
+        assert_eq!(
+            differences(&other, &base),
+            [
+                "mode end-to-end, baseline sender-only",
+                "load open loop at 5000/s, baseline closed loop, 1 in flight",
+                "threads 2, baseline 1",
+            ]
+        );
+        let mut old = base.clone();
+        old.params.threads = 0;
+        assert!(differences(&base, &old).is_empty());
+        let mut replay = base.clone();
+        replay.replay = Some(ReplayInfo {
+            pace: "10x".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            differences(&replay, &base),
+            ["load replay at 10x, baseline closed loop, 1 in flight"]
+        );
+    }
+
+    #[test]
+    fn the_calibration_is_the_median_of_the_samples_taken() {
+        assert_eq!(calibration(&[2e6, 0.0, 3e6]), 2.5e6);
+        assert_eq!(calibration(&[2e6, 2.2e6, 3e6]), 2.2e6);
+        assert_eq!(calibration(&[0.0, 0.0]), 0.0);
     }
 
     #[test]
