@@ -413,9 +413,9 @@ impl WebPushSender {
     ) -> Attempt<WebPushResponse> {
         let body = match sealed {
             Ok(body) => body,
-            Err(e @ EncryptError::BadPeerKey) => return Attempt::final_outcome(bad_key(&e)),
+            Err(e @ EncryptError::BadPeerKey) => return Attempt::unsent(bad_key(&e)),
             Err(e @ EncryptError::TooLarge(_)) => {
-                return Attempt::final_outcome(Outcome::Malformed {
+                return Attempt::unsent(Outcome::Malformed {
                     reason: e.to_string(),
                 })
             }
@@ -443,7 +443,7 @@ impl WebPushSender {
             }
             Ok((response, verdict)) => Attempt::answered(response, verdict),
             Err(AttemptError::Vapid(e)) => Attempt::fault("vapid", e.to_string()),
-            Err(AttemptError::Origin(e)) => Attempt::final_outcome(Outcome::TokenInvalid {
+            Err(AttemptError::Origin(e)) => Attempt::unsent(Outcome::TokenInvalid {
                 reason: format!("bad_endpoint: {e}"),
                 timestamp_ms: None,
             }),
@@ -457,6 +457,7 @@ impl WebPushSender {
                     answer: None,
                     verdict: Verdict::Retry(RetryHint::new(e.kind()).reconnect()),
                     error: Some(e.to_string()),
+                    unsent: false,
                 }
             }
         };
