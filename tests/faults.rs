@@ -1103,6 +1103,140 @@ async fn an_outage_that_outlives_every_waiting_message_still_ends() {
     );
 }
 
+/// During an outage a second pusher joins the group and takes partitions from the first, whose
+/// messages of them wait at the failing endpoint's gate. Seen: they kept waiting there, holding
+/// their slots, and once APNs answered they were sent as well as the new owner's copies: every
+/// message of a moved partition pushed twice. Now a message of a revoked partition stops where it
+/// is, unfinished; the new owner's copy is the one sent. Counts add up: each message delivered
+/// once, finished once, committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_a_revoked_partition_stop_waiting_at_a_failing_endpoint() {
+    const N: u64 = 40;
+    let app = format!("moved{}", std::process::id());
+    let topic = format!("push-{app}_apns");
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 2).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    let outage = Duration::from_secs(12);
+    let profile = Profile::from_yaml(
+        "down12s",
+        &format!(
+            "outages: [{{start_ms: 0, duration_ms: {}}}]",
+            outage.as_millis()
+        ),
+    )
+    .unwrap();
+    let fake_started = Instant::now();
+    let (fake, log) = start_recording_fake(profile, 0).await;
+    let sender = || {
+        let mut apns = config(&fake, fake.tls_url(), token_auth());
+        apns.retry = retry(2, 50, 100);
+        apns.on_fault = OnFault::Wait;
+        ApnsSender::new(apns).unwrap()
+    };
+    let tokens: Vec<String> = (0..N).map(token).collect();
+    let messages: Vec<Vec<u8>> = tokens.iter().map(|t| message(t)).collect();
+    common::process::produce_all(&brokers, &topic, &messages).await;
+    let group = format!("g-{app}");
+    let member = |sender: &ApnsSender, seen: &Arc<Outcomes>, stop: &CancellationToken| {
+        let mut spec = RunSpec::new(
+            Platform::Apns,
+            brokers.clone(),
+            group.clone(),
+            vec![topic.clone()],
+        );
+        spec.offset_reset = "earliest".into();
+        spec.commit_interval = Duration::from_millis(100);
+        spec.session_timeout = Duration::from_secs(3);
+        spec.consumer_extra = vec![("fetch.wait.max.ms".into(), "10".into())];
+        let outputs = Outputs {
+            feedback: None,
+            tokens: None,
+            observer: Some(seen.clone()),
+        };
+        let apps = HashMap::from([(app.clone(), AppSender::apns(sender.clone()))]);
+        tokio::spawn(run(spec, apps, outputs, stop.clone()))
+    };
+
+    // The first member takes both partitions; what it reads meets the outage and waits (the
+    // app pauses once the gate closes).
+    let (first, first_seen, first_stop) = (
+        sender(),
+        Arc::new(Outcomes::default()),
+        CancellationToken::new(),
+    );
+    let first_run = member(&first, &first_seen, &first_stop);
+    until("messages wait at the gate", Duration::from_secs(20), || {
+        first.gate().parked() >= 10
+    })
+    .await;
+    // The second joins: the partitions are dealt again, and the second's messages meet the
+    // outage too, while it lasts.
+    let (second, second_seen, second_stop) = (
+        sender(),
+        Arc::new(Outcomes::default()),
+        CancellationToken::new(),
+    );
+    let second_run = member(&second, &second_seen, &second_stop);
+    until(
+        "the second member's messages wait too",
+        Duration::from_secs(30),
+        || second.gate().parked() > 0,
+    )
+    .await;
+    assert!(
+        fake_started.elapsed() < outage,
+        "the rebalance came after the outage: nothing tested"
+    );
+    // After the outage: everything delivered and committed.
+    let seen =
+        || first_seen.count.load(Ordering::Relaxed) + second_seen.count.load(Ordering::Relaxed);
+    until(
+        "every message ends",
+        outage + Duration::from_secs(30),
+        || seen() >= N,
+    )
+    .await;
+    until("the offsets are committed", Duration::from_secs(10), || {
+        common::process::committed_offsets(&brokers, &group, &topic, 2)
+            .iter()
+            .sum::<i64>()
+            == N as i64
+    })
+    .await;
+    // A stale copy would go with its gate's opening, as the first member's own did.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first_stop.cancel();
+    second_stop.cancel();
+    let (a, b) = (
+        first_run.await.unwrap().unwrap(),
+        second_run.await.unwrap().unwrap(),
+    );
+    assert!(b.finished > 0, "the second member sent none: {b:?}");
+    assert_eq!(a.finished + b.finished, N, "{a:?} {b:?}");
+    assert_eq!(seen(), N, "an outcome per message, once");
+    let oks = by_token(&log.answers())
+        .into_iter()
+        .map(|(t, tried)| {
+            (
+                t.to_string(),
+                tried.iter().filter(|a| a.status == 200).count(),
+            )
+        })
+        .collect::<BTreeMap<_, _>>();
+    for t in &tokens {
+        assert_eq!(oks.get(t), Some(&1), "{t} delivered {:?} times", oks.get(t));
+    }
+}
+
+/// Waits up to `within` for `done`.
+async fn until(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits up to 10 s for `group`'s committed offset on `topic` (one partition) to reach `n`.
 async fn wait_committed(brokers: &str, group: &str, topic: &str, n: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -150,6 +150,7 @@ impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             let mut refused = TopicPartitionList::new();
+            let mut consumed = TopicPartitionList::new();
             {
                 let mut tracker = self.tracker.lock();
                 for e in list.elements() {
@@ -163,12 +164,22 @@ impl ConsumerContext for RebalanceContext {
                         // Its app's endpoint is failing, or messages of it are held: it
                         // resumes when that ends.
                         refused.add_partition(e.topic(), e.partition());
+                    } else {
+                        consumed.add_partition(e.topic(), e.partition());
                     }
                 }
             }
             if refused.count() > 0 {
                 if let Err(e) = consumer.pause(&refused) {
                     tracing::error!(error = %e, "Could not pause partitions this pusher cannot send.");
+                }
+            }
+            // librdkafka keeps a partition's pause through a revocation and a new assignment.
+            // An app resumed while it had no partitions (its endpoint answered again during
+            // the rebalance) resumed none, and its partitions paused before stayed paused.
+            if consumed.count() > 0 {
+                if let Err(e) = consumer.resume(&consumed) {
+                    tracing::error!(error = %e, "Could not resume assigned partitions.");
                 }
             }
             tracing::info!(
