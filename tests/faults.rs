@@ -60,6 +60,15 @@ fn token(i: u64) -> String {
     format!("{:064x}", 0xf1a0_0000_0000_0000u64 + i)
 }
 
+/// An FCM token, not hex: an APNs sender refuses it before sending.
+fn junk_token(i: u64) -> String {
+    format!("dXk0:APA91b{i:08}")
+}
+
+fn is_junk(token: &str) -> bool {
+    token.starts_with("dXk0:")
+}
+
 fn message(token: &str) -> Vec<u8> {
     format!(r#"{{"DeviceToken":"{token}","Payload":{{"aps":{{"alert":"fault test"}}}}}}"#)
         .into_bytes()
@@ -107,6 +116,9 @@ struct Scenario {
     /// What the sender does on an endpoint fault: `Fail` unless a test says (the scenarios
     /// below measure the retries themselves); `pusher run` waits.
     on_fault: OnFault,
+    /// Every this many messages, a token that is not hex (another platform's), which the
+    /// sender refuses before sending: `malformed`.
+    junk_every: Option<u64>,
 }
 
 /// What came out of a run.
@@ -153,7 +165,12 @@ async fn run_scenario(name: &str, s: Scenario) -> Run {
     let stop = CancellationToken::new();
     let pipeline = tokio::spawn(run(spec, apps, outputs, stop.clone()));
 
-    let tokens: Vec<String> = (0..s.messages).map(token).collect();
+    let tokens: Vec<String> = (0..s.messages)
+        .map(|i| match s.junk_every {
+            Some(n) if i % n == n - 1 => junk_token(i),
+            _ => token(i),
+        })
+        .collect();
     let producer = tokio::spawn(produce_paced(
         brokers.clone(),
         topic,
@@ -170,11 +187,14 @@ async fn run_scenario(name: &str, s: Scenario) -> Run {
     stop.cancel();
     let summary = pipeline.await.unwrap().unwrap();
     let outcomes = seen.by_token.lock().unwrap().clone();
-    let gave_up = outcomes.values().filter(|c| **c == "gave_up").count() as u64;
+    let reported = outcomes
+        .values()
+        .filter(|c| matches!(**c, "gave_up" | "malformed"))
+        .count() as u64;
     let feedback = common::feedback::read_feedback_json(
         &brokers,
         &format!("push-{app}-apns-feedbacks"),
-        gave_up,
+        reported,
         Duration::from_secs(20),
     );
     Run {
@@ -232,14 +252,19 @@ fn check_common(name: &str, r: &Run, max_attempts: u32) -> BTreeMap<&'static str
                 );
                 assert!(tried.len() as u32 <= max_attempts, "{name}: {t}: {tried:?}");
             }
+            // Refused before sending: only a token that is not hex, never sent.
+            "malformed" => {
+                assert!(is_junk(t), "{name}: {t} malformed");
+                assert!(tried.is_empty(), "{name}: {t} was sent: {tried:?}");
+            }
             other => panic!("{name}: {t} ended {other}"),
         }
     }
-    // One feedback record per message given up, naming its token.
+    // One feedback record per message given up or malformed, naming its token.
     let gave_up: Vec<&String> = r
         .tokens
         .iter()
-        .filter(|t| r.outcomes.get(*t) == Some(&"gave_up"))
+        .filter(|t| matches!(r.outcomes.get(*t), Some(&"gave_up" | &"malformed")))
         .collect();
     assert_eq!(r.feedback.len(), gave_up.len(), "{name}: feedback records");
     let reported: HashMap<&str, usize> = r
@@ -365,6 +390,7 @@ async fn throttled_retries_honour_retry_after_and_recover() {
             retry: retry(4, 50, 2000),
             request_timeout: Duration::from_secs(5),
             on_fault: OnFault::Fail,
+            junk_every: None,
         },
     )
     .await;
@@ -408,6 +434,7 @@ async fn flaky_errors_are_retried_with_jittered_backoff() {
             retry: retry(4, 50, 2000),
             request_timeout: Duration::from_secs(5),
             on_fault: OnFault::Fail,
+            junk_every: None,
         },
     )
     .await;
@@ -442,6 +469,7 @@ async fn outage(name: &str, outage: Duration, messages_per_s: u64, run_for: Dura
             retry: retry(5, 250, 4000),
             request_timeout: Duration::from_secs(5),
             on_fault: OnFault::Fail,
+            junk_every: None,
         },
     )
     .await;
@@ -492,6 +520,16 @@ async fn outage_scaled_to_3s_recovers() {
 /// gate closes, and every message waits for it: none gives up, all are delivered, and while
 /// it waits the endpoint sees one probe at a time, not every message's retries.
 async fn pause(name: &str, outage: Duration, rate: u64, run_for: Duration) {
+    pause_with(name, outage, rate, run_for, None).await
+}
+
+async fn pause_with(
+    name: &str,
+    outage: Duration,
+    rate: u64,
+    run_for: Duration,
+    junk_every: Option<u64>,
+) {
     let start = Duration::from_millis(1500);
     let profile = Profile::from_yaml(
         name,
@@ -512,12 +550,23 @@ async fn pause(name: &str, outage: Duration, rate: u64, run_for: Duration) {
             retry: retry(5, 250, 4000),
             request_timeout: Duration::from_secs(5),
             on_fault: OnFault::Wait,
+            junk_every,
         },
     )
     .await;
     let counts = check_common(name, &r, 5);
+    let junk = junk_every.map_or(0, |n| messages / n);
     assert_eq!(counts.get("gave_up"), None, "{counts:?}");
-    assert_eq!(counts.get("delivered"), Some(&messages), "{counts:?}");
+    assert_eq!(
+        counts.get("malformed").copied().unwrap_or(0),
+        junk,
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get("delivered"),
+        Some(&(messages - junk)),
+        "{counts:?}"
+    );
     let refused = r.fake.stats().by_status.get(&503).copied().unwrap_or(0);
     assert!(refused > 0, "the outage happened");
     // Without the pause each message offered in the outage retried up to 5 times; with it,
@@ -544,6 +593,23 @@ async fn an_outage_pauses_the_production_pusher_and_ends_nothing() {
         Duration::from_secs(3),
         500,
         Duration::from_secs(7),
+    )
+    .await;
+}
+
+/// The same outage with a token of another platform every 20 messages (an FCM token produced
+/// to the APNs topic), which the sender refuses before sending (`malformed`). Seen: each such
+/// refusal counted as the endpoint's answer, so a message that spent its retries always saw "a
+/// final answer meanwhile", the gate never closed, and the outage drained as `gave_up` again;
+/// a closed gate also reopened when a refused message had the turn to probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_refused_before_sending_do_not_hide_an_outage() {
+    pause_with(
+        "pausejunk",
+        Duration::from_secs(3),
+        500,
+        Duration::from_secs(7),
+        Some(20),
     )
     .await;
 }
@@ -586,6 +652,7 @@ async fn goaway_every_1000_streams_loses_nothing() {
             retry: retry(4, 50, 2000),
             request_timeout: Duration::from_secs(5),
             on_fault: OnFault::Fail,
+            junk_every: None,
         },
     )
     .await;
@@ -615,6 +682,7 @@ async fn connection_resets_are_retried() {
             retry: retry(4, 50, 2000),
             request_timeout: Duration::from_secs(5),
             on_fault: OnFault::Fail,
+            junk_every: None,
         },
     )
     .await;
@@ -642,6 +710,7 @@ async fn stalls_longer_than_the_timeout_are_retried() {
             retry: retry(4, 50, 2000),
             request_timeout: Duration::from_secs(1),
             on_fault: OnFault::Fail,
+            junk_every: None,
         },
     )
     .await;
@@ -1032,6 +1101,140 @@ async fn an_outage_that_outlives_every_waiting_message_still_ends() {
         (N..2 * N).all(|i| by_token[&token(i)] == "delivered"),
         "{by_token:?}"
     );
+}
+
+/// During an outage a second pusher joins the group and takes partitions from the first, whose
+/// messages of them wait at the failing endpoint's gate. Seen: they kept waiting there, holding
+/// their slots, and once APNs answered they were sent as well as the new owner's copies: every
+/// message of a moved partition pushed twice. Now a message of a revoked partition stops where it
+/// is, unfinished; the new owner's copy is the one sent. Counts add up: each message delivered
+/// once, finished once, committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_a_revoked_partition_stop_waiting_at_a_failing_endpoint() {
+    const N: u64 = 40;
+    let app = format!("moved{}", std::process::id());
+    let topic = format!("push-{app}_apns");
+    let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 2).unwrap();
+    let brokers = kafka.bootstrap().to_string();
+    let outage = Duration::from_secs(12);
+    let profile = Profile::from_yaml(
+        "down12s",
+        &format!(
+            "outages: [{{start_ms: 0, duration_ms: {}}}]",
+            outage.as_millis()
+        ),
+    )
+    .unwrap();
+    let fake_started = Instant::now();
+    let (fake, log) = start_recording_fake(profile, 0).await;
+    let sender = || {
+        let mut apns = config(&fake, fake.tls_url(), token_auth());
+        apns.retry = retry(2, 50, 100);
+        apns.on_fault = OnFault::Wait;
+        ApnsSender::new(apns).unwrap()
+    };
+    let tokens: Vec<String> = (0..N).map(token).collect();
+    let messages: Vec<Vec<u8>> = tokens.iter().map(|t| message(t)).collect();
+    common::process::produce_all(&brokers, &topic, &messages).await;
+    let group = format!("g-{app}");
+    let member = |sender: &ApnsSender, seen: &Arc<Outcomes>, stop: &CancellationToken| {
+        let mut spec = RunSpec::new(
+            Platform::Apns,
+            brokers.clone(),
+            group.clone(),
+            vec![topic.clone()],
+        );
+        spec.offset_reset = "earliest".into();
+        spec.commit_interval = Duration::from_millis(100);
+        spec.session_timeout = Duration::from_secs(3);
+        spec.consumer_extra = vec![("fetch.wait.max.ms".into(), "10".into())];
+        let outputs = Outputs {
+            feedback: None,
+            tokens: None,
+            observer: Some(seen.clone()),
+        };
+        let apps = HashMap::from([(app.clone(), AppSender::apns(sender.clone()))]);
+        tokio::spawn(run(spec, apps, outputs, stop.clone()))
+    };
+
+    // The first member takes both partitions; what it reads meets the outage and waits (the
+    // app pauses once the gate closes).
+    let (first, first_seen, first_stop) = (
+        sender(),
+        Arc::new(Outcomes::default()),
+        CancellationToken::new(),
+    );
+    let first_run = member(&first, &first_seen, &first_stop);
+    until("messages wait at the gate", Duration::from_secs(20), || {
+        first.gate().parked() >= 10
+    })
+    .await;
+    // The second joins: the partitions are dealt again, and the second's messages meet the
+    // outage too, while it lasts.
+    let (second, second_seen, second_stop) = (
+        sender(),
+        Arc::new(Outcomes::default()),
+        CancellationToken::new(),
+    );
+    let second_run = member(&second, &second_seen, &second_stop);
+    until(
+        "the second member's messages wait too",
+        Duration::from_secs(30),
+        || second.gate().parked() > 0,
+    )
+    .await;
+    assert!(
+        fake_started.elapsed() < outage,
+        "the rebalance came after the outage: nothing tested"
+    );
+    // After the outage: everything delivered and committed.
+    let seen =
+        || first_seen.count.load(Ordering::Relaxed) + second_seen.count.load(Ordering::Relaxed);
+    until(
+        "every message ends",
+        outage + Duration::from_secs(30),
+        || seen() >= N,
+    )
+    .await;
+    until("the offsets are committed", Duration::from_secs(10), || {
+        common::process::committed_offsets(&brokers, &group, &topic, 2)
+            .iter()
+            .sum::<i64>()
+            == N as i64
+    })
+    .await;
+    // A stale copy would go with its gate's opening, as the first member's own did.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first_stop.cancel();
+    second_stop.cancel();
+    let (a, b) = (
+        first_run.await.unwrap().unwrap(),
+        second_run.await.unwrap().unwrap(),
+    );
+    assert!(b.finished > 0, "the second member sent none: {b:?}");
+    assert_eq!(a.finished + b.finished, N, "{a:?} {b:?}");
+    assert_eq!(seen(), N, "an outcome per message, once");
+    let oks = by_token(&log.answers())
+        .into_iter()
+        .map(|(t, tried)| {
+            (
+                t.to_string(),
+                tried.iter().filter(|a| a.status == 200).count(),
+            )
+        })
+        .collect::<BTreeMap<_, _>>();
+    for t in &tokens {
+        assert_eq!(oks.get(t), Some(&1), "{t} delivered {:?} times", oks.get(t));
+    }
+}
+
+/// Waits up to `within` for `done`.
+async fn until(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits up to 10 s for `group`'s committed offset on `topic` (one partition) to reach `n`.

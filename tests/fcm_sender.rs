@@ -15,7 +15,7 @@ use pusher::sender::fcm::{FcmAuth, FcmConfig, FcmDelivery, FcmSender, HttpVersio
 use pusher::sender::{Health, OnFault};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wiremock::matchers::{body_string_contains, method, path};
+use wiremock::matchers::{body_string_contains, method, path, path_regex};
 use wiremock::{Mock, MockServer as Stub, ResponseTemplate};
 
 fn count(deliveries: &[FcmDelivery], class: &str) -> usize {
@@ -262,6 +262,85 @@ async fn third_party_auth_error_is_a_final_rejection_even_when_waiting_on_faults
         );
         assert!(!health.has_changed().unwrap(), "the gate moved");
         assert!(health.borrow().is_up());
+    })
+    .await
+}
+
+/// A token endpoint, and `answer` to every push.
+async fn stub_fcm(stub: &Stub, answer: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(token_reply("t1"))
+        .mount(stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex("messages:send$"))
+        .respond_with(answer)
+        .mount(stub)
+        .await;
+}
+
+/// Answers that are no verdict of FCM's on the message, and would come alike for every message:
+/// a proxy's 400 page (nginx answering `http://` on its TLS port), a 200 without the message's
+/// name (a stub answering anything), a 403 with an error code our table does not know. They
+/// were final (`rejected`, or `delivered`), so `pusher run gcm` ended and committed a whole
+/// backlog; now the gate closes (the app pauses) with the cause, the push waits, and it is
+/// delivered once FCM answers.
+#[tokio::test]
+async fn answers_that_are_no_verdict_of_fcm_pause_instead_of_ending_the_push() {
+    bounded(async {
+        let unknown_code = serde_json::json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
+            "message": "x", "details": [{"@type": pusher::push::fcm::FCM_ERROR_TYPE,
+            "errorCode": "BRAND_NEW_AUTH_ERROR"}]}});
+        let cases = [
+            (
+                ResponseTemplate::new(400).set_body_string(
+                    "<html><center>The plain HTTP request was sent to HTTPS port</center></html>",
+                ),
+                "HTTP 400 without a Google error",
+            ),
+            (
+                ResponseTemplate::new(200).set_body_string("{}"),
+                "HTTP 200 without a message name",
+            ),
+            (
+                ResponseTemplate::new(403).set_body_json(unknown_code),
+                "PERMISSION_DENIED",
+            ),
+        ];
+        for (answer, cause) in cases {
+            let stub = Stub::start().await;
+            stub_fcm(&stub, answer).await;
+            let mut config = FcmConfig::new(FcmAuth::ServiceAccount(account(format!(
+                "{}/token",
+                stub.uri()
+            ))));
+            config.base_url = stub.uri();
+            config.on_fault = OnFault::Wait;
+            let sender = sender(config);
+            let mut health = sender.gate().health();
+            let push = tokio::spawn({
+                let sender = sender.clone();
+                async move { sender.send_with_details(&message(&token(1))).await }
+            });
+            tokio::time::timeout(Duration::from_secs(5), health.wait_for(|h| !h.is_up()))
+                .await
+                .unwrap_or_else(|_| panic!("{cause}: the gate stayed open"))
+                .unwrap();
+            match &*health.borrow() {
+                Health::Down { cause: c, .. } => assert!(c.contains(cause), "{c}"),
+                Health::Up => unreachable!(),
+            }
+            assert!(!push.is_finished(), "{cause}: the push ended");
+            // FCM answers: the probe is delivered, the gate opens.
+            stub.reset().await;
+            let name = serde_json::json!({"name": "projects/p/messages/0:1"});
+            stub_fcm(&stub, ResponseTemplate::new(200).set_body_json(name)).await;
+            let d = push.await.unwrap();
+            assert_eq!(d.outcome, Outcome::Delivered, "{cause}");
+            assert_eq!(d.attempts, 1, "{cause}: the wait is not charged");
+            assert!(health.borrow().is_up());
+        }
     })
     .await
 }

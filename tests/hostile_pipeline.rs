@@ -541,7 +541,11 @@ async fn gcm_hostile_messages_and_injected_tokens_stay_data() {
 /// Hostile web push subscriptions through the real pipeline, two apps in one run: one with the
 /// production rules (https to public hosts only), one allowed local endpoints to reach the fake
 /// push service. Every bad subscription ends as `token_invalid` with its reason, gets a
-/// feedback record naming it (with `deleteToken`), and is committed; bad messages are
+/// feedback record naming it (with `deleteToken`), and is committed; one refused only by the
+/// endpoint rules (http, a private host: the fake's own address under the production rules)
+/// is `rejected` and kept (no `deleteToken`): the rules are our configuration, and a pusher
+/// run without the `allowLocalEndpoints` its API registered under deleted every such
+/// subscription. Bad messages are
 /// `malformed`; the valid pushes around them are delivered (their bodies decrypted by the
 /// fake); nothing is posted to a private address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,22 +603,22 @@ async fn webpush_hostile_subscriptions_are_refused_with_feedback() {
         (
             0,
             message(good.clone()),
-            "token_invalid/endpoint_private_address",
+            "rejected/endpoint_private_address",
         ),
         (
             0,
             message(with_endpoint("https://169.254.169.254/latest/meta-data")),
-            "token_invalid/endpoint_private_address",
+            "rejected/endpoint_private_address",
         ),
         (
             0,
             message(with_endpoint("https://[::1]:8443/wpush/a1")),
-            "token_invalid/endpoint_private_address",
+            "rejected/endpoint_private_address",
         ),
         (
             0,
             message(with_endpoint("http://push.example.com/wpush/a1")),
-            "token_invalid/endpoint_not_https",
+            "rejected/endpoint_not_https",
         ),
         // Local endpoints allowed: the keys and the URL still have to be right.
         (
@@ -726,12 +730,23 @@ async fn webpush_hostile_subscriptions_are_refused_with_feedback() {
         .iter()
         .filter(|r| r["outcome"] == "token_invalid")
         .collect();
-    assert_eq!(refused.len(), 8, "{records:?}");
+    assert_eq!(refused.len(), 4, "{records:?}");
     for r in &refused {
         assert_eq!(r["sent"], false, "{r}");
         assert_eq!(r["metadata"]["deleteToken"], true, "{r}");
         assert!(r["endpoint"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
         assert!(r["reason"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    }
+    // Refused by our rules: reported, never to be deleted.
+    let kept: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["outcome"] == "rejected")
+        .collect();
+    assert_eq!(kept.len(), 4, "{records:?}");
+    for r in &kept {
+        assert_eq!(r["sent"], false, "{r}");
+        assert!(r["metadata"].get("deleteToken").is_none(), "{r}");
+        assert!(r["endpoint"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
     }
     // Tracked (notif_id) pushes also report success; malformed ones still name what they can.
     assert_eq!(

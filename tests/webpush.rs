@@ -144,52 +144,58 @@ async fn hostile_subscriptions_are_refused_before_any_connection() {
         p256dh: p256dh.into(),
         auth: auth.into(),
     };
+    // Refused by our endpoint rules (that other rules allow): the message is rejected, the
+    // subscription kept. Refused for its own sake: deleted as a dead token.
+    let ours = |reason: &str| Outcome::Rejected {
+        reason: reason.into(),
+    };
+    let its = |reason: &str| Outcome::TokenInvalid {
+        reason: reason.into(),
+        timestamp_ms: None,
+    };
     let cases = [
-        (good.clone(), "endpoint_private_address"),
+        (good.clone(), ours("endpoint_private_address")),
         (
             with("http://push.example.com/x", good.keys.clone()),
-            "endpoint_not_https",
+            ours("endpoint_not_https"),
         ),
         (
             with(
                 "https://169.254.169.254/latest/meta-data",
                 good.keys.clone(),
             ),
-            "endpoint_private_address",
+            ours("endpoint_private_address"),
+        ),
+        (
+            with("ftp://push.example.com/x", good.keys.clone()),
+            its("endpoint_not_https"),
         ),
         (
             with(
                 "https://push.example.com/x",
                 keys("not base64!", &good.keys.auth),
             ),
-            "bad_subscription_key",
+            its("bad_subscription_key"),
         ),
         (
             with(
                 "https://push.example.com/x",
                 keys(&b64(&[4; 33]), &good.keys.auth),
             ),
-            "bad_subscription_key",
+            its("bad_subscription_key"),
         ),
         (
             with(
                 "https://push.example.com/x",
                 keys(&good.keys.p256dh, &b64(&[1; 15])),
             ),
-            "bad_subscription_key",
+            its("bad_subscription_key"),
         ),
-        (with("::::", good.keys.clone()), "bad_endpoint"),
+        (with("::::", good.keys.clone()), its("bad_endpoint")),
     ];
-    for (subscription, reason) in cases {
+    for (subscription, want) in cases {
         let d = strict.send(&message(subscription.clone(), b"x")).await;
-        assert_eq!(
-            d.outcome,
-            Outcome::TokenInvalid {
-                reason: reason.into(),
-                timestamp_ms: None
-            },
-            "{subscription:?}"
-        );
+        assert_eq!(d.outcome, want, "{subscription:?}");
         assert_eq!(d.attempts, 0);
     }
     // Too large to encrypt into one 4096-byte message: the message's fault.

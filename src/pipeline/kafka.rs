@@ -130,27 +130,27 @@ impl ClientContext for RebalanceContext {
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let mut tracker = self.tracker.lock();
-            // All partitions, moved or not: an earlier async commit may have been refused.
-            let commits = tracker.all_commits();
-            if !commits.is_empty() {
+            let revoked: Vec<(String, i32)> = list
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            revoke_then_commit(&self.tracker, &revoked, |commits| {
                 // Synchronous: the new owner starts from what we commit here.
-                match consumer.commit(&to_list(&commits), CommitMode::Sync) {
-                    Ok(()) => record_commits(&self.counters, &commits),
+                match consumer.commit(&to_list(commits), CommitMode::Sync) {
+                    Ok(()) => record_commits(&self.counters, commits),
                     Err(e) => {
                         tracing::warn!(error = %e, "Commit on revocation failed; the new owner redoes those messages.")
                     }
                 }
-            }
-            for e in list.elements() {
-                tracker.revoke(e.topic(), e.partition());
-            }
+            });
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             let mut refused = TopicPartitionList::new();
+            let mut consumed = TopicPartitionList::new();
             {
                 let mut tracker = self.tracker.lock();
                 for e in list.elements() {
@@ -164,6 +164,8 @@ impl ConsumerContext for RebalanceContext {
                         // Its app's endpoint is failing, or messages of it are held: it
                         // resumes when that ends.
                         refused.add_partition(e.topic(), e.partition());
+                    } else {
+                        consumed.add_partition(e.topic(), e.partition());
                     }
                 }
             }
@@ -172,12 +174,45 @@ impl ConsumerContext for RebalanceContext {
                     tracing::error!(error = %e, "Could not pause partitions this pusher cannot send.");
                 }
             }
+            // librdkafka keeps a partition's pause through a revocation and a new assignment.
+            // An app resumed while it had no partitions (its endpoint answered again during
+            // the rebalance) resumed none, and its partitions paused before stayed paused.
+            if consumed.count() > 0 {
+                if let Err(e) = consumer.resume(&consumed) {
+                    tracing::error!(error = %e, "Could not resume assigned partitions.");
+                }
+            }
             tracing::info!(
                 partitions = list.count(),
                 paused = refused.count(),
                 "Partitions assigned."
             );
         }
+    }
+}
+
+/// On revocation: takes every partition's finished prefix and forgets the `revoked` ones under
+/// the tracker's lock, then hands the prefix to `commit` with the lock released. The commit
+/// waits on the broker (a hung one: until the request times out, a minute), and every message
+/// task that ends takes this lock: held across it, they blocked their worker threads, and with
+/// them `/healthz`, the metrics and every connection's driver. A message of a revoked
+/// partition that ends meanwhile is ignored, as after the commit.
+fn revoke_then_commit(
+    tracker: &Mutex<OffsetTracker>,
+    revoked: &[(String, i32)],
+    commit: impl FnOnce(&[(String, i32, i64)]),
+) {
+    let commits = {
+        let mut tracker = tracker.lock();
+        // All partitions, moved or not: an earlier async commit may have been refused.
+        let commits = tracker.all_commits();
+        for (topic, partition) in revoked {
+            tracker.revoke(topic, *partition);
+        }
+        commits
+    };
+    if !commits.is_empty() {
+        commit(&commits);
     }
 }
 
@@ -387,6 +422,39 @@ mod tests {
         );
         // Memory stays bounded.
         assert!(bound_bytes <= 64 << 20);
+    }
+
+    #[test]
+    fn the_revocation_commit_runs_without_the_tracker_lock() {
+        const T: &str = "push-game_apns";
+        let tracker = Mutex::new(OffsetTracker::new(10));
+        {
+            let mut t = tracker.lock();
+            for p in 0..2 {
+                t.assign(T, p);
+                t.start(T, p, 5).unwrap();
+                t.start(T, p, 6).unwrap();
+                t.finish(T, p, 5).unwrap();
+            }
+        }
+        let mut committed = Vec::new();
+        revoke_then_commit(&tracker, &[(T.to_string(), 0)], |commits| {
+            // A message task ending now is not blocked for the commit's round trip.
+            let mut t = tracker
+                .try_lock()
+                .expect("the lock is free during the commit");
+            // The revoked partition is forgotten already; the kept one goes on.
+            assert!(t.finish(T, 0, 6).is_err());
+            t.finish(T, 1, 6).unwrap();
+            committed = commits.to_vec();
+        });
+        assert_eq!(
+            committed,
+            [(T.to_string(), 0, 6), (T.to_string(), 1, 6)],
+            "every partition's finished prefix"
+        );
+        assert_eq!(tracker.lock().epoch(T, 0), None);
+        assert_eq!(tracker.lock().all_commits(), [(T.to_string(), 1, 7)]);
     }
 
     #[test]

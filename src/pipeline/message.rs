@@ -80,11 +80,13 @@ pub(super) fn hostname() -> Arc<str> {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// One message, from bytes to a handed-off outcome. `slot` is its in-flight permit.
+/// One message, from bytes to a handed-off outcome. `slot` is its in-flight permit;
+/// `revoked`: its partition was revoked.
 pub(super) async fn handle(
     shared: &Shared,
     mut m: Consumed,
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    revoked: CancellationToken,
 ) {
     // Partitions of topics this pusher cannot send are paused on assignment; a message that
     // got through anyway is left unfinished (its partition commits no further), never
@@ -116,7 +118,15 @@ pub(super) async fn handle(
         ..Default::default()
     };
     let started = tokio::time::Instant::now();
-    let (outcome, details) = sender.push(m.payload.as_deref(), &mut ctx).await;
+    let (outcome, details) = tokio::select! {
+        biased;
+        // Its partition is another consumer's now, which reads the message again from the
+        // committed offset. Left unfinished, and its slot freed: sent on (from a failing
+        // endpoint's gate once it answers, after a retry's wait), it went twice, late, and
+        // held a slot the partitions still ours needed.
+        () = revoked.cancelled() => return,
+        pushed = sender.push(m.payload.as_deref(), &mut ctx) => pushed,
+    };
     m.send_latency = Some(started.elapsed());
     // Side effects first, then the offset: that order is the at-least-once contract.
     let deletion = match hand_off(shared, sender, &ctx, &outcome, &details).await {

@@ -10,6 +10,7 @@
 
 use foldhash::HashMap; // Hashed twice a message: see pipeline::message.
 use std::collections::VecDeque;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OffsetError {
@@ -47,6 +48,8 @@ struct PartitionWindow {
     last_started: Option<i64>,
     /// Which assignment of the partition this window is: a new one on every assignment.
     epoch: u64,
+    /// Cancelled when the partition is revoked: its messages still being sent stop.
+    revoked: CancellationToken,
 }
 
 impl PartitionWindow {
@@ -220,7 +223,18 @@ impl OffsetTracker {
             .and_then(|windows| windows.remove(&partition));
         if let Some(window) = removed {
             self.unfinished -= window.unfinished();
+            window.revoked.cancel();
         }
+    }
+
+    /// Cancelled when the partition is revoked (or assigned anew): a message of it still
+    /// being sent stops then, leaving it to the new owner, which reads it again from the
+    /// committed offset. `None` when the partition is not in flight here.
+    pub fn revocation(&self, topic: &str, partition: i32) -> Option<CancellationToken> {
+        self.partitions
+            .get(topic)
+            .and_then(|windows| windows.get(&partition))
+            .map(|w| w.revoked.clone())
     }
 
     /// The partition was (re)assigned: start clean, whatever was known about it before.
@@ -264,7 +278,10 @@ mod tests {
         assert!(first.is_some());
         t.start(T, 0, 5).unwrap();
         assert_eq!(t.epoch(T, 0), first, "starting keeps the epoch");
+        let revoked = t.revocation(T, 0).unwrap();
+        assert!(!revoked.is_cancelled());
         t.revoke(T, 0);
+        assert!(revoked.is_cancelled(), "its messages in flight are told");
         assert_eq!(t.epoch(T, 0), None);
         t.assign(T, 0);
         assert!(t.epoch(T, 0).is_some() && t.epoch(T, 0) != first);

@@ -243,6 +243,10 @@ impl ApnsReason {
             Other(_) if status == 429 || status >= 500 => {
                 Verdict::Retry(RetryHint::new(reason).after(retry_after))
             }
+            // A credentials refusal our table does not know (Apple renames these: see
+            // `BadEnvironmentKeyInToken`): as every 403 but `Forbidden` in the table, the
+            // configuration's fault. Taken as this message's verdict, it rejected the backlog.
+            Other(_) if matches!(status, 401 | 403) => Verdict::Fault { reason },
             Other(_) if status == 410 => Verdict::Final(Outcome::TokenInvalid {
                 reason,
                 timestamp_ms,
@@ -442,6 +446,9 @@ mod tests {
             ("SomethingNew", 503, "retry"),
             ("SomethingNew", 400, "rejected"),
             ("SomethingNew", 410, "token_invalid"),
+            // A credentials refusal the table does not know (a re-spelled key reason).
+            ("UnrelatedKeyInToken", 403, "fault"),
+            ("SomethingNew", 401, "fault"),
         ];
         for (reason, status, want) in cases {
             let got = match ApnsReason::parse(reason).verdict(*status, None, None) {

@@ -133,8 +133,9 @@ impl EndpointRules {
     };
 }
 
-/// Why a subscription cannot be sent to. It is the subscription's fault: the pusher treats it
-/// as an invalid token (deleted, with a feedback record), never as an endpoint failure.
+/// Why a subscription cannot be sent to. Never an endpoint failure. The subscription's fault
+/// (an invalid token: deleted, with a feedback record), except a refusal by our
+/// [`EndpointRules`] ([`SubscriptionError::by_our_rules`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscriptionError {
     #[error("endpoint is not a valid URL: {0}")]
@@ -148,6 +149,18 @@ pub enum SubscriptionError {
 }
 
 impl SubscriptionError {
+    /// Refused by the [`EndpointRules`] only (http, a private host), which other rules allow
+    /// (`webpush.allowLocalEndpoints`): a verdict of our configuration, not that the
+    /// subscription is dead. A pusher run without the rules `pusher api` registered under
+    /// would otherwise delete every such subscription.
+    pub fn by_our_rules(&self) -> bool {
+        match self {
+            SubscriptionError::NotHttps(scheme) => scheme == "http",
+            SubscriptionError::PrivateAddress(_) => true,
+            SubscriptionError::BadEndpoint(_) | SubscriptionError::BadKey { .. } => false,
+        }
+    }
+
     /// Short stable label for feedback records and metrics.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -16,6 +16,8 @@ pub struct Attempt<R> {
     pub verdict: Verdict,
     /// The failure in full when there was no answer (the verdict keeps a short label).
     pub error: Option<String>,
+    /// Nothing went on the wire: we refused the push ourselves ([`Attempt::unsent`]).
+    pub unsent: bool,
 }
 
 impl<R> Attempt<R> {
@@ -24,6 +26,7 @@ impl<R> Attempt<R> {
             answer: Some(answer),
             verdict,
             error: None,
+            unsent: false,
         }
     }
 
@@ -41,6 +44,7 @@ impl<R> Attempt<R> {
             answer: None,
             verdict,
             error: Some(e.to_string()),
+            unsent: false,
         }
     }
 
@@ -52,14 +56,20 @@ impl<R> Attempt<R> {
                 reason: reason.to_string(),
             },
             error: Some(error),
+            unsent: false,
         }
     }
 
-    pub fn final_outcome(outcome: Outcome) -> Attempt<R> {
+    /// No request: we refused the push before anything went on the wire (a token that is not
+    /// hex, a body that cannot be built). Final for the push, but no word of the endpoint's:
+    /// it neither shows the endpoint answering (which would keep an outage from being seen,
+    /// or open a closed gate) nor spends the message's budget.
+    pub fn unsent(outcome: Outcome) -> Attempt<R> {
         Attempt {
             answer: None,
             verdict: Verdict::Final(outcome),
             error: None,
+            unsent: true,
         }
     }
 }
@@ -173,6 +183,7 @@ where
             answer,
             mut verdict,
             error,
+            unsent,
         } = attempt().await;
         let got_answer = answer.is_some();
         if got_answer {
@@ -188,6 +199,14 @@ where
             }
         }
         match verdict {
+            Verdict::Final(outcome) if unsent => {
+                // Nothing was sent: the gate learnt nothing (dropped, a probe's turn goes to
+                // the next send), and no attempt was made.
+                drop(permit);
+                done.attempts -= 1;
+                done.outcome = outcome;
+                return done;
+            }
             Verdict::Final(outcome) => {
                 permit.answered();
                 done.outcome = outcome;
@@ -218,6 +237,15 @@ where
                     }
                 }
             }
+            Verdict::Retry(hint) if hint.renew_auth => {
+                // Our stale credentials (the sender renewed them), not the message: retried at
+                // once and not charged. Refused again, they are a fault (above). Not reported
+                // to the gate either: the retry is this send's next report (a probe's turn
+                // comes straight back to it).
+                drop(permit);
+                done.attempts -= 1;
+                renewed = true;
+            }
             Verdict::Retry(hint) => {
                 let (finals_before, attempts_before) =
                     *first_retry.get_or_insert((finals_at_send, done.attempts - 1));
@@ -241,19 +269,17 @@ where
                     };
                     return done;
                 }
-                renewed = hint.renew_auth;
+                renewed = false;
                 if exhausted {
                     done.outcome = Outcome::GaveUp {
                         reason: hint.reason,
                     };
                     return done;
                 }
-                if !hint.renew_auth {
-                    let delay = policy.delay(done.attempts, hint.after, &mut rand::rng());
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = deadline.reached() => {}
-                    }
+                let delay = policy.delay(done.attempts, hint.after, &mut rand::rng());
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = deadline.reached() => {}
                 }
             }
         }
@@ -380,6 +406,54 @@ mod tests {
         assert!(gate.health().borrow().is_up());
     }
 
+    fn refused() -> std::future::Ready<Attempt<u32>> {
+        std::future::ready(Attempt::unsent(Outcome::Malformed {
+            reason: "BadDeviceToken".into(),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_push_refused_unsent_is_no_answer_of_the_endpoint() {
+        let gate = Gate::new("t", OnFault::Wait);
+        let malformed = Outcome::Malformed {
+            reason: "BadDeviceToken".into(),
+        };
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, refused).await;
+        assert_eq!((&done.outcome, done.attempts), (&malformed, 0));
+        assert_eq!(gate.finals(), 0, "not counted as the endpoint's answer");
+
+        // During an outage, other pushes refused unsent do not hide it: the message's
+        // retries meet no final answer, the gate closes, and its retries are given back.
+        let health = gate.health();
+        let other = gate.clone();
+        let n = Arc::new(AtomicU32::new(0));
+        let attempt = move || {
+            let (other, i) = (other.clone(), n.fetch_add(1, Ordering::SeqCst));
+            async move {
+                if i < 3 {
+                    let done =
+                        attempt_until_final(&policy(), &other, Deadline::NONE, refused).await;
+                    assert_eq!(done.attempts, 0);
+                    Attempt::answered(i, retry("ServiceUnavailable"))
+                } else {
+                    Attempt::answered(i, Verdict::Final(Outcome::Delivered))
+                }
+            }
+        };
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, attempt).await;
+        assert_eq!((done.outcome, done.attempts), (Outcome::Delivered, 1));
+        assert!(health.has_changed().unwrap(), "the gate closed");
+
+        // A closed gate stays closed when a push is refused unsent, and the probe's turn
+        // goes on to the next send.
+        gate.admit().await.fault("ServiceUnavailable");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, refused).await;
+        assert_eq!(done.outcome, malformed);
+        assert!(!gate.health().borrow().is_up(), "the endpoint said nothing");
+        assert!(gate.awaits_a_probe(), "the probe's turn was handed on");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn faults_wait_without_spending_the_budget() {
         let gate = Gate::new("t", OnFault::Wait);
@@ -471,10 +545,24 @@ mod tests {
         )
         .await;
         assert_eq!(done.endpoint_fault.as_deref(), Some("UNAUTHENTICATED"));
-        // One renewal that works is just a retry.
+        // One renewal that works is a retry the message is not charged for: the stale
+        // credentials were ours.
         let renew = Verdict::Retry(RetryHint::new("UNAUTHENTICATED").renew_auth());
         let done =
             attempt_until_final(&policy(), &gate, Deadline::NONE, scripted(vec![renew])).await;
-        assert_eq!((done.outcome, done.attempts), (Outcome::Delivered, 2));
+        assert_eq!((done.outcome, done.attempts), (Outcome::Delivered, 1));
+        // 503, 503, then stale credentials: renewed and sent a third time, not given up.
+        let expired = Verdict::Retry(
+            RetryHint::new("ExpiredProviderToken")
+                .renew_auth()
+                .reconnect(),
+        );
+        let script = vec![
+            retry("ServiceUnavailable"),
+            retry("ServiceUnavailable"),
+            expired,
+        ];
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, scripted(script)).await;
+        assert_eq!((done.outcome, done.attempts), (Outcome::Delivered, 3));
     }
 }

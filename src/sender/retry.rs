@@ -62,7 +62,9 @@ impl RetryPolicy {
     }
 
     /// How long to wait after failed attempt `attempt`: full jitter in `[0, ceiling]`, but never
-    /// less than the server's `Retry-After` (itself capped by `max_retry_after`).
+    /// less than the server's `Retry-After` (itself capped by `max_retry_after`), plus a jitter
+    /// of up to a tenth of it (at most `ceiling`): every message of a burst of 429s or 503s
+    /// gets the same `Retry-After`, and without it they all came back at one instant.
     pub fn delay(
         &self,
         attempt: u32,
@@ -70,9 +72,14 @@ impl RetryPolicy {
         rng: &mut impl Rng,
     ) -> Duration {
         let ceiling = self.backoff_ceiling(attempt);
-        let jittered = Duration::from_micros(rng.random_range(0..=ceiling.as_micros() as u64));
+        let mut jitter =
+            |up_to: Duration| Duration::from_micros(rng.random_range(0..=up_to.as_micros() as u64));
+        let jittered = jitter(ceiling);
         match retry_after {
-            Some(after) => jittered.max(after.min(self.max_retry_after)),
+            Some(after) => {
+                let after = after.min(self.max_retry_after);
+                jittered.max(after + jitter(ceiling.min(after / 10)))
+            }
             None => jittered,
         }
     }
@@ -192,16 +199,22 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_and_capped() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        // Up to a tenth more, at most the back-off ceiling (100 ms after the first attempt).
         let cases = [
             (
                 Some(Duration::from_secs(5)),
                 Duration::from_secs(5),
-                Duration::from_secs(5),
+                Duration::from_millis(5100),
             ),
             (
                 Some(Duration::from_secs(3600)),
                 Duration::from_secs(30),
-                Duration::from_secs(30),
+                Duration::from_millis(30_100),
+            ),
+            (
+                Some(Duration::from_millis(500)),
+                Duration::from_millis(500),
+                Duration::from_millis(550),
             ),
             (
                 Some(Duration::ZERO),
@@ -215,6 +228,34 @@ mod tests {
                 assert!(d >= min && d <= max, "{after:?} -> {d:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_burst_given_one_retry_after_comes_back_spread_out() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let p = RetryPolicy {
+            max_attempts: 4,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(60),
+        };
+        let after = Some(Duration::from_secs(30));
+        let mut delays: Vec<Duration> = (0..1000).map(|_| p.delay(3, after, &mut rng)).collect();
+        delays.sort();
+        // Never sooner than asked, at most the ceiling (400 ms at attempt 3) later.
+        assert!(delays[0] >= Duration::from_secs(30), "{:?}", delays[0]);
+        assert!(
+            delays[999] <= Duration::from_millis(30_400),
+            "{:?}",
+            delays[999]
+        );
+        // Spread over that range, not at one instant.
+        assert!(
+            delays[900] - delays[100] >= Duration::from_millis(250),
+            "{:?} .. {:?}",
+            delays[100],
+            delays[900]
+        );
     }
 
     #[test]

@@ -236,6 +236,19 @@ impl ApnsSender {
     /// past it, no attempt is made and the push ends `Expired`.
     pub async fn send_expiring(&self, n: &ApnsNotification, push_expiry_ms: i64) -> Delivery {
         let deadline = Deadline::from_push_expiry(push_expiry_ms, self.inner.clock.now());
+        // Refused here, before the gate: a push that cannot become a request is no word of
+        // APNs', and must not wait for it (during an outage) nor be taken for its answer.
+        if !deadline.passed() {
+            if let Err(e) = build_request(n, &self.inner.context, None) {
+                return Delivery {
+                    outcome: malformed(&e),
+                    response: None,
+                    attempts: 0,
+                    transport_error: None,
+                    endpoint_fault: None,
+                };
+            }
+        }
         let done = attempt_until_final(&self.inner.retry, &self.inner.gate, deadline, || async {
             match self.send_once(n).await {
                 Ok(response) => {
@@ -249,12 +262,8 @@ impl ApnsSender {
                     };
                     Attempt::answered(response, verdict)
                 }
-                // The short label, not the message: it becomes a metric label, and the
-                // message carries numbers (a token's length) that would make one series per
-                // value.
-                Err(SendError::Invalid(e)) => Attempt::final_outcome(Outcome::Malformed {
-                    reason: e.kind().to_string(),
-                }),
+                // Checked above; nothing is sent.
+                Err(SendError::Invalid(e)) => Attempt::unsent(malformed(&e)),
                 // The key cannot sign: every push would fail the same way.
                 Err(SendError::Auth(reason)) => {
                     Attempt::fault("provider_token", format!("provider token: {reason}"))
@@ -274,6 +283,15 @@ impl ApnsSender {
             transport_error: done.error,
             endpoint_fault: done.endpoint_fault,
         }
+    }
+}
+
+/// A push that cannot become a request. The short label, not the message: it becomes a
+/// metric label, and the message carries numbers (a token's length) that would make one series
+/// per value.
+fn malformed(e: &RequestError) -> Outcome {
+    Outcome::Malformed {
+        reason: e.kind().to_string(),
     }
 }
 

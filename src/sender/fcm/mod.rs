@@ -355,7 +355,7 @@ impl FcmSender {
         let body = match body {
             Ok(body) => body,
             Err(e) => {
-                return Attempt::final_outcome(Outcome::Malformed {
+                return Attempt::unsent(Outcome::Malformed {
                     reason: e.to_string(),
                 })
             }
@@ -388,6 +388,7 @@ impl FcmSender {
                 answer: None,
                 verdict: Verdict::Retry(RetryHint::new(e.kind())),
                 error: Some(e.to_string()),
+                unsent: false,
             },
             Err(AttemptError::Transport(e)) => {
                 tracing::debug!(error = %e, "FCM transport failure.");

@@ -51,34 +51,55 @@ impl FcmResponse {
     /// Reads a v1 `messages:send` answer.
     pub fn v1(status: u16, headers: &HeaderMap, body: &[u8]) -> FcmResponse {
         let retry_after = retry_after(headers);
-        if status == 200 {
+        let text = || Some(String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        if (200..300).contains(&status) {
             let name = serde_json::from_slice::<V1Success>(body)
                 .ok()
                 .and_then(|s| s.name);
+            // FCM names every message it accepts (validate_only too). A success without a
+            // name is something else answering (a stub, a gateway's default route), that
+            // would "deliver" every message so: the endpoint's fault, not a delivery.
+            let (verdict, error_message) = match name {
+                Some(_) => (Verdict::Final(Outcome::Delivered), None),
+                None => (
+                    Verdict::Fault {
+                        reason: format!("HTTP {status} without a message name (is the URL FCM's?)"),
+                    },
+                    text(),
+                ),
+            };
             return FcmResponse {
                 status,
                 error_code: None,
-                error_message: None,
+                error_message,
                 message_id: name,
                 canonical_registration_id: None,
                 retry_after,
-                verdict: Verdict::Final(Outcome::Delivered),
+                verdict,
             };
         }
         let Ok(V1ErrorBody { error }) = serde_json::from_slice::<V1ErrorBody>(body) else {
             // Not Google's JSON (a proxy's page, say): judge by the status alone.
+            let verdict = match status {
+                401 => Verdict::Retry(RetryHint::new("HTTP 401").renew_auth()),
+                // FCM names an error in every refusal: any other answer below 500 without
+                // one is not FCM judging the message but something else (a wrong URL, a
+                // proxy, http:// to a TLS port), and it would answer every message the same.
+                // Only a size refusal is about this message; a 429 is retried.
+                413 | 429 => status_verdict(status, "", retry_after),
+                _ if status < 500 => Verdict::Fault {
+                    reason: format!("HTTP {status} without a Google error (is the URL FCM's?)"),
+                },
+                _ => status_verdict(status, "", retry_after),
+            };
             return FcmResponse {
                 status,
                 error_code: None,
-                error_message: Some(String::from_utf8_lossy(&body[..body.len().min(200)]).into()),
+                error_message: text(),
                 message_id: None,
                 canonical_registration_id: None,
                 retry_after,
-                verdict: if status == 401 {
-                    Verdict::Retry(RetryHint::new("HTTP 401").renew_auth())
-                } else {
-                    status_verdict(status, "", retry_after)
-                },
+                verdict,
             };
         };
         let detail = |ty: &str, field: &str| {
@@ -94,6 +115,14 @@ impl FcmResponse {
             // A code newer than our table on a 429 or 5xx: the status says to retry (as APNs'
             // unknown reasons); a final rejection would drop the message in an outage.
             Some(FcmErrorCode::Other(_)) if status == 429 || status >= 500 => {
+                status_verdict(status, &error.status, retry_after)
+            }
+            // A credentials refusal whose code our table does not know (or says nothing):
+            // as a bare 401/403, the configuration's fault. Taken as this message's verdict,
+            // it rejected the whole backlog.
+            Some(FcmErrorCode::Other(_) | FcmErrorCode::UnspecifiedError)
+                if matches!(status, 401 | 403) =>
+            {
                 status_verdict(status, &error.status, retry_after)
             }
             Some(code) => code.verdict(retry_after, message_names_token(&error.message)),
@@ -354,6 +383,49 @@ mod tests {
                 error(429, "RESOURCE_EXHAUSTED", "x", &fcm("BRAND_NEW")),
                 retry("RESOURCE_EXHAUSTED"),
             ),
+            // A credentials refusal with a code the table does not know: configuration.
+            (
+                403,
+                error(403, "PERMISSION_DENIED", "x", &fcm("BRAND_NEW")),
+                fault("PERMISSION_DENIED"),
+            ),
+            (
+                401,
+                error(401, "UNAUTHENTICATED", "x", &fcm("UNSPECIFIED_ERROR")),
+                fault("UNAUTHENTICATED"),
+            ),
+            // No Google error below 500: something else answers (nginx's "plain HTTP
+            // request was sent to HTTPS port", a proxy's 421), alike for every message.
+            (
+                400,
+                "<html><center>The plain HTTP request was sent to HTTPS port</center></html>"
+                    .into(),
+                fault("HTTP 400 without a Google error (is the URL FCM's?)"),
+            ),
+            (
+                421,
+                String::new(),
+                fault("HTTP 421 without a Google error (is the URL FCM's?)"),
+            ),
+            (
+                302,
+                String::new(),
+                fault("HTTP 302 without a Google error (is the URL FCM's?)"),
+            ),
+            // Except a size refusal (this message's) and a 429 (retried).
+            (413, "<html>".into(), rejected("HTTP 413")),
+            (429, "<html>".into(), retry("HTTP 429")),
+            // A success without the message's name is no delivery.
+            (
+                200,
+                "{}".into(),
+                fault("HTTP 200 without a message name (is the URL FCM's?)"),
+            ),
+            (
+                200,
+                "ok".into(),
+                fault("HTTP 200 without a message name (is the URL FCM's?)"),
+            ),
         ];
         for (status, body, want) in cases {
             let r = FcmResponse::v1(status, &headers, body.as_bytes());
@@ -418,6 +490,14 @@ mod tests {
         // message alike.
         let short = LegacyReply::parse(200, &HeaderMap::new(), br#"{"results":[]}"#, 1);
         assert!(matches!(short.results[0].verdict, Verdict::Fault { .. }));
+        // The legacy API answers bad JSON with a bare 400: that message's fault.
+        let bad_json = LegacyReply::parse(400, &HeaderMap::new(), b"Bad Request", 1);
+        assert_eq!(
+            bad_json.results[0].verdict,
+            Verdict::Final(Outcome::Rejected {
+                reason: "HTTP 400".into()
+            })
+        );
         // And the legacy URL since its shutdown: 404 with no Google error.
         let gone = LegacyReply::parse(404, &HeaderMap::new(), b"Not Found", 1);
         assert!(matches!(gone.results[0].verdict, Verdict::Fault { .. }));

@@ -310,8 +310,9 @@ impl WebPushSender {
     }
 
     /// Sends with retries; the outcome is always final. A subscription that cannot be sent
-    /// to (bad keys, a private or non-https endpoint) is `TokenInvalid`, so it is deleted like
-    /// a dead token; a payload too large to encrypt is `Malformed`; a message whose
+    /// to (bad keys, a bad URL) is `TokenInvalid`, so it is deleted like a dead token; one our
+    /// endpoint rules refuse (http, a private host) is `Rejected`, and kept: other rules allow
+    /// it. A payload too large to encrypt is `Malformed`; a message whose
     /// `push_expiry` passes before an attempt is `Expired`, and each attempt's `TTL` is at most
     /// the seconds it has left.
     pub async fn send(&self, msg: &WebPushMessage) -> WebPushDelivery {
@@ -323,9 +324,14 @@ impl WebPushSender {
             Ok(sub) => sub,
             Err(e) => {
                 tracing::debug!(error = %e, "Refused web push subscription.");
-                return WebPushDelivery::ended(Outcome::TokenInvalid {
-                    reason: e.reason().into(),
-                    timestamp_ms: None,
+                let reason = e.reason().into();
+                return WebPushDelivery::ended(if e.by_our_rules() {
+                    Outcome::Rejected { reason }
+                } else {
+                    Outcome::TokenInvalid {
+                        reason,
+                        timestamp_ms: None,
+                    }
                 });
             }
         };
@@ -413,9 +419,9 @@ impl WebPushSender {
     ) -> Attempt<WebPushResponse> {
         let body = match sealed {
             Ok(body) => body,
-            Err(e @ EncryptError::BadPeerKey) => return Attempt::final_outcome(bad_key(&e)),
+            Err(e @ EncryptError::BadPeerKey) => return Attempt::unsent(bad_key(&e)),
             Err(e @ EncryptError::TooLarge(_)) => {
-                return Attempt::final_outcome(Outcome::Malformed {
+                return Attempt::unsent(Outcome::Malformed {
                     reason: e.to_string(),
                 })
             }
@@ -448,7 +454,7 @@ impl WebPushSender {
             }
             Ok((response, verdict)) => Attempt::answered(response, verdict),
             Err(AttemptError::Vapid(e)) => Attempt::fault("vapid", e.to_string()),
-            Err(AttemptError::Origin(e)) => Attempt::final_outcome(Outcome::TokenInvalid {
+            Err(AttemptError::Origin(e)) => Attempt::unsent(Outcome::TokenInvalid {
                 reason: format!("bad_endpoint: {e}"),
                 timestamp_ms: None,
             }),
@@ -462,6 +468,7 @@ impl WebPushSender {
                     answer: None,
                     verdict: Verdict::Retry(RetryHint::new(e.kind()).reconnect()),
                     error: Some(e.to_string()),
+                    unsent: false,
                 }
             }
         };
