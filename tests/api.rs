@@ -2023,6 +2023,80 @@ async fn results_of_a_push_are_stored_and_served() {
     api.stop().await;
 }
 
+/// A push `pusher run` refuses as malformed (here a payload over APNs' 4 KiB) still completes
+/// its notification: its feedback record carries the message's `metadata` (notif_id, outcome
+/// `malformed`), `pusher results` stores a failed row, and the webhook is called with both
+/// verdicts. Before, the record had no notif_id: it was counted `untracked`, and the
+/// notification stayed pending for good, its webhook never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_push_still_completes_its_notification() {
+    use pusher::platform::results::run as results;
+    use pusher::platform::webhook::Webhooks;
+    let app = fresh_app("api");
+    let [apns, _] = topics(&app);
+    let feedback = format!("push-{app}-apns-feedbacks");
+    let kafka = TestKafka::start(&[&apns, &feedback], 1).await;
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    store
+        .record_accepted(&app, &[("m-1".into(), Some(2))])
+        .await
+        .unwrap();
+    let (good, bad) = (common::token(1), common::token(2));
+    let message = |token: &str, alert: String| {
+        json!({"DeviceToken": token, "Payload": {"aps": {"alert": alert}},
+               "metadata": {"notif_id": "m-1", "jobId": "j"}})
+        .to_string()
+        .into_bytes()
+    };
+    common::process::produce_all(
+        kafka.bootstrap(),
+        &apns,
+        &[message(&good, "Hi".into()), message(&bad, "x".repeat(5000))],
+    )
+    .await;
+    let fake = start_fake(FakeOptions::default()).await;
+    let group = format!("g-{app}");
+    let _pusher = PusherRun {
+        app: &app,
+        brokers: kafka.bootstrap(),
+        group: &group,
+        in_flight: 10,
+        env: vec![("PUSHER_FEEDBACK_REPORTERS", "kafka".to_owned())],
+    }
+    .spawn(&fake);
+    let (hook, mut calls) = common::platform::webhook_receiver().await;
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(results(
+        common::platform::results_group(kafka.bootstrap(), &app),
+        store.clone(),
+        Webhooks::new(&std::collections::BTreeMap::from([(app.clone(), hook)])).unwrap(),
+        stop.clone(),
+    ));
+    let body = tokio::time::timeout(Duration::from_secs(60), calls.recv())
+        .await
+        .expect("the notification completes: its webhook is called")
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"app": app, "notif_id": "m-1", "targets": 2,
+               "counts": {"delivered": 1, "malformed": 1}})
+    );
+    let rows = store.results_page(&app, "m-1", "", 10).await.unwrap();
+    let refused = rows.iter().find(|r| r.token == bad).unwrap();
+    assert_eq!(
+        (refused.outcome.as_str(), refused.reason.as_str()),
+        ("malformed", "payload_too_large")
+    );
+    stop.cancel();
+    let counts = writer.await.unwrap().unwrap();
+    assert_eq!(
+        (counts.stored, counts.untracked, counts.webhooks),
+        (2, 0, 1),
+        "{counts:?}"
+    );
+}
+
 /// `pusher api` (the binary) SIGKILLed while clients are sending: every request it answered
 /// 200 is in Kafka, and the unanswered ones, retried with the same Idempotency-Key against a
 /// restarted API, are accepted (after their dead claims go stale): every token reaches Kafka.
