@@ -1179,3 +1179,87 @@ async fn a_cooldown_won_again_by_a_retry_runs_from_the_retry() {
         "inside the cooldown of e1's push"
     );
 }
+
+/// Unix milliseconds now.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A batch attempt fails after winning its claims (the per-device limit's statement fails, as
+/// a failover would fail it), and its retry comes after the event's message life: the retry
+/// counts it `expired` and gives back the cooldown and dedup claims the failed attempt won,
+/// so the user's next event for the message is sent. Seen: they stayed held, unsent, and every
+/// later event was counted `cooldown` for the whole cooldown although the user got nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_of_a_failed_attempt_are_given_back_when_its_retry_sends_nothing() {
+    let p = Platform::start(
+        1,
+        DeviceLimits {
+            limit: Some(Limit {
+                count: 10,
+                window_s: 3600.0,
+            }),
+            dedup_window_s: 3600.0,
+        },
+    )
+    .await;
+    p.put_message(
+        "energy",
+        json!({"event_id": 9, "cooldown_s": 3600, "expiry_s": 2,
+               "localizations": [{"language_id": 1, "text": "Energy is full"}]}),
+    )
+    .await;
+    p.events(json!([login(5, 1, 1, "gcm-5")])).await;
+    p.wait_routed().await;
+    // The first statement charging this app's limit outlasts the event's life, then fails (a
+    // sequence, which a rollback does not undo, counts the tries); the retry comes 1 s later.
+    let store = common::platform::store().await;
+    let pg = store.pool().get().await.unwrap();
+    let tag = p.app.replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE SEQUENCE test_limit_{tag};
+         CREATE FUNCTION test_limit_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.app = '{app}' AND nextval('test_limit_{tag}') = 1 THEN
+                 PERFORM pg_sleep(2.5);
+                 RAISE EXCEPTION 'injected: failover';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_limit_{tag} BEFORE INSERT ON pusher_device_limits
+             FOR EACH ROW EXECUTE FUNCTION test_limit_{tag}();",
+        app = p.app
+    ))
+    .await
+    .unwrap();
+    p.events(json!([{"user_id": 5, "event_id": 9, "timestamp": now_ms()}]))
+        .await;
+    p.wait_routed().await;
+    // Within the cooldown and the dedup window of the first event's claims.
+    p.events(json!([{"user_id": 5, "event_id": 9}])).await;
+    p.wait_routed().await;
+    let pushes = p.pushes(1);
+    let tries: i64 = pg
+        .query_one(&format!("SELECT last_value FROM test_limit_{tag}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.batch_execute(&format!(
+        "DROP TRIGGER test_limit_{tag} ON pusher_device_limits;
+         DROP FUNCTION test_limit_{tag}(); DROP SEQUENCE test_limit_{tag};"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(pushes.len(), 1, "the second event is sent: {pushes:?}");
+    assert!(
+        tries >= 2,
+        "the limit failed once, then charged the second event: {tries}"
+    );
+    let c = p.stop().await;
+    assert_eq!(skipped(&c, "expired"), 1, "{c:?}");
+    assert_eq!(skipped(&c, "cooldown"), 0, "{c:?}");
+    assert_eq!((c.events.pushes, c.events.rate_limited), (1, 0), "{c:?}");
+}

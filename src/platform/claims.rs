@@ -192,9 +192,13 @@ impl Claims {
     }
 
     /// Gives back dedup claims won for pushes that were then not sent (the device limit
-    /// refused them): held, they would make the next push of the message a "duplicate" of
-    /// one the device never got.
+    /// refused them, or a retry of the batch skipped them): held, they would make the next
+    /// push of the message a "duplicate" of one the device never got (only where the claim is
+    /// still theirs and unsent).
     pub async fn release_dedup(&self, app: &str, claims: &[Claim]) -> Result<(), StoreError> {
+        if claims.is_empty() {
+            return Ok(());
+        }
         let client = self.pool.get().await?;
         for_each_claim(
             &client,
@@ -209,8 +213,8 @@ impl Claims {
         .await
     }
 
-    /// Gives back cooldown claims whose notification reached no device (only where the claim
-    /// is still theirs and unsent).
+    /// Gives back cooldown claims whose notification reached no device, or that a retry of
+    /// the batch no longer sends (only where the claim is still theirs and unsent).
     pub async fn release_cooldowns(&self, app: &str, claims: &[Claim]) -> Result<(), StoreError> {
         if claims.is_empty() {
             return Ok(());
