@@ -1263,3 +1263,98 @@ async fn claims_of_a_failed_attempt_are_given_back_when_its_retry_sends_nothing(
     assert_eq!(skipped(&c, "cooldown"), 0, "{c:?}");
     assert_eq!((c.events.pushes, c.events.rate_limited), (1, 0), "{c:?}");
 }
+
+/// An event in the same batch as a segment is judged by the clock of its turn, not of the
+/// batch's start: one whose message's life ended while the segment streamed is `expired` and
+/// claims nothing. Seen: it was claimed, marked sent and produced with an expiry already past
+/// (`pusher run` drops such a push), and its cooldown held though the user got nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_after_a_slow_segment_is_judged_by_the_clock_of_its_turn() {
+    let mut p = Platform::start(0, DeviceLimits::default()).await;
+    p.put_message(
+        "energy",
+        json!({"event_id": 9, "cooldown_s": 3600, "expiry_s": 3,
+               "localizations": [{"language_id": 1, "text": "Energy is full"}]}),
+    )
+    .await;
+    let store = common::platform::store().await;
+    Registry::new(store.pool())
+        .register(
+            &p.app,
+            &[pusher::platform::registry::Device {
+                user_id: 5,
+                platform: pusher::push::Platform::Gcm,
+                token: "gcm-5".into(),
+                device_id: String::new(),
+                platform_id: None,
+                app_version: String::new(),
+                registered_ms: 1,
+                keys: None,
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
+    // Each step of the segment's progress takes 4 s: longer than what is left of the event.
+    let pg = store.pool().get().await.unwrap();
+    let tag = p.app.replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE FUNCTION test_slow_seg_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.app = '{app}' THEN
+                 PERFORM pg_sleep(4);
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_slow_seg_{tag} BEFORE INSERT OR UPDATE ON pusher_segments
+             FOR EACH ROW EXECUTE FUNCTION test_slow_seg_{tag}();",
+        app = p.app
+    ))
+    .await
+    .unwrap();
+    let router = p.add_router(common::platform::pg(), Vec::new());
+    wait_until("the router holds partitions", || router.partitions() > 0).await;
+    // One key: one partition, one batch.
+    let records: Vec<pusher::platform::produce::Record> = [
+        json!({"kind": "segment", "notif_id": "seg-1", "condition": {}, "title": "T",
+               "content": "C"}),
+        json!({"kind": "event", "id": "ev-1", "user_id": 5, "event_id": 9,
+               "timestamp": now_ms()}),
+    ]
+    .iter()
+    .map(|r| pusher::platform::produce::Record {
+        topic: format!("push-{}-requests", p.app),
+        key: "5".into(),
+        payload: r.to_string().into_bytes(),
+    })
+    .collect();
+    Producer::new(p.kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&records)
+        .await
+        .unwrap();
+    p.wait_routed().await;
+    let pushes = p.pushes(1);
+    pg.batch_execute(&format!(
+        "DROP TRIGGER test_slow_seg_{tag} ON pusher_segments; DROP FUNCTION test_slow_seg_{tag}();"
+    ))
+    .await
+    .unwrap();
+    let ids: Vec<&Value> = pushes
+        .iter()
+        .map(|(_, _, m)| &m["metadata"]["notif_id"])
+        .collect();
+    assert_eq!(ids, [&json!("seg-1")], "only the segment's push");
+    let held: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pusher_cooldowns WHERE app = $1 AND user_id = 5",
+            &[&p.app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "no cooldown claimed for what was not sent");
+    let c = p.stop().await;
+    assert_eq!(skipped(&c, "expired"), 1, "{c:?}");
+    assert_eq!(c.events.pushes, 0, "{c:?}");
+}

@@ -463,7 +463,12 @@ async fn handle(
                     "Opt-out events name messages that do not exist."
                 );
             }
-            let routed = events::route(&settings.events, stores, app, &phase.events, now_ms)
+            // The clock read now, not at the batch's start: segments before may have streamed
+            // for minutes, and an event whose message's life ended meanwhile is expired, not
+            // claimed and sent with an expiry already past (`pusher run` would drop it, and the
+            // cooldown hold).
+            let routed_at = crate::clock::unix_ms();
+            let routed = events::route(&settings.events, stores, app, &phase.events, routed_at)
                 .await
                 .map_err(|e| e.to_string())?;
             written
