@@ -1358,3 +1358,46 @@ async fn an_event_after_a_slow_segment_is_judged_by_the_clock_of_its_turn() {
     assert_eq!(skipped(&c, "expired"), 1, "{c:?}");
     assert_eq!(c.events.pushes, 0, "{c:?}");
 }
+
+/// An event whose record the API wrote twice (a retry took over its request's claims while
+/// it ran) is routed once when both copies are in one batch, though its message has no
+/// cooldown and only the app's dedup window stands between the device and a second push.
+/// Seen: both copies own the same dedup claim, so both were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_written_twice_is_sent_once() {
+    let mut p = Platform::start(
+        0,
+        DeviceLimits {
+            limit: None,
+            dedup_window_s: 3600.0,
+        },
+    )
+    .await;
+    p.put_message(
+        "quest",
+        json!({"event_id": 6, "localizations": [{"language_id": 1, "text": "quest"}]}),
+    )
+    .await;
+    p.events(json!([login(5, 1, 1, "gcm-5")])).await;
+    let event = json!({"kind": "event", "id": "ev-twice", "user_id": 5, "event_id": 6});
+    let record = pusher::platform::produce::Record {
+        topic: format!("push-{}-requests", p.app),
+        key: "5".into(),
+        payload: event.to_string().into_bytes(),
+    };
+    // Both before the router starts (with the login): fetched together, one batch.
+    Producer::new(p.kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&[record.clone(), record])
+        .await
+        .unwrap();
+    p.add_router(common::platform::pg(), Vec::new());
+    p.wait_routed().await;
+    let pushes = p.pushes(1);
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(pushes[0].2["metadata"]["notif_id"], "ev-twice.quest");
+    let c = p.stop().await;
+    assert_eq!(c.events.events, 2, "{c:?}");
+    assert_eq!(skipped(&c, "duplicate_event"), 1, "{c:?}");
+    assert_eq!(c.events.pushes, 1, "{c:?}");
+}

@@ -65,9 +65,10 @@ impl Default for EventSettings {
 }
 
 /// What event routing did. `skipped` counts (event, message) pairs that sent nothing, by
-/// reason: `no_message` (the event id triggers none; counted per event), `opted_out`,
-/// `no_localization`, `missing_parameter`, `no_devices`, `cooldown`, `already_sent` (a
-/// redelivered event whose notification was sent).
+/// reason: `no_message` (the event id triggers none; counted per event), `duplicate_event` (a
+/// second record of one event in a batch; counted per event), `opted_out`,
+/// `no_localization`, `missing_parameter`, `expired`, `too_long`, `no_devices`, `cooldown`,
+/// `already_sent` (a redelivered event whose notification was sent).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct EventCounts {
     pub events: u64,
@@ -82,7 +83,7 @@ pub struct EventCounts {
 }
 
 impl EventCounts {
-    fn skip(&mut self, reason: &str) {
+    pub(super) fn skip(&mut self, reason: &str) {
         *self.skipped.entry(reason.to_owned()).or_default() += 1;
     }
 

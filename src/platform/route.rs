@@ -80,6 +80,10 @@ struct AppBatch {
     /// The notif_ids in `notifications`: a keyed request retried after Kafka's answer was
     /// lost writes its record twice, routed once (and a statement may set a row once).
     notif_ids: HashSet<String>,
+    /// The API's ids of the events in `phases`: an event written twice (a request's retry
+    /// took over its claims while it ran, a record rewritten after an unknown produce) is
+    /// routed once. Both copies own the same claims, so the claims alone let both through.
+    event_ids: HashSet<String>,
     segments: Vec<Segment>,
     /// Opt-outs and events in record order: a user's opt-out applies to their events after it
     /// and not to those before it.
@@ -416,19 +420,26 @@ async fn handle(
                 timestamp,
                 pairs,
                 ..
-            } => entry.phase().events.push(Event {
+            } => {
                 // Records from before the API gave events ids, or written past it with an id
                 // PostgreSQL would refuse (claims name their owner by it): their place in Kafka.
-                uid: if !is_valid_notif_id(&id) {
+                let uid = if !is_valid_notif_id(&id) {
                     format!("{}-{}-{}", m.topic(), m.partition(), m.offset())
+                } else if !entry.event_ids.insert(id.clone()) {
+                    counts.events.events += 1;
+                    counts.events.skip("duplicate_event");
+                    continue;
                 } else {
                     id
-                },
-                user_id,
-                event_id,
-                pairs,
-                at_ms: event_time(timestamp, written_ms, now_ms),
-            }),
+                };
+                entry.phase().events.push(Event {
+                    uid,
+                    user_id,
+                    event_id,
+                    pairs,
+                    at_ms: event_time(timestamp, written_ms, now_ms),
+                });
+            }
         }
     }
     // Registrations first, then every app's segments, then the rest: a segment may drop the
