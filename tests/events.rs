@@ -1401,3 +1401,63 @@ async fn an_event_written_twice_is_sent_once() {
     assert_eq!(skipped(&c, "duplicate_event"), 1, "{c:?}");
     assert_eq!(c.events.pushes, 1, "{c:?}");
 }
+
+/// A cooldown or window past PostgreSQL's timestamps (a message row written by hand or before
+/// the API bounded cooldowns; a configured window) is taken as 10 years: the claim is won.
+/// Seen: the statement failed (22008), and with it, for good, every batch holding such an
+/// event, all apps included. The schema refuses such a message row written by hand now.
+#[tokio::test]
+async fn cooldowns_and_windows_past_postgresqls_range_are_bounded() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let claims = Claims::new(store.pool());
+    let app = common::platform::fresh_app("cb");
+    let claim = |subject: &str| Claim {
+        subject: subject.into(),
+        message: "gift".into(),
+        owner: "e1".into(),
+    };
+    let huge = 10_000_000_000_000_i64;
+    assert_eq!(
+        claims.cooldown(&app, &[(claim("7"), huge)]).await.unwrap(),
+        [Claimed::Won]
+    );
+    assert_eq!(
+        claims
+            .dedup(&app, &[claim("tok")], huge as f64)
+            .await
+            .unwrap(),
+        [Claimed::Won]
+    );
+    let limit = Limit {
+        count: 1,
+        window_s: huge as f64,
+    };
+    assert_eq!(
+        claims.limit(&app, &[claim("tok")], limit).await.unwrap(),
+        [true]
+    );
+    let client = store.pool().get().await.unwrap();
+    let years: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM until - now())::float8 / (365 * 86400) FROM pusher_cooldowns
+                 WHERE app = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!((9.9..=10.0).contains(&years), "{years}");
+    let refused = client
+        .execute(
+            "INSERT INTO pusher_messages (app, name, event_id, cooldown_s) VALUES ($1, 'm', 1, $2)",
+            &[&app, &huge],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.as_db_error().and_then(|db| db.constraint()),
+        Some("pusher_messages_bounds"),
+        "{refused}"
+    );
+}

@@ -233,9 +233,11 @@ pub async fn route(
             // The expiry runs from the event: one that waited out its message's life in a
             // backlog (routers down, PostgreSQL down) is not sent with a fresh one.
             let expiry_s = if message.expiry_s > 0 {
+                // As the API bounds it (a row written by hand may hold more).
+                let life_s = message.expiry_s.min(messages::MAX_EXPIRY_S);
                 let left_ms = event
                     .at_ms
-                    .saturating_add(message.expiry_s.saturating_mul(1000))
+                    .saturating_add(life_s.saturating_mul(1000))
                     .saturating_sub(now_ms);
                 if left_ms <= 0 {
                     counts.skip("expired");

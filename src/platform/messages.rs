@@ -505,6 +505,14 @@ mod tests {
         }
     }
 
+    /// The schema's CHECK holds rows written by hand to the bounds the API checks.
+    #[test]
+    fn the_schema_bounds_are_the_apis() {
+        let schema = super::super::store::SCHEMA;
+        assert!(schema.contains(&format!("cooldown_s <= {MAX_COOLDOWN_S}")));
+        assert!(schema.contains(&format!("expiry_s <= {MAX_EXPIRY_S}")));
+    }
+
     #[test]
     fn localization_falls_back_to_the_default_language() {
         let m = message();
