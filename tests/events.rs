@@ -965,6 +965,15 @@ async fn messages_api_round_trip_and_refusals() {
     let got = call("GET", "/api/v1/messages/promo".into(), String::new()).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.json(), stored);
+    // A GET's body, edited and PUT back (its `id` is ignored: the stored one stays). Seen: 400,
+    // "unknown field `id`".
+    let mut edited = got.json();
+    edited["screen"] = json!("sale");
+    edited["id"] = json!(999_999);
+    let put = call("PUT", "/api/v1/messages/promo".into(), edited.to_string()).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    assert_eq!(put.json()["screen"], "sale");
+    assert_eq!(put.json()["id"], stored["id"]);
     // Replacing drops localizations not given again.
     p.put_message(
         "promo",

@@ -20,8 +20,10 @@ pub struct Message {
     /// Unique per app: `[A-Za-z0-9_.-]`, at most 100 characters.
     #[serde(default)]
     pub name: String,
-    /// Assigned when stored; what Pushkin's opt-out event names.
-    #[serde(default, skip_deserializing)]
+    /// Assigned when stored; what Pushkin's opt-out event names. Read but ignored in a PUT
+    /// (the stored id wins), so that a GET's body can be edited and PUT back: skipped instead,
+    /// `deny_unknown_fields` refused it as an unknown field.
+    #[serde(default)]
     pub id: i64,
     /// The event that triggers it.
     pub event_id: i32,
