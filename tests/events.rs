@@ -988,6 +988,18 @@ async fn messages_api_round_trip_and_refusals() {
         list["messages"][0]["localizations"],
         json!([{"language_id": 2, "title": "Angebot", "text": "50% Rabatt"}])
     );
+    // Python's escaped braces, as Pushkin's texts have them.
+    let escaped = p
+        .put_message(
+            "code",
+            json!({"event_id": 13, "localizations": [
+                {"language_id": 1, "text": "Use code {{VIP}}, {name}"}]}),
+        )
+        .await;
+    assert_eq!(
+        escaped["localizations"][0]["text"],
+        "Use code {{VIP}}, {name}"
+    );
     for (body, field) in [
         (
             json!({"event_id": 4001, "localizations": [{"language_id": 1, "text": "x"}]}),
@@ -1005,6 +1017,11 @@ async fn messages_api_round_trip_and_refusals() {
         (
             json!({"event_id": 3, "localizations": [{"language_id": 1, "text": "x"}], "colour": 1}),
             "colour",
+        ),
+        // Python's `str.format` would fail it: refused where it is written.
+        (
+            json!({"event_id": 3, "localizations": [{"language_id": 1, "text": "Hi {friend.name}"}]}),
+            "localizations[0].text",
         ),
     ] {
         let a = call("PUT", "/api/v1/messages/bad".into(), body.to_string()).await;
