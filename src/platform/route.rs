@@ -191,6 +191,11 @@ struct Written<'a> {
     producer: &'a Producer,
     batch: Option<(String, i32, i64)>,
     ids: HashSet<(String, String, String)>,
+    /// The event phases an earlier attempt finished (produced and marked sent), by (app,
+    /// phase), with what they counted: a retry skips them and counts the same. Routed again,
+    /// their claims were found sent, and the pushes that went out were counted
+    /// `already_sent` instead.
+    phases: HashMap<(String, usize), EventCounts>,
 }
 
 impl<'a> Written<'a> {
@@ -199,6 +204,7 @@ impl<'a> Written<'a> {
             producer,
             batch: None,
             ids: HashSet::new(),
+            phases: HashMap::new(),
         }
     }
 
@@ -209,6 +215,7 @@ impl<'a> Written<'a> {
             .map(|m| (m.topic().to_owned(), m.partition(), m.offset()));
         if first != self.batch {
             self.ids.clear();
+            self.phases.clear();
             self.batch = first;
         }
     }
@@ -291,6 +298,9 @@ fn add(total: &mut RouteCounts, batch: &RouteCounts) {
         ("event", e.events),
         ("event_notification", e.notifications),
         ("event_push", e.pushes),
+        // Per push (a redelivery's device already sent to); `event_already_sent` below counts
+        // notifications.
+        ("event_push_already_sent", e.already_sent),
         ("rate_limited", e.rate_limited),
         ("malformed", batch.malformed),
     ] {
@@ -461,7 +471,11 @@ async fn handle(
         }
     }
     for (app, work) in &apps {
-        for phase in &work.phases {
+        for (i, phase) in work.phases.iter().enumerate() {
+            if let Some(done) = written.phases.get(&(app.clone(), i)) {
+                counts.events.add(done);
+                continue;
+            }
             let unknown = stores
                 .messages
                 .set_opt_outs(app, &phase.opt_outs)
@@ -488,6 +502,7 @@ async fn handle(
                 .map_err(|e: ProduceError| e.to_string())?;
             mark_sent(stores, app, &routed, lease).await?;
             counts.events.add(&routed.counts);
+            written.phases.insert((app.clone(), i), routed.counts);
         }
         if work.notifications.is_empty() {
             continue;
