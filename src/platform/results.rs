@@ -196,11 +196,12 @@ impl Completion {
         &self,
         pairs: Vec<(String, String)>,
         since: &HashMap<(String, String), Instant>,
+        recount: &HashSet<(String, String)>,
     ) -> Result<u64, StoreError> {
         // Not ready is asked first: a row confirmed between the two statements is then
         // claimed by the second, or looked at again; asked after, it could be neither.
         let not_ready = self.store.not_ready(&pairs).await?;
-        let complete = self.store.claim_completed(&pairs).await?;
+        let complete = self.store.claim_completed(&pairs, recount).await?;
         let (complete, handed): (Vec<Completed>, Vec<Completed>) = complete
             .into_iter()
             .partition(|c| self.webhooks.has(&c.app));
@@ -380,7 +381,9 @@ impl Completion {
                 continue;
             }
             let pairs: Vec<(String, String)> = due.keys().cloned().collect();
-            match self.check(pairs, &due).await {
+            // Their verdicts came before their row: its running count may have missed some.
+            let recount: HashSet<(String, String)> = pairs.iter().cloned().collect();
+            match self.check(pairs, &due, &recount).await {
                 Ok(n) => calls += n,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot look at notifications again; retrying.");
@@ -409,8 +412,13 @@ struct Writer {
 }
 
 impl Writer {
-    /// Calls the webhook of every notification of `rows` that is now complete.
-    async fn notify(&mut self, rows: &[ResultRow]) -> Result<(), String> {
+    /// Calls the webhook of every notification of `rows` that is now complete; `uncounted`:
+    /// those whose running count may be short (`Store::store_results`).
+    async fn notify(
+        &mut self,
+        rows: &[ResultRow],
+        uncounted: Vec<(String, String)>,
+    ) -> Result<(), String> {
         let mut pairs: Vec<(String, String)> = rows
             .iter()
             .filter(|r| self.completion.tracks(&r.app))
@@ -421,9 +429,10 @@ impl Writer {
         if pairs.is_empty() {
             return Ok(());
         }
+        let recount: HashSet<(String, String)> = uncounted.into_iter().collect();
         self.counts.webhooks += self
             .completion
-            .check(pairs, &HashMap::new())
+            .check(pairs, &HashMap::new(), &recount)
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
@@ -439,7 +448,8 @@ impl consume::Batches for Writer {
         _: &consume::Lease<'_>,
     ) -> Result<ResultCounts, String> {
         let (rows, mut done) = read(batch);
-        self.store
+        let uncounted = self
+            .store
             .store_results(&rows)
             .await
             .map_err(|e| e.to_string())?;
@@ -449,7 +459,7 @@ impl consume::Batches for Writer {
             .await
             .map_err(|e| e.to_string())?;
         // Webhook calls are counted as they start (in `notify`): a redo does not call again.
-        self.notify(&rows).await?;
+        self.notify(&rows, uncounted).await?;
         Ok(done)
     }
 
