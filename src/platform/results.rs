@@ -184,14 +184,15 @@ struct Completion {
     /// Apps whose hand-over was logged (once each, not each batch).
     warned: Arc<Mutex<HashSet<String>>>,
     /// Notifications whose verdicts came before they could complete (no row yet, or a
-    /// pending one), with when that was first seen: looked at again by the sweep.
+    /// pending one), with their latest such verdict: looked at again by the sweep.
     later: Arc<Mutex<HashMap<(String, String), Instant>>>,
 }
 
 impl Completion {
     /// Calls the webhook of each of `pairs` that is now complete; keeps for later those that
-    /// were not ready, with when each was first seen (now, for those not given). Returns the
-    /// calls started.
+    /// were not ready, with the time of each one's latest verdict (now, for those not given).
+    /// Returns the calls started.
+    /// `recount`: those whose running count may be short (`Store::store_results`).
     async fn check(
         &self,
         pairs: Vec<(String, String)>,
@@ -217,8 +218,8 @@ impl Completion {
             if done.contains(&(pair.0.as_str(), pair.1.as_str())) {
                 continue;
             }
-            let first = since.get(&pair).copied().unwrap_or(now);
-            if now.duration_since(first) >= LATER_FOR {
+            let seen = since.get(&pair).copied().unwrap_or(now);
+            if now.duration_since(seen) >= LATER_FOR {
                 continue;
             }
             if later.len() >= LATER_MAX && !later.contains_key(&pair) {
@@ -229,8 +230,7 @@ impl Completion {
                 );
                 continue;
             }
-            let slot = later.entry(pair).or_insert(first);
-            *slot = (*slot).min(first);
+            remember(&mut later, pair, seen);
         }
         Ok(started)
     }
@@ -397,6 +397,14 @@ impl Completion {
     }
 }
 
+/// Keeps `pair` to look at again, `LATER_FOR` from its latest verdict: a verdict of a
+/// notification already waiting moves its window on (with the earliest, the window left after
+/// the last verdict of a slow `accept` could be next to none).
+fn remember(later: &mut HashMap<(String, String), Instant>, pair: (String, String), seen: Instant) {
+    let slot = later.entry(pair).or_insert(seen);
+    *slot = (*slot).max(seen);
+}
+
 /// The webhook's body: the notification, its targets and its verdicts counted by outcome.
 fn body(c: &Completed) -> Vec<u8> {
     serde_json::json!({"app": c.app, "notif_id": c.notif_id, "targets": c.targets,
@@ -520,6 +528,21 @@ fn read(batch: &[BorrowedMessage<'_>]) -> (Vec<ResultRow>, ResultCounts) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A notification waiting to be ready is looked at again for `LATER_FOR` after its
+    /// latest verdict, not its first; a look from the sweep (its old time) keeps the newer.
+    #[test]
+    fn a_later_verdict_moves_the_window_on() {
+        let mut later = HashMap::new();
+        let pair = ("g".to_owned(), "n".to_owned());
+        let first = Instant::now();
+        let next = first + Duration::from_secs(50);
+        remember(&mut later, pair.clone(), first);
+        remember(&mut later, pair.clone(), next);
+        assert_eq!(later[&pair], next);
+        remember(&mut later, pair.clone(), first);
+        assert_eq!(later[&pair], next);
+    }
 
     #[test]
     fn the_default_template_matches_every_app() {
