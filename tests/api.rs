@@ -1542,6 +1542,57 @@ async fn verdicts_are_counted_as_they_are_stored() {
     assert_eq!(counts, vec![20; 20]);
 }
 
+/// The only results process with an app's hook is away longer than 10 minutes (a crash loop):
+/// another one, without the hook, still hands what it completes over (claimed and released for
+/// the hooked process's sweep) instead of leaving it unclaimed, never to be called. Seen: past
+/// 10 minutes the app no longer counted as hooked anywhere, and its webhooks were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_whose_hooked_process_is_away_for_long_is_still_handed_over() {
+    use pusher::platform::results::run as results;
+    use pusher::platform::webhook::Webhooks;
+    let app = fresh_app("api");
+    let feedback = format!("push-{app}-gcm-feedbacks");
+    let kafka = TestKafka::start(&[&feedback], 1).await;
+    let (store, ids) = one_token_notifications(&app, "away", 1).await;
+    let pg = store.pool().get().await.unwrap();
+    // Announced by its hooked process 15 minutes ago, not since.
+    pg.execute(
+        "INSERT INTO pusher_webhook_apps (app, seen_at) VALUES ($1, now() - interval '15 minutes')",
+        &[&app],
+    )
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    let without = tokio::spawn(results(
+        common::platform::results_group(kafka.bootstrap(), &app),
+        store.clone(),
+        Webhooks::new(&std::collections::BTreeMap::new()).unwrap(),
+        stop.clone(),
+    ));
+    common::platform::produce_delivered(kafka.bootstrap(), &app, &ids[0], "tok-0").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let handed: bool = pg
+            .query_one(
+                "SELECT notified_at = '-infinity' FROM pusher_notifications
+                     WHERE app = $1 AND notif_id = $2",
+                &[&app, &ids[0]],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<bool>>(0)
+            .unwrap_or(false);
+        if handed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never handed over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let counts = without.await.unwrap().unwrap();
+    assert_eq!((counts.stored, counts.webhooks), (1, 0), "{counts:?}");
+}
+
 /// `n` notifications of `app` accepted with one token each (`<prefix>-0`, ...), as the API
 /// records them, in a store whose tables exist.
 async fn one_token_notifications(app: &str, prefix: &str, n: usize) -> (Store, Vec<String>) {

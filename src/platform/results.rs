@@ -168,8 +168,11 @@ const LATER_MAX: usize = 100_000;
 /// At most this many abandoned webhook calls are claimed again a second.
 const ABANDONED_MAX: i64 = 1_000;
 /// How long an app announced by a results process with its hook counts as hooked: longer than
-/// a restart, so what completes meanwhile waits for the hook instead of being dropped.
-const HOOKED_FOR: Duration = Duration::from_secs(600);
+/// an outage of that process (with 10 minutes, a crash loop of 15 lost, silently, the webhooks
+/// of what completed after the tenth), so what completes meanwhile waits for the hook instead
+/// of being dropped. An app whose hook was removed for good is handed over until then, or
+/// until its row in `pusher_webhook_apps` is deleted.
+const HOOKED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Calls an app's webhook once per notification, when it is complete.
 #[derive(Clone)]
