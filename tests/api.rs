@@ -1033,7 +1033,8 @@ async fn a_statement_waiting_on_a_lock_is_503_at_the_statement_timeout() {
 /// every row keyed) is changed in place by the schema, twice without harm: its rows stay, a
 /// notification with nothing to dedup on needs no key, a notif_id and a key are still unique,
 /// and a webhook called before calls were tracked counts as ended. A device-limit table that
-/// kept one owner (`last_event`) gets the list of owners charged, seeded with that owner.
+/// kept one owner (`last_event`) gets the list of owners charged, seeded with that owner. A
+/// notification not yet notified gets its running count of verdicts (`done`) from those stored.
 #[tokio::test]
 async fn schema_migrates_the_keyed_notifications_table() {
     let (client, connection) = tokio_postgres::connect(
@@ -1056,6 +1057,16 @@ async fn schema_migrates_the_keyed_notifications_table() {
                  PRIMARY KEY (app, idem_key), UNIQUE (app, notif_id));
              INSERT INTO pusher_notifications (app, idem_key, notif_id, claim, notified_at)
                  VALUES ('a', 'g:n1', 'n1', '', now());
+             INSERT INTO pusher_notifications (app, idem_key, notif_id, claim, targets)
+                 VALUES ('a', 'g:n9', 'n9', '', 3);
+             CREATE TABLE pusher_results (
+                 app text NOT NULL, notif_id text NOT NULL, token text NOT NULL,
+                 platform text NOT NULL, outcome text NOT NULL, reason text NOT NULL DEFAULT '',
+                 at timestamptz NOT NULL, PRIMARY KEY (app, notif_id, token));
+             INSERT INTO pusher_results (app, notif_id, token, platform, outcome, at)
+                 VALUES ('a', 'n1', 't1', 'gcm', 'delivered', now()),
+                        ('a', 'n9', 't1', 'gcm', 'delivered', now()),
+                        ('a', 'n9', 't2', 'gcm', 'delivered', now());
              CREATE TABLE pusher_device_limits (
                  app text NOT NULL, token text NOT NULL, tat timestamptz NOT NULL,
                  last_event text NOT NULL, PRIMARY KEY (app, token));
@@ -1108,7 +1119,25 @@ async fn schema_migrates_the_keyed_notifications_table() {
             ("n2".to_owned(), None),
             ("n3".to_owned(), None),
             ("n4".to_owned(), Some("h:k#0".to_owned())),
+            ("n9".to_owned(), Some("g:n9".to_owned())),
         ]
+    );
+    // The running count of verdicts starts from those already stored (once: the schema run
+    // again keeps what `pusher results` added since); a notified one needs none.
+    async fn done(client: &tokio_postgres::Client) -> Vec<(String, i32)> {
+        let rows = client
+            .query(
+                "SELECT notif_id, done FROM pusher_notifications
+                     WHERE notif_id IN ('n1', 'n9') ORDER BY notif_id",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    }
+    assert_eq!(
+        done(&client).await,
+        [("n1".to_owned(), 0), ("n9".to_owned(), 2)]
     );
     // A webhook called before the `webhook` column existed counts as ended; a call in
     // progress when the schema runs again stays in progress.
@@ -1120,9 +1149,20 @@ async fn schema_migrates_the_keyed_notifications_table() {
         .await
         .unwrap();
     client
+        .execute(
+            "UPDATE pusher_notifications SET done = 3 WHERE notif_id = 'n9'",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
         .batch_execute(pusher::platform::store::SCHEMA)
         .await
         .unwrap();
+    assert_eq!(
+        done(&client).await,
+        [("n1".to_owned(), 0), ("n9".to_owned(), 3)]
+    );
     let webhooks = client
         .query(
             "SELECT notif_id, webhook FROM pusher_notifications
@@ -1379,6 +1419,196 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
     stop.cancel();
     let counts = writer.await.unwrap().unwrap();
     assert_eq!((counts.stored, counts.webhooks), (2, 2), "{counts:?}");
+}
+
+/// Completion reads a running count of each notification's verdicts (`done`), added to as
+/// they are stored, instead of counting every verdict of it again on each batch (quadratic over
+/// a broadcast): a verdict replacing an older one for its token adds nothing; verdicts stored
+/// before the notification's row are counted when the row is made, and those stored while it
+/// had none are named for a count of their own; two writers storing verdicts of the same
+/// notifications in opposite orders at once neither deadlock nor lose a count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_are_counted_as_they_are_stored() {
+    use pusher::platform::store::ResultRow;
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let app = fresh_app("api");
+    fn verdict_of(app: &str, notif_id: &str, token: &str, at_ms: i64) -> ResultRow {
+        ResultRow {
+            app: app.to_owned(),
+            notif_id: notif_id.to_owned(),
+            token: token.to_owned(),
+            platform: "gcm".to_owned(),
+            outcome: "delivered".to_owned(),
+            reason: String::new(),
+            at_ms,
+        }
+    }
+    let verdict =
+        |notif_id: &str, token: &str, at_ms: i64| verdict_of(&app, notif_id, token, at_ms);
+    let pg = store.pool().get().await.unwrap();
+    let done = |notif_id: &'static str| {
+        let (pg, app) = (&pg, app.clone());
+        async move {
+            pg.query_one(
+                "SELECT done FROM pusher_notifications WHERE app = $1 AND notif_id = $2",
+                &[&app, &notif_id],
+            )
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+        }
+    };
+    store
+        .record_accepted(&app, &[("c-1".into(), Some(3))])
+        .await
+        .unwrap();
+    let none = std::collections::HashSet::new();
+    let pair = |id: &str| vec![(app.clone(), id.to_owned())];
+    let uncounted = store
+        .store_results(&[verdict("c-1", "t1", 1_000), verdict("c-1", "t2", 1_000)])
+        .await
+        .unwrap();
+    assert!(uncounted.is_empty(), "{uncounted:?}");
+    // A newer verdict for t1 replaces the older: no new row, nothing added.
+    store
+        .store_results(&[verdict("c-1", "t1", 2_000)])
+        .await
+        .unwrap();
+    assert_eq!(done("c-1").await, 2);
+    assert!(store
+        .claim_completed(&pair("c-1"), &none)
+        .await
+        .unwrap()
+        .is_empty());
+    store
+        .store_results(&[verdict("c-1", "t3", 1_000)])
+        .await
+        .unwrap();
+    let complete = store.claim_completed(&pair("c-1"), &none).await.unwrap();
+    assert_eq!(complete.len(), 1, "{complete:?}");
+    assert_eq!(complete[0].counts["delivered"], 3);
+    // Verdicts before the row: named as uncounted, and counted when the row is made.
+    let early = store
+        .store_results(&[verdict("c-2", "t1", 1_000), verdict("c-2", "t2", 1_000)])
+        .await
+        .unwrap();
+    assert_eq!(early, pair("c-2"));
+    store
+        .record_accepted(&app, &[("c-2".into(), Some(2))])
+        .await
+        .unwrap();
+    assert_eq!(done("c-2").await, 2);
+    // A count short of the rows (a row made while verdicts were being stored) is counted
+    // again when named.
+    pg.execute(
+        "UPDATE pusher_notifications SET done = 0 WHERE app = $1 AND notif_id = 'c-2'",
+        &[&app],
+    )
+    .await
+    .unwrap();
+    assert!(store
+        .claim_completed(&pair("c-2"), &none)
+        .await
+        .unwrap()
+        .is_empty());
+    let again: std::collections::HashSet<(String, String)> = pair("c-2").into_iter().collect();
+    assert_eq!(
+        store
+            .claim_completed(&pair("c-2"), &again)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Two writers, the same 20 notifications in opposite orders, 10 rounds each.
+    let ids: Vec<String> = (0..20).map(|i| format!("m-{i:02}")).collect();
+    let accepted: Vec<(String, Option<u32>)> =
+        ids.iter().map(|id| (id.clone(), Some(20))).collect();
+    store.record_accepted(&app, &accepted).await.unwrap();
+    let writers: Vec<_> = [false, true]
+        .into_iter()
+        .map(|reverse| {
+            let (store, ids, app) = (store.clone(), ids.clone(), app.clone());
+            tokio::spawn(async move {
+                for round in 0..10 {
+                    let mut rows: Vec<ResultRow> = ids
+                        .iter()
+                        .map(|id| verdict_of(&app, id, &format!("t{reverse}-{round}"), 1_000))
+                        .collect();
+                    if reverse {
+                        rows.reverse();
+                    }
+                    store.store_results(&rows).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let counts: Vec<i32> = pg
+        .query(
+            "SELECT done FROM pusher_notifications WHERE app = $1 AND notif_id LIKE 'm-%'",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(counts, vec![20; 20]);
+}
+
+/// The only results process with an app's hook is away longer than 10 minutes (a crash loop):
+/// another one, without the hook, still hands what it completes over (claimed and released for
+/// the hooked process's sweep) instead of leaving it unclaimed, never to be called. Seen: past
+/// 10 minutes the app no longer counted as hooked anywhere, and its webhooks were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_whose_hooked_process_is_away_for_long_is_still_handed_over() {
+    use pusher::platform::results::run as results;
+    use pusher::platform::webhook::Webhooks;
+    let app = fresh_app("api");
+    let feedback = format!("push-{app}-gcm-feedbacks");
+    let kafka = TestKafka::start(&[&feedback], 1).await;
+    let (store, ids) = one_token_notifications(&app, "away", 1).await;
+    let pg = store.pool().get().await.unwrap();
+    // Announced by its hooked process 15 minutes ago, not since.
+    pg.execute(
+        "INSERT INTO pusher_webhook_apps (app, seen_at) VALUES ($1, now() - interval '15 minutes')",
+        &[&app],
+    )
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    let without = tokio::spawn(results(
+        common::platform::results_group(kafka.bootstrap(), &app),
+        store.clone(),
+        Webhooks::new(&std::collections::BTreeMap::new()).unwrap(),
+        stop.clone(),
+    ));
+    common::platform::produce_delivered(kafka.bootstrap(), &app, &ids[0], "tok-0").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let handed: bool = pg
+            .query_one(
+                "SELECT notified_at = '-infinity' FROM pusher_notifications
+                     WHERE app = $1 AND notif_id = $2",
+                &[&app, &ids[0]],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<bool>>(0)
+            .unwrap_or(false);
+        if handed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never handed over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let counts = without.await.unwrap().unwrap();
+    assert_eq!((counts.stored, counts.webhooks), (1, 0), "{counts:?}");
 }
 
 /// `n` notifications of `app` accepted with one token each (`<prefix>-0`, ...), as the API
@@ -2039,6 +2269,80 @@ async fn results_of_a_push_are_stored_and_served() {
         "{counts:?}"
     );
     api.stop().await;
+}
+
+/// A push `pusher run` refuses as malformed (here a payload over APNs' 4 KiB) still completes
+/// its notification: its feedback record carries the message's `metadata` (notif_id, outcome
+/// `malformed`), `pusher results` stores a failed row, and the webhook is called with both
+/// verdicts. Before, the record had no notif_id: it was counted `untracked`, and the
+/// notification stayed pending for good, its webhook never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_push_still_completes_its_notification() {
+    use pusher::platform::results::run as results;
+    use pusher::platform::webhook::Webhooks;
+    let app = fresh_app("api");
+    let [apns, _] = topics(&app);
+    let feedback = format!("push-{app}-apns-feedbacks");
+    let kafka = TestKafka::start(&[&apns, &feedback], 1).await;
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    store
+        .record_accepted(&app, &[("m-1".into(), Some(2))])
+        .await
+        .unwrap();
+    let (good, bad) = (common::token(1), common::token(2));
+    let message = |token: &str, alert: String| {
+        json!({"DeviceToken": token, "Payload": {"aps": {"alert": alert}},
+               "metadata": {"notif_id": "m-1", "jobId": "j"}})
+        .to_string()
+        .into_bytes()
+    };
+    common::process::produce_all(
+        kafka.bootstrap(),
+        &apns,
+        &[message(&good, "Hi".into()), message(&bad, "x".repeat(5000))],
+    )
+    .await;
+    let fake = start_fake(FakeOptions::default()).await;
+    let group = format!("g-{app}");
+    let _pusher = PusherRun {
+        app: &app,
+        brokers: kafka.bootstrap(),
+        group: &group,
+        in_flight: 10,
+        env: vec![("PUSHER_FEEDBACK_REPORTERS", "kafka".to_owned())],
+    }
+    .spawn(&fake);
+    let (hook, mut calls) = common::platform::webhook_receiver().await;
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(results(
+        common::platform::results_group(kafka.bootstrap(), &app),
+        store.clone(),
+        Webhooks::new(&std::collections::BTreeMap::from([(app.clone(), hook)])).unwrap(),
+        stop.clone(),
+    ));
+    let body = tokio::time::timeout(Duration::from_secs(60), calls.recv())
+        .await
+        .expect("the notification completes: its webhook is called")
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"app": app, "notif_id": "m-1", "targets": 2,
+               "counts": {"delivered": 1, "malformed": 1}})
+    );
+    let rows = store.results_page(&app, "m-1", "", 10).await.unwrap();
+    let refused = rows.iter().find(|r| r.token == bad).unwrap();
+    assert_eq!(
+        (refused.outcome.as_str(), refused.reason.as_str()),
+        ("malformed", "payload_too_large")
+    );
+    stop.cancel();
+    let counts = writer.await.unwrap().unwrap();
+    assert_eq!(
+        (counts.stored, counts.untracked, counts.webhooks),
+        (2, 0, 1),
+        "{counts:?}"
+    );
 }
 
 /// `pusher api` (the binary) SIGKILLed while clients are sending: every request it answered

@@ -965,6 +965,15 @@ async fn messages_api_round_trip_and_refusals() {
     let got = call("GET", "/api/v1/messages/promo".into(), String::new()).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.json(), stored);
+    // A GET's body, edited and PUT back (its `id` is ignored: the stored one stays). Seen: 400,
+    // "unknown field `id`".
+    let mut edited = got.json();
+    edited["screen"] = json!("sale");
+    edited["id"] = json!(999_999);
+    let put = call("PUT", "/api/v1/messages/promo".into(), edited.to_string()).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    assert_eq!(put.json()["screen"], "sale");
+    assert_eq!(put.json()["id"], stored["id"]);
     // Replacing drops localizations not given again.
     p.put_message(
         "promo",
@@ -978,6 +987,18 @@ async fn messages_api_round_trip_and_refusals() {
     assert_eq!(
         list["messages"][0]["localizations"],
         json!([{"language_id": 2, "title": "Angebot", "text": "50% Rabatt"}])
+    );
+    // Python's escaped braces, as Pushkin's texts have them.
+    let escaped = p
+        .put_message(
+            "code",
+            json!({"event_id": 13, "localizations": [
+                {"language_id": 1, "text": "Use code {{VIP}}, {name}"}]}),
+        )
+        .await;
+    assert_eq!(
+        escaped["localizations"][0]["text"],
+        "Use code {{VIP}}, {name}"
     );
     for (body, field) in [
         (
@@ -996,6 +1017,11 @@ async fn messages_api_round_trip_and_refusals() {
         (
             json!({"event_id": 3, "localizations": [{"language_id": 1, "text": "x"}], "colour": 1}),
             "colour",
+        ),
+        // Python's `str.format` would fail it: refused where it is written.
+        (
+            json!({"event_id": 3, "localizations": [{"language_id": 1, "text": "Hi {friend.name}"}]}),
+            "localizations[0].text",
         ),
     ] {
         let a = call("PUT", "/api/v1/messages/bad".into(), body.to_string()).await;
@@ -1177,5 +1203,287 @@ async fn a_cooldown_won_again_by_a_retry_runs_from_the_retry() {
         claims.cooldown(&app, &other).await.unwrap(),
         [Claimed::Lost],
         "inside the cooldown of e1's push"
+    );
+}
+
+/// Unix milliseconds now.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A batch attempt fails after winning its claims (the per-device limit's statement fails, as
+/// a failover would fail it), and its retry comes after the event's message life: the retry
+/// counts it `expired` and gives back the cooldown and dedup claims the failed attempt won,
+/// so the user's next event for the message is sent. Seen: they stayed held, unsent, and every
+/// later event was counted `cooldown` for the whole cooldown although the user got nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_of_a_failed_attempt_are_given_back_when_its_retry_sends_nothing() {
+    let p = Platform::start(
+        1,
+        DeviceLimits {
+            limit: Some(Limit {
+                count: 10,
+                window_s: 3600.0,
+            }),
+            dedup_window_s: 3600.0,
+        },
+    )
+    .await;
+    p.put_message(
+        "energy",
+        json!({"event_id": 9, "cooldown_s": 3600, "expiry_s": 2,
+               "localizations": [{"language_id": 1, "text": "Energy is full"}]}),
+    )
+    .await;
+    p.events(json!([login(5, 1, 1, "gcm-5")])).await;
+    p.wait_routed().await;
+    // The first statement charging this app's limit outlasts the event's life, then fails (a
+    // sequence, which a rollback does not undo, counts the tries); the retry comes 1 s later.
+    let store = common::platform::store().await;
+    let pg = store.pool().get().await.unwrap();
+    let tag = p.app.replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE SEQUENCE test_limit_{tag};
+         CREATE FUNCTION test_limit_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.app = '{app}' AND nextval('test_limit_{tag}') = 1 THEN
+                 PERFORM pg_sleep(2.5);
+                 RAISE EXCEPTION 'injected: failover';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_limit_{tag} BEFORE INSERT ON pusher_device_limits
+             FOR EACH ROW EXECUTE FUNCTION test_limit_{tag}();",
+        app = p.app
+    ))
+    .await
+    .unwrap();
+    p.events(json!([{"user_id": 5, "event_id": 9, "timestamp": now_ms()}]))
+        .await;
+    p.wait_routed().await;
+    // Within the cooldown and the dedup window of the first event's claims.
+    p.events(json!([{"user_id": 5, "event_id": 9}])).await;
+    p.wait_routed().await;
+    let pushes = p.pushes(1);
+    let tries: i64 = pg
+        .query_one(&format!("SELECT last_value FROM test_limit_{tag}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.batch_execute(&format!(
+        "DROP TRIGGER test_limit_{tag} ON pusher_device_limits;
+         DROP FUNCTION test_limit_{tag}(); DROP SEQUENCE test_limit_{tag};"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(pushes.len(), 1, "the second event is sent: {pushes:?}");
+    assert!(
+        tries >= 2,
+        "the limit failed once, then charged the second event: {tries}"
+    );
+    let c = p.stop().await;
+    assert_eq!(skipped(&c, "expired"), 1, "{c:?}");
+    assert_eq!(skipped(&c, "cooldown"), 0, "{c:?}");
+    assert_eq!((c.events.pushes, c.events.rate_limited), (1, 0), "{c:?}");
+}
+
+/// An event in the same batch as a segment is judged by the clock of its turn, not of the
+/// batch's start: one whose message's life ended while the segment streamed is `expired` and
+/// claims nothing. Seen: it was claimed, marked sent and produced with an expiry already past
+/// (`pusher run` drops such a push), and its cooldown held though the user got nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_after_a_slow_segment_is_judged_by_the_clock_of_its_turn() {
+    let mut p = Platform::start(0, DeviceLimits::default()).await;
+    p.put_message(
+        "energy",
+        json!({"event_id": 9, "cooldown_s": 3600, "expiry_s": 3,
+               "localizations": [{"language_id": 1, "text": "Energy is full"}]}),
+    )
+    .await;
+    let store = common::platform::store().await;
+    Registry::new(store.pool())
+        .register(
+            &p.app,
+            &[pusher::platform::registry::Device {
+                user_id: 5,
+                platform: pusher::push::Platform::Gcm,
+                token: "gcm-5".into(),
+                device_id: String::new(),
+                platform_id: None,
+                app_version: String::new(),
+                registered_ms: 1,
+                keys: None,
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
+    // Each step of the segment's progress takes 4 s: longer than what is left of the event.
+    let pg = store.pool().get().await.unwrap();
+    let tag = p.app.replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE FUNCTION test_slow_seg_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.app = '{app}' THEN
+                 PERFORM pg_sleep(4);
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_slow_seg_{tag} BEFORE INSERT OR UPDATE ON pusher_segments
+             FOR EACH ROW EXECUTE FUNCTION test_slow_seg_{tag}();",
+        app = p.app
+    ))
+    .await
+    .unwrap();
+    let router = p.add_router(common::platform::pg(), Vec::new());
+    wait_until("the router holds partitions", || router.partitions() > 0).await;
+    // One key: one partition, one batch.
+    let records: Vec<pusher::platform::produce::Record> = [
+        json!({"kind": "segment", "notif_id": "seg-1", "condition": {}, "title": "T",
+               "content": "C"}),
+        json!({"kind": "event", "id": "ev-1", "user_id": 5, "event_id": 9,
+               "timestamp": now_ms()}),
+    ]
+    .iter()
+    .map(|r| pusher::platform::produce::Record {
+        topic: format!("push-{}-requests", p.app),
+        key: "5".into(),
+        payload: r.to_string().into_bytes(),
+    })
+    .collect();
+    Producer::new(p.kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&records)
+        .await
+        .unwrap();
+    p.wait_routed().await;
+    let pushes = p.pushes(1);
+    pg.batch_execute(&format!(
+        "DROP TRIGGER test_slow_seg_{tag} ON pusher_segments; DROP FUNCTION test_slow_seg_{tag}();"
+    ))
+    .await
+    .unwrap();
+    let ids: Vec<&Value> = pushes
+        .iter()
+        .map(|(_, _, m)| &m["metadata"]["notif_id"])
+        .collect();
+    assert_eq!(ids, [&json!("seg-1")], "only the segment's push");
+    let held: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pusher_cooldowns WHERE app = $1 AND user_id = 5",
+            &[&p.app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "no cooldown claimed for what was not sent");
+    let c = p.stop().await;
+    assert_eq!(skipped(&c, "expired"), 1, "{c:?}");
+    assert_eq!(c.events.pushes, 0, "{c:?}");
+}
+
+/// An event whose record the API wrote twice (a retry took over its request's claims while
+/// it ran) is routed once when both copies are in one batch, though its message has no
+/// cooldown and only the app's dedup window stands between the device and a second push.
+/// Seen: both copies own the same dedup claim, so both were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_written_twice_is_sent_once() {
+    let mut p = Platform::start(
+        0,
+        DeviceLimits {
+            limit: None,
+            dedup_window_s: 3600.0,
+        },
+    )
+    .await;
+    p.put_message(
+        "quest",
+        json!({"event_id": 6, "localizations": [{"language_id": 1, "text": "quest"}]}),
+    )
+    .await;
+    p.events(json!([login(5, 1, 1, "gcm-5")])).await;
+    let event = json!({"kind": "event", "id": "ev-twice", "user_id": 5, "event_id": 6});
+    let record = pusher::platform::produce::Record {
+        topic: format!("push-{}-requests", p.app),
+        key: "5".into(),
+        payload: event.to_string().into_bytes(),
+    };
+    // Both before the router starts (with the login): fetched together, one batch.
+    Producer::new(p.kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&[record.clone(), record])
+        .await
+        .unwrap();
+    p.add_router(common::platform::pg(), Vec::new());
+    p.wait_routed().await;
+    let pushes = p.pushes(1);
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(pushes[0].2["metadata"]["notif_id"], "ev-twice.quest");
+    let c = p.stop().await;
+    assert_eq!(c.events.events, 2, "{c:?}");
+    assert_eq!(skipped(&c, "duplicate_event"), 1, "{c:?}");
+    assert_eq!(c.events.pushes, 1, "{c:?}");
+}
+
+/// A cooldown or window past PostgreSQL's timestamps (a message row written by hand or before
+/// the API bounded cooldowns; a configured window) is taken as 10 years: the claim is won.
+/// Seen: the statement failed (22008), and with it, for good, every batch holding such an
+/// event, all apps included. The schema refuses such a message row written by hand now.
+#[tokio::test]
+async fn cooldowns_and_windows_past_postgresqls_range_are_bounded() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let claims = Claims::new(store.pool());
+    let app = common::platform::fresh_app("cb");
+    let claim = |subject: &str| Claim {
+        subject: subject.into(),
+        message: "gift".into(),
+        owner: "e1".into(),
+    };
+    let huge = 10_000_000_000_000_i64;
+    assert_eq!(
+        claims.cooldown(&app, &[(claim("7"), huge)]).await.unwrap(),
+        [Claimed::Won]
+    );
+    assert_eq!(
+        claims
+            .dedup(&app, &[claim("tok")], huge as f64)
+            .await
+            .unwrap(),
+        [Claimed::Won]
+    );
+    let limit = Limit {
+        count: 1,
+        window_s: huge as f64,
+    };
+    assert_eq!(
+        claims.limit(&app, &[claim("tok")], limit).await.unwrap(),
+        [true]
+    );
+    let client = store.pool().get().await.unwrap();
+    let years: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM until - now())::float8 / (365 * 86400) FROM pusher_cooldowns
+                 WHERE app = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!((9.9..=10.0).contains(&years), "{years}");
+    let refused = client
+        .execute(
+            "INSERT INTO pusher_messages (app, name, event_id, cooldown_s) VALUES ($1, 'm', 1, $2)",
+            &[&app, &huge],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.as_db_error().and_then(|db| db.constraint()),
+        Some("pusher_messages_bounds"),
+        "{refused}"
     );
 }

@@ -412,6 +412,10 @@ async fn gcm_hostile_messages_and_injected_tokens_stay_data() {
             br#"{"message":"not an object"}"#.to_vec(),
             "malformed/wrong_type",
         ),
+        (
+            br#"{"to":"tok-m","data":[1],"metadata":{"notif_id":"g-bad"}}"#.to_vec(),
+            "malformed/wrong_type",
+        ),
     ];
     for token in [sql, path] {
         let m = serde_json::json!({"to": token, "data": {"k": "v"}});
@@ -513,6 +517,38 @@ async fn gcm_hostile_messages_and_injected_tokens_stay_data() {
     assert_eq!(*reasons.0.lock().unwrap(), want);
     assert_eq!(summary.committed_total(), produced as i64, "{summary:?}");
     assert_eq!(summary.abandoned, 0);
+    // A refused message still names its device and keeps its notif_id: the verdict completes
+    // the notification it belongs to.
+    let failures = cases
+        .iter()
+        .filter(|(_, r)| !r.starts_with("delivered"))
+        .count() as u64;
+    let records = feedback::read_feedback_json(
+        &brokers,
+        &format!("push-{app}-gcm-feedbacks"),
+        failures,
+        Duration::from_secs(20),
+    );
+    let tracked: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["metadata"].get("notif_id").is_some())
+        .collect();
+    assert_eq!(tracked.len(), 1, "{records:?}");
+    assert_eq!(
+        (
+            &tracked[0]["from"],
+            &tracked[0]["metadata"]["notif_id"],
+            &tracked[0]["metadata"]["outcome"],
+            &tracked[0]["error"]
+        ),
+        (
+            &serde_json::json!("tok-m"),
+            &serde_json::json!("g-bad"),
+            &serde_json::json!("malformed"),
+            &serde_json::json!("INVALID_JSON")
+        ),
+        "{records:?}"
+    );
     // Both injected tokens deleted as rows, the other row and the victim table untouched.
     assert_eq!(
         (token_stats.success, token_stats.error),
@@ -653,9 +689,10 @@ async fn webpush_hostile_subscriptions_are_refused_with_feedback() {
         ),
         (
             1,
-            serde_json::json!({"subscription": good, "urgency": "now"})
-                .to_string()
-                .into_bytes(),
+            serde_json::json!({"subscription": good, "urgency": "now",
+                "metadata": {"notif_id": "h-bad"}})
+            .to_string()
+            .into_bytes(),
             "malformed/invalid_value",
         ),
     ];
@@ -762,6 +799,19 @@ async fn webpush_hostile_subscriptions_are_refused_with_feedback() {
             .filter(|r| r["outcome"] == "malformed")
             .count(),
         3
+    );
+    // A refused message's notif_id is kept: its verdict completes the notification.
+    let refused = records
+        .iter()
+        .find(|r| r["reason"] == "invalid_value")
+        .unwrap();
+    assert_eq!(
+        (
+            &refused["metadata"]["notif_id"],
+            &refused["metadata"]["outcome"]
+        ),
+        (&serde_json::json!("h-bad"), &serde_json::json!("malformed")),
+        "{refused}"
     );
     fake.shutdown().await;
 }

@@ -991,6 +991,109 @@ async fn a_batch_redone_after_a_partial_failure_sends_each_push_once() {
     );
 }
 
+/// A batch retried in place after its event phase was done (pushes in Kafka, claims marked
+/// sent) and a later statement failed (another app's, as in a failover): the retry skips the
+/// finished phase and counts its pushes as pushes, once. Seen: the retry found their claims
+/// sent and counted them `already_sent`, so `pusher_route_total{what="event_push"}` never
+/// counted pushes that went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_retried_after_its_events_went_out_counts_them_as_pushes() {
+    let a = common::platform::fresh_app("rte");
+    let b = format!("{a}b"); // after `a`: the router handles apps in name order
+    let topics: Vec<String> = [&a, &b]
+        .iter()
+        .flat_map(|app| [format!("push-{app}-requests"), format!("push-{app}_gcm")])
+        .collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    // One partition each: both records are fetched together and make one batch.
+    let kafka = TestKafka::start(&names, 1).await;
+    let store = common::platform::store().await;
+    let registry = Registry::new(store.pool());
+    for app in [&a, &b] {
+        registry
+            .register(app, &[android(1, &format!("{app}-token"), 1_000)], &[])
+            .await
+            .unwrap();
+    }
+    let message: pusher::platform::messages::Message = serde_json::from_value(json!({
+        "name": "bonus", "event_id": 17, "cooldown_s": 3600,
+        "localizations": [{"language_id": 1, "text": "bonus"}]}))
+    .unwrap();
+    pusher::platform::messages::Messages::new(store.pool())
+        .put(&a, &message)
+        .await
+        .unwrap();
+    // The first statement that records how many devices b's notification reached fails (a
+    // sequence, which a rollback does not undo, counts the tries).
+    let pg = store.pool().get().await.unwrap();
+    let tag = b.replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE SEQUENCE test_targets_{tag};
+         CREATE FUNCTION test_targets_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.app = '{b}' AND nextval('test_targets_{tag}') = 1 THEN
+                 RAISE EXCEPTION 'injected: failover';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_targets_{tag} BEFORE INSERT ON pusher_notifications
+             FOR EACH ROW EXECUTE FUNCTION test_targets_{tag}();"
+    ))
+    .await
+    .unwrap();
+    let records = [
+        (
+            &a,
+            json!({"kind": "event", "id": "ev-1", "user_id": 1, "event_id": 17}),
+        ),
+        (
+            &b,
+            json!({"kind": "notification", "user_id": 1, "title": "T", "content": "C",
+                   "notif_id": "n-b"}),
+        ),
+    ]
+    .map(|(app, record)| pusher::platform::produce::Record {
+        topic: format!("push-{app}-requests"),
+        key: "1".into(),
+        payload: record.to_string().into_bytes(),
+    });
+    Producer::new(kafka.bootstrap(), Duration::from_secs(5))
+        .unwrap()
+        .produce_all(&records)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let router = spawn_router(&kafka, &a, &store, &stop, Membership::default());
+    let both = [format!("push-{a}_gcm"), format!("push-{b}_gcm")];
+    let both: Vec<&str> = both.iter().map(String::as_str).collect();
+    let pushes = common::platform::read_topics(kafka.bootstrap(), &both, 2);
+    stop.cancel();
+    let counts = router.await.unwrap();
+    let tries: i64 = pg
+        .query_one(&format!("SELECT last_value FROM test_targets_{tag}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.batch_execute(&format!(
+        "DROP TRIGGER test_targets_{tag} ON pusher_notifications;
+         DROP FUNCTION test_targets_{tag}(); DROP SEQUENCE test_targets_{tag};"
+    ))
+    .await
+    .unwrap();
+    assert!(
+        tries >= 2,
+        "b's statement failed once, then passed: {tries}"
+    );
+    assert_eq!(pushes.len(), 2, "each push once: {pushes:?}");
+    let e = &counts.events;
+    assert_eq!(
+        (e.events, e.notifications, e.pushes, e.already_sent),
+        (1, 1, 1, 0),
+        "{counts:?}"
+    );
+    assert!(e.skipped.is_empty(), "{counts:?}");
+}
+
 /// The router (`set_targets`) and the API (`record_accepted`) write the same notifications'
 /// rows at once, given them in opposite orders: both lock them in notif_id order, so neither
 /// deadlocks. Seen: 40P01 between the two, a failed request or a retried batch.

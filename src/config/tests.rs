@@ -937,6 +937,23 @@ fn route_limits_come_from_the_file_or_the_environment() {
     assert_eq!((g.per_device, g.window), (3, Duration::from_secs(60)));
     let e = from_yaml("route:\n  limits:\n    default:\n      perDevise: 5\n").unwrap_err();
     assert!(e.to_string().contains("perDevise"), "{e}");
+    // Past PostgreSQL's timestamps every claim, and the router's batch, would fail for good:
+    // refused, naming the key.
+    for (key, lines) in [
+        ("window", "window: 400000000"),
+        ("dedupWindow", "window: 60\n      dedupWindow: 400000000"),
+    ] {
+        let yaml = format!("route:\n  limits:\n    game:\n      perDevice: 5\n      {lines}\n");
+        let err = from_yaml(&yaml)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("route.limits.game.{key}: must be <=")),
+            "{err}"
+        );
+    }
 }
 
 /// An unquoted scalar of a text key (a password, a key id) is the text as written: YAML's own

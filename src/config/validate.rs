@@ -10,6 +10,10 @@ use std::path::Path;
 const MAX_IN_FLIGHT: usize = 1_000_000;
 /// The most records one route or results batch may hold.
 const MAX_BATCH_SIZE: usize = 100_000;
+/// The longest per-device limit window and dedup window: 10 years, as a message's longest
+/// cooldown. PostgreSQL's timestamps end in 294276 AD: past them every claim statement, and
+/// with it the router's batch of every app, would fail for good.
+const MAX_LIMIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// A config that passed [`Config::validate`].
 #[derive(Debug, Clone)]
@@ -154,6 +158,14 @@ impl Config {
                     format!("route.limits.{app}.window"),
                     "must be > 0 when perDevice is set",
                 ));
+            }
+            for (key, window) in [("window", l.window), ("dedupWindow", l.dedup_window)] {
+                if window > MAX_LIMIT_WINDOW {
+                    return Err(invalid(
+                        format!("route.limits.{app}.{key}"),
+                        format!("must be <= {}s (10 years)", MAX_LIMIT_WINDOW.as_secs()),
+                    ));
+                }
             }
         }
         if a.produce_timeout.is_zero() {

@@ -48,6 +48,10 @@ async fn push(
             ctx.token = payload
                 .and_then(|p| crate::push::message::token_hint(p, true))
                 .unwrap_or_default();
+            // Its notif_id too: the verdict must complete the notification it belongs to.
+            ctx.metadata = payload
+                .map(crate::push::message::metadata_hint)
+                .unwrap_or_default();
             let details = SendDetails {
                 notification: payload
                     .and_then(|p| serde_json::from_slice(p).ok())

@@ -45,6 +45,10 @@ async fn push(sender: &FcmSender, payload: Option<&[u8]>, ctx: &mut MessageConte
             ctx.token = payload
                 .and_then(|p| crate::push::message::token_hint(p, false))
                 .unwrap_or_default();
+            // Its notif_id too: the verdict must complete the notification it belongs to.
+            ctx.metadata = payload
+                .map(crate::push::message::metadata_hint)
+                .unwrap_or_default();
             return Outcome::Malformed {
                 reason: e.reason().to_string(),
             };

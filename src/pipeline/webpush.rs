@@ -4,7 +4,7 @@
 
 use super::feedback::{self, FeedbackRecord, MessageContext, SendDetails};
 use super::platform::{PlatformSender, PushFuture};
-use crate::push::message::{endpoint_hint, parse_webpush};
+use crate::push::message::{endpoint_hint, metadata_hint, parse_webpush};
 use crate::push::{Outcome, Platform};
 use crate::sender::gate::Gate;
 use crate::sender::webpush::WebPushSender;
@@ -48,6 +48,8 @@ async fn push(
         Ok(m) => m,
         Err(e) => {
             ctx.token = payload.and_then(endpoint_hint).unwrap_or_default();
+            // Its notif_id too: the verdict must complete the notification it belongs to.
+            ctx.metadata = payload.map(metadata_hint).unwrap_or_default();
             let outcome = Outcome::Malformed {
                 reason: e.reason().to_string(),
             };

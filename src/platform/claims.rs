@@ -47,6 +47,19 @@ pub struct Limit {
 /// Most owners a device's limit remembers (see [`Claims::limit`]).
 pub const CHARGED_KEPT: u32 = 64;
 
+/// A cooldown or window in seconds as a claim takes it: at most 10 years (a message's longest
+/// cooldown; the config's longest window). One past PostgreSQL's timestamps (a message stored
+/// by hand, or before the API bounded cooldowns) failed every claim statement holding it, and
+/// with it the router's batch of every app fetched beside it, for good.
+fn bounded(seconds: f64) -> f64 {
+    const MAX: f64 = super::messages::MAX_COOLDOWN_S as f64;
+    if seconds > 0.0 {
+        seconds.min(MAX)
+    } else {
+        0.0
+    }
+}
+
 #[derive(Clone)]
 pub struct Claims {
     pool: Pool,
@@ -75,7 +88,7 @@ impl Claims {
                 .map(|&i| claims[i].0.message.as_str())
                 .collect();
             let owners: Vec<&str> = round.iter().map(|&i| claims[i].0.owner.as_str()).collect();
-            let seconds: Vec<f64> = round.iter().map(|&i| claims[i].1 as f64).collect();
+            let seconds: Vec<f64> = round.iter().map(|&i| bounded(claims[i].1 as f64)).collect();
             let client = self.pool.get().await?;
             let rows = super::store::query(
                 &client,
@@ -109,6 +122,7 @@ impl Claims {
         window_s: f64,
     ) -> Result<Vec<Claimed>, StoreError> {
         let mut won = vec![Claimed::Lost; claims.len()];
+        let window_s = bounded(window_s);
         for round in rounds(claims.iter()) {
             let col =
                 |f: fn(&Claim) -> &str| round.iter().map(|&i| f(&claims[i])).collect::<Vec<&str>>();
@@ -160,7 +174,8 @@ impl Claims {
                 ..c.clone()
             })
             .collect();
-        let interval = limit.window_s / f64::from(limit.count.max(1));
+        let window_s = bounded(limit.window_s);
+        let interval = window_s / f64::from(limit.count.max(1));
         // `count` later charges push an owner out: its redelivery, if one still comes, is
         // then charged again (as every redelivery was with one owner kept).
         let kept = limit.count.clamp(1, CHARGED_KEPT) as i32;
@@ -183,7 +198,7 @@ impl Claims {
                           OR greatest(r.tat, now()) + $4 * interval '1 second'
                              <= now() + $5 * interval '1 second'
                      RETURNING token, ''::text, false",
-                &[&app, &tokens, &owners, &interval, &limit.window_s, &kept],
+                &[&app, &tokens, &owners, &interval, &window_s, &kept],
             )
             .await?;
             mark(&mut won, &round, keyed.iter(), &rows);
@@ -192,9 +207,13 @@ impl Claims {
     }
 
     /// Gives back dedup claims won for pushes that were then not sent (the device limit
-    /// refused them): held, they would make the next push of the message a "duplicate" of
-    /// one the device never got.
+    /// refused them, or a retry of the batch skipped them): held, they would make the next
+    /// push of the message a "duplicate" of one the device never got (only where the claim is
+    /// still theirs and unsent).
     pub async fn release_dedup(&self, app: &str, claims: &[Claim]) -> Result<(), StoreError> {
+        if claims.is_empty() {
+            return Ok(());
+        }
         let client = self.pool.get().await?;
         for_each_claim(
             &client,
@@ -209,8 +228,8 @@ impl Claims {
         .await
     }
 
-    /// Gives back cooldown claims whose notification reached no device (only where the claim
-    /// is still theirs and unsent).
+    /// Gives back cooldown claims whose notification reached no device, or that a retry of
+    /// the batch no longer sends (only where the claim is still theirs and unsent).
     pub async fn release_cooldowns(&self, app: &str, claims: &[Claim]) -> Result<(), StoreError> {
         if claims.is_empty() {
             return Ok(());
@@ -341,6 +360,15 @@ mod tests {
             message: message.into(),
             owner: "e".into(),
         }
+    }
+
+    #[test]
+    fn cooldowns_and_windows_are_bounded() {
+        assert_eq!(bounded(60.0), 60.0);
+        assert_eq!(bounded(1e13), 315_360_000.0);
+        assert_eq!(bounded(-1.0), 0.0);
+        assert_eq!(bounded(f64::NAN), 0.0);
+        assert_eq!(bounded(f64::INFINITY), 315_360_000.0);
     }
 
     #[test]

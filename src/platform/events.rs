@@ -65,9 +65,10 @@ impl Default for EventSettings {
 }
 
 /// What event routing did. `skipped` counts (event, message) pairs that sent nothing, by
-/// reason: `no_message` (the event id triggers none; counted per event), `opted_out`,
-/// `no_localization`, `missing_parameter`, `no_devices`, `cooldown`, `already_sent` (a
-/// redelivered event whose notification was sent).
+/// reason: `no_message` (the event id triggers none; counted per event), `duplicate_event` (a
+/// second record of one event in a batch; counted per event), `opted_out`,
+/// `no_localization`, `missing_parameter`, `expired`, `too_long`, `no_devices`, `cooldown`,
+/// `already_sent` (a redelivered event whose notification was sent).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct EventCounts {
     pub events: u64,
@@ -82,7 +83,7 @@ pub struct EventCounts {
 }
 
 impl EventCounts {
-    fn skip(&mut self, reason: &str) {
+    pub(super) fn skip(&mut self, reason: &str) {
         *self.skipped.entry(reason.to_owned()).or_default() += 1;
     }
 
@@ -202,6 +203,9 @@ pub async fn route(
     )?;
 
     let mut candidates = Vec::new();
+    // (event, message) pairs skipped before the claims: a claim an earlier attempt of this
+    // batch won for one of them is given back below.
+    let mut unclaimed: Vec<(&Event, &Message)> = Vec::new();
     for event in events {
         let Some(list) = triggered.get(&event.event_id) else {
             counts.skip("no_message");
@@ -214,6 +218,7 @@ pub async fn route(
                 .is_some_and(|names| names.contains(&message.name))
             {
                 counts.skip("opted_out");
+                unclaimed.push((event, message));
                 continue;
             }
             let language = languages
@@ -222,17 +227,21 @@ pub async fn route(
                 .unwrap_or(settings.default_language);
             let Some(l) = message.localization(language, settings.default_language) else {
                 counts.skip("no_localization");
+                unclaimed.push((event, message));
                 continue;
             };
             // The expiry runs from the event: one that waited out its message's life in a
             // backlog (routers down, PostgreSQL down) is not sent with a fresh one.
             let expiry_s = if message.expiry_s > 0 {
+                // As the API bounds it (a row written by hand may hold more).
+                let life_s = message.expiry_s.min(messages::MAX_EXPIRY_S);
                 let left_ms = event
                     .at_ms
-                    .saturating_add(message.expiry_s.saturating_mul(1000))
+                    .saturating_add(life_s.saturating_mul(1000))
                     .saturating_sub(now_ms);
                 if left_ms <= 0 {
                     counts.skip("expired");
+                    unclaimed.push((event, message));
                     continue;
                 }
                 (left_ms + 999) / 1000
@@ -251,6 +260,7 @@ pub async fn route(
                 {
                     tracing::debug!(app, message = %message.name, "The filled message is too long for a push.");
                     counts.skip("too_long");
+                    unclaimed.push((event, message));
                 }
                 Ok((title, text)) => candidates.push(Candidate {
                     event,
@@ -263,6 +273,7 @@ pub async fn route(
                     tracing::debug!(app, message = %message.name, parameter = %missing,
                         "A parameter the message needs is not in the event.");
                     counts.skip("missing_parameter");
+                    unclaimed.push((event, message));
                 }
             }
         }
@@ -276,9 +287,24 @@ pub async fn route(
         let has = by_user.contains_key(&c.event.user_id);
         if !has {
             counts.skip("no_devices");
+            unclaimed.push((c.event, c.message));
         }
         has
     });
+    // Matched as the config's other per-app keys are: exactly, else ignoring case (an
+    // environment variable names the app in capitals, and the config keeps it lower-case).
+    let limits = settings
+        .limits
+        .get(app)
+        .or_else(|| {
+            let mut other_case = settings.limits.iter();
+            other_case
+                .find(|(k, _)| k.eq_ignore_ascii_case(app))
+                .map(|(_, v)| v)
+        })
+        .copied()
+        .unwrap_or(settings.default_limits);
+    give_back(stores.claims, app, &unclaimed, &by_user, &limits).await?;
 
     // Cooldown: one claim per (user, message) and batch; a second event for the same pair in
     // the same batch is inside the cooldown by definition.
@@ -338,19 +364,6 @@ pub async fn route(
             pushes.push((notification.clone(), d));
         }
     }
-    // Matched as the config's other per-app keys are: exactly, else ignoring case (an
-    // environment variable names the app in capitals, and the config keeps it lower-case).
-    let limits = settings
-        .limits
-        .get(app)
-        .or_else(|| {
-            let mut other_case = settings.limits.iter();
-            other_case
-                .find(|(k, _)| k.eq_ignore_ascii_case(app))
-                .map(|(_, v)| v)
-        })
-        .copied()
-        .unwrap_or(settings.default_limits);
     // None: send; Some(reason): rate_limited; Some("") already sent (a redelivery).
     let mut verdict: Vec<Option<&str>> = vec![None; pushes.len()];
     let claim_of = |(n, d): &(Notification, &Device)| Claim {
@@ -439,6 +452,52 @@ pub async fn route(
     routed.records = records;
     routed.counts = counts;
     Ok(routed)
+}
+
+/// Gives back the unsent claims an earlier attempt of the batch won for (event, message) pairs
+/// that this attempt skipped before the claims: the attempt failed after the claims (Kafka
+/// down, a later statement), and by the retry the event expired, the user lost their last
+/// device, opted out, or the message changed. Held, the user would get nothing of that
+/// message for the whole cooldown (and each device nothing of it for the dedup window),
+/// although nothing was sent. Only claims still the event's own and unsent are touched: on a
+/// first attempt there are none. Before the claims, so that another event of the batch for
+/// the same pair may win it now. A charge of the per-device limit is not given back.
+async fn give_back(
+    claims: &Claims,
+    app: &str,
+    unclaimed: &[(&Event, &Message)],
+    by_user: &HashMap<i64, Vec<&Device>>,
+    limits: &DeviceLimits,
+) -> Result<(), StoreError> {
+    let cooldowns: Vec<Claim> = unclaimed
+        .iter()
+        .filter(|(_, m)| m.cooldown_s > 0)
+        .map(|(e, m)| Claim {
+            subject: e.user_id.to_string(),
+            message: m.name.clone(),
+            owner: e.uid.clone(),
+        })
+        .collect();
+    claims.release_cooldowns(app, &cooldowns).await?;
+    if limits.dedup_window_s > 0.0 {
+        // A device that left the user since keeps its claim until the window ends.
+        let dedups: Vec<Claim> = unclaimed
+            .iter()
+            .flat_map(|(e, m)| {
+                by_user
+                    .get(&e.user_id)
+                    .into_iter()
+                    .flatten()
+                    .map(move |d| Claim {
+                        subject: d.token.clone(),
+                        message: m.name.clone(),
+                        owner: format!("{}.{}", e.uid, m.name),
+                    })
+            })
+            .collect();
+        claims.release_dedup(app, &dedups).await?;
+    }
+    Ok(())
 }
 
 /// Pushkin's opt-out event (4006): each pair's value names a message (its numeric id or its

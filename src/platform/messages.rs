@@ -20,8 +20,10 @@ pub struct Message {
     /// Unique per app: `[A-Za-z0-9_.-]`, at most 100 characters.
     #[serde(default)]
     pub name: String,
-    /// Assigned when stored; what Pushkin's opt-out event names.
-    #[serde(default, skip_deserializing)]
+    /// Assigned when stored; what Pushkin's opt-out event names. Read but ignored in a PUT
+    /// (the stored id wins), so that a GET's body can be edited and PUT back: skipped instead,
+    /// `deny_unknown_fields` refused it as an unknown field.
+    #[serde(default)]
     pub id: i64,
     /// The event that triggers it.
     pub event_id: i32,
@@ -145,6 +147,17 @@ impl Message {
                     format!("title and text over {MAX_TEXT_BYTES} bytes"),
                 ));
             }
+            for (field, text) in [("title", &l.title), ("text", &l.text)] {
+                if let Some(at) = stray_brace(text) {
+                    return Err(invalid(
+                        format!("localizations[{i}].{field}"),
+                        format!(
+                            "a brace at byte {at} is neither a parameter {{name}} (A-Z a-z 0-9 _) \
+                             nor an escaped brace ({{{{ or }}}})"
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -164,30 +177,74 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-/// `text` with every `{name}` replaced by the pair `name`; the first parameter the pairs lack
-/// is the error (a user never sees `{name}`). Braces around anything but a parameter name
-/// (`[A-Za-z0-9_]+`) are left as they are.
+/// A piece of a message's text, as Pushkin's Python `str.format` reads it.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece<'a> {
+    /// Text as sent: an escaped `{{` or `}}` is one brace.
+    Text(&'a str),
+    /// `{name}` (`[A-Za-z0-9_]+`): the event's pair `name`.
+    Parameter(&'a str),
+    /// A brace that is neither (`{ x }`, `{}`, a lone `}`), at this byte: refused at PUT (Python
+    /// fails it); in a text stored before that, sent as written.
+    Stray(usize),
+}
+
+/// Splits `text` into its pieces, in order; stops at the first error `each` returns.
+fn pieces<'a, E>(text: &'a str, mut each: impl FnMut(Piece<'a>) -> Result<(), E>) -> Result<(), E> {
+    let bytes = text.as_bytes();
+    // Braces are ASCII: every index sliced at is a character boundary.
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        let brace = bytes[i];
+        if brace != b'{' && brace != b'}' {
+            i += 1;
+            continue;
+        }
+        if bytes.get(i + 1) == Some(&brace) {
+            each(Piece::Text(&text[start..=i]))?;
+            i += 2;
+        } else {
+            each(Piece::Text(&text[start..i]))?;
+            let name_len = bytes[i + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                .count();
+            if brace == b'{' && name_len > 0 && bytes.get(i + 1 + name_len) == Some(&b'}') {
+                each(Piece::Parameter(&text[i + 1..i + 1 + name_len]))?;
+                i += name_len + 2;
+            } else {
+                each(Piece::Stray(i))?;
+                i += 1;
+            }
+        }
+        start = i;
+    }
+    each(Piece::Text(&text[start..]))
+}
+
+/// Where `text` has a brace that is neither a parameter nor an escaped brace: the byte.
+pub fn stray_brace(text: &str) -> Option<usize> {
+    pieces(text, |piece| match piece {
+        Piece::Stray(at) => Err(at),
+        _ => Ok(()),
+    })
+    .err()
+}
+
+/// `text` with every `{name}` replaced by the pair `name`, and `{{`, `}}` by one brace, as
+/// Pushkin's Python `str.format` fills it; the first parameter the pairs lack is the error (a
+/// user never sees `{name}`). A stray brace (only in texts stored before the API refused them)
+/// is sent as written.
 pub fn fill(text: &str, pairs: &BTreeMap<String, String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let name_len = after
-            .bytes()
-            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
-            .count();
-        if name_len > 0 && after.as_bytes().get(name_len) == Some(&b'}') {
-            let name = &after[..name_len];
-            let value = pairs.get(name).ok_or_else(|| name.to_owned())?;
-            out.push_str(value);
-            rest = &after[name_len + 1..];
-        } else {
-            out.push('{');
-            rest = after;
+    pieces(text, |piece| {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Parameter(name) => out.push_str(pairs.get(name).ok_or_else(|| name.to_owned())?),
+            Piece::Stray(at) => out.push_str(&text[at..=at]),
         }
-    }
-    out.push_str(rest);
+        Ok::<(), String>(())
+    })?;
     Ok(out)
 }
 
@@ -475,10 +532,34 @@ mod tests {
             "Helena sent you 3 gifts"
         );
         assert_eq!(fill("{name} and {friend}", &p).unwrap_err(), "friend");
-        // Not parameters: left as written.
+        // Python's escapes, as Pushkin's `str.format`: a doubled brace is one, never a
+        // parameter.
+        assert_eq!(fill("Use code {{VIP}}", &p).unwrap(), "Use code {VIP}");
+        assert_eq!(fill("{{{name}}}", &p).unwrap(), "{Helena}");
+        assert_eq!(fill("{{}} {n}}}", &p).unwrap(), "{} 3}");
+        // Stray braces (refused at PUT; a text stored before is sent as written).
         assert_eq!(fill("{ x } {} {a-b} {", &p).unwrap(), "{ x } {} {a-b} {");
-        assert_eq!(fill("{{name}}", &p).unwrap(), "{Helena}");
+        assert_eq!(fill("{name}}", &p).unwrap(), "Helena}");
         assert_eq!(fill("héllo {name}ü", &p).unwrap(), "héllo Helenaü");
+    }
+
+    /// What Python's `str.format` would fail is refused where it is written, naming the byte.
+    #[test]
+    fn stray_braces_are_found() {
+        for ok in ["plain", "{name} {{x}} }} {{", "{a_1}{b}", "é{n}é"] {
+            assert_eq!(stray_brace(ok), None, "{ok}");
+        }
+        for (text, at) in [
+            ("{ x }", 0),
+            ("a {}", 2),
+            ("{friend.name}", 0),
+            ("{first name}", 0),
+            ("ok {n}}", 6),
+            ("é}", 2),
+            ("{", 0),
+        ] {
+            assert_eq!(stray_brace(text), Some(at), "{text}");
+        }
     }
 
     fn message() -> Message {
@@ -503,6 +584,14 @@ mod tests {
                 },
             ],
         }
+    }
+
+    /// The schema's CHECK holds rows written by hand to the bounds the API checks.
+    #[test]
+    fn the_schema_bounds_are_the_apis() {
+        let schema = super::super::store::SCHEMA;
+        assert!(schema.contains(&format!("cooldown_s <= {MAX_COOLDOWN_S}")));
+        assert!(schema.contains(&format!("expiry_s <= {MAX_EXPIRY_S}")));
     }
 
     #[test]
@@ -531,6 +620,13 @@ mod tests {
         let mut m = message();
         m.localizations[0].text = " ".into();
         assert_eq!(m.validate().unwrap_err().field, "localizations[0].text");
+        let mut m = message();
+        m.localizations[1].title = "Hola {friend.name}".into();
+        let e = m.validate().unwrap_err();
+        assert_eq!(e.field, "localizations[1].title");
+        assert!(e.message.contains("byte 5"), "{e}");
+        m.localizations[1].title = "Hola {{amigo}}".into();
+        assert!(m.validate().is_ok());
         // Past PostgreSQL's timestamps (every claim, and the router's batch, would fail) or
         // FCM's longest TTL.
         let mut m = message();

@@ -168,8 +168,11 @@ const LATER_MAX: usize = 100_000;
 /// At most this many abandoned webhook calls are claimed again a second.
 const ABANDONED_MAX: i64 = 1_000;
 /// How long an app announced by a results process with its hook counts as hooked: longer than
-/// a restart, so what completes meanwhile waits for the hook instead of being dropped.
-const HOOKED_FOR: Duration = Duration::from_secs(600);
+/// an outage of that process (with 10 minutes, a crash loop of 15 lost, silently, the webhooks
+/// of what completed after the tenth), so what completes meanwhile waits for the hook instead
+/// of being dropped. An app whose hook was removed for good is handed over until then, or
+/// until its row in `pusher_webhook_apps` is deleted.
+const HOOKED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Calls an app's webhook once per notification, when it is complete.
 #[derive(Clone)]
@@ -184,23 +187,25 @@ struct Completion {
     /// Apps whose hand-over was logged (once each, not each batch).
     warned: Arc<Mutex<HashSet<String>>>,
     /// Notifications whose verdicts came before they could complete (no row yet, or a
-    /// pending one), with when that was first seen: looked at again by the sweep.
+    /// pending one), with their latest such verdict: looked at again by the sweep.
     later: Arc<Mutex<HashMap<(String, String), Instant>>>,
 }
 
 impl Completion {
     /// Calls the webhook of each of `pairs` that is now complete; keeps for later those that
-    /// were not ready, with when each was first seen (now, for those not given). Returns the
-    /// calls started.
+    /// were not ready, with the time of each one's latest verdict (now, for those not given).
+    /// Returns the calls started.
+    /// `recount`: those whose running count may be short (`Store::store_results`).
     async fn check(
         &self,
         pairs: Vec<(String, String)>,
         since: &HashMap<(String, String), Instant>,
+        recount: &HashSet<(String, String)>,
     ) -> Result<u64, StoreError> {
         // Not ready is asked first: a row confirmed between the two statements is then
         // claimed by the second, or looked at again; asked after, it could be neither.
         let not_ready = self.store.not_ready(&pairs).await?;
-        let complete = self.store.claim_completed(&pairs).await?;
+        let complete = self.store.claim_completed(&pairs, recount).await?;
         let (complete, handed): (Vec<Completed>, Vec<Completed>) = complete
             .into_iter()
             .partition(|c| self.webhooks.has(&c.app));
@@ -216,8 +221,8 @@ impl Completion {
             if done.contains(&(pair.0.as_str(), pair.1.as_str())) {
                 continue;
             }
-            let first = since.get(&pair).copied().unwrap_or(now);
-            if now.duration_since(first) >= LATER_FOR {
+            let seen = since.get(&pair).copied().unwrap_or(now);
+            if now.duration_since(seen) >= LATER_FOR {
                 continue;
             }
             if later.len() >= LATER_MAX && !later.contains_key(&pair) {
@@ -228,8 +233,7 @@ impl Completion {
                 );
                 continue;
             }
-            let slot = later.entry(pair).or_insert(first);
-            *slot = (*slot).min(first);
+            remember(&mut later, pair, seen);
         }
         Ok(started)
     }
@@ -380,7 +384,9 @@ impl Completion {
                 continue;
             }
             let pairs: Vec<(String, String)> = due.keys().cloned().collect();
-            match self.check(pairs, &due).await {
+            // Their verdicts came before their row: its running count may have missed some.
+            let recount: HashSet<(String, String)> = pairs.iter().cloned().collect();
+            match self.check(pairs, &due, &recount).await {
                 Ok(n) => calls += n,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot look at notifications again; retrying.");
@@ -392,6 +398,14 @@ impl Completion {
             }
         }
     }
+}
+
+/// Keeps `pair` to look at again, `LATER_FOR` from its latest verdict: a verdict of a
+/// notification already waiting moves its window on (with the earliest, the window left after
+/// the last verdict of a slow `accept` could be next to none).
+fn remember(later: &mut HashMap<(String, String), Instant>, pair: (String, String), seen: Instant) {
+    let slot = later.entry(pair).or_insert(seen);
+    *slot = (*slot).max(seen);
 }
 
 /// The webhook's body: the notification, its targets and its verdicts counted by outcome.
@@ -409,8 +423,13 @@ struct Writer {
 }
 
 impl Writer {
-    /// Calls the webhook of every notification of `rows` that is now complete.
-    async fn notify(&mut self, rows: &[ResultRow]) -> Result<(), String> {
+    /// Calls the webhook of every notification of `rows` that is now complete; `uncounted`:
+    /// those whose running count may be short (`Store::store_results`).
+    async fn notify(
+        &mut self,
+        rows: &[ResultRow],
+        uncounted: Vec<(String, String)>,
+    ) -> Result<(), String> {
         let mut pairs: Vec<(String, String)> = rows
             .iter()
             .filter(|r| self.completion.tracks(&r.app))
@@ -421,9 +440,10 @@ impl Writer {
         if pairs.is_empty() {
             return Ok(());
         }
+        let recount: HashSet<(String, String)> = uncounted.into_iter().collect();
         self.counts.webhooks += self
             .completion
-            .check(pairs, &HashMap::new())
+            .check(pairs, &HashMap::new(), &recount)
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
@@ -439,7 +459,8 @@ impl consume::Batches for Writer {
         _: &consume::Lease<'_>,
     ) -> Result<ResultCounts, String> {
         let (rows, mut done) = read(batch);
-        self.store
+        let uncounted = self
+            .store
             .store_results(&rows)
             .await
             .map_err(|e| e.to_string())?;
@@ -449,7 +470,7 @@ impl consume::Batches for Writer {
             .await
             .map_err(|e| e.to_string())?;
         // Webhook calls are counted as they start (in `notify`): a redo does not call again.
-        self.notify(&rows).await?;
+        self.notify(&rows, uncounted).await?;
         Ok(done)
     }
 
@@ -510,6 +531,21 @@ fn read(batch: &[BorrowedMessage<'_>]) -> (Vec<ResultRow>, ResultCounts) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A notification waiting to be ready is looked at again for `LATER_FOR` after its
+    /// latest verdict, not its first; a look from the sweep (its old time) keeps the newer.
+    #[test]
+    fn a_later_verdict_moves_the_window_on() {
+        let mut later = HashMap::new();
+        let pair = ("g".to_owned(), "n".to_owned());
+        let first = Instant::now();
+        let next = first + Duration::from_secs(50);
+        remember(&mut later, pair.clone(), first);
+        remember(&mut later, pair.clone(), next);
+        assert_eq!(later[&pair], next);
+        remember(&mut later, pair.clone(), first);
+        assert_eq!(later[&pair], next);
+    }
 
     #[test]
     fn the_default_template_matches_every_app() {

@@ -80,6 +80,10 @@ struct AppBatch {
     /// The notif_ids in `notifications`: a keyed request retried after Kafka's answer was
     /// lost writes its record twice, routed once (and a statement may set a row once).
     notif_ids: HashSet<String>,
+    /// The API's ids of the events in `phases`: an event written twice (a request's retry
+    /// took over its claims while it ran, a record rewritten after an unknown produce) is
+    /// routed once. Both copies own the same claims, so the claims alone let both through.
+    event_ids: HashSet<String>,
     segments: Vec<Segment>,
     /// Opt-outs and events in record order: a user's opt-out applies to their events after it
     /// and not to those before it.
@@ -187,6 +191,11 @@ struct Written<'a> {
     producer: &'a Producer,
     batch: Option<(String, i32, i64)>,
     ids: HashSet<(String, String, String)>,
+    /// The event phases an earlier attempt finished (produced and marked sent), by (app,
+    /// phase), with what they counted: a retry skips them and counts the same. Routed again,
+    /// their claims were found sent, and the pushes that went out were counted
+    /// `already_sent` instead.
+    phases: HashMap<(String, usize), EventCounts>,
 }
 
 impl<'a> Written<'a> {
@@ -195,6 +204,7 @@ impl<'a> Written<'a> {
             producer,
             batch: None,
             ids: HashSet::new(),
+            phases: HashMap::new(),
         }
     }
 
@@ -205,6 +215,7 @@ impl<'a> Written<'a> {
             .map(|m| (m.topic().to_owned(), m.partition(), m.offset()));
         if first != self.batch {
             self.ids.clear();
+            self.phases.clear();
             self.batch = first;
         }
     }
@@ -287,6 +298,9 @@ fn add(total: &mut RouteCounts, batch: &RouteCounts) {
         ("event", e.events),
         ("event_notification", e.notifications),
         ("event_push", e.pushes),
+        // Per push (a redelivery's device already sent to); `event_already_sent` below counts
+        // notifications.
+        ("event_push_already_sent", e.already_sent),
         ("rate_limited", e.rate_limited),
         ("malformed", batch.malformed),
     ] {
@@ -416,19 +430,26 @@ async fn handle(
                 timestamp,
                 pairs,
                 ..
-            } => entry.phase().events.push(Event {
+            } => {
                 // Records from before the API gave events ids, or written past it with an id
                 // PostgreSQL would refuse (claims name their owner by it): their place in Kafka.
-                uid: if !is_valid_notif_id(&id) {
+                let uid = if !is_valid_notif_id(&id) {
                     format!("{}-{}-{}", m.topic(), m.partition(), m.offset())
+                } else if !entry.event_ids.insert(id.clone()) {
+                    counts.events.events += 1;
+                    counts.events.skip("duplicate_event");
+                    continue;
                 } else {
                     id
-                },
-                user_id,
-                event_id,
-                pairs,
-                at_ms: event_time(timestamp, written_ms, now_ms),
-            }),
+                };
+                entry.phase().events.push(Event {
+                    uid,
+                    user_id,
+                    event_id,
+                    pairs,
+                    at_ms: event_time(timestamp, written_ms, now_ms),
+                });
+            }
         }
     }
     // Registrations first, then every app's segments, then the rest: a segment may drop the
@@ -450,7 +471,11 @@ async fn handle(
         }
     }
     for (app, work) in &apps {
-        for phase in &work.phases {
+        for (i, phase) in work.phases.iter().enumerate() {
+            if let Some(done) = written.phases.get(&(app.clone(), i)) {
+                counts.events.add(done);
+                continue;
+            }
             let unknown = stores
                 .messages
                 .set_opt_outs(app, &phase.opt_outs)
@@ -463,7 +488,12 @@ async fn handle(
                     "Opt-out events name messages that do not exist."
                 );
             }
-            let routed = events::route(&settings.events, stores, app, &phase.events, now_ms)
+            // The clock read now, not at the batch's start: segments before may have streamed
+            // for minutes, and an event whose message's life ended meanwhile is expired, not
+            // claimed and sent with an expiry already past (`pusher run` would drop it, and the
+            // cooldown hold).
+            let routed_at = crate::clock::unix_ms();
+            let routed = events::route(&settings.events, stores, app, &phase.events, routed_at)
                 .await
                 .map_err(|e| e.to_string())?;
             written
@@ -472,6 +502,7 @@ async fn handle(
                 .map_err(|e: ProduceError| e.to_string())?;
             mark_sent(stores, app, &routed, lease).await?;
             counts.events.add(&routed.counts);
+            written.phases.insert((app.clone(), i), routed.counts);
         }
         if work.notifications.is_empty() {
             continue;

@@ -232,8 +232,13 @@ impl Store {
         let stale = stale_after.as_secs_f64();
         // Rows in notif_id order, as `record_accepted` and `set_targets` write theirs: taken
         // in different orders, two statements on shared rows deadlocked (40P01).
-        const CLAIM: &str = "INSERT INTO pusher_notifications AS n (app, idem_key, notif_id, claim)
-                 SELECT $1, k, id, $4 FROM unnest($2::text[], $3::text[]) AS t(k, id)
+        // A new row counts the verdicts its notif_id already has (`done`): records of a request
+        // that failed after one reached Kafka may have them.
+        const CLAIM: &str = "INSERT INTO pusher_notifications AS n
+                   (app, idem_key, notif_id, claim, done)
+                 SELECT $1, k, id, $4, (SELECT count(*) FROM pusher_results r
+                                        WHERE r.app = $1 AND r.notif_id = t.id)
+                 FROM unnest($2::text[], $3::text[]) AS t(k, id)
                  ORDER BY id
                  ON CONFLICT (app, idem_key) WHERE idem_key IS NOT NULL DO UPDATE
                    SET claim = EXCLUDED.claim, claimed_at = now()
@@ -366,10 +371,14 @@ impl Store {
             &client,
             // The router may have written the row first (`set_targets`: it can read the
             // request record before this runs); its targets are kept. In notif_id order, as
-            // `set_targets` writes (opposite orders deadlocked).
+            // `set_targets` writes (opposite orders deadlocked). A new row counts the verdicts
+            // already stored (`done`): Kafka acknowledged its records before this runs, and a
+            // verdict can be faster.
             "INSERT INTO pusher_notifications AS n
-                   (app, idem_key, notif_id, state, claim, accepted_at, targets)
-                 SELECT $1, NULL, t.id, 'accepted', '', now(), t.targets
+                   (app, idem_key, notif_id, state, claim, accepted_at, targets, done)
+                 SELECT $1, NULL, t.id, 'accepted', '', now(), t.targets,
+                        (SELECT count(*) FROM pusher_results r
+                         WHERE r.app = $1 AND r.notif_id = t.id)
                  FROM unnest($2::text[], $3::int[]) AS t(id, targets)
                  ORDER BY t.id
                  ON CONFLICT (app, notif_id) DO UPDATE
@@ -488,8 +497,16 @@ pub struct NotificationRow {
 }
 
 impl Store {
-    /// Stores verdicts in one statement; an older verdict never overwrites a newer one.
-    pub async fn store_results(&self, rows: &[ResultRow]) -> Result<(), StoreError> {
+    /// Stores verdicts in one statement; an older verdict never overwrites a newer one. Each
+    /// new (notification, token) row adds one to its notification's `done`, in the same
+    /// statement: whether a notification is complete is then a one-row check. Returns the
+    /// notifications that got new rows while they had no row of their own to count them (a
+    /// verdict faster than the API, or than the router recording what it reached): a row made
+    /// meanwhile may have missed them, so [`Store::claim_completed`] counts those again.
+    pub async fn store_results(
+        &self,
+        rows: &[ResultRow],
+    ) -> Result<Vec<(String, String)>, StoreError> {
         // One row per key (the newest): a statement may not touch a row twice.
         let mut newest: std::collections::HashMap<(&str, &str, &str), &ResultRow> =
             std::collections::HashMap::new();
@@ -503,24 +520,46 @@ impl Store {
         }
         let rows: Vec<&ResultRow> = newest.into_values().collect();
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let col = |f: fn(&ResultRow) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
         let at: Vec<f64> = rows.iter().map(|r| r.at_ms as f64 / 1000.0).collect();
         let client = self.pool.get().await?;
-        execute(
+        let uncounted = query(
             &client,
-            "INSERT INTO pusher_results AS r
-                   (app, notif_id, token, platform, outcome, reason, at)
-                 SELECT t.app, t.notif_id, t.token, t.platform, t.outcome, t.reason,
-                        to_timestamp(t.at)
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                             $6::text[], $7::float8[])
-                   AS t(app, notif_id, token, platform, outcome, reason, at)
-                 ON CONFLICT (app, notif_id, token) DO UPDATE
-                   SET platform = EXCLUDED.platform, outcome = EXCLUDED.outcome,
-                       reason = EXCLUDED.reason, at = EXCLUDED.at
-                   WHERE r.at <= EXCLUDED.at",
+            // `xmax = 0`: the row was inserted, not updated (a verdict replacing an older one
+            // for the same token adds nothing). The notifications are locked in key order
+            // before `done` is added to, as `claim_completed` locks them: two results processes
+            // storing verdicts of the same notifications in other orders deadlocked otherwise.
+            "WITH stored AS (
+                 INSERT INTO pusher_results AS r
+                       (app, notif_id, token, platform, outcome, reason, at)
+                     SELECT t.app, t.notif_id, t.token, t.platform, t.outcome, t.reason,
+                            to_timestamp(t.at)
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::text[], $7::float8[])
+                       AS t(app, notif_id, token, platform, outcome, reason, at)
+                     ON CONFLICT (app, notif_id, token) DO UPDATE
+                       SET platform = EXCLUDED.platform, outcome = EXCLUDED.outcome,
+                           reason = EXCLUDED.reason, at = EXCLUDED.at
+                       WHERE r.at <= EXCLUDED.at
+                     RETURNING r.app, r.notif_id, r.xmax = 0 AS inserted),
+             fresh AS (
+                 SELECT app, notif_id, count(*)::int AS n FROM stored WHERE inserted
+                 GROUP BY app, notif_id),
+             locked AS MATERIALIZED (
+                 SELECT w.app, w.notif_id FROM pusher_notifications w
+                 JOIN fresh ON w.app = fresh.app AND w.notif_id = fresh.notif_id
+                 ORDER BY w.app, w.notif_id FOR UPDATE OF w),
+             counted AS (
+                 UPDATE pusher_notifications AS w SET done = w.done + fresh.n
+                 FROM fresh, locked
+                 WHERE w.app = fresh.app AND w.notif_id = fresh.notif_id
+                   AND locked.app = fresh.app AND locked.notif_id = fresh.notif_id
+                 RETURNING w.app, w.notif_id)
+             SELECT fresh.app, fresh.notif_id FROM fresh
+             WHERE NOT EXISTS (SELECT 1 FROM counted c
+                               WHERE c.app = fresh.app AND c.notif_id = fresh.notif_id)",
             &[
                 &col(|r| &r.app),
                 &col(|r| &r.notif_id),
@@ -532,7 +571,7 @@ impl Store {
             ],
         )
         .await?;
-        Ok(())
+        Ok(uncounted.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Removes from the registry the tokens whose verdict said they are invalid, unless they
@@ -607,45 +646,75 @@ impl Store {
 
     /// Of the `(app, notif_id)` pairs, those now complete (a verdict for each of their
     /// `targets`) whose webhook nobody claimed yet: claimed here, with their verdicts counted
-    /// by outcome, in one statement, so that one results process calls each and a failure
-    /// leaves nothing claimed and uncounted.
+    /// by outcome, so that one results process calls each and a failure leaves nothing claimed
+    /// and uncounted. Whether one may be complete is read from its running count (`done`, kept
+    /// by `store_results`): one row each, where counting every verdict of a broadcast on each
+    /// batch of its verdicts was quadratic. Only those, and those in `recount` (whose count
+    /// may be short: see `store_results`), have their verdicts counted, once, with their rows
+    /// locked first: a verdict stored meanwhile waits and adds itself to the count after.
     pub async fn claim_completed(
         &self,
         pairs: &[(String, String)],
+        recount: &std::collections::HashSet<(String, String)>,
     ) -> Result<Vec<Completed>, StoreError> {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
         let (apps, ids) = pair_columns(pairs);
-        let client = self.pool.get().await?;
-        let rows = query(
+        let again: Vec<bool> = pairs.iter().map(|p| recount.contains(p)).collect();
+        let mut client = self.pool.get().await?;
+        // Not one already notified, nor a segment still streaming (targets NULL).
+        let candidates = query(
             &client,
-            // Only notifications that can complete now are counted: not one already
-            // notified, nor a segment still streaming (targets NULL). Counting every
-            // notification of the batch made each batch of a broadcast's verdicts count all
-            // the broadcast's rows so far, the whole time it streamed.
-            "UPDATE pusher_notifications AS n SET notified_at = now()
-                 FROM (SELECT app, notif_id, sum(n)::bigint AS done,
-                              array_agg(outcome) AS outcomes, array_agg(n) AS counts
-                       FROM (SELECT r.app, r.notif_id, r.outcome, count(*) AS n
-                             FROM pusher_results r
-                             JOIN (SELECT DISTINCT w.app, w.notif_id
-                                   FROM unnest($1::text[], $2::text[]) AS t(app, notif_id)
-                                   JOIN pusher_notifications w
-                                     ON w.app = t.app AND w.notif_id = t.notif_id
-                                   WHERE w.state = 'accepted' AND w.notified_at IS NULL
-                                     AND w.targets > 0) AS t
-                               ON r.app = t.app AND r.notif_id = t.notif_id
-                             GROUP BY r.app, r.notif_id, r.outcome) AS o
-                       GROUP BY app, notif_id) AS c
-                 WHERE n.app = c.app AND n.notif_id = c.notif_id AND n.state = 'accepted'
-                   AND n.notified_at IS NULL AND n.targets > 0 AND c.done >= n.targets
-                 RETURNING n.app, n.notif_id, n.targets, c.outcomes, c.counts",
-            &[&apps, &ids],
+            "SELECT DISTINCT n.app, n.notif_id
+                 FROM unnest($1::text[], $2::text[], $3::bool[]) AS t(app, notif_id, again)
+                 JOIN pusher_notifications n ON n.app = t.app AND n.notif_id = t.notif_id
+                 WHERE n.state = 'accepted' AND n.notified_at IS NULL AND n.targets > 0
+                   AND (t.again OR n.done >= n.targets)",
+            &[&apps, &ids, &again],
         )
         .await?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let apps: Vec<String> = candidates.iter().map(|r| r.get(0)).collect();
+        let ids: Vec<String> = candidates.iter().map(|r| r.get(1)).collect();
+        let tx = client.transaction().await?;
+        // Locked in key order, as `store_results` locks them; counted by the next statement,
+        // whose snapshot then holds every verdict already added to `done`.
+        let lock = tx
+            .prepare_cached(
+                "SELECT 1 FROM pusher_notifications n
+                     JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                       ON n.app = t.app AND n.notif_id = t.notif_id
+                     ORDER BY n.app, n.notif_id FOR UPDATE OF n",
+            )
+            .await?;
+        tx.query(&lock, &[&apps, &ids]).await?;
+        let claim = tx
+            .prepare_cached(
+                "UPDATE pusher_notifications AS n
+                     SET done = c.done,
+                         notified_at = CASE WHEN c.done >= n.targets THEN now() END
+                     FROM (SELECT app, notif_id, sum(n)::int AS done,
+                                  array_agg(outcome) AS outcomes, array_agg(n) AS counts
+                           FROM (SELECT r.app, r.notif_id, r.outcome, count(*) AS n
+                                 FROM pusher_results r
+                                 JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                                   ON r.app = t.app AND r.notif_id = t.notif_id
+                                 GROUP BY r.app, r.notif_id, r.outcome) AS o
+                           GROUP BY app, notif_id) AS c
+                     WHERE n.app = c.app AND n.notif_id = c.notif_id AND n.state = 'accepted'
+                       AND n.notified_at IS NULL AND n.targets > 0
+                     RETURNING n.app, n.notif_id, n.targets, c.outcomes, c.counts,
+                               n.notified_at IS NOT NULL",
+            )
+            .await?;
+        let rows = tx.query(&claim, &[&apps, &ids]).await?;
+        tx.commit().await?;
         Ok(rows
             .iter()
+            .filter(|r| r.get::<_, bool>(5))
             .map(|r| {
                 let outcomes: Vec<String> = r.get(3);
                 let counts: Vec<i64> = r.get(4);
@@ -880,9 +949,13 @@ impl Store {
         let client = self.pool.get().await?;
         execute(
             &client,
-            // In notif_id order, as the API's statements write the same rows.
-            "INSERT INTO pusher_notifications AS n (app, notif_id, claim, targets)
-                 SELECT $1, t.id, '', t.targets FROM unnest($2::text[], $3::int[]) AS t(id, targets)
+            // In notif_id order, as the API's statements write the same rows. A new row counts
+            // the verdicts already stored (`done`: a segment's first pages may have them).
+            "INSERT INTO pusher_notifications AS n (app, notif_id, claim, targets, done)
+                 SELECT $1, t.id, '', t.targets,
+                        (SELECT count(*) FROM pusher_results r
+                         WHERE r.app = $1 AND r.notif_id = t.id)
+                 FROM unnest($2::text[], $3::int[]) AS t(id, targets)
                  ORDER BY t.id
                  ON CONFLICT (app, notif_id) DO UPDATE SET targets = EXCLUDED.targets",
             &[&app, &ids, &targets],

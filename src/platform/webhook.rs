@@ -1,8 +1,10 @@
 //! A webhook per app (`results.webhooks.<app>`), called by `pusher results` once a
 //! notification has a verdict for every record it was accepted with: `POST` of
 //! `{"app","notif_id","targets","counts":{"delivered":…}}`. Never on the sender's hot path: a
-//! task of its own, retried with the project's retry policy (jittered back-off, about 10
-//! minutes in all) on a connection error or a non-2xx answer. gorush logs its hook's failures
+//! task of its own, retried with the project's retry policy on a connection error or a non-2xx
+//! answer: 10 attempts, each wait drawn from 0 to 1, 2, 4 … 64, 120, 120 s (full jitter), so a
+//! hook that fails at once is given up after about 3 minutes (6 at most), plus the attempts'
+//! own time. gorush logs its hook's failures
 //! and never retries; here a call is retried, and one that still fails is logged with the
 //! notification, whose results stay in `pusher_results`.
 //!
@@ -278,6 +280,10 @@ async fn call(uri: &Uri, tls: &Arc<rustls::ClientConfig>, body: Bytes) -> Result
         .map_err(|_| "no answer within 30 s".to_owned())?
 }
 
+/// The most of an answer's body read: only its status is used, and a hook URL pointing at a
+/// download or a stream held up to this many calls' bodies in memory ([`MAX_CALLS`]).
+const MAX_ANSWER_BODY: usize = 64 * 1024;
+
 async fn send<S>(stream: S, request: hyper::Request<Full<Bytes>>) -> Result<u16, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -292,7 +298,10 @@ where
         .await
         .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
-    let _ = response.into_body().collect().await;
+    // Read (a bounded part) rather than dropped unread, so that a small answer ends cleanly.
+    let _ = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BODY)
+        .collect()
+        .await;
     Ok(status)
 }
 
@@ -353,5 +362,50 @@ mod tests {
             "{head}"
         );
         assert!(head.contains(&format!("host: {addr}\r\n")), "{head}");
+    }
+
+    /// A hook that answers 200 with a body without end (a URL pointing at a stream) is
+    /// answered once its status is in, its body read no further than the bound. Before, the
+    /// whole body was read: the call ran into its 30 s timeout and was failed and retried, each
+    /// call holding what it had read.
+    #[tokio::test]
+    async fn an_endless_answer_is_not_read_to_its_end() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await.unwrap();
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+            let mut sent = 0usize;
+            // Until the client goes away.
+            while stream.write_all(chunk.as_bytes()).await.is_ok() {
+                sent += 0x4000;
+            }
+            sent
+        });
+        let uri: Uri = format!("http://{addr}/hook").parse().unwrap();
+        let tls = client_config(&TlsOptions::default()).unwrap();
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            call(&uri, &tls, Bytes::from_static(b"{}")),
+        )
+        .await
+        .expect("answered once its status is in")
+        .unwrap();
+        assert_eq!(status, 200);
+        let sent = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the client closes the connection")
+            .unwrap();
+        assert!(
+            sent < 64 << 20,
+            "{sent} bytes sent before the client went away"
+        );
     }
 }

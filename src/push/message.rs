@@ -153,6 +153,27 @@ pub fn token_hint(bytes: &[u8], apns: bool) -> Option<String> {
         .then(|| token.to_string())
 }
 
+/// The top-level `metadata` object of a message the parser refused, when one can still be
+/// read, so that its feedback record carries the message's `notif_id` (and `pusher results`
+/// stores a verdict that completes the notification) as the token is recovered by
+/// [`token_hint`]. Empty for a value over [`MAX_MESSAGE_BYTES`], not JSON, or whose `metadata`
+/// is no object. Only for refused messages: it parses the whole value again.
+pub fn metadata_hint(bytes: &[u8]) -> Metadata {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Metadata::default();
+    }
+    let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(bytes) else {
+        return Metadata::default();
+    };
+    // The key is matched as the parsers match it: ignoring case.
+    object
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("metadata"))
+        .and_then(|(_, v)| v.as_object())
+        .map(Metadata::from)
+        .unwrap_or_default()
+}
+
 /// True when the message carries an expiry (`push_expiry` > 0, Unix ms) that is already past
 /// at `now` (time since the Unix epoch, e.g. `Clock::now()`).
 pub fn is_expired(push_expiry_ms: i64, now: Duration) -> bool {
@@ -705,7 +726,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 #[cfg(test)]
 mod token_hint_tests {
-    use super::token_hint;
+    use super::{metadata_hint, token_hint};
 
     #[test]
     fn a_refused_message_still_names_its_token() {
@@ -733,6 +754,40 @@ mod token_hint_tests {
         for (raw, apns, want) in cases {
             assert_eq!(token_hint(raw.as_bytes(), *apns).as_deref(), *want, "{raw}");
         }
+    }
+
+    /// A refused message's `metadata` is kept for its feedback record (its notif_id names the
+    /// notification the verdict completes); a value that is not JSON, or a `metadata` that is
+    /// no object, has none.
+    #[test]
+    fn a_refused_message_still_carries_its_metadata() {
+        let refused = br#"{"DeviceToken":"abcd","Payload":"not an object",
+            "Metadata":{"notif_id":"n-1","jobId":"j"}}"#;
+        let metadata = metadata_hint(refused);
+        assert!(metadata.has_notif_id());
+        assert_eq!(
+            serde_json::Value::Object(metadata.to_map()),
+            serde_json::json!({"notif_id": "n-1", "jobId": "j"})
+        );
+        for raw in [
+            &br#"{"to":"t","metadata":"n-1"}"#[..],
+            br#"{"to":"t","metadata":{}}"#,
+            br#"{"to":"t"}"#,
+            b"not json {\"metadata\":{\"notif_id\":\"n\"}}",
+        ] {
+            assert!(
+                metadata_hint(raw).is_empty(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let mut big = br#"{"metadata":{"notif_id":"n"},"x":""#.to_vec();
+        big.resize(super::MAX_MESSAGE_BYTES + 1, b'x');
+        big.extend_from_slice(br#""}"#);
+        assert!(
+            metadata_hint(&big).is_empty(),
+            "past the bound nothing is parsed"
+        );
     }
 }
 
