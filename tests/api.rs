@@ -94,6 +94,18 @@ fn topics(app: &str) -> [String; 2] {
     [format!("push-{app}_apns"), format!("push-{app}_gcm")]
 }
 
+/// A one-broker mock cluster holding `app`'s two push topics (one partition each), for tests
+/// that script the broker (its errors, its delays).
+fn mock_cluster_for(
+    app: &str,
+) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in topics(app) {
+        cluster.create_topic(&topic, 1, 1).unwrap();
+    }
+    cluster
+}
+
 async fn kafka_for(app: &str) -> TestKafka {
     let [apns, gcm] = topics(app);
     TestKafka::start(&[&apns, &gcm], 2).await
@@ -416,9 +428,7 @@ async fn a_partly_written_request_is_retried_without_writing_twice() {
     use rdkafka::types::RDKafkaRespErr;
     let app = fresh_app("api");
     let [apns, gcm] = topics(&app);
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    cluster.create_topic(&apns, 1, 1).unwrap();
-    cluster.create_topic(&gcm, 1, 1).unwrap();
+    let cluster = mock_cluster_for(&app);
     cluster
         .topic_error(
             &gcm,
@@ -471,10 +481,8 @@ async fn a_partly_written_request_is_retried_without_writing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_kafka_may_have_written_keeps_its_claim() {
     let app = fresh_app("api");
-    let [apns, gcm] = topics(&app);
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    cluster.create_topic(&apns, 1, 1).unwrap();
-    cluster.create_topic(&gcm, 1, 1).unwrap();
+    let [apns, _] = topics(&app);
+    let cluster = mock_cluster_for(&app);
     let brokers = cluster.bootstrap_servers();
     let auth = format!("Bearer {KEY}");
     let one = |token: &str| {
@@ -2541,10 +2549,8 @@ async fn pending_claims(app: &str) -> i64 {
 async fn a_client_that_hangs_up_mid_write_loses_only_the_answer() {
     use tokio::io::AsyncWriteExt;
     let app = fresh_app("api");
-    let [apns, gcm] = topics(&app);
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    cluster.create_topic(&apns, 1, 1).unwrap();
-    cluster.create_topic(&gcm, 1, 1).unwrap();
+    let [apns, _] = topics(&app);
+    let cluster = mock_cluster_for(&app);
     let brokers = cluster.bootstrap_servers();
     let api = Api::start(settings(&app), &brokers).await;
     let auth = format!("Bearer {KEY}");
@@ -2662,10 +2668,8 @@ async fn healthy_within(addr: SocketAddr, within: Duration) -> Result<(), String
 async fn healthz_asks_kafka_rather_than_remembering_a_failure() {
     use rdkafka::types::RDKafkaRespErr;
     let app = fresh_app("api");
-    let [apns, gcm] = topics(&app);
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    cluster.create_topic(&apns, 1, 1).unwrap();
-    cluster.create_topic(&gcm, 1, 1).unwrap();
+    let [_, gcm] = topics(&app);
+    let cluster = mock_cluster_for(&app);
     cluster
         .topic_error(
             &gcm,
@@ -2851,10 +2855,8 @@ async fn a_stop_ends_within_the_grace_whatever_the_clients_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_in_flight_are_bounded_by_bytes() {
     let app = fresh_app("api");
-    let [apns, gcm] = topics(&app);
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    cluster.create_topic(&apns, 1, 1).unwrap();
-    cluster.create_topic(&gcm, 1, 1).unwrap();
+    let [apns, _] = topics(&app);
+    let cluster = mock_cluster_for(&app);
     let brokers = cluster.bootstrap_servers();
     let mut s = settings(&app);
     s.max_in_flight_bytes = 100_000;

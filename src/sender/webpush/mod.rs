@@ -652,6 +652,19 @@ fn reason(body: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// A one-byte push to a generated subscription `id` at `origin`.
+    fn test_message(origin: &str, id: &str) -> WebPushMessage {
+        WebPushMessage {
+            subscription: crate::push::webpush::generated_subscription(origin, id),
+            payload: b"x".to_vec(),
+            ttl: 60,
+            urgency: None,
+            topic: None,
+            metadata: Default::default(),
+            push_expiry: 0,
+        }
+    }
+
     #[test]
     fn push_services_match_by_host_suffix_on_their_port() {
         let key = crate::push::webpush::generated_keys("k").0;
@@ -758,15 +771,7 @@ mod tests {
             sender.inner.rng.broken.store(true, Ordering::SeqCst);
             sender
         };
-        let message = WebPushMessage {
-            subscription: crate::push::webpush::generated_subscription(&origin, "a1"),
-            payload: b"x".to_vec(),
-            ttl: 60,
-            urgency: None,
-            topic: None,
-            metadata: Default::default(),
-            push_expiry: 0,
-        };
+        let message = test_message(&origin, "a1");
 
         let d = broken_sender(OnFault::Fail).send(&message).await;
         assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
@@ -831,18 +836,7 @@ mod tests {
         config.retry.max_attempts = 2;
         config.retry.max_retry_after = Duration::from_secs(3600);
         let sender = WebPushSender::new(config).expect("valid");
-        let message = |path: &str| WebPushMessage {
-            subscription: crate::push::webpush::generated_subscription(
-                &format!("http://{addr}"),
-                path,
-            ),
-            payload: b"x".to_vec(),
-            ttl: 60,
-            urgency: None,
-            topic: None,
-            metadata: Default::default(),
-            push_expiry: 0,
-        };
+        let message = |id: &str| test_message(&format!("http://{addr}"), id);
         let d = sender.send(&message("a1")).await;
         assert_eq!(
             d.outcome,
@@ -882,15 +876,7 @@ mod tests {
         // by name before any lookup.
         let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         let origin = format!("https://{}:{port}", name.trim());
-        let message = WebPushMessage {
-            subscription: crate::push::webpush::generated_subscription(&origin, "a1"),
-            payload: b"x".to_vec(),
-            ttl: 60,
-            urgency: None,
-            topic: None,
-            metadata: Default::default(),
-            push_expiry: 0,
-        };
+        let message = test_message(&origin, "a1");
         let sender = |push_services: Vec<String>| {
             let key = crate::push::webpush::generated_keys("k").0;
             let mut config = WebPushConfig::new(key, "mailto:a@b.c");

@@ -164,16 +164,20 @@ mod tests {
         crate::push::webpush::generated_keys("vapid test").0
     }
 
-    #[test]
-    fn tokens_are_per_origin_cached_and_renewed() {
-        let clock = ManualClock::new();
-        let vapid = Vapid::new(
+    fn vapid_on(clock: &ManualClock) -> Vapid {
+        Vapid::new(
             &key(),
             "mailto:ops@example.com",
             Arc::new(clock.clone()),
             100,
         )
-        .expect("valid");
+        .expect("valid")
+    }
+
+    #[test]
+    fn tokens_are_per_origin_cached_and_renewed() {
+        let clock = ManualClock::new();
+        let vapid = vapid_on(&clock);
         let a = vapid.authorization("https://push.example.com").expect("a");
         assert_eq!(
             a,
@@ -225,13 +229,7 @@ mod tests {
     #[test]
     fn a_token_made_under_a_fast_clock_or_refused_is_made_again() {
         let clock = ManualClock::new();
-        let vapid = Vapid::new(
-            &key(),
-            "mailto:ops@example.com",
-            Arc::new(clock.clone()),
-            100,
-        )
-        .expect("valid");
+        let vapid = vapid_on(&clock);
         let origin = "https://push.example.com";
         clock.advance(Duration::from_secs(20 * 3600));
         let fast = vapid.authorization(origin).expect("token");
