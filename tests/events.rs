@@ -512,23 +512,21 @@ async fn a_batch_whose_commit_a_rebalance_refuses_is_counted_once() {
     let store = common::platform::store().await;
     let pg = store.pool().get().await.unwrap();
     let tag = p.app.replace('-', "_");
-    pg.batch_execute(&format!(
-        "CREATE SEQUENCE test_slow_{tag};
-         CREATE FUNCTION test_slow_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.app = '{app}' THEN
-                 IF nextval('test_slow_{tag}') = 1 THEN
-                     PERFORM pg_sleep(3);
-                 END IF;
+    let trigger = common::platform::TestTrigger::create(
+        &pg,
+        &format!("test_slow_{tag}"),
+        "BEFORE INSERT OR UPDATE",
+        "pusher_logins",
+        &format!(
+            "IF NEW.app = '{app}' THEN
+             IF nextval('test_slow_{tag}') = 1 THEN
+             PERFORM pg_sleep(3);
              END IF;
-             RETURN NEW;
-         END $$;
-         CREATE TRIGGER test_slow_{tag} BEFORE INSERT OR UPDATE ON pusher_logins
-             FOR EACH ROW EXECUTE FUNCTION test_slow_{tag}();",
-        app = p.app
-    ))
-    .await
-    .unwrap();
+             END IF;",
+            app = p.app
+        ),
+    )
+    .await;
     const USERS: i64 = 8;
     let logins: Vec<Value> = (1..=USERS)
         .map(|u| login(u, 1, 1, &format!("tok-{u}")))
@@ -536,11 +534,7 @@ async fn a_batch_whose_commit_a_rebalance_refuses_is_counted_once() {
     p.events(Value::Array(logins)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let row = pg
-            .query_one(&format!("SELECT is_called FROM test_slow_{tag}"), &[])
-            .await
-            .unwrap();
-        if row.get::<_, bool>(0) {
+        if trigger.fired(&pg).await {
             break;
         }
         assert!(
@@ -551,12 +545,7 @@ async fn a_batch_whose_commit_a_rebalance_refuses_is_counted_once() {
     }
     p.add_router(common::platform::pg(), Vec::new());
     p.wait_routed().await;
-    pg.batch_execute(&format!(
-        "DROP TRIGGER test_slow_{tag} ON pusher_logins;
-         DROP FUNCTION test_slow_{tag}(); DROP SEQUENCE test_slow_{tag};"
-    ))
-    .await
-    .unwrap();
+    trigger.drop(&pg).await;
     let c = p.stop().await;
     assert_eq!(c.consumed, USERS as u64, "each record counted once: {c:?}");
     assert_eq!(c.logins, USERS as u64, "{c:?}");
@@ -586,39 +575,27 @@ async fn a_failed_mark_after_the_produce_sends_each_push_once() {
     let store = common::platform::store().await;
     let pg = store.pool().get().await.unwrap();
     let tag = p.app.replace('-', "_");
-    pg.batch_execute(&format!(
-        "CREATE SEQUENCE test_mark_{tag};
-         CREATE FUNCTION test_mark_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.app = '{app}' AND NEW.sent AND NOT OLD.sent
-                AND nextval('test_mark_{tag}') = 1 THEN
-                 RAISE EXCEPTION 'injected: cannot mark sent';
-             END IF;
-             RETURN NEW;
-         END $$;
-         CREATE TRIGGER test_mark_{tag} BEFORE UPDATE ON pusher_cooldowns
-             FOR EACH ROW EXECUTE FUNCTION test_mark_{tag}();",
-        app = p.app
-    ))
-    .await
-    .unwrap();
+    let trigger = common::platform::TestTrigger::create(
+        &pg,
+        &format!("test_mark_{tag}"),
+        "BEFORE UPDATE",
+        "pusher_cooldowns",
+        &format!(
+            "IF NEW.app = '{app}' AND NEW.sent AND NOT OLD.sent
+             AND nextval('test_mark_{tag}') = 1 THEN
+             RAISE EXCEPTION 'injected: cannot mark sent';
+             END IF;",
+            app = p.app
+        ),
+    )
+    .await;
     let events: Vec<Value> = (1..=USERS)
         .map(|u| json!({"user_id": u, "event_id": 17}))
         .collect();
     p.events(Value::Array(events)).await;
     p.wait_routed().await;
     let pushes = p.pushes(USERS as usize);
-    let tries: i64 = pg
-        .query_one(&format!("SELECT last_value FROM test_mark_{tag}"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    pg.batch_execute(&format!(
-        "DROP TRIGGER test_mark_{tag} ON pusher_cooldowns;
-         DROP FUNCTION test_mark_{tag}(); DROP SEQUENCE test_mark_{tag};"
-    ))
-    .await
-    .unwrap();
+    let tries = trigger.drop(&pg).await;
     assert!(
         tries >= 2,
         "the mark failed once and was tried again: {tries}"
@@ -1245,22 +1222,20 @@ async fn claims_of_a_failed_attempt_are_given_back_when_its_retry_sends_nothing(
     let store = common::platform::store().await;
     let pg = store.pool().get().await.unwrap();
     let tag = p.app.replace('-', "_");
-    pg.batch_execute(&format!(
-        "CREATE SEQUENCE test_limit_{tag};
-         CREATE FUNCTION test_limit_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.app = '{app}' AND nextval('test_limit_{tag}') = 1 THEN
-                 PERFORM pg_sleep(2.5);
-                 RAISE EXCEPTION 'injected: failover';
-             END IF;
-             RETURN NEW;
-         END $$;
-         CREATE TRIGGER test_limit_{tag} BEFORE INSERT ON pusher_device_limits
-             FOR EACH ROW EXECUTE FUNCTION test_limit_{tag}();",
-        app = p.app
-    ))
-    .await
-    .unwrap();
+    let trigger = common::platform::TestTrigger::create(
+        &pg,
+        &format!("test_limit_{tag}"),
+        "BEFORE INSERT",
+        "pusher_device_limits",
+        &format!(
+            "IF NEW.app = '{app}' AND nextval('test_limit_{tag}') = 1 THEN
+             PERFORM pg_sleep(2.5);
+             RAISE EXCEPTION 'injected: failover';
+             END IF;",
+            app = p.app
+        ),
+    )
+    .await;
     p.events(json!([{"user_id": 5, "event_id": 9, "timestamp": now_ms()}]))
         .await;
     p.wait_routed().await;
@@ -1268,17 +1243,7 @@ async fn claims_of_a_failed_attempt_are_given_back_when_its_retry_sends_nothing(
     p.events(json!([{"user_id": 5, "event_id": 9}])).await;
     p.wait_routed().await;
     let pushes = p.pushes(1);
-    let tries: i64 = pg
-        .query_one(&format!("SELECT last_value FROM test_limit_{tag}"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    pg.batch_execute(&format!(
-        "DROP TRIGGER test_limit_{tag} ON pusher_device_limits;
-         DROP FUNCTION test_limit_{tag}(); DROP SEQUENCE test_limit_{tag};"
-    ))
-    .await
-    .unwrap();
+    let tries = trigger.drop(&pg).await;
     assert_eq!(pushes.len(), 1, "the second event is sent: {pushes:?}");
     assert!(
         tries >= 2,

@@ -925,20 +925,18 @@ async fn a_batch_redone_after_a_partial_failure_sends_each_push_once() {
     // sequence, which a rollback does not undo, counts the tries).
     let pg = store.pool().get().await.unwrap();
     let tag = b.replace('-', "_");
-    pg.batch_execute(&format!(
-        "CREATE SEQUENCE test_targets_{tag};
-         CREATE FUNCTION test_targets_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.app = '{b}' AND nextval('test_targets_{tag}') = 1 THEN
-                 RAISE EXCEPTION 'injected: failover';
-             END IF;
-             RETURN NEW;
-         END $$;
-         CREATE TRIGGER test_targets_{tag} BEFORE INSERT ON pusher_notifications
-             FOR EACH ROW EXECUTE FUNCTION test_targets_{tag}();"
-    ))
-    .await
-    .unwrap();
+    let trigger = common::platform::TestTrigger::create(
+        &pg,
+        &format!("test_targets_{tag}"),
+        "BEFORE INSERT",
+        "pusher_notifications",
+        &format!(
+            "IF NEW.app = '{b}' AND nextval('test_targets_{tag}') = 1 THEN
+             RAISE EXCEPTION 'injected: failover';
+             END IF;"
+        ),
+    )
+    .await;
     let records: Vec<pusher::platform::produce::Record> = [&a, &b]
         .iter()
         .map(|app| pusher::platform::produce::Record {
@@ -962,17 +960,7 @@ async fn a_batch_redone_after_a_partial_failure_sends_each_push_once() {
     let pushes = common::platform::read_topics(kafka.bootstrap(), &both, 2);
     stop.cancel();
     let counts = router.await.unwrap();
-    let tries: i64 = pg
-        .query_one(&format!("SELECT last_value FROM test_targets_{tag}"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    pg.batch_execute(&format!(
-        "DROP TRIGGER test_targets_{tag} ON pusher_notifications;
-         DROP FUNCTION test_targets_{tag}(); DROP SEQUENCE test_targets_{tag};"
-    ))
-    .await
-    .unwrap();
+    let tries = trigger.drop(&pg).await;
     assert!(
         tries >= 2,
         "b's statement failed once, then passed: {tries}"
@@ -1027,20 +1015,18 @@ async fn a_batch_retried_after_its_events_went_out_counts_them_as_pushes() {
     // sequence, which a rollback does not undo, counts the tries).
     let pg = store.pool().get().await.unwrap();
     let tag = b.replace('-', "_");
-    pg.batch_execute(&format!(
-        "CREATE SEQUENCE test_targets_{tag};
-         CREATE FUNCTION test_targets_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.app = '{b}' AND nextval('test_targets_{tag}') = 1 THEN
-                 RAISE EXCEPTION 'injected: failover';
-             END IF;
-             RETURN NEW;
-         END $$;
-         CREATE TRIGGER test_targets_{tag} BEFORE INSERT ON pusher_notifications
-             FOR EACH ROW EXECUTE FUNCTION test_targets_{tag}();"
-    ))
-    .await
-    .unwrap();
+    let trigger = common::platform::TestTrigger::create(
+        &pg,
+        &format!("test_targets_{tag}"),
+        "BEFORE INSERT",
+        "pusher_notifications",
+        &format!(
+            "IF NEW.app = '{b}' AND nextval('test_targets_{tag}') = 1 THEN
+             RAISE EXCEPTION 'injected: failover';
+             END IF;"
+        ),
+    )
+    .await;
     let records = [
         (
             &a,
@@ -1069,17 +1055,7 @@ async fn a_batch_retried_after_its_events_went_out_counts_them_as_pushes() {
     let pushes = common::platform::read_topics(kafka.bootstrap(), &both, 2);
     stop.cancel();
     let counts = router.await.unwrap();
-    let tries: i64 = pg
-        .query_one(&format!("SELECT last_value FROM test_targets_{tag}"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    pg.batch_execute(&format!(
-        "DROP TRIGGER test_targets_{tag} ON pusher_notifications;
-         DROP FUNCTION test_targets_{tag}(); DROP SEQUENCE test_targets_{tag};"
-    ))
-    .await
-    .unwrap();
+    let tries = trigger.drop(&pg).await;
     assert!(
         tries >= 2,
         "b's statement failed once, then passed: {tries}"

@@ -185,3 +185,67 @@ pub async fn wait_routed(brokers: &str, app: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A trigger a test puts on a table of the store, to fail or slow its statements. Its
+/// function and a sequence share its name: `action` may draw from the sequence
+/// (`nextval('<name>')`), which a rollback does not undo, so it counts the tries of a
+/// statement that failed too.
+pub struct TestTrigger {
+    name: String,
+    table: String,
+}
+
+impl TestTrigger {
+    /// `timing`: `BEFORE INSERT`, `BEFORE UPDATE`, ...; `action`: the plpgsql run for each
+    /// row before `RETURN NEW`.
+    pub async fn create(
+        pg: &tokio_postgres::Client,
+        name: &str,
+        timing: &str,
+        table: &str,
+        action: &str,
+    ) -> TestTrigger {
+        pg.batch_execute(&format!(
+            "CREATE SEQUENCE {name};
+             CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 {action}
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER {name} {timing} ON {table}
+                 FOR EACH ROW EXECUTE FUNCTION {name}();"
+        ))
+        .await
+        .unwrap();
+        TestTrigger {
+            name: name.into(),
+            table: table.into(),
+        }
+    }
+
+    /// Whether its sequence was drawn from at all.
+    pub async fn fired(&self, pg: &tokio_postgres::Client) -> bool {
+        pg.query_one(&format!("SELECT is_called FROM {}", self.name), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Removes the trigger, its function and its sequence; returns how often the sequence
+    /// was drawn from.
+    pub async fn drop(self, pg: &tokio_postgres::Client) -> i64 {
+        let name = &self.name;
+        let tries: i64 = pg
+            .query_one(&format!("SELECT last_value FROM {name}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        pg.batch_execute(&format!(
+            "DROP TRIGGER {name} ON {}; DROP FUNCTION {name}(); DROP SEQUENCE {name};",
+            self.table
+        ))
+        .await
+        .unwrap();
+        tries
+    }
+}
