@@ -182,6 +182,9 @@ struct Router<'a> {
     counts: RouteCounts,
 }
 
+/// A record's place: topic, partition, offset.
+type Place = (String, i32, i64);
+
 /// What the batch being handled already has in Kafka, by (topic, key, notif_id). A batch that
 /// fails partway (an app's statement after another app's pushes, one record of many not
 /// acknowledged) is redone whole; without this, each retry sent again every push Kafka had
@@ -189,7 +192,11 @@ struct Router<'a> {
 /// record's place names it); a segment's page leaves it once the segment's progress is past it.
 struct Written<'a> {
     producer: &'a Producer,
-    batch: Option<(String, i32, i64)>,
+    batch: Option<Place>,
+    /// The batch's last record and length: a phase is a place in the batch, so a batch that
+    /// starts at the same record but holds more (fetched again after a rebalance) is another
+    /// batch for `phases`. The pushes of `ids` are the same pushes in any batch.
+    shape: Option<(Place, usize)>,
     ids: HashSet<(String, String, String)>,
     /// The event phases an earlier attempt finished (produced and marked sent), by (app,
     /// phase), with what they counted: a retry skips them and counts the same. Routed again,
@@ -203,6 +210,7 @@ impl<'a> Written<'a> {
         Written {
             producer,
             batch: None,
+            shape: None,
             ids: HashSet::new(),
             phases: HashMap::new(),
         }
@@ -210,13 +218,22 @@ impl<'a> Written<'a> {
 
     /// Starts handling `batch`: a retry of the same batch keeps what it wrote.
     fn begin(&mut self, batch: &[BorrowedMessage<'_>]) {
-        let first = batch
-            .first()
-            .map(|m| (m.topic().to_owned(), m.partition(), m.offset()));
+        let place = |m: &BorrowedMessage<'_>| (m.topic().to_owned(), m.partition(), m.offset());
+        self.begin_at(
+            batch.first().map(place),
+            batch.last().map(|m| (place(m), batch.len())),
+        );
+    }
+
+    fn begin_at(&mut self, first: Option<Place>, shape: Option<(Place, usize)>) {
         if first != self.batch {
             self.ids.clear();
             self.phases.clear();
             self.batch = first;
+        }
+        if shape != self.shape {
+            self.phases.clear();
+            self.shape = shape;
         }
     }
 
@@ -745,6 +762,30 @@ fn event_time(timestamp: i64, written_ms: i64, now_ms: i64) -> i64 {
 mod tests {
     use super::*;
     use crate::push::Platform;
+
+    /// A batch fetched again after a rebalance may start at the same record and hold more:
+    /// its phases are other events, so none counts as done (they were skipped, and the events
+    /// past the first fetch's end never routed); the pushes Kafka has stay skipped.
+    #[test]
+    fn a_longer_batch_from_the_same_record_redoes_its_phases() {
+        let producer = Producer::new("127.0.0.1:9", Duration::from_secs(1)).unwrap();
+        let mut written = Written::new(&producer);
+        let at = |offset: i64| ("push-game-requests".to_owned(), 0, offset);
+        written.begin_at(Some(at(100)), Some((at(150), 51)));
+        written.ids.insert(("t".into(), "k".into(), "n".into()));
+        written
+            .phases
+            .insert(("game".into(), 0), EventCounts::default());
+        // A retry of the same batch keeps both.
+        written.begin_at(Some(at(100)), Some((at(150), 51)));
+        assert_eq!((written.ids.len(), written.phases.len()), (1, 1));
+        // The same first record, more records: the phases are redone.
+        written.begin_at(Some(at(100)), Some((at(400), 301)));
+        assert_eq!((written.ids.len(), written.phases.len()), (1, 0));
+        // Another first record: a new batch.
+        written.begin_at(Some(at(401)), Some((at(450), 50)));
+        assert_eq!((written.ids.len(), written.phases.len()), (0, 0));
+    }
 
     #[test]
     fn pushkin_login_pairs_make_a_device() {

@@ -193,15 +193,32 @@ impl ApnsSender {
     /// for shared state: an `ExpiredProviderToken` invalidates the token it was sent with, and a
     /// reconnect hint (Shutdown, IdleTimeout, ExpiredProviderToken) retires the connection.
     pub async fn send_once(&self, n: &ApnsNotification) -> Result<ApnsResponse, SendError> {
-        let (authorization, generation) = match &self.inner.jwt {
+        let request = build_request(n, &self.inner.context, None)?;
+        self.send_request(n, &request).await
+    }
+
+    /// One attempt of `n` as `built` (its request without authorization, built once for all
+    /// its attempts): the current provider token is added.
+    async fn send_request(
+        &self,
+        n: &ApnsNotification,
+        built: &http::Request<()>,
+    ) -> Result<ApnsResponse, SendError> {
+        let mut request = http::Request::new(());
+        *request.method_mut() = built.method().clone();
+        *request.uri_mut() = built.uri().clone();
+        *request.headers_mut() = built.headers().clone();
+        let generation = match &self.inner.jwt {
             Some(jwt) => {
                 let (value, generation) =
                     jwt.current().map_err(|e| SendError::Auth(e.to_string()))?;
-                (Some(value), Some(generation))
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, value);
+                Some(generation)
             }
-            None => (None, None),
+            None => None,
         };
-        let request = build_request(n, &self.inner.context, authorization)?;
         let (parts, body, conn) = self
             .inner
             .pool
@@ -236,21 +253,25 @@ impl ApnsSender {
     /// past it, no attempt is made and the push ends `Expired`.
     pub async fn send_expiring(&self, n: &ApnsNotification, push_expiry_ms: i64) -> Delivery {
         let deadline = Deadline::from_push_expiry(push_expiry_ms, self.inner.clock.now());
-        // Refused here, before the gate: a push that cannot become a request is no word of
-        // APNs', and must not wait for it (during an outage) nor be taken for its answer.
-        if !deadline.passed() {
-            if let Err(e) = build_request(n, &self.inner.context, None) {
+        // Built once, and refused here, before the gate: a push that cannot become a request
+        // is no word of APNs', and must not wait for it (during an outage) nor be taken for
+        // its answer.
+        let built = match build_request(n, &self.inner.context, None) {
+            Ok(built) => built,
+            Err(e) if !deadline.passed() => {
                 return Delivery {
                     outcome: malformed(&e),
                     response: None,
                     attempts: 0,
                     transport_error: None,
                     endpoint_fault: None,
-                };
+                }
             }
-        }
+            // Past its expiry it ends `Expired`, as any push: no attempt is made.
+            Err(_) => http::Request::new(()),
+        };
         let done = attempt_until_final(&self.inner.retry, &self.inner.gate, deadline, || async {
-            match self.send_once(n).await {
+            match self.send_request(n, &built).await {
                 Ok(response) => {
                     let verdict = match &self.inner.environment {
                         // Sent with the app's configured topic.
@@ -262,7 +283,7 @@ impl ApnsSender {
                     };
                     Attempt::answered(response, verdict)
                 }
-                // Checked above; nothing is sent.
+                // Built above; nothing is sent.
                 Err(SendError::Invalid(e)) => Attempt::unsent(malformed(&e)),
                 // The key cannot sign: every push would fail the same way.
                 Err(SendError::Auth(reason)) => {
