@@ -316,3 +316,23 @@ fn a_variable_that_is_not_utf8_is_no_panic() {
     );
     assert!(!stderr.contains("secret"), "{stderr}");
 }
+
+/// A PostgreSQL that refuses the connection is named with its reason: the text was
+/// "Error occurred while creating a new object: db error", hiding a role or database that
+/// does not exist.
+#[test]
+fn a_refused_database_connection_says_why() {
+    let (status, stderr) = fails(
+        pusher()
+            .args(["api", "--init-db"])
+            .env("PUSHER_INVALIDTOKEN_PG_HOST", "127.0.0.1")
+            .env("PUSHER_INVALIDTOKEN_PG_PORT", "5432")
+            .env("PUSHER_INVALIDTOKEN_PG_DATABASE", "test")
+            .env("PUSHER_INVALIDTOKEN_PG_USER", "no_such_role_4711"),
+    );
+    assert!(status.is_some_and(|s| s != 0), "{status:?} {stderr}");
+    assert!(
+        stderr.contains(r#"role "no_such_role_4711" does not exist"#),
+        "{stderr}"
+    );
+}

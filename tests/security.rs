@@ -134,6 +134,21 @@ fn listeners_default_to_loopback() {
     assert_eq!((unauthorized, authorized), (401, 200));
 }
 
+/// `--admin-token "$TOKEN"` with TOKEN unset left the admin endpoint open without a word.
+#[test]
+fn an_empty_admin_token_is_refused() {
+    for service in ["apns", "gcm", "webpush", "all"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pusher"))
+            .args(["mock", service, "--admin-token", ""])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{service}: {stderr}");
+        assert!(stderr.contains("--admin-token"), "{service}: {stderr}");
+        assert!(out.stdout.is_empty(), "{service}: started");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_verification_is_on_by_default() {
     let fake = start_fake(FakeOptions::default()).await;

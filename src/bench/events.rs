@@ -146,7 +146,7 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
         bail!("--batch must be >= 1");
     }
     if args.brokers.is_some() {
-        bail!("bench --events runs on the embedded broker only (--mock)");
+        bail!("bench --events runs on the embedded broker only: leave out --brokers");
     }
     let platform = args.target.platform;
     // --count counts events (each is sent twice); --duration is not a plan here: the users

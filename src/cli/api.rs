@@ -133,30 +133,19 @@ pub struct RouteArgs {
 /// `pusher route`: until SIGINT/SIGTERM; the batch in progress is finished and committed.
 pub fn route(args: RouteArgs) -> anyhow::Result<ExitCode> {
     use crate::platform::registry::Registry;
-    use crate::platform::route::run;
-    let mut overrides = Vec::new();
-    if let Some(b) = &args.brokers.brokers {
-        overrides.push(("queue.brokers".to_owned(), b.clone()));
-    }
-    let config = super::run::load_config(args.config.as_deref(), &overrides)?;
-    let store = Store::new(&config.invalid_token.pg)?;
-    let settings = route_settings(&config);
-    let runtime = crate::runtime::build(args.threads.threads, "pusher-route")
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        store
-            .init()
-            .await
-            .context("cannot create the platform's tables (invalidToken.pg)")?;
-        let producer = Producer::new(&config.queue.brokers, config.api.produce_timeout)?;
-        let stop = CancellationToken::new();
-        super::cancel_on_signal(stop.clone())?;
-        tracing::info!(group = %settings.group, brokers = %settings.brokers, "Routing requests.");
-        let counts = run(settings, Registry::new(store.pool()), producer, stop).await?;
-        println!("{}", serde_json::to_string(&counts)?);
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    let flags = (args.config.as_deref(), &args.brokers, &args.threads);
+    consume(
+        flags,
+        "queue.brokers",
+        "pusher-route",
+        |config, store, stop| async move {
+            let settings = route_settings(&config);
+            let producer = Producer::new(&config.queue.brokers, config.api.produce_timeout)?;
+            tracing::info!(group = %settings.group, brokers = %settings.brokers, "Routing requests.");
+            let registry = Registry::new(store.pool());
+            Ok(crate::platform::route::run(settings, registry, producer, stop).await?)
+        },
+    )
 }
 
 #[derive(Debug, Args)]
@@ -174,16 +163,43 @@ pub struct ResultsArgs {
 
 /// `pusher results`: until SIGINT/SIGTERM; the batch in progress is finished and committed.
 pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
-    use crate::platform::results::run;
-    let mut overrides = Vec::new();
-    if let Some(b) = &args.brokers.brokers {
-        overrides.push(("feedback.kafka.brokers".to_owned(), b.clone()));
-    }
-    let config = super::run::load_config(args.config.as_deref(), &overrides)?;
+    let flags = (args.config.as_deref(), &args.brokers, &args.threads);
+    consume(
+        flags,
+        "feedback.kafka.brokers",
+        "pusher-results",
+        |config, store, stop| async move {
+            let settings = results_settings(&config);
+            tracing::info!(group = %settings.group, topics = %settings.topic, "Storing results.");
+            let webhooks = webhooks(&config)?;
+            Ok(crate::platform::results::run(settings, store, webhooks, stop).await?)
+        },
+    )
+}
+
+/// What `pusher route` and `pusher results` share: the config (`--brokers` sets
+/// `brokers_key`), the platform's tables, a runtime, and `work` until SIGINT/SIGTERM, whose
+/// counts are printed as one JSON line.
+fn consume<F, Fut, C>(
+    (config, brokers, threads): (Option<&std::path::Path>, &BrokersFlag, &ThreadsFlag),
+    brokers_key: &str,
+    name: &str,
+    work: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(crate::config::Validated, Store, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<C>>,
+    C: serde::Serialize,
+{
+    let overrides: Vec<(String, String)> = brokers
+        .brokers
+        .iter()
+        .map(|b| (brokers_key.to_owned(), b.clone()))
+        .collect();
+    let config = super::run::load_config(config, &overrides)?;
     let store = Store::new(&config.invalid_token.pg)?;
-    let settings = results_settings(&config);
-    let runtime = crate::runtime::build(args.threads.threads, "pusher-results")
-        .context("cannot start the async runtime")?;
+    let runtime =
+        crate::runtime::build(threads.threads, name).context("cannot start the async runtime")?;
     runtime.block_on(async {
         store
             .init()
@@ -191,9 +207,7 @@ pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
             .context("cannot create the platform's tables (invalidToken.pg)")?;
         let stop = CancellationToken::new();
         super::cancel_on_signal(stop.clone())?;
-        tracing::info!(group = %settings.group, topics = %settings.topic, "Storing results.");
-        let webhooks = webhooks(&config)?;
-        let counts = run(settings, store, webhooks, stop).await?;
+        let counts = work(config, store, stop).await?;
         println!("{}", serde_json::to_string(&counts)?);
         anyhow::Ok(())
     })?;

@@ -2,7 +2,9 @@
 //! SIGINT/SIGTERM, after one JSON line on stdout that says where it listens.
 
 use super::flags::ThreadsFlag;
+use crate::mock::apns::ApnsHandler;
 use crate::mock::kafka::{KafkaMock, MockOptions, MAX_REQUEST_BYTES};
+use crate::mock::server::Handler;
 use crate::mock::{
     ApnsOptions, FcmHandler, FcmOptions, JwtKey, MockConfig, MockServer, Profile, ServerCert,
     WebPushHandler, WebPushOptions,
@@ -104,7 +106,13 @@ impl ServerFlags {
             tls_listen: listen_addr("listen", &self.listen)?,
             h2c_listen: listen_addr("listen-h2c", &self.listen_h2c)?,
             admin_listen: listen_addr("admin", &self.admin)?,
-            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            admin_token: match self.admin_token.as_deref() {
+                // `--admin-token "$UNSET"`: the admin endpoint would be open with no word.
+                Some("") => anyhow::bail!(
+                    "--admin-token is empty: give a token, or leave the flag out for an open admin endpoint"
+                ),
+                token => token.map(str::to_owned),
+            },
             server_cert: match (&self.cert, &self.key) {
                 (Some(cert), Some(key)) => ServerCert::Files {
                     cert: cert.clone(),
@@ -265,19 +273,26 @@ fn listen_addr(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
 
 fn run_apns(args: ApnsArgs) -> anyhow::Result<ExitCode> {
     let config = apns_config(&args)?;
-    runtime(&args.server.threads)?.block_on(async move {
-        let server = MockServer::start(config).await?;
+    let handler = ApnsHandler::new(&config.apns, config.client_ca_pem.is_some())?;
+    serve(config, handler, &args.server, "apns", apns_line)
+}
+
+/// Runs one fake until a stop signal, after its startup line: `{<service>: line, admin}`.
+fn serve<H: Handler>(
+    config: MockConfig,
+    handler: H,
+    flags: &ServerFlags,
+    service: &str,
+    line: fn(&MockServer, Option<PathBuf>) -> serde_json::Value,
+) -> anyhow::Result<ExitCode> {
+    runtime(&flags.threads)?.block_on(async move {
+        let server = MockServer::start_with(config, handler).await?;
         let stopped = super::stop_signal()?;
-        let ca_path = write_ca(&server, args.server.ca_out.as_ref(), "apns")?;
-        let line = serde_json::json!({
-            "apns": {
-                "tls": server.tls_addr().map(|a| a.to_string()),
-                "h2c": server.h2c_addr().map(|a| a.to_string()),
-                "ca": ca_path.map(|p| p.display().to_string()),
-            },
+        let ca = write_ca(&server, flags.ca_out.as_ref(), service)?;
+        print_line(&serde_json::json!({
+            service: line(&server, ca),
             "admin": server.admin_addr().map(|a| a.to_string()),
-        });
-        print_line(&line)?;
+        }))?;
         stopped.await;
         tracing::info!("mock: shutting down");
         server.shutdown().await;
@@ -343,6 +358,15 @@ fn print_line(line: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `apns` object of the startup line: addresses and CA.
+fn apns_line(server: &MockServer, ca: Option<PathBuf>) -> serde_json::Value {
+    serde_json::json!({
+        "tls": server.tls_addr().map(|a| a.to_string()),
+        "h2c": server.h2c_addr().map(|a| a.to_string()),
+        "ca": ca.map(|p| p.display().to_string()),
+    })
+}
+
 /// The `fcm` object of the startup line: addresses, CA, and the token endpoint to put in a
 /// service account's `token_uri` (TLS when there is a TLS listener).
 fn fcm_line(server: &MockServer, ca: Option<PathBuf>) -> serde_json::Value {
@@ -384,39 +408,13 @@ fn runtime(threads: &ThreadsFlag) -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_gcm(args: GcmArgs) -> anyhow::Result<ExitCode> {
     let config = args.server.config()?;
     let handler = FcmHandler::new(args.fcm.options());
-    runtime(&args.server.threads)?.block_on(async move {
-        let server = MockServer::start_with(config, handler).await?;
-        let stopped = super::stop_signal()?;
-        let ca = write_ca(&server, args.server.ca_out.as_ref(), "fcm")?;
-        print_line(&serde_json::json!({
-            "fcm": fcm_line(&server, ca),
-            "admin": server.admin_addr().map(|a| a.to_string()),
-        }))?;
-        stopped.await;
-        tracing::info!("mock: shutting down");
-        server.shutdown().await;
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    serve(config, handler, &args.server, "fcm", fcm_line)
 }
 
 fn run_webpush(args: WebPushArgs) -> anyhow::Result<ExitCode> {
     let config = args.server.config()?;
     let handler = WebPushHandler::new(args.webpush.options());
-    runtime(&args.server.threads)?.block_on(async move {
-        let server = MockServer::start_with(config, handler).await?;
-        let stopped = super::stop_signal()?;
-        let ca = write_ca(&server, args.server.ca_out.as_ref(), "webpush")?;
-        print_line(&serde_json::json!({
-            "webpush": webpush_line(&server, ca),
-            "admin": server.admin_addr().map(|a| a.to_string()),
-        }))?;
-        stopped.await;
-        tracing::info!("mock: shutting down");
-        server.shutdown().await;
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    serve(config, handler, &args.server, "webpush", webpush_line)
 }
 
 fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
@@ -445,20 +443,15 @@ fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
         let apns_ca = write_ca(&apns_server, args.apns.server.ca_out.as_ref(), "apns")?;
         let fcm_ca = write_ca(&fcm_server, args.fcm_ca_out.as_ref(), "fcm")?;
         let webpush_ca = write_ca(&webpush_server, args.webpush_ca_out.as_ref(), "webpush")?;
-        let mut fcm_with_admin = fcm_line(&fcm_server, fcm_ca);
-        fcm_with_admin["admin"] = serde_json::json!(fcm_server.admin_addr().map(|a| a.to_string()));
-        let mut webpush_with_admin = webpush_line(&webpush_server, webpush_ca);
-        webpush_with_admin["admin"] =
-            serde_json::json!(webpush_server.admin_addr().map(|a| a.to_string()));
+        // Each service's object with its admin address.
+        let with_admin = |server: &MockServer, mut line: serde_json::Value| {
+            line["admin"] = serde_json::json!(server.admin_addr().map(|a| a.to_string()));
+            line
+        };
         print_line(&serde_json::json!({
-            "apns": {
-                "tls": apns_server.tls_addr().map(|a| a.to_string()),
-                "h2c": apns_server.h2c_addr().map(|a| a.to_string()),
-                "ca": apns_ca.map(|p| p.display().to_string()),
-                "admin": apns_server.admin_addr().map(|a| a.to_string()),
-            },
-            "fcm": fcm_with_admin,
-            "webpush": webpush_with_admin,
+            "apns": with_admin(&apns_server, apns_line(&apns_server, apns_ca)),
+            "fcm": with_admin(&fcm_server, fcm_line(&fcm_server, fcm_ca)),
+            "webpush": with_admin(&webpush_server, webpush_line(&webpush_server, webpush_ca)),
         }))?;
         stopped.await;
         tracing::info!("mock: shutting down");

@@ -124,6 +124,21 @@ pub fn platform_of_pushkin_id(id: i64) -> Option<Platform> {
     }
 }
 
+/// A device from a row of the device queries (user, platform, token, device id, platform id,
+/// app version, registered ms, p256dh, auth); `None` for a platform this build does not know.
+fn device(r: &tokio_postgres::Row) -> Option<Device> {
+    Some(Device {
+        user_id: r.get(0),
+        platform: r.get::<_, String>(1).parse().ok()?,
+        token: r.get(2),
+        device_id: r.get(3),
+        platform_id: r.get(4),
+        app_version: r.get(5),
+        registered_ms: r.get(6),
+        keys: keys(r.get(7), r.get(8)),
+    })
+}
+
 /// A web push device's keys from their columns.
 fn keys(p256dh: Option<String>, auth: Option<String>) -> Option<crate::push::webpush::Keys> {
     Some(crate::push::webpush::Keys {
@@ -349,21 +364,7 @@ impl Registry {
             &[&app, &users],
         )
         .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                Some(Device {
-                    user_id: r.get(0),
-                    platform: r.get::<_, String>(1).parse().ok()?,
-                    token: r.get(2),
-                    device_id: r.get(3),
-                    platform_id: r.get(4),
-                    app_version: r.get(5),
-                    registered_ms: r.get(6),
-                    keys: keys(r.get(7), r.get(8)),
-                })
-            })
-            .collect())
+        Ok(rows.iter().filter_map(device).collect())
     }
 
     /// One page of the devices meeting `condition`, in token order after `after`. A user who
@@ -407,21 +408,7 @@ impl Registry {
             ],
         )
         .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                Some(Device {
-                    user_id: r.get(0),
-                    platform: r.get::<_, String>(1).parse().ok()?,
-                    token: r.get(2),
-                    device_id: r.get(3),
-                    platform_id: r.get(4),
-                    app_version: r.get(5),
-                    registered_ms: r.get(6),
-                    keys: keys(r.get(7), r.get(8)),
-                })
-            })
-            .collect())
+        Ok(rows.iter().filter_map(device).collect())
     }
 
     /// A segment's progress: (last token sent, devices sent, done).

@@ -45,7 +45,12 @@ impl From<tokio_postgres::Error> for StoreError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Unavailable(e.to_string())
+        match e {
+            // A new connection failed: PostgreSQL's own words (a role or database that does
+            // not exist), where deadpool's text says only "db error".
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            e => StoreError::Unavailable(e.to_string()),
+        }
     }
 }
 

@@ -122,7 +122,14 @@ fn temp(
     if let Some(mode) = mode {
         builder.permissions(mode);
     }
-    builder.tempfile_in(dir)
+    // tempfile's error names the hidden file it tried, where callers name the file the user
+    // named: the directory's own error (it is missing), else only the kind (permissions).
+    builder
+        .tempfile_in(dir)
+        .map_err(|e| match std::fs::metadata(dir) {
+            Err(missing) => missing,
+            Ok(_) => std::io::Error::new(e.kind(), e.kind().to_string()),
+        })
 }
 
 /// How long a dead process's temporary file must have been unchanged before it is removed: a
@@ -185,6 +192,10 @@ mod tests {
         let e = check_writable(&missing).unwrap_err().to_string();
         assert!(e.contains(&missing.display().to_string()), "{e}");
         assert!(e.contains("No such file or directory"), "{e}");
+        // Named as the user named it, not by the hidden temporary file beside it.
+        let e = write_file(&missing, b"{}").unwrap_err().to_string();
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        assert!(!e.contains(".pusher-"), "{e}");
         let e = check_writable(dir.path()).unwrap_err().to_string();
         assert!(e.contains("is a directory"), "{e}");
         let ok = dir.path().join("r.json");

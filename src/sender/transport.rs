@@ -22,7 +22,8 @@ pub enum HttpVersion {
     Auto,
     /// Multiplexed over the shared HTTP/2 pool only.
     Http2,
-    /// One HTTP/1.1 connection per request (for endpoints or proxies without HTTP/2).
+    /// HTTP/1.1 with keep-alive, a connection per request in flight (for endpoints or
+    /// proxies without HTTP/2).
     Http1,
 }
 

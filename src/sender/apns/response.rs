@@ -35,13 +35,22 @@ impl ApnsResponse {
             .map(str::to_owned);
         let retry_after = crate::sender::retry::retry_after(headers);
         if status == 200 {
+            // APNs answers every request with an `apns-id` (the request's or one it made): a
+            // 200 without one is something else answering (a wrong URL, a proxy's health
+            // page), and taken as delivered it would end the whole backlog so.
+            let verdict = match apns_id {
+                Some(_) => Verdict::Final(Outcome::Delivered),
+                None => Verdict::Fault {
+                    reason: "HTTP 200 without an apns-id (is the URL APNs?)".into(),
+                },
+            };
             return ApnsResponse {
                 status,
                 reason: None,
                 apns_id,
                 timestamp_ms: None,
                 retry_after,
-                verdict: Verdict::Final(Outcome::Delivered),
+                verdict,
             };
         }
         let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
@@ -89,6 +98,8 @@ impl ApnsResponse {
 mod tests {
     use super::*;
     use crate::push::RetryHint;
+
+    const ID: &str = "123e4567-e89b-12d3-a456-426614174000";
 
     fn respond(status: u16, headers: &[(&str, &str)], body: &str) -> ApnsResponse {
         let mut map = HeaderMap::new();
@@ -243,10 +254,22 @@ mod tests {
             (413, "", rejected("HTTP 413")),
         ];
         for (status, body, want) in cases {
-            let got = respond(status, &[], body);
+            let got = respond(status, &[("apns-id", ID)], body);
             assert_eq!(got.verdict, want, "{status} {body}");
             assert_eq!(got.status, status);
         }
+    }
+
+    /// A 200 that is no APNs answer (no `apns-id`) must not end the message as delivered.
+    #[test]
+    fn a_200_without_an_apns_id_is_a_fault() {
+        let r = respond(200, &[], "");
+        assert_eq!(
+            r.verdict,
+            Verdict::Fault {
+                reason: "HTTP 200 without an apns-id (is the URL APNs?)".into()
+            }
+        );
     }
 
     #[test]
@@ -279,7 +302,14 @@ mod tests {
             )
         );
         // An HTTP-date in the past: no wait.
-        let r = respond(200, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "");
+        let r = respond(
+            200,
+            &[
+                ("apns-id", ID),
+                ("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ],
+            "",
+        );
         assert_eq!(r.retry_after, Some(Duration::ZERO));
         assert_eq!(r.reason, None);
     }

@@ -1,7 +1,7 @@
 //! The FCM sender: HTTP v1 (`/v1/projects/{p}/messages:send`, OAuth2 from a service account)
 //! or the legacy HTTP API (`/fcm/send`, `Authorization: key=...`; Google shut the real one down
 //! in 2024, kept for the seed's configuration and for fakes). HTTP/2 over the shared pool by
-//! default, HTTP/1.1 (one connection per request) on request. Retries on timers, as APNs.
+//! default, HTTP/1.1 (keep-alive) on request. Retries on timers, as APNs.
 //! Clone it freely (an `Arc` inside); every send runs concurrently.
 
 pub mod message;
