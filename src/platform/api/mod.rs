@@ -153,10 +153,13 @@ pub struct Inner {
     budget: limits::Budget,
     /// `/healthz`'s last look at the brokers: when, and the problem it found. Locked for as
     /// long as a look runs ([`kafka_problem_now`]).
-    kafka_probe: Arc<tokio::sync::Mutex<Option<(Instant, Option<String>)>>>,
+    kafka_probe: Arc<tokio::sync::Mutex<Option<KafkaLook>>>,
     /// Looks at the brokers started by `/healthz`.
     kafka_looks: AtomicUsize,
 }
+
+/// When `/healthz` last looked at the brokers, and the problem it found.
+type KafkaLook = (Instant, Option<String>);
 
 impl std::ops::Deref for ApiState {
     type Target = Inner;
