@@ -46,6 +46,7 @@ fn settings(app: &str) -> ApiSettings {
         deeplink_base: String::new(),
         max_connections: 1000,
         body_timeout: Duration::from_secs(30),
+        write_timeout: Duration::from_secs(30),
         max_in_flight_bytes: 256 << 20,
     }
 }
@@ -527,17 +528,25 @@ async fn a_record_kafka_may_have_written_keeps_its_claim() {
     slow.stop().await;
 
     let up = Api::start(settings(&app), &brokers).await;
-    let retry = request(up.addr, "POST", "/api/push", &headers, one("t-unknown")).await;
-    assert_eq!(retry.status, 409, "{}", retry.text());
-    // Until the claim goes stale, taken at `slow`'s time by `up`'s stale time (twice its
-    // produce timeout plus 5 s, plus twice PostgreSQL's statement timeout), not 1 s: a client
-    // following it is not out of retries before then.
-    let wait: u64 = retry.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((60..=75).contains(&wait), "Retry-After {wait}");
+    let retry_after = || async {
+        let retry = request(up.addr, "POST", "/api/push", &headers, one("t-unknown")).await;
+        assert_eq!(retry.status, 409, "{}", retry.text());
+        retry.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    // The claim is a few seconds old: retry about that much later, not when it goes stale
+    // (`up`'s stale time: twice its produce timeout plus 5 s, plus twice PostgreSQL's
+    // statement timeout, 75 s), though its request may be done a second from now.
+    let young = retry_after().await;
+    assert!((1..=15).contains(&young), "Retry-After {young}");
+    // Held for 60 s of its 75: retry when it goes stale, about 15 s on, not sooner and sooner
+    // (a client following it is not out of retries before then).
+    age_claims(&app, 60.0).await;
+    let old = retry_after().await;
+    assert!((13..=15).contains(&old), "Retry-After {old}");
     let sentinel = request(
         up.addr,
         "POST",
@@ -2540,11 +2549,32 @@ async fn pending_claims(app: &str) -> i64 {
         .get(0)
 }
 
+/// Makes `app`'s pending claims `seconds` old (PostgreSQL).
+async fn age_claims(app: &str, seconds: f64) {
+    let (client, connection) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE pusher_notifications SET claimed_at = now() - make_interval(secs => $2)
+             WHERE app = $1 AND state = 'pending'",
+            &[&app, &seconds],
+        )
+        .await
+        .unwrap();
+}
+
 /// A client that hangs up while its keyed request waits for Kafka loses only the answer: the
 /// write ends (produced, confirmed), and its retry is answered with the same notif_id, each
-/// token written once. Seen: the hang-up dropped the handler between produce and confirm, so
-/// the claim stayed pending with the records in Kafka; every retry got 409 (`Retry-After: 1`)
-/// until the claim went stale, then the tokens were written again.
+/// token written once; the 409s while it runs say to retry within a second or two. Seen: the
+/// hang-up dropped the handler between produce and confirm, so the claim stayed pending with
+/// the records in Kafka; every retry got 409 until the claim went stale, then the tokens were
+/// written again. And the 409's Retry-After was the time until the claim went stale (75 s
+/// here) for a request that was done 2 s after it claimed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_mid_write_loses_only_the_answer() {
     use tokio::io::AsyncWriteExt;
@@ -2615,9 +2645,12 @@ async fn a_client_that_hangs_up_mid_write_loses_only_the_answer() {
             .unwrap()
             .parse()
             .unwrap();
+        // As long as the claim has been held (at least 1 s), not the 75 s until it goes stale:
+        // the first request is done about 2 s after it claimed.
+        let held = started.elapsed().as_secs_f64();
         assert!(
-            wait > 1,
-            "Retry-After {wait}: the time until the claim goes stale"
+            wait <= held.ceil() as u64 + 1,
+            "Retry-After {wait} for a claim held for about {held:.1} s"
         );
         assert!(
             started.elapsed() < Duration::from_secs(15),
@@ -2717,6 +2750,84 @@ async fn healthz_asks_kafka_rather_than_remembering_a_failure() {
     assert_eq!(health.status, 503, "{}", health.text());
     assert!(health.text().contains("api kafka"), "{}", health.text());
     down.stop().await;
+}
+
+/// `/healthz` looks at Kafka once at a time whatever its callers do: callers that hang up while
+/// the look runs do not start another, and the next caller gets that look's answer. Seen: a
+/// caller that hung up released the look's lock with the look still running, so every hang-up
+/// let the next caller start one more, each holding a blocking thread for its 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_looks_at_kafka_once_at_a_time_when_callers_hang_up() {
+    use tokio::io::AsyncWriteExt;
+    let app = fresh_app("api");
+    // No broker there: each look takes its whole 2 s.
+    let api = Api::start(settings(&app), "127.0.0.1:9").await;
+    let mut callers = Vec::new();
+    for _ in 0..10 {
+        let mut caller = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+        caller
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        callers.push(caller);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while api.state.kafka_looks() == 0 {
+        assert!(Instant::now() < deadline, "no look started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // They hang up one after another while the look runs (a probe's timeout, say).
+    for caller in callers {
+        drop(caller);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = request(api.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert_eq!(api.state.kafka_looks(), 1, "looks at the brokers");
+    api.stop().await;
+}
+
+/// A client that sends requests and never reads the answers is disconnected once a write has
+/// waited `api.writeTimeout` on it, instead of holding its connection (and the answers'
+/// memory) until TCP gives up. Requests pipelined on one connection make answers larger than
+/// both sockets' buffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_at_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let app = fresh_app("api");
+    let mut s = settings(&app);
+    s.write_timeout = Duration::from_secs(1);
+    let api = Api::start(s, "127.0.0.1:9").await;
+    let stream = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    // The read half is kept, never read: the connection stays open on this side.
+    let (unread, mut write) = stream.into_split();
+    let started = Instant::now();
+    let sender = tokio::spawn(async move {
+        let requests = "GET /version HTTP/1.1\r\nhost: x\r\n\r\n".repeat(1000);
+        loop {
+            if let Err(e) = write.write_all(requests.as_bytes()).await {
+                return e;
+            }
+        }
+    });
+    // Under the 10 s a request head may take: only the write timeout can end it sooner.
+    let ended = tokio::time::timeout(Duration::from_secs(8), sender).await;
+    let waited = started.elapsed();
+    assert!(ended.is_ok(), "still connected after {waited:?}");
+    let error = ended.unwrap().unwrap();
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{error}"
+    );
+    drop(unread);
+    assert_eq!(
+        request(api.addr, "GET", "/version", &[], "").await.status,
+        200
+    );
+    api.stop().await;
 }
 
 /// Sends a request head announcing `length` bytes of body, then nothing.

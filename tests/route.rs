@@ -100,6 +100,7 @@ impl Platform {
             deeplink_base: "game".into(),
             max_connections: 1000,
             body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             max_in_flight_bytes: 256 << 20,
         };
         let producer = Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap();

@@ -6,11 +6,12 @@
 
 mod common;
 
-use common::http::request;
+use common::http::{request, Answer};
 use futures_util::{SinkExt, StreamExt};
 use pusher::platform::api::{serve, ApiState};
 use pusher::platform::produce::Producer;
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -378,7 +379,7 @@ async fn the_ui_guards_its_cookie_and_its_forms() {
     let cookie = plain.headers["set-cookie"].to_str().unwrap();
     assert!(!cookie.contains("Secure"), "{cookie}");
 
-    let session = format!("pusher_ui={KEY}");
+    let session = format!("pusher_ui={}", session_of(&plain));
     let page = request(addr, "GET", "/ui", &[("cookie", &session)], "").await;
     assert_eq!(page.status, 200);
     assert_eq!(page.headers["cache-control"], "no-store");
@@ -452,4 +453,138 @@ async fn the_ui_guards_its_cookie_and_its_forms() {
         .unwrap();
     assert_eq!(&answer, b"HTTP/1.1 401");
     stop.cancel();
+}
+
+/// The session a sign-in answered (its `Set-Cookie` value).
+fn session_of(login: &Answer) -> String {
+    let cookie = login.headers["set-cookie"].to_str().unwrap();
+    cookie
+        .split(';')
+        .next()
+        .and_then(|pair| pair.strip_prefix("pusher_ui="))
+        .unwrap_or_else(|| panic!("no pusher_ui cookie: {cookie}"))
+        .to_owned()
+}
+
+/// An API process with these settings on 127.0.0.1:0 (its producer pointed nowhere: the page
+/// never produces).
+async fn start(settings: pusher::platform::api::ApiSettings) -> (SocketAddr, CancellationToken) {
+    let store = common::platform::store().await;
+    let producer = Producer::new("127.0.0.1:9", Duration::from_secs(1)).unwrap();
+    let state = ApiState::new(settings, producer, store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(listener, state, stop.clone()));
+    (addr, stop)
+}
+
+/// The sign-in's cookie holds a session, not the key: it works on every process with the same
+/// keys, and is refused once forged, expired, or its key is taken out of the config. Seen: the
+/// cookie was the API key itself, so whatever could read the browser's cookies (a cookie store,
+/// a proxy's log, an extension) had the key, valid for the API for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_is_not_the_key_and_ends() {
+    let app = common::platform::fresh_app("ui");
+    let settings = common::platform::api_settings(&app, KEY);
+    let (addr, stop) = start(settings.clone()).await;
+    // Another `pusher api` with the same config: no state is shared but the keys.
+    let (twin, twin_stop) = start(settings.clone()).await;
+    // The same app, its key replaced: the old key is out of the config.
+    let (rotated, rotated_stop) = start(common::platform::api_settings(
+        &app,
+        "ui-key-rotated-0123456789",
+    ))
+    .await;
+    let form = ("content-type", "application/x-www-form-urlencoded");
+
+    let login = request(addr, "POST", "/ui/login", &[form], format!("key={KEY}")).await;
+    assert_eq!(login.status, 303, "{}", login.text());
+    let set_cookie = login.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        !set_cookie.contains(KEY),
+        "the key is in the cookie: {set_cookie}"
+    );
+    assert!(set_cookie.contains("; Max-Age=43200"), "{set_cookie}");
+    let session = session_of(&login);
+
+    // Signed in: the page (its forms carry a token), not the sign-in form.
+    let signed_in = |addr: SocketAddr, value: String| async move {
+        let page = request(
+            addr,
+            "GET",
+            "/ui",
+            &[("cookie", &format!("pusher_ui={value}"))],
+            "",
+        )
+        .await;
+        assert_eq!(page.status, 200, "{}", page.text());
+        let text = page.text();
+        assert_ne!(
+            text.contains(r#"name="csrf""#),
+            text.contains(r#"name="key""#),
+            "{text}"
+        );
+        text.contains(r#"name="csrf""#)
+    };
+    assert!(signed_in(addr, session.clone()).await, "the session works");
+    assert!(signed_in(twin, session.clone()).await, "on every process");
+    assert!(
+        !signed_in(rotated, session.clone()).await,
+        "a key out of the config ends its sessions"
+    );
+
+    // Forged: the key itself (the old cookie), another app, a later expiry, another MAC.
+    let mut parts = session.rsplitn(3, '.');
+    let (mac, expiry, named) = (
+        parts.next().unwrap(),
+        parts.next().unwrap().parse::<u64>().unwrap(),
+        parts.next().unwrap(),
+    );
+    assert_eq!(named, app);
+    let mut flipped = mac.to_owned().into_bytes();
+    flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    for forged in [
+        KEY.to_owned(),
+        format!("other{app}.{expiry}.{mac}"),
+        format!("{app}.{}.{mac}", expiry + 3600),
+        format!("{app}.{expiry}.{flipped}"),
+        format!("{app}.{expiry}"),
+    ] {
+        assert!(!signed_in(addr, forged.clone()).await, "{forged}");
+        let post = request(
+            addr,
+            "POST",
+            "/ui/messages/delete",
+            &[form, ("cookie", &format!("pusher_ui={forged}"))],
+            "name=x",
+        )
+        .await;
+        assert_eq!(post.status, 401, "{forged}: {}", post.text());
+    }
+
+    // Signed as the server signs (HMAC-SHA256 under the key): refused once expired.
+    let signed = |expiry: u64| {
+        use base64::Engine;
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, KEY.as_bytes());
+        let tag = ring::hmac::sign(
+            &key,
+            format!("pusher ui session\0{app}\0{expiry}").as_bytes(),
+        );
+        let mac = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref());
+        format!("{app}.{expiry}.{mac}")
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        signed_in(addr, signed(now + 60)).await,
+        "signed as the server signs"
+    );
+    assert!(!signed_in(addr, signed(now - 1)).await, "expired");
+    stop.cancel();
+    twin_stop.cancel();
+    rotated_stop.cancel();
 }

@@ -113,6 +113,7 @@ pub(super) fn start_servers(
                         deeplink_base: String::new(),
                         max_connections: 10_000,
                         body_timeout: Duration::from_secs(30),
+                        write_timeout: Duration::from_secs(30),
                         // The bench measures the API's throughput, not this bound.
                         max_in_flight_bytes: usize::MAX,
                     };

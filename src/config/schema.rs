@@ -594,6 +594,10 @@ pub struct ApiConfig {
     /// seconds); then 408 and the connection is closed.
     #[serde(with = "secs")]
     pub body_timeout: Duration,
+    /// How long an answer's write may wait on a client that does not read it (a bare number is
+    /// seconds); then the connection is closed.
+    #[serde(with = "secs")]
+    pub write_timeout: Duration,
     /// Bytes of Kafka records a process builds and waits on at once, over all requests
     /// (librdkafka holds a copy of each too); past it a request is 503 with Retry-After.
     pub max_in_flight_bytes: usize,
@@ -613,6 +617,7 @@ impl Default for ApiConfig {
             sync_timeout: Duration::from_secs(10),
             max_connections: 1000,
             body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             max_in_flight_bytes: 256 << 20,
         }
     }

@@ -735,6 +735,10 @@ fn validate_names_the_key() {
         "queue.sessionTimeout: must be > 0"
     );
     assert_eq!(
+        check(&[("PUSHER_API_WRITETIMEOUT", "0")]),
+        "api.writeTimeout: must be > 0"
+    );
+    assert_eq!(
         check(&[("PUSHER_APNS_APPS", "game")]),
         "apns.certs.game: missing: every app in apns.apps needs credentials"
     );

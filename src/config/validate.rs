@@ -174,6 +174,9 @@ impl Config {
         if a.body_timeout.is_zero() {
             return Err(invalid("api.bodyTimeout", "must be > 0"));
         }
+        if a.write_timeout.is_zero() {
+            return Err(invalid("api.writeTimeout", "must be > 0"));
+        }
         let mut seen = std::collections::HashSet::new();
         for (name, key) in &a.keys {
             check_app_name(&format!("api.keys.{name}.app"), &key.app)?;

@@ -56,6 +56,7 @@ pub fn api_settings(app: &str, key: &str) -> ApiSettings {
         deeplink_base: String::new(),
         max_connections: 1000,
         body_timeout: Duration::from_secs(30),
+        write_timeout: Duration::from_secs(30),
         max_in_flight_bytes: 256 << 20,
     }
 }

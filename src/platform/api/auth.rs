@@ -2,17 +2,30 @@
 //! app. Keys are kept as SHA-256 digests and a presented key is compared with every one of them
 //! in constant time, so neither timing nor length says how close a guess was. Each key has a
 //! token bucket (governor), per process: N processes allow N times the rate.
+//!
+//! The page (`/ui`) signs in once with a key and then holds a session ([`Keys::open_session`]):
+//! `app.expiry.mac`, the MAC an HMAC-SHA256 keyed by the API key. A cookie jar, a proxy's log
+//! or an extension that reads it learns no key, only a session that ends by itself; every
+//! process with the same config can check it (no state is kept), and a key taken out of the
+//! config ends its sessions.
 
 use super::error::ApiError;
 use super::ApiState;
 use crate::config::Secret;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use ring::hmac;
 use sha2::{Digest, Sha256};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use subtle::ConstantTimeEq;
+
+/// How long a page's session lasts (its cookie's `Max-Age`).
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 /// One configured caller.
 #[derive(Debug, Clone)]
@@ -25,6 +38,8 @@ pub struct ApiKey {
 
 struct Entry {
     digest: [u8; 32],
+    /// The key as an HMAC key: it signs the page's sessions and their form tokens.
+    signer: hmac::Key,
     caller: Caller,
     limiter: DefaultDirectRateLimiter,
 }
@@ -40,6 +55,7 @@ impl Keys {
             keys.iter()
                 .map(|k| Entry {
                     digest: Sha256::digest(k.key.expose().as_bytes()).into(),
+                    signer: hmac::Key::new(hmac::HMAC_SHA256, k.key.expose().as_bytes()),
                     caller: Caller {
                         name: Arc::from(k.name.as_str()),
                         app: Arc::from(k.app.as_str()),
@@ -63,26 +79,108 @@ impl Keys {
     }
 
     /// The caller whose key this is, rate limit applied.
-    pub fn authorize_key(&self, presented: &str) -> Result<Caller, ApiError> {
+    fn authorize_key(&self, presented: &str) -> Result<Caller, ApiError> {
+        let entry = self.entry(presented).ok_or(ApiError::Unauthorized)?;
+        admit(entry)?;
+        Ok(entry.caller.clone())
+    }
+
+    /// The entry whose key this is. Every entry is compared; the match is picked without
+    /// branching on the way.
+    fn entry(&self, presented: &str) -> Option<&Entry> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        // Every entry is compared; the match is picked without branching on the way.
         let mut found = None;
         for entry in &self.0 {
             if bool::from(entry.digest.ct_eq(&digest)) {
                 found = Some(entry);
             }
         }
-        let entry = found.ok_or(ApiError::Unauthorized)?;
-        entry.limiter.check().map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            ApiError::RateLimited {
-                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-            }
-        })?;
-        Ok(entry.caller.clone())
+        found
     }
+
+    /// A page session for the holder of `presented` (rate limit applied), lasting
+    /// [`SESSION_LIFETIME`] from `now`.
+    pub fn open_session(&self, presented: &str, now: SystemTime) -> Result<PageSession, ApiError> {
+        let entry = self.entry(presented).ok_or(ApiError::Unauthorized)?;
+        admit(entry)?;
+        let expiry = unix_seconds(now).saturating_add(SESSION_LIFETIME.as_secs());
+        let app: &str = &entry.caller.app;
+        let mac = hmac::sign(&entry.signer, &session_message(app, expiry));
+        let cookie = format!("{app}.{expiry}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()));
+        Ok(PageSession::new(entry, cookie))
+    }
+
+    /// The session a cookie holds: signed by one of its app's keys and not expired at `now`
+    /// (rate limit applied, as for a request with that key).
+    pub fn session(&self, cookie: &str, now: SystemTime) -> Result<PageSession, ApiError> {
+        let mut parts = cookie.rsplitn(3, '.');
+        let (Some(mac), Some(expiry), Some(app)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(ApiError::Unauthorized);
+        };
+        let expiry: u64 = expiry.parse().map_err(|_| ApiError::Unauthorized)?;
+        if expiry <= unix_seconds(now) {
+            return Err(ApiError::Unauthorized);
+        }
+        let mac = URL_SAFE_NO_PAD
+            .decode(mac)
+            .map_err(|_| ApiError::Unauthorized)?;
+        let message = session_message(app, expiry);
+        // `verify` compares in constant time; every key of the app is tried.
+        let mut found = None;
+        for entry in self.0.iter().filter(|e| &*e.caller.app == app) {
+            if hmac::verify(&entry.signer, &message, &mac).is_ok() {
+                found = Some(entry);
+            }
+        }
+        let entry = found.ok_or(ApiError::Unauthorized)?;
+        admit(entry)?;
+        Ok(PageSession::new(entry, cookie.to_owned()))
+    }
+}
+
+/// A signed-in page: its caller, its cookie's value, and the token its forms carry.
+pub struct PageSession {
+    pub caller: Caller,
+    pub cookie: String,
+    /// An HMAC of the session under its key: only one who holds the key or can read the page
+    /// can name it, and it ends with the session.
+    pub csrf: String,
+}
+
+impl PageSession {
+    fn new(entry: &Entry, cookie: String) -> PageSession {
+        let mut message = b"pusher ui form\0".to_vec();
+        message.extend_from_slice(cookie.as_bytes());
+        let tag = hmac::sign(&entry.signer, &message);
+        PageSession {
+            caller: entry.caller.clone(),
+            csrf: tag.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+            cookie,
+        }
+    }
+}
+
+/// What a session's MAC covers, under a label of its own (no other MAC of the key matches).
+fn session_message(app: &str, expiry: u64) -> Vec<u8> {
+    format!("pusher ui session\0{app}\0{expiry}").into_bytes()
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The key's rate limit: one more request, or 429 with when to come back.
+fn admit(entry: &Entry) -> Result<(), ApiError> {
+    entry.limiter.check().map_err(|not_until| {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        ApiError::RateLimited {
+            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        }
+    })
 }
 
 /// The authenticated caller of a request: the key's name and its app.
@@ -97,5 +195,64 @@ impl FromRequestParts<ApiState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Caller, ApiError> {
         state.keys.authorize(&parts.headers)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[(&str, &str, &str)]) -> Keys {
+        let list: Vec<ApiKey> = list
+            .iter()
+            .map(|(name, app, key)| ApiKey {
+                name: (*name).to_owned(),
+                app: (*app).to_owned(),
+                key: Secret::new(*key),
+            })
+            .collect();
+        Keys::new(&list, 1000, 1000)
+    }
+
+    #[test]
+    fn a_session_names_no_key_and_ends() {
+        let (one, two) = ("key-one-0123456789", "key-two-0123456789");
+        let all = keys(&[
+            ("a", "game", one),
+            ("b", "game", two),
+            ("c", "other", "key-c-0123456789"),
+        ]);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let session = all.open_session(two, now).unwrap();
+        assert!(!session.cookie.contains(two), "{}", session.cookie);
+        assert!(
+            session.cookie.starts_with("game.1800043200."),
+            "{}",
+            session.cookie
+        );
+        let back = all.session(&session.cookie, now).unwrap();
+        assert_eq!(&*back.caller.name, "b");
+        assert_eq!(back.csrf, session.csrf);
+        // Its last second, then expired.
+        let last = now + SESSION_LIFETIME - Duration::from_secs(1);
+        assert!(all.session(&session.cookie, last).is_ok());
+        assert!(matches!(
+            all.session(&session.cookie, now + SESSION_LIFETIME),
+            Err(ApiError::Unauthorized)
+        ));
+        // Another session of the same key carries another form token.
+        let later = all.open_session(two, now + Duration::from_secs(1)).unwrap();
+        assert_ne!(later.csrf, session.csrf);
+        // Its key out of the config (the app's other key still in): refused.
+        let rotated = keys(&[("a", "game", one)]);
+        assert!(rotated.session(&session.cookie, now).is_err());
+        // Moved to another app: refused.
+        let moved = session.cookie.replacen("game.", "other.", 1);
+        assert!(all.session(&moved, now).is_err());
+        assert!(all.open_session("key-three-0123456789", now).is_err());
+        for bad in ["", "game", "game.1.2", ".1800043200.", "game.x.AAAA", two] {
+            assert!(all.session(bad, now).is_err(), "{bad}");
+        }
     }
 }

@@ -37,6 +37,7 @@ use axum::{Json, Router};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +67,8 @@ pub struct ApiSettings {
     pub max_connections: usize,
     /// How long a request body may take to arrive, from the end of its head (then 408).
     pub body_timeout: Duration,
+    /// How long a write to a client may wait for it to read (then the connection is closed).
+    pub write_timeout: Duration,
     /// Bytes of records built and in flight to Kafka at once, over all requests (then 503).
     pub max_in_flight_bytes: usize,
 }
@@ -119,6 +122,7 @@ impl ApiSettings {
             deeplink_base: config.route.deeplink_base.clone(),
             max_connections: a.max_connections,
             body_timeout: a.body_timeout,
+            write_timeout: a.write_timeout,
             max_in_flight_bytes: a.max_in_flight_bytes,
         }
     }
@@ -147,9 +151,15 @@ pub struct Inner {
     writes: tokio_util::task::TaskTracker,
     /// Bytes of records the writes in progress hold.
     budget: limits::Budget,
-    /// `/healthz`'s last look at the brokers: when, and the problem it found.
-    kafka_probe: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
+    /// `/healthz`'s last look at the brokers: when, and the problem it found. Locked for as
+    /// long as a look runs ([`kafka_problem_now`]).
+    kafka_probe: Arc<tokio::sync::Mutex<Option<KafkaLook>>>,
+    /// Looks at the brokers started by `/healthz`.
+    kafka_looks: AtomicUsize,
 }
+
+/// When `/healthz` last looked at the brokers, and the problem it found.
+type KafkaLook = (Instant, Option<String>);
 
 impl std::ops::Deref for ApiState {
     type Target = Inner;
@@ -176,7 +186,8 @@ impl ApiState {
             accepted: Mutex::new(BTreeMap::new()),
             sync_waiters: Arc::new(tokio::sync::Semaphore::new(SYNC_WAITERS)),
             writes: tokio_util::task::TaskTracker::new(),
-            kafka_probe: tokio::sync::Mutex::new(None),
+            kafka_probe: Arc::new(tokio::sync::Mutex::new(None)),
+            kafka_looks: AtomicUsize::new(0),
         }))
     }
 
@@ -188,6 +199,11 @@ impl ApiState {
     /// The reader behind the queue routes (how many clients and reads it made).
     pub fn lag(&self) -> &crate::platform::lag::LagReader {
         &self.lag
+    }
+
+    /// How many looks at the brokers `/healthz` started.
+    pub fn kafka_looks(&self) -> usize {
+        self.kafka_looks.load(Ordering::Relaxed)
     }
 }
 
@@ -262,7 +278,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// to [`SHUTDOWN_GRACE`]), and the writes they started finish. HTTP/1.1 on hyper directly
 /// rather than `axum::serve`, for what that lacks: a client that takes over 10 s to send its
 /// request head (slow-loris) is disconnected, as the fakes and `/metrics` do. Its body has
-/// `api.bodyTimeout`; at most `api.maxConnections` are open at once.
+/// `api.bodyTimeout`; a write that waits `api.writeTimeout` on a client that does not read
+/// closes the connection; at most `api.maxConnections` are open at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
@@ -298,12 +315,17 @@ pub async fn serve(
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let stop = stop.clone();
+        let write_timeout = state.settings.write_timeout;
         connections.spawn(async move {
             let _place = place;
+            // Without it, a client that never reads held its connection, its place and the
+            // answer's memory until TCP gave up on it.
+            let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(write_timeout));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                .serve_connection(hyper_util::rt::TokioIo::new(Box::pin(stream)), service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
@@ -558,17 +580,16 @@ async fn write(
         .await
         .map_err(store_error)?;
     crate::telemetry::health::set("api postgres", None);
-    // A busy claim is free once its request is done, or once it goes stale: Retry-After is
-    // the latter (a retry sooner may already find it done), so that a client that follows it
-    // is not out of retries before then.
-    let busy = claimed
+    // A busy claim is free once its request is done, or once it goes stale.
+    let busy: Vec<Duration> = claimed
         .iter()
         .filter_map(|c| match c {
             Claimed::Busy { stale_in } => Some(*stale_in),
             _ => None,
         })
-        .max();
-    if let Some(stale_in) = busy {
+        .collect();
+    if let Some(&stale_in) = busy.iter().max() {
+        let retry_after = busy.iter().map(|s| busy_retry_after(stale_after, *s)).max();
         let _ = state.store.release(app, &claim, &keys).await;
         return Err(ApiError::Conflict {
             message: format!(
@@ -576,7 +597,7 @@ async fn write(
                  answered once that request is done, or taken over in {} s if it died)",
                 stale_in.as_secs_f64().ceil()
             ),
-            retry_after_secs: Some(stale_in.as_secs_f64().ceil().max(1.0) as u64),
+            retry_after_secs: retry_after,
         });
     }
 
@@ -669,6 +690,18 @@ async fn write(
         }
     }
     Ok(answer)
+}
+
+/// `Retry-After` for a claim busy with another request: as long as it has been held (at least
+/// 1 s), at most until it goes stale. A young claim's request is most likely still running and
+/// done within a second or two; one that has run long is likely to run longer, or is dead and
+/// free only once stale, so the retries thin out as the claim ages (a handful over its whole
+/// life) and the last one lands when it can be taken over. Seen: always the time until stale,
+/// up to 75 s, for a request that was done a second later.
+fn busy_retry_after(stale_after: Duration, stale_in: Duration) -> u64 {
+    let held = stale_after.saturating_sub(stale_in);
+    let wait = held.min(stale_in).max(Duration::from_secs(1));
+    wait.as_secs_f64().ceil() as u64
 }
 
 /// The elements of `v` at `indexes`.
@@ -1549,25 +1582,31 @@ async fn healthz(State(state): State<ApiState>) -> Response {
 
 /// Whether the brokers answer now: one metadata request at a time, whose answer serves the
 /// calls of the next second (an unauthenticated route must not make a request to Kafka, and
-/// hold a blocking thread, per call).
+/// hold a blocking thread, per call). The look runs in a task of its own that holds the lock
+/// until it is done: a caller that hangs up drops only its wait, and the next caller waits for
+/// that look's answer. Seen: the hang-up released the lock with the look still running, so
+/// callers that hung up started looks side by side, bounded only by the blocking pool.
 async fn kafka_problem_now(state: &ApiState) -> Option<String> {
-    let mut last = state.kafka_probe.lock().await;
+    let mut last = state.kafka_probe.clone().lock_owned().await;
     if let Some((at, problem)) = &*last {
         if at.elapsed() < Duration::from_secs(1) {
             return problem.clone();
         }
     }
-    let probe = {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || state.producer.reachable(Duration::from_secs(2)))
-    };
-    let problem = match probe.await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("no broker answered within 2 s: {e}")),
-        Err(e) => Some(e.to_string()),
-    };
-    *last = Some((Instant::now(), problem.clone()));
-    problem
+    state.kafka_looks.fetch_add(1, Ordering::Relaxed);
+    let state = state.clone();
+    let look = tokio::spawn(async move {
+        let probe =
+            tokio::task::spawn_blocking(move || state.producer.reachable(Duration::from_secs(2)));
+        let problem = match probe.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("no broker answered within 2 s: {e}")),
+            Err(e) => Some(e.to_string()),
+        };
+        *last = Some((Instant::now(), problem.clone()));
+        problem
+    });
+    look.await.unwrap_or_else(|e| Some(e.to_string()))
 }
 
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {

@@ -3,15 +3,18 @@
 //! notification's result, see live counts. No JavaScript and no build step: plain HTML forms.
 //!
 //! Protected like the API: the same keys. A browser cannot send a bearer header from a form,
-//! so `POST /ui/login` takes the key once and keeps it in an `HttpOnly`, `SameSite=Strict`
-//! cookie scoped to `/ui` (other sites' pages cannot make the browser send it, and the JSON
-//! API never reads it), `Secure` when the request came over HTTPS (`X-Forwarded-Proto`, from
-//! the proxy that ends TLS). `SameSite` trusts the whole registrable domain, so every form
-//! that changes something also carries a token derived from the key ([`csrf_token`]), which
-//! a sibling subdomain's page cannot know. Pages are `Cache-Control: no-store` (they list
-//! device tokens) and not to be framed. The HTML is written with `format!`, every value
-//! through `escape` (html-escape): a page this size does not need a template engine.
+//! so `POST /ui/login` takes the key once and answers a session (`Keys::open_session`: the
+//! app, an expiry 12 h on, and an HMAC of both under the key; never the key itself) in an
+//! `HttpOnly`, `SameSite=Strict` cookie scoped to `/ui` (other sites' pages cannot make the
+//! browser send it, and the JSON API never reads it), `Secure` when the request came over HTTPS
+//! (`X-Forwarded-Proto`, from the proxy that ends TLS). `SameSite` trusts the whole registrable
+//! domain, so every form that changes something also carries a token derived from the session
+//! (an HMAC under the key), which a sibling subdomain's page cannot know. Pages are
+//! `Cache-Control: no-store` (they list device tokens) and not to be framed. The HTML is
+//! written with `format!`, every value through `escape` (html-escape): a page this size does
+//! not need a template engine.
 
+use super::auth::SESSION_LIFETIME;
 use super::error::ApiError;
 use super::{store_error, ApiState, Caller};
 use crate::platform::messages::{valid_name, Localization, Message, Priority};
@@ -22,7 +25,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 use std::fmt::Write;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 const COOKIE: &str = "pusher_ui";
 
@@ -34,9 +37,9 @@ fn escape(text: &str) -> String {
     html_escape::encode_safe(text).into_owned()
 }
 
-/// A signed-in browser: the caller whose key the cookie holds, and the token its forms
-/// carry. An extractor, so that a form's sender is known before its body is read: the body of
-/// an unknown one is never waited for.
+/// A signed-in browser: the caller whose key signed the cookie's session, and the token its
+/// forms carry. An extractor, so that a form's sender is known before its body is read: the
+/// body of an unknown one is never waited for.
 pub(super) struct Session {
     caller: Caller,
     csrf: String,
@@ -46,7 +49,7 @@ impl FromRequestParts<ApiState> for Session {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Session, ApiError> {
-        let key = parts
+        let cookie = parts
             .headers
             .get_all(header::COOKIE)
             .iter()
@@ -56,22 +59,12 @@ impl FromRequestParts<ApiState> for Session {
             .find(|(name, _)| *name == COOKIE)
             .map(|(_, value)| value)
             .ok_or(ApiError::Unauthorized)?;
+        let session = state.keys.session(cookie, SystemTime::now())?;
         Ok(Session {
-            caller: state.keys.authorize_key(key)?,
-            csrf: csrf_token(key),
+            caller: session.caller,
+            csrf: session.csrf,
         })
     }
-}
-
-/// The token a session's forms carry: SHA-256 of the key, under a label of its own. Only one
-/// who knows the key (or can read the page) can name it; no state is kept for it.
-fn csrf_token(key: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(b"pusher ui form\0")
-        .chain_update(key.as_bytes())
-        .finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A form's token is the session's, compared in constant time.
@@ -399,50 +392,48 @@ fn over_https(headers: &HeaderMap) -> bool {
         .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
 }
 
-/// `POST /ui/login`: a valid key becomes the session cookie.
+/// `POST /ui/login`: a valid key becomes a session cookie (which does not hold the key).
 pub(super) async fn login(
     State(state): State<ApiState>,
     headers: HeaderMap,
     given: Result<Form<Login>, FormRejection>,
 ) -> Result<Response, ApiError> {
     let form = form(given, LOGIN_BODY_LIMIT)?;
-    let key = form.key.trim();
-    // Cookie values cannot hold these; such a key cannot be one of ours anyway.
-    if key.is_empty() || key.contains([';', ',', ' ', '"', '\\']) || !key.is_ascii() {
-        return Ok((
-            StatusCode::UNAUTHORIZED,
-            Html(login_page(Some("Unknown API key."))),
-        )
-            .into_response());
-    }
-    // Over HTTPS, the browser is told never to send the key over plain HTTP.
+    // Over HTTPS, the browser is told never to send the session over plain HTTP.
     let secure = if over_https(&headers) { "; Secure" } else { "" };
-    Ok(match state.keys.authorize_key(key) {
-        Ok(_) => (
-            StatusCode::SEE_OTHER,
-            [
-                (header::LOCATION, "/ui".to_owned()),
-                (
-                    header::SET_COOKIE,
-                    format!("{COOKIE}={key}; Path=/ui; HttpOnly; SameSite=Strict{secure}"),
-                ),
-            ],
-        )
-            .into_response(),
-        Err(ApiError::RateLimited { .. }) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            Html(login_page(Some("Too many attempts: wait a moment."))),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::UNAUTHORIZED,
-            Html(login_page(Some("Unknown API key."))),
-        )
-            .into_response(),
-    })
+    Ok(
+        match state.keys.open_session(form.key.trim(), SystemTime::now()) {
+            Ok(session) => (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::LOCATION, "/ui".to_owned()),
+                    (
+                        header::SET_COOKIE,
+                        format!(
+                            "{COOKIE}={}; Path=/ui; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
+                            session.cookie,
+                            SESSION_LIFETIME.as_secs()
+                        ),
+                    ),
+                ],
+            )
+                .into_response(),
+            Err(ApiError::RateLimited { .. }) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Html(login_page(Some("Too many attempts: wait a moment."))),
+            )
+                .into_response(),
+            Err(_) => (
+                StatusCode::UNAUTHORIZED,
+                Html(login_page(Some("Unknown API key."))),
+            )
+                .into_response(),
+        },
+    )
 }
 
-/// `POST /ui/logout`: forgets the cookie.
+/// `POST /ui/logout`: the browser forgets the cookie. Nothing is kept to revoke: a copy of it
+/// taken before still works until it expires (12 h) or its key leaves the config.
 pub(super) async fn logout() -> Response {
     (
         StatusCode::SEE_OTHER,
