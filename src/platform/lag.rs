@@ -172,27 +172,36 @@ impl LagReader {
             .clone();
         // Concurrent calls wait here for the one read, then take its answer (a failure too:
         // each waiter reading again would queue a timeout each).
-        let mut held = slot.lock().await;
+        let mut held = slot.lock_owned().await;
         if let Some((_, answer)) = held.as_ref().filter(|(at, _)| at.elapsed() < FRESH) {
             return answer.clone();
         }
-        let answer = match self.client(group) {
-            Ok(client) => {
-                self.reads.fetch_add(1, Ordering::Relaxed);
-                let topics = topics.to_vec();
-                tokio::task::spawn_blocking(move || read(&client, &topics, timeout))
+        let client = self.client(group);
+        if client.is_ok() {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        let topics = topics.to_vec();
+        // The read and its answer in a task of their own, holding the slot: a caller that
+        // hangs up (a monitoring probe's timeout) drops its wait, not the lock, so the next
+        // caller waits for this read instead of starting another beside it.
+        let reading = tokio::spawn(async move {
+            let answer = match client {
+                Ok(client) => tokio::task::spawn_blocking(move || read(&client, &topics, timeout))
                     .await
                     .map_err(|e| LagError::Stopped(e.to_string()))
                     .and_then(|r| r.map_err(LagError::from))
                     .map(|position| Reading {
                         position,
                         at: Instant::now(),
-                    })
-            }
-            Err(e) => Err(e.into()),
-        };
-        *held = Some((Instant::now(), answer.clone()));
-        answer
+                    }),
+                Err(e) => Err(e.into()),
+            };
+            *held = Some((Instant::now(), answer.clone()));
+            answer
+        });
+        reading
+            .await
+            .unwrap_or_else(|e| Err(LagError::Stopped(e.to_string())))
     }
 
     /// The client for `group`, made at its first read.
@@ -205,5 +214,26 @@ impl LagReader {
         self.created.fetch_add(1, Ordering::Relaxed);
         clients.insert(group.to_owned(), client.clone());
         Ok(client)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Callers that hang up mid-read (a monitoring probe's own timeout) leave the read running,
+    /// and the next caller waits for it: one read, not one per caller. Seen: each hang-up
+    /// freed the slot, and the next caller started a read beside the blocked one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_that_hang_up_share_one_read() {
+        // Nothing listens there: a read waits out its timeout.
+        let lag = LagReader::new("127.0.0.1:1");
+        let topics = vec!["push-x_apns".to_owned()];
+        for _ in 0..5 {
+            let call = lag.position("g", &topics, Duration::from_secs(3));
+            let _ = tokio::time::timeout(Duration::from_millis(100), call).await;
+        }
+        assert_eq!(lag.reads(), 1);
     }
 }
