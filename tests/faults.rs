@@ -121,6 +121,31 @@ struct Scenario {
     junk_every: Option<u64>,
 }
 
+/// A fake's profile: down (503) from its start for `outage`.
+fn down_from_the_start(outage: Duration) -> Profile {
+    let yaml = format!(
+        "outages: [{{start_ms: 0, duration_ms: {}}}]",
+        outage.as_millis()
+    );
+    Profile::from_yaml(&format!("down{}ms", outage.as_millis()), &yaml).unwrap()
+}
+
+impl Scenario {
+    /// A built-in profile at `rate` messages a second for `seconds`: four tries 50 ms to 2 s
+    /// apart, a 5 s request timeout, failing on a fault, no junk.
+    fn built_in(name: &str, rate: u64, seconds: u64) -> Scenario {
+        Scenario {
+            profile: built_in(name),
+            rate,
+            messages: seconds * rate,
+            retry: retry(4, 50, 2000),
+            request_timeout: Duration::from_secs(5),
+            on_fault: OnFault::Fail,
+            junk_every: None,
+        }
+    }
+}
+
 /// What came out of a run.
 struct Run {
     summary: RunSummary,
@@ -381,19 +406,7 @@ fn retry(max_attempts: u32, base_ms: u64, cap_ms: u64) -> RetryPolicy {
 async fn throttled_retries_honour_retry_after_and_recover() {
     // 429 with Retry-After: 1 for the first 500 ms of every 2 s.
     let rate = 1000;
-    let r = run_scenario(
-        "throttled",
-        Scenario {
-            profile: built_in("throttled"),
-            rate,
-            messages: 5 * rate,
-            retry: retry(4, 50, 2000),
-            request_timeout: Duration::from_secs(5),
-            on_fault: OnFault::Fail,
-            junk_every: None,
-        },
-    )
-    .await;
+    let r = run_scenario("throttled", Scenario::built_in("throttled", rate, 5)).await;
     let counts = check_common("throttled", &r, 4);
     // A throttled message waits its second and then goes through: nothing is given up.
     assert_eq!(counts.get("gave_up"), None);
@@ -425,19 +438,7 @@ async fn throttled_retries_honour_retry_after_and_recover() {
 async fn flaky_errors_are_retried_with_jittered_backoff() {
     // Log-normal latency, 1 % 500, 2 % 503, 1 % 429 (no Retry-After).
     let rate = 1500;
-    let r = run_scenario(
-        "flaky",
-        Scenario {
-            profile: built_in("flaky"),
-            rate,
-            messages: 3 * rate,
-            retry: retry(4, 50, 2000),
-            request_timeout: Duration::from_secs(5),
-            on_fault: OnFault::Fail,
-            junk_every: None,
-        },
-    )
-    .await;
+    let r = run_scenario("flaky", Scenario::built_in("flaky", rate, 3)).await;
     check_common("flaky", &r, 4);
     let mut gaps = first_retry_gaps(&r.answers, 503);
     gaps.extend(first_retry_gaps(&r.answers, 500));
@@ -643,19 +644,7 @@ async fn outage_of_30s_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn goaway_every_1000_streams_loses_nothing() {
     let rate = 1500;
-    let r = run_scenario(
-        "goaway",
-        Scenario {
-            profile: built_in("goaway"),
-            rate,
-            messages: 3 * rate,
-            retry: retry(4, 50, 2000),
-            request_timeout: Duration::from_secs(5),
-            on_fault: OnFault::Fail,
-            junk_every: None,
-        },
-    )
-    .await;
+    let r = run_scenario("goaway", Scenario::built_in("goaway", rate, 3)).await;
     let counts = check_common("goaway", &r, 4);
     let stats = r.fake.stats();
     assert!(stats.goaways_sent >= 2, "{stats:?}");
@@ -673,19 +662,7 @@ async fn goaway_every_1000_streams_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_resets_are_retried() {
     let rate = 1500;
-    let r = run_scenario(
-        "resets",
-        Scenario {
-            profile: built_in("resets"),
-            rate,
-            messages: 3 * rate,
-            retry: retry(4, 50, 2000),
-            request_timeout: Duration::from_secs(5),
-            on_fault: OnFault::Fail,
-            junk_every: None,
-        },
-    )
-    .await;
+    let r = run_scenario("resets", Scenario::built_in("resets", rate, 3)).await;
     let counts = check_common("resets", &r, 4);
     let stats = r.fake.stats();
     assert!(stats.streams_reset > 0, "{stats:?}");
@@ -704,13 +681,8 @@ async fn stalls_longer_than_the_timeout_are_retried() {
     let r = run_scenario(
         "stall",
         Scenario {
-            profile: built_in("stall"),
-            rate,
-            messages: 3 * rate,
-            retry: retry(4, 50, 2000),
             request_timeout: Duration::from_secs(1),
-            on_fault: OnFault::Fail,
-            junk_every: None,
+            ..Scenario::built_in("stall", rate, 3)
         },
     )
     .await;
@@ -1008,14 +980,7 @@ async fn an_outage_that_outlives_every_waiting_message_still_ends() {
     let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 1).unwrap();
     let brokers = kafka.bootstrap().to_string();
     let outage = Duration::from_secs(4);
-    let profile = Profile::from_yaml(
-        "down4s",
-        &format!(
-            "outages: [{{start_ms: 0, duration_ms: {}}}]",
-            outage.as_millis()
-        ),
-    )
-    .unwrap();
+    let profile = down_from_the_start(outage);
     let fake_started = Instant::now();
     let (fake, _log) = start_recording_fake(profile, 0).await;
     let mut apns = config(&fake, fake.tls_url(), token_auth());
@@ -1117,14 +1082,7 @@ async fn messages_of_a_revoked_partition_stop_waiting_at_a_failing_endpoint() {
     let kafka = KafkaMock::start(1, std::slice::from_ref(&topic), 2).unwrap();
     let brokers = kafka.bootstrap().to_string();
     let outage = Duration::from_secs(12);
-    let profile = Profile::from_yaml(
-        "down12s",
-        &format!(
-            "outages: [{{start_ms: 0, duration_ms: {}}}]",
-            outage.as_millis()
-        ),
-    )
-    .unwrap();
+    let profile = down_from_the_start(outage);
     let fake_started = Instant::now();
     let (fake, log) = start_recording_fake(profile, 0).await;
     let sender = || {
