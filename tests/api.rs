@@ -1438,6 +1438,110 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
     assert_eq!((counts.stored, counts.webhooks), (2, 2), "{counts:?}");
 }
 
+/// Verdicts of notifications not ready yet (one the API has not recorded, one whose request is
+/// still pending) are stored, and the results process stops; both become ready while none
+/// runs. The next results process calls each one's webhook, once. Seen: they were kept in the
+/// process's memory only, and a restart lost their webhooks, silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_ready_while_no_results_process_runs_still_call_their_webhook() {
+    use pusher::platform::results::run as results;
+    use pusher::platform::webhook::Webhooks;
+    let app = fresh_app("api");
+    let feedback = format!("push-{app}-gcm-feedbacks");
+    let kafka = TestKafka::start(&[&feedback], 1).await;
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let (hook, mut calls) = common::platform::webhook_receiver().await;
+    let hooks = || {
+        Webhooks::new(&std::collections::BTreeMap::from([(
+            app.clone(),
+            hook.clone(),
+        )]))
+        .unwrap()
+    };
+    let key = ClaimKey {
+        idem_key: "n:late-2".into(),
+        notif_id: "late-2".into(),
+    };
+    store
+        .claim(&app, "c1", &[key], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let first = tokio::spawn(results(
+        common::platform::results_group(kafka.bootstrap(), &app),
+        store.clone(),
+        hooks(),
+        stop.clone(),
+    ));
+    common::platform::produce_delivered(kafka.bootstrap(), &app, "late-1", "tok-1").await;
+    common::platform::produce_delivered(kafka.bootstrap(), &app, "late-2", "tok-2").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store
+        .result_total(&app, &["late-1".into(), "late-2".into()])
+        .await
+        .unwrap()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the verdicts were never stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let counts = first.await.unwrap().unwrap();
+    // Both committed: the next process reads neither again.
+    assert_eq!((counts.stored, counts.webhooks), (2, 0), "{counts:?}");
+
+    // Ready while no results process runs.
+    store
+        .record_accepted(&app, &[("late-1".into(), Some(1))])
+        .await
+        .unwrap();
+    store
+        .confirm(&app, "c1", &[("n:late-2".into(), Some(1))], &[])
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let next = tokio::spawn(results(
+        common::platform::results_group(kafka.bootstrap(), &app),
+        store.clone(),
+        hooks(),
+        stop.clone(),
+    ));
+    let mut called = Vec::new();
+    for _ in 0..2 {
+        let body = tokio::time::timeout(Duration::from_secs(20), calls.recv())
+            .await
+            .expect("the next process calls the webhook of each")
+            .unwrap();
+        assert_eq!(body["counts"], json!({"delivered": 1}), "{body}");
+        called.push(body["notif_id"].as_str().unwrap().to_owned());
+    }
+    called.sort();
+    assert_eq!(called, ["late-1", "late-2"]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), calls.recv())
+            .await
+            .is_err(),
+        "each once"
+    );
+    stop.cancel();
+    let counts = next.await.unwrap().unwrap();
+    assert_eq!((counts.stored, counts.webhooks), (0, 2), "{counts:?}");
+    let waiting: i64 = store
+        .pool()
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM pusher_early_verdicts WHERE app = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(waiting, 0, "nothing waits once called");
+}
+
 /// Completion reads a running count of each notification's verdicts (`done`), added to as
 /// they are stored, instead of counting every verdict of it again on each batch (quadratic over
 /// a broadcast): a verdict replacing an older one for its token adds nothing; verdicts stored

@@ -1255,6 +1255,150 @@ async fn claims_of_a_failed_attempt_are_given_back_when_its_retry_sends_nothing(
     assert_eq!((c.events.pushes, c.events.rate_limited), (1, 0), "{c:?}");
 }
 
+/// A batch attempt charges a device's limit for one of an event's two messages, then fails
+/// (the second charge's statement fails, as a failover would fail it), and its retry comes
+/// after the messages' life: the retry sends nothing and gives the charge back, so the user's
+/// next message is sent. Seen: the device stayed charged, and the next message was refused as
+/// `device_limit` although the device had got nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_charge_of_a_failed_attempt_is_given_back_when_its_retry_sends_nothing() {
+    let p = Platform::start(
+        1,
+        DeviceLimits {
+            limit: Some(Limit {
+                count: 1,
+                window_s: 3600.0,
+            }),
+            dedup_window_s: 0.0,
+        },
+    )
+    .await;
+    let en = |text: &str| json!([{"language_id": 1, "text": text}]);
+    // One event, two messages to one device: two charges, two statements.
+    for name in ["energy", "lives"] {
+        p.put_message(
+            name,
+            json!({"event_id": 9, "expiry_s": 2, "localizations": en(name)}),
+        )
+        .await;
+    }
+    p.put_message("gift", json!({"event_id": 10, "localizations": en("gift")}))
+        .await;
+    p.events(json!([login(5, 1, 1, "gcm-5")])).await;
+    p.wait_routed().await;
+    // The second statement charging this app's limit outlasts the messages' life, then fails;
+    // the retry comes 1 s later.
+    let store = common::platform::store().await;
+    let pg = store.pool().get().await.unwrap();
+    let tag = p.app.replace('-', "_");
+    let trigger = common::platform::TestTrigger::create(
+        &pg,
+        &format!("test_charge_{tag}"),
+        "BEFORE INSERT",
+        "pusher_device_limits",
+        &format!(
+            "IF NEW.app = '{app}' AND nextval('test_charge_{tag}') = 2 THEN
+             PERFORM pg_sleep(2.5);
+             RAISE EXCEPTION 'injected: failover';
+             END IF;",
+            app = p.app
+        ),
+    )
+    .await;
+    p.events(json!([{"user_id": 5, "event_id": 9, "timestamp": now_ms()}]))
+        .await;
+    p.wait_routed().await;
+    p.events(json!([{"user_id": 5, "event_id": 10}])).await;
+    p.wait_routed().await;
+    let pushes = p.pushes(1);
+    let tries = trigger.drop(&pg).await;
+    assert!(tries >= 3, "charged, failed, then the gift: {tries}");
+    let sent: Vec<(String, String)> = pushes
+        .iter()
+        .map(|(platform, token, m)| (token.clone(), text(platform, m).1))
+        .collect();
+    assert_eq!(sent, [("gcm-5".to_owned(), "gift".to_owned())]);
+    let charged: Vec<String> = pg
+        .query_one(
+            "SELECT charged FROM pusher_device_limits WHERE app = $1 AND token = 'gcm-5'",
+            &[&p.app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(charged.len(), 1, "the gift's charge only: {charged:?}");
+    assert!(charged[0].ends_with(".gift"), "{charged:?}");
+    let c = p.stop().await;
+    assert_eq!(skipped(&c, "expired"), 2, "{c:?}");
+    assert_eq!((c.events.pushes, c.events.rate_limited), (1, 0), "{c:?}");
+}
+
+/// A limit charge given back is given back once, only by its owner, and never below what the
+/// device's later charges need: given back after a newer charge made once the older had run
+/// out, it frees nothing (the device holds one push's room per interval, as without the older
+/// charge); the newest given back frees one push's room.
+#[tokio::test]
+async fn a_limit_charge_given_back_leaves_the_later_charges() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let claims = Claims::new(store.pool());
+    let app = common::platform::fresh_app("gb");
+    // Two pushes per 4 s: one every 2 s.
+    let limit = Limit {
+        count: 2,
+        window_s: 4.0,
+    };
+    let charge = |owner: &str| {
+        [Claim {
+            subject: "tok".into(),
+            message: String::new(),
+            owner: owner.into(),
+        }]
+    };
+    assert_eq!(
+        claims.limit(&app, &charge("a"), limit).await.unwrap(),
+        [true]
+    );
+    // Past a's interval: b's charge counts from its own time.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        claims.limit(&app, &charge("b"), limit).await.unwrap(),
+        [true]
+    );
+    for _ in 0..2 {
+        claims
+            .give_back_charges(&app, &charge("a"), limit)
+            .await
+            .unwrap();
+    }
+    // Another owner's give-back touches nothing.
+    claims
+        .give_back_charges(&app, &charge("x"), limit)
+        .await
+        .unwrap();
+    assert_eq!(
+        claims.limit(&app, &charge("c"), limit).await.unwrap(),
+        [true]
+    );
+    assert_eq!(
+        claims.limit(&app, &charge("d"), limit).await.unwrap(),
+        [false],
+        "b and c stand: the device is full"
+    );
+    claims
+        .give_back_charges(&app, &charge("c"), limit)
+        .await
+        .unwrap();
+    assert_eq!(
+        claims.limit(&app, &charge("e"), limit).await.unwrap(),
+        [true]
+    );
+    assert_eq!(
+        claims.limit(&app, &charge("f"), limit).await.unwrap(),
+        [false]
+    );
+}
+
 /// An event in the same batch as a segment is judged by the clock of its turn, not of the
 /// batch's start: one whose message's life ended while the segment streamed is `expired` and
 /// claims nothing. Seen: it was claimed, marked sent and produced with an expiry already past

@@ -44,6 +44,13 @@ pub struct Limit {
     pub window_s: f64,
 }
 
+impl Limit {
+    /// The GCRA's interval, the time one push costs: `window / count`, in seconds.
+    fn interval_s(&self) -> f64 {
+        bounded(self.window_s) / f64::from(self.count.max(1))
+    }
+}
+
 /// Most owners a device's limit remembers (see [`Claims::limit`]).
 pub const CHARGED_KEPT: u32 = 64;
 
@@ -175,7 +182,7 @@ impl Claims {
             })
             .collect();
         let window_s = bounded(limit.window_s);
-        let interval = window_s / f64::from(limit.count.max(1));
+        let interval = limit.interval_s();
         // `count` later charges push an owner out: its redelivery, if one still comes, is
         // then charged again (as every redelivery was with one owner kept).
         let kept = limit.count.clamp(1, CHARGED_KEPT) as i32;
@@ -204,6 +211,58 @@ impl Claims {
             mark(&mut won, &round, keyed.iter(), &rows);
         }
         Ok(won.into_iter().map(|c| c == Claimed::Won).collect())
+    }
+
+    /// Gives back the per-device limit's charges of pushes not sent (an earlier attempt of the
+    /// batch charged them, and its retry does not send them): only where the owner is still
+    /// one the device remembers, once (the owner is forgotten). The device's `tat` goes back
+    /// by one interval, but never below what the later charges need: each of the `k` newer
+    /// owners was charged at or before now, so at most `now + k * interval` (exact for the
+    /// newest; for an older one it may give back less).
+    pub async fn give_back_charges(
+        &self,
+        app: &str,
+        claims: &[Claim],
+        limit: Limit,
+    ) -> Result<(), StoreError> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let keyed: Vec<Claim> = claims
+            .iter()
+            .map(|c| Claim {
+                message: String::new(),
+                ..c.clone()
+            })
+            .collect();
+        let interval = limit.interval_s();
+        let client = self.pool.get().await?;
+        for round in rounds(keyed.iter()) {
+            let tokens: Vec<&str> = round.iter().map(|&i| keyed[i].subject.as_str()).collect();
+            let owners: Vec<&str> = round.iter().map(|&i| keyed[i].owner.as_str()).collect();
+            // Locked in token order, as the charges lock them.
+            super::store::execute(
+                &client,
+                "WITH t AS (SELECT * FROM unnest($2::text[], $3::text[]) AS t(token, owner)),
+                 locked AS MATERIALIZED (
+                     SELECT d.token FROM pusher_device_limits d JOIN t ON d.token = t.token
+                     WHERE d.app = (SELECT $1::text)
+                       AND d.token = ANY((SELECT $2::text[])::text[])
+                       AND t.owner = ANY(d.charged)
+                     ORDER BY d.token FOR UPDATE OF d)
+                 UPDATE pusher_device_limits AS r
+                     SET tat = least(r.tat, greatest(r.tat - $4 * interval '1 second',
+                             now() + (array_position(r.charged, t.owner) - 1)
+                                     * $4 * interval '1 second')),
+                         charged = array_remove(r.charged, t.owner)
+                     FROM t, locked
+                     WHERE r.app = (SELECT $1::text) AND r.token = locked.token
+                       AND r.token = t.token AND t.owner = ANY(r.charged)",
+                &[&app, &tokens, &owners, &interval],
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Gives back dedup claims won for pushes that were then not sent (the device limit

@@ -203,8 +203,9 @@ pub async fn route(
     )?;
 
     let mut candidates = Vec::new();
-    // (event, message) pairs skipped before the claims: a claim an earlier attempt of this
-    // batch won for one of them is given back below.
+    // (event, message) pairs skipped before the claims, then those inside another event's
+    // cooldown: a claim an earlier attempt of this batch won for one of them is given back
+    // below.
     let mut unclaimed: Vec<(&Event, &Message)> = Vec::new();
     for event in events {
         let Some(list) = triggered.get(&event.event_id) else {
@@ -304,7 +305,7 @@ pub async fn route(
         })
         .copied()
         .unwrap_or(settings.default_limits);
-    give_back(stores.claims, app, &unclaimed, &by_user, &limits).await?;
+    give_back_cooldowns(stores.claims, app, &unclaimed).await?;
 
     // Cooldown: one claim per (user, message) and batch; a second event for the same pair in
     // the same batch is inside the cooldown by definition.
@@ -327,6 +328,7 @@ pub async fn route(
             claimed.push(i);
         } else {
             counts.skip("cooldown");
+            unclaimed.push((c.event, c.message));
         }
     }
     let found = stores.claims.cooldown(app, &claims).await?;
@@ -337,12 +339,24 @@ pub async fn route(
                 sending.push(i);
                 routed.cooldown_sent.push(claim);
             }
-            Claimed::Lost => counts.skip("cooldown"),
+            Claimed::Lost => {
+                counts.skip("cooldown");
+                unclaimed.push((candidates[i].event, candidates[i].message));
+            }
             // Redelivered (a crash or a rebalance after its pushes were in Kafka).
             Claimed::Sent => counts.skip("already_sent"),
         }
     }
     sending.sort_unstable();
+    // What an earlier attempt claimed for pushes this one does not send, given back before
+    // this attempt's claims on the same devices (`give_back_cooldowns`, why). Only claims still
+    // the event's own and unsent, or charges still its own, are touched: on a first attempt
+    // there are none. A device that left the user since keeps its claim and its charge until
+    // they run out: both are found by device, and the user's devices are all this attempt knows.
+    let unsent = device_claims(&unclaimed, &by_user);
+    if limits.dedup_window_s > 0.0 {
+        stores.claims.release_dedup(app, &unsent).await?;
+    }
 
     // Every device of every notification that may send, then the per-device checks.
     let mut pushes: Vec<(Notification, &Device)> = Vec::new();
@@ -387,6 +401,18 @@ pub async fn route(
         }
     }
     if let Some(limit) = limits.limit {
+        // The charges of an earlier attempt for pushes this one does not send: those above,
+        // and those that are duplicates now (its dedup claim ran out and another push took it).
+        let mut charged = unsent;
+        charged.extend(
+            (0..pushes.len())
+                .filter(|&i| verdict[i] == Some("duplicate"))
+                .map(|i| claim_of(&pushes[i])),
+        );
+        stores
+            .claims
+            .give_back_charges(app, &charged, limit)
+            .await?;
         let open: Vec<usize> = (0..pushes.len())
             .filter(|&i| verdict[i].is_none())
             .collect();
@@ -454,20 +480,18 @@ pub async fn route(
     Ok(routed)
 }
 
-/// Gives back the unsent claims an earlier attempt of the batch won for (event, message) pairs
-/// that this attempt skipped before the claims: the attempt failed after the claims (Kafka
-/// down, a later statement), and by the retry the event expired, the user lost their last
-/// device, opted out, or the message changed. Held, the user would get nothing of that
-/// message for the whole cooldown (and each device nothing of it for the dedup window),
-/// although nothing was sent. Only claims still the event's own and unsent are touched: on a
-/// first attempt there are none. Before the claims, so that another event of the batch for
-/// the same pair may win it now. A charge of the per-device limit is not given back.
-async fn give_back(
+/// Gives back the unsent cooldown claims an earlier attempt of the batch won for (event,
+/// message) pairs that this attempt skipped before the claims: the attempt failed after the
+/// claims (Kafka down, a later statement), and by the retry the event expired, the user lost
+/// their last device, opted out, or the message changed. Held, the user would get nothing of
+/// that message for the whole cooldown, although nothing was sent. Only claims still the
+/// event's own and unsent are touched: on a first attempt there are none. Before the claims,
+/// so that another event of the batch for the same pair may win it now; the same holds for
+/// each device's dedup claims and limit charges, given back before theirs.
+async fn give_back_cooldowns(
     claims: &Claims,
     app: &str,
     unclaimed: &[(&Event, &Message)],
-    by_user: &HashMap<i64, Vec<&Device>>,
-    limits: &DeviceLimits,
 ) -> Result<(), StoreError> {
     let cooldowns: Vec<Claim> = unclaimed
         .iter()
@@ -478,26 +502,25 @@ async fn give_back(
             owner: e.uid.clone(),
         })
         .collect();
-    claims.release_cooldowns(app, &cooldowns).await?;
-    if limits.dedup_window_s > 0.0 {
-        // A device that left the user since keeps its claim until the window ends.
-        let dedups: Vec<Claim> = unclaimed
-            .iter()
-            .flat_map(|(e, m)| {
-                by_user
-                    .get(&e.user_id)
-                    .into_iter()
-                    .flatten()
-                    .map(move |d| Claim {
-                        subject: d.token.clone(),
-                        message: m.name.clone(),
-                        owner: format!("{}.{}", e.uid, m.name),
-                    })
-            })
-            .collect();
-        claims.release_dedup(app, &dedups).await?;
-    }
-    Ok(())
+    claims.release_cooldowns(app, &cooldowns).await
+}
+
+/// The (device, message) claims the notifications of `pairs` would take on the user's devices.
+fn device_claims(pairs: &[(&Event, &Message)], by_user: &HashMap<i64, Vec<&Device>>) -> Vec<Claim> {
+    pairs
+        .iter()
+        .flat_map(|(e, m)| {
+            by_user
+                .get(&e.user_id)
+                .into_iter()
+                .flatten()
+                .map(move |d| Claim {
+                    subject: d.token.clone(),
+                    message: m.name.clone(),
+                    owner: format!("{}.{}", e.uid, m.name),
+                })
+        })
+        .collect()
 }
 
 /// Pushkin's opt-out event (4006): each pair's value names a message (its numeric id or its

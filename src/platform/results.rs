@@ -6,17 +6,18 @@
 //! `token_invalid` verdict also removes the token from the device registry, unless it was
 //! registered again after the message was consumed. An app's webhook is called once per
 //! notification when it is complete: at its last verdict, or, for one that reached no device,
-//! when the router counted 0 (looked for every second).
+//! when the router counted 0, or, for one whose verdicts came before the API had recorded or
+//! confirmed it, once it has (both looked for every second).
 
 use super::consume::{self, GroupSettings};
-use super::store::{Completed, ResultRow, Store, StoreError};
+use super::store::{Completed, ResultRow, Store, StoreError, HOOKED_FOR};
 use super::webhook::{self, Webhooks};
 use parking_lot::Mutex;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -124,7 +125,6 @@ pub async fn run(
         webhooks,
         elsewhere: Arc::default(),
         warned: Arc::default(),
-        later: Arc::default(),
     };
     // Before the first batch: a verdict completing another process's app must be handed over.
     completion.share_hooks().await;
@@ -161,18 +161,13 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// the requests topic's retention (Kafka's default is 7 days), so that no login still
 /// waiting there can be older than a tombstone already deleted.
 const DEAD_TOKENS_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
-/// How long a notification whose verdicts came before it was ready is looked at again.
-const LATER_FOR: Duration = Duration::from_secs(60);
-/// At most this many of those are kept (each is a pair of short strings).
-const LATER_MAX: usize = 100_000;
+/// How long a notification whose verdicts came before it was ready waits to be ready, from
+/// its latest verdict (`Store::claim_ready`).
+const READY_WITHIN: Duration = Duration::from_secs(60);
+/// At most this many of those that became ready are looked at a second.
+const READY_MAX: i64 = 1_000;
 /// At most this many abandoned webhook calls are claimed again a second.
 const ABANDONED_MAX: i64 = 1_000;
-/// How long an app announced by a results process with its hook counts as hooked: longer than
-/// an outage of that process (with 10 minutes, a crash loop of 15 lost, silently, the webhooks
-/// of what completed after the tenth), so what completes meanwhile waits for the hook instead
-/// of being dropped. An app whose hook was removed for good is handed over until then, or
-/// until its row in `pusher_webhook_apps` is deleted.
-const HOOKED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Calls an app's webhook once per notification, when it is complete.
 #[derive(Clone)]
@@ -186,56 +181,31 @@ struct Completion {
     elsewhere: Arc<parking_lot::RwLock<HashSet<String>>>,
     /// Apps whose hand-over was logged (once each, not each batch).
     warned: Arc<Mutex<HashSet<String>>>,
-    /// Notifications whose verdicts came before they could complete (no row yet, or a
-    /// pending one), with their latest such verdict: looked at again by the sweep.
-    later: Arc<Mutex<HashMap<(String, String), Instant>>>,
 }
 
 impl Completion {
-    /// Calls the webhook of each of `pairs` that is now complete; keeps for later those that
-    /// were not ready, with the time of each one's latest verdict (now, for those not given).
-    /// Returns the calls started.
-    /// `recount`: those whose running count may be short (`Store::store_results`).
+    /// Calls the webhook of each of `pairs` that is now complete; returns the calls started.
+    /// `recount`: those whose running count may be short (`Store::store_results`). Those not
+    /// ready yet (no row, or a pending one) were kept in PostgreSQL with their verdicts, for
+    /// the sweep (`Store::claim_ready`).
     async fn check(
         &self,
         pairs: Vec<(String, String)>,
-        since: &HashMap<(String, String), Instant>,
         recount: &HashSet<(String, String)>,
     ) -> Result<u64, StoreError> {
-        // Not ready is asked first: a row confirmed between the two statements is then
-        // claimed by the second, or looked at again; asked after, it could be neither.
-        let not_ready = self.store.not_ready(&pairs).await?;
         let complete = self.store.claim_completed(&pairs, recount).await?;
+        Ok(self.dispatch(complete).await)
+    }
+
+    /// Calls the hooks of `complete` (claimed) that this process has, and hands the others
+    /// over; returns the calls started.
+    async fn dispatch(&self, complete: Vec<Completed>) -> u64 {
         let (complete, handed): (Vec<Completed>, Vec<Completed>) = complete
             .into_iter()
             .partition(|c| self.webhooks.has(&c.app));
         let started = self.call_all(&complete).await;
         self.hand_over(&handed).await;
-        let done: HashSet<(&str, &str)> = complete
-            .iter()
-            .map(|c| (c.app.as_str(), c.notif_id.as_str()))
-            .collect();
-        let now = Instant::now();
-        let mut later = self.later.lock();
-        for pair in not_ready {
-            if done.contains(&(pair.0.as_str(), pair.1.as_str())) {
-                continue;
-            }
-            let seen = since.get(&pair).copied().unwrap_or(now);
-            if now.duration_since(seen) >= LATER_FOR {
-                continue;
-            }
-            if later.len() >= LATER_MAX && !later.contains_key(&pair) {
-                tracing::warn!(
-                    app = pair.0,
-                    notif_id = pair.1,
-                    "Too many notifications waiting to be ready; this one's webhook is not called."
-                );
-                continue;
-            }
-            remember(&mut later, pair, seen);
-        }
-        Ok(started)
+        started
     }
 
     /// Announces this process's hooked apps, and reads those hooked elsewhere.
@@ -331,9 +301,10 @@ impl Completion {
 
     /// Every second until `stop`: this process's hooked apps announced and the others'
     /// read, the notifications that reached no device (complete as soon as the router counted
-    /// 0, with no verdict ever to trigger `check`), the calls a process that died or handed
-    /// them over left, and the notifications whose verdicts came before they were ready.
-    /// Returns the calls it started.
+    /// 0, with no verdict ever to trigger `check`), the notifications whose verdicts came
+    /// before they were ready and that are ready now (kept in PostgreSQL, so a restart loses
+    /// none), and the calls a process that died or handed them over left. Returns the calls it
+    /// started.
     async fn sweep(self, stop: CancellationToken) -> u64 {
         let apps: Vec<&str> = self.webhooks.apps().collect();
         let mut calls = 0;
@@ -350,6 +321,20 @@ impl Completion {
                 Ok(complete) => calls += self.call_all(&complete).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot look for notifications that reached no device; retrying.")
+                }
+            }
+            // Those of the apps handed over too: this process hands them over.
+            let mut tracked: Vec<String> = self.elsewhere.read().iter().cloned().collect();
+            tracked.extend(apps.iter().map(|a| a.to_string()));
+            let tracked: Vec<&str> = tracked.iter().map(String::as_str).collect();
+            match self
+                .store
+                .claim_ready(&tracked, READY_WITHIN, READY_MAX)
+                .await
+            {
+                Ok(complete) => calls += self.dispatch(complete).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot look for notifications that became ready; retrying.")
                 }
             }
             match self
@@ -379,33 +364,8 @@ impl Completion {
                     }
                 });
             }
-            let due: HashMap<(String, String), Instant> = std::mem::take(&mut *self.later.lock());
-            if due.is_empty() {
-                continue;
-            }
-            let pairs: Vec<(String, String)> = due.keys().cloned().collect();
-            // Their verdicts came before their row: its running count may have missed some.
-            let recount: HashSet<(String, String)> = pairs.iter().cloned().collect();
-            match self.check(pairs, &due, &recount).await {
-                Ok(n) => calls += n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot look at notifications again; retrying.");
-                    let mut later = self.later.lock();
-                    for (pair, first) in due {
-                        later.entry(pair).or_insert(first);
-                    }
-                }
-            }
         }
     }
-}
-
-/// Keeps `pair` to look at again, `LATER_FOR` from its latest verdict: a verdict of a
-/// notification already waiting moves its window on (with the earliest, the window left after
-/// the last verdict of a slow `accept` could be next to none).
-fn remember(later: &mut HashMap<(String, String), Instant>, pair: (String, String), seen: Instant) {
-    let slot = later.entry(pair).or_insert(seen);
-    *slot = (*slot).max(seen);
 }
 
 /// The webhook's body: the notification, its targets and its verdicts counted by outcome.
@@ -443,7 +403,7 @@ impl Writer {
         let recount: HashSet<(String, String)> = uncounted.into_iter().collect();
         self.counts.webhooks += self
             .completion
-            .check(pairs, &HashMap::new(), &recount)
+            .check(pairs, &recount)
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
@@ -531,21 +491,6 @@ fn read(batch: &[BorrowedMessage<'_>]) -> (Vec<ResultRow>, ResultCounts) {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    /// A notification waiting to be ready is looked at again for `LATER_FOR` after its
-    /// latest verdict, not its first; a look from the sweep (its old time) keeps the newer.
-    #[test]
-    fn a_later_verdict_moves_the_window_on() {
-        let mut later = HashMap::new();
-        let pair = ("g".to_owned(), "n".to_owned());
-        let first = Instant::now();
-        let next = first + Duration::from_secs(50);
-        remember(&mut later, pair.clone(), first);
-        remember(&mut later, pair.clone(), next);
-        assert_eq!(later[&pair], next);
-        remember(&mut later, pair.clone(), first);
-        assert_eq!(later[&pair], next);
-    }
 
     #[test]
     fn the_default_template_matches_every_app() {

@@ -11,6 +11,13 @@ use tokio_postgres::Row;
 /// The schema, also in `fixtures/platform.sql` for whoever creates tables by hand.
 pub const SCHEMA: &str = include_str!("../../fixtures/platform.sql");
 
+/// How long an app announced by a results process with its hook counts as hooked: longer than
+/// an outage of that process (with 10 minutes, a crash loop of 15 lost, silently, the webhooks
+/// of what completed after the tenth), so what completes meanwhile waits for the hook instead
+/// of being dropped. An app whose hook was removed for good is handed over until then, or
+/// until its row in `pusher_webhook_apps` is deleted.
+pub const HOOKED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or refused a statement: not the request's fault.
@@ -433,6 +440,69 @@ fn pair_columns(pairs: &[(String, String)]) -> (Vec<&str>, Vec<&str>) {
         .unzip()
 }
 
+/// Locks the notifications `(apps[i], ids[i])` in key order, as `store_results` locks them:
+/// a statement counting their verdicts after this sees every verdict already added to `done`.
+async fn lock_notifications(
+    tx: &deadpool_postgres::Transaction<'_>,
+    apps: &[String],
+    ids: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    let lock = tx
+        .prepare_cached(
+            "SELECT 1 FROM pusher_notifications n
+                 JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                   ON n.app = t.app AND n.notif_id = t.notif_id
+                 ORDER BY n.app, n.notif_id FOR UPDATE OF n",
+        )
+        .await?;
+    tx.query(&lock, &[&apps, &ids]).await?;
+    Ok(())
+}
+
+/// Sets the running count of the notifications `(apps[i], ids[i])` (locked) to their verdicts
+/// and claims the webhook of those now complete, accepted and not claimed yet: those, with
+/// their verdicts counted by outcome.
+async fn count_and_claim(
+    tx: &deadpool_postgres::Transaction<'_>,
+    apps: &[String],
+    ids: &[String],
+) -> Result<Vec<Completed>, tokio_postgres::Error> {
+    let claim = tx
+        .prepare_cached(
+            "UPDATE pusher_notifications AS n
+                 SET done = c.done,
+                     notified_at = CASE WHEN c.done >= n.targets THEN now() END
+                 FROM (SELECT app, notif_id, sum(n)::int AS done,
+                              array_agg(outcome) AS outcomes, array_agg(n) AS counts
+                       FROM (SELECT r.app, r.notif_id, r.outcome, count(*) AS n
+                             FROM pusher_results r
+                             JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                               ON r.app = t.app AND r.notif_id = t.notif_id
+                             GROUP BY r.app, r.notif_id, r.outcome) AS o
+                       GROUP BY app, notif_id) AS c
+                 WHERE n.app = c.app AND n.notif_id = c.notif_id AND n.state = 'accepted'
+                   AND n.notified_at IS NULL AND n.targets > 0
+                 RETURNING n.app, n.notif_id, n.targets, c.outcomes, c.counts,
+                           n.notified_at IS NOT NULL",
+        )
+        .await?;
+    let rows = tx.query(&claim, &[&apps, &ids]).await?;
+    Ok(rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(5))
+        .map(|r| {
+            let outcomes: Vec<String> = r.get(3);
+            let counts: Vec<i64> = r.get(4);
+            Completed {
+                app: r.get(0),
+                notif_id: r.get(1),
+                targets: r.get(2),
+                counts: outcomes.into_iter().zip(counts).collect(),
+            }
+        })
+        .collect())
+}
+
 /// A unique violation on `(app, notif_id)`: a client-chosen notif_id already taken.
 fn taken(e: tokio_postgres::Error, keys: &[ClaimKey]) -> StoreError {
     let on_notif_id = e.as_db_error().is_some_and(|db| {
@@ -508,6 +578,9 @@ impl Store {
     /// notifications that got new rows while they had no row of their own to count them (a
     /// verdict faster than the API, or than the router recording what it reached): a row made
     /// meanwhile may have missed them, so [`Store::claim_completed`] counts those again.
+    /// Those, and those whose row is still pending, of apps with a webhook
+    /// (`pusher_webhook_apps`), are kept in `pusher_early_verdicts` with the verdicts, for
+    /// [`Store::claim_ready`]: once they are ready, no verdict may come to say so.
     pub async fn store_results(
         &self,
         rows: &[ResultRow],
@@ -536,6 +609,9 @@ impl Store {
             // for the same token adds nothing). The notifications are locked in key order
             // before `done` is added to, as `claim_completed` locks them: two results processes
             // storing verdicts of the same notifications in other orders deadlocked otherwise.
+            // Not ready (`early`): no row (an event's `<event id>.<message>` never has one: left
+            // out) or a pending one; written after those rows are locked, in key order, as
+            // `claim_ready` locks the rows, then these.
             "WITH stored AS (
                  INSERT INTO pusher_results AS r
                        (app, notif_id, token, platform, outcome, reason, at)
@@ -561,10 +637,22 @@ impl Store {
                  FROM fresh, locked
                  WHERE w.app = fresh.app AND w.notif_id = fresh.notif_id
                    AND locked.app = fresh.app AND locked.notif_id = fresh.notif_id
-                 RETURNING w.app, w.notif_id)
-             SELECT fresh.app, fresh.notif_id FROM fresh
-             WHERE NOT EXISTS (SELECT 1 FROM counted c
-                               WHERE c.app = fresh.app AND c.notif_id = fresh.notif_id)",
+                 RETURNING w.app, w.notif_id, w.state),
+             uncounted AS (
+                 SELECT fresh.app, fresh.notif_id FROM fresh
+                 WHERE NOT EXISTS (SELECT 1 FROM counted c
+                                   WHERE c.app = fresh.app AND c.notif_id = fresh.notif_id)),
+             early AS (
+                 INSERT INTO pusher_early_verdicts AS e (app, notif_id)
+                 SELECT x.app, x.notif_id FROM (
+                     SELECT app, notif_id FROM uncounted WHERE strpos(notif_id, '.') = 0
+                     UNION SELECT app, notif_id FROM counted WHERE state = 'pending') AS x
+                 WHERE EXISTS (SELECT 1 FROM pusher_webhook_apps h WHERE h.app = x.app
+                               AND h.seen_at > now() - make_interval(secs => $8))
+                 ORDER BY x.app, x.notif_id
+                 ON CONFLICT (app, notif_id) DO UPDATE
+                   SET seen_at = greatest(e.seen_at, EXCLUDED.seen_at))
+             SELECT app, notif_id FROM uncounted",
             &[
                 &col(|r| &r.app),
                 &col(|r| &r.notif_id),
@@ -573,6 +661,7 @@ impl Store {
                 &col(|r| &r.outcome),
                 &col(|r| &r.reason),
                 &at,
+                &HOOKED_FOR.as_secs_f64(),
             ],
         )
         .await?;
@@ -685,78 +774,79 @@ impl Store {
         let apps: Vec<String> = candidates.iter().map(|r| r.get(0)).collect();
         let ids: Vec<String> = candidates.iter().map(|r| r.get(1)).collect();
         let tx = client.transaction().await?;
-        // Locked in key order, as `store_results` locks them; counted by the next statement,
-        // whose snapshot then holds every verdict already added to `done`.
-        let lock = tx
-            .prepare_cached(
-                "SELECT 1 FROM pusher_notifications n
-                     JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
-                       ON n.app = t.app AND n.notif_id = t.notif_id
-                     ORDER BY n.app, n.notif_id FOR UPDATE OF n",
-            )
-            .await?;
-        tx.query(&lock, &[&apps, &ids]).await?;
-        let claim = tx
-            .prepare_cached(
-                "UPDATE pusher_notifications AS n
-                     SET done = c.done,
-                         notified_at = CASE WHEN c.done >= n.targets THEN now() END
-                     FROM (SELECT app, notif_id, sum(n)::int AS done,
-                                  array_agg(outcome) AS outcomes, array_agg(n) AS counts
-                           FROM (SELECT r.app, r.notif_id, r.outcome, count(*) AS n
-                                 FROM pusher_results r
-                                 JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
-                                   ON r.app = t.app AND r.notif_id = t.notif_id
-                                 GROUP BY r.app, r.notif_id, r.outcome) AS o
-                           GROUP BY app, notif_id) AS c
-                     WHERE n.app = c.app AND n.notif_id = c.notif_id AND n.state = 'accepted'
-                       AND n.notified_at IS NULL AND n.targets > 0
-                     RETURNING n.app, n.notif_id, n.targets, c.outcomes, c.counts,
-                               n.notified_at IS NOT NULL",
-            )
-            .await?;
-        let rows = tx.query(&claim, &[&apps, &ids]).await?;
+        lock_notifications(&tx, &apps, &ids).await?;
+        let complete = count_and_claim(&tx, &apps, &ids).await?;
         tx.commit().await?;
-        Ok(rows
-            .iter()
-            .filter(|r| r.get::<_, bool>(5))
-            .map(|r| {
-                let outcomes: Vec<String> = r.get(3);
-                let counts: Vec<i64> = r.get(4);
-                Completed {
-                    app: r.get(0),
-                    notif_id: r.get(1),
-                    targets: r.get(2),
-                    counts: outcomes.into_iter().zip(counts).collect(),
-                }
-            })
-            .collect())
+        Ok(complete)
     }
 
-    /// Of the `(app, notif_id)` pairs, those whose verdicts came before their notification
-    /// was ready to complete: no row yet (the API records an unkeyed request's notifications
-    /// once Kafka acknowledged them, and a verdict can be faster), or a row still pending (its
-    /// request not confirmed yet). `<event id>.<message>` never has a row of its own: with no
-    /// row, an id with a dot is left out.
-    pub async fn not_ready(
+    /// Of `apps`' notifications whose verdicts came before they were ready
+    /// (`pusher_early_verdicts`, kept by `store_results`), those now ready (accepted, their
+    /// targets known), up to `limit`: their verdicts counted again (a row made while some were
+    /// being stored missed them), those complete claimed as [`Store::claim_completed`] claims
+    /// them, and none of them waiting any longer, in one transaction. Then those of any app
+    /// still not ready `wait` after their latest verdict are dropped (their request failed, or
+    /// no API accepted them), and those of an app no results process has announced a hook for
+    /// since [`HOOKED_FOR`].
+    pub async fn claim_ready(
         &self,
-        pairs: &[(String, String)],
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        if pairs.is_empty() {
-            return Ok(Vec::new());
+        apps: &[&str],
+        wait: Duration,
+        limit: i64,
+    ) -> Result<Vec<Completed>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let mut complete = Vec::new();
+        if !apps.is_empty() {
+            let tx = client.transaction().await?;
+            let ready = tx
+                .prepare_cached(
+                    "SELECT e.app, e.notif_id FROM pusher_early_verdicts e
+                         JOIN pusher_notifications n ON n.app = e.app AND n.notif_id = e.notif_id
+                         WHERE e.app = ANY($1) AND n.state = 'accepted' AND n.targets IS NOT NULL
+                         ORDER BY e.app, e.notif_id LIMIT $2",
+                )
+                .await?;
+            let ready = tx.query(&ready, &[&apps, &limit]).await?;
+            if !ready.is_empty() {
+                let apps: Vec<String> = ready.iter().map(|r| r.get(0)).collect();
+                let ids: Vec<String> = ready.iter().map(|r| r.get(1)).collect();
+                lock_notifications(&tx, &apps, &ids).await?;
+                // A verdict still being stored holds its notification's row here (if it was
+                // counted) or its own (if not): counted once it is in. In key order, after the
+                // notifications, as `store_results` writes them.
+                let lock = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM pusher_early_verdicts e
+                             JOIN unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                               ON e.app = t.app AND e.notif_id = t.notif_id
+                             ORDER BY e.app, e.notif_id FOR UPDATE OF e",
+                    )
+                    .await?;
+                tx.query(&lock, &[&apps, &ids]).await?;
+                complete = count_and_claim(&tx, &apps, &ids).await?;
+                let done = tx
+                    .prepare_cached(
+                        "DELETE FROM pusher_early_verdicts AS e
+                             USING unnest($1::text[], $2::text[]) AS t(app, notif_id)
+                             WHERE e.app = t.app AND e.notif_id = t.notif_id",
+                    )
+                    .await?;
+                tx.execute(&done, &[&apps, &ids]).await?;
+            }
+            tx.commit().await?;
         }
-        let (apps, ids) = pair_columns(pairs);
-        let client = self.pool.get().await?;
-        let rows = query(
+        execute(
             &client,
-            "SELECT t.app, t.notif_id FROM unnest($1::text[], $2::text[]) AS t(app, notif_id)
-                 LEFT JOIN pusher_notifications n ON n.app = t.app AND n.notif_id = t.notif_id
-                 WHERE n.state = 'pending'
-                    OR (n.notif_id IS NULL AND strpos(t.notif_id, '.') = 0)",
-            &[&apps, &ids],
+            "DELETE FROM pusher_early_verdicts AS e
+                 WHERE e.seen_at < now() - make_interval(secs => $1)
+                   AND (e.seen_at < now() - make_interval(secs => $2)
+                        OR NOT EXISTS (SELECT 1 FROM pusher_notifications n
+                                       WHERE n.app = e.app AND n.notif_id = e.notif_id
+                                         AND n.state = 'accepted' AND n.targets IS NOT NULL))",
+            &[&wait.as_secs_f64(), &HOOKED_FOR.as_secs_f64()],
         )
         .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(complete)
     }
 
     /// Of `apps`' notifications, those the router found no device for (`targets` 0), whose
