@@ -162,8 +162,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// waiting there can be older than a tombstone already deleted.
 const DEAD_TOKENS_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a notification whose verdicts came before it was ready waits to be ready, from
-/// its latest verdict (`Store::claim_ready`).
-const READY_WITHIN: Duration = Duration::from_secs(60);
+/// its latest verdict (`Store::claim_ready`): well past the longest an API request's claim
+/// stays pending before it goes stale (its produce timeout plus the statement timeout, ~75 s
+/// by default), so a slow confirm still gets its webhook.
+const READY_WITHIN: Duration = Duration::from_secs(600);
 /// At most this many of those that became ready are looked at a second.
 const READY_MAX: i64 = 1_000;
 /// At most this many abandoned webhook calls are claimed again a second.

@@ -55,7 +55,11 @@ impl From<deadpool_postgres::PoolError> for StoreError {
         match e {
             // A new connection failed: PostgreSQL's own words (a role or database that does
             // not exist), where deadpool's text says only "db error".
-            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            // Unavailable whatever its SQLSTATE: no connection is a request's fault.
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Unavailable(
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |db| db.message().to_owned()),
+            ),
             e => StoreError::Unavailable(e.to_string()),
         }
     }
@@ -837,12 +841,19 @@ impl Store {
         }
         execute(
             &client,
-            "DELETE FROM pusher_early_verdicts AS e
-                 WHERE e.seen_at < now() - make_interval(secs => $1)
-                   AND (e.seen_at < now() - make_interval(secs => $2)
-                        OR NOT EXISTS (SELECT 1 FROM pusher_notifications n
-                                       WHERE n.app = e.app AND n.notif_id = e.notif_id
-                                         AND n.state = 'accepted' AND n.targets IS NOT NULL))",
+            // Locked in key order, skipping rows another statement holds, as `store_results`
+            // and the claim above take them: a delete in heap order could deadlock them.
+            "DELETE FROM pusher_early_verdicts AS d
+                 USING (SELECT e.app, e.notif_id FROM pusher_early_verdicts AS e
+                        WHERE e.seen_at < now() - make_interval(secs => $1)
+                          AND (e.seen_at < now() - make_interval(secs => $2)
+                               OR NOT EXISTS (SELECT 1 FROM pusher_notifications n
+                                              WHERE n.app = e.app AND n.notif_id = e.notif_id
+                                                AND n.state = 'accepted'
+                                                AND n.targets IS NOT NULL))
+                        ORDER BY e.app, e.notif_id
+                        FOR UPDATE SKIP LOCKED) AS old
+                 WHERE d.app = old.app AND d.notif_id = old.notif_id",
             &[&wait.as_secs_f64(), &HOOKED_FOR.as_secs_f64()],
         )
         .await?;

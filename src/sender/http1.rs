@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,6 +21,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// Idle connections kept per client: enough for the requests one origin has in flight at a
 /// time in steady state; a burst past it opens (and then closes) more.
 const MAX_IDLE: usize = 32;
+/// Idle connections kept by all clients together: each is a socket, and web push has a client
+/// per origin (up to `webpush.maxOrigins`), whose endpoints subscribers choose.
+const MAX_IDLE_TOTAL: usize = 1024;
+static IDLE_TOTAL: AtomicUsize = AtomicUsize::new(0);
 /// An idle connection older than this is closed, not reused: servers close idle keep-alive
 /// connections (nginx after 75 s, many after 5-60 s), and one closed while we write to it
 /// fails the request.
@@ -27,13 +32,54 @@ const IDLE_FOR: Duration = Duration::from_secs(30);
 
 type Connection = SendRequest<Full<Bytes>>;
 
+/// A client's idle connections, oldest first, each with when its last exchange ended; counted
+/// in `IDLE_TOTAL` while held.
+#[derive(Default)]
+struct Idle(Vec<(Connection, Instant)>);
+
+impl Idle {
+    fn pop(&mut self) -> Option<(Connection, Instant)> {
+        let newest = self.0.pop()?;
+        IDLE_TOTAL.fetch_sub(1, Ordering::Relaxed);
+        Some(newest)
+    }
+
+    /// Keeps `connection` unless this client or the process holds enough idle ones.
+    fn push(&mut self, connection: Connection) {
+        self.prune();
+        if self.0.len() >= MAX_IDLE || IDLE_TOTAL.fetch_add(1, Ordering::Relaxed) >= MAX_IDLE_TOTAL
+        {
+            if self.0.len() < MAX_IDLE {
+                IDLE_TOTAL.fetch_sub(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        self.0.push((connection, Instant::now()));
+    }
+
+    /// Closes those idle too long or closed by their server (at each request of the client: a
+    /// quiet origin's are closed by the server, or at its next request).
+    fn prune(&mut self) {
+        let before = self.0.len();
+        self.0
+            .retain(|(c, since)| since.elapsed() <= IDLE_FOR && !c.is_closed());
+        IDLE_TOTAL.fetch_sub(before - self.0.len(), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        IDLE_TOTAL.fetch_sub(self.0.len(), Ordering::Relaxed);
+    }
+}
+
 #[derive(Clone)]
 pub struct Http1Client {
     target: Target,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     timeout: Duration,
-    /// Connections whose last exchange ended cleanly, newest last, with when it ended.
-    idle: Arc<parking_lot::Mutex<Vec<(Connection, Instant)>>>,
+    /// Connections whose last exchange ended cleanly.
+    idle: Arc<parking_lot::Mutex<Idle>>,
 }
 
 impl std::fmt::Debug for Http1Client {
@@ -115,13 +161,14 @@ impl Http1Client {
         self.read(connection, response).await
     }
 
-    /// The newest idle connection still open and ready, closing older or stale ones.
+    /// The newest idle connection still open and ready, closing stale ones.
     async fn take_idle(&self) -> Option<Connection> {
         loop {
-            let (mut connection, since) = self.idle.lock().pop()?;
-            if since.elapsed() > IDLE_FOR || connection.is_closed() {
-                continue;
-            }
+            let (mut connection, _) = {
+                let mut idle = self.idle.lock();
+                idle.prune();
+                idle.pop()?
+            };
             if connection.ready().await.is_ok() {
                 return Some(connection);
             }
@@ -143,10 +190,7 @@ impl Http1Client {
             .to_bytes();
         // Kept unless already closed; one the server closes meanwhile is found by `ready`.
         if !connection.is_closed() {
-            let mut idle = self.idle.lock();
-            if idle.len() < MAX_IDLE {
-                idle.push((connection, Instant::now()));
-            }
+            self.idle.lock().push(connection);
         }
         Ok((parts, body))
     }
