@@ -1221,21 +1221,7 @@ async fn claims_of_a_failed_attempt_are_given_back_when_its_retry_sends_nothing(
     // sequence, which a rollback does not undo, counts the tries); the retry comes 1 s later.
     let store = common::platform::store().await;
     let pg = store.pool().get().await.unwrap();
-    let tag = p.app.replace('-', "_");
-    let trigger = common::platform::TestTrigger::create(
-        &pg,
-        &format!("test_limit_{tag}"),
-        "BEFORE INSERT",
-        "pusher_device_limits",
-        &format!(
-            "IF NEW.app = '{app}' AND nextval('test_limit_{tag}') = 1 THEN
-             PERFORM pg_sleep(2.5);
-             RAISE EXCEPTION 'injected: failover';
-             END IF;",
-            app = p.app
-        ),
-    )
-    .await;
+    let trigger = failing_limit_charge(&p, &pg, "test_limit", 1).await;
     p.events(json!([{"user_id": 5, "event_id": 9, "timestamp": now_ms()}]))
         .await;
     p.wait_routed().await;
@@ -1253,6 +1239,32 @@ async fn claims_of_a_failed_attempt_are_given_back_when_its_retry_sends_nothing(
     assert_eq!(skipped(&c, "expired"), 1, "{c:?}");
     assert_eq!(skipped(&c, "cooldown"), 0, "{c:?}");
     assert_eq!((c.events.pushes, c.events.rate_limited), (1, 0), "{c:?}");
+}
+
+/// Makes the `nth` statement charging `p`'s device limit outlast 2.5 s (the events' life in
+/// these tests), then fail, as a failover would; a sequence, which a rollback does not undo,
+/// counts the tries.
+async fn failing_limit_charge(
+    p: &Platform,
+    pg: &tokio_postgres::Client,
+    name: &str,
+    nth: u32,
+) -> common::platform::TestTrigger {
+    let name = format!("{name}_{}", p.app.replace('-', "_"));
+    common::platform::TestTrigger::create(
+        pg,
+        &name,
+        "BEFORE INSERT",
+        "pusher_device_limits",
+        &format!(
+            "IF NEW.app = '{app}' AND nextval('{name}') = {nth} THEN
+             PERFORM pg_sleep(2.5);
+             RAISE EXCEPTION 'injected: failover';
+             END IF;",
+            app = p.app
+        ),
+    )
+    .await
 }
 
 /// A batch attempt charges a device's limit for one of an event's two messages, then fails
@@ -1290,21 +1302,7 @@ async fn a_limit_charge_of_a_failed_attempt_is_given_back_when_its_retry_sends_n
     // the retry comes 1 s later.
     let store = common::platform::store().await;
     let pg = store.pool().get().await.unwrap();
-    let tag = p.app.replace('-', "_");
-    let trigger = common::platform::TestTrigger::create(
-        &pg,
-        &format!("test_charge_{tag}"),
-        "BEFORE INSERT",
-        "pusher_device_limits",
-        &format!(
-            "IF NEW.app = '{app}' AND nextval('test_charge_{tag}') = 2 THEN
-             PERFORM pg_sleep(2.5);
-             RAISE EXCEPTION 'injected: failover';
-             END IF;",
-            app = p.app
-        ),
-    )
-    .await;
+    let trigger = failing_limit_charge(&p, &pg, "test_charge", 2).await;
     p.events(json!([{"user_id": 5, "event_id": 9, "timestamp": now_ms()}]))
         .await;
     p.wait_routed().await;

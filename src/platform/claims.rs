@@ -174,13 +174,7 @@ impl Claims {
         limit: Limit,
     ) -> Result<Vec<bool>, StoreError> {
         let mut won = vec![Claimed::Lost; claims.len()];
-        let keyed: Vec<Claim> = claims
-            .iter()
-            .map(|c| Claim {
-                message: String::new(),
-                ..c.clone()
-            })
-            .collect();
+        let keyed = per_device(claims);
         let window_s = bounded(limit.window_s);
         let interval = limit.interval_s();
         // `count` later charges push an owner out: its redelivery, if one still comes, is
@@ -228,13 +222,7 @@ impl Claims {
         if claims.is_empty() {
             return Ok(());
         }
-        let keyed: Vec<Claim> = claims
-            .iter()
-            .map(|c| Claim {
-                message: String::new(),
-                ..c.clone()
-            })
-            .collect();
+        let keyed = per_device(claims);
         let interval = limit.interval_s();
         let client = self.pool.get().await?;
         for round in rounds(keyed.iter()) {
@@ -407,6 +395,17 @@ fn mark<'a>(
             None => Claimed::Lost,
         };
     }
+}
+
+/// `claims` keyed by device alone: a device's limit counts every message.
+fn per_device(claims: &[Claim]) -> Vec<Claim> {
+    claims
+        .iter()
+        .map(|c| Claim {
+            message: String::new(),
+            ..c.clone()
+        })
+        .collect()
 }
 
 #[cfg(test)]
