@@ -135,6 +135,19 @@ impl ConsumerContext for RebalanceContext {
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
+            // Lost, not handed over (the session timed out, or a poll came too late): the
+            // group has given the partitions to others already, and they may have committed
+            // past us. Our commit could only be refused for the old generation, after a
+            // synchronous wait on a coordinator we lost touch with, or (on a broker that does
+            // not check generations) move their offsets back.
+            if consumer.assignment_lost() {
+                tracing::warn!(
+                    partitions = revoked.len(),
+                    "Partitions lost to the group: not committing; their new owners redo what was unfinished."
+                );
+                revoke_then_commit(&self.tracker, &revoked, |_| {});
+                return;
+            }
             revoke_then_commit(&self.tracker, &revoked, |commits| {
                 // Synchronous: the new owner starts from what we commit here.
                 match consumer.commit(&to_list(commits), CommitMode::Sync) {
