@@ -344,11 +344,6 @@ impl Report {
                 String::new()
             }
         );
-        let _ = writeln!(
-            s,
-            "  latency      {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-            "p50", "p90", "p99", "p99.9", "max", "count"
-        );
         if let Some(e) = &self.events {
             let _ = writeln!(
                 s,
@@ -376,6 +371,12 @@ impl Report {
                 api.baseline_p99_us.map_or_else(|| "-".to_owned(), fmt_us),
             );
         }
+        // The header right above its rows: the events and api lines are not latencies.
+        let _ = writeln!(
+            s,
+            "  latency      {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "p50", "p90", "p99", "p99.9", "max", "count"
+        );
         let rows = [
             ("send", &self.latency.send),
             ("send (CO)", &self.latency.send_corrected),
@@ -514,4 +515,42 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The latency table's header stands right above its rows: the `api` line (a throughput)
+    /// once sat between them.
+    #[test]
+    fn the_latency_header_heads_the_latency_rows() {
+        let mut report = crate::report::gate::tests::sample(1000.0, 900, 1e6);
+        report.api = Some(ApiFigures {
+            batch: 100,
+            requests_per_s: 10.0,
+            baseline_requests_per_s: 1000.0,
+            ratio_to_baseline: 0.01,
+            ..ApiFigures::default()
+        });
+        let summary = report.summary();
+        let lines: Vec<&str> = summary.lines().collect();
+        let header = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with("latency"))
+            .unwrap();
+        assert!(
+            lines[header + 1].trim_start().starts_with("send"),
+            "{summary}"
+        );
+        assert!(
+            lines
+                .iter()
+                .position(|l| l.contains("requests/s of"))
+                .unwrap()
+                < header,
+            "{summary}"
+        );
+    }
 }
