@@ -757,6 +757,130 @@ async fn tansu_fleet_rebalances_as_members_join_and_die() {
     fake.server.shutdown().await;
 }
 
+/// A member frozen past its session timeout (SIGSTOP: a VM paused, a stalled host) while
+/// messages are still being produced: the group gives its partitions to the other member.
+/// Woken (SIGCONT), it finds them lost, not handed over: it does not commit them (the other
+/// member may have committed past it; it says so), rejoins, and the group shares the work
+/// again. Every token reaches the fake, the committed offsets reach every partition's end,
+/// and the duplicates stay within what the freeze and the rejoin can leave unfinished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Tansu binary: .ci/run runs it after `ci/tansu.sh build` (step test-tansu)"]
+async fn tansu_a_member_frozen_past_its_session_timeout_rejoins() {
+    if !tansu_or_skip("tansu_a_member_frozen_past_its_session_timeout_rejoins") {
+        return;
+    }
+    let seed = seed();
+    println!("chaos seed {seed} (PUSHER_CHAOS_SEED={seed} replays it)");
+    let Producing {
+        tansu,
+        app,
+        topic,
+        tokens,
+        producing,
+        fake,
+    } = tansu_producing("tfrozen", seed).await;
+    let group = format!("frozen-{app}");
+    let run = PusherRun {
+        app: &app,
+        brokers: &tansu.bootstrap,
+        group: &group,
+        in_flight: IN_FLIGHT,
+        env: vec![],
+    };
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let steady = run.spawn(&fake);
+    let frozen = KillOnDrop(
+        run.command(&fake)
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut progress = Progress {
+        fake: &fake,
+        samples: VecDeque::new(),
+    };
+    let mut changes = Vec::new();
+    progress
+        .wait(
+            Duration::from_secs(120),
+            "the members to make progress",
+            |_, n| n >= TANSU_MESSAGES / 5,
+        )
+        .await;
+    let recent = progress.recent(2 * COMMIT_EVERY);
+    let at_freeze = progress.answered();
+    signal(&frozen, "-STOP");
+    // Twice the session timeout (3 s): the group has moved on without it.
+    let stopped = Instant::now();
+    progress
+        .wait(
+            Duration::from_secs(30),
+            "the session to time out",
+            |_, _| stopped.elapsed() >= Duration::from_secs(6),
+        )
+        .await;
+    assert!(
+        !producing.is_finished(),
+        "the freeze outlasted the producing: the rejoin tested nothing"
+    );
+    signal(&frozen, "-CONT");
+    let woken = Instant::now();
+    changes.push(Kill {
+        answered: at_freeze,
+        recent,
+    });
+    let at_wake = progress.answered();
+    progress
+        .wait(Duration::from_secs(30), "the rebalance window", |_, _| {
+            woken.elapsed() >= Duration::from_secs(5)
+        })
+        .await;
+    // The rejoin: the steady member hands partitions back, and what it had in flight on them
+    // and answered meanwhile may be redone.
+    changes.push(Kill {
+        answered: at_wake,
+        recent: progress.answered() - at_wake,
+    });
+    println!("frozen at {at_freeze} answers, woken at {at_wake}");
+
+    producing.await.unwrap();
+    progress
+        .wait(Duration::from_secs(180), "every token delivered", |p, _| {
+            p.delivered_distinct() >= TANSU_MESSAGES
+        })
+        .await;
+    let caught_up = || {
+        committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS)
+            == partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !caught_up() {
+        assert!(
+            Instant::now() < deadline,
+            "the group's commits did not reach the partition ends within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop_gracefully(steady);
+    stop_gracefully(frozen);
+    let said = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        said.contains("Partitions lost to the group"),
+        "the woken member did not find its partitions lost: {said}"
+    );
+    let committed = committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS);
+    let ends = partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS);
+    check(
+        "tansu, a member frozen past its session timeout",
+        &fake,
+        &tokens,
+        &committed,
+        &ends,
+        &changes,
+    );
+    fake.server.shutdown().await;
+}
+
 // ---- A broker that stops answering ----
 
 /// `pusher mock kafka` as a child process, so that it can be frozen with SIGSTOP: its

@@ -49,6 +49,16 @@ pub struct PusherRun<'a> {
 impl PusherRun<'_> {
     /// Starts it against `fake` over TLS with token auth; no feedback, deletion, stats.
     pub fn spawn(&self, fake: &Fake) -> KillOnDrop {
+        KillOnDrop(
+            self.command(fake)
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start pusher run"),
+        )
+    }
+
+    /// The command [`PusherRun::spawn`] runs, for a caller that keeps its stderr.
+    pub fn command(&self, fake: &Fake) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pusher"));
         cmd.args(["run", "apns", "--app", self.app, "--brokers", self.brokers])
             .arg("--key-file")
@@ -68,12 +78,8 @@ impl PusherRun<'_> {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        KillOnDrop(
-            cmd.stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("start pusher run"),
-        )
+        cmd.stdout(Stdio::null());
+        cmd
     }
 }
 
