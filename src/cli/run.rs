@@ -496,11 +496,29 @@ fn apns_senders(
     endpoint_flags: &EndpointFlags,
     production: bool,
 ) -> anyhow::Result<HashMap<String, AppSender>> {
+    let mut senders = HashMap::new();
+    for (app, c) in apns_configs(config, endpoint_flags, production)? {
+        let sender = ApnsSender::new(c).with_context(|| format!("apns.certs.{app}"))?;
+        senders.insert(app, AppSender::apns(sender));
+    }
+    if senders.is_empty() {
+        bail!("apns.apps: no app configured (set PUSHER_APNS_APPS, apns.apps, or --app)");
+    }
+    Ok(senders)
+}
+
+/// Each configured app's sender configuration; apps with the same token key share its signer.
+fn apns_configs(
+    config: &Validated,
+    endpoint_flags: &EndpointFlags,
+    production: bool,
+) -> anyhow::Result<Vec<(String, ApnsConfig)>> {
     let endpoint = match &config.apns.endpoint {
         Some(url) => Endpoint::Custom(url.clone()),
         None => Endpoint::apple(production),
     };
-    let mut senders = HashMap::new();
+    let mut configs = Vec::new();
+    let mut signers = crate::sender::apns::Signers::default();
     for app in &config.apns.apps {
         let cert = app_entry(&config.apns.certs, app)
             .cloned()
@@ -526,13 +544,16 @@ fn apns_senders(
         // A failing endpoint or refused credentials pause the app's messages, never end them.
         c.on_fault = OnFault::Wait;
         c.name = format!("apns {app}");
-        let sender = ApnsSender::new(c).with_context(|| format!("apns.certs.{app}"))?;
-        senders.insert(app.clone(), AppSender::apns(sender));
+        if let ApnsAuth::Token(auth) = &c.auth {
+            c.signer = Some(
+                signers
+                    .get(auth, &c.clock)
+                    .with_context(|| format!("apns.certs.{app}"))?,
+            );
+        }
+        configs.push((app.clone(), c));
     }
-    if senders.is_empty() {
-        bail!("apns.apps: no app configured (set PUSHER_APNS_APPS, apns.apps, or --app)");
-    }
-    Ok(senders)
+    Ok(configs)
 }
 
 /// One FCM sender per configured app: HTTP v1 with a service account (a file, or the seed's
@@ -814,6 +835,23 @@ mod tests {
         // game has no credentials here: the error names it, so it was kept.
         let e = c.unwrap_err().to_string();
         assert!(e.starts_with("apns.certs.game"), "{e}");
+    }
+
+    /// Apps configured with the same .p8 key share one signer, and so one token of the team
+    /// (Apple counts token changes per team); an app with another team has its own.
+    #[test]
+    fn apps_with_one_key_share_its_signer() {
+        let yaml = file(&format!(
+            "apns:\n  apps: game,other,third\n  certs:\n    game: &c\n      authKeyPath: {P8}\n      keyID: TESTKEY001\n      teamID: TEAM000001\n      topic: com.example.game\n    other: *c\n    third:\n      authKeyPath: {P8}\n      keyID: TESTKEY001\n      teamID: TEAM000002\n      topic: com.example.third\n"
+        ));
+        let c = apns(&["--config", yaml.path().to_str().unwrap()], &[]).unwrap();
+        let configs = apns_configs(&c, &EndpointFlags::default(), false).unwrap();
+        let signer = |app: &str| {
+            let (_, c) = configs.iter().find(|(a, _)| a == app).unwrap();
+            c.signer.clone().unwrap()
+        };
+        assert!(Arc::ptr_eq(&signer("game"), &signer("other")));
+        assert!(!Arc::ptr_eq(&signer("game"), &signer("third")));
     }
 
     /// A credential flag without `--app` was dropped without a word: a usage error now.

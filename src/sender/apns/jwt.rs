@@ -8,6 +8,7 @@ use http::HeaderValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::{Mutex, RwLock};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const MIN_REFRESH: Duration = Duration::from_secs(20 * 60);
@@ -199,11 +200,41 @@ impl JwtSigner {
     }
 }
 
+/// The signers of a process's apps, one per key: apps that share a .p8 key (one team's apps,
+/// usually) share its token. Apple counts token changes per team (protocols.md §1.4, Apple
+/// DTS): with a signer each, N apps minted N tokens of the team within each refresh, and from
+/// a handful of apps on, APNs answers `TooManyProviderTokenUpdates`.
+#[derive(Default)]
+pub struct Signers {
+    by_key: std::collections::HashMap<(Vec<u8>, String, String, Duration), Arc<JwtSigner>>,
+}
+
+impl Signers {
+    /// The signer for `auth`'s key, team and refresh age: made (and checked) on first use.
+    pub fn get(
+        &mut self,
+        auth: &TokenAuth,
+        clock: &SharedClock,
+    ) -> Result<Arc<JwtSigner>, JwtError> {
+        let key = (
+            auth.key_pem.clone(),
+            auth.key_id.clone(),
+            auth.team_id.clone(),
+            auth.refresh_after,
+        );
+        if let Some(signer) = self.by_key.get(&key) {
+            return Ok(signer.clone());
+        }
+        let signer = Arc::new(JwtSigner::new(auth, clock.clone())?);
+        self.by_key.insert(key, signer.clone());
+        Ok(signer)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
-    use std::sync::Arc;
 
     const KEY: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -222,6 +253,31 @@ mod tests {
             JwtSigner::new(&auth, Arc::new(clock.clone())).unwrap(),
             clock,
         )
+    }
+
+    /// Two apps of one key get one signer, so the second app's first push ten minutes in
+    /// carries the first app's token, not a second token of the team; another team (or key)
+    /// gets its own.
+    #[test]
+    fn apps_that_share_a_key_share_its_token() {
+        let clock = ManualClock::new();
+        let shared: SharedClock = Arc::new(clock.clone());
+        let auth = TokenAuth::from_file(Path::new(KEY), "TESTKEY001", "TEAM000001").unwrap();
+        let mut signers = Signers::default();
+        let first_app = signers.get(&auth, &shared).unwrap();
+        let (token, _) = first_app.current().unwrap();
+        clock.advance(Duration::from_secs(10 * 60));
+        let second_app = signers.get(&auth.clone(), &shared).unwrap();
+        assert!(Arc::ptr_eq(&first_app, &second_app));
+        assert_eq!(
+            second_app.current().unwrap().0,
+            token,
+            "one token for the team"
+        );
+        let other_team = TokenAuth::from_file(Path::new(KEY), "TESTKEY001", "TEAM000002").unwrap();
+        let other = signers.get(&other_team, &shared).unwrap();
+        assert!(!Arc::ptr_eq(&first_app, &other));
+        assert_ne!(other.current().unwrap().0, token);
     }
 
     fn jwt(v: &HeaderValue) -> String {

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use cert::{load_identity, CertError};
-pub use jwt::{JwtError, JwtSigner, TokenAuth};
+pub use jwt::{JwtError, JwtSigner, Signers, TokenAuth};
 pub use request::{build_request, RequestContext, RequestError};
 pub use response::ApnsResponse;
 
@@ -51,6 +51,9 @@ pub struct ApnsConfig {
     /// Names this sender in logs (`apns game`).
     pub name: String,
     pub clock: SharedClock,
+    /// The provider-token signer to use with token auth, shared with the other apps of the
+    /// same key ([`jwt::Signers`]); one of its own when `None`.
+    pub signer: Option<Arc<JwtSigner>>,
 }
 
 impl ApnsConfig {
@@ -66,6 +69,7 @@ impl ApnsConfig {
             on_fault: OnFault::default(),
             name: "apns".into(),
             clock: crate::clock::system(),
+            signer: None,
         }
     }
 }
@@ -122,7 +126,7 @@ pub struct ApnsSender {
 struct Inner {
     pool: Pool,
     context: RequestContext,
-    jwt: Option<JwtSigner>,
+    jwt: Option<Arc<JwtSigner>>,
     retry: RetryPolicy,
     gate: Gate,
     /// The wrong-environment and wrong-topic guard (sender/guard.rs), in `OnFault::Wait` only
@@ -136,7 +140,13 @@ impl ApnsSender {
     pub fn new(config: ApnsConfig) -> Result<ApnsSender, ApnsError> {
         let target = config.endpoint.target()?;
         let (jwt, identity) = match &config.auth {
-            ApnsAuth::Token(auth) => (Some(JwtSigner::new(auth, config.clock.clone())?), None),
+            ApnsAuth::Token(auth) => {
+                let signer = match &config.signer {
+                    Some(shared) => shared.clone(),
+                    None => Arc::new(JwtSigner::new(auth, config.clock.clone())?),
+                };
+                (Some(signer), None)
+            }
             ApnsAuth::Certificate(id) => {
                 if !target.tls {
                     return Err(ApnsError::CertificateWithoutTls(format!(
