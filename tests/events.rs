@@ -19,9 +19,10 @@ use kafka::TestKafka;
 use pusher::platform::api::{serve, ApiState};
 use pusher::platform::claims::{Claim, Claimed, Claims, Limit};
 use pusher::platform::consume::Membership;
-use pusher::platform::events::{DeviceLimits, EventSettings};
+use pusher::platform::events::{self, DeviceLimits, Event, EventSettings, EventStores, Produced};
+use pusher::platform::messages::{Message, Messages};
 use pusher::platform::produce::Producer;
-use pusher::platform::registry::Registry;
+use pusher::platform::registry::{login_of, Registry};
 use pusher::platform::route::{self, RouteCounts, RouteSettings};
 use pusher::platform::store::Store;
 use serde_json::{json, Value};
@@ -689,7 +690,10 @@ async fn concurrent_claims_have_one_winner_and_redelivery_wins_its_own() {
         vec![Claimed::Won, Claimed::Lost],
         "a redelivery before its pushes were sent wins again, another event loses"
     );
-    claims.mark_sent(&app, &[again(owner)], &[]).await.unwrap();
+    claims
+        .mark_sent(&app, &[again(owner)], &[], &[])
+        .await
+        .unwrap();
     let found = claims.cooldown(&app, &pair).await.unwrap();
     assert_eq!(
         found,
@@ -1174,7 +1178,10 @@ async fn a_cooldown_won_again_by_a_retry_runs_from_the_retry() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let retry = [(claim("e1"), 3600)];
     assert_eq!(claims.cooldown(&app, &retry).await.unwrap(), [Claimed::Won]);
-    claims.mark_sent(&app, &[claim("e1")], &[]).await.unwrap();
+    claims
+        .mark_sent(&app, &[claim("e1")], &[], &[])
+        .await
+        .unwrap();
     let other = [(claim("e2"), 3600)];
     assert_eq!(
         claims.cooldown(&app, &other).await.unwrap(),
@@ -1394,6 +1401,211 @@ async fn a_limit_charge_given_back_leaves_the_later_charges() {
     assert_eq!(
         claims.limit(&app, &charge("f"), limit).await.unwrap(),
         [false]
+    );
+}
+
+/// A batch attempt gets one of an event's pushes into Kafka and fails on another record of the
+/// phase (the other device's `rate_limited` verdict, whose feedback topic librdkafka refuses),
+/// so its claims are never marked sent; the retry that succeeds comes after the message's
+/// life. The push in Kafka keeps its cooldown claim, its dedup claim and its limit charge, all
+/// marked sent, and the user's next event for the message is inside the cooldown. Seen: the
+/// retry counted the pair `expired` and gave all three back, so the device could get more
+/// than its limit, and the next event was sent again within the cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_in_kafka_keeps_its_claims_when_the_retry_finds_its_event_expired() {
+    let mut p = Platform::start(
+        0,
+        DeviceLimits {
+            limit: Some(Limit {
+                count: 1,
+                window_s: 3600.0,
+            }),
+            dedup_window_s: 3600.0,
+        },
+    )
+    .await;
+    // Longer than librdkafka takes (512 characters): every feedback record fails at once.
+    p.events.feedback_template = format!("push-{{app}}-{{platform}}-{}", "f".repeat(600));
+    p.add_router(common::platform::pg(), Vec::new());
+    let en = |text: &str| json!([{"language_id": 1, "text": text}]);
+    p.put_message("gift", json!({"event_id": 10, "localizations": en("gift")}))
+        .await;
+    p.put_message(
+        "energy",
+        json!({"event_id": 9, "cooldown_s": 3600, "expiry_s": 2, "localizations": en("energy")}),
+    )
+    .await;
+    // gcm-b gets a gift first: its limit is full.
+    p.events(json!([login(5, 1, 1, "gcm-b")])).await;
+    p.wait_routed().await;
+    p.events(json!([{"user_id": 5, "event_id": 10}])).await;
+    p.wait_routed().await;
+    p.events(json!([login(5, 1, 1, "gcm-a")])).await;
+    p.wait_routed().await;
+    // gcm-a's push is acknowledged, gcm-b's `device_limit` verdict fails: retried until the
+    // event has expired (2 s), when the phase has nothing left to produce.
+    p.events(json!([{"user_id": 5, "event_id": 9, "timestamp": now_ms()}]))
+        .await;
+    p.wait_routed().await;
+    let mut sent: Vec<(String, String)> = p
+        .pushes(2)
+        .iter()
+        .map(|(platform, token, m)| (token.clone(), text(platform, m).1))
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            ("gcm-a".to_owned(), "energy".to_owned()),
+            ("gcm-b".to_owned(), "gift".to_owned())
+        ]
+    );
+
+    let store = common::platform::store().await;
+    let pg = store.pool().get().await.unwrap();
+    let cooldown = pg
+        .query_opt(
+            "SELECT sent FROM pusher_cooldowns WHERE app = $1 AND user_id = 5 AND message = 'energy'",
+            &[&p.app],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get::<_, bool>(0));
+    assert_eq!(
+        cooldown,
+        Some(true),
+        "the cooldown of the push in Kafka holds"
+    );
+    let dedup: Vec<(String, bool)> = pg
+        .query(
+            "SELECT token, sent FROM pusher_dedup WHERE app = $1 AND message = 'energy'",
+            &[&p.app],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        dedup,
+        [("gcm-a".to_owned(), true)],
+        "gcm-b's was given back"
+    );
+    let (charged, sent): (Vec<String>, Vec<String>) = pg
+        .query_one(
+            "SELECT charged, sent FROM pusher_device_limits WHERE app = $1 AND token = 'gcm-a'",
+            &[&p.app],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(charged.len(), 1, "the energy push's charge: {charged:?}");
+    assert!(charged[0].ends_with(".energy"), "{charged:?}");
+    assert_eq!(sent, charged, "marked sent");
+
+    // Inside the cooldown of the push in Kafka.
+    p.events(json!([{"user_id": 5, "event_id": 9}])).await;
+    p.wait_routed().await;
+    let c = p.stop().await;
+    assert_eq!(skipped(&c, "expired"), 1, "{c:?}");
+    assert_eq!(skipped(&c, "cooldown"), 1, "{c:?}");
+    assert_eq!(c.events.already_sent, 1, "gcm-a's energy: {c:?}");
+    assert_eq!((c.events.pushes, c.events.rate_limited), (1, 0), "{c:?}");
+}
+
+/// A router gets an event's push into Kafka and marks it sent, then dies before committing;
+/// the redelivery comes after the message's life. The message has no cooldown and no dedup
+/// window: only the device's limit charge says the push went out, and it is kept (marked
+/// sent), so the device's next message is refused. Seen: the redelivery gave the charge back,
+/// and the device got two pushes where its limit allows one.
+#[tokio::test]
+async fn a_charge_marked_sent_is_kept_when_a_redelivery_finds_its_event_expired() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let claims = Claims::new(store.pool());
+    let messages = Messages::new(store.pool());
+    let registry = Registry::new(store.pool());
+    let app = common::platform::fresh_app("rd");
+    for (name, event_id, expiry_s) in [("energy", 9, 2), ("gift", 10, 0)] {
+        let message: Message = serde_json::from_value(json!({
+            "name": name, "event_id": event_id, "expiry_s": expiry_s,
+            "localizations": [{"language_id": 1, "text": name}]
+        }))
+        .unwrap();
+        messages.put(&app, &message).await.unwrap();
+    }
+    let now = now_ms();
+    let pairs: BTreeMap<String, String> =
+        serde_json::from_value(login(5, 1, 1, "gcm-5")["pairs"].clone()).unwrap();
+    let (device, login) = login_of(5, now, &pairs).unwrap();
+    registry.register(&app, &[device], &[login]).await.unwrap();
+    let settings = EventSettings {
+        limits: HashMap::from([(
+            app.clone(),
+            DeviceLimits {
+                limit: Some(Limit {
+                    count: 1,
+                    window_s: 3600.0,
+                }),
+                dedup_window_s: 0.0,
+            },
+        )]),
+        ..EventSettings::default()
+    };
+    let stores = EventStores {
+        notifications: &store,
+        messages: &messages,
+        registry: &registry,
+        claims: &claims,
+    };
+    let event = |uid: &str, event_id: i32| Event {
+        uid: uid.into(),
+        user_id: 5,
+        event_id,
+        pairs: BTreeMap::new(),
+        at_ms: now,
+    };
+    let nothing = Produced::new();
+    let first = events::route(&settings, &stores, &app, &[event("e1", 9)], now, &nothing)
+        .await
+        .unwrap();
+    assert_eq!(first.counts.pushes, 1, "{:?}", first.counts);
+    // Its push is in Kafka: marked sent, then the router dies before the commit.
+    claims
+        .mark_sent(
+            &app,
+            &first.cooldown_sent,
+            &first.dedup_sent,
+            &first.limit_sent,
+        )
+        .await
+        .unwrap();
+    let later = now + 3000;
+    let again = events::route(&settings, &stores, &app, &[event("e1", 9)], later, &nothing)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.counts.skipped.get("expired"),
+        Some(&1),
+        "{:?}",
+        again.counts
+    );
+    assert!(again.records.is_empty());
+    let next = events::route(
+        &settings,
+        &stores,
+        &app,
+        &[event("e2", 10)],
+        later,
+        &nothing,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (next.counts.pushes, next.counts.rate_limited),
+        (0, 1),
+        "the energy push's charge stands: {:?}",
+        next.counts
     );
 }
 

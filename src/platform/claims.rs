@@ -4,8 +4,9 @@
 //! §5): the row lock makes it atomic under concurrent routers, and the rows it returns are the
 //! claims won. Every claim names its owner (`last_event`; the limit keeps its latest owners,
 //! `charged`). Cooldown and dedup claims are marked `sent` once their pushes are in Kafka
-//! (`mark_sent`): a redelivered event (after a crash or a rebalance) finds its own claim, sends
-//! if it was not sent yet and skips if it was, without taking another unit. A claim won again
+//! (`mark_sent`; a limit's charges too, in its `sent` owners): a redelivered event (after a
+//! crash or a rebalance) finds its own claim, sends if it was not sent yet and skips if it was,
+//! without taking another unit. Only what was not sent is ever given back. A claim won again
 //! before it was sent has its window start again (a retry after a Kafka outage sends later than
 //! the first claim, and its cooldown runs from then).
 //!
@@ -209,7 +210,9 @@ impl Claims {
 
     /// Gives back the per-device limit's charges of pushes not sent (an earlier attempt of the
     /// batch charged them, and its retry does not send them): only where the owner is still
-    /// one the device remembers, once (the owner is forgotten). The device's `tat` goes back
+    /// one the device remembers and not one marked sent (`mark_sent`: the attempt that charged
+    /// it got its push into Kafka, then died before the commit), once (the owner is
+    /// forgotten). The device's `tat` goes back
     /// by one interval, but never below what the later charges need: each of the `k` newer
     /// owners was charged at or before now, so at most `now + k * interval` (exact for the
     /// newest; for an older one it may give back less).
@@ -236,7 +239,7 @@ impl Claims {
                      SELECT d.token FROM pusher_device_limits d JOIN t ON d.token = t.token
                      WHERE d.app = (SELECT $1::text)
                        AND d.token = ANY((SELECT $2::text[])::text[])
-                       AND t.owner = ANY(d.charged)
+                       AND t.owner = ANY(d.charged) AND NOT t.owner = ANY(d.sent)
                      ORDER BY d.token FOR UPDATE OF d)
                  UPDATE pusher_device_limits AS r
                      SET tat = least(r.tat, greatest(r.tat - $4 * interval '1 second',
@@ -245,7 +248,8 @@ impl Claims {
                          charged = array_remove(r.charged, t.owner)
                      FROM t, locked
                      WHERE r.app = (SELECT $1::text) AND r.token = locked.token
-                       AND r.token = t.token AND t.owner = ANY(r.charged)",
+                       AND r.token = t.token AND t.owner = ANY(r.charged)
+                       AND NOT t.owner = ANY(r.sent)",
                 &[&app, &tokens, &owners, &interval],
             )
             .await?;
@@ -297,12 +301,15 @@ impl Claims {
     }
 
     /// Marks cooldown and dedup claims as sent, once their pushes are in Kafka (only where
-    /// the claim is still theirs).
+    /// the claim is still theirs), and the per-device limit's `charges` (subjects are tokens,
+    /// `message` ignored; only owners the device still remembers): a redelivery that no
+    /// longer sends them gives back none of them.
     pub async fn mark_sent(
         &self,
         app: &str,
         cooldowns: &[Claim],
         dedups: &[Claim],
+        charges: &[Claim],
     ) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         for (claims, statement) in [
@@ -326,6 +333,35 @@ impl Claims {
         ] {
             for_each_claim(&client, statement, app, claims).await?;
         }
+        if charges.is_empty() {
+            return Ok(());
+        }
+        let tokens: Vec<&str> = charges.iter().map(|c| c.subject.as_str()).collect();
+        let owners: Vec<&str> = charges.iter().map(|c| c.owner.as_str()).collect();
+        // One row per device (a device's owners aggregated: a statement may set a row once),
+        // locked in token order as the charges lock them. `sent` keeps only owners the device
+        // still remembers, so it never holds more than `charged`.
+        super::store::execute(
+            &client,
+            "WITH t AS (SELECT t.token, array_agg(t.owner) AS owners
+                        FROM unnest($2::text[], $3::text[]) AS t(token, owner)
+                        GROUP BY t.token),
+             locked AS MATERIALIZED (
+                 SELECT d.token FROM pusher_device_limits d JOIN t ON d.token = t.token
+                 WHERE d.app = (SELECT $1::text)
+                   AND d.token = ANY((SELECT $2::text[])::text[])
+                   AND EXISTS (SELECT 1 FROM unnest(t.owners) AS o
+                               WHERE o = ANY(d.charged) AND NOT o = ANY(d.sent))
+                 ORDER BY d.token FOR UPDATE OF d)
+             UPDATE pusher_device_limits AS r
+                 SET sent = ARRAY(SELECT DISTINCT o FROM unnest(t.owners || r.sent) AS o
+                                  WHERE o = ANY(r.charged))
+                 FROM t, locked
+                 WHERE r.app = (SELECT $1::text) AND r.token = locked.token
+                   AND r.token = t.token",
+            &[&app, &tokens, &owners],
+        )
+        .await?;
         Ok(())
     }
 }

@@ -155,17 +155,26 @@ pub struct Routed {
     /// The claims to mark sent once `records` are in Kafka (`Claims::mark_sent`).
     pub cooldown_sent: Vec<Claim>,
     pub dedup_sent: Vec<Claim>,
+    /// The per-device limit's charges of the pushes sent (subjects are tokens).
+    pub limit_sent: Vec<Claim>,
 }
+
+/// What Kafka already has from earlier attempts of the batch, by (topic, key, notif_id): the
+/// router's record of what it acknowledged (`route::Written`).
+pub type Produced = HashSet<(String, String, String)>;
 
 /// Routes one app's events. Claims are taken here: produce the records, then mark the claims
 /// sent, then commit the batch. A redelivered event wins its own unsent claims again (nothing
-/// lost) and skips those already sent (nothing twice).
+/// lost) and skips those already sent (nothing twice). A push in `produced` (an earlier
+/// attempt of the batch got it into Kafka, then failed before marking it sent) is sent: what
+/// was claimed and charged for it is kept and marked sent, whatever this attempt decides.
 pub async fn route(
     settings: &EventSettings,
     stores: &EventStores<'_>,
     app: &str,
     events: &[Event],
     now_ms: i64,
+    produced: &Produced,
 ) -> Result<Routed, StoreError> {
     let mut counts = EventCounts {
         events: events.len() as u64,
@@ -284,6 +293,13 @@ pub async fn route(
     for d in &devices {
         by_user.entry(d.user_id).or_default().push(d);
     }
+    let earlier = pushes_in_kafka(produced, app);
+    let in_kafka = |notif_id: &str, token: &str| {
+        !earlier.is_empty()
+            && earlier
+                .get(notif_id)
+                .is_some_and(|tokens| tokens.contains(token))
+    };
     candidates.retain(|c| {
         let has = by_user.contains_key(&c.event.user_id);
         if !has {
@@ -305,7 +321,17 @@ pub async fn route(
         })
         .copied()
         .unwrap_or(settings.default_limits);
-    give_back_cooldowns(stores.claims, app, &unclaimed).await?;
+    // A pair skipped now whose pushes an earlier attempt got into Kafka keeps its cooldown
+    // claim: the user got the notification. Marked sent with this attempt's claims.
+    let (sent_pairs, released): (Vec<(&Event, &Message)>, Vec<_>) = unclaimed
+        .iter()
+        .partition(|(e, m)| !earlier.is_empty() && earlier.contains_key(notif_id(e, m).as_str()));
+    let kept_cooldowns: Vec<Claim> = sent_pairs
+        .iter()
+        .filter(|(_, m)| m.cooldown_s > 0)
+        .map(|(e, m)| cooldown_claim(e, m))
+        .collect();
+    give_back_cooldowns(stores.claims, app, &released).await?;
 
     // Cooldown: one claim per (user, message) and batch; a second event for the same pair in
     // the same batch is inside the cooldown by definition.
@@ -317,14 +343,7 @@ pub async fn route(
         if c.message.cooldown_s == 0 {
             sending.push(i);
         } else if first.insert((c.event.user_id, c.message.name.as_str())) {
-            claims.push((
-                Claim {
-                    subject: c.event.user_id.to_string(),
-                    message: c.message.name.clone(),
-                    owner: c.event.uid.clone(),
-                },
-                c.message.cooldown_s,
-            ));
+            claims.push((cooldown_claim(c.event, c.message), c.message.cooldown_s));
             claimed.push(i);
         } else {
             counts.skip("cooldown");
@@ -353,7 +372,23 @@ pub async fn route(
     // the event's own and unsent, or charges still its own, are touched: on a first attempt
     // there are none. A device that left the user since keeps its claim and its charge until
     // they run out: both are found by device, and the user's devices are all this attempt knows.
-    let unsent = device_claims(&unclaimed, &by_user);
+    // A push an earlier attempt got into Kafka keeps both: it is sent (`sent_earlier`).
+    let unsent: Vec<Claim> = device_claims(&unclaimed, &by_user)
+        .into_iter()
+        .filter(|c| !in_kafka(&c.owner, &c.subject))
+        .collect();
+    let mut sent_earlier: Vec<Claim> = Vec::new();
+    for (e, m) in unclaimed.iter().filter(|_| !earlier.is_empty()) {
+        let id = notif_id(e, m);
+        for token in earlier.get(id.as_str()).into_iter().flatten() {
+            sent_earlier.push(Claim {
+                subject: (*token).to_owned(),
+                message: m.name.clone(),
+                owner: id.clone(),
+            });
+        }
+    }
+    counts.already_sent += sent_earlier.len() as u64;
     if limits.dedup_window_s > 0.0 {
         stores.claims.release_dedup(app, &unsent).await?;
     }
@@ -367,7 +402,7 @@ pub async fn route(
             title: c.title.clone(),
             content: c.text.clone(),
             screen: c.message.screen.clone(),
-            notif_id: format!("{}.{}", c.event.uid, c.message.name),
+            notif_id: notif_id(c.event, c.message),
             message: c.message.name.clone(),
             expiry_s: c.expiry_s,
             priority: Some(c.message.priority),
@@ -380,6 +415,12 @@ pub async fn route(
     }
     // None: send; Some(reason): rate_limited; Some("") already sent (a redelivery).
     let mut verdict: Vec<Option<&str>> = vec![None; pushes.len()];
+    // In Kafka from an earlier attempt: sent, whatever the checks say now (its record is not
+    // produced again).
+    let pushed: Vec<bool> = pushes
+        .iter()
+        .map(|(n, d)| in_kafka(&n.notif_id, &d.token))
+        .collect();
     let claim_of = |(n, d): &(Notification, &Device)| Claim {
         subject: d.token.clone(),
         message: n.message.clone(),
@@ -395,6 +436,8 @@ pub async fn route(
         for (i, ((v, found), claim)) in verdict.iter_mut().zip(found).zip(claims).enumerate() {
             match found {
                 Claimed::Won => dedup_won.push((i, claim)),
+                // Its claim ran out since, and another push took it.
+                Claimed::Lost if pushed[i] => {}
                 Claimed::Lost => *v = Some("duplicate"),
                 Claimed::Sent => *v = Some(""),
             }
@@ -413,8 +456,9 @@ pub async fn route(
             .claims
             .give_back_charges(app, &charged, limit)
             .await?;
+        // Those in Kafka were charged by the attempt that sent them.
         let open: Vec<usize> = (0..pushes.len())
-            .filter(|&i| verdict[i].is_none())
+            .filter(|&i| verdict[i].is_none() && !pushed[i])
             .collect();
         let claims: Vec<Claim> = open.iter().map(|&i| claim_of(&pushes[i])).collect();
         let won = stores.claims.limit(app, &claims, limit).await?;
@@ -429,8 +473,19 @@ pub async fn route(
         .into_iter()
         .partition(|(i, _)| verdict[*i].is_none());
     routed.dedup_sent = sent.into_iter().map(|(_, c)| c).collect();
+    if limits.dedup_window_s > 0.0 {
+        routed.dedup_sent.extend(sent_earlier.iter().cloned());
+    }
     let refused: Vec<Claim> = refused.into_iter().map(|(_, c)| c).collect();
     stores.claims.release_dedup(app, &refused).await?;
+    // The charges of every push sent, now or before: a redelivery gives none of them back.
+    if limits.limit.is_some() {
+        routed.limit_sent = (0..pushes.len())
+            .filter(|&i| matches!(verdict[i], None | Some("")))
+            .map(|i| claim_of(&pushes[i]))
+            .chain(sent_earlier)
+            .collect();
+    }
     // So is a cooldown whose notification reached no device (every push refused by the
     // limits): held, the user would get nothing of that message for the whole cooldown.
     let reached: HashSet<&str> = pushes
@@ -443,6 +498,7 @@ pub async fn route(
         .into_iter()
         .partition(|c| reached.contains(format!("{}.{}", c.owner, c.message).as_str()));
     routed.cooldown_sent = kept;
+    routed.cooldown_sent.extend(kept_cooldowns);
     stores.claims.release_cooldowns(app, &unsent).await?;
     for ((n, d), verdict) in pushes.iter().zip(verdict) {
         match verdict {
@@ -496,13 +552,42 @@ async fn give_back_cooldowns(
     let cooldowns: Vec<Claim> = unclaimed
         .iter()
         .filter(|(_, m)| m.cooldown_s > 0)
-        .map(|(e, m)| Claim {
-            subject: e.user_id.to_string(),
-            message: m.name.clone(),
-            owner: e.uid.clone(),
-        })
+        .map(|(e, m)| cooldown_claim(e, m))
         .collect();
     claims.release_cooldowns(app, &cooldowns).await
+}
+
+/// The cooldown claim of an event's notification of a message.
+fn cooldown_claim(event: &Event, message: &Message) -> Claim {
+    Claim {
+        subject: event.user_id.to_string(),
+        message: message.name.clone(),
+        owner: event.uid.clone(),
+    }
+}
+
+/// The id of an event's notification of a message.
+fn notif_id(event: &Event, message: &Message) -> String {
+    format!("{}.{}", event.uid, message.name)
+}
+
+/// The pushes of `produced` (not its `rate_limited` feedback records), by notif_id: the
+/// tokens each reached. Nothing on a batch's first attempt but the app's earlier phases.
+fn pushes_in_kafka<'p>(produced: &'p Produced, app: &str) -> HashMap<&'p str, HashSet<&'p str>> {
+    let mut pushes: HashMap<&str, HashSet<&str>> = HashMap::new();
+    if produced.is_empty() {
+        return pushes;
+    }
+    let topics = outbound::ALL_PLATFORMS.map(|p| format!("push-{app}_{p}"));
+    for (topic, token, notif_id) in produced {
+        if topics.contains(topic) {
+            pushes
+                .entry(notif_id.as_str())
+                .or_default()
+                .insert(token.as_str());
+        }
+    }
+    pushes
 }
 
 /// The (device, message) claims the notifications of `pairs` would take on the user's devices.
@@ -517,7 +602,7 @@ fn device_claims(pairs: &[(&Event, &Message)], by_user: &HashMap<i64, Vec<&Devic
                 .map(move |d| Claim {
                     subject: d.token.clone(),
                     message: m.name.clone(),
-                    owner: format!("{}.{}", e.uid, m.name),
+                    owner: notif_id(e, m),
                 })
         })
         .collect()

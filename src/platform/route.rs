@@ -197,7 +197,7 @@ struct Written<'a> {
     /// starts at the same record but holds more (fetched again after a rebalance) is another
     /// batch for `phases`. The pushes of `ids` are the same pushes in any batch.
     shape: Option<(Place, usize)>,
-    ids: HashSet<(String, String, String)>,
+    ids: events::Produced,
     /// The event phases an earlier attempt finished (produced and marked sent), by (app,
     /// phase), with what they counted: a retry skips them and counts the same. Routed again,
     /// their claims were found sent, and the pushes that went out were counted
@@ -510,9 +510,18 @@ async fn handle(
             // claimed and sent with an expiry already past (`pusher run` would drop it, and the
             // cooldown hold).
             let routed_at = crate::clock::unix_ms();
-            let routed = events::route(&settings.events, stores, app, &phase.events, routed_at)
-                .await
-                .map_err(|e| e.to_string())?;
+            // What an earlier attempt got into Kafka is sent: nothing claimed for it is given
+            // back, though its event may have expired since.
+            let routed = events::route(
+                &settings.events,
+                stores,
+                app,
+                &phase.events,
+                routed_at,
+                &written.ids,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             written
                 .produce(&routed.records)
                 .await
@@ -615,7 +624,12 @@ async fn mark_sent(
     loop {
         match stores
             .claims
-            .mark_sent(app, &routed.cooldown_sent, &routed.dedup_sent)
+            .mark_sent(
+                app,
+                &routed.cooldown_sent,
+                &routed.dedup_sent,
+                &routed.limit_sent,
+            )
             .await
         {
             Ok(()) => return Ok(()),
