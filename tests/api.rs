@@ -9,15 +9,18 @@ mod kafka;
 #[path = "support/watched.rs"]
 mod watched;
 
-use common::http::{post_json, request};
-use common::platform::{fresh_app, pg, read_topic};
-use common::process::PusherRun;
-use common::{start_fake, FakeOptions};
+use common::http::{authorized, post_json, request, Answer};
+use common::platform::{
+    assert_each_once, fresh_app, hook_server, hooks_of, next_within, no_hooks, pg, pg_client,
+    read_topic, results_group, serve_api, spawn_results, wait_until, webhook_receiver,
+};
+use common::process::{KillOnDrop, PusherRun};
+use common::{start_fake, Fake, FakeOptions};
 use kafka::TestKafka;
 use pusher::config::{PgConfig, Secret};
-use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
-use pusher::platform::produce::Producer;
+use pusher::platform::api::{ApiKey, ApiSettings, ApiState};
 use pusher::platform::store::{ClaimKey, Claimed, Store};
+use rdkafka::types::RDKafkaRespErr;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,28 +29,15 @@ use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "test-key-0123456789abcdef";
 
+/// The platform's test settings with KEY, under gorush's limits: 64 KiB a body, 100
+/// notifications, 1,000 requests a second.
 fn settings(app: &str) -> ApiSettings {
     ApiSettings {
-        keys: vec![ApiKey {
-            name: "backend".to_owned(),
-            app: app.to_owned(),
-            key: Secret::new(KEY),
-        }],
         max_body_bytes: 64 * 1024,
         max_notifications: 100,
-        max_tokens: 1000,
         rate_per_second: 1000,
         burst: 1000,
-        produce_timeout: Duration::from_secs(5),
-        sync_timeout: Duration::from_secs(30),
-        metrics_token: None,
-        queues: Default::default(),
-        webpush_rules: pusher::push::webpush::EndpointRules::LOCAL,
-        deeplink_base: String::new(),
-        max_connections: 1000,
-        body_timeout: Duration::from_secs(30),
-        write_timeout: Duration::from_secs(30),
-        max_in_flight_bytes: 256 << 20,
+        ..common::platform::api_settings(app, KEY)
     }
 }
 
@@ -71,12 +61,8 @@ impl Api {
             .init()
             .await
             .expect("PostgreSQL on 127.0.0.1:5432 (ci/setup.sh starts it)");
-        let producer = Producer::new(brokers, settings.produce_timeout).unwrap();
-        let state = ApiState::new(settings, producer, store);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, state.clone(), stop.clone()));
+        let (addr, state, task) = serve_api(settings, brokers, store, &stop).await;
         Api {
             addr,
             state,
@@ -93,6 +79,20 @@ impl Api {
 
 fn topics(app: &str) -> [String; 2] {
     [format!("push-{app}_apns"), format!("push-{app}_gcm")]
+}
+
+/// `mock_cluster_for(app)` refusing every write to the app's GCM topic (authorization failed).
+fn cluster_refusing_gcm(
+    app: &str,
+) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = mock_cluster_for(app);
+    cluster
+        .topic_error(
+            &topics(app)[1],
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    cluster
 }
 
 /// A one-broker mock cluster holding `app`'s two push topics (one partition each), for tests
@@ -112,13 +112,89 @@ async fn kafka_for(app: &str) -> TestKafka {
     TestKafka::start(&[&apns, &gcm], 2).await
 }
 
+/// A fresh app, a broker holding its two push topics, and the API for it on `settings(app)`
+/// as `change` leaves them.
+async fn fresh_api(change: impl FnOnce(&mut ApiSettings)) -> (String, TestKafka, Api) {
+    let app = fresh_app("api");
+    let kafka = kafka_for(&app).await;
+    let mut s = settings(&app);
+    change(&mut s);
+    let api = Api::start(s, kafka.bootstrap()).await;
+    (app, kafka, api)
+}
+
+/// A fresh app and a broker holding its GCM feedback topic only, for `pusher results`.
+async fn app_with_feedback() -> (String, TestKafka) {
+    let app = fresh_app("api");
+    let kafka = TestKafka::start(&[&format!("push-{app}-gcm-feedbacks")], 1).await;
+    (app, kafka)
+}
+
+/// The keys of the records on `topic`, sorted (`expected` of them, as `read_topic` waits).
+fn sorted_keys(brokers: &str, topic: &str, expected: usize) -> Vec<String> {
+    let mut keys: Vec<String> = read_topic(brokers, topic, expected)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// One gorush notification of `tokens` on `platform` with the message "m", as a body.
+fn one_push(tokens: &[&str], platform: u8) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"notifications": [{"tokens": tokens, "platform": platform, "message": "m"}]}),
+    )
+    .unwrap()
+}
+
+/// Pushes one token ("warm") and waits for its 200: connected, the producer id and the
+/// partition's leader known, what follows waits on Kafka's acknowledgements only.
+async fn warm_up(addr: SocketAddr) {
+    let warm = authorized(addr, "POST", "/api/push", KEY, one_push(&["warm"], 1)).await;
+    assert_eq!(warm.status, 200, "{}", warm.text());
+}
+
+/// `pusher run apns` for `app` (group `g-<app>`, `in_flight` at most) against `fake`, with
+/// `env` over its settings.
+fn run_apns(
+    app: &str,
+    brokers: &str,
+    fake: &Fake,
+    in_flight: u64,
+    env: Vec<(&str, String)>,
+) -> KillOnDrop {
+    let group = format!("g-{app}");
+    PusherRun {
+        app,
+        brokers,
+        group: &group,
+        in_flight,
+        env,
+    }
+    .spawn(fake)
+}
+
+/// `POST /api/push` of `body` with KEY and the Idempotency-Key `idem`.
+async fn keyed_push(addr: SocketAddr, idem: &str, body: impl Into<hyper::body::Bytes>) -> Answer {
+    let auth = format!("Bearer {KEY}");
+    let headers = [("authorization", auth.as_str()), ("idempotency-key", idem)];
+    request(addr, "POST", "/api/push", &headers, body).await
+}
+
+/// The claim of a request keyed `idem_key` on `notif_id`.
+fn claim_key(idem_key: &str, notif_id: &str) -> ClaimKey {
+    ClaimKey {
+        idem_key: idem_key.into(),
+        notif_id: notif_id.into(),
+    }
+}
+
 /// gorush's README bodies, unchanged: every token is one record on its platform's topic,
 /// keyed by the token, in the pusher's format, with the notif_id the API answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gorush_readme_bodies_become_one_record_per_token() {
-    let app = fresh_app("api");
-    let kafka = kafka_for(&app).await;
-    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let (app, kafka, api) = fresh_api(|_| {}).await;
 
     let readme = json!({
       "notifications": [
@@ -177,18 +253,10 @@ async fn gorush_readme_bodies_become_one_record_per_token() {
 /// answered with the first request's notif_ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_requests_are_produced_once() {
-    let app = fresh_app("api");
-    let kafka = kafka_for(&app).await;
-    let api = Api::start(settings(&app), kafka.bootstrap()).await;
-    let body = json!({"notifications": [{"tokens": ["t1", "t2"], "platform": 2, "message": "m"}]});
-    let auth = format!("Bearer {KEY}");
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("idempotency-key", "order-42"),
-    ];
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let first = request(api.addr, "POST", "/api/push", &headers, bytes.clone()).await;
-    let second = request(api.addr, "POST", "/api/push", &headers, bytes.clone()).await;
+    let (app, kafka, api) = fresh_api(|_| {}).await;
+    let bytes = one_push(&["t1", "t2"], 2);
+    let first = keyed_push(api.addr, "order-42", bytes.clone()).await;
+    let second = keyed_push(api.addr, "order-42", bytes.clone()).await;
     assert_eq!(
         (first.status, second.status),
         (200, 200),
@@ -200,20 +268,12 @@ async fn retried_requests_are_produced_once() {
     // The same body sent again differently serialized is still a retry.
     let spaced =
         r#"{ "notifications" : [ { "message": "m", "platform": 2, "tokens": ["t1", "t2"] } ] }"#;
-    let third = request(api.addr, "POST", "/api/push", &headers, spaced).await;
+    let third = keyed_push(api.addr, "order-42", spaced).await;
     assert_eq!(third.status, 200, "{}", third.text());
     assert_eq!(first.json()["notif_ids"], third.json()["notif_ids"]);
     // The same key with other content is refused (the IETF draft's 422), naming the item,
     // instead of answered as a retry while its tokens were dropped.
-    let other = json!({"notifications": [{"tokens": ["t1", "t9"], "platform": 2, "message": "m"}]});
-    let refused = request(
-        api.addr,
-        "POST",
-        "/api/push",
-        &headers,
-        serde_json::to_vec(&other).unwrap(),
-    )
-    .await;
+    let refused = keyed_push(api.addr, "order-42", one_push(&["t1", "t9"], 2)).await;
     assert_eq!(refused.status, 422, "{}", refused.text());
     assert_eq!(refused.json()["field"], "notifications[0]");
 
@@ -228,17 +288,7 @@ async fn retried_requests_are_produced_once() {
     let a = post_json(api.addr, "/api/push", KEY, &changed).await;
     assert_eq!(a.status, 422, "{}", a.text());
     // A notif_id reused by a different request (another key) is a conflict, not a push.
-    let reused = request(
-        api.addr,
-        "POST",
-        "/api/push",
-        &[
-            ("authorization", auth.as_str()),
-            ("idempotency-key", "other"),
-        ],
-        serde_json::to_vec(&with_id).unwrap(),
-    )
-    .await;
+    let reused = keyed_push(api.addr, "other", serde_json::to_vec(&with_id).unwrap()).await;
     assert_eq!(reused.status, 409, "{}", reused.text());
 
     let records = read_topic(kafka.bootstrap(), &format!("push-{app}_gcm"), 3);
@@ -258,12 +308,11 @@ async fn retried_requests_are_produced_once() {
 /// field, 413; none of them produces a record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_name_the_problem_and_produce_nothing() {
-    let app = fresh_app("api");
-    let kafka = kafka_for(&app).await;
-    let mut s = settings(&app);
-    s.max_body_bytes = 4096;
-    s.max_notifications = 2;
-    let api = Api::start(s, kafka.bootstrap()).await;
+    let (app, kafka, api) = fresh_api(|s| {
+        s.max_body_bytes = 4096;
+        s.max_notifications = 2;
+    })
+    .await;
     let ok = json!({"notifications": [{"tokens": ["a"], "platform": 1, "message": "m"}]});
 
     let none = request(
@@ -313,15 +362,7 @@ async fn refusals_name_the_problem_and_produce_nothing() {
         assert_eq!(a.json()["field"], field, "{body}: {}", a.text());
         assert!(a.json()["error"].as_str().unwrap().starts_with(field));
     }
-    let auth = format!("Bearer {KEY}");
-    let malformed = request(
-        api.addr,
-        "POST",
-        "/api/push",
-        &[("authorization", &auth)],
-        "{\"notifications\": [",
-    )
-    .await;
+    let malformed = authorized(api.addr, "POST", "/api/push", KEY, "{\"notifications\": [").await;
     assert_eq!(malformed.status, 400, "{}", malformed.text());
     assert!(malformed.json()["error"]
         .as_str()
@@ -353,23 +394,14 @@ async fn refusals_name_the_problem_and_produce_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_over_its_rate_gets_429_with_retry_after() {
-    let app = fresh_app("api");
-    let kafka = kafka_for(&app).await;
-    let mut s = settings(&app);
-    s.rate_per_second = 1;
-    s.burst = 2;
-    let api = Api::start(s, kafka.bootstrap()).await;
-    let auth = format!("Bearer {KEY}");
+    let (_, _kafka, api) = fresh_api(|s| {
+        s.rate_per_second = 1;
+        s.burst = 2;
+    })
+    .await;
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let a = request(
-            api.addr,
-            "GET",
-            "/api/stat/app",
-            &[("authorization", &auth)],
-            "",
-        )
-        .await;
+        let a = authorized(api.addr, "GET", "/api/stat/app", KEY, "").await;
         statuses.push(a.status);
         if a.status == 429 {
             let wait: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -390,16 +422,8 @@ async fn broker_down_is_503_and_the_retry_is_accepted_once() {
     s.produce_timeout = Duration::from_secs(1);
     // Nothing listens on port 9: the records are never acknowledged.
     let down = Api::start(s, "127.0.0.1:9").await;
-    let auth = format!("Bearer {KEY}");
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("idempotency-key", "k-503"),
-    ];
-    let body = serde_json::to_vec(
-        &json!({"notifications": [{"tokens": ["t1"], "platform": 1, "message": "m"}]}),
-    )
-    .unwrap();
-    let refused = request(down.addr, "POST", "/api/push", &headers, body.clone()).await;
+    let body = one_push(&["t1"], 1);
+    let refused = keyed_push(down.addr, "k-503", body.clone()).await;
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert_eq!(refused.headers["retry-after"], "1");
     assert!(refused.json()["error"]
@@ -410,9 +434,9 @@ async fn broker_down_is_503_and_the_retry_is_accepted_once() {
 
     // The usual timeout: a first produce to a real broker on a loaded machine can take over 1 s.
     let up = Api::start(settings(&app), kafka.bootstrap()).await;
-    let accepted = request(up.addr, "POST", "/api/push", &headers, body.clone()).await;
+    let accepted = keyed_push(up.addr, "k-503", body.clone()).await;
     assert_eq!(accepted.status, 200, "{}", accepted.text());
-    let again = request(up.addr, "POST", "/api/push", &headers, body).await;
+    let again = keyed_push(up.addr, "k-503", body).await;
     assert_eq!(again.json()["notif_ids"], accepted.json()["notif_ids"]);
     assert_eq!(
         read_topic(kafka.bootstrap(), &format!("push-{app}_apns"), 1).len(),
@@ -426,22 +450,10 @@ async fn broker_down_is_503_and_the_retry_is_accepted_once() {
 /// every claim was released, so each retry wrote the first item's records again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partly_written_request_is_retried_without_writing_twice() {
-    use rdkafka::types::RDKafkaRespErr;
     let app = fresh_app("api");
     let [apns, gcm] = topics(&app);
-    let cluster = mock_cluster_for(&app);
-    cluster
-        .topic_error(
-            &gcm,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
-        )
-        .unwrap();
+    let cluster = cluster_refusing_gcm(&app);
     let brokers = cluster.bootstrap_servers();
-    let auth = format!("Bearer {KEY}");
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("idempotency-key", "k-part"),
-    ];
     let body = serde_json::to_vec(&json!({"notifications": [
         {"tokens": ["a1", "a2"], "platform": 1, "message": "m"},
         {"tokens": ["g1"], "platform": 2, "message": "m"}
@@ -450,14 +462,14 @@ async fn a_partly_written_request_is_retried_without_writing_twice() {
     let mut s = settings(&app);
     s.produce_timeout = Duration::from_secs(2);
     let refusing = Api::start(s, &brokers).await;
-    let first = request(refusing.addr, "POST", "/api/push", &headers, body.clone()).await;
+    let first = keyed_push(refusing.addr, "k-part", body.clone()).await;
     assert_eq!(first.status, 503, "{}", first.text());
     assert!(
         first.text().contains("1 of 2 new items were accepted"),
         "{}",
         first.text()
     );
-    let second = request(refusing.addr, "POST", "/api/push", &headers, body.clone()).await;
+    let second = keyed_push(refusing.addr, "k-part", body.clone()).await;
     assert_eq!(second.status, 503, "{}", second.text());
     refusing.stop().await;
 
@@ -465,7 +477,7 @@ async fn a_partly_written_request_is_retried_without_writing_twice() {
         .topic_error(&gcm, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
         .unwrap();
     let writing = Api::start(settings(&app), &brokers).await;
-    let third = request(writing.addr, "POST", "/api/push", &headers, body).await;
+    let third = keyed_push(writing.addr, "k-part", body).await;
     assert_eq!(third.status, 200, "{}", third.text());
     assert_eq!(third.json()["counts"], 3, "{}", third.text());
     writing.stop().await;
@@ -485,36 +497,15 @@ async fn a_record_kafka_may_have_written_keeps_its_claim() {
     let [apns, _] = topics(&app);
     let cluster = mock_cluster_for(&app);
     let brokers = cluster.bootstrap_servers();
-    let auth = format!("Bearer {KEY}");
-    let one = |token: &str| {
-        serde_json::to_vec(
-            &json!({"notifications": [{"tokens": [token], "platform": 1, "message": "m"}]}),
-        )
-        .unwrap()
-    };
     let mut s = settings(&app);
     s.produce_timeout = Duration::from_secs(1);
     let slow = Api::start(s, &brokers).await;
-    // Connected, the producer id known, the partition's leader known: the next record is
-    // sent at once.
-    let warm = request(
-        slow.addr,
-        "POST",
-        "/api/push",
-        &[("authorization", &auth)],
-        one("warm"),
-    )
-    .await;
-    assert_eq!(warm.status, 200, "{}", warm.text());
+    warm_up(slow.addr).await;
     // The broker writes what it gets, and answers 4 s later: past the message timeout.
     cluster
         .broker_round_trip_time(1, Duration::from_secs(4))
         .unwrap();
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("idempotency-key", "k-unknown"),
-    ];
-    let first = request(slow.addr, "POST", "/api/push", &headers, one("t-unknown")).await;
+    let first = keyed_push(slow.addr, "k-unknown", one_push(&["t-unknown"], 1)).await;
     assert_eq!(first.status, 503, "{}", first.text());
     let said = first.json()["error"].as_str().unwrap().to_owned();
     assert!(!said.contains("nothing was accepted"), "{said}");
@@ -529,7 +520,7 @@ async fn a_record_kafka_may_have_written_keeps_its_claim() {
 
     let up = Api::start(settings(&app), &brokers).await;
     let retry_after = || async {
-        let retry = request(up.addr, "POST", "/api/push", &headers, one("t-unknown")).await;
+        let retry = keyed_push(up.addr, "k-unknown", one_push(&["t-unknown"], 1)).await;
         assert_eq!(retry.status, 409, "{}", retry.text());
         retry.headers["retry-after"]
             .to_str()
@@ -547,23 +538,21 @@ async fn a_record_kafka_may_have_written_keeps_its_claim() {
     age_claims(&app, 60.0).await;
     let old = retry_after().await;
     assert!((13..=15).contains(&old), "Retry-After {old}");
-    let sentinel = request(
+    let sentinel = authorized(
         up.addr,
         "POST",
         "/api/push",
-        &[("authorization", &auth)],
-        one("sentinel"),
+        KEY,
+        one_push(&["sentinel"], 1),
     )
     .await;
     assert_eq!(sentinel.status, 200, "{}", sentinel.text());
     up.stop().await;
     // The record the 503 could not vouch for is in Kafka, once.
-    let mut keys: Vec<String> = read_topic(&brokers, &apns, 3)
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    keys.sort();
-    assert_eq!(keys, ["sentinel", "t-unknown", "warm"]);
+    assert_eq!(
+        sorted_keys(&brokers, &apns, 3),
+        ["sentinel", "t-unknown", "warm"]
+    );
 }
 
 /// Two backends of one app, each with its own API key, both number their requests from 1:
@@ -617,12 +606,10 @@ async fn an_idempotency_key_is_the_api_keys_own() {
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(again.json()["notif_id"], "shared-1");
     api.stop().await;
-    let mut keys: Vec<String> = read_topic(kafka.bootstrap(), &format!("push-{app}_gcm"), 3)
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    keys.sort();
-    assert_eq!(keys, ["from-backend", "from-billing", "t-id"]);
+    assert_eq!(
+        sorted_keys(kafka.bootstrap(), &format!("push-{app}_gcm"), 3),
+        ["from-backend", "from-billing", "t-id"]
+    );
 }
 
 /// Over `api.maxNotifications` is refused at the item past it: the items after it are never
@@ -775,7 +762,6 @@ async fn a_push_that_could_never_be_sent_is_refused() {
 async fn bad_path_parameters_are_json_naming_them() {
     let app = fresh_app("api");
     let api = Api::start(settings(&app), "127.0.0.1:9").await;
-    let auth = format!("Bearer {KEY}");
     for (method, path, field) in [
         ("GET", "/api/v1/notifications/%FF", "notif_id"),
         ("DELETE", "/api/v1/devices/%FF%FE", "token"),
@@ -784,7 +770,7 @@ async fn bad_path_parameters_are_json_naming_them() {
         ("DELETE", "/api/v1/messages/%FF", "name"),
         ("GET", "/api/v1/users/abc/devices", "user_id"),
     ] {
-        let a = request(api.addr, method, path, &[("authorization", &auth)], "{}").await;
+        let a = authorized(api.addr, method, path, KEY, "{}").await;
         assert_eq!(a.status, 400, "{method} {path}: {}", a.text());
         assert_eq!(
             a.headers["content-type"], "application/json",
@@ -816,20 +802,15 @@ async fn queue_sizes_share_one_client_and_one_read() {
         post_json(api.addr, "/api/push", KEY, &three).await.status,
         200
     );
-    let auth = format!("Bearer {KEY}");
     let started = std::time::Instant::now();
     let calls = (0..50).map(|_| {
-        let (addr, auth) = (api.addr, auth.clone());
-        tokio::spawn(async move {
-            request(
-                addr,
-                "GET",
-                "/get_apn_sender_queue",
-                &[("authorization", &auth)],
-                "",
-            )
-            .await
-        })
+        tokio::spawn(authorized(
+            api.addr,
+            "GET",
+            "/get_apn_sender_queue",
+            KEY,
+            "",
+        ))
     });
     for answer in futures_util::future::join_all(calls).await {
         let a = answer.unwrap();
@@ -847,24 +828,10 @@ async fn queue_sizes_share_one_client_and_one_read() {
         lag.reads()
     );
     // Another group is another client; the same group later, the same client.
-    let gcm = request(
-        api.addr,
-        "GET",
-        "/get_gcm_sender_queue",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let gcm = authorized(api.addr, "GET", "/get_gcm_sender_queue", KEY, "").await;
     assert_eq!(gcm.json()["size"], 0, "{}", gcm.text());
     tokio::time::sleep(pusher::platform::lag::FRESH).await;
-    let again = request(
-        api.addr,
-        "GET",
-        "/get_apn_sender_queue",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let again = authorized(api.addr, "GET", "/get_apn_sender_queue", KEY, "").await;
     assert_eq!(again.json()["size"], 3, "{}", again.text());
     assert_eq!(lag.clients_created(), 2);
     api.stop().await;
@@ -885,16 +852,14 @@ async fn sync_logs_name_a_browser_web() {
     let verdict = {
         let (store, app, endpoint) = (store.clone(), app.clone(), endpoint.clone());
         tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while store
-                .notification(&app, "web-sync-1")
-                .await
-                .unwrap()
-                .is_none_or(|n| n.state != "accepted")
-            {
-                assert!(Instant::now() < deadline, "never accepted");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_until(Duration::from_secs(20), "never accepted", || async {
+                store
+                    .notification(&app, "web-sync-1")
+                    .await
+                    .unwrap()
+                    .is_some_and(|n| n.state == "accepted")
+            })
+            .await;
             store
                 .store_results(&[pusher::platform::store::ResultRow {
                     app,
@@ -942,13 +907,7 @@ async fn a_statement_waiting_on_a_lock_is_503_at_the_statement_timeout() {
     pg_config.statement_timeout = Duration::from_secs(1);
     let api = Api::start_on(settings(&app), kafka.bootstrap(), &pg_config).await;
 
-    let (mut blocker, connection) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=test",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut blocker = pg_client().await;
     let lock = blocker.transaction().await.unwrap();
     // The row the request's claim inserts: its INSERT waits for this transaction to end.
     lock.execute(
@@ -959,19 +918,11 @@ async fn a_statement_waiting_on_a_lock_is_503_at_the_statement_timeout() {
     .await
     .unwrap();
 
-    let auth = format!("Bearer {KEY}");
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("idempotency-key", "k-lock"),
-    ];
-    let body = serde_json::to_vec(
-        &json!({"notifications": [{"tokens": ["t1"], "platform": 1, "message": "m"}]}),
-    )
-    .unwrap();
+    let body = one_push(&["t1"], 1);
     let started = Instant::now();
     let refused = tokio::time::timeout(
         Duration::from_secs(10),
-        request(api.addr, "POST", "/api/push", &headers, body.clone()),
+        keyed_push(api.addr, "k-lock", body.clone()),
     )
     .await
     .expect("the request waited for the lock instead of failing at the statement timeout");
@@ -984,9 +935,9 @@ async fn a_statement_waiting_on_a_lock_is_503_at_the_statement_timeout() {
     assert!(started.elapsed() >= Duration::from_secs(1));
     lock.rollback().await.unwrap();
 
-    let accepted = request(api.addr, "POST", "/api/push", &headers, body.clone()).await;
+    let accepted = keyed_push(api.addr, "k-lock", body.clone()).await;
     assert_eq!(accepted.status, 200, "{}", accepted.text());
-    let again = request(api.addr, "POST", "/api/push", &headers, body).await;
+    let again = keyed_push(api.addr, "k-lock", body).await;
     assert_eq!(again.json()["notif_ids"], accepted.json()["notif_ids"]);
     // Accepted = produced: one token, one record, none from the refused request.
     assert_eq!(
@@ -1054,13 +1005,7 @@ async fn a_statement_waiting_on_a_lock_is_503_at_the_statement_timeout() {
 /// notification not yet notified gets its running count of verdicts (`done`) from those stored.
 #[tokio::test]
 async fn schema_migrates_the_keyed_notifications_table() {
-    let (client, connection) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=test",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let client = pg_client().await;
     let schema = fresh_app("migrate_");
     client
         .batch_execute(&format!(
@@ -1231,13 +1176,9 @@ async fn schema_migrates_the_keyed_notifications_table() {
 /// first notif_id; a confirmed one is done, with its counts.
 #[tokio::test]
 async fn claims_dedup_take_over_stale_ones_and_remember_counts() {
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
+    let store = common::platform::store().await;
     let app = fresh_app("api");
-    let key = |id: &str| ClaimKey {
-        idem_key: "k".into(),
-        notif_id: id.into(),
-    };
+    let key = |id: &str| claim_key("k", id);
     let long = Duration::from_secs(60);
     let first = store.claim(&app, "c1", &[key("n1")], long).await.unwrap();
     assert_eq!(
@@ -1300,8 +1241,7 @@ async fn claims_dedup_take_over_stale_ones_and_remember_counts() {
 /// kept, whichever writes first, and a token-addressed push's records are its targets.
 #[tokio::test]
 async fn a_router_faster_than_the_api_keeps_its_targets() {
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
+    let store = common::platform::store().await;
     let app = fresh_app("api");
     let targets = |id: &'static str| {
         let (store, app) = (store.clone(), app.clone());
@@ -1318,12 +1258,11 @@ async fn a_router_faster_than_the_api_keeps_its_targets() {
         .unwrap();
     assert_eq!(targets("u1").await, ("accepted".into(), Some(3)));
     // Keyed: claimed, routed, then confirmed.
-    let key = ClaimKey {
-        idem_key: "k1".into(),
-        notif_id: "r1".into(),
-    };
     let long = Duration::from_secs(60);
-    store.claim(&app, "c1", &[key], long).await.unwrap();
+    store
+        .claim(&app, "c1", &[claim_key("k1", "r1")], long)
+        .await
+        .unwrap();
     assert_eq!(targets("r1").await, ("pending".into(), None));
     store.set_targets(&app, &[("r1", 2)]).await.unwrap();
     store
@@ -1332,11 +1271,10 @@ async fn a_router_faster_than_the_api_keeps_its_targets() {
         .unwrap();
     assert_eq!(targets("r1").await, ("accepted".into(), Some(2)));
     // A token-addressed push, keyed: its records.
-    let key = ClaimKey {
-        idem_key: "k2".into(),
-        notif_id: "t1".into(),
-    };
-    store.claim(&app, "c2", &[key], long).await.unwrap();
+    store
+        .claim(&app, "c2", &[claim_key("k2", "t1")], long)
+        .await
+        .unwrap();
     store
         .confirm(&app, "c2", &[("k2".into(), Some(5))], &[])
         .await
@@ -1344,10 +1282,7 @@ async fn a_router_faster_than_the_api_keeps_its_targets() {
     assert_eq!(targets("t1").await, ("accepted".into(), Some(5)));
     // A request that failed after its record reached Kafka gave its claim back; the router
     // then wrote the row alone. The client's retry with the same notif_id still takes it.
-    let key = || ClaimKey {
-        idem_key: "n:o1".into(),
-        notif_id: "o1".into(),
-    };
+    let key = || claim_key("n:o1", "o1");
     store.claim(&app, "c3", &[key()], long).await.unwrap();
     store.release(&app, "c3", &[key()]).await.unwrap();
     store.set_targets(&app, &[("o1", 4)]).await.unwrap();
@@ -1365,38 +1300,29 @@ async fn a_router_faster_than_the_api_keeps_its_targets() {
 /// once the row is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
-    use pusher::platform::results::run as results;
-    use pusher::platform::webhook::Webhooks;
-    let app = fresh_app("api");
-    let feedback = format!("push-{app}-gcm-feedbacks");
-    let kafka = TestKafka::start(&[&feedback], 1).await;
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
-    let (hook, mut calls) = common::platform::webhook_receiver().await;
-    let hooks = Webhooks::new(&std::collections::BTreeMap::from([(app.clone(), hook)])).unwrap();
+    let (app, kafka) = app_with_feedback().await;
+    let store = common::platform::store().await;
+    let (hook, mut calls) = webhook_receiver().await;
     let stop = CancellationToken::new();
-    let writer = tokio::spawn(results(
-        common::platform::results_group(kafka.bootstrap(), &app),
-        store.clone(),
-        hooks,
-        stop.clone(),
-    ));
+    let writer = spawn_results(kafka.bootstrap(), &app, &store, hooks_of(&app, hook), &stop);
     // A delivered verdict for (notif_id, token), stored by pusher results.
     let stored = |notif_id: &'static str, token: &'static str| {
         let (store, app) = (store.clone(), app.clone());
         let brokers = kafka.bootstrap().to_owned();
         async move {
             common::platform::produce_delivered(&brokers, &app, notif_id, token).await;
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while store
-                .result_counts(&app, notif_id)
-                .await
-                .unwrap()
-                .is_empty()
-            {
-                assert!(Instant::now() < deadline, "the verdict was never stored");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_until(
+                Duration::from_secs(20),
+                "the verdict was never stored",
+                || async {
+                    !store
+                        .result_counts(&app, notif_id)
+                        .await
+                        .unwrap()
+                        .is_empty()
+                },
+            )
+            .await;
         }
     };
     stored("early-1", "tok-1").await;
@@ -1405,22 +1331,25 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
         .record_accepted(&app, &[("early-1".into(), Some(1))])
         .await
         .unwrap();
-    let body = tokio::time::timeout(Duration::from_secs(20), calls.recv())
-        .await
-        .expect("the webhook is called once the notification is recorded")
-        .unwrap();
+    let body = next_within(
+        &mut calls,
+        Duration::from_secs(20),
+        "the webhook is called once the notification is recorded",
+    )
+    .await;
     assert_eq!(
         body,
         json!({"app": app, "notif_id": "early-1", "targets": 1, "counts": {"delivered": 1}})
     );
     // A keyed request (a client's notif_id, dots allowed): its verdict is stored while its
     // row is still pending, then the request is confirmed.
-    let key = ClaimKey {
-        idem_key: "n:early.2".into(),
-        notif_id: "early.2".into(),
-    };
     store
-        .claim(&app, "c1", &[key], Duration::from_secs(60))
+        .claim(
+            &app,
+            "c1",
+            &[claim_key("n:early.2", "early.2")],
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     stored("early.2", "tok-2").await;
@@ -1428,13 +1357,15 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
         .confirm(&app, "c1", &[("n:early.2".into(), Some(1))], &[])
         .await
         .unwrap();
-    let body = tokio::time::timeout(Duration::from_secs(20), calls.recv())
-        .await
-        .expect("the webhook is called once the request is confirmed")
-        .unwrap();
+    let body = next_within(
+        &mut calls,
+        Duration::from_secs(20),
+        "the webhook is called once the request is confirmed",
+    )
+    .await;
     assert_eq!(body["notif_id"], "early.2", "{body}");
     stop.cancel();
-    let counts = writer.await.unwrap().unwrap();
+    let counts = writer.await.unwrap();
     assert_eq!((counts.stored, counts.webhooks), (2, 2), "{counts:?}");
 }
 
@@ -1444,50 +1375,37 @@ async fn verdicts_before_the_notification_is_recorded_still_call_its_webhook() {
 /// process's memory only, and a restart lost their webhooks, silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_ready_while_no_results_process_runs_still_call_their_webhook() {
-    use pusher::platform::results::run as results;
-    use pusher::platform::webhook::Webhooks;
-    let app = fresh_app("api");
-    let feedback = format!("push-{app}-gcm-feedbacks");
-    let kafka = TestKafka::start(&[&feedback], 1).await;
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
-    let (hook, mut calls) = common::platform::webhook_receiver().await;
-    let hooks = || {
-        Webhooks::new(&std::collections::BTreeMap::from([(
-            app.clone(),
-            hook.clone(),
-        )]))
-        .unwrap()
-    };
-    let key = ClaimKey {
-        idem_key: "n:late-2".into(),
-        notif_id: "late-2".into(),
-    };
+    let (app, kafka) = app_with_feedback().await;
+    let store = common::platform::store().await;
+    let (hook, mut calls) = webhook_receiver().await;
     store
-        .claim(&app, "c1", &[key], Duration::from_secs(60))
+        .claim(
+            &app,
+            "c1",
+            &[claim_key("n:late-2", "late-2")],
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     let stop = CancellationToken::new();
-    let first = tokio::spawn(results(
-        common::platform::results_group(kafka.bootstrap(), &app),
-        store.clone(),
-        hooks(),
-        stop.clone(),
-    ));
+    let first = spawn_results(
+        kafka.bootstrap(),
+        &app,
+        &store,
+        hooks_of(&app, hook.clone()),
+        &stop,
+    );
     common::platform::produce_delivered(kafka.bootstrap(), &app, "late-1", "tok-1").await;
     common::platform::produce_delivered(kafka.bootstrap(), &app, "late-2", "tok-2").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store
-        .result_total(&app, &["late-1".into(), "late-2".into()])
-        .await
-        .unwrap()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the verdicts were never stored");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ids = ["late-1".to_owned(), "late-2".to_owned()];
+    wait_until(
+        Duration::from_secs(20),
+        "the verdicts were never stored",
+        || async { store.result_total(&app, &ids).await.unwrap() >= 2 },
+    )
+    .await;
     stop.cancel();
-    let counts = first.await.unwrap().unwrap();
+    let counts = first.await.unwrap();
     // Both committed: the next process reads neither again.
     assert_eq!((counts.stored, counts.webhooks), (2, 0), "{counts:?}");
 
@@ -1501,31 +1419,18 @@ async fn notifications_ready_while_no_results_process_runs_still_call_their_webh
         .await
         .unwrap();
     let stop = CancellationToken::new();
-    let next = tokio::spawn(results(
-        common::platform::results_group(kafka.bootstrap(), &app),
-        store.clone(),
-        hooks(),
-        stop.clone(),
-    ));
-    let mut called = Vec::new();
-    for _ in 0..2 {
-        let body = tokio::time::timeout(Duration::from_secs(20), calls.recv())
-            .await
-            .expect("the next process calls the webhook of each")
-            .unwrap();
-        assert_eq!(body["counts"], json!({"delivered": 1}), "{body}");
-        called.push(body["notif_id"].as_str().unwrap().to_owned());
-    }
-    called.sort();
+    let next = spawn_results(kafka.bootstrap(), &app, &store, hooks_of(&app, hook), &stop);
+    let called = delivered_calls(
+        &mut calls,
+        2,
+        Duration::from_secs(20),
+        "the next process calls the webhook of each",
+    )
+    .await;
     assert_eq!(called, ["late-1", "late-2"]);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(1500), calls.recv())
-            .await
-            .is_err(),
-        "each once"
-    );
+    assert_each_once(&mut calls).await;
     stop.cancel();
-    let counts = next.await.unwrap().unwrap();
+    let counts = next.await.unwrap();
     assert_eq!((counts.stored, counts.webhooks), (0, 2), "{counts:?}");
     let waiting: i64 = store
         .pool()
@@ -1551,8 +1456,7 @@ async fn notifications_ready_while_no_results_process_runs_still_call_their_webh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verdicts_are_counted_as_they_are_stored() {
     use pusher::platform::store::ResultRow;
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
+    let store = common::platform::store().await;
     let app = fresh_app("api");
     fn verdict_of(app: &str, notif_id: &str, token: &str, at_ms: i64) -> ResultRow {
         ResultRow {
@@ -1687,11 +1591,7 @@ async fn verdicts_are_counted_as_they_are_stored() {
 /// 10 minutes the app no longer counted as hooked anywhere, and its webhooks were lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_whose_hooked_process_is_away_for_long_is_still_handed_over() {
-    use pusher::platform::results::run as results;
-    use pusher::platform::webhook::Webhooks;
-    let app = fresh_app("api");
-    let feedback = format!("push-{app}-gcm-feedbacks");
-    let kafka = TestKafka::start(&[&feedback], 1).await;
+    let (app, kafka) = app_with_feedback().await;
     let (store, ids) = one_token_notifications(&app, "away", 1).await;
     let pg = store.pool().get().await.unwrap();
     // Announced by its hooked process 15 minutes ago, not since.
@@ -1702,45 +1602,59 @@ async fn an_app_whose_hooked_process_is_away_for_long_is_still_handed_over() {
     .await
     .unwrap();
     let stop = CancellationToken::new();
-    let without = tokio::spawn(results(
-        common::platform::results_group(kafka.bootstrap(), &app),
-        store.clone(),
-        Webhooks::new(&std::collections::BTreeMap::new()).unwrap(),
-        stop.clone(),
-    ));
+    let without = spawn_results(kafka.bootstrap(), &app, &store, no_hooks(), &stop);
     common::platform::produce_delivered(kafka.bootstrap(), &app, &ids[0], "tok-0").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let handed: bool = pg
-            .query_one(
-                "SELECT notified_at = '-infinity' FROM pusher_notifications
-                     WHERE app = $1 AND notif_id = $2",
-                &[&app, &ids[0]],
-            )
-            .await
-            .unwrap()
-            .get::<_, Option<bool>>(0)
-            .unwrap_or(false);
-        if handed {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never handed over");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(30), "never handed over", || async {
+        pg.query_one(
+            "SELECT notified_at = '-infinity' FROM pusher_notifications
+                 WHERE app = $1 AND notif_id = $2",
+            &[&app, &ids[0]],
+        )
+        .await
+        .unwrap()
+        .get::<_, Option<bool>>(0)
+        .unwrap_or(false)
+    })
+    .await;
     stop.cancel();
-    let counts = without.await.unwrap().unwrap();
+    let counts = without.await.unwrap();
     assert_eq!((counts.stored, counts.webhooks), (1, 0), "{counts:?}");
 }
 
 /// `n` notifications of `app` accepted with one token each (`<prefix>-0`, ...), as the API
 /// records them, in a store whose tables exist.
 async fn one_token_notifications(app: &str, prefix: &str, n: usize) -> (Store, Vec<String>) {
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
+    let store = common::platform::store().await;
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     let accepted: Vec<(String, Option<u32>)> = ids.iter().map(|id| (id.clone(), Some(1))).collect();
     store.record_accepted(app, &accepted).await.unwrap();
     (store, ids)
+}
+
+/// Produces a delivered verdict of each of `ids` (to `tok-0`, `tok-1`, ...) on `app`'s
+/// feedback topic.
+async fn produce_delivered_each(brokers: &str, app: &str, ids: &[String]) {
+    for (i, id) in ids.iter().enumerate() {
+        common::platform::produce_delivered(brokers, app, id, &format!("tok-{i}")).await;
+    }
+}
+
+/// The next `n` webhook calls, each within `within` (failing with `what`), each of one
+/// delivered verdict: their notif_ids, sorted.
+async fn delivered_calls(
+    calls: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    n: usize,
+    within: Duration,
+    what: &str,
+) -> Vec<String> {
+    let mut called = Vec::new();
+    for _ in 0..n {
+        let body = next_within(calls, within, what).await;
+        assert_eq!(body["counts"], json!({"delivered": 1}), "{body}");
+        called.push(body["notif_id"].as_str().unwrap().to_owned());
+    }
+    called.sort();
+    called
 }
 
 /// Two results processes whose `results.webhooks` differ: the one without the app's hook
@@ -1748,8 +1662,6 @@ async fn one_token_notifications(app: &str, prefix: &str, n: usize) -> (Store, V
 /// hook, which calls it once. Before, none was called, and nothing said so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_results_process_without_the_hook_hands_completed_notifications_over() {
-    use pusher::platform::results::run as results;
-    use pusher::platform::webhook::Webhooks;
     let app = fresh_app("api");
     let other = fresh_app("api");
     let feedback = format!("push-{app}-gcm-feedbacks");
@@ -1757,61 +1669,44 @@ async fn a_results_process_without_the_hook_hands_completed_notifications_over()
     let kafka = TestKafka::start(&[&feedback, &other_feedback], 1).await;
     const N: usize = 5;
     let (store, ids) = one_token_notifications(&app, "h", N).await;
-    let (hook, mut calls) = common::platform::webhook_receiver().await;
+    let (hook, mut calls) = webhook_receiver().await;
     let stop = CancellationToken::new();
     // The process with the hook reads another app's feedback only: every verdict of `app`
     // goes to the one without it.
-    let mut elsewhere = common::platform::results_group(kafka.bootstrap(), &other);
+    let mut elsewhere = results_group(kafka.bootstrap(), &other);
     elsewhere.topic = other_feedback.clone();
-    let with_hook = tokio::spawn(results(
+    let with_hook = tokio::spawn(pusher::platform::results::run(
         elsewhere,
         store.clone(),
-        Webhooks::new(&std::collections::BTreeMap::from([(app.clone(), hook)])).unwrap(),
+        hooks_of(&app, hook),
         stop.clone(),
     ));
     let pg = store.pool().get().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pg
-        .query_opt("SELECT 1 FROM pusher_webhook_apps WHERE app = $1", &[&app])
-        .await
-        .unwrap()
-        .is_none()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the hooked app is never announced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let without = tokio::spawn(results(
-        common::platform::results_group(kafka.bootstrap(), &app),
-        store.clone(),
-        Webhooks::new(&std::collections::BTreeMap::new()).unwrap(),
-        stop.clone(),
-    ));
-    for (i, id) in ids.iter().enumerate() {
-        common::platform::produce_delivered(kafka.bootstrap(), &app, id, &format!("tok-{i}")).await;
-    }
-    let mut called = Vec::new();
-    for _ in 0..N {
-        let body = tokio::time::timeout(Duration::from_secs(30), calls.recv())
-            .await
-            .expect("every notification's hook is called")
-            .unwrap();
-        assert_eq!(body["counts"], json!({"delivered": 1}), "{body}");
-        called.push(body["notif_id"].as_str().unwrap().to_owned());
-    }
-    called.sort();
+    wait_until(
+        Duration::from_secs(10),
+        "the hooked app is never announced",
+        || async {
+            pg.query_opt("SELECT 1 FROM pusher_webhook_apps WHERE app = $1", &[&app])
+                .await
+                .unwrap()
+                .is_some()
+        },
+    )
+    .await;
+    let without = spawn_results(kafka.bootstrap(), &app, &store, no_hooks(), &stop);
+    produce_delivered_each(kafka.bootstrap(), &app, &ids).await;
+    let called = delivered_calls(
+        &mut calls,
+        N,
+        Duration::from_secs(30),
+        "every notification's hook is called",
+    )
+    .await;
     assert_eq!(called, ids);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(1500), calls.recv())
-            .await
-            .is_err(),
-        "each once"
-    );
+    assert_each_once(&mut calls).await;
     stop.cancel();
     let with_hook = with_hook.await.unwrap().unwrap();
-    let without = without.await.unwrap().unwrap();
+    let without = without.await.unwrap();
     assert_eq!(
         (without.stored, without.webhooks),
         (N as u64, 0),
@@ -1830,13 +1725,9 @@ async fn a_results_process_without_the_hook_hands_completed_notifications_over()
 /// own, without bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_calls_in_progress_are_bounded_and_the_rest_made_later() {
-    use pusher::platform::results::run as results;
-    use pusher::platform::webhook::Webhooks;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    let app = fresh_app("api");
-    let feedback = format!("push-{app}-gcm-feedbacks");
-    let kafka = TestKafka::start(&[&feedback], 1).await;
+    let (app, kafka) = app_with_feedback().await;
     const N: usize = 8;
     let (store, ids) = one_token_notifications(&app, "b", N).await;
     // A hook that takes 300 ms to answer, counting the calls it holds at once.
@@ -1844,57 +1735,46 @@ async fn webhook_calls_in_progress_are_bounded_and_the_rest_made_later() {
     let (tx, mut calls) = tokio::sync::mpsc::unbounded_channel::<String>();
     let hook = {
         let (now, most) = (now.clone(), most.clone());
-        let router = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let (now, most, tx) = (now.clone(), most.clone(), tx.clone());
-                async move {
-                    most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    now.fetch_sub(1, Ordering::SeqCst);
-                    let body: Value = serde_json::from_slice(&body).unwrap();
-                    let _ = tx.send(body["notif_id"].as_str().unwrap().to_owned());
-                    axum::http::StatusCode::OK
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        format!("http://{addr}/hook")
+        hook_server(move |body: axum::body::Bytes| {
+            let (now, most, tx) = (now.clone(), most.clone(), tx.clone());
+            async move {
+                most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                let body: Value = serde_json::from_slice(&body).unwrap();
+                let _ = tx.send(body["notif_id"].as_str().unwrap().to_owned());
+                axum::http::StatusCode::OK
+            }
+        })
+        .await
     };
     // Every verdict is in Kafka first: the first batch completes all of them at once.
-    for (i, id) in ids.iter().enumerate() {
-        common::platform::produce_delivered(kafka.bootstrap(), &app, id, &format!("tok-{i}")).await;
-    }
+    produce_delivered_each(kafka.bootstrap(), &app, &ids).await;
     let stop = CancellationToken::new();
-    let writer = tokio::spawn(results(
-        common::platform::results_group(kafka.bootstrap(), &app),
-        store.clone(),
-        Webhooks::new(&std::collections::BTreeMap::from([(app.clone(), hook)]))
-            .unwrap()
-            .with_max_calls(2),
-        stop.clone(),
-    ));
+    let writer = spawn_results(
+        kafka.bootstrap(),
+        &app,
+        &store,
+        hooks_of(&app, hook).with_max_calls(2),
+        &stop,
+    );
     let mut called = Vec::new();
     for _ in 0..N {
-        let id = tokio::time::timeout(Duration::from_secs(30), calls.recv())
-            .await
-            .expect("every notification's hook is called")
-            .unwrap();
-        called.push(id);
+        called.push(
+            next_within(
+                &mut calls,
+                Duration::from_secs(30),
+                "every notification's hook is called",
+            )
+            .await,
+        );
     }
     called.sort();
     assert_eq!(called, ids);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(1500), calls.recv())
-            .await
-            .is_err(),
-        "each once"
-    );
+    assert_each_once(&mut calls).await;
     assert!(most.load(Ordering::SeqCst) <= 2, "{most:?} calls at once");
     stop.cancel();
-    let counts = writer.await.unwrap().unwrap();
+    let counts = writer.await.unwrap();
     assert_eq!(
         (counts.stored, counts.webhooks),
         (N as u64, N as u64),
@@ -1907,31 +1787,15 @@ async fn webhook_calls_in_progress_are_bounded_and_the_rest_made_later() {
 /// it to the next after the lease. A call that ended is not made again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_calls_survive_the_results_process() {
-    use pusher::platform::results::run as results;
-    use pusher::platform::webhook::Webhooks;
-    let app = fresh_app("api");
-    let feedback = format!("push-{app}-gcm-feedbacks");
-    let kafka = TestKafka::start(&[&feedback], 1).await;
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
-    let hooks_to = |url: String| {
-        Webhooks::new(&std::collections::BTreeMap::from([(app.clone(), url)])).unwrap()
-    };
+    let (app, kafka) = app_with_feedback().await;
+    let store = common::platform::store().await;
     // A hook that answers 500 to everything, counting the calls.
-    let (failing, mut failed_calls) = {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let router = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move || {
-                let _ = tx.send(());
-                async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        (format!("http://{addr}/hook"), rx)
-    };
+    let (tx, mut failed_calls) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let failing = hook_server(move || {
+        let _ = tx.send(());
+        async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }
+    })
+    .await;
     store
         .record_accepted(&app, &[("w-1".into(), Some(1))])
         .await
@@ -1944,50 +1808,48 @@ async fn webhook_calls_survive_the_results_process() {
 
     // The first process: the hook fails, and the process stops while it retries.
     let stop = CancellationToken::new();
-    let first = tokio::spawn(results(
-        common::platform::results_group(kafka.bootstrap(), &app),
-        store.clone(),
-        hooks_to(failing),
-        stop.clone(),
-    ));
-    tokio::time::timeout(Duration::from_secs(30), failed_calls.recv())
-        .await
-        .expect("the first process calls the hook")
-        .unwrap();
+    let first = spawn_results(
+        kafka.bootstrap(),
+        &app,
+        &store,
+        hooks_of(&app, failing),
+        &stop,
+    );
+    next_within(
+        &mut failed_calls,
+        Duration::from_secs(30),
+        "the first process calls the hook",
+    )
+    .await;
     assert_eq!(webhook_of("w-1").await.as_deref(), Some("calling"));
     stop.cancel();
-    let counts = first.await.unwrap().unwrap();
+    let counts = first.await.unwrap();
     assert_eq!((counts.stored, counts.webhooks), (1, 1), "{counts:?}");
     assert_eq!(webhook_of("w-1").await.as_deref(), Some("calling"));
 
     // The next process (its group committed the verdict: nothing is consumed again) makes the
     // call given up, well before the lease.
-    let (hook, mut calls) = common::platform::webhook_receiver().await;
+    let (hook, mut calls) = webhook_receiver().await;
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let next = tokio::spawn(results(
-        common::platform::results_group(kafka.bootstrap(), &app),
-        store.clone(),
-        hooks_to(hook),
-        stop.clone(),
-    ));
-    let body = tokio::time::timeout(Duration::from_secs(30), calls.recv())
-        .await
-        .expect("the next process makes the call the first gave up")
-        .unwrap();
+    let next = spawn_results(kafka.bootstrap(), &app, &store, hooks_of(&app, hook), &stop);
+    let body = next_within(
+        &mut calls,
+        Duration::from_secs(30),
+        "the next process makes the call the first gave up",
+    )
+    .await;
     assert!(started.elapsed() < pusher::platform::webhook::LEASE / 10);
     assert_eq!(
         body,
         json!({"app": app, "notif_id": "w-1", "targets": 1, "counts": {"delivered": 1}})
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while webhook_of("w-1").await.as_deref() != Some("ok") {
-        assert!(
-            Instant::now() < deadline,
-            "the call's end is never recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the call's end is never recorded",
+        || async { webhook_of("w-1").await.as_deref() == Some("ok") },
+    )
+    .await;
 
     // A process that died mid-call: w-2's claim was last renewed longer ago than the lease.
     // w-1's call ended: as old, it is not made again.
@@ -2004,10 +1866,12 @@ async fn webhook_calls_survive_the_results_process() {
     )
     .await
     .unwrap();
-    let body = tokio::time::timeout(Duration::from_secs(30), calls.recv())
-        .await
-        .expect("an abandoned call is made again")
-        .unwrap();
+    let body = next_within(
+        &mut calls,
+        Duration::from_secs(30),
+        "an abandoned call is made again",
+    )
+    .await;
     assert_eq!(
         body,
         json!({"app": app, "notif_id": "w-2", "targets": 1, "counts": {}}),
@@ -2023,16 +1887,14 @@ async fn webhook_calls_survive_the_results_process() {
         .get(0);
     assert!(w1_claimed, "an ended call was claimed again");
     stop.cancel();
-    let counts = next.await.unwrap().unwrap();
+    let counts = next.await.unwrap();
     assert_eq!((counts.consumed, counts.webhooks), (0, 2), "{counts:?}");
     assert!(calls.try_recv().is_err(), "a call made twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_to_kafka_to_pusher_to_fake_apns() {
-    let app = fresh_app("api");
-    let kafka = kafka_for(&app).await;
-    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let (app, kafka, api) = fresh_api(|_| {}).await;
     let fake = start_fake(FakeOptions {
         record_tokens: 10_000,
         ..FakeOptions::default()
@@ -2061,15 +1923,7 @@ async fn api_to_kafka_to_pusher_to_fake_apns() {
         accepted += a.json()["counts"].as_u64().unwrap();
     }
     assert_eq!(accepted, 500);
-    let group = format!("g-{app}");
-    let _pusher = PusherRun {
-        app: &app,
-        brokers: kafka.bootstrap(),
-        group: &group,
-        in_flight: 100,
-        env: Vec::new(),
-    }
-    .spawn(&fake);
+    let _pusher = run_apns(&app, kafka.bootstrap(), &fake, 100, Vec::new());
     let deadline = Instant::now() + Duration::from_secs(60);
     let delivered = loop {
         let delivered = fake.server.stats().delivered_tokens();
@@ -2090,9 +1944,7 @@ async fn api_to_kafka_to_pusher_to_fake_apns() {
 /// `/healthz`, `/metrics` and `/version` answer; `/metrics` counts the requests by route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_stats() {
-    let app = fresh_app("api");
-    let kafka = kafka_for(&app).await;
-    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let (app, _kafka, api) = fresh_api(|_| {}).await;
     pusher::telemetry::prometheus().unwrap();
     let body = json!({"notifications": [{"tokens": ["a", "b"], "platform": 2, "message": "m"}]});
     assert_eq!(
@@ -2101,15 +1953,7 @@ async fn health_metrics_and_stats() {
     );
     let health = request(api.addr, "GET", "/healthz", &[], "").await;
     assert_eq!(health.status, 200, "{}", health.text());
-    let auth = format!("Bearer {KEY}");
-    let stat = request(
-        api.addr,
-        "GET",
-        "/api/stat/app",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let stat = authorized(api.addr, "GET", "/api/stat/app", KEY, "").await;
     assert_eq!(stat.json()["android"]["accepted"], 2);
     assert_eq!(stat.json()["total_count"], 2);
     let metrics = request(api.addr, "GET", "/metrics", &[], "").await.text();
@@ -2133,8 +1977,6 @@ async fn health_metrics_and_stats() {
 /// the rows in pages. Counts add up: delivered + token_invalid = accepted, nothing pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_of_a_push_are_stored_and_served() {
-    use pusher::platform::consume::GroupSettings;
-    use pusher::platform::results::{feedback_pattern, run as results};
     use pusher::push::token_rules::TokenRule;
     let app = fresh_app("api");
     let feedback_topic = format!("push-{app}-apns-feedbacks");
@@ -2184,69 +2026,42 @@ async fn results_of_a_push_are_stored_and_served() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["counts"], 20);
 
-    let group = format!("g-{app}");
-    let _pusher = PusherRun {
-        app: &app,
-        brokers: kafka.bootstrap(),
-        group: &group,
-        in_flight: 100,
-        env: vec![("PUSHER_FEEDBACK_REPORTERS", "kafka".to_owned())],
-    }
-    .spawn(&fake);
+    let _pusher = run_apns(
+        &app,
+        kafka.bootstrap(),
+        &fake,
+        100,
+        vec![("PUSHER_FEEDBACK_REPORTERS", "kafka".to_owned())],
+    );
     // The app's webhook: a server that fails the first call, then takes the retry.
     let hook_calls: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
-    let hook_addr = {
+    let hook = {
         let calls = hook_calls.clone();
-        let router = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let calls = calls.clone();
-                async move {
-                    let mut calls = calls.lock().unwrap();
-                    calls.push(serde_json::from_slice(&body).unwrap());
-                    if calls.len() == 1 {
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        axum::http::StatusCode::OK
-                    }
+        hook_server(move |body: axum::body::Bytes| {
+            let calls = calls.clone();
+            async move {
+                let mut calls = calls.lock().unwrap();
+                calls.push(serde_json::from_slice(&body).unwrap());
+                if calls.len() == 1 {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
                 }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        addr
+            }
+        })
+        .await
     };
-    let hooks = pusher::platform::webhook::Webhooks::new(&std::collections::BTreeMap::from([(
-        app.clone(),
-        format!("http://{hook_addr}/hook"),
-    )]))
-    .unwrap();
     let stop = CancellationToken::new();
-    let writer = tokio::spawn(results(
-        GroupSettings {
-            brokers: kafka.bootstrap().to_owned(),
-            group: format!("results-{app}"),
-            topic: feedback_pattern("push-{app}-{platform}-feedbacks"),
-            batch_size: 100,
-            offset_reset: "earliest".to_owned(),
-            consumer_extra: Vec::new(),
-        },
-        Store::new(&pg()).unwrap(),
-        hooks,
-        stop.clone(),
-    ));
-    let auth = format!("Bearer {KEY}");
+    let writer = spawn_results(
+        kafka.bootstrap(),
+        &app,
+        &Store::new(&pg()).unwrap(),
+        hooks_of(&app, hook),
+        &stop,
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        let a = request(
-            api.addr,
-            "GET",
-            "/api/v1/notifications/r-1",
-            &[("authorization", &auth)],
-            "",
-        )
-        .await;
+        let a = authorized(api.addr, "GET", "/api/v1/notifications/r-1", KEY, "").await;
         assert_eq!(a.status, 200, "{}", a.text());
         let status = a.json();
         if status["pending"] == 0 || Instant::now() > deadline {
@@ -2261,22 +2076,22 @@ async fn results_of_a_push_are_stored_and_served() {
         "{status}"
     );
     assert_eq!(status["pending"], 0);
-    let page = request(
+    let page = authorized(
         api.addr,
         "GET",
         "/api/v1/notifications/r-1?limit=15",
-        &[("authorization", &auth)],
+        KEY,
         "",
     )
     .await
     .json();
     assert_eq!(page["results"].as_array().unwrap().len(), 15);
     let next = page["next"].as_str().unwrap().to_owned();
-    let rest = request(
+    let rest = authorized(
         api.addr,
         "GET",
         &format!("/api/v1/notifications/r-1?limit=15&after={next}"),
-        &[("authorization", &auth)],
+        KEY,
         "",
     )
     .await
@@ -2298,10 +2113,7 @@ async fn results_of_a_push_are_stored_and_served() {
         "{dead:?}"
     );
     assert_eq!(dead.len(), 5);
-    let status_of = |path: String| {
-        let auth = auth.clone();
-        async move { request(api.addr, "GET", &path, &[("authorization", &auth)], "").await }
-    };
+    let status_of = |path: String| async move { authorized(api.addr, "GET", &path, KEY, "").await };
     assert_eq!(
         status_of("/api/v1/notifications/nope".into()).await.status,
         404
@@ -2383,7 +2195,7 @@ async fn results_of_a_push_are_stored_and_served() {
         "{waited}"
     );
     stop.cancel();
-    let counts = writer.await.unwrap().unwrap();
+    let counts = writer.await.unwrap();
     assert_eq!(
         (counts.stored, counts.untracked, counts.malformed),
         (22, 0, 0),
@@ -2399,14 +2211,11 @@ async fn results_of_a_push_are_stored_and_served() {
 /// notification stayed pending for good, its webhook never called.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_push_still_completes_its_notification() {
-    use pusher::platform::results::run as results;
-    use pusher::platform::webhook::Webhooks;
     let app = fresh_app("api");
     let [apns, _] = topics(&app);
     let feedback = format!("push-{app}-apns-feedbacks");
     let kafka = TestKafka::start(&[&apns, &feedback], 1).await;
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
+    let store = common::platform::store().await;
     store
         .record_accepted(&app, &[("m-1".into(), Some(2))])
         .await
@@ -2425,27 +2234,22 @@ async fn a_malformed_push_still_completes_its_notification() {
     )
     .await;
     let fake = start_fake(FakeOptions::default()).await;
-    let group = format!("g-{app}");
-    let _pusher = PusherRun {
-        app: &app,
-        brokers: kafka.bootstrap(),
-        group: &group,
-        in_flight: 10,
-        env: vec![("PUSHER_FEEDBACK_REPORTERS", "kafka".to_owned())],
-    }
-    .spawn(&fake);
-    let (hook, mut calls) = common::platform::webhook_receiver().await;
+    let _pusher = run_apns(
+        &app,
+        kafka.bootstrap(),
+        &fake,
+        10,
+        vec![("PUSHER_FEEDBACK_REPORTERS", "kafka".to_owned())],
+    );
+    let (hook, mut calls) = webhook_receiver().await;
     let stop = CancellationToken::new();
-    let writer = tokio::spawn(results(
-        common::platform::results_group(kafka.bootstrap(), &app),
-        store.clone(),
-        Webhooks::new(&std::collections::BTreeMap::from([(app.clone(), hook)])).unwrap(),
-        stop.clone(),
-    ));
-    let body = tokio::time::timeout(Duration::from_secs(60), calls.recv())
-        .await
-        .expect("the notification completes: its webhook is called")
-        .unwrap();
+    let writer = spawn_results(kafka.bootstrap(), &app, &store, hooks_of(&app, hook), &stop);
+    let body = next_within(
+        &mut calls,
+        Duration::from_secs(60),
+        "the notification completes: its webhook is called",
+    )
+    .await;
     assert_eq!(
         body,
         json!({"app": app, "notif_id": "m-1", "targets": 2,
@@ -2458,7 +2262,7 @@ async fn a_malformed_push_still_completes_its_notification() {
         ("malformed", "payload_too_large")
     );
     stop.cancel();
-    let counts = writer.await.unwrap().unwrap();
+    let counts = writer.await.unwrap();
     assert_eq!(
         (counts.stored, counts.untracked, counts.webhooks),
         (2, 0, 1),
@@ -2561,17 +2365,11 @@ async fn sigkilled_api_loses_nothing_it_acknowledged() {
 
     // The unanswered ones, retried against a new process with their keys.
     let (_api, addr) = spawn();
-    let auth = format!("Bearer {KEY}");
     for i in (0..sent).filter(|i| !acked.contains(i)) {
-        let key = format!("k-{i}");
-        let headers = [
-            ("authorization", auth.as_str()),
-            ("idempotency-key", key.as_str()),
-        ];
         // A dead claim is taken over after 14 s (above).
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
-            let a = request(addr, "POST", "/api/push", &headers, body(i)).await;
+            let a = keyed_push(addr, &format!("k-{i}"), body(i)).await;
             if a.status == 200 {
                 break;
             }
@@ -2614,9 +2412,7 @@ async fn sigkilled_api_loses_nothing_it_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_that_never_ends_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = fresh_app("api");
-    let kafka = kafka_for(&app).await;
-    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let (_, _kafka, api) = fresh_api(|_| {}).await;
     let mut slow = tokio::net::TcpStream::connect(api.addr).await.unwrap();
     slow.write_all(b"POST /api/push HTTP/1.1\r\nhost: x\r\n")
         .await
@@ -2636,14 +2432,8 @@ async fn a_request_head_that_never_ends_is_cut_off() {
 
 /// The pending claims of `app` (PostgreSQL).
 async fn pending_claims(app: &str) -> i64 {
-    let (client, connection) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=test",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    client
+    pg_client()
+        .await
         .query_one(
             "SELECT count(*) FROM pusher_notifications WHERE app = $1 AND state = 'pending'",
             &[&app],
@@ -2653,16 +2443,18 @@ async fn pending_claims(app: &str) -> i64 {
         .get(0)
 }
 
+/// Waits (10 s at most, then fails with `what`) until `app` has a pending claim.
+async fn wait_claimed(app: &str, what: &str) {
+    wait_until(Duration::from_secs(10), what, || async {
+        pending_claims(app).await > 0
+    })
+    .await;
+}
+
 /// Makes `app`'s pending claims `seconds` old (PostgreSQL).
 async fn age_claims(app: &str, seconds: f64) {
-    let (client, connection) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=test",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    client
+    pg_client()
+        .await
         .execute(
             "UPDATE pusher_notifications SET claimed_at = now() - make_interval(secs => $2)
              WHERE app = $1 AND state = 'pending'",
@@ -2687,32 +2479,16 @@ async fn a_client_that_hangs_up_mid_write_loses_only_the_answer() {
     let cluster = mock_cluster_for(&app);
     let brokers = cluster.bootstrap_servers();
     let api = Api::start(settings(&app), &brokers).await;
-    let auth = format!("Bearer {KEY}");
-    let one = |tokens: &[&str]| {
-        serde_json::to_vec(
-            &json!({"notifications": [{"tokens": tokens, "platform": 1, "message": "m"}]}),
-        )
-        .unwrap()
-    };
-    // Connected and the partition's leader known: what follows waits on acknowledgements only.
-    let warm = request(
-        api.addr,
-        "POST",
-        "/api/push",
-        &[("authorization", &auth)],
-        one(&["warm"]),
-    )
-    .await;
-    assert_eq!(warm.status, 200, "{}", warm.text());
+    warm_up(api.addr).await;
     // Kafka acknowledges 2 s late, well within the produce timeout (5 s).
     cluster
         .broker_round_trip_time(1, Duration::from_secs(2))
         .unwrap();
 
-    let body = one(&["h1", "h2"]);
+    let body = one_push(&["h1", "h2"], 1);
     let mut client = tokio::net::TcpStream::connect(api.addr).await.unwrap();
     let head = format!(
-        "POST /api/push HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\
+        "POST /api/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
          idempotency-key: k-hangup\r\ncontent-type: application/json\r\n\
          content-length: {}\r\n\r\n",
         body.len()
@@ -2720,26 +2496,15 @@ async fn a_client_that_hangs_up_mid_write_loses_only_the_answer() {
     client.write_all(head.as_bytes()).await.unwrap();
     client.write_all(&body).await.unwrap();
     // Claimed, so waiting for Kafka: the client hangs up (its HTTP timeout, say).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pending_claims(&app).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the request never claimed its key"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_claimed(&app, "the request never claimed its key").await;
     client.shutdown().await.unwrap();
     drop(client);
 
     // Retried as a client does: 409 while the write runs, then the first request's answer,
     // long before its claim could go stale (75 s here).
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("idempotency-key", "k-hangup"),
-    ];
     let started = Instant::now();
     let answer = loop {
-        let retry = request(api.addr, "POST", "/api/push", &headers, body.clone()).await;
+        let retry = keyed_push(api.addr, "k-hangup", body.clone()).await;
         if retry.status == 200 {
             break retry;
         }
@@ -2803,16 +2568,8 @@ async fn healthy_within(addr: SocketAddr, within: Duration) -> Result<(), String
 /// replica taken out of service for it never gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_asks_kafka_rather_than_remembering_a_failure() {
-    use rdkafka::types::RDKafkaRespErr;
     let app = fresh_app("api");
-    let [_, gcm] = topics(&app);
-    let cluster = mock_cluster_for(&app);
-    cluster
-        .topic_error(
-            &gcm,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
-        )
-        .unwrap();
+    let cluster = cluster_refusing_gcm(&app);
     let brokers = cluster.bootstrap_servers();
     let mut s = settings(&app);
     s.produce_timeout = Duration::from_secs(2);
@@ -2831,15 +2588,7 @@ async fn healthz_asks_kafka_rather_than_remembering_a_failure() {
         .await
         .expect("Kafka answers: healthy, though the last produce failed");
 
-    let auth = format!("Bearer {KEY}");
-    let queue = request(
-        api.addr,
-        "GET",
-        "/get_request_queue",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let queue = authorized(api.addr, "GET", "/get_request_queue", KEY, "").await;
     assert_eq!(queue.status, 503, "{}", queue.text());
     let said = queue.json()["error"].as_str().unwrap().to_owned();
     assert!(!said.contains("nothing was accepted"), "{said}");
@@ -2875,11 +2624,10 @@ async fn healthz_looks_at_kafka_once_at_a_time_when_callers_hang_up() {
             .unwrap();
         callers.push(caller);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while api.state.kafka_looks() == 0 {
-        assert!(Instant::now() < deadline, "no look started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(Duration::from_secs(5), "no look started", || async {
+        api.state.kafka_looks() > 0
+    })
+    .await;
     // They hang up one after another while the look runs (a probe's timeout, say).
     for caller in callers {
         drop(caller);
@@ -2956,11 +2704,10 @@ async fn head_only(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_trickles_is_cut_off_at_the_body_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = fresh_app("api");
-    let kafka = kafka_for(&app).await;
-    let mut s = settings(&app);
-    s.body_timeout = Duration::from_secs(1);
-    let api = Api::start(s, kafka.bootstrap()).await;
+    let (_, _kafka, api) = fresh_api(|s| {
+        s.body_timeout = Duration::from_secs(1);
+    })
+    .await;
     let auth = format!("authorization: Bearer {KEY}\r\n");
     for (path, headers) in [
         ("/api/push", auth.as_str()),
@@ -3007,11 +2754,10 @@ async fn a_body_that_trickles_is_cut_off_at_the_body_timeout() {
 /// of every connection taking a file descriptor until `accept` fails for all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_wait_for_a_place() {
-    let app = fresh_app("api");
-    let kafka = kafka_for(&app).await;
-    let mut s = settings(&app);
-    s.max_connections = 2;
-    let api = Api::start(s, kafka.bootstrap()).await;
+    let (_, _kafka, api) = fresh_api(|s| {
+        s.max_connections = 2;
+    })
+    .await;
     let auth = format!("authorization: Bearer {KEY}\r\n");
     let first = head_only(api.addr, "/api/push", &auth, 100).await;
     let second = head_only(api.addr, "/api/push", &auth, 100).await;
@@ -3037,12 +2783,11 @@ async fn connections_past_the_limit_wait_for_a_place() {
 /// process never exited until killed, killing the requests in progress with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_ends_within_the_grace_whatever_the_clients_do() {
-    let app = fresh_app("api");
-    let kafka = kafka_for(&app).await;
-    let mut s = settings(&app);
-    // Longer than the grace: the stop alone must end it.
-    s.body_timeout = Duration::from_secs(120);
-    let api = Api::start(s, kafka.bootstrap()).await;
+    let (_, _kafka, api) = fresh_api(|s| {
+        // Longer than the grace: the stop alone must end it.
+        s.body_timeout = Duration::from_secs(120);
+    })
+    .await;
     let auth = format!("authorization: Bearer {KEY}\r\n");
     let silent = head_only(api.addr, "/api/push", &auth, 100).await;
     // The request is being read.
@@ -3080,32 +2825,16 @@ async fn records_in_flight_are_bounded_by_bytes() {
         json!({"notifications": [
         {"tokens": tokens, "platform": 1, "message": "m"}]})
     };
-    let warm = post_json(api.addr, "/api/push", KEY, &push(vec!["warm".into()])).await;
-    assert_eq!(warm.status, 200, "{}", warm.text());
+    warm_up(api.addr).await;
     cluster
         .broker_round_trip_time(1, Duration::from_secs(2))
         .unwrap();
     // ~550 bytes a record: 150 records hold most of the budget while Kafka is slow.
     let big: Vec<String> = (0..150).map(|i| format!("big-{i}")).collect();
     let big = serde_json::to_vec(&push(big)).unwrap();
-    let addr = api.addr;
-    let auth = format!("Bearer {KEY}");
-    let first = tokio::spawn(async move {
-        let headers = [
-            ("authorization", auth.as_str()),
-            ("idempotency-key", "k-big"),
-        ];
-        request(addr, "POST", "/api/push", &headers, big).await
-    });
+    let first = tokio::spawn(keyed_push(api.addr, "k-big", big));
     // Claimed: its bytes are held (taken before the claim) until Kafka has its records.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pending_claims(&app).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first request never claimed its key"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_claimed(&app, "the first request never claimed its key").await;
     let small: Vec<String> = (0..40).map(|i| format!("small-{i}")).collect();
     let refused = post_json(api.addr, "/api/push", KEY, &push(small.clone())).await;
     assert_eq!(refused.status, 503, "{}", refused.text());
@@ -3132,9 +2861,7 @@ async fn records_in_flight_are_bounded_by_bytes() {
 /// with nothing produced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gorush_fields_are_carried_or_refused_by_name() {
-    let app = fresh_app("api");
-    let kafka = kafka_for(&app).await;
-    let api = Api::start(settings(&app), kafka.bootstrap()).await;
+    let (app, kafka, api) = fresh_api(|_| {}).await;
     let refused = post_json(
         api.addr,
         "/api/push",

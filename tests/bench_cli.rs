@@ -23,37 +23,44 @@ fn pusher(args: &[&str]) -> Output {
 
 use schema::check_report;
 
+/// `pusher bench ARGS --quiet --json <dir>/<name>.json`, which must succeed: its stdout, and
+/// its report checked against the schema.
+fn bench_ok(dir: &Path, name: &str, args: &[&str]) -> (String, Value) {
+    let json = dir.join(format!("{name}.json"));
+    let quiet = ["--quiet", "--json", json.to_str().unwrap()];
+    let out = pusher(&[&["bench"][..], args, &quiet].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (stdout, check_report(&json))
+}
+
 #[test]
 fn end_to_end_bench_conserves_every_message_and_writes_a_valid_report() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("e2e.json");
     let hgrm = dir.path().join("e2e.hgrm");
-    let out = pusher(&[
-        "bench",
-        "--mock",
-        "--count",
-        "3000",
-        "--warmup",
-        "0s",
-        "--invalid-ratio",
-        "0.1",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-        "--hgrm",
-        hgrm.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, r) = bench_ok(
+        dir.path(),
+        "e2e",
+        &[
+            "--mock",
+            "--count",
+            "3000",
+            "--warmup",
+            "0s",
+            "--invalid-ratio",
+            "0.1",
+            "--hgrm",
+            hgrm.to_str().unwrap(),
+        ],
     );
     assert!(
         stdout.contains("conservation") && stdout.contains(": ok"),
         "{stdout}"
     );
-    let r = check_report(&json);
     let c = &r["conservation"];
     assert_eq!(c["generated"], 3000);
     for stage in ["produced", "consumed", "answered", "committed"] {
@@ -84,29 +91,21 @@ fn end_to_end_bench_conserves_every_message_and_writes_a_valid_report() {
 #[test]
 fn events_bench_reaches_each_user_once() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("events.json");
-    let out = pusher(&[
-        "bench",
-        "--mock",
-        "--events",
-        "--count",
-        "2000",
-        "--batch",
-        "50",
-        "--concurrency",
-        "8",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, r) = bench_ok(
+        dir.path(),
+        "events",
+        &[
+            "--mock",
+            "--events",
+            "--count",
+            "2000",
+            "--batch",
+            "50",
+            "--concurrency",
+            "8",
+        ],
     );
     assert!(stdout.contains("(holds)"), "{stdout}");
-    let r = check_report(&json);
     assert_eq!(r["params"]["mode"], "events");
     let e = &r["events"];
     assert_eq!(
@@ -130,35 +129,27 @@ fn events_bench_reaches_each_user_once() {
 #[test]
 fn api_bench_conserves_every_notification_and_reports_the_baseline() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("api.json");
-    let out = pusher(&[
-        "bench",
-        "--mock",
-        "--api",
-        "--count",
-        "2000",
-        "--batch",
-        "50",
-        // A warm-up, whose requests are not measured: nor are their tokens' deliveries.
-        "--warmup",
-        "300ms",
-        "--concurrency",
-        "8",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, r) = bench_ok(
+        dir.path(),
+        "api",
+        &[
+            "--mock",
+            "--api",
+            "--count",
+            "2000",
+            "--batch",
+            "50",
+            // A warm-up, whose requests are not measured: nor are their tokens' deliveries.
+            "--warmup",
+            "300ms",
+            "--concurrency",
+            "8",
+        ],
     );
     assert!(
         stdout.contains("trivial handler on the same stack"),
         "{stdout}"
     );
-    let r = check_report(&json);
     assert_eq!(r["params"]["mode"], "api");
     let c = &r["conservation"];
     // Every notification, the warm-up's too.
@@ -193,27 +184,20 @@ fn api_bench_conserves_every_notification_and_reports_the_baseline() {
 #[test]
 fn sender_only_open_loop_reports_raw_and_corrected_latency() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("so.json");
-    let out = pusher(&[
-        "bench",
-        "--mock",
-        "--sender-only",
-        "--count",
-        "2000",
-        "--rate",
-        "4000",
-        "--warmup",
-        "0s",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (_, r) = bench_ok(
+        dir.path(),
+        "so",
+        &[
+            "--mock",
+            "--sender-only",
+            "--count",
+            "2000",
+            "--rate",
+            "4000",
+            "--warmup",
+            "0s",
+        ],
     );
-    let r = check_report(&json);
     assert_eq!(r["params"]["mode"], "sender-only");
     assert_eq!(r["conservation"]["ok"], true);
     assert_eq!(r["conservation"]["server_answered"], 2000);
@@ -233,10 +217,8 @@ fn gcm_and_webpush_benches_end_to_end_and_sender_only_conserve_every_message() {
         ("webpush", "end-to-end", &[][..]),
         ("webpush", "sender-only", &["--sender-only"][..]),
     ] {
-        let json = dir.path().join(format!("{platform}-{mode}.json"));
         let args = [
             &[
-                "bench",
                 "--mock",
                 "--platform",
                 platform,
@@ -246,21 +228,11 @@ fn gcm_and_webpush_benches_end_to_end_and_sender_only_conserve_every_message() {
                 "0s",
                 "--invalid-ratio",
                 "0.1",
-                "--quiet",
-                "--json",
-                json.to_str().unwrap(),
             ][..],
             extra,
         ]
         .concat();
-        let out = pusher(&args);
-        assert!(
-            out.status.success(),
-            "{mode}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r = check_report(&json);
+        let (_, r) = bench_ok(dir.path(), &format!("{platform}-{mode}"), &args);
         assert_eq!(r["params"]["platform"], platform);
         assert_eq!(r["params"]["mode"], mode);
         let c = &r["conservation"];
@@ -554,6 +526,22 @@ fn bench(args: &[&str]) -> Watched {
     Watched::spawn(cmd)
 }
 
+/// `bench` with `ARGS --quiet --json <dir>/<name>.json`, which must end within `within` with
+/// exit code `code`: its stdout, its stderr, and its report checked against the schema.
+fn bench_ends(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    within: Duration,
+    code: i32,
+) -> (String, String, Value) {
+    let json = dir.join(format!("{name}.json"));
+    let run = bench(&[args, &["--quiet", "--json", json.to_str().unwrap()]].concat());
+    let (exit, stdout, stderr) = run.finish(within);
+    assert_eq!(exit, Some(code), "{stdout}\n{stderr}");
+    (stdout, stderr, check_report(&json))
+}
+
 /// SIGINT (sender-only) or SIGTERM (end to end) once the bench measures: it stops, prints the
 /// summary of what ran, writes the reports marked interrupted, and exits 130; every message
 /// it started is accounted for, through Kafka and the commit too.
@@ -641,25 +629,9 @@ fn an_unwritable_report_path_fails_before_the_run() {
 fn report_compare_marks_only_changes_beyond_the_noise() {
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str| {
-        let path = dir.path().join(name);
-        let out = pusher(&[
-            "bench",
-            "--mock",
-            "--sender-only",
-            "--count",
-            "5k",
-            "--repeat",
-            "3",
-            "--quiet",
-            "--json",
-            path.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        path
+        let args = ["--mock", "--sender-only", "--count", "5k", "--repeat", "3"];
+        bench_ok(dir.path(), name, &args);
+        dir.path().join(format!("{name}.json"))
     };
     let compare = |a: &Path, b: &Path| {
         pusher(&[
@@ -670,7 +642,7 @@ fn report_compare_marks_only_changes_beyond_the_noise() {
             "--fail-on-worse",
         ])
     };
-    let (a, b) = (run("a.json"), run("b.json"));
+    let (a, b) = (run("a"), run("b"));
     let out = compare(&a, &b);
     let table = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{table}");
@@ -760,8 +732,7 @@ fn an_unreachable_token_endpoint_stops_the_bench_with_its_cause() {
 #[test]
 fn a_bench_in_one_partition_with_large_messages_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("one.json");
-    let run = bench(&[
+    let args = [
         "--mock",
         "--partitions",
         "1",
@@ -771,14 +742,10 @@ fn a_bench_in_one_partition_with_large_messages_loses_nothing() {
         "20k",
         "--warmup",
         "0s",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    ];
     // A hang guard, far beyond the few seconds it takes.
-    let (code, stdout, stderr) = run.finish(Duration::from_secs(240));
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    let c = &schema::check_report(&json)["conservation"];
+    let (_, _, r) = bench_ends(dir.path(), "one", &args, Duration::from_secs(240), 0);
+    let c = &r["conservation"];
     assert_eq!(c["ok"], true, "{c}");
     assert_eq!(c["lost"], 0, "{c}");
     for stage in ["generated", "produced", "consumed", "answered", "committed"] {
@@ -798,8 +765,7 @@ fn messages_the_broker_drops_unread_fail_the_bench() {
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("slow.yaml");
     std::fs::write(&profile, "name: slow\nlatency: {dist: fixed, ms: 1000}\n").unwrap();
-    let json = dir.path().join("lost.json");
-    let run = bench(&[
+    let args = [
         "--mock",
         "--brokers",
         kafka.bootstrap(),
@@ -813,12 +779,8 @@ fn messages_the_broker_drops_unread_fail_the_bench() {
         "20k",
         "--warmup",
         "0s",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let (code, stdout, stderr) = run.finish(Duration::from_secs(120));
-    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    ];
+    let (stdout, stderr, r) = bench_ends(dir.path(), "lost", &args, Duration::from_secs(120), 1);
     let error = stderr
         .lines()
         .find(|l| l.starts_with("error:"))
@@ -831,7 +793,7 @@ fn messages_the_broker_drops_unread_fail_the_bench() {
         "{stderr}"
     );
     assert!(stdout.contains("LOST"), "{stdout}");
-    let c = &schema::check_report(&json)["conservation"];
+    let c = &r["conservation"];
     assert_eq!(c["ok"], false, "{c}");
     let n = |k: &str| c[k].as_u64().unwrap();
     assert!(n("lost") > 0, "{c}");
@@ -862,10 +824,8 @@ fn runs_on_a_used_topic_count_only_their_own_messages() {
         ),
     ];
     for (name, extra, count) in runs {
-        let json = dir.path().join(format!("{name}.json"));
         let count_text = count.to_string();
         let mut args = vec![
-            "bench",
             "--mock",
             "--brokers",
             kafka.bootstrap(),
@@ -873,19 +833,10 @@ fn runs_on_a_used_topic_count_only_their_own_messages() {
             &count_text,
             "--warmup",
             "0s",
-            "--quiet",
-            "--json",
-            json.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let out = pusher(&args);
-        assert!(
-            out.status.success(),
-            "{name}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let c = &check_report(&json)["conservation"];
+        let (_, r) = bench_ok(dir.path(), name, &args);
+        let c = &r["conservation"];
         assert_eq!(c["ok"], true, "{name}: {c}");
         assert_eq!(c["consumed"], count, "{name}: {c}");
         assert_eq!(c["answered"], count, "{name}: {c}");
@@ -903,8 +854,7 @@ fn runs_on_a_used_topic_count_only_their_own_messages() {
 #[test]
 fn an_open_loop_with_a_duration_sends_its_whole_schedule() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("open.json");
-    let run = bench(&[
+    let args = [
         "--mock",
         "--rate",
         "20k",
@@ -916,13 +866,8 @@ fn an_open_loop_with_a_duration_sends_its_whole_schedule() {
         "1",
         "--payload-size",
         "2000",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let (code, stdout, stderr) = run.finish(Duration::from_secs(240));
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    let r = schema::check_report(&json);
+    ];
+    let (_, _, r) = bench_ends(dir.path(), "open", &args, Duration::from_secs(240), 0);
     let c = &r["conservation"];
     assert_eq!(c["ok"], true, "{c}");
     // 1 s at 20,000/s: 20,000 messages due, every one measured from its due time.
@@ -994,8 +939,7 @@ fn stalled_messages_keep_their_end_to_end_latency() {
         "name: long-stall\nseed: 7\nstall: {rate: 0.002, ms: 10000}\n",
     )
     .unwrap();
-    let json = dir.path().join("stall.json");
-    let run = bench(&[
+    let args = [
         "--mock",
         "--profile",
         profile.to_str().unwrap(),
@@ -1010,13 +954,8 @@ fn stalled_messages_keep_their_end_to_end_latency() {
         "400k",
         "--warmup",
         "0s",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let (code, stdout, stderr) = run.finish(Duration::from_secs(300));
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    let r = schema::check_report(&json);
+    ];
+    let (stdout, _, r) = bench_ends(dir.path(), "stall", &args, Duration::from_secs(300), 0);
     let p999 = |row: &str| r["latency"][row]["p999_us"].as_u64().unwrap();
     assert!(p999("send") >= 10_000_000, "the stalls: {stdout}");
     assert!(p999("end_to_end") >= 10_000_000, "{stdout}");

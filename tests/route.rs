@@ -7,13 +7,12 @@ mod common;
 #[path = "common/kafka.rs"]
 mod kafka;
 
-use common::http::{post_json, request};
-use common::platform::pg;
+use common::http::{authorized, post_json, request};
+use common::platform::{next_within, pg_client, wait_until};
 use kafka::TestKafka;
-use pusher::config::Secret;
-use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
+use pusher::platform::api::ApiSettings;
 use pusher::platform::consume::Membership;
-use pusher::platform::produce::Producer;
+use pusher::platform::produce::{Producer, Record};
 use pusher::platform::registry::Registry;
 use pusher::platform::route::{self, RouteCounts, RouteSettings};
 use pusher::platform::store::Store;
@@ -71,44 +70,23 @@ impl Platform {
         ];
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let kafka = TestKafka::start(&names, 2).await;
-        let store = Store::new(&pg()).unwrap();
-        store
-            .init()
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (ci/setup.sh starts it)");
+        let store = common::platform::store().await;
         let settings = ApiSettings {
-            keys: vec![ApiKey {
-                name: "backend".into(),
-                app: app.clone(),
-                key: Secret::new(KEY),
-            }],
-            max_body_bytes: 1 << 20,
             max_notifications: 100,
-            max_tokens: 1000,
             rate_per_second: 1000,
             burst: 1000,
-            produce_timeout: Duration::from_secs(5),
-            sync_timeout: Duration::from_secs(30),
-            metrics_token: None,
             queues: pusher::platform::api::Queues {
                 brokers: kafka.bootstrap().to_owned(),
                 route_group: format!("route-{app}"),
                 apns_group: format!("apns-{app}"),
                 gcm_group: format!("gcm-{app}"),
             },
-            webpush_rules: pusher::push::webpush::EndpointRules::LOCAL,
             deeplink_base: "game".into(),
-            max_connections: 1000,
-            body_timeout: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(30),
-            max_in_flight_bytes: 256 << 20,
+            ..common::platform::api_settings(&app, KEY)
         };
-        let producer = Producer::new(kafka.bootstrap(), Duration::from_secs(5)).unwrap();
-        let state = ApiState::new(settings, producer, store.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        tokio::spawn(serve(listener, state, stop.clone()));
+        let (addr, _, _) =
+            common::platform::serve_api(settings, kafka.bootstrap(), store.clone(), &stop).await;
         let membership = Membership::default();
         let router = spawn_router(&kafka, &app, &store, &stop, membership.clone());
         Platform {
@@ -123,16 +101,29 @@ impl Platform {
     }
 
     async fn devices(&self, user: i64) -> Value {
-        let auth = format!("Bearer {KEY}");
-        let a = request(
-            self.addr,
-            "GET",
-            &format!("/api/v1/users/{user}/devices"),
-            &[("authorization", &auth)],
-            "",
-        )
-        .await;
-        assert_eq!(a.status, 200, "{}", a.text());
+        self.get(&format!("/api/v1/users/{user}/devices")).await
+    }
+
+    /// The tokens of `user`'s devices, as the API lists them.
+    async fn tokens(&self, user: i64) -> Vec<String> {
+        let d = self.devices(user).await;
+        d["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["token"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// `GET /api/v1/notifications/{id}`.
+    async fn notification(&self, id: &str) -> Value {
+        self.get(&format!("/api/v1/notifications/{id}")).await
+    }
+
+    /// `GET path` with KEY, answered 200: its JSON.
+    async fn get(&self, path: &str) -> Value {
+        let a = authorized(self.addr, "GET", path, KEY, "").await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text());
         a.json()
     }
 
@@ -192,6 +183,24 @@ fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<Value> {
         .into_iter()
         .map(|(_, v)| v)
         .collect()
+}
+
+/// A record on `app`'s requests topic, keyed `key`.
+fn request_record(app: &str, key: &str, payload: Vec<u8>) -> Record {
+    Record {
+        topic: pusher::platform::requests::topic(app),
+        key: key.into(),
+        payload,
+    }
+}
+
+/// Produces `records`, every one acknowledged.
+async fn produce_requests(brokers: &str, records: &[Record]) {
+    Producer::new(brokers, Duration::from_secs(5))
+        .unwrap()
+        .produce_all(records)
+        .await
+        .unwrap();
 }
 
 fn login(user: i64, platform_id: u8, device: &str, token: &str, ts: i64) -> Value {
@@ -254,12 +263,11 @@ async fn logins_register_devices_and_notifications_reach_each() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["accepted"], 3);
     let event_id = a.json()["event_ids"][0].as_str().unwrap().to_owned();
-    let auth = format!("Bearer {KEY}");
-    let proto = request(
+    let proto = authorized(
         p.addr,
         "POST",
         "/post_events_proto",
-        &[("authorization", &auth)],
+        KEY,
         login_proto(1337, "2", "apns-token-2"),
     )
     .await;
@@ -294,13 +302,8 @@ async fn logins_register_devices_and_notifications_reach_each() {
 
     // Pushkin's queue sizes: nobody consumes the push topics here; the router is done.
     let size = |path: &'static str| {
-        let auth = format!("Bearer {KEY}");
-        let addr = p.addr;
-        async move {
-            let a = request(addr, "GET", path, &[("authorization", &auth)], "").await;
-            assert_eq!(a.status, 200, "{path}: {}", a.text());
-            a.json()["size"].as_i64().unwrap()
-        }
+        let p = &p;
+        async move { p.get(path).await["size"].as_i64().unwrap() }
     };
     assert_eq!(size("/get_apn_sender_queue").await, 2);
     assert_eq!(size("/get_gcm_sender_queue").await, 1);
@@ -317,13 +320,9 @@ async fn logins_register_devices_and_notifications_reach_each() {
     // 3 for user 1337, none for 1338; an event's own row waits for no verdict (its pushes'
     // results are under `<event id>.<message>`).
     let status = |id: String| {
-        let auth = format!("Bearer {KEY}");
-        let addr = p.addr;
+        let p = &p;
         async move {
-            let path = format!("/api/v1/notifications/{id}");
-            let a = request(addr, "GET", &path, &[("authorization", &auth)], "").await;
-            assert_eq!(a.status, 200, "{path}: {}", a.text());
-            let v = a.json();
+            let v = p.notification(&id).await;
             (v["targets"].clone(), v["pending"].clone())
         }
     };
@@ -384,16 +383,10 @@ async fn registry_rules_and_rest_calls() {
         .await;
         assert_eq!(a.status, 200, "{}", a.text());
     }
-    let d = p.devices(7).await;
-    let tokens: Vec<&str> = d["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["token"].as_str().unwrap())
-        .collect();
-    assert_eq!(tokens.len(), 10, "at most 10 per user: {d}");
+    let tokens = p.tokens(7).await;
+    assert_eq!(tokens.len(), 10, "at most 10 per user: {tokens:?}");
     assert!(
-        !tokens.contains(&"tok-0") && !tokens.contains(&"tok-1"),
+        !tokens.contains(&"tok-0".into()) && !tokens.contains(&"tok-1".into()),
         "the oldest dropped: {tokens:?}"
     );
 
@@ -404,15 +397,9 @@ async fn registry_rules_and_rest_calls() {
             .status,
         200
     );
-    let d = p.devices(7).await;
-    let tokens: Vec<&str> = d["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["token"].as_str().unwrap())
-        .collect();
+    let tokens = p.tokens(7).await;
     assert!(
-        tokens.contains(&"tok-11b") && !tokens.contains(&"tok-11"),
+        tokens.contains(&"tok-11b".into()) && !tokens.contains(&"tok-11".into()),
         "{tokens:?}"
     );
 
@@ -441,18 +428,10 @@ async fn registry_rules_and_rest_calls() {
     assert_eq!(p.devices(8).await["devices"][0]["token"], "tok-5");
 
     let del = |token: &'static str| {
-        let auth = auth.clone();
         let addr = p.addr;
         async move {
-            request(
-                addr,
-                "DELETE",
-                &format!("/api/v1/devices/{token}"),
-                &[("authorization", &auth)],
-                "",
-            )
-            .await
-            .status
+            let path = format!("/api/v1/devices/{token}");
+            authorized(addr, "DELETE", &path, KEY, "").await.status
         }
     };
     assert_eq!(del("tok-5").await, 204);
@@ -564,7 +543,7 @@ async fn v1_routes_and_hostile_bodies() {
             "events[0].pairs.platformId",
         ),
     ] {
-        let a = request(p.addr, "POST", path, &[("authorization", &auth)], body).await;
+        let a = authorized(p.addr, "POST", path, KEY, body).await;
         assert_eq!(a.status, 400, "{path}: {}", a.text());
         assert!(a.text().contains(needle), "{path}: {}", a.text());
     }
@@ -629,16 +608,7 @@ async fn segments_reach_every_matching_device_and_resume() {
     assert!(gcm
         .iter()
         .all(|m| m["data"]["campaign"] == "c1" && m["data"]["screen"] == "game://shop"));
-    let auth = format!("Bearer {KEY}");
-    let status = request(
-        p.addr,
-        "GET",
-        "/api/v1/notifications/seg-1",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await
-    .json();
+    let status = p.notification("seg-1").await;
     assert_eq!(
         status["segment"],
         json!({"sent": 500, "done": true}),
@@ -724,15 +694,11 @@ async fn segments_reach_every_matching_device_and_resume() {
         screen: String::new(),
         data: Default::default(),
     };
-    Producer::new(p.kafka.bootstrap(), Duration::from_secs(5))
-        .unwrap()
-        .produce_all(&[pusher::platform::produce::Record {
-            topic: pusher::platform::requests::topic(&p.app),
-            key: "segment:seg-3".into(),
-            payload: old.to_json(),
-        }])
-        .await
-        .unwrap();
+    produce_requests(
+        p.kafka.bootstrap(),
+        &[request_record(&p.app, "segment:seg-3", old.to_json())],
+    )
+    .await;
     let a = post_json(
         p.addr,
         "/api/v1/segments/push",
@@ -744,15 +710,7 @@ async fn segments_reach_every_matching_device_and_resume() {
     assert_eq!(a.status, 202, "{}", a.text());
     let gcm = read_topic(p.kafka.bootstrap(), &format!("push-{}_gcm", p.app), 1000);
     assert_eq!(gcm.len(), 1000, "seg-1's 500 and seg-3's 500");
-    let refused = request(
-        p.addr,
-        "GET",
-        "/api/v1/notifications/seg-refused",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await
-    .json();
+    let refused = p.notification("seg-refused").await;
     assert_eq!(
         (&refused["segment"], &refused["targets"]),
         (&json!({"sent": 0, "done": true}), &json!(0)),
@@ -782,11 +740,11 @@ async fn a_router_joining_mid_broadcast_is_served_before_it_ends_and_each_device
     for (d, l) in devices.chunks(5_000).zip(logins.chunks(5_000)) {
         registry.register(&p.app, d, l).await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while p.membership.partitions() < 2 {
-        assert!(Instant::now() < deadline, "the router got no partitions");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let within = Duration::from_secs(30);
+    wait_until(within, "the router got no partitions", || async {
+        p.membership.partitions() >= 2
+    })
+    .await;
     let a = post_json(
         p.addr,
         "/api/v1/segments/push",
@@ -796,24 +754,20 @@ async fn a_router_joining_mid_broadcast_is_served_before_it_ends_and_each_device
     .await;
     assert_eq!(a.status, 202, "{}", a.text());
     let progress = || registry.segment_progress(&p.app, "bcast");
-    while progress()
-        .await
-        .unwrap()
-        .is_none_or(|(_, sent, _)| sent == 0)
-    {
-        assert!(Instant::now() < deadline, "the broadcast did not start");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(within, "the broadcast did not start", || async {
+        progress()
+            .await
+            .unwrap()
+            .is_some_and(|(_, sent, _)| sent != 0)
+    })
+    .await;
     let joined = Instant::now();
     let second = Membership::default();
     let router = spawn_router(&p.kafka, &p.app, &p.store, &p.stop, second.clone());
-    while second.partitions() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the second router got no partitions"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(within, "the second router got no partitions", || async {
+        second.partitions() > 0
+    })
+    .await;
     let (_, sent, done) = progress().await.unwrap().unwrap();
     assert!(
         !done,
@@ -867,19 +821,9 @@ async fn a_notification_record_written_twice_is_routed_once() {
                           "notif_id": "nul\u{0}id"})
     .to_string()
     .into_bytes();
-    let records: Vec<pusher::platform::produce::Record> = [&record, &unusable, &record]
-        .into_iter()
-        .map(|payload| pusher::platform::produce::Record {
-            topic: format!("push-{}-requests", p.app),
-            key: "42".into(),
-            payload: payload.clone(),
-        })
-        .collect();
-    Producer::new(p.kafka.bootstrap(), Duration::from_secs(5))
-        .unwrap()
-        .produce_all(&records)
-        .await
-        .unwrap();
+    let records =
+        [&record, &unusable, &record].map(|payload| request_record(&p.app, "42", payload.clone()));
+    produce_requests(p.kafka.bootstrap(), &records).await;
     common::platform::wait_routed(p.kafka.bootstrap(), &p.app).await;
     let pushes = read_topic(p.kafka.bootstrap(), &format!("push-{}_gcm", p.app), 1);
     assert_eq!(pushes.len(), 1, "one push: {pushes:?}");
@@ -905,67 +849,14 @@ async fn a_notification_record_written_twice_is_routed_once() {
 /// again, once per retry for as long as the fault lasted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_redone_after_a_partial_failure_sends_each_push_once() {
-    let a = common::platform::fresh_app("rtp");
-    let b = format!("{a}b"); // after `a`: the router handles apps in name order
-    let topics: Vec<String> = [&a, &b]
-        .iter()
-        .flat_map(|app| [format!("push-{app}-requests"), format!("push-{app}_gcm")])
-        .collect();
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    // One partition each: both records are fetched together and make one batch.
-    let kafka = TestKafka::start(&names, 1).await;
-    let store = common::platform::store().await;
-    let registry = Registry::new(store.pool());
-    for app in [&a, &b] {
-        registry
-            .register(app, &[android(1, &format!("{app}-token"), 1_000)], &[])
-            .await
-            .unwrap();
-    }
-    // The first statement that records how many devices b's notification reached fails (a
-    // sequence, which a rollback does not undo, counts the tries).
-    let pg = store.pool().get().await.unwrap();
-    let tag = b.replace('-', "_");
-    let trigger = common::platform::TestTrigger::create(
-        &pg,
-        &format!("test_targets_{tag}"),
-        "BEFORE INSERT",
-        "pusher_notifications",
-        &format!(
-            "IF NEW.app = '{b}' AND nextval('test_targets_{tag}') = 1 THEN
-             RAISE EXCEPTION 'injected: failover';
-             END IF;"
-        ),
-    )
-    .await;
-    let records: Vec<pusher::platform::produce::Record> = [&a, &b]
-        .iter()
-        .map(|app| pusher::platform::produce::Record {
-            topic: format!("push-{app}-requests"),
-            key: "1".into(),
-            payload: json!({"kind": "notification", "user_id": 1, "title": "T",
-                            "content": "C", "notif_id": format!("n-{app}")})
-            .to_string()
-            .into_bytes(),
-        })
-        .collect();
-    Producer::new(kafka.bootstrap(), Duration::from_secs(5))
-        .unwrap()
-        .produce_all(&records)
-        .await
-        .unwrap();
-    let stop = CancellationToken::new();
-    let router = spawn_router(&kafka, &a, &store, &stop, Membership::default());
-    let both = [format!("push-{a}_gcm"), format!("push-{b}_gcm")];
-    let both: Vec<&str> = both.iter().map(String::as_str).collect();
-    let pushes = common::platform::read_topics(kafka.bootstrap(), &both, 2);
-    stop.cancel();
-    let counts = router.await.unwrap();
-    let tries = trigger.drop(&pg).await;
-    assert!(
-        tries >= 2,
-        "b's statement failed once, then passed: {tries}"
-    );
+    let two = TwoApps::start("rtp").await;
+    let (a, b) = (&two.a, &two.b);
+    let records = [a, b].map(|app| {
+        let notification = json!({"kind": "notification", "user_id": 1, "title": "T",
+                                  "content": "C", "notif_id": format!("n-{app}")});
+        request_record(app, "1", notification.to_string().into_bytes())
+    });
+    let (pushes, counts) = two.route_failing_b_once(&records).await;
     let mut tokens: Vec<&str> = pushes.iter().map(|(_, key, _)| key.as_str()).collect();
     tokens.sort();
     assert_eq!(
@@ -987,80 +878,23 @@ async fn a_batch_redone_after_a_partial_failure_sends_each_push_once() {
 /// counted pushes that went out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_retried_after_its_events_went_out_counts_them_as_pushes() {
-    let a = common::platform::fresh_app("rte");
-    let b = format!("{a}b"); // after `a`: the router handles apps in name order
-    let topics: Vec<String> = [&a, &b]
-        .iter()
-        .flat_map(|app| [format!("push-{app}-requests"), format!("push-{app}_gcm")])
-        .collect();
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    // One partition each: both records are fetched together and make one batch.
-    let kafka = TestKafka::start(&names, 1).await;
-    let store = common::platform::store().await;
-    let registry = Registry::new(store.pool());
-    for app in [&a, &b] {
-        registry
-            .register(app, &[android(1, &format!("{app}-token"), 1_000)], &[])
-            .await
-            .unwrap();
-    }
+    let two = TwoApps::start("rte").await;
     let message: pusher::platform::messages::Message = serde_json::from_value(json!({
         "name": "bonus", "event_id": 17, "cooldown_s": 3600,
         "localizations": [{"language_id": 1, "text": "bonus"}]}))
     .unwrap();
-    pusher::platform::messages::Messages::new(store.pool())
-        .put(&a, &message)
+    pusher::platform::messages::Messages::new(two.store.pool())
+        .put(&two.a, &message)
         .await
         .unwrap();
-    // The first statement that records how many devices b's notification reached fails (a
-    // sequence, which a rollback does not undo, counts the tries).
-    let pg = store.pool().get().await.unwrap();
-    let tag = b.replace('-', "_");
-    let trigger = common::platform::TestTrigger::create(
-        &pg,
-        &format!("test_targets_{tag}"),
-        "BEFORE INSERT",
-        "pusher_notifications",
-        &format!(
-            "IF NEW.app = '{b}' AND nextval('test_targets_{tag}') = 1 THEN
-             RAISE EXCEPTION 'injected: failover';
-             END IF;"
-        ),
-    )
-    .await;
+    let event = json!({"kind": "event", "id": "ev-1", "user_id": 1, "event_id": 17});
+    let notification = json!({"kind": "notification", "user_id": 1, "title": "T",
+                              "content": "C", "notif_id": "n-b"});
     let records = [
-        (
-            &a,
-            json!({"kind": "event", "id": "ev-1", "user_id": 1, "event_id": 17}),
-        ),
-        (
-            &b,
-            json!({"kind": "notification", "user_id": 1, "title": "T", "content": "C",
-                   "notif_id": "n-b"}),
-        ),
-    ]
-    .map(|(app, record)| pusher::platform::produce::Record {
-        topic: format!("push-{app}-requests"),
-        key: "1".into(),
-        payload: record.to_string().into_bytes(),
-    });
-    Producer::new(kafka.bootstrap(), Duration::from_secs(5))
-        .unwrap()
-        .produce_all(&records)
-        .await
-        .unwrap();
-    let stop = CancellationToken::new();
-    let router = spawn_router(&kafka, &a, &store, &stop, Membership::default());
-    let both = [format!("push-{a}_gcm"), format!("push-{b}_gcm")];
-    let both: Vec<&str> = both.iter().map(String::as_str).collect();
-    let pushes = common::platform::read_topics(kafka.bootstrap(), &both, 2);
-    stop.cancel();
-    let counts = router.await.unwrap();
-    let tries = trigger.drop(&pg).await;
-    assert!(
-        tries >= 2,
-        "b's statement failed once, then passed: {tries}"
-    );
+        request_record(&two.a, "1", event.to_string().into_bytes()),
+        request_record(&two.b, "1", notification.to_string().into_bytes()),
+    ];
+    let (pushes, counts) = two.route_failing_b_once(&records).await;
     assert_eq!(pushes.len(), 2, "each push once: {pushes:?}");
     let e = &counts.events;
     assert_eq!(
@@ -1069,6 +903,77 @@ async fn a_batch_retried_after_its_events_went_out_counts_them_as_pushes() {
         "{counts:?}"
     );
     assert!(e.skipped.is_empty(), "{counts:?}");
+}
+
+/// Two apps routed in one batch: `a`, and `b` after it (the router handles apps in name
+/// order), each with user 1's Android device `<app>-token`.
+struct TwoApps {
+    a: String,
+    b: String,
+    kafka: TestKafka,
+    store: Store,
+}
+
+impl TwoApps {
+    async fn start(prefix: &str) -> TwoApps {
+        let a = common::platform::fresh_app(prefix);
+        let b = format!("{a}b");
+        let topics: Vec<String> = [&a, &b]
+            .iter()
+            .flat_map(|app| [format!("push-{app}-requests"), format!("push-{app}_gcm")])
+            .collect();
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        // One partition each: both records are fetched together and make one batch.
+        let kafka = TestKafka::start(&names, 1).await;
+        let store = common::platform::store().await;
+        let registry = Registry::new(store.pool());
+        for app in [&a, &b] {
+            registry
+                .register(app, &[android(1, &format!("{app}-token"), 1_000)], &[])
+                .await
+                .unwrap();
+        }
+        TwoApps { a, b, kafka, store }
+    }
+
+    /// Produces `records`, then routes them while the first statement that records how many
+    /// devices b's notification reached fails (as in a PostgreSQL failover), until the two
+    /// GCM topics hold two pushes: those pushes (topic, key, JSON) and the router's counts.
+    async fn route_failing_b_once(
+        &self,
+        records: &[Record],
+    ) -> (Vec<(String, String, Value)>, RouteCounts) {
+        let (a, b) = (&self.a, &self.b);
+        // A sequence, which a rollback does not undo, counts the tries.
+        let pg = self.store.pool().get().await.unwrap();
+        let tag = b.replace('-', "_");
+        let trigger = common::platform::TestTrigger::create(
+            &pg,
+            &format!("test_targets_{tag}"),
+            "BEFORE INSERT",
+            "pusher_notifications",
+            &format!(
+                "IF NEW.app = '{b}' AND nextval('test_targets_{tag}') = 1 THEN
+                 RAISE EXCEPTION 'injected: failover';
+                 END IF;"
+            ),
+        )
+        .await;
+        produce_requests(self.kafka.bootstrap(), records).await;
+        let stop = CancellationToken::new();
+        let router = spawn_router(&self.kafka, a, &self.store, &stop, Membership::default());
+        let both = [format!("push-{a}_gcm"), format!("push-{b}_gcm")];
+        let both: Vec<&str> = both.iter().map(String::as_str).collect();
+        let pushes = common::platform::read_topics(self.kafka.bootstrap(), &both, 2);
+        stop.cancel();
+        let counts = router.await.unwrap();
+        let tries = trigger.drop(&pg).await;
+        assert!(
+            tries >= 2,
+            "b's statement failed once, then passed: {tries}"
+        );
+        (pushes, counts)
+    }
 }
 
 /// The router (`set_targets`) and the API (`record_accepted`) write the same notifications'
@@ -1098,8 +1003,6 @@ async fn router_and_api_lock_notification_rows_in_one_order() {
 /// by construction in `stream_segment`: the order is not observable from here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_reached_no_device_is_complete_and_calls_its_webhook() {
-    use pusher::platform::results::run as results;
-    use pusher::platform::webhook::Webhooks;
     let p = Platform::start().await;
     let registry = Registry::new(p.store.pool());
     let page = 1000; // the router's segment page
@@ -1119,30 +1022,21 @@ async fn what_reached_no_device_is_complete_and_calls_its_webhook() {
         .await;
         assert_eq!(a.status, 202, "{}", a.text());
     }
-    let auth = format!("Bearer {KEY}");
-    let status = |id: &str| {
-        let (auth, addr, path) = (auth.clone(), p.addr, format!("/api/v1/notifications/{id}"));
-        async move {
-            let a = request(addr, "GET", &path, &[("authorization", &auth)], "").await;
-            assert_eq!(a.status, 200, "{path}: {}", a.text());
-            a.json()
-        }
-    };
     // The three are routed in any order (the requests topic has two partitions).
     let deadline = Instant::now() + Duration::from_secs(20);
     for id in ["seg-page", "seg-none", user.as_str()] {
-        while status(id).await["targets"].is_null() && Instant::now() < deadline {
+        while p.notification(id).await["targets"].is_null() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let seg = status("seg-page").await;
+    let seg = p.notification("seg-page").await;
     assert_eq!(
         (&seg["targets"], &seg["segment"]),
         (&json!(page), &json!({"sent": page, "done": true})),
         "{seg}"
     );
     for id in [user.as_str(), "seg-none"] {
-        let s = status(id).await;
+        let s = p.notification(id).await;
         assert_eq!(
             (&s["targets"], &s["pending"]),
             (&json!(0), &json!(0)),
@@ -1152,20 +1046,22 @@ async fn what_reached_no_device_is_complete_and_calls_its_webhook() {
 
     // The app's webhook, and pusher results (no feedback topic has records).
     let (hook, mut calls) = common::platform::webhook_receiver().await;
-    let hooks = Webhooks::new(&std::collections::BTreeMap::from([(p.app.clone(), hook)])).unwrap();
     let stop = CancellationToken::new();
-    let writer = tokio::spawn(results(
-        common::platform::results_group(p.kafka.bootstrap(), &p.app),
-        p.store.clone(),
-        hooks,
-        stop.clone(),
-    ));
+    let writer = common::platform::spawn_results(
+        p.kafka.bootstrap(),
+        &p.app,
+        &p.store,
+        common::platform::hooks_of(&p.app, hook),
+        &stop,
+    );
     let mut bodies = Vec::new();
     for _ in 0..2 {
-        let body = tokio::time::timeout(Duration::from_secs(20), calls.recv())
-            .await
-            .expect("a webhook call for each notification that reached no device")
-            .unwrap();
+        let body = next_within(
+            &mut calls,
+            Duration::from_secs(20),
+            "a webhook call for each notification that reached no device",
+        )
+        .await;
         bodies.push(body);
     }
     bodies.sort_by_key(|b| b["notif_id"].as_str().unwrap().to_owned());
@@ -1183,7 +1079,7 @@ async fn what_reached_no_device_is_complete_and_calls_its_webhook() {
         .unwrap()
         .is_empty());
     stop.cancel();
-    let counts = writer.await.unwrap().unwrap();
+    let counts = writer.await.unwrap();
     assert_eq!((counts.webhooks, counts.consumed), (2, 0), "{counts:?}");
     assert!(calls.try_recv().is_err(), "no second call");
     let routed = p.stop().await;
@@ -1212,13 +1108,7 @@ async fn the_device_limit_never_deletes_a_token_moved_to_another_user_meanwhile(
         .collect();
     registry.register(&app, &ten, &[]).await.unwrap();
 
-    let (mut other, connection) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=test",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut other = pg_client().await;
     let moving = other.transaction().await.unwrap();
     moving
         .execute(
@@ -1239,23 +1129,23 @@ async fn the_device_limit_never_deletes_a_token_moved_to_another_user_meanwhile(
     };
     // The registration waits for the move's row lock.
     let watcher = store.pool().get().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND query LIKE '%DELETE FROM pusher_devices%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the limit's DELETE never waited");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the limit's DELETE never waited",
+        || async {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND query LIKE '%DELETE FROM pusher_devices%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            waiting > 0
+        },
+    )
+    .await;
     moving.commit().await.unwrap();
     eleventh.await.unwrap().unwrap();
     assert_eq!(
@@ -1339,15 +1229,7 @@ async fn a_removed_token_is_not_brought_back_by_an_older_login() {
         .register(&p.app, &[android(7, "logged-out", now_s - 60)], &[])
         .await
         .unwrap();
-    let auth = format!("Bearer {KEY}");
-    let deleted = request(
-        p.addr,
-        "DELETE",
-        "/api/v1/devices/logged-out",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let deleted = authorized(p.addr, "DELETE", "/api/v1/devices/logged-out", KEY, "").await;
     assert_eq!(deleted.status, 204, "{}", deleted.text());
     registry
         .register(&p.app, &[android(7, "logged-out", now_s - 30)], &[])
@@ -1356,14 +1238,7 @@ async fn a_removed_token_is_not_brought_back_by_an_older_login() {
     assert!(tokens_of(&registry, &p.app, 7).await.is_empty());
     // A login in the second of the removal (Pushkin's seconds; an account switch: the token
     // moves to the user who logs in next) is taken.
-    let deleted = request(
-        p.addr,
-        "DELETE",
-        "/api/v1/devices/other-token",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let deleted = authorized(p.addr, "DELETE", "/api/v1/devices/other-token", KEY, "").await;
     assert_eq!(deleted.status, 404, "{}", deleted.text());
     let removed_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1638,8 +1513,7 @@ async fn a_login_without_a_language_keeps_the_users() {
 
 /// The store (schema made), its registry and a new app named from `prefix`.
 async fn fresh_registry(prefix: &str) -> (Store, Registry, String) {
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
+    let store = common::platform::store().await;
     let registry = Registry::new(store.pool());
     (store, registry, common::platform::fresh_app(prefix))
 }

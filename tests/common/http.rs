@@ -79,6 +79,18 @@ pub async fn try_request(
     })
 }
 
+/// `request` with a bearer key and no other header.
+pub async fn authorized(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: impl Into<Bytes>,
+) -> Answer {
+    let auth = format!("Bearer {key}");
+    request(addr, method, path, &[("authorization", &auth)], body).await
+}
+
 /// `POST path` with a JSON body and a bearer key.
 pub async fn post_json(
     addr: SocketAddr,

@@ -3,13 +3,19 @@
 #![allow(dead_code)]
 
 use pusher::config::{PgConfig, Secret};
-use pusher::platform::api::{ApiKey, ApiSettings};
+use pusher::platform::api::{serve, ApiKey, ApiSettings, ApiState};
+use pusher::platform::produce::Producer;
+use pusher::platform::results::ResultCounts;
 use pusher::platform::store::Store;
+use pusher::platform::webhook::Webhooks;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// The machine's PostgreSQL (ci/setup.sh starts it): trust auth, user postgres, database test.
 pub fn pg() -> PgConfig {
@@ -59,6 +65,26 @@ pub fn api_settings(app: &str, key: &str) -> ApiSettings {
         write_timeout: Duration::from_secs(30),
         max_in_flight_bytes: 256 << 20,
     }
+}
+
+/// `pusher api` on 127.0.0.1:0 with `settings` and `store`, producing to `brokers`, until
+/// `stop`: its address, its state and the task serving it.
+pub async fn serve_api(
+    settings: ApiSettings,
+    brokers: &str,
+    store: Store,
+    stop: &CancellationToken,
+) -> (
+    SocketAddr,
+    ApiState,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let producer = Producer::new(brokers, settings.produce_timeout).unwrap();
+    let state = ApiState::new(settings, producer, store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(serve(listener, state.clone(), stop.clone()));
+    (addr, state, task)
 }
 
 /// An app name no other test (or earlier run) uses.
@@ -118,20 +144,15 @@ pub fn read_topics(
 /// An app's webhook on port 0 that answers 200: its URL, and each call's JSON body.
 pub async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
     let (calls_tx, calls) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    let router = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let calls = calls_tx.clone();
-            async move {
-                let _ = calls.send(serde_json::from_slice(&body).unwrap());
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    (format!("http://{addr}/hook"), calls)
+    let url = hook_server(move |body: axum::body::Bytes| {
+        let calls = calls_tx.clone();
+        async move {
+            let _ = calls.send(serde_json::from_slice(&body).unwrap());
+            axum::http::StatusCode::OK
+        }
+    })
+    .await;
+    (url, calls)
 }
 
 /// `pusher results`' consumer group for `app`'s feedback topics, from the start.
@@ -144,6 +165,91 @@ pub fn results_group(brokers: &str, app: &str) -> pusher::platform::consume::Gro
         offset_reset: "earliest".to_owned(),
         consumer_extra: Vec::new(),
     }
+}
+
+/// `pusher results` in this process for `app` (`results_group`), calling `hooks`, until
+/// `stop`: its counts once stopped.
+pub fn spawn_results(
+    brokers: &str,
+    app: &str,
+    store: &Store,
+    hooks: Webhooks,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<ResultCounts> {
+    let group = results_group(brokers, app);
+    let run = pusher::platform::results::run(group, store.clone(), hooks, stop.clone());
+    tokio::spawn(async move { run.await.unwrap() })
+}
+
+/// `app`'s webhook at `url`, as `results.webhooks` names it.
+pub fn hooks_of(app: &str, url: String) -> Webhooks {
+    Webhooks::new(&BTreeMap::from([(app.to_owned(), url)])).unwrap()
+}
+
+/// No app's webhook: a results process that hands what it completes over.
+pub fn no_hooks() -> Webhooks {
+    Webhooks::new(&BTreeMap::new()).unwrap()
+}
+
+/// A webhook at `POST /hook` on port 0 that `handler` answers: its URL.
+pub async fn hook_server<H, T>(handler: H) -> String
+where
+    H: axum::handler::Handler<T, ()>,
+    T: 'static,
+{
+    let router = axum::Router::new().route("/hook", axum::routing::post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}/hook")
+}
+
+/// What `calls` receives next, within `within`; fails with `what` (what was awaited).
+pub async fn next_within<T>(
+    calls: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    within: Duration,
+    what: &str,
+) -> T {
+    tokio::time::timeout(within, calls.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+        .unwrap()
+}
+
+/// Fails if `calls` receives anything more within 1.5 s: each call was made once.
+pub async fn assert_each_once<T>(calls: &mut tokio::sync::mpsc::UnboundedReceiver<T>) {
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), calls.recv())
+            .await
+            .is_err(),
+        "each once"
+    );
+}
+
+/// Polls `done` every 20 ms until it holds; fails with `what` once `within` has passed.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A session of its own on the machine's PostgreSQL, outside any pool: one that holds locks
+/// or changes rows beside the code under test.
+pub async fn pg_client() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
 }
 
 /// Produces `pusher run`'s feedback record of a delivered GCM push of `notif_id` to `token`,
