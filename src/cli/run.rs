@@ -553,6 +553,22 @@ fn apns_configs(
         }
         configs.push((app.clone(), c));
     }
+    let mut keys_of_team: HashMap<&str, std::collections::BTreeSet<&str>> = HashMap::new();
+    for (_, c) in &configs {
+        if let ApnsAuth::Token(auth) = &c.auth {
+            keys_of_team
+                .entry(&auth.team_id)
+                .or_default()
+                .insert(&auth.key_id);
+        }
+    }
+    for (team, keys) in keys_of_team.iter().filter(|(_, keys)| keys.len() > 1) {
+        tracing::warn!(
+            team,
+            ?keys,
+            "Apps of one team with different keys: each key mints its own token, and Apple counts token changes per team (TooManyProviderTokenUpdates); give the team's apps one key."
+        );
+    }
     Ok(configs)
 }
 

@@ -145,7 +145,10 @@ impl ConsumerContext for RebalanceContext {
                     partitions = revoked.len(),
                     "Partitions lost to the group: not committing; their new owners redo what was unfinished."
                 );
-                revoke_then_commit(&self.tracker, &revoked, |_| {});
+                let mut tracker = self.tracker.lock();
+                for (topic, partition) in &revoked {
+                    tracker.revoke(topic, *partition);
+                }
                 return;
             }
             revoke_then_commit(&self.tracker, &revoked, |commits| {

@@ -312,6 +312,36 @@ impl Claims {
         charges: &[Claim],
     ) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
+        // The charges first: marked after the claims, a failure between left a redo that
+        // skips the pair (its claims sent) with its charge unmarked, and so given back later.
+        if !charges.is_empty() {
+            let tokens: Vec<&str> = charges.iter().map(|c| c.subject.as_str()).collect();
+            let owners: Vec<&str> = charges.iter().map(|c| c.owner.as_str()).collect();
+            // One row per device (a device's owners aggregated: a statement may set a row once),
+            // locked in token order as the charges lock them. `sent` keeps only owners the device
+            // still remembers when it is marked.
+            super::store::execute(
+                &client,
+                "WITH t AS (SELECT t.token, array_agg(t.owner) AS owners
+                            FROM unnest($2::text[], $3::text[]) AS t(token, owner)
+                            GROUP BY t.token),
+                 locked AS MATERIALIZED (
+                     SELECT d.token FROM pusher_device_limits d JOIN t ON d.token = t.token
+                     WHERE d.app = (SELECT $1::text)
+                       AND d.token = ANY((SELECT $2::text[])::text[])
+                       AND EXISTS (SELECT 1 FROM unnest(t.owners) AS o
+                                   WHERE o = ANY(d.charged) AND NOT o = ANY(d.sent))
+                     ORDER BY d.token FOR UPDATE OF d)
+                 UPDATE pusher_device_limits AS r
+                     SET sent = ARRAY(SELECT DISTINCT o FROM unnest(t.owners || r.sent) AS o
+                                      WHERE o = ANY(r.charged))
+                     FROM t, locked
+                     WHERE r.app = (SELECT $1::text) AND r.token = locked.token
+                       AND r.token = t.token",
+                &[&app, &tokens, &owners],
+            )
+            .await?;
+        }
         for (claims, statement) in [
             (
                 cooldowns,
@@ -333,35 +363,6 @@ impl Claims {
         ] {
             for_each_claim(&client, statement, app, claims).await?;
         }
-        if charges.is_empty() {
-            return Ok(());
-        }
-        let tokens: Vec<&str> = charges.iter().map(|c| c.subject.as_str()).collect();
-        let owners: Vec<&str> = charges.iter().map(|c| c.owner.as_str()).collect();
-        // One row per device (a device's owners aggregated: a statement may set a row once),
-        // locked in token order as the charges lock them. `sent` keeps only owners the device
-        // still remembers, so it never holds more than `charged`.
-        super::store::execute(
-            &client,
-            "WITH t AS (SELECT t.token, array_agg(t.owner) AS owners
-                        FROM unnest($2::text[], $3::text[]) AS t(token, owner)
-                        GROUP BY t.token),
-             locked AS MATERIALIZED (
-                 SELECT d.token FROM pusher_device_limits d JOIN t ON d.token = t.token
-                 WHERE d.app = (SELECT $1::text)
-                   AND d.token = ANY((SELECT $2::text[])::text[])
-                   AND EXISTS (SELECT 1 FROM unnest(t.owners) AS o
-                               WHERE o = ANY(d.charged) AND NOT o = ANY(d.sent))
-                 ORDER BY d.token FOR UPDATE OF d)
-             UPDATE pusher_device_limits AS r
-                 SET sent = ARRAY(SELECT DISTINCT o FROM unnest(t.owners || r.sent) AS o
-                                  WHERE o = ANY(r.charged))
-                 FROM t, locked
-                 WHERE r.app = (SELECT $1::text) AND r.token = locked.token
-                   AND r.token = t.token",
-            &[&app, &tokens, &owners],
-        )
-        .await?;
         Ok(())
     }
 }
