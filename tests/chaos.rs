@@ -198,6 +198,24 @@ async fn kill_and_restart(
             p.delivered_distinct() >= count
         })
         .await;
+    until_caught_up(caught_up).await;
+    stop_gracefully(child);
+    report
+}
+
+/// `pusher run apns` for `app` in `group`, at the in-flight bound of these runs.
+fn pusher_run<'a>(app: &'a str, brokers: &'a str, group: &'a str) -> PusherRun<'a> {
+    PusherRun {
+        app,
+        brokers,
+        group,
+        in_flight: IN_FLIGHT,
+        env: vec![],
+    }
+}
+
+/// Waits (60 s at most) until the group's commits reach the partition ends.
+async fn until_caught_up(caught_up: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !caught_up() {
         assert!(
@@ -206,8 +224,6 @@ async fn kill_and_restart(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop_gracefully(child);
-    report
 }
 
 fn stop_gracefully(mut child: KillOnDrop) {
@@ -298,13 +314,7 @@ async fn chaos_mock(count: u64, partitions: i32, kills: usize) {
     drop(messages);
 
     let group = format!("chaos-{app}");
-    let run = PusherRun {
-        app: &app,
-        brokers: &brokers,
-        group: &group,
-        in_flight: IN_FLIGHT,
-        env: vec![],
-    };
+    let run = pusher_run(&app, &brokers, &group);
     let started = Instant::now();
     let caught_up = || {
         committed_offsets(&brokers, &group, &topic, partitions)
@@ -451,13 +461,7 @@ async fn tansu_sigkill_at_random_moments_loses_nothing() {
     produce_all(&tansu.bootstrap, &topic, &messages).await;
     let fake = fake(TANSU_MESSAGES).await;
     let group = format!("chaos-{app}");
-    let run = PusherRun {
-        app: &app,
-        brokers: &tansu.bootstrap,
-        group: &group,
-        in_flight: IN_FLIGHT,
-        env: vec![],
-    };
+    let run = pusher_run(&app, &tansu.bootstrap, &group);
     let caught_up = || {
         committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS)
             == partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS)
@@ -570,13 +574,7 @@ async fn tansu_broker_restarted_under_load_loses_nothing() {
         fake,
     } = tansu_producing("tbroker", seed).await;
     let group = format!("chaos-{app}");
-    let run = PusherRun {
-        app: &app,
-        brokers: &tansu.bootstrap,
-        group: &group,
-        in_flight: IN_FLIGHT,
-        env: vec![],
-    };
+    let run = pusher_run(&app, &tansu.bootstrap, &group);
     let mut child = run.spawn(&fake);
     let mut progress = Progress {
         fake: &fake,
@@ -671,13 +669,7 @@ async fn tansu_fleet_rebalances_as_members_join_and_die() {
         fake,
     } = tansu_producing("tfleet", seed).await;
     let group = format!("fleet-{app}");
-    let run = PusherRun {
-        app: &app,
-        brokers: &tansu.bootstrap,
-        group: &group,
-        in_flight: IN_FLIGHT,
-        env: vec![],
-    };
+    let run = pusher_run(&app, &tansu.bootstrap, &group);
     let mut members: Vec<KillOnDrop> = (0..3).map(|_| run.spawn(&fake)).collect();
     let mut progress = Progress {
         fake: &fake,
@@ -780,13 +772,7 @@ async fn tansu_a_member_frozen_past_its_session_timeout_rejoins() {
         fake,
     } = tansu_producing("tfrozen", seed).await;
     let group = format!("frozen-{app}");
-    let run = PusherRun {
-        app: &app,
-        brokers: &tansu.bootstrap,
-        group: &group,
-        in_flight: IN_FLIGHT,
-        env: vec![],
-    };
+    let run = pusher_run(&app, &tansu.bootstrap, &group);
     let log = tempfile::NamedTempFile::new().unwrap();
     let steady = run.spawn(&fake);
     let frozen = KillOnDrop(
@@ -853,14 +839,7 @@ async fn tansu_a_member_frozen_past_its_session_timeout_rejoins() {
         committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS)
             == partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS)
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !caught_up() {
-        assert!(
-            Instant::now() < deadline,
-            "the group's commits did not reach the partition ends within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_caught_up(caught_up).await;
     stop_gracefully(steady);
     stop_gracefully(frozen);
     // Whether the woken member found its partitions lost depends on when the broker evicted
