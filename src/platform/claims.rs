@@ -179,7 +179,8 @@ impl Claims {
         let window_s = bounded(limit.window_s);
         let interval = limit.interval_s();
         // `count` later charges push an owner out: its redelivery, if one still comes, is
-        // then charged again (as every redelivery was with one owner kept).
+        // then charged again (as every redelivery was with one owner kept). `sent` keeps only
+        // owners still charged: one pushed out and charged again is not sent until marked.
         let kept = limit.count.clamp(1, CHARGED_KEPT) as i32;
         for round in rounds(keyed.iter()) {
             let tokens: Vec<&str> = round.iter().map(|&i| keyed[i].subject.as_str()).collect();
@@ -195,7 +196,11 @@ impl Claims {
                        SET tat = CASE WHEN EXCLUDED.charged[1] = ANY(r.charged) THEN r.tat
                                  ELSE greatest(r.tat, now()) + $4 * interval '1 second' END,
                            charged = CASE WHEN EXCLUDED.charged[1] = ANY(r.charged) THEN r.charged
-                                     ELSE (EXCLUDED.charged || r.charged)[1:$6] END
+                                     ELSE (EXCLUDED.charged || r.charged)[1:$6] END,
+                           sent = CASE WHEN EXCLUDED.charged[1] = ANY(r.charged) THEN r.sent
+                                  ELSE ARRAY(SELECT o FROM unnest(r.sent) AS o
+                                             WHERE o = ANY((EXCLUDED.charged || r.charged)[1:$6]))
+                                  END
                        WHERE EXCLUDED.charged[1] = ANY(r.charged)
                           OR greatest(r.tat, now()) + $4 * interval '1 second'
                              <= now() + $5 * interval '1 second'

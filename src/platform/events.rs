@@ -77,7 +77,10 @@ pub struct EventCounts {
     pub pushes: u64,
     /// Pushes stopped by a device limit or as duplicates (each with a feedback record).
     pub rate_limited: u64,
-    /// Pushes of a redelivered event that were already sent (not sent again).
+    /// Pushes of a redelivered event that an earlier delivery sent (not sent again; that
+    /// delivery counted them). A push an earlier attempt of the same batch got into Kafka
+    /// counts in `pushes` instead: no completed count holds it, and `pushes` counts each push
+    /// in Kafka once.
     pub already_sent: u64,
     pub skipped: BTreeMap<String, u64>,
 }
@@ -377,18 +380,6 @@ pub async fn route(
         .into_iter()
         .filter(|c| !in_kafka(&c.owner, &c.subject))
         .collect();
-    let mut sent_earlier: Vec<Claim> = Vec::new();
-    for (e, m) in unclaimed.iter().filter(|_| !earlier.is_empty()) {
-        let id = notif_id(e, m);
-        for token in earlier.get(id.as_str()).into_iter().flatten() {
-            sent_earlier.push(Claim {
-                subject: (*token).to_owned(),
-                message: m.name.clone(),
-                owner: id.clone(),
-            });
-        }
-    }
-    counts.already_sent += sent_earlier.len() as u64;
     if limits.dedup_window_s > 0.0 {
         stores.claims.release_dedup(app, &unsent).await?;
     }
@@ -413,6 +404,40 @@ pub async fn route(
             pushes.push((notification.clone(), d));
         }
     }
+    // Every push an earlier attempt got into Kafka for this phase's pairs that this attempt
+    // does not make: its pair is skipped now, or its device left the user since (feedback
+    // deleted the token, or another user registered it). Sent: its dedup claim and its charge
+    // are marked sent with this attempt's, and it counts as a push (no completed count holds it).
+    let mut sent_earlier: Vec<Claim> = Vec::new();
+    if !earlier.is_empty() {
+        let made: HashSet<(&str, &str)> = pushes
+            .iter()
+            .map(|(n, d)| (n.notif_id.as_str(), d.token.as_str()))
+            .collect();
+        // Each notification once, should an event come twice.
+        let mut seen: HashSet<&str> = HashSet::new();
+        for e in events {
+            for m in triggered.get(&e.event_id).into_iter().flatten() {
+                let id = notif_id(e, m);
+                let Some((&id, tokens)) = earlier.get_key_value(id.as_str()) else {
+                    continue;
+                };
+                if !seen.insert(id) {
+                    continue;
+                }
+                for &token in tokens {
+                    if !made.contains(&(id, token)) {
+                        sent_earlier.push(Claim {
+                            subject: token.to_owned(),
+                            message: m.name.clone(),
+                            owner: id.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    counts.pushes += sent_earlier.len() as u64;
     // None: send; Some(reason): rate_limited; Some("") already sent (a redelivery).
     let mut verdict: Vec<Option<&str>> = vec![None; pushes.len()];
     // In Kafka from an earlier attempt: sent, whatever the checks say now (its record is not
@@ -487,7 +512,9 @@ pub async fn route(
             .collect();
     }
     // So is a cooldown whose notification reached no device (every push refused by the
-    // limits): held, the user would get nothing of that message for the whole cooldown.
+    // limits): held, the user would get nothing of that message for the whole cooldown. One
+    // with a push in Kafka from an earlier attempt reached a device, though that device may
+    // have left the user since and the rest be refused now.
     let reached: HashSet<&str> = pushes
         .iter()
         .zip(&verdict)
@@ -496,11 +523,14 @@ pub async fn route(
         .collect();
     let (kept, unsent): (Vec<Claim>, Vec<Claim>) = std::mem::take(&mut routed.cooldown_sent)
         .into_iter()
-        .partition(|c| reached.contains(format!("{}.{}", c.owner, c.message).as_str()));
+        .partition(|c| {
+            let id = format!("{}.{}", c.owner, c.message);
+            reached.contains(id.as_str()) || earlier.contains_key(id.as_str())
+        });
     routed.cooldown_sent = kept;
     routed.cooldown_sent.extend(kept_cooldowns);
     stores.claims.release_cooldowns(app, &unsent).await?;
-    for ((n, d), verdict) in pushes.iter().zip(verdict) {
+    for (((n, d), verdict), pushed) in pushes.iter().zip(verdict).zip(pushed) {
         match verdict {
             None => {
                 counts.pushes += 1;
@@ -513,6 +543,9 @@ pub async fn route(
                     },
                 });
             }
+            // An earlier attempt of this batch got it into Kafka, and its counts were never
+            // kept: a push. Else an earlier delivery sent it and counted it.
+            Some("") if pushed => counts.pushes += 1,
             Some("") => counts.already_sent += 1,
             Some(reason) => {
                 counts.rate_limited += 1;

@@ -198,10 +198,12 @@ struct Written<'a> {
     /// batch for `phases`. The pushes of `ids` are the same pushes in any batch.
     shape: Option<(Place, usize)>,
     ids: events::Produced,
+    /// This attempt redoes the batch `ids` belongs to. On a first attempt `ids` holds only
+    /// this attempt's records, none of them a later phase's, so event routing is given none.
+    retry: bool,
     /// The event phases an earlier attempt finished (produced and marked sent), by (app,
-    /// phase), with what they counted: a retry skips them and counts the same. Routed again,
-    /// their claims were found sent, and the pushes that went out were counted
-    /// `already_sent` instead.
+    /// phase), with what they counted: a retry skips them and counts the same (routed again,
+    /// their claims are found sent, and their notifications counted `already_sent`).
     phases: HashMap<(String, usize), EventCounts>,
 }
 
@@ -212,6 +214,7 @@ impl<'a> Written<'a> {
             batch: None,
             shape: None,
             ids: HashSet::new(),
+            retry: false,
             phases: HashMap::new(),
         }
     }
@@ -226,7 +229,8 @@ impl<'a> Written<'a> {
     }
 
     fn begin_at(&mut self, first: Option<Place>, shape: Option<(Place, usize)>) {
-        if first != self.batch {
+        self.retry = first == self.batch;
+        if !self.retry {
             self.ids.clear();
             self.phases.clear();
             self.batch = first;
@@ -511,14 +515,17 @@ async fn handle(
             // cooldown hold).
             let routed_at = crate::clock::unix_ms();
             // What an earlier attempt got into Kafka is sent: nothing claimed for it is given
-            // back, though its event may have expired since.
+            // back, though its event may have expired since. A first attempt has no earlier
+            // one: nothing to look through.
+            let none = events::Produced::new();
+            let produced = if written.retry { &written.ids } else { &none };
             let routed = events::route(
                 &settings.events,
                 stores,
                 app,
                 &phase.events,
                 routed_at,
-                &written.ids,
+                produced,
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -786,6 +793,7 @@ mod tests {
         let mut written = Written::new(&producer);
         let at = |offset: i64| ("push-game-requests".to_owned(), 0, offset);
         written.begin_at(Some(at(100)), Some((at(150), 51)));
+        assert!(!written.retry);
         written.ids.insert(("t".into(), "k".into(), "n".into()));
         written
             .phases
@@ -793,12 +801,15 @@ mod tests {
         // A retry of the same batch keeps both.
         written.begin_at(Some(at(100)), Some((at(150), 51)));
         assert_eq!((written.ids.len(), written.phases.len()), (1, 1));
+        assert!(written.retry);
         // The same first record, more records: the phases are redone.
         written.begin_at(Some(at(100)), Some((at(400), 301)));
         assert_eq!((written.ids.len(), written.phases.len()), (1, 0));
+        assert!(written.retry, "its pushes in Kafka are looked for");
         // Another first record: a new batch.
         written.begin_at(Some(at(401)), Some((at(450), 50)));
         assert_eq!((written.ids.len(), written.phases.len()), (0, 0));
+        assert!(!written.retry);
     }
 
     #[test]
