@@ -1515,6 +1515,115 @@ async fn a_push_in_kafka_keeps_its_claims_when_the_retry_finds_its_event_expired
     assert_eq!((c.events.pushes, c.events.rate_limited), (2, 0), "{c:?}");
 }
 
+/// Event routing straight on PostgreSQL, no Kafka and no router, for the tests that play a
+/// router's attempts by hand: a fresh app, its messages, and a per-device limit of one push an
+/// hour.
+struct Direct {
+    store: Store,
+    claims: Claims,
+    messages: Messages,
+    registry: Registry,
+    app: String,
+    settings: EventSettings,
+}
+
+impl Direct {
+    /// `messages`: (name, event id, cooldown s, expiry s), each with an English text.
+    async fn new(prefix: &str, messages: &[(&str, i32, i64, i64)], dedup_window_s: f64) -> Direct {
+        let store = Store::new(&pg()).unwrap();
+        store.init().await.unwrap();
+        let app = common::platform::fresh_app(prefix);
+        let direct = Direct {
+            claims: Claims::new(store.pool()),
+            messages: Messages::new(store.pool()),
+            registry: Registry::new(store.pool()),
+            settings: EventSettings {
+                limits: HashMap::from([(
+                    app.clone(),
+                    DeviceLimits {
+                        limit: Some(Limit {
+                            count: 1,
+                            window_s: 3600.0,
+                        }),
+                        dedup_window_s,
+                    },
+                )]),
+                ..EventSettings::default()
+            },
+            app,
+            store,
+        };
+        for &(name, event_id, cooldown_s, expiry_s) in messages {
+            let message: Message = serde_json::from_value(json!({
+                "name": name, "event_id": event_id, "cooldown_s": cooldown_s,
+                "expiry_s": expiry_s, "localizations": [{"language_id": 1, "text": name}]
+            }))
+            .unwrap();
+            direct.messages.put(&direct.app, &message).await.unwrap();
+        }
+        direct
+    }
+
+    /// User 5 logs in on `token` at `now_ms`.
+    async fn register(&self, token: &str, now_ms: i64) {
+        let pairs: BTreeMap<String, String> =
+            serde_json::from_value(login(5, 1, 1, token)["pairs"].clone()).unwrap();
+        let (device, login) = login_of(5, now_ms, &pairs).unwrap();
+        self.registry
+            .register(&self.app, &[device], &[login])
+            .await
+            .unwrap();
+    }
+
+    /// Routes user 5's event `uid` of `event_id`, which happened at `at_ms`, at `now_ms`,
+    /// with `produced` in Kafka from earlier attempts.
+    async fn route(
+        &self,
+        uid: &str,
+        event_id: i32,
+        at_ms: i64,
+        now_ms: i64,
+        produced: &Produced,
+    ) -> events::Routed {
+        let stores = EventStores {
+            notifications: &self.store,
+            messages: &self.messages,
+            registry: &self.registry,
+            claims: &self.claims,
+        };
+        let event = Event {
+            uid: uid.into(),
+            user_id: 5,
+            event_id,
+            pairs: BTreeMap::new(),
+            at_ms,
+        };
+        events::route(
+            &self.settings,
+            &stores,
+            &self.app,
+            &[event],
+            now_ms,
+            produced,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// What the router does once `routed`'s records are in Kafka.
+    async fn mark_sent(&self, routed: &events::Routed) {
+        self.claims
+            .mark_sent(
+                &self.app,
+                &routed.cooldown_sent,
+                &routed.dedup_sent,
+                &routed.limit_sent,
+            )
+            .await
+            .unwrap();
+    }
+}
+
 /// A router gets an event's push into Kafka and marks it sent, then dies before committing;
 /// the redelivery comes after the message's life. The message has no cooldown and no dedup
 /// window: only the device's limit charge says the push went out, and it is kept (marked
@@ -1522,70 +1631,16 @@ async fn a_push_in_kafka_keeps_its_claims_when_the_retry_finds_its_event_expired
 /// and the device got two pushes where its limit allows one.
 #[tokio::test]
 async fn a_charge_marked_sent_is_kept_when_a_redelivery_finds_its_event_expired() {
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
-    let claims = Claims::new(store.pool());
-    let messages = Messages::new(store.pool());
-    let registry = Registry::new(store.pool());
-    let app = common::platform::fresh_app("rd");
-    for (name, event_id, expiry_s) in [("energy", 9, 2), ("gift", 10, 0)] {
-        let message: Message = serde_json::from_value(json!({
-            "name": name, "event_id": event_id, "expiry_s": expiry_s,
-            "localizations": [{"language_id": 1, "text": name}]
-        }))
-        .unwrap();
-        messages.put(&app, &message).await.unwrap();
-    }
+    let d = Direct::new("rd", &[("energy", 9, 0, 2), ("gift", 10, 0, 0)], 0.0).await;
     let now = now_ms();
-    let pairs: BTreeMap<String, String> =
-        serde_json::from_value(login(5, 1, 1, "gcm-5")["pairs"].clone()).unwrap();
-    let (device, login) = login_of(5, now, &pairs).unwrap();
-    registry.register(&app, &[device], &[login]).await.unwrap();
-    let settings = EventSettings {
-        limits: HashMap::from([(
-            app.clone(),
-            DeviceLimits {
-                limit: Some(Limit {
-                    count: 1,
-                    window_s: 3600.0,
-                }),
-                dedup_window_s: 0.0,
-            },
-        )]),
-        ..EventSettings::default()
-    };
-    let stores = EventStores {
-        notifications: &store,
-        messages: &messages,
-        registry: &registry,
-        claims: &claims,
-    };
-    let event = |uid: &str, event_id: i32| Event {
-        uid: uid.into(),
-        user_id: 5,
-        event_id,
-        pairs: BTreeMap::new(),
-        at_ms: now,
-    };
+    d.register("gcm-5", now).await;
     let nothing = Produced::new();
-    let first = events::route(&settings, &stores, &app, &[event("e1", 9)], now, &nothing)
-        .await
-        .unwrap();
+    let first = d.route("e1", 9, now, now, &nothing).await;
     assert_eq!(first.counts.pushes, 1, "{:?}", first.counts);
     // Its push is in Kafka: marked sent, then the router dies before the commit.
-    claims
-        .mark_sent(
-            &app,
-            &first.cooldown_sent,
-            &first.dedup_sent,
-            &first.limit_sent,
-        )
-        .await
-        .unwrap();
+    d.mark_sent(&first).await;
     let later = now + 3000;
-    let again = events::route(&settings, &stores, &app, &[event("e1", 9)], later, &nothing)
-        .await
-        .unwrap();
+    let again = d.route("e1", 9, now, later, &nothing).await;
     assert_eq!(
         again.counts.skipped.get("expired"),
         Some(&1),
@@ -1593,16 +1648,7 @@ async fn a_charge_marked_sent_is_kept_when_a_redelivery_finds_its_event_expired(
         again.counts
     );
     assert!(again.records.is_empty());
-    let next = events::route(
-        &settings,
-        &stores,
-        &app,
-        &[event("e2", 10)],
-        later,
-        &nothing,
-    )
-    .await
-    .unwrap();
+    let next = d.route("e2", 10, now, later, &nothing).await;
     assert_eq!(
         (next.counts.pushes, next.counts.rate_limited),
         (0, 1),
@@ -1620,78 +1666,22 @@ async fn a_charge_marked_sent_is_kept_when_a_redelivery_finds_its_event_expired(
 /// gcm-a's dedup claim and charge unsent.
 #[tokio::test]
 async fn a_push_in_kafka_to_a_device_gone_since_keeps_its_claims() {
-    let store = Store::new(&pg()).unwrap();
-    store.init().await.unwrap();
-    let claims = Claims::new(store.pool());
-    let messages = Messages::new(store.pool());
-    let registry = Registry::new(store.pool());
-    let app = common::platform::fresh_app("gone");
-    for (name, event_id, cooldown_s) in [("gift", 10, 0), ("energy", 9, 3600)] {
-        let message: Message = serde_json::from_value(json!({
-            "name": name, "event_id": event_id, "cooldown_s": cooldown_s,
-            "localizations": [{"language_id": 1, "text": name}]
-        }))
-        .unwrap();
-        messages.put(&app, &message).await.unwrap();
-    }
+    let d = Direct::new(
+        "gone",
+        &[("gift", 10, 0, 0), ("energy", 9, 3600, 0)],
+        3600.0,
+    )
+    .await;
     let now = now_ms();
-    let register = |token: &'static str| {
-        let registry = &registry;
-        let app = &app;
-        async move {
-            let pairs: BTreeMap<String, String> =
-                serde_json::from_value(login(5, 1, 1, token)["pairs"].clone()).unwrap();
-            let (device, login) = login_of(5, now, &pairs).unwrap();
-            registry.register(app, &[device], &[login]).await.unwrap();
-        }
-    };
-    let settings = EventSettings {
-        limits: HashMap::from([(
-            app.clone(),
-            DeviceLimits {
-                limit: Some(Limit {
-                    count: 1,
-                    window_s: 3600.0,
-                }),
-                dedup_window_s: 3600.0,
-            },
-        )]),
-        ..EventSettings::default()
-    };
-    let stores = EventStores {
-        notifications: &store,
-        messages: &messages,
-        registry: &registry,
-        claims: &claims,
-    };
-    let event = |uid: &str, event_id: i32| Event {
-        uid: uid.into(),
-        user_id: 5,
-        event_id,
-        pairs: BTreeMap::new(),
-        at_ms: now,
-    };
     let nothing = Produced::new();
     // gcm-b gets a gift: its limit is full.
-    register("gcm-b").await;
-    let gift = events::route(&settings, &stores, &app, &[event("e0", 10)], now, &nothing)
-        .await
-        .unwrap();
+    d.register("gcm-b", now).await;
+    let gift = d.route("e0", 10, now, now, &nothing).await;
     assert_eq!(gift.counts.pushes, 1, "{:?}", gift.counts);
-    claims
-        .mark_sent(
-            &app,
-            &gift.cooldown_sent,
-            &gift.dedup_sent,
-            &gift.limit_sent,
-        )
-        .await
-        .unwrap();
-    register("gcm-a").await;
+    d.mark_sent(&gift).await;
+    d.register("gcm-a", now).await;
     // The first attempt: gcm-a's push is acknowledged, then the attempt fails.
-    let first = events::route(&settings, &stores, &app, &[event("e1", 9)], now, &nothing)
-        .await
-        .unwrap();
+    let first = d.route("e1", 9, now, now, &nothing).await;
     assert_eq!(
         (first.counts.pushes, first.counts.rate_limited),
         (1, 1),
@@ -1711,25 +1701,15 @@ async fn a_push_in_kafka_to_a_device_gone_since_keeps_its_claims() {
         })
         .collect();
     assert_eq!(produced.len(), 1);
-    assert!(registry.remove(&app, "gcm-a", now_ms()).await.unwrap());
-    let retry = events::route(&settings, &stores, &app, &[event("e1", 9)], now, &produced)
-        .await
-        .unwrap();
-    claims
-        .mark_sent(
-            &app,
-            &retry.cooldown_sent,
-            &retry.dedup_sent,
-            &retry.limit_sent,
-        )
-        .await
-        .unwrap();
+    assert!(d.registry.remove(&d.app, "gcm-a", now_ms()).await.unwrap());
+    let retry = d.route("e1", 9, now, now, &produced).await;
+    d.mark_sent(&retry).await;
 
-    let pg = store.pool().get().await.unwrap();
+    let pg = d.store.pool().get().await.unwrap();
     let cooldown = pg
         .query_opt(
             "SELECT sent FROM pusher_cooldowns WHERE app = $1 AND user_id = 5 AND message = 'energy'",
-            &[&app],
+            &[&d.app],
         )
         .await
         .unwrap()
@@ -1742,7 +1722,7 @@ async fn a_push_in_kafka_to_a_device_gone_since_keeps_its_claims() {
     let dedup: Vec<(String, bool)> = pg
         .query(
             "SELECT token, sent FROM pusher_dedup WHERE app = $1 AND message = 'energy'",
-            &[&app],
+            &[&d.app],
         )
         .await
         .unwrap()
@@ -1757,7 +1737,7 @@ async fn a_push_in_kafka_to_a_device_gone_since_keeps_its_claims() {
     let (charged, sent): (Vec<String>, Vec<String>) = pg
         .query_one(
             "SELECT charged, sent FROM pusher_device_limits WHERE app = $1 AND token = 'gcm-a'",
-            &[&app],
+            &[&d.app],
         )
         .await
         .map(|r| (r.get(0), r.get(1)))
