@@ -1461,44 +1461,18 @@ async fn a_push_in_kafka_keeps_its_claims_when_the_retry_finds_its_event_expired
         ]
     );
 
-    let store = common::platform::store().await;
-    let pg = store.pool().get().await.unwrap();
-    let cooldown = pg
-        .query_opt(
-            "SELECT sent FROM pusher_cooldowns WHERE app = $1 AND user_id = 5 AND message = 'energy'",
-            &[&p.app],
-        )
-        .await
-        .unwrap()
-        .map(|r| r.get::<_, bool>(0));
+    let held = energy_claims(&p.app).await;
     assert_eq!(
-        cooldown,
+        held.cooldown,
         Some(true),
         "the cooldown of the push in Kafka holds"
     );
-    let dedup: Vec<(String, bool)> = pg
-        .query(
-            "SELECT token, sent FROM pusher_dedup WHERE app = $1 AND message = 'energy'",
-            &[&p.app],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     assert_eq!(
-        dedup,
+        held.dedup,
         [("gcm-a".to_owned(), true)],
         "gcm-b's was given back"
     );
-    let (charged, sent): (Vec<String>, Vec<String>) = pg
-        .query_one(
-            "SELECT charged, sent FROM pusher_device_limits WHERE app = $1 AND token = 'gcm-a'",
-            &[&p.app],
-        )
-        .await
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap();
+    let (charged, sent) = (held.charged, held.sent);
     assert_eq!(charged.len(), 1, "the energy push's charge: {charged:?}");
     assert!(charged[0].ends_with(".energy"), "{charged:?}");
     assert_eq!(sent, charged, "marked sent");
@@ -1513,6 +1487,54 @@ async fn a_push_in_kafka_keeps_its_claims_when_the_retry_finds_its_event_expired
     // push, as the gift is.
     assert_eq!(c.events.already_sent, 0, "{c:?}");
     assert_eq!((c.events.pushes, c.events.rate_limited), (2, 0), "{c:?}");
+}
+
+/// What PostgreSQL holds for user 5's `energy` message in `app`.
+struct EnergyClaims {
+    /// The cooldown claim's `sent`, if there is one.
+    cooldown: Option<bool>,
+    /// The dedup claims: (token, sent).
+    dedup: Vec<(String, bool)>,
+    /// gcm-a's per-device limit: its owners charged and those marked sent.
+    charged: Vec<String>,
+    sent: Vec<String>,
+}
+
+async fn energy_claims(app: &str) -> EnergyClaims {
+    let store = common::platform::store().await;
+    let pg = store.pool().get().await.unwrap();
+    let cooldown = pg
+        .query_opt(
+            "SELECT sent FROM pusher_cooldowns WHERE app = $1 AND user_id = 5 AND message = 'energy'",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get::<_, bool>(0));
+    let dedup = pg
+        .query(
+            "SELECT token, sent FROM pusher_dedup WHERE app = $1 AND message = 'energy'",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let (charged, sent) = pg
+        .query_one(
+            "SELECT charged, sent FROM pusher_device_limits WHERE app = $1 AND token = 'gcm-a'",
+            &[&app],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    EnergyClaims {
+        cooldown,
+        dedup,
+        charged,
+        sent,
+    }
 }
 
 /// Event routing straight on PostgreSQL, no Kafka and no router, for the tests that play a
@@ -1705,43 +1727,18 @@ async fn a_push_in_kafka_to_a_device_gone_since_keeps_its_claims() {
     let retry = d.route("e1", 9, now, now, &produced).await;
     d.mark_sent(&retry).await;
 
-    let pg = d.store.pool().get().await.unwrap();
-    let cooldown = pg
-        .query_opt(
-            "SELECT sent FROM pusher_cooldowns WHERE app = $1 AND user_id = 5 AND message = 'energy'",
-            &[&d.app],
-        )
-        .await
-        .unwrap()
-        .map(|r| r.get::<_, bool>(0));
+    let held = energy_claims(&d.app).await;
     assert_eq!(
-        cooldown,
+        held.cooldown,
         Some(true),
         "the cooldown of the push in Kafka holds"
     );
-    let dedup: Vec<(String, bool)> = pg
-        .query(
-            "SELECT token, sent FROM pusher_dedup WHERE app = $1 AND message = 'energy'",
-            &[&d.app],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     assert_eq!(
-        dedup,
+        held.dedup,
         [("gcm-a".to_owned(), true)],
         "gcm-a's marked sent, gcm-b's given back"
     );
-    let (charged, sent): (Vec<String>, Vec<String>) = pg
-        .query_one(
-            "SELECT charged, sent FROM pusher_device_limits WHERE app = $1 AND token = 'gcm-a'",
-            &[&d.app],
-        )
-        .await
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap();
+    let (charged, sent) = (held.charged, held.sent);
     assert_eq!(charged, ["e1.energy"]);
     assert_eq!(sent, charged, "marked sent");
     assert_eq!(
