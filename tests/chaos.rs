@@ -298,6 +298,23 @@ fn check(
     );
 }
 
+/// [`check`] for a group on Tansu's topic (its committed offsets against the partition ends),
+/// then the fake stops.
+async fn check_on_tansu(
+    label: &str,
+    tansu: &Tansu,
+    group: &str,
+    topic: &str,
+    fake: Fake,
+    tokens: &HashSet<String>,
+    changes: &[Kill],
+) {
+    let committed = committed_offsets(&tansu.bootstrap, group, topic, TANSU_PARTITIONS);
+    let ends = partition_ends(&tansu.bootstrap, topic, TANSU_PARTITIONS);
+    check(label, &fake, tokens, &committed, &ends, changes);
+    fake.server.shutdown().await;
+}
+
 /// The chaos run against librdkafka's mock cluster (in this process, over TCP).
 async fn chaos_mock(count: u64, partitions: i32, kills: usize) {
     let seed = seed();
@@ -467,10 +484,7 @@ async fn tansu_sigkill_at_random_moments_loses_nothing() {
             == partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS)
     };
     let report = kill_and_restart(&fake, &run, TANSU_MESSAGES, 5, &mut rng, caught_up).await;
-    let committed = committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS);
-    let ends = partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS);
-    check("tansu", &fake, &tokens, &committed, &ends, &report);
-    fake.server.shutdown().await;
+    check_on_tansu("tansu", &tansu, &group, &topic, fake, &tokens, &report).await;
 }
 
 /// Produces `messages` a chunk at a time with a pause between chunks, so that the topic keeps
@@ -628,18 +642,17 @@ async fn tansu_broker_restarted_under_load_loses_nothing() {
         })
         .await;
     stop_gracefully(child);
-    let committed = committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS);
-    let ends = partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS);
     // The outages stand in for kills in the duplicate bound (no request is cut off here).
-    check(
+    check_on_tansu(
         "tansu broker restart",
-        &fake,
+        &tansu,
+        &group,
+        &topic,
+        fake,
         &tokens,
-        &committed,
-        &ends,
         &outages,
-    );
-    fake.server.shutdown().await;
+    )
+    .await;
 }
 
 /// A fleet on a real broker (issue 14): three `pusher run apns` processes in one group share
@@ -736,17 +749,16 @@ async fn tansu_fleet_rebalances_as_members_join_and_die() {
             stop_gracefully(member);
         }
     }
-    let committed = committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS);
-    let ends = partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS);
-    check(
+    check_on_tansu(
         "tansu fleet (3 members, one joins, one killed)",
-        &fake,
+        &tansu,
+        &group,
+        &topic,
+        fake,
         &tokens,
-        &committed,
-        &ends,
         &changes,
-    );
-    fake.server.shutdown().await;
+    )
+    .await;
 }
 
 /// A member frozen past its session timeout (SIGSTOP: a VM paused, a stalled host) while
@@ -850,17 +862,16 @@ async fn tansu_a_member_frozen_past_its_session_timeout_rejoins() {
         "the woken member found its partitions lost: {}",
         said.contains("Partitions lost to the group")
     );
-    let committed = committed_offsets(&tansu.bootstrap, &group, &topic, TANSU_PARTITIONS);
-    let ends = partition_ends(&tansu.bootstrap, &topic, TANSU_PARTITIONS);
-    check(
+    check_on_tansu(
         "tansu, a member frozen past its session timeout",
-        &fake,
+        &tansu,
+        &group,
+        &topic,
+        fake,
         &tokens,
-        &committed,
-        &ends,
         &changes,
-    );
-    fake.server.shutdown().await;
+    )
+    .await;
 }
 
 // ---- A broker that stops answering ----
