@@ -765,8 +765,9 @@ async fn tansu_fleet_rebalances_as_members_join_and_die() {
 /// messages are still being produced: the group gives its partitions to the other member.
 /// Woken (SIGCONT), it finds them lost, not handed over (when the broker has evicted it): it
 /// does not commit them (the other member may have committed past it; it says so), rejoins,
-/// and the group shares the work again. Every token reaches the fake, the committed offsets reach every partition's end,
-/// and the duplicates stay within what the freeze and the rejoin can leave unfinished.
+/// and the group shares the work again. Every token reaches the fake, the committed offsets
+/// reach every partition's end, and the duplicates stay within what the freeze and the rejoin
+/// can leave unfinished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Tansu binary: .ci/run runs it after `ci/tansu.sh build` (step test-tansu)"]
 async fn tansu_a_member_frozen_past_its_session_timeout_rejoins() {
