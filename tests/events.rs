@@ -1190,6 +1190,127 @@ async fn a_cooldown_won_again_by_a_retry_runs_from_the_retry() {
     );
 }
 
+/// Marking claims sent and giving them back lock their rows in key order, whatever order the
+/// batch names them in and whatever plan PostgreSQL picks, as the claim statements do: a
+/// statement held up by a row holds the rows before it and none after. Locked in join order,
+/// two routers marking the same users' claims in different orders (the old and the new owner
+/// of a partition during a rebalance) could deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_marked_and_given_back_in_key_order() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let claims = Claims::new(store.pool());
+    let app = common::platform::fresh_app("lk");
+    // Claimed last key first, so that neither the batch nor the table is in key order.
+    let batch: Vec<Claim> = ["3", "2", "1"]
+        .into_iter()
+        .map(|s| Claim {
+            subject: s.into(),
+            message: "m".into(),
+            owner: "e".into(),
+        })
+        .collect();
+    let claim_each = || async {
+        for c in &batch {
+            claims.cooldown(&app, &[(c.clone(), 3600)]).await.unwrap();
+            claims
+                .dedup(&app, std::slice::from_ref(c), 3600.0)
+                .await
+                .unwrap();
+        }
+    };
+    let (c, a, b) = (claims.clone(), app.clone(), batch.clone());
+    claim_each().await;
+    locks_in_key_order(&app, "pusher_cooldowns", "user_id", async move {
+        c.release_cooldowns(&a, &b).await
+    })
+    .await;
+    let (c, a, b) = (claims.clone(), app.clone(), batch.clone());
+    locks_in_key_order(&app, "pusher_dedup", "token", async move {
+        c.release_dedup(&a, &b).await
+    })
+    .await;
+    let pg = common::platform::pg_client().await;
+    let rows = |table: &'static str| {
+        let (pg, app) = (&pg, &app);
+        async move {
+            let sql = format!(
+                "SELECT count(*), count(*) FILTER (WHERE sent) FROM {table} WHERE app = $1"
+            );
+            let row = pg.query_one(&sql, &[app]).await.unwrap();
+            (row.get::<_, i64>(0), row.get::<_, i64>(1))
+        }
+    };
+    assert_eq!(rows("pusher_cooldowns").await, (0, 0), "given back");
+    assert_eq!(rows("pusher_dedup").await, (0, 0), "given back");
+    claim_each().await;
+    let (c, a, b) = (claims.clone(), app.clone(), batch.clone());
+    locks_in_key_order(&app, "pusher_cooldowns", "user_id", async move {
+        c.mark_sent(&a, &b, &[], &[]).await
+    })
+    .await;
+    let (c, a, b) = (claims.clone(), app.clone(), batch.clone());
+    locks_in_key_order(&app, "pusher_dedup", "token", async move {
+        c.mark_sent(&a, &[], &b, &[]).await
+    })
+    .await;
+    assert_eq!(rows("pusher_cooldowns").await, (3, 3), "marked sent");
+    assert_eq!(rows("pusher_dedup").await, (3, 3), "marked sent");
+}
+
+/// Runs `statement` (over keys 1, 2 and 3 of `app` in `table`) while another session holds
+/// key 3: once it waits on that row, key 1 must be locked already.
+async fn locks_in_key_order(
+    app: &str,
+    table: &str,
+    key: &str,
+    statement: impl std::future::Future<Output = Result<(), pusher::platform::store::StoreError>>
+        + Send
+        + 'static,
+) {
+    let lock = |k: &str, how: &str| {
+        format!("SELECT 1 FROM {table} WHERE app = $1 AND {key} = '{k}' FOR UPDATE {how}")
+    };
+    let holder = common::platform::pg_client().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.execute(&lock("3", ""), &[&app]).await.unwrap();
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let running = tokio::spawn(statement);
+    let probe = common::platform::pg_client().await;
+    common::platform::wait_until(
+        Duration::from_secs(10),
+        "the statement waits on key 3",
+        || {
+            let probe = &probe;
+            async move {
+                let waiting: i64 = probe
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    &[&holder_pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+                waiting > 0
+            }
+        },
+    )
+    .await;
+    let first = probe.execute(&lock("1", "NOWAIT"), &[&app]).await;
+    let code = first.as_ref().err().and_then(|e| e.code()).cloned();
+    assert_eq!(
+        code,
+        Some(tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+        "{table}: key 1 was not locked before key 3 ({first:?})"
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    running.await.unwrap().unwrap();
+}
+
 /// Unix milliseconds now.
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

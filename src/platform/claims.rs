@@ -11,6 +11,10 @@
 //! the first claim, and its cooldown runs from then).
 //!
 //! A statement may not touch a row twice, so keys repeated in one call are split into rounds.
+//! Every statement locks its rows in key order (the claims' `ORDER BY`, the others' `locked`
+//! CTE, whatever plan PostgreSQL picks for the join): two routers working on the same users
+//! (the old and new owner of a partition during a rebalance) wait for each other instead of
+//! deadlocking.
 
 use super::store::StoreError;
 use deadpool_postgres::Pool;
@@ -273,11 +277,16 @@ impl Claims {
         let client = self.pool.get().await?;
         for_each_claim(
             &client,
-            "DELETE FROM pusher_dedup AS d
-             USING unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
-             WHERE d.app = (SELECT $1::text) AND d.token = ANY((SELECT $2::text[])::text[])
-               AND d.token = t.subject AND d.message = t.message
-               AND d.last_event = t.owner AND NOT d.sent",
+            "WITH locked AS MATERIALIZED (
+                 SELECT d.token, d.message FROM pusher_dedup AS d
+                 JOIN unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
+                   ON d.token = t.subject AND d.message = t.message AND d.last_event = t.owner
+                 WHERE d.app = (SELECT $1::text) AND d.token = ANY((SELECT $2::text[])::text[])
+                   AND NOT d.sent
+                 ORDER BY d.token, d.message FOR UPDATE OF d)
+             DELETE FROM pusher_dedup AS d USING locked
+             WHERE d.app = (SELECT $1::text) AND d.token = locked.token
+               AND d.message = locked.message",
             app,
             claims,
         )
@@ -293,12 +302,17 @@ impl Claims {
         let client = self.pool.get().await?;
         for_each_claim(
             &client,
-            "DELETE FROM pusher_cooldowns AS c
-             USING unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
-             WHERE c.app = (SELECT $1::text)
-               AND c.user_id = ANY((SELECT $2::text[]::bigint[])::bigint[])
-               AND c.user_id = t.subject::bigint AND c.message = t.message
-               AND c.last_event = t.owner AND NOT c.sent",
+            "WITH locked AS MATERIALIZED (
+                 SELECT c.user_id, c.message FROM pusher_cooldowns AS c
+                 JOIN unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
+                   ON c.user_id = t.subject::bigint AND c.message = t.message
+                  AND c.last_event = t.owner
+                 WHERE c.app = (SELECT $1::text)
+                   AND c.user_id = ANY((SELECT $2::text[]::bigint[])::bigint[]) AND NOT c.sent
+                 ORDER BY c.user_id, c.message FOR UPDATE OF c)
+             DELETE FROM pusher_cooldowns AS c USING locked
+             WHERE c.app = (SELECT $1::text) AND c.user_id = locked.user_id
+               AND c.message = locked.message",
             app,
             claims,
         )
@@ -350,20 +364,30 @@ impl Claims {
         for (claims, statement) in [
             (
                 cooldowns,
-                "UPDATE pusher_cooldowns AS c SET sent = true
-                 FROM unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
-                 WHERE c.app = (SELECT $1::text)
-                   AND c.user_id = ANY((SELECT $2::text[]::bigint[])::bigint[])
-                   AND c.user_id = t.subject::bigint AND c.message = t.message
-                   AND c.last_event = t.owner",
+                "WITH locked AS MATERIALIZED (
+                     SELECT c.user_id, c.message FROM pusher_cooldowns AS c
+                     JOIN unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
+                       ON c.user_id = t.subject::bigint AND c.message = t.message
+                      AND c.last_event = t.owner
+                     WHERE c.app = (SELECT $1::text)
+                       AND c.user_id = ANY((SELECT $2::text[]::bigint[])::bigint[])
+                     ORDER BY c.user_id, c.message FOR UPDATE OF c)
+                 UPDATE pusher_cooldowns AS c SET sent = true FROM locked
+                 WHERE c.app = (SELECT $1::text) AND c.user_id = locked.user_id
+                   AND c.message = locked.message",
             ),
             (
                 dedups,
-                "UPDATE pusher_dedup AS d SET sent = true
-                 FROM unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
-                 WHERE d.app = (SELECT $1::text) AND d.token = ANY((SELECT $2::text[])::text[])
-                   AND d.token = t.subject AND d.message = t.message
-                   AND d.last_event = t.owner",
+                "WITH locked AS MATERIALIZED (
+                     SELECT d.token, d.message FROM pusher_dedup AS d
+                     JOIN unnest($2::text[], $3::text[], $4::text[]) AS t(subject, message, owner)
+                       ON d.token = t.subject AND d.message = t.message AND d.last_event = t.owner
+                     WHERE d.app = (SELECT $1::text)
+                       AND d.token = ANY((SELECT $2::text[])::text[])
+                     ORDER BY d.token, d.message FOR UPDATE OF d)
+                 UPDATE pusher_dedup AS d SET sent = true FROM locked
+                 WHERE d.app = (SELECT $1::text) AND d.token = locked.token
+                   AND d.message = locked.message",
             ),
         ] {
             for_each_claim(&client, statement, app, claims).await?;
