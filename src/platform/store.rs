@@ -1023,7 +1023,7 @@ impl Store {
         let row = client
             .query_opt(
                 "SELECT notif_id, state, targets,
-                        (extract(epoch FROM accepted_at))::bigint,
+                        floor(extract(epoch FROM accepted_at))::bigint,
                         CASE WHEN notified_at IS NULL THEN NULL
                              ELSE coalesce(webhook, 'calling') END
                  FROM pusher_notifications WHERE app = (SELECT $1::text) AND notif_id = $2",
