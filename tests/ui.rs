@@ -534,9 +534,11 @@ async fn the_session_cookie_is_not_the_key_and_ends() {
         "a key out of the config ends its sessions"
     );
 
-    // Forged: the key itself (the old cookie), another app, a later expiry, another MAC.
-    let mut parts = session.rsplitn(3, '.');
-    let (mac, expiry, named) = (
+    // Forged: the key itself (the old cookie), another app, a later expiry, another nonce,
+    // another MAC.
+    let mut parts = session.rsplitn(4, '.');
+    let (mac, nonce, expiry, named) = (
+        parts.next().unwrap(),
         parts.next().unwrap(),
         parts.next().unwrap().parse::<u64>().unwrap(),
         parts.next().unwrap(),
@@ -547,10 +549,11 @@ async fn the_session_cookie_is_not_the_key_and_ends() {
     let flipped = String::from_utf8(flipped).unwrap();
     for forged in [
         KEY.to_owned(),
-        format!("other{app}.{expiry}.{mac}"),
-        format!("{app}.{}.{mac}", expiry + 3600),
-        format!("{app}.{expiry}.{flipped}"),
-        format!("{app}.{expiry}"),
+        format!("other{app}.{expiry}.{nonce}.{mac}"),
+        format!("{app}.{}.{nonce}.{mac}", expiry + 3600),
+        format!("{app}.{expiry}.x{nonce}.{mac}"),
+        format!("{app}.{expiry}.{nonce}.{flipped}"),
+        format!("{app}.{expiry}.{mac}"),
     ] {
         assert!(!signed_in(addr, forged.clone()).await, "{forged}");
         let post = request(
@@ -570,10 +573,10 @@ async fn the_session_cookie_is_not_the_key_and_ends() {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, KEY.as_bytes());
         let tag = ring::hmac::sign(
             &key,
-            format!("pusher ui session\0{app}\0{expiry}").as_bytes(),
+            format!("pusher ui session\0{app}\0{expiry}\0n0nce").as_bytes(),
         );
         let mac = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref());
-        format!("{app}.{expiry}.{mac}")
+        format!("{app}.{expiry}.n0nce.{mac}")
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -584,6 +587,40 @@ async fn the_session_cookie_is_not_the_key_and_ends() {
         "signed as the server signs"
     );
     assert!(!signed_in(addr, signed(now - 1)).await, "expired");
+
+    // Signed out: a copy of the cookie taken before is refused by every process; a sign-in
+    // right after (the same second) is a session of its own. Seen: the sign-out only made the
+    // browser forget the cookie, and a copy worked for the rest of its 12 hours.
+    let logout = request(
+        addr,
+        "POST",
+        "/ui/logout",
+        &[form, ("cookie", &format!("pusher_ui={session}"))],
+        "",
+    )
+    .await;
+    assert_eq!(logout.status, 303, "{}", logout.text());
+    let cleared = logout.headers["set-cookie"].to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(!signed_in(addr, session.clone()).await, "signed out");
+    assert!(
+        !signed_in(twin, session.clone()).await,
+        "signed out everywhere"
+    );
+    let forms = request(
+        twin,
+        "POST",
+        "/ui/messages/delete",
+        &[form, ("cookie", &format!("pusher_ui={session}"))],
+        "name=x",
+    )
+    .await;
+    assert_eq!(forms.status, 401, "{}", forms.text());
+    let again = request(addr, "POST", "/ui/login", &[form], format!("key={KEY}")).await;
+    assert!(
+        signed_in(twin, session_of(&again)).await,
+        "a new sign-in works"
+    );
     stop.cancel();
     twin_stop.cancel();
     rotated_stop.cancel();

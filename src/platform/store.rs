@@ -429,6 +429,34 @@ impl Store {
         Ok(())
     }
 
+    /// Records that the `/ui` session whose cookie has SHA-256 `digest` was signed out, until
+    /// `expiry` (Unix seconds), when it ends anyway: every process refuses it from now on. Rows
+    /// of sessions past their end go at each sign-out.
+    pub async fn sign_out(&self, digest: &[u8], expiry: u64) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        execute(
+            &client,
+            "WITH ended AS (DELETE FROM pusher_ui_signed_out WHERE expires_at < now())
+             INSERT INTO pusher_ui_signed_out (session, expires_at)
+             VALUES ($1, to_timestamp($2)) ON CONFLICT (session) DO NOTHING",
+            &[&digest, &(expiry as f64)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Whether the `/ui` session whose cookie has SHA-256 `digest` was signed out.
+    pub async fn signed_out(&self, digest: &[u8]) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let row = query_one(
+            &client,
+            "SELECT EXISTS (SELECT 1 FROM pusher_ui_signed_out WHERE session = $1)",
+            &[&digest],
+        )
+        .await?;
+        Ok(row.get(0))
+    }
+
     /// True when the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.pool.get().await?.simple_query("SELECT 1").await?;

@@ -4,10 +4,11 @@
 //! token bucket (governor), per process: N processes allow N times the rate.
 //!
 //! The page (`/ui`) signs in once with a key and then holds a session ([`Keys::open_session`]):
-//! `app.expiry.mac`, the MAC an HMAC-SHA256 keyed by the API key. A cookie jar, a proxy's log
-//! or an extension that reads it learns no key, only a session that ends by itself; every
-//! process with the same config can check it (no state is kept), and a key taken out of the
-//! config ends its sessions.
+//! `app.expiry.nonce.mac`, the MAC an HMAC-SHA256 keyed by the API key, the nonce random (two
+//! sign-ins in one second are two sessions). A cookie jar, a proxy's log or an extension that
+//! reads it learns no key, only a session that ends by itself; every process with the same
+//! config can check it, a key taken out of the config ends its sessions, and a session signed
+//! out is refused everywhere (`Store::sign_out`: the one thing kept, in PostgreSQL).
 
 use super::error::ApiError;
 use super::ApiState;
@@ -105,16 +106,27 @@ impl Keys {
         admit(entry)?;
         let expiry = unix_seconds(now).saturating_add(SESSION_LIFETIME.as_secs());
         let app: &str = &entry.caller.app;
-        let mac = hmac::sign(&entry.signer, &session_message(app, expiry));
-        let cookie = format!("{app}.{expiry}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()));
-        Ok(PageSession::new(entry, cookie))
+        let mut nonce = [0u8; 12];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).map_err(
+            |_| ApiError::Unavailable {
+                message: "no randomness for a session".to_owned(),
+            },
+        )?;
+        let nonce = URL_SAFE_NO_PAD.encode(nonce);
+        let mac = hmac::sign(&entry.signer, &session_message(app, expiry, &nonce));
+        let cookie = format!(
+            "{app}.{expiry}.{nonce}.{}",
+            URL_SAFE_NO_PAD.encode(mac.as_ref())
+        );
+        Ok(PageSession::new(entry, cookie, expiry))
     }
 
     /// The session a cookie holds: signed by one of its app's keys and not expired at `now`
     /// (rate limit applied, as for a request with that key).
     pub fn session(&self, cookie: &str, now: SystemTime) -> Result<PageSession, ApiError> {
-        let mut parts = cookie.rsplitn(3, '.');
-        let (Some(mac), Some(expiry), Some(app)) = (parts.next(), parts.next(), parts.next())
+        let mut parts = cookie.rsplitn(4, '.');
+        let (Some(mac), Some(nonce), Some(expiry), Some(app)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(ApiError::Unauthorized);
         };
@@ -125,7 +137,7 @@ impl Keys {
         let mac = URL_SAFE_NO_PAD
             .decode(mac)
             .map_err(|_| ApiError::Unauthorized)?;
-        let message = session_message(app, expiry);
+        let message = session_message(app, expiry, nonce);
         // `verify` compares in constant time; every key of the app is tried.
         let mut found = None;
         for entry in self.0.iter().filter(|e| &*e.caller.app == app) {
@@ -135,7 +147,7 @@ impl Keys {
         }
         let entry = found.ok_or(ApiError::Unauthorized)?;
         admit(entry)?;
-        Ok(PageSession::new(entry, cookie.to_owned()))
+        Ok(PageSession::new(entry, cookie.to_owned(), expiry))
     }
 }
 
@@ -143,13 +155,15 @@ impl Keys {
 pub struct PageSession {
     pub caller: Caller,
     pub cookie: String,
+    /// When it ends, in Unix seconds.
+    pub expiry: u64,
     /// An HMAC of the session under its key: only one who holds the key or can read the page
     /// can name it, and it ends with the session.
     pub csrf: String,
 }
 
 impl PageSession {
-    fn new(entry: &Entry, cookie: String) -> PageSession {
+    fn new(entry: &Entry, cookie: String, expiry: u64) -> PageSession {
         let mut message = b"pusher ui form\0".to_vec();
         message.extend_from_slice(cookie.as_bytes());
         let tag = hmac::sign(&entry.signer, &message);
@@ -157,13 +171,14 @@ impl PageSession {
             caller: entry.caller.clone(),
             csrf: tag.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
             cookie,
+            expiry,
         }
     }
 }
 
 /// What a session's MAC covers, under a label of its own (no other MAC of the key matches).
-fn session_message(app: &str, expiry: u64) -> Vec<u8> {
-    format!("pusher ui session\0{app}\0{expiry}").into_bytes()
+fn session_message(app: &str, expiry: u64, nonce: &str) -> Vec<u8> {
+    format!("pusher ui session\0{app}\0{expiry}\0{nonce}").into_bytes()
 }
 
 fn unix_seconds(t: SystemTime) -> u64 {
@@ -241,9 +256,11 @@ mod tests {
             all.session(&session.cookie, now + SESSION_LIFETIME),
             Err(ApiError::Unauthorized)
         ));
-        // Another session of the same key carries another form token.
-        let later = all.open_session(two, now + Duration::from_secs(1)).unwrap();
-        assert_ne!(later.csrf, session.csrf);
+        // Another session of the same key, even in the same second, is another session, with
+        // another form token.
+        let again = all.open_session(two, now).unwrap();
+        assert_ne!(again.cookie, session.cookie);
+        assert_ne!(again.csrf, session.csrf);
         // Its key out of the config (the app's other key still in): refused.
         let rotated = keys(&[("a", "game", one)]);
         assert!(rotated.session(&session.cookie, now).is_err());
@@ -251,7 +268,23 @@ mod tests {
         let moved = session.cookie.replacen("game.", "other.", 1);
         assert!(all.session(&moved, now).is_err());
         assert!(all.open_session("key-three-0123456789", now).is_err());
-        for bad in ["", "game", "game.1.2", ".1800043200.", "game.x.AAAA", two] {
+        // The format before the nonce: refused.
+        let mut parts = session.cookie.split('.');
+        let (app, expiry) = (parts.next().unwrap(), parts.next().unwrap());
+        let old = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, two.as_bytes()),
+            format!("pusher ui session\0{app}\0{expiry}").as_bytes(),
+        );
+        let old = format!("{app}.{expiry}.{}", URL_SAFE_NO_PAD.encode(old.as_ref()));
+        assert!(all.session(&old, now).is_err(), "{old}");
+        for bad in [
+            "",
+            "game",
+            "game.1.2",
+            ".1800043200..",
+            "game.x.n.AAAA",
+            two,
+        ] {
             assert!(all.session(bad, now).is_err(), "{bad}");
         }
     }

@@ -43,6 +43,9 @@ fn escape(text: &str) -> String {
 pub(super) struct Session {
     caller: Caller,
     csrf: String,
+    /// The SHA-256 of its cookie: how a sign-out names it.
+    digest: Vec<u8>,
+    expiry: u64,
 }
 
 impl FromRequestParts<ApiState> for Session {
@@ -60,9 +63,16 @@ impl FromRequestParts<ApiState> for Session {
             .map(|(_, value)| value)
             .ok_or(ApiError::Unauthorized)?;
         let session = state.keys.session(cookie, SystemTime::now())?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, session.cookie.as_bytes());
+        let digest = digest.as_ref().to_vec();
+        if state.store.signed_out(&digest).await.map_err(store_error)? {
+            return Err(ApiError::Unauthorized);
+        }
         Ok(Session {
             caller: session.caller,
             csrf: session.csrf,
+            digest,
+            expiry: session.expiry,
         })
     }
 }
@@ -154,8 +164,12 @@ pub(super) async fn index(
     session: Result<Session, ApiError>,
     view: Result<Query<View>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Ok(session) = session else {
-        return Ok(Html(login_page(None)).into_response());
+    let session = match session {
+        Ok(session) => session,
+        Err(ApiError::Unauthorized) => return Ok(Html(login_page(None)).into_response()),
+        // PostgreSQL could not say whether it was signed out: not the sign-in form, which
+        // would only lead back here.
+        Err(e) => return Err(e),
     };
     let view = view.map(|Query(v)| v).unwrap_or_default();
     let editing = match &view.edit {
@@ -432,10 +446,25 @@ pub(super) async fn login(
     )
 }
 
-/// `POST /ui/logout`: the browser forgets the cookie. Nothing is kept to revoke: a copy of it
-/// taken before still works until it expires (12 h) or its key leaves the config.
-pub(super) async fn logout() -> Response {
-    (
+/// `POST /ui/logout`: the session is recorded as signed out, so that a copy of its cookie
+/// taken before is refused by every process too, and the browser forgets the cookie. Where
+/// PostgreSQL cannot record it, a 503 says so and the browser keeps the cookie: the session
+/// still works, and the user knows it.
+pub(super) async fn logout(
+    State(state): State<ApiState>,
+    session: Result<Session, ApiError>,
+) -> Result<Response, ApiError> {
+    match session {
+        Ok(session) => state
+            .store
+            .sign_out(&session.digest, session.expiry)
+            .await
+            .map_err(store_error)?,
+        // Nothing valid to sign out (none, expired, forged, signed out already).
+        Err(ApiError::Unauthorized) => {}
+        Err(e) => return Err(e),
+    }
+    Ok((
         StatusCode::SEE_OTHER,
         [
             (header::LOCATION, "/ui".to_owned()),
@@ -445,7 +474,7 @@ pub(super) async fn logout() -> Response {
             ),
         ],
     )
-        .into_response()
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
