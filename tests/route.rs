@@ -303,7 +303,11 @@ async fn logins_register_devices_and_notifications_reach_each() {
     // Pushkin's queue sizes: nobody consumes the push topics here; the router is done.
     let size = |path: &'static str| {
         let p = &p;
-        async move { p.get(path).await["size"].as_i64().unwrap() }
+        async move {
+            let a = authorized(p.addr, "GET", path, KEY, "").await;
+            assert_eq!(a.status, 200, "{path}: {}", a.text());
+            a.text().parse::<i64>().unwrap()
+        }
     };
     assert_eq!(size("/get_apn_sender_queue").await, 2);
     assert_eq!(size("/get_gcm_sender_queue").await, 1);

@@ -1515,11 +1515,14 @@ async fn stat_app(State(state): State<ApiState>, caller: Caller) -> Json<Value> 
 }
 
 /// Pushkin's queue sizes, for the caller's app: the backlog of `pusher route` on the requests
-/// topic, or of `pusher run apns|gcm` on the app's push topics.
+/// topic, or of `pusher run apns|gcm` on the app's push topics. A bare number, as Pushkin
+/// answers (a monitor that reads `int(body)` works unchanged); what it was read from, as JSON,
+/// to a caller that accepts `application/json`.
 async fn queue_size(
     State(state): State<ApiState>,
     caller: Caller,
     uri: axum::http::Uri,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = state.settings.queues.clone();
     let app = caller.app.to_string();
@@ -1551,10 +1554,17 @@ async fn queue_size(
         })?
         .position
         .backlog;
-    Ok(
+    let json = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json"));
+    Ok(if json {
         Json(json!({"queue": queue, "size": size, "group": group, "topics": topics}))
-            .into_response(),
-    )
+            .into_response()
+    } else {
+        size.to_string().into_response()
+    })
 }
 
 /// `/healthz`: PostgreSQL and Kafka answer, and no component reports a problem. Both are
