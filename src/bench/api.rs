@@ -543,12 +543,8 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     report.throughput = rps * api.batch as f64;
     report.runs = vec![report.throughput];
     report.interrupted = driven.interrupted;
-    report.latency = driven.recorder.latencies();
+    super::measurements(&mut report, &driven.recorder);
     report.latency.end_to_end = Percentiles::of(&delivery.latency.lock());
-    report.outcomes = driven.recorder.outcomes.clone();
-    report.reasons = driven.recorder.reasons.clone();
-    report.timeline = driven.recorder.timeline.clone();
-    report.series = Some(driven.recorder.series());
     super::count_items(&mut report, api.batch as u64);
     let baseline_p99 = baseline.recorder.latencies().send.map(|q| q.p99_us);
     report.api = Some(ApiFigures {

@@ -379,29 +379,59 @@ async fn timed<Fut: Future<Output = Outcome>>(
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn closed_loop_sends_exactly_count_and_keeps_concurrency() {
-        let in_flight = std::cell::Cell::new(0usize);
-        let peak = std::cell::Cell::new(0usize);
-        let plan = LoadPlan {
-            count: Some(100),
+    /// A plan of `count` messages under `load`, with no warm-up and no duration.
+    fn plan_for(count: Option<u64>, load: Load) -> LoadPlan {
+        LoadPlan {
+            count,
             duration: None,
             warmup: Duration::ZERO,
-            load: Load::Closed { concurrency: 8 },
+            load,
+        }
+    }
+
+    /// Drives `plan` against a target that delivers each message `ms` after its start.
+    async fn drive_slow(
+        plan: &LoadPlan,
+        ms: u64,
+        stop: &CancellationToken,
+        progress: &Progress,
+    ) -> Driven {
+        let send = |_i| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Outcome::Delivered
         };
+        drive(plan, Some, send, stop, progress).await
+    }
+
+    /// A target that holds each send for a while, counting how many it holds at once.
+    #[derive(Default)]
+    struct Holding {
+        now: std::cell::Cell<usize>,
+        peak: std::cell::Cell<usize>,
+    }
+
+    impl Holding {
+        /// A send held for `d`, then delivered; it counts as held from the call, as the
+        /// driver makes it.
+        fn send(&self, d: Duration) -> impl Future<Output = Outcome> + '_ {
+            self.now.set(self.now.get() + 1);
+            self.peak.set(self.peak.get().max(self.now.get()));
+            async move {
+                tokio::time::sleep(d).await;
+                self.now.set(self.now.get() - 1);
+                Outcome::Delivered
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_loop_sends_exactly_count_and_keeps_concurrency() {
+        let target = Holding::default();
+        let plan = plan_for(Some(100), Load::Closed { concurrency: 8 });
         let driven = drive(
             &plan,
             Some,
-            |_i| {
-                in_flight.set(in_flight.get() + 1);
-                peak.set(peak.get().max(in_flight.get()));
-                let in_flight = &in_flight;
-                async move {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    in_flight.set(in_flight.get() - 1);
-                    Outcome::Delivered
-                }
-            },
+            |_i| target.send(Duration::from_millis(10)),
             &CancellationToken::new(),
             &Progress::hidden(),
         )
@@ -409,7 +439,7 @@ mod tests {
         assert_eq!(driven.sent, 100);
         assert_eq!(driven.answered, 100);
         assert_eq!(driven.recorder.completed(), 100);
-        assert_eq!(peak.get(), 8);
+        assert_eq!(target.peak.get(), 8);
         // 100 messages, 8 at a time, 10 ms each: 13 rounds.
         assert_eq!(driven.elapsed, Duration::from_millis(130));
     }
@@ -418,23 +448,8 @@ mod tests {
     async fn open_loop_keeps_the_schedule_and_corrects_latency() {
         // 1000/s for 100 messages against a target that takes 50 ms: the schedule does not
         // slow down, so 50 are in flight at once and the run lasts ~0.1 s + 50 ms.
-        let plan = LoadPlan {
-            count: Some(100),
-            duration: None,
-            warmup: Duration::ZERO,
-            load: Load::Open { rate: 1000.0 },
-        };
-        let driven = drive(
-            &plan,
-            Some,
-            |_i| async {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                Outcome::Delivered
-            },
-            &CancellationToken::new(),
-            &Progress::hidden(),
-        )
-        .await;
+        let plan = plan_for(Some(100), Load::Open { rate: 1000.0 });
+        let driven = drive_slow(&plan, 50, &CancellationToken::new(), &Progress::hidden()).await;
         assert_eq!(driven.answered, 100);
         assert!(
             driven.elapsed >= Duration::from_millis(149)
@@ -452,32 +467,21 @@ mod tests {
     /// coordinated-omission-corrected latency, not in the plain one.
     #[tokio::test(start_paused = true)]
     async fn open_loop_bounds_what_a_slow_target_holds() {
-        let in_flight = std::cell::Cell::new(0usize);
-        let peak = std::cell::Cell::new(0usize);
+        let target = Holding::default();
         let n = 3 * OPEN_LOOP_MAX_IN_FLIGHT as u64;
         // Due within 0.3 s, answered 1 s after their start: three rounds of slots.
         let (driven, lag_per_sec) = paced(
             |i| (i < n).then(|| (Duration::from_secs_f64(i as f64 * 0.3 / n as f64), i)),
             Window {
-                warmup: Duration::ZERO,
                 count: Some(n),
-                duration: None,
+                ..Window::default()
             },
-            |_i| {
-                in_flight.set(in_flight.get() + 1);
-                peak.set(peak.get().max(in_flight.get()));
-                let in_flight = &in_flight;
-                async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    in_flight.set(in_flight.get() - 1);
-                    Outcome::Delivered
-                }
-            },
+            |_i| target.send(Duration::from_secs(1)),
             &CancellationToken::new(),
             &Progress::hidden(),
         )
         .await;
-        assert_eq!(peak.get(), OPEN_LOOP_MAX_IN_FLIGHT);
+        assert_eq!(target.peak.get(), OPEN_LOOP_MAX_IN_FLIGHT);
         assert_eq!((driven.sent, driven.answered), (n, n));
         assert_eq!(driven.recorder.completed(), n);
         // Every send took its 1 s; the last ones were due at 0.3 s and answered at ~3 s.
@@ -501,9 +505,8 @@ mod tests {
         let (driven, lag_per_sec) = paced(
             |i| (i < n).then_some((Duration::ZERO, i)),
             Window {
-                warmup: Duration::ZERO,
                 count: Some(n),
-                duration: None,
+                ..Window::default()
             },
             |_i| async {
                 tokio::time::sleep(Duration::from_secs(200)).await;
@@ -524,23 +527,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn warmup_messages_are_sent_but_not_measured() {
         let plan = LoadPlan {
-            count: Some(10),
-            duration: None,
             warmup: Duration::from_millis(100),
-            load: Load::Closed { concurrency: 1 },
+            ..plan_for(Some(10), Load::Closed { concurrency: 1 })
         };
         let progress = Progress::hidden();
-        let driven = drive(
-            &plan,
-            Some,
-            |_i| async {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                Outcome::Delivered
-            },
-            &CancellationToken::new(),
-            &progress,
-        )
-        .await;
+        let driven = drive_slow(&plan, 10, &CancellationToken::new(), &progress).await;
         assert_eq!(driven.recorder.completed(), 10);
         assert_eq!(driven.sent, 20, "10 during warm-up, 10 measured");
         assert_eq!(driven.answered, driven.sent);
@@ -552,29 +543,14 @@ mod tests {
     /// answers, and the run says it was interrupted.
     #[tokio::test(start_paused = true)]
     async fn a_stop_ends_the_run_after_the_messages_in_flight() {
-        let plan = LoadPlan {
-            count: Some(1000),
-            duration: None,
-            warmup: Duration::ZERO,
-            load: Load::Closed { concurrency: 4 },
-        };
+        let plan = plan_for(Some(1000), Load::Closed { concurrency: 4 });
         let stop = CancellationToken::new();
         let stopper = stop.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(55)).await;
             stopper.cancel();
         });
-        let driven = drive(
-            &plan,
-            Some,
-            |_i| async {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                Outcome::Delivered
-            },
-            &stop,
-            &Progress::hidden(),
-        )
-        .await;
+        let driven = drive_slow(&plan, 10, &stop, &Progress::hidden()).await;
         assert!(driven.interrupted);
         assert_eq!(driven.in_flight, 0);
         // Six rounds of 4 started by 55 ms (0, 10, ... 50 ms), all answered by 60 ms.
@@ -587,12 +563,7 @@ mod tests {
     /// and reports what is still in flight.
     #[tokio::test(start_paused = true)]
     async fn a_stop_waits_for_a_stuck_target_only_so_long() {
-        let plan = LoadPlan {
-            count: None,
-            duration: None,
-            warmup: Duration::ZERO,
-            load: Load::Open { rate: 100.0 },
-        };
+        let plan = plan_for(None, Load::Open { rate: 100.0 });
         let stop = CancellationToken::new();
         let stopper = stop.clone();
         tokio::spawn(async move {
@@ -622,29 +593,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn duration_bounds_the_run_and_items_can_run_out() {
         let plan = LoadPlan {
-            count: None,
             duration: Some(Duration::from_millis(100)),
-            warmup: Duration::ZERO,
-            load: Load::Closed { concurrency: 2 },
+            ..plan_for(None, Load::Closed { concurrency: 2 })
         };
-        let driven = drive(
-            &plan,
-            Some,
-            |_i| async {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                Outcome::Delivered
-            },
-            &CancellationToken::new(),
-            &Progress::hidden(),
-        )
-        .await;
+        let driven = drive_slow(&plan, 10, &CancellationToken::new(), &Progress::hidden()).await;
         assert_eq!(driven.answered, 20);
-        let plan = LoadPlan {
-            count: Some(1000),
-            duration: None,
-            warmup: Duration::ZERO,
-            load: Load::Closed { concurrency: 4 },
-        };
+        let plan = plan_for(Some(1000), Load::Closed { concurrency: 4 });
         let driven = drive(
             &plan,
             |i| (i < 7).then_some(i),

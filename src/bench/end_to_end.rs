@@ -514,11 +514,7 @@ fn one_run(
     let mut report = base_report(args, "end-to-end", &profile_name);
     report.duration_secs = elapsed.as_secs_f64();
     report.throughput = recorder.completed() as f64 / elapsed.as_secs_f64().max(1e-9);
-    report.latency = recorder.latencies();
-    report.outcomes = recorder.outcomes.clone();
-    report.reasons = recorder.reasons.clone();
-    report.timeline = recorder.timeline.clone();
-    report.series = Some(recorder.series());
+    super::measurements(&mut report, &recorder);
     let generated = clock.generated.load(Ordering::Relaxed);
     let answered = clock.answered.load(Ordering::Relaxed);
     let lost = clock.unanswerable();

@@ -327,12 +327,8 @@ pub fn run(args: &Settings, api: &ApiBench, interrupt: &Interrupt) -> anyhow::Re
     report.throughput = counts.events.events as f64 / secs;
     report.runs = vec![report.throughput];
     report.interrupted = driven.interrupted;
-    report.latency = driven.recorder.latencies();
+    super::measurements(&mut report, &driven.recorder);
     report.latency.end_to_end = Percentiles::of(&delivery.latency.lock());
-    report.outcomes = driven.recorder.outcomes.clone();
-    report.reasons = driven.recorder.reasons.clone();
-    report.timeline = driven.recorder.timeline.clone();
-    report.series = Some(driven.recorder.series());
     super::count_items(&mut report, batch);
     let reached = delivery
         .per_token

@@ -122,6 +122,16 @@ pub(crate) fn write_hgrm(
     Ok(())
 }
 
+/// The report's measurements from a run's recorder: latency, outcomes and their reasons,
+/// completions per second, and the series over time.
+pub(crate) fn measurements(report: &mut Report, recorder: &recorder::Recorder) {
+    report.latency = recorder.latencies();
+    report.outcomes = recorder.outcomes.clone();
+    report.reasons = recorder.reasons.clone();
+    report.timeline = recorder.timeline.clone();
+    report.series = Some(recorder.series());
+}
+
 /// `bench --api` and `--events` drive requests of `batch` items each, and their recorder
 /// counts requests: the report counts items, as its throughput does (a request's verdict, 202
 /// or a refusal, is its items' verdict).

@@ -135,11 +135,7 @@ pub fn run(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
     report.interrupted = interrupted;
     // None with one round: the caller's before and after are all there is.
     report.calibration = median(&calibrations);
-    report.latency = driven.recorder.latencies();
-    report.outcomes = driven.recorder.outcomes.clone();
-    report.reasons = driven.recorder.reasons.clone();
-    report.timeline = driven.recorder.timeline.clone();
-    report.series = Some(driven.recorder.series());
+    super::measurements(&mut report, &driven.recorder);
     report.conservation = Conservation {
         generated,
         answered,

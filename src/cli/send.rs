@@ -213,11 +213,7 @@ fn run_webpush(a: WebPushSendArgs) -> anyhow::Result<ExitCode> {
     config.rules = rules;
     config.ca_file = a.endpoint.ca.clone();
     config.insecure = a.endpoint.insecure;
-    config.http = match (a.http1, a.http2) {
-        (true, _) => HttpVersion::Http1,
-        (_, true) => HttpVersion::Http2,
-        _ => HttpVersion::Auto,
-    };
+    config.http = http_version(a.http1, a.http2);
     (config.pool, config.retry) = one_shot(&a.attempt);
     let sender = WebPushSender::new(config)?;
     let public_key = sender.public_key().to_string();
@@ -285,6 +281,15 @@ fn run_apns(a: ApnsSendArgs) -> anyhow::Result<ExitCode> {
     send_and_print(sender.send_with_details(&notification), apns_line, |d| {
         d.outcome.is_delivered()
     })
+}
+
+/// The HTTP version `--http1` and `--http2` ask for (clap keeps them apart).
+fn http_version(http1: bool, http2: bool) -> HttpVersion {
+    match (http1, http2) {
+        (true, _) => HttpVersion::Http1,
+        (_, true) => HttpVersion::Http2,
+        _ => HttpVersion::Auto,
+    }
 }
 
 /// Pool and retries of a one-shot `pusher send`: one connection, `timeout` to connect and per
@@ -406,11 +411,7 @@ fn run_gcm(a: GcmSendArgs) -> anyhow::Result<ExitCode> {
     config.project_id = a.credentials.project.clone();
     config.ca_file = a.endpoint.ca.clone();
     config.insecure = a.endpoint.insecure;
-    config.http = match (a.http1, a.http2) {
-        (true, _) => HttpVersion::Http1,
-        (_, true) => HttpVersion::Http2,
-        _ => HttpVersion::Auto,
-    };
+    config.http = http_version(a.http1, a.http2);
     (config.pool, config.retry) = one_shot(&a.attempt);
     let sender = FcmSender::new(config)?;
     send_and_print(sender.send_with_details(&msg), gcm_line, |d| {

@@ -798,6 +798,23 @@ mod tests {
 
     const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+    /// Each input is refused by `parse` for its reason, in an error that names what it gives.
+    fn assert_refused<T: std::fmt::Debug>(
+        parse: fn(&[u8]) -> Result<T, MessageError>,
+        cases: Vec<(Vec<u8>, &str, &str)>,
+    ) {
+        for (input, reason, names) in cases {
+            let err = parse(&input).expect_err(&String::from_utf8_lossy(&input));
+            assert_eq!(
+                err.reason(),
+                reason,
+                "{}: {err}",
+                String::from_utf8_lossy(&input)
+            );
+            assert!(err.to_string().contains(names), "{err} should name {names}");
+        }
+    }
+
     fn payload_json(m: &ApnsMessage) -> Value {
         serde_json::from_slice(&m.notification.payload).expect("payload is JSON")
     }
@@ -1126,16 +1143,7 @@ mod tests {
                 "4096",
             ),
         ];
-        for (input, reason, names) in cases {
-            let err = parse_apns(&input).expect_err(&String::from_utf8_lossy(&input));
-            assert_eq!(
-                err.reason(),
-                reason,
-                "{}: {err}",
-                String::from_utf8_lossy(&input)
-            );
-            assert!(err.to_string().contains(names), "{err} should name {names}");
-        }
+        assert_refused(parse_apns, cases);
     }
 
     #[test]
@@ -1365,16 +1373,7 @@ mod tests {
                 "4096",
             ),
         ];
-        for (input, reason, names) in cases {
-            let err = parse_gcm(&input).expect_err(&String::from_utf8_lossy(&input));
-            assert_eq!(
-                err.reason(),
-                reason,
-                "{}: {err}",
-                String::from_utf8_lossy(&input)
-            );
-            assert!(err.to_string().contains(names), "{err} should name {names}");
-        }
+        assert_refused(parse_gcm, cases);
     }
 
     #[test]

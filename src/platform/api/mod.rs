@@ -1164,6 +1164,49 @@ fn parse_proto<T: prost::Message + Default>(
     T::decode(bytes).map_err(|e| malformed(&e))
 }
 
+/// A Pushkin batch's items, from protobuf or JSON as `proto` says: between one and `max`
+/// of them, each checked with its index.
+fn pushkin_batch<B: pushkin::Batch, C>(
+    proto: bool,
+    raw: &[u8],
+    max: usize,
+    check: impl Fn(usize, B::Item) -> Result<C, gorush::FieldError>,
+) -> Result<Vec<C>, ApiError> {
+    let batch: B = if proto {
+        parse_proto::<B::Proto>(raw, B::LIST, max)?.into()
+    } else {
+        capped::with_limit(max, || parse_json::<B>(raw))?
+    };
+    let list = batch.into_list();
+    check_count(B::LIST, list.len(), max)?;
+    list.into_iter()
+        .enumerate()
+        .map(|(i, item)| check(i, item).map_err(|e| ApiError::bad(e.field, e.message)))
+        .collect()
+}
+
+/// An item for `pusher route`: one request on the app's requests topic (`topic`), keyed by
+/// its user or segment, made by `request` once the item's id is known.
+fn routed_item(
+    topic: &str,
+    given_id: Option<String>,
+    request: impl Fn(&str) -> crate::platform::requests::RequestRecord + Send + Sync + 'static,
+) -> Item {
+    let topic = topic.to_owned();
+    Item {
+        given_id,
+        routed: true,
+        records: Box::new(move |id: &str| {
+            let record = request(id);
+            vec![Record {
+                topic: topic.clone(),
+                key: record.key(),
+                payload: record.to_json(),
+            }]
+        }),
+    }
+}
+
 /// Pushkin's user-addressed notifications, onto the app's requests topic (key = user id)
 /// for `pusher route`.
 async fn notifications(
@@ -1174,42 +1217,17 @@ async fn notifications(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let raw = body(raw, state.settings.max_body_bytes)?;
-    let max = state.settings.max_notifications;
-    let list: Vec<pushkin::JsonNotification> = if wire.is_proto(&headers) {
-        parse_proto::<pushkin::BatchNotificationRequest>(&raw, "notifications", max)?
-            .notifications
-            .into_iter()
-            .map(Into::into)
-            .collect()
-    } else {
-        capped::with_limit(max, || parse_json::<pushkin::JsonNotifications>(&raw))?.notifications
-    };
-    check_count("notifications", list.len(), max)?;
-    let checked = list
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| {
-            pushkin::check_notification(i, n, &state.settings.deeplink_base)
-                .map_err(|e| ApiError::bad(e.field, e.message))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let deeplink_base = &state.settings.deeplink_base;
+    let checked = pushkin_batch::<pushkin::JsonNotifications, _>(
+        wire.is_proto(&headers),
+        &raw,
+        state.settings.max_notifications,
+        |i, n| pushkin::check_notification(i, n, deeplink_base),
+    )?;
     let topic = crate::platform::requests::topic(&caller.app);
     let items: Vec<Item> = checked
         .into_iter()
-        .map(|n| {
-            let topic = topic.clone();
-            Item {
-                given_id: n.notif_id.clone(),
-                routed: true,
-                records: Box::new(move |notif_id: &str| {
-                    vec![Record {
-                        topic: topic.clone(),
-                        key: n.user_id.to_string(),
-                        payload: n.record(notif_id).to_json(),
-                    }]
-                }),
-            }
-        })
+        .map(|n| routed_item(&topic, n.notif_id.clone(), move |id| n.record(id)))
         .collect();
     let bytes = routed_bytes(raw.len(), items.len());
     let accepted = accept(&state, &caller, &headers, "notifications", items, bytes).await?;
@@ -1227,43 +1245,23 @@ async fn events(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let raw = body(raw, state.settings.max_body_bytes)?;
-    let max = state.settings.max_notifications;
-    let list: Vec<pushkin::JsonEvent> = if wire.is_proto(&headers) {
-        parse_proto::<pushkin::BatchEventRequest>(&raw, "events", max)?
-            .events
-            .into_iter()
-            .map(Into::into)
-            .collect()
-    } else {
-        capped::with_limit(max, || parse_json::<pushkin::JsonEvents>(&raw))?.events
-    };
-    check_count("events", list.len(), max)?;
-    let records = list
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| pushkin::check_event(i, e).map_err(|e| ApiError::bad(e.field, e.message)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let records = pushkin_batch::<pushkin::JsonEvents, _>(
+        wire.is_proto(&headers),
+        &raw,
+        state.settings.max_notifications,
+        pushkin::check_event,
+    )?;
     let topic = crate::platform::requests::topic(&caller.app);
     let items: Vec<Item> = records
         .into_iter()
         .map(|r| {
-            let topic = topic.clone();
-            Item {
-                given_id: None,
-                routed: true,
-                records: Box::new(move |id: &str| {
-                    let mut r = r.clone();
-                    if let crate::platform::requests::RequestRecord::Event { id: slot, .. } = &mut r
-                    {
-                        *slot = id.to_owned();
-                    }
-                    vec![Record {
-                        topic: topic.clone(),
-                        key: r.key(),
-                        payload: r.to_json(),
-                    }]
-                }),
-            }
+            routed_item(&topic, None, move |id| {
+                let mut r = r.clone();
+                if let crate::platform::requests::RequestRecord::Event { id: slot, .. } = &mut r {
+                    *slot = id.to_owned();
+                }
+                r
+            })
         })
         .collect();
     let bytes = routed_bytes(raw.len(), items.len());
@@ -1359,25 +1357,16 @@ async fn segment_push(
     }
     check_segment_push(&request, given_id.as_deref(), &state.settings.deeplink_base)?;
     let topic = crate::platform::requests::topic(&caller.app);
-    let item = Item {
-        given_id,
-        routed: true,
-        records: Box::new(move |notif_id: &str| {
-            let record = crate::platform::requests::RequestRecord::Segment {
-                notif_id: notif_id.to_owned(),
-                condition: request.condition.clone(),
-                title: request.title.clone(),
-                content: request.message.clone(),
-                screen: request.screen.clone(),
-                data: request.data.clone(),
-            };
-            vec![Record {
-                topic: topic.clone(),
-                key: record.key(),
-                payload: record.to_json(),
-            }]
-        }),
-    };
+    let item = routed_item(&topic, given_id, move |notif_id| {
+        crate::platform::requests::RequestRecord::Segment {
+            notif_id: notif_id.to_owned(),
+            condition: request.condition.clone(),
+            title: request.title.clone(),
+            content: request.message.clone(),
+            screen: request.screen.clone(),
+            data: request.data.clone(),
+        }
+    });
     let bytes = routed_bytes(raw.len(), 1);
     let accepted = accept(&state, &caller, &headers, "segment", vec![item], bytes).await?;
     let notif_id = accepted.notif_ids.first().cloned().unwrap_or_default();

@@ -125,6 +125,47 @@ impl From<Event> for JsonEvent {
     }
 }
 
+/// A Pushkin batch, as JSON (`Self`) or as protobuf (`Proto`, its list field 1): a list by
+/// the name `LIST`.
+pub trait Batch: serde::de::DeserializeOwned {
+    const LIST: &'static str;
+    type Proto: prost::Message + Default + Into<Self>;
+    type Item;
+    fn into_list(self) -> Vec<Self::Item>;
+}
+
+impl From<BatchNotificationRequest> for JsonNotifications {
+    fn from(b: BatchNotificationRequest) -> Self {
+        let notifications = b.notifications.into_iter().map(Into::into).collect();
+        JsonNotifications { notifications }
+    }
+}
+
+impl Batch for JsonNotifications {
+    const LIST: &'static str = "notifications";
+    type Proto = BatchNotificationRequest;
+    type Item = JsonNotification;
+    fn into_list(self) -> Vec<JsonNotification> {
+        self.notifications
+    }
+}
+
+impl From<BatchEventRequest> for JsonEvents {
+    fn from(b: BatchEventRequest) -> Self {
+        let events = b.events.into_iter().map(Into::into).collect();
+        JsonEvents { events }
+    }
+}
+
+impl Batch for JsonEvents {
+    const LIST: &'static str = "events";
+    type Proto = BatchEventRequest;
+    type Item = JsonEvent;
+    fn into_list(self) -> Vec<JsonEvent> {
+        self.events
+    }
+}
+
 /// A notification checked: to whom, and what (the notif_id is filled in by the claim).
 pub struct CheckedNotification {
     pub user_id: i64,
