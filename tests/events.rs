@@ -1288,23 +1288,27 @@ async fn locks_in_key_order(
             let probe = &probe;
             async move {
                 let waiting: i64 = probe
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                    &[&holder_pid],
-                )
-                .await
-                .unwrap()
-                .get(0);
+                    // Waiting on the held row itself, not on a table lock queued behind the
+                    // holder (another test's schema change would be).
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                     WHERE $1 = ANY(pg_blocking_pids(pid)) AND wait_event_type = 'Lock'
+                       AND wait_event IN ('tuple', 'transactionid')",
+                        &[&holder_pid],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
                 waiting > 0
             }
         },
     )
     .await;
     let first = probe.execute(&lock("1", "NOWAIT"), &[&app]).await;
-    let code = first.as_ref().err().and_then(|e| e.code()).cloned();
+    let refused = first.as_ref().err().and_then(|e| e.as_db_error());
     assert_eq!(
-        code,
-        Some(tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+        refused.map(|e| (e.code().clone(), e.message().contains("lock on row"))),
+        Some((tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE, true)),
         "{table}: key 1 was not locked before key 3 ({first:?})"
     );
     holder.batch_execute("ROLLBACK").await.unwrap();

@@ -590,15 +590,37 @@ async fn the_session_cookie_is_not_the_key_and_ends() {
 
     // Signed out: a copy of the cookie taken before is refused by every process; a sign-in
     // right after (the same second) is a session of its own. Seen: the sign-out only made the
-    // browser forget the cookie, and a copy worked for the rest of its 12 hours.
-    let logout = request(
-        addr,
-        "POST",
-        "/ui/logout",
-        &[form, ("cookie", &format!("pusher_ui={session}"))],
-        "",
-    )
-    .await;
+    // browser forget the cookie, and a copy worked for the rest of its 12 hours. Like every
+    // form that changes something, it needs the session's token: another page's is refused.
+    let cookie = format!("pusher_ui={session}");
+    let page = request(addr, "GET", "/ui", &[("cookie", &cookie)], "").await;
+    let csrf = page
+        .text()
+        .split(r#"action="/ui/logout"><input type="hidden" name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the sign-out form carries the token")
+        .to_owned();
+    let logout = |body: String| {
+        let cookie = cookie.clone();
+        async move {
+            request(
+                addr,
+                "POST",
+                "/ui/logout",
+                &[form, ("cookie", &cookie)],
+                body,
+            )
+            .await
+        }
+    };
+    let forged = logout(String::new()).await;
+    assert_eq!(forged.status, 403, "{}", forged.text());
+    assert!(
+        signed_in(twin, session.clone()).await,
+        "not signed out by another page"
+    );
+    let logout = logout(format!("csrf={csrf}")).await;
     assert_eq!(logout.status, 303, "{}", logout.text());
     let cleared = logout.headers["set-cookie"].to_str().unwrap();
     assert!(cleared.contains("Max-Age=0"), "{cleared}");

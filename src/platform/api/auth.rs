@@ -130,7 +130,13 @@ impl Keys {
         else {
             return Err(ApiError::Unauthorized);
         };
+        let expiry_text = expiry;
         let expiry: u64 = expiry.parse().map_err(|_| ApiError::Unauthorized)?;
+        // One spelling per session: `+E` or `0E` would carry the same MAC under another cookie
+        // text, and a sign-out names a session by its cookie's digest.
+        if expiry.to_string() != expiry_text {
+            return Err(ApiError::Unauthorized);
+        }
         if expiry <= unix_seconds(now) {
             return Err(ApiError::Unauthorized);
         }
@@ -277,6 +283,18 @@ mod tests {
         );
         let old = format!("{app}.{expiry}.{}", URL_SAFE_NO_PAD.encode(old.as_ref()));
         assert!(all.session(&old, now).is_err(), "{old}");
+        // The same session with its expiry spelt otherwise: refused (a sign-out names the
+        // cookie's text).
+        let (app, expiry, rest) = {
+            let mut p = session.cookie.splitn(3, '.');
+            (p.next().unwrap(), p.next().unwrap(), p.next().unwrap())
+        };
+        for respelt in [
+            format!("{app}.+{expiry}.{rest}"),
+            format!("{app}.0{expiry}.{rest}"),
+        ] {
+            assert!(all.session(&respelt, now).is_err(), "{respelt}");
+        }
         for bad in [
             "",
             "game",

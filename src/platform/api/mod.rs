@@ -1543,17 +1543,36 @@ async fn queue_size(
         })?
         .position
         .backlog;
-    let json = headers
-        .get_all(axum::http::header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/json"));
-    Ok(if json {
+    let mut answer = if accepts_json(&headers) {
         Json(json!({"queue": queue, "size": size, "group": group, "topics": topics}))
             .into_response()
     } else {
         size.to_string().into_response()
-    })
+    };
+    answer.headers_mut().insert(
+        axum::http::header::VARY,
+        axum::http::HeaderValue::from_static("accept"),
+    );
+    Ok(answer)
+}
+
+/// The caller names `application/json` among what it accepts (any case, not at `q=0`).
+fn accepts_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>() == Ok(0.0)
+                })
+            });
+            media.eq_ignore_ascii_case("application/json") && !refused
+        })
 }
 
 /// `/healthz`: PostgreSQL and Kafka answer, and no component reports a problem. Both are
@@ -1622,4 +1641,29 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response 
 
 async fn version() -> Json<Value> {
     Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_for_callers_that_name_it() {
+        let accepts = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(axum::http::header::ACCEPT, v.parse().unwrap());
+            }
+            accepts_json(&headers)
+        };
+        assert!(accepts(&["application/json"]));
+        assert!(accepts(&["text/html, Application/JSON;q=0.5"]));
+        assert!(accepts(&["text/plain", "application/json"]));
+        assert!(!accepts(&[]));
+        assert!(!accepts(&["*/*"]));
+        assert!(!accepts(&["text/plain"]));
+        assert!(!accepts(&["application/json;q=0"]));
+        assert!(!accepts(&["application/json-seq"]));
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! Protected like the API: the same keys. A browser cannot send a bearer header from a form,
 //! so `POST /ui/login` takes the key once and answers a session (`Keys::open_session`: the
-//! app, an expiry 12 h on, and an HMAC of both under the key; never the key itself) in an
+//! app, an expiry 12 h on, a random nonce, and an HMAC of them under the key; never the key
+//! itself; a sign-out is recorded, so a copy of the cookie ends with it) in an
 //! `HttpOnly`, `SameSite=Strict` cookie scoped to `/ui` (other sites' pages cannot make the
 //! browser send it, and the JSON API never reads it), `Secure` when the request came over HTTPS
 //! (`X-Forwarded-Proto`, from the proxy that ends TLS). `SameSite` trusts the whole registrable
@@ -206,7 +207,7 @@ async fn render(
     let mut b = String::new();
     let _ = write!(
         b,
-        r#"<p>App <b>{}</b> (key {}). <form class="inline" method="post" action="/ui/logout"><button>Sign out</button></form></p>"#,
+        r#"<p>App <b>{}</b> (key {}). <form class="inline" method="post" action="/ui/logout">{csrf}<button>Sign out</button></form></p>"#,
         escape(app),
         escape(&caller.name)
     );
@@ -453,13 +454,20 @@ pub(super) async fn login(
 pub(super) async fn logout(
     State(state): State<ApiState>,
     session: Result<Session, ApiError>,
+    given: Result<Form<LogoutForm>, FormRejection>,
 ) -> Result<Response, ApiError> {
     match session {
-        Ok(session) => state
-            .store
-            .sign_out(&session.digest, session.expiry)
-            .await
-            .map_err(store_error)?,
+        // Its token too, as every form that changes something: another page of the site
+        // cannot sign the user out everywhere.
+        Ok(session) => {
+            let form = form(given, LOGIN_BODY_LIMIT)?;
+            check_csrf(&session, &form.csrf)?;
+            state
+                .store
+                .sign_out(&session.digest, session.expiry)
+                .await
+                .map_err(store_error)?
+        }
         // Nothing valid to sign out (none, expired, forged, signed out already).
         Err(ApiError::Unauthorized) => {}
         Err(e) => return Err(e),
@@ -588,6 +596,12 @@ pub(super) async fn save_message(
             Ok((StatusCode::BAD_REQUEST, Html(body)).into_response())
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
 }
 
 #[derive(Debug, Deserialize)]
