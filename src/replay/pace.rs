@@ -98,7 +98,7 @@ where
     F: Fn(I) -> Fut,
     Fut: Future<Output = Outcome>,
 {
-    tracing::debug!("Replaying: the schedule starts.");
+    tracing::info!("Replaying: the schedule starts.");
     let window = Window {
         warmup: Duration::ZERO,
         count: limit.count,
