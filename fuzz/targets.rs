@@ -122,7 +122,7 @@ impl Target for KafkaGcm {
             Err(e) => return format!("err:{}", e.reason()),
         };
         assert!(!m.to.is_empty(), "empty token accepted");
-        let v1 = match v1_body(&m, None) {
+        let v1 = match v1_body(&m, None, std::time::Duration::from_secs(1_700_000_000)) {
             Ok(body) => {
                 serde_json::from_slice::<IgnoredAny>(&body).expect("the v1 body is JSON");
                 "v1"

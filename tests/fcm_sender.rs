@@ -886,6 +886,14 @@ async fn legacy_token_rules_canonical_ids_and_auth() {
                 d.canonical_registration_id.as_deref(),
                 Some("c0de-old-token")
             );
+            // A topic message's answer has no `results`: it was read as an endpoint that is
+            // not FCM (a fault, which pauses the app).
+            let d = sender.send_with_details(&message("/topics/news")).await;
+            assert_eq!(
+                (&d.outcome, d.attempts),
+                (&Outcome::Delivered, 1),
+                "{http:?}"
+            );
         }
         let wrong = sender(legacy_config(&fake, &fake.h2c_url(), "wrong-key"));
         let d = wrong.send_with_details(&message(&token(1))).await;

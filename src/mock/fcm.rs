@@ -559,6 +559,33 @@ impl FcmHandler {
             }
         }
         let scripted_error = scripted.map(|e| legacy::from_code(&FcmErrorCode::parse(&e.label)));
+        if let [address] = tokens.as_slice() {
+            if is_topic_address(address) {
+                // A topic message is answered with one id or one error and no `results`
+                // (protocols.md §3).
+                let error = if too_big {
+                    Some(legacy::MESSAGE_TOO_BIG)
+                } else if bad_key {
+                    Some(legacy::INVALID_DATA_KEY)
+                } else {
+                    scripted_error
+                };
+                return match error {
+                    Some(error) => {
+                        env.stats.reason(error);
+                        json_response(200, &json!({ "error": error }))
+                    }
+                    None => {
+                        if !dry_run {
+                            env.stats.delivered(address);
+                        }
+                        // An int64 here, above 2^53 as the multicast id below.
+                        let id = (1u64 << 62) + self.next_id();
+                        json_response(200, &json!({ "message_id": id }))
+                    }
+                };
+            }
+        }
         let mut results = Vec::with_capacity(tokens.len());
         let (mut success, mut failure, mut canonical) = (0, 0, 0);
         for token in &tokens {
@@ -727,6 +754,13 @@ fn check_message(message: &Map<String, Value>) -> Result<Option<&str>, GoogleErr
             .map(json_len)
             .sum::<usize>();
     }
+    if let Some(apns) = message.get("apns") {
+        let Some(apns) = apns.as_object() else {
+            return Err(GoogleError::invalid("message.apns must be an object."));
+        };
+        // `ApnsConfig.headers` is a map<string, string>, as `data` is.
+        string_map(apns.get("headers"), "message.apns.headers")?;
+    }
     // A topic or condition message has half a device message's room (protocols.md §2.2).
     let limit = payload_limit(device.is_none());
     if size > limit {
@@ -737,26 +771,34 @@ fn check_message(message: &Map<String, Value>) -> Result<Option<&str>, GoogleErr
     Ok(device)
 }
 
-/// `data` maps take string values only (FCM's own wording and BadRequest detail), under keys
-/// FCM does not reserve (its wording: "Invalid data payload key: from").
+/// `data` maps take string values only (see [`string_map`]), under keys FCM does not reserve
+/// (its wording: "Invalid data payload key: from").
 fn check_data(data: Option<&Value>, field: &str) -> Result<(), GoogleError> {
-    match data {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Object(map)) => {
-            match map.iter().enumerate().find(|(_, (_, v))| !v.is_string()) {
-                None => match map.keys().find(|k| reserved_data_key(k)) {
-                    None => Ok(()),
-                    Some(key) => Err(GoogleError::invalid(format!(
-                        "Invalid data payload key: {key}"
-                    ))),
-                },
-                Some((i, (_, v))) => {
-                    let at = format!("{field}[{i}].value");
-                    let message = format!("Invalid value at '{at}' (TYPE_STRING), {v}");
-                    Err(bad_request(&message, &at, &message))
-                }
+    match string_map(data, field)?.and_then(|map| map.keys().find(|k| reserved_data_key(k))) {
+        None => Ok(()),
+        Some(key) => Err(GoogleError::invalid(format!(
+            "Invalid data payload key: {key}"
+        ))),
+    }
+}
+
+/// A protobuf `map<string, string>` field (`data`, `apns.headers`): string values only, in
+/// FCM's own wording and BadRequest detail.
+fn string_map<'a>(
+    map: Option<&'a Value>,
+    field: &str,
+) -> Result<Option<&'a Map<String, Value>>, GoogleError> {
+    match map {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => match map.iter().enumerate().find(|(_, (_, v))| !v.is_string())
+        {
+            None => Ok(Some(map)),
+            Some((i, (_, v))) => {
+                let at = format!("{field}[{i}].value");
+                let message = format!("Invalid value at '{at}' (TYPE_STRING), {v}");
+                Err(bad_request(&message, &at, &message))
             }
-        }
+        },
         Some(other) => {
             let message = format!("Invalid value at '{field}' (Map), {other}");
             Err(bad_request(&message, field, &message))
@@ -949,6 +991,11 @@ mod tests {
             "Invalid value at 'message.data[1].value' (TYPE_STRING), 12"
         );
         assert!(check(json!({"token":"a","data":"x"})).is_err());
+        assert_eq!(
+            check(json!({"token":"a","apns":{"headers":{"apns-priority":5}}})).unwrap_err(),
+            "Invalid value at 'message.apns.headers[0].value' (TYPE_STRING), 5"
+        );
+        assert!(check(json!({"token":"a","apns":{"headers":{"apns-priority":"5"}}})).is_ok());
         assert!(check(json!({"token":"a","android":{"ttl":"10"}}))
             .unwrap_err()
             .contains("ttl"));

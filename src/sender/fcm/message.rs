@@ -15,6 +15,11 @@
 //! - with a `push_expiry`, the TTL (a v1 envelope's `android.ttl` too) is at most the seconds
 //!   left before it, and sent even when the message gives none (FCM would keep it four weeks)
 //! - `content_available` -> `apns.payload.aps.content-available = 1`
+//! - for an iPhone reached through FCM, `apns.headers`: v1 carries none of the options above
+//!   to APNs (the legacy API did; v1 sends priority 10 and keeps a message 30 days), so a
+//!   data-only message goes at `apns-priority` 5 (`background` when `content_available`), a
+//!   notification at the message's priority (`high` 10, `normal` 5), and the TTL becomes
+//!   `apns-expiration` (now + TTL; 0 stays 0: deliver now or never)
 //! - `message_id`, `message_type`, `delivery_receipt_requested` (XMPP-only) are not sent.
 
 use crate::push::fcm::{json_len, MAX_TTL_SECS};
@@ -48,15 +53,20 @@ fn capped_ttl(own: Option<u32>, cap: Option<u32>) -> Option<u32> {
     }
 }
 
-/// The `messages:send` body for `msg`; `ttl_cap` (seconds, see [`ttl_cap`]) bounds its TTL.
-pub fn v1_body(msg: &GcmMessage, ttl_cap: Option<u32>) -> Result<Vec<u8>, TranslateError> {
+/// The `messages:send` body for `msg`; `ttl_cap` (seconds, see [`ttl_cap`]) bounds its TTL;
+/// `now` (Unix time) dates its `apns-expiration`.
+pub fn v1_body(
+    msg: &GcmMessage,
+    ttl_cap: Option<u32>,
+    now: Duration,
+) -> Result<Vec<u8>, TranslateError> {
     if msg.to.is_empty() {
         return Err(TranslateError::NoToken);
     }
     if let Some(raw) = &msg.v1_message {
         // The envelope's `message` object, byte for byte without a cap; re-encoded under one.
         let message = match ttl_cap {
-            Some(cap) => Cow::Owned(envelope_with_ttl(raw, cap)?),
+            Some(cap) => Cow::Owned(envelope_with_ttl(raw, cap, now)?),
             None => Cow::Borrowed(raw.as_ref()),
         };
         let mut out = Vec::with_capacity(message.len() + 32);
@@ -99,7 +109,8 @@ pub fn v1_body(msg: &GcmMessage, ttl_cap: Option<u32>) -> Result<Vec<u8>, Transl
     if size > limit {
         return Err(TranslateError::PayloadTooLarge { size, limit });
     }
-    if let Some(ttl) = capped_ttl(msg.time_to_live, ttl_cap) {
+    let ttl = capped_ttl(msg.time_to_live, ttl_cap);
+    if let Some(ttl) = ttl {
         android.insert("ttl".into(), Value::String(format!("{ttl}s")));
     }
     if let Some(key) = &msg.collapse_key {
@@ -111,11 +122,16 @@ pub fn v1_body(msg: &GcmMessage, ttl_cap: Option<u32>) -> Result<Vec<u8>, Transl
     if !android.is_empty() {
         message.insert("android".into(), Value::Object(android));
     }
+    let mut apns = Map::new();
+    let headers = apns_headers(msg, ttl, now);
+    if !headers.is_empty() {
+        apns.insert("headers".into(), Value::Object(headers));
+    }
     if msg.content_available == Some(true) {
-        message.insert(
-            "apns".into(),
-            json!({"payload": {"aps": {"content-available": 1}}}),
-        );
+        apns.insert("payload".into(), json!({"aps": {"content-available": 1}}));
+    }
+    if !apns.is_empty() {
+        message.insert("apns".into(), Value::Object(apns));
     }
     let mut body = Map::new();
     if msg.dry_run {
@@ -125,9 +141,48 @@ pub fn v1_body(msg: &GcmMessage, ttl_cap: Option<u32>) -> Result<Vec<u8>, Transl
     serde_json::to_vec(&body).map_err(|e| TranslateError::Encode(e.to_string()))
 }
 
-/// An envelope's `message` with `android.ttl` at most `cap` seconds (added when absent). A TTL
-/// that cannot be read, or an `android` that is no object, is left for FCM to refuse.
-fn envelope_with_ttl(raw: &[u8], cap: u32) -> Result<Vec<u8>, TranslateError> {
+/// What APNs is told of a legacy message that FCM v1 does not tell it (see the module's notes):
+/// without these an iPhone got a silent push at priority 10, which Apple asks never to be sent
+/// (protocols.md §2.2: "A data-only message to iOS must use `apns-priority: 5`"), and kept a
+/// message 30 days past its TTL and its `push_expiry`. FCM ignores them for Android tokens.
+fn apns_headers(msg: &GcmMessage, ttl: Option<u32>, now: Duration) -> Map<String, Value> {
+    let mut headers = Map::new();
+    let priority = if msg.notification.is_none() {
+        Some("5")
+    } else {
+        match msg.priority.as_deref() {
+            Some(p) if p.eq_ignore_ascii_case("high") => Some("10"),
+            Some(p) if p.eq_ignore_ascii_case("normal") => Some("5"),
+            _ => None,
+        }
+    };
+    if let Some(priority) = priority {
+        headers.insert("apns-priority".into(), Value::String(priority.into()));
+    }
+    if msg.notification.is_none() && msg.content_available == Some(true) {
+        headers.insert("apns-push-type".into(), Value::String("background".into()));
+    }
+    if let Some(ttl) = ttl {
+        let at = expires_at(ttl, now).to_string();
+        headers.insert("apns-expiration".into(), Value::String(at));
+    }
+    headers
+}
+
+/// `apns-expiration` for a TTL: the Unix second it ends (0, "now or never", stays 0).
+fn expires_at(ttl: u32, now: Duration) -> u64 {
+    if ttl == 0 {
+        0
+    } else {
+        now.as_secs() + u64::from(ttl)
+    }
+}
+
+/// An envelope's `message` with `android.ttl` at most `cap` seconds (added when absent), and
+/// `apns.headers.apns-expiration` no later than `now + cap` (added when absent). A TTL or
+/// expiration that cannot be read, or an `android` or `apns` that is no object, is left for
+/// FCM to refuse.
+fn envelope_with_ttl(raw: &[u8], cap: u32, now: Duration) -> Result<Vec<u8>, TranslateError> {
     let encode = |e: serde_json::Error| TranslateError::Encode(e.to_string());
     let mut message: Map<String, Value> = serde_json::from_slice(raw).map_err(encode)?;
     let android = message
@@ -148,6 +203,25 @@ fn envelope_with_ttl(raw: &[u8], cap: u32) -> Result<Vec<u8>, TranslateError> {
         };
         if !keep {
             android.insert("ttl".into(), Value::String(format!("{cap}s")));
+        }
+    }
+    let cap_at = expires_at(cap, now);
+    let headers = message
+        .entry("apns")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .map(|apns| {
+            apns.entry("headers")
+                .or_insert_with(|| Value::Object(Map::new()))
+        })
+        .and_then(Value::as_object_mut);
+    if let Some(headers) = headers {
+        let own = headers
+            .get("apns-expiration")
+            .map(|at| at.as_str().and_then(|at| at.trim().parse::<u64>().ok()));
+        // An unreadable one is FCM's to refuse; 0 ("now or never") is within any cap.
+        if own.is_none() || own.is_some_and(|at| at.is_some_and(|at| at > cap_at)) {
+            headers.insert("apns-expiration".into(), Value::String(cap_at.to_string()));
         }
     }
     serde_json::to_vec(&message).map_err(encode)
@@ -298,9 +372,11 @@ mod tests {
     use super::*;
     use crate::push::message::parse_gcm;
 
+    const NOW: Duration = Duration::from_secs(1_700_000_000);
+
     fn v1(kafka: &str) -> Value {
         let msg = parse_gcm(kafka.as_bytes()).unwrap();
-        serde_json::from_slice(&v1_body(&msg, None).unwrap()).unwrap()
+        serde_json::from_slice(&v1_body(&msg, None, NOW).unwrap()).unwrap()
     }
 
     #[test]
@@ -318,16 +394,19 @@ mod tests {
                 r#"{"to":"tok","data":{"alert":"Hello","n":3,"ok":true,"o":{"a":[1]},"z":null},"time_to_live":3600,"collapse_key":"c","priority":"high"}"#,
                 json!({"message":{"token":"tok",
                     "data":{"alert":"Hello","n":"3","ok":"true","o":"{\"a\":[1]}","z":"null"},
-                    "android":{"ttl":"3600s","collapse_key":"c","priority":"HIGH"}}}),
+                    "android":{"ttl":"3600s","collapse_key":"c","priority":"HIGH"},
+                    "apns":{"headers":{"apns-priority":"5","apns-expiration":"1700003600"}}}}),
             ),
             // A legacy topic address: v1 wants the bare name as `topic`.
             (
                 r#"{"to":"/topics/news","data":{"k":"v"}}"#,
-                json!({"message":{"topic":"news","data":{"k":"v"}}}),
+                json!({"message":{"topic":"news","data":{"k":"v"},
+                    "apns":{"headers":{"apns-priority":"5"}}}}),
             ),
             (
                 r#"{"to":"tok","priority":"normal","time_to_live":0}"#,
-                json!({"message":{"token":"tok","android":{"ttl":"0s","priority":"NORMAL"}}}),
+                json!({"message":{"token":"tok","android":{"ttl":"0s","priority":"NORMAL"},
+                    "apns":{"headers":{"apns-priority":"5","apns-expiration":"0"}}}}),
             ),
             // Android-only notification fields; a numeric badge; content_available.
             (
@@ -337,10 +416,25 @@ mod tests {
                     "android":{"notification":{"sound":"default","tag":"x","body_loc_args":["a","b"],"notification_count":3}},
                     "apns":{"payload":{"aps":{"content-available":1}}}}}),
             ),
+            // A silent push: priority 5 and `background` for an iPhone, as Apple asks.
+            (
+                r#"{"to":"tok","data":{"k":"v"},"content_available":true,"priority":"high"}"#,
+                json!({"message":{"token":"tok","data":{"k":"v"},"android":{"priority":"HIGH"},
+                    "apns":{"headers":{"apns-priority":"5","apns-push-type":"background"},
+                            "payload":{"aps":{"content-available":1}}}}}),
+            ),
+            // A notification keeps its priority on iPhones too.
+            (
+                r#"{"to":"tok","notification":{"title":"t"},"priority":"normal","time_to_live":60}"#,
+                json!({"message":{"token":"tok","notification":{"title":"t"},
+                    "android":{"ttl":"60s","priority":"NORMAL"},
+                    "apns":{"headers":{"apns-priority":"5","apns-expiration":"1700000060"}}}}),
+            ),
             // Metadata does not override data.
             (
                 r#"{"to":"tok","data":{"jobId":"mine"},"metadata":{"jobId":"theirs","extra":1}}"#,
-                json!({"message":{"token":"tok","data":{"jobId":"mine","extra":"1"}}}),
+                json!({"message":{"token":"tok","data":{"jobId":"mine","extra":"1"},
+                    "apns":{"headers":{"apns-priority":"5"}}}}),
             ),
         ];
         for (kafka, want) in cases {
@@ -353,7 +447,7 @@ mod tests {
         let kafka =
             r#"{"message":{"token":"tok","data":{"k":"v"},"android":{"ttl":"5s"}},"dry_run":true}"#;
         let msg = parse_gcm(kafka.as_bytes()).unwrap();
-        let body = String::from_utf8(v1_body(&msg, None).unwrap()).unwrap();
+        let body = String::from_utf8(v1_body(&msg, None, NOW).unwrap()).unwrap();
         assert_eq!(
             body,
             r#"{"validate_only":true,"message":{"token":"tok","data":{"k":"v"},"android":{"ttl":"5s"}}}"#
@@ -364,7 +458,7 @@ mod tests {
     fn a_ttl_cap_bounds_every_body_s_ttl() {
         let ttl = |kafka: &str, cap| {
             let msg = parse_gcm(kafka.as_bytes()).unwrap();
-            let v1: Value = serde_json::from_slice(&v1_body(&msg, cap).unwrap()).unwrap();
+            let v1: Value = serde_json::from_slice(&v1_body(&msg, cap, NOW).unwrap()).unwrap();
             let legacy: Value = serde_json::from_slice(
                 &legacy_body(&msg, std::slice::from_ref(&msg.to), cap).unwrap(),
             )
@@ -372,41 +466,54 @@ mod tests {
             (
                 v1["message"]["android"]["ttl"].clone(),
                 legacy["time_to_live"].clone(),
+                v1["message"]["apns"]["headers"]["apns-expiration"].clone(),
             )
         };
+        // Each: the v1 TTL, the legacy TTL, and what an iPhone reached through v1 is told.
         let cases = [
             (
                 r#"{"to":"t","time_to_live":3600}"#,
                 Some(60),
-                json!(["60s", 60]),
+                json!(["60s", 60, "1700000060"]),
             ),
             (
                 r#"{"to":"t","time_to_live":30}"#,
                 Some(60),
-                json!(["30s", 30]),
+                json!(["30s", 30, "1700000030"]),
             ),
-            // None of its own: FCM would keep it four weeks.
-            (r#"{"to":"t"}"#, Some(60), json!(["60s", 60])),
-            (r#"{"to":"t"}"#, None, json!([null, null])),
+            // None of its own: FCM would keep it four weeks, APNs 30 days.
+            (r#"{"to":"t"}"#, Some(60), json!(["60s", 60, "1700000060"])),
+            (r#"{"to":"t"}"#, None, json!([null, null, null])),
             (
                 r#"{"message":{"token":"t","android":{"ttl":"3600s"}}}"#,
                 Some(60),
-                json!(["60s", 60]),
+                json!(["60s", 60, "1700000060"]),
             ),
             (
                 r#"{"message":{"token":"t","android":{"ttl":"1.5s"}}}"#,
                 Some(60),
-                json!(["1.5s", 60]),
+                json!(["1.5s", 60, "1700000060"]),
             ),
             (
                 r#"{"message":{"token":"t","data":{"k":"v"}}}"#,
                 Some(60),
-                json!(["60s", 60]),
+                json!(["60s", 60, "1700000060"]),
+            ),
+            // An envelope's own expiration is kept when it ends sooner, lowered when later.
+            (
+                r#"{"message":{"token":"t","apns":{"headers":{"apns-expiration":"0"}}}}"#,
+                Some(60),
+                json!(["60s", 60, "0"]),
+            ),
+            (
+                r#"{"message":{"token":"t","apns":{"headers":{"apns-expiration":"1800000000"}}}}"#,
+                Some(60),
+                json!(["60s", 60, "1700000060"]),
             ),
         ];
         for (kafka, cap, want) in cases {
-            let (v1, legacy) = ttl(kafka, cap);
-            assert_eq!(json!([v1, legacy]), want, "{kafka} {cap:?}");
+            let (v1, legacy, expiration) = ttl(kafka, cap);
+            assert_eq!(json!([v1, legacy, expiration]), want, "{kafka} {cap:?}");
         }
         assert_eq!(ttl_cap(Duration::from_secs(90_000_000)), 2_419_200);
         assert_eq!(ttl_cap(Duration::from_millis(59_999)), 59);
@@ -423,14 +530,14 @@ mod tests {
             Err(TranslateError::PayloadTooLarge { limit, .. }) => Some(limit),
             _ => None,
         };
-        assert_eq!(refused(v1_body(&msg, None)), Some(2048));
+        assert_eq!(refused(v1_body(&msg, None, NOW)), Some(2048));
         assert_eq!(
             refused(legacy_body(&msg, &[msg.to.clone()], None)),
             Some(2048)
         );
         // The same data to a device fits.
         msg.to = "tok".into();
-        assert_eq!(refused(v1_body(&msg, None)), None);
+        assert_eq!(refused(v1_body(&msg, None, NOW)), None);
         assert_eq!(refused(legacy_body(&msg, &[msg.to.clone()], None)), None);
     }
 
@@ -443,7 +550,7 @@ mod tests {
         };
         msg.data.insert("big".into(), Value::String(big));
         assert!(matches!(
-            v1_body(&msg, None),
+            v1_body(&msg, None, NOW),
             Err(TranslateError::PayloadTooLarge { .. })
         ));
         assert!(matches!(
@@ -451,7 +558,7 @@ mod tests {
             Err(TranslateError::PayloadTooLarge { .. })
         ));
         msg.to.clear();
-        assert_eq!(v1_body(&msg, None), Err(TranslateError::NoToken));
+        assert_eq!(v1_body(&msg, None, NOW), Err(TranslateError::NoToken));
         assert_eq!(legacy_body(&msg, &[], None), Err(TranslateError::NoToken));
     }
 

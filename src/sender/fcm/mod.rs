@@ -309,7 +309,7 @@ impl FcmSender {
         }
         let build = |cap: Option<u32>| -> Result<(Option<u32>, Bytes), TranslateError> {
             let body = match &self.inner.api {
-                Api::V1 { .. } => v1_body(msg, cap),
+                Api::V1 { .. } => v1_body(msg, cap, self.inner.clock.now()),
                 Api::Legacy { .. } => legacy_body(msg, std::slice::from_ref(&msg.to), cap),
             }?;
             Ok((cap, Bytes::from(body)))

@@ -165,6 +165,10 @@ struct LegacyBody {
     multicast_id: Option<i64>,
     #[serde(default)]
     results: Vec<LegacyResult>,
+    /// A topic message's answer has no `results`: `{"message_id":<int64>}` or
+    /// `{"error":"TopicsMessageRateExceeded"}` (protocols.md §3).
+    message_id: Option<i64>,
+    error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +207,27 @@ impl LegacyReply {
         }
         let parsed = match serde_json::from_slice::<LegacyBody>(body) {
             Ok(p) if p.results.len() == tokens => p,
+            // A topic message (one address): its one verdict, read as a token's.
+            Ok(LegacyBody {
+                results,
+                message_id,
+                error,
+                ..
+            }) if results.is_empty()
+                && tokens == 1
+                && (message_id.is_some() || error.is_some()) =>
+            {
+                LegacyBody {
+                    multicast_id: None,
+                    results: vec![LegacyResult {
+                        message_id: message_id.map(|id| id.to_string()),
+                        registration_id: None,
+                        error,
+                    }],
+                    message_id: None,
+                    error: None,
+                }
+            }
             Ok(_) | Err(_) => {
                 // A 200 that is not the legacy API's answer: the endpoint is something else,
                 // and would answer every message so; not the messages' fault.
@@ -501,5 +526,25 @@ mod tests {
         // And the legacy URL since its shutdown: 404 with no Google error.
         let gone = LegacyReply::parse(404, &HeaderMap::new(), b"Not Found", 1);
         assert!(matches!(gone.results[0].verdict, Verdict::Fault { .. }));
+        // A topic message's answers have no `results` (protocols.md §3): they were read as
+        // an endpoint that is not FCM, and paused the app.
+        let topic = LegacyReply::parse(
+            200,
+            &HeaderMap::new(),
+            br#"{"message_id":9007199254740993123}"#,
+            1,
+        );
+        assert_eq!(topic.results[0].verdict, Verdict::Final(Outcome::Delivered));
+        assert_eq!(
+            topic.results[0].message_id.as_deref(),
+            Some("9007199254740993123")
+        );
+        let slow_down = LegacyReply::parse(
+            200,
+            &HeaderMap::new(),
+            br#"{"error":"TopicsMessageRateExceeded"}"#,
+            1,
+        );
+        assert!(matches!(slow_down.results[0].verdict, Verdict::Retry(_)));
     }
 }
