@@ -424,6 +424,33 @@ async fn the_ui_guards_its_cookie_and_its_forms() {
     // Another page's form: the cookie goes with it, the token cannot.
     let forged = post("/ui/messages/delete", "name=kept".into()).await;
     assert_eq!(forged.status, 403, "{}", forged.text());
+    // A refusal is a page that says why, not the JSON API's body.
+    let html = |a: &Answer| {
+        a.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    };
+    assert!(html(&forged), "{:?}", forged.headers);
+    assert!(
+        forged.text().contains("reload the page"),
+        "{}",
+        forged.text()
+    );
+    let ended = request(
+        addr,
+        "POST",
+        "/ui/messages/delete",
+        &[form, ("cookie", "pusher_ui=no.such.session.here")],
+        format!("csrf={csrf}&name=kept"),
+    )
+    .await;
+    assert_eq!(ended.status, 401, "{}", ended.text());
+    assert!(
+        html(&ended) && ended.text().contains("sign in again"),
+        "{}",
+        ended.text()
+    );
     let forged = post(
         "/ui/messages",
         "name=kept&event_id=6&localizations=1%20%7C%20a%20%7C%20b".into(),

@@ -38,6 +38,43 @@ fn escape(text: &str) -> String {
     html_escape::encode_safe(text).into_owned()
 }
 
+/// A refusal of a `/ui` route: the API's error, with its status and headers (`Retry-After`),
+/// shown to the browser as a page rather than as the JSON API's body.
+pub(super) struct UiError(ApiError);
+
+impl From<ApiError> for UiError {
+    fn from(e: ApiError) -> UiError {
+        UiError(e)
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let (title, said) = match &self.0 {
+            // A form posted after its session ended (expired, signed out, its key taken out).
+            ApiError::Unauthorized => (
+                "signed out",
+                "Your session has ended: sign in again.".to_owned(),
+            ),
+            e => ("error", e.to_string()),
+        };
+        let body = page(
+            title,
+            &format!(
+                r#"<p class="error">{}</p><p><a href="/ui">Back to the page</a></p>"#,
+                escape(&said)
+            ),
+        );
+        let (mut parts, _) = self.0.into_response().into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        Response::from_parts(parts, axum::body::Body::from(body))
+    }
+}
+
 /// A signed-in browser: the caller whose key signed the cookie's session, and the token its
 /// forms carry. An extractor, so that a form's sender is known before its body is read: the
 /// body of an unknown one is never waited for.
@@ -50,9 +87,9 @@ pub(super) struct Session {
 }
 
 impl FromRequestParts<ApiState> for Session {
-    type Rejection = ApiError;
+    type Rejection = UiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Session, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Session, UiError> {
         let cookie = parts
             .headers
             .get_all(header::COOKIE)
@@ -67,7 +104,7 @@ impl FromRequestParts<ApiState> for Session {
         let digest = ring::digest::digest(&ring::digest::SHA256, session.cookie.as_bytes());
         let digest = digest.as_ref().to_vec();
         if state.store.signed_out(&digest).await.map_err(store_error)? {
-            return Err(ApiError::Unauthorized);
+            return Err(ApiError::Unauthorized.into());
         }
         Ok(Session {
             caller: session.caller,
@@ -162,12 +199,12 @@ pub(super) struct View {
 /// `GET /ui`: the sign-in form, or the page.
 pub(super) async fn index(
     State(state): State<ApiState>,
-    session: Result<Session, ApiError>,
+    session: Result<Session, UiError>,
     view: Result<Query<View>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let session = match session {
         Ok(session) => session,
-        Err(ApiError::Unauthorized) => return Ok(Html(login_page(None)).into_response()),
+        Err(UiError(ApiError::Unauthorized)) => return Ok(Html(login_page(None)).into_response()),
         // PostgreSQL could not say whether it was signed out: not the sign-in form, which
         // would only lead back here.
         Err(e) => return Err(e),
@@ -412,7 +449,7 @@ pub(super) async fn login(
     State(state): State<ApiState>,
     headers: HeaderMap,
     given: Result<Form<Login>, FormRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let form = form(given, LOGIN_BODY_LIMIT)?;
     // Over HTTPS, the browser is told never to send the session over plain HTTP.
     let secure = if over_https(&headers) { "; Secure" } else { "" };
@@ -453,9 +490,9 @@ pub(super) async fn login(
 /// still works, and the user knows it.
 pub(super) async fn logout(
     State(state): State<ApiState>,
-    session: Result<Session, ApiError>,
+    session: Result<Session, UiError>,
     given: Result<Form<LogoutForm>, FormRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     match session {
         // Its token too, as every form that changes something: another page of the site
         // cannot sign the user out everywhere.
@@ -469,7 +506,7 @@ pub(super) async fn logout(
                 .map_err(store_error)?
         }
         // Nothing valid to sign out (none, expired, forged, signed out already).
-        Err(ApiError::Unauthorized) => {}
+        Err(UiError(ApiError::Unauthorized)) => {}
         Err(e) => return Err(e),
     }
     Ok((
@@ -561,7 +598,7 @@ pub(super) async fn save_message(
     State(state): State<ApiState>,
     session: Session,
     given: Result<Form<MessageForm>, FormRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let form = form(given, state.settings.max_body_bytes)?;
     check_csrf(&session, &form.csrf)?;
     let caller = &session.caller;
@@ -616,15 +653,12 @@ pub(super) async fn delete_message(
     State(state): State<ApiState>,
     session: Session,
     given: Result<Form<DeleteForm>, FormRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let form = form(given, state.settings.max_body_bytes)?;
     check_csrf(&session, &form.csrf)?;
     // A message's name, as the JSON API's: the redirect below puts it in a URL unencoded.
     if !valid_name(&form.name) {
-        return Err(ApiError::bad(
-            "name",
-            "1 to 100 characters of A-Z a-z 0-9 _ . -",
-        ));
+        return Err(ApiError::bad("name", "1 to 100 characters of A-Z a-z 0-9 _ . -").into());
     }
     state
         .messages
