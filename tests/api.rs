@@ -890,6 +890,7 @@ async fn sync_logs_name_a_browser_web() {
                     outcome: "token_invalid".into(),
                     reason: "410".into(),
                     at_ms: 1_700_000_000_000,
+                    invalid_since_ms: None,
                 }])
                 .await
                 .unwrap();
@@ -1488,6 +1489,7 @@ async fn verdicts_are_counted_as_they_are_stored() {
             outcome: "delivered".to_owned(),
             reason: String::new(),
             at_ms,
+            invalid_since_ms: None,
         }
     }
     let verdict =
@@ -2155,6 +2157,7 @@ async fn results_of_a_push_are_stored_and_served() {
         outcome: outcome.to_owned(),
         reason: String::new(),
         at_ms: now_ms,
+        invalid_since_ms: None,
     };
     Store::new(&pg())
         .unwrap()

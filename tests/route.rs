@@ -1277,6 +1277,7 @@ async fn a_token_refused_by_its_service_is_not_brought_back_by_an_older_login() 
         outcome: "token_invalid".into(),
         reason: "UNREGISTERED".into(),
         at_ms: at * 1000,
+        invalid_since_ms: None,
     };
     registry
         .register(
@@ -1331,6 +1332,31 @@ async fn a_token_refused_by_its_service_is_not_brought_back_by_an_older_login() 
     assert_eq!(removed, 0);
     assert_eq!(tokens_of(&registry, &app, 8).await, ["dead"]);
 
+    // APNs says since when a token is invalid: registered after that moment, it is a new
+    // registration and stays, though the message was consumed later still; registered
+    // before it, it goes.
+    let since = |token: &str, at: i64, since: i64| pusher::platform::store::ResultRow {
+        platform: "apns".into(),
+        reason: "Unregistered".into(),
+        invalid_since_ms: Some(since * 1000),
+        ..verdict(token, at)
+    };
+    registry
+        .register(&app, &[device(10, "reinstalled", 3_000)], &[])
+        .await
+        .unwrap();
+    let removed = store
+        .forget_invalid_tokens(&[since("reinstalled", 5_000, 2_500)])
+        .await
+        .unwrap();
+    assert_eq!(removed, 0);
+    assert_eq!(tokens_of(&registry, &app, 10).await, ["reinstalled"]);
+    let removed = store
+        .forget_invalid_tokens(&[since("reinstalled", 5_000, 4_000)])
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+
     // Tombstones older than what is kept go; younger ones stay.
     registry
         .register(&app, &[device(9, "dead2", 1_000)], &[])
@@ -1383,6 +1409,7 @@ async fn logins_and_invalid_token_verdicts_lock_devices_in_one_order() {
                 outcome: "token_invalid".into(),
                 reason: String::new(),
                 at_ms: 2_000_000,
+                invalid_since_ms: None,
             })
             .collect();
         let again = devices(1_500);

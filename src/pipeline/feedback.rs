@@ -81,6 +81,16 @@ impl MessageContext {
         if delete_token {
             m.insert("deleteToken".to_owned(), Value::Bool(true));
         }
+        // APNs' 410 says since when the token is invalid (Unix ms): a registration after that
+        // moment is a new one, and `pusher results` keeps it (protocols.md §1: "honour the
+        // timestamp").
+        if let Outcome::TokenInvalid {
+            timestamp_ms: Some(since),
+            ..
+        } = outcome
+        {
+            m.insert("invalidSince".to_owned(), Value::from(*since));
+        }
         m
     }
 }
@@ -468,7 +478,7 @@ mod tests {
         let value: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             value["metadata"],
-            json!({"jobId":"j1","game":"game","deviceToken":"abc","hostname":"pod-1","timestamp":1731000000,"deleteToken":true})
+            json!({"jobId":"j1","game":"game","deviceToken":"abc","hostname":"pod-1","timestamp":1731000000,"deleteToken":true,"invalidSince":1})
         );
         assert_eq!(
             value["Notification"],

@@ -89,6 +89,11 @@ pub fn result_of(record: &Value) -> Option<ResultRow> {
                 .and_then(Value::as_i64)
                 .unwrap_or_default(),
         ),
+        // Unix ms, as APNs wrote it; kept between 0 and now, as `at_ms`.
+        invalid_since_ms: metadata
+            .get("invalidSince")
+            .and_then(Value::as_i64)
+            .map(|ms| ms.clamp(0, crate::clock::unix_ms())),
     })
 }
 
@@ -516,6 +521,11 @@ mod tests {
             ),
             ("apns", "token_invalid", "Unregistered", 5_000)
         );
+        assert_eq!(row.invalid_since_ms, None);
+        // APNs' 410 timestamp, as the pusher's record carries it.
+        let mut since = apns.clone();
+        since["metadata"]["invalidSince"] = json!(4_500);
+        assert_eq!(result_of(&since).unwrap().invalid_since_ms, Some(4_500));
         let gcm = json!({"from": "t2", "metadata": {"notif_id": "n", "game": "g", "timestamp": 6}});
         assert_eq!(result_of(&gcm).unwrap().outcome, "delivered");
         assert!(result_of(&json!({"from": "t", "metadata": {"game": "g"}})).is_none());

@@ -588,6 +588,9 @@ pub struct ResultRow {
     pub reason: String,
     /// When the pusher consumed the message, Unix milliseconds.
     pub at_ms: i64,
+    /// For `token_invalid`, since when the vendor says the token is invalid (APNs' 410
+    /// `timestamp`), Unix milliseconds, where it said.
+    pub invalid_since_ms: Option<i64>,
 }
 
 /// A notification as the API accepted it.
@@ -702,9 +705,11 @@ impl Store {
 
     /// Removes from the registry the tokens whose verdict said they are invalid, unless they
     /// were registered again after the message was consumed (the verdict is about the old
-    /// registration), and remembers each token's newest such verdict (`pusher_dead_tokens`),
-    /// so that a registration older than it, arriving later, does not bring the token back.
-    /// Returns how many devices were removed.
+    /// registration) or after the moment the vendor says the token became invalid (APNs'
+    /// 410 `timestamp`: Apple's rule is to stop pushing to it "unless it's re-registered with
+    /// a later timestamp"), and remembers each token's newest such verdict
+    /// (`pusher_dead_tokens`), so that a registration older than it, arriving later, does not
+    /// bring the token back. Returns how many devices were removed.
     pub async fn forget_invalid_tokens(&self, rows: &[ResultRow]) -> Result<u64, StoreError> {
         let dead: Vec<&ResultRow> = rows
             .iter()
@@ -715,7 +720,10 @@ impl Store {
         }
         let apps: Vec<&str> = dead.iter().map(|r| r.app.as_str()).collect();
         let tokens: Vec<&str> = dead.iter().map(|r| r.token.as_str()).collect();
-        let at: Vec<f64> = dead.iter().map(|r| r.at_ms as f64 / 1000.0).collect();
+        let at: Vec<f64> = dead
+            .iter()
+            .map(|r| r.invalid_since_ms.map_or(r.at_ms, |s| s.min(r.at_ms)) as f64 / 1000.0)
+            .collect();
         let client = self.pool.get().await?;
         Ok(execute(
             &client,
@@ -1174,6 +1182,7 @@ impl Store {
                 outcome: r.get(2),
                 reason: r.get(3),
                 at_ms: r.get(4),
+                invalid_since_ms: None,
             })
             .collect())
     }
