@@ -443,7 +443,7 @@ async fn sender_id_mismatch_before_any_delivery_closes_the_gate() {
             Health::Up => panic!("the gate stayed up"),
         };
         assert!(
-            cause.starts_with("SENDER_ID_MISMATCH for 20 tokens and none delivered yet"),
+            cause.starts_with("SENDER_ID_MISMATCH for 20 tokens against 0 delivered"),
             "{cause}"
         );
         let mut invalid = 0;

@@ -112,7 +112,8 @@ async fn apns_and_gcm_feedback_round_trip_through_kafka() {
         "DeviceToken": token,
         "timestamp": 1_731_000_000,
         "metadata": {"jobId": "job-7", "game": "game", "deviceToken": token, "hostname": "test-host",
-                     "timestamp": 1_731_000_000, "deleteToken": true},
+                     "timestamp": 1_731_000_000, "deleteToken": true,
+                     "invalidSince": 1_700_000_000_000_i64},
         "Notification": {"aps": {"alert": "Helena miss you! come play!"}, "M": {"jobId": "job-7"}}
     });
     let got: serde_json::Value = serde_json::from_str(&apns_back[0].1).unwrap();

@@ -235,11 +235,14 @@ impl ApnsReason {
             | BadEnvironmentKeyIdInToken => Verdict::Fault { reason },
             // Apple "wedges" a connection after this; pushy reconnects (protocols.md §1.3).
             ExpiredProviderToken => Verdict::Retry(RetryHint::new(reason).renew_auth().reconnect()),
-            // The request line, not the message: the sender checks every token is hex, so
-            // only our path or method (a base path, a proxy) draws these, for every push
-            // alike. Retried, they count toward an outage and pause the app (sender/gate.rs);
-            // as final verdicts they rejected the whole backlog.
-            BadPath | MethodNotAllowed => Verdict::Retry(RetryHint::new(reason)),
+            // The request line or head, not the message: the sender checks every token is hex
+            // and puts it in the path, and sets each header once, so only our path or method
+            // (a base path, a proxy) or something between us and APNs draws these, for every
+            // push alike. Retried, they count toward an outage and pause the app
+            // (sender/gate.rs); as final verdicts they rejected the whole backlog.
+            BadPath | MethodNotAllowed | MissingDeviceToken | DuplicateHeaders => {
+                Verdict::Retry(RetryHint::new(reason))
+            }
             Other(_) if status == 429 || status >= 500 => {
                 Verdict::Retry(RetryHint::new(reason).after(retry_after))
             }
@@ -434,6 +437,8 @@ mod tests {
             ("Forbidden", 403, "rejected"),
             ("BadPath", 404, "retry"),
             ("MethodNotAllowed", 405, "retry"),
+            ("MissingDeviceToken", 400, "retry"),
+            ("DuplicateHeaders", 400, "retry"),
             ("InvalidProviderToken", 403, "fault"),
             ("MissingProviderToken", 403, "fault"),
             ("BadCertificate", 403, "fault"),

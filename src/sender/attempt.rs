@@ -154,9 +154,9 @@ where
         endpoint_fault: None,
     };
     let mut renewed = false;
-    // At this message's first retryable answer: the gate's final answers, and the attempts
-    // it had made before (what an outage gives back).
-    let mut first_retry: Option<(u64, u32)> = None;
+    // At this message's first retryable answer: the gate's final and retryable answers, and
+    // the attempts it had made before (what an outage gives back).
+    let mut first_retry: Option<(u64, u64, u32)> = None;
     // Times this message's retries were given back for an outage: at most OUTAGE_PROBES.
     let mut given_back = 0;
     loop {
@@ -177,7 +177,7 @@ where
         }
         // Taken as the attempt leaves, so that other sends' answers during its round trip
         // count: with a budget of one attempt, the look comes right after the answer.
-        let finals_at_send = gate.finals();
+        let (finals_at_send, retryables_at_send) = (gate.finals(), gate.retryables());
         done.attempts += 1;
         let Attempt {
             answer,
@@ -247,8 +247,8 @@ where
                 renewed = true;
             }
             Verdict::Retry(hint) => {
-                let (finals_before, attempts_before) =
-                    *first_retry.get_or_insert((finals_at_send, done.attempts - 1));
+                let (finals_before, retryables_before, attempts_before) = *first_retry
+                    .get_or_insert((finals_at_send, retryables_at_send, done.attempts - 1));
                 let exhausted = !policy.should_retry(done.attempts);
                 if permit.retry(&hint.reason, exhausted && !hint.own, finals_before) {
                     given_back += 1;
@@ -270,7 +270,17 @@ where
                     return done;
                 }
                 renewed = false;
-                if exhausted {
+                // Past its budget, a message waiting on the endpoint (not its own device's
+                // 429) goes on while the endpoint's failure rate explains its failures: the
+                // endpoint's partial outage is not the message's fault.
+                let bad_luck = gate.on_fault() == OnFault::Wait
+                    && !hint.own
+                    && gate.explains(
+                        done.attempts - attempts_before,
+                        finals_before,
+                        retryables_before,
+                    );
+                if exhausted && !bad_luck {
                     done.outcome = Outcome::GaveUp {
                         reason: hint.reason,
                     };
@@ -404,6 +414,68 @@ mod tests {
             )
         );
         assert!(gate.health().borrow().is_up());
+    }
+
+    /// Half the endpoint's answers are 503 while it judges the others: a message's run of
+    /// three is the endpoint's bad luck, not the message's. Before, about an eighth of a
+    /// backlog ended `gave_up` so (and was committed), and the gate never closed.
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_outage_does_not_end_messages() {
+        let gate = Gate::new("t", OnFault::Wait);
+        let other = gate.clone();
+        let n = Arc::new(AtomicU32::new(0));
+        let attempt = move || {
+            let (other, i) = (other.clone(), n.fetch_add(1, Ordering::SeqCst));
+            async move {
+                // Meanwhile two other sends: one answered, one asked to retry.
+                other.admit().await.answered();
+                other.admit().await.retry("ServiceUnavailable", false, 0);
+                let verdict = if i < 8 {
+                    retry("ServiceUnavailable")
+                } else {
+                    Verdict::Final(Outcome::Delivered)
+                };
+                Attempt::answered(i, verdict)
+            }
+        };
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, attempt).await;
+        assert_eq!((done.outcome, done.attempts), (Outcome::Delivered, 9));
+        assert!(
+            gate.health().borrow().is_up(),
+            "no outage: others were judged"
+        );
+
+        // In `Fail` (`pusher send`, `bench`) the budget is the budget.
+        let gate = Gate::new("t", OnFault::Fail);
+        let other = gate.clone();
+        let attempt = move || {
+            let other = other.clone();
+            async move {
+                other.admit().await.answered();
+                other.admit().await.retry("ServiceUnavailable", false, 0);
+                Attempt::answered(0, retry("ServiceUnavailable"))
+            }
+        };
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, attempt).await;
+        assert_eq!(done.attempts, 3);
+        assert!(matches!(done.outcome, Outcome::GaveUp { .. }));
+
+        // Explained only while f^failed is over one in a million: others' answers half
+        // retryable, 19 of the message's own in a row are (0.5^19 = 1.9e-6), 20 are not.
+        // Its own are not counted in the rate (else 20 of its own would read as 30 of 40).
+        let gate = Gate::new("t", OnFault::Wait);
+        for _ in 0..10 {
+            gate.admit().await.answered();
+            gate.admit().await.retry("x", false, 0);
+        }
+        for _ in 0..19 {
+            gate.admit().await.retry("x", false, 0);
+        }
+        assert!(gate.explains(19, 0, 0));
+        gate.admit().await.retry("x", false, 0);
+        assert!(!gate.explains(20, 0, 0));
+        // With no final answer since, it is no partial outage (an outage closes the gate).
+        assert!(!gate.explains(1, gate.finals(), 0));
     }
 
     fn refused() -> std::future::Ready<Attempt<u32>> {

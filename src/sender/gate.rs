@@ -55,6 +55,9 @@ impl Health {
     }
 }
 
+/// How unlikely a run of retryable answers must be at the endpoint's rate to be a message's own.
+const BAD_LUCK: f64 = 1e-6;
+
 const FIRST_PROBE: Duration = Duration::from_secs(1);
 /// One request every 5 s at most: nothing to an endpoint, and an outage's end is seen soon.
 const MAX_PROBE: Duration = Duration::from_secs(5);
@@ -86,6 +89,12 @@ struct Inner {
     parked: AtomicUsize,
     /// Final answers so far (any send's): whether the endpoint judged anything since.
     finals: AtomicU64,
+    /// Answers that asked to retry so far (any send's): with `finals`, how often the endpoint
+    /// fails lately (see [`Gate::explains`]).
+    retryables: AtomicU64,
+    /// Times the gate closed (changed under `down`'s lock): an answer to an attempt admitted
+    /// before the last close says nothing of the endpoint now.
+    closes: AtomicU64,
 }
 
 /// One gate per endpoint a sender judges apart (an APNs or FCM app's endpoint; each push
@@ -102,6 +111,8 @@ pub struct Gate {
 pub struct Permit {
     gate: Gate,
     probe: bool,
+    /// The gate's closes when it was given.
+    closes: u64,
 }
 
 impl Gate {
@@ -115,6 +126,8 @@ impl Gate {
                 health: watch::Sender::new(Health::Up),
                 parked: AtomicUsize::new(0),
                 finals: AtomicU64::new(0),
+                retryables: AtomicU64::new(0),
+                closes: AtomicU64::new(0),
             }),
         }
     }
@@ -154,6 +167,33 @@ impl Gate {
     /// Final answers the endpoint gave so far, to any send.
     pub fn finals(&self) -> u64 {
         self.inner.finals.load(Ordering::Relaxed)
+    }
+
+    /// Answers that asked to retry so far, to any send.
+    pub fn retryables(&self) -> u64 {
+        self.inner.retryables.load(Ordering::Relaxed)
+    }
+
+    /// Whether the endpoint's own rate of retryable answers explains a message's run of
+    /// `failed` of them (its retries spent): the other sends' answers since the message's
+    /// first one (`finals_before` and `retryables_before`, taken then) fail at a rate `f`, and
+    /// `f^failed` is over one in a million. Then the run is the endpoint's bad luck (a partial
+    /// outage: half its answers 503), not the message's, and it must not end `gave_up`: before,
+    /// such a brownout ended about `f^3` of a backlog so, committed. A message the endpoint
+    /// fails while it judges the others (a payload that draws a 500 every time) gives up at its
+    /// budget. Without another send's final answer this is no question: that is an outage
+    /// (see [`Permit::retry`]).
+    pub fn explains(&self, failed: u32, finals_before: u64, retryables_before: u64) -> bool {
+        let finals = self.finals().saturating_sub(finals_before);
+        let retryables = self
+            .retryables()
+            .saturating_sub(retryables_before)
+            .saturating_sub(u64::from(failed));
+        if finals == 0 {
+            return false;
+        }
+        let rate = retryables as f64 / (retryables + finals) as f64;
+        rate.powi(failed.min(i32::MAX as u32) as i32) > BAD_LUCK
     }
 
     /// Waits for leave to attempt: at once while the endpoint is up (or in `Fail`), else until
@@ -198,6 +238,7 @@ impl Gate {
         Permit {
             gate: self.clone(),
             probe,
+            closes: self.inner.closes.load(Ordering::Relaxed),
         }
     }
 
@@ -222,9 +263,24 @@ impl Gate {
                 d.failures += 1;
                 let wait = probe_after(d.failures);
                 d.next_probe = Instant::now() + wait;
-                tracing::debug!(gate = %self.inner.name, cause, retry_in = ?wait, "Endpoint still failing.");
+                // A new cause replaces the old in `/healthz` and is logged: the endpoint down
+                // at start, then up with a certificate we do not trust, went on saying
+                // "Connection refused".
+                let changed = self.inner.health.send_if_modified(|health| match health {
+                    Health::Down { cause: old, .. } if old != cause => {
+                        *old = cause.to_string();
+                        true
+                    }
+                    _ => false,
+                });
+                if changed {
+                    tracing::error!(gate = %self.inner.name, cause, retry_in = ?wait, "Endpoint still failing, now for another cause.");
+                } else {
+                    tracing::debug!(gate = %self.inner.name, cause, retry_in = ?wait, "Endpoint still failing.");
+                }
             }
             None => {
+                self.inner.closes.fetch_add(1, Ordering::Relaxed);
                 *down = Some(Down {
                     next_probe: Instant::now() + probe_after(1),
                     failures: 1,
@@ -251,10 +307,16 @@ impl Gate {
         true
     }
 
-    fn answered(&self) {
+    /// A final answer to an attempt admitted when the gate had closed `closes` times: it opens
+    /// the gate only if the gate has not closed since (a probe, or a send admitted after the
+    /// last close). An answer to a request sent before the close says nothing of the endpoint
+    /// now: when a slow endpoint restarted, each such answer reopened the gate and the next
+    /// send closed it again, a thousand times in 10 ms, each with an ERROR line.
+    fn answered(&self, closes: u64) {
         self.inner.finals.fetch_add(1, Ordering::Relaxed);
         let mut down = self.inner.down.lock();
-        if down.take().is_some() {
+        if down.is_some() && self.inner.closes.load(Ordering::Relaxed) == closes {
+            *down = None;
             drop(down);
             tracing::info!(gate = %self.inner.name, "Endpoint answers again: resuming.");
             self.inner.health.send_replace(Health::Up);
@@ -280,7 +342,7 @@ impl Permit {
     /// The attempt got a final answer: the endpoint works.
     pub fn answered(mut self) {
         self.probe = false;
-        self.gate.answered();
+        self.gate.answered(self.closes);
     }
 
     /// The attempt got an answer that asks to retry (429, 5xx, a timeout, a reset). Returns
@@ -290,6 +352,7 @@ impl Permit {
     /// answer since `finals_before` (taken at the message's first retryable answer).
     pub fn retry(mut self, cause: &str, exhausted: bool, finals_before: u64) -> bool {
         let probe = std::mem::replace(&mut self.probe, false);
+        self.gate.inner.retryables.fetch_add(1, Ordering::Relaxed);
         if self.gate.inner.on_fault == OnFault::Fail {
             return false;
         }
@@ -407,6 +470,52 @@ mod tests {
             .await
             .expect("the next send probes at once");
         assert!(next.probe);
+    }
+
+    /// A slow endpoint restarted: the answers to requests sent before the gate closed came
+    /// in after it, each reopened the gate and the next send closed it again (997 pairs of
+    /// ERROR lines in 10 ms). Only an attempt admitted since the close (the probe) opens it.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_sent_before_the_close_does_not_reopen_it() {
+        let gate = Gate::new("test", OnFault::Wait);
+        let early: Vec<Permit> = vec![gate.admit().await, gate.admit().await];
+        gate.admit()
+            .await
+            .fault("connect_error: Connection refused");
+        for permit in early {
+            permit.answered();
+        }
+        assert!(!gate.health().borrow().is_up());
+        assert_eq!(gate.finals(), 2, "counted all the same");
+        tokio::time::sleep(FIRST_PROBE).await;
+        let probe = gate.admit().await;
+        assert!(probe.probe);
+        probe.answered();
+        assert!(gate.health().borrow().is_up());
+        // Closed again: a permit from the open spell is stale again.
+        let early = gate.admit().await;
+        gate.admit().await.fault("again");
+        early.answered();
+        assert!(!gate.health().borrow().is_up());
+    }
+
+    /// The endpoint down at start, then up with a certificate we do not trust: `/healthz`
+    /// went on saying "Connection refused".
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_s_new_cause_replaces_the_old() {
+        let gate = Gate::new("test", OnFault::Wait);
+        gate.admit()
+            .await
+            .fault("connect_error: Connection refused");
+        tokio::time::sleep(FIRST_PROBE).await;
+        gate.admit()
+            .await
+            .fault("connect_error: TLS: invalid peer certificate: UnknownIssuer");
+        let cause = match gate.health().borrow().clone() {
+            Health::Down { cause, .. } => cause,
+            Health::Up => panic!("up"),
+        };
+        assert!(cause.contains("UnknownIssuer"), "{cause}");
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! The wrong-credentials guard: refusals that name the token but, before any delivery, more
-//! likely mean the configuration is wrong. Taken at their word, they delete every token of
+//! The wrong-credentials guard: refusals that name the token but, when they are nearly all an
+//! app gets, more likely mean the configuration is wrong. Taken at their word, they delete every token of
 //! the fleet.
 //!
 //! - APNs answers `BadDeviceToken` (400) both for a dead or malformed token and for a good token
@@ -10,11 +10,16 @@
 //!   project, and so for every token when the service account (or server key) is another
 //!   Firebase project's (protocols.md §2.4, §3).
 //!
-//! So, until an app has had one push delivered, 20 such verdicts (any other verdicts between
-//! them) are the configuration's fault: the gate closes (the app pauses, `/healthz` says why)
-//! and the messages wait. Once one push was delivered, the environment, topic and project are
-//! known good and these verdicts are the tokens' again. A real fleet's dead tokens answer 410
-//! `Unregistered` / `UNREGISTERED`, which is never counted here.
+//! So such verdicts are the configuration's fault when they are nearly all an app gets: from
+//! its first one, the guard counts them and the deliveries; at 20 or more, if they are 90 % or
+//! more of the two, the gate closes (the app pauses, `/healthz` says why) and the messages wait.
+//! A wrong environment refuses nearly every token: the few it delivers are the table's tokens of
+//! that environment (developers' devices in a production table), and before, one of those
+//! deliveries was taken as proof of the right environment and the rest of the fleet's tokens
+//! were deleted. A right one refuses a few malformed tokens among many deliveries; a real
+//! fleet's dead tokens answer 410 `Unregistered` / `UNREGISTERED`, which is never counted. The
+//! count starts again after 10,000 deliveries, so that an old run of deliveries does not excuse
+//! a later run of refusals.
 //!
 //! APNs' `BadTopic`, `MissingTopic` and `TopicDisallowed` (400) refuse the topic, a
 //! configuration fault (protocols.md §1.3). For a push sent with the app's configured topic
@@ -26,8 +31,12 @@ use crate::push::fcm::legacy;
 use crate::push::{Outcome, Verdict};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-/// Token refusals before any delivery that say the configuration is wrong.
+/// Token refusals that may say the configuration is wrong: fewer are too few to tell.
 pub const REFUSALS_BEFORE_FAULT: u32 = 20;
+/// ... when there are at least this many per delivery (90 % of the verdicts counted).
+const REFUSALS_PER_DELIVERY: u32 = 9;
+/// Deliveries after which the count starts again.
+const WINDOW_DELIVERIES: u32 = 10_000;
 
 /// `ApnsReason::BadDeviceToken` and `DeviceTokenNotForTopic` (checked against the enum's
 /// names in the tests).
@@ -41,15 +50,17 @@ const FCM_REASONS: [&str; 2] = ["SENDER_ID_MISMATCH", legacy::MISMATCH_SENDER_ID
 pub struct RefusalGuard {
     /// The `token_invalid` reasons that count.
     reasons: &'static [&'static str],
-    /// What the fault's cause suggests, after "<reason> for <n> tokens and none delivered yet: ".
+    /// What the fault's cause suggests, after "<reason> for <n> tokens against <m> delivered: ".
     hint: &'static str,
     /// The `rejected` reasons that refuse what the configuration gave a push (see
     /// `judge_configured`).
     configured: &'static [&'static str],
-    delivered: AtomicBool,
+    /// Deliveries since the count started (counted only once a refusal started it).
+    delivered: AtomicU32,
+    /// Counted refusals since the count started.
+    refused: AtomicU32,
     /// A push that relied on the configuration was delivered.
     configured_delivered: AtomicBool,
-    refused: AtomicU32,
 }
 
 impl RefusalGuard {
@@ -62,9 +73,9 @@ impl RefusalGuard {
             reasons,
             hint,
             configured,
-            delivered: AtomicBool::new(false),
-            configured_delivered: AtomicBool::new(false),
+            delivered: AtomicU32::new(0),
             refused: AtomicU32::new(0),
+            configured_delivered: AtomicBool::new(false),
         }
     }
 
@@ -90,19 +101,18 @@ impl RefusalGuard {
     /// configuration is wrong.
     pub fn judge(&self, verdict: Verdict) -> Verdict {
         match &verdict {
-            // Looked at first: a store on every delivery would bounce the cache line.
-            Verdict::Final(Outcome::Delivered) if !self.delivered.load(Ordering::Relaxed) => {
-                self.delivered.store(true, Ordering::Relaxed);
-            }
+            Verdict::Final(Outcome::Delivered) => self.count_delivery(),
             Verdict::Final(Outcome::TokenInvalid { reason, .. })
-                if !self.delivered.load(Ordering::Relaxed)
-                    && self.reasons.contains(&reason.as_str()) =>
+                if self.reasons.contains(&reason.as_str()) =>
             {
                 let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                if refused >= REFUSALS_BEFORE_FAULT {
+                let delivered = self.delivered.load(Ordering::Relaxed);
+                if refused >= REFUSALS_BEFORE_FAULT
+                    && refused >= delivered.saturating_mul(REFUSALS_PER_DELIVERY)
+                {
                     return Verdict::Fault {
                         reason: format!(
-                            "{reason} for {refused} tokens and none delivered yet: {}",
+                            "{reason} for {refused} tokens against {delivered} delivered: {}",
                             self.hint
                         ),
                     };
@@ -111,6 +121,17 @@ impl RefusalGuard {
             _ => {}
         }
         verdict
+    }
+
+    /// Only while refusals are being counted: a store on every delivery would bounce the
+    /// cache line between the workers.
+    fn count_delivery(&self) {
+        if self.refused.load(Ordering::Relaxed) > 0
+            && self.delivered.fetch_add(1, Ordering::Relaxed) + 1 >= WINDOW_DELIVERIES
+        {
+            self.delivered.store(0, Ordering::Relaxed);
+            self.refused.store(0, Ordering::Relaxed);
+        }
     }
 
     /// `judge` for a push that relied on the configuration (APNs: sent with the app's topic,
@@ -216,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn refusals_before_any_delivery_become_a_fault() {
+    fn refusals_that_are_nearly_all_an_app_gets_become_a_fault() {
         for (guard, reason, dead) in [
             (RefusalGuard::apns(), "BadDeviceToken", "Unregistered"),
             (
@@ -233,7 +254,7 @@ mod tests {
             match guard.judge(refused(reason)) {
                 Verdict::Fault { reason: cause } => {
                     assert!(
-                        cause.starts_with(&format!("{reason} for 20 tokens")),
+                        cause.starts_with(&format!("{reason} for 20 tokens against 0 delivered")),
                         "{cause}"
                     )
                 }
@@ -252,16 +273,52 @@ mod tests {
         }
     }
 
+    /// A production table's few developer tokens are delivered by the sandbox: one delivery
+    /// among the refusals turned the guard off for good, and 2,970 of 3,000 tokens were
+    /// deleted.
     #[test]
-    fn after_a_delivery_they_are_the_tokens_again() {
+    fn a_few_deliveries_do_not_excuse_the_refusals() {
+        let guard = RefusalGuard::apns();
+        let mut deleted = 0;
+        for i in 0..3_000 {
+            if i % 100 == 0 {
+                guard.judge(Verdict::Final(Outcome::Delivered));
+            } else if guard.judge(refused("BadDeviceToken")) == refused("BadDeviceToken") {
+                deleted += 1;
+            }
+        }
+        assert_eq!(deleted, REFUSALS_BEFORE_FAULT - 1);
+    }
+
+    #[test]
+    fn among_many_deliveries_they_are_the_tokens() {
         for (guard, reason) in [
             (RefusalGuard::apns(), "BadDeviceToken"),
             (RefusalGuard::fcm(), "SENDER_ID_MISMATCH"),
         ] {
-            guard.judge(Verdict::Final(Outcome::Delivered));
-            for _ in 0..REFUSALS_BEFORE_FAULT * 2 {
+            // A malformed token in 5: a bad table, but the configuration is right.
+            for _ in 0..REFUSALS_BEFORE_FAULT * 10 {
                 assert_eq!(guard.judge(refused(reason)), refused(reason));
+                for _ in 0..4 {
+                    guard.judge(Verdict::Final(Outcome::Delivered));
+                }
             }
         }
+        // The count starts again: an old run of deliveries does not excuse a later run of
+        // refusals.
+        let guard = RefusalGuard::apns();
+        guard.judge(refused("BadDeviceToken"));
+        for _ in 0..WINDOW_DELIVERIES {
+            guard.judge(Verdict::Final(Outcome::Delivered));
+        }
+        let faults = (0..REFUSALS_BEFORE_FAULT)
+            .filter(|_| {
+                matches!(
+                    guard.judge(refused("BadDeviceToken")),
+                    Verdict::Fault { .. }
+                )
+            })
+            .count();
+        assert_eq!(faults, 1);
     }
 }
