@@ -286,7 +286,7 @@ impl Target for FcmResponseTarget {
                 .and_then(|w| w.parse::<usize>().ok())
                 .unwrap_or(1)
                 .min(1000);
-            let reply = LegacyReply::parse(status, &headers, body, tokens);
+            let reply = LegacyReply::parse(status, &headers, body, tokens, tokens == 1);
             // One result per token sent, whatever came back.
             assert_eq!(reply.results.len(), tokens);
             let first = reply

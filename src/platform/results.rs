@@ -89,11 +89,13 @@ pub fn result_of(record: &Value) -> Option<ResultRow> {
                 .and_then(Value::as_i64)
                 .unwrap_or_default(),
         ),
-        // Unix ms, as APNs wrote it; kept between 0 and now, as `at_ms`.
+        // Unix ms, as APNs wrote it; none at 0 or before (it would keep the token for good),
+        // and never after now, as `at_ms`.
         invalid_since_ms: metadata
             .get("invalidSince")
             .and_then(Value::as_i64)
-            .map(|ms| ms.clamp(0, crate::clock::unix_ms())),
+            .filter(|ms| *ms > 0)
+            .map(|ms| ms.min(crate::clock::unix_ms())),
     })
 }
 

@@ -154,9 +154,12 @@ where
         endpoint_fault: None,
     };
     let mut renewed = false;
-    // At this message's first retryable answer: the gate's final and retryable answers, and
-    // the attempts it had made before (what an outage gives back).
-    let mut first_retry: Option<(u64, u64, u32)> = None;
+    // At this message's first retryable answer: the gate's final answers and messages' first
+    // answers (its own counted), and the attempts it had made before (what an outage gives
+    // back).
+    let mut first_retry: Option<(u64, (u64, u64), u32)> = None;
+    // Whether the endpoint has answered this message yet (see `Gate::count_first_answer`).
+    let mut answered = false;
     // Times this message's retries were given back for an outage: at most OUTAGE_PROBES.
     let mut given_back = 0;
     loop {
@@ -177,7 +180,7 @@ where
         }
         // Taken as the attempt leaves, so that other sends' answers during its round trip
         // count: with a budget of one attempt, the look comes right after the answer.
-        let (finals_at_send, retryables_at_send) = (gate.finals(), gate.retryables());
+        let finals_at_send = gate.finals();
         done.attempts += 1;
         let Attempt {
             answer,
@@ -208,6 +211,9 @@ where
                 return done;
             }
             Verdict::Final(outcome) => {
+                if !answered {
+                    gate.count_first_answer(false);
+                }
                 permit.answered();
                 done.outcome = outcome;
                 return done;
@@ -247,8 +253,11 @@ where
                 renewed = true;
             }
             Verdict::Retry(hint) => {
-                let (finals_before, retryables_before, attempts_before) = *first_retry
-                    .get_or_insert((finals_at_send, retryables_at_send, done.attempts - 1));
+                if !std::mem::replace(&mut answered, true) {
+                    gate.count_first_answer(true);
+                }
+                let (finals_before, first_answers_before, attempts_before) = *first_retry
+                    .get_or_insert((finals_at_send, gate.first_answers(), done.attempts - 1));
                 let exhausted = !policy.should_retry(done.attempts);
                 if permit.retry(&hint.reason, exhausted && !hint.own, finals_before) {
                     given_back += 1;
@@ -275,11 +284,7 @@ where
                 // endpoint's partial outage is not the message's fault.
                 let bad_luck = gate.on_fault() == OnFault::Wait
                     && !hint.own
-                    && gate.explains(
-                        done.attempts - attempts_before,
-                        finals_before,
-                        retryables_before,
-                    );
+                    && gate.explains(done.attempts - attempts_before, first_answers_before);
                 if exhausted && !bad_luck {
                     done.outcome = Outcome::GaveUp {
                         reason: hint.reason,
@@ -421,23 +426,28 @@ mod tests {
     /// backlog ended `gave_up` so (and was committed), and the gate never closed.
     #[tokio::test(start_paused = true)]
     async fn a_partial_outage_does_not_end_messages() {
-        let gate = Gate::new("t", OnFault::Wait);
-        let other = gate.clone();
-        let n = Arc::new(AtomicU32::new(0));
-        let attempt = move || {
-            let (other, i) = (other.clone(), n.fetch_add(1, Ordering::SeqCst));
-            async move {
-                // Meanwhile two other sends: one answered, one asked to retry.
-                other.admit().await.answered();
-                other.admit().await.retry("ServiceUnavailable", false, 0);
-                let verdict = if i < 8 {
-                    retry("ServiceUnavailable")
-                } else {
-                    Verdict::Final(Outcome::Delivered)
-                };
-                Attempt::answered(i, verdict)
+        // Meanwhile, at each attempt, two other messages' first tries: one judged, one asked
+        // to retry.
+        let others = |gate: &Gate, then: fn(u32) -> Verdict| {
+            let (other, n) = (gate.clone(), Arc::new(AtomicU32::new(0)));
+            move || {
+                let (other, i) = (other.clone(), n.fetch_add(1, Ordering::SeqCst));
+                async move {
+                    other.admit().await.answered();
+                    other.count_first_answer(false);
+                    other.count_first_answer(true);
+                    Attempt::answered(i, then(i))
+                }
             }
         };
+        let gate = Gate::new("t", OnFault::Wait);
+        let attempt = others(&gate, |i| {
+            if i < 8 {
+                retry("ServiceUnavailable")
+            } else {
+                Verdict::Final(Outcome::Delivered)
+            }
+        });
         let done = attempt_until_final(&policy(), &gate, Deadline::NONE, attempt).await;
         assert_eq!((done.outcome, done.attempts), (Outcome::Delivered, 9));
         assert!(
@@ -445,37 +455,38 @@ mod tests {
             "no outage: others were judged"
         );
 
+        // A message the endpoint fails every time, beside others that fail half the time (at
+        // worst, other such messages): explained while 0.5^n is over one in a million, so it
+        // gives up after 20 in a row, not never.
+        let done = attempt_until_final(
+            &policy(),
+            &gate,
+            Deadline::NONE,
+            others(&gate, |_| retry("InternalServerError")),
+        )
+        .await;
+        assert_eq!(done.attempts, 20);
+        assert!(matches!(done.outcome, Outcome::GaveUp { .. }));
+
         // In `Fail` (`pusher send`, `bench`) the budget is the budget.
         let gate = Gate::new("t", OnFault::Fail);
-        let other = gate.clone();
-        let attempt = move || {
-            let other = other.clone();
-            async move {
-                other.admit().await.answered();
-                other.admit().await.retry("ServiceUnavailable", false, 0);
-                Attempt::answered(0, retry("ServiceUnavailable"))
-            }
-        };
+        let attempt = others(&gate, |_| retry("ServiceUnavailable"));
         let done = attempt_until_final(&policy(), &gate, Deadline::NONE, attempt).await;
         assert_eq!(done.attempts, 3);
         assert!(matches!(done.outcome, Outcome::GaveUp { .. }));
 
-        // Explained only while f^failed is over one in a million: others' answers half
-        // retryable, 19 of the message's own in a row are (0.5^19 = 1.9e-6), 20 are not.
-        // Its own are not counted in the rate (else 20 of its own would read as 30 of 40).
+        // Whatever the rate, at most MAX_UNLUCKY in a row (here 99 % of first tries fail:
+        // 0.99^30 would explain it); and with no other message's first answer since, nothing
+        // explains a run.
+        use super::super::gate::MAX_UNLUCKY;
         let gate = Gate::new("t", OnFault::Wait);
-        for _ in 0..10 {
-            gate.admit().await.answered();
-            gate.admit().await.retry("x", false, 0);
+        let before = gate.first_answers();
+        for i in 0..100 {
+            gate.count_first_answer(i > 0);
         }
-        for _ in 0..19 {
-            gate.admit().await.retry("x", false, 0);
-        }
-        assert!(gate.explains(19, 0, 0));
-        gate.admit().await.retry("x", false, 0);
-        assert!(!gate.explains(20, 0, 0));
-        // With no final answer since, it is no partial outage (an outage closes the gate).
-        assert!(!gate.explains(1, gate.finals(), 0));
+        assert!(gate.explains(MAX_UNLUCKY - 1, before));
+        assert!(!gate.explains(MAX_UNLUCKY, before));
+        assert!(!gate.explains(1, gate.first_answers()));
     }
 
     fn refused() -> std::future::Ready<Attempt<u32>> {

@@ -57,6 +57,10 @@ impl Health {
 
 /// How unlikely a run of retryable answers must be at the endpoint's rate to be a message's own.
 const BAD_LUCK: f64 = 1e-6;
+/// Retryable answers in a row after which a message gives up whatever the rate (past the
+/// budget, with the policy's back-off: minutes): an endpoint that fails nearly every first try
+/// and still judges a few is an outage by another name, and its messages must end some time.
+pub const MAX_UNLUCKY: u32 = 30;
 
 const FIRST_PROBE: Duration = Duration::from_secs(1);
 /// One request every 5 s at most: nothing to an endpoint, and an outage's end is seen soon.
@@ -89,9 +93,11 @@ struct Inner {
     parked: AtomicUsize,
     /// Final answers so far (any send's): whether the endpoint judged anything since.
     finals: AtomicU64,
-    /// Answers that asked to retry so far (any send's): with `finals`, how often the endpoint
-    /// fails lately (see [`Gate::explains`]).
-    retryables: AtomicU64,
+    /// Messages' first answers so far, and how many of them asked to retry: how often the
+    /// endpoint fails a message's first try (see [`Gate::explains`]). First answers only: a
+    /// message the endpoint fails every time would otherwise raise the rate with each retry.
+    first_answers: AtomicU64,
+    first_retryables: AtomicU64,
     /// Times the gate closed (changed under `down`'s lock): an answer to an attempt admitted
     /// before the last close says nothing of the endpoint now.
     closes: AtomicU64,
@@ -126,7 +132,8 @@ impl Gate {
                 health: watch::Sender::new(Health::Up),
                 parked: AtomicUsize::new(0),
                 finals: AtomicU64::new(0),
-                retryables: AtomicU64::new(0),
+                first_answers: AtomicU64::new(0),
+                first_retryables: AtomicU64::new(0),
                 closes: AtomicU64::new(0),
             }),
         }
@@ -169,31 +176,40 @@ impl Gate {
         self.inner.finals.load(Ordering::Relaxed)
     }
 
-    /// Answers that asked to retry so far, to any send.
-    pub fn retryables(&self) -> u64 {
-        self.inner.retryables.load(Ordering::Relaxed)
+    /// Counts a message's first answer (a verdict, or a request to retry).
+    pub fn count_first_answer(&self, retryable: bool) {
+        self.inner.first_answers.fetch_add(1, Ordering::Relaxed);
+        if retryable {
+            self.inner.first_retryables.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    /// Whether the endpoint's own rate of retryable answers explains a message's run of
-    /// `failed` of them (its retries spent): the other sends' answers since the message's
-    /// first one (`finals_before` and `retryables_before`, taken then) fail at a rate `f`, and
-    /// `f^failed` is over one in a million. Then the run is the endpoint's bad luck (a partial
-    /// outage: half its answers 503), not the message's, and it must not end `gave_up`: before,
-    /// such a brownout ended about `f^3` of a backlog so, committed. A message the endpoint
-    /// fails while it judges the others (a payload that draws a 500 every time) gives up at its
-    /// budget. Without another send's final answer this is no question: that is an outage
-    /// (see [`Permit::retry`]).
-    pub fn explains(&self, failed: u32, finals_before: u64, retryables_before: u64) -> bool {
-        let finals = self.finals().saturating_sub(finals_before);
-        let retryables = self
-            .retryables()
-            .saturating_sub(retryables_before)
-            .saturating_sub(u64::from(failed));
-        if finals == 0 {
+    /// The first answers so far (all, and those that asked to retry), for [`Gate::explains`].
+    pub fn first_answers(&self) -> (u64, u64) {
+        (
+            self.inner.first_answers.load(Ordering::Relaxed),
+            self.inner.first_retryables.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether the endpoint's own failure rate explains a message's run of `failed` retryable
+    /// answers (its retries spent): other messages' first answers since its first one
+    /// (`before`, taken then) asked to retry at a rate `f`, and `f^failed` is over one in a
+    /// million, for at most [`MAX_UNLUCKY`] answers. Then the run is the endpoint's bad luck (a
+    /// partial outage: half its answers 503), not the message's, and it must not end
+    /// `gave_up`: before, such a brownout ended about `f^3` of a backlog so, committed, and
+    /// the gate never closed. A message the endpoint fails while it judges the others' first
+    /// tries (a payload that draws a 500 every time) gives up at its budget. Without another
+    /// message's first answer since, there is nothing to tell by.
+    pub fn explains(&self, failed: u32, before: (u64, u64)) -> bool {
+        let (answers, retryables) = self.first_answers();
+        let answers = answers.saturating_sub(before.0);
+        let retryables = retryables.saturating_sub(before.1);
+        if answers == 0 || failed >= MAX_UNLUCKY {
             return false;
         }
-        let rate = retryables as f64 / (retryables + finals) as f64;
-        rate.powi(failed.min(i32::MAX as u32) as i32) > BAD_LUCK
+        let rate = retryables as f64 / answers as f64;
+        rate.powi(failed as i32) > BAD_LUCK
     }
 
     /// Waits for leave to attempt: at once while the endpoint is up (or in `Fail`), else until
@@ -352,7 +368,6 @@ impl Permit {
     /// answer since `finals_before` (taken at the message's first retryable answer).
     pub fn retry(mut self, cause: &str, exhausted: bool, finals_before: u64) -> bool {
         let probe = std::mem::replace(&mut self.probe, false);
-        self.gate.inner.retryables.fetch_add(1, Ordering::Relaxed);
         if self.gate.inner.on_fault == OnFault::Fail {
             return false;
         }

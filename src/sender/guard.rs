@@ -10,16 +10,18 @@
 //!   project, and so for every token when the service account (or server key) is another
 //!   Firebase project's (protocols.md §2.4, §3).
 //!
-//! So such verdicts are the configuration's fault when they are nearly all an app gets: from
-//! its first one, the guard counts them and the deliveries; at 20 or more, if they are 90 % or
-//! more of the two, the gate closes (the app pauses, `/healthz` says why) and the messages wait.
-//! A wrong environment refuses nearly every token: the few it delivers are the table's tokens of
-//! that environment (developers' devices in a production table), and before, one of those
-//! deliveries was taken as proof of the right environment and the rest of the fleet's tokens
-//! were deleted. A right one refuses a few malformed tokens among many deliveries; a real
-//! fleet's dead tokens answer 410 `Unregistered` / `UNREGISTERED`, which is never counted. The
-//! count starts again after 10,000 deliveries, so that an old run of deliveries does not excuse
-//! a later run of refusals.
+//! So such verdicts are the configuration's fault when they are nearly all an app gets: at
+//! 20 or more, if they are 9 or more per delivery since the sender started, the gate closes
+//! (the app pauses, `/healthz` says why) and the messages wait. A wrong environment refuses
+//! nearly every token: the few it delivers are the table's tokens of that environment
+//! (developers' devices in a production table), and before, one of those deliveries was taken
+//! as proof of the right environment and the rest of the fleet's tokens were deleted. A right
+//! one refuses a few malformed tokens among many deliveries; a real fleet's dead tokens answer
+//! 410 `Unregistered` / `UNREGISTERED`, which is never counted. Counted since the start, not
+//! over a window: the environment and the credentials do not change while the sender runs, so
+//! its deliveries stay the evidence (an app that delivered millions is not paused by a burst of
+//! malformed tokens), and deliveries are counted only up to 100,000, enough to excuse any
+//! plausible burst, so that past that a delivery costs one load, as before.
 //!
 //! APNs' `BadTopic`, `MissingTopic` and `TopicDisallowed` (400) refuse the topic, a
 //! configuration fault (protocols.md §1.3). For a push sent with the app's configured topic
@@ -29,14 +31,14 @@
 
 use crate::push::fcm::legacy;
 use crate::push::{Outcome, Verdict};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Token refusals that may say the configuration is wrong: fewer are too few to tell.
-pub const REFUSALS_BEFORE_FAULT: u32 = 20;
+pub const REFUSALS_BEFORE_FAULT: u64 = 20;
 /// ... when there are at least this many per delivery (90 % of the verdicts counted).
-const REFUSALS_PER_DELIVERY: u32 = 9;
-/// Deliveries after which the count starts again.
-const WINDOW_DELIVERIES: u32 = 10_000;
+const REFUSALS_PER_DELIVERY: u64 = 9;
+/// Deliveries past which they are not counted: enough evidence of the configuration.
+const PROVEN: u64 = 100_000;
 
 /// `ApnsReason::BadDeviceToken` and `DeviceTokenNotForTopic` (checked against the enum's
 /// names in the tests).
@@ -55,10 +57,10 @@ pub struct RefusalGuard {
     /// The `rejected` reasons that refuse what the configuration gave a push (see
     /// `judge_configured`).
     configured: &'static [&'static str],
-    /// Deliveries since the count started (counted only once a refusal started it).
-    delivered: AtomicU32,
-    /// Counted refusals since the count started.
-    refused: AtomicU32,
+    /// Deliveries since the start, up to [`PROVEN`].
+    delivered: AtomicU64,
+    /// Counted refusals since the start.
+    refused: AtomicU64,
     /// A push that relied on the configuration was delivered.
     configured_delivered: AtomicBool,
 }
@@ -73,8 +75,8 @@ impl RefusalGuard {
             reasons,
             hint,
             configured,
-            delivered: AtomicU32::new(0),
-            refused: AtomicU32::new(0),
+            delivered: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             configured_delivered: AtomicBool::new(false),
         }
     }
@@ -123,14 +125,11 @@ impl RefusalGuard {
         verdict
     }
 
-    /// Only while refusals are being counted: a store on every delivery would bounce the
-    /// cache line between the workers.
+    /// Up to [`PROVEN`]: past it a delivery costs one load, no store to bounce the cache line
+    /// between the workers.
     fn count_delivery(&self) {
-        if self.refused.load(Ordering::Relaxed) > 0
-            && self.delivered.fetch_add(1, Ordering::Relaxed) + 1 >= WINDOW_DELIVERIES
-        {
-            self.delivered.store(0, Ordering::Relaxed);
-            self.refused.store(0, Ordering::Relaxed);
+        if self.delivered.load(Ordering::Relaxed) < PROVEN {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -303,22 +302,11 @@ mod tests {
                     guard.judge(Verdict::Final(Outcome::Delivered));
                 }
             }
+            // The deliveries stay the evidence: a later burst of refusals, many in a row, is
+            // the tokens'.
+            for _ in 0..REFUSALS_BEFORE_FAULT * 50 {
+                assert_eq!(guard.judge(refused(reason)), refused(reason));
+            }
         }
-        // The count starts again: an old run of deliveries does not excuse a later run of
-        // refusals.
-        let guard = RefusalGuard::apns();
-        guard.judge(refused("BadDeviceToken"));
-        for _ in 0..WINDOW_DELIVERIES {
-            guard.judge(Verdict::Final(Outcome::Delivered));
-        }
-        let faults = (0..REFUSALS_BEFORE_FAULT)
-            .filter(|_| {
-                matches!(
-                    guard.judge(refused("BadDeviceToken")),
-                    Verdict::Fault { .. }
-                )
-            })
-            .count();
-        assert_eq!(faults, 1);
     }
 }

@@ -9,7 +9,7 @@ pub mod oauth;
 pub mod response;
 
 use crate::clock::SharedClock;
-use crate::push::gcm::GcmMessage;
+use crate::push::gcm::{is_topic_address, GcmMessage};
 use crate::push::{Outcome, RetryHint, Verdict};
 use crate::sender::attempt::{attempt_until_final, Attempt, Deadline};
 use crate::sender::endpoint::{Endpoint, EndpointError};
@@ -338,7 +338,7 @@ impl FcmSender {
                     built.1.clone()
                 })
             };
-            self.attempt(body)
+            self.attempt(body, is_topic_address(&msg.to))
         })
         .await;
         let mut delivery = FcmDelivery::new(done.outcome, done.attempts);
@@ -350,8 +350,13 @@ impl FcmSender {
         delivery
     }
 
-    /// One attempt of `send_with_details` with `body`, and its verdict.
-    async fn attempt(&self, body: Result<Bytes, TranslateError>) -> Attempt<FcmResponse> {
+    /// One attempt of `send_with_details` with `body` (to a `topic` address or a token), and
+    /// its verdict.
+    async fn attempt(
+        &self,
+        body: Result<Bytes, TranslateError>,
+        topic: bool,
+    ) -> Attempt<FcmResponse> {
         let body = match body {
             Ok(body) => body,
             Err(e) => {
@@ -363,7 +368,7 @@ impl FcmSender {
         let answer = match &self.inner.api {
             Api::V1 { tokens, path } => self.attempt_v1(tokens, path, &body).await,
             Api::Legacy { authorization } => self
-                .attempt_legacy(authorization, &body, 1)
+                .attempt_legacy(authorization, &body, 1, topic)
                 .await
                 .and_then(|reply| {
                     // `LegacyReply::parse` gives one result per token sent.
@@ -469,7 +474,9 @@ impl FcmSender {
                     break;
                 }
             };
-            let results = self.attempt_legacy(authorization, &body, batch.len()).await;
+            let results = self
+                .attempt_legacy(authorization, &body, batch.len(), false)
+                .await;
             let mut still = Vec::new();
             let mut longest_after = None;
             for (n, &i) in pending.iter().enumerate() {
@@ -578,6 +585,7 @@ impl FcmSender {
         authorization: &HeaderValue,
         body: &Bytes,
         tokens: usize,
+        topic: bool,
     ) -> Result<LegacyReply, AttemptError> {
         static LEGACY_PATH: PathAndQuery = PathAndQuery::from_static("/fcm/send");
         let (parts, reply) = self
@@ -589,6 +597,7 @@ impl FcmSender {
             &parts.headers,
             &reply,
             tokens,
+            topic,
         ))
     }
 

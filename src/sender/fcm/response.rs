@@ -179,9 +179,16 @@ struct LegacyResult {
 }
 
 impl LegacyReply {
-    /// Reads a legacy answer for `tokens` tokens. A non-200 (or a body that does not list
-    /// one result per token) gives every token the same verdict.
-    pub fn parse(status: u16, headers: &HeaderMap, body: &[u8], tokens: usize) -> LegacyReply {
+    /// Reads a legacy answer for `tokens` tokens, or for one `topic` address (answered with
+    /// one id or one error, no `results`). A non-200 (or a body that does not list one result
+    /// per token) gives every token the same verdict.
+    pub fn parse(
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+        tokens: usize,
+        topic: bool,
+    ) -> LegacyReply {
         let after = retry_after(headers);
         let same_for_all =
             |verdict: Verdict, code: Option<String>, message: Option<String>| LegacyReply {
@@ -207,13 +214,15 @@ impl LegacyReply {
         }
         let parsed = match serde_json::from_slice::<LegacyBody>(body) {
             Ok(p) if p.results.len() == tokens => p,
-            // A topic message (one address): its one verdict, read as a token's.
+            // A topic message: its one verdict, read as a token's. Only for a topic: to a
+            // token, that shape is no FCM answer (and `NotRegistered` would delete the token).
             Ok(LegacyBody {
                 results,
                 message_id,
                 error,
                 ..
-            }) if results.is_empty()
+            }) if topic
+                && results.is_empty()
                 && tokens == 1
                 && (message_id.is_some() || error.is_some()) =>
             {
@@ -478,7 +487,7 @@ mod tests {
             br#"{"multicast_id":9007199254740993123,"success":2,"failure":3,"canonical_ids":1,
           "results":[{"message_id":"0:1"},{"message_id":"0:2","registration_id":"newtok"},
           {"error":"NotRegistered"},{"error":"Unavailable"},{"error":"MessageTooBig"}]}"#;
-        let r = LegacyReply::parse(200, &HeaderMap::new(), body, 5);
+        let r = LegacyReply::parse(200, &HeaderMap::new(), body, 5, false);
         assert_eq!(r.multicast_id, Some(9_007_199_254_740_993_123));
         let verdicts: Vec<_> = r.results.iter().map(|x| x.verdict.clone()).collect();
         assert_eq!(verdicts[0], Verdict::Final(Outcome::Delivered));
@@ -499,24 +508,24 @@ mod tests {
 
         let mut headers = HeaderMap::new();
         headers.insert("retry-after", "2".parse().unwrap());
-        let down = LegacyReply::parse(503, &headers, b"", 2);
+        let down = LegacyReply::parse(503, &headers, b"", 2, false);
         assert_eq!(down.results.len(), 2);
         assert_eq!(
             down.results[0].verdict,
             Verdict::Retry(RetryHint::new("HTTP 503").after(Some(Duration::from_secs(2))))
         );
         // A refused server key is the configuration's fault, not the message's.
-        let unauthorized = LegacyReply::parse(401, &HeaderMap::new(), b"Unauthorized", 1);
+        let unauthorized = LegacyReply::parse(401, &HeaderMap::new(), b"Unauthorized", 1, false);
         assert!(matches!(
             unauthorized.results[0].verdict,
             Verdict::Fault { .. }
         ));
         // A 200 that is not the legacy API's answer: something else answers, for every
         // message alike.
-        let short = LegacyReply::parse(200, &HeaderMap::new(), br#"{"results":[]}"#, 1);
+        let short = LegacyReply::parse(200, &HeaderMap::new(), br#"{"results":[]}"#, 1, false);
         assert!(matches!(short.results[0].verdict, Verdict::Fault { .. }));
         // The legacy API answers bad JSON with a bare 400: that message's fault.
-        let bad_json = LegacyReply::parse(400, &HeaderMap::new(), b"Bad Request", 1);
+        let bad_json = LegacyReply::parse(400, &HeaderMap::new(), b"Bad Request", 1, false);
         assert_eq!(
             bad_json.results[0].verdict,
             Verdict::Final(Outcome::Rejected {
@@ -524,7 +533,7 @@ mod tests {
             })
         );
         // And the legacy URL since its shutdown: 404 with no Google error.
-        let gone = LegacyReply::parse(404, &HeaderMap::new(), b"Not Found", 1);
+        let gone = LegacyReply::parse(404, &HeaderMap::new(), b"Not Found", 1, false);
         assert!(matches!(gone.results[0].verdict, Verdict::Fault { .. }));
         // A topic message's answers have no `results` (protocols.md §3): they were read as
         // an endpoint that is not FCM, and paused the app.
@@ -533,6 +542,7 @@ mod tests {
             &HeaderMap::new(),
             br#"{"message_id":9007199254740993123}"#,
             1,
+            true,
         );
         assert_eq!(topic.results[0].verdict, Verdict::Final(Outcome::Delivered));
         assert_eq!(
@@ -544,7 +554,18 @@ mod tests {
             &HeaderMap::new(),
             br#"{"error":"TopicsMessageRateExceeded"}"#,
             1,
+            true,
         );
+        assert!(matches!(slow_down.results[0].verdict, Verdict::Retry(_)));
+        // To a token, that shape is no FCM answer: a fault, not a verdict on the token.
+        let not_fcm = LegacyReply::parse(
+            200,
+            &HeaderMap::new(),
+            br#"{"error":"NotRegistered"}"#,
+            1,
+            false,
+        );
+        assert!(matches!(not_fcm.results[0].verdict, Verdict::Fault { .. }));
         assert!(matches!(slow_down.results[0].verdict, Verdict::Retry(_)));
     }
 }
