@@ -57,6 +57,8 @@ impl Health {
 
 /// How unlikely a run of retryable answers must be at the endpoint's rate to be a message's own.
 const BAD_LUCK: f64 = 1e-6;
+/// First answers the partial-outage rate remembers (between this and twice as many).
+const RECENT: u64 = 1_024;
 /// Retryable answers in a row after which a message gives up whatever the rate (past the
 /// budget, with the policy's back-off: minutes): an endpoint that fails nearly every first try
 /// and still judges a few is an outage by another name, and its messages must end some time.
@@ -93,9 +95,10 @@ struct Inner {
     parked: AtomicUsize,
     /// Final answers so far (any send's): whether the endpoint judged anything since.
     finals: AtomicU64,
-    /// Messages' first answers so far, and how many of them asked to retry: how often the
-    /// endpoint fails a message's first try (see [`Gate::explains`]). First answers only: a
-    /// message the endpoint fails every time would otherwise raise the rate with each retry.
+    /// Messages' recent first answers, and how many of them asked to retry: how often the
+    /// endpoint fails a message's first try lately (see [`Gate::explains`]). Both are halved
+    /// when the first reaches `2 * RECENT`. First answers only: a message the endpoint fails
+    /// every time would otherwise raise the rate with each retry.
     first_answers: AtomicU64,
     first_retryables: AtomicU64,
     /// Times the gate closed (changed under `down`'s lock): an answer to an attempt admitted
@@ -178,37 +181,42 @@ impl Gate {
 
     /// Counts a message's first answer (a verdict, or a request to retry).
     pub fn count_first_answer(&self, retryable: bool) {
-        self.inner.first_answers.fetch_add(1, Ordering::Relaxed);
+        let answers = self.inner.first_answers.fetch_add(1, Ordering::Relaxed) + 1;
         if retryable {
             self.inner.first_retryables.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// The first answers so far (all, and those that asked to retry), for [`Gate::explains`].
-    pub fn first_answers(&self) -> (u64, u64) {
-        (
-            self.inner.first_answers.load(Ordering::Relaxed),
-            self.inner.first_retryables.load(Ordering::Relaxed),
-        )
+        // Halved by the one send that sees the mark: the rate stays, its memory is recent.
+        // A count added between the two halvings skews it by one answer in a thousand.
+        if answers >= 2 * RECENT
+            && self
+                .inner
+                .first_answers
+                .compare_exchange(answers, answers / 2, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let _ = self.inner.first_retryables.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |r| Some(r / 2),
+            );
+        }
     }
 
     /// Whether the endpoint's own failure rate explains a message's run of `failed` retryable
-    /// answers (its retries spent): other messages' first answers since its first one
-    /// (`before`, taken then) asked to retry at a rate `f`, and `f^failed` is over one in a
+    /// answers (its retries spent): of the recent first answers of messages (about the last
+    /// [`RECENT`] to `2 * RECENT`), a share `f` asked to retry, and `f^failed` is over one in a
     /// million, for at most [`MAX_UNLUCKY`] answers. Then the run is the endpoint's bad luck (a
     /// partial outage: half its answers 503), not the message's, and it must not end
     /// `gave_up`: before, such a brownout ended about `f^3` of a backlog so, committed, and
     /// the gate never closed. A message the endpoint fails while it judges the others' first
-    /// tries (a payload that draws a 500 every time) gives up at its budget. Without another
-    /// message's first answer since, there is nothing to tell by.
-    pub fn explains(&self, failed: u32, before: (u64, u64)) -> bool {
-        let (answers, retryables) = self.first_answers();
-        let answers = answers.saturating_sub(before.0);
-        let retryables = retryables.saturating_sub(before.1);
+    /// tries (a payload that draws a 500 every time) gives up at its budget.
+    pub fn explains(&self, failed: u32) -> bool {
+        let answers = self.inner.first_answers.load(Ordering::Relaxed);
+        let retryables = self.inner.first_retryables.load(Ordering::Relaxed);
         if answers == 0 || failed >= MAX_UNLUCKY {
             return false;
         }
-        let rate = retryables as f64 / answers as f64;
+        let rate = (retryables as f64 / answers as f64).min(1.0);
         rate.powi(failed as i32) > BAD_LUCK
     }
 
