@@ -216,6 +216,7 @@ pub mod names {
 /// With a `token`, `/metrics` needs `Authorization: Bearer <token>`; `/healthz` stays open
 /// (liveness probes carry no credentials, and it tells nothing).
 pub async fn serve_prometheus(
+    key: &'static str,
     listen: std::net::SocketAddr,
     token: Option<crate::config::Secret>,
 ) -> Result<std::net::SocketAddr, TelemetryError> {
@@ -226,12 +227,14 @@ pub async fn serve_prometheus(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| TelemetryError::Bind {
+            key,
             addr: listen,
             source,
         })?;
     let addr = listener
         .local_addr()
         .map_err(|source| TelemetryError::Bind {
+            key,
             addr: listen,
             source,
         })?;
@@ -275,7 +278,7 @@ pub async fn serve_prometheus(
             });
         }
     });
-    tracing::info!(%addr, "Serving /metrics and /healthz.");
+    tracing::info!(%addr, key, "Serving /metrics and /healthz.");
     Ok(addr)
 }
 
@@ -494,8 +497,10 @@ impl Drop for FlushOnDrop {
 pub enum TelemetryError {
     #[error("stats.prometheus: {0}")]
     Prometheus(String),
-    #[error("stats.prometheus.listen {addr}: {source}")]
+    /// `key`: the config key of the address.
+    #[error("{key} {addr}: {source}")]
     Bind {
+        key: &'static str,
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },

@@ -350,6 +350,11 @@ async fn refusals_name_the_problem_and_produce_nothing() {
             json!({"notifications": [{"tokens": ["a"], "platform": 1}]}),
             "notifications[0].message",
         ),
+        // `alert` is iOS's: an Android push of only an alert was sent empty.
+        bad(
+            json!({"notifications": [{"tokens": ["a"], "platform": 2, "alert": {"title": "x"}}]}),
+            "notifications[0].message",
+        ),
         bad(
             json!({"notifications": [ok["notifications"][0], ok["notifications"][0], ok["notifications"][0]]}),
             "notifications",
@@ -368,6 +373,11 @@ async fn refusals_name_the_problem_and_produce_nothing() {
         .as_str()
         .unwrap()
         .contains("malformed JSON"));
+    // Two bodies in one: the second was dropped after a 200.
+    let one = r#"{"notifications":[{"tokens":["t"],"platform":2,"message":"m"}]}"#;
+    let two = authorized(api.addr, "POST", "/api/push", KEY, format!("{one}{one}")).await;
+    assert_eq!(two.status, 400, "{}", two.text());
+    assert!(two.text().contains("trailing characters"), "{}", two.text());
     let big =
         json!({"notifications": [{"tokens": ["a"], "platform": 1, "message": "x".repeat(5000)}]});
     let a = post_json(api.addr, "/api/push", KEY, &big).await;
@@ -742,6 +752,18 @@ async fn a_push_that_could_never_be_sent_is_refused() {
         "{}",
         a.text()
     );
+    // A name given as another type is that field's error, not "malformed JSON" (serde_json
+    // calls it a syntax error).
+    let a = post_json(
+        api.addr,
+        "/api/v1/segments/push",
+        KEY,
+        &json!({"condition": {"platform": 2}, "message": "m"}),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(a.json()["field"], "condition.platform", "{}", a.text());
+    assert!(!a.text().contains("malformed"), "{}", a.text());
     // What fits is accepted, and only that reached Kafka.
     let a = post_json(
         api.addr,
@@ -2141,6 +2163,19 @@ async fn results_of_a_push_are_stored_and_served() {
         status_of("/api/v1/notifications/nope".into()).await.status,
         404
     );
+    // A page's bounds are checked like every other input, naming the parameter. Seen: `%FF`
+    // answered an empty last page, `limit=0` a page of one, `limit=abc` a 400 naming nothing.
+    for (query, field) in [
+        ("limit=abc", "limit"),
+        ("limit=0", "limit"),
+        ("limit=-1", "limit"),
+        ("after=%FF", "after"),
+        ("after=%01", "after"),
+    ] {
+        let a = status_of(format!("/api/v1/notifications/r-1?{query}")).await;
+        assert_eq!(a.status, 400, "{query}: {}", a.text());
+        assert_eq!(a.json()["field"], field, "{query}: {}", a.text());
+    }
     // An event's notification, `<event id>.<message>`, has verdicts but no row of its own: it
     // is served once it has one, from the event's row, its targets unknown.
     assert_eq!(

@@ -336,3 +336,74 @@ fn a_refused_database_connection_says_why() {
         "{stderr}"
     );
 }
+
+/// `pusher route` and `pusher results` serve `/metrics` and `/healthz` on `route.listen` and
+/// `results.listen`, as `pusher run` does on `stats.prometheus.listen`. Seen: run as their own
+/// processes (the production layout) they served neither, so a stalled router showed only in
+/// its log.
+#[test]
+fn route_and_results_serve_metrics_and_health() {
+    let address = regex::Regex::new(r"addr=(127\.0\.0\.1:\d+)").unwrap();
+    for (command, var) in [
+        ("route", "PUSHER_ROUTE_LISTEN"),
+        ("results", "PUSHER_RESULTS_LISTEN"),
+    ] {
+        let mut child = pusher()
+            .args([command, "--brokers", "127.0.0.1:9"])
+            .env(var, "127.0.0.1:0")
+            .env("PUSHER_LOG", "info")
+            .env("PUSHER_INVALIDTOKEN_PG_HOST", "127.0.0.1")
+            .env("PUSHER_INVALIDTOKEN_PG_USER", "postgres")
+            .env("PUSHER_INVALIDTOKEN_PG_DATABASE", "test")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) if line.contains("Serving /metrics") => {
+                    let addr = address.captures(&line).map(|c| c[1].to_owned());
+                    break addr.unwrap_or_else(|| panic!("{command}: no address in {line}"));
+                }
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("{command}: no metrics listener in: {}", seen.join("\n"));
+                }
+            }
+        };
+        let get = |path: &str| {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            answer
+        };
+        let metrics = get("/metrics");
+        let health = get("/healthz");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{command}: {metrics}");
+        assert!(
+            health.starts_with("HTTP/1.1 200") || health.starts_with("HTTP/1.1 503"),
+            "{command}: {health}"
+        );
+    }
+}

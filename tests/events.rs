@@ -1089,6 +1089,7 @@ async fn a_sigkilled_router_loses_nothing_and_repeats_at_most_a_batch() {
         cmd.args(["route", "--brokers", &brokers])
             .env("PUSHER_ROUTE_GROUP", format!("route-{}", p.app))
             .env("PUSHER_ROUTE_BATCHSIZE", BATCH.to_string())
+            .env("PUSHER_ROUTE_LISTEN", "127.0.0.1:0")
             .env("PUSHER_INVALIDTOKEN_PG_HOST", "127.0.0.1")
             .env("PUSHER_INVALIDTOKEN_PG_USER", "postgres")
             .env("PUSHER_INVALIDTOKEN_PG_DATABASE", "test")

@@ -53,9 +53,13 @@ fn labelled_sum(metrics: &str, name: &str, label: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_lag_gauge_rises_with_a_backlog_and_returns_to_zero() {
-    let metrics_addr = pusher::telemetry::serve_prometheus("127.0.0.1:0".parse().unwrap(), None)
-        .await
-        .unwrap();
+    let metrics_addr = pusher::telemetry::serve_prometheus(
+        "stats.prometheus.listen",
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
     let app = format!("lag{}", std::process::id());
     let topic = format!("push-{app}_apns");
     let kafka = TestKafka::start(&[&topic], 2).await;

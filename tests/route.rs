@@ -721,9 +721,15 @@ async fn segments_reach_every_matching_device_and_resume() {
         "{refused}"
     );
     let counts = p.stop().await;
+    // The refused segment is malformed, not also a segment: the counts add up to consumed.
     assert_eq!(
-        (counts.segments, counts.pushes, counts.malformed),
-        (4, 1500, 1),
+        (
+            counts.consumed,
+            counts.segments,
+            counts.pushes,
+            counts.malformed
+        ),
+        (4, 3, 1500, 1),
         "{counts:?}"
     );
 }
@@ -843,6 +849,51 @@ async fn a_notification_record_written_twice_is_routed_once() {
     assert_eq!(
         (counts.consumed, counts.pushes, counts.malformed),
         (3, 1, 1),
+        "{counts:?}"
+    );
+}
+
+/// Requests written past the API's checks whose pushes could never be sent (a 100 KB title;
+/// a segment whose `data` outgrows every payload) are counted as malformed and the partition
+/// goes on; so is a segment whose condition PostgreSQL refuses, counted once. Seen: a
+/// notification near 1 MB made a push Kafka refused (MessageSizeTooLarge), the batch was
+/// retried for good and the router's partitions stalled; under that, its pushes were written
+/// and each failed `payload_too_large` without its notification; the refused segment counted
+/// as a segment and as malformed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_no_push_can_carry_are_malformed_not_routed() {
+    let p = Platform::start().await;
+    Registry::new(p.store.pool())
+        .register(&p.app, &[android(42, "carry-token", 1_000)], &[])
+        .await
+        .unwrap();
+    let big = "T".repeat(100_000);
+    let records = [
+        json!({"kind": "notification", "user_id": 42, "title": big, "content": "C",
+               "notif_id": "too-big"}),
+        json!({"kind": "segment", "notif_id": "big-data", "condition": {}, "title": "T",
+               "content": "C", "data": {"blob": big}}),
+        json!({"kind": "segment", "notif_id": "bad-when", "condition":
+               {"last_login_after": 999_999_999_999_999_i64}, "title": "T", "content": "C"}),
+        json!({"kind": "notification", "user_id": 42, "title": "T", "content": "C",
+               "notif_id": "fits"}),
+    ]
+    .map(|r| request_record(&p.app, "42", r.to_string().into_bytes()));
+    produce_requests(p.kafka.bootstrap(), &records).await;
+    common::platform::wait_routed(p.kafka.bootstrap(), &p.app).await;
+    let pushes = read_topic(p.kafka.bootstrap(), &format!("push-{}_gcm", p.app), 1);
+    assert_eq!(pushes.len(), 1, "only the push that fits: {pushes:?}");
+    assert_eq!(pushes[0]["metadata"]["notif_id"], "fits");
+    let counts = p.stop().await;
+    assert_eq!(
+        (
+            counts.consumed,
+            counts.notifications,
+            counts.segments,
+            counts.malformed,
+            counts.pushes
+        ),
+        (4, 1, 0, 3, 1),
         "{counts:?}"
     );
 }

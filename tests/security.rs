@@ -69,6 +69,7 @@ async fn the_fakes_admin_endpoint_can_require_a_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_require_a_token_and_healthz_stays_open() {
     let addr = pusher::telemetry::serve_prometheus(
+        "stats.prometheus.listen",
         SocketAddr::from(([127, 0, 0, 1], 0)),
         Some(Secret::new("metrics-token-77a1")),
     )
@@ -94,7 +95,14 @@ async fn metrics_can_require_a_token_and_healthz_stays_open() {
 #[test]
 fn listeners_default_to_loopback() {
     let loopback = |addr: &str| addr.parse::<SocketAddr>().unwrap().ip().is_loopback();
-    assert!(loopback(&Config::default().stats.prometheus.listen));
+    let defaults = Config::default();
+    for listen in [
+        &defaults.stats.prometheus.listen,
+        &defaults.route.listen,
+        &defaults.results.listen,
+    ] {
+        assert!(loopback(listen), "{listen}");
+    }
     let m = MockConfig::default();
     for addr in [m.tls_listen, m.h2c_listen].into_iter().flatten() {
         assert!(addr.ip().is_loopback(), "{addr}");

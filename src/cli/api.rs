@@ -137,7 +137,7 @@ pub fn route(args: RouteArgs) -> anyhow::Result<ExitCode> {
     consume(
         flags,
         "queue.brokers",
-        "pusher-route",
+        ("pusher-route", "route.listen", |c| &c.route.listen),
         |config, store, stop| async move {
             let settings = route_settings(&config);
             let producer = Producer::new(&config.queue.brokers, config.api.produce_timeout)?;
@@ -167,7 +167,7 @@ pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     consume(
         flags,
         "feedback.kafka.brokers",
-        "pusher-results",
+        ("pusher-results", "results.listen", |c| &c.results.listen),
         |config, store, stop| async move {
             let settings = results_settings(&config);
             tracing::info!(group = %settings.group, topics = %settings.topic, "Storing results.");
@@ -178,12 +178,13 @@ pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// What `pusher route` and `pusher results` share: the config (`--brokers` sets
-/// `brokers_key`), the platform's tables, a runtime, and `work` until SIGINT/SIGTERM, whose
-/// counts are printed as one JSON line.
+/// `brokers_key`), the platform's tables, a runtime named `name`, `/metrics` and `/healthz` on
+/// the address of `listen_key`, and `work` until SIGINT/SIGTERM, whose counts are printed as
+/// one JSON line.
 fn consume<F, Fut, C>(
     (config, brokers, threads): (Option<&std::path::Path>, &BrokersFlag, &ThreadsFlag),
     brokers_key: &str,
-    name: &str,
+    (name, listen_key, listen): (&str, &'static str, fn(&crate::config::Config) -> &String),
     work: F,
 ) -> anyhow::Result<ExitCode>
 where
@@ -207,6 +208,7 @@ where
             .context("cannot create the platform's tables (invalidToken.pg)")?;
         let stop = CancellationToken::new();
         super::cancel_on_signal(stop.clone())?;
+        super::serve_metrics(listen_key, listen(&config), &config).await?;
         let counts = work(config, store, stop).await?;
         println!("{}", serde_json::to_string(&counts)?);
         anyhow::Ok(())

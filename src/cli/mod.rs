@@ -311,6 +311,30 @@ fn cancel_on_signal(stop: tokio_util::sync::CancellationToken) -> anyhow::Result
     Ok(())
 }
 
+/// Serves this process's `/metrics` and `/healthz` on `listen`, the value of the config key
+/// `key` (empty: not served); `/metrics` needs `stats.prometheus.token` when one is set.
+async fn serve_metrics(
+    key: &'static str,
+    listen: &str,
+    config: &crate::config::Config,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if listen.is_empty() {
+        return Ok(());
+    }
+    let addr = listen
+        .parse()
+        .with_context(|| format!("{key}: {listen:?} is not host:port"))?;
+    let token = config
+        .stats
+        .prometheus
+        .token
+        .clone()
+        .filter(|t| !t.is_empty());
+    crate::telemetry::serve_prometheus(key, addr, token).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

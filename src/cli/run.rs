@@ -455,20 +455,8 @@ fn run_configured(
         let stop = CancellationToken::new();
         super::cancel_on_signal(stop.clone())?;
         let outputs = outputs(platform, &config)?;
-        if let Some(listen) =
-            Some(config.stats.prometheus.listen.as_str()).filter(|l| !l.is_empty())
-        {
-            let addr = listen
-                .parse()
-                .with_context(|| format!("stats.prometheus.listen: {listen:?} is not host:port"))?;
-            let token = config
-                .stats
-                .prometheus
-                .token
-                .clone()
-                .filter(|t| !t.is_empty());
-            crate::telemetry::serve_prometheus(addr, token).await?;
-        }
+        let listen = &config.stats.prometheus.listen;
+        super::serve_metrics("stats.prometheus.listen", listen, &config).await?;
         let summary = run_loop(spec, apps, Outputs { ..outputs.0 }, stop).await?;
         if let Some(deleter) = outputs.1.deleter {
             let stats = deleter.shutdown(Duration::from_secs(10)).await;

@@ -628,6 +628,8 @@ impl Default for ApiConfig {
 pub struct RouteConfig {
     /// The routers' consumer group.
     pub group: String,
+    /// Address of the router's `/metrics` and `/healthz` (empty: none).
+    pub listen: String,
     /// Deep links in GCM data are `<deeplinkBase>://<screen>` (Pushkin's base_deeplink_url);
     /// empty: the screen as given.
     pub deeplink_base: String,
@@ -644,6 +646,7 @@ impl Default for RouteConfig {
     fn default() -> Self {
         RouteConfig {
             group: "pusher-route".to_owned(),
+            listen: "127.0.0.1:9101".to_owned(),
             deeplink_base: String::new(),
             batch_size: 500,
             default_language: 1,
@@ -670,6 +673,8 @@ pub struct DeviceLimitsConfig {
 pub struct ResultsConfig {
     /// The result writers' consumer group.
     pub group: String,
+    /// Address of the result writer's `/metrics` and `/healthz` (empty: none).
+    pub listen: String,
     /// Most feedback records written together (one upsert per batch).
     pub batch_size: usize,
     /// Per app, a URL called (POST, JSON) once a notification has every verdict. A secret:
@@ -681,6 +686,7 @@ impl Default for ResultsConfig {
     fn default() -> Self {
         ResultsConfig {
             group: "pusher-results".to_owned(),
+            listen: "127.0.0.1:9102".to_owned(),
             batch_size: 1000,
             webhooks: BTreeMap::new(),
         }

@@ -357,6 +357,17 @@ impl Config {
         if let Some(token) = &s.prometheus.token {
             check_header_token("stats.prometheus.token", token.expose())?;
         }
+        for (key, listen) in [
+            ("route.listen", &self.route.listen),
+            ("results.listen", &self.results.listen),
+        ] {
+            if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    key,
+                    format!("{listen:?} is not an ip:port address"),
+                ));
+            }
+        }
         let t = &self.invalid_token;
         if t.handlers.contains(&TokenHandler::Pg) {
             if t.pg.host.trim().is_empty() {

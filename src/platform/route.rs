@@ -13,7 +13,7 @@ use super::claims::Claims;
 use super::consume::{self, GroupSettings};
 use super::events::{self, Event, EventCounts, EventSettings, EventStores};
 use super::messages::{Messages, OPT_OUT_EVENT};
-use super::outbound::{push_message, Notification, Outgoing};
+use super::outbound::{self, push_message, Notification, Outgoing};
 use super::produce::{ProduceError, Producer, Record};
 use super::registry::{login_of, Device, Login, Registry, LOGIN_EVENT};
 use super::requests::{app_of, is_valid_notif_id, RequestRecord, TOPIC_PATTERN};
@@ -66,8 +66,9 @@ pub struct RouteCounts {
     pub opt_outs: u64,
     /// Event mode: events routed to messages, and what they sent or why not.
     pub events: EventCounts,
-    /// Records that could not be read, logins without a token or a known platform, and
-    /// segments whose condition PostgreSQL refuses (accepted before the API checked it).
+    /// Records that could not be read, logins without a token or a known platform,
+    /// notifications and segments no push could carry, and segments whose condition
+    /// PostgreSQL refuses (all written past the API's checks).
     pub malformed: u64,
 }
 
@@ -384,18 +385,23 @@ async fn handle(
                 screen,
                 notif_id,
             } => {
-                counts.notifications += 1;
-                if !entry.notif_ids.insert(notif_id.clone()) {
-                    continue;
-                }
-                entry.notifications.push(Notification {
+                let n = Notification {
                     user_id,
                     title,
                     content,
                     screen,
                     notif_id,
                     ..Notification::default()
-                });
+                };
+                if let Some(why) = unsendable_why(&n, &settings.deeplink_base) {
+                    skip_malformed(&mut counts, m, &why);
+                    continue;
+                }
+                counts.notifications += 1;
+                if !entry.notif_ids.insert(n.notif_id.clone()) {
+                    continue;
+                }
+                entry.notifications.push(n);
             }
             RequestRecord::Segment {
                 notif_id,
@@ -405,16 +411,20 @@ async fn handle(
                 screen,
                 data,
             } => {
-                counts.segments += 1;
+                let notification = Notification {
+                    title,
+                    content,
+                    screen,
+                    notif_id,
+                    data,
+                    ..Notification::default()
+                };
+                if let Some(why) = unsendable_why(&notification, &settings.deeplink_base) {
+                    skip_malformed(&mut counts, m, &why);
+                    continue;
+                }
                 entry.segments.push(Segment {
-                    notification: Notification {
-                        title,
-                        content,
-                        screen,
-                        notif_id,
-                        data,
-                        ..Notification::default()
-                    },
+                    notification,
                     condition,
                 });
             }
@@ -486,7 +496,10 @@ async fn handle(
     for (app, work) in &apps {
         for segment in &work.segments {
             match stream_segment(settings, stores, written, app, segment, now_ms, lease).await? {
-                Some(pushes) => counts.pushes += pushes,
+                Some(pushes) => {
+                    counts.segments += 1;
+                    counts.pushes += pushes;
+                }
                 None => counts.malformed += 1,
             }
         }
@@ -595,6 +608,24 @@ async fn handle(
         counts.pushes += records.len() as u64;
     }
     Ok(counts)
+}
+
+/// Why no push of `n` could be sent to some platform, for a request written past the API's
+/// checks: its pushes would each fail `payload_too_large`, or, past what Kafka takes, fail the
+/// produce and with it the batch on every retry (the router stalled on one such record).
+fn unsendable_why(n: &Notification, deeplink_base: &str) -> Option<String> {
+    let strings = [
+        n.title.as_str(),
+        &n.content,
+        &n.screen,
+        deeplink_base,
+        &n.notif_id,
+    ];
+    if n.data.is_empty() && outbound::surely_fits(strings) {
+        return None;
+    }
+    outbound::unsendable(n, deeplink_base, &outbound::ALL_PLATFORMS)
+        .map(|(platform, e)| format!("a push that could never be sent to {platform}: {e}"))
 }
 
 /// Counts a record the router cannot use (written past the API's checks) and says which.

@@ -115,11 +115,20 @@ impl IntoResponse for ApiError {
 }
 
 /// A JSON body's error with the path of the field it is about (`notifications[0].badge`).
-pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+/// `body` is the JSON it came from.
+pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>, body: &[u8]) -> ApiError {
+    use serde_json::error::Category;
     let path = e.path().to_string();
     let inner = e.into_inner();
     let message = match inner.classify() {
-        serde_json::error::Category::Data => inner.to_string(),
+        Category::Data => inner.to_string(),
+        // serde_json says "expected value" (a syntax error) for a name field (`platform`,
+        // `priority`) given another type, in a body that is valid JSON.
+        Category::Syntax
+            if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() && path != "." =>
+        {
+            "invalid type: one of the field's names, as a string, expected".to_owned()
+        }
         _ => format!("malformed JSON: {inner}"),
     };
     ApiError::BadRequest {

@@ -68,6 +68,21 @@ pub struct Notification {
     /// A critical alert's sound (gorush's `name` and `volume`).
     pub name: Option<String>,
     pub volume: Option<f64>,
+    // iOS Live Activities: `aps` fields, set as gorush sets them (a date or timestamp of 0
+    // and an empty string or object are not given).
+    pub event: Option<String>,
+    #[serde(rename = "content-state")]
+    pub content_state: Option<Map<String, Value>>,
+    pub timestamp: Option<i64>,
+    #[serde(rename = "stale-date")]
+    pub stale_date: Option<i64>,
+    #[serde(rename = "dismissal-date")]
+    pub dismissal_date: Option<i64>,
+    #[serde(rename = "attributes-type")]
+    pub attributes_type: Option<String>,
+    pub attributes: Option<Map<String, Value>>,
+    #[serde(rename = "relevance-score")]
+    pub relevance_score: Option<f64>,
     // Android
     pub time_to_live: Option<u32>,
     pub collapse_key: Option<String>,
@@ -365,17 +380,27 @@ pub fn prepare(i: usize, n: &Notification, rules: EndpointRules) -> Result<Prepa
     if let Some(id) = &n.notif_id {
         check_notif_id(at("notif_id"), id)?;
     }
+    // `alert` and a Live Activity's fields are iOS's: an Android push of only an alert was
+    // sent empty.
+    let ios_content = platform == Platform::Apns
+        && (n.alert.as_ref().is_some_and(|a| !a.is_empty())
+            || n.event.as_deref().is_some_and(|e| !e.is_empty())
+            || n.content_state.as_ref().is_some_and(|c| !c.is_empty()));
     let empty = n.message.as_deref().is_none_or(str::is_empty)
         && n.title.as_deref().is_none_or(str::is_empty)
         && fcm_notification(n, "title").is_none()
         && fcm_notification(n, "body").is_none()
-        && n.alert.as_ref().is_none_or(Map::is_empty)
+        && !ios_content
         && n.data.as_ref().is_none_or(Map::is_empty)
         && !n.content_available;
     if empty {
+        let also = match platform {
+            Platform::Apns => "title, alert, data, content_available, event, content-state",
+            _ => "title, data, content_available",
+        };
         return Err(FieldError::new(
             at("message"),
-            "required (or title, alert, data, content_available)",
+            format!("required (or {also})"),
         ));
     }
     let priority = match n.priority.as_deref() {
@@ -475,6 +500,7 @@ fn apns_template(n: &Notification, priority: Option<&str>) -> Map<String, Value>
     if n.mutable_content {
         aps.insert("mutable-content".into(), json!(1));
     }
+    live_activity(n, &mut aps);
     let mut payload = n.data.clone().unwrap_or_default();
     payload.insert("aps".into(), Value::Object(aps));
     let mut message = Map::new();
@@ -494,6 +520,31 @@ fn apns_template(n: &Notification, priority: Option<&str>) -> Map<String, Value>
         priority.map(|p| json!(if p == "high" { 10 } else { 5 })),
     );
     message
+}
+
+/// A Live Activity's `aps` fields (Apple's names), as gorush's `setLiveActivityFields`.
+fn live_activity(n: &Notification, aps: &mut Map<String, Value>) {
+    let text = |v: &Option<String>| v.as_ref().filter(|s| !s.is_empty()).map(|s| json!(s));
+    let object = |v: &Option<Map<String, Value>>| {
+        v.as_ref()
+            .filter(|m| !m.is_empty())
+            .map(|m| Value::Object(m.clone()))
+    };
+    let time = |v: Option<i64>| v.filter(|t| *t > 0).map(|t| json!(t));
+    for (key, value) in [
+        ("event", text(&n.event)),
+        ("content-state", object(&n.content_state)),
+        ("timestamp", time(n.timestamp)),
+        ("stale-date", time(n.stale_date)),
+        ("dismissal-date", time(n.dismissal_date)),
+        ("attributes-type", text(&n.attributes_type)),
+        ("attributes", object(&n.attributes)),
+        ("relevance-score", n.relevance_score.map(|r| json!(r))),
+    ] {
+        if let Some(v) = value {
+            aps.insert(key.into(), v);
+        }
+    }
 }
 
 /// The legacy GCM fields the pusher sends through FCM v1.
@@ -723,6 +774,43 @@ mod tests {
                 "platform {platform}: {largest:?}"
             );
         }
+    }
+
+    /// gorush's README Live Activity example: its fields go into `aps` under Apple's names,
+    /// as gorush sets them. Seen: they were dropped without a word, and the device got a plain
+    /// alert after a 200. An update with only `event` and `content-state` is content.
+    #[test]
+    fn live_activity_fields_go_into_aps() {
+        let p = one(
+            json!({"tokens":["t"],"platform":1,"push_type":"liveactivity",
+            "topic":"com.example.app.push-type.liveactivity","event":"start",
+            "timestamp":1685952000,"content-state":{"homeScore":0,"period":"1H"},
+            "attributes-type":"FootballMatchAttributes","attributes":{"homeTeam":"Team 1"},
+            "stale-date":1685955600,"dismissal-date":1685959200,"relevance-score":0.5,
+            "alert":{"title":"Team 1 vs Team 2","body":"Kick-off!"}}),
+        )
+        .unwrap();
+        let m: Value = serde_json::from_slice(&p.message("t", "n")).unwrap();
+        assert_eq!(
+            m["Payload"]["aps"],
+            json!({"alert":{"title":"Team 1 vs Team 2","body":"Kick-off!"},"event":"start",
+                "timestamp":1685952000,"content-state":{"homeScore":0,"period":"1H"},
+                "attributes-type":"FootballMatchAttributes","attributes":{"homeTeam":"Team 1"},
+                "stale-date":1685955600,"dismissal-date":1685959200,"relevance-score":0.5})
+        );
+        assert_eq!(m["push_type"], "liveactivity");
+        let update = one(json!({"tokens":["t"],"platform":1,"event":"update",
+            "content-state":{"minute":2},"timestamp":0,"dismissal-date":0}))
+        .unwrap();
+        let m: Value = serde_json::from_slice(&update.message("t", "n")).unwrap();
+        assert_eq!(
+            m["Payload"]["aps"],
+            json!({"event":"update","content-state":{"minute":2}})
+        );
+        // Android reads neither an alert nor a Live Activity: a push of only those is empty.
+        let e =
+            one(json!({"tokens":["t"],"platform":2,"alert":{"title":"x","body":"y"}})).unwrap_err();
+        assert_eq!(e.field, "notifications[0].message", "{e:?}");
     }
 
     /// gorush's own names and values: `thread-id`, `expiration: 0` (APNs stores nothing), a

@@ -414,8 +414,15 @@ fn body_error(e: BytesRejection, limit: usize) -> ApiError {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(error::json_error)
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| error::json_error(e, bytes))?;
+    // Whatever follows the value (a second JSON object) would be dropped after a 2xx.
+    de.end().map_err(|e| ApiError::BadRequest {
+        field: None,
+        message: format!("malformed JSON: {e}"),
+    })?;
+    Ok(value)
 }
 
 /// The `Idempotency-Key` header, when given (printable ASCII, at most 200 bytes).
@@ -1382,7 +1389,37 @@ async fn segment_push(
 struct Page {
     #[serde(default)]
     after: String,
-    limit: Option<i64>,
+    limit: Option<String>,
+}
+
+impl Page {
+    /// Rows a page holds: 1 to 1,000 (more is capped), 100 by default.
+    fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit.as_deref() {
+            None => Ok(100),
+            Some(text) => match text.parse::<i64>() {
+                Ok(n) if n >= 1 => Ok(n.min(1000)),
+                _ => Err(ApiError::bad("limit", "a number of rows, 1 to 1000")),
+            },
+        }
+    }
+
+    /// The token the page starts after. A token is valid UTF-8 without control characters:
+    /// an `after` that is not (`%FF`, decoded as U+FFFD) matched nothing and answered an empty
+    /// last page.
+    fn after(&self) -> Result<&str, ApiError> {
+        if self
+            .after
+            .chars()
+            .any(|c| c == char::REPLACEMENT_CHARACTER || c.is_control())
+        {
+            return Err(ApiError::bad(
+                "after",
+                "a device token (UTF-8, no control characters)",
+            ));
+        }
+        Ok(&self.after)
+    }
 }
 
 /// `GET /api/v1/notifications/{notif_id}`: the notification, its verdicts counted by outcome,
@@ -1401,7 +1438,7 @@ async fn notification(
         field: None,
         message: e.body_text(),
     })?;
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let (limit, after) = (page.limit()?, page.after()?);
     let app: &str = &caller.app;
     let (found, event_id) = match state
         .store
@@ -1434,7 +1471,7 @@ async fn notification(
     }
     let rows = state
         .store
-        .results_page(app, &notif_id, &page.after, limit)
+        .results_page(app, &notif_id, after, limit)
         .await
         .map_err(store_error)?;
     let done: i64 = counts.values().sum();

@@ -299,7 +299,7 @@ pub fn check_event(i: usize, e: JsonEvent) -> Result<RequestRecord, FieldError> 
             _ => {
                 return Err(FieldError {
                     field: format!("events[{i}].pairs.{key}"),
-                    message: "a string (or a number)".into(),
+                    message: "a string, a number or a boolean".into(),
                 })
             }
         };
