@@ -438,13 +438,62 @@ fn bad_input_is_a_clear_error() {
                 "--sender-only",
                 "--endpoint",
                 "https://127.0.0.1:1",
+                "--key-file",
+                "fixtures/apns/AuthKey_TESTKEY001.p8",
+                "--key-id",
+                "TESTKEY001",
+                "--team-id",
+                "TEAM000001",
                 "--count",
                 "10",
                 "--warmup",
                 "0s",
                 "--quiet",
             ],
-            "",
+            "cannot reach endpoint",
+        ),
+        // An endpoint elsewhere refused the key a run makes for the embedded fake: every push
+        // was rejected, and the run said nothing of it.
+        (
+            &[
+                "bench",
+                "--sender-only",
+                "--endpoint",
+                "https://127.0.0.1:1",
+                "--count",
+                "10",
+            ],
+            "--platform apns with --endpoint: give APNs credentials, --key-file FILE",
+        ),
+        (
+            &[
+                "bench",
+                "--platform",
+                "gcm",
+                "--endpoint",
+                "https://127.0.0.1:1",
+                "--count",
+                "10",
+            ],
+            "--service-account FILE or --api-key KEY",
+        ),
+        // Every message over APNs' 4096 bytes once the generator's metadata joins the payload:
+        // refused up front in both modes, not measured as 100% malformed.
+        (
+            &["bench", "--mock", "--count", "10", "--payload-size", "4096"],
+            "every apns message would be malformed",
+        ),
+        (
+            &[
+                "bench",
+                "--mock",
+                "--sender-only",
+                "--count",
+                "10",
+                "--payload-size",
+                "4096",
+            ],
+            "every apns message would be malformed",
         ),
         (
             &[
@@ -723,6 +772,35 @@ fn an_unreachable_token_endpoint_stops_the_bench_with_its_cause() {
             started.elapsed()
         );
     }
+}
+
+/// Seen: `--payload-size 4096` end to end ended every message `malformed: payload_too_large`
+/// (the sender adds its metadata) and the conservation line said MISMATCH, exit 1: the fake
+/// never saw the messages the pipeline refused before sending. They are counted as not sent,
+/// as replay counts them; a mix where some sizes fit runs and adds up.
+#[test]
+fn messages_refused_before_sending_add_up_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--mock",
+        "--count",
+        "1000",
+        "--payload-size",
+        "4090:1,300:1",
+        "--warmup",
+        "0s",
+    ];
+    let (stdout, r) = bench_ok(dir.path(), "mixed", &args);
+    let c = &r["conservation"];
+    let malformed = r["outcomes"]["malformed"].as_u64().unwrap_or(0);
+    assert!(malformed > 100, "{}", r["outcomes"]);
+    assert_eq!(c["not_sent"].as_u64(), Some(malformed), "{c}");
+    assert_eq!(c["ok"], true, "{c}");
+    assert_eq!(c["answered"], 1000, "{c}");
+    assert!(
+        stdout.contains(&format!("{malformed} malformed or expired, not sent): ok")),
+        "{stdout}"
+    );
 }
 
 /// Seen: `--partitions 1 --payload-size 3500 --count 20k` ran 4,000 messages (14 MB) ahead

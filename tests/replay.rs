@@ -935,6 +935,99 @@ fn a_capture_with_a_malformed_message_replays_and_adds_up() {
     );
 }
 
+/// Seen: a replay to an `--endpoint` that could not answer (a `--ca` that does not sign its
+/// certificate, a key APNs refuses) ended every message `gave_up` or `rejected` and exited 0;
+/// without credentials it signed with a key made for the run, refused the same way. Now, as
+/// `pusher bench` does: the endpoint's fault stops the replay with its cause (exit 2), and
+/// missing credentials are a usage error before anything is sent, naming the flags replay has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_to_an_endpoint_that_cannot_answer_stops_with_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = shaped_capture(dir.path());
+    let fake = common::start_fake(common::FakeOptions::default()).await;
+    // Another fake's CA: it signs nothing of this fake's.
+    let other = common::start_fake(common::FakeOptions::default()).await;
+    let url = fake.tls_url();
+    let (good_ca, wrong_ca) = (p(&fake.ca_file).to_owned(), p(&other.ca_file).to_owned());
+    let (good_key, wrong_key) = (
+        common::fixture("AuthKey_TESTKEY001.p8"),
+        common::fixture("AuthKey_UNKNOWN001.p8"),
+    );
+    let replay = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let mut argv = vec!["replay".to_owned()];
+            argv.extend(args);
+            argv.extend(["--speed", "10x", "-q"].map(str::to_owned));
+            pusher(&argv.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+    let creds = |key: &Path| {
+        [
+            "--key-file",
+            p(key),
+            "--key-id",
+            common::KEY_ID,
+            "--team-id",
+            common::TEAM_ID,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    for (what, ca, key, cause) in [
+        ("wrong CA", &wrong_ca, &good_key, "certificate"),
+        ("wrong key", &good_ca, &wrong_key, "InvalidProviderToken"),
+    ] {
+        let mut args: Vec<String> = [p(&cap), "--endpoint", &url, "--ca", ca]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend(creds(key));
+        let o = replay(args).await.unwrap();
+        let said = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{what}: {said}");
+        assert!(
+            said.contains("the endpoint failed, not the messages") && said.contains(cause),
+            "{what}: {said}"
+        );
+    }
+
+    // No credentials: refused before a request is made.
+    let before = fake.stats().requests;
+    let args = [p(&cap), "--endpoint", &url, "--ca", &good_ca].map(str::to_owned);
+    let o = replay(args.to_vec()).await.unwrap();
+    let said = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("give APNs credentials") && said.contains("--key-file"),
+        "{said}"
+    );
+    assert_eq!(fake.stats().requests, before, "nothing sent: {said}");
+    // FCM: the error names replay's flags, not bench's --platform.
+    let gcm = dir.path().join("gcm.jsonl");
+    let o = pusher(&[
+        "gen",
+        "--platform",
+        "gcm",
+        "--shape",
+        "constant",
+        "--duration",
+        "1s",
+        "--peak-rate",
+        "10",
+        "-o",
+        p(&gcm),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let args = [p(&gcm), "--endpoint", &url, "--ca", &good_ca].map(str::to_owned);
+    let o = replay(args.to_vec()).await.unwrap();
+    let said = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("--service-account FILE or --api-key KEY") && !said.contains("--platform"),
+        "{said}"
+    );
+}
+
 /// A replay started in the background of a non-interactive shell (`pusher replay ... &`: the
 /// shell makes it ignore SIGINT) still stops on `kill -INT`: it prints the summary of what
 /// ran, writes the report marked interrupted, and exits 130.

@@ -50,6 +50,9 @@ struct Clock {
     /// Messages generated (handed to the producer).
     generated: AtomicU64,
     answered: AtomicU64,
+    /// Answered without a request to the endpoint (malformed or expired), which the fake's
+    /// own count of answers does not cover.
+    not_sent: AtomicU64,
     /// Answers in the measured window (what the progress bar counts).
     measured_answered: AtomicU64,
     /// No more messages will be generated.
@@ -187,6 +190,9 @@ impl Observer for Measure {
             return; // an earlier run's message
         }
         c.answered.fetch_add(1, Ordering::Relaxed);
+        if e.outcome.never_sent() {
+            c.not_sent.fetch_add(1, Ordering::Relaxed);
+        }
         let Some(tag) = e.key.and_then(Tag::parse) else {
             return;
         };
@@ -249,6 +255,7 @@ impl ProducerContext for Deliveries {
 }
 
 pub fn run_bench(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
+    super::check_payload_size(args, APP)?;
     let count = args.count.or(if args.duration.is_some() {
         None
     } else {
@@ -354,6 +361,7 @@ fn one_run(
         produce_failed: AtomicU64::new(0),
         generated: AtomicU64::new(0),
         answered: AtomicU64::new(0),
+        not_sent: AtomicU64::new(0),
         measured_answered: AtomicU64::new(0),
         done_generating: AtomicBool::new(false),
         measure_from_ns: AtomicU64::new(u64::MAX),
@@ -524,7 +532,7 @@ fn one_run(
         produced: Some(clock.produced.load(Ordering::Relaxed)),
         consumed: Some(summary.consumed),
         server_answered,
-        not_sent: 0,
+        not_sent: clock.not_sent.load(Ordering::Relaxed),
         answered,
         committed: Some(committed_since(&summary, &clock.first_offsets)),
         in_flight: if report.interrupted || lost > 0 {

@@ -66,8 +66,8 @@ pub struct Target {
     pub topic: String,
     /// An external endpoint instead of the embedded fake.
     pub external: Option<External>,
-    /// APNs credentials for an external endpoint; without them (and always with the embedded
-    /// fake, which verifies the bench's own key) a provider key made for the run.
+    /// APNs credentials, required with an external endpoint; the embedded fake always takes
+    /// a provider key made for the run (it verifies that one).
     pub apns: Option<ApnsAuth>,
     /// FCM credentials (required with an external endpoint); without them, against the
     /// embedded fake, a test service account.
@@ -101,6 +101,55 @@ impl Transport {
             Transport::Tls => "tls",
             Transport::H2c => "h2c",
         }
+    }
+}
+
+/// Generated messages tried at the smallest `--payload-size` before a run: all of them must
+/// fail for the run to be refused.
+const PAYLOAD_SAMPLE: u64 = 16;
+
+/// Refuses a `--payload-size` under which every message would be malformed: its smallest size,
+/// with what the generator adds to the payload (the `metadata` of app `app`), is over the
+/// platform's limit. Sender-only could not parse its messages and end to end answered every
+/// one `malformed: payload_too_large`: a run of refusals measures nothing. A mix with sizes
+/// that fit runs (end to end counts the others as malformed, not sent).
+pub(crate) fn check_payload_size(settings: &Settings, app: &str) -> anyhow::Result<()> {
+    use crate::gen::{GenConfig, Generator, Mix};
+    use crate::push::message::{parse_apns, parse_gcm, parse_webpush};
+    let mix: Mix<usize> = settings.payload_size.parse()?;
+    let Some(smallest) = mix.values().min() else {
+        return Ok(());
+    };
+    let platform = settings.target.platform;
+    let mut config = GenConfig::new(platform);
+    config.count = PAYLOAD_SAMPLE;
+    config.seed = settings.seed;
+    config.app = app.to_string();
+    config.payload_size = Some(Mix::single(smallest));
+    let mut generator = Generator::new(config)?;
+    let mut buf = Vec::with_capacity(smallest + 1024);
+    let mut first_error = None;
+    while generator.write_next(&mut buf).is_some() {
+        let parsed = match platform {
+            Platform::Apns => parse_apns(&buf).map(drop),
+            Platform::Gcm => parse_gcm(&buf).map(drop),
+            Platform::WebPush => parse_webpush(&buf).map(drop),
+        };
+        match parsed {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+        buf.clear();
+    }
+    match first_error {
+        Some(e) => anyhow::bail!(
+            "--payload-size {}: every {platform} message would be malformed, not sent ({e}; the \
+             generated message adds its metadata to the payload); nothing to measure",
+            settings.payload_size
+        ),
+        None => Ok(()),
     }
 }
 

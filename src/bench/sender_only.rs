@@ -43,6 +43,8 @@ pub fn run(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
         Some(100_000)
     });
     let pool = count.unwrap_or(POOL).min(POOL);
+    // The generator's default app, as `generated` makes the messages.
+    super::check_payload_size(args, &GenConfig::new(args.target.platform).app)?;
     let (fake, config, profile_name) = target(&args.target)?;
 
     let plan = LoadPlan {
@@ -270,9 +272,10 @@ fn generated_at<M>(
     let mut out = Vec::with_capacity(n as usize);
     let mut buf = Vec::with_capacity(4096);
     while generator.write_next(&mut buf).is_some() {
-        out.push(Arc::new(
-            parse(&buf).context("generated message does not parse")?,
-        ));
+        out.push(Arc::new(parse(&buf).context(
+            "a generated message does not parse (sender-only sends parsed messages only; \
+                 end to end counts such messages as malformed)",
+        )?));
         buf.clear();
     }
     Ok(out)
@@ -369,9 +372,14 @@ pub fn target(t: &Target) -> anyhow::Result<(Option<FakeThread>, SenderConfig, S
                 }
             };
             let (endpoint, ca_file, insecure) = endpoint(t, fake.as_ref())?;
+            // The run's own key is for the embedded fake alone: an endpoint elsewhere refused
+            // every push signed with it.
             let auth = match (&t.external, &t.apns) {
                 (Some(_), Some(auth)) => auth.clone(),
-                _ => ApnsAuth::Token(TokenAuth::new(
+                (Some(_), None) => bail!(
+                    "an external APNs endpoint needs credentials (token auth or a certificate)"
+                ),
+                (None, _) => ApnsAuth::Token(TokenAuth::new(
                     key_pem.into_bytes(),
                     BENCH_KEY_ID,
                     BENCH_TEAM_ID,
@@ -393,7 +401,7 @@ pub fn target(t: &Target) -> anyhow::Result<(Option<FakeThread>, SenderConfig, S
             let auth = match (&t.fcm, &t.external) {
                 (Some(auth), _) => auth.clone(),
                 (None, Some(_)) => {
-                    bail!("--platform gcm --endpoint needs --service-account FILE or --api-key KEY")
+                    bail!("an external FCM endpoint needs credentials (a service account or a server key)")
                 }
                 // The embedded fake issues OAuth tokens at its own /token and accepts
                 // assertions signed by any key: a fixed test account is enough.

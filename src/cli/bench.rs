@@ -121,6 +121,8 @@ fn parse_platform(s: &str) -> Result<Platform, String> {
 }
 
 /// Where bench and replay send (the embedded fake, or `--endpoint`), with the credentials given.
+/// An endpoint elsewhere needs its platform's credentials: `what` says how the command chose
+/// the platform, for the error that asks for them.
 pub(super) fn target(
     platform: Platform,
     fake: &FakeFlags,
@@ -128,12 +130,30 @@ pub(super) fn target(
     endpoint: &EndpointFlags,
     apns: &ApnsCredentials,
     fcm: &FcmCredentials,
+    what: &str,
 ) -> anyhow::Result<Target> {
     let external = endpoint.endpoint.as_ref().map(|url| External {
         url: url.clone(),
         ca: endpoint.ca.clone(),
         insecure: endpoint.insecure,
     });
+    let (apns, fcm_auth) = (apns.auth()?, fcm.auth()?);
+    // Only the embedded fake trusts the key a run makes for itself: anywhere else every push
+    // was refused (InvalidProviderToken) and the run measured nothing.
+    if external.is_some() {
+        match platform {
+            Platform::Apns if apns.is_none() => bail!(
+                "{what} with --endpoint: give APNs credentials, --key-file FILE --key-id ID \
+                 --team-id TEAM (token auth) or --certificate FILE [--key FILE] \
+                 [--certificate-password P]; only the embedded fake takes a key made for the run"
+            ),
+            Platform::Gcm if fcm_auth.is_none() => bail!(
+                "{what} with --endpoint: give FCM credentials, --service-account FILE or \
+                 --api-key KEY; only the embedded fake takes a test account"
+            ),
+            _ => {}
+        }
+    }
     Ok(Target {
         platform,
         profile: fake.profile.clone(),
@@ -141,8 +161,8 @@ pub(super) fn target(
         connections: fake.connections,
         topic: topic.to_string(),
         external,
-        apns: apns.auth()?,
-        fcm: fcm.auth()?,
+        apns,
+        fcm: fcm_auth,
         project: fcm.project.clone(),
     })
 }
@@ -185,6 +205,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             &args.endpoint,
             &args.apns,
             &args.fcm,
+            &format!("--platform {}", args.platform),
         )?,
         count: args.load.count,
         duration: args.load.duration,

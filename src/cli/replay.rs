@@ -140,13 +140,38 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Some(r) => Pace::Rate(r),
         None => Pace::Speed(args.speed),
     };
+    // The sender's set-up (credentials for an --endpoint among it) is checked before the
+    // replay starts, as `pusher bench` checks its own.
+    let sender = match &args.kafka.brokers.brokers {
+        Some(_) => None,
+        None => {
+            let platform = capture_platform(&entries)?;
+            let target = super::bench::target(
+                platform,
+                &args.fake,
+                &args.apns_topic,
+                &args.endpoint,
+                &args.apns,
+                &args.fcm,
+                &format!(
+                    "a capture of {} messages (topics push-<app>_{platform})",
+                    platform_name(platform)
+                ),
+            )?;
+            Some((platform, target))
+        }
+    };
     let interrupt = Interrupt::install()?;
 
     let before = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
-    let (driven, lag_per_sec, conservation, target, transport) = match &args.kafka.brokers.brokers {
-        Some(brokers) => to_kafka(&args, brokers, &entries, pace, &interrupt)?,
-        None => to_sender(&args, &entries, pace, &interrupt)?,
-    };
+    let (driven, lag_per_sec, conservation, target, transport) =
+        match (&args.kafka.brokers.brokers, sender) {
+            (Some(brokers), _) => to_kafka(&args, brokers, &entries, pace, &interrupt)?,
+            (None, Some((platform, target))) => {
+                to_sender(&args, platform, &target, &entries, pace, &interrupt)?
+            }
+            (None, None) => bail!("nowhere to replay to"),
+        };
     let after = crate::bench::calibrate::calibrate(5, Duration::from_millis(60));
 
     let mut report = make_report(
@@ -231,15 +256,8 @@ fn to_kafka(
     Ok((driven, lag, conservation, target, "kafka".into()))
 }
 
-/// Sends straight to APNs, FCM or a web push service (the embedded fake, or --endpoint), with
-/// the bench's sender set-up.
-fn to_sender(
-    args: &ReplayArgs,
-    entries: &[Entry],
-    pace: Pace,
-    interrupt: &Interrupt,
-) -> anyhow::Result<Replayed> {
-    // One capture, one platform: the sender is APNs, FCM or web push, chosen by the topics.
+/// The one platform of a capture replayed to a sender (APNs, FCM or web push), by its topics.
+fn capture_platform(entries: &[Entry]) -> anyhow::Result<Platform> {
     let mut platform = None;
     for e in entries {
         match app_from_topic(&e.topic) {
@@ -254,16 +272,29 @@ fn to_sender(
             ),
         }
     }
-    let platform = platform.unwrap_or(Platform::Apns);
+    Ok(platform.unwrap_or(Platform::Apns))
+}
+
+fn platform_name(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Apns => "APNs",
+        Platform::Gcm => "FCM",
+        Platform::WebPush => "web push",
+    }
+}
+
+/// Sends straight to APNs, FCM or a web push service (the embedded fake, or --endpoint), with
+/// the bench's sender set-up.
+fn to_sender(
+    args: &ReplayArgs,
+    platform: Platform,
+    target_flags: &crate::bench::Target,
+    entries: &[Entry],
+    pace: Pace,
+    interrupt: &Interrupt,
+) -> anyhow::Result<Replayed> {
     // The bench's own set-up (fake thread, provider key, TLS), reused as it is.
-    let (fake, config, _profile) = target(&super::bench::target(
-        platform,
-        &args.fake,
-        &args.apns_topic,
-        &args.endpoint,
-        &args.apns,
-        &args.fcm,
-    )?)?;
+    let (fake, config, _profile) = target(target_flags)?;
     let server_before = fake.as_ref().map(|f| f.stats.snapshot().responses);
     let times: Vec<Duration> = entries.iter().map(|e| e.at).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -279,6 +310,14 @@ fn to_sender(
                 AnySender::WebPush(WebPushSender::new(*config)?, origin.into())
             }
         };
+        // An endpoint that cannot answer (a CA that does not sign it, refused credentials)
+        // stops the replay with its cause, as it stops a bench: its messages did not fail.
+        let gates = match &sender {
+            AnySender::Apns(s) => vec![s.gate().clone()],
+            AnySender::Fcm(s) => vec![s.gate().clone()],
+            AnySender::WebPush(s, _) => s.gates().to_vec(),
+        };
+        let (run, fault) = interrupt.or_endpoint_fault(&gates);
         let send = |e: &Entry| {
             let sender = sender.clone();
             // Parsed here, as the pipeline would, so the future owns no borrow of the capture.
@@ -327,22 +366,22 @@ fn to_sender(
                     },
                 };
                 // Replayed as captured, and never reaching the server.
-                if matches!(outcome, Outcome::Malformed { .. } | Outcome::Expired) {
+                if outcome.never_sent() {
                     not_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 outcome
             }
         };
-        anyhow::Ok(
-            replay(
-                schedule(entries, &times, pace, args.looping),
-                limit(args),
-                send,
-                interrupt.token(),
-                &bar,
-            )
-            .await,
+        let replayed = replay(
+            schedule(entries, &times, pace, args.looping),
+            limit(args),
+            send,
+            run.token(),
+            &bar,
         )
+        .await;
+        fault.check()?;
+        anyhow::Ok(replayed)
     });
     drop(bar);
     drop(rt);

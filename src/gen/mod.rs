@@ -173,6 +173,16 @@ impl<T: Copy> Mix<T> {
         }
     }
 
+    /// The values a pick can return (one of weight 0 never is).
+    pub fn values(&self) -> impl Iterator<Item = T> + '_ {
+        let mut before = 0.0;
+        self.choices.iter().filter_map(move |&(value, cumulative)| {
+            let weight = cumulative - before;
+            before = cumulative;
+            (weight > 0.0).then_some(value)
+        })
+    }
+
     pub fn pick(&self, rng: &mut SmallRng) -> T {
         let first = self.choices[0].0;
         if self.choices.len() == 1 {
@@ -571,6 +581,9 @@ mod tests {
             .choices
             .iter()
             .any(|(t, _)| *t == PushType::Background));
+        // A weight of 0 is never picked: it is no value of the mix.
+        let sizes: Mix<usize> = "5000:0,200:1,1000:0,3500:2".parse().expect("valid");
+        assert_eq!(sizes.values().collect::<Vec<_>>(), [200, 3500]);
         for bad in ["", "x", "300:-1", "300:0", "300:abc", "0", "200:1,,"] {
             assert!(bad.parse::<Mix<usize>>().is_err(), "{bad:?} accepted");
         }

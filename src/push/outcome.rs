@@ -28,6 +28,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Ended before any request was made: the message could not become one (malformed), or
+    /// its `push_expiry` had passed.
+    pub fn never_sent(&self) -> bool {
+        matches!(self, Outcome::Malformed { .. } | Outcome::Expired)
+    }
+
     /// A short, bounded label for metrics and reports.
     pub fn class(&self) -> &'static str {
         match self {

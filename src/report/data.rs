@@ -232,7 +232,8 @@ pub struct Conservation {
     /// Requests the fake server answered (its own counter), when the fake is in-process.
     pub server_answered: Option<u64>,
     /// Messages that never reach a server (malformed or expired: replayed as they were
-    /// captured), which `server_answered` need not cover.
+    /// captured, or refused by the pipeline end to end), which `server_answered` need not
+    /// cover.
     #[serde(default)]
     pub not_sent: u64,
     /// Messages with a final outcome.
