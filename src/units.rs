@@ -17,6 +17,8 @@ pub enum UnitError {
     Percent(String),
     #[error("{0:?} is not a length of time above zero (30s, 5m, 1h 30m)")]
     Duration(String),
+    #[error("{0:?} is not a length of time (30s, 5m, 1h 30m; 0 for never)")]
+    DurationOrNever(String),
     #[error("{0:?}: expected a size such as 128MiB")]
     Size(String),
     #[error("{0:?}: unknown unit (use KiB, MiB or GiB)")]
@@ -78,6 +80,13 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, UnitError> {
         Ok(d) if !d.is_zero() => Ok(d),
         _ => Err(UnitError::Duration(s.trim().to_string())),
     }
+}
+
+/// A length of time where 0 (`0`, `0s`) means "never" (a timeout that is off): the flags
+/// whose help says so must not refuse it as [`parse_duration`] does.
+pub fn parse_duration_or_never(s: &str) -> Result<std::time::Duration, UnitError> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| UnitError::DurationOrNever(s.trim().to_string()))
 }
 
 /// A percentage (`10`, `2.5`): finite and not negative.
@@ -181,6 +190,24 @@ mod tests {
             let err = parse_rate(bad).unwrap_err().to_string();
             assert!(err.contains("unknown rate"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("0").is_err());
+        // A timeout's 0 is "never", not a typo.
+        for zero in ["0", "0s", " 0ms "] {
+            assert_eq!(
+                parse_duration_or_never(zero),
+                Ok(Duration::ZERO),
+                "{zero:?}"
+            );
+        }
+        assert_eq!(parse_duration_or_never("1m"), Ok(Duration::from_secs(60)));
+        let err = parse_duration_or_never("soon").unwrap_err().to_string();
+        assert!(err.contains("0 for never"), "{err}");
     }
 
     #[test]

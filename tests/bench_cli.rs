@@ -496,6 +496,10 @@ fn bad_input_is_a_clear_error() {
             "every apns message would be malformed",
         ),
         (
+            &["bench", "--mock", "--count", "10", "--threads", "100000"],
+            "at most 1024",
+        ),
+        (
             &[
                 "bench",
                 "--mock",

@@ -1469,7 +1469,15 @@ async fn cli_mock_apns_prints_its_addresses_and_serves() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pusher"))
-            .args(["mock", "apns", "--profile", "happy", "--ca-out"])
+            .args([
+                "mock",
+                "apns",
+                "--profile",
+                "happy",
+                "--idle-timeout",
+                "0",
+                "--ca-out",
+            ])
             .arg(&ca)
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)

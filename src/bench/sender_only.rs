@@ -317,7 +317,8 @@ pub fn target(t: &Target) -> anyhow::Result<(Option<FakeThread>, SenderConfig, S
         Some(_) => "external".to_string(),
         None => t.profile.clone(),
     };
-    let profile = || Profile::load(&t.profile).with_context(|| format!("profile {:?}", t.profile));
+    // Each of its errors names the profile already.
+    let profile = || Profile::load(&t.profile);
     if let Some(external) = &t.external {
         reachable(&external.url)?;
     }

@@ -33,7 +33,8 @@ cluster, in process")),
     mut_arg("rate", |a| a.help("Open loop: messages per second (5000, 5000/s, 5k), whatever the \
 target does (latency is reported raw and corrected for coordinated omission)")),
     mut_arg("threads", |a| a.help("Threads the sender (and, end to end, the pipeline) runs on: \
-cores (as `pusher run` does by default) or a number (1: tokio's current-thread scheduler)")),
+cores (as `pusher run` does by default; 0 means the same) or a number from 1 to 1024 (1: tokio's \
+current-thread scheduler)")),
 )]
 pub struct BenchArgs {
     /// Run everything embedded in this process: fake servers (and, end to end, the Kafka mock

@@ -223,8 +223,8 @@ pub struct LoadFlags {
 /// The threads a command's runtime runs on (`crate::runtime`).
 #[derive(Debug, Clone, Args)]
 pub struct ThreadsFlag {
-    /// Threads to run on: a number (1: tokio's current-thread scheduler, the cheapest on a
-    /// small machine) or `cores` (one per core).
+    /// Threads to run on: a number from 1 to 1024 (1: tokio's current-thread scheduler, the
+    /// cheapest on a small machine) or `cores` (one per core; 0 means the same).
     #[arg(long, value_name = "N|cores", default_value = "cores")]
     pub threads: Threads,
 }

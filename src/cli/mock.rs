@@ -73,8 +73,9 @@ pub struct ServerFlags {
     /// Write the CA clients must trust to this file (default: a file in the temp directory).
     #[arg(long, value_name = "FILE")]
     pub ca_out: Option<PathBuf>,
-    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to HTTP/2 clients.
-    #[arg(long, default_value_t = 1000)]
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to HTTP/2 clients (at least 1: with 0 every
+    /// stream is refused).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: u32,
     /// Behaviour profile: a built-in name (happy, flaky, throttled, outage, goaway, resets,
     /// stall), mock-services/<NAME>.yaml, or a YAML file. For FCM and web push, APNs reason
@@ -89,7 +90,7 @@ pub struct ServerFlags {
     pub record_tokens: usize,
     /// Close a connection with no request in flight for this long (GOAWAY on HTTP/2), a
     /// client that never sends a byte included; 0 never closes one.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::units::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::units::parse_duration_or_never)]
     pub idle_timeout: std::time::Duration,
     #[command(flatten)]
     pub threads: ThreadsFlag,
@@ -247,9 +248,9 @@ pub struct AllArgs {
     pub webpush: WebPushFlags,
 }
 
-const THREADS_HELP: &str = "Threads serving requests: a number (1: tokio's current-thread \
-scheduler, the fastest on a small machine; more on a big one, so that the fake never limits a \
-benchmark) or cores";
+const THREADS_HELP: &str = "Threads serving requests: a number from 1 to 1024 (1: tokio's \
+current-thread scheduler, the fastest on a small machine; more on a big one, so that the fake \
+never limits a benchmark) or cores (one per core; 0 means the same)";
 
 pub fn run(args: MockArgs) -> anyhow::Result<ExitCode> {
     match args.service {

@@ -584,6 +584,47 @@ mod tests {
         assert!(parse(&["bench", "--mock", "--count", "0"]).is_err());
     }
 
+    /// `--idle-timeout 0` is the documented "never close"; `--max-streams 0` would refuse
+    /// every stream, and `--threads` past the bound made tokio abort: usage errors instead.
+    #[test]
+    fn mock_and_thread_flags_take_what_their_help_says() {
+        for service in ["apns", "gcm", "webpush", "all"] {
+            for zero in ["0", "0s"] {
+                let cli = parse(&["mock", service, "--idle-timeout", zero]).unwrap();
+                let Command::Mock(m) = &cli.command else {
+                    panic!()
+                };
+                let server = match &m.service {
+                    mock::MockService::Apns(a) => &a.server,
+                    mock::MockService::Gcm(g) => &g.server,
+                    mock::MockService::Webpush(w) => &w.server,
+                    mock::MockService::All(a) => &a.apns.server,
+                    mock::MockService::Kafka(_) => panic!(),
+                };
+                assert!(server.idle_timeout.is_zero(), "{service} {zero}");
+            }
+            let err = parse(&["mock", service, "--max-streams", "0"]).unwrap_err();
+            assert!(
+                err.to_string().contains("--max-streams"),
+                "{service}: {err}"
+            );
+            parse(&["mock", service, "--max-streams", "1"]).unwrap();
+        }
+        for args in [
+            &["mock", "apns", "--threads", "100000"][..],
+            &["bench", "--mock", "--threads", "100000"],
+            &["run", "apns", "--threads", "1025"],
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains("at most 1024"), "{args:?}: {err}");
+        }
+        let cli = parse(&["bench", "--mock", "--threads", "0"]).unwrap();
+        let Command::Bench(b) = &cli.command else {
+            panic!()
+        };
+        assert_eq!(b.threads.threads, crate::runtime::Threads::Cores);
+    }
+
     /// The credential rules clap no longer checks (their keys have environment variables)
     /// still hold for what is typed; `run gcm`, with no such variable, keeps clap's.
     #[test]

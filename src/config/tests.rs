@@ -780,6 +780,19 @@ fn validate_names_the_key() {
         ]),
         "apns.certs.game.topic: required with authKeyPath (the app's bundle id)"
     );
+    // Both kinds for one app: token auth was used and the certificate ignored, silently.
+    assert_eq!(
+        check(&[
+            ("PUSHER_APNS_APPS", "game"),
+            ("PUSHER_APNS_CERTS_GAME_AUTHKEYPATH", key),
+            ("PUSHER_APNS_CERTS_GAME_KEYID", "TESTKEY001"),
+            ("PUSHER_APNS_CERTS_GAME_TEAMID", "TEAM"),
+            ("PUSHER_APNS_CERTS_GAME_TOPIC", "com.example.game"),
+            ("PUSHER_APNS_CERTS_GAME_CERTIFICATE", key),
+        ]),
+        "apns.certs.game.authKeyPath: set beside apns.certs.game.certificate: give token auth \
+         (authKeyPath) or a client certificate, not both"
+    );
     assert!(check(&[("PUSHER_APNS_APPS", "a;drop")]).starts_with("apns.certs.a;drop: app name"));
     assert_eq!(
         check(&[("PUSHER_GCM_APPS", "g")]),

@@ -218,6 +218,16 @@ impl Config {
             let cert = app_entry(&a.certs, app).ok_or_else(|| {
                 invalid(&key, "missing: every app in apns.apps needs credentials")
             })?;
+            // Token auth won and the certificate was dropped without a word.
+            if cert.auth_key_path.is_some() && cert.certificate.is_some() {
+                return Err(invalid(
+                    format!("{key}.authKeyPath"),
+                    format!(
+                        "set beside {key}.certificate: give token auth (authKeyPath) or a \
+                         client certificate, not both"
+                    ),
+                ));
+            }
             if let Some(path) = &cert.auth_key_path {
                 check_file(&format!("{key}.authKeyPath"), path)?;
                 if cert.key_id.as_deref().is_none_or(str::is_empty) {

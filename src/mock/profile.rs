@@ -186,6 +186,19 @@ impl Profile {
             })?;
             return Profile::from_yaml(&path.display().to_string(), &text);
         }
+        // A path (a directory in it, or a YAML extension) names a file, never a built-in
+        // profile: one that is not there is said so, not "unknown profile".
+        let looks_like_path = name_or_path.contains(std::path::MAIN_SEPARATOR)
+            || [".yaml", ".yml"]
+                .iter()
+                .any(|ext| name_or_path.to_ascii_lowercase().ends_with(ext));
+        if looks_like_path {
+            let text = std::fs::read_to_string(as_path).map_err(|source| ProfileError::Read {
+                path: name_or_path.to_string(),
+                source,
+            })?;
+            return Profile::from_yaml(name_or_path, &text);
+        }
         Profile::built_in(name_or_path)
             .ok_or_else(|| ProfileError::Unknown(name_or_path.to_string()))?
     }
@@ -425,6 +438,29 @@ mod tests {
             Profile::load("nope"),
             Err(ProfileError::Unknown(_))
         ));
+    }
+
+    /// A path that is not there is a missing file, named with the OS's reason; a bare word
+    /// that is no built-in is still an unknown profile.
+    #[test]
+    fn a_missing_profile_file_is_not_an_unknown_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        for missing in [
+            dir.path().join("gone.yaml"),
+            dir.path().join("gone"),
+            std::path::PathBuf::from("gone.yml"),
+        ] {
+            let missing = missing.display().to_string();
+            let err = Profile::load(&missing).unwrap_err();
+            assert!(matches!(err, ProfileError::Read { .. }), "{missing}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&missing) && text.contains("No such file"),
+                "{text}"
+            );
+        }
+        let err = Profile::load("happpy").unwrap_err().to_string();
+        assert!(err.starts_with("unknown profile \"happpy\""), "{err}");
     }
 
     #[test]

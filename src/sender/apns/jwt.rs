@@ -41,6 +41,8 @@ pub enum JwtError {
     ReadKey { path: PathBuf, reason: String },
     #[error("APNs key is not a PKCS#8 P-256 (.p8) private key: {0}")]
     BadKey(String),
+    #[error("APNs key file {path} is not a PKCS#8 P-256 (.p8) private key: {reason}")]
+    BadKeyFile { path: PathBuf, reason: String },
     #[error("key id must not be empty")]
     NoKeyId,
     #[error("team id must not be empty")]
@@ -74,8 +76,27 @@ impl TokenAuth {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        // Checked here, where the path is known: the signer's error could not say which file
+        // (the reason is jsonwebtoken's kind of error, never the file's contents).
+        check_key(&pem).map_err(|reason| JwtError::BadKeyFile {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         Ok(TokenAuth::new(pem, key_id, team_id))
     }
+}
+
+/// Whether `pem` signs an ES256 token: a PEM that parses but holds another kind of key fails
+/// only when used.
+fn check_key(pem: &[u8]) -> Result<(), String> {
+    let key = EncodingKey::from_ec_pem(pem).map_err(|e| e.to_string())?;
+    let claims = Claims {
+        iss: "check",
+        iat: 0,
+    };
+    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[derive(serde::Serialize)]
@@ -392,6 +413,15 @@ mod tests {
     fn bad_keys_are_clear_errors() {
         let err = TokenAuth::from_file(Path::new("/nonexistent/AuthKey.p8"), "K", "T").unwrap_err();
         assert!(err.to_string().contains("/nonexistent/AuthKey.p8"), "{err}");
+        // A file that is no key: its path named, its contents not.
+        let dir = tempfile::tempdir().unwrap();
+        let notkey = dir.path().join("notkey.p8");
+        std::fs::write(&notkey, "SECRET-LOOKING CONTENTS").unwrap();
+        let err = TokenAuth::from_file(&notkey, "K", "T").unwrap_err();
+        assert!(matches!(err, JwtError::BadKeyFile { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&notkey.display().to_string()), "{text}");
+        assert!(!text.contains("SECRET-LOOKING"), "{text}");
         let auth = TokenAuth::new(b"not a key".to_vec(), "K", "T");
         let err = JwtSigner::new(&auth, Arc::new(ManualClock::new())).unwrap_err();
         assert!(matches!(err, JwtError::BadKey(_)), "{err}");
