@@ -674,8 +674,12 @@ fn line_chart(axes: Axes, lines: &[(&str, Vec<(f64, f64)>)]) -> Result<String, R
             .map_err(chart_err)?;
         for (i, (name, pts)) in lines.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
+            // A series of one point (a run shorter than two buckets) draws no line: a dot.
+            let dot = if pts.len() == 1 { 4 } else { 0 };
             chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .draw_series(
+                    LineSeries::new(pts.iter().copied(), color.stroke_width(2)).point_size(dot),
+                )
                 .map_err(chart_err)?
                 .label(*name)
                 .legend(move |(x, y)| {
@@ -706,6 +710,25 @@ mod tests {
         );
         assert_eq!(trim(99.9), "99.9");
         assert_eq!(trim(90.0), "90");
+    }
+
+    /// A series of one point (a run shorter than two buckets: `bench --count 1`) is a dot,
+    /// where it drew nothing and the chart looked empty.
+    #[test]
+    fn a_series_of_one_point_is_drawn() {
+        let axes = || Axes {
+            caption: "c",
+            x_max: 1.0,
+            y_max: 10.0,
+            x_desc: "x",
+            y_desc: "y",
+            x_labels: 2,
+            x_format: &|x| trim(*x),
+            legend: SeriesLabelPosition::UpperRight,
+        };
+        let empty = line_chart(axes(), &[("a", vec![])]).unwrap();
+        let one = line_chart(axes(), &[("a", vec![(0.5, 5.0)])]).unwrap();
+        assert!(one.matches("<circle").count() > empty.matches("<circle").count());
     }
 
     /// The page says what the text report says of a run that lost messages: how many and why,
