@@ -724,11 +724,33 @@ async fn a_401_is_retried_at_a_push_service_and_rejected_elsewhere() {
 async fn a_push_service_refusing_every_push_with_401_or_403_pauses_the_app_one_subscription_gives_up(
 ) {
     for status in [401, 403] {
-        refusing_every_push_pauses_the_app_one_subscription_gives_up(status).await;
+        refusing_every_push_pauses_the_app_one_subscription_gives_up(status, "key mismatch").await;
     }
 }
 
-async fn refusing_every_push_pauses_the_app_one_subscription_gives_up(status: u16) {
+/// Apple's 400 `VapidPkHashMismatch` (a subscription made for another VAPID key) is a key
+/// refusal too: every push answered so pauses the app. Seen: a whole backlog rejected after a
+/// key change. And a 404 that is a web page (a proxy's, a wrong URL's) is no push service's
+/// verdict: every push answered so pauses the app, and one subscription's alone gives up,
+/// kept. Seen: nginx's 404 page deleted every subscription of the app.
+#[tokio::test]
+async fn a_key_mismatch_or_a_web_page_for_every_push_pauses_the_app() {
+    refusing_every_push_pauses_the_app_one_subscription_gives_up(
+        400,
+        r#"{"reason":"VapidPkHashMismatch"}"#,
+    )
+    .await;
+    refusing_every_push_pauses_the_app_one_subscription_gives_up(
+        404,
+        "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>nginx</body></html>",
+    )
+    .await;
+}
+
+async fn refusing_every_push_pauses_the_app_one_subscription_gives_up(
+    status: u16,
+    body: &'static str,
+) {
     use axum::response::IntoResponse;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -742,7 +764,7 @@ async fn refusing_every_push_pauses_the_app_one_subscription_gives_up(status: u1
         let refusing = refusing.load(Ordering::SeqCst);
         async move {
             if refusing || uri.path().ends_with("/other-key") {
-                (refusal, "key mismatch").into_response()
+                (refusal, body).into_response()
             } else {
                 (
                     axum::http::StatusCode::CREATED,

@@ -258,7 +258,13 @@ where
                 let (finals_before, attempts_before) =
                     *first_retry.get_or_insert((finals_at_send, done.attempts - 1));
                 let exhausted = !policy.should_retry(done.attempts);
-                if permit.retry(&hint.reason, exhausted && !hint.own, finals_before) {
+                // With the transport's words, as a fault's cause: "connect_error" alone hid a
+                // push service's untrusted certificate.
+                let cause = match &done.error {
+                    Some(e) => format!("{}: {e}", hint.reason),
+                    None => hint.reason.clone(),
+                };
+                if permit.retry(&cause, exhausted && !hint.own, finals_before) {
                     given_back += 1;
                     // Others wait too: an outage, whose end this message waits for. Alone,
                     // past OUTAGE_PROBES, it gives up (see there).

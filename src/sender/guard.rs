@@ -112,9 +112,13 @@ impl RefusalGuard {
                 if refused >= REFUSALS_BEFORE_FAULT
                     && refused >= delivered.saturating_mul(REFUSALS_PER_DELIVERY)
                 {
+                    // The bound, not the running count: the cause stays the same for each
+                    // probe refused while paused (a count made each an "other cause", logged).
+                    let bound =
+                        REFUSALS_BEFORE_FAULT.max(delivered.saturating_mul(REFUSALS_PER_DELIVERY));
                     return Verdict::Fault {
                         reason: format!(
-                            "{reason} for {refused} tokens against {delivered} delivered: {}",
+                            "{reason} for {bound} or more tokens against {delivered} delivered: {}",
                             self.hint
                         ),
                     };
@@ -253,9 +257,16 @@ mod tests {
             match guard.judge(refused(reason)) {
                 Verdict::Fault { reason: cause } => {
                     assert!(
-                        cause.starts_with(&format!("{reason} for 20 tokens against 0 delivered")),
+                        cause.starts_with(&format!(
+                            "{reason} for 20 or more tokens against 0 delivered"
+                        )),
                         "{cause}"
-                    )
+                    );
+                    // The next refusal (a probe's) says the same: not "another cause".
+                    assert_eq!(
+                        guard.judge(refused(reason)),
+                        Verdict::Fault { reason: cause }
+                    );
                 }
                 other => panic!("{reason}: {other:?}"),
             }

@@ -135,7 +135,8 @@ pub struct FcmDelivery {
     /// Legacy: FCM says to store this token instead of the one sent.
     pub canonical_registration_id: Option<String>,
     pub attempts: u32,
-    /// The last attempt's transport or token failure, in full.
+    /// The last attempt's transport or token failure, or the words of an answer that was the
+    /// endpoint's fault (Google's `error.message`), in full.
     pub transport_error: Option<String>,
     /// The push ended because the endpoint or the credentials failed, not for its own sake
     /// (only when the sender fails fast, `OnFault::Fail`): the cause in full.
@@ -382,7 +383,19 @@ impl FcmSender {
         match answer {
             Ok(response) => {
                 let verdict = self.judge(response.verdict.clone());
-                Attempt::answered(response, verdict)
+                // A fault's cause carries Google's words (which project, which permission);
+                // the outcome's reason stays the bare code, a bounded metric label.
+                let words = match &verdict {
+                    Verdict::Fault { .. } => response
+                        .error_message
+                        .as_deref()
+                        .filter(|m| !m.is_empty())
+                        .map(|m| m.chars().take(300).collect::<String>()),
+                    _ => None,
+                };
+                let mut attempt = Attempt::answered(response, verdict);
+                attempt.error = words;
+                attempt
             }
             // The token endpoint unreachable, or refusing the service account's assertion:
             // every push would fail the same way.

@@ -77,6 +77,15 @@ pub enum OAuthError {
     },
     #[error("token endpoint answered HTTP {status} without a usable token: {reason}")]
     BadResponse { status: u16, reason: String },
+    /// The token request that failed while this caller waited its turn: the same answer, not
+    /// asked again (every message in flight asked a refusing endpoint in turn, 749 requests
+    /// in 35 s).
+    #[error("{message}")]
+    Recent {
+        message: String,
+        permanent: bool,
+        unreachable: bool,
+    },
 }
 
 impl OAuthError {
@@ -85,13 +94,18 @@ impl OAuthError {
         match self {
             OAuthError::Refused { status, .. } => (400..500).contains(status) && *status != 429,
             OAuthError::Transport(_) | OAuthError::BadResponse { .. } => false,
+            OAuthError::Recent { permanent, .. } => *permanent,
             _ => true,
         }
     }
 
     /// The token endpoint could not be reached at all (no connection).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, OAuthError::Transport(e) if e.is_endpoint_fault())
+        match self {
+            OAuthError::Transport(e) => e.is_endpoint_fault(),
+            OAuthError::Recent { unreachable, .. } => *unreachable,
+            _ => false,
+        }
     }
 
     /// A short, bounded label for outcomes and metrics.
@@ -218,7 +232,8 @@ struct TokenInner {
     background: AtomicBool,
     renewals: AtomicU64,
     failures: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    /// The last failed request's error, for `stats` and for the callers that waited on it.
+    last_failure: Mutex<Option<OAuthError>>,
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -276,7 +291,7 @@ impl TokenSource {
                 background: AtomicBool::new(false),
                 renewals: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
-                last_error: Mutex::new(None),
+                last_failure: Mutex::new(None),
             }),
         };
         // Sign once now: a key jsonwebtoken cannot use fails here, not on the first push.
@@ -288,7 +303,12 @@ impl TokenSource {
         TokenStats {
             renewals: self.inner.renewals.load(Ordering::Relaxed),
             failures: self.inner.failures.load(Ordering::Relaxed),
-            last_error: self.inner.last_error.lock().clone(),
+            last_error: self
+                .inner
+                .last_failure
+                .lock()
+                .as_ref()
+                .map(|e| e.to_string()),
         }
     }
 
@@ -323,9 +343,25 @@ impl TokenSource {
     }
 
     async fn renew_now(&self) -> Result<(HeaderValue, u64), OAuthError> {
+        let failures = self.inner.failures.load(Ordering::Acquire);
         let _one_at_a_time = self.inner.renewing.lock().await;
         if let Some(c) = self.valid(self.inner.clock.now()) {
             return Ok((c.header, c.generation));
+        }
+        // A request that failed while this caller waited is its answer too.
+        if self.inner.failures.load(Ordering::Acquire) != failures {
+            if let Some(OAuthError::Recent {
+                message,
+                permanent,
+                unreachable,
+            }) = &*self.inner.last_failure.lock()
+            {
+                return Err(OAuthError::Recent {
+                    message: message.clone(),
+                    permanent: *permanent,
+                    unreachable: *unreachable,
+                });
+            }
         }
         let c = self.fetch_and_store().await?;
         Ok((c.header, c.generation))
@@ -404,8 +440,12 @@ impl TokenSource {
                 Ok(fresh)
             }
             Err(e) => {
-                self.inner.failures.fetch_add(1, Ordering::Relaxed);
-                *self.inner.last_error.lock() = Some(e.to_string());
+                *self.inner.last_failure.lock() = Some(OAuthError::Recent {
+                    message: e.to_string(),
+                    permanent: e.is_permanent(),
+                    unreachable: e.is_unreachable(),
+                });
+                self.inner.failures.fetch_add(1, Ordering::Release);
                 Err(e)
             }
         }

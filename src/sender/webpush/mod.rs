@@ -439,14 +439,17 @@ impl WebPushSender {
             .await
         {
             // A 401 or 403 refuses our VAPID token (RFC 8292 §4.2): our key, `aud`, `exp` or
-            // clock, or a key the subscription was not made for (autopush: 401, errno 109).
+            // clock, or a key the subscription was not made for (autopush: 401, errno 109;
+            // Apple: 400 `VapidPkHashMismatch`, which rejected a backlog after a key change).
             // Every push to a push service refused alike is ours (a key rotation, a skewed
             // clock): retried, the refusals count toward its outage and pause the app (its
             // gate). One subscription's alone gives up after its retries while the others are
             // delivered. Final at once, it rejected a whole backlog; a fault at once, one
             // subscription paused the app.
             Ok((response, Verdict::Final(Outcome::Rejected { reason })))
-                if matches!(response.status, 401 | 403) && trusted =>
+                if trusted
+                    && (matches!(response.status, 401 | 403)
+                        || reason == "VapidPkHashMismatch") =>
             {
                 // The retry signs a new token: the refused one may be from a skewed clock.
                 self.inner.vapid.forget(origin);
@@ -546,7 +549,17 @@ impl WebPushSender {
         } else {
             String::new()
         };
-        let verdict = webpush::verdict(status, retry_after(&parts.headers), &reason);
+        let verdict = match status {
+            // A push service says a subscription is gone in its own words, or in none (WNS);
+            // a web page is a proxy's or a wrong URL's (it deleted a whole table of
+            // subscriptions). Retried as a refused key is: every push answered so pauses the
+            // app, one subscription's alone gives up, kept.
+            404 | 410 if trusted && is_html(&reply) => Verdict::Retry(RetryHint::new(format!(
+                "{}_web_page",
+                webpush::status_reason(status)
+            ))),
+            _ => webpush::verdict(status, retry_after(&parts.headers), &reason),
+        };
         Ok((
             WebPushResponse {
                 status,
@@ -626,10 +639,17 @@ enum AttemptError {
     Origin(String),
 }
 
+/// The body is an HTML page (a proxy's or a web server's error page).
+fn is_html(body: &[u8]) -> bool {
+    let start = body.trim_ascii_start();
+    start.first() == Some(&b'<')
+}
+
 /// The push service's reason, from its JSON error body (autopush: `{"errno","message"}`,
 /// FCM: `{"error":{"message"}}`, Apple: `{"reason"}`) or its text, on one line, bounded.
 fn reason(body: &[u8]) -> String {
-    if body.is_empty() {
+    // A web page is no push service's words (its text would become a metric label).
+    if body.is_empty() || is_html(body) {
         return String::new();
     }
     let text = match serde_json::from_slice::<serde_json::Value>(body) {
@@ -916,10 +936,9 @@ mod tests {
         assert_eq!(reason(b"plain"), "plain");
         // Apple's web push service.
         assert_eq!(reason(br#"{"reason":"BadJwtToken"}"#), "BadJwtToken");
-        assert_eq!(
-            reason(b"<HTML>\n<HEAD>\r\n<TITLE>Unauthorized</TITLE>"),
-            "<HTML> <HEAD> <TITLE>Unauthorized</TITLE>"
-        );
+        // A web page is nobody's reason (its status names it).
+        assert_eq!(reason(b"<HTML>\n<HEAD>\r\n<TITLE>Unauthorized</TITLE>"), "");
+        assert_eq!(reason(b"\n <!DOCTYPE html><html>"), "");
         assert_eq!(reason(b""), "");
     }
 }

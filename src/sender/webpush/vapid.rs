@@ -72,6 +72,22 @@ pub fn parse_private_key(text: &str) -> Result<p256::SecretKey, VapidError> {
         .map_err(|_| VapidError::BadKey(format!("{} bytes, not a P-256 scalar", raw.len())))
 }
 
+/// A subject whose host is no public name (`mailto:ops@localhost`, `https://box.local`).
+fn local_subject(subject: &str) -> bool {
+    let host = match subject.strip_prefix("mailto:") {
+        Some(address) => address.rsplit_once('@').map_or("", |(_, host)| host),
+        None => subject
+            .strip_prefix("https://")
+            .and_then(|rest| rest.split(['/', ':', '?', '#']).next())
+            .unwrap_or(""),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.ends_with(".local")
+        || !host.contains('.')
+}
+
 impl Vapid {
     /// `max_cached`: origins whose token is kept (the sender's live origins).
     pub fn new(
@@ -82,6 +98,14 @@ impl Vapid {
     ) -> Result<Vapid, VapidError> {
         if !crate::push::webpush::valid_subject(subject) {
             return Err(VapidError::BadSubject(subject.into()));
+        }
+        if local_subject(subject) {
+            tracing::warn!(
+                subject,
+                "Apple's push service refuses a VAPID subject on a local host (403 BadJwtToken \
+                 for every push to Safari); others take it. Give a real mailto: address or \
+                 https: URL."
+            );
         }
         let pem = key
             .to_pkcs8_pem(LineEnding::LF)
@@ -271,6 +295,16 @@ mod tests {
                 Vapid::new(&key(), subject, clock.clone(), 100).is_ok(),
                 "{subject}"
             );
+            assert!(!local_subject(subject), "{subject}");
+        }
+        // Taken, with a warning: Apple refuses them (403 BadJwtToken), others do not.
+        for subject in [
+            "mailto:ops@localhost",
+            "mailto:ops@box.local",
+            "https://LOCALHOST:8080/x",
+            "https://intranet/",
+        ] {
+            assert!(local_subject(subject), "{subject}");
         }
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key().to_bytes());
         assert_eq!(
