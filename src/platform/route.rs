@@ -18,6 +18,7 @@ use super::produce::{ProduceError, Producer, Record};
 use super::registry::{login_of, Device, Login, Registry, LOGIN_EVENT};
 use super::requests::{app_of, is_valid_notif_id, RequestRecord, TOPIC_PATTERN};
 use super::store::StoreError;
+use crate::push::Platform;
 use crate::sender::retry::RetryPolicy;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
@@ -393,7 +394,9 @@ async fn handle(
                     notif_id,
                     ..Notification::default()
                 };
-                if let Some(why) = unsendable_why(&n, &settings.deeplink_base) {
+                if let Some(why) =
+                    unsendable_why(&n, &settings.deeplink_base, &outbound::ALL_PLATFORMS)
+                {
                     skip_malformed(&mut counts, m, &why);
                     continue;
                 }
@@ -419,7 +422,13 @@ async fn handle(
                     data,
                     ..Notification::default()
                 };
-                if let Some(why) = unsendable_why(&notification, &settings.deeplink_base) {
+                // Checked for the platforms it can reach, as the API checks it.
+                let platforms = condition
+                    .platform
+                    .map_or(outbound::ALL_PLATFORMS.to_vec(), |p| vec![p]);
+                if let Some(why) =
+                    unsendable_why(&notification, &settings.deeplink_base, &platforms)
+                {
                     skip_malformed(&mut counts, m, &why);
                     continue;
                 }
@@ -610,10 +619,11 @@ async fn handle(
     Ok(counts)
 }
 
-/// Why no push of `n` could be sent to some platform, for a request written past the API's
-/// checks: its pushes would each fail `payload_too_large`, or, past what Kafka takes, fail the
-/// produce and with it the batch on every retry (the router stalled on one such record).
-fn unsendable_why(n: &Notification, deeplink_base: &str) -> Option<String> {
+/// Why no push of `n` could be sent to one of `platforms`, for a request written past the
+/// API's checks: its pushes would each fail `payload_too_large`, or, past what Kafka takes,
+/// fail the produce and with it the batch on every retry (the router stalled on one such
+/// record).
+fn unsendable_why(n: &Notification, deeplink_base: &str, platforms: &[Platform]) -> Option<String> {
     let strings = [
         n.title.as_str(),
         &n.content,
@@ -624,7 +634,7 @@ fn unsendable_why(n: &Notification, deeplink_base: &str) -> Option<String> {
     if n.data.is_empty() && outbound::surely_fits(strings) {
         return None;
     }
-    outbound::unsendable(n, deeplink_base, &outbound::ALL_PLATFORMS)
+    outbound::unsendable(n, deeplink_base, platforms)
         .map(|(platform, e)| format!("a push that could never be sent to {platform}: {e}"))
 }
 
@@ -841,6 +851,26 @@ mod tests {
         written.begin_at(Some(at(401)), Some((at(450), 50)));
         assert_eq!((written.ids.len(), written.phases.len()), (0, 0));
         assert!(!written.retry);
+    }
+
+    /// A segment for one platform is checked against that platform only, as the API checks
+    /// it: a `data` that fits FCM but not a browser's smaller payload is routed to Android.
+    #[test]
+    fn a_segment_is_checked_for_the_platforms_it_reaches() {
+        let with = |len: usize| Notification {
+            content: "c".into(),
+            notif_id: "n".into(),
+            data: serde_json::json!({"blob": "x".repeat(len)})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            ..Notification::default()
+        };
+        let between = (3000..4096).find(|&len| {
+            unsendable_why(&with(len), "", &[Platform::Gcm]).is_none()
+                && unsendable_why(&with(len), "", &outbound::ALL_PLATFORMS).is_some()
+        });
+        assert!(between.is_some(), "no size fits FCM and not every platform");
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub struct Attempt<R> {
     pub verdict: Verdict,
     /// The failure in full when there was no answer (the verdict keeps a short label).
     pub error: Option<String>,
+    /// Its words for the gate's cause when it is retried: `error` without the address
+    /// connected to (the hosts of one push service differ from probe to probe).
+    pub detail: Option<String>,
     /// Nothing went on the wire: we refused the push ourselves ([`Attempt::unsent`]).
     pub unsent: bool,
 }
@@ -26,6 +29,7 @@ impl<R> Attempt<R> {
             answer: Some(answer),
             verdict,
             error: None,
+            detail: None,
             unsent: false,
         }
     }
@@ -44,6 +48,7 @@ impl<R> Attempt<R> {
             answer: None,
             verdict,
             error: Some(e.to_string()),
+            detail: Some(e.detail()),
             unsent: false,
         }
     }
@@ -56,6 +61,7 @@ impl<R> Attempt<R> {
                 reason: reason.to_string(),
             },
             error: Some(error),
+            detail: None,
             unsent: false,
         }
     }
@@ -69,6 +75,7 @@ impl<R> Attempt<R> {
             answer: None,
             verdict: Verdict::Final(outcome),
             error: None,
+            detail: None,
             unsent: true,
         }
     }
@@ -185,6 +192,7 @@ where
             answer,
             mut verdict,
             error,
+            detail,
             unsent,
         } = attempt().await;
         let got_answer = answer.is_some();
@@ -260,8 +268,8 @@ where
                 let exhausted = !policy.should_retry(done.attempts);
                 // With the transport's words, as a fault's cause: "connect_error" alone hid a
                 // push service's untrusted certificate.
-                let cause = match &done.error {
-                    Some(e) => format!("{}: {e}", hint.reason),
+                let cause = match &detail {
+                    Some(d) => format!("{}: {d}", hint.reason),
                     None => hint.reason.clone(),
                 };
                 if permit.retry(&cause, exhausted && !hint.own, finals_before) {

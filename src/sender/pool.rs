@@ -76,6 +76,23 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// What went wrong, without the address connected to: a push service's many hosts under
+    /// one gate made each probe's retry cause "another cause", logged.
+    pub fn detail(&self) -> String {
+        match self {
+            TransportError::Connect { reason, .. } => reason.clone(),
+            TransportError::ConnectTimeout { after, .. } => {
+                format!("connect timed out after {after:?}")
+            }
+            // The failed connect's own words ("connect to ADDR: REASON").
+            TransportError::Backoff { last } => last
+                .strip_prefix("connect to ")
+                .and_then(|rest| rest.split_once(": "))
+                .map_or_else(|| last.clone(), |(_, reason)| reason.to_string()),
+            other => other.to_string(),
+        }
+    }
+
     /// A short, bounded label (for `GaveUp` reasons and metrics).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -536,6 +553,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NoVec<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A retry's cause names no address: the hosts of one push service differ from probe to
+    /// probe, and each was logged as another cause.
+    #[test]
+    fn details_leave_the_address_out() {
+        let refused = TransportError::Connect {
+            addr: "10.0.0.7:443".into(),
+            reason: "TLS: invalid peer certificate: UnknownIssuer".into(),
+        };
+        assert_eq!(
+            refused.detail(),
+            "TLS: invalid peer certificate: UnknownIssuer"
+        );
+        let backoff = TransportError::Backoff {
+            last: refused.to_string(),
+        };
+        assert_eq!(backoff.detail(), refused.detail());
+        let slow = TransportError::ConnectTimeout {
+            addr: "10.0.0.8:443".into(),
+            after: Duration::from_secs(3),
+        };
+        assert!(!slow.detail().contains("10.0.0"), "{}", slow.detail());
+    }
     use crate::sender::endpoint::Endpoint;
     use std::sync::atomic::AtomicU64;
     use tokio::net::TcpListener;

@@ -127,7 +127,8 @@ pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>, body: &[u8])
         Category::Syntax
             if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() && path != "." =>
         {
-            "invalid type: one of the field's names, as a string, expected".to_owned()
+            "invalid type for this field (a name, such as a platform or a priority, is a string)"
+                .to_owned()
         }
         _ => format!("malformed JSON: {inner}"),
     };

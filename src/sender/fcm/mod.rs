@@ -406,6 +406,7 @@ impl FcmSender {
                 answer: None,
                 verdict: Verdict::Retry(RetryHint::new(e.kind())),
                 error: Some(e.to_string()),
+                detail: Some(e.to_string()),
                 unsent: false,
             },
             Err(AttemptError::Transport(e)) => {

@@ -471,6 +471,7 @@ impl WebPushSender {
                     answer: None,
                     verdict: Verdict::Retry(RetryHint::new(e.kind()).reconnect()),
                     error: Some(e.to_string()),
+                    detail: Some(e.detail()),
                     unsent: false,
                 }
             }
@@ -554,10 +555,12 @@ impl WebPushSender {
             // a web page is a proxy's or a wrong URL's (it deleted a whole table of
             // subscriptions). Retried as a refused key is: every push answered so pauses the
             // app, one subscription's alone gives up, kept.
-            404 | 410 if trusted && is_html(&reply) => Verdict::Retry(RetryHint::new(format!(
-                "{}_web_page",
-                webpush::status_reason(status)
-            ))),
+            404 | 410 if trusted && is_html(&reply) && page_title(&reply).is_none() => {
+                Verdict::Retry(RetryHint::new(format!(
+                    "{}_web_page",
+                    webpush::status_reason(status)
+                )))
+            }
             _ => webpush::verdict(status, retry_after(&parts.headers), &reason),
         };
         Ok((
@@ -645,12 +648,28 @@ fn is_html(body: &[u8]) -> bool {
     start.first() == Some(&b'<')
 }
 
+/// The title of an HTML page when it is one word (Google's error pages: `NotRegistered`,
+/// `UnauthorizedRegistration`), not a sentence (nginx's "404 Not Found").
+fn page_title(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).to_ascii_lowercase();
+    let start = text.find("<title>")? + "<title>".len();
+    let end = start + text[start..].find("</title>")?;
+    let original = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    let title = original.get(start..end)?.trim();
+    (!title.is_empty() && title.len() <= 64 && title.chars().all(|c| c.is_ascii_alphanumeric()))
+        .then(|| title.to_string())
+}
+
 /// The push service's reason, from its JSON error body (autopush: `{"errno","message"}`,
 /// FCM: `{"error":{"message"}}`, Apple: `{"reason"}`) or its text, on one line, bounded.
 fn reason(body: &[u8]) -> String {
-    // A web page is no push service's words (its text would become a metric label).
-    if body.is_empty() || is_html(body) {
+    if body.is_empty() {
         return String::new();
+    }
+    // A web page is no push service's words (its text would become a metric label), but
+    // for Google's error page, whose title is the reason (`<TITLE>NotRegistered</TITLE>`).
+    if is_html(body) {
+        return page_title(body).unwrap_or_default();
     }
     let text = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(v) => v
@@ -936,9 +955,17 @@ mod tests {
         assert_eq!(reason(b"plain"), "plain");
         // Apple's web push service.
         assert_eq!(reason(br#"{"reason":"BadJwtToken"}"#), "BadJwtToken");
-        // A web page is nobody's reason (its status names it).
-        assert_eq!(reason(b"<HTML>\n<HEAD>\r\n<TITLE>Unauthorized</TITLE>"), "");
+        // A web page is nobody's reason (its status names it), but for a one-word title
+        // (Google's error pages).
+        assert_eq!(
+            reason(b"<html><head><title>404 Not Found</title></head></html>"),
+            ""
+        );
         assert_eq!(reason(b"\n <!DOCTYPE html><html>"), "");
+        assert_eq!(
+            reason(b"<HTML>\n<HEAD>\r\n<TITLE>NotRegistered</TITLE>"),
+            "NotRegistered"
+        );
         assert_eq!(reason(b""), "");
     }
 }
