@@ -32,6 +32,24 @@ fn stderr_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Lines from `rx` until one holds `needle`, within `within` in all: that line (`None` when
+/// the process ended or the time ran out first) and the lines before it.
+fn line_with(
+    rx: &mpsc::Receiver<String>,
+    needle: &str,
+    within: Duration,
+) -> (Option<String>, Vec<String>) {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains(needle) {
+            return (Some(line), seen);
+        }
+        seen.push(line);
+    }
+    (None, seen)
+}
+
 fn config_file(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
     f.write_all(text.as_bytes()).unwrap();
@@ -129,14 +147,8 @@ fn log_interval_paces_the_status_line() {
         .unwrap();
     let rx = stderr_lines(&mut child);
     let started = Instant::now();
-    let mut seen = Vec::new();
-    let status = loop {
-        match rx.recv_timeout(Duration::from_secs(8)) {
-            Ok(line) if line.contains("Status.") => break Some(started.elapsed()),
-            Ok(line) => seen.push(line),
-            Err(_) => break None,
-        }
-    };
+    let (line, seen) = line_with(&rx, "Status.", Duration::from_secs(8));
+    let status = line.map(|_| started.elapsed());
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
@@ -157,18 +169,9 @@ fn starts(cmd: &mut Command) -> (bool, String) {
         .spawn()
         .unwrap();
     let rx = stderr_lines(&mut child);
-    let mut seen = Vec::new();
-    let started = loop {
-        // Ends when the process does (its stderr closes) or after 20 s.
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) if line.contains("Consuming.") => {
-                seen.push(line);
-                break true;
-            }
-            Ok(line) => seen.push(line),
-            Err(_) => break false,
-        }
-    };
+    let (line, mut seen) = line_with(&rx, "Consuming.", Duration::from_secs(20));
+    let started = line.is_some();
+    seen.extend(line);
     let _ = child.kill();
     let _ = child.wait();
     (started, seen.join("\n"))
@@ -358,20 +361,15 @@ fn route_and_results_serve_metrics_and_health() {
             .spawn()
             .unwrap();
         let rx = stderr_lines(&mut child);
-        let mut seen = Vec::new();
-        let addr = loop {
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(line) if line.contains("Serving /metrics") => {
-                    let addr = address.captures(&line).map(|c| c[1].to_owned());
-                    break addr.unwrap_or_else(|| panic!("{command}: no address in {line}"));
-                }
-                Ok(line) => seen.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("{command}: no metrics listener in: {}", seen.join("\n"));
-                }
-            }
+        let (line, seen) = line_with(&rx, "Serving /metrics", Duration::from_secs(20));
+        let Some(line) = line else {
+            let _ = child.kill();
+            panic!("{command}: no metrics listener in: {}", seen.join("\n"));
         };
+        let addr = address
+            .captures(&line)
+            .map(|c| c[1].to_owned())
+            .unwrap_or_else(|| panic!("{command}: no address in {line}"));
         let get = |path: &str| {
             use std::io::Read;
             let mut s = std::net::TcpStream::connect(&addr).unwrap();
