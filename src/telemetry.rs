@@ -11,8 +11,7 @@ use tracing_subscriber::Layer;
 /// Logs go to stderr so stdout stays clean for JSON output (`send`, `mock`, `gen`). Errors
 /// logged also go to Sentry once [`init_sentry`] has set it up (until then the layer is idle).
 pub fn init(debug: bool, json: bool) {
-    let default = if debug { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_env("PUSHER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = log_filter(std::env::var("PUSHER_LOG").ok().as_deref(), debug);
     // Colours only for a person at a terminal (and not with NO_COLOR): a log file or a
     // collector would get escape codes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -34,6 +33,45 @@ pub fn init(debug: bool, json: bool) {
         .with(json)
         .with(ErrorLayer::new().with_filter(LevelFilter::ERROR))
         .try_init();
+}
+
+/// An error and its causes on one line, each said once: an error whose message already holds
+/// its source's (`config file x: No such file or directory (os error 2)`) would otherwise say
+/// the OS cause twice, and one that leaves it to its source (tokio_postgres' "error connecting
+/// to server") would say nothing of what went wrong.
+pub fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
+/// tokio_postgres logs every statement's parameters at debug, a browser subscription's `auth`
+/// secret among them (`-d` printed it): its statements' target stays at info unless the
+/// filter names tokio_postgres.
+const STATEMENT_PARAMETERS: &str = "tokio_postgres::query=info";
+
+/// The log filter: `PUSHER_LOG` (a tracing-subscriber filter) when set and valid, else info,
+/// or debug with `-d`.
+fn log_filter(spec: Option<&str>, debug: bool) -> EnvFilter {
+    let default = if debug { "debug" } else { "info" };
+    let quiet = |spec: &str| {
+        if spec.contains("tokio_postgres") {
+            spec.to_owned()
+        } else {
+            format!("{spec},{STATEMENT_PARAMETERS}")
+        }
+    };
+    spec.filter(|s| !s.trim().is_empty())
+        .and_then(|s| EnvFilter::try_new(quiet(s)).ok())
+        .unwrap_or_else(|| EnvFilter::new(quiet(default)))
 }
 
 /// A value logged as compact JSON (`topics = %Json(&topics)`): text logs show the JSON, and
@@ -643,5 +681,77 @@ impl rdkafka::ClientContext for QuietProducerContext {
     }
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.0.error("producer", &error, reason);
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use std::sync::{Arc, Mutex};
+
+    /// What a subscriber with the filter of `spec` and `-d` writes of a statement's
+    /// parameters (as tokio_postgres logs them) and of another debug line.
+    fn logged(spec: Option<&str>, debug: bool) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(super::log_filter(spec, debug))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "tokio_postgres::query",
+                "executing statement s1 with parameters: [\"auth-secret\"]");
+            tracing::debug!(target: "pusher::platform", "a debug line");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn statement_parameters_stay_out_of_debug_and_trace_logs() {
+        for (spec, debug) in [(None, true), (Some("trace"), false), (Some("debug"), true)] {
+            let text = logged(spec, debug);
+            assert!(text.contains("a debug line"), "{spec:?}: {text}");
+            assert!(!text.contains("auth-secret"), "{spec:?}: {text}");
+        }
+        // Named, as someone debugging PostgreSQL would.
+        assert!(logged(Some("info,tokio_postgres=debug"), false).contains("auth-secret"));
+        // An invalid filter falls back to the default level, still without them.
+        assert!(!logged(Some("pusher=loud"), true).contains("auth-secret"));
+        assert!(logged(Some("pusher=loud"), true).contains("a debug line"));
+    }
+}
+
+#[cfg(test)]
+mod causes_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("error connecting to server")]
+    struct Silent(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("config file x: {0}")]
+    struct Said(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let refused = || std::io::Error::other("Connection refused (os error 111)");
+        assert_eq!(
+            super::with_causes(&Silent(refused())),
+            "error connecting to server: Connection refused (os error 111)"
+        );
+        assert_eq!(
+            super::with_causes(&Said(refused())),
+            "config file x: Connection refused (os error 111)"
+        );
     }
 }

@@ -422,6 +422,16 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
     api.stop().await;
 }
 
+/// PostgreSQL unreachable: the error says why in the OS's words, where it said only "error
+/// connecting to server" (a host unknown, refused or silent read the same).
+#[tokio::test]
+async fn an_unreachable_postgresql_is_named_with_its_cause() {
+    let mut config = common::platform::pg();
+    config.port = 1;
+    let e = Store::new(&config).unwrap().ping().await.unwrap_err();
+    assert!(e.to_string().contains("refused"), "{e}");
+}
+
 /// Kafka unreachable: 503 with Retry-After, nothing reported as accepted, and the claim
 /// released, so that the retry against a working broker produces at once, with the same key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1497,6 +1507,70 @@ async fn notifications_ready_while_no_results_process_runs_still_call_their_webh
 /// before the notification's row are counted when the row is made, and those stored while it
 /// had none are named for a count of their own; two writers storing verdicts of the same
 /// notifications in opposite orders at once neither deadlock nor lose a count.
+/// gorush's `/api/stat/app` in gorush's shape: per platform the verdicts stored for the
+/// caller's app (a token's first verdict for a notification: one replayed or replacing it adds
+/// nothing), and what this process accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_app_counts_the_apps_verdicts_as_gorush_does() {
+    use pusher::platform::store::ResultRow;
+    let (app, _kafka, api) = fresh_api(|_| {}).await;
+    let other = fresh_app("api");
+    let store = common::platform::store().await;
+    let verdict = |app: &str, token: &str, platform: &str, outcome: &str, at_ms: i64| ResultRow {
+        app: app.to_owned(),
+        notif_id: "n-1".to_owned(),
+        token: token.to_owned(),
+        platform: platform.to_owned(),
+        outcome: outcome.to_owned(),
+        reason: String::new(),
+        at_ms,
+        invalid_since_ms: None,
+    };
+    store
+        .store_results(&[
+            verdict(&app, "t1", "gcm", "delivered", 1_000),
+            verdict(&app, "t2", "gcm", "token_invalid", 1_000),
+            verdict(&app, "t3", "apns", "delivered", 1_000),
+        ])
+        .await
+        .unwrap();
+    store
+        .store_results(&[
+            verdict(&app, "t1", "gcm", "delivered", 1_000),
+            verdict(&app, "t3", "apns", "delivered", 2_000),
+            verdict(&other, "t1", "webpush", "delivered", 1_000),
+        ])
+        .await
+        .unwrap();
+    let push = post_json(
+        api.addr,
+        "/api/push",
+        KEY,
+        &json!({"notifications": [{"tokens": ["a", "b"], "platform": 2, "message": "m"}]}),
+    )
+    .await;
+    assert_eq!(push.status, 200, "{}", push.text());
+    let stat = authorized(api.addr, "GET", "/api/stat/app", KEY, "")
+        .await
+        .json();
+    assert_eq!(
+        stat["android"],
+        json!({"push_success": 1, "push_error": 1, "accepted": 2})
+    );
+    assert_eq!(
+        stat["ios"],
+        json!({"push_success": 1, "push_error": 0, "accepted": 0})
+    );
+    assert_eq!(
+        stat["web"],
+        json!({"push_success": 0, "push_error": 0, "accepted": 0})
+    );
+    assert_eq!(stat["huawei"], json!({"push_success": 0, "push_error": 0}));
+    assert_eq!(stat["total_count"], 2);
+    assert_eq!(stat["app"], json!(app));
+    api.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verdicts_are_counted_as_they_are_stored() {
     use pusher::platform::store::ResultRow;

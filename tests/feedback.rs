@@ -21,7 +21,7 @@ fn context(token: &str) -> MessageContext {
         app: "game".into(),
         token: token.to_owned(),
         metadata: json!({"jobId": "job-7"}).as_object().unwrap().into(),
-        consumed_at: 1_731_000_000,
+        consumed_at_ms: 1_731_000_000_000,
         hostname: "test-host".into(),
         canonical_registration_id: None,
     }

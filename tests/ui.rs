@@ -291,6 +291,12 @@ async fn the_page_signs_in_and_its_form_creates_a_message() {
         error.as_str().unwrap_or_default().contains("line 1"),
         "{error}"
     );
+    // The refused form is shown as it was typed, not emptied or reset to normal priority.
+    assert_eq!(
+        page.eval("const f = document.getElementById('message-form'); [f.localizations.value, f.priority.value, f.cooldown_s.value]")
+            .await,
+        json!(["english | x | y", "high", "3600"])
+    );
     let unchanged = request(
         addr,
         "GET",
@@ -300,6 +306,46 @@ async fn the_page_signs_in_and_its_form_creates_a_message() {
     )
     .await;
     assert_eq!(unchanged.json(), stored);
+
+    // A title with a bar and a text with a line break (the API takes both) survive a save
+    // that changes something else: the form escapes them.
+    let sale = json!({"event_id": 19, "priority": "high", "localizations": [
+        {"language_id": 1, "title": "Sale | 50% off", "text": "Come {x}\nnow \\o/"}]});
+    let put = request(
+        addr,
+        "PUT",
+        "/api/v1/messages/sale",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        sale.to_string(),
+    )
+    .await;
+    assert!(put.status < 300, "{}", put.text());
+    page.goto(&format!("{base}/ui?edit=sale")).await;
+    page.submit(
+        "const f = document.getElementById('message-form');
+         f.cooldown_s.value = '60';
+         f.querySelector('button').click()",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('saved')?.innerText")
+            .await,
+        "Saved sale."
+    );
+    let saved = request(
+        addr,
+        "GET",
+        "/api/v1/messages/sale",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(saved["cooldown_s"], 60);
+    assert_eq!(saved["localizations"], sale["localizations"]);
 
     // A user's devices.
     page.goto(&format!("{base}/ui?user=77")).await;

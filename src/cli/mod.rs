@@ -268,19 +268,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// An error and its causes on one line, each said once: an error whose message already
-/// holds its source's (`config file x: No such file or directory (os error 2)`) would
-/// otherwise print the OS cause twice.
+/// An error and its causes on one line, each said once (`telemetry::with_causes`).
 pub fn error_chain(err: &anyhow::Error) -> String {
-    let mut line = err.to_string();
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        if !line.contains(&cause) {
-            line.push_str(": ");
-            line.push_str(&cause);
-        }
-    }
-    line
+    crate::telemetry::with_causes(err.as_ref())
 }
 
 /// SIGINT or SIGTERM, watched from this call on. Made before a command prints its address

@@ -47,14 +47,20 @@ pub struct MessageContext {
     pub metadata: Metadata,
     /// Legacy FCM asked to replace the token with this one (feedback `canonicalRegistrationId`).
     pub canonical_registration_id: Option<String>,
-    /// Unix seconds at which the message was consumed.
-    pub consumed_at: i64,
+    /// Unix milliseconds at which the message was consumed (records give seconds as
+    /// `timestamp`, the seed's field).
+    pub consumed_at_ms: i64,
     /// This pusher's host name (the seed's `metadata.hostname`).
     /// Shared by every message: a copy each was an allocation per message.
     pub hostname: Arc<str>,
 }
 
 impl MessageContext {
+    /// Unix seconds at which the message was consumed.
+    pub fn consumed_at(&self) -> i64 {
+        self.consumed_at_ms.div_euclid(1000)
+    }
+
     /// The seed's feedback metadata: the message's own, plus game, deviceToken, hostname,
     /// timestamp, and `deleteToken: true` when the token is to be deleted.
     /// The record's metadata: the message's, with the seed's fields; for a message with a
@@ -67,6 +73,11 @@ impl MessageContext {
             if let Some(reason) = outcome.reason() {
                 m.insert("reason".to_owned(), Value::from(reason));
             }
+            // The verdict's time for `pusher results`: a token registered again before it
+            // is deleted, after it kept. In whole seconds, a registration earlier in the
+            // same second looked newer and the dead token stayed (the welcome push after a
+            // login is in that second).
+            m.insert("consumedAtMs".to_owned(), Value::from(self.consumed_at_ms));
         }
         if let Some(canonical) = &self.canonical_registration_id {
             m.insert(
@@ -77,7 +88,7 @@ impl MessageContext {
         m.insert("game".to_owned(), Value::from(&*self.app));
         m.insert("deviceToken".to_owned(), Value::from(self.token.as_str()));
         m.insert("hostname".to_owned(), Value::from(&*self.hostname));
-        m.insert("timestamp".to_owned(), Value::from(self.consumed_at));
+        m.insert("timestamp".to_owned(), Value::from(self.consumed_at()));
         if delete_token {
             m.insert("deleteToken".to_owned(), Value::Bool(true));
         }
@@ -286,7 +297,7 @@ pub fn apns_record(outcome: &Outcome, ctx: &MessageContext, apns: &SendDetails) 
         apns_id: apns.apns_id.clone(),
         err,
         device_token: ctx.token.clone(),
-        timestamp: ctx.consumed_at,
+        timestamp: ctx.consumed_at(),
         metadata: ctx.feedback_metadata(outcome),
         notification: apns.notification.clone(),
     }
@@ -332,7 +343,7 @@ pub fn webpush_record(
         outcome: outcome.class(),
         reason: outcome.reason().map(str::to_owned),
         location: details.location.clone(),
-        timestamp: ctx.consumed_at,
+        timestamp: ctx.consumed_at(),
         metadata: ctx.feedback_metadata(outcome),
     }
 }
@@ -451,10 +462,32 @@ mod tests {
                 .as_object()
                 .map(Metadata::from)
                 .unwrap_or_default(),
-            consumed_at: 1_731_000_000,
+            consumed_at_ms: 1_731_000_000_000,
             hostname: "pod-1".into(),
             canonical_registration_id: None,
         }
+    }
+
+    /// A tracked message's verdict reaches `pusher results` to the millisecond: a device
+    /// registered 250 ms before the message was consumed, in the same second, is older than
+    /// the verdict (the seed's `timestamp` stays in seconds).
+    #[test]
+    fn a_tracked_verdict_keeps_its_milliseconds() {
+        let mut ctx = ctx();
+        ctx.consumed_at_ms = 1_731_000_000_750;
+        ctx.metadata = json!({"notif_id": "n-1"})
+            .as_object()
+            .map(Metadata::from)
+            .unwrap_or_default();
+        let outcome = Outcome::TokenInvalid {
+            reason: "NotRegistered".to_owned(),
+            timestamp_ms: None,
+        };
+        let record = FeedbackRecord::Gcm(gcm_record(&outcome, &ctx));
+        let value: Value = serde_json::from_slice(&record.to_json()).unwrap();
+        assert_eq!(value["metadata"]["timestamp"], 1_731_000_000);
+        let row = crate::platform::results::result_of(&value).unwrap();
+        assert_eq!(row.at_ms, 1_731_000_000_750);
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub(super) async fn handle(
     };
     let mut ctx = MessageContext {
         app,
-        consumed_at: now().as_secs() as i64,
+        consumed_at_ms: i64::try_from(now().as_millis()).unwrap_or(i64::MAX),
         hostname: shared.hostname.clone(),
         ..Default::default()
     };

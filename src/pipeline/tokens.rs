@@ -818,7 +818,7 @@ async fn delete_once(pool: &Pool, table: &str, tokens: &[String]) -> Result<Dele
     let client = pool.get().await.map_err(|e| Failure {
         kind: Fault::Transient,
         timed_out: false,
-        message: e.to_string(),
+        message: crate::telemetry::with_causes(&e),
     })?;
     let statement = client
         .prepare_cached(&delete_sql(table))
@@ -884,7 +884,7 @@ impl From<tokio_postgres::Error> for Failure {
             None => Failure {
                 kind: Fault::Transient,
                 timed_out: false,
-                message: e.to_string(),
+                message: crate::telemetry::with_causes(&e),
             },
             // The error's own text ("db error" alone says nothing), with its SQLSTATE.
             Some(db) => Failure {

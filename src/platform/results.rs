@@ -83,9 +83,11 @@ pub fn result_of(record: &Value) -> Option<ResultRow> {
         platform: platform.to_owned(),
         outcome,
         reason: text(metadata.get("reason")),
+        // `consumedAtMs` where the pusher wrote it; other producers' seconds or milliseconds.
         at_ms: verdict_time_ms(
             metadata
-                .get("timestamp")
+                .get("consumedAtMs")
+                .or_else(|| metadata.get("timestamp"))
                 .and_then(Value::as_i64)
                 .unwrap_or_default(),
         ),

@@ -40,7 +40,7 @@ impl From<tokio_postgres::Error> for StoreError {
             .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("54"));
         let text = match e.as_db_error() {
             Some(db) => db.message().to_owned(),
-            None => e.to_string(),
+            None => crate::telemetry::with_causes(&e),
         };
         if refused {
             StoreError::Refused(text)
@@ -56,11 +56,15 @@ impl From<deadpool_postgres::PoolError> for StoreError {
             // A new connection failed: PostgreSQL's own words (a role or database that does
             // not exist), where deadpool's text says only "db error".
             // Unavailable whatever its SQLSTATE: no connection is a request's fault.
-            deadpool_postgres::PoolError::Backend(e) => StoreError::Unavailable(
-                e.as_db_error()
-                    .map_or_else(|| e.to_string(), |db| db.message().to_owned()),
-            ),
-            e => StoreError::Unavailable(e.to_string()),
+            // Otherwise the causes: "error connecting to server" alone did not say whether
+            // the host was unknown, refused or silent.
+            deadpool_postgres::PoolError::Backend(e) => {
+                StoreError::Unavailable(e.as_db_error().map_or_else(
+                    || crate::telemetry::with_causes(&e),
+                    |db| db.message().to_owned(),
+                ))
+            }
+            e => StoreError::Unavailable(crate::telemetry::with_causes(&e)),
         }
     }
 }
@@ -646,7 +650,8 @@ impl Store {
             // storing verdicts of the same notifications in other orders deadlocked otherwise.
             // Not ready (`early`): no row (an event's `<event id>.<message>` never has one: left
             // out) or a pending one; written after those rows are locked, in key order, as
-            // `claim_ready` locks the rows, then these.
+            // `claim_ready` locks the rows, then these. The app's totals (`tallied`, gorush's
+            // `/api/stat/app`) are locked last, in key order, and only by this statement.
             "WITH stored AS (
                  INSERT INTO pusher_results AS r
                        (app, notif_id, token, platform, outcome, reason, at)
@@ -659,7 +664,7 @@ impl Store {
                        SET platform = EXCLUDED.platform, outcome = EXCLUDED.outcome,
                            reason = EXCLUDED.reason, at = EXCLUDED.at
                        WHERE r.at <= EXCLUDED.at
-                     RETURNING r.app, r.notif_id, r.xmax = 0 AS inserted),
+                     RETURNING r.app, r.notif_id, r.platform, r.outcome, r.xmax = 0 AS inserted),
              fresh AS (
                  SELECT app, notif_id, count(*)::int AS n FROM stored WHERE inserted
                  GROUP BY app, notif_id),
@@ -686,7 +691,15 @@ impl Store {
                                AND h.seen_at > now() - make_interval(secs => $8))
                  ORDER BY x.app, x.notif_id
                  ON CONFLICT (app, notif_id) DO UPDATE
-                   SET seen_at = greatest(e.seen_at, EXCLUDED.seen_at))
+                   SET seen_at = greatest(e.seen_at, EXCLUDED.seen_at)),
+             tallied AS (
+                 INSERT INTO pusher_result_totals AS t (app, platform, delivered, failed)
+                 SELECT app, platform, count(*) FILTER (WHERE outcome = 'delivered'),
+                        count(*) FILTER (WHERE outcome <> 'delivered')
+                 FROM stored WHERE inserted GROUP BY app, platform ORDER BY app, platform
+                 ON CONFLICT (app, platform) DO UPDATE
+                   SET delivered = t.delivered + EXCLUDED.delivered,
+                       failed = t.failed + EXCLUDED.failed)
              SELECT app, notif_id FROM uncounted",
             &[
                 &col(|r| &r.app),
@@ -1121,6 +1134,21 @@ impl Store {
         )
         .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The app's verdicts stored so far, by platform: (platform, delivered, not delivered).
+    pub async fn result_totals(&self, app: &str) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = query(
+            &client,
+            "SELECT platform, delivered, failed FROM pusher_result_totals WHERE app = $1",
+            &[&app],
+        )
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     /// How many verdicts the notifications `notif_ids` have, together (one statement).

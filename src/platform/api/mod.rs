@@ -1533,22 +1533,41 @@ fn platform_index(p: Platform) -> usize {
     }
 }
 
-/// gorush's `GET /api/stat/app`, for the caller's app: what this process accepted.
-async fn stat_app(State(state): State<ApiState>, caller: Caller) -> Json<Value> {
-    let [ios, android, web] = state
+/// gorush's `GET /api/stat/app`, for the caller's app, in gorush's shape: per platform the
+/// verdicts stored so far (`push_success` delivered, `push_error` any other outcome, from every
+/// `pusher results`) and what this process accepted (`accepted`; `total_count` their sum, as
+/// gorush counts since its start). gorush's worker and task counts describe its in-process
+/// queue, which has no counterpart here: left out rather than answered as zeros.
+async fn stat_app(State(state): State<ApiState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let accepted = state
         .accepted
         .lock()
         .get(&*caller.app)
         .copied()
         .unwrap_or_default();
-    Json(json!({
+    let totals = state
+        .store
+        .result_totals(&caller.app)
+        .await
+        .map_err(store_error)?;
+    let mut answer = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "app": &*caller.app,
-        "total_count": ios + android + web,
-        "ios": {"accepted": ios},
-        "android": {"accepted": android},
-        "web": {"accepted": web},
-    }))
+        "total_count": accepted.iter().sum::<u64>(),
+        "huawei": {"push_success": 0, "push_error": 0},
+    });
+    for platform in [Platform::Apns, Platform::Gcm, Platform::WebPush] {
+        let (success, error) = totals
+            .iter()
+            .find(|(p, _, _)| p == platform.as_str())
+            .map_or((0, 0), |(_, s, e)| (*s, *e));
+        answer[gorush_platform(platform.as_str())] = json!({
+            "push_success": success,
+            "push_error": error,
+            "accepted": accepted[platform_index(platform)],
+        });
+    }
+    Ok(Json(answer))
 }
 
 /// Pushkin's queue sizes, for the caller's app: the backlog of `pusher route` on the requests

@@ -218,6 +218,7 @@ pub(super) async fn index(
             .map_err(store_error)?,
         None => None,
     };
+    let editing = editing.as_ref().map(MessageForm::from);
     let body = render(&state, &session, &view, editing.as_ref(), None).await?;
     Ok(Html(body).into_response())
 }
@@ -235,7 +236,7 @@ async fn render(
     state: &ApiState,
     session: &Session,
     view: &View,
-    editing: Option<&Message>,
+    editing: Option<&MessageForm>,
     error: Option<&str>,
 ) -> Result<String, ApiError> {
     let caller = &session.caller;
@@ -387,19 +388,13 @@ async fn routed_per_second(state: &ApiState, app: &str) -> Option<f64> {
     (seconds > 0.0).then(|| (position.committed - committed).max(0) as f64 / seconds)
 }
 
-/// The form that creates a message or replaces one (the name says which); `csrf` is its
-/// hidden token input.
-fn message_form(m: Option<&Message>, csrf: &str) -> String {
-    let localizations: Vec<String> = m
-        .map(|m| {
-            m.localizations
-                .iter()
-                .map(|l| format!("{} | {} | {}", l.language_id, l.title, l.text))
-                .collect()
-        })
-        .unwrap_or_default();
-    let value = |f: fn(&Message) -> String| m.map(f).map(|v| escape(&v)).unwrap_or_default();
-    let high = m.is_some_and(|m| m.priority == Priority::High);
+/// The form that creates a message or replaces one (the name says which): a stored message,
+/// or a refused form as it was typed (a refusal that emptied the localizations and reset the
+/// priority was one more save from storing that). `csrf` is its hidden token input.
+fn message_form(shown: Option<&MessageForm>, csrf: &str) -> String {
+    let value = |f: fn(&MessageForm) -> &str| shown.map(f).map(escape).unwrap_or_default();
+    let number = |f: fn(&MessageForm) -> &str| shown.map_or_else(|| "0".into(), |m| escape(f(m)));
+    let high = shown.is_some_and(|m| m.priority == "high");
     format!(
         r#"<h2>{heading}</h2>
 <form method="post" action="/ui/messages" id="message-form">{csrf}
@@ -409,22 +404,117 @@ fn message_form(m: Option<&Message>, csrf: &str) -> String {
 <label>Screen (deep link) <input name="screen" value="{screen}"></label>
 <label>Expiry, seconds (0: the provider's default) <input name="expiry_s" value="{expiry}" inputmode="numeric"></label>
 <label>Priority <select name="priority"><option value="normal">normal</option><option value="high"{selected}>high</option></select></label>
-<label>Localizations, one per line: <code>language id | title | text</code>; <code>{{name}}</code> takes the event's pair
+<label>Localizations, one per line: <code>language id | title | text</code>; <code>{{name}}</code> takes the event's pair; in a title or text <code>\|</code> is a bar, <code>\n</code> a new line, <code>\\</code> a backslash
 <textarea name="localizations" rows="4" required>{localizations}</textarea></label>
 <button type="submit">Save</button></form>"#,
-        heading = if m.is_some() {
+        heading = if shown.is_some() {
             "Edit message"
         } else {
             "New message"
         },
-        name = value(|m| m.name.clone()),
-        event = value(|m| m.event_id.to_string()),
-        cooldown = m.map_or_else(|| "0".to_owned(), |m| m.cooldown_s.to_string()),
-        screen = value(|m| m.screen.clone()),
-        expiry = m.map_or_else(|| "0".to_owned(), |m| m.expiry_s.to_string()),
+        name = value(|m| &m.name),
+        event = value(|m| &m.event_id),
+        cooldown = number(|m| &m.cooldown_s),
+        screen = value(|m| &m.screen),
+        expiry = number(|m| &m.expiry_s),
         selected = if high { " selected" } else { "" },
-        localizations = escape(&localizations.join("\n")),
+        localizations = value(|m| &m.localizations),
     )
+}
+
+/// A title or text as one field of a localization line: `|`, line breaks and the backslash
+/// escaped, so that saving the form unchanged stores what it showed (a title with a bar was
+/// split into title and text, a text with a line break could not be saved).
+fn line_field(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '|' => out.push_str("\\|"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A localization line's fields: split at the bars that are not escaped, the last field
+/// taking the rest (a bar typed in a text, unescaped, stays in it), each trimmed, then
+/// unescaped. A backslash before anything else stays as typed.
+fn line_fields(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                field.push(c);
+                field.extend(chars.next());
+            }
+            '|' if fields.len() < 2 => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    fields.push(field);
+    fields
+        .iter()
+        .map(|raw| unescape_field(raw.trim()))
+        .collect()
+}
+
+/// `line_field` undone.
+fn unescape_field(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('|') => out.push('|'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('\\') => out.push('\\'),
+            other => {
+                out.push('\\');
+                out.extend(other);
+            }
+        }
+    }
+    out
+}
+
+impl From<&Message> for MessageForm {
+    fn from(m: &Message) -> Self {
+        MessageForm {
+            csrf: String::new(),
+            name: m.name.clone(),
+            event_id: m.event_id.to_string(),
+            cooldown_s: m.cooldown_s.to_string(),
+            screen: m.screen.clone(),
+            expiry_s: m.expiry_s.to_string(),
+            priority: match m.priority {
+                Priority::High => "high",
+                Priority::Normal => "normal",
+            }
+            .to_owned(),
+            localizations: m
+                .localizations
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} | {} | {}",
+                        l.language_id,
+                        line_field(&l.title),
+                        line_field(&l.text)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -556,14 +646,12 @@ fn parse_form(f: &MessageForm) -> Result<Message, String> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut parts = line.splitn(3, '|').map(str::trim);
-        let (Some(language), Some(title), Some(text)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(format!(
+        let [language, title, text]: [String; 3] = line_fields(line).try_into().map_err(|_| {
+            format!(
                 "localizations line {}: write language id | title | text",
                 i + 1
-            ));
-        };
+            )
+        })?;
         localizations.push(Localization {
             language_id: language.parse().map_err(|_| {
                 format!(
@@ -571,8 +659,8 @@ fn parse_form(f: &MessageForm) -> Result<Message, String> {
                     i + 1
                 )
             })?,
-            title: title.to_owned(),
-            text: text.to_owned(),
+            title,
+            text,
         });
     }
     let message = Message {
@@ -612,21 +700,11 @@ pub(super) async fn save_message(
             Ok(redirect(&format!("/ui?saved={}", m.name)))
         }
         Err(error) => {
-            let shown = Message {
-                name: form.name.clone(),
-                id: 0,
-                event_id: form.event_id.trim().parse().unwrap_or_default(),
-                cooldown_s: form.cooldown_s.trim().parse().unwrap_or_default(),
-                screen: form.screen.clone(),
-                expiry_s: form.expiry_s.trim().parse().unwrap_or_default(),
-                priority: Priority::Normal,
-                localizations: Vec::new(),
-            };
             let body = render(
                 &state,
                 &session,
                 &View::default(),
-                Some(&shown),
+                Some(&form),
                 Some(&error),
             )
             .await?;
@@ -711,5 +789,25 @@ mod tests {
             ..form
         };
         assert!(parse_form(&bad).unwrap_err().contains("line 1"));
+    }
+
+    /// What the form shows of a title and a text reads back as the same title and text.
+    #[test]
+    fn localization_lines_round_trip() {
+        for (title, text) in [
+            ("Sale | 50% off", "Come {x}"),
+            (
+                "Two\nlines",
+                "a \\ backslash, a \\n that is not a break, \r",
+            ),
+            ("plain", "plain"),
+        ] {
+            let line = format!("1 | {} | {}", line_field(title), line_field(text));
+            assert!(!line.contains('\n'), "{line}");
+            assert_eq!(line_fields(&line), ["1", title, text], "{line}");
+        }
+        // Typed by hand: a bar in the text stays in it; a backslash before anything else stays.
+        assert_eq!(line_fields("2 | Hi | a | b \\d"), ["2", "Hi", "a | b \\d"]);
+        assert_eq!(line_fields("english | x"), ["english", "x"]);
     }
 }

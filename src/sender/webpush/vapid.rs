@@ -68,8 +68,16 @@ pub fn parse_private_key(text: &str) -> Result<p256::SecretKey, VapidError> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text.trim_end_matches('='))
         .map_err(|e| VapidError::BadKey(format!("not base64url ({e})")))?;
+    // Exactly 32: `from_slice` pads 24-31 bytes with zeros, so a key cut short in a copy
+    // was taken as another key, and every push services' check of it failed.
+    if raw.len() != 32 {
+        return Err(VapidError::BadKey(format!(
+            "{} bytes, not a 32-byte P-256 scalar",
+            raw.len()
+        )));
+    }
     p256::SecretKey::from_slice(&raw)
-        .map_err(|_| VapidError::BadKey(format!("{} bytes, not a P-256 scalar", raw.len())))
+        .map_err(|_| VapidError::BadKey("32 bytes, but not a P-256 scalar".to_owned()))
 }
 
 /// A subject whose host is no public name (`mailto:ops@localhost`, `https://box.local`).
@@ -322,6 +330,11 @@ mod tests {
             key().to_bytes()
         );
         assert!(parse_private_key("AAAA").is_err());
+        // A raw key cut short (24-31 bytes) is refused, not padded into another key.
+        for len in [32, 40] {
+            let e = parse_private_key(&raw[..len]).expect_err("short");
+            assert!(e.to_string().contains("not a 32-byte"), "{e}");
+        }
         assert!(
             parse_private_key("-----BEGIN PRIVATE KEY-----\nxx\n-----END PRIVATE KEY-----")
                 .is_err()
