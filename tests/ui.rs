@@ -424,6 +424,19 @@ async fn the_ui_guards_its_cookie_and_its_forms() {
     let plain = request(addr, "POST", "/ui/login", &[form], format!("key={KEY}")).await;
     let cookie = plain.headers["set-cookie"].to_str().unwrap();
     assert!(!cookie.contains("Secure"), "{cookie}");
+    // A sign-in form posted from another site's page opens no session.
+    for site in ["cross-site", "same-site"] {
+        let forged = request(
+            addr,
+            "POST",
+            "/ui/login",
+            &[form, ("sec-fetch-site", site)],
+            format!("key={KEY}"),
+        )
+        .await;
+        assert_eq!(forged.status, 403, "{site}");
+        assert!(!forged.headers.contains_key("set-cookie"), "{site}");
+    }
 
     let session = format!("pusher_ui={}", session_of(&plain));
     let page = request(addr, "GET", "/ui", &[("cookie", &session)], "").await;

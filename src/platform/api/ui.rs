@@ -541,6 +541,19 @@ pub(super) async fn login(
     given: Result<Form<Login>, FormRejection>,
 ) -> Result<Response, UiError> {
     let form = form(given, LOGIN_BODY_LIMIT)?;
+    // A sign-in posted from another site's page (login CSRF: the victim signed into the
+    // attacker's app, writing its messages there). Browsers say where a request comes from
+    // whatever proxy is between; a client that does not say (curl) is let through.
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site != "same-origin" && site != "none")
+    {
+        return Ok((
+            StatusCode::FORBIDDEN,
+            Html(login_page(Some("Sign in from this page."))),
+        )
+            .into_response());
+    }
     // Over HTTPS, the browser is told never to send the session over plain HTTP.
     let secure = if over_https(&headers) { "; Secure" } else { "" };
     Ok(
