@@ -1901,6 +1901,44 @@ async fn webhook_calls_in_progress_are_bounded_and_the_rest_made_later() {
     );
 }
 
+/// One app's hook that hangs holds only that app's calls: with its bound full, another
+/// app's hook is still called at once. Before, one bound for every app made a failing hook
+/// keep other apps' completed notifications uncalled until it recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_apps_hanging_hook_holds_no_other_apps_calls() {
+    let store = common::platform::store().await;
+    let (stuck, quick) = (fresh_app("api"), fresh_app("api"));
+    let hanging = hook_server(|| async {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        axum::http::StatusCode::OK
+    })
+    .await;
+    let (hook, mut calls) = webhook_receiver().await;
+    let hooks = pusher::platform::webhook::Webhooks::new(&std::collections::BTreeMap::from([
+        (stuck.clone(), hanging),
+        (quick.clone(), hook),
+    ]))
+    .unwrap()
+    .with_max_calls(2);
+    assert!(hooks.spawn_call(&store, &stuck, "s-1", b"{}".to_vec()));
+    assert!(hooks.spawn_call(&store, &stuck, "s-2", b"{}".to_vec()));
+    assert!(
+        !hooks.spawn_call(&store, &stuck, "s-3", b"{}".to_vec()),
+        "its bound is full: handed back"
+    );
+    assert_eq!(hooks.free_slots(&stuck), 0);
+    assert_eq!(hooks.free_slots(&quick), 2);
+    assert!(hooks.spawn_call(&store, &quick, "q-1", br#"{"notif_id":"q-1"}"#.to_vec()));
+    let body = next_within(
+        &mut calls,
+        Duration::from_secs(10),
+        "the other app's hook is called",
+    )
+    .await;
+    assert_eq!(body["notif_id"], "q-1");
+    hooks.stop(&store).await;
+}
+
 /// A webhook call outlives the `pusher results` that made it: one stopped mid-retry gives its
 /// call up and the next makes it at once; one that died (its claim no longer renewed) leaves
 /// it to the next after the lease. A call that ended is not made again.

@@ -236,9 +236,9 @@ impl Completion {
         }
     }
 
-    /// How many abandoned calls the sweep takes: no more than it can start now.
-    fn abandoned_limit(&self) -> i64 {
-        i64::try_from(self.webhooks.free_slots())
+    /// How many of `app`'s abandoned calls the sweep takes: no more than it can start now.
+    fn abandoned_limit(&self, app: &str) -> i64 {
+        i64::try_from(self.webhooks.free_slots(app))
             .unwrap_or(ABANDONED_MAX)
             .min(ABANDONED_MAX)
     }
@@ -348,14 +348,23 @@ impl Completion {
                     tracing::warn!(error = %e, "Cannot look for notifications that became ready; retrying.")
                 }
             }
-            match self
-                .store
-                .claim_abandoned_webhooks(&apps, webhook::LEASE, self.abandoned_limit())
-                .await
-            {
-                Ok(abandoned) => calls += self.call_all(&abandoned).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot look for abandoned webhook calls; retrying.")
+            // App by app, each as far as its own calls allow: one app's hook that is down
+            // (its calls deferred, all of them, again and again) takes no other app's turn.
+            for app in &apps {
+                let limit = self.abandoned_limit(app);
+                if limit == 0 {
+                    continue;
+                }
+                match self
+                    .store
+                    .claim_abandoned_webhooks(app, webhook::LEASE, limit)
+                    .await
+                {
+                    Ok(abandoned) => calls += self.call_all(&abandoned).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot look for abandoned webhook calls; retrying.");
+                        break;
+                    }
                 }
             }
             if last_prune.elapsed() >= PRUNE_EVERY {

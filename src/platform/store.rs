@@ -937,27 +937,26 @@ impl Store {
             .collect())
     }
 
-    /// Of `apps`' webhook calls in progress, those whose claim is older than `lease` (its
-    /// process died, or stopped without ending them), up to `limit`: claimed again here, with
-    /// their verdicts counted by outcome, so this process calls them.
+    /// Of `app`'s webhook calls in progress, those whose claim is older than `lease` (its
+    /// process died, or stopped without ending them, or handed them back), up to `limit`,
+    /// the oldest first: claimed again here, with their verdicts counted by outcome, so this
+    /// process calls them.
     pub async fn claim_abandoned_webhooks(
         &self,
-        apps: &[&str],
+        app: &str,
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<Completed>, StoreError> {
-        if apps.is_empty() {
-            return Ok(Vec::new());
-        }
         let client = self.pool.get().await?;
         let rows = query(
             &client,
             "WITH claimed AS (
                  UPDATE pusher_notifications AS n SET notified_at = now()
                  FROM (SELECT app, notif_id FROM pusher_notifications
-                       WHERE app = ANY($1) AND notified_at IS NOT NULL AND webhook IS NULL
+                       WHERE app = (SELECT $1::text) AND notified_at IS NOT NULL
+                         AND webhook IS NULL
                          AND notified_at < now() - make_interval(secs => $2)
-                       LIMIT $3 FOR UPDATE SKIP LOCKED) AS old
+                       ORDER BY notified_at LIMIT $3 FOR UPDATE SKIP LOCKED) AS old
                  WHERE n.app = old.app AND n.notif_id = old.notif_id
                  RETURNING n.app, n.notif_id, n.targets)
              SELECT c.app, c.notif_id, coalesce(c.targets, 0), o.outcomes, o.counts
@@ -966,7 +965,7 @@ impl Store {
                  FROM (SELECT outcome, count(*) AS n FROM pusher_results r
                        WHERE r.app = c.app AND r.notif_id = c.notif_id GROUP BY outcome) x
              ) o ON true",
-            &[&apps, &lease.as_secs_f64(), &limit],
+            &[&app, &lease.as_secs_f64(), &limit],
         )
         .await?;
         Ok(rows

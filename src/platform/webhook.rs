@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A call not renewed for this long belonged to a process that died. Longer than the most a
 /// call goes unrenewed: one attempt (10 s to connect, 30 s to answer) after a wait of at
-/// most the policy's cap (120 s).
+/// most the policy's cap (120 s) and at most a minute for a free attempt (longer renews),
+/// or, after its last attempt, a minute recording its end.
 pub const LEASE: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +51,25 @@ pub struct Webhooks {
     open: Arc<Mutex<HashSet<(String, String)>>>,
     /// Cancelled by `stop`: the calls' tasks end without recording an end.
     stopped: CancellationToken,
-    /// Calls in progress at most ([`MAX_CALLS`]).
-    slots: Arc<tokio::sync::Semaphore>,
+    /// Calls in progress at most, per app ([`MAX_CALLS`] each): one app's hook that is down
+    /// holds only its own. With one bound for all apps, a failing hook kept every slot and
+    /// other apps' completed notifications waited, uncalled, until it recovered.
+    slots: Arc<BTreeMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Attempts in progress at most, over all apps ([`MAX_ATTEMPTS_OPEN`]): the sockets.
+    /// Waited for in turn, so another app's attempt waits at most for one attempt to end.
+    attempts: Arc<tokio::sync::Semaphore>,
 }
 
-/// Calls one process makes at once. A hook that is down or slow keeps each call for minutes
-/// (10 attempts, up to 2 min apart, each up to 40 s): unbounded, a few thousand completions a
-/// second meant hundreds of thousands of tasks and tens of thousands of sockets (the process's
-/// file descriptors, which Kafka and PostgreSQL need too). Past the bound a completed
+/// Calls one process makes at once for one app. A hook that is down or slow keeps each call
+/// for minutes (10 attempts, up to 2 min apart, each up to 40 s): unbounded, a few thousand
+/// completions a second meant hundreds of thousands of tasks. Past the bound a completed
 /// notification's call is handed back to PostgreSQL and made when a slot frees.
 pub const MAX_CALLS: usize = 256;
+
+/// Attempts (connections) in progress at once over all apps: the process's file
+/// descriptors, which Kafka and PostgreSQL need too. A call waiting between attempts holds
+/// none.
+pub const MAX_ATTEMPTS_OPEN: usize = 256;
 
 impl Webhooks {
     pub fn new(urls: &BTreeMap<String, String>) -> Result<Webhooks, WebhookError> {
@@ -92,13 +102,21 @@ impl Webhooks {
             },
             open: Arc::default(),
             stopped: CancellationToken::new(),
-            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS)),
-        })
+            slots: Arc::new(BTreeMap::new()),
+            attempts: Arc::new(tokio::sync::Semaphore::new(MAX_ATTEMPTS_OPEN)),
+        }
+        .with_max_calls(MAX_CALLS))
     }
 
-    /// The same hooks with at most `calls` in progress at once (tests; [`MAX_CALLS`] else).
+    /// The same hooks with at most `calls` in progress at once per app (tests; [`MAX_CALLS`]
+    /// else).
     pub fn with_max_calls(mut self, calls: usize) -> Webhooks {
-        self.slots = Arc::new(tokio::sync::Semaphore::new(calls));
+        self.slots = Arc::new(
+            self.urls
+                .keys()
+                .map(|app| (app.clone(), Arc::new(tokio::sync::Semaphore::new(calls))))
+                .collect(),
+        );
         self
     }
 
@@ -125,19 +143,21 @@ impl Webhooks {
             .map(String::as_str)
     }
 
-    /// Calls free now.
-    pub fn free_slots(&self) -> usize {
-        self.slots.available_permits()
+    /// Calls `app` may start now.
+    pub fn free_slots(&self, app: &str) -> usize {
+        self.slots
+            .get(app)
+            .map_or(0, |slots| slots.available_permits())
     }
 
     /// Calls `app`'s hook with `body` in a task of its own, retrying until it answers 2xx;
     /// the call was claimed in `store`, where it is renewed before each retry and ended.
-    /// False when [`MAX_CALLS`] are in progress: the caller hands the claim back.
+    /// False when [`MAX_CALLS`] of the app's are in progress: the caller hands the claim back.
     pub fn spawn_call(&self, store: &Store, app: &str, notif_id: &str, body: Vec<u8>) -> bool {
-        let Some(uri) = self.urls.get(app).cloned() else {
+        let (Some(uri), Some(slots)) = (self.urls.get(app).cloned(), self.slots.get(app)) else {
             return true;
         };
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
             return false;
         };
         let key = (app.to_owned(), notif_id.to_owned());
@@ -149,19 +169,25 @@ impl Webhooks {
                 return true; // stopping, or already calling it (this process's claim expired)
             }
         }
-        let (tls, policy, open, store, stopped) = (
+        let (tls, policy, open, store, stopped, attempts) = (
             self.tls.clone(),
             self.policy.clone(),
             self.open.clone(),
             store.clone(),
             self.stopped.clone(),
+            self.attempts.clone(),
         );
         tokio::spawn(async move {
             let _slot = slot;
             let (app, notif_id) = (key.0.as_str(), key.1.as_str());
             let body = Bytes::from(body);
+            let hook = Hook {
+                uri: &uri,
+                tls: &tls,
+                attempts: &attempts,
+            };
             let ok = tokio::select! {
-                ok = deliver(&uri, &tls, &policy, &store, app, notif_id, body) => ok,
+                ok = deliver(hook, &policy, &store, app, notif_id, body) => ok,
                 // `stop` gives the claim up.
                 _ = stopped.cancelled() => return,
             };
@@ -170,9 +196,9 @@ impl Webhooks {
             .increment(1);
             // The end is recorded before the call leaves `open`: a stop in between gives up a
             // claim that is already ended, which changes nothing.
-            if let Err(e) = store.end_webhook(app, notif_id, ok).await {
-                tracing::warn!(app, notif_id, error = %e,
-                    "Cannot record the webhook's end; it may be called again after its lease.");
+            tokio::select! {
+                () = record_end(&store, app, notif_id, ok) => {}
+                _ = stopped.cancelled() => return,
             }
             open.lock().remove(&key);
         });
@@ -198,10 +224,46 @@ impl Webhooks {
     }
 }
 
-/// Calls `uri` until it answers 2xx or the policy gives up; whether it answered.
+/// Records how a call ended, retried for up to a minute: a call made and not recorded is
+/// made again after its lease, so PostgreSQL failing for a moment (seen: 20 s) made every
+/// hook called in that moment be called twice, five minutes later, with no process dying.
+/// Within the minute the claim stays far from the lease (renewed before the last attempt).
+async fn record_end(store: &Store, app: &str, notif_id: &str, ok: bool) {
+    let policy = RetryPolicy::unbounded(Duration::from_millis(500), Duration::from_secs(8));
+    let started = tokio::time::Instant::now();
+    let mut failures = 0;
+    loop {
+        match store.end_webhook(app, notif_id, ok).await {
+            Ok(()) => return,
+            Err(e) if started.elapsed() >= Duration::from_secs(60) => {
+                tracing::warn!(app, notif_id, error = %e,
+                    "Cannot record the webhook's end; it may be called again after its lease.");
+                return;
+            }
+            Err(_) => failures += 1,
+        }
+        let wait = policy.delay(failures, None, &mut rand::rng()); // the rng is not Send
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn renew(store: &Store, app: &str, notif_id: &str) {
+    if let Err(e) = store.renew_webhook(app, notif_id).await {
+        tracing::warn!(app, notif_id, error = %e, "Cannot renew the webhook's claim.");
+    }
+}
+
+/// Where a call goes, and the process's bound on attempts in progress.
+#[derive(Clone, Copy)]
+struct Hook<'a> {
+    uri: &'a Uri,
+    tls: &'a Arc<rustls::ClientConfig>,
+    attempts: &'a tokio::sync::Semaphore,
+}
+
+/// Calls the hook until it answers 2xx or the policy gives up; whether it answered.
 async fn deliver(
-    uri: &Uri,
-    tls: &Arc<rustls::ClientConfig>,
+    hook: Hook<'_>,
     policy: &RetryPolicy,
     store: &Store,
     app: &str,
@@ -211,7 +273,19 @@ async fn deliver(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let problem = match call(uri, tls, body.clone()).await {
+        let waited = tokio::time::Instant::now();
+        let answer = match hook.attempts.acquire().await {
+            Ok(_open) => {
+                // Every attempt in the process busy (hooks that hang) for long: the claim is
+                // renewed, as before a retry, so that no other process takes it for abandoned.
+                if waited.elapsed() > Duration::from_secs(60) {
+                    renew(store, app, notif_id).await;
+                }
+                call(hook.uri, hook.tls, body.clone()).await
+            }
+            Err(_) => Err("stopped".to_owned()),
+        };
+        let problem = match answer {
             Ok(status) if (200..300).contains(&status) => return true,
             Ok(status) => format!("HTTP {status}"),
             Err(e) => e,
@@ -227,9 +301,7 @@ async fn deliver(
             return false;
         }
         tracing::warn!(app, notif_id, attempt, problem, "Webhook failed; retrying.");
-        if let Err(e) = store.renew_webhook(app, notif_id).await {
-            tracing::warn!(app, notif_id, error = %e, "Cannot renew the webhook's claim.");
-        }
+        renew(store, app, notif_id).await;
         let wait = policy.delay(attempt, None, &mut rand::rng()); // the rng is not Send
         tokio::time::sleep(wait).await;
     }
@@ -275,16 +347,32 @@ async fn call(uri: &Uri, tls: &Arc<rustls::ClientConfig>, body: Bytes) -> Result
             send(tcp, request).await
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), answer)
+    let response = tokio::time::timeout(ANSWER_WITHIN, answer)
         .await
-        .map_err(|_| "no answer within 30 s".to_owned())?
+        .map_err(|_| "no answer within 30 s".to_owned())??;
+    let status = response.status().as_u16();
+    // Its status is the answer: the body is read (a bounded part) only so that a small one
+    // ends the exchange cleanly, and for a moment at most, apart from the answer's deadline
+    // (a 200 whose body came a byte a second was taken for no answer, and called again).
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BODY).collect(),
+    )
+    .await;
+    Ok(status)
 }
+
+/// How long a hook has to answer a call with its status, from the connection's start.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 /// The most of an answer's body read: only its status is used, and a hook URL pointing at a
 /// download or a stream held up to this many calls' bodies in memory ([`MAX_CALLS`]).
 const MAX_ANSWER_BODY: usize = 64 * 1024;
 
-async fn send<S>(stream: S, request: hyper::Request<Full<Bytes>>) -> Result<u16, String>
+async fn send<S>(
+    stream: S,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -293,16 +381,10 @@ where
             .await
             .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let response = sender
+    sender
         .send_request(request)
         .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    // Read (a bounded part) rather than dropped unread, so that a small answer ends cleanly.
-    let _ = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BODY)
-        .collect()
-        .await;
-    Ok(status)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -362,6 +444,41 @@ mod tests {
             "{head}"
         );
         assert!(head.contains(&format!("host: {addr}\r\n")), "{head}");
+    }
+
+    /// A 200 whose body comes a byte a second is an answer: its status counts, not the
+    /// body's pace. Before, the 30 s deadline covered the body: the call failed and was made
+    /// again.
+    #[tokio::test]
+    async fn a_slow_body_after_the_status_is_an_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await.unwrap();
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 45\r\n\r\n")
+                .await
+                .unwrap();
+            for _ in 0..45 {
+                if stream.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let uri: Uri = format!("http://{addr}/hook").parse().unwrap();
+        let tls = client_config(&TlsOptions::default()).unwrap();
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            call(&uri, &tls, Bytes::from_static(b"{}")),
+        )
+        .await
+        .expect("answered once its status is in")
+        .unwrap();
+        assert_eq!(status, 200);
     }
 
     /// A hook that answers 200 with a body without end (a URL pointing at a stream) is
