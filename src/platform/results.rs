@@ -269,7 +269,7 @@ impl Completion {
             .iter()
             .map(|c| (c.app.clone(), c.notif_id.clone()))
             .collect();
-        match self.store.release_webhooks(&pairs).await {
+        match self.store.release_webhooks(&pairs, webhook::LEASE).await {
             Ok(()) => {
                 metrics::counter!(crate::telemetry::names::WEBHOOKS, "result" => "handed_over")
                     .increment(handed.len() as u64);
@@ -302,7 +302,7 @@ impl Completion {
         if !deferred.is_empty() {
             metrics::counter!(crate::telemetry::names::WEBHOOKS, "result" => "deferred")
                 .increment(deferred.len() as u64);
-            if let Err(e) = self.store.release_webhooks(&deferred).await {
+            if let Err(e) = self.store.release_webhooks(&deferred, webhook::LEASE).await {
                 tracing::warn!(error = %e, notifications = deferred.len(),
                     "Cannot hand webhook calls back; they are made after the lease.");
             }

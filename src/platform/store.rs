@@ -1016,7 +1016,15 @@ impl Store {
 
     /// Gives up the claims of webhook calls not ended (a process stopping mid-retry), so that
     /// the next `pusher results` calls them at once instead of after the lease.
-    pub async fn release_webhooks(&self, pairs: &[(String, String)]) -> Result<(), StoreError> {
+    ///
+    /// A released call is due now, as one whose `lease` ran out just now: the sweep takes the
+    /// calls due the longest first, so those handed back wait their turn behind older ones and
+    /// before newer ones (all set to `-infinity`, they tied, and some waited without end).
+    pub async fn release_webhooks(
+        &self,
+        pairs: &[(String, String)],
+        lease: Duration,
+    ) -> Result<(), StoreError> {
         if pairs.is_empty() {
             return Ok(());
         }
@@ -1024,10 +1032,11 @@ impl Store {
         let client = self.pool.get().await?;
         execute(
             &client,
-            "UPDATE pusher_notifications AS n SET notified_at = '-infinity'
+            "UPDATE pusher_notifications AS n
+                 SET notified_at = now() - make_interval(secs => $3) - interval '1 millisecond'
                  FROM unnest($1::text[], $2::text[]) AS t(app, notif_id)
                  WHERE n.app = t.app AND n.notif_id = t.notif_id AND n.webhook IS NULL",
-            &[&apps, &ids],
+            &[&apps, &ids, &lease.as_secs_f64()],
         )
         .await?;
         Ok(())

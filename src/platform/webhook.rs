@@ -21,15 +21,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::Uri;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A call not renewed for this long belonged to a process that died. Longer than the most a
 /// call goes unrenewed: one attempt (10 s to connect, 30 s to answer) after a wait of at
-/// most the policy's cap (120 s) and at most a minute for a free attempt (longer renews),
-/// or, after its last attempt, a minute recording its end.
+/// most the policy's cap (120 s), and after its last attempt a minute recording its end.
 pub const LEASE: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
@@ -47,29 +46,24 @@ pub struct Webhooks {
     urls: Arc<BTreeMap<String, Uri>>,
     tls: Arc<rustls::ClientConfig>,
     policy: RetryPolicy,
-    /// Calls in progress in this process, `(app, notif_id)`: given up when it stops.
-    open: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Calls in progress in this process, `(app, notif_id)`, with how the call went once it
+    /// is being recorded: given up when it stops, or recorded then.
+    open: Arc<Mutex<HashMap<(String, String), Option<bool>>>>,
     /// Cancelled by `stop`: the calls' tasks end without recording an end.
     stopped: CancellationToken,
     /// Calls in progress at most, per app ([`MAX_CALLS`] each): one app's hook that is down
     /// holds only its own. With one bound for all apps, a failing hook kept every slot and
     /// other apps' completed notifications waited, uncalled, until it recovered.
     slots: Arc<BTreeMap<String, Arc<tokio::sync::Semaphore>>>,
-    /// Attempts in progress at most, over all apps ([`MAX_ATTEMPTS_OPEN`]): the sockets.
-    /// Waited for in turn, so another app's attempt waits at most for one attempt to end.
-    attempts: Arc<tokio::sync::Semaphore>,
 }
 
 /// Calls one process makes at once for one app. A hook that is down or slow keeps each call
 /// for minutes (10 attempts, up to 2 min apart, each up to 40 s): unbounded, a few thousand
-/// completions a second meant hundreds of thousands of tasks. Past the bound a completed
-/// notification's call is handed back to PostgreSQL and made when a slot frees.
+/// completions a second meant hundreds of thousands of tasks and tens of thousands of sockets
+/// (the process's file descriptors, which Kafka and PostgreSQL need too: at most this many
+/// per hooked app now). Past the bound a completed notification's call is handed back to
+/// PostgreSQL and made when a slot frees.
 pub const MAX_CALLS: usize = 256;
-
-/// Attempts (connections) in progress at once over all apps: the process's file
-/// descriptors, which Kafka and PostgreSQL need too. A call waiting between attempts holds
-/// none.
-pub const MAX_ATTEMPTS_OPEN: usize = 256;
 
 impl Webhooks {
     pub fn new(urls: &BTreeMap<String, String>) -> Result<Webhooks, WebhookError> {
@@ -103,7 +97,6 @@ impl Webhooks {
             open: Arc::default(),
             stopped: CancellationToken::new(),
             slots: Arc::new(BTreeMap::new()),
-            attempts: Arc::new(tokio::sync::Semaphore::new(MAX_ATTEMPTS_OPEN)),
         }
         .with_max_calls(MAX_CALLS))
     }
@@ -165,37 +158,36 @@ impl Webhooks {
             // Under the lock `stop` drains `open` with, after it cancels: a call is either
             // drained and given up, or never started.
             let mut open = self.open.lock();
-            if self.stopped.is_cancelled() || !open.insert(key.clone()) {
+            if self.stopped.is_cancelled() || open.contains_key(&key) {
                 return true; // stopping, or already calling it (this process's claim expired)
             }
+            open.insert(key.clone(), None);
         }
-        let (tls, policy, open, store, stopped, attempts) = (
+        let (tls, policy, open, store, stopped) = (
             self.tls.clone(),
             self.policy.clone(),
             self.open.clone(),
             store.clone(),
             self.stopped.clone(),
-            self.attempts.clone(),
         );
         tokio::spawn(async move {
             let _slot = slot;
             let (app, notif_id) = (key.0.as_str(), key.1.as_str());
             let body = Bytes::from(body);
-            let hook = Hook {
-                uri: &uri,
-                tls: &tls,
-                attempts: &attempts,
-            };
             let ok = tokio::select! {
-                ok = deliver(hook, &policy, &store, app, notif_id, body) => ok,
+                ok = deliver(&uri, &tls, &policy, &store, app, notif_id, body) => ok,
                 // `stop` gives the claim up.
                 _ = stopped.cancelled() => return,
             };
             metrics::counter!(crate::telemetry::names::WEBHOOKS,
                               "result" => if ok { "ok" } else { "failed" })
             .increment(1);
-            // The end is recorded before the call leaves `open`: a stop in between gives up a
-            // claim that is already ended, which changes nothing.
+            // How it went, for `stop` to record if it comes first (giving the claim up would
+            // make a call that was made again). Gone: `stop` already gave it up.
+            match open.lock().get_mut(&key) {
+                Some(ending) => *ending = Some(ok),
+                None => return,
+            }
             tokio::select! {
                 () = record_end(&store, app, notif_id, ok) => {}
                 _ = stopped.cancelled() => return,
@@ -206,14 +198,27 @@ impl Webhooks {
     }
 
     /// Ends the calls still in progress and gives up their claims, so that the next `pusher
-    /// results` makes them at once instead of after the lease. No call starts after it.
+    /// results` makes them at once instead of after the lease; the calls made whose end was
+    /// being recorded are recorded (once). No call starts after it.
     pub async fn stop(&self, store: &Store) {
         self.stopped.cancel();
-        let open: Vec<(String, String)> = self.open.lock().drain().collect();
+        let mut open = Vec::new();
+        let drained: Vec<_> = self.open.lock().drain().collect();
+        for ((app, notif_id), ending) in drained {
+            match ending {
+                Some(ok) => {
+                    if let Err(e) = store.end_webhook(&app, &notif_id, ok).await {
+                        tracing::warn!(app, notif_id, error = %e,
+                            "Cannot record the webhook's end; it may be called again after its lease.");
+                    }
+                }
+                None => open.push((app, notif_id)),
+            }
+        }
         if open.is_empty() {
             return;
         }
-        match store.release_webhooks(&open).await {
+        match store.release_webhooks(&open, LEASE).await {
             Ok(()) => tracing::info!(
                 calls = open.len(),
                 "Webhook calls in progress given up; the next pusher results makes them."
@@ -253,17 +258,10 @@ async fn renew(store: &Store, app: &str, notif_id: &str) {
     }
 }
 
-/// Where a call goes, and the process's bound on attempts in progress.
-#[derive(Clone, Copy)]
-struct Hook<'a> {
-    uri: &'a Uri,
-    tls: &'a Arc<rustls::ClientConfig>,
-    attempts: &'a tokio::sync::Semaphore,
-}
-
-/// Calls the hook until it answers 2xx or the policy gives up; whether it answered.
+/// Calls `uri` until it answers 2xx or the policy gives up; whether it answered.
 async fn deliver(
-    hook: Hook<'_>,
+    uri: &Uri,
+    tls: &Arc<rustls::ClientConfig>,
     policy: &RetryPolicy,
     store: &Store,
     app: &str,
@@ -273,19 +271,7 @@ async fn deliver(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let waited = tokio::time::Instant::now();
-        let answer = match hook.attempts.acquire().await {
-            Ok(_open) => {
-                // Every attempt in the process busy (hooks that hang) for long: the claim is
-                // renewed, as before a retry, so that no other process takes it for abandoned.
-                if waited.elapsed() > Duration::from_secs(60) {
-                    renew(store, app, notif_id).await;
-                }
-                call(hook.uri, hook.tls, body.clone()).await
-            }
-            Err(_) => Err("stopped".to_owned()),
-        };
-        let problem = match answer {
+        let problem = match call(uri, tls, body.clone()).await {
             Ok(status) if (200..300).contains(&status) => return true,
             Ok(status) => format!("HTTP {status}"),
             Err(e) => e,
