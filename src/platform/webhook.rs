@@ -40,15 +40,18 @@ pub enum WebhookError {
     Tls(#[from] crate::sender::tls::TlsError),
 }
 
+/// Calls in progress by `(app, notif_id)`, with how the call went once its end is being
+/// recorded.
+type OpenCalls = HashMap<(String, String), Option<bool>>;
+
 /// The configured hooks, by app.
 #[derive(Clone)]
 pub struct Webhooks {
     urls: Arc<BTreeMap<String, Uri>>,
     tls: Arc<rustls::ClientConfig>,
     policy: RetryPolicy,
-    /// Calls in progress in this process, `(app, notif_id)`, with how the call went once it
-    /// is being recorded: given up when it stops, or recorded then.
-    open: Arc<Mutex<HashMap<(String, String), Option<bool>>>>,
+    /// Calls in progress in this process: given up when it stops, or recorded then.
+    open: Arc<Mutex<OpenCalls>>,
     /// Cancelled by `stop`: the calls' tasks end without recording an end.
     stopped: CancellationToken,
     /// Calls in progress at most, per app ([`MAX_CALLS`] each): one app's hook that is down
