@@ -1033,6 +1033,7 @@ async fn a_statement_waiting_on_a_lock_is_503_at_the_statement_timeout() {
         .unwrap();
     let e = refused.unwrap_err().to_string();
     assert!(e.contains("lock timeout"), "{e}");
+    assert!(e.contains("held elsewhere"), "{e}");
     // Once the schema's shape is recorded, a start takes no table's lock: one beside a session
     // reading the registry (which an ALTER TABLE would wait for) starts at once.
     Store::new(&pg_config).unwrap().init().await.unwrap();
@@ -1501,12 +1502,6 @@ async fn notifications_ready_while_no_results_process_runs_still_call_their_webh
     assert_eq!(waiting, 0, "nothing waits once called");
 }
 
-/// Completion reads a running count of each notification's verdicts (`done`), added to as
-/// they are stored, instead of counting every verdict of it again on each batch (quadratic over
-/// a broadcast): a verdict replacing an older one for its token adds nothing; verdicts stored
-/// before the notification's row are counted when the row is made, and those stored while it
-/// had none are named for a count of their own; two writers storing verdicts of the same
-/// notifications in opposite orders at once neither deadlock nor lose a count.
 /// gorush's `/api/stat/app` in gorush's shape: per platform the verdicts stored for the
 /// caller's app (a token's first verdict for a notification: one replayed or replacing it adds
 /// nothing), and what this process accepted.
@@ -1571,6 +1566,12 @@ async fn stat_app_counts_the_apps_verdicts_as_gorush_does() {
     api.stop().await;
 }
 
+/// Completion reads a running count of each notification's verdicts (`done`), added to as
+/// they are stored, instead of counting every verdict of it again on each batch (quadratic over
+/// a broadcast): a verdict replacing an older one for its token adds nothing; verdicts stored
+/// before the notification's row are counted when the row is made, and those stored while it
+/// had none are named for a count of their own; two writers storing verdicts of the same
+/// notifications in opposite orders at once neither deadlock nor lose a count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verdicts_are_counted_as_they_are_stored() {
     use pusher::platform::store::ResultRow;

@@ -468,26 +468,20 @@ mod tests {
         }
     }
 
-    /// A tracked message's verdict reaches `pusher results` to the millisecond: a device
-    /// registered 250 ms before the message was consumed, in the same second, is older than
-    /// the verdict (the seed's `timestamp` stays in seconds).
+    /// A tracked message's record carries when it was consumed to the millisecond beside the
+    /// seed's seconds (`pusher results` reads it: `platform::results`' tests).
     #[test]
-    fn a_tracked_verdict_keeps_its_milliseconds() {
+    fn a_tracked_record_keeps_its_milliseconds() {
         let mut ctx = ctx();
         ctx.consumed_at_ms = 1_731_000_000_750;
         ctx.metadata = json!({"notif_id": "n-1"})
             .as_object()
             .map(Metadata::from)
             .unwrap_or_default();
-        let outcome = Outcome::TokenInvalid {
-            reason: "NotRegistered".to_owned(),
-            timestamp_ms: None,
-        };
-        let record = FeedbackRecord::Gcm(gcm_record(&outcome, &ctx));
+        let record = FeedbackRecord::Gcm(gcm_record(&Outcome::Delivered, &ctx));
         let value: Value = serde_json::from_slice(&record.to_json()).unwrap();
         assert_eq!(value["metadata"]["timestamp"], 1_731_000_000);
-        let row = crate::platform::results::result_of(&value).unwrap();
-        assert_eq!(row.at_ms, 1_731_000_000_750);
+        assert_eq!(value["metadata"]["consumedAtMs"], 1_731_000_000_750_i64);
     }
 
     #[test]

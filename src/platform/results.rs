@@ -569,6 +569,35 @@ mod tests {
         assert!(!storable(&row("n\u{0}", "t")));
     }
 
+    /// A verdict's time comes to the millisecond from the pusher's record: a device
+    /// registered 250 ms before the message was consumed, in the same second, is older than
+    /// the verdict, and its token deleted (in whole seconds it looked newer, and stayed).
+    #[test]
+    fn a_pushers_verdict_keeps_its_milliseconds() {
+        use crate::pipeline::feedback::{gcm_record, FeedbackRecord, MessageContext};
+        let ctx = MessageContext {
+            app: "g".into(),
+            token: "t".to_owned(),
+            metadata: json!({"notif_id": "n-1"})
+                .as_object()
+                .map(crate::push::message::Metadata::from)
+                .unwrap_or_default(),
+            consumed_at_ms: 1_731_000_000_750,
+            ..Default::default()
+        };
+        let outcome = crate::push::Outcome::TokenInvalid {
+            reason: "NotRegistered".to_owned(),
+            timestamp_ms: None,
+        };
+        let record = FeedbackRecord::Gcm(gcm_record(&outcome, &ctx));
+        let value: Value = serde_json::from_slice(&record.to_json()).unwrap();
+        let row = result_of(&value).unwrap();
+        assert_eq!(
+            (row.outcome.as_str(), row.at_ms),
+            ("token_invalid", 1_731_000_000_750)
+        );
+    }
+
     /// Times PostgreSQL would refuse, seconds, and times from the future are made storable
     /// milliseconds that never outrank a later verdict; milliseconds are kept.
     #[test]
