@@ -435,47 +435,15 @@ mod tests {
         assert!(head.contains(&format!("host: {addr}\r\n")), "{head}");
     }
 
-    /// A 200 whose body comes a byte a second is an answer: its status counts, not the
-    /// body's pace. Before, the 30 s deadline covered the body: the call failed and was made
-    /// again.
-    #[tokio::test]
-    async fn a_slow_body_after_the_status_is_an_answer() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf).await.unwrap();
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 45\r\n\r\n")
-                .await
-                .unwrap();
-            for _ in 0..45 {
-                if stream.write_all(b"x").await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-        let uri: Uri = format!("http://{addr}/hook").parse().unwrap();
-        let tls = client_config(&TlsOptions::default()).unwrap();
-        let status = tokio::time::timeout(
-            Duration::from_secs(10),
-            call(&uri, &tls, Bytes::from_static(b"{}")),
-        )
-        .await
-        .expect("answered once its status is in")
-        .unwrap();
-        assert_eq!(status, 200);
-    }
-
-    /// A hook that answers 200 with a body without end (a URL pointing at a stream) is
-    /// answered once its status is in, its body read no further than the bound. Before, the
-    /// whole body was read: the call ran into its 30 s timeout and was failed and retried, each
-    /// call holding what it had read.
-    #[tokio::test]
-    async fn an_endless_answer_is_not_read_to_its_end() {
+    /// A hook on port 0 that reads one request, writes `head`, then `chunk` after `chunk`
+    /// (`pause` apart, at most `chunks`) until the client goes away: the status `call` got,
+    /// which must come within 10 s, and the bytes of body written.
+    async fn answer_with_body(
+        head: &'static [u8],
+        chunk: Vec<u8>,
+        pause: Duration,
+        chunks: usize,
+    ) -> (u16, usize) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -483,15 +451,14 @@ mod tests {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 4096];
             let _ = stream.read(&mut buf).await.unwrap();
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-                .await
-                .unwrap();
-            let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+            stream.write_all(head).await.unwrap();
             let mut sent = 0usize;
-            // Until the client goes away.
-            while stream.write_all(chunk.as_bytes()).await.is_ok() {
-                sent += 0x4000;
+            for _ in 0..chunks {
+                if stream.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+                tokio::time::sleep(pause).await;
             }
             sent
         });
@@ -504,11 +471,33 @@ mod tests {
         .await
         .expect("answered once its status is in")
         .unwrap();
-        assert_eq!(status, 200);
         let sent = tokio::time::timeout(Duration::from_secs(10), server)
             .await
             .expect("the client closes the connection")
             .unwrap();
+        (status, sent)
+    }
+
+    /// A 200 whose body comes a byte a second is an answer: its status counts, not the
+    /// body's pace. Before, the 30 s deadline covered the body: the call failed and was made
+    /// again.
+    #[tokio::test]
+    async fn a_slow_body_after_the_status_is_an_answer() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 45\r\n\r\n";
+        let (status, _) = answer_with_body(head, b"x".to_vec(), Duration::from_secs(1), 45).await;
+        assert_eq!(status, 200);
+    }
+
+    /// A hook that answers 200 with a body without end (a URL pointing at a stream) is
+    /// answered once its status is in, its body read no further than the bound. Before, the
+    /// whole body was read: the call ran into its 30 s timeout and was failed and retried, each
+    /// call holding what it had read.
+    #[tokio::test]
+    async fn an_endless_answer_is_not_read_to_its_end() {
+        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000)).into_bytes();
+        let (status, sent) = answer_with_body(head, chunk, Duration::ZERO, usize::MAX).await;
+        assert_eq!(status, 200);
         assert!(
             sent < 64 << 20,
             "{sent} bytes sent before the client went away"
