@@ -8,8 +8,33 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
+    raise_open_files_limit();
     pusher::cli::main()
 }
+
+/// The soft limit on open files raised to the hard one, as Go programs do at start: a
+/// server's sockets (a fake's connections, a bench's, `pusher results`' webhook calls: up to
+/// 256 per hooked app while hooks hang) ran into systemd's default of 1,024, and then Kafka's
+/// and PostgreSQL's connections failed too. The hard limit stays what the operator set.
+#[cfg(unix)]
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct given, which lives here. A
+    // failure leaves the limit as it was.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() {}
 
 /// No transparent huge pages for this process. mimalloc asks for them (MADV_HUGEPAGE), and
 /// the first touch of each one zeroes 2 MB: a burst of allocations after mimalloc had given

@@ -208,19 +208,6 @@ impl Store {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        // No table yet (a new database) reads as "not this shape".
-        let current = client
-            .query_opt(
-                "SELECT 1 FROM pusher_schema WHERE version = $1",
-                &[&version],
-            )
-            .await
-            .ok()
-            .flatten()
-            .is_some();
-        if current {
-            return Ok(());
-        }
         let change = format!(
             "SET client_min_messages = warning; BEGIN; \
              SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; \
@@ -238,12 +225,29 @@ impl Store {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // No table yet (a new database) reads as "not this shape". Asked again before a
+            // retry: another process may have made the change meanwhile.
+            let current = client
+                .query_opt(
+                    "SELECT 1 FROM pusher_schema WHERE version = $1",
+                    &[&version],
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some();
+            if current {
+                return Ok(());
+            }
             let Err(e) = client.batch_execute(&change).await else {
                 return Ok(());
             };
+            // An error inside the transaction leaves it open and failed: the connection goes
+            // back to the pool clean.
             let _ = client.batch_execute("ROLLBACK").await;
             let code = e.code().cloned();
             if code == Some(tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) && attempt < 5 {
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 continue;
             }
             if code == Some(tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {

@@ -153,19 +153,22 @@ impl Webhooks {
         let (Some(uri), Some(slots)) = (self.urls.get(app).cloned(), self.slots.get(app)) else {
             return true;
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            return false;
-        };
         let key = (app.to_owned(), notif_id.to_owned());
-        {
+        let slot = {
             // Under the lock `stop` drains `open` with, after it cancels: a call is either
             // drained and given up, or never started.
             let mut open = self.open.lock();
+            // Stopping, or already calling it (this process's claim expired and its sweep
+            // claimed it again): before the bound, which would hand the call being made back.
             if self.stopped.is_cancelled() || open.contains_key(&key) {
-                return true; // stopping, or already calling it (this process's claim expired)
+                return true;
             }
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                return false;
+            };
             open.insert(key.clone(), None);
-        }
+            slot
+        };
         let (tls, policy, open, store, stopped) = (
             self.tls.clone(),
             self.policy.clone(),
@@ -186,10 +189,18 @@ impl Webhooks {
                               "result" => if ok { "ok" } else { "failed" })
             .increment(1);
             // How it went, for `stop` to record if it comes first (giving the claim up would
-            // make a call that was made again). Gone: `stop` already gave it up.
-            match open.lock().get_mut(&key) {
-                Some(ending) => *ending = Some(ok),
-                None => return,
+            // make a call that was made again). Gone: `stop` gave it up as it ended; recorded
+            // once here all the same (an ended call is neither released nor claimed again).
+            let stopping = match open.lock().get_mut(&key) {
+                Some(ending) => {
+                    *ending = Some(ok);
+                    false
+                }
+                None => true,
+            };
+            if stopping {
+                let _ = store.end_webhook(app, notif_id, ok).await;
+                return;
             }
             tokio::select! {
                 () = record_end(&store, app, notif_id, ok) => {}
@@ -202,7 +213,7 @@ impl Webhooks {
 
     /// Ends the calls still in progress and gives up their claims, so that the next `pusher
     /// results` makes them at once instead of after the lease; the calls made whose end was
-    /// being recorded are recorded (once). No call starts after it.
+    /// being recorded are recorded. No call starts after it.
     pub async fn stop(&self, store: &Store) {
         self.stopped.cancel();
         let mut open = Vec::new();
