@@ -245,3 +245,60 @@ fn secrets_from_the_environment_do_not_trip_the_flags_rules() {
         "{stderr}"
     );
 }
+
+/// A command starts with its soft limit on open files raised to the hard one: a fake's or a
+/// results process's sockets ran into systemd's default soft limit (1,024) otherwise.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_one() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = pusher();
+    cmd.args([
+        "mock",
+        "apns",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen-h2c",
+        "off",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = limit.rlim_max.min(512);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let limits = format!("/proc/{}/limits", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (soft, hard) = loop {
+        let text = std::fs::read_to_string(&limits).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or_default()
+            .to_owned();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (soft, hard) = (fields.get(3).copied(), fields.get(4).copied());
+        if soft.is_some() && soft == hard || Instant::now() > deadline {
+            break (soft.map(str::to_owned), hard.map(str::to_owned));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(soft, hard, "{limits}");
+    assert_ne!(
+        soft.as_deref(),
+        Some("512"),
+        "the hard limit here is 512: nothing to show"
+    );
+}
