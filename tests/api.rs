@@ -6,6 +6,8 @@
 mod common;
 #[path = "common/kafka.rs"]
 mod kafka;
+#[path = "common/pg_proxy.rs"]
+mod pg_proxy;
 #[path = "support/watched.rs"]
 mod watched;
 
@@ -265,6 +267,9 @@ async fn retried_requests_are_produced_once() {
     );
     assert_eq!(first.json()["notif_ids"], second.json()["notif_ids"]);
     assert_eq!(second.json()["counts"], 2);
+    // The answer says the retry wrote nothing: a caller reusing an id as a label is told.
+    assert_eq!(first.json().get("replayed"), None);
+    assert_eq!(second.json()["replayed"], first.json()["notif_ids"]);
     // The same body sent again differently serialized is still a retry.
     let spaced =
         r#"{ "notifications" : [ { "message": "m", "platform": 2, "tokens": ["t1", "t2"] } ] }"#;
@@ -279,10 +284,12 @@ async fn retried_requests_are_produced_once() {
 
     // The same notif_id without a header: once too.
     let with_id = json!({"notifications": [{"tokens": ["t3"], "platform": 2, "message": "m", "notif_id": "n-7"}]});
-    for _ in 0..3 {
+    for i in 0..3 {
         let a = post_json(api.addr, "/api/push", KEY, &with_id).await;
         assert_eq!(a.status, 200, "{}", a.text());
         assert_eq!(a.json()["notif_id"], "n-7");
+        let replayed = (i > 0).then(|| json!(["n-7"]));
+        assert_eq!(a.json().get("replayed").cloned(), replayed, "try {i}");
     }
     let changed = json!({"notifications": [{"tokens": ["t3"], "platform": 2, "message": "other", "notif_id": "n-7"}]});
     let a = post_json(api.addr, "/api/push", KEY, &changed).await;
@@ -366,6 +373,9 @@ async fn refusals_name_the_problem_and_produce_nothing() {
         assert_eq!(a.status, 400, "{body}: {}", a.text());
         assert_eq!(a.json()["field"], field, "{body}: {}", a.text());
         assert!(a.json()["error"].as_str().unwrap().starts_with(field));
+        // gorush's names for the same, for clients written for it.
+        assert_eq!(a.json()["code"], 400);
+        assert_eq!(a.json()["message"], a.json()["error"]);
     }
     let malformed = authorized(api.addr, "POST", "/api/push", KEY, "{\"notifications\": [").await;
     assert_eq!(malformed.status, 400, "{}", malformed.text());
@@ -430,6 +440,40 @@ async fn an_unreachable_postgresql_is_named_with_its_cause() {
     config.port = 1;
     let e = Store::new(&config).unwrap().ping().await.unwrap_err();
     assert!(e.to_string().contains("refused"), "{e}");
+}
+
+/// PostgreSQL down while a caller polls a result: a 503 that says nothing could be read. Seen:
+/// the writes' "nothing was accepted", which read as if the push polled for was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_during_a_postgresql_outage_does_not_say_nothing_was_accepted() {
+    let app = fresh_app("api");
+    let kafka = kafka_for(&app).await;
+    let proxy = pg_proxy::PgProxy::start(true).await;
+    let mut config = pg();
+    config.port = proxy.port;
+    let api = Api::start_on(settings(&app), kafka.bootstrap(), &config).await;
+    let body = json!({"notifications": [{"tokens": ["r1"], "platform": 2, "message": "m"}]});
+    let pushed = post_json(api.addr, "/api/push", KEY, &body).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.text());
+    let path = format!(
+        "/api/v1/notifications/{}",
+        pushed.json()["notif_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        authorized(api.addr, "GET", &path, KEY, "").await.status,
+        200
+    );
+
+    proxy.down();
+    for path in [path.as_str(), "/api/stat/app", "/api/v1/users/7/devices"] {
+        let read = authorized(api.addr, "GET", path, KEY, "").await;
+        assert_eq!(read.status, 503, "{path}: {}", read.text());
+        let said = read.json()["error"].as_str().unwrap().to_owned();
+        assert!(!said.contains("nothing was accepted"), "{path}: {said}");
+        assert!(said.contains("nothing could be read"), "{path}: {said}");
+    }
+    proxy.up();
+    api.stop().await;
 }
 
 /// Kafka unreachable: 503 with Retry-After, nothing reported as accepted, and the claim

@@ -1191,6 +1191,66 @@ async fn a_cooldown_won_again_by_a_retry_runs_from_the_retry() {
     );
 }
 
+/// A message's cooldown changed while users are inside it: the new length applies to them,
+/// measured from their last push, as Pushkin compares the last send with the current
+/// cooldown. Seen: the end stored at the claim held, so a cooldown raised from 1 s to a day
+/// let the next event through a second later, and one lowered from an hour to 1 s held an
+/// hour.
+#[tokio::test]
+async fn a_changed_cooldown_applies_to_users_inside_the_old_one() {
+    let store = Store::new(&pg()).unwrap();
+    store.init().await.unwrap();
+    let claims = Claims::new(store.pool());
+    let app = common::platform::fresh_app("cc");
+    let claim = |user: &str, owner: &str| Claim {
+        subject: user.into(),
+        message: "gift".into(),
+        owner: owner.into(),
+    };
+    let sent = |c: Claim| {
+        let claims = claims.clone();
+        let app = app.clone();
+        async move {
+            assert_eq!(
+                claims.cooldown(&app, &[(c.clone(), 1)]).await.unwrap(),
+                [Claimed::Won]
+            );
+            claims.mark_sent(&app, &[c], &[], &[]).await.unwrap();
+        }
+    };
+    // User 7 was sent to under a one-second cooldown, user 8 under an hour's.
+    sent(claim("7", "e1")).await;
+    assert_eq!(
+        claims
+            .cooldown(&app, &[(claim("8", "e1"), 3600)])
+            .await
+            .unwrap(),
+        [Claimed::Won]
+    );
+    claims
+        .mark_sent(&app, &[claim("8", "e1")], &[], &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Raised to a day: user 7 waits. Lowered to a second: user 8 may have the next.
+    assert_eq!(
+        claims
+            .cooldown(&app, &[(claim("7", "e2"), 86_400)])
+            .await
+            .unwrap(),
+        [Claimed::Lost],
+        "a day's cooldown has not passed since the push a second ago"
+    );
+    assert_eq!(
+        claims
+            .cooldown(&app, &[(claim("8", "e2"), 1)])
+            .await
+            .unwrap(),
+        [Claimed::Won],
+        "a second's cooldown has passed"
+    );
+}
+
 /// Marking claims sent and giving them back lock their rows in key order, whatever order the
 /// batch names them in and whatever plan PostgreSQL picks, as the claim statements do: a
 /// statement held up by a row holds the rows before it and none after. Locked in join order,

@@ -457,6 +457,11 @@ async fn registry_rules_and_rest_calls() {
             "platform_id",
         ),
         (json!({"user_id": 7, "platform": 1, "token": ""}), "token"),
+        // An FCM topic is no device: its user's pushes would go to every subscriber.
+        (
+            json!({"user_id": 7, "platform": 2, "token": "/topics/all"}),
+            "FCM topic",
+        ),
         (
             json!({"user_id": 0, "platform": 1, "token": "x"}),
             "user_id",

@@ -83,7 +83,12 @@ impl Claims {
     }
 
     /// Cooldown claims, `(claim, cooldown seconds)`; subjects are user ids. Returns, per
-    /// claim, whether it may send.
+    /// claim, whether it may send. The cooldown runs from the claim's time (`claimed_at`)
+    /// and is the message's as the claim gives it now (`EXCLUDED.until - now()`): a message
+    /// whose cooldown was changed applies the new one to users inside the old one, as
+    /// Pushkin compares the last send with the current cooldown. Seen: the end stored at
+    /// the claim held, so a cooldown raised from 5 s to a day let a push through 7 s later.
+    /// Rows claimed by a build before `claimed_at` keep their stored end.
     pub async fn cooldown(
         &self,
         app: &str,
@@ -104,8 +109,10 @@ impl Claims {
             let client = self.pool.get().await?;
             let rows = super::store::query(
                 &client,
-                "INSERT INTO pusher_cooldowns AS c (app, user_id, message, until, last_event)
-                     SELECT $1, t.user_id, t.message, now() + t.secs * interval '1 second', t.owner
+                "INSERT INTO pusher_cooldowns AS c
+                       (app, user_id, message, until, last_event, claimed_at)
+                     SELECT $1, t.user_id, t.message, now() + t.secs * interval '1 second', t.owner,
+                            now()
                      FROM unnest($2::bigint[], $3::text[], $4::text[], $5::float8[])
                        AS t(user_id, message, owner, secs)
                      ORDER BY t.user_id, t.message
@@ -113,9 +120,12 @@ impl Claims {
                        SET until = CASE WHEN c.last_event <> EXCLUDED.last_event THEN EXCLUDED.until
                                         WHEN c.sent THEN c.until
                                         ELSE greatest(c.until, EXCLUDED.until) END,
+                           claimed_at = CASE WHEN c.sent AND c.last_event = EXCLUDED.last_event
+                                             THEN c.claimed_at ELSE now() END,
                            sent = c.sent AND c.last_event = EXCLUDED.last_event,
                            last_event = EXCLUDED.last_event
-                       WHERE c.until <= now() OR c.last_event = EXCLUDED.last_event
+                       WHERE coalesce(c.claimed_at + (EXCLUDED.until - now()), c.until) <= now()
+                          OR c.last_event = EXCLUDED.last_event
                      RETURNING user_id::text, message, sent",
                 &[&app, &users, &messages, &owners, &seconds],
             )

@@ -106,6 +106,10 @@ pub fn consumer(
     Ok(consumer)
 }
 
+/// A member that stops heartbeating is out of the group after this.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The group consumer's librdkafka settings: ours, then `settings.consumer_extra`, then the
 /// eager assignment strategy.
 fn consumer_config(settings: &GroupSettings) -> ClientConfig {
@@ -120,8 +124,14 @@ fn consumer_config(settings: &GroupSettings) -> ClientConfig {
         // A member that joins or dies is noticed within seconds (librdkafka's 45 s session
         // and 3 s heartbeat left a second router waiting for its first assignment for
         // minutes); the same settings as `pusher run`'s consumer.
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "2000")
+        .set(
+            "session.timeout.ms",
+            SESSION_TIMEOUT.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            HEARTBEAT_INTERVAL.as_millis().to_string(),
+        )
         // Longer than a batch can take, retries included (the retry back-off is at most 30 s).
         .set("max.poll.interval.ms", "60000")
         // librdkafka's 1 s would idle a consumer that drains its full prefetch queue sooner.
@@ -171,6 +181,8 @@ pub struct Lease<'a> {
     consumer: &'a GroupConsumer,
     /// The member's rebalance count when the batch was read.
     rebalances: u64,
+    /// When the batch was read.
+    read_at: std::time::Instant,
     paused: AtomicBool,
     /// The first record of a new assignment, met while polling: the next batch starts with it.
     next: parking_lot::Mutex<Option<BorrowedMessage<'a>>>,
@@ -181,6 +193,7 @@ impl<'a> Lease<'a> {
         Lease {
             consumer,
             rebalances: consumer.context().rebalances(),
+            read_at: std::time::Instant::now(),
             paused: AtomicBool::new(false),
             next: parking_lot::Mutex::new(None),
         }
@@ -224,6 +237,24 @@ impl<'a> Lease<'a> {
         } else {
             Ok(())
         }
+    }
+
+    /// Before a write that the batch's redo would make again (its pushes): Err when the group
+    /// may have given the batch to another member. A batch is given away only after its
+    /// member polls (a rebalance waits for it) or is expelled: it stopped heartbeating past
+    /// the session timeout (the process was frozen: a VM pause, SIGSTOP) or held the batch
+    /// past `max.poll.interval.ms`. So a batch held longer than half the session timeout
+    /// asks the coordinator first, waiting up to a heartbeat for its answer. Seen: a router
+    /// frozen 20 s between its cooldown claims and its produce woke and sent the pushes its
+    /// successor had sent meanwhile (20 of 40 users got two).
+    pub async fn confirm(&self) -> Result<(), String> {
+        if self.read_at.elapsed() < SESSION_TIMEOUT / 2 {
+            return match self.lost() {
+                true => Err("a rebalance took the batch's partitions".to_owned()),
+                false => Ok(()),
+            };
+        }
+        self.keep(HEARTBEAT_INTERVAL).await
     }
 
     /// Ends the hold: resumes the partitions; the record to start the next batch with.

@@ -18,6 +18,29 @@ pub const MAX_DEVICES_PER_USER: i64 = 10;
 /// entries stop at ~2.7 KB with the app and notif_id beside them.
 pub const MAX_TOKEN_LEN: usize = 2000;
 
+/// Why `token` cannot be a device's token on `platform`, if it cannot: the one check of the
+/// API's tokens (gorush's pushes, registrations) and of login events. An Android token never
+/// starts with `/topics/`: the pusher sends such a `to` to the FCM topic (the legacy API's
+/// broadcast, which raw Kafka messages may ask for), so one taken as a device's token made a
+/// push to one device a push to every subscriber of the topic.
+pub fn token_problem(platform: Platform, token: &str) -> Option<String> {
+    if token.is_empty()
+        || token.len() > MAX_TOKEN_LEN
+        || token.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Some(format!(
+            "not a device token (1 to {MAX_TOKEN_LEN} characters, no spaces)"
+        ));
+    }
+    if platform == Platform::Gcm && crate::push::gcm::is_topic_address(token) {
+        return Some(
+            "an FCM topic (/topics/...), not a device token: FCM topics are not supported here"
+                .into(),
+        );
+    }
+    None
+}
+
 /// Pushkin's login event.
 pub const LOGIN_EVENT: i32 = 4001;
 
@@ -55,6 +78,12 @@ pub fn login_of(
             pair: "platformId",
             why: "required: 1 (Android phone), 2 (iPhone), 5 (iPad) or 6 (Android tablet)",
         })?;
+    if platform == Platform::Gcm && crate::push::gcm::is_topic_address(token) {
+        return Err(Unusable {
+            pair: "deviceToken",
+            why: "an FCM topic (/topics/...), not a device token",
+        });
+    }
     // None when it says none (or no number: the API refuses that, records from before it
     // keep their device): the user keeps the language they had, and one who never said gets
     // `route.defaultLanguage`'s texts.

@@ -551,6 +551,7 @@ async fn handle(
             )
             .await
             .map_err(|e| e.to_string())?;
+            lease.confirm().await?;
             written
                 .produce(&routed.records)
                 .await
@@ -895,6 +896,14 @@ mod tests {
         let mut web = pairs.clone();
         web.insert("platformId".into(), "9".into());
         assert!(login_of(7, 0, &web).is_err());
+        // An Android phone's token that is an FCM topic would make its pushes broadcasts.
+        let mut topic = pairs.clone();
+        topic.insert("platformId".into(), "1".into());
+        topic.insert("deviceToken".into(), "/topics/all".into());
+        assert_eq!(login_of(7, 0, &topic).unwrap_err().pair, "deviceToken");
+        let mut ios = topic.clone();
+        ios.insert("platformId".into(), "2".into());
+        assert!(login_of(7, 0, &ios).is_ok());
         // Values PostgreSQL would refuse are none.
         let mut nul = pairs.clone();
         nul.insert("deviceToken".into(), "ab\u{0}c".into());

@@ -45,6 +45,8 @@ pub struct GcmMessage {
     /// `"high"` or `"normal"` as sent (not checked here: FCM gives the verdict).
     pub priority: Option<String>,
     pub content_available: Option<bool>,
+    /// The legacy API's: an iPhone's notification service extension may change it.
+    pub mutable_content: Option<bool>,
     /// Seconds.
     pub time_to_live: Option<u32>,
     pub delivery_receipt_requested: Option<bool>,

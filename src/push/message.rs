@@ -334,6 +334,8 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
             msg.message_type = typed("message_type", "a string", raw)?;
         } else if is("content_available") {
             msg.content_available = typed("content_available", "a boolean", raw)?;
+        } else if is("mutable_content") {
+            msg.mutable_content = typed("mutable_content", "a boolean", raw)?;
         } else if is("delivery_receipt_requested") {
             msg.delivery_receipt_requested = typed("delivery_receipt_requested", "a boolean", raw)?;
         }

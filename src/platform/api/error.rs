@@ -87,7 +87,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.to_string() });
+        // `code` and `message` are gorush's names for the same (its `abortWithError`), so a
+        // client written for gorush reads our refusals too.
+        let text = self.to_string();
+        let mut body = json!({ "error": text, "code": self.status().as_u16(), "message": text });
         if let ApiError::BadRequest { field: Some(f), .. } | ApiError::KeyReused { field: f, .. } =
             &self
         {

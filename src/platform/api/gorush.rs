@@ -28,19 +28,25 @@ pub struct PushRequest {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Notification {
+    /// `""` is none (gorush's zero value).
+    #[serde(deserialize_with = "empty_is_none")]
     pub notif_id: Option<String>,
+    #[serde(deserialize_with = "null_is_default")]
     pub tokens: Vec<String>,
     /// One more token (gorush appends it to `tokens`).
     pub to: Option<String>,
     /// Browsers (platform 4, our extension: gorush has no web push): their subscriptions
     /// instead of tokens.
+    #[serde(deserialize_with = "null_is_default")]
     pub subscriptions: Vec<Subscription>,
     pub platform: Option<i64>,
     pub message: Option<String>,
     pub title: Option<String>,
     /// `"high"` or `"normal"`.
     pub priority: Option<String>,
+    #[serde(deserialize_with = "null_is_default")]
     pub content_available: bool,
+    #[serde(deserialize_with = "null_is_default")]
     pub mutable_content: bool,
     /// A name, or (iOS critical alerts) an object.
     pub sound: Option<Value>,
@@ -86,6 +92,7 @@ pub struct Notification {
     // Android
     pub time_to_live: Option<u32>,
     pub collapse_key: Option<String>,
+    #[serde(deserialize_with = "null_is_default")]
     pub dry_run: bool,
     /// FCM's notification (`title`, `body`, `image`), under the notification's own fields.
     pub notification: Option<Map<String, Value>>,
@@ -95,6 +102,24 @@ pub struct Notification {
     pub webpush: Option<Value>,
     pub fcm_options: Option<Value>,
     pub condition: Option<String>,
+}
+
+/// `null` as the type's default, as Go's JSON decoding leaves a zero value: a gorush client
+/// that sends `"tokens": null` beside `to`, or `"content_available": null`, is not refused.
+fn null_is_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `""` (and `null`) as none.
+fn empty_is_none<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
 }
 
 /// A field given with something in it (`{}`, `""` and `null` are not: gorush ignores them too).
@@ -162,12 +187,13 @@ fn check_unsupported(
             ));
         }
         for (key, value) in notification {
-            let ok = matches!(key.as_str(), "title" | "body" | "image")
-                && (value.is_string() || value.is_null());
+            let ok =
+                FCM_NOTIFICATION.contains(&key.as_str()) && (value.is_string() || value.is_null());
             if !ok {
                 return Err(FieldError::new(
                     at(&format!("notification.{key}")),
-                    "not supported here: notification takes title, body and image (strings)",
+                    "not supported here: notification takes title, body, image, icon, color, \
+                     tag and click_action (strings)",
                 ));
             }
         }
@@ -180,6 +206,18 @@ fn check_unsupported(
     }
     Ok(())
 }
+
+/// The members of gorush's FCM `notification` block carried to the device (the others of the
+/// README's examples, `icon` and `color`, go to FCM's `android.notification`).
+const FCM_NOTIFICATION: [&str; 7] = [
+    "title",
+    "body",
+    "image",
+    "icon",
+    "color",
+    "tag",
+    "click_action",
+];
 
 /// A request problem, naming the field (`notifications[2].platform`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -356,13 +394,10 @@ pub fn prepare(i: usize, n: &Notification, rules: EndpointRules) -> Result<Prepa
     let mut seen: std::collections::HashSet<&str> =
         std::collections::HashSet::with_capacity(given.len());
     for (j, token) in given.iter().enumerate() {
-        if token.is_empty()
-            || token.len() > MAX_TOKEN_LEN
-            || token.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        if let Some(problem) = crate::platform::registry::token_problem(platform, token) {
             return Err(FieldError::new(
                 format!("notifications[{i}].tokens[{j}]"),
-                format!("not a device token (1 to {MAX_TOKEN_LEN} characters, no spaces)"),
+                problem,
             ));
         }
         if seen.insert(token) {
@@ -405,7 +440,8 @@ pub fn prepare(i: usize, n: &Notification, rules: EndpointRules) -> Result<Prepa
     }
     let priority = match n.priority.as_deref() {
         None | Some("") => None,
-        Some(p @ ("high" | "normal")) => Some(p),
+        Some(p) if p.eq_ignore_ascii_case("high") => Some("high"),
+        Some(p) if p.eq_ignore_ascii_case("normal") => Some("normal"),
         Some(other) => {
             return Err(FieldError::new(
                 at("priority"),
@@ -453,10 +489,11 @@ fn apns_template(n: &Notification, priority: Option<&str>) -> Map<String, Value>
             aps.insert("alert".into(), Value::Object(alert));
         }
         (_, Some(t)) => {
-            aps.insert(
-                "alert".into(),
-                json!({"title": t, "body": body.unwrap_or("")}),
-            );
+            let mut alert = json!({"title": t});
+            if let Some(b) = body {
+                alert["body"] = json!(b);
+            }
+            aps.insert("alert".into(), alert);
         }
         _ => {
             if let Some(b) = body {
@@ -488,10 +525,11 @@ fn apns_template(n: &Notification, priority: Option<&str>) -> Map<String, Value>
     if let Some(args) = n.url_args.as_ref().filter(|a| !a.is_empty()) {
         aps.insert("url-args".into(), json!(args));
     }
-    if let Some(category) = &n.category {
+    // Empty ones are left out, as gorush leaves them.
+    if let Some(category) = n.category.as_deref().filter(|c| !c.is_empty()) {
         aps.insert("category".into(), json!(category));
     }
-    if let Some(thread) = &n.thread_id {
+    if let Some(thread) = n.thread_id.as_deref().filter(|t| !t.is_empty()) {
         aps.insert("thread-id".into(), json!(thread));
     }
     if n.content_available {
@@ -610,6 +648,11 @@ fn gcm_template(n: &Notification, priority: Option<&str>) -> Map<String, Value> 
     if let Some(image) = image.or_else(|| fcm_notification(n, "image")) {
         notification.insert("image_url".into(), json!(image));
     }
+    for key in ["icon", "color", "tag", "click_action"] {
+        if let Some(v) = fcm_notification(n, key) {
+            notification.insert(key.into(), json!(v));
+        }
+    }
     if !notification.is_empty() {
         message.insert("notification".into(), Value::Object(notification));
     }
@@ -627,6 +670,10 @@ fn gcm_template(n: &Notification, priority: Option<&str>) -> Map<String, Value> 
     }
     if n.content_available {
         message.insert("content_available".into(), json!(true));
+    }
+    // For an iPhone reached through FCM (gorush sets aps `mutable-content`).
+    if n.mutable_content {
+        message.insert("mutable_content".into(), json!(true));
     }
     if n.dry_run {
         message.insert("dry_run".into(), json!(true));
@@ -866,6 +913,53 @@ mod tests {
         assert_eq!(m["notification"], json!({"title":"T","body":"B"}));
     }
 
+    /// What a Go client sends as zero values is taken as gorush takes it: `null` and `""` as
+    /// not given, `priority` in any case. Seen: each was a 400 for the whole batch.
+    #[test]
+    fn go_zero_values_are_not_given() {
+        let p = one(json!({"tokens":null,"to":"b","platform":2,"message":"m",
+            "content_available":null,"mutable_content":null,"dry_run":null,"subscriptions":null,
+            "notif_id":"","priority":"HIGH"}))
+        .unwrap();
+        assert_eq!(p.tokens, ["b"]);
+        let m: Value = serde_json::from_slice(&p.message("b", "n")).unwrap();
+        assert_eq!(m["priority"], "high");
+        let n: Notification = serde_json::from_value(json!({"notif_id":""})).unwrap();
+        assert_eq!(n.notif_id, None);
+    }
+
+    /// An Android push's extras as gorush carries them: `mutable_content` and `sound` for an
+    /// iPhone reached through FCM, the `notification` block's Android fields; an iOS alert of
+    /// a title alone, and empty `category`/`thread-id`, as gorush leaves them out.
+    #[test]
+    fn extras_reach_the_device_as_gorush_sends_them() {
+        let p = one(
+            json!({"tokens":["a"],"platform":2,"message":"m","sound":"ping",
+            "mutable_content":true,
+            "notification":{"icon":"ic","color":"#f00","tag":"t","click_action":"OPEN"}}),
+        )
+        .unwrap();
+        let raw = p.message("a", "n");
+        let parsed = parse_gcm(&raw).unwrap();
+        assert_eq!(parsed.mutable_content, Some(true));
+        let n = parsed.notification.unwrap();
+        assert_eq!(
+            (n.sound.as_deref(), n.icon.as_deref(), n.color.as_deref()),
+            (Some("ping"), Some("ic"), Some("#f00"))
+        );
+        assert_eq!(
+            (n.tag.as_deref(), n.click_action.as_deref()),
+            (Some("t"), Some("OPEN"))
+        );
+        let p = one(
+            json!({"tokens":["a"],"platform":1,"title":"T","category":"",
+            "thread-id":""}),
+        )
+        .unwrap();
+        let m: Value = serde_json::from_slice(&p.message("a", "n")).unwrap();
+        assert_eq!(m["Payload"]["aps"], json!({"alert":{"title":"T"}}));
+    }
+
     /// What would change the push and cannot be carried is a 400 naming it.
     #[test]
     fn unsupported_gorush_fields_are_refused_by_name() {
@@ -895,8 +989,17 @@ mod tests {
                 "notifications[0].notification",
             ),
             (
-                json!({"tokens":["a"],"platform":2,"notification":{"title":"x","color":"#f00"}}),
-                "notifications[0].notification.color",
+                json!({"tokens":["a"],"platform":2,"notification":{"title":"x","sound":"s"}}),
+                "notifications[0].notification.sound",
+            ),
+            // An FCM topic is no device: sent as one, every subscriber got the push.
+            (
+                json!({"tokens":["a","/topics/all"],"platform":2,"message":"m"}),
+                "notifications[0].tokens[1]",
+            ),
+            (
+                json!({"to":"/topics/news","platform":2,"message":"m"}),
+                "notifications[0].tokens[0]",
             ),
             (
                 json!({"tokens":["a"],"platform":1,"message":"m","expiration":-5}),

@@ -4,7 +4,7 @@
 
 use super::error::ApiError;
 use super::path::Param;
-use super::{body, parse_json, store_error, ApiState, Caller};
+use super::{body, parse_json, read_error, store_error, ApiState, Caller};
 use crate::platform::messages::{valid_name, Message};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -63,7 +63,7 @@ pub(super) async fn get_message(
         .messages
         .get(&caller.app, &name)
         .await
-        .map_err(store_error)?
+        .map_err(read_error)?
     {
         Some(m) => Ok(Json(m).into_response()),
         None => Err(ApiError::NotFound),
@@ -92,10 +92,6 @@ pub(super) async fn list_messages(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let messages = state
-        .messages
-        .list(&caller.app)
-        .await
-        .map_err(store_error)?;
+    let messages = state.messages.list(&caller.app).await.map_err(read_error)?;
     Ok(Json(json!({"messages": messages})).into_response())
 }

@@ -464,6 +464,21 @@ fn kafka_problem(message: String, e: &str) -> ApiError {
     ApiError::Unavailable { message }
 }
 
+/// A store error met by a read (a GET): PostgreSQL down is a 503 that says so, without the
+/// writes' "nothing was accepted" (a caller polling a result during an outage read that its
+/// push was lost).
+fn read_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Unavailable(_) => {
+            crate::telemetry::health::set("api postgres", Some(e.to_string()));
+            ApiError::Unavailable {
+                message: format!("postgres unavailable, nothing could be read: {e}"),
+            }
+        }
+        other => store_error(other),
+    }
+}
+
 fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotifIdTaken(_) => ApiError::Conflict {
@@ -506,6 +521,25 @@ struct Accepted {
     counts: u64,
     /// Per item: written by this request (not a retry's answer).
     fresh: Vec<bool>,
+}
+
+impl Accepted {
+    /// Adds `replayed` to `answer`: the ids of the items an earlier request with the same
+    /// Idempotency-Key or notif_id wrote, which this one did not write again. Seen: gorush's
+    /// callers reuse a `notif_id` as a label (`daily-reward`), and the second day's push was
+    /// answered 200 and never sent, without a word.
+    fn mark_replayed(&self, answer: &mut Value) {
+        let replayed: Vec<&str> = self
+            .notif_ids
+            .iter()
+            .zip(&self.fresh)
+            .filter(|(_, fresh)| !**fresh)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if !replayed.is_empty() {
+            answer["replayed"] = json!(replayed);
+        }
+    }
 }
 
 /// The one path every write takes ([`write`]), in a task of its own whose answer the handler
@@ -1011,6 +1045,7 @@ async fn push(
     if count == 1 {
         answer["notif_id"] = answer["notif_ids"][0].clone();
     }
+    accepted.mark_replayed(&mut answer);
     Ok(Json(answer).into_response())
 }
 
@@ -1249,8 +1284,9 @@ async fn notifications(
         .collect();
     let bytes = routed_bytes(raw.len(), items.len());
     let accepted = accept(&state, &caller, &headers, "notifications", items, bytes).await?;
-    let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len(),
+    let mut answer = json!({"status": "OK", "accepted": accepted.notif_ids.len(),
         "notif_ids": accepted.notif_ids});
+    accepted.mark_replayed(&mut answer);
     Ok((wire.status(), Json(answer)).into_response())
 }
 
@@ -1285,8 +1321,9 @@ async fn events(
     let bytes = routed_bytes(raw.len(), items.len());
     let accepted = accept(&state, &caller, &headers, "events", items, bytes).await?;
     // An event's notifications are `<event id>.<message name>` in the results.
-    let answer = json!({"status": "OK", "accepted": accepted.notif_ids.len(),
+    let mut answer = json!({"status": "OK", "accepted": accepted.notif_ids.len(),
                         "event_ids": accepted.notif_ids});
+    accepted.mark_replayed(&mut answer);
     Ok((wire.status(), Json(answer)).into_response())
 }
 
@@ -1388,11 +1425,9 @@ async fn segment_push(
     let bytes = routed_bytes(raw.len(), 1);
     let accepted = accept(&state, &caller, &headers, "segment", vec![item], bytes).await?;
     let notif_id = accepted.notif_ids.first().cloned().unwrap_or_default();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"status": "OK", "notif_id": notif_id})),
-    )
-        .into_response())
+    let mut answer = json!({"status": "OK", "notif_id": notif_id});
+    accepted.mark_replayed(&mut answer);
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 /// `?after=<token>&limit=<n>`: a page of a notification's per-token results.
@@ -1455,7 +1490,7 @@ async fn notification(
         .store
         .notification(app, &notif_id)
         .await
-        .map_err(store_error)?
+        .map_err(read_error)?
     {
         Some(found) => (found, None),
         None => {
@@ -1465,7 +1500,7 @@ async fn notification(
                 .store
                 .notification(app, event_id)
                 .await
-                .map_err(store_error)?
+                .map_err(read_error)?
                 .ok_or(ApiError::NotFound)?;
             (event, Some(event_id.to_owned()))
         }
@@ -1474,7 +1509,7 @@ async fn notification(
         .store
         .result_counts(app, &notif_id)
         .await
-        .map_err(store_error)?;
+        .map_err(read_error)?;
     // Any `<id>.<anything>` of an existing id would do otherwise: an event's notification is
     // known by its verdicts.
     if event_id.is_some() && counts.is_empty() {
@@ -1484,13 +1519,13 @@ async fn notification(
         .store
         .results_page(app, &notif_id, after, limit)
         .await
-        .map_err(store_error)?;
+        .map_err(read_error)?;
     let done: i64 = counts.values().sum();
     let segment = state
         .registry
         .segment_progress(app, &notif_id)
         .await
-        .map_err(store_error)?;
+        .map_err(read_error)?;
     // A segment's targets are the devices it reached, known once it is done; an event's
     // notification's are never known here (the router expands it).
     let pending = match &segment {
@@ -1549,7 +1584,7 @@ async fn stat_app(State(state): State<ApiState>, caller: Caller) -> Result<Json<
         .store
         .result_totals(&caller.app)
         .await
-        .map_err(store_error)?;
+        .map_err(read_error)?;
     let mut answer = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "app": &*caller.app,

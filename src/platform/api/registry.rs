@@ -7,7 +7,7 @@
 use super::error::ApiError;
 use super::gorush::MAX_TOKEN_LEN;
 use super::path::Param;
-use super::{body, parse_json, store_error, ApiState, Caller};
+use super::{body, parse_json, read_error, store_error, ApiState, Caller};
 use crate::platform::registry::{platform_of_pushkin_id, Device, Login};
 use crate::push::webpush::{check_subscription, Keys, Subscription};
 use crate::push::Platform;
@@ -116,14 +116,8 @@ pub(super) async fn put_device(
         }
         (_, None) => None,
     };
-    if r.token.is_empty()
-        || r.token.len() > MAX_TOKEN_LEN
-        || r.token.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(ApiError::bad(
-            "token",
-            format!("not a device token (1 to {MAX_TOKEN_LEN} characters, no spaces)"),
-        ));
+    if let Some(problem) = crate::platform::registry::token_problem(platform, &r.token) {
+        return Err(ApiError::bad("token", problem));
     }
     let now = crate::clock::unix_ms();
     let device = Device {
@@ -223,12 +217,12 @@ pub(super) async fn user_devices(
         .registry
         .devices_of(&caller.app, &[user])
         .await
-        .map_err(store_error)?;
+        .map_err(read_error)?;
     let language = state
         .registry
         .language_of(&caller.app, user)
         .await
-        .map_err(store_error)?;
+        .map_err(read_error)?;
     Ok(Json(json!({"user_id": user, "language_id": language, "devices": devices})).into_response())
 }
 

@@ -17,7 +17,7 @@
 
 use super::auth::SESSION_LIFETIME;
 use super::error::ApiError;
-use super::{store_error, ApiState, Caller};
+use super::{read_error, store_error, ApiState, Caller};
 use crate::platform::messages::{valid_name, Localization, Message, Priority};
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, FromRequestParts, Query, State};
@@ -103,7 +103,7 @@ impl FromRequestParts<ApiState> for Session {
         let session = state.keys.session(cookie, SystemTime::now())?;
         let digest = ring::digest::digest(&ring::digest::SHA256, session.cookie.as_bytes());
         let digest = digest.as_ref().to_vec();
-        if state.store.signed_out(&digest).await.map_err(store_error)? {
+        if state.store.signed_out(&digest).await.map_err(read_error)? {
             return Err(ApiError::Unauthorized.into());
         }
         Ok(Session {
@@ -215,7 +215,7 @@ pub(super) async fn index(
             .messages
             .get(&session.caller.app, name)
             .await
-            .map_err(store_error)?,
+            .map_err(read_error)?,
         None => None,
     };
     let editing = editing.as_ref().map(MessageForm::from);
@@ -264,7 +264,7 @@ async fn render(
         .store
         .recent_counts(app, RECENT_SECONDS)
         .await
-        .map_err(store_error)?;
+        .map_err(read_error)?;
     let routed = routed_per_second(state, app).await;
     let per_second = |n: i64| format!("{:.1}", n as f64 / RECENT_SECONDS);
     let _ = write!(
@@ -278,7 +278,7 @@ async fn render(
         per_second(failed),
     );
 
-    let messages = state.messages.list(app).await.map_err(store_error)?;
+    let messages = state.messages.list(app).await.map_err(read_error)?;
     b.push_str(
         "<h2>Messages</h2><table id=\"messages\"><tr><th>name</th><th>id</th><th>event</th>\
          <th>cooldown</th><th>languages</th><th></th></tr>",
@@ -322,7 +322,7 @@ async fn render(
                     .registry
                     .devices_of(app, &[user])
                     .await
-                    .map_err(store_error)?;
+                    .map_err(read_error)?;
                 let _ = write!(
                     b,
                     "<table id=\"devices\"><tr><th>platform</th><th>token</th><th>device</th><th>version</th></tr>"
@@ -350,7 +350,7 @@ async fn render(
             .store
             .result_counts(app, id.trim())
             .await
-            .map_err(store_error)?;
+            .map_err(read_error)?;
         b.push_str("<table id=\"result\"><tr><th>outcome</th><th>tokens</th></tr>");
         for (outcome, n) in &counts {
             let _ = write!(b, "<tr><td>{}</td><td>{n}</td></tr>", escape(outcome));

@@ -14,7 +14,9 @@
 //!   `priority` `high`/`normal` -> `android.priority` `HIGH`/`NORMAL`, for every message
 //! - with a `push_expiry`, the TTL (a v1 envelope's `android.ttl` too) is at most the seconds
 //!   left before it, and sent even when the message gives none (FCM would keep it four weeks)
-//! - `content_available` -> `apns.payload.aps.content-available = 1`
+//! - for an iPhone, as the legacy API did: `content_available` -> `apns.payload.aps`
+//!   `content-available: 1`, `mutable_content` -> `mutable-content: 1`, and the notification's
+//!   `sound`, numeric `badge` and `click_action` -> `sound`, `badge`, `category`
 //! - for an iPhone reached through FCM, `apns.headers`: v1 carries none of the options above
 //!   to APNs (the legacy API did; v1 sends priority 10 and keeps a message 30 days), so a
 //!   data-only message goes at `apns-priority` 5 (`background` when `content_available`), a
@@ -127,8 +129,9 @@ pub fn v1_body(
     if !headers.is_empty() {
         apns.insert("headers".into(), Value::Object(headers));
     }
-    if msg.content_available == Some(true) {
-        apns.insert("payload".into(), json!({"aps": {"content-available": 1}}));
+    let aps = apns_aps(msg);
+    if !aps.is_empty() {
+        apns.insert("payload".into(), json!({ "aps": aps }));
     }
     if !apns.is_empty() {
         message.insert("apns".into(), Value::Object(apns));
@@ -139,6 +142,35 @@ pub fn v1_body(
     }
     body.insert("message".into(), Value::Object(message));
     serde_json::to_vec(&body).map_err(|e| TranslateError::Encode(e.to_string()))
+}
+
+/// The `aps` members the legacy API gave an iPhone and v1 does not: without them an iPhone
+/// reached through FCM played no sound, showed no badge and ran no notification service
+/// extension (gorush sets the same for its Android pushes).
+fn apns_aps(msg: &GcmMessage) -> Map<String, Value> {
+    let mut aps = Map::new();
+    if msg.content_available == Some(true) {
+        aps.insert("content-available".into(), json!(1));
+    }
+    if msg.mutable_content == Some(true) {
+        aps.insert("mutable-content".into(), json!(1));
+    }
+    if let Some(n) = &msg.notification {
+        if let Some(sound) = &n.sound {
+            aps.insert("sound".into(), json!(sound));
+        }
+        if let Some(badge) = n
+            .badge
+            .as_deref()
+            .and_then(|b| b.trim().parse::<u32>().ok())
+        {
+            aps.insert("badge".into(), json!(badge));
+        }
+        if let Some(category) = &n.click_action {
+            aps.insert("category".into(), json!(category));
+        }
+    }
+    aps
 }
 
 /// What APNs is told of a legacy message that FCM v1 does not tell it (see the module's notes):
@@ -323,6 +355,7 @@ pub fn legacy_body(
     opt("collapse_key", msg.collapse_key.clone().map(Value::String));
     opt("priority", msg.priority.clone().map(Value::String));
     opt("content_available", msg.content_available.map(Value::Bool));
+    opt("mutable_content", msg.mutable_content.map(Value::Bool));
     opt("dry_run", msg.dry_run.then_some(Value::Bool(true)));
     let size = ["data", "notification"]
         .iter()
@@ -414,7 +447,14 @@ mod tests {
                 json!({"message":{"token":"tok",
                     "notification":{"title":"t","image":"https://i"},
                     "android":{"notification":{"sound":"default","tag":"x","body_loc_args":["a","b"],"notification_count":3}},
-                    "apns":{"payload":{"aps":{"content-available":1}}}}}),
+                    "apns":{"payload":{"aps":{"content-available":1,"sound":"default","badge":3}}}}}),
+            ),
+            // What the legacy API told an iPhone: sound, badge, category, mutable-content.
+            (
+                r#"{"to":"tok","notification":{"title":"t","sound":"ping.caf","badge":2,"click_action":"REPLY"},"mutable_content":true}"#,
+                json!({"message":{"token":"tok","notification":{"title":"t"},
+                    "android":{"notification":{"sound":"ping.caf","click_action":"REPLY","notification_count":2}},
+                    "apns":{"payload":{"aps":{"mutable-content":1,"sound":"ping.caf","badge":2,"category":"REPLY"}}}}}),
             ),
             // A silent push: priority 5 and `background` for an iPhone, as Apple asks.
             (
