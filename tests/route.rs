@@ -416,6 +416,22 @@ async fn registry_rules_and_rest_calls() {
     );
     assert_eq!(p.devices(8).await["devices"][0]["token"], "tok-5");
     assert!(!p.devices(7).await.to_string().contains("\"tok-5\""));
+    // A registration without a language is a login all the same (a segment's last_login
+    // conditions read it). Seen: none recorded, and no login condition ever matched it.
+    let logins = p
+        .store
+        .pool()
+        .get()
+        .await
+        .unwrap()
+        .query(
+            "SELECT language_id FROM pusher_logins WHERE app = $1 AND user_id = 8",
+            &[&p.app],
+        )
+        .await
+        .unwrap();
+    assert_eq!(logins.len(), 1);
+    assert_eq!(logins[0].get::<_, Option<i32>>(0), None);
     // An older login event arriving late does not take it back.
     let registry = Registry::new(p.store.pool());
     let old = pusher::platform::registry::Device {
@@ -812,6 +828,68 @@ async fn a_router_joining_mid_broadcast_is_served_before_it_ends_and_each_device
     let second = router.await.unwrap();
     assert_eq!(first.consumed + second.consumed, 1, "{first:?} {second:?}");
     assert_eq!(first.segments + second.segments, 1, "{first:?} {second:?}");
+}
+
+/// A router told to stop mid-broadcast (SIGTERM in a deploy) stops at the next page, its
+/// progress saved, and the next router resumes there: every device reached, at most one page
+/// twice. Seen: it sent the rest of the segment first, and a segment longer than a deploy's
+/// grace period was killed mid-page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_stopping_mid_broadcast_stops_at_a_page_and_the_next_resumes() {
+    const DEVICES: i64 = 60_000;
+    let mut p = Platform::start().await;
+    let registry = Registry::new(p.store.pool());
+    let (devices, logins) = gcm_users(300_000, DEVICES, |i| format!("s-{i:06}"));
+    for (d, l) in devices.chunks(5_000).zip(logins.chunks(5_000)) {
+        registry.register(&p.app, d, l).await.unwrap();
+    }
+    let within = Duration::from_secs(30);
+    wait_until(within, "the router got no partitions", || async {
+        p.membership.partitions() >= 2
+    })
+    .await;
+    let a = post_json(
+        p.addr,
+        "/api/v1/segments/push",
+        KEY,
+        &json!({"condition": {"platform": "gcm"}, "message": "m", "notif_id": "stopped"}),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let progress = || registry.segment_progress(&p.app, "stopped");
+    wait_until(within, "the broadcast did not start", || async {
+        progress()
+            .await
+            .unwrap()
+            .is_some_and(|(_, sent, _)| sent != 0)
+    })
+    .await;
+    p.stop.cancel();
+    (&mut p.router).await.unwrap();
+    let (_, sent, done) = progress().await.unwrap().unwrap();
+    assert!(!done, "the router sent the whole segment before stopping");
+
+    let stop = CancellationToken::new();
+    let router = spawn_router(&p.kafka, &p.app, &p.store, &stop, Membership::default());
+    wait_until(Duration::from_secs(60), "the next router did not finish it", || async {
+        progress().await.unwrap().is_some_and(|(_, _, done)| done)
+    })
+    .await;
+    let pushes = read_topic(
+        p.kafka.bootstrap(),
+        &format!("push-{}_gcm", p.app),
+        DEVICES as usize,
+    );
+    let tokens: std::collections::HashSet<&str> =
+        pushes.iter().map(|m| m["to"].as_str().unwrap()).collect();
+    assert_eq!(tokens.len(), DEVICES as usize, "every device reached");
+    assert!(
+        pushes.len() <= DEVICES as usize + 1_000,
+        "{} pushes: more than one page twice (stopped at {sent})",
+        pushes.len()
+    );
+    stop.cancel();
+    router.await.unwrap();
 }
 
 /// A keyed request retried after Kafka's answer was lost writes its notification's record
@@ -1272,6 +1350,40 @@ async fn two_logins_of_one_device_in_one_second_keep_the_later_token() {
         .unwrap();
     assert_eq!(tokens_of(&registry, &app, 7).await, ["d-newest"]);
     assert_eq!(tokens_of(&registry, &app, 8).await, ["c-other-user"]);
+}
+
+/// Registrations of one user at the same moment, each one device with its login (as the API
+/// and login events register): the user keeps at most 10 devices. Seen: 30 concurrent
+/// registrations left 16, each trim seeing only its own insert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_of_one_user_keep_ten_devices() {
+    // A pool of 16 connections, so that the registrations overlap as the API's do.
+    let mut config = common::platform::pg();
+    config.pool_size = 16;
+    let registry = Registry::new(Store::new(&config).unwrap().pool());
+    let app = common::platform::fresh_app("conc");
+    common::platform::store().await;
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let (registry, app) = (registry.clone(), app.clone());
+            tokio::spawn(async move {
+                let device = pusher::platform::registry::Device {
+                    device_id: format!("d{i}"),
+                    ..android(500, &format!("conc-{i:02}"), 1_000 + i)
+                };
+                let login = pusher::platform::registry::Login {
+                    user_id: 500,
+                    language_id: None,
+                    at_ms: (1_000 + i) * 1000,
+                };
+                registry.register(&app, &[device], &[login]).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(tokens_of(&registry, &app, 500).await.len(), 10);
 }
 
 /// A token removed through the API (`DELETE /api/v1/devices/{token}`: a logout) is not

@@ -187,12 +187,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let report_flags = &args.report;
     // Where the reports go, and the baseline, are checked first: a typo should fail before a
     // long run, not after it.
-    for path in [&report_flags.json, &report_flags.html, &args.hgrm]
-        .into_iter()
-        .flatten()
-    {
-        crate::report::check_writable(path)?;
-    }
+    let outputs: Vec<(&str, &Path)> = [
+        ("--json", &report_flags.json),
+        ("--html", &report_flags.html),
+        ("--hgrm", &args.hgrm),
+    ]
+    .into_iter()
+    .filter_map(|(flag, path)| Some((flag, path.as_deref()?)))
+    .collect();
+    crate::report::check_outputs(&outputs, report_flags.baseline.as_deref())?;
     let baseline = match &report_flags.baseline {
         Some(path) => Some((gate::load_baseline(path)?, path.as_path())),
         None => None,

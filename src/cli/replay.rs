@@ -128,9 +128,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         bail!("--loop needs --count or --duration (else it never ends)");
     }
     // Checked before the replay, as `pusher bench` does.
-    for path in [&args.report.json, &args.report.html].into_iter().flatten() {
-        crate::report::check_writable(path)?;
-    }
+    let outputs: Vec<(&str, &std::path::Path)> =
+        [("--json", &args.report.json), ("--html", &args.report.html)]
+            .into_iter()
+            .filter_map(|(flag, path)| Some((flag, path.as_deref()?)))
+            .collect();
+    crate::report::check_outputs(&outputs, args.report.baseline.as_deref())?;
     let baseline = match &args.report.baseline {
         Some(path) => Some((crate::report::gate::load_baseline(path)?, path.as_path())),
         None => None,
@@ -497,6 +500,10 @@ fn make_report(
             repeat: 1,
             // The pacer and the senders run on one thread.
             threads: 1,
+            // The capture is the workload.
+            payload_size: None,
+            invalid_ratio: None,
+            connections: None,
         },
         duration_secs: elapsed,
         throughput: r.completed() as f64 / elapsed,

@@ -183,20 +183,32 @@ pub struct Lease<'a> {
     rebalances: u64,
     /// When the batch was read.
     read_at: std::time::Instant,
+    /// The process is stopping: long work (a segment's pages) ends at its next step.
+    stop: CancellationToken,
     paused: AtomicBool,
     /// The first record of a new assignment, met while polling: the next batch starts with it.
     next: parking_lot::Mutex<Option<BorrowedMessage<'a>>>,
 }
 
 impl<'a> Lease<'a> {
-    fn new(consumer: &'a GroupConsumer) -> Lease<'a> {
+    fn new(consumer: &'a GroupConsumer, stop: &CancellationToken) -> Lease<'a> {
         Lease {
             consumer,
             rebalances: consumer.context().rebalances(),
             read_at: std::time::Instant::now(),
+            stop: stop.clone(),
             paused: AtomicBool::new(false),
             next: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Whether the process is stopping (SIGTERM): work that saves its progress step by step
+    /// (a segment, page by page) returns Err at its next step, and the batch is redone by
+    /// whoever reads its partitions next, from that progress. Seen: a router told to stop
+    /// sent the rest of a 100,000-device segment first (a million would outlast a deploy's
+    /// grace period and be killed mid-page).
+    pub fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
     }
 
     /// Whether a rebalance took the batch.
@@ -302,7 +314,7 @@ pub async fn batches<B: Batches>(
                 continue;
             }
         }
-        let lease = Lease::new(consumer);
+        let lease = Lease::new(consumer, stop);
         // Whatever else is already fetched joins the batch (no waiting for more). A rebalance
         // served meanwhile takes what came before it (its partitions' new owners read them
         // from the commit); a record that came with it starts the next batch.
@@ -326,6 +338,12 @@ pub async fn batches<B: Batches>(
                 };
                 if lease.lost() {
                     break None;
+                }
+                // Stopped mid-batch (a segment between pages): nothing committed, the batch
+                // is redone from its saved progress.
+                if stop.is_cancelled() {
+                    tracing::info!(reason = %e, "Stopped mid-batch; it is redone from its saved progress.");
+                    return;
                 }
                 crate::telemetry::health::set(component, Some(e.clone()));
                 tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "Batch failed, not by the records' fault; retrying, nothing committed.");

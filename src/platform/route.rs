@@ -799,7 +799,13 @@ async fn stream_segment(
         }
         // Between pages, with this one's progress saved: a rebalance is served now, not when
         // the segment ends (the whole group would wait for it), and the partition's new owner
-        // resumes after this page.
+        // resumes after this page; a stop ends here too.
+        if lease.stopping() {
+            return Err(format!(
+                "stopping: segment {} resumes after its {produced} devices sent",
+                n.notif_id
+            ));
+        }
         lease.keep(Duration::ZERO).await?;
         page = next;
     }

@@ -62,7 +62,7 @@ pub enum RangeError {
         since: String,
         until: String,
     },
-    #[error("unknown time {0:?}: give RFC 3339 (2026-11-29T19:00:00Z), Unix milliseconds, or a duration ago (15m)")]
+    #[error("unknown time {0:?}: give RFC 3339 (2026-11-29T19:00:00Z), Unix milliseconds, or a duration ago (15m), from 1970 to 9999")]
     Time(String),
     #[error("topic {topic} at {brokers}: {reason}")]
     Topic {
@@ -127,6 +127,19 @@ fn now_ms() -> i64 {
 /// Unix milliseconds (`1795000000000`), a duration ago (`15m`, `2h`), or `now`. Milliseconds
 /// since the epoch.
 pub fn parse_time(s: &str) -> Result<i64, RangeError> {
+    let at = parse_any_time(s)?;
+    // Kafka's timestamps (and RFC 3339, which shows them) end with year 9999. Seen: a time
+    // past it panicked when shown.
+    if !(0..=LAST_MS).contains(&at) {
+        return Err(RangeError::Time(s.to_string()));
+    }
+    Ok(at)
+}
+
+/// 9999-12-31T23:59:59.999Z.
+const LAST_MS: i64 = 253_402_300_799_999;
+
+fn parse_any_time(s: &str) -> Result<i64, RangeError> {
     let t = s.trim();
     if t == "now" {
         return Ok(now_ms());
@@ -141,13 +154,13 @@ pub fn parse_time(s: &str) -> Result<i64, RangeError> {
             .map_err(|_| RangeError::Time(s.to_string()));
     }
     match humantime::parse_duration(t) {
-        Ok(ago) => Ok(now_ms() - ago.as_millis() as i64),
+        Ok(ago) => Ok(now_ms().saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX))),
         Err(_) => Err(RangeError::Time(s.to_string())),
     }
 }
 
 fn show_ms(ms: i64) -> String {
-    if ms < 0 {
+    if !(0..=LAST_MS).contains(&ms) {
         return ms.to_string();
     }
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
@@ -498,6 +511,11 @@ mod tests {
         assert_eq!(parse_time("1970-01-01 00:00:02").unwrap(), 2000);
         let ago = parse_time("15m").unwrap();
         assert!((now_ms() - ago - 900_000).abs() < 5_000);
+        // Past year 9999 (or before 1970): refused, where showing it panicked.
+        for far in ["253402300800000", "10000000000000000", "300000000y"] {
+            assert!(parse_time(far).is_err(), "{far}");
+        }
+        assert_eq!(parse_time("253402300799999").unwrap(), LAST_MS);
         let err = parse_time("yesterday-ish").unwrap_err().to_string();
         assert!(
             err.contains("unknown time") && err.contains("RFC 3339"),

@@ -178,6 +178,15 @@ pub struct Params {
     /// Threads the sender and the pipeline ran on (the runtime's workers).
     #[serde(default)]
     pub threads: usize,
+    /// The workload's shape (`--payload-size` as given, `--invalid-ratio`, `--connections`):
+    /// the gate refuses a baseline of another. None in a replay (the capture is the
+    /// workload) and in reports from before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

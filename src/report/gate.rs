@@ -22,6 +22,9 @@ pub enum GateError {
         "baseline {path} has no usable figures (throughput, calibration and send p99 must be > 0)"
     )]
     Empty { path: String },
+    /// A run that cannot stand for the code's speed: part of a run, or one that lost messages.
+    #[error("baseline {path} is {why}: its figures are no baseline")]
+    Unfit { path: String, why: &'static str },
 }
 
 pub fn load_baseline(path: &Path) -> Result<Report, GateError> {
@@ -46,10 +49,37 @@ pub fn load_baseline(path: &Path) -> Result<Report, GateError> {
     {
         return Err(GateError::Empty { path: p });
     }
+    let why = if report.interrupted {
+        Some("an interrupted run")
+    } else if !report.conservation.ok || report.conservation.lost > 0 {
+        Some("a run whose messages did not add up (its conservation check failed)")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(GateError::Unfit { path: p, why });
+    }
     Ok(report)
 }
 
 fn p99(r: &Report) -> Option<f64> {
+    // Open loop: the latency corrected for coordinated omission (from each message's
+    // intended start), the one that shows a stall; the raw one hides what waited behind it.
+    if r.params.rate.is_some() {
+        let corrected = |l: &super::data::Latencies| {
+            l.end_to_end_corrected
+                .as_ref()
+                .or(l.send_corrected.as_ref())
+                .map(|p| p.p99_us as f64)
+        };
+        let runs: Vec<f64> = r.runs_latency.iter().filter_map(corrected).collect();
+        if !runs.is_empty() {
+            return Some(median(&runs));
+        }
+        if let Some(v) = corrected(&r.latency) {
+            return Some(v);
+        }
+    }
     // The median of the repetitions' p99s: one run's tail is too noisy to gate on.
     if !r.runs_p99_us.is_empty() {
         let v: Vec<f64> = r.runs_p99_us.iter().map(|&x| x as f64).collect();
@@ -62,12 +92,16 @@ fn p99(r: &Report) -> Option<f64> {
         .map(|p| p.p99_us as f64)
 }
 
-/// Which latency [`p99`] is of: end to end where the run measured it, else send.
+/// Which latency [`p99`] is of: end to end where the run measured it, else send; corrected
+/// for coordinated omission in open loop.
 fn p99_kind(r: &Report) -> &'static str {
-    if r.latency.end_to_end.is_some() {
-        "end-to-end"
-    } else {
-        "send"
+    let corrected = r.params.rate.is_some()
+        && (r.latency.end_to_end_corrected.is_some() || r.latency.send_corrected.is_some());
+    match (r.latency.end_to_end.is_some(), corrected) {
+        (true, false) => "end-to-end",
+        (true, true) => "end-to-end (CO-corrected)",
+        (false, false) => "send",
+        (false, true) => "send (CO-corrected)",
     }
 }
 
@@ -97,6 +131,25 @@ pub fn differences(current: &Report, baseline: &Report) -> Vec<String> {
     // 0: a report from before the threads were recorded, which cannot say.
     if base.threads != 0 {
         pairs.push(("threads", now.threads.to_string(), base.threads.to_string()));
+    }
+    // The workload: a baseline from before it was recorded cannot say. Seen: a run of 3,000
+    // byte payloads on one connection was judged a 43 % regression of a 300-byte baseline
+    // (and a lighter workload would hide one).
+    let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".to_owned());
+    if base.payload_size.is_some() {
+        pairs.push((
+            "payload size",
+            shown(&now.payload_size),
+            shown(&base.payload_size),
+        ));
+    }
+    if let Some(ratio) = base.invalid_ratio {
+        let now_ratio = now.invalid_ratio.map(|r| r.to_string());
+        pairs.push(("invalid ratio", shown(&now_ratio), ratio.to_string()));
+    }
+    if let Some(c) = base.connections {
+        let now_c = now.connections.map(|c| c.to_string());
+        pairs.push(("connections", shown(&now_c), c.to_string()));
     }
     pairs
         .into_iter()
@@ -291,6 +344,9 @@ pub(crate) mod tests {
                 rate: None,
                 repeat: 1,
                 threads: 1,
+                payload_size: Some("300".into()),
+                invalid_ratio: Some(0.0),
+                connections: Some(2),
             },
             duration_secs: 1.0,
             throughput,
@@ -301,7 +357,10 @@ pub(crate) mod tests {
             },
             outcomes: Default::default(),
             reasons: Default::default(),
-            conservation: Default::default(),
+            conservation: Conservation {
+                ok: true,
+                ..Default::default()
+            },
             timeline: vec![],
             runs: vec![throughput],
             runs_p99_us: vec![],
@@ -386,6 +445,22 @@ pub(crate) mod tests {
         let mut old = base.clone();
         old.params.threads = 0;
         assert!(differences(&base, &old).is_empty());
+        // The workload's shape; a baseline from before it was recorded cannot say.
+        let mut heavier = base.clone();
+        heavier.params.payload_size = Some("3000".into());
+        heavier.params.connections = Some(1);
+        assert_eq!(
+            differences(&heavier, &base),
+            [
+                "payload size 3000, baseline 300",
+                "connections 1, baseline 2"
+            ]
+        );
+        let mut unrecorded = base.clone();
+        unrecorded.params.payload_size = None;
+        unrecorded.params.invalid_ratio = None;
+        unrecorded.params.connections = None;
+        assert!(differences(&heavier, &unrecorded).is_empty());
         let mut replay = base.clone();
         replay.replay = Some(ReplayInfo {
             pace: "10x".into(),
@@ -432,5 +507,45 @@ pub(crate) mod tests {
         let good = dir.path().join("good.json");
         std::fs::write(&good, serde_json::to_string(&sample(1.0, 1, 1.0)).unwrap()).unwrap();
         assert!(load_baseline(&good).is_ok());
+        // Part of a run, or one that lost messages, is no baseline. Seen: both accepted.
+        let mut part = sample(1.0, 1, 1.0);
+        part.interrupted = true;
+        let mut lossy = sample(1.0, 1, 1.0);
+        lossy.conservation.ok = false;
+        lossy.conservation.lost = 500;
+        for (name, r) in [("part.json", part), ("lossy.json", lossy)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, serde_json::to_string(&r).unwrap()).unwrap();
+            assert!(
+                matches!(load_baseline(&path), Err(GateError::Unfit { .. })),
+                "{name}"
+            );
+        }
+    }
+
+    /// Open loop is gated on the latency corrected for coordinated omission: the raw p99
+    /// hides the messages that waited behind a stall. Seen: a raw 15 s p99 gated where the
+    /// corrected one was 21 s.
+    #[test]
+    fn open_loop_is_gated_on_the_corrected_p99() {
+        let mut r = sample(1000.0, 500, 1e6);
+        r.params.rate = Some(5000.0);
+        r.params.concurrency = None;
+        let corrected = |p99_us| Percentiles {
+            p99_us,
+            ..r.latency.send.clone().unwrap()
+        };
+        r.latency.send_corrected = Some(corrected(900));
+        assert_eq!(p99(&r), Some(900.0));
+        r.runs_latency = [700, 800, 2000]
+            .into_iter()
+            .map(|v| Latencies {
+                send_corrected: Some(corrected(v)),
+                ..Default::default()
+            })
+            .collect();
+        assert_eq!(p99(&r), Some(800.0));
+        r.params.rate = None;
+        assert_eq!(p99(&r), Some(500.0));
     }
 }

@@ -33,6 +33,14 @@ pub enum ReportError {
     IsDir { path: PathBuf },
     #[error("drawing a chart: {0}")]
     Chart(String),
+    #[error(
+        "{first} and {second} name the same file {path}: the later write would replace the earlier"
+    )]
+    SameFile {
+        first: String,
+        second: String,
+        path: PathBuf,
+    },
 }
 
 /// Reads a JSON report written by `bench --json` or `replay --json`.
@@ -52,6 +60,44 @@ pub fn load(path: &Path) -> Result<Report, ReportError> {
         });
     }
     Ok(report)
+}
+
+/// Checks a run's outputs before it starts: each writable ([`check_writable`]), no two the
+/// same file, and none the baseline (`--baseline`, read, never written). Seen: `--json` naming
+/// the baseline replaced it with the regressed run, and the same command then passed.
+/// `files`: (flag, path) pairs.
+pub fn check_outputs(files: &[(&str, &Path)], baseline: Option<&Path>) -> Result<(), ReportError> {
+    for (_, path) in files {
+        check_writable(path)?;
+    }
+    // The folder resolved (it exists: checked above), the name as given.
+    let key = |path: &Path| {
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        folder
+            .canonicalize()
+            .unwrap_or(folder)
+            .join(path.file_name().unwrap_or_default())
+    };
+    let all: Vec<(&str, &Path)> = files
+        .iter()
+        .copied()
+        .chain(baseline.map(|b| ("--baseline", b)))
+        .collect();
+    for (i, (first, a)) in all.iter().enumerate() {
+        for (second, b) in &all[i + 1..] {
+            if key(a) == key(b) {
+                return Err(ReportError::SameFile {
+                    first: (*first).to_owned(),
+                    second: (*second).to_owned(),
+                    path: a.to_path_buf(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Fails, naming the path, when a report cannot be written to `path` (its folder is missing or
@@ -184,6 +230,22 @@ fn process_exists(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--json` naming the baseline replaced it with the regressed run, and the next run
+    /// passed against it: refused before the run, as are two outputs in one file.
+    #[test]
+    fn outputs_are_neither_the_baseline_nor_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.json");
+        std::fs::write(&base, "{}").unwrap();
+        let other = dir.path().join("run.json");
+        let spelled_apart = dir.path().join(".").join("base.json");
+        let e = check_outputs(&[("--json", &spelled_apart)], Some(&base)).unwrap_err();
+        assert!(e.to_string().contains("--json and --baseline"), "{e}");
+        let e = check_outputs(&[("--json", &other), ("--html", &other)], None).unwrap_err();
+        assert!(e.to_string().contains("--json and --html"), "{e}");
+        check_outputs(&[("--json", &other)], Some(&base)).unwrap();
+    }
 
     #[test]
     fn unwritable_report_paths_are_named_before_anything_runs() {

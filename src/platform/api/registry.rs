@@ -130,15 +130,14 @@ pub(super) async fn put_device(
         registered_ms: now,
         keys,
     };
-    let logins: Vec<Login> = r
-        .language_id
-        .map(|language_id| Login {
-            user_id: r.user_id,
-            language_id: Some(language_id),
-            at_ms: now,
-        })
-        .into_iter()
-        .collect();
+    // A registration is a login, with its language or without (the user keeps theirs): a
+    // segment's `last_login_*` conditions match it. Seen: a device registered without a
+    // language matched none of them, not even `last_login_after: 0`.
+    let logins = [Login {
+        user_id: r.user_id,
+        language_id: r.language_id,
+        at_ms: now,
+    }];
     state
         .registry
         .register(&caller.app, std::slice::from_ref(&device), &logins)
