@@ -871,9 +871,11 @@ async fn a_router_stopping_mid_broadcast_stops_at_a_page_and_the_next_resumes() 
 
     let stop = CancellationToken::new();
     let router = spawn_router(&p.kafka, &p.app, &p.store, &stop, Membership::default());
-    wait_until(Duration::from_secs(60), "the next router did not finish it", || async {
-        progress().await.unwrap().is_some_and(|(_, _, done)| done)
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the next router did not finish it",
+        || async { progress().await.unwrap().is_some_and(|(_, _, done)| done) },
+    )
     .await;
     let pushes = read_topic(
         p.kafka.bootstrap(),

@@ -33,6 +33,21 @@ impl Interrupt {
     /// runs' runtimes can come and go). Returns once the handlers are in place; installing
     /// again returns the same.
     pub fn install() -> Result<Interrupt, InterruptError> {
+        Interrupt::install_saying(format!(
+            "pusher: interrupted: no new messages; waiting up to {}s for those in flight, then the report (interrupt again to exit now)",
+            DRAIN.as_secs()
+        ))
+    }
+
+    /// [`Interrupt::install`] for a command with nothing in flight to wait for (`gen`, an
+    /// export): the first signal's notice says only that it stops.
+    pub fn install_plain() -> Result<Interrupt, InterruptError> {
+        Interrupt::install_saying(
+            "pusher: interrupted: stopping (interrupt again to exit now)".to_owned(),
+        )
+    }
+
+    fn install_saying(notice: String) -> Result<Interrupt, InterruptError> {
         let mut installed = INSTALLED.lock();
         if let Some(i) = installed.as_ref() {
             return Ok(i.clone());
@@ -42,7 +57,7 @@ impl Interrupt {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("pusher-signals".into())
-            .spawn(move || watch(token, ready_tx))?;
+            .spawn(move || watch(token, &notice, ready_tx))?;
         ready_rx
             .recv()
             .map_err(|_| std::io::Error::other("the signal thread ended"))??;
@@ -121,7 +136,11 @@ impl EndpointFault {
     }
 }
 
-fn watch(token: CancellationToken, ready: std::sync::mpsc::Sender<std::io::Result<()>>) {
+fn watch(
+    token: CancellationToken,
+    notice: &str,
+    ready: std::sync::mpsc::Sender<std::io::Result<()>>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -152,13 +171,12 @@ fn watch(token: CancellationToken, ready: std::sync::mpsc::Sender<std::io::Resul
             }
             seen += 1;
             if seen == 1 {
-                crate::progress::eprintln_above(&format!(
-                    "pusher: interrupted: no new messages; waiting up to {}s for those in flight, then the report (interrupt again to exit now)",
-                    DRAIN.as_secs()
-                ));
+                crate::progress::eprintln_above(notice);
                 token.cancel();
             } else {
-                crate::progress::eprintln_above("pusher: interrupted again: exiting now, no report");
+                crate::progress::eprintln_above(
+                    "pusher: interrupted again: exiting now, no report",
+                );
                 std::process::exit(i32::from(EXIT_CODE));
             }
         }

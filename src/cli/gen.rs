@@ -127,7 +127,7 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
     // Ctrl-C stops every sink at a message's end: a file or stdout keeps whole lines, Kafka
     // what it acknowledges (exit 130). Installed first, so that no sink meets a signal's
     // default action.
-    let interrupt = crate::bench::interrupt::Interrupt::install()?;
+    let interrupt = crate::bench::interrupt::Interrupt::install_plain()?;
     let stopped = || interrupt.is_set();
 
     if let Some(brokers) = &args.kafka.brokers.brokers {

@@ -559,7 +559,7 @@ fn from_kafka(args: &ReplayArgs, topic: &str) -> anyhow::Result<ExitCode> {
     let since = kafka::parse_time(since)?;
     let until = args.until.as_deref().map(kafka::parse_time).transpose()?;
     // Ctrl-C stops the read (exit 130); the temporary files are removed as the error returns.
-    let interrupt = Interrupt::install()?;
+    let interrupt = Interrupt::install_plain()?;
     let range = kafka::Range {
         brokers,
         topic,
