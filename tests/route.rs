@@ -766,32 +766,9 @@ async fn a_router_joining_mid_broadcast_is_served_before_it_ends_and_each_device
     // streaming router (its next heartbeat, 2 s at most).
     const DEVICES: i64 = 60_000;
     let p = Platform::start().await;
-    let registry = Registry::new(p.store.pool());
-    let (devices, logins) = gcm_users(100_000, DEVICES, |i| format!("b-{i:06}"));
-    for (d, l) in devices.chunks(5_000).zip(logins.chunks(5_000)) {
-        registry.register(&p.app, d, l).await.unwrap();
-    }
+    let registry = broadcast_started(&p, DEVICES, "bcast").await;
     let within = Duration::from_secs(30);
-    wait_until(within, "the router got no partitions", || async {
-        p.membership.partitions() >= 2
-    })
-    .await;
-    let a = post_json(
-        p.addr,
-        "/api/v1/segments/push",
-        KEY,
-        &json!({"condition": {"platform": "gcm"}, "message": "m", "notif_id": "bcast"}),
-    )
-    .await;
-    assert_eq!(a.status, 202, "{}", a.text());
     let progress = || registry.segment_progress(&p.app, "bcast");
-    wait_until(within, "the broadcast did not start", || async {
-        progress()
-            .await
-            .unwrap()
-            .is_some_and(|(_, sent, _)| sent != 0)
-    })
-    .await;
     let joined = Instant::now();
     let second = Membership::default();
     let router = spawn_router(&p.kafka, &p.app, &p.store, &p.stop, second.clone());
@@ -830,17 +807,12 @@ async fn a_router_joining_mid_broadcast_is_served_before_it_ends_and_each_device
     assert_eq!(first.segments + second.segments, 1, "{first:?} {second:?}");
 }
 
-/// A router told to stop mid-broadcast (SIGTERM in a deploy) stops at the next page, its
-/// progress saved, and the next router resumes there: every device reached, at most one page
-/// twice. Seen: it sent the rest of the segment first, and a segment longer than a deploy's
-/// grace period was killed mid-page.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_stopping_mid_broadcast_stops_at_a_page_and_the_next_resumes() {
-    const DEVICES: i64 = 60_000;
-    let mut p = Platform::start().await;
+/// `devices` users with one GCM device each, registered; once the router holds its
+/// partitions, a broadcast `notif_id` to all of them, returned once its first page is sent.
+async fn broadcast_started(p: &Platform, devices: i64, notif_id: &str) -> Registry {
     let registry = Registry::new(p.store.pool());
-    let (devices, logins) = gcm_users(300_000, DEVICES, |i| format!("s-{i:06}"));
-    for (d, l) in devices.chunks(5_000).zip(logins.chunks(5_000)) {
+    let (d, l) = gcm_users(100_000, devices, |i| format!("b-{i:06}"));
+    for (d, l) in d.chunks(5_000).zip(l.chunks(5_000)) {
         registry.register(&p.app, d, l).await.unwrap();
     }
     let within = Duration::from_secs(30);
@@ -852,18 +824,31 @@ async fn a_router_stopping_mid_broadcast_stops_at_a_page_and_the_next_resumes() 
         p.addr,
         "/api/v1/segments/push",
         KEY,
-        &json!({"condition": {"platform": "gcm"}, "message": "m", "notif_id": "stopped"}),
+        &json!({"condition": {"platform": "gcm"}, "message": "m", "notif_id": notif_id}),
     )
     .await;
     assert_eq!(a.status, 202, "{}", a.text());
-    let progress = || registry.segment_progress(&p.app, "stopped");
     wait_until(within, "the broadcast did not start", || async {
-        progress()
+        registry
+            .segment_progress(&p.app, notif_id)
             .await
             .unwrap()
             .is_some_and(|(_, sent, _)| sent != 0)
     })
     .await;
+    registry
+}
+
+/// A router told to stop mid-broadcast (SIGTERM in a deploy) stops at the next page, its
+/// progress saved, and the next router resumes there: every device reached, at most one page
+/// twice. Seen: it sent the rest of the segment first, and a segment longer than a deploy's
+/// grace period was killed mid-page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_stopping_mid_broadcast_stops_at_a_page_and_the_next_resumes() {
+    const DEVICES: i64 = 60_000;
+    let mut p = Platform::start().await;
+    let registry = broadcast_started(&p, DEVICES, "stopped").await;
+    let progress = || registry.segment_progress(&p.app, "stopped");
     p.stop.cancel();
     (&mut p.router).await.unwrap();
     let (_, sent, done) = progress().await.unwrap().unwrap();
