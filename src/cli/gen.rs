@@ -221,8 +221,8 @@ pub fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e).with_context(|| format!("writing to {name}")),
         };
         drop(sink);
-        // ShapedTimes::new refuses a shape holding under one message; one holding about one
-        // may still place none (its steps sum to just under it): never keep an empty capture.
+        // ShapedTimes::new refuses a shape holding under one message, so none placed means
+        // interrupted before the first: never keep an empty capture.
         if n == 0 && !stopped() {
             bail!("the shape placed no message: give a longer --duration or a higher --peak-rate");
         }

@@ -88,7 +88,8 @@ impl Claims {
     /// whose cooldown was changed applies the new one to users inside the old one, as
     /// Pushkin compares the last send with the current cooldown. Seen: the end stored at
     /// the claim held, so a cooldown raised from 5 s to a day let a push through 7 s later.
-    /// Rows claimed by a build before `claimed_at` keep their stored end.
+    /// Rows claimed by a build before `claimed_at` keep their stored end. (In seconds: an
+    /// interval of days would follow the session's time zone across a DST change.)
     pub async fn cooldown(
         &self,
         app: &str,
@@ -124,7 +125,10 @@ impl Claims {
                                              THEN c.claimed_at ELSE now() END,
                            sent = c.sent AND c.last_event = EXCLUDED.last_event,
                            last_event = EXCLUDED.last_event
-                       WHERE coalesce(c.claimed_at + (EXCLUDED.until - now()), c.until) <= now()
+                       WHERE coalesce(c.claimed_at
+                                      + extract(epoch FROM EXCLUDED.until - now())
+                                        * interval '1 second',
+                                      c.until) <= now()
                           OR c.last_event = EXCLUDED.last_event
                      RETURNING user_id::text, message, sent",
                 &[&app, &users, &messages, &owners, &seconds],

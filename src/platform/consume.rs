@@ -181,8 +181,8 @@ pub struct Lease<'a> {
     consumer: &'a GroupConsumer,
     /// The member's rebalance count when the batch was read.
     rebalances: u64,
-    /// When the batch was read.
-    read_at: std::time::Instant,
+    /// When the batch was read, or last confirmed as this member's ([`Lease::confirm`]).
+    confirmed_at: parking_lot::Mutex<std::time::Instant>,
     /// The process is stopping: long work (a segment's pages) ends at its next step.
     stop: CancellationToken,
     paused: AtomicBool,
@@ -195,7 +195,7 @@ impl<'a> Lease<'a> {
         Lease {
             consumer,
             rebalances: consumer.context().rebalances(),
-            read_at: std::time::Instant::now(),
+            confirmed_at: parking_lot::Mutex::new(std::time::Instant::now()),
             stop: stop.clone(),
             paused: AtomicBool::new(false),
             next: parking_lot::Mutex::new(None),
@@ -260,13 +260,16 @@ impl<'a> Lease<'a> {
     /// frozen 20 s between its cooldown claims and its produce woke and sent the pushes its
     /// successor had sent meanwhile (20 of 40 users got two).
     pub async fn confirm(&self) -> Result<(), String> {
-        if self.read_at.elapsed() < SESSION_TIMEOUT / 2 {
+        if self.confirmed_at.lock().elapsed() < SESSION_TIMEOUT / 2 {
             return match self.lost() {
                 true => Err("a rebalance took the batch's partitions".to_owned()),
                 false => Ok(()),
             };
         }
-        self.keep(HEARTBEAT_INTERVAL).await
+        // Paused, the poll waits out the heartbeat: once per half session, not per step.
+        self.keep(HEARTBEAT_INTERVAL).await?;
+        *self.confirmed_at.lock() = std::time::Instant::now();
+        Ok(())
     }
 
     /// Ends the hold: resumes the partitions; the record to start the next batch with.

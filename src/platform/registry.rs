@@ -18,8 +18,9 @@ pub const MAX_DEVICES_PER_USER: i64 = 10;
 /// entries stop at ~2.7 KB with the app and notif_id beside them.
 pub const MAX_TOKEN_LEN: usize = 2000;
 
-/// Why `token` cannot be a device's token on `platform`, if it cannot: the one check of the
-/// API's tokens (gorush's pushes, registrations) and of login events. An Android token never
+/// Why `token` cannot be a device's token on `platform`, if it cannot: the check of the API's
+/// tokens (gorush's pushes, registrations; login events check theirs in [`login_of`], the
+/// topic rule included). An Android token never
 /// starts with `/topics/`: the pusher sends such a `to` to the FCM topic (the legacy API's
 /// broadcast, which raw Kafka messages may ask for), so one taken as a device's token made a
 /// push to one device a push to every subscriber of the topic.

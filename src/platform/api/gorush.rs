@@ -196,6 +196,15 @@ fn check_unsupported(
                      tag and click_action (strings)",
                 ));
             }
+            // FCM v1 refuses any other form (INVALID_ARGUMENT): every push would fail after
+            // a 200.
+            let color = value.as_str().filter(|c| key == "color" && !c.is_empty());
+            if color.is_some_and(|c| !is_rgb_color(c)) {
+                return Err(FieldError::new(
+                    at("notification.color"),
+                    "#rrggbb (FCM takes no other form)",
+                ));
+            }
         }
     }
     if n.expiration.is_some_and(|e| e < 0) {
@@ -218,6 +227,11 @@ const FCM_NOTIFICATION: [&str; 7] = [
     "tag",
     "click_action",
 ];
+
+/// `#rrggbb`, the one form of a color FCM v1 takes.
+fn is_rgb_color(c: &str) -> bool {
+    c.len() == 7 && c.starts_with('#') && c.bytes().skip(1).all(|b| b.is_ascii_hexdigit())
+}
 
 /// A request problem, naming the field (`notifications[2].platform`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -505,7 +519,7 @@ fn apns_template(n: &Notification, priority: Option<&str>) -> Map<String, Value>
     if let Some(badge) = n.badge.filter(|b| *b >= 0) {
         aps.insert("badge".into(), json!(badge));
     }
-    if let Some(sound) = n.sound.as_ref().filter(|s| !s.is_null()) {
+    if let Some(sound) = n.sound.as_ref().filter(|s| given(Some(s))) {
         aps.insert("sound".into(), sound.clone());
     }
     // gorush's `name` and `volume` make the sound a critical alert's (apns2's defaults for
@@ -548,9 +562,11 @@ fn apns_template(n: &Notification, priority: Option<&str>) -> Map<String, Value>
             message.insert(key.into(), v);
         }
     };
-    set("topic", n.topic.clone().map(Value::String));
-    set("push_type", n.push_type.clone().map(Value::String));
-    set("collapse_id", n.collapse_id.clone().map(Value::String));
+    // Go's zero value, "", is a field not given.
+    let text = |v: &Option<String>| v.clone().filter(|t| !t.is_empty()).map(Value::String);
+    set("topic", text(&n.topic));
+    set("push_type", text(&n.push_type));
+    set("collapse_id", text(&n.collapse_id));
     // 0 is kept: APNs then delivers at once or never (negatives are refused).
     set("expiration", n.expiration.map(|e| json!(e)));
     set(
@@ -641,7 +657,12 @@ fn gcm_template(n: &Notification, priority: Option<&str>) -> Map<String, Value> 
     if let Some(b) = body.or_else(|| fcm_notification(n, "body")) {
         notification.insert("body".into(), json!(b));
     }
-    if let Some(sound) = n.sound.as_ref().and_then(Value::as_str) {
+    if let Some(sound) = n
+        .sound
+        .as_ref()
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
         notification.insert("sound".into(), json!(sound));
     }
     let image = n.image.as_deref().filter(|i| !i.is_empty());
@@ -926,6 +947,17 @@ mod tests {
         assert_eq!(m["priority"], "high");
         let n: Notification = serde_json::from_value(json!({"notif_id":""})).unwrap();
         assert_eq!(n.notif_id, None);
+        let p = one(
+            json!({"tokens":["a"],"platform":1,"message":"m","push_type":"",
+            "topic":"","collapse_id":"","sound":""}),
+        )
+        .unwrap();
+        let m: Value = serde_json::from_slice(&p.message("a", "n")).unwrap();
+        assert_eq!(
+            m,
+            json!({"DeviceToken":"a","metadata":{"notif_id":"n"},
+                "Payload":{"aps":{"alert":"m"}}})
+        );
     }
 
     /// An Android push's extras as gorush carries them: `mutable_content` and `sound` for an
@@ -936,7 +968,7 @@ mod tests {
         let p = one(
             json!({"tokens":["a"],"platform":2,"message":"m","sound":"ping",
             "mutable_content":true,
-            "notification":{"icon":"ic","color":"#f00","tag":"t","click_action":"OPEN"}}),
+            "notification":{"icon":"ic","color":"#ff0000","tag":"t","click_action":"OPEN"}}),
         )
         .unwrap();
         let raw = p.message("a", "n");
@@ -945,7 +977,7 @@ mod tests {
         let n = parsed.notification.unwrap();
         assert_eq!(
             (n.sound.as_deref(), n.icon.as_deref(), n.color.as_deref()),
-            (Some("ping"), Some("ic"), Some("#f00"))
+            (Some("ping"), Some("ic"), Some("#ff0000"))
         );
         assert_eq!(
             (n.tag.as_deref(), n.click_action.as_deref()),
@@ -991,6 +1023,10 @@ mod tests {
             (
                 json!({"tokens":["a"],"platform":2,"notification":{"title":"x","sound":"s"}}),
                 "notifications[0].notification.sound",
+            ),
+            (
+                json!({"tokens":["a"],"platform":2,"notification":{"title":"x","color":"red"}}),
+                "notifications[0].notification.color",
             ),
             // An FCM topic is no device: sent as one, every subscriber got the push.
             (
