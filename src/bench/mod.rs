@@ -178,7 +178,22 @@ pub(crate) fn measurements(report: &mut Report, recorder: &recorder::Recorder) {
     report.outcomes = recorder.outcomes.clone();
     report.reasons = recorder.reasons.clone();
     report.timeline = recorder.timeline.clone();
-    report.series = Some(recorder.series());
+    let mut series = recorder.series();
+    end_at(&mut series.intervals, report.duration_secs);
+    report.series = Some(series);
+}
+
+/// Cuts the run's last interval at its end, `secs` into it: its rate is then divided by the
+/// time it covered, not the full width (every throughput chart ended in a false drop). Not
+/// the only one: the first interval's width names the chart's intervals.
+fn end_at(intervals: &mut [report::IntervalPoint], secs: f64) {
+    let many = intervals.len() > 1;
+    if let Some(last) = intervals.last_mut().filter(|_| many) {
+        let width = secs - last.start_secs;
+        if width > 0.0 && width < last.secs {
+            last.secs = width;
+        }
+    }
 }
 
 /// `bench --api` and `--events` drive requests of `batch` items each, and their recorder
@@ -255,5 +270,34 @@ pub(crate) fn base_report(settings: &Settings, mode: &str, profile: &str) -> Rep
         replay: None,
         api: None,
         events: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval(start_secs: f64) -> report::IntervalPoint {
+        report::IntervalPoint {
+            start_secs,
+            secs: 0.05,
+            ..Default::default()
+        }
+    }
+
+    /// A run of 0.12 s in 50 ms intervals: the last covers 20 ms, and its rate is taken over
+    /// those; a run of one interval keeps its width (it names the chart's intervals).
+    #[test]
+    fn the_last_interval_ends_with_the_run() {
+        let mut intervals = vec![interval(0.0), interval(0.05), interval(0.1)];
+        end_at(&mut intervals, 0.12);
+        assert!((intervals[2].secs - 0.02).abs() < 1e-9);
+        assert_eq!(intervals[1].secs, 0.05);
+        let mut one = vec![interval(0.0)];
+        end_at(&mut one, 0.02);
+        assert_eq!(one[0].secs, 0.05);
+        // A window that ends past the last interval leaves it whole.
+        end_at(&mut intervals[..2], 0.5);
+        assert_eq!(intervals[1].secs, 0.05);
     }
 }
