@@ -857,6 +857,39 @@ async fn bad_path_parameters_are_json_naming_them() {
     api.stop().await;
 }
 
+/// A missing field is named, not the object that lacks it, and a method a path does not take
+/// is a JSON refusal with `Allow`. Seen: no `field` for a missing one; an empty 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_fields_and_wrong_methods_are_named() {
+    let app = fresh_app("api");
+    let api = Api::start(settings(&app), "127.0.0.1:9").await;
+    for (method, path, body, field) in [
+        ("PUT", "/api/v1/webpush/subscriptions", "{}", "user_id"),
+        (
+            "POST",
+            "/api/push",
+            r#"{"notification": []}"#,
+            "notifications",
+        ),
+        (
+            "POST",
+            "/api/push",
+            r#"{"notifications": [{"tokens": ["a"], "message": "m"}]}"#,
+            "notifications[0].platform",
+        ),
+    ] {
+        let a = authorized(api.addr, method, path, KEY, body).await;
+        assert_eq!(a.status, 400, "{method} {path}: {}", a.text());
+        assert_eq!(a.json()["field"], field, "{method} {path}: {}", a.text());
+    }
+    let a = authorized(api.addr, "GET", "/api/push", KEY, "").await;
+    assert_eq!(a.status, 405, "{}", a.text());
+    assert_eq!(a.headers["content-type"], "application/json");
+    assert_eq!(a.headers["allow"], "POST");
+    assert_eq!(a.json()["code"], 405, "{}", a.text());
+    api.stop().await;
+}
+
 /// Pushkin's queue routes share one client per group for the process, and concurrent calls
 /// one read: 50 at once answer the backlog, from one client. Seen: each call made its own
 /// librdkafka client (threads, connections) in a blocking task.
@@ -870,6 +903,7 @@ async fn queue_sizes_share_one_client_and_one_read() {
         route_group: format!("route-{app}"),
         apns_group: format!("apns-{app}"),
         gcm_group: format!("gcm-{app}"),
+        webpush_group: format!("webpush-{app}"),
     };
     let api = Api::start(s, kafka.bootstrap()).await;
     let three =
@@ -931,6 +965,21 @@ async fn queue_sizes_share_one_client_and_one_read() {
         "{detail}"
     );
     assert_eq!(lag.clients_created(), 2);
+    // The browsers' pusher has its backlog too (Pushkin had no browsers). Seen: 404.
+    let webpush = request(
+        api.addr,
+        "GET",
+        "/get_webpush_sender_queue",
+        &[("authorization", &auth), ("accept", "application/json")],
+        "",
+    )
+    .await;
+    assert_eq!(webpush.status, 200, "{}", webpush.text());
+    assert_eq!(
+        (&webpush.json()["queue"], &webpush.json()["size"]),
+        (&json!("webpush"), &json!(0))
+    );
+    assert_eq!(webpush.json()["group"], format!("webpush-{app}"));
     api.stop().await;
 }
 
@@ -2795,6 +2844,7 @@ async fn healthz_asks_kafka_rather_than_remembering_a_failure() {
         route_group: format!("route-{app}"),
         apns_group: format!("apns-{app}"),
         gcm_group: format!("gcm-{app}"),
+        webpush_group: format!("webpush-{app}"),
     };
     let api = Api::start(s, &brokers).await;
     let body = json!({"notifications": [{"tokens": ["g1"], "platform": 2, "message": "m"}]});

@@ -80,6 +80,7 @@ impl Platform {
                 route_group: format!("route-{app}"),
                 apns_group: format!("apns-{app}"),
                 gcm_group: format!("gcm-{app}"),
+                webpush_group: format!("webpush-{app}"),
             },
             deeplink_base: "game".into(),
             ..common::platform::api_settings(&app, KEY)
@@ -565,7 +566,7 @@ async fn v1_routes_and_hostile_bodies() {
             br#"{"events": [{"user_id": 1, "event_id": 4001,
                  "pairs": {"platformId": "9", "deviceToken": "t"}}]}"#
                 .to_vec(),
-            "events[0].pairs.platformId",
+            "events[0].pairs.platformId: not a platform",
         ),
     ] {
         let a = authorized(p.addr, "POST", path, KEY, body).await;

@@ -519,7 +519,7 @@ fn one_run(
     });
     drop(bar);
     drop(rt);
-    let server_answered = fake.as_ref().map(|f| f.stats.snapshot().responses);
+    let server_answered = fake.as_ref().map(|f| f.stats.snapshot().pushes_answered());
     if let Some(fake) = fake {
         fake.stop();
     }

@@ -96,6 +96,23 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// What a run sends over: an `--endpoint` URL's scheme says it (`http://` is h2c), else
+    /// the embedded fake's `--transport`. Seen: an h2c endpoint's run labelled tls, and the
+    /// gate refusing its baseline as another kind of run.
+    pub fn of_run(external: Option<&str>, fake: Transport) -> Transport {
+        match external {
+            Some(url)
+                if url
+                    .get(..7)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("http://")) =>
+            {
+                Transport::H2c
+            }
+            Some(_) => Transport::Tls,
+            None => fake,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Tls => "tls",
@@ -276,6 +293,18 @@ pub(crate) fn base_report(settings: &Settings, mode: &str, profile: &str) -> Rep
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_url_says_its_transport() {
+        use Transport::{H2c, Tls};
+        assert_eq!(Transport::of_run(Some("http://127.0.0.1:1"), Tls), H2c);
+        assert_eq!(Transport::of_run(Some("HTTP://127.0.0.1:1"), Tls), H2c);
+        assert_eq!(
+            Transport::of_run(Some("https://api.push.apple.com"), H2c),
+            Tls
+        );
+        assert_eq!(Transport::of_run(None, H2c), H2c);
+    }
 
     fn interval(start_secs: f64) -> report::IntervalPoint {
         report::IntervalPoint {

@@ -62,7 +62,7 @@ pub fn run(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
     // The sender side on the runtime `pusher run` would use (`--threads`; 1 is tokio's
     // current-thread scheduler, which h2-ceiling.md found 2x cheaper on 2 cores).
     let rt = crate::runtime::build(args.threads, "pusher-bench")?;
-    let server_before = fake.as_ref().map(|f| f.stats.snapshot().responses);
+    let server_before = fake.as_ref().map(|f| f.stats.snapshot().pushes_answered());
     let rounds = rt.block_on(async {
         match config {
             SenderConfig::Apns(config) => {
@@ -109,7 +109,7 @@ pub fn run(args: &Settings, interrupt: &Interrupt) -> anyhow::Result<Report> {
     });
     let server_answered = fake
         .as_ref()
-        .map(|f| f.stats.snapshot().responses - server_before.unwrap_or(0));
+        .map(|f| f.stats.snapshot().pushes_answered() - server_before.unwrap_or(0));
     drop(rt);
     if let Some(fake) = fake {
         fake.stop();

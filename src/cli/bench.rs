@@ -6,7 +6,7 @@ use super::flags::{
     LoadFlags, ReportFlags, ThreadsFlag,
 };
 use crate::bench::interrupt::{self, Interrupt};
-use crate::bench::{External, Settings, Target};
+use crate::bench::{External, Settings, Target, Transport};
 use crate::push::Platform;
 use crate::report::data::Report;
 use crate::report::gate;
@@ -158,7 +158,7 @@ pub(super) fn target(
     Ok(Target {
         platform,
         profile: fake.profile.clone(),
-        transport: fake.transport,
+        transport: Transport::of_run(external.as_ref().map(|e| e.url.as_str()), fake.transport),
         connections: fake.connections,
         topic: topic.to_string(),
         external,

@@ -290,6 +290,7 @@ fn serve<H: Handler>(
         let server = MockServer::start_with(config, handler).await?;
         let stopped = super::stop_signal()?;
         let ca = write_ca(&server, flags.ca_out.as_ref(), service)?;
+        let _temp = TempCa(ca.clone().filter(|_| flags.ca_out.is_none()));
         print_line(&serde_json::json!({
             service: line(&server, ca),
             "admin": server.admin_addr().map(|a| a.to_string()),
@@ -350,6 +351,18 @@ fn write_ca(
     crate::report::write_file(&path, server.ca_pem().as_bytes())
         .with_context(|| format!("cannot write the CA to {}", path.display()))?;
     Ok(Some(path))
+}
+
+/// A CA file a fake wrote into the temp dir for itself (no `--ca-out`): removed when the fake
+/// stops, so that runs do not leave one behind each.
+struct TempCa(Option<PathBuf>);
+
+impl Drop for TempCa {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn print_line(line: &serde_json::Value) -> anyhow::Result<()> {
@@ -444,6 +457,15 @@ fn run_all(args: AllArgs) -> anyhow::Result<ExitCode> {
         let apns_ca = write_ca(&apns_server, args.apns.server.ca_out.as_ref(), "apns")?;
         let fcm_ca = write_ca(&fcm_server, args.fcm_ca_out.as_ref(), "fcm")?;
         let webpush_ca = write_ca(&webpush_server, args.webpush_ca_out.as_ref(), "webpush")?;
+        let _temp = [
+            TempCa(
+                apns_ca
+                    .clone()
+                    .filter(|_| args.apns.server.ca_out.is_none()),
+            ),
+            TempCa(fcm_ca.clone().filter(|_| args.fcm_ca_out.is_none())),
+            TempCa(webpush_ca.clone().filter(|_| args.webpush_ca_out.is_none())),
+        ];
         // Each service's object with its admin address.
         let with_admin = |server: &MockServer, mut line: serde_json::Value| {
             line["admin"] = serde_json::json!(server.admin_addr().map(|a| a.to_string()));

@@ -298,7 +298,7 @@ fn to_sender(
 ) -> anyhow::Result<Replayed> {
     // The bench's own set-up (fake thread, provider key, TLS), reused as it is.
     let (fake, config, _profile) = target(target_flags)?;
-    let server_before = fake.as_ref().map(|f| f.stats.snapshot().responses);
+    let server_before = fake.as_ref().map(|f| f.stats.snapshot().pushes_answered());
     let times: Vec<Duration> = entries.iter().map(|e| e.at).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -390,7 +390,7 @@ fn to_sender(
     drop(rt);
     let server_answered = fake
         .as_ref()
-        .map(|f| f.stats.snapshot().responses - server_before.unwrap_or(0));
+        .map(|f| f.stats.snapshot().pushes_answered() - server_before.unwrap_or(0));
     let target = match (&args.endpoint.endpoint, &fake) {
         (Some(url), _) => url.clone(),
         _ => format!(
@@ -419,7 +419,9 @@ fn to_sender(
         lag,
         conservation,
         target,
-        args.fake.transport.as_str().to_string(),
+        crate::bench::Transport::of_run(args.endpoint.endpoint.as_deref(), args.fake.transport)
+            .as_str()
+            .to_string(),
     ))
 }
 
@@ -526,7 +528,8 @@ fn make_report(
                 Pace::Speed(s) => format!("{s}x"),
                 Pace::Rate(r) => format!("{r}/s"),
             },
-            looped: args.looping,
+            // Went past the capture's end: `--loop` given but never needed is no loop.
+            looped: args.looping && driven.sent > entries.len() as u64,
             capture_messages: entries.len() as u64,
             capture_secs,
             schedule_lag: driven.schedule_lag.as_ref().and_then(Percentiles::of),

@@ -38,8 +38,9 @@ pub struct WebPushSendArgs {
     /// What the service worker receives: JSON or plain text (encrypted; at most 3993 bytes).
     #[arg(long, default_value = "")]
     pub payload: String,
-    /// Seconds the push service keeps the message while the browser is offline.
-    #[arg(long, default_value_t = crate::push::webpush::DEFAULT_TTL)]
+    /// How long the push service keeps the message while the browser is offline: seconds
+    /// (`3600`) or a duration (`1h`, `90s`); 0: deliver now or drop.
+    #[arg(long, value_name = "SECONDS|DURATION", default_value_t = crate::push::webpush::DEFAULT_TTL, value_parser = ttl_seconds)]
     pub ttl: u32,
     /// very-low, low, normal or high.
     #[arg(long)]
@@ -432,4 +433,30 @@ fn gcm_line(d: &FcmDelivery) -> serde_json::Value {
         "attempts": d.attempts,
         "error": d.transport_error,
     })
+}
+
+/// Web push's TTL header is whole seconds: a bare number is that, else a duration (`1h`).
+fn ttl_seconds(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let secs = match s.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|_| format!("{s:?}: expected seconds (3600) or a duration (1h, 90s)"))?
+            .as_secs(),
+    };
+    u32::try_from(secs).map_err(|_| format!("{s:?}: over {} seconds", u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ttl_takes_seconds_or_a_duration() {
+        assert_eq!(super::ttl_seconds("3600"), Ok(3600));
+        assert_eq!(super::ttl_seconds("1h"), Ok(3600));
+        assert_eq!(super::ttl_seconds("0"), Ok(0));
+        assert!(super::ttl_seconds("soon")
+            .unwrap_err()
+            .contains("a duration"));
+        assert!(super::ttl_seconds("5000000000").is_err());
+    }
 }

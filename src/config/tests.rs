@@ -1250,3 +1250,19 @@ fn the_topic_is_optional_with_a_certificate_only() {
     ])
     .starts_with("apns.certs.game.topic: required with authKeyPath"));
 }
+
+/// A URL given as the PostgreSQL host (it holds the password) is refused without echoing it.
+/// Seen: taken as a host name (every DELETE failed), and logged whole with -d.
+#[test]
+fn a_url_as_the_postgresql_host_is_refused_without_echoing_it() {
+    let err = from_env(&[(
+        "PUSHER_INVALIDTOKEN_PG_HOST",
+        "postgres://pusher:hunter2@127.0.0.1/push",
+    )])
+    .unwrap()
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("invalidToken.pg.host"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}

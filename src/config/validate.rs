@@ -353,7 +353,8 @@ impl Config {
                 return Err(invalid("stats.statsd.flushIntervalInMs", "must be > 0"));
             }
         }
-        if s.reporters.contains(&StatsReporter::Prometheus) {
+        // Served whenever it is set (`/healthz` too), whatever `reporters` lists.
+        if !s.prometheus.listen.is_empty() {
             s.prometheus
                 .listen
                 .parse::<std::net::SocketAddr>()
@@ -379,6 +380,14 @@ impl Config {
             }
         }
         let t = &self.invalid_token;
+        // Not echoed: a URL here may hold a password (it was logged whole, with -d).
+        if t.pg.host.contains("://") || t.pg.host.contains('@') {
+            return Err(invalid(
+                "invalidToken.pg.host",
+                "a host name or address, not a URL: give the user, password and database in \
+                 their own keys (invalidToken.pg.user, .pass, .database)",
+            ));
+        }
         if t.handlers.contains(&TokenHandler::Pg) {
             if t.pg.host.trim().is_empty() {
                 return Err(invalid("invalidToken.pg.host", "must not be empty"));

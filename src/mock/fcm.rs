@@ -424,6 +424,7 @@ impl FcmHandler {
 
     /// `POST /token`: the JWT-bearer grant.
     async fn token(&self, req: Request<Incoming>, env: &Env) -> Response<Full<Bytes>> {
+        env.stats.token_request();
         let (parts, body) = req.into_parts();
         let oauth_error = |error: &str, description: &str| {
             env.stats.reason(&format!("oauth_{error}"));

@@ -34,6 +34,7 @@ pub struct Stats {
     protocol_errors: AtomicU64,
     decrypted: AtomicU64,
     decrypted_bytes: AtomicU64,
+    token_requests: AtomicU64,
     recent_plaintexts: Mutex<VecDeque<Vec<u8>>>,
     /// Microseconds from request head received to response ready.
     latency_us: Mutex<Histogram<u64>>,
@@ -82,6 +83,8 @@ pub struct StatsSnapshot {
     pub decrypted: u64,
     /// Plaintext bytes of those bodies.
     pub decrypted_bytes: u64,
+    /// Requests to the fake FCM's OAuth `POST /token`: answered (in `responses`), but no push.
+    pub token_requests: u64,
     pub latency_us: LatencySummary,
     /// Distinct delivered tokens held (0 when `record_tokens` is off).
     pub tokens_recorded: u64,
@@ -97,6 +100,13 @@ pub struct LatencySummary {
     pub p999: u64,
     pub max: u64,
     pub mean: f64,
+}
+
+impl StatsSnapshot {
+    /// Pushes answered: every response but those to OAuth token requests.
+    pub fn pushes_answered(&self) -> u64 {
+        self.responses.saturating_sub(self.token_requests)
+    }
 }
 
 impl Stats {
@@ -121,6 +131,7 @@ impl Stats {
             protocol_errors: AtomicU64::new(0),
             decrypted: AtomicU64::new(0),
             decrypted_bytes: AtomicU64::new(0),
+            token_requests: AtomicU64::new(0),
             recent_plaintexts: Mutex::new(VecDeque::new()),
             latency_us: Mutex::new(latency),
             tokens: (record_tokens > 0).then(|| {
@@ -173,6 +184,11 @@ impl Stats {
         } else {
             log.overflow += 1;
         }
+    }
+
+    /// Counts one request for an OAuth token (FCM's `POST /token`).
+    pub(crate) fn token_request(&self) {
+        self.token_requests.fetch_add(1, Relaxed);
     }
 
     /// Counts one decrypted web push body and keeps its plaintext among the recent ones.
@@ -274,6 +290,7 @@ impl Stats {
             protocol_errors: self.protocol_errors.load(Relaxed),
             decrypted: self.decrypted.load(Relaxed),
             decrypted_bytes: self.decrypted_bytes.load(Relaxed),
+            token_requests: self.token_requests.load(Relaxed),
             latency_us,
             tokens_recorded: self
                 .tokens
@@ -299,6 +316,7 @@ impl Stats {
             &self.protocol_errors,
             &self.decrypted,
             &self.decrypted_bytes,
+            &self.token_requests,
         ] {
             counter.store(0, Relaxed);
         }

@@ -77,7 +77,11 @@ pub fn login_of(
         .and_then(platform_of_pushkin_id)
         .ok_or(Unusable {
             pair: "platformId",
-            why: "required: 1 (Android phone), 2 (iPhone), 5 (iPad) or 6 (Android tablet)",
+            why: if pairs.contains_key("platformId") {
+                "not a platform: 1 (Android phone), 2 (iPhone), 5 (iPad) or 6 (Android tablet)"
+            } else {
+                "required: 1 (Android phone), 2 (iPhone), 5 (iPad) or 6 (Android tablet)"
+            },
         })?;
     if platform == Platform::Gcm && crate::push::gcm::is_topic_address(token) {
         return Err(Unusable {

@@ -145,7 +145,8 @@ impl FcmErrorCode {
             // The project's APNs or web push credential in Firebase is bad. FCM says so only
             // for messages to Apple or web targets; Android tokens still deliver, so it is
             // this message's verdict: a fault would retry it forever and flap the app's gate.
-            // Not the token's fault either: nothing is deleted.
+            // Not the token's fault either: nothing is deleted. Nearly all an app gets, it is
+            // the configuration's (sender/guard.rs).
             ThirdPartyAuthError => Verdict::Final(Outcome::Rejected { reason }),
             _ => Verdict::Final(Outcome::Rejected { reason }),
         }

@@ -142,7 +142,10 @@ pub enum SubscriptionError {
     BadEndpoint(String),
     #[error("endpoint must be https (got {0:?})")]
     NotHttps(String),
-    #[error("endpoint host {0} is a loopback, private or link-local address")]
+    #[error(
+        "endpoint host {0} is a loopback, private or link-local address (taken only for a local \
+         fake: --allow-local-endpoints, webpush.allowLocalEndpoints)"
+    )]
     PrivateAddress(String),
     #[error("keys.{field} is invalid: {reason}")]
     BadKey { field: &'static str, reason: String },
@@ -281,7 +284,7 @@ fn decode_key<const N: usize>(
 /// `127.1`, `0177.0.0.1`: getaddrinfo reads them as addresses). (A name that resolves to such
 /// an address is not caught here: that needs the resolver's answer, which the connection pool
 /// does not expose.)
-fn is_private_host(host: &str) -> bool {
+pub fn is_private_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     // The resolver reads `localhost.` and `127.0.0.1.` as without the dot.
     let host = host.strip_suffix('.').unwrap_or(host);

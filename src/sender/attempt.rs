@@ -304,6 +304,13 @@ where
                     };
                     return done;
                 }
+                if exhausted {
+                    // Past its budget on the endpoint's bad luck: the next answer is judged by
+                    // what the endpoint judged since this one. Judged against its first retry
+                    // alone, a backlog whose first burst drew a few verdicts (dead tokens)
+                    // before a 503 storm never closed the gate, and drained as gave_up.
+                    first_retry = Some((gate.finals(), attempts_before));
+                }
                 let delay = policy.delay(done.attempts, hint.after, &mut rand::rng());
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -436,6 +443,43 @@ mod tests {
             )
         );
         assert!(gate.health().borrow().is_up());
+    }
+
+    /// A backlog's first burst draws a few verdicts (dead tokens), then the endpoint answers
+    /// 503 to everything: an outage all the same. Seen: the verdicts made every message's
+    /// look back to its first retry see "final answers meanwhile", so the gate never closed and
+    /// the backlog ended gave_up after 30 tries each.
+    #[tokio::test(start_paused = true)]
+    async fn verdicts_before_an_outage_do_not_hide_it() {
+        let gate = Gate::new("t", OnFault::Wait);
+        // Of the burst's first answers, nearly all asked to retry.
+        for i in 0..1_000 {
+            gate.count_first_answer(i >= 12);
+        }
+        let health = gate.health();
+        let (other, n) = (gate.clone(), Arc::new(AtomicU32::new(0)));
+        let attempt = move || {
+            let (other, i) = (other.clone(), n.fetch_add(1, Ordering::SeqCst));
+            async move {
+                if i == 0 {
+                    // A dead token's verdict, during this message's first round trip.
+                    other.admit().await.answered();
+                }
+                let verdict = if i < 6 {
+                    retry("ServiceUnavailable")
+                } else {
+                    Verdict::Final(Outcome::Delivered)
+                };
+                Attempt::answered(i, verdict)
+            }
+        };
+        let done = attempt_until_final(&policy(), &gate, Deadline::NONE, attempt).await;
+        assert_eq!(done.outcome, Outcome::Delivered);
+        assert!(
+            health.has_changed().unwrap(),
+            "the gate closed for the outage (and opened)"
+        );
+        assert!(done.attempts < 3, "retries given back: {}", done.attempts);
     }
 
     /// Half the endpoint's answers are 503 while it judges the others: a message's run of

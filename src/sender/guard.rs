@@ -23,6 +23,11 @@
 //! malformed tokens), and deliveries are counted only up to 100,000, enough to excuse any
 //! plausible burst, so that past that a delivery costs one load, as before.
 //!
+//! FCM's `THIRD_PARTY_AUTH_ERROR` (the project's APNs certificate or key, or its web push
+//! credential, in the Firebase console is bad or expired: a yearly chore) is a rejection of
+//! that one message, not of its token, and Android tokens still deliver; counted the same way,
+//! so that an app of iPhones behind FCM pauses instead of rejecting its backlog.
+//!
 //! APNs' `BadTopic`, `MissingTopic` and `TopicDisallowed` (400) refuse the topic, a
 //! configuration fault (protocols.md §1.3). For a push sent with the app's configured topic
 //! (the message named none) every other such push gets the same answer: until one push with the
@@ -47,6 +52,11 @@ const APNS_REASONS: [&str; 2] = ["BadDeviceToken", "DeviceTokenNotForTopic"];
 const APNS_TOPIC_REASONS: [&str; 3] = ["BadTopic", "MissingTopic", "TopicDisallowed"];
 /// `FcmErrorCode::SenderIdMismatch` and its legacy name.
 const FCM_REASONS: [&str; 2] = ["SENDER_ID_MISMATCH", legacy::MISMATCH_SENDER_ID];
+/// `FcmErrorCode::ThirdPartyAuthError`, a `rejected` reason, and what it suggests.
+const FCM_REJECTIONS: [(&str, &str); 1] = [(
+    "THIRD_PARTY_AUTH_ERROR",
+    "the Firebase project's APNs key or certificate (or web push credential) refused?",
+)];
 
 #[derive(Debug)]
 pub struct RefusalGuard {
@@ -54,6 +64,8 @@ pub struct RefusalGuard {
     reasons: &'static [&'static str],
     /// What the fault's cause suggests, after "<reason> for <n> tokens against <m> delivered: ".
     hint: &'static str,
+    /// The `rejected` reasons that count too, each with its own hint.
+    rejections: &'static [(&'static str, &'static str)],
     /// The `rejected` reasons that refuse what the configuration gave a push (see
     /// `judge_configured`).
     configured: &'static [&'static str],
@@ -69,11 +81,13 @@ impl RefusalGuard {
     fn new(
         reasons: &'static [&'static str],
         hint: &'static str,
+        rejections: &'static [(&'static str, &'static str)],
         configured: &'static [&'static str],
     ) -> RefusalGuard {
         RefusalGuard {
             reasons,
             hint,
+            rejections,
             configured,
             delivered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -86,6 +100,7 @@ impl RefusalGuard {
         RefusalGuard::new(
             &APNS_REASONS,
             "the wrong APNs environment (production tokens need -p) or topic?",
+            &[],
             &APNS_TOPIC_REASONS,
         )
     }
@@ -95,6 +110,7 @@ impl RefusalGuard {
         RefusalGuard::new(
             &FCM_REASONS,
             "credentials of another Firebase project (the service account or server key)?",
+            &FCM_REJECTIONS,
             &[],
         )
     }
@@ -102,29 +118,39 @@ impl RefusalGuard {
     /// The verdict to act on: `verdict` itself, or a fault once the refusals say the
     /// configuration is wrong.
     pub fn judge(&self, verdict: Verdict) -> Verdict {
-        match &verdict {
-            Verdict::Final(Outcome::Delivered) => self.count_delivery(),
+        let hint = match &verdict {
+            Verdict::Final(Outcome::Delivered) => {
+                self.count_delivery();
+                None
+            }
             Verdict::Final(Outcome::TokenInvalid { reason, .. })
                 if self.reasons.contains(&reason.as_str()) =>
             {
-                let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                let delivered = self.delivered.load(Ordering::Relaxed);
-                if refused >= REFUSALS_BEFORE_FAULT
-                    && refused >= delivered.saturating_mul(REFUSALS_PER_DELIVERY)
-                {
-                    // The bound, not the running count: the cause stays the same for each
-                    // probe refused while paused (a count made each an "other cause", logged).
-                    let bound =
-                        REFUSALS_BEFORE_FAULT.max(delivered.saturating_mul(REFUSALS_PER_DELIVERY));
-                    return Verdict::Fault {
-                        reason: format!(
-                            "{reason} for {bound} or more tokens against {delivered} delivered: {}",
-                            self.hint
-                        ),
-                    };
-                }
+                Some((reason, self.hint))
             }
-            _ => {}
+            Verdict::Final(Outcome::Rejected { reason }) => self
+                .rejections
+                .iter()
+                .find(|(counted, _)| counted == reason)
+                .map(|(_, hint)| (reason, *hint)),
+            _ => None,
+        };
+        let Some((reason, hint)) = hint else {
+            return verdict;
+        };
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        if refused >= REFUSALS_BEFORE_FAULT
+            && refused >= delivered.saturating_mul(REFUSALS_PER_DELIVERY)
+        {
+            // The bound, not the running count: the cause stays the same for each probe
+            // refused while paused (a count made each an "other cause", logged).
+            let bound = REFUSALS_BEFORE_FAULT.max(delivered.saturating_mul(REFUSALS_PER_DELIVERY));
+            return Verdict::Fault {
+                reason: format!(
+                    "{reason} for {bound} or more tokens against {delivered} delivered: {hint}"
+                ),
+            };
         }
         verdict
     }
@@ -280,6 +306,32 @@ mod tests {
                 guard.judge(refused("BadDeviceToken")),
                 refused("BadDeviceToken")
             );
+        }
+    }
+
+    /// THIRD_PARTY_AUTH_ERROR for nearly every push (an app of iPhones behind FCM whose APNs
+    /// key in Firebase expired) is the configuration's, not each message's. Seen: a backlog
+    /// rejected and committed in seconds. Among deliveries (Android tokens of the same app)
+    /// it stays each message's rejection.
+    #[test]
+    fn third_party_auth_errors_for_nearly_all_are_a_fault() {
+        let rejected = Verdict::Final(Outcome::Rejected {
+            reason: FcmErrorCode::ThirdPartyAuthError.as_str().into(),
+        });
+        let guard = RefusalGuard::fcm();
+        for _ in 1..REFUSALS_BEFORE_FAULT {
+            assert_eq!(guard.judge(rejected.clone()), rejected);
+        }
+        match guard.judge(rejected.clone()) {
+            Verdict::Fault { reason } => assert!(reason.contains("APNs key"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let guard = RefusalGuard::fcm();
+        for _ in 0..100 {
+            guard.judge(Verdict::Final(Outcome::Delivered));
+        }
+        for _ in 0..200 {
+            assert_eq!(guard.judge(rejected.clone()), rejected);
         }
     }
 

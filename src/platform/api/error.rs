@@ -41,6 +41,9 @@ pub enum ApiError {
     Unavailable { message: String },
     #[error("not found")]
     NotFound,
+    /// The path exists, the method does not (axum adds the `Allow` header).
+    #[error("this path does not take that method")]
+    MethodNotAllowed,
 }
 
 fn field_message(field: &Option<String>, message: &str) -> String {
@@ -70,6 +73,7 @@ impl ApiError {
             ApiError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -135,8 +139,20 @@ pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>, body: &[u8])
         }
         _ => format!("malformed JSON: {inner}"),
     };
-    ApiError::BadRequest {
-        field: (path != ".").then_some(path),
-        message,
-    }
+    // A missing field is about the field, not the object that lacks it (serde's path
+    // ends at the object: "." for the body itself).
+    let field = match missing_field(&message) {
+        Some(name) if path == "." => Some(name.to_owned()),
+        Some(name) => Some(format!("{path}.{name}")),
+        None => (path != ".").then_some(path),
+    };
+    ApiError::BadRequest { field, message }
+}
+
+/// `user_id` of serde's "missing field `user_id` at line 1 column 2".
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")?
+        .split_once('`')
+        .map(|(name, _)| name)
 }

@@ -83,6 +83,9 @@ pub struct Queues {
     pub apns_group: String,
     /// `pusher run gcm`'s group (`/get_gcm_sender_queue`).
     pub gcm_group: String,
+    /// `pusher run webpush`'s group (`/get_webpush_sender_queue`: not Pushkin's, which had no
+    /// browsers).
+    pub webpush_group: String,
 }
 
 impl ApiSettings {
@@ -113,6 +116,7 @@ impl ApiSettings {
                 route_group: config.route.group.clone(),
                 apns_group: config.group(Platform::Apns),
                 gcm_group: config.group(Platform::Gcm),
+                webpush_group: config.group(Platform::WebPush),
             },
             webpush_rules: if config.webpush.allow_local_endpoints {
                 crate::push::webpush::EndpointRules::LOCAL
@@ -244,6 +248,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/get_request_queue", get(queue_size))
         .route("/get_apn_sender_queue", get(queue_size))
         .route("/get_gcm_sender_queue", get(queue_size))
+        .route("/get_webpush_sender_queue", get(queue_size))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/version", get(version))
@@ -261,6 +266,7 @@ pub fn router(state: ApiState) -> Router {
                 .layer(axum::middleware::map_response(ui::no_store)),
         )
         .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -1627,6 +1633,11 @@ async fn queue_size(
             "apns",
             q.apns_group,
             crate::push::topic::app_topics(&app, Platform::Apns).to_vec(),
+        ),
+        "/get_webpush_sender_queue" => (
+            "webpush",
+            q.webpush_group,
+            crate::push::topic::app_topics(&app, Platform::WebPush).to_vec(),
         ),
         _ => (
             "gcm",

@@ -208,8 +208,17 @@ impl LegacyReply {
             };
         let text = || Some(String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
         if status != 200 {
-            // 400 bad JSON/fields, 401 bad key: permanent; 5xx: retry with Retry-After.
-            let verdict = status_verdict(status, "", after);
+            // 400 bad JSON/fields, 401 bad key: permanent; 5xx: retry with Retry-After. FCM's
+            // 400 says what is wrong in plain text; a web page below 500 is something else
+            // answering (http:// to a TLS port, a proxy), alike for every message.
+            let web_page = body.trim_ascii_start().starts_with(b"<");
+            let verdict = if web_page && status < 500 && !matches!(status, 413 | 429) {
+                Verdict::Fault {
+                    reason: format!("HTTP {status} with a web page, not FCM's (is the URL FCM's?)"),
+                }
+            } else {
+                status_verdict(status, "", after)
+            };
             return same_for_all(verdict, Some(format!("HTTP {status}")), text());
         }
         let parsed = match serde_json::from_slice::<LegacyBody>(body) {
@@ -532,6 +541,11 @@ mod tests {
                 reason: "HTTP 400".into()
             })
         );
+        // A web page is not the legacy API's 400 but something else answering (nginx's "plain
+        // HTTP request was sent to HTTPS port"), alike for every message. Seen: rejected.
+        let page = b"<html><center>The plain HTTP request was sent to HTTPS port</center></html>";
+        let proxy = LegacyReply::parse(400, &HeaderMap::new(), page, 1, false);
+        assert!(matches!(proxy.results[0].verdict, Verdict::Fault { .. }));
         // And the legacy URL since its shutdown: 404 with no Google error.
         let gone = LegacyReply::parse(404, &HeaderMap::new(), b"Not Found", 1, false);
         assert!(matches!(gone.results[0].verdict, Verdict::Fault { .. }));

@@ -445,9 +445,10 @@ impl WebPushSender {
             // clock): retried, the refusals count toward its outage and pause the app (its
             // gate). One subscription's alone gives up after its retries while the others are
             // delivered. Final at once, it rejected a whole backlog; a fault at once, one
-            // subscription paused the app.
+            // subscription paused the app. A local fake's too: taken as any host's, a wrong
+            // VAPID key rejected the README's whole seed backlog.
             Ok((response, Verdict::Final(Outcome::Rejected { reason })))
-                if trusted
+                if (trusted || self.local_fake(origin))
                     && (matches!(response.status, 401 | 403)
                         || reason == "VapidPkHashMismatch") =>
             {
@@ -490,6 +491,17 @@ impl WebPushSender {
     /// entry's or ends in `.` and it, on the entry's port, or on https's 443 for an entry
     /// without one. Any other port is no push service's (`fcm.googleapis.com:9` is someone's
     /// subscription).
+    /// A local host where local endpoints are allowed (fakes only): the fake push service a
+    /// team tries this with, whose refusals of our key are judged as a push service's.
+    fn local_fake(&self, origin: &str) -> bool {
+        self.inner.rules.allow_private
+            && origin
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|uri| uri.host().map(crate::push::webpush::is_private_host))
+                .unwrap_or(false)
+    }
+
     fn push_service(&self, origin: &str) -> Option<usize> {
         let uri = origin.parse::<http::Uri>().ok()?;
         let host = uri.host().unwrap_or_default();
@@ -775,6 +787,26 @@ mod tests {
         ));
     }
 
+    /// Local endpoints allowed, over HTTP/1.1, two attempts a push.
+    fn local_config() -> WebPushConfig {
+        let key = crate::push::webpush::generated_keys("k").0;
+        let mut config = WebPushConfig::new(key, "mailto:a@b.c");
+        config.rules = EndpointRules::LOCAL;
+        config.http = HttpVersion::Http1;
+        config.retry.max_attempts = 2;
+        config
+    }
+
+    /// Serves `app` on a free port of 127.0.0.1; its address.
+    async fn serve_local(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
     /// The system's randomness failing is ours, not the subscription's: never `TokenInvalid`
     /// (which deletes it). A one-shot send reports the fault; the pusher waits at the push
     /// service's gate, sends nothing meanwhile, and delivers once encryption works again.
@@ -782,13 +814,9 @@ mod tests {
     async fn a_failing_random_number_generator_is_a_fault_not_a_bad_subscription() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::time::Duration;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
         let requests = Arc::new(AtomicUsize::new(0));
         let seen = requests.clone();
-        let app = axum::Router::new().fallback(move || {
+        let addr = serve_local(axum::Router::new().fallback(move || {
             seen.fetch_add(1, Ordering::SeqCst);
             async {
                 (
@@ -796,8 +824,8 @@ mod tests {
                     [(http::header::LOCATION, "/m/1")],
                 )
             }
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        }))
+        .await;
         let origin = format!("http://{addr}");
         let broken_sender = |on_fault: OnFault| {
             let key = crate::push::webpush::generated_keys("k").0;
@@ -848,11 +876,7 @@ mod tests {
     #[tokio::test]
     async fn a_host_that_is_no_push_service_gets_no_say() {
         use std::time::Duration;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let app = axum::Router::new().fallback(|uri: http::Uri| async move {
+        let addr = serve_local(axum::Router::new().fallback(|uri: http::Uri| async move {
             if uri.path().ends_with("busy") {
                 (
                     http::StatusCode::TOO_MANY_REQUESTS,
@@ -866,13 +890,9 @@ mod tests {
                     "{\"message\":\"label 1\\npush.ack:1|c\"}",
                 )
             }
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let key = crate::push::webpush::generated_keys("k").0;
-        let mut config = WebPushConfig::new(key, "mailto:a@b.c");
-        config.rules = EndpointRules::LOCAL;
-        config.http = HttpVersion::Http1;
-        config.retry.max_attempts = 2;
+        }))
+        .await;
+        let mut config = local_config();
         config.retry.max_retry_after = Duration::from_secs(3600);
         let sender = WebPushSender::new(config).expect("valid");
         let message = |id: &str| test_message(&format!("http://{addr}"), id);
@@ -890,6 +910,22 @@ mod tests {
             matches!(&d.outcome, Outcome::GaveUp { reason } if reason == "too_many_requests"),
             "{d:?}"
         );
+        assert_eq!(d.attempts, 2);
+    }
+
+    /// A local fake (local endpoints allowed) refusing our VAPID token: retried as a push
+    /// service's refusal, so that every push refused pauses the app. Seen: rejected at once,
+    /// and the README's seed backlog drained on a wrong key.
+    #[tokio::test]
+    async fn a_local_fake_refusing_our_key_is_retried() {
+        let addr =
+            serve_local(axum::Router::new().fallback(|| async { http::StatusCode::FORBIDDEN }))
+                .await;
+        let sender = WebPushSender::new(local_config()).expect("valid");
+        let d = sender
+            .send(&test_message(&format!("http://{addr}"), "a1"))
+            .await;
+        assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
         assert_eq!(d.attempts, 2);
     }
 
