@@ -440,9 +440,11 @@ fn ttl_seconds(s: &str) -> Result<u32, String> {
     let s = s.trim();
     let secs = match s.parse::<u64>() {
         Ok(n) => n,
+        // Rounded up: `500ms` is not 0, "deliver now or drop".
         Err(_) => humantime::parse_duration(s)
             .map_err(|_| format!("{s:?}: expected seconds (3600) or a duration (1h, 90s)"))?
-            .as_secs(),
+            .as_secs_f64()
+            .ceil() as u64,
     };
     u32::try_from(secs).map_err(|_| format!("{s:?}: over {} seconds", u32::MAX))
 }
@@ -454,6 +456,7 @@ mod tests {
         assert_eq!(super::ttl_seconds("3600"), Ok(3600));
         assert_eq!(super::ttl_seconds("1h"), Ok(3600));
         assert_eq!(super::ttl_seconds("0"), Ok(0));
+        assert_eq!(super::ttl_seconds("500ms"), Ok(1));
         assert!(super::ttl_seconds("soon")
             .unwrap_err()
             .contains("a duration"));

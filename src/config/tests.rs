@@ -1265,4 +1265,13 @@ fn a_url_as_the_postgresql_host_is_refused_without_echoing_it() {
     .to_string();
     assert!(err.contains("invalidToken.pg.host"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
+    let conninfo = from_env(&[(
+        "PUSHER_INVALIDTOKEN_PG_HOST",
+        "host=127.0.0.1 password=hunter2",
+    )])
+    .unwrap()
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(!conninfo.contains("hunter2"), "{conninfo}");
 }

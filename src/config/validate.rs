@@ -381,11 +381,12 @@ impl Config {
         }
         let t = &self.invalid_token;
         // Not echoed: a URL here may hold a password (it was logged whole, with -d).
-        if t.pg.host.contains("://") || t.pg.host.contains('@') {
+        let host = t.pg.host.trim();
+        if host.contains("://") || host.contains(['@', '=']) || host.contains(char::is_whitespace) {
             return Err(invalid(
                 "invalidToken.pg.host",
-                "a host name or address, not a URL: give the user, password and database in \
-                 their own keys (invalidToken.pg.user, .pass, .database)",
+                "a host name or address, not a URL or connection string: give the user, \
+                 password and database in their own keys (invalidToken.pg.user, .pass, .database)",
             ));
         }
         if t.handlers.contains(&TokenHandler::Pg) {

@@ -161,8 +161,8 @@ where
         endpoint_fault: None,
     };
     let mut renewed = false;
-    // At this message's first retryable answer: the gate's final answers, and the attempts
-    // it had made before (what an outage gives back).
+    // At this message's first retryable answer (past its budget: its previous answer): the
+    // gate's final answers, and the attempts it had made before (what an outage gives back).
     let mut first_retry: Option<(u64, u32)> = None;
     // Whether the endpoint has answered this message yet (see `Gate::count_first_answer`).
     let mut answered = false;

@@ -13,8 +13,8 @@
 //! An outage (APNs or FCM answering 503 to everything, an endpoint that stopped answering) is
 //! retryable answer by retryable answer, each of which could be the message's own (a 429 for
 //! one device). It becomes the endpoint's fault when a message has spent its retries and no
-//! send at all got a final answer since its first retryable one: then the gate closes, as
-//! above, and that message's retries are given back. While the gate is closed, a retryable
+//! send at all got a final answer since its first retryable one (past its budget, since its
+//! previous answer): then the gate closes, as above, and that message's retries are given back. While the gate is closed, a retryable
 //! answer (a probe's, or a send's that left before it closed) is the outage's too.
 //!
 //! Written here rather than taken from a circuit-breaker crate: those count failure ratios over
@@ -373,7 +373,8 @@ impl Permit {
     /// true when that is the endpoint failing, not the message, and the send must wait at the
     /// gate with its retries given back (only in [`OnFault::Wait`]): the gate is closed
     /// already, or `exhausted` (the message's retries are spent) and no send got a final
-    /// answer since `finals_before` (taken at the message's first retryable answer).
+    /// answer since `finals_before` (taken at the message's first retryable answer, and past
+    /// its budget at its previous one).
     pub fn retry(mut self, cause: &str, exhausted: bool, finals_before: u64) -> bool {
         let probe = std::mem::replace(&mut self.probe, false);
         if self.gate.inner.on_fault == OnFault::Fail {

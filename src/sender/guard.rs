@@ -52,11 +52,14 @@ const APNS_REASONS: [&str; 2] = ["BadDeviceToken", "DeviceTokenNotForTopic"];
 const APNS_TOPIC_REASONS: [&str; 3] = ["BadTopic", "MissingTopic", "TopicDisallowed"];
 /// `FcmErrorCode::SenderIdMismatch` and its legacy name.
 const FCM_REASONS: [&str; 2] = ["SENDER_ID_MISMATCH", legacy::MISMATCH_SENDER_ID];
-/// `FcmErrorCode::ThirdPartyAuthError`, a `rejected` reason, and what it suggests.
-const FCM_REJECTIONS: [(&str, &str); 1] = [(
-    "THIRD_PARTY_AUTH_ERROR",
-    "the Firebase project's APNs key or certificate (or web push credential) refused?",
-)];
+/// `FcmErrorCode::ThirdPartyAuthError` and its legacy name, `rejected` reasons, and what they
+/// suggest.
+const FCM_REJECTIONS: [(&str, &str); 2] = [
+    ("THIRD_PARTY_AUTH_ERROR", THIRD_PARTY_HINT),
+    ("InvalidApnsCredential", THIRD_PARTY_HINT),
+];
+const THIRD_PARTY_HINT: &str =
+    "the Firebase project's APNs key or certificate (or web push credential) refused?";
 
 #[derive(Debug)]
 pub struct RefusalGuard {

@@ -212,7 +212,10 @@ impl LegacyReply {
             // 400 says what is wrong in plain text; a web page below 500 is something else
             // answering (http:// to a TLS port, a proxy), alike for every message.
             let web_page = body.trim_ascii_start().starts_with(b"<");
-            let verdict = if web_page && status < 500 && !matches!(status, 413 | 429) {
+            // (401, 403, 404 and 405 are faults by their status, with words about the key or
+            // the URL.)
+            let by_status = matches!(status, 401 | 403 | 404 | 405 | 413 | 429);
+            let verdict = if web_page && status < 500 && !by_status {
                 Verdict::Fault {
                     reason: format!("HTTP {status} with a web page, not FCM's (is the URL FCM's?)"),
                 }
@@ -546,6 +549,13 @@ mod tests {
         let page = b"<html><center>The plain HTTP request was sent to HTTPS port</center></html>";
         let proxy = LegacyReply::parse(400, &HeaderMap::new(), page, 1, false);
         assert!(matches!(proxy.results[0].verdict, Verdict::Fault { .. }));
+        // A refused key's page says so, not "is the URL FCM's?".
+        let key = LegacyReply::parse(401, &HeaderMap::new(), b"<HTML>Unauthorized", 1, false);
+        assert!(
+            matches!(&key.results[0].verdict, Verdict::Fault { reason } if !reason.contains("URL")),
+            "{:?}",
+            key.results[0].verdict
+        );
         // And the legacy URL since its shutdown: 404 with no Google error.
         let gone = LegacyReply::parse(404, &HeaderMap::new(), b"Not Found", 1, false);
         assert!(matches!(gone.results[0].verdict, Verdict::Fault { .. }));

@@ -434,6 +434,10 @@ impl WebPushSender {
             headers,
             trusted,
         } = request;
+        // Whose failures count toward the app's outage: a push service's, or a local fake's
+        // (taken as any host's, a wrong VAPID key rejected the README's seed backlog, then
+        // gave it up, and the app never paused).
+        let judged = trusted || self.local_fake(origin);
         let mut attempt = match self
             .attempt(origin, path, headers, ttl, body, trusted)
             .await
@@ -445,10 +449,9 @@ impl WebPushSender {
             // clock): retried, the refusals count toward its outage and pause the app (its
             // gate). One subscription's alone gives up after its retries while the others are
             // delivered. Final at once, it rejected a whole backlog; a fault at once, one
-            // subscription paused the app. A local fake's too: taken as any host's, a wrong
-            // VAPID key rejected the README's whole seed backlog.
+            // subscription paused the app.
             Ok((response, Verdict::Final(Outcome::Rejected { reason })))
-                if (trusted || self.local_fake(origin))
+                if judged
                     && (matches!(response.status, 401 | 403)
                         || reason == "VapidPkHashMismatch") =>
             {
@@ -480,19 +483,15 @@ impl WebPushSender {
         // A server that is no push service we know is this subscription's alone: its
         // failures never pause the app's other pushes, and its `Retry-After` is not waited
         // out past a few seconds (a slot held a minute per retry, by a host anyone can name).
-        if let (Verdict::Retry(hint), false) = (&mut attempt.verdict, trusted) {
+        if let (Verdict::Retry(hint), false) = (&mut attempt.verdict, judged) {
             hint.own = true;
             hint.after = hint.after.map(|after| after.min(UNTRUSTED_MAX_RETRY_AFTER));
         }
         attempt
     }
 
-    /// The push service (its `push_services` index) that `origin` is of: its host is an
-    /// entry's or ends in `.` and it, on the entry's port, or on https's 443 for an entry
-    /// without one. Any other port is no push service's (`fcm.googleapis.com:9` is someone's
-    /// subscription).
     /// A local host where local endpoints are allowed (fakes only): the fake push service a
-    /// team tries this with, whose refusals of our key are judged as a push service's.
+    /// team tries this with, whose failures are judged as a push service's.
     fn local_fake(&self, origin: &str) -> bool {
         self.inner.rules.allow_private
             && origin
@@ -502,6 +501,10 @@ impl WebPushSender {
                 .unwrap_or(false)
     }
 
+    /// The push service (its `push_services` index) that `origin` is of: its host is an
+    /// entry's or ends in `.` and it, on the entry's port, or on https's 443 for an entry
+    /// without one. Any other port is no push service's (`fcm.googleapis.com:9` is someone's
+    /// subscription).
     fn push_service(&self, origin: &str) -> Option<usize> {
         let uri = origin.parse::<http::Uri>().ok()?;
         let host = uri.host().unwrap_or_default();
@@ -895,7 +898,11 @@ mod tests {
         let mut config = local_config();
         config.retry.max_retry_after = Duration::from_secs(3600);
         let sender = WebPushSender::new(config).expect("valid");
-        let message = |id: &str| test_message(&format!("http://{addr}"), id);
+        // By the machine's name (/etc/hosts: 127.0.0.1): a local fake's is judged as a push
+        // service's.
+        let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let port = addr.rsplit(':').next().unwrap_or_default();
+        let message = |id: &str| test_message(&format!("http://{}:{port}", name.trim()), id);
         let d = sender.send(&message("a1")).await;
         assert_eq!(
             d.outcome,
@@ -913,20 +920,35 @@ mod tests {
         assert_eq!(d.attempts, 2);
     }
 
-    /// A local fake (local endpoints allowed) refusing our VAPID token: retried as a push
+    /// A local fake (local endpoints allowed) refusing our VAPID token: judged as a push
     /// service's refusal, so that every push refused pauses the app. Seen: rejected at once,
     /// and the README's seed backlog drained on a wrong key.
     #[tokio::test]
-    async fn a_local_fake_refusing_our_key_is_retried() {
+    async fn a_local_fake_refusing_our_key_pauses_the_app() {
+        use std::time::Duration;
         let addr =
             serve_local(axum::Router::new().fallback(|| async { http::StatusCode::FORBIDDEN }))
                 .await;
-        let sender = WebPushSender::new(local_config()).expect("valid");
-        let d = sender
-            .send(&test_message(&format!("http://{addr}"), "a1"))
-            .await;
-        assert!(matches!(d.outcome, Outcome::GaveUp { .. }), "{d:?}");
-        assert_eq!(d.attempts, 2);
+        let mut config = local_config();
+        config.retry.base = Duration::from_millis(1);
+        config.on_fault = OnFault::Wait;
+        let sender = WebPushSender::new(config).expect("valid");
+        let mut health = sender
+            .gates()
+            .last()
+            .expect("the other origins' gate")
+            .health();
+        let send = tokio::spawn({
+            let sender = sender.clone();
+            let message = test_message(&format!("http://{addr}"), "a1");
+            async move { sender.send(&message).await }
+        });
+        tokio::time::timeout(Duration::from_secs(20), health.wait_for(|h| !h.is_up()))
+            .await
+            .expect("the app pauses")
+            .expect("the gate lives");
+        assert!(!send.is_finished(), "the push waits, not ended");
+        send.abort();
     }
 
     /// Production rules: a subscription whose host name resolves to this machine is never
