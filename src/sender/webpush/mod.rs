@@ -434,10 +434,11 @@ impl WebPushSender {
             headers,
             trusted,
         } = request;
-        // Whose failures count toward the app's outage: a push service's, or a local fake's
-        // (taken as any host's, a wrong VAPID key rejected the README's seed backlog, then
-        // gave it up, and the app never paused).
+        // A local fake's refusals of our key are judged as a push service's (taken as any
+        // host's, a wrong VAPID key rejected the README's seed backlog, then gave it up, and
+        // the app never paused); its other failures stay the subscription's, as any host's.
         let judged = trusted || self.local_fake(origin);
+        let mut key_refused = false;
         let mut attempt = match self
             .attempt(origin, path, headers, ttl, body, trusted)
             .await
@@ -457,6 +458,7 @@ impl WebPushSender {
             {
                 // The retry signs a new token: the refused one may be from a skewed clock.
                 self.inner.vapid.forget(origin);
+                key_refused = true;
                 Attempt::answered(response, Verdict::Retry(RetryHint::new(reason)))
             }
             Ok((response, verdict)) => Attempt::answered(response, verdict),
@@ -483,7 +485,7 @@ impl WebPushSender {
         // A server that is no push service we know is this subscription's alone: its
         // failures never pause the app's other pushes, and its `Retry-After` is not waited
         // out past a few seconds (a slot held a minute per retry, by a host anyone can name).
-        if let (Verdict::Retry(hint), false) = (&mut attempt.verdict, judged) {
+        if let (Verdict::Retry(hint), false) = (&mut attempt.verdict, trusted || key_refused) {
             hint.own = true;
             hint.after = hint.after.map(|after| after.min(UNTRUSTED_MAX_RETRY_AFTER));
         }
@@ -491,7 +493,7 @@ impl WebPushSender {
     }
 
     /// A local host where local endpoints are allowed (fakes only): the fake push service a
-    /// team tries this with, whose failures are judged as a push service's.
+    /// team tries this with, whose refusals of our key are judged as a push service's.
     fn local_fake(&self, origin: &str) -> bool {
         self.inner.rules.allow_private
             && origin
