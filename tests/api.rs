@@ -442,16 +442,75 @@ async fn an_unreachable_postgresql_is_named_with_its_cause() {
     assert!(e.to_string().contains("refused"), "{e}");
 }
 
-/// PostgreSQL down while a caller polls a result: a 503 that says nothing could be read. Seen:
-/// the writes' "nothing was accepted", which read as if the push polled for was lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_during_a_postgresql_outage_does_not_say_nothing_was_accepted() {
+/// `pusher api` for a fresh app, reaching PostgreSQL through a proxy a test can cut.
+async fn api_behind_pg_proxy() -> (TestKafka, pg_proxy::PgProxy, Api) {
     let app = fresh_app("api");
     let kafka = kafka_for(&app).await;
     let proxy = pg_proxy::PgProxy::start(true).await;
     let mut config = pg();
     config.port = proxy.port;
     let api = Api::start_on(settings(&app), kafka.bootstrap(), &config).await;
+    (kafka, proxy, api)
+}
+
+/// A server that answers but takes no writes (a standby after a failover, or
+/// `default_transaction_read_only`) refuses every request: `/healthz`'s look at PostgreSQL
+/// says so. Seen: `SELECT 1` answered, and it said ok while every keyed push was a 503.
+#[tokio::test]
+async fn a_read_only_postgresql_is_not_healthy() {
+    let db = common::platform::pg_client().await;
+    // A role of its own, so that the machine's other tests keep a writable server.
+    db.batch_execute(
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pusher_read_only') THEN
+                 CREATE ROLE pusher_read_only LOGIN;
+             END IF;
+         END $$;
+         ALTER ROLE pusher_read_only SET default_transaction_read_only = on",
+    )
+    .await
+    .unwrap();
+    let mut config = common::platform::pg();
+    assert!(Store::new(&config).unwrap().ping().await.is_ok());
+    config.user = "pusher_read_only".into();
+    let e = Store::new(&config).unwrap().ping().await.unwrap_err();
+    assert!(e.to_string().contains("read-only"), "{e}");
+}
+
+/// A push without a key accepted while PostgreSQL is down (Kafka took its records, so it is
+/// accepted) is recorded once PostgreSQL is back, and its result can be read. Seen: 404 for
+/// good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_accepted_during_a_postgresql_outage_is_recorded_after_it() {
+    let (_kafka, proxy, api) = api_behind_pg_proxy().await;
+    proxy.down();
+    let body = json!({"notifications": [{"tokens": ["o1"], "platform": 2, "message": "m"}]});
+    let pushed = post_json(api.addr, "/api/push", KEY, &body).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.text());
+    assert!(proxy.refused() > 0, "PostgreSQL was not down");
+    let path = format!(
+        "/api/v1/notifications/{}",
+        pushed.json()["notif_id"].as_str().unwrap()
+    );
+    proxy.up();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = 0;
+    while Instant::now() < deadline {
+        status = authorized(api.addr, "GET", &path, KEY, "").await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "{path} never recorded");
+    api.stop().await;
+}
+
+/// PostgreSQL down while a caller polls a result: a 503 that says nothing could be read. Seen:
+/// the writes' "nothing was accepted", which read as if the push polled for was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_during_a_postgresql_outage_does_not_say_nothing_was_accepted() {
+    let (_kafka, proxy, api) = api_behind_pg_proxy().await;
     let body = json!({"notifications": [{"tokens": ["r1"], "platform": 2, "message": "m"}]});
     let pushed = post_json(api.addr, "/api/push", KEY, &body).await;
     assert_eq!(pushed.status, 200, "{}", pushed.text());

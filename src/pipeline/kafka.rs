@@ -92,6 +92,55 @@ impl RebalanceContext {
     }
 }
 
+/// How long consume errors must go on before `/healthz` says so, and how long without one
+/// before it clears.
+const PERSISTENT_ERROR: Duration = Duration::from_secs(30);
+
+/// Errors the consumer hands back instead of messages (a batch it cannot decompress or
+/// parse): one may be a blip, but when they go on, a partition is stuck and its backlog
+/// grows while the rest flows, so `/healthz` says so until they stop.
+pub(super) struct PersistentErrors {
+    /// [`PERSISTENT_ERROR`] but in tests.
+    after: Duration,
+    /// When this run of errors began, and the last one.
+    run: Option<(std::time::Instant, std::time::Instant)>,
+}
+
+impl Default for PersistentErrors {
+    fn default() -> Self {
+        PersistentErrors {
+            after: PERSISTENT_ERROR,
+            run: None,
+        }
+    }
+}
+
+impl PersistentErrors {
+    pub(super) fn seen(&mut self, error: &rdkafka::error::KafkaError) {
+        let now = std::time::Instant::now();
+        let first = self.run.map_or(now, |(first, _)| first);
+        self.run = Some((first, now));
+        if now - first >= self.after {
+            let problem = format!(
+                "Kafka consumer errors for {} s, the last: {error} (a partition may be stuck; see the log)",
+                (now - first).as_secs()
+            );
+            crate::telemetry::health::set("kafka-consume", Some(problem));
+        }
+    }
+
+    /// Clears the run (and `/healthz`) once no error came for a while.
+    pub(super) fn tick(&mut self) {
+        if self
+            .run
+            .is_some_and(|(_, last)| last.elapsed() >= self.after)
+        {
+            self.run = None;
+            crate::telemetry::health::set("kafka-consume", None);
+        }
+    }
+}
+
 impl ClientContext for RebalanceContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         self.reports.log(level, fac, log_message);
@@ -413,6 +462,36 @@ pub(super) fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consume_errors_that_go_on_show_in_healthz_until_they_stop() {
+        let problem = || {
+            crate::telemetry::health::problems()
+                .get("kafka-consume")
+                .cloned()
+        };
+        let error = rdkafka::error::KafkaError::MessageConsumption(
+            rdkafka::types::RDKafkaErrorCode::NotImplemented,
+        );
+        let mut errors = PersistentErrors {
+            after: Duration::from_millis(200),
+            run: None,
+        };
+        // One error is a blip.
+        errors.seen(&error);
+        assert_eq!(problem(), None);
+        // Errors that go on are a stuck partition.
+        std::thread::sleep(Duration::from_millis(250));
+        errors.seen(&error);
+        let said = problem().expect("kafka-consume in /healthz");
+        assert!(said.contains("Not implemented"), "{said}");
+        // Still there while they come; gone once none came for a while.
+        errors.tick();
+        assert!(problem().is_some());
+        std::thread::sleep(Duration::from_millis(250));
+        errors.tick();
+        assert_eq!(problem(), None);
+    }
 
     fn setting(config: &ClientConfig, key: &str) -> u64 {
         config

@@ -287,6 +287,7 @@ pub async fn run(
     // per app once it waited too long (`HOLD_AFTER`): their app is paused meanwhile.
     let mut waiting: Option<Waiting> = None;
     let mut held: Held = BTreeMap::new();
+    let mut consume_errors = super::kafka::PersistentErrors::default();
     let mut held_retry = tokio::time::interval(HELD_RETRY);
     held_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe_check = tokio::time::interval(PROBE_CHECK);
@@ -300,6 +301,7 @@ pub async fn run(
                 // Every tenth, all partitions: heals an async commit refused unseen.
                 ticks += 1;
                 commit(&consumer, &tracker, &counters, CommitMode::Async, ticks % 10 == 0);
+                consume_errors.tick();
                 metrics::gauge!(crate::telemetry::names::IN_FLIGHT).set(tracker.lock().in_flight() as f64);
                 continue;
             }
@@ -352,6 +354,7 @@ pub async fn run(
                     // The same reporter as librdkafka's error callback: an outage that
                     // shows on both paths is one line per kind, not two.
                     consumer.context().reports.error("consumer", &e, "consume");
+                    consume_errors.seen(&e);
                 } else if shared.reported.lock().insert(e.to_string()) {
                     tracing::info!(error = %e, "A subscribed topic does not exist (yet); consuming the others.");
                 }

@@ -164,6 +164,13 @@ pub async fn run(
 
 /// How often the sweep looks for notifications that completed without a verdict to say so.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The sweep's PostgreSQL errors, logged once every 10 s per kind with the count held back:
+/// once a second each, an outage wrote ~2 lines a second.
+fn store_errors() -> &'static crate::telemetry::Throttle {
+    static ERRORS: std::sync::OnceLock<crate::telemetry::Throttle> = std::sync::OnceLock::new();
+    ERRORS.get_or_init(|| crate::telemetry::Throttle::new(Duration::from_secs(10)))
+}
 /// How often the sweep deletes old tombstones of invalid tokens.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// How long a token refused by its service stays refused to older registrations: far past
@@ -223,7 +230,9 @@ impl Completion {
     async fn share_hooks(&self) {
         let apps: Vec<&str> = self.webhooks.apps().collect();
         if let Err(e) = self.store.announce_webhooks(&apps).await {
-            tracing::warn!(error = %e, "Cannot announce this process's webhooks; retrying.");
+            if let Some(held_back) = store_errors().allow("announce") {
+                tracing::warn!(error = %e, held_back, "Cannot announce this process's webhooks; retrying.");
+            }
         }
         match self.store.webhook_apps(HOOKED_FOR).await {
             Ok(hooked) => {
@@ -232,7 +241,11 @@ impl Completion {
                     .filter(|app| !self.webhooks.has(app))
                     .collect();
             }
-            Err(e) => tracing::warn!(error = %e, "Cannot read which apps have webhooks; retrying."),
+            Err(e) => {
+                if let Some(held_back) = store_errors().allow("webhook apps") {
+                    tracing::warn!(error = %e, held_back, "Cannot read which apps have webhooks; retrying.");
+                }
+            }
         }
     }
 
@@ -331,7 +344,9 @@ impl Completion {
             match self.store.claim_reached_none(&apps).await {
                 Ok(complete) => calls += self.call_all(&complete).await,
                 Err(e) => {
-                    tracing::warn!(error = %e, "Cannot look for notifications that reached no device; retrying.")
+                    if let Some(held_back) = store_errors().allow("reached none") {
+                        tracing::warn!(error = %e, held_back, "Cannot look for notifications that reached no device; retrying.");
+                    }
                 }
             }
             // Those of the apps handed over too: this process hands them over.
@@ -345,7 +360,9 @@ impl Completion {
             {
                 Ok(complete) => calls += self.dispatch(complete).await,
                 Err(e) => {
-                    tracing::warn!(error = %e, "Cannot look for notifications that became ready; retrying.")
+                    if let Some(held_back) = store_errors().allow("ready") {
+                        tracing::warn!(error = %e, held_back, "Cannot look for notifications that became ready; retrying.");
+                    }
                 }
             }
             // App by app, each as far as its own calls allow: one app's hook that is down
@@ -362,7 +379,9 @@ impl Completion {
                 {
                     Ok(abandoned) => calls += self.call_all(&abandoned).await,
                     Err(e) => {
-                        tracing::warn!(error = %e, "Cannot look for abandoned webhook calls; retrying.");
+                        if let Some(held_back) = store_errors().allow("abandoned") {
+                            tracing::warn!(error = %e, held_back, "Cannot look for abandoned webhook calls; retrying.");
+                        }
                         break;
                     }
                 }

@@ -488,9 +488,23 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// True when the database answers.
+    /// True when the database answers and takes writes: a server that answers reads but
+    /// refuses every write (a read-only replica after a failover, `default_transaction_read_only`)
+    /// refuses every request, so `/healthz` must not say ok.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.pool.get().await?.simple_query("SELECT 1").await?;
+        let client = self.pool.get().await?;
+        let rows = client
+            .simple_query("SELECT current_setting('transaction_read_only')")
+            .await?;
+        let read_only = rows.iter().any(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("on"),
+            _ => false,
+        });
+        if read_only {
+            return Err(StoreError::Unavailable(
+                "the server is read-only (a standby, or default_transaction_read_only)".into(),
+            ));
+        }
         Ok(())
     }
 }

@@ -340,8 +340,10 @@ impl PushType {
 
 impl PushType {
     /// The suffix Apple requires on `apns-topic` for this push type (the bundle id plus it);
-    /// `None` where the bundle id alone is right (protocols.md §1.2). `widgets` and
-    /// `controls` are left alone: their suffixes are not confirmed.
+    /// `None` where the bundle id alone is right (protocols.md §1.2). `widgets` and `controls`
+    /// (WidgetKit's and ControlKit's pushes) take `.push-type.widgets` and
+    /// `.push-type.controls`, as Apple's WidgetKit article and the clients that send them
+    /// (APNSwift, dotAPNS) write them: the bare bundle id is answered `DeviceTokenNotForTopic`.
     pub fn topic_suffix(self) -> Option<&'static str> {
         match self {
             PushType::Voip => Some(".voip"),
@@ -350,6 +352,8 @@ impl PushType {
             PushType::Location => Some(".location-query"),
             PushType::LiveActivity => Some(".push-type.liveactivity"),
             PushType::PushToTalk => Some(".voip-ptt"),
+            PushType::Widgets => Some(".push-type.widgets"),
+            PushType::Controls => Some(".push-type.controls"),
             _ => None,
         }
     }
@@ -500,6 +504,14 @@ mod tests {
             ),
             (PushType::PushToTalk, "com.example.app.voip", false),
             (PushType::PushToTalk, "com.example.app.voip-ptt", true),
+            (PushType::Widgets, "com.example.app", false),
+            (PushType::Widgets, "com.example.app.push-type.widgets", true),
+            (
+                PushType::Controls,
+                "com.example.app.push-type.controls",
+                true,
+            ),
+            (PushType::Alert, "com.example.app", true),
         ];
         for (push_type, topic, fits) in cases {
             assert_eq!(push_type.fits_topic(topic), fits, "{push_type:?} {topic}");

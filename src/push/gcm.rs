@@ -50,6 +50,8 @@ pub struct GcmMessage {
     /// Seconds.
     pub time_to_live: Option<u32>,
     pub delivery_receipt_requested: Option<bool>,
+    /// The Android package the token must belong to (v1 `android.restricted_package_name`).
+    pub restricted_package_name: Option<String>,
     /// Validate only, do not deliver (v1 `validate_only`). The seed ignored it; we honour it.
     pub dry_run: bool,
     pub notification: Option<GcmNotification>,
@@ -80,6 +82,11 @@ pub struct GcmNotification {
     #[serde(deserialize_with = "loc_args")]
     pub title_loc_args: Option<Vec<String>>,
     pub image_url: Option<String>,
+    /// The legacy API's name for `image_url` (the seed's); `image_url` wins when both are set.
+    pub image: Option<String>,
+    /// Android 8+'s notification channel (v1 `android.notification.channel_id`): without it
+    /// the push lands in the app's default channel.
+    pub android_channel_id: Option<String>,
     pub icon: Option<String>,
     pub tag: Option<String>,
     pub color: Option<String>,

@@ -338,6 +338,8 @@ pub fn parse_gcm(bytes: &[u8]) -> Result<GcmMessage, MessageError> {
             msg.mutable_content = typed("mutable_content", "a boolean", raw)?;
         } else if is("delivery_receipt_requested") {
             msg.delivery_receipt_requested = typed("delivery_receipt_requested", "a boolean", raw)?;
+        } else if is("restricted_package_name") {
+            msg.restricted_package_name = typed("restricted_package_name", "a string", raw)?;
         }
     }
 

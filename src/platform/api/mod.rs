@@ -740,14 +740,77 @@ async fn write(
                  wrote their records."
             ),
             Ok(_) => {}
-            // The records are in Kafka: the request is accepted. Its claims stay pending,
-            // and a retry after they go stale would produce them again (at least once).
-            Err(e) => {
-                tracing::warn!(error = %e, "Accepted, but the claims could not be confirmed.")
+            // The records are in Kafka: the request is accepted. Its claims stay pending
+            // until the confirmation goes through (a retry meanwhile is told to wait); one
+            // that never does lets a retry after they go stale produce them again.
+            Err(_) => {
+                let (store, app, claim) = (state.store.clone(), app.to_owned(), claim.clone());
+                write_later("the claims' confirmation", move || {
+                    let (store, app, claim) = (store.clone(), app.clone(), claim.clone());
+                    let (confirmed, fingerprints) = (confirmed.clone(), fingerprints.clone());
+                    async move {
+                        store
+                            .confirm(&app, &claim, &confirmed, &fingerprints)
+                            .await
+                            .map(|_| ())
+                    }
+                });
             }
         }
     }
     Ok(answer)
+}
+
+/// How long a store write that a request's answer did not wait for is retried.
+const LATE_WRITE_FOR: Duration = Duration::from_secs(15 * 60);
+/// How many such writes may wait at once (a long outage under load); past it, one is given up
+/// with an error.
+const LATE_WRITES: usize = 10_000;
+
+/// A store write that failed after Kafka acknowledged the request's records (its
+/// notifications' rows, its claims' confirmation): the request is accepted all the same, and
+/// the write is retried in the background, with back-off, for up to [`LATE_WRITE_FOR`].
+/// Logged once; before, a keyless notification accepted during a PostgreSQL blip was 404 for
+/// good, and a keyed one's claims went stale, so that the client's retry produced it again.
+fn write_later<F, Fut>(what: &'static str, write: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), crate::platform::store::StoreError>> + Send,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static WAITING: AtomicUsize = AtomicUsize::new(0);
+    if WAITING.fetch_add(1, Ordering::Relaxed) >= LATE_WRITES {
+        WAITING.fetch_sub(1, Ordering::Relaxed);
+        if let Some(held_back) = refusals().allow(what) {
+            tracing::error!(
+                held_back,
+                limit = LATE_WRITES,
+                "Accepted, but {what} failed and too many writes wait already: given up."
+            );
+        }
+        return;
+    }
+    tokio::spawn(async move {
+        let deadline = Instant::now() + LATE_WRITE_FOR;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match write().await {
+                Ok(()) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::error!(error = %e, "Accepted, but {what} failed for 15 minutes: given up.");
+                    break;
+                }
+                Err(e) => {
+                    if let Some(held_back) = refusals().allow(what) {
+                        tracing::warn!(error = %e, held_back, "Accepted, but {what} failed; retrying it.");
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        WAITING.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// `Retry-After` for a claim busy with another request: as long as it has been held (at least
@@ -926,8 +989,12 @@ async fn accept_unkeyed(
         ));
     }
     crate::telemetry::health::set("api kafka", None);
-    if let Err(e) = state.store.record_accepted(app, &accepted).await {
-        tracing::warn!(error = %e, "Accepted, but the notifications could not be recorded.");
+    if state.store.record_accepted(app, &accepted).await.is_err() {
+        let (store, app) = (state.store.clone(), app.to_owned());
+        write_later("recording the notifications", move || {
+            let (store, app, accepted) = (store.clone(), app.clone(), accepted.clone());
+            async move { store.record_accepted(&app, &accepted).await }
+        });
     }
     Ok(Accepted {
         counts: records.len() as u64,

@@ -49,6 +49,13 @@ pub enum RequestError {
     MissingTopic,
     #[error("{header} value is not a valid HTTP header value")]
     BadHeaderValue { header: &'static str },
+    /// A message's own topic without the suffix its push type needs: APNs would answer
+    /// `DeviceTokenNotForTopic`, which reads as a dead token and deletes a good one.
+    #[error("topic does not end with {suffix:?}, which a {push_type} push needs")]
+    TopicNotForPushType {
+        push_type: &'static str,
+        suffix: &'static str,
+    },
 }
 
 impl RequestError {
@@ -63,6 +70,7 @@ impl RequestError {
             RequestError::BadApnsId(_) => "BadMessageId",
             RequestError::MissingTopic => "MissingTopic",
             RequestError::BadHeaderValue { .. } => "BadHeaderValue",
+            RequestError::TopicNotForPushType { .. } => "BadTopic",
         }
     }
 }
@@ -94,8 +102,15 @@ pub fn build_request(
     }
     let push_type = n.effective_push_type();
     match (&n.topic, &ctx.default_topic) {
-        // The message's own topic is taken as it is: its producer chose it.
+        // The message's own topic is taken as it is (its producer chose it), if it fits the
+        // push type.
         (Some(topic), _) => {
+            if let Some(suffix) = push_type.topic_suffix().filter(|s| !topic.ends_with(s)) {
+                return Err(RequestError::TopicNotForPushType {
+                    push_type: push_type.as_str(),
+                    suffix,
+                });
+            }
             headers.insert(APNS_TOPIC, value(topic, "apns-topic")?);
         }
         (None, Some(topic)) => {
@@ -385,6 +400,11 @@ mod tests {
                 "com.example.app",
                 "com.example.app.voip-ptt",
             ),
+            (
+                PushType::Widgets,
+                "com.example.app",
+                "com.example.app.push-type.widgets",
+            ),
         ];
         for (push_type, default, want) in cases {
             let mut n = ApnsNotification::new(token(), &b"{}"[..]);
@@ -396,12 +416,23 @@ mod tests {
                 "{push_type:?} {default}"
             );
         }
-        // A message's own topic is sent as it is.
+        // A message's own topic is sent as it is, when it fits the push type; else the
+        // message is refused, not sent for a DeviceTokenNotForTopic that deletes its token.
         let mut n = ApnsNotification::new(token(), &b"{}"[..]);
         n.push_type = Some(PushType::Voip);
-        n.topic = Some("com.other.app".into());
+        n.topic = Some("com.other.app.voip".into());
         let r = build_request(&n, &ctx(Some("com.example.app"), true), None).unwrap();
-        assert_eq!(header(&r, "apns-topic"), Some("com.other.app"));
+        assert_eq!(header(&r, "apns-topic"), Some("com.other.app.voip"));
+        for push_type in [PushType::Voip, PushType::Widgets] {
+            n.push_type = Some(push_type);
+            n.topic = Some("com.other.app".into());
+            let refused = build_request(&n, &ctx(Some("com.example.app"), true), None);
+            assert_eq!(
+                refused.map_err(|e| e.kind()).err(),
+                Some("BadTopic"),
+                "{push_type:?}"
+            );
+        }
     }
 
     #[test]
@@ -471,6 +502,7 @@ mod tests {
         n.payload = vec![b' '; 4096].into();
         assert!(build_request(&n, &ctx(None, true), None).is_ok());
         n.push_type = Some(PushType::Voip);
+        n.topic = Some("t.voip".into());
         n.payload = vec![b' '; 5120].into();
         assert!(build_request(&n, &ctx(None, true), None).is_ok());
     }

@@ -7,9 +7,10 @@
 //!   the bare name); `dry_run` -> `validate_only`
 //! - `data` -> `message.data`, non-string values JSON-encoded (`3` -> `"3"`, `{"a":1}` ->
 //!   `"{\"a\":1}"`)
-//! - `notification.{title, body, image_url}` -> `message.notification.{title, body, image}`;
-//!   the other notification fields -> `android.notification` (`badge` -> `notification_count`
-//!   when it is a number)
+//! - `notification.{title, body, image_url}` -> `message.notification.{title, body, image}`
+//!   (the legacy API's `image` too); the other notification fields -> `android.notification`
+//!   (`badge` -> `notification_count` when it is a number, `android_channel_id` ->
+//!   `channel_id`); `restricted_package_name` -> `android.restricted_package_name`
 //! - `time_to_live` -> `android.ttl` (`"3600s"`), `collapse_key` -> `android.collapse_key`,
 //!   `priority` `high`/`normal` -> `android.priority` `HIGH`/`NORMAL`, for every message
 //! - with a `push_expiry`, the TTL (a v1 envelope's `android.ttl` too) is at most the seconds
@@ -120,6 +121,12 @@ pub fn v1_body(
     }
     if let Some(p) = &msg.priority {
         android.insert("priority".into(), Value::String(p.to_ascii_uppercase()));
+    }
+    if let Some(package) = &msg.restricted_package_name {
+        android.insert(
+            "restricted_package_name".into(),
+            Value::String(package.clone()),
+        );
     }
     if !android.is_empty() {
         message.insert("android".into(), Value::Object(android));
@@ -276,21 +283,22 @@ pub fn string_data(data: &Map<String, Value>) -> Map<String, Value> {
 fn split_notification(n: &GcmNotification) -> (Map<String, Value>, Map<String, Value>) {
     let mut top = Map::new();
     let mut android = Map::new();
-    let put = |map: &mut Map<String, Value>, key: &str, v: &Option<String>| {
+    let put = |map: &mut Map<String, Value>, key: &str, v: Option<&String>| {
         if let Some(v) = v {
             map.insert(key.into(), Value::String(v.clone()));
         }
     };
-    put(&mut top, "title", &n.title);
-    put(&mut top, "body", &n.body);
-    put(&mut top, "image", &n.image_url);
-    put(&mut android, "sound", &n.sound);
-    put(&mut android, "click_action", &n.click_action);
-    put(&mut android, "body_loc_key", &n.body_loc_key);
-    put(&mut android, "title_loc_key", &n.title_loc_key);
-    put(&mut android, "icon", &n.icon);
-    put(&mut android, "tag", &n.tag);
-    put(&mut android, "color", &n.color);
+    put(&mut top, "title", n.title.as_ref());
+    put(&mut top, "body", n.body.as_ref());
+    put(&mut top, "image", n.image_url.as_ref().or(n.image.as_ref()));
+    put(&mut android, "channel_id", n.android_channel_id.as_ref());
+    put(&mut android, "sound", n.sound.as_ref());
+    put(&mut android, "click_action", n.click_action.as_ref());
+    put(&mut android, "body_loc_key", n.body_loc_key.as_ref());
+    put(&mut android, "title_loc_key", n.title_loc_key.as_ref());
+    put(&mut android, "icon", n.icon.as_ref());
+    put(&mut android, "tag", n.tag.as_ref());
+    put(&mut android, "color", n.color.as_ref());
     for (key, args) in [
         ("body_loc_args", &n.body_loc_args),
         ("title_loc_args", &n.title_loc_args),
@@ -356,6 +364,10 @@ pub fn legacy_body(
     opt("priority", msg.priority.clone().map(Value::String));
     opt("content_available", msg.content_available.map(Value::Bool));
     opt("mutable_content", msg.mutable_content.map(Value::Bool));
+    opt(
+        "restricted_package_name",
+        msg.restricted_package_name.clone().map(Value::String),
+    );
     opt("dry_run", msg.dry_run.then_some(Value::Bool(true)));
     let size = ["data", "notification"]
         .iter()
@@ -372,17 +384,18 @@ pub fn legacy_body(
 fn legacy_notification(n: &GcmNotification) -> Value {
     let mut m = Map::new();
     let fields = [
-        ("title", &n.title),
-        ("body", &n.body),
-        ("sound", &n.sound),
-        ("click_action", &n.click_action),
-        ("body_loc_key", &n.body_loc_key),
-        ("title_loc_key", &n.title_loc_key),
-        ("image", &n.image_url),
-        ("icon", &n.icon),
-        ("tag", &n.tag),
-        ("color", &n.color),
-        ("badge", &n.badge),
+        ("title", n.title.as_ref()),
+        ("body", n.body.as_ref()),
+        ("sound", n.sound.as_ref()),
+        ("click_action", n.click_action.as_ref()),
+        ("body_loc_key", n.body_loc_key.as_ref()),
+        ("title_loc_key", n.title_loc_key.as_ref()),
+        ("image", n.image_url.as_ref().or(n.image.as_ref())),
+        ("android_channel_id", n.android_channel_id.as_ref()),
+        ("icon", n.icon.as_ref()),
+        ("tag", n.tag.as_ref()),
+        ("color", n.color.as_ref()),
+        ("badge", n.badge.as_ref()),
     ];
     for (k, v) in fields {
         if let Some(v) = v {
@@ -448,6 +461,14 @@ mod tests {
                     "notification":{"title":"t","image":"https://i"},
                     "android":{"notification":{"sound":"default","tag":"x","body_loc_args":["a","b"],"notification_count":3}},
                     "apns":{"payload":{"aps":{"content-available":1,"sound":"default","badge":3}}}}}),
+            ),
+            // The legacy API's own names: `image`, `android_channel_id`,
+            // `restricted_package_name` (they were dropped without a word).
+            (
+                r#"{"to":"tok","notification":{"title":"t","image":"https://i","android_channel_id":"promo"},"restricted_package_name":"com.x"}"#,
+                json!({"message":{"token":"tok",
+                    "notification":{"title":"t","image":"https://i"},
+                    "android":{"notification":{"channel_id":"promo"},"restricted_package_name":"com.x"}}}),
             ),
             // What the legacy API told an iPhone: sound, badge, category, mutable-content.
             (
@@ -619,5 +640,17 @@ mod tests {
                 .unwrap();
         assert_eq!(many["registration_ids"], json!(["a", "b"]));
         assert!(many.get("to").is_none());
+        // The legacy API's own fields go back as they came (the seed's `image_url` as `image`).
+        let msg = parse_gcm(
+            br#"{"to":"a","notification":{"image_url":"https://i","android_channel_id":"promo"},"restricted_package_name":"com.x"}"#,
+        )
+        .unwrap();
+        let body: Value =
+            serde_json::from_slice(&legacy_body(&msg, &["a".into()], None).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({"to":"a","notification":{"image":"https://i","android_channel_id":"promo"},
+                "restricted_package_name":"com.x"})
+        );
     }
 }
