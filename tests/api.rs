@@ -367,6 +367,14 @@ async fn refusals_name_the_problem_and_produce_nothing() {
             "notifications",
         ),
         bad(json!({"notifications": []}), "notifications"),
+        // A voip push to a topic without `.voip`: APNs would answer DeviceTokenNotForTopic.
+        // (Refused by the parser `pusher run` uses, which names the item; its message names
+        // the topic.)
+        bad(
+            json!({"notifications": [{"tokens": ["ab"], "platform": 1, "message": "m",
+                "push_type": "voip", "topic": "com.example.app"}]}),
+            "notifications[0]",
+        ),
     ];
     for (body, field) in cases {
         let a = post_json(api.addr, "/api/push", KEY, &body).await;

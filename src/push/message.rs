@@ -255,6 +255,19 @@ pub fn parse_apns(bytes: &[u8]) -> Result<ApnsMessage, MessageError> {
             ),
         });
     }
+    // A push type that needs a topic suffix sent to a topic without it: APNs would answer
+    // `DeviceTokenNotForTopic`, which reads as a dead token and deletes a good one.
+    if let (Some(topic), Some(push_type)) = (&topic, push_type) {
+        if let Some(suffix) = push_type.topic_suffix().filter(|s| !topic.ends_with(s)) {
+            return Err(MessageError::InvalidValue {
+                field: "topic",
+                detail: format!(
+                    "does not end with {suffix:?}, which a {} push needs",
+                    push_type.as_str()
+                ),
+            });
+        }
+    }
     let payload = merge_metadata_into_payload(payload, metadata.as_ref().map(|(_, m)| m))?;
     let limit = apns::payload_limit(push_type);
     if payload.len() > limit {
@@ -1130,6 +1143,14 @@ mod tests {
                 format!(r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"topic":["a"]}}"#).into_bytes(),
                 "wrong_type",
                 "topic",
+            ),
+            (
+                format!(
+                    r#"{{"DeviceToken":"{TOKEN}","Payload":{{}},"topic":"com.x","push_type":"voip"}}"#
+                )
+                .into_bytes(),
+                "invalid_value",
+                ".voip",
             ),
             (
                 format!(

@@ -743,45 +743,37 @@ async fn write(
             // The records are in Kafka: the request is accepted. Its claims stay pending
             // until the confirmation goes through (a retry meanwhile is told to wait); one
             // that never does lets a retry after they go stale produce them again.
-            Err(_) => {
-                let (store, app, claim) = (state.store.clone(), app.to_owned(), claim.clone());
-                write_later("the claims' confirmation", move || {
-                    let (store, app, claim) = (store.clone(), app.clone(), claim.clone());
-                    let (confirmed, fingerprints) = (confirmed.clone(), fingerprints.clone());
-                    async move {
-                        store
-                            .confirm(&app, &claim, &confirmed, &fingerprints)
-                            .await
-                            .map(|_| ())
-                    }
-                });
-            }
+            Err(_) => confirm_later(state, app, &claim, confirmed, fingerprints),
         }
     }
     Ok(answer)
 }
 
-/// How long a store write that a request's answer did not wait for is retried.
-const LATE_WRITE_FOR: Duration = Duration::from_secs(15 * 60);
+/// How long a store write that a request's answer did not wait for is retried: no longer
+/// than `pusher results` keeps an early verdict's notification in view for its webhook
+/// (`READY_WITHIN`, 10 minutes), so that a notification recorded late still gets its call.
+const LATE_WRITE_FOR: Duration = Duration::from_secs(9 * 60);
 /// How many such writes may wait at once (a long outage under load); past it, one is given up
 /// with an error.
 const LATE_WRITES: usize = 10_000;
 
 /// A store write that failed after Kafka acknowledged the request's records (its
 /// notifications' rows, its claims' confirmation): the request is accepted all the same, and
-/// the write is retried in the background, with back-off, for up to [`LATE_WRITE_FOR`].
-/// Logged once; before, a keyless notification accepted during a PostgreSQL blip was 404 for
-/// good, and a keyed one's claims went stale, so that the client's retry produced it again.
+/// the write is retried in the background with jittered back-off for up to
+/// [`LATE_WRITE_FOR`], logged at most once per 10 s. Before, a keyless notification accepted
+/// during a PostgreSQL blip was 404 for good, and a keyed one's claims went stale at once, so
+/// that the client's retry produced it again (it still can after an outage longer than the
+/// claims' stale time: the confirmation then finds them taken over, and says so).
 fn write_later<F, Fut>(what: &'static str, write: F)
 where
     F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), crate::platform::store::StoreError>> + Send,
+    Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
 {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static WAITING: AtomicUsize = AtomicUsize::new(0);
     if WAITING.fetch_add(1, Ordering::Relaxed) >= LATE_WRITES {
         WAITING.fetch_sub(1, Ordering::Relaxed);
-        if let Some(held_back) = refusals().allow(what) {
+        if let Some(held_back) = refusals().allow("late writes, too many") {
             tracing::error!(
                 held_back,
                 limit = LATE_WRITES,
@@ -792,12 +784,18 @@ where
     }
     tokio::spawn(async move {
         let deadline = Instant::now() + LATE_WRITE_FOR;
-        let mut pause = Duration::from_millis(200);
+        let backoff = crate::sender::retry::RetryPolicy::unbounded(
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+        );
+        let mut failed = 0;
         loop {
             match write().await {
                 Ok(()) => break,
                 Err(e) if Instant::now() >= deadline => {
-                    tracing::error!(error = %e, "Accepted, but {what} failed for 15 minutes: given up.");
+                    if let Some(held_back) = refusals().allow("late writes, given up") {
+                        tracing::error!(error = %e, held_back, "Accepted, but {what} kept failing: given up.");
+                    }
                     break;
                 }
                 Err(e) => {
@@ -806,10 +804,40 @@ where
                     }
                 }
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+            failed += 1;
+            // Computed apart: the thread's generator may not be held across the await.
+            let delay = backoff.delay(failed, None, &mut rand::rng());
+            tokio::time::sleep(delay).await;
         }
         WAITING.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// [`write_later`] for a request's claims: their confirmation, once PostgreSQL takes it.
+fn confirm_later(
+    state: &ApiState,
+    app: &str,
+    claim: &str,
+    confirmed: Vec<(String, Option<u32>)>,
+    fingerprints: Vec<Vec<u8>>,
+) {
+    let (store, app, claim) = (state.store.clone(), app.to_owned(), claim.to_owned());
+    write_later("the claims' confirmation", move || {
+        let (store, app, claim) = (store.clone(), app.clone(), claim.clone());
+        let (confirmed, fingerprints) = (confirmed.clone(), fingerprints.clone());
+        async move {
+            let n = store
+                .confirm(&app, &claim, &confirmed, &fingerprints)
+                .await?;
+            if n < confirmed.len() as u64 {
+                tracing::warn!(
+                    items = confirmed.len() as u64 - n,
+                    "Accepted, but a retry took over claims of this request while their \
+                     confirmation waited for PostgreSQL: both wrote their records."
+                );
+            }
+            Ok(())
+        }
     });
 }
 
@@ -885,8 +913,16 @@ async fn partly_produced(
             )
             .await
         {
-            // In Kafka, but not recorded: their claims stay pending, as unknown ones do.
-            tracing::warn!(error = %c, "Cannot confirm the items Kafka acknowledged; a retry takes them over once stale, and writes them again.");
+            // In Kafka, but not recorded: their claims stay pending, as unknown ones do,
+            // until the confirmation goes through.
+            tracing::debug!(error = %c, "Cannot confirm the items Kafka acknowledged yet.");
+            confirm_later(
+                state,
+                app,
+                mine.claim,
+                pick(mine.confirmed, &written),
+                pick(mine.fingerprints, &written),
+            );
             unknown.append(&mut written);
         }
     }

@@ -50,7 +50,8 @@ pub enum RequestError {
     #[error("{header} value is not a valid HTTP header value")]
     BadHeaderValue { header: &'static str },
     /// A message's own topic without the suffix its push type needs: APNs would answer
-    /// `DeviceTokenNotForTopic`, which reads as a dead token and deletes a good one.
+    /// `DeviceTokenNotForTopic`, which reads as a dead token and deletes a good one. (A Kafka
+    /// message's parse refuses it first; this holds for notifications built otherwise.)
     #[error("topic does not end with {suffix:?}, which a {push_type} push needs")]
     TopicNotForPushType {
         push_type: &'static str,
